@@ -1,0 +1,1 @@
+"""Side effects grouped by domain. SQL lives here, next to its domain."""

@@ -1,0 +1,102 @@
+"""Message templates as versioned data: the WhatsApp Content SID and the SMS body of each.
+
+A workflow names a template and version and passes parameters (ids, amounts, links: never
+names or phone numbers); the activity renders the text at send time from the database, so
+message text never lands in a workflow history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownTemplate(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    version: int
+    body: str
+    """Python format string; `{first_name}` comes from the recipient row, the rest from params."""
+    approved: bool = False
+    """Has an approved WhatsApp template, used outside the 24 h session window (error 63016)."""
+
+    @property
+    def whatsapp_content_sid(self) -> str | None:
+        """Content SID of the approved template (stable per name and version)."""
+        if not self.approved:
+            return None
+        return "HX" + hashlib.md5(f"{self.name}:{self.version}".encode()).hexdigest()
+
+    @property
+    def fields(self) -> list[str]:
+        return [name for _, name, _, _ in string.Formatter().parse(self.body) if name]
+
+    def render(self, params: dict[str, Any]) -> str:
+        missing = [f for f in self.fields if f not in params]
+        if missing:
+            raise ValueError(f"template {self.name} v{self.version} needs {', '.join(missing)}")
+        return self.body.format(**params)
+
+    def content_variables(self, params: dict[str, Any]) -> dict[str, str]:
+        """WhatsApp templates take positional variables "1", "2", ... in body order."""
+        return {str(i): str(params[f]) for i, f in enumerate(self.fields, start=1)}
+
+
+TEMPLATES: dict[tuple[str, int], Template] = {
+    (t.name, t.version): t
+    for t in (
+        Template(
+            "payment_reminder", 1,
+            "Hi {first_name}, a friendly reminder: {debit_count} invoice(s) totalling {amount_due} "
+            "are due. Pay securely here: {payment_link}",
+            approved=True,
+        ),
+        Template(
+            "credit_paused", 1,
+            "Hi {first_name}, your credit line is paused ({reason}). You can still order cash on delivery. "
+            "Settle {amount_due} to reopen it.",
+            approved=True,
+        ),
+        Template(
+            "credit_resumed", 1,
+            "Hi {first_name}, thank you! Your credit line is open again.",
+            approved=True,
+        ),
+        Template(
+            "order_followup", 1,
+            "Hi {first_name}, your order #{order_id} is still waiting for you. Complete it before it expires.",
+            approved=True,
+        ),
+        Template(
+            "order_failed", 1,
+            "Hi {first_name}, we could not complete order #{order_id}. Any credit it used has been released.",
+            approved=True,
+        ),
+        Template("insight", 1, "{insight_message}"),
+        Template(
+            "churn_nudge", 1,
+            "Hi {first_name}, we would love to keep you with us. Update your payment details to keep "
+            "your membership: {manage_link}",
+            approved=True,
+        ),
+    )
+}
+
+
+def get_template(name: str, version: int | None = None) -> Template:
+    """A specific version, or the newest one when `version` is None."""
+    if version is not None:
+        try:
+            return TEMPLATES[(name, version)]
+        except KeyError:
+            raise UnknownTemplate(f"no template {name} v{version}") from None
+    versions = [t for (n, _), t in TEMPLATES.items() if n == name]
+    if not versions:
+        raise UnknownTemplate(f"no template {name}")
+    return max(versions, key=lambda t: t.version)

@@ -1,0 +1,79 @@
+"""What every benchmark needs: a real PostgreSQL and Temporal dev server, and action counting.
+
+Benchmarks print figures; they never assert timings. Temporal actions are counted from the
+real histories (activity tasks scheduled, timers, child workflow starts, continue-as-new),
+following continue-as-new chains.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.database import create_engine
+from schemas import search_attributes
+from workers import binaries, migrate
+from workers.embedded_db import EmbeddedPostgres
+
+ACTION_EVENTS = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_TIMER_STARTED,
+    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
+
+
+@dataclass
+class Stack:
+    client: Client
+    engine: AsyncEngine
+    database_url: str
+
+
+@asynccontextmanager
+async def stack() -> AsyncIterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="jobctl-bench-"))
+    pg = EmbeddedPostgres(root / "pg", delete_on_stop=True)
+    url = pg.create_database("bench")
+    migrate.upgrade(url)
+    engine = create_engine(url, pool_size=10)
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binaries.temporal_cli(),
+        search_attributes=search_attributes.ALL,
+    )
+    try:
+        yield Stack(env.client, engine, url)
+    finally:
+        await env.shutdown()
+        await engine.dispose()
+        pg.stop()
+
+
+async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> int:
+    """Actions of a workflow summed over its continue-as-new chain, from the first run on."""
+    actions = 0
+    run_id: str | None = first_run_id
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        actions += sum(1 for event in history.events if event.event_type in ACTION_EVENTS)
+        last = history.events[-1]
+        continued = last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if continued else None
+    return actions
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

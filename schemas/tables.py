@@ -1,0 +1,602 @@
+"""Every table of the platform, as SQLAlchemy 2 typed models (ARCHITECTURE §6 and §7).
+
+The database, not only the code, holds the rules a job must never break, because jobs are
+retried, replayed and run concurrently:
+
+- enum-like columns are text with a CHECK ... IN (...) (no PostgreSQL enum types, so adding a
+  value is a one-line migration), and amounts, balances and counters have range CHECKs;
+- unique keys make every write of a retried activity idempotent (`INSERT ... ON CONFLICT`):
+  message idempotency keys, payment references, ledger references, webhook event ids, one
+  insight per retailer and day, one open recovery case per membership;
+- indexes match the jobs' queries (named in each table's docstring).
+
+Alembic autogenerates migrations from these models; `alembic check` must report no drift.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, MappedColumn, mapped_column
+
+from schemas.base import Base, CreatedAt
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _bigint_pk() -> MappedColumn[Any]:
+    """A bigint identity primary key (BY DEFAULT, so seeds may still give explicit ids)."""
+    return mapped_column(BigInteger, Identity(), primary_key=True)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    """SQL text of `column IN ('a', 'b')` for a CHECK constraint."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+"""A phone number in E.164 (`+` and 7 to 15 digits)."""
+
+CHANNELS = ("whatsapp", "sms")
+CREDIT_STATUSES = ("ACTIVE", "PAUSED", "BLOCKED")
+TRANSACTION_TYPES = ("DEBIT", "CREDIT")
+DEBIT_STATUSES = ("OPEN", "PARTIALLY_PAID", "CLEARED")
+ORDER_STATUSES = ("PENDING", "CONFIRMED", "DELIVERED", "CANCELLED", "FAILED")
+PAYMENT_MODES = ("CREDIT", "COD")
+PENDING_ORDER_STATUSES = ("PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED")
+RISK_LEVELS = ("LOW", "MEDIUM", "HIGH")
+MEMBERSHIP_STATUSES = ("ACTIVE", "PAST_DUE", "CANCELLING", "CANCELLED", "TERMINATED")
+CASE_STATUSES = ("OPEN", "RECOVERED", "CANCELLED", "TERMINATED")
+CASE_TRIGGERS = ("payment_failed", "cancel_at_period_end", "manual")
+RECOVERY_ACTION_TYPES = (
+    "nudge_sms",
+    "nudge_whatsapp",
+    "incentive_applied",
+    "case_recovered",
+    "case_cancelled",
+    "membership_terminated",
+    "nudge_suppressed",
+    "nudge_deferred",
+)
+ACTOR_TYPES = ("system", "user")
+LOYALTY_TYPES = ("earned", "spent", "adjusted", "reversed")
+QUEUE_STATUSES = ("PENDING", "RESOLVED", "NEEDS_REVIEW")
+RECIPIENT_TYPES = ("retailer", "member", "customer")
+MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "suppressed", "deferred", "undelivered")
+WEBHOOK_PROVIDERS = ("stripe", "twilio")
+
+
+# --------------------------------------------------------------------------- credit
+
+
+class Retailer(CreatedAt, Base):
+    """A shop buying on credit. Pages of retailers are read by id (the primary key)."""
+
+    __tablename__ = "retailers"
+
+    id: Mapped[int] = _bigint_pk()
+    name: Mapped[str]
+    phone: Mapped[str | None] = mapped_column(doc="E.164; never leaves the database in payloads or logs")
+    preferred_channel: Mapped[str] = mapped_column(server_default="whatsapp")
+    timezone: Mapped[str] = mapped_column(server_default="UTC")
+    credit_status: Mapped[str] = mapped_column(server_default="ACTIVE")
+    credit_paused_at: Mapped[datetime | None]
+    credit_pause_reason: Mapped[str | None]
+    paused_by: Mapped[str | None] = mapped_column(doc="'system' or an admin id; only system pauses lift by themselves")
+    stripe_customer_id: Mapped[str | None] = mapped_column(unique=True)
+
+    __table_args__ = (
+        CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
+        CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
+        CheckConstraint(_in("credit_status", CREDIT_STATUSES), name="credit_status"),
+    )
+
+
+class CreditAccount(Base):
+    """A retailer's credit line (one per retailer)."""
+
+    __tablename__ = "credit_accounts"
+
+    retailer_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"), primary_key=True
+    )
+    credit_limit: Mapped[Decimal] = mapped_column(server_default="50000")
+    available_credit: Mapped[Decimal] = mapped_column(
+        doc="credit_limit minus outstanding debits; may go below zero when the limit is lowered"
+    )
+    max_order_value: Mapped[Decimal | None]
+    max_outstanding_days: Mapped[int] = mapped_column(server_default="30")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        CheckConstraint("credit_limit >= 0", name="credit_limit_non_negative"),
+        CheckConstraint("max_order_value IS NULL OR max_order_value > 0", name="max_order_value_positive"),
+        CheckConstraint("max_outstanding_days >= 0", name="max_outstanding_days_non_negative"),
+    )
+
+
+class CreditTransaction(CreatedAt, Base):
+    """A DEBIT (money owed, with a due date and reminders) or a CREDIT (a payment or a reversal).
+
+    Idempotent writes: one row per (retailer, type, reference), so a payment reference recorded
+    twice is one payment; one DEBIT and one reversing CREDIT at most per order.
+    Indexes: open debits by due date (reminders, guardrails); a retailer's debits by status and
+    due date (oldest-first allocation, profile).
+    """
+
+    __tablename__ = "credit_transactions"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="RESTRICT"))
+    type: Mapped[str]
+    amount: Mapped[Decimal]
+    due_date: Mapped[date | None] = mapped_column(doc="required for a DEBIT, null for a CREDIT")
+    cleared_amount: Mapped[Decimal] = mapped_column(server_default="0")
+    status: Mapped[str] = mapped_column(server_default="OPEN")
+    reminder_count: Mapped[int] = mapped_column(server_default="0")
+    reminder_sent_at: Mapped[datetime | None]
+    cleared_at: Mapped[datetime | None]
+    notes: Mapped[str | None]
+    reference: Mapped[str | None]
+    order_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        CheckConstraint(_in("type", TRANSACTION_TYPES), name="type"),
+        CheckConstraint(_in("status", DEBIT_STATUSES), name="status"),
+        CheckConstraint("amount >= 0", name="amount_non_negative"),
+        CheckConstraint("cleared_amount >= 0 AND cleared_amount <= amount", name="cleared_amount_range"),
+        CheckConstraint("reminder_count BETWEEN 0 AND 8", name="reminder_count_range"),
+        CheckConstraint(
+            "(type = 'DEBIT' AND due_date IS NOT NULL) OR (type = 'CREDIT' AND due_date IS NULL)",
+            name="due_date_for_debits_only",
+        ),
+        UniqueConstraint("retailer_id", "type", "reference"),
+        UniqueConstraint("order_id", "type"),
+        Index(
+            "ix_credit_transactions_open_debits_due_date",
+            "due_date",
+            postgresql_where=text("type = 'DEBIT' AND status <> 'CLEARED'"),
+        ),
+        Index("ix_credit_transactions_retailer_id_status_due_date", "retailer_id", "status", "due_date"),
+    )
+
+
+class AuditLog(CreatedAt, Base):
+    """Every change of money or status, written in the same transaction as the change.
+
+    Index: a retailer's history by time.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="SET NULL"))
+    action: Mapped[str]
+    reference: Mapped[str | None]
+    old_value: Mapped[Any | None] = mapped_column(JSONB)
+    new_value: Mapped[Any | None] = mapped_column(JSONB)
+    performed_by: Mapped[str] = mapped_column(doc="'system' or an admin id")
+    reason: Mapped[str | None]
+
+    __table_args__ = (Index("ix_audit_log_retailer_id_created_at", "retailer_id", "created_at"),)
+
+
+# --------------------------------------------------------------------------- orders
+
+
+class Order(CreatedAt, Base):
+    """An order placed by a retailer. Index: a retailer's orders by time (insights)."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="RESTRICT"))
+    status: Mapped[str] = mapped_column(server_default="PENDING")
+    payment_mode: Mapped[str]
+    total_amount: Mapped[Decimal]
+    failed_at: Mapped[datetime | None]
+    failure_reason: Mapped[str | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", ORDER_STATUSES), name="status"),
+        CheckConstraint(_in("payment_mode", PAYMENT_MODES), name="payment_mode"),
+        CheckConstraint("total_amount >= 0", name="total_amount_non_negative"),
+        Index("ix_orders_retailer_id_created_at", "retailer_id", "created_at"),
+    )
+
+
+class OrderItem(Base):
+    """A line of an order (for top products)."""
+
+    __tablename__ = "order_items"
+
+    id: Mapped[int] = _bigint_pk()
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    product_name: Mapped[str]
+    quantity: Mapped[int]
+    unit_price: Mapped[Decimal]
+
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("unit_price >= 0", name="unit_price_non_negative"),
+    )
+
+
+class PendingOrder(CreatedAt, Base):
+    """A checkout in progress with its 24-hour clock; one per order.
+
+    Index: by status and expiry (the safety-net sweep).
+    """
+
+    __tablename__ = "pending_orders"
+
+    id: Mapped[int] = _bigint_pk()
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), unique=True)
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"))
+    amount: Mapped[Decimal]
+    status: Mapped[str] = mapped_column(server_default="PENDING")
+    expires_at: Mapped[datetime]
+    follow_up_sent_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", PENDING_ORDER_STATUSES), name="status"),
+        CheckConstraint("amount >= 0", name="amount_non_negative"),
+        Index("ix_pending_orders_status_expires_at", "status", "expires_at"),
+    )
+
+
+# --------------------------------------------------------------------------- insights
+
+
+class RetailerInsight(Base):
+    """A retailer's nightly figures and friendly message; one row per retailer and day (upserted).
+
+    `generation` counts regenerations of the same row, so a test can see a page done twice.
+    """
+
+    __tablename__ = "retailer_insights"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"))
+    insight_date: Mapped[date]
+    orders_30d: Mapped[int]
+    orders_prev_30d: Mapped[int]
+    gmv_30d: Mapped[Decimal]
+    gmv_prev_30d: Mapped[Decimal]
+    avg_order_value: Mapped[Decimal]
+    top_products: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    on_time_payment_rate: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
+    avg_days_to_pay: Mapped[Decimal | None] = mapped_column(Numeric(8, 2))
+    credit_utilisation: Mapped[Decimal | None] = mapped_column(Numeric(8, 4))
+    risk_level: Mapped[str]
+    message: Mapped[str]
+    generation: Mapped[int] = mapped_column(server_default="1")
+    generated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("retailer_id", "insight_date"),
+        CheckConstraint(_in("risk_level", RISK_LEVELS), name="risk_level"),
+        CheckConstraint("orders_30d >= 0 AND orders_prev_30d >= 0", name="order_counts_non_negative"),
+        CheckConstraint(
+            "gmv_30d >= 0 AND gmv_prev_30d >= 0 AND avg_order_value >= 0", name="amounts_non_negative"
+        ),
+        CheckConstraint("on_time_payment_rate BETWEEN 0 AND 1", name="on_time_payment_rate_range"),
+        CheckConstraint("avg_days_to_pay >= 0", name="avg_days_to_pay_non_negative"),
+        CheckConstraint("credit_utilisation >= 0", name="credit_utilisation_non_negative"),
+        CheckConstraint("generation >= 1", name="generation_positive"),
+    )
+
+
+# --------------------------------------------------------------------------- churn
+
+
+class Company(CreatedAt, Base):
+    """A tenant of the churn saver and its settings. The id is a short slug (e.g. "acme")."""
+
+    __tablename__ = "companies"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    reminder_offsets_days: Mapped[list[int]] = mapped_column(
+        ARRAY(Integer), server_default=text("'{0,2,5}'::integer[]"), doc="days after the case opens; at most 10, each 0-90"
+    )
+    channels: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{whatsapp,sms}'::text[]"), doc="allowed channels, in order of preference"
+    )
+    incentive_days: Mapped[int] = mapped_column(server_default="7")
+    quiet_hours_start: Mapped[int] = mapped_column(server_default="21", doc="local hour (0-23) nudges stop")
+    quiet_hours_end: Mapped[int] = mapped_column(server_default="8", doc="local hour (0-23) nudges resume")
+    daily_nudge_cap: Mapped[int] = mapped_column(server_default="1", doc="nudges per member per local day")
+    grace_period_days: Mapped[int] = mapped_column(server_default="3")
+    timezone: Mapped[str] = mapped_column(server_default="UTC")
+    stripe_account_id: Mapped[str | None] = mapped_column(
+        unique=True, doc="Stripe Connect account when the tenant bills through its own; None: the platform's"
+    )
+
+    __table_args__ = (
+        CheckConstraint("id ~ '^[a-z0-9][a-z0-9_-]{0,62}$'", name="id_slug"),
+        CheckConstraint(
+            "cardinality(reminder_offsets_days) <= 10"
+            " AND array_position(reminder_offsets_days, NULL) IS NULL"
+            " AND 0 <= ALL (reminder_offsets_days) AND 90 >= ALL (reminder_offsets_days)",
+            name="reminder_offsets_days_range",
+        ),
+        CheckConstraint(
+            "cardinality(channels) >= 1 AND channels <@ ARRAY['whatsapp', 'sms']::text[]", name="channels"
+        ),
+        CheckConstraint("incentive_days BETWEEN 0 AND 90", name="incentive_days_range"),
+        CheckConstraint(
+            "quiet_hours_start BETWEEN 0 AND 23 AND quiet_hours_end BETWEEN 0 AND 23", name="quiet_hours_range"
+        ),
+        CheckConstraint("daily_nudge_cap >= 0", name="daily_nudge_cap_non_negative"),
+        CheckConstraint("grace_period_days BETWEEN 0 AND 90", name="grace_period_days_range"),
+    )
+
+
+class Membership(CreatedAt, Base):
+    """A member's subscription with a company. Name and phone stay in the database.
+
+    Index: a company's memberships by status; Stripe ids for webhook routing.
+    """
+
+    __tablename__ = "memberships"
+
+    id: Mapped[int] = _bigint_pk()
+    company_id: Mapped[str] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    phone: Mapped[str | None]
+    timezone: Mapped[str | None] = mapped_column(doc="None: the company's time zone")
+    preferred_channel: Mapped[str] = mapped_column(server_default="whatsapp")
+    stripe_customer_id: Mapped[str | None] = mapped_column(index=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(unique=True)
+    status: Mapped[str] = mapped_column(server_default="ACTIVE")
+    current_period_end: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_cases
+        CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
+        CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
+        CheckConstraint(_in("status", MEMBERSHIP_STATUSES), name="status"),
+        Index("ix_memberships_company_id_status", "company_id", "status"),
+    )
+
+
+class RecoveryCase(Base):
+    """An at-risk membership being won back; at most one OPEN case per membership.
+
+    The foreign key (company_id, membership_id) makes a case of one company pointing at
+    another company's member impossible. Index: a company's cases by status.
+    """
+
+    __tablename__ = "recovery_cases"
+
+    id: Mapped[int] = _bigint_pk()
+    company_id: Mapped[str] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    membership_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(server_default="OPEN")
+    trigger: Mapped[str]
+    attempts: Mapped[int] = mapped_column(server_default="0", doc="nudges sent")
+    last_nudge_at: Mapped[datetime | None]
+    incentive_applied_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    closed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["company_id", "membership_id"], ["memberships.company_id", "memberships.id"], ondelete="CASCADE"
+        ),
+        UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_actions
+        CheckConstraint(_in("status", CASE_STATUSES), name="status"),
+        CheckConstraint(_in("trigger", CASE_TRIGGERS), name="trigger"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_recovery_cases_company_id_status", "company_id", "status"),
+        Index(
+            "uq_recovery_cases_one_open_per_membership",
+            "membership_id",
+            unique=True,
+            postgresql_where=text("status = 'OPEN'"),
+        ),
+    )
+
+
+class RecoveryAction(CreatedAt, Base):
+    """What was done on a case and by whom (hashed). Never message text or a phone number."""
+
+    __tablename__ = "recovery_actions"
+
+    id: Mapped[int] = _bigint_pk()
+    case_id: Mapped[int] = mapped_column(BigInteger)
+    company_id: Mapped[str]
+    type: Mapped[str]
+    actor_type: Mapped[str] = mapped_column(server_default="system")
+    actor_id_hash: Mapped[str | None]
+    # `metadata` is reserved on declarative classes: the attribute has another name.
+    action_metadata: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb"), doc="attempt_number, channel, template_version, manual"
+    )
+    idempotency_key: Mapped[str] = mapped_column(unique=True)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["company_id", "case_id"], ["recovery_cases.company_id", "recovery_cases.id"], ondelete="CASCADE"
+        ),
+        CheckConstraint(_in("type", RECOVERY_ACTION_TYPES), name="type"),
+        CheckConstraint(_in("actor_type", ACTOR_TYPES), name="actor_type"),
+        CheckConstraint("actor_type = 'system' OR actor_id_hash IS NOT NULL", name="user_actor_has_id"),
+        Index("ix_recovery_actions_case_id_created_at", "case_id", "created_at"),
+    )
+
+
+# --------------------------------------------------------------------------- loyalty
+
+
+class Customer(CreatedAt, Base):
+    """A loyalty customer. `loyalty_points` equals the sum of their ledger and is never negative."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = _bigint_pk()
+    name: Mapped[str]
+    phone: Mapped[str | None]
+    loyalty_points: Mapped[int] = mapped_column(server_default="0")
+    earn_rate: Mapped[Decimal] = mapped_column(
+        Numeric(10, 4), server_default="1", doc="points earned per currency unit spent (floored)"
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(unique=True)
+
+    __table_args__ = (
+        CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
+        CheckConstraint("loyalty_points >= 0", name="loyalty_points_non_negative"),
+        CheckConstraint("earn_rate >= 0", name="earn_rate_non_negative"),
+    )
+
+
+class LoyaltyTransaction(CreatedAt, Base):
+    """One signed change of a customer's points (spent < 0, earned > 0).
+
+    Unique per (reference_type, reference_id, type): applying an order twice writes nothing new.
+    Index: a customer's ledger by time (the integrity audit sums it).
+    """
+
+    __tablename__ = "loyalty_transactions"
+
+    id: Mapped[int] = _bigint_pk()
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id", ondelete="RESTRICT"))
+    type: Mapped[str]
+    points: Mapped[int] = mapped_column(doc="signed: the change of the balance")
+    balance_before: Mapped[int]
+    balance_after: Mapped[int]
+    reference_type: Mapped[str] = mapped_column(doc="e.g. 'order', 'refund', 'manual'")
+    reference_id: Mapped[str]
+
+    __table_args__ = (
+        UniqueConstraint("reference_type", "reference_id", "type"),
+        CheckConstraint(_in("type", LOYALTY_TYPES), name="type"),
+        CheckConstraint("balance_before >= 0 AND balance_after >= 0", name="balances_non_negative"),
+        CheckConstraint("balance_after = balance_before + points", name="balance_arithmetic"),
+        CheckConstraint(
+            "(type = 'earned' AND points >= 0) OR (type = 'spent' AND points <= 0) OR type IN ('adjusted', 'reversed')",
+            name="points_sign",
+        ),
+        Index("ix_loyalty_transactions_customer_id_created_at", "customer_id", "created_at"),
+    )
+
+
+class LoyaltyReconciliationQueueItem(CreatedAt, Base):
+    """An order whose points failed to apply, retried by its workflow; one per order reference.
+
+    Index: by status (the sweep and the review list).
+    """
+
+    __tablename__ = "loyalty_reconciliation_queue"
+
+    id: Mapped[int] = _bigint_pk()
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id", ondelete="RESTRICT"))
+    order_reference: Mapped[str] = mapped_column(unique=True)
+    payment_intent_id: Mapped[str | None]
+    points_redeemed: Mapped[int] = mapped_column(server_default="0")
+    order_total: Mapped[Decimal]
+    status: Mapped[str] = mapped_column(server_default="PENDING")
+    resolution: Mapped[str | None] = mapped_column(doc="e.g. 'applied', 'refunded', 'manual'")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    last_error: Mapped[str | None]
+    resolved_by: Mapped[str | None]
+    resolved_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("status", QUEUE_STATUSES), name="status"),
+        CheckConstraint("points_redeemed >= 0", name="points_redeemed_non_negative"),
+        CheckConstraint("order_total >= 0", name="order_total_non_negative"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_loyalty_reconciliation_queue_status_created_at", "status", "created_at"),
+    )
+
+
+# --------------------------------------------------------------------------- messaging and webhooks
+
+
+class MessageLog(CreatedAt, Base):
+    """The outbox: one row per message idempotency key. Never the body, never the phone number.
+
+    Index: a recipient's messages by time (the per-recipient daily cap).
+    """
+
+    __tablename__ = "message_log"
+
+    id: Mapped[int] = _bigint_pk()
+    idempotency_key: Mapped[str] = mapped_column(unique=True)
+    recipient_type: Mapped[str]
+    recipient_id: Mapped[str]
+    channel: Mapped[str]
+    template: Mapped[str]
+    template_version: Mapped[int]
+    status: Mapped[str] = mapped_column(server_default="queued")
+    provider_sid: Mapped[str | None] = mapped_column(unique=True)
+    error_code: Mapped[int | None]
+    reason: Mapped[str | None] = mapped_column(doc="why suppressed, deferred or failed")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("recipient_type", RECIPIENT_TYPES), name="recipient_type"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel"),
+        CheckConstraint(_in("status", MESSAGE_STATUSES), name="status"),
+        CheckConstraint("template_version >= 1", name="template_version_positive"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_message_log_recipient_created_at", "recipient_type", "recipient_id", "created_at"),
+    )
+
+
+class RecipientOptOut(CreatedAt, Base):
+    """A recipient who asked not to be messaged on a channel (Twilio 21610 or an inbound STOP)."""
+
+    __tablename__ = "recipient_opt_outs"
+
+    recipient_type: Mapped[str]
+    recipient_id: Mapped[str]
+    channel: Mapped[str]
+    reason: Mapped[str | None]
+
+    __table_args__ = (
+        PrimaryKeyConstraint("recipient_type", "recipient_id", "channel"),
+        CheckConstraint(_in("recipient_type", RECIPIENT_TYPES), name="recipient_type"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel"),
+    )
+
+
+class ProcessedWebhookEvent(Base):
+    """A webhook event already handled; a replay of the same event id is ignored."""
+
+    __tablename__ = "processed_webhook_events"
+
+    provider: Mapped[str]
+    event_id: Mapped[str]
+    event_type: Mapped[str]
+    processed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "event_id"),
+        CheckConstraint(_in("provider", WEBHOOK_PROVIDERS), name="provider"),
+    )

@@ -1,0 +1,103 @@
+"""Shared test harness: real PostgreSQL, real Temporal servers, unique task queues.
+
+- one embedded PostgreSQL per session, a fresh migrated database per test module;
+- a time-skipping WorkflowEnvironment and a dev-server WorkflowEnvironment, both from
+  the binaries the dev extra installs (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.database import create_engine
+from schemas import search_attributes
+from workers import binaries, migrate
+from workers.embedded_db import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    root = Path(tempfile.mkdtemp(prefix="jobctl-test-pg-"))
+    server = EmbeddedPostgres(root / "pg", delete_on_stop=True)
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _module_db_name(request: pytest.FixtureRequest) -> str:
+    stem = Path(str(request.node.path)).stem.lower()
+    return f"t_{stem[:40]}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def empty_database_url(pg_server: EmbeddedPostgres, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for this test module."""
+    return pg_server.create_database(_module_db_name(request), exist_ok=False)
+
+
+@pytest.fixture(scope="module")
+def database_url(empty_database_url: str) -> str:
+    """A fresh database for this test module, migrated to head."""
+    migrate.upgrade(empty_database_url)
+    return empty_database_url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url, pool_size=5)
+    yield eng
+    await eng.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binaries.temporal_test_server(),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in search_attributes.ALL},
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binaries.temporal_cli(),
+        search_attributes=search_attributes.ALL,
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up a developer's real credentials from the environment."""
+    for name in list(os.environ):
+        if name.startswith(("TWILIO_", "STRIPE_", "TEMPORAL_")) or name == "DATABASE_URL":
+            monkeypatch.delenv(name, raising=False)

@@ -1,0 +1,124 @@
+"""`jobctl dev --demo` as a user runs it: banner, schedules, a triggered run, clean stop, reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DevStack:
+    def __init__(self, home: Path, grpc_port: int, ui_port: int) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))}
+        self.address = f"127.0.0.1:{grpc_port}"
+        self.env = {
+            **clean,
+            "JOBCTL_HOME": str(home),
+            "TEMPORAL_ADDRESS": self.address,
+            "TEMPORAL_UI_PORT": str(ui_port),
+            "LOG_FORMAT": "json",
+        }
+        self.output: list[str] = []
+        self.process = subprocess.Popen(
+            [str(BIN / "jobctl"), "dev", "--demo"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.output):
+                if match := re.search(pattern, line):
+                    return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} not printed; output:\n{''.join(self.output)[-4000:]}")
+
+    def temporal(self, *args: str) -> str:
+        result = subprocess.run(
+            [str(BIN / "temporal"), *args, "--address", self.address],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        return result.stdout
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "jobctl-home"
+
+
+def _insight_rows(database_url: str) -> int:
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM retailer_insights").fetchone()[0]
+
+
+def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
+    grpc_port, ui_port = _free_port(), _free_port()
+    stack = DevStack(home, grpc_port, ui_port)
+    try:
+        started = time.monotonic()
+        ui = stack.wait_for(r"Temporal UI:\s+(http://\S+)", timeout=90)
+        assert time.monotonic() - started < 90
+        assert ui.group(1).startswith(f"http://127.0.0.1:{ui_port}/")
+        database_url = stack.wait_for(r"Database:\s+(\S+)", timeout=5).group(1)
+        stack.wait_for(r"demo data: seeded 50 retailers", timeout=5)
+
+        assert "insights-nightly" in stack.temporal("schedule", "list")
+        stack.temporal("schedule", "trigger", "--schedule-id", "insights-nightly")
+
+        deadline = time.monotonic() + 60
+        completed: list[dict] = []
+        while time.monotonic() < deadline and not completed:
+            listed = stack.temporal(
+                "workflow", "list", "--query", "WorkflowType='InsightsRegenerationWorkflow'", "--output", "jsonl"
+            )
+            runs = [json.loads(line) for line in listed.splitlines() if line.strip()]
+            completed = [r for r in runs if "COMPLETED" in str(r.get("status"))]
+            time.sleep(0.5)
+        assert completed, f"no completed insights run: {listed}"
+        assert completed[0]["execution"]["workflowId"].startswith("insights/")
+        assert _insight_rows(database_url) == 50
+    finally:
+        code = stack.stop()
+    assert code == 0, "".join(stack.output)[-3000:]
+    assert not (home / "pg" / "postmaster.pid").exists(), "PostgreSQL left running"
+
+    again = DevStack(home, grpc_port, ui_port)
+    try:
+        again.wait_for(r"demo data: already present", timeout=90)
+        assert "insights-nightly" in again.temporal("schedule", "list")
+    finally:
+        assert again.stop() == 0

@@ -1,0 +1,141 @@
+"""`jobctl dev`: the whole platform on one machine, from wheels, no Docker.
+
+Starts the Temporal dev server (UI included, state in .jobctl/temporal.db), an embedded
+PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo data,
+applies the schedules and runs the worker, all in this process group. SIGINT/SIGTERM
+drains the worker and stops every child; a second run reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import AsyncIterator
+
+import structlog
+from temporalio.client import Client
+
+from activities.database import create_engine
+from schemas import search_attributes
+from workers import binaries, migrate, schedules
+from workers.runner import stop_on_signals
+from workers.seed import seed_demo
+from workers.settings import Settings
+from workers.temporal_client import connect
+from workers.worker import build_workers, run_workers
+
+log = structlog.get_logger(__name__)
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
+    host, port = settings.temporal_address.rsplit(":", 1)
+    command = [
+        binaries.temporal_cli(),
+        "server",
+        "start-dev",
+        "--ip", host,
+        "--port", port,
+        "--ui-port", str(settings.temporal_ui_port),
+        "--db-filename", str(db_file),
+        "--namespace", settings.temporal_namespace,
+        "--log-level", "warn",
+    ]
+    for key in search_attributes.ALL:
+        command += ["--search-attribute", f"{key.name}=Keyword"]
+    return command
+
+
+@asynccontextmanager
+async def temporal_dev_server(settings: Settings, home: Path) -> AsyncIterator[Client]:
+    """The `temporal` CLI's dev server as a child process; yields a connected client."""
+    log_file = open(home / "temporal.log", "ab")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(
+        temporal_server_command(settings, home / "temporal.db"), stdout=log_file, stderr=subprocess.STDOUT
+    )
+    try:
+        yield await _wait_for_temporal(settings, process, home)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_file.close()
+        log.info("dev.temporal_stopped")
+
+
+async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes], home: Path) -> Client:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"temporal dev server exited with {process.returncode} (is {settings.temporal_address} in use?); "
+                f"see {home / 'temporal.log'}"
+            )
+        try:
+            return await connect(settings)
+        except Exception:  # noqa: BLE001 - not listening yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+@asynccontextmanager
+async def database(settings: Settings, home: Path) -> AsyncIterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL kept in .jobctl/pg."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from workers.embedded_db import EmbeddedPostgres
+
+    server = await asyncio.to_thread(EmbeddedPostgres, (home / "pg").resolve())
+    try:
+        yield await asyncio.to_thread(server.create_database, "jobctl")
+    finally:
+        await asyncio.to_thread(server.stop)
+        log.info("dev.postgres_stopped")
+
+
+async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
+    home = Path(settings.jobctl_home)
+    home.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(temporal_dev_server(settings, home))
+        database_url = await stack.enter_async_context(database(settings, home))
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        engine = create_engine(database_url)
+        stack.push_async_callback(engine.dispose)
+        if demo:
+            report = await seed_demo(
+                engine, today=datetime.now(settings.tz).date(), timezone=settings.business_timezone
+            )
+            print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
+        applied = await schedules.apply(client, settings)
+        workers = build_workers(client, settings, engine)
+        _print_banner(settings, database_url, applied)
+        await run_workers(workers, stop)
+
+
+def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str, str]]) -> None:
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    lines = [
+        "",
+        "jobctl dev stack is up",
+        f"  Temporal UI:   http://{host}:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}/workflows",
+        f"  Temporal gRPC: {settings.temporal_address} (namespace {settings.temporal_namespace})",
+        f"  Database:      {database_url}",
+        "  Schedules:     " + ", ".join(f"{sid} ({outcome})" for sid, outcome in applied),
+        "  Worker:        polling task queue " + settings.task_queue,
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

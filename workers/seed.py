@@ -1,0 +1,147 @@
+"""Demo and benchmark data, generated set-based in PostgreSQL (fast for tens of thousands of rows).
+
+Values are derived from ids with modular arithmetic, so the same seed always makes the
+same data and tests can reason about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PRODUCTS = (
+    "Basmati Rice 5kg", "Sunflower Oil 1L", "Black Tea 500g", "Sugar 1kg", "Wheat Flour 2kg",
+    "Tomato Paste 400g", "Pasta 500g", "Lentils 1kg", "Dish Soap 750ml", "Laundry Powder 3kg",
+    "Bottled Water 6x1.5L", "Instant Coffee 200g", "Milk Powder 900g", "Canned Tuna 160g", "Biscuits 12pk",
+)
+
+DEMO_MARKER = "Demo Retailer 001"
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    retailers: int
+    orders: int
+    debits: int
+
+
+_INSERT_RETAILERS = text(
+    """
+INSERT INTO retailers (name, phone, preferred_channel, timezone)
+SELECT :prefix || ' ' || lpad(g::text, 3, '0'),
+       '+1555' || lpad((:phone_base + g)::text, 7, '0'),
+       CASE WHEN g % 5 = 0 THEN 'sms' ELSE 'whatsapp' END,
+       :tz
+FROM generate_series(1, :n) AS g
+RETURNING id
+"""
+)
+
+_INSERT_ACCOUNTS = text(
+    """
+INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit, max_order_value, max_outstanding_days)
+SELECT id, 50000, 50000, 20000, 30 FROM retailers WHERE id BETWEEN :lo AND :hi
+"""
+)
+
+# 3 to 10 orders per retailer spread over the last 60 days; every 17th order failed.
+_INSERT_ORDERS = text(
+    """
+INSERT INTO orders (retailer_id, status, payment_mode, total_amount, created_at)
+SELECT r.id,
+       CASE WHEN (r.id + k) % 17 = 0 THEN 'FAILED' ELSE 'DELIVERED' END,
+       CASE WHEN (r.id + k) % 3 = 0 THEN 'COD' ELSE 'CREDIT' END,
+       0,
+       CAST(:today AS timestamptz) - make_interval(days => ((r.id * 7 + k * 13) % 60)::int, hours => ((k % 9) + 8)::int)
+FROM retailers r
+CROSS JOIN LATERAL generate_series(1, 3 + (r.id % 8)) AS k
+WHERE r.id BETWEEN :lo AND :hi
+"""
+)
+
+_INSERT_ITEMS = text(
+    """
+INSERT INTO order_items (order_id, product_name, quantity, unit_price)
+SELECT o.id,
+       (CAST(:products AS text[]))[1 + ((o.id * 3 + i * 5) % :n_products)],
+       1 + ((o.id + i) % 6),
+       (5 + ((o.id * 11 + i * 7) % 95))::numeric(14, 2)
+FROM orders o
+JOIN retailers r ON r.id = o.retailer_id
+CROSS JOIN LATERAL generate_series(1, 1 + (o.id % 3)) AS i
+WHERE r.id BETWEEN :lo AND :hi
+"""
+)
+
+_ORDER_TOTALS = text(
+    """
+UPDATE orders o SET total_amount = t.total
+FROM (SELECT order_id, sum(quantity * unit_price) AS total FROM order_items GROUP BY order_id) t
+WHERE t.order_id = o.id AND o.retailer_id BETWEEN :lo AND :hi
+"""
+)
+
+# Debits in every aging bucket: due dates from 75 days ago to 10 days ahead; a third already paid.
+_INSERT_DEBITS = text(
+    """
+INSERT INTO credit_transactions (retailer_id, type, amount, due_date, cleared_amount, status, cleared_at,
+                                 reference, created_at)
+SELECT r.id, 'DEBIT', amount,
+       due,
+       CASE WHEN paid THEN amount ELSE 0 END,
+       CASE WHEN paid THEN 'CLEARED' ELSE 'OPEN' END,
+       CASE WHEN paid THEN due::timestamptz + make_interval(days => (((r.id + d) % 9) - 4)::int) END,
+       'seed-' || r.id || '-' || d,
+       due::timestamptz - interval '30 days'
+FROM retailers r
+CROSS JOIN LATERAL generate_series(1, 1 + (r.id % 3)) AS d
+CROSS JOIN LATERAL (SELECT (CAST(:today AS date) - ((r.id * 5 + d * 23) % 86)::int + 10) AS due,
+                           (500 + ((r.id * 37 + d * 101) % 9500))::numeric(14, 2) AS amount,
+                           (r.id + d) % 3 = 0 AS paid) v
+WHERE r.id BETWEEN :lo AND :hi
+"""
+)
+
+_AVAILABLE_CREDIT = text(
+    """
+UPDATE credit_accounts ca
+SET available_credit = greatest(ca.credit_limit - coalesce(o.outstanding, 0), 0)
+FROM (SELECT retailer_id, sum(amount - cleared_amount) AS outstanding
+      FROM credit_transactions WHERE type = 'DEBIT' AND status <> 'CLEARED' GROUP BY retailer_id) o
+WHERE o.retailer_id = ca.retailer_id AND ca.retailer_id BETWEEN :lo AND :hi
+"""
+)
+
+
+async def seed_retailers(
+    engine: AsyncEngine, count: int, *, today: date, prefix: str = "Retailer", timezone: str = "UTC"
+) -> SeedReport:
+    """Add `count` retailers with credit accounts, 60 days of orders with items, and debits."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    async with engine.begin() as conn:
+        phone_base = await conn.scalar(text("SELECT coalesce(max(id), 0) FROM retailers"))
+        ids = (
+            await conn.execute(
+                _INSERT_RETAILERS, {"prefix": prefix, "n": count, "tz": timezone, "phone_base": phone_base}
+            )
+        ).scalars().all()
+        bounds = {"lo": min(ids), "hi": max(ids)}
+        await conn.execute(_INSERT_ACCOUNTS, bounds)
+        orders = (await conn.execute(_INSERT_ORDERS, {**bounds, "today": today})).rowcount
+        await conn.execute(_INSERT_ITEMS, {**bounds, "products": list(PRODUCTS), "n_products": len(PRODUCTS)})
+        await conn.execute(_ORDER_TOTALS, bounds)
+        debits = (await conn.execute(_INSERT_DEBITS, {**bounds, "today": today})).rowcount
+        await conn.execute(_AVAILABLE_CREDIT, bounds)
+    return SeedReport(retailers=len(ids), orders=orders, debits=debits)
+
+
+async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") -> SeedReport | None:
+    """The demo data set; a second call finds it and does nothing (returns None)."""
+    async with engine.connect() as conn:
+        if await conn.scalar(text("SELECT 1 FROM retailers WHERE name = :n"), {"n": DEMO_MARKER}):
+            return None
+    return await seed_retailers(engine, 50, today=today, prefix="Demo Retailer", timezone=timezone)

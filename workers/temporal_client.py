@@ -1,0 +1,44 @@
+"""One way to reach Temporal: local dev server or Temporal Cloud, same data converter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
+
+from workers.settings import Settings, SettingsError
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """mTLS when a client certificate is configured, plain TLS for API keys, none locally."""
+    if settings.temporal_tls_cert or settings.temporal_tls_key:
+        if not (settings.temporal_tls_cert and settings.temporal_tls_key):
+            raise SettingsError("TEMPORAL_TLS_CERT: set together with TEMPORAL_TLS_KEY")
+        return TLSConfig(
+            client_cert=_read_pem(settings.temporal_tls_cert, "TEMPORAL_TLS_CERT"),
+            client_private_key=_read_pem(settings.temporal_tls_key, "TEMPORAL_TLS_KEY"),
+        )
+    return settings.temporal_api_key is not None
+
+
+def _read_pem(value: str, name: str) -> bytes:
+    """Accept the PEM itself or a path to it (what secret mounts give you)."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    path = Path(value)
+    if not path.is_file():
+        raise SettingsError(f"{name}: no such file {value!r}")
+    return path.read_bytes()
+
+
+async def connect(settings: Settings) -> Client:
+    """Pydantic payloads (Decimal amounts stay exact) for every client and worker."""
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
+        tls=tls_config(settings),
+        data_converter=pydantic_data_converter,
+    )
