@@ -154,3 +154,47 @@ async def test_without_a_date_the_run_covers_the_current_business_day(
             task_queue=task_queue,
         )
     assert result.insight_date == now.astimezone(ZoneInfo("Pacific/Kiritimati")).date()
+
+
+async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(pg_server) -> None:
+    from activities.database import create_engine
+    from workers import migrate
+    from workers.seed import seed_demo
+
+    url = pg_server.create_database(f"demo_{uuid.uuid4().hex[:8]}")
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    try:
+        assert await seed_demo(engine, today=DAY) is not None
+        assert await seed_demo(engine, today=DAY) is None
+        async with engine.connect() as conn:
+            counts = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT 'retailers', count(*) FROM retailers UNION ALL"
+                            " SELECT 'pending', count(*) FROM pending_orders WHERE status = 'PENDING' UNION ALL"
+                            " SELECT 'companies', count(*) FROM companies UNION ALL"
+                            " SELECT 'open_cases', count(*) FROM recovery_cases WHERE status = 'OPEN' UNION ALL"
+                            " SELECT 'queue', count(*) FROM loyalty_reconciliation_queue WHERE status = 'PENDING'"
+                        )
+                    )
+                ).all()
+            )
+            buckets = set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT CASE WHEN :d - due_date <= 0 THEN 'current' WHEN :d - due_date <= 7 THEN '1-7'"
+                            " WHEN :d - due_date <= 15 THEN '8-15' WHEN :d - due_date <= 30 THEN '16-30'"
+                            " WHEN :d - due_date <= 60 THEN '31-60' ELSE '60+' END"
+                            " FROM credit_transactions WHERE type = 'DEBIT' AND status <> 'CLEARED'"
+                        ),
+                        {"d": DAY},
+                    )
+                ).scalars()
+            )
+        assert counts == {"retailers": 50, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        assert buckets == {"current", "1-7", "8-15", "16-30", "31-60", "60+"}
+    finally:
+        await engine.dispose()

@@ -140,8 +140,81 @@ async def seed_retailers(
 
 
 async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") -> SeedReport | None:
-    """The demo data set; a second call finds it and does nothing (returns None)."""
+    """The demo data set of every job family; a second call finds it and does nothing (returns None)."""
     async with engine.connect() as conn:
         if await conn.scalar(text("SELECT 1 FROM retailers WHERE name = :n"), {"n": DEMO_MARKER}):
             return None
-    return await seed_retailers(engine, 50, today=today, prefix="Demo Retailer", timezone=timezone)
+    report = await seed_retailers(engine, 50, today=today, prefix="Demo Retailer", timezone=timezone)
+    async with engine.begin() as conn:
+        await conn.execute(_DEMO_PENDING_ORDERS, {"marker": "Demo Retailer %"})
+        await conn.execute(_DEMO_COMPANIES)
+        await conn.execute(_DEMO_MEMBERSHIPS)
+        await conn.execute(_DEMO_CASES)
+        await conn.execute(_DEMO_CUSTOMERS)
+        await conn.execute(_DEMO_QUEUE)
+    return report
+
+
+# Ten checkouts left pending in the last few hours (each gets its own 24-hour clock).
+_DEMO_PENDING_ORDERS = text(
+    """
+WITH picked AS (
+    SELECT r.id AS retailer_id, row_number() OVER (ORDER BY r.id) AS n
+    FROM retailers r WHERE r.name LIKE :marker ORDER BY r.id LIMIT 10
+), created AS (
+    INSERT INTO orders (retailer_id, status, payment_mode, total_amount, created_at)
+    SELECT retailer_id, 'PENDING', 'CREDIT', 100 + n * 25, now() - make_interval(hours => n::int)
+    FROM picked
+    RETURNING id, retailer_id, total_amount, created_at
+)
+INSERT INTO pending_orders (order_id, retailer_id, amount, status, created_at, expires_at)
+SELECT id, retailer_id, total_amount, 'PENDING', created_at, created_at + interval '24 hours' FROM created
+"""
+)
+
+_DEMO_COMPANIES = text(
+    """
+INSERT INTO companies (id, name, reminder_offsets_days, incentive_days, daily_nudge_cap, grace_period_days)
+VALUES ('acme', 'Acme Fitness', '{0,2,5}', 14, 1, 3),
+       ('globex', 'Globex Coffee Club', '{0,3,7,14}', 7, 1, 5),
+       ('initech', 'Initech Software', '{1,4}', 30, 2, 2)
+ON CONFLICT (id) DO NOTHING
+"""
+)
+
+_DEMO_MEMBERSHIPS = text(
+    """
+INSERT INTO memberships (company_id, name, phone, preferred_channel, status, current_period_end)
+SELECT c.id, 'Member ' || c.id || ' ' || g, '+1556' || lpad((c.ord * 100 + g)::text, 7, '0'),
+       CASE WHEN g % 3 = 0 THEN 'sms' ELSE 'whatsapp' END,
+       CASE WHEN g <= 2 THEN 'PAST_DUE' ELSE 'ACTIVE' END,
+       now() + make_interval(days => (g * 3)::int)
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM companies WHERE id IN ('acme', 'globex', 'initech')) c
+CROSS JOIN generate_series(1, 6) AS g
+"""
+)
+
+# The two past-due members of each company have an open recovery case.
+_DEMO_CASES = text(
+    """
+INSERT INTO recovery_cases (company_id, membership_id, status, trigger)
+SELECT company_id, id, 'OPEN', 'payment_failed' FROM memberships WHERE status = 'PAST_DUE'
+ON CONFLICT DO NOTHING
+"""
+)
+
+_DEMO_CUSTOMERS = text(
+    """
+INSERT INTO customers (name, phone, loyalty_points)
+SELECT 'Loyalty Customer ' || g, '+1557' || lpad(g::text, 7, '0'), 0 FROM generate_series(1, 20) AS g
+"""
+)
+
+# Three checkouts whose points update failed, waiting for reconciliation.
+_DEMO_QUEUE = text(
+    """
+INSERT INTO loyalty_reconciliation_queue (customer_id, order_reference, payment_intent_id, points_redeemed, order_total)
+SELECT id, 'demo-order-' || id, NULL, 0, 40 + id FROM customers WHERE name LIKE 'Loyalty Customer %' ORDER BY id LIMIT 3
+ON CONFLICT (order_reference) DO NOTHING
+"""
+)
