@@ -34,6 +34,7 @@ class DevStack:
             "JOBCTL_HOME": str(home),
             "TEMPORAL_ADDRESS": self.address,
             "TEMPORAL_UI_PORT": str(ui_port),
+            "TWILIO_EMULATOR_PORT": "0",
             "LOG_FORMAT": "json",
         }
         self.output: list[str] = []

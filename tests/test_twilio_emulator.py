@@ -27,14 +27,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from workers.twilio_emulator import (
-    DEFAULT_ACCOUNT_SID,
-    DEFAULT_AUTH_TOKEN,
-    TwilioEmulator,
-    async_twilio_client,
-    main,
-    twilio_client,
-)
+from activities.messaging.twilio_gateway import async_twilio_client, twilio_client
+from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator, main
 
 SENDER = "+15005550006"
 WA_SENDER = "whatsapp:+15005550006"

@@ -88,6 +88,24 @@ def worker(
     run(lambda: run_worker_process(s, database_url, queues))
 
 
+@app.command("twilio-emulator")
+def twilio_emulator(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8089,
+    rate_limit: Annotated[float | None, typer.Option(min=0.001, help="Messages per second before HTTP 429 (20429).")] = None,
+    fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of creates answered 5xx.")] = 0.0,
+    latency_ms: Annotated[int, typer.Option(min=0, help="Added latency per request.")] = 0,
+) -> None:
+    """Serve the Twilio Messages API emulator (dev and tests) until Ctrl-C."""
+    from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, run as run_emulator
+
+    s = settings()
+    _configure_logging(s)
+    sid = s.twilio_account_sid or DEFAULT_ACCOUNT_SID
+    token = s.twilio_auth_token.get_secret_value() if s.twilio_auth_token else DEFAULT_AUTH_TOKEN
+    typer.echo(f"Twilio emulator on http://127.0.0.1:{port} (account {sid})")
+    run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token)
+
+
 @app.command()
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",

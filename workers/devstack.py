@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import structlog
+from pydantic import SecretStr
 from temporalio.client import Client
 
 from activities.database import create_engine
@@ -103,12 +104,32 @@ async def database(settings: Settings, home: Path) -> AsyncIterator[str]:
         log.info("dev.postgres_stopped")
 
 
+@asynccontextmanager
+async def twilio(settings: Settings) -> AsyncIterator[Settings]:
+    """Real Twilio when credentials are set; otherwise the emulator, and settings pointing at it."""
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        yield settings
+        return
+    from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, serve
+
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with serve(host, settings.twilio_emulator_port) as emulator:
+        yield settings.model_copy(
+            update={
+                "twilio_api_base": emulator.url,
+                "twilio_account_sid": DEFAULT_ACCOUNT_SID,
+                "twilio_auth_token": SecretStr(DEFAULT_AUTH_TOKEN),
+            }
+        )
+
+
 async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     home = Path(settings.jobctl_home)
     home.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
+        settings = await stack.enter_async_context(twilio(settings))
         client = await stack.enter_async_context(temporal_dev_server(settings, home))
         database_url = await stack.enter_async_context(database(settings, home))
         await asyncio.to_thread(migrate.upgrade, database_url)
@@ -133,8 +154,10 @@ def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str
         f"  Temporal UI:   http://{host}:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}/workflows",
         f"  Temporal gRPC: {settings.temporal_address} (namespace {settings.temporal_namespace})",
         f"  Database:      {database_url}",
+        f"  Twilio:        {settings.twilio_api_base or 'api.twilio.com'}"
+        + (" (emulator: GET /_emulator/messages lists what was sent)" if settings.twilio_api_base else ""),
         "  Schedules:     " + ", ".join(f"{sid} ({outcome})" for sid, outcome in applied),
-        "  Worker:        polling task queue " + settings.task_queue,
+        f"  Worker:        polling task queues {settings.task_queue}, {settings.messaging_task_queue}",
         "Press Ctrl-C to stop.",
         "",
     ]

@@ -52,9 +52,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_bind: str | None = None
 
+    message_daily_cap: int = Field(default=10, ge=0)
+    quiet_hours_start: int = Field(default=21, ge=0, le=23)
+    quiet_hours_end: int = Field(default=8, ge=0, le=23)
+    webhook_base_url: str | None = None
+    """Public base URL of `jobctl webhooks`, for Twilio status callbacks (None: no callbacks)."""
+
+    # Test hook: when this file exists, a send SIGKILLs its worker after Twilio accepted it.
+    jobctl_crash_after_accept_file: str | None = None
+
     # Dev stack (not used in production).
     jobctl_home: str = ".jobctl"
     temporal_ui_port: int = 8233
+    twilio_emulator_port: int = 8089
 
     @field_validator("database_url")
     @classmethod

@@ -25,8 +25,7 @@ A create passes the same gates as at Twilio, in this order: latency, auth (401/2
 limit (429/20429), injected fault (500/503), validation and magic numbers (400), and only then
 is the message accepted (201) and recorded. A refused request never records a message.
 
-``twilio_client`` builds the SDK client the product's activities use: pointed at the emulator
-when given a base URL (``TWILIO_API_BASE``), at real Twilio otherwise.
+The product reaches it only through the real SDK (``activities.messaging.twilio_gateway``).
 """
 
 from __future__ import annotations
@@ -53,11 +52,10 @@ from urllib.parse import urlencode
 import aiohttp
 import structlog
 from aiohttp import web
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+
+from activities.messaging.twilio_gateway import twilio_client
 
 log = structlog.get_logger(__name__)
 
@@ -1057,92 +1055,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("twilio_emulator.cannot_listen", host=args.host, port=args.port, error=str(exc))
         return 1
     return 0
-
-
-# --- the SDK client ----------------------------------------------------------------------------
-
-
-class _AsyncHttpClient(AsyncTwilioHttpClient):
-    """The SDK's aiohttp client, plus the default timeout it otherwise ignores.
-
-    ``AsyncTwilioHttpClient`` passes the per-call timeout (always None from ``create_async``)
-    straight to aiohttp, where None means no timeout at all; and it authenticates through
-    aiohttp's deprecated ``auth=BasicAuth``, so the header is built here instead. No
-    HTTP-level retries: a retried create is a duplicate message; retries belong to Temporal.
-    """
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
-    ) -> TwilioResponse:
-        if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            headers = {**(headers or {}), "Authorization": f"Basic {token}"}
-        return await super().request(
-            method,
-            url,
-            params=params,
-            data=data,
-            headers=headers,
-            auth=None,
-            timeout=timeout if timeout is not None else self.timeout,
-            allow_redirects=allow_redirects,
-        )
-
-
-def twilio_client(
-    base_url: str | None,
-    account_sid: str,
-    auth_token: str,
-    *,
-    async_client: bool = False,
-    timeout: float = 10.0,
-) -> Client:
-    """A real ``twilio.rest.Client``; pointed at ``base_url`` (the emulator) unless it is None.
-
-    The Messages API lives on the SDK's ``api`` domain, whose ``base_url`` is
-    ``https://api.twilio.com``; every URL the SDK builds for it, next-page links included,
-    is ``domain.base_url + uri``, so replacing that one attribute redirects the whole API.
-    Edge/region routing rewrites host names and is switched off for an emulator.
-
-    With ``async_client=True`` use ``create_async``/``fetch_async``/``list_async``, build the
-    client inside the running event loop, and close it with ``close_twilio_client``.
-    """
-    http_client = _AsyncHttpClient(timeout=timeout) if async_client else TwilioHttpClient(timeout=timeout)
-    client = Client(account_sid, auth_token, http_client=http_client)
-    if base_url:
-        client.edge = None
-        client.region = None
-        client.api.base_url = base_url.rstrip("/")
-    return client
-
-
-async def close_twilio_client(client: Client) -> None:
-    """Release the client's connection pool (aiohttp session or requests session)."""
-    http_client = client.http_client
-    if isinstance(http_client, AsyncTwilioHttpClient):
-        await http_client.close()
-    elif isinstance(http_client, TwilioHttpClient) and http_client.session is not None:
-        http_client.session.close()
-
-
-@asynccontextmanager
-async def async_twilio_client(
-    base_url: str | None, account_sid: str, auth_token: str, *, timeout: float = 10.0
-) -> AsyncIterator[Client]:
-    """``async with async_twilio_client(url, sid, token) as client: await client.messages.create_async(...)``"""
-    client = twilio_client(base_url, account_sid, auth_token, async_client=True, timeout=timeout)
-    try:
-        yield client
-    finally:
-        await close_twilio_client(client)
 
 
 if __name__ == "__main__":

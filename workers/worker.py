@@ -19,13 +19,17 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.insights import InsightActivities, business_day
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from workers.log import LoggingInterceptor
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError
 from workflows.insights import InsightsRegenerationWorkflow
+from workflows.messaging import MessageBatchWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [InsightsRegenerationWorkflow]
+WORKFLOWS = [InsightsRegenerationWorkflow, MessageBatchWorkflow]
 QUEUES = ("jobs", "messaging")
 
 
@@ -34,11 +38,35 @@ class WorkerOptions:
     task_queues: Sequence[str] = QUEUES
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30)
     max_cached_workflows: int = 2000
+    max_concurrent_sends: int = 200
 
 
 def job_activities(engine: AsyncEngine) -> list[object]:
     insights = InsightActivities(engine)
     return [insights.regenerate_insights_chunk, business_day]
+
+
+def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingActivities:
+    """Twilio through the real SDK: the emulator when TWILIO_API_BASE is set."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        raise SettingsError("TWILIO_ACCOUNT_SID: required by the messaging worker (with TWILIO_AUTH_TOKEN)")
+    client = twilio_client(
+        settings.twilio_api_base,
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        async_client=True,
+    )
+    callback = f"{settings.webhook_base_url.rstrip('/')}/webhooks/twilio/status" if settings.webhook_base_url else None
+    return MessagingActivities(
+        engine,
+        TwilioGateway(client, status_callback=callback),
+        Senders(whatsapp=settings.twilio_whatsapp_from, sms=settings.twilio_sms_from),
+        SendPolicy(
+            daily_cap=settings.message_daily_cap,
+            quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
+        ),
+        crash_after_accept_file=settings.jobctl_crash_after_accept_file,
+    )
 
 
 def build_workers(
@@ -60,6 +88,19 @@ def build_workers(
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 max_cached_workflows=options.max_cached_workflows,
+            )
+        )
+    if "messaging" in options.task_queues:
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.messaging_task_queue,
+                activities=[messaging_activities(settings, engine).send_message],
+                interceptors=interceptors,
+                graceful_shutdown_timeout=options.graceful_shutdown_timeout,
+                # Twilio's allowed rate, enforced by the server across every messaging worker.
+                max_task_queue_activities_per_second=settings.messages_per_second,
+                max_concurrent_activities=options.max_concurrent_sends,
             )
         )
     return workers

@@ -1,37 +1,107 @@
 """The only code that talks to Twilio, through the real `twilio` SDK (async client).
 
-`TWILIO_API_BASE` points the SDK at the emulator in dev and tests by rewriting the
-`https://api.twilio.com` prefix in the SDK's HTTP client; everything else is the SDK's own.
+`TWILIO_API_BASE` points the SDK at the emulator in dev and tests (the `api` domain's base
+URL); everything else is the SDK's own.
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
-TWILIO_API = "https://api.twilio.com"
+
+class _AsyncHttpClient(AsyncTwilioHttpClient):
+    """The SDK's aiohttp client, plus the default timeout it otherwise ignores.
+
+    ``AsyncTwilioHttpClient`` passes the per-call timeout (always None from ``create_async``)
+    straight to aiohttp, where None means no timeout at all; and it authenticates through
+    aiohttp's deprecated ``auth=BasicAuth``, so the header is built here instead. No
+    HTTP-level retries: a retried create is a duplicate message; retries belong to Temporal.
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {token}"}
+        return await super().request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=None,
+            timeout=timeout if timeout is not None else self.timeout,
+            allow_redirects=allow_redirects,
+        )
 
 
-class _RebasedHttpClient(AsyncTwilioHttpClient):
-    def __init__(self, base_url: str, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self._base_url = base_url.rstrip("/")
+def twilio_client(
+    base_url: str | None,
+    account_sid: str,
+    auth_token: str,
+    *,
+    async_client: bool = False,
+    timeout: float = 10.0,
+) -> Client:
+    """A real ``twilio.rest.Client``; pointed at ``base_url`` (the emulator) unless it is None.
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any):  # type: ignore[override]
-        if url.startswith(TWILIO_API):
-            url = self._base_url + url[len(TWILIO_API):]
-        return await super().request(method, url, *args, **kwargs)
+    The Messages API lives on the SDK's ``api`` domain, whose ``base_url`` is
+    ``https://api.twilio.com``; every URL the SDK builds for it, next-page links included,
+    is ``domain.base_url + uri``, so replacing that one attribute redirects the whole API.
+    Edge/region routing rewrites host names and is switched off for an emulator.
+
+    With ``async_client=True`` use ``create_async``/``fetch_async``/``list_async``, build the
+    client inside the running event loop, and close it with ``close_twilio_client``.
+    """
+    http_client = _AsyncHttpClient(timeout=timeout) if async_client else TwilioHttpClient(timeout=timeout)
+    client = Client(account_sid, auth_token, http_client=http_client)
+    if base_url:
+        client.edge = None
+        client.region = None
+        client.api.base_url = base_url.rstrip("/")
+    return client
 
 
-def twilio_client(account_sid: str, auth_token: str, base_url: str | None = None, *, timeout: float = 10.0) -> Client:
-    """An async-capable SDK client; `base_url` None means real Twilio."""
-    http = _RebasedHttpClient(base_url, timeout) if base_url else AsyncTwilioHttpClient(timeout=timeout)
-    return Client(account_sid, auth_token, http_client=http)
+async def close_twilio_client(client: Client) -> None:
+    """Release the client's connection pool (aiohttp session or requests session)."""
+    http_client = client.http_client
+    if isinstance(http_client, AsyncTwilioHttpClient):
+        await http_client.close()
+    elif isinstance(http_client, TwilioHttpClient) and http_client.session is not None:
+        http_client.session.close()
+
+
+@asynccontextmanager
+async def async_twilio_client(
+    base_url: str | None, account_sid: str, auth_token: str, *, timeout: float = 10.0
+) -> AsyncIterator[Client]:
+    """``async with async_twilio_client(url, sid, token) as client: await client.messages.create_async(...)``"""
+    client = twilio_client(base_url, account_sid, auth_token, async_client=True, timeout=timeout)
+    try:
+        yield client
+    finally:
+        await close_twilio_client(client)
+
 
 
 @dataclass(frozen=True)
@@ -68,22 +138,20 @@ class TwilioGateway:
         message = await self._client.messages.create_async(**kwargs)
         return Accepted(sid=message.sid, status=message.status)
 
-    async def find_sent(self, *, to: str, since: datetime, body: str | None, content_sid: str | None) -> str | None:
-        """The sid of a message to `to` created since `since` with this body, if Twilio has one."""
-        messages = await self._client.messages.list_async(to=to, date_sent_after=since, limit=200)
-        for message in messages:
+    async def find_sent(self, *, to: str, since: datetime, body: str) -> str | None:
+        """The sid of a message to `to` created since `since` with this text (or a template's), if any.
+
+        Lists by `To` only: a DateSent filter would miss a message that is still queued.
+        """
+        for message in await self._client.messages.list_async(to=to, limit=100):
             if message.date_created and message.date_created < since.replace(microsecond=0):
                 continue
-            if body is not None and message.body == body:
-                return message.sid
-            if content_sid is not None and getattr(message, "body", None) is not None and body is None:
+            if message.body == body or not message.body:
                 return message.sid
         return None
 
     async def close(self) -> None:
-        http = self._client.http_client
-        if isinstance(http, AsyncTwilioHttpClient):
-            await http.close()
+        await close_twilio_client(self._client)
 
 
 __all__ = ["Accepted", "TwilioGateway", "TwilioRestException", "twilio_client"]

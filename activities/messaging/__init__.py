@@ -1,0 +1,1 @@
+"""Messaging: the outbox, templates and the Twilio gateway (sends run on the `messaging` queue)."""

@@ -1,0 +1,151 @@
+"""The outbox in PostgreSQL: one `message_log` row per idempotency key, recipients and opt-outs.
+
+The row is claimed under a row lock and marked `sending` (committed) before Twilio is
+called; the sid is stored after. A row found in `sending` therefore means "maybe sent":
+the caller looks the message up at Twilio before sending again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from typing import Any
+
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.messaging import SendMessage
+from schemas.tables import Company, Customer, Membership, MessageLog, RecipientOptOut, Retailer
+
+LIVE_STATUSES = ("sending", "sent", "delivered")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    type: str
+    id: str
+    first_name: str
+    phone: str | None
+    preferred_channel: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: int = 21
+    end: int = 8
+
+    def holds(self, local: datetime) -> bool:
+        if self.start > self.end:  # spans midnight, e.g. 21:00-08:00
+            return local.hour >= self.start or local.hour < self.end
+        return self.start <= local.hour < self.end
+
+    def next_allowed(self, local: datetime) -> datetime:
+        """The first moment at or after `local` outside quiet hours."""
+        if not self.holds(local):
+            return local
+        candidate = datetime.combine(local.date(), time(self.end), tzinfo=local.tzinfo)
+        return candidate if candidate > local else candidate + timedelta(days=1)
+
+
+def _first_name(name: str | None) -> str:
+    return (name or "there").split()[0]
+
+
+async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_id: str) -> Recipient | None:
+    """Only here does a phone number leave the database, and only into the activity."""
+    if not recipient_id.isdigit():
+        return None
+    rid = int(recipient_id)
+    if recipient_type == "retailer":
+        row = (await conn.execute(
+            select(Retailer.name, Retailer.phone, Retailer.preferred_channel, Retailer.timezone).where(Retailer.id == rid)
+        )).first()
+    elif recipient_type == "member":
+        row = (await conn.execute(
+            select(
+                Membership.name,
+                Membership.phone,
+                Membership.preferred_channel,
+                func.coalesce(Membership.timezone, Company.timezone),
+            ).join(Company, Company.id == Membership.company_id).where(Membership.id == rid)
+        )).first()
+    else:
+        row = (await conn.execute(
+            select(Customer.name, Customer.phone, text("'whatsapp'"), text("'UTC'")).where(Customer.id == rid)
+        )).first()
+    if row is None:
+        return None
+    name, phone, channel, tz = row
+    return Recipient(recipient_type, recipient_id, _first_name(name), phone, channel or "whatsapp", tz or "UTC")
+
+
+async def claim(conn: AsyncConnection, request: SendMessage, channel: str, template_version: int) -> Row[Any]:
+    """Insert the key's row if new, then lock it for this attempt (the caller commits)."""
+    await conn.execute(
+        insert(MessageLog)
+        .values(
+            idempotency_key=request.idempotency_key,
+            recipient_type=request.recipient_type,
+            recipient_id=request.recipient_id,
+            channel=channel,
+            template=request.template,
+            template_version=template_version,
+            status="queued",
+        )
+        .on_conflict_do_nothing(index_elements=[MessageLog.idempotency_key])
+    )
+    return (
+        await conn.execute(
+            select(MessageLog.__table__).where(MessageLog.idempotency_key == request.idempotency_key).with_for_update()
+        )
+    ).one()
+
+
+async def set_status(conn: AsyncConnection, key: str, status: str, **values: object) -> None:
+    await conn.execute(
+        update(MessageLog)
+        .where(MessageLog.idempotency_key == key)
+        .values(status=status, updated_at=func.now(), **values)
+    )
+
+
+async def is_opted_out(conn: AsyncConnection, recipient: Recipient, channel: str) -> bool:
+    return bool(
+        await conn.scalar(
+            select(func.count()).select_from(RecipientOptOut).where(
+                RecipientOptOut.recipient_type == recipient.type,
+                RecipientOptOut.recipient_id == recipient.id,
+                RecipientOptOut.channel == channel,
+            )
+        )
+    )
+
+
+async def record_opt_out(engine: AsyncEngine, recipient: Recipient, channel: str, reason: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(RecipientOptOut)
+            .values(recipient_type=recipient.type, recipient_id=recipient.id, channel=channel, reason=reason)
+            .on_conflict_do_nothing()
+        )
+
+
+async def sent_today(conn: AsyncConnection, recipient: Recipient, key: str, now: datetime) -> int:
+    """Messages that went (or may have gone) out to this recipient since local midnight."""
+    local_midnight = datetime.combine(now.astimezone(ZoneInfo(recipient.timezone)).date(), time(0), ZoneInfo(recipient.timezone))
+    return int(
+        await conn.scalar(
+            select(func.count()).select_from(MessageLog).where(
+                MessageLog.recipient_type == recipient.type,
+                MessageLog.recipient_id == recipient.id,
+                MessageLog.created_at >= local_midnight,
+                MessageLog.status.in_(LIVE_STATUSES),
+                MessageLog.idempotency_key != key,
+            )
+        )
+        or 0
+    )

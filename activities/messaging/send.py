@@ -1,0 +1,209 @@
+"""`send_message`: exactly-once WhatsApp/SMS through the outbox.
+
+At-least-once activities become exactly-once sends: the key's row is claimed and marked
+`sending` before Twilio is called, the sid is stored after, and a retry that finds `sending`
+asks Twilio what it already accepted before it sends again. Permanent provider errors are
+recorded on the row and raised as non-retryable; everything else is retried by Temporal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from twilio.base.exceptions import TwilioRestException
+
+from activities.messaging import outbox
+from activities.messaging.outbox import QuietHours, Recipient
+from activities.messaging.templates import Template, UnknownTemplate, get_template
+from activities.messaging.twilio_gateway import TwilioGateway
+from schemas.messaging import SendMessage, SendOutcome
+
+log = structlog.get_logger(__name__)
+
+INVALID_RECIPIENT = {21211, 21612, 21614, 21408}
+INVALID_SENDER = {21212, 21606}
+OPTED_OUT = 21610
+OUTSIDE_SESSION = 63016
+BUSY = {21611, 30001, 63018, 20429}
+
+
+@dataclass(frozen=True)
+class Senders:
+    whatsapp: str
+    sms: str
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    daily_cap: int = 10
+    quiet_hours: QuietHours = QuietHours()
+
+
+def _address(channel: str, phone: str) -> str:
+    return f"whatsapp:{phone}" if channel == "whatsapp" else phone
+
+
+def _permanent(error_type: str, message: str, code: int | None = None) -> ApplicationError:
+    return ApplicationError(message, {"code": code}, type=error_type, non_retryable=True)
+
+
+class MessagingActivities:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        gateway: TwilioGateway,
+        senders: Senders,
+        policy: SendPolicy = SendPolicy(),
+        crash_after_accept_file: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._gateway = gateway
+        self._senders = senders
+        self._policy = policy
+        self._crash_file = Path(crash_after_accept_file) if crash_after_accept_file else None
+
+    @activity.defn(name="send_message")
+    async def send_message(self, request: SendMessage) -> SendOutcome:
+        try:
+            template = get_template(request.template, request.template_version)
+        except UnknownTemplate as exc:
+            raise _permanent("UnknownTemplate", str(exc)) from None
+        async with self._engine.connect() as conn:
+            recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
+        if recipient is None:
+            raise _permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
+        channel = request.channel or recipient.preferred_channel
+        params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
+        try:
+            body = template.render(params)
+        except ValueError as exc:
+            raise _permanent("InvalidTemplateParams", str(exc)) from None
+
+        decided = await self._claim(request, recipient, channel, template, body)
+        if decided is not None:
+            return decided
+        return await self._send(request, recipient, channel, template, params, body)
+
+    async def _claim(
+        self, request: SendMessage, recipient: Recipient, channel: str, template: Template, body: str
+    ) -> SendOutcome | None:
+        """Lock the key's row and decide: already done, held back, or ours to send now."""
+        now = datetime.now(UTC)
+        key = request.idempotency_key
+        async with self._engine.begin() as conn:
+            row = await outbox.claim(conn, request, channel, template.version)
+            if row.status in ("sent", "delivered", "undelivered"):
+                return SendOutcome(status="sent", provider_sid=row.provider_sid, channel=row.channel, duplicate=True)
+            if row.status == "failed":
+                raise _permanent(row.reason or "ProviderRejected", f"message {key} failed earlier", row.error_code)
+            if row.status == "suppressed":
+                return SendOutcome(status="suppressed", channel=row.channel, reason=row.reason)
+            if row.status == "sending" and recipient.phone:
+                sid = await self._gateway.find_sent(
+                    to=_address(row.channel, recipient.phone), since=row.updated_at - timedelta(seconds=5), body=body
+                )
+                if sid:
+                    await outbox.set_status(conn, key, "sent", provider_sid=sid, sent_at=now)
+                    log.info("message.resolved_after_crash", idempotency_key=key, provider_sid=sid)
+                    return SendOutcome(status="sent", provider_sid=sid, channel=row.channel, duplicate=True)
+            held = await self._held_back(conn, recipient, channel, key, now)
+            if held is not None:
+                await outbox.set_status(conn, key, held.status, reason=held.reason)
+                log.info("message.held_back", idempotency_key=key, status=held.status, reason=held.reason)
+                return held
+            await outbox.set_status(conn, key, "sending", attempts=row.attempts + 1)
+        return None
+
+    async def _held_back(self, conn, recipient: Recipient, channel: str, key: str, now: datetime) -> SendOutcome | None:
+        if not recipient.phone:
+            return SendOutcome(status="suppressed", channel=channel, reason="no_phone")
+        if await outbox.is_opted_out(conn, recipient, channel):
+            return SendOutcome(status="suppressed", channel=channel, reason="opted_out")
+        if await outbox.sent_today(conn, recipient, key, now) >= self._policy.daily_cap:
+            return SendOutcome(status="suppressed", channel=channel, reason="daily_cap")
+        local = now.astimezone(ZoneInfo(recipient.timezone))
+        if self._policy.quiet_hours.holds(local):
+            retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
+            return SendOutcome(status="deferred", channel=channel, reason="quiet_hours", retry_at=retry_at)
+        return None
+
+    async def _send(
+        self, request: SendMessage, recipient: Recipient, channel: str, template: Template, params: dict, body: str
+    ) -> SendOutcome:
+        key = request.idempotency_key
+        assert recipient.phone
+        try:
+            accepted, channel = await self._deliver(recipient.phone, channel, template, params, body)
+        except TwilioRestException as exc:
+            await self._record_failure(request, recipient, channel, exc)
+            raise
+        self._maybe_crash()
+        async with self._engine.begin() as conn:
+            await outbox.set_status(
+                conn, key, "sent", provider_sid=accepted.sid, channel=channel, sent_at=datetime.now(UTC), error_code=None
+            )
+        log.info("message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=channel, template=template.name)
+        return SendOutcome(status="sent", provider_sid=accepted.sid, channel=channel)
+
+    async def _deliver(self, phone: str, channel: str, template: Template, params: dict, body: str):
+        """WhatsApp first when preferred; outside the 24 h window, the approved template or SMS."""
+        sender = self._senders.whatsapp if channel == "whatsapp" else self._senders.sms
+        try:
+            return await self._gateway.send(to=_address(channel, phone), from_=sender, body=body), channel
+        except TwilioRestException as exc:
+            if exc.code != OUTSIDE_SESSION or channel != "whatsapp":
+                raise
+        if template.whatsapp_content_sid:
+            variables = json.dumps(template.content_variables(params))
+            accepted = await self._gateway.send(
+                to=_address("whatsapp", phone),
+                from_=self._senders.whatsapp,
+                content_sid=template.whatsapp_content_sid,
+                content_variables=variables,
+            )
+            return accepted, "whatsapp"
+        return await self._gateway.send(to=phone, from_=self._senders.sms, body=body), "sms"
+
+    async def _record_failure(
+        self, request: SendMessage, recipient: Recipient, channel: str, exc: TwilioRestException
+    ) -> None:
+        """Permanent errors are recorded and made non-retryable; a refusal frees the row for a retry."""
+        key, code = request.idempotency_key, exc.code
+        if code in INVALID_RECIPIENT or code in INVALID_SENDER or code == OPTED_OUT:
+            error_type = (
+                "InvalidRecipient" if code in INVALID_RECIPIENT else "InvalidSender" if code in INVALID_SENDER
+                else "RecipientOptedOut"
+            )
+            if code == OPTED_OUT:
+                await outbox.record_opt_out(self._engine, recipient, channel, reason="twilio 21610")
+            async with self._engine.begin() as conn:
+                await outbox.set_status(conn, key, "failed", error_code=code, reason=error_type)
+            log.warning("message.failed", idempotency_key=key, error_code=code, error_type=error_type)
+            raise _permanent(error_type, f"Twilio refused {key}: {exc.msg}", code) from None
+        if exc.status is not None and exc.status >= 500:
+            return  # ambiguous: keep `sending` so the retry looks the message up first
+        async with self._engine.begin() as conn:
+            await outbox.set_status(conn, key, "queued", error_code=code, reason="retrying")
+        if code in BUSY or exc.status == 429:
+            log.info("message.throttled", idempotency_key=key, error_code=code)
+            raise ApplicationError(f"Twilio busy ({code})", type="ProviderBusy") from None
+        log.warning("message.rejected", idempotency_key=key, error_code=code, status=exc.status)
+        async with self._engine.begin() as conn:
+            await outbox.set_status(conn, key, "failed", error_code=code, reason="ProviderRejected")
+        raise _permanent("ProviderRejected", f"Twilio rejected {key}: {exc.msg}", code) from None
+
+    def _maybe_crash(self) -> None:
+        """Test hook: die like `kill -9` between Twilio accepting and the sid being stored."""
+        if self._crash_file and self._crash_file.exists():
+            self._crash_file.unlink(missing_ok=True)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,51 @@
+"""Payloads of the messaging gateway: what a workflow asks to send, and what happened.
+
+Only ids, template names and parameters travel through Temporal: the phone number and the
+rendered text are read and built inside the activity, so histories never show them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RecipientType = Literal["retailer", "member", "customer"]
+Channel = Literal["whatsapp", "sms"]
+
+
+class SendMessage(BaseModel):
+    idempotency_key: str = Field(min_length=1, max_length=200, description="from business ids, e.g. reminder:42:2026-11-23")
+    recipient_type: RecipientType
+    recipient_id: str = Field(min_length=1, max_length=64)
+    template: str
+    template_version: int | None = Field(default=None, ge=1, description="None: the newest version")
+    params: dict[str, str | int | Decimal] = Field(default_factory=dict)
+    channel: Channel | None = Field(default=None, description="None: the recipient's preference")
+
+
+class SendOutcome(BaseModel):
+    status: Literal["sent", "suppressed", "deferred"]
+    provider_sid: str | None = None
+    channel: Channel | None = None
+    reason: str | None = None
+    retry_at: datetime | None = Field(default=None, description="when a deferred message may go out")
+    duplicate: bool = Field(default=False, description="already sent under this key: nothing new went out")
+
+
+class MessageBatch(BaseModel):
+    """A batch of sends fanned out to the messaging queue with bounded concurrency."""
+
+    messages: list[SendMessage]
+    max_in_flight: int = Field(default=100, ge=1, le=2000)
+    task_queue: str = Field(default="messaging", description="the messaging workers' queue")
+
+
+class MessageBatchResult(BaseModel):
+    sent: int = 0
+    duplicates: int = 0
+    suppressed: dict[str, int] = Field(default_factory=dict)
+    deferred: int = 0
+    failed: dict[str, int] = Field(default_factory=dict)
