@@ -55,6 +55,7 @@ def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingAc
         settings.twilio_account_sid,
         settings.twilio_auth_token.get_secret_value(),
         async_client=True,
+        timeout=5.0,
     )
     callback = f"{settings.webhook_base_url.rstrip('/')}/webhooks/twilio/status" if settings.webhook_base_url else None
     return MessagingActivities(
