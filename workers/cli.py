@@ -74,6 +74,7 @@ def worker(
         list[str] | None,
         typer.Option("--task-queue", help="Queues to poll: jobs, messaging (repeatable; default both)."),
     ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only check Temporal and the database are reachable; exit 0 or 1.")] = False,
 ) -> None:
     """Run a worker against the configured Temporal and database (production entry point)."""
     s = settings()
@@ -83,6 +84,16 @@ def worker(
     if unknown:
         raise UsageError(f"unknown task queue(s): {', '.join(unknown)} (choose from jobs, messaging)")
     _configure_logging(s)
+    if check:
+        from workers.runner import check_dependencies
+
+        problems = run(lambda: check_dependencies(s, database_url))
+        for problem in problems:
+            typer.echo(f"not ready: {problem}", err=True)
+        if problems:
+            raise typer.Exit(1)
+        typer.echo("ready: Temporal and the database answer")
+        return
     from workers.runner import run_worker_process
 
     run(lambda: run_worker_process(s, database_url, queues))
@@ -198,13 +209,9 @@ def schedules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 @schedules_app.command("trigger")
 def schedules_trigger(schedule_id: Annotated[str, typer.Argument(help="Schedule id, e.g. insights-nightly.")]) -> None:
     """Run a schedule's action now."""
-    from workers import schedules
     from workers.temporal_client import connect
 
-    try:
-        schedules.by_id(schedule_id)
-    except KeyError as exc:
-        raise UsageError(str(exc.args[0])) from None
+    _known_schedule(schedule_id)
     s = settings()
 
     async def _trigger() -> None:
@@ -212,6 +219,77 @@ def schedules_trigger(schedule_id: Annotated[str, typer.Argument(help="Schedule 
 
     run(_trigger)
     typer.echo(f"triggered {schedule_id}")
+
+
+def _known_schedule(schedule_id: str) -> str:
+    from workers import schedules
+
+    try:
+        return schedules.by_id(schedule_id).schedule_id
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+
+
+@schedules_app.command("pause")
+def schedules_pause(
+    schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
+    note: Annotated[str, typer.Option("--note", help="Why (shown in the UI).")] = "paused with jobctl",
+) -> None:
+    """Pause a schedule; `apply` keeps it paused until someone unpauses it."""
+    from workers.temporal_client import connect
+
+    _known_schedule(schedule_id)
+    s = settings()
+
+    async def _pause() -> None:
+        await (await connect(s)).get_schedule_handle(schedule_id).pause(note=note)
+
+    run(_pause)
+    typer.echo(f"paused {schedule_id}: {note}")
+
+
+@schedules_app.command("unpause")
+def schedules_unpause(
+    schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
+    note: Annotated[str, typer.Option("--note")] = "unpaused with jobctl",
+) -> None:
+    """Resume a paused schedule."""
+    from workers.temporal_client import connect
+
+    _known_schedule(schedule_id)
+    s = settings()
+
+    async def _unpause() -> None:
+        await (await connect(s)).get_schedule_handle(schedule_id).unpause(note=note)
+
+    run(_unpause)
+    typer.echo(f"unpaused {schedule_id}")
+
+
+@schedules_app.command("backfill")
+def schedules_backfill(
+    schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
+    start: Annotated[datetime, typer.Option("--from", help="Start (exclusive), e.g. 2026-11-01 or 2026-11-01T03:00:00.")],
+    end: Annotated[datetime, typer.Option("--to", help="End (inclusive).")],
+) -> None:
+    """Run the actions a schedule would have taken between two times (e.g. after an outage)."""
+    from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
+
+    from workers.temporal_client import connect
+
+    _known_schedule(schedule_id)
+    s = settings()
+    start_at, end_at = (t if t.tzinfo else t.replace(tzinfo=s.tz) for t in (start, end))
+    if end_at <= start_at:
+        raise UsageError("--to must be after --from")
+
+    async def _backfill() -> None:
+        await (await connect(s)).get_schedule_handle(schedule_id).backfill(
+            ScheduleBackfill(start_at=start_at, end_at=end_at, overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+        )
+
+    run(_backfill)
+    typer.echo(f"backfilling {schedule_id} from {start_at.isoformat()} to {end_at.isoformat()}")
 
 
 # --- insights --------------------------------------------------------------------------------

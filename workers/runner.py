@@ -34,3 +34,24 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
     finally:
         await engine.dispose()
         log.info("worker.stopped")
+
+
+async def check_dependencies(settings: Settings, database_url: str) -> list[str]:
+    """Readiness probe: what is not reachable (empty when ready)."""
+    from sqlalchemy import text
+
+    problems = []
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        await asyncio.wait_for(client.service_client.check_health(), timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        problems.append(f"Temporal at {settings.temporal_address}: {type(exc).__name__}: {exc}".splitlines()[0])
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"database: {type(exc).__name__}".splitlines()[0])
+    finally:
+        await engine.dispose()
+    return problems
