@@ -7,12 +7,18 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+def _migrations_root() -> Path:
+    """The checkout (editable install, tests) or the working directory (the Docker image's /app)."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "alembic.ini").is_file() and (root / "migrations").is_dir():
+            return root
+    raise FileNotFoundError("alembic.ini and migrations/ not found next to the package or in the working directory")
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    root = _migrations_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
     # ConfigParser interpolates '%': escape it so URL-encoded passwords survive.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config

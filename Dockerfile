@@ -1,0 +1,28 @@
+# The jobctl worker image: slim, non-root, `jobctl worker` by default.
+#   docker build -t jobctl .
+#   docker run --rm -e DATABASE_URL=... -e TEMPORAL_ADDRESS=... jobctl
+# Readiness probe: `jobctl worker --check` (exit 0 when Temporal and the database answer).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md alembic.ini ./
+COPY workflows ./workflows
+COPY activities ./activities
+COPY workers ./workers
+COPY schemas ./schemas
+COPY migrations ./migrations
+RUN python -m venv /opt/jobctl && /opt/jobctl/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /app --create-home jobctl
+COPY --from=build /opt/jobctl /opt/jobctl
+COPY --from=build /src/alembic.ini /app/alembic.ini
+COPY --from=build /src/migrations /app/migrations
+ENV PATH=/opt/jobctl/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json
+WORKDIR /app
+USER 10001
+# SIGTERM drains: in-flight activities get the worker's graceful shutdown timeout.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["jobctl"]
+CMD ["worker"]
