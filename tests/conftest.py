@@ -90,6 +90,26 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@pytest.fixture
+def record_history():
+    """Save a finished workflow's history for the replay suite when RECORD_HISTORIES=1.
+
+    `RECORD_HISTORIES=1 make test` regenerates tests/histories/ from the tests that use this.
+    """
+
+    async def record(handle, name: str) -> None:
+        if os.environ.get("RECORD_HISTORIES") != "1":
+            return
+        history = await handle.fetch_history()
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+    return record
+
+
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4().hex[:12]}"

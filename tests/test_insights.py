@@ -88,7 +88,7 @@ async def test_a_retailers_insight_has_the_numbers_they_would_compute_by_hand(en
 
 
 async def test_nightly_run_writes_one_row_per_retailer_and_rerun_overwrites(
-    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str
+    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     await seed_retailers(engine, 130, today=DAY)
     async with engine.connect() as conn:
@@ -109,6 +109,7 @@ async def test_nightly_run_writes_one_row_per_retailer_and_rerun_overwrites(
         )
         second = await handle.result()
         status = await handle.query(InsightsRegenerationWorkflow.status)
+        await record_history(handle, "insights_regeneration")
 
     assert first.retailers_done == second.retailers_done == retailers
     assert first.pages_done == -(-retailers // 50)
@@ -136,7 +137,7 @@ def test_risk_levels(overdue: int, used: str, level: str) -> None:
 
 
 async def test_without_a_date_the_run_covers_the_current_business_day(
-    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str
+    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     from zoneinfo import ZoneInfo
 
@@ -147,12 +148,14 @@ async def test_without_a_date_the_run_covers_the_current_business_day(
         activities=[InsightActivities(engine).regenerate_insights_chunk, business_day],
     ):
         now = await time_skipping_env.get_current_time()
-        result = await time_skipping_env.client.execute_workflow(
+        handle = await time_skipping_env.client.start_workflow(
             InsightsRegenerationWorkflow.run,
             InsightsRequest(business_timezone="Pacific/Kiritimati"),  # UTC+14: often a day ahead of UTC
             id=f"insights/{uuid.uuid4()}",
             task_queue=task_queue,
         )
+        result = await handle.result()
+        await record_history(handle, "insights_scheduled_day")
     assert result.insight_date == now.astimezone(ZoneInfo("Pacific/Kiritimati")).date()
 
 

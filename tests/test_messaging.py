@@ -218,3 +218,30 @@ async def test_unknown_recipient_and_template_are_permanent(engine: AsyncEngine,
     assert raised.value.type == "UnknownTemplate"
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM message_log WHERE recipient_id = '987654321'")) == 0
+
+
+async def test_a_batch_reports_what_happened_to_each_message(
+    engine: AsyncEngine, gateway: TwilioGateway, time_skipping_env, task_queue: str, record_history
+) -> None:
+    from temporalio.worker import Worker
+
+    from schemas.messaging import MessageBatch
+    from workflows.messaging import MessageBatchWorkflow
+
+    good, no_phone, invalid = (
+        await retailer(engine, unique_phone()),
+        await retailer(engine, None),
+        await retailer(engine, "+15005550001"),
+    )
+    batch = MessageBatch(messages=[reminder(r) for r in (good, no_phone, invalid)], task_queue=f"{task_queue}-msg")
+    async with Worker(time_skipping_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
+        time_skipping_env.client, task_queue=batch.task_queue, activities=[activities(engine, gateway).send_message]
+    ):
+        handle = await time_skipping_env.client.start_workflow(
+            MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue
+        )
+        result = await handle.result()
+        await record_history(handle, "message_batch")
+    assert result.sent == 1
+    assert result.suppressed == {"no_phone": 1}
+    assert result.failed == {"InvalidRecipient": 1}

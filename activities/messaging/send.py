@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -145,8 +146,8 @@ class MessagingActivities:
         try:
             accepted, channel = await self._deliver(recipient.phone, channel, template, params, body)
         except TwilioRestException as exc:
-            await self._record_failure(request, recipient, channel, exc)
-            raise
+            await self._record_failure(request, recipient, channel, exc)  # always raises
+            raise AssertionError("unreachable") from exc
         self._maybe_crash()
         async with self._engine.begin() as conn:
             await outbox.set_status(
@@ -176,8 +177,12 @@ class MessagingActivities:
 
     async def _record_failure(
         self, request: SendMessage, recipient: Recipient, channel: str, exc: TwilioRestException
-    ) -> None:
-        """Permanent errors are recorded and made non-retryable; a refusal frees the row for a retry."""
+    ) -> NoReturn:
+        """Permanent errors are recorded and made non-retryable; a refusal frees the row for a retry.
+
+        The raised errors carry the code, never Twilio's text: it quotes the phone number, and
+        failures are stored in the workflow's history.
+        """
         key, code = request.idempotency_key, exc.code
         if code in INVALID_RECIPIENT or code in INVALID_SENDER or code == OPTED_OUT:
             error_type = (
@@ -189,9 +194,10 @@ class MessagingActivities:
             async with self._engine.begin() as conn:
                 await outbox.set_status(conn, key, "failed", error_code=code, reason=error_type)
             log.warning("message.failed", idempotency_key=key, error_code=code, error_type=error_type)
-            raise _permanent(error_type, f"Twilio refused {key}: {exc.msg}", code) from None
+            raise _permanent(error_type, f"Twilio refused {key} with error {code}", code) from None
         if exc.status is not None and exc.status >= 500:
-            return  # ambiguous: keep `sending` so the retry looks the message up first
+            # Ambiguous: keep `sending` so the retry looks the message up first.
+            raise ApplicationError(f"Twilio answered {exc.status} for {key}", type="ProviderUnavailable") from None
         async with self._engine.begin() as conn:
             await outbox.set_status(conn, key, "queued", error_code=code, reason="retrying")
         if code in BUSY or exc.status == 429:
@@ -200,7 +206,7 @@ class MessagingActivities:
         log.warning("message.rejected", idempotency_key=key, error_code=code, status=exc.status)
         async with self._engine.begin() as conn:
             await outbox.set_status(conn, key, "failed", error_code=code, reason="ProviderRejected")
-        raise _permanent("ProviderRejected", f"Twilio rejected {key}: {exc.msg}", code) from None
+        raise _permanent("ProviderRejected", f"Twilio rejected {key} with error {code}", code) from None
 
     def _maybe_crash(self) -> None:
         """Test hook: die like `kill -9` between Twilio accepting and the sid being stored."""
