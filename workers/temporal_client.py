@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
@@ -33,6 +35,12 @@ def _read_pem(value: str, name: str) -> bytes:
     return path.read_bytes()
 
 
+@lru_cache(maxsize=4)
+def metrics_runtime(bind: str) -> Runtime:
+    """One SDK runtime per process serving Prometheus metrics (SDK and business) at `bind`."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+
+
 async def connect(settings: Settings) -> Client:
     """Pydantic payloads (Decimal amounts stay exact) for every client and worker."""
     return await Client.connect(
@@ -41,4 +49,5 @@ async def connect(settings: Settings) -> Client:
         api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
         tls=tls_config(settings),
         data_converter=pydantic_data_converter,
+        runtime=metrics_runtime(settings.metrics_bind) if settings.metrics_bind else None,
     )

@@ -58,6 +58,13 @@ def _permanent(error_type: str, message: str, code: int | None = None) -> Applic
     return ApplicationError(message, {"code": code}, type=error_type, non_retryable=True)
 
 
+def _count(template: str, outcome: str) -> None:
+    """messages_sent_total{template, outcome} on the worker's Prometheus endpoint."""
+    activity.metric_meter().create_counter(
+        "messages_sent_total", "Messages by template and outcome (sent, duplicate, suppressed, deferred, failed)"
+    ).add(1, {"template": template, "outcome": outcome})
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -90,10 +97,14 @@ class MessagingActivities:
         except ValueError as exc:
             raise _permanent("InvalidTemplateParams", str(exc)) from None
 
-        decided = await self._claim(request, recipient, channel, template, body)
-        if decided is not None:
-            return decided
-        return await self._send(request, recipient, channel, template, params, body)
+        try:
+            decided = await self._claim(request, recipient, channel, template, body)
+            outcome = decided or await self._send(request, recipient, channel, template, params, body)
+        except ApplicationError as error:
+            _count(template.name, "failed" if error.non_retryable else "retrying")
+            raise
+        _count(template.name, "duplicate" if outcome.duplicate else outcome.status)
+        return outcome
 
     async def _claim(
         self, request: SendMessage, recipient: Recipient, channel: str, template: Template, body: str
