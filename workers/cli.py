@@ -117,6 +117,32 @@ def twilio_emulator(
     run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token)
 
 
+@app.command("codec-server")
+def codec_server(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Serve /encode and /decode so the Temporal UI shows decrypted payloads to token holders."""
+    from workers.codec import EncryptionCodec
+    from workers.codec_server import run as run_codec_server
+
+    s = settings()
+    if not s.payload_encryption_key:
+        raise UsageError("PAYLOAD_ENCRYPTION_KEY is not set: there is nothing to decode")
+    if not s.codec_server_token:
+        raise UsageError("CODEC_SERVER_TOKEN is not set: the codec server never runs without a token")
+    _configure_logging(s)
+    origins = {o.strip() for o in s.codec_cors_origins.split(",") if o.strip()}
+    typer.echo(f"codec server on http://{host}:{port} (UI origins: {', '.join(sorted(origins))})")
+    run_codec_server(
+        EncryptionCodec.from_setting(s.payload_encryption_key.get_secret_value()),
+        s.codec_server_token.get_secret_value(),
+        origins,
+        host,
+        port,
+    )
+
+
 @app.command()
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     business_timezone: str = "UTC"
     payload_encryption_key: SecretStr | None = None
+    codec_server_token: SecretStr | None = None
+    codec_cors_origins: str = "http://127.0.0.1:8233,http://localhost:8233"
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"
     metrics_bind: str | None = None
@@ -91,6 +93,16 @@ class Settings(BaseSettings):
         if not _HOST_PORT.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
             raise ValueError("must be host:port")
         return value
+
+    @field_validator("payload_encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            from workers.codec import EncryptionCodec
+
+            EncryptionCodec.from_setting(value.get_secret_value())  # raises ValueError naming the problem
+            return value
+        return None
 
     @field_validator("business_timezone")
     @classmethod

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
+from workers.codec import data_converter
 from workers.settings import Settings, SettingsError
 
 
@@ -48,6 +48,8 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
         tls=tls_config(settings),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(
+            settings.payload_encryption_key.get_secret_value() if settings.payload_encryption_key else None
+        ),
         runtime=metrics_runtime(settings.metrics_bind) if settings.metrics_bind else None,
     )
