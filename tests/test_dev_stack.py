@@ -35,6 +35,7 @@ class DevStack:
             "TEMPORAL_ADDRESS": self.address,
             "TEMPORAL_UI_PORT": str(ui_port),
             "TWILIO_EMULATOR_PORT": "0",
+            "WEBHOOKS_PORT": "0",
             "LOG_FORMAT": "json",
         }
         self.output: list[str] = []

@@ -117,6 +117,25 @@ def twilio_emulator(
     run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token)
 
 
+@app.command()
+def webhooks(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8090,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Receive Stripe and Twilio callbacks (signed), de-duplicated, into the domain."""
+    from workers.webhook_server import run_webhook_server
+
+    s = settings()
+    database_url = s.require_database_url()
+    if not s.stripe_webhook_secret:
+        raise UsageError("STRIPE_WEBHOOK_SECRET is not set: Stripe events could not be verified")
+    if not s.twilio_auth_token:
+        raise UsageError("TWILIO_AUTH_TOKEN is not set: Twilio callbacks could not be verified")
+    _configure_logging(s)
+    typer.echo(f"webhooks on http://{host}:{port}/webhooks/stripe and /webhooks/twilio/(status|inbound)")
+    run(lambda: run_webhook_server(s, database_url, host, port))
+
+
 @app.command("codec-server")
 def codec_server(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,

@@ -32,6 +32,7 @@ from workers.worker import build_workers, run_workers
 log = structlog.get_logger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_jobctl_dev"
 
 
 def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
@@ -123,6 +124,18 @@ async def twilio(settings: Settings) -> AsyncIterator[Settings]:
         )
 
 
+@asynccontextmanager
+async def webhooks(settings: Settings, engine) -> AsyncIterator[Settings]:
+    """The webhook receiver, and Twilio status callbacks pointed at it."""
+    from workers.webhook_server import serve_webhooks
+
+    if not settings.stripe_webhook_secret:
+        settings = settings.model_copy(update={"stripe_webhook_secret": SecretStr(DEV_STRIPE_WEBHOOK_SECRET)})
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with serve_webhooks(settings, engine, host, settings.webhooks_port) as url:
+        yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url})
+
+
 async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     home = Path(settings.jobctl_home)
     home.mkdir(parents=True, exist_ok=True)
@@ -140,6 +153,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 engine, today=datetime.now(settings.tz).date(), timezone=settings.business_timezone
             )
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
+        settings = await stack.enter_async_context(webhooks(settings, engine))
         applied = await schedules.apply(client, settings)
         workers = build_workers(client, settings, engine)
         _print_banner(settings, database_url, applied)
@@ -156,6 +170,7 @@ def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str
         f"  Database:      {database_url}",
         f"  Twilio:        {settings.twilio_api_base or 'api.twilio.com'}"
         + (" (emulator: GET /_emulator/messages lists what was sent)" if settings.twilio_api_base else ""),
+        f"  Webhooks:      {settings.webhook_base_url}/webhooks/stripe (secret in STRIPE_WEBHOOK_SECRET)",
         "  Schedules:     " + ", ".join(f"{sid} ({outcome})" for sid, outcome in applied),
         f"  Worker:        polling task queues {settings.task_queue}, {settings.messaging_task_queue}",
         "Press Ctrl-C to stop.",

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     jobctl_home: str = ".jobctl"
     temporal_ui_port: int = 8233
     twilio_emulator_port: int = 8089
+    webhooks_port: int = 8090
 
     @field_validator("database_url")
     @classmethod

@@ -149,3 +149,43 @@ async def sent_today(conn: AsyncConnection, recipient: Recipient, key: str, now:
         )
         or 0
     )
+
+
+DELIVERY_STATUSES = {"sent", "delivered", "failed", "undelivered"}
+_STATUS_RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+
+
+async def record_delivery(engine: AsyncEngine, provider_sid: str, status: str, error_code: int | None) -> bool:
+    """Apply a Twilio status callback; callbacks arrive out of order, so never step backwards."""
+    if status not in DELIVERY_STATUSES:
+        return False
+    async with engine.begin() as conn:
+        current = await conn.scalar(
+            select(MessageLog.status).where(MessageLog.provider_sid == provider_sid).with_for_update()
+        )
+        if current is None or _STATUS_RANK.get(status, 0) <= _STATUS_RANK.get(current, 0):
+            return False
+        await conn.execute(
+            update(MessageLog)
+            .where(MessageLog.provider_sid == provider_sid)
+            .values(status=status, error_code=error_code, updated_at=func.now())
+        )
+    return True
+
+
+async def opt_out_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
+    """An inbound STOP: every recipient with this number stops getting messages on the channel."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            text(
+                """
+INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel, reason)
+SELECT 'retailer', id::text, :channel, :reason FROM retailers WHERE phone = :phone
+UNION ALL SELECT 'member', id::text, :channel, :reason FROM memberships WHERE phone = :phone
+UNION ALL SELECT 'customer', id::text, :channel, :reason FROM customers WHERE phone = :phone
+ON CONFLICT DO NOTHING
+"""
+            ),
+            {"phone": phone, "channel": channel, "reason": reason},
+        )
+        return result.rowcount

@@ -1,0 +1,47 @@
+"""The webhook receiver as a process: `jobctl webhooks` and the dev stack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.database import create_engine
+from workers.runner import stop_on_signals
+from workers.settings import Settings
+from workers.webhooks import create_app
+
+
+@asynccontextmanager
+async def serve_webhooks(settings: Settings, engine: AsyncEngine, host: str, port: int) -> AsyncIterator[str]:
+    """Serve until the block ends; yields the base URL."""
+    assert settings.stripe_webhook_secret and settings.twilio_auth_token
+    app = create_app(
+        engine,
+        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value(),
+        twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
+        public_base_url=settings.webhook_base_url,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def run_webhook_server(settings: Settings, database_url: str, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    engine = create_engine(database_url)
+    try:
+        async with serve_webhooks(settings, engine, host, port):
+            await stop.wait()
+    finally:
+        await engine.dispose()

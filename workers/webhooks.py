@@ -1,0 +1,118 @@
+"""`jobctl webhooks`: Stripe and Twilio callbacks, verified before anything changes.
+
+- `POST /webhooks/stripe`: `Stripe-Signature` checked with STRIPE_WEBHOOK_SECRET, the event id
+  recorded in `processed_webhook_events` (a replay is acknowledged and ignored), then handed to
+  the domain handler registered for its type.
+- `POST /webhooks/twilio/status`: `X-Twilio-Signature` checked; the message's delivery status is
+  recorded in `message_log`.
+- `POST /webhooks/twilio/inbound`: `X-Twilio-Signature` checked; STOP (and Twilio's other opt-out
+  words) records an opt-out.
+Unsigned, badly signed or malformed bodies get 400 and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import stripe
+import structlog
+from aiohttp import web
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from twilio.request_validator import RequestValidator
+
+from activities.messaging import outbox
+from schemas.tables import ProcessedWebhookEvent
+
+log = structlog.get_logger(__name__)
+
+StripeHandler = Callable[[dict[str, Any]], Awaitable[None]]
+OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
+
+
+def create_app(
+    engine: AsyncEngine,
+    *,
+    stripe_webhook_secret: str,
+    twilio_auth_token: str,
+    public_base_url: str | None = None,
+    stripe_handlers: Mapping[str, StripeHandler] | None = None,
+) -> web.Application:
+    """`public_base_url` is the URL Twilio signs (behind a proxy it differs from the request's)."""
+    validator = RequestValidator(twilio_auth_token)
+    handlers = dict(stripe_handlers or {})
+
+    def bad_request(reason: str) -> web.Response:
+        log.warning("webhook.refused", reason=reason)
+        return web.json_response({"error": reason}, status=400)
+
+    async def stripe_webhook(request: web.Request) -> web.Response:
+        payload = await request.text()
+        try:
+            event = stripe.Webhook.construct_event(payload, request.headers.get("Stripe-Signature"), stripe_webhook_secret)
+        except stripe.SignatureVerificationError:
+            return bad_request("invalid Stripe signature")
+        except (ValueError, KeyError):
+            return bad_request("malformed Stripe event")
+        event_dict = json.loads(payload)
+        event_id, event_type = event_dict.get("id"), event_dict.get("type")
+        if not isinstance(event_id, str) or not isinstance(event_type, str):
+            return bad_request("Stripe event without id or type")
+        async with engine.begin() as conn:
+            first_time = await conn.scalar(
+                insert(ProcessedWebhookEvent)
+                .values(provider="stripe", event_id=event_id, event_type=event_type)
+                .on_conflict_do_nothing()
+                .returning(ProcessedWebhookEvent.event_id)
+            )
+            if first_time is None:
+                log.info("webhook.stripe_replayed", event_id=event_id, event_type=event_type)
+                return web.json_response({"received": True, "duplicate": True})
+            handler = handlers.get(event_type)
+            if handler is not None:
+                # Inside the transaction: if handing over fails, the event is not marked processed
+                # and Stripe's retry gets another chance.
+                await handler(event_dict)
+        log.info("webhook.stripe_processed", event_id=event_id, event_type=event_type, handled=handler is not None)
+        return web.json_response({"received": True, "duplicate": False})
+
+    async def verified_twilio_form(request: web.Request) -> dict[str, str] | None:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        url = (public_base_url.rstrip("/") + request.path_qs) if public_base_url else str(request.url)
+        if not validator.validate(url, form, request.headers.get("X-Twilio-Signature", "")):
+            return None
+        return form
+
+    async def twilio_status(request: web.Request) -> web.Response:
+        form = await verified_twilio_form(request)
+        if form is None:
+            return bad_request("invalid Twilio signature")
+        sid, status = form.get("MessageSid"), form.get("MessageStatus")
+        if not sid or not status:
+            return bad_request("status callback without MessageSid or MessageStatus")
+        code = form.get("ErrorCode")
+        changed = await outbox.record_delivery(engine, sid, status, int(code) if code and code.isdigit() else None)
+        log.info("webhook.twilio_status", provider_sid=sid, status=status, changed=changed)
+        return web.Response(status=204)
+
+    async def twilio_inbound(request: web.Request) -> web.Response:
+        form = await verified_twilio_form(request)
+        if form is None:
+            return bad_request("invalid Twilio signature")
+        sender, body = form.get("From", ""), form.get("Body", "").strip().upper()
+        if not sender:
+            return bad_request("inbound message without From")
+        if body in OPT_OUT_WORDS:
+            channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
+            phone = sender.removeprefix("whatsapp:")
+            count = await outbox.opt_out_by_phone(engine, phone, channel, reason=f"inbound {body}")
+            log.info("webhook.twilio_opt_out", phone=phone, channel=channel, recipients=count)
+        return web.Response(text="<Response></Response>", content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_post("/webhooks/stripe", stripe_webhook)
+    app.router.add_post("/webhooks/twilio/status", twilio_status)
+    app.router.add_post("/webhooks/twilio/inbound", twilio_inbound)
+    return app
