@@ -8,6 +8,7 @@ following continue-as-new chains.
 from __future__ import annotations
 
 import platform
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,6 +59,7 @@ async def stack() -> AsyncIterator[Stack]:
         await env.shutdown()
         await engine.dispose()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> int:
