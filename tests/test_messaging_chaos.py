@@ -17,6 +17,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from schemas.messaging import MessageBatch, SendMessage
 from workers.twilio_emulator import TwilioEmulator
+from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
 MESSAGES = 1000
@@ -32,17 +33,7 @@ async def flaky_twilio() -> AsyncIterator[TwilioEmulator]:
 async def test_chaos_every_message_exactly_once(
     engine: AsyncEngine, dev_env: WorkflowEnvironment, flaky_twilio: TwilioEmulator, task_queue: str
 ) -> None:
-    async with engine.begin() as conn:
-        ids = (
-            await conn.execute(
-                text(
-                    "INSERT INTO retailers (name, phone, preferred_channel)"
-                    " SELECT 'Chaos ' || g, '+1444' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g"
-                    " RETURNING id"
-                ),
-                {"n": MESSAGES},
-            )
-        ).scalars().all()
+    ids = await sms_retailers(engine, MESSAGES, area_code="444")
     batch = MessageBatch(
         messages=[
             SendMessage(

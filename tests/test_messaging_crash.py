@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from schemas.messaging import MessageBatch, SendMessage
 from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator
+from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
 MESSAGES = 1000
@@ -42,17 +43,7 @@ async def wait_until(predicate, timeout: float = 120) -> None:
 async def test_sigkill_three_times_still_one_message_per_key(
     engine: AsyncEngine, dev_env: WorkflowEnvironment, database_url: str, task_queue: str, tmp_path: Path
 ) -> None:
-    async with engine.begin() as conn:
-        ids = (
-            await conn.execute(
-                text(
-                    "INSERT INTO retailers (name, phone, preferred_channel)"
-                    " SELECT 'Crash ' || g, '+1333' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g"
-                    " RETURNING id"
-                ),
-                {"n": MESSAGES},
-            )
-        ).scalars().all()
+    ids = await sms_retailers(engine, MESSAGES, area_code="333")
     messaging_queue = f"{task_queue}-messaging"
     crash_file = tmp_path / "crash-after-accept"
     batch = MessageBatch(
