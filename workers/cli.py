@@ -117,6 +117,18 @@ def twilio_emulator(
     run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token)
 
 
+@app.command("stripe-sandbox")
+def stripe_sandbox(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8420,
+) -> None:
+    """Serve localstripe behind Stripe's idempotency rules (dev and tests) until Ctrl-C."""
+    from workers.stripe_sandbox import run as run_sandbox
+
+    _configure_logging(settings())
+    typer.echo(f"Stripe sandbox on http://127.0.0.1:{port} (any sk_test_ key)")
+    run_sandbox(port)
+
+
 @app.command()
 def webhooks(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8090,

@@ -1,0 +1,1 @@
+"""Payments: Stripe customers, payment links, subscriptions and PaymentIntents."""
