@@ -36,6 +36,7 @@ class DevStack:
             "TEMPORAL_UI_PORT": str(ui_port),
             "TWILIO_EMULATOR_PORT": "0",
             "WEBHOOKS_PORT": "0",
+            "STRIPE_SANDBOX_PORT": "0",
             "LOG_FORMAT": "json",
         }
         self.output: list[str] = []
@@ -97,6 +98,8 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         assert ui.group(1).startswith(f"http://127.0.0.1:{ui_port}/")
         database_url = stack.wait_for(r"Database:\s+(\S+)", timeout=5).group(1)
         stack.wait_for(r"demo data: seeded 50 retailers", timeout=5)
+        assert stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
+        assert stack.wait_for(r"Twilio:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
 
         assert "insights-nightly" in stack.temporal("schedule", "list")
         stack.temporal("schedule", "trigger", "--schedule-id", "insights-nightly")

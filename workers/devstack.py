@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
 DEV_STRIPE_WEBHOOK_SECRET = "whsec_jobctl_dev"
+DEV_STRIPE_SECRET_KEY = "sk_test_jobctl_dev"
 
 
 def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
@@ -125,6 +126,23 @@ async def twilio(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
+async def stripe(settings: Settings) -> AsyncIterator[Settings]:
+    """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency)."""
+    if settings.stripe_secret_key:
+        yield settings
+        return
+    from workers.stripe_sandbox import StripeSandbox
+
+    sandbox = await StripeSandbox().start(settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port)
+    try:
+        yield settings.model_copy(
+            update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
+        )
+    finally:
+        await sandbox.stop()
+
+
+@asynccontextmanager
 async def webhooks(settings: Settings, engine) -> AsyncIterator[Settings]:
     """The webhook receiver, and Twilio status callbacks pointed at it."""
     from workers.webhook_server import serve_webhooks
@@ -143,6 +161,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
         settings = await stack.enter_async_context(twilio(settings))
+        settings = await stack.enter_async_context(stripe(settings))
         client = await stack.enter_async_context(temporal_dev_server(settings, home))
         database_url = await stack.enter_async_context(database(settings, home))
         await asyncio.to_thread(migrate.upgrade, database_url)
@@ -154,6 +173,15 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             )
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
         settings = await stack.enter_async_context(webhooks(settings, engine))
+        if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
+            from workers.stripe_sandbox import register_webhook
+
+            assert settings.stripe_api_base and settings.stripe_webhook_secret
+            await register_webhook(
+                settings.stripe_api_base,
+                f"{settings.webhook_base_url}/webhooks/stripe",
+                settings.stripe_webhook_secret.get_secret_value(),
+            )
         applied = await schedules.apply(client, settings)
         workers = build_workers(client, settings, engine)
         _print_banner(settings, database_url, applied)
@@ -170,7 +198,9 @@ def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str
         f"  Database:      {database_url}",
         f"  Twilio:        {settings.twilio_api_base or 'api.twilio.com'}"
         + (" (emulator: GET /_emulator/messages lists what was sent)" if settings.twilio_api_base else ""),
-        f"  Webhooks:      {settings.webhook_base_url}/webhooks/stripe (secret in STRIPE_WEBHOOK_SECRET)",
+        f"  Stripe:        {settings.stripe_api_base or 'api.stripe.com'}"
+        + (" (sandbox: localstripe with idempotency keys)" if settings.stripe_api_base else ""),
+        f"  Webhooks:      {settings.webhook_base_url}/webhooks/stripe, /webhooks/twilio/status",
         "  Schedules:     " + ", ".join(f"{sid} ({outcome})" for sid, outcome in applied),
         f"  Worker:        polling task queues {settings.task_queue}, {settings.messaging_task_queue}",
         "Press Ctrl-C to stop.",

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     twilio_emulator_port: int = 8089
     webhooks_port: int = 8090
+    stripe_sandbox_port: int = 8420
 
     @field_validator("database_url")
     @classmethod
