@@ -88,3 +88,47 @@ async def test_sigterm_lets_the_in_flight_activity_finish_before_the_worker_exit
     started = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
     assert completed and not failed
     assert all(e.activity_task_started_event_attributes.attempt == 1 for e in started), "the activity was retried"
+
+
+async def test_versioned_worker_runs_workflows_once_its_build_is_current(
+    dev_env: WorkflowEnvironment, database_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    from temporalio.api.workflowservice.v1 import SetWorkerDeploymentCurrentVersionRequest
+
+    deployment = f"jobctl-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TASK_QUEUE": task_queue,
+        "WORKER_DEPLOYMENT_NAME": deployment,
+        "WORKER_BUILD_ID": "build-1",
+    }
+    with open(tmp_path / "worker.log", "ab") as log:
+        worker = subprocess.Popen([JOBCTL, "worker", "--task-queue", "jobs"], env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # the version exists once the worker has polled
+                try:
+                    await dev_env.client.workflow_service.set_worker_deployment_current_version(
+                        SetWorkerDeploymentCurrentVersionRequest(
+                            namespace=dev_env.client.namespace, deployment_name=deployment, build_id="build-1"
+                        )
+                    )
+                    break
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert time.monotonic() < deadline, "the versioned worker never registered"
+                    await asyncio.sleep(0.3)
+            handle = await dev_env.client.start_workflow(
+                InsightsRegenerationWorkflow.run,
+                InsightsRequest(insight_date=date(2026, 11, 23)),
+                id=f"insights/versioned-{uuid.uuid4()}",
+                task_queue=task_queue,
+            )
+            await asyncio.wait_for(handle.result(), timeout=30)
+            described = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    assert described.deployment_version.build_id == "build-1"
+    assert described.deployment_version.deployment_name == deployment

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_bind: str | None = None
 
+    worker_deployment_name: str | None = None
+    """Worker versioning: with a deployment name, workers poll as deployment version name/build id."""
+    worker_build_id: str | None = None
+
     message_daily_cap: int = Field(default=10, ge=0)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)

@@ -16,7 +16,8 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.insights import InsightActivities, business_day
 from activities.messaging.outbox import QuietHours
@@ -70,6 +71,22 @@ def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingAc
     )
 
 
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker versioning (opt-in): new workflows run on the deployment's current version,
+    running ones keep upgrading automatically (replay tests guard their compatibility)."""
+    if not settings.worker_deployment_name:
+        return None
+    if not settings.worker_build_id:
+        raise SettingsError("WORKER_BUILD_ID: required with WORKER_DEPLOYMENT_NAME (e.g. the git commit)")
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.worker_deployment_name, build_id=settings.worker_build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+    )
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -78,6 +95,7 @@ def build_workers(
 ) -> list[Worker]:
     options = options or WorkerOptions()
     interceptors = [LoggingInterceptor()]
+    versioning = deployment_config(settings)
     workers: list[Worker] = []
     if "jobs" in options.task_queues:
         workers.append(
@@ -89,6 +107,7 @@ def build_workers(
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 max_cached_workflows=options.max_cached_workflows,
+                deployment_config=versioning,
             )
         )
     if "messaging" in options.task_queues:
@@ -102,6 +121,7 @@ def build_workers(
                 # Twilio's allowed rate, enforced by the server across every messaging worker.
                 max_task_queue_activities_per_second=settings.messages_per_second,
                 max_concurrent_activities=options.max_concurrent_sends,
+                deployment_config=versioning,
             )
         )
     return workers
