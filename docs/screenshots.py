@@ -1,0 +1,87 @@
+"""Screenshots of the real Temporal UI for docs/OPERATIONS.md (needs Debian's chromium).
+
+    apt-get install -y chromium && .venv/bin/python docs/screenshots.py
+
+Starts `jobctl dev --demo` in a scratch home on free ports, runs the demo jobs, and writes
+PNGs of the UI into docs/img/. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+BIN = Path(sys.executable).parent
+OUT = Path(__file__).resolve().parent / "img"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1600,1000", "--virtual-time-budget=15000",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(output: Path, pattern: str, timeout: float = 120) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if match := re.search(pattern, output.read_text(errors="replace")):
+            return match
+        time.sleep(0.5)
+    raise SystemExit(f"{pattern!r} never appeared; see {output}")
+
+
+def screenshot(url: str, name: str, profile: Path) -> None:
+    target = OUT / f"{name}.png"
+    subprocess.run(
+        [shutil.which("chromium") or "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+         f"--screenshot={target}", url],
+        check=True, capture_output=True, timeout=120,
+    )
+    print(f"wrote {target.relative_to(OUT.parent.parent)}")
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="jobctl-shots-"))
+    grpc, ui = free_port(), free_port()
+    address = f"127.0.0.1:{grpc}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))}
+    env |= {"JOBCTL_HOME": str(home), "TEMPORAL_ADDRESS": address, "TEMPORAL_UI_PORT": str(ui),
+            "TWILIO_EMULATOR_PORT": "0", "WEBHOOKS_PORT": "0", "STRIPE_SANDBOX_PORT": "0"}
+    log = home / "dev.log"
+    stack = subprocess.Popen([str(BIN / "jobctl"), "dev", "--demo"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        base = wait_for(log, r"Temporal UI:\s+(http://\S+)/workflows").group(1)
+        subprocess.run([str(BIN / "temporal"), "schedule", "trigger", "--schedule-id", "insights-nightly",
+                        "--address", address], check=True, capture_output=True)
+        subprocess.run([str(BIN / "jobctl"), "insights", "run", "--date", "2026-11-23"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        time.sleep(2)
+        profile = home / "chromium"
+        OUT.mkdir(exist_ok=True)
+        screenshot(f"{base}/workflows", "workflows", profile)
+        by_job = quote('JobName="insights"')
+        screenshot(f"{base}/workflows?query={by_job}", "search-by-jobname", profile)
+        screenshot(f"{base}/workflows/{quote('insights/2026-11-23', safe='')}", "insights-run", profile)
+        screenshot(f"{base.rsplit('/namespaces', 1)[0]}/namespaces/default/schedules", "schedules", profile)
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        stack.wait(timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
