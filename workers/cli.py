@@ -32,6 +32,7 @@ insights_app = typer.Typer(help="Nightly insight regeneration.", no_args_is_help
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(insights_app, name="insights")
 
+
 T = TypeVar("T")
 
 
@@ -382,6 +383,13 @@ def insights_run(
     result = run(_run)
     if result:
         typer.echo(f"{result.retailers_done} retailers in {result.pages_done} pages")
+
+
+# --- job families' own commands --------------------------------------------------------------
+
+from workers.cli_orders import orders_app  # noqa: E402  (it imports this module lazily)
+
+app.add_typer(orders_app, name="orders")
 
 
 # --- entry point -----------------------------------------------------------------------------

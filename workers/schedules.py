@@ -31,8 +31,10 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from schemas import search_attributes
 from schemas.insights import InsightsRequest
+from schemas.orders import OrderSweepRequest
 from workers.settings import Settings
 from workflows.insights import InsightsRegenerationWorkflow
+from workflows.orders import OrderExpirySweepWorkflow
 
 CATCHUP_WINDOW = timedelta(hours=1)
 
@@ -88,6 +90,17 @@ SCHEDULES: tuple[ScheduleDefinition, ...] = (
         summary="Nightly insight regeneration for every retailer",
         daily_at=(3, 0),
         job_name="insights",
+    ),
+    ScheduleDefinition(
+        schedule_id="order-expiry-sweep",
+        workflow=OrderExpirySweepWorkflow.run,
+        make_arg=lambda s: OrderSweepRequest(
+            follow_up_after=s.order_followup_after, messaging_task_queue=s.messaging_task_queue
+        ),
+        workflow_id="order-expiry-sweep/run",  # + the time: order-expiry-sweep/run-2026-11-23T06:00:00Z
+        summary="Expire pending orders no workflow watches; start missing order workflows",
+        every=timedelta(hours=6),
+        job_name="order-expiry-sweep",
     ),
 )
 

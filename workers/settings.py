@@ -7,6 +7,7 @@ instead of surfacing as a connection error deep inside a worker.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     worker_deployment_name: str | None = None
     """Worker versioning: with a deployment name, workers poll as deployment version name/build id."""
     worker_build_id: str | None = None
+
+    order_followup_after: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
+    """ORDER_FOLLOWUP_AFTER: seconds or ISO 8601 duration (PT2H) after checkout start."""
 
     message_daily_cap: int = Field(default=10, ge=0)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)

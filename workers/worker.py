@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,17 +21,20 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.insights import InsightActivities, business_day
+from activities.orders import OrderActivities, OrderSweepActivities
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from workers.log import LoggingInterceptor
+from workers.orders_api import start_pending_order
 from workers.settings import Settings, SettingsError
 from workflows.insights import InsightsRegenerationWorkflow
 from workflows.messaging import MessageBatchWorkflow
+from workflows.orders import OrderExpirySweepWorkflow, PendingOrderWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [InsightsRegenerationWorkflow, MessageBatchWorkflow]
+WORKFLOWS = [InsightsRegenerationWorkflow, MessageBatchWorkflow, PendingOrderWorkflow, OrderExpirySweepWorkflow]
 QUEUES = ("jobs", "messaging")
 
 
@@ -38,13 +42,25 @@ QUEUES = ("jobs", "messaging")
 class WorkerOptions:
     task_queues: Sequence[str] = QUEUES
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30)
-    max_cached_workflows: int = 2000
+    # Sleeping orders and cases cost memory only while cached; evicted ones replay on their next task.
+    max_cached_workflows: int = 500
     max_concurrent_sends: int = 200
 
 
-def job_activities(engine: AsyncEngine) -> list[object]:
+def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> list[object]:
     insights = InsightActivities(engine)
-    return [insights.regenerate_insights_chunk, business_day]
+    orders = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
+    sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=settings.task_queue))
+    return [
+        insights.regenerate_insights_chunk,
+        business_day,
+        orders.register_pending_order,
+        orders.record_follow_up,
+        orders.settle_pending_order,
+        orders.handle_order_failure,
+        sweep.expire_orphaned_orders,
+        sweep.start_missing_order_workflows,
+    ]
 
 
 def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingActivities:
@@ -103,7 +119,7 @@ def build_workers(
                 client,
                 task_queue=settings.task_queue,
                 workflows=WORKFLOWS,
-                activities=job_activities(engine),
+                activities=job_activities(client, settings, engine),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 max_cached_workflows=options.max_cached_workflows,

@@ -1,0 +1,433 @@
+"""Order recovery: the `pending_orders` row's transitions, failure reversal, and the sweep.
+
+Every write is conditional on the row still being where the caller expects it
+(`WHERE status = 'PENDING'`, `ON CONFLICT DO NOTHING`), so Temporal's at-least-once
+activities and a sweep racing a workflow never apply a transition twice. Each status change
+writes its `audit_log` row in the same transaction (ARCHITECTURE §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.messaging.outbox import QuietHours
+from schemas.orders import (
+    FollowUpSent,
+    OrderFailure,
+    OrderFailureResult,
+    OrderState,
+    PendingOrderInput,
+    PendingOrderRecord,
+    RegisterPendingOrder,
+    SettleOrder,
+    SweepPage,
+    SweepPageResult,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def workflow_id(order_id: int) -> str:
+    """The business key of an order's clock (ARCHITECTURE §5)."""
+    return f"pending-order/{order_id}"
+
+
+# --------------------------------------------------------------------------- SQL
+
+# The row is created from the order at checkout start, unless the backend (or the demo seed)
+# already wrote it: an existing row keeps its own clock.
+INSERT_PENDING_SQL = text(
+    """
+INSERT INTO pending_orders (order_id, retailer_id, amount, status, created_at, expires_at)
+SELECT o.id, o.retailer_id, o.total_amount, 'PENDING', :created_at, :created_at + :ttl
+FROM orders o
+WHERE o.id = :order_id AND o.status = 'PENDING'
+ON CONFLICT (order_id) DO NOTHING
+"""
+)
+
+PENDING_WITH_TIMEZONE_SQL = text(
+    """
+SELECT p.order_id, p.retailer_id, p.status, p.created_at, p.expires_at, p.follow_up_sent_at, r.timezone
+FROM pending_orders p JOIN retailers r ON r.id = p.retailer_id
+WHERE p.order_id = :order_id
+"""
+)
+
+# Settle one row (only from PENDING) and audit it, in one statement.
+SETTLE_SQL = text(
+    """
+WITH settled AS (
+    UPDATE pending_orders
+    SET status = :state,
+        completed_at = CASE WHEN :state IN ('COMPLETED', 'RECOVERED') THEN now() END,
+        expired_at = CASE WHEN :state = 'EXPIRED' THEN now() END
+    WHERE order_id = :order_id AND status = 'PENDING'
+    RETURNING order_id, retailer_id, status
+), audited AS (
+    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
+    SELECT retailer_id, 'pending_order_' || lower(status), 'order:' || order_id,
+           '{"status": "PENDING"}'::jsonb, jsonb_build_object('status', status), 'system', :reason
+    FROM settled
+)
+SELECT status FROM settled
+"""
+)
+
+# The sweep's expiry of a whole page at once; `expires_at <= :as_of` again, in case a row moved.
+EXPIRE_PAGE_SQL = text(
+    """
+WITH expired AS (
+    UPDATE pending_orders
+    SET status = 'EXPIRED', expired_at = now()
+    WHERE order_id = ANY(:order_ids) AND status = 'PENDING' AND expires_at <= :as_of
+    RETURNING order_id, retailer_id
+), audited AS (
+    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
+    SELECT retailer_id, 'pending_order_expired', 'order:' || order_id,
+           '{"status": "PENDING"}'::jsonb, '{"status": "EXPIRED"}'::jsonb, 'system',
+           'expired by the sweep: no workflow was watching it'
+    FROM expired
+)
+SELECT count(*) FROM expired
+"""
+)
+
+STALE_PAGE_SQL = text(
+    """
+SELECT order_id FROM pending_orders
+WHERE status = 'PENDING' AND expires_at <= :as_of AND order_id > :after
+ORDER BY order_id LIMIT :page_size
+"""
+)
+
+LIVE_PAGE_SQL = text(
+    """
+SELECT order_id, retailer_id, created_at FROM pending_orders
+WHERE status = 'PENDING' AND expires_at > :as_of AND order_id > :after
+ORDER BY order_id LIMIT :page_size
+"""
+)
+
+
+def _permanent(error_type: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=error_type, non_retryable=True)
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("orders.unknown_timezone", timezone=name)
+        return ZoneInfo("UTC")
+
+
+# --------------------------------------------------------------------------- one order's clock
+
+
+class OrderActivities:
+    """Activities of `PendingOrderWorkflow`; the engine and quiet hours are injected by the worker."""
+
+    def __init__(self, engine: AsyncEngine, quiet_hours: QuietHours = QuietHours()) -> None:
+        self._engine = engine
+        self._quiet_hours = quiet_hours
+
+    @activity.defn(name="register_pending_order")
+    async def register_pending_order(self, request: RegisterPendingOrder) -> PendingOrderRecord:
+        """Create the row if new and say when its follow-up is due in the retailer's local time.
+
+        Runs as a local activity on the start path, so a caller of `start_pending_order` waits
+        for one database round trip, not for an activity task.
+        """
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                INSERT_PENDING_SQL,
+                {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl},
+            )
+            row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
+            if row is None:
+                raise await self._not_pending(conn, request.order_id)
+        local_due = (row.created_at + request.follow_up_after).astimezone(_zone(row.timezone))
+        return PendingOrderRecord(
+            order_id=row.order_id,
+            retailer_id=row.retailer_id,
+            state=row.status,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            follow_up_at=self._quiet_hours.next_allowed(local_due).astimezone(UTC),
+            follow_up_sent_at=row.follow_up_sent_at,
+        )
+
+    @staticmethod
+    async def _not_pending(conn: AsyncConnection, order_id: int) -> ApplicationError:
+        status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": order_id})
+        if status is None:
+            return _permanent("UnknownOrder", f"order {order_id} does not exist")
+        return _permanent("OrderNotPending", f"order {order_id} is {status}, not a pending checkout")
+
+    @activity.defn(name="record_follow_up")
+    async def record_follow_up(self, sent: FollowUpSent) -> None:
+        """Remember the follow-up went out, so a restarted clock never sends it again."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE pending_orders SET follow_up_sent_at = :sent_at"
+                    " WHERE order_id = :order_id AND follow_up_sent_at IS NULL"
+                ),
+                {"order_id": sent.order_id, "sent_at": sent.sent_at},
+            )
+
+    @activity.defn(name="settle_pending_order")
+    async def settle_pending_order(self, request: SettleOrder) -> OrderState:
+        """COMPLETED, RECOVERED or EXPIRED, only from PENDING; returns the row's state either way."""
+        async with self._engine.begin() as conn:
+            params = {"order_id": request.order_id, "state": request.state, "reason": f"pending order {request.state.lower()}"}
+            state = await conn.scalar(SETTLE_SQL, params)
+            if state is None:
+                state = await conn.scalar(
+                    text("SELECT status FROM pending_orders WHERE order_id = :order_id"), params
+                )
+        if state is None:
+            raise _permanent("UnknownOrder", f"order {request.order_id} has no pending row")
+        if state != request.state:
+            log.info("orders.already_settled", order_id=request.order_id, wanted=request.state, state=state)
+        return state
+
+    @activity.defn(name="handle_order_failure")
+    async def handle_order_failure(self, failure: OrderFailure) -> OrderFailureResult:
+        """Fail the order and give back its credit, all in one transaction; a repeat changes nothing.
+
+        The reversing CREDIT is unique per (order_id, type), so it is written at most once; it is
+        stored fully allocated (CLEARED) to the debit it reverses, which is closed with it, so
+        reminders stop chasing it and no later payment allocation counts it again.
+        """
+        async with self._engine.begin() as conn:
+            order = (
+                await conn.execute(
+                    text("SELECT id, retailer_id, status FROM orders WHERE id = :id FOR UPDATE"), {"id": failure.order_id}
+                )
+            ).first()
+            if order is None:
+                raise _permanent("UnknownOrder", f"order {failure.order_id} does not exist")
+            old: dict[str, Any] = {"order_status": order.status}
+            new: dict[str, Any] = {}
+            if await self._fail_order(conn, failure):
+                new["order_status"] = "FAILED"
+            pending_was = await self._fail_pending(conn, failure.order_id)
+            if pending_was:
+                old["pending_status"], new["pending_status"] = pending_was, "FAILED"
+            reversal = await self._reverse_debit(conn, failure.order_id)
+            if reversal:
+                old["available_credit"], new["available_credit"] = reversal["available_before"], reversal["available_after"]
+                new["reversed_amount"] = reversal["amount"]
+            if new:
+                await self._audit(conn, order.retailer_id, failure, old, new)
+        result = OrderFailureResult(
+            order_id=failure.order_id,
+            retailer_id=order.retailer_id,
+            changed=bool(new),
+            reversed_amount=Decimal(reversal["amount"]) if reversal else None,
+        )
+        log.info("orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount))
+        return result
+
+    @staticmethod
+    async def _fail_order(conn: AsyncConnection, failure: OrderFailure) -> bool:
+        result = await conn.execute(
+            text(
+                "UPDATE orders SET status = 'FAILED', failed_at = now(), failure_reason = :reason"
+                " WHERE id = :id AND status <> 'FAILED'"
+            ),
+            {"id": failure.order_id, "reason": failure.reason},
+        )
+        return result.rowcount == 1
+
+    @staticmethod
+    async def _fail_pending(conn: AsyncConnection, order_id: int) -> str | None:
+        return await conn.scalar(
+            text(
+                "UPDATE pending_orders SET status = 'FAILED' WHERE order_id = :id AND status = 'PENDING'"
+                " RETURNING 'PENDING'"
+            ),
+            {"id": order_id},
+        )
+
+    @staticmethod
+    async def _reverse_debit(conn: AsyncConnection, order_id: int) -> dict[str, str] | None:
+        """CREDIT the debit's outstanding amount back, close the debit, release the credit line."""
+        debit = (
+            await conn.execute(
+                text(
+                    "SELECT id, retailer_id, amount - cleared_amount AS outstanding FROM credit_transactions"
+                    " WHERE order_id = :id AND type = 'DEBIT' FOR UPDATE"
+                ),
+                {"id": order_id},
+            )
+        ).first()
+        if debit is None:
+            return None
+        inserted = await conn.scalar(
+            text(
+                """
+INSERT INTO credit_transactions (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
+VALUES (:retailer_id, 'CREDIT', :amount, :amount, 'CLEARED', now(), :order_id, :reference, :notes)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+            ),
+            {
+                "retailer_id": debit.retailer_id,
+                "amount": debit.outstanding,
+                "order_id": order_id,
+                "reference": f"order-failed:{order_id}",
+                "notes": f"reversal of the debit of failed order {order_id}",
+            },
+        )
+        if inserted is None:
+            return None  # reversed already
+        await conn.execute(
+            text(
+                "UPDATE credit_transactions SET status = 'CLEARED', cleared_amount = amount, cleared_at = now(),"
+                " notes = concat_ws('; ', notes, 'reversed: order failed') WHERE id = :id"
+            ),
+            {"id": debit.id},
+        )
+        account = (
+            await conn.execute(
+                text(
+                    "UPDATE credit_accounts SET available_credit = available_credit + :amount, updated_at = now()"
+                    " WHERE retailer_id = :retailer_id"
+                    " RETURNING available_credit - :amount AS before, available_credit AS after"
+                ),
+                {"retailer_id": debit.retailer_id, "amount": debit.outstanding},
+            )
+        ).first()
+        return {
+            "amount": str(debit.outstanding),
+            "available_before": str(account.before) if account else None,
+            "available_after": str(account.after) if account else None,
+        }
+
+    @staticmethod
+    async def _audit(
+        conn: AsyncConnection, retailer_id: int, failure: OrderFailure, old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        await conn.execute(
+            text(
+                "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
+                " VALUES (:retailer_id, 'order_failed', :reference, CAST(:old AS jsonb), CAST(:new AS jsonb),"
+                " :performed_by, :reason)"
+            ),
+            {
+                "retailer_id": retailer_id,
+                "reference": f"order:{failure.order_id}",
+                "old": json.dumps(old),
+                "new": json.dumps(new),
+                "performed_by": failure.performed_by,
+                "reason": failure.reason,
+            },
+        )
+
+
+# --------------------------------------------------------------------------- the safety-net sweep
+
+Starter = Callable[[Client, PendingOrderInput], Awaitable[object]]
+"""How the sweep starts a clock: `workers.orders_api.start_pending_order` bound to the jobs queue."""
+
+
+class OrderSweepActivities:
+    """The sweep's pages. It asks Temporal, not the database, whether a clock is running.
+
+    The Temporal client and the starter are injected by the worker (activities never import
+    `workers`): a row whose workflow is running is never touched.
+    """
+
+    def __init__(self, engine: AsyncEngine, client: Client, start: Starter) -> None:
+        self._engine = engine
+        self._client = client
+        self._start = start
+
+    @activity.defn(name="expire_orphaned_orders")
+    async def expire_orphaned_orders(self, page: SweepPage) -> SweepPageResult:
+        """Expire one page of PENDING rows past `expires_at` that no running workflow watches."""
+        async with self._engine.connect() as conn:
+            ids = list(
+                (await conn.execute(STALE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size}))
+                .scalars()
+            )
+        if not ids:
+            return SweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
+        running = await self._running(ids, page.max_concurrent_checks)
+        orphans = [order_id for order_id in ids if order_id not in running]
+        expired = 0
+        if orphans:
+            async with self._engine.begin() as conn:
+                expired = int(await conn.scalar(EXPIRE_PAGE_SQL, {"order_ids": orphans, "as_of": page.as_of}) or 0)
+        log.info("orders.sweep_expired", expired=expired, watched=len(running), after_order_id=ids[-1])
+        return SweepPageResult(after_order_id=ids[-1], rows=len(ids), changed=expired, left_alone=len(running))
+
+    @activity.defn(name="start_missing_order_workflows")
+    async def start_missing_order_workflows(self, page: SweepPage) -> SweepPageResult:
+        """Start a clock for each PENDING, unexpired row of one page that has none running."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(LIVE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size})
+            ).all()
+        if not rows:
+            return SweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
+        running = await self._running([row.order_id for row in rows], page.max_concurrent_checks)
+        missing = [row for row in rows if row.order_id not in running]
+        slots = asyncio.Semaphore(page.max_concurrent_checks)
+
+        async def start(row: Any) -> bool:
+            order = PendingOrderInput(
+                order_id=row.order_id,
+                retailer_id=row.retailer_id,
+                created_at=row.created_at,
+                follow_up_after=page.follow_up_after,
+                messaging_task_queue=page.messaging_task_queue,
+            )
+            async with slots:
+                try:
+                    await self._start(self._client, order)
+                    return True
+                except Exception as error:  # noqa: BLE001 - one refused start must not stop the page
+                    log.warning("orders.sweep_start_refused", order_id=row.order_id, error=str(error))
+                    return False
+
+        started = sum(await asyncio.gather(*(start(row) for row in missing)))
+        log.info("orders.sweep_started", started=started, watched=len(running), after_order_id=rows[-1].order_id)
+        return SweepPageResult(after_order_id=rows[-1].order_id, rows=len(rows), changed=started, left_alone=len(running))
+
+    async def _running(self, order_ids: Iterable[int], concurrency: int) -> set[int]:
+        """The orders whose `pending-order/{id}` workflow is running now (not found: not running)."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def is_running(order_id: int) -> bool:
+            async with slots:
+                try:
+                    described = await self._client.get_workflow_handle(workflow_id(order_id)).describe()
+                except RPCError as error:
+                    if error.status == RPCStatusCode.NOT_FOUND:
+                        return False
+                    raise
+            return described.status == WorkflowExecutionStatus.RUNNING
+
+        ids = list(order_ids)
+        flags = await asyncio.gather(*(is_running(order_id) for order_id in ids))
+        activity.heartbeat(ids[-1])
+        return {order_id for order_id, running in zip(ids, flags, strict=True) if running}

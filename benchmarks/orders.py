@@ -1,0 +1,153 @@
+"""Benchmark: N pending-order clocks on a real stack (dev server, PostgreSQL, in-process worker).
+
+    python benchmarks/orders.py --orders 10000 --expiry-orders 1000 --ttl 30
+
+Prints starts/s (update-with-start through `start_pending_order`, each answered by the
+workflow after it wrote its `pending_orders` row), the worker process's resident memory with
+every clock asleep (bounded by the workflow cache, not by the number of clocks), and expiry
+lateness p50/p99 (`expired_at - expires_at`, from the database) for clocks with a short TTL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import text  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from activities.orders import OrderActivities  # noqa: E402
+from benchmarks.harness import machine, stack  # noqa: E402
+from schemas.orders import PendingOrderInput  # noqa: E402
+from workers.orders_api import start_pending_order  # noqa: E402
+from workers.worker import WorkerOptions  # noqa: E402
+from workflows.orders import PendingOrderWorkflow  # noqa: E402
+
+CACHE = WorkerOptions().max_cached_workflows  # the production worker's cache size
+
+NEW_ORDERS_SQL = text(
+    """
+WITH shops AS (
+    INSERT INTO retailers (name, phone, timezone)
+    SELECT 'Bench Shop ' || g, '+1557' || lpad(g::text, 7, '0'), 'UTC' FROM generate_series(1, :shops) g
+    RETURNING id
+), numbered AS (
+    SELECT id, row_number() OVER (ORDER BY id) - 1 AS k FROM shops
+)
+INSERT INTO orders (retailer_id, status, payment_mode, total_amount)
+SELECT n.id, 'PENDING', 'COD', 50 FROM generate_series(0, :orders - 1) o JOIN numbered n ON n.k = o % :shops
+RETURNING id, retailer_id
+"""
+)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def new_orders(engine, count: int) -> list[tuple[int, int]]:
+    async with engine.begin() as conn:
+        rows = (await conn.execute(NEW_ORDERS_SQL, {"orders": count, "shops": max(1, count // 100)})).all()
+    return [(row.id, row.retailer_id) for row in rows]
+
+
+async def start_all(client, orders, task_queue: str, concurrency: int, **clock: timedelta) -> float:
+    """Start every clock with `concurrency` starts in flight; returns the elapsed seconds."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(order_id: int, retailer_id: int) -> None:
+        async with slots:
+            await start_pending_order(
+                client, PendingOrderInput(order_id=order_id, retailer_id=retailer_id, **clock), task_queue=task_queue
+            )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(o, r) for o, r in orders))
+    return time.perf_counter() - started
+
+
+async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) -> None:
+    async with stack() as s:
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        activities = OrderActivities(s.engine)
+        rss_before = rss_mb()
+        async with Worker(
+            s.client,
+            task_queue=queue,
+            workflows=[PendingOrderWorkflow],
+            activities=[
+                activities.register_pending_order,
+                activities.record_follow_up,
+                activities.settle_pending_order,
+                activities.handle_order_failure,
+            ],
+            max_cached_workflows=CACHE,
+        ):
+            sleeping = await new_orders(s.engine, orders)
+            elapsed = await start_all(s.client, sleeping, queue, concurrency)
+            await asyncio.sleep(2)
+            rss_sleeping = rss_mb()
+
+            # Short clocks: no follow-up (it would be due after expiry), expiry `ttl` s after the start.
+            short = await new_orders(s.engine, expiry_orders)
+            ids = [o for o, _ in short]
+            short_elapsed = await start_all(
+                s.client, short, queue, concurrency, ttl=timedelta(seconds=ttl), follow_up_after=timedelta(hours=1)
+            )
+            deadline = time.monotonic() + ttl + 120
+            while time.monotonic() < deadline:
+                async with s.engine.connect() as conn:
+                    left = await conn.scalar(
+                        text("SELECT count(*) FROM pending_orders WHERE order_id = ANY(:ids) AND status = 'PENDING'"),
+                        {"ids": ids},
+                    )
+                if not left:
+                    break
+                await asyncio.sleep(1)
+            async with s.engine.connect() as conn:
+                lateness = [
+                    float(x)
+                    for x in (
+                        await conn.execute(
+                            text(
+                                "SELECT extract(epoch FROM expired_at - expires_at) FROM pending_orders"
+                                " WHERE order_id = ANY(:ids) AND status = 'EXPIRED'"
+                            ),
+                            {"ids": ids},
+                        )
+                    ).scalars()
+                ]
+
+    lateness.sort()
+    p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
+    print(f"machine: {machine()}")
+    print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight)")
+    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
+    print(
+        f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started in {short_elapsed:.1f}s): "
+        f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
+        f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=10_000, help="clocks started and left asleep")
+    parser.add_argument("--expiry-orders", type=int, default=1_000, help="short clocks whose expiry is timed")
+    parser.add_argument("--ttl", type=float, default=30.0, help="seconds until the short clocks expire")
+    parser.add_argument("--concurrency", type=int, default=200)
+    args = parser.parse_args()
+    if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0:
+        parser.error("--orders and --expiry-orders must be at least 1, --ttl positive")
+    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency))

@@ -1,0 +1,331 @@
+"""Order recovery: every pending checkout has its own durable 24-hour clock.
+
+`pending-order/{order_id}` waits until the follow-up is due (ORDER_FOLLOWUP_AFTER after
+creation, moved out of the retailer's quiet hours), sends one recovery message, waits until
+the order expires and marks it EXPIRED. The `completed` and `failed` signals end it early.
+Timers are `wait_condition` timeouts, so a signal interrupts any wait at once.
+
+`order-expiry-sweep/{timestamp}` is the safety net for rows no clock watches (written while
+Temporal was down, or whose workflow an operator terminated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.messaging import permanent_failure, send_message
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from activities.orders import OrderActivities, OrderSweepActivities
+    from schemas import search_attributes
+    from schemas.messaging import SendMessage, SendOutcome
+    from schemas.orders import (
+        FollowUpSent,
+        OrderCompleted,
+        OrderFailed,
+        OrderFailure,
+        OrderState,
+        OrderSweepProgress,
+        OrderSweepRequest,
+        PendingOrderInput,
+        PendingOrderRecord,
+        PendingOrderResult,
+        PendingOrderStatus,
+        RegisterPendingOrder,
+        SettleOrder,
+        SweepPage,
+    )
+
+REFUSALS = ["UnknownOrder", "OrderNotPending"]
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=REFUSALS
+)
+DB_TIMEOUT = timedelta(seconds=30)
+
+
+@workflow.defn
+class PendingOrderWorkflow:
+    def __init__(self) -> None:
+        self._order_id = 0
+        self._record: PendingOrderRecord | None = None
+        self._refusal: ApplicationError | None = None
+        self._state: OrderState = "PENDING"
+        self._ending: OrderCompleted | OrderFailed | None = None
+        self._follow_up_sent_at: datetime | None = None
+
+    @workflow.run
+    async def run(self, order: PendingOrderInput) -> PendingOrderResult:
+        self._order_id = order.order_id
+        record = await self._register(order)
+        if record.state != "PENDING":
+            return await self._finish()  # settled in the database already: nothing to watch
+
+        if record.follow_up_sent_at is None and record.follow_up_at < record.expires_at:
+            if await self._ended_before(record.follow_up_at):
+                return await self._settle(order)
+            await self._follow_up(order)
+
+        if await self._ended_before(record.expires_at):
+            return await self._settle(order)
+        self._set_state(await self._settle_row("EXPIRED"))
+        return await self._finish()
+
+    # --- signals, update and query: the order's outside world ----------------------------------
+
+    @workflow.signal
+    def completed(self, payload: Any = None) -> None:
+        """The checkout went through. Takes the raw payload: a malformed one is logged, never fatal."""
+        self._end_with("completed", self._parse("completed", OrderCompleted, {} if payload is None else payload))
+
+    @workflow.signal
+    def failed(self, payload: Any = None) -> None:
+        """The order failed: `{"reason": ...}`. Takes the raw payload: a malformed one is logged, never fatal."""
+        self._end_with("failed", self._parse("failed", OrderFailed, payload))
+
+    # ABANDON: a refused start (unknown order) fails the run at once, and a server may deliver the
+    # update in the same task; the starter then reads the refusal from the run's failure.
+    @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
+    async def track(self) -> PendingOrderStatus:
+        """The answer to a start (update-with-start): the clock once registered, or why it was refused."""
+        await workflow.wait_condition(lambda: self._record is not None or self._refusal is not None)
+        if self._refusal is not None:
+            raise self._refusal
+        return self.status()
+
+    @workflow.query
+    def status(self) -> PendingOrderStatus:
+        record = self._record
+        return PendingOrderStatus(
+            order_id=self._order_id,
+            state=self._state,
+            follow_up_at=record.follow_up_at if record else None,
+            follow_up_sent_at=self._follow_up_sent_at,
+            expires_at=record.expires_at if record else None,
+        )
+
+    # --- the steps ---------------------------------------------------------------------------
+
+    async def _register(self, order: PendingOrderInput) -> PendingOrderRecord:
+        """Create or read the row (the database holds the clock) and learn when the follow-up is due.
+
+        An unknown order, or one no longer pending, is refused: the starter's `track` update
+        carries the reason back, and the workflow ends without touching anything.
+        """
+        request = RegisterPendingOrder(
+            order_id=order.order_id,
+            created_at=order.created_at or workflow.info().start_time,
+            follow_up_after=order.follow_up_after,
+            ttl=order.ttl,
+        )
+        try:
+            record = await workflow.execute_local_activity_method(
+                OrderActivities.register_pending_order, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+            )
+        except ActivityError as error:
+            kind = permanent_failure(error)
+            if kind not in REFUSALS:
+                raise
+            assert isinstance(error.cause, ApplicationError)
+            self._refusal = ApplicationError(error.cause.message, type=kind, non_retryable=True)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            raise self._refusal from None  # the workflow fails, not its task: a later valid start may run
+        self._record = record
+        self._follow_up_sent_at = record.follow_up_sent_at
+        if record.state != "PENDING":
+            self._refusal = ApplicationError(
+                f"order {order.order_id} is already {record.state}", type="OrderNotPending", non_retryable=True
+            )
+        self._set_state(record.state, retailer_id=record.retailer_id)
+        return record
+
+    async def _ended_before(self, deadline: datetime) -> bool:
+        """Sleep until `deadline` unless a signal ends the order first (True: it did)."""
+        remaining = deadline - workflow.now()
+        if remaining <= timedelta(0):
+            return self._ending is not None
+        try:
+            await workflow.wait_condition(
+                lambda: self._ending is not None, timeout=remaining, timeout_summary=f"until {deadline.isoformat()}"
+            )
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _follow_up(self, order: PendingOrderInput) -> None:
+        """Send `order_followup` once; a deferral (quiet hours at send time) waits and tries again."""
+        assert self._record is not None
+        while True:
+            outcome = await self._tell(order, "order_followup", f"followup:{order.order_id}")
+            if outcome is None or outcome.status == "suppressed":
+                return
+            if outcome.status == "sent":
+                self._follow_up_sent_at = workflow.now()
+                await workflow.execute_activity_method(
+                    OrderActivities.record_follow_up,
+                    FollowUpSent(order_id=order.order_id, sent_at=self._follow_up_sent_at),
+                    start_to_close_timeout=DB_TIMEOUT,
+                    retry_policy=DB_RETRY,
+                )
+                workflow.set_current_details(self._details())
+                return
+            if outcome.retry_at is None or outcome.retry_at >= self._record.expires_at:
+                return
+            if await self._ended_before(outcome.retry_at):
+                return
+
+    async def _settle(self, order: PendingOrderInput) -> PendingOrderResult:
+        """Apply the signal that ended the order: failure, or completion (RECOVERED after a follow-up)."""
+        if isinstance(self._ending, OrderFailed):
+            await workflow.execute_activity_method(
+                OrderActivities.handle_order_failure,
+                OrderFailure(order_id=order.order_id, reason=self._ending.reason),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=DB_RETRY,
+                summary=f"fail order {order.order_id} and reverse its credit",
+            )
+            self._set_state("FAILED")
+            await self._tell(order, "order_failed", f"order-failed:{order.order_id}")
+        else:
+            self._set_state(await self._settle_row("RECOVERED" if self._follow_up_sent_at else "COMPLETED"))
+        return await self._finish()
+
+    async def _settle_row(self, state: OrderState) -> OrderState:
+        return await workflow.execute_activity_method(
+            OrderActivities.settle_pending_order,
+            SettleOrder(order_id=self._order_id, state=state),  # type: ignore[arg-type]
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary=f"mark order {self._order_id} {state}",
+        )
+
+    async def _tell(self, order: PendingOrderInput, template: str, key: str) -> SendOutcome | None:
+        """Message the retailer; a message that cannot go out never holds up the order's outcome."""
+        message = SendMessage(
+            idempotency_key=key,
+            recipient_type="retailer",
+            recipient_id=str(self._record.retailer_id if self._record else order.retailer_id),
+            template=template,
+            params={"order_id": order.order_id},
+        )
+        try:
+            return await send_message(message, task_queue=order.messaging_task_queue)
+        except ActivityError as error:
+            workflow.logger.warning(
+                "order %s: %s not sent (%s)", order.order_id, template, permanent_failure(error) or type(error.cause).__name__
+            )
+            return None
+
+    async def _finish(self) -> PendingOrderResult:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return PendingOrderResult(
+            order_id=self._order_id, state=self._state, follow_up_sent_at=self._follow_up_sent_at, settled_at=workflow.now()
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _set_state(self, state: OrderState, *, retailer_id: int | None = None) -> None:
+        """The state, for the UI: `CaseStatus` (and the ids, if the starter did not set them) and details."""
+        self._state = state
+        known = workflow.info().typed_search_attributes
+        updates = []
+        if known.get(search_attributes.CASE_STATUS) != state:
+            updates.append(search_attributes.CASE_STATUS.value_set(state))
+        if known.get(search_attributes.ORDER_ID) is None:
+            updates.append(search_attributes.ORDER_ID.value_set(str(self._order_id)))
+        if retailer_id is not None and known.get(search_attributes.RETAILER_ID) is None:
+            updates.append(search_attributes.RETAILER_ID.value_set(str(retailer_id)))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+        workflow.set_current_details(self._details())
+
+    def _details(self) -> str:
+        record = self._record
+        if record is None or self._state != "PENDING":
+            return f"order {self._order_id}: {self._state}"
+        follow_up = (
+            f"follow-up sent {self._follow_up_sent_at:%Y-%m-%d %H:%M} UTC"
+            if self._follow_up_sent_at
+            else f"follow-up due {record.follow_up_at:%Y-%m-%d %H:%M} UTC"
+        )
+        return f"order {self._order_id}: PENDING, {follow_up}, expires {record.expires_at:%Y-%m-%d %H:%M} UTC"
+
+    def _parse(self, signal: str, model: type[BaseModel], payload: Any) -> Any:
+        try:
+            return model.model_validate(payload)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in error.errors())
+            workflow.logger.warning("order %s: ignored malformed %s signal (%s)", self._order_id, signal, problems)
+            return None
+
+    def _end_with(self, signal: str, ending: OrderCompleted | OrderFailed | None) -> None:
+        if ending is None:
+            return
+        if self._ending is not None or self._state != "PENDING":
+            workflow.logger.info("order %s: ignored %s signal, the order is already %s", self._order_id, signal, self._state)
+            return
+        self._ending = ending
+
+
+@workflow.defn
+class OrderExpirySweepWorkflow:
+    """Every 6 h: expire stale rows no clock watches, then start a clock for live rows that have none.
+
+    Each page is one activity (set-based SQL, one describe per row to ask Temporal whether a
+    clock is running); the cursor lives here, so a retried page never redoes another.
+    """
+
+    def __init__(self) -> None:
+        self._progress: OrderSweepProgress | None = None
+
+    @workflow.run
+    async def run(self, request: OrderSweepRequest) -> OrderSweepProgress:
+        progress = self._progress = request.progress or OrderSweepProgress(as_of=workflow.now())
+        workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("order-expiry-sweep")])
+        while progress.phase != "done":
+            step = (
+                OrderSweepActivities.expire_orphaned_orders
+                if progress.phase == "expire"
+                else OrderSweepActivities.start_missing_order_workflows
+            )
+            page = await workflow.execute_activity_method(
+                step,
+                SweepPage(
+                    as_of=progress.as_of,
+                    after_order_id=progress.after_order_id,
+                    page_size=request.page_size,
+                    max_concurrent_checks=request.max_concurrent_checks,
+                    follow_up_after=request.follow_up_after,
+                    messaging_task_queue=request.messaging_task_queue,
+                ),
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
+                summary=f"{progress.phase} page after order {progress.after_order_id}",
+            )
+            progress.after_order_id = page.after_order_id
+            progress.left_alone += page.left_alone
+            if progress.phase == "expire":
+                progress.expired += page.changed
+            else:
+                progress.started += page.changed
+            if page.rows < request.page_size:
+                progress.phase = "start" if progress.phase == "expire" else "done"
+                progress.after_order_id = 0
+            workflow.set_current_details(
+                f"{progress.expired} expired, {progress.started} clocks started, {progress.left_alone} watched rows left alone"
+            )
+            if progress.phase != "done" and workflow.info().is_continue_as_new_suggested():
+                workflow.continue_as_new(request.model_copy(update={"progress": progress}))
+        return progress
+
+    @workflow.query
+    def status(self) -> OrderSweepProgress | None:
+        return self._progress
