@@ -23,9 +23,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_engine
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from schemas import search_attributes
 from workers import binaries, migrate
 from workers.embedded_db import EmbeddedPostgres
+from workers.twilio_emulator import TwilioEmulator
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +110,21 @@ def record_history():
         (HISTORIES / f"{name}.json").write_text(history.to_json())
 
     return record
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def emulator() -> AsyncIterator[TwilioEmulator]:
+    """A Twilio emulator per test module; tests count what it accepted via /_emulator/messages."""
+    async with TwilioEmulator() as emu:
+        yield emu
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway(emulator: TwilioEmulator) -> AsyncIterator[TwilioGateway]:
+    """The product's Twilio gateway (real SDK) pointed at the module's emulator."""
+    gw = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
+    yield gw
+    await gw.close()
 
 
 @pytest.fixture

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
@@ -17,26 +15,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.templates import get_template
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.messaging.twilio_gateway import TwilioGateway
 from schemas.messaging import SendMessage
 from schemas.tables import MessageLog, RecipientOptOut, Retailer
 from workers.twilio_emulator import TwilioEmulator
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 NO_QUIET_HOURS = QuietHours(0, 0)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def emulator() -> AsyncIterator[TwilioEmulator]:
-    async with TwilioEmulator() as emu:
-        yield emu
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def gateway(emulator: TwilioEmulator) -> AsyncIterator[TwilioGateway]:
-    gw = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
-    yield gw
-    await gw.close()
 
 
 def activities(engine: AsyncEngine, gateway: TwilioGateway, **policy: object) -> MessagingActivities:

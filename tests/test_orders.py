@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pydantic
 import pytest
-import pytest_asyncio
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
@@ -23,7 +22,7 @@ from temporalio.worker import Worker
 
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import OrderActivities, workflow_id
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
@@ -38,19 +37,6 @@ NO_QUIET_HOURS = QuietHours(0, 0)
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def emulator() -> AsyncIterator[TwilioEmulator]:
-    async with TwilioEmulator() as emu:
-        yield emu
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def gateway(emulator: TwilioEmulator) -> AsyncIterator[TwilioGateway]:
-    gw = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
-    yield gw
-    await gw.close()
 
 
 @asynccontextmanager

@@ -24,9 +24,7 @@ from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import OrderSweepActivities, workflow_id
 from schemas.orders import OrderSweepRequest, PendingOrderInput, PendingOrderResult
 from schemas.tables import PendingOrder
-from tests.test_orders import (  # noqa: F401 - fixtures
-    emulator,
-    gateway,
+from tests.test_orders import (
     new_order,
     order_workers,
     pending_row,

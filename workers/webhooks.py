@@ -50,8 +50,8 @@ def create_app(
 
     async def stripe_webhook(request: web.Request) -> web.Response:
         payload = await request.text()
-        try:
-            event = stripe.Webhook.construct_event(payload, request.headers.get("Stripe-Signature"), stripe_webhook_secret)
+        try:  # verifies the signature and the timestamp tolerance
+            stripe.Webhook.construct_event(payload, request.headers.get("Stripe-Signature"), stripe_webhook_secret)
         except stripe.SignatureVerificationError:
             return bad_request("invalid Stripe signature")
         except (ValueError, KeyError):
