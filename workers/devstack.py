@@ -151,7 +151,13 @@ async def webhooks(settings: Settings, engine) -> AsyncIterator[Settings]:
         settings = settings.model_copy(update={"stripe_webhook_secret": SecretStr(DEV_STRIPE_WEBHOOK_SECRET)})
     host = settings.temporal_address.rsplit(":", 1)[0]
     async with serve_webhooks(settings, engine, host, settings.webhooks_port) as url:
-        yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url})
+        yield settings.model_copy(
+            update={
+                "webhook_base_url": settings.webhook_base_url or url,
+                # Dev placeholder: no pay page is served; links still carry the PaymentIntent id.
+                "pay_page_base_url": settings.pay_page_base_url or f"{url}/pay",
+            }
+        )
 
 
 async def run_dev_stack(settings: Settings, *, demo: bool) -> None:

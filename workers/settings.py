@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
+    pay_page_base_url: str | None = None
+    """Where payment links point: {PAY_PAGE_BASE_URL}/{payment_intent_id} (our pay page)."""
 
     business_timezone: str = "UTC"
     payload_encryption_key: SecretStr | None = None

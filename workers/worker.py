@@ -22,6 +22,8 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.insights import InsightActivities, business_day
 from activities.orders import OrderActivities, OrderSweepActivities
+from activities.payments.activities import PaymentActivities
+from activities.payments.client import stripe_client
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
@@ -52,6 +54,7 @@ def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> l
     orders = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
     sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=settings.task_queue))
     return [
+        *payment_activities(settings, engine),
         insights.regenerate_insights_chunk,
         business_day,
         orders.register_pending_order,
@@ -60,6 +63,25 @@ def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> l
         orders.handle_order_failure,
         sweep.expire_orphaned_orders,
         sweep.start_missing_order_workflows,
+    ]
+
+
+def payment_activities(settings: Settings, engine: AsyncEngine) -> list[object]:
+    """Stripe (the sandbox when STRIPE_API_BASE is set); none when no Stripe key is configured."""
+    if not settings.stripe_secret_key:
+        log.warning("worker.no_stripe", detail="STRIPE_SECRET_KEY not set: payment activities not registered")
+        return []
+    payments = PaymentActivities(
+        engine,
+        stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
+        pay_page_base_url=settings.pay_page_base_url,
+    )
+    return [
+        payments.ensure_customer,
+        payments.create_payment_link,
+        payments.extend_subscription,
+        payments.cancel_subscription,
+        payments.payment_intent_status,
     ]
 
 

@@ -1,0 +1,502 @@
+"""Stripe activities: customers, payment links, trial extensions, cancellations, PaymentIntent status.
+
+Retries. Temporal retries these activities; Stripe must not see a retry as a new request. Every
+mutating call carries an ``Idempotency-Key`` built from business ids only, and the parameters of a
+retried call are the same as the first attempt's, so Stripe (and the dev/test sandbox,
+``workers/stripe_sandbox.py``) replays the first answer instead of creating a second object:
+
+- ``customer:{owner_type}:{owner_id}``                  customer creation (metadata {owner_type, owner_id})
+- ``payment-link:{request key}``                       the PaymentIntent behind a payment link
+- ``subscription-extend:{membership_id}:{request key}``  a trial extension
+- ``subscription-cancel:{membership_id}:{request key}``  a cancellation (now, or at period end)
+
+Stripe keeps keys for 24 h, far longer than any retry schedule we use. The Stripe customer id is
+stored on the owner's row once created, so later calls never create again.
+
+Payment links. localstripe 1.15 (our dev/test Stripe) has no Checkout Session or Payment Link, and
+it can only create an invoice for a customer with a subscription (``POST /v1/invoices`` for a
+customer with just a pending invoice item answers 404 "No upcoming invoices for customer"), and it
+has no finalize, so no ``hosted_invoice_url`` either. The one flow both real Stripe and localstripe
+support is a PaymentIntent, so that is the single code path: the link is
+``{pay_page_base_url}/{payment_intent_id}``, a page of ours that looks the intent up server-side
+and confirms it with Stripe.js (the client secret never travels in the URL or the history).
+``PaymentLink.invoice_id`` is kept in the payload for a future hosted-invoice flow. The intent
+carries metadata {retailer_id, payment_link_key, description?}; localstripe refuses a
+PaymentIntent ``description``, so the description goes into metadata.
+
+Trial extension ("coupon or trial extension"): ``trial_end`` moves by N days from the current trial
+end, or from the end of the paid period when the subscription is not in a trial (the member keeps
+what they paid for and gets N free days after it). Coupons are not supported: localstripe answers
+500 to a coupon on a subscription. Outside a trial the update also sends
+``proration_behavior=none`` (real Stripe would otherwise credit the unused paid time); inside a
+trial there is nothing to prorate and the parameter is left out, which is also all localstripe
+accepts (it answers 500 to ``proration_behavior`` on an update, so in dev only subscriptions in a
+trial can be extended). A retry after Stripe already applied the extension must not extend twice:
+the update records the key in the subscription's metadata (real Stripe), and a retry whose newly
+computed ``trial_end`` differs from the first attempt's gets Stripe's ``idempotency_error`` for
+the key, which here means "this extension was applied already" (localstripe ignores metadata on
+subscription updates, so in dev that is how a retry is recognised).
+
+Errors. ``stripe.CardError`` → non-retryable ``CardDeclined``; InvalidRequest / Authentication /
+Permission / Idempotency errors → non-retryable ``StripeInvalidRequest`` / ``StripeAuthentication``
+/ ``StripePermission`` / ``IdempotencyKeyReused``; connection errors, rate limits and other API
+errors (409 in-flight conflicts, 5xx) → retryable ``StripeUnavailable``. Bad amounts →
+``InvalidAmount``. Nothing sent to Stripe or put in a payload, result or error names a person:
+customers are created with metadata only, so Stripe's messages cannot echo a name or e-mail either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import stripe
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from schemas.payments import (
+    CancelSubscription,
+    EnsureCustomer,
+    ExtendSubscription,
+    OwnerType,
+    PaymentIntentState,
+    PaymentIntentStatus,
+    PaymentLink,
+    PaymentLinkRequest,
+    StripeCustomer,
+    SubscriptionCancellation,
+    SubscriptionPeriod,
+)
+from schemas.tables import Company, Customer, Membership, Retailer
+
+log = structlog.get_logger(__name__)
+
+# https://docs.stripe.com/currencies#zero-decimal
+ZERO_DECIMAL_CURRENCIES: Final = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+# Three-decimal currencies need amounts rounded to tens of minor units at Stripe: not supported here.
+THREE_DECIMAL_CURRENCIES: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+MAX_MINOR_UNITS: Final = 99_999_999  # Stripe's maximum charge amount (8 digits of minor units)
+DAY_S: Final = 86_400
+EXTENSION_KEY_META: Final = "jobctl_extension_key"
+EXTENSION_END_META: Final = "jobctl_extension_trial_end"
+COUNTED_REFUND_STATUSES: Final = frozenset({"succeeded", "pending", "requires_action"})
+
+_OWNER_TABLES: Final = {"retailer": Retailer, "member": Membership, "customer": Customer}
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _permanent(error_type: str, message: str, **details: Any) -> ApplicationError:
+    return ApplicationError(message, details or None, type=error_type, non_retryable=True)
+
+
+def _translate(exc: stripe.StripeError, operation: str) -> ApplicationError:
+    """A Stripe SDK error as the ApplicationError Temporal's retry policy understands."""
+    details: dict[str, Any] = {
+        "operation": operation,
+        "http_status": exc.http_status,
+        "code": exc.code,
+        "request_id": exc.request_id,
+    }
+    summary = f"{operation}: Stripe answered {exc.http_status or 'nothing'}"
+    reason = exc.user_message or type(exc).__name__
+    if isinstance(exc, stripe.CardError):
+        decline_code = getattr(exc.error, "decline_code", None) if exc.error else None
+        message = f"{operation}: card declined ({exc.code})"
+        return _permanent("CardDeclined", message, **details, decline_code=decline_code)
+    if isinstance(exc, stripe.IdempotencyError):
+        return _permanent("IdempotencyKeyReused", f"{summary}: {reason}", **details)
+    if isinstance(exc, stripe.InvalidRequestError):
+        param = getattr(exc, "param", None)
+        return _permanent("StripeInvalidRequest", f"{summary}: {reason}", **details, param=param)
+    if isinstance(exc, stripe.AuthenticationError):
+        return _permanent("StripeAuthentication", f"{summary}: the API key was refused", **details)
+    if isinstance(exc, stripe.PermissionError):
+        return _permanent("StripePermission", f"{summary}: the API key may not do this", **details)
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)):
+        return ApplicationError(f"{summary}: {type(exc).__name__}: {reason}", details, type="StripeUnavailable")
+    # Anything else the SDK might add: 4xx are the request's fault, the rest may pass.
+    if exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status not in (409, 429):
+        return _permanent("StripeError", f"{summary}: {reason}", **details)
+    return ApplicationError(f"{summary}: {type(exc).__name__}: {reason}", details, type="StripeUnavailable")
+
+
+@asynccontextmanager
+async def stripe_errors(operation: str, **log_ids: Any) -> AsyncIterator[None]:
+    """Turn ``stripe.StripeError`` raised inside into the matching ``ApplicationError``."""
+    try:
+        yield
+    except stripe.StripeError as exc:
+        error = _translate(exc, operation)
+        log.warning(
+            "stripe.call_failed",
+            operation=operation,
+            error_type=error.type,
+            retryable=not error.non_retryable,
+            http_status=exc.http_status,
+            code=exc.code,
+            request_id=exc.request_id,
+            **log_ids,
+        )
+        raise error from None
+
+
+# --- money -------------------------------------------------------------------------------------
+
+
+def currency_exponent(currency: str) -> int:
+    if currency in THREE_DECIMAL_CURRENCIES:
+        raise _permanent("UnsupportedCurrency", f"currency {currency} (three decimals) is not supported")
+    return 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """``Decimal("150.25")`` usd → 15025, exactly; anything that would need rounding is refused."""
+    exponent = currency_exponent(currency)
+    try:
+        if not amount.is_finite():
+            raise InvalidOperation
+        minor = amount.scaleb(exponent)
+        exact = minor == minor.to_integral_value()
+    except (InvalidOperation, AttributeError):
+        raise _permanent("InvalidAmount", "the amount is not a finite decimal number") from None
+    if amount <= 0:
+        raise _permanent("InvalidAmount", f"the amount must be greater than 0, not {amount}")
+    if not exact:
+        raise _permanent("InvalidAmount", f"{amount} {currency} has more than {exponent} decimal places")
+    if minor > MAX_MINOR_UNITS:
+        raise _permanent("InvalidAmount", f"{amount} {currency} is above Stripe's maximum amount")
+    return int(minor)
+
+
+def from_minor_units(minor: int, currency: str) -> Decimal:
+    exponent = 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
+    return Decimal(minor).scaleb(-exponent) if exponent else Decimal(minor)
+
+
+def _field(obj: Any, key: str) -> Any:
+    """``obj[key]`` or None: ``StripeObject`` is not a dict (no ``.get``) since stripe 13."""
+    if obj is None:
+        return None
+    try:
+        return obj[key]
+    except KeyError:
+        return None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if value else None
+
+
+def _period_end(subscription: Any) -> int | None:
+    """``current_period_end``: on the subscription (older API versions, localstripe) or, since
+    API 2025-03-31, on its items."""
+    end = _field(subscription, "current_period_end")
+    if end:
+        return int(end)
+    data = _field(_field(subscription, "items"), "data") or []
+    ends = [int(_field(item, "current_period_end")) for item in data if _field(item, "current_period_end")]
+    return max(ends) if ends else None
+
+
+# --- the activities ----------------------------------------------------------------------------
+
+
+class PaymentActivities:
+    """Stripe through one ``stripe.StripeClient`` (``activities.payments.client.stripe_client``).
+
+    ``pay_page_base_url``: where payment links point (``{base}/{payment_intent_id}``); required
+    by ``create_payment_link`` (setting ``PAY_PAGE_BASE_URL``).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, stripe_client: stripe.StripeClient, pay_page_base_url: str | None = None
+    ) -> None:
+        self._engine = engine
+        self._stripe = stripe_client
+        self._pay_page_base_url = pay_page_base_url.rstrip("/") if pay_page_base_url else None
+
+    # -- customers ------------------------------------------------------------------------------
+
+    @activity.defn(name="ensure_customer")
+    async def ensure_customer(self, request: EnsureCustomer) -> StripeCustomer:
+        customer_id, created, _ = await self._ensure_customer(request.owner_type, request.owner_id)
+        return StripeCustomer(
+            owner_type=request.owner_type, owner_id=request.owner_id, stripe_customer_id=customer_id, created=created
+        )
+
+    async def _owner(self, owner_type: OwnerType, owner_id: int) -> tuple[str | None, str | None]:
+        """(stored Stripe customer id, Connect account) of the owner; UnknownOwner when missing."""
+        table = _OWNER_TABLES[owner_type]
+        async with self._engine.connect() as conn:
+            if owner_type == "member":
+                row = (
+                    await conn.execute(
+                        select(Membership.stripe_customer_id, Company.stripe_account_id)
+                        .join(Company, Company.id == Membership.company_id)
+                        .where(Membership.id == owner_id)
+                    )
+                ).first()
+            else:
+                row = (await conn.execute(select(table.stripe_customer_id).where(table.id == owner_id))).first()
+        if row is None:
+            raise _permanent("UnknownOwner", f"no {owner_type} {owner_id}", owner_type=owner_type, owner_id=owner_id)
+        return row[0], (row[1] if owner_type == "member" else None)
+
+    async def _ensure_customer(self, owner_type: OwnerType, owner_id: int) -> tuple[str, bool, str | None]:
+        """(Stripe customer id, created now, Connect account)."""
+        stored, account = await self._owner(owner_type, owner_id)
+        if stored:
+            return stored, False, account
+        key = f"customer:{owner_type}:{owner_id}"
+        async with stripe_errors("ensure_customer", owner_type=owner_type, owner_id=owner_id):
+            customer = await self._stripe.v1.customers.create_async(
+                {"metadata": {"owner_type": owner_type, "owner_id": str(owner_id)}}, _options(key, account)
+            )
+        table = _OWNER_TABLES[owner_type]
+        async with self._engine.begin() as conn:
+            kept = await conn.scalar(
+                update(table)
+                .where(table.id == owner_id, table.stripe_customer_id.is_(None))
+                .values(stripe_customer_id=customer.id)
+                .returning(table.stripe_customer_id)
+            )
+            if kept is None:  # stored meanwhile (a concurrent call: the same customer, by the key)
+                kept = await conn.scalar(select(table.stripe_customer_id).where(table.id == owner_id))
+        if kept != customer.id:
+            log.warning(
+                "stripe.customer_already_stored",
+                owner_type=owner_type,
+                owner_id=owner_id,
+                stored=kept,
+                created=customer.id,
+            )
+            return str(kept), False, account
+        replayed = _replayed(customer)
+        log.info(
+            "stripe.customer_ensured",
+            owner_type=owner_type,
+            owner_id=owner_id,
+            stripe_customer_id=customer.id,
+            replayed=replayed,
+        )
+        return customer.id, not replayed, account
+
+    # -- payment links --------------------------------------------------------------------------
+
+    @activity.defn(name="create_payment_link")
+    async def create_payment_link(self, request: PaymentLinkRequest) -> PaymentLink:
+        minor = to_minor_units(request.amount, request.currency)
+        if self._pay_page_base_url is None:
+            raise _permanent("PayPageNotConfigured", "PAY_PAGE_BASE_URL is not set: payment links cannot be built")
+        customer_id, _, account = await self._ensure_customer("retailer", request.retailer_id)
+        metadata = {"retailer_id": str(request.retailer_id), "payment_link_key": request.idempotency_key}
+        if request.description:
+            metadata["description"] = request.description
+        params = {"amount": minor, "currency": request.currency, "customer": customer_id, "metadata": metadata}
+        key = f"payment-link:{request.idempotency_key}"
+        async with stripe_errors("create_payment_link", retailer_id=request.retailer_id, idempotency_key=key):
+            intent = await self._stripe.v1.payment_intents.create_async(params, _options(key, account))
+        log.info(
+            "stripe.payment_link_created",
+            retailer_id=request.retailer_id,
+            payment_intent_id=intent.id,
+            amount_minor=minor,
+            currency=request.currency,
+            idempotency_key=key,
+            replayed=_replayed(intent),
+        )
+        return PaymentLink(
+            url=f"{self._pay_page_base_url}/{intent.id}",
+            payment_intent_id=intent.id,
+            amount=request.amount,
+            currency=request.currency,
+            stripe_customer_id=customer_id,
+        )
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    async def _subscription_of(self, membership_id: int) -> tuple[str, str | None]:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(Membership.stripe_subscription_id, Company.stripe_account_id)
+                    .join(Company, Company.id == Membership.company_id)
+                    .where(Membership.id == membership_id)
+                )
+            ).first()
+        if row is None:
+            raise _permanent("UnknownOwner", f"no member {membership_id}", owner_type="member", owner_id=membership_id)
+        if not row[0]:
+            raise _permanent("NoSubscription", f"member {membership_id} has no Stripe subscription")
+        return row[0], row[1]
+
+    async def _retrieve_subscription(self, subscription_id: str, account: str | None, operation: str) -> Any:
+        async with stripe_errors(operation, subscription_id=subscription_id):
+            return await self._stripe.v1.subscriptions.retrieve_async(subscription_id, options=_options(None, account))
+
+    @activity.defn(name="extend_subscription")
+    async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:
+        subscription_id, account = await self._subscription_of(request.membership_id)
+        op = "extend_subscription"
+        subscription = await self._retrieve_subscription(subscription_id, account, op)
+        if subscription.status in ("canceled", "incomplete_expired"):
+            raise _permanent(
+                "SubscriptionNotActive",
+                f"subscription {subscription_id} is {subscription.status}: it cannot be extended",
+                status=subscription.status,
+            )
+        metadata = _field(subscription, "metadata")
+        already = _field(metadata, EXTENSION_KEY_META) == request.idempotency_key
+        if not already:
+            now = int(time.time())
+            trial_end = _field(subscription, "trial_end")
+            in_trial = bool(trial_end) and int(trial_end) > now
+            base = int(trial_end) if in_trial else max(_period_end(subscription) or now, now)
+            target = base + request.days * DAY_S
+            params: dict[str, Any] = {
+                "trial_end": target,
+                "metadata": {EXTENSION_KEY_META: request.idempotency_key, EXTENSION_END_META: str(target)},
+            }
+            if not in_trial:
+                params["proration_behavior"] = "none"
+            key = f"subscription-extend:{request.membership_id}:{request.idempotency_key}"
+            async with stripe_errors(op, subscription_id=subscription_id, idempotency_key=key):
+                try:
+                    subscription = await self._stripe.v1.subscriptions.update_async(
+                        subscription_id, params, _options(key, account)
+                    )
+                except stripe.IdempotencyError:
+                    # Same key, another trial_end: an earlier attempt moved the trial end already.
+                    already = True
+            if already:
+                subscription = await self._retrieve_subscription(subscription_id, account, op)
+            else:
+                already = _replayed(subscription)
+        period = _subscription_period(subscription, already)
+        await self._store_period_end(request.membership_id, period.current_period_end)
+        log.info(
+            "stripe.subscription_extended",
+            membership_id=request.membership_id,
+            subscription_id=subscription_id,
+            days=request.days,
+            trial_end=period.trial_end.isoformat() if period.trial_end else None,
+            already_applied=already,
+        )
+        return period
+
+    async def _store_period_end(self, membership_id: int, period_end: datetime | None) -> None:
+        if period_end is None:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(Membership).where(Membership.id == membership_id).values(current_period_end=period_end)
+            )
+
+    @activity.defn(name="cancel_subscription")
+    async def cancel_subscription(self, request: CancelSubscription) -> SubscriptionCancellation:
+        subscription_id, account = await self._subscription_of(request.membership_id)
+        op = "cancel_subscription"
+        subscription = await self._retrieve_subscription(subscription_id, account, op)
+        already = subscription.status == "canceled" or (
+            request.at_period_end and bool(_field(subscription, "cancel_at_period_end"))
+        )
+        if not already:
+            if request.at_period_end:
+                key = f"subscription-cancel-at-period-end:{request.membership_id}:{request.idempotency_key}"
+                async with stripe_errors(op, subscription_id=subscription_id, idempotency_key=key):
+                    subscription = await self._stripe.v1.subscriptions.update_async(
+                        subscription_id, {"cancel_at_period_end": True}, _options(key, account)
+                    )
+            else:
+                key = f"subscription-cancel:{request.membership_id}:{request.idempotency_key}"
+                try:
+                    async with stripe_errors(op, subscription_id=subscription_id, idempotency_key=key):
+                        subscription = await self._stripe.v1.subscriptions.cancel_async(
+                            subscription_id, options=_options(key, account)
+                        )
+                except ApplicationError as error:
+                    # A concurrent attempt may have cancelled it between our read and our call.
+                    if error.type != "StripeInvalidRequest":
+                        raise
+                    subscription = await self._retrieve_subscription(subscription_id, account, op)
+                    if subscription.status != "canceled":
+                        raise
+                    already = True
+        log.info(
+            "stripe.subscription_cancelled",
+            membership_id=request.membership_id,
+            subscription_id=subscription_id,
+            at_period_end=request.at_period_end,
+            status=subscription.status,
+            already_cancelled=already,
+        )
+        return SubscriptionCancellation(
+            subscription_id=subscription_id,
+            status=subscription.status,
+            cancel_at_period_end=bool(_field(subscription, "cancel_at_period_end")),
+            canceled_at=_timestamp(_field(subscription, "canceled_at") or _field(subscription, "ended_at")),
+            already_cancelled=already,
+        )
+
+    # -- PaymentIntents -------------------------------------------------------------------------
+
+    @activity.defn(name="payment_intent_status")
+    async def payment_intent_status(self, request: PaymentIntentStatus) -> PaymentIntentState:
+        op = "payment_intent_status"
+        async with stripe_errors(op, payment_intent_id=request.id):
+            intent = await self._stripe.v1.payment_intents.retrieve_async(request.id)
+            refunded_minor = 0
+            params: dict[str, Any] = {"payment_intent": request.id, "limit": 100}
+            while True:
+                page = await self._stripe.v1.refunds.list_async(params)
+                refunded_minor += sum(r.amount for r in page.data if r.status in COUNTED_REFUND_STATUSES)
+                if not page.has_more or not page.data:
+                    break
+                params = {**params, "starting_after": page.data[-1].id}
+        currency = intent.currency
+        return PaymentIntentState(
+            id=intent.id,
+            status=intent.status,
+            amount=from_minor_units(intent.amount, currency),
+            amount_refunded=from_minor_units(refunded_minor, currency),
+            currency=currency,
+            refunded=refunded_minor > 0,
+            fully_refunded=refunded_minor > 0 and refunded_minor >= intent.amount,
+        )
+
+
+def _options(idempotency_key: str | None, account: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if idempotency_key is not None:
+        options["idempotency_key"] = idempotency_key
+    if account:
+        options["stripe_account"] = account
+    return options
+
+
+def _replayed(obj: Any) -> bool:
+    response = getattr(obj, "last_response", None)
+    return bool(response is not None and response.headers.get("Idempotent-Replayed") == "true")
+
+
+def _subscription_period(subscription: Any, already: bool) -> SubscriptionPeriod:
+    trial_end = _field(subscription, "trial_end")
+    ends = [int(v) for v in (_period_end(subscription), trial_end) if v]
+    return SubscriptionPeriod(
+        subscription_id=subscription.id,
+        status=subscription.status,
+        trial_end=_timestamp(trial_end),
+        current_period_end=_timestamp(max(ends)) if ends else None,
+        already_applied=already,
+    )

@@ -1,0 +1,100 @@
+"""Payloads of the payments gateway (Stripe): what a workflow asks for, and what came back.
+
+Only business ids, Stripe object ids, amounts and statuses travel through Temporal: no names,
+e-mails or phone numbers (workflow histories are visible in the UI). Amounts are exact
+``Decimal`` major units (``150.25`` dollars); the activities convert them to Stripe's integer
+minor units and refuse anything that does not convert exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+OwnerType = Literal["retailer", "member", "customer"]
+
+_KEY = Field(
+    min_length=1,
+    max_length=200,
+    pattern=r"^[A-Za-z0-9:_\-./]+$",
+    description="from business ids, e.g. reminder:42:2026-11-23; the Stripe Idempotency-Key is built from it",
+)
+_CURRENCY = Field(default="usd", pattern=r"^[a-z]{3}$", description="ISO 4217, lower case, as Stripe spells it")
+
+
+class EnsureCustomer(BaseModel):
+    owner_type: OwnerType
+    owner_id: int = Field(ge=1, description="retailers.id, memberships.id or customers.id")
+
+
+class StripeCustomer(BaseModel):
+    owner_type: OwnerType
+    owner_id: int
+    stripe_customer_id: str
+    created: bool = Field(description="False: the id was already stored on the owner's row")
+
+
+class PaymentLinkRequest(BaseModel):
+    retailer_id: int = Field(ge=1)
+    amount: Decimal = Field(description="major units, at most 2 decimals (0 for zero-decimal currencies), > 0")
+    currency: str = _CURRENCY
+    idempotency_key: str = _KEY
+    description: str | None = Field(
+        default=None, max_length=500, description="what the payment is for; never a name, e-mail or phone number"
+    )
+
+
+class PaymentLink(BaseModel):
+    url: str
+    payment_intent_id: str | None = Field(default=None, description="set when the link pays a PaymentIntent")
+    invoice_id: str | None = Field(default=None, description="set when the link is a Stripe-hosted invoice")
+    amount: Decimal
+    currency: str
+    stripe_customer_id: str
+
+
+class ExtendSubscription(BaseModel):
+    membership_id: int = Field(ge=1)
+    days: int = Field(ge=1, le=365)
+    idempotency_key: str = _KEY
+
+
+class SubscriptionPeriod(BaseModel):
+    subscription_id: str
+    status: str
+    trial_end: datetime | None
+    current_period_end: datetime | None = Field(
+        description="when the member is next billed: the later of the period end and the trial end"
+    )
+    already_applied: bool = Field(default=False, description="this key's extension had been applied before")
+
+
+class CancelSubscription(BaseModel):
+    membership_id: int = Field(ge=1)
+    idempotency_key: str = _KEY
+    at_period_end: bool = Field(default=False, description="False: cancel now; True: set cancel_at_period_end")
+
+
+class SubscriptionCancellation(BaseModel):
+    subscription_id: str
+    status: str
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    already_cancelled: bool = False
+
+
+class PaymentIntentStatus(BaseModel):
+    id: str = Field(pattern=r"^pi_[A-Za-z0-9_]+$")
+
+
+class PaymentIntentState(BaseModel):
+    id: str
+    status: str = Field(description="Stripe's status: succeeded, processing, requires_payment_method, ...")
+    amount: Decimal
+    amount_refunded: Decimal = Field(description="sum of pending and succeeded refunds")
+    currency: str
+    refunded: bool = Field(description="any money was refunded (partially or fully)")
+    fully_refunded: bool
