@@ -116,6 +116,16 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         assert completed, f"no completed insights run: {listed}"
         assert completed[0]["execution"]["workflowId"].startswith("insights/")
         assert _insight_rows(database_url) == 50
+
+        deadline, clocks = time.monotonic() + 30, 0
+        while clocks < 10 and time.monotonic() < deadline:
+            listed = stack.temporal(
+                "workflow", "list", "--query", "WorkflowType='PendingOrderWorkflow' AND ExecutionStatus='Running'",
+                "--output", "jsonl",
+            )
+            clocks = len([line for line in listed.splitlines() if line.strip()])
+            time.sleep(0.5)
+        assert clocks == 10, "the demo checkouts did not all get their 24-hour clocks"
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]
