@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -24,9 +25,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_engine
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.payments.client import close_stripe_client, stripe_client
 from schemas import search_attributes
 from workers import binaries, migrate
 from workers.embedded_db import EmbeddedPostgres
+from workers.stripe_sandbox import StripeSandbox
 from workers.twilio_emulator import TwilioEmulator
 
 
@@ -125,6 +128,24 @@ async def gateway(emulator: TwilioEmulator) -> AsyncIterator[TwilioGateway]:
     gw = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
     yield gw
     await gw.close()
+
+
+STRIPE_TEST_KEY = "sk_test_jobctl"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def sandbox() -> AsyncIterator[StripeSandbox]:
+    """A Stripe sandbox (localstripe behind Stripe's idempotency rules) per test module."""
+    async with StripeSandbox() as sb:
+        yield sb
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stripe_api(sandbox: StripeSandbox) -> AsyncIterator[stripe.StripeClient]:
+    """The product's Stripe client pointed at the module's sandbox."""
+    c = stripe_client(STRIPE_TEST_KEY, sandbox.url, timeout_s=10)
+    yield c
+    await close_stripe_client(c)
 
 
 @pytest.fixture

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import aiohttp
 import pytest
-import pytest_asyncio
 import stripe
 from aiohttp import web
 from multidict import CIMultiDict
@@ -36,7 +34,7 @@ from schemas.payments import (
 from schemas.tables import Company, Customer, Membership, Retailer
 from workers.stripe_sandbox import StripeSandbox
 
-API_KEY = "sk_test_jobctl_payments"
+API_KEY = "sk_test_jobctl"  # the key of the shared `stripe_api` fixture
 PAY_PAGE = "https://pay.example.test/p/"
 PERSON = "Ama Owusu"  # must never reach Stripe, a payload or a result
 
@@ -44,17 +42,9 @@ PERSON = "Ama Owusu"  # must never reach Stripe, a payload or a result
 # --- harness -----------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def sandbox() -> AsyncIterator[StripeSandbox]:
-    async with StripeSandbox() as sb:
-        yield sb
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(sandbox: StripeSandbox) -> AsyncIterator[stripe.StripeClient]:
-    c = stripe_client(API_KEY, sandbox.url, timeout_s=10)
-    yield c
-    await close_stripe_client(c)
+@pytest.fixture
+def client(stripe_api: stripe.StripeClient) -> stripe.StripeClient:
+    return stripe_api
 
 
 @pytest.fixture

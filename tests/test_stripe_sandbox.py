@@ -24,14 +24,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 import stripe
 from aiohttp import web
 
 from activities.payments.client import close_stripe_client, stripe_client
 from workers.stripe_sandbox import KEY_TTL_S, StripeSandbox, api_key_of, request_fingerprint
 
-API_KEY = "sk_test_jobctl_sandbox"
+API_KEY = "sk_test_jobctl"  # the key of the shared `stripe_api` fixture
 WEBHOOK_SECRET = "whsec_jobctl_test"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,17 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- harness -----------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def sandbox() -> AsyncIterator[StripeSandbox]:
-    async with StripeSandbox() as sb:
-        yield sb
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(sandbox: StripeSandbox) -> AsyncIterator[stripe.StripeClient]:
-    c = stripe_client(API_KEY, sandbox.url, timeout_s=10)
-    yield c
-    await close_stripe_client(c)
+@pytest.fixture
+def client(stripe_api: stripe.StripeClient) -> stripe.StripeClient:
+    return stripe_api
 
 
 def key(label: str) -> str:
