@@ -391,6 +391,15 @@ from workers.cli_orders import orders_app  # noqa: E402  (it imports this module
 
 app.add_typer(orders_app, name="orders")
 
+from workers.cli_churn import churn_app  # noqa: E402
+from workers.cli_credit import credit_app, payments_app  # noqa: E402
+from workers.cli_loyalty import loyalty_app  # noqa: E402
+
+app.add_typer(credit_app, name="credit")
+app.add_typer(payments_app, name="payments")
+app.add_typer(churn_app, name="churn")
+app.add_typer(loyalty_app, name="loyalty")
+
 
 # --- entry point -----------------------------------------------------------------------------
 

@@ -30,14 +30,35 @@ from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from workers.log import LoggingInterceptor
 from workers.orders_api import start_pending_order
 from workers.settings import Settings, SettingsError
+from activities import churn, credit, loyalty
+from workflows import churn as churn_workflows
+from workflows import credit as credit_workflows
+from workflows import loyalty as loyalty_workflows
 from workflows.insights import InsightsRegenerationWorkflow
 from workflows.messaging import MessageBatchWorkflow
 from workflows.orders import OrderExpirySweepWorkflow, PendingOrderWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [InsightsRegenerationWorkflow, MessageBatchWorkflow, PendingOrderWorkflow, OrderExpirySweepWorkflow]
+WORKFLOWS = [
+    InsightsRegenerationWorkflow,
+    MessageBatchWorkflow,
+    PendingOrderWorkflow,
+    OrderExpirySweepWorkflow,
+    *credit_workflows.WORKFLOWS,
+    *churn_workflows.WORKFLOWS,
+    *loyalty_workflows.WORKFLOWS,
+]
 QUEUES = ("jobs", "messaging")
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    """What a job family's activities may need; each family picks its own."""
+
+    client: Client
+    settings: Settings
+    engine: AsyncEngine
 
 
 @dataclass
@@ -53,7 +74,11 @@ def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> l
     insights = InsightActivities(engine)
     orders = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
     sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=settings.task_queue))
+    deps = WorkerDeps(client, settings, engine)
     return [
+        *credit.worker_activities(deps),
+        *churn.worker_activities(deps),
+        *loyalty.worker_activities(deps),
         *payment_activities(settings, engine),
         insights.regenerate_insights_chunk,
         business_day,

@@ -1,0 +1,5 @@
+"""The credit job family's workflows (WORKFLOWS is what the worker registers)."""
+
+from __future__ import annotations
+
+WORKFLOWS: list[type] = []
