@@ -16,6 +16,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from schemas.messaging import MessageBatch, SendMessage
 from schemas.tables import Retailer
+from workers.metrics import JobMetricsInterceptor
 from workers.settings import load_settings
 from workers.temporal_client import connect
 from workers.twilio_emulator import TwilioEmulator
@@ -48,7 +49,9 @@ async def test_messages_sent_total_counts_by_template_and_outcome(
     async with TwilioEmulator() as emulator:
         gateway = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
         sends = MessagingActivities(engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0)))
-        async with Worker(client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
+        async with Worker(
+            client, task_queue=task_queue, workflows=[MessageBatchWorkflow], interceptors=[JobMetricsInterceptor()]
+        ), Worker(
             client, task_queue=batch.task_queue, activities=[sends.send_message]
         ):
             await client.execute_workflow(MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue)
@@ -60,4 +63,9 @@ async def test_messages_sent_total_counts_by_template_and_outcome(
     lines = [line for line in metrics.splitlines() if line.startswith("messages_sent_total{")]
     assert any('outcome="sent"' in line and 'template="credit_resumed"' in line and line.endswith(" 1") for line in lines), lines
     assert any('outcome="suppressed"' in line and line.endswith(" 1") for line in lines), lines
+    # Every workflow run's duration, by type and outcome (buckets sized for jobs, not RPCs).
+    assert 'job_duration_count{' in metrics and 'workflow_type="MessageBatchWorkflow"' in metrics
+    durations = [line for line in metrics.splitlines() if line.startswith("job_duration_count{")]
+    assert any('outcome="completed"' in line and line.endswith(" 1") for line in durations), durations
+    assert any('le="86400000"' in line for line in metrics.splitlines() if line.startswith("job_duration_bucket{"))
     assert "temporal_activity_execution_latency" in metrics or "temporal_" in metrics

@@ -28,6 +28,7 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from workers.log import LoggingInterceptor
+from workers.metrics import JobMetricsInterceptor
 from workers.orders_api import start_pending_order
 from workers.settings import Settings, SettingsError
 from activities import churn, credit, loyalty
@@ -157,7 +158,7 @@ def build_workers(
     options: WorkerOptions | None = None,
 ) -> list[Worker]:
     options = options or WorkerOptions()
-    interceptors = [LoggingInterceptor()]
+    interceptors = [LoggingInterceptor(), JobMetricsInterceptor()]
     versioning = deployment_config(settings)
     workers: list[Worker] = []
     if "jobs" in options.task_queues:
