@@ -32,8 +32,10 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from schemas import search_attributes
 from schemas.insights import InsightsRequest
 from schemas.orders import OrderSweepRequest
+from workers import loyalty_api
 from workers.settings import Settings
 from workflows.insights import InsightsRegenerationWorkflow
+from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconcileSweepWorkflow
 from workflows.orders import OrderExpirySweepWorkflow
 
 CATCHUP_WINDOW = timedelta(hours=1)
@@ -101,6 +103,24 @@ SCHEDULES: tuple[ScheduleDefinition, ...] = (
         summary="Expire pending orders no workflow watches; start missing order workflows",
         every=timedelta(hours=6),
         job_name="order-expiry-sweep",
+    ),
+    ScheduleDefinition(
+        schedule_id="loyalty-reconcile-sweep",
+        workflow=LoyaltyReconcileSweepWorkflow.run,
+        make_arg=loyalty_api.loyalty_sweep_schedule_input,
+        workflow_id="loyalty-reconcile-sweep/run",
+        summary="Start a reconciliation for every PENDING loyalty item that has none",
+        every=timedelta(minutes=15),
+        job_name="loyalty-reconcile-sweep",
+    ),
+    ScheduleDefinition(
+        schedule_id="loyalty-integrity-audit",
+        workflow=LoyaltyIntegrityAuditWorkflow.run,
+        make_arg=loyalty_api.loyalty_audit_schedule_input,
+        workflow_id="loyalty-audit/nightly",
+        summary="Nightly audit: loyalty balances that differ from their ledger (reported, never rewritten)",
+        daily_at=(4, 0),
+        job_name="loyalty-integrity-audit",
     ),
 )
 

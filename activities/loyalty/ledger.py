@@ -1,0 +1,309 @@
+"""The points ledger: applying an order's points, and reversing them on a refund.
+
+One DB transaction per change, holding the customer's row lock (`SELECT ... FOR UPDATE`) from the
+balance check to the balance update, so concurrent redemptions can never overdraw a balance, and
+`customers.loyalty_points` always equals the sum of the customer's ledger.
+
+Idempotency is the ledger's unique key (reference_type, reference_id, type), not a read before a
+write: the rows are inserted `ON CONFLICT DO NOTHING`, and an insert that wrote nothing means the
+order was applied before; the stored rows then give back the first call's result. An order writes
+a `spent` row (only when it redeems points) then an `earned` row (always, even for 0 points: it is
+the order's marker); a refund writes one `reversed` row. A refund that arrives before the points
+were applied leaves a 0-point `reversed` row, so a late application applies nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+
+from activities.loyalty.errors import InsufficientPoints, OrderOfAnotherCustomer, PointsOverflow, UnknownCustomer
+from schemas.loyalty import (
+    MAX_POINTS,
+    ApplyOrderPoints,
+    PointsApplication,
+    PointsReversal,
+    ReverseOrderPoints,
+)
+
+log = structlog.get_logger(__name__)
+
+BALANCE_LIMIT = 2**31 - 1  # the ledger's columns are 32-bit integers
+
+LOCK_CUSTOMER = text("SELECT loyalty_points, earn_rate FROM customers WHERE id = :customer_id FOR UPDATE")
+
+# The order's rows, spent then earned; none at all when the order was refunded (reversed) first.
+INSERT_APPLICATION = text(
+    """
+INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+SELECT :customer_id, t.type, t.points, t.balance_before, t.balance_after, 'order', :order_id
+FROM (VALUES
+        (1, 'spent', -CAST(:redeemed AS integer), CAST(:before AS integer), CAST(:after_spent AS integer)),
+        (2, 'earned', CAST(:earned AS integer), CAST(:after_spent AS integer), CAST(:after AS integer))
+     ) AS t(n, type, points, balance_before, balance_after)
+WHERE (t.type = 'earned' OR CAST(:redeemed AS integer) > 0)
+  AND NOT EXISTS (
+      SELECT 1 FROM loyalty_transactions r
+      WHERE r.reference_type = 'order' AND r.reference_id = :order_id AND r.type = 'reversed'
+  )
+ORDER BY t.n
+ON CONFLICT DO NOTHING
+RETURNING type
+"""
+)
+
+ORDER_ROWS = text(
+    "SELECT customer_id, type, points, balance_before, balance_after FROM loyalty_transactions"
+    " WHERE reference_type = 'order' AND reference_id = :order_id ORDER BY id"
+)
+
+INSERT_REVERSAL = text(
+    """
+INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+VALUES (:customer_id, 'reversed', :points, :before, :after, 'order', :order_id)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+)
+
+SET_BALANCE = text("UPDATE customers SET loyalty_points = :balance WHERE id = :customer_id")
+
+
+@dataclass(frozen=True)
+class _Locked:
+    balance: int
+    earn_rate: Decimal
+    wait_ms: float
+
+
+async def _lock_customer(conn: AsyncConnection, customer_id: int) -> _Locked:
+    started = time.perf_counter()
+    row = (await conn.execute(LOCK_CUSTOMER, {"customer_id": customer_id})).first()
+    waited = (time.perf_counter() - started) * 1000
+    if row is None:
+        raise UnknownCustomer(customer_id)
+    return _Locked(balance=row.loyalty_points, earn_rate=row.earn_rate, wait_ms=round(waited, 3))
+
+
+def points_earned(order_total: Decimal, earn_rate: Decimal) -> int:
+    """The customer's rate times the order total, floored: 0.5 points per unit on 99.99 is 49."""
+    return int((order_total * earn_rate).to_integral_value(rounding=ROUND_FLOOR))
+
+
+# --------------------------------------------------------------------------- applying an order
+
+
+async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> PointsApplication:
+    """Apply an order's points inside the caller's transaction (which it leaves holding the row lock)."""
+    locked = await _lock_customer(conn, request.customer_id)
+    earned = points_earned(request.order_total, locked.earn_rate)
+    before = locked.balance
+    after_spent = before - request.points_redeemed
+    after = after_spent + earned
+
+    if after_spent < 0:  # a repeat of an order applied when the balance was higher is not a refusal
+        stored = await _stored_application(conn, request, locked)
+        if stored is not None:
+            return stored
+        raise InsufficientPoints(request.customer_id, available=before, requested=request.points_redeemed)
+    if after > BALANCE_LIMIT or earned > MAX_POINTS:
+        raise PointsOverflow(request.customer_id, after)
+
+    written = (
+        await conn.execute(
+            INSERT_APPLICATION,
+            {
+                "customer_id": request.customer_id,
+                "order_id": request.order_id,
+                "redeemed": request.points_redeemed,
+                "earned": earned,
+                "before": before,
+                "after_spent": after_spent,
+                "after": after,
+            },
+        )
+    ).scalars().all()
+    if "earned" not in written:  # nothing new: applied (or refunded) before
+        stored = await _stored_application(conn, request, locked)
+        if stored is None:  # only possible if a row was written outside this module
+            raise RuntimeError(f"order {request.order_id}: partial ledger rows {written}")
+        return stored
+    await conn.execute(SET_BALANCE, {"balance": after, "customer_id": request.customer_id})
+    return PointsApplication(
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        outcome="applied",
+        points_redeemed=request.points_redeemed,
+        points_earned=earned,
+        balance_before=before,
+        balance_after=after,
+        lock_wait_ms=locked.wait_ms,
+    )
+
+
+async def _stored_application(
+    conn: AsyncConnection, request: ApplyOrderPoints, locked: _Locked
+) -> PointsApplication | None:
+    """The first application of this order, from its ledger rows (None: never applied nor reversed)."""
+    rows = {row.type: row for row in (await conn.execute(ORDER_ROWS, {"order_id": request.order_id})).all()}
+    if not rows:
+        return None
+    owner = next(iter(rows.values())).customer_id
+    if owner != request.customer_id:
+        raise OrderOfAnotherCustomer(request.order_id, request.customer_id, owner)
+    earned, spent = rows.get("earned"), rows.get("spent")
+    if earned is None:  # refunded before it was ever applied
+        return PointsApplication(
+            customer_id=request.customer_id,
+            order_id=request.order_id,
+            outcome="order_reversed",
+            points_redeemed=0,
+            points_earned=0,
+            balance_before=locked.balance,
+            balance_after=locked.balance,
+            lock_wait_ms=locked.wait_ms,
+        )
+    return PointsApplication(
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        outcome="already_applied",
+        points_redeemed=-spent.points if spent else 0,
+        points_earned=earned.points,
+        balance_before=spent.balance_before if spent else earned.balance_before,
+        balance_after=earned.balance_after,
+        lock_wait_ms=locked.wait_ms,
+    )
+
+
+async def apply_order_points(
+    engine: AsyncEngine, customer_id: int, order_id: str | int, points_redeemed: int, order_total: Decimal | str | int
+) -> PointsApplication:
+    """What the checkout path calls: apply an order's points in one transaction.
+
+    Raises `InsufficientPoints` (available, requested), `UnknownCustomer`, `OrderOfAnotherCustomer`
+    (all permanent), or a `pydantic.ValidationError` for bad input (negative points, ...).
+    """
+    request = ApplyOrderPoints(
+        customer_id=customer_id, order_id=order_id, points_redeemed=points_redeemed, order_total=order_total  # type: ignore[arg-type]
+    )
+    return await apply(engine, request)
+
+
+async def apply(engine: AsyncEngine, request: ApplyOrderPoints) -> PointsApplication:
+    try:
+        async with engine.begin() as conn:
+            result = await apply_points(conn, request)
+    except InsufficientPoints as refused:
+        log.info(
+            "loyalty.points_refused",
+            customer_id=request.customer_id,
+            order_id=request.order_id,
+            available=refused.available,
+            requested=refused.requested,
+        )
+        raise
+    log.info(
+        "loyalty.points_applied",
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        outcome=result.outcome,
+        redeemed=result.points_redeemed,
+        earned=result.points_earned,
+        balance_after=result.balance_after,
+        lock_wait_ms=result.lock_wait_ms,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- reversing an order (refunds)
+
+
+async def reverse_points(conn: AsyncConnection, request: ReverseOrderPoints) -> PointsReversal:
+    """Undo an order's net effect inside the caller's transaction: one `reversed` row.
+
+    Earned points the customer has already spent cannot be taken back (the balance never goes
+    negative): the reversal takes what is there and reports the rest as `shortfall`.
+    """
+    locked = await _lock_customer(conn, request.customer_id)
+    rows = (await conn.execute(ORDER_ROWS, {"order_id": request.order_id})).all()
+    owners = {row.customer_id for row in rows}
+    if owners and owners != {request.customer_id}:
+        raise OrderOfAnotherCustomer(request.order_id, request.customer_id, owners.pop())
+    existing = next((row for row in rows if row.type == "reversed"), None)
+    if existing is not None:
+        return _reversal(request, existing, already=True)
+
+    wanted = -sum(row.points for row in rows if row.type in ("spent", "earned"))
+    points = max(wanted, -locked.balance)
+    before, after = locked.balance, locked.balance + points
+    if after > BALANCE_LIMIT:
+        raise PointsOverflow(request.customer_id, after)
+    inserted = await conn.scalar(
+        INSERT_REVERSAL,
+        {"customer_id": request.customer_id, "points": points, "before": before, "after": after, "order_id": request.order_id},
+    )
+    if inserted is None:  # cannot happen under the row lock unless written outside this module
+        raise RuntimeError(f"order {request.order_id}: a reversal appeared while the customer was locked")
+    await conn.execute(SET_BALANCE, {"balance": after, "customer_id": request.customer_id})
+    return PointsReversal(
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        already_reversed=False,
+        points=points,
+        shortfall=points - wanted,
+        balance_before=before,
+        balance_after=after,
+    )
+
+
+def _reversal(request: ReverseOrderPoints, row: Any, *, already: bool) -> PointsReversal:
+    return PointsReversal(
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        already_reversed=already,
+        points=row.points,
+        balance_before=row.balance_before,
+        balance_after=row.balance_after,
+    )
+
+
+async def reverse_order_points(engine: AsyncEngine, customer_id: int, order_id: str | int) -> PointsReversal:
+    """What a refund handler calls: reverse an order's points once (a repeat returns the first reversal)."""
+    request = ReverseOrderPoints(customer_id=customer_id, order_id=order_id)  # type: ignore[arg-type]
+    return await reverse(engine, request)
+
+
+async def reverse(engine: AsyncEngine, request: ReverseOrderPoints) -> PointsReversal:
+    async with engine.begin() as conn:
+        result = await reverse_points(conn, request)
+    log.info(
+        "loyalty.points_reversed",
+        customer_id=request.customer_id,
+        order_id=request.order_id,
+        already_reversed=result.already_reversed,
+        points=result.points,
+        shortfall=result.shortfall,
+    )
+    return result
+
+
+class LoyaltyLedgerActivities:
+    """The ledger as activities, for workflows (refund handling, order flows) that change points."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="apply_order_points")
+    async def apply_order_points(self, request: ApplyOrderPoints) -> PointsApplication:
+        return await apply(self._engine, request)
+
+    @activity.defn(name="reverse_order_points")
+    async def reverse_order_points(self, request: ReverseOrderPoints) -> PointsReversal:
+        return await reverse(self._engine, request)

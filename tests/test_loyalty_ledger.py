@@ -1,0 +1,131 @@
+"""The points ledger against a real PostgreSQL: row locks under concurrency, idempotency by unique
+ledger keys, server-side earning, reversals, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pydantic
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.database import create_engine
+from activities.loyalty.errors import InsufficientPoints, OrderOfAnotherCustomer, UnknownCustomer
+from activities.loyalty.ledger import apply_order_points, reverse_order_points
+from schemas.loyalty import PointsApplication
+from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def wide_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Enough connections for every concurrent call to be in the database at once (real lock contention)."""
+    eng = create_engine(database_url, pool_size=30)
+    yield eng
+    await eng.dispose()
+
+
+async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succeed(wide_engine: AsyncEngine) -> None:
+    cid = await new_customer(wide_engine, 1000)
+    orders = [order_ref() for _ in range(50)]
+    outcomes = await asyncio.gather(
+        *(apply_order_points(wide_engine, cid, order, 100, Decimal("0")) for order in orders), return_exceptions=True
+    )
+    applied = [o for o in outcomes if isinstance(o, PointsApplication)]
+    refused = [o for o in outcomes if isinstance(o, InsufficientPoints)]
+    assert (len(applied), len(refused)) == (10, 40), [type(o).__name__ for o in outcomes]
+    assert all(o.outcome == "applied" and o.points_redeemed == 100 for o in applied)
+    # Each success saw the balance the previous one left: a chain from 1000 down to 0, no overlap.
+    assert sorted(o.balance_before for o in applied) == list(range(100, 1001, 100))
+    assert all((r.available, r.requested, r.non_retryable, r.type) == (0, 100, True, "InsufficientPoints") for r in refused)
+    assert await balance_and_ledger(wide_engine, cid) == (0, 0)
+    async with wide_engine.connect() as conn:
+        spent = await conn.scalar(
+            text("SELECT count(*) FROM loyalty_transactions WHERE customer_id = :c AND type = 'spent'"), {"c": cid}
+        )
+    assert spent == 10
+
+
+async def test_the_same_order_applied_five_times_concurrently_writes_one_set_of_rows(wide_engine: AsyncEngine) -> None:
+    cid = await new_customer(wide_engine, 500)
+    order = order_ref()
+    outcomes = await asyncio.gather(*(apply_order_points(wide_engine, cid, order, 200, Decimal("49.99")) for _ in range(5)))
+    assert sorted(o.outcome for o in outcomes) == ["already_applied"] * 4 + ["applied"]
+    first = next(o for o in outcomes if o.outcome == "applied")
+    for repeat in outcomes:
+        assert repeat.model_dump(exclude={"outcome", "lock_wait_ms"}) == first.model_dump(exclude={"outcome", "lock_wait_ms"})
+    assert (first.points_redeemed, first.points_earned, first.balance_before, first.balance_after) == (200, 49, 500, 349)
+    assert await order_rows(wide_engine, order) == [("spent", -200, 500, 300), ("earned", 49, 300, 349)]
+    assert await balance_and_ledger(wide_engine, cid) == (349, 349)
+
+
+async def test_a_repeat_after_the_balance_was_spent_returns_the_first_result_not_a_refusal(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 300)
+    order = order_ref()
+    first = await apply_order_points(engine, cid, order, 300, Decimal("0"))
+    again = await apply_order_points(engine, cid, order, 300, Decimal("0"))
+    assert (first.outcome, again.outcome) == ("applied", "already_applied")
+    assert (again.balance_before, again.balance_after) == (300, 0)
+    assert await balance_and_ledger(engine, cid) == (0, 0)
+
+
+async def test_points_earned_are_computed_server_side_at_the_customers_rate_floored(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 0, earn_rate="0.5")
+    result = await apply_order_points(engine, cid, order_ref(), 0, Decimal("99.99"))
+    assert (result.points_earned, result.balance_after) == (49, 49)
+    assert await balance_and_ledger(engine, cid) == (49, 49)
+
+
+async def test_bad_input_is_refused_clearly_and_writes_nothing(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 100)
+    order = order_ref()
+    with pytest.raises(pydantic.ValidationError, match="points_redeemed"):
+        await apply_order_points(engine, cid, order, -5, Decimal("10"))
+    with pytest.raises(pydantic.ValidationError, match="order_total"):
+        await apply_order_points(engine, cid, order, 0, Decimal("-1"))
+    with pytest.raises(UnknownCustomer, match="no customer 987654321") as unknown:
+        await apply_order_points(engine, 987654321, order, 0, Decimal("10"))
+    assert unknown.value.non_retryable
+    assert await order_rows(engine, order) == []
+
+    await apply_order_points(engine, cid, order, 0, Decimal("10"))
+    other = await new_customer(engine, 100)
+    with pytest.raises(OrderOfAnotherCustomer, match=f"applied to customer {cid}, not {other}"):
+        await apply_order_points(engine, other, order, 0, Decimal("10"))
+    assert await balance_and_ledger(engine, other) == (100, 100)
+
+
+async def test_a_refund_reverses_the_orders_net_points_once(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 500)
+    order = order_ref()
+    await apply_order_points(engine, cid, order, 100, Decimal("50"))  # 500 - 100 + 50 = 450
+    reversal = await reverse_order_points(engine, cid, order)
+    assert (reversal.points, reversal.balance_before, reversal.balance_after, reversal.shortfall) == (50, 450, 500, 0)
+    again = await reverse_order_points(engine, cid, order)
+    assert again.already_reversed and again.points == 50
+    assert [r[0] for r in await order_rows(engine, order)] == ["spent", "earned", "reversed"]
+    assert await balance_and_ledger(engine, cid) == (500, 500)
+
+
+async def test_earned_points_already_spent_are_reversed_only_down_to_zero(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 0)
+    earn, spend = order_ref(), order_ref()
+    await apply_order_points(engine, cid, earn, 0, Decimal("80"))  # 80 earned
+    await apply_order_points(engine, cid, spend, 60, Decimal("0"))  # 20 left
+    reversal = await reverse_order_points(engine, cid, earn)
+    assert (reversal.points, reversal.shortfall, reversal.balance_after) == (-20, 60, 0)
+    assert await balance_and_ledger(engine, cid) == (0, 0)
+
+
+async def test_an_order_refunded_before_its_points_were_applied_never_gets_them(engine: AsyncEngine) -> None:
+    cid = await new_customer(engine, 100)
+    order = order_ref()
+    tombstone = await reverse_order_points(engine, cid, order)
+    assert (tombstone.points, tombstone.balance_after) == (0, 100)
+    late = await apply_order_points(engine, cid, order, 50, Decimal("500"))
+    assert (late.outcome, late.points_earned, late.balance_after) == ("order_reversed", 0, 100)
+    assert await order_rows(engine, order) == [("reversed", 0, 100, 100)]
+    assert await balance_and_ledger(engine, cid) == (100, 100)
