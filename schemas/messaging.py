@@ -49,3 +49,23 @@ class MessageBatchResult(BaseModel):
     suppressed: dict[str, int] = Field(default_factory=dict)
     deferred: int = 0
     failed: dict[str, int] = Field(default_factory=dict)
+
+
+class SendBatch(BaseModel):
+    """Many sends in one activity (each still exactly-once by its own key): for jobs that message
+    thousands of recipients, where one activity per message would cost more than the message."""
+
+    messages: list[SendMessage] = Field(max_length=5_000)
+    max_in_flight: int = Field(default=50, ge=1, le=500)
+    per_second: float | None = Field(default=None, gt=0, description="pace of new sends; None: MESSAGES_PER_SECOND")
+
+
+class BatchItemOutcome(BaseModel):
+    idempotency_key: str
+    status: Literal["sent", "suppressed", "deferred", "failed"]
+    duplicate: bool = False
+    reason: str | None = Field(default=None, description="why held back, or the permanent error's type")
+
+
+class SendBatchResult(BaseModel):
+    outcomes: list[BatchItemOutcome]

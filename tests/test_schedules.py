@@ -36,6 +36,10 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
     second = await schedules.apply(dev_env.client, settings.model_copy(update={"business_timezone": "Africa/Lagos"}))
 
     expected = sorted(d.schedule_id for d in schedules.SCHEDULES)
+    assert expected == sorted(
+        ["insights-nightly", "order-expiry-sweep", "payment-reminders", "credit-guardrails",
+         "loyalty-reconcile-sweep", "loyalty-integrity-audit"]
+    ), "the six schedules of ARCHITECTURE §5"
     assert sorted(sid for sid, _ in first) == expected and {o for _, o in second} == {"updated"}
     assert await _schedule_ids(dev_env.client) == expected
     described = await handle.describe()

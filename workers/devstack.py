@@ -143,14 +143,14 @@ async def stripe(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
-async def webhooks(settings: Settings, engine) -> AsyncIterator[Settings]:
+async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings]:
     """The webhook receiver, and Twilio status callbacks pointed at it."""
     from workers.webhook_server import serve_webhooks
 
     if not settings.stripe_webhook_secret:
         settings = settings.model_copy(update={"stripe_webhook_secret": SecretStr(DEV_STRIPE_WEBHOOK_SECRET)})
     host = settings.temporal_address.rsplit(":", 1)[0]
-    async with serve_webhooks(settings, engine, host, settings.webhooks_port) as url:
+    async with serve_webhooks(settings, engine, host, settings.webhooks_port, client) as url:
         yield settings.model_copy(
             update={
                 "webhook_base_url": settings.webhook_base_url or url,
@@ -178,7 +178,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 engine, today=datetime.now(settings.tz).date(), timezone=settings.business_timezone
             )
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
-        settings = await stack.enter_async_context(webhooks(settings, engine))
+        settings = await stack.enter_async_context(webhooks(settings, engine, client))
         if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
             from workers.stripe_sandbox import register_webhook
 

@@ -32,8 +32,9 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from schemas import search_attributes
 from schemas.insights import InsightsRequest
 from schemas.orders import OrderSweepRequest
-from workers import loyalty_api
+from workers import credit_api, loyalty_api
 from workers.settings import Settings
+from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
 from workflows.insights import InsightsRegenerationWorkflow
 from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconcileSweepWorkflow
 from workflows.orders import OrderExpirySweepWorkflow
@@ -103,6 +104,24 @@ SCHEDULES: tuple[ScheduleDefinition, ...] = (
         summary="Expire pending orders no workflow watches; start missing order workflows",
         every=timedelta(hours=6),
         job_name="order-expiry-sweep",
+    ),
+    ScheduleDefinition(
+        schedule_id="payment-reminders",
+        workflow=PaymentRemindersWorkflow.run,
+        make_arg=credit_api.reminders_schedule_input,
+        workflow_id="payment-reminders/daily",
+        summary="Payment reminders: one message and one payment link per retailer with debits due today",
+        daily_at=(10, 0),
+        job_name="payment-reminders",
+    ),
+    ScheduleDefinition(
+        schedule_id="credit-guardrails",
+        workflow=CreditGuardrailsWorkflow.run,
+        make_arg=credit_api.guardrails_schedule_input,
+        workflow_id="credit-guardrails/daily",
+        summary="Credit guardrails: pause retailers past their limits, lift cleared system pauses",
+        daily_at=(11, 0),
+        job_name="credit-guardrails",
     ),
     ScheduleDefinition(
         schedule_id="loyalty-reconcile-sweep",

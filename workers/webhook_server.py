@@ -8,22 +8,40 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
 
 from activities.database import create_engine
 from workers.runner import stop_on_signals
 from workers.settings import Settings
-from workers.webhooks import create_app
+from workers.temporal_client import connect
+from workers.webhooks import StripeHandler, create_app
+
+
+def domain_handlers(client: Client, settings: Settings) -> dict[str, StripeHandler]:
+    """Each job family's Stripe event handlers (an event type belongs to one family)."""
+    from workers import credit_api
+
+    handlers: dict[str, StripeHandler] = {}
+    for family in (credit_api,):
+        for event_type, handler in family.stripe_handlers(client, settings).items():
+            if event_type in handlers:
+                raise ValueError(f"two handlers for Stripe event {event_type}")
+            handlers[event_type] = handler
+    return handlers
 
 
 @asynccontextmanager
-async def serve_webhooks(settings: Settings, engine: AsyncEngine, host: str, port: int) -> AsyncIterator[str]:
-    """Serve until the block ends; yields the base URL."""
+async def serve_webhooks(
+    settings: Settings, engine: AsyncEngine, host: str, port: int, client: Client | None = None
+) -> AsyncIterator[str]:
+    """Serve until the block ends; yields the base URL. Without a client, Stripe events are only recorded."""
     assert settings.stripe_webhook_secret and settings.twilio_auth_token
     app = create_app(
         engine,
         stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value(),
         twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
         public_base_url=settings.webhook_base_url,
+        stripe_handlers=domain_handlers(client, settings) if client else None,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -40,8 +58,9 @@ async def run_webhook_server(settings: Settings, database_url: str, host: str, p
     stop = asyncio.Event()
     stop_on_signals(stop)
     engine = create_engine(database_url)
+    client = await connect(settings)
     try:
-        async with serve_webhooks(settings, engine, host, port):
+        async with serve_webhooks(settings, engine, host, port, client):
             await stop.wait()
     finally:
         await engine.dispose()

@@ -60,6 +60,7 @@ class WorkerDeps:
     client: Client
     settings: Settings
     engine: AsyncEngine
+    payments: PaymentActivities | None = None
 
 
 @dataclass
@@ -75,12 +76,13 @@ def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> l
     insights = InsightActivities(engine)
     orders = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
     sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=settings.task_queue))
-    deps = WorkerDeps(client, settings, engine)
+    payments = stripe_activities(settings, engine)
+    deps = WorkerDeps(client, settings, engine, payments)
     return [
         *credit.worker_activities(deps),
         *churn.worker_activities(deps),
         *loyalty.worker_activities(deps),
-        *payment_activities(settings, engine),
+        *payment_activities(payments),
         insights.regenerate_insights_chunk,
         business_day,
         orders.register_pending_order,
@@ -92,16 +94,21 @@ def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> l
     ]
 
 
-def payment_activities(settings: Settings, engine: AsyncEngine) -> list[object]:
-    """Stripe (the sandbox when STRIPE_API_BASE is set); none when no Stripe key is configured."""
+def stripe_activities(settings: Settings, engine: AsyncEngine) -> PaymentActivities | None:
+    """Stripe (the sandbox when STRIPE_API_BASE is set); None when no Stripe key is configured."""
     if not settings.stripe_secret_key:
         log.warning("worker.no_stripe", detail="STRIPE_SECRET_KEY not set: payment activities not registered")
-        return []
-    payments = PaymentActivities(
+        return None
+    return PaymentActivities(
         engine,
         stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
         pay_page_base_url=settings.pay_page_base_url,
     )
+
+
+def payment_activities(payments: PaymentActivities | None) -> list[object]:
+    if payments is None:
+        return []
     return [
         payments.ensure_customer,
         payments.create_payment_link,
@@ -132,6 +139,7 @@ def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingAc
             quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
         ),
         crash_after_accept_file=settings.jobctl_crash_after_accept_file,
+        per_second=settings.messages_per_second,
     )
 
 
@@ -175,11 +183,12 @@ def build_workers(
             )
         )
     if "messaging" in options.task_queues:
+        sends = messaging_activities(settings, engine)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.messaging_task_queue,
-                activities=[messaging_activities(settings, engine).send_message],
+                activities=[sends.send_message, sends.send_messages],
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 # Twilio's allowed rate, enforced by the server across every messaging worker.

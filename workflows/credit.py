@@ -1,5 +1,247 @@
-"""The credit job family's workflows (WORKFLOWS is what the worker registers)."""
+"""Credit operations: payment reminders, guardrails (auto-pause / auto-unpause), payments.
+
+`payment-reminders/{date}` (10:00): page by page, the retailers with debits due a reminder today
+get one `payment_reminder` with one Stripe payment link for their total; the debits are marked
+reminded once the message went out. A page costs three activities however many retailers it holds.
+
+`credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
+system made whose conditions cleared; each retailer is told.
+
+`payment/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
+guardrails at once, so paying lifts a system pause within seconds.
+"""
 
 from __future__ import annotations
 
-WORKFLOWS: list[type] = []
+from collections.abc import Sequence
+from datetime import date, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+from workflows.messaging import permanent_failure, send_all
+
+with workflow.unsafe.imports_passed_through():
+    from activities.credit.guardrails import GuardrailActivities
+    from activities.credit.payments import PaymentRecordingActivities
+    from activities.credit.reminders import ReminderActivities, reminder_key
+    from activities.insights import business_day
+    from schemas import search_attributes
+    from schemas.credit import (
+        GuardrailChange,
+        GuardrailsCheck,
+        GuardrailsRequest,
+        GuardrailsResult,
+        PaymentRecorded,
+        PaymentResult,
+        RecordPayment,
+        ReminderPageRequest,
+        RemindersRequest,
+        RemindersSent,
+        RemindersStatus,
+    )
+    from schemas.insights import BusinessDay
+    from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
+
+SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["UnknownRetailer", "StripeNotConfigured"],
+)
+SEND_BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1))
+
+
+async def business_date(timezone: str) -> date:
+    """The day a schedule meant (right for backfills), else today, in the business time zone."""
+    when = workflow.info().typed_search_attributes.get(SCHEDULED_START) or workflow.now()
+    return await workflow.execute_local_activity(
+        business_day, BusinessDay(instant=when, timezone=timezone), start_to_close_timeout=timedelta(seconds=5)
+    )
+
+
+def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+# --------------------------------------------------------------------------- reminders
+
+
+@workflow.defn
+class PaymentRemindersWorkflow:
+    def __init__(self) -> None:
+        self._status = RemindersStatus()
+
+    @workflow.run
+    async def run(self, request: RemindersRequest) -> RemindersStatus:
+        day = request.reminder_date or await business_date(request.business_timezone)
+        self._status = request.progress or RemindersStatus(reminder_date=day)
+        workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("payment-reminders")])
+
+        while not self._status.finished:
+            page = await workflow.execute_activity_method(
+                ReminderActivities.reminder_page,
+                ReminderPageRequest(
+                    reminder_date=day,
+                    business_timezone=request.business_timezone,
+                    after_retailer_id=self._status.after_retailer_id,
+                    page_size=request.page_size,
+                    currency=request.currency,
+                ),
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=DB_RETRY,
+                summary=f"due retailers after {self._status.after_retailer_id}, with payment links",
+            )
+            status = self._status
+            status.due += len(page.due) + sum(page.skipped.values()) + sum(page.link_failures.values())
+            for reason, n in page.skipped.items():
+                _add(status.skipped, reason, n)
+            for error, n in page.link_failures.items():
+                _add(status.failed, error, n)
+            if page.messages:
+                sent_keys = await self._send(page.messages, request)
+                sent = [r for r in page.due if reminder_key(r.retailer_id, day) in sent_keys]
+                await workflow.execute_activity_method(
+                    ReminderActivities.mark_reminders_sent,
+                    RemindersSent(reminder_date=day, business_timezone=request.business_timezone, due=sent),
+                    start_to_close_timeout=timedelta(minutes=1),
+                    retry_policy=DB_RETRY,
+                    summary=f"mark {len(sent)} retailers' debits reminded",
+                )
+            status.after_retailer_id = page.after_retailer_id
+            status.pages += 1
+            status.finished = page.last_page
+            self._show()
+            if not status.finished and workflow.info().is_continue_as_new_suggested():
+                workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
+        return self._status
+
+    async def _send(self, messages: list[SendMessage], request: RemindersRequest) -> set[str]:
+        """One batch activity on the messaging queue; returns the keys that went out (now or before)."""
+        result: SendBatchResult = await workflow.execute_activity(
+            "send_messages",
+            SendBatch(messages=messages, max_in_flight=request.max_in_flight),
+            result_type=SendBatchResult,
+            task_queue=request.messaging_task_queue,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=SEND_BATCH_RETRY,
+            summary=f"send {len(messages)} payment reminders",
+        )
+        status = self._status
+        sent: set[str] = set()
+        for outcome in result.outcomes:
+            if outcome.status == "sent":
+                sent.add(outcome.idempotency_key)
+                if outcome.duplicate:
+                    status.duplicates += 1
+                else:
+                    status.sent += 1
+            elif outcome.status == "failed":
+                _add(status.failed, outcome.reason or "failed")
+            else:  # suppressed by the outbox (opted out, daily cap) or deferred (quiet hours)
+                _add(status.skipped, outcome.reason or outcome.status)
+        return sent
+
+    def _show(self) -> None:
+        status = self._status
+        workflow.set_current_details(
+            f"{status.reminder_date}: {status.sent} reminders sent, {sum(status.skipped.values())} skipped,"
+            f" {sum(status.failed.values())} failed, {status.pages} pages"
+        )
+        workflow.upsert_memo({"reminders_sent": status.sent, "reminders_skipped": sum(status.skipped.values())})
+
+    @workflow.query
+    def status(self) -> RemindersStatus:
+        return self._status
+
+
+# --------------------------------------------------------------------------- guardrails
+
+
+async def tell_retailers(changes: Sequence[GuardrailChange], messaging_task_queue: str) -> int:
+    """`credit_paused` / `credit_resumed`, keyed by the change's audit row; returns how many failed."""
+    messages = [
+        SendMessage(
+            idempotency_key=f"credit_{c.change}:{c.audit_id}",
+            recipient_type="retailer",
+            recipient_id=str(c.retailer_id),
+            template=f"credit_{c.change}",
+            params={"reason": c.reason or "", "amount_due": f"{c.amount_due:,.2f}"} if c.change == "paused" else {},
+        )
+        for c in changes
+    ]
+    outcomes = await send_all(messages, max_in_flight=50, task_queue=messaging_task_queue)
+    failed = [o for o in outcomes if not isinstance(o, SendOutcome)]
+    for outcome in failed:
+        workflow.logger.warning("credit message not sent: %s", permanent_failure(outcome) or type(outcome).__name__)
+    return len(failed)
+
+
+async def apply_guardrails(check: GuardrailsCheck, messaging_task_queue: str) -> GuardrailsResult:
+    changes = await workflow.execute_activity_method(
+        GuardrailActivities.apply,
+        check,
+        start_to_close_timeout=timedelta(minutes=5),
+        retry_policy=DB_RETRY,
+        summary="pause past-limit retailers, lift cleared system pauses",
+    )
+    failed = await tell_retailers(changes, messaging_task_queue)
+    return GuardrailsResult(
+        check_date=check.check_date,
+        paused=[c.retailer_id for c in changes if c.change == "paused"],
+        resumed=[c.retailer_id for c in changes if c.change == "resumed"],
+        messages_failed=failed,
+    )
+
+
+@workflow.defn
+class CreditGuardrailsWorkflow:
+    @workflow.run
+    async def run(self, request: GuardrailsRequest) -> GuardrailsResult:
+        day = request.check_date or await business_date(request.business_timezone)
+        workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("credit-guardrails")])
+        result = await apply_guardrails(GuardrailsCheck(check_date=day), request.messaging_task_queue)
+        workflow.set_current_details(f"{day}: {len(result.paused)} paused, {len(result.resumed)} resumed")
+        return result
+
+
+# --------------------------------------------------------------------------- payments
+
+
+@workflow.defn
+class RecordPaymentWorkflow:
+    def __init__(self) -> None:
+        self._recorded: PaymentRecorded | None = None
+
+    @workflow.run
+    async def run(self, payment: RecordPayment) -> PaymentResult:
+        workflow.upsert_search_attributes([search_attributes.RETAILER_ID.value_set(str(payment.retailer_id))])
+        self._recorded = await workflow.execute_activity_method(
+            PaymentRecordingActivities.record,
+            payment,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+            summary=f"record {payment.amount} from retailer {payment.retailer_id}, oldest debits first",
+        )
+        guardrails = await apply_guardrails(
+            GuardrailsCheck(
+                check_date=await business_date(payment.business_timezone),
+                retailer_ids=[payment.retailer_id],
+                reference=f"payment:{payment.reference}",
+            ),
+            payment.messaging_task_queue,
+        )
+        workflow.set_current_details(
+            f"{len(self._recorded.allocations)} debits paid"
+            + (", credit resumed" if guardrails.resumed else "")
+            + (" (already recorded)" if self._recorded.duplicate else "")
+        )
+        return PaymentResult(payment=self._recorded, guardrails=guardrails)
+
+    @workflow.query
+    def recorded(self) -> PaymentRecorded | None:
+        return self._recorded
+
+
+WORKFLOWS: list[type] = [PaymentRemindersWorkflow, CreditGuardrailsWorkflow, RecordPaymentWorkflow]

@@ -1,4 +1,4 @@
-"""The credit job family's activities."""
+"""The credit job family's activities: reminders, guardrails, payment recording."""
 
 from __future__ import annotations
 
@@ -9,5 +9,12 @@ if TYPE_CHECKING:
 
 
 def worker_activities(deps: WorkerDeps) -> list[object]:
-    """The activities the jobs worker registers for this family."""
-    return []
+    """The activities the jobs worker registers for this family (reminders need Stripe for their links)."""
+    from activities.credit.guardrails import GuardrailActivities
+    from activities.credit.payments import PaymentRecordingActivities
+    from activities.credit.reminders import ReminderActivities
+
+    reminders = ReminderActivities(deps.engine, deps.payments)
+    guardrails = GuardrailActivities(deps.engine)
+    payments = PaymentRecordingActivities(deps.engine)
+    return [reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply, payments.record]

@@ -8,6 +8,7 @@ recorded on the row and raised as non-retryable; everything else is retried by T
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.templates import Template, UnknownTemplate, get_template
 from activities.messaging.twilio_gateway import TwilioGateway
-from schemas.messaging import SendMessage, SendOutcome
+from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,22 @@ def _count(template: str, outcome: str) -> None:
     ).add(1, {"template": template, "outcome": outcome})
 
 
+class _Pace:
+    """Spaces starts `1/per_second` apart: a batch keeps to the provider's rate by itself."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -73,12 +90,56 @@ class MessagingActivities:
         senders: Senders,
         policy: SendPolicy = SendPolicy(),
         crash_after_accept_file: str | None = None,
+        per_second: float = 50.0,
     ) -> None:
+        self._per_second = per_second
         self._engine = engine
         self._gateway = gateway
         self._senders = senders
         self._policy = policy
         self._crash_file = Path(crash_after_accept_file) if crash_after_accept_file else None
+
+    @activity.defn(name="send_messages")
+    async def send_messages(self, batch: SendBatch) -> SendBatchResult:
+        """Send a batch, `max_in_flight` at a time and paced to `per_second`.
+
+        A permanent failure is that message's outcome; a transient one fails the activity after
+        the rest of the batch went out, and Temporal retries it: the messages already sent come
+        back as duplicates from the outbox, so a retry sends only what is left.
+        """
+        slots = asyncio.Semaphore(batch.max_in_flight)
+        pace = _Pace(batch.per_second or self._per_second)
+        transient: list[BaseException] = []
+
+        async def one(message: SendMessage) -> BatchItemOutcome | None:
+            async with slots:
+                await pace.wait()
+                try:
+                    outcome = await self.send_message(message)
+                except ApplicationError as error:
+                    if not error.non_retryable:
+                        transient.append(error)
+                        return None
+                    return BatchItemOutcome(idempotency_key=message.idempotency_key, status="failed", reason=error.type)
+                except Exception as error:  # noqa: BLE001 - network and DB errors: retry the batch
+                    transient.append(error)
+                    return None
+                activity.heartbeat()
+                return BatchItemOutcome(
+                    idempotency_key=message.idempotency_key,
+                    status=outcome.status,
+                    duplicate=outcome.duplicate,
+                    reason=outcome.reason,
+                )
+
+        outcomes = await asyncio.gather(*(one(m) for m in batch.messages))
+        if transient:
+            log.warning("messages.batch_incomplete", failed=len(transient), batch=len(batch.messages))
+            raise ApplicationError(
+                f"{len(transient)} of {len(batch.messages)} messages hit transient errors; retrying the batch",
+                type="BatchIncomplete",
+            )
+        return SendBatchResult(outcomes=[o for o in outcomes if o is not None])
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessage) -> SendOutcome:

@@ -1,0 +1,150 @@
+"""Payloads of the credit family: reminders, guardrails and payments.
+
+Ids, amounts and dates only: phone numbers, names and message text stay in the database.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.messaging import SendMessage
+
+REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
+"""Days relative to a debit's due date on which it is due a reminder (ARCHITECTURE §6)."""
+
+SkipReason = Literal["blocked", "no_phone", "opted_out"]
+
+# --- payment reminders ---------------------------------------------------------------------------
+
+
+class RemindersRequest(BaseModel):
+    """Start input. `reminder_date` None: the scheduled day in the business time zone."""
+
+    reminder_date: date | None = None
+    business_timezone: str = "UTC"
+    page_size: int = Field(default=500, ge=1, le=5_000)
+    max_in_flight: int = Field(default=50, ge=1, le=500, description="sends in flight within a page")
+    currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+    messaging_task_queue: str = "messaging"
+    # Carried across continue-as-new:
+    progress: RemindersStatus | None = None
+
+
+class RemindersStatus(BaseModel):
+    reminder_date: date | None = None
+    after_retailer_id: int = 0
+    pages: int = 0
+    due: int = Field(default=0, description="retailers with at least one debit due a reminder today")
+    sent: int = 0
+    duplicates: int = Field(default=0, description="already sent earlier under the same key (a re-run)")
+    skipped: dict[str, int] = Field(default_factory=dict, description="by reason: blocked, no_phone, opted_out, ...")
+    failed: dict[str, int] = Field(default_factory=dict, description="by error type")
+    finished: bool = False
+
+
+class ReminderPageRequest(BaseModel):
+    reminder_date: date
+    business_timezone: str = "UTC"
+    after_retailer_id: int = 0
+    page_size: int = 500
+    currency: str = "usd"
+
+
+class DueRetailer(BaseModel):
+    retailer_id: int
+    debit_ids: list[int]
+    amount_due: Decimal
+
+
+class ReminderPage(BaseModel):
+    """One page of retailers with due debits: who gets a message, and who is skipped and why."""
+
+    after_retailer_id: int
+    last_page: bool
+    messages: list[SendMessage] = Field(description="one payment_reminder per retailer, with its payment link")
+    due: list[DueRetailer]
+    skipped: dict[str, int] = Field(default_factory=dict)
+    link_failures: dict[str, int] = Field(default_factory=dict)
+
+
+class RemindersSent(BaseModel):
+    """Mark the reminder done for these retailers' debits (idempotent per debit and day)."""
+
+    reminder_date: date
+    business_timezone: str = "UTC"
+    due: list[DueRetailer]
+
+
+# --- guardrails ----------------------------------------------------------------------------------
+
+
+class GuardrailsRequest(BaseModel):
+    """Start input. `check_date` None: the scheduled day in the business time zone."""
+
+    check_date: date | None = None
+    business_timezone: str = "UTC"
+    messaging_task_queue: str = "messaging"
+
+
+class GuardrailsCheck(BaseModel):
+    check_date: date
+    retailer_ids: list[int] | None = None
+    reference: str | None = Field(default=None, description="audit reference; None: guardrails:{date}")
+
+
+CreditChange = Literal["paused", "resumed"]
+
+
+class GuardrailChange(BaseModel):
+    retailer_id: int
+    change: CreditChange
+    audit_id: int = Field(description="the audit_log row written with the change (the message's idempotency key)")
+    reason: str | None = None
+    amount_due: Decimal = Decimal("0")
+
+
+class GuardrailsResult(BaseModel):
+    check_date: date
+    paused: list[int] = Field(default_factory=list)
+    resumed: list[int] = Field(default_factory=list)
+    messages_failed: int = 0
+
+
+# --- payments ------------------------------------------------------------------------------------
+
+
+class RecordPayment(BaseModel):
+    retailer_id: int = Field(ge=1)
+    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    reference: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$", description="unique per retailer: a bank or Stripe id")
+    actor: str = Field(min_length=1, max_length=100, description="an admin id, or 'stripe' for the webhook")
+    business_timezone: str = "UTC"
+    messaging_task_queue: str = "messaging"
+
+
+class DebitAllocation(BaseModel):
+    debit_id: int
+    allocated: Decimal
+    status: str
+
+
+class PaymentRecorded(BaseModel):
+    retailer_id: int
+    reference: str
+    amount: Decimal
+    credit_transaction_id: int
+    duplicate: bool = Field(default=False, description="the reference was recorded before: nothing changed")
+    allocations: list[DebitAllocation] = Field(default_factory=list)
+    unallocated: Decimal = Decimal("0")
+
+
+class PaymentResult(BaseModel):
+    payment: PaymentRecorded
+    guardrails: GuardrailsResult
+
+
+RemindersRequest.model_rebuild()
