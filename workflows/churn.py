@@ -1,5 +1,325 @@
-"""The churn job family's workflows (WORKFLOWS is what the worker registers)."""
+"""Churn saver: one durable case per at-risk member (`churn-case/{case_id}`).
+
+The case nudges the member at each of the company's day offsets from its opening (moved out of
+quiet hours, held under the daily cap), stops when the member recovers or cancels, and after the
+last offset plus the grace period terminates the membership (Stripe cancels the subscription).
+An operator can nudge by hand (`manual_nudge`), end the case (`recovered`, `cancelled`) or apply
+an incentive (update `apply_incentive`). Every action is a `recovery_actions` row.
+"""
 
 from __future__ import annotations
 
-WORKFLOWS: list[type] = []
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+from workflows.messaging import permanent_failure, send_message
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from activities.churn.cases import ChurnActivities, DecideNudge, LoadCase
+    from schemas import search_attributes
+    from schemas.churn import (
+        ApplyIncentive,
+        CaseAction,
+        CaseContext,
+        CaseEnding,
+        CaseProgress,
+        CaseState,
+        CaseStatus,
+        ChurnCaseInput,
+        ManualNudge,
+        NudgeDecision,
+    )
+    from schemas.messaging import SendMessage
+    from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
+
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=["UnknownCase"])
+DB_TIMEOUT = timedelta(seconds=30)
+STRIPE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5))
+TEMPLATE_VERSION = 1
+
+
+@workflow.defn
+class ChurnCaseWorkflow:
+    def __init__(self) -> None:
+        self._input: ChurnCaseInput | None = None
+        self._case: CaseContext | None = None
+        self._progress = CaseProgress()
+        self._state: CaseState = "OPEN"
+        self._ending: tuple[CaseState, CaseEnding] | None = None
+        self._incentive_applied = False
+        self._sent_at: list[datetime] = []
+        self._next_nudge_at: datetime | None = None
+        self._last_hold_back: str | None = None
+        # One nudge at a time: the daily cap is decided from the nudges before it.
+        self._nudging = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, request: ChurnCaseInput) -> CaseStatus:
+        self._input = request
+        self._progress = request.carried or CaseProgress()
+        self._sent_at = list(self._progress.sent_at)
+        case = self._case = await workflow.execute_activity_method(
+            ChurnActivities.load_case, LoadCase(case_id=request.case_id, company_id=request.company_id),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+        )
+        self._incentive_applied = case.incentive_applied
+        if case.status != "OPEN":
+            self._state = case.status
+            return self.status()
+        self._set_state("OPEN")
+
+        # The case's clock starts with its first run (moments after the row was opened); a
+        # continued run keeps it. Offsets count from there; an ending signal interrupts any wait.
+        opened = self._progress.opened_at = self._progress.opened_at or workflow.info().start_time
+        while self._progress.next_offset < len(case.offsets_days):
+            due = opened + timedelta(days=case.offsets_days[self._progress.next_offset])
+            if await self._ended_before(due):
+                return await self._close()
+            await self._system_nudge()
+            self._progress.next_offset += 1
+
+        terminate_at = opened + timedelta(days=(case.offsets_days[-1] if case.offsets_days else 0) + case.grace_period_days)
+        if await self._ended_before(terminate_at):
+            return await self._close()
+        await self._terminate_membership()
+        return await self._close()
+
+    # --- people: signals, update, query ---------------------------------------------------------
+
+    @workflow.signal
+    async def manual_nudge(self, payload: Any = None) -> None:
+        """`{"actor_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now, under the company's rules."""
+        nudge = self._parse("manual_nudge", ManualNudge, payload)
+        if nudge is None or not self._own_company("manual_nudge", nudge.company_id) or self._state != "OPEN":
+            return
+        await workflow.wait_condition(lambda: self._case is not None)
+        self._progress.manual_nudges += 1
+        number = self._progress.manual_nudges
+        await self._nudge(f"manual:{self._case_id}:{number}", manual=True, channel=nudge.channel, actor_id=nudge.actor_id)
+
+    @workflow.signal
+    def recovered(self, payload: Any = None) -> None:
+        """The member paid or resumed: the case ends RECOVERED."""
+        self._end("recovered", "RECOVERED", payload)
+
+    @workflow.signal
+    def cancelled(self, payload: Any = None) -> None:
+        """The member cancelled: the case ends CANCELLED."""
+        self._end("cancelled", "CANCELLED", payload)
+
+    @workflow.update
+    async def apply_incentive(self, request: ApplyIncentive) -> datetime | None:
+        """Extend the subscription by `days` (once per case); returns the new period end."""
+        assert self._case is not None
+        period: SubscriptionPeriod = await workflow.execute_activity(
+            "extend_subscription",
+            ExtendSubscription(membership_id=self._case.membership_id, days=request.days, idempotency_key=f"incentive:{self._case_id}"),
+            result_type=SubscriptionPeriod,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=STRIPE_RETRY,
+            summary=f"extend the subscription by {request.days} days",
+        )
+        self._incentive_applied = True
+        await self._record("incentive_applied", f"incentive:{self._case_id}", actor_id=request.actor_id,
+                           metadata={"days": request.days}, incentive_applied=True)
+        return period.current_period_end
+
+    @apply_incentive.validator
+    def _validate_incentive(self, request: ApplyIncentive) -> None:
+        if not 1 <= request.days <= 90:
+            raise ValueError(f"days must be between 1 and 90 (got {request.days})")
+        if self._state != "OPEN" or self._case is None:
+            raise ValueError(f"case {self._case_id} is not open ({self._state})")
+        if self._incentive_applied:
+            raise ValueError(f"an incentive was already applied to case {self._case_id}")
+        if request.company_id is not None and request.company_id != self._case.company_id:
+            raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
+
+    @workflow.query
+    def status(self) -> CaseStatus:
+        return CaseStatus(
+            case_id=self._case_id,
+            company_id=self._input.company_id if self._input else "",
+            status=self._state,
+            attempts=self._progress.attempts,
+            manual_nudges=self._progress.manual_nudges,
+            next_nudge_at=self._next_nudge_at if self._state == "OPEN" else None,
+            incentive_applied=self._incentive_applied,
+            last_hold_back=self._last_hold_back,
+        )
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    async def _system_nudge(self) -> None:
+        """The offset's nudge: waits out quiet hours and the daily cap (each wait is an action row)."""
+        key = f"nudge:{self._case_id}:{self._progress.next_offset + 1}"
+        while self._ending is None:
+            decision = await self._nudge(key, manual=False)
+            if decision is None or decision.allowed or decision.retry_at is None:
+                return
+            if await self._ended_before(decision.retry_at):
+                return
+
+    async def _nudge(self, key: str, *, manual: bool, channel: str | None = None, actor_id: str | None = None) -> NudgeDecision | None:
+        """Decide and send under one lock: the daily cap counts the nudges before this one."""
+        async with self._nudging:
+            if self._ending is not None:
+                return None
+            decision = await self._decide(channel)
+            if not decision.allowed:  # the row says why; a manual nudge is now or never
+                hold_key = key if manual else f"{key}:held:{decision.retry_at:%Y%m%d%H%M}"
+                await self._record_hold_back(hold_key, decision, actor_id)
+            else:
+                await self._send(key, decision, manual=manual, actor_id=actor_id)
+            return decision
+
+    async def _send(self, key: str, decision: NudgeDecision, *, manual: bool, actor_id: str | None) -> None:
+        assert self._case is not None and self._input is not None
+        message = SendMessage(
+            idempotency_key=key,
+            recipient_type="member",
+            recipient_id=str(self._case.membership_id),
+            template="churn_nudge",
+            template_version=TEMPLATE_VERSION,
+            params={"manage_link": self._input.manage_link},
+            channel=decision.channel,
+        )
+        try:
+            outcome = await send_message(message, task_queue=self._input.messaging_task_queue)
+        except ActivityError as error:
+            workflow.logger.warning("case %s: nudge not sent (%s)", self._case_id, permanent_failure(error) or "error")
+            await self._record("nudge_suppressed", key, actor_id=actor_id,
+                               metadata={"manual": manual, "channel": decision.channel, "reason": permanent_failure(error)})
+            return
+        if outcome.status != "sent":
+            await self._record(f"nudge_{'deferred' if outcome.status == 'deferred' else 'suppressed'}", key,
+                               actor_id=actor_id, metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason})
+            return
+        self._progress.attempts += 1
+        self._sent_at = [*self._sent_at[-20:], workflow.now()]
+        channel = outcome.channel or decision.channel
+        await self._record(f"nudge_{channel}", key, actor_id=actor_id, nudge_sent=True, metadata={
+            "attempt_number": self._progress.attempts, "channel": channel,
+            "template_version": TEMPLATE_VERSION, "manual": manual,
+        })
+        workflow.set_current_details(self._details())
+        workflow.metric_meter().create_counter("nudges_sent_total", "Churn nudges sent, by manual or system").add(
+            1, {"manual": str(manual).lower()}
+        )
+
+    async def _decide(self, channel: str | None) -> NudgeDecision:
+        assert self._input is not None
+        return await workflow.execute_activity_method(
+            ChurnActivities.decide_nudge,
+            DecideNudge(case_id=self._case_id, company_id=self._input.company_id, at=workflow.now(), channel=channel,
+                        sent_before=self._sent_at),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+        )
+
+    async def _record_hold_back(self, key: str, decision: NudgeDecision, actor_id: str | None) -> None:
+        self._last_hold_back = decision.held_back
+        await self._record(
+            "nudge_deferred" if decision.held_back == "quiet_hours" else "nudge_suppressed", key, actor_id=actor_id,
+            metadata={"held_back": decision.held_back, "retry_at": decision.retry_at, "manual": actor_id is not None,
+                      "channel": decision.channel},
+        )
+
+    async def _terminate_membership(self) -> None:
+        assert self._case is not None
+        await workflow.execute_activity(
+            "cancel_subscription",
+            CancelSubscription(membership_id=self._case.membership_id, idempotency_key=f"terminate:{self._case_id}"),
+            result_type=SubscriptionCancellation,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=STRIPE_RETRY,
+            summary="cancel the subscription: the grace period is over",
+        )
+        self._ending = ("TERMINATED", CaseEnding())
+
+    async def _close(self) -> CaseStatus:
+        assert self._ending is not None
+        state, ending = self._ending
+        kind = {"RECOVERED": "case_recovered", "CANCELLED": "case_cancelled", "TERMINATED": "membership_terminated"}[state]
+        await self._record(kind, f"{kind}:{self._case_id}", actor_id=ending.actor_id, close_as=state)
+        self._set_state(state)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    async def _record(self, kind: str, key: str, *, actor_id: str | None = None, metadata: dict | None = None,
+                      nudge_sent: bool = False, close_as: CaseState | None = None, incentive_applied: bool = False) -> None:
+        assert self._input is not None
+        await workflow.execute_activity_method(
+            ChurnActivities.record_action,
+            CaseAction(case_id=self._case_id, company_id=self._input.company_id, type=kind, idempotency_key=key,
+                       actor_id=actor_id, metadata=metadata or {}, nudge_sent=nudge_sent, close_as=close_as,
+                       incentive_applied=incentive_applied),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, summary=kind,
+        )
+
+    async def _ended_before(self, deadline: datetime) -> bool:
+        """Sleep until `deadline` unless the case ends first (True). A history grown long by
+        manual nudges continues as new from here, with the case's progress."""
+        self._next_nudge_at = deadline
+        while (remaining := deadline - workflow.now()) > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    lambda: self._ending is not None or workflow.info().is_continue_as_new_suggested(),
+                    timeout=remaining, timeout_summary=f"until {deadline:%Y-%m-%d %H:%M} UTC",
+                )
+            except asyncio.TimeoutError:
+                break
+            if self._ending is not None:
+                return True
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            assert self._input is not None
+            self._progress.sent_at = self._sent_at
+            workflow.continue_as_new(self._input.model_copy(update={"carried": self._progress}))
+        return self._ending is not None
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def _case_id(self) -> int:
+        return self._input.case_id if self._input else 0
+
+    def _end(self, signal: str, state: CaseState, payload: Any) -> None:
+        ending = self._parse(signal, CaseEnding, {} if payload is None else payload)
+        if ending is None or not self._own_company(signal, ending.company_id) or self._ending is not None:
+            return
+        self._ending = (state, ending)
+
+    def _own_company(self, signal: str, company_id: str | None) -> bool:
+        if company_id is None or self._input is None or company_id == self._input.company_id:
+            return True
+        workflow.logger.warning("case %s: %s for another company refused", self._case_id, signal)
+        return False
+
+    def _parse(self, signal: str, model: type[BaseModel], payload: Any) -> Any:
+        try:
+            return model.model_validate(payload)
+        except ValidationError as error:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "payload" for e in error.errors())
+            workflow.logger.warning("case %s: malformed %s ignored (%s)", self._case_id, signal, fields)
+            return None
+
+    def _set_state(self, state: CaseState) -> None:
+        self._state = state
+        assert self._input is not None
+        workflow.upsert_search_attributes([
+            search_attributes.CASE_STATUS.value_set(state),
+            search_attributes.COMPANY_ID.value_set(self._input.company_id),
+        ])
+        workflow.set_current_details(self._details())
+
+    def _details(self) -> str:
+        return f"case {self._case_id}: {self._state}, {self._progress.attempts} nudges ({self._progress.manual_nudges} manual)"
+
+
+WORKFLOWS: list[type] = [ChurnCaseWorkflow]

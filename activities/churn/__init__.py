@@ -1,4 +1,8 @@
-"""The churn job family's activities."""
+"""The churn job family's activities: cases, the company's nudge rules, audited actions.
+
+The case workflow also calls `send_message` (messaging queue) and `extend_subscription` /
+`cancel_subscription` (PaymentActivities, registered when a Stripe key is set).
+"""
 
 from __future__ import annotations
 
@@ -9,5 +13,7 @@ if TYPE_CHECKING:
 
 
 def worker_activities(deps: WorkerDeps) -> list[object]:
-    """The activities the jobs worker registers for this family."""
-    return []
+    from activities.churn.cases import ChurnActivities
+
+    cases = ChurnActivities(deps.engine)
+    return [cases.load_case, cases.decide_nudge, cases.record_action]

@@ -1,0 +1,203 @@
+"""Churn cases in the database: opening one, what its workflow needs, the company's nudge rules,
+and the audited `recovery_actions` rows. Every query names the company (tenant scoping).
+
+Times come from the workflow (`at`), never the activity's clock, so a case's decisions are the
+same on replay and under the time-skipping test server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.messaging.outbox import QuietHours
+from schemas.churn import CaseAction, CaseContext, NudgeDecision
+
+ACTOR_SALT = "jobctl-recovery-actor:"
+
+
+def hash_actor(actor_id: str) -> str:
+    """Who acted, without storing who: the same operator hashes the same, for audits."""
+    return hashlib.sha256((ACTOR_SALT + actor_id).encode()).hexdigest()
+
+
+class CaseRefused(Exception):
+    """Opening or acting on a case that cannot apply (unknown membership, another company's case)."""
+
+
+async def open_case(engine: AsyncEngine, membership_id: int, trigger: str, company_id: str | None = None) -> tuple[int, str, bool]:
+    """The membership's OPEN case, opened now if it has none: (case_id, company_id, opened_now)."""
+    async with engine.begin() as conn:
+        member = (
+            await conn.execute(
+                text("SELECT id, company_id FROM memberships WHERE id = :m AND (CAST(:c AS text) IS NULL OR company_id = :c)"),
+                {"m": membership_id, "c": company_id},
+            )
+        ).first()
+        if member is None:
+            raise CaseRefused(f"no membership {membership_id}" + (f" in company {company_id}" if company_id else ""))
+        opened = await conn.scalar(
+            text(
+                "INSERT INTO recovery_cases (company_id, membership_id, trigger) VALUES (:c, :m, :t)"
+                " ON CONFLICT (membership_id) WHERE status = 'OPEN' DO NOTHING RETURNING id"
+            ),
+            {"c": member.company_id, "m": membership_id, "t": trigger},
+        )
+        if opened is not None:
+            return opened, member.company_id, True
+        existing = await conn.scalar(
+            text("SELECT id FROM recovery_cases WHERE membership_id = :m AND status = 'OPEN'"), {"m": membership_id}
+        )
+        return existing, member.company_id, False
+
+
+async def case_company(engine: AsyncEngine, case_id: int) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT company_id FROM recovery_cases WHERE id = :i"), {"i": case_id})
+
+
+async def membership_by_stripe(engine: AsyncEngine, *, customer: str | None, subscription: str | None) -> int | None:
+    async with engine.connect() as conn:
+        return await conn.scalar(
+            text(
+                "SELECT id FROM memberships WHERE stripe_subscription_id = :s OR (CAST(:s AS text) IS NULL AND stripe_customer_id = :c)"
+                " ORDER BY id LIMIT 1"
+            ),
+            {"s": subscription, "c": customer},
+        )
+
+
+class LoadCase(BaseModel):
+    case_id: int
+    company_id: str
+
+
+class DecideNudge(BaseModel):
+    case_id: int
+    company_id: str
+    at: datetime
+    channel: str | None = None
+    sent_before: list[datetime] = []
+
+
+@dataclass
+class ChurnActivities:
+    engine: AsyncEngine
+
+    @activity.defn(name="churn_load_case")
+    async def load_case(self, request: LoadCase) -> CaseContext:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT c.id, c.company_id, c.membership_id, c.status, c.opened_at, c.attempts,"
+                        " c.incentive_applied_at IS NOT NULL AS incentive_applied,"
+                        " co.reminder_offsets_days, co.grace_period_days"
+                        " FROM recovery_cases c JOIN companies co ON co.id = c.company_id"
+                        " WHERE c.id = :i AND c.company_id = :c"
+                    ),
+                    {"i": request.case_id, "c": request.company_id},
+                )
+            ).first()
+        if row is None:
+            raise ApplicationError(
+                f"no case {request.case_id} in company {request.company_id}", type="UnknownCase", non_retryable=True
+            )
+        return CaseContext(
+            case_id=row.id,
+            company_id=row.company_id,
+            membership_id=row.membership_id,
+            status=row.status,
+            opened_at=row.opened_at,
+            offsets_days=sorted(row.reminder_offsets_days),
+            grace_period_days=row.grace_period_days,
+            incentive_applied=row.incentive_applied,
+            attempts=row.attempts,
+        )
+
+    @activity.defn(name="churn_decide_nudge")
+    async def decide_nudge(self, request: DecideNudge) -> NudgeDecision:
+        """The company's quiet hours and daily cap, in the member's time zone (the company's if unset)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT COALESCE(m.timezone, co.timezone) AS tz, m.preferred_channel, co.channels,"
+                        " co.quiet_hours_start, co.quiet_hours_end, co.daily_nudge_cap"
+                        " FROM recovery_cases c JOIN memberships m ON m.id = c.membership_id"
+                        " JOIN companies co ON co.id = c.company_id WHERE c.id = :i AND c.company_id = :c"
+                    ),
+                    {"i": request.case_id, "c": request.company_id},
+                )
+            ).one()
+        zone = ZoneInfo(row.tz)
+        local = request.at.astimezone(zone)
+        channel = request.channel or (row.preferred_channel if row.preferred_channel in row.channels else row.channels[0])
+        quiet = QuietHours(row.quiet_hours_start, row.quiet_hours_end)
+        if quiet.holds(local):
+            return NudgeDecision(allowed=False, channel=channel, held_back="quiet_hours", retry_at=quiet.next_allowed(local))
+        today = sum(1 for sent in request.sent_before if sent.astimezone(zone).date() == local.date())
+        if today >= row.daily_nudge_cap:
+            tomorrow = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+            return NudgeDecision(allowed=False, channel=channel, held_back="daily_cap", retry_at=quiet.next_allowed(tomorrow))
+        return NudgeDecision(allowed=True, channel=channel)
+
+    @activity.defn(name="churn_record_action")
+    async def record_action(self, action: CaseAction) -> bool:
+        """The action row and the case's counters in one transaction; False if recorded before."""
+        async with self.engine.begin() as conn:
+            inserted = await conn.scalar(
+                text(
+                    "INSERT INTO recovery_actions (case_id, company_id, type, actor_type, actor_id_hash, metadata, idempotency_key)"
+                    " SELECT id, company_id, :type, :actor_type, :actor, CAST(:meta AS jsonb), :key FROM recovery_cases"
+                    " WHERE id = :case AND company_id = :company"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+                ),
+                {
+                    "type": action.type,
+                    "actor_type": "user" if action.actor_id else "system",
+                    "actor": hash_actor(action.actor_id) if action.actor_id else None,
+                    "meta": json.dumps(action.metadata, default=str),
+                    "key": action.idempotency_key,
+                    "case": action.case_id,
+                    "company": action.company_id,
+                },
+            )
+            if inserted is None:
+                return False
+            await conn.execute(
+                text(
+                    "UPDATE recovery_cases SET"
+                    " attempts = attempts + CASE WHEN :sent THEN 1 ELSE 0 END,"
+                    " last_nudge_at = CASE WHEN :sent THEN now() ELSE last_nudge_at END,"
+                    " incentive_applied_at = CASE WHEN :incentive THEN now() ELSE incentive_applied_at END,"
+                    " status = COALESCE(CAST(:close AS text), status),"
+                    " closed_at = CASE WHEN CAST(:close AS text) IS NULL THEN closed_at ELSE now() END"
+                    " WHERE id = :case AND company_id = :company"
+                ),
+                {
+                    "sent": action.nudge_sent,
+                    "incentive": action.incentive_applied,
+                    "close": action.close_as,
+                    "case": action.case_id,
+                    "company": action.company_id,
+                },
+            )
+            if action.close_as in ("TERMINATED", "CANCELLED"):
+                await conn.execute(
+                    text(
+                        "UPDATE memberships SET status = :s WHERE id = (SELECT membership_id FROM recovery_cases WHERE id = :case)"
+                        " AND company_id = :company"
+                    ),
+                    {"s": "TERMINATED" if action.close_as == "TERMINATED" else "CANCELLED", "case": action.case_id, "company": action.company_id},
+                )
+        return True

@@ -1,0 +1,107 @@
+"""Payloads of the churn saver. Ids and settings only: no names, phone numbers or message text."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.messaging import Channel
+
+CaseState = Literal["OPEN", "RECOVERED", "CANCELLED", "TERMINATED"]
+
+
+class ChurnCaseInput(BaseModel):
+    case_id: int = Field(ge=1)
+    company_id: str
+    manage_link: str = Field(description="where the member updates payment details (no personal data)")
+    messaging_task_queue: str = "messaging"
+    # Carried across continue-as-new:
+    carried: CaseProgress | None = None
+
+
+class CaseProgress(BaseModel):
+    next_offset: int = 0
+    attempts: int = 0
+    manual_nudges: int = 0
+    sent_at: list[datetime] = Field(default_factory=list, description="recent nudges, for the daily cap")
+    opened_at: datetime | None = Field(default=None, description="when the case's clock started")
+
+
+class CaseContext(BaseModel):
+    """What the workflow needs from the case's row and its company's settings."""
+
+    case_id: int
+    company_id: str
+    membership_id: int
+    status: CaseState
+    opened_at: datetime
+    offsets_days: list[int]
+    grace_period_days: int
+    incentive_applied: bool
+    attempts: int
+
+
+class NudgeRequest(BaseModel):
+    case_id: int
+    company_id: str
+    attempt: int = Field(description="the nudge's number in this case (system and manual together)")
+    manual: bool = False
+    channel: Channel | None = None
+    actor_id: str | None = None
+
+
+class NudgeDecision(BaseModel):
+    """Whether the company's rules let a nudge go out now; if not, why and when it may."""
+
+    allowed: bool
+    channel: Channel
+    held_back: Literal["quiet_hours", "daily_cap"] | None = None
+    retry_at: datetime | None = None
+
+
+class CaseAction(BaseModel):
+    """One `recovery_actions` row (and the case's counters/status, in the same transaction)."""
+
+    case_id: int
+    company_id: str
+    type: str
+    idempotency_key: str
+    actor_id: str | None = Field(default=None, description="hashed before it is stored")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    nudge_sent: bool = False
+    close_as: CaseState | None = None
+    incentive_applied: bool = False
+
+
+class ManualNudge(BaseModel):
+    actor_id: str = Field(min_length=1, max_length=100)
+    channel: Channel | None = None
+    note: str | None = Field(default=None, max_length=500)
+    company_id: str | None = Field(default=None, description="when given, must be the case's company")
+
+
+class CaseEnding(BaseModel):
+    actor_id: str | None = Field(default=None, max_length=100)
+    company_id: str | None = None
+
+
+class ApplyIncentive(BaseModel):
+    actor_id: str = Field(min_length=1, max_length=100)
+    days: int
+    company_id: str | None = None
+
+
+class CaseStatus(BaseModel):
+    case_id: int
+    company_id: str
+    status: CaseState
+    attempts: int
+    manual_nudges: int
+    next_nudge_at: datetime | None = None
+    incentive_applied: bool = False
+    last_hold_back: str | None = None
+
+
+ChurnCaseInput.model_rebuild()
