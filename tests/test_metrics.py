@@ -69,3 +69,35 @@ async def test_messages_sent_total_counts_by_template_and_outcome(
     assert any('outcome="completed"' in line and line.endswith(" 1") for line in durations), durations
     assert any('le="86400000"' in line for line in metrics.splitlines() if line.startswith("job_duration_bucket{"))
     assert "temporal_activity_execution_latency" in metrics or "temporal_" in metrics
+
+
+async def test_reminders_sent_total_counts_each_reminder_once(
+    engine: AsyncEngine, dev_env: WorkflowEnvironment, gateway: TwilioGateway, stripe_api, task_queue: str
+) -> None:
+    from datetime import date, timedelta
+
+    from schemas.credit import RemindersRequest
+    from tests.test_credit import credit_workers, new_debit, new_retailer
+    from workflows.credit import PaymentRemindersWorkflow
+
+    bind = f"127.0.0.1:{_free_port()}"
+    client = await connect(
+        load_settings(temporal_address=dev_env.client.service_client.config.target_host, metrics_bind=bind)
+    )
+    day = date.today() + timedelta(days=900)
+    for _ in range(2):
+        shop, _phone = await new_retailer(engine)
+        await new_debit(engine, shop, "10.00", day)
+    async with credit_workers(client, engine, gateway, stripe_api, task_queue) as messaging:
+        for run in range(2):  # the second run of the day sends nothing and counts nothing
+            await client.execute_workflow(
+                PaymentRemindersWorkflow.run,
+                RemindersRequest(reminder_date=day, messaging_task_queue=messaging),
+                id=f"payment-reminders/{day}-{run}-{uuid.uuid4().hex[:6]}",
+                task_queue=task_queue,
+            )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://{bind}/metrics") as response:
+            metrics = await response.text()
+    lines = [line for line in metrics.splitlines() if line.startswith("reminders_sent_total")]
+    assert lines and all(line.endswith(" 2") for line in lines), lines

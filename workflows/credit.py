@@ -130,6 +130,11 @@ class PaymentRemindersWorkflow:
         )
         status = self._status
         sent: set[str] = set()
+        new = sum(1 for o in result.outcomes if o.status == "sent" and not o.duplicate)
+        # Replay-safe: the workflow meter records nothing while a history is replayed.
+        workflow.metric_meter().create_counter(
+            "reminders_sent_total", "Payment reminders sent (one per retailer and day)"
+        ).add(new)
         for outcome in result.outcomes:
             if outcome.status == "sent":
                 sent.add(outcome.idempotency_key)

@@ -27,7 +27,7 @@ from schemas.payments import PaymentLinkRequest
 log = structlog.get_logger(__name__)
 
 MAX_REMINDERS = len(REMINDER_OFFSETS_DAYS)
-LINK_CONCURRENCY = 20
+LINK_CONCURRENCY = 50
 
 _DUE_DEBITS = """
     SELECT d.retailer_id, d.id, d.amount - d.cleared_amount AS outstanding
