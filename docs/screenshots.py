@@ -29,6 +29,15 @@ CHROMIUM_FLAGS = [
 ]
 
 
+FAMILY_VIEWS = {
+    "churn-cases": 'WorkflowType = "ChurnCaseWorkflow" AND CaseStatus = "OPEN"',
+    "payment-reminders": 'WorkflowType = "PaymentRemindersWorkflow"',
+    "credit-guardrails": 'WorkflowType = "CreditGuardrailsWorkflow"',
+    "pending-orders": 'WorkflowType = "PendingOrderWorkflow"',
+    "loyalty-items": 'WorkflowType = "LoyaltyReconciliationWorkflow"',
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,7 +78,7 @@ def main() -> None:
                         "--address", address], check=True, capture_output=True)
         subprocess.run([str(BIN / "jobctl"), "insights", "run", "--date", "2026-11-23"], env=env, check=True,
                        capture_output=True, timeout=120)
-        time.sleep(2)
+        time.sleep(10)  # the demo's jobs (triggered by `jobctl dev --demo`) get going
         profile = home / "chromium"
         OUT.mkdir(exist_ok=True)
         screenshot(f"{base}/workflows", "workflows", profile)
@@ -77,6 +86,10 @@ def main() -> None:
         screenshot(f"{base}/workflows?query={by_job}", "search-by-jobname", profile)
         screenshot(f"{base}/workflows/{quote('insights/2026-11-23', safe='')}", "insights-run", profile)
         screenshot(f"{base.rsplit('/namespaces', 1)[0]}/namespaces/default/schedules", "schedules", profile)
+        # Each job family's workflows, with their search attributes (the demo started them all).
+        for name, query in FAMILY_VIEWS.items():
+            screenshot(f"{base}/workflows?query={quote(query)}", name, profile)
+        screenshot(f"{base}/workflows/{quote('churn-case/1', safe='')}", "churn-case", profile)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)

@@ -190,10 +190,29 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             )
         applied = await schedules.apply(client, settings)
         workers = build_workers(client, settings, engine)
-        if demo:  # the demo's pending checkouts get their clocks from the safety-net sweep
-            await client.get_schedule_handle("order-expiry-sweep").trigger()
+        if demo:
+            await start_demo_jobs(client, engine, settings)
         _print_banner(settings, database_url, applied)
         await run_workers(workers, stop)
+
+
+DEMO_TRIGGERS = ("order-expiry-sweep", "payment-reminders", "credit-guardrails", "loyalty-reconcile-sweep")
+
+
+async def start_demo_jobs(client, engine, settings: Settings) -> None:
+    """Give every family something to show in the UI at once: the demo's pending checkouts and
+    loyalty items get their workflows from the sweeps, today's reminders and guardrails run now,
+    and each open churn case gets its workflow."""
+    from sqlalchemy import text
+
+    from workers.churn_api import start_case
+
+    for schedule_id in DEMO_TRIGGERS:
+        await client.get_schedule_handle(schedule_id).trigger()
+    async with engine.connect() as conn:
+        members = (await conn.scalars(text("SELECT membership_id FROM recovery_cases WHERE status = 'OPEN'"))).all()
+    for membership_id in members:
+        await start_case(client, engine, settings, membership_id, "payment_failed")
 
 
 def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str, str]]) -> None:

@@ -118,15 +118,19 @@ class ChurnCaseWorkflow:
     async def apply_incentive(self, request: ApplyIncentive) -> datetime | None:
         """Extend the subscription by `days` (once per case); returns the new period end."""
         assert self._case is not None
-        period: SubscriptionPeriod = await workflow.execute_activity(
-            "extend_subscription",
-            ExtendSubscription(membership_id=self._case.membership_id, days=request.days, idempotency_key=f"incentive:{self._case_id}"),
-            result_type=SubscriptionPeriod,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=STRIPE_RETRY,
-            summary=f"extend the subscription by {request.days} days",
-        )
-        self._incentive_applied = True
+        self._incentive_applied = True  # at once: a second update while Stripe answers is refused
+        try:
+            period: SubscriptionPeriod = await workflow.execute_activity(
+                "extend_subscription",
+                ExtendSubscription(membership_id=self._case.membership_id, days=request.days, idempotency_key=f"incentive:{self._case_id}"),
+                result_type=SubscriptionPeriod,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=STRIPE_RETRY,
+                summary=f"extend the subscription by {request.days} days",
+            )
+        except ActivityError:
+            self._incentive_applied = False  # Stripe refused for good: the operator may try again
+            raise
         await self._record("incentive_applied", f"incentive:{self._case_id}", actor_id=request.actor_id,
                            metadata={"days": request.days}, incentive_applied=True)
         return period.current_period_end
