@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
@@ -55,6 +56,16 @@ RETURNING id, membership_id
 )
 
 
+async def all_asleep(client, last_cases: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the last cases started sleep on their day-30 timer (tasks run roughly in order)."""
+    for case_id in last_cases:
+        while True:
+            history = await client.get_workflow_handle(f"churn-case/{case_id}").fetch_history()
+            if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events):
+                break
+            await asyncio.sleep(0.5)
+
+
 async def main(cases: int, nudges: int, concurrency: int) -> None:
     company = f"bench-{uuid.uuid4().hex[:6]}"
     async with stack() as s, TwilioEmulator() as emulator:
@@ -86,7 +97,9 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             started = time.perf_counter()
             await asyncio.gather(*(open_one(case_id) for case_id, _ in rows))
             open_elapsed = time.perf_counter() - started
-            await asyncio.sleep(5)  # every case has run its first task and sleeps until day 30
+            await all_asleep(s.client, [case_id for case_id, _ in rows[-20:]])
+            asleep_elapsed = time.perf_counter() - started
+            await asyncio.sleep(2)
             rss_sleeping = rss_mb()
 
             latencies: list[float] = []
@@ -109,7 +122,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     print(f"machine: {machine()}")
-    print(f"opened {cases} cases in {open_elapsed:.1f}s = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight)")
+    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s) = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight)")
     print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {cases} cases asleep,"
           f" {rss_after:.0f} MB after the nudges")
     print(f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
