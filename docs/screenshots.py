@@ -89,7 +89,6 @@ def main() -> None:
         # Each job family's workflows, with their search attributes (the demo started them all).
         for name, query in FAMILY_VIEWS.items():
             screenshot(f"{base}/workflows?query={quote(query)}", name, profile)
-        screenshot(f"{base}/workflows/{quote('churn-case/1', safe='')}", "churn-case", profile)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)
