@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 class DevStack:
-    def __init__(self, home: Path, grpc_port: int, ui_port: int) -> None:
+    def __init__(self, home: Path, grpc_port: int, ui_port: int, metrics_port: int = 0) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))}
         self.address = f"127.0.0.1:{grpc_port}"
         self.env = {
@@ -38,7 +38,9 @@ class DevStack:
             "WEBHOOKS_PORT": "0",
             "STRIPE_SANDBOX_PORT": "0",
             "LOG_FORMAT": "json",
+            **({"METRICS_BIND": f"127.0.0.1:{metrics_port}"} if metrics_port else {}),
         }
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.output: list[str] = []
         self.process = subprocess.Popen(
             [str(BIN / "jobctl"), "dev", "--demo"],
@@ -88,9 +90,26 @@ def _insight_rows(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM retailer_insights").fetchone()[0]
 
 
+def _business_counters(url: str) -> dict[str, float]:
+    """Sum of each business series on the endpoint (all label sets together)."""
+    import urllib.request
+
+    names = ("messages_sent_total", "reminders_sent_total", "nudges_sent_total", "loyalty_discrepancies", "job_duration_count")
+    try:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310 - 127.0.0.1 only
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in body.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
-    stack = DevStack(home, grpc_port, ui_port)
+    stack = DevStack(home, grpc_port, ui_port, _free_port())
     try:
         started = time.monotonic()
         ui = stack.wait_for(r"Temporal UI:\s+(http://\S+)", timeout=90)
@@ -126,6 +145,13 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
             clocks = len([line for line in listed.splitlines() if line.strip()])
             time.sleep(0.5)
         assert clocks == 10, "the demo checkouts did not all get their 24-hour clocks"
+
+        # The demo's jobs show on the worker's Prometheus endpoint (METRICS_BIND).
+        deadline, counters = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and not (counters.get("messages_sent_total") and counters.get("job_duration_count")):
+            counters = _business_counters(stack.metrics_url)
+            time.sleep(0.5)
+        assert counters.get("messages_sent_total") and counters.get("job_duration_count"), counters
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]
