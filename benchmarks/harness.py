@@ -7,6 +7,7 @@ following continue-as-new chains.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.database import create_engine
 from schemas import search_attributes
 from workers import binaries, migrate
+from workers.worker import compile_workflow_modules
 from workers.embedded_db import EmbeddedPostgres
 
 ACTION_EVENTS = {
@@ -43,6 +45,7 @@ class Stack:
 
 @asynccontextmanager
 async def stack() -> AsyncIterator[Stack]:
+    compile_workflow_modules()  # as the production worker does on start
     root = Path(tempfile.mkdtemp(prefix="jobctl-bench-"))
     pg = EmbeddedPostgres(root / "pg", delete_on_stop=True)
     url = pg.create_database("bench")
@@ -75,7 +78,37 @@ async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> 
     return actions
 
 
-def machine() -> str:
-    import os
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process, the Temporal dev server and PostgreSQL (from /proc).
 
+    The difference of two readings says where a run's CPU went: on two shared cores that is
+    what bounds throughput, so benchmarks print it per unit of work next to the rate.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals = {"benchmark process": 0.0, "temporal server": 0.0, "postgresql": 0.0}
+    names = {"temporal": "temporal server", "postgres": "postgresql"}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / ticks
+        if int(entry.name) == os.getpid():
+            totals["benchmark process"] += used
+        elif comm in names:
+            totals[names[comm]] += used
+    return totals
+
+
+def cpu_per(before: dict[str, float], after: dict[str, float], units: int, unit: str) -> str:
+    """`name X ms` per unit of work for each process, from two `cpu_seconds()` readings."""
+    parts = [f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after]
+    return f"CPU per {unit}: " + ", ".join(parts)
+
+
+def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

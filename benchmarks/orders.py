@@ -25,7 +25,7 @@ from sqlalchemy import text  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.orders import OrderActivities  # noqa: E402
-from benchmarks.harness import machine, stack  # noqa: E402
+from benchmarks.harness import cpu_per, cpu_seconds, machine, stack  # noqa: E402
 from schemas.orders import PendingOrderInput  # noqa: E402
 from workers.orders_api import start_pending_order  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
@@ -95,7 +95,9 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) ->
             max_cached_workflows=CACHE,
         ):
             sleeping = await new_orders(s.engine, orders)
+            cpu_before = cpu_seconds()
             elapsed = await start_all(s.client, sleeping, queue, concurrency)
+            start_cpu = cpu_per(cpu_before, cpu_seconds(), orders, "start")
             await asyncio.sleep(2)
             rss_sleeping = rss_mb()
 
@@ -133,6 +135,7 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) ->
     p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
     print(f"machine: {machine()}")
     print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight)")
+    print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
     print(
         f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started in {short_elapsed:.1f}s): "

@@ -49,6 +49,9 @@ DB_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=REFUSALS
 )
 DB_TIMEOUT = timedelta(seconds=30)
+# Clocks recorded before this patch slept in one timer and settled in a regular activity.
+PRECISE_CLOCK = "precise-order-clock"
+RE_AIM_LEAD = timedelta(seconds=5)
 
 
 @workflow.defn
@@ -147,17 +150,26 @@ class PendingOrderWorkflow:
         return record
 
     async def _ended_before(self, deadline: datetime) -> bool:
-        """Sleep until `deadline` unless a signal ends the order first (True: it did)."""
-        remaining = deadline - workflow.now()
-        if remaining <= timedelta(0):
-            return self._ending is not None
-        try:
-            await workflow.wait_condition(
-                lambda: self._ending is not None, timeout=remaining, timeout_summary=f"until {deadline.isoformat()}"
-            )
-        except asyncio.TimeoutError:
-            return False
-        return True
+        """Sleep until `deadline` unless a signal ends the order first (True: it did).
+
+        A timer runs from the moment its task completes, not from `workflow.now()` (when the task
+        started), so a slow task (a burst of checkouts queueing at the worker) would make the
+        deadline late by that much. A long wait therefore stops RE_AIM_LEAD short and sleeps the
+        rest from a fresh `now`, in a task that does nothing else and so completes at once.
+        """
+        precise = workflow.patched(PRECISE_CLOCK)
+        while (remaining := deadline - workflow.now()) > timedelta(0):
+            leg = remaining - RE_AIM_LEAD if precise and remaining > 2 * RE_AIM_LEAD else remaining
+            try:
+                await workflow.wait_condition(
+                    lambda: self._ending is not None, timeout=leg, timeout_summary=f"until {deadline.isoformat()}"
+                )
+            except asyncio.TimeoutError:
+                if not precise:
+                    return False
+                continue
+            return True
+        return self._ending is not None
 
     async def _follow_up(self, order: PendingOrderInput) -> None:
         """Send `order_followup` once; a deferral (quiet hours at send time) waits and tries again."""
@@ -198,12 +210,24 @@ class PendingOrderWorkflow:
         return await self._finish()
 
     async def _settle_row(self, state: OrderState) -> OrderState:
-        return await workflow.execute_activity_method(
+        """One UPDATE. As a local activity it runs inside the task the timer (or signal) woke,
+        so an expiry lands without another task round trip: that is the expiry lateness."""
+        settle = SettleOrder(order_id=self._order_id, state=state)  # type: ignore[arg-type]
+        summary = f"mark order {self._order_id} {state}"
+        if workflow.patched(PRECISE_CLOCK):
+            return await workflow.execute_local_activity_method(
+                OrderActivities.settle_pending_order,
+                settle,
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=DB_RETRY,
+                summary=summary,
+            )
+        return await workflow.execute_activity_method(  # clocks that settled before the patch
             OrderActivities.settle_pending_order,
-            SettleOrder(order_id=self._order_id, state=state),  # type: ignore[arg-type]
+            settle,
             start_to_close_timeout=DB_TIMEOUT,
             retry_policy=DB_RETRY,
-            summary=f"mark order {self._order_id} {state}",
+            summary=summary,
         )
 
     async def _tell(self, order: PendingOrderInput, template: str, key: str) -> SendOutcome | None:
