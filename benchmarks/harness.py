@@ -7,9 +7,12 @@ following continue-as-new chains.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
+import sys
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,6 +68,28 @@ async def stack() -> AsyncIterator[Stack]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@asynccontextmanager
+async def serve(command: str, port: int, *args: str) -> AsyncIterator[None]:
+    """The emulator and the sandbox in their own processes, as in `jobctl dev`: the worker's event
+    loop is not also serving Twilio's and Stripe's side of every call."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "jobctl"), command, "--port", str(port), *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> int:
     """Actions of a workflow summed over its continue-as-new chain, from the first run on."""
     actions = 0
@@ -78,6 +103,12 @@ async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> 
     return actions
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by this process, the Temporal dev server and PostgreSQL (from /proc).
 
@@ -85,8 +116,8 @@ def cpu_seconds() -> dict[str, float]:
     what bounds throughput, so benchmarks print it per unit of work next to the rate.
     """
     ticks = os.sysconf("SC_CLK_TCK")
-    totals = {"benchmark process": 0.0, "temporal server": 0.0, "postgresql": 0.0}
-    names = {"temporal": "temporal server", "postgres": "postgresql"}
+    totals = {"benchmark process": 0.0, "temporal server": 0.0, "postgresql": 0.0, "served (`serve`)": 0.0}
+    names = {"temporal": "temporal server", "postgres": "postgresql", "jobctl": "served (`serve`)"}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -106,7 +137,7 @@ def cpu_seconds() -> dict[str, float]:
 
 def cpu_per(before: dict[str, float], after: dict[str, float], units: int, unit: str) -> str:
     """`name X ms` per unit of work for each process, from two `cpu_seconds()` readings."""
-    parts = [f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after]
+    parts = [f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after if after[name] > before[name]]
     return f"CPU per {unit}: " + ", ".join(parts)
 
 

@@ -1,6 +1,6 @@
 """Benchmark: N pending-order clocks on a real stack (dev server, PostgreSQL, in-process worker).
 
-    python benchmarks/orders.py --orders 10000 --expiry-orders 1000 --ttl 30
+    python benchmarks/orders.py --orders 10000 --expiry-orders 600 --ttl 60 --expiry-rate 20
 
 Prints starts/s (update-with-start through `start_pending_order`, each answered by the
 workflow after it wrote its `pending_orders` row), the worker process's resident memory with
@@ -62,22 +62,28 @@ async def new_orders(engine, count: int) -> list[tuple[int, int]]:
     return [(row.id, row.retailer_id) for row in rows]
 
 
-async def start_all(client, orders, task_queue: str, concurrency: int, **clock: timedelta) -> float:
-    """Start every clock with `concurrency` starts in flight; returns the elapsed seconds."""
+async def start_all(
+    client, orders, task_queue: str, concurrency: int, rate: float | None = None, **clock: timedelta
+) -> float:
+    """Start every clock with `concurrency` starts in flight, at most `rate` a second if given;
+    returns the elapsed seconds."""
     slots = asyncio.Semaphore(concurrency)
+    begin = time.monotonic()
 
-    async def one(order_id: int, retailer_id: int) -> None:
+    async def one(i: int, order_id: int, retailer_id: int) -> None:
+        if rate:
+            await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
         async with slots:
             await start_pending_order(
                 client, PendingOrderInput(order_id=order_id, retailer_id=retailer_id, **clock), task_queue=task_queue
             )
 
     started = time.perf_counter()
-    await asyncio.gather(*(one(o, r) for o, r in orders))
+    await asyncio.gather(*(one(i, o, r) for i, (o, r) in enumerate(orders)))
     return time.perf_counter() - started
 
 
-async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) -> None:
+async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float) -> None:
     async with stack() as s:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         activities = OrderActivities(s.engine)
@@ -105,7 +111,8 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) ->
             short = await new_orders(s.engine, expiry_orders)
             ids = [o for o, _ in short]
             short_elapsed = await start_all(
-                s.client, short, queue, concurrency, ttl=timedelta(seconds=ttl), follow_up_after=timedelta(hours=1)
+                s.client, short, queue, concurrency, expiry_rate,
+                ttl=timedelta(seconds=ttl), follow_up_after=timedelta(hours=1),
             )
             deadline = time.monotonic() + ttl + 120
             while time.monotonic() < deadline:
@@ -138,7 +145,7 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) ->
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
     print(
-        f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started in {short_elapsed:.1f}s): "
+        f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started at {expiry_rate:.0f}/s in {short_elapsed:.1f}s): "
         f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
@@ -147,10 +154,15 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int) ->
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=10_000, help="clocks started and left asleep")
-    parser.add_argument("--expiry-orders", type=int, default=1_000, help="short clocks whose expiry is timed")
-    parser.add_argument("--ttl", type=float, default=30.0, help="seconds until the short clocks expire")
+    parser.add_argument("--expiry-orders", type=int, default=600, help="short clocks whose expiry is timed")
+    parser.add_argument("--ttl", type=float, default=60.0, help="seconds until the short clocks expire")
+    parser.add_argument(
+        "--expiry-rate", type=float, default=20.0,
+        help="starts/s of the short clocks: their expiries arrive at this rate, which should be one the"
+        " machine sustains (lateness above capacity is only the backlog)",
+    )
     parser.add_argument("--concurrency", type=int, default=200)
     args = parser.parse_args()
-    if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0:
-        parser.error("--orders and --expiry-orders must be at least 1, --ttl positive")
-    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency))
+    if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0 or args.expiry_rate <= 0:
+        parser.error("--orders and --expiry-orders must be at least 1, --ttl and --expiry-rate positive")
+    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate))

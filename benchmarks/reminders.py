@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 import time
 import uuid
 from datetime import date
@@ -33,34 +31,12 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders  
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from benchmarks.harness import count_actions, machine, stack  # noqa: E402
+from benchmarks.harness import count_actions, machine, serve, stack  # noqa: E402
 from schemas.credit import RemindersRequest  # noqa: E402
 from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
 TWILIO_PORT, STRIPE_PORT = 18089, 18420
-
-
-@asynccontextmanager
-async def serve(command: str, port: int) -> AsyncIterator[None]:
-    """The emulator and the sandbox in their own processes, as in `jobctl dev`: the worker's event
-    loop is not also serving Twilio's and Stripe's side of every call."""
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "jobctl"), command, "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        yield
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")

@@ -83,6 +83,77 @@ async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_i
     return Recipient(recipient_type, recipient_id, _first_name(name), phone, channel or "whatsapp", tz or "UTC")
 
 
+# A new key, decided and written in one statement: held back (no phone, opted out, daily cap,
+# quiet hours: checked in that order) or `sending`, which commits before Twilio is called. An
+# existing key returns no row and takes `claim`, which knows retries and crashes.
+_CLAIM_NEW = text(
+    """
+WITH decided AS (
+    SELECT CASE
+        WHEN CAST(:no_phone AS boolean) THEN 'no_phone'
+        WHEN EXISTS (
+            SELECT 1 FROM recipient_opt_outs o
+            WHERE o.recipient_type = :recipient_type AND o.recipient_id = :recipient_id AND o.channel = :channel
+        ) THEN 'opted_out'
+        WHEN (
+            SELECT count(*) FROM message_log m
+            WHERE m.recipient_type = :recipient_type AND m.recipient_id = :recipient_id
+              AND m.created_at >= :since AND m.status IN ('sending', 'sent', 'delivered')
+        ) >= :daily_cap THEN 'daily_cap'
+        WHEN CAST(:quiet_hours AS boolean) THEN 'quiet_hours'
+    END AS reason
+)
+INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version,
+                         status, reason, attempts)
+SELECT :key, :recipient_type, :recipient_id, :channel, :template, :template_version,
+       CASE WHEN reason IS NULL THEN 'sending' WHEN reason = 'quiet_hours' THEN 'deferred' ELSE 'suppressed' END,
+       reason, CASE WHEN reason IS NULL THEN 1 ELSE 0 END
+FROM decided
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING status, reason
+"""
+)
+
+
+@dataclass(frozen=True)
+class NewClaim:
+    status: str  # sending, suppressed or deferred
+    reason: str | None
+
+
+async def claim_new(
+    conn: AsyncConnection,
+    request: SendMessage,
+    recipient: Recipient,
+    channel: str,
+    template_version: int,
+    *,
+    daily_cap: int,
+    quiet_hours: bool,
+    now: datetime,
+) -> NewClaim | None:
+    """Write a first-seen key's row with its decision (one statement); None if the key exists."""
+    tz = ZoneInfo(recipient.timezone)
+    row = (
+        await conn.execute(
+            _CLAIM_NEW,
+            {
+                "key": request.idempotency_key,
+                "recipient_type": recipient.type,
+                "recipient_id": recipient.id,
+                "channel": channel,
+                "template": request.template,
+                "template_version": template_version,
+                "no_phone": not recipient.phone,
+                "daily_cap": daily_cap,
+                "since": datetime.combine(now.astimezone(tz).date(), time(0), tz),
+                "quiet_hours": quiet_hours,
+            },
+        )
+    ).first()
+    return NewClaim(row.status, row.reason) if row else None
+
+
 async def claim(conn: AsyncConnection, request: SendMessage, channel: str, template_version: int) -> Row[Any]:
     """Insert the key's row if new, then lock it for this attempt (the caller commits)."""
     await conn.execute(

@@ -173,6 +173,18 @@ class MessagingActivities:
         """Lock the key's row and decide: already done, held back, or ours to send now."""
         now = datetime.now(UTC)
         key = request.idempotency_key
+        local = now.astimezone(ZoneInfo(recipient.timezone))
+        async with self._engine.begin() as conn:
+            new = await outbox.claim_new(
+                conn, request, recipient, channel, template.version,
+                daily_cap=self._policy.daily_cap, quiet_hours=self._policy.quiet_hours.holds(local), now=now,
+            )
+        if new is not None:  # a first-seen key: the common case, one statement
+            if new.status == "sending":
+                return None
+            held = self._hold(new.reason or new.status, channel, local)
+            log.info("message.held_back", idempotency_key=key, status=held.status, reason=held.reason)
+            return held
         async with self._engine.begin() as conn:
             row = await outbox.claim(conn, request, channel, template.version)
             if row.status in ("sent", "delivered", "undelivered"):
@@ -206,9 +218,15 @@ class MessagingActivities:
             return SendOutcome(status="suppressed", channel=channel, reason="daily_cap")
         local = now.astimezone(ZoneInfo(recipient.timezone))
         if self._policy.quiet_hours.holds(local):
-            retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
-            return SendOutcome(status="deferred", channel=channel, reason="quiet_hours", retry_at=retry_at)
+            return self._hold("quiet_hours", channel, local)
         return None
+
+    def _hold(self, reason: str, channel: str, local: datetime) -> SendOutcome:
+        """Quiet hours defer the message to when they end; every other reason suppresses it."""
+        if reason == "quiet_hours":
+            retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
+            return SendOutcome(status="deferred", channel=channel, reason=reason, retry_at=retry_at)
+        return SendOutcome(status="suppressed", channel=channel, reason=reason)
 
     async def _send(
         self, request: SendMessage, recipient: Recipient, channel: str, template: Template, params: dict, body: str
