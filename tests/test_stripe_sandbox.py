@@ -138,6 +138,21 @@ async def test_get_and_delete_ignore_the_key(client: stripe.StripeClient) -> Non
         assert (deleted.id, deleted.deleted) == (target, True)
 
 
+async def test_lists_show_exactly_the_live_objects_of_their_type(client: stripe.StripeClient) -> None:
+    # The sandbox indexes localstripe's store by type (workers/localstripe_index.py): a list must
+    # still see every create and delete, and nothing of another type.
+    address = email()
+    one = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("l1")})
+    two = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("l2")})
+    await client.v1.payment_intents.create_async(
+        {"amount": 500, "currency": "usd", "customer": one.id}, {"idempotency_key": key("l3")}
+    )
+    assert sorted(await customers_with_email(client, address)) == sorted([one.id, two.id])
+    await client.v1.customers.delete_async(one.id)
+    assert await customers_with_email(client, address) == [two.id]
+    assert (await client.v1.customers.retrieve_async(two.id)).subscriptions.data == []
+
+
 async def test_concurrent_same_key_requests_create_one_object(client: stripe.StripeClient) -> None:
     address, k = email(), key("burst")
     results = await asyncio.gather(

@@ -98,8 +98,10 @@ _BACKEND_SCRIPT: Final = """
 import os, socket, sys, threading
 from aiohttp import web
 from localstripe import resources, server
+from workers import localstripe_index
 
 resources.Store.dump_to_disk = lambda self: None
+localstripe_index.install(resources)
 
 def _exit_with_parent():
     sys.stdin.buffer.read()
