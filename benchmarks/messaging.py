@@ -32,7 +32,9 @@ from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # n
 from workflows.messaging import MessageBatchWorkflow  # noqa: E402
 
 
-async def run(s: Stack, retailer_ids: list[int], limit: float | None, label: str) -> tuple[float, dict, str]:
+async def run(
+    s: Stack, retailer_ids: list[int], limit: float | None, label: str, in_flight: int
+) -> tuple[float, dict, str]:
     # The emulator in its own process, as Twilio is: the worker's event loop serves only the worker.
     port = free_port()
     async with serve("twilio-emulator", port, *(["--rate-limit", str(limit)] if limit else [])):
@@ -49,7 +51,7 @@ async def run(s: Stack, retailer_ids: list[int], limit: float | None, label: str
                             template="credit_resumed")
                 for rid in retailer_ids
             ],
-            max_in_flight=500,
+            max_in_flight=in_flight,
             task_queue=f"{queue}-messaging",
         )
         worker_options = {"max_task_queue_activities_per_second": limit} if limit else {}
@@ -71,7 +73,7 @@ async def run(s: Stack, retailer_ids: list[int], limit: float | None, label: str
     return len(retailer_ids) / elapsed, stats, cpu
 
 
-async def main(messages: int, limit: float) -> None:
+async def main(messages: int, limit: float, in_flight: int) -> None:
     configure_logging("json", "WARNING")
     async with stack() as s:
         async with s.engine.begin() as conn:
@@ -79,10 +81,11 @@ async def main(messages: int, limit: float) -> None:
                 "INSERT INTO retailers (name, phone, preferred_channel) SELECT 'Bench ' || g,"
                 " '+1222' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g RETURNING id"),
                 {"n": messages})).scalars().all()
-        limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited")
-        free_rate, _, free_cpu = await run(s, ids, None, "free")
+        limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited", in_flight)
+        free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
     requests = limited["accepted"] + limited["rate_limited"] + limited.get("faults", 0)
     print(f"machine: {machine()}")
+    print(f"{in_flight} sends in flight")
     print(f"limited to {limit:.0f} msg/s: {limited_rate:,.1f} msg/s = {limited_rate / limit:.3f} of the limit; "
           f"429s: {limited['rate_limited']} of {requests} requests ({limited['rate_limited'] / requests:.2%})")
     print(f"  {limited_cpu}")
@@ -94,7 +97,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--limit", type=float, default=200.0)
+    parser.add_argument("--in-flight", type=int, default=50, help="the batch workflow's sends outstanding at once")
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:
         parser.error("--messages must be >= 1 and --limit > 0")
-    asyncio.run(main(args.messages, args.limit))
+    asyncio.run(main(args.messages, args.limit, args.in_flight))

@@ -31,7 +31,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders  
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from benchmarks.harness import count_actions, machine, serve, stack  # noqa: E402
+from benchmarks.harness import count_actions, cpu_per, cpu_seconds, machine, serve, stack  # noqa: E402
 from schemas.credit import RemindersRequest  # noqa: E402
 from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
@@ -118,7 +118,7 @@ async def main(retailers: int, baseline_debits: int, page_size: int, in_flight: 
             workflows=[PaymentRemindersWorkflow],
             activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
         ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_messages], max_concurrent_activities=4):
-            started = time.perf_counter()
+            cpu_before, started = cpu_seconds(), time.perf_counter()
             handle = await s.client.start_workflow(
                 PaymentRemindersWorkflow.run,
                 RemindersRequest(reminder_date=day, page_size=page_size, max_in_flight=in_flight, messaging_task_queue=f"{queue}-msg"),
@@ -127,6 +127,7 @@ async def main(retailers: int, baseline_debits: int, page_size: int, in_flight: 
             )
             status = await handle.result()
             elapsed = time.perf_counter() - started
+            cpu = cpu_per(cpu_before, cpu_seconds(), max(status.sent, 1), "reminder")
         actions = await count_actions(s.client, handle.id, handle.result_run_id or "")
         history = await handle.fetch_history()
         scheduled = {}
@@ -154,6 +155,7 @@ async def main(retailers: int, baseline_debits: int, page_size: int, in_flight: 
         f"(pages of {page_size}, {in_flight} sends in flight, a payment link each)"
     )
     print(f"emulator accepted {accepted}; retailers marked reminded {reminded}; skipped {status.skipped}; failed {status.failed}")
+    print(f"  {cpu} (the benchmark process runs the workers; `serve`d: the emulator and the sandbox)")
     print(f"Temporal actions: {actions} in all, {actions / max(status.sent, 1):.4f} per reminder")
     print(f"baseline (cron: query + send + update per debit, sequential, {baseline_debits} debits): {base_rate:,.0f} debits/s")
     print(f"speed-up: {rate / base_rate:.1f}x")

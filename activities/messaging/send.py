@@ -94,6 +94,9 @@ class MessagingActivities:
     ) -> None:
         self._per_second = per_second
         self._engine = engine
+        # Single statements need no transaction: without one, each is one round trip instead of
+        # BEGIN, the statement and COMMIT (the common send is three statements).
+        self._statements = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._gateway = gateway
         self._senders = senders
         self._policy = policy
@@ -147,7 +150,7 @@ class MessagingActivities:
             template = get_template(request.template, request.template_version)
         except UnknownTemplate as exc:
             raise _permanent("UnknownTemplate", str(exc)) from None
-        async with self._engine.connect() as conn:
+        async with self._statements.connect() as conn:
             recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
         if recipient is None:
             raise _permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
@@ -174,7 +177,7 @@ class MessagingActivities:
         now = datetime.now(UTC)
         key = request.idempotency_key
         local = now.astimezone(ZoneInfo(recipient.timezone))
-        async with self._engine.begin() as conn:
+        async with self._statements.connect() as conn:
             new = await outbox.claim_new(
                 conn, request, recipient, channel, template.version,
                 daily_cap=self._policy.daily_cap, quiet_hours=self._policy.quiet_hours.holds(local), now=now,
@@ -239,7 +242,7 @@ class MessagingActivities:
             await self._record_failure(request, recipient, channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
         self._maybe_crash()
-        async with self._engine.begin() as conn:
+        async with self._statements.connect() as conn:
             await outbox.set_status(
                 conn, key, "sent", provider_sid=accepted.sid, channel=channel, sent_at=datetime.now(UTC), error_code=None
             )
