@@ -1,10 +1,12 @@
 """Benchmark: sends through the outbox and the rate-limited messaging queue, end to end.
 
-    python benchmarks/messaging.py --messages 5000 --limit 200
+    python benchmarks/messaging.py --messages 5000 --limit 200 --in-flight 50
 
 Run 1: the emulator allows LIMIT msg/s and the messaging worker sets Temporal's task-queue
 rate limit to the same figure; prints achieved msg/s as a share of the limit and the share of
-create requests Twilio answered 429. Run 2: no limit anywhere; prints msg/s.
+create requests Twilio answered 429. Run 2: no limit anywhere; prints msg/s. Run 3: the same
+workflow with a send activity that does nothing, i.e. Temporal's own ceiling on this machine.
+Each run also prints its CPU per message by process.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from temporalio import activity  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.messaging.outbox import QuietHours  # noqa: E402
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import Stack, cpu_per, cpu_seconds, free_port, machine, serve, stack  # noqa: E402
-from schemas.messaging import MessageBatch, SendMessage  # noqa: E402
+from schemas.messaging import MessageBatch, SendMessage, SendOutcome  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
 from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.messaging import MessageBatchWorkflow  # noqa: E402
@@ -73,6 +76,34 @@ async def run(
     return len(retailer_ids) / elapsed, stats, cpu
 
 
+@activity.defn(name="send_message")
+async def send_nothing(request: SendMessage) -> SendOutcome:
+    """The floor: the same workflow and queue, with a send that does no work at all."""
+    return SendOutcome(status="sent", provider_sid=f"SM{request.idempotency_key}", channel="sms")
+
+
+async def temporal_floor(s: Stack, count: int, in_flight: int) -> tuple[float, str]:
+    """What Temporal alone costs per send on this machine: MessageBatchWorkflow, no-op activities."""
+    queue = f"floor-{uuid.uuid4().hex[:8]}"
+    batch = MessageBatch(
+        messages=[
+            SendMessage(idempotency_key=f"floor:{i}", recipient_type="retailer", recipient_id=str(i), template="credit_resumed")
+            for i in range(count)
+        ],
+        max_in_flight=in_flight,
+        task_queue=f"{queue}-messaging",
+    )
+    async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]), Worker(
+        s.client, task_queue=batch.task_queue, activities=[send_nothing], max_concurrent_activities=200
+    ):
+        cpu_before, started = cpu_seconds(), time.perf_counter()
+        result = await s.client.execute_workflow(MessageBatchWorkflow.run, batch, id=f"floor/{uuid.uuid4()}", task_queue=queue)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_per(cpu_before, cpu_seconds(), count, "no-op send")
+    assert result.sent == count, result
+    return count / elapsed, cpu
+
+
 async def main(messages: int, limit: float, in_flight: int) -> None:
     configure_logging("json", "WARNING")
     async with stack() as s:
@@ -83,6 +114,7 @@ async def main(messages: int, limit: float, in_flight: int) -> None:
                 {"n": messages})).scalars().all()
         limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited", in_flight)
         free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
+        floor_rate, floor_cpu = await temporal_floor(s, messages, in_flight)
     requests = limited["accepted"] + limited["rate_limited"] + limited.get("faults", 0)
     print(f"machine: {machine()}")
     print(f"{in_flight} sends in flight")
@@ -91,6 +123,8 @@ async def main(messages: int, limit: float, in_flight: int) -> None:
     print(f"  {limited_cpu}")
     print(f"no limit: {free_rate:,.1f} msg/s ({messages} messages)")
     print(f"  {free_cpu}")
+    print(f"Temporal alone (same workflow, a send that does nothing): {floor_rate:,.1f} sends/s")
+    print(f"  {floor_cpu}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Prints starts/s (update-with-start through `start_pending_order`, each answered 
 workflow after it wrote its `pending_orders` row), the worker process's resident memory with
 every clock asleep (bounded by the workflow cache, not by the number of clocks), and expiry
 lateness p50/p99 (`expired_at - expires_at`, from the database) for clocks with a short TTL.
+Last, the floor: the same starts of a clock that does no work of ours (benchmarks/bare_clock.py).
+Starts print their CPU per start by process.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
+from temporalio.client import WithStartWorkflowOperation  # noqa: E402
+from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.orders import OrderActivities  # noqa: E402
+from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
 from benchmarks.harness import cpu_per, cpu_seconds, machine, stack  # noqa: E402
 from schemas.orders import PendingOrderInput  # noqa: E402
 from workers.orders_api import start_pending_order  # noqa: E402
@@ -83,6 +88,26 @@ async def start_all(
     return time.perf_counter() - started
 
 
+async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> tuple[float, str]:
+    """Starts/s and CPU per start of BareClockWorkflow: Temporal's own cost of a clock here."""
+    slots = asyncio.Semaphore(concurrency)
+    prefix = uuid.uuid4().hex[:8]
+
+    async def one(i: int) -> None:
+        async with slots:
+            start = WithStartWorkflowOperation(
+                BareClockWorkflow.run, id=f"bare-clock/{prefix}/{i}", task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+            await client.execute_update_with_start_workflow(BareClockWorkflow.track, start_workflow_operation=start)
+
+    async with Worker(client, task_queue=task_queue, workflows=[BareClockWorkflow], max_cached_workflows=CACHE):
+        cpu_before, started = cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        elapsed = time.perf_counter() - started
+        return count / elapsed, cpu_per(cpu_before, cpu_seconds(), count, "start")
+
+
 async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float) -> None:
     async with stack() as s:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -138,11 +163,15 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, ex
                     ).scalars()
                 ]
 
+        floor_rate, floor_cpu = await bare_floor(s.client, f"{queue}-bare", min(orders, 3000), concurrency)
+
     lateness.sort()
     p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
     print(f"machine: {machine()}")
     print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight)")
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
+    print(f"Temporal alone (a clock that only answers its start and sleeps): {floor_rate:,.0f} starts/s")
+    print(f"  {floor_cpu}")
     print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
     print(
         f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started at {expiry_rate:.0f}/s in {short_elapsed:.1f}s): "

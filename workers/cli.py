@@ -48,6 +48,24 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(coro_fn())  # type: ignore[arg-type]
 
 
+def call_with_client(
+    action: Callable[..., Awaitable[T]], *args: object, refused: type[Exception], **kwargs: object
+) -> T:
+    """Run `action(client, *args, **kwargs)` against the configured Temporal; `refused` (the API's
+    "cannot apply" error) is bad input: its reason on one line, exit 2."""
+    from workers.temporal_client import connect
+
+    s = settings()
+
+    async def _go() -> T:
+        return await action(await connect(s), *args, **kwargs)
+
+    try:
+        return run(_go)
+    except refused as refusal:
+        raise UsageError(str(refusal)) from None
+
+
 def _configure_logging(s: Settings) -> None:
     from workers.log import configure_logging
 

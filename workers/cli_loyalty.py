@@ -30,20 +30,11 @@ UsageError = typer.BadParameter
 
 
 def _call(action: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
-    """Connect with the configured settings, run one loyalty_api call, turn a refusal into exit 2."""
-    from workers.cli import run, settings
+    """Run one loyalty_api call; a refusal (LoyaltyRefused) is bad input, exit 2."""
+    from workers.cli import call_with_client
     from workers.loyalty_api import LoyaltyRefused
-    from workers.temporal_client import connect
 
-    s = settings()
-
-    async def _go() -> T:
-        return await action(await connect(s), *args, **kwargs)
-
-    try:
-        return run(_go)
-    except LoyaltyRefused as refused:
-        raise UsageError(str(refused)) from None
+    return call_with_client(action, *args, refused=LoyaltyRefused, **kwargs)
 
 
 def _actor(actor: str) -> str:

@@ -29,20 +29,11 @@ UsageError = typer.BadParameter
 
 
 def _call(action: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
-    """Connect with the configured settings, run one orders_api call, turn a refusal into exit 2."""
-    from workers.cli import run, settings
+    """Run one orders_api call; a refusal (OrderRefused) is bad input, exit 2."""
+    from workers.cli import call_with_client
     from workers.orders_api import OrderRefused
-    from workers.temporal_client import connect
 
-    s = settings()
-
-    async def _go() -> T:
-        return await action(await connect(s), *args, **kwargs)
-
-    try:
-        return run(_go)
-    except OrderRefused as refused:
-        raise UsageError(str(refused)) from None
+    return call_with_client(action, *args, refused=OrderRefused, **kwargs)
 
 
 @orders_app.command("start")
