@@ -16,6 +16,7 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +36,18 @@ from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # n
 from workflows.messaging import MessageBatchWorkflow  # noqa: E402
 
 
+def batch_of(label: str, retailer_ids: Iterable[int], in_flight: int, task_queue: str) -> MessageBatch:
+    return MessageBatch(
+        messages=[
+            SendMessage(idempotency_key=f"{label}:{rid}", recipient_type="retailer", recipient_id=str(rid),
+                        template="credit_resumed")
+            for rid in retailer_ids
+        ],
+        max_in_flight=in_flight,
+        task_queue=task_queue,
+    )
+
+
 async def run(
     s: Stack, retailer_ids: list[int], limit: float | None, label: str, in_flight: int
 ) -> tuple[float, dict, str]:
@@ -48,15 +61,7 @@ async def run(
             SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        batch = MessageBatch(
-            messages=[
-                SendMessage(idempotency_key=f"{label}:{rid}", recipient_type="retailer", recipient_id=str(rid),
-                            template="credit_resumed")
-                for rid in retailer_ids
-            ],
-            max_in_flight=in_flight,
-            task_queue=f"{queue}-messaging",
-        )
+        batch = batch_of(label, retailer_ids, in_flight, f"{queue}-messaging")
         worker_options = {"max_task_queue_activities_per_second": limit} if limit else {}
         async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]), Worker(
             s.client, task_queue=batch.task_queue, activities=[sends.send_message],
@@ -85,14 +90,7 @@ async def send_nothing(request: SendMessage) -> SendOutcome:
 async def temporal_floor(s: Stack, count: int, in_flight: int) -> tuple[float, str]:
     """What Temporal alone costs per send on this machine: MessageBatchWorkflow, no-op activities."""
     queue = f"floor-{uuid.uuid4().hex[:8]}"
-    batch = MessageBatch(
-        messages=[
-            SendMessage(idempotency_key=f"floor:{i}", recipient_type="retailer", recipient_id=str(i), template="credit_resumed")
-            for i in range(count)
-        ],
-        max_in_flight=in_flight,
-        task_queue=f"{queue}-messaging",
-    )
+    batch = batch_of("floor", range(count), in_flight, f"{queue}-messaging")
     async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]), Worker(
         s.client, task_queue=batch.task_queue, activities=[send_nothing], max_concurrent_activities=200
     ):

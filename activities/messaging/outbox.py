@@ -83,13 +83,10 @@ async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_i
     return Recipient(recipient_type, recipient_id, _first_name(name), phone, channel or "whatsapp", tz or "UTC")
 
 
-# A new key, decided and written in one statement: held back (no phone, opted out, daily cap,
-# quiet hours: checked in that order) or `sending`, which commits before Twilio is called. An
-# existing key returns no row and takes `claim`, which knows retries and crashes.
-_CLAIM_NEW = text(
-    """
-WITH decided AS (
-    SELECT CASE
+# Why a message is held back, or NULL to send: no phone, opted out, daily cap (messages that went,
+# or may have gone, out since the recipient's local midnight), quiet hours; checked in that order.
+_HOLD_REASON = """
+    CASE
         WHEN CAST(:no_phone AS boolean) THEN 'no_phone'
         WHEN EXISTS (
             SELECT 1 FROM recipient_opt_outs o
@@ -98,11 +95,17 @@ WITH decided AS (
         WHEN (
             SELECT count(*) FROM message_log m
             WHERE m.recipient_type = :recipient_type AND m.recipient_id = :recipient_id
-              AND m.created_at >= :since AND m.status IN ('sending', 'sent', 'delivered')
+              AND m.created_at >= :since AND m.status IN ('sending', 'sent', 'delivered') AND m.idempotency_key <> :key
         ) >= :daily_cap THEN 'daily_cap'
         WHEN CAST(:quiet_hours AS boolean) THEN 'quiet_hours'
-    END AS reason
-)
+    END
+"""
+_SELECT_HOLD_REASON = text(f"SELECT {_HOLD_REASON} AS reason")
+# A new key, decided and written in one statement: held back or `sending`, which commits before
+# Twilio is called. An existing key returns no row and takes `claim`, which knows retries and crashes.
+_CLAIM_NEW = text(
+    f"""
+WITH decided AS (SELECT {_HOLD_REASON} AS reason)
 INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version,
                          status, reason, attempts)
 SELECT :key, :recipient_type, :recipient_id, :channel, :template, :template_version,
@@ -116,42 +119,47 @@ RETURNING status, reason
 
 
 @dataclass(frozen=True)
+class Hold:
+    """What the rules say about sending `key` to `recipient` on `channel` now."""
+
+    key: str
+    recipient: Recipient
+    channel: str
+    daily_cap: int
+    quiet_hours: bool
+    now: datetime
+
+    def params(self) -> dict[str, object]:
+        tz = ZoneInfo(self.recipient.timezone)
+        return {
+            "key": self.key,
+            "recipient_type": self.recipient.type,
+            "recipient_id": self.recipient.id,
+            "channel": self.channel,
+            "no_phone": not self.recipient.phone,
+            "daily_cap": self.daily_cap,
+            "since": datetime.combine(self.now.astimezone(tz).date(), time(0), tz),
+            "quiet_hours": self.quiet_hours,
+        }
+
+
+@dataclass(frozen=True)
 class NewClaim:
     status: str  # sending, suppressed or deferred
     reason: str | None
 
 
-async def claim_new(
-    conn: AsyncConnection,
-    request: SendMessage,
-    recipient: Recipient,
-    channel: str,
-    template_version: int,
-    *,
-    daily_cap: int,
-    quiet_hours: bool,
-    now: datetime,
-) -> NewClaim | None:
+async def claim_new(conn: AsyncConnection, hold: Hold, template: str, template_version: int) -> NewClaim | None:
     """Write a first-seen key's row with its decision (one statement); None if the key exists."""
-    tz = ZoneInfo(recipient.timezone)
     row = (
-        await conn.execute(
-            _CLAIM_NEW,
-            {
-                "key": request.idempotency_key,
-                "recipient_type": recipient.type,
-                "recipient_id": recipient.id,
-                "channel": channel,
-                "template": request.template,
-                "template_version": template_version,
-                "no_phone": not recipient.phone,
-                "daily_cap": daily_cap,
-                "since": datetime.combine(now.astimezone(tz).date(), time(0), tz),
-                "quiet_hours": quiet_hours,
-            },
-        )
+        await conn.execute(_CLAIM_NEW, {**hold.params(), "template": template, "template_version": template_version})
     ).first()
     return NewClaim(row.status, row.reason) if row else None
+
+
+async def hold_reason(conn: AsyncConnection, hold: Hold) -> str | None:
+    """The same rules for a key that exists already (a retry, a deferred message's next try)."""
+    return await conn.scalar(_SELECT_HOLD_REASON, hold.params())
 
 
 async def claim(conn: AsyncConnection, request: SendMessage, channel: str, template_version: int) -> Row[Any]:
@@ -184,18 +192,6 @@ async def set_status(conn: AsyncConnection, key: str, status: str, **values: obj
     )
 
 
-async def is_opted_out(conn: AsyncConnection, recipient: Recipient, channel: str) -> bool:
-    return bool(
-        await conn.scalar(
-            select(func.count()).select_from(RecipientOptOut).where(
-                RecipientOptOut.recipient_type == recipient.type,
-                RecipientOptOut.recipient_id == recipient.id,
-                RecipientOptOut.channel == channel,
-            )
-        )
-    )
-
-
 async def record_opt_out(engine: AsyncEngine, recipient: Recipient, channel: str, reason: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(
@@ -203,23 +199,6 @@ async def record_opt_out(engine: AsyncEngine, recipient: Recipient, channel: str
             .values(recipient_type=recipient.type, recipient_id=recipient.id, channel=channel, reason=reason)
             .on_conflict_do_nothing()
         )
-
-
-async def sent_today(conn: AsyncConnection, recipient: Recipient, key: str, now: datetime) -> int:
-    """Messages that went (or may have gone) out to this recipient since local midnight."""
-    local_midnight = datetime.combine(now.astimezone(ZoneInfo(recipient.timezone)).date(), time(0), ZoneInfo(recipient.timezone))
-    return int(
-        await conn.scalar(
-            select(func.count()).select_from(MessageLog).where(
-                MessageLog.recipient_type == recipient.type,
-                MessageLog.recipient_id == recipient.id,
-                MessageLog.created_at >= local_midnight,
-                MessageLog.status.in_(LIVE_STATUSES),
-                MessageLog.idempotency_key != key,
-            )
-        )
-        or 0
-    )
 
 
 DELIVERY_STATUSES = {"sent", "delivered", "failed", "undelivered"}

@@ -177,11 +177,9 @@ class MessagingActivities:
         now = datetime.now(UTC)
         key = request.idempotency_key
         local = now.astimezone(ZoneInfo(recipient.timezone))
+        hold = outbox.Hold(key, recipient, channel, self._policy.daily_cap, self._policy.quiet_hours.holds(local), now)
         async with self._statements.connect() as conn:
-            new = await outbox.claim_new(
-                conn, request, recipient, channel, template.version,
-                daily_cap=self._policy.daily_cap, quiet_hours=self._policy.quiet_hours.holds(local), now=now,
-            )
+            new = await outbox.claim_new(conn, hold, request.template, template.version)
         if new is not None:  # a first-seen key: the common case, one statement
             if new.status == "sending":
                 return None
@@ -204,24 +202,13 @@ class MessagingActivities:
                     await outbox.set_status(conn, key, "sent", provider_sid=sid, sent_at=now)
                     log.info("message.resolved_after_crash", idempotency_key=key, provider_sid=sid)
                     return SendOutcome(status="sent", provider_sid=sid, channel=row.channel, duplicate=True)
-            held = await self._held_back(conn, recipient, channel, key, now)
-            if held is not None:
+            reason = await outbox.hold_reason(conn, hold)
+            if reason is not None:
+                held = self._hold(reason, channel, local)
                 await outbox.set_status(conn, key, held.status, reason=held.reason)
                 log.info("message.held_back", idempotency_key=key, status=held.status, reason=held.reason)
                 return held
             await outbox.set_status(conn, key, "sending", attempts=row.attempts + 1)
-        return None
-
-    async def _held_back(self, conn, recipient: Recipient, channel: str, key: str, now: datetime) -> SendOutcome | None:
-        if not recipient.phone:
-            return SendOutcome(status="suppressed", channel=channel, reason="no_phone")
-        if await outbox.is_opted_out(conn, recipient, channel):
-            return SendOutcome(status="suppressed", channel=channel, reason="opted_out")
-        if await outbox.sent_today(conn, recipient, key, now) >= self._policy.daily_cap:
-            return SendOutcome(status="suppressed", channel=channel, reason="daily_cap")
-        local = now.astimezone(ZoneInfo(recipient.timezone))
-        if self._policy.quiet_hours.holds(local):
-            return self._hold("quiet_hours", channel, local)
         return None
 
     def _hold(self, reason: str, channel: str, local: datetime) -> SendOutcome:
