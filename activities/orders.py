@@ -346,7 +346,7 @@ RETURNING id
 # --------------------------------------------------------------------------- the safety-net sweep
 
 Starter = Callable[[Client, PendingOrderInput], Awaitable[object]]
-"""How the sweep starts a clock: `workers.orders_api.start_pending_order` bound to the jobs queue."""
+"""How the sweep starts a clock: `services.orders.start_pending_order` bound to the jobs queue."""
 
 
 class OrderSweepActivities:

@@ -33,7 +33,7 @@ from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # 
 from benchmarks.harness import machine, stack  # noqa: E402
 from benchmarks.orders import rss_mb  # noqa: E402
 from schemas.churn import ChurnCaseInput  # noqa: E402
-from workers.twilio_emulator import TwilioEmulator  # noqa: E402
+from devtools.twilio_emulator import TwilioEmulator  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
 from workflows.churn import ChurnCaseWorkflow  # noqa: E402
 

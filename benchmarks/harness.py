@@ -27,9 +27,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_engine
 from schemas import search_attributes
-from workers import binaries, migrate
+from devtools import binaries
+from workers import migrate
 from workers.worker import compile_workflow_modules
-from workers.embedded_db import EmbeddedPostgres
+from devtools.embedded_db import EmbeddedPostgres
 
 ACTION_EVENTS = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,

@@ -27,7 +27,7 @@ from benchmarks.harness import count_actions, machine, stack  # noqa: E402
 from schemas.insights import InsightsRequest  # noqa: E402
 from schemas.tables import Retailer, RetailerInsight  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert  # noqa: E402
-from workers.seed import seed_retailers  # noqa: E402
+from devtools.seed import seed_retailers  # noqa: E402
 from workflows.insights import InsightsRegenerationWorkflow  # noqa: E402
 
 DAY = date(2026, 11, 23)

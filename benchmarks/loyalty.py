@@ -33,7 +33,7 @@ from activities.loyalty.ledger import apply_order_points  # noqa: E402
 from benchmarks.harness import machine  # noqa: E402
 from schemas.loyalty import PointsApplication  # noqa: E402
 from workers import migrate  # noqa: E402
-from workers.embedded_db import EmbeddedPostgres  # noqa: E402
+from devtools.embedded_db import EmbeddedPostgres  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
 
 OPENING_POINTS = 1_000_000

@@ -32,7 +32,7 @@ from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # 
 from benchmarks.harness import Stack, cpu_per, cpu_seconds, free_port, machine, serve, stack  # noqa: E402
 from schemas.messaging import MessageBatch, SendMessage, SendOutcome  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
-from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.messaging import MessageBatchWorkflow  # noqa: E402
 
 

@@ -32,7 +32,7 @@ from activities.orders import OrderActivities  # noqa: E402
 from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
 from benchmarks.harness import cpu_per, cpu_seconds, machine, stack  # noqa: E402
 from schemas.orders import PendingOrderInput  # noqa: E402
-from workers.orders_api import start_pending_order  # noqa: E402
+from services.orders import start_pending_order  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
 from workflows.orders import PendingOrderWorkflow  # noqa: E402
 

@@ -33,7 +33,7 @@ from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
 from benchmarks.harness import count_actions, cpu_per, cpu_seconds, machine, serve, stack  # noqa: E402
 from schemas.credit import RemindersRequest  # noqa: E402
-from workers.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
 TWILIO_PORT, STRIPE_PORT = 18089, 18420

@@ -27,10 +27,11 @@ from activities.database import create_engine
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from activities.payments.client import close_stripe_client, stripe_client
 from schemas import search_attributes
-from workers import binaries, migrate
-from workers.embedded_db import EmbeddedPostgres
-from workers.stripe_sandbox import StripeSandbox
-from workers.twilio_emulator import TwilioEmulator
+from devtools import binaries
+from workers import migrate
+from devtools.embedded_db import EmbeddedPostgres
+from devtools.stripe_sandbox import StripeSandbox
+from devtools.twilio_emulator import TwilioEmulator
 
 
 @pytest.fixture(scope="session")
@@ -95,14 +96,14 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).parent / "replay" / "histories"
 
 
 @pytest.fixture
 def record_history():
     """Save a finished workflow's history for the replay suite when RECORD_HISTORIES=1.
 
-    `RECORD_HISTORIES=1 make test` regenerates tests/histories/ from the tests that use this.
+    `RECORD_HISTORIES=1 make test` regenerates tests/replay/histories/ from the tests that use this.
     """
 
     async def record(handle, name: str) -> None:

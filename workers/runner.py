@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import structlog
 
 from activities.database import create_engine
-from workers.settings import Settings
+from config.settings import Settings
 from workers.temporal_client import connect
 from workers.worker import WorkerOptions, build_workers, run_workers
 

@@ -10,7 +10,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
 from workers.codec import data_converter
-from workers.settings import Settings, SettingsError
+from config.settings import Settings, SettingsError
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:

@@ -12,22 +12,10 @@ from temporalio.client import Client
 
 from activities.database import create_engine
 from workers.runner import stop_on_signals
-from workers.settings import Settings
+from config.settings import Settings
 from workers.temporal_client import connect
-from workers.webhooks import StripeHandler, create_app
-
-
-def domain_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
-    """Each job family's Stripe event handlers (an event type belongs to one family)."""
-    from workers import churn_api, credit_api
-
-    handlers: dict[str, StripeHandler] = {}
-    for family_handlers in (credit_api.stripe_handlers(client, settings), churn_api.stripe_handlers(client, engine, settings)):
-        for event_type, handler in family_handlers.items():
-            if event_type in handlers:
-                raise ValueError(f"two handlers for Stripe event {event_type}")
-            handlers[event_type] = handler
-    return handlers
+from workers import families
+from workers.webhooks import create_app
 
 
 @asynccontextmanager
@@ -41,7 +29,7 @@ async def serve_webhooks(
         stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value(),
         twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
         public_base_url=settings.webhook_base_url,
-        stripe_handlers=domain_handlers(client, engine, settings) if client else None,
+        stripe_handlers=families.stripe_handlers(client, engine, settings) if client else None,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

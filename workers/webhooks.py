@@ -13,8 +13,7 @@ Unsigned, badly signed or malformed bodies get 400 and change nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import stripe
 import structlog
@@ -25,10 +24,10 @@ from twilio.request_validator import RequestValidator
 
 from activities.messaging import outbox
 from schemas.tables import ProcessedWebhookEvent
+from services import StripeHandler
 
 log = structlog.get_logger(__name__)
 
-StripeHandler = Callable[[dict[str, Any]], Awaitable[None]]
 OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
 
 

@@ -1,8 +1,8 @@
 """The worker process: which workflows and activities run on which task queue.
 
-`jobs` runs every workflow and the database/Stripe activities; `messaging` runs only the
+`jobs` runs every family's workflows and its database/Stripe activities; `messaging` runs only the
 Twilio sends, with `max_task_queue_activities_per_second` so the provider's rate limit holds
-cluster-wide however many workers run (ARCHITECTURE §5).
+cluster-wide however many workers run. What runs comes from the family registry.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,48 +20,18 @@ from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
-from activities.insights import InsightActivities, business_day
-from activities.orders import OrderActivities, OrderSweepActivities
+from activities.deps import ActivityDeps
 from activities.payments.activities import PaymentActivities
 from activities.payments.client import stripe_client
-from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from config.settings import Settings, SettingsError
+from workers import families
 from workers.log import LoggingInterceptor
 from workers.metrics import JobMetricsInterceptor
-from workers.orders_api import start_pending_order
-from workers.settings import Settings, SettingsError
-from activities import churn, credit, loyalty
 import workflows
-from workflows import churn as churn_workflows
-from workflows import credit as credit_workflows
-from workflows import loyalty as loyalty_workflows
-from workflows.insights import InsightsRegenerationWorkflow
-from workflows.messaging import MessageBatchWorkflow
-from workflows.orders import OrderExpirySweepWorkflow, PendingOrderWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [
-    InsightsRegenerationWorkflow,
-    MessageBatchWorkflow,
-    PendingOrderWorkflow,
-    OrderExpirySweepWorkflow,
-    *credit_workflows.WORKFLOWS,
-    *churn_workflows.WORKFLOWS,
-    *loyalty_workflows.WORKFLOWS,
-]
 QUEUES = ("jobs", "messaging")
-
-
-@dataclass(frozen=True)
-class WorkerDeps:
-    """What a job family's activities may need; each family picks its own."""
-
-    client: Client
-    settings: Settings
-    engine: AsyncEngine
-    payments: PaymentActivities | None = None
 
 
 @dataclass
@@ -86,28 +55,6 @@ def compile_workflow_modules() -> None:
         compileall.compile_dir(path, quiet=2)
 
 
-def job_activities(client: Client, settings: Settings, engine: AsyncEngine) -> list[object]:
-    insights = InsightActivities(engine)
-    orders = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
-    sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=settings.task_queue))
-    payments = stripe_activities(settings, engine)
-    deps = WorkerDeps(client, settings, engine, payments)
-    return [
-        *credit.worker_activities(deps),
-        *churn.worker_activities(deps),
-        *loyalty.worker_activities(deps),
-        *payment_activities(payments),
-        insights.regenerate_insights_chunk,
-        business_day,
-        orders.register_pending_order,
-        orders.record_follow_up,
-        orders.settle_pending_order,
-        orders.handle_order_failure,
-        sweep.expire_orphaned_orders,
-        sweep.start_missing_order_workflows,
-    ]
-
-
 def stripe_activities(settings: Settings, engine: AsyncEngine) -> PaymentActivities | None:
     """Stripe (the sandbox when STRIPE_API_BASE is set); None when no Stripe key is configured."""
     if not settings.stripe_secret_key:
@@ -117,43 +64,6 @@ def stripe_activities(settings: Settings, engine: AsyncEngine) -> PaymentActivit
         engine,
         stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
         pay_page_base_url=settings.pay_page_base_url,
-    )
-
-
-def payment_activities(payments: PaymentActivities | None) -> list[object]:
-    if payments is None:
-        return []
-    return [
-        payments.ensure_customer,
-        payments.create_payment_link,
-        payments.extend_subscription,
-        payments.cancel_subscription,
-        payments.payment_intent_status,
-    ]
-
-
-def messaging_activities(settings: Settings, engine: AsyncEngine) -> MessagingActivities:
-    """Twilio through the real SDK: the emulator when TWILIO_API_BASE is set."""
-    if not (settings.twilio_account_sid and settings.twilio_auth_token):
-        raise SettingsError("TWILIO_ACCOUNT_SID: required by the messaging worker (with TWILIO_AUTH_TOKEN)")
-    client = twilio_client(
-        settings.twilio_api_base,
-        settings.twilio_account_sid,
-        settings.twilio_auth_token.get_secret_value(),
-        async_client=True,
-        timeout=5.0,
-    )
-    callback = f"{settings.webhook_base_url.rstrip('/')}/webhooks/twilio/status" if settings.webhook_base_url else None
-    return MessagingActivities(
-        engine,
-        TwilioGateway(client, status_callback=callback),
-        Senders(whatsapp=settings.twilio_whatsapp_from, sms=settings.twilio_sms_from),
-        SendPolicy(
-            daily_cap=settings.message_daily_cap,
-            quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
-        ),
-        crash_after_accept_file=settings.jobctl_crash_after_accept_file,
-        per_second=settings.messages_per_second,
     )
 
 
@@ -183,14 +93,15 @@ def build_workers(
     compile_workflow_modules()
     interceptors = [LoggingInterceptor(), JobMetricsInterceptor()]
     versioning = deployment_config(settings)
+    deps = ActivityDeps(client, settings, engine, stripe_activities(settings, engine))
     workers: list[Worker] = []
     if "jobs" in options.task_queues:
         workers.append(
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=WORKFLOWS,
-                activities=job_activities(client, settings, engine),
+                workflows=families.all_workflows(),
+                activities=families.job_activities(deps),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 max_cached_workflows=options.max_cached_workflows,
@@ -198,12 +109,11 @@ def build_workers(
             )
         )
     if "messaging" in options.task_queues:
-        sends = messaging_activities(settings, engine)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.messaging_task_queue,
-                activities=[sends.send_message, sends.send_messages],
+                activities=families.messaging_activities(deps),
                 interceptors=interceptors,
                 graceful_shutdown_timeout=options.graceful_shutdown_timeout,
                 # Twilio's allowed rate, enforced by the server across every messaging worker.

@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.messaging.outbox import QuietHours
+from schemas.errors import Refused
 from schemas.churn import CaseAction, CaseContext, NudgeDecision
 
 ACTOR_SALT = "jobctl-recovery-actor:"
@@ -30,7 +31,7 @@ def hash_actor(actor_id: str) -> str:
     return hashlib.sha256((ACTOR_SALT + actor_id).encode()).hexdigest()
 
 
-class CaseRefused(Exception):
+class CaseRefused(Refused):
     """Opening or acting on a case that cannot apply (unknown membership, another company's case)."""
 
 

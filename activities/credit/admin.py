@@ -6,6 +6,7 @@ admin's unpause lifts any pause. Each change and its audit row commit together.
 
 from __future__ import annotations
 
+from schemas.errors import Refused
 import json
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,7 +22,7 @@ AGING_BUCKETS = ("current", "1-7", "8-15", "16-30", "31-60", "60+")
 AT_RISK_WITHIN_DAYS = 5
 
 
-class CreditRefused(Exception):
+class CreditRefused(Refused):
     """An admin action that cannot apply (unknown retailer, nothing to change); the text says why."""
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
+from schemas.errors import Refused
 from schemas.credit import GuardrailChange, GuardrailsCheck
 
 APPLY_GUARDRAILS = text(
@@ -108,7 +109,7 @@ class GuardrailActivities:
 # --- placing an order --------------------------------------------------------------------------
 
 
-class OrderRefused(Exception):
+class PlacementRefused(Refused):
     """Why an order cannot be placed this way; the message is for the retailer's screen."""
 
 
@@ -122,24 +123,24 @@ class CreditPosition:
 def validate_order_placement(position: CreditPosition, amount: Decimal, payment_mode: str) -> None:
     """The seed's rules: COD always (even while paused); CREDIT only when ACTIVE and within limits.
 
-    Raises `OrderRefused` with the reason; returns None when the order may be placed.
+    Raises `PlacementRefused` with the reason; returns None when the order may be placed.
     """
     if amount <= 0:
-        raise OrderRefused("the order amount must be positive")
+        raise PlacementRefused("the order amount must be positive")
     if payment_mode == "COD":
         if position.credit_status == "BLOCKED":
-            raise OrderRefused("this account is blocked")
+            raise PlacementRefused("this account is blocked")
         return
     if payment_mode != "CREDIT":
-        raise OrderRefused(f"unknown payment mode {payment_mode!r} (CREDIT or COD)")
+        raise PlacementRefused(f"unknown payment mode {payment_mode!r} (CREDIT or COD)")
     if position.credit_status == "PAUSED":
-        raise OrderRefused("credit is paused: pay cash on delivery, or settle overdue invoices to reopen credit")
+        raise PlacementRefused("credit is paused: pay cash on delivery, or settle overdue invoices to reopen credit")
     if position.credit_status == "BLOCKED":
-        raise OrderRefused("this account is blocked")
+        raise PlacementRefused("this account is blocked")
     if position.max_order_value is not None and amount > position.max_order_value:
-        raise OrderRefused(f"the order exceeds the maximum order value of {position.max_order_value:,.2f}")
+        raise PlacementRefused(f"the order exceeds the maximum order value of {position.max_order_value:,.2f}")
     if amount > position.available_credit:
-        raise OrderRefused(f"the order exceeds the available credit of {position.available_credit:,.2f}")
+        raise PlacementRefused(f"the order exceeds the available credit of {position.available_credit:,.2f}")
 
 
 async def credit_position(engine: AsyncEngine, retailer_id: int) -> CreditPosition | None:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import NoReturn
 from zoneinfo import ZoneInfo
 
@@ -89,7 +86,6 @@ class MessagingActivities:
         gateway: TwilioGateway,
         senders: Senders,
         policy: SendPolicy = SendPolicy(),
-        crash_after_accept_file: str | None = None,
         per_second: float = 50.0,
     ) -> None:
         self._per_second = per_second
@@ -100,7 +96,6 @@ class MessagingActivities:
         self._gateway = gateway
         self._senders = senders
         self._policy = policy
-        self._crash_file = Path(crash_after_accept_file) if crash_after_accept_file else None
 
     @activity.defn(name="send_messages")
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
@@ -228,7 +223,6 @@ class MessagingActivities:
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
-        self._maybe_crash()
         async with self._statements.connect() as conn:
             await outbox.set_status(
                 conn, key, "sent", provider_sid=accepted.sid, channel=channel, sent_at=datetime.now(UTC), error_code=None
@@ -287,9 +281,3 @@ class MessagingActivities:
         async with self._engine.begin() as conn:
             await outbox.set_status(conn, key, "failed", error_code=code, reason="ProviderRejected")
         raise _permanent("ProviderRejected", f"Twilio rejected {key} with error {code}", code) from None
-
-    def _maybe_crash(self) -> None:
-        """Test hook: die like `kill -9` between Twilio accepting and the sid being stored."""
-        if self._crash_file and self._crash_file.exists():
-            self._crash_file.unlink(missing_ok=True)
-            os.kill(os.getpid(), signal.SIGKILL)

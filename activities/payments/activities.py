@@ -3,7 +3,7 @@
 Retries. Temporal retries these activities; Stripe must not see a retry as a new request. Every
 mutating call carries an ``Idempotency-Key`` built from business ids only, and the parameters of a
 retried call are the same as the first attempt's, so Stripe (and the dev/test sandbox,
-``workers/stripe_sandbox.py``) replays the first answer instead of creating a second object:
+``devtools/stripe_sandbox.py``) replays the first answer instead of creating a second object:
 
 - ``customer:{owner_type}:{owner_id}``                  customer creation (metadata {owner_type, owner_id})
 - ``payment-link:{request key}``                       the PaymentIntent behind a payment link

@@ -1,0 +1,149 @@
+"""Process settings, read once from the environment (ARCHITECTURE §4).
+
+Every setting is validated at start so a typo fails fast with one line naming it,
+instead of surfacing as a connection error deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Database: unset means "the embedded dev server" for `jobctl dev`, an error elsewhere.
+    database_url: str | None = None
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls_cert: str | None = None
+    temporal_tls_key: str | None = None
+    task_queue: str = "jobs"
+    messaging_task_queue: str = "messaging"
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_whatsapp_from: str = "whatsapp:+15005550006"
+    twilio_sms_from: str = "+15005550006"
+    twilio_api_base: str | None = None
+    messages_per_second: float = Field(default=50.0, gt=0)
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    pay_page_base_url: str | None = None
+    """Where payment links point: {PAY_PAGE_BASE_URL}/{payment_intent_id} (our pay page)."""
+
+    business_timezone: str = "UTC"
+    payload_encryption_key: SecretStr | None = None
+    codec_server_token: SecretStr | None = None
+    codec_cors_origins: str = "http://127.0.0.1:8233,http://localhost:8233"
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "INFO"
+    metrics_bind: str | None = None
+
+    worker_deployment_name: str | None = None
+    """Worker versioning: with a deployment name, workers poll as deployment version name/build id."""
+    worker_build_id: str | None = None
+
+    order_followup_after: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
+    """ORDER_FOLLOWUP_AFTER: seconds or ISO 8601 duration (PT2H) after checkout start."""
+
+    message_daily_cap: int = Field(default=10, ge=0)
+    quiet_hours_start: int = Field(default=21, ge=0, le=23)
+    quiet_hours_end: int = Field(default=8, ge=0, le=23)
+    webhook_base_url: str | None = None
+    """Public base URL of `jobctl webhooks`, for Twilio status callbacks (None: no callbacks)."""
+
+    # Dev stack (not used in production).
+    jobctl_home: str = ".jobctl"
+    temporal_ui_port: int = 8233
+    twilio_emulator_port: int = 8089
+    webhooks_port: int = 8090
+    stripe_sandbox_port: int = 8420
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", value):
+            raise ValueError("must be a postgresql+psycopg:// URL")
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(value)
+        except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
+            raise ValueError("is not a parseable URL") from exc
+        if not url.database:
+            raise ValueError("must name a database")
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+    @field_validator("temporal_address", "metrics_bind")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _HOST_PORT.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+            raise ValueError("must be host:port")
+        return value
+
+    @field_validator("payload_encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            from workers.codec import EncryptionCodec
+
+            EncryptionCodec.from_setting(value.get_secret_value())  # raises ValueError naming the problem
+            return value
+        return None
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("is not an IANA time zone") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.business_timezone)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise SettingsError("DATABASE_URL: not set")
+        return self.database_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one line that names the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {message}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+

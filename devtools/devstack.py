@@ -1,0 +1,237 @@
+"""`jobctl dev`: the whole platform on one machine, from wheels, no Docker.
+
+Starts the Temporal dev server (UI included, state in .jobctl/temporal.db), an embedded
+PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo data,
+applies the schedules and runs the worker, all in this process group. SIGINT/SIGTERM
+drains the worker and stops every child; a second run reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import AsyncIterator
+
+import structlog
+from pydantic import SecretStr
+from temporalio.client import Client
+
+from activities.database import create_engine
+from schemas import search_attributes
+from devtools import binaries
+from workers import migrate, schedules
+from workers.runner import stop_on_signals
+from devtools.seed import seed_demo
+from config.settings import Settings
+from workers.temporal_client import connect
+from workers.worker import build_workers, run_workers
+
+log = structlog.get_logger(__name__)
+
+STARTUP_TIMEOUT_S = 60.0
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_jobctl_dev"
+DEV_STRIPE_SECRET_KEY = "sk_test_jobctl_dev"
+
+
+def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
+    host, port = settings.temporal_address.rsplit(":", 1)
+    command = [
+        binaries.temporal_cli(),
+        "server",
+        "start-dev",
+        "--ip", host,
+        "--port", port,
+        "--ui-port", str(settings.temporal_ui_port),
+        "--db-filename", str(db_file),
+        "--namespace", settings.temporal_namespace,
+        "--log-level", "warn",
+    ]
+    for key in search_attributes.ALL:
+        command += ["--search-attribute", f"{key.name}=Keyword"]
+    return command
+
+
+@asynccontextmanager
+async def temporal_dev_server(settings: Settings, home: Path) -> AsyncIterator[Client]:
+    """The `temporal` CLI's dev server as a child process; yields a connected client."""
+    log_file = open(home / "temporal.log", "ab")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(
+        temporal_server_command(settings, home / "temporal.db"), stdout=log_file, stderr=subprocess.STDOUT
+    )
+    try:
+        yield await _wait_for_temporal(settings, process, home)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_file.close()
+        log.info("dev.temporal_stopped")
+
+
+async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes], home: Path) -> Client:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"temporal dev server exited with {process.returncode} (is {settings.temporal_address} in use?); "
+                f"see {home / 'temporal.log'}"
+            )
+        try:
+            return await connect(settings)
+        except Exception:  # noqa: BLE001 - not listening yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+@asynccontextmanager
+async def database(settings: Settings, home: Path) -> AsyncIterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL kept in .jobctl/pg."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from devtools.embedded_db import EmbeddedPostgres
+
+    server = await asyncio.to_thread(EmbeddedPostgres, (home / "pg").resolve())
+    try:
+        yield await asyncio.to_thread(server.create_database, "jobctl")
+    finally:
+        await asyncio.to_thread(server.stop)
+        log.info("dev.postgres_stopped")
+
+
+@asynccontextmanager
+async def twilio(settings: Settings) -> AsyncIterator[Settings]:
+    """Real Twilio when credentials are set; otherwise the emulator, and settings pointing at it."""
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        yield settings
+        return
+    from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, serve
+
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with serve(host, settings.twilio_emulator_port) as emulator:
+        yield settings.model_copy(
+            update={
+                "twilio_api_base": emulator.url,
+                "twilio_account_sid": DEFAULT_ACCOUNT_SID,
+                "twilio_auth_token": SecretStr(DEFAULT_AUTH_TOKEN),
+            }
+        )
+
+
+@asynccontextmanager
+async def stripe(settings: Settings) -> AsyncIterator[Settings]:
+    """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency)."""
+    if settings.stripe_secret_key:
+        yield settings
+        return
+    from devtools.stripe_sandbox import StripeSandbox
+
+    sandbox = await StripeSandbox().start(settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port)
+    try:
+        yield settings.model_copy(
+            update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
+        )
+    finally:
+        await sandbox.stop()
+
+
+@asynccontextmanager
+async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings]:
+    """The webhook receiver, and Twilio status callbacks pointed at it."""
+    from workers.webhook_server import serve_webhooks
+
+    if not settings.stripe_webhook_secret:
+        settings = settings.model_copy(update={"stripe_webhook_secret": SecretStr(DEV_STRIPE_WEBHOOK_SECRET)})
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with serve_webhooks(settings, engine, host, settings.webhooks_port, client) as url:
+        yield settings.model_copy(
+            update={
+                "webhook_base_url": settings.webhook_base_url or url,
+                # Dev placeholder: no pay page is served; links still carry the PaymentIntent id.
+                "pay_page_base_url": settings.pay_page_base_url or f"{url}/pay",
+            }
+        )
+
+
+async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
+    home = Path(settings.jobctl_home)
+    home.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with AsyncExitStack() as stack:
+        settings = await stack.enter_async_context(twilio(settings))
+        settings = await stack.enter_async_context(stripe(settings))
+        client = await stack.enter_async_context(temporal_dev_server(settings, home))
+        database_url = await stack.enter_async_context(database(settings, home))
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        engine = create_engine(database_url)
+        stack.push_async_callback(engine.dispose)
+        if demo:
+            report = await seed_demo(
+                engine, today=datetime.now(settings.tz).date(), timezone=settings.business_timezone
+            )
+            print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
+        settings = await stack.enter_async_context(webhooks(settings, engine, client))
+        if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
+            from devtools.stripe_sandbox import register_webhook
+
+            assert settings.stripe_api_base and settings.stripe_webhook_secret
+            await register_webhook(
+                settings.stripe_api_base,
+                f"{settings.webhook_base_url}/webhooks/stripe",
+                settings.stripe_webhook_secret.get_secret_value(),
+            )
+        applied = await schedules.apply(client, settings)
+        workers = build_workers(client, settings, engine)
+        if demo:
+            await start_demo_jobs(client, engine, settings)
+        _print_banner(settings, database_url, applied)
+        await run_workers(workers, stop)
+
+
+DEMO_TRIGGERS = ("order-expiry-sweep", "payment-reminders", "credit-guardrails", "loyalty-reconcile-sweep")
+
+
+async def start_demo_jobs(client, engine, settings: Settings) -> None:
+    """Give every family something to show in the UI at once: the demo's pending checkouts and
+    loyalty items get their workflows from the sweeps, today's reminders and guardrails run now,
+    and each open churn case gets its workflow."""
+    from sqlalchemy import text
+
+    from services.churn import start_case
+
+    for schedule_id in DEMO_TRIGGERS:
+        await client.get_schedule_handle(schedule_id).trigger()
+    async with engine.connect() as conn:
+        members = (await conn.scalars(text("SELECT membership_id FROM recovery_cases WHERE status = 'OPEN'"))).all()
+    for membership_id in members:
+        await start_case(client, engine, settings, membership_id, "payment_failed")
+
+
+def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str, str]]) -> None:
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    lines = [
+        "",
+        "jobctl dev stack is up",
+        f"  Temporal UI:   http://{host}:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}/workflows",
+        f"  Temporal gRPC: {settings.temporal_address} (namespace {settings.temporal_namespace})",
+        f"  Database:      {database_url}",
+        f"  Twilio:        {settings.twilio_api_base or 'api.twilio.com'}"
+        + (" (emulator: GET /_emulator/messages lists what was sent)" if settings.twilio_api_base else ""),
+        f"  Stripe:        {settings.stripe_api_base or 'api.stripe.com'}"
+        + (" (sandbox: localstripe with idempotency keys)" if settings.stripe_api_base else ""),
+        f"  Webhooks:      {settings.webhook_base_url}/webhooks/stripe, /webhooks/twilio/status",
+        "  Schedules:     " + ", ".join(f"{sid} ({outcome})" for sid, outcome in applied),
+        f"  Worker:        polling task queues {settings.task_queue}, {settings.messaging_task_queue}",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,155 @@
+"""Loyalty from the outside: what the checkout path, `jobctl loyalty` and the schedules call.
+
+`enqueue_failed_points` is the checkout path's fallback when its inline `apply_order_points`
+failed: it records the item once per order and starts `loyalty-reconcile/{item_id}`. Calling it
+twice for the same order is one item and one workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.loyalty.queue import insert_queue_item, start_reconciliation, workflow_id
+from schemas.errors import Refused
+from schemas.loyalty import (
+    FailedPointsApplication,
+    LoyaltyAuditRequest,
+    LoyaltyAuditResult,
+    LoyaltySweepRequest,
+    QueuedItem,
+    ReconcileResult,
+    ReconcileStatus,
+    ResolveManually,
+    RetryNow,
+)
+from config.settings import Settings
+from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconciliationWorkflow
+
+
+class LoyaltyRefused(Refused):
+    """A signal or lookup that cannot apply (no such item, item already resolved); the message says why."""
+
+
+async def enqueue_failed_points(
+    client: Client,
+    engine: AsyncEngine,
+    customer_id: int,
+    order_id: str | int,
+    points_redeemed: int,
+    order_total: Decimal | str | int,
+    *,
+    payment_intent_id: str | None = None,
+    error: str | None = None,
+    task_queue: str = "jobs",
+) -> QueuedItem:
+    """Queue an order whose points failed to apply, and start its reconciliation workflow.
+
+    Idempotent by order: a second call returns the same item (and starts nothing while its
+    workflow runs). Raises `pydantic.ValidationError` for bad input (negative points, a malformed
+    PaymentIntent id) and `UnknownCustomer` for a customer that does not exist; nothing is written then.
+    """
+    failed = FailedPointsApplication(
+        customer_id=customer_id,
+        order_id=order_id,  # type: ignore[arg-type]
+        points_redeemed=points_redeemed,
+        order_total=order_total,  # type: ignore[arg-type]
+        payment_intent_id=payment_intent_id,
+        error=error[:500] if error else None,
+    )
+    item, created = await insert_queue_item(engine, failed)
+    started = False
+    if item.status == "PENDING":  # a NEEDS_REVIEW item's workflow is waiting for a person already
+        started = await start_reconciliation(client, item, task_queue=task_queue)
+    return QueuedItem(
+        item_id=item.item_id, workflow_id=workflow_id(item.item_id), status=item.status, created=created, started=started
+    )
+
+
+async def retry_now(client: Client, item_id: int, actor_id: str) -> None:
+    """Signal `retry_now`: another attempt now (validated here first: a bad actor id is a ValidationError)."""
+    await _signal(client, item_id, "retry_now", RetryNow(actor_id=actor_id))
+
+
+async def resolve_manually(client: Client, item_id: int, actor_id: str, note: str) -> None:
+    """Signal `resolve_manually`: close the item by hand, recording who and why."""
+    await _signal(client, item_id, "resolve_manually", ResolveManually(actor_id=actor_id, note=note))
+
+
+async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus:
+    """The item's workflow status: queried while it runs, from its result once it has ended."""
+    handle = client.get_workflow_handle(workflow_id(item_id))
+    try:
+        described = await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({workflow_id(item_id)})") from None
+        raise
+    if described.status == WorkflowExecutionStatus.RUNNING:
+        return await handle.query(LoyaltyReconciliationWorkflow.status)
+    result = await _result(client, item_id)
+    return ReconcileStatus(
+        item_id=item_id, customer_id=result.customer_id, status=result.status, phase="done", resolution=result.resolution
+    )
+
+
+async def run_audit(client: Client, audit_date: date, *, business_timezone: str = "UTC", task_queue: str = "jobs") -> LoyaltyAuditResult:
+    """Run `loyalty-audit/{date}` now and wait for its report (joins the run already going, if any)."""
+    return await client.execute_workflow(
+        LoyaltyIntegrityAuditWorkflow.run,
+        LoyaltyAuditRequest(audit_date=audit_date, business_timezone=business_timezone),
+        id=f"loyalty-audit/{audit_date.isoformat()}",
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Loyalty integrity audit for {audit_date.isoformat()} (manual)",
+    )
+
+
+# --- schedules (workers/schedules.py) --------------------------------------------------------
+
+
+def loyalty_sweep_schedule_input(settings: Settings) -> LoyaltySweepRequest:
+    """`loyalty-reconcile-sweep` (every 15 min) → LoyaltyReconcileSweepWorkflow.run."""
+    return LoyaltySweepRequest()
+
+
+def loyalty_audit_schedule_input(settings: Settings) -> LoyaltyAuditRequest:
+    """`loyalty-integrity-audit` (04:00) → LoyaltyIntegrityAuditWorkflow.run; the date is the run's local day."""
+    return LoyaltyAuditRequest(business_timezone=settings.business_timezone)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def _signal(client: Client, item_id: int, signal: str, payload: BaseModel) -> None:
+    try:
+        await client.get_workflow_handle(workflow_id(item_id)).signal(signal, payload)
+        return
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+    result = await _result(client, item_id)  # no running workflow: say what became of the item
+    raise LoyaltyRefused(f"item {item_id} is already {result.status} ({result.resolution}): its workflow has ended")
+
+
+async def _result(client: Client, item_id: int) -> ReconcileResult:
+    handle = client.get_workflow_handle(workflow_id(item_id), result_type=ReconcileResult)
+    try:
+        return await handle.result(follow_runs=False)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({workflow_id(item_id)})") from None
+        raise
+    except WorkflowFailureError as error:
+        raise LoyaltyRefused(f"item {item_id}'s workflow failed: {_message(error.cause)}") from None
+
+
+def _message(cause: Any) -> str:
+    return getattr(cause, "message", None) or str(cause)

@@ -1,0 +1,147 @@
+"""Starting and steering an order's clock: what the shop's backend (and `jobctl orders`) calls.
+
+A start is update-with-start on `pending-order/{order_id}`: a second start of a running clock
+attaches to it (`USE_EXISTING`) instead of starting another, and the caller gets the clock's
+answer (the order's expiry and follow-up time) or the reason it was refused (unknown order,
+order already COMPLETED, ...) from the workflow itself, which read the database.
+"""
+
+from __future__ import annotations
+
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.orders import workflow_id
+from schemas.errors import Refused
+from schemas import search_attributes
+from schemas.orders import OrderCompleted, OrderFailed, PendingOrderInput, PendingOrderResult, PendingOrderStatus
+from workflows.orders import PendingOrderWorkflow
+
+
+class OrderRefused(Refused):
+    """A start or signal that cannot apply to the order; the message says why, for people."""
+
+
+class UnknownOrder(OrderRefused):
+    """No such order, or no clock for it."""
+
+
+class OrderNotPending(OrderRefused):
+    """The order is settled already (COMPLETED, RECOVERED, EXPIRED, FAILED, or not a checkout)."""
+
+
+async def start_pending_order(client: Client, order: PendingOrderInput, *, task_queue: str = "jobs") -> PendingOrderStatus:
+    """Start the order's 24-hour clock, or attach to the one already running; idempotent by order id.
+
+    Returns the clock's status (expires_at, follow_up_at). Raises `UnknownOrder` for an order
+    not in the database and `OrderNotPending` for one already settled.
+    """
+    start = WithStartWorkflowOperation(
+        PendingOrderWorkflow.run,
+        order,
+        id=workflow_id(order.order_id),
+        task_queue=task_queue,
+        # A running clock is reused; a finished one is final, unless it failed or was terminated.
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        search_attributes=_search_attributes(order),
+        static_summary=f"Pending order {order.order_id}" + (f" of retailer {order.retailer_id}" if order.retailer_id else ""),
+    )
+    try:
+        return await client.execute_update_with_start_workflow(PendingOrderWorkflow.track, start_workflow_operation=start)
+    except WorkflowUpdateFailedError as error:
+        refusal = _refusal(error.cause)
+        if type(refusal) is OrderRefused:
+            # The clock ended in the same task that refused the update; some servers then report
+            # "workflow completed before the update": the run's own outcome says why.
+            await _result(client, order.order_id)
+        raise refusal from None
+    except (WorkflowAlreadyStartedError, RPCError) as error:
+        # Some servers (the time-skipping one) report the refusal as a bare ALREADY_EXISTS status.
+        if isinstance(error, RPCError) and error.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+        ended = await _result(client, order.order_id)  # only a clock that ended normally refuses a restart
+        raise OrderNotPending(f"order {order.order_id} is already {ended.state}") from None
+
+
+async def complete_order(client: Client, order_id: int, *, actor_id: str | None = None) -> None:
+    """Signal `completed`: COMPLETED, or RECOVERED if the follow-up went out first."""
+    await _signal(client, order_id, "completed", OrderCompleted(actor_id=actor_id))
+
+
+async def fail_order(client: Client, order_id: int, reason: str) -> None:
+    """Signal `failed`: the order is failed, its credit debit reversed, and the retailer told."""
+    await _signal(client, order_id, "failed", OrderFailed(reason=reason))  # ValidationError on an empty reason
+
+
+async def order_status(client: Client, order_id: int) -> PendingOrderStatus:
+    """The clock's status: queried while it runs, its result once it has ended."""
+    handle = client.get_workflow_handle(workflow_id(order_id))
+    try:
+        described = await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise UnknownOrder(f"order {order_id} has no clock: no workflow {workflow_id(order_id)}") from None
+        raise
+    if described.status == WorkflowExecutionStatus.RUNNING:
+        return await handle.query(PendingOrderWorkflow.status)
+    result = await _result(client, order_id)
+    return PendingOrderStatus(order_id=order_id, state=result.state, follow_up_sent_at=result.follow_up_sent_at)
+
+
+async def _signal(client: Client, order_id: int, signal: str, payload: object) -> None:
+    try:
+        await client.get_workflow_handle(workflow_id(order_id)).signal(signal, payload)
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+    else:
+        return
+    try:
+        ended = await _result(client, order_id)
+    except OrderRefused as refused:
+        raise type(refused)(f"order {order_id} has no running clock to signal: {refused}") from None
+    raise OrderNotPending(f"order {order_id} is already {ended.state}: its clock has ended")
+
+
+async def _result(client: Client, order_id: int) -> PendingOrderResult:
+    handle = client.get_workflow_handle(workflow_id(order_id), result_type=PendingOrderResult)
+    try:
+        return await handle.result(follow_runs=False)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise UnknownOrder(f"order {order_id} has no clock: no workflow {workflow_id(order_id)}") from None
+        raise
+    except WorkflowFailureError as error:
+        raise _refusal(error.cause) from None
+
+
+def _refusal(cause: BaseException | None) -> OrderRefused:
+    if isinstance(cause, ApplicationError) and cause.type == "UnknownOrder":
+        return UnknownOrder(cause.message)
+    if isinstance(cause, ApplicationError) and cause.type == "OrderNotPending":
+        return OrderNotPending(cause.message)
+    return OrderRefused(f"the order's clock failed: {cause}")
+
+
+def _search_attributes(order: PendingOrderInput) -> TypedSearchAttributes:
+    pairs = [
+        SearchAttributePair(search_attributes.ORDER_ID, str(order.order_id)),
+        SearchAttributePair(search_attributes.CASE_STATUS, "PENDING"),
+    ]
+    if order.retailer_id is not None:
+        pairs.append(SearchAttributePair(search_attributes.RETAILER_ID, str(order.retailer_id)))
+    return TypedSearchAttributes(pairs)

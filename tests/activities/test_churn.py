@@ -1,0 +1,311 @@
+"""Churn cases on the time-skipping server: a real PostgreSQL, the Twilio emulator and the Stripe
+sandbox through the real SDKs, and weeks of a case's life in seconds."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+
+import aiohttp
+import pytest
+import stripe
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.churn.cases import ChurnActivities
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.twilio_gateway import TwilioGateway
+from activities.payments.activities import PaymentActivities
+from schemas.churn import ApplyIncentive, CaseStatus, ManualNudge
+from schemas.payments import EnsureCustomer
+from tests.activities.test_orders import zone_where
+from services import churn as churn_api
+from config.settings import load_settings
+from devtools.twilio_emulator import TwilioEmulator
+from workers import families
+from workflows.churn import ChurnCaseWorkflow
+
+SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
+PERSON = "Kofi Mensah"
+
+
+@asynccontextmanager
+async def churn_workers(
+    client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
+) -> AsyncIterator[None]:
+    cases = ChurnActivities(engine)
+    payments = PaymentActivities(engine, stripe_api, "https://pay.example.test/p")
+    # The outbox's own (global) cap and quiet hours are off: these tests are about the company's.
+    sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(daily_cap=10_000, quiet_hours=QuietHours(0, 0)))
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=families.by_name("churn").workflows(),
+        activities=[
+            cases.load_case, cases.decide_nudge, cases.record_action,
+            payments.extend_subscription, payments.cancel_subscription,
+        ],
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message]):
+        yield
+
+
+def unique_phone() -> str:
+    return "+1559" + str(uuid.uuid4().int)[:7]
+
+
+async def new_member(
+    engine: AsyncEngine, *, offsets: list[int], cap: int = 5, quiet: tuple[int, int] = (0, 0), grace: int = 3, tz: str = "UTC"
+) -> tuple[str, int, str]:
+    company, phone = f"co-{uuid.uuid4().hex[:8]}", unique_phone()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO companies (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start,"
+                " quiet_hours_end, grace_period_days, timezone) VALUES (:id, 'Gym', :offsets, :channels, :cap, :qs, :qe, :grace, :tz)"
+            ),
+            {"id": company, "offsets": offsets, "channels": ["sms", "whatsapp"], "cap": cap, "qs": quiet[0], "qe": quiet[1], "grace": grace, "tz": tz},
+        )
+        member = await conn.scalar(
+            text("INSERT INTO memberships (company_id, name, phone, preferred_channel) VALUES (:c, :n, :p, 'sms') RETURNING id"),
+            {"c": company, "n": PERSON, "p": phone},
+        )
+    return company, member, phone
+
+
+async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member: int) -> str:
+    customer = await PaymentActivities(engine, stripe_api).ensure_customer(EnsureCustomer(owner_type="member", owner_id=member))
+    plan = await stripe_api.v1.plans.create_async(
+        {"amount": 2900, "currency": "usd", "interval": "month", "product": {"name": "Gold"}},
+        {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
+    )
+    subscription = await stripe_api.v1.subscriptions.create_async(
+        {"customer": customer.stripe_customer_id, "items": [{"plan": plan.id}], "trial_end": int(time.time()) + 3 * 86_400}
+    )
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"), {"s": subscription.id, "m": member})
+    return subscription.id
+
+
+async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed")
+    return case_id, env.client.get_workflow_handle(churn_api.workflow_id(case_id), result_type=CaseStatus)
+
+
+async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> CaseStatus:
+    """A handle from `get_workflow_handle` does not skip time by itself while it waits."""
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        return await handle.result()
+
+
+async def actions(engine: AsyncEngine, case_id: int) -> list:
+    async with engine.connect() as conn:
+        return (
+            await conn.execute(
+                text("SELECT type, actor_type, actor_id_hash, metadata AS meta FROM recovery_actions WHERE case_id = :c ORDER BY id"),
+                {"c": case_id},
+            )
+        ).all()
+
+
+async def sent_to(emulator: TwilioEmulator, phone: str) -> list[dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{emulator.url}/_emulator/messages", params={"to": phone}) as response:
+            return await response.json()
+
+
+async def task_failures(handle: WorkflowHandle) -> int:
+    history = await handle.fetch_history()
+    return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+
+
+# --------------------------------------------------------------------------- the case's clock
+
+
+async def test_nudges_at_offsets_until_the_member_recovers(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    _, member, phone = await new_member(engine, offsets=[0, 2, 5])
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        await env.sleep(timedelta(days=1))
+        assert (await handle.query(ChurnCaseWorkflow.status)).attempts == 1
+        await env.sleep(timedelta(days=2))  # day 3: the day-2 nudge went out
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "stripe"})
+        result = await result_of(env, handle)
+        await record_history(handle, "churn_case_recovered")
+    assert (result.status, result.attempts) == ("RECOVERED", 2)
+    rows = await actions(engine, case_id)
+    assert [r.type for r in rows] == ["nudge_sms", "nudge_sms", "case_recovered"]
+    assert [r.meta["attempt_number"] for r in rows[:2]] == [1, 2]
+    assert all(r.meta["manual"] is False and r.meta["template_version"] == 1 for r in rows[:2])
+    assert len(await sent_to(emulator, phone)) == 2
+    async with engine.connect() as conn:
+        case = (await conn.execute(text("SELECT status, attempts, last_nudge_at FROM recovery_cases WHERE id = :c"), {"c": case_id})).one()
+    assert (case.status, case.attempts) == ("RECOVERED", 2) and case.last_nudge_at is not None
+    described = await handle.describe()
+    assert described.typed_search_attributes.get(churn_api.search_attributes.CASE_STATUS) == "RECOVERED"
+
+
+async def test_after_the_last_offset_and_the_grace_period_the_membership_is_terminated_at_stripe(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    _, member, phone = await new_member(engine, offsets=[0, 2, 5], grace=3)
+    subscription = await subscribe(engine, stripe_api, member)
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        result = await result_of(env, handle)
+        await record_history(handle, "churn_case_terminated")
+    assert (result.status, result.attempts) == ("TERMINATED", 3)
+    assert (await stripe_api.v1.subscriptions.retrieve_async(subscription)).status == "canceled"
+    assert [r.type for r in await actions(engine, case_id)] == ["nudge_sms"] * 3 + ["membership_terminated"]
+    assert len(await sent_to(emulator, phone)) == 3
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT status FROM memberships WHERE id = :m"), {"m": member}) == "TERMINATED"
+
+
+async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    now = await env.get_current_time()
+    # In a zone where it is now 10:xx, quiet hours 10-12: the day-0 nudge waits until 12:00.
+    quiet = (10, 12)
+    _, member, phone = await new_member(engine, offsets=[0], quiet=quiet, cap=1, tz=zone_where(now, 10))
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        await env.sleep(timedelta(hours=3))
+        first = await handle.query(ChurnCaseWorkflow.status)
+        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5"})  # the cap (1 a day) holds it
+        await env.sleep(timedelta(minutes=1))
+        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await result_of(env, handle)
+    rows = await actions(engine, case_id)
+    assert [(r.type, r.meta.get("held_back")) for r in rows] == [
+        ("nudge_deferred", "quiet_hours"), ("nudge_sms", None), ("nudge_suppressed", "daily_cap"), ("case_cancelled", None),
+    ]
+    sent_at = datetime.fromisoformat(rows[0].meta["retry_at"])
+    assert sent_at.hour == quiet[1] and first.attempts == 1
+    assert rows[2].actor_type == "user" and rows[2].actor_id_hash and "agent-5" not in rows[2].actor_id_hash
+    assert len(await sent_to(emulator, phone)) == 1
+
+
+# --------------------------------------------------------------------------- people step in
+
+
+async def test_manual_nudges_incentives_and_malformed_payloads(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    company, member, phone = await new_member(engine, offsets=[30])
+    subscription = await subscribe(engine, stripe_api, member)
+    trial_end = (await stripe_api.v1.subscriptions.retrieve_async(subscription)).trial_end
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        for bad in ({"channel": "sms"}, {"actor_id": ""}, "nudge please", {"actor_id": "a", "channel": "fax"}):
+            await handle.signal("manual_nudge", bad)
+        await handle.signal("manual_nudge", {"actor_id": "agent-1", "company_id": "another-company"})
+        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer"))
+        await env.sleep(timedelta(minutes=5))
+        status = await handle.query(ChurnCaseWorkflow.status)
+
+        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+        with pytest.raises(WorkflowUpdateFailedError) as twice:
+            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+        assert "already applied" in str(twice.value.cause)
+        for bad_days in (0, 91):
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days))
+            assert "between 1 and 90" in str(refused.value.cause)
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1"})
+        await result_of(env, handle)
+        await record_history(handle, "churn_case_manual")
+
+    assert (status.attempts, status.manual_nudges) == (1, 1)
+    extended = (await stripe_api.v1.subscriptions.retrieve_async(subscription)).trial_end
+    assert extended == trial_end + 14 * 86_400, "one 14-day extension at Stripe"
+    assert period_end is not None and int(period_end.timestamp()) >= extended  # when next billed
+    rows = await actions(engine, case_id)
+    assert [r.type for r in rows] == ["nudge_sms", "incentive_applied", "case_recovered"]
+    assert rows[0].meta["manual"] is True and rows[0].actor_type == "user"
+    assert len(await sent_to(emulator, phone)) == 1
+    assert await task_failures(handle) == 0
+    # Tenant scoping at the door: another company's name for this case is refused.
+    with pytest.raises(churn_api.CaseRefused, match="does not belong"):
+        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="x", company_id="another-company"))
+    assert company != "another-company"
+
+
+async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, phone = await new_member(engine, offsets=[0, 1])
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail"})
+        await env.sleep(timedelta(days=1, hours=1))
+        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await result_of(env, handle)
+    (body, *_) = [m["body"] for m in await sent_to(emulator, phone)]
+    history = (await handle.fetch_history()).to_json()
+    async with engine.connect() as conn:
+        stored = json.dumps([list(r) for r in (await conn.execute(text("SELECT * FROM recovery_actions WHERE case_id = :c"), {"c": case_id})).all()], default=str)
+    for haystack in (history, stored):
+        assert phone not in haystack and phone[2:] not in haystack
+        assert PERSON not in haystack and "Kofi" not in haystack
+        assert body not in haystack and "keep your membership" not in haystack
+    assert "agent-9" not in stored  # the signal carries the operator's id; the row only its hash
+
+
+async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recovers_it(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
+    from workers.webhooks import create_app
+
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[10])
+    subscription = await subscribe(engine, stripe_api, member)
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    app = create_app(
+        engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
+        stripe_handlers=churn_api.stripe_handlers(env.client, engine, settings),
+    )
+
+    def invoice(kind: str) -> dict:
+        obj = {"id": f"in_{uuid.uuid4().hex[:10]}", "object": "invoice", "subscription": subscription, "customer": "cus_x"}
+        return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind, "data": {"object": obj}}
+
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue), TestClient(TestServer(app)) as http:
+        for kind in ("invoice.payment_failed", "invoice.payment_failed"):  # the retry of a failed invoice fails again
+            payload, headers = stripe_signed(invoice(kind))
+            assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
+        async with engine.connect() as conn:
+            cases = (await conn.execute(text("SELECT id, trigger FROM recovery_cases WHERE membership_id = :m"), {"m": member})).all()
+        assert [c.trigger for c in cases] == ["payment_failed"]
+        handle = env.client.get_workflow_handle(churn_api.workflow_id(cases[0].id), result_type=CaseStatus)
+        payload, headers = stripe_signed(invoice("invoice.paid"))
+        assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
+        result = await result_of(env, handle)
+    assert result.status == "RECOVERED"
+    assert [r.type for r in await actions(engine, cases[0].id)][-1] == "case_recovered"

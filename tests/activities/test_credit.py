@@ -1,0 +1,336 @@
+"""Credit operations on the time-skipping server: a real PostgreSQL, the Stripe sandbox and the
+Twilio emulator through the real SDKs. Each test works on its own business dates, far apart, so
+the module's other retailers are never due on them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, timedelta
+from decimal import Decimal
+
+import aiohttp
+import stripe
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.credit.admin import change_status
+from activities.credit.guardrails import GuardrailActivities
+from activities.credit.payments import PaymentRecordingActivities
+from activities.credit.reminders import ReminderActivities
+from activities.insights import business_day
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.twilio_gateway import TwilioGateway
+from activities.payments.activities import PaymentActivities
+from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
+from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
+from services import credit as credit_api
+from config.settings import load_settings
+from devtools.twilio_emulator import TwilioEmulator
+from workers.webhooks import create_app
+from workers import families
+from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
+
+SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
+PAY_PAGE = "https://pay.example.test/p"
+CADENCE = (-3, 0, 1, 3, 7, 14, 21, 30)
+FAR = date.today() + timedelta(days=400)  # business dates in the future: "today" already passed for none
+
+
+@asynccontextmanager
+async def credit_workers(
+    client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
+) -> AsyncIterator[str]:
+    """The jobs worker (credit workflows and activities) and a messaging worker; yields the messaging queue."""
+    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api, PAY_PAGE))
+    guardrails = GuardrailActivities(engine)
+    payments = PaymentRecordingActivities(engine)
+    sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=500)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=families.by_name("credit").workflows(),
+        activities=[
+            reminders.reminder_page,
+            reminders.mark_reminders_sent,
+            guardrails.apply,
+            payments.record,
+            business_day,
+        ],
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
+        yield f"{task_queue}-msg"
+
+
+def unique_phone() -> str:
+    return "+1556" + str(uuid.uuid4().int)[:7]
+
+
+async def new_retailer(
+    engine: AsyncEngine, *, phone: str | None = "new", status: str = "ACTIVE", paused_by: str | None = None,
+    limit: Decimal = Decimal("50000"),
+) -> tuple[int, str | None]:
+    phone = unique_phone() if phone == "new" else phone
+    async with engine.begin() as conn:
+        rid = await conn.scalar(
+            text(
+                "INSERT INTO retailers (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at)"
+                " VALUES ('Ada Stores', :phone, 'sms', :status, :by, CASE WHEN :status = 'ACTIVE' THEN NULL ELSE now() END)"
+                " RETURNING id"
+            ),
+            {"phone": phone, "status": status, "by": paused_by},
+        )
+        await conn.execute(
+            text("INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit) VALUES (:r, :l, :l)"),
+            {"r": rid, "l": limit},
+        )
+    return rid, phone
+
+
+async def new_debit(engine: AsyncEngine, retailer_id: int, amount: str, due: date) -> int:
+    async with engine.begin() as conn:
+        return await conn.scalar(
+            text(
+                "INSERT INTO credit_transactions (retailer_id, type, amount, due_date, reference)"
+                " VALUES (:r, 'DEBIT', :a, :d, :ref) RETURNING id"
+            ),
+            {"r": retailer_id, "a": Decimal(amount), "d": due, "ref": f"inv-{uuid.uuid4().hex[:8]}"},
+        )
+
+
+async def sent_to(emulator: TwilioEmulator, phone: str) -> list[dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{emulator.url}/_emulator/messages", params={"to": phone}) as response:
+            return await response.json()
+
+
+async def reminder_days(engine: AsyncEngine, retailer_id: int) -> list[date]:
+    """The business days a reminder went out to the retailer (from the outbox's keys)."""
+    async with engine.connect() as conn:
+        keys = await conn.scalars(
+            text(
+                "SELECT idempotency_key FROM message_log WHERE recipient_id = :r AND template = 'payment_reminder'"
+                " AND status = 'sent' ORDER BY idempotency_key"
+            ),
+            {"r": str(retailer_id)},
+        )
+        return [date.fromisoformat(k.rsplit(":", 1)[1]) for k in keys]
+
+
+async def debit(engine: AsyncEngine, debit_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT * FROM credit_transactions WHERE id = :i"), {"i": debit_id})).one()
+
+
+async def retailer(engine: AsyncEngine, retailer_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT * FROM retailers WHERE id = :i"), {"i": retailer_id})).one()
+
+
+async def audit_actions(engine: AsyncEngine, retailer_id: int) -> list[tuple[str, str]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT action, performed_by FROM audit_log WHERE retailer_id = :r ORDER BY id"), {"r": retailer_id}
+        )
+        return [(row.action, row.performed_by) for row in rows]
+
+
+async def remind(env: WorkflowEnvironment, task_queue: str, messaging: str, day: date) -> RemindersStatus:
+    return await env.client.execute_workflow(
+        PaymentRemindersWorkflow.run,
+        RemindersRequest(reminder_date=day, messaging_task_queue=messaging, page_size=2),
+        id=f"payment-reminders/{day}-{uuid.uuid4().hex[:6]}",
+        task_queue=task_queue,
+    )
+
+
+async def pay(env: WorkflowEnvironment, task_queue: str, messaging: str, retailer_id: int, amount: str, **kw) -> PaymentResult:
+    payment = RecordPayment(
+        retailer_id=retailer_id, amount=Decimal(amount), reference=kw.pop("reference", f"bank-{uuid.uuid4().hex[:10]}"),
+        actor="admin-1", messaging_task_queue=messaging,
+    )
+    return await credit_api.record_payment(env.client, payment, task_queue=task_queue)
+
+
+# --------------------------------------------------------------------------- reminders
+
+
+async def test_a_debit_walks_its_whole_cadence_and_payment_stops_the_rest(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    due = FAR
+    unpaid, unpaid_phone = await new_retailer(engine)
+    payer, payer_phone = await new_retailer(engine)
+    unpaid_debit = await new_debit(engine, unpaid, "300.00", due)
+    payer_debit = await new_debit(engine, payer, "80.00", due)
+    async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        for offset in range(-6, 36):
+            day = due + timedelta(days=offset)
+            await remind(env, task_queue, messaging, day)
+            if offset == 2:
+                await pay(env, task_queue, messaging, payer, "80.00")
+        last = await remind(env, task_queue, messaging, due + timedelta(days=30))  # the same day again
+
+    assert await reminder_days(engine, unpaid) == [due + timedelta(days=o) for o in CADENCE]
+    assert len(await sent_to(emulator, unpaid_phone)) == 8
+    row = await debit(engine, unpaid_debit)
+    assert row.reminder_count == 8 and row.reminder_sent_at is not None
+    # Paid on day +2: reminders on -3, 0 and +1 only.
+    assert await reminder_days(engine, payer) == [due + timedelta(days=o) for o in (-3, 0, 1)]
+    assert len(await sent_to(emulator, payer_phone)) == 3
+    assert (await debit(engine, payer_debit)).status == "CLEARED"
+    assert last.sent == 0 and last.due == 0
+
+
+async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_none(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    day = FAR + timedelta(days=100)
+    shop, phone = await new_retailer(engine)
+    for amount, offset in (("100.00", 1), ("50.50", 3), ("25.00", 7)):
+        await new_debit(engine, shop, amount, day - timedelta(days=offset))
+    blocked, blocked_phone = await new_retailer(engine, status="BLOCKED", paused_by="admin-9")
+    await new_debit(engine, blocked, "10.00", day)
+    no_phone, _ = await new_retailer(engine, phone=None)
+    await new_debit(engine, no_phone, "10.00", day)
+    opted_out, opted_phone = await new_retailer(engine)
+    await new_debit(engine, opted_out, "10.00", day)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel) VALUES ('retailer', :r, 'sms')"),
+            {"r": str(opted_out)},
+        )
+
+    async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        handle = await env.client.start_workflow(
+            PaymentRemindersWorkflow.run,
+            RemindersRequest(reminder_date=day, messaging_task_queue=messaging),
+            id=f"payment-reminders/{day}",
+            task_queue=task_queue,
+        )
+        first = await handle.result()
+        await record_history(handle, "credit_payment_reminders")
+        again = await remind(env, task_queue, messaging, day)
+
+    (message,) = await sent_to(emulator, phone)
+    assert "3 invoice(s) totalling 175.50" in message["body"]
+    assert message["body"].count(PAY_PAGE) == 1
+    intent_id = message["body"].rsplit("/", 1)[1]
+    intent = await stripe_api.v1.payment_intents.retrieve_async(intent_id)
+    assert intent.amount == 17550 and intent.metadata["retailer_id"] == str(shop)
+    assert (first.due, first.sent, first.skipped) == (4, 1, {"blocked": 1, "no_phone": 1, "opted_out": 1})
+    # The re-run: the reminded retailer is done for the day; the skipped ones are skipped again.
+    assert (again.due, again.sent, again.duplicates, sum(again.skipped.values())) == (3, 0, 0, 3)
+    assert await sent_to(emulator, blocked_phone) == [] and await sent_to(emulator, opted_phone) == []
+    memo = await (await handle.describe()).memo()
+    assert memo == {"reminders_sent": 1, "reminders_skipped": 3}
+
+
+# --------------------------------------------------------------------------- guardrails and payments
+
+
+async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_the_system_pause(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    day = FAR + timedelta(days=200)
+    shop, phone = await new_retailer(engine)
+    oldest = await new_debit(engine, shop, "100.00", day - timedelta(days=40))  # 40 days overdue: past the 30-day limit
+    newer = await new_debit(engine, shop, "50.00", day - timedelta(days=3))
+    settings = load_settings(task_queue=task_queue, business_timezone="UTC")
+
+    async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        guard = await env.client.start_workflow(
+            CreditGuardrailsWorkflow.run,
+            GuardrailsRequest(check_date=day, messaging_task_queue=messaging),
+            id=f"credit-guardrails/{day}",
+            task_queue=task_queue,
+        )
+        paused: GuardrailsResult = await guard.result()
+        await record_history(guard, "credit_guardrails")
+        assert shop in paused.paused
+        assert (await retailer(engine, shop)).credit_status == "PAUSED"
+
+        # The retailer pays the link's PaymentIntent; Stripe's signed event reaches the webhook.
+        intent = await stripe_api.v1.payment_intents.create_async(
+            {"amount": 15000, "currency": "usd", "metadata": {"retailer_id": str(shop)}}
+        )
+        event = {
+            "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "payment_intent.succeeded",
+            "data": {"object": {**intent.to_dict(), "status": "succeeded", "amount_received": 15000}},
+        }
+        handlers = credit_api.stripe_handlers(
+            env.client, settings.model_copy(update={"messaging_task_queue": messaging})
+        )
+        app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
+        async with TestClient(TestServer(app)) as http:
+            payload, headers = stripe_signed(event)
+            assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
+            assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200  # Stripe retries
+        handle = env.client.get_workflow_handle(f"payment/{intent.id}", result_type=PaymentResult)
+        result = await handle.result()
+        await record_history(handle, "credit_record_payment")
+        after = await remind(env, task_queue, messaging, day + timedelta(days=4))  # newer's +7 reminder day
+
+    assert [a.debit_id for a in result.payment.allocations] == [oldest, newer]
+    assert (await debit(engine, oldest)).status == (await debit(engine, newer)).status == "CLEARED"
+    assert result.guardrails.resumed == [shop]
+    assert (await retailer(engine, shop)).credit_status == "ACTIVE"
+    actions = await audit_actions(engine, shop)
+    assert ("credit_paused", "system") in actions and ("credit_resumed", "system") in actions
+    assert ("payment_recorded", "stripe") in actions and actions.count(("debit_cleared", "stripe")) == 2
+    bodies = [m["body"] for m in await sent_to(emulator, phone)]
+    assert sum("credit line is paused" in b for b in bodies) == 1
+    assert sum("credit line is open again" in b for b in bodies) == 1
+    assert after.sent == 0 and not any("reminder" in b for b in bodies)
+    async with engine.connect() as conn:
+        credits = await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT'"), {"r": shop})
+    assert credits == 1
+
+
+async def test_a_partial_payment_leaves_the_oldest_debit_partially_paid_and_the_same_reference_records_once(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    shop, _ = await new_retailer(engine)
+    first = await new_debit(engine, shop, "100.00", FAR + timedelta(days=300))
+    second = await new_debit(engine, shop, "100.00", FAR + timedelta(days=310))
+    async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        once = await pay(env, task_queue, messaging, shop, "60.00", reference="bank-ref-001")
+        twice = await pay(env, task_queue, messaging, shop, "60.00", reference="bank-ref-001")
+    row = await debit(engine, first)
+    assert (row.status, row.cleared_amount) == ("PARTIALLY_PAID", Decimal("60.00"))
+    assert (await debit(engine, second)).status == "OPEN"
+    assert [a.debit_id for a in once.payment.allocations] == [first]
+    assert twice.payment.credit_transaction_id == once.payment.credit_transaction_id
+    async with engine.connect() as conn:
+        available = await conn.scalar(text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": shop})
+    assert available == Decimal("50000") - Decimal("140.00")
+
+
+async def test_an_admin_pause_is_not_lifted_by_payment(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    shop, phone = await new_retailer(engine)
+    owed = await new_debit(engine, shop, "70.00", FAR - timedelta(days=390))
+    await change_status(engine, shop, "pause", reason="disputed invoices", actor="admin-2")
+    async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        result = await pay(env, task_queue, messaging, shop, "70.00")
+    assert (await debit(engine, owed)).status == "CLEARED"
+    assert result.guardrails.resumed == []
+    row = await retailer(engine, shop)
+    assert (row.credit_status, row.paused_by) == ("PAUSED", "admin-2")
+    assert not any("open again" in m["body"] for m in await sent_to(emulator, phone))

@@ -1,0 +1,203 @@
+"""Insight regeneration: the numbers a retailer sees, and the nightly job over every retailer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.insights import InsightActivities, business_day, get_insight_message
+from schemas.insights import InsightsRequest
+from schemas.tables import CreditAccount, CreditTransaction, Order, OrderItem, Retailer, RetailerInsight
+from devtools.seed import seed_retailers
+from workflows.insights import InsightsRegenerationWorkflow
+
+DAY = date(2026, 11, 23)
+AS_OF = datetime(2026, 11, 23, tzinfo=timezone.utc)
+
+
+async def _known_retailer(engine: AsyncEngine) -> int:
+    """Two orders this month (100 + 50), one the month before (60), three debts."""
+    async with engine.begin() as conn:
+        rid = await conn.scalar(
+            insert(Retailer).values(name="Amina Stores", phone="+15550001111").returning(Retailer.id)
+        )
+        await conn.execute(insert(CreditAccount).values(retailer_id=rid, credit_limit=1000, available_credit=600))
+        for amount, days_ago, items in (
+            (Decimal("100.00"), 3, [("Tea", 4, Decimal("25.00"))]),
+            (Decimal("50.00"), 10, [("Rice", 1, Decimal("20.00")), ("Tea", 1, Decimal("30.00"))]),
+            (Decimal("60.00"), 45, [("Sugar", 10, Decimal("6.00"))]),
+            (Decimal("999.00"), 5, [("Oil", 99, Decimal("10.09"))]),  # failed: never counts
+        ):
+            oid = await conn.scalar(
+                insert(Order)
+                .values(
+                    retailer_id=rid,
+                    status="FAILED" if amount == Decimal("999.00") else "DELIVERED",
+                    payment_mode="CREDIT",
+                    total_amount=amount,
+                    created_at=AS_OF - timedelta(days=days_ago),
+                )
+                .returning(Order.id)
+            )
+            await conn.execute(
+                insert(OrderItem),
+                [{"order_id": oid, "product_name": n, "quantity": q, "unit_price": p} for n, q, p in items],
+            )
+        debits = [
+            # paid 2 days early, after 28 days
+            dict(amount=200, due_date=DAY - timedelta(days=50), status="CLEARED", cleared_amount=200,
+                 cleared_at=AS_OF - timedelta(days=52), created_at=AS_OF - timedelta(days=80)),
+            # paid 5 days late, after 35 days
+            dict(amount=300, due_date=DAY - timedelta(days=20), status="CLEARED", cleared_amount=300,
+                 cleared_at=AS_OF - timedelta(days=15), created_at=AS_OF - timedelta(days=50)),
+            # 40 days overdue, 400 outstanding
+            dict(amount=400, due_date=DAY - timedelta(days=40), status="OPEN", cleared_amount=0,
+                 cleared_at=None, created_at=AS_OF - timedelta(days=70)),
+        ]
+        await conn.execute(insert(CreditTransaction), [{"retailer_id": rid, "type": "DEBIT", **d} for d in debits])
+    return rid
+
+
+async def test_a_retailers_insight_has_the_numbers_they_would_compute_by_hand(engine: AsyncEngine) -> None:
+    rid = await _known_retailer(engine)
+    await InsightActivities(engine).regenerate_page(DAY, "UTC", after_id=rid - 1, page_size=1)
+
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(RetailerInsight).where(RetailerInsight.retailer_id == rid))).one()
+    assert (row.orders_30d, row.orders_prev_30d) == (2, 1)
+    assert (row.gmv_30d, row.gmv_prev_30d) == (Decimal("150.00"), Decimal("60.00"))
+    assert row.avg_order_value == Decimal("75.00")
+    assert row.top_products[:2] == ["Sugar", "Tea"]  # 10 sugar, 5 tea, 1 rice over 60 days
+    assert row.on_time_payment_rate == Decimal("0.5000")
+    assert row.avg_days_to_pay == Decimal("31.50")
+    assert row.credit_utilisation == Decimal("0.4000")
+    assert row.risk_level == "HIGH"  # 40 days overdue
+    message = await get_insight_message(engine, rid, DAY)
+    assert message == row.message
+    assert message.startswith("Hi Amina!")
+    assert "2 orders worth 150.00 (up 150% on the month before)" in message
+    assert "overdue" in message
+    assert "+1555" not in message
+
+
+async def test_nightly_run_writes_one_row_per_retailer_and_rerun_overwrites(
+    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
+) -> None:
+    await seed_retailers(engine, 130, today=DAY)
+    async with engine.connect() as conn:
+        retailers = await conn.scalar(select(func.count()).select_from(Retailer))
+
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[InsightsRegenerationWorkflow],
+        activities=[InsightActivities(engine).regenerate_insights_chunk, business_day],
+    ):
+        request = InsightsRequest(insight_date=DAY, page_size=50, pages_per_activity=2)
+        first = await time_skipping_env.client.execute_workflow(
+            InsightsRegenerationWorkflow.run, request, id=f"insights/{uuid.uuid4()}", task_queue=task_queue
+        )
+        handle = await time_skipping_env.client.start_workflow(
+            InsightsRegenerationWorkflow.run, request, id=f"insights/{uuid.uuid4()}", task_queue=task_queue
+        )
+        second = await handle.result()
+        status = await handle.query(InsightsRegenerationWorkflow.status)
+        await record_history(handle, "insights_regeneration")
+
+    assert first.retailers_done == second.retailers_done == retailers
+    assert first.pages_done == -(-retailers // 50)
+    assert status.finished and status.retailers_done == retailers and status.insight_date == DAY
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT retailer_id), min(generation), max(generation)"
+                    " FROM retailer_insights WHERE insight_date = :d"
+                ),
+                {"d": DAY},
+            )
+        ).one()
+    count, distinct, min_generation, _ = rows
+    assert count == distinct == retailers
+    assert min_generation >= 2, "the second run must regenerate every row, not skip any"
+
+
+@pytest.mark.parametrize(("overdue", "used", "level"), [(0, "0.1", "LOW"), (8, "0.1", "MEDIUM"), (2, "0.75", "MEDIUM"), (31, "0", "HIGH"), (0, "0.95", "HIGH")])
+def test_risk_levels(overdue: int, used: str, level: str) -> None:
+    from activities.insights import risk_level
+
+    assert risk_level(overdue, Decimal(used)) == level
+
+
+async def test_without_a_date_the_run_covers_the_current_business_day(
+    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[InsightsRegenerationWorkflow],
+        activities=[InsightActivities(engine).regenerate_insights_chunk, business_day],
+    ):
+        now = await time_skipping_env.get_current_time()
+        handle = await time_skipping_env.client.start_workflow(
+            InsightsRegenerationWorkflow.run,
+            InsightsRequest(business_timezone="Pacific/Kiritimati"),  # UTC+14: often a day ahead of UTC
+            id=f"insights/{uuid.uuid4()}",
+            task_queue=task_queue,
+        )
+        result = await handle.result()
+        await record_history(handle, "insights_scheduled_day")
+    assert result.insight_date == now.astimezone(ZoneInfo("Pacific/Kiritimati")).date()
+
+
+async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(pg_server) -> None:
+    from activities.database import create_engine
+    from workers import migrate
+    from devtools.seed import seed_demo
+
+    url = pg_server.create_database(f"demo_{uuid.uuid4().hex[:8]}")
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    try:
+        assert await seed_demo(engine, today=DAY) is not None
+        assert await seed_demo(engine, today=DAY) is None
+        async with engine.connect() as conn:
+            counts = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT 'retailers', count(*) FROM retailers UNION ALL"
+                            " SELECT 'pending', count(*) FROM pending_orders WHERE status = 'PENDING' UNION ALL"
+                            " SELECT 'companies', count(*) FROM companies UNION ALL"
+                            " SELECT 'open_cases', count(*) FROM recovery_cases WHERE status = 'OPEN' UNION ALL"
+                            " SELECT 'queue', count(*) FROM loyalty_reconciliation_queue WHERE status = 'PENDING'"
+                        )
+                    )
+                ).all()
+            )
+            buckets = set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT CASE WHEN :d - due_date <= 0 THEN 'current' WHEN :d - due_date <= 7 THEN '1-7'"
+                            " WHEN :d - due_date <= 15 THEN '8-15' WHEN :d - due_date <= 30 THEN '16-30'"
+                            " WHEN :d - due_date <= 60 THEN '31-60' ELSE '60+' END"
+                            " FROM credit_transactions WHERE type = 'DEBIT' AND status <> 'CLEARED'"
+                        ),
+                        {"d": DAY},
+                    )
+                ).scalars()
+            )
+        assert counts == {"retailers": 50, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        assert buckets == {"current", "1-7", "8-15", "16-30", "31-60", "60+"}
+    finally:
+        await engine.dispose()

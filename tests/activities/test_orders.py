@@ -1,0 +1,368 @@
+"""Order recovery on the time-skipping server: a real PostgreSQL, the messaging activity against the
+Twilio emulator, and the whole 24-hour clock in seconds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pydantic
+import pytest
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.twilio_gateway import TwilioGateway
+from activities.orders import OrderActivities, workflow_id
+from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult
+from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
+from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
+from devtools.twilio_emulator import TwilioEmulator
+from workflows.orders import PendingOrderWorkflow
+
+SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
+# The outbox's own quiet-hours check reads the wall clock, which the time-skipping server does
+# not move: the workflow's follow-up time is what these tests check, so the outbox's is off.
+NO_QUIET_HOURS = QuietHours(0, 0)
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@asynccontextmanager
+async def order_workers(client: Client, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str) -> AsyncIterator[str]:
+    """The jobs worker (order workflows and activities) and a messaging worker; yields the messaging queue."""
+    orders = OrderActivities(engine)
+    messaging = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=NO_QUIET_HOURS))
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[PendingOrderWorkflow],
+        activities=[
+            orders.register_pending_order,
+            orders.record_follow_up,
+            orders.settle_pending_order,
+            orders.handle_order_failure,
+        ],
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[messaging.send_message]):
+        yield f"{task_queue}-msg"
+
+
+def unique_phone() -> str:
+    return "+1555" + str(uuid.uuid4().int)[:7]
+
+
+def zone_where(instant: datetime, local_hour: int) -> str:
+    """A fixed-offset zone in which `instant` falls in `local_hour` (Etc/GMT signs are inverted)."""
+    offset = (local_hour - instant.astimezone(UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return f"Etc/GMT{-offset:+d}" if offset else "UTC"
+
+
+async def new_order(
+    engine: AsyncEngine, *, tz: str = "UTC", phone: str | None = None, on_credit: Decimal | None = None
+) -> tuple[int, int, str]:
+    """A retailer (SMS, given zone) with a PENDING order; with `on_credit`, a DEBIT for it. (order, retailer, phone)"""
+    phone = phone or unique_phone()
+    async with engine.begin() as conn:
+        rid = await conn.scalar(
+            insert(Retailer)
+            .values(name="Ada Stores", phone=phone, preferred_channel="sms", timezone=tz)
+            .returning(Retailer.id)
+        )
+        limit = Decimal("1000.00")
+        await conn.execute(
+            insert(CreditAccount).values(retailer_id=rid, credit_limit=limit, available_credit=limit - (on_credit or 0))
+        )
+        oid = await conn.scalar(
+            insert(Order)
+            .values(retailer_id=rid, status="PENDING", payment_mode="CREDIT" if on_credit else "COD",
+                    total_amount=on_credit or Decimal("80.00"))
+            .returning(Order.id)
+        )
+        if on_credit:
+            await conn.execute(
+                insert(CreditTransaction).values(
+                    retailer_id=rid, type="DEBIT", amount=on_credit, order_id=oid,
+                    due_date=(datetime.now(UTC) + timedelta(days=30)).date(), reference=f"order:{oid}",
+                )
+            )
+    return oid, rid, phone
+
+
+async def sent_to(emulator: TwilioEmulator, phone: str) -> list[dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{emulator.url}/_emulator/messages", params={"to": phone}) as response:
+            return await response.json()
+
+
+async def pending_row(engine: AsyncEngine, order_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(select(PendingOrder.__table__).where(PendingOrder.order_id == order_id))).one()
+
+
+async def task_failures(handle: WorkflowHandle) -> int:
+    """Workflow tasks our code failed. UNHANDLED_COMMAND is the server turning down a completion
+    because a signal arrived while the task ran (the SDK re-runs the task with it): not a failure."""
+    history = await handle.fetch_history()
+    return sum(
+        1
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        and e.workflow_task_failed_event_attributes.cause != WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+    )
+
+
+async def start(env: WorkflowEnvironment, order_id: int, retailer_id: int, task_queue: str, messaging: str, **kw):
+    created = kw.pop("created_at", None) or await env.get_current_time()
+    status = await start_pending_order(
+        env.client,
+        PendingOrderInput(order_id=order_id, retailer_id=retailer_id, created_at=created, messaging_task_queue=messaging, **kw),
+        task_queue=task_queue,
+    )
+    return status, env.client.get_workflow_handle(workflow_id(order_id), result_type=PendingOrderResult), created
+
+
+async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> PendingOrderResult:
+    """`handle.result()` with time skipping on (only handles from `start_workflow` do that by themselves)."""
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        return await handle.result()
+
+
+def near(actual: datetime | None, expected: datetime, slack: timedelta = timedelta(minutes=1)) -> bool:
+    return actual is not None and expected <= actual <= expected + slack
+
+
+# --------------------------------------------------------------------------- the clock
+
+
+async def test_follow_up_at_two_hours_then_expiry_at_twenty_four(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str, record_history,
+) -> None:
+    env = time_skipping_env
+    now = await env.get_current_time()
+    oid, rid, phone = await new_order(engine, tz=zone_where(now + timedelta(hours=2), 12))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        status, handle, created = await start(env, oid, rid, task_queue, messaging)
+        assert status.state == "PENDING"
+        assert status.expires_at == created + timedelta(hours=24)
+        assert status.follow_up_at == created + timedelta(hours=2)
+
+        await env.sleep(timedelta(hours=1, minutes=59))
+        assert (await handle.query(PendingOrderWorkflow.status)).follow_up_sent_at is None
+        assert await sent_to(emulator, phone) == []
+
+        await env.sleep(timedelta(minutes=2))
+        assert near((await handle.query(PendingOrderWorkflow.status)).follow_up_sent_at, created + timedelta(hours=2))
+        (message,) = await sent_to(emulator, phone)
+        assert f"order #{oid} is still waiting" in message["body"]
+
+        result = await result_of(env, handle)
+        await record_history(handle, "pending_order_expired")
+    assert result.state == "EXPIRED"
+    assert near(result.settled_at, created + timedelta(hours=24))
+    row = await pending_row(engine, oid)
+    assert (row.status, row.follow_up_sent_at is not None, row.expired_at is not None) == ("EXPIRED", True, True)
+    assert len(await sent_to(emulator, phone)) == 1
+    assert await task_failures(handle) == 0
+
+
+async def test_completion_before_the_follow_up_is_completed_and_sends_nothing(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        await env.sleep(timedelta(hours=1))
+        await complete_order(env.client, oid)
+        result = await result_of(env, handle)
+    assert (result.state, result.follow_up_sent_at) == ("COMPLETED", None)
+    row = await pending_row(engine, oid)
+    assert (row.status, row.completed_at is not None) == ("COMPLETED", True)
+    assert await sent_to(emulator, phone) == []
+
+
+async def test_completion_after_the_follow_up_is_recovered(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        await env.sleep(timedelta(hours=3))
+        await complete_order(env.client, oid)
+        result = await result_of(env, handle)
+    assert result.state == "RECOVERED" and result.follow_up_sent_at is not None
+    assert (await pending_row(engine, oid)).status == "RECOVERED"
+    assert len(await sent_to(emulator, phone)) == 1
+
+
+async def test_a_follow_up_due_at_23_local_goes_out_at_08_local(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    now = await env.get_current_time()
+    zone = zone_where(now + timedelta(hours=2), 23)
+    local_due = (now + timedelta(hours=2)).astimezone(ZoneInfo(zone))
+    assert local_due.hour == 23
+    eight = (local_due + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0).astimezone(UTC)
+    oid, rid, phone = await new_order(engine, tz=zone)
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        status, handle, created = await start(env, oid, rid, task_queue, messaging, created_at=now)
+        assert status.follow_up_at == eight
+
+        await env.sleep(eight - created - timedelta(minutes=1))
+        assert await sent_to(emulator, phone) == []
+        await env.sleep(timedelta(minutes=2))
+        sent_at = (await handle.query(PendingOrderWorkflow.status)).follow_up_sent_at
+        assert near(sent_at, eight)
+        assert sent_at is not None and sent_at.astimezone(ZoneInfo(zone)).hour == 8
+        assert len(await sent_to(emulator, phone)) == 1
+        await handle.terminate("test done")
+
+
+# --------------------------------------------------------------------------- failure
+
+
+async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    oid, rid, phone = await new_order(engine, on_credit=Decimal("250.00"))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        await fail_order(env.client, oid, "card declined by the bank")
+        result = await result_of(env, handle)
+    assert result.state == "FAILED"
+
+    async with engine.connect() as conn:
+        order = (await conn.execute(select(Order.__table__).where(Order.id == oid))).one()
+        ledger = (await conn.execute(select(CreditTransaction.__table__).where(CreditTransaction.order_id == oid))).all()
+        available = await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
+        audits = (await conn.execute(select(AuditLog.__table__).where(AuditLog.reference == f"order:{oid}"))).all()
+    assert (order.status, order.failure_reason, order.failed_at is not None) == ("FAILED", "card declined by the bank", True)
+    assert (await pending_row(engine, oid)).status == "FAILED"
+    by_type = {t.type: t for t in ledger}
+    assert (by_type["CREDIT"].amount, by_type["CREDIT"].due_date) == (Decimal("250.00"), None)
+    assert by_type["DEBIT"].status == "CLEARED"
+    assert available == Decimal("1000.00")
+    (audit,) = audits
+    assert (audit.action, audit.new_value["reversed_amount"], audit.old_value["available_credit"]) == (
+        "order_failed", "250.00", "750.00",
+    )
+    (message,) = await sent_to(emulator, phone)
+    assert f"could not complete order #{oid}" in message["body"]
+
+    again = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="again")
+    )
+    assert (again.changed, again.reversed_amount) == (False, None)
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE order_id = :o"), {"o": oid}) == 2
+        assert await conn.scalar(text("SELECT count(*) FROM audit_log WHERE reference = :r"), {"r": f"order:{oid}"}) == 1
+        assert await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)) == available
+
+
+async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncEngine) -> None:
+    oid, rid, _ = await new_order(engine)
+    failed = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="out of stock")
+    )
+    assert (failed.changed, failed.reversed_amount, failed.retailer_id) == (True, None, rid)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)) == Decimal("1000.00")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    oid, rid, phone = await new_order(engine, on_credit=Decimal("40.00"))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        for payload in ({}, {"reason": ""}, {"reason": 42}, "oops", [1, 2], None):
+            await handle.signal("failed", payload)
+        await handle.signal("failed")  # no payload at all
+        await handle.signal("completed", "not an object")
+        await handle.signal("completed", {"actor_id": ["x"]})
+        with pytest.raises(pydantic.ValidationError):
+            await fail_order(env.client, oid, "")  # refused before it leaves the client
+        assert (await handle.query(PendingOrderWorkflow.status)).state == "PENDING"
+        await complete_order(env.client, oid)
+        await handle.signal("failed", {"reason": "too late"})  # after the end: ignored
+        result = await result_of(env, handle)
+    assert result.state == "COMPLETED"
+    assert await task_failures(handle) == 0
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(Order.status).where(Order.id == oid)) == "PENDING"
+    assert await sent_to(emulator, phone) == []
+
+
+async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        first, handle, created = await start(env, oid, rid, task_queue, messaging)
+        run_id = (await handle.describe()).run_id
+        second, _, _ = await start(env, oid, rid, task_queue, messaging, created_at=created + timedelta(minutes=5))
+        assert second == first
+        await env.sleep(timedelta(hours=3))
+        third, _, _ = await start(env, oid, rid, task_queue, messaging)
+        assert third.follow_up_sent_at is not None and third.expires_at == first.expires_at
+        assert (await handle.describe()).run_id == run_id
+        assert (await result_of(env, handle)).state == "EXPIRED"
+
+        with pytest.raises(OrderNotPending, match=f"order {oid} is already EXPIRED"):
+            await start(env, oid, rid, task_queue, messaging)
+        assert (await handle.describe()).run_id == run_id
+    assert len(await sent_to(emulator, phone)) == 1
+
+
+async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_message(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    settled, rid, _ = await new_order(engine)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(PendingOrder).values(
+                order_id=settled, retailer_id=rid, amount=80, status="COMPLETED",
+                expires_at=datetime.now(UTC) + timedelta(hours=20), completed_at=datetime.now(UTC),
+            )
+        )
+    missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        with pytest.raises(OrderNotPending, match=f"order {settled} is already COMPLETED"):
+            await start(env, settled, rid, task_queue, messaging)
+        with pytest.raises(UnknownOrder, match=f"order {missing} does not exist"):
+            await start(env, missing, rid, task_queue, messaging)
+        with pytest.raises(UnknownOrder, match=f"order {missing + 1} has no running clock"):
+            await complete_order(env.client, missing + 1)
+        with pytest.raises(OrderNotPending, match=f"order {settled} is already COMPLETED: its clock has ended"):
+            await fail_order(env.client, settled, "late failure")
+    for order_id in (settled, missing):
+        assert await task_failures(env.client.get_workflow_handle(workflow_id(order_id))) == 0
+    assert (await pending_row(engine, settled)).status == "COMPLETED"

@@ -1,0 +1,478 @@
+"""The Stripe sandbox, driven through the real `stripe` SDK over HTTP (no mocks).
+
+What the payments activities rely on: a retried call with the same Idempotency-Key creates
+nothing new and gets the first answer back (marked replayed), a key reused for other parameters is
+refused with Stripe's `idempotency_error`, GET/DELETE ignore the key, and the PaymentIntent /
+refund / webhook flows the product uses work through the sandbox. The timing rules (concurrent
+same-key requests, what is stored, expiry) are checked against a tiny counting backend, where
+"the backend was called once" can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import stripe
+from aiohttp import web
+
+from activities.payments.client import close_stripe_client, stripe_client
+from devtools.stripe_sandbox import KEY_TTL_S, StripeSandbox, api_key_of, request_fingerprint
+
+API_KEY = "sk_test_jobctl"  # the key of the shared `stripe_api` fixture
+WEBHOOK_SECRET = "whsec_jobctl_test"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- harness -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(stripe_api: stripe.StripeClient) -> stripe.StripeClient:
+    return stripe_api
+
+
+def key(label: str) -> str:
+    return f"test:{label}:{uuid.uuid4().hex}"
+
+
+def email() -> str:
+    return f"{uuid.uuid4().hex[:12]}@example.test"
+
+
+async def customers_with_email(client: stripe.StripeClient, address: str) -> list[str]:
+    page = await client.v1.customers.list_async({"email": address, "limit": 100})
+    return [c.id for c in page.data]
+
+
+async def raw_post(url: str, form: dict[str, str], idempotency_key: str) -> tuple[int, dict[str, str], Any]:
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": idempotency_key}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=form, headers=headers) as resp:
+            return resp.status, dict(resp.headers), await resp.json()
+
+
+# --- idempotency against localstripe -----------------------------------------------------------
+
+
+async def test_same_key_creates_one_customer_and_replays(sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+    address, k = email(), key("customer")
+    first = await client.v1.customers.create_async({"email": address, "name": "Kiosk 7"}, {"idempotency_key": k})
+    again = await client.v1.customers.create_async({"email": address, "name": "Kiosk 7"}, {"idempotency_key": k})
+
+    assert again.id == first.id
+    assert await customers_with_email(client, address) == [first.id]
+    assert first.last_response is not None and again.last_response is not None
+    assert "Idempotent-Replayed" not in first.last_response.headers
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert again.last_response.headers["Original-Request"] == first.last_response.request_id
+
+    # The same request without the SDK (field order differs): still the same request, replayed.
+    status, headers, body = await raw_post(f"{sandbox.url}/v1/customers", {"name": "Kiosk 7", "email": address}, k)
+    assert (status, body["id"], headers["Idempotency-Key"]) == (200, first.id, k)
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await customers_with_email(client, address) == [first.id]
+
+
+async def test_same_key_other_params_or_endpoint_is_an_idempotency_error(client: stripe.StripeClient) -> None:
+    address, k = email(), key("mismatch")
+    first = await client.v1.customers.create_async({"email": address}, {"idempotency_key": k})
+
+    with pytest.raises(stripe.IdempotencyError) as params_error:
+        await client.v1.customers.create_async({"email": address, "name": "other"}, {"idempotency_key": k})
+    assert params_error.value.http_status == 400
+    assert params_error.value.json_body["error"]["type"] == "idempotency_error"
+    assert "same parameters" in params_error.value.user_message
+
+    with pytest.raises(stripe.IdempotencyError) as endpoint_error:
+        await client.v1.customers.update_async(first.id, {"name": "renamed"}, {"idempotency_key": k})
+    assert "same endpoint" in endpoint_error.value.user_message
+
+    assert await customers_with_email(client, address) == [first.id]
+    assert (await client.v1.customers.retrieve_async(first.id)).name is None  # the update never ran
+
+
+async def test_different_keys_create_two_objects(client: stripe.StripeClient) -> None:
+    address = email()
+    one = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("a")})
+    two = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("b")})
+    assert one.id != two.id
+    assert sorted(await customers_with_email(client, address)) == sorted([one.id, two.id])
+
+
+async def test_keys_are_scoped_by_api_key(sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+    address, k = email(), key("scope")
+    other = stripe_client("sk_test_another_account", sandbox.url)
+    try:
+        one = await client.v1.customers.create_async({"email": address}, {"idempotency_key": k})
+        two = await other.v1.customers.create_async({"email": address}, {"idempotency_key": k})
+    finally:
+        await close_stripe_client(other)
+    assert one.id != two.id
+
+
+async def test_get_and_delete_ignore_the_key(client: stripe.StripeClient) -> None:
+    k = key("reads")
+    customer = await client.v1.customers.create_async({"email": email()}, {"idempotency_key": key("c")})
+    before = await client.v1.customers.retrieve_async(customer.id, options={"idempotency_key": k})
+    await client.v1.customers.update_async(customer.id, {"metadata": {"tier": "gold"}}, {"idempotency_key": key("u")})
+    after = await client.v1.customers.retrieve_async(customer.id, options={"idempotency_key": k})
+    assert before.metadata.to_dict() == {} and after.metadata.to_dict() == {"tier": "gold"}
+    assert after.last_response is not None and "Idempotent-Replayed" not in after.last_response.headers
+
+    # DELETE is idempotent by definition at Stripe: the key neither replays nor conflicts.
+    other = await client.v1.customers.create_async({"email": email()}, {"idempotency_key": key("c")})
+    for target in (customer.id, other.id):
+        deleted = await client.v1.customers.delete_async(target, options={"idempotency_key": k})
+        assert (deleted.id, deleted.deleted) == (target, True)
+
+
+async def test_lists_show_exactly_the_live_objects_of_their_type(client: stripe.StripeClient) -> None:
+    # The sandbox indexes localstripe's store by type (devtools/localstripe_index.py): a list must
+    # still see every create and delete, and nothing of another type.
+    address = email()
+    one = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("l1")})
+    two = await client.v1.customers.create_async({"email": address}, {"idempotency_key": key("l2")})
+    await client.v1.payment_intents.create_async(
+        {"amount": 500, "currency": "usd", "customer": one.id}, {"idempotency_key": key("l3")}
+    )
+    assert sorted(await customers_with_email(client, address)) == sorted([one.id, two.id])
+    await client.v1.customers.delete_async(one.id)
+    assert await customers_with_email(client, address) == [two.id]
+    assert (await client.v1.customers.retrieve_async(two.id)).subscriptions.data == []
+
+
+async def test_concurrent_same_key_requests_create_one_object(client: stripe.StripeClient) -> None:
+    address, k = email(), key("burst")
+    results = await asyncio.gather(
+        *(client.v1.customers.create_async({"email": address}, {"idempotency_key": k}) for _ in range(8))
+    )
+    assert {c.id for c in results} == set(await customers_with_email(client, address))
+    assert len({c.id for c in results}) == 1
+    replayed = [c for c in results if c.last_response and c.last_response.headers.get("Idempotent-Replayed")]
+    assert len(replayed) == 7
+
+
+async def test_reset_forgets_objects_and_keys() -> None:
+    async with StripeSandbox() as own:
+        c = stripe_client(API_KEY, own.url)
+        try:
+            k, address = key("reset"), email()
+            first = await c.v1.customers.create_async({"email": address}, {"idempotency_key": k})
+            await own.reset()
+            assert len(own.idempotency) == 0
+            assert await customers_with_email(c, address) == []
+            second = await c.v1.customers.create_async({"email": address}, {"idempotency_key": k})
+            assert second.id != first.id and second.last_response is not None
+            assert "Idempotent-Replayed" not in second.last_response.headers
+        finally:
+            await close_stripe_client(c)
+
+
+async def test_what_localstripe_lacks_fails_fast_as_an_invalid_request(client: stripe.StripeClient) -> None:
+    # localstripe answers unknown routes in plain text; the sandbox gives them Stripe's 404 shape, so
+    # the SDK raises InvalidRequestError (non-retryable), not APIError. No Checkout, no Payment Links.
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        await client.v1.checkout.sessions.create_async(
+            {"mode": "payment", "success_url": "http://127.0.0.1/ok"}, {"idempotency_key": key("checkout")}
+        )
+    assert unknown.value.http_status == 404 and "/v1/checkout/sessions" in unknown.value.user_message
+    with pytest.raises(stripe.InvalidRequestError) as missing:  # localstripe's own JSON 404 passes through
+        await client.v1.customers.retrieve_async("cus_doesnotexist")
+    assert missing.value.http_status == 404
+
+
+# --- payments flows through the sandbox --------------------------------------------------------
+
+
+async def test_payment_intent_succeeds_and_is_refunded_once(client: stripe.StripeClient) -> None:
+    customer = await client.v1.customers.create_async({"email": email()}, {"idempotency_key": key("c")})
+    create_key, confirm_key, refund_key = key("pi"), key("confirm"), key("refund")
+    params = {"amount": 2500, "currency": "eur", "customer": customer.id, "payment_method": "pm_card_visa"}
+
+    intent = await client.v1.payment_intents.create_async(params, {"idempotency_key": create_key})
+    assert intent.status == "requires_confirmation"
+    confirmed = await client.v1.payment_intents.confirm_async(intent.id, options={"idempotency_key": confirm_key})
+    assert confirmed.status == "succeeded"
+    # A retried confirm would be a 400 at localstripe (no longer requires_confirmation): the replay wins.
+    retried = await client.v1.payment_intents.confirm_async(intent.id, options={"idempotency_key": confirm_key})
+    assert retried.status == "succeeded"
+    assert retried.last_response is not None and retried.last_response.headers["Idempotent-Replayed"] == "true"
+    assert (await client.v1.payment_intents.retrieve_async(intent.id)).status == "succeeded"
+
+    refund_params = {"payment_intent": intent.id, "amount": 1000}
+    refund = await client.v1.refunds.create_async(refund_params, {"idempotency_key": refund_key})
+    again = await client.v1.refunds.create_async(refund_params, {"idempotency_key": refund_key})
+    assert (refund.status, refund.amount, again.id) == ("succeeded", 1000, refund.id)
+    refunds = await client.v1.refunds.list_async({"payment_intent": intent.id})
+    assert [r.id for r in refunds.data] == [refund.id]
+
+
+async def test_declined_payment_is_replayed_not_retried(client: stripe.StripeClient) -> None:
+    customer = await client.v1.customers.create_async({"email": email()}, {"idempotency_key": key("c")})
+    k = key("declined")
+    params = {
+        "amount": 1200,
+        "currency": "eur",
+        "customer": customer.id,
+        "payment_method": "pm_card_chargeCustomerFail",
+        "confirm": True,
+    }
+    for attempt in range(2):
+        with pytest.raises(stripe.CardError) as declined:
+            await client.v1.payment_intents.create_async(params, {"idempotency_key": k})
+        assert (declined.value.http_status, declined.value.code) == (402, "card_declined")
+        assert declined.value.headers is not None
+        assert declined.value.headers.get("Idempotent-Replayed") == (None if attempt == 0 else "true")
+
+    intents = await client.v1.payment_intents.list_async({"limit": 100})
+    mine = [pi for pi in intents.data if pi.customer == customer.id]
+    assert len(mine) == 1
+    assert mine[0].status == "requires_payment_method"
+    assert mine[0].last_payment_error["code"] == "card_declined"
+
+
+async def test_events_are_delivered_signed_with_our_secret(sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+    received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        await received.put((await request.text(), request.headers.get("Stripe-Signature", "")))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/stripe", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        await sandbox.register_webhook(
+            f"http://127.0.0.1:{port}/webhooks/stripe", WEBHOOK_SECRET, events=["payment_intent.succeeded"]
+        )
+        intent = await client.v1.payment_intents.create_async(
+            {"amount": 700, "currency": "eur", "payment_method": "pm_card_visa", "confirm": True},
+            {"idempotency_key": key("hook")},
+        )
+        assert intent.status == "succeeded"
+        # Only this sandbox's events come here, and they may include earlier tests' intents.
+        deadline = time.monotonic() + 10
+        while True:
+            payload, signature = await asyncio.wait_for(received.get(), deadline - time.monotonic())
+            event = stripe.Webhook.construct_event(payload, signature, WEBHOOK_SECRET)
+            assert event.type == "payment_intent.succeeded"
+            if event.data.object.id == intent.id:
+                break
+        with pytest.raises(stripe.SignatureVerificationError):
+            stripe.Webhook.construct_event(payload, signature, "whsec_forged")
+    finally:
+        await sandbox.register_webhook("http://127.0.0.1:9/unused", WEBHOOK_SECRET, events=[])
+        await runner.cleanup()
+
+
+# --- timing and storage rules, against a counting backend --------------------------------------
+
+
+@dataclass
+class Backend:
+    """A stand-in for localstripe: answers from a script of statuses, counts calls."""
+
+    delay_s: float = 0.0
+    statuses: list[int] = field(default_factory=list)
+    calls: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        call = self.calls
+        await request.read()
+        await asyncio.sleep(self.delay_s)
+        status = self.statuses[min(call, len(self.statuses)) - 1] if self.statuses else 200
+        body = {"id": f"obj_{call}"} if status < 400 else {"error": {"type": "api_error", "message": "boom"}}
+        return web.json_response(body, status=status)
+
+
+@asynccontextmanager
+async def fronted(backend: Backend, **options: Any) -> AsyncIterator[StripeSandbox]:
+    """A sandbox in front of ``backend`` instead of localstripe."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with StripeSandbox(upstream=f"http://127.0.0.1:{runner.addresses[0][1]}", **options) as sb:
+            yield sb
+    finally:
+        await runner.cleanup()
+
+
+async def post(
+    sb: StripeSandbox, idempotency_key: str, form: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    return await raw_post(f"{sb.url}/v1/customers", form or {"email": "a@example.test"}, idempotency_key)
+
+
+async def test_concurrent_requests_wait_for_the_first_and_get_its_replay() -> None:
+    backend = Backend(delay_s=0.3)
+    async with fronted(backend) as sb:
+        results = await asyncio.gather(*(post(sb, "k-burst") for _ in range(5)))
+    assert backend.calls == 1
+    assert {body["id"] for _, _, body in results} == {"obj_1"}
+    assert sorted(h.get("Idempotent-Replayed", "-") for _, h, _ in results) == ["-", "true", "true", "true", "true"]
+
+
+async def test_conflict_mode_answers_409_while_the_first_is_in_flight() -> None:
+    backend = Backend(delay_s=0.3)
+    async with fronted(backend, on_concurrent="conflict") as sb:
+        first = asyncio.create_task(post(sb, "k-conflict"))
+        await asyncio.sleep(0.1)
+        status, _, body = await post(sb, "k-conflict")
+        assert (status, body["error"]["type"]) == (409, "idempotency_error")
+        assert (await first)[0] == 200
+        status, headers, body = await post(sb, "k-conflict")  # once done: the replay
+        assert (status, body["id"], headers["Idempotent-Replayed"]) == (200, "obj_1", "true")
+    assert backend.calls == 1
+
+
+async def test_conflict_reaches_the_sdk_as_a_retryable_api_error() -> None:
+    backend = Backend(delay_s=0.3)
+    async with fronted(backend, on_concurrent="conflict") as sb:
+        c = stripe_client(API_KEY, sb.url)
+        try:
+            params, options = {"email": "a@example.test"}, {"idempotency_key": "k"}
+            first = asyncio.create_task(c.v1.customers.create_async(params, options))
+            await asyncio.sleep(0.1)
+            with pytest.raises(stripe.APIError) as conflict:
+                await c.v1.customers.create_async(params, options)
+            assert conflict.value.http_status == 409 and not isinstance(conflict.value, stripe.IdempotencyError)
+            await first
+        finally:
+            await close_stripe_client(c)
+
+
+@pytest.mark.parametrize(
+    ("first_status", "executions"), [(500, 2), (503, 2), (400, 2), (404, 2), (429, 2), (402, 1), (201, 1)]
+)
+async def test_what_is_stored(first_status: int, executions: int) -> None:
+    backend = Backend(statuses=[first_status, 200])
+    async with fronted(backend) as sb:
+        status, _, _ = await post(sb, "k-store")
+        assert status == first_status
+        status, headers, _ = await post(sb, "k-store")
+    assert backend.calls == executions
+    assert status == (200 if executions == 2 else first_status)
+    assert ("Idempotent-Replayed" in headers) == (executions == 1)
+
+
+async def test_keys_expire_after_24_hours() -> None:
+    now = [1000.0]
+    backend = Backend()
+    async with fronted(backend, clock=lambda: now[0]) as sb:
+        assert (await post(sb, "k-ttl"))[2]["id"] == "obj_1"
+        now[0] += KEY_TTL_S - 1
+        assert (await post(sb, "k-ttl"))[2]["id"] == "obj_1"
+        now[0] += 2
+        assert len(sb.idempotency) == 0
+        # Expired: the key is new again, even with other parameters.
+        assert (await post(sb, "k-ttl", {"email": "b@example.test"}))[2]["id"] == "obj_2"
+    assert backend.calls == 2
+
+
+async def test_overlong_key_and_missing_api_key() -> None:
+    backend = Backend()
+    async with fronted(backend) as sb:
+        status, _, body = await post(sb, "k" * 256)
+        assert (status, body["error"]["type"]) == (400, "invalid_request_error")
+        async with aiohttp.ClientSession() as http:  # no API key: passed through untouched
+            for _ in range(2):
+                async with http.post(f"{sb.url}/v1/customers", data={"a": "1"}, headers={"Idempotency-Key": "k"}) as r:
+                    assert "Idempotent-Replayed" not in r.headers
+    assert backend.calls == 2
+
+
+def test_fingerprint_and_api_key_parsing() -> None:
+    form = "application/x-www-form-urlencoded"
+    assert request_fingerprint("", b"a=1&b=2", form) == request_fingerprint("", b"b=2&a=1", form)
+    assert request_fingerprint("", b"x[]=1&x[]=2", form) != request_fingerprint("", b"x[]=2&x[]=1", form)
+    assert request_fingerprint("", b"a=1", form) != request_fingerprint("expand[]=x", b"a=1", form)
+    assert request_fingerprint("", b'{"a":1,"b":2}', "application/json") == request_fingerprint(
+        "", b'{"b":2,"a":1}', "application/json"
+    )
+    assert api_key_of("Bearer sk_test_1") == "sk_test_1"
+    assert api_key_of("Basic c2tfdGVzdF8yOg==") == "sk_test_2"  # "sk_test_2:"
+    assert api_key_of(None) is None and api_key_of("Basic !!") is None
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" in status.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+async def _wait_serving(url: str, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 10
+    async with aiohttp.ClientSession() as http:
+        while True:
+            assert proc.returncode is None, "the sandbox exited early"
+            try:
+                async with http.get(f"{url}/v1/balance", headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+                    assert r.status == 200
+                    return
+            except aiohttp.ClientConnectionError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+
+async def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived its parent"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+async def test_command_serves_until_signalled_and_leaves_no_localstripe_behind(how: signal.Signals) -> None:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "devtools.stripe_sandbox", "--port", str(port), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await _wait_serving(f"http://127.0.0.1:{port}", proc)
+        children = _children(proc.pid)
+        assert len(children) == 1  # the private localstripe
+        proc.send_signal(how)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+        await _wait_gone(children[0])
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,134 @@
+"""`jobctl churn open|nudge|recovered|cancelled|incentive|show`: an operator's hands on a case.
+
+Mounted by the churn family (workers/families/churn.py). `--company C` scopes a command to one tenant: a case id of another
+company is refused (exit 2), as is an unknown case or membership, or a case that has ended.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from workers.cli.runner import Context, UsageError, call
+
+churn_app = typer.Typer(
+    help="Churn cases: open one, nudge by hand, end it, apply an incentive, show it.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+CaseArg = Annotated[int, typer.Argument(min=1, help="Case id (recovery_cases.id).", show_default=False)]
+Actor = Annotated[str, typer.Option("--actor", help="The operator acting (stored hashed).", show_default=False)]
+Company = Annotated[str | None, typer.Option("--company", help="Refuse the case unless it belongs to this company.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@churn_app.command("open")
+def churn_open(
+    membership: Annotated[int, typer.Option("--membership", min=1, help="Membership id.", show_default=False)],
+    company: Company = None,
+) -> None:
+    """Open a case for MEMBERSHIP (or find its open one) and start its workflow."""
+    from services.churn import start_case, workflow_id
+
+    case_id = call(lambda c: start_case(c.client, c.engine, c.settings, membership, "manual", company_id=company), temporal=True, database=True)
+    typer.echo(f"{workflow_id(case_id)}: open")
+
+
+@churn_app.command("nudge")
+def churn_nudge(
+    case_id: CaseArg,
+    actor: Actor,
+    channel: Annotated[str | None, typer.Option("--channel", help="whatsapp or sms (default: the member's).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Why (kept in the signal, not in the message).")] = None,
+    company: Company = None,
+) -> None:
+    """Signal `manual_nudge`: nudge the member now (the company's cap and quiet hours still apply)."""
+    from pydantic import ValidationError
+
+    from schemas.churn import ManualNudge
+    from services.churn import manual_nudge, workflow_id
+
+    if channel not in (None, "whatsapp", "sms"):
+        raise UsageError(f"--channel must be whatsapp or sms (got {channel!r})")
+    try:
+        nudge = ManualNudge(actor_id=actor, channel=channel, note=note, company_id=company)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise UsageError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
+    call(lambda c: manual_nudge(c.client, c.engine, case_id, nudge), temporal=True, database=True)
+    typer.echo(f"{workflow_id(case_id)}: manual_nudge sent")
+
+
+def _end(case_id: int, signal: str, actor: str, company: str | None) -> None:
+    from services.churn import signal_case, workflow_id
+
+    call(lambda c: signal_case(c.client, c.engine, case_id, signal, {"actor_id": actor}, company_id=company), temporal=True, database=True)
+    typer.echo(f"{workflow_id(case_id)}: {signal} sent")
+
+
+@churn_app.command("recovered")
+def churn_recovered(case_id: CaseArg, actor: Actor, company: Company = None) -> None:
+    """Signal `recovered`: the member is back; the case ends."""
+    _end(case_id, "recovered", actor, company)
+
+
+@churn_app.command("cancelled")
+def churn_cancelled(case_id: CaseArg, actor: Actor, company: Company = None) -> None:
+    """Signal `cancelled`: the member left; the case ends."""
+    _end(case_id, "cancelled", actor, company)
+
+
+@churn_app.command("incentive")
+def churn_incentive(
+    case_id: CaseArg,
+    actor: Actor,
+    days: Annotated[int, typer.Option("--days", help="Days to extend the subscription by (1-90).", show_default=False)],
+    company: Company = None,
+) -> None:
+    """Update `apply_incentive`: extend the subscription once; prints the new period end."""
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from schemas.churn import ApplyIncentive
+    from services.churn import ensure_owned, workflow_id
+    from workflows.churn import ChurnCaseWorkflow
+
+    async def apply(c: Context) -> Any:
+        await ensure_owned(c.engine, case_id, company)
+        handle = c.client.get_workflow_handle(workflow_id(case_id))
+        return await handle.execute_update(
+            ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id=actor, days=days, company_id=company)
+        )
+
+    try:
+        period_end = call(apply, temporal=True, database=True)
+    except WorkflowUpdateFailedError as error:
+        raise UsageError(str(error.cause).removeprefix("ValueError: ")) from None
+    typer.echo(f"{workflow_id(case_id)}: incentive applied, next billing {period_end}")
+
+
+@churn_app.command("show")
+def churn_show(case_id: CaseArg, company: Company = None, as_json: Json = False) -> None:
+    """The case's status (running: asked of its workflow; ended: its result)."""
+    from schemas.churn import CaseStatus
+    from services.churn import ensure_owned, workflow_id
+    from workflows.churn import ChurnCaseWorkflow
+
+    async def show(c: Context) -> CaseStatus:
+        await ensure_owned(c.engine, case_id, company)
+        handle = c.client.get_workflow_handle(workflow_id(case_id), result_type=CaseStatus)
+        described = await handle.describe()
+        if described.status is not None and described.status.name == "RUNNING":
+            return await handle.query(ChurnCaseWorkflow.status)
+        return await handle.result()
+
+    status = call(show, temporal=True, database=True)
+    if as_json:
+        typer.echo(json.dumps(status.model_dump(mode="json"), indent=2))
+        return
+    typer.echo(
+        f"{workflow_id(case_id)}: {status.status}, {status.attempts} nudges ({status.manual_nudges} manual)"
+        + (f", next {status.next_nudge_at:%Y-%m-%d %H:%M} UTC" if status.next_nudge_at else "")
+        + (", incentive applied" if status.incentive_applied else "")
+    )

@@ -1,0 +1,166 @@
+"""`jobctl credit ...` and `jobctl payments record`: what an admin does with retailers' credit.
+
+Mounted by the credit family (workers/families/credit.py). Tables for people, `--json` for scripts. Bad input (a zero or
+negative amount, a malformed reference, an unknown retailer) is one clear line and exit 2, and
+nothing changes.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated
+
+import typer
+
+from workers.cli.runner import UsageError, call, echo, settings
+
+credit_app = typer.Typer(
+    help="Credit: pause, unpause or block a retailer; the risk view; a retailer's profile.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+payments_app = typer.Typer(help="Payments: record one (oldest debits first).", no_args_is_help=True, rich_markup_mode=None)
+
+RetailerArg = Annotated[int, typer.Argument(min=1, help="Retailer id (retailers.id).", show_default=False)]
+Reason = Annotated[str, typer.Option("--reason", help="Why (stored in the audit log).", show_default=False)]
+Actor = Annotated[str, typer.Option("--actor", help="The admin acting (stored in the audit log).", show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$")
+
+
+def _admin(action: str, retailer_id: int, reason: str, actor: str, as_json: bool) -> None:
+    from activities.credit.admin import change_status
+
+    if not reason.strip() or not actor.strip():
+        raise UsageError("--reason and --actor must not be empty")
+    change = call(lambda c: change_status(c.engine, retailer_id, action, reason=reason, actor=actor), database=True)  # type: ignore[arg-type]
+    if as_json:
+        echo(True, change.__dict__)
+    else:
+        typer.echo(f"retailer {retailer_id}: {change.old_status} -> {change.new_status} (audit #{change.audit_id})")
+
+
+@credit_app.command("pause")
+def credit_pause(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_json: Json = False) -> None:
+    """Pause RETAILER's credit (COD only). An admin pause is never lifted by a payment."""
+    _admin("pause", retailer_id, reason, actor, as_json)
+
+
+@credit_app.command("unpause")
+def credit_unpause(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_json: Json = False) -> None:
+    """Lift RETAILER's pause or block (whoever made it)."""
+    _admin("unpause", retailer_id, reason, actor, as_json)
+
+
+@credit_app.command("block")
+def credit_block(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_json: Json = False) -> None:
+    """Block RETAILER: no orders, no reminders, never lifted automatically."""
+    _admin("block", retailer_id, reason, actor, as_json)
+
+
+@credit_app.command("risk")
+def credit_risk(as_json: Json = False) -> None:
+    """Receivables by aging bucket, and the retailers within 5 days of crossing their overdue limit."""
+    from activities.credit.admin import risk_view
+
+    view = call(lambda c: risk_view(c.engine, datetime.now(c.settings.tz).date()), database=True)
+    if as_json:
+        echo(True, {"today": view.today, "buckets": view.buckets, "at_risk": view.at_risk})
+        return
+    typer.echo(f"receivables on {view.today}")
+    typer.echo(f"{'days overdue':<14}{'debits':>8}{'retailers':>11}{'outstanding':>16}")
+    for b in view.buckets:
+        typer.echo(f"{b['bucket']:<14}{b['debits']:>8}{b['retailers']:>11}{b['outstanding']:>16,.2f}")
+    typer.echo(f"\nat risk (within 5 days of their limit): {len(view.at_risk)}")
+    if view.at_risk:
+        typer.echo(f"{'retailer':<10}{'days overdue':>14}{'limit':>7}{'days left':>11}{'outstanding':>16}")
+        for r in view.at_risk:
+            typer.echo(
+                f"{r['retailer_id']:<10}{r['days_overdue']:>14}{r['max_outstanding_days']:>7}"
+                f"{r['days_left']:>11}{r['outstanding']:>16,.2f}"
+            )
+
+
+@credit_app.command("profile")
+def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
+    """RETAILER's credit: status, limits, open debits, recent audit."""
+    from activities.credit.admin import profile
+
+    p = call(lambda c: profile(c.engine, retailer_id, datetime.now(c.settings.tz).date()), database=True)
+    if as_json:
+        echo(True, p)
+        return
+    paused = f" since {p['paused_at']:%Y-%m-%d} by {p['paused_by']}: {p['pause_reason']}" if p["paused_at"] else ""
+    typer.echo(f"retailer {p['retailer_id']}: {p['credit_status']}{paused}")
+    typer.echo(
+        f"limit {p['credit_limit']:,.2f}  available {p['available_credit']:,.2f}  outstanding {p['outstanding']:,.2f}"
+        f"  max overdue {p['max_outstanding_days']} days"
+    )
+    typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
+    for d in p["open_debits"]:
+        typer.echo(
+            f"{d['id']:<8}{d['due_date']!s:<12}{d['amount']:>12,.2f}{d['cleared_amount']:>12,.2f}"
+            f"{d['status']:>16}{d['days_overdue']:>9}{d['reminders']:>11}"
+        )
+    typer.echo("\nrecent audit:")
+    for a in p["recent_audit"]:
+        typer.echo(f"  {a['at']:%Y-%m-%d %H:%M}  {a['action']:<22} {a['by']:<12} {a['reason'] or ''}")
+
+
+@payments_app.command("record")
+def payments_record(
+    retailer: Annotated[int, typer.Option("--retailer", min=1, help="Retailer id.", show_default=False)],
+    amount: Annotated[str, typer.Option("--amount", help="Amount paid, e.g. 1250.50.", show_default=False)],
+    actor: Actor,
+    reference: Annotated[
+        str | None, typer.Option("--reference", help="Bank or receipt reference; the same one twice records once.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Record a payment: allocated to the oldest open debits, then the retailer's guardrails re-checked."""
+    from activities.credit.admin import retailer_exists
+    from schemas.credit import RecordPayment
+    from services.credit import record_payment
+
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise UsageError(f"--amount {amount!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise UsageError(f"--amount must be positive (got {amount})")
+    if value.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise UsageError(f"--amount has more than 2 decimals ({amount})")
+    if reference is not None and not REFERENCE.match(reference):
+        raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
+    if not actor.strip():
+        raise UsageError("--actor must not be empty")
+    if not call(lambda c: retailer_exists(c.engine, retailer), database=True):
+        raise UsageError(f"no retailer {retailer}")
+    s = settings()
+    payment = RecordPayment(
+        retailer_id=retailer,
+        amount=value,
+        reference=reference or f"manual-{uuid.uuid4().hex[:12]}",
+        actor=actor,
+        business_timezone=s.business_timezone,
+        messaging_task_queue=s.messaging_task_queue,
+    )
+
+    result = call(lambda c: record_payment(c.client, payment, task_queue=s.task_queue), temporal=True)
+    if as_json:
+        echo(True, result.model_dump(mode="json"))
+        return
+    recorded = result.payment
+    if recorded.duplicate:
+        typer.echo(f"payment/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
+        return
+    typer.echo(f"payment/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
+    for a in recorded.allocations:
+        typer.echo(f"  debit {a.debit_id}: {a.allocated:,.2f} -> {a.status}")
+    if recorded.unallocated:
+        typer.echo(f"  unallocated (credit balance): {recorded.unallocated:,.2f}")
+    if result.guardrails.resumed:
+        typer.echo("  credit resumed: the system's pause no longer applies")

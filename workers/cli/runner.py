@@ -1,0 +1,88 @@
+"""The one way a `jobctl` command runs: settings, connections, refusals as exit 2, output.
+
+Every subcommand goes through `call`: it reads the settings (a malformed one is one line naming
+it, exit 2), opens only the connections the command asked for, closes them, and turns a
+`Refused` (the service layer's "this cannot apply") into one clear line and exit 2. The process
+leaves through `os._exit` in `workers.cli.main` (the SDK's runtime can abort during interpreter
+shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+
+from config.settings import Settings, load_settings
+from schemas.errors import Refused
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+T = TypeVar("T")
+
+UsageError = typer.BadParameter
+"""Bad input from the command line: printed with the usage line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a command's action may use; only what it asked `call` for is connected."""
+
+    settings: Settings
+    client: Client = None  # type: ignore[assignment]
+    engine: AsyncEngine = None  # type: ignore[assignment]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def call(action: Callable[[Context], Awaitable[T]], *, temporal: bool = False, database: bool = False) -> T:
+    """Run `action(context)` with Temporal and/or the database connected; a refusal is exit 2."""
+    s = settings()
+    url = s.require_database_url() if database else None
+
+    async def _go() -> T:
+        engine = client = None
+        if url is not None:
+            from activities.database import create_engine
+
+            engine = create_engine(url, pool_size=2)
+        try:
+            if temporal:
+                from workers.temporal_client import connect
+
+                client = await connect(s)
+            return await action(Context(s, client, engine))  # type: ignore[arg-type]
+        finally:
+            if engine is not None:
+                await engine.dispose()
+
+    try:
+        return run(_go)
+    except Refused as refusal:
+        raise UsageError(str(refusal)) from None
+
+
+def echo(as_json: bool, payload: Any, line: str | None = None) -> None:
+    """`--json` prints the payload for scripts; otherwise the line for people."""
+    if as_json or line is None:
+        typer.echo(json.dumps(payload, default=str, indent=2))
+    else:
+        typer.echo(line)
+
+
+def configure_logging(s: Settings) -> None:
+    from workers.log import configure_logging as configure
+
+    configure(s.log_format, s.log_level)

@@ -1,0 +1,66 @@
+"""The family registry: every job family and shared gateway jobctl runs (see `registry.Family`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from workers.families import churn, credit, insights, loyalty, messaging, orders, payments
+from workers.families.registry import Family
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+    from activities.deps import ActivityDeps
+    from config.settings import Settings
+    from services import StripeHandler
+    from workers.schedules import ScheduleDefinition
+
+FAMILIES: tuple[Family, ...] = (
+    insights.FAMILY,
+    orders.FAMILY,
+    credit.FAMILY,
+    churn.FAMILY,
+    loyalty.FAMILY,
+    messaging.FAMILY,
+    payments.FAMILY,
+)
+
+
+def by_name(name: str) -> Family:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise KeyError(name)
+
+
+def all_workflows() -> list[type]:
+    return [wf for family in FAMILIES for wf in family.workflows()]
+
+
+def job_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
+    return [a for family in FAMILIES for a in family.activities(deps)]
+
+
+def messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
+    return [a for family in FAMILIES for a in family.messaging_activities(deps)]
+
+
+def all_schedules() -> list[ScheduleDefinition]:
+    return [s for family in FAMILIES for s in family.schedules()]
+
+
+def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
+    handlers: dict[str, StripeHandler] = {}
+    for family in FAMILIES:
+        family_handlers: Mapping[str, StripeHandler] = family.stripe_handlers(client, engine, settings)
+        for event_type, handler in family_handlers.items():
+            if event_type in handlers:
+                raise ValueError(f"two families handle Stripe event {event_type}")
+            handlers[event_type] = handler
+    return handlers
+
+
+__all__: Sequence[str] = ("FAMILIES", "Family", "all_schedules", "all_workflows", "by_name", "job_activities",
+                          "messaging_activities", "stripe_handlers")

@@ -1,0 +1,33 @@
+"""Churn saver: a durable case per at-risk member, nudges, manual steps, incentives through Stripe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.cli.churn import churn_app
+from workers.families.registry import Family
+
+
+def _workflows() -> list[type]:
+    from workflows.churn import ChurnCaseWorkflow
+
+    return [ChurnCaseWorkflow]
+
+
+def _activities(deps: Any) -> list[Any]:
+    """The case also calls `send_message` (messaging) and the subscription activities (payments)."""
+    from activities.churn.cases import ChurnActivities
+
+    cases = ChurnActivities(deps.engine)
+    return [cases.load_case, cases.decide_nudge, cases.record_action]
+
+
+def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+    from services.churn import stripe_handlers
+
+    return stripe_handlers(client, engine, settings)
+
+
+FAMILY = Family(
+    name="churn", cli=[("churn", churn_app)], workflows=_workflows, activities=_activities, stripe_handlers=_stripe_handlers
+)

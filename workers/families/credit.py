@@ -1,0 +1,69 @@
+"""Credit: payment reminders, guardrails (auto-pause), payment recording, the admin's tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.cli.credit import credit_app, payments_app
+from workers.families.registry import Family
+
+
+def _workflows() -> list[type]:
+    from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow, RecordPaymentWorkflow
+
+    return [PaymentRemindersWorkflow, CreditGuardrailsWorkflow, RecordPaymentWorkflow]
+
+
+def _activities(deps: Any) -> list[Any]:
+    """Reminders need Stripe for their links (`deps.payments`)."""
+    from activities.credit.guardrails import GuardrailActivities
+    from activities.credit.payments import PaymentRecordingActivities
+    from activities.credit.reminders import ReminderActivities
+
+    reminders = ReminderActivities(deps.engine, deps.payments)
+    guardrails = GuardrailActivities(deps.engine)
+    payments = PaymentRecordingActivities(deps.engine)
+    return [reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply, payments.record]
+
+
+def _schedules() -> list[Any]:
+    from services import credit as service
+    from workers.schedules import ScheduleDefinition
+    from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
+
+    return [
+        ScheduleDefinition(
+            schedule_id="payment-reminders",
+            workflow=PaymentRemindersWorkflow.run,
+            make_arg=service.reminders_schedule_input,
+            workflow_id="payment-reminders/daily",
+            summary="Payment reminders: one message and one payment link per retailer with debits due today",
+            daily_at=(10, 0),
+            job_name="payment-reminders",
+        ),
+        ScheduleDefinition(
+            schedule_id="credit-guardrails",
+            workflow=CreditGuardrailsWorkflow.run,
+            make_arg=service.guardrails_schedule_input,
+            workflow_id="credit-guardrails/daily",
+            summary="Credit guardrails: pause retailers past their limits, lift cleared system pauses",
+            daily_at=(11, 0),
+            job_name="credit-guardrails",
+        ),
+    ]
+
+
+def _stripe_handlers(client: Any, _engine: Any, settings: Any) -> Any:
+    from services.credit import stripe_handlers
+
+    return stripe_handlers(client, settings)
+
+
+FAMILY = Family(
+    name="credit",
+    cli=[("credit", credit_app), ("payments", payments_app)],
+    workflows=_workflows,
+    activities=_activities,
+    schedules=_schedules,
+    stripe_handlers=_stripe_handlers,
+)

@@ -1,0 +1,45 @@
+"""Insight regeneration: every retailer's 30-day stats and a friendly message, nightly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.cli.insights import insights_app
+from workers.families.registry import Family
+
+
+def _workflows() -> list[type]:
+    from workflows.insights import InsightsRegenerationWorkflow
+
+    return [InsightsRegenerationWorkflow]
+
+
+def _activities(deps: Any) -> list[Any]:
+    from activities.insights import InsightActivities, business_day
+
+    # business_day is the calendar every scheduled family asks (insights and credit): registered once, here.
+    return [InsightActivities(deps.engine).regenerate_insights_chunk, business_day]
+
+
+def _schedules() -> list[Any]:
+    from schemas.insights import InsightsRequest
+    from workers.schedules import ScheduleDefinition
+    from workflows.insights import InsightsRegenerationWorkflow
+
+    # Temporal appends the scheduled time to the action's workflow id: insights/nightly-2026-11-23T03:00:00Z.
+    return [
+        ScheduleDefinition(
+            schedule_id="insights-nightly",
+            workflow=InsightsRegenerationWorkflow.run,
+            make_arg=lambda s: InsightsRequest(business_timezone=s.business_timezone),
+            workflow_id="insights/nightly",
+            summary="Nightly insight regeneration for every retailer",
+            daily_at=(3, 0),
+            job_name="insights",
+        )
+    ]
+
+
+FAMILY = Family(
+    name="insights", cli=[("insights", insights_app)], workflows=_workflows, activities=_activities, schedules=_schedules
+)

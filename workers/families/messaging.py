@@ -1,0 +1,51 @@
+"""Messaging, a shared gateway: the exactly-once outbox and the Twilio sends on the `messaging` queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.families.registry import Family
+
+
+def _workflows() -> list[type]:
+    from workflows.messaging import MessageBatchWorkflow
+
+    return [MessageBatchWorkflow]
+
+
+def sends(deps: Any) -> Any:
+    """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
+    from activities.messaging.outbox import QuietHours
+    from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+    from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+    from config.settings import SettingsError
+
+    settings = deps.settings
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        raise SettingsError("TWILIO_ACCOUNT_SID: required by the messaging worker (with TWILIO_AUTH_TOKEN)")
+    client = twilio_client(
+        settings.twilio_api_base,
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        async_client=True,
+        timeout=5.0,
+    )
+    callback = f"{settings.webhook_base_url.rstrip('/')}/webhooks/twilio/status" if settings.webhook_base_url else None
+    return MessagingActivities(
+        deps.engine,
+        TwilioGateway(client, status_callback=callback),
+        Senders(whatsapp=settings.twilio_whatsapp_from, sms=settings.twilio_sms_from),
+        SendPolicy(
+            daily_cap=settings.message_daily_cap,
+            quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
+        ),
+        per_second=settings.messages_per_second,
+    )
+
+
+def _messaging_activities(deps: Any) -> list[Any]:
+    activities = sends(deps)
+    return [activities.send_message, activities.send_messages]
+
+
+FAMILY = Family(name="messaging", workflows=_workflows, messaging_activities=_messaging_activities)

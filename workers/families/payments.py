@@ -1,0 +1,26 @@
+"""Payments, a shared gateway: Stripe customers, payment links, subscriptions, PaymentIntents.
+
+Registered only when STRIPE_SECRET_KEY is set (`ActivityDeps.payments`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.families.registry import Family
+
+
+def _activities(deps: Any) -> list[Any]:
+    payments = deps.payments
+    if payments is None:
+        return []
+    return [
+        payments.ensure_customer,
+        payments.create_payment_link,
+        payments.extend_subscription,
+        payments.cancel_subscription,
+        payments.payment_intent_status,
+    ]
+
+
+FAMILY = Family(name="payments", activities=_activities)
