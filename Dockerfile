@@ -1,4 +1,5 @@
-# The jobctl worker image: slim, non-root, `jobctl worker` by default.
+# The jobctl worker image: slim, non-root, `jobctl worker` by default. It carries no dev tools
+# (devtools/: emulators, sandbox, dev stack); `jobctl dev` there says the dev extra is missing.
 #   docker build -t jobctl .
 #   docker run --rm -e DATABASE_URL=... -e TEMPORAL_ADDRESS=... jobctl
 # Readiness probe: `jobctl worker --check` (exit 0 when Temporal and the database answer).
@@ -9,6 +10,8 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY workers ./workers
 COPY schemas ./schemas
+COPY config ./config
+COPY services ./services
 COPY migrations ./migrations
 RUN python -m venv /opt/jobctl && /opt/jobctl/bin/pip install --no-cache-dir .
 

