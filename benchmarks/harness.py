@@ -8,12 +8,14 @@ following continue-as-new chains.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import sys
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from schemas import search_attributes
 from devtools import binaries
 from workers import migrate
 from workers.worker import compile_workflow_modules
+import workflows
 from devtools.embedded_db import EmbeddedPostgres
 
 ACTION_EVENTS = {
@@ -48,8 +51,14 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack() -> AsyncIterator[Stack]:
-    compile_workflow_modules()  # as the production worker does on start
+async def stack(*, compile_workflows: bool = True) -> AsyncIterator[Stack]:
+    """`compile_workflows=False` measures the worker without `compile_workflow_modules()`: the
+    sandbox then compiles each workflow module's source on every import (PYTHONDONTWRITEBYTECODE=1)."""
+    if compile_workflows:
+        compile_workflow_modules()  # as the production worker does on start
+    else:
+        for cache in Path(workflows.__file__).parent.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
     root = Path(tempfile.mkdtemp(prefix="jobctl-bench-"))
     pg = EmbeddedPostgres(root / "pg", delete_on_stop=True)
     url = pg.create_database("bench")
@@ -151,6 +160,11 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
+def cpu_ms(before: dict[str, float], after: dict[str, float], units: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work, by process, from two `cpu_seconds()` readings."""
+    return {name: (after[name] - before[name]) * 1000 / units for name in after}
+
+
 def cpu_per(before: dict[str, float], after: dict[str, float], units: int, unit: str) -> str:
     """`name X ms` per unit of work for each process, from two `cpu_seconds()` readings."""
     parts = [f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after if after[name] > before[name]]
@@ -159,3 +173,38 @@ def cpu_per(before: dict[str, float], after: dict[str, float], units: int, unit:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+MAX_START_LOAD = 0.5
+
+
+def require_quiet(max_load: float = MAX_START_LOAD, settle_s: float = 240.0) -> None:
+    """Refuse to measure beside other work: print the load average and exit 1 when the 1-minute
+    load stays above `max_load`. A run that follows another waits up to `settle_s` for the
+    previous run's load to decay (the 1-minute average takes about 80 s to fall from 2 to 0.5)."""
+    deadline = time.monotonic() + settle_s
+    while (load := os.getloadavg())[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    if load[0] > max_load:
+        print(
+            f"refused: the 1-minute load is {load[0]:.2f} (> {max_load}): something else is running;"
+            " no figure is taken beside other work",
+            flush=True,
+        )
+        raise SystemExit(1)
+
+
+def print_load_at_end() -> None:
+    load = os.getloadavg()
+    print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+
+
+def figure(name: str, value: float, unit: str, *, target: str, floor: float | None = None, floor_name: str = "") -> None:
+    """One machine-readable figure for `make bench` (benchmarks/bench.py collects them).
+
+    `target` is a comparison applied to the ratio value/floor when there is a floor, else to the
+    value: ">= 0.98", "< 0.1", "<= 2".
+    """
+    record = {"name": name, "value": value, "unit": unit, "target": target, "floor": floor, "floor_name": floor_name}
+    print("FIGURE " + json.dumps(record), flush=True)

@@ -30,7 +30,9 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities.orders import OrderActivities  # noqa: E402
 from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
-from benchmarks.harness import cpu_per, cpu_seconds, machine, stack  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    cpu_ms, cpu_per, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
+)
 from schemas.orders import PendingOrderInput  # noqa: E402
 from services.orders import start_pending_order  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
@@ -88,7 +90,7 @@ async def start_all(
     return time.perf_counter() - started
 
 
-async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> tuple[float, str]:
+async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> tuple[float, str, dict[str, float]]:
     """Starts/s and CPU per start of BareClockWorkflow: Temporal's own cost of a clock here."""
     slots = asyncio.Semaphore(concurrency)
     prefix = uuid.uuid4().hex[:8]
@@ -105,11 +107,14 @@ async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> t
         cpu_before, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = time.perf_counter() - started
-        return count / elapsed, cpu_per(cpu_before, cpu_seconds(), count, "start")
+        cpu_after = cpu_seconds()
+        return count / elapsed, cpu_per(cpu_before, cpu_after, count, "start"), cpu_ms(cpu_before, cpu_after, count)
 
 
-async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float) -> None:
-    async with stack() as s:
+async def main(
+    orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float, compile_workflows: bool = True
+) -> None:
+    async with stack(compile_workflows=compile_workflows) as s:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         activities = OrderActivities(s.engine)
         rss_before = rss_mb()
@@ -128,7 +133,8 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, ex
             sleeping = await new_orders(s.engine, orders)
             cpu_before = cpu_seconds()
             elapsed = await start_all(s.client, sleeping, queue, concurrency)
-            start_cpu = cpu_per(cpu_before, cpu_seconds(), orders, "start")
+            cpu_after = cpu_seconds()
+            start_cpu, start_ms = cpu_per(cpu_before, cpu_after, orders, "start"), cpu_ms(cpu_before, cpu_after, orders)
             await asyncio.sleep(2)
             rss_sleeping = rss_mb()
 
@@ -163,11 +169,11 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, ex
                     ).scalars()
                 ]
 
-        floor_rate, floor_cpu = await bare_floor(s.client, f"{queue}-bare", min(orders, 3000), concurrency)
+        floor_rate, floor_cpu, floor_ms = await bare_floor(s.client, f"{queue}-bare", min(orders, 3000), concurrency)
 
     lateness.sort()
     p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; workflow bytecode compiled at start: {compile_workflows}")
     print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight)")
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"Temporal alone (a clock that only answers its start and sleeps): {floor_rate:,.0f} starts/s")
@@ -178,6 +184,12 @@ async def main(orders: int, expiry_orders: int, ttl: float, concurrency: int, ex
         f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
+    worker = "benchmark process"
+    figure("orders: clock starts/s", orders / elapsed, "starts/s", floor=floor_rate, floor_name="bare clock", target=">= 0.85")
+    figure("orders: worker CPU per start", start_ms[worker], "ms", floor=floor_ms[worker], floor_name="bare clock", target="<= 2")
+    figure(f"orders: expiry lateness p99 ({expiry_orders} clocks)", p(0.99), "s", target="< 0.1")
+    figure(f"orders: worker RSS with {orders} asleep", rss_sleeping, "MB", target="< 400")
+    print_load_at_end()
 
 
 if __name__ == "__main__":
@@ -191,7 +203,9 @@ if __name__ == "__main__":
         " machine sustains (lateness above capacity is only the backlog)",
     )
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--no-compile", action="store_true", help="skip compile_workflow_modules() (to measure what it buys)")
     args = parser.parse_args()
     if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0 or args.expiry_rate <= 0:
         parser.error("--orders and --expiry-orders must be at least 1, --ttl and --expiry-rate positive")
-    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate))
+    require_quiet()
+    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate, not args.no_compile))
