@@ -25,6 +25,7 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
+from schemas import ids
 from schemas.churn import ApplyIncentive, CaseStatus, ManualNudge
 from schemas.payments import EnsureCustomer
 from tests.activities.test_orders import zone_where
@@ -98,7 +99,7 @@ async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member
 async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed")
-    return case_id, env.client.get_workflow_handle(churn_api.workflow_id(case_id), result_type=CaseStatus)
+    return case_id, env.client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> CaseStatus:
@@ -303,7 +304,7 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
         async with engine.connect() as conn:
             cases = (await conn.execute(text("SELECT id, trigger FROM recovery_cases WHERE membership_id = :m"), {"m": member})).all()
         assert [c.trigger for c in cases] == ["payment_failed"]
-        handle = env.client.get_workflow_handle(churn_api.workflow_id(cases[0].id), result_type=CaseStatus)
+        handle = env.client.get_workflow_handle(ids.churn_case(cases[0].id), result_type=CaseStatus)
         payload, headers = stripe_signed(invoice("invoice.paid"))
         assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
         result = await result_of(env, handle)

@@ -22,8 +22,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.loyalty.errors import UnknownCustomer
-from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities, workflow_id
+from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities
 from activities.payments.activities import PaymentActivities
+from schemas import ids
 from schemas import search_attributes
 from schemas.loyalty import LoyaltySweepRequest, LoyaltySweepResult, ReconcileResult, ReconcileStatus
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
@@ -127,7 +128,7 @@ async def queue_row(engine: AsyncEngine, item_id: int):
 
 
 def handle_of(client: Client, item_id: int) -> WorkflowHandle:
-    return client.get_workflow_handle(workflow_id(item_id), result_type=ReconcileResult)
+    return client.get_workflow_handle(ids.loyalty_reconcile(item_id), result_type=ReconcileResult)
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> ReconcileResult:
