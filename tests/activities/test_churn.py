@@ -252,6 +252,27 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
     assert company != "another-company"
 
 
+async def test_malformed_endings_are_dropped_and_the_case_stays_open(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[30])
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        for signal in ("recovered", "cancelled"):
+            for bad in ({"actor_id": ["agent-1"]}, {"actor_id": "x" * 101}, "over", [1], b"raw bytes"):
+                await handle.signal(signal, bad)
+        await handle.signal("cancelled", {"actor_id": "agent-1", "company_id": "another-company"})
+        await env.sleep(timedelta(minutes=5))
+        assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
+        await handle.signal("recovered")  # no payload: a valid ending without an actor
+        result = await result_of(env, handle)
+    assert result.status == "RECOVERED"
+    assert [r.type for r in await actions(engine, case_id)] == ["case_recovered"]
+    assert await task_failures(handle) == 0
+
+
 async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
     emulator: TwilioEmulator, task_queue: str,

@@ -288,6 +288,8 @@ async def test_insufficient_points_goes_to_review_and_resolve_manually_closes_it
         await handle.signal("resolve_manually", {"actor_id": "admin-7"})  # no note
         await handle.signal("resolve_manually", {"actor_id": "  ", "note": "x"})
         await handle.signal("resolve_manually")
+        await handle.signal("retry_now", b"raw bytes")  # binary/plain: reaches the handler undecoded
+        await handle.signal("resolve_manually", b"raw bytes")
         assert (await handle.query(LoyaltyReconciliationWorkflow.status)).phase == "waiting for review"
         assert (await queue_row(engine, queued.item_id)).status == "NEEDS_REVIEW"
 

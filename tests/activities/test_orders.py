@@ -306,6 +306,8 @@ async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
         await handle.signal("failed")  # no payload at all
         await handle.signal("completed", "not an object")
         await handle.signal("completed", {"actor_id": ["x"]})
+        await handle.signal("failed", b"raw bytes")  # binary/plain: reaches the handler undecoded
+        await handle.signal("completed", b"raw bytes")
         with pytest.raises(pydantic.ValidationError):
             await fail_order(env.client, oid, "")  # refused before it leaves the client
         assert (await handle.query(PendingOrderWorkflow.status)).state == "PENDING"
