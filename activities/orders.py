@@ -24,7 +24,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
+from schemas import ids
 from schemas.orders import (
     FollowUpSent,
     OrderFailure,
@@ -34,16 +36,11 @@ from schemas.orders import (
     PendingOrderRecord,
     RegisterPendingOrder,
     SettleOrder,
-    SweepPage,
-    SweepPageResult,
+    OrderSweepPage,
+    OrderSweepPageResult,
 )
 
 log = structlog.get_logger(__name__)
-
-
-def workflow_id(order_id: int) -> str:
-    """The business key of an order's clock (ARCHITECTURE §5)."""
-    return f"pending-order/{order_id}"
 
 
 # --------------------------------------------------------------------------- SQL
@@ -124,10 +121,6 @@ ORDER BY order_id LIMIT :page_size
 )
 
 
-def _permanent(error_type: str, message: str) -> ApplicationError:
-    return ApplicationError(message, type=error_type, non_retryable=True)
-
-
 def _zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
@@ -176,8 +169,8 @@ class OrderActivities:
     async def _not_pending(conn: AsyncConnection, order_id: int) -> ApplicationError:
         status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": order_id})
         if status is None:
-            return _permanent("UnknownOrder", f"order {order_id} does not exist")
-        return _permanent("OrderNotPending", f"order {order_id} is {status}, not a pending checkout")
+            return permanent("UnknownOrder", f"order {order_id} does not exist")
+        return permanent("OrderNotPending", f"order {order_id} is {status}, not a pending checkout")
 
     @activity.defn(name="record_follow_up")
     async def record_follow_up(self, sent: FollowUpSent) -> None:
@@ -202,7 +195,7 @@ class OrderActivities:
                     text("SELECT status FROM pending_orders WHERE order_id = :order_id"), params
                 )
         if state is None:
-            raise _permanent("UnknownOrder", f"order {request.order_id} has no pending row")
+            raise permanent("UnknownOrder", f"order {request.order_id} has no pending row")
         if state != request.state:
             log.info("orders.already_settled", order_id=request.order_id, wanted=request.state, state=state)
         return state
@@ -222,7 +215,7 @@ class OrderActivities:
                 )
             ).first()
             if order is None:
-                raise _permanent("UnknownOrder", f"order {failure.order_id} does not exist")
+                raise permanent("UnknownOrder", f"order {failure.order_id} does not exist")
             old: dict[str, Any] = {"order_status": order.status}
             new: dict[str, Any] = {}
             if await self._fail_order(conn, failure):
@@ -362,33 +355,33 @@ class OrderSweepActivities:
         self._start = start
 
     @activity.defn(name="expire_orphaned_orders")
-    async def expire_orphaned_orders(self, page: SweepPage) -> SweepPageResult:
+    async def expire_orphaned_orders(self, page: OrderSweepPage) -> OrderSweepPageResult:
         """Expire one page of PENDING rows past `expires_at` that no running workflow watches."""
         async with self._engine.connect() as conn:
-            ids = list(
+            found = list(
                 (await conn.execute(STALE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size}))
                 .scalars()
             )
-        if not ids:
-            return SweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
-        running = await self._running(ids, page.max_concurrent_checks)
-        orphans = [order_id for order_id in ids if order_id not in running]
+        if not found:
+            return OrderSweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
+        running = await self._running(found, page.max_concurrent_checks)
+        orphans = [order_id for order_id in found if order_id not in running]
         expired = 0
         if orphans:
             async with self._engine.begin() as conn:
                 expired = int(await conn.scalar(EXPIRE_PAGE_SQL, {"order_ids": orphans, "as_of": page.as_of}) or 0)
-        log.info("orders.sweep_expired", expired=expired, watched=len(running), after_order_id=ids[-1])
-        return SweepPageResult(after_order_id=ids[-1], rows=len(ids), changed=expired, left_alone=len(running))
+        log.info("orders.sweep_expired", expired=expired, watched=len(running), after_order_id=found[-1])
+        return OrderSweepPageResult(after_order_id=found[-1], rows=len(found), changed=expired, left_alone=len(running))
 
     @activity.defn(name="start_missing_order_workflows")
-    async def start_missing_order_workflows(self, page: SweepPage) -> SweepPageResult:
+    async def start_missing_order_workflows(self, page: OrderSweepPage) -> OrderSweepPageResult:
         """Start a clock for each PENDING, unexpired row of one page that has none running."""
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(LIVE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size})
             ).all()
         if not rows:
-            return SweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
+            return OrderSweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
         running = await self._running([row.order_id for row in rows], page.max_concurrent_checks)
         missing = [row for row in rows if row.order_id not in running]
         slots = asyncio.Semaphore(page.max_concurrent_checks)
@@ -411,7 +404,7 @@ class OrderSweepActivities:
 
         started = sum(await asyncio.gather(*(start(row) for row in missing)))
         log.info("orders.sweep_started", started=started, watched=len(running), after_order_id=rows[-1].order_id)
-        return SweepPageResult(after_order_id=rows[-1].order_id, rows=len(rows), changed=started, left_alone=len(running))
+        return OrderSweepPageResult(after_order_id=rows[-1].order_id, rows=len(rows), changed=started, left_alone=len(running))
 
     async def _running(self, order_ids: Iterable[int], concurrency: int) -> set[int]:
         """The orders whose `pending-order/{id}` workflow is running now (not found: not running)."""
@@ -420,14 +413,14 @@ class OrderSweepActivities:
         async def is_running(order_id: int) -> bool:
             async with slots:
                 try:
-                    described = await self._client.get_workflow_handle(workflow_id(order_id)).describe()
+                    described = await self._client.get_workflow_handle(ids.pending_order(order_id)).describe()
                 except RPCError as error:
                     if error.status == RPCStatusCode.NOT_FOUND:
                         return False
                     raise
             return described.status == WorkflowExecutionStatus.RUNNING
 
-        ids = list(order_ids)
-        flags = await asyncio.gather(*(is_running(order_id) for order_id in ids))
-        activity.heartbeat(ids[-1])
-        return {order_id for order_id, running in zip(ids, flags, strict=True) if running}
+        checked = list(order_ids)
+        flags = await asyncio.gather(*(is_running(order_id) for order_id in checked))
+        activity.heartbeat(checked[-1])
+        return {order_id for order_id, running in zip(checked, flags, strict=True) if running}

@@ -2,7 +2,7 @@
 
     python benchmarks/loyalty.py --applications 1000 --hot 10 --cold 1000
 
-Fires N applications at once through `apply_order_points` (the checkout path's call: one
+Fires N applications at once through `apply_points_at_checkout` (the checkout path's call: one
 transaction holding the customer's row lock), first spread over a few hot customers (up to
 N / hot applications queue on each row lock), then over many cold ones (almost no contention).
 Prints applications/s, the time spent waiting for the row lock (p50/p95/max), call latency, and
@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from activities.database import create_engine  # noqa: E402
 from activities.loyalty.audit import audit_balances  # noqa: E402
-from activities.loyalty.ledger import apply_order_points  # noqa: E402
+from activities.loyalty.ledger import apply_points_at_checkout  # noqa: E402
 from benchmarks.harness import machine  # noqa: E402
 from schemas.loyalty import PointsApplication  # noqa: E402
 from workers import migrate  # noqa: E402
@@ -70,7 +70,7 @@ async def run_set(engine: AsyncEngine, label: str, customers: list[int], applica
 
     async def one(i: int) -> PointsApplication:
         started = time.perf_counter()
-        result = await apply_order_points(engine, customers[i % len(customers)], f"bench-{run}-{i}", REDEEM, ORDER_TOTAL)
+        result = await apply_points_at_checkout(engine, customers[i % len(customers)], f"bench-{run}-{i}", REDEEM, ORDER_TOTAL)
         latencies.append((time.perf_counter() - started) * 1000)
         return result
 

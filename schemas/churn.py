@@ -52,6 +52,23 @@ class NudgeRequest(BaseModel):
     actor_id: str | None = None
 
 
+class LoadCase(BaseModel):
+    """What the case's workflow asks of the database first (scoped to the company)."""
+
+    case_id: int
+    company_id: str
+
+
+class DecideNudge(BaseModel):
+    """Ask whether a nudge may go out at `at`, given the nudges sent before it (the daily cap)."""
+
+    case_id: int
+    company_id: str
+    at: datetime
+    channel: str | None = None
+    sent_before: list[datetime] = []
+
+
 class NudgeDecision(BaseModel):
     """Whether the company's rules let a nudge go out now; if not, why and when it may."""
 

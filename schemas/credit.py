@@ -18,6 +18,12 @@ REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
 
 SkipReason = Literal["blocked", "no_phone", "opted_out"]
 
+
+def reminder_key(retailer_id: int, day: date) -> str:
+    """The idempotency key of a retailer's reminder of `day`: the activity sends under it and the
+    workflow matches the sent outcomes back to retailers by it."""
+    return f"reminder:{retailer_id}:{day.isoformat()}"
+
 # --- payment reminders ---------------------------------------------------------------------------
 
 

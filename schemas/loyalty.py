@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 """`loyalty_reconciliation_queue.status`, and the `CaseStatus` search attribute of its workflow."""
 
+REFUSALS = ["InsufficientPoints", "UnknownCustomer", "OrderOfAnotherCustomer", "PointsOverflow"]
+"""The ledger's refusal types (`activities.loyalty.errors`): non-retryable, so a workflow sends an
+item that fails with one of them to review."""
+
 MAX_POINTS = 1_000_000_000  # the ledger's columns are 32-bit integers
 _ORDER_REF = Field(
     min_length=1, max_length=100, pattern=r"^[A-Za-z0-9:_\-./]+$", description="the order's business reference"
@@ -196,13 +200,13 @@ class LoyaltySweepRequest(BaseModel):
     max_concurrent_starts: int = Field(default=20, ge=1, le=200)
 
 
-class SweepPage(BaseModel):
+class LoyaltySweepPage(BaseModel):
     after_item_id: int
     page_size: int
     max_concurrent_starts: int
 
 
-class SweepPageResult(BaseModel):
+class LoyaltySweepPageResult(BaseModel):
     after_item_id: int
     rows: int
     started: int

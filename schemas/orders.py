@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 OrderState = Literal["PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED"]
 """The states of `pending_orders.status` (and the `CaseStatus` search attribute)."""
 
+REFUSALS = ["UnknownOrder", "OrderNotPending"]
+"""Why registering a clock is refused for good (non-retryable): the starter's `track` update says which."""
+
 FOLLOW_UP_AFTER = timedelta(hours=2)
 ORDER_TTL = timedelta(hours=24)
 
@@ -129,7 +132,7 @@ class OrderSweepProgress(BaseModel):
     left_alone: int = 0
 
 
-class SweepPage(BaseModel):
+class OrderSweepPage(BaseModel):
     """One page of the sweep: PENDING rows after a cursor, either stale (expire) or live (start)."""
 
     as_of: datetime
@@ -140,7 +143,7 @@ class SweepPage(BaseModel):
     messaging_task_queue: str = "messaging"
 
 
-class SweepPageResult(BaseModel):
+class OrderSweepPageResult(BaseModel):
     after_order_id: int
     rows: int = Field(description="rows read; fewer than the page size means the phase is done")
     changed: int = Field(description="rows expired, or workflows started")

@@ -16,6 +16,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.churn.cases import CaseRefused, case_company, membership_by_stripe, open_case
+from schemas import ids
 from schemas import search_attributes
 from schemas.churn import ChurnCaseInput, ManualNudge
 from config.settings import Settings
@@ -23,10 +24,6 @@ from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
 
 log = structlog.get_logger(__name__)
-
-
-def workflow_id(case_id: int) -> str:
-    return f"churn-case/{case_id}"
 
 
 def manage_link(settings: Settings) -> str:
@@ -46,7 +43,7 @@ async def start_case(
     await client.start_workflow(
         ChurnCaseWorkflow.run,
         args,
-        id=workflow_id(case_id),
+        id=ids.churn_case(case_id),
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal=signal,
@@ -70,7 +67,7 @@ async def ensure_owned(engine: AsyncEngine, case_id: int, company_id: str | None
 async def signal_case(client: Client, engine: AsyncEngine, case_id: int, signal: str, payload: Any, *, company_id: str | None = None) -> None:
     await ensure_owned(engine, case_id, company_id)
     try:
-        await client.get_workflow_handle(workflow_id(case_id)).signal(signal, payload)
+        await client.get_workflow_handle(ids.churn_case(case_id)).signal(signal, payload)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise CaseRefused(f"case {case_id} has no running workflow (it has ended)") from None

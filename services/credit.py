@@ -16,6 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.payments.activities import from_minor_units
+from schemas import ids
 from schemas.credit import GuardrailsRequest, PaymentResult, RecordPayment, RemindersRequest
 from config.settings import Settings
 from services import StripeHandler
@@ -24,23 +25,19 @@ from workflows.credit import RecordPaymentWorkflow
 log = structlog.get_logger(__name__)
 
 
-def payment_workflow_id(reference: str) -> str:
-    return f"payment/{reference}"
-
-
 async def start_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> WorkflowHandle[Any, PaymentResult]:
     try:
         return await client.start_workflow(
             RecordPaymentWorkflow.run,
             payment,
-            id=payment_workflow_id(payment.reference),
+            id=ids.payment(payment.reference),
             task_queue=task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
         )
     except WorkflowAlreadyStartedError:  # recorded already: its run holds the answer
-        return client.get_workflow_handle(payment_workflow_id(payment.reference), result_type=PaymentResult)
+        return client.get_workflow_handle(ids.payment(payment.reference), result_type=PaymentResult)
 
 
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:

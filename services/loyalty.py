@@ -1,6 +1,6 @@
 """Loyalty from the outside: what the checkout path, `jobctl loyalty` and the schedules call.
 
-`enqueue_failed_points` is the checkout path's fallback when its inline `apply_order_points`
+`enqueue_failed_points` is the checkout path's fallback when its inline `apply_points_at_checkout`
 failed: it records the item once per order and starts `loyalty-reconcile/{item_id}`. Calling it
 twice for the same order is one item and one workflow.
 """
@@ -17,7 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.loyalty.queue import insert_queue_item, start_reconciliation, workflow_id
+from activities.loyalty.queue import insert_queue_item, start_reconciliation
+from schemas import ids
 from schemas.errors import Refused
 from schemas.loyalty import (
     FailedPointsApplication,
@@ -69,7 +70,7 @@ async def enqueue_failed_points(
     if item.status == "PENDING":  # a NEEDS_REVIEW item's workflow is waiting for a person already
         started = await start_reconciliation(client, item, task_queue=task_queue)
     return QueuedItem(
-        item_id=item.item_id, workflow_id=workflow_id(item.item_id), status=item.status, created=created, started=started
+        item_id=item.item_id, workflow_id=ids.loyalty_reconcile(item.item_id), status=item.status, created=created, started=started
     )
 
 
@@ -85,12 +86,12 @@ async def resolve_manually(client: Client, item_id: int, actor_id: str, note: st
 
 async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus:
     """The item's workflow status: queried while it runs, from its result once it has ended."""
-    handle = client.get_workflow_handle(workflow_id(item_id))
+    handle = client.get_workflow_handle(ids.loyalty_reconcile(item_id))
     try:
         described = await handle.describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({workflow_id(item_id)})") from None
+            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})") from None
         raise
     if described.status == WorkflowExecutionStatus.RUNNING:
         return await handle.query(LoyaltyReconciliationWorkflow.status)
@@ -105,7 +106,7 @@ async def run_audit(client: Client, audit_date: date, *, business_timezone: str 
     return await client.execute_workflow(
         LoyaltyIntegrityAuditWorkflow.run,
         LoyaltyAuditRequest(audit_date=audit_date, business_timezone=business_timezone),
-        id=f"loyalty-audit/{audit_date.isoformat()}",
+        id=ids.loyalty_audit(audit_date),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"Loyalty integrity audit for {audit_date.isoformat()} (manual)",
@@ -130,7 +131,7 @@ def loyalty_audit_schedule_input(settings: Settings) -> LoyaltyAuditRequest:
 
 async def _signal(client: Client, item_id: int, signal: str, payload: BaseModel) -> None:
     try:
-        await client.get_workflow_handle(workflow_id(item_id)).signal(signal, payload)
+        await client.get_workflow_handle(ids.loyalty_reconcile(item_id)).signal(signal, payload)
         return
     except RPCError as error:
         if error.status != RPCStatusCode.NOT_FOUND:
@@ -140,12 +141,12 @@ async def _signal(client: Client, item_id: int, signal: str, payload: BaseModel)
 
 
 async def _result(client: Client, item_id: int) -> ReconcileResult:
-    handle = client.get_workflow_handle(workflow_id(item_id), result_type=ReconcileResult)
+    handle = client.get_workflow_handle(ids.loyalty_reconcile(item_id), result_type=ReconcileResult)
     try:
         return await handle.result(follow_runs=False)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({workflow_id(item_id)})") from None
+            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})") from None
         raise
     except WorkflowFailureError as error:
         raise LoyaltyRefused(f"item {item_id}'s workflow failed: {_message(error.cause)}") from None

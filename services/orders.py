@@ -24,7 +24,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.orders import workflow_id
+from schemas import ids
 from schemas.errors import Refused
 from schemas import search_attributes
 from schemas.orders import OrderCompleted, OrderFailed, PendingOrderInput, PendingOrderResult, PendingOrderStatus
@@ -52,7 +52,7 @@ async def start_pending_order(client: Client, order: PendingOrderInput, *, task_
     start = WithStartWorkflowOperation(
         PendingOrderWorkflow.run,
         order,
-        id=workflow_id(order.order_id),
+        id=ids.pending_order(order.order_id),
         task_queue=task_queue,
         # A running clock is reused; a finished one is final, unless it failed or was terminated.
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -89,12 +89,12 @@ async def fail_order(client: Client, order_id: int, reason: str) -> None:
 
 async def order_status(client: Client, order_id: int) -> PendingOrderStatus:
     """The clock's status: queried while it runs, its result once it has ended."""
-    handle = client.get_workflow_handle(workflow_id(order_id))
+    handle = client.get_workflow_handle(ids.pending_order(order_id))
     try:
         described = await handle.describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise UnknownOrder(f"order {order_id} has no clock: no workflow {workflow_id(order_id)}") from None
+            raise UnknownOrder(f"order {order_id} has no clock: no workflow {ids.pending_order(order_id)}") from None
         raise
     if described.status == WorkflowExecutionStatus.RUNNING:
         return await handle.query(PendingOrderWorkflow.status)
@@ -104,7 +104,7 @@ async def order_status(client: Client, order_id: int) -> PendingOrderStatus:
 
 async def _signal(client: Client, order_id: int, signal: str, payload: object) -> None:
     try:
-        await client.get_workflow_handle(workflow_id(order_id)).signal(signal, payload)
+        await client.get_workflow_handle(ids.pending_order(order_id)).signal(signal, payload)
     except RPCError as error:
         if error.status != RPCStatusCode.NOT_FOUND:
             raise
@@ -118,12 +118,12 @@ async def _signal(client: Client, order_id: int, signal: str, payload: object) -
 
 
 async def _result(client: Client, order_id: int) -> PendingOrderResult:
-    handle = client.get_workflow_handle(workflow_id(order_id), result_type=PendingOrderResult)
+    handle = client.get_workflow_handle(ids.pending_order(order_id), result_type=PendingOrderResult)
     try:
         return await handle.result(follow_runs=False)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise UnknownOrder(f"order {order_id} has no clock: no workflow {workflow_id(order_id)}") from None
+            raise UnknownOrder(f"order {order_id} has no clock: no workflow {ids.pending_order(order_id)}") from None
         raise
     except WorkflowFailureError as error:
         raise _refusal(error.cause) from None

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
+from workflows._common import DB_TIMEOUT, accepted, db_retry
 from workflows.messaging import permanent_failure, send_message
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
-
-    from activities.churn.cases import ChurnActivities, DecideNudge, LoadCase
+    from activities.churn.cases import ChurnActivities
     from schemas import search_attributes
     from schemas.churn import (
         ApplyIncentive,
@@ -33,14 +31,15 @@ with workflow.unsafe.imports_passed_through():
         CaseState,
         CaseStatus,
         ChurnCaseInput,
+        DecideNudge,
+        LoadCase,
         ManualNudge,
         NudgeDecision,
     )
     from schemas.messaging import SendMessage
     from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
 
-DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=["UnknownCase"])
-DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = db_retry("UnknownCase")
 STRIPE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5))
 TEMPLATE_VERSION = 1
 
@@ -93,10 +92,13 @@ class ChurnCaseWorkflow:
 
     # --- people: signals, update, query ---------------------------------------------------------
 
+    # A payload that does not decode into the parameter's type is logged and dropped by the SDK;
+    # `accepted` catches the shapes that reach a handler undecoded. A bad signal never fails a task.
+
     @workflow.signal
-    async def manual_nudge(self, payload: Any = None) -> None:
+    async def manual_nudge(self, nudge: ManualNudge | None = None) -> None:
         """`{"actor_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now, under the company's rules."""
-        nudge = self._parse("manual_nudge", ManualNudge, payload)
+        nudge = accepted(ManualNudge, nudge, signal="manual_nudge", subject=self._subject)
         if nudge is None or not self._own_company("manual_nudge", nudge.company_id) or self._state != "OPEN":
             return
         await workflow.wait_condition(lambda: self._case is not None)
@@ -105,14 +107,14 @@ class ChurnCaseWorkflow:
         await self._nudge(f"manual:{self._case_id}:{number}", manual=True, channel=nudge.channel, actor_id=nudge.actor_id)
 
     @workflow.signal
-    def recovered(self, payload: Any = None) -> None:
-        """The member paid or resumed: the case ends RECOVERED."""
-        self._end("recovered", "RECOVERED", payload)
+    def recovered(self, ending: CaseEnding | None = None) -> None:
+        """The member paid or resumed: the case ends RECOVERED (the payload is optional)."""
+        self._end("recovered", "RECOVERED", ending)
 
     @workflow.signal
-    def cancelled(self, payload: Any = None) -> None:
-        """The member cancelled: the case ends CANCELLED."""
-        self._end("cancelled", "CANCELLED", payload)
+    def cancelled(self, ending: CaseEnding | None = None) -> None:
+        """The member cancelled: the case ends CANCELLED (the payload is optional)."""
+        self._end("cancelled", "CANCELLED", ending)
 
     @workflow.update
     async def apply_incentive(self, request: ApplyIncentive) -> datetime | None:
@@ -293,8 +295,12 @@ class ChurnCaseWorkflow:
     def _case_id(self) -> int:
         return self._input.case_id if self._input else 0
 
-    def _end(self, signal: str, state: CaseState, payload: Any) -> None:
-        ending = self._parse(signal, CaseEnding, {} if payload is None else payload)
+    @property
+    def _subject(self) -> str:
+        return f"case {self._case_id}"
+
+    def _end(self, signal: str, state: CaseState, ending: CaseEnding | None) -> None:
+        ending = accepted(CaseEnding, CaseEnding() if ending is None else ending, signal=signal, subject=self._subject)
         if ending is None or not self._own_company(signal, ending.company_id) or self._ending is not None:
             return
         self._ending = (state, ending)
@@ -304,14 +310,6 @@ class ChurnCaseWorkflow:
             return True
         workflow.logger.warning("case %s: %s for another company refused", self._case_id, signal)
         return False
-
-    def _parse(self, signal: str, model: type[BaseModel], payload: Any) -> Any:
-        try:
-            return model.model_validate(payload)
-        except ValidationError as error:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "payload" for e in error.errors())
-            workflow.logger.warning("case %s: malformed %s ignored (%s)", self._case_id, signal, fields)
-            return None
 
     def _set_state(self, state: CaseState) -> None:
         self._state = state
@@ -324,6 +322,3 @@ class ChurnCaseWorkflow:
 
     def _details(self) -> str:
         return f"case {self._case_id}: {self._state}, {self._progress.attempts} nudges ({self._progress.manual_nudges} manual)"
-
-
-WORKFLOWS: list[type] = [ChurnCaseWorkflow]

@@ -14,18 +14,18 @@ guardrails at once, so paying lifts a system pause within seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 
+from workflows._common import db_retry, scheduled_day
 from workflows.messaging import permanent_failure, send_all
 
 with workflow.unsafe.imports_passed_through():
     from activities.credit.guardrails import GuardrailActivities
     from activities.credit.payments import PaymentRecordingActivities
-    from activities.credit.reminders import ReminderActivities, reminder_key
-    from activities.insights import business_day
+    from activities.credit.reminders import ReminderActivities
     from schemas import search_attributes
     from schemas.credit import (
         GuardrailChange,
@@ -39,25 +39,12 @@ with workflow.unsafe.imports_passed_through():
         RemindersRequest,
         RemindersSent,
         RemindersStatus,
+        reminder_key,
     )
-    from schemas.insights import BusinessDay
     from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
 
-SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=["UnknownRetailer", "StripeNotConfigured"],
-)
+DB_RETRY = db_retry("UnknownRetailer", "StripeNotConfigured")
 SEND_BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1))
-
-
-async def business_date(timezone: str) -> date:
-    """The day a schedule meant (right for backfills), else today, in the business time zone."""
-    when = workflow.info().typed_search_attributes.get(SCHEDULED_START) or workflow.now()
-    return await workflow.execute_local_activity(
-        business_day, BusinessDay(instant=when, timezone=timezone), start_to_close_timeout=timedelta(seconds=5)
-    )
 
 
 def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -74,7 +61,7 @@ class PaymentRemindersWorkflow:
 
     @workflow.run
     async def run(self, request: RemindersRequest) -> RemindersStatus:
-        day = request.reminder_date or await business_date(request.business_timezone)
+        day = request.reminder_date or await scheduled_day(request.business_timezone)
         self._status = request.progress or RemindersStatus(reminder_date=day)
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("payment-reminders")])
 
@@ -204,7 +191,7 @@ async def apply_guardrails(check: GuardrailsCheck, messaging_task_queue: str) ->
 class CreditGuardrailsWorkflow:
     @workflow.run
     async def run(self, request: GuardrailsRequest) -> GuardrailsResult:
-        day = request.check_date or await business_date(request.business_timezone)
+        day = request.check_date or await scheduled_day(request.business_timezone)
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("credit-guardrails")])
         result = await apply_guardrails(GuardrailsCheck(check_date=day), request.messaging_task_queue)
         workflow.set_current_details(f"{day}: {len(result.paused)} paused, {len(result.resumed)} resumed")
@@ -231,7 +218,7 @@ class RecordPaymentWorkflow:
         )
         guardrails = await apply_guardrails(
             GuardrailsCheck(
-                check_date=await business_date(payment.business_timezone),
+                check_date=await scheduled_day(payment.business_timezone),
                 retailer_ids=[payment.retailer_id],
                 reference=f"payment:{payment.reference}",
             ),
@@ -247,6 +234,3 @@ class RecordPaymentWorkflow:
     @workflow.query
     def recorded(self) -> PaymentRecorded | None:
         return self._recorded
-
-
-WORKFLOWS: list[type] = [PaymentRemindersWorkflow, CreditGuardrailsWorkflow, RecordPaymentWorkflow]

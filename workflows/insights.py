@@ -8,23 +8,22 @@ continue-as-new when Temporal suggests it, carrying the cursor.
 from __future__ import annotations
 
 from datetime import date, timedelta
+
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
+
+from workflows._common import scheduled_day
 
 with workflow.unsafe.imports_passed_through():
-    from activities.insights import InsightActivities, business_day
+    from activities.insights import InsightActivities
     from schemas import search_attributes
     from schemas.insights import (
-        BusinessDay,
         InsightsChunk,
         InsightsProgress,
         InsightsRequest,
         InsightsResult,
         InsightsStatus,
     )
-
-SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
-
 
 @workflow.defn
 class InsightsRegenerationWorkflow:
@@ -34,7 +33,7 @@ class InsightsRegenerationWorkflow:
 
     @workflow.run
     async def run(self, request: InsightsRequest) -> InsightsResult:
-        self._date = request.insight_date or await self._scheduled_day(request.business_timezone)
+        self._date = request.insight_date or await scheduled_day(request.business_timezone)
         self._progress = request.progress or InsightsProgress(started_at=workflow.now())
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("insights")])
 
@@ -87,12 +86,4 @@ class InsightsRegenerationWorkflow:
             retailers_done=self._progress.retailers_done,
             started_at=self._progress.started_at,
             finished=self._progress.finished,
-        )
-
-    @staticmethod
-    async def _scheduled_day(timezone: str) -> date:
-        """The day a schedule meant (right for backfills too), in the business time zone."""
-        when = workflow.info().typed_search_attributes.get(SCHEDULED_START) or workflow.now()
-        return await workflow.execute_local_activity(
-            business_day, BusinessDay(instant=when, timezone=timezone), start_to_close_timeout=timedelta(seconds=5)
         )

@@ -23,17 +23,20 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
+from workflows._common import DB_TIMEOUT, accepted, db_retry
+
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel
 
     from activities.loyalty.audit import LoyaltyAuditActivities
-    from activities.loyalty.errors import REFUSALS
     from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities
     from schemas import search_attributes
     from schemas.loyalty import (
+        REFUSALS,
         ApplyQueuedPoints,
         LoyaltyAuditRequest,
         LoyaltyAuditResult,
+        LoyaltySweepPage,
         LoyaltySweepRequest,
         LoyaltySweepResult,
         MarkNeedsReview,
@@ -46,7 +49,6 @@ with workflow.unsafe.imports_passed_through():
         ResolveItem,
         ResolveManually,
         RetryNow,
-        SweepPage,
     )
     from schemas.payments import PaymentIntentState, PaymentIntentStatus
 
@@ -59,8 +61,7 @@ BACKOFF = RetryPolicy(
     maximum_interval=timedelta(hours=1),
     non_retryable_error_types=REFUSALS,
 )
-DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
-DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = db_retry()
 PROCESSING_RECHECK = timedelta(minutes=15)
 
 
@@ -105,15 +106,20 @@ class LoyaltyReconciliationWorkflow:
 
     # --- signals and query: the people ---------------------------------------------------------
 
-    @workflow.signal
-    def retry_now(self, payload: Any = None) -> None:
-        """`{"actor_id": ...}`: try again now. Takes the raw payload: a malformed one is logged, never fatal."""
-        self._accept("retry_now", self._parse("retry_now", RetryNow, payload))
+    # A payload that does not decode into the parameter's type is logged and dropped by the SDK;
+    # `accepted` catches the shapes that reach a handler undecoded. A bad signal never fails a task.
 
     @workflow.signal
-    def resolve_manually(self, payload: Any = None) -> None:
+    def retry_now(self, request: RetryNow | None = None) -> None:
+        """`{"actor_id": ...}`: try again now."""
+        self._accept("retry_now", accepted(RetryNow, request, signal="retry_now", subject=self._subject))
+
+    @workflow.signal
+    def resolve_manually(self, request: ResolveManually | None = None) -> None:
         """`{"actor_id": ..., "note": ...}`: close the item by hand (no points are applied by the workflow)."""
-        self._accept("resolve_manually", self._parse("resolve_manually", ResolveManually, payload))
+        self._accept(
+            "resolve_manually", accepted(ResolveManually, request, signal="resolve_manually", subject=self._subject)
+        )
 
     @workflow.query
     def status(self) -> ReconcileStatus:
@@ -250,13 +256,9 @@ class LoyaltyReconciliationWorkflow:
             details += f": {self._reason}"
         workflow.set_current_details(details[:1000])
 
-    def _parse(self, signal: str, model: type[BaseModel], payload: Any) -> Any:
-        try:
-            return model.model_validate(payload)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in error.errors())
-            workflow.logger.warning("loyalty item %s: ignored malformed %s signal (%s)", self._item_id, signal, problems)
-            return None
+    @property
+    def _subject(self) -> str:
+        return f"loyalty item {self._item_id}"
 
     def _accept(self, signal: str, request: RetryNow | ResolveManually | None) -> None:
         if request is None:
@@ -308,7 +310,7 @@ class LoyaltyReconcileSweepWorkflow:
         while True:
             page = await workflow.execute_activity_method(
                 LoyaltySweepActivities.start_missing_reconciliations,
-                SweepPage(after_item_id=after, page_size=request.page_size, max_concurrent_starts=request.max_concurrent_starts),
+                LoyaltySweepPage(after_item_id=after, page_size=request.page_size, max_concurrent_starts=request.max_concurrent_starts),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
@@ -342,6 +344,3 @@ class LoyaltyIntegrityAuditWorkflow:
             f"{result.discrepancy_count} discrepancies among {result.customers_checked} customers ({result.audit_date})"
         )
         return result
-
-
-WORKFLOWS: list[type] = [LoyaltyReconciliationWorkflow, LoyaltyReconcileSweepWorkflow, LoyaltyIntegrityAuditWorkflow]

@@ -13,26 +13,26 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows._common import DB_TIMEOUT, accepted, db_retry
 from workflows.messaging import permanent_failure, send_message
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
-
     from activities.orders import OrderActivities, OrderSweepActivities
     from schemas import search_attributes
     from schemas.messaging import SendMessage, SendOutcome
     from schemas.orders import (
+        REFUSALS,
         FollowUpSent,
         OrderCompleted,
         OrderFailed,
         OrderFailure,
         OrderState,
+        OrderSweepPage,
         OrderSweepProgress,
         OrderSweepRequest,
         PendingOrderInput,
@@ -41,14 +41,9 @@ with workflow.unsafe.imports_passed_through():
         PendingOrderStatus,
         RegisterPendingOrder,
         SettleOrder,
-        SweepPage,
     )
 
-REFUSALS = ["UnknownOrder", "OrderNotPending"]
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), non_retryable_error_types=REFUSALS
-)
-DB_TIMEOUT = timedelta(seconds=30)
+DB_RETRY = db_retry(*REFUSALS)
 # Clocks recorded before this patch slept in one timer and settled in a regular activity.
 PRECISE_CLOCK = "precise-order-clock"
 RE_AIM_LEAD = timedelta(seconds=5)
@@ -83,15 +78,19 @@ class PendingOrderWorkflow:
 
     # --- signals, update and query: the order's outside world ----------------------------------
 
-    @workflow.signal
-    def completed(self, payload: Any = None) -> None:
-        """The checkout went through. Takes the raw payload: a malformed one is logged, never fatal."""
-        self._end_with("completed", self._parse("completed", OrderCompleted, {} if payload is None else payload))
+    # A payload that does not decode into the parameter's type is logged and dropped by the SDK;
+    # `accepted` catches the shapes that reach a handler undecoded. A bad signal never fails a task.
 
     @workflow.signal
-    def failed(self, payload: Any = None) -> None:
-        """The order failed: `{"reason": ...}`. Takes the raw payload: a malformed one is logged, never fatal."""
-        self._end_with("failed", self._parse("failed", OrderFailed, payload))
+    def completed(self, completion: OrderCompleted | None = None) -> None:
+        """The checkout went through (the payload is optional)."""
+        completion = OrderCompleted() if completion is None else completion
+        self._end_with("completed", accepted(OrderCompleted, completion, signal="completed", subject=self._subject))
+
+    @workflow.signal
+    def failed(self, failure: OrderFailed | None = None) -> None:
+        """The order failed: `{"reason": ...}`."""
+        self._end_with("failed", accepted(OrderFailed, failure, signal="failed", subject=self._subject))
 
     # ABANDON: a refused start (unknown order) fails the run at once, and a server may deliver the
     # update in the same task; the starter then reads the refusal from the run's failure.
@@ -281,13 +280,9 @@ class PendingOrderWorkflow:
         )
         return f"order {self._order_id}: PENDING, {follow_up}, expires {record.expires_at:%Y-%m-%d %H:%M} UTC"
 
-    def _parse(self, signal: str, model: type[BaseModel], payload: Any) -> Any:
-        try:
-            return model.model_validate(payload)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in error.errors())
-            workflow.logger.warning("order %s: ignored malformed %s signal (%s)", self._order_id, signal, problems)
-            return None
+    @property
+    def _subject(self) -> str:
+        return f"order {self._order_id}"
 
     def _end_with(self, signal: str, ending: OrderCompleted | OrderFailed | None) -> None:
         if ending is None:
@@ -321,7 +316,7 @@ class OrderExpirySweepWorkflow:
             )
             page = await workflow.execute_activity_method(
                 step,
-                SweepPage(
+                OrderSweepPage(
                     as_of=progress.as_of,
                     after_order_id=progress.after_order_id,
                     page_size=request.page_size,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
@@ -21,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.messaging.outbox import QuietHours
 from schemas.errors import Refused
-from schemas.churn import CaseAction, CaseContext, NudgeDecision
+from schemas.churn import CaseAction, CaseContext, DecideNudge, LoadCase, NudgeDecision
 
 ACTOR_SALT = "jobctl-recovery-actor:"
 
@@ -75,19 +74,6 @@ async def membership_by_stripe(engine: AsyncEngine, *, customer: str | None, sub
             ),
             {"s": subscription, "c": customer},
         )
-
-
-class LoadCase(BaseModel):
-    case_id: int
-    company_id: str
-
-
-class DecideNudge(BaseModel):
-    case_id: int
-    company_id: str
-    at: datetime
-    channel: str | None = None
-    sent_before: list[datetime] = []
 
 
 @dataclass

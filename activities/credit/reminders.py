@@ -20,7 +20,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.payments.activities import PaymentActivities
-from schemas.credit import REMINDER_OFFSETS_DAYS, DueRetailer, ReminderPage, ReminderPageRequest, RemindersSent
+from schemas.credit import (
+    REMINDER_OFFSETS_DAYS,
+    DueRetailer,
+    ReminderPage,
+    ReminderPageRequest,
+    RemindersSent,
+    reminder_key,
+)
 from schemas.messaging import SendMessage
 from schemas.payments import PaymentLinkRequest
 
@@ -73,10 +80,6 @@ RETURNING id
 def day_start(day: date, timezone: str) -> datetime:
     """Midnight of `day` in the business time zone: "at most one a day" counts from there."""
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone))
-
-
-def reminder_key(retailer_id: int, day: date) -> str:
-    return f"reminder:{retailer_id}:{day.isoformat()}"
 
 
 def paylink_key(retailer_id: int, day: date) -> str:

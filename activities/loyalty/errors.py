@@ -51,6 +51,3 @@ class PointsOverflow(LoyaltyRefusal):
             "PointsOverflow", f"customer {customer_id}'s balance would be {balance}, above the ledger's limit", customer_id=customer_id
         )
 
-
-REFUSALS = ["InsufficientPoints", "UnknownCustomer", "OrderOfAnotherCustomer", "PointsOverflow"]
-"""The non-retryable types: a workflow sends an item that fails with one of them to review."""

@@ -182,7 +182,7 @@ async def _stored_application(
     )
 
 
-async def apply_order_points(
+async def apply_points_at_checkout(
     engine: AsyncEngine, customer_id: int, order_id: str | int, points_redeemed: int, order_total: Decimal | str | int
 ) -> PointsApplication:
     """What the checkout path calls: apply an order's points in one transaction.
@@ -274,7 +274,7 @@ def _reversal(request: ReverseOrderPoints, row: Any, *, already: bool) -> Points
     )
 
 
-async def reverse_order_points(engine: AsyncEngine, customer_id: int, order_id: str | int) -> PointsReversal:
+async def reverse_points_on_refund(engine: AsyncEngine, customer_id: int, order_id: str | int) -> PointsReversal:
     """What a refund handler calls: reverse an order's points once (a repeat returns the first reversal)."""
     request = ReverseOrderPoints(customer_id=customer_id, order_id=order_id)  # type: ignore[arg-type]
     return await reverse(engine, request)

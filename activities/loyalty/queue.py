@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.ledger import apply_points
+from schemas import ids
 from schemas import search_attributes
 from schemas.loyalty import (
     ApplyOrderPoints,
@@ -43,18 +44,14 @@ from schemas.loyalty import (
     ReconcileRequest,
     ReopenItem,
     ResolveItem,
-    SweepPage,
-    SweepPageResult,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
 )
 
 log = structlog.get_logger(__name__)
 
 WORKFLOW_TYPE = "LoyaltyReconciliationWorkflow"
 ERROR_TEXT_LIMIT = 500
-
-
-def workflow_id(item_id: int) -> str:
-    return f"loyalty-reconcile/{item_id}"
 
 
 _COLUMNS = (
@@ -179,7 +176,7 @@ async def start_reconciliation(client: Client, item: QueueItem, *, task_queue: s
         await client.start_workflow(
             WORKFLOW_TYPE,
             ReconcileRequest(item_id=item.item_id),
-            id=workflow_id(item.item_id),
+            id=ids.loyalty_reconcile(item.item_id),
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -303,7 +300,7 @@ class LoyaltySweepActivities:
         self._task_queue = task_queue
 
     @activity.defn(name="loyalty_start_missing_reconciliations")
-    async def start_missing_reconciliations(self, page: SweepPage) -> SweepPageResult:
+    async def start_missing_reconciliations(self, page: LoyaltySweepPage) -> LoyaltySweepPageResult:
         async with self._engine.connect() as conn:
             rows = [
                 _item(row)
@@ -312,7 +309,7 @@ class LoyaltySweepActivities:
                 ).mappings()
             ]
         if not rows:
-            return SweepPageResult(after_item_id=page.after_item_id, rows=0, started=0, already_running=0)
+            return LoyaltySweepPageResult(after_item_id=page.after_item_id, rows=0, started=0, already_running=0)
         slots = asyncio.Semaphore(page.max_concurrent_starts)
 
         async def start(item: QueueItem) -> bool:
@@ -323,6 +320,6 @@ class LoyaltySweepActivities:
         last = rows[-1].item_id
         activity.heartbeat(last)
         log.info("loyalty.sweep_page", started=started, already_running=len(rows) - started, after_item_id=last)
-        return SweepPageResult(
+        return LoyaltySweepPageResult(
             after_item_id=last, rows=len(rows), started=started, already_running=len(rows) - started
         )

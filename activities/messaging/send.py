@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioRestException
 
+from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.templates import Template, UnknownTemplate, get_template
@@ -50,10 +51,6 @@ class SendPolicy:
 
 def _address(channel: str, phone: str) -> str:
     return f"whatsapp:{phone}" if channel == "whatsapp" else phone
-
-
-def _permanent(error_type: str, message: str, code: int | None = None) -> ApplicationError:
-    return ApplicationError(message, {"code": code}, type=error_type, non_retryable=True)
 
 
 def _count(template: str, outcome: str) -> None:
@@ -144,17 +141,17 @@ class MessagingActivities:
         try:
             template = get_template(request.template, request.template_version)
         except UnknownTemplate as exc:
-            raise _permanent("UnknownTemplate", str(exc)) from None
+            raise permanent("UnknownTemplate", str(exc)) from None
         async with self._statements.connect() as conn:
             recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
         if recipient is None:
-            raise _permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
+            raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
         channel = request.channel or recipient.preferred_channel
         params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
         try:
             body = template.render(params)
         except ValueError as exc:
-            raise _permanent("InvalidTemplateParams", str(exc)) from None
+            raise permanent("InvalidTemplateParams", str(exc)) from None
 
         try:
             decided = await self._claim(request, recipient, channel, template, body)
@@ -186,7 +183,7 @@ class MessagingActivities:
             if row.status in ("sent", "delivered", "undelivered"):
                 return SendOutcome(status="sent", provider_sid=row.provider_sid, channel=row.channel, duplicate=True)
             if row.status == "failed":
-                raise _permanent(row.reason or "ProviderRejected", f"message {key} failed earlier", row.error_code)
+                raise permanent(row.reason or "ProviderRejected", f"message {key} failed earlier", code=row.error_code)
             if row.status == "suppressed":
                 return SendOutcome(status="suppressed", channel=row.channel, reason=row.reason)
             if row.status == "sending" and recipient.phone:
@@ -268,7 +265,7 @@ class MessagingActivities:
             async with self._engine.begin() as conn:
                 await outbox.set_status(conn, key, "failed", error_code=code, reason=error_type)
             log.warning("message.failed", idempotency_key=key, error_code=code, error_type=error_type)
-            raise _permanent(error_type, f"Twilio refused {key} with error {code}", code) from None
+            raise permanent(error_type, f"Twilio refused {key} with error {code}", code=code) from None
         if exc.status is not None and exc.status >= 500:
             # Ambiguous: keep `sending` so the retry looks the message up first.
             raise ApplicationError(f"Twilio answered {exc.status} for {key}", type="ProviderUnavailable") from None
@@ -280,4 +277,4 @@ class MessagingActivities:
         log.warning("message.rejected", idempotency_key=key, error_code=code, status=exc.status)
         async with self._engine.begin() as conn:
             await outbox.set_status(conn, key, "failed", error_code=code, reason="ProviderRejected")
-        raise _permanent("ProviderRejected", f"Twilio rejected {key} with error {code}", code) from None
+        raise permanent("ProviderRejected", f"Twilio rejected {key} with error {code}", code=code) from None

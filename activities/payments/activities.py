@@ -61,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import permanent
 from schemas.payments import (
     CancelSubscription,
     EnsureCustomer,
@@ -96,10 +97,6 @@ _OWNER_TABLES: Final = {"retailer": Retailer, "member": Membership, "customer": 
 # --- errors ------------------------------------------------------------------------------------
 
 
-def _permanent(error_type: str, message: str, **details: Any) -> ApplicationError:
-    return ApplicationError(message, details or None, type=error_type, non_retryable=True)
-
-
 def _translate(exc: stripe.StripeError, operation: str) -> ApplicationError:
     """A Stripe SDK error as the ApplicationError Temporal's retry policy understands."""
     details: dict[str, Any] = {
@@ -113,21 +110,21 @@ def _translate(exc: stripe.StripeError, operation: str) -> ApplicationError:
     if isinstance(exc, stripe.CardError):
         decline_code = getattr(exc.error, "decline_code", None) if exc.error else None
         message = f"{operation}: card declined ({exc.code})"
-        return _permanent("CardDeclined", message, **details, decline_code=decline_code)
+        return permanent("CardDeclined", message, **details, decline_code=decline_code)
     if isinstance(exc, stripe.IdempotencyError):
-        return _permanent("IdempotencyKeyReused", f"{summary}: {reason}", **details)
+        return permanent("IdempotencyKeyReused", f"{summary}: {reason}", **details)
     if isinstance(exc, stripe.InvalidRequestError):
         param = getattr(exc, "param", None)
-        return _permanent("StripeInvalidRequest", f"{summary}: {reason}", **details, param=param)
+        return permanent("StripeInvalidRequest", f"{summary}: {reason}", **details, param=param)
     if isinstance(exc, stripe.AuthenticationError):
-        return _permanent("StripeAuthentication", f"{summary}: the API key was refused", **details)
+        return permanent("StripeAuthentication", f"{summary}: the API key was refused", **details)
     if isinstance(exc, stripe.PermissionError):
-        return _permanent("StripePermission", f"{summary}: the API key may not do this", **details)
+        return permanent("StripePermission", f"{summary}: the API key may not do this", **details)
     if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)):
         return ApplicationError(f"{summary}: {type(exc).__name__}: {reason}", details, type="StripeUnavailable")
     # Anything else the SDK might add: 4xx are the request's fault, the rest may pass.
     if exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status not in (409, 429):
-        return _permanent("StripeError", f"{summary}: {reason}", **details)
+        return permanent("StripeError", f"{summary}: {reason}", **details)
     return ApplicationError(f"{summary}: {type(exc).__name__}: {reason}", details, type="StripeUnavailable")
 
 
@@ -156,7 +153,7 @@ async def stripe_errors(operation: str, **log_ids: Any) -> AsyncIterator[None]:
 
 def currency_exponent(currency: str) -> int:
     if currency in THREE_DECIMAL_CURRENCIES:
-        raise _permanent("UnsupportedCurrency", f"currency {currency} (three decimals) is not supported")
+        raise permanent("UnsupportedCurrency", f"currency {currency} (three decimals) is not supported")
     return 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
 
 
@@ -169,13 +166,13 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
         minor = amount.scaleb(exponent)
         exact = minor == minor.to_integral_value()
     except (InvalidOperation, AttributeError):
-        raise _permanent("InvalidAmount", "the amount is not a finite decimal number") from None
+        raise permanent("InvalidAmount", "the amount is not a finite decimal number") from None
     if amount <= 0:
-        raise _permanent("InvalidAmount", f"the amount must be greater than 0, not {amount}")
+        raise permanent("InvalidAmount", f"the amount must be greater than 0, not {amount}")
     if not exact:
-        raise _permanent("InvalidAmount", f"{amount} {currency} has more than {exponent} decimal places")
+        raise permanent("InvalidAmount", f"{amount} {currency} has more than {exponent} decimal places")
     if minor > MAX_MINOR_UNITS:
-        raise _permanent("InvalidAmount", f"{amount} {currency} is above Stripe's maximum amount")
+        raise permanent("InvalidAmount", f"{amount} {currency} is above Stripe's maximum amount")
     return int(minor)
 
 
@@ -250,7 +247,7 @@ class PaymentActivities:
             else:
                 row = (await conn.execute(select(table.stripe_customer_id).where(table.id == owner_id))).first()
         if row is None:
-            raise _permanent("UnknownOwner", f"no {owner_type} {owner_id}", owner_type=owner_type, owner_id=owner_id)
+            raise permanent("UnknownOwner", f"no {owner_type} {owner_id}", owner_type=owner_type, owner_id=owner_id)
         return row[0], (row[1] if owner_type == "member" else None)
 
     async def _ensure_customer(self, owner_type: OwnerType, owner_id: int) -> tuple[str, bool, str | None]:
@@ -298,7 +295,7 @@ class PaymentActivities:
     async def create_payment_link(self, request: PaymentLinkRequest) -> PaymentLink:
         minor = to_minor_units(request.amount, request.currency)
         if self._pay_page_base_url is None:
-            raise _permanent("PayPageNotConfigured", "PAY_PAGE_BASE_URL is not set: payment links cannot be built")
+            raise permanent("PayPageNotConfigured", "PAY_PAGE_BASE_URL is not set: payment links cannot be built")
         customer_id, _, account = await self._ensure_customer("retailer", request.retailer_id)
         metadata = {"retailer_id": str(request.retailer_id), "payment_link_key": request.idempotency_key}
         if request.description:
@@ -336,9 +333,9 @@ class PaymentActivities:
                 )
             ).first()
         if row is None:
-            raise _permanent("UnknownOwner", f"no member {membership_id}", owner_type="member", owner_id=membership_id)
+            raise permanent("UnknownOwner", f"no member {membership_id}", owner_type="member", owner_id=membership_id)
         if not row[0]:
-            raise _permanent("NoSubscription", f"member {membership_id} has no Stripe subscription")
+            raise permanent("NoSubscription", f"member {membership_id} has no Stripe subscription")
         return row[0], row[1]
 
     async def _retrieve_subscription(self, subscription_id: str, account: str | None, operation: str) -> Any:
@@ -351,7 +348,7 @@ class PaymentActivities:
         op = "extend_subscription"
         subscription = await self._retrieve_subscription(subscription_id, account, op)
         if subscription.status in ("canceled", "incomplete_expired"):
-            raise _permanent(
+            raise permanent(
                 "SubscriptionNotActive",
                 f"subscription {subscription_id} is {subscription.status}: it cannot be extended",
                 status=subscription.status,

@@ -25,6 +25,7 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
+from schemas import ids
 from schemas.churn import ApplyIncentive, CaseStatus, ManualNudge
 from schemas.payments import EnsureCustomer
 from tests.activities.test_orders import zone_where
@@ -98,7 +99,7 @@ async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member
 async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed")
-    return case_id, env.client.get_workflow_handle(churn_api.workflow_id(case_id), result_type=CaseStatus)
+    return case_id, env.client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> CaseStatus:
@@ -251,6 +252,27 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
     assert company != "another-company"
 
 
+async def test_malformed_endings_are_dropped_and_the_case_stays_open(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[30])
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        for signal in ("recovered", "cancelled"):
+            for bad in ({"actor_id": ["agent-1"]}, {"actor_id": "x" * 101}, "over", [1], b"raw bytes"):
+                await handle.signal(signal, bad)
+        await handle.signal("cancelled", {"actor_id": "agent-1", "company_id": "another-company"})
+        await env.sleep(timedelta(minutes=5))
+        assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
+        await handle.signal("recovered")  # no payload: a valid ending without an actor
+        result = await result_of(env, handle)
+    assert result.status == "RECOVERED"
+    assert [r.type for r in await actions(engine, case_id)] == ["case_recovered"]
+    assert await task_failures(handle) == 0
+
+
 async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
     emulator: TwilioEmulator, task_queue: str,
@@ -303,7 +325,7 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
         async with engine.connect() as conn:
             cases = (await conn.execute(text("SELECT id, trigger FROM recovery_cases WHERE membership_id = :m"), {"m": member})).all()
         assert [c.trigger for c in cases] == ["payment_failed"]
-        handle = env.client.get_workflow_handle(churn_api.workflow_id(cases[0].id), result_type=CaseStatus)
+        handle = env.client.get_workflow_handle(ids.churn_case(cases[0].id), result_type=CaseStatus)
         payload, headers = stripe_signed(invoice("invoice.paid"))
         assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
         result = await result_of(env, handle)

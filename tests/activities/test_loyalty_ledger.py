@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.database import create_engine
 from activities.loyalty.errors import InsufficientPoints, OrderOfAnotherCustomer, UnknownCustomer
-from activities.loyalty.ledger import apply_order_points, reverse_order_points
+from activities.loyalty.ledger import apply_points_at_checkout, reverse_points_on_refund
 from schemas.loyalty import PointsApplication
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
 
@@ -32,7 +32,7 @@ async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succ
     cid = await new_customer(wide_engine, 1000)
     orders = [order_ref() for _ in range(50)]
     outcomes = await asyncio.gather(
-        *(apply_order_points(wide_engine, cid, order, 100, Decimal("0")) for order in orders), return_exceptions=True
+        *(apply_points_at_checkout(wide_engine, cid, order, 100, Decimal("0")) for order in orders), return_exceptions=True
     )
     applied = [o for o in outcomes if isinstance(o, PointsApplication)]
     refused = [o for o in outcomes if isinstance(o, InsufficientPoints)]
@@ -52,7 +52,7 @@ async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succ
 async def test_the_same_order_applied_five_times_concurrently_writes_one_set_of_rows(wide_engine: AsyncEngine) -> None:
     cid = await new_customer(wide_engine, 500)
     order = order_ref()
-    outcomes = await asyncio.gather(*(apply_order_points(wide_engine, cid, order, 200, Decimal("49.99")) for _ in range(5)))
+    outcomes = await asyncio.gather(*(apply_points_at_checkout(wide_engine, cid, order, 200, Decimal("49.99")) for _ in range(5)))
     assert sorted(o.outcome for o in outcomes) == ["already_applied"] * 4 + ["applied"]
     first = next(o for o in outcomes if o.outcome == "applied")
     for repeat in outcomes:
@@ -65,8 +65,8 @@ async def test_the_same_order_applied_five_times_concurrently_writes_one_set_of_
 async def test_a_repeat_after_the_balance_was_spent_returns_the_first_result_not_a_refusal(engine: AsyncEngine) -> None:
     cid = await new_customer(engine, 300)
     order = order_ref()
-    first = await apply_order_points(engine, cid, order, 300, Decimal("0"))
-    again = await apply_order_points(engine, cid, order, 300, Decimal("0"))
+    first = await apply_points_at_checkout(engine, cid, order, 300, Decimal("0"))
+    again = await apply_points_at_checkout(engine, cid, order, 300, Decimal("0"))
     assert (first.outcome, again.outcome) == ("applied", "already_applied")
     assert (again.balance_before, again.balance_after) == (300, 0)
     assert await balance_and_ledger(engine, cid) == (0, 0)
@@ -74,7 +74,7 @@ async def test_a_repeat_after_the_balance_was_spent_returns_the_first_result_not
 
 async def test_points_earned_are_computed_server_side_at_the_customers_rate_floored(engine: AsyncEngine) -> None:
     cid = await new_customer(engine, 0, earn_rate="0.5")
-    result = await apply_order_points(engine, cid, order_ref(), 0, Decimal("99.99"))
+    result = await apply_points_at_checkout(engine, cid, order_ref(), 0, Decimal("99.99"))
     assert (result.points_earned, result.balance_after) == (49, 49)
     assert await balance_and_ledger(engine, cid) == (49, 49)
 
@@ -83,28 +83,28 @@ async def test_bad_input_is_refused_clearly_and_writes_nothing(engine: AsyncEngi
     cid = await new_customer(engine, 100)
     order = order_ref()
     with pytest.raises(pydantic.ValidationError, match="points_redeemed"):
-        await apply_order_points(engine, cid, order, -5, Decimal("10"))
+        await apply_points_at_checkout(engine, cid, order, -5, Decimal("10"))
     with pytest.raises(pydantic.ValidationError, match="order_total"):
-        await apply_order_points(engine, cid, order, 0, Decimal("-1"))
+        await apply_points_at_checkout(engine, cid, order, 0, Decimal("-1"))
     with pytest.raises(UnknownCustomer, match="no customer 987654321") as unknown:
-        await apply_order_points(engine, 987654321, order, 0, Decimal("10"))
+        await apply_points_at_checkout(engine, 987654321, order, 0, Decimal("10"))
     assert unknown.value.non_retryable
     assert await order_rows(engine, order) == []
 
-    await apply_order_points(engine, cid, order, 0, Decimal("10"))
+    await apply_points_at_checkout(engine, cid, order, 0, Decimal("10"))
     other = await new_customer(engine, 100)
     with pytest.raises(OrderOfAnotherCustomer, match=f"applied to customer {cid}, not {other}"):
-        await apply_order_points(engine, other, order, 0, Decimal("10"))
+        await apply_points_at_checkout(engine, other, order, 0, Decimal("10"))
     assert await balance_and_ledger(engine, other) == (100, 100)
 
 
 async def test_a_refund_reverses_the_orders_net_points_once(engine: AsyncEngine) -> None:
     cid = await new_customer(engine, 500)
     order = order_ref()
-    await apply_order_points(engine, cid, order, 100, Decimal("50"))  # 500 - 100 + 50 = 450
-    reversal = await reverse_order_points(engine, cid, order)
+    await apply_points_at_checkout(engine, cid, order, 100, Decimal("50"))  # 500 - 100 + 50 = 450
+    reversal = await reverse_points_on_refund(engine, cid, order)
     assert (reversal.points, reversal.balance_before, reversal.balance_after, reversal.shortfall) == (50, 450, 500, 0)
-    again = await reverse_order_points(engine, cid, order)
+    again = await reverse_points_on_refund(engine, cid, order)
     assert again.already_reversed and again.points == 50
     assert [r[0] for r in await order_rows(engine, order)] == ["spent", "earned", "reversed"]
     assert await balance_and_ledger(engine, cid) == (500, 500)
@@ -113,9 +113,9 @@ async def test_a_refund_reverses_the_orders_net_points_once(engine: AsyncEngine)
 async def test_earned_points_already_spent_are_reversed_only_down_to_zero(engine: AsyncEngine) -> None:
     cid = await new_customer(engine, 0)
     earn, spend = order_ref(), order_ref()
-    await apply_order_points(engine, cid, earn, 0, Decimal("80"))  # 80 earned
-    await apply_order_points(engine, cid, spend, 60, Decimal("0"))  # 20 left
-    reversal = await reverse_order_points(engine, cid, earn)
+    await apply_points_at_checkout(engine, cid, earn, 0, Decimal("80"))  # 80 earned
+    await apply_points_at_checkout(engine, cid, spend, 60, Decimal("0"))  # 20 left
+    reversal = await reverse_points_on_refund(engine, cid, earn)
     assert (reversal.points, reversal.shortfall, reversal.balance_after) == (-20, 60, 0)
     assert await balance_and_ledger(engine, cid) == (0, 0)
 
@@ -123,9 +123,9 @@ async def test_earned_points_already_spent_are_reversed_only_down_to_zero(engine
 async def test_an_order_refunded_before_its_points_were_applied_never_gets_them(engine: AsyncEngine) -> None:
     cid = await new_customer(engine, 100)
     order = order_ref()
-    tombstone = await reverse_order_points(engine, cid, order)
+    tombstone = await reverse_points_on_refund(engine, cid, order)
     assert (tombstone.points, tombstone.balance_after) == (0, 100)
-    late = await apply_order_points(engine, cid, order, 50, Decimal("500"))
+    late = await apply_points_at_checkout(engine, cid, order, 50, Decimal("500"))
     assert (late.outcome, late.points_earned, late.balance_after) == ("order_reversed", 0, 100)
     assert await order_rows(engine, order) == [("reversed", 0, 100, 100)]
     assert await balance_and_ledger(engine, cid) == (100, 100)

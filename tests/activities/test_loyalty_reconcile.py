@@ -22,8 +22,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.loyalty.errors import UnknownCustomer
-from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities, workflow_id
+from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities
 from activities.payments.activities import PaymentActivities
+from schemas import ids
 from schemas import search_attributes
 from schemas.loyalty import LoyaltySweepRequest, LoyaltySweepResult, ReconcileResult, ReconcileStatus
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
@@ -127,7 +128,7 @@ async def queue_row(engine: AsyncEngine, item_id: int):
 
 
 def handle_of(client: Client, item_id: int) -> WorkflowHandle:
-    return client.get_workflow_handle(workflow_id(item_id), result_type=ReconcileResult)
+    return client.get_workflow_handle(ids.loyalty_reconcile(item_id), result_type=ReconcileResult)
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> ReconcileResult:
@@ -287,6 +288,8 @@ async def test_insufficient_points_goes_to_review_and_resolve_manually_closes_it
         await handle.signal("resolve_manually", {"actor_id": "admin-7"})  # no note
         await handle.signal("resolve_manually", {"actor_id": "  ", "note": "x"})
         await handle.signal("resolve_manually")
+        await handle.signal("retry_now", b"raw bytes")  # binary/plain: reaches the handler undecoded
+        await handle.signal("resolve_manually", b"raw bytes")
         assert (await handle.query(LoyaltyReconciliationWorkflow.status)).phase == "waiting for review"
         assert (await queue_row(engine, queued.item_id)).status == "NEEDS_REVIEW"
 

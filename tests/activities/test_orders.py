@@ -23,7 +23,8 @@ from temporalio.worker import Worker
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.orders import OrderActivities, workflow_id
+from activities.orders import OrderActivities
+from schemas import ids
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
 from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
@@ -130,7 +131,7 @@ async def start(env: WorkflowEnvironment, order_id: int, retailer_id: int, task_
         PendingOrderInput(order_id=order_id, retailer_id=retailer_id, created_at=created, messaging_task_queue=messaging, **kw),
         task_queue=task_queue,
     )
-    return status, env.client.get_workflow_handle(workflow_id(order_id), result_type=PendingOrderResult), created
+    return status, env.client.get_workflow_handle(ids.pending_order(order_id), result_type=PendingOrderResult), created
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> PendingOrderResult:
@@ -305,6 +306,8 @@ async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
         await handle.signal("failed")  # no payload at all
         await handle.signal("completed", "not an object")
         await handle.signal("completed", {"actor_id": ["x"]})
+        await handle.signal("failed", b"raw bytes")  # binary/plain: reaches the handler undecoded
+        await handle.signal("completed", b"raw bytes")
         with pytest.raises(pydantic.ValidationError):
             await fail_order(env.client, oid, "")  # refused before it leaves the client
         assert (await handle.query(PendingOrderWorkflow.status)).state == "PENDING"
@@ -364,5 +367,5 @@ async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_mes
         with pytest.raises(OrderNotPending, match=f"order {settled} is already COMPLETED: its clock has ended"):
             await fail_order(env.client, settled, "late failure")
     for order_id in (settled, missing):
-        assert await task_failures(env.client.get_workflow_handle(workflow_id(order_id))) == 0
+        assert await task_failures(env.client.get_workflow_handle(ids.pending_order(order_id))) == 0
     assert (await pending_row(engine, settled)).status == "COMPLETED"

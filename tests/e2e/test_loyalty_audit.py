@@ -23,8 +23,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.loyalty.audit import LoyaltyAuditActivities
-from activities.loyalty.ledger import apply_order_points
-from activities.loyalty.queue import LoyaltyQueueActivities, workflow_id
+from activities.loyalty.ledger import apply_points_at_checkout
+from activities.loyalty.queue import LoyaltyQueueActivities
+from schemas import ids
 from schemas.loyalty import LoyaltyAuditRequest, ReconcileResult
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref
 from services.loyalty import enqueue_failed_points
@@ -64,7 +65,7 @@ async def busy_customers(engine: AsyncEngine, count: int) -> list[int]:
     """Customers with a few real applications each (balances that match their ledgers)."""
     ids = [await new_customer(engine, 100 * (i + 1)) for i in range(count)]
     await asyncio.gather(
-        *(apply_order_points(engine, cid, order_ref(), 50, Decimal("19.90")) for cid in ids for _ in range(2))
+        *(apply_points_at_checkout(engine, cid, order_ref(), 50, Decimal("19.90")) for cid in ids for _ in range(2))
     )
     return ids
 
@@ -141,7 +142,7 @@ async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
             await conn.execute(text("UPDATE customers SET loyalty_points = 10 WHERE id = :c"), {"c": cid})
 
         queued = await enqueue_failed_points(client, engine, cid, order_ref(), 500, Decimal("0"), task_queue=task_queue)
-        handle = client.get_workflow_handle(workflow_id(queued.item_id), result_type=ReconcileResult)
+        handle = client.get_workflow_handle(ids.loyalty_reconcile(queued.item_id), result_type=ReconcileResult)
         for _ in range(100):
             if (await handle.query(LoyaltyReconciliationWorkflow.status)).phase == "waiting for review":
                 break

@@ -21,7 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.orders import OrderSweepActivities, workflow_id
+from activities.orders import OrderSweepActivities
+from schemas import ids
 from schemas.orders import OrderSweepRequest, PendingOrderInput, PendingOrderResult
 from schemas.tables import PendingOrder
 from tests.activities.test_orders import (
@@ -50,7 +51,7 @@ async def test_a_short_clock_expires_within_two_seconds_of_its_deadline(
             ),
             task_queue=task_queue,
         )
-        handle = client.get_workflow_handle(workflow_id(oid), result_type=PendingOrderResult)
+        handle = client.get_workflow_handle(ids.pending_order(oid), result_type=PendingOrderResult)
         result = await handle.result()
     row = await pending_row(engine, oid)
     lateness = (row.expired_at - row.expires_at).total_seconds()
@@ -113,9 +114,9 @@ async def test_the_sweep_expires_unwatched_stale_rows_and_starts_missing_clocks_
             )
             sweeps.append(await sweep.result())
         await record_history(sweep, "order_expiry_sweep")
-        live_status = (await client.get_workflow_handle(workflow_id(live)).describe()).status
+        live_status = (await client.get_workflow_handle(ids.pending_order(live)).describe()).status
         for order_id in (watched, live):
-            await client.get_workflow_handle(workflow_id(order_id)).terminate("test done")
+            await client.get_workflow_handle(ids.pending_order(order_id)).terminate("test done")
 
     first, second = sweeps
     assert (first.expired, first.started, first.left_alone) == (1, 1, 1)
@@ -161,7 +162,7 @@ async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
         assert code == 2 and "--reason must be 1 to 500 characters" in err
         code, out, _ = await jobctl_orders(dev_env, task_queue, messaging, "fail", str(oid), "--reason", "stock ran out")
         assert code == 0
-        result = await dev_env.client.get_workflow_handle(workflow_id(oid), result_type=PendingOrderResult).result()
+        result = await dev_env.client.get_workflow_handle(ids.pending_order(oid), result_type=PendingOrderResult).result()
         assert result.state == "FAILED"
 
         code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "complete", str(oid))

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas import ids
 from workers.cli.runner import Context, UsageError, call
 
 churn_app = typer.Typer(
@@ -31,10 +32,10 @@ def churn_open(
     company: Company = None,
 ) -> None:
     """Open a case for MEMBERSHIP (or find its open one) and start its workflow."""
-    from services.churn import start_case, workflow_id
+    from services.churn import start_case
 
     case_id = call(lambda c: start_case(c.client, c.engine, c.settings, membership, "manual", company_id=company), temporal=True, database=True)
-    typer.echo(f"{workflow_id(case_id)}: open")
+    typer.echo(f"{ids.churn_case(case_id)}: open")
 
 
 @churn_app.command("nudge")
@@ -49,7 +50,7 @@ def churn_nudge(
     from pydantic import ValidationError
 
     from schemas.churn import ManualNudge
-    from services.churn import manual_nudge, workflow_id
+    from services.churn import manual_nudge
 
     if channel not in (None, "whatsapp", "sms"):
         raise UsageError(f"--channel must be whatsapp or sms (got {channel!r})")
@@ -58,14 +59,14 @@ def churn_nudge(
     except ValidationError as error:
         raise UsageError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
     call(lambda c: manual_nudge(c.client, c.engine, case_id, nudge), temporal=True, database=True)
-    typer.echo(f"{workflow_id(case_id)}: manual_nudge sent")
+    typer.echo(f"{ids.churn_case(case_id)}: manual_nudge sent")
 
 
 def _end(case_id: int, signal: str, actor: str, company: str | None) -> None:
-    from services.churn import signal_case, workflow_id
+    from services.churn import signal_case
 
     call(lambda c: signal_case(c.client, c.engine, case_id, signal, {"actor_id": actor}, company_id=company), temporal=True, database=True)
-    typer.echo(f"{workflow_id(case_id)}: {signal} sent")
+    typer.echo(f"{ids.churn_case(case_id)}: {signal} sent")
 
 
 @churn_app.command("recovered")
@@ -91,12 +92,12 @@ def churn_incentive(
     from temporalio.client import WorkflowUpdateFailedError
 
     from schemas.churn import ApplyIncentive
-    from services.churn import ensure_owned, workflow_id
+    from services.churn import ensure_owned
     from workflows.churn import ChurnCaseWorkflow
 
     async def apply(c: Context) -> Any:
         await ensure_owned(c.engine, case_id, company)
-        handle = c.client.get_workflow_handle(workflow_id(case_id))
+        handle = c.client.get_workflow_handle(ids.churn_case(case_id))
         return await handle.execute_update(
             ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id=actor, days=days, company_id=company)
         )
@@ -105,19 +106,19 @@ def churn_incentive(
         period_end = call(apply, temporal=True, database=True)
     except WorkflowUpdateFailedError as error:
         raise UsageError(str(error.cause).removeprefix("ValueError: ")) from None
-    typer.echo(f"{workflow_id(case_id)}: incentive applied, next billing {period_end}")
+    typer.echo(f"{ids.churn_case(case_id)}: incentive applied, next billing {period_end}")
 
 
 @churn_app.command("show")
 def churn_show(case_id: CaseArg, company: Company = None, as_json: Json = False) -> None:
     """The case's status (running: asked of its workflow; ended: its result)."""
     from schemas.churn import CaseStatus
-    from services.churn import ensure_owned, workflow_id
+    from services.churn import ensure_owned
     from workflows.churn import ChurnCaseWorkflow
 
     async def show(c: Context) -> CaseStatus:
         await ensure_owned(c.engine, case_id, company)
-        handle = c.client.get_workflow_handle(workflow_id(case_id), result_type=CaseStatus)
+        handle = c.client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
         described = await handle.describe()
         if described.status is not None and described.status.name == "RUNNING":
             return await handle.query(ChurnCaseWorkflow.status)
@@ -128,7 +129,7 @@ def churn_show(case_id: CaseArg, company: Company = None, as_json: Json = False)
         typer.echo(json.dumps(status.model_dump(mode="json"), indent=2))
         return
     typer.echo(
-        f"{workflow_id(case_id)}: {status.status}, {status.attempts} nudges ({status.manual_nudges} manual)"
+        f"{ids.churn_case(case_id)}: {status.status}, {status.attempts} nudges ({status.manual_nudges} manual)"
         + (f", next {status.next_nudge_at:%Y-%m-%d %H:%M} UTC" if status.next_nudge_at else "")
         + (", incentive applied" if status.incentive_applied else "")
     )

@@ -23,6 +23,7 @@ def insights_run(
     wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
 ) -> None:
     """Regenerate every retailer's insight for a date now (workflow id insights/DATE)."""
+    from schemas import ids
     from schemas.insights import InsightsRequest, InsightsResult
     from workers.temporal_client import connect
     from workflows.insights import InsightsRegenerationWorkflow
@@ -35,7 +36,7 @@ def insights_run(
         handle = await client.start_workflow(
             InsightsRegenerationWorkflow.run,
             InsightsRequest(insight_date=insight_date, business_timezone=s.business_timezone),
-            id=f"insights/{insight_date.isoformat()}",
+            id=ids.insights(insight_date),
             task_queue=s.task_queue,
             static_summary=f"Insight regeneration for {insight_date.isoformat()} (manual)",
         )

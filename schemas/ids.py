@@ -1,0 +1,40 @@
+"""Workflow ids: the business key of each durable job, built in one place.
+
+The starter, the signaller, the sweep that asks whether a clock is running and the tests must
+agree on an id to the character, so each kind has one function here. Scheduled runs get their ids
+from their schedule (`workers/families/`): Temporal appends the scheduled time.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+
+def pending_order(order_id: int) -> str:
+    """An order's 24-hour clock (ARCHITECTURE §5)."""
+    return f"pending-order/{order_id}"
+
+
+def loyalty_reconcile(item_id: int) -> str:
+    """The reconciliation of one failed points application (a queue item)."""
+    return f"loyalty-reconcile/{item_id}"
+
+
+def loyalty_audit(audit_date: date) -> str:
+    """An audit run by hand for a day; a second run of the same day joins it."""
+    return f"loyalty-audit/{audit_date.isoformat()}"
+
+
+def churn_case(case_id: int) -> str:
+    """A churn case, started with signal-with-start semantics."""
+    return f"churn-case/{case_id}"
+
+
+def payment(reference: str) -> str:
+    """A recorded payment: the reference (a PaymentIntent id) makes recording it twice a no-op."""
+    return f"payment/{reference}"
+
+
+def insights(insight_date: date) -> str:
+    """An insight regeneration started by hand for a date."""
+    return f"insights/{insight_date.isoformat()}"
