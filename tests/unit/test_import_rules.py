@@ -1,0 +1,160 @@
+"""The layers' import rules, computed from the source (docs/ARCHITECTURE.md, "Import rules").
+
+Every `import` and `from ... import` counts: at module level, inside functions and inside
+`if TYPE_CHECKING:` blocks. Only a workflow module's `with workflow.unsafe.imports_passed_through():`
+block may name activities, and then only their classes and functions (the activity references).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = ("schemas", "config", "activities", "workflows", "services", "workers", "devtools")
+PRODUCTION = ("schemas", "config", "activities", "workflows", "services", "workers")
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module, dotted
+    target: str  # the imported module, dotted (for `from X import Y`: X, and X.Y when that is a module)
+    names: tuple[str, ...]
+    line: int
+    top_level: bool  # executed when the module is imported (not inside a function)
+    passthrough: bool  # inside `with workflow.unsafe.imports_passed_through():`
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.line} imports {self.target} {list(self.names) or ''}".rstrip()
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _is_passthrough(node: ast.With) -> bool:
+    return any(
+        isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func).endswith("imports_passed_through")
+        for item in node.items
+    )
+
+
+def imports_of(path: Path, text: str | None = None) -> list[Import]:
+    module = _module_name(path)
+    is_package = path.name == "__init__.py"
+    found: list[Import] = []
+
+    def visit(node: ast.AST, *, top_level: bool, passthrough: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    found.append(Import(module, alias.name, (), child.lineno, top_level, passthrough))
+            elif isinstance(child, ast.ImportFrom):
+                target = _resolve(module, is_package, child)
+                names = tuple(a.name for a in child.names)
+                found.append(Import(module, target, names, child.lineno, top_level, passthrough))
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, top_level=False, passthrough=passthrough)
+            elif isinstance(child, ast.With) and _is_passthrough(child):
+                visit(child, top_level=top_level, passthrough=True)
+            else:
+                visit(child, top_level=top_level, passthrough=passthrough)
+
+    visit(ast.parse(path.read_text() if text is None else text, filename=str(path)), top_level=True, passthrough=False)
+    return found
+
+
+def _sources(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
+
+
+def _layer(target: str) -> str | None:
+    head = target.split(".")[0]
+    return head if head in OURS else None
+
+
+def _is_activity_reference(imp: Import) -> bool:
+    """`from activities.x import SomeActivities, some_activity`: a class with activity methods, or
+    an activity function; a payload model or a helper defined there is not one."""
+    import importlib
+    import inspect
+
+    def is_activity(obj: object) -> bool:
+        return hasattr(obj, "__temporal_activity_definition")
+
+    def ok(obj: object) -> bool:
+        if inspect.isclass(obj):
+            return any(is_activity(member) for _, member in inspect.getmembers(obj, inspect.isfunction))
+        return inspect.isfunction(obj) and is_activity(obj)
+
+    module = importlib.import_module(imp.target)
+    return all(ok(getattr(module, name, None)) for name in imp.names)
+
+
+def violations(planted: dict[str, str] | None = None) -> list[str]:
+    """Every breach in the tree, plus in `planted` ({relative path: source}) when given."""
+    problems: list[str] = []
+    files = [(p, None) for p in _sources(*OURS)] + [(ROOT / rel, text) for rel, text in (planted or {}).items()]
+    for path, text in files:
+        for imp in imports_of(path, text):
+            source, target = _layer(imp.module), _layer(imp.target)
+            if target is None:
+                continue
+            if source == "schemas" and target != "schemas":
+                problems.append(f"{imp}: schemas import nothing of ours")
+            elif source == "activities" and target in ("workers", "workflows", "devtools", "services"):
+                problems.append(f"{imp}: activities never know the process, the workflows or the dev tools")
+            elif source == "workflows" and target not in ("schemas", "workflows"):
+                if not (target == "activities" and imp.passthrough and imp.names and _is_activity_reference(imp)):
+                    problems.append(
+                        f"{imp}: workflows import schemas and workflows; activity classes and functions only"
+                        " inside imports_passed_through()"
+                    )
+            elif source in PRODUCTION and target == "devtools" and imp.top_level:
+                problems.append(f"{imp}: production code loads devtools lazily, never at module level")
+    return problems
+
+
+def test_the_source_keeps_every_import_rule() -> None:
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "rule"),
+    [
+        ("schemas/x.py", "from workers.settings import Settings\n", "schemas import nothing of ours"),
+        ("activities/x.py", "def f():\n    from workers.worker import build_workers\n", "activities never know"),
+        ("activities/x.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.worker import X\n",
+         "activities never know"),
+        ("workflows/x.py", "from activities.churn.cases import hash_actor_table\n", "workflows import schemas"),
+        ("workflows/x.py", "from temporalio import workflow\nwith workflow.unsafe.imports_passed_through():\n"
+         "    from activities.orders import OrderActivities, SessionLocal\n", "workflows import schemas"),
+        ("workers/x.py", "from devtools.seed import seed_demo\n", "loads devtools lazily"),
+    ],
+)
+def test_each_rule_catches_its_breach(module: str, source: str, rule: str) -> None:
+    """The check is not vacuous: a planted breach of each rule is reported."""
+    found = violations({module: source})
+    assert any(rule in problem for problem in found), found
+
+
+def test_a_workflow_may_name_activity_classes_inside_passthrough_only() -> None:
+    inside = imports_of(ROOT / "workflows" / "churn.py")
+    assert any(i.target.startswith("activities") and i.passthrough for i in inside)
+    assert not any(i.target.startswith("activities") and not i.passthrough for i in inside)
