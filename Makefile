@@ -28,8 +28,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit tests/workflows $(PYTEST_ARGS)
 
+# Every benchmark, 3 runs each on a quiet machine; the medians go to docs/BENCHMARKS.md's summary.
 bench: $(STAMP)
-	$(PY) benchmarks/insights.py --retailers 10000
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf .jobctl

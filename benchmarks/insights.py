@@ -23,7 +23,7 @@ from sqlalchemy import select, text  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.insights import PAGE_STATS_SQL, InsightActivities, _insight_row, _stats_from_row, window  # noqa: E402
-from benchmarks.harness import count_actions, machine, stack  # noqa: E402
+from benchmarks.harness import count_actions, figure, machine, print_load_at_end, require_quiet, stack  # noqa: E402
 from schemas.insights import InsightsRequest  # noqa: E402
 from schemas.tables import Retailer, RetailerInsight  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert  # noqa: E402
@@ -88,6 +88,9 @@ async def main(retailers: int, baseline_sample: int) -> None:
     print(f"baseline (one query + one upsert per retailer, {base_n} retailers): {base_rate:,.0f} retailers/s")
     print(f"speed-up vs baseline: {rate / base_rate:.1f}x")
     print(f"temporal actions: {actions} ({actions / result.retailers_done:.5f} per retailer)")
+    figure(f"insights: retailers/s ({retailers} retailers)", rate, "retailers/s", target=">= 5000")
+    figure("insights: Temporal actions per retailer", actions / result.retailers_done, "actions", target="<= 0.01")
+    print_load_at_end()
 
 
 if __name__ == "__main__":
@@ -97,4 +100,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.retailers < 1:
         parser.error("--retailers must be at least 1")
+    require_quiet()
     asyncio.run(main(args.retailers, args.baseline_sample))

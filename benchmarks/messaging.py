@@ -29,7 +29,9 @@ from temporalio.worker import Worker  # noqa: E402
 from activities.messaging.outbox import QuietHours  # noqa: E402
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from benchmarks.harness import Stack, cpu_per, cpu_seconds, free_port, machine, serve, stack  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Stack, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+)
 from schemas.messaging import MessageBatch, SendMessage, SendOutcome  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
@@ -123,6 +125,11 @@ async def main(messages: int, limit: float, in_flight: int) -> None:
     print(f"  {free_cpu}")
     print(f"Temporal alone (same workflow, a send that does nothing): {floor_rate:,.1f} sends/s")
     print(f"  {floor_cpu}")
+    figure(f"messaging: accepted rate at a {limit:.0f} msg/s limit", limited_rate, "msg/s", floor=limit,
+           floor_name="the limit", target=">= 0.98")
+    figure("messaging: share of requests answered 429", limited["rate_limited"] / requests, "", target="< 0.005")
+    figure("messaging: unlimited send path", free_rate, "msg/s", floor=floor_rate, floor_name="Temporal alone", target=">= 0.66")
+    print_load_at_end()
 
 
 if __name__ == "__main__":
@@ -133,4 +140,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:
         parser.error("--messages must be >= 1 and --limit > 0")
+    require_quiet()
     asyncio.run(main(args.messages, args.limit, args.in_flight))
