@@ -36,9 +36,9 @@ async def family_worker(
         yield worker
 
 
-def scheduled_at() -> datetime:
-    """When the workflow scheduled the running activity, on the server's (skipped) clock."""
-    return activity.info().scheduled_time
+def started_at() -> datetime:
+    """When the running attempt started, on the server's (skipped) clock: for a retry, after its back-off."""
+    return activity.info().started_time
 
 
 async def task_failures(handle: WorkflowHandle[Any, Any]) -> int:

@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from schemas.churn import ApplyIncentive, CaseAction, CaseContext, CaseStatus, ChurnCaseInput, NudgeDecision
 from schemas.messaging import SendMessage, SendOutcome
 from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
-from tests.workflows.harness import eventually, family_worker, scheduled_at, task_failures
+from tests.workflows.harness import eventually, family_worker, started_at, task_failures
 
 COMPANY = "co-gym"
 MEMBERSHIP = 55
@@ -45,7 +45,7 @@ class FakeChurn:
             company_id=request["company_id"],
             membership_id=MEMBERSHIP,
             status=self.status,  # type: ignore[arg-type]
-            opened_at=scheduled_at(),
+            opened_at=started_at(),
             offsets_days=self.offsets,
             grace_period_days=self.grace,
             incentive_applied=False,
@@ -72,19 +72,19 @@ class FakeChurn:
 
     @activity.defn(name="send_message")
     async def send_message(self, message: SendMessage) -> SendOutcome:
-        self.sends.append((scheduled_at(), message))
+        self.sends.append((started_at(), message))
         return SendOutcome(status="sent", provider_sid=f"SM{len(self.sends)}", channel=message.channel)
 
     @activity.defn(name="extend_subscription")
     async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:
         self.extensions.append(request)
         return SubscriptionPeriod(
-            subscription_id="sub_1", status="active", trial_end=None, current_period_end=scheduled_at() + request.days * DAY
+            subscription_id="sub_1", status="active", trial_end=None, current_period_end=started_at() + request.days * DAY
         )
 
     @activity.defn(name="cancel_subscription")
     async def cancel_subscription(self, request: CancelSubscription) -> SubscriptionCancellation:
-        self.cancellations.append((scheduled_at(), request))
+        self.cancellations.append((started_at(), request))
         return SubscriptionCancellation(subscription_id="sub_1", status="canceled", cancel_at_period_end=False, canceled_at=None)
 
     def activities(self) -> list:

@@ -29,7 +29,7 @@ from schemas.orders import (
     SweepPage,
     SweepPageResult,
 )
-from tests.workflows.harness import eventually, family_worker, scheduled_at, task_failures
+from tests.workflows.harness import eventually, family_worker, started_at, task_failures
 
 RETAILER = 7
 QUIET_SHIFT = timedelta(hours=6)
@@ -67,7 +67,7 @@ class FakeOrders:
 
     @activity.defn(name="send_message")
     async def send_message(self, message: SendMessage) -> SendOutcome:
-        self.sends.append((scheduled_at(), message))
+        self.sends.append((started_at(), message))
         return self.outcomes.pop(0) if self.outcomes else SendOutcome(status="sent", provider_sid="SM1", channel="sms")
 
     @activity.defn(name="record_follow_up")
