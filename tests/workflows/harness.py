@@ -15,9 +15,9 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from workers import families
 
@@ -29,11 +29,47 @@ async def family_worker(
     """One worker on `task_queue` with the family's registered workflows and the given mocks.
 
     Tests point the workflow's messaging queue at `task_queue` too, so one worker serves both.
+    A test that fails mid-way leaves its workflow running with activities nobody will pick up,
+    which would hold the session's time-skipping server still for every later test: those runs
+    are terminated on the way out.
     """
+    runs = _RunsSeen()
     async with Worker(
-        env.client, task_queue=task_queue, workflows=families.by_name(family).workflows(), activities=activities
+        env.client,
+        task_queue=task_queue,
+        workflows=families.by_name(family).workflows(),
+        activities=activities,
+        interceptors=[runs],
     ) as worker:
-        yield worker
+        try:
+            yield worker
+        except BaseException:
+            await runs.terminate_running(env)
+            raise
+
+
+class _RunsSeen(Interceptor):
+    """Remembers the workflow runs whose activities this worker executed."""
+
+    def __init__(self) -> None:
+        self.runs: set[tuple[str, str]] = set()
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        runs = self.runs
+
+        class Record(ActivityInboundInterceptor):
+            async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+                info = activity.info()
+                runs.add((info.workflow_id or "", info.workflow_run_id or ""))
+                return await super().execute_activity(input)
+
+        return Record(next)
+
+    async def terminate_running(self, env: WorkflowEnvironment) -> None:
+        for workflow_id, run_id in self.runs:
+            handle = env.client.get_workflow_handle(workflow_id, run_id=run_id)
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("the test failed")
 
 
 def started_at() -> datetime:
