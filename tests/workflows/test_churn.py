@@ -1,0 +1,288 @@
+"""The churn case's decisions in seconds: nudges on the company's days, endings, manual steps, incentives."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from schemas.churn import ApplyIncentive, CaseAction, CaseContext, CaseStatus, ChurnCaseInput, NudgeDecision
+from schemas.messaging import SendMessage, SendOutcome
+from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
+from tests.workflows.harness import eventually, family_worker, started_at, task_failures
+
+COMPANY = "co-gym"
+MEMBERSHIP = 55
+DAY = timedelta(days=1)
+
+
+@dataclass
+class FakeChurn:
+    """The case's activities, the messaging gateway and Stripe's subscription calls, by registered name."""
+
+    offsets: list[int]
+    grace: int = 3
+    status: str = "OPEN"
+    daily_cap: int | None = None
+    quiet_until: list[timedelta] = field(default_factory=list)
+    """Hold-backs to answer first: each one defers the nudge by that much (quiet hours)."""
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    sends: list[tuple[datetime, SendMessage]] = field(default_factory=list)
+    actions: list[CaseAction] = field(default_factory=list)
+    extensions: list[ExtendSubscription] = field(default_factory=list)
+    cancellations: list[tuple[datetime, CancelSubscription]] = field(default_factory=list)
+
+    @activity.defn(name="churn_load_case")
+    async def load_case(self, request: dict) -> CaseContext:
+        return CaseContext(
+            case_id=request["case_id"],
+            company_id=request["company_id"],
+            membership_id=MEMBERSHIP,
+            status=self.status,  # type: ignore[arg-type]
+            opened_at=started_at(),
+            offsets_days=self.offsets,
+            grace_period_days=self.grace,
+            incentive_applied=False,
+            attempts=0,
+        )
+
+    @activity.defn(name="churn_decide_nudge")
+    async def decide_nudge(self, request: dict) -> NudgeDecision:
+        """The company's rules, as the real activity decides them from the nudges sent before."""
+        self.decisions.append(request)
+        at = datetime.fromisoformat(request["at"])
+        channel = request.get("channel") or "sms"
+        if self.quiet_until:
+            return NudgeDecision(allowed=False, channel=channel, held_back="quiet_hours", retry_at=at + self.quiet_until.pop(0))
+        recent = [t for t in request["sent_before"] if at - datetime.fromisoformat(t) < DAY]
+        if self.daily_cap is not None and len(recent) >= self.daily_cap:
+            return NudgeDecision(allowed=False, channel=channel, held_back="daily_cap", retry_at=at + DAY)
+        return NudgeDecision(allowed=True, channel=channel)
+
+    @activity.defn(name="churn_record_action")
+    async def record_action(self, action: CaseAction) -> bool:
+        self.actions.append(action)
+        return True
+
+    @activity.defn(name="send_message")
+    async def send_message(self, message: SendMessage) -> SendOutcome:
+        self.sends.append((started_at(), message))
+        return SendOutcome(status="sent", provider_sid=f"SM{len(self.sends)}", channel=message.channel)
+
+    @activity.defn(name="extend_subscription")
+    async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:
+        self.extensions.append(request)
+        return SubscriptionPeriod(
+            subscription_id="sub_1", status="active", trial_end=None, current_period_end=started_at() + request.days * DAY
+        )
+
+    @activity.defn(name="cancel_subscription")
+    async def cancel_subscription(self, request: CancelSubscription) -> SubscriptionCancellation:
+        self.cancellations.append((started_at(), request))
+        return SubscriptionCancellation(subscription_id="sub_1", status="canceled", cancel_at_period_end=False, canceled_at=None)
+
+    def activities(self) -> list:
+        return [
+            self.load_case,
+            self.decide_nudge,
+            self.record_action,
+            self.send_message,
+            self.extend_subscription,
+            self.cancel_subscription,
+        ]
+
+    def kinds(self) -> list[str]:
+        return [a.type for a in self.actions]
+
+
+async def open_case(env: WorkflowEnvironment, task_queue: str) -> tuple[int, WorkflowHandle]:
+    case_id = random.randint(1, 2**31)
+    handle = await env.client.start_workflow(
+        "ChurnCaseWorkflow",
+        ChurnCaseInput(case_id=case_id, company_id=COMPANY, manage_link="https://gym.example/manage", messaging_task_queue=task_queue),
+        id=f"churn-case/{case_id}",
+        task_queue=task_queue,
+        result_type=CaseStatus,
+    )
+    return case_id, handle
+
+
+async def case_status(handle: WorkflowHandle) -> CaseStatus:
+    return await handle.query("status", result_type=CaseStatus)
+
+
+def days_after(start: datetime, moments: list[datetime]) -> list[float]:
+    return [round((t - start) / DAY, 2) for t in moments]
+
+
+async def started(handle: WorkflowHandle) -> datetime:
+    start = (await handle.describe()).start_time
+    assert start is not None
+    return start
+
+
+async def test_nudges_go_out_on_the_offset_days_then_the_membership_is_terminated_after_grace(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeChurn(offsets=[0, 2, 5], grace=3)
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        result = await handle.result()
+    start = await started(handle)
+
+    assert days_after(start, [t for t, _ in fake.sends]) == [0, 2, 5]
+    assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:{n}" for n in (1, 2, 3)]
+    assert {(m.recipient_type, m.recipient_id, m.template) for _, m in fake.sends} == {("member", str(MEMBERSHIP), "churn_nudge")}
+    [(cancelled_at, cancel)] = fake.cancellations
+    assert days_after(start, [cancelled_at]) == [8]  # last offset (5) + grace (3)
+    assert cancel == CancelSubscription(membership_id=MEMBERSHIP, idempotency_key=f"terminate:{case_id}")
+    assert fake.kinds() == ["nudge_sms", "nudge_sms", "nudge_sms", "membership_terminated"]
+    assert fake.actions[-1].close_as == "TERMINATED"
+    assert (result.status, result.attempts) == ("TERMINATED", 3)
+    assert await task_failures(handle) == 0
+
+
+async def test_recovered_on_day_3_stops_the_remaining_nudges_and_the_termination(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeChurn(offsets=[0, 2, 5], grace=3)
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        await time_skipping_env.sleep(3 * DAY)
+        await handle.signal("recovered", {"actor_id": "stripe"})
+        result = await handle.result()
+
+    assert days_after(await started(handle), [t for t, _ in fake.sends]) == [0, 2]
+    assert fake.cancellations == []
+    assert fake.kinds()[-1] == "case_recovered" and fake.actions[-1].close_as == "RECOVERED"
+    assert (result.status, result.attempts, result.next_nudge_at) == ("RECOVERED", 2, None)
+
+
+async def test_an_ending_for_another_company_is_refused(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+    fake = FakeChurn(offsets=[0, 2], grace=1)
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _nudged(handle, 1))
+        await handle.signal("cancelled", {"company_id": "co-other"})
+        result = await handle.result()
+
+    assert result.status == "TERMINATED"
+    assert len(fake.cancellations) == 1
+
+
+async def test_a_system_nudge_held_by_quiet_hours_goes_out_when_they_end(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeChurn(offsets=[1], grace=2, quiet_until=[timedelta(hours=9)])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await handle.result()
+
+    assert days_after(await started(handle), [t for t, _ in fake.sends]) == [round(1 + 9 / 24, 2)]
+    deferred = fake.actions[0]
+    assert deferred.type == "nudge_deferred" and deferred.metadata["held_back"] == "quiet_hours"
+    assert deferred.idempotency_key.startswith(f"nudge:{case_id}:1:held:")
+    assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1"]
+
+
+async def test_manual_nudges_are_decided_one_at_a_time_under_the_daily_cap(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Two operators nudge at once with one nudge left today: one goes out, the other is held back."""
+    fake = FakeChurn(offsets=[0, 10], daily_cap=2)
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _nudged(handle, 1))
+        await handle.signal("manual_nudge", {"actor_id": "op-1", "channel": "whatsapp"})
+        await handle.signal("manual_nudge", {"actor_id": "op-2", "note": "called too"})
+        await eventually(lambda: _recorded(fake, 3))
+        now = await case_status(handle)
+        await handle.signal("cancelled")
+        result = await handle.result()
+
+    assert [len(d["sent_before"]) for d in fake.decisions] == [0, 1, 2]  # each decision saw the one before
+    assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1", f"manual:{case_id}:1"]
+    assert fake.sends[1][1].channel == "whatsapp"
+    held = fake.actions[2]
+    assert (held.type, held.idempotency_key, held.metadata["held_back"]) == ("nudge_suppressed", f"manual:{case_id}:2", "daily_cap")
+    assert (now.attempts, now.manual_nudges, now.last_hold_back) == (2, 2, "daily_cap")
+    assert result.status == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"actor_id": ""}, {"actor_id": "op-1", "channel": "pigeon"}, ["op-1"], {"actor_id": "op-1", "company_id": "co-other"}],
+)
+async def test_a_malformed_or_foreign_manual_nudge_is_dropped(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, payload: object
+) -> None:
+    fake = FakeChurn(offsets=[0, 10])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _nudged(handle, 1))
+        await handle.signal("manual_nudge", payload)
+        await time_skipping_env.sleep(timedelta(hours=1))
+        now = await case_status(handle)
+        assert await task_failures(handle) == 0
+        await handle.signal("recovered")
+        await handle.result()
+
+    assert (now.status, now.attempts, now.manual_nudges) == ("OPEN", 1, 0)
+    assert len(fake.decisions) == 1 and len(fake.sends) == 1
+
+
+async def test_apply_incentive_accepts_1_to_90_days_once(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+    fake = FakeChurn(offsets=[0, 10])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _nudged(handle, 1))
+        for days in (0, 91, -5):
+            assert "between 1 and 90" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=days))
+        assert "does not belong" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=30, company_id="co-other"))
+        assert fake.extensions == []
+
+        period_end = await handle.execute_update(
+            "apply_incentive", ApplyIncentive(actor_id="op-1", days=30), result_type=datetime
+        )
+        assert "already applied" in await refusal(handle, ApplyIncentive(actor_id="op-2", days=7))
+        now = await case_status(handle)
+        await handle.signal("recovered")
+        await handle.result()
+
+    assert fake.extensions == [ExtendSubscription(membership_id=MEMBERSHIP, days=30, idempotency_key=f"incentive:{case_id}")]
+    assert period_end is not None
+    incentive = next(a for a in fake.actions if a.type == "incentive_applied")
+    assert (incentive.incentive_applied, incentive.metadata, incentive.actor_id) == (True, {"days": 30}, "op-1")
+    assert now.incentive_applied
+    assert await task_failures(handle) == 0
+
+
+async def test_a_case_no_longer_open_does_nothing(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+    fake = FakeChurn(offsets=[0, 2], status="RECOVERED")
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    assert result.status == "RECOVERED"
+    assert fake.decisions == [] and fake.sends == [] and fake.actions == [] and fake.cancellations == []
+
+
+async def refusal(handle: WorkflowHandle, request: ApplyIncentive) -> str:
+    """Why the update's validator refused `request` (it must refuse)."""
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await handle.execute_update("apply_incentive", request)
+    return str(failed.value.cause)
+
+
+async def _nudged(handle: WorkflowHandle, attempts: int) -> bool:
+    return (await case_status(handle)).attempts >= attempts
+
+
+async def _recorded(fake: FakeChurn, actions: int) -> bool:
+    return len(fake.actions) >= actions

@@ -1,0 +1,249 @@
+"""Credit's decisions in seconds: reminder pages and their one send batch, guardrails, payments."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from schemas.credit import (
+    DueRetailer,
+    GuardrailChange,
+    GuardrailsCheck,
+    GuardrailsRequest,
+    GuardrailsResult,
+    PaymentRecorded,
+    PaymentResult,
+    RecordPayment,
+    ReminderPage,
+    ReminderPageRequest,
+    RemindersRequest,
+    RemindersSent,
+    RemindersStatus,
+)
+from schemas.insights import BusinessDay
+from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
+from tests.workflows.harness import family_worker
+
+BUSINESS_DAY = date(2026, 11, 23)
+"""What the calendar activity answers: not today, so a test sees the workflow used its answer."""
+
+
+def page(day: date, retailers: list[int], *, last: bool, skipped: dict[str, int] | None = None,
+         link_failures: dict[str, int] | None = None) -> ReminderPage:
+    """A page as `credit_reminder_page` builds it: one payment_reminder per due retailer."""
+    return ReminderPage(
+        after_retailer_id=max(retailers, default=0),
+        last_page=last,
+        messages=[
+            SendMessage(
+                idempotency_key=f"reminder:{r}:{day.isoformat()}",
+                recipient_type="retailer",
+                recipient_id=str(r),
+                template="payment_reminder",
+                params={"debit_count": 1, "amount_due": "10.00", "payment_link": f"https://pay.example/{r}"},
+            )
+            for r in retailers
+        ],
+        due=[DueRetailer(retailer_id=r, debit_ids=[r * 100], amount_due=Decimal("10.00")) for r in retailers],
+        skipped=skipped or {},
+        link_failures=link_failures or {},
+    )
+
+
+@dataclass
+class FakeCredit:
+    """The credit activities, the calendar and the messaging gateway, by their registered names."""
+
+    pages: list[ReminderPage] = field(default_factory=list)
+    batch_outcomes: dict[str, BatchItemOutcome] = field(default_factory=dict)
+    changes: list[GuardrailChange] = field(default_factory=list)
+    refuse_send: dict[str, str] = field(default_factory=dict)
+    """idempotency key -> the permanent error `send_message` raises for it."""
+    days_asked: list[BusinessDay] = field(default_factory=list)
+    page_requests: list[ReminderPageRequest] = field(default_factory=list)
+    batches: list[SendBatch] = field(default_factory=list)
+    marked: list[RemindersSent] = field(default_factory=list)
+    checks: list[GuardrailsCheck] = field(default_factory=list)
+    payments: list[RecordPayment] = field(default_factory=list)
+    sends: list[SendMessage] = field(default_factory=list)
+
+    @activity.defn(name="business_day")
+    async def business_day(self, request: BusinessDay) -> date:
+        self.days_asked.append(request)
+        return BUSINESS_DAY
+
+    @activity.defn(name="credit_reminder_page")
+    async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
+        self.page_requests.append(request)
+        return self.pages.pop(0)
+
+    @activity.defn(name="send_messages")
+    async def send_messages(self, batch: SendBatch) -> SendBatchResult:
+        self.batches.append(batch)
+        return SendBatchResult(
+            outcomes=[
+                self.batch_outcomes.get(m.idempotency_key, BatchItemOutcome(idempotency_key=m.idempotency_key, status="sent"))
+                for m in batch.messages
+            ]
+        )
+
+    @activity.defn(name="credit_mark_reminders_sent")
+    async def mark_reminders_sent(self, request: RemindersSent) -> int:
+        self.marked.append(request)
+        return sum(len(r.debit_ids) for r in request.due)
+
+    @activity.defn(name="credit_apply_guardrails")
+    async def apply(self, check: GuardrailsCheck) -> list[GuardrailChange]:
+        self.checks.append(check)
+        return self.changes
+
+    @activity.defn(name="credit_record_payment")
+    async def record(self, payment: RecordPayment) -> PaymentRecorded:
+        self.payments.append(payment)
+        return PaymentRecorded(
+            retailer_id=payment.retailer_id, reference=payment.reference, amount=payment.amount, credit_transaction_id=9
+        )
+
+    @activity.defn(name="send_message")
+    async def send_message(self, message: SendMessage) -> SendOutcome:
+        self.sends.append(message)
+        if error := self.refuse_send.get(message.idempotency_key):
+            raise ApplicationError(f"{message.idempotency_key}: {error}", type=error, non_retryable=True)
+        return SendOutcome(status="sent", provider_sid="SM1", channel="whatsapp")
+
+    def activities(self) -> list:
+        return [
+            self.business_day,
+            self.reminder_page,
+            self.send_messages,
+            self.mark_reminders_sent,
+            self.apply,
+            self.record,
+            self.send_message,
+        ]
+
+
+def outcome(key: str, status: str, *, duplicate: bool = False, reason: str | None = None) -> BatchItemOutcome:
+    return BatchItemOutcome(idempotency_key=key, status=status, duplicate=duplicate, reason=reason)  # type: ignore[arg-type]
+
+
+async def test_reminders_page_through_one_send_batch_each_and_mark_only_what_went_out(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    day = date(2026, 12, 1)
+    fake = FakeCredit(
+        pages=[
+            page(day, [1, 2, 3], last=False, skipped={"no_phone": 1}, link_failures={"InvalidAmount": 1}),
+            page(day, [4], last=True),
+        ],
+        batch_outcomes={
+            f"reminder:2:{day}": outcome(f"reminder:2:{day}", "sent", duplicate=True),
+            f"reminder:3:{day}": outcome(f"reminder:3:{day}", "failed", reason="InvalidRecipient"),
+            f"reminder:4:{day}": outcome(f"reminder:4:{day}", "deferred", reason="quiet_hours"),
+        },
+    )
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        status = await time_skipping_env.client.execute_workflow(
+            "PaymentRemindersWorkflow",
+            RemindersRequest(reminder_date=day, page_size=3, max_in_flight=7, messaging_task_queue=task_queue),
+            id=f"payment-reminders/{uuid.uuid4().hex}",
+            task_queue=task_queue,
+            result_type=RemindersStatus,
+        )
+
+    assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [(day, 0, 3), (day, 3, 3)]
+    assert [[m.recipient_id for m in b.messages] for b in fake.batches] == [["1", "2", "3"], ["4"]]
+    assert {b.max_in_flight for b in fake.batches} == {7}
+    # Marked: the new send and the earlier one (a re-run), never the failed or deferred retailer.
+    assert [[r.retailer_id for r in m.due] for m in fake.marked] == [[1, 2], []]
+    assert fake.days_asked == []  # the day was given
+    assert status == RemindersStatus(
+        reminder_date=day,
+        after_retailer_id=4,
+        pages=2,
+        due=6,
+        sent=1,
+        duplicates=1,
+        skipped={"no_phone": 1, "quiet_hours": 1},
+        failed={"InvalidAmount": 1, "InvalidRecipient": 1},
+        finished=True,
+    )
+
+
+async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of_skips(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeCredit(pages=[page(BUSINESS_DAY, [], last=True, skipped={"opted_out": 2})])
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        status = await time_skipping_env.client.execute_workflow(
+            "PaymentRemindersWorkflow",
+            RemindersRequest(business_timezone="Africa/Accra", messaging_task_queue=task_queue),
+            id=f"payment-reminders/{uuid.uuid4().hex}",
+            task_queue=task_queue,
+            result_type=RemindersStatus,
+        )
+
+    assert [d.timezone for d in fake.days_asked] == ["Africa/Accra"]
+    assert [r.reminder_date for r in fake.page_requests] == [BUSINESS_DAY]
+    assert fake.batches == [] and fake.marked == []
+    assert (status.reminder_date, status.due, status.sent, status.skipped) == (BUSINESS_DAY, 2, 0, {"opted_out": 2})
+
+
+async def test_guardrails_pause_and_resume_and_tell_each_retailer_once(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeCredit(
+        changes=[
+            GuardrailChange(retailer_id=1, change="paused", audit_id=10, reason="debit 30 days overdue", amount_due=Decimal("1234.5")),
+            GuardrailChange(retailer_id=2, change="resumed", audit_id=11),
+        ],
+        refuse_send={"credit_resumed:11": "RecipientOptedOut"},
+    )
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        result = await time_skipping_env.client.execute_workflow(
+            "CreditGuardrailsWorkflow",
+            GuardrailsRequest(messaging_task_queue=task_queue),
+            id=f"credit-guardrails/{uuid.uuid4().hex}",
+            task_queue=task_queue,
+            result_type=GuardrailsResult,
+        )
+
+    assert fake.checks == [GuardrailsCheck(check_date=BUSINESS_DAY)]  # every retailer, today's business day
+    sent = {m.idempotency_key: m for m in fake.sends}  # sent concurrently: in any order
+    assert len(fake.sends) == 2
+    assert {(k, m.template, m.recipient_id) for k, m in sent.items()} == {
+        ("credit_paused:10", "credit_paused", "1"),
+        ("credit_resumed:11", "credit_resumed", "2"),
+    }
+    assert sent["credit_paused:10"].params == {"reason": "debit 30 days overdue", "amount_due": "1,234.50"}
+    # A message that cannot go out (opted out) is counted, and never retried or fatal.
+    assert result == GuardrailsResult(check_date=BUSINESS_DAY, paused=[1], resumed=[2], messages_failed=1)
+
+
+async def test_recording_a_payment_rechecks_that_retailers_guardrails_at_once(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeCredit(changes=[GuardrailChange(retailer_id=5, change="resumed", audit_id=21)])
+    payment = RecordPayment(
+        retailer_id=5, amount=Decimal("250.00"), reference="bank:tx-778", actor="admin-1", messaging_task_queue=task_queue
+    )
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        result = await time_skipping_env.client.execute_workflow(
+            "RecordPaymentWorkflow",
+            payment,
+            id=f"payment/{uuid.uuid4().hex}",
+            task_queue=task_queue,
+            result_type=PaymentResult,
+        )
+
+    assert fake.payments == [payment]
+    assert fake.checks == [GuardrailsCheck(check_date=BUSINESS_DAY, retailer_ids=[5], reference="payment:bank:tx-778")]
+    assert [m.idempotency_key for m in fake.sends] == ["credit_resumed:21"]
+    assert result.payment.credit_transaction_id == 9
+    assert result.guardrails.resumed == [5]

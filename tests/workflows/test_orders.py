@@ -1,0 +1,308 @@
+"""Order recovery's decisions in seconds: the clock, its follow-up, expiry, the signals that end it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from schemas.messaging import SendMessage, SendOutcome
+from schemas.orders import (
+    FollowUpSent,
+    OrderFailure,
+    OrderFailureResult,
+    OrderState,
+    OrderSweepProgress,
+    OrderSweepRequest,
+    PendingOrderInput,
+    PendingOrderRecord,
+    PendingOrderResult,
+    PendingOrderStatus,
+    RegisterPendingOrder,
+    SettleOrder,
+    SweepPage,
+    SweepPageResult,
+)
+from tests.workflows.harness import eventually, family_worker, started_at, task_failures
+
+RETAILER = 7
+QUIET_SHIFT = timedelta(hours=6)
+"""The activity moved the +2h follow-up out of the retailer's quiet hours by this much."""
+
+
+@dataclass
+class FakeOrders:
+    """The order activities and the messaging gateway, by their registered names."""
+
+    refuse: str | None = None
+    outcomes: list[SendOutcome] = field(default_factory=list)
+    registered: list[RegisterPendingOrder] = field(default_factory=list)
+    records: dict[int, PendingOrderRecord] = field(default_factory=dict)
+    sends: list[tuple[datetime, SendMessage]] = field(default_factory=list)
+    follow_ups: list[FollowUpSent] = field(default_factory=list)
+    settled: list[SettleOrder] = field(default_factory=list)
+    failures: list[OrderFailure] = field(default_factory=list)
+
+    @activity.defn(name="register_pending_order")
+    async def register_pending_order(self, request: RegisterPendingOrder) -> PendingOrderRecord:
+        self.registered.append(request)
+        if self.refuse:
+            raise ApplicationError(f"order {request.order_id}: {self.refuse}", type=self.refuse, non_retryable=True)
+        record = PendingOrderRecord(
+            order_id=request.order_id,
+            retailer_id=RETAILER,
+            state="PENDING",
+            created_at=request.created_at,
+            expires_at=request.created_at + request.ttl,
+            follow_up_at=request.created_at + request.follow_up_after + QUIET_SHIFT,
+        )
+        self.records[request.order_id] = record
+        return record
+
+    @activity.defn(name="send_message")
+    async def send_message(self, message: SendMessage) -> SendOutcome:
+        self.sends.append((started_at(), message))
+        return self.outcomes.pop(0) if self.outcomes else SendOutcome(status="sent", provider_sid="SM1", channel="sms")
+
+    @activity.defn(name="record_follow_up")
+    async def record_follow_up(self, sent: FollowUpSent) -> None:
+        self.follow_ups.append(sent)
+
+    @activity.defn(name="settle_pending_order")
+    async def settle_pending_order(self, request: SettleOrder) -> OrderState:
+        self.settled.append(request)
+        return request.state
+
+    @activity.defn(name="handle_order_failure")
+    async def handle_order_failure(self, failure: OrderFailure) -> OrderFailureResult:
+        self.failures.append(failure)
+        return OrderFailureResult(order_id=failure.order_id, retailer_id=RETAILER, changed=True)
+
+    def activities(self) -> list:
+        return [
+            self.register_pending_order,
+            self.send_message,
+            self.record_follow_up,
+            self.settle_pending_order,
+            self.handle_order_failure,
+        ]
+
+    def templates(self) -> list[str]:
+        return [m.template for _, m in self.sends]
+
+
+async def start_order(env: WorkflowEnvironment, task_queue: str) -> tuple[int, WorkflowHandle]:
+    order_id = random.randint(1, 2**31)
+    handle = await env.client.start_workflow(
+        "PendingOrderWorkflow",
+        PendingOrderInput(order_id=order_id, messaging_task_queue=task_queue),
+        id=f"pending-order/{order_id}",
+        task_queue=task_queue,
+        result_type=PendingOrderResult,
+    )
+    return order_id, handle
+
+
+async def status(handle: WorkflowHandle) -> PendingOrderStatus:
+    return await handle.query("status", result_type=PendingOrderStatus)
+
+
+async def test_an_unanswered_order_gets_its_follow_up_when_due_and_expires_at_24h(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    record = fake.records[order_id]
+    assert record.follow_up_at - record.created_at == timedelta(hours=2) + QUIET_SHIFT
+    [(sent_at, message)] = fake.sends
+    assert message.template == "order_followup"
+    assert message.idempotency_key == f"followup:{order_id}"
+    assert message.recipient_id == str(RETAILER)  # an id, never a phone number
+    assert record.follow_up_at <= sent_at < record.follow_up_at + timedelta(minutes=1)
+    assert [f.order_id for f in fake.follow_ups] == [order_id]
+    assert fake.settled == [SettleOrder(order_id=order_id, state="EXPIRED")]
+    assert result.state == "EXPIRED"
+    assert record.expires_at <= result.settled_at < record.expires_at + timedelta(minutes=1)
+    assert record.expires_at - record.created_at == timedelta(hours=24)
+    assert await task_failures(handle) == 0
+
+
+async def test_completed_before_the_follow_up_ends_the_order_without_message_or_expiry(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await time_skipping_env.sleep(timedelta(hours=1))
+        await handle.signal("completed", {"actor_id": "shop"})
+        result = await handle.result()
+
+    assert result.state == "COMPLETED"
+    assert fake.sends == []
+    assert fake.settled == [SettleOrder(order_id=order_id, state="COMPLETED")]
+    assert result.settled_at < fake.records[order_id].follow_up_at
+
+
+async def test_completed_after_the_follow_up_counts_as_recovered(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await time_skipping_env.sleep(timedelta(hours=12))
+        await handle.signal("completed")
+        result = await handle.result()
+
+    assert fake.templates() == ["order_followup"]
+    assert result.state == "RECOVERED"
+    assert fake.settled == [SettleOrder(order_id=order_id, state="RECOVERED")]
+    assert result.settled_at < fake.records[order_id].expires_at
+
+
+async def test_failed_reverses_the_order_and_tells_the_retailer(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await eventually(lambda: _registered(handle))
+        await handle.signal("failed", {"reason": "card declined"})
+        result = await handle.result()
+
+    assert result.state == "FAILED"
+    assert [(f.order_id, f.reason) for f in fake.failures] == [(order_id, "card declined")]
+    assert fake.templates() == ["order_failed"]
+    assert fake.settled == []  # the failure activity closes the row itself
+
+
+@pytest.mark.parametrize(
+    ("signal", "payload"),
+    [("failed", {}), ("failed", {"reason": ""}), ("completed", "not an object"), ("completed", {"actor_id": "x" * 65})],
+)
+async def test_a_malformed_signal_is_dropped_and_the_clock_keeps_running(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, signal: str, payload: object
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await eventually(lambda: _registered(handle))
+        await handle.signal(signal, payload)
+        await time_skipping_env.sleep(timedelta(minutes=30))
+        still = await status(handle)
+        assert still.state == "PENDING"
+        assert still.expires_at == fake.records[order_id].expires_at
+        assert await task_failures(handle) == 0
+        await handle.signal("completed")  # a good signal after the bad one still counts
+        result = await handle.result()
+
+    assert result.state == "COMPLETED"
+    assert fake.failures == []
+
+
+async def test_a_deferred_follow_up_is_retried_when_the_outbox_says(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await eventually(lambda: _registered(handle))
+        retry_at = fake.records[order_id].follow_up_at + timedelta(hours=3)
+        fake.outcomes = [SendOutcome(status="deferred", reason="quiet_hours", retry_at=retry_at)]
+        result = await handle.result()
+
+    assert fake.templates() == ["order_followup", "order_followup"]
+    assert retry_at <= fake.sends[1][0] < retry_at + timedelta(minutes=1)
+    assert fake.sends[0][1].idempotency_key == fake.sends[1][1].idempotency_key  # the same message, once
+    assert len(fake.follow_ups) == 1
+    assert result.state == "EXPIRED"
+
+
+async def test_a_suppressed_follow_up_is_not_recorded_as_sent(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders(outcomes=[SendOutcome(status="suppressed", reason="opted_out")])
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        _, handle = await start_order(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    assert fake.templates() == ["order_followup"]
+    assert fake.follow_ups == []
+    assert result.follow_up_sent_at is None
+    assert result.state == "EXPIRED"
+
+
+async def test_an_unknown_order_is_refused_without_a_task_failure(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders(refuse="UnknownOrder")
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        _, handle = await start_order(time_skipping_env, task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+
+    assert isinstance(failure.value.cause, ApplicationError)
+    assert failure.value.cause.type == "UnknownOrder"
+    assert len(fake.registered) == 1  # a refusal is not retried
+    assert fake.sends == [] and fake.settled == []
+    assert await task_failures(handle) == 0
+
+
+async def _registered(handle: WorkflowHandle) -> bool:
+    return (await status(handle)).expires_at is not None
+
+
+# --------------------------------------------------------------------------- the safety-net sweep
+
+
+@dataclass
+class FakeSweep:
+    pages: dict[str, list[SweepPageResult]]
+    asked: list[tuple[str, SweepPage]] = field(default_factory=list)
+
+    @activity.defn(name="expire_orphaned_orders")
+    async def expire_orphaned_orders(self, page: SweepPage) -> SweepPageResult:
+        self.asked.append(("expire", page))
+        return self.pages["expire"].pop(0)
+
+    @activity.defn(name="start_missing_order_workflows")
+    async def start_missing_order_workflows(self, page: SweepPage) -> SweepPageResult:
+        self.asked.append(("start", page))
+        return self.pages["start"].pop(0)
+
+
+async def test_the_sweep_expires_then_starts_page_by_page_and_totals_both(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeSweep(
+        pages={
+            "expire": [
+                SweepPageResult(after_order_id=20, rows=2, changed=1, left_alone=1),
+                SweepPageResult(after_order_id=25, rows=1, changed=1, left_alone=0),
+            ],
+            "start": [SweepPageResult(after_order_id=40, rows=1, changed=1, left_alone=0)],
+        }
+    )
+    async with family_worker(
+        time_skipping_env, task_queue, "orders", [fake.expire_orphaned_orders, fake.start_missing_order_workflows]
+    ):
+        progress = await time_skipping_env.client.execute_workflow(
+            "OrderExpirySweepWorkflow",
+            OrderSweepRequest(page_size=2, messaging_task_queue="msgs"),
+            id=f"order-expiry-sweep/{task_queue}",
+            task_queue=task_queue,
+            result_type=OrderSweepProgress,
+        )
+
+    assert [(phase, page.after_order_id) for phase, page in fake.asked] == [("expire", 0), ("expire", 20), ("start", 0)]
+    assert {page.as_of for _, page in fake.asked} == {progress.as_of}  # one instant for the whole sweep
+    assert all(page.messaging_task_queue == "msgs" for _, page in fake.asked)
+    assert (progress.phase, progress.expired, progress.started, progress.left_alone) == ("done", 2, 1, 1)
