@@ -219,7 +219,8 @@ async def start_demo_jobs(client, engine, settings: Settings) -> None:
 def _without_password(database_url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(database_url).render_as_string(hide_password=True)
+    url = make_url(database_url)
+    return database_url if url.password is None else url.render_as_string(hide_password=True)
 
 
 def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str, str]]) -> None:
