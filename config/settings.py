@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
     webhook_base_url: str | None = None
+    retention_webhook_days: int = Field(default=30, ge=1)
+    """RETENTION_WEBHOOK_DAYS: processed webhook event ids are kept this long (Stripe retries for 3)."""
+    retention_message_days: int = Field(default=90, ge=1)
+    """RETENTION_MESSAGE_DAYS: message rows keep the provider's data (SID, error) this long."""
     actor_hash_key: SecretStr | None = None
     """ACTOR_HASH_KEY: the HMAC key that turns operator ids into `recovery_actions.actor_id_hash`.
     Required in production; in dev a fixed dev-only key is used (with a warning), see `hash_actor`."""
