@@ -85,18 +85,20 @@ async def _cap_holds(engine: AsyncEngine, recipient: str, cap: int) -> str | Non
         return await hold_reason(conn, hold)
 
 
-async def _run(env: WorkflowEnvironment, task_queue: str) -> RetentionStatus:
+async def _run(env: WorkflowEnvironment, task_queue: str, record_history=None) -> RetentionStatus:  # type: ignore[no-untyped-def]
     handle = await env.client.start_workflow(
         # as_of: the time-skipping server's clock runs ahead of the seeded rows' ages
         DataRetentionWorkflow.run, RetentionRequest(page_size=2, as_of=NOW), id=f"retention/{uuid.uuid4()}", task_queue=task_queue,
     )
     result = await handle.result()
     assert await handle.query(DataRetentionWorkflow.status) == result  # the counts, for operators
+    if record_history:
+        await record_history(handle, "data_retention")
     return result
 
 
 async def test_retention_clears_exactly_the_old_rows_keeps_the_cap_and_money_and_runs_idempotently(
-    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str
+    engine: AsyncEngine, time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     seeded = await _seed(engine)
     tag, recipient = seeded["tag"], str(seeded["recipient"])
@@ -106,7 +108,7 @@ async def test_retention_clears_exactly_the_old_rows_keeps_the_cap_and_money_and
     deps = ActivityDeps(client=time_skipping_env.client, settings=load_settings(), engine=engine)
     async with Worker(time_skipping_env.client, task_queue=task_queue, workflows=family.workflows(),
                       activities=family.activities(deps)):
-        first = await _run(time_skipping_env, task_queue)
+        first = await _run(time_skipping_env, task_queue, record_history)
         second = await _run(time_skipping_env, task_queue)
 
     assert (first.webhook_events_deleted, first.message_payloads_cleared, first.recovery_actions_anonymised) == (3, 2, 2)
