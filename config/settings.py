@@ -12,10 +12,12 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+# Twilio's magic test numbers (+15005550001..9): they only work with test credentials.
+_TWILIO_TEST_NUMBER = re.compile(r"^(whatsapp:)?\+1500555000\d$")
 
 
 class SettingsError(Exception):
@@ -68,6 +70,13 @@ class Settings(BaseSettings):
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
     webhook_base_url: str | None = None
+    retention_webhook_days: int = Field(default=30, ge=1)
+    """RETENTION_WEBHOOK_DAYS: processed webhook event ids are kept this long (Stripe retries for 3)."""
+    retention_message_days: int = Field(default=90, ge=1)
+    """RETENTION_MESSAGE_DAYS: message rows keep the provider's data (SID, error) this long."""
+    actor_hash_key: SecretStr | None = None
+    """ACTOR_HASH_KEY: the HMAC key that turns operator ids into `recovery_actions.actor_id_hash`.
+    Required in production; in dev a fixed dev-only key is used (with a warning), see `hash_actor`."""
     """Public base URL of `jobctl webhooks`, for Twilio status callbacks (None: no callbacks)."""
 
     # Dev stack (not used in production).
@@ -122,6 +131,35 @@ class Settings(BaseSettings):
             raise ValueError("is not an IANA time zone") from exc
         return value
 
+    @model_validator(mode="after")
+    def _production_defaults(self) -> Settings:
+        """With real providers, dev defaults are mistakes: refuse them at start, naming the setting."""
+        if self.real_twilio:
+            for name in ("twilio_whatsapp_from", "twilio_sms_from"):
+                if _TWILIO_TEST_NUMBER.match(getattr(self, name)):
+                    raise ValueError(
+                        f"{name.upper()}: {getattr(self, name)} is one of Twilio's test numbers; "
+                        "set your own sender with real Twilio credentials"
+                    )
+        if self.production and not (self.actor_hash_key and self.actor_hash_key.get_secret_value()):
+            raise ValueError("ACTOR_HASH_KEY: not set (required with real Twilio or live Stripe credentials)")
+        return self
+
+    @property
+    def real_twilio(self) -> bool:
+        """Real Twilio credentials aimed at api.twilio.com (not the emulator)."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token and not self.twilio_api_base)
+
+    @property
+    def production(self) -> bool:
+        """Talking to real providers: real Twilio, or a live Stripe key aimed at api.stripe.com."""
+        live_stripe = bool(
+            self.stripe_secret_key
+            and self.stripe_secret_key.get_secret_value().startswith(("sk_live_", "rk_live_"))
+            and not self.stripe_api_base
+        )
+        return self.real_twilio or live_stripe
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
@@ -138,9 +176,10 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         message = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"{name}: {message}") from None
+        if not first["loc"]:  # a check across settings: its message starts with the setting's name
+            raise SettingsError(message) from None
+        raise SettingsError(f"{str(first['loc'][0]).upper()}: {message}") from None
 
 
 @lru_cache(maxsize=1)

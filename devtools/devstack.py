@@ -216,6 +216,13 @@ async def start_demo_jobs(client, engine, settings: Settings) -> None:
         await start_case(client, engine, settings, membership_id, "payment_failed")
 
 
+def _without_password(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    return database_url if url.password is None else url.render_as_string(hide_password=True)
+
+
 def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str, str]]) -> None:
     host = settings.temporal_address.rsplit(":", 1)[0]
     lines = [
@@ -223,7 +230,7 @@ def _print_banner(settings: Settings, database_url: str, applied: list[tuple[str
         "jobctl dev stack is up",
         f"  Temporal UI:   http://{host}:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}/workflows",
         f"  Temporal gRPC: {settings.temporal_address} (namespace {settings.temporal_namespace})",
-        f"  Database:      {database_url}",
+        f"  Database:      {_without_password(database_url)}",
         f"  Twilio:        {settings.twilio_api_base or 'api.twilio.com'}"
         + (" (emulator: GET /_emulator/messages lists what was sent)" if settings.twilio_api_base else ""),
         f"  Stripe:        {settings.stripe_api_base or 'api.stripe.com'}"

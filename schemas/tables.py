@@ -82,6 +82,7 @@ QUEUE_STATUSES = ("PENDING", "RESOLVED", "NEEDS_REVIEW")
 RECIPIENT_TYPES = ("retailer", "member", "customer")
 MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "suppressed", "deferred", "undelivered")
 WEBHOOK_PROVIDERS = ("stripe", "twilio")
+WEBHOOK_EVENT_STATUSES = ("received", "processed", "failed")
 
 
 # --------------------------------------------------------------------------- credit
@@ -587,16 +588,25 @@ class RecipientOptOut(CreatedAt, Base):
 
 
 class ProcessedWebhookEvent(Base):
-    """A webhook event already handled; a replay of the same event id is ignored."""
+    """A webhook event: `received` while its handler runs (or after it failed for now, so the
+    provider's retry runs it again), then `processed`, or `failed` for good (`error` says why).
+    A replay of a processed or failed event is acknowledged and ignored.
+    """
 
     __tablename__ = "processed_webhook_events"
 
     provider: Mapped[str]
     event_id: Mapped[str]
     event_type: Mapped[str]
-    processed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    status: Mapped[str] = mapped_column(server_default="received")
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    claimed_at: Mapped[datetime | None] = mapped_column(doc="a handler runs it since then (a lease)")
+    processed_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(doc="the handler's last error (type and message, masked)")
 
     __table_args__ = (
         PrimaryKeyConstraint("provider", "event_id"),
         CheckConstraint(_in("provider", WEBHOOK_PROVIDERS), name="provider"),
+        CheckConstraint(_in("status", WEBHOOK_EVENT_STATUSES), name="status"),
+        Index("ix_processed_webhook_events_received_at", "received_at"),
     )

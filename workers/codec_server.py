@@ -52,7 +52,7 @@ def create_app(codec: EncryptionCodec, token: str, allowed_origins: set[str]) ->
 
     app = web.Application(middlewares=[guard])
     app.router.add_post("/encode", endpoint(codec.encode))
-    app.router.add_post("/decode", endpoint(codec.decode))
+    app.router.add_post("/decode", endpoint(codec.decode_strict))  # undecodable input: 400, not 500
     app.router.add_route("OPTIONS", "/{tail:.*}", _no_content)  # preflights: answered by the middleware
     return app
 

@@ -21,10 +21,23 @@ from temporalio.worker import (
     Interceptor,
 )
 
-# E.164-ish numbers, optionally behind a channel prefix ("whatsapp:+1555...").
-_PHONE = re.compile(r"(\+\d{7,15})\b")
+# Phone numbers as people write them: "+1 555 123 4567", "+44 7700-900-123", "whatsapp:+1555...",
+# and without "+": "555-123-4567", "(555) 123.4567", "15551234567". Digit runs glued to letters, "-"
+# or "/" (Twilio SIDs, UUIDs, workflow ids) are ids, not numbers; dates have too few digits.
+_PHONE = re.compile(
+    r"(?<![\w+\-/])(?:"
+    r"\+\d(?:[ \-.]?\(?\d\)?){6,14}"  # international, with separators
+    r"|\(?\d{3}\)?[ \-.]\d{3}[ \-.]\d{4}"  # national (NANP-style groups)
+    r"|\d{10,15}"  # a bare run
+    r")(?![\w\-/])"
+)
+_EMAIL = re.compile(r"[\w.+\-]+@([\w\-]+(?:\.[\w\-]+)+)")
+# Secrets by shape: Stripe keys and webhook secrets, Twilio auth tokens (32 lowercase hex digits).
+_SECRET_SHAPES = re.compile(
+    r"\b((?:sk|rk)_(?:live|test)_|whsec_)[A-Za-z0-9]+"
+    r"|(?<![\w\-])[0-9a-f]{32}(?![\w\-])"
+)
 _SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|private_key|encryption_key)$", re.I)
-_PHONE_KEYS = re.compile(r"(phone|to|from|msisdn|number)$", re.I)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
@@ -32,12 +45,20 @@ def mask_phone(value: str) -> str:
     """Keep the last 2 digits so support can still tell two numbers apart."""
 
     def _mask(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group(1))
+        digits = re.sub(r"\D", "", match.group(0))
         if len(digits) < 8:
-            return match.group(1)
+            return match.group(0)
         return "+" + "*" * (len(digits) - 2) + digits[-2:]
 
     return _PHONE.sub(_mask, value)
+
+
+def mask_text(value: str) -> str:
+    """Every masking rule that reads free text (messages, exception text, SQL parameter dumps)."""
+    value = _URL_PASSWORD.sub(r"\1***\3", value)
+    value = _SECRET_SHAPES.sub(lambda m: (m.group(1) or "") + "***", value)
+    value = _EMAIL.sub(r"***@\1", value)
+    return mask_phone(value)
 
 
 def _mask_value(key: str, value: Any) -> Any:
@@ -48,15 +69,13 @@ def _mask_value(key: str, value: Any) -> Any:
     if _SECRET_KEYS.search(key) and value not in (None, ""):
         return "***"
     if isinstance(value, str):
-        value = _URL_PASSWORD.sub(r"\1***\3", value)
-        if _PHONE_KEYS.search(key) and re.fullmatch(r"[\w:]*\+?[\d\s\-()]{7,}", value):
-            value = "+" + re.sub(r"\D", "", value)
-        return mask_phone(value)
+        return mask_text(value)
     return value
 
 
 def mask_pii(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask phone numbers anywhere and secrets by key name."""
+    """structlog processor: mask phone numbers, e-mail addresses and secret shapes anywhere, and
+    secrets by key name. Runs again after tracebacks are rendered, so exception text is masked too."""
     return {k: (_mask_value(k, v) if k not in ("timestamp", "level") else v) for k, v in event_dict.items()}
 
 
@@ -104,6 +123,7 @@ def configure_logging(fmt: str = "console", level: str = "INFO", stream: Any = N
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                mask_pii,  # the rendered traceback: exception text, SQLAlchemy parameter dumps
                 renderer,
             ],
         )

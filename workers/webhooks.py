@@ -1,8 +1,12 @@
 """`jobctl webhooks`: Stripe and Twilio callbacks, verified before anything changes.
 
-- `POST /webhooks/stripe`: `Stripe-Signature` checked with STRIPE_WEBHOOK_SECRET, the event id
-  recorded in `processed_webhook_events` (a replay is acknowledged and ignored), then handed to
-  the domain handler registered for its type.
+- `POST /webhooks/stripe`: `Stripe-Signature` checked with STRIPE_WEBHOOK_SECRET, the event
+  recorded as received in `processed_webhook_events` in one short statement, handed to the domain
+  handler registered for its type holding no database connection (a burst never drains the pool),
+  then marked processed. A replay of a processed event is acknowledged and ignored; a replay of one
+  whose handler failed for now runs it again. A handler error that no retry can fix (a malformed
+  object inside a validly signed event) is recorded as failed and answered 2xx, so Stripe does not
+  retry it for three days; any other error is a 5xx and Stripe's retry gets another chance.
 - `POST /webhooks/twilio/status`: `X-Twilio-Signature` checked; the message's delivery status is
   recorded in `message_log`.
 - `POST /webhooks/twilio/inbound`: `X-Twilio-Signature` checked; STOP (and Twilio's other opt-out
@@ -14,21 +18,55 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import timedelta
 
 import stripe
 import structlog
 from aiohttp import web
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
 from activities.messaging import outbox
-from schemas.tables import ProcessedWebhookEvent
+from schemas.errors import Refused
 from services import StripeHandler
+from workers.log import mask_text
 
 log = structlog.get_logger(__name__)
 
 OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
+
+PERMANENT_HANDLER_ERRORS: tuple[type[BaseException], ...] = (KeyError, TypeError, ValueError, AttributeError, Refused)
+"""What a handler raises for an event no retry can fix: a malformed object (pydantic's
+ValidationError is a ValueError) or a domain refusal. Anything else (Temporal, the database,
+the network) is transient."""
+
+HANDLER_LEASE = timedelta(minutes=5)
+"""A received event whose handler started longer ago than this is taken to have crashed: a
+delivery then runs it again (a delivery within the lease gets 409 and Stripe retries later)."""
+
+# Received now, or taken again if it was received before but never finished and nobody holds it.
+_CLAIM = text(
+    """
+INSERT INTO processed_webhook_events AS e (provider, event_id, event_type, status, claimed_at)
+VALUES ('stripe', :id, :type, 'received', now())
+ON CONFLICT (provider, event_id) DO UPDATE SET claimed_at = now()
+WHERE e.status = 'received' AND (e.claimed_at IS NULL OR e.claimed_at < now() - :lease)
+RETURNING event_id
+"""
+)
+_STATUS = text("SELECT status FROM processed_webhook_events WHERE provider = 'stripe' AND event_id = :id")
+_FINISH = text(
+    "UPDATE processed_webhook_events SET status = :status, processed_at = now(), claimed_at = NULL, error = :error"
+    " WHERE provider = 'stripe' AND event_id = :id"
+)
+_RELEASE = text(
+    "UPDATE processed_webhook_events SET claimed_at = NULL, error = :error WHERE provider = 'stripe' AND event_id = :id"
+)
+
+
+def _describe(error: BaseException) -> str:
+    return mask_text(f"{type(error).__name__}: {error}")[:500]
 
 
 def create_app(
@@ -60,22 +98,34 @@ def create_app(
         if not isinstance(event_id, str) or not isinstance(event_type, str):
             return bad_request("Stripe event without id or type")
         async with engine.begin() as conn:
-            first_time = await conn.scalar(
-                insert(ProcessedWebhookEvent)
-                .values(provider="stripe", event_id=event_id, event_type=event_type)
-                .on_conflict_do_nothing()
-                .returning(ProcessedWebhookEvent.event_id)
-            )
-            if first_time is None:
-                log.info("webhook.stripe_replayed", event_id=event_id, event_type=event_type)
-                return web.json_response({"received": True, "duplicate": True})
-            handler = handlers.get(event_type)
+            claimed = await conn.scalar(_CLAIM, {"id": event_id, "type": event_type, "lease": HANDLER_LEASE})
+            status = None if claimed else await conn.scalar(_STATUS, {"id": event_id})
+        if status == "received":  # another delivery of it is being handled right now
+            log.info("webhook.stripe_in_progress", event_id=event_id, event_type=event_type)
+            return web.json_response({"received": False, "in_progress": True}, status=409)
+        if status is not None:
+            log.info("webhook.stripe_replayed", event_id=event_id, event_type=event_type, status=status)
+            return web.json_response({"received": True, "duplicate": True})
+        handler = handlers.get(event_type)
+        try:
             if handler is not None:
-                # Inside the transaction: if handing over fails, the event is not marked processed
-                # and Stripe's retry gets another chance.
-                await handler(event_dict)
+                await handler(event_dict)  # holding no connection: it takes its own
+        except PERMANENT_HANDLER_ERRORS as error:
+            await _finish(event_id, "failed", _describe(error))
+            log.error("webhook.stripe_failed", event_id=event_id, event_type=event_type, error=_describe(error))
+            return web.json_response({"received": True, "duplicate": False, "failed": True})
+        except Exception as error:
+            async with engine.begin() as conn:
+                await conn.execute(_RELEASE, {"id": event_id, "error": _describe(error)})
+            log.exception("webhook.stripe_retry_later", event_id=event_id, event_type=event_type)
+            return web.json_response({"received": False, "retry": True}, status=503)
+        await _finish(event_id, "processed", None)
         log.info("webhook.stripe_processed", event_id=event_id, event_type=event_type, handled=handler is not None)
         return web.json_response({"received": True, "duplicate": False})
+
+    async def _finish(event_id: str, status: str, error: str | None) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(_FINISH, {"id": event_id, "status": status, "error": error})
 
     async def verified_twilio_form(request: web.Request) -> dict[str, str] | None:
         form = {k: str(v) for k, v in (await request.post()).items()}

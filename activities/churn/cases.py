@@ -8,26 +8,38 @@ same on replay and under the time-skipping test server.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import structlog
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.messaging.outbox import QuietHours
+from config.settings import get_settings
 from schemas.errors import Refused
 from schemas.churn import CaseAction, CaseContext, DecideNudge, LoadCase, NudgeDecision
 
-ACTOR_SALT = "jobctl-recovery-actor:"
+DEV_ACTOR_HASH_KEY = "jobctl-dev-only-actor-hash-key"
+"""Used when ACTOR_HASH_KEY is unset; settings refuse to start without a key in production."""
 
 
-def hash_actor(actor_id: str) -> str:
-    """Who acted, without storing who: the same operator hashes the same, for audits."""
-    return hashlib.sha256((ACTOR_SALT + actor_id).encode()).hexdigest()
+def hash_actor(actor_id: str, key: SecretStr | None = None) -> str:
+    """Who acted, without storing who: the same operator hashes the same, for audits.
+
+    A keyed HMAC (ACTOR_HASH_KEY), so nobody without the key can hash guessed ids and compare.
+    """
+    key = key or get_settings().actor_hash_key
+    if key is None:
+        structlog.get_logger(__name__).warning("churn.actor_hash_dev_key", hint="set ACTOR_HASH_KEY")
+        key = SecretStr(DEV_ACTOR_HASH_KEY)
+    return hmac.new(key.get_secret_value().encode(), actor_id.encode(), hashlib.sha256).hexdigest()
 
 
 class CaseRefused(Refused):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -11,7 +12,7 @@ import pytest_asyncio
 import stripe
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from twilio.request_validator import RequestValidator
 
 from schemas.tables import MessageLog, RecipientOptOut, Retailer
@@ -109,3 +110,104 @@ async def test_an_inbound_stop_opts_the_sender_out(http: TestClient, engine: Asy
     async with engine.connect() as conn:
         channel = await conn.scalar(select(RecipientOptOut.channel).where(RecipientOptOut.recipient_id == str(rid)))
     assert channel == "whatsapp"
+
+
+# --------------------------------------------------------------------------- bursts and handler failures
+
+
+def invoice_failed(subscription: str) -> dict:
+    return {
+        "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "invoice.payment_failed",
+        "data": {"object": {"object": "invoice", "id": f"in_{uuid.uuid4().hex[:10]}", "subscription": subscription}},
+    }
+
+
+async def test_a_burst_of_fifty_signed_events_is_answered_2xx_and_each_is_processed_once(database_url: str) -> None:
+    # A small pool: a receiver that held a connection while its handler takes another would
+    # wedge itself (and time out) with two requests in flight.
+    small = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=5)
+    handled: list[str] = []
+
+    async def payment_failed(event: dict) -> None:
+        """Like the domain's handlers: look the subscription up, then write what the event means."""
+        subscription = event["data"]["object"]["subscription"]
+        async with small.connect() as conn:
+            await conn.scalar(text("SELECT count(*) FROM memberships WHERE stripe_subscription_id = :s"), {"s": subscription})
+        await asyncio.sleep(0.05)  # e.g. starting the case's workflow
+        async with small.begin() as conn:
+            await conn.execute(text("SELECT pg_sleep(0.01)"))
+        handled.append(event["id"])
+
+    app = create_app(small, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
+                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    events = [invoice_failed(f"sub_{n}") for n in range(50)]
+    try:
+        async with TestClient(TestServer(app)) as http:
+            async def deliver(event: dict) -> int:
+                payload, headers = stripe_signed(event)
+                async with http.post("/webhooks/stripe", data=payload, headers=headers) as answer:
+                    return answer.status
+
+            async with asyncio.timeout(10):
+                statuses = await asyncio.gather(*(deliver(e) for e in events))
+                replays = await asyncio.gather(*(deliver(e) for e in events[:10]))  # Stripe retrying some
+        assert statuses == [200] * 50 and replays == [200] * 10
+        assert sorted(handled) == sorted(e["id"] for e in events)  # each once
+        async with small.connect() as conn:
+            states = (await conn.execute(
+                text("SELECT status, count(*) FROM processed_webhook_events WHERE event_id = ANY(:ids) GROUP BY status"),
+                {"ids": [e["id"] for e in events]},
+            )).all()
+        assert dict(states) == {"processed": 50}
+    finally:
+        await small.dispose()
+
+
+async def test_a_malformed_object_in_a_signed_event_is_recorded_as_failed_and_not_retried(engine: AsyncEngine) -> None:
+    calls: list[str] = []
+
+    async def payment_failed(event: dict) -> None:
+        calls.append(event["id"])
+        event["data"]["object"]["subscription"]  # the object is not an object
+
+    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
+                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    malformed = {**invoice_failed("sub_x"), "data": {"object": "in_only_an_id"}}
+    payload, headers = stripe_signed(malformed)
+    async with TestClient(TestServer(app)) as http:
+        first = await http.post("/webhooks/stripe", data=payload, headers=headers)
+        assert first.status == 200, await first.text()  # 2xx: Stripe would retry a 5xx for three days
+        assert (await first.json())["failed"] is True
+        retry = await http.post("/webhooks/stripe", data=payload, headers=headers)
+        assert retry.status == 200 and (await retry.json())["duplicate"] is True
+    assert calls == [malformed["id"]]
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            text("SELECT status, error FROM processed_webhook_events WHERE event_id = :e"), {"e": malformed["id"]}
+        )).one()
+    assert row.status == "failed" and "TypeError" in row.error
+
+
+async def test_a_transient_handler_error_is_a_5xx_and_stripes_retry_runs_the_handler_again(engine: AsyncEngine) -> None:
+    calls: list[str] = []
+
+    async def payment_failed(event: dict) -> None:
+        calls.append(event["id"])
+        if len(calls) == 1:
+            raise ConnectionError("Temporal is restarting")
+
+    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
+                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    event = invoice_failed("sub_y")
+    payload, headers = stripe_signed(event)
+    async with TestClient(TestServer(app)) as http:
+        assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status >= 500
+        retried = await http.post("/webhooks/stripe", data=payload, headers=headers)
+        assert retried.status == 200 and (await retried.json())["duplicate"] is False
+        again = await http.post("/webhooks/stripe", data=payload, headers=headers)
+        assert (await again.json())["duplicate"] is True
+    assert calls == [event["id"], event["id"]]
+    async with engine.connect() as conn:
+        assert await conn.scalar(
+            text("SELECT status FROM processed_webhook_events WHERE event_id = :e"), {"e": event["id"]}
+        ) == "processed"

@@ -87,3 +87,83 @@ async def test_activity_and_workflow_lines_carry_temporal_ids(
     assert started["workflow_id"] == workflow_id
     assert all(isinstance(line, dict) for line in lines)
     logging.getLogger().handlers.clear()
+
+
+@pytest.fixture
+def console_lines():
+    stream = io.StringIO()
+    configure_logging("console", "INFO", stream=stream)
+    yield stream.getvalue
+    configure_logging("console", "WARNING")
+
+
+SECRETS_AND_PII = (
+    "+1 555 123 4567",
+    "555-123-4567",
+    "15551234567",
+    "ada.lovelace@example.com",
+    "sk_live_51HabcdefGHIJKLmnop",
+    "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "whsec_abcdef0123456789XYZ",
+    "rk_live_51Habcdefghijklmno",
+    "0123456789abcdef0123456789abcdef",  # a Twilio auth token's shape
+)
+
+
+def _fail_with_pii() -> None:
+    try:
+        raise RuntimeError(
+            "could not text +1 555 123 4567 (alt 555-123-4567, 15551234567) for ada.lovelace@example.com"
+        )
+    except RuntimeError as exc:
+        # the shape of SQLAlchemy's error text: the statement and a parameter dump
+        raise ValueError(
+            "(psycopg.errors.UniqueViolation) duplicate key [SQL: INSERT INTO retailers (phone) VALUES (%(phone)s)]"
+            " [parameters: {'phone': '+1 555 123 4567', 'key': 'sk_live_51HabcdefGHIJKLmnop',"
+            " 'hook': 'whsec_abcdef0123456789XYZ', 'restricted': 'rk_live_51Habcdefghijklmno',"
+            " 'test': 'sk_test_4eC39HqLyjWDarjtT1zdp7dc', 'twilio': '0123456789abcdef0123456789abcdef'}]"
+        ) from exc
+
+
+def _log_failure_both_ways() -> None:
+    try:
+        _fail_with_pii()
+    except ValueError:
+        structlog.get_logger("test").exception("sms.crashed", note="reach 555.123.4567 or +44 7700-900-123")
+        logging.getLogger("sqlalchemy.engine").exception("stdlib record for +1 555 123 4567")
+
+
+def test_an_exception_holding_pii_and_secrets_is_masked_in_json_logs(log_lines) -> None:
+    _log_failure_both_ways()
+    lines = log_lines()
+    assert len(lines) == 2 and all("Traceback" in line["exception"] for line in lines)
+    text = json.dumps(lines)
+    for leaked in (*SECRETS_AND_PII, "555.123.4567", "7700-900-123"):
+        assert leaked not in text, leaked
+    assert "RuntimeError" in text and "UniqueViolation" in text  # the error itself still reads
+
+
+def test_an_exception_holding_pii_and_secrets_is_masked_in_console_logs(console_lines) -> None:
+    _log_failure_both_ways()
+    text = console_lines()
+    assert "Traceback" in text and "sms.crashed" in text
+    for leaked in (*SECRETS_AND_PII, "555.123.4567", "7700-900-123"):
+        assert leaked not in text, leaked
+
+
+def test_ids_dates_and_amounts_are_not_mistaken_for_pii(log_lines) -> None:
+    kept = {
+        "workflow_id": "churn-case/1234567890",
+        "run_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "schedule_workflow": "insights/nightly-2026-11-23T03:00:00Z",
+        "idempotency_key": "reminder:42:2026-11-23",
+        "provider_sid": "SM0123456789abcdef0123456789abcdef",
+        "event_id": "evt_1NqAbCdEfGhIjKlMnOpQrStU",
+        "window": "2026-11-23 10:00 to 2026-11-24 10:00",
+        "amount": "125000.50",
+        "actor_id_hash": "a" * 64,
+    }
+    structlog.get_logger("test").info("case.step", **kept)
+    (line,) = log_lines()
+    for key, value in kept.items():
+        assert line[key] == value, key

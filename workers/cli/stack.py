@@ -137,6 +137,11 @@ def webhooks(
         raise UsageError("STRIPE_WEBHOOK_SECRET is not set: Stripe events could not be verified")
     if not s.twilio_auth_token:
         raise UsageError("TWILIO_AUTH_TOKEN is not set: Twilio callbacks could not be verified")
+    if not s.webhook_base_url:
+        # Twilio signs the public URL it calls; behind a proxy that is not the URL this process sees.
+        from config.settings import SettingsError
+
+        raise SettingsError("WEBHOOK_BASE_URL: not set (Twilio signs the public URL; its callbacks could not be verified)")
     configure_logging(s)
     typer.echo(f"webhooks on http://{host}:{port}/webhooks/stripe and /webhooks/twilio/(status|inbound)")
     run(lambda: run_webhook_server(s, database_url, host, port))

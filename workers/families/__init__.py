@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workers.families import churn, credit, insights, loyalty, messaging, orders, payments
+from workers.families import churn, credit, insights, loyalty, messaging, orders, payments, retention
 from workers.families.registry import Family
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ FAMILIES: tuple[Family, ...] = (
     loyalty.FAMILY,
     messaging.FAMILY,
     payments.FAMILY,
+    retention.FAMILY,
 )
 
 

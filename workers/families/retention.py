@@ -1,0 +1,41 @@
+"""Data retention: a daily sweep of what jobctl no longer needs to keep (never money or ledgers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.families.registry import Family
+
+
+def _workflows() -> list[type]:
+    from workflows.retention import DataRetentionWorkflow
+
+    return [DataRetentionWorkflow]
+
+
+def _activities(deps: Any) -> list[Any]:
+    from activities.retention import RetentionActivities
+
+    retention = RetentionActivities(deps.engine)
+    return [retention.delete_webhook_events, retention.clear_message_payloads, retention.anonymise_recovery_actions]
+
+
+def _schedules() -> list[Any]:
+    from schemas.retention import RetentionRequest
+    from workers.schedules import ScheduleDefinition
+    from workflows.retention import DataRetentionWorkflow
+
+    return [
+        ScheduleDefinition(
+            schedule_id="data-retention",
+            workflow=DataRetentionWorkflow.run,
+            make_arg=lambda s: RetentionRequest(webhook_days=s.retention_webhook_days, message_days=s.retention_message_days),
+            workflow_id="retention/daily",
+            summary="Daily data retention: old webhook ids, message provider data, ended members' actions",
+            daily_at=(2, 0),
+            job_name="data-retention",
+        )
+    ]
+
+
+FAMILY = Family(name="retention", workflows=_workflows, activities=_activities, schedules=_schedules)
