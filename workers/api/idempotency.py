@@ -52,7 +52,7 @@ def request_hash(request: Request, body: bytes) -> str:
     return digest.hexdigest()
 
 
-async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> IdempotentRequest | None:
+async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any:
     """None: claimed, run the request. Otherwise the row already holding this key."""
     table = IdempotentRequest.__table__
     async with engine.begin() as conn:
@@ -70,8 +70,7 @@ async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Ide
         )
         if taken_over is not None:
             return None
-        return (await conn.execute(select(IdempotentRequest).where(
-            IdempotentRequest.api_key_id == key_id, IdempotentRequest.idempotency_key == key))).scalar_one()
+        return (await conn.execute(select(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))).one()
 
 
 async def _store(engine: AsyncEngine, key_id: int, key: str, response: Response) -> None:
