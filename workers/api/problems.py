@@ -83,9 +83,11 @@ def unprocessable(errors: list[FieldError]) -> JSONResponse:
 def refusal_status(refusal: Refused) -> int:
     """A refusal that says the object is missing is 404; any other is a state conflict (409)."""
     text = str(refusal)
+    if type(refusal).__name__.startswith("Unknown"):
+        return 404
     if " has no running " in text:  # it existed, and has ended
         return 409
-    if text.startswith("no ") or " has no " in text or type(refusal).__name__.startswith("Unknown"):
+    if text.startswith("no ") or " has no " in text:
         return 404
     return 409
 
