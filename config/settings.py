@@ -170,10 +170,29 @@ class Settings(BaseSettings):
         return self.database_url
 
 
+DEV_STACK_FILE = "dev-stack.env"
+"""Under JOBCTL_HOME: the running `jobctl dev` stack's connection settings (it writes and removes it)."""
+
+
+def dev_stack_file() -> str | None:
+    """The dev stack's settings file if its stack is running, so commands beside `make run` find it;
+    variables set in the environment still win (pydantic-settings reads the file below them)."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("JOBCTL_HOME") or ".jobctl") / DEV_STACK_FILE
+    try:
+        pid = int(dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)["JOBCTL_DEV_PID"])
+        os.kill(pid, 0)  # a file left by a stack that died is ignored
+    except (OSError, KeyError, ValueError):
+        return None
+    return str(path)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning pydantic's report into one line that names the setting."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=dev_stack_file(), **overrides)  # type: ignore[arg-type, call-arg]
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")

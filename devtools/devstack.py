@@ -26,7 +26,7 @@ from devtools import binaries
 from workers import migrate, schedules
 from workers.runner import stop_on_signals
 from devtools.seed import seed_demo
-from config.settings import Settings
+from config.settings import DEV_STACK_FILE, Settings
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
 
@@ -161,6 +161,46 @@ async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings
         )
 
 
+API_PORT = 8000
+
+
+@asynccontextmanager
+async def api(settings: Settings, engine, client) -> AsyncIterator[str]:
+    """The HTTP API on 127.0.0.1:8000 (any free port if that one is taken); yields its URL."""
+    from workers.api.server import serve_api
+
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    try:
+        server = serve_api(settings, engine, client, host, API_PORT)
+        url = await server.__aenter__()
+    except OSError:
+        server = serve_api(settings, engine, client, host, 0)
+        url = await server.__aenter__()
+    try:
+        yield url
+    finally:
+        await server.__aexit__(None, None, None)
+
+
+def write_connection_file(home: Path, settings: Settings, database_url: str, api_url: str) -> Path:
+    """What a second shell's `jobctl` needs to reach this stack (read by config.settings while it runs)."""
+    import os
+
+    path = home / DEV_STACK_FILE
+    lines = {
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        "TEMPORAL_NAMESPACE": settings.temporal_namespace,
+        "TASK_QUEUE": settings.task_queue,
+        "MESSAGING_TASK_QUEUE": settings.messaging_task_queue,
+        "JOBCTL_API_URL": api_url,
+        "JOBCTL_DEV_PID": str(os.getpid()),
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    path.chmod(0o600)
+    return path
+
+
 async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     home = Path(settings.jobctl_home)
     home.mkdir(parents=True, exist_ok=True)
@@ -193,7 +233,11 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         workers = build_workers(client, settings, engine)
         if demo:
             await start_demo_jobs(client, engine, settings)
+        api_url = await stack.enter_async_context(api(settings, engine, client))
+        write_connection_file(home, settings, database_url, api_url)
+        stack.callback(lambda: (home / DEV_STACK_FILE).unlink(missing_ok=True))
         _print_banner(settings, database_url, applied)
+        print(f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)", flush=True)
         await run_workers(workers, stop)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.messaging import Channel
 
@@ -110,6 +110,17 @@ class ApplyIncentive(BaseModel):
     company_id: str | None = None
 
 
+class NudgeOutcome(BaseModel):
+    """The answer of update `nudge_now`: what became of a manual nudge."""
+
+    outcome: Literal["sent", "deferred", "capped", "suppressed"] = Field(
+        description="sent now; deferred until `at` (it goes out then); capped: the daily cap refused it; suppressed: not sent"
+    )
+    channel: Channel | None = None
+    reason: str | None = Field(default=None, description="quiet_hours, daily_cap, or why the send was suppressed")
+    at: datetime | None = Field(default=None, description="deferred: when it goes out; capped: when nudges are allowed again")
+
+
 class CaseStatus(BaseModel):
     case_id: int
     company_id: str
@@ -119,6 +130,37 @@ class CaseStatus(BaseModel):
     next_nudge_at: datetime | None = None
     incentive_applied: bool = False
     last_hold_back: str | None = None
+
+
+class CompanySettings(BaseModel):
+    """A company's churn rules, with the same limits as the `companies` table's CHECKs."""
+
+    reminder_offsets_days: list[Annotated[int, Field(ge=0, le=90)]] = Field(max_length=10, description="days after opening")
+    channels: list[Channel] = Field(min_length=1, max_length=2, description="allowed, in order of preference")
+    incentive_days: int = Field(ge=0, le=90, description="days an incentive extends the subscription by (0: none)")
+    quiet_hours_start: int = Field(ge=0, le=23, description="local hour nudges stop")
+    quiet_hours_end: int = Field(ge=0, le=23, description="local hour nudges resume")
+    daily_nudge_cap: int = Field(ge=0, le=2**31 - 1, description="nudges per member per local day")
+    grace_period_days: int = Field(ge=0, le=90)
+    timezone: str = Field(min_length=1, max_length=64, description="IANA time zone of the company's members by default")
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, channels: list[str]) -> list[str]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("channels must not repeat")
+        return channels
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
 
 
 ChurnCaseInput.model_rebuild()

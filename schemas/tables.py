@@ -610,3 +610,51 @@ class ProcessedWebhookEvent(Base):
         CheckConstraint(_in("status", WEBHOOK_EVENT_STATUSES), name="status"),
         Index("ix_processed_webhook_events_received_at", "received_at"),
     )
+
+
+# --------------------------------------------------------------------------- the HTTP API
+
+
+class ApiKey(CreatedAt, Base):
+    """A caller of the HTTP API. Only the key's SHA-256 is stored; the key is shown once.
+
+    `name` is the actor recorded in audit rows; `company_id` (when set) confines the key to that
+    tenant's churn data.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = _bigint_pk()
+    name: Mapped[str] = mapped_column(unique=True)
+    key_hash: Mapped[str] = mapped_column(unique=True)
+    prefix: Mapped[str] = mapped_column(doc="the key's first characters, to tell keys apart in listings")
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    company_id: Mapped[str | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'", name="name_slug"),
+        CheckConstraint("cardinality(scopes) >= 1", name="scopes_not_empty"),
+    )
+
+
+class IdempotentRequest(CreatedAt, Base):
+    """A POST made with an `Idempotency-Key`: the first answer, replayed to a retry with the same body.
+
+    `status_code` NULL: the first request is still being answered.
+    """
+
+    __tablename__ = "api_idempotency_keys"
+
+    api_key_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("api_keys.id", ondelete="CASCADE"))
+    idempotency_key: Mapped[str]
+    request_hash: Mapped[str] = mapped_column(doc="SHA-256 of method, path and body")
+    status_code: Mapped[int | None]
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("api_key_id", "idempotency_key"),
+        CheckConstraint("char_length(idempotency_key) BETWEEN 1 AND 255", name="key_length"),
+        Index("ix_api_idempotency_keys_created_at", "created_at"),
+    )

@@ -7,18 +7,19 @@ case's workflow id (`churn-case/{case_id}`) is started with signal-with-start se
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.churn.cases import CaseRefused, case_company, membership_by_stripe, open_case
 from schemas import ids
 from schemas import search_attributes
-from schemas.churn import ChurnCaseInput, ManualNudge
+from schemas.churn import ApplyIncentive, CaseStatus, ChurnCaseInput, ManualNudge, NudgeOutcome
 from config.settings import Settings
 from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
@@ -134,3 +135,61 @@ def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> 
         "customer.subscription.updated": subscription_updated,
         "customer.subscription.deleted": subscription_deleted,
     }
+
+
+# --- operator actions that answer (the HTTP API and `jobctl churn`) -------------------------------
+
+
+async def nudge_now(
+    client: Client, engine: AsyncEngine, case_id: int, nudge: ManualNudge, *, update_id: str | None = None
+) -> NudgeOutcome:
+    """Update `nudge_now`: sent, deferred until a time (and why), or capped. The same `update_id`
+    twice (an HTTP Idempotency-Key) is one nudge: Temporal de-duplicates updates by id."""
+    await ensure_owned(engine, case_id, nudge.company_id)
+    return await _update(client, case_id, ChurnCaseWorkflow.nudge_now, nudge, update_id)
+
+
+async def apply_incentive(
+    client: Client, engine: AsyncEngine, case_id: int, actor_id: str, *, days: int | None = None,
+    company_id: str | None = None, update_id: str | None = None,
+) -> tuple[int, datetime | None]:
+    """Update `apply_incentive` with `days`, or the company's `incentive_days`; (days, new period end)."""
+    from activities.churn.admin import incentive_days
+
+    owner = await case_company(engine, case_id)
+    await ensure_owned(engine, case_id, company_id)
+    if days is None:
+        days = await incentive_days(engine, owner or "")
+        if days == 0:
+            raise CaseRefused(f"company {owner} offers no incentive (incentive_days is 0): give the days")
+    request = ApplyIncentive(actor_id=actor_id, days=days, company_id=company_id)
+    return days, await _update(client, case_id, ChurnCaseWorkflow.apply_incentive, request, update_id)
+
+
+async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, company_id: str | None = None) -> CaseStatus | None:
+    """The case's workflow status (queried while it runs, its result once ended); None: no workflow."""
+    await ensure_owned(engine, case_id, company_id)
+    handle = client.get_workflow_handle(workflow_id(case_id), result_type=CaseStatus)
+    try:
+        described = await handle.describe()
+        if described.status == WorkflowExecutionStatus.RUNNING:
+            return await handle.query(ChurnCaseWorkflow.status)
+        if described.status == WorkflowExecutionStatus.COMPLETED:
+            return await handle.result(follow_runs=False)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return None
+
+
+async def _update(client: Client, case_id: int, update: Any, arg: Any, update_id: str | None) -> Any:
+    handle = client.get_workflow_handle(workflow_id(case_id))
+    try:
+        return await handle.execute_update(update, arg, id=update_id)
+    except WorkflowUpdateFailedError as error:
+        raise CaseRefused(str(getattr(error.cause, "message", None) or error.cause)) from None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise CaseRefused(f"case {case_id} has no running workflow (it has ended)") from None
+        raise

@@ -154,3 +154,24 @@ async def _result(client: Client, item_id: int) -> ReconcileResult:
 
 def _message(cause: Any) -> str:
     return getattr(cause, "message", None) or str(cause)
+
+
+# --- reading the queue (the HTTP API and `jobctl loyalty items`) ---------------------------------
+
+
+async def list_items(engine: AsyncEngine, *, state: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """Reconciliation items by state, oldest first (the review list: NEEDS_REVIEW)."""
+    from sqlalchemy import select
+
+    from schemas.tables import LoyaltyReconciliationQueueItem as Item
+
+    query = select(
+        Item.id.label("item_id"), Item.customer_id, Item.order_reference.label("order_id"), Item.payment_intent_id,
+        Item.points_redeemed, Item.order_total, Item.status, Item.resolution, Item.attempts, Item.last_error,
+        Item.resolved_by, Item.resolved_at, Item.created_at, Item.updated_at,
+    )
+    if state is not None:
+        query = query.where(Item.status == state)
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.order_by(Item.created_at, Item.id).limit(limit).offset(offset))
+        return [dict(r._mapping) for r in rows]

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         LoadCase,
         ManualNudge,
         NudgeDecision,
+        NudgeOutcome,
     )
     from schemas.messaging import SendMessage
     from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
@@ -58,6 +59,8 @@ class ChurnCaseWorkflow:
         self._last_hold_back: str | None = None
         # One nudge at a time: the daily cap is decided from the nudges before it.
         self._nudging = asyncio.Lock()
+        self._deferred_nudges = 0  # manual nudges waiting out quiet hours (update `nudge_now`)
+        self._later: set[asyncio.Task[None]] = set()
 
     @workflow.run
     async def run(self, request: ChurnCaseInput) -> CaseStatus:
@@ -148,6 +151,58 @@ class ChurnCaseWorkflow:
         if request.company_id is not None and request.company_id != self._case.company_id:
             raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
 
+    @workflow.update
+    async def nudge_now(self, request: ManualNudge) -> NudgeOutcome:
+        """A manual nudge that answers what became of it (beside the fire-and-forget signal).
+
+        Sent now; or deferred by quiet hours, and then sent when they end under the same key
+        (the answer says when); or capped by the company's daily cap (now or never, as the signal).
+        """
+        await workflow.wait_condition(lambda: self._case is not None)
+        self._progress.manual_nudges += 1
+        key = f"manual:{self._case_id}:{self._progress.manual_nudges}"
+        async with self._nudging:
+            if self._ending is not None:
+                return NudgeOutcome(outcome="suppressed", reason="case_ended")
+            decision = await self._decide(request.channel)
+            if decision.allowed:
+                return await self._send(key, decision, manual=True, actor_id=request.actor_id)
+            if decision.held_back != "quiet_hours" or decision.retry_at is None:
+                await self._record_hold_back(key, decision, request.actor_id)
+                return NudgeOutcome(outcome="capped", channel=decision.channel, reason=decision.held_back, at=decision.retry_at)
+            await self._record_hold_back(f"{key}:held:{decision.retry_at:%Y%m%d%H%M}", decision, request.actor_id)
+        self._deferred_nudges += 1
+        later = asyncio.create_task(self._nudge_later(key, decision.retry_at, request))
+        self._later.add(later)
+        later.add_done_callback(self._later.discard)
+        return NudgeOutcome(outcome="deferred", channel=decision.channel, reason="quiet_hours", at=decision.retry_at)
+
+    @nudge_now.validator
+    def _validate_nudge(self, request: ManualNudge) -> None:
+        if self._state != "OPEN" or self._ending is not None:
+            raise ValueError(f"case {self._case_id} is not open ({self._state})")
+        if request.company_id is not None and self._input is not None and request.company_id != self._input.company_id:
+            raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
+
+    async def _nudge_later(self, key: str, at: datetime, request: ManualNudge) -> None:
+        """A deferred manual nudge: at the end of quiet hours, unless the case ended first."""
+        try:
+            try:
+                await workflow.wait_condition(lambda: self._ending is not None, timeout=at - workflow.now(),
+                                              timeout_summary=f"deferred manual nudge until {at:%Y-%m-%d %H:%M} UTC")
+            except asyncio.TimeoutError:
+                pass
+            async with self._nudging:
+                if self._ending is not None:
+                    return
+                decision = await self._decide(request.channel)
+                if decision.allowed:
+                    await self._send(key, decision, manual=True, actor_id=request.actor_id)
+                else:  # held again (the cap filled meanwhile): recorded, not retried
+                    await self._record_hold_back(f"{key}:held-again", decision, request.actor_id)
+        finally:
+            self._deferred_nudges -= 1
+
     @workflow.query
     def status(self) -> CaseStatus:
         return CaseStatus(
@@ -186,7 +241,7 @@ class ChurnCaseWorkflow:
                 await self._send(key, decision, manual=manual, actor_id=actor_id)
             return decision
 
-    async def _send(self, key: str, decision: NudgeDecision, *, manual: bool, actor_id: str | None) -> None:
+    async def _send(self, key: str, decision: NudgeDecision, *, manual: bool, actor_id: str | None) -> NudgeOutcome:
         assert self._case is not None and self._input is not None
         message = SendMessage(
             idempotency_key=key,
@@ -203,11 +258,12 @@ class ChurnCaseWorkflow:
             workflow.logger.warning("case %s: nudge not sent (%s)", self._case_id, permanent_failure(error) or "error")
             await self._record("nudge_suppressed", key, actor_id=actor_id,
                                metadata={"manual": manual, "channel": decision.channel, "reason": permanent_failure(error)})
-            return
+            return NudgeOutcome(outcome="suppressed", channel=decision.channel, reason=permanent_failure(error) or "error")
         if outcome.status != "sent":
             await self._record(f"nudge_{'deferred' if outcome.status == 'deferred' else 'suppressed'}", key,
                                actor_id=actor_id, metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason})
-            return
+            return NudgeOutcome(outcome="deferred" if outcome.status == "deferred" else "suppressed",
+                                channel=decision.channel, reason=outcome.reason, at=outcome.retry_at)
         self._progress.attempts += 1
         self._sent_at = [*self._sent_at[-20:], workflow.now()]
         channel = outcome.channel or decision.channel
@@ -219,6 +275,7 @@ class ChurnCaseWorkflow:
         workflow.metric_meter().create_counter("nudges_sent_total", "Churn nudges sent, by manual or system").add(
             1, {"manual": str(manual).lower()}
         )
+        return NudgeOutcome(outcome="sent", channel=channel)
 
     async def _decide(self, channel: str | None) -> NudgeDecision:
         assert self._input is not None
@@ -276,7 +333,8 @@ class ChurnCaseWorkflow:
         while (remaining := deadline - workflow.now()) > timedelta(0):
             try:
                 await workflow.wait_condition(
-                    lambda: self._ending is not None or workflow.info().is_continue_as_new_suggested(),
+                    lambda: self._ending is not None
+                    or (workflow.info().is_continue_as_new_suggested() and not self._deferred_nudges),
                     timeout=remaining, timeout_summary=f"until {deadline:%Y-%m-%d %H:%M} UTC",
                 )
             except asyncio.TimeoutError:

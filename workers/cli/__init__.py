@@ -14,6 +14,7 @@ import sys
 import typer
 
 from config.settings import SettingsError
+from workers.cli.api import api_app, keys_app
 from workers.cli.schedules import schedules_app
 from workers.cli.stack import stack_app
 
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 app.add_typer(stack_app)
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(api_app)
+app.add_typer(keys_app, name="api-keys")
 
 
 def mount_families() -> typer.Typer:

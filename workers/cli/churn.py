@@ -133,3 +133,43 @@ def churn_show(case_id: CaseArg, company: Company = None, as_json: Json = False)
         + (f", next {status.next_nudge_at:%Y-%m-%d %H:%M} UTC" if status.next_nudge_at else "")
         + (", incentive applied" if status.incentive_applied else "")
     )
+
+
+@churn_app.command("cases")
+def churn_cases(
+    status: Annotated[str | None, typer.Option("--status", help="OPEN, RECOVERED, CANCELLED or TERMINATED.")] = None,
+    membership: Annotated[int | None, typer.Option("--membership", min=1, help="Only this membership's cases.")] = None,
+    company: Company = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="How many (newest first).")] = 50,
+    as_json: Json = False,
+) -> None:
+    """List cases, newest first, by status, member and company."""
+    from activities.churn.admin import list_cases
+
+    if status not in (None, "OPEN", "RECOVERED", "CANCELLED", "TERMINATED"):
+        raise UsageError(f"--status must be OPEN, RECOVERED, CANCELLED or TERMINATED (got {status!r})")
+    rows = call(lambda c: list_cases(c.engine, company_id=company, status=status, membership_id=membership, limit=limit), database=True)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    typer.echo(f"{'case':<8}{'company':<16}{'membership':>11}  {'status':<11}{'trigger':<22}{'nudges':>7}  opened")
+    for r in rows:
+        typer.echo(f"{r['case_id']:<8}{r['company_id']:<16}{r['membership_id']:>11}  {r['status']:<11}{r['trigger']:<22}"
+                   f"{r['attempts']:>7}  {r['opened_at']:%Y-%m-%d %H:%M}")
+
+
+@churn_app.command("settings")
+def churn_settings(
+    company: Annotated[str, typer.Argument(help="The company's id (slug).", show_default=False)], as_json: Json = False
+) -> None:
+    """COMPANY's churn rules: offsets, channels, incentive days, quiet hours, cap, grace, time zone."""
+    from activities.churn.admin import company_settings
+
+    found = call(lambda c: company_settings(c.engine, company), database=True)
+    if found is None:
+        raise UsageError(f"no company {company}")
+    if as_json:
+        typer.echo(json.dumps({"company_id": company, **found.model_dump()}, indent=2))
+        return
+    for name, value in found.model_dump().items():
+        typer.echo(f"{name:<24}{value}")

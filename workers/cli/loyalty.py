@@ -116,3 +116,23 @@ def loyalty_audit(
             typer.echo(f"{d.customer_id:>12} {d.balance:>12} {d.ledger_sum:>12} {d.difference:>+12}")
         if result.discrepancy_count > len(result.discrepancies):
             typer.echo(f"... and {result.discrepancy_count - len(result.discrepancies)} more")
+
+
+@loyalty_app.command("items")
+def loyalty_items(
+    state: Annotated[str | None, typer.Option("--state", help="PENDING, RESOLVED or NEEDS_REVIEW.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="How many (oldest first).")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List reconciliation items by state (NEEDS_REVIEW: the ones waiting for a person)."""
+    from services.loyalty import list_items
+
+    if state not in (None, "PENDING", "RESOLVED", "NEEDS_REVIEW"):
+        raise UsageError(f"--state must be PENDING, RESOLVED or NEEDS_REVIEW (got {state!r})")
+    rows = call(lambda c: list_items(c.engine, state=state, limit=limit), database=True)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    typer.echo(f"{'item':<8}{'customer':>9}  {'order':<24}{'status':<14}{'attempts':>9}  last error")
+    for r in rows:
+        typer.echo(f"{r['item_id']:<8}{r['customer_id']:>9}  {r['order_id']:<24}{r['status']:<14}{r['attempts']:>9}  {r['last_error'] or ''}")

@@ -4,7 +4,7 @@ An event is recorded as received in one short statement, its handler runs holdin
 connection, then it is marked processed (or failed for good). `received_at` is what the
 data-retention job ages events by.
 
-Revision ID: 0002_harden
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-01 00:00:00
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_harden"
+revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,0 +1,105 @@
+"""The HTTP API under 50 concurrent clients: requests/s and p50/p99 latency of a read (the risk
+view) and a write (checkout started: a new order's clock each request).
+
+Runs the real app under uvicorn against an embedded PostgreSQL and a Temporal dev server with the
+product's worker; clients are httpx over TCP. Refuses to run when the 1-minute load average is
+above 0.5 (the figures would measure the neighbours). Prints figures; asserts nothing.
+
+    .venv/bin/python benchmarks/api.py [--requests 2000] [--clients 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MAX_LOAD = 0.5
+
+
+async def measure(label: str, url: str, clients: int, requests: int, send) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(requests):
+        queue.put_nowait(n)
+
+    async def client() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while True:
+                try:
+                    n = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                response = await send(http, n)
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code >= 400
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    print(f"{label:<20} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
+
+
+async def main(requests: int, clients: int) -> None:
+    from pydantic import SecretStr
+    from sqlalchemy import insert
+
+    from benchmarks.harness import machine, stack
+    from config.settings import load_settings
+    from devtools.seed import seed_retailers
+    from schemas.tables import Order
+    from workers.api.auth import SCOPES, create_key
+    from workers.api.server import serve_api
+    from workers.worker import build_workers, run_workers
+
+    async with stack() as s:
+        settings = load_settings(task_queue="bench-jobs", messaging_task_queue="bench-messaging",
+                                 twilio_account_sid="AC" + "0" * 32, twilio_auth_token=SecretStr("x"),
+                                 twilio_api_base="http://127.0.0.1:9")  # no follow-up is due during the run
+        from datetime import date
+
+        await seed_retailers(s.engine, 200, today=date.today(), timezone="UTC")
+        async with s.engine.begin() as conn:
+            orders = (await conn.execute(
+                insert(Order).values([{"retailer_id": 1 + n % 200, "status": "PENDING", "payment_mode": "COD", "total_amount": 80}
+                                      for n in range(requests)]).returning(Order.id)
+            )).scalars().all()
+        key, _ = await create_key(s.engine, f"bench-{uuid.uuid4().hex[:6]}", list(SCOPES))
+        headers = {"Authorization": f"Bearer {key}"}
+        stop = asyncio.Event()
+        workers = asyncio.create_task(run_workers(build_workers(s.client, settings, s.engine), stop))
+        async with serve_api(settings, s.engine, s.client, "127.0.0.1", 0) as url:
+            print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
+            await measure("risk view (GET)", url, clients, requests,
+                          lambda http, n: http.get("/v1/credit/risk", headers=headers))
+            await measure("checkout started", url, clients, requests,
+                          lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers))
+        stop.set()
+        await workers
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=50)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if load[0] > MAX_LOAD:
+        sys.exit(f"refusing to run: the 1-minute load average is {load[0]:.2f} (> {MAX_LOAD}); run on a quiet machine")
+    asyncio.run(main(args.requests, args.clients))

@@ -1,0 +1,76 @@
+"""The HTTP API against the real stack: PostgreSQL, the Temporal dev server with the product's
+own workers (every family, on this module's task queues), the Twilio emulator and the Stripe
+sandbox; requests go through the real ASGI app (httpx's ASGITransport)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+from config.settings import Settings, load_settings
+from devtools.stripe_sandbox import StripeSandbox
+from devtools.twilio_emulator import TwilioEmulator
+from tests.conftest import STRIPE_TEST_KEY
+from workers.api.app import create_app
+from workers.api.auth import SCOPES, create_key
+from workers.worker import build_workers
+
+ALL_SCOPES = list(SCOPES)
+
+
+def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides: Any) -> Settings:
+    queue = f"api-{uuid.uuid4().hex[:10]}"
+    return load_settings(
+        task_queue=queue, messaging_task_queue=f"{queue}-msg",
+        twilio_api_base=emulator.url, twilio_account_sid=emulator.account_sid,
+        twilio_auth_token=SecretStr(emulator.auth_token),
+        stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox.url,
+        quiet_hours_start=0, quiet_hours_end=0, message_daily_cap=10_000,  # the outbox's own rules off: the company's apply
+        **overrides,
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api_settings(emulator: TwilioEmulator, sandbox: StripeSandbox) -> Settings:
+    return stack_settings(emulator, sandbox)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def running_workers(dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        for worker in build_workers(dev_env.client, api_settings, engine):
+            await stack.enter_async_context(worker)
+        yield
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def http(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings, running_workers: None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(api_settings, engine, dev_env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60) as client:
+        yield client
+
+
+async def new_key(engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None) -> dict[str, str]:
+    """Headers carrying a new key (all scopes unless given)."""
+    key, _ = await create_key(engine, name or f"k-{uuid.uuid4().hex[:10]}", list(scopes or ALL_SCOPES), company)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    if field is not None:
+        assert body["field"] == field, body
+    return body

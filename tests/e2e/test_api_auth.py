@@ -1,0 +1,95 @@
+"""Who may call what: every route refuses a missing or revoked key (401) and a key without its
+scope (403), as problem+json; the committed OpenAPI document is the app's; health and readiness."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from workers.api.app import openapi_document
+from workers.api.auth import revoke_key
+
+DOCUMENT = Path(__file__).parents[2] / "docs" / "openapi.json"
+OPEN_ROUTES = {"/healthz", "/readyz"}
+
+
+def routes() -> list[tuple[str, str, str | None]]:
+    """(method, path with ids filled in, the scope it needs) for every authenticated route."""
+    found = []
+    for path, operations in openapi_document()["paths"].items():
+        if path in OPEN_ROUTES:
+            continue
+        filled = re.sub(r"\{company_id\}", "acme", re.sub(r"\{[a-z_]+\}", "1", path))
+        for method in operations:
+            found.append((method.upper(), filled, path))
+    return found
+
+
+SCOPE_OF_FAMILY = {"orders": "orders", "credit": "credit", "insights": "insights", "churn": "churn", "loyalty": "loyalty"}
+
+
+def needed_scope(method: str, template: str) -> str:
+    family = template.split("/")[2]
+    if template == "/v1/orders/validate":
+        return "orders:read"
+    return f"{family}:{'read' if method == 'GET' else 'write'}"
+
+
+async def test_every_route_is_401_without_a_key_or_with_a_bad_or_revoked_one(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    headers = await new_key(engine, "orders:read", name="soon-revoked")
+    await revoke_key(engine, "soon-revoked")
+    for method, path, _ in routes():
+        for auth in ({}, {"Authorization": "Bearer jk_not-a-key"}, headers):
+            response = await http.request(method, path, json={}, headers=auth)
+            body = assert_problem(response, 401)
+            assert "API key" in body["detail"], (method, path, body)
+
+
+async def test_every_route_is_403_for_a_key_without_its_scope(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    for method, path, template in routes():
+        scope = needed_scope(method, template)
+        others = [s for s in ("orders:read", "orders:write", "credit:read", "credit:write", "insights:read", "churn:read",
+                              "churn:write", "loyalty:read", "loyalty:write") if s != scope]
+        response = await http.request(method, path, json={}, headers=await new_key(engine, *others))
+        body = assert_problem(response, 403)
+        assert scope in body["detail"], (method, path, body)
+
+
+async def test_the_key_is_stored_hashed_and_its_use_is_recorded(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    headers = await new_key(engine, "credit:read", name="hash-check")
+    key = headers["Authorization"].removeprefix("Bearer ")
+    response = await http.get("/v1/credit/risk", headers={"X-API-Key": key})
+    assert response.status_code == 200, response.text
+    async with engine.connect() as conn:
+        row = (await conn.execute(text("SELECT key_hash, prefix, last_used_at FROM api_keys WHERE name = 'hash-check'"))).one()
+    assert key not in row.key_hash and row.key_hash != key and key.startswith(row.prefix) and row.last_used_at is not None
+
+
+async def test_the_committed_openapi_document_is_the_apps(http: httpx.AsyncClient) -> None:
+    served = (await http.get("/openapi.json")).json()
+    committed = json.loads(DOCUMENT.read_text())
+    assert served == committed, "docs/openapi.json is stale: regenerate it with `.venv/bin/python -m workers.api.app > docs/openapi.json`"
+    docs = await http.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_health_and_readiness_answer_without_a_key(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "temporal": "ok", "database": "ok"}
+
+
+async def test_a_malformed_request_names_the_field_at_fault(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    headers = await new_key(engine)
+    body = assert_problem(await http.get("/v1/credit/risk?limit=0", headers=headers), 422, "query.limit")
+    assert body["errors"][0]["field"] == "query.limit"
+    assert_problem(await http.get("/v1/orders/abc", headers=headers), 422, "path.order_id")
+    assert_problem(await http.post("/v1/credit/payments", headers=headers, content=b"{not json",
+                                   ), 422)
+    assert_problem(await http.get("/v1/nowhere", headers=headers), 404)

@@ -1,0 +1,88 @@
+"""schemathesis against `/openapi.json` of a real `jobctl api` server (uvicorn on its own loop,
+its own engine and Temporal client) over every operation, with a key holding every scope:
+no server error, and every response (status, content type, headers, body) as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from tests.e2e.api_harness import api_settings, new_key, running_workers  # noqa: F401
+
+CASES_PER_OPERATION = 12
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+@pytest.fixture(scope="module")
+def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:  # noqa: F811
+    """`serve_api` in a thread: the schemathesis client is synchronous (requests)."""
+    from activities.database import create_engine
+    from workers.api.server import serve_api
+    from workers.temporal_client import connect
+
+    settings_ = api_settings.model_copy(update={
+        "temporal_address": dev_env.client.service_client.config.target_host, "database_url": database_url})
+    ready: dict[str, str] = {}
+    stop = threading.Event()
+    started = threading.Event()
+
+    async def main() -> None:
+        engine = create_engine(database_url, pool_size=5)
+        client = await connect(settings_)
+        try:
+            async with serve_api(settings_, engine, client, "127.0.0.1", 0) as url:
+                ready["url"] = url
+                started.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.1)
+        finally:
+            await engine.dispose()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert started.wait(60), "the API did not start"
+    yield ready["url"]
+    stop.set()
+    thread.join(30)
+
+
+async def test_every_operation_answers_as_documented(server: str, engine: AsyncEngine) -> None:
+    headers = await new_key(engine)
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 28
+    ran: dict[str, int] = {}
+
+    def run_all() -> None:
+        for operation in operations:
+            @given(case=operation.as_strategy())
+            @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            def check(case) -> None:  # type: ignore[no-untyped-def]
+                ran[operation.label] = ran.get(operation.label, 0) + 1
+                case.call_and_validate(base_url=server, headers=headers, checks=CHECKS, timeout=30)
+
+            check()
+
+    await asyncio.to_thread(run_all)
+    total = sum(ran.values())
+    print(f"\nschemathesis: {total} cases over {len(ran)} operations")
+    assert len(ran) == len(operations) and total >= len(operations) * 3
+    async with httpx.AsyncClient() as client:  # the server survived all of it
+        assert (await client.get(f"{server}/readyz")).status_code == 200

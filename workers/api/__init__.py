@@ -1,0 +1,1 @@
+"""The HTTP API (`jobctl api`): every job family over authenticated HTTP, described by OpenAPI."""

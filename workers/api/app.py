@@ -1,0 +1,89 @@
+"""The HTTP API's application: routers per family, problem+json errors, health and readiness.
+
+`create_app` takes its settings, database engine and Temporal client (the process, or a test,
+owns them), so the same app runs under uvicorn and in the test suite against the real stack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from workers.api import problems
+from workers.api.auth import SCOPES
+from workers.api.routes import Stack, churn, credit, insights, loyalty, orders
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+    from config.settings import Settings
+
+DESCRIPTION = """Durable background jobs on Temporal, for a shop's backend.
+
+Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>`. Each
+route needs one scope; a key bound to a company sees only that company's churn data. Every POST
+accepts `Idempotency-Key`: the same key and body replays the first answer, another body is 422.
+Errors are RFC 9457 problem details naming the field at fault.
+
+Scopes: """ + "; ".join(f"`{s}` {d}" for s, d in SCOPES.items())
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    temporal: str
+    database: str
+
+
+def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastAPI:
+    app = FastAPI(title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json")
+    app.state.stack = Stack(settings, engine, client)
+    app.state.engine = engine
+    problems.install(app)
+    for family in (orders, credit, insights, churn, loyalty):
+        app.include_router(family.api)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {"model": Readiness}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: Temporal and the database both answer (503 otherwise, saying which)."""
+        temporal = database = "ok"
+        try:
+            await client.service_client.check_health()
+        except Exception as error:  # noqa: BLE001 - reported, not raised
+            temporal = f"unavailable: {type(error).__name__}"
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as error:  # noqa: BLE001
+            database = f"unavailable: {type(error).__name__}"
+        ready = temporal == database == "ok"
+        body = Readiness(status="ready" if ready else "not ready", temporal=temporal, database=database)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    return app
+
+
+def openapi_document() -> dict:
+    """The OpenAPI document, without a stack (for `docs/openapi.json`)."""
+    from config.settings import Settings
+
+    return create_app(Settings(), None, None).openapi()  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":  # python -m workers.api.app > docs/openapi.json
+    import json
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))

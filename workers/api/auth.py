@@ -1,0 +1,166 @@
+"""API keys: who calls, what they may do (scopes), and which tenant they are confined to.
+
+A key is `jk_<random>`; only its SHA-256 is stored (a key is 32 random bytes, so a fast hash
+is enough: there is nothing to brute-force). A request names its key as `Authorization: Bearer
+<key>` (or `X-API-Key`). The key's name is the actor in every audit row the request writes; HTTP
+callers never type an actor. A key bound to a company sees that company's churn data only, and
+is told 403 for anything else whether or not it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.errors import Refused
+from schemas.tables import ApiKey
+from workers.api.problems import Problem
+
+SCOPES = {
+    "orders:read": "show an order's clock, validate an order placement",
+    "orders:write": "start, complete or fail an order's clock",
+    "credit:read": "the risk view and retailers' credit profiles",
+    "credit:write": "pause, unpause or block a retailer; record payments",
+    "insights:read": "a retailer's latest insight and message",
+    "churn:read": "list and show churn cases, read company settings",
+    "churn:write": "open cases, nudge, incentives, end cases, change company settings",
+    "loyalty:read": "list and show reconciliation items",
+    "loyalty:write": "apply points, queue failures, retry or resolve items, run the audit",
+}
+KEY_PREFIX = "jk_"
+
+bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, as an alternative to Bearer")
+
+
+class ApiKeyRefused(Refused):
+    """An API key command that cannot apply (a name in use, an unknown scope or key)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int
+    name: str
+    scopes: frozenset[str]
+    company_id: str | None
+
+    def may_see_company(self, company_id: str | None) -> bool:
+        return self.company_id is None or company_id == self.company_id
+
+    def confine(self, company_id: str | None) -> None:
+        """403 unless this key may act on `company_id` (None: an object that does not exist)."""
+        if not self.may_see_company(company_id):
+            raise Problem(403, f"key {self.name} is confined to company {self.company_id}")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_scopes(text: str) -> list[str]:
+    scopes = sorted({s.strip() for s in text.split(",") if s.strip()})
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise ApiKeyRefused(f"unknown scope(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SCOPES)}")
+    return scopes
+
+
+async def create_key(engine: AsyncEngine, name: str, scopes: list[str], company_id: str | None = None) -> tuple[str, int]:
+    """A new key (returned once, never stored) and its id."""
+    key = new_key()
+    async with engine.begin() as conn:
+        if await conn.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
+            raise ApiKeyRefused(f"an API key named {name} exists already (revoke it, or choose another name)")
+        if company_id is not None:
+            from schemas.tables import Company
+
+            if await conn.scalar(select(Company.id).where(Company.id == company_id)) is None:
+                raise ApiKeyRefused(f"no company {company_id}")
+        key_id = await conn.scalar(
+            insert(ApiKey)
+            .values(name=name, key_hash=hash_key(key), prefix=key[: len(KEY_PREFIX) + 6], scopes=scopes, company_id=company_id)
+            .returning(ApiKey.id)
+        )
+    return key, key_id  # type: ignore[return-value]
+
+
+async def list_keys(engine: AsyncEngine) -> list[dict[str, object]]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ApiKey).order_by(ApiKey.id))).all()
+    return [
+        {"id": r.id, "name": r.name, "prefix": r.prefix, "scopes": list(r.scopes), "company_id": r.company_id,
+         "created_at": r.created_at, "last_used_at": r.last_used_at, "revoked_at": r.revoked_at}
+        for r in rows
+    ]
+
+
+async def revoke_key(engine: AsyncEngine, name: str) -> None:
+    async with engine.begin() as conn:
+        revoked = await conn.scalar(
+            update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now()).returning(ApiKey.id)
+        )
+    if revoked is None:
+        raise ApiKeyRefused(f"no active API key named {name}")
+
+
+async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(ApiKey)
+                .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+                .values(last_used_at=datetime.now(UTC))
+                .returning(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.company_id)
+            )
+        ).first()
+    return Principal(row.id, row.name, frozenset(row.scopes), row.company_id) if row else None
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key a request carries (Bearer, else X-API-Key), before any lookup."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    header_key: Annotated[str | None, Security(api_key_header)],
+) -> Principal:
+    known = getattr(request.state, "principal", None)
+    if known is not None:  # looked up already (the idempotency layer did)
+        return known
+    key = credentials.credentials if credentials else header_key
+    if not key:
+        raise Problem(401, "an API key is required (Authorization: Bearer <key>)")
+    found = await authenticate(request.app.state.engine, key)
+    if found is None:
+        raise Problem(401, "the API key is not valid (unknown or revoked)")
+    request.state.principal = found
+    return found
+
+
+def require(scope: str):  # type: ignore[no-untyped-def]
+    """A route's dependency: the caller, if their key carries `scope` (else 403)."""
+    assert scope in SCOPES, scope
+
+    async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+        if scope not in caller.scopes:
+            raise Problem(403, f"key {caller.name} lacks the scope {scope}")
+        return caller
+
+    return Depends(check)

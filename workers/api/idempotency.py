@@ -1,0 +1,139 @@
+"""`Idempotency-Key` on every POST, with Stripe's semantics, stored in PostgreSQL.
+
+The first request with a key claims it (a row with no answer yet) and, once it succeeds, stores
+its status and body; a retry with the same key and the same request gets that answer again
+(`Idempotent-Replayed: true`) without running anything; the same key with another request is
+422; a retry while the first is still running is 409. Keys are per API key. A request that
+failed (any non-2xx) releases its key, so the retry runs again: nothing was done the first time.
+A claim left by a crashed process is taken over after `ABANDONED_AFTER`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request, Response
+from fastapi.routing import APIRoute
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import IdempotentRequest
+from workers.api.auth import authenticate, bearer_key
+from workers.api.problems import FieldError, problem_response, unprocessable
+
+HEADER = "Idempotency-Key"
+ABANDONED_AFTER = timedelta(minutes=5)
+
+
+def idempotency_key_header(
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias=HEADER, min_length=1, max_length=255,
+               description="Retry-safe POST: the same key and body replays the first answer; another body is 422."),
+    ] = None,
+) -> str | None:
+    """Declares the header in the OpenAPI document (the route class does the work)."""
+    return idempotency_key
+
+
+def request_hash(request: Request, body: bytes) -> str:
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode() if body else b""
+    except ValueError:
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.url.path.encode(), request.url.query.encode(), canonical):
+        digest.update(part + b"\0")
+    return digest.hexdigest()
+
+
+async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any:
+    """None: claimed, run the request. Otherwise the row already holding this key."""
+    table = IdempotentRequest.__table__
+    async with engine.begin() as conn:
+        claimed = await conn.scalar(
+            insert(table).values(api_key_id=key_id, idempotency_key=key, request_hash=digest)
+            .on_conflict_do_nothing().returning(table.c.api_key_id)
+        )
+        if claimed is not None:
+            return None
+        taken_over = await conn.scalar(
+            update(table)
+            .where(table.c.api_key_id == key_id, table.c.idempotency_key == key, table.c.status_code.is_(None),
+                   table.c.created_at < func.now() - ABANDONED_AFTER)
+            .values(request_hash=digest, created_at=func.now()).returning(table.c.api_key_id)
+        )
+        if taken_over is not None:
+            return None
+        return (await conn.execute(select(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))).one()
+
+
+async def _store(engine: AsyncEngine, key_id: int, key: str, response: Response) -> None:
+    table = IdempotentRequest.__table__
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key)
+            .values(status_code=response.status_code, response_body=json.loads(response.body) if response.body else None)
+        )
+
+
+async def _release(engine: AsyncEngine, key_id: int, key: str) -> None:
+    table = IdempotentRequest.__table__
+    async with engine.begin() as conn:
+        await conn.execute(delete(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))
+
+
+class IdempotentRoute(APIRoute):
+    """The route class of every router: POSTs declare and honour `Idempotency-Key`."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if "POST" in (kwargs.get("methods") or ()):
+            kwargs["dependencies"] = [*(kwargs.get("dependencies") or []), Depends(idempotency_key_header)]
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+        if "POST" not in self.methods:
+            return handler
+
+        async def idempotent(request: Request) -> Response:
+            key = request.headers.get(HEADER)
+            if key is None or not 1 <= len(key) <= 255:
+                return await handler(request)  # a malformed key is the header dependency's 422
+            engine: AsyncEngine = request.app.state.engine
+            secret = bearer_key(request)
+            caller = await authenticate(engine, secret) if secret else None
+            if caller is None:
+                return await handler(request)  # 401, from the route's own dependency
+            request.state.principal = caller
+            body = await request.body()
+            digest = request_hash(request, body)
+            held = await _claim(engine, caller.key_id, key, digest)
+            if held is not None:
+                if held.request_hash != digest:
+                    return unprocessable([FieldError(
+                        field=f"header.{HEADER}", message="this key was used with another request; use a new key")])
+                if held.status_code is None:
+                    return problem_response(409, "a request with this Idempotency-Key is still being answered; retry shortly")
+                return Response(
+                    json.dumps(held.response_body).encode() if held.response_body is not None else b"",
+                    status_code=held.status_code, media_type="application/json",
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            try:
+                response = await handler(request)
+            except BaseException:
+                await _release(engine, caller.key_id, key)
+                raise
+            if 200 <= response.status_code < 300:
+                await _store(engine, caller.key_id, key, response)
+            else:
+                await _release(engine, caller.key_id, key)
+            return response
+
+        return idempotent

@@ -1,0 +1,77 @@
+"""One router per job family. Each route checks its scope, calls the service layer (the same
+functions the CLI calls) and answers a pydantic model; refusals become problem+json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from workers.api.idempotency import IdempotentRoute
+from workers.api.problems import responses
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+    from config.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a route may use: injected into the app by `create_app`."""
+
+    settings: Settings
+    engine: AsyncEngine
+    client: Client
+
+
+def _stack(request: Request) -> Stack:
+    return request.app.state.stack
+
+
+StackDep = Annotated[Stack, Depends(_stack)]
+
+
+class Paging(BaseModel):
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+def _paging(
+    limit: Annotated[int, Query(ge=1, le=500, description="page size")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
+) -> Paging:
+    return Paging(limit=limit, offset=offset)
+
+
+PagingDep = Annotated[Paging, Depends(_paging)]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="the offset of the next page; None: this is the last")
+
+
+def page(items: list[T], paging: Paging) -> Page[T]:
+    """`items` holds up to limit + 1 rows: the extra one only says another page exists."""
+    more = len(items) > paging.limit
+    return Page[T](items=items[: paging.limit], limit=paging.limit, offset=paging.offset,
+                   next_offset=paging.offset + paging.limit if more else None)
+
+
+class Accepted(BaseModel):
+    """A signal was delivered; its workflow acts on it."""
+
+    workflow_id: str
+    signal: str
+
+
+def router(prefix: str, tag: str) -> APIRouter:
+    return APIRouter(prefix=prefix, tags=[tag], route_class=IdempotentRoute, responses=responses(401, 403, 422))

@@ -1,0 +1,154 @@
+"""Credit: the risk view (aging buckets, at-risk retailers), a retailer's profile, pause / unpause /
+block (audited, the key's name as the admin), and recording payments (oldest debits first)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, Field
+
+from activities.credit import admin
+from schemas.credit import PaymentResult, RecordPayment
+from services.credit import record_payment
+from workers.api.auth import Principal, require
+from workers.api.problems import Problem, responses
+from workers.api.routes import Page, PagingDep, StackDep, page, router
+
+api = router("/v1/credit", "credit")
+RetailerId = Annotated[int, Path(ge=1, le=2**63 - 1, description="retailers.id")]
+
+
+class AgingBucket(BaseModel):
+    bucket: Literal["current", "1-7", "8-15", "16-30", "31-60", "60+"]
+    debits: int
+    retailers: int
+    outstanding: Decimal
+
+
+class AtRiskRetailer(BaseModel):
+    retailer_id: int
+    days_overdue: int
+    max_outstanding_days: int
+    days_left: int
+    outstanding: Decimal
+
+
+class RiskView(BaseModel):
+    today: date
+    buckets: list[AgingBucket]
+    at_risk: Page[AtRiskRetailer] = Field(description="active retailers within 5 days of their overdue limit")
+
+
+class OpenDebit(BaseModel):
+    id: int
+    due_date: date
+    amount: Decimal
+    cleared_amount: Decimal
+    status: str
+    days_overdue: int
+    reminders: int
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    action: str
+    by: str | None
+    reason: str | None
+
+
+class Profile(BaseModel):
+    retailer_id: int
+    credit_status: Literal["ACTIVE", "PAUSED", "BLOCKED"]
+    paused_at: datetime | None
+    pause_reason: str | None
+    paused_by: str | None
+    credit_limit: Decimal | None
+    available_credit: Decimal | None
+    max_order_value: Decimal | None
+    max_outstanding_days: int | None
+    outstanding: Decimal
+    open_debits: list[OpenDebit]
+    recent_audit: list[AuditEntry]
+
+
+class StatusChange(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored in the audit log")
+
+
+class StatusChanged(BaseModel):
+    retailer_id: int
+    old_status: str
+    new_status: str
+    audit_id: int
+
+
+class PaymentIn(BaseModel):
+    retailer_id: int = Field(ge=1, le=2**63 - 1)
+    amount: Decimal = Field(gt=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
+    reference: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
+        description="the bank or receipt reference: the same one twice records once",
+    )
+
+
+def _today(stack: Any) -> date:
+    return datetime.now(stack.settings.tz).date()
+
+
+@api.get("/risk", response_model=RiskView)
+async def risk(stack: StackDep, paging: PagingDep, _: Annotated[Principal, require("credit:read")]) -> RiskView:
+    """Receivables by aging bucket, and a page of the retailers about to cross their overdue limit."""
+    view = await admin.risk_view(stack.engine, _today(stack))
+    window = view.at_risk[paging.offset: paging.offset + paging.limit + 1]
+    return RiskView(
+        today=view.today,
+        buckets=[AgingBucket(**b) for b in view.buckets],
+        at_risk=page([AtRiskRetailer(**r) for r in window], paging),
+    )
+
+
+@api.get("/retailers/{retailer_id}", response_model=Profile, responses=responses(404))
+async def profile(retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]) -> Profile:
+    """A retailer's credit: status, limits, open debits, recent audit."""
+    return Profile(**await admin.profile(stack.engine, retailer_id, _today(stack)))
+
+
+async def _change(stack: Any, retailer_id: int, action: admin.AdminAction, body: StatusChange, caller: Principal) -> StatusChanged:
+    change = await admin.change_status(stack.engine, retailer_id, action, reason=body.reason.strip(), actor=caller.name)
+    return StatusChanged(**change.__dict__)
+
+
+@api.post("/retailers/{retailer_id}/pause", response_model=StatusChanged, responses=responses(404, 409))
+async def pause(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
+                caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+    """Pause the retailer's credit (COD only); an admin pause is never lifted by a payment."""
+    return await _change(stack, retailer_id, "pause", body, caller)
+
+
+@api.post("/retailers/{retailer_id}/unpause", response_model=StatusChanged, responses=responses(404, 409))
+async def unpause(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
+                  caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+    """Lift the retailer's pause or block, whoever made it."""
+    return await _change(stack, retailer_id, "unpause", body, caller)
+
+
+@api.post("/retailers/{retailer_id}/block", response_model=StatusChanged, responses=responses(404, 409))
+async def block(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
+                caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+    """Block the retailer: no orders, no reminders, never lifted automatically."""
+    return await _change(stack, retailer_id, "block", body, caller)
+
+
+@api.post("/payments", response_model=PaymentResult, responses=responses(404))
+async def payments(body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]) -> PaymentResult:
+    """Record a payment (oldest open debits first), then re-check the retailer's guardrails."""
+    if not await admin.retailer_exists(stack.engine, body.retailer_id):
+        raise Problem(404, f"no retailer {body.retailer_id}")
+    payment = RecordPayment(
+        retailer_id=body.retailer_id, amount=body.amount, reference=body.reference, actor=caller.name,
+        business_timezone=stack.settings.business_timezone, messaging_task_queue=stack.settings.messaging_task_queue,
+    )
+    return await record_payment(stack.client, payment, task_queue=stack.settings.task_queue)

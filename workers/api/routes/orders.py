@@ -1,0 +1,90 @@
+"""Orders: a checkout's 24-hour clock (started, completed, failed, shown) and credit order validation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import Body, Path
+from pydantic import BaseModel, Field
+
+from activities.orders import workflow_id
+from schemas.orders import PendingOrderInput, PendingOrderStatus
+from services import orders as service
+from workers.api.auth import Principal, require
+from workers.api.problems import Problem, responses
+from workers.api.routes import Accepted, StackDep, router
+
+api = router("/v1/orders", "orders")
+OrderId = Annotated[int, Path(ge=1, le=2**63 - 1, description="orders.id")]
+
+
+class CheckoutStarted(BaseModel):
+    retailer_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's")
+    follow_up_after_seconds: int | None = Field(default=None, ge=60, le=86_400, description="default ORDER_FOLLOWUP_AFTER")
+
+
+class OrderFailed(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored on the order")
+
+
+class ValidatePlacement(BaseModel):
+    retailer_id: int = Field(ge=1, le=2**63 - 1)
+    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    payment_mode: Literal["CREDIT", "COD"]
+
+
+class PlacementAnswer(BaseModel):
+    allowed: bool
+    reason: str | None = Field(default=None, description="why not, for the retailer's screen")
+
+
+@api.post("/{order_id}/checkout-started", response_model=PendingOrderStatus, responses=responses(404, 409))
+async def checkout_started(
+    order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:write")],
+    body: Annotated[CheckoutStarted | None, Body()] = None,
+) -> PendingOrderStatus:
+    """Start the order's clock (expiry in 24 h, one follow-up): idempotent by order id."""
+    body = body or CheckoutStarted()
+    order = PendingOrderInput(
+        order_id=order_id, retailer_id=body.retailer_id, messaging_task_queue=stack.settings.messaging_task_queue,
+        follow_up_after=timedelta(seconds=body.follow_up_after_seconds) if body.follow_up_after_seconds
+        else stack.settings.order_followup_after,
+    )
+    return await service.start_pending_order(stack.client, order, task_queue=stack.settings.task_queue)
+
+
+@api.post("/{order_id}/completed", status_code=202, response_model=Accepted, responses=responses(404, 409))
+async def completed(order_id: OrderId, stack: StackDep, caller: Annotated[Principal, require("orders:write")]) -> Accepted:
+    """The checkout went through: COMPLETED, or RECOVERED if the follow-up went out first."""
+    await service.complete_order(stack.client, order_id, actor_id=caller.name)
+    return Accepted(workflow_id=workflow_id(order_id), signal="completed")
+
+
+@api.post("/{order_id}/failed", status_code=202, response_model=Accepted, responses=responses(404, 409))
+async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, _: Annotated[Principal, require("orders:write")]) -> Accepted:
+    """The order failed: its credit debit is reversed and the retailer told."""
+    await service.fail_order(stack.client, order_id, body.reason.strip())
+    return Accepted(workflow_id=workflow_id(order_id), signal="failed")
+
+
+@api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404))
+async def show(order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:read")]) -> PendingOrderStatus:
+    """The order's clock: state, follow-up, expiry."""
+    return await service.order_status(stack.client, order_id)
+
+
+@api.post("/validate", response_model=PlacementAnswer, responses=responses(404))
+async def validate(body: ValidatePlacement, stack: StackDep, _: Annotated[Principal, require("orders:read")]) -> PlacementAnswer:
+    """May this order be placed this way? COD always (unless blocked); CREDIT only within limits."""
+    from activities.credit.guardrails import PlacementRefused, credit_position, validate_order_placement
+
+    position = await credit_position(stack.engine, body.retailer_id)
+    if position is None:
+        raise Problem(404, f"no retailer {body.retailer_id} with a credit account")
+    try:
+        validate_order_placement(position, body.amount, body.payment_mode)
+    except PlacementRefused as refused:
+        return PlacementAnswer(allowed=False, reason=str(refused))
+    return PlacementAnswer(allowed=True)

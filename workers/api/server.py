@@ -1,0 +1,60 @@
+"""Serving the API with uvicorn: in its own process (`jobctl api`) or inside the dev stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from workers.api.app import create_app
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from temporalio.client import Client
+
+    from config.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings, engine: AsyncEngine, client: Client, host: str, port: int) -> AsyncIterator[str]:
+    """Serve until the block ends; yields the base URL (port 0: any free port)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings, engine, client), log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the process owns its signals
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def run_api(settings: Settings, database_url: str, host: str, port: int) -> None:
+    """`jobctl api`: serve until SIGTERM/SIGINT."""
+    from activities.database import create_engine
+    from workers.runner import stop_on_signals
+    from workers.temporal_client import connect
+
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    engine = create_engine(database_url)
+    client = await connect(settings)
+    try:
+        async with serve_api(settings, engine, client, host, port) as url:
+            print(f"API on {url} (OpenAPI {url}/openapi.json, docs {url}/docs)", flush=True)
+            await stop.wait()
+    finally:
+        await engine.dispose()
