@@ -30,8 +30,8 @@ from schemas.loyalty import (
     ReconcileStatus,
     ReopenItem,
     ResolveItem,
-    SweepPage,
-    SweepPageResult,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
 )
 from schemas.payments import PaymentIntentState, PaymentIntentStatus
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
@@ -287,11 +287,11 @@ async def test_a_payment_that_did_not_succeed_goes_to_review_without_points(
 
 @dataclass
 class FakeSweep:
-    pages: list[SweepPageResult]
-    asked: list[SweepPage] = field(default_factory=list)
+    pages: list[LoyaltySweepPageResult]
+    asked: list[LoyaltySweepPage] = field(default_factory=list)
 
     @activity.defn(name="loyalty_start_missing_reconciliations")
-    async def start_missing_reconciliations(self, page: SweepPage) -> SweepPageResult:
+    async def start_missing_reconciliations(self, page: LoyaltySweepPage) -> LoyaltySweepPageResult:
         self.asked.append(page)
         return self.pages.pop(0)
 
@@ -308,8 +308,8 @@ async def test_the_sweep_pages_until_a_short_page_and_totals_what_it_started(
 ) -> None:
     fake = FakeSweep(
         pages=[
-            SweepPageResult(after_item_id=8, rows=2, started=1, already_running=1),
-            SweepPageResult(after_item_id=9, rows=1, started=1, already_running=0),
+            LoyaltySweepPageResult(after_item_id=8, rows=2, started=1, already_running=1),
+            LoyaltySweepPageResult(after_item_id=9, rows=1, started=1, already_running=0),
         ]
     )
     async with family_worker(time_skipping_env, task_queue, "loyalty", [fake.start_missing_reconciliations, fake.audit]):

@@ -26,8 +26,8 @@ from schemas.orders import (
     PendingOrderStatus,
     RegisterPendingOrder,
     SettleOrder,
-    SweepPage,
-    SweepPageResult,
+    OrderSweepPage,
+    OrderSweepPageResult,
 )
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
 
@@ -265,16 +265,16 @@ async def _registered(handle: WorkflowHandle) -> bool:
 
 @dataclass
 class FakeSweep:
-    pages: dict[str, list[SweepPageResult]]
-    asked: list[tuple[str, SweepPage]] = field(default_factory=list)
+    pages: dict[str, list[OrderSweepPageResult]]
+    asked: list[tuple[str, OrderSweepPage]] = field(default_factory=list)
 
     @activity.defn(name="expire_orphaned_orders")
-    async def expire_orphaned_orders(self, page: SweepPage) -> SweepPageResult:
+    async def expire_orphaned_orders(self, page: OrderSweepPage) -> OrderSweepPageResult:
         self.asked.append(("expire", page))
         return self.pages["expire"].pop(0)
 
     @activity.defn(name="start_missing_order_workflows")
-    async def start_missing_order_workflows(self, page: SweepPage) -> SweepPageResult:
+    async def start_missing_order_workflows(self, page: OrderSweepPage) -> OrderSweepPageResult:
         self.asked.append(("start", page))
         return self.pages["start"].pop(0)
 
@@ -285,10 +285,10 @@ async def test_the_sweep_expires_then_starts_page_by_page_and_totals_both(
     fake = FakeSweep(
         pages={
             "expire": [
-                SweepPageResult(after_order_id=20, rows=2, changed=1, left_alone=1),
-                SweepPageResult(after_order_id=25, rows=1, changed=1, left_alone=0),
+                OrderSweepPageResult(after_order_id=20, rows=2, changed=1, left_alone=1),
+                OrderSweepPageResult(after_order_id=25, rows=1, changed=1, left_alone=0),
             ],
-            "start": [SweepPageResult(after_order_id=40, rows=1, changed=1, left_alone=0)],
+            "start": [OrderSweepPageResult(after_order_id=40, rows=1, changed=1, left_alone=0)],
         }
     )
     async with family_worker(
