@@ -14,6 +14,7 @@ from fastapi import Path, Query, Request
 from pydantic import BaseModel, Field
 
 from activities.churn import admin
+from schemas import ids
 from schemas.churn import CaseState, CaseStatus, CompanySettings, ManualNudge, NudgeOutcome
 from schemas.messaging import Channel
 from services import churn as service
@@ -109,7 +110,7 @@ async def open_case(body: OpenCase, stack: StackDep, caller: Annotated[Principal
         if caller.company_id is not None:
             raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}") from None
         raise
-    return CaseOpened(case_id=case_id, workflow_id=service.workflow_id(case_id))
+    return CaseOpened(case_id=case_id, workflow_id=ids.churn_case(case_id))
 
 
 @api.get("/cases", response_model=Page[Case])
@@ -161,7 +162,7 @@ async def _end(stack: Any, case_id: int, signal: str, caller: Principal) -> Acce
     case = await _owned_case(stack, case_id, caller)
     await service.signal_case(stack.client, stack.engine, case_id, signal, {"actor_id": caller.name, "company_id": case["company_id"]},
                               company_id=case["company_id"])
-    return Accepted(workflow_id=service.workflow_id(case_id), signal=signal)
+    return Accepted(workflow_id=ids.churn_case(case_id), signal=signal)
 
 
 @api.post("/cases/{case_id}/recovered", status_code=202, response_model=Accepted, responses=responses(404, 409))

@@ -11,7 +11,7 @@ from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from activities.loyalty.errors import LoyaltyRefusal
-from activities.loyalty.ledger import apply_order_points
+from activities.loyalty.ledger import apply_points_at_checkout
 from schemas.loyalty import (
     MAX_POINTS,
     ApplyOrderPoints,
@@ -79,7 +79,7 @@ async def apply_points(order_id: OrderRef, body: OrderPoints, stack: StackDep,
     request = ApplyOrderPoints(customer_id=body.customer_id, order_id=order_id, points_redeemed=body.points_redeemed,
                                order_total=body.order_total)
     try:
-        return await apply_order_points(stack.engine, request.customer_id, request.order_id, request.points_redeemed,
+        return await apply_points_at_checkout(stack.engine, request.customer_id, request.order_id, request.points_redeemed,
                                         request.order_total)
     except LoyaltyRefusal as refusal:
         raise _refusal(refusal) from None

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import Body, Path
 from pydantic import BaseModel, Field
 
-from activities.orders import workflow_id
+from schemas import ids
 from schemas.orders import PendingOrderInput, PendingOrderStatus
 from services import orders as service
 from workers.api.auth import Principal, require
@@ -59,14 +59,14 @@ async def checkout_started(
 async def completed(order_id: OrderId, stack: StackDep, caller: Annotated[Principal, require("orders:write")]) -> Accepted:
     """The checkout went through: COMPLETED, or RECOVERED if the follow-up went out first."""
     await service.complete_order(stack.client, order_id, actor_id=caller.name)
-    return Accepted(workflow_id=workflow_id(order_id), signal="completed")
+    return Accepted(workflow_id=ids.pending_order(order_id), signal="completed")
 
 
 @api.post("/{order_id}/failed", status_code=202, response_model=Accepted, responses=responses(404, 409))
 async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, _: Annotated[Principal, require("orders:write")]) -> Accepted:
     """The order failed: its credit debit is reversed and the retailer told."""
     await service.fail_order(stack.client, order_id, body.reason.strip())
-    return Accepted(workflow_id=workflow_id(order_id), signal="failed")
+    return Accepted(workflow_id=ids.pending_order(order_id), signal="failed")
 
 
 @api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404))
