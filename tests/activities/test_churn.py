@@ -53,7 +53,7 @@ async def churn_workers(
         workflows=families.by_name("churn").workflows(),
         activities=[
             cases.load_case, cases.decide_nudge, cases.record_action,
-            payments.extend_subscription, payments.cancel_subscription,
+            payments.extend_subscription, payments.cancel_subscription, payments.subscription_state,
         ],
     ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message]):
         yield
@@ -96,9 +96,15 @@ async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member
     return subscription.id
 
 
+async def company_of(engine: AsyncEngine, member: int) -> str:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT company_id FROM memberships WHERE id = :m"), {"m": member})
+
+
 async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
-    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed")
+    company = await company_of(engine, member)
+    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed", company_id=company)
     return case_id, env.client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
 
 
@@ -137,13 +143,13 @@ async def test_nudges_at_offsets_until_the_member_recovers(
     emulator: TwilioEmulator, task_queue: str, record_history,
 ) -> None:
     env = time_skipping_env
-    _, member, phone = await new_member(engine, offsets=[0, 2, 5])
+    company, member, phone = await new_member(engine, offsets=[0, 2, 5])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         await env.sleep(timedelta(days=1))
         assert (await handle.query(ChurnCaseWorkflow.status)).attempts == 1
         await env.sleep(timedelta(days=2))  # day 3: the day-2 nudge went out
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "stripe"})
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "stripe", "company_id": company})
         result = await result_of(env, handle)
         await record_history(handle, "churn_case_recovered")
     assert (result.status, result.attempts) == ("RECOVERED", 2)
@@ -186,14 +192,14 @@ async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
     now = await env.get_current_time()
     # In a zone where it is now 10:xx, quiet hours 10-12: the day-0 nudge waits until 12:00.
     quiet = (10, 12)
-    _, member, phone = await new_member(engine, offsets=[0], quiet=quiet, cap=1, tz=zone_where(now, 10))
+    company, member, phone = await new_member(engine, offsets=[0], quiet=quiet, cap=1, tz=zone_where(now, 10))
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         await env.sleep(timedelta(hours=3))
         first = await handle.query(ChurnCaseWorkflow.status)
-        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5"})  # the cap (1 a day) holds it
+        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5", "company_id": company})  # the cap (1 a day) holds it
         await env.sleep(timedelta(minutes=1))
-        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await result_of(env, handle)
     rows = await actions(engine, case_id)
     assert [(r.type, r.meta.get("held_back")) for r in rows] == [
@@ -221,19 +227,19 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
         for bad in ({"channel": "sms"}, {"actor_id": ""}, "nudge please", {"actor_id": "a", "channel": "fax"}):
             await handle.signal("manual_nudge", bad)
         await handle.signal("manual_nudge", {"actor_id": "agent-1", "company_id": "another-company"})
-        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer"))
+        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer", company_id=company))
         await env.sleep(timedelta(minutes=5))
         status = await handle.query(ChurnCaseWorkflow.status)
 
-        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
         with pytest.raises(WorkflowUpdateFailedError) as twice:
-            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
         assert "already applied" in str(twice.value.cause)
         for bad_days in (0, 91):
             with pytest.raises(WorkflowUpdateFailedError) as refused:
-                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days))
+                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days, company_id=company))
             assert "between 1 and 90" in str(refused.value.cause)
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1"})
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1", "company_id": company})
         await result_of(env, handle)
         await record_history(handle, "churn_case_manual")
 
@@ -257,7 +263,7 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
     task_queue: str,
 ) -> None:
     env = time_skipping_env
-    _, member, _ = await new_member(engine, offsets=[30])
+    company, member, _ = await new_member(engine, offsets=[30])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         for signal in ("recovered", "cancelled"):
@@ -266,7 +272,11 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
         await handle.signal("cancelled", {"actor_id": "agent-1", "company_id": "another-company"})
         await env.sleep(timedelta(minutes=5))
         assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
-        await handle.signal("recovered")  # no payload: a valid ending without an actor
+        await handle.signal("recovered")  # no payload: no company, dropped
+        await handle.signal("cancelled", {"actor_id": "agent-1"})  # no company: dropped
+        await env.sleep(timedelta(minutes=5))
+        assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
+        await handle.signal("recovered", {"company_id": company})  # a valid ending without an actor
         result = await result_of(env, handle)
     assert result.status == "RECOVERED"
     assert [r.type for r in await actions(engine, case_id)] == ["case_recovered"]
@@ -278,12 +288,12 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     emulator: TwilioEmulator, task_queue: str,
 ) -> None:
     env = time_skipping_env
-    _, member, phone = await new_member(engine, offsets=[0, 1])
+    company, member, phone = await new_member(engine, offsets=[0, 1])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
-        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail"})
+        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail", "company_id": company})
         await env.sleep(timedelta(days=1, hours=1))
-        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await result_of(env, handle)
     (body, *_) = [m["body"] for m in await sent_to(emulator, phone)]
     history = (await handle.fetch_history()).to_json()
