@@ -61,6 +61,11 @@ async def test_a_manual_nudge_from_the_temporal_cli_and_from_jobctl_reaches_the_
         ours = await asyncio.to_thread(jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", company, **env)
         assert ours.returncode == 0, ours.stderr
         await eventually(lambda: _sent(emulator, phone, 2))
+        for args in (("show", str(case_id)), ("nudge", str(case_id), "--actor", "ops-ben"), ("cancelled", str(case_id), "--actor", "x")):
+            unnamed = await asyncio.to_thread(jobctl, dev_env, "churn", *args, **env)
+            assert unnamed.returncode == 2 and "--company" in unnamed.stderr, unnamed.stderr
+        peek = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", "someone-else", **env)
+        assert peek.returncode == 2 and "does not belong to company someone-else" in peek.stderr
         shown = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", company, "--json", **env)
         assert shown.returncode == 0, shown.stderr
         status = CaseStatus.model_validate_json(shown.stdout)
