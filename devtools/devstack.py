@@ -255,9 +255,9 @@ async def start_demo_jobs(client, engine, settings: Settings) -> None:
     for schedule_id in DEMO_TRIGGERS:
         await client.get_schedule_handle(schedule_id).trigger()
     async with engine.connect() as conn:
-        members = (await conn.scalars(text("SELECT membership_id FROM recovery_cases WHERE status = 'OPEN'"))).all()
-    for membership_id in members:
-        await start_case(client, engine, settings, membership_id, "payment_failed")
+        members = (await conn.execute(text("SELECT membership_id, company_id FROM recovery_cases WHERE status = 'OPEN'"))).all()
+    for membership_id, company_id in members:
+        await start_case(client, engine, settings, membership_id, "payment_failed", company_id=company_id)
 
 
 def _without_password(database_url: str) -> str:

@@ -74,7 +74,7 @@ class NudgeDecision(BaseModel):
 
     allowed: bool
     channel: Channel
-    held_back: Literal["quiet_hours", "daily_cap"] | None = None
+    held_back: Literal["quiet_hours", "daily_cap", "channel_not_allowed"] | None = None
     retry_at: datetime | None = None
 
 
@@ -96,18 +96,34 @@ class ManualNudge(BaseModel):
     actor_id: str = Field(min_length=1, max_length=100)
     channel: Channel | None = None
     note: str | None = Field(default=None, max_length=500)
-    company_id: str | None = Field(default=None, description="when given, must be the case's company")
+    company_id: str = Field(min_length=1, description="the case's company: another's is refused")
 
 
 class CaseEnding(BaseModel):
     actor_id: str | None = Field(default=None, max_length=100)
-    company_id: str | None = None
+    company_id: str = Field(min_length=1, description="the case's company: another's is refused")
 
 
 class ApplyIncentive(BaseModel):
     actor_id: str = Field(min_length=1, max_length=100)
     days: int
-    company_id: str | None = None
+    company_id: str = Field(min_length=1, description="the case's company: another's is refused")
+
+
+# What the case's workflow decodes: the same shapes with the company optional, because histories
+# recorded before it became required must still replay. The workflow refuses one without it.
+
+
+class UnscopedManualNudge(ManualNudge):
+    company_id: str | None = None  # type: ignore[assignment]
+
+
+class UnscopedCaseEnding(CaseEnding):
+    company_id: str | None = None  # type: ignore[assignment]
+
+
+class UnscopedApplyIncentive(ApplyIncentive):
+    company_id: str | None = None  # type: ignore[assignment]
 
 
 class NudgeOutcome(BaseModel):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 """`loyalty_reconciliation_queue.status`, and the `CaseStatus` search attribute of its workflow."""
 
-REFUSALS = ["InsufficientPoints", "UnknownCustomer", "OrderOfAnotherCustomer", "PointsOverflow"]
+REFUSALS = ["InsufficientPoints", "UnknownCustomer", "OrderOfAnotherCustomer", "PointsOverflow", "OrderAppliedDifferently"]
 """The ledger's refusal types (`activities.loyalty.errors`): non-retryable, so a workflow sends an
 item that fails with one of them to review."""
 

@@ -98,3 +98,25 @@ class PaymentIntentState(BaseModel):
     currency: str
     refunded: bool = Field(description="any money was refunded (partially or fully)")
     fully_refunded: bool
+
+
+class SubscriptionStateRequest(BaseModel):
+    membership_id: int = Field(ge=1)
+
+
+class SubscriptionState(BaseModel):
+    """The member's subscription as Stripe has it now (re-read before opening a case or ending one)."""
+
+    subscription_id: str
+    status: str = Field(description="Stripe's status: active, trialing, past_due, unpaid, incomplete, canceled, ...")
+    cancel_at_period_end: bool
+    current_period_end: datetime | None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("canceled", "incomplete_expired")
+
+    @property
+    def paying(self) -> bool:
+        """In good standing: nothing to save (no failed payment, no cancellation scheduled)."""
+        return self.status in ("active", "trialing") and not self.cancel_at_period_end

@@ -129,6 +129,8 @@ class CreditAccount(Base):
 
     __table_args__ = (
         CheckConstraint("credit_limit >= 0", name="credit_limit_non_negative"),
+        # available = limit - outstanding, and nothing outstanding is negative; below zero is allowed.
+        CheckConstraint("available_credit <= credit_limit", name="available_credit_within_limit"),
         CheckConstraint("max_order_value IS NULL OR max_order_value > 0", name="max_order_value_positive"),
         CheckConstraint("max_outstanding_days >= 0", name="max_outstanding_days_non_negative"),
     )
@@ -372,6 +374,9 @@ class Membership(CreatedAt, Base):
     stripe_subscription_id: Mapped[str | None] = mapped_column(unique=True)
     status: Mapped[str] = mapped_column(server_default="ACTIVE")
     current_period_end: Mapped[datetime | None]
+    stripe_event_at: Mapped[datetime | None] = mapped_column(
+        doc="`created` of the latest Stripe event applied to this membership: an older one arriving late is ignored"
+    )
 
     __table_args__ = (
         UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_cases

@@ -3,24 +3,43 @@
 Opening is idempotent twice over: the database keeps one OPEN case per membership, and the
 case's workflow id (`churn-case/{case_id}`) is started with signal-with-start semantics
 (a running case is reused).
+
+Tenant isolation: every call names the company, and a case or membership of another company is
+refused (`CaseRefused`) exactly like an unknown one. The Stripe handlers take the company from the
+one membership the Stripe object resolves to.
+
+Stripe events arrive late, twice and out of order. A handler applies an event only if it is not
+older than the last one applied to the membership (`memberships.stripe_event_at`), and re-reads
+the subscription at Stripe before it opens a case: a member Stripe says is paying gets none.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.churn.cases import CaseRefused, case_company, membership_by_stripe, open_case
-from schemas import ids
-from schemas import search_attributes
-from schemas.churn import ApplyIncentive, CaseStatus, ChurnCaseInput, ManualNudge, NudgeOutcome
+from activities.churn.cases import (
+    CaseRefused,
+    StripeMember,
+    apply_stripe_event,
+    case_company,
+    company_channels,
+    membership_by_stripe,
+    open_case,
+)
+from activities.payments.activities import PaymentActivities
 from config.settings import Settings
+from schemas import ids, search_attributes
+from schemas.churn import ApplyIncentive, CaseStatus, ChurnCaseInput, ManualNudge, NudgeOutcome
+from schemas.payments import SubscriptionStateRequest
 from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
 
@@ -33,9 +52,9 @@ def manage_link(settings: Settings) -> str:
 
 async def start_case(
     client: Client, engine: AsyncEngine, settings: Settings, membership_id: int, trigger: str,
-    *, company_id: str | None = None, signal: str | None = None,
+    *, company_id: str, signal: str | None = None,
 ) -> int:
-    """Open (or find) the membership's case and make sure its workflow runs; returns the case id."""
+    """Open (or find) the company's membership's case and make sure its workflow runs; returns the case id."""
     case_id, company, _ = await open_case(engine, membership_id, trigger, company_id)
     args = ChurnCaseInput(
         case_id=case_id, company_id=company, manage_link=manage_link(settings),
@@ -57,16 +76,22 @@ async def start_case(
     return case_id
 
 
-async def ensure_owned(engine: AsyncEngine, case_id: int, company_id: str | None) -> None:
+async def ensure_owned(engine: AsyncEngine, case_id: int, company_id: str) -> None:
+    """Refuse a case that is not the company's (said the same way as an unknown one's owner)."""
+    if not company_id:
+        raise CaseRefused("a company is required")
     owner = await case_company(engine, case_id)
     if owner is None:
         raise CaseRefused(f"no churn case {case_id}")
-    if company_id is not None and owner != company_id:
+    if owner != company_id:
         raise CaseRefused(f"case {case_id} does not belong to company {company_id}")
 
 
-async def signal_case(client: Client, engine: AsyncEngine, case_id: int, signal: str, payload: Any, *, company_id: str | None = None) -> None:
+async def signal_case(client: Client, engine: AsyncEngine, case_id: int, signal: str, payload: Any, *, company_id: str) -> None:
+    """Signal the company's case; the payload carries the company too, so the workflow checks it again."""
     await ensure_owned(engine, case_id, company_id)
+    if isinstance(payload, dict):
+        payload = {**payload, "company_id": company_id}
     try:
         await client.get_workflow_handle(ids.churn_case(case_id)).signal(signal, payload)
     except RPCError as error:
@@ -76,57 +101,98 @@ async def signal_case(client: Client, engine: AsyncEngine, case_id: int, signal:
 
 
 async def manual_nudge(client: Client, engine: AsyncEngine, case_id: int, nudge: ManualNudge) -> None:
+    """Nudge by hand, on a channel the company allows (the workflow checks again when deciding)."""
+    await ensure_owned(engine, case_id, nudge.company_id)
+    if nudge.channel is not None and nudge.channel not in (allowed := await company_channels(engine, nudge.company_id)):
+        raise CaseRefused(f"company {nudge.company_id} does not nudge by {nudge.channel} (allowed: {', '.join(allowed)})")
     await signal_case(client, engine, case_id, "manual_nudge", nudge, company_id=nudge.company_id)
 
 
-def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
-    """Stripe's subscription lifecycle → cases: a failed invoice or a scheduled cancellation opens
-    one; a paid invoice or a resumed subscription recovers it; a deleted subscription cancels it."""
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    created = event.get("created")
+    return datetime.fromtimestamp(int(created), UTC) if isinstance(created, int | float) else None
 
-    async def member_of(obj: dict[str, Any]) -> int | None:
+
+def stripe_handlers(
+    client: Client, engine: AsyncEngine, settings: Settings, *, payments: PaymentActivities | None = None
+) -> dict[str, StripeHandler]:
+    """Stripe's subscription lifecycle → cases: a failed invoice or a newly scheduled cancellation
+    opens one; a paid invoice or a resumed subscription recovers it; a deleted subscription
+    cancels it. `payments` re-reads the subscription at Stripe (without it, no case is opened on
+    a member in good standing only as far as the event itself tells)."""
+
+    async def member_of(event: dict[str, Any]) -> StripeMember | None:
+        """The event's membership, if the event is not older than the last one applied to it."""
+        obj = event["data"]["object"]
         subscription = obj.get("subscription") if obj.get("object") == "invoice" else obj.get("id")
-        membership = await membership_by_stripe(engine, customer=obj.get("customer"), subscription=subscription)
-        if membership is None:
-            log.info("churn.stripe_event_for_no_member", object_id=obj.get("id"))
-        return membership
+        member = await membership_by_stripe(engine, customer=obj.get("customer"), subscription=subscription)
+        if member is None:
+            log.info("churn.stripe_event_for_no_member", event_id=event.get("id"), object_id=obj.get("id"))
+            return None
+        created = _event_time(event)
+        if created is not None and not await apply_stripe_event(engine, member.membership_id, created):
+            log.info("churn.stripe_event_out_of_order", event_id=event.get("id"), type=event.get("type"),
+                     membership_id=member.membership_id)
+            return None
+        return member
 
-    async def open_for(event: dict[str, Any], trigger: str) -> None:
-        obj = event["data"]["object"]
-        if (membership := await member_of(obj)) is not None:
-            case_id = await start_case(client, engine, settings, membership, trigger)
-            log.info("churn.case_opened", case_id=case_id, membership_id=membership, trigger=trigger)
+    async def at_risk(member: StripeMember) -> bool:
+        """Stripe's word now, not the event's: an event delivered late must not open a case on a
+        member who has paid since (or whose subscription is gone)."""
+        if payments is None:
+            return True
+        try:
+            state = await payments.subscription_state(SubscriptionStateRequest(membership_id=member.membership_id))
+        except ApplicationError as error:
+            if error.non_retryable:  # no subscription stored: the event is the only word there is
+                return True
+            raise  # transient: Stripe retries the webhook
+        if state.paying or state.ended:
+            log.info("churn.stripe_event_superseded", membership_id=member.membership_id, status=state.status)
+            return False
+        return True
 
-    async def end_with(event: dict[str, Any], signal: str) -> None:
-        obj = event["data"]["object"]
-        if (membership := await member_of(obj)) is None:
+    async def open_for(member: StripeMember, trigger: str) -> None:
+        if not await at_risk(member):
             return
-        from sqlalchemy import text
+        case_id = await start_case(client, engine, settings, member.membership_id, trigger, company_id=member.company_id)
+        log.info("churn.case_opened", case_id=case_id, membership_id=member.membership_id, trigger=trigger)
 
+    async def end_with(member: StripeMember, signal: str) -> None:
         async with engine.connect() as conn:
             case_id = await conn.scalar(
-                text("SELECT id FROM recovery_cases WHERE membership_id = :m AND status = 'OPEN'"), {"m": membership}
+                text("SELECT id FROM recovery_cases WHERE membership_id = :m AND company_id = :c AND status = 'OPEN'"),
+                {"m": member.membership_id, "c": member.company_id},
             )
         if case_id is not None:
             try:
-                await signal_case(client, engine, case_id, signal, {"actor_id": None})
+                await signal_case(client, engine, case_id, signal, {"actor_id": None}, company_id=member.company_id)
             except CaseRefused:
                 pass  # its workflow has ended already
 
     async def invoice_failed(event: dict[str, Any]) -> None:
-        await open_for(event, "payment_failed")
+        if (member := await member_of(event)) is not None:
+            await open_for(member, "payment_failed")
 
     async def invoice_paid(event: dict[str, Any]) -> None:
-        await end_with(event, "recovered")
+        if (member := await member_of(event)) is not None:
+            await end_with(member, "recovered")
 
     async def subscription_updated(event: dict[str, Any]) -> None:
         obj = event["data"]["object"]
+        previous = event["data"].get("previous_attributes") or {}
+        if "cancel_at_period_end" not in previous:
+            return  # some other field changed (metadata, our own trial extension...): nothing to open or end
+        if (member := await member_of(event)) is None:
+            return
         if obj.get("cancel_at_period_end"):
-            await open_for(event, "cancel_at_period_end")
-        elif (event["data"].get("previous_attributes") or {}).get("cancel_at_period_end"):
-            await end_with(event, "recovered")  # the member resumed
+            await open_for(member, "cancel_at_period_end")
+        else:
+            await end_with(member, "recovered")  # the member resumed
 
     async def subscription_deleted(event: dict[str, Any]) -> None:
-        await end_with(event, "cancelled")
+        if (member := await member_of(event)) is not None:
+            await end_with(member, "cancelled")
 
     return {
         "invoice.payment_failed": invoice_failed,
@@ -169,7 +235,7 @@ async def apply_incentive(
 async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, company_id: str | None = None) -> CaseStatus | None:
     """The case's workflow status (queried while it runs, its result once ended); None: no workflow."""
     await ensure_owned(engine, case_id, company_id)
-    handle = client.get_workflow_handle(workflow_id(case_id), result_type=CaseStatus)
+    handle = client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
     try:
         described = await handle.describe()
         if described.status == WorkflowExecutionStatus.RUNNING:
@@ -184,7 +250,7 @@ async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, comp
 
 
 async def _update(client: Client, case_id: int, update: Any, arg: Any, update_id: str | None) -> Any:
-    handle = client.get_workflow_handle(workflow_id(case_id))
+    handle = client.get_workflow_handle(ids.churn_case(case_id))
     try:
         return await handle.execute_update(update, arg, id=update_id)
     except WorkflowUpdateFailedError as error:

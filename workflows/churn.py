@@ -2,9 +2,12 @@
 
 The case nudges the member at each of the company's day offsets from its opening (moved out of
 quiet hours, held under the daily cap), stops when the member recovers or cancels, and after the
-last offset plus the grace period terminates the membership (Stripe cancels the subscription).
+last offset plus the grace period terminates the membership (Stripe cancels the subscription),
+after reading the subscription at Stripe once more: a member who paid meanwhile is RECOVERED,
+one who set cancel-at-period-end keeps the period they paid for.
 An operator can nudge by hand (`manual_nudge`), end the case (`recovered`, `cancelled`) or apply
-an incentive (update `apply_incentive`). Every action is a `recovery_actions` row.
+an incentive (update `apply_incentive`); each names the case's company or is refused. Every action
+is a `recovery_actions` row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.churn.cases import ChurnActivities
     from schemas import search_attributes
     from schemas.churn import (
-        ApplyIncentive,
         CaseAction,
         CaseContext,
         CaseEnding,
@@ -36,12 +38,29 @@ with workflow.unsafe.imports_passed_through():
         ManualNudge,
         NudgeDecision,
         NudgeOutcome,
+        UnscopedApplyIncentive,
+        UnscopedCaseEnding,
+        UnscopedManualNudge,
     )
     from schemas.messaging import SendMessage
-    from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
+    from schemas.payments import (
+        CancelSubscription,
+        ExtendSubscription,
+        SubscriptionCancellation,
+        SubscriptionPeriod,
+        SubscriptionState,
+        SubscriptionStateRequest,
+    )
 
 DB_RETRY = db_retry("UnknownCase")
 STRIPE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5))
+# Stripe keeps an idempotency key 24 h: every retry of a keyed call must be over well before.
+STRIPE_DEADLINE = timedelta(hours=23)
+# Patches (replay of histories recorded before them takes the old path):
+COMPANY_REQUIRED = "churn-signals-name-the-company"
+REREAD_BEFORE_CANCEL = "churn-reread-subscription-before-cancel"
+# The daily cap counts the nudges of the member's local day, all within the last 26 hours.
+CAP_WINDOW = timedelta(hours=26)
 TEMPLATE_VERSION = 1
 
 
@@ -99,9 +118,9 @@ class ChurnCaseWorkflow:
     # `accepted` catches the shapes that reach a handler undecoded. A bad signal never fails a task.
 
     @workflow.signal
-    async def manual_nudge(self, nudge: ManualNudge | None = None) -> None:
-        """`{"actor_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now, under the company's rules."""
-        nudge = accepted(ManualNudge, nudge, signal="manual_nudge", subject=self._subject)
+    async def manual_nudge(self, nudge: UnscopedManualNudge | None = None) -> None:
+        """`{"actor_id": ..., "company_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now, under the company's rules."""
+        nudge = accepted(UnscopedManualNudge, nudge, signal="manual_nudge", subject=self._subject)
         if nudge is None or not self._own_company("manual_nudge", nudge.company_id) or self._state != "OPEN":
             return
         await workflow.wait_condition(lambda: self._case is not None)
@@ -110,17 +129,17 @@ class ChurnCaseWorkflow:
         await self._nudge(f"manual:{self._case_id}:{number}", manual=True, channel=nudge.channel, actor_id=nudge.actor_id)
 
     @workflow.signal
-    def recovered(self, ending: CaseEnding | None = None) -> None:
-        """The member paid or resumed: the case ends RECOVERED (the payload is optional)."""
+    def recovered(self, ending: UnscopedCaseEnding | None = None) -> None:
+        """`{"company_id": ..., "actor_id"?: ...}`: the member paid or resumed; the case ends RECOVERED."""
         self._end("recovered", "RECOVERED", ending)
 
     @workflow.signal
-    def cancelled(self, ending: CaseEnding | None = None) -> None:
-        """The member cancelled: the case ends CANCELLED (the payload is optional)."""
+    def cancelled(self, ending: UnscopedCaseEnding | None = None) -> None:
+        """`{"company_id": ..., "actor_id"?: ...}`: the member cancelled; the case ends CANCELLED."""
         self._end("cancelled", "CANCELLED", ending)
 
     @workflow.update
-    async def apply_incentive(self, request: ApplyIncentive) -> datetime | None:
+    async def apply_incentive(self, request: UnscopedApplyIncentive) -> datetime | None:
         """Extend the subscription by `days` (once per case); returns the new period end."""
         assert self._case is not None
         self._incentive_applied = True  # at once: a second update while Stripe answers is refused
@@ -130,6 +149,7 @@ class ChurnCaseWorkflow:
                 ExtendSubscription(membership_id=self._case.membership_id, days=request.days, idempotency_key=f"incentive:{self._case_id}"),
                 result_type=SubscriptionPeriod,
                 start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=STRIPE_DEADLINE,
                 retry_policy=STRIPE_RETRY,
                 summary=f"extend the subscription by {request.days} days",
             )
@@ -141,15 +161,20 @@ class ChurnCaseWorkflow:
         return period.current_period_end
 
     @apply_incentive.validator
-    def _validate_incentive(self, request: ApplyIncentive) -> None:
+    def _validate_incentive(self, request: UnscopedApplyIncentive) -> None:
+        """Runs only when an update arrives (never on replay), so it may be stricter than history."""
+        if not request.company_id:
+            raise ValueError("company_id is required")
+        if self._input is not None and request.company_id != self._input.company_id:
+            raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
         if not 1 <= request.days <= 90:
             raise ValueError(f"days must be between 1 and 90 (got {request.days})")
         if self._state != "OPEN" or self._case is None:
             raise ValueError(f"case {self._case_id} is not open ({self._state})")
+        if self._ending is not None:
+            raise ValueError(f"case {self._case_id} has ended ({self._ending[0]})")
         if self._incentive_applied:
             raise ValueError(f"an incentive was already applied to case {self._case_id}")
-        if request.company_id is not None and request.company_id != self._case.company_id:
-            raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
 
     @workflow.update
     async def nudge_now(self, request: ManualNudge) -> NudgeOutcome:
@@ -181,7 +206,7 @@ class ChurnCaseWorkflow:
     def _validate_nudge(self, request: ManualNudge) -> None:
         if self._state != "OPEN" or self._ending is not None:
             raise ValueError(f"case {self._case_id} is not open ({self._state})")
-        if request.company_id is not None and self._input is not None and request.company_id != self._input.company_id:
+        if self._input is not None and request.company_id != self._input.company_id:
             raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
 
     async def _nudge_later(self, key: str, at: datetime, request: ManualNudge) -> None:
@@ -265,7 +290,8 @@ class ChurnCaseWorkflow:
             return NudgeOutcome(outcome="deferred" if outcome.status == "deferred" else "suppressed",
                                 channel=decision.channel, reason=outcome.reason, at=outcome.retry_at)
         self._progress.attempts += 1
-        self._sent_at = [*self._sent_at[-20:], workflow.now()]
+        now = workflow.now()  # every send of the member's local day, whatever the cap (not the last 21)
+        self._sent_at = [*(t for t in self._sent_at if t > now - CAP_WINDOW), now]
         channel = outcome.channel or decision.channel
         await self._record(f"nudge_{channel}", key, actor_id=actor_id, nudge_sent=True, metadata={
             "attempt_number": self._progress.attempts, "channel": channel,
@@ -295,16 +321,44 @@ class ChurnCaseWorkflow:
         )
 
     async def _terminate_membership(self) -> None:
-        assert self._case is not None
+        """Irreversible, so Stripe is asked first: the event that opened the case may be stale."""
+        assert self._case is not None and self._input is not None
+        at_period_end = False
+        if workflow.patched(REREAD_BEFORE_CANCEL):
+            state = await self._subscription_state()
+            if state is not None and state.paying:
+                workflow.logger.info("case %s: the member is paying again, nothing to cancel", self._case_id)
+                self._ending = ("RECOVERED", CaseEnding(company_id=self._input.company_id))
+                return
+            at_period_end = state is not None and state.cancel_at_period_end and not state.ended
         await workflow.execute_activity(
             "cancel_subscription",
-            CancelSubscription(membership_id=self._case.membership_id, idempotency_key=f"terminate:{self._case_id}"),
+            CancelSubscription(membership_id=self._case.membership_id, idempotency_key=f"terminate:{self._case_id}",
+                               at_period_end=at_period_end),
             result_type=SubscriptionCancellation,
             start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=STRIPE_DEADLINE,
             retry_policy=STRIPE_RETRY,
-            summary="cancel the subscription: the grace period is over",
+            summary="cancel the subscription at its period end" if at_period_end else "cancel the subscription: the grace period is over",
         )
-        self._ending = ("TERMINATED", CaseEnding())
+        self._ending = ("TERMINATED", CaseEnding(company_id=self._input.company_id))
+
+    async def _subscription_state(self) -> SubscriptionState | None:
+        """The subscription now; None when the membership has none at Stripe (cancel as before)."""
+        assert self._case is not None
+        try:
+            return await workflow.execute_activity(
+                "subscription_state",
+                SubscriptionStateRequest(membership_id=self._case.membership_id),
+                result_type=SubscriptionState,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=STRIPE_DEADLINE,
+                retry_policy=STRIPE_RETRY,
+                summary="read the subscription before cancelling it",
+            )
+        except ActivityError as error:
+            workflow.logger.warning("case %s: subscription not read (%s)", self._case_id, error.cause)
+            return None
 
     async def _close(self) -> CaseStatus:
         assert self._ending is not None
@@ -357,16 +411,22 @@ class ChurnCaseWorkflow:
     def _subject(self) -> str:
         return f"case {self._case_id}"
 
-    def _end(self, signal: str, state: CaseState, ending: CaseEnding | None) -> None:
-        ending = accepted(CaseEnding, CaseEnding() if ending is None else ending, signal=signal, subject=self._subject)
+    def _end(self, signal: str, state: CaseState, ending: UnscopedCaseEnding | None) -> None:
+        if ending is None and not workflow.patched(COMPANY_REQUIRED):
+            ending = UnscopedCaseEnding()  # recorded before the company was required: no payload was valid
+        ending = accepted(UnscopedCaseEnding, ending, signal=signal, subject=self._subject)
         if ending is None or not self._own_company(signal, ending.company_id) or self._ending is not None:
             return
         self._ending = (state, ending)
 
     def _own_company(self, signal: str, company_id: str | None) -> bool:
-        if company_id is None or self._input is None or company_id == self._input.company_id:
+        """The signal names this case's company. Histories from before that was required replay as they ran."""
+        if self._input is not None and company_id == self._input.company_id:
             return True
-        workflow.logger.warning("case %s: %s for another company refused", self._case_id, signal)
+        if company_id is None and not workflow.patched(COMPANY_REQUIRED):
+            return True
+        workflow.logger.warning("case %s: %s %s refused", self._case_id, signal,
+                                "without a company" if company_id is None else "for another company")
         return False
 
     def _set_state(self, state: CaseState) -> None:

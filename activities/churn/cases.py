@@ -26,6 +26,8 @@ from config.settings import get_settings
 from schemas.errors import Refused
 from schemas.churn import CaseAction, CaseContext, DecideNudge, LoadCase, NudgeDecision
 
+log = structlog.get_logger(__name__)
+
 DEV_ACTOR_HASH_KEY = "jobctl-dev-only-actor-hash-key"
 """Used when ACTOR_HASH_KEY is unset; settings refuse to start without a key in production."""
 
@@ -46,17 +48,19 @@ class CaseRefused(Refused):
     """Opening or acting on a case that cannot apply (unknown membership, another company's case)."""
 
 
-async def open_case(engine: AsyncEngine, membership_id: int, trigger: str, company_id: str | None = None) -> tuple[int, str, bool]:
-    """The membership's OPEN case, opened now if it has none: (case_id, company_id, opened_now)."""
+async def open_case(engine: AsyncEngine, membership_id: int, trigger: str, company_id: str) -> tuple[int, str, bool]:
+    """The membership's OPEN case, opened now if it has none: (case_id, company_id, opened_now).
+
+    The company is required: a membership of another company is refused like an unknown one."""
     async with engine.begin() as conn:
         member = (
             await conn.execute(
-                text("SELECT id, company_id FROM memberships WHERE id = :m AND (CAST(:c AS text) IS NULL OR company_id = :c)"),
+                text("SELECT id, company_id FROM memberships WHERE id = :m AND company_id = :c"),
                 {"m": membership_id, "c": company_id},
             )
         ).first()
         if member is None:
-            raise CaseRefused(f"no membership {membership_id}" + (f" in company {company_id}" if company_id else ""))
+            raise CaseRefused(f"no membership {membership_id} in company {company_id}")
         opened = await conn.scalar(
             text(
                 "INSERT INTO recovery_cases (company_id, membership_id, trigger) VALUES (:c, :m, :t)"
@@ -77,15 +81,53 @@ async def case_company(engine: AsyncEngine, case_id: int) -> str | None:
         return await conn.scalar(text("SELECT company_id FROM recovery_cases WHERE id = :i"), {"i": case_id})
 
 
-async def membership_by_stripe(engine: AsyncEngine, *, customer: str | None, subscription: str | None) -> int | None:
+async def company_channels(engine: AsyncEngine, company_id: str) -> list[str]:
     async with engine.connect() as conn:
-        return await conn.scalar(
+        return list(await conn.scalar(text("SELECT channels FROM companies WHERE id = :c"), {"c": company_id}) or [])
+
+
+@dataclass(frozen=True)
+class StripeMember:
+    membership_id: int
+    company_id: str
+
+
+async def membership_by_stripe(engine: AsyncEngine, *, customer: str | None, subscription: str | None) -> StripeMember | None:
+    """The one membership a Stripe object belongs to, or None (unknown or ambiguous).
+
+    By subscription id when the object has one (unique in the table); by customer id only when
+    exactly one membership holds it: a customer id stored in two companies is refused, never
+    resolved to whichever row comes first."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT m.id, m.company_id FROM memberships m"
+                    " WHERE CASE WHEN CAST(:s AS text) IS NOT NULL THEN m.stripe_subscription_id = :s"
+                    "  ELSE m.stripe_customer_id = :c END LIMIT 2"
+                ),
+                {"s": subscription, "c": customer},
+            )
+        ).all()
+    if len(rows) != 1:
+        if rows:
+            log.warning("churn.stripe_customer_ambiguous", customer=customer, memberships=[r.id for r in rows])
+        return None
+    return StripeMember(rows[0].id, rows[0].company_id)
+
+
+async def apply_stripe_event(engine: AsyncEngine, membership_id: int, created: datetime) -> bool:
+    """Record `created` as the membership's latest applied Stripe event; False when a newer one
+    was applied already (this one is late or out of order and must change nothing)."""
+    async with engine.begin() as conn:
+        applied = await conn.scalar(
             text(
-                "SELECT id FROM memberships WHERE stripe_subscription_id = :s OR (CAST(:s AS text) IS NULL AND stripe_customer_id = :c)"
-                " ORDER BY id LIMIT 1"
+                "UPDATE memberships SET stripe_event_at = :t WHERE id = :m"
+                " AND (stripe_event_at IS NULL OR stripe_event_at <= :t) RETURNING id"
             ),
-            {"s": subscription, "c": customer},
+            {"m": membership_id, "t": created},
         )
+    return applied is not None
 
 
 @dataclass
@@ -125,7 +167,7 @@ class ChurnActivities:
 
     @activity.defn(name="churn_decide_nudge")
     async def decide_nudge(self, request: DecideNudge) -> NudgeDecision:
-        """The company's quiet hours and daily cap, in the member's time zone (the company's if unset)."""
+        """The company's channels, quiet hours and daily cap, in the member's time zone (the company's if unset)."""
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -140,6 +182,8 @@ class ChurnActivities:
             ).one()
         zone = ZoneInfo(row.tz)
         local = request.at.astimezone(zone)
+        if request.channel is not None and request.channel not in row.channels:  # a manual nudge: now or never
+            return NudgeDecision(allowed=False, channel=request.channel, held_back="channel_not_allowed")
         channel = request.channel or (row.preferred_channel if row.preferred_channel in row.channels else row.channels[0])
         quiet = QuietHours(row.quiet_hours_start, row.quiet_hours_end)
         if quiet.holds(local):

@@ -51,3 +51,18 @@ class PointsOverflow(LoyaltyRefusal):
             "PointsOverflow", f"customer {customer_id}'s balance would be {balance}, above the ledger's limit", customer_id=customer_id
         )
 
+
+
+class OrderAppliedDifferently(LoyaltyRefusal):
+    """The order's points were applied with another redemption: a repeat must match the first."""
+
+    def __init__(self, order_id: str, applied: int, requested: int) -> None:
+        super().__init__(
+            "OrderAppliedDifferently",
+            f"order {order_id} was applied having redeemed {applied} points, not {requested}",
+            order_id=order_id,
+            applied=applied,
+            requested=requested,
+        )
+        self.applied = applied
+        self.requested = requested

@@ -4,9 +4,11 @@ One DB transaction per change, holding the customer's row lock (`SELECT ... FOR 
 balance check to the balance update, so concurrent redemptions can never overdraw a balance, and
 `customers.loyalty_points` always equals the sum of the customer's ledger.
 
-Idempotency is the ledger's unique key (reference_type, reference_id, type), not a read before a
-write: the rows are inserted `ON CONFLICT DO NOTHING`, and an insert that wrote nothing means the
-order was applied before; the stored rows then give back the first call's result. An order writes
+Idempotency: under the customer's row lock the order's stored rows are read first; a repeat gets
+the first call's result back, and a repeat with another redemption is refused
+(`OrderAppliedDifferently`) with nothing written, so the ledger cannot gain a second `spent` row.
+The unique key (reference_type, reference_id, type) still guards the insert (inside a savepoint,
+undone whole when another customer's transaction wrote the order's rows first). An order writes
 a `spent` row (only when it redeems points) then an `earned` row (always, even for 0 points: it is
 the order's marker); a refund writes one `reversed` row. A refund that arrives before the points
 were applied leaves a 0-point `reversed` row, so a late application applies nothing.
@@ -24,7 +26,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
-from activities.loyalty.errors import InsufficientPoints, OrderOfAnotherCustomer, PointsOverflow, UnknownCustomer
+from activities.loyalty.errors import (
+    InsufficientPoints,
+    OrderAppliedDifferently,
+    OrderOfAnotherCustomer,
+    PointsOverflow,
+    UnknownCustomer,
+)
 from schemas.loyalty import (
     MAX_POINTS,
     ApplyOrderPoints,
@@ -103,19 +111,19 @@ def points_earned(order_total: Decimal, earn_rate: Decimal) -> int:
 async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> PointsApplication:
     """Apply an order's points inside the caller's transaction (which it leaves holding the row lock)."""
     locked = await _lock_customer(conn, request.customer_id)
+    stored = await _stored_application(conn, request, locked)
+    if stored is not None:  # a repeat (even after the balance was spent), a conflict, or refunded first
+        return stored
     earned = points_earned(request.order_total, locked.earn_rate)
     before = locked.balance
     after_spent = before - request.points_redeemed
     after = after_spent + earned
-
-    if after_spent < 0:  # a repeat of an order applied when the balance was higher is not a refusal
-        stored = await _stored_application(conn, request, locked)
-        if stored is not None:
-            return stored
+    if after_spent < 0:
         raise InsufficientPoints(request.customer_id, available=before, requested=request.points_redeemed)
     if after > BALANCE_LIMIT or earned > MAX_POINTS:
         raise PointsOverflow(request.customer_id, after)
 
+    savepoint = await conn.begin_nested()
     written = (
         await conn.execute(
             INSERT_APPLICATION,
@@ -130,11 +138,13 @@ async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> Poin
             },
         )
     ).scalars().all()
-    if "earned" not in written:  # nothing new: applied (or refunded) before
+    if "earned" not in written:  # another customer's transaction wrote this order meanwhile: undo ours whole
+        await savepoint.rollback()
         stored = await _stored_application(conn, request, locked)
         if stored is None:  # only possible if a row was written outside this module
             raise RuntimeError(f"order {request.order_id}: partial ledger rows {written}")
         return stored
+    await savepoint.commit()
     await conn.execute(SET_BALANCE, {"balance": after, "customer_id": request.customer_id})
     return PointsApplication(
         customer_id=request.customer_id,
@@ -151,7 +161,9 @@ async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> Poin
 async def _stored_application(
     conn: AsyncConnection, request: ApplyOrderPoints, locked: _Locked
 ) -> PointsApplication | None:
-    """The first application of this order, from its ledger rows (None: never applied nor reversed)."""
+    """The first application of this order, from its ledger rows (None: never applied nor reversed).
+
+    Raises `OrderAppliedDifferently` when the first application redeemed another amount."""
     rows = {row.type: row for row in (await conn.execute(ORDER_ROWS, {"order_id": request.order_id})).all()}
     if not rows:
         return None
@@ -170,6 +182,9 @@ async def _stored_application(
             balance_after=locked.balance,
             lock_wait_ms=locked.wait_ms,
         )
+    applied = -spent.points if spent else 0
+    if applied != request.points_redeemed:
+        raise OrderAppliedDifferently(request.order_id, applied=applied, requested=request.points_redeemed)
     return PointsApplication(
         customer_id=request.customer_id,
         order_id=request.order_id,
@@ -187,8 +202,8 @@ async def apply_points_at_checkout(
 ) -> PointsApplication:
     """What the checkout path calls: apply an order's points in one transaction.
 
-    Raises `InsufficientPoints` (available, requested), `UnknownCustomer`, `OrderOfAnotherCustomer`
-    (all permanent), or a `pydantic.ValidationError` for bad input (negative points, ...).
+    Raises `InsufficientPoints` (available, requested), `UnknownCustomer`, `OrderOfAnotherCustomer`,
+    `OrderAppliedDifferently` (a repeat with another redemption; nothing written) (all permanent), or a `pydantic.ValidationError` for bad input (negative points, ...).
     """
     request = ApplyOrderPoints(
         customer_id=customer_id, order_id=order_id, points_redeemed=points_redeemed, order_total=order_total  # type: ignore[arg-type]

@@ -74,6 +74,8 @@ from schemas.payments import (
     StripeCustomer,
     SubscriptionCancellation,
     SubscriptionPeriod,
+    SubscriptionState,
+    SubscriptionStateRequest,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
 
@@ -341,6 +343,18 @@ class PaymentActivities:
     async def _retrieve_subscription(self, subscription_id: str, account: str | None, operation: str) -> Any:
         async with stripe_errors(operation, subscription_id=subscription_id):
             return await self._stripe.v1.subscriptions.retrieve_async(subscription_id, options=_options(None, account))
+
+    @activity.defn(name="subscription_state")
+    async def subscription_state(self, request: SubscriptionStateRequest) -> SubscriptionState:
+        """Read-only: the subscription now, so no late or stale event decides an irreversible step."""
+        subscription_id, account = await self._subscription_of(request.membership_id)
+        subscription = await self._retrieve_subscription(subscription_id, account, "subscription_state")
+        return SubscriptionState(
+            subscription_id=subscription_id,
+            status=subscription.status,
+            cancel_at_period_end=bool(_field(subscription, "cancel_at_period_end")),
+            current_period_end=_timestamp(_period_end(subscription)),
+        )
 
     @activity.defn(name="extend_subscription")
     async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:

@@ -3,6 +3,7 @@ sandbox through the real SDKs, and weeks of a case's life in seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -11,11 +12,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 import aiohttp
+import pydantic
 import pytest
 import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -26,7 +29,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
 from schemas import ids
-from schemas.churn import ApplyIncentive, CaseStatus, ManualNudge
+from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
 from schemas.payments import EnsureCustomer
 from tests.activities.test_orders import zone_where
 from services import churn as churn_api
@@ -53,7 +56,7 @@ async def churn_workers(
         workflows=families.by_name("churn").workflows(),
         activities=[
             cases.load_case, cases.decide_nudge, cases.record_action,
-            payments.extend_subscription, payments.cancel_subscription,
+            payments.extend_subscription, payments.cancel_subscription, payments.subscription_state,
         ],
     ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message]):
         yield
@@ -96,9 +99,15 @@ async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member
     return subscription.id
 
 
+async def company_of(engine: AsyncEngine, member: int) -> str:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT company_id FROM memberships WHERE id = :m"), {"m": member})
+
+
 async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
-    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed")
+    company = await company_of(engine, member)
+    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed", company_id=company)
     return case_id, env.client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
 
 
@@ -137,13 +146,13 @@ async def test_nudges_at_offsets_until_the_member_recovers(
     emulator: TwilioEmulator, task_queue: str, record_history,
 ) -> None:
     env = time_skipping_env
-    _, member, phone = await new_member(engine, offsets=[0, 2, 5])
+    company, member, phone = await new_member(engine, offsets=[0, 2, 5])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         await env.sleep(timedelta(days=1))
         assert (await handle.query(ChurnCaseWorkflow.status)).attempts == 1
         await env.sleep(timedelta(days=2))  # day 3: the day-2 nudge went out
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "stripe"})
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "stripe", "company_id": company})
         result = await result_of(env, handle)
         await record_history(handle, "churn_case_recovered")
     assert (result.status, result.attempts) == ("RECOVERED", 2)
@@ -186,14 +195,14 @@ async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
     now = await env.get_current_time()
     # In a zone where it is now 10:xx, quiet hours 10-12: the day-0 nudge waits until 12:00.
     quiet = (10, 12)
-    _, member, phone = await new_member(engine, offsets=[0], quiet=quiet, cap=1, tz=zone_where(now, 10))
+    company, member, phone = await new_member(engine, offsets=[0], quiet=quiet, cap=1, tz=zone_where(now, 10))
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         await env.sleep(timedelta(hours=3))
         first = await handle.query(ChurnCaseWorkflow.status)
-        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5"})  # the cap (1 a day) holds it
+        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5", "company_id": company})  # the cap (1 a day) holds it
         await env.sleep(timedelta(minutes=1))
-        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await result_of(env, handle)
     rows = await actions(engine, case_id)
     assert [(r.type, r.meta.get("held_back")) for r in rows] == [
@@ -221,19 +230,19 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
         for bad in ({"channel": "sms"}, {"actor_id": ""}, "nudge please", {"actor_id": "a", "channel": "fax"}):
             await handle.signal("manual_nudge", bad)
         await handle.signal("manual_nudge", {"actor_id": "agent-1", "company_id": "another-company"})
-        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer"))
+        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer", company_id=company))
         await env.sleep(timedelta(minutes=5))
         status = await handle.query(ChurnCaseWorkflow.status)
 
-        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
         with pytest.raises(WorkflowUpdateFailedError) as twice:
-            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14))
+            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
         assert "already applied" in str(twice.value.cause)
         for bad_days in (0, 91):
             with pytest.raises(WorkflowUpdateFailedError) as refused:
-                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days))
+                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days, company_id=company))
             assert "between 1 and 90" in str(refused.value.cause)
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1"})
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1", "company_id": company})
         await result_of(env, handle)
         await record_history(handle, "churn_case_manual")
 
@@ -257,7 +266,7 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
     task_queue: str,
 ) -> None:
     env = time_skipping_env
-    _, member, _ = await new_member(engine, offsets=[30])
+    company, member, _ = await new_member(engine, offsets=[30])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         for signal in ("recovered", "cancelled"):
@@ -266,7 +275,11 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
         await handle.signal("cancelled", {"actor_id": "agent-1", "company_id": "another-company"})
         await env.sleep(timedelta(minutes=5))
         assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
-        await handle.signal("recovered")  # no payload: a valid ending without an actor
+        await handle.signal("recovered")  # no payload: no company, dropped
+        await handle.signal("cancelled", {"actor_id": "agent-1"})  # no company: dropped
+        await env.sleep(timedelta(minutes=5))
+        assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
+        await handle.signal("recovered", {"company_id": company})  # a valid ending without an actor
         result = await result_of(env, handle)
     assert result.status == "RECOVERED"
     assert [r.type for r in await actions(engine, case_id)] == ["case_recovered"]
@@ -278,12 +291,12 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     emulator: TwilioEmulator, task_queue: str,
 ) -> None:
     env = time_skipping_env
-    _, member, phone = await new_member(engine, offsets=[0, 1])
+    company, member, phone = await new_member(engine, offsets=[0, 1])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
-        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail"})
+        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail", "company_id": company})
         await env.sleep(timedelta(days=1, hours=1))
-        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await result_of(env, handle)
     (body, *_) = [m["body"] for m in await sent_to(emulator, phone)]
     history = (await handle.fetch_history()).to_json()
@@ -331,3 +344,270 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
         result = await result_of(env, handle)
     assert result.status == "RECOVERED"
     assert [r.type for r in await actions(engine, cases[0].id)][-1] == "case_recovered"
+
+
+# --------------------------------------------------------------------------- Stripe's word, not a stale event's
+
+
+async def subscribe_paying(engine: AsyncEngine, stripe_api: stripe.StripeClient, member: int) -> str:
+    """An `active` subscription (a free plan: its first invoice is paid at once in the sandbox)."""
+    customer = await PaymentActivities(engine, stripe_api).ensure_customer(EnsureCustomer(owner_type="member", owner_id=member))
+    plan = await stripe_api.v1.plans.create_async(
+        {"amount": 0, "currency": "usd", "interval": "month", "product": {"name": "Free"}},
+        {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
+    )
+    subscription = await stripe_api.v1.subscriptions.create_async({"customer": customer.stripe_customer_id, "items": [{"plan": plan.id}]})
+    assert subscription.status == "active"
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"), {"s": subscription.id, "m": member})
+    return subscription.id
+
+
+def stripe_event(kind: str, obj: dict, *, created: int | None = None, previous: dict | None = None) -> dict:
+    data: dict = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind, "created": created or int(time.time()), "data": data}
+
+
+def an_invoice(subscription: str, customer: str = "cus_x") -> dict:
+    return {"id": f"in_{uuid.uuid4().hex[:10]}", "object": "invoice", "subscription": subscription, "customer": customer}
+
+
+async def cases_of(engine: AsyncEngine, member: int) -> list:
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT id, status, trigger FROM recovery_cases WHERE membership_id = :m ORDER BY id"), {"m": member})).all()
+
+
+async def test_a_late_payment_failed_older_than_a_paid_invoice_opens_no_case_and_cancels_nothing(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[0], grace=0)
+    subscription = await subscribe(engine, stripe_api, member)  # not `active` at the sandbox: only the events speak
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    handlers = churn_api.stripe_handlers(env.client, engine, settings)
+    t2 = int(time.time())
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        await handlers["invoice.paid"](stripe_event("invoice.paid", an_invoice(subscription), created=t2))
+        await handlers["invoice.payment_failed"](stripe_event("invoice.payment_failed", an_invoice(subscription), created=t2 - 60))
+        await env.sleep(timedelta(days=1))
+    assert await cases_of(engine, member) == []
+    assert (await stripe_api.v1.subscriptions.retrieve_async(subscription)).status != "canceled"
+
+
+async def test_a_failed_invoice_for_a_subscription_stripe_says_is_active_opens_no_case(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[0], grace=0)
+    subscription = await subscribe_paying(engine, stripe_api, member)
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    handlers = churn_api.stripe_handlers(env.client, engine, settings, payments=PaymentActivities(engine, stripe_api))
+    await handlers["invoice.payment_failed"](stripe_event("invoice.payment_failed", an_invoice(subscription)))
+    assert await cases_of(engine, member) == []
+
+
+async def test_before_cancelling_the_case_asks_stripe_and_a_member_who_paid_meanwhile_is_recovered_not_cancelled(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[0], grace=0)
+    subscription = await subscribe_paying(engine, stripe_api, member)  # the invoice.paid webhook was lost
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        result = await result_of(env, handle)
+    assert result.status == "RECOVERED"
+    assert (await stripe_api.v1.subscriptions.retrieve_async(subscription)).status == "active"
+    assert [r.type for r in await actions(engine, case_id)][-1] == "case_recovered"
+
+
+async def test_a_member_who_set_cancel_at_period_end_keeps_the_period_paid_for(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[0], grace=0)
+    subscription = await subscribe_paying(engine, stripe_api, member)
+    await stripe_api.v1.subscriptions.update_async(subscription, {"cancel_at_period_end": True})
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        _, handle = await open_case(env, engine, member, task_queue)
+        result = await result_of(env, handle)
+    at_stripe = await stripe_api.v1.subscriptions.retrieve_async(subscription)
+    assert result.status == "TERMINATED"
+    assert (at_stripe.status, at_stripe.cancel_at_period_end) == ("active", True), "cancelled at period end, not now"
+
+
+async def test_a_subscription_update_that_did_not_change_cancel_at_period_end_opens_no_case_after_a_closed_one(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    company, member, _ = await new_member(engine, offsets=[30])
+    subscription = await subscribe(engine, stripe_api, member)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO recovery_cases (company_id, membership_id, trigger, status) VALUES (:c, :m, 'cancel_at_period_end', 'RECOVERED')"),
+            {"c": company, "m": member},
+        )
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    handlers = churn_api.stripe_handlers(env.client, engine, settings)
+    obj = {"id": subscription, "object": "subscription", "customer": "cus_x", "cancel_at_period_end": True}
+    await handlers["customer.subscription.updated"](stripe_event("customer.subscription.updated", obj, previous={"metadata": {}}))
+    assert [c.status for c in await cases_of(engine, member)] == ["RECOVERED"]
+
+
+# --------------------------------------------------------------------------- tenant isolation
+
+
+async def test_a_stripe_customer_id_in_two_companies_resolves_to_neither(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    members = []
+    for _ in range(2):
+        _, member, _ = await new_member(engine, offsets=[30])
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE memberships SET stripe_customer_id = :c WHERE id = :m"), {"c": customer, "m": member})
+        members.append(member)
+    settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
+    handlers = churn_api.stripe_handlers(env.client, engine, settings)
+    obj = {"id": "sub_unknown", "object": "subscription", "customer": customer, "cancel_at_period_end": True}
+    await handlers["customer.subscription.updated"](
+        stripe_event("customer.subscription.updated", {**obj, "id": None}, previous={"cancel_at_period_end": False})
+    )
+    assert [await cases_of(engine, m) for m in members] == [[], []]
+
+
+async def test_signals_and_updates_without_the_company_are_refused_and_the_case_keeps_going(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    company, member, phone = await new_member(engine, offsets=[30])
+    await subscribe(engine, stripe_api, member)
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        await handle.signal("manual_nudge", {"actor_id": "agent-1"})
+        await handle.signal("cancelled", {"actor_id": "agent-1"})
+        for request in ({"actor_id": "agent-1", "days": 7}, {"actor_id": "agent-1", "days": 7, "company_id": "another-company"}):
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update("apply_incentive", request)
+            assert "company" in str(refused.value.cause)
+        await env.sleep(timedelta(minutes=5))
+        status = await handle.query(ChurnCaseWorkflow.status)
+        with pytest.raises(churn_api.CaseRefused, match="does not belong"):
+            await churn_api.signal_case(env.client, engine, case_id, "cancelled", {}, company_id="another-company")
+        with pytest.raises(pydantic.ValidationError, match="company_id"):
+            ManualNudge(actor_id="agent-1")  # type: ignore[call-arg]
+        await churn_api.signal_case(env.client, engine, case_id, "cancelled", {}, company_id=company)
+        result = await result_of(env, handle)
+    assert (status.status, status.attempts, status.incentive_applied) == ("OPEN", 0, False)
+    assert result.status == "CANCELLED" and await sent_to(emulator, phone) == []
+    assert await task_failures(handle) == 0
+
+
+# --------------------------------------------------------------------------- small correctness points
+
+
+async def test_an_incentive_for_a_case_that_is_ending_is_refused_and_stripe_is_not_called(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    company, member, _ = await new_member(engine, offsets=[30])
+    subscription = await subscribe(engine, stripe_api, member)
+    trial_end = (await stripe_api.v1.subscriptions.retrieve_async(subscription)).trial_end
+    cases, closing, release = ChurnActivities(engine), asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name="churn_record_action")
+    async def slow_close(action: CaseAction) -> bool:
+        if action.close_as is not None:  # hold the case between its ending signal and its closing row
+            closing.set()
+            await release.wait()
+        return await cases.record_action(action)
+
+    payments = PaymentActivities(engine, stripe_api)
+    async with Worker(
+        env.client, task_queue=task_queue, workflows=[ChurnCaseWorkflow],
+        activities=[cases.load_case, cases.decide_nudge, slow_close, payments.extend_subscription],
+    ):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        await handle.signal("cancelled", {"company_id": company})
+        await asyncio.wait_for(closing.wait(), 30)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="a", days=7, company_id=company))
+        release.set()
+        result = await result_of(env, handle)
+    assert "ended" in str(refused.value.cause) and result.status == "CANCELLED"
+    assert (await stripe_api.v1.subscriptions.retrieve_async(subscription)).trial_end == trial_end
+
+
+async def test_a_manual_nudge_on_a_channel_the_company_does_not_allow_is_refused(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    company, member, phone = await new_member(engine, offsets=[30])
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE companies SET channels = ARRAY['sms'] WHERE id = :c"), {"c": company})
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        with pytest.raises(churn_api.CaseRefused, match="does not nudge by whatsapp"):
+            await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="a", channel="whatsapp", company_id=company))
+        await handle.signal("manual_nudge", {"actor_id": "a", "channel": "whatsapp", "company_id": company})  # past the door
+        await env.sleep(timedelta(minutes=5))
+        await handle.signal("cancelled", {"company_id": company})
+        await result_of(env, handle)
+    assert [(r.type, r.meta.get("held_back")) for r in await actions(engine, case_id)] == [
+        ("nudge_suppressed", "channel_not_allowed"), ("case_cancelled", None),
+    ]
+    assert await sent_to(emulator, phone) == []
+
+
+async def test_a_daily_cap_above_21_holds_the_nudges_beyond_it(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator, task_queue: str,
+) -> None:
+    env = time_skipping_env
+    company, member, phone = await new_member(engine, offsets=[30], cap=25)
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(env, engine, member, task_queue)
+        for n in range(30):
+            await handle.signal("manual_nudge", {"actor_id": f"ops-{n}", "company_id": company})
+
+        async def recorded() -> int:
+            async with engine.connect() as conn:
+                return await conn.scalar(text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id})
+
+        for _ in range(600):  # time stands still meanwhile: all 30 on the same day
+            if await recorded() >= 30:
+                break
+            await asyncio.sleep(0.1)
+        await handle.signal("cancelled", {"company_id": company})
+        await result_of(env, handle)
+    rows = await actions(engine, case_id)
+    assert [r.type for r in rows].count("nudge_sms") == 25
+    assert sum(1 for r in rows if r.meta.get("held_back") == "daily_cap") == 5
+    assert len(await sent_to(emulator, phone)) == 25
+
+
+async def test_stripe_calls_never_retry_past_the_24_hour_idempotency_window(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    _, member, _ = await new_member(engine, offsets=[0], grace=0)
+    await subscribe(engine, stripe_api, member)
+    async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
+        _, handle = await open_case(env, engine, member, task_queue)
+        await result_of(env, handle)
+    scheduled = [
+        e.activity_task_scheduled_event_attributes for e in (await handle.fetch_history()).events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    stripe_calls = [a for a in scheduled if a.activity_type.name in ("subscription_state", "cancel_subscription")]
+    assert [a.activity_type.name for a in stripe_calls] == ["subscription_state", "cancel_subscription"]
+    assert all(timedelta(0) < a.schedule_to_close_timeout.ToTimedelta() < timedelta(hours=24) for a in stripe_calls)

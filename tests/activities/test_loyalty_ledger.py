@@ -129,3 +129,42 @@ async def test_an_order_refunded_before_its_points_were_applied_never_gets_them(
     assert (late.outcome, late.points_earned, late.balance_after) == ("order_reversed", 0, 100)
     assert await order_rows(engine, order) == [("reversed", 0, 100, 100)]
     assert await balance_and_ledger(engine, cid) == (100, 100)
+
+
+async def test_reapplying_an_order_with_another_redemption_writes_nothing_and_reports_the_conflict(engine: AsyncEngine) -> None:
+    from activities.loyalty.audit import audit_balances
+    from activities.loyalty.errors import OrderAppliedDifferently
+
+    cid = await new_customer(engine, 500)
+    order = order_ref()
+    first = await apply_points_at_checkout(engine, cid, order, 0, Decimal("40"))  # earned only: 540
+    with pytest.raises(OrderAppliedDifferently, match="redeemed 0 points, not 100") as conflict:
+        await apply_points_at_checkout(engine, cid, order, 100, Decimal("40"))
+    assert conflict.value.non_retryable and conflict.value.type == "OrderAppliedDifferently"
+    assert first.balance_after == 540
+    assert await order_rows(engine, order) == [("earned", 40, 500, 540)]
+    assert await balance_and_ledger(engine, cid) == (540, 540)
+    assert (await audit_balances(engine, 10))[1] == 0
+
+
+async def test_concurrent_applications_of_one_order_with_different_redemptions_apply_exactly_one(wide_engine: AsyncEngine) -> None:
+    from activities.loyalty.audit import audit_balances
+    from activities.loyalty.errors import OrderAppliedDifferently
+
+    cid = await new_customer(wide_engine, 1000)
+    order = order_ref()
+    outcomes = await asyncio.gather(
+        *(apply_points_at_checkout(wide_engine, cid, order, points, Decimal("10")) for points in (0, 100, 200, 300, 0, 100)),
+        return_exceptions=True,
+    )
+    applied = [o for o in outcomes if isinstance(o, PointsApplication) and o.outcome == "applied"]
+    assert len(applied) == 1, outcomes
+    winner = applied[0].points_redeemed
+    for redeemed, outcome in zip((0, 100, 200, 300, 0, 100), outcomes, strict=True):
+        if redeemed == winner:
+            assert isinstance(outcome, PointsApplication) and outcome.points_redeemed == winner
+        else:
+            assert isinstance(outcome, OrderAppliedDifferently), outcome
+    assert [r[0] for r in await order_rows(wide_engine, order)] == (["spent", "earned"] if winner else ["earned"])
+    assert await balance_and_ledger(wide_engine, cid) == (1000 - winner + 10,) * 2
+    assert (await audit_balances(wide_engine, 10))[1] == 0

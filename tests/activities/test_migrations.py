@@ -232,3 +232,14 @@ def test_company_settings_stay_within_their_limits(conn: Connection) -> None:
     assert _refused(conn, company, id="pigeon", offsets=[0], channels=["pigeon"]) == "ck_companies_channels"
     assert _refused(conn, company, id="Not A Slug", offsets=[0], channels=["sms"]) == "ck_companies_id_slug"
 
+
+
+def test_available_credit_never_exceeds_the_limit_but_may_go_below_zero(conn: Connection) -> None:
+    retailer = _retailer(conn)
+    conn.execute(
+        text("INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit) VALUES (:r, 1000, 1000)"), dict(r=retailer)
+    )
+    refused = _refused(conn, "UPDATE credit_accounts SET available_credit = 1000.01 WHERE retailer_id = :r", r=retailer)
+    assert refused == "ck_credit_accounts_available_credit_within_limit"
+    # The limit lowered below what is outstanding: available goes negative, as the business rule says.
+    conn.execute(text("UPDATE credit_accounts SET credit_limit = 100, available_credit = -400 WHERE retailer_id = :r"), dict(r=retailer))

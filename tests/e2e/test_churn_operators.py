@@ -45,7 +45,7 @@ async def test_a_manual_nudge_from_the_temporal_cli_and_from_jobctl_reaches_the_
         case_id, handle = await open_case(dev_env, engine, member, task_queue)
         signalled = await asyncio.to_thread(
             temporal, dev_env, "workflow", "signal", "--workflow-id", f"churn-case/{case_id}", "--name", "manual_nudge",
-            "--input", json.dumps({"actor_id": "ops-anna", "channel": "sms", "note": "called twice"}),
+            "--input", json.dumps({"actor_id": "ops-anna", "channel": "sms", "note": "called twice", "company_id": company}),
         )
         assert signalled.returncode == 0, signalled.stderr
         malformed = await asyncio.to_thread(
@@ -61,11 +61,16 @@ async def test_a_manual_nudge_from_the_temporal_cli_and_from_jobctl_reaches_the_
         ours = await asyncio.to_thread(jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", company, **env)
         assert ours.returncode == 0, ours.stderr
         await eventually(lambda: _sent(emulator, phone, 2))
-        shown = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--json", **env)
+        for args in (("show", str(case_id)), ("nudge", str(case_id), "--actor", "ops-ben"), ("cancelled", str(case_id), "--actor", "x")):
+            unnamed = await asyncio.to_thread(jobctl, dev_env, "churn", *args, **env)
+            assert unnamed.returncode == 2 and "--company" in unnamed.stderr, unnamed.stderr
+        peek = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", "someone-else", **env)
+        assert peek.returncode == 2 and "does not belong to company someone-else" in peek.stderr
+        shown = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", company, "--json", **env)
         assert shown.returncode == 0, shown.stderr
         status = CaseStatus.model_validate_json(shown.stdout)
         assert (status.status, status.attempts, status.manual_nudges) == ("OPEN", 2, 2)
-        await handle.signal(ChurnCaseWorkflow.cancelled, {})
+        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await handle.result()
 
     rows = await actions(engine, case_id)
@@ -84,12 +89,12 @@ async def test_five_hundred_manual_nudges_continue_as_new_and_the_case_still_ans
     dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
     emulator: TwilioEmulator, task_queue: str,
 ) -> None:
-    _, member, phone = await new_member(engine, offsets=[30], cap=1)  # one a day: the rest are held back, quickly
+    company, member, phone = await new_member(engine, offsets=[30], cap=1)  # one a day: the rest are held back, quickly
     async with churn_workers(dev_env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(dev_env, engine, member, task_queue)
         first_run = (await handle.describe()).run_id
         for n in range(500):
-            await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": f"ops-{n % 7}"})
+            await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": f"ops-{n % 7}", "company_id": company})
 
         async def all_recorded() -> bool:
             async with engine.connect() as conn:
@@ -98,7 +103,7 @@ async def test_five_hundred_manual_nudges_continue_as_new_and_the_case_still_ans
         await eventually(all_recorded, timeout_s=240)
         await eventually(lambda: _continued(handle, first_run), timeout_s=60)
         status = await handle.query(ChurnCaseWorkflow.status)
-        await handle.signal(ChurnCaseWorkflow.recovered, {})
+        await handle.signal(ChurnCaseWorkflow.recovered, {"company_id": company})
         final = await handle.result()
 
     assert (status.status, status.attempts, status.manual_nudges) == ("OPEN", 1, 500)

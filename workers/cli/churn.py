@@ -1,7 +1,8 @@
 """`jobctl churn open|nudge|recovered|cancelled|incentive|show`: an operator's hands on a case.
 
-Mounted by the churn family (workers/families/churn.py). `--company C` scopes a command to one tenant: a case id of another
-company is refused (exit 2), as is an unknown case or membership, or a case that has ended.
+Mounted by the churn family (workers/families/churn.py). Every command names its tenant with
+`--company C` (required): a case id of another company is refused (exit 2), as is an unknown case
+or membership, or a case that has ended.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ churn_app = typer.Typer(
 
 CaseArg = Annotated[int, typer.Argument(min=1, help="Case id (recovery_cases.id).", show_default=False)]
 Actor = Annotated[str, typer.Option("--actor", help="The operator acting (stored hashed).", show_default=False)]
-Company = Annotated[str | None, typer.Option("--company", help="Refuse the case unless it belongs to this company.")]
+Company = Annotated[
+    str, typer.Option("--company", help="The company (tenant) the case belongs to; another's case is refused.", show_default=False)
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 @churn_app.command("open")
 def churn_open(
     membership: Annotated[int, typer.Option("--membership", min=1, help="Membership id.", show_default=False)],
-    company: Company = None,
+    company: Company,
 ) -> None:
     """Open a case for MEMBERSHIP (or find its open one) and start its workflow."""
     from services.churn import start_case
@@ -42,9 +45,9 @@ def churn_open(
 def churn_nudge(
     case_id: CaseArg,
     actor: Actor,
+    company: Company,
     channel: Annotated[str | None, typer.Option("--channel", help="whatsapp or sms (default: the member's).")] = None,
     note: Annotated[str | None, typer.Option("--note", help="Why (kept in the signal, not in the message).")] = None,
-    company: Company = None,
 ) -> None:
     """Signal `manual_nudge`: nudge the member now (the company's cap and quiet hours still apply)."""
     from pydantic import ValidationError
@@ -62,7 +65,7 @@ def churn_nudge(
     typer.echo(f"{ids.churn_case(case_id)}: manual_nudge sent")
 
 
-def _end(case_id: int, signal: str, actor: str, company: str | None) -> None:
+def _end(case_id: int, signal: str, actor: str, company: str) -> None:
     from services.churn import signal_case
 
     call(lambda c: signal_case(c.client, c.engine, case_id, signal, {"actor_id": actor}, company_id=company), temporal=True, database=True)
@@ -70,13 +73,13 @@ def _end(case_id: int, signal: str, actor: str, company: str | None) -> None:
 
 
 @churn_app.command("recovered")
-def churn_recovered(case_id: CaseArg, actor: Actor, company: Company = None) -> None:
+def churn_recovered(case_id: CaseArg, actor: Actor, company: Company) -> None:
     """Signal `recovered`: the member is back; the case ends."""
     _end(case_id, "recovered", actor, company)
 
 
 @churn_app.command("cancelled")
-def churn_cancelled(case_id: CaseArg, actor: Actor, company: Company = None) -> None:
+def churn_cancelled(case_id: CaseArg, actor: Actor, company: Company) -> None:
     """Signal `cancelled`: the member left; the case ends."""
     _end(case_id, "cancelled", actor, company)
 
@@ -86,7 +89,7 @@ def churn_incentive(
     case_id: CaseArg,
     actor: Actor,
     days: Annotated[int, typer.Option("--days", help="Days to extend the subscription by (1-90).", show_default=False)],
-    company: Company = None,
+    company: Company,
 ) -> None:
     """Update `apply_incentive`: extend the subscription once; prints the new period end."""
     from temporalio.client import WorkflowUpdateFailedError
@@ -110,7 +113,7 @@ def churn_incentive(
 
 
 @churn_app.command("show")
-def churn_show(case_id: CaseArg, company: Company = None, as_json: Json = False) -> None:
+def churn_show(case_id: CaseArg, company: Company, as_json: Json = False) -> None:
     """The case's status (running: asked of its workflow; ended: its result)."""
     from schemas.churn import CaseStatus
     from services.churn import ensure_owned

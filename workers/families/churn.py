@@ -23,9 +23,15 @@ def _activities(deps: Any) -> list[Any]:
 
 
 def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+    """The handlers re-read the subscription at Stripe before opening a case (when a key is set)."""
+    from activities.payments.activities import PaymentActivities
+    from activities.payments.client import stripe_client
     from services.churn import stripe_handlers
 
-    return stripe_handlers(client, engine, settings)
+    payments = None
+    if settings.stripe_secret_key:
+        payments = PaymentActivities(engine, stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base))
+    return stripe_handlers(client, engine, settings, payments=payments)
 
 
 FAMILY = Family(

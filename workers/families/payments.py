@@ -19,6 +19,7 @@ def _activities(deps: Any) -> list[Any]:
         payments.create_payment_link,
         payments.extend_subscription,
         payments.cancel_subscription,
+        payments.subscription_state,
         payments.payment_intent_status,
     ]
 
