@@ -16,6 +16,8 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from activities.credit.payments import credit_balance
+
 AdminAction = Literal["pause", "unpause", "block"]
 TARGET = {"pause": "PAUSED", "unpause": "ACTIVE", "block": "BLOCKED"}
 AGING_BUCKETS = ("current", "1-7", "8-15", "16-30", "31-60", "60+")
@@ -178,8 +180,18 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
                 {"r": retailer_id},
             )
         ).all()
+        balance = await credit_balance(conn, retailer_id)
+        link = (
+            await conn.execute(
+                text("SELECT url, amount, checkout_session_id, updated_at FROM payment_links WHERE retailer_id = :r"),
+                {"r": retailer_id},
+            )
+        ).first()
     return {
         "retailer_id": row.id,
+        "credit_balance": balance,
+        "payment_link": {"url": link.url, "amount": link.amount, "checkout_session_id": link.checkout_session_id,
+                         "sent_at": link.updated_at} if link else None,
         "credit_status": row.credit_status,
         "paused_at": row.credit_paused_at,
         "pause_reason": row.credit_pause_reason,

@@ -97,8 +97,13 @@ def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
     typer.echo(f"retailer {p['retailer_id']}: {p['credit_status']}{paused}")
     typer.echo(
         f"limit {p['credit_limit']:,.2f}  available {p['available_credit']:,.2f}  outstanding {p['outstanding']:,.2f}"
-        f"  max overdue {p['max_outstanding_days']} days"
+        f"  max overdue {p['max_outstanding_days']} days  max order {p['max_order_value']:,.2f}"
     )
+    if p["credit_balance"]:
+        typer.echo(f"credit balance {p['credit_balance']:,.2f} (paid ahead: clears the next debits)")
+    if p["payment_link"]:
+        link = p["payment_link"]
+        typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, sent {link['sent_at']:%Y-%m-%d %H:%M})")
     typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
     for d in p["open_debits"]:
         typer.echo(
@@ -155,9 +160,9 @@ def payments_record(
         return
     recorded = result.payment
     if recorded.duplicate:
-        typer.echo(f"payment/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
+        typer.echo(f"payment/{retailer}/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
         return
-    typer.echo(f"payment/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
+    typer.echo(f"payment/{retailer}/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
     for a in recorded.allocations:
         typer.echo(f"  debit {a.debit_id}: {a.allocated:,.2f} -> {a.status}")
     if recorded.unallocated:
