@@ -124,12 +124,14 @@ class CreditAccount(Base):
     )
     max_order_value: Mapped[Decimal] = mapped_column(server_default="50000")
     max_outstanding_days: Mapped[int] = mapped_column(server_default="30")
+    payment_terms_days: Mapped[int] = mapped_column(server_default="30", doc="a credit order's debit is due this many days after")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
         CheckConstraint("credit_limit >= 0", name="credit_limit_non_negative"),
         CheckConstraint("max_order_value > 0", name="max_order_value_positive"),
         CheckConstraint("max_outstanding_days >= 0", name="max_outstanding_days_non_negative"),
+        CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days_range"),
     )
 
 

@@ -9,14 +9,18 @@ even if two runs raced.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from activities.credit import orders as credit_orders
+from activities.credit.orders import OrderPlaced
 from activities.payments.activities import from_minor_units
 from schemas.credit import GuardrailsRequest, PaymentResult, RecordPayment, RemindersRequest
 from config.settings import Settings
@@ -50,6 +54,15 @@ async def start_payment(client: Client, payment: RecordPayment, *, task_queue: s
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
     handle = await start_payment(client, payment, task_queue=task_queue)
     return await handle.result()
+
+
+async def place_order(
+    engine: AsyncEngine, retailer_id: int, order_id: int, amount: Decimal, payment_mode: Literal["CREDIT", "COD"], *, today: date,
+    actor: str = "system",
+) -> OrderPlaced:
+    """Place an order under the seed's rules (`PlacementRefused` says why not); a CREDIT order's
+    debit is written and its credit reserved in one transaction, once per order."""
+    return await credit_orders.place_order(engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor)
 
 
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:

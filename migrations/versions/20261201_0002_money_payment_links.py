@@ -1,7 +1,7 @@
-"""money loop: payment_links (one reusable Checkout Session per retailer); max_order_value not null
+"""money loop: payment_links (one reusable Checkout Session per retailer); max_order_value not null; payment terms
 
 Every credit account gets a `max_order_value` (50,000 where it was unset), as seed 001's data
-checks demand; the CHECK no longer allows NULL.
+checks demand; the CHECK no longer allows NULL. `payment_terms_days` (30) dates a credit order's debit.
 
 Revision ID: 0002_money
 Revises: 0001
@@ -27,6 +27,13 @@ def upgrade() -> None:
     op.drop_constraint(op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", type_="check")
     op.create_check_constraint(op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", "max_order_value > 0")
 
+    op.add_column(
+        "credit_accounts", sa.Column("payment_terms_days", sa.Integer(), server_default="30", nullable=False)
+    )
+    op.create_check_constraint(
+        op.f("ck_credit_accounts_payment_terms_days_range"), "credit_accounts", "payment_terms_days BETWEEN 0 AND 365"
+    )
+
     op.create_table(
         "payment_links",
         sa.Column("retailer_id", sa.BigInteger(), nullable=False),
@@ -51,6 +58,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("payment_links")
+    op.drop_column("credit_accounts", "payment_terms_days")
     op.drop_constraint(op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", type_="check")
     op.create_check_constraint(
         op.f("ck_credit_accounts_max_order_value_positive"),
