@@ -48,7 +48,7 @@ ord AS (
     FROM orders o
     JOIN page p ON p.id = o.retailer_id
     WHERE o.created_at >= :prev_start AND o.created_at < :as_of
-      AND o.status NOT IN ('FAILED', 'CANCELLED')
+      AND o.status IN ('CONFIRMED', 'DELIVERED')  -- sold: not pending/abandoned, failed or cancelled
     GROUP BY o.retailer_id
 ),
 ranked AS (
@@ -59,7 +59,7 @@ ranked AS (
     JOIN orders o ON o.id = oi.order_id
     JOIN page p ON p.id = o.retailer_id
     WHERE o.created_at >= :prev_start AND o.created_at < :as_of
-      AND o.status NOT IN ('FAILED', 'CANCELLED')
+      AND o.status IN ('CONFIRMED', 'DELIVERED')  -- sold: not pending/abandoned, failed or cancelled
     GROUP BY o.retailer_id, oi.product_name
 ),
 top AS (
@@ -70,15 +70,16 @@ top AS (
 pay AS (
     SELECT ct.retailer_id,
            avg(CASE WHEN (ct.cleared_at AT TIME ZONE :tz)::date <= ct.due_date THEN 1.0 ELSE 0.0 END)
-               FILTER (WHERE ct.status = 'CLEARED') AS on_time_rate,
+               FILTER (WHERE ct.status = 'CLEARED' AND NOT ct.reversed) AS on_time_rate,
            avg(extract(epoch FROM ct.cleared_at - ct.created_at) / 86400.0)
-               FILTER (WHERE ct.status = 'CLEARED') AS avg_days_to_pay,
+               FILTER (WHERE ct.status = 'CLEARED' AND NOT ct.reversed) AS avg_days_to_pay,
            coalesce(sum(ct.amount - ct.cleared_amount) FILTER (WHERE ct.status <> 'CLEARED'), 0) AS outstanding,
            coalesce(max(:insight_date - ct.due_date)
                     FILTER (WHERE ct.status <> 'CLEARED' AND ct.due_date < :insight_date), 0) AS max_overdue_days
-    FROM credit_transactions ct
+    FROM (SELECT d.*, EXISTS (SELECT 1 FROM credit_transactions r  -- closed by a failed order's reversal, not paid
+                              WHERE r.order_id = d.order_id AND r.type = 'CREDIT') AS reversed
+          FROM credit_transactions d WHERE d.type = 'DEBIT') ct
     JOIN page p ON p.id = ct.retailer_id
-    WHERE ct.type = 'DEBIT'
     GROUP BY ct.retailer_id
 )
 SELECT p.id AS retailer_id, p.name,

@@ -128,13 +128,14 @@ async def twilio(settings: Settings) -> AsyncIterator[Settings]:
 
 @asynccontextmanager
 async def stripe(settings: Settings) -> AsyncIterator[Settings]:
-    """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency)."""
+    """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency),
+    persisted under JOBCTL_HOME/stripe: the customers the database names survive a restart."""
     if settings.stripe_secret_key:
         yield settings
         return
     from devtools.stripe_sandbox import StripeSandbox
 
-    sandbox = await StripeSandbox().start(settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port)
+    sandbox = await StripeSandbox(data_dir=Path(settings.jobctl_home) / "stripe").start(settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port)
     try:
         yield settings.model_copy(
             update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
@@ -152,13 +153,8 @@ async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings
         settings = settings.model_copy(update={"stripe_webhook_secret": SecretStr(DEV_STRIPE_WEBHOOK_SECRET)})
     host = settings.temporal_address.rsplit(":", 1)[0]
     async with serve_webhooks(settings, engine, host, settings.webhooks_port, client) as url:
-        yield settings.model_copy(
-            update={
-                "webhook_base_url": settings.webhook_base_url or url,
-                # Dev placeholder: no pay page is served; links still carry the PaymentIntent id.
-                "pay_page_base_url": settings.pay_page_base_url or f"{url}/pay",
-            }
-        )
+        # Payment links are Checkout Sessions: the sandbox serves their pay page itself.
+        yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url})
 
 
 API_PORT = 8000

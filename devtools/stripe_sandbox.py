@@ -26,17 +26,22 @@ Stripe's documented v1 idempotency rules (https://docs.stripe.com/api/idempotent
   or a lost backend, and re-executing is the useful behaviour.
 - Keys expire 24 h after their response was stored (swept lazily on the next keyed request).
 - Every response carries a ``Request-Id``; keyed responses echo ``Idempotency-Key``.
-- localstripe's plain-text errors get Stripe's JSON error shape: an endpoint it lacks (Checkout
-  Sessions, Payment Links, Prices, invoice finalize, ...) is a 404 ``invalid_request_error``, so
+- localstripe's plain-text errors get Stripe's JSON error shape: an endpoint it lacks (Payment
+  Links, Prices, invoice finalize, ...) is a 404 ``invalid_request_error``, so
   the SDK raises ``InvalidRequestError`` instead of a retryable ``APIError``.
 
 How localstripe is embedded: as a private child process per sandbox, behind this front.
 localstripe keeps its objects and webhooks in module globals and pickles its whole store to
 ``/tmp/localstripe.pickle`` on every write, so in-process it would share state between sandboxes
 and block the host event loop. The child gets a socket this process already bound to
-127.0.0.1 (no port race: requests queue on it until the child serves them), runs localstripe's own aiohttp app with the
-disk dump disabled (the sandbox is in-memory), and exits when this process goes away (its stdin
-reaches EOF). ``create_app(upstream=URL)`` fronts an existing localstripe instead.
+127.0.0.1 (no port race: requests queue on it until the child serves them), runs localstripe's own aiohttp app, and exits when this process goes away (its stdin
+reaches EOF). In memory by default; with ``data_dir`` (the dev stack passes
+``$JOBCTL_HOME/stripe``) localstripe's dump/load points at ``data_dir/localstripe.pickle`` and the
+front keeps its Checkout Sessions and webhooks in ``data_dir/checkout.json``, so a restart keeps the
+customers our database refers to. ``create_app(upstream=URL)`` fronts an existing localstripe instead.
+
+Checkout Sessions (which localstripe lacks) and the dev pay page at their ``url`` are served by the
+front itself: ``devtools/stripe_checkout.py``.
 
 localstripe control endpoints pass through unauthenticated: ``POST /_config/webhooks/{id}``
 (``url``, ``secret``, optional ``events``) makes localstripe POST each event, one second after
@@ -61,6 +66,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
@@ -69,6 +75,8 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
+
+from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook
 
 log = structlog.get_logger(__name__)
 
@@ -95,12 +103,27 @@ _API_PREFIXES: Final = ("/v1/", "/v2/")
 
 # The child process: localstripe's own app on a socket we bound, in memory only, gone with us.
 _BACKEND_SCRIPT: Final = """
-import os, socket, sys, threading
+import os, pickle, socket, sys, threading
 from aiohttp import web
 from localstripe import resources, server
 from devtools import localstripe_index
 
-resources.Store.dump_to_disk = lambda self: None
+dump_path = sys.argv[2] if len(sys.argv) > 2 else ""
+lock = threading.Lock()
+if dump_path:
+    # localstripe's own dump/load, pointed at our file (its default is /tmp/localstripe.pickle),
+    # written atomically so a kill mid-write leaves the previous store.
+    def dump_to_disk(self):
+        with lock:
+            with open(dump_path + ".tmp", "wb") as f:
+                pickle.dump(dict(self), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(dump_path + ".tmp", dump_path)
+    resources.Store.dump_to_disk = dump_to_disk
+    if os.path.exists(dump_path):
+        with open(dump_path, "rb") as f:
+            dict.update(resources.store, pickle.load(f))
+else:
+    resources.Store.dump_to_disk = lambda self: None
 localstripe_index.install(resources)
 
 def _exit_with_parent():
@@ -287,6 +310,7 @@ def _new_request_id() -> str:
 class SandboxOptions:
     upstream: str | None = None  # None: start a private localstripe child
     on_concurrent: OnConcurrent = "wait"
+    data_dir: Path | None = None  # None: in memory; else localstripe.pickle and checkout.json here
 
 
 @dataclass
@@ -418,23 +442,67 @@ def _as_stripe_error(request: web.Request, status: int, payload: bytes) -> web.R
 
 
 async def flush_data(request: web.Request) -> web.Response:
-    """``DELETE /_config/data``: localstripe forgets every object, the front every key."""
+    """``DELETE /_config/data``: localstripe forgets every object, the front every key and session."""
     response = await forward(request)
     if response.status < 300:
         request.app[STORE].clear()
+        request.app[CHECKOUT].clear()
     return response
+
+
+async def config_webhook(request: web.Request) -> web.Response:
+    """``POST /_config/webhooks/{id}``: localstripe's events and the front's (Checkout) go to it."""
+    try:
+        config = await request.json()
+        webhook = Webhook(str(config["url"]), str(config["secret"]), config.get("events"))
+    except (ValueError, KeyError, TypeError):
+        config = {k: str(v) for k, v in (await request.post()).items()}
+        if "url" not in config or "secret" not in config:
+            return stripe_error(400, "invalid_request_error", "a webhook needs url and secret")
+        webhook = Webhook(config["url"], config["secret"], None)
+    response = await forward(request)
+    if response.status < 300:
+        store = request.app[CHECKOUT]
+        store.webhooks[request.match_info["id"]] = webhook
+        store.save()
+    return response
+
+
+async def _customer_exists(request: web.Request, customer_id: str) -> bool:
+    """Ask localstripe, with the caller's key: a Checkout Session names a live customer."""
+    backend = request.app[BACKEND]
+    assert backend.session is not None and backend.url is not None, "the sandbox is not started"
+    headers = {"Authorization": request.headers.get("Authorization", "")}
+    if account := request.headers.get("Stripe-Account"):
+        headers["Stripe-Account"] = account
+    async with backend.session.get(f"{backend.url}/v1/customers/{customer_id}", headers=headers) as response:
+        if response.status != 200:
+            return False
+        return not (await response.json()).get("deleted", False)
+
+
+async def _replay_webhooks(session: aiohttp.ClientSession, url: str, store: CheckoutStore) -> None:
+    """A restarted localstripe forgot its webhooks (they are not in its store): register them again."""
+    for webhook_id, webhook in store.webhooks.items():
+        payload: dict[str, Any] = {"url": webhook.url, "secret": webhook.secret}
+        if webhook.events is not None:
+            payload["events"] = webhook.events
+        async with session.post(f"{url}/_config/webhooks/{webhook_id}", json=payload) as response:
+            response.raise_for_status()
 
 
 async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
     backend, options = app[BACKEND], app[OPTIONS]
     if options.upstream is None:
-        backend.process, backend.url = await spawn_localstripe()
+        dump = options.data_dir / "localstripe.pickle" if options.data_dir else None
+        backend.process, backend.url = await spawn_localstripe(dump)
     else:
         backend.url = options.upstream.rstrip("/")
     backend.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S))
     try:
         if backend.process is not None:
             await _wait_until_serving(backend.session, backend.url, backend.process)
+            await _replay_webhooks(backend.session, backend.url, app[CHECKOUT])
         yield
     finally:
         await backend.session.close()
@@ -450,6 +518,7 @@ def create_app(
     on_concurrent: OnConcurrent = "wait",
     key_ttl_s: float = KEY_TTL_S,
     clock: Clock = time.monotonic,
+    data_dir: Path | str | None = None,
 ) -> web.Application:
     """The sandbox as an aiohttp app.
 
@@ -457,15 +526,23 @@ def create_app(
     the app); a URL fronts a localstripe, or anything else, already running there.
     ``on_concurrent``: ``"wait"`` (a concurrent same-key request waits, then gets the replay) or
     ``"conflict"`` (409 ``idempotency_error``, as real Stripe). ``clock`` is for expiry tests.
+    ``data_dir``: persist localstripe's objects, the Checkout Sessions and the webhook
+    registrations there (a restart finds them again); None keeps everything in memory.
+    Idempotency keys stay in memory: they only matter within a retry schedule.
     """
     if on_concurrent not in ("wait", "conflict"):
         raise ValueError(f"on_concurrent must be 'wait' or 'conflict', not {on_concurrent!r}")
     app = web.Application(middlewares=[request_id_middleware, idempotency_middleware])
-    app[OPTIONS] = SandboxOptions(upstream=upstream, on_concurrent=on_concurrent)
+    directory = Path(data_dir) if data_dir is not None else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    app[OPTIONS] = SandboxOptions(upstream=upstream, on_concurrent=on_concurrent, data_dir=directory)
     app[STORE] = IdempotencyStore(key_ttl_s, clock)
     app[BACKEND] = _Backend()
     app.cleanup_ctx.append(_backend_ctx)
+    Checkout(CheckoutStore(directory / "checkout.json" if directory else None), stripe_error, _customer_exists).routes(app)
     app.router.add_route("DELETE", "/_config/data", flush_data)
+    app.router.add_post("/_config/webhooks/{id}", config_webhook)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
@@ -473,8 +550,10 @@ def create_app(
 # --- the localstripe child ---------------------------------------------------------------------
 
 
-async def spawn_localstripe() -> tuple[asyncio.subprocess.Process, str]:
-    """Start localstripe on a fresh 127.0.0.1 port; returns the process and its URL."""
+async def spawn_localstripe(dump: Path | None = None) -> tuple[asyncio.subprocess.Process, str]:
+    """Start localstripe on a fresh 127.0.0.1 port; returns the process and its URL.
+
+    ``dump``: localstripe loads its store from this file and saves it there after each write."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind((DEFAULT_HOST, 0))
@@ -485,6 +564,7 @@ async def spawn_localstripe() -> tuple[asyncio.subprocess.Process, str]:
             "-c",
             _BACKEND_SCRIPT,
             str(sock.fileno()),
+            str(dump or ""),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             pass_fds=(sock.fileno(),),
@@ -627,9 +707,11 @@ async def serve_until_signalled(host: str, port: int, **app_options: Any) -> Non
         await sandbox.stop()
 
 
-def run(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *, on_concurrent: OnConcurrent = "wait") -> None:
+def run(
+    port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *, on_concurrent: OnConcurrent = "wait", data_dir: str | None = None
+) -> None:
     """``jobctl stripe-sandbox``: serve until SIGINT/SIGTERM."""
-    asyncio.run(serve_until_signalled(host, port, on_concurrent=on_concurrent))
+    asyncio.run(serve_until_signalled(host, port, on_concurrent=on_concurrent, data_dir=data_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -637,9 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--on-concurrent", choices=("wait", "conflict"), default="wait")
+    parser.add_argument("--data-dir", default=None, help="persist the sandbox's objects here (default: in memory)")
     args = parser.parse_args(argv)
     try:
-        run(args.port, args.host, on_concurrent=args.on_concurrent)
+        run(args.port, args.host, on_concurrent=args.on_concurrent, data_dir=args.data_dir)
     except OSError as exc:
         log.error("stripe_sandbox.cannot_listen", host=args.host, port=args.port, error=str(exc))
         return 1

@@ -30,9 +30,10 @@ def churn_case(case_id: int) -> str:
     return f"churn-case/{case_id}"
 
 
-def payment(reference: str) -> str:
-    """A recorded payment: the reference (a PaymentIntent id) makes recording it twice a no-op."""
-    return f"payment/{reference}"
+def payment(retailer_id: int, reference: str) -> str:
+    """A recorded payment: references are unique per retailer, so the same retailer and reference
+    twice records once, and another retailer's same reference is its own payment."""
+    return f"payment/{retailer_id}/{reference}"
 
 
 def insights(insight_date: date) -> str:

@@ -88,6 +88,14 @@ class OrderFailure(BaseModel):
     performed_by: str = "system"
 
 
+class LateOrderFailure(BaseModel):
+    """Start input of `order-failure/{order_id}`: a failure reported after the order's clock ended."""
+
+    order_id: int = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=500)
+    messaging_task_queue: str = "messaging"
+
+
 class OrderFailureResult(BaseModel):
     order_id: int
     retailer_id: int

@@ -37,6 +37,13 @@ class StripeCustomer(BaseModel):
     created: bool = Field(description="False: the id was already stored on the owner's row")
 
 
+class PaymentLinkLine(BaseModel):
+    """One line of the hosted page: what it is for (never a name) and its amount."""
+
+    description: str = Field(min_length=1, max_length=200)
+    amount: Decimal = Field(description="major units, > 0")
+
+
 class PaymentLinkRequest(BaseModel):
     retailer_id: int = Field(ge=1)
     amount: Decimal = Field(description="major units, at most 2 decimals (0 for zero-decimal currencies), > 0")
@@ -45,15 +52,21 @@ class PaymentLinkRequest(BaseModel):
     description: str | None = Field(
         default=None, max_length=500, description="what the payment is for; never a name, e-mail or phone number"
     )
+    lines: list[PaymentLinkLine] = Field(
+        default_factory=list, description="one per debit; empty: one line for `amount`. Lines must add up to `amount`"
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, description="ids only (debit ids, a fingerprint)")
 
 
 class PaymentLink(BaseModel):
     url: str
+    checkout_session_id: str | None = Field(default=None, description="the Stripe Checkout Session behind the link")
     payment_intent_id: str | None = Field(default=None, description="set when the link pays a PaymentIntent")
     invoice_id: str | None = Field(default=None, description="set when the link is a Stripe-hosted invoice")
     amount: Decimal
     currency: str
     stripe_customer_id: str
+    status: str = Field(default="open", description="the Checkout Session's status: open, complete or expired")
 
 
 class ExtendSubscription(BaseModel):

@@ -123,16 +123,19 @@ class CreditAccount(Base):
     available_credit: Mapped[Decimal] = mapped_column(
         doc="credit_limit minus outstanding debits; may go below zero when the limit is lowered"
     )
-    max_order_value: Mapped[Decimal | None]
+    max_order_value: Mapped[Decimal] = mapped_column(server_default="50000")
     max_outstanding_days: Mapped[int] = mapped_column(server_default="30")
+    payment_terms_days: Mapped[int] = mapped_column(server_default="30", doc="a credit order's debit is due this many days after")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
         CheckConstraint("credit_limit >= 0", name="credit_limit_non_negative"),
-        # available = limit - outstanding, and nothing outstanding is negative; below zero is allowed.
+        # available = limit - outstanding (a credit balance is spent on the next debits, not added
+        # here); nothing outstanding is negative, and a lowered limit may take it below zero.
         CheckConstraint("available_credit <= credit_limit", name="available_credit_within_limit"),
-        CheckConstraint("max_order_value IS NULL OR max_order_value > 0", name="max_order_value_positive"),
+        CheckConstraint("max_order_value > 0", name="max_order_value_positive"),
         CheckConstraint("max_outstanding_days >= 0", name="max_outstanding_days_non_negative"),
+        CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days_range"),
     )
 
 
@@ -179,6 +182,34 @@ class CreditTransaction(CreatedAt, Base):
             postgresql_where=text("type = 'DEBIT' AND status <> 'CLEARED'"),
         ),
         Index("ix_credit_transactions_retailer_id_status_due_date", "retailer_id", "status", "due_date"),
+    )
+
+
+class PaymentLink(CreatedAt, Base):
+    """The retailer's current payment link (a Stripe Checkout Session), one per retailer.
+
+    `fingerprint` digests the open debits and amounts the link pays: while it matches, reminders
+    reuse the link; when it changes, the link is expired at Stripe and replaced, and `generation`
+    (part of the Stripe idempotency key) counts the replacements.
+    """
+
+    __tablename__ = "payment_links"
+
+    retailer_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"), primary_key=True
+    )
+    checkout_session_id: Mapped[str] = mapped_column(unique=True)
+    url: Mapped[str]
+    fingerprint: Mapped[str]
+    generation: Mapped[int] = mapped_column(server_default="1")
+    amount: Mapped[Decimal]
+    currency: Mapped[str]
+    debit_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("generation >= 1", name="generation_positive"),
     )
 
 

@@ -1,20 +1,26 @@
 """Starting credit work from outside a workflow: the CLI, the Stripe webhook, the schedules.
 
-A payment is `payment/{reference}`: recording the same reference again attaches to (or reads) the
-run that recorded it, and the database's unique (retailer, CREDIT, reference) key makes a second
-recording a no-op even if two runs raced.
+A payment is `payment/{retailer}/{reference}`: references are unique per retailer (a bank
+reference, a Checkout Session id), so recording the same one again for the same retailer attaches
+to (or reads) the run that recorded it, and another retailer's payment with the same reference is
+its own. The database's unique (retailer, CREDIT, reference) key makes a second recording a no-op
+even if two runs raced.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from activities.credit import orders as credit_orders
+from activities.credit.orders import OrderPlaced
 from activities.payments.activities import from_minor_units
 from schemas import ids
 from schemas.credit import GuardrailsRequest, PaymentResult, RecordPayment, RemindersRequest
@@ -30,19 +36,28 @@ async def start_payment(client: Client, payment: RecordPayment, *, task_queue: s
         return await client.start_workflow(
             RecordPaymentWorkflow.run,
             payment,
-            id=ids.payment(payment.reference),
+            id=ids.payment(payment.retailer_id, payment.reference),
             task_queue=task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
         )
     except WorkflowAlreadyStartedError:  # recorded already: its run holds the answer
-        return client.get_workflow_handle(ids.payment(payment.reference), result_type=PaymentResult)
+        return client.get_workflow_handle(ids.payment(payment.retailer_id, payment.reference), result_type=PaymentResult)
 
 
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
     handle = await start_payment(client, payment, task_queue=task_queue)
     return await handle.result()
+
+
+async def place_order(
+    engine: AsyncEngine, retailer_id: int, order_id: int, amount: Decimal, payment_mode: Literal["CREDIT", "COD"], *, today: date,
+    actor: str = "system",
+) -> OrderPlaced:
+    """Place an order under the seed's rules (`PlacementRefused` says why not); a CREDIT order's
+    debit is written and its credit reserved in one transaction, once per order."""
+    return await credit_orders.place_order(engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor)
 
 
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:
@@ -56,29 +71,45 @@ def guardrails_schedule_input(settings: Settings) -> GuardrailsRequest:
 
 
 def stripe_handlers(client: Client, settings: Settings) -> dict[str, StripeHandler]:
-    """`payment_intent.succeeded` for a retailer's payment link → RecordPaymentWorkflow."""
+    """A retailer's payment link paid → RecordPaymentWorkflow.
 
-    async def payment_succeeded(event: dict[str, Any]) -> None:
-        intent = event.get("data", {}).get("object", {})
-        metadata = intent.get("metadata") or {}
+    `checkout.session.completed` (links are Checkout Sessions; the reference is the session id) and
+    `payment_intent.succeeded` (links made before them were PaymentIntents). A Checkout Session's
+    own PaymentIntent carries no retailer metadata, so one payment is never recorded twice.
+    """
+
+    async def start(kind: str, object_id: str, metadata: dict[str, Any], minor: Any, currency: Any) -> None:
         retailer = str(metadata.get("retailer_id", ""))
-        if not retailer.isdigit():
-            log.info("credit.payment_not_for_a_retailer", payment_intent_id=intent.get("id"))
+        if not retailer.isdigit() or int(retailer) < 1:
+            log.info("credit.payment_not_for_a_retailer", kind=kind, stripe_id=object_id)
             return
-        minor = intent.get("amount_received") or intent.get("amount") or 0
-        amount = from_minor_units(int(minor), str(intent.get("currency", "usd")))
+        amount = from_minor_units(int(minor or 0), str(currency or "usd"))
         if amount <= Decimal("0"):
-            log.warning("credit.payment_without_amount", payment_intent_id=intent.get("id"))
+            log.warning("credit.payment_without_amount", kind=kind, stripe_id=object_id)
             return
         payment = RecordPayment(
             retailer_id=int(retailer),
             amount=amount,
-            reference=str(intent["id"]),
+            reference=object_id,
             actor="stripe",
             business_timezone=settings.business_timezone,
             messaging_task_queue=settings.messaging_task_queue,
         )
         handle = await start_payment(client, payment, task_queue=settings.task_queue)
-        log.info("credit.payment_started", workflow_id=handle.id, retailer_id=payment.retailer_id)
+        log.info("credit.payment_started", workflow_id=handle.id, retailer_id=payment.retailer_id, kind=kind)
 
-    return {"payment_intent.succeeded": payment_succeeded}
+    async def payment_succeeded(event: dict[str, Any]) -> None:
+        intent = event.get("data", {}).get("object", {})
+        minor = intent.get("amount_received") or intent.get("amount")
+        await start("payment_intent", str(intent.get("id")), intent.get("metadata") or {}, minor, intent.get("currency"))
+
+    async def checkout_completed(event: dict[str, Any]) -> None:
+        session = event.get("data", {}).get("object", {})
+        if session.get("mode") != "payment" or session.get("payment_status") != "paid":
+            log.info("credit.checkout_not_paid", checkout_session_id=session.get("id"), payment_status=session.get("payment_status"))
+            return
+        await start(
+            "checkout_session", str(session.get("id")), session.get("metadata") or {}, session.get("amount_total"), session.get("currency")
+        )
+
+    return {"payment_intent.succeeded": payment_succeeded, "checkout.session.completed": checkout_completed}

@@ -27,8 +27,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from schemas import ids
 from schemas.errors import Refused
 from schemas import search_attributes
-from schemas.orders import OrderCompleted, OrderFailed, PendingOrderInput, PendingOrderResult, PendingOrderStatus
-from workflows.orders import PendingOrderWorkflow
+from schemas.orders import (
+    LateOrderFailure,
+    OrderCompleted,
+    OrderFailed,
+    OrderFailureResult,
+    PendingOrderInput,
+    PendingOrderResult,
+    PendingOrderStatus,
+)
+from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
 
 class OrderRefused(Refused):
@@ -82,9 +90,35 @@ async def complete_order(client: Client, order_id: int, *, actor_id: str | None 
     await _signal(client, order_id, "completed", OrderCompleted(actor_id=actor_id))
 
 
-async def fail_order(client: Client, order_id: int, reason: str) -> None:
-    """Signal `failed`: the order is failed, its credit debit reversed, and the retailer told."""
-    await _signal(client, order_id, "failed", OrderFailed(reason=reason))  # ValidationError on an empty reason
+async def fail_order(
+    client: Client, order_id: int, reason: str, *, task_queue: str = "jobs", messaging_task_queue: str = "messaging"
+) -> OrderFailureResult | None:
+    """The order is failed, its credit debit reversed, and the retailer told.
+
+    While its clock runs: the `failed` signal (returns None; the clock does it). Once the clock
+    has ended (a delivery that failed after checkout completed): `order-failure/{order_id}` does
+    it and its result is returned; a second report reverses nothing twice and messages once."""
+    failed = OrderFailed(reason=reason)  # ValidationError on an empty reason
+    try:
+        await _signal(client, order_id, "failed", failed)
+    except OrderNotPending:
+        pass
+    else:
+        return None
+    late = LateOrderFailure(order_id=order_id, reason=failed.reason, messaging_task_queue=messaging_task_queue)
+    try:
+        handle = await client.start_workflow(
+            OrderFailureWorkflow.run,
+            late,
+            id=f"order-failure/{order_id}",
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=f"Order {order_id} failed after its clock ended",
+        )
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(f"order-failure/{order_id}")
+    return await client.get_workflow_handle(handle.id, result_type=OrderFailureResult).result()
 
 
 async def order_status(client: Client, order_id: int) -> PendingOrderStatus:

@@ -7,7 +7,7 @@ reminded once the message went out. A page costs three activities however many r
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
 system made whose conditions cleared; each retailer is told.
 
-`payment/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
+`payment/{retailer}/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
 guardrails at once, so paying lifts a system pause within seconds.
 """
 

@@ -28,9 +28,11 @@ with workflow.unsafe.imports_passed_through():
     from schemas.orders import (
         REFUSALS,
         FollowUpSent,
+        LateOrderFailure,
         OrderCompleted,
         OrderFailed,
         OrderFailure,
+        OrderFailureResult,
         OrderState,
         OrderSweepPage,
         OrderSweepProgress,
@@ -348,3 +350,33 @@ class OrderExpirySweepWorkflow:
     @workflow.query
     def status(self) -> OrderSweepProgress | None:
         return self._progress
+
+
+@workflow.defn
+class OrderFailureWorkflow:
+    """`order-failure/{order_id}`: a failure reported once the order's clock has ended (a delivery
+    that failed after checkout completed). Reverses the order's debit once (the activity is
+    idempotent) and tells the retailer under the same key the clock would have used."""
+
+    @workflow.run
+    async def run(self, failure: LateOrderFailure) -> OrderFailureResult:
+        result = await workflow.execute_activity_method(
+            OrderActivities.handle_order_failure,
+            OrderFailure(order_id=failure.order_id, reason=failure.reason),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary=f"fail order {failure.order_id} and reverse its credit",
+        )
+        if result.changed:
+            message = SendMessage(
+                idempotency_key=f"order-failed:{failure.order_id}",
+                recipient_type="retailer",
+                recipient_id=str(result.retailer_id),
+                template="order_failed",
+                params={"order_id": failure.order_id},
+            )
+            try:
+                await send_message(message, task_queue=failure.messaging_task_queue)
+            except ActivityError as error:
+                workflow.logger.warning("order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error))
+        return result

@@ -1,12 +1,16 @@
-"""What an admin does and sees: pause, unpause, block (audited), the risk view, a retailer's profile.
+"""What an admin does and sees: pause, unpause, block, limits, adjustments (all audited), the risk
+view, a retailer's profile.
 
 A pause or block made here names the admin in `paused_by`, so the guardrails never lift it; an
-admin's unpause lifts any pause. Each change and its audit row commit together.
+admin's unpause lifts any pause, and an admin's pause of a system-paused retailer makes the pause
+theirs. Adjustments are ledger rows: one in the retailer's favour (a return, a write-off, a
+dispute settled for them) is a CREDIT allocated like a payment, the rest staying as credit
+balance; a charge is a DEBIT due today, which any credit balance clears. Each change and its audit
+row commit together; an adjustment's reference makes a repeat a no-op.
 """
 
 from __future__ import annotations
 
-from schemas.errors import Refused
 import json
 from dataclasses import dataclass, field
 from datetime import date
@@ -15,6 +19,16 @@ from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.credit.payments import (
+    REFRESH_AVAILABLE,
+    UnknownRetailer,
+    apply_credit_balance,
+    credit_balance,
+    record_credit,
+)
+from schemas.credit import RecordPayment
+from schemas.errors import Refused
 
 AdminAction = Literal["pause", "unpause", "block"]
 TARGET = {"pause": "PAUSED", "unpause": "ACTIVE", "block": "BLOCKED"}
@@ -38,13 +52,16 @@ async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminActi
     target = TARGET[action]
     async with engine.begin() as conn:
         row = (
-            await conn.execute(text("SELECT credit_status FROM retailers WHERE id = :r FOR UPDATE"), {"r": retailer_id})
+            await conn.execute(
+                text("SELECT credit_status, paused_by FROM retailers WHERE id = :r FOR UPDATE"), {"r": retailer_id}
+            )
         ).first()
         if row is None:
             raise CreditRefused(f"no retailer {retailer_id}")
         old = row.credit_status
-        if old == target:
-            raise CreditRefused(f"retailer {retailer_id} is already {old}")
+        system_pause_taken_over = action == "pause" and old == "PAUSED" and row.paused_by == "system"
+        if old == target and not system_pause_taken_over:
+            raise CreditRefused(f"retailer {retailer_id} is already {old}" + (f" (by {row.paused_by})" if row.paused_by else ""))
         if action == "pause" and old == "BLOCKED":
             raise CreditRefused(f"retailer {retailer_id} is BLOCKED: unpause it first to change a block into a pause")
         await conn.execute(
@@ -65,13 +82,123 @@ async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminActi
             {
                 "r": retailer_id,
                 "action": f"credit_{action}d" if action != "block" else "credit_blocked",
-                "old": json.dumps({"credit_status": old}),
-                "new": json.dumps({"credit_status": target}),
+                "old": json.dumps({"credit_status": old, "paused_by": row.paused_by}),
+                "new": json.dumps({"credit_status": target, "paused_by": None if target == "ACTIVE" else actor}),
                 "actor": actor,
                 "reason": reason,
             },
         )
     return AdminChange(retailer_id, old, target, audit_id)
+
+
+@dataclass
+class LimitsChange:
+    retailer_id: int
+    old: dict[str, Any]
+    new: dict[str, Any]
+    audit_id: int
+
+
+LIMIT_COLUMNS = ("credit_limit", "max_order_value", "max_outstanding_days")
+
+
+async def set_limits(
+    engine: AsyncEngine, retailer_id: int, limits: dict[str, Any], *, actor: str, reason: str | None = None
+) -> LimitsChange:
+    """Change any of credit_limit, max_order_value, max_outstanding_days; available credit follows."""
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if not limits or set(limits) - set(LIMIT_COLUMNS):
+        raise CreditRefused(f"give at least one of {', '.join(LIMIT_COLUMNS)}")
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT credit_limit, max_order_value, max_outstanding_days FROM credit_accounts"
+                    " WHERE retailer_id = :r FOR UPDATE"
+                ),
+                {"r": retailer_id},
+            )
+        ).first()
+        if row is None:
+            raise CreditRefused(f"no retailer {retailer_id} with a credit account")
+        old = {k: getattr(row, k) for k in limits}
+        sets = ", ".join(f"{k} = :{k}" for k in limits)
+        await conn.execute(text(f"UPDATE credit_accounts SET {sets}, updated_at = now() WHERE retailer_id = :r"), {"r": retailer_id, **limits})  # noqa: S608 - column names from LIMIT_COLUMNS
+        await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
+        audit_id = await conn.scalar(
+            text(
+                "INSERT INTO audit_log (retailer_id, action, old_value, new_value, performed_by, reason)"
+                " VALUES (:r, 'credit_limits_changed', CAST(:old AS jsonb), CAST(:new AS jsonb), :actor, :reason) RETURNING id"
+            ),
+            {"r": retailer_id, "old": json.dumps(old, default=str), "new": json.dumps(limits, default=str), "actor": actor, "reason": reason},
+        )
+    return LimitsChange(retailer_id, old, limits, audit_id)
+
+
+@dataclass
+class Adjustment:
+    retailer_id: int
+    reference: str
+    amount: Decimal
+    transaction_id: int
+    duplicate: bool
+    cleared: list[dict[str, Any]] = field(default_factory=list)
+    credit_balance_added: Decimal = Decimal("0")
+
+
+async def adjust(
+    engine: AsyncEngine, retailer_id: int, amount: Decimal, *, reason: str, actor: str, reference: str, today: date
+) -> Adjustment:
+    """+amount: in the retailer's favour (a CREDIT); -amount: a charge (a DEBIT due today)."""
+    if amount == 0:
+        raise CreditRefused("an adjustment needs a non-zero amount")
+    if not reason.strip():
+        raise CreditRefused("an adjustment needs a reason")
+    ref = f"adjust:{reference}"
+    async with engine.begin() as conn:
+        if amount > 0:
+            try:
+                recorded = await record_credit(
+                    conn,
+                    RecordPayment(retailer_id=retailer_id, amount=amount, reference=ref, actor=actor),
+                    notes=f"adjustment: {reason}",
+                    action="credit_adjustment",
+                    reason=reason,
+                )
+            except UnknownRetailer:
+                raise CreditRefused(f"no retailer {retailer_id}") from None
+            return Adjustment(
+                retailer_id, ref, recorded.amount, recorded.credit_transaction_id, recorded.duplicate,
+                [a.model_dump() for a in recorded.allocations], recorded.unallocated,
+            )
+        if await conn.scalar(text("SELECT id FROM retailers WHERE id = :r FOR UPDATE"), {"r": retailer_id}) is None:
+            raise CreditRefused(f"no retailer {retailer_id}")
+        debit_id = await conn.scalar(
+            text(
+                "INSERT INTO credit_transactions (retailer_id, type, amount, due_date, reference, notes)"
+                " VALUES (:r, 'DEBIT', :amount, :due, :ref, :notes)"
+                " ON CONFLICT (retailer_id, type, reference) DO NOTHING RETURNING id"
+            ),
+            {"r": retailer_id, "amount": -amount, "due": today, "ref": ref, "notes": f"adjustment: {reason}"},
+        )
+        if debit_id is None:
+            existing = (
+                await conn.execute(
+                    text("SELECT id, amount FROM credit_transactions WHERE retailer_id = :r AND type = 'DEBIT' AND reference = :ref"),
+                    {"r": retailer_id, "ref": ref},
+                )
+            ).one()
+            return Adjustment(retailer_id, ref, -existing.amount, existing.id, True)
+        await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
+        await conn.execute(
+            text(
+                "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
+                " VALUES (:r, 'debit_adjustment', :ref, NULL, CAST(:new AS jsonb), :actor, :reason)"
+            ),
+            {"r": retailer_id, "ref": ref, "new": json.dumps({"debit_id": debit_id, "amount": str(-amount)}), "actor": actor, "reason": reason},
+        )
+        cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=ref)
+    return Adjustment(retailer_id, ref, amount, debit_id, False, [a.model_dump() for a in cleared])
 
 
 async def retailer_exists(engine: AsyncEngine, retailer_id: int) -> bool:
@@ -178,8 +305,18 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
                 {"r": retailer_id},
             )
         ).all()
+        balance = await credit_balance(conn, retailer_id)
+        link = (
+            await conn.execute(
+                text("SELECT url, amount, checkout_session_id, updated_at FROM payment_links WHERE retailer_id = :r"),
+                {"r": retailer_id},
+            )
+        ).first()
     return {
         "retailer_id": row.id,
+        "credit_balance": balance,
+        "payment_link": {"url": link.url, "amount": link.amount, "checkout_session_id": link.checkout_session_id,
+                         "sent_at": link.updated_at} if link else None,
         "credit_status": row.credit_status,
         "paused_at": row.credit_paused_at,
         "pause_reason": row.credit_pause_reason,

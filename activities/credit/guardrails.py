@@ -71,6 +71,7 @@ CHANGES_OF = text(
 SELECT id, retailer_id, action, reason, CAST(new_value ->> 'outstanding' AS numeric) AS outstanding
 FROM audit_log
 WHERE reference = :reference AND action IN ('credit_paused', 'credit_resumed') AND performed_by = 'system'
+  AND (CAST(:ids AS bigint[]) IS NULL OR retailer_id = ANY(CAST(:ids AS bigint[])))
 ORDER BY id
 """
 )
@@ -93,7 +94,7 @@ class GuardrailActivities:
         reference = run_reference(check)
         async with self.engine.begin() as conn:
             await apply_guardrails(conn, check.check_date, reference, check.retailer_ids)
-            rows = (await conn.execute(CHANGES_OF, {"reference": reference})).all()
+            rows = (await conn.execute(CHANGES_OF, {"reference": reference, "ids": check.retailer_ids})).all()
         return [
             GuardrailChange(
                 retailer_id=row.retailer_id,

@@ -1,16 +1,25 @@
 """Payment reminders: which retailers are due one today, their payment links, and the bookkeeping.
 
 A page is one set-based query (debits due today, grouped per retailer, with the reasons to skip a
-retailer), then one Stripe payment link per retailer for the total due, made concurrently under
-the idempotency key `paylink:{retailer}:{date}`. After the sends, one transaction marks every
-sent retailer's debits reminded; it only touches debits not yet reminded that day, so a retry or a
-re-run of the day counts nothing twice.
+retailer), then one payment link per retailer for the total due, made concurrently. After the
+sends, one transaction marks every sent retailer's debits reminded; it only touches debits not yet
+reminded that day, so a retry or a re-run of the day counts nothing twice.
+
+Links (`payment_links`, one row per retailer): a link is a Stripe Checkout Session with one line per
+debit. Its fingerprint digests the debits and the amounts it pays; while today's match and the
+session is still open at Stripe, the same link is sent again. Otherwise the old session is expired
+at Stripe first (it can no longer be paid), then a new one is created under
+`paylink:{retailer}:{generation}:{fingerprint}` and stored: a retry before the row was written
+gets the same session back, so no second payable link ever exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from dataclasses import dataclass
 from datetime import date, datetime, time
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -29,7 +38,7 @@ from schemas.credit import (
     reminder_key,
 )
 from schemas.messaging import SendMessage
-from schemas.payments import PaymentLinkRequest
+from schemas.payments import PaymentLinkLine, PaymentLinkRequest
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +46,7 @@ MAX_REMINDERS = len(REMINDER_OFFSETS_DAYS)
 LINK_CONCURRENCY = 50
 
 _DUE_DEBITS = """
-    SELECT d.retailer_id, d.id, d.amount - d.cleared_amount AS outstanding
+    SELECT d.retailer_id, d.id, d.due_date, d.amount - d.cleared_amount AS outstanding
     FROM credit_transactions d
     WHERE d.type = 'DEBIT' AND d.status <> 'CLEARED'
       AND d.reminder_count < :max_reminders
@@ -57,6 +66,8 @@ SELECT r.id AS retailer_id,
                            AND o.channel = r.preferred_channel) THEN 'opted_out'
        END AS skip_reason,
        array_agg(due.id ORDER BY due.id) AS debit_ids,
+       array_agg(due.outstanding ORDER BY due.id) AS outstanding,
+       array_agg(due.due_date ORDER BY due.id) AS due_dates,
        sum(due.outstanding) AS amount_due
 FROM page JOIN retailers r ON r.id = page.retailer_id JOIN due ON due.retailer_id = r.id
 GROUP BY r.id
@@ -82,8 +93,35 @@ def day_start(day: date, timezone: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone))
 
 
-def paylink_key(retailer_id: int, day: date) -> str:
-    return f"paylink:{retailer_id}:{day.isoformat()}"
+def paylink_key(retailer_id: int, generation: int, fingerprint: str) -> str:
+    return f"paylink:{retailer_id}:{generation}:{fingerprint}"
+
+
+@dataclass(frozen=True)
+class LinkDebit:
+    debit_id: int
+    outstanding: Decimal
+    due_date: date
+
+
+def link_fingerprint(debits: list[LinkDebit], currency: str) -> str:
+    """The same debits with the same amounts left to pay → the same link."""
+    canonical = currency + "|" + ",".join(f"{d.debit_id}:{d.outstanding:.2f}" for d in sorted(debits, key=lambda d: d.debit_id))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+STORED_LINK = text("SELECT checkout_session_id, url, fingerprint, generation FROM payment_links WHERE retailer_id = :r")
+
+STORE_LINK = text(
+    """
+INSERT INTO payment_links (retailer_id, checkout_session_id, url, fingerprint, generation, amount, currency, debit_ids)
+VALUES (:r, :session, :url, :fingerprint, :generation, :amount, :currency, CAST(:debit_ids AS bigint[]))
+ON CONFLICT (retailer_id) DO UPDATE
+SET checkout_session_id = excluded.checkout_session_id, url = excluded.url, fingerprint = excluded.fingerprint,
+    generation = excluded.generation, amount = excluded.amount, currency = excluded.currency,
+    debit_ids = excluded.debit_ids, updated_at = now()
+"""
+)
 
 
 class ReminderActivities:
@@ -100,12 +138,14 @@ class ReminderActivities:
             })).all()
         skipped: dict[str, int] = {}
         due = []
+        lines: dict[int, list[LinkDebit]] = {}
         for row in rows:
             if row.skip_reason:
                 skipped[row.skip_reason] = skipped.get(row.skip_reason, 0) + 1
             else:
                 due.append(DueRetailer(retailer_id=row.retailer_id, debit_ids=list(row.debit_ids), amount_due=row.amount_due))
-        links, link_failures = await self._payment_links(due, request)
+                lines[row.retailer_id] = [LinkDebit(*debit) for debit in zip(row.debit_ids, row.outstanding, row.due_dates, strict=True)]
+        links, link_failures = await self._payment_links(due, lines, request)
         messages = [
             SendMessage(
                 idempotency_key=reminder_key(r.retailer_id, request.reminder_date),
@@ -126,7 +166,9 @@ class ReminderActivities:
             link_failures=link_failures,
         )
 
-    async def _payment_links(self, due: list[DueRetailer], request: ReminderPageRequest) -> tuple[dict[int, str], dict[str, int]]:
+    async def _payment_links(
+        self, due: list[DueRetailer], lines: dict[int, list[LinkDebit]], request: ReminderPageRequest
+    ) -> tuple[dict[int, str], dict[str, int]]:
         """retailer → link URL. A retailer whose link cannot be made permanently is reported, not retried forever."""
         if self._payments is None:
             raise ApplicationError("STRIPE_SECRET_KEY is not set: reminders need payment links", type="StripeNotConfigured", non_retryable=True)
@@ -136,25 +178,72 @@ class ReminderActivities:
         async def one(retailer: DueRetailer) -> tuple[int, str | None]:
             async with slots:
                 try:
-                    link = await self._payments.create_payment_link(
-                        PaymentLinkRequest(
-                            retailer_id=retailer.retailer_id,
-                            amount=retailer.amount_due,
-                            currency=request.currency,
-                            idempotency_key=paylink_key(retailer.retailer_id, request.reminder_date),
-                            description=f"{len(retailer.debit_ids)} overdue invoice(s)",
-                        )
-                    )
+                    url = await self._link_for(retailer.retailer_id, lines[retailer.retailer_id], request.currency)
                 except ApplicationError as error:
                     if not error.non_retryable:
                         raise
                     failures[error.type or "PaymentLinkFailed"] = failures.get(error.type or "PaymentLinkFailed", 0) + 1
                     log.warning("reminder.payment_link_failed", retailer_id=retailer.retailer_id, error_type=error.type)
                     return retailer.retailer_id, None
-                return retailer.retailer_id, link.url
+                return retailer.retailer_id, url
 
         results = await asyncio.gather(*(one(r) for r in due))
         return {rid: url for rid, url in results if url}, failures
+
+    async def _link_for(self, retailer_id: int, debits: list[LinkDebit], currency: str) -> str:
+        """The retailer's open link for exactly these debits: the stored one, or a new one."""
+        assert self._payments is not None
+        fingerprint = link_fingerprint(debits, currency)
+        async with self._engine.connect() as conn:
+            stored = (await conn.execute(STORED_LINK, {"r": retailer_id})).first()
+        generation = 1
+        if stored is not None:
+            generation = stored.generation + 1
+            if stored.fingerprint == fingerprint and await self._still_open(stored.checkout_session_id, retailer_id):
+                return stored.url
+            if stored.fingerprint != fingerprint:
+                await self._expire(stored.checkout_session_id, retailer_id)
+        amount = sum((d.outstanding for d in debits), Decimal("0"))
+        ids = ",".join(str(d.debit_id) for d in debits)
+        link = await self._payments.create_payment_link(
+            PaymentLinkRequest(
+                retailer_id=retailer_id,
+                amount=amount,
+                currency=currency,
+                idempotency_key=paylink_key(retailer_id, generation, fingerprint),
+                description=f"{len(debits)} invoice(s)",
+                lines=[PaymentLinkLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in debits],
+                metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
+            )
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                STORE_LINK,
+                {
+                    "r": retailer_id, "session": link.checkout_session_id, "url": link.url, "fingerprint": fingerprint,
+                    "generation": generation, "amount": amount, "currency": currency, "debit_ids": [d.debit_id for d in debits],
+                },
+            )
+        return link.url
+
+    async def _still_open(self, session_id: str, retailer_id: int) -> bool:
+        assert self._payments is not None
+        try:
+            return (await self._payments.payment_link(session_id, retailer_id)).status == "open"
+        except ApplicationError as error:
+            if error.type != "StripeInvalidRequest":  # 404: Stripe no longer has it; make a new one
+                raise
+            log.warning("reminder.payment_link_missing", retailer_id=retailer_id, checkout_session_id=session_id)
+            return False
+
+    async def _expire(self, session_id: str, retailer_id: int) -> None:
+        assert self._payments is not None
+        try:
+            await self._payments.expire_payment_link(session_id, retailer_id)
+        except ApplicationError as error:
+            if error.type != "StripeInvalidRequest":
+                raise
+            log.warning("reminder.payment_link_missing", retailer_id=retailer_id, checkout_session_id=session_id)
 
     @activity.defn(name="credit_mark_reminders_sent")
     async def mark_reminders_sent(self, request: RemindersSent) -> int:

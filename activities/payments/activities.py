@@ -6,23 +6,25 @@ retried call are the same as the first attempt's, so Stripe (and the dev/test sa
 ``devtools/stripe_sandbox.py``) replays the first answer instead of creating a second object:
 
 - ``customer:{owner_type}:{owner_id}``                  customer creation (metadata {owner_type, owner_id})
-- ``payment-link:{request key}``                       the PaymentIntent behind a payment link
+- ``customer:{owner_type}:{owner_id}:replaces:{stale id}``  re-creating a customer Stripe lost
+- ``payment-link:{request key}``                       the Checkout Session behind a payment link
+- ``payment-link-expire:{session id}``                 expiring a link that was replaced
 - ``subscription-extend:{membership_id}:{request key}``  a trial extension
 - ``subscription-cancel:{membership_id}:{request key}``  a cancellation (now, or at period end)
 
 Stripe keeps keys for 24 h, far longer than any retry schedule we use. The Stripe customer id is
 stored on the owner's row once created, so later calls never create again.
 
-Payment links. localstripe 1.15 (our dev/test Stripe) has no Checkout Session or Payment Link, and
-it can only create an invoice for a customer with a subscription (``POST /v1/invoices`` for a
-customer with just a pending invoice item answers 404 "No upcoming invoices for customer"), and it
-has no finalize, so no ``hosted_invoice_url`` either. The one flow both real Stripe and localstripe
-support is a PaymentIntent, so that is the single code path: the link is
-``{pay_page_base_url}/{payment_intent_id}``, a page of ours that looks the intent up server-side
-and confirms it with Stripe.js (the client secret never travels in the URL or the history).
-``PaymentLink.invoice_id`` is kept in the payload for a future hosted-invoice flow. The intent
-carries metadata {retailer_id, payment_link_key, description?}; localstripe refuses a
-PaymentIntent ``description``, so the description goes into metadata.
+Payment links. A link is a Stripe Checkout Session in payment mode: one line item per debit, the
+retailer and debit ids in metadata, ``url`` the Stripe-hosted page, ``checkout.session.completed``
+the signed event once paid. Real Stripe and the dev sandbox both do it (localstripe 1.15 has no
+Checkout, so the sandbox front implements the subset, ``devtools/stripe_checkout.py``, pay page
+included); no page of ours is needed, so no setting can make links fail. A session lives at most 24
+hours at Stripe (its default expiry, left as is so a retry sends the same parameters); who reuses,
+replaces and expires links is the reminders' business (``activities/credit/reminders.py``).
+A stored customer Stripe no longer knows (404 ``resource_missing``, e.g. a dev sandbox that lost
+its data, or a customer deleted in the dashboard) is created again once, under a key naming the
+stale id, and the new id replaces the old on the owner's row.
 
 Trial extension ("coupon or trial extension"): ``trial_end`` moves by N days from the current trial
 end, or from the end of the paid period when the subscription is not in a trial (the member keeps
@@ -70,6 +72,7 @@ from schemas.payments import (
     PaymentIntentState,
     PaymentIntentStatus,
     PaymentLink,
+    PaymentLinkLine,
     PaymentLinkRequest,
     StripeCustomer,
     SubscriptionCancellation,
@@ -214,8 +217,8 @@ def _period_end(subscription: Any) -> int | None:
 class PaymentActivities:
     """Stripe through one ``stripe.StripeClient`` (``activities.payments.client.stripe_client``).
 
-    ``pay_page_base_url``: where payment links point (``{base}/{payment_intent_id}``); required
-    by ``create_payment_link`` (setting ``PAY_PAGE_BASE_URL``).
+    ``pay_page_base_url`` (setting ``PAY_PAGE_BASE_URL``, optional): where Stripe sends the payer
+    after paying a link (``success_url``); without it Stripe's page ends the flow.
     """
 
     def __init__(
@@ -223,7 +226,7 @@ class PaymentActivities:
     ) -> None:
         self._engine = engine
         self._stripe = stripe_client
-        self._pay_page_base_url = pay_page_base_url.rstrip("/") if pay_page_base_url else None
+        self._success_url = pay_page_base_url.rstrip("/") if pay_page_base_url else None
 
     # -- customers ------------------------------------------------------------------------------
 
@@ -293,35 +296,114 @@ class PaymentActivities:
 
     # -- payment links --------------------------------------------------------------------------
 
+    async def _replace_customer(self, owner_type: OwnerType, owner_id: int, stale: str) -> str:
+        """Stripe answered 404 for the stored customer: create it again, once, and store the new id.
+
+        The key names the stale id, so every retry (and a concurrent attempt) gets the one new
+        customer; the row changes only while it still holds the stale id."""
+        key = f"customer:{owner_type}:{owner_id}:replaces:{stale}"
+        _, account = await self._owner(owner_type, owner_id)
+        async with stripe_errors("ensure_customer", owner_type=owner_type, owner_id=owner_id):
+            customer = await self._stripe.v1.customers.create_async(
+                {"metadata": {"owner_type": owner_type, "owner_id": str(owner_id)}}, _options(key, account)
+            )
+        table = _OWNER_TABLES[owner_type]
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(table).where(table.id == owner_id, table.stripe_customer_id == stale).values(stripe_customer_id=customer.id)
+            )
+            kept = await conn.scalar(select(table.stripe_customer_id).where(table.id == owner_id))
+        log.warning(
+            "stripe.customer_recreated",
+            owner_type=owner_type,
+            owner_id=owner_id,
+            stale_customer_id=stale,
+            stripe_customer_id=kept,
+            replayed=_replayed(customer),
+        )
+        return str(kept)
+
+    # -- payment links --------------------------------------------------------------------------
+
     @activity.defn(name="create_payment_link")
     async def create_payment_link(self, request: PaymentLinkRequest) -> PaymentLink:
+        """A Checkout Session (payment mode) for the retailer: one line item per request line."""
         minor = to_minor_units(request.amount, request.currency)
-        if self._pay_page_base_url is None:
-            raise permanent("PayPageNotConfigured", "PAY_PAGE_BASE_URL is not set: payment links cannot be built")
+        lines = request.lines or [PaymentLinkLine(description=request.description or "Payment", amount=request.amount)]
+        line_items = [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": request.currency,
+                    "unit_amount": to_minor_units(line.amount, request.currency),
+                    "product_data": {"name": line.description},
+                },
+            }
+            for line in lines
+        ]
+        if sum(item["price_data"]["unit_amount"] for item in line_items) != minor:
+            raise permanent("InvalidAmount", f"the lines do not add up to {request.amount} {request.currency}")
         customer_id, _, account = await self._ensure_customer("retailer", request.retailer_id)
-        metadata = {"retailer_id": str(request.retailer_id), "payment_link_key": request.idempotency_key}
+        metadata = {
+            **request.metadata,
+            "retailer_id": str(request.retailer_id),
+            "payment_link_key": request.idempotency_key,
+        }
         if request.description:
             metadata["description"] = request.description
-        params = {"amount": minor, "currency": request.currency, "customer": customer_id, "metadata": metadata}
         key = f"payment-link:{request.idempotency_key}"
+
+        # No expires_at: Stripe's default (24 h after creation) keeps a retry's parameters the same.
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "customer": customer_id,
+            "line_items": line_items,
+            "metadata": metadata,
+            "client_reference_id": f"retailer-{request.retailer_id}",
+        }
+        if self._success_url:
+            params["success_url"] = self._success_url
         async with stripe_errors("create_payment_link", retailer_id=request.retailer_id, idempotency_key=key):
-            intent = await self._stripe.v1.payment_intents.create_async(params, _options(key, account))
+            try:
+                session = await self._stripe.v1.checkout.sessions.create_async(params, _options(key, account))
+            except stripe.InvalidRequestError as exc:
+                if exc.code != "resource_missing" or getattr(exc, "param", None) != "customer":
+                    raise
+                customer_id = await self._replace_customer("retailer", request.retailer_id, customer_id)
+                session = await self._stripe.v1.checkout.sessions.create_async(
+                    {**params, "customer": customer_id}, _options(key, account)
+                )
         log.info(
             "stripe.payment_link_created",
             retailer_id=request.retailer_id,
-            payment_intent_id=intent.id,
+            checkout_session_id=session.id,
             amount_minor=minor,
             currency=request.currency,
             idempotency_key=key,
-            replayed=_replayed(intent),
+            replayed=_replayed(session),
         )
-        return PaymentLink(
-            url=f"{self._pay_page_base_url}/{intent.id}",
-            payment_intent_id=intent.id,
-            amount=request.amount,
-            currency=request.currency,
-            stripe_customer_id=customer_id,
-        )
+        return _link(session, customer_id)
+
+    async def payment_link(self, session_id: str, retailer_id: int) -> PaymentLink:
+        """The link's Checkout Session as Stripe has it now (open, complete or expired)."""
+        _, account = await self._owner("retailer", retailer_id)
+        async with stripe_errors("payment_link_status", checkout_session_id=session_id):
+            session = await self._stripe.v1.checkout.sessions.retrieve_async(session_id, options=_options(None, account))
+        return _link(session, str(_field(session, "customer") or ""))
+
+    async def expire_payment_link(self, session_id: str, retailer_id: int) -> PaymentLink:
+        """Expire an open link (it can no longer be paid); a link already complete or expired is left."""
+        _, account = await self._owner("retailer", retailer_id)
+        key = f"payment-link-expire:{session_id}"
+        async with stripe_errors("expire_payment_link", checkout_session_id=session_id, idempotency_key=key):
+            try:
+                session = await self._stripe.v1.checkout.sessions.expire_async(session_id, options=_options(key, account))
+            except stripe.InvalidRequestError:
+                session = await self._stripe.v1.checkout.sessions.retrieve_async(session_id, options=_options(None, account))
+                if session.status == "open":
+                    raise
+        log.info("stripe.payment_link_expired", retailer_id=retailer_id, checkout_session_id=session_id, status=session.status)
+        return _link(session, str(_field(session, "customer") or ""))
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -485,6 +567,19 @@ class PaymentActivities:
             refunded=refunded_minor > 0,
             fully_refunded=refunded_minor > 0 and refunded_minor >= intent.amount,
         )
+
+
+def _link(session: Any, customer_id: str) -> PaymentLink:
+    currency = str(_field(session, "currency") or "usd")
+    return PaymentLink(
+        url=str(session.url or ""),
+        checkout_session_id=session.id,
+        payment_intent_id=_field(session, "payment_intent"),
+        amount=from_minor_units(int(_field(session, "amount_total") or 0), currency),
+        currency=currency,
+        stripe_customer_id=customer_id,
+        status=str(_field(session, "status") or "open"),
+    )
 
 
 def _options(idempotency_key: str | None, account: str | None) -> dict[str, Any]:

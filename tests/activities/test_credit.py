@@ -38,7 +38,6 @@ from workers import families
 from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
-PAY_PAGE = "https://pay.example.test/p"
 CADENCE = (-3, 0, 1, 3, 7, 14, 21, 30)
 FAR = date.today() + timedelta(days=400)  # business dates in the future: "today" already passed for none
 
@@ -48,7 +47,7 @@ async def credit_workers(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[str]:
     """The jobs worker (credit workflows and activities) and a messaging worker; yields the messaging queue."""
-    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api, PAY_PAGE))
+    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api))
     guardrails = GuardrailActivities(engine)
     payments = PaymentRecordingActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=500)
@@ -223,10 +222,12 @@ async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_
 
     (message,) = await sent_to(emulator, phone)
     assert "3 invoice(s) totalling 175.50" in message["body"]
-    assert message["body"].count(PAY_PAGE) == 1
-    intent_id = message["body"].rsplit("/", 1)[1]
-    intent = await stripe_api.v1.payment_intents.retrieve_async(intent_id)
-    assert intent.amount == 17550 and intent.metadata["retailer_id"] == str(shop)
+    assert message["body"].count("/pay/cs_") == 1
+    session_id = message["body"].rsplit("/", 1)[1].split()[0]
+    session = await stripe_api.v1.checkout.sessions.retrieve_async(session_id)
+    assert (session.amount_total, session.status, session.metadata["retailer_id"]) == (17550, "open", str(shop))
+    items = await stripe_api.v1.checkout.sessions.line_items.list_async(session_id)
+    assert sorted(i.amount_total for i in items.data) == [2500, 5050, 10000]  # one line per debit
     assert (first.due, first.sent, first.skipped) == (4, 1, {"blocked": 1, "no_phone": 1, "opted_out": 1})
     # The re-run: the reminded retailer is done for the day; the skipped ones are skipped again.
     assert (again.due, again.sent, again.duplicates, sum(again.skipped.values())) == (3, 0, 0, 3)
@@ -277,7 +278,7 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
             payload, headers = stripe_signed(event)
             assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
             assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200  # Stripe retries
-        handle = env.client.get_workflow_handle(f"payment/{intent.id}", result_type=PaymentResult)
+        handle = env.client.get_workflow_handle(f"payment/{shop}/{intent.id}", result_type=PaymentResult)
         result = await handle.result()
         await record_history(handle, "credit_record_payment")
         after = await remind(env, task_queue, messaging, day + timedelta(days=4))  # newer's +7 reminder day

@@ -29,6 +29,7 @@ from schemas.payments import (
     EnsureCustomer,
     ExtendSubscription,
     PaymentIntentStatus,
+    PaymentLinkLine,
     PaymentLinkRequest,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
@@ -87,6 +88,11 @@ async def customers_of(client: stripe.StripeClient, owner_type: str, owner_id: i
 async def intents_of(client: stripe.StripeClient, customer_id: str) -> list[str]:
     page = await client.v1.payment_intents.list_async({"limit": 100})
     return [pi.id for pi in page.data if pi.customer == customer_id]
+
+
+async def sessions_of(client: stripe.StripeClient, customer_id: str) -> list[str]:
+    page = await client.v1.checkout.sessions.list_async({"customer": customer_id, "limit": 100})
+    return [cs.id for cs in page.data]
 
 
 def link_request(retailer_id: int, amount: str = "150.25", key: str | None = None) -> PaymentLinkRequest:
@@ -152,12 +158,12 @@ class SlowProxy:
 # --- the acceptance test: a retry after a timeout creates one object ---------------------------
 
 
-async def test_payment_link_retried_after_a_timeout_creates_one_payment_intent(
+async def test_payment_link_retried_after_a_timeout_creates_one_checkout_session(
     engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
     request = link_request(retailer_id, "42.50", key=f"reminder:{retailer_id}:2026-11-23")
-    async with SlowProxy(sandbox.url, "/v1/payment_intents", delay_s=2.0) as proxy:
+    async with SlowProxy(sandbox.url, "/v1/checkout/sessions", delay_s=2.0) as proxy:
         slow = stripe_client(API_KEY, proxy.url, timeout_s=0.5)
         try:
             activities = PaymentActivities(engine, slow, PAY_PAGE)
@@ -168,10 +174,10 @@ async def test_payment_link_retried_after_a_timeout_creates_one_payment_intent(
             assert timed_out.value.type == "StripeUnavailable" and not timed_out.value.non_retryable
             assert proxy.upstream_answered.is_set()
 
-            # Stripe did create the PaymentIntent: the timeout was on the way back.
+            # Stripe did create the session: the timeout was on the way back.
             customer_id = await stored_customer_id(engine, Retailer, retailer_id)
             assert customer_id is not None
-            created = await intents_of(client, customer_id)
+            created = await sessions_of(client, customer_id)
             assert len(created) == 1
 
             # Temporal's retry: the same activity, the same request, the network healthy again.
@@ -180,12 +186,12 @@ async def test_payment_link_retried_after_a_timeout_creates_one_payment_intent(
         finally:
             await close_stripe_client(slow)
 
-    assert link.payment_intent_id == created[0]
-    assert link.url == f"{PAY_PAGE.rstrip('/')}/{created[0]}"
-    assert await intents_of(client, customer_id) == created  # one object at localstripe, not two
+    assert link.checkout_session_id == created[0]
+    assert link.url == f"{sandbox.url}/pay/{created[0]}"
+    assert await sessions_of(client, customer_id) == created  # one object at the sandbox, not two
     assert await customers_of(client, "retailer", retailer_id) == [customer_id]
-    intent = await client.v1.payment_intents.retrieve_async(created[0])
-    assert (intent.amount, intent.currency) == (4250, "usd")
+    session = await client.v1.checkout.sessions.retrieve_async(created[0])
+    assert (session.amount_total, session.currency, session.status) == (4250, "usd", "open")
 
 
 # --- customers ---------------------------------------------------------------------------------
@@ -239,31 +245,43 @@ async def test_unknown_owner_is_permanent(acts: PaymentActivities) -> None:
 # --- payment links -----------------------------------------------------------------------------
 
 
-async def test_payment_link_same_key_twice_is_one_intent(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+async def test_payment_link_same_key_twice_is_one_checkout_session(
+    engine: AsyncEngine, sandbox: StripeSandbox, acts: PaymentActivities, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    request = link_request(retailer_id, "1234.50")
+    request = link_request(retailer_id, "1234.50").model_copy(update={
+        "lines": [PaymentLinkLine(description="Invoice 7", amount=Decimal("1000.00")),
+                  PaymentLinkLine(description="Invoice 9", amount=Decimal("234.50"))],
+        "metadata": {"debit_ids": "7,9"},
+    })
     first = await run(acts.create_payment_link, request)
     again = await run(acts.create_payment_link, request)
 
     assert first == again
-    assert first.url.startswith("https://pay.example.test/p/pi_") and first.amount == Decimal("1234.50")
-    assert first.payment_intent_id and first.invoice_id is None
-    assert await intents_of(client, first.stripe_customer_id) == [first.payment_intent_id]
-    intent = await client.v1.payment_intents.retrieve_async(first.payment_intent_id)
-    assert (intent.amount, intent.currency, intent.customer) == (123450, "usd", first.stripe_customer_id)
-    assert intent.metadata.to_dict() == {
+    assert first.url == f"{sandbox.url}/pay/{first.checkout_session_id}" and first.amount == Decimal("1234.50")
+    assert first.checkout_session_id and first.status == "open"
+    assert await sessions_of(client, first.stripe_customer_id) == [first.checkout_session_id]
+    session = await client.v1.checkout.sessions.retrieve_async(first.checkout_session_id)
+    assert (session.mode, session.amount_total, session.currency, session.customer) == (
+        "payment", 123450, "usd", first.stripe_customer_id
+    )
+    assert session.metadata.to_dict() == {
         "retailer_id": str(retailer_id),
         "payment_link_key": request.idempotency_key,
         "description": "2 open debits",
+        "debit_ids": "7,9",
     }
+    items = await client.v1.checkout.sessions.line_items.list_async(first.checkout_session_id)
+    assert [(i.description, i.amount_total) for i in items.data] == [("Invoice 7", 100000), ("Invoice 9", 23450)]
 
     other = await run(acts.create_payment_link, link_request(retailer_id, "10"))
-    assert other.payment_intent_id != first.payment_intent_id
-    assert sorted(await intents_of(client, first.stripe_customer_id)) == sorted(
-        [first.payment_intent_id, other.payment_intent_id]
+    assert other.checkout_session_id != first.checkout_session_id
+    assert sorted(await sessions_of(client, first.stripe_customer_id)) == sorted(
+        [first.checkout_session_id, other.checkout_session_id]
     )
+    expired = await acts.expire_payment_link(other.checkout_session_id, retailer_id)
+    assert expired.status == "expired"
+    assert (await acts.expire_payment_link(other.checkout_session_id, retailer_id)).status == "expired"  # a retry
 
     # The same key for another amount is a caller bug, refused by Stripe and not retried.
     with pytest.raises(ApplicationError) as reused:
@@ -294,11 +312,29 @@ def test_minor_units_are_exact() -> None:
     assert three.value.type == "UnsupportedCurrency"
 
 
-async def test_payment_link_needs_a_pay_page(engine: AsyncEngine, client: stripe.StripeClient) -> None:
+async def test_payment_link_needs_no_page_of_ours(engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
     retailer_id = await new_retailer(engine)
-    with pytest.raises(ApplicationError) as error:
-        await run(PaymentActivities(engine, client).create_payment_link, link_request(retailer_id))
-    assert (error.value.type, error.value.non_retryable) == ("PayPageNotConfigured", True)
+    link = await run(PaymentActivities(engine, client).create_payment_link, link_request(retailer_id))
+    assert link.url == f"{sandbox.url}/pay/{link.checkout_session_id}"
+
+
+async def test_a_customer_stripe_lost_is_created_again_once(
+    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+) -> None:
+    retailer_id = await new_retailer(engine)
+    first = await run(acts.create_payment_link, link_request(retailer_id))
+    await client.v1.customers.delete_async(first.stripe_customer_id)  # gone at Stripe, still in our row
+
+    relinked = await run(acts.create_payment_link, link_request(retailer_id))
+    again = await run(acts.create_payment_link, link_request(retailer_id))  # later links use the new one
+
+    assert relinked.stripe_customer_id != first.stripe_customer_id
+    assert again.stripe_customer_id == relinked.stripe_customer_id
+    assert await stored_customer_id(engine, Retailer, retailer_id) == relinked.stripe_customer_id
+    assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
+    # A retry of the re-creation (the same stale id) gets the same customer back, not a third.
+    assert await acts._replace_customer("retailer", retailer_id, first.stripe_customer_id) == relinked.stripe_customer_id
+    assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
 
 
 # --- subscriptions -----------------------------------------------------------------------------

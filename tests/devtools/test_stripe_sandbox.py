@@ -182,12 +182,12 @@ async def test_reset_forgets_objects_and_keys() -> None:
 
 async def test_what_localstripe_lacks_fails_fast_as_an_invalid_request(client: stripe.StripeClient) -> None:
     # localstripe answers unknown routes in plain text; the sandbox gives them Stripe's 404 shape, so
-    # the SDK raises InvalidRequestError (non-retryable), not APIError. No Checkout, no Payment Links.
+    # the SDK raises InvalidRequestError (non-retryable), not APIError. No Payment Links, no Prices.
     with pytest.raises(stripe.InvalidRequestError) as unknown:
-        await client.v1.checkout.sessions.create_async(
-            {"mode": "payment", "success_url": "http://127.0.0.1/ok"}, {"idempotency_key": key("checkout")}
+        await client.v1.payment_links.create_async(
+            {"line_items": [{"price": "price_x", "quantity": 1}]}, {"idempotency_key": key("payment-link")}
         )
-    assert unknown.value.http_status == 404 and "/v1/checkout/sessions" in unknown.value.user_message
+    assert unknown.value.http_status == 404 and "/v1/payment_links" in unknown.value.user_message
     with pytest.raises(stripe.InvalidRequestError) as missing:  # localstripe's own JSON 404 passes through
         await client.v1.customers.retrieve_async("cus_doesnotexist")
     assert missing.value.http_status == 404
@@ -279,6 +279,142 @@ async def test_events_are_delivered_signed_with_our_secret(sandbox: StripeSandbo
     finally:
         await sandbox.register_webhook("http://127.0.0.1:9/unused", WEBHOOK_SECRET, events=[])
         await runner.cleanup()
+
+
+# --- Checkout Sessions and the pay page ---------------------------------------------------------
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[tuple[str, asyncio.Queue[tuple[str, str]]]]:
+    """A webhook endpoint on a free port; yields its URL and the (payload, signature) it received."""
+    received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        await received.put((await request.text(), request.headers.get("Stripe-Signature", "")))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/stripe", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/stripe", received
+    finally:
+        await runner.cleanup()
+
+
+async def new_session(client: stripe.StripeClient, customer: str, *amounts: int, k: str | None = None) -> Any:
+    return await client.v1.checkout.sessions.create_async(
+        {
+            "mode": "payment",
+            "customer": customer,
+            "metadata": {"retailer_id": "42"},
+            "line_items": [
+                {"quantity": 1, "price_data": {"currency": "usd", "unit_amount": a, "product_data": {"name": f"Invoice {i}"}}}
+                for i, a in enumerate(amounts)
+            ],
+        },
+        {"idempotency_key": k or key("checkout")},
+    )
+
+
+async def submit(url: str, form: dict[str, str]) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=form) as response:
+            return response.status, await response.text()
+
+
+async def test_a_checkout_session_is_paid_on_its_page_and_the_signed_event_arrives() -> None:
+    async with StripeSandbox() as sandbox, receiver() as (url, received):
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            await sandbox.register_webhook(url, WEBHOOK_SECRET, events=["checkout.session.completed"])
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "42"}})
+            k = key("checkout")
+            session = await new_session(client, customer.id, 1000, 2550, k=k)
+            replayed = await new_session(client, customer.id, 1000, 2550, k=k)
+            assert replayed.id == session.id and replayed.last_response.headers["Idempotent-Replayed"] == "true"
+            assert (session.status, session.payment_status, session.amount_total) == ("open", "unpaid", 3550)
+            assert session.url == f"{sandbox.url}/pay/{session.id}"
+
+            async with aiohttp.ClientSession() as http:
+                async with http.get(session.url) as page:
+                    html = await page.text()
+            assert page.status == 200 and "35.50" in html and ">Pay<" in html and "Pay partially" in html
+            status, _ = await submit(session.url, {"action": "pay"})
+            assert status == 200
+
+            payload, signature = received.get_nowait()  # delivered before the page answered
+            event = stripe.Webhook.construct_event(payload, signature, WEBHOOK_SECRET)
+            assert event.type == "checkout.session.completed"
+            paid = event.data.object
+            assert (paid.id, paid.status, paid.payment_status, paid.amount_total) == (session.id, "complete", "paid", 3550)
+            assert paid.metadata.retailer_id == "42"
+            assert (await client.v1.checkout.sessions.retrieve_async(session.id)).status == "complete"
+            assert (await submit(session.url, {"action": "pay"}))[0] == 409  # paid once only
+            assert received.empty()
+            listed = await client.v1.checkout.sessions.list_async({"customer": customer.id})
+            assert [s.id for s in listed.data] == [session.id]
+        finally:
+            await close_stripe_client(client)
+
+
+async def test_partial_payment_expiry_and_missing_customers() -> None:
+    async with StripeSandbox() as sandbox, receiver() as (url, received):
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            await sandbox.register_webhook(url, WEBHOOK_SECRET)
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "43"}})
+            partial = await new_session(client, customer.id, 5000)
+            assert (await submit(partial.url, {"action": "partial", "amount": "60.00"}))[0] == 400  # above the total
+            assert (await submit(partial.url, {"action": "partial", "amount": "-1"}))[0] == 400
+            assert (await submit(partial.url, {"action": "partial", "amount": "12.34"}))[0] == 200
+            events = []
+            while not received.empty():
+                events.append(stripe.Webhook.construct_event(*received.get_nowait(), WEBHOOK_SECRET))
+            completed = [e for e in events if e.type == "checkout.session.completed"]
+            assert [e.data.object.amount_total for e in completed] == [1234]
+
+            doomed = await new_session(client, customer.id, 700)
+            expired = await client.v1.checkout.sessions.expire_async(doomed.id)
+            assert expired.status == "expired"
+            status, html = await submit(doomed.url, {"action": "pay"})
+            assert status == 410 and "expired" in html  # paying an expired link is refused
+            with pytest.raises(stripe.InvalidRequestError):  # only an open session can be expired
+                await client.v1.checkout.sessions.expire_async(doomed.id)
+
+            await client.v1.customers.delete_async(customer.id)
+            with pytest.raises(stripe.InvalidRequestError) as missing:
+                await new_session(client, customer.id, 700)
+            assert (missing.value.code, missing.value.param) == ("resource_missing", "customer")
+        finally:
+            await close_stripe_client(client)
+
+
+async def test_a_sandbox_with_a_data_dir_remembers_after_a_restart(tmp_path: Path) -> None:
+    async with StripeSandbox(data_dir=tmp_path) as sandbox:
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "44"}})
+            session = await new_session(client, customer.id, 900)
+        finally:
+            await close_stripe_client(client)
+    async with StripeSandbox(data_dir=tmp_path) as sandbox:
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            assert (await client.v1.customers.retrieve_async(customer.id)).metadata.owner_id == "44"
+            again = await client.v1.checkout.sessions.retrieve_async(session.id)
+            assert (again.status, again.amount_total) == ("open", 900)
+        finally:
+            await close_stripe_client(client)
+    async with StripeSandbox() as sandbox:  # without one: in memory, nothing carried over
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            with pytest.raises(stripe.InvalidRequestError):
+                await client.v1.customers.retrieve_async(customer.id)
+        finally:
+            await close_stripe_client(client)
 
 
 # --- timing and storage rules, against a counting backend --------------------------------------

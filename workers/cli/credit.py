@@ -18,7 +18,7 @@ import typer
 from workers.cli.runner import UsageError, call, echo, settings
 
 credit_app = typer.Typer(
-    help="Credit: pause, unpause or block a retailer; the risk view; a retailer's profile.",
+    help="Credit: pause, unpause or block a retailer; limits, adjustments, credit orders; the risk view; a profile.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -29,6 +29,25 @@ Reason = Annotated[str, typer.Option("--reason", help="Why (stored in the audit 
 Actor = Annotated[str, typer.Option("--actor", help="The admin acting (stored in the audit log).", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$")
+
+
+def _amount(raw: str, flag: str, *, signed: bool = False, zero: bool = False) -> Decimal:
+    """A money amount with at most 2 decimals: > 0 (>= 0 with `zero`; != 0 when `signed`)."""
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise UsageError(f"{flag} {raw!r} is not a number") from None
+    if not value.is_finite():
+        raise UsageError(f"{flag} {raw!r} is not a number")
+    if signed and value == 0:
+        raise UsageError(f"{flag} must be non-zero (got {raw})")
+    if not signed and (value < 0 if zero else value <= 0):
+        raise UsageError(f"{flag} must be {'zero or more' if zero else 'positive'} (got {raw})")
+    if value.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise UsageError(f"{flag} has more than 2 decimals ({raw})")
+    if abs(value) >= Decimal("1e12"):
+        raise UsageError(f"{flag} is too large ({raw})")
+    return value
 
 
 def _admin(action: str, retailer_id: int, reason: str, actor: str, as_json: bool) -> None:
@@ -45,7 +64,8 @@ def _admin(action: str, retailer_id: int, reason: str, actor: str, as_json: bool
 
 @credit_app.command("pause")
 def credit_pause(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_json: Json = False) -> None:
-    """Pause RETAILER's credit (COD only). An admin pause is never lifted by a payment."""
+    """Pause RETAILER's credit (COD only). An admin pause is never lifted by a payment; pausing a
+    retailer the system paused makes the pause this admin's."""
     _admin("pause", retailer_id, reason, actor, as_json)
 
 
@@ -59,6 +79,108 @@ def credit_unpause(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_js
 def credit_block(retailer_id: RetailerArg, reason: Reason, actor: Actor, as_json: Json = False) -> None:
     """Block RETAILER: no orders, no reminders, never lifted automatically."""
     _admin("block", retailer_id, reason, actor, as_json)
+
+
+@credit_app.command("limits")
+def credit_limits(
+    retailer_id: RetailerArg,
+    actor: Actor,
+    credit_limit: Annotated[str | None, typer.Option("--credit-limit", help="Total credit, >= 0.")] = None,
+    max_order_value: Annotated[str | None, typer.Option("--max-order-value", help="Largest credit order, > 0.")] = None,
+    max_outstanding_days: Annotated[
+        int | None, typer.Option("--max-outstanding-days", help="Days overdue before the system pauses, >= 0.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (stored in the audit log).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Change RETAILER's credit limit, maximum order value or overdue limit (audited)."""
+    from activities.credit.admin import set_limits
+
+    limits: dict[str, object] = {}
+    if credit_limit is not None:
+        limits["credit_limit"] = _amount(credit_limit, "--credit-limit", zero=True)
+    if max_order_value is not None:
+        limits["max_order_value"] = _amount(max_order_value, "--max-order-value")
+    if max_outstanding_days is not None:
+        if not 0 <= max_outstanding_days <= 3650:
+            raise UsageError(f"--max-outstanding-days must be 0 to 3650 (got {max_outstanding_days})")
+        limits["max_outstanding_days"] = max_outstanding_days
+    if not limits:
+        raise UsageError("give at least one of --credit-limit, --max-order-value, --max-outstanding-days")
+    if not actor.strip():
+        raise UsageError("--actor must not be empty")
+    change = call(lambda c: set_limits(c.engine, retailer_id, limits, actor=actor, reason=reason), database=True)
+    if as_json:
+        echo(True, change.__dict__)
+        return
+    for key, value in change.new.items():
+        typer.echo(f"retailer {retailer_id}: {key} {change.old[key]} -> {value}")
+    typer.echo(f"(audit #{change.audit_id})")
+
+
+@credit_app.command("adjust")
+def credit_adjust(
+    retailer_id: RetailerArg,
+    amount: Annotated[str, typer.Option("--amount", help="+A in the retailer's favour (return, write-off, dispute won); -A a charge.", show_default=False)],
+    reason: Reason,
+    actor: Actor,
+    reference: Annotated[str | None, typer.Option("--reference", help="The same reference twice adjusts once.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Record an adjustment as a ledger row: +A clears the oldest debits (the rest is credit balance), -A is a debit due today."""
+    from activities.credit.admin import adjust
+
+    value = _amount(amount, "--amount", signed=True)
+    if not reason.strip():
+        raise UsageError("--reason must not be empty: say why (return, dispute, write-off, ...)")
+    if not actor.strip():
+        raise UsageError("--actor must not be empty")
+    if reference is not None and not REFERENCE.match(reference):
+        raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
+    ref = reference or f"manual-{uuid.uuid4().hex[:12]}"
+    result = call(
+        lambda c: adjust(c.engine, retailer_id, value, reason=reason, actor=actor, reference=ref, today=datetime.now(c.settings.tz).date()),
+        database=True,
+    )
+    if as_json:
+        echo(True, result.__dict__)
+        return
+    if result.duplicate:
+        typer.echo(f"{result.reference}: already recorded ({result.amount:,.2f}); nothing changed")
+        return
+    typer.echo(f"{result.reference}: {result.amount:+,.2f} for retailer {retailer_id}")
+    for a in result.cleared:
+        typer.echo(f"  debit {a['debit_id']}: {a['allocated']:,.2f} -> {a['status']}")
+    if result.credit_balance_added:
+        typer.echo(f"  credit balance +{result.credit_balance_added:,.2f}")
+
+
+@credit_app.command("order")
+def credit_order(
+    retailer_id: RetailerArg,
+    amount: Annotated[str, typer.Option("--amount", help="The order's total.", show_default=False)],
+    order: Annotated[int, typer.Option("--order", min=1, help="The order id (orders.id); the same one twice places once.", show_default=False)],
+    mode: Annotated[str, typer.Option("--mode", help="CREDIT or COD.", case_sensitive=False)] = "CREDIT",
+    as_json: Json = False,
+) -> None:
+    """Place ORDER for RETAILER: the seed's rules; on CREDIT, its debit (due after the account's terms)."""
+    from services.credit import place_order
+
+    value = _amount(amount, "--amount")
+    payment_mode = mode.upper()
+    if payment_mode not in ("CREDIT", "COD"):
+        raise UsageError(f"--mode must be CREDIT or COD (got {mode})")
+    placed = call(
+        lambda c: place_order(c.engine, retailer_id, order, value, payment_mode, today=datetime.now(c.settings.tz).date()),  # type: ignore[arg-type]
+        database=True,
+    )
+    if as_json:
+        echo(True, placed.as_dict())
+        return
+    what = f"debit {placed.debit_id} due {placed.due_date}" if placed.debit_id else "no debit (cash on delivery)"
+    again = " (placed before; nothing changed)" if placed.duplicate else ""
+    typer.echo(f"order {order}: {placed.payment_mode} {placed.amount:,.2f} for retailer {retailer_id}: {what}{again}")
+    typer.echo(f"  available credit {placed.available_credit:,.2f}")
 
 
 @credit_app.command("risk")
@@ -97,8 +219,13 @@ def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
     typer.echo(f"retailer {p['retailer_id']}: {p['credit_status']}{paused}")
     typer.echo(
         f"limit {p['credit_limit']:,.2f}  available {p['available_credit']:,.2f}  outstanding {p['outstanding']:,.2f}"
-        f"  max overdue {p['max_outstanding_days']} days"
+        f"  max overdue {p['max_outstanding_days']} days  max order {p['max_order_value']:,.2f}"
     )
+    if p["credit_balance"]:
+        typer.echo(f"credit balance {p['credit_balance']:,.2f} (paid ahead: clears the next debits)")
+    if p["payment_link"]:
+        link = p["payment_link"]
+        typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, sent {link['sent_at']:%Y-%m-%d %H:%M})")
     typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
     for d in p["open_debits"]:
         typer.echo(
@@ -155,9 +282,9 @@ def payments_record(
         return
     recorded = result.payment
     if recorded.duplicate:
-        typer.echo(f"payment/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
+        typer.echo(f"payment/{retailer}/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
         return
-    typer.echo(f"payment/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
+    typer.echo(f"payment/{retailer}/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
     for a in recorded.allocations:
         typer.echo(f"  debit {a.debit_id}: {a.allocated:,.2f} -> {a.status}")
     if recorded.unallocated:

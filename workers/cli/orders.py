@@ -78,8 +78,14 @@ def orders_fail(
     reason = reason.strip()
     if not reason or len(reason) > 500:
         raise UsageError("--reason must be 1 to 500 characters")
-    _call(fail_order, order_id, reason)
-    typer.echo(f"pending-order/{order_id}: failed ({reason})")
+    s = settings()
+    late = _call(fail_order, order_id, reason, task_queue=s.task_queue, messaging_task_queue=s.messaging_task_queue)
+    if late is None:
+        typer.echo(f"pending-order/{order_id}: failed ({reason})")
+    elif late.changed:
+        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason}); reversed {late.reversed_amount or 0:,.2f}")
+    else:
+        typer.echo(f"order-failure/{order_id}: already failed; nothing changed")
 
 
 @orders_app.command("show")

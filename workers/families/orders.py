@@ -11,9 +11,9 @@ from workers.families.registry import Family
 
 
 def _workflows() -> list[type]:
-    from workflows.orders import OrderExpirySweepWorkflow, PendingOrderWorkflow
+    from workflows.orders import OrderExpirySweepWorkflow, OrderFailureWorkflow, PendingOrderWorkflow
 
-    return [PendingOrderWorkflow, OrderExpirySweepWorkflow]
+    return [PendingOrderWorkflow, OrderExpirySweepWorkflow, OrderFailureWorkflow]
 
 
 def _activities(deps: Any) -> list[Any]:

@@ -1,0 +1,142 @@
+"""Orders on credit: the seed's placement rules, then the order's DEBIT and the credit it takes.
+
+One transaction locks the retailer, checks `validate_order_placement` against the position it
+reads under that lock, and for a CREDIT order writes the DEBIT (due `payment_terms_days` after
+the business day), recomputes `available_credit`, spends any credit balance on it and writes the
+audit row. The DEBIT is unique per (order, type): a retried call finds it and answers the same,
+without checking the rules again (the first call already took the credit). COD orders write no
+debit and are allowed while paused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.credit.guardrails import CreditPosition, PlacementRefused, validate_order_placement
+from activities.credit.payments import REFRESH_AVAILABLE, apply_credit_balance
+
+LOCK_POSITION = text(
+    """
+SELECT r.credit_status, ca.available_credit, ca.max_order_value, ca.payment_terms_days
+FROM retailers r JOIN credit_accounts ca ON ca.retailer_id = r.id
+WHERE r.id = :r
+FOR UPDATE OF r, ca
+"""
+)
+
+ORDER_OF = text("SELECT id, retailer_id, payment_mode, total_amount, status FROM orders WHERE id = :o FOR UPDATE")
+
+DEBIT_OF = text("SELECT id, amount, due_date FROM credit_transactions WHERE order_id = :o AND type = 'DEBIT'")
+
+INSERT_ORDER = text(
+    "INSERT INTO orders (id, retailer_id, status, payment_mode, total_amount)"
+    " VALUES (:o, :r, 'CONFIRMED', :mode, :amount)"
+)
+
+INSERT_DEBIT = text(
+    """
+INSERT INTO credit_transactions (retailer_id, type, amount, due_date, order_id, reference, notes)
+VALUES (:r, 'DEBIT', :amount, :due, :o, :reference, :notes)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+)
+
+AUDIT = text(
+    "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
+    " VALUES (:r, 'credit_order_placed', :reference, CAST(:old AS jsonb), CAST(:new AS jsonb), :actor, NULL)"
+)
+
+
+@dataclass
+class OrderPlaced:
+    order_id: int
+    retailer_id: int
+    payment_mode: str
+    amount: Decimal
+    debit_id: int | None
+    due_date: date | None
+    available_credit: Decimal
+    duplicate: bool = False
+    cleared_from_balance: Decimal = Decimal("0")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def place_order(
+    engine: AsyncEngine,
+    retailer_id: int,
+    order_id: int,
+    amount: Decimal,
+    payment_mode: str,
+    *,
+    today: date,
+    actor: str = "system",
+) -> OrderPlaced:
+    """Place `order_id` for `retailer_id`; raises `PlacementRefused` with the retailer-facing reason.
+
+    The order row is created (CONFIRMED) when it does not exist yet; an existing one must be the
+    same retailer's, for the same amount and mode."""
+    async with engine.begin() as conn:
+        position = (await conn.execute(LOCK_POSITION, {"r": retailer_id})).first()
+        if position is None:
+            raise PlacementRefused(f"no retailer {retailer_id} with a credit account")
+        order = (await conn.execute(ORDER_OF, {"o": order_id})).first()
+        if order is not None:
+            if order.retailer_id != retailer_id:
+                raise PlacementRefused(f"order {order_id} belongs to another retailer")
+            if order.payment_mode != payment_mode or order.total_amount != amount:
+                raise PlacementRefused(
+                    f"order {order_id} is {order.payment_mode} for {order.total_amount:,.2f}, not {payment_mode} for {amount:,.2f}"
+                )
+            if order.status in ("FAILED", "CANCELLED"):
+                raise PlacementRefused(f"order {order_id} is {order.status}")
+            existing = (await conn.execute(DEBIT_OF, {"o": order_id})).first()
+            if existing is not None or payment_mode == "COD":  # placed before: a retry
+                return OrderPlaced(
+                    order_id, retailer_id, payment_mode, amount, existing.id if existing else None,
+                    existing.due_date if existing else None, position.available_credit, duplicate=True,
+                )
+        validate_order_placement(
+            CreditPosition(position.credit_status, position.available_credit, position.max_order_value), amount, payment_mode
+        )
+        if order is None:
+            await conn.execute(INSERT_ORDER, {"o": order_id, "r": retailer_id, "mode": payment_mode, "amount": amount})
+        debit_id, due, cleared = None, None, Decimal("0")
+        if payment_mode == "CREDIT":
+            due = today + timedelta(days=position.payment_terms_days)
+            debit_id = await conn.scalar(
+                INSERT_DEBIT,
+                {
+                    "r": retailer_id, "amount": amount, "due": due, "o": order_id, "reference": f"order:{order_id}",
+                    "notes": f"credit order {order_id}",
+                },
+            )
+            await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
+            allocations = await apply_credit_balance(conn, retailer_id, actor=actor, reference=f"order:{order_id}")
+            cleared = sum((a.allocated for a in allocations), Decimal("0"))
+        available = await conn.scalar(
+            text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id}
+        )
+        await conn.execute(
+            AUDIT,
+            {
+                "r": retailer_id,
+                "reference": f"order:{order_id}",
+                "old": json.dumps({"available_credit": str(position.available_credit)}),
+                "new": json.dumps({
+                    "order_id": order_id, "payment_mode": payment_mode, "amount": str(amount), "debit_id": debit_id,
+                    "due_date": str(due) if due else None, "available_credit": str(available),
+                    "cleared_from_balance": str(cleared),
+                }),
+                "actor": actor,
+            },
+        )
+    return OrderPlaced(order_id, retailer_id, payment_mode, amount, debit_id, due, available, cleared_from_balance=cleared)
