@@ -71,6 +71,21 @@ def _address(channel: str, phone: str) -> str:
     return f"whatsapp:{phone}" if channel == "whatsapp" else phone
 
 
+def _now() -> datetime:
+    """The later of this worker's clock and the time Temporal scheduled this attempt.
+
+    In production they agree (the schedule is a little earlier); under a time-skipping test
+    server, the schedule carries the skipped-to time, so quiet hours end when a workflow's
+    durable timer says they do.
+    """
+    wall = datetime.now(UTC)
+    try:
+        scheduled = activity.info().current_attempt_scheduled_time
+    except RuntimeError:  # not in an activity
+        return wall
+    return max(wall, scheduled) if scheduled.tzinfo else wall
+
+
 def _count(template: str, outcome: str) -> None:
     """messages_sent_total{template, outcome} on the worker's Prometheus endpoint."""
     activity.metric_meter().create_counter(
@@ -184,7 +199,7 @@ class MessagingActivities:
         self, request: SendMessage, recipient: Recipient, channel: str, template: Template, body: str
     ) -> SendOutcome | None:
         """Lock the key's row and decide: already done, held back, being sent by another attempt, or ours."""
-        now = datetime.now(UTC)
+        now = _now()
         key = request.idempotency_key
         local = now.astimezone(ZoneInfo(recipient.timezone))
         hold = outbox.Hold(key, recipient, channel, self._policy.daily_cap, self._policy.quiet_hours.holds(local), now)
@@ -255,7 +270,7 @@ class MessagingActivities:
             retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
             return SendOutcome(status="deferred", channel=channel, reason=reason, retry_at=retry_at)
         if reason == "paused":
-            retry_at = datetime.now(UTC) + self._policy.paused_recheck
+            retry_at = local.astimezone(UTC) + self._policy.paused_recheck
             return SendOutcome(status="deferred", channel=channel, reason=reason, retry_at=retry_at)
         return SendOutcome(status="suppressed", channel=channel, reason=reason)
 
@@ -272,7 +287,7 @@ class MessagingActivities:
             raise AssertionError("unreachable") from exc
         async with self._statements.connect() as conn:
             await outbox.set_status(
-                conn, key, "sent", provider_sid=accepted.sid, channel=attempt.channel, sent_at=datetime.now(UTC),
+                conn, key, "sent", provider_sid=accepted.sid, channel=attempt.channel, sent_at=_now(),
                 error_code=None, lease_until=None,
             )
         log.info(
