@@ -40,7 +40,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
 
 DB_RETRY = db_retry("UnknownCase")
-STRIPE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5))
+STRIPE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5), maximum_attempts=40
+)
+"""About 3 hours of retries: well inside the 24 hours Stripe keeps an idempotency key."""
 TEMPLATE_VERSION = 1
 
 

@@ -37,6 +37,7 @@ SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
+    maximum_attempts=360,  # and the 6-hour schedule-to-close deadline of every send
     non_retryable_error_types=PERMANENT_ERRORS,
 )
 
