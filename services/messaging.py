@@ -1,11 +1,18 @@
-"""The messaging operator's hands: the emergency brake (pause, resume, status)."""
+"""The messaging operator's hands: the emergency brake (pause, resume, status); the HELP reply."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.messaging.brake import BrakeState, brake_state, set_brake
 from schemas.errors import Refused
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from config.settings import Settings
 
 
 class BrakeRefused(Refused):
@@ -34,3 +41,26 @@ async def resume(engine: AsyncEngine, *, reason: str | None, actor: str) -> Brak
 
 async def status(engine: AsyncEngine) -> BrakeState:
     return await brake_state(engine)
+
+
+async def reply_help(client: Client, settings: Settings, recipient_type: str, recipient_id: str, inbound_sid: str) -> None:
+    """The `help` template, through the outbox under `help:{inbound sid}`: a webhook Twilio
+    delivers twice still answers once (the workflow id and the message key are the inbound's)."""
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from schemas.messaging import MessageBatch, SendMessage
+    from workflows.messaging import MessageBatchWorkflow
+
+    message = SendMessage(
+        idempotency_key=f"help:{inbound_sid}", recipient_type=recipient_type,  # type: ignore[arg-type]
+        recipient_id=recipient_id, template="help",
+    )
+    try:
+        await client.start_workflow(
+            MessageBatchWorkflow.run,
+            MessageBatch(messages=[message], task_queue=settings.messaging_task_queue),
+            id=f"help-reply/{inbound_sid}",
+            task_queue=settings.task_queue,
+        )
+    except WorkflowAlreadyStartedError:
+        pass

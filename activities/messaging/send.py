@@ -131,6 +131,10 @@ class MessagingActivities:
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
         """Send a batch, `max_in_flight` at a time and paced to `per_second`.
 
+        Kept registered for payment-reminder runs started before `reminders-per-message-delivery`:
+        new runs send one `send_message` per reminder, so every send passes the messaging task
+        queue's rate limit, which the Temporal server enforces across all messaging workers.
+
         A permanent failure is that message's outcome; a transient one fails the activity after
         the rest of the batch went out, and Temporal retries it: the messages already sent come
         back as duplicates from the outbox, so a retry sends only what is left.
