@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     twilio_sms_from: str = "+15005550006"
     twilio_api_base: str | None = None
     messages_per_second: float = Field(default=50.0, gt=0)
+    messaging_paused_recheck_seconds: float = Field(
+        default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"
+    )
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -199,6 +199,9 @@ class EmulatorConfig:
     rate_limit: float | None = None
     fail_rate: float = 0.0
     latency_ms: int = 0
+    accept_delay_ms: int = 0
+    """Between admitting a create and recording it, as a slow network would: a lookup made meanwhile
+    does not find the message yet (the race an outbox lease has to win)."""
     status_delay_ms: int = DEFAULT_STATUS_DELAY_MS
     whatsapp_session_closed: frozenset[str] = frozenset()
     session_closed_error: Literal["sync", "async"] = "sync"
@@ -209,8 +212,8 @@ class EmulatorConfig:
             raise ValueError("rate_limit must be > 0 (or null for no limit)")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError("fail_rate must be within [0, 1]")
-        if self.latency_ms < 0 or self.status_delay_ms < 0:
-            raise ValueError("latency_ms and status_delay_ms must be >= 0")
+        if self.latency_ms < 0 or self.status_delay_ms < 0 or self.accept_delay_ms < 0:
+            raise ValueError("latency_ms, accept_delay_ms and status_delay_ms must be >= 0")
         if self.session_closed_error not in ("sync", "async"):
             raise ValueError("session_closed_error must be 'sync' or 'async'")
 
@@ -229,6 +232,7 @@ class EmulatorConfig:
             "rate_limit": self.rate_limit,
             "fail_rate": self.fail_rate,
             "latency_ms": self.latency_ms,
+            "accept_delay_ms": self.accept_delay_ms,
             "status_delay_ms": self.status_delay_ms,
             "whatsapp_session_closed": sorted(self.whatsapp_session_closed),
             "session_closed_error": self.session_closed_error,
@@ -250,7 +254,7 @@ def _coerce_setting(name: str, value: Any) -> Any:
             return None if value is None else number(value)
         case "fail_rate":
             return number(value)
-        case "latency_ms" | "status_delay_ms":
+        case "latency_ms" | "accept_delay_ms" | "status_delay_ms":
             return int(number(value))
         case "whatsapp_session_closed":
             if isinstance(value, str) or not isinstance(value, Iterable):
@@ -324,6 +328,8 @@ class Message:
     error_code: int | None = None
     error_message: str | None = None
     price: str | None = None
+    accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """Full precision, for the log only: rate measurements need more than Twilio's seconds."""
 
     @property
     def uri(self) -> str:
@@ -369,6 +375,7 @@ class Message:
             "error_code": self.error_code,
             "date_created": self.date_created.isoformat(),
             "date_sent": self.date_sent.isoformat() if self.date_sent else None,
+            "accepted_at": self.accepted_at.isoformat(),
         }
 
     def callback_params(self) -> dict[str, str]:
@@ -821,6 +828,8 @@ async def create_message(request: web.Request) -> web.Response:
         state.stats["rejected"] += 1
         log.info("twilio_emulator.rejected", code=error.code, to=req.to)
         return error.response()
+    if state.config.accept_delay_ms:
+        await asyncio.sleep(state.config.accept_delay_ms / 1000)
     message = state.accept(req)
     log.debug("twilio_emulator.accepted", sid=message.sid, to=message.to)
     return web.json_response(message.to_twilio_json(), status=201)
@@ -881,6 +890,7 @@ def create_app(
     rate_limit: float | None = None,
     fail_rate: float = 0.0,
     latency_ms: int = 0,
+    accept_delay_ms: int = 0,
     seed: int | None = None,
     status_delay_ms: int = DEFAULT_STATUS_DELAY_MS,
     whatsapp_session_closed: Iterable[str] = (),
@@ -893,6 +903,7 @@ def create_app(
             "rate_limit": rate_limit,
             "fail_rate": fail_rate,
             "latency_ms": latency_ms,
+            "accept_delay_ms": accept_delay_ms,
             "status_delay_ms": status_delay_ms,
             "whatsapp_session_closed": list(whatsapp_session_closed),
             "session_closed_error": session_closed_error,
@@ -1015,9 +1026,13 @@ def run(
     *,
     host: str = DEFAULT_HOST,
     seed: int | None = None,
+    accept_delay_ms: int = 0,
 ) -> None:
     """``jobctl twilio-emulator``: serve until SIGINT/SIGTERM. ValueError for an invalid setting."""
-    options = {"rate_limit": rate_limit, "fail_rate": fail_rate, "latency_ms": latency_ms, "seed": seed}
+    options = {
+        "rate_limit": rate_limit, "fail_rate": fail_rate, "latency_ms": latency_ms,
+        "accept_delay_ms": accept_delay_ms, "seed": seed,
+    }
     EmulatorConfig().updated({k: v for k, v in options.items() if k != "seed"})  # fail before binding
     asyncio.run(serve_until_signalled(host, port, account_sid=account_sid, auth_token=auth_token, **options))
 
@@ -1029,6 +1044,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit", type=float, default=None, help="messages/s; 429 (20429) above it")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of creates answered 500/503")
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every API request")
+    parser.add_argument(
+        "--accept-delay-ms", type=int, default=0, help="between admitting a create and recording the message"
+    )
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
     parser.add_argument("--seed", type=int, default=None)
@@ -1048,6 +1066,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.auth_token,
             host=args.host,
             seed=args.seed,
+            accept_delay_ms=args.accept_delay_ms,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -47,6 +47,7 @@ class RemindersStatus(BaseModel):
     due: int = Field(default=0, description="retailers with at least one debit due a reminder today")
     sent: int = 0
     duplicates: int = Field(default=0, description="already sent earlier under the same key (a re-run)")
+    deferred: int = Field(default=0, description="held now (quiet hours, the brake): sent, then marked, when the hold ends")
     skipped: dict[str, int] = Field(default_factory=dict, description="by reason: blocked, no_phone, opted_out, ...")
     failed: dict[str, int] = Field(default_factory=dict, description="by error type")
     finished: bool = False

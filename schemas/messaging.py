@@ -47,7 +47,8 @@ class MessageBatchResult(BaseModel):
     sent: int = 0
     duplicates: int = 0
     suppressed: dict[str, int] = Field(default_factory=dict)
-    deferred: int = 0
+    deferred: int = Field(default=0, description="held now (quiet hours, the brake): sent when the hold ends")
+    delivered_after_hold: int = Field(default=0, description="of `sent`, how many waited for a hold first")
     failed: dict[str, int] = Field(default_factory=dict)
 
 

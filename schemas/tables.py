@@ -83,6 +83,7 @@ RECIPIENT_TYPES = ("retailer", "member", "customer")
 MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "suppressed", "deferred", "undelivered")
 WEBHOOK_PROVIDERS = ("stripe", "twilio")
 WEBHOOK_EVENT_STATUSES = ("received", "processed", "failed")
+OPT_OUT_ACTIONS = ("opt_out", "opt_in")
 
 
 # --------------------------------------------------------------------------- credit
@@ -595,6 +596,12 @@ class MessageLog(CreatedAt, Base):
     attempts: Mapped[int] = mapped_column(server_default="0")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     sent_at: Mapped[datetime | None]
+    sender: Mapped[str | None] = mapped_column(doc="the From address of the attempt in flight (or that sent it)")
+    content_sid: Mapped[str | None] = mapped_column(doc="the approved WhatsApp template sent instead of text, if so")
+    lease_started_at: Mapped[datetime | None] = mapped_column(doc="when the attempt holding `sending` claimed it")
+    lease_until: Mapped[datetime | None] = mapped_column(
+        doc="`sending` belongs to one attempt until then; no other attempt sends or looks it up before"
+    )
 
     __table_args__ = (
         CheckConstraint(_in("recipient_type", RECIPIENT_TYPES), name="recipient_type"),
@@ -621,6 +628,43 @@ class RecipientOptOut(CreatedAt, Base):
         CheckConstraint(_in("recipient_type", RECIPIENT_TYPES), name="recipient_type"),
         CheckConstraint(_in("channel", CHANNELS), name="channel"),
     )
+
+
+class RecipientOptOutEvent(CreatedAt, Base):
+    """The history of `recipient_opt_outs`: every opt-out and opt-in (STOP, START, 21610), as it came.
+
+    Index: a recipient's events by time (what an operator reads to answer "why no message?").
+    """
+
+    __tablename__ = "recipient_opt_out_events"
+
+    id: Mapped[int] = _bigint_pk()
+    recipient_type: Mapped[str]
+    recipient_id: Mapped[str]
+    channel: Mapped[str]
+    action: Mapped[str] = mapped_column(doc="opt_out or opt_in")
+    reason: Mapped[str | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("recipient_type", RECIPIENT_TYPES), name="recipient_type"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel"),
+        CheckConstraint(_in("action", OPT_OUT_ACTIONS), name="action"),
+        Index("ix_recipient_opt_out_events_recipient_created_at", "recipient_type", "recipient_id", "created_at"),
+    )
+
+
+class MessagingBrake(Base):
+    """The emergency brake: one row; while `paused`, the outbox holds every outbound message."""
+
+    __tablename__ = "messaging_brake"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, server_default="1")
+    paused: Mapped[bool] = mapped_column(server_default=text("false"))
+    reason: Mapped[str | None]
+    actor: Mapped[str | None]
+    changed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
 class ProcessedWebhookEvent(Base):

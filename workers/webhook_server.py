@@ -15,6 +15,7 @@ from workers.runner import stop_on_signals
 from config.settings import Settings
 from workers.temporal_client import connect
 from workers import families
+from services.messaging import reply_help
 from workers.webhooks import create_app
 
 
@@ -30,6 +31,7 @@ async def serve_webhooks(
         twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
         public_base_url=settings.webhook_base_url,
         stripe_handlers=families.stripe_handlers(client, engine, settings) if client else None,
+        help_reply=(lambda t, r, sid: reply_help(client, settings, t, r, sid)) if client else None,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -9,15 +9,17 @@
   retry it for three days; any other error is a 5xx and Stripe's retry gets another chance.
 - `POST /webhooks/twilio/status`: `X-Twilio-Signature` checked; the message's delivery status is
   recorded in `message_log`.
-- `POST /webhooks/twilio/inbound`: `X-Twilio-Signature` checked; STOP (and Twilio's other opt-out
-  words) records an opt-out.
+- `POST /webhooks/twilio/inbound`: `X-Twilio-Signature` checked; Twilio's default keywords, on
+  the channel the message came in on: an opt-out word (STOP...) records an opt-out, an opt-in
+  word (START, UNSTOP, YES) lifts it (both audited in `recipient_opt_out_events`), a help word
+  (HELP, INFO) gets the `help` template in reply, once per inbound message.
 Unsigned, badly signed or malformed bodies get 400 and change nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 import stripe
@@ -34,7 +36,13 @@ from workers.log import mask_text
 
 log = structlog.get_logger(__name__)
 
-OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
+# Twilio's default Advanced Opt-Out keywords.
+OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+OPT_IN_WORDS = {"START", "UNSTOP", "YES"}
+HELP_WORDS = {"HELP", "INFO"}
+
+HelpReply = Callable[[str, str, str], Awaitable[None]]
+"""(recipient_type, recipient_id, inbound MessageSid): send the `help` template to that recipient."""
 
 PERMANENT_HANDLER_ERRORS: tuple[type[BaseException], ...] = (KeyError, TypeError, ValueError, AttributeError, Refused)
 """What a handler raises for an event no retry can fix: a malformed object (pydantic's
@@ -76,6 +84,7 @@ def create_app(
     twilio_auth_token: str,
     public_base_url: str | None = None,
     stripe_handlers: Mapping[str, StripeHandler] | None = None,
+    help_reply: HelpReply | None = None,
 ) -> web.Application:
     """`public_base_url` is the URL Twilio signs (behind a proxy it differs from the request's)."""
     validator = RequestValidator(twilio_auth_token)
@@ -153,11 +162,19 @@ def create_app(
         sender, body = form.get("From", ""), form.get("Body", "").strip().upper()
         if not sender:
             return bad_request("inbound message without From")
+        channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
+        phone = sender.removeprefix("whatsapp:")
         if body in OPT_OUT_WORDS:
-            channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
-            phone = sender.removeprefix("whatsapp:")
             count = await outbox.opt_out_by_phone(engine, phone, channel, reason=f"inbound {body}")
             log.info("webhook.twilio_opt_out", phone=phone, channel=channel, recipients=count)
+        elif body in OPT_IN_WORDS:
+            count = await outbox.opt_in_by_phone(engine, phone, channel, reason=f"inbound {body}")
+            log.info("webhook.twilio_opt_in", phone=phone, channel=channel, recipients=count)
+        elif body in HELP_WORDS and help_reply is not None:
+            recipient, sid = await outbox.recipient_by_phone(engine, phone), form.get("MessageSid", "")
+            if recipient is not None and sid:
+                await help_reply(*recipient, sid)
+                log.info("webhook.twilio_help", phone=phone, channel=channel, message_sid=sid)
         return web.Response(text="<Response></Response>", content_type="application/xml")
 
     app = web.Application()

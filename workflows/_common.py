@@ -27,11 +27,13 @@ SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 
 def db_retry(*non_retryable: str) -> RetryPolicy:
-    """The retry policy of a database activity: 1 s doubling to 30 s, forever, except for the
-    refusals named here (an unknown row is not there on the next try either)."""
+    """The retry policy of a database activity: 1 s doubling to 30 s, for about 20 minutes, except
+    for the refusals named here (an unknown row is not there on the next try either). A database
+    down for longer fails the activity, and the job says so, rather than retrying forever."""
     return RetryPolicy(
         initial_interval=timedelta(seconds=1),
         maximum_interval=timedelta(seconds=30),
+        maximum_attempts=45,
         non_retryable_error_types=list(non_retryable) or None,
     )
 

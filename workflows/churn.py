@@ -20,7 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from workflows._common import DB_TIMEOUT, accepted, db_retry
-from workflows.messaging import permanent_failure, send_message
+from workflows.messaging import deliver, permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from activities.churn.cases import ChurnActivities
@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         UnscopedCaseEnding,
         UnscopedManualNudge,
     )
-    from schemas.messaging import SendMessage
+    from schemas.messaging import SendMessage, SendOutcome
     from schemas.payments import (
         CancelSubscription,
         ExtendSubscription,
@@ -53,7 +53,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 DB_RETRY = db_retry("UnknownCase")
-STRIPE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5))
+STRIPE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5), maximum_attempts=40
+)
+"""About 3 hours of retries: well inside the 24 hours Stripe keeps an idempotency key."""
 # Stripe keeps an idempotency key 24 h: every retry of a keyed call must be over well before.
 STRIPE_DEADLINE = timedelta(hours=23)
 # Patches (replay of histories recorded before them takes the old path):
@@ -277,8 +280,14 @@ class ChurnCaseWorkflow:
             params={"manage_link": self._input.manage_link},
             channel=decision.channel,
         )
+
+        async def held(outcome: SendOutcome) -> None:  # the outbox deferred it: it goes out when the hold ends
+            await self._record("nudge_deferred", f"{key}:deferred:{outcome.retry_at:%Y%m%d%H%M}", actor_id=actor_id,
+                               metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason,
+                                         "retry_at": outcome.retry_at})
+
         try:
-            outcome = await send_message(message, task_queue=self._input.messaging_task_queue)
+            outcome = await deliver(message, task_queue=self._input.messaging_task_queue, on_deferred=held)
         except ActivityError as error:
             workflow.logger.warning("case %s: nudge not sent (%s)", self._case_id, permanent_failure(error) or "error")
             await self._record("nudge_suppressed", key, actor_id=actor_id,

@@ -13,14 +13,16 @@ guardrails at once, so paying lifts a system pause within seconds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 from workflows._common import db_retry, scheduled_day
-from workflows.messaging import permanent_failure, send_all
+from workflows.messaging import DEFERRED_DELIVERY_PATCH, MIN_HOLD, permanent_failure, send_all, send_message
 
 with workflow.unsafe.imports_passed_through():
     from activities.credit.guardrails import GuardrailActivities
@@ -39,12 +41,18 @@ with workflow.unsafe.imports_passed_through():
         RemindersRequest,
         RemindersSent,
         RemindersStatus,
+        DueRetailer,
         reminder_key,
     )
     from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
 
 DB_RETRY = db_retry("UnknownRetailer", "StripeNotConfigured")
-SEND_BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1))
+SEND_BATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1), maximum_attempts=30
+)
+REMINDERS_PER_MESSAGE_PATCH = "reminders-per-message-delivery"
+"""One `send_message` per reminder on the rate-limited messaging queue (was one `send_messages`
+batch activity pacing itself), and a deferred reminder sent, then marked, when its hold ends."""
 
 
 def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -58,6 +66,7 @@ def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
 class PaymentRemindersWorkflow:
     def __init__(self) -> None:
         self._status = RemindersStatus()
+        self._held: list[asyncio.Task[None]] = []
 
     @workflow.run
     async def run(self, request: RemindersRequest) -> RemindersStatus:
@@ -85,7 +94,9 @@ class PaymentRemindersWorkflow:
                 _add(status.skipped, reason, n)
             for error, n in page.link_failures.items():
                 _add(status.failed, error, n)
-            if page.messages:
+            if page.messages and workflow.patched(REMINDERS_PER_MESSAGE_PATCH):
+                await self._deliver(page.messages, page.due, day, request)
+            elif page.messages:
                 sent_keys = await self._send(page.messages, request)
                 sent = [r for r in page.due if reminder_key(r.retailer_id, day) in sent_keys]
                 await workflow.execute_activity_method(
@@ -100,8 +111,89 @@ class PaymentRemindersWorkflow:
             status.finished = page.last_page
             self._show()
             if not status.finished and workflow.info().is_continue_as_new_suggested():
+                await self._held_delivered()  # a new run would not know of them
                 workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
+        await self._held_delivered()
         return self._status
+
+    async def _deliver(
+        self, messages: list[SendMessage], due: list[DueRetailer], day: date, request: RemindersRequest
+    ) -> None:
+        """Send the page's reminders, `max_in_flight` at a time; mark the sent retailers reminded.
+
+        A deferred reminder (quiet hours in the retailer's zone, the brake) waits for its hold
+        on a durable timer beside the pages that follow, then goes out and is marked for `day`,
+        the day it was due, so the cadence's next step still comes on its own day.
+        """
+        retailers = {reminder_key(r.retailer_id, day): r for r in due}
+        slots = asyncio.Semaphore(request.max_in_flight)
+
+        async def first_try(message: SendMessage) -> SendOutcome | ActivityError:
+            async with slots:
+                try:
+                    return await send_message(message, task_queue=request.messaging_task_queue)
+                except ActivityError as error:
+                    return error
+
+        outcomes = await asyncio.gather(*(first_try(m) for m in messages))
+        sent: list[DueRetailer] = []
+        for message, outcome in zip(messages, outcomes, strict=True):
+            retailer = retailers[message.idempotency_key]
+            if isinstance(outcome, SendOutcome) and outcome.status == "deferred" and outcome.retry_at:
+                self._status.deferred += 1
+                self._held.append(asyncio.create_task(self._after_hold(message, outcome, retailer, day, request)))
+            elif self._tally(outcome):
+                sent.append(retailer)
+        await self._mark(day, request, sent)
+
+    async def _after_hold(
+        self, message: SendMessage, outcome: SendOutcome, retailer: DueRetailer, day: date, request: RemindersRequest
+    ) -> None:
+        final: SendOutcome | ActivityError = outcome
+        while isinstance(final, SendOutcome) and final.status == "deferred" and final.retry_at:
+            await workflow.sleep(max(final.retry_at - workflow.now(), MIN_HOLD), summary=f"{final.reason}: hold reminder")
+            try:
+                final = await send_message(message, task_queue=request.messaging_task_queue)
+            except ActivityError as error:
+                final = error
+        self._status.deferred -= 1
+        if self._tally(final):
+            await self._mark(day, request, [retailer])
+        self._show()
+
+    async def _held_delivered(self) -> None:
+        if self._held:
+            await asyncio.gather(*self._held)
+            self._held = []
+
+    def _tally(self, outcome: SendOutcome | ActivityError) -> bool:
+        """Count one reminder's final outcome; True if it went out (now or before, under its key)."""
+        status = self._status
+        if isinstance(outcome, ActivityError):
+            _add(status.failed, permanent_failure(outcome) or type(outcome.cause).__name__)
+            return False
+        if outcome.status == "sent":
+            if outcome.duplicate:
+                status.duplicates += 1
+            else:
+                status.sent += 1
+                workflow.metric_meter().create_counter(
+                    "reminders_sent_total", "Payment reminders sent (one per retailer and day)"
+                ).add(1)
+            return True
+        _add(status.skipped, outcome.reason or outcome.status)
+        return False
+
+    async def _mark(self, day: date, request: RemindersRequest, sent: list[DueRetailer]) -> None:
+        if not sent:
+            return
+        await workflow.execute_activity_method(
+            ReminderActivities.mark_reminders_sent,
+            RemindersSent(reminder_date=day, business_timezone=request.business_timezone, due=sent),
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=DB_RETRY,
+            summary=f"mark {len(sent)} retailers' debits reminded",
+        )
 
     async def _send(self, messages: list[SendMessage], request: RemindersRequest) -> set[str]:
         """One batch activity on the messaging queue; returns the keys that went out (now or before)."""
@@ -138,8 +230,8 @@ class PaymentRemindersWorkflow:
     def _show(self) -> None:
         status = self._status
         workflow.set_current_details(
-            f"{status.reminder_date}: {status.sent} reminders sent, {sum(status.skipped.values())} skipped,"
-            f" {sum(status.failed.values())} failed, {status.pages} pages"
+            f"{status.reminder_date}: {status.sent} reminders sent, {status.deferred} deferred,"
+            f" {sum(status.skipped.values())} skipped, {sum(status.failed.values())} failed, {status.pages} pages"
         )
         workflow.upsert_memo({"reminders_sent": status.sent, "reminders_skipped": sum(status.skipped.values())})
 

@@ -51,7 +51,9 @@ class InsightsRegenerationWorkflow:
                 ),
                 start_to_close_timeout=timedelta(seconds=request.seconds_per_activity) * 3 + timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=30
+                ),
                 summary=f"regenerate pages after retailer {self._progress.after_retailer_id}",
             )
             self._progress = InsightsProgress(

@@ -59,6 +59,7 @@ BACKOFF = RetryPolicy(
     initial_interval=timedelta(minutes=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(hours=1),
+    maximum_attempts=12,  # about 7 hours: well inside Stripe's 24-hour idempotency window
     non_retryable_error_types=REFUSALS,
 )
 DB_RETRY = db_retry()
@@ -313,7 +314,9 @@ class LoyaltyReconcileSweepWorkflow:
                 LoyaltySweepPage(after_item_id=after, page_size=request.page_size, max_concurrent_starts=request.max_concurrent_starts),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(minutes=1),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=30
+                ),
                 summary=f"start missing workflows after item {after}",
             )
             result.pending_seen += page.rows
@@ -337,7 +340,9 @@ class LoyaltyIntegrityAuditWorkflow:
             LoyaltyAuditActivities.audit,
             request,
             start_to_close_timeout=timedelta(minutes=10),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5)),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5), maximum_attempts=20
+            ),
             summary="compare every balance with its ledger",
         )
         workflow.set_current_details(

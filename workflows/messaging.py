@@ -1,13 +1,19 @@
-"""Sending from workflows: the activity options every job uses, and a batch workflow.
+"""Sending from workflows: the activity options every job uses, deferred delivery, and a batch workflow.
 
 Sends run on the `messaging` task queue, whose workers carry Temporal's task-queue rate
 limit; a workflow bounds how many it has in flight so a big batch never floods the queue.
+
+A message held back for later (quiet hours, the emergency brake) comes back `deferred` with
+`retry_at`. `deliver` then sleeps on a durable timer in the asking workflow until then and sends
+again under the same idempotency key: the wait survives worker restarts and deploys (it is a
+timer in the workflow's history, not state in a process), and the job that asked learns the
+outcome where it asked, so it can do its own bookkeeping (a reminder marked, a nudge recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -31,6 +37,7 @@ SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
+    maximum_attempts=360,  # and the 6-hour schedule-to-close deadline of every send
     non_retryable_error_types=PERMANENT_ERRORS,
 )
 
@@ -49,6 +56,33 @@ async def send_message(message: SendMessage, *, task_queue: str = MESSAGING_QUEU
     )
 
 
+DEFERRED_DELIVERY_PATCH = "messages-deferred-delivery"
+"""Histories from before deferred messages were re-sent saw a deferral as final."""
+MIN_HOLD = timedelta(seconds=1)
+
+
+async def deliver(
+    message: SendMessage,
+    *,
+    task_queue: str = MESSAGING_QUEUE,
+    on_deferred: Callable[[SendOutcome], Awaitable[None] | None] | None = None,
+) -> SendOutcome:
+    """`send_message`; a deferred message is sent again, same key, when its hold ends.
+
+    Returns the final outcome (sent or suppressed; a permanent failure raises as ever). Each
+    deferral is reported to `on_deferred` before the wait, so the caller can show it.
+    """
+    outcome = await send_message(message, task_queue=task_queue)
+    while outcome.status == "deferred" and outcome.retry_at and workflow.patched(DEFERRED_DELIVERY_PATCH):
+        if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
+            await pending
+        await workflow.sleep(
+            max(outcome.retry_at - workflow.now(), MIN_HOLD), summary=f"{outcome.reason}: hold {message.idempotency_key}"
+        )
+        outcome = await send_message(message, task_queue=task_queue)
+    return outcome
+
+
 def permanent_failure(error: BaseException) -> str | None:
     """The error type of a send that failed for good (None for anything else)."""
     if isinstance(error, ActivityError) and isinstance(error.cause, ApplicationError):
@@ -61,19 +95,34 @@ async def send_all(
     *,
     max_in_flight: int,
     task_queue: str = MESSAGING_QUEUE,
-    on_done: Callable[[SendOutcome | BaseException], None] | None = None,
+    on_done: Callable[[SendMessage, SendOutcome | BaseException], None] | None = None,
+    on_deferred: Callable[[SendMessage, SendOutcome], None] | None = None,
 ) -> list[SendOutcome | BaseException]:
-    """Send every message with at most `max_in_flight` outstanding; results in input order."""
+    """Deliver every message with at most `max_in_flight` sends outstanding; results in input order.
+
+    A deferred message gives its slot back while it waits for its hold to end."""
     slots = asyncio.Semaphore(max_in_flight)
 
     async def one(message: SendMessage) -> SendOutcome | BaseException:
-        async with slots:
-            try:
+        try:
+            async with slots:
                 outcome: SendOutcome | BaseException = await send_message(message, task_queue=task_queue)
-            except ActivityError as error:
-                outcome = error
+            while (
+                isinstance(outcome, SendOutcome) and outcome.status == "deferred" and outcome.retry_at
+                and workflow.patched(DEFERRED_DELIVERY_PATCH)
+            ):
+                if on_deferred is not None:
+                    on_deferred(message, outcome)
+                await workflow.sleep(
+                    max(outcome.retry_at - workflow.now(), MIN_HOLD),
+                    summary=f"{outcome.reason}: hold {message.idempotency_key}",
+                )
+                async with slots:
+                    outcome = await send_message(message, task_queue=task_queue)
+        except ActivityError as error:
+            outcome = error
         if on_done:
-            on_done(outcome)
+            on_done(message, outcome)
         return outcome
 
     return await asyncio.gather(*(one(m) for m in messages))
@@ -85,17 +134,31 @@ class MessageBatchWorkflow:
 
     def __init__(self) -> None:
         self._result = MessageBatchResult()
+        self._waiting: set[str] = set()
 
     @workflow.run
     async def run(self, batch: MessageBatch) -> MessageBatchResult:
         workflow.set_current_details(f"sending {len(batch.messages)} messages")
         await send_all(
-            batch.messages, max_in_flight=batch.max_in_flight, task_queue=batch.task_queue, on_done=self._count
+            batch.messages,
+            max_in_flight=batch.max_in_flight,
+            task_queue=batch.task_queue,
+            on_done=self._count,
+            on_deferred=self._held,
         )
         return self._result
 
-    def _count(self, outcome: SendOutcome | BaseException) -> None:
+    def _held(self, message: SendMessage, outcome: SendOutcome) -> None:
+        """Deferred: shown as waiting until the message's final outcome arrives."""
+        self._waiting.add(message.idempotency_key)
+        self._result.deferred = len(self._waiting)
+
+    def _count(self, message: SendMessage, outcome: SendOutcome | BaseException) -> None:
         result = self._result
+        if message.idempotency_key in self._waiting:
+            self._waiting.discard(message.idempotency_key)
+            result.deferred = len(self._waiting)
+            result.delivered_after_hold += isinstance(outcome, SendOutcome) and outcome.status == "sent"
         if isinstance(outcome, BaseException):
             kind = permanent_failure(outcome) or type(outcome).__name__
             result.failed[kind] = result.failed.get(kind, 0) + 1

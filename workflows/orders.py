@@ -328,7 +328,9 @@ class OrderExpirySweepWorkflow:
                 ),
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(minutes=2),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=30
+                ),
                 summary=f"{progress.phase} page after order {progress.after_order_id}",
             )
             progress.after_order_id = page.after_order_id

@@ -1,8 +1,12 @@
 """The outbox in PostgreSQL: one `message_log` row per idempotency key, recipients and opt-outs.
 
 The row is claimed under a row lock and marked `sending` (committed) before Twilio is
-called; the sid is stored after. A row found in `sending` therefore means "maybe sent":
-the caller looks the message up at Twilio before sending again.
+called, with the channel and sender of the call and a lease; the sid is stored after. While
+the lease lasts, the row belongs to that attempt: another attempt of the key (a timed-out one
+still running, a re-run the same day) does not send. A row still `sending` after its lease
+means "maybe sent": the next attempt looks the message up at Twilio, on the recorded channel
+and sender, before sending again. The lease is longer than the Twilio timeout, so no attempt
+whose lease ran out can still be waiting for Twilio to record its message.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.messaging import SendMessage
-from schemas.tables import Company, Customer, Membership, MessageLog, RecipientOptOut, Retailer
+from schemas.tables import (
+    Company,
+    Customer,
+    Membership,
+    MessageLog,
+    RecipientOptOut,
+    RecipientOptOutEvent,
+    Retailer,
+)
 
 LIVE_STATUSES = ("sending", "sent", "delivered")
 
@@ -83,8 +95,11 @@ async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_i
     return Recipient(recipient_type, recipient_id, _first_name(name), phone, channel or "whatsapp", tz or "UTC")
 
 
-# Why a message is held back, or NULL to send: no phone, opted out, daily cap (messages that went,
-# or may have gone, out since the recipient's local midnight), quiet hours; checked in that order.
+# Why a message is held back, or NULL to send: no phone, opted out, the emergency brake, daily cap
+# (messages that went, or may have gone, out since the recipient's local midnight), quiet hours;
+# checked in that order. `paused` and `quiet_hours` defer (the message goes out later under the
+# same key); the others suppress.
+DEFERRING = ("paused", "quiet_hours")
 _HOLD_REASON = """
     CASE
         WHEN CAST(:no_phone AS boolean) THEN 'no_phone'
@@ -92,6 +107,7 @@ _HOLD_REASON = """
             SELECT 1 FROM recipient_opt_outs o
             WHERE o.recipient_type = :recipient_type AND o.recipient_id = :recipient_id AND o.channel = :channel
         ) THEN 'opted_out'
+        WHEN EXISTS (SELECT 1 FROM messaging_brake b WHERE b.paused) THEN 'paused'
         WHEN (
             SELECT count(*) FROM message_log m
             WHERE m.recipient_type = :recipient_type AND m.recipient_id = :recipient_id
@@ -107,10 +123,14 @@ _CLAIM_NEW = text(
     f"""
 WITH decided AS (SELECT {_HOLD_REASON} AS reason)
 INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version,
-                         status, reason, attempts)
+                         status, reason, attempts, sender, lease_started_at, lease_until)
 SELECT :key, :recipient_type, :recipient_id, :channel, :template, :template_version,
-       CASE WHEN reason IS NULL THEN 'sending' WHEN reason = 'quiet_hours' THEN 'deferred' ELSE 'suppressed' END,
-       reason, CASE WHEN reason IS NULL THEN 1 ELSE 0 END
+       CASE WHEN reason IS NULL THEN 'sending' WHEN reason IN ('paused', 'quiet_hours') THEN 'deferred'
+            ELSE 'suppressed' END,
+       reason, CASE WHEN reason IS NULL THEN 1 ELSE 0 END,
+       CASE WHEN reason IS NULL THEN :sender END,
+       CASE WHEN reason IS NULL THEN now() END,
+       CASE WHEN reason IS NULL THEN now() + make_interval(secs => :lease_seconds) END
 FROM decided
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING status, reason
@@ -149,10 +169,23 @@ class NewClaim:
     reason: str | None
 
 
-async def claim_new(conn: AsyncConnection, hold: Hold, template: str, template_version: int) -> NewClaim | None:
-    """Write a first-seen key's row with its decision (one statement); None if the key exists."""
+async def claim_new(
+    conn: AsyncConnection, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
+) -> NewClaim | None:
+    """Write a first-seen key's row with its decision (one statement); None if the key exists.
+
+    A row written `sending` carries the sender and the lease of this attempt."""
     row = (
-        await conn.execute(_CLAIM_NEW, {**hold.params(), "template": template, "template_version": template_version})
+        await conn.execute(
+            _CLAIM_NEW,
+            {
+                **hold.params(),
+                "template": template,
+                "template_version": template_version,
+                "sender": sender,
+                "lease_seconds": lease.total_seconds(),
+            },
+        )
     ).first()
     return NewClaim(row.status, row.reason) if row else None
 
@@ -163,7 +196,10 @@ async def hold_reason(conn: AsyncConnection, hold: Hold) -> str | None:
 
 
 async def claim(conn: AsyncConnection, request: SendMessage, channel: str, template_version: int) -> Row[Any]:
-    """Insert the key's row if new, then lock it for this attempt (the caller commits)."""
+    """Insert the key's row if new, then lock it for this attempt (the caller commits).
+
+    The row comes with `lease_left`: how long the attempt holding `sending` still owns it
+    (NULL or negative: no live lease), measured on the database's clock, which every worker shares."""
     await conn.execute(
         insert(MessageLog)
         .values(
@@ -177,11 +213,42 @@ async def claim(conn: AsyncConnection, request: SendMessage, channel: str, templ
         )
         .on_conflict_do_nothing(index_elements=[MessageLog.idempotency_key])
     )
+    lease_left = func.extract("epoch", MessageLog.lease_until - func.now()).label("lease_left")
     return (
         await conn.execute(
-            select(MessageLog.__table__).where(MessageLog.idempotency_key == request.idempotency_key).with_for_update()
+            select(MessageLog.__table__, lease_left)
+            .where(MessageLog.idempotency_key == request.idempotency_key)
+            .with_for_update(of=MessageLog.__table__)
         )
     ).one()
+
+
+async def take_lease(
+    conn: AsyncConnection, key: str, *, channel: str, sender: str, content_sid: str | None, lease: timedelta,
+    **values: object,
+) -> None:
+    """`sending`, owned by this attempt until the lease ends; records where the next call goes."""
+    await conn.execute(
+        update(MessageLog)
+        .where(MessageLog.idempotency_key == key)
+        .values(
+            status="sending",
+            channel=channel,
+            sender=sender,
+            content_sid=content_sid,
+            lease_started_at=func.now(),
+            lease_until=func.now() + lease,
+            updated_at=func.now(),
+            **values,
+        )
+    )
+
+
+async def owned_sids(conn: AsyncConnection, sids: list[str]) -> set[str]:
+    """Which of these Twilio sids another key already recorded: those messages are not ours."""
+    if not sids:
+        return set()
+    return set(await conn.scalars(select(MessageLog.provider_sid).where(MessageLog.provider_sid.in_(sids))))
 
 
 async def set_status(conn: AsyncConnection, key: str, status: str, **values: object) -> None:
@@ -194,11 +261,19 @@ async def set_status(conn: AsyncConnection, key: str, status: str, **values: obj
 
 async def record_opt_out(engine: AsyncEngine, recipient: Recipient, channel: str, reason: str) -> None:
     async with engine.begin() as conn:
-        await conn.execute(
+        added = await conn.scalar(
             insert(RecipientOptOut)
             .values(recipient_type=recipient.type, recipient_id=recipient.id, channel=channel, reason=reason)
             .on_conflict_do_nothing()
+            .returning(RecipientOptOut.recipient_id)
         )
+        if added is not None:
+            await conn.execute(
+                insert(RecipientOptOutEvent).values(
+                    recipient_type=recipient.type, recipient_id=recipient.id, channel=channel, action="opt_out",
+                    reason=reason,
+                )
+            )
 
 
 DELIVERY_STATUSES = {"sent", "delivered", "failed", "undelivered"}
@@ -223,19 +298,54 @@ async def record_delivery(engine: AsyncEngine, provider_sid: str, status: str, e
     return True
 
 
+_BY_PHONE = """
+    SELECT 'retailer' AS recipient_type, id::text AS recipient_id FROM retailers WHERE phone = :phone
+    UNION ALL SELECT 'member', id::text FROM memberships WHERE phone = :phone
+    UNION ALL SELECT 'customer', id::text FROM customers WHERE phone = :phone
+"""
+# Each statement changes the opt-outs and writes their history at once; only real changes are
+# audited (a second STOP, a START without a STOP, change nothing).
+_OPT_OUT_BY_PHONE = text(
+    f"""
+WITH added AS (
+    INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel, reason)
+    SELECT recipient_type, recipient_id, :channel, :reason FROM ({_BY_PHONE}) r
+    ON CONFLICT DO NOTHING
+    RETURNING recipient_type, recipient_id
+)
+INSERT INTO recipient_opt_out_events (recipient_type, recipient_id, channel, action, reason)
+SELECT recipient_type, recipient_id, :channel, 'opt_out', :reason FROM added
+"""
+)
+_OPT_IN_BY_PHONE = text(
+    f"""
+WITH lifted AS (
+    DELETE FROM recipient_opt_outs o USING ({_BY_PHONE}) r
+    WHERE o.recipient_type = r.recipient_type AND o.recipient_id = r.recipient_id AND o.channel = :channel
+    RETURNING o.recipient_type, o.recipient_id
+)
+INSERT INTO recipient_opt_out_events (recipient_type, recipient_id, channel, action, reason)
+SELECT recipient_type, recipient_id, :channel, 'opt_in', :reason FROM lifted
+"""
+)
+
+
 async def opt_out_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
     """An inbound STOP: every recipient with this number stops getting messages on the channel."""
     async with engine.begin() as conn:
-        result = await conn.execute(
-            text(
-                """
-INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel, reason)
-SELECT 'retailer', id::text, :channel, :reason FROM retailers WHERE phone = :phone
-UNION ALL SELECT 'member', id::text, :channel, :reason FROM memberships WHERE phone = :phone
-UNION ALL SELECT 'customer', id::text, :channel, :reason FROM customers WHERE phone = :phone
-ON CONFLICT DO NOTHING
-"""
-            ),
-            {"phone": phone, "channel": channel, "reason": reason},
-        )
+        result = await conn.execute(_OPT_OUT_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
         return result.rowcount
+
+
+async def opt_in_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
+    """An inbound START: the opt-outs on this channel of every recipient with this number are lifted."""
+    async with engine.begin() as conn:
+        result = await conn.execute(_OPT_IN_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
+        return result.rowcount
+
+
+async def recipient_by_phone(engine: AsyncEngine, phone: str) -> tuple[str, str] | None:
+    """The first recipient with this number (type, id), to address a reply such as HELP's."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(text(f"SELECT * FROM ({_BY_PHONE}) r LIMIT 1"), {"phone": phone})).first()
+    return (row.recipient_type, row.recipient_id) if row else None

@@ -1,8 +1,9 @@
 """`send_message`: exactly-once WhatsApp/SMS through the outbox.
 
 At-least-once activities become exactly-once sends: the key's row is claimed and marked
-`sending` before Twilio is called, the sid is stored after, and a retry that finds `sending`
-asks Twilio what it already accepted before it sends again. Permanent provider errors are
+`sending` (with the channel, the sender and a lease) before Twilio is called, the sid is stored
+after. An attempt that finds another's live lease fails retryable without sending; one that
+finds `sending` with the lease over asks Twilio what it already accepted before it sends again. Permanent provider errors are
 recorded on the row and raised as non-retryable; everything else is retried by Temporal.
 """
 
@@ -12,11 +13,12 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioRestException
@@ -25,7 +27,7 @@ from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.templates import Template, UnknownTemplate, get_template
-from activities.messaging.twilio_gateway import TwilioGateway
+from activities.messaging.twilio_gateway import Accepted, TwilioGateway
 from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
 
 log = structlog.get_logger(__name__)
@@ -42,15 +44,46 @@ class Senders:
     whatsapp: str
     sms: str
 
+    def of(self, channel: str) -> str:
+        return self.whatsapp if channel == "whatsapp" else self.sms
+
 
 @dataclass(frozen=True)
 class SendPolicy:
     daily_cap: int = 10
     quiet_hours: QuietHours = QuietHours()
+    lease: timedelta = timedelta(seconds=30)
+    """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback."""
+    paused_recheck: timedelta = timedelta(minutes=1)
+    """While the brake is on, when a held message is tried again."""
+
+
+@dataclass
+class _Attempt:
+    """Where this attempt's next Twilio call goes (a fallback moves it)."""
+
+    key: str
+    channel: str
+    sender: str
 
 
 def _address(channel: str, phone: str) -> str:
     return f"whatsapp:{phone}" if channel == "whatsapp" else phone
+
+
+def _now() -> datetime:
+    """The later of this worker's clock and the time Temporal scheduled this attempt.
+
+    In production they agree (the schedule is a little earlier); under a time-skipping test
+    server, the schedule carries the skipped-to time, so quiet hours end when a workflow's
+    durable timer says they do.
+    """
+    wall = datetime.now(UTC)
+    try:
+        scheduled = activity.info().current_attempt_scheduled_time
+    except RuntimeError:  # not in an activity
+        return wall
+    return max(wall, scheduled) if scheduled.tzinfo else wall
 
 
 def _count(template: str, outcome: str) -> None:
@@ -97,6 +130,10 @@ class MessagingActivities:
     @activity.defn(name="send_messages")
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
         """Send a batch, `max_in_flight` at a time and paced to `per_second`.
+
+        Kept registered for payment-reminder runs started before `reminders-per-message-delivery`:
+        new runs send one `send_message` per reminder, so every send passes the messaging task
+        queue's rate limit, which the Temporal server enforces across all messaging workers.
 
         A permanent failure is that message's outcome; a transient one fails the activity after
         the rest of the batch went out, and Temporal retries it: the messages already sent come
@@ -165,13 +202,16 @@ class MessagingActivities:
     async def _claim(
         self, request: SendMessage, recipient: Recipient, channel: str, template: Template, body: str
     ) -> SendOutcome | None:
-        """Lock the key's row and decide: already done, held back, or ours to send now."""
-        now = datetime.now(UTC)
+        """Lock the key's row and decide: already done, held back, being sent by another attempt, or ours."""
+        now = _now()
         key = request.idempotency_key
         local = now.astimezone(ZoneInfo(recipient.timezone))
         hold = outbox.Hold(key, recipient, channel, self._policy.daily_cap, self._policy.quiet_hours.holds(local), now)
+        sender = self._senders.of(channel)
         async with self._statements.connect() as conn:
-            new = await outbox.claim_new(conn, hold, request.template, template.version)
+            new = await outbox.claim_new(
+                conn, hold, request.template, template.version, sender=sender, lease=self._policy.lease
+            )
         if new is not None:  # a first-seen key: the common case, one statement
             if new.status == "sending":
                 return None
@@ -186,27 +226,55 @@ class MessagingActivities:
                 raise permanent(row.reason or "ProviderRejected", f"message {key} failed earlier", code=row.error_code)
             if row.status == "suppressed":
                 return SendOutcome(status="suppressed", channel=row.channel, reason=row.reason)
-            if row.status == "sending" and recipient.phone:
-                sid = await self._gateway.find_sent(
-                    to=_address(row.channel, recipient.phone), since=row.updated_at - timedelta(seconds=5), body=body
-                )
-                if sid:
-                    await outbox.set_status(conn, key, "sent", provider_sid=sid, sent_at=now)
-                    log.info("message.resolved_after_crash", idempotency_key=key, provider_sid=sid)
-                    return SendOutcome(status="sent", provider_sid=sid, channel=row.channel, duplicate=True)
+            if row.status == "sending":
+                if row.lease_left is not None and row.lease_left > 0:
+                    # Another attempt may be waiting for Twilio right now: neither send nor look up.
+                    log.info("message.lease_held", idempotency_key=key, seconds_left=round(row.lease_left, 1))
+                    raise ApplicationError(
+                        f"message {key} is being sent by another attempt",
+                        type="SendInProgress",
+                        next_retry_delay=timedelta(seconds=float(row.lease_left) + 1),
+                    )
+                if recipient.phone:
+                    sid = await self._find_ours(conn, row, recipient.phone, body)
+                    if sid:
+                        await outbox.set_status(conn, key, "sent", provider_sid=sid, sent_at=now, lease_until=None)
+                        log.info("message.resolved_after_crash", idempotency_key=key, provider_sid=sid)
+                        return SendOutcome(status="sent", provider_sid=sid, channel=row.channel, duplicate=True)
             reason = await outbox.hold_reason(conn, hold)
             if reason is not None:
                 held = self._hold(reason, channel, local)
-                await outbox.set_status(conn, key, held.status, reason=held.reason)
+                await outbox.set_status(conn, key, held.status, reason=held.reason, lease_until=None)
                 log.info("message.held_back", idempotency_key=key, status=held.status, reason=held.reason)
                 return held
-            await outbox.set_status(conn, key, "sending", attempts=row.attempts + 1)
+            await outbox.take_lease(
+                conn, key, channel=channel, sender=sender, content_sid=None, lease=self._policy.lease,
+                attempts=row.attempts + 1, reason=None,
+            )
         return None
 
+    async def _find_ours(self, conn: AsyncConnection, row: Any, phone: str, body: str) -> str | None:
+        """The message the attempt that lost its lease got Twilio to accept, if any.
+
+        Looked up where that attempt sent it (the channel and sender recorded before the call),
+        created since it claimed the row, with our text; a template send (no text at Twilio)
+        only matches a message no other key recorded as its own.
+        """
+        sender = row.sender or self._senders.of(row.channel)
+        since = (row.lease_started_at or row.updated_at) - timedelta(seconds=1)
+        candidates = await self._gateway.sent_since(to=_address(row.channel, phone), from_=sender, since=since)
+        mine = [c for c in candidates if c.body == body or (row.content_sid and not c.body)]
+        others = await outbox.owned_sids(conn, [c.sid for c in mine])
+        mine = [c for c in mine if c.sid not in others]
+        return mine[-1].sid if mine else None  # newest first: the oldest is the first send
+
     def _hold(self, reason: str, channel: str, local: datetime) -> SendOutcome:
-        """Quiet hours defer the message to when they end; every other reason suppresses it."""
+        """Quiet hours and the brake defer the message (same key, later); every other reason suppresses it."""
         if reason == "quiet_hours":
             retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
+            return SendOutcome(status="deferred", channel=channel, reason=reason, retry_at=retry_at)
+        if reason == "paused":
+            retry_at = local.astimezone(UTC) + self._policy.paused_recheck
             return SendOutcome(status="deferred", channel=channel, reason=reason, retry_at=retry_at)
         return SendOutcome(status="suppressed", channel=channel, reason=reason)
 
@@ -215,44 +283,61 @@ class MessagingActivities:
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
+        attempt = _Attempt(key, channel, self._senders.of(channel))
         try:
-            accepted, channel = await self._deliver(recipient.phone, channel, template, params, body)
+            accepted = await self._deliver(attempt, recipient.phone, template, params, body)
         except TwilioRestException as exc:
-            await self._record_failure(request, recipient, channel, exc)  # always raises
+            await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
         async with self._statements.connect() as conn:
             await outbox.set_status(
-                conn, key, "sent", provider_sid=accepted.sid, channel=channel, sent_at=datetime.now(UTC), error_code=None
+                conn, key, "sent", provider_sid=accepted.sid, channel=attempt.channel, sent_at=_now(),
+                error_code=None, lease_until=None,
             )
-        log.info("message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=channel, template=template.name)
-        return SendOutcome(status="sent", provider_sid=accepted.sid, channel=channel)
+        log.info(
+            "message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=attempt.channel,
+            template=template.name,
+        )
+        return SendOutcome(status="sent", provider_sid=accepted.sid, channel=attempt.channel)
 
-    async def _deliver(self, phone: str, channel: str, template: Template, params: dict, body: str):
-        """WhatsApp first when preferred; outside the 24 h window, the approved template or SMS."""
-        sender = self._senders.whatsapp if channel == "whatsapp" else self._senders.sms
+    async def _deliver(self, attempt: _Attempt, phone: str, template: Template, params: dict, body: str) -> Accepted:
+        """WhatsApp first when preferred; outside the 24 h window, the approved template or SMS.
+
+        Each fallback records its channel and sender (and renews the lease) before the call, so a
+        crash after it is looked up where the message went.
+        """
         try:
-            return await self._gateway.send(to=_address(channel, phone), from_=sender, body=body), channel
+            return await self._gateway.send(to=_address(attempt.channel, phone), from_=attempt.sender, body=body)
         except TwilioRestException as exc:
-            if exc.code != OUTSIDE_SESSION or channel != "whatsapp":
+            if exc.code != OUTSIDE_SESSION or attempt.channel != "whatsapp":
                 raise
         if template.whatsapp_content_sid:
-            variables = json.dumps(template.content_variables(params))
-            accepted = await self._gateway.send(
+            await self._move(attempt, "whatsapp", content_sid=template.whatsapp_content_sid)
+            return await self._gateway.send(
                 to=_address("whatsapp", phone),
-                from_=self._senders.whatsapp,
+                from_=attempt.sender,
                 content_sid=template.whatsapp_content_sid,
-                content_variables=variables,
+                content_variables=json.dumps(template.content_variables(params)),
             )
-            return accepted, "whatsapp"
-        return await self._gateway.send(to=phone, from_=self._senders.sms, body=body), "sms"
+        await self._move(attempt, "sms")
+        return await self._gateway.send(to=phone, from_=attempt.sender, body=body)
+
+    async def _move(self, attempt: _Attempt, channel: str, *, content_sid: str | None = None) -> None:
+        attempt.channel, attempt.sender = channel, self._senders.of(channel)
+        async with self._statements.connect() as conn:
+            await outbox.take_lease(
+                conn, attempt.key, channel=channel, sender=attempt.sender, content_sid=content_sid,
+                lease=self._policy.lease,
+            )
 
     async def _record_failure(
         self, request: SendMessage, recipient: Recipient, channel: str, exc: TwilioRestException
     ) -> NoReturn:
         """Permanent errors are recorded and made non-retryable; a refusal frees the row for a retry.
 
-        The raised errors carry the code, never Twilio's text: it quotes the phone number, and
-        failures are stored in the workflow's history.
+        `channel` is the one the refused call went to: an opt-out (21610) on the SMS fallback is
+        an SMS opt-out. The raised errors carry the code, never Twilio's text: it quotes the phone
+        number, and failures are stored in the workflow's history.
         """
         key, code = request.idempotency_key, exc.code
         if code in INVALID_RECIPIENT or code in INVALID_SENDER or code == OPTED_OUT:
@@ -263,14 +348,17 @@ class MessagingActivities:
             if code == OPTED_OUT:
                 await outbox.record_opt_out(self._engine, recipient, channel, reason="twilio 21610")
             async with self._engine.begin() as conn:
-                await outbox.set_status(conn, key, "failed", error_code=code, reason=error_type)
+                await outbox.set_status(conn, key, "failed", error_code=code, reason=error_type, lease_until=None)
             log.warning("message.failed", idempotency_key=key, error_code=code, error_type=error_type)
             raise permanent(error_type, f"Twilio refused {key} with error {code}", code=code) from None
         if exc.status is not None and exc.status >= 500:
-            # Ambiguous: keep `sending` so the retry looks the message up first.
+            # Ambiguous: keep `sending` so the retry looks the message up first. Twilio answered, so
+            # this attempt is no longer in flight: its lease ends now.
+            async with self._engine.begin() as conn:
+                await outbox.set_status(conn, key, "sending", lease_until=func.now())
             raise ApplicationError(f"Twilio answered {exc.status} for {key}", type="ProviderUnavailable") from None
         async with self._engine.begin() as conn:
-            await outbox.set_status(conn, key, "queued", error_code=code, reason="retrying")
+            await outbox.set_status(conn, key, "queued", error_code=code, reason="retrying", lease_until=None)
         if code in BUSY or exc.status == 429:
             log.info("message.throttled", idempotency_key=key, error_code=code)
             raise ApplicationError(f"Twilio busy ({code})", type="ProviderBusy") from None

@@ -80,6 +80,11 @@ TEMPLATES: dict[tuple[str, int], Template] = {
         ),
         Template("insight", 1, "{insight_message}"),
         Template(
+            "help", 1,
+            "Hi {first_name}, this is your supplier's account line: reminders, credit and order updates. "
+            "Reply STOP to stop these messages, START to get them again.",
+        ),
+        Template(
             "churn_nudge", 1,
             "Hi {first_name}, we would love to keep you with us. Update your payment details to keep "
             "your membership: {manage_link}",

@@ -110,6 +110,12 @@ class Accepted:
     status: str
 
 
+@dataclass(frozen=True)
+class Sent:
+    sid: str
+    body: str
+
+
 class TwilioGateway:
     """Send, and look up what was sent (to resolve an ambiguous send after a crash)."""
 
@@ -138,20 +144,20 @@ class TwilioGateway:
         message = await self._client.messages.create_async(**kwargs)
         return Accepted(sid=message.sid, status=message.status)
 
-    async def find_sent(self, *, to: str, since: datetime, body: str) -> str | None:
-        """The sid of a message to `to` created since `since` with this text (or a template's), if any.
+    async def sent_since(self, *, to: str, from_: str, since: datetime) -> list[Sent]:
+        """Messages from `from_` to `to` created since `since` (Twilio's seconds), newest first.
 
-        Lists by `To` only: a DateSent filter would miss a message that is still queued.
+        Lists by `To` and `From` only: a DateSent filter would miss a message that is still queued.
         """
-        for message in await self._client.messages.list_async(to=to, limit=100):
-            if message.date_created and message.date_created < since.replace(microsecond=0):
-                continue
-            if message.body == body or not message.body:
-                return message.sid
-        return None
+        floor = since.replace(microsecond=0)
+        return [
+            Sent(sid=m.sid, body=m.body or "")
+            for m in await self._client.messages.list_async(to=to, from_=from_, limit=100)
+            if not (m.date_created and m.date_created < floor)
+        ]
 
     async def close(self) -> None:
         await close_twilio_client(self._client)
 
 
-__all__ = ["Accepted", "TwilioGateway", "TwilioRestException", "twilio_client"]
+__all__ = ["Accepted", "Sent", "TwilioGateway", "TwilioRestException", "twilio_client"]

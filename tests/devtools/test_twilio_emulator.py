@@ -263,11 +263,25 @@ async def test_latency_is_injected_at_runtime(emulator: TwilioEmulator, client: 
     assert time.monotonic() - started >= 0.15
 
 
+async def test_an_accept_delay_keeps_a_message_out_of_the_list_until_it_is_recorded() -> None:
+    """As on a slow network: a lookup made while the create is under way does not see it yet."""
+    async with TwilioEmulator(accept_delay_ms=500) as emu:
+        async with async_twilio_client(emu.url, emu.account_sid, emu.auth_token) as c:
+            create = asyncio.create_task(send(c))
+            await asyncio.sleep(0.2)
+            assert await c.messages.list_async(to=ALICE) == []
+            message = await create
+            assert [m.sid for m in await c.messages.list_async(to=ALICE)] == [message.sid]
+            _, current = await control(emu, "GET", "config")
+            assert current["accept_delay_ms"] == 500
+
+
 async def test_config_endpoint_refuses_invalid_settings(emulator: TwilioEmulator) -> None:
     invalid: list[dict[str, Any]] = [
         {"fail_rate": 2},
         {"rate_limit": 0},
         {"latency_ms": "slow"},
+        {"accept_delay_ms": -1},
         {"bogus": 1},
         {"delivery_failures": {ALICE: "x"}},
     ]

@@ -98,6 +98,9 @@ def twilio_emulator(
     rate_limit: Annotated[float | None, typer.Option(min=0.001, help="Messages per second before HTTP 429 (20429).")] = None,
     fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of creates answered 5xx.")] = 0.0,
     latency_ms: Annotated[int, typer.Option(min=0, help="Added latency per request.")] = 0,
+    accept_delay_ms: Annotated[
+        int, typer.Option(min=0, help="Delay between admitting a create and recording it (a slow network).")
+    ] = 0,
 ) -> None:
     """Serve the Twilio Messages API emulator (dev and tests) until Ctrl-C."""
     emulator = _devtool("twilio_emulator")
@@ -108,7 +111,7 @@ def twilio_emulator(
     sid = s.twilio_account_sid or DEFAULT_ACCOUNT_SID
     token = s.twilio_auth_token.get_secret_value() if s.twilio_auth_token else DEFAULT_AUTH_TOKEN
     typer.echo(f"Twilio emulator on http://127.0.0.1:{port} (account {sid})")
-    run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token)
+    run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token, accept_delay_ms=accept_delay_ms)
 
 
 @stack_app.command("stripe-sandbox")

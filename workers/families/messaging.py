@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.cli.messaging import messaging_app
 from workers.families.registry import Family
 
 
@@ -18,6 +19,8 @@ def sends(deps: Any) -> Any:
     from activities.messaging.outbox import QuietHours
     from activities.messaging.send import MessagingActivities, SendPolicy, Senders
     from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+    from datetime import timedelta
+
     from config.settings import SettingsError
 
     settings = deps.settings
@@ -38,6 +41,7 @@ def sends(deps: Any) -> Any:
         SendPolicy(
             daily_cap=settings.message_daily_cap,
             quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
+            paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
         ),
         per_second=settings.messages_per_second,
     )
@@ -48,4 +52,9 @@ def _messaging_activities(deps: Any) -> list[Any]:
     return [activities.send_message, activities.send_messages]
 
 
-FAMILY = Family(name="messaging", workflows=_workflows, messaging_activities=_messaging_activities)
+FAMILY = Family(
+    name="messaging",
+    cli=[("messaging", messaging_app)],
+    workflows=_workflows,
+    messaging_activities=_messaging_activities,
+)
