@@ -8,14 +8,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+
+from workflows._common import db_retry
 
 with workflow.unsafe.imports_passed_through():
     from activities.retention import RetentionActivities
     from schemas.retention import RETENTION_STEPS, RetentionPage, RetentionRequest, RetentionStatus
 
-DB_TIMEOUT = timedelta(minutes=2)
-DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+DB_TIMEOUT = timedelta(minutes=2)  # a page of deletes may take longer than one row's statement
+DB_RETRY = db_retry()
 
 
 @workflow.defn
