@@ -3,7 +3,7 @@
 Every write is conditional on the row still being where the caller expects it
 (`WHERE status = 'PENDING'`, `ON CONFLICT DO NOTHING`), so Temporal's at-least-once
 activities and a sweep racing a workflow never apply a transition twice. Each status change
-writes its `audit_log` row in the same transaction (ARCHITECTURE §6).
+writes its `audit_log` row in the same transaction (docs/ARCHITECTURE.md §5).
 """
 
 from __future__ import annotations

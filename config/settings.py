@@ -1,4 +1,4 @@
-"""Process settings, read once from the environment (ARCHITECTURE §4).
+"""Process settings, read once from the environment (the README's Configuration table).
 
 Every setting is validated at start so a typo fails fast with one line naming it,
 instead of surfacing as a connection error deep inside a worker.

@@ -110,7 +110,7 @@ SESSION_CLOSED_MESSAGE: Final = (
     "If you are using WhatsApp, please use a Message Template."
 )
 
-# Twilio's test-credential magic numbers (ARCHITECTURE §7); messages take {to} and {from_}.
+# Twilio's test-credential magic numbers (docs/ARCHITECTURE.md §6); messages take {to} and {from_}.
 _INVALID_FROM: Final = "The 'From' number {from_} is not a valid phone number, shortcode, or alphanumeric sender ID."
 MAGIC_FROM: Final[Mapping[str, tuple[int, str]]] = {
     "+15005550001": (21212, _INVALID_FROM),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from schemas.messaging import SendMessage
 
 REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
-"""Days relative to a debit's due date on which it is due a reminder (ARCHITECTURE §6)."""
+"""Days relative to a debit's due date on which it is due a reminder (docs/ARCHITECTURE.md §5)."""
 
 SkipReason = Literal["blocked", "no_phone", "opted_out"]
 

@@ -11,7 +11,7 @@ from datetime import date
 
 
 def pending_order(order_id: int) -> str:
-    """An order's 24-hour clock (ARCHITECTURE §5)."""
+    """An order's 24-hour clock (docs/ARCHITECTURE.md §4)."""
     return f"pending-order/{order_id}"
 
 

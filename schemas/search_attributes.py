@@ -1,4 +1,4 @@
-"""Custom search attributes (ARCHITECTURE §5): the UI's filters, all Keyword."""
+"""Custom search attributes (docs/ARCHITECTURE.md §4): the UI's filters, all Keyword."""
 
 from __future__ import annotations
 

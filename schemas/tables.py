@@ -1,4 +1,4 @@
-"""Every table of the platform, as SQLAlchemy 2 typed models (ARCHITECTURE §6 and §7).
+"""Every table of the platform, as SQLAlchemy 2 typed models (docs/ARCHITECTURE.md §5 and §6).
 
 The database, not only the code, holds the rules a job must never break, because jobs are
 retried, replayed and run concurrently:

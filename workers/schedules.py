@@ -1,4 +1,4 @@
-"""Schedules as code: one registry, applied idempotently (ARCHITECTURE §5).
+"""Schedules as code: one registry, applied idempotently (docs/ARCHITECTURE.md §4).
 
 `apply` creates a missing schedule and updates an existing one in place, keeping its
 paused state and note, so an operator who paused a schedule in the UI is not overruled

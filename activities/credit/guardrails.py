@@ -1,6 +1,6 @@
 """Credit guardrails: pause retailers past their limits, lift the pauses the system made.
 
-One statement per run decides, changes and audits (ARCHITECTURE §6): a retailer with a debit
+One statement per run decides, changes and audits (docs/ARCHITECTURE.md §5): a retailer with a debit
 overdue more than `max_outstanding_days`, or outstanding above `credit_limit`, goes from ACTIVE to
 PAUSED; a retailer the *system* paused whose conditions no longer hold goes back to ACTIVE. Admin
 pauses and blocks are never in scope. The audit row is written by the same statement as the change.

@@ -39,7 +39,7 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
     assert expected == sorted(
         ["insights-nightly", "order-expiry-sweep", "payment-reminders", "credit-guardrails",
          "loyalty-reconcile-sweep", "loyalty-integrity-audit", "data-retention"]
-    ), "the six schedules of ARCHITECTURE §5 and data retention"
+    ), "the six schedules of docs/ARCHITECTURE.md §4 and data retention"
     assert sorted(sid for sid, _ in first) == expected and {o for _, o in second} == {"updated"}
     assert await _schedule_ids(dev_env.client) == expected
     described = await handle.describe()

@@ -1,7 +1,7 @@
 """`jobctl loyalty retry|resolve|show ITEM` and `jobctl loyalty audit`: loyalty, for operators.
 
 Registered by workers/cli.py, whose `main` flushes and leaves through `os._exit`
-(ARCHITECTURE §9). A signal that cannot apply (no such item, item already resolved) or a bad
+(docs/ARCHITECTURE.md §8). A signal that cannot apply (no such item, item already resolved) or a bad
 argument is bad input: one clear line, exit 2.
 """
 

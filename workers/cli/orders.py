@@ -1,7 +1,7 @@
 """`jobctl orders start|complete|fail|show ORDER`: an order's clock, for operators and demos.
 
 Registered by workers/cli.py (`app.add_typer(orders_app, name="orders")`), whose `main` flushes
-and leaves through `os._exit` (ARCHITECTURE §9). A start, signal or lookup that cannot apply
+and leaves through `os._exit` (docs/ARCHITECTURE.md §8). A start, signal or lookup that cannot apply
 (unknown order, order already settled) is bad input: one clear line, exit 2.
 """
 
