@@ -137,7 +137,7 @@ class LoyaltyReconciliationWorkflow:
     # --- the steps ---------------------------------------------------------------------------
 
     async def _reconcile(self, item: QueueItem) -> QueueItem:
-        """One 24-hour try: verify the payment with Stripe, then apply the points."""
+        """One try (bounded by BACKOFF's attempts and GIVE_UP_AFTER): verify the payment with Stripe, then apply the points."""
         deadline = workflow.now() + GIVE_UP_AFTER
         try:
             if item.payment_intent_id:
@@ -284,6 +284,8 @@ def _why(error: ActivityError) -> str:
     cause = error.cause
     if isinstance(cause, TimeoutError):  # the window closed while an attempt ran
         cause = cause.cause
+    elif error.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:  # transient every time: retries used up
+        return f"GaveUp: no success in {BACKOFF.maximum_attempts} attempts (last error {_describe(cause)})"[:500]
     elif error.retry_state != RetryState.TIMEOUT:  # a refusal: not worth another try
         return _describe(cause)[:500]
     return f"GaveUp: no success within {_hours(GIVE_UP_AFTER)} (last error {_describe(cause)})"[:500]

@@ -5,21 +5,40 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.churn import ApplyIncentive, CaseAction, CaseContext, CaseStatus, ChurnCaseInput, NudgeDecision
+from schemas.churn import (
+    ApplyIncentive,
+    CaseAction,
+    CaseContext,
+    CaseStatus,
+    ChurnCaseInput,
+    DecideNudge,
+    LoadCase,
+    ManualNudge,
+    NudgeDecision,
+    NudgeOutcome,
+)
 from schemas.messaging import SendMessage, SendOutcome
-from schemas.payments import CancelSubscription, ExtendSubscription, SubscriptionCancellation, SubscriptionPeriod
+from schemas.payments import (
+    CancelSubscription,
+    ExtendSubscription,
+    SubscriptionCancellation,
+    SubscriptionPeriod,
+    SubscriptionState,
+    SubscriptionStateRequest,
+)
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
 
 COMPANY = "co-gym"
 MEMBERSHIP = 55
 DAY = timedelta(days=1)
+LAPSED = SubscriptionState(subscription_id="sub_1", status="past_due", cancel_at_period_end=False, current_period_end=None)
+"""What Stripe answers before the termination unless a test says otherwise: still not paying."""
 
 
 @dataclass
@@ -32,17 +51,23 @@ class FakeChurn:
     daily_cap: int | None = None
     quiet_until: list[timedelta] = field(default_factory=list)
     """Hold-backs to answer first: each one defers the nudge by that much (quiet hours)."""
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    send_holds: list[timedelta] = field(default_factory=list)
+    """Hold-backs the outbox answers first: each defers a send by that much (`deliver` sends again)."""
+    subscription: SubscriptionState = field(default_factory=LAPSED.model_copy)
+    decisions: list[DecideNudge] = field(default_factory=list)
     sends: list[tuple[datetime, SendMessage]] = field(default_factory=list)
+    """Every send that went out; a deferred attempt is in `deferred_sends`."""
+    deferred_sends: list[tuple[datetime, SendMessage]] = field(default_factory=list)
+    state_reads: list[tuple[datetime, SubscriptionStateRequest]] = field(default_factory=list)
     actions: list[CaseAction] = field(default_factory=list)
     extensions: list[ExtendSubscription] = field(default_factory=list)
     cancellations: list[tuple[datetime, CancelSubscription]] = field(default_factory=list)
 
     @activity.defn(name="churn_load_case")
-    async def load_case(self, request: dict) -> CaseContext:
+    async def load_case(self, request: LoadCase) -> CaseContext:
         return CaseContext(
-            case_id=request["case_id"],
-            company_id=request["company_id"],
+            case_id=request.case_id,
+            company_id=request.company_id,
             membership_id=MEMBERSHIP,
             status=self.status,  # type: ignore[arg-type]
             opened_at=started_at(),
@@ -53,14 +78,15 @@ class FakeChurn:
         )
 
     @activity.defn(name="churn_decide_nudge")
-    async def decide_nudge(self, request: dict) -> NudgeDecision:
+    async def decide_nudge(self, request: DecideNudge) -> NudgeDecision:
         """The company's rules, as the real activity decides them from the nudges sent before."""
+        assert request.company_id == COMPANY
         self.decisions.append(request)
-        at = datetime.fromisoformat(request["at"])
-        channel = request.get("channel") or "sms"
+        at = request.at
+        channel = request.channel or "sms"
         if self.quiet_until:
             return NudgeDecision(allowed=False, channel=channel, held_back="quiet_hours", retry_at=at + self.quiet_until.pop(0))
-        recent = [t for t in request["sent_before"] if at - datetime.fromisoformat(t) < DAY]
+        recent = [t for t in request.sent_before if at - t < DAY]
         if self.daily_cap is not None and len(recent) >= self.daily_cap:
             return NudgeDecision(allowed=False, channel=channel, held_back="daily_cap", retry_at=at + DAY)
         return NudgeDecision(allowed=True, channel=channel)
@@ -72,8 +98,16 @@ class FakeChurn:
 
     @activity.defn(name="send_message")
     async def send_message(self, message: SendMessage) -> SendOutcome:
+        if self.send_holds:
+            self.deferred_sends.append((started_at(), message))
+            return SendOutcome(status="deferred", reason="quiet_hours", retry_at=started_at() + self.send_holds.pop(0))
         self.sends.append((started_at(), message))
         return SendOutcome(status="sent", provider_sid=f"SM{len(self.sends)}", channel=message.channel)
+
+    @activity.defn(name="subscription_state")
+    async def subscription_state(self, request: SubscriptionStateRequest) -> SubscriptionState:
+        self.state_reads.append((started_at(), request))
+        return self.subscription
 
     @activity.defn(name="extend_subscription")
     async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:
@@ -95,6 +129,7 @@ class FakeChurn:
             self.send_message,
             self.extend_subscription,
             self.cancel_subscription,
+            self.subscription_state,
         ]
 
     def kinds(self) -> list[str]:
@@ -139,9 +174,12 @@ async def test_nudges_go_out_on_the_offset_days_then_the_membership_is_terminate
     assert days_after(start, [t for t, _ in fake.sends]) == [0, 2, 5]
     assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:{n}" for n in (1, 2, 3)]
     assert {(m.recipient_type, m.recipient_id, m.template) for _, m in fake.sends} == {("member", str(MEMBERSHIP), "churn_nudge")}
+    # Stripe is read once more before the irreversible step; the member is still not paying.
+    [(read_at, read)] = fake.state_reads
     [(cancelled_at, cancel)] = fake.cancellations
-    assert days_after(start, [cancelled_at]) == [8]  # last offset (5) + grace (3)
-    assert cancel == CancelSubscription(membership_id=MEMBERSHIP, idempotency_key=f"terminate:{case_id}")
+    assert read == SubscriptionStateRequest(membership_id=MEMBERSHIP) and read_at <= cancelled_at
+    assert days_after(start, [read_at]) == [8]  # last offset (5) + grace (3)
+    assert cancel == CancelSubscription(membership_id=MEMBERSHIP, idempotency_key=f"terminate:{case_id}", at_period_end=False)
     assert fake.kinds() == ["nudge_sms", "nudge_sms", "nudge_sms", "membership_terminated"]
     assert fake.actions[-1].close_as == "TERMINATED"
     assert (result.status, result.attempts) == ("TERMINATED", 3)
@@ -155,11 +193,12 @@ async def test_recovered_on_day_3_stops_the_remaining_nudges_and_the_termination
     async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
         _, handle = await open_case(time_skipping_env, task_queue)
         await time_skipping_env.sleep(3 * DAY)
-        await handle.signal("recovered", {"actor_id": "stripe"})
+        await handle.signal("recovered", {"actor_id": "stripe", "company_id": COMPANY})
         result = await handle.result()
 
     assert days_after(await started(handle), [t for t, _ in fake.sends]) == [0, 2]
-    assert fake.cancellations == []
+    assert fake.cancellations == [] and fake.state_reads == []
+    assert fake.actions[-1].actor_id == "stripe"
     assert fake.kinds()[-1] == "case_recovered" and fake.actions[-1].close_as == "RECOVERED"
     assert (result.status, result.attempts, result.next_nudge_at) == ("RECOVERED", 2, None)
 
@@ -199,14 +238,14 @@ async def test_manual_nudges_are_decided_one_at_a_time_under_the_daily_cap(
     async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
         case_id, handle = await open_case(time_skipping_env, task_queue)
         await eventually(lambda: _nudged(handle, 1))
-        await handle.signal("manual_nudge", {"actor_id": "op-1", "channel": "whatsapp"})
-        await handle.signal("manual_nudge", {"actor_id": "op-2", "note": "called too"})
+        await handle.signal("manual_nudge", {"actor_id": "op-1", "channel": "whatsapp", "company_id": COMPANY})
+        await handle.signal("manual_nudge", {"actor_id": "op-2", "note": "called too", "company_id": COMPANY})
         await eventually(lambda: _recorded(fake, 3))
         now = await case_status(handle)
-        await handle.signal("cancelled")
+        await handle.signal("cancelled", {"company_id": COMPANY})
         result = await handle.result()
 
-    assert [len(d["sent_before"]) for d in fake.decisions] == [0, 1, 2]  # each decision saw the one before
+    assert [len(d.sent_before) for d in fake.decisions] == [0, 1, 2]  # each decision saw the one before
     assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1", f"manual:{case_id}:1"]
     assert fake.sends[1][1].channel == "whatsapp"
     held = fake.actions[2]
@@ -217,7 +256,14 @@ async def test_manual_nudges_are_decided_one_at_a_time_under_the_daily_cap(
 
 @pytest.mark.parametrize(
     "payload",
-    [{}, {"actor_id": ""}, {"actor_id": "op-1", "channel": "pigeon"}, ["op-1"], {"actor_id": "op-1", "company_id": "co-other"}],
+    [
+        {},
+        {"actor_id": "", "company_id": COMPANY},
+        {"actor_id": "op-1", "channel": "pigeon", "company_id": COMPANY},
+        ["op-1"],
+        {"actor_id": "op-1"},  # no company
+        {"actor_id": "op-1", "company_id": "co-other"},
+    ],
 )
 async def test_a_malformed_or_foreign_manual_nudge_is_dropped(
     time_skipping_env: WorkflowEnvironment, task_queue: str, payload: object
@@ -230,7 +276,7 @@ async def test_a_malformed_or_foreign_manual_nudge_is_dropped(
         await time_skipping_env.sleep(timedelta(hours=1))
         now = await case_status(handle)
         assert await task_failures(handle) == 0
-        await handle.signal("recovered")
+        await handle.signal("recovered", {"company_id": COMPANY})
         await handle.result()
 
     assert (now.status, now.attempts, now.manual_nudges) == ("OPEN", 1, 0)
@@ -243,16 +289,17 @@ async def test_apply_incentive_accepts_1_to_90_days_once(time_skipping_env: Work
         case_id, handle = await open_case(time_skipping_env, task_queue)
         await eventually(lambda: _nudged(handle, 1))
         for days in (0, 91, -5):
-            assert "between 1 and 90" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=days))
+            assert "between 1 and 90" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=days, company_id=COMPANY))
         assert "does not belong" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=30, company_id="co-other"))
+        assert "company_id is required" in await refusal(handle, {"actor_id": "op-1", "days": 30})
         assert fake.extensions == []
 
         period_end = await handle.execute_update(
-            "apply_incentive", ApplyIncentive(actor_id="op-1", days=30), result_type=datetime
+            "apply_incentive", ApplyIncentive(actor_id="op-1", days=30, company_id=COMPANY), result_type=datetime
         )
-        assert "already applied" in await refusal(handle, ApplyIncentive(actor_id="op-2", days=7))
+        assert "already applied" in await refusal(handle, ApplyIncentive(actor_id="op-2", days=7, company_id=COMPANY))
         now = await case_status(handle)
-        await handle.signal("recovered")
+        await handle.signal("recovered", {"company_id": COMPANY})
         await handle.result()
 
     assert fake.extensions == [ExtendSubscription(membership_id=MEMBERSHIP, days=30, idempotency_key=f"incentive:{case_id}")]
@@ -273,7 +320,95 @@ async def test_a_case_no_longer_open_does_nothing(time_skipping_env: WorkflowEnv
     assert fake.decisions == [] and fake.sends == [] and fake.actions == [] and fake.cancellations == []
 
 
-async def refusal(handle: WorkflowHandle, request: ApplyIncentive) -> str:
+@pytest.mark.parametrize(
+    ("stripe_status", "cancel_at_period_end", "ends_as", "cancels_at_period_end"),
+    [
+        ("active", False, "RECOVERED", None),  # paid meanwhile: nothing to cancel
+        ("active", True, "TERMINATED", True),  # set to cancel: keeps the period already paid for
+        ("canceled", False, "TERMINATED", False),  # already over at Stripe: cancelled now, as ever
+    ],
+)
+async def test_stripe_is_read_again_before_the_membership_is_terminated(
+    time_skipping_env: WorkflowEnvironment,
+    task_queue: str,
+    stripe_status: str,
+    cancel_at_period_end: bool,
+    ends_as: str,
+    cancels_at_period_end: bool | None,
+) -> None:
+    fake = FakeChurn(offsets=[0], grace=1, subscription=SubscriptionState(
+        subscription_id="sub_1", status=stripe_status, cancel_at_period_end=cancel_at_period_end, current_period_end=None
+    ))
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    assert len(fake.state_reads) == 1
+    assert [c.at_period_end for _, c in fake.cancellations] == ([] if cancels_at_period_end is None else [cancels_at_period_end])
+    assert result.status == ends_as and fake.actions[-1].close_as == ends_as
+    assert await task_failures(handle) == 0
+
+
+async def test_a_nudge_the_outbox_defers_is_sent_under_the_same_key_when_the_hold_ends(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeChurn(offsets=[1], grace=2, send_holds=[timedelta(hours=6)])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    start = await started(handle)
+    key = f"nudge:{case_id}:1"
+    assert [(days_after(start, [t]), m.idempotency_key) for t, m in fake.deferred_sends] == [([1], key)]
+    assert [(days_after(start, [t]), m.idempotency_key) for t, m in fake.sends] == [([1.25], key)]
+    held, sent = fake.actions[:2]
+    assert (held.type, held.metadata["reason"], held.nudge_sent) == ("nudge_deferred", "quiet_hours", False)
+    assert held.idempotency_key.startswith(f"{key}:deferred:")
+    assert (sent.type, sent.idempotency_key, sent.nudge_sent) == ("nudge_sms", key, True)
+    assert len(fake.decisions) == 1  # the company's rules were asked once; the outbox held the send
+    assert (result.status, result.attempts) == ("TERMINATED", 1)
+
+
+async def test_nudge_now_answers_sent_deferred_until_quiet_hours_end_or_capped(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeChurn(offsets=[0, 10], daily_cap=3)
+
+    async def nudge_now(actor: str, company_id: str = COMPANY) -> NudgeOutcome:
+        return await handle.execute_update(
+            "nudge_now", ManualNudge(actor_id=actor, company_id=company_id), result_type=NudgeOutcome
+        )
+
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _nudged(handle, 1))
+        with pytest.raises(WorkflowUpdateFailedError) as foreign:
+            await nudge_now("op-0", company_id="co-other")
+        sent = await nudge_now("op-1")
+        fake.quiet_until = [timedelta(hours=9)]
+        deferred = await nudge_now("op-2")
+        assert len(fake.sends) == 2  # not yet: it waits for quiet hours to end
+        await time_skipping_env.sleep(timedelta(hours=10))
+        await eventually(lambda: _sent(fake, 3))
+        capped = await nudge_now("op-3")
+        now = await case_status(handle)
+        await handle.signal("recovered", {"company_id": COMPANY})
+        await handle.result()
+
+    assert "does not belong" in str(foreign.value.cause)
+    assert (sent.outcome, sent.channel) == ("sent", "sms")
+    quiet_end = fake.decisions[2].at + timedelta(hours=9)
+    assert (deferred.outcome, deferred.reason, deferred.at) == ("deferred", "quiet_hours", quiet_end)
+    assert (capped.outcome, capped.reason, capped.at) == ("capped", "daily_cap", fake.decisions[-1].at + DAY)
+    assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1", f"manual:{case_id}:1", f"manual:{case_id}:2"]
+    assert fake.sends[2][0] >= deferred.at  # the deferred nudge went out when quiet hours ended, not before
+    suppressed = next(a for a in fake.actions if a.type == "nudge_suppressed")
+    assert (suppressed.idempotency_key, suppressed.actor_id) == (f"manual:{case_id}:3", "op-3")
+    assert (now.attempts, now.manual_nudges, now.last_hold_back) == (3, 3, "daily_cap")
+    assert await task_failures(handle) == 0
+
+
+async def refusal(handle: WorkflowHandle, request: ApplyIncentive | dict) -> str:
     """Why the update's validator refused `request` (it must refuse)."""
     with pytest.raises(WorkflowUpdateFailedError) as failed:
         await handle.execute_update("apply_incentive", request)
@@ -282,6 +417,10 @@ async def refusal(handle: WorkflowHandle, request: ApplyIncentive) -> str:
 
 async def _nudged(handle: WorkflowHandle, attempts: int) -> bool:
     return (await case_status(handle)).attempts >= attempts
+
+
+async def _sent(fake: FakeChurn, sends: int) -> bool:
+    return len(fake.sends) >= sends
 
 
 async def _recorded(fake: FakeChurn, actions: int) -> bool:

@@ -1,10 +1,11 @@
-"""Credit's decisions in seconds: reminder pages and their one send batch, guardrails, payments."""
+"""Credit's decisions in seconds: reminder pages and their sends, guardrails, payments."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from temporalio import activity
@@ -27,8 +28,8 @@ from schemas.credit import (
     RemindersStatus,
 )
 from schemas.insights import BusinessDay
-from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
-from tests.workflows.harness import family_worker
+from schemas.messaging import SendMessage, SendOutcome
+from tests.workflows.harness import eventually, family_worker, started_at
 
 BUSINESS_DAY = date(2026, 11, 23)
 """What the calendar activity answers: not today, so a test sees the workflow used its answer."""
@@ -61,17 +62,20 @@ class FakeCredit:
     """The credit activities, the calendar and the messaging gateway, by their registered names."""
 
     pages: list[ReminderPage] = field(default_factory=list)
-    batch_outcomes: dict[str, BatchItemOutcome] = field(default_factory=dict)
     changes: list[GuardrailChange] = field(default_factory=list)
     refuse_send: dict[str, str] = field(default_factory=dict)
     """idempotency key -> the permanent error `send_message` raises for it."""
+    answers: dict[str, list[SendOutcome | timedelta]] = field(default_factory=dict)
+    """idempotency key -> what the outbox answers its first sends (a timedelta: deferred that long); then sent."""
     days_asked: list[BusinessDay] = field(default_factory=list)
     page_requests: list[ReminderPageRequest] = field(default_factory=list)
-    batches: list[SendBatch] = field(default_factory=list)
     marked: list[RemindersSent] = field(default_factory=list)
     checks: list[GuardrailsCheck] = field(default_factory=list)
     payments: list[RecordPayment] = field(default_factory=list)
     sends: list[SendMessage] = field(default_factory=list)
+    send_times: list[datetime] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     @activity.defn(name="business_day")
     async def business_day(self, request: BusinessDay) -> date:
@@ -82,16 +86,6 @@ class FakeCredit:
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
         self.page_requests.append(request)
         return self.pages.pop(0)
-
-    @activity.defn(name="send_messages")
-    async def send_messages(self, batch: SendBatch) -> SendBatchResult:
-        self.batches.append(batch)
-        return SendBatchResult(
-            outcomes=[
-                self.batch_outcomes.get(m.idempotency_key, BatchItemOutcome(idempotency_key=m.idempotency_key, status="sent"))
-                for m in batch.messages
-            ]
-        )
 
     @activity.defn(name="credit_mark_reminders_sent")
     async def mark_reminders_sent(self, request: RemindersSent) -> int:
@@ -113,15 +107,26 @@ class FakeCredit:
     @activity.defn(name="send_message")
     async def send_message(self, message: SendMessage) -> SendOutcome:
         self.sends.append(message)
+        self.send_times.append(started_at())
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)  # long enough for the page's other sends to be in flight beside it
+        finally:
+            self.in_flight -= 1
         if error := self.refuse_send.get(message.idempotency_key):
             raise ApplicationError(f"{message.idempotency_key}: {error}", type=error, non_retryable=True)
+        if answers := self.answers.get(message.idempotency_key):
+            answer = answers.pop(0)
+            if isinstance(answer, timedelta):
+                return SendOutcome(status="deferred", reason="quiet_hours", retry_at=started_at() + answer)
+            return answer
         return SendOutcome(status="sent", provider_sid="SM1", channel="whatsapp")
 
     def activities(self) -> list:
         return [
             self.business_day,
             self.reminder_page,
-            self.send_messages,
             self.mark_reminders_sent,
             self.apply,
             self.record,
@@ -129,48 +134,59 @@ class FakeCredit:
         ]
 
 
-def outcome(key: str, status: str, *, duplicate: bool = False, reason: str | None = None) -> BatchItemOutcome:
-    return BatchItemOutcome(idempotency_key=key, status=status, duplicate=duplicate, reason=reason)  # type: ignore[arg-type]
-
-
-async def test_reminders_page_through_one_send_batch_each_and_mark_only_what_went_out(
+async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     day = date(2026, 12, 1)
+    hold = timedelta(hours=9)
     fake = FakeCredit(
         pages=[
-            page(day, [1, 2, 3], last=False, skipped={"no_phone": 1}, link_failures={"InvalidAmount": 1}),
-            page(day, [4], last=True),
+            page(day, [1, 2, 3, 4], last=False, skipped={"no_phone": 1}, link_failures={"InvalidAmount": 1}),
+            page(day, [5], last=True),
         ],
-        batch_outcomes={
-            f"reminder:2:{day}": outcome(f"reminder:2:{day}", "sent", duplicate=True),
-            f"reminder:3:{day}": outcome(f"reminder:3:{day}", "failed", reason="InvalidRecipient"),
-            f"reminder:4:{day}": outcome(f"reminder:4:{day}", "deferred", reason="quiet_hours"),
+        answers={
+            f"reminder:2:{day}": [SendOutcome(status="sent", duplicate=True)],
+            f"reminder:4:{day}": [SendOutcome(status="suppressed", reason="opted_out")],
+            f"reminder:5:{day}": [hold],
         },
+        refuse_send={f"reminder:3:{day}": "InvalidRecipient"},
     )
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
-        status = await time_skipping_env.client.execute_workflow(
+        handle = await time_skipping_env.client.start_workflow(
             "PaymentRemindersWorkflow",
-            RemindersRequest(reminder_date=day, page_size=3, max_in_flight=7, messaging_task_queue=task_queue),
+            RemindersRequest(reminder_date=day, page_size=4, max_in_flight=2, messaging_task_queue=task_queue),
             id=f"payment-reminders/{uuid.uuid4().hex}",
             task_queue=task_queue,
             result_type=RemindersStatus,
         )
 
-    assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [(day, 0, 3), (day, 3, 3)]
-    assert [[m.recipient_id for m in b.messages] for b in fake.batches] == [["1", "2", "3"], ["4"]]
-    assert {b.max_in_flight for b in fake.batches} == {7}
-    # Marked: the new send and the earlier one (a re-run), never the failed or deferred retailer.
-    assert [[r.retailer_id for r in m.due] for m in fake.marked] == [[1, 2], []]
+        async def held() -> bool:
+            return (await handle.query("status", result_type=RemindersStatus)).deferred == 1
+
+        await eventually(held)
+        while_held = await handle.query("status", result_type=RemindersStatus)
+        status = await handle.result()
+
+    assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [(day, 0, 4), (day, 4, 4)]
+    # One send per reminder, never more than max_in_flight at once; retailer 5 twice: deferred, then after its hold.
+    ids = [m.recipient_id for m in fake.sends]
+    assert sorted(ids[:4]) == ["1", "2", "3", "4"] and ids[4:] == ["5", "5"]  # a page's sends run side by side
+    assert fake.most_in_flight <= 2
+    assert fake.send_times[-1] - fake.send_times[-2] >= hold
+    # Marked: the new send and the earlier one (a re-run) with the page; the deferred one once it
+    # went out, for the day it was due. Never the failed or opted-out retailer.
+    assert [([r.retailer_id for r in m.due], m.reminder_date) for m in fake.marked] == [([1, 2], day), ([5], day)]
     assert fake.days_asked == []  # the day was given
+    assert (while_held.deferred, while_held.sent, while_held.pages) == (1, 1, 2)
     assert status == RemindersStatus(
         reminder_date=day,
-        after_retailer_id=4,
+        after_retailer_id=5,
         pages=2,
-        due=6,
-        sent=1,
+        due=7,
+        sent=2,
         duplicates=1,
-        skipped={"no_phone": 1, "quiet_hours": 1},
+        deferred=0,
+        skipped={"no_phone": 1, "opted_out": 1},
         failed={"InvalidAmount": 1, "InvalidRecipient": 1},
         finished=True,
     )
@@ -191,7 +207,7 @@ async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of
 
     assert [d.timezone for d in fake.days_asked] == ["Africa/Accra"]
     assert [r.reminder_date for r in fake.page_requests] == [BUSINESS_DAY]
-    assert fake.batches == [] and fake.marked == []
+    assert fake.sends == [] and fake.marked == []
     assert (status.reminder_date, status.due, status.sent, status.skipped) == (BUSINESS_DAY, 2, 0, {"opted_out": 2})
 
 

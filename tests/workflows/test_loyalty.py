@@ -35,6 +35,7 @@ from schemas.loyalty import (
 )
 from schemas.payments import PaymentIntentState, PaymentIntentStatus
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
+from workflows.loyalty import BACKOFF, GIVE_UP_AFTER
 
 CUSTOMER = 31
 
@@ -177,21 +178,24 @@ async def test_retryable_failures_are_retried_then_a_refusal_goes_to_review_and_
     assert await task_failures(handle) == 0
 
 
-async def test_an_item_that_never_applies_goes_to_review_after_24_hours(
+async def test_an_item_that_never_applies_goes_to_review_when_its_attempts_run_out(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     fake = FakeLoyalty(item_id=new_item_id(), keep_failing=busy())
     async with family_worker(time_skipping_env, task_queue, "loyalty", fake.activities()):
         handle = await reconcile(time_skipping_env, task_queue, fake)
-        await time_skipping_env.sleep(timedelta(hours=25))
+        await time_skipping_env.sleep(timedelta(hours=7))  # 12 attempts, the back-off capped at 1 h: about 6 h
         await eventually(lambda: waiting_for_review(handle))
+        review = await status(handle)
         await handle.signal("resolve_manually", {"actor_id": "admin-1", "note": "applied at the till"})
         result = await handle.result()
 
-    [review] = fake.reviews
-    assert review.reason.startswith("GaveUp: no success within 24 h") and "LockNotAvailable" in review.reason
+    assert [attempt for _, attempt in fake.applies] == list(range(1, BACKOFF.maximum_attempts + 1))  # then no more
+    [marked] = fake.reviews
+    assert marked.reason.startswith("GaveUp: no success in 12 attempts") and "LockNotAvailable" in marked.reason
+    assert review.reason == marked.reason
     tried_for = fake.applies[-1][0] - fake.applies[0][0]
-    assert timedelta(hours=20) < tried_for <= timedelta(hours=24)
+    assert timedelta(hours=5) < tried_for < GIVE_UP_AFTER  # the attempts ran out well inside the 24-hour window
     assert max(b[0] - a[0] for a, b in zip(fake.applies, fake.applies[1:])) <= timedelta(hours=1, seconds=5)  # capped back-off
     assert result.resolution == "manual" and result.resolved_by == "admin-1"
 
