@@ -157,6 +157,15 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once(
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT status FROM orders WHERE id = :o"), {"o": order_id}) == "FAILED"
     assert_problem(await http.post("/v1/orders/987654321/failed", json={"reason": "x"}, headers=headers), 404)
+    gone, _, _ = await new_order(engine)  # a clock that ended for an order the database no longer has
+    assert (await http.post(f"/v1/orders/{gone}/checkout-started", headers=headers)).status_code == 200
+    assert (await http.post(f"/v1/orders/{gone}/completed", headers=headers)).status_code == 202
+    await dev_env.client.get_workflow_handle(f"pending-order/{gone}").result()
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM pending_orders WHERE order_id = :o"), {"o": gone})
+        await conn.execute(text("DELETE FROM orders WHERE id = :o"), {"o": gone})
+    assert "does not exist" in assert_problem(
+        await http.post(f"/v1/orders/{gone}/failed", json={"reason": "x"}, headers=headers), 404)["detail"]
     assert_problem(await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "x"}, headers=await new_key(engine, "orders:read")), 403)
 
 
