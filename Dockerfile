@@ -2,6 +2,8 @@
 # (devtools/: emulators, sandbox, dev stack); `jobctl dev` there says the dev extra is missing.
 #   docker build -t jobctl .
 #   docker run --rm -e DATABASE_URL=... -e TEMPORAL_ADDRESS=... jobctl
+# The HTTP API (OpenAPI at /openapi.json, probes /healthz and /readyz), same image:
+#   docker run --rm -p 8000:8000 -e DATABASE_URL=... -e TEMPORAL_ADDRESS=... jobctl api --host 0.0.0.0
 # Readiness probe: `jobctl worker --check` (exit 0 when Temporal and the database answer).
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -25,6 +27,8 @@ ENV PATH=/opt/jobctl/bin:$PATH \
     LOG_FORMAT=json
 WORKDIR /app
 USER 10001
+# `jobctl api` listens on 8000 (`--port` to change it).
+EXPOSE 8000
 # SIGTERM drains: in-flight activities get the worker's graceful shutdown timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["jobctl"]

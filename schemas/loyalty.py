@@ -11,7 +11,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 """`loyalty_reconciliation_queue.status`, and the `CaseStatus` search attribute of its workflow."""
@@ -144,6 +144,7 @@ class ResolveItem(BaseModel):
     resolution: Literal["applied", "refunded", "manual"]
     resolved_by: str = "system"
     note: str | None = Field(default=None, max_length=500)
+    points_adjustment: int | None = Field(default=None, description="a manual resolution's points, written with it")
 
 
 class ReopenItem(BaseModel):
@@ -166,6 +167,30 @@ class ResolveManually(BaseModel):
 
     actor_id: str = _ACTOR
     note: str = Field(min_length=1, max_length=500)
+    points_adjustment: int | None = Field(
+        default=None, ge=-MAX_POINTS, le=MAX_POINTS,
+        description="points to add (or, negative, take) through the ledger as the item closes; once per item",
+    )
+
+    @field_validator("points_adjustment")
+    @classmethod
+    def _non_zero(cls, points: int | None) -> int | None:
+        if points == 0:
+            raise ValueError("must be non-zero (leave it out for no adjustment)")
+        return points
+
+
+class PointsAdjustment(BaseModel):
+    """An `adjusted` ledger row: a person's correction, once per reference."""
+
+    customer_id: int
+    reference_type: str
+    reference_id: str
+    already_adjusted: bool = Field(description="a repeat: nothing written, the first adjustment is returned")
+    requested: int
+    points: int = Field(description="what was written: a balance never goes below 0 nor past the ledger's limit")
+    balance_before: int
+    balance_after: int
 
 
 class ReconcileStatus(BaseModel):

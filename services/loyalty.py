@@ -79,9 +79,11 @@ async def retry_now(client: Client, item_id: int, actor_id: str) -> None:
     await _signal(client, item_id, "retry_now", RetryNow(actor_id=actor_id))
 
 
-async def resolve_manually(client: Client, item_id: int, actor_id: str, note: str) -> None:
-    """Signal `resolve_manually`: close the item by hand, recording who and why."""
-    await _signal(client, item_id, "resolve_manually", ResolveManually(actor_id=actor_id, note=note))
+async def resolve_manually(client: Client, item_id: int, actor_id: str, note: str, *, points_adjustment: int | None = None) -> None:
+    """Signal `resolve_manually`: close the item by hand, recording who and why; a points adjustment
+    (+ or -) is written through the ledger as it closes, once per item."""
+    await _signal(client, item_id, "resolve_manually",
+                  ResolveManually(actor_id=actor_id, note=note, points_adjustment=points_adjustment))
 
 
 async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus:

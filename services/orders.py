@@ -21,7 +21,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas import ids
@@ -118,7 +118,10 @@ async def fail_order(
         )
     except WorkflowAlreadyStartedError:
         handle = client.get_workflow_handle(f"order-failure/{order_id}")
-    return await client.get_workflow_handle(handle.id, result_type=OrderFailureResult).result()
+    try:
+        return await client.get_workflow_handle(handle.id, result_type=OrderFailureResult).result()
+    except WorkflowFailureError as error:  # refused by the database (no such order): nothing changed
+        raise _refusal(error.cause) from None
 
 
 async def order_status(client: Client, order_id: int) -> PendingOrderStatus:
@@ -164,6 +167,8 @@ async def _result(client: Client, order_id: int) -> PendingOrderResult:
 
 
 def _refusal(cause: BaseException | None) -> OrderRefused:
+    if isinstance(cause, ActivityError):  # a workflow that failed with its activity's refusal
+        cause = cause.cause
     if isinstance(cause, ApplicationError) and cause.type == "UnknownOrder":
         return UnknownOrder(cause.message)
     if isinstance(cause, ApplicationError) and cause.type == "OrderNotPending":

@@ -5,7 +5,8 @@ confirms the order's PaymentIntent succeeded and was not refunded (a refund: not
 the item is resolved as refunded); then the points are applied under Temporal's retry policy
 (1 min doubling to 1 h, for at most 24 h). A permanent refusal (insufficient points, unknown
 customer) or running out of time sends the item to NEEDS_REVIEW, where it waits for a person:
-signal `retry_now` {actor_id} (a fresh 24-hour try) or `resolve_manually` {actor_id, note}.
+signal `retry_now` {actor_id} (a fresh 24-hour try) or `resolve_manually` {actor_id, note,
+points_adjustment?} (the adjustment is written through the ledger as the item closes).
 Both signals also interrupt a try in progress (its back-off included).
 
 `loyalty-reconcile-sweep`: every 15 min, starts the workflow of any PENDING item that has none.
@@ -117,7 +118,8 @@ class LoyaltyReconciliationWorkflow:
 
     @workflow.signal
     def resolve_manually(self, request: ResolveManually | None = None) -> None:
-        """`{"actor_id": ..., "note": ...}`: close the item by hand (no points are applied by the workflow)."""
+        """`{"actor_id": ..., "note": ..., "points_adjustment": N?}`: close the item by hand (the order's
+        points are not applied; a given adjustment is written, once, with the resolution)."""
         self._accept(
             "resolve_manually", accepted(ResolveManually, request, signal="resolve_manually", subject=self._subject)
         )
@@ -200,7 +202,9 @@ class LoyaltyReconciliationWorkflow:
     async def _act_on_request(self, item: QueueItem) -> QueueItem:
         request, self._request = self._request, None
         if isinstance(request, ResolveManually):
-            return await self._resolve(item, "manual", by=request.actor_id, note=request.note)
+            return await self._resolve(
+                item, "manual", by=request.actor_id, note=request.note, points_adjustment=request.points_adjustment
+            )
         assert isinstance(request, RetryNow)
         self._reason = None
         if item.status != "NEEDS_REVIEW":
@@ -212,11 +216,15 @@ class LoyaltyReconciliationWorkflow:
         workflow.logger.warning("loyalty item %s needs review: %s", item.item_id, reason)
         return await self._db(LoyaltyQueueActivities.mark_needs_review, MarkNeedsReview(item_id=item.item_id, reason=reason))
 
-    async def _resolve(self, item: QueueItem, resolution: str, *, by: str = "system", note: str | None = None) -> QueueItem:
+    async def _resolve(
+        self, item: QueueItem, resolution: str, *, by: str = "system", note: str | None = None,
+        points_adjustment: int | None = None,
+    ) -> QueueItem:
         self._phase = f"resolving ({resolution})"
         return await self._db(
             LoyaltyQueueActivities.resolve_item,
-            ResolveItem(item_id=item.item_id, resolution=resolution, resolved_by=by, note=note),  # type: ignore[arg-type]
+            ResolveItem(item_id=item.item_id, resolution=resolution, resolved_by=by, note=note,  # type: ignore[arg-type]
+                        points_adjustment=points_adjustment),
         )
 
     # --- helpers -----------------------------------------------------------------------------

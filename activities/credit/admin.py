@@ -306,17 +306,11 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
             )
         ).all()
         balance = await credit_balance(conn, retailer_id)
-        link = (
-            await conn.execute(
-                text("SELECT url, amount, checkout_session_id, updated_at FROM payment_links WHERE retailer_id = :r"),
-                {"r": retailer_id},
-            )
-        ).first()
+        link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
     return {
         "retailer_id": row.id,
         "credit_balance": balance,
-        "payment_link": {"url": link.url, "amount": link.amount, "checkout_session_id": link.checkout_session_id,
-                         "sent_at": link.updated_at} if link else None,
+        "payment_link": _link(link) if link else None,
         "credit_status": row.credit_status,
         "paused_at": row.credit_paused_at,
         "pause_reason": row.credit_pause_reason,
@@ -342,3 +336,28 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
             {"at": a.created_at, "action": a.action, "by": a.performed_by, "reason": a.reason} for a in audit
         ],
     }
+
+
+# --- a retailer's payment link -----------------------------------------------------------------
+
+# The one link a retailer has (payment_links is one row per retailer): the reminders reuse it while
+# the debits it pays are unchanged, and replace it (expiring the old Checkout Session) when they change.
+PAYMENT_LINK = text(
+    "SELECT url, amount, currency, checkout_session_id, debit_ids, updated_at FROM payment_links WHERE retailer_id = :r"
+)
+
+
+def _link(row: Any) -> dict[str, Any]:
+    return {"url": row.url, "amount": row.amount, "currency": row.currency, "checkout_session_id": row.checkout_session_id,
+            "debit_ids": list(row.debit_ids or []), "sent_at": row.updated_at}
+
+
+async def payment_link(engine: AsyncEngine, retailer_id: int) -> dict[str, Any]:
+    """The retailer's open payment link; `CreditRefused` when there is no retailer or no link."""
+    async with engine.connect() as conn:
+        if not await conn.scalar(text("SELECT 1 FROM retailers WHERE id = :r"), {"r": retailer_id}):
+            raise CreditRefused(f"no retailer {retailer_id}")
+        link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
+    if link is None:
+        raise CreditRefused(f"retailer {retailer_id} has no payment link (one is made with the first reminder of a debit due)")
+    return _link(link)

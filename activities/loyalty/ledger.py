@@ -1,4 +1,4 @@
-"""The points ledger: applying an order's points, and reversing them on a refund.
+"""The points ledger: applying an order's points, reversing them on a refund, a person's adjustment.
 
 One DB transaction per change, holding the customer's row lock (`SELECT ... FOR UPDATE`) from the
 balance check to the balance update, so concurrent redemptions can never overdraw a balance, and
@@ -10,7 +10,7 @@ the first call's result back, and a repeat with another redemption is refused
 The unique key (reference_type, reference_id, type) still guards the insert (inside a savepoint,
 undone whole when another customer's transaction wrote the order's rows first). An order writes
 a `spent` row (only when it redeems points) then an `earned` row (always, even for 0 points: it is
-the order's marker); a refund writes one `reversed` row. A refund that arrives before the points
+the order's marker); a refund writes one `reversed` row; an adjustment one `adjusted` row per (reference type, id). A refund that arrives before the points
 were applied leaves a 0-point `reversed` row, so a late application applies nothing.
 """
 
@@ -36,6 +36,7 @@ from activities.loyalty.errors import (
 from schemas.loyalty import (
     MAX_POINTS,
     ApplyOrderPoints,
+    PointsAdjustment,
     PointsApplication,
     PointsReversal,
     ReverseOrderPoints,
@@ -79,6 +80,20 @@ VALUES (:customer_id, 'reversed', :points, :before, :after, 'order', :order_id)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
+)
+
+INSERT_ADJUSTMENT = text(
+    """
+INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+VALUES (:customer_id, 'adjusted', :points, :before, :after, :reference_type, :reference_id)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+)
+
+ADJUSTMENT_OF = text(
+    "SELECT customer_id, points, balance_before, balance_after FROM loyalty_transactions"
+    " WHERE reference_type = :reference_type AND reference_id = :reference_id AND type = 'adjusted'"
 )
 
 SET_BALANCE = text("UPDATE customers SET loyalty_points = :balance WHERE id = :customer_id")
@@ -307,6 +322,33 @@ async def reverse(engine: AsyncEngine, request: ReverseOrderPoints) -> PointsRev
         shortfall=result.shortfall,
     )
     return result
+
+
+# --------------------------------------------------------------------------- a person's adjustment
+
+
+async def adjust_points(
+    conn: AsyncConnection, customer_id: int, points: int, *, reference_type: str, reference_id: str
+) -> PointsAdjustment:
+    """Add (or take) `points` inside the caller's transaction, under the customer's row lock: one
+    `adjusted` row per reference, so a retried call writes nothing new. It never fails on the
+    amount: a take larger than the balance takes what is there, an add stops at the ledger's limit."""
+    locked = await _lock_customer(conn, customer_id)
+    keys = {"reference_type": reference_type, "reference_id": reference_id}
+    existing = (await conn.execute(ADJUSTMENT_OF, keys)).first()
+    if existing is not None:
+        return PointsAdjustment(customer_id=existing.customer_id, **keys, already_adjusted=True, requested=points,
+                                points=existing.points, balance_before=existing.balance_before, balance_after=existing.balance_after)
+    written = min(max(points, -locked.balance), BALANCE_LIMIT - locked.balance)
+    before, after = locked.balance, locked.balance + written
+    inserted = await conn.scalar(INSERT_ADJUSTMENT, {"customer_id": customer_id, "points": written, "before": before, "after": after, **keys})
+    if inserted is None:  # cannot happen under the row lock unless written outside this module
+        raise RuntimeError(f"{reference_type} {reference_id}: an adjustment appeared while the customer was locked")
+    await conn.execute(SET_BALANCE, {"balance": after, "customer_id": customer_id})
+    log.info("loyalty.points_adjusted", customer_id=customer_id, reference_type=reference_type, reference_id=reference_id,
+             requested=points, points=written, balance_after=after)
+    return PointsAdjustment(customer_id=customer_id, **keys, already_adjusted=False, requested=points, points=written,
+                            balance_before=before, balance_after=after)
 
 
 class LoyaltyLedgerActivities:

@@ -31,7 +31,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.loyalty.errors import UnknownCustomer
-from activities.loyalty.ledger import apply_points
+from activities.loyalty.ledger import adjust_points, apply_points
 from schemas import ids
 from schemas import search_attributes
 from schemas.loyalty import (
@@ -85,6 +85,7 @@ WHERE id = :id AND status <> 'RESOLVED'
 RETURNING {_COLUMNS}
 """
 )
+SET_RESOLUTION = text(f"UPDATE loyalty_reconciliation_queue SET resolution = :resolution WHERE id = :id RETURNING {_COLUMNS}")
 NEEDS_REVIEW = text(
     f"""
 UPDATE loyalty_reconciliation_queue SET status = 'NEEDS_REVIEW', last_error = :reason, updated_at = now()
@@ -266,7 +267,11 @@ class LoyaltyQueueActivities:
 
     @activity.defn(name="loyalty_resolve_item")
     async def resolve_item(self, request: ResolveItem) -> QueueItem:
-        """Close the item (applied, refunded, or by a person); an item closed already is returned as it is."""
+        """Close the item (applied, refunded, or by a person); an item closed already is returned as it is.
+
+        A person's points adjustment is written in the same transaction, under the item's row lock
+        (taken before the customer's, as an attempt does): the item closes with it or not at all, an
+        attempt that applies the order's points meanwhile rules it out, and it is once per item."""
         # A person's note goes with the resolution ("manual: points given in store"); last_error stays.
         resolution = f"{request.resolution}: {request.note}" if request.note else request.resolution
         async with self._engine.begin() as conn:
@@ -275,6 +280,16 @@ class LoyaltyQueueActivities:
                     RESOLVE, {"id": request.item_id, "resolution": resolution, "resolved_by": request.resolved_by}
                 )
             ).mappings().first()
+            if row is not None and request.points_adjustment:
+                adjusted = await adjust_points(
+                    conn, row["customer_id"], request.points_adjustment,
+                    reference_type="reconciliation_item", reference_id=str(request.item_id),
+                )
+                row = (
+                    await conn.execute(
+                        SET_RESOLUTION, {"id": request.item_id, "resolution": f"{resolution} ({adjusted.points:+d} points)"}
+                    )
+                ).mappings().one()
             item = _item(row) if row else await _read(conn, request.item_id)
         log.info(
             "loyalty.item_resolved", item_id=item.item_id, resolution=item.resolution, resolved_by=item.resolved_by

@@ -168,3 +168,21 @@ async def test_concurrent_applications_of_one_order_with_different_redemptions_a
     assert [r[0] for r in await order_rows(wide_engine, order)] == (["spent", "earned"] if winner else ["earned"])
     assert await balance_and_ledger(wide_engine, cid) == (1000 - winner + 10,) * 2
     assert (await audit_balances(wide_engine, 10))[1] == 0
+
+
+async def test_an_adjustment_is_one_row_per_reference_and_never_overdraws(wide_engine: AsyncEngine) -> None:
+    from activities.loyalty.ledger import adjust_points
+
+    cid = await new_customer(wide_engine, 30)
+
+    async def adjust(points: int, ref: str):  # type: ignore[no-untyped-def]
+        async with wide_engine.begin() as conn:
+            return await adjust_points(conn, cid, points, reference_type="reconciliation_item", reference_id=ref)
+
+    ref = order_ref()
+    outcomes = await asyncio.gather(*(adjust(25, ref) for _ in range(5)))
+    assert sorted(o.already_adjusted for o in outcomes) == [False] + [True] * 4
+    assert {(o.points, o.balance_before, o.balance_after) for o in outcomes} == {(25, 30, 55)}
+    take = await adjust(-100, order_ref())  # more than there is: takes what is there
+    assert (take.requested, take.points, take.balance_after) == (-100, -55, 0)
+    assert await balance_and_ledger(wide_engine, cid) == (0, 0)

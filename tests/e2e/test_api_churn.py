@@ -180,6 +180,12 @@ async def test_a_company_bound_key_cannot_reach_another_companys_cases(http: htt
             "reminder_offsets_days": [1], "channels": ["sms"], "incentive_days": 1, "quiet_hours_start": 21,
             "quiet_hours_end": 8, "daily_nudge_cap": 1, "grace_period_days": 1, "timezone": "UTC"}, headers=our_key), 403)
     assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member}, headers=our_key), 403)
+    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=our_key), 403)
+    operator = await new_key(engine, "churn:write")  # bound to no company: it names the membership's
+    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member}, headers=operator), 422, "body.company_id")
+    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": ours}, headers=operator), 404)
+    same = await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=operator)
+    assert same.status_code == 201 and same.json()["case_id"] == their_case, same.text
     assert [r.type for r in await actions(engine, their_case)] == []  # nothing happened to their case
     unbound = await new_key(engine, "churn:read")
     assert_problem(await http.get(f"/v1/churn/cases/{missing}", headers=unbound), 404)

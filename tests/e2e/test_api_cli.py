@@ -30,7 +30,8 @@ async def test_commands_from_a_second_shell_find_the_running_stack(
     api_settings,  # noqa: F811
 ) -> None:
     company, member, _ = await new_member(engine, offsets=[30])
-    opened = await http.post("/v1/churn/cases", json={"membership_id": member}, headers=await new_key(engine, "churn:write"))
+    opened = await http.post("/v1/churn/cases", json={"membership_id": member, "company_id": company},
+                             headers=await new_key(engine, "churn:write"))
     case_id = opened.json()["case_id"]
     stack_settings = api_settings.model_copy(update={"temporal_address": dev_env.client.service_client.config.target_host})
     write_connection_file(tmp_path, stack_settings, database_url, "http://127.0.0.1:8000")
@@ -39,7 +40,7 @@ async def test_commands_from_a_second_shell_find_the_running_stack(
         return jobctl_beside_the_stack(tmp_path, *args)
 
     risk, cases, shown, review, rules = await asyncio.gather(*(asyncio.to_thread(run, *a) for a in [
-        ("credit", "risk"), ("churn", "cases", "--company", company, "--json"), ("churn", "show", str(case_id)),
+        ("credit", "risk"), ("churn", "cases", "--company", company, "--json"), ("churn", "show", str(case_id), "--company", company),
         ("loyalty", "items", "--state", "NEEDS_REVIEW"), ("churn", "settings", company, "--json"),
     ]))
     assert risk.returncode == 0 and "receivables on" in risk.stdout, risk.stderr

@@ -1,14 +1,17 @@
 """Loyalty and insights over HTTP: an order's points applied once, a failed application queued
-and listed by state, resolved under the key's name; a retailer's latest insight and message."""
+and listed by state, resolved under the key's name (with a points adjustment written once through
+the ledger); a retailer's latest insight and message."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import date, timedelta
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
 
 from tests.activities.test_orders import new_order
 from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
@@ -97,3 +100,43 @@ async def test_a_retailers_latest_insight_and_message(http: httpx.AsyncClient, e
     older = await http.get(f"/v1/insights/retailers/{retailer}?date={today - timedelta(days=1)}", headers=headers)
     assert older.json()["message"] == "yesterday's"
     assert_problem(await http.get(f"/v1/insights/retailers/{retailer}?date=yesterday", headers=headers), 422, "query.date")
+
+
+async def test_resolving_with_a_points_adjustment_writes_it_once(
+    http: httpx.AsyncClient, engine: AsyncEngine, dev_env: WorkflowEnvironment
+) -> None:
+    customer = await new_customer(engine, 10)
+    headers = await new_key(engine, "loyalty:write", "loyalty:read", name=f"desk-{uuid.uuid4().hex[:6]}")
+    # Redeeming more than the balance is a permanent refusal: the item waits for a person.
+    queued = await http.post(f"/v1/loyalty/orders/{order_ref()}/failed-points",
+                             json={"customer_id": customer, "points_redeemed": 50, "order_total": "10.00"}, headers=headers)
+    item = queued.json()["item_id"]
+    for _ in range(150):
+        if (await http.get(f"/v1/loyalty/items/{item}", headers=headers)).json()["status"] == "NEEDS_REVIEW":
+            break
+        await asyncio.sleep(0.2)
+    assert_problem(await http.post(f"/v1/loyalty/items/{item}/resolve", json={"note": "x", "points_adjustment": 0}, headers=headers),
+                   422, "body.points_adjustment")
+    assert_problem(await http.post(f"/v1/loyalty/items/{item}/resolve", json={"note": "x", "points_adjustment": "many"},
+                                   headers=headers), 422, "body.points_adjustment")
+    assert_problem(await http.post(f"/v1/loyalty/items/{item}/resolve", json={"note": "x", "points_adjustment": 5},
+                                   headers=await new_key(engine, "loyalty:read")), 403)
+    assert_problem(await http.post("/v1/loyalty/items/987654321/resolve", json={"note": "x", "points_adjustment": 5}, headers=headers), 404)
+
+    once = {**headers, "Idempotency-Key": f"resolve-{uuid.uuid4()}"}
+    body = {"note": "goodwill for the failed redemption", "points_adjustment": 25}
+    first = await http.post(f"/v1/loyalty/items/{item}/resolve", json=body, headers=once)
+    retried = await http.post(f"/v1/loyalty/items/{item}/resolve", json=body, headers=once)
+    assert first.status_code == retried.status_code == 202, first.text
+    assert retried.headers.get("Idempotent-Replayed") == "true"
+    result = await dev_env.client.get_workflow_handle(f"loyalty-reconcile/{item}").result()
+    assert result["status"] == "RESOLVED" and result["resolution"] == "manual: goodwill for the failed redemption (+25 points)"
+    assert "already RESOLVED" in assert_problem(
+        await http.post(f"/v1/loyalty/items/{item}/resolve", json=body, headers=headers), 409)["detail"]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT points FROM loyalty_transactions WHERE reference_type = 'reconciliation_item' AND reference_id = :i AND type = 'adjusted'"),
+            {"i": str(item)})).scalars().all()
+        resolved_by = await conn.scalar(text("SELECT resolved_by FROM loyalty_reconciliation_queue WHERE id = :i"), {"i": item})
+    assert rows == [25] and resolved_by.startswith("desk-")
+    assert await balance_and_ledger(engine, customer) == (35, 35)

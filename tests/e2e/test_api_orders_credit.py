@@ -1,10 +1,12 @@
 """Orders and credit over HTTP: a checkout's clock (once per Idempotency-Key, once per order),
-completion, failure, order validation; the risk view, profiles, pause/unpause audited under the
-key's name, and a payment recorded once however often the backend retries it."""
+completion, failure (also after the clock ended: one reversal), order validation and placement
+(one debit); the risk view, profiles, payment links, pause/unpause, limits and adjustments audited
+under the key's name, and a payment recorded once however often the backend retries it."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import httpx
 from sqlalchemy import text
@@ -42,7 +44,9 @@ async def test_checkout_started_twice_with_one_idempotency_key_is_one_clock(
     handle = dev_env.client.get_workflow_handle(f"pending-order/{order_id}")
     assert (await handle.result())["state"] == "COMPLETED"
     assert (await http.get(f"/v1/orders/{order_id}", headers=headers)).json()["state"] == "COMPLETED"
-    assert_problem(await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "card declined"}, headers=headers), 409)
+    late = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "courier lost it"}, headers=headers)
+    assert late.status_code == 200, late.text
+    assert late.json()["workflow_id"] == f"order-failure/{order_id}" and late.json()["result"]["reversed_amount"] is None  # COD
 
 
 async def test_unknown_orders_are_404_and_a_blank_reason_is_422(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
@@ -117,3 +121,150 @@ async def test_a_payment_retried_with_its_idempotency_key_is_recorded_once(http:
                    422, "body.amount")
     assert_problem(await http.post("/v1/credit/payments", json={**body, "retailer_id": 987654321},
                                    headers={"Authorization": headers["Authorization"]}), 404)
+
+
+async def _order(engine: AsyncEngine, retailer_id: int, amount: str, mode: str = "CREDIT") -> int:
+    async with engine.begin() as conn:
+        return await conn.scalar(text(
+            "INSERT INTO orders (retailer_id, status, payment_mode, total_amount) VALUES (:r, 'PENDING', :m, :a) RETURNING id"),
+            {"r": retailer_id, "m": mode, "a": Decimal(amount)})
+
+
+async def _available(engine: AsyncEngine, retailer_id: int) -> Decimal:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id})
+
+
+async def test_a_failure_after_the_clock_ended_reverses_the_debit_once(
+    http: httpx.AsyncClient, engine: AsyncEngine, dev_env: WorkflowEnvironment
+) -> None:
+    order_id, retailer_id, _ = await new_order(engine, on_credit=Decimal("300.00"))
+    headers = await new_key(engine, "orders:write")
+    assert (await http.post(f"/v1/orders/{order_id}/checkout-started", headers=headers)).status_code == 200
+    assert (await http.post(f"/v1/orders/{order_id}/completed", headers=headers)).status_code == 202
+    await dev_env.client.get_workflow_handle(f"pending-order/{order_id}").result()
+    assert await _available(engine, retailer_id) == Decimal("700.00")
+
+    once = {**headers, "Idempotency-Key": f"fail-{uuid.uuid4()}"}
+    first = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=once)
+    retried = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=once)
+    assert first.status_code == retried.status_code == 200, first.text
+    assert retried.json() == first.json() and retried.headers.get("Idempotent-Replayed") == "true"
+    assert first.json()["result"] == {"order_id": order_id, "retailer_id": retailer_id, "changed": True, "reversed_amount": "300.00"}
+    again = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=headers)
+    assert again.status_code == 200 and again.json()["result"]["changed"] is False
+    assert await _available(engine, retailer_id) == Decimal("1000.00")
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT status FROM orders WHERE id = :o"), {"o": order_id}) == "FAILED"
+    assert_problem(await http.post("/v1/orders/987654321/failed", json={"reason": "x"}, headers=headers), 404)
+    gone, _, _ = await new_order(engine)  # a clock that ended for an order the database no longer has
+    assert (await http.post(f"/v1/orders/{gone}/checkout-started", headers=headers)).status_code == 200
+    assert (await http.post(f"/v1/orders/{gone}/completed", headers=headers)).status_code == 202
+    await dev_env.client.get_workflow_handle(f"pending-order/{gone}").result()
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM pending_orders WHERE order_id = :o"), {"o": gone})
+        await conn.execute(text("DELETE FROM orders WHERE id = :o"), {"o": gone})
+    assert "does not exist" in assert_problem(
+        await http.post(f"/v1/orders/{gone}/failed", json={"reason": "x"}, headers=headers), 404)["detail"]
+    assert_problem(await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "x"}, headers=await new_key(engine, "orders:read")), 403)
+
+
+async def test_placing_a_credit_order_writes_one_debit(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    _, retailer_id, _ = await new_order(engine)  # credit limit 1,000
+    order_id = await _order(engine, retailer_id, "250.00")
+    headers = await new_key(engine, "orders:write", name=f"shop-{uuid.uuid4().hex[:6]}")
+    body = {"retailer_id": retailer_id, "amount": "250.00", "payment_mode": "CREDIT"}
+    once = {**headers, "Idempotency-Key": f"place-{uuid.uuid4()}"}
+    first = await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=once)
+    retried = await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=once)
+    assert first.status_code == retried.status_code == 200, first.text
+    assert retried.json() == first.json() and retried.headers.get("Idempotent-Replayed") == "true"
+    placed = first.json()
+    assert placed["debit_id"] and placed["due_date"] and placed["available_credit"] == "750.00" and placed["duplicate"] is False
+    again = await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=headers)
+    assert again.json()["duplicate"] is True and again.json()["debit_id"] == placed["debit_id"]
+    async with engine.connect() as conn:
+        debits = await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE order_id = :o AND type = 'DEBIT'"), {"o": order_id})
+    assert debits == 1 and await _available(engine, retailer_id) == Decimal("750.00")
+
+    big = await _order(engine, retailer_id, "5000.00")
+    refused = assert_problem(await http.post(f"/v1/orders/{big}/placement", json={**body, "amount": "5000.00"}, headers=headers), 409)
+    assert "available credit" in refused["detail"]
+    assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json={**body, "retailer_id": 987654321}, headers=headers), 404)
+    assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json={**body, "payment_mode": "CASH"}, headers=headers),
+                   422, "body.payment_mode")
+    assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json={**body, "amount": "0"}, headers=headers), 422, "body.amount")
+    assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=await new_key(engine, "orders:read")), 403)
+    assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json=body), 401)
+
+
+async def test_limits_change_audited_under_the_keys_name(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    _, retailer_id, _ = await new_order(engine, on_credit=Decimal("300.00"))
+    name = f"risk-desk-{uuid.uuid4().hex[:6]}"
+    headers = await new_key(engine, "credit:write", "credit:read", name=name)
+    changed = await http.post(f"/v1/credit/retailers/{retailer_id}/limits",
+                              json={"credit_limit": "2000.00", "max_outstanding_days": 10, "reason": "good payer"}, headers=headers)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["old"] == {"credit_limit": "1000.00", "max_outstanding_days": 30}
+    assert changed.json()["new"] == {"credit_limit": "2000.00", "max_outstanding_days": 10}
+    profile = (await http.get(f"/v1/credit/retailers/{retailer_id}", headers=headers)).json()
+    assert profile["credit_limit"] == "2000.00" and profile["available_credit"] == "1700.00"
+    assert profile["recent_audit"][0] == {**profile["recent_audit"][0], "action": "credit_limits_changed", "by": name, "reason": "good payer"}
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/limits", json={}, headers=headers), 422, "body")
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/limits", json={"max_outstanding_days": -1}, headers=headers),
+                   422, "body.max_outstanding_days")
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/limits", json={"max_order_value": "0"}, headers=headers),
+                   422, "body.max_order_value")
+    assert_problem(await http.post("/v1/credit/retailers/987654321/limits", json={"credit_limit": "5"}, headers=headers), 404)
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/limits", json={"credit_limit": "5"},
+                                   headers=await new_key(engine, "credit:read")), 403)
+
+
+async def test_an_adjustment_retried_with_its_idempotency_key_is_one_ledger_row(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    _, retailer_id, _ = await new_order(engine, on_credit=Decimal("300.00"))
+    headers = await new_key(engine, "credit:write")
+    once = {**headers, "Idempotency-Key": f"adj-{uuid.uuid4()}"}
+    body = {"amount": "100.00", "reason": "returned two crates"}
+    first = await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json=body, headers=once)
+    retried = await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json=body, headers=once)
+    assert first.status_code == retried.status_code == 200, first.text
+    assert retried.json() == first.json() and first.json()["duplicate"] is False
+    assert first.json()["cleared"][0]["allocated"] == "100.00" and first.json()["reference"].startswith("adjust:api-")
+    charge = await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments",
+                             json={"amount": "-40.00", "reason": "late fee", "reference": "fee-2026-11"}, headers=headers)
+    repeat = await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments",
+                             json={"amount": "-40.00", "reason": "late fee", "reference": "fee-2026-11"}, headers=headers)
+    assert charge.json()["duplicate"] is False and repeat.json()["duplicate"] is True, charge.text
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT type, amount FROM credit_transactions WHERE retailer_id = :r AND reference LIKE 'adjust:%' ORDER BY id"),
+            {"r": retailer_id})).all()
+    assert [(r.type, r.amount) for r in rows] == [("CREDIT", Decimal("100.00")), ("DEBIT", Decimal("40.00"))]
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json={**body, "amount": "0"}, headers=headers),
+                   422, "body.amount")
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json={**body, "reason": ""}, headers=headers),
+                   422, "body.reason")
+    assert_problem(await http.post("/v1/credit/retailers/987654321/adjustments", json=body, headers=headers), 404)
+    assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json=body,
+                                   headers=await new_key(engine, "credit:read")), 403)
+
+
+async def test_a_retailers_open_payment_link(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    _, retailer_id, _ = await new_order(engine, on_credit=Decimal("300.00"))
+    headers = await new_key(engine, "credit:read")
+    assert "no payment link" in assert_problem(await http.get(f"/v1/credit/retailers/{retailer_id}/payment-link", headers=headers),
+                                               404)["detail"]
+    session = f"cs_test_{uuid.uuid4().hex}"
+    async with engine.begin() as conn:
+        debit = await conn.scalar(text("SELECT id FROM credit_transactions WHERE retailer_id = :r"), {"r": retailer_id})
+        await conn.execute(text(
+            "INSERT INTO payment_links (retailer_id, checkout_session_id, url, fingerprint, amount, currency, debit_ids)"
+            " VALUES (:r, :s, :u, 'fp', 300.00, 'usd', ARRAY[CAST(:d AS bigint)])"),
+            {"r": retailer_id, "s": session, "u": f"https://checkout.stripe.test/{session}", "d": debit})
+    link = await http.get(f"/v1/credit/retailers/{retailer_id}/payment-link", headers=headers)
+    assert link.status_code == 200, link.text
+    assert link.json() == {**link.json(), "checkout_session_id": session, "amount": "300.00", "currency": "usd", "debit_ids": [debit]}
+    assert (await http.get(f"/v1/credit/retailers/{retailer_id}", headers=headers)).json()["payment_link"]["url"] == link.json()["url"]
+    assert_problem(await http.get("/v1/credit/retailers/987654321/payment-link", headers=headers), 404)
+    assert_problem(await http.get(f"/v1/credit/retailers/{retailer_id}/payment-link", headers=await new_key(engine, "credit:write")), 403)
+    assert_problem(await http.get(f"/v1/credit/retailers/{retailer_id}/payment-link"), 401)

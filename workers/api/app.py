@@ -1,4 +1,5 @@
-"""The HTTP API's application: routers per family, problem+json errors, health and readiness.
+"""The HTTP API's application: each family's routers (from the registry), problem+json errors,
+health and readiness.
 
 `create_app` takes its settings, database engine and Temporal client (the process, or a test,
 owns them), so the same app runs under uvicorn and in the test suite against the real stack.
@@ -15,7 +16,8 @@ from sqlalchemy import text
 
 from workers.api import problems
 from workers.api.auth import SCOPES
-from workers.api.routes import Stack, churn, credit, insights, loyalty, orders
+from workers.api.routes import Stack
+from workers.families import FAMILIES
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,8 +50,9 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     problems.install(app)
-    for family in (orders, credit, insights, churn, loyalty):
-        app.include_router(family.api)
+    for family in FAMILIES:
+        for family_router in family.routes():
+            app.include_router(family_router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -26,14 +26,16 @@ from workers.api.problems import Problem
 
 SCOPES = {
     "orders:read": "show an order's clock, validate an order placement",
-    "orders:write": "start, complete or fail an order's clock",
-    "credit:read": "the risk view and retailers' credit profiles",
-    "credit:write": "pause, unpause or block a retailer; record payments",
+    "orders:write": "start, complete or fail an order's clock; place an order (a credit order's debit)",
+    "credit:read": "the risk view, retailers' credit profiles and open payment links",
+    "credit:write": "pause, unpause or block a retailer; change limits; adjustments; record payments",
     "insights:read": "a retailer's latest insight and message",
     "churn:read": "list and show churn cases, read company settings",
     "churn:write": "open cases, nudge, incentives, end cases, change company settings",
     "loyalty:read": "list and show reconciliation items",
     "loyalty:write": "apply points, queue failures, retry or resolve items, run the audit",
+    "messaging:read": "the messaging brake's state and backlog (keys bound to no company)",
+    "messaging:write": "pause or resume all outbound messaging (keys bound to no company)",
 }
 KEY_PREFIX = "jk_"
 

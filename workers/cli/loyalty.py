@@ -61,16 +61,21 @@ def loyalty_resolve(
     item_id: ItemArg,
     actor: ActorOpt,
     note: Annotated[str, typer.Option("--note", help="Why (stored with the resolution).", show_default=False)],
+    points: Annotated[
+        int | None, typer.Option("--points", help="Adjust the customer's points by this (+/-) through the ledger, once.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Signal `resolve_manually`: close ITEM by hand, recording who and why."""
+    """Signal `resolve_manually`: close ITEM by hand, recording who and why (optionally adjusting points)."""
     from services.loyalty import resolve_manually
 
     actor_id = _actor(actor)
     note = note.strip()
     if not note or len(note) > 500:
         raise UsageError("--note must be 1 to 500 characters")
-    _call(resolve_manually, item_id, actor_id, note)
+    if points is not None and (points == 0 or abs(points) > 1_000_000_000):
+        raise UsageError("--points must be non-zero, at most 1,000,000,000 either way")
+    _call(resolve_manually, item_id, actor_id, note, points_adjustment=points)
     _echo(
         as_json,
         {"item_id": item_id, "signal": "resolve_manually", "actor_id": actor_id},

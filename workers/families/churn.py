@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.cli.churn import churn_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -35,5 +35,6 @@ def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
 
 
 FAMILY = Family(
-    name="churn", cli=[("churn", churn_app)], workflows=_workflows, activities=_activities, stripe_handlers=_stripe_handlers
+    name="churn", cli=[("churn", churn_app)], workflows=_workflows, activities=_activities, stripe_handlers=_stripe_handlers,
+    routes=routes_of("churn"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.cli.credit import credit_app, payments_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -66,4 +66,5 @@ FAMILY = Family(
     activities=_activities,
     schedules=_schedules,
     stripe_handlers=_stripe_handlers,
+    routes=routes_of("credit"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.cli.insights import insights_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -41,5 +41,6 @@ def _schedules() -> list[Any]:
 
 
 FAMILY = Family(
-    name="insights", cli=[("insights", insights_app)], workflows=_workflows, activities=_activities, schedules=_schedules
+    name="insights", cli=[("insights", insights_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    routes=routes_of("insights"),
 )

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from workers.cli.loyalty import loyalty_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -66,5 +66,6 @@ def _schedules() -> list[Any]:
 
 
 FAMILY = Family(
-    name="loyalty", cli=[("loyalty", loyalty_app)], workflows=_workflows, activities=_activities, schedules=_schedules
+    name="loyalty", cli=[("loyalty", loyalty_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    routes=routes_of("loyalty"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.cli.messaging import messaging_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -57,4 +57,5 @@ FAMILY = Family(
     cli=[("messaging", messaging_app)],
     workflows=_workflows,
     messaging_activities=_messaging_activities,
+    routes=routes_of("messaging"),
 )

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from workers.cli.orders import orders_app
-from workers.families.registry import Family
+from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
@@ -54,4 +54,7 @@ def _schedules() -> list[Any]:
     ]
 
 
-FAMILY = Family(name="orders", cli=[("orders", orders_app)], workflows=_workflows, activities=_activities, schedules=_schedules)
+FAMILY = Family(
+    name="orders", cli=[("orders", orders_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    routes=routes_of("orders"),
+)

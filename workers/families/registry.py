@@ -1,7 +1,7 @@
 """What a job family contributes, declared in one place per family.
 
 A family module (`workers/families/churn.py`, ...) builds one `Family`. The worker, `schedules
-apply`, the webhook receiver, the CLI, the replay suite and the test workers iterate
+apply`, the webhook receiver, the CLI, the HTTP API, the replay suite and the test workers iterate
 `workers.families.FAMILIES`, so adding a family is one new module and one line there.
 
 Everything but the CLI is a function, called only by the process that needs it: `jobctl --help`
@@ -10,12 +10,14 @@ imports no workflow, activity or SDK it does not use.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import typer
+    from fastapi import APIRouter
     from sqlalchemy.ext.asyncio import AsyncEngine
     from temporalio.client import Client
 
@@ -45,3 +47,11 @@ class Family:
         default=lambda *_: {}
     )
     """Stripe event type -> handler, for the webhook receiver (an event type belongs to one family)."""
+    routes: Callable[[], Sequence[APIRouter]] = _none
+    """HTTP routers, mounted by `jobctl api` (`workers/api/app.py`); each route names its scope."""
+
+
+def routes_of(module: str) -> Callable[[], Sequence[APIRouter]]:
+    """`workers/api/routes/<module>.py`'s router, imported only when the API is built (not by the
+    worker or `jobctl --help`, which never load FastAPI)."""
+    return lambda: [importlib.import_module(f"workers.api.routes.{module}").api]

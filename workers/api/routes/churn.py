@@ -30,6 +30,8 @@ CompanyId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", descripti
 
 class OpenCase(BaseModel):
     membership_id: int = Field(ge=1, le=2**63 - 1)
+    company_id: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                                   description="the membership's company: required for a key bound to no company")
 
 
 class CaseOpened(BaseModel):
@@ -103,9 +105,14 @@ async def open_case(body: OpenCase, stack: StackDep, caller: Annotated[Principal
     """Open a case for the membership (or find its open one) and start its workflow."""
     from activities.churn.cases import CaseRefused
 
+    if body.company_id is not None:
+        caller.confine(body.company_id)
+    company = caller.company_id or body.company_id
+    if company is None:
+        raise Problem(422, "body.company_id: required for a key bound to no company", field="body.company_id")
     try:
         case_id = await service.start_case(stack.client, stack.engine, stack.settings, body.membership_id, "manual",
-                                           company_id=caller.company_id)
+                                           company_id=company)
     except CaseRefused:
         if caller.company_id is not None:
             raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}") from None

@@ -1,14 +1,16 @@
-"""Credit: the risk view (aging buckets, at-risk retailers), a retailer's profile, pause / unpause /
-block (audited, the key's name as the admin), and recording payments (oldest debits first)."""
+"""Credit: the risk view (aging buckets, at-risk retailers), a retailer's profile and open payment
+link, pause / unpause / block, limits and adjustments (audited, the key's name as the admin), and
+recording payments (oldest debits first). The same `activities.credit.admin` calls as `jobctl credit`."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
@@ -59,6 +61,15 @@ class AuditEntry(BaseModel):
     reason: str | None
 
 
+class PaymentLink(BaseModel):
+    url: str = Field(description="the Stripe Checkout page the reminders send")
+    amount: Decimal
+    currency: str
+    checkout_session_id: str
+    debit_ids: list[int] = Field(description="the debits it pays")
+    sent_at: datetime = Field(description="when it was made or last refreshed")
+
+
 class Profile(BaseModel):
     retailer_id: int
     credit_status: Literal["ACTIVE", "PAUSED", "BLOCKED"]
@@ -70,6 +81,8 @@ class Profile(BaseModel):
     max_order_value: Decimal | None
     max_outstanding_days: int | None
     outstanding: Decimal
+    credit_balance: Decimal = Field(description="paid ahead: clears the next debits")
+    payment_link: PaymentLink | None
     open_debits: list[OpenDebit]
     recent_audit: list[AuditEntry]
 
@@ -92,6 +105,62 @@ class PaymentIn(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
         description="the bank or receipt reference: the same one twice records once",
     )
+
+
+Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
+
+
+class Limits(BaseModel):
+    credit_limit: Money | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
+    max_order_value: Money | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
+    max_outstanding_days: int | None = Field(default=None, ge=0, le=3650, description="days overdue before the system pauses")
+    reason: str | None = Field(default=None, max_length=500, description="stored in the audit log")
+
+    @model_validator(mode="after")
+    def _something(self) -> Limits:
+        if self.credit_limit is None and self.max_order_value is None and self.max_outstanding_days is None:
+            raise ValueError("give at least one of credit_limit, max_order_value, max_outstanding_days")
+        return self
+
+
+class LimitsChanged(BaseModel):
+    retailer_id: int
+    old: dict[str, Decimal | int | None]
+    new: dict[str, Decimal | int]
+    audit_id: int
+
+
+class AdjustmentIn(BaseModel):
+    amount: Money = Field(gt=-Decimal("1e12"), lt=Decimal("1e12"),
+                          description="+A in the retailer's favour (return, write-off, dispute won); -A a charge due today")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored on the ledger row and the audit log")
+    reference: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
+        description="the same reference twice adjusts once; default: a new one (retry with Idempotency-Key)",
+    )
+
+    @field_validator("amount")
+    @classmethod
+    def _non_zero(cls, amount: Decimal) -> Decimal:
+        if amount == 0:
+            raise ValueError("must be non-zero: + in the retailer's favour, - a charge")
+        return amount
+
+
+class Cleared(BaseModel):
+    debit_id: int
+    allocated: Decimal
+    status: str
+
+
+class AdjustmentOut(BaseModel):
+    retailer_id: int
+    reference: str
+    amount: Decimal
+    transaction_id: int = Field(description="the ledger row (a CREDIT, or a DEBIT for a charge)")
+    duplicate: bool = Field(description="True: this reference was recorded before; nothing changed")
+    cleared: list[Cleared]
+    credit_balance_added: Decimal
 
 
 def _today(stack: Any) -> date:
@@ -140,6 +209,33 @@ async def block(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
                 caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
     """Block the retailer: no orders, no reminders, never lifted automatically."""
     return await _change(stack, retailer_id, "block", body, caller)
+
+
+@api.get("/retailers/{retailer_id}/payment-link", response_model=PaymentLink, responses=responses(404))
+async def open_payment_link(retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]) -> PaymentLink:
+    """The retailer's payment link (the one its reminders send); 404 when none was made yet."""
+    return PaymentLink(**await admin.payment_link(stack.engine, retailer_id))
+
+
+@api.post("/retailers/{retailer_id}/limits", response_model=LimitsChanged, responses=responses(404))
+async def limits(retailer_id: RetailerId, body: Limits, stack: StackDep,
+                 caller: Annotated[Principal, require("credit:write")]) -> LimitsChanged:
+    """Change the credit limit, maximum order value or overdue limit (only the fields given); available credit follows."""
+    wanted = body.model_dump(exclude={"reason"}, exclude_none=True)
+    reason = body.reason.strip() if body.reason and body.reason.strip() else None
+    change = await admin.set_limits(stack.engine, retailer_id, wanted, actor=caller.name, reason=reason)
+    return LimitsChanged(**change.__dict__)
+
+
+@api.post("/retailers/{retailer_id}/adjustments", response_model=AdjustmentOut, responses=responses(404))
+async def adjustments(retailer_id: RetailerId, body: AdjustmentIn, stack: StackDep,
+                      caller: Annotated[Principal, require("credit:write")]) -> AdjustmentOut:
+    """A ledger row: +A clears the oldest debits (the rest is credit balance); -A is a debit due today."""
+    result = await admin.adjust(
+        stack.engine, retailer_id, body.amount, reason=body.reason.strip(), actor=caller.name,
+        reference=body.reference or f"api-{uuid.uuid4().hex[:12]}", today=_today(stack),
+    )
+    return AdjustmentOut(**result.__dict__)
 
 
 @api.post("/payments", response_model=PaymentResult, responses=responses(404))

@@ -1,16 +1,17 @@
-"""Orders: a checkout's 24-hour clock (started, completed, failed, shown) and credit order validation."""
+"""Orders: a checkout's 24-hour clock (started, completed, failed, shown), and placing an order under
+the credit rules (validation alone, or placement with a credit order's debit)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import Body, Path
+from fastapi import Body, Path, Response
 from pydantic import BaseModel, Field
 
 from schemas import ids
-from schemas.orders import PendingOrderInput, PendingOrderStatus
+from schemas.orders import OrderFailureResult, PendingOrderInput, PendingOrderStatus
 from services import orders as service
 from workers.api.auth import Principal, require
 from workers.api.problems import Problem, responses
@@ -33,6 +34,31 @@ class ValidatePlacement(BaseModel):
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
     payment_mode: Literal["CREDIT", "COD"]
+
+
+class Placement(BaseModel):
+    retailer_id: int = Field(ge=1, le=2**63 - 1)
+    amount: Decimal = Field(gt=0, lt=Decimal("1e12"), max_digits=14, decimal_places=2, description="the order's total")
+    payment_mode: Literal["CREDIT", "COD"]
+
+
+class Placed(BaseModel):
+    order_id: int
+    retailer_id: int
+    payment_mode: Literal["CREDIT", "COD"]
+    amount: Decimal
+    debit_id: int | None = Field(description="the order's DEBIT; None: cash on delivery")
+    due_date: date | None
+    available_credit: Decimal
+    duplicate: bool = Field(description="True: placed before; nothing changed")
+    cleared_from_balance: Decimal = Field(description="credit balance the debit used at once")
+
+
+class FailureReported(BaseModel):
+    workflow_id: str
+    signal: str | None = Field(description="`failed`: the running clock fails the order; None: the clock had ended")
+    result: OrderFailureResult | None = Field(
+        description="once the clock had ended: order-failure/{order_id} reversed the debit (once) and told the retailer")
 
 
 class PlacementAnswer(BaseModel):
@@ -62,11 +88,21 @@ async def completed(order_id: OrderId, stack: StackDep, caller: Annotated[Princi
     return Accepted(workflow_id=ids.pending_order(order_id), signal="completed")
 
 
-@api.post("/{order_id}/failed", status_code=202, response_model=Accepted, responses=responses(404, 409))
-async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, _: Annotated[Principal, require("orders:write")]) -> Accepted:
-    """The order failed: its credit debit is reversed and the retailer told."""
-    await service.fail_order(stack.client, order_id, body.reason.strip())
-    return Accepted(workflow_id=ids.pending_order(order_id), signal="failed")
+@api.post("/{order_id}/failed", status_code=202, response_model=FailureReported,
+          responses={200: {"model": FailureReported, "description": "the clock had ended: the failure is done"},
+                     **responses(404, 409)})
+async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, response: Response,
+                 _: Annotated[Principal, require("orders:write")]) -> FailureReported:
+    """The order failed: its credit debit is reversed (once) and the retailer told.
+
+    202 while its clock runs (the clock does it); 200 with the outcome once the clock has ended
+    (a delivery that failed after checkout completed); a repeat reverses nothing twice."""
+    done = await service.fail_order(stack.client, order_id, body.reason.strip(), task_queue=stack.settings.task_queue,
+                                    messaging_task_queue=stack.settings.messaging_task_queue)
+    if done is None:
+        return FailureReported(workflow_id=ids.pending_order(order_id), signal="failed", result=None)
+    response.status_code = 200
+    return FailureReported(workflow_id=f"order-failure/{order_id}", signal=None, result=done)
 
 
 @api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404))
@@ -88,3 +124,14 @@ async def validate(body: ValidatePlacement, stack: StackDep, _: Annotated[Princi
     except PlacementRefused as refused:
         return PlacementAnswer(allowed=False, reason=str(refused))
     return PlacementAnswer(allowed=True)
+
+
+@api.post("/{order_id}/placement", response_model=Placed, responses=responses(404, 409))
+async def place(order_id: OrderId, body: Placement, stack: StackDep, caller: Annotated[Principal, require("orders:write")]) -> Placed:
+    """Place the order under the credit rules; on CREDIT its debit is written (due after the account's
+    terms) and the credit taken, in one transaction, once per order. Refused (409): why, for the retailer."""
+    from services.credit import place_order
+
+    placed = await place_order(stack.engine, body.retailer_id, order_id, body.amount, body.payment_mode,
+                               today=datetime.now(stack.settings.tz).date(), actor=caller.name)
+    return Placed(**placed.as_dict())
