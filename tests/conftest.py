@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 import uuid
@@ -56,9 +57,24 @@ def empty_database_url(pg_server: EmbeddedPostgres, request: pytest.FixtureReque
 
 @pytest.fixture(scope="module")
 def database_url(empty_database_url: str) -> str:
-    """A fresh database for this test module, migrated to head."""
+    """A fresh database for this test module, migrated to head.
+
+    Its id sequences start at a random offset: the Temporal servers live for the whole session,
+    and business-keyed workflow ids (`pending-order/1`, `churn-case/1`) must not meet a closed
+    workflow of another module's order 1, as they never would in production."""
     migrate.upgrade(empty_database_url)
+    _offset_sequences(empty_database_url, random.randrange(1, 1_000) * 1_000_000)
     return empty_database_url
+
+
+def _offset_sequences(url: str, start: int) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for (sequence,) in conn.execute("SELECT quote_ident(sequencename) FROM pg_sequences WHERE schemaname = 'public'"):
+            conn.execute(f"ALTER SEQUENCE {sequence} RESTART WITH {start}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

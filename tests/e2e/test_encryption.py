@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 
 from activities.insights import InsightActivities, business_day
 from activities.messaging.twilio_gateway import TwilioGateway
+from schemas import ids
 from schemas.churn import CaseStatus
 from schemas.insights import InsightsRequest
 from services import churn as churn_api
@@ -156,10 +157,10 @@ async def test_an_undecodable_signal_is_dropped_and_the_encrypted_case_keeps_ans
         task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg",
     )
     client = await connect(settings)
-    _company, member, _phone = await new_member(engine, offsets=[30])
+    company, member, _phone = await new_member(engine, offsets=[30])
     async with churn_workers(client, engine, gateway, stripe_api, task_queue):
-        case_id = await churn_api.start_case(client, engine, settings, member, "payment_failed")
-        handle = client.get_workflow_handle(churn_api.workflow_id(case_id), result_type=CaseStatus)
+        case_id = await churn_api.start_case(client, engine, settings, member, "payment_failed", company_id=company)
+        handle = client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)
         assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
 
         await _signal_raw(client, handle.id, "recovered", garbage("nobody-has-this-key"))
@@ -171,7 +172,7 @@ async def test_an_undecodable_signal_is_dropped_and_the_encrypted_case_keeps_ans
         assert counts[1] == 0, f"{counts[1]} workflow task failures"
         assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
 
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": None})  # the real one still ends it
+        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": None, "company_id": company})  # the real one ends it
         assert (await handle.result()).status == "RECOVERED"
     assert (await _tasks_after_last_signal(handle))[1] == 0
 

@@ -168,5 +168,5 @@ async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
         code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "complete", str(oid))
         assert code == 2 and f"order {oid} is already FAILED" in err
         code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "show", "987654321")
-        assert code == 2 and "order 987654321 has no clock" in err
+        assert code == 2 and "order 987654321 does not exist" in err
     assert len(await sent_to(emulator, phone)) == 1  # order_failed only
