@@ -108,7 +108,7 @@ def test_bad_brake_input_is_one_line_and_exit_2(database_url: str) -> None:
 
 
 async def test_the_brake_from_the_temporal_ui_holds_a_send_and_resume_sends_it_once(
-    engine: AsyncEngine, dev_env: WorkflowEnvironment, task_queue: str
+    engine: AsyncEngine, dev_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     """Signals sent as the UI sends them (JSON objects, by name), and malformed ones dropped."""
     from activities.messaging.brake import BrakeActivities
@@ -167,6 +167,7 @@ async def test_the_brake_from_the_temporal_ui_holds_a_send_and_resume_sends_it_o
                 result = await asyncio.wait_for(handle.result(), timeout=60)
                 assert not (await brake_wf.query("status", result_type=BrakeView)).paused
                 assert await task_failures(brake_wf) == 0
+                await record_history(brake_wf, "messaging_brake")  # still running: it lives forever
         finally:
             await gateway.close()
         sent = await accepted(emulator)

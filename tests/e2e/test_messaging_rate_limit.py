@@ -130,7 +130,9 @@ async def test_two_workers_share_one_limit_with_a_batch_and_single_sends_at_once
         async with aiohttp.ClientSession() as http, http.get(f"{emulator.url}/_emulator/stats") as response:
             stats = await response.json()
 
-    assert sum(r.sent for r in results) == SINGLES + BATCH and not any(r.failed for r in results)
+    # A retried attempt (a timeout on a loaded machine) finds its message sent: a duplicate, not a resend.
+    assert sum(r.sent + r.duplicates for r in results) == SINGLES + BATCH
+    assert not any(r.failed or r.suppressed or r.deferred for r in results)
     assert len({m["to"] for m in sent}) == len(sent) == SINGLES + BATCH, "a key was sent twice or never"
     requests = stats["accepted"] + stats["rate_limited"]
     stamps = sorted(datetime.fromisoformat(m["accepted_at"]).timestamp() for m in sent)
