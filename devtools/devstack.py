@@ -226,6 +226,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 settings.stripe_webhook_secret.get_secret_value(),
             )
         applied = await schedules.apply(client, settings)
+        await start_messaging_brake(client, settings)
         workers = build_workers(client, settings, engine)
         if demo:
             await start_demo_jobs(client, engine, settings)
@@ -235,6 +236,20 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         _print_banner(settings, database_url, applied)
         print(f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)", flush=True)
         await run_workers(workers, stop)
+
+
+async def start_messaging_brake(client, settings: Settings) -> None:
+    """The `messaging-brake` singleton, so the brake can be pulled from the Temporal UI (a signal)."""
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from workflows.brake import BRAKE_WORKFLOW_ID, MessagingBrakeWorkflow
+
+    await client.start_workflow(
+        MessagingBrakeWorkflow.run,
+        id=BRAKE_WORKFLOW_ID,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 DEMO_TRIGGERS = ("order-expiry-sweep", "payment-reminders", "credit-guardrails", "loyalty-reconcile-sweep")

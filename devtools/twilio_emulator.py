@@ -134,6 +134,7 @@ MAGIC_TO: Final[Mapping[str, tuple[int, str]]] = {
     "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
     "+15005550009": (21614, "'To' number is not a valid mobile number"),
 }
+REFUSAL_MESSAGES: Final[Mapping[int, str]] = {code: text for code, text in MAGIC_TO.values()}
 DELIVERY_ERROR_MESSAGES: Final[Mapping[int, str]] = {
     30001: "Queue overflow",
     30003: "Unreachable destination handset",
@@ -161,6 +162,12 @@ def split_channel(address: str) -> tuple[str, str]:
     if sep and prefix.lower() in _CHANNELS:
         return prefix.lower(), rest
     return "sms", address
+
+
+def channel_address(address: str) -> str:
+    """One spelling per address: ``"whatsapp:+1555..."``, or the bare number for SMS."""
+    channel, number = split_channel(address.strip())
+    return number if channel == "sms" else f"{channel}:{number}"
 
 
 def normalize_number(address: str) -> str:
@@ -206,6 +213,10 @@ class EmulatorConfig:
     whatsapp_session_closed: frozenset[str] = frozenset()
     session_closed_error: Literal["sync", "async"] = "sync"
     delivery_failures: Mapping[str, DeliveryFailure] = field(default_factory=dict)
+    refusals: Mapping[str, int] = field(default_factory=dict)
+    """Addresses (``"+1555..."`` for SMS, ``"whatsapp:+1555..."``) refused with a Twilio error code, as
+    the magic numbers are but on one channel only: a number that unsubscribed from SMS (21610) while
+    its WhatsApp stays open, which the magic numbers (refused on every channel) cannot show."""
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None and not self.rate_limit > 0:
@@ -216,6 +227,8 @@ class EmulatorConfig:
             raise ValueError("latency_ms, accept_delay_ms and status_delay_ms must be >= 0")
         if self.session_closed_error not in ("sync", "async"):
             raise ValueError("session_closed_error must be 'sync' or 'async'")
+        if unknown := sorted(set(self.refusals.values()) - set(REFUSAL_MESSAGES)):
+            raise ValueError(f"refusals: unknown error codes {unknown}; known: {sorted(REFUSAL_MESSAGES)}")
 
     def updated(self, patch: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with ``patch`` (JSON from the control plane) applied; ValueError if invalid."""
@@ -240,6 +253,7 @@ class EmulatorConfig:
                 number: {"status": f.status, "error_code": f.error_code}
                 for number, f in sorted(self.delivery_failures.items())
             },
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 
@@ -264,6 +278,12 @@ def _coerce_setting(name: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(f"{name} must map numbers to failures")
             return {normalize_number(str(k)): DeliveryFailure.parse(v) for k, v in value.items()}
+        case "refusals":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(code, int) and not isinstance(code, bool) for code in value.values()
+            ):
+                raise ValueError(f"{name} must map addresses to Twilio error codes")
+            return {channel_address(str(k)): code for k, code in value.items()}
         case _:
             return value
 
@@ -451,6 +471,8 @@ def validate_create(req: CreateRequest, config: EmulatorConfig) -> TwilioError |
             return TwilioError(21910, "Invalid From and To pair. From and To should be of the same channel")
     if error := _magic_error(MAGIC_TO, to_number, to=req.to, from_=req.from_):
         return error
+    if (code := config.refusals.get(channel_address(req.to))) is not None:
+        return TwilioError(code, REFUSAL_MESSAGES[code].format(to=req.to, from_=req.from_))
     if not _E164.match(to_number):
         return TwilioError(21211, f"The 'To' number {req.to} is not a valid phone number.")
     if _session_closed(req, config) and config.session_closed_error == "sync":
@@ -896,6 +918,7 @@ def create_app(
     whatsapp_session_closed: Iterable[str] = (),
     session_closed_error: Literal["sync", "async"] = "sync",
     delivery_failures: Mapping[str, DeliveryFailure | int | Mapping[str, Any]] | None = None,
+    refusals: Mapping[str, int] | None = None,
 ) -> web.Application:
     """The emulator as an aiohttp app; raises ValueError for an invalid setting."""
     config = EmulatorConfig().updated(
@@ -908,6 +931,7 @@ def create_app(
             "whatsapp_session_closed": list(whatsapp_session_closed),
             "session_closed_error": session_closed_error,
             "delivery_failures": dict(delivery_failures or {}),
+            "refusals": dict(refusals or {}),
         }
     )
     app = web.Application(middlewares=[twilio_api_gate])

@@ -70,3 +70,35 @@ class BatchItemOutcome(BaseModel):
 
 class SendBatchResult(BaseModel):
     outcomes: list[BatchItemOutcome]
+
+
+class BrakePause(BaseModel):
+    """The `pause` signal of `messaging-brake` (as typed in the Temporal UI: {"reason": ..., "actor": ...})."""
+
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
+    actor: str = Field(min_length=1, max_length=100, pattern=r"\S")
+
+
+class BrakeResume(BaseModel):
+    """The `resume` signal of `messaging-brake`."""
+
+    actor: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class BrakeChange(BaseModel):
+    """What the brake activity writes to the `messaging_brake` row."""
+
+    paused: bool
+    actor: str
+    reason: str | None = None
+
+
+class BrakeView(BaseModel):
+    """The brake as the `messaging-brake` workflow last read it from its table."""
+
+    paused: bool = False
+    reason: str | None = None
+    actor: str | None = None
+    changed: bool | None = None
+    """Whether the last signal changed anything (a pause while paused does not)."""

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows._common import DB_TIMEOUT, accepted, db_retry
-from workflows.messaging import permanent_failure, send_message
+from workflows.messaging import deliver, permanent_failure, send_message
 
 with workflow.unsafe.imports_passed_through():
     from activities.orders import OrderActivities, OrderSweepActivities
@@ -205,7 +205,9 @@ class PendingOrderWorkflow:
                 summary=f"fail order {order.order_id} and reverse its credit",
             )
             self._set_state("FAILED")
-            await self._tell(order, "order_failed", f"order-failed:{order.order_id}")
+            # The order is settled already; a notice held by quiet hours or the brake goes out when
+            # the hold ends, while the run waits on a durable timer.
+            await self._tell(order, "order_failed", f"order-failed:{order.order_id}", later=True)
         else:
             self._set_state(await self._settle_row("RECOVERED" if self._follow_up_sent_at else "COMPLETED"))
         return await self._finish()
@@ -231,8 +233,13 @@ class PendingOrderWorkflow:
             summary=summary,
         )
 
-    async def _tell(self, order: PendingOrderInput, template: str, key: str) -> SendOutcome | None:
-        """Message the retailer; a message that cannot go out never holds up the order's outcome."""
+    async def _tell(
+        self, order: PendingOrderInput, template: str, key: str, *, later: bool = False
+    ) -> SendOutcome | None:
+        """Message the retailer; a message that cannot go out never holds up the order's outcome.
+
+        `later`: a deferred message is sent again, same key, when its hold ends (`deliver`); the
+        follow-up does its own waiting instead, since it is pointless once the order expired."""
         message = SendMessage(
             idempotency_key=key,
             recipient_type="retailer",
@@ -241,6 +248,8 @@ class PendingOrderWorkflow:
             params={"order_id": order.order_id},
         )
         try:
+            if later:
+                return await deliver(message, task_queue=order.messaging_task_queue)
             return await send_message(message, task_queue=order.messaging_task_queue)
         except ActivityError as error:
             workflow.logger.warning(
@@ -358,7 +367,8 @@ class OrderExpirySweepWorkflow:
 class OrderFailureWorkflow:
     """`order-failure/{order_id}`: a failure reported once the order's clock has ended (a delivery
     that failed after checkout completed). Reverses the order's debit once (the activity is
-    idempotent) and tells the retailer under the same key the clock would have used."""
+    idempotent) and tells the retailer under the same key the clock would have used, at the end
+    of the hold if quiet hours or the brake hold the notice back."""
 
     @workflow.run
     async def run(self, failure: LateOrderFailure) -> OrderFailureResult:
@@ -378,7 +388,7 @@ class OrderFailureWorkflow:
                 params={"order_id": failure.order_id},
             )
             try:
-                await send_message(message, task_queue=failure.messaging_task_queue)
+                await deliver(message, task_queue=failure.messaging_task_queue)
             except ActivityError as error:
                 workflow.logger.warning("order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error))
         return result

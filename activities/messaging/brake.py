@@ -4,7 +4,8 @@ Why a table rather than a workflow the senders ask: every send, in every messagi
 must see the brake at once and at no cost; the claim's SQL checks `messaging_brake.paused`
 beside the opt-outs, so a paused brake holds every outbound message as `deferred` (reason
 `paused`) from the next claim on, and the asking workflows' timers try them again until it is
-released. Operators change it through `jobctl messaging pause|resume` (services/messaging.py).
+released. Operators change it through `jobctl messaging pause|resume` (services/messaging.py) or
+the `messaging-brake` workflow's signals in the Temporal UI (workflows/brake.py); both write this row.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from temporalio import activity
+
+from schemas.messaging import BrakeChange, BrakeView
 from schemas.tables import MessagingBrake
 
 
@@ -71,3 +75,17 @@ async def brake_state(engine: AsyncEngine) -> BrakeState:
         held_by_quiet_hours=backlog.held_by_quiet_hours,
         in_flight=backlog.in_flight,
     )
+
+
+class BrakeActivities:
+    """The brake's one writer for Temporal: the `messaging-brake` workflow's signals land here,
+    in the same row `jobctl messaging pause|resume` writes, so the outbox reads one source."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="set_messaging_brake")
+    async def set_messaging_brake(self, change: BrakeChange) -> BrakeView:
+        changed = await set_brake(self._engine, paused=change.paused, reason=change.reason, actor=change.actor)
+        state = await brake_state(self._engine)
+        return BrakeView(paused=state.paused, reason=state.reason, actor=state.actor, changed=changed)

@@ -145,6 +145,31 @@ async def test_whatsapp_outside_the_session_window_falls_back_to_the_approved_te
     assert sent["content_sid"] == get_template("payment_reminder").whatsapp_content_sid
 
 
+async def test_an_opt_out_on_the_sms_fallback_is_an_sms_opt_out(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    """WhatsApp's window is closed and the template has no approved WhatsApp version, so the send
+    falls back to SMS, where the number has unsubscribed (21610): SMS is opted out, WhatsApp is not."""
+    phone = unique_phone()
+    emulator.state.reconfigure({"whatsapp_session_closed": [phone], "refusals": {phone: 21610}})
+    rid = await retailer(engine, phone, channel="whatsapp")
+    message = SendMessage(
+        idempotency_key=f"test:{uuid.uuid4()}", recipient_type="retailer", recipient_id=rid, template="insight",
+        params={"insight_message": "Your best seller this week: rice"},
+    )
+    assert get_template("insight").whatsapp_content_sid is None
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(activities(engine, gateway).send_message, message)
+
+    assert raised.value.type == "RecipientOptedOut"
+    async with engine.connect() as conn:
+        channels = set(await conn.scalars(select(RecipientOptOut.channel).where(RecipientOptOut.recipient_id == rid)))
+    assert channels == {"sms"}
+    stored = await row(engine, message.idempotency_key)
+    assert (stored.status, stored.channel, stored.error_code) == ("failed", "sms", 21610)
+    assert await emulator_log(emulator, phone) == [] and await emulator_log(emulator, f"whatsapp:{phone}") == []
+
+
 async def test_daily_cap_and_quiet_hours_hold_messages_back_and_say_why(
     engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
 ) -> None:

@@ -284,12 +284,27 @@ async def test_config_endpoint_refuses_invalid_settings(emulator: TwilioEmulator
         {"accept_delay_ms": -1},
         {"bogus": 1},
         {"delivery_failures": {ALICE: "x"}},
+        {"refusals": {ALICE: 99999}},
+        {"refusals": {ALICE: "21610"}},
     ]
     for bad in invalid:
         status, body = await control(emulator, "POST", "config", json=bad)
         assert status == 400, bad
     _, current = await control(emulator, "GET", "config")
     assert (current["fail_rate"], current["rate_limit"], current["latency_ms"]) == (0.0, None, 0)
+
+
+async def test_a_refusal_is_per_channel_where_a_magic_number_refuses_everywhere(
+    emulator: TwilioEmulator, client: Client
+) -> None:
+    status, _ = await control(emulator, "POST", "config", json={"refusals": {ALICE: 21610}})
+    assert status == 200
+    with pytest.raises(TwilioRestException) as refused:
+        await send(client, to=ALICE)
+    assert (refused.value.status, refused.value.code) == (400, 21610)
+    on_whatsapp = await send(client, to=f"whatsapp:{ALICE}", from_=WA_SENDER)
+    assert on_whatsapp.status == "queued"
+    assert [m["to"] for m in await logged(emulator)] == [f"whatsapp:{ALICE}"]
 
 
 def test_cli_refuses_an_invalid_setting_before_binding() -> None:

@@ -105,3 +105,73 @@ def test_bad_brake_input_is_one_line_and_exit_2(database_url: str) -> None:
         assert says in result.stderr
     status = jobctl(database_url, "status")
     assert status.returncode == 0 and status.stdout.startswith("messaging sending"), status.stderr
+
+
+async def test_the_brake_from_the_temporal_ui_holds_a_send_and_resume_sends_it_once(
+    engine: AsyncEngine, dev_env: WorkflowEnvironment, task_queue: str, record_history
+) -> None:
+    """Signals sent as the UI sends them (JSON objects, by name), and malformed ones dropped."""
+    from activities.messaging.brake import BrakeActivities
+    from schemas.messaging import BrakeView
+    from tests.workflows.harness import task_failures
+    from workflows.brake import MessagingBrakeWorkflow
+
+    (rid,) = await sms_retailers(engine, 1, area_code="556")
+    batch = MessageBatch(
+        messages=[SendMessage(idempotency_key=f"ui-brake:{rid}", recipient_type="retailer", recipient_id=str(rid),
+                              template="credit_resumed")],
+        task_queue=f"{task_queue}-messaging",
+    )
+    async with TwilioEmulator() as emulator:
+        gateway = TwilioGateway(emulator.client(async_client=True, timeout=5.0))
+        sends = MessagingActivities(
+            engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            SendPolicy(quiet_hours=QuietHours(0, 0), paused_recheck=timedelta(seconds=1)),
+        )
+        jobs = Worker(
+            dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow, MessagingBrakeWorkflow],
+            activities=[BrakeActivities(engine).set_messaging_brake],
+        )
+        messaging = Worker(dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message])
+        try:
+            async with jobs, messaging:
+                brake_wf = await dev_env.client.start_workflow(
+                    "MessagingBrakeWorkflow", id=f"messaging-brake-{uuid.uuid4()}", task_queue=task_queue
+                )
+                for malformed in ({}, {"reason": "", "actor": "ops-1"}, "stop", {"actor": "ops-1"}):
+                    await brake_wf.signal("pause", malformed)
+                await brake_wf.signal("resume", {})
+                await brake_wf.signal("pause", {"reason": "wrong template in prod", "actor": "ops-2"})
+
+                async def paused() -> bool:
+                    view = await brake_wf.query("status", result_type=BrakeView)
+                    return view.paused
+
+                deadline = time.monotonic() + 30
+                while not await paused():
+                    assert time.monotonic() < deadline, "the pause signal never applied"
+                    await asyncio.sleep(0.1)
+                state = await brake.status(engine)
+                assert (state.paused, state.actor, state.reason) == (True, "ops-2", "wrong template in prod")
+
+                handle = await dev_env.client.start_workflow(
+                    MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue
+                )
+                while (await handle.query(MessageBatchWorkflow.status)).deferred < 1:
+                    assert time.monotonic() < deadline + 30, "the send was never held"
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.5)  # tried again while paused: held again
+                assert await accepted(emulator) == []
+
+                await brake_wf.signal("resume", {"actor": "ops-2"})
+                result = await asyncio.wait_for(handle.result(), timeout=60)
+                assert not (await brake_wf.query("status", result_type=BrakeView)).paused
+                assert await task_failures(brake_wf) == 0
+                await record_history(brake_wf, "messaging_brake")  # still running: it lives forever
+        finally:
+            await gateway.close()
+        sent = await accepted(emulator)
+
+    assert (result.sent, result.delivered_after_hold) == (1, 1)
+    assert len(sent) == 1
+    assert not (await brake.status(engine)).paused

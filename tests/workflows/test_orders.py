@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -14,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from schemas.messaging import SendMessage, SendOutcome
 from schemas.orders import (
+    LateOrderFailure,
     FollowUpSent,
     OrderFailure,
     OrderFailureResult,
@@ -182,6 +184,36 @@ async def test_failed_reverses_the_order_and_tells_the_retailer(
     assert [(f.order_id, f.reason) for f in fake.failures] == [(order_id, "card declined")]
     assert fake.templates() == ["order_failed"]
     assert fake.settled == []  # the failure activity closes the row itself
+
+
+HOLD = timedelta(hours=9)
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["on-the-clock", "after-the-clock"])
+async def test_an_order_failed_notice_held_by_quiet_hours_goes_out_when_the_hold_ends(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, late: bool
+) -> None:
+    fake = FakeOrders()
+    now = await time_skipping_env.get_current_time()
+    fake.outcomes = [SendOutcome(status="deferred", channel="sms", reason="quiet_hours", retry_at=now + HOLD)]
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        if late:
+            result = await time_skipping_env.client.execute_workflow(
+                "OrderFailureWorkflow", LateOrderFailure(order_id=41, reason="not delivered", messaging_task_queue=task_queue),
+                id=f"order-failure/{uuid.uuid4()}", task_queue=task_queue, result_type=OrderFailureResult,
+            )
+            assert result.changed
+        else:
+            order_id, handle = await start_order(time_skipping_env, task_queue)
+            await eventually(lambda: _registered(handle))
+            await handle.signal("failed", {"reason": "card declined"})
+            assert (await handle.result()).state == "FAILED"
+            assert await task_failures(handle) == 0
+
+    assert fake.templates() == ["order_failed", "order_failed"]
+    (_, first), (second_at, second) = fake.sends
+    assert second.idempotency_key == first.idempotency_key
+    assert second_at >= now + HOLD
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,17 @@ from workers.families.registry import Family, routes_of
 
 
 def _workflows() -> list[type]:
+    from workflows.brake import MessagingBrakeWorkflow
     from workflows.messaging import MessageBatchWorkflow
 
-    return [MessageBatchWorkflow]
+    return [MessageBatchWorkflow, MessagingBrakeWorkflow]
+
+
+def _brake_activities(deps: Any) -> list[Any]:
+    """The `messaging-brake` workflow's writes to the brake row, on the `jobs` queue (database only)."""
+    from activities.messaging.brake import BrakeActivities
+
+    return [BrakeActivities(deps.engine).set_messaging_brake]
 
 
 def sends(deps: Any) -> Any:
@@ -56,6 +64,7 @@ FAMILY = Family(
     name="messaging",
     cli=[("messaging", messaging_app)],
     workflows=_workflows,
+    activities=_brake_activities,
     messaging_activities=_messaging_activities,
     routes=routes_of("messaging"),
 )
