@@ -23,10 +23,10 @@ from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
 from activities.payments.activities import from_minor_units
 from schemas import ids
-from schemas.credit import GuardrailsRequest, PaymentResult, RecordPayment, RemindersRequest
+from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
 from config.settings import Settings
 from services import StripeHandler
-from workflows.credit import RecordPaymentWorkflow
+from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +58,25 @@ async def place_order(
     """Place an order under the seed's rules (`PlacementRefused` says why not); a CREDIT order's
     debit is written and its credit reserved in one transaction, once per order."""
     return await credit_orders.place_order(engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor)
+
+
+async def recheck_guardrails(client: Client, settings: Settings, retailer_id: int, *, reference: str) -> GuardrailsResult:
+    """One retailer's guardrails now, as a payment's are: after an adjustment in its favour, a
+    system pause whose conditions cleared lifts and `credit_resumed` goes out (audited under
+    `reference`). The same reference again joins the run or re-reads its changes; nothing twice."""
+    return await client.execute_workflow(
+        CreditGuardrailsWorkflow.run,
+        GuardrailsRequest(
+            business_timezone=settings.business_timezone,
+            messaging_task_queue=settings.messaging_task_queue,
+            retailer_ids=[retailer_id],
+            reference=reference,
+        ),
+        id=ids.guardrails_recheck(retailer_id, reference),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Guardrails for retailer {retailer_id} after {reference}",
+    )
 
 
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:
