@@ -197,7 +197,7 @@ async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(
                     )
                 ).scalars()
             )
-        assert counts == {"retailers": 50, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        assert counts == {"retailers": 51, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
         assert buckets == {"current", "1-7", "8-15", "16-30", "31-60", "60+"}
     finally:
         await engine.dispose()
