@@ -25,7 +25,7 @@ from schemas import search_attributes
 from devtools import binaries
 from workers import migrate, schedules
 from workers.runner import stop_on_signals
-from devtools.seed import seed_demo
+from devtools.seed import money_loop_retailer, seed_demo
 from config.settings import DEV_STACK_FILE, Settings
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
@@ -234,6 +234,12 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         write_connection_file(home, settings, database_url, api_url)
         stack.callback(lambda: (home / DEV_STACK_FILE).unlink(missing_ok=True))
         _print_banner(settings, database_url, applied)
+        if demo and (shop := await money_loop_retailer(engine)) is not None:
+            print(
+                f"  Money loop:    retailer {shop} is over its limit: `jobctl credit profile {shop}` shows its"
+                " pause and payment link (README: Paying a reminder)",
+                flush=True,
+            )
         print(f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)", flush=True)
         await run_workers(workers, stop)
 

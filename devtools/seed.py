@@ -19,6 +19,8 @@ PRODUCTS = (
 )
 
 DEMO_MARKER = "Demo Retailer 001"
+MONEY_LOOP_RETAILER = "Demo Corner Shop (over its limit)"
+"""The demo's retailer for the money loop: three debits, all due a reminder today, above its limit."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,14 @@ async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") 
         await conn.execute(_DEMO_CASES)
         await conn.execute(_DEMO_CUSTOMERS)
         await conn.execute(_DEMO_QUEUE)
-    return report
+        await conn.execute(_DEMO_OVER_LIMIT, {"name": MONEY_LOOP_RETAILER, "tz": timezone, "today": today})
+    return SeedReport(retailers=report.retailers + 1, orders=report.orders + 3, debits=report.debits + 3)
+
+
+async def money_loop_retailer(engine: AsyncEngine) -> int | None:
+    """The demo retailer whose reminder link pays off everything it owes (None: no demo data)."""
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT id FROM retailers WHERE name = :n"), {"n": MONEY_LOOP_RETAILER})
 
 
 # Ten checkouts left pending in the last few hours (each gets its own 24-hour clock).
@@ -216,5 +225,40 @@ _DEMO_QUEUE = text(
 INSERT INTO loyalty_reconciliation_queue (customer_id, order_reference, payment_intent_id, points_redeemed, order_total)
 SELECT id, 'demo-order-' || id, NULL, 0, 40 + id FROM customers WHERE name LIKE 'Loyalty Customer %' ORDER BY id LIMIT 3
 ON CONFLICT (order_reference) DO NOTHING
+"""
+)
+
+
+# The money loop on the first `make run`, whatever the hour: 6,000.00 owed on a 5,000.00 limit, so
+# the demo's guardrails run pauses the shop, and every debit is on a reminder day today (0, 3 and
+# 7 days past due), so the demo's reminders run gives it one Checkout link for all of it (the link
+# is made before the message, which quiet hours may hold). Paying it clears everything and lifts
+# the pause.
+_DEMO_OVER_LIMIT = text(
+    """
+WITH shop AS (
+    INSERT INTO retailers (name, phone, preferred_channel, timezone)
+    VALUES (:name, '+15559990001', 'sms', :tz)
+    RETURNING id
+), account AS (
+    INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit, max_order_value, max_outstanding_days)
+    SELECT id, 5000, 0, 5000, 30 FROM shop
+), owed (days_past_due, amount, product, quantity) AS (
+    VALUES (7, 2400.00, 'Basmati Rice 5kg', 80), (3, 1850.00, 'Sunflower Oil 1L', 185), (0, 1750.00, 'Black Tea 500g', 70)
+), placed AS (
+    INSERT INTO orders (retailer_id, status, payment_mode, total_amount, created_at)
+    SELECT shop.id, 'DELIVERED', 'CREDIT', owed.amount,
+           CAST(:today AS timestamptz) - make_interval(days => (owed.days_past_due + 30)::int, hours => 10)
+    FROM shop, owed
+    RETURNING id, retailer_id, total_amount, created_at
+), items AS (
+    INSERT INTO order_items (order_id, product_name, quantity, unit_price)
+    SELECT placed.id, owed.product, owed.quantity, owed.amount / owed.quantity
+    FROM placed JOIN owed ON owed.amount = placed.total_amount
+)
+INSERT INTO credit_transactions (retailer_id, type, amount, due_date, order_id, reference, notes, created_at)
+SELECT placed.retailer_id, 'DEBIT', placed.total_amount, CAST(:today AS date) - owed.days_past_due, placed.id,
+       'order:' || placed.id, 'credit order ' || placed.id, placed.created_at
+FROM placed JOIN owed ON owed.amount = placed.total_amount
 """
 )

@@ -305,17 +305,23 @@ class Checkout:
                          status=410 if session["status"] == "expired" else 409)
         currency = session["currency"]
         rows = "".join(
-            f"<tr><td>{html.escape(li['description'])}</td><td>{_minor_to_text(li['amount_total'], currency)}</td></tr>"
+            f"<tr><td>{html.escape(li['description'])}</td>"
+            f"<td class=\"amount\">{_minor_to_text(li['amount_total'], currency)}</td></tr>"
             for li in self.store.line_items.get(session["id"], [])
         )
         total = _minor_to_text(session["amount_total"], currency)
+        action = f"/pay/{html.escape(session['id'])}"
         body = (
-            f"<table>{rows}</table><p>Total: <strong>{total} {currency.upper()}</strong></p>"
-            f'<form method="post" action="/pay/{session["id"]}"><input type="hidden" name="action" value="pay">'
-            f'<button type="submit" name="pay">Pay</button></form>'
-            f'<form method="post" action="/pay/{session["id"]}"><input type="hidden" name="action" value="partial">'
-            f'<label>Amount <input name="amount" inputmode="decimal" required></label>'
+            f'<table><thead><tr><th>Invoice</th><th class="amount">Amount ({currency.upper()})</th></tr></thead>'
+            f"<tbody>{rows}</tbody>"
+            f'<tfoot><tr><td>Total</td><td class="amount">{total}</td></tr></tfoot></table>'
+            f'<form method="post" action="{action}"><input type="hidden" name="action" value="pay">'
+            f'<button type="submit" name="pay" class="primary">Pay</button> <span class="note">{total} {currency.upper()}</span></form>'
+            f'<form method="post" action="{action}" class="partial"><input type="hidden" name="action" value="partial">'
+            f'<label>Amount <input name="amount" inputmode="decimal" placeholder="0.00" required></label> '
             f'<button type="submit" name="pay_partially">Pay partially</button></form>'
+            f'<p class="note">Stripe sandbox: no money moves. Paying completes Checkout Session'
+            f" <code>{html.escape(session['id'])}</code> and sends <code>checkout.session.completed</code> to the registered webhooks.</p>"
         )
         return _page("Pay your invoices (Stripe sandbox)", body)
 
@@ -378,10 +384,24 @@ def _public_base(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
+_STYLE: Final = (
+    "body{font:16px/1.5 system-ui,sans-serif;color:#1a1a2e;background:#f4f5f7;margin:0;padding:40px 16px}"
+    "main{max-width:560px;margin:0 auto;background:#fff;border:1px solid #dde;border-radius:8px;padding:24px 32px}"
+    "h1{font-size:22px;margin:0 0 16px}table{width:100%;border-collapse:collapse;margin-bottom:20px}"
+    "th,td{padding:8px 4px;border-bottom:1px solid #e5e5ee;text-align:left}th{font-size:13px;color:#667}"
+    ".amount{text-align:right;font-variant-numeric:tabular-nums}tfoot td{font-weight:700;border-bottom:none}"
+    "form{margin:12px 0}button{font:inherit;padding:8px 18px;border-radius:6px;border:1px solid #635bff;"
+    "background:#fff;color:#635bff;cursor:pointer}button.primary{background:#635bff;color:#fff;padding:10px 28px}"
+    "input{font:inherit;width:110px;padding:6px 8px;border:1px solid #ccd;border-radius:6px}"
+    ".partial{padding-top:12px;border-top:1px solid #e5e5ee}.note{color:#667;font-size:13px}code{font-size:12px}"
+)
+
+
 def _page(title: str, body: str, *, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
         content_type="text/html",
-        text=f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>",
+        text=f"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>",
     )

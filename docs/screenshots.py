@@ -1,13 +1,15 @@
 """Screenshots of the real Temporal UI for docs/OPERATIONS.md (needs Debian's chromium).
 
-    apt-get install -y chromium && .venv/bin/python docs/screenshots.py
+    apt-get install -y chromium && .venv/bin/python docs/screenshots.py [NAME ...]
 
 Starts `jobctl dev --demo` in a scratch home on free ports, runs the demo jobs, and writes
-PNGs of the UI into docs/img/. Everything stays on 127.0.0.1.
+PNGs of the UI into docs/img/ (only the NAMEs given, e.g. `pay-page`, the Stripe sandbox's page
+for the demo's paused retailer, for the README). Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,8 +27,9 @@ OUT = Path(__file__).resolve().parent / "img"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--window-size=1600,1000", "--virtual-time-budget=15000",
+    "--hide-scrollbars", "--virtual-time-budget=15000",
 ]
+WANTED = set(sys.argv[1:])
 
 
 FAMILY_VIEWS = {
@@ -53,14 +56,29 @@ def wait_for(output: Path, pattern: str, timeout: float = 120) -> re.Match[str]:
     raise SystemExit(f"{pattern!r} never appeared; see {output}")
 
 
-def screenshot(url: str, name: str, profile: Path) -> None:
+def screenshot(url: str, name: str, profile: Path, size: str = "1600,1000") -> None:
     target = OUT / f"{name}.png"
+    if WANTED and name not in WANTED:
+        return
     subprocess.run(
-        [shutil.which("chromium") or "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+        [shutil.which("chromium") or "chromium", *CHROMIUM_FLAGS, f"--window-size={size}", f"--user-data-dir={profile}",
          f"--screenshot={target}", url],
         check=True, capture_output=True, timeout=120,
     )
     print(f"wrote {target.relative_to(OUT.parent.parent)}")
+
+
+def demo_payment_link(log: Path, env: dict[str, str]) -> str:
+    """The open Checkout link of the demo's paused retailer, as `jobctl credit profile` shows it."""
+    shop = wait_for(log, r"Money loop:\s+retailer (\d+)").group(1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shown = subprocess.run([str(BIN / "jobctl"), "credit", "profile", shop, "--json"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        if shown.returncode == 0 and (link := json.loads(shown.stdout).get("payment_link")):
+            return link["url"]
+        time.sleep(1)
+    raise SystemExit(f"retailer {shop} never got a payment link; see {log}")
 
 
 def main() -> None:
@@ -89,6 +107,7 @@ def main() -> None:
         # Each job family's workflows, with their search attributes (the demo started them all).
         for name, query in FAMILY_VIEWS.items():
             screenshot(f"{base}/workflows?query={quote(query)}", name, profile)
+        screenshot(demo_payment_link(log, env), "pay-page", profile, size="1000,800")
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)

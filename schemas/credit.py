@@ -90,11 +90,14 @@ class RemindersSent(BaseModel):
 
 
 class GuardrailsRequest(BaseModel):
-    """Start input. `check_date` None: the scheduled day in the business time zone."""
+    """Start input. `check_date` None: the scheduled day in the business time zone. The schedule
+    checks everyone; an admin's adjustment re-checks one retailer under its own reference."""
 
     check_date: date | None = None
     business_timezone: str = "UTC"
     messaging_task_queue: str = "messaging"
+    retailer_ids: list[int] | None = None
+    reference: str | None = Field(default=None, description="audit reference; None: guardrails:{date}")
 
 
 class GuardrailsCheck(BaseModel):

@@ -36,6 +36,11 @@ def payment(retailer_id: int, reference: str) -> str:
     return f"payment/{retailer_id}/{reference}"
 
 
+def guardrails_recheck(retailer_id: int, reference: str) -> str:
+    """One retailer's guardrails re-checked after an adjustment (`reference`); a repeat joins it."""
+    return f"credit-guardrails/{retailer_id}/{reference}"
+
+
 def insights(insight_date: date) -> str:
     """An insight regeneration started by hand for a date."""
     return f"insights/{insight_date.isoformat()}"

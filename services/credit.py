@@ -17,16 +17,16 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
-from activities.payments.activities import from_minor_units
+from activities.payments.activities import PaymentActivities, from_minor_units
 from schemas import ids
-from schemas.credit import GuardrailsRequest, PaymentResult, RecordPayment, RemindersRequest
+from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
 from config.settings import Settings
 from services import StripeHandler
-from workflows.credit import RecordPaymentWorkflow
+from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,25 @@ async def place_order(
     return await credit_orders.place_order(engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor)
 
 
+async def recheck_guardrails(client: Client, settings: Settings, retailer_id: int, *, reference: str) -> GuardrailsResult:
+    """One retailer's guardrails now, as a payment's are: after an adjustment in its favour, a
+    system pause whose conditions cleared lifts and `credit_resumed` goes out (audited under
+    `reference`). The same reference again joins the run or re-reads its changes; nothing twice."""
+    return await client.execute_workflow(
+        CreditGuardrailsWorkflow.run,
+        GuardrailsRequest(
+            business_timezone=settings.business_timezone,
+            messaging_task_queue=settings.messaging_task_queue,
+            retailer_ids=[retailer_id],
+            reference=reference,
+        ),
+        id=ids.guardrails_recheck(retailer_id, reference),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Guardrails for retailer {retailer_id} after {reference}",
+    )
+
+
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:
     """`payment-reminders` (10:00) → PaymentRemindersWorkflow.run; the date is the scheduled day."""
     return RemindersRequest(business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue)
@@ -70,20 +89,23 @@ def guardrails_schedule_input(settings: Settings) -> GuardrailsRequest:
     return GuardrailsRequest(business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue)
 
 
-def stripe_handlers(client: Client, settings: Settings) -> dict[str, StripeHandler]:
+def stripe_handlers(client: Client, settings: Settings, *, payments: PaymentActivities | None = None) -> dict[str, StripeHandler]:
     """A retailer's payment link paid → RecordPaymentWorkflow.
 
     `checkout.session.completed` (links are Checkout Sessions; the reference is the session id) and
     `payment_intent.succeeded` (links made before them were PaymentIntents). A Checkout Session's
     own PaymentIntent carries no retailer metadata, so one payment is never recorded twice.
+
+    Recording a payment cannot be undone, so a completed session is re-read at Stripe first
+    (`payments`) and only Stripe's current word counts: a session it does not have, or has not
+    been paid, or that names another retailer, records nothing, however well the event is signed.
     """
 
-    async def start(kind: str, object_id: str, metadata: dict[str, Any], minor: Any, currency: Any) -> None:
+    async def start(kind: str, object_id: str, metadata: dict[str, Any], amount: Decimal) -> None:
         retailer = str(metadata.get("retailer_id", ""))
         if not retailer.isdigit() or int(retailer) < 1:
             log.info("credit.payment_not_for_a_retailer", kind=kind, stripe_id=object_id)
             return
-        amount = from_minor_units(int(minor or 0), str(currency or "usd"))
         if amount <= Decimal("0"):
             log.warning("credit.payment_without_amount", kind=kind, stripe_id=object_id)
             return
@@ -101,15 +123,30 @@ def stripe_handlers(client: Client, settings: Settings) -> dict[str, StripeHandl
     async def payment_succeeded(event: dict[str, Any]) -> None:
         intent = event.get("data", {}).get("object", {})
         minor = intent.get("amount_received") or intent.get("amount")
-        await start("payment_intent", str(intent.get("id")), intent.get("metadata") or {}, minor, intent.get("currency"))
+        amount = from_minor_units(int(minor or 0), str(intent.get("currency") or "usd"))
+        await start("payment_intent", str(intent.get("id")), intent.get("metadata") or {}, amount)
 
     async def checkout_completed(event: dict[str, Any]) -> None:
         session = event.get("data", {}).get("object", {})
-        if session.get("mode") != "payment" or session.get("payment_status") != "paid":
-            log.info("credit.checkout_not_paid", checkout_session_id=session.get("id"), payment_status=session.get("payment_status"))
+        session_id, claimed = str(session.get("id")), str((session.get("metadata") or {}).get("retailer_id", ""))
+        if session.get("mode") != "payment" or not claimed.isdigit() or int(claimed) < 1:
+            log.info("credit.checkout_not_for_a_retailer", checkout_session_id=session_id)
             return
-        await start(
-            "checkout_session", str(session.get("id")), session.get("metadata") or {}, session.get("amount_total"), session.get("currency")
-        )
+        if payments is None:  # a 5xx: Stripe delivers again once the receiver can ask it
+            raise RuntimeError("STRIPE_SECRET_KEY is not set: a completed checkout cannot be verified")
+        try:
+            current = await payments.payment_link(session_id, int(claimed))
+        except ApplicationError as error:
+            if not error.non_retryable:
+                raise  # Stripe unavailable: a 5xx, and Stripe retries the event
+            log.warning("credit.checkout_unknown_at_stripe", checkout_session_id=session_id, error_type=error.type)
+            return
+        if current.payment_status != "paid" or current.metadata.get("retailer_id") != claimed:
+            log.warning(
+                "credit.checkout_not_paid_at_stripe", checkout_session_id=session_id,
+                status=current.status, payment_status=current.payment_status,
+            )
+            return
+        await start("checkout_session", session_id, current.metadata, current.amount)
 
     return {"payment_intent.succeeded": payment_succeeded, "checkout.session.completed": checkout_completed}

@@ -5,7 +5,8 @@ get one `payment_reminder` with one Stripe payment link for their total; the deb
 reminded once the message went out. A page costs three activities however many retailers it holds.
 
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
-system made whose conditions cleared; each retailer is told.
+system made whose conditions cleared; each retailer is told. `credit-guardrails/{retailer}/{reference}`:
+the same check for one retailer after an admin's adjustment in its favour, so it lifts a pause at once.
 
 `payment/{retailer}/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
 guardrails at once, so paying lifts a system pause within seconds.
@@ -285,7 +286,10 @@ class CreditGuardrailsWorkflow:
     async def run(self, request: GuardrailsRequest) -> GuardrailsResult:
         day = request.check_date or await scheduled_day(request.business_timezone)
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("credit-guardrails")])
-        result = await apply_guardrails(GuardrailsCheck(check_date=day), request.messaging_task_queue)
+        result = await apply_guardrails(
+            GuardrailsCheck(check_date=day, retailer_ids=request.retailer_ids, reference=request.reference),
+            request.messaging_task_queue,
+        )
         workflow.set_current_details(f"{day}: {len(result.paused)} paused, {len(result.resumed)} resumed")
         return result
 

@@ -6,7 +6,8 @@ admin's unpause lifts any pause, and an admin's pause of a system-paused retaile
 theirs. Adjustments are ledger rows: one in the retailer's favour (a return, a write-off, a
 dispute settled for them) is a CREDIT allocated like a payment, the rest staying as credit
 balance; a charge is a DEBIT due today, which any credit balance clears. Each change and its audit
-row commit together; an adjustment's reference makes a repeat a no-op.
+row commit together; an adjustment's reference makes a repeat a no-op. An adjustment in the
+retailer's favour says whether a system pause still stands, for the guardrails to re-check at once.
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ class Adjustment:
     duplicate: bool
     cleared: list[dict[str, Any]] = field(default_factory=list)
     credit_balance_added: Decimal = Decimal("0")
+    system_paused: bool = False
+    """Still under a system pause after this change: the caller re-checks the guardrails at once
+    (`services.credit.recheck_guardrails`), so an adjustment lifts it as a payment would."""
+
+
+SYSTEM_PAUSED = text("SELECT credit_status = 'PAUSED' AND paused_by = 'system' FROM retailers WHERE id = :r")
 
 
 async def adjust(
@@ -167,9 +174,10 @@ async def adjust(
                 )
             except UnknownRetailer:
                 raise CreditRefused(f"no retailer {retailer_id}") from None
+            system_paused = await conn.scalar(SYSTEM_PAUSED, {"r": retailer_id})
             return Adjustment(
                 retailer_id, ref, recorded.amount, recorded.credit_transaction_id, recorded.duplicate,
-                [a.model_dump() for a in recorded.allocations], recorded.unallocated,
+                [a.model_dump() for a in recorded.allocations], recorded.unallocated, bool(system_paused),
             )
         if await conn.scalar(text("SELECT id FROM retailers WHERE id = :r FOR UPDATE"), {"r": retailer_id}) is None:
             raise CreditRefused(f"no retailer {retailer_id}")

@@ -579,7 +579,16 @@ def _link(session: Any, customer_id: str) -> PaymentLink:
         currency=currency,
         stripe_customer_id=customer_id,
         status=str(_field(session, "status") or "open"),
+        payment_status=str(_field(session, "payment_status") or "unpaid"),
+        metadata=_metadata(session),
     )
+
+
+def _metadata(obj: Any) -> dict[str, str]:
+    metadata = _field(obj, "metadata") or {}
+    if hasattr(metadata, "to_dict"):  # a StripeObject
+        metadata = metadata.to_dict()
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def _options(idempotency_key: str | None, account: str | None) -> dict[str, Any]:

@@ -11,11 +11,13 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import aiohttp
+import pytest
 import stripe
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -28,6 +30,7 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
+from schemas.payments import PaymentLinkRequest
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from services import credit as credit_api
@@ -297,6 +300,62 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
     async with engine.connect() as conn:
         credits = await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT'"), {"r": shop})
     assert credits == 1
+
+
+async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_says_the_session_is_paid(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient,
+) -> None:
+    """The event is only a hint: the session is re-read at Stripe before a payment is recorded.
+    A forged event (signed with the right secret, say by a leaked one) claiming an open session
+    was paid, naming a session Stripe never made, or pointing a paid session at another retailer
+    records nothing; the genuinely paid session records once."""
+    env = time_skipping_env
+    shop, _ = await new_retailer(engine)
+    other, _ = await new_retailer(engine)
+    await new_debit(engine, shop, "80.00", FAR + timedelta(days=520))
+    payments = PaymentActivities(engine, stripe_api)
+    link = await payments.create_payment_link(
+        PaymentLinkRequest(retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}")
+    )
+    session = (await stripe_api.v1.checkout.sessions.retrieve_async(link.checkout_session_id)).to_dict()
+    assert session["payment_status"] == "unpaid"
+
+    def completed(obj: dict) -> dict:
+        return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "checkout.session.completed", "data": {"object": obj}}
+
+    forged = {**session, "status": "complete", "payment_status": "paid"}
+    events = [
+        completed(forged),
+        completed({**forged, "id": "cs_test_never_made_by_stripe"}),
+        completed({**forged, "metadata": {**forged["metadata"], "retailer_id": str(other)}}),
+    ]
+    handlers = credit_api.stripe_handlers(env.client, load_settings(), payments=payments)
+    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
+    async with TestClient(TestServer(app)) as http:
+        for e in events:
+            payload, headers = stripe_signed(e)
+            assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
+
+    async with engine.connect() as conn:
+        credits = await conn.scalar(
+            text("SELECT count(*) FROM credit_transactions WHERE retailer_id = ANY(:r) AND type = 'CREDIT'"), {"r": [shop, other]}
+        )
+    assert credits == 0
+    for rid, sid in ((shop, session["id"]), (shop, "cs_test_never_made_by_stripe"), (other, session["id"])):
+        with pytest.raises(RPCError, match="not found"):
+            await env.client.get_workflow_handle(f"payment/{rid}/{sid}").describe()
+
+    # Paid for real at the sandbox's page: the same event now starts the payment.
+    async with aiohttp.ClientSession() as pay_page:
+        async with pay_page.post(link.url, data={"action": "pay"}) as paid:
+            assert paid.status == 200
+    paid_session = (await stripe_api.v1.checkout.sessions.retrieve_async(session["id"])).to_dict()
+    async with TestClient(TestServer(app)) as http:
+        payload, headers = stripe_signed(completed(paid_session))
+        assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
+    started = await env.client.get_workflow_handle(f"payment/{shop}/{session['id']}").describe()
+    assert started.workflow_type == "RecordPaymentWorkflow"
+    await env.client.get_workflow_handle(started.id).terminate("test: no worker here")
 
 
 async def test_a_partial_payment_leaves_the_oldest_debit_partially_paid_and_the_same_reference_records_once(

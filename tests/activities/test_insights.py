@@ -197,7 +197,58 @@ async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(
                     )
                 ).scalars()
             )
-        assert counts == {"retailers": 50, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        assert counts == {"retailers": 51, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
         assert buckets == {"current", "1-7", "8-15", "16-30", "31-60", "60+"}
     finally:
         await engine.dispose()
+
+
+async def test_only_sold_orders_are_gmv_and_a_failed_orders_reversal_is_not_paid_on_time(engine: AsyncEngine) -> None:
+    """Pending (abandoned) checkouts are not sales; a failed credit order's debit, closed by its
+    reversal, was never paid, so it counts neither as paid on time nor in the days to pay."""
+    from activities.orders import OrderActivities
+    from schemas.orders import OrderFailure
+
+    today = datetime.now(timezone.utc).date()
+    as_of = datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc)
+    async with engine.begin() as conn:
+        rid = await conn.scalar(insert(Retailer).values(name="Baraka Kiosk", phone="+15550002222").returning(Retailer.id))
+        await conn.execute(insert(CreditAccount).values(retailer_id=rid, credit_limit=1000, available_credit=750))
+        orders = {}
+        for key, status, amount, days_ago, item in (
+            ("delivered", "DELIVERED", Decimal("100.00"), 3, ("Tea", 4, Decimal("25.00"))),
+            ("confirmed", "CONFIRMED", Decimal("40.00"), 5, ("Rice", 2, Decimal("20.00"))),
+            ("pending", "PENDING", Decimal("700.00"), 1, ("Abandoned Oil", 70, Decimal("10.00"))),
+            ("credit", "DELIVERED", Decimal("250.00"), 10, ("Failed Flour", 50, Decimal("5.00"))),
+        ):
+            orders[key] = await conn.scalar(
+                insert(Order)
+                .values(retailer_id=rid, status=status, payment_mode="CREDIT", total_amount=amount,
+                        created_at=as_of - timedelta(days=days_ago))
+                .returning(Order.id)
+            )
+            await conn.execute(insert(OrderItem).values(order_id=orders[key], product_name=item[0], quantity=item[1], unit_price=item[2]))
+        await conn.execute(
+            insert(CreditTransaction),
+            [
+                # the failed order's debit, not due for weeks: its reversal clears it "early"
+                {"retailer_id": rid, "type": "DEBIT", "amount": 250, "due_date": today + timedelta(days=20),
+                 "order_id": orders["credit"], "reference": f"order:{orders['credit']}", "status": "OPEN",
+                 "cleared_amount": 0, "cleared_at": None, "created_at": as_of - timedelta(days=10)},
+                # a real payment, 5 days late, after 35 days
+                {"retailer_id": rid, "type": "DEBIT", "amount": 300, "due_date": today - timedelta(days=20),
+                 "status": "CLEARED", "cleared_amount": 300, "cleared_at": as_of - timedelta(days=15),
+                 "order_id": None, "reference": "paid-late", "created_at": as_of - timedelta(days=50)},
+            ],
+        )
+    failed = await OrderActivities(engine).handle_order_failure(OrderFailure(order_id=orders["credit"], reason="delivery failed"))
+    assert failed.reversed_amount == Decimal("250.00")
+
+    await InsightActivities(engine).regenerate_page(today, "UTC", after_id=rid - 1, page_size=1)
+
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(RetailerInsight).where(RetailerInsight.retailer_id == rid))).one()
+    assert (row.orders_30d, row.gmv_30d) == (2, Decimal("140.00"))  # delivered + confirmed only
+    assert "Abandoned Oil" not in row.top_products and "Failed Flour" not in row.top_products
+    assert row.on_time_payment_rate == Decimal("0.0000")  # the one real payment was late
+    assert row.avg_days_to_pay == Decimal("35.00")

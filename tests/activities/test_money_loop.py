@@ -4,6 +4,7 @@ PostgreSQL, a real Temporal test server, the real CLI processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date, timedelta
 from decimal import Decimal
@@ -84,7 +85,7 @@ async def test_paying_twice_leaves_a_credit_balance_that_clears_the_next_debit(
         second = await pay(env, task_queue, messaging, shop, "100.00", reference="bank-transfer-two")
     assert (first.payment.unallocated, second.payment.unallocated) == (Decimal("0"), Decimal("100.00"))
     assert (await debit(engine, owed)).status == "CLEARED"
-    assert await available(engine, shop) == Decimal("1000.00")  # the limit: a balance is spent on the next debits, not lent
+    assert await available(engine, shop) == Decimal("1000.00")  # limit minus outstanding; the 100 ahead is the balance
 
     profile = json.loads(jobctl("credit", "profile", str(shop), "--json", DATABASE_URL=database_url).stdout)
     assert Decimal(str(profile["credit_balance"])) == Decimal("100.00")
@@ -164,6 +165,10 @@ async def test_admin_limits_adjustments_and_taking_over_a_system_pause(engine: A
     assert (account.credit_limit, account.max_order_value, account.max_outstanding_days) == (2000, 750, 45)
     assert account.available_credit == Decimal("1500.00")
 
+    # An admin taking over the system's pause: no adjustment or payment lifts it now.
+    taken = jobctl("credit", "pause", str(shop), "--reason", "under review", "--actor", "admin-4", DATABASE_URL=database_url)
+    assert taken.returncode == 0, taken.stderr
+
     ret = jobctl("credit", "adjust", str(shop), "--amount", "350", "--reason", "return of 3 crates", "--actor", "admin-3",
                  "--reference", "RMA-1", DATABASE_URL=database_url)
     assert ret.returncode == 0, ret.stderr
@@ -180,14 +185,45 @@ async def test_admin_limits_adjustments_and_taking_over_a_system_pause(engine: A
                                       {"i": json.loads(charge.stdout)["transaction_id"]})).one()
     assert charged == (Decimal("25.50"), TODAY)
 
-    taken = jobctl("credit", "pause", str(shop), "--reason", "under review", "--actor", "admin-4", DATABASE_URL=database_url)
-    assert taken.returncode == 0, taken.stderr
     async with engine.connect() as conn:
         row = (await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})).one()
         actions = list(await conn.scalars(text("SELECT action FROM audit_log WHERE retailer_id = :r ORDER BY id"), {"r": shop}))
     assert tuple(row) == ("PAUSED", "admin-4")
-    assert actions[:1] == ["credit_limits_changed"] and "credit_adjustment" in actions and "debit_adjustment" in actions
-    assert actions[-1] == "credit_paused"
+    assert actions[:2] == ["credit_limits_changed", "credit_paused"]
+    assert "credit_adjustment" in actions and actions[-1] == "debit_adjustment" and "credit_resumed" not in actions
+
+
+async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_once(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    stripe_api: stripe.StripeClient, task_queue: str, database_url: str,
+) -> None:
+    """`jobctl credit adjust R --amount +A` re-runs R's guardrails as a payment does: the pause
+    lifts within the command, audited as the system's, and the retailer is told once."""
+    shop, phone = await new_retailer(engine, status="PAUSED", paused_by="system", limit=Decimal("1000"))
+    overdue = await new_debit(engine, shop, "300.00", TODAY - timedelta(days=40))  # past the 30-day limit
+    await new_debit(engine, shop, "200.00", TODAY - timedelta(days=2))
+    env = {
+        "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TASK_QUEUE": task_queue,
+    }
+    async with credit_workers(dev_env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        args = ("credit", "adjust", str(shop), "--amount", "+300", "--reason", "returned 2 crates", "--actor", "admin-5",
+                "--reference", "RMA-42")
+        # In a thread: the workers run on this event loop.
+        first = await asyncio.to_thread(jobctl, *args, "--json", **env, MESSAGING_TASK_QUEUE=messaging)
+        again = await asyncio.to_thread(jobctl, *args, **env, MESSAGING_TASK_QUEUE=messaging)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["credit_resumed"] is True
+    assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
+    assert (await debit(engine, overdue)).status == "CLEARED"
+    async with engine.connect() as conn:
+        row = (await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})).one()
+        resumed = (await conn.execute(
+            text("SELECT reference, performed_by FROM audit_log WHERE retailer_id = :r AND action = 'credit_resumed'"), {"r": shop}
+        )).all()
+    assert tuple(row) == ("ACTIVE", None)
+    assert [tuple(r) for r in resumed] == [("adjust:RMA-42", "system")]
+    assert sum("open again" in m["body"] for m in await sent_to(emulator, phone)) == 1
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -107,6 +108,44 @@ def _business_counters(url: str) -> dict[str, float]:
     return totals
 
 
+def _profile(stack: DevStack, retailer_id: int) -> dict:
+    """`jobctl credit profile R --json` from a second shell (it finds the stack via JOBCTL_HOME)."""
+    result = subprocess.run(
+        [str(BIN / "jobctl"), "credit", "profile", str(retailer_id), "--json"],
+        env=stack.env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
+    """README "Paying a reminder": the demo leaves a paused retailer with an open link; paying it
+    on the sandbox's page clears its debits and lifts the pause."""
+    import urllib.parse
+    import urllib.request
+
+    shop = int(stack.wait_for(r"Money loop:\s+retailer (\d+)", timeout=5).group(1))
+    deadline, profile = time.monotonic() + 60, {}
+    while time.monotonic() < deadline and not (profile.get("credit_status") == "PAUSED" and profile.get("payment_link")):
+        profile = _profile(stack, shop)
+        time.sleep(0.5)
+    assert profile["credit_status"] == "PAUSED" and profile["paused_by"] == "system", profile
+    link = profile["payment_link"]
+    assert link and Decimal(str(link["amount"])) == Decimal(str(profile["outstanding"])) == Decimal("6000"), profile
+
+    page = urllib.request.urlopen(link["url"], timeout=10).read().decode()  # noqa: S310 - the local sandbox
+    assert "6000.00" in page and ">Pay<" in page and "Pay partially" in page
+    form = urllib.parse.urlencode({"action": "pay"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(link["url"], data=form), timeout=30) as paid:  # noqa: S310
+        assert paid.status == 200 and "Paid 6000.00" in paid.read().decode()
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and profile["credit_status"] != "ACTIVE":
+        time.sleep(0.5)
+        profile = _profile(stack, shop)
+    assert (profile["credit_status"], profile["open_debits"], Decimal(str(profile["outstanding"]))) == ("ACTIVE", [], 0), profile
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
     stack = DevStack(home, grpc_port, ui_port, _free_port())
@@ -116,7 +155,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         assert time.monotonic() - started < 90
         assert ui.group(1).startswith(f"http://127.0.0.1:{ui_port}/")
         database_url = stack.wait_for(r"Database:\s+(\S+)", timeout=5).group(1)
-        stack.wait_for(r"demo data: seeded 50 retailers", timeout=5)
+        stack.wait_for(r"demo data: seeded 51 retailers", timeout=5)
         assert stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
         assert stack.wait_for(r"Twilio:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
 
@@ -134,7 +173,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
             time.sleep(0.5)
         assert completed, f"no completed insights run: {listed}"
         assert completed[0]["execution"]["workflowId"].startswith("insights/")
-        assert _insight_rows(database_url) == 50
+        assert _insight_rows(database_url) == 51
 
         deadline, clocks = time.monotonic() + 30, 0
         while clocks < 10 and time.monotonic() < deadline:
@@ -152,6 +191,8 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
             counters = _business_counters(stack.metrics_url)
             time.sleep(0.5)
         assert counters.get("messages_sent_total") and counters.get("job_duration_count"), counters
+
+        _pay_the_demo_link_and_see_the_pause_lift(stack)
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]

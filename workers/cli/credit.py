@@ -127,7 +127,8 @@ def credit_adjust(
     reference: Annotated[str | None, typer.Option("--reference", help="The same reference twice adjusts once.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Record an adjustment as a ledger row: +A clears the oldest debits (the rest is credit balance), -A is a debit due today."""
+    """Record an adjustment as a ledger row: +A clears the oldest debits (the rest is credit balance) and
+    re-checks a system pause at once (Temporal needed then); -A is a debit due today."""
     from activities.credit.admin import adjust
 
     value = _amount(amount, "--amount", signed=True)
@@ -142,17 +143,25 @@ def credit_adjust(
         lambda c: adjust(c.engine, retailer_id, value, reason=reason, actor=actor, reference=ref, today=datetime.now(c.settings.tz).date()),
         database=True,
     )
+    resumed = False
+    if result.system_paused:  # in the retailer's favour and still paused: lift it now, as a payment would
+        from services.credit import recheck_guardrails
+
+        check = call(lambda c: recheck_guardrails(c.client, c.settings, retailer_id, reference=result.reference), temporal=True)
+        resumed = retailer_id in check.resumed
     if as_json:
-        echo(True, result.__dict__)
+        echo(True, result.__dict__ | {"credit_resumed": resumed})
         return
     if result.duplicate:
-        typer.echo(f"{result.reference}: already recorded ({result.amount:,.2f}); nothing changed")
-        return
-    typer.echo(f"{result.reference}: {result.amount:+,.2f} for retailer {retailer_id}")
-    for a in result.cleared:
-        typer.echo(f"  debit {a['debit_id']}: {a['allocated']:,.2f} -> {a['status']}")
-    if result.credit_balance_added:
-        typer.echo(f"  credit balance +{result.credit_balance_added:,.2f}")
+        typer.echo(f"{result.reference}: already recorded ({result.amount:,.2f}); the ledger is unchanged")
+    else:
+        typer.echo(f"{result.reference}: {result.amount:+,.2f} for retailer {retailer_id}")
+        for a in result.cleared:
+            typer.echo(f"  debit {a['debit_id']}: {a['allocated']:,.2f} -> {a['status']}")
+        if result.credit_balance_added:
+            typer.echo(f"  credit balance +{result.credit_balance_added:,.2f}")
+    if resumed:
+        typer.echo("  credit resumed: the system's pause no longer applies")
 
 
 @credit_app.command("order")

@@ -53,10 +53,16 @@ def _schedules() -> list[Any]:
     ]
 
 
-def _stripe_handlers(client: Any, _engine: Any, settings: Any) -> Any:
+def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+    """A completed checkout is re-read at Stripe before its payment is recorded."""
+    from activities.payments.activities import PaymentActivities
+    from activities.payments.client import stripe_client
     from services.credit import stripe_handlers
 
-    return stripe_handlers(client, settings)
+    payments = None
+    if settings.stripe_secret_key:
+        payments = PaymentActivities(engine, stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base))
+    return stripe_handlers(client, settings, payments=payments)
 
 
 FAMILY = Family(
