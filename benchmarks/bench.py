@@ -30,8 +30,8 @@ BEGIN, END = "<!-- bench:summary:begin -->", "<!-- bench:summary:end -->"
 BENCHMARKS: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "10000"],
     "messaging": ["benchmarks/messaging.py", "--messages", "5000", "--limit", "200"],
-    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--orders", "1500"],
-    "api": ["benchmarks/api.py", "--requests", "2000", "--clients", "50"],
+    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--orders", "1000"],
+    "api": ["benchmarks/api.py", "--requests", "1000", "--clients", "50"],
     "orders": ["benchmarks/orders.py", "--orders", "3000", "--expiry-orders", "600", "--ttl", "60", "--expiry-rate", "20"],
 }
 

@@ -160,16 +160,17 @@ class RetryNow(BaseModel):
     actor_id: str = _ACTOR
 
 
-class ResolveManually(BaseModel):
-    """Signal `resolve_manually`: a person closes the item (points handled by hand, or not owed)."""
+class Resolution(BaseModel):
+    """How a person closes an item: why, and optionally a points correction through the ledger
+    (the HTTP body; the signal below adds who)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    actor_id: str = _ACTOR
-    note: str = Field(min_length=1, max_length=500)
+    note: str = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
     points_adjustment: int | None = Field(
         default=None, ge=-MAX_POINTS, le=MAX_POINTS,
-        description="points to add (or, negative, take) through the ledger as the item closes; once per item",
+        description="points to add (negative: take) through the ledger as the item closes; once per item. "
+                    "A take is capped at the customer's balance.",
     )
 
     @field_validator("points_adjustment")
@@ -178,6 +179,12 @@ class ResolveManually(BaseModel):
         if points == 0:
             raise ValueError("must be non-zero (leave it out for no adjustment)")
         return points
+
+
+class ResolveManually(Resolution):
+    """Signal `resolve_manually`: a person closes the item (points handled by hand, or not owed)."""
+
+    actor_id: str = _ACTOR
 
 
 class PointsAdjustment(BaseModel):

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from activities.loyalty.errors import LoyaltyRefusal
 from activities.loyalty.ledger import apply_points_at_checkout
@@ -20,6 +20,7 @@ from schemas.loyalty import (
     PointsApplication,
     QueuedItem,
     ReconcileStatus,
+    Resolution,
 )
 from services import loyalty as service
 from workers.api.auth import Principal, require
@@ -58,22 +59,6 @@ class Item(BaseModel):
     resolved_at: datetime | None
     created_at: datetime
     updated_at: datetime
-
-
-class Resolve(BaseModel):
-    note: str = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
-    points_adjustment: int | None = Field(
-        default=None, ge=-MAX_POINTS, le=MAX_POINTS,
-        description="points to add (negative: take) through the ledger as the item closes; once per item. "
-                    "A take is capped at the customer's balance.",
-    )
-
-    @field_validator("points_adjustment")
-    @classmethod
-    def _non_zero(cls, points: int | None) -> int | None:
-        if points == 0:
-            raise ValueError("must be non-zero (leave it out for no adjustment)")
-        return points
 
 
 class Audit(BaseModel):
@@ -133,7 +118,7 @@ async def retry(item_id: ItemId, stack: StackDep, caller: Annotated[Principal, r
 
 
 @api.post("/items/{item_id}/resolve", status_code=202, response_model=Accepted, responses=responses(404, 409))
-async def resolve(item_id: ItemId, body: Resolve, stack: StackDep,
+async def resolve(item_id: ItemId, body: Resolution, stack: StackDep,
                   caller: Annotated[Principal, require("loyalty:write")]) -> Accepted:
     """Close the item by hand, recording who (the key) and why, optionally adjusting the customer's
     points through the ledger as it closes (once per item, whatever the retries)."""
