@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows._common import DB_TIMEOUT, accepted, db_retry
 from workflows.messaging import deliver, permanent_failure
@@ -144,7 +144,12 @@ class ChurnCaseWorkflow:
     @workflow.update
     async def apply_incentive(self, request: UnscopedApplyIncentive) -> datetime | None:
         """Extend the subscription by `days` (once per case); returns the new period end."""
+        # An update can arrive before the case is loaded: wait for it, then look again at what
+        # the load said (an incentive applied in an earlier run, a case that is no longer open).
+        await workflow.wait_condition(lambda: self._case is not None)
         assert self._case is not None
+        if self._incentive_applied or self._state != "OPEN" or self._ending is not None:
+            raise ApplicationError(f"case {self._case_id} is not open or already has its incentive", non_retryable=True)
         self._incentive_applied = True  # at once: a second update while Stripe answers is refused
         try:
             period: SubscriptionPeriod = await workflow.execute_activity(
@@ -172,7 +177,7 @@ class ChurnCaseWorkflow:
             raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
         if not 1 <= request.days <= 90:
             raise ValueError(f"days must be between 1 and 90 (got {request.days})")
-        if self._state != "OPEN" or self._case is None:
+        if self._state != "OPEN":  # (the case may still be loading: the handler waits for it)
             raise ValueError(f"case {self._case_id} is not open ({self._state})")
         if self._ending is not None:
             raise ValueError(f"case {self._case_id} has ended ({self._ending[0]})")
