@@ -1,11 +1,12 @@
 """Benchmark: sends through the outbox and the rate-limited messaging queue, end to end.
 
-    python benchmarks/messaging.py --messages 5000 --limit 200 --in-flight 50
+    python benchmarks/messaging.py --messages 20000 --limit 200 --in-flight 200
 
-Run 1: the emulator allows LIMIT msg/s and the messaging worker sets Temporal's task-queue
-rate limit to the same figure; prints achieved msg/s as a share of the limit and the share of
-create requests Twilio answered 429. Run 2: no limit anywhere; prints msg/s. Run 3: the same
-workflow with a send activity that does nothing, i.e. Temporal's own ceiling on this machine.
+Run 1: the emulator allows LIMIT msg/s and the messaging worker is set up as production's (the
+queue's rate limit at SEND_RATE_HEADROOM x LIMIT, the dispatch delay); prints achieved msg/s as a
+share of the limit and the share of create requests Twilio answered 429. Run 2: no limit
+anywhere; prints msg/s. Run 3: the same workflow with a send activity that does nothing, i.e.
+Temporal's own ceiling on this machine. Run 4: two `jobctl worker` processes share the limit.
 Each run also prints its CPU per message by process.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,10 +33,12 @@ from activities.messaging.outbox import QuietHours  # noqa: E402
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    Stack, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    Stack, cpu_ms, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
 )
 from schemas.messaging import MessageBatch, SendMessage, SendOutcome  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
+from workers.worker import SEND_RATE_HEADROOM, WorkerOptions  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.messaging import MessageBatchWorkflow  # noqa: E402
 
@@ -50,37 +55,116 @@ def batch_of(label: str, retailer_ids: Iterable[int], in_flight: int, task_queue
     )
 
 
+async def emulator_stats(url: str) -> tuple[dict, list[float]]:
+    """The emulator's counters and, from its own clock, when it accepted each message."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/_emulator/stats") as response:
+            stats = await response.json()
+        async with http.get(f"{url}/_emulator/messages") as response:
+            messages = await response.json()
+    rows = messages if isinstance(messages, list) else messages.get("messages", [])
+    stamps = sorted(datetime.fromisoformat(m["accepted_at"]).timestamp() for m in rows)
+    return stats, stamps
+
+
+def steady_rate(stamps: list[float]) -> float:
+    """Accepted per second after the first second (both limiters' one-second burst), to the last."""
+    begin = stamps[0] + 1.0
+    after = [t for t in stamps if t > begin]
+    return len(after) / (after[-1] - begin) if len(after) > 1 else float("nan")
+
+
 async def run(
     s: Stack, retailer_ids: list[int], limit: float | None, label: str, in_flight: int
-) -> tuple[float, dict, str]:
+) -> tuple[float, dict, dict[str, float]]:
+    """One batch through the product's send activity in this process.
+
+    With a limit, the worker is configured as production's is (`build_workers`): the queue at
+    `SEND_RATE_HEADROOM` x the limit, each send `MESSAGE_DISPATCH_DELAY_MS` after its dispatch.
+    Without one there is no pace to keep, so no dispatch delay: what is left is the send path's cost.
+    """
     # The emulator in its own process, as Twilio is: the worker's event loop serves only the worker.
     port = free_port()
     async with serve("twilio-emulator", port, *(["--rate-limit", str(limit)] if limit else [])):
         url = f"http://127.0.0.1:{port}"
         gateway = TwilioGateway(twilio_client(url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
+        delay = timedelta(milliseconds=Settings.model_fields["message_dispatch_delay_ms"].default if limit else 0)
         sends = MessagingActivities(
             s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
-            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
+            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0), dispatch_delay=delay),
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         batch = batch_of(label, retailer_ids, in_flight, f"{queue}-messaging")
-        worker_options = {"max_task_queue_activities_per_second": limit} if limit else {}
+        worker_options = {"max_task_queue_activities_per_second": limit * SEND_RATE_HEADROOM} if limit else {}
         async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]), Worker(
             s.client, task_queue=batch.task_queue, activities=[sends.send_message],
-            max_concurrent_activities=200, **worker_options,
+            max_concurrent_activities=WorkerOptions().max_concurrent_sends, **worker_options,
         ):
             cpu_before, started = cpu_seconds(), time.perf_counter()
             result = await s.client.execute_workflow(
                 MessageBatchWorkflow.run, batch, id=f"bench/{uuid.uuid4()}", task_queue=queue
             )
             elapsed = time.perf_counter() - started
-            cpu = cpu_per(cpu_before, cpu_seconds(), len(retailer_ids), "message")
+            cpu = cpu_ms(cpu_before, cpu_seconds(), len(retailer_ids))
         await gateway.close()
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/_emulator/stats") as response:
-                stats = await response.json()
+        stats, _ = await emulator_stats(url)
     assert result.sent == len(retailer_ids), result
     return len(retailer_ids) / elapsed, stats, cpu
+
+
+async def two_workers(s: Stack, retailer_ids: list[int], limit: float, in_flight: int) -> tuple[float, dict]:
+    """Two `jobctl worker --task-queue messaging` processes sharing one limit, as deployed: the
+    rate is the emulator's steady accepted rate (its own clock), as a share of the limit."""
+    port = free_port()
+    async with serve("twilio-emulator", port, "--rate-limit", str(limit)):
+        url = f"http://127.0.0.1:{port}"
+        queue = f"two-{uuid.uuid4().hex[:8]}"
+        env = {
+            **os.environ, "DATABASE_URL": s.database_url,
+            "TEMPORAL_ADDRESS": s.client.service_client.config.target_host,
+            "MESSAGING_TASK_QUEUE": f"{queue}-messaging", "TWILIO_API_BASE": url,
+            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+            "MESSAGES_PER_SECOND": str(limit), "MESSAGE_DAILY_CAP": "1000",
+            "QUIET_HOURS_START": "0", "QUIET_HOURS_END": "0", "LOG_LEVEL": "WARNING",
+        }
+        jobctl = str(Path(sys.executable).parent / "jobctl")
+        workers = [
+            await asyncio.create_subprocess_exec(
+                jobctl, "worker", "--task-queue", "messaging", env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+        try:
+            await wait_for_pollers(s, f"{queue}-messaging", 2)
+            batch = batch_of("two", retailer_ids, in_flight, f"{queue}-messaging")
+            async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]):
+                result = await s.client.execute_workflow(
+                    MessageBatchWorkflow.run, batch, id=f"two/{uuid.uuid4()}", task_queue=queue
+                )
+        finally:
+            for worker in workers:
+                worker.terminate()
+            await asyncio.gather(*(w.wait() for w in workers))
+        stats, stamps = await emulator_stats(url)
+    assert result.sent + result.duplicates == len(retailer_ids), result
+    return steady_rate(stamps), stats
+
+
+async def wait_for_pollers(s: Stack, task_queue: str, count: int) -> None:
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    for _ in range(600):
+        response = await s.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(namespace=s.client.namespace, task_queue=TaskQueue(name=task_queue),
+                                     task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+        )
+        if len({p.identity for p in response.pollers}) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{count} workers never polled {task_queue}")
 
 
 @activity.defn(name="send_message")
@@ -89,7 +173,7 @@ async def send_nothing(request: SendMessage) -> SendOutcome:
     return SendOutcome(status="sent", provider_sid=f"SM{request.idempotency_key}", channel="sms")
 
 
-async def temporal_floor(s: Stack, count: int, in_flight: int) -> tuple[float, str]:
+async def temporal_floor(s: Stack, count: int, in_flight: int) -> tuple[float, dict[str, float]]:
     """What Temporal alone costs per send on this machine: MessageBatchWorkflow, no-op activities."""
     queue = f"floor-{uuid.uuid4().hex[:8]}"
     batch = batch_of("floor", range(count), in_flight, f"{queue}-messaging")
@@ -99,12 +183,16 @@ async def temporal_floor(s: Stack, count: int, in_flight: int) -> tuple[float, s
         cpu_before, started = cpu_seconds(), time.perf_counter()
         result = await s.client.execute_workflow(MessageBatchWorkflow.run, batch, id=f"floor/{uuid.uuid4()}", task_queue=queue)
         elapsed = time.perf_counter() - started
-        cpu = cpu_per(cpu_before, cpu_seconds(), count, "no-op send")
+        cpu = cpu_ms(cpu_before, cpu_seconds(), count)
     assert result.sent == count, result
     return count / elapsed, cpu
 
 
-async def main(messages: int, limit: float, in_flight: int) -> None:
+def per_process(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items() if ms > 0)
+
+
+async def main(messages: int, limit: float, in_flight: int, two_worker_messages: int) -> None:
     configure_logging("json", "WARNING")
     async with stack() as s:
         async with s.engine.begin() as conn:
@@ -115,20 +203,31 @@ async def main(messages: int, limit: float, in_flight: int) -> None:
         limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited", in_flight)
         free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
         floor_rate, floor_cpu = await temporal_floor(s, messages, in_flight)
+        two_rate, two = await two_workers(s, ids[:two_worker_messages], limit, in_flight)
     requests = limited["accepted"] + limited["rate_limited"] + limited.get("faults", 0)
+    two_requests = two["accepted"] + two["rate_limited"]
+    worker = "benchmark process"  # the worker runs in this process
     print(f"machine: {machine()}")
-    print(f"{in_flight} sends in flight")
+    print(f"{in_flight} sends in flight; the queue at {SEND_RATE_HEADROOM} x the limit")
     print(f"limited to {limit:.0f} msg/s: {limited_rate:,.1f} msg/s = {limited_rate / limit:.3f} of the limit; "
           f"429s: {limited['rate_limited']} of {requests} requests ({limited['rate_limited'] / requests:.2%})")
-    print(f"  {limited_cpu}")
+    print(f"  CPU per message: {per_process(limited_cpu)}")
+    print(f"two worker processes, {two_worker_messages} messages: steady {two_rate:,.1f} msg/s = "
+          f"{two_rate / limit:.3f} of the limit; 429s {two['rate_limited']} of {two_requests}")
     print(f"no limit: {free_rate:,.1f} msg/s ({messages} messages)")
-    print(f"  {free_cpu}")
+    print(f"  CPU per message: {per_process(free_cpu)}")
     print(f"Temporal alone (same workflow, a send that does nothing): {floor_rate:,.1f} sends/s")
-    print(f"  {floor_cpu}")
+    print(f"  CPU per no-op send: {per_process(floor_cpu)}")
     figure(f"messaging: accepted rate at a {limit:.0f} msg/s limit", limited_rate, "msg/s", floor=limit,
            floor_name="the limit", target=">= 0.98")
     figure("messaging: share of requests answered 429", limited["rate_limited"] / requests, "", target="< 0.005")
+    figure("messaging: two workers' combined steady rate", two_rate, "msg/s", floor=limit,
+           floor_name="the limit", target=">= 0.95")
+    figure("messaging: two workers' combined steady rate (upper bound)", two_rate, "msg/s", floor=limit,
+           floor_name="the limit", target="<= 1.02")
     figure("messaging: unlimited send path", free_rate, "msg/s", floor=floor_rate, floor_name="Temporal alone", target=">= 0.66")
+    figure("messaging: worker CPU per message, unlimited", free_cpu[worker], "ms", floor=floor_cpu[worker],
+           floor_name="Temporal alone", target="<= 2")
     print_load_at_end()
 
 
@@ -136,9 +235,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--limit", type=float, default=200.0)
-    parser.add_argument("--in-flight", type=int, default=50, help="the batch workflow's sends outstanding at once")
+    parser.add_argument("--in-flight", type=int, default=200,
+                        help="the batch workflow's sends outstanding at once: rate x ~0.6 s from dispatch to Twilio")
+    parser.add_argument("--two-worker-messages", type=int, default=4000, help="messages for the two-process run")
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:
         parser.error("--messages must be >= 1 and --limit > 0")
     require_quiet()
-    asyncio.run(main(args.messages, args.limit, args.in_flight))
+    asyncio.run(main(args.messages, args.limit, args.in_flight, min(args.two_worker_messages, args.messages)))

@@ -56,6 +56,8 @@ class SendPolicy:
     """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback."""
     paused_recheck: timedelta = timedelta(minutes=1)
     """While the brake is on, when a held message is tried again."""
+    dispatch_delay: timedelta = timedelta(milliseconds=500)
+    """A send that queued behind the rate limit calls Twilio this long after its dispatch: see `_on_the_servers_beat`."""
 
 
 @dataclass
@@ -84,6 +86,35 @@ def _now() -> datetime:
     except RuntimeError:  # not in an activity
         return wall
     return max(wall, scheduled) if scheduled.tzinfo else wall
+
+
+async def _on_the_servers_beat(delay: timedelta) -> None:
+    """When the send waited for the queue's rate limit, call Twilio `delay` after its dispatch.
+
+    The messaging queue's rate limit is enforced by the Temporal server, across every worker:
+    it is the dispatch times that are spaced. The work before the call (the outbox claim, a
+    pool's first connections, a busy event loop) delays some attempts more than others, and a
+    delay that ends for many at once reaches Twilio as a burst its bucket refuses (429): most of
+    all in the first second, when the server's burst has already spent Twilio's. Sending each
+    paced attempt a fixed `delay` after its dispatch replays the server's spacing at Twilio's door.
+
+    Only a send that queued behind the limit is paced: one dispatched as soon as it was
+    scheduled (a manual nudge on a quiet queue, the head of a burst) goes at once, so a quiet
+    queue adds no latency and the paced stream starts `delay` after the burst, with Twilio's
+    bucket refilled meanwhile. Capped at `delay`, so a clock that disagrees costs at most that.
+    """
+    try:
+        info = activity.info()
+    except RuntimeError:  # called outside an activity (unit tests): nothing to keep pace with
+        return
+    dispatched, scheduled = info.started_time, info.current_attempt_scheduled_time
+    if not delay or dispatched.tzinfo is None or scheduled.tzinfo is None:
+        return
+    if dispatched - scheduled < delay / 5:  # not held back by the rate limit
+        return
+    wait = (dispatched + delay - datetime.now(UTC)).total_seconds()
+    if wait > 0:
+        await asyncio.sleep(min(wait, delay.total_seconds()))
 
 
 def _count(template: str, outcome: str) -> None:
@@ -284,6 +315,7 @@ class MessagingActivities:
         key = request.idempotency_key
         assert recipient.phone
         attempt = _Attempt(key, channel, self._senders.of(channel))
+        await _on_the_servers_beat(self._policy.dispatch_delay)
         try:
             accepted = await self._deliver(attempt, recipient.phone, template, params, body)
         except TwilioRestException as exc:
