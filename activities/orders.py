@@ -21,12 +21,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
 from schemas import ids
+from schemas.errors import Refused
 from schemas.orders import (
     FollowUpSent,
     OrderFailure,
@@ -132,6 +132,56 @@ def _zone(name: str | None) -> ZoneInfo:
 # --------------------------------------------------------------------------- one order's clock
 
 
+class OrderRefused(Refused):
+    """A start or signal that cannot apply to the order; the message says why, for people."""
+
+
+class UnknownOrder(OrderRefused):
+    """No such order, or no clock for it."""
+
+
+class OrderNotPending(OrderRefused):
+    """The order is settled already (COMPLETED, RECOVERED, EXPIRED, FAILED, or not a checkout)."""
+
+
+async def register_pending(
+    engine: AsyncEngine, request: RegisterPendingOrder, quiet_hours: QuietHours = QuietHours()
+) -> PendingOrderRecord:
+    """Create the order's row if new and say when its follow-up is due in the retailer's local time.
+
+    The database holds the clock: an existing row keeps its `created_at` and `expires_at`, so the
+    starter (`services.orders.start_pending_order`, before it starts the workflow) and the
+    workflow's first task (the `register_pending_order` local activity) read the same clock.
+    A row settled already is returned as it is (its `state` says so). Raises `UnknownOrder` or
+    `OrderNotPending` for an order that cannot have a clock.
+    """
+    async with engine.begin() as conn:
+        await conn.execute(
+            INSERT_PENDING_SQL,
+            {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl},
+        )
+        row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
+        if row is None:
+            raise await _not_pending(conn, request.order_id)
+    local_due = (row.created_at + request.follow_up_after).astimezone(_zone(row.timezone))
+    return PendingOrderRecord(
+        order_id=row.order_id,
+        retailer_id=row.retailer_id,
+        state=row.status,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        follow_up_at=quiet_hours.next_allowed(local_due).astimezone(UTC),
+        follow_up_sent_at=row.follow_up_sent_at,
+    )
+
+
+async def _not_pending(conn: AsyncConnection, order_id: int) -> OrderRefused:
+    status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": order_id})
+    if status is None:
+        return UnknownOrder(f"order {order_id} does not exist")
+    return OrderNotPending(f"order {order_id} is {status}, not a pending checkout")
+
+
 class OrderActivities:
     """Activities of `PendingOrderWorkflow`; the engine and quiet hours are injected by the worker."""
 
@@ -141,36 +191,15 @@ class OrderActivities:
 
     @activity.defn(name="register_pending_order")
     async def register_pending_order(self, request: RegisterPendingOrder) -> PendingOrderRecord:
-        """Create the row if new and say when its follow-up is due in the retailer's local time.
+        """`register_pending`, as the workflow's first step (a local activity, in its first task).
 
-        Runs as a local activity on the start path, so a caller of `start_pending_order` waits
-        for one database round trip, not for an activity task.
+        After `start_pending_order` it only reads the row its starter wrote; a refusal is
+        permanent (the type names it: UnknownOrder, OrderNotPending), so the workflow fails at once.
         """
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                INSERT_PENDING_SQL,
-                {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl},
-            )
-            row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
-            if row is None:
-                raise await self._not_pending(conn, request.order_id)
-        local_due = (row.created_at + request.follow_up_after).astimezone(_zone(row.timezone))
-        return PendingOrderRecord(
-            order_id=row.order_id,
-            retailer_id=row.retailer_id,
-            state=row.status,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            follow_up_at=self._quiet_hours.next_allowed(local_due).astimezone(UTC),
-            follow_up_sent_at=row.follow_up_sent_at,
-        )
-
-    @staticmethod
-    async def _not_pending(conn: AsyncConnection, order_id: int) -> ApplicationError:
-        status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": order_id})
-        if status is None:
-            return permanent("UnknownOrder", f"order {order_id} does not exist")
-        return permanent("OrderNotPending", f"order {order_id} is {status}, not a pending checkout")
+        try:
+            return await register_pending(self._engine, request, self._quiet_hours)
+        except OrderRefused as refusal:
+            raise permanent(type(refusal).__name__, str(refusal)) from None
 
     @activity.defn(name="record_follow_up")
     async def record_follow_up(self, sent: FollowUpSent) -> None:
@@ -339,7 +368,8 @@ RETURNING id
 # --------------------------------------------------------------------------- the safety-net sweep
 
 Starter = Callable[[Client, PendingOrderInput], Awaitable[object]]
-"""How the sweep starts a clock: `services.orders.start_pending_order` bound to the jobs queue."""
+"""How the sweep starts a clock: `services.orders.start_pending_order` bound to the engine, the
+jobs queue and the quiet hours."""
 
 
 class OrderSweepActivities:

@@ -1,8 +1,9 @@
 """The floor for `benchmarks/orders.py`: a clock that does nothing but answer its start and sleep.
 
-Started exactly as an order's clock is (update-with-start, USE_EXISTING), with none of our work
-(no database row, no local activity, no search attributes), so its starts/s and CPU per start
-are what Temporal itself costs on the machine.
+Started with update-with-start (USE_EXISTING), so a start counts once its first task has run, as
+`benchmarks/orders.py` counts an order's clock once its first task has registered the row; with
+none of our work (no database row, no local activity, no search attributes), its starts/s and
+CPU per start are what Temporal itself costs on the machine.
 """
 
 from __future__ import annotations

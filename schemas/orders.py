@@ -16,7 +16,7 @@ OrderState = Literal["PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED"]
 """The states of `pending_orders.status` (and the `CaseStatus` search attribute)."""
 
 REFUSALS = ["UnknownOrder", "OrderNotPending"]
-"""Why registering a clock is refused for good (non-retryable): the starter's `track` update says which."""
+"""Why registering a clock is refused for good (non-retryable): the `register_pending_order` activity's error type."""
 
 FOLLOW_UP_AFTER = timedelta(hours=2)
 ORDER_TTL = timedelta(hours=24)
@@ -25,8 +25,9 @@ ORDER_TTL = timedelta(hours=24)
 class PendingOrderInput(BaseModel):
     """Start input of `pending-order/{order_id}`: what the shop's backend knows at checkout start.
 
-    `created_at` None means "when the workflow started"; `retailer_id` None means "the order's"
-    (read from the database; the `RetailerId` search attribute is then set a moment later). The delays are inputs (not constants)
+    `created_at` None means "now" (`start_pending_order`) or "when the workflow started" (any
+    other starter); `retailer_id` None means "the order's" (read from the database; the
+    `RetailerId` search attribute is then set from it). The delays are inputs (not constants)
     so operators can tune ORDER_FOLLOWUP_AFTER and tests can run a whole clock in seconds;
     an existing `pending_orders` row keeps its own `created_at` and `expires_at`.
     """

@@ -1,20 +1,23 @@
 """Starting and steering an order's clock: what the shop's backend (and `jobctl orders`) calls.
 
-A start is update-with-start on `pending-order/{order_id}`: a second start of a running clock
-attaches to it (`USE_EXISTING`) instead of starting another, and the caller gets the clock's
-answer (the order's expiry and follow-up time) or the reason it was refused (unknown order,
-order already COMPLETED, ...) from the workflow itself, which read the database.
+The database holds the clock (the `pending_orders` row), so a start answers from the database:
+it writes (or reads) the row, which refuses an unknown or settled order with no Temporal call at
+all, then starts `pending-order/{order_id}` and returns without waiting for its first task. One
+database round trip and one start RPC: a checkout's answer never waits behind the worker's queue.
+The workflow's first task registers the same row again (idempotent, the row keeps its clock), so
+it computes the very expiry and follow-up time the caller was given. A second start of a running
+clock attaches to it (`USE_EXISTING`) instead of starting another.
+
+A row written whose start then failed (Temporal down) is a PENDING row no clock watches: a retry
+of the start attaches to it, and the `order-expiry-sweep` starts its clock otherwise.
 """
 
 from __future__ import annotations
 
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowUpdateFailedError,
-)
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -24,8 +27,9 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.messaging.outbox import QuietHours
+from activities.orders import OrderNotPending, OrderRefused, UnknownOrder, register_pending
 from schemas import ids
-from schemas.errors import Refused
 from schemas import search_attributes
 from schemas.orders import (
     LateOrderFailure,
@@ -35,54 +39,64 @@ from schemas.orders import (
     PendingOrderInput,
     PendingOrderResult,
     PendingOrderStatus,
+    RegisterPendingOrder,
 )
 from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
 
-class OrderRefused(Refused):
-    """A start or signal that cannot apply to the order; the message says why, for people."""
-
-
-class UnknownOrder(OrderRefused):
-    """No such order, or no clock for it."""
-
-
-class OrderNotPending(OrderRefused):
-    """The order is settled already (COMPLETED, RECOVERED, EXPIRED, FAILED, or not a checkout)."""
-
-
-async def start_pending_order(client: Client, order: PendingOrderInput, *, task_queue: str = "jobs") -> PendingOrderStatus:
+async def start_pending_order(
+    client: Client,
+    engine: AsyncEngine,
+    order: PendingOrderInput,
+    *,
+    task_queue: str = "jobs",
+    quiet_hours: QuietHours = QuietHours(),
+) -> PendingOrderStatus:
     """Start the order's 24-hour clock, or attach to the one already running; idempotent by order id.
 
-    Returns the clock's status (expires_at, follow_up_at). Raises `UnknownOrder` for an order
-    not in the database and `OrderNotPending` for one already settled.
+    Returns the clock's status (expires_at, follow_up_at) as the row says. Raises `UnknownOrder`
+    for an order not in the database and `OrderNotPending` for one already settled. `quiet_hours`
+    must be the worker's (QUIET_HOURS_START/END), so the follow-up time told is the one it keeps.
     """
-    start = WithStartWorkflowOperation(
-        PendingOrderWorkflow.run,
-        order,
-        id=ids.pending_order(order.order_id),
-        task_queue=task_queue,
-        # A running clock is reused; a finished one is final, unless it failed or was terminated.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-        search_attributes=_search_attributes(order),
-        static_summary=f"Pending order {order.order_id}" + (f" of retailer {order.retailer_id}" if order.retailer_id else ""),
+    record = await register_pending(
+        engine,
+        RegisterPendingOrder(
+            order_id=order.order_id,
+            created_at=order.created_at or datetime.now(UTC),
+            follow_up_after=order.follow_up_after,
+            ttl=order.ttl,
+        ),
+        quiet_hours,
     )
+    if record.state != "PENDING":
+        raise OrderNotPending(f"order {order.order_id} is already {record.state}")
+    # The row's own clock, so a workflow that has to write the row again writes the one told.
+    order = order.model_copy(update={"created_at": record.created_at, "retailer_id": order.retailer_id or record.retailer_id})
     try:
-        return await client.execute_update_with_start_workflow(PendingOrderWorkflow.track, start_workflow_operation=start)
-    except WorkflowUpdateFailedError as error:
-        refusal = _refusal(error.cause)
-        if type(refusal) is OrderRefused:
-            # The clock ended in the same task that refused the update; some servers then report
-            # "workflow completed before the update": the run's own outcome says why.
-            await _result(client, order.order_id)
-        raise refusal from None
+        await client.start_workflow(
+            PendingOrderWorkflow.run,
+            order,
+            id=ids.pending_order(order.order_id),
+            task_queue=task_queue,
+            # A running clock is reused; a finished one is final, unless it failed or was terminated.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            search_attributes=_search_attributes(order),
+            static_summary=f"Pending order {order.order_id} of retailer {order.retailer_id}",
+        )
     except (WorkflowAlreadyStartedError, RPCError) as error:
         # Some servers (the time-skipping one) report the refusal as a bare ALREADY_EXISTS status.
         if isinstance(error, RPCError) and error.status != RPCStatusCode.ALREADY_EXISTS:
             raise
         ended = await _result(client, order.order_id)  # only a clock that ended normally refuses a restart
         raise OrderNotPending(f"order {order.order_id} is already {ended.state}") from None
+    return PendingOrderStatus(
+        order_id=record.order_id,
+        state=record.state,
+        follow_up_at=record.follow_up_at,
+        follow_up_sent_at=record.follow_up_sent_at,
+        expires_at=record.expires_at,
+    )
 
 
 async def complete_order(client: Client, order_id: int, *, actor_id: str | None = None) -> None:

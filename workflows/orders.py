@@ -94,11 +94,13 @@ class PendingOrderWorkflow:
         """The order failed: `{"reason": ...}`."""
         self._end_with("failed", accepted(OrderFailed, failure, signal="failed", subject=self._subject))
 
+    # `start_pending_order` now answers from the database and only starts the run; `track` stays
+    # for starters that use update-with-start and for the histories recorded with it.
     # ABANDON: a refused start (unknown order) fails the run at once, and a server may deliver the
     # update in the same task; the starter then reads the refusal from the run's failure.
     @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def track(self) -> PendingOrderStatus:
-        """The answer to a start (update-with-start): the clock once registered, or why it was refused."""
+        """The answer to an update-with-start: the clock once registered, or why it was refused."""
         await workflow.wait_condition(lambda: self._record is not None or self._refusal is not None)
         if self._refusal is not None:
             raise self._refusal
@@ -120,8 +122,10 @@ class PendingOrderWorkflow:
     async def _register(self, order: PendingOrderInput) -> PendingOrderRecord:
         """Create or read the row (the database holds the clock) and learn when the follow-up is due.
 
-        An unknown order, or one no longer pending, is refused: the starter's `track` update
-        carries the reason back, and the workflow ends without touching anything.
+        `start_pending_order` wrote the row already (and refused an order that cannot have a
+        clock), so this reads it; for any other starter an unknown order, or one no longer
+        pending, is refused here: a `track` update carries the reason back, and the workflow ends
+        without touching anything.
         """
         request = RegisterPendingOrder(
             order_id=order.order_id,

@@ -132,7 +132,7 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once_and_tells
     env = time_skipping_env
     order, shop, phone = await new_order(engine, on_credit=Decimal("250.00"))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        _, handle, _ = await start(env, order, shop, task_queue, messaging)
+        _, handle, _ = await start(env, engine, order, shop, task_queue, messaging)
         await complete_order(env.client, order)
         assert (await result_of(env, handle)).state == "COMPLETED"
         late = await fail_order(env.client, order, "delivery failed", task_queue=task_queue, messaging_task_queue=messaging)

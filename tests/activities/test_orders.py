@@ -3,6 +3,7 @@ Twilio emulator, and the whole 24-hour clock in seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,16 +17,18 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.orders import OrderActivities
+from activities.orders import OrderActivities, register_pending
 from schemas import ids
-from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult
+from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult, PendingOrderStatus, RegisterPendingOrder
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
 from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
 from devtools.twilio_emulator import TwilioEmulator
@@ -124,14 +127,32 @@ async def task_failures(handle: WorkflowHandle) -> int:
     )
 
 
-async def start(env: WorkflowEnvironment, order_id: int, retailer_id: int, task_queue: str, messaging: str, **kw):
+async def start(
+    env: WorkflowEnvironment, engine: AsyncEngine, order_id: int, retailer_id: int, task_queue: str, messaging: str, **kw
+):
+    # The server's clock, not the wall clock: time skipping moves only the former.
     created = kw.pop("created_at", None) or await env.get_current_time()
     status = await start_pending_order(
         env.client,
+        engine,
         PendingOrderInput(order_id=order_id, retailer_id=retailer_id, created_at=created, messaging_task_queue=messaging, **kw),
         task_queue=task_queue,
     )
     return status, env.client.get_workflow_handle(ids.pending_order(order_id), result_type=PendingOrderResult), created
+
+
+async def registered(handle: WorkflowHandle, timeout: float = 10) -> PendingOrderStatus:
+    """The clock's status once its first task has read the row (a start no longer waits for that)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            status = await handle.query(PendingOrderWorkflow.status)
+        except (RPCError, WorkflowQueryFailedError):  # before the first workflow task completes
+            status = None
+        if status is not None and status.expires_at is not None:
+            return status
+        assert asyncio.get_running_loop().time() < deadline, f"{handle.id} never registered its row"
+        await asyncio.sleep(0.05)
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> PendingOrderResult:
@@ -155,7 +176,7 @@ async def test_follow_up_at_two_hours_then_expiry_at_twenty_four(
     now = await env.get_current_time()
     oid, rid, phone = await new_order(engine, tz=zone_where(now + timedelta(hours=2), 12))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        status, handle, created = await start(env, oid, rid, task_queue, messaging)
+        status, handle, created = await start(env, engine, oid, rid, task_queue, messaging)
         assert status.state == "PENDING"
         assert status.expires_at == created + timedelta(hours=24)
         assert status.follow_up_at == created + timedelta(hours=2)
@@ -186,7 +207,7 @@ async def test_completion_before_the_follow_up_is_completed_and_sends_nothing(
     env = time_skipping_env
     oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        _, handle, _ = await start(env, engine, oid, rid, task_queue, messaging)
         await env.sleep(timedelta(hours=1))
         await complete_order(env.client, oid)
         result = await result_of(env, handle)
@@ -203,7 +224,7 @@ async def test_completion_after_the_follow_up_is_recovered(
     env = time_skipping_env
     oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        _, handle, _ = await start(env, engine, oid, rid, task_queue, messaging)
         await env.sleep(timedelta(hours=3))
         await complete_order(env.client, oid)
         result = await result_of(env, handle)
@@ -224,7 +245,7 @@ async def test_a_follow_up_due_at_23_local_goes_out_at_08_local(
     eight = (local_due + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0).astimezone(UTC)
     oid, rid, phone = await new_order(engine, tz=zone)
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        status, handle, created = await start(env, oid, rid, task_queue, messaging, created_at=now)
+        status, handle, created = await start(env, engine, oid, rid, task_queue, messaging, created_at=now)
         assert status.follow_up_at == eight
 
         await env.sleep(eight - created - timedelta(minutes=1))
@@ -247,7 +268,7 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
     env = time_skipping_env
     oid, rid, phone = await new_order(engine, on_credit=Decimal("250.00"))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        _, handle, _ = await start(env, engine, oid, rid, task_queue, messaging)
         await fail_order(env.client, oid, "card declined by the bank")
         result = await result_of(env, handle)
     assert result.state == "FAILED"
@@ -293,6 +314,37 @@ async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncE
 # --------------------------------------------------------------------------- bad input
 
 
+async def test_registering_keeps_an_existing_rows_clock_and_refuses_for_good(engine: AsyncEngine) -> None:
+    """What the starter and the workflow's first task both run: the same row, the same answer;
+    a refusal reaches the workflow as a non-retryable error of the refusal's type."""
+    oid, rid, _ = await new_order(engine, tz="UTC")
+    created = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    request = RegisterPendingOrder(order_id=oid, created_at=created, follow_up_after=timedelta(hours=2), ttl=timedelta(hours=24))
+    first = await register_pending(engine, request, QuietHours(0, 0))
+    assert (first.state, first.retailer_id, first.created_at) == ("PENDING", rid, created)
+    assert (first.follow_up_at, first.expires_at) == (created + timedelta(hours=2), created + timedelta(hours=24))
+    later = request.model_copy(update={"created_at": created + timedelta(hours=1)})
+    assert await ActivityEnvironment().run(OrderActivities(engine, QuietHours(0, 0)).register_pending_order, later) == first
+    quiet = await register_pending(engine, request, QuietHours(10, 12))  # 11:00 UTC falls in them
+    assert quiet.follow_up_at == created.replace(hour=12)
+
+    missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
+    with pytest.raises(UnknownOrder, match=f"order {missing} does not exist"):
+        await register_pending(engine, request.model_copy(update={"order_id": missing}))
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(OrderActivities(engine).register_pending_order, request.model_copy(update={"order_id": missing}))
+    assert (refused.value.type, refused.value.non_retryable) == ("UnknownOrder", True)
+    cancelled, _, _ = await new_order(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE orders SET status = 'CANCELLED' WHERE id = :o"), {"o": cancelled})
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(
+            OrderActivities(engine).register_pending_order, request.model_copy(update={"order_id": cancelled})
+        )
+    assert (refused.value.type, refused.value.message) == ("OrderNotPending", f"order {cancelled} is CANCELLED, not a pending checkout")
+
+
+
 async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
     time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
     task_queue: str,
@@ -300,7 +352,7 @@ async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
     env = time_skipping_env
     oid, rid, phone = await new_order(engine, on_credit=Decimal("40.00"))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        _, handle, _ = await start(env, oid, rid, task_queue, messaging)
+        _, handle, _ = await start(env, engine, oid, rid, task_queue, messaging)
         for payload in ({}, {"reason": ""}, {"reason": 42}, "oops", [1, 2], None):
             await handle.signal("failed", payload)
         await handle.signal("failed")  # no payload at all
@@ -328,18 +380,22 @@ async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
     env = time_skipping_env
     oid, rid, phone = await new_order(engine, tz=zone_where(await env.get_current_time() + timedelta(hours=2), 12))
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
-        first, handle, created = await start(env, oid, rid, task_queue, messaging)
+        first, handle, created = await start(env, engine, oid, rid, task_queue, messaging)
         run_id = (await handle.describe()).run_id
-        second, _, _ = await start(env, oid, rid, task_queue, messaging, created_at=created + timedelta(minutes=5))
+        second, _, _ = await start(env, engine, oid, rid, task_queue, messaging, created_at=created + timedelta(minutes=5))
         assert second == first
         await env.sleep(timedelta(hours=3))
-        third, _, _ = await start(env, oid, rid, task_queue, messaging)
+        third, _, _ = await start(env, engine, oid, rid, task_queue, messaging)
         assert third.follow_up_sent_at is not None and third.expires_at == first.expires_at
         assert (await handle.describe()).run_id == run_id
         assert (await result_of(env, handle)).state == "EXPIRED"
 
         with pytest.raises(OrderNotPending, match=f"order {oid} is already EXPIRED"):
-            await start(env, oid, rid, task_queue, messaging)
+            await start(env, engine, oid, rid, task_queue, messaging)  # the row says so
+        async with engine.begin() as conn:  # a row put back by hand: the clock that ended normally says so
+            await conn.execute(text("UPDATE pending_orders SET status = 'PENDING' WHERE order_id = :o"), {"o": oid})
+        with pytest.raises(OrderNotPending, match=f"order {oid} is already EXPIRED"):
+            await start(env, engine, oid, rid, task_queue, messaging)
         assert (await handle.describe()).run_id == run_id
     assert len(await sent_to(emulator, phone)) == 1
 
@@ -359,12 +415,14 @@ async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_mes
     missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
         with pytest.raises(OrderNotPending, match=f"order {settled} is already COMPLETED"):
-            await start(env, settled, rid, task_queue, messaging)
+            await start(env, engine, settled, rid, task_queue, messaging)
         with pytest.raises(UnknownOrder, match=f"order {missing} does not exist"):
-            await start(env, missing, rid, task_queue, messaging)
+            await start(env, engine, missing, rid, task_queue, messaging)
         with pytest.raises(UnknownOrder, match=f"order {missing + 1} has no running clock"):
             await complete_order(env.client, missing + 1)
         # A failure after the clock ended is not refused: tests/activities/test_money_loop.py.
-    for order_id in (settled, missing):
-        assert await task_failures(env.client.get_workflow_handle(ids.pending_order(order_id))) == 0
+    for order_id in (settled, missing):  # refused from the database: no workflow was started
+        with pytest.raises(RPCError) as not_found:
+            await env.client.get_workflow_handle(ids.pending_order(order_id)).describe()
+        assert not_found.value.status == RPCStatusCode.NOT_FOUND
     assert (await pending_row(engine, settled)).status == "COMPLETED"

@@ -6,15 +6,30 @@ under the key's name, and a payment recorded once however often the backend retr
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from tests.activities.test_orders import new_order
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from activities.messaging.outbox import QuietHours
+from activities.orders import OrderActivities
+from devtools.stripe_sandbox import StripeSandbox
+from devtools.twilio_emulator import TwilioEmulator
+from schemas.orders import PendingOrderStatus
+from tests.activities.test_orders import new_order, pending_row, registered
+from tests.e2e.api_harness import (  # noqa: F401
+    api_settings, assert_problem, http, new_key, running_workers, stack_settings,
+)
+from workers.api.app import create_app
+from workflows.orders import PendingOrderWorkflow
 
 
 async def _runs(env: WorkflowEnvironment, workflow_id: str) -> int:
@@ -47,6 +62,64 @@ async def test_checkout_started_twice_with_one_idempotency_key_is_one_clock(
     late = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "courier lost it"}, headers=headers)
     assert late.status_code == 200, late.text
     assert late.json()["workflow_id"] == f"order-failure/{order_id}" and late.json()["result"]["reversed_amount"] is None  # COD
+
+
+async def test_checkout_started_answers_from_the_database_without_a_worker(
+    engine: AsyncEngine, dev_env: WorkflowEnvironment, emulator: TwilioEmulator, sandbox: StripeSandbox
+) -> None:
+    """The answer waits for the row and the start RPC only: on a task queue no worker polls, the
+    clock is told, its workflow is RUNNING with no task run yet, and a worker later computes the same."""
+    settings = stack_settings(emulator, sandbox)  # a task queue of its own, polled by nobody yet
+    app = create_app(settings, engine, dev_env.client)
+    headers = await new_key(engine, "orders:write")
+    order_id, retailer_id, _ = await new_order(engine)
+    settled, _, _ = await new_order(engine)
+    cancelled, _, _ = await new_order(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO pending_orders (order_id, retailer_id, amount, status, expires_at, completed_at)"
+            " SELECT id, retailer_id, total_amount, 'COMPLETED', now() + interval '20 hours', now() FROM orders WHERE id = :o"),
+            {"o": settled})
+        await conn.execute(text("UPDATE orders SET status = 'CANCELLED' WHERE id = :o"), {"o": cancelled})
+    missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=30) as api:
+        before = datetime.now(UTC)
+        first = await api.post(f"/v1/orders/{order_id}/checkout-started", headers=headers)
+        assert first.status_code == 200, first.text
+        told = PendingOrderStatus.model_validate(first.json())
+        row = await pending_row(engine, order_id)
+        assert (told.state, told.expires_at, told.follow_up_sent_at) == ("PENDING", row.expires_at, None)
+        assert before <= row.created_at and row.expires_at == row.created_at + timedelta(hours=24)
+        assert told.follow_up_at == row.created_at + settings.order_followup_after  # quiet hours off here
+
+        handle = dev_env.client.get_workflow_handle(f"pending-order/{order_id}")
+        described = await handle.describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING
+        events = [e.event_type async for e in handle.fetch_history_events()]
+        assert EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED not in events  # no worker has run it
+
+        again = await api.post(f"/v1/orders/{order_id}/checkout-started", json={"retailer_id": retailer_id}, headers=headers)
+        assert again.status_code == 200 and again.json() == first.json()  # attached, the same clock
+        assert await _runs(dev_env, f"pending-order/{order_id}") == 1
+        assert (await handle.describe()).run_id == described.run_id
+
+        assert "does not exist" in assert_problem(await api.post(f"/v1/orders/{missing}/checkout-started", headers=headers), 404)["detail"]
+        assert "already COMPLETED" in assert_problem(await api.post(f"/v1/orders/{settled}/checkout-started", headers=headers), 409)["detail"]
+        assert "CANCELLED" in assert_problem(await api.post(f"/v1/orders/{cancelled}/checkout-started", headers=headers), 409)["detail"]
+    for refused in (missing, settled, cancelled):  # refused from the database, before any Temporal call
+        with pytest.raises(RPCError) as not_found:
+            await dev_env.client.get_workflow_handle(f"pending-order/{refused}").describe()
+        assert not_found.value.status == RPCStatusCode.NOT_FOUND
+
+    # A worker arrives: the clock's first task reads the same row and keeps the clock it was told.
+    activities = OrderActivities(engine, QuietHours(settings.quiet_hours_start, settings.quiet_hours_end))
+    async with Worker(
+        dev_env.client, task_queue=settings.task_queue, workflows=[PendingOrderWorkflow],
+        activities=[activities.register_pending_order, activities.settle_pending_order],
+    ):
+        assert await registered(handle) == told
+        await handle.terminate("test done")
 
 
 async def test_unknown_orders_are_404_and_a_blank_reason_is_422(http: httpx.AsyncClient, engine: AsyncEngine) -> None:

@@ -9,7 +9,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,6 +29,7 @@ from tests.activities.test_orders import (
     new_order,
     order_workers,
     pending_row,
+    registered,
     sent_to,
     task_failures,
     zone_where,
@@ -45,6 +46,7 @@ async def test_a_short_clock_expires_within_two_seconds_of_its_deadline(
     async with order_workers(client, engine, gateway, task_queue) as messaging:
         status = await start_pending_order(
             client,
+            engine,
             PendingOrderInput(
                 order_id=oid, retailer_id=rid, follow_up_after=timedelta(seconds=1), ttl=timedelta(seconds=4),
                 messaging_task_queue=messaging,
@@ -78,7 +80,10 @@ async def _unwatched_row(engine: AsyncEngine, *, expires_in: timedelta) -> int:
 
 @asynccontextmanager
 async def sweep_worker(client: Client, engine: AsyncEngine, task_queue: str) -> AsyncIterator[None]:
-    sweep = OrderSweepActivities(engine, client, functools.partial(start_pending_order, task_queue=task_queue))
+    def start(client: Client, order: PendingOrderInput) -> Awaitable[object]:
+        return start_pending_order(client, engine, order, task_queue=task_queue)
+
+    sweep = OrderSweepActivities(engine, client, start)
     async with Worker(
         client,
         task_queue=f"{task_queue}-sweep",
@@ -97,8 +102,10 @@ async def test_the_sweep_expires_unwatched_stale_rows_and_starts_missing_clocks_
     watched, rid, _ = await new_order(engine)
     async with order_workers(client, engine, gateway, task_queue) as messaging, sweep_worker(client, engine, task_queue):
         await start_pending_order(
-            client, PendingOrderInput(order_id=watched, retailer_id=rid, messaging_task_queue=messaging), task_queue=task_queue
+            client, engine, PendingOrderInput(order_id=watched, retailer_id=rid, messaging_task_queue=messaging),
+            task_queue=task_queue,
         )
+        await registered(client.get_workflow_handle(ids.pending_order(watched)))  # the clock holds its deadline
         async with engine.begin() as conn:  # its deadline passed as far as the database knows; its clock decides
             await conn.execute(
                 text("UPDATE pending_orders SET expires_at = now() - interval '1 minute' WHERE order_id = :o"), {"o": watched}
@@ -132,11 +139,14 @@ async def test_the_sweep_expires_unwatched_stale_rows_and_starts_missing_clocks_
     assert audits == 1
 
 
-async def jobctl_orders(dev_env: WorkflowEnvironment, task_queue: str, messaging: str, *args: str) -> tuple[int, str, str]:
-    """`jobctl orders ...` in a subprocess, against the dev server."""
+async def jobctl_orders(
+    dev_env: WorkflowEnvironment, database_url: str, task_queue: str, messaging: str, *args: str
+) -> tuple[int, str, str]:
+    """`jobctl orders ...` in a subprocess, against the dev server and the module's database."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_"))},
         "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "DATABASE_URL": database_url,
         "TASK_QUEUE": task_queue,
         "MESSAGING_TASK_QUEUE": messaging,
     }
@@ -149,24 +159,27 @@ async def jobctl_orders(dev_env: WorkflowEnvironment, task_queue: str, messaging
 
 
 async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator, task_queue: str
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, database_url: str, gateway: TwilioGateway, emulator, task_queue: str
 ) -> None:
     oid, _, phone = await new_order(engine, on_credit=Decimal("30.00"))
     async with order_workers(dev_env.client, engine, gateway, task_queue) as messaging:
-        code, out, err = await jobctl_orders(dev_env, task_queue, messaging, "start", str(oid))
+        jobctl = functools.partial(jobctl_orders, dev_env, database_url, task_queue, messaging)
+        code, out, err = await jobctl("start", str(oid))
         assert (code, err) == (0, ""), err
         assert f"pending-order/{oid}: PENDING, follow-up due" in out
-        code, out, _ = await jobctl_orders(dev_env, task_queue, messaging, "show", str(oid), "--json")
+        code, out, _ = await jobctl("show", str(oid), "--json")
         assert code == 0 and json.loads(out)["state"] == "PENDING"
-        code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "fail", str(oid), "--reason", "  ")
+        code, _, err = await jobctl("fail", str(oid), "--reason", "  ")
         assert code == 2 and "--reason must be 1 to 500 characters" in err
-        code, out, _ = await jobctl_orders(dev_env, task_queue, messaging, "fail", str(oid), "--reason", "stock ran out")
+        code, out, _ = await jobctl("fail", str(oid), "--reason", "stock ran out")
         assert code == 0
         result = await dev_env.client.get_workflow_handle(ids.pending_order(oid), result_type=PendingOrderResult).result()
         assert result.state == "FAILED"
 
-        code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "complete", str(oid))
+        code, _, err = await jobctl("complete", str(oid))
         assert code == 2 and f"order {oid} is already FAILED" in err
-        code, _, err = await jobctl_orders(dev_env, task_queue, messaging, "show", "987654321")
+        code, _, err = await jobctl("start", "987654321")
         assert code == 2 and "order 987654321 does not exist" in err
+        code, _, err = await jobctl("show", "987654321")  # refused from the database: no clock was started
+        assert code == 2 and "order 987654321 has no clock" in err
     assert len(await sent_to(emulator, phone)) == 1  # order_failed only

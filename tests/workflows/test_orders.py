@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WithStartWorkflowOperation, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -286,6 +287,41 @@ async def test_an_unknown_order_is_refused_without_a_task_failure(
     assert len(fake.registered) == 1  # a refusal is not retried
     assert fake.sends == [] and fake.settled == []
     assert await task_failures(handle) == 0
+
+
+async def test_the_track_update_still_answers_an_update_with_start(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+    """`start_pending_order` answers from the database now; starters (and histories) that use
+    update-with-start still get the clock, or the refusal, from `track`."""
+    fake = FakeOrders()
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id = random.randint(1, 2**31)
+        start = WithStartWorkflowOperation(
+            "PendingOrderWorkflow", PendingOrderInput(order_id=order_id, messaging_task_queue=task_queue),
+            id=f"pending-order/{order_id}", task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=PendingOrderResult,
+        )
+        told = await time_skipping_env.client.execute_update_with_start_workflow(
+            "track", start_workflow_operation=start, result_type=PendingOrderStatus
+        )
+        record = fake.records[order_id]
+        assert (told.state, told.expires_at, told.follow_up_at) == ("PENDING", record.expires_at, record.follow_up_at)
+        await (await start.workflow_handle()).terminate("test done")
+
+    fake.refuse = "UnknownOrder"
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        order_id = random.randint(1, 2**31)
+        start = WithStartWorkflowOperation(
+            "PendingOrderWorkflow", PendingOrderInput(order_id=order_id, messaging_task_queue=task_queue),
+            id=f"pending-order/{order_id}", task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=PendingOrderResult,
+        )
+        with pytest.raises(WorkflowUpdateFailedError):
+            await time_skipping_env.client.execute_update_with_start_workflow(
+                "track", start_workflow_operation=start, result_type=PendingOrderStatus
+            )
+        with pytest.raises(WorkflowFailureError) as failure:  # the run's own failure names the refusal
+            await (await start.workflow_handle()).result()
+    assert isinstance(failure.value.cause, ApplicationError) and failure.value.cause.type == "UnknownOrder"
 
 
 async def _registered(handle: WorkflowHandle) -> bool:

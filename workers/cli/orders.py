@@ -42,6 +42,7 @@ def orders_start(
     ttl: Annotated[float | None, typer.Option("--ttl", min=1, help="Seconds until expiry for a new row (default 24 h).")] = None,
 ) -> None:
     """Start ORDER's clock (idempotent: a running clock is reused)."""
+    from activities.messaging.outbox import QuietHours
     from schemas.orders import PendingOrderInput
     from services.orders import start_pending_order
 
@@ -52,7 +53,12 @@ def orders_start(
         follow_up_after=timedelta(seconds=follow_up_after) if follow_up_after else s.order_followup_after,
         **({"ttl": timedelta(seconds=ttl)} if ttl else {}),
     )
-    status = _call(start_pending_order, order, task_queue=s.task_queue)
+    quiet_hours = QuietHours(s.quiet_hours_start, s.quiet_hours_end)
+    status = call(
+        lambda c: start_pending_order(c.client, c.engine, order, task_queue=s.task_queue, quiet_hours=quiet_hours),
+        temporal=True,
+        database=True,
+    )
     typer.echo(
         f"pending-order/{order_id}: {status.state}, follow-up due {_at(status.follow_up_at)}, expires {_at(status.expires_at)}"
     )

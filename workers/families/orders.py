@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 from typing import Any
 
@@ -22,8 +21,13 @@ def _activities(deps: Any) -> list[Any]:
     from services.orders import start_pending_order
 
     s = deps.settings
-    orders = OrderActivities(deps.engine, QuietHours(s.quiet_hours_start, s.quiet_hours_end))
-    sweep = OrderSweepActivities(deps.engine, deps.client, functools.partial(start_pending_order, task_queue=s.task_queue))
+    quiet_hours = QuietHours(s.quiet_hours_start, s.quiet_hours_end)
+    orders = OrderActivities(deps.engine, quiet_hours)
+
+    def start(client: Any, order: Any) -> Any:
+        return start_pending_order(client, deps.engine, order, task_queue=s.task_queue, quiet_hours=quiet_hours)
+
+    sweep = OrderSweepActivities(deps.engine, deps.client, start)
     return [
         orders.register_pending_order,
         orders.record_follow_up,

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Body, Path, Response
 from pydantic import BaseModel, Field
 
+from activities.messaging.outbox import QuietHours
 from schemas import ids
 from schemas.orders import OrderFailureResult, PendingOrderInput, PendingOrderStatus
 from services import orders as service
@@ -71,14 +72,20 @@ async def checkout_started(
     order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:write")],
     body: Annotated[CheckoutStarted | None, Body()] = None,
 ) -> PendingOrderStatus:
-    """Start the order's clock (expiry in 24 h, one follow-up): idempotent by order id."""
+    """Start the order's clock (expiry in 24 h, one follow-up): idempotent by order id.
+
+    Answered from the database (the order's row holds the clock) once the workflow is started,
+    without waiting for its first task."""
     body = body or CheckoutStarted()
     order = PendingOrderInput(
         order_id=order_id, retailer_id=body.retailer_id, messaging_task_queue=stack.settings.messaging_task_queue,
         follow_up_after=timedelta(seconds=body.follow_up_after_seconds) if body.follow_up_after_seconds
         else stack.settings.order_followup_after,
     )
-    return await service.start_pending_order(stack.client, order, task_queue=stack.settings.task_queue)
+    return await service.start_pending_order(
+        stack.client, stack.engine, order, task_queue=stack.settings.task_queue,
+        quiet_hours=QuietHours(stack.settings.quiet_hours_start, stack.settings.quiet_hours_end),
+    )
 
 
 @api.post("/{order_id}/completed", status_code=202, response_model=Accepted, responses=responses(404, 409))
