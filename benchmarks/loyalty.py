@@ -1,22 +1,30 @@
-"""Benchmark: concurrent points applications on a real PostgreSQL, hot and cold customers.
+"""Benchmark: concurrent points applications on a real PostgreSQL, hot and cold customers, and
+the reconciliation queue from a failed application to the points applied.
 
-    python benchmarks/loyalty.py --applications 1000 --hot 10 --cold 1000
+    python benchmarks/loyalty.py --applications 1000 --hot 10 --cold 1000 --queued 200
 
 Fires N applications at once through `apply_points_at_checkout` (the checkout path's call: one
 transaction holding the customer's row lock), first spread over a few hot customers (up to
 N / hot applications queue on each row lock), then over many cold ones (almost no contention).
 Prints applications/s, the time spent waiting for the row lock (p50/p95/max), call latency, and
 the integrity audit's verdict afterwards (balance == ledger sum for every customer).
+
+Then the queue: `--queued` orders, each paid with a real PaymentIntent at the Stripe sandbox,
+whose inline application is taken as failed (the checkout path's fallback, which does not care
+why it failed) go through `enqueue_failed_points`: one queue row and one
+`loyalty-reconcile/{item}` workflow each, run by a real worker, which checks the PaymentIntent
+with Stripe and applies the points. Their Temporal actions are counted from the real histories.
+
+Figures: applications/s on the hot customers (>= 1000), customers whose balance is not the sum
+of their ledger after everything (== 0), and Temporal actions per item from queue to applied (<= 6).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -26,15 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
 
 from activities.database import create_engine  # noqa: E402
 from activities.loyalty.audit import audit_balances  # noqa: E402
 from activities.loyalty.ledger import apply_points_at_checkout  # noqa: E402
-from benchmarks.harness import machine  # noqa: E402
-from schemas.loyalty import PointsApplication  # noqa: E402
-from workers import migrate  # noqa: E402
-from devtools.embedded_db import EmbeddedPostgres  # noqa: E402
+from activities.loyalty.queue import LoyaltyQueueActivities  # noqa: E402
+from activities.payments.activities import PaymentActivities  # noqa: E402
+from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    count_actions, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+)
+from schemas.loyalty import PointsApplication, ReconcileResult  # noqa: E402
+from services.loyalty import enqueue_failed_points  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
+from workflows.loyalty import LoyaltyReconciliationWorkflow  # noqa: E402
 
 OPENING_POINTS = 1_000_000
 REDEEM = 10
@@ -64,7 +79,8 @@ async def new_customers(engine: AsyncEngine, count: int) -> list[int]:
         return sorted((await conn.execute(NEW_CUSTOMERS_SQL, {"n": count, "points": OPENING_POINTS})).scalars())
 
 
-async def run_set(engine: AsyncEngine, label: str, customers: list[int], applications: int) -> None:
+async def run_set(engine: AsyncEngine, label: str, customers: list[int], applications: int) -> float:
+    """Fire `applications` at once over `customers`; returns applications applied per second."""
     run = uuid.uuid4().hex[:6]
     latencies: list[float] = []
 
@@ -90,28 +106,83 @@ async def run_set(engine: AsyncEngine, label: str, customers: list[int], applica
     )
     print(f"  call latency ms: p50 {pct(latencies, 0.5):.1f}, p99 {pct(latencies, 0.99):.1f}")
     print(f"  audit: {checked} customers checked, {wrong} with balance != ledger sum")
+    return len(applied) / elapsed
 
 
-async def main(applications: int, hot: int, cold: int, pool: int) -> None:
-    configure_logging("json", "WARNING")
-    root = Path(tempfile.mkdtemp(prefix="jobctl-bench-"))
-    pg = EmbeddedPostgres(root / "pg", delete_on_stop=True)
+async def queue_to_applied(client: Client, engine: AsyncEngine, stripe_url: str, customers: list[int], items: int) -> int:
+    """`items` failed applications through the queue to applied; returns their Temporal actions."""
+    stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
+    queue = f"bench-loyalty-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:6]
     try:
-        url = pg.create_database("bench")
-        migrate.upgrade(url)
-        engine = create_engine(url, pool_size=pool)
+        slots = asyncio.Semaphore(20)
+
+        async def paid(i: int) -> str:  # the order's payment, made before its points failed to apply
+            async with slots:
+                intent = await stripe_api.v1.payment_intents.create_async(
+                    {"amount": int(ORDER_TOTAL * 100), "currency": "usd", "payment_method": "pm_card_visa", "confirm": True},
+                    {"idempotency_key": f"bench-pi:{run}:{i}"},
+                )
+                return intent.id
+
+        intents = await asyncio.gather(*(paid(i) for i in range(items)))
+        payments = PaymentActivities(engine, stripe_api)
+        queue_acts = LoyaltyQueueActivities(engine)
+        async with Worker(
+            client, task_queue=queue, workflows=[LoyaltyReconciliationWorkflow],
+            activities=[
+                queue_acts.load_item, queue_acts.apply_queued_points, queue_acts.mark_needs_review,
+                queue_acts.resolve_item, queue_acts.reopen_item, payments.payment_intent_status,
+            ],
+        ):
+            started = time.perf_counter()
+            queued = await asyncio.gather(*(
+                enqueue_failed_points(
+                    client, engine, customers[i % len(customers)], f"bench-queued-{run}-{i}", REDEEM, ORDER_TOTAL,
+                    payment_intent_id=intents[i], error="bench: the inline application failed", task_queue=queue,
+                )
+                for i in range(items)
+            ))
+            handles = [client.get_workflow_handle(q.workflow_id, result_type=ReconcileResult) for q in queued]
+            results = await asyncio.gather(*(h.result() for h in handles))
+            elapsed = time.perf_counter() - started
+        outcomes: dict[str, int] = {}
+        for r in results:
+            outcomes[f"{r.status} {r.resolution}"] = outcomes.get(f"{r.status} {r.resolution}", 0) + 1
+        actions = 0
+        for h in handles:
+            first_run = (await h.describe()).raw_description.workflow_execution_info.first_run_id or ""
+            actions += await count_actions(client, h.id, first_run)
+        print(f"queue: {items} failed applications queued, reconciled in {elapsed:.1f}s; outcomes {outcomes}")
+        print(f"  Temporal actions: {actions} = {actions / items:.2f} per item (enqueue to applied)")
+        if outcomes != {"RESOLVED applied": items}:
+            raise SystemExit(f"not every queued item was applied: {outcomes}")
+        return actions
+    finally:
+        await close_stripe_client(stripe_api)
+
+
+async def main(applications: int, hot: int, cold: int, pool: int, queued: int) -> None:
+    configure_logging("json", "WARNING")
+    stripe_port = free_port()
+    async with stack() as s, serve("stripe-sandbox", stripe_port):
+        engine = create_engine(s.database_url, pool_size=pool)
         try:
             print(f"machine: {machine()}; engine pool {pool} + {pool} overflow")
             hot_ids = await new_customers(engine, hot)
             cold_ids = await new_customers(engine, cold)
             await run_set(engine, "warm-up", cold_ids, min(200, applications))
-            await run_set(engine, "hot", hot_ids, applications)
+            hot_rate = await run_set(engine, "hot", hot_ids, applications)
             await run_set(engine, "cold", cold_ids, applications)
+            actions = await queue_to_applied(s.client, engine, f"http://127.0.0.1:{stripe_port}", cold_ids, queued)
+            checked, wrong, _ = await audit_balances(engine, 10)
+            print(f"audit after everything: {checked} customers checked, {wrong} with balance != ledger sum")
         finally:
             await engine.dispose()
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    figure(f"loyalty: applications/s on {hot} hot customers", hot_rate, "applications/s", target=">= 1000")
+    figure("loyalty: customers with balance != ledger sum", wrong, "customers", target="== 0")
+    figure("loyalty: actions per item from queue to applied", actions / queued, "actions", target="<= 6")
+    print_load_at_end()
 
 
 if __name__ == "__main__":
@@ -120,5 +191,9 @@ if __name__ == "__main__":
     parser.add_argument("--hot", type=int, default=10, help="customers in the hot set")
     parser.add_argument("--cold", type=int, default=1000, help="customers in the cold set")
     parser.add_argument("--pool", type=int, default=10, help="engine pool size (the worker's default is 10)")
+    parser.add_argument("--queued", type=int, default=200, help="failed applications sent through the reconciliation queue")
     args = parser.parse_args()
-    asyncio.run(main(args.applications, args.hot, args.cold, args.pool))
+    if min(args.applications, args.hot, args.cold, args.queued) < 1:
+        parser.error("--applications, --hot, --cold and --queued must be at least 1")
+    require_quiet()
+    asyncio.run(main(args.applications, args.hot, args.cold, args.pool, args.queued))

@@ -10,6 +10,13 @@ every clock asleep (bounded by the workflow cache, not by the number of clocks),
 lateness p50/p99 (`expired_at - expires_at`, from the database) for clocks with a short TTL.
 Last, the floor: the same starts of a clock that does no work of ours (benchmarks/bare_clock.py).
 Starts print their CPU per start by process.
+
+An order's whole life, start to expiry, in Temporal actions (counted from the real histories):
+`--life-orders` clocks with production's shape at a smaller scale, a follow-up due half-way
+(30 s, sent through a messaging worker to the Twilio emulator in its own process, then recorded)
+and the expiry at 60 s, so each wait is as long as its RE_AIM_LEAD split makes it in production
+(two timers per wait). Local activities (the registration, the settling UPDATE) are not actions
+here; starting the workflow and its `track` update are not counted either (harness.ACTION_EVENTS).
 """
 
 from __future__ import annotations
@@ -31,12 +38,18 @@ from temporalio.client import WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from activities.messaging.outbox import QuietHours  # noqa: E402
+from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.orders import OrderActivities  # noqa: E402
 from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    cpu_ms, cpu_per, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
+    count_actions, cpu_ms, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve,
+    stack,
 )
-from schemas.orders import PendingOrderInput, PendingOrderRecord, RegisterPendingOrder  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
+from schemas import ids  # noqa: E402
+from schemas.orders import PendingOrderInput, PendingOrderRecord, PendingOrderResult, RegisterPendingOrder  # noqa: E402
 from services.orders import start_pending_order  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
 from workflows.orders import PendingOrderWorkflow  # noqa: E402
@@ -137,8 +150,54 @@ async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> t
         return count / elapsed, cpu_per(cpu_before, cpu_after, count, "start"), cpu_ms(cpu_before, cpu_after, count)
 
 
+LIFE_FOLLOW_UP, LIFE_TTL = timedelta(seconds=30), timedelta(seconds=60)
+
+
+async def whole_life(s, activities: OrderActivities, count: int) -> tuple[int, dict[str, int]]:  # type: ignore[no-untyped-def]
+    """`count` clocks from start to expiry with a follow-up sent on the way: (their actions, their end states)."""
+    port = free_port()
+    queue = f"life-{uuid.uuid4().hex[:8]}"
+    async with serve("twilio-emulator", port):
+        gateway = TwilioGateway(
+            twilio_client(f"http://127.0.0.1:{port}", DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True)
+        )
+        sends = MessagingActivities(
+            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
+        )
+        life = await new_orders(s.engine, count)
+        async with Worker(
+            s.client, task_queue=queue, workflows=[PendingOrderWorkflow],
+            activities=[activities.register_pending_order, activities.record_follow_up,
+                        activities.settle_pending_order, activities.handle_order_failure],
+            max_cached_workflows=CACHE,
+        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message]):
+            await asyncio.gather(*(
+                start_pending_order(
+                    s.client, s.engine,
+                    PendingOrderInput(order_id=o, retailer_id=r, follow_up_after=LIFE_FOLLOW_UP, ttl=LIFE_TTL,
+                                      messaging_task_queue=f"{queue}-msg"),
+                    task_queue=queue,
+                )
+                for o, r in life
+            ))
+            handles = [s.client.get_workflow_handle(ids.pending_order(o), result_type=PendingOrderResult) for o, _ in life]
+            results = await asyncio.gather(*(h.result() for h in handles))
+        await gateway.close()
+    actions = 0
+    for h in handles:
+        first_run = (await h.describe()).raw_description.workflow_execution_info.first_run_id or ""
+        actions += await count_actions(s.client, h.id, first_run)
+    ends: dict[str, int] = {}
+    for r in results:
+        key = f"{r.state}{' after a follow-up' if r.follow_up_sent_at else ''}"
+        ends[key] = ends.get(key, 0) + 1
+    return actions, ends
+
+
 async def main(
-    orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float, compile_workflows: bool = True
+    orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float, compile_workflows: bool = True,
+    life_orders: int = 50,
 ) -> None:
     async with stack(compile_workflows=compile_workflows) as s:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -198,6 +257,7 @@ async def main(
                 ]
 
         floor_rate, floor_cpu, floor_ms = await bare_floor(s.client, f"{queue}-bare", min(orders, 3000), concurrency)
+        life_actions, life_ends = await whole_life(s, activities, life_orders)
 
     lateness.sort()
     p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
@@ -213,11 +273,15 @@ async def main(
         f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
+    print(f"whole life ({life_orders} clocks, follow-up at {LIFE_FOLLOW_UP.seconds}s, expiry at {LIFE_TTL.seconds}s):"
+          f" ends {life_ends}; Temporal actions {life_actions} = {life_actions / life_orders:.2f} per order")
     worker = "benchmark process"
     figure("orders: clock starts/s", orders / elapsed, "starts/s", floor=floor_rate, floor_name="bare clock", target=">= 0.85")
     figure("orders: worker CPU per start", start_ms[worker], "ms", floor=floor_ms[worker], floor_name="bare clock", target="<= 2")
     figure(f"orders: expiry lateness p99 ({expiry_orders} clocks)", p(0.99), "s", target="< 0.1")
     figure(f"orders: worker RSS with {orders} asleep", rss_sleeping, "MB", target="< 400")
+    figure("orders: Temporal actions of an order's whole life, start to expiry", life_actions / life_orders, "actions",
+           target="<= 8")
     print_load_at_end()
 
 
@@ -233,8 +297,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--no-compile", action="store_true", help="skip compile_workflow_modules() (to measure what it buys)")
+    parser.add_argument("--life-orders", type=int, default=50, help="clocks followed from start to expiry, for actions per order")
     args = parser.parse_args()
     if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0 or args.expiry_rate <= 0:
         parser.error("--orders and --expiry-orders must be at least 1, --ttl and --expiry-rate positive")
     require_quiet()
-    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate, not args.no_compile))
+    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate, not args.no_compile,
+                     args.life_orders))

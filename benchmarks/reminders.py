@@ -1,27 +1,62 @@
-"""Benchmark: one day's payment reminders for N retailers, end to end, against the cron baseline.
+"""Benchmark: payment reminders through a whole 8-step cadence, end to end, against the cron.
 
-    python benchmarks/reminders.py --retailers 10000
+    python benchmarks/reminders.py --retailers 2000 --cron-retailers 200
+    python benchmarks/reminders.py --production --retailers 10000   # not in `make bench` (see below)
 
-Real stack: dev server, PostgreSQL, the Stripe sandbox (payment links) and the Twilio emulator
-(no rate limit), workers in this process. Prints reminders/s for `PaymentRemindersWorkflow` and
-Temporal actions per reminder (from the histories), next to a baseline run in the same process
-that does what the seed's cron job did: per debit, one query, one send, one update, in sequence.
+Real stack: dev server, PostgreSQL, the Stripe sandbox (customers, Checkout Sessions as payment
+links) and the Twilio emulator, each of the last two in a process of its own as in `jobctl dev`;
+the workers run in the benchmark's process.
+
+The cadence. A debit is reminded on the days `REMINDER_OFFSETS_DAYS` (schemas/credit.py) away
+from its due date: 3 days before, on the day, then 1, 3, 7, 14, 21 and 30 days after. N retailers
+get one to three debits all due on the same day, so the debits a link pays (and so the link) are
+the same at every step. `PaymentRemindersWorkflow` runs once per cadence day, the day passed as
+`reminder_date` (as the 10:00 schedule would pass it), and the Stripe sandbox's clock is moved on
+by the same days (`POST /_sandbox/clock`): a Checkout Session lives at most 24 hours at Stripe,
+and the benchmark must not let a link live longer here than it could there. The sandbox counts
+the API requests it answered (`GET /_sandbox/stats`), so "Stripe calls per reminder" is what
+reached Stripe over the eight days, divided by the reminders sent.
+
+The cron. What the seed's cron job did per retailer, one retailer after another: read its due
+debits, create the customer and the payment link at Stripe, send the message, mark the debits.
+Its time per retailer is the floor of "ratio to the cron" (the first cadence day does the same
+work per retailer: a new customer and a new link). The parallel bound is what the machine's
+cores allow at jobctl's CPU per reminder (all processes: worker, dev server, PostgreSQL, sandbox,
+emulator): `cores / CPU per reminder` reminders/s, i.e. `cores × (cron time per retailer) / (CPU
+per reminder)` times the cron. "Share of the parallel bound" is the first day's rate over it:
+how much of the cores the run kept busy.
+
+Figures: Stripe calls per reminder over the cadence (<= 0.2), the first day's rate as a ratio to
+the cron (>= 3) and as a share of the parallel bound (>= 0.8), Temporal actions per reminder over
+the cadence (<= 0.05), from the histories.
+
+`--production`: production's limits. The sandbox answers Stripe's 429 above 25 requests/s (test
+mode's limit), the emulator Twilio's 429 above 200 msg/s, the messaging worker paces its queue at
+200 msg/s less the production worker's headroom, and requests use `RemindersRequest`'s defaults
+(pages of 500, 50 sends in flight). It runs the first cadence day for N retailers (target: 0
+failures) and then the next cadence day (target: >= 0.95 of the messaging limit). At 25 Stripe
+requests/s a first day of 10,000 retailers needs at least 20,000 requests, so 800 s of Stripe
+alone: it is not in `make bench`; `--deadline` bounds each day and a day cut short is reported
+as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.credit.reminders import ReminderActivities  # noqa: E402
@@ -31,17 +66,20 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders  
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from benchmarks.harness import count_actions, cpu_per, cpu_seconds, machine, serve, stack  # noqa: E402
-from schemas.credit import RemindersRequest  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+)
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
+from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
+from workers.log import configure_logging  # noqa: E402
+from workers.worker import SEND_RATE_HEADROOM  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
-TWILIO_PORT, STRIPE_PORT = 18089, 18420
-
-
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
+DAY_S = 86_400
+STRIPE_LIMIT, MESSAGING_LIMIT = 25.0, 200.0  # production: Stripe test mode's requests/s, Twilio's msg/s
 
-# Retailers with one to three debits due a reminder on :day (offsets 0, +1 and +3).
+# Retailers with one to three debits, all due on :due: the same link at every cadence step.
 SEED = text(
     """
 WITH shops AS (
@@ -52,120 +90,300 @@ WITH shops AS (
     INSERT INTO credit_accounts (retailer_id, available_credit) SELECT id, 50000 FROM shops
 )
 INSERT INTO credit_transactions (retailer_id, type, amount, due_date, reference)
-SELECT s.id, 'DEBIT', 100 + k, CAST(:day AS date) - (ARRAY[0, 1, 3])[k], 'inv-' || s.id || '-' || k
+SELECT s.id, 'DEBIT', 100 + k, CAST(:due AS date), 'inv-' || s.id || '-' || k
 FROM shops s CROSS JOIN generate_series(1, 3) k
 WHERE k <= 1 + s.id % 3
+RETURNING retailer_id
 """
 )
 
-BASELINE_DUE = text(
+CRON_DUE = text(
     """
-SELECT d.id, d.amount, r.phone FROM credit_transactions d JOIN retailers r ON r.id = d.retailer_id
-WHERE d.id = :id
+SELECT r.phone, array_agg(d.id ORDER BY d.id) AS debit_ids, array_agg(d.amount - d.cleared_amount ORDER BY d.id) AS amounts
+FROM retailers r JOIN credit_transactions d ON d.retailer_id = r.id
+WHERE r.id = :r AND d.type = 'DEBIT' AND d.status <> 'CLEARED' AND d.due_date = CAST(:due AS date)
+GROUP BY r.id
 """
+)
+CRON_MARK = text(
+    "UPDATE credit_transactions SET reminder_count = reminder_count + 1, reminder_sent_at = now()"
+    " WHERE id = ANY(CAST(:ids AS bigint[]))"
 )
 
 
-async def seed(engine, first: int, n: int, day: date) -> None:
+async def seed(engine, first: int, n: int, due: date) -> list[int]:
     async with engine.begin() as conn:
-        await conn.execute(SEED, {"first": first, "n": n, "day": day})
+        return sorted(set((await conn.execute(SEED, {"first": first, "n": n, "due": due})).scalars()))
 
 
-async def baseline(engine, gateway: TwilioGateway, day: date, debits: int) -> float:
-    """The cron job: for each due debit, read it, send a message, mark it; one at a time."""
-    async with engine.connect() as conn:
-        ids = (
-            await conn.scalars(
-                text(
-                    "SELECT id FROM credit_transactions WHERE type = 'DEBIT' AND due_date = CAST(:day AS date)"
-                    " ORDER BY id LIMIT :n"
-                ),
-                {"day": day, "n": debits},
-            )
-        ).all()
+async def stripe_stats(http: aiohttp.ClientSession, stripe_url: str) -> dict:
+    async with http.get(f"{stripe_url}/_sandbox/stats") as response:
+        return await response.json()
+
+
+async def advance_stripe_clock(http: aiohttp.ClientSession, stripe_url: str, seconds: float) -> None:
+    async with http.post(f"{stripe_url}/_sandbox/clock", json={"advance_s": seconds}) as response:
+        response.raise_for_status()
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    endpoints = {
+        k: after["by_endpoint"].get(k, 0) - before["by_endpoint"].get(k, 0)
+        for k in after["by_endpoint"]
+        if after["by_endpoint"].get(k, 0) != before["by_endpoint"].get(k, 0)
+    }
+    return {
+        "requests": after["requests"] - before["requests"],
+        "replayed": after["replayed"] - before["replayed"],
+        "rate_limited": after["rate_limited"] - before["rate_limited"],
+        "by_endpoint": endpoints,
+    }
+
+
+async def cron(engine, stripe_api, gateway: TwilioGateway, due: date, retailer_ids: list[int]) -> float:
+    """The seed's cron job, per retailer and in sequence: read, customer and link at Stripe, send,
+    mark. Returns its seconds per retailer."""
     started = time.perf_counter()
-    for debit_id in ids:
+    for retailer_id in retailer_ids:
         async with engine.connect() as conn:
-            row = (await conn.execute(BASELINE_DUE, {"id": debit_id})).one()
-        await gateway.send(to=row.phone, from_=SENDERS.sms, body=f"Reminder: {row.amount} is due.")
+            row = (await conn.execute(CRON_DUE, {"r": retailer_id, "due": due})).one()
+        customer = await stripe_api.v1.customers.create_async(
+            {"metadata": {"owner_type": "retailer", "owner_id": str(retailer_id)}}
+        )
+        session = await stripe_api.v1.checkout.sessions.create_async(
+            {
+                "mode": "payment",
+                "customer": customer.id,
+                "line_items": [
+                    {
+                        "quantity": 1,
+                        "price_data": {
+                            "currency": "usd",
+                            "unit_amount": int(amount * 100),
+                            "product_data": {"name": f"Invoice {debit_id} (due {due})"},
+                        },
+                    }
+                    for debit_id, amount in zip(row.debit_ids, row.amounts, strict=True)
+                ],
+                "metadata": {"retailer_id": str(retailer_id)},
+            }
+        )
+        total = sum(row.amounts)
+        await gateway.send(
+            to=row.phone, from_=SENDERS.sms,
+            body=f"A friendly reminder: {len(row.debit_ids)} invoice(s) totalling {total:,.2f} are due. Pay here: {session.url}",
+        )
         async with engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE credit_transactions SET reminder_count = reminder_count + 1, reminder_sent_at = now() WHERE id = :id"),
-                {"id": debit_id},
-            )
-    return len(ids) / (time.perf_counter() - started)
+            await conn.execute(CRON_MARK, {"ids": list(row.debit_ids)})
+    return (time.perf_counter() - started) / len(retailer_ids)
 
 
-async def main(retailers: int, baseline_debits: int, page_size: int, in_flight: int) -> None:
-    day = date.today()
-    phases: list[str] = []
-    baseline_day = date(day.year + 1, 1, 15)
-    async with stack() as s, serve("twilio-emulator", TWILIO_PORT), serve("stripe-sandbox", STRIPE_PORT):
-        twilio_url, stripe_url = f"http://127.0.0.1:{TWILIO_PORT}", f"http://127.0.0.1:{STRIPE_PORT}"
+@dataclass
+class Day:
+    day: date
+    offset: int
+    status: RemindersStatus
+    elapsed: float
+    cpu_ms: float  # all processes, per reminder sent
+    cpu_line: str
+    stripe: dict
+    actions: int
+    finished: bool = True
+    error: str = ""
+    phases: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.status.sent / self.elapsed if self.elapsed else 0.0
+
+
+async def run_day(
+    client: Client, http: aiohttp.ClientSession, stripe_url: str, queue: str, day: date, offset: int,
+    request: RemindersRequest, deadline_s: float | None,
+) -> Day:
+    """One `payment-reminders/{day}` run; its wall time, CPU, Stripe requests and actions."""
+    stats_before, cpu_before, started = await stripe_stats(http, stripe_url), cpu_seconds(), time.perf_counter()
+    handle = await client.start_workflow(
+        PaymentRemindersWorkflow.run, request.model_copy(update={"reminder_date": day}),
+        id=f"payment-reminders/{day}", task_queue=queue,
+    )
+    finished, error = True, ""
+    try:
+        status = await asyncio.wait_for(handle.result(), deadline_s)
+    except TimeoutError:
+        finished, error = False, f"cut short after {deadline_s:.0f} s"
+        status = await handle.query(PaymentRemindersWorkflow.status)
+        await handle.terminate("benchmark deadline")
+    except WorkflowFailureError as failure:
+        finished, error = False, f"workflow failed: {failure.cause}"
+        status = RemindersStatus(reminder_date=day)
+    elapsed = time.perf_counter() - started
+    cpu_after = cpu_seconds()
+    stats = stats_delta(stats_before, await stripe_stats(http, stripe_url))
+    sent = max(status.sent, 1)
+    total_ms = sum(cpu_after[k] - cpu_before[k] for k in cpu_after) * 1000 / sent
+    actions = await count_actions(client, handle.id, handle.first_execution_run_id or handle.run_id or "")
+    return Day(day, offset, status, elapsed, total_ms, cpu_per(cpu_before, cpu_after, sent, "reminder"), stats, actions,
+               finished, error)
+
+
+async def emulator_accepted(http: aiohttp.ClientSession, twilio_url: str) -> int:
+    async with http.get(f"{twilio_url}/_emulator/stats") as response:
+        return (await response.json())["accepted"]
+
+
+def describe(d: Day) -> str:
+    s = d.status
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(d.stripe["by_endpoint"].items()))
+    return (
+        f"day {d.offset:+d} ({d.day}): {s.sent} sent, {sum(s.skipped.values())} skipped, {sum(s.failed.values())} failed"
+        f"{' ' + str(s.failed) if s.failed else ''} in {d.elapsed:.1f}s = {d.rate:,.1f} reminders/s; {d.actions} actions;"
+        f" Stripe {d.stripe['requests']} requests ({d.stripe['rate_limited']} answered 429): {calls or 'none'}"
+        + (f"; NOT FINISHED: {d.error}" if not d.finished else "")
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    production = args.production
+    # Under production's limits every 429 is a warning (thousands of lines): errors only there.
+    configure_logging("json", "ERROR" if production else "WARNING")
+    first_day = date.today() + timedelta(days=30)  # every cadence day after today: marks use the day's start
+    due = first_day - timedelta(days=REMINDER_OFFSETS_DAYS[0])
+    cron_due = due + timedelta(days=400)
+    twilio_port, stripe_port = free_port(), free_port()
+    stripe_args = ("--rate-limit", str(STRIPE_LIMIT)) if production else ()
+    twilio_args = ("--rate-limit", str(MESSAGING_LIMIT)) if production else ()
+    async with (
+        stack() as s,
+        serve("twilio-emulator", twilio_port, *twilio_args),
+        serve("stripe-sandbox", stripe_port, *stripe_args),
+        aiohttp.ClientSession() as http,
+    ):
+        twilio_url, stripe_url = f"http://127.0.0.1:{twilio_port}", f"http://127.0.0.1:{stripe_port}"
         gateway = TwilioGateway(twilio_client(twilio_url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
-        reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api, "https://pay.example.test/p"))
-        sends = MessagingActivities(s.engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=100_000)
+        reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api))
+        sends = MessagingActivities(
+            s.engine, gateway, SENDERS, SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
+        )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
+        retailers = await seed(s.engine, 1, args.retailers, due)
 
-        await seed(s.engine, 1, retailers, day)
-        await seed(s.engine, retailers + 1, baseline_debits, baseline_day)
-        base_rate = await baseline(s.engine, gateway, baseline_day, baseline_debits)
+        cron_s = None
+        if not production:
+            cron_ids = await seed(s.engine, args.retailers + 1, args.cron_retailers, cron_due)
+            cron_before = await stripe_stats(http, stripe_url)
+            cron_s = await cron(s.engine, stripe_api, gateway, cron_due, cron_ids)
+            cron_stripe = stats_delta(cron_before, await stripe_stats(http, stripe_url))
+        accepted_before = await emulator_accepted(http, twilio_url)
 
+        if production:
+            request = RemindersRequest(messaging_task_queue=f"{queue}-msg")
+            messaging_rate = {"max_task_queue_activities_per_second": MESSAGING_LIMIT * SEND_RATE_HEADROOM}
+        else:
+            request = RemindersRequest(page_size=args.page_size, max_in_flight=args.in_flight, messaging_task_queue=f"{queue}-msg")
+            messaging_rate = {}
+        offsets = REMINDER_OFFSETS_DAYS[:2] if production else REMINDER_OFFSETS_DAYS
+        days: list[Day] = []
         async with Worker(
-            s.client,
-            task_queue=queue,
-            workflows=[PaymentRemindersWorkflow],
+            s.client, task_queue=queue, workflows=[PaymentRemindersWorkflow],
             activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_messages], max_concurrent_activities=4):
-            cpu_before, started = cpu_seconds(), time.perf_counter()
-            handle = await s.client.start_workflow(
-                PaymentRemindersWorkflow.run,
-                RemindersRequest(reminder_date=day, page_size=page_size, max_in_flight=in_flight, messaging_task_queue=f"{queue}-msg"),
-                id=f"payment-reminders/{day}",
-                task_queue=queue,
-            )
-            status = await handle.result()
-            elapsed = time.perf_counter() - started
-            cpu = cpu_per(cpu_before, cpu_seconds(), max(status.sent, 1), "reminder")
-        actions = await count_actions(s.client, handle.id, handle.result_run_id or "")
-        history = await handle.fetch_history()
-        scheduled = {}
-        for event in history.events:
-            if event.HasField("activity_task_scheduled_event_attributes"):
-                scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, event.event_time.ToDatetime())
-            if event.HasField("activity_task_completed_event_attributes"):
-                name, at = scheduled[event.activity_task_completed_event_attributes.scheduled_event_id]
-                phases.append(f"{name} {(event.event_time.ToDatetime() - at).total_seconds():.1f}s")
+        ), Worker(
+            s.client, task_queue=f"{queue}-msg", activities=[sends.send_message], max_concurrent_activities=200,
+            **messaging_rate,
+        ):
+            previous = None
+            for offset in offsets:
+                day = due + timedelta(days=offset)
+                if previous is not None:  # the days between two steps pass at Stripe too
+                    await advance_stripe_clock(http, stripe_url, (day - previous).days * DAY_S)
+                days.append(await run_day(s.client, http, stripe_url, queue, day, offset, request, args.deadline))
+                print(describe(days[-1]), flush=True)
+                previous = day
+                if not days[-1].finished:
+                    break
+        accepted = await emulator_accepted(http, twilio_url) - accepted_before
         async with s.engine.connect() as conn:
-            reminded = await conn.scalar(
-                text("SELECT count(DISTINCT retailer_id) FROM credit_transactions WHERE reminder_count > 0 AND retailer_id <= :n"),
-                {"n": retailers},
+            reminded = dict(
+                (await conn.execute(
+                    text(
+                        "SELECT min(reminder_count), max(reminder_count) FROM credit_transactions"
+                        " WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
+                    ),
+                    {"ids": retailers},
+                )).one()._mapping
             )
-        async with aiohttp.ClientSession() as http, http.get(f"{twilio_url}/_emulator/messages") as response:
-            accepted = len(await response.json()) - baseline_debits
         await gateway.close()
         await close_stripe_client(stripe_api)
 
-    rate = status.sent / elapsed
-    print("activity durations: " + ", ".join(phases))
+    first = days[0]
+    sent = sum(d.status.sent for d in days)
+    calls = sum(d.stripe["requests"] for d in days)
+    actions = sum(d.actions for d in days)
+    failed = sum(sum(d.status.failed.values()) for d in days)
+    cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
+    print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
+    print(f"first day: {first.cpu_line} (the benchmark process runs the workers; `serve`d: the emulator and the sandbox)")
+    print(f"first day: {first.cpu_ms:.1f} ms of CPU per reminder in all processes")
     print(
-        f"reminders: {status.sent} sent to {retailers} retailers in {elapsed:.1f}s = {rate:,.0f} reminders/s "
-        f"(pages of {page_size}, {in_flight} sends in flight, a payment link each)"
+        f"cadence: {sent} reminders sent, {failed} failed; emulator accepted {accepted}; debits reminded"
+        f" {reminded['min']}..{reminded['max']} times (the cadence has {len(REMINDER_OFFSETS_DAYS)} steps)"
     )
-    print(f"emulator accepted {accepted}; retailers marked reminded {reminded}; skipped {status.skipped}; failed {status.failed}")
-    print(f"  {cpu} (the benchmark process runs the workers; `serve`d: the emulator and the sandbox)")
-    print(f"Temporal actions: {actions} in all, {actions / max(status.sent, 1):.4f} per reminder")
-    print(f"baseline (cron: query + send + update per debit, sequential, {baseline_debits} debits): {base_rate:,.0f} debits/s")
-    print(f"speed-up: {rate / base_rate:.1f}x")
+    print(f"Stripe: {calls} requests over the cadence = {calls / max(sent, 1):.3f} per reminder")
+    print(f"Temporal actions: {actions} over the cadence = {actions / max(sent, 1):.4f} per reminder")
+
+    if production:
+        limit = MESSAGING_LIMIT
+        print(f"production shape: Stripe limited to {STRIPE_LIMIT:g} requests/s, Twilio to {limit:g} msg/s")
+        figure(f"reminders (production): first day's failed reminders ({len(retailers)} retailers)",
+               failed if first.finished else float(len(retailers) - first.status.sent), "reminders", target="== 0")
+        if len(days) > 1:
+            figure("reminders (production): next cadence day's rate", days[1].rate, "reminders/s",
+                   floor=limit, floor_name="messaging limit", target=">= 0.95")
+        print_load_at_end()
+        return
+
+    assert cron_s is not None
+    cron_rate = 1 / cron_s
+    bound = cores / (first.cpu_ms / 1000)
+    print(
+        f"cron ({args.cron_retailers} retailers: read, customer + link at Stripe, send, mark; sequential):"
+        f" {cron_s * 1000:.1f} ms per retailer = {cron_rate:,.1f} retailers/s;"
+        f" Stripe {cron_stripe['requests']} requests"
+    )
+    print(
+        f"parallel bound: {cores} cores / {first.cpu_ms:.1f} ms per reminder = {bound:,.1f} reminders/s"
+        f" = {cores} x {cron_s * 1000:.1f} ms / {first.cpu_ms:.1f} ms = {bound / cron_rate:.1f}x the cron"
+    )
+    print(
+        f"first day: {first.rate:,.1f} reminders/s = {first.rate / cron_rate:.2f}x the cron,"
+        f" {first.rate / bound:.2f} of the parallel bound"
+    )
+    complete = all(d.finished for d in days) and failed == 0 and reminded["min"] == reminded["max"] == len(REMINDER_OFFSETS_DAYS)
+    figure(f"reminders: Stripe calls per reminder ({len(REMINDER_OFFSETS_DAYS)}-step cadence)", calls / max(sent, 1), "calls",
+           target="<= 0.2")
+    figure("reminders: ratio to the cron", first.rate, "reminders/s", floor=cron_rate, floor_name="cron", target=">= 3")
+    figure("reminders: share of the parallel bound", first.rate, "reminders/s", floor=bound,
+           floor_name=f"{cores}-core bound", target=">= 0.8")
+    figure("reminders: Temporal actions per reminder", actions / max(sent, 1), "actions", target="<= 0.05")
+    print_load_at_end()
+    if not complete:
+        raise SystemExit("the cadence did not complete exactly once per step (see above): figures are not trustworthy")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--retailers", type=int, default=10_000)
-    parser.add_argument("--baseline-debits", type=int, default=500)
+    parser.add_argument("--retailers", type=int, default=2000)
+    parser.add_argument("--cron-retailers", type=int, default=200, help="retailers the sequential cron baseline reminds")
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--production", action="store_true", help="production's rate limits; the first two cadence days")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds a cadence day may take before it is cut short")
     args = parser.parse_args()
-    asyncio.run(main(args.retailers, args.baseline_debits, args.page_size, args.in_flight))
+    if args.retailers < 1 or args.cron_retailers < 1:
+        parser.error("--retailers and --cron-retailers must be at least 1")
+    if args.production and args.deadline is None:
+        args.deadline = 1800.0
+    require_quiet()
+    asyncio.run(main(args))

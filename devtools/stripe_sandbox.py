@@ -48,6 +48,23 @@ localstripe control endpoints pass through unauthenticated: ``POST /_config/webh
 it happens, once (no retries), signed ``Stripe-Signature: t=<event.created>,v1=<HMAC-SHA256>``
 exactly as ``stripe.Webhook.construct_event`` checks; ``DELETE /_config/data`` wipes every
 object and, here, every stored idempotency key too.
+
+For benchmarks and production-shaped tests the front also has (off unless asked for):
+
+- ``GET /_sandbox/stats``: the API requests (``/v1/``, ``/v2/``) it has answered since it
+  started: ``requests`` in all, ``by_endpoint`` (``"POST /v1/checkout/sessions"``; a path segment
+  holding a digit, an object id, is shown as ``{id}``), ``replayed`` (answered from an idempotency
+  key) and ``rate_limited`` (answered 429). A benchmark reads it before and after a run, so
+  "Stripe calls per reminder" counts what reached Stripe, retries and replays included.
+- ``rate_limit`` (``--rate-limit`` requests/s): a token bucket (burst = one second's worth) in
+  front of every API request, answering as Stripe does above its limit: HTTP 429,
+  ``{"error": {"type": "invalid_request_error", "code": "rate_limit", ...}}``, which the SDK
+  raises as ``stripe.RateLimitError`` (our activities: retryable ``StripeUnavailable``). Stripe's
+  test mode allows 25 read and 25 write requests a second; one bucket for both is stricter.
+- ``POST /_sandbox/clock`` ``{"advance_s": N}``: moves the sandbox's clock forward N seconds
+  (never back), so Checkout Sessions reach their 24-hour ``expires_at`` and idempotency keys their
+  24-hour expiry as they would at Stripe when a benchmark runs several business days in minutes.
+  localstripe's own objects keep its wall clock. ``GET`` answers ``{"advanced_s": total}``.
 """
 
 from __future__ import annotations
@@ -58,6 +75,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import signal
 import socket
 import sys
@@ -311,6 +329,64 @@ class SandboxOptions:
     upstream: str | None = None  # None: start a private localstripe child
     on_concurrent: OnConcurrent = "wait"
     data_dir: Path | None = None  # None: in memory; else localstripe.pickle and checkout.json here
+    rate_limit: float | None = None  # API requests/s; None: no limit
+
+
+_ID_SEGMENT: Final = re.compile(r"\d")
+
+
+def endpoint_of(method: str, path: str) -> str:
+    """``POST /v1/checkout/sessions/cs_test_1a2b/expire`` → ``POST /v1/checkout/sessions/{id}/expire``.
+
+    Stripe's object ids carry digits and its resource names none, so a segment with a digit is an id."""
+    segments = ["{id}" if _ID_SEGMENT.search(segment) and i > 1 else segment for i, segment in enumerate(path.split("/"))]
+    return f"{method} {'/'.join(segments)}"
+
+
+@dataclass
+class SandboxStats:
+    """What ``GET /_sandbox/stats`` reports: every API request the front answered."""
+
+    requests: int = 0
+    replayed: int = 0
+    rate_limited: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "replayed": self.replayed,
+            "rate_limited": self.rate_limited,
+            "by_endpoint": dict(sorted(self.by_endpoint.items())),
+        }
+
+
+class TokenBucket:
+    """``rate`` tokens a second, one second's worth of burst: may this request pass now?"""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self.rate, self.burst, self._clock = rate, max(1.0, rate), clock
+        self._tokens, self._last = self.burst, clock()
+
+    def try_take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class SandboxClock:
+    """The front's clock: ``base()`` plus however far ``POST /_sandbox/clock`` moved it."""
+
+    base: Clock
+    advanced_s: float = 0.0
+
+    def __call__(self) -> float:
+        return self.base() + self.advanced_s
 
 
 @dataclass
@@ -323,6 +399,63 @@ class _Backend:
 OPTIONS: Final = web.AppKey("stripe_sandbox_options", SandboxOptions)
 STORE: Final = web.AppKey("stripe_sandbox_idempotency", IdempotencyStore)
 BACKEND: Final = web.AppKey("stripe_sandbox_backend", _Backend)
+STATS: Final = web.AppKey("stripe_sandbox_stats", SandboxStats)
+CLOCKS: Final = web.AppKey("stripe_sandbox_clocks", tuple)
+LIMITER: Final = web.AppKey("stripe_sandbox_limiter", object)  # a TokenBucket, or None
+
+
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith(_API_PREFIXES)
+
+
+@web.middleware
+async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every API request (the outermost middleware: 429s and replays included)."""
+    if not _is_api(request):
+        return await handler(request)
+    stats = request.app[STATS]
+    stats.requests += 1
+    endpoint = endpoint_of(request.method, request.path)
+    stats.by_endpoint[endpoint] = stats.by_endpoint.get(endpoint, 0) + 1
+    response = await handler(request)
+    if response.headers.get("Idempotent-Replayed") == "true":
+        stats.replayed += 1
+    elif response.status == 429:
+        stats.rate_limited += 1
+    return response
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Stripe's answer above the account's rate: 429 ``rate_limit``, decided before anything runs."""
+    limiter = request.app[LIMITER]
+    if isinstance(limiter, TokenBucket) and _is_api(request) and not limiter.try_take():
+        return stripe_error(
+            429,
+            "invalid_request_error",
+            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+        )
+    return await handler(request)
+
+
+async def sandbox_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS].as_json())
+
+
+async def sandbox_clock(request: web.Request) -> web.Response:
+    """``POST {"advance_s": N}``: the sandbox's time moves N seconds on (N >= 0); GET: how far it has."""
+    clocks: tuple[SandboxClock, ...] = request.app[CLOCKS]
+    if request.method == "POST":
+        try:
+            advance = float((await request.json())["advance_s"])
+        except (ValueError, KeyError, TypeError):
+            return stripe_error(400, "invalid_request_error", 'the body must be {"advance_s": <seconds>}')
+        if not advance >= 0:
+            return stripe_error(400, "invalid_request_error", "the sandbox's clock only moves forward")
+        for clock in clocks:
+            clock.advanced_s += advance
+    return web.json_response({"advanced_s": clocks[0].advanced_s})
 
 
 @web.middleware
@@ -519,6 +652,7 @@ def create_app(
     key_ttl_s: float = KEY_TTL_S,
     clock: Clock = time.monotonic,
     data_dir: Path | str | None = None,
+    rate_limit: float | None = None,
 ) -> web.Application:
     """The sandbox as an aiohttp app.
 
@@ -529,18 +663,31 @@ def create_app(
     ``data_dir``: persist localstripe's objects, the Checkout Sessions and the webhook
     registrations there (a restart finds them again); None keeps everything in memory.
     Idempotency keys stay in memory: they only matter within a retry schedule.
+    ``rate_limit``: API requests a second above which the front answers Stripe's 429 (None: none).
     """
     if on_concurrent not in ("wait", "conflict"):
         raise ValueError(f"on_concurrent must be 'wait' or 'conflict', not {on_concurrent!r}")
-    app = web.Application(middlewares=[request_id_middleware, idempotency_middleware])
+    if rate_limit is not None and not rate_limit > 0:
+        raise ValueError("rate_limit must be > 0 (or None for no limit)")
+    app = web.Application(
+        middlewares=[stats_middleware, request_id_middleware, rate_limit_middleware, idempotency_middleware]
+    )
     directory = Path(data_dir) if data_dir is not None else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    app[OPTIONS] = SandboxOptions(upstream=upstream, on_concurrent=on_concurrent, data_dir=directory)
-    app[STORE] = IdempotencyStore(key_ttl_s, clock)
+    app[OPTIONS] = SandboxOptions(upstream=upstream, on_concurrent=on_concurrent, data_dir=directory, rate_limit=rate_limit)
+    key_clock, checkout_clock = SandboxClock(clock), SandboxClock(time.time)
+    app[CLOCKS] = (key_clock, checkout_clock)
+    app[STORE] = IdempotencyStore(key_ttl_s, key_clock)
+    app[STATS] = SandboxStats()
+    app[LIMITER] = TokenBucket(rate_limit, time.monotonic) if rate_limit is not None else None
     app[BACKEND] = _Backend()
     app.cleanup_ctx.append(_backend_ctx)
-    Checkout(CheckoutStore(directory / "checkout.json" if directory else None), stripe_error, _customer_exists).routes(app)
+    checkout = CheckoutStore(directory / "checkout.json" if directory else None, clock=checkout_clock)
+    Checkout(checkout, stripe_error, _customer_exists).routes(app)
+    app.router.add_get("/_sandbox/stats", sandbox_stats)
+    app.router.add_route("GET", "/_sandbox/clock", sandbox_clock)
+    app.router.add_route("POST", "/_sandbox/clock", sandbox_clock)
     app.router.add_route("DELETE", "/_config/data", flush_data)
     app.router.add_post("/_config/webhooks/{id}", config_webhook)
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -708,10 +855,17 @@ async def serve_until_signalled(host: str, port: int, **app_options: Any) -> Non
 
 
 def run(
-    port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *, on_concurrent: OnConcurrent = "wait", data_dir: str | None = None
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    *,
+    on_concurrent: OnConcurrent = "wait",
+    data_dir: str | None = None,
+    rate_limit: float | None = None,
 ) -> None:
     """``jobctl stripe-sandbox``: serve until SIGINT/SIGTERM."""
-    asyncio.run(serve_until_signalled(host, port, on_concurrent=on_concurrent, data_dir=data_dir))
+    asyncio.run(
+        serve_until_signalled(host, port, on_concurrent=on_concurrent, data_dir=data_dir, rate_limit=rate_limit)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -720,9 +874,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--on-concurrent", choices=("wait", "conflict"), default="wait")
     parser.add_argument("--data-dir", default=None, help="persist the sandbox's objects here (default: in memory)")
+    parser.add_argument("--rate-limit", type=float, default=None, help="API requests/s; Stripe's 429 above it")
     args = parser.parse_args(argv)
     try:
-        run(args.port, args.host, on_concurrent=args.on_concurrent, data_dir=args.data_dir)
+        run(args.port, args.host, on_concurrent=args.on_concurrent, data_dir=args.data_dir, rate_limit=args.rate_limit)
     except OSError as exc:
         log.error("stripe_sandbox.cannot_listen", host=args.host, port=args.port, error=str(exc))
         return 1

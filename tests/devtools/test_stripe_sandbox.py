@@ -537,6 +537,74 @@ async def test_overlong_key_and_missing_api_key() -> None:
     assert backend.calls == 2
 
 
+async def _get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return await response.json()
+
+
+async def test_stats_count_every_api_request_by_endpoint_replays_included() -> None:
+    """What a benchmark's "Stripe calls per unit" reads: every API request, control plane excluded."""
+    backend = Backend()
+    async with fronted(backend) as sb:
+        await post(sb, "k-stats")
+        await post(sb, "k-stats")  # replayed: still a request Stripe answered
+        await post(sb, "k-other")
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with http.get(f"{sb.url}/v1/checkout/sessions/cs_test_9f8e7d", headers=headers):
+                pass
+            async with http.get(f"{sb.url}/_sandbox/clock"):
+                pass
+        stats = await _get_json(f"{sb.url}/_sandbox/stats")
+    assert stats == {
+        "requests": 4,
+        "replayed": 1,
+        "rate_limited": 0,
+        "by_endpoint": {"GET /v1/checkout/sessions/{id}": 1, "POST /v1/customers": 3},
+    }
+
+
+async def test_rate_limit_answers_stripes_429_which_the_sdk_raises_as_a_rate_limit_error() -> None:
+    backend = Backend()
+    async with fronted(backend, rate_limit=2) as sb:
+        statuses = [(await post(sb, f"k-rate-{i}"))[0] for i in range(3)]  # burst of 2, then refused
+        c = stripe_client(API_KEY, sb.url)
+        try:
+            with pytest.raises(stripe.RateLimitError) as refused:
+                await c.v1.customers.create_async({"email": "a@example.test"}, {"idempotency_key": "k-rate-sdk"})
+            assert refused.value.http_status == 429 and refused.value.json_body["error"]["code"] == "rate_limit"
+        finally:
+            await close_stripe_client(c)
+        await asyncio.sleep(0.6)  # a token back
+        assert (await post(sb, "k-rate-later"))[0] == 200
+        stats = await _get_json(f"{sb.url}/_sandbox/stats")
+    assert statuses == [200, 200, 429]
+    assert backend.calls == 3  # a refused request never reached the backend
+    assert (stats["requests"], stats["rate_limited"]) == (5, 2)
+
+
+async def test_advancing_the_clock_expires_checkout_sessions_and_keys_as_a_day_would() -> None:
+    async with StripeSandbox() as sandbox:
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "44"}})
+            k = key("clock")
+            session = await new_session(client, customer.id, 900, k=k)
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{sandbox.url}/_sandbox/clock", json={"advance_s": -1}) as refused:
+                    assert refused.status == 400
+                async with http.post(f"{sandbox.url}/_sandbox/clock", json={"advance_s": 23 * 3600}) as moved:
+                    assert (await moved.json()) == {"advanced_s": 23 * 3600}
+                assert (await client.v1.checkout.sessions.retrieve_async(session.id)).status == "open"
+                async with http.post(f"{sandbox.url}/_sandbox/clock", json={"advance_s": 3600}):
+                    pass
+            assert (await client.v1.checkout.sessions.retrieve_async(session.id)).status == "expired"
+            again = await new_session(client, customer.id, 900, k=k)  # the key expired with the day
+            assert again.id != session.id and again.status == "open"
+        finally:
+            await close_stripe_client(client)
+
+
 def test_fingerprint_and_api_key_parsing() -> None:
     form = "application/x-www-form-urlencoded"
     assert request_fingerprint("", b"a=1&b=2", form) == request_fingerprint("", b"b=2&a=1", form)

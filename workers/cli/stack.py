@@ -117,13 +117,17 @@ def twilio_emulator(
 @stack_app.command("stripe-sandbox")
 def stripe_sandbox(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8420,
+    rate_limit: Annotated[
+        float | None, typer.Option(min=0.001, help="API requests/s; Stripe's 429 rate_limit above it (default: none).")
+    ] = None,
 ) -> None:
     """Serve localstripe behind Stripe's idempotency rules (dev and tests) until Ctrl-C."""
     run_sandbox = _devtool("stripe_sandbox").run
 
     configure_logging(settings())
-    typer.echo(f"Stripe sandbox on http://127.0.0.1:{port} (any sk_test_ key)")
-    run_sandbox(port)
+    limit = f", {rate_limit:g} requests/s" if rate_limit else ""
+    typer.echo(f"Stripe sandbox on http://127.0.0.1:{port} (any sk_test_ key{limit})")
+    run_sandbox(port, rate_limit=rate_limit)
 
 
 @stack_app.command()
