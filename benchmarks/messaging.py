@@ -80,8 +80,9 @@ async def run(
     """One batch through the product's send activity in this process.
 
     With a limit, the worker is configured as production's is (`build_workers`): the queue at
-    `SEND_RATE_HEADROOM` x the limit, each send `MESSAGE_DISPATCH_DELAY_MS` after its dispatch.
-    Without one there is no pace to keep, so no dispatch delay: what is left is the send path's cost.
+    `SEND_RATE_HEADROOM` x the limit, each send `MESSAGE_DISPATCH_DELAY_MS` after its dispatch and
+    spaced at that rate in the process. Without one there is no pace to keep: what is left is the
+    send path's cost.
     """
     # The emulator in its own process, as Twilio is: the worker's event loop serves only the worker.
     port = free_port()
@@ -92,6 +93,7 @@ async def run(
         sends = MessagingActivities(
             s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0), dispatch_delay=delay),
+            per_second=limit * SEND_RATE_HEADROOM if limit else None,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         batch = batch_of(label, retailer_ids, in_flight, f"{queue}-messaging")

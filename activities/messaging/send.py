@@ -37,6 +37,8 @@ INVALID_SENDER = {21212, 21606}
 OPTED_OUT = 21610
 OUTSIDE_SESSION = 63016
 BUSY = {21611, 30001, 63018, 20429}
+BATCH_PER_SECOND = 50.0
+"""A legacy batch's pace when neither it nor the worker names one."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class SendPolicy:
     paused_recheck: timedelta = timedelta(minutes=1)
     """While the brake is on, when a held message is tried again."""
     dispatch_delay: timedelta = timedelta(milliseconds=500)
-    """A send that queued behind the rate limit calls Twilio this long after its dispatch: see `_on_the_servers_beat`."""
+    """A send that queued behind the rate limit calls Twilio this long after its dispatch: see `_dispatch_wait`."""
 
 
 @dataclass
@@ -88,33 +90,30 @@ def _now() -> datetime:
     return max(wall, scheduled) if scheduled.tzinfo else wall
 
 
-async def _on_the_servers_beat(delay: timedelta) -> None:
-    """When the send waited for the queue's rate limit, call Twilio `delay` after its dispatch.
+def _dispatch_wait(delay: timedelta) -> float:
+    """Seconds until `delay` after the server dispatched this attempt, if it queued behind the limit.
 
     The messaging queue's rate limit is enforced by the Temporal server, across every worker:
     it is the dispatch times that are spaced. The work before the call (the outbox claim, a
     pool's first connections, a busy event loop) delays some attempts more than others, and a
-    delay that ends for many at once reaches Twilio as a burst its bucket refuses (429): most of
-    all in the first second, when the server's burst has already spent Twilio's. Sending each
-    paced attempt a fixed `delay` after its dispatch replays the server's spacing at Twilio's door.
+    delay that ends for many at once reaches Twilio as a burst its bucket refuses (429). Sending
+    each paced attempt a fixed `delay` after its dispatch replays the server's spacing at Twilio's door.
 
     Only a send that queued behind the limit is paced: one dispatched as soon as it was
     scheduled (a manual nudge on a quiet queue, the head of a burst) goes at once, so a quiet
-    queue adds no latency and the paced stream starts `delay` after the burst, with Twilio's
-    bucket refilled meanwhile. Capped at `delay`, so a clock that disagrees costs at most that.
+    queue adds no latency. Capped at `delay`, so a clock that disagrees costs at most that.
     """
     try:
         info = activity.info()
     except RuntimeError:  # called outside an activity (unit tests): nothing to keep pace with
-        return
+        return 0.0
     dispatched, scheduled = info.started_time, info.current_attempt_scheduled_time
     if not delay or dispatched.tzinfo is None or scheduled.tzinfo is None:
-        return
+        return 0.0
     if dispatched - scheduled < delay / 5:  # not held back by the rate limit
-        return
+        return 0.0
     wait = (dispatched + delay - datetime.now(UTC)).total_seconds()
-    if wait > 0:
-        await asyncio.sleep(min(wait, delay.total_seconds()))
+    return min(max(wait, 0.0), delay.total_seconds())
 
 
 def _count(template: str, outcome: str) -> None:
@@ -125,16 +124,17 @@ def _count(template: str, outcome: str) -> None:
 
 
 class _Pace:
-    """Spaces starts `1/per_second` apart: a batch keeps to the provider's rate by itself."""
+    """Spaces starts `1/per_second` apart (a batch's, or every send's in one process)."""
 
     def __init__(self, per_second: float) -> None:
         self._interval = 1.0 / per_second
         self._next = 0.0
 
-    async def wait(self) -> None:
+    async def wait(self, after: float = 0.0) -> None:
+        """The next free slot, no sooner than `after` seconds from now."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        slot = max(now, self._next)
+        slot = max(now + after, self._next)
         self._next = slot + self._interval
         if slot > now:
             await asyncio.sleep(slot - now)
@@ -147,9 +147,14 @@ class MessagingActivities:
         gateway: TwilioGateway,
         senders: Senders,
         policy: SendPolicy = SendPolicy(),
-        per_second: float = 50.0,
+        per_second: float | None = None,
     ) -> None:
         self._per_second = per_second
+        # The server's limit is cluster-wide and lets a second's worth through at once after a
+        # stall; spacing this process's calls at the same rate spreads such a burst over the
+        # workers instead of handing it to Twilio in one instant. It never limits below the
+        # cluster's rate (one process alone is allowed all of it), so the limit stays Temporal's.
+        self._spacing = _Pace(per_second) if per_second else None
         self._engine = engine
         # Single statements need no transaction: without one, each is one round trip instead of
         # BEGIN, the statement and COMMIT (the common send is three statements).
@@ -171,7 +176,7 @@ class MessagingActivities:
         back as duplicates from the outbox, so a retry sends only what is left.
         """
         slots = asyncio.Semaphore(batch.max_in_flight)
-        pace = _Pace(batch.per_second or self._per_second)
+        pace = _Pace(batch.per_second or self._per_second or BATCH_PER_SECOND)
         transient: list[BaseException] = []
 
         async def one(message: SendMessage) -> BatchItemOutcome | None:
@@ -315,7 +320,11 @@ class MessagingActivities:
         key = request.idempotency_key
         assert recipient.phone
         attempt = _Attempt(key, channel, self._senders.of(channel))
-        await _on_the_servers_beat(self._policy.dispatch_delay)
+        wait = _dispatch_wait(self._policy.dispatch_delay)
+        if self._spacing is not None:
+            await self._spacing.wait(after=wait)
+        elif wait:
+            await asyncio.sleep(wait)
         try:
             accepted = await self._deliver(attempt, recipient.phone, template, params, body)
         except TwilioRestException as exc:

@@ -8,7 +8,7 @@ task-queue limit is a token bucket holding one second of the rate (ratelimit_man
 server: burst = max(ceil(rate / partitions), matching.minTaskThrottlingBurstSize)), so a queue that
 was idle lets up to one second's worth through at once and the first window counts up to twice
 the limit. The emulator's bucket, like Twilio's, allows the same burst (it answers 429 only past
-it); the 429 count is the check on that first second. Over the ~30 s after it, a few tens of
+it); the 429 count is the check on those bursts. Over the ~30 s after it, a few tens of
 milliseconds of jitter at either end move the rate by a fraction of a percent, so 1.02 is a real bound.
 Counts only, no timing asserts: how fast the machine is changes how long the run takes, not what is counted.
 """
@@ -141,10 +141,12 @@ async def test_two_workers_share_one_limit_with_a_batch_and_single_sends_at_once
         f"limit {LIMIT}/s: steady {rate:.2f}/s ({rate / LIMIT:.3f} x), most in 1 s {peak},"
         f" 429s {stats['rate_limited']} of {requests} over {stamps[-1] - stamps[0]:.1f} s"
     )
-    # Issue #15 asks for < 1 %. Runs here gave 0 to 1.7 %, all from the first second, where both
-    # limiters' buckets are full and two workers' requests jitter: the bound stays 3 % until that
-    # burst is paced (open in #15). A limit that did not hold cluster-wide would 429 far more.
-    assert stats["rate_limited"] < 0.03 * requests
+    # Issue #15: < 1 %. Both limiters allow a one-second burst, so equal buckets leave almost no
+    # margin for a stall; the worker keeps the server's spacing (a paced send goes a fixed delay
+    # after its dispatch) and spaces its own sends at the queue's rate, so a burst the server lets
+    # through after a stall is spread over the workers. A limit that did not hold cluster-wide
+    # would 429 far more.
+    assert stats["rate_limited"] < 0.01 * requests
     assert rate <= 1.02 * LIMIT
 
 

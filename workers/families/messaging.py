@@ -30,6 +30,7 @@ def sends(deps: Any) -> Any:
     from datetime import timedelta
 
     from config.settings import SettingsError
+    from workers.worker import SEND_RATE_HEADROOM
 
     settings = deps.settings
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
@@ -52,7 +53,7 @@ def sends(deps: Any) -> Any:
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
             dispatch_delay=timedelta(milliseconds=settings.message_dispatch_delay_ms),
         ),
-        per_second=settings.messages_per_second,
+        per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
     )
 
 
