@@ -111,33 +111,52 @@ def run_once(name: str, argv: list[str]) -> list[dict]:
     return [json.loads(line.removeprefix("FIGURE ")) for line in process.stdout.splitlines() if line.startswith("FIGURE ")]
 
 
-def table(figures: list[Figure], runs: int) -> str:
+HEADER = [
+    "| figure | median | floor (same run) | ratio | target | | measured |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def rows(figures: list[Figure], runs: int) -> list[str]:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"Medians of {runs} runs on a quiet machine (1-minute load <= 0.5 at each start), {stamp}.",
-        "",
-        "| figure | median | floor (same run) | ratio | target | |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    if any(f.loaded for f in figures):
-        lines[0] = f"LOADED (JOBCTL_BENCH_ALLOW_LOAD=1: taken beside other work, timings are noise), {runs} run(s), {stamp}."
+    lines = []
     for f in figures:
         floor = f"{f.floor:,.3g} ({f.floor_name})" if f.floor is not None else "–"
         ratio = f"{f.ratio:.3f}" if f.ratio is not None else "–"
         verdict = ("met" if f.met() else "not met") + (" (loaded)" if f.loaded else "")
-        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target} | {verdict} |")
-    return "\n".join(lines)
+        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target} | {verdict} | {stamp}, {runs} runs |")
+    return lines
 
 
-def write(summary: str) -> None:
+def table(figures: list[Figure], runs: int) -> str:
+    first = f"Medians of {runs} runs on a quiet machine (1-minute load <= 0.5 at each start)."
+    if any(f.loaded for f in figures):
+        first = f"LOADED (JOBCTL_BENCH_ALLOW_LOAD=1: taken beside other work, timings are noise), {runs} run(s)."
+    return "\n".join([first, "", *HEADER, *rows(figures, runs)])
+
+
+def merged(existing: str, new_rows: list[str]) -> str:
+    """The summary with `new_rows` in place of the rows of the same figures; the others stay,
+    so `--only` re-measures some benchmarks without dropping the rest."""
+    key = lambda row: row.split("|")[1].strip()  # noqa: E731
+    fresh = {key(r): r for r in new_rows}
+    kept = [line for line in existing.splitlines() if line.startswith("| ") and line not in HEADER
+            and not line.startswith("| figure ") and not line.startswith("| ---")]
+    out = [fresh.pop(key(r), r) for r in kept]
+    out += list(fresh.values())
+    intro = "Each row is the median of the runs it names, all on a quiet machine (1-minute load <= 0.5 at each start)."
+    return "\n".join([intro, "", *HEADER, *out])
+
+
+def write(new_rows: list[str]) -> None:
     text = DOC.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        DOC.write_text(f"{head}{BEGIN}\n{summary}\n{END}{tail}")
+        existing, tail = rest.split(END, 1)
+        DOC.write_text(f"{head}{BEGIN}\n{merged(existing, new_rows)}\n{END}{tail}")
     else:
         title, _, body = text.partition("\n")
-        DOC.write_text(f"{title}\n\n## Summary (`make bench`)\n\n{BEGIN}\n{summary}\n{END}\n{body}")
+        DOC.write_text(f"{title}\n\n## Summary (`make bench`)\n\n{BEGIN}\n{merged('', new_rows)}\n{END}\n{body}")
 
 
 def main() -> None:
@@ -171,7 +190,7 @@ def main() -> None:
             "refused: figures taken under JOBCTL_BENCH_ALLOW_LOAD=1 (beside other work) are not written to"
             f" {DOC.relative_to(ROOT)}; run `make bench` on a quiet machine"
         )
-    write(summary)
+    write(rows(list(figures.values()), args.runs))
 
 
 if __name__ == "__main__":
