@@ -1,8 +1,8 @@
 """The HTTP API under 50 concurrent clients: requests/s and p50/p99 latency of a read (the risk
 view) and a write (checkout started: a new order's clock each request).
 
-Runs the real app under uvicorn against an embedded PostgreSQL and a Temporal dev server with the
-product's worker; clients are httpx over TCP. Refuses to run when the 1-minute load average is
+Runs `jobctl api` and `jobctl worker` in their own processes, as deployed, against an embedded
+PostgreSQL and a Temporal dev server; clients are httpx over TCP from this process. Refuses to run when the 1-minute load average is
 above 0.5 (the figures would measure the neighbours). Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/api.py [--requests 2000] [--clients 50]
@@ -59,24 +59,37 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
     return p99
 
 
+async def ready(url: str, process: asyncio.subprocess.Process) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=2) as http:
+        for _ in range(300):
+            if process.returncode is not None:
+                raise SystemExit(f"the API process exited {process.returncode}")
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit("the API never became ready")
+
+
 async def main(requests: int, clients: int) -> None:
-    from pydantic import SecretStr
+    """The API and the worker each in their own process, as deployed (`jobctl api`, `jobctl
+    worker`); this process only drives the load. One event loop serving the clients, the app and
+    the worker at once measured their queueing behind each other, not the API."""
+    import os
+    from datetime import date
+
     from sqlalchemy import insert
 
-    from benchmarks.harness import figure, machine, stack
-    from config.settings import load_settings
+    from benchmarks.harness import figure, free_port, machine, stack
     from devtools.seed import seed_retailers
     from schemas.tables import Order
     from workers.api.auth import SCOPES, create_key
-    from workers.api.server import serve_api
-    from workers.worker import build_workers, run_workers
 
     async with stack() as s:
-        settings = load_settings(task_queue="bench-jobs", messaging_task_queue="bench-messaging",
-                                 twilio_account_sid="AC" + "0" * 32, twilio_auth_token=SecretStr("x"),
-                                 twilio_api_base="http://127.0.0.1:9")  # no follow-up is due during the run
-        from datetime import date
-
         await seed_retailers(s.engine, 200, today=date.today(), timezone="UTC")
         async with s.engine.begin() as conn:
             orders = (await conn.execute(
@@ -85,9 +98,21 @@ async def main(requests: int, clients: int) -> None:
             )).scalars().all()
         key, _ = await create_key(s.engine, f"bench-{uuid.uuid4().hex[:6]}", list(SCOPES))
         headers = {"Authorization": f"Bearer {key}"}
-        stop = asyncio.Event()
-        workers = asyncio.create_task(run_workers(build_workers(s.client, settings, s.engine), stop))
-        async with serve_api(settings, s.engine, s.client, "127.0.0.1", 0) as url:
+        env = {
+            **os.environ, "DATABASE_URL": s.database_url, "TEMPORAL_ADDRESS": s.client.service_client.config.target_host,
+            "TASK_QUEUE": "bench-jobs", "MESSAGING_TASK_QUEUE": "bench-messaging",
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "x",
+            "TWILIO_API_BASE": "http://127.0.0.1:9",  # no follow-up is due during the run
+            "LOG_LEVEL": "WARNING",
+        }
+        jobctl = str(Path(sys.executable).parent / "jobctl")
+        port = free_port()
+        quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
+        worker = await asyncio.create_subprocess_exec(jobctl, "worker", env=env, **quiet)
+        api = await asyncio.create_subprocess_exec(jobctl, "api", "--port", str(port), env=env, **quiet)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await ready(url, api)
             print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
             await measure("risk view (GET)", url, clients, requests,
                           lambda http, n: http.get("/v1/credit/risk", headers=headers))
@@ -97,8 +122,10 @@ async def main(requests: int, clients: int) -> None:
                                 lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
                                                           headers=headers), rate=50.0)
             figure("api: checkout-started p99 at 50 req/s (50 clients)", p99, "ms", target="< 100")
-        stop.set()
-        await workers
+        finally:
+            for process in (api, worker):
+                process.terminate()
+            await asyncio.gather(api.wait(), worker.wait())
 
 
 if __name__ == "__main__":
