@@ -40,7 +40,7 @@ BEGIN, END = "<!-- bench:summary:begin -->", "<!-- bench:summary:end -->"
 BENCHMARKS: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "10000"],
     # 20,000 messages at 200 msg/s (about 105 s), the same unlimited and as a no-op, then 4,000 on two worker processes.
-    "messaging": ["benchmarks/messaging.py", "--messages", "20000", "--limit", "200", "--in-flight", "200"],
+    "messaging": ["benchmarks/messaging.py", "--messages", "20000", "--limit", "200", "--in-flight", "50"],
     "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--orders", "1000"],
     "api": ["benchmarks/api.py", "--requests", "1000", "--clients", "50"],
     "orders": ["benchmarks/orders.py", "--orders", "3000", "--expiry-orders", "600", "--ttl", "60", "--expiry-rate", "20",

@@ -1,6 +1,6 @@
 """Benchmark: sends through the outbox and the rate-limited messaging queue, end to end.
 
-    python benchmarks/messaging.py --messages 20000 --limit 200 --in-flight 200
+    python benchmarks/messaging.py --messages 20000 --limit 200 --in-flight 50
 
 Run 1: the emulator allows LIMIT msg/s and the messaging worker is set up as production's (the
 queue's rate limit at SEND_RATE_HEADROOM x LIMIT, the dispatch delay); prints achieved msg/s as a
@@ -247,8 +247,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--limit", type=float, default=200.0)
-    parser.add_argument("--in-flight", type=int, default=200,
-                        help="the batch workflow's sends outstanding at once: rate x ~0.6 s from dispatch to Twilio")
+    parser.add_argument("--in-flight", type=int, default=50,
+                        help="sends outstanding at once over all batches (200 halves a batch workflow's own rate)")
     parser.add_argument("--two-worker-messages", type=int, default=4000, help="messages for the two-process run")
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:

@@ -33,10 +33,7 @@ class RemindersRequest(BaseModel):
     reminder_date: date | None = None
     business_timezone: str = "UTC"
     page_size: int = Field(default=500, ge=1, le=5_000)
-    max_in_flight: int = Field(
-        default=200, ge=1, le=500,
-        description="sends in flight within a page: at least the messaging rate x each send's ~0.6 s from dispatch to Twilio",
-    )
+    max_in_flight: int = Field(default=50, ge=1, le=500, description="sends in flight within a page")
     currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
     messaging_task_queue: str = "messaging"
     # Carried across continue-as-new:
