@@ -95,6 +95,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook
+from devtools.token_bucket import TokenBucket
 
 log = structlog.get_logger(__name__)
 
@@ -359,23 +360,6 @@ class SandboxStats:
             "rate_limited": self.rate_limited,
             "by_endpoint": dict(sorted(self.by_endpoint.items())),
         }
-
-
-class TokenBucket:
-    """``rate`` tokens a second, one second's worth of burst: may this request pass now?"""
-
-    def __init__(self, rate: float, clock: Clock) -> None:
-        self.rate, self.burst, self._clock = rate, max(1.0, rate), clock
-        self._tokens, self._last = self.burst, clock()
-
-    def try_take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass

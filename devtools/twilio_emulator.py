@@ -41,7 +41,14 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -56,6 +63,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from activities.messaging.twilio_gateway import twilio_client
+from devtools.token_bucket import TokenBucket
 
 log = structlog.get_logger(__name__)
 
@@ -286,26 +294,6 @@ def _coerce_setting(name: str, value: Any) -> Any:
             return {channel_address(str(k)): code for k, code in value.items()}
         case _:
             return value
-
-
-class TokenBucket:
-    """``rate`` tokens per second, ``max(1, rate)`` burst: answers whether a request may pass."""
-
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = max(1.0, rate)
-        self._clock = clock
-        self._tokens = self.burst
-        self._last = clock()
-
-    def try_take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 # --- messages ----------------------------------------------------------------------------------
