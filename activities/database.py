@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine on psycopg 3; `pool_pre_ping` survives a database restart under a long-lived worker."""
+def create_engine(database_url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+    """An engine on psycopg 3; `pre_ping` survives a database restart under a long-lived worker
+    (a failed statement is an activity retry). The API turns it off: the ping is a round trip on
+    every checkout from the pool, and a request that meets a stale connection answers 503."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
     )
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+_AUTOCOMMIT: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` in AUTOCOMMIT, for paths of one statement: no BEGIN/COMMIT round trips.
+
+    Made once per engine (an options view shares the engine's pool): building it is not free,
+    and the API's hot paths ask for it on every request."""
+    view = _AUTOCOMMIT.get(engine)
+    if view is None:
+        view = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return view

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.database import autocommit
 from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
 from schemas import ids
@@ -46,17 +47,31 @@ log = structlog.get_logger(__name__)
 # --------------------------------------------------------------------------- SQL
 
 # The row is created from the order at checkout start, unless the backend (or the demo seed)
-# already wrote it: an existing row keeps its own clock.
-INSERT_PENDING_SQL = text(
+# already wrote it: an existing row keeps its own clock. One statement, so a checkout costs one
+# round trip in autocommit: the new row comes from RETURNING (the statement's snapshot does not
+# see it), an existing one from the table.
+REGISTER_PENDING_SQL = text(
     """
-INSERT INTO pending_orders (order_id, retailer_id, amount, status, created_at, expires_at)
-SELECT o.id, o.retailer_id, o.total_amount, 'PENDING', :created_at, :created_at + :ttl
-FROM orders o
-WHERE o.id = :order_id AND o.status = 'PENDING'
-ON CONFLICT (order_id) DO NOTHING
+WITH inserted AS (
+    INSERT INTO pending_orders (order_id, retailer_id, amount, status, created_at, expires_at)
+    SELECT o.id, o.retailer_id, o.total_amount, 'PENDING', :created_at, :created_at + :ttl
+    FROM orders o
+    WHERE o.id = :order_id AND o.status = 'PENDING'
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id, retailer_id, status, created_at, expires_at, follow_up_sent_at
+), found AS (
+    SELECT * FROM inserted
+    UNION ALL
+    SELECT order_id, retailer_id, status, created_at, expires_at, follow_up_sent_at
+    FROM pending_orders WHERE order_id = :order_id AND NOT EXISTS (SELECT 1 FROM inserted)
+)
+SELECT f.order_id, f.retailer_id, f.status, f.created_at, f.expires_at, f.follow_up_sent_at, r.timezone
+FROM found f JOIN retailers r ON r.id = f.retailer_id
 """
 )
 
+# A row another starter inserted while REGISTER_PENDING_SQL ran: committed after the statement's
+# snapshot, so only a second statement sees it.
 PENDING_WITH_TIMEZONE_SQL = text(
     """
 SELECT p.order_id, p.retailer_id, p.status, p.created_at, p.expires_at, p.follow_up_sent_at, r.timezone
@@ -155,12 +170,12 @@ async def register_pending(
     A row settled already is returned as it is (its `state` says so). Raises `UnknownOrder` or
     `OrderNotPending` for an order that cannot have a clock.
     """
-    async with engine.begin() as conn:
-        await conn.execute(
-            INSERT_PENDING_SQL,
-            {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl},
-        )
-        row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
+    async with autocommit(engine).connect() as conn:
+        row = (await conn.execute(
+            REGISTER_PENDING_SQL, {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl}
+        )).first()
+        if row is None:
+            row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
         if row is None:
             raise await _not_pending(conn, request.order_id)
     local_due = (row.created_at + request.follow_up_after).astimezone(_zone(row.timezone))

@@ -2,7 +2,7 @@
 view) and a write (checkout started: a new order's clock each request).
 
 Runs `jobctl api` and `jobctl worker` in their own processes, as deployed, against an embedded
-PostgreSQL and a Temporal dev server; clients are httpx over TCP from this process. Refuses to run when the 1-minute load average is
+PostgreSQL and a Temporal dev server; clients are aiohttp over TCP from this process. Refuses to run when the 1-minute load average is
 above 0.5 (the figures would measure the neighbours). Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/api.py [--requests 2000] [--clients 50]
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -25,8 +26,11 @@ MAX_LOAD = 0.5
 
 async def measure(label: str, url: str, clients: int, requests: int, send, rate: float | None = None) -> float:  # type: ignore[no-untyped-def]
     """Requests from `clients` concurrent clients, as fast as they answer or, with `rate`, each
-    request sent at its scheduled time (an open loop at `rate` req/s); returns the p99 in ms."""
-    import httpx
+    request sent at its scheduled time (an open loop at `rate` req/s); returns the p99 in ms.
+
+    The clients are aiohttp (one keep-alive connection each): the driver shares the two cores
+    with what it measures, and httpx spent about twice its CPU per request."""
+    import aiohttp
 
     latencies: list[float] = []
     errors = 0
@@ -34,29 +38,38 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
     for n in range(requests):
         queue.put_nowait(n)
 
-    async def client() -> None:
+    async def client(http: aiohttp.ClientSession) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            while True:
-                try:
-                    n = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                if rate:
-                    await asyncio.sleep(max(0.0, began + n / rate - time.perf_counter()))
-                started = time.perf_counter()
-                response = await send(http, n)
-                latencies.append(time.perf_counter() - started)
-                errors += response.status_code >= 400
+        while True:
+            try:
+                n = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if rate:
+                await asyncio.sleep(max(0.0, began + n / rate - time.perf_counter()))
+            started = time.perf_counter()
+            async with send(http, n) as response:
+                await response.read()
+            latencies.append(time.perf_counter() - started)
+            errors += response.status >= 400
 
-    began = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - began
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - began
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    print(f"{label:<20} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
+    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
     return p99
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds one process has used (user + system), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def ready(url: str, process: asyncio.subprocess.Process) -> None:
@@ -75,16 +88,15 @@ async def ready(url: str, process: asyncio.subprocess.Process) -> None:
     raise SystemExit("the API never became ready")
 
 
-async def main(requests: int, clients: int) -> None:
+async def main(requests: int, clients: int, checkout_only: bool = False) -> None:
     """The API and the worker each in their own process, as deployed (`jobctl api`, `jobctl
     worker`); this process only drives the load. One event loop serving the clients, the app and
     the worker at once measured their queueing behind each other, not the API."""
-    import os
     from datetime import date
 
     from sqlalchemy import insert
 
-    from benchmarks.harness import figure, free_port, machine, stack
+    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, machine, stack
     from devtools.seed import seed_retailers
     from schemas.tables import Order
     from workers.api.auth import SCOPES, create_key
@@ -114,10 +126,14 @@ async def main(requests: int, clients: int) -> None:
         try:
             await ready(url, api)
             print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
-            await measure("risk view (GET)", url, clients, requests,
-                          lambda http, n: http.get("/v1/credit/risk", headers=headers))
+            if not checkout_only:
+                await measure("risk view (GET)", url, clients, requests,
+                              lambda http, n: http.get("/v1/credit/risk", headers=headers))
+            before = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
             await measure("checkout started", url, clients, requests // 2,
                           lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers))
+            after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+            print("  " + cpu_per(before, after, requests // 2, "checkout").replace("served (`serve`)", "(api + worker)"))
             p99 = await measure("checkout started at 50 req/s", url, clients, requests // 2,
                                 lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
                                                           headers=headers), rate=50.0)
@@ -132,9 +148,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--checkout-only", action="store_true", help="skip the read (e.g. to profile the write)")
     args = parser.parse_args()
     from benchmarks.harness import print_load_at_end, require_quiet
 
     require_quiet(MAX_LOAD)
-    asyncio.run(main(args.requests, args.clients))
+    asyncio.run(main(args.requests, args.clients, args.checkout_only))
     print_load_at_end()

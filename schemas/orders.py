@@ -38,6 +38,11 @@ class PendingOrderInput(BaseModel):
     follow_up_after: timedelta = Field(default=FOLLOW_UP_AFTER, gt=timedelta(0))
     ttl: timedelta = Field(default=ORDER_TTL, gt=timedelta(0))
     messaging_task_queue: str = Field(default="messaging", min_length=1)
+    registered: PendingOrderRecord | None = Field(
+        default=None,
+        description="the row as the starter registered it (`start_pending_order`): the clock told to its caller,"
+        " kept as told; None: the workflow registers the row itself",
+    )
 
 
 class RegisterPendingOrder(BaseModel):
@@ -160,3 +165,6 @@ class OrderSweepPageResult(BaseModel):
 
 
 OrderSweepRequest.model_rebuild()
+
+
+PendingOrderInput.model_rebuild()  # `registered` names a model defined after it

@@ -123,7 +123,8 @@ class PendingOrderWorkflow:
         """Create or read the row (the database holds the clock) and learn when the follow-up is due.
 
         `start_pending_order` wrote the row already (and refused an order that cannot have a
-        clock), so this reads it; for any other starter an unknown order, or one no longer
+        clock) and passes it in as `registered`, so the first task only starts the timer; for
+        any other starter an unknown order, or one no longer
         pending, is refused here: a `track` update carries the reason back, and the workflow ends
         without touching anything.
         """
@@ -134,7 +135,7 @@ class PendingOrderWorkflow:
             ttl=order.ttl,
         )
         try:
-            record = await workflow.execute_local_activity_method(
+            record = order.registered or await workflow.execute_local_activity_method(
                 OrderActivities.register_pending_order, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
             )
         except ActivityError as error:

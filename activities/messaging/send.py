@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioRestException
 
+from activities.database import autocommit
 from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
@@ -158,7 +159,7 @@ class MessagingActivities:
         self._engine = engine
         # Single statements need no transaction: without one, each is one round trip instead of
         # BEGIN, the statement and COMMIT (the common send is three statements).
-        self._statements = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statements = autocommit(engine)
         self._gateway = gateway
         self._senders = senders
         self._policy = policy

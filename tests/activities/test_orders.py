@@ -314,6 +314,21 @@ async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncE
 # --------------------------------------------------------------------------- bad input
 
 
+async def test_concurrent_checkout_starts_of_one_order_all_get_the_one_clock(engine: AsyncEngine) -> None:
+    """A shop backend retrying a checkout call races itself: every start answers the same row
+    (the one that won the insert), and there is one row."""
+    oid, _, _ = await new_order(engine, tz="UTC")
+    base = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    answers = await asyncio.gather(*(
+        register_pending(engine, RegisterPendingOrder(order_id=oid, created_at=base + timedelta(seconds=n),
+                                                      follow_up_after=timedelta(hours=2), ttl=timedelta(hours=24)), QuietHours(0, 0))
+        for n in range(20)
+    ))
+    assert len({(a.created_at, a.expires_at, a.follow_up_at) for a in answers}) == 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM pending_orders WHERE order_id = :o"), {"o": oid}) == 1
+
+
 async def test_registering_keeps_an_existing_rows_clock_and_refuses_for_good(engine: AsyncEngine) -> None:
     """What the starter and the workflow's first task both run: the same row, the same answer;
     a refusal reaches the workflow as a non-retryable error of the refusal's type."""

@@ -10,9 +10,13 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+from activities.database import create_engine
+from config.settings import Settings
 
 from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
-from workers.api.app import openapi_document
+from workers.api.app import create_app, openapi_document
 from workers.api.auth import SCOPES, revoke_key
 
 DOCUMENT = Path(__file__).parents[2] / "docs" / "openapi.json"
@@ -89,3 +93,27 @@ async def test_a_malformed_request_names_the_field_at_fault(http: httpx.AsyncCli
     assert_problem(await http.post("/v1/credit/payments", headers=headers, content=b"{not json",
                                    ), 422)
     assert_problem(await http.get("/v1/nowhere", headers=headers), 404)
+
+
+async def test_a_lost_database_connection_is_one_503_and_the_retry_goes_through(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, database_url: str, api_settings: Settings
+) -> None:
+    """The API's pool does not ping before each use (a round trip per request): after the
+    database drops a connection (a restart, a failover), the request that meets it answers 503
+    problem+json with Retry-After, and the next one gets a fresh connection."""
+    api_engine = create_engine(database_url, pool_size=1, pre_ping=False)
+    app = create_app(api_settings, api_engine, dev_env.client)
+    headers = await new_key(engine, "credit:read")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60) as client:
+            assert (await client.get("/v1/credit/risk", headers=headers)).status_code == 200
+            async with api_engine.connect() as conn:  # the pool's one connection
+                backend = await conn.scalar(text("SELECT pg_backend_pid()"))
+            async with engine.connect() as conn:
+                assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            lost = await client.get("/v1/credit/risk", headers=headers)
+            assert_problem(lost, 503)
+            assert lost.headers["retry-after"] == "1"
+            assert (await client.get("/v1/credit/risk", headers=headers)).status_code == 200
+    finally:
+        await api_engine.dispose()

@@ -139,6 +139,37 @@ async def test_an_unanswered_order_gets_its_follow_up_when_due_and_expires_at_24
     assert await task_failures(handle) == 0
 
 
+async def test_a_clock_registered_by_its_starter_keeps_the_times_told_without_reading_the_row(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """`start_pending_order` answers the shop from the row it wrote and passes that row in: the
+    workflow runs on exactly those times and never calls `register_pending_order` again."""
+    fake = FakeOrders()
+    order_id = random.randint(1, 2**31)
+    created = (await time_skipping_env.get_current_time()).replace(microsecond=0)  # the env skips ahead
+    told = PendingOrderRecord(order_id=order_id, retailer_id=RETAILER, state="PENDING", created_at=created,
+                              expires_at=created + timedelta(hours=24), follow_up_at=created + timedelta(hours=3))
+    async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
+        handle = await time_skipping_env.client.start_workflow(
+            "PendingOrderWorkflow",
+            PendingOrderInput(order_id=order_id, created_at=created, messaging_task_queue=task_queue, registered=told),
+            id=f"pending-order/{order_id}", task_queue=task_queue, result_type=PendingOrderResult,
+        )
+        async def running() -> bool:
+            return (await status(handle)).expires_at is not None
+
+        await eventually(running)
+        shown = await status(handle)
+        result = await handle.result()
+
+    assert fake.registered == []  # no second read of the row
+    assert (shown.follow_up_at, shown.expires_at) == (told.follow_up_at, told.expires_at)
+    [(sent_at, _)] = fake.sends
+    assert told.follow_up_at <= sent_at < told.follow_up_at + timedelta(minutes=1)
+    assert result.state == "EXPIRED" and told.expires_at <= result.settled_at < told.expires_at + timedelta(minutes=1)
+    assert await task_failures(handle) == 0
+
+
 async def test_completed_before_the_follow_up_ends_the_order_without_message_or_expiry(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:

@@ -20,6 +20,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from activities.database import autocommit
 from schemas.errors import Refused
 from schemas.tables import ApiKey
 from workers.api.problems import Problem
@@ -131,15 +132,14 @@ WHERE id = (SELECT id FROM api_keys WHERE id = :id FOR UPDATE SKIP LOCKED)
 )
 
 
+KEY_SQL = text(
+    "SELECT id, name, scopes, company_id, last_used_at FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
+)
+
+
 async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
-    statements = engine.execution_options(isolation_level="AUTOCOMMIT")
-    async with statements.connect() as conn:
-        row = (
-            await conn.execute(
-                select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.company_id, ApiKey.last_used_at)
-                .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-            )
-        ).first()
+    async with autocommit(engine).connect() as conn:
+        row = (await conn.execute(KEY_SQL, {"key_hash": hash_key(key)})).first()
         if row is None:
             return None
         if row.last_used_at is None or row.last_used_at < datetime.now(UTC) - TOUCH_EVERY:

@@ -30,7 +30,7 @@ HEADER = "Idempotency-Key"
 ABANDONED_AFTER = timedelta(minutes=5)
 
 
-def idempotency_key_header(
+async def idempotency_key_header(
     idempotency_key: Annotated[
         str | None,
         Header(alias=HEADER, min_length=1, max_length=255,

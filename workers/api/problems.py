@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.errors import Refused
@@ -112,6 +113,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return problem_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, error: DBAPIError) -> JSONResponse:
+        if not error.connection_invalidated:
+            return await _unexpected(request, error)
+        # The API's pool does not ping each connection before use (a round trip on every
+        # request); after a database restart the first use of a stale connection fails, the
+        # pool drops them all, and the caller's retry (with its Idempotency-Key) goes through.
+        log.warning("api.database_connection_lost", path=request.url.path)
+        return problem_response(503, "the database connection was lost; retry the request", headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

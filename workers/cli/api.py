@@ -28,7 +28,7 @@ def api(
     s = settings()
     database_url = s.require_database_url()
     configure_logging(s)
-    run(lambda: run_api(s, database_url, host, port))
+    run(lambda: run_api(s, database_url, host, port), fast_loop=True)
 
 
 @keys_app.command("create")

@@ -10,6 +10,7 @@ shutdown).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,8 +44,16 @@ def settings() -> Settings:
     return load_settings()
 
 
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def run(coro_fn: Callable[[], Awaitable[T]], *, fast_loop: bool = False) -> T:
+    """Run a command's coroutine; `fast_loop`: on uvloop, for a process that serves requests."""
+    loop_factory = None
+    if fast_loop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro_fn())  # type: ignore[arg-type]
 
 
 def call(action: Callable[[Context], Awaitable[T]], *, temporal: bool = False, database: bool = False) -> T:

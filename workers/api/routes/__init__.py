@@ -30,7 +30,8 @@ class Stack:
     client: Client
 
 
-def _stack(request: Request) -> Stack:
+async def _stack(request: Request) -> Stack:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
     return request.app.state.stack
 
 
@@ -42,7 +43,7 @@ class Paging(BaseModel):
     offset: int = Field(0, ge=0, le=1_000_000)
 
 
-def _paging(
+async def _paging(
     limit: Annotated[int, Query(ge=1, le=500, description="page size")] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
 ) -> Paging:
