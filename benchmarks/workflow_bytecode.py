@@ -28,7 +28,8 @@ import workflows  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     cpu_ms, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
 )
-from benchmarks.orders import CACHE, CountedOrderActivities, new_orders, start_all  # noqa: E402
+from activities.orders import OrderActivities  # noqa: E402
+from benchmarks.orders import CACHE, new_orders, start_all, wait_first_tasks  # noqa: E402
 from workers.worker import compile_workflow_modules  # noqa: E402
 from workflows.orders import PendingOrderWorkflow  # noqa: E402
 
@@ -43,7 +44,7 @@ def drop_bytecode() -> None:
 async def starts_cpu(s, orders: int, concurrency: int) -> tuple[float, float]:
     """(worker CPU ms per start, starts/s) for `orders` new clocks on a fresh worker."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    activities = CountedOrderActivities(s.engine)
+    activities = OrderActivities(s.engine)
     async with Worker(
         s.client, task_queue=queue, workflows=[PendingOrderWorkflow],
         activities=[activities.register_pending_order, activities.record_follow_up,
@@ -53,7 +54,7 @@ async def starts_cpu(s, orders: int, concurrency: int) -> tuple[float, float]:
         batch = await new_orders(s.engine, orders)
         before, started = cpu_seconds(), time.perf_counter()
         await start_all(s.client, s.engine, batch, queue, concurrency)
-        await activities.wait_registered(o for o, _ in batch)  # a start answers before its first task
+        await wait_first_tasks(s.client, [o for o, _ in batch])  # a start answers before its first task
         return cpu_ms(before, cpu_seconds(), orders)[WORKER], orders / (time.perf_counter() - started)
 
 
