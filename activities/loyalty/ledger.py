@@ -52,7 +52,7 @@ log = structlog.get_logger(__name__)
 
 BALANCE_LIMIT = 2**31 - 1  # the ledger's columns are 32-bit integers
 
-LOCK_CUSTOMER = text("SELECT loyalty_points, earn_rate FROM customers WHERE id = :customer_id FOR UPDATE")
+LOCK_CUSTOMER = text("SELECT loyalty_points FROM customers WHERE id = :customer_id FOR UPDATE")
 
 # The whole application, server-side: lock, the order's stored rows, refusals, rows, balance
 # (migration 0007; it writes only when it returns 'applied'). psycopg's placeholders: it runs on
@@ -96,7 +96,6 @@ SET_BALANCE = text("UPDATE customers SET loyalty_points = :balance WHERE id = :c
 @dataclass(frozen=True)
 class _Locked:
     balance: int
-    earn_rate: Decimal
     wait_ms: float
 
 
@@ -106,7 +105,7 @@ async def _lock_customer(conn: AsyncConnection, customer_id: int) -> _Locked:
     waited = (time.perf_counter() - started) * 1000
     if row is None:
         raise UnknownCustomer(customer_id)
-    return _Locked(balance=row.loyalty_points, earn_rate=row.earn_rate, wait_ms=round(waited, 3))
+    return _Locked(balance=row.loyalty_points, wait_ms=round(waited, 3))
 
 
 # --------------------------------------------------------------------------- applying an order
