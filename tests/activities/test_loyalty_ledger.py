@@ -186,3 +186,75 @@ async def test_an_adjustment_is_one_row_per_reference_and_never_overdraws(wide_e
     take = await adjust(-100, order_ref())  # more than there is: takes what is there
     assert (take.requested, take.points, take.balance_after) == (-100, -55, 0)
     assert await balance_and_ledger(wide_engine, cid) == (0, 0)
+
+
+# --------------------------------------------------------------------------- one statement under contention
+
+
+async def test_hundreds_of_concurrent_applications_on_a_few_hot_customers_leave_exact_balances(wide_engine: AsyncEngine) -> None:
+    """The checkout benchmark's shape: every application of a hot customer sees the balance the one
+    before it left, and each balance ends exactly at opening - redeemed + earned."""
+    opening, hot = 100_000, [await new_customer(wide_engine, 100_000) for _ in range(4)]
+    calls = [(hot[i % 4], order_ref(), (i % 7) * 10, Decimal(i % 5) + Decimal("0.99")) for i in range(400)]
+    outcomes = await asyncio.gather(*(apply_points_at_checkout(wide_engine, *call) for call in calls))
+    assert {o.outcome for o in outcomes} == {"applied"}
+    for cid in hot:
+        mine = [o for o in outcomes if o.customer_id == cid]
+        expected = opening - sum(o.points_redeemed for o in mine) + sum(o.points_earned for o in mine)
+        assert await balance_and_ledger(wide_engine, cid) == (expected, expected)
+        # One chain: in the order they were written, each row starts from the balance the one before left.
+        async with wide_engine.connect() as conn:
+            chain = (await conn.execute(
+                text("SELECT balance_before, balance_after FROM loyalty_transactions WHERE customer_id = :c ORDER BY id"), {"c": cid}
+            )).all()
+        assert all(row.balance_before == before.balance_after for before, row in zip(chain, chain[1:]))
+        assert (chain[0].balance_before, chain[-1].balance_after) == (0, expected)
+    assert [o.points_earned for o in outcomes[:5]] == [0, 1, 2, 3, 4]  # floor((i % 5) + 0.99) at rate 1
+
+
+async def test_concurrent_repeats_of_many_orders_on_one_hot_customer_apply_each_order_once(wide_engine: AsyncEngine) -> None:
+    cid = await new_customer(wide_engine, 10_000)
+    orders = [order_ref() for _ in range(60)]
+    calls = [order for order in orders for _ in range(3)]  # each order three times, all at once
+    outcomes = await asyncio.gather(*(apply_points_at_checkout(wide_engine, cid, order, 50, Decimal("20")) for order in calls))
+    for order in orders:
+        mine = [o for o in outcomes if o.order_id == order]
+        assert sorted(o.outcome for o in mine) == ["already_applied", "already_applied", "applied"]
+        assert len({(o.balance_before, o.balance_after) for o in mine}) == 1
+        assert await order_rows(wide_engine, order) == [
+            ("spent", -50, mine[0].balance_before, mine[0].balance_before - 50),
+            ("earned", 20, mine[0].balance_before - 50, mine[0].balance_after),
+        ]
+    assert await balance_and_ledger(wide_engine, cid) == (10_000 - 60 * 30,) * 2
+
+
+async def test_an_order_written_by_another_customers_open_transaction_is_undone_whole_and_refused(engine: AsyncEngine) -> None:
+    """The insert's race: this customer's `spent` row goes in, the order's `earned` row belongs to
+    another customer's transaction still open; once it commits, ours is undone and refused."""
+    from activities.loyalty.ledger import apply_points
+    from schemas.loyalty import ApplyOrderPoints
+
+    first, second = await new_customer(engine, 500), await new_customer(engine, 500)
+    order = order_ref()
+    async with engine.begin() as conn:  # the first customer's application, not committed yet
+        await apply_points(conn, ApplyOrderPoints(customer_id=first, order_id=order, points_redeemed=0, order_total=Decimal("5")))
+        late = asyncio.ensure_future(apply_points_at_checkout(engine, second, order, 100, Decimal("5")))
+        await asyncio.sleep(0.5)  # the second one waits on the order's unique key
+        assert not late.done()
+    with pytest.raises(OrderOfAnotherCustomer, match=f"applied to customer {first}, not {second}"):
+        await late
+    assert await order_rows(engine, order) == [("earned", 5, 500, 505)]
+    assert await balance_and_ledger(engine, first) == (505, 505)
+    assert await balance_and_ledger(engine, second) == (500, 500)
+
+
+async def test_an_order_earning_more_than_the_ledger_holds_is_refused_and_writes_nothing(engine: AsyncEngine) -> None:
+    from activities.loyalty.errors import PointsOverflow
+
+    cid = await new_customer(engine, 100)
+    order = order_ref()
+    with pytest.raises(PointsOverflow) as overflow:
+        await apply_points_at_checkout(engine, cid, order, 0, Decimal("2000000000"))
+    assert overflow.value.non_retryable and overflow.value.type == "PointsOverflow"
+    assert await order_rows(engine, order) == []
+    assert await balance_and_ledger(engine, cid) == (100, 100)
