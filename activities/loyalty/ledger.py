@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
+from activities.database import autocommit
 from activities.loyalty.errors import (
     InsufficientPoints,
     OrderAppliedDifferently,
@@ -170,8 +171,7 @@ async def apply(engine: AsyncEngine, request: ApplyOrderPoints) -> PointsApplica
     """One statement in autocommit: it is its own transaction, so the row lock is released inside
     the server as the function returns, not one more round trip (`COMMIT`) later."""
     try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit(engine).connect() as conn:
             result = await apply_points(conn, request)
     except InsufficientPoints as refused:
         log.info(
