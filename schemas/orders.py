@@ -118,6 +118,16 @@ class PendingOrderStatus(BaseModel):
     follow_up_sent_at: datetime | None = None
     expires_at: datetime | None = None
 
+    @classmethod
+    def of(
+        cls, order_id: int, state: OrderState, record: PendingOrderRecord | None, follow_up_sent_at: datetime | None
+    ) -> PendingOrderStatus:
+        """What the shop is told of a clock: the starter's answer and the workflow's `status` query."""
+        return cls(
+            order_id=order_id, state=state, follow_up_sent_at=follow_up_sent_at,
+            follow_up_at=record.follow_up_at if record else None, expires_at=record.expires_at if record else None,
+        )
+
 
 class PendingOrderResult(BaseModel):
     order_id: int

@@ -93,13 +93,7 @@ async def start_pending_order(
             raise
         ended = await _result(client, order.order_id)  # only a clock that ended normally refuses a restart
         raise OrderNotPending(f"order {order.order_id} is already {ended.state}") from None
-    return PendingOrderStatus(
-        order_id=record.order_id,
-        state=record.state,
-        follow_up_at=record.follow_up_at,
-        follow_up_sent_at=record.follow_up_sent_at,
-        expires_at=record.expires_at,
-    )
+    return PendingOrderStatus.of(record.order_id, record.state, record, record.follow_up_sent_at)
 
 
 async def complete_order(client: Client, order_id: int, *, actor_id: str | None = None) -> None:

@@ -108,14 +108,7 @@ class PendingOrderWorkflow:
 
     @workflow.query
     def status(self) -> PendingOrderStatus:
-        record = self._record
-        return PendingOrderStatus(
-            order_id=self._order_id,
-            state=self._state,
-            follow_up_at=record.follow_up_at if record else None,
-            follow_up_sent_at=self._follow_up_sent_at,
-            expires_at=record.expires_at if record else None,
-        )
+        return PendingOrderStatus.of(self._order_id, self._state, self._record, self._follow_up_sent_at)
 
     # --- the steps ---------------------------------------------------------------------------
 
