@@ -7,10 +7,14 @@ from weakref import WeakKeyDictionary
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
-    """An engine on psycopg 3; `pre_ping` survives a database restart under a long-lived worker
-    (a failed statement is an activity retry). The API turns it off: the ping is a round trip on
-    every checkout from the pool, and a request that meets a stale connection answers 503."""
+def create_engine(database_url: str, *, pool_size: int = 10, pre_ping: bool = False) -> AsyncEngine:
+    """An engine on psycopg 3.
+
+    No ping before each use (`pre_ping`): it is a round trip on every checkout from the pool,
+    which was a third of a message send's database time. After a database restart the first
+    statement on a stale connection fails instead, SQLAlchemy then drops every connection made
+    before it, and the caller's retry runs on a fresh one: an activity's Temporal retry policy,
+    or the API client's retry of its 503 (workers/api/problems.py)."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,

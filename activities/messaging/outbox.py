@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from typing import Any
 
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import Row, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -67,28 +67,23 @@ def _first_name(name: str | None) -> str:
     return (name or "there").split()[0]
 
 
+# Built once: constructing a select() per send cost about as much as running it.
+_RECIPIENT_SQL = {
+    "retailer": select(Retailer.name, Retailer.phone, Retailer.preferred_channel, Retailer.timezone)
+    .where(Retailer.id == bindparam("rid")),
+    "member": select(
+        Membership.name, Membership.phone, Membership.preferred_channel, func.coalesce(Membership.timezone, Company.timezone)
+    ).join(Company, Company.id == Membership.company_id).where(Membership.id == bindparam("rid")),
+    "customer": select(Customer.name, Customer.phone, text("'whatsapp'"), text("'UTC'")).where(Customer.id == bindparam("rid")),
+}
+
+
 async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_id: str) -> Recipient | None:
     """Only here does a phone number leave the database, and only into the activity."""
     if not recipient_id.isdigit():
         return None
-    rid = int(recipient_id)
-    if recipient_type == "retailer":
-        row = (await conn.execute(
-            select(Retailer.name, Retailer.phone, Retailer.preferred_channel, Retailer.timezone).where(Retailer.id == rid)
-        )).first()
-    elif recipient_type == "member":
-        row = (await conn.execute(
-            select(
-                Membership.name,
-                Membership.phone,
-                Membership.preferred_channel,
-                func.coalesce(Membership.timezone, Company.timezone),
-            ).join(Company, Company.id == Membership.company_id).where(Membership.id == rid)
-        )).first()
-    else:
-        row = (await conn.execute(
-            select(Customer.name, Customer.phone, text("'whatsapp'"), text("'UTC'")).where(Customer.id == rid)
-        )).first()
+    statement = _RECIPIENT_SQL.get(recipient_type, _RECIPIENT_SQL["customer"])
+    row = (await conn.execute(statement, {"rid": int(recipient_id)})).first()
     if row is None:
         return None
     name, phone, channel, tz = row
@@ -249,6 +244,20 @@ async def owned_sids(conn: AsyncConnection, sids: list[str]) -> set[str]:
     if not sids:
         return set()
     return set(await conn.scalars(select(MessageLog.provider_sid).where(MessageLog.provider_sid.in_(sids))))
+
+
+# The common end of a send, as one constant statement (no statement built per message).
+_SENT_SQL = text(
+    """
+UPDATE message_log SET status = 'sent', provider_sid = :provider_sid, channel = :channel, sent_at = :sent_at,
+       error_code = NULL, lease_until = NULL, updated_at = now()
+WHERE idempotency_key = :key
+"""
+)
+
+
+async def set_sent(conn: AsyncConnection, key: str, provider_sid: str, channel: str, sent_at: datetime) -> None:
+    await conn.execute(_SENT_SQL, {"key": key, "provider_sid": provider_sid, "channel": channel, "sent_at": sent_at})
 
 
 async def set_status(conn: AsyncConnection, key: str, status: str, **values: object) -> None:

@@ -332,10 +332,7 @@ class MessagingActivities:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
         async with self._statements.connect() as conn:
-            await outbox.set_status(
-                conn, key, "sent", provider_sid=accepted.sid, channel=attempt.channel, sent_at=_now(),
-                error_code=None, lease_until=None,
-            )
+            await outbox.set_sent(conn, key, accepted.sid, attempt.channel, _now())
         log.info(
             "message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=attempt.channel,
             template=template.name,

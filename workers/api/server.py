@@ -50,7 +50,7 @@ async def run_api(settings: Settings, database_url: str, host: str, port: int) -
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    engine = create_engine(database_url, pre_ping=False)  # a stale connection is one 503 (problems.py)
+    engine = create_engine(database_url)  # no ping per request: a stale connection is one 503 (problems.py)
     client = await connect(settings)
     try:
         async with serve_api(settings, engine, client, host, port) as url:
