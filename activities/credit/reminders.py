@@ -92,7 +92,8 @@ def day_start(day: date, timezone: str) -> datetime:
 
 
 STORED_LINKS = text(
-    "SELECT retailer_id, token, fingerprint, generation, amount FROM payment_links WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
+    "SELECT retailer_id, token, url, fingerprint, generation, amount FROM payment_links"
+    " WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
 )
 
 # The link's debits or amount at this reminder; the token (and so the URL) stays.
@@ -188,7 +189,7 @@ class ReminderActivities:
             row = stored.get(retailer.retailer_id)
             if row is not None and row.fingerprint == debits_fingerprint([d.debit_id for d in debits], request.currency):
                 links[retailer.retailer_id] = url = pay_url(self._base_url, row.token)
-                if row.amount != retailer.amount_due:
+                if row.amount != retailer.amount_due or row.url != url:  # a partial payment; a new PUBLIC_BASE_URL
                     refresh.append({"r": retailer.retailer_id, "token": row.token, "amount": retailer.amount_due, "url": url})
             else:
                 replace.append(retailer)
