@@ -14,8 +14,9 @@ row. Sending it costs no Stripe call. Opening it (`open_pay_link`, the HTTP API'
 then (or reuses the stored one while it is open and charges the same amounts), then the route
 redirects (303) there. Payment arrives, as before, as `checkout.session.completed` at the webhook.
 
-- The row is locked (`FOR UPDATE`) while a click talks to Stripe: two concurrent clicks make one
-  session; the second waits and reuses it.
+- No connection is held while Stripe answers. Concurrent clicks compute the same key, so Stripe
+  gives them the same session; the session is stored only if the row is as the click read it
+  (`session_count`, `token`), and a click that lost to a change expires what it made and reads again.
 - A session's idempotency key is `paylink:{retailer}:{generation}:{session n}:{amounts fingerprint}`:
   a retry of the same create gets the same session; a new session for the same link (the old one
   expired or the amounts changed) gets a new n.
@@ -40,7 +41,7 @@ from typing import Literal, TypeVar
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
 from activities.payments.activities import PaymentActivities
@@ -133,9 +134,9 @@ class PayOutcome:
     created: bool = False  # a session was made by this click
 
 
-LOCKED_LINK = text(
-    "SELECT retailer_id, checkout_session_id, session_fingerprint, session_count, generation, currency, debit_ids"
-    " FROM payment_links WHERE token = :t FOR UPDATE"
+LINK = text(
+    "SELECT retailer_id, token, checkout_session_id, session_fingerprint, session_count, generation, currency, debit_ids"
+    " FROM payment_links WHERE token = :t"
 )
 RECORDED = text(
     "SELECT 1 FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT' AND reference = :reference"
@@ -148,35 +149,46 @@ WHERE retailer_id = :r AND id = ANY(CAST(:ids AS bigint[])) AND type = 'DEBIT' A
 ORDER BY id
 """
 )
+# Only if nobody stored a session (or replaced the token) since we read the row.
 STORE_SESSION = text(
     "UPDATE payment_links SET checkout_session_id = :session, session_fingerprint = :fingerprint,"
-    " session_count = :n, amount = :amount, updated_at = now() WHERE retailer_id = :r"
+    " session_count = :n, amount = :amount, updated_at = now()"
+    " WHERE retailer_id = :r AND token = :t AND session_count = :n - 1 RETURNING 1"
 )
-FORGET_SESSION = text(
-    "UPDATE payment_links SET checkout_session_id = NULL, session_fingerprint = NULL, updated_at = now() WHERE retailer_id = :r"
-)
+CURRENT = text("SELECT token, checkout_session_id FROM payment_links WHERE retailer_id = :r")
+ATTEMPTS = 3  # reads of the row when a concurrent click or reminder changed it meanwhile
 
 
 async def open_pay_link(engine: AsyncEngine, payments: PaymentActivities | None, token: str) -> PayOutcome:
-    """What `GET /pay/{token}` does: the Checkout page for what the link's debits owe now."""
+    """What `GET /pay/{token}` does: the Checkout page for what the link's debits owe now.
+
+    No connection is held while Stripe answers (a click may wait seconds on a 429's back-off, and
+    the Stripe calls use the pool themselves): the row is read, Stripe called under idempotency
+    keys, and the session stored only if the row is as it was read; otherwise it is read again."""
     if not well_formed(token):
         return PayOutcome("unknown")
-    async with engine.begin() as conn:
-        link = (await conn.execute(LOCKED_LINK, {"t": token})).first()
-        if link is None:
-            return PayOutcome("replaced" if await conn.scalar(RETIRED, {"t": token}) else "unknown")
-        owed = [LinkDebit(*row) for row in (await conn.execute(OWED, {"r": link.retailer_id, "ids": list(link.debit_ids)})).all()]
+    for _ in range(ATTEMPTS):
+        async with engine.connect() as conn:
+            link = (await conn.execute(LINK, {"t": token})).first()
+            if link is None:
+                return PayOutcome("replaced" if await conn.scalar(RETIRED, {"t": token}) else "unknown")
+            owed = [LinkDebit(*row) for row in (await conn.execute(OWED, {"r": link.retailer_id, "ids": list(link.debit_ids)})).all()]
         if payments is None:
             return PayOutcome("paid") if not owed else PayOutcome("unavailable")
         try:
-            return await _checkout(conn, payments, link, owed)
+            outcome = await _checkout(engine, payments, link, owed)
         except ApplicationError as error:
             log.warning("paylink.stripe_unavailable", retailer_id=link.retailer_id, error_type=error.type,
                         retryable=not error.non_retryable)
             return PayOutcome("unavailable")
+        if outcome is not None:
+            return outcome
+    log.warning("paylink.contended", retailer_id=link.retailer_id)
+    return PayOutcome("unavailable")
 
 
-async def _checkout(conn: AsyncConnection, payments: PaymentActivities, link, owed: list[LinkDebit]) -> PayOutcome:
+async def _checkout(engine: AsyncEngine, payments: PaymentActivities, link, owed: list[LinkDebit]) -> PayOutcome | None:
+    """The outcome, or None: the row changed meanwhile, read it again."""
     retailer_id, currency = link.retailer_id, link.currency
     fingerprint = amounts_fingerprint(owed, currency) if owed else None
     if link.checkout_session_id:
@@ -185,7 +197,8 @@ async def _checkout(conn: AsyncConnection, payments: PaymentActivities, link, ow
             # Paid at Stripe. Until the webhook's payment is recorded the debits still look open:
             # "processing", never a second session for money already paid. Once recorded, what is
             # left (after a partial payment) gets a new session below.
-            recorded = await conn.scalar(RECORDED, {"r": retailer_id, "reference": link.checkout_session_id})
+            async with engine.connect() as conn:
+                recorded = await conn.scalar(RECORDED, {"r": retailer_id, "reference": link.checkout_session_id})
             if not recorded:
                 return PayOutcome("processing", amount=current.amount, currency=currency)
         if current is not None and current.status == "open":
@@ -193,7 +206,6 @@ async def _checkout(conn: AsyncConnection, payments: PaymentActivities, link, ow
                 log.info("paylink.session_reused", retailer_id=retailer_id, checkout_session_id=current.checkout_session_id)
                 return PayOutcome("redirect", url=current.url, amount=current.amount, currency=currency)
             await expire_session(payments, link.checkout_session_id, retailer_id)  # the amounts changed, or all paid
-        await conn.execute(FORGET_SESSION, {"r": retailer_id})
     if not owed:
         return PayOutcome("paid", currency=currency)
     assert fingerprint is not None
@@ -210,12 +222,24 @@ async def _checkout(conn: AsyncConnection, payments: PaymentActivities, link, ow
         metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
     )
     session = await paced(lambda: payments.create_payment_link(request))
-    await conn.execute(
-        STORE_SESSION,
-        {"session": session.checkout_session_id, "fingerprint": fingerprint, "n": n, "amount": amount, "r": retailer_id},
-    )
-    log.info("paylink.session_created", retailer_id=retailer_id, checkout_session_id=session.checkout_session_id, n=n)
-    return PayOutcome("redirect", url=session.url, amount=amount, currency=currency, created=True)
+    async with engine.begin() as conn:
+        stored = await conn.scalar(
+            STORE_SESSION,
+            {"session": session.checkout_session_id, "fingerprint": fingerprint, "n": n, "amount": amount,
+             "r": retailer_id, "t": link.token},
+        )
+        now = None if stored else (await conn.execute(CURRENT, {"r": retailer_id})).first()
+    if stored or (now is not None and now.token == link.token and now.checkout_session_id == session.checkout_session_id):
+        # Ours, or a concurrent click's with the same key: the same session.
+        log.info("paylink.session_created", retailer_id=retailer_id, checkout_session_id=session.checkout_session_id, n=n)
+        return PayOutcome("redirect", url=session.url, amount=amount, currency=currency, created=bool(stored))
+    # The row changed while Stripe answered (a reminder replaced the token, or a click stored
+    # another session): ours must not stay payable beside it.
+    assert session.checkout_session_id
+    await expire_session(payments, session.checkout_session_id, retailer_id)
+    if now is None or now.token != link.token:
+        return PayOutcome("replaced")
+    return None
 
 
 async def _session(payments: PaymentActivities, session_id: str, retailer_id: int):

@@ -101,23 +101,33 @@ REFRESH_LINK = text(
     "UPDATE payment_links SET amount = :amount, url = :url, updated_at = now() WHERE retailer_id = :r AND token = :token"
 )
 
-LOCK_LINK = text("SELECT token, checkout_session_id FROM payment_links WHERE retailer_id = :r FOR UPDATE")
+CURRENT_LINK = text("SELECT token, checkout_session_id, fingerprint FROM payment_links WHERE retailer_id = :r")
 
 RETIRE_TOKEN = text(
     "INSERT INTO retired_payment_links (token, retailer_id) VALUES (:token, :r) ON CONFLICT (token) DO NOTHING"
 )
 
-STORE_LINK = text(
+NEW_LINK = text(
     """
-INSERT INTO payment_links (retailer_id, token, checkout_session_id, session_fingerprint, url, fingerprint, generation,
-                           amount, currency, debit_ids)
-VALUES (:r, :token, NULL, NULL, :url, :fingerprint, :generation, :amount, :currency, CAST(:debit_ids AS bigint[]))
-ON CONFLICT (retailer_id) DO UPDATE
-SET token = excluded.token, checkout_session_id = NULL, session_fingerprint = NULL, session_count = 0, url = excluded.url,
-    fingerprint = excluded.fingerprint, generation = excluded.generation, amount = excluded.amount,
-    currency = excluded.currency, debit_ids = excluded.debit_ids, updated_at = now()
+INSERT INTO payment_links (retailer_id, token, url, fingerprint, generation, amount, currency, debit_ids)
+VALUES (:r, :token, :url, :fingerprint, :generation, :amount, :currency, CAST(:debit_ids AS bigint[]))
+ON CONFLICT (retailer_id) DO NOTHING
+RETURNING 1
 """
 )
+
+# Only if the row is as read: no click stored a session, no other attempt replaced the token meanwhile.
+REPLACE_LINK = text(
+    """
+UPDATE payment_links
+SET token = :token, checkout_session_id = NULL, session_fingerprint = NULL, session_count = 0, url = :url,
+    fingerprint = :fingerprint, generation = :generation, amount = :amount, currency = :currency,
+    debit_ids = CAST(:debit_ids AS bigint[]), updated_at = now()
+WHERE retailer_id = :r AND token = :old_token AND checkout_session_id IS NOT DISTINCT FROM :old_session
+RETURNING 1
+"""
+)
+REPLACE_ATTEMPTS = 3
 
 
 class ReminderActivities:
@@ -208,10 +218,8 @@ class ReminderActivities:
                         retailer.retailer_id, lines[retailer.retailer_id], request.currency, row.generation + 1 if row else 1,
                     )
                 except ApplicationError as error:
-                    if not error.non_retryable and error.type != "StripeUnavailable":
-                        raise
-                    # Stripe still unavailable after the paced retries (or a permanent error): this
-                    # retailer's reminder waits for the next run; the page goes on.
+                    # Stripe still unavailable after the paced retries, a permanent error, or a link
+                    # that kept changing: this retailer's reminder waits for the next run; the page goes on.
                     failures[error.type or "PaymentLinkFailed"] = failures.get(error.type or "PaymentLinkFailed", 0) + 1
                     log.warning("reminder.payment_link_failed", retailer_id=retailer.retailer_id, error_type=error.type)
 
@@ -219,29 +227,40 @@ class ReminderActivities:
         return links, failures
 
     async def _new_link(self, retailer_id: int, debits: list[LinkDebit], currency: str, generation: int) -> str:
-        """A new token for these debits; the old one is retired and its open session (if it was
-        clicked) expired at Stripe first, holding the row so no click makes one meanwhile."""
+        """A new token for these debits. The old one's open session (if it was clicked) is expired
+        at Stripe first, then the token replaced only if no click stored a session meanwhile
+        (otherwise again); the old token is retired. No connection is held while Stripe answers."""
         assert self._base_url is not None
-        token = new_token()
-        url = pay_url(self._base_url, token)
+        fingerprint = debits_fingerprint([d.debit_id for d in debits], currency)
         amount = sum((d.outstanding for d in debits), Decimal("0"))
-        async with self._engine.begin() as conn:
-            old = (await conn.execute(LOCK_LINK, {"r": retailer_id})).first()
-            if old is not None:
-                if old.checkout_session_id and self._payments is not None:
-                    await expire_session(self._payments, old.checkout_session_id, retailer_id)
-                await conn.execute(RETIRE_TOKEN, {"token": old.token, "r": retailer_id})
-            await conn.execute(
-                STORE_LINK,
-                {
-                    "r": retailer_id, "token": token, "url": url,
-                    "fingerprint": debits_fingerprint([d.debit_id for d in debits], currency),
-                    "generation": generation, "amount": amount, "currency": currency,
-                    "debit_ids": [d.debit_id for d in debits],
-                },
-            )
-        log.info("reminder.payment_link_made", retailer_id=retailer_id, generation=generation, replaced=old is not None)
-        return url
+        for _ in range(REPLACE_ATTEMPTS):
+            async with self._engine.connect() as conn:
+                old = (await conn.execute(CURRENT_LINK, {"r": retailer_id})).first()
+            if old is not None and old.fingerprint == fingerprint:  # written meanwhile (another attempt)
+                return pay_url(self._base_url, old.token)
+            if old is not None and old.checkout_session_id and self._payments is not None:
+                await expire_session(self._payments, old.checkout_session_id, retailer_id)
+            token = new_token()
+            url = pay_url(self._base_url, token)
+            params = {
+                "r": retailer_id, "token": token, "url": url, "fingerprint": fingerprint, "generation": generation,
+                "amount": amount, "currency": currency, "debit_ids": [d.debit_id for d in debits],
+            }
+            async with self._engine.begin() as conn:
+                if old is None:
+                    done = await conn.scalar(NEW_LINK, params)
+                else:
+                    done = await conn.scalar(
+                        REPLACE_LINK, params | {"old_token": old.token, "old_session": old.checkout_session_id}
+                    )
+                    if done:
+                        await conn.execute(RETIRE_TOKEN, {"token": old.token, "r": retailer_id})
+            if done:
+                log.info("reminder.payment_link_made", retailer_id=retailer_id, generation=generation, replaced=old is not None)
+                return url
+        raise ApplicationError(
+            f"retailer {retailer_id}'s link kept changing while it was replaced", type="PaymentLinkContended"
+        )
 
     @activity.defn(name="credit_mark_reminders_sent")
     async def mark_reminders_sent(self, request: RemindersSent) -> int:

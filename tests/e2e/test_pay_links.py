@@ -182,3 +182,36 @@ async def test_a_replaced_link_says_so_and_an_unknown_one_is_404(
         assert "does not exist" in body["detail"]
     page = await http.get("/pay/nosuchtoken", headers={"Accept": "text/html"})
     assert page.status_code == 404 and "Unknown payment link" in page.text
+
+
+async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: WorkflowEnvironment, engine: AsyncEngine) -> None:
+    """A sandbox answering 429 above 4 requests/s: ten first clicks at once (a customer and a session
+    each, 20 requests) all reach their Checkout page; the 429s are retried per call with back-off."""
+    from activities.credit.paylinks import debits_fingerprint, new_token
+    from tests.activities.test_credit import pay_api
+
+    tokens = []
+    for _ in range(10):
+        shop, _phone = await new_retailer(engine)
+        owed = await new_debit(engine, shop, "9.00", DAY + timedelta(days=160))
+        token = new_token()
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO payment_links (retailer_id, token, url, fingerprint, amount, currency, debit_ids)"
+                    " VALUES (:r, :t, :u, :f, 9, 'usd', ARRAY[CAST(:d AS bigint)])"
+                ),
+                {"r": shop, "t": token, "u": f"{API_BASE}/pay/{token}", "f": debits_fingerprint([owed], "usd"), "d": owed},
+            )
+        tokens.append(token)
+    async with StripeSandbox(rate_limit=4) as limited, pay_api(engine, dev_env.client, limited.url) as api:
+        answers = await asyncio.gather(*(api.get(f"/pay/{t}") for t in tokens))
+        stats = await stripe_requests(limited)
+    assert [a.status_code for a in answers] == [303] * 10, [a.text for a in answers if a.status_code != 303]
+    assert len({a.headers["location"] for a in answers}) == 10
+    assert stats["rate_limited"] > 0  # the limit was hit, and respected
+    async with engine.connect() as conn:
+        made = (await conn.execute(
+            text("SELECT session_count, checkout_session_id FROM payment_links WHERE token = ANY(:t)"), {"t": tokens}
+        )).all()
+    assert sorted(n for n, _ in made) == [1] * 10 and len({s for _, s in made}) == 10  # one session each, retries replayed

@@ -25,6 +25,8 @@ api = APIRouter(tags=["pay"])
 
 Token = Annotated[str, Path(min_length=1, max_length=TOKEN_MAX_LENGTH, description="the link's token, from the reminder")]
 RETRY_AFTER_S = 30
+# The token is a capability: no cache keeps the answer, no Referer carries the URL elsewhere.
+HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 class PayLinkState(BaseModel):
@@ -96,9 +98,9 @@ async def open_link(token: Token, request: Request, stack: StackDep) -> Response
     outcome = await open_pay_link(stack.engine, _stripe(request, stack), token)
     if outcome.state == "redirect":
         assert outcome.url
-        return RedirectResponse(outcome.url, status_code=303, headers={"Cache-Control": "no-store"})
+        return RedirectResponse(outcome.url, status_code=303, headers=HEADERS)
     status, title, detail = _PAGES[outcome.state]
-    headers = {"Cache-Control": "no-store"}
+    headers = dict(HEADERS)
     if outcome.state == "unavailable":
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if _wants_html(request):
