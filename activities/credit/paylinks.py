@@ -53,7 +53,7 @@ T = TypeVar("T")
 
 TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
 TOKEN_MAX_LENGTH = 128
-STRIPE_ATTEMPTS = 5  # per call: Stripe's 429 and 5xx are retried here, paced, not by failing a page or a click
+STRIPE_ATTEMPTS = 6  # per call (about 8 s of back-off in all): Stripe's 429 and 5xx are retried here, paced, not by failing a page or a click
 STRIPE_FIRST_DELAY_S = 0.25
 STRIPE_MAX_DELAY_S = 4.0
 

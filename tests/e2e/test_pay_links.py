@@ -185,7 +185,7 @@ async def test_a_replaced_link_says_so_and_an_unknown_one_is_404(
 
 
 async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: WorkflowEnvironment, engine: AsyncEngine) -> None:
-    """A sandbox answering 429 above 4 requests/s: ten first clicks at once (a customer and a session
+    """A sandbox answering 429 above 5 requests/s: ten first clicks at once (a customer and a session
     each, 20 requests) all reach their Checkout page; the 429s are retried per call with back-off."""
     from activities.credit.paylinks import debits_fingerprint, new_token
     from tests.activities.test_credit import pay_api
@@ -204,7 +204,7 @@ async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: Wo
                 {"r": shop, "t": token, "u": f"{API_BASE}/pay/{token}", "f": debits_fingerprint([owed], "usd"), "d": owed},
             )
         tokens.append(token)
-    async with StripeSandbox(rate_limit=4) as limited, pay_api(engine, dev_env.client, limited.url) as api:
+    async with StripeSandbox(rate_limit=5) as limited, pay_api(engine, dev_env.client, limited.url) as api:
         answers = await asyncio.gather(*(api.get(f"/pay/{t}") for t in tokens))
         stats = await stripe_requests(limited)
     assert [a.status_code for a in answers] == [303] * 10, [a.text for a in answers if a.status_code != 303]
