@@ -10,7 +10,9 @@ the workers run in the benchmark's process.
 The cadence. A debit is reminded on the days `REMINDER_OFFSETS_DAYS` (schemas/credit.py) away
 from its due date: 3 days before, on the day, then 1, 3, 7, 14, 21 and 30 days after. N retailers
 get one to three debits all due on the same day, so the debits a link pays (and so the link) are
-the same at every step. `PaymentRemindersWorkflow` runs once per cadence day, the day passed as
+the same at every step. The link is jobctl's stable `/pay/{token}` URL: the Checkout
+Session behind it is made when the retailer opens it (`activities/credit/paylinks.py`), which
+nobody does here, so the cadence's Stripe calls are the sends' own (none). `PaymentRemindersWorkflow` runs once per cadence day, the day passed as
 `reminder_date` (as the 10:00 schedule would pass it), and the Stripe sandbox's clock is moved on
 by the same days (`POST /_sandbox/clock`): a Checkout Session lives at most 24 hours at Stripe,
 and the benchmark must not let a link live longer here than it could there. The sandbox counts
@@ -75,6 +77,7 @@ from workers.log import configure_logging  # noqa: E402
 from workers.worker import SEND_RATE_HEADROOM  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
+PAY_BASE_URL = "https://jobctl.example.test"
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 DAY_S = 86_400
 STRIPE_LIMIT, MESSAGING_LIMIT = 25.0, 200.0  # production: Stripe test mode's requests/s, Twilio's msg/s
@@ -262,7 +265,8 @@ async def main(args: argparse.Namespace) -> None:
         twilio_url, stripe_url = f"http://127.0.0.1:{twilio_port}", f"http://127.0.0.1:{stripe_port}"
         gateway = TwilioGateway(twilio_client(twilio_url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
-        reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api))
+        # The links point at jobctl's /pay/{token} (PUBLIC_BASE_URL); nobody clicks them here.
+        reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api), PAY_BASE_URL)
         sends = MessagingActivities(
             s.engine, gateway, SENDERS, SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
         )

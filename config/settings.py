@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     pay_page_base_url: str | None = None
-    """Where payment links point: {PAY_PAGE_BASE_URL}/{payment_intent_id} (our pay page)."""
+    """PAY_PAGE_BASE_URL (optional): where Stripe's Checkout sends the payer after paying (`success_url`)."""
+    public_base_url: str | None = None
+    """PUBLIC_BASE_URL: where payers reach `jobctl api`; reminders link to {PUBLIC_BASE_URL}/pay/{token}.
+    Required for reminders; `jobctl dev` sets it to its own API."""
 
     business_timezone: str = "UTC"
     payload_encryption_key: SecretStr | None = None
@@ -109,6 +112,15 @@ class Settings(BaseSettings):
         if not url.database:
             raise ValueError("must name a database")
         return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http(s):// URL without a query")
+        return value.rstrip("/")
 
     @field_validator("temporal_address", "metrics_bind")
     @classmethod

@@ -225,12 +225,14 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 f"{settings.webhook_base_url}/webhooks/stripe",
                 settings.stripe_webhook_secret.get_secret_value(),
             )
+        # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
+        api_url = await stack.enter_async_context(api(settings, engine, client))
+        settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
         applied = await schedules.apply(client, settings)
         await start_messaging_brake(client, settings)
         workers = build_workers(client, settings, engine)
         if demo:
             await start_demo_jobs(client, engine, settings)
-        api_url = await stack.enter_async_context(api(settings, engine, client))
         write_connection_file(home, settings, database_url, api_url)
         stack.callback(lambda: (home / DEV_STACK_FILE).unlink(missing_ok=True))
         _print_banner(settings, database_url, applied)

@@ -187,11 +187,15 @@ class CreditTransaction(CreatedAt, Base):
 
 
 class PaymentLink(CreatedAt, Base):
-    """The retailer's current payment link (a Stripe Checkout Session), one per retailer.
+    """The retailer's current payment link, one per retailer: `{PUBLIC_BASE_URL}/pay/{token}`.
 
-    `fingerprint` digests the open debits and amounts the link pays: while it matches, reminders
-    reuse the link; when it changes, the link is expired at Stripe and replaced, and `generation`
-    (part of the Stripe idempotency key) counts the replacements.
+    `token` is the link's capability (random). `fingerprint` digests the debits the link pays:
+    while it matches, reminders send the same URL (no Stripe call); when it changes, the token is
+    replaced (the old one goes to `retired_payment_links`), an open session of the old link is
+    expired at Stripe, and `generation` counts the replacements. The Stripe Checkout Session is
+    made when the retailer opens the link (`checkout_session_id`, charging `session_fingerprint`:
+    the debits and amounts left then) and reused while it is open and the amounts are unchanged;
+    `session_count` (part of its idempotency key) counts the sessions made for this token.
     """
 
     __tablename__ = "payment_links"
@@ -199,7 +203,12 @@ class PaymentLink(CreatedAt, Base):
     retailer_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"), primary_key=True
     )
-    checkout_session_id: Mapped[str] = mapped_column(unique=True)
+    token: Mapped[str] = mapped_column(
+        unique=True, server_default=text("replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')")
+    )
+    checkout_session_id: Mapped[str | None] = mapped_column(unique=True)
+    session_fingerprint: Mapped[str | None]
+    session_count: Mapped[int] = mapped_column(server_default="0")
     url: Mapped[str]
     fingerprint: Mapped[str]
     generation: Mapped[int] = mapped_column(server_default="1")
@@ -211,7 +220,17 @@ class PaymentLink(CreatedAt, Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("generation >= 1", name="generation_positive"),
+        CheckConstraint("session_count >= 0", name="session_count_non_negative"),
     )
+
+
+class RetiredPaymentLink(CreatedAt, Base):
+    """A token replaced by a newer link: opening it says so (410) rather than "unknown"."""
+
+    __tablename__ = "retired_payment_links"
+
+    token: Mapped[str] = mapped_column(primary_key=True)
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="CASCADE"))
 
 
 class AuditLog(CreatedAt, Base):

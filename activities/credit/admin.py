@@ -348,8 +348,8 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
 
 # --- a retailer's payment link -----------------------------------------------------------------
 
-# The one link a retailer has (payment_links is one row per retailer): the reminders reuse it while
-# the debits it pays are unchanged, and replace it (expiring the old Checkout Session) when they change.
+# The one link a retailer has (payment_links is one row per retailer): the reminders send the same
+# /pay/{token} URL while the debits it pays are unchanged, and a new one when they change.
 PAYMENT_LINK = text(
     "SELECT url, amount, currency, checkout_session_id, debit_ids, updated_at FROM payment_links WHERE retailer_id = :r"
 )

@@ -5,19 +5,17 @@ retailer), then one payment link per retailer for the total due, made concurrent
 sends, one transaction marks every sent retailer's debits reminded; it only touches debits not yet
 reminded that day, so a retry or a re-run of the day counts nothing twice.
 
-Links (`payment_links`, one row per retailer): a link is a Stripe Checkout Session with one line per
-debit. Its fingerprint digests the debits and the amounts it pays; while today's match and the
-session is still open at Stripe, the same link is sent again. Otherwise the old session is expired
-at Stripe first (it can no longer be paid), then a new one is created under
-`paylink:{retailer}:{generation}:{fingerprint}` and stored: a retry before the row was written
-gets the same session back, so no second payable link ever exists.
+Links (`payment_links`, one row per retailer, `activities/credit/paylinks.py`): a reminder carries
+`{PUBLIC_BASE_URL}/pay/{token}`, a stable URL of ours; the Stripe Checkout Session is made when the
+retailer opens it. While the debits a link pays are the same, the same URL is sent again: one read
+for the page and no Stripe call at all. When they change, a new token is written (the old one is
+retired, and its session, if it was opened, expired at Stripe first); a retry of the page after
+that write finds the new token and sends it, so one URL per set of debits ever exists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -28,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.credit.paylinks import LinkDebit, debits_fingerprint, expire_session, new_token, pay_url
 from activities.payments.activities import PaymentActivities
 from schemas.credit import (
     REMINDER_OFFSETS_DAYS,
@@ -38,7 +37,6 @@ from schemas.credit import (
     reminder_key,
 )
 from schemas.messaging import SendMessage
-from schemas.payments import PaymentLinkLine, PaymentLinkRequest
 
 log = structlog.get_logger(__name__)
 
@@ -93,45 +91,57 @@ def day_start(day: date, timezone: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone))
 
 
-def paylink_key(retailer_id: int, generation: int, fingerprint: str) -> str:
-    return f"paylink:{retailer_id}:{generation}:{fingerprint}"
+STORED_LINKS = text(
+    "SELECT retailer_id, token, url, fingerprint, generation, amount FROM payment_links"
+    " WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
+)
 
+# The link's debits or amount at this reminder; the token (and so the URL) stays.
+REFRESH_LINK = text(
+    "UPDATE payment_links SET amount = :amount, url = :url, updated_at = now() WHERE retailer_id = :r AND token = :token"
+)
 
-@dataclass(frozen=True)
-class LinkDebit:
-    debit_id: int
-    outstanding: Decimal
-    due_date: date
+CURRENT_LINK = text("SELECT token, checkout_session_id, fingerprint FROM payment_links WHERE retailer_id = :r")
 
+RETIRE_TOKEN = text(
+    "INSERT INTO retired_payment_links (token, retailer_id) VALUES (:token, :r) ON CONFLICT (token) DO NOTHING"
+)
 
-def link_fingerprint(debits: list[LinkDebit], currency: str) -> str:
-    """The same debits with the same amounts left to pay → the same link."""
-    canonical = currency + "|" + ",".join(f"{d.debit_id}:{d.outstanding:.2f}" for d in sorted(debits, key=lambda d: d.debit_id))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
-
-
-STORED_LINK = text("SELECT checkout_session_id, url, fingerprint, generation FROM payment_links WHERE retailer_id = :r")
-
-STORE_LINK = text(
+NEW_LINK = text(
     """
-INSERT INTO payment_links (retailer_id, checkout_session_id, url, fingerprint, generation, amount, currency, debit_ids)
-VALUES (:r, :session, :url, :fingerprint, :generation, :amount, :currency, CAST(:debit_ids AS bigint[]))
-ON CONFLICT (retailer_id) DO UPDATE
-SET checkout_session_id = excluded.checkout_session_id, url = excluded.url, fingerprint = excluded.fingerprint,
-    generation = excluded.generation, amount = excluded.amount, currency = excluded.currency,
-    debit_ids = excluded.debit_ids, updated_at = now()
+INSERT INTO payment_links (retailer_id, token, url, fingerprint, generation, amount, currency, debit_ids)
+VALUES (:r, :token, :url, :fingerprint, :generation, :amount, :currency, CAST(:debit_ids AS bigint[]))
+ON CONFLICT (retailer_id) DO NOTHING
+RETURNING 1
 """
 )
 
+# Only if the row is as read: no click stored a session, no other attempt replaced the token meanwhile.
+REPLACE_LINK = text(
+    """
+UPDATE payment_links
+SET token = :token, checkout_session_id = NULL, session_fingerprint = NULL, session_count = 0, url = :url,
+    fingerprint = :fingerprint, generation = :generation, amount = :amount, currency = :currency,
+    debit_ids = CAST(:debit_ids AS bigint[]), updated_at = now()
+WHERE retailer_id = :r AND token = :old_token AND checkout_session_id IS NOT DISTINCT FROM :old_session
+RETURNING 1
+"""
+)
+REPLACE_ATTEMPTS = 3
+
 
 class ReminderActivities:
-    def __init__(self, engine: AsyncEngine, payments: PaymentActivities | None) -> None:
+    """`pay_base_url` (setting PUBLIC_BASE_URL): where `jobctl api` serves `/pay/{token}`.
+    `payments` (Stripe) is only needed to expire the open session of a link that is replaced."""
+
+    def __init__(self, engine: AsyncEngine, payments: PaymentActivities | None, pay_base_url: str | None = None) -> None:
         self._engine = engine
         self._payments = payments
+        self._base_url = pay_base_url.rstrip("/") if pay_base_url else None
 
     @activity.defn(name="credit_reminder_page")
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
-        """The next page of retailers due a reminder, each with one payment link for its total."""
+        """The next page of retailers due a reminder, each with its stable pay link for its total."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(DUE_PAGE, self._params(request.reminder_date, request.business_timezone) | {
                 "after": request.after_retailer_id, "page_size": request.page_size,
@@ -169,81 +179,88 @@ class ReminderActivities:
     async def _payment_links(
         self, due: list[DueRetailer], lines: dict[int, list[LinkDebit]], request: ReminderPageRequest
     ) -> tuple[dict[int, str], dict[str, int]]:
-        """retailer → link URL. A retailer whose link cannot be made permanently is reported, not retried forever."""
-        if self._payments is None:
-            raise ApplicationError("STRIPE_SECRET_KEY is not set: reminders need payment links", type="StripeNotConfigured", non_retryable=True)
+        """retailer → its pay URL. A stored link for the same debits is sent again as it is (one
+        read for the page, no Stripe call); a new or changed one is written (and an open session of
+        the old one expired). A retailer whose link cannot be made is reported, not retried forever."""
+        if self._base_url is None:
+            raise ApplicationError(
+                "PUBLIC_BASE_URL is not set: reminders link to {PUBLIC_BASE_URL}/pay/{token}",
+                type="PublicBaseUrlNotSet", non_retryable=True,
+            )
+        if not due:
+            return {}, {}
+        async with self._engine.connect() as conn:
+            stored = {row.retailer_id: row for row in await conn.execute(STORED_LINKS, {"ids": [r.retailer_id for r in due]})}
+        links: dict[int, str] = {}
+        refresh: list[dict[str, object]] = []
+        replace: list[DueRetailer] = []
+        for retailer in due:
+            debits = lines[retailer.retailer_id]
+            row = stored.get(retailer.retailer_id)
+            if row is not None and row.fingerprint == debits_fingerprint([d.debit_id for d in debits], request.currency):
+                links[retailer.retailer_id] = url = pay_url(self._base_url, row.token)
+                if row.amount != retailer.amount_due or row.url != url:  # a partial payment; a new PUBLIC_BASE_URL
+                    refresh.append({"r": retailer.retailer_id, "token": row.token, "amount": retailer.amount_due, "url": url})
+            else:
+                replace.append(retailer)
+        if refresh:
+            async with self._engine.begin() as conn:
+                await conn.execute(REFRESH_LINK, refresh)
+
         slots = asyncio.Semaphore(LINK_CONCURRENCY)
         failures: dict[str, int] = {}
 
-        async def one(retailer: DueRetailer) -> tuple[int, str | None]:
+        async def one(retailer: DueRetailer) -> None:
             async with slots:
+                row = stored.get(retailer.retailer_id)
                 try:
-                    url = await self._link_for(retailer.retailer_id, lines[retailer.retailer_id], request.currency)
+                    links[retailer.retailer_id] = await self._new_link(
+                        retailer.retailer_id, lines[retailer.retailer_id], request.currency, row.generation + 1 if row else 1,
+                    )
                 except ApplicationError as error:
-                    if not error.non_retryable:
-                        raise
+                    # Stripe still unavailable after the paced retries, a permanent error, or a link
+                    # that kept changing: this retailer's reminder waits for the next run; the page goes on.
                     failures[error.type or "PaymentLinkFailed"] = failures.get(error.type or "PaymentLinkFailed", 0) + 1
                     log.warning("reminder.payment_link_failed", retailer_id=retailer.retailer_id, error_type=error.type)
-                    return retailer.retailer_id, None
-                return retailer.retailer_id, url
 
-        results = await asyncio.gather(*(one(r) for r in due))
-        return {rid: url for rid, url in results if url}, failures
+        await asyncio.gather(*(one(r) for r in replace))
+        return links, failures
 
-    async def _link_for(self, retailer_id: int, debits: list[LinkDebit], currency: str) -> str:
-        """The retailer's open link for exactly these debits: the stored one, or a new one."""
-        assert self._payments is not None
-        fingerprint = link_fingerprint(debits, currency)
-        async with self._engine.connect() as conn:
-            stored = (await conn.execute(STORED_LINK, {"r": retailer_id})).first()
-        generation = 1
-        if stored is not None:
-            generation = stored.generation + 1
-            if stored.fingerprint == fingerprint and await self._still_open(stored.checkout_session_id, retailer_id):
-                return stored.url
-            if stored.fingerprint != fingerprint:
-                await self._expire(stored.checkout_session_id, retailer_id)
+    async def _new_link(self, retailer_id: int, debits: list[LinkDebit], currency: str, generation: int) -> str:
+        """A new token for these debits. The old one's open session (if it was clicked) is expired
+        at Stripe first, then the token replaced only if no click stored a session meanwhile
+        (otherwise again); the old token is retired. No connection is held while Stripe answers."""
+        assert self._base_url is not None
+        fingerprint = debits_fingerprint([d.debit_id for d in debits], currency)
         amount = sum((d.outstanding for d in debits), Decimal("0"))
-        ids = ",".join(str(d.debit_id) for d in debits)
-        link = await self._payments.create_payment_link(
-            PaymentLinkRequest(
-                retailer_id=retailer_id,
-                amount=amount,
-                currency=currency,
-                idempotency_key=paylink_key(retailer_id, generation, fingerprint),
-                description=f"{len(debits)} invoice(s)",
-                lines=[PaymentLinkLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in debits],
-                metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
-            )
+        for _ in range(REPLACE_ATTEMPTS):
+            async with self._engine.connect() as conn:
+                old = (await conn.execute(CURRENT_LINK, {"r": retailer_id})).first()
+            if old is not None and old.fingerprint == fingerprint:  # written meanwhile (another attempt)
+                return pay_url(self._base_url, old.token)
+            if old is not None and old.checkout_session_id and self._payments is not None:
+                await expire_session(self._payments, old.checkout_session_id, retailer_id)
+            token = new_token()
+            url = pay_url(self._base_url, token)
+            params = {
+                "r": retailer_id, "token": token, "url": url, "fingerprint": fingerprint, "generation": generation,
+                "amount": amount, "currency": currency, "debit_ids": [d.debit_id for d in debits],
+            }
+            async with self._engine.begin() as conn:
+                if old is None:
+                    done = await conn.scalar(NEW_LINK, params)
+                else:
+                    done = await conn.scalar(
+                        REPLACE_LINK, params | {"old_token": old.token, "old_session": old.checkout_session_id}
+                    )
+                    if done:
+                        await conn.execute(RETIRE_TOKEN, {"token": old.token, "r": retailer_id})
+            if done:
+                log.info("reminder.payment_link_made", retailer_id=retailer_id, generation=generation, replaced=old is not None)
+                return url
+        raise ApplicationError(
+            f"retailer {retailer_id}'s link kept changing while it was replaced", type="PaymentLinkContended"
         )
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                STORE_LINK,
-                {
-                    "r": retailer_id, "session": link.checkout_session_id, "url": link.url, "fingerprint": fingerprint,
-                    "generation": generation, "amount": amount, "currency": currency, "debit_ids": [d.debit_id for d in debits],
-                },
-            )
-        return link.url
-
-    async def _still_open(self, session_id: str, retailer_id: int) -> bool:
-        assert self._payments is not None
-        try:
-            return (await self._payments.payment_link(session_id, retailer_id)).status == "open"
-        except ApplicationError as error:
-            if error.type != "StripeInvalidRequest":  # 404: Stripe no longer has it; make a new one
-                raise
-            log.warning("reminder.payment_link_missing", retailer_id=retailer_id, checkout_session_id=session_id)
-            return False
-
-    async def _expire(self, session_id: str, retailer_id: int) -> None:
-        assert self._payments is not None
-        try:
-            await self._payments.expire_payment_link(session_id, retailer_id)
-        except ApplicationError as error:
-            if error.type != "StripeInvalidRequest":
-                raise
-            log.warning("reminder.payment_link_missing", retailer_id=retailer_id, checkout_session_id=session_id)
 
     @activity.defn(name="credit_mark_reminders_sent")
     async def mark_reminders_sent(self, request: RemindersSent) -> int:

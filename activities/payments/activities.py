@@ -19,9 +19,10 @@ Payment links. A link is a Stripe Checkout Session in payment mode: one line ite
 retailer and debit ids in metadata, ``url`` the Stripe-hosted page, ``checkout.session.completed``
 the signed event once paid. Real Stripe and the dev sandbox both do it (localstripe 1.15 has no
 Checkout, so the sandbox front implements the subset, ``devtools/stripe_checkout.py``, pay page
-included); no page of ours is needed, so no setting can make links fail. A session lives at most 24
+included). A session lives at most 24
 hours at Stripe (its default expiry, left as is so a retry sends the same parameters); who reuses,
-replaces and expires links is the reminders' business (``activities/credit/reminders.py``).
+replaces and expires links is the pay links' business (``activities/credit/paylinks.py``:
+the session is made when the retailer opens jobctl's ``/pay/{token}``).
 A stored customer Stripe no longer knows (404 ``resource_missing``, e.g. a dev sandbox that lost
 its data, or a customer deleted in the dashboard) is created again once, under a key naming the
 stale id, and the new id replaces the old on the owner's row.

@@ -11,9 +11,11 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import aiohttp
+import httpx
 import pytest
 import stripe
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -30,12 +32,16 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
+from activities.payments.client import close_stripe_client
 from schemas.payments import PaymentLinkRequest
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from services import credit as credit_api
 from config.settings import load_settings
+from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
+from tests.conftest import STRIPE_TEST_KEY
+from workers.api.app import create_app as create_api
 from workers.webhooks import create_app
 from workers import families
 from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
@@ -43,6 +49,7 @@ from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 CADENCE = (-3, 0, 1, 3, 7, 14, 21, 30)
 FAR = date.today() + timedelta(days=400)  # business dates in the future: "today" already passed for none
+PAY_BASE = "http://jobctl-api.test"  # PUBLIC_BASE_URL of these tests: `pay_api` serves it in process
 
 
 @asynccontextmanager
@@ -50,7 +57,7 @@ async def credit_workers(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[str]:
     """The jobs worker (credit workflows and activities) and a messaging worker; yields the messaging queue."""
-    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api))
+    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api), PAY_BASE)
     guardrails = GuardrailActivities(engine)
     payments = PaymentRecordingActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=500)
@@ -67,6 +74,19 @@ async def credit_workers(
         ],
     ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
         yield f"{task_queue}-msg"
+
+
+@asynccontextmanager
+async def pay_api(engine: AsyncEngine, client: Client, sandbox_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API (the real ASGI app) at PAY_BASE, with the module's Stripe sandbox: what opens a
+    reminder's /pay/{token} link."""
+    settings = load_settings(stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox_url)
+    app = create_api(settings, engine, client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30) as http:
+        yield http
+    stripe_client = getattr(app.state, "pay_stripe", None)
+    if stripe_client is not None:
+        await close_stripe_client(stripe_client._stripe)  # noqa: SLF001 - the route's own client
 
 
 def unique_phone() -> str:
@@ -193,7 +213,7 @@ async def test_a_debit_walks_its_whole_cadence_and_payment_stops_the_rest(
 
 async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_none(
     time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history,
+    emulator: TwilioEmulator, task_queue: str, record_history, sandbox: StripeSandbox,
 ) -> None:
     env = time_skipping_env
     day = FAR + timedelta(days=100)
@@ -225,8 +245,12 @@ async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_
 
     (message,) = await sent_to(emulator, phone)
     assert "3 invoice(s) totalling 175.50" in message["body"]
-    assert message["body"].count("/pay/cs_") == 1
-    session_id = message["body"].rsplit("/", 1)[1].split()[0]
+    assert message["body"].count(f"{PAY_BASE}/pay/") == 1
+    link = message["body"].split(f"{PAY_BASE}/pay/", 1)[1].split()[0]
+    async with pay_api(engine, env.client, sandbox.url) as http:
+        opened = await http.get(f"/pay/{link}")  # the retailer clicks: only now is there a session
+    assert opened.status_code == 303, opened.text
+    session_id = opened.headers["location"].rsplit("/", 1)[1]
     session = await stripe_api.v1.checkout.sessions.retrieve_async(session_id)
     assert (session.amount_total, session.status, session.metadata["retailer_id"]) == (17550, "open", str(shop))
     items = await stripe_api.v1.checkout.sessions.line_items.list_async(session_id)

@@ -30,7 +30,7 @@ from activities.payments.activities import PaymentActivities
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import GuardrailsRequest, RemindersRequest
 from schemas.tables import MessageLog
-from tests.activities.test_credit import FAR, SENDERS, debit, new_debit, new_retailer, reminder_days, sent_to
+from tests.activities.test_credit import FAR, PAY_BASE, SENDERS, debit, new_debit, new_retailer, reminder_days, sent_to
 from workers import families
 from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
 
@@ -40,7 +40,7 @@ async def workers_with_quiet_hours(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[str]:
     """The credit jobs and a messaging worker keeping the default quiet hours, 21:00-08:00 local."""
-    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api))
+    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api), PAY_BASE)
     guardrails = GuardrailActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy())
     async with Worker(

@@ -133,10 +133,13 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
     link = profile["payment_link"]
     assert link and Decimal(str(link["amount"])) == Decimal(str(profile["outstanding"])) == Decimal("6000"), profile
 
-    page = urllib.request.urlopen(link["url"], timeout=10).read().decode()  # noqa: S310 - the local sandbox
-    assert "6000.00" in page and ">Pay<" in page and "Pay partially" in page
+    # The reminder's link is the stack's own /pay/{token}: it answers 303 to the sandbox's Checkout page.
+    assert link["url"].startswith(stack.wait_for(r"HTTP API:\s+(\S+)", timeout=5).group(1) + "/pay/"), link
+    with urllib.request.urlopen(link["url"], timeout=30) as opened:  # noqa: S310 - the local stack
+        page, checkout = opened.read().decode(), opened.geturl()
+    assert "/pay/cs_" in checkout and "6000.00" in page and ">Pay<" in page and "Pay partially" in page
     form = urllib.parse.urlencode({"action": "pay"}).encode()
-    with urllib.request.urlopen(urllib.request.Request(link["url"], data=form), timeout=30) as paid:  # noqa: S310
+    with urllib.request.urlopen(urllib.request.Request(checkout, data=form), timeout=30) as paid:  # noqa: S310
         assert paid.status == 200 and "Paid 6000.00" in paid.read().decode()
 
     deadline = time.monotonic() + 30

@@ -24,6 +24,7 @@ from workers.api.auth import SCOPES, create_key
 from workers.worker import build_workers
 
 ALL_SCOPES = list(SCOPES)
+API_BASE = "http://api"  # the `http` client's base URL
 
 
 def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides: Any) -> Settings:
@@ -34,7 +35,7 @@ def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides
         twilio_auth_token=SecretStr(emulator.auth_token),
         stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox.url,
         quiet_hours_start=0, quiet_hours_end=0, message_daily_cap=10_000,  # the outbox's own rules off: the company's apply
-        **overrides,
+        **({"public_base_url": API_BASE} | overrides),  # the reminders' /pay/{token} links: the `http` client's app
     )
 
 
@@ -56,8 +57,12 @@ async def http(
     dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings, running_workers: None
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(api_settings, engine, dev_env.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60) as client:
         yield client
+    if (payments := getattr(app.state, "pay_stripe", None)) is not None:  # /pay's Stripe client, made on first use
+        from activities.payments.client import close_stripe_client
+
+        await close_stripe_client(payments._stripe)  # noqa: SLF001
 
 
 async def new_key(engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None) -> dict[str, str]:

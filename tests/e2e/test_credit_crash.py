@@ -69,6 +69,7 @@ async def test_sigkill_mid_run_messages_every_due_retailer_exactly_once(
         "STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
         "STRIPE_API_BASE": sandbox.url,
         "PAY_PAGE_BASE_URL": "https://pay.example.test/p",
+        "PUBLIC_BASE_URL": "https://jobctl.example.test",  # the reminders link to its /pay/{token}
         "MESSAGES_PER_SECOND": "400",
         "MESSAGE_DAILY_CAP": "100",
         "QUIET_HOURS_START": "0",

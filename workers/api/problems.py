@@ -29,6 +29,7 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    410: "Gone",
     422: "Unprocessable content",
     500: "Internal server error",
     503: "Service unavailable",

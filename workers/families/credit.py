@@ -15,12 +15,13 @@ def _workflows() -> list[type]:
 
 
 def _activities(deps: Any) -> list[Any]:
-    """Reminders need Stripe for their links (`deps.payments`)."""
+    """Reminders link to the API's `/pay/{token}` (PUBLIC_BASE_URL); Stripe (`deps.payments`) only
+    expires the open session of a link they replace."""
     from activities.credit.guardrails import GuardrailActivities
     from activities.credit.payments import PaymentRecordingActivities
     from activities.credit.reminders import ReminderActivities
 
-    reminders = ReminderActivities(deps.engine, deps.payments)
+    reminders = ReminderActivities(deps.engine, deps.payments, deps.settings.public_base_url)
     guardrails = GuardrailActivities(deps.engine)
     payments = PaymentRecordingActivities(deps.engine)
     return [reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply, payments.record]
@@ -72,5 +73,5 @@ FAMILY = Family(
     activities=_activities,
     schedules=_schedules,
     stripe_handlers=_stripe_handlers,
-    routes=routes_of("credit"),
+    routes=lambda: [*routes_of("credit")(), *routes_of("pay")()],  # /pay/{token}: the reminders' links
 )

@@ -62,10 +62,10 @@ class AuditEntry(BaseModel):
 
 
 class PaymentLink(BaseModel):
-    url: str = Field(description="the Stripe Checkout page the reminders send")
+    url: str = Field(description="the stable link the reminders send ({PUBLIC_BASE_URL}/pay/{token}); opening it goes to Stripe's page")
     amount: Decimal
     currency: str
-    checkout_session_id: str
+    checkout_session_id: str | None = Field(description="the Stripe Checkout Session made when it was last opened; None: never opened")
     debit_ids: list[int] = Field(description="the debits it pays")
     sent_at: datetime = Field(description="when it was made or last refreshed")
 
