@@ -68,8 +68,15 @@ CAP_WINDOW = timedelta(hours=26)
 TEMPLATE_VERSION = 1
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class ChurnCaseWorkflow:
+    """Runs outside the sandbox: thousands of cases sleep for weeks, so most signals find their case
+    evicted from the worker's cache, and the sandbox re-imports this module (and resolves every
+    handler's type hints) for each replay: a large share of the task a manual nudge wakes. What the
+    sandbox would catch is held by other means: workflow modules import only temporalio, schemas
+    and activity references (tests/unit/test_import_rules.py), they keep no module state, and the
+    replay tests replay recorded histories of the case's paths."""
+
     def __init__(self) -> None:
         self._input: ChurnCaseInput | None = None
         self._case: CaseContext | None = None
