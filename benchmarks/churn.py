@@ -4,9 +4,13 @@
 
 Prints how fast the cases were opened, the worker process's resident memory with every case
 asleep (bounded by the workflow cache), and the latency from sending a `manual_nudge` signal to
-the message being accepted by the Twilio emulator (p50/p99). The cron design it replaces looked
-for work every 300 s. The emulator runs in its own process (as Twilio is remote), so the worker's
-event loop does not also serve Twilio's side of each send.
+the message being accepted by the Twilio emulator (p50/p99), with where it went: the signal
+recorded, the case's workflow task started and completed, the send scheduled and started (from
+the case's history) and the emulator's acceptance (its record's `accepted_at`). The cron design
+it replaces looked for work every 300 s. The emulator runs in its own process (as Twilio is
+remote), so the worker's event loop does not also serve Twilio's side of each send. The workers
+are tuned as production's (`jobs_tuning`, `messaging_tuning`): the messaging queue's rate limit,
+the send path's pacing and dispatch delay, the interceptors, the cache size.
 
 Figures: nudge latency p50 (< 60 ms) and p99 (< 120 ms), and Temporal actions per nudge (<= 3),
 counted from the nudged cases' real histories: each case's actions once all were asleep,
@@ -21,6 +25,7 @@ import statistics
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,17 +41,26 @@ from activities.messaging.outbox import QuietHours  # noqa: E402
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    count_actions, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
 )
 from benchmarks.orders import rss_mb  # noqa: E402
 from schemas.churn import ChurnCaseInput  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
-from workers.worker import WorkerOptions  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from workers.worker import SEND_RATE_HEADROOM, WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
 from workflows.churn import ChurnCaseWorkflow  # noqa: E402
 
 CACHE = WorkerOptions().max_cached_workflows
 NUDGE_TIMEOUT_S = 30.0  # a nudge that never arrives fails the run instead of hanging it
+POLL_S = 0.05
+"""How often the emulator is asked whether the nudge arrived. The worker shares this process's
+event loop: asking every 5 ms took a share of it from the nudge being measured."""
+
+
+async def emulator_messages(http: aiohttp.ClientSession, emulator_url: str, phone: str) -> list[dict]:
+    async with http.get(f"{emulator_url}/_emulator/messages", params={"to": phone}) as response:
+        return await response.json()
 
 SEED = text(
     """
@@ -85,6 +99,44 @@ async def settled(client, workflow_id: str) -> None:  # type: ignore[no-untyped-
     raise RuntimeError(f"{workflow_id}: activities still pending after 30 s")
 
 
+STAGES = ("signalled", "task started", "decide started", "task completed", "send scheduled", "send started", "at the emulator")
+
+
+async def stages(client, http, emulator_url: str, workflow_id: str, run_id: str, phone: str, sent: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Where one nudge's time went, in ms after the signal was sent (wall clock `sent`), from the
+    case's history (signalled; the first workflow task after it started and completed; the
+    decision activity started, in runs from before it became a local activity; the send scheduled
+    and started) and the emulator's record of the message."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    at: dict[str, float] = {}
+    names: dict[int, str] = {}
+    signalled = False
+    for event in history.events:
+        when = event.event_time.ToDatetime().replace(tzinfo=UTC).timestamp()
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and not signalled:
+            signalled = True
+            at["signalled"] = when
+        elif not signalled:
+            continue
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            at.setdefault("task started", when)
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            at.setdefault("task completed", when)
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names[event.event_id] = name = event.activity_task_scheduled_event_attributes.activity_type.name
+            if name == "send_message":
+                at.setdefault("send scheduled", when)
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            name = names.get(event.activity_task_started_event_attributes.scheduled_event_id, "")
+            stage = {"churn_decide_nudge": "decide started", "send_message": "send started"}.get(name)
+            if stage:
+                at.setdefault(stage, when)
+    record = (await emulator_messages(http, emulator_url, phone))[0]
+    at["at the emulator"] = datetime.fromisoformat(record["accepted_at"]).timestamp()
+    return {stage: (at[stage] - sent) * 1000 for stage in STAGES if stage in at}
+
+
 async def main(cases: int, nudges: int, concurrency: int) -> None:
     configure_logging("json", "WARNING")
     company = f"bench-{uuid.uuid4().hex[:6]}"
@@ -93,17 +145,25 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         emulator_url = f"http://127.0.0.1:{twilio_port}"
         gateway = TwilioGateway(twilio_client(emulator_url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         churn = ChurnActivities(s.engine)
-        sends = MessagingActivities(s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
-                                    SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)))
+        # The send path and both workers as production builds them (`build_workers`, `sends`):
+        # the messaging queue's rate limit, the dispatch delay and pacing, the interceptors.
+        settings = Settings()
+        sends = MessagingActivities(
+            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0),
+                       dispatch_delay=timedelta(milliseconds=settings.message_dispatch_delay_ms)),
+            per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
+        )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         async with s.engine.begin() as conn:
             rows = (await conn.execute(SEED, {"company": company, "n": cases})).all()
             phones = dict((await conn.execute(text("SELECT id, phone FROM memberships WHERE company_id = :c"), {"c": company})).all())
         rss_before = rss_mb()
+        options = WorkerOptions(max_cached_workflows=CACHE)
         async with Worker(
             s.client, task_queue=queue, workflows=[ChurnCaseWorkflow],
-            activities=[churn.load_case, churn.decide_nudge, churn.record_action], max_cached_workflows=CACHE,
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message]):
+            activities=[churn.load_case, churn.decide_nudge, churn.record_action], **jobs_tuning(options),
+        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message], **messaging_tuning(settings, options)):
             slots = asyncio.Semaphore(concurrency)
 
             async def open_one(case_id: int) -> None:
@@ -130,22 +190,27 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             actions_before = {case_id: await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
                               for case_id, _ in nudged}
             latencies: list[float] = []
+            sent_at: dict[int, float] = {}
+            cpu_before = cpu_seconds()
             async with aiohttp.ClientSession() as http:
                 for case_id, membership in nudged:
                     phone = phones[membership]
-                    sent = time.perf_counter()
+                    sent = sent_at[case_id] = time.time()
                     await s.client.get_workflow_handle(f"churn-case/{case_id}").signal(
                         ChurnCaseWorkflow.manual_nudge, {"actor_id": "bench", "company_id": company}
                     )
-                    while True:
-                        async with http.get(f"{emulator_url}/_emulator/messages", params={"to": phone}) as response:
-                            if await response.json():
-                                break
-                        if time.perf_counter() - sent > NUDGE_TIMEOUT_S:
+                    while not (accepted := await emulator_messages(http, emulator_url, phone)):
+                        if time.time() - sent > NUDGE_TIMEOUT_S:
                             raise SystemExit(f"case {case_id}: no message {NUDGE_TIMEOUT_S:.0f} s after its nudge")
-                        await asyncio.sleep(0.005)
-                    latencies.append(time.perf_counter() - sent)
+                        await asyncio.sleep(POLL_S)
+                    # The emulator's own clock (this machine's) says when it accepted the message:
+                    # the poll's interval is not part of the latency.
+                    latencies.append(datetime.fromisoformat(accepted[0]["accepted_at"]).timestamp() - sent)
+            cpu = cpu_per(cpu_before, cpu_seconds(), len(nudged), "nudge")
             rss_after = rss_mb()
+            async with aiohttp.ClientSession() as http:
+                split = [await stages(s.client, http, emulator_url, f"churn-case/{case_id}", runs[case_id] or "",
+                                      phones[membership], sent_at[case_id]) for case_id, membership in nudged]
             nudge_actions = 0
             for case_id, _ in nudged:
                 await settled(s.client, f"churn-case/{case_id}")
@@ -161,7 +226,13 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
     print(f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
           f" p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
           f" mean {statistics.fmean(latencies) * 1000:.0f} ms")
+    print(f"{cpu} (a loaded machine stretches each ms of it)")
     print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges = {nudge_actions / len(latencies):.2f} per nudge")
+    print("where the time went (ms after the signal was sent; from the histories and the emulator):")
+    for stage in STAGES:
+        reached = sorted(x[stage] for x in split if stage in x)
+        if reached:
+            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
     figure(f"churn: manual nudge to emulator p50 ({cases} open cases)", p(0.5) * 1000, "ms", target="< 60")
     figure(f"churn: manual nudge to emulator p99 ({cases} open cases)", p(0.99) * 1000, "ms", target="< 120")
     figure("churn: Temporal actions per nudge", nudge_actions / len(latencies), "actions", target="<= 3")

@@ -12,6 +12,7 @@ import compileall
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from datetime import timedelta
 
 import structlog
@@ -87,6 +88,26 @@ def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     )
 
 
+def jobs_tuning(options: WorkerOptions) -> dict[str, Any]:
+    """The `jobs` worker's options besides what it runs (benchmarks build their workers from these)."""
+    return {
+        "interceptors": [LoggingInterceptor(), JobMetricsInterceptor()],
+        "graceful_shutdown_timeout": options.graceful_shutdown_timeout,
+        "max_cached_workflows": options.max_cached_workflows,
+    }
+
+
+def messaging_tuning(settings: Settings, options: WorkerOptions) -> dict[str, Any]:
+    """The `messaging` worker's options besides what it runs (benchmarks build their workers from these)."""
+    return {
+        "interceptors": [LoggingInterceptor(), JobMetricsInterceptor()],
+        "graceful_shutdown_timeout": options.graceful_shutdown_timeout,
+        # Twilio's allowed rate, enforced by the server across every messaging worker.
+        "max_task_queue_activities_per_second": settings.messages_per_second * SEND_RATE_HEADROOM,
+        "max_concurrent_activities": options.max_concurrent_sends,
+    }
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -95,7 +116,6 @@ def build_workers(
 ) -> list[Worker]:
     options = options or WorkerOptions()
     compile_workflow_modules()
-    interceptors = [LoggingInterceptor(), JobMetricsInterceptor()]
     versioning = deployment_config(settings)
     deps = ActivityDeps(client, settings, engine, stripe_activities(settings, engine))
     workers: list[Worker] = []
@@ -106,9 +126,7 @@ def build_workers(
                 task_queue=settings.task_queue,
                 workflows=families.all_workflows(),
                 activities=families.job_activities(deps),
-                interceptors=interceptors,
-                graceful_shutdown_timeout=options.graceful_shutdown_timeout,
-                max_cached_workflows=options.max_cached_workflows,
+                **jobs_tuning(options),
                 deployment_config=versioning,
             )
         )
@@ -118,11 +136,7 @@ def build_workers(
                 client,
                 task_queue=settings.messaging_task_queue,
                 activities=families.messaging_activities(deps),
-                interceptors=interceptors,
-                graceful_shutdown_timeout=options.graceful_shutdown_timeout,
-                # Twilio's allowed rate, enforced by the server across every messaging worker.
-                max_task_queue_activities_per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
-                max_concurrent_activities=options.max_concurrent_sends,
+                **messaging_tuning(settings, options),
                 deployment_config=versioning,
             )
         )

@@ -62,13 +62,21 @@ STRIPE_DEADLINE = timedelta(hours=23)
 # Patches (replay of histories recorded before them takes the old path):
 COMPANY_REQUIRED = "churn-signals-name-the-company"
 REREAD_BEFORE_CANCEL = "churn-reread-subscription-before-cancel"
+DECIDE_LOCALLY = "churn-decide-nudge-as-local-activity"
 # The daily cap counts the nudges of the member's local day, all within the last 26 hours.
 CAP_WINDOW = timedelta(hours=26)
 TEMPLATE_VERSION = 1
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class ChurnCaseWorkflow:
+    """Runs outside the sandbox: thousands of cases sleep for weeks, so most signals find their case
+    evicted from the worker's cache, and the sandbox re-imports this module (and resolves every
+    handler's type hints) for each replay: a large share of the task a manual nudge wakes. What the
+    sandbox would catch is held by other means: workflow modules import only temporalio, schemas
+    and activity references (tests/unit/test_import_rules.py), they keep no module state, and the
+    replay tests replay recorded histories of the case's paths."""
+
     def __init__(self) -> None:
         self._input: ChurnCaseInput | None = None
         self._case: CaseContext | None = None
@@ -318,12 +326,17 @@ class ChurnCaseWorkflow:
         return NudgeOutcome(outcome="sent", channel=channel)
 
     async def _decide(self, channel: str | None) -> NudgeDecision:
+        """A local activity: one short read whose answer decides the send scheduled in the same
+        workflow task, instead of a task round trip of its own between a nudge and its message."""
         assert self._input is not None
+        request = DecideNudge(case_id=self._case_id, company_id=self._input.company_id, at=workflow.now(), channel=channel,
+                              sent_before=self._sent_at)
+        if workflow.patched(DECIDE_LOCALLY):
+            return await workflow.execute_local_activity_method(
+                ChurnActivities.decide_nudge, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            )
         return await workflow.execute_activity_method(
-            ChurnActivities.decide_nudge,
-            DecideNudge(case_id=self._case_id, company_id=self._input.company_id, at=workflow.now(), channel=channel,
-                        sent_before=self._sent_at),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            ChurnActivities.decide_nudge, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
     async def _record_hold_back(self, key: str, decision: NudgeDecision, actor_id: str | None) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
@@ -254,6 +255,35 @@ async def test_manual_nudges_are_decided_one_at_a_time_under_the_daily_cap(
     assert result.status == "CANCELLED"
 
 
+async def test_a_manual_nudge_decides_and_schedules_its_send_in_one_workflow_task(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The decision is a local activity: the task the signal wakes schedules the send itself,
+    instead of scheduling the decision and waiting for another task to schedule the send."""
+    fake = FakeChurn(offsets=[10])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _asleep(handle))
+        await handle.signal("manual_nudge", {"actor_id": "op-1", "company_id": COMPANY})
+        await eventually(lambda: _recorded(fake, 1))
+        history = await handle.fetch_history()
+        await handle.signal("cancelled", {"company_id": COMPANY})
+        await handle.result()
+
+    events = history.events
+    signalled = next(i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+    send = next(i for i, e in enumerate(events) if i > signalled and e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    between = [e.event_type for e in events[signalled:send]]
+    assert events[send].activity_task_scheduled_event_attributes.activity_type.name == "send_message"
+    assert between.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1  # the task the signal woke
+    assert EventType.EVENT_TYPE_MARKER_RECORDED in between  # the decision, recorded by that task
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert "churn_decide_nudge" not in scheduled
+    assert [d.channel for d in fake.decisions] == [None]  # decided once, under the company's rules
+    assert [m.idempotency_key for _, m in fake.sends] == [f"manual:{case_id}:1"]
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -413,6 +443,11 @@ async def refusal(handle: WorkflowHandle, request: ApplyIncentive | dict) -> str
     with pytest.raises(WorkflowUpdateFailedError) as failed:
         await handle.execute_update("apply_incentive", request)
     return str(failed.value.cause)
+
+
+async def _asleep(handle: WorkflowHandle) -> bool:
+    history = await handle.fetch_history()
+    return any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events)
 
 
 async def _nudged(handle: WorkflowHandle, attempts: int) -> bool:
