@@ -97,6 +97,7 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
     from sqlalchemy import insert
 
     from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, machine, stack
+    from benchmarks.orders import wait_first_tasks
     from devtools.seed import seed_retailers
     from schemas.tables import Order
     from workers.api.auth import SCOPES, create_key
@@ -134,9 +135,17 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
                           lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers))
             after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
             print("  " + cpu_per(before, after, requests // 2, "checkout").replace("served (`serve`)", "(api + worker)"))
+            # The closed loop left its clocks' first workflow tasks to the worker: the open loop
+            # starts once they ran, so it measures 50 req/s and not the backlog of the last phase.
+            await wait_first_tasks(s.client, list(orders[: requests // 2]))
+            before = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
             p99 = await measure("checkout started at 50 req/s", url, clients, requests // 2,
                                 lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
                                                           headers=headers), rate=50.0)
+            await wait_first_tasks(s.client, list(orders[requests // 2 :]))
+            after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+            print("  " + cpu_per(before, after, requests // 2, "checkout, its first workflow task included")
+                  .replace("served (`serve`)", "(api + worker)"))
             figure("api: checkout-started p99 at 50 req/s (50 clients)", p99, "ms", target="< 100")
         finally:
             for process in (api, worker):

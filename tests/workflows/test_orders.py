@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WithStartWorkflowOperation, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
@@ -163,6 +164,10 @@ async def test_a_clock_registered_by_its_starter_keeps_the_times_told_without_re
         result = await handle.result()
 
     assert fake.registered == []  # no second read of the row
+    history = await handle.fetch_history()
+    markers = [e.marker_recorded_event_attributes.marker_name for e in history.events
+               if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert "core_patch" not in markers  # such a clock began after the precise clock: no patch marker
     assert (shown.follow_up_at, shown.expires_at) == (told.follow_up_at, told.expires_at)
     [(sent_at, _)] = fake.sends
     assert told.follow_up_at <= sent_at < told.follow_up_at + timedelta(minutes=1)
