@@ -162,10 +162,7 @@ class PendingOrderWorkflow:
         deadline late by that much. A long wait therefore stops RE_AIM_LEAD short and sleeps the
         rest from a fresh `now`, in a task that does nothing else and so completes at once.
         """
-        # A run its starter registered began after the precise clock shipped (`registered` is
-        # newer), so it needs no patch marker: a marker is two events and a visibility write
-        # (TemporalChangeVersion) on every checkout.
-        precise = self._registered_by_starter or workflow.patched(PRECISE_CLOCK)
+        precise = self._precise_clock()
         while (remaining := deadline - workflow.now()) > timedelta(0):
             leg = remaining - RE_AIM_LEAD if precise and remaining > 2 * RE_AIM_LEAD else remaining
             try:
@@ -219,12 +216,18 @@ class PendingOrderWorkflow:
             self._set_state(await self._settle_row("RECOVERED" if self._follow_up_sent_at else "COMPLETED"))
         return await self._finish()
 
+    def _precise_clock(self) -> bool:
+        """A run its starter registered began after the precise clock shipped (`registered` is
+        newer), so it needs no patch marker: a marker is two events and a visibility write
+        (TemporalChangeVersion) on every checkout."""
+        return self._registered_by_starter or workflow.patched(PRECISE_CLOCK)
+
     async def _settle_row(self, state: OrderState) -> OrderState:
         """One UPDATE. As a local activity it runs inside the task the timer (or signal) woke,
         so an expiry lands without another task round trip: that is the expiry lateness."""
         settle = SettleOrder(order_id=self._order_id, state=state)  # type: ignore[arg-type]
         summary = f"mark order {self._order_id} {state}"
-        if workflow.patched(PRECISE_CLOCK):
+        if self._precise_clock():
             return await workflow.execute_local_activity_method(
                 OrderActivities.settle_pending_order,
                 settle,
