@@ -142,6 +142,9 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
             p99 = await measure("checkout started at 50 req/s", url, clients, requests // 2,
                                 lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
                                                           headers=headers), rate=50.0)
+            during = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+            print("  " + cpu_per(before, during, requests // 2, "checkout while the load ran")
+                  .replace("served (`serve`)", "(api + worker)"))
             await wait_first_tasks(s.client, list(orders[requests // 2 :]))
             after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
             print("  " + cpu_per(before, after, requests // 2, "checkout, its first workflow task included")
