@@ -65,13 +65,6 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
     return p99
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds one process has used (user + system), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def ready(url: str, process: asyncio.subprocess.Process) -> None:
     import httpx
 
@@ -96,7 +89,7 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
 
     from sqlalchemy import insert
 
-    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, machine, stack
+    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, machine, process_cpu, stack
     from benchmarks.orders import wait_first_tasks
     from devtools.seed import seed_retailers
     from schemas.tables import Order
@@ -124,31 +117,37 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
         worker = await asyncio.create_subprocess_exec(jobctl, "worker", env=env, **quiet)
         api = await asyncio.create_subprocess_exec(jobctl, "api", "--port", str(port), env=env, **quiet)
         url = f"http://127.0.0.1:{port}"
+
+        def reading() -> dict[str, float]:
+            """CPU seconds so far: the API and the worker apart, then the rest of the stack."""
+            return {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+
+        def report(before: dict[str, float], after: dict[str, float], unit: str) -> None:
+            print("  " + cpu_per(before, after, requests // 2, unit).replace("served (`serve`)", "(api + worker)"))
+
         try:
             await ready(url, api)
             print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
             if not checkout_only:
                 await measure("risk view (GET)", url, clients, requests,
                               lambda http, n: http.get("/v1/credit/risk", headers=headers))
-            before = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+            before = reading()
             await measure("checkout started", url, clients, requests // 2,
                           lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers))
-            after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
-            print("  " + cpu_per(before, after, requests // 2, "checkout").replace("served (`serve`)", "(api + worker)"))
+            after = reading()
+            report(before, after, "checkout")
             # The closed loop left its clocks' first workflow tasks to the worker: the open loop
             # starts once they ran, so it measures 50 req/s and not the backlog of the last phase.
             await wait_first_tasks(s.client, list(orders[: requests // 2]))
-            before = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
+            before = reading()
             p99 = await measure("checkout started at 50 req/s", url, clients, requests // 2,
                                 lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
                                                           headers=headers), rate=50.0)
-            during = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
-            print("  " + cpu_per(before, during, requests // 2, "checkout while the load ran")
-                  .replace("served (`serve`)", "(api + worker)"))
+            during = reading()
+            report(before, during, "checkout while the load ran")
             await wait_first_tasks(s.client, list(orders[requests // 2 :]))
-            after = {"api": process_cpu(api.pid), "worker": process_cpu(worker.pid), **cpu_seconds()}
-            print("  " + cpu_per(before, after, requests // 2, "checkout, its first workflow task included")
-                  .replace("served (`serve`)", "(api + worker)"))
+            after = reading()
+            report(before, after, "checkout, its first workflow task included")
             figure("api: checkout-started p99 at 50 req/s (50 clients)", p99, "ms", target="< 100")
         finally:
             for process in (api, worker):

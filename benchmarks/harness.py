@@ -183,6 +183,13 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds one process has used (user + system), from /proc (as `cpu_seconds` reads them)."""
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_ms(before: dict[str, float], after: dict[str, float], units: int) -> dict[str, float]:
     """Milliseconds of CPU per unit of work, by process, from two `cpu_seconds()` readings."""
     return {name: (after[name] - before[name]) * 1000 / units for name in after}
