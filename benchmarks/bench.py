@@ -49,7 +49,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "reminders": ["benchmarks/reminders.py", "--retailers", "1000", "--cron-retailers", "200"],
     # The 10,000 open cases: opening them is most of the run (about 5 minutes on a quiet machine).
     "churn": ["benchmarks/churn.py", "--cases", "10000", "--nudges", "200"],
-    "loyalty": ["benchmarks/loyalty.py", "--applications", "1000", "--hot", "10", "--cold", "1000", "--queued", "200"],
+    "loyalty": ["benchmarks/loyalty.py", "--applications", "5000", "--hot", "10", "--cold", "1000", "--queued", "200"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "2000"],
 }
 
