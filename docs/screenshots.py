@@ -4,7 +4,7 @@
 
 Starts `jobctl dev --demo` in a scratch home on free ports, runs the demo jobs, and writes
 PNGs of the UI into docs/img/ (only the NAMEs given, e.g. `pay-page`, the Stripe sandbox's page
-for the demo's paused retailer, for the README). Everything stays on 127.0.0.1.
+for the demo's paused retailer, and `api-docs`, the HTTP API's `/docs`). Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def main() -> None:
         for name, query in FAMILY_VIEWS.items():
             screenshot(f"{base}/workflows?query={quote(query)}", name, profile)
         screenshot(demo_payment_link(log, env), "pay-page", profile, size="1000,800")
+        api = wait_for(log, r"HTTP API:\s+(http://\S+)").group(1)
+        screenshot(f"{api}/docs", "api-docs", profile)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)

@@ -77,6 +77,12 @@ async def test_the_committed_openapi_document_is_the_apps(http: httpx.AsyncClien
     assert served == committed, "docs/openapi.json is stale: regenerate it with `.venv/bin/python -m workers.api.app > docs/openapi.json`"
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # The page's scripts come from this API, not a CDN a shop's network may not reach.
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', docs.text)
+    assert scripts and all(url.startswith("/") for url in scripts), scripts
+    for url in scripts:
+        asset = await http.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 1000, url
 
 
 async def test_health_and_readiness_answer_without_a_key(http: httpx.AsyncClient) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import text
 
@@ -46,7 +47,10 @@ class Readiness(BaseModel):
 
 
 def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastAPI:
-    app = FastAPI(title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json")
+    # `/docs` (Swagger UI) and `/redoc` serve their scripts from this process, not from a CDN: on a
+    # network that reaches no CDN (this stack's dev machines, many shops' servers) FastAPI's own
+    # pages are blank.
+    app = FastAPIOffline(title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json")
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     problems.install(app)
