@@ -6,7 +6,8 @@ The worker builds one `ActivityDeps` and hands it to every family's registry ent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,3 +25,5 @@ class ActivityDeps:
     engine: AsyncEngine
     payments: PaymentActivities | None = None
     """Stripe, when STRIPE_SECRET_KEY is set (reminder links, subscriptions, PaymentIntents)."""
+    resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+    """What an activity class opened (an HTTP client's session) is closed here when the worker stops."""

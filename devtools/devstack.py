@@ -230,7 +230,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
         applied = await schedules.apply(client, settings)
         await start_messaging_brake(client, settings)
-        workers = build_workers(client, settings, engine)
+        workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
         if demo:
             await start_demo_jobs(client, engine, settings)
         write_connection_file(home, settings, database_url, api_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 
@@ -29,8 +30,9 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
     client = await connect(settings)
     engine = create_engine(database_url)
     try:
-        workers = build_workers(client, settings, engine, WorkerOptions(task_queues=task_queues))
-        await run_workers(workers, stop)
+        async with contextlib.AsyncExitStack() as resources:  # closed once the workers have stopped
+            workers = build_workers(client, settings, engine, WorkerOptions(task_queues=task_queues), resources=resources)
+            await run_workers(workers, stop)
     finally:
         await engine.dispose()
         log.info("worker.stopped")

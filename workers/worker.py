@@ -23,7 +23,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.deps import ActivityDeps
 from activities.payments.activities import PaymentActivities
-from activities.payments.client import stripe_client
+from activities.payments.client import close_stripe_client, stripe_client
 from config.settings import Settings, SettingsError
 from workers import families
 from workers.log import LoggingInterceptor
@@ -60,16 +60,17 @@ def compile_workflow_modules() -> None:
         compileall.compile_dir(path, quiet=2)
 
 
-def stripe_activities(settings: Settings, engine: AsyncEngine) -> PaymentActivities | None:
-    """Stripe (the sandbox when STRIPE_API_BASE is set); None when no Stripe key is configured."""
+def stripe_activities(
+    settings: Settings, engine: AsyncEngine, resources: contextlib.AsyncExitStack
+) -> PaymentActivities | None:
+    """Stripe (the sandbox when STRIPE_API_BASE is set); None when no Stripe key is configured.
+    Its client's session is closed with `resources`."""
     if not settings.stripe_secret_key:
         log.warning("worker.no_stripe", detail="STRIPE_SECRET_KEY not set: payment activities not registered")
         return None
-    return PaymentActivities(
-        engine,
-        stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
-        pay_page_base_url=settings.pay_page_base_url,
-    )
+    client = stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+    resources.push_async_callback(close_stripe_client, client)
+    return PaymentActivities(engine, client, pay_page_base_url=settings.pay_page_base_url)
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -113,11 +114,15 @@ def build_workers(
     settings: Settings,
     engine: AsyncEngine,
     options: WorkerOptions | None = None,
+    *,
+    resources: contextlib.AsyncExitStack,
 ) -> list[Worker]:
+    """The workers for `options.task_queues`; the activities' HTTP clients close with `resources`,
+    which the caller closes once the workers have stopped."""
     options = options or WorkerOptions()
     compile_workflow_modules()
     versioning = deployment_config(settings)
-    deps = ActivityDeps(client, settings, engine, stripe_activities(settings, engine))
+    deps = ActivityDeps(client, settings, engine, stripe_activities(settings, engine, resources), resources)
     workers: list[Worker] = []
     if "jobs" in options.task_queues:
         workers.append(

@@ -47,7 +47,7 @@ async def api_settings(emulator: TwilioEmulator, sandbox: StripeSandbox) -> Sett
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def running_workers(dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
-        for worker in build_workers(dev_env.client, api_settings, engine):
+        for worker in build_workers(dev_env.client, api_settings, engine, resources=stack):
             await stack.enter_async_context(worker)
         yield
 

@@ -43,9 +43,11 @@ def sends(deps: Any) -> Any:
         timeout=5.0,
     )
     callback = f"{settings.webhook_base_url.rstrip('/')}/webhooks/twilio/status" if settings.webhook_base_url else None
+    gateway = TwilioGateway(client, status_callback=callback)
+    deps.resources.push_async_callback(gateway.close)
     return MessagingActivities(
         deps.engine,
-        TwilioGateway(client, status_callback=callback),
+        gateway,
         Senders(whatsapp=settings.twilio_whatsapp_from, sms=settings.twilio_sms_from),
         SendPolicy(
             daily_cap=settings.message_daily_cap,
