@@ -29,7 +29,7 @@ async def twilio_emulator_process(log_dir: Path, *args: str) -> AsyncIterator[st
         )
     try:
         url = None
-        for _ in range(200):
+        for _ in range(1200):  # up to a minute: a loaded CI machine starts Python slowly
             assert process.poll() is None, f"the emulator exited: {log_path.read_text()}"
             found = re.search(r"twilio_emulator\.listening.*url=(http://127\.0\.0\.1:\d+)", log_path.read_text())
             if found:
