@@ -32,13 +32,26 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
     with what it measures, and httpx spent about twice its CPU per request."""
     import aiohttp
 
+    async def call(http: aiohttp.ClientSession, n: int) -> bool:
+        async with send(http, n) as response:
+            await response.read()
+        return response.status >= 400
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        return await load(label, clients, requests, lambda n: call(http, n), rate)
+
+
+async def load(label: str, clients: int, requests: int, call, rate: float | None = None) -> float:  # type: ignore[no-untyped-def]
+    """`requests` calls (`await call(n)` answers whether it failed) from `clients` concurrent
+    callers, closed loop or open at `rate`/s; prints the rate and latencies, returns the p99 in ms."""
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(requests):
         queue.put_nowait(n)
 
-    async def client(http: aiohttp.ClientSession) -> None:
+    async def caller() -> None:
         nonlocal errors
         while True:
             try:
@@ -48,21 +61,56 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
             if rate:
                 await asyncio.sleep(max(0.0, began + n / rate - time.perf_counter()))
             started = time.perf_counter()
-            async with send(http, n) as response:
-                await response.read()
+            errors += await call(n)
             latencies.append(time.perf_counter() - started)
-            errors += response.status >= 400
 
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
-        began = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    elapsed = time.perf_counter() - began
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
     print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
     return p99
+
+
+async def temporal_alone(client, clients: int, requests: int, rate: float) -> float:  # type: ignore[no-untyped-def]
+    """The floor, in the same run: the same two loops, each call a bare clock's start straight to
+    Temporal (no HTTP, no database, no search attributes), its first task run by a worker in its
+    own process as `jobctl worker` runs the orders'. Returns the open loop's p99 in ms."""
+    from benchmarks.bare_clock import BareClockWorkflow
+    from benchmarks.harness import cpu_per, cpu_seconds, process_cpu
+
+    queue = f"bench-bare-{uuid.uuid4().hex[:6]}"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.bare_clock", client.service_client.config.target_host, queue,
+        cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    async def start(n: int) -> bool:
+        await client.start_workflow(BareClockWorkflow.run, id=f"{queue}/{n}", task_queue=queue)
+        return False
+
+    async def first_tasks_run(ids: list[str]) -> None:
+        for workflow_id in ids[-20:]:
+            while (await client.get_workflow_handle(workflow_id).describe()).raw_description.workflow_execution_info.history_length < 4:
+                await asyncio.sleep(0.2)
+
+    def reading() -> dict[str, float]:
+        return {"worker": process_cpu(worker.pid), **cpu_seconds()}
+
+    try:
+        await load("Temporal alone (bare start)", clients, requests, start)
+        await first_tasks_run([f"{queue}/{n}" for n in range(requests)])
+        before = reading()
+        p99 = await load("Temporal alone at 50/s", clients, requests, lambda n: start(requests + n), rate=rate)
+        print("  " + cpu_per(before, reading(), requests, "bare start while the load ran"))
+        await first_tasks_run([f"{queue}/{n}" for n in range(requests, 2 * requests)])
+        print("  " + cpu_per(before, reading(), requests, "bare start, its first workflow task included"))
+        return p99
+    finally:
+        worker.terminate()
+        await worker.wait()
 
 
 async def ready(url: str, process: asyncio.subprocess.Process) -> None:
@@ -89,7 +137,7 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
 
     from sqlalchemy import insert
 
-    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, machine, process_cpu, stack
+    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, freeze_startup_heap, machine, process_cpu, stack
     from benchmarks.orders import wait_first_tasks
     from devtools.seed import seed_retailers
     from schemas.tables import Order
@@ -127,6 +175,7 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
 
         try:
             await ready(url, api)
+            freeze_startup_heap()
             print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
             if not checkout_only:
                 await measure("risk view (GET)", url, clients, requests,
@@ -149,9 +198,17 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
             after = reading()
             report(before, after, "checkout, its first workflow task included")
             figure("api: checkout-started p99 at 50 req/s (50 clients)", p99, "ms", target="< 100")
-        finally:
+            # The floor last, once the API and its worker have stopped using the cores.
             for process in (api, worker):
                 process.terminate()
+            await asyncio.gather(api.wait(), worker.wait())
+            floor = await temporal_alone(s.client, clients, requests // 2, 50.0)
+            figure("api: checkout-started p99 at 50 req/s, to Temporal alone's", p99, "ms", target="",
+                   floor=floor, floor_name="a bare start at 50/s")
+        finally:
+            for process in (api, worker):
+                if process.returncode is None:
+                    process.terminate()
             await asyncio.gather(api.wait(), worker.wait())
 
 

@@ -95,7 +95,10 @@ class Figure:
         ratios = [v / f for v, f in zip(self.values, self.floors) if f]
         return statistics.median(ratios) if ratios else None
 
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        """None: a figure with no target of its own (shown beside one that has)."""
+        if not self.target:
+            return None
         op, bound = self.target.split()
         measured = self.ratio if self.ratio is not None else self.value
         return COMPARE[op](measured, float(bound))
@@ -123,8 +126,9 @@ def rows(figures: list[Figure], runs: int) -> list[str]:
     for f in figures:
         floor = f"{f.floor:,.3g} ({f.floor_name})" if f.floor is not None else "–"
         ratio = f"{f.ratio:.3f}" if f.ratio is not None else "–"
-        verdict = ("met" if f.met() else "not met") + (" (loaded)" if f.loaded else "")
-        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target} | {verdict} | {stamp}, {runs} runs |")
+        met = f.met()
+        verdict = ("–" if met is None else "met" if met else "not met") + (" (loaded)" if f.loaded else "")
+        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} | {verdict} | {stamp}, {runs} runs |")
     return lines
 
 

@@ -31,6 +31,7 @@ from activities.database import create_engine
 from schemas import search_attributes
 from devtools import binaries
 from workers import migrate
+from workers.heap import freeze_startup_heap
 from workers.worker import compile_workflow_modules
 import workflows
 from devtools.embedded_db import EmbeddedPostgres
@@ -70,6 +71,7 @@ async def stack(*, compile_workflows: bool = True) -> AsyncIterator[Stack]:
         dev_server_existing_path=binaries.temporal_cli(),
         search_attributes=search_attributes.ALL,
     )
+    freeze_startup_heap()  # the driver's own full collections stalled every request in flight
     try:
         yield Stack(env.client, engine, url)
     finally:

@@ -26,6 +26,7 @@ from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client, stripe_client
 from config.settings import Settings, SettingsError
 from workers import families
+from workers.heap import freeze_startup_heap
 from workers.log import LoggingInterceptor
 from workers.metrics import JobMetricsInterceptor
 import workflows
@@ -153,6 +154,7 @@ async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
+        freeze_startup_heap()
         log.info("worker.started", task_queues=[w.task_queue for w in workers])
         await stop.wait()
         log.info("worker.stopping")

@@ -45,6 +45,7 @@ async def serve_api(settings: Settings, engine: AsyncEngine, client: Client, hos
 async def run_api(settings: Settings, database_url: str, host: str, port: int) -> None:
     """`jobctl api`: serve until SIGTERM/SIGINT."""
     from activities.database import create_engine
+    from workers.heap import freeze_startup_heap
     from workers.runner import stop_on_signals
     from workers.temporal_client import connect
 
@@ -54,6 +55,7 @@ async def run_api(settings: Settings, database_url: str, host: str, port: int) -
     client = await connect(settings)
     try:
         async with serve_api(settings, engine, client, host, port) as url:
+            freeze_startup_heap()
             print(f"API on {url} (OpenAPI {url}/openapi.json, docs {url}/docs)", flush=True)
             await stop.wait()
     finally:
