@@ -2,8 +2,10 @@
 view) and a write (checkout started: a new order's clock each request).
 
 Runs `jobctl api` and `jobctl worker` in their own processes, as deployed, against an embedded
-PostgreSQL and a Temporal dev server; clients are aiohttp over TCP from this process. Refuses to run when the 1-minute load average is
-above 0.5 (the figures would measure the neighbours). Prints figures; asserts nothing.
+PostgreSQL and a Temporal dev server; clients are aiohttp over TCP from this process. Then, as the
+floor in the same run, the same loops as bare starts straight to Temporal (`temporal_alone`).
+Refuses to run when the 1-minute load average is above 0.5 (the figures would measure the
+neighbours). Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/api.py [--requests 2000] [--clients 50]
 """
@@ -91,9 +93,12 @@ async def temporal_alone(client, clients: int, requests: int, rate: float) -> fl
         await client.start_workflow(BareClockWorkflow.run, id=f"{queue}/{n}", task_queue=queue)
         return False
 
-    async def first_tasks_run(ids: list[str]) -> None:
+    async def first_tasks_run(ids: list[str], timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
         for workflow_id in ids[-20:]:
             while (await client.get_workflow_handle(workflow_id).describe()).raw_description.workflow_execution_info.history_length < 4:
+                if worker.returncode is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the bare clocks' first tasks did not run (worker exit code {worker.returncode})")
                 await asyncio.sleep(0.2)
 
     def reading() -> dict[str, float]:
