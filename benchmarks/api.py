@@ -82,6 +82,7 @@ async def temporal_alone(client, clients: int, requests: int, rate: float) -> fl
     own process as `jobctl worker` runs the orders'. Returns the open loop's p99 in ms."""
     from benchmarks.bare_clock import BareClockWorkflow
     from benchmarks.harness import cpu_per, cpu_seconds, process_cpu
+    from benchmarks.orders import wait_first_tasks_of
 
     queue = f"bench-bare-{uuid.uuid4().hex[:6]}"
     worker = await asyncio.create_subprocess_exec(
@@ -93,24 +94,16 @@ async def temporal_alone(client, clients: int, requests: int, rate: float) -> fl
         await client.start_workflow(BareClockWorkflow.run, id=f"{queue}/{n}", task_queue=queue)
         return False
 
-    async def first_tasks_run(ids: list[str], timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        for workflow_id in ids[-20:]:
-            while (await client.get_workflow_handle(workflow_id).describe()).raw_description.workflow_execution_info.history_length < 4:
-                if worker.returncode is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the bare clocks' first tasks did not run (worker exit code {worker.returncode})")
-                await asyncio.sleep(0.2)
-
     def reading() -> dict[str, float]:
         return {"worker": process_cpu(worker.pid), **cpu_seconds()}
 
     try:
         await load("Temporal alone (bare start)", clients, requests, start)
-        await first_tasks_run([f"{queue}/{n}" for n in range(requests)])
+        await wait_first_tasks_of(client, [f"{queue}/{n}" for n in range(requests)])
         before = reading()
         p99 = await load("Temporal alone at 50/s", clients, requests, lambda n: start(requests + n), rate=rate)
         print("  " + cpu_per(before, reading(), requests, "bare start while the load ran"))
-        await first_tasks_run([f"{queue}/{n}" for n in range(requests, 2 * requests)])
+        await wait_first_tasks_of(client, [f"{queue}/{n}" for n in range(requests, 2 * requests)])
         print("  " + cpu_per(before, reading(), requests, "bare start, its first workflow task included"))
         return p99
     finally:

@@ -84,17 +84,22 @@ async def wait_first_tasks(client, order_ids: list[int], timeout: float = 600.0)
     histories: the server hands out workflow tasks in the order they were scheduled, so once
     the last `LAST_STARTED` have completed theirs, the rest have too (to within the worker's few
     tasks in flight)."""
+    await wait_first_tasks_of(client, [ids.pending_order(o) for o in order_ids], timeout)
+
+
+async def wait_first_tasks_of(client, workflow_ids: list[str], timeout: float = 600.0) -> None:  # type: ignore[no-untyped-def]
+    """`wait_first_tasks` for any workflows, by id (the API benchmark's bare clocks too)."""
     deadline = time.monotonic() + timeout
 
-    async def first_task_done(order_id: int) -> None:
-        handle = client.get_workflow_handle(ids.pending_order(order_id))
+    async def first_task_done(workflow_id: str) -> None:
+        handle = client.get_workflow_handle(workflow_id)
         while time.monotonic() < deadline:
             async for event in handle.fetch_history_events():
                 if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
                     return
             await asyncio.sleep(0.25)  # 20 histories at a time: gently, the server is measured too
 
-    await asyncio.gather(*(first_task_done(o) for o in order_ids[-LAST_STARTED:]))
+    await asyncio.gather(*(first_task_done(w) for w in workflow_ids[-LAST_STARTED:]))
 
 
 def rss_mb() -> float:
