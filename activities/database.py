@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from weakref import WeakKeyDictionary
+
+import psycopg
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -39,3 +45,28 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     if view is None:
         view = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return view
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """psycopg's own `AsyncConnection`, checked out of `engine`'s pool (and given back with it).
+
+    For constant statements on a hot path (a message send runs three): SQLAlchemy's execute
+    and result handling cost more of the worker's CPU than psycopg's. Pass `autocommit(engine)`
+    for single statements. The pool, its connections and their reset stay SQLAlchemy's; a
+    connection psycopg found broken is dropped from the pool, as SQLAlchemy's own execute would."""
+    async with engine.connect() as conn:
+        try:
+            yield (await conn.get_raw_connection()).driver_connection
+        except psycopg.OperationalError:
+            await conn.invalidate()
+            raise
+
+
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def psycopg_sql(sql: str) -> str:
+    """`:name` placeholders (the form `text()` takes) as psycopg's `%(name)s`, so one SQL text
+    serves both; a `::` cast is left alone."""
+    return _NAMED.sub(r"%(\1)s", sql)

@@ -17,20 +17,13 @@ from zoneinfo import ZoneInfo
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select, text, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from activities.database import psycopg_sql
 from schemas.messaging import SendMessage
-from schemas.tables import (
-    Company,
-    Customer,
-    Membership,
-    MessageLog,
-    RecipientOptOut,
-    RecipientOptOutEvent,
-    Retailer,
-)
+from schemas.tables import MessageLog, RecipientOptOut, RecipientOptOutEvent
 
 LIVE_STATUSES = ("sending", "sent", "delivered")
 
@@ -67,23 +60,24 @@ def _first_name(name: str | None) -> str:
     return (name or "there").split()[0]
 
 
-# Built once: constructing a select() per send cost about as much as running it.
+# The send path's statements run on psycopg's connection (`driver_connection`): SQLAlchemy's
+# execution and result objects cost more CPU per send than the statements themselves.
 _RECIPIENT_SQL = {
-    "retailer": select(Retailer.name, Retailer.phone, Retailer.preferred_channel, Retailer.timezone)
-    .where(Retailer.id == bindparam("rid")),
-    "member": select(
-        Membership.name, Membership.phone, Membership.preferred_channel, func.coalesce(Membership.timezone, Company.timezone)
-    ).join(Company, Company.id == Membership.company_id).where(Membership.id == bindparam("rid")),
-    "customer": select(Customer.name, Customer.phone, text("'whatsapp'"), text("'UTC'")).where(Customer.id == bindparam("rid")),
+    "retailer": "SELECT name, phone, preferred_channel, timezone FROM retailers WHERE id = %(rid)s",
+    "member": "SELECT m.name, m.phone, m.preferred_channel, COALESCE(m.timezone, c.timezone)"
+    " FROM memberships m JOIN companies c ON c.id = m.company_id WHERE m.id = %(rid)s",
+    "customer": "SELECT name, phone, 'whatsapp', 'UTC' FROM customers WHERE id = %(rid)s",
 }
 
 
-async def load_recipient(conn: AsyncConnection, recipient_type: str, recipient_id: str) -> Recipient | None:
-    """Only here does a phone number leave the database, and only into the activity."""
+async def load_recipient(conn: Any, recipient_type: str, recipient_id: str) -> Recipient | None:
+    """Only here does a phone number leave the database, and only into the activity.
+
+    `conn` is psycopg's connection (`activities.database.driver_connection`)."""
     if not recipient_id.isdigit():
         return None
     statement = _RECIPIENT_SQL.get(recipient_type, _RECIPIENT_SQL["customer"])
-    row = (await conn.execute(statement, {"rid": int(recipient_id)})).first()
+    row = await (await conn.execute(statement, {"rid": int(recipient_id)}, prepare=True)).fetchone()
     if row is None:
         return None
     name, phone, channel, tz = row
@@ -114,7 +108,7 @@ _HOLD_REASON = """
 _SELECT_HOLD_REASON = text(f"SELECT {_HOLD_REASON} AS reason")
 # A new key, decided and written in one statement: held back or `sending`, which commits before
 # Twilio is called. An existing key returns no row and takes `claim`, which knows retries and crashes.
-_CLAIM_NEW = text(
+_CLAIM_NEW = psycopg_sql(
     f"""
 WITH decided AS (SELECT {_HOLD_REASON} AS reason)
 INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version,
@@ -165,24 +159,21 @@ class NewClaim:
 
 
 async def claim_new(
-    conn: AsyncConnection, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
+    conn: Any, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
 ) -> NewClaim | None:
     """Write a first-seen key's row with its decision (one statement); None if the key exists.
 
-    A row written `sending` carries the sender and the lease of this attempt."""
-    row = (
-        await conn.execute(
-            _CLAIM_NEW,
-            {
-                **hold.params(),
-                "template": template,
-                "template_version": template_version,
-                "sender": sender,
-                "lease_seconds": lease.total_seconds(),
-            },
-        )
-    ).first()
-    return NewClaim(row.status, row.reason) if row else None
+    A row written `sending` carries the sender and the lease of this attempt. `conn` is
+    psycopg's connection (`activities.database.driver_connection`), in autocommit."""
+    params = {
+        **hold.params(),
+        "template": template,
+        "template_version": template_version,
+        "sender": sender,
+        "lease_seconds": lease.total_seconds(),
+    }
+    row = await (await conn.execute(_CLAIM_NEW, params, prepare=True)).fetchone()
+    return NewClaim(*row) if row else None
 
 
 async def hold_reason(conn: AsyncConnection, hold: Hold) -> str | None:
@@ -247,7 +238,7 @@ async def owned_sids(conn: AsyncConnection, sids: list[str]) -> set[str]:
 
 
 # The common end of a send, as one constant statement (no statement built per message).
-_SENT_SQL = text(
+_SENT_SQL = psycopg_sql(
     """
 UPDATE message_log SET status = 'sent', provider_sid = :provider_sid, channel = :channel, sent_at = :sent_at,
        error_code = NULL, lease_until = NULL, updated_at = now()
@@ -256,8 +247,10 @@ WHERE idempotency_key = :key
 )
 
 
-async def set_sent(conn: AsyncConnection, key: str, provider_sid: str, channel: str, sent_at: datetime) -> None:
-    await conn.execute(_SENT_SQL, {"key": key, "provider_sid": provider_sid, "channel": channel, "sent_at": sent_at})
+async def set_sent(conn: Any, key: str, provider_sid: str, channel: str, sent_at: datetime) -> None:
+    """`conn` is psycopg's connection (`activities.database.driver_connection`), in autocommit."""
+    params = {"key": key, "provider_sid": provider_sid, "channel": channel, "sent_at": sent_at}
+    await conn.execute(_SENT_SQL, params, prepare=True)
 
 
 async def set_status(conn: AsyncConnection, key: str, status: str, **values: object) -> None:

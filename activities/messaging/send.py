@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioRestException
 
-from activities.database import autocommit
+from activities.database import autocommit, driver_connection
 from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
@@ -216,19 +216,30 @@ class MessagingActivities:
             template = get_template(request.template, request.template_version)
         except UnknownTemplate as exc:
             raise permanent("UnknownTemplate", str(exc)) from None
-        async with self._statements.connect() as conn:
+        # The common send's first two statements (who, then the claim) share one pooled connection.
+        async with driver_connection(self._statements) as conn:
             recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
-        if recipient is None:
-            raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
-        channel = request.channel or recipient.preferred_channel
-        params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
-        try:
-            body = template.render(params)
-        except ValueError as exc:
-            raise permanent("InvalidTemplateParams", str(exc)) from None
+            if recipient is None:
+                raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
+            channel = request.channel or recipient.preferred_channel
+            params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
+            try:
+                body = template.render(params)
+            except ValueError as exc:
+                raise permanent("InvalidTemplateParams", str(exc)) from None
+            now = _now()
+            local = now.astimezone(ZoneInfo(recipient.timezone))
+            hold = outbox.Hold(
+                request.idempotency_key, recipient, channel, self._policy.daily_cap,
+                self._policy.quiet_hours.holds(local), now,
+            )
+            new = await outbox.claim_new(
+                conn, hold, request.template, template.version, sender=self._senders.of(channel),
+                lease=self._policy.lease,
+            )
 
         try:
-            decided = await self._claim(request, recipient, channel, template, body)
+            decided = await self._claim(request, hold, local, template, body, new)
             outcome = decided or await self._send(request, recipient, channel, template, params, body)
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
@@ -237,19 +248,14 @@ class MessagingActivities:
         return outcome
 
     async def _claim(
-        self, request: SendMessage, recipient: Recipient, channel: str, template: Template, body: str
+        self, request: SendMessage, hold: outbox.Hold, local: datetime, template: Template, body: str,
+        new: outbox.NewClaim | None,
     ) -> SendOutcome | None:
-        """Lock the key's row and decide: already done, held back, being sent by another attempt, or ours."""
-        now = _now()
-        key = request.idempotency_key
-        local = now.astimezone(ZoneInfo(recipient.timezone))
-        hold = outbox.Hold(key, recipient, channel, self._policy.daily_cap, self._policy.quiet_hours.holds(local), now)
+        """Decide from the first-seen claim (`new`) or, for a key seen before, lock its row: already
+        done, held back, being sent by another attempt, or ours."""
+        key, recipient, channel, now = request.idempotency_key, hold.recipient, hold.channel, hold.now
         sender = self._senders.of(channel)
-        async with self._statements.connect() as conn:
-            new = await outbox.claim_new(
-                conn, hold, request.template, template.version, sender=sender, lease=self._policy.lease
-            )
-        if new is not None:  # a first-seen key: the common case, one statement
+        if new is not None:  # a first-seen key: the common case, decided by the claim
             if new.status == "sending":
                 return None
             held = self._hold(new.reason or new.status, channel, local)
@@ -331,7 +337,7 @@ class MessagingActivities:
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
-        async with self._statements.connect() as conn:
+        async with driver_connection(self._statements) as conn:
             await outbox.set_sent(conn, key, accepted.sid, attempt.channel, _now())
         log.info(
             "message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=attempt.channel,
