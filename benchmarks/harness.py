@@ -192,6 +192,21 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def until_idle(*, busy: float = 0.05, window_s: float = 1.0, timeout_s: float = 600.0) -> float:
+    """Wait until this benchmark's processes together use less than `busy` of a core over a
+    `window_s` window (the server done with the work a setup phase left it); returns the seconds
+    waited. A latency measured while the server still works through a backlog is the backlog's."""
+    started = time.monotonic()
+    before = cpu_seconds()
+    while time.monotonic() - started < timeout_s:
+        await asyncio.sleep(window_s)
+        after = cpu_seconds()
+        if sum(after.values()) - sum(before.values()) < busy * window_s:
+            return time.monotonic() - started
+        before = after
+    raise TimeoutError(f"still busy after {timeout_s:.0f} s")
+
+
 def cpu_ms(before: dict[str, float], after: dict[str, float], units: int) -> dict[str, float]:
     """Milliseconds of CPU per unit of work, by process, from two `cpu_seconds()` readings."""
     return {name: (after[name] - before[name]) * 1000 / units for name in after}
