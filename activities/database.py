@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 from weakref import WeakKeyDictionary
 
-import psycopg
-
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
@@ -53,14 +51,11 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
 
     For constant statements on a hot path (a message send runs three): SQLAlchemy's execute
     and result handling cost more of the worker's CPU than psycopg's. Pass `autocommit(engine)`
-    for single statements. The pool, its connections and their reset stay SQLAlchemy's; a
-    connection psycopg found broken is dropped from the pool, as SQLAlchemy's own execute would."""
+    for single statements. The pool, its connections and their reset stay SQLAlchemy's: a
+    connection the database dropped fails its statement here, and its reset on the way back
+    fails too, so the pool discards it (tests/activities/test_messaging.py)."""
     async with engine.connect() as conn:
-        try:
-            yield (await conn.get_raw_connection()).driver_connection
-        except psycopg.OperationalError:
-            await conn.invalidate()
-            raise
+        yield (await conn.get_raw_connection()).driver_connection
 
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")

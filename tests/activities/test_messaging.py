@@ -6,12 +6,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import psycopg
 import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.database import create_engine
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.templates import get_template
@@ -255,3 +257,29 @@ async def test_a_batch_reports_what_happened_to_each_message(
     assert result.sent == 1
     assert result.suppressed == {"no_phone": 1}
     assert result.failed == {"InvalidRecipient": 1}
+
+
+async def test_a_connection_the_database_dropped_fails_one_send_and_the_retry_goes_out_once(
+    engine: AsyncEngine, database_url: str, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    """The send path runs its statements on psycopg's connection, past SQLAlchemy's execute: a
+    connection the database dropped (a restart, a failover) still leaves the pool. The attempt
+    that meets it fails (Temporal retries it), and the retry sends the message, once."""
+    one = create_engine(database_url, pool_size=1)  # one at a time: the pool's one connection, every time
+    try:
+        phone = unique_phone()
+        message = reminder(await retailer(engine, phone))
+        send = activities(one, gateway).send_message
+        async with one.connect() as conn:
+            backend = await conn.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+
+        with pytest.raises(psycopg.OperationalError):  # not an ApplicationError: Temporal retries it
+            await ActivityEnvironment().run(send, message)
+        retried = await ActivityEnvironment().run(send, message)
+
+        assert retried.status == "sent" and not retried.duplicate
+        assert len(await emulator_log(emulator, phone)) == 1
+    finally:
+        await one.dispose()
