@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from weakref import WeakKeyDictionary
+
+import psycopg
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -46,7 +47,7 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncConnection]:
     """psycopg's own `AsyncConnection`, checked out of `engine`'s pool (and given back with it).
 
     For constant statements on a hot path (a message send runs three): SQLAlchemy's execute

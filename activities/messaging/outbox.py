@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 from typing import Any
 
+import psycopg
+
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -70,7 +72,7 @@ _RECIPIENT_SQL = {
 }
 
 
-async def load_recipient(conn: Any, recipient_type: str, recipient_id: str) -> Recipient | None:
+async def load_recipient(conn: psycopg.AsyncConnection, recipient_type: str, recipient_id: str) -> Recipient | None:
     """Only here does a phone number leave the database, and only into the activity.
 
     `conn` is psycopg's connection (`activities.database.driver_connection`)."""
@@ -159,7 +161,7 @@ class NewClaim:
 
 
 async def claim_new(
-    conn: Any, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
+    conn: psycopg.AsyncConnection, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
 ) -> NewClaim | None:
     """Write a first-seen key's row with its decision (one statement); None if the key exists.
 
@@ -247,7 +249,7 @@ WHERE idempotency_key = :key
 )
 
 
-async def set_sent(conn: Any, key: str, provider_sid: str, channel: str, sent_at: datetime) -> None:
+async def set_sent(conn: psycopg.AsyncConnection, key: str, provider_sid: str, channel: str, sent_at: datetime) -> None:
     """`conn` is psycopg's connection (`activities.database.driver_connection`), in autocommit."""
     params = {"key": key, "provider_sid": provider_sid, "channel": channel, "sent_at": sent_at}
     await conn.execute(_SENT_SQL, params, prepare=True)
