@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -154,8 +154,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         settings = Settings()
         sends = MessagingActivities(
             s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
-            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0),
-                       dispatch_delay=timedelta(milliseconds=settings.message_dispatch_delay_ms)),
+            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
             per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -167,7 +166,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         async with Worker(
             s.client, task_queue=queue, workflows=[ChurnCaseWorkflow],
             activities=[churn.load_case, churn.decide_nudge, churn.record_action], **jobs_tuning(options),
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message], **messaging_tuning(settings, options)):
+        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], **messaging_tuning(settings, options)):
             slots = asyncio.Semaphore(concurrency)
 
             async def open_one(case_id: int) -> None:

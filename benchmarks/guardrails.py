@@ -87,7 +87,7 @@ async def main(changed: int) -> None:
         async with Worker(
             s.client, task_queue=queue, workflows=[CreditGuardrailsWorkflow],
             activities=[GuardrailActivities(s.engine).apply],
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message], max_concurrent_activities=200):
+        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], max_concurrent_activities=200):
             cpu_before, started = cpu_seconds(), time.perf_counter()
             handle = await s.client.start_workflow(
                 CreditGuardrailsWorkflow.run,

@@ -182,7 +182,7 @@ async def whole_life(s, activities: OrderActivities, count: int) -> tuple[int, d
             activities=[activities.register_pending_order, activities.record_follow_up,
                         activities.settle_pending_order, activities.handle_order_failure],
             max_cached_workflows=CACHE,
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message]):
+        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages]):
             await asyncio.gather(*(
                 start_pending_order(
                     s.client, s.engine,

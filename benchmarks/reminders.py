@@ -267,8 +267,9 @@ async def main(args: argparse.Namespace) -> None:
         stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
         # The links point at jobctl's /pay/{token} (PUBLIC_BASE_URL); nobody clicks them here.
         reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api), PAY_BASE_URL)
-        sends = MessagingActivities(
+        sends = MessagingActivities(  # production's shape: each message's slot of the limit, as the worker's
             s.engine, gateway, SENDERS, SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
+            per_second=MESSAGING_LIMIT * SEND_RATE_HEADROOM if production else None,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         retailers = await seed(s.engine, 1, args.retailers, due)
@@ -293,7 +294,7 @@ async def main(args: argparse.Namespace) -> None:
             s.client, task_queue=queue, workflows=[PaymentRemindersWorkflow],
             activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
         ), Worker(
-            s.client, task_queue=f"{queue}-msg", activities=[sends.send_message], max_concurrent_activities=200,
+            s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], max_concurrent_activities=200,
             **messaging_rate,
         ):
             previous = None

@@ -44,10 +44,6 @@ class Settings(BaseSettings):
     twilio_sms_from: str = "+15005550006"
     twilio_api_base: str | None = None
     messages_per_second: float = Field(default=50.0, gt=0)
-    message_dispatch_delay_ms: int = Field(
-        default=500, ge=0, le=5_000,
-        description="how long after Temporal dispatches a send its Twilio call goes: keeps the server's pace at Twilio",
-    )
     messaging_paused_recheck_seconds: float = Field(
         default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"
     )

@@ -53,12 +53,15 @@ class MessageBatchResult(BaseModel):
 
 
 class SendBatch(BaseModel):
-    """Many sends in one activity (each still exactly-once by its own key): for jobs that message
-    thousands of recipients, where one activity per message would cost more than the message."""
+    """Many sends in one activity (each still exactly-once by its own key, each paced by the
+    cluster's rate): for jobs that message many recipients, where one activity per message
+    would cost Temporal more than the message costs."""
 
     messages: list[SendMessage] = Field(max_length=5_000)
     max_in_flight: int = Field(default=50, ge=1, le=500)
-    per_second: float | None = Field(default=None, gt=0, description="pace of new sends; None: MESSAGES_PER_SECOND")
+    per_second: float | None = Field(
+        default=None, gt=0, description="a slower pace for this batch alone; None: the cluster's rate only"
+    )
 
 
 class BatchItemOutcome(BaseModel):
@@ -66,6 +69,7 @@ class BatchItemOutcome(BaseModel):
     status: Literal["sent", "suppressed", "deferred", "failed"]
     duplicate: bool = False
     reason: str | None = Field(default=None, description="why held back, or the permanent error's type")
+    retry_at: datetime | None = Field(default=None, description="when a deferred message may go out")
 
 
 class SendBatchResult(BaseModel):

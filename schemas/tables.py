@@ -686,6 +686,19 @@ class MessagingBrake(Base):
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
+class MessagingPace(Base):
+    """The next free send slot of one provider's rate limit, shared by every messaging worker.
+
+    Temporal's task-queue limit counts activities, and a batch activity carries many messages:
+    each message reserves its own slot here (one row-locked UPDATE on the database's clock), so
+    the limit holds in messages per second across workers whatever an activity carries."""
+
+    __tablename__ = "messaging_pace"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    next_slot: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class ProcessedWebhookEvent(Base):
     """A webhook event: `received` while its handler runs (or after it failed for now, so the
     provider's retry runs it again), then `processed`, or `failed` for good (`error` says why).

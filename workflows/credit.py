@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from workflows._common import db_retry, scheduled_day
-from workflows.messaging import DEFERRED_DELIVERY_PATCH, MIN_HOLD, permanent_failure, send_all, send_message
+from workflows.messaging import (
+    MIN_HOLD,
+    deliver_all,
+    hold_groups,
+    permanent_failure,
+    send_all,
+    send_batches,
+    send_message,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.credit.guardrails import GuardrailActivities
@@ -45,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
         DueRetailer,
         reminder_key,
     )
-    from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
+    from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
 
 DB_RETRY = db_retry("UnknownRetailer", "StripeNotConfigured")
 SEND_BATCH_RETRY = RetryPolicy(
@@ -54,6 +62,11 @@ SEND_BATCH_RETRY = RetryPolicy(
 REMINDERS_PER_MESSAGE_PATCH = "reminders-per-message-delivery"
 """One `send_message` per reminder on the rate-limited messaging queue (was one `send_messages`
 batch activity pacing itself), and a deferred reminder sent, then marked, when its hold ends."""
+REMINDERS_BATCHED_PATCH = "reminders-batched-sends"
+"""A page's reminders a hundred to a `send_messages` activity (`send_batches`), each message paced
+by the cluster's rate on its own; held reminders wait in groups, one timer per hold's end."""
+GUARDRAIL_NOTICES_BATCHED_PATCH = "guardrail-notices-batched"
+"""The notices of a guardrails run a hundred to a `send_messages` activity (`deliver_all`)."""
 
 
 def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -95,7 +108,9 @@ class PaymentRemindersWorkflow:
                 _add(status.skipped, reason, n)
             for error, n in page.link_failures.items():
                 _add(status.failed, error, n)
-            if page.messages and workflow.patched(REMINDERS_PER_MESSAGE_PATCH):
+            if page.messages and workflow.patched(REMINDERS_BATCHED_PATCH):
+                await self._deliver_batched(page.messages, page.due, day, request)
+            elif page.messages and workflow.patched(REMINDERS_PER_MESSAGE_PATCH):
                 await self._deliver(page.messages, page.due, day, request)
             elif page.messages:
                 sent_keys = await self._send(page.messages, request)
@@ -116,6 +131,42 @@ class PaymentRemindersWorkflow:
                 workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
         await self._held_delivered()
         return self._status
+
+    async def _deliver_batched(
+        self, messages: list[SendMessage], due: list[DueRetailer], day: date, request: RemindersRequest
+    ) -> None:
+        """Send the page's reminders in batches; mark the sent retailers reminded.
+
+        Held reminders (quiet hours in the retailer's zone, the brake) wait beside the pages that
+        follow, one durable timer per group whose holds end together, then go out and are marked
+        for `day`, the day they were due, so the cadence's next step still comes on its own day.
+        """
+        retailers = {reminder_key(r.retailer_id, day): r for r in due}
+        outcomes = await send_batches(
+            messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue
+        )
+        sent: list[DueRetailer] = []
+        held: list[tuple[datetime, int]] = []
+        for position, outcome in enumerate(outcomes):
+            if outcome.status == "deferred" and outcome.retry_at:
+                held.append((outcome.retry_at, position))
+            elif self._tally(outcome):
+                sent.append(retailers[outcome.idempotency_key])
+        await self._mark(day, request, sent)
+        self._status.deferred += len(held)
+        for until, group in hold_groups(held):
+            waiting = [messages[p] for p in group]
+            self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, retailers, day, request)))
+
+    async def _after_group_hold(
+        self, messages: list[SendMessage], until: datetime, retailers: dict[str, DueRetailer], day: date,
+        request: RemindersRequest,
+    ) -> None:
+        await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(messages)} reminders")
+        outcomes = await deliver_all(messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue)
+        self._status.deferred -= len(messages)
+        await self._mark(day, request, [retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
+        self._show()
 
     async def _deliver(
         self, messages: list[SendMessage], due: list[DueRetailer], day: date, request: RemindersRequest
@@ -167,11 +218,14 @@ class PaymentRemindersWorkflow:
             await asyncio.gather(*self._held)
             self._held = []
 
-    def _tally(self, outcome: SendOutcome | ActivityError) -> bool:
+    def _tally(self, outcome: SendOutcome | BatchItemOutcome | ActivityError) -> bool:
         """Count one reminder's final outcome; True if it went out (now or before, under its key)."""
         status = self._status
         if isinstance(outcome, ActivityError):
             _add(status.failed, permanent_failure(outcome) or type(outcome.cause).__name__)
+            return False
+        if outcome.status == "failed":
+            _add(status.failed, outcome.reason or "failed")
             return False
         if outcome.status == "sent":
             if outcome.duplicate:
@@ -256,11 +310,17 @@ async def tell_retailers(changes: Sequence[GuardrailChange], messaging_task_queu
         )
         for c in changes
     ]
-    outcomes = await send_all(messages, max_in_flight=50, task_queue=messaging_task_queue)
-    failed = [o for o in outcomes if not isinstance(o, SendOutcome)]
-    for outcome in failed:
-        workflow.logger.warning("credit message not sent: %s", permanent_failure(outcome) or type(outcome).__name__)
-    return len(failed)
+    if workflow.patched(GUARDRAIL_NOTICES_BATCHED_PATCH):
+        delivered = await deliver_all(messages, max_in_flight=50, task_queue=messaging_task_queue)
+        reasons = [o.reason or "failed" for o in delivered if o.status == "failed"]
+    else:
+        outcomes = await send_all(messages, max_in_flight=50, task_queue=messaging_task_queue)
+        reasons = [
+            permanent_failure(o) or type(o).__name__ for o in outcomes if not isinstance(o, SendOutcome)
+        ]
+    for reason in reasons:
+        workflow.logger.warning("credit message not sent: %s", reason)
+    return len(reasons)
 
 
 async def apply_guardrails(check: GuardrailsCheck, messaging_task_queue: str) -> GuardrailsResult:

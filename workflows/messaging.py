@@ -3,6 +3,12 @@
 Sends run on the `messaging` task queue, whose workers carry Temporal's task-queue rate
 limit; a workflow bounds how many it has in flight so a big batch never floods the queue.
 
+Jobs that message many recipients at once (a batch, a day's reminders, guardrail notices) send
+them `BATCH_SIZE` to a `send_messages` activity: each message is still exactly-once under its own
+key and paced by the cluster's rate, which the send path enforces per message (`messaging_pace`),
+so Temporal's cost per message falls a hundredfold while the limit holds. A single message (a
+nudge, an order's follow-up) is one `send_message`.
+
 A message held back for later (quiet hours, the emergency brake) comes back `deferred` with
 `retry_at`. `deliver` then sleeps on a durable timer in the asking workflow until then and sends
 again under the same idempotency key: the wait survives worker restarts and deploys (it is a
@@ -13,15 +19,23 @@ outcome where it asked, so it can do its own bookkeeping (a reminder marked, a n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.messaging import MessageBatch, MessageBatchResult, SendMessage, SendOutcome
+    from schemas.messaging import (
+        BatchItemOutcome,
+        MessageBatch,
+        MessageBatchResult,
+        SendBatch,
+        SendBatchResult,
+        SendMessage,
+        SendOutcome,
+    )
 
 MESSAGING_QUEUE = "messaging"
 PERMANENT_ERRORS = [
@@ -81,6 +95,111 @@ async def deliver(
         )
         outcome = await send_message(message, task_queue=task_queue)
     return outcome
+
+
+BATCHED_SENDS_PATCH = "messages-batched-sends"
+"""Histories from before batched sends scheduled one `send_message` per message."""
+BATCH_SIZE = 100
+"""Messages per `send_messages` activity: one Temporal action per hundred messages."""
+BATCH_IN_FLIGHT = 25
+"""Sends outstanding inside one batch activity (several batches run side by side)."""
+HOLD_GROUPING = timedelta(seconds=5)
+"""Held messages whose holds end this close together wait on one timer and go in one batch."""
+SEND_BATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=360,  # and the 6-hour schedule-to-close deadline of every batch
+)
+"""Permanent failures are per-message outcomes, so every failure of the activity itself is worth a retry."""
+
+
+async def send_batch(messages: Sequence[SendMessage], *, max_in_flight: int, task_queue: str) -> list[BatchItemOutcome]:
+    """One `send_messages` activity; outcomes in input order (deferred ones carry `retry_at`)."""
+    result = await workflow.execute_activity(
+        "send_messages",
+        SendBatch(messages=list(messages), max_in_flight=max_in_flight),
+        result_type=SendBatchResult,
+        task_queue=task_queue,
+        start_to_close_timeout=timedelta(minutes=10),
+        heartbeat_timeout=timedelta(seconds=30),  # every message heartbeats; a dead worker is noticed soon
+        schedule_to_close_timeout=timedelta(hours=6),
+        retry_policy=SEND_BATCH_RETRY,
+        summary=f"send {len(messages)} messages ({messages[0].idempotency_key} ...)",
+    )
+    return result.outcomes
+
+
+async def send_batches(
+    messages: Sequence[SendMessage], *, max_in_flight: int, task_queue: str = MESSAGING_QUEUE,
+    on_batch: Callable[[Sequence[SendMessage], list[BatchItemOutcome]], None] | None = None,
+) -> list[BatchItemOutcome]:
+    """Every message once, `BATCH_SIZE` to an activity and at most `max_in_flight` sends
+    outstanding over all the batches; outcomes in input order, deferred ones included.
+    `on_batch` sees each batch's outcomes as it ends (for a live status)."""
+    per_batch = min(max_in_flight, BATCH_IN_FLIGHT)
+    lanes = asyncio.Semaphore(max(1, max_in_flight // per_batch))
+
+    async def one(chunk: Sequence[SendMessage]) -> list[BatchItemOutcome]:
+        async with lanes:
+            outcomes = await send_batch(chunk, max_in_flight=per_batch, task_queue=task_queue)
+        if on_batch is not None:
+            on_batch(chunk, outcomes)
+        return outcomes
+
+    chunks = [messages[i : i + BATCH_SIZE] for i in range(0, len(messages), BATCH_SIZE)]
+    return [outcome for outcomes in await asyncio.gather(*(one(c) for c in chunks)) for outcome in outcomes]
+
+
+def hold_groups(held: list[tuple[datetime, int]]) -> list[tuple[datetime, list[int]]]:
+    """(retry_at, position) pairs as groups whose holds end within `HOLD_GROUPING` of the group's
+    first: each group waits on one timer, until its last hold ends, and goes out as one batch."""
+    groups: list[tuple[datetime, list[datetime], list[int]]] = []  # (first, [last], positions)
+    for retry_at, position in sorted(held):
+        if groups and retry_at - groups[-1][0] <= HOLD_GROUPING:
+            groups[-1][1][0] = retry_at
+            groups[-1][2].append(position)
+        else:
+            groups.append((retry_at, [retry_at], [position]))
+    return [(last[0], members) for _, last, members in groups]
+
+
+async def deliver_all(
+    messages: Sequence[SendMessage],
+    *,
+    max_in_flight: int,
+    task_queue: str = MESSAGING_QUEUE,
+    on_done: Callable[[SendMessage, BatchItemOutcome], None] | None = None,
+    on_deferred: Callable[[SendMessage, BatchItemOutcome], None] | None = None,
+) -> list[BatchItemOutcome]:
+    """`send_batches`, then each group of held messages again, same keys, when its hold ends
+    (a durable timer); final outcomes (sent, suppressed, failed) in input order."""
+    final: dict[int, BatchItemOutcome] = {}
+
+    def settle(positions: Sequence[int], outcomes: list[BatchItemOutcome]) -> list[tuple[datetime, int]]:
+        held = []
+        for position, outcome in zip(positions, outcomes, strict=True):
+            if outcome.status == "deferred" and outcome.retry_at:
+                held.append((outcome.retry_at, position))
+                if on_deferred is not None:
+                    on_deferred(messages[position], outcome)
+            else:
+                final[position] = outcome
+                if on_done is not None:
+                    on_done(messages[position], outcome)
+        return held
+
+    held = settle(range(len(messages)), await send_batches(messages, max_in_flight=max_in_flight, task_queue=task_queue))
+    while held:
+        until, group = hold_groups(held)[0]
+        going = set(group)
+        held = [h for h in held if h[1] not in going]
+        await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(group)} messages")
+        outcomes = await send_batches(
+            [messages[p] for p in group], max_in_flight=max_in_flight, task_queue=task_queue
+        )
+        held += settle(group, outcomes)
+    return [final[p] for p in range(len(messages))]
 
 
 def permanent_failure(error: BaseException) -> str | None:
@@ -145,28 +264,40 @@ class MessageBatchWorkflow:
     @workflow.run
     async def run(self, batch: MessageBatch) -> MessageBatchResult:
         workflow.set_current_details(f"sending {len(batch.messages)} messages")
-        await send_all(
-            batch.messages,
-            max_in_flight=batch.max_in_flight,
-            task_queue=batch.task_queue,
-            on_done=self._count,
-            on_deferred=self._held,
-        )
+        if workflow.patched(BATCHED_SENDS_PATCH):
+            await deliver_all(
+                batch.messages,
+                max_in_flight=batch.max_in_flight,
+                task_queue=batch.task_queue,
+                on_done=self._count,
+                on_deferred=self._held,
+            )
+        else:
+            await send_all(
+                batch.messages,
+                max_in_flight=batch.max_in_flight,
+                task_queue=batch.task_queue,
+                on_done=self._count,
+                on_deferred=self._held,
+            )
         return self._result
 
-    def _held(self, message: SendMessage, outcome: SendOutcome) -> None:
+    def _held(self, message: SendMessage, outcome: SendOutcome | BatchItemOutcome) -> None:
         """Deferred: shown as waiting until the message's final outcome arrives."""
         self._waiting.add(message.idempotency_key)
         self._result.deferred = len(self._waiting)
 
-    def _count(self, message: SendMessage, outcome: SendOutcome | BaseException) -> None:
+    def _count(self, message: SendMessage, outcome: SendOutcome | BatchItemOutcome | BaseException) -> None:
         result = self._result
         if message.idempotency_key in self._waiting:
             self._waiting.discard(message.idempotency_key)
             result.deferred = len(self._waiting)
-            result.delivered_after_hold += isinstance(outcome, SendOutcome) and outcome.status == "sent"
-        if isinstance(outcome, BaseException):
-            kind = permanent_failure(outcome) or type(outcome).__name__
+            result.delivered_after_hold += not isinstance(outcome, BaseException) and outcome.status == "sent"
+        if isinstance(outcome, BaseException) or outcome.status == "failed":
+            kind = (
+                outcome.reason or "failed" if isinstance(outcome, BatchItemOutcome)
+                else permanent_failure(outcome) or type(outcome).__name__
+            )
             result.failed[kind] = result.failed.get(kind, 0) + 1
         elif outcome.status == "sent":
             result.duplicates += outcome.duplicate

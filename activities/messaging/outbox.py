@@ -239,6 +239,32 @@ async def owned_sids(conn: AsyncConnection, sids: list[str]) -> set[str]:
     return set(await conn.scalars(select(MessageLog.provider_sid).where(MessageLog.provider_sid.in_(sids))))
 
 
+# One slot of `1/per_second` per message, on the database's clock (every worker shares it). The
+# row lock serializes the reservations; the statement holds it for microseconds.
+_RESERVE_SLOT = psycopg_sql(
+    """
+INSERT INTO messaging_pace AS pace (name, next_slot)
+VALUES (:name, clock_timestamp() + make_interval(secs => :interval))
+ON CONFLICT (name) DO UPDATE
+   SET next_slot = greatest(pace.next_slot, clock_timestamp()) + make_interval(secs => :interval)
+RETURNING extract(epoch FROM pace.next_slot - clock_timestamp())::float8 - :interval
+"""
+)
+
+
+async def reserve_slot(conn: psycopg.AsyncConnection, per_second: float, name: str = "twilio") -> float:
+    """Reserve the next send slot of the `name` limit; returns the seconds to wait until it starts.
+
+    Slots are `1/per_second` apart for the whole cluster, so however the sends are spread over
+    activities and workers, they reach the provider no faster than `per_second` and never in a
+    burst. A reserved slot whose send then fails is left unused: the limit errs low, never high."""
+    row = await (
+        await conn.execute(_RESERVE_SLOT, {"name": name, "interval": 1.0 / per_second}, prepare=True)
+    ).fetchone()
+    assert row is not None
+    return max(float(row[0]), 0.0)
+
+
 # The common end of a send, as one constant statement (no statement built per message).
 _SENT_SQL = psycopg_sql(
     """

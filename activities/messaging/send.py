@@ -13,6 +13,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
@@ -38,8 +39,6 @@ INVALID_SENDER = {21212, 21606}
 OPTED_OUT = 21610
 OUTSIDE_SESSION = 63016
 BUSY = {21611, 30001, 63018, 20429}
-BATCH_PER_SECOND = 50.0
-"""A legacy batch's pace when neither it nor the worker names one."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,6 @@ class SendPolicy:
     """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback."""
     paused_recheck: timedelta = timedelta(minutes=1)
     """While the brake is on, when a held message is tried again."""
-    dispatch_delay: timedelta = timedelta(milliseconds=500)
-    """A send that queued behind the rate limit calls Twilio this long after its dispatch: see `_dispatch_wait`."""
 
 
 @dataclass
@@ -91,32 +88,6 @@ def _now() -> datetime:
     return max(wall, scheduled) if scheduled.tzinfo else wall
 
 
-def _dispatch_wait(delay: timedelta) -> float:
-    """Seconds until `delay` after the server dispatched this attempt, if it queued behind the limit.
-
-    The messaging queue's rate limit is enforced by the Temporal server, across every worker:
-    it is the dispatch times that are spaced. The work before the call (the outbox claim, a
-    pool's first connections, a busy event loop) delays some attempts more than others, and a
-    delay that ends for many at once reaches Twilio as a burst its bucket refuses (429). Sending
-    each paced attempt a fixed `delay` after its dispatch replays the server's spacing at Twilio's door.
-
-    Only a send that queued behind the limit is paced: one dispatched as soon as it was
-    scheduled (a manual nudge on a quiet queue, the head of a burst) goes at once, so a quiet
-    queue adds no latency. Capped at `delay`, so a clock that disagrees costs at most that.
-    """
-    try:
-        info = activity.info()
-    except RuntimeError:  # called outside an activity (unit tests): nothing to keep pace with
-        return 0.0
-    dispatched, scheduled = info.started_time, info.current_attempt_scheduled_time
-    if not delay or dispatched.tzinfo is None or scheduled.tzinfo is None:
-        return 0.0
-    if dispatched - scheduled < delay / 5:  # not held back by the rate limit
-        return 0.0
-    wait = (dispatched + delay - datetime.now(UTC)).total_seconds()
-    return min(max(wait, 0.0), delay.total_seconds())
-
-
 def _count(template: str, outcome: str) -> None:
     """messages_sent_total{template, outcome} on the worker's Prometheus endpoint."""
     activity.metric_meter().create_counter(
@@ -141,6 +112,13 @@ class _Pace:
             await asyncio.sleep(slot - now)
 
 
+def _resumed(details: Sequence[Any]) -> list[BatchItemOutcome]:
+    """The outcomes an earlier attempt of this batch heartbeated before it failed."""
+    if not details:
+        return []
+    return SendBatchResult.model_validate(details[0]).outcomes
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -150,12 +128,9 @@ class MessagingActivities:
         policy: SendPolicy = SendPolicy(),
         per_second: float | None = None,
     ) -> None:
+        # The provider's rate for the whole cluster, in messages: each send reserves its slot in
+        # `messaging_pace` (outbox.reserve_slot) just before it calls Twilio. None: unlimited.
         self._per_second = per_second
-        # The server's limit is cluster-wide and lets a second's worth through at once after a
-        # stall; spacing this process's calls at the same rate spreads such a burst over the
-        # workers instead of handing it to Twilio in one instant. It never limits below the
-        # cluster's rate (one process alone is allowed all of it), so the limit stays Temporal's.
-        self._spacing = _Pace(per_second) if per_second else None
         self._engine = engine
         # Single statements need no transaction: without one, each is one round trip instead of
         # BEGIN, the statement and COMMIT (the common send is three statements).
@@ -166,49 +141,59 @@ class MessagingActivities:
 
     @activity.defn(name="send_messages")
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
-        """Send a batch, `max_in_flight` at a time and paced to `per_second`.
+        """Send a batch, `max_in_flight` at a time: one activity (one Temporal action) for many messages.
 
-        Kept registered for payment-reminder runs started before `reminders-per-message-delivery`:
-        new runs send one `send_message` per reminder, so every send passes the messaging task
-        queue's rate limit, which the Temporal server enforces across all messaging workers.
-
-        A permanent failure is that message's outcome; a transient one fails the activity after
-        the rest of the batch went out, and Temporal retries it: the messages already sent come
-        back as duplicates from the outbox, so a retry sends only what is left.
+        Each message is still its own exactly-once send under its own key, and reserves its own
+        slot of the cluster's rate (`messaging_pace`), so the limit holds in messages whatever a
+        batch carries. A permanent failure is that message's outcome; a transient one fails the
+        activity once the rest went out, after heartbeating the outcomes so far: Temporal's retry
+        resumes from them and sends only what is left, and no message is counted twice.
         """
+        decided = {o.idempotency_key: o for o in _resumed(activity.info().heartbeat_details)}
         slots = asyncio.Semaphore(batch.max_in_flight)
-        pace = _Pace(batch.per_second or self._per_second or BATCH_PER_SECOND)
+        pace = _Pace(batch.per_second) if batch.per_second else None
         transient: list[BaseException] = []
 
-        async def one(message: SendMessage) -> BatchItemOutcome | None:
+        async def one(message: SendMessage) -> None:
             async with slots:
-                await pace.wait()
+                if pace is not None:
+                    await pace.wait()
                 try:
                     outcome = await self.send_message(message)
                 except ApplicationError as error:
                     if not error.non_retryable:
                         transient.append(error)
-                        return None
-                    return BatchItemOutcome(idempotency_key=message.idempotency_key, status="failed", reason=error.type)
+                        return
+                    decided[message.idempotency_key] = BatchItemOutcome(
+                        idempotency_key=message.idempotency_key, status="failed", reason=error.type
+                    )
                 except Exception as error:  # noqa: BLE001 - network and DB errors: retry the batch
                     transient.append(error)
-                    return None
+                    return
+                else:
+                    decided[message.idempotency_key] = BatchItemOutcome(
+                        idempotency_key=message.idempotency_key, status=outcome.status, duplicate=outcome.duplicate,
+                        reason=outcome.reason, retry_at=outcome.retry_at,
+                    )
                 activity.heartbeat()
-                return BatchItemOutcome(
-                    idempotency_key=message.idempotency_key,
-                    status=outcome.status,
-                    duplicate=outcome.duplicate,
-                    reason=outcome.reason,
-                )
 
-        outcomes = await asyncio.gather(*(one(m) for m in batch.messages))
+        unique = {m.idempotency_key: m for m in batch.messages}  # a key twice in a batch is sent once
+        await asyncio.gather(*(one(m) for key, m in unique.items() if key not in decided))
         if transient:
             log.warning("messages.batch_incomplete", failed=len(transient), batch=len(batch.messages))
+            activity.heartbeat(SendBatchResult(outcomes=list(decided.values())))  # where the retry resumes
             raise ApplicationError(
-                f"{len(transient)} of {len(batch.messages)} messages hit transient errors; retrying the batch",
+                f"{len(transient)} of {len(batch.messages)} messages hit transient errors; retrying the rest",
                 type="BatchIncomplete",
             )
-        return SendBatchResult(outcomes=[o for o in outcomes if o is not None])
+        outcomes, seen = [], set()
+        for message in batch.messages:
+            outcome, key = decided[message.idempotency_key], message.idempotency_key
+            if key in seen and outcome.status == "sent":
+                outcome = outcome.model_copy(update={"duplicate": True})
+            seen.add(key)
+            outcomes.append(outcome)
+        return SendBatchResult(outcomes=outcomes)
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessage) -> SendOutcome:
@@ -327,11 +312,11 @@ class MessagingActivities:
         key = request.idempotency_key
         assert recipient.phone
         attempt = _Attempt(key, channel, self._senders.of(channel))
-        wait = _dispatch_wait(self._policy.dispatch_delay)
-        if self._spacing is not None:
-            await self._spacing.wait(after=wait)
-        elif wait:
-            await asyncio.sleep(wait)
+        if self._per_second:
+            async with driver_connection(self._statements) as conn:
+                wait = await outbox.reserve_slot(conn, self._per_second)
+            if wait:
+                await asyncio.sleep(wait)
         try:
             accepted = await self._deliver(attempt, recipient.phone, template, params, body)
         except TwilioRestException as exc:

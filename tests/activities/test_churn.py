@@ -58,7 +58,7 @@ async def churn_workers(
             cases.load_case, cases.decide_nudge, cases.record_action,
             payments.extend_subscription, payments.cancel_subscription, payments.subscription_state,
         ],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message]):
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
         yield
 
 

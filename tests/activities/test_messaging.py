@@ -247,7 +247,7 @@ async def test_a_batch_reports_what_happened_to_each_message(
     )
     batch = MessageBatch(messages=[reminder(r) for r in (good, no_phone, invalid)], task_queue=f"{task_queue}-msg")
     async with Worker(time_skipping_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-        time_skipping_env.client, task_queue=batch.task_queue, activities=[activities(engine, gateway).send_message]
+        time_skipping_env.client, task_queue=batch.task_queue, activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages]
     ):
         handle = await time_skipping_env.client.start_workflow(
             MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue

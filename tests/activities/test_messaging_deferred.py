@@ -49,7 +49,7 @@ async def workers_with_quiet_hours(
         workflows=families.by_name("credit").workflows(),
         activities=[reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply,
                     PaymentRecordingActivities(engine).record, business_day],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message]):
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
         yield f"{task_queue}-msg"
 
 

@@ -58,7 +58,7 @@ async def order_workers(client: Client, engine: AsyncEngine, gateway: TwilioGate
             orders.settle_pending_order,
             orders.handle_order_failure,
         ],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[messaging.send_message]):
+    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[messaging.send_message, messaging.send_messages]):
         yield f"{task_queue}-msg"
 
 

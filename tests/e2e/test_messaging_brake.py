@@ -60,7 +60,7 @@ async def test_paused_nothing_goes_out_a_restart_loses_nothing_and_resume_sends_
 
         def workers():
             return Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-                dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message]
+                dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages]
             )
 
         try:
@@ -132,7 +132,7 @@ async def test_the_brake_from_the_temporal_ui_holds_a_send_and_resume_sends_it_o
             dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow, MessagingBrakeWorkflow],
             activities=[BrakeActivities(engine).set_messaging_brake],
         )
-        messaging = Worker(dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message])
+        messaging = Worker(dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages])
         try:
             async with jobs, messaging:
                 brake_wf = await dev_env.client.start_workflow(

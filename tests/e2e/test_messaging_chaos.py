@@ -51,13 +51,14 @@ async def test_chaos_every_message_exactly_once(
         twilio_client(flaky_twilio.url, flaky_twilio.account_sid, flaky_twilio.auth_token, async_client=True)
     )
     sends = MessagingActivities(
-        engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0))
+        engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0)),
+        per_second=RATE,
     )
     try:
         async with Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
             dev_env.client,
             task_queue=batch.task_queue,
-            activities=[sends.send_message],
+            activities=[sends.send_message, sends.send_messages],
             max_task_queue_activities_per_second=RATE,
         ):
             result = await dev_env.client.execute_workflow(

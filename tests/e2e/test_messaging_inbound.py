@@ -38,7 +38,7 @@ async def inbound(
         help_reply=lambda t, r, sid: reply_help(dev_env.client, settings, t, r, sid),
     )
     async with Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-        dev_env.client, task_queue=settings.messaging_task_queue, activities=[activities(engine, gateway).send_message]
+        dev_env.client, task_queue=settings.messaging_task_queue, activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages]
     ), TestClient(TestServer(app)) as client:
         yield client
 

@@ -146,11 +146,10 @@ async def test_two_workers_share_one_limit_with_a_batch_and_single_sends_at_once
         f"limit {LIMIT}/s: steady {rate:.2f}/s ({rate / LIMIT:.3f} x), most in 1 s {peak},"
         f" 429s {stats['rate_limited']} of {requests} over {stamps[-1] - stamps[0]:.1f} s"
     )
-    # Issue #15: < 1 %. Both limiters allow a one-second burst, so equal buckets leave almost no
-    # margin for a stall; the worker keeps the server's spacing (a paced send goes a fixed delay
-    # after its dispatch) and spaces its own sends at the queue's rate, so a burst the server lets
-    # through after a stall is spread over the workers. A limit that did not hold cluster-wide
-    # would 429 far more.
+    # Issue #15: < 1 %. Every message reserves its slot of the one rate in `messaging_pace`, the
+    # batch's (a hundred to an activity) and the singles' alike, so two workers keep one evenly
+    # spaced pace. A limit counted in activities would let the batch through at up to a hundred
+    # times the limit; one that did not hold cluster-wide would let each worker have all of it.
     assert stats["rate_limited"] < 0.01 * requests
     assert rate <= 1.02 * LIMIT
 

@@ -52,7 +52,7 @@ async def test_messages_sent_total_counts_by_template_and_outcome(
         async with Worker(
             client, task_queue=task_queue, workflows=[MessageBatchWorkflow], interceptors=[JobMetricsInterceptor()]
         ), Worker(
-            client, task_queue=batch.task_queue, activities=[sends.send_message]
+            client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages]
         ):
             await client.execute_workflow(MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue)
         await gateway.close()

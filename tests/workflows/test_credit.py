@@ -28,7 +28,7 @@ from schemas.credit import (
     RemindersStatus,
 )
 from schemas.insights import BusinessDay
-from schemas.messaging import SendMessage, SendOutcome
+from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
 from tests.workflows.harness import eventually, family_worker, started_at
 
 BUSINESS_DAY = date(2026, 11, 23)
@@ -76,6 +76,7 @@ class FakeCredit:
     send_times: list[datetime] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
+    batches: list[int] = field(default_factory=list)
 
     @activity.defn(name="business_day")
     async def business_day(self, request: BusinessDay) -> date:
@@ -123,6 +124,26 @@ class FakeCredit:
             return answer
         return SendOutcome(status="sent", provider_sid="SM1", channel="whatsapp")
 
+    @activity.defn(name="send_messages")
+    async def send_messages(self, batch: SendBatch) -> SendBatchResult:
+        """The batch activity: each message as `send_message` answers it, `max_in_flight` at a time."""
+        self.batches.append(len(batch.messages))
+        slots = asyncio.Semaphore(batch.max_in_flight)
+
+        async def one(message: SendMessage) -> BatchItemOutcome:
+            key = message.idempotency_key
+            async with slots:
+                try:
+                    outcome = await self.send_message(message)
+                except ApplicationError as error:
+                    return BatchItemOutcome(idempotency_key=key, status="failed", reason=error.type)
+            return BatchItemOutcome(
+                idempotency_key=key, status=outcome.status, duplicate=outcome.duplicate, reason=outcome.reason,
+                retry_at=outcome.retry_at,
+            )
+
+        return SendBatchResult(outcomes=await asyncio.gather(*(one(m) for m in batch.messages)))
+
     def activities(self) -> list:
         return [
             self.business_day,
@@ -131,6 +152,7 @@ class FakeCredit:
             self.apply,
             self.record,
             self.send_message,
+            self.send_messages,
         ]
 
 
@@ -168,7 +190,9 @@ async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
         status = await handle.result()
 
     assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [(day, 0, 4), (day, 4, 4)]
-    # One send per reminder, never more than max_in_flight at once; retailer 5 twice: deferred, then after its hold.
+    # One batch activity per page, never more than max_in_flight sends at once; retailer 5 twice:
+    # deferred, then after its hold.
+    assert fake.batches == [4, 1, 1]
     ids = [m.recipient_id for m in fake.sends]
     assert sorted(ids[:4]) == ["1", "2", "3", "4"] and ids[4:] == ["5", "5"]  # a page's sends run side by side
     assert fake.most_in_flight <= 2

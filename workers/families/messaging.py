@@ -53,7 +53,6 @@ def sends(deps: Any) -> Any:
             daily_cap=settings.message_daily_cap,
             quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
-            dispatch_delay=timedelta(milliseconds=settings.message_dispatch_delay_ms),
         ),
         per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
     )

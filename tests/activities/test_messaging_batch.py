@@ -1,0 +1,89 @@
+"""`send_messages` and the shared pace: many messages in one activity, each exactly once, each in its own slot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from sqlalchemy import func, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.database import autocommit, driver_connection
+from activities.messaging import outbox
+from activities.messaging.twilio_gateway import TwilioGateway
+from devtools.twilio_emulator import TwilioEmulator
+from schemas.messaging import SendBatch, SendBatchResult
+from schemas.tables import MessageLog
+from tests.activities.test_messaging import activities, emulator_log, reminder, retailer, unique_phone
+
+
+async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_once(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    phones = [unique_phone() for _ in range(4)]
+    messages = [reminder(await retailer(engine, phone)) for phone in phones]
+    busy = messages[3]  # another attempt holds its row: this attempt must neither send it nor wait
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(MessageLog).values(
+                idempotency_key=busy.idempotency_key, recipient_type="retailer", recipient_id=busy.recipient_id,
+                channel="sms", template="payment_reminder", template_version=1, status="sending", attempts=1,
+                lease_started_at=func.now(), lease_until=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, 30),
+            )
+        )
+    sends = activities(engine, gateway)
+    batch = SendBatch(messages=messages, max_in_flight=2)
+    first = ActivityEnvironment()
+    beats: list[tuple] = []
+    first.on_heartbeat = lambda *details: beats.append(details)
+
+    with pytest.raises(ApplicationError) as raised:
+        await first.run(sends.send_messages, batch)
+
+    assert raised.value.type == "BatchIncomplete" and not raised.value.non_retryable
+    progress = SendBatchResult.model_validate(beats[-1][0])
+    assert sorted(o.idempotency_key for o in progress.outcomes) == sorted(m.idempotency_key for m in messages[:3])
+    assert all(o.status == "sent" and not o.duplicate for o in progress.outcomes)
+
+    # The other attempt died: its lease ends, and Temporal retries the batch with the heartbeat.
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(MessageLog).where(MessageLog.idempotency_key == busy.idempotency_key)
+            .values(lease_until=MessageLog.lease_started_at)
+        )
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[progress.model_dump(mode="json")])
+    result = await retry.run(sends.send_messages, batch)
+
+    assert [o.idempotency_key for o in result.outcomes] == [m.idempotency_key for m in messages]
+    assert [(o.status, o.duplicate) for o in result.outcomes] == [("sent", False)] * 4  # none counted twice
+    for phone in phones:
+        assert len(await emulator_log(emulator, phone)) == 1, "a message was sent twice or never"
+
+
+async def test_a_key_twice_in_one_batch_is_sent_once(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    phone = unique_phone()
+    message = reminder(await retailer(engine, phone))
+    result = await ActivityEnvironment().run(
+        activities(engine, gateway).send_messages, SendBatch(messages=[message, message])
+    )
+
+    assert [(o.status, o.duplicate) for o in result.outcomes] == [("sent", False), ("sent", True)]
+    assert len(await emulator_log(emulator, phone)) == 1
+
+
+async def test_every_send_reserves_its_own_slot_of_one_pace_shared_by_every_connection(engine: AsyncEngine) -> None:
+    """Two workers' connections interleaved: the slots they get are one evenly spaced sequence."""
+    name = f"test-{unique_phone()}"
+    statements = autocommit(engine)  # as the send path: each reservation commits at once
+    async with driver_connection(statements) as one, driver_connection(statements) as two:
+        waits = [await outbox.reserve_slot(conn, 10.0, name) for conn in (one, two, one, two, one)]
+        gaps = [later - earlier for earlier, later in zip(waits, waits[1:], strict=False)]
+        assert all(0.05 < gap <= 0.1 for gap in gaps), waits  # 0.1 s apart, less the time between statements
+        await asyncio.sleep(max(waits) + 0.2)
+        assert await outbox.reserve_slot(one, 10.0, name) == 0.0  # an idle pace keeps no debt: the next goes now
