@@ -264,22 +264,14 @@ class MessageBatchWorkflow:
     @workflow.run
     async def run(self, batch: MessageBatch) -> MessageBatchResult:
         workflow.set_current_details(f"sending {len(batch.messages)} messages")
-        if workflow.patched(BATCHED_SENDS_PATCH):
-            await deliver_all(
-                batch.messages,
-                max_in_flight=batch.max_in_flight,
-                task_queue=batch.task_queue,
-                on_done=self._count,
-                on_deferred=self._held,
-            )
-        else:
-            await send_all(
-                batch.messages,
-                max_in_flight=batch.max_in_flight,
-                task_queue=batch.task_queue,
-                on_done=self._count,
-                on_deferred=self._held,
-            )
+        send = deliver_all if workflow.patched(BATCHED_SENDS_PATCH) else send_all
+        await send(
+            batch.messages,
+            max_in_flight=batch.max_in_flight,
+            task_queue=batch.task_queue,
+            on_done=self._count,
+            on_deferred=self._held,
+        )
         return self._result
 
     def _held(self, message: SendMessage, outcome: SendOutcome | BatchItemOutcome) -> None:

@@ -17,9 +17,34 @@ from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
+from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
+
 from workers import families
+
+
+async def each_as_sent(
+    batch: SendBatch, send_message: Callable[[SendMessage], Awaitable[SendOutcome]]
+) -> SendBatchResult:
+    """A fake `send_messages`: each message as the fake `send_message` answers it, `max_in_flight`
+    at a time, a permanent error as that message's `failed` outcome (as the real batch does)."""
+    slots = asyncio.Semaphore(batch.max_in_flight)
+
+    async def one(message: SendMessage) -> BatchItemOutcome:
+        key = message.idempotency_key
+        async with slots:
+            try:
+                outcome = await send_message(message)
+            except ApplicationError as error:
+                return BatchItemOutcome(idempotency_key=key, status="failed", reason=error.type)
+        return BatchItemOutcome(
+            idempotency_key=key, status=outcome.status, duplicate=outcome.duplicate, reason=outcome.reason,
+            retry_at=outcome.retry_at,
+        )
+
+    return SendBatchResult(outcomes=await asyncio.gather(*(one(m) for m in batch.messages)))
 
 
 @asynccontextmanager

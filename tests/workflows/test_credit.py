@@ -28,8 +28,8 @@ from schemas.credit import (
     RemindersStatus,
 )
 from schemas.insights import BusinessDay
-from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
-from tests.workflows.harness import eventually, family_worker, started_at
+from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
+from tests.workflows.harness import each_as_sent, eventually, family_worker, started_at
 
 BUSINESS_DAY = date(2026, 11, 23)
 """What the calendar activity answers: not today, so a test sees the workflow used its answer."""
@@ -128,21 +128,7 @@ class FakeCredit:
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
         """The batch activity: each message as `send_message` answers it, `max_in_flight` at a time."""
         self.batches.append(len(batch.messages))
-        slots = asyncio.Semaphore(batch.max_in_flight)
-
-        async def one(message: SendMessage) -> BatchItemOutcome:
-            key = message.idempotency_key
-            async with slots:
-                try:
-                    outcome = await self.send_message(message)
-                except ApplicationError as error:
-                    return BatchItemOutcome(idempotency_key=key, status="failed", reason=error.type)
-            return BatchItemOutcome(
-                idempotency_key=key, status=outcome.status, duplicate=outcome.duplicate, reason=outcome.reason,
-                retry_at=outcome.retry_at,
-            )
-
-        return SendBatchResult(outcomes=await asyncio.gather(*(one(m) for m in batch.messages)))
+        return await each_as_sent(batch, self.send_message)
 
     def activities(self) -> list:
         return [

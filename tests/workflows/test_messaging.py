@@ -12,7 +12,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.messaging import (
-    BatchItemOutcome,
     MessageBatch,
     MessageBatchResult,
     SendBatch,
@@ -20,7 +19,7 @@ from schemas.messaging import (
     SendMessage,
     SendOutcome,
 )
-from tests.workflows.harness import family_worker, task_failures
+from tests.workflows.harness import each_as_sent, family_worker, task_failures
 
 
 def message(key: str) -> SendMessage:
@@ -58,21 +57,7 @@ class FakeGateway:
     @activity.defn(name="send_messages")
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
         self.batches.append(len(batch.messages))
-        slots = asyncio.Semaphore(batch.max_in_flight)
-
-        async def one(request: SendMessage) -> BatchItemOutcome:
-            key = request.idempotency_key
-            async with slots:
-                try:
-                    outcome = await self.send_message(request)
-                except ApplicationError as error:
-                    return BatchItemOutcome(idempotency_key=key, status="failed", reason=error.type)
-            return BatchItemOutcome(
-                idempotency_key=key, status=outcome.status, duplicate=outcome.duplicate, reason=outcome.reason,
-                retry_at=outcome.retry_at,
-            )
-
-        return SendBatchResult(outcomes=await asyncio.gather(*(one(m) for m in batch.messages)))
+        return await each_as_sent(batch, self.send_message)
 
 
 async def send_batch(env: WorkflowEnvironment, task_queue: str, fake: FakeGateway, batch: MessageBatch) -> MessageBatchResult:
