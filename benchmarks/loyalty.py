@@ -173,7 +173,7 @@ async def main(applications: int, hot: int, cold: int, pool: int, queued: int) -
     async with stack() as s, serve("stripe-sandbox", stripe_port):
         engine = create_engine(s.database_url, pool_size=pool)
         try:
-            print(f"machine: {machine()}; engine pool {pool} + {pool} overflow")
+            print(f"machine: {machine()}; engine pool {pool}, no overflow")
             hot_ids = await new_customers(engine, hot)
             cold_ids = await new_customers(engine, cold)
             await run_set(engine, "warm-up", cold_ids, min(200, applications))
@@ -195,7 +195,7 @@ if __name__ == "__main__":
     parser.add_argument("--applications", type=int, default=5000)
     parser.add_argument("--hot", type=int, default=10, help="customers in the hot set")
     parser.add_argument("--cold", type=int, default=1000, help="customers in the cold set")
-    parser.add_argument("--pool", type=int, default=10, help="engine pool size (the worker's default is 10)")
+    parser.add_argument("--pool", type=int, default=20, help="engine pool size (the worker's default is 20)")
     parser.add_argument("--queued", type=int, default=200, help="failed applications sent through the reconciliation queue")
     args = parser.parse_args()
     if min(args.applications, args.hot, args.cold, args.queued) < 1:

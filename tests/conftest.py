@@ -79,7 +79,7 @@ def _offset_sequences(url: str, start: int) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(database_url, pool_size=5)
+    eng = create_engine(database_url, pool_size=10)
     yield eng
     await eng.dispose()
 

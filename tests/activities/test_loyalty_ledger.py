@@ -23,7 +23,7 @@ from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref,
 @pytest_asyncio.fixture(loop_scope="session")
 async def wide_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """Enough connections for every concurrent call to be in the database at once (real lock contention)."""
-    eng = create_engine(database_url, pool_size=30)
+    eng = create_engine(database_url, pool_size=60)
     yield eng
     await eng.dispose()
 

@@ -43,7 +43,7 @@ def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, runnin
     started = threading.Event()
 
     async def main() -> None:
-        engine = create_engine(database_url, pool_size=5)
+        engine = create_engine(database_url, pool_size=10)
         client = await connect(settings_)
         try:
             async with serve_api(settings_, engine, client, "127.0.0.1", 0) as url:

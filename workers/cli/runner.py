@@ -66,7 +66,7 @@ def call(action: Callable[[Context], Awaitable[T]], *, temporal: bool = False, d
         if url is not None:
             from activities.database import create_engine
 
-            engine = create_engine(url, pool_size=2)
+            engine = create_engine(url, pool_size=4)
         try:
             if temporal:
                 from workers.temporal_client import connect
