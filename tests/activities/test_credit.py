@@ -4,6 +4,7 @@ the module's other retailers are never due on them."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client
 from schemas.payments import PaymentLinkRequest
-from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
+from schemas.credit import ReminderPageRequest, GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from services import credit as credit_api
 from config.settings import load_settings
@@ -261,6 +262,36 @@ async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_
     assert await sent_to(emulator, blocked_phone) == [] and await sent_to(emulator, opted_phone) == []
     memo = await (await handle.describe()).memo()
     assert memo == {"reminders_sent": 1, "reminders_skipped": 3}
+
+
+async def test_two_overlapping_attempts_of_a_first_page_give_each_retailer_one_link(engine: AsyncEngine) -> None:
+    """A first cadence day writes every new link in one statement; an attempt that overlaps it
+    (a retry after a timeout) sends the same URLs, never a second link."""
+    day = FAR + timedelta(days=120)
+    shops = [(await new_retailer(engine))[0] for _ in range(6)]
+    for shop in shops:
+        await new_debit(engine, shop, "40.00", day)
+        await new_debit(engine, shop, "2.50", day - timedelta(days=1))
+    reminders = ReminderActivities(engine, None, PAY_BASE)
+    request = ReminderPageRequest(
+        reminder_date=day, business_timezone="UTC", after_retailer_id=min(shops) - 1, page_size=len(shops)
+    )
+
+    first, second = await asyncio.gather(reminders.reminder_page(request), reminders.reminder_page(request))
+    again = await reminders.reminder_page(request)
+
+    def links(page) -> dict[str, str]:
+        return {m.recipient_id: m.params["payment_link"] for m in page.messages}
+
+    assert sorted(int(r) for r in links(first)) == shops
+    assert links(first) == links(second) == links(again)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            text("SELECT retailer_id, url, amount, debit_ids FROM payment_links WHERE retailer_id = ANY(:ids)"),
+            {"ids": shops},
+        )).all()
+    assert {str(r.retailer_id): r.url for r in rows} == links(first)
+    assert {r.amount for r in rows} == {Decimal("42.50")} and all(len(r.debit_ids) == 2 for r in rows)
 
 
 # --------------------------------------------------------------------------- guardrails and payments
