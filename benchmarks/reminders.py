@@ -28,6 +28,10 @@ emulator): `cores / CPU per reminder` reminders/s, i.e. `cores × (cron time per
 per reminder)` times the cron. "Share of the parallel bound" is the first day's rate over it:
 how much of the cores the run kept busy.
 
+Pages are production's (`RemindersRequest().page_size`, 500), so a page's read overlaps the sends of
+the page before it; the first day's phases, read from its history, are printed (each activity
+type's span and summed time), to show where the day's wall time went.
+
 Figures: Stripe calls per reminder over the cadence (<= 0.2), the first day's rate as a ratio to
 the cron (>= 3) and as a share of the parallel bound (>= 0.8), Temporal actions per reminder over
 the cadence (<= 0.05), from the histories.
@@ -58,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
@@ -225,9 +230,33 @@ async def run_day(
     stats = stats_delta(stats_before, await stripe_stats(http, stripe_url))
     sent = max(status.sent, 1)
     total_ms = sum(cpu_after[k] - cpu_before[k] for k in cpu_after) * 1000 / sent
-    actions = await count_actions(client, handle.id, handle.first_execution_run_id or handle.run_id or "")
+    run_id = handle.first_execution_run_id or handle.run_id or ""
+    actions = await count_actions(client, handle.id, run_id)
     return Day(day, offset, status, elapsed, total_ms, cpu_per(cpu_before, cpu_after, sent, "reminder"), stats, actions,
-               finished, error)
+               finished, error, await phases(client, handle.id, run_id))
+
+
+async def phases(client: Client, workflow_id: str, run_id: str) -> list[str]:
+    """Where a day's wall time went, from its history: each activity type's span (first
+    scheduled to last completed, seconds from the run's start) and its summed run time."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    start = history.events[0].event_time.ToDatetime()
+    scheduled: dict[int, tuple[str, float]] = {}
+    spans: dict[str, list[float]] = {}
+    for event in history.events:
+        at = (event.event_time.ToDatetime() - start).total_seconds()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, at)
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            name, began = scheduled[event.activity_task_completed_event_attributes.scheduled_event_id]
+            span = spans.setdefault(name, [began, at, 0.0, 0])
+            span[0], span[1] = min(span[0], began), max(span[1], at)
+            span[2] += at - began
+            span[3] += 1
+    end = (history.events[-1].event_time.ToDatetime() - start).total_seconds()
+    return [
+        f"{name}: {n} x, {first:.2f}-{last:.2f} s, {busy:.2f} s summed" for name, (first, last, busy, n) in spans.items()
+    ] + [f"closed at {end:.2f} s"]
 
 
 async def emulator_accepted(http: aiohttp.ClientSession, twilio_url: str) -> int:
@@ -331,6 +360,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
     print(f"first day: {first.cpu_line} (the benchmark process runs the workers; `serve`d: the emulator and the sandbox)")
     print(f"first day: {first.cpu_ms:.1f} ms of CPU per reminder in all processes")
+    print("first day's phases (first run): " + "; ".join(first.phases))
     print(
         f"cadence: {sent} reminders sent, {failed} failed; emulator accepted {accepted}; debits reminded"
         f" {reminded['min']}..{reminded['max']} times (the cadence has {len(REMINDER_OFFSETS_DAYS)} steps)"
@@ -381,7 +411,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retailers", type=int, default=2000)
     parser.add_argument("--cron-retailers", type=int, default=200, help="retailers the sequential cron baseline reminds")
-    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--page-size", type=int, default=RemindersRequest().page_size, help="retailers per page (production's)")
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--production", action="store_true", help="production's rate limits; the first two cadence days")
     parser.add_argument("--deadline", type=float, default=None, help="seconds a cadence day may take before it is cut short")

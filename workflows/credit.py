@@ -1,8 +1,9 @@
 """Credit operations: payment reminders, guardrails (auto-pause / auto-unpause), payments.
 
 `payment-reminders/{date}` (10:00): page by page, the retailers with debits due a reminder today
-get one `payment_reminder` with one Stripe payment link for their total; the debits are marked
-reminded once the message went out. A page costs three activities however many retailers it holds.
+get one `payment_reminder` with one stable pay link for their total; the debits are marked
+reminded once the message went out. A page is its read, one `send_messages` per hundred reminders
+and the mark; the next page is read while a page sends.
 
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
 system made whose conditions cleared; each retailer is told. `credit-guardrails/{retailer}/{reference}`:
@@ -46,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentRecorded,
         PaymentResult,
         RecordPayment,
+        ReminderPage,
         ReminderPageRequest,
         RemindersRequest,
         RemindersSent,
@@ -65,6 +67,8 @@ batch activity pacing itself), and a deferred reminder sent, then marked, when i
 REMINDERS_BATCHED_PATCH = "reminders-batched-sends"
 """A page's reminders a hundred to a `send_messages` activity (`send_batches`), each message paced
 by the cluster's rate on its own; held reminders wait in groups, one timer per hold's end."""
+REMINDERS_PIPELINED_PATCH = "reminders-pipelined-pages"
+"""The next page is read (and its links written) while the current page's reminders go out."""
 GUARDRAIL_NOTICES_BATCHED_PATCH = "guardrail-notices-batched"
 """The notices of a guardrails run a hundred to a `send_messages` activity (`deliver_all`)."""
 
@@ -88,26 +92,21 @@ class PaymentRemindersWorkflow:
         self._status = request.progress or RemindersStatus(reminder_date=day)
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("payment-reminders")])
 
+        pipelined = workflow.patched(REMINDERS_PIPELINED_PATCH)
+        next_page: asyncio.Task[ReminderPage] | None = None
         while not self._status.finished:
-            page = await workflow.execute_activity_method(
-                ReminderActivities.reminder_page,
-                ReminderPageRequest(
-                    reminder_date=day,
-                    business_timezone=request.business_timezone,
-                    after_retailer_id=self._status.after_retailer_id,
-                    page_size=request.page_size,
-                    currency=request.currency,
-                ),
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=DB_RETRY,
-                summary=f"due retailers after {self._status.after_retailer_id}, with payment links",
-            )
+            page = await (next_page or self._page(day, self._status.after_retailer_id, request))
+            next_page = None
             status = self._status
             status.due += len(page.due) + sum(page.skipped.values()) + sum(page.link_failures.values())
             for reason, n in page.skipped.items():
                 _add(status.skipped, reason, n)
             for error, n in page.link_failures.items():
                 _add(status.failed, error, n)
+            if pipelined and not page.last_page and not workflow.info().is_continue_as_new_suggested():
+                # The next page's read and links run while this page sends: the database and the
+                # messaging worker are busy at the same time, not in turn.
+                next_page = asyncio.create_task(self._page(day, page.after_retailer_id, request))
             if page.messages and workflow.patched(REMINDERS_BATCHED_PATCH):
                 await self._deliver_batched(page.messages, page.due, day, request)
             elif page.messages and workflow.patched(REMINDERS_PER_MESSAGE_PATCH):
@@ -126,7 +125,7 @@ class PaymentRemindersWorkflow:
             status.pages += 1
             status.finished = page.last_page
             self._show()
-            if not status.finished and workflow.info().is_continue_as_new_suggested():
+            if not status.finished and next_page is None and workflow.info().is_continue_as_new_suggested():
                 await self._held_delivered()  # a new run would not know of them
                 workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
         await self._held_delivered()
@@ -281,6 +280,21 @@ class PaymentRemindersWorkflow:
             else:  # suppressed by the outbox (opted out, daily cap) or deferred (quiet hours)
                 _add(status.skipped, outcome.reason or outcome.status)
         return sent
+
+    async def _page(self, day: date, after_retailer_id: int, request: RemindersRequest) -> ReminderPage:
+        return await workflow.execute_activity_method(
+            ReminderActivities.reminder_page,
+            ReminderPageRequest(
+                reminder_date=day,
+                business_timezone=request.business_timezone,
+                after_retailer_id=after_retailer_id,
+                page_size=request.page_size,
+                currency=request.currency,
+            ),
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=DB_RETRY,
+            summary=f"due retailers after {after_retailer_id}, with payment links",
+        )
 
     def _show(self) -> None:
         status = self._status

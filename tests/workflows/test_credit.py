@@ -77,6 +77,8 @@ class FakeCredit:
     in_flight: int = 0
     most_in_flight: int = 0
     batches: list[int] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+    """"read after N", "send N..." and "sent N..." (N: a batch's first retailer), "mark N...", in order."""
 
     @activity.defn(name="business_day")
     async def business_day(self, request: BusinessDay) -> date:
@@ -86,11 +88,13 @@ class FakeCredit:
     @activity.defn(name="credit_reminder_page")
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
         self.page_requests.append(request)
+        self.timeline.append(f"read after {request.after_retailer_id}")
         return self.pages.pop(0)
 
     @activity.defn(name="credit_mark_reminders_sent")
     async def mark_reminders_sent(self, request: RemindersSent) -> int:
         self.marked.append(request)
+        self.timeline.append(f"mark {request.due[0].retailer_id}...")
         return sum(len(r.debit_ids) for r in request.due)
 
     @activity.defn(name="credit_apply_guardrails")
@@ -128,7 +132,11 @@ class FakeCredit:
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
         """The batch activity: each message as `send_message` answers it, `max_in_flight` at a time."""
         self.batches.append(len(batch.messages))
-        return await each_as_sent(batch, self.send_message)
+        first = batch.messages[0].recipient_id
+        self.timeline.append(f"send {first}...")
+        result = await each_as_sent(batch, self.send_message)
+        self.timeline.append(f"sent {first}...")
+        return result
 
     def activities(self) -> list:
         return [
@@ -200,6 +208,31 @@ async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
         failed={"InvalidAmount": 1, "InvalidRecipient": 1},
         finished=True,
     )
+
+
+async def test_the_next_page_is_read_while_a_page_sends_and_pages_go_out_in_order(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    day = date(2026, 12, 2)
+    fake = FakeCredit(pages=[page(day, [1, 2], last=False), page(day, [3, 4], last=False), page(day, [5], last=True)])
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        status = await time_skipping_env.client.execute_workflow(
+            "PaymentRemindersWorkflow",
+            RemindersRequest(reminder_date=day, page_size=2, max_in_flight=2, messaging_task_queue=task_queue),
+            id=f"payment-reminders/{uuid.uuid4().hex}",
+            task_queue=task_queue,
+            result_type=RemindersStatus,
+        )
+
+    # Each page's read overlaps the page before it sending; the sends and marks keep page order.
+    at = fake.timeline.index
+    assert at("read after 0") < at("send 1...") and at("read after 2") < at("sent 1...")
+    assert at("sent 1...") < at("send 3...") and at("read after 4") < at("sent 3...")
+    assert [e for e in fake.timeline if not e.startswith("read")] == [
+        "send 1...", "sent 1...", "mark 1...", "send 3...", "sent 3...", "mark 3...", "send 5...", "sent 5...", "mark 5...",
+    ]
+    assert [r.after_retailer_id for r in fake.page_requests] == [0, 2, 4]  # each page read once
+    assert (status.sent, status.pages, status.after_retailer_id, status.finished) == (5, 3, 5, True)
 
 
 async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of_skips(
