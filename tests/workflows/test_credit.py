@@ -150,6 +150,17 @@ class FakeCredit:
         ]
 
 
+def start_reminders(env: WorkflowEnvironment, task_queue: str, request: RemindersRequest):
+    """A `payment-reminders` run of its own on the test's queue (the fakes' messaging queue too)."""
+    return env.client.start_workflow(
+        "PaymentRemindersWorkflow",
+        request.model_copy(update={"messaging_task_queue": task_queue}),
+        id=f"payment-reminders/{uuid.uuid4().hex}",
+        task_queue=task_queue,
+        result_type=RemindersStatus,
+    )
+
+
 async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:
@@ -168,12 +179,8 @@ async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
         refuse_send={f"reminder:3:{day}": "InvalidRecipient"},
     )
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
-        handle = await time_skipping_env.client.start_workflow(
-            "PaymentRemindersWorkflow",
-            RemindersRequest(reminder_date=day, page_size=4, max_in_flight=2, messaging_task_queue=task_queue),
-            id=f"payment-reminders/{uuid.uuid4().hex}",
-            task_queue=task_queue,
-            result_type=RemindersStatus,
+        handle = await start_reminders(
+            time_skipping_env, task_queue, RemindersRequest(reminder_date=day, page_size=4, max_in_flight=2)
         )
 
         async def held() -> bool:
@@ -216,13 +223,10 @@ async def test_the_next_page_is_read_while_a_page_sends_and_pages_go_out_in_orde
     day = date(2026, 12, 2)
     fake = FakeCredit(pages=[page(day, [1, 2], last=False), page(day, [3, 4], last=False), page(day, [5], last=True)])
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
-        status = await time_skipping_env.client.execute_workflow(
-            "PaymentRemindersWorkflow",
-            RemindersRequest(reminder_date=day, page_size=2, max_in_flight=2, messaging_task_queue=task_queue),
-            id=f"payment-reminders/{uuid.uuid4().hex}",
-            task_queue=task_queue,
-            result_type=RemindersStatus,
+        handle = await start_reminders(
+            time_skipping_env, task_queue, RemindersRequest(reminder_date=day, page_size=2, max_in_flight=2)
         )
+        status = await handle.result()
 
     # Each page's read overlaps the page before it sending; the sends and marks keep page order.
     at = fake.timeline.index
@@ -240,13 +244,8 @@ async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of
 ) -> None:
     fake = FakeCredit(pages=[page(BUSINESS_DAY, [], last=True, skipped={"opted_out": 2})])
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
-        status = await time_skipping_env.client.execute_workflow(
-            "PaymentRemindersWorkflow",
-            RemindersRequest(business_timezone="Africa/Accra", messaging_task_queue=task_queue),
-            id=f"payment-reminders/{uuid.uuid4().hex}",
-            task_queue=task_queue,
-            result_type=RemindersStatus,
-        )
+        handle = await start_reminders(time_skipping_env, task_queue, RemindersRequest(business_timezone="Africa/Accra"))
+        status = await handle.result()
 
     assert [d.timezone for d in fake.days_asked] == ["Africa/Accra"]
     assert [r.reminder_date for r in fake.page_requests] == [BUSINESS_DAY]
