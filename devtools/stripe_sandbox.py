@@ -151,6 +151,11 @@ def _exit_with_parent():
 
 threading.Thread(target=_exit_with_parent, daemon=True).start()
 web.run_app(server.app, sock=socket.socket(fileno=int(sys.argv[1])), print=None, access_log=None)
+# Ctrl-C reaches this child too and ends run_app; the watcher thread still holds stdin's lock, and
+# the interpreter's shutdown would abort on it ("Fatal Python error: _enter_buffered_busy").
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
