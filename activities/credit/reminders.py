@@ -145,6 +145,12 @@ RETURNING 1
 REPLACE_ATTEMPTS = 3
 
 
+def _heartbeat() -> None:
+    """Alive, for the page's heartbeat timeout (a dead worker's page is retried within seconds)."""
+    if activity.in_activity():
+        activity.heartbeat()
+
+
 class ReminderActivities:
     """`pay_base_url` (setting PUBLIC_BASE_URL): where `jobctl api` serves `/pay/{token}`.
     `payments` (Stripe) is only needed to expire the open session of a link that is replaced."""
@@ -161,6 +167,7 @@ class ReminderActivities:
             rows = (await conn.execute(DUE_PAGE, self._params(request.reminder_date, request.business_timezone) | {
                 "after": request.after_retailer_id, "page_size": request.page_size,
             })).all()
+        _heartbeat()
         skipped: dict[str, int] = {}
         due = []
         lines: dict[int, list[LinkDebit]] = {}
@@ -229,6 +236,7 @@ class ReminderActivities:
 
         async def one(retailer: DueRetailer) -> None:
             async with slots:
+                _heartbeat()
                 row = stored.get(retailer.retailer_id)
                 try:
                     links[retailer.retailer_id] = await self._new_link(
