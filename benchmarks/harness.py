@@ -104,6 +104,42 @@ async def serve(command: str, port: int, *args: str) -> AsyncIterator[None]:
         await process.wait()
 
 
+@asynccontextmanager
+async def worker_process(s: Stack, module: str, task_queue: str, *args: str) -> AsyncIterator[None]:
+    """A worker in a process of its own (`python -m {module} ADDRESS DATABASE_URL ... TASK_QUEUE`),
+    as production runs a queue's workers apart from the jobs worker: one Python process runs on one
+    core at a time. Yields once it polls `task_queue`; its CPU counts as "worker processes"."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, s.client.service_client.config.target_host, s.database_url, *args, task_queue,
+        cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.DEVNULL,
+    )
+    _OWN_WORKERS.add(process.pid)
+    try:
+        await wait_for_pollers(s, task_queue, 1)
+        yield
+    finally:
+        process.terminate()
+        await process.wait()
+        _OWN_WORKERS.discard(process.pid)
+
+
+async def wait_for_pollers(s: Stack, task_queue: str, count: int) -> None:
+    """Until `count` workers (by identity) poll `task_queue` for activities."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    for _ in range(600):
+        response = await s.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(namespace=s.client.namespace, task_queue=TaskQueue(name=task_queue),
+                                     task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+        )
+        if len({p.identity for p in response.pollers}) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{count} workers never polled {task_queue}")
+
+
 async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> int:
     """Actions of a workflow summed over its continue-as-new chain, from the first run on."""
     actions = 0
@@ -124,6 +160,7 @@ def free_port() -> int:
 
 
 _OWN_PGDATA: set[str] = set()  # the data directories of the PostgreSQL servers `stack()` started
+_OWN_WORKERS: set[int] = set()  # the pids of the worker processes `worker_process()` started
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -174,9 +211,14 @@ def cpu_seconds() -> dict[str, float]:
         return data_dir in _OWN_PGDATA
 
     totals = {"benchmark process": 0.0, "temporal server": 0.0, "postgresql": 0.0, "served (`serve`)": 0.0}
+    if _OWN_WORKERS:
+        totals["worker processes"] = 0.0
     for pid, (_, comm, used) in procs.items():
         if pid == me:
             totals["benchmark process"] += used
+            continue
+        if pid in _OWN_WORKERS:
+            totals["worker processes"] += used
             continue
         chain = ancestors(pid)
         if comm == "postgres":

@@ -36,6 +36,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders  
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     Stack, cpu_ms, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    wait_for_pollers,
 )
 from schemas.messaging import (  # noqa: E402
     BatchItemOutcome, MessageBatch, MessageBatchResult, SendBatch, SendBatchResult, SendMessage, SendOutcome,
@@ -162,22 +163,6 @@ async def two_workers(s: Stack, retailer_ids: list[int], limit: float, in_flight
         stats, stamps = await emulator_stats(url)
     assert sent + duplicates == len(retailer_ids), (sent, duplicates)
     return steady_rate(stamps), stats
-
-
-async def wait_for_pollers(s: Stack, task_queue: str, count: int) -> None:
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
-    for _ in range(600):
-        response = await s.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(namespace=s.client.namespace, task_queue=TaskQueue(name=task_queue),
-                                     task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
-        )
-        if len({p.identity for p in response.pollers}) >= count:
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{count} workers never polled {task_queue}")
 
 
 @activity.defn(name="send_message")

@@ -4,8 +4,11 @@
     python benchmarks/reminders.py --production --retailers 10000   # not in `make bench` (see below)
 
 Real stack: dev server, PostgreSQL, the Stripe sandbox (customers, Checkout Sessions as payment
-links) and the Twilio emulator, each of the last two in a process of its own as in `jobctl dev`;
-the workers run in the benchmark's process.
+links) and the Twilio emulator, each of the last two in a process of its own as in `jobctl dev`.
+The jobs worker runs in the benchmark's process and the messaging worker in one of its own
+(benchmarks/messaging_worker.py), as `jobctl worker --task-queue jobs` and `--task-queue
+messaging` deploy them: one Python process runs on one core at a time, and the bound below
+counts two.
 
 The cadence. A debit is reminded on the days `REMINDER_OFFSETS_DAYS` (schemas/credit.py) away
 from its due date: 3 days before, on the day, then 1, 3, 7, 14, 21 and 30 days after. N retailers
@@ -68,13 +71,13 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities.credit.reminders import ReminderActivities  # noqa: E402
 from activities.insights import business_day  # noqa: E402
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
+from benchmarks.messaging_worker import SENDERS  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    worker_process,
 )
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
@@ -83,7 +86,6 @@ from workers.worker import SEND_RATE_HEADROOM  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
 PAY_BASE_URL = "https://jobctl.example.test"
-SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 DAY_S = 86_400
 STRIPE_LIMIT, MESSAGING_LIMIT = 25.0, 200.0  # production: Stripe test mode's requests/s, Twilio's msg/s
 
@@ -296,10 +298,6 @@ async def main(args: argparse.Namespace) -> None:
         stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
         # The links point at jobctl's /pay/{token} (PUBLIC_BASE_URL); nobody clicks them here.
         reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api), PAY_BASE_URL)
-        sends = MessagingActivities(  # production's shape: each message's slot of the limit, as the worker's
-            s.engine, gateway, SENDERS, SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
-            per_second=MESSAGING_LIMIT * SEND_RATE_HEADROOM if production else None,
-        )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         retailers = await seed(s.engine, 1, args.retailers, due)
 
@@ -313,19 +311,15 @@ async def main(args: argparse.Namespace) -> None:
 
         if production:
             request = RemindersRequest(messaging_task_queue=f"{queue}-msg")
-            messaging_rate = {"max_task_queue_activities_per_second": MESSAGING_LIMIT * SEND_RATE_HEADROOM}
         else:
             request = RemindersRequest(page_size=args.page_size, max_in_flight=args.in_flight, messaging_task_queue=f"{queue}-msg")
-            messaging_rate = {}
         offsets = REMINDER_OFFSETS_DAYS[:2] if production else REMINDER_OFFSETS_DAYS
         days: list[Day] = []
+        pace = ("--per-second", str(MESSAGING_LIMIT * SEND_RATE_HEADROOM)) if production else ()
         async with Worker(
             s.client, task_queue=queue, workflows=[PaymentRemindersWorkflow],
             activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
-        ), Worker(
-            s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], max_concurrent_activities=200,
-            **messaging_rate,
-        ):
+        ), worker_process(s, "benchmarks.messaging_worker", f"{queue}-msg", twilio_url, *pace):
             previous = None
             for offset in offsets:
                 day = due + timedelta(days=offset)
@@ -358,7 +352,7 @@ async def main(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
     print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
-    print(f"first day: {first.cpu_line} (the benchmark process runs the workers; `serve`d: the emulator and the sandbox)")
+    print(f"first day: {first.cpu_line} (the benchmark process runs the jobs worker, a worker process the messaging one; `serve`d: the emulator and the sandbox)")
     print(f"first day: {first.cpu_ms:.1f} ms of CPU per reminder in all processes")
     print("first day's phases (first run): " + "; ".join(first.phases))
     print(

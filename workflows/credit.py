@@ -30,6 +30,7 @@ from workflows.messaging import (
     hold_groups,
     permanent_failure,
     send_all,
+    batch_lanes,
     send_batches,
     send_message,
 )
@@ -69,6 +70,9 @@ REMINDERS_BATCHED_PATCH = "reminders-batched-sends"
 by the cluster's rate on its own; held reminders wait in groups, one timer per hold's end."""
 REMINDERS_PIPELINED_PATCH = "reminders-pipelined-pages"
 """The next page is read (and its links written) while the current page's reminders go out."""
+REMINDERS_OVERLAPPED_PATCH = "reminders-overlapped-sends"
+"""One set of send lanes for the whole day: a page's batches start as the page before frees its
+lanes, not after that page's last batch and its mark."""
 GUARDRAIL_NOTICES_BATCHED_PATCH = "guardrail-notices-batched"
 """The notices of a guardrails run a hundred to a `send_messages` activity (`deliver_all`)."""
 
@@ -93,6 +97,10 @@ class PaymentRemindersWorkflow:
         workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("payment-reminders")])
 
         pipelined = workflow.patched(REMINDERS_PIPELINED_PATCH)
+        # At most two pages send at once, on one set of lanes (so `max_in_flight` holds over both):
+        # the page before's last batches and this page's first.
+        lanes = batch_lanes(request.max_in_flight) if pipelined and workflow.patched(REMINDERS_OVERLAPPED_PATCH) else None
+        sending: asyncio.Task[None] | None = None
         next_page: asyncio.Task[ReminderPage] | None = None
         while not self._status.finished:
             page = await (next_page or self._page(day, self._status.after_retailer_id, request))
@@ -107,7 +115,13 @@ class PaymentRemindersWorkflow:
                 # The next page's read and links run while this page sends: the database and the
                 # messaging worker are busy at the same time, not in turn.
                 next_page = asyncio.create_task(self._page(day, page.after_retailer_id, request))
-            if page.messages and workflow.patched(REMINDERS_BATCHED_PATCH):
+            if page.messages and lanes is not None:
+                before, sending = sending, asyncio.create_task(
+                    self._deliver_batched(page.messages, page.due, day, request, lanes)
+                )
+                if before is not None:
+                    await before
+            elif page.messages and workflow.patched(REMINDERS_BATCHED_PATCH):
                 await self._deliver_batched(page.messages, page.due, day, request)
             elif page.messages and workflow.patched(REMINDERS_PER_MESSAGE_PATCH):
                 await self._deliver(page.messages, page.due, day, request)
@@ -123,16 +137,21 @@ class PaymentRemindersWorkflow:
                 )
             status.after_retailer_id = page.after_retailer_id
             status.pages += 1
+            if page.last_page and sending is not None:
+                await sending  # the day is finished once its last page went out
             status.finished = page.last_page
             self._show()
             if not status.finished and next_page is None and workflow.info().is_continue_as_new_suggested():
+                if sending is not None:
+                    await sending
                 await self._held_delivered()  # a new run would not know of them
                 workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
         await self._held_delivered()
         return self._status
 
     async def _deliver_batched(
-        self, messages: list[SendMessage], due: list[DueRetailer], day: date, request: RemindersRequest
+        self, messages: list[SendMessage], due: list[DueRetailer], day: date, request: RemindersRequest,
+        lanes: asyncio.Semaphore | None = None,
     ) -> None:
         """Send the page's reminders in batches; mark the sent retailers reminded.
 
@@ -142,7 +161,7 @@ class PaymentRemindersWorkflow:
         """
         retailers = {reminder_key(r.retailer_id, day): r for r in due}
         outcomes = await send_batches(
-            messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue
+            messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue, lanes=lanes
         )
         sent: list[DueRetailer] = []
         held: list[tuple[datetime, int]] = []

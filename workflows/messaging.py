@@ -130,15 +130,25 @@ async def send_batch(messages: Sequence[SendMessage], *, max_in_flight: int, tas
     return result.outcomes
 
 
+def batch_lanes(max_in_flight: int) -> asyncio.Semaphore:
+    """The batches that may run at once so that at most `max_in_flight` sends are outstanding.
+    Share one between several `send_batches` calls to keep the bound over all of them."""
+    return asyncio.Semaphore(max(1, max_in_flight // min(max_in_flight, BATCH_IN_FLIGHT)))
+
+
 async def send_batches(
     messages: Sequence[SendMessage], *, max_in_flight: int, task_queue: str = MESSAGING_QUEUE,
     on_batch: Callable[[Sequence[SendMessage], list[BatchItemOutcome]], None] | None = None,
+    lanes: asyncio.Semaphore | None = None,
 ) -> list[BatchItemOutcome]:
     """Every message once, `BATCH_SIZE` to an activity and at most `max_in_flight` sends
     outstanding over all the batches; outcomes in input order, deferred ones included.
-    `on_batch` sees each batch's outcomes as it ends (for a live status)."""
+    `on_batch` sees each batch's outcomes as it ends (for a live status). `lanes` (from
+    `batch_lanes(max_in_flight)`) when the bound holds over several calls at once: a batch of the
+    next call then starts as soon as one of this call's ends, not after its last."""
     per_batch = min(max_in_flight, BATCH_IN_FLIGHT)
-    lanes = asyncio.Semaphore(max(1, max_in_flight // per_batch))
+    if lanes is None:
+        lanes = batch_lanes(max_in_flight)
 
     async def one(chunk: Sequence[SendMessage]) -> list[BatchItemOutcome]:
         async with lanes:

@@ -218,7 +218,7 @@ async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
 
 
 async def test_the_next_page_is_read_while_a_page_sends_and_pages_go_out_in_order(
-    time_skipping_env: WorkflowEnvironment, task_queue: str
+    time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     day = date(2026, 12, 2)
     fake = FakeCredit(pages=[page(day, [1, 2], last=False), page(day, [3, 4], last=False), page(day, [5], last=True)])
@@ -227,16 +227,41 @@ async def test_the_next_page_is_read_while_a_page_sends_and_pages_go_out_in_orde
             time_skipping_env, task_queue, RemindersRequest(reminder_date=day, page_size=2, max_in_flight=2)
         )
         status = await handle.result()
+        await record_history(handle, "credit_payment_reminders_pages")
 
-    # Each page's read overlaps the page before it sending; the sends and marks keep page order.
+    # Each page's read overlaps the page before it sending; the sends and marks keep page order,
+    # one batch at a time (max_in_flight 2 is one lane), each page marked once it went out.
     at = fake.timeline.index
     assert at("read after 0") < at("send 1...") and at("read after 2") < at("sent 1...")
     assert at("sent 1...") < at("send 3...") and at("read after 4") < at("sent 3...")
-    assert [e for e in fake.timeline if not e.startswith("read")] == [
-        "send 1...", "sent 1...", "mark 1...", "send 3...", "sent 3...", "mark 3...", "send 5...", "sent 5...", "mark 5...",
-    ]
+    assert at("sent 3...") < at("send 5...")
+    assert [e for e in fake.timeline if e.startswith("send")] == ["send 1...", "send 3...", "send 5..."]
+    assert [e for e in fake.timeline if e.startswith("mark")] == ["mark 1...", "mark 3...", "mark 5..."]
+    assert at("sent 1...") < at("mark 1...") and at("sent 3...") < at("mark 3...") and at("sent 5...") < at("mark 5...")
     assert [r.after_retailer_id for r in fake.page_requests] == [0, 2, 4]  # each page read once
     assert (status.sent, status.pages, status.after_retailer_id, status.finished) == (5, 3, 5, True)
+
+
+async def test_a_page_sends_on_the_lanes_the_page_before_frees_never_above_max_in_flight(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    day = date(2026, 12, 3)
+    # max_in_flight 50: two batches of 25 sends at once. Page one is a batch of 100 and one of 50.
+    first, second = list(range(1, 151)), list(range(151, 251))
+    fake = FakeCredit(pages=[page(day, first, last=False), page(day, second, last=True)])
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        handle = await start_reminders(
+            time_skipping_env, task_queue, RemindersRequest(reminder_date=day, page_size=150, max_in_flight=50)
+        )
+        status = await handle.result()
+
+    # The second page's batch takes the lane the short batch freed, while the long one still sends.
+    at = fake.timeline.index
+    assert at("sent 101...") < at("send 151...") < at("sent 1...")
+    assert fake.most_in_flight <= 50
+    assert at("sent 1...") < at("mark 1...") < at("mark 151...")  # each page marked once all of it went out
+    assert sorted(r.retailer_id for m in fake.marked for r in m.due) == first + second
+    assert (status.sent, status.pages, status.after_retailer_id, status.finished) == (250, 2, 250, True)
 
 
 async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of_skips(
