@@ -28,19 +28,20 @@ class BareClockWorkflow:
 
 
 async def serve(address: str, task_queue: str) -> None:
-    """A worker of bare clocks only, with the production worker's cache, until SIGTERM; outside
+    """A worker of bare clocks only, with the production worker's cache and polls, until SIGTERM; outside
     the sandbox, as `PendingOrderWorkflow` runs, so the floor's worker does no work ours skips."""
     from temporalio.client import Client
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
     from workers.heap import freeze_startup_heap
-    from workers.worker import WorkerOptions
+    from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     client = await Client.connect(address)
     async with Worker(client, task_queue=task_queue, workflows=[BareClockWorkflow],
-                      max_cached_workflows=WorkerOptions().max_cached_workflows, workflow_runner=UnsandboxedWorkflowRunner()):
+                      max_cached_workflows=WorkerOptions().max_cached_workflows, workflow_runner=UnsandboxedWorkflowRunner(),
+                      workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS):
         freeze_startup_heap()  # as `jobctl worker` does
         await stop.wait()
 

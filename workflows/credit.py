@@ -3,7 +3,8 @@
 `payment-reminders/{date}` (10:00): page by page, the retailers with debits due a reminder today
 get one `payment_reminder` with one stable pay link for their total; the debits are marked
 reminded once the message went out. A page is its read, one `send_messages` per hundred reminders
-and the mark; the next page is read while a page sends.
+and the mark; the next page is read while a page sends, and its batches take the lanes the page
+before frees.
 
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
 system made whose conditions cleared; each retailer is told. `credit-guardrails/{retailer}/{reference}`:
