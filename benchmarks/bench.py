@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "10000"],
     # 20,000 messages at 200 msg/s (about 105 s), the same unlimited and as a no-op, then 4,000 on two worker processes.
     "messaging": ["benchmarks/messaging.py", "--messages", "20000", "--limit", "200", "--in-flight", "50"],
-    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--orders", "1000"],
+    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "1000"],
     "api": ["benchmarks/api.py", "--requests", "1000", "--clients", "50"],
     # The 10,000 clocks asleep (for the worker's RSS); starting them is most of the run.
     "orders": ["benchmarks/orders.py", "--orders", "10000", "--expiry-orders", "600", "--ttl", "60", "--expiry-rate", "20",
@@ -60,7 +60,7 @@ BENCHMARKS: dict[str, list[str]] = {
 SMALL: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "500", "--baseline-sample", "100"],
     "messaging": ["benchmarks/messaging.py", "--messages", "300", "--limit", "200", "--two-worker-messages", "200"],
-    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--orders", "100"],
+    "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "100"],
     "api": ["benchmarks/api.py", "--requests", "100", "--clients", "10"],
     "orders": ["benchmarks/orders.py", "--orders", "200", "--expiry-orders", "50", "--ttl", "15", "--expiry-rate", "20",
                "--life-orders", "10"],
