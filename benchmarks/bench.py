@@ -49,6 +49,8 @@ BENCHMARKS: dict[str, list[str]] = {
     # Production's day of 10,000 retailers through the 8-step cadence (about 3 minutes), the cron on
     # 200. At 1,000 the first page's read, which nothing overlaps, was 8 % of the day.
     "reminders": ["benchmarks/reminders.py", "--retailers", "10000", "--cron-retailers", "200"],
+    # The same day under production's limits (Stripe 25 req/s, Twilio 200 msg/s), then the next cadence day.
+    "reminders_production": ["benchmarks/reminders.py", "--production", "--retailers", "10000"],
     # The 10,000 open cases: opening them is most of the run (about 5 minutes on a quiet machine).
     "churn": ["benchmarks/churn.py", "--cases", "10000", "--nudges", "200"],
     "loyalty": ["benchmarks/loyalty.py", "--applications", "5000", "--hot", "10", "--cold", "1000", "--queued", "200"],
@@ -65,6 +67,7 @@ SMALL: dict[str, list[str]] = {
     "orders": ["benchmarks/orders.py", "--orders", "200", "--expiry-orders", "50", "--ttl", "15", "--expiry-rate", "20",
                "--life-orders", "10"],
     "reminders": ["benchmarks/reminders.py", "--retailers", "100", "--cron-retailers", "20"],
+    "reminders_production": ["benchmarks/reminders.py", "--production", "--retailers", "100"],
     "churn": ["benchmarks/churn.py", "--cases", "300", "--nudges", "20"],
     "loyalty": ["benchmarks/loyalty.py", "--applications", "200", "--hot", "10", "--cold", "200", "--queued", "20"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "150"],
