@@ -350,14 +350,21 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
 
 # The one link a retailer has (payment_links is one row per retailer): the reminders send the same
 # /pay/{token} URL while the debits it pays are unchanged, and a new one when they change.
+# `sent_at` is when a reminder last carried it: its debits' last mark. The row's updated_at is not,
+# since a click that stores the Checkout Session touches the row too.
 PAYMENT_LINK = text(
-    "SELECT url, amount, currency, checkout_session_id, debit_ids, updated_at FROM payment_links WHERE retailer_id = :r"
+    """
+SELECT l.url, l.amount, l.currency, l.checkout_session_id, l.debit_ids,
+       (SELECT max(d.reminder_sent_at) FROM credit_transactions d
+        WHERE d.retailer_id = l.retailer_id AND d.id = ANY(l.debit_ids)) AS sent_at
+FROM payment_links l WHERE l.retailer_id = :r
+"""
 )
 
 
 def _link(row: Any) -> dict[str, Any]:
     return {"url": row.url, "amount": row.amount, "currency": row.currency, "checkout_session_id": row.checkout_session_id,
-            "debit_ids": list(row.debit_ids or []), "sent_at": row.updated_at}
+            "debit_ids": list(row.debit_ids or []), "sent_at": row.sent_at}
 
 
 async def payment_link(engine: AsyncEngine, retailer_id: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 import aiohttp
@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from activities.credit import admin
 from config.settings import Settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
@@ -103,6 +104,10 @@ async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_
     assert await click(http, sent[0]) == checkout
     again = await stripe_requests(sandbox)
     assert posts(opened, again, "POST /v1/checkout/sessions") == 0
+    # The profile's "sent" is the last reminder's, not the click's (which stored the session).
+    shown = await admin.payment_link(engine, shop)
+    assert shown["checkout_session_id"] == session.id
+    assert shown["sent_at"] == datetime.combine(DAY + timedelta(days=3), time(), tzinfo=UTC)
 
 
 async def test_concurrent_clicks_make_one_session(

@@ -234,7 +234,8 @@ def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
         typer.echo(f"credit balance {p['credit_balance']:,.2f} (paid ahead: clears the next debits)")
     if p["payment_link"]:
         link = p["payment_link"]
-        typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, sent {link['sent_at']:%Y-%m-%d %H:%M})")
+        sent = f"sent {link['sent_at']:%Y-%m-%d %H:%M}" if link["sent_at"] else "not sent yet"
+        typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, {sent})")
     typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
     for d in p["open_debits"]:
         typer.echo(

@@ -67,7 +67,7 @@ class PaymentLink(BaseModel):
     currency: str
     checkout_session_id: str | None = Field(description="the Stripe Checkout Session made when it was last opened; None: never opened")
     debit_ids: list[int] = Field(description="the debits it pays")
-    sent_at: datetime = Field(description="when it was made or last refreshed")
+    sent_at: datetime | None = Field(description="when a reminder last carried it; null: none went out yet")
 
 
 class Profile(BaseModel):
