@@ -54,8 +54,7 @@ from services.orders import start_pending_order  # noqa: E402
 from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions  # noqa: E402
 from workflows.orders import PendingOrderWorkflow  # noqa: E402
 
-CACHE = WorkerOptions().max_cached_workflows  # the production worker's cache size
-POLLERS = WORKFLOW_TASK_POLLERS  # and its workflow task polls (the floor's worker too)
+CACHE = WorkerOptions().max_cached_workflows  # the production worker's cache size (and, below, its polls)
 
 NEW_ORDERS_SQL = text(
     """
@@ -152,7 +151,7 @@ async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> t
             await client.execute_update_with_start_workflow(BareClockWorkflow.track, start_workflow_operation=start)
 
     async with Worker(client, task_queue=task_queue, workflows=[BareClockWorkflow], max_cached_workflows=CACHE,
-                      workflow_task_poller_behavior=POLLERS):
+                      workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS):
         cpu_before, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = time.perf_counter() - started
@@ -183,7 +182,7 @@ async def whole_life(s, activities: OrderActivities, count: int) -> tuple[int, d
             s.client, task_queue=queue, workflows=[PendingOrderWorkflow],
             activities=[activities.register_pending_order, activities.record_follow_up,
                         activities.settle_pending_order, activities.handle_order_failure],
-            max_cached_workflows=CACHE, workflow_task_poller_behavior=POLLERS,
+            max_cached_workflows=CACHE, workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
         ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages]):
             await asyncio.gather(*(
                 start_pending_order(
@@ -229,7 +228,7 @@ async def main(
                 activities.handle_order_failure,
             ],
             max_cached_workflows=CACHE,
-            workflow_task_poller_behavior=POLLERS,
+            workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
         ):
             sleeping = await new_orders(s.engine, orders)
             cpu_before, started = cpu_seconds(), time.perf_counter()

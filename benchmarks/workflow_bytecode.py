@@ -7,10 +7,11 @@ PYTHONDONTWRITEBYTECODE=1 (this machine, CI) and no .pyc on disk, each of those 
 the source again. The order clock (issue #14's case) runs outside the sandbox since then, so this
 measures the sandboxed workflow that starts most often: a retailer's guardrails re-checked after
 an adjustment or a payment (`services.credit.recheck_guardrails`, `credit-guardrails/{retailer}/
-{reference}`), on healthy retailers, so each run is its start, one `credit_apply_guardrails`
-activity and its end (and `business_day`, as the re-check asks the business's date). `--runs` re-checks run with no workflow bytecode on disk (the floor of this
-comparison: the worker as it was), then the bytecode is written as the production worker does at
-start and as many run again; it prints the worker's CPU per run for both.
+{reference}`), on healthy retailers, so each run is its start, `business_day` (the re-check asks
+the business's date), one `credit_apply_guardrails` activity and its end. `--runs` re-checks run
+with no workflow bytecode on disk (the floor of this comparison: the worker as it was), then the
+bytecode is written as the production worker does at start and as many run again; it prints the
+worker's CPU per run for both.
 """
 
 from __future__ import annotations
