@@ -352,12 +352,6 @@ class InsightActivities:
         return progress
 
 
-@activity.defn(name="business_day")
-async def business_day(request: BusinessDay) -> date:
-    """The calendar day of an instant in a time zone (a local activity: zoneinfo reads files)."""
-    return request.instant.astimezone(ZoneInfo(request.timezone)).date()
-
-
 async def get_insight_message(engine: AsyncEngine, retailer_id: int, insight_date: date) -> str | None:
     """The stored friendly text of one retailer's insight for a day (None if not generated yet)."""
     async with engine.connect() as conn:

@@ -50,7 +50,7 @@ from schemas.churn import ChurnCaseInput  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from workers.worker import SEND_RATE_HEADROOM, WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
+from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
 from workflows.churn import ChurnCaseWorkflow  # noqa: E402
 
 CACHE = WorkerOptions().max_cached_workflows
@@ -155,7 +155,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         sends = MessagingActivities(
             s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
-            per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
+            per_second=settings.send_rate,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         async with s.engine.begin() as conn:

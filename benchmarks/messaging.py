@@ -42,7 +42,8 @@ from schemas.messaging import (  # noqa: E402
     BatchItemOutcome, MessageBatch, MessageBatchResult, SendBatch, SendBatchResult, SendMessage, SendOutcome,
 )
 from workers.log import configure_logging  # noqa: E402
-from workers.worker import SEND_RATE_HEADROOM, WorkerOptions  # noqa: E402
+from config.settings import SEND_RATE_HEADROOM  # noqa: E402
+from workers.worker import WorkerOptions  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.messaging import MessageBatchWorkflow, send_all  # noqa: E402
 

@@ -70,7 +70,7 @@ from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.credit.reminders import ReminderActivities  # noqa: E402
-from activities.insights import business_day  # noqa: E402
+from activities.business_calendar import business_day  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
@@ -82,7 +82,7 @@ from benchmarks.harness import (  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
-from workers.worker import SEND_RATE_HEADROOM  # noqa: E402
+from config.settings import SEND_RATE_HEADROOM  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
 PAY_BASE_URL = "https://jobctl.example.test"

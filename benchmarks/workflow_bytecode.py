@@ -32,7 +32,7 @@ from temporalio.worker import Worker  # noqa: E402
 
 import workflows  # noqa: E402
 from activities.credit.guardrails import GuardrailActivities  # noqa: E402
-from activities.insights import business_day  # noqa: E402
+from activities.business_calendar import business_day  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     cpu_ms, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
 )

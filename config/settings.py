@@ -20,6 +20,12 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
 _TWILIO_TEST_NUMBER = re.compile(r"^(whatsapp:)?\+1500555000\d$")
 
 
+SEND_RATE_HEADROOM = 0.99
+"""Sends run 1 % under the provider's rate: each message's slot is reserved on the database's clock
+(`messaging_pace`), evenly spaced for the whole cluster, so there is no burst to leave room for;
+the 1 % covers the network's jitter between a slot and the provider's bucket."""
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it."""
 
@@ -174,6 +180,12 @@ class Settings(BaseSettings):
             and not self.stripe_api_base
         )
         return self.real_twilio or live_stripe
+
+    @property
+    def send_rate(self) -> float:
+        """Messages per second the cluster sends: the provider's rate less the headroom. The
+        messaging queue's Temporal rate limit and each message's pace slot both use it."""
+        return self.messages_per_second * SEND_RATE_HEADROOM
 
     @property
     def tz(self) -> ZoneInfo:

@@ -23,8 +23,8 @@ from temporalio.client import Client
 from activities.database import create_engine
 from schemas import search_attributes
 from devtools import binaries
-from workers import migrate, schedules
-from workers.runner import stop_on_signals
+from workers import families, migrate, schedules
+from workers.process import stop_on_signals
 from devtools.seed import money_loop_retailer, seed_demo
 from config.settings import DEV_STACK_FILE, Settings
 from workers.temporal_client import connect
@@ -228,7 +228,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
         api_url = await stack.enter_async_context(api(settings, engine, client))
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
-        applied = await schedules.apply(client, settings)
+        applied = await schedules.apply(client, settings, families.all_schedules())
         await start_messaging_brake(client, settings)
         workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
         if demo:

@@ -27,6 +27,8 @@ change and loaded at start, so a restarted dev stack still knows the links it ha
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import html
@@ -57,6 +59,21 @@ ZERO_DECIMAL: Final = frozenset(
 _BRACKETS: Final = re.compile(r"\[([^\]]*)\]")
 
 ErrorResponse = Callable[..., web.Response]
+
+
+def api_key_of(authorization: str | None) -> str | None:
+    """The secret key from ``Bearer sk_...`` or HTTP basic ``sk_...:``, as localstripe reads it."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(value, validate=True).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user or None
+    return None
 
 
 def parse_stripe_form(body: str) -> dict[str, Any]:
@@ -175,8 +192,6 @@ class Checkout:
     # -- API ----------------------------------------------------------------------------------
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
-        from devtools.stripe_sandbox import api_key_of
-
         if api_key_of(request.headers.get("Authorization")) is None:
             return self._error(401, "invalid_request_error", "You did not provide an API key.")
         return None

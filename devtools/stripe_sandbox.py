@@ -71,8 +71,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -94,7 +92,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook
+from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook, api_key_of
 from devtools.token_bucket import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -281,21 +279,6 @@ class IdempotencyStore:
 
 
 # --- request identity --------------------------------------------------------------------------
-
-
-def api_key_of(authorization: str | None) -> str | None:
-    """The secret key from ``Bearer sk_...`` or HTTP basic ``sk_...:``, as localstripe reads it."""
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer":
-        return value or None
-    if scheme.lower() == "basic":
-        try:
-            user = base64.b64decode(value, validate=True).decode().split(":", 1)[0]
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return user or None
-    return None
 
 
 def _canonical_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

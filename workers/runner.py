@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Sequence
 
 import structlog
 
 from activities.database import create_engine
 from config.settings import Settings
+from workers.process import PROBE_TIMEOUT_S, database_problem, stop_on_signals, temporal_problem
 from workers.temporal_client import connect
 from workers.worker import WorkerOptions, build_workers, run_workers
 
 log = structlog.get_logger(__name__)
-
-
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGTERM (Kubernetes, systemd) and SIGINT (Ctrl-C) both start a graceful drain."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
 
 async def run_worker_process(settings: Settings, database_url: str, task_queues: Sequence[str]) -> None:
@@ -39,21 +32,19 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
 
 
 async def check_dependencies(settings: Settings, database_url: str) -> list[str]:
-    """Readiness probe: what is not reachable (empty when ready)."""
-    from sqlalchemy import text
-
+    """`jobctl worker --check`: what is not reachable (empty when ready)."""
     problems = []
     try:
-        client = await asyncio.wait_for(connect(settings), timeout=5)
-        await asyncio.wait_for(client.service_client.check_health(), timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        client = await asyncio.wait_for(connect(settings), timeout=PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; reported, not raised
         problems.append(f"Temporal at {settings.temporal_address}: {type(exc).__name__}: {exc}".splitlines()[0])
+    else:
+        if (problem := await temporal_problem(client)) is not None:
+            problems.append(f"Temporal at {settings.temporal_address}: {problem}")
     engine = create_engine(database_url, pool_size=1)
     try:
-        async with engine.connect() as conn:
-            await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"database: {type(exc).__name__}".splitlines()[0])
+        if (problem := await database_problem(engine)) is not None:
+            problems.append(f"database: {problem}")
     finally:
         await engine.dispose()
     return problems

@@ -2,12 +2,13 @@
 
 `apply` creates a missing schedule and updates an existing one in place, keeping its
 paused state and note, so an operator who paused a schedule in the UI is not overruled
-by the next deploy.
+by the next deploy. The definitions come from the family registry, which imports this module
+(never the other way round).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -76,25 +77,13 @@ class ScheduleDefinition:
         )
 
 
-def definitions() -> list[ScheduleDefinition]:
-    """Every family's schedules, from the registry."""
-    from workers import families
-
-    return families.all_schedules()
-
-
-def by_id(schedule_id: str) -> ScheduleDefinition:
-    known = definitions()
-    for definition in known:
-        if definition.schedule_id == schedule_id:
-            return definition
-    raise KeyError(f"unknown schedule {schedule_id!r} (known: {', '.join(d.schedule_id for d in known)})")
-
-
-async def apply(client: Client, settings: Settings) -> list[tuple[str, str]]:
-    """Create or update every schedule; returns (id, 'created'|'updated') pairs."""
+async def apply(
+    client: Client, settings: Settings, definitions: Sequence[ScheduleDefinition]
+) -> list[tuple[str, str]]:
+    """Create or update each schedule (the registry's: `families.all_schedules()`); returns
+    (id, 'created'|'updated') pairs."""
     outcome = []
-    for definition in definitions():
+    for definition in definitions:
         try:
             await client.create_schedule(definition.schedule_id, definition.schedule(settings))
             outcome.append((definition.schedule_id, "created"))

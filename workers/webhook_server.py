@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from activities.database import create_engine
-from workers.runner import stop_on_signals
+from workers.process import stop_on_signals
 from config.settings import Settings
 from workers.temporal_client import connect
 from workers import families

@@ -34,11 +34,6 @@ import workflows
 log = structlog.get_logger(__name__)
 
 QUEUES = ("jobs", "messaging")
-SEND_RATE_HEADROOM = 0.99
-"""Sends run 1 % under the provider's rate. Each message's slot is reserved on the database's
-clock (`messaging_pace`), evenly spaced for the whole cluster, so there is no burst to leave room
-for (it was 0.95 while the task-queue limiter alone paced sends: it lets a second's worth through
-at once); the 1 % covers the network's jitter between a slot and the provider's bucket."""
 
 
 @dataclass
@@ -114,7 +109,7 @@ def messaging_tuning(settings: Settings, options: WorkerOptions) -> dict[str, An
         "interceptors": [LoggingInterceptor(), JobMetricsInterceptor()],
         "graceful_shutdown_timeout": options.graceful_shutdown_timeout,
         # Twilio's allowed rate, enforced by the server across every messaging worker.
-        "max_task_queue_activities_per_second": settings.messages_per_second * SEND_RATE_HEADROOM,
+        "max_task_queue_activities_per_second": settings.send_rate,
         "max_concurrent_activities": options.max_concurrent_sends,
     }
 

@@ -15,7 +15,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from activities.insights import business_day
+    from activities.business_calendar import business_day
     from schemas.insights import BusinessDay
 
 M = TypeVar("M", bound=BaseModel)

@@ -28,7 +28,7 @@ from activities.credit.admin import change_status
 from activities.credit.guardrails import GuardrailActivities
 from activities.credit.payments import PaymentRecordingActivities
 from activities.credit.reminders import ReminderActivities
-from activities.insights import business_day
+from activities.business_calendar import business_day
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.insights import InsightActivities, business_day, get_insight_message
+from activities.business_calendar import business_day
+from activities.insights import InsightActivities, get_insight_message
 from schemas.insights import InsightsRequest
 from schemas.tables import CreditAccount, CreditTransaction, Order, OrderItem, Retailer, RetailerInsight
 from devtools.seed import seed_retailers

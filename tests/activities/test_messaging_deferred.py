@@ -23,7 +23,7 @@ from temporalio.worker import Worker
 from activities.credit.guardrails import GuardrailActivities
 from activities.credit.payments import PaymentRecordingActivities
 from activities.credit.reminders import ReminderActivities
-from activities.insights import business_day
+from activities.business_calendar import business_day
 from activities.messaging.send import MessagingActivities, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities

@@ -24,7 +24,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.insights import InsightActivities, business_day
+from activities.business_calendar import business_day
+from activities.insights import InsightActivities
 from activities.messaging.twilio_gateway import TwilioGateway
 from schemas import ids
 from schemas.churn import CaseStatus

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from workers import schedules
+from workers import families, schedules
 from config.settings import load_settings
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
@@ -29,13 +29,15 @@ def jobctl(env: WorkflowEnvironment, *args: str, **extra: str) -> subprocess.Com
 
 async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_pause(dev_env: WorkflowEnvironment) -> None:
     settings = load_settings(business_timezone="Europe/Berlin")
-    first = await schedules.apply(dev_env.client, settings)
+    first = await schedules.apply(dev_env.client, settings, families.all_schedules())
     handle = dev_env.client.get_schedule_handle("insights-nightly")
     await handle.pause(note="paused in the UI during a DB migration")  # what the UI's Pause button does
 
-    second = await schedules.apply(dev_env.client, settings.model_copy(update={"business_timezone": "Africa/Lagos"}))
+    second = await schedules.apply(
+        dev_env.client, settings.model_copy(update={"business_timezone": "Africa/Lagos"}), families.all_schedules()
+    )
 
-    expected = sorted(d.schedule_id for d in schedules.definitions())
+    expected = sorted(d.schedule_id for d in families.all_schedules())
     assert expected == sorted(
         ["insights-nightly", "order-expiry-sweep", "payment-reminders", "credit-guardrails",
          "loyalty-reconcile-sweep", "loyalty-integrity-audit", "data-retention"]
@@ -49,7 +51,7 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
 
 
 async def test_pause_unpause_and_trigger_from_the_cli(dev_env: WorkflowEnvironment) -> None:
-    await schedules.apply(dev_env.client, load_settings())
+    await schedules.apply(dev_env.client, load_settings(), families.all_schedules())
     handle = dev_env.client.get_schedule_handle("insights-nightly")
 
     paused = jobctl(dev_env, "schedules", "pause", "insights-nightly", "--note", "month-end freeze")

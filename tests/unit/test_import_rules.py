@@ -163,3 +163,79 @@ def test_a_workflow_may_name_activity_classes_inside_passthrough_only() -> None:
     inside = imports_of(ROOT / "workflows" / "churn.py")
     assert any(i.target.startswith("activities") and i.passthrough for i in inside)
     assert not any(i.target.startswith("activities") and not i.passthrough for i in inside)
+
+
+# --------------------------------------------------------------------------- circles
+
+
+def _module_files() -> dict[str, Path]:
+    return {_module_name(p): p for p in _sources(*OURS)}
+
+
+def import_graph(planted: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (`from X import Y` counts X.Y when that is a module,
+    else X), over every import: module level, inside functions and under TYPE_CHECKING."""
+    files: dict[str, tuple[Path, str | None]] = {name: (path, None) for name, path in _module_files().items()}
+    for rel, text in (planted or {}).items():
+        files[_module_name(ROOT / rel)] = (ROOT / rel, text)
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, (path, text) in files.items():
+        for imp in imports_of(path, text):
+            if _layer(imp.target) is None:
+                continue
+            submodules = [f"{imp.target}.{n}" for n in imp.names if f"{imp.target}.{n}" in files]
+            for target in submodules or [imp.target]:
+                if target in files and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_circle_among_our_modules() -> None:
+    """A circle makes two modules one: neither can be read, tested or moved without the other."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # see test_each_rule_catches_its_breach
+        assert pool.submit(lambda: circles(import_graph())).result() == []
+
+
+def test_a_planted_circle_is_caught() -> None:
+    planted = {
+        "devtools/circle_a.py": "def f():\n    from devtools.circle_b import g\n",
+        "devtools/circle_b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from devtools import circle_a\n",
+    }
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        found = pool.submit(lambda: circles(import_graph(planted))).result()
+    assert ["devtools.circle_a", "devtools.circle_b"] in found, found

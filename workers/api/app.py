@@ -13,12 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
-from sqlalchemy import text
 
 from workers.api import problems
 from workers.api.auth import SCOPES
 from workers.api.routes import Stack
 from workers.families import FAMILIES
+from workers.process import readiness
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -66,16 +66,8 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     @app.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> JSONResponse:
         """Readiness: Temporal and the database both answer (503 otherwise, saying which)."""
-        temporal = database = "ok"
-        try:
-            await client.service_client.check_health()
-        except Exception as error:  # noqa: BLE001 - reported, not raised
-            temporal = f"unavailable: {type(error).__name__}"
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as error:  # noqa: BLE001
-            database = f"unavailable: {type(error).__name__}"
+        problems = await readiness(client, engine)
+        temporal, database = (f"unavailable: {p}" if p else "ok" for p in (problems["temporal"], problems["database"]))
         ready = temporal == database == "ok"
         body = Readiness(status="ready" if ready else "not ready", temporal=temporal, database=database)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -46,7 +46,7 @@ async def run_api(settings: Settings, database_url: str, host: str, port: int) -
     """`jobctl api`: serve until SIGTERM/SIGINT."""
     from activities.database import create_engine
     from workers.heap import freeze_startup_heap
-    from workers.runner import stop_on_signals
+    from workers.process import stop_on_signals
     from workers.temporal_client import connect
 
     stop = asyncio.Event()

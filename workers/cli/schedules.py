@@ -19,13 +19,13 @@ schedules_app = typer.Typer(help="Schedules as code: apply, list, trigger.", no_
 @schedules_app.command("apply")
 def schedules_apply() -> None:
     """Create or update every schedule in place (idempotent; a paused schedule stays paused)."""
-    from workers import schedules
+    from workers import families, schedules
     from workers.temporal_client import connect
 
     s = settings()
 
     async def _apply() -> list[tuple[str, str]]:
-        return await schedules.apply(await connect(s), s)
+        return await schedules.apply(await connect(s), s, families.all_schedules())
 
     for schedule_id, outcome in run(_apply):
         typer.echo(f"{schedule_id}: {outcome}")
@@ -34,7 +34,7 @@ def schedules_apply() -> None:
 @schedules_app.command("list")
 def schedules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show every schedule with its state and next run times."""
-    from workers import schedules
+    from workers import families
     from workers.temporal_client import connect
 
     s = settings()
@@ -42,7 +42,7 @@ def schedules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     async def _list() -> list[dict[str, Any]]:
         client = await connect(s)
         rows = []
-        for definition in schedules.definitions():
+        for definition in families.all_schedules():
             try:
                 described = await client.get_schedule_handle(definition.schedule_id).describe()
             except Exception:  # noqa: BLE001 - not applied yet is a state, not an error
@@ -82,10 +82,10 @@ def schedules_trigger(schedule_id: Annotated[str, typer.Argument(help="Schedule 
 
 
 def _known_schedule(schedule_id: str) -> str:
-    from workers import schedules
+    from workers import families
 
     try:
-        return schedules.by_id(schedule_id).schedule_id
+        return families.schedule(schedule_id).schedule_id
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
 

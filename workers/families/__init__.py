@@ -41,7 +41,10 @@ def all_workflows() -> list[type]:
 
 
 def job_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
-    return [a for family in FAMILIES for a in family.activities(deps)]
+    """Every family's `jobs` activities, and the business calendar they share (`scheduled_day`)."""
+    from activities.business_calendar import business_day
+
+    return [business_day, *(a for family in FAMILIES for a in family.activities(deps))]
 
 
 def messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
@@ -50,6 +53,14 @@ def messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
 
 def all_schedules() -> list[ScheduleDefinition]:
     return [s for family in FAMILIES for s in family.schedules()]
+
+
+def schedule(schedule_id: str) -> ScheduleDefinition:
+    known = all_schedules()
+    for definition in known:
+        if definition.schedule_id == schedule_id:
+            return definition
+    raise KeyError(f"unknown schedule {schedule_id!r} (known: {', '.join(d.schedule_id for d in known)})")
 
 
 def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
@@ -64,4 +75,4 @@ def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> 
 
 
 __all__: Sequence[str] = ("FAMILIES", "Family", "all_schedules", "all_workflows", "by_name", "job_activities",
-                          "messaging_activities", "stripe_handlers")
+                          "messaging_activities", "schedule", "stripe_handlers")

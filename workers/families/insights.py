@@ -15,10 +15,9 @@ def _workflows() -> list[type]:
 
 
 def _activities(deps: Any) -> list[Any]:
-    from activities.insights import InsightActivities, business_day
+    from activities.insights import InsightActivities
 
-    # business_day is the calendar every scheduled family asks (insights and credit): registered once, here.
-    return [InsightActivities(deps.engine).regenerate_insights_chunk, business_day]
+    return [InsightActivities(deps.engine).regenerate_insights_chunk]
 
 
 def _schedules() -> list[Any]:

@@ -30,7 +30,6 @@ def sends(deps: Any) -> Any:
     from datetime import timedelta
 
     from config.settings import SettingsError
-    from workers.worker import SEND_RATE_HEADROOM
 
     settings = deps.settings
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
@@ -54,7 +53,7 @@ def sends(deps: Any) -> Any:
             quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
         ),
-        per_second=settings.messages_per_second * SEND_RATE_HEADROOM,
+        per_second=settings.send_rate,
     )
 
 
