@@ -24,20 +24,10 @@ from activities.database import autocommit
 from schemas.errors import Refused
 from schemas.tables import ApiKey
 from workers.api.problems import Problem
+from workers.families import api_scopes
 
-SCOPES = {
-    "orders:read": "show an order's clock, validate an order placement",
-    "orders:write": "start, complete or fail an order's clock; place an order (a credit order's debit)",
-    "credit:read": "the risk view, retailers' credit profiles and open payment links",
-    "credit:write": "pause, unpause or block a retailer; change limits; adjustments; record payments",
-    "insights:read": "a retailer's latest insight and message",
-    "churn:read": "list and show churn cases, read company settings",
-    "churn:write": "open cases, nudge, incentives, end cases, change company settings",
-    "loyalty:read": "list and show reconciliation items",
-    "loyalty:write": "apply points, queue failures, retry or resolve items, run the audit",
-    "messaging:read": "the messaging brake's state and backlog (keys bound to no company)",
-    "messaging:write": "pause or resume all outbound messaging (keys bound to no company)",
-}
+SCOPES = api_scopes()
+"""Every family's scopes (declared in its registry module): scope -> what it allows."""
 KEY_PREFIX = "jk_"
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")

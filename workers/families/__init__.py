@@ -63,6 +63,17 @@ def schedule(schedule_id: str) -> ScheduleDefinition:
     raise KeyError(f"unknown schedule {schedule_id!r} (known: {', '.join(d.schedule_id for d in known)})")
 
 
+def api_scopes() -> dict[str, str]:
+    """Every API key scope (each family declares its own): scope -> what it allows."""
+    scopes: dict[str, str] = {}
+    for family in FAMILIES:
+        for scope, allows in family.scopes.items():
+            if scope in scopes:
+                raise ValueError(f"two families declare the API scope {scope}")
+            scopes[scope] = allows
+    return scopes
+
+
 def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
     handlers: dict[str, StripeHandler] = {}
     for family in FAMILIES:
@@ -74,5 +85,5 @@ def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> 
     return handlers
 
 
-__all__: Sequence[str] = ("FAMILIES", "Family", "all_schedules", "all_workflows", "by_name", "job_activities",
+__all__: Sequence[str] = ("FAMILIES", "Family", "all_schedules", "all_workflows", "api_scopes", "by_name", "job_activities",
                           "messaging_activities", "schedule", "stripe_handlers")

@@ -37,4 +37,9 @@ def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
 FAMILY = Family(
     name="churn", cli=[("churn", churn_app)], workflows=_workflows, activities=_activities, stripe_handlers=_stripe_handlers,
     routes=routes_of("churn"),
+    scopes={
+        "churn:read": "list and show churn cases, read company settings",
+        "churn:write": "open cases, nudge, incentives, end cases, change company settings",
+    },
+    settings=("actor_hash_key",),
 )

@@ -73,5 +73,9 @@ FAMILY = Family(
     activities=_activities,
     schedules=_schedules,
     stripe_handlers=_stripe_handlers,
-    routes=lambda: [*routes_of("credit")(), *routes_of("pay")()],  # /pay/{token}: the reminders' links
+    routes=lambda: [*routes_of("credit")(), *routes_of("pay")()],  # /pay/{token}: the reminders' links,
+    scopes={
+        "credit:read": "the risk view, retailers' credit profiles and open payment links",
+        "credit:write": "pause, unpause or block a retailer; change limits; adjustments; record payments",
+    },
 )

@@ -68,4 +68,8 @@ def _schedules() -> list[Any]:
 FAMILY = Family(
     name="loyalty", cli=[("loyalty", loyalty_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
     routes=routes_of("loyalty"),
+    scopes={
+        "loyalty:read": "list and show reconciliation items",
+        "loyalty:write": "apply points, queue failures, retry or resolve items, run the audit",
+    },
 )

@@ -61,4 +61,9 @@ def _schedules() -> list[Any]:
 FAMILY = Family(
     name="orders", cli=[("orders", orders_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
     routes=routes_of("orders"),
+    scopes={
+        "orders:read": "show an order's clock, validate an order placement",
+        "orders:write": "start, complete or fail an order's clock; place an order (a credit order's debit)",
+    },
+    settings=("order_followup_after",),
 )

@@ -24,4 +24,7 @@ def _activities(deps: Any) -> list[Any]:
     ]
 
 
-FAMILY = Family(name="payments", activities=_activities)
+FAMILY = Family(
+    name="payments", activities=_activities,
+    settings=("stripe_secret_key", "stripe_webhook_secret", "stripe_api_base", "pay_page_base_url"),
+)

@@ -49,6 +49,22 @@ class Family:
     """Stripe event type -> handler, for the webhook receiver (an event type belongs to one family)."""
     routes: Callable[[], Sequence[APIRouter]] = _none
     """HTTP routers, mounted by `jobctl api` (`workers/api/app.py`); each route names its scope."""
+    scopes: Mapping[str, str] = field(default_factory=dict)
+    """The API key scopes its routes require (`family:read`, `family:write`) -> what each allows."""
+    settings: Sequence[str] = ()
+    """The `Settings` fields only this family reads (its settings group); `PROCESS_SETTINGS` holds
+    the ones every process shares. Each field belongs to exactly one (`tests/unit`)."""
+
+
+PROCESS_SETTINGS: tuple[str, ...] = (
+    "database_url", "temporal_address", "temporal_namespace", "temporal_api_key", "temporal_tls_cert",
+    "temporal_tls_key", "task_queue", "messaging_task_queue", "business_timezone", "payload_encryption_key",
+    "codec_server_token", "codec_cors_origins", "log_format", "log_level", "metrics_bind", "worker_deployment_name",
+    "worker_build_id", "public_base_url", "webhook_base_url",
+    # the dev stack (`jobctl dev`)
+    "jobctl_home", "temporal_ui_port", "twilio_emulator_port", "webhooks_port", "stripe_sandbox_port",
+)
+"""Settings of the processes themselves: connections, queues, logs, metrics, the public URLs."""
 
 
 def routes_of(module: str) -> Callable[[], Sequence[APIRouter]]:

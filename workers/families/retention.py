@@ -38,4 +38,7 @@ def _schedules() -> list[Any]:
     ]
 
 
-FAMILY = Family(name="retention", workflows=_workflows, activities=_activities, schedules=_schedules)
+FAMILY = Family(
+    name="retention", workflows=_workflows, activities=_activities, schedules=_schedules,
+    settings=("retention_webhook_days", "retention_message_days"),
+)
