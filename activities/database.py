@@ -17,12 +17,11 @@ def create_engine(database_url: str, *, pool_size: int = 20, pre_ping: bool = Fa
 
     No overflow: SQLAlchemy closes an overflow connection as it comes back, so under a burst of
     sends (more in flight than the pool holds) the pool kept opening new ones, each a new
-    PostgreSQL backend to fork and warm: with 10 + 10 overflow, 246 sessions for 6,000
-    checkouts and six times the database's CPU per statement of a steady pool of 20 (19
-    sessions). A checkout beyond the pool waits for a connection instead.
+    PostgreSQL backend to fork and warm (docs/BENCHMARKS.md). A checkout beyond the pool waits
+    for a connection instead.
 
-    No ping before each use (`pre_ping`): it is a round trip on every checkout from the pool,
-    which was a third of a message send's database time. After a database restart the first
+    No ping before each use (`pre_ping`): it is a round trip on every checkout from the pool, a
+    large share of a message send's database time. After a database restart the first
     statement on a stale connection fails instead, SQLAlchemy then drops every connection made
     before it, and the caller's retry runs on a fresh one: an activity's Temporal retry policy,
     or the API client's retry of its 503 (workers/api/problems.py)."""

@@ -2,8 +2,8 @@
 
 localstripe 1.15 lists a type by scanning its whole store, and it lists a customer's
 subscriptions each time it renders a customer (the create response and the `customer.created`
-event). Creating customers therefore got slower with every object in the sandbox: payment links
-for 1,000 new retailers took 9 s, then 14, 17 and 21 s as the reminders benchmark filled it.
+event). Creating customers therefore got slower with every object in the sandbox, and a
+benchmark that fills it slowed down run after run.
 Here the store keeps an index by type beside its dict and the base list reads the index; the
 objects, their order and every answer stay localstripe's own. Dev/test Stripe only.
 """

@@ -1,9 +1,8 @@
 """The cycle collector and long-running processes.
 
 Everything start-up builds (imported modules, the FastAPI app, the SDK's tables, pydantic's
-validators) lives as long as the process; a full collection walks all of it anyway. Timed with
-`gc.callbacks` under the API benchmark's load: full collections of 100-400 ms (wall time) in
-`jobctl api` and `jobctl worker`, each a stall for every request or task in flight. Frozen, the
+validators) lives as long as the process; a full collection walks all of it anyway, a stall for
+every request or task in flight (timed in docs/BENCHMARKS.md, the API section). Frozen, the
 start-up heap is left out of every later collection, which then walks only what came after.
 """
 

@@ -119,7 +119,7 @@ async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> Poin
     hot customer's row is held for the function's microseconds, not for client round trips. It
     goes straight to the driver's connection (the same connection and transaction): with the lock
     no longer the limit, hot customers queue on the client's CPU, and SQLAlchemy's execute and
-    result cost as much of it as the rest of the call (about 30% of a checkout call, measured).
+    result cost as much of it as the rest of the call (docs/BENCHMARKS.md, loyalty).
     """
     driver = (await conn.get_raw_connection()).driver_connection
     cursor = await driver.execute(
