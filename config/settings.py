@@ -6,6 +6,8 @@ instead of surfacing as a connection error deep inside a worker.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import timedelta
 from functools import lru_cache
@@ -24,6 +26,26 @@ SEND_RATE_HEADROOM = 0.99
 """Sends run 1 % under the provider's rate: each message's slot is reserved on the database's clock
 (`messaging_pace`), evenly spaced for the whole cluster, so there is no burst to leave room for;
 the 1 % covers the network's jitter between a slot and the provider's bucket."""
+
+
+def parse_encryption_keys(value: str) -> dict[str, bytes]:
+    """PAYLOAD_ENCRYPTION_KEY (`id:base64,id:base64`, the first encrypts) as {key id: key}; a
+    ValueError names what is wrong, never the key. The codec (`workers/codec.py`) uses the same."""
+    keys: dict[str, bytes] = {}
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        key_id, sep, encoded = part.partition(":")
+        if not sep or not key_id:
+            raise ValueError("entries must be key-id:base64-key")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"key {key_id!r} is not base64") from None
+        if len(key) not in (16, 24, 32):
+            raise ValueError(f"key {key_id!r} must be 16, 24 or 32 bytes")
+        keys[key_id] = key
+    if not keys:
+        raise ValueError("no key given")
+    return keys
 
 
 class SettingsError(Exception):
@@ -137,9 +159,7 @@ class Settings(BaseSettings):
     @classmethod
     def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value():
-            from workers.codec import EncryptionCodec
-
-            EncryptionCodec.from_setting(value.get_secret_value())  # raises ValueError naming the problem
+            parse_encryption_keys(value.get_secret_value())  # raises ValueError naming the problem
             return value
         return None
 

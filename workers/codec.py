@@ -13,8 +13,6 @@ codec server uses `decode_strict`, which refuses it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -26,6 +24,8 @@ from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
+
+from config.settings import parse_encryption_keys
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -46,20 +46,7 @@ class EncryptionCodec(PayloadCodec):
     @classmethod
     def from_setting(cls, value: str) -> EncryptionCodec:
         """Parse PAYLOAD_ENCRYPTION_KEY; ValueError naming what is wrong (never the key)."""
-        keys: dict[str, bytes] = {}
-        for part in (p.strip() for p in value.split(",") if p.strip()):
-            key_id, sep, encoded = part.partition(":")
-            if not sep or not key_id:
-                raise ValueError("entries must be key-id:base64-key")
-            try:
-                key = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError(f"key {key_id!r} is not base64") from None
-            if len(key) not in (16, 24, 32):
-                raise ValueError(f"key {key_id!r} must be 16, 24 or 32 bytes")
-            keys[key_id] = key
-        if not keys:
-            raise ValueError("no key given")
+        keys = parse_encryption_keys(value)
         return cls(keys, current=next(iter(keys)))
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:

@@ -119,6 +119,8 @@ def violations(planted: dict[str, str] | None = None) -> list[str]:
                 continue
             if source == "schemas" and target != "schemas":
                 problems.append(f"{imp}: schemas import nothing of ours")
+            elif source == "config" and target not in ("schemas", "config"):
+                problems.append(f"{imp}: config imports only schemas")
             elif source == "activities" and target in ("workers", "workflows", "devtools", "services"):
                 problems.append(f"{imp}: activities never know the process, the workflows or the dev tools")
             elif source == "workflows" and target not in ("schemas", "workflows"):
@@ -141,6 +143,7 @@ def test_the_source_keeps_every_import_rule() -> None:
     ("module", "source", "rule"),
     [
         ("schemas/x.py", "from workers.settings import Settings\n", "schemas import nothing of ours"),
+        ("config/x.py", "def f():\n    from workers.codec import EncryptionCodec\n", "config imports only schemas"),
         ("activities/x.py", "def f():\n    from workers.worker import build_workers\n", "activities never know"),
         ("activities/x.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.worker import X\n",
          "activities never know"),
