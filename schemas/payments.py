@@ -37,14 +37,16 @@ class StripeCustomer(BaseModel):
     created: bool = Field(description="False: the id was already stored on the owner's row")
 
 
-class PaymentLinkLine(BaseModel):
-    """One line of the hosted page: what it is for (never a name) and its amount."""
+class CheckoutSessionLine(BaseModel):
+    """One line of Stripe's hosted Checkout page: what it is for (never a name) and its amount."""
 
     description: str = Field(min_length=1, max_length=200)
     amount: Decimal = Field(description="major units, > 0")
 
 
-class PaymentLinkRequest(BaseModel):
+class CheckoutSessionRequest(BaseModel):
+    """A Stripe Checkout Session (payment mode) for a retailer: what a click on a pay link asks for."""
+
     retailer_id: int = Field(ge=1)
     amount: Decimal = Field(description="major units, at most 2 decimals (0 for zero-decimal currencies), > 0")
     currency: str = _CURRENCY
@@ -52,17 +54,18 @@ class PaymentLinkRequest(BaseModel):
     description: str | None = Field(
         default=None, max_length=500, description="what the payment is for; never a name, e-mail or phone number"
     )
-    lines: list[PaymentLinkLine] = Field(
+    lines: list[CheckoutSessionLine] = Field(
         default_factory=list, description="one per debit; empty: one line for `amount`. Lines must add up to `amount`"
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="ids only (debit ids, a fingerprint)")
 
 
-class PaymentLink(BaseModel):
-    url: str
-    checkout_session_id: str | None = Field(default=None, description="the Stripe Checkout Session behind the link")
-    payment_intent_id: str | None = Field(default=None, description="set when the link pays a PaymentIntent")
-    invoice_id: str | None = Field(default=None, description="set when the link is a Stripe-hosted invoice")
+class CheckoutSession(BaseModel):
+    """A Stripe Checkout Session as Stripe has it (not our pay link: that is `tables.PaymentLink`)."""
+
+    url: str = Field(description="Stripe's hosted page")
+    checkout_session_id: str | None = Field(default=None, description="the Checkout Session's id (cs_...)")
+    payment_intent_id: str | None = Field(default=None, description="the session's PaymentIntent, once Stripe made one")
     amount: Decimal
     currency: str
     stripe_customer_id: str

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
 from activities.payments.activities import PaymentActivities
-from schemas.payments import PaymentLinkLine, PaymentLinkRequest
+from schemas.payments import CheckoutSessionLine, CheckoutSessionRequest
 
 log = structlog.get_logger(__name__)
 
@@ -212,13 +212,13 @@ async def _checkout(engine: AsyncEngine, payments: PaymentActivities, link, owed
     n = link.session_count + 1
     amount = sum((d.outstanding for d in owed), Decimal("0"))
     ids = ",".join(str(d.debit_id) for d in owed)
-    request = PaymentLinkRequest(
+    request = CheckoutSessionRequest(
         retailer_id=retailer_id,
         amount=amount,
         currency=currency,
         idempotency_key=session_key(retailer_id, link.generation, n, fingerprint),
         description=f"{len(owed)} invoice(s)",
-        lines=[PaymentLinkLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in owed],
+        lines=[CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in owed],
         metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
     )
     session = await paced(lambda: payments.create_payment_link(request))

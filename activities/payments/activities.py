@@ -72,9 +72,9 @@ from schemas.payments import (
     OwnerType,
     PaymentIntentState,
     PaymentIntentStatus,
-    PaymentLink,
-    PaymentLinkLine,
-    PaymentLinkRequest,
+    CheckoutSession,
+    CheckoutSessionLine,
+    CheckoutSessionRequest,
     StripeCustomer,
     SubscriptionCancellation,
     SubscriptionPeriod,
@@ -327,10 +327,10 @@ class PaymentActivities:
     # -- payment links --------------------------------------------------------------------------
 
     @activity.defn(name="create_payment_link")
-    async def create_payment_link(self, request: PaymentLinkRequest) -> PaymentLink:
+    async def create_payment_link(self, request: CheckoutSessionRequest) -> CheckoutSession:
         """A Checkout Session (payment mode) for the retailer: one line item per request line."""
         minor = to_minor_units(request.amount, request.currency)
-        lines = request.lines or [PaymentLinkLine(description=request.description or "Payment", amount=request.amount)]
+        lines = request.lines or [CheckoutSessionLine(description=request.description or "Payment", amount=request.amount)]
         line_items = [
             {
                 "quantity": 1,
@@ -383,16 +383,16 @@ class PaymentActivities:
             idempotency_key=key,
             replayed=_replayed(session),
         )
-        return _link(session, customer_id)
+        return _session(session, customer_id)
 
-    async def payment_link(self, session_id: str, retailer_id: int) -> PaymentLink:
+    async def payment_link(self, session_id: str, retailer_id: int) -> CheckoutSession:
         """The link's Checkout Session as Stripe has it now (open, complete or expired)."""
         _, account = await self._owner("retailer", retailer_id)
         async with stripe_errors("payment_link_status", checkout_session_id=session_id):
             session = await self._stripe.v1.checkout.sessions.retrieve_async(session_id, options=_options(None, account))
-        return _link(session, str(_field(session, "customer") or ""))
+        return _session(session, str(_field(session, "customer") or ""))
 
-    async def expire_payment_link(self, session_id: str, retailer_id: int) -> PaymentLink:
+    async def expire_payment_link(self, session_id: str, retailer_id: int) -> CheckoutSession:
         """Expire an open link (it can no longer be paid); a link already complete or expired is left."""
         _, account = await self._owner("retailer", retailer_id)
         key = f"payment-link-expire:{session_id}"
@@ -404,7 +404,7 @@ class PaymentActivities:
                 if session.status == "open":
                     raise
         log.info("stripe.payment_link_expired", retailer_id=retailer_id, checkout_session_id=session_id, status=session.status)
-        return _link(session, str(_field(session, "customer") or ""))
+        return _session(session, str(_field(session, "customer") or ""))
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -570,9 +570,9 @@ class PaymentActivities:
         )
 
 
-def _link(session: Any, customer_id: str) -> PaymentLink:
+def _session(session: Any, customer_id: str) -> CheckoutSession:
     currency = str(_field(session, "currency") or "usd")
-    return PaymentLink(
+    return CheckoutSession(
         url=str(session.url or ""),
         checkout_session_id=session.id,
         payment_intent_id=_field(session, "payment_intent"),

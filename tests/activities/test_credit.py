@@ -34,7 +34,7 @@ from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client
-from schemas.payments import PaymentLinkRequest
+from schemas.payments import CheckoutSessionRequest
 from schemas.credit import ReminderPageRequest, GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from services import credit as credit_api
@@ -372,7 +372,7 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
     await new_debit(engine, shop, "80.00", FAR + timedelta(days=520))
     payments = PaymentActivities(engine, stripe_api)
     link = await payments.create_payment_link(
-        PaymentLinkRequest(retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}")
+        CheckoutSessionRequest(retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}")
     )
     session = (await stripe_api.v1.checkout.sessions.retrieve_async(link.checkout_session_id)).to_dict()
     assert session["payment_status"] == "unpaid"

@@ -29,8 +29,8 @@ from schemas.payments import (
     EnsureCustomer,
     ExtendSubscription,
     PaymentIntentStatus,
-    PaymentLinkLine,
-    PaymentLinkRequest,
+    CheckoutSessionLine,
+    CheckoutSessionRequest,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
 from devtools.stripe_sandbox import StripeSandbox
@@ -95,8 +95,8 @@ async def sessions_of(client: stripe.StripeClient, customer_id: str) -> list[str
     return [cs.id for cs in page.data]
 
 
-def link_request(retailer_id: int, amount: str = "150.25", key: str | None = None) -> PaymentLinkRequest:
-    return PaymentLinkRequest(
+def link_request(retailer_id: int, amount: str = "150.25", key: str | None = None) -> CheckoutSessionRequest:
+    return CheckoutSessionRequest(
         retailer_id=retailer_id,
         amount=Decimal(amount),
         idempotency_key=key or f"reminder:{retailer_id}:{uuid.uuid4().hex[:8]}",
@@ -250,8 +250,8 @@ async def test_payment_link_same_key_twice_is_one_checkout_session(
 ) -> None:
     retailer_id = await new_retailer(engine)
     request = link_request(retailer_id, "1234.50").model_copy(update={
-        "lines": [PaymentLinkLine(description="Invoice 7", amount=Decimal("1000.00")),
-                  PaymentLinkLine(description="Invoice 9", amount=Decimal("234.50"))],
+        "lines": [CheckoutSessionLine(description="Invoice 7", amount=Decimal("1000.00")),
+                  CheckoutSessionLine(description="Invoice 9", amount=Decimal("234.50"))],
         "metadata": {"debit_ids": "7,9"},
     })
     first = await run(acts.create_payment_link, request)
@@ -504,6 +504,6 @@ async def test_stripe_errors_map_to_retry_policy_types(
 
 def test_payloads_refuse_non_finite_amounts_and_odd_keys() -> None:
     with pytest.raises(ValueError):
-        PaymentLinkRequest(retailer_id=1, amount=Decimal("NaN"), idempotency_key="k")
+        CheckoutSessionRequest(retailer_id=1, amount=Decimal("NaN"), idempotency_key="k")
     with pytest.raises(ValueError):
-        PaymentLinkRequest(retailer_id=1, amount=Decimal("1"), idempotency_key="has a space")
+        CheckoutSessionRequest(retailer_id=1, amount=Decimal("1"), idempotency_key="has a space")
