@@ -1,9 +1,10 @@
-"""Payloads of the payments gateway (Stripe): what a workflow asks for, and what came back.
+"""Payloads of the Stripe gateway (`activities/payments/gateway.py`): what a workflow, the pay
+route or the webhook receiver asks it for, and what came back.
 
 Only business ids, Stripe object ids, amounts and statuses travel through Temporal: no names,
 e-mails or phone numbers (workflow histories are visible in the UI). Amounts are exact
-``Decimal`` major units (``150.25`` dollars); the activities convert them to Stripe's integer
-minor units and refuse anything that does not convert exactly.
+``Decimal`` major units (``150.25`` dollars); the gateway converts them to Stripe's integer
+minor units and refuses anything that does not convert exactly.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ _KEY = Field(
 _CURRENCY = Field(default="usd", pattern=r"^[a-z]{3}$", description="ISO 4217, lower case, as Stripe spells it")
 
 
-class EnsureCustomer(BaseModel):
-    owner_type: OwnerType
-    owner_id: int = Field(ge=1, description="retailers.id, memberships.id or customers.id")
-
-
 class StripeCustomer(BaseModel):
+    """The owner's Stripe customer (`StripeGateway.ensure_customer`)."""
+
     owner_type: OwnerType
     owner_id: int
     stripe_customer_id: str

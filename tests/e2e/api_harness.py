@@ -59,10 +59,8 @@ async def http(
     app = create_app(api_settings, engine, dev_env.client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60) as client:
         yield client
-    if (payments := getattr(app.state, "pay_stripe", None)) is not None:  # /pay's Stripe client, made on first use
-        from activities.payments.client import close_stripe_client
-
-        await close_stripe_client(payments._stripe)  # noqa: SLF001
+    if (stripe_gateway := getattr(app.state, "pay_stripe", None)) is not None:  # /pay's gateway, made on first use
+        await stripe_gateway.close()
 
 
 async def new_key(engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None) -> dict[str, str]:

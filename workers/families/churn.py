@@ -24,14 +24,10 @@ def _activities(deps: Any) -> list[Any]:
 
 def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
     """The handlers re-read the subscription at Stripe before opening a case (when a key is set)."""
-    from activities.payments.activities import PaymentActivities
-    from activities.payments.client import stripe_client
+    from activities.payments.gateway import open_stripe_gateway
     from services.churn import stripe_handlers
 
-    payments = None
-    if settings.stripe_secret_key:
-        payments = PaymentActivities(engine, stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base))
-    return stripe_handlers(client, engine, settings, payments=payments)
+    return stripe_handlers(client, engine, settings, stripe=open_stripe_gateway(settings, engine))
 
 
 FAMILY = Family(

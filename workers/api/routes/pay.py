@@ -47,21 +47,12 @@ _PAGES: dict[str, tuple[int, str, str]] = {
 
 
 def _stripe(request: Request, stack: StackDep):
-    """The API process's one Stripe client (None without STRIPE_SECRET_KEY), made on first use."""
+    """The API process's one Stripe gateway (None without STRIPE_SECRET_KEY), made on first use."""
     state = request.app.state
     if not hasattr(state, "pay_stripe"):
-        settings = stack.settings
-        payments = None
-        if settings.stripe_secret_key:
-            from activities.payments.activities import PaymentActivities
-            from activities.payments.client import stripe_client
+        from activities.payments.gateway import open_stripe_gateway
 
-            payments = PaymentActivities(
-                stack.engine,
-                stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
-                pay_page_base_url=settings.pay_page_base_url,
-            )
-        state.pay_stripe = payments
+        state.pay_stripe = open_stripe_gateway(stack.settings, stack.engine)
     return state.pay_stripe
 
 
