@@ -1,7 +1,8 @@
-"""What a job family's activities are built from, whichever process hosts them.
+"""What a job family's activities (and Stripe webhook handlers) are built from, whichever process hosts them.
 
 The worker builds one `ActivityDeps` and hands it to every family's registry entry
-(`workers.families`), so activities name this type and never the process they run in.
+(`workers.families`), so activities name this type and never the process they run in; the webhook
+receiver builds one for its Stripe handlers the same way.
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ def _activities(deps: Any) -> list[Any]:
     return [cases.load_case, cases.decide_nudge, cases.record_action]
 
 
-def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+def _stripe_handlers(deps: Any) -> Any:
     """The handlers re-read the subscription at Stripe before opening a case (when a key is set)."""
-    from activities.payments.gateway import open_stripe_gateway
     from services.churn import stripe_handlers
 
-    return stripe_handlers(client, engine, settings, stripe=open_stripe_gateway(settings, engine))
+    return stripe_handlers(deps.client, deps.engine, deps.settings, stripe=deps.stripe)
 
 
 FAMILY = Family(

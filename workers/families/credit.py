@@ -54,12 +54,11 @@ def _schedules() -> list[Any]:
     ]
 
 
-def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+def _stripe_handlers(deps: Any) -> Any:
     """A completed checkout is re-read at Stripe before its payment is recorded."""
-    from activities.payments.gateway import open_stripe_gateway
     from services.credit import stripe_handlers
 
-    return stripe_handlers(client, settings, stripe=open_stripe_gateway(settings, engine))
+    return stripe_handlers(deps.client, deps.settings, stripe=deps.stripe)
 
 
 FAMILY = Family(
