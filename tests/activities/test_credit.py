@@ -78,14 +78,14 @@ async def credit_workers(
 
 @asynccontextmanager
 async def pay_api(engine: AsyncEngine, client: Client, sandbox_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP API (the real ASGI app) at PAY_BASE, with the module's Stripe sandbox: what opens a
-    reminder's /pay/{token} link."""
+    """The HTTP API (the real ASGI app, its lifespan run: the API's one Stripe gateway) at PAY_BASE,
+    with the module's Stripe sandbox: what opens a reminder's /pay/{token} link."""
     settings = load_settings(stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox_url)
     app = create_api(settings, engine, client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30) as http:
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30
+    ) as http:
         yield http
-    if (stripe_gateway := getattr(app.state, "pay_stripe", None)) is not None:  # the route's own gateway
-        await stripe_gateway.close()
 
 
 def unique_phone() -> str:
