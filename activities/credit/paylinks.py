@@ -218,7 +218,10 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
         currency=currency,
         idempotency_key=session_key(retailer_id, link.generation, n, fingerprint),
         description=f"{len(owed)} invoice(s)",
-        lines=[CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in owed],
+        lines=[
+            CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding)
+            for d in owed
+        ],
         metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
     )
     session = await paced(lambda: stripe.create_checkout_session(request))

@@ -332,7 +332,9 @@ class StripeGateway:
         table = _OWNER_TABLES[owner_type]
         async with self._engine.begin() as conn:
             await conn.execute(
-                update(table).where(table.id == owner_id, table.stripe_customer_id == stale).values(stripe_customer_id=customer.id)
+                update(table)
+                .where(table.id == owner_id, table.stripe_customer_id == stale)
+                .values(stripe_customer_id=customer.id)
             )
             kept = await conn.scalar(select(table.stripe_customer_id).where(table.id == owner_id))
         log.warning(
@@ -350,7 +352,9 @@ class StripeGateway:
     async def create_checkout_session(self, request: CheckoutSessionRequest) -> CheckoutSession:
         """A Checkout Session (payment mode) for the retailer: one line item per request line."""
         minor = to_minor_units(request.amount, request.currency)
-        lines = request.lines or [CheckoutSessionLine(description=request.description or "Payment", amount=request.amount)]
+        lines = request.lines or [
+            CheckoutSessionLine(description=request.description or "Payment", amount=request.amount)
+        ]
         line_items = [
             {
                 "quantity": 1,
@@ -408,22 +412,29 @@ class StripeGateway:
     async def checkout_session(self, session_id: str, retailer_id: int) -> CheckoutSession:
         """The retailer's Checkout Session as Stripe has it now (open, complete or expired)."""
         _, account = await self._owner("retailer", retailer_id)
+        sessions = self._client.v1.checkout.sessions
         async with stripe_errors("payment_link_status", checkout_session_id=session_id):
-            session = await self._client.v1.checkout.sessions.retrieve_async(session_id, options=_options(None, account))
+            session = await sessions.retrieve_async(session_id, options=_options(None, account))
         return _session(session, str(_field(session, "customer") or ""))
 
     async def expire_checkout_session(self, session_id: str, retailer_id: int) -> CheckoutSession:
         """Expire an open session (it can no longer be paid); one already complete or expired is left."""
         _, account = await self._owner("retailer", retailer_id)
         key = f"payment-link-expire:{session_id}"
+        sessions = self._client.v1.checkout.sessions
         async with stripe_errors("expire_payment_link", checkout_session_id=session_id, idempotency_key=key):
             try:
-                session = await self._client.v1.checkout.sessions.expire_async(session_id, options=_options(key, account))
+                session = await sessions.expire_async(session_id, options=_options(key, account))
             except stripe.InvalidRequestError:
-                session = await self._client.v1.checkout.sessions.retrieve_async(session_id, options=_options(None, account))
+                session = await sessions.retrieve_async(session_id, options=_options(None, account))
                 if session.status == "open":
                     raise
-        log.info("stripe.payment_link_expired", retailer_id=retailer_id, checkout_session_id=session_id, status=session.status)
+        log.info(
+            "stripe.payment_link_expired",
+            retailer_id=retailer_id,
+            checkout_session_id=session_id,
+            status=session.status,
+        )
         return _session(session, str(_field(session, "customer") or ""))
 
     # -- subscriptions --------------------------------------------------------------------------

@@ -369,7 +369,9 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
     other, _ = await new_retailer(engine)
     await new_debit(engine, shop, "80.00", FAR + timedelta(days=520))
     link = await stripe_gateway.create_checkout_session(
-        CheckoutSessionRequest(retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}")
+        CheckoutSessionRequest(
+            retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}"
+        )
     )
     session = (await stripe_api.v1.checkout.sessions.retrieve_async(link.checkout_session_id)).to_dict()
     assert session["payment_status"] == "unpaid"

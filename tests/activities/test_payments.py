@@ -317,7 +317,9 @@ def test_minor_units_are_exact() -> None:
     assert three.value.type == "UnsupportedCurrency"
 
 
-async def test_checkout_session_needs_no_page_of_ours(engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+async def test_checkout_session_needs_no_page_of_ours(
+    engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient
+) -> None:
     retailer_id = await new_retailer(engine)
     link = await StripeGateway(client, engine).create_checkout_session(session_request(retailer_id))
     assert link.url == f"{sandbox.url}/pay/{link.checkout_session_id}"
@@ -479,7 +481,8 @@ async def test_unreachable_stripe_is_retryable(engine: AsyncEngine) -> None:
     dead = stripe_client(API_KEY, "http://127.0.0.1:9", timeout_s=1)
     try:
         with pytest.raises(ApplicationError) as error:
-            await run(PaymentActivities(StripeGateway(dead, engine)).payment_intent_status, PaymentIntentStatus(id="pi_x"))
+            activities = PaymentActivities(StripeGateway(dead, engine))
+            await run(activities.payment_intent_status, PaymentIntentStatus(id="pi_x"))
     finally:
         await close_stripe_client(dead)
     assert (error.value.type, error.value.non_retryable) == ("StripeUnavailable", False)
