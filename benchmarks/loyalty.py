@@ -46,6 +46,7 @@ from activities.loyalty.ledger import apply_points_at_checkout  # noqa: E402
 from activities.loyalty.queue import LoyaltyQueueActivities  # noqa: E402
 from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
+from activities.payments.gateway import StripeGateway  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
 )
@@ -131,7 +132,7 @@ async def queue_to_applied(client: Client, engine: AsyncEngine, stripe_url: str,
                 return intent.id
 
         intents = await asyncio.gather(*(paid(i) for i in range(items)))
-        payments = PaymentActivities(engine, stripe_api)
+        payments = PaymentActivities(StripeGateway(stripe_api, engine))
         queue_acts = LoyaltyQueueActivities(engine)
         async with Worker(
             client, task_queue=queue, workflows=[LoyaltyReconciliationWorkflow],

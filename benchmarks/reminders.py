@@ -72,8 +72,8 @@ from temporalio.worker import Worker  # noqa: E402
 from activities.credit.reminders import ReminderActivities  # noqa: E402
 from activities.business_calendar import business_day  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
+from activities.payments.gateway import StripeGateway  # noqa: E402
 from benchmarks.messaging_worker import SENDERS  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
@@ -297,7 +297,7 @@ async def main(args: argparse.Namespace) -> None:
         gateway = TwilioGateway(twilio_client(twilio_url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
         # The links point at jobctl's /pay/{token} (PUBLIC_BASE_URL); nobody clicks them here.
-        reminders = ReminderActivities(s.engine, PaymentActivities(s.engine, stripe_api), PAY_BASE_URL)
+        reminders = ReminderActivities(s.engine, StripeGateway(stripe_api, s.engine), PAY_BASE_URL)
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         retailers = await seed(s.engine, 1, args.retailers, due)
 

@@ -1,9 +1,10 @@
-"""Payloads of the payments gateway (Stripe): what a workflow asks for, and what came back.
+"""Payloads of the Stripe gateway (`activities/payments/gateway.py`): what a workflow, the pay
+route or the webhook receiver asks it for, and what came back.
 
 Only business ids, Stripe object ids, amounts and statuses travel through Temporal: no names,
 e-mails or phone numbers (workflow histories are visible in the UI). Amounts are exact
-``Decimal`` major units (``150.25`` dollars); the activities convert them to Stripe's integer
-minor units and refuse anything that does not convert exactly.
+``Decimal`` major units (``150.25`` dollars); the gateway converts them to Stripe's integer
+minor units and refuses anything that does not convert exactly.
 """
 
 from __future__ import annotations
@@ -25,26 +26,25 @@ _KEY = Field(
 _CURRENCY = Field(default="usd", pattern=r"^[a-z]{3}$", description="ISO 4217, lower case, as Stripe spells it")
 
 
-class EnsureCustomer(BaseModel):
-    owner_type: OwnerType
-    owner_id: int = Field(ge=1, description="retailers.id, memberships.id or customers.id")
-
-
 class StripeCustomer(BaseModel):
+    """The owner's Stripe customer (`StripeGateway.ensure_customer`)."""
+
     owner_type: OwnerType
     owner_id: int
     stripe_customer_id: str
     created: bool = Field(description="False: the id was already stored on the owner's row")
 
 
-class PaymentLinkLine(BaseModel):
-    """One line of the hosted page: what it is for (never a name) and its amount."""
+class CheckoutSessionLine(BaseModel):
+    """One line of Stripe's hosted Checkout page: what it is for (never a name) and its amount."""
 
     description: str = Field(min_length=1, max_length=200)
     amount: Decimal = Field(description="major units, > 0")
 
 
-class PaymentLinkRequest(BaseModel):
+class CheckoutSessionRequest(BaseModel):
+    """A Stripe Checkout Session (payment mode) for a retailer: what a click on a pay link asks for."""
+
     retailer_id: int = Field(ge=1)
     amount: Decimal = Field(description="major units, at most 2 decimals (0 for zero-decimal currencies), > 0")
     currency: str = _CURRENCY
@@ -52,17 +52,18 @@ class PaymentLinkRequest(BaseModel):
     description: str | None = Field(
         default=None, max_length=500, description="what the payment is for; never a name, e-mail or phone number"
     )
-    lines: list[PaymentLinkLine] = Field(
+    lines: list[CheckoutSessionLine] = Field(
         default_factory=list, description="one per debit; empty: one line for `amount`. Lines must add up to `amount`"
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="ids only (debit ids, a fingerprint)")
 
 
-class PaymentLink(BaseModel):
-    url: str
-    checkout_session_id: str | None = Field(default=None, description="the Stripe Checkout Session behind the link")
-    payment_intent_id: str | None = Field(default=None, description="set when the link pays a PaymentIntent")
-    invoice_id: str | None = Field(default=None, description="set when the link is a Stripe-hosted invoice")
+class CheckoutSession(BaseModel):
+    """A Stripe Checkout Session as Stripe has it (not our pay link: that is `tables.PaymentLink`)."""
+
+    url: str = Field(description="Stripe's hosted page")
+    checkout_session_id: str | None = Field(default=None, description="the Checkout Session's id (cs_...)")
+    payment_intent_id: str | None = Field(default=None, description="the session's PaymentIntent, once Stripe made one")
     amount: Decimal
     currency: str
     stripe_customer_id: str

@@ -35,7 +35,7 @@ from activities.churn.cases import (
     membership_by_stripe,
     open_case,
 )
-from activities.payments.activities import PaymentActivities
+from activities.payments.gateway import StripeGateway
 from config.settings import Settings
 from schemas import ids, search_attributes
 from schemas.churn import ApplyIncentive, CaseStatus, ChurnCaseInput, ManualNudge, NudgeOutcome
@@ -114,11 +114,11 @@ def _event_time(event: dict[str, Any]) -> datetime | None:
 
 
 def stripe_handlers(
-    client: Client, engine: AsyncEngine, settings: Settings, *, payments: PaymentActivities | None = None
+    client: Client, engine: AsyncEngine, settings: Settings, *, stripe: StripeGateway | None = None
 ) -> dict[str, StripeHandler]:
     """Stripe's subscription lifecycle → cases: a failed invoice or a newly scheduled cancellation
     opens one; a paid invoice or a resumed subscription recovers it; a deleted subscription
-    cancels it. `payments` re-reads the subscription at Stripe (without it, no case is opened on
+    cancels it. `stripe` re-reads the subscription at Stripe (without it, no case is opened on
     a member in good standing only as far as the event itself tells)."""
 
     async def member_of(event: dict[str, Any]) -> StripeMember | None:
@@ -139,10 +139,10 @@ def stripe_handlers(
     async def at_risk(member: StripeMember) -> bool:
         """Stripe's word now, not the event's: an event delivered late must not open a case on a
         member who has paid since (or whose subscription is gone)."""
-        if payments is None:
+        if stripe is None:
             return True
         try:
-            state = await payments.subscription_state(SubscriptionStateRequest(membership_id=member.membership_id))
+            state = await stripe.subscription_state(SubscriptionStateRequest(membership_id=member.membership_id))
         except ApplicationError as error:
             if error.non_retryable:  # no subscription stored: the event is the only word there is
                 return True

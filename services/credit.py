@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
-from activities.payments.activities import PaymentActivities, from_minor_units
+from activities.payments.gateway import StripeGateway, from_minor_units
 from schemas import ids
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
 from config.settings import Settings
@@ -89,7 +89,9 @@ def guardrails_schedule_input(settings: Settings) -> GuardrailsRequest:
     return GuardrailsRequest(business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue)
 
 
-def stripe_handlers(client: Client, settings: Settings, *, payments: PaymentActivities | None = None) -> dict[str, StripeHandler]:
+def stripe_handlers(
+    client: Client, settings: Settings, *, stripe: StripeGateway | None = None
+) -> dict[str, StripeHandler]:
     """A retailer's payment link paid → RecordPaymentWorkflow.
 
     `checkout.session.completed` (links are Checkout Sessions; the reference is the session id) and
@@ -97,7 +99,7 @@ def stripe_handlers(client: Client, settings: Settings, *, payments: PaymentActi
     own PaymentIntent carries no retailer metadata, so one payment is never recorded twice.
 
     Recording a payment cannot be undone, so a completed session is re-read at Stripe first
-    (`payments`) and only Stripe's current word counts: a session it does not have, or has not
+    (`stripe`) and only Stripe's current word counts: a session it does not have, or has not
     been paid, or that names another retailer, records nothing, however well the event is signed.
     """
 
@@ -132,10 +134,10 @@ def stripe_handlers(client: Client, settings: Settings, *, payments: PaymentActi
         if session.get("mode") != "payment" or not claimed.isdigit() or int(claimed) < 1:
             log.info("credit.checkout_not_for_a_retailer", checkout_session_id=session_id)
             return
-        if payments is None:  # a 5xx: Stripe delivers again once the receiver can ask it
+        if stripe is None:  # a 5xx: Stripe delivers again once the receiver can ask it
             raise RuntimeError("STRIPE_SECRET_KEY is not set: a completed checkout cannot be verified")
         try:
-            current = await payments.payment_link(session_id, int(claimed))
+            current = await stripe.checkout_session(session_id, int(claimed))
         except ApplicationError as error:
             if not error.non_retryable:
                 raise  # Stripe unavailable: a 5xx, and Stripe retries the event

@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.database import create_engine
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway
 from schemas import search_attributes
 from devtools import binaries
 from workers import migrate
@@ -163,6 +164,12 @@ async def stripe_api(sandbox: StripeSandbox) -> AsyncIterator[stripe.StripeClien
     c = stripe_client(STRIPE_TEST_KEY, sandbox.url, timeout_s=10)
     yield c
     await close_stripe_client(c)
+
+
+@pytest.fixture
+def stripe_gateway(engine: AsyncEngine, stripe_api: stripe.StripeClient) -> StripeGateway:
+    """The product's Stripe gateway on the module's `stripe_api` client (which closes it)."""
+    return StripeGateway(stripe_api, engine)
 
 
 @pytest.fixture

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from activities.database import create_engine
+from activities.deps import ActivityDeps
+from activities.payments.gateway import open_stripe_gateway
 from workers.process import stop_on_signals
 from config.settings import Settings
 from workers.temporal_client import connect
@@ -23,25 +25,32 @@ from workers.webhooks import create_app
 async def serve_webhooks(
     settings: Settings, engine: AsyncEngine, host: str, port: int, client: Client | None = None
 ) -> AsyncIterator[str]:
-    """Serve until the block ends; yields the base URL. Without a client, Stripe events are only recorded."""
+    """Serve until the block ends; yields the base URL. Without a client, Stripe events are only recorded.
+
+    The handlers share the receiver's one Stripe gateway (when STRIPE_SECRET_KEY is set), closed
+    with the receiver."""
     assert settings.stripe_webhook_secret and settings.twilio_auth_token
-    app = create_app(
-        engine,
-        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value(),
-        twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
-        public_base_url=settings.webhook_base_url,
-        stripe_handlers=families.stripe_handlers(client, engine, settings) if client else None,
-        help_reply=(lambda t, r, sid: reply_help(client, settings, t, r, sid)) if client else None,
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    try:
+    async with AsyncExitStack() as resources:
+        deps = None
+        if client:
+            deps = ActivityDeps(client, settings, engine, open_stripe_gateway(settings, engine), resources)
+            if deps.stripe is not None:
+                resources.push_async_callback(deps.stripe.close)
+        app = create_app(
+            engine,
+            stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value(),
+            twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
+            public_base_url=settings.webhook_base_url,
+            stripe_handlers=families.stripe_handlers(deps) if deps else None,
+            help_reply=(lambda t, r, sid: reply_help(client, settings, t, r, sid)) if client else None,
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        resources.push_async_callback(runner.cleanup)  # before the gateway closes: no handler runs after
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
         yield f"http://{host}:{bound}"
-    finally:
-        await runner.cleanup()
 
 
 async def run_webhook_server(settings: Settings, database_url: str, host: str, port: int) -> None:

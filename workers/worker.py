@@ -22,8 +22,7 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import PollerBehaviorAutoscaling, Worker, WorkerDeploymentConfig
 
 from activities.deps import ActivityDeps
-from activities.payments.activities import PaymentActivities
-from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway, open_stripe_gateway
 from config.settings import Settings, SettingsError
 from workers import families
 from workers.heap import freeze_startup_heap
@@ -57,17 +56,17 @@ def compile_workflow_modules() -> None:
         compileall.compile_dir(path, quiet=2)
 
 
-def stripe_activities(
+def stripe_gateway(
     settings: Settings, engine: AsyncEngine, resources: contextlib.AsyncExitStack
-) -> PaymentActivities | None:
-    """Stripe (the sandbox when STRIPE_API_BASE is set); None when no Stripe key is configured.
-    Its client's session is closed with `resources`."""
-    if not settings.stripe_secret_key:
+) -> StripeGateway | None:
+    """The worker's one Stripe gateway (the sandbox when STRIPE_API_BASE is set); None when no Stripe
+    key is configured. It is closed with `resources`."""
+    gateway = open_stripe_gateway(settings, engine)
+    if gateway is None:
         log.warning("worker.no_stripe", detail="STRIPE_SECRET_KEY not set: payment activities not registered")
         return None
-    client = stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
-    resources.push_async_callback(close_stripe_client, client)
-    return PaymentActivities(engine, client, pay_page_base_url=settings.pay_page_base_url)
+    resources.push_async_callback(gateway.close)
+    return gateway
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -127,7 +126,7 @@ def build_workers(
     options = options or WorkerOptions()
     compile_workflow_modules()
     versioning = deployment_config(settings)
-    deps = ActivityDeps(client, settings, engine, stripe_activities(settings, engine, resources), resources)
+    deps = ActivityDeps(client, settings, engine, stripe_gateway(settings, engine, resources), resources)
     workers: list[Worker] = []
     if "jobs" in options.task_queues:
         workers.append(

@@ -44,8 +44,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
-from activities.payments.activities import PaymentActivities
-from schemas.payments import PaymentLinkLine, PaymentLinkRequest
+from activities.payments.gateway import StripeGateway
+from schemas.payments import CheckoutSessionLine, CheckoutSessionRequest
 
 log = structlog.get_logger(__name__)
 
@@ -110,10 +110,10 @@ async def paced(call: Callable[[], Awaitable[T]], *, attempts: int = STRIPE_ATTE
     raise AssertionError("unreachable")
 
 
-async def expire_session(payments: PaymentActivities, session_id: str, retailer_id: int) -> None:
+async def expire_session(stripe: StripeGateway, session_id: str, retailer_id: int) -> None:
     """Expire a link's session (paced); one Stripe no longer has, or already closed, is fine."""
     try:
-        await paced(lambda: payments.expire_payment_link(session_id, retailer_id))
+        await paced(lambda: stripe.expire_checkout_session(session_id, retailer_id))
     except ApplicationError as error:
         if error.type != "StripeInvalidRequest":
             raise
@@ -159,7 +159,7 @@ CURRENT = text("SELECT token, checkout_session_id FROM payment_links WHERE retai
 ATTEMPTS = 3  # reads of the row when a concurrent click or reminder changed it meanwhile
 
 
-async def open_pay_link(engine: AsyncEngine, payments: PaymentActivities | None, token: str) -> PayOutcome:
+async def open_pay_link(engine: AsyncEngine, stripe: StripeGateway | None, token: str) -> PayOutcome:
     """What `GET /pay/{token}` does: the Checkout page for what the link's debits owe now.
 
     No connection is held while Stripe answers (a click may wait seconds on a 429's back-off, and
@@ -173,10 +173,10 @@ async def open_pay_link(engine: AsyncEngine, payments: PaymentActivities | None,
             if link is None:
                 return PayOutcome("replaced" if await conn.scalar(RETIRED, {"t": token}) else "unknown")
             owed = [LinkDebit(*row) for row in (await conn.execute(OWED, {"r": link.retailer_id, "ids": list(link.debit_ids)})).all()]
-        if payments is None:
+        if stripe is None:
             return PayOutcome("paid") if not owed else PayOutcome("unavailable")
         try:
-            outcome = await _checkout(engine, payments, link, owed)
+            outcome = await _checkout(engine, stripe, link, owed)
         except ApplicationError as error:
             log.warning("paylink.stripe_unavailable", retailer_id=link.retailer_id, error_type=error.type,
                         retryable=not error.non_retryable)
@@ -187,12 +187,12 @@ async def open_pay_link(engine: AsyncEngine, payments: PaymentActivities | None,
     return PayOutcome("unavailable")
 
 
-async def _checkout(engine: AsyncEngine, payments: PaymentActivities, link, owed: list[LinkDebit]) -> PayOutcome | None:
+async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list[LinkDebit]) -> PayOutcome | None:
     """The outcome, or None: the row changed meanwhile, read it again."""
     retailer_id, currency = link.retailer_id, link.currency
     fingerprint = amounts_fingerprint(owed, currency) if owed else None
     if link.checkout_session_id:
-        current = await _session(payments, link.checkout_session_id, retailer_id)
+        current = await _session(stripe, link.checkout_session_id, retailer_id)
         if current is not None and current.status == "complete":
             # Paid at Stripe. Until the webhook's payment is recorded the debits still look open:
             # "processing", never a second session for money already paid. Once recorded, what is
@@ -205,23 +205,26 @@ async def _checkout(engine: AsyncEngine, payments: PaymentActivities, link, owed
             if owed and link.session_fingerprint == fingerprint:
                 log.info("paylink.session_reused", retailer_id=retailer_id, checkout_session_id=current.checkout_session_id)
                 return PayOutcome("redirect", url=current.url, amount=current.amount, currency=currency)
-            await expire_session(payments, link.checkout_session_id, retailer_id)  # the amounts changed, or all paid
+            await expire_session(stripe, link.checkout_session_id, retailer_id)  # the amounts changed, or all paid
     if not owed:
         return PayOutcome("paid", currency=currency)
     assert fingerprint is not None
     n = link.session_count + 1
     amount = sum((d.outstanding for d in owed), Decimal("0"))
     ids = ",".join(str(d.debit_id) for d in owed)
-    request = PaymentLinkRequest(
+    request = CheckoutSessionRequest(
         retailer_id=retailer_id,
         amount=amount,
         currency=currency,
         idempotency_key=session_key(retailer_id, link.generation, n, fingerprint),
         description=f"{len(owed)} invoice(s)",
-        lines=[PaymentLinkLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding) for d in owed],
+        lines=[
+            CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding)
+            for d in owed
+        ],
         metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
     )
-    session = await paced(lambda: payments.create_payment_link(request))
+    session = await paced(lambda: stripe.create_checkout_session(request))
     async with engine.begin() as conn:
         stored = await conn.scalar(
             STORE_SESSION,
@@ -236,15 +239,15 @@ async def _checkout(engine: AsyncEngine, payments: PaymentActivities, link, owed
     # The row changed while Stripe answered (a reminder replaced the token, or a click stored
     # another session): ours must not stay payable beside it.
     assert session.checkout_session_id
-    await expire_session(payments, session.checkout_session_id, retailer_id)
+    await expire_session(stripe, session.checkout_session_id, retailer_id)
     if now is None or now.token != link.token:
         return PayOutcome("replaced")
     return None
 
 
-async def _session(payments: PaymentActivities, session_id: str, retailer_id: int):
+async def _session(stripe: StripeGateway, session_id: str, retailer_id: int):
     try:
-        return await paced(lambda: payments.payment_link(session_id, retailer_id))
+        return await paced(lambda: stripe.checkout_session(session_id, retailer_id))
     except ApplicationError as error:
         if error.type != "StripeInvalidRequest":  # 404: Stripe no longer has it; make a new one
             raise

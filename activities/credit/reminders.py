@@ -29,7 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.credit.paylinks import LinkDebit, debits_fingerprint, expire_session, new_token, pay_url
-from activities.payments.activities import PaymentActivities
+from activities.payments.gateway import StripeGateway
 from schemas.credit import (
     REMINDER_OFFSETS_DAYS,
     DueRetailer,
@@ -153,11 +153,11 @@ def _heartbeat() -> None:
 
 class ReminderActivities:
     """`pay_base_url` (setting PUBLIC_BASE_URL): where `jobctl api` serves `/pay/{token}`.
-    `payments` (Stripe) is only needed to expire the open session of a link that is replaced."""
+    `stripe` (the process's gateway) is only needed to expire the open session of a link that is replaced."""
 
-    def __init__(self, engine: AsyncEngine, payments: PaymentActivities | None, pay_base_url: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, stripe: StripeGateway | None, pay_base_url: str | None = None) -> None:
         self._engine = engine
-        self._payments = payments
+        self._stripe = stripe
         self._base_url = pay_base_url.rstrip("/") if pay_base_url else None
 
     @activity.defn(name="credit_reminder_page")
@@ -284,8 +284,8 @@ class ReminderActivities:
                 old = (await conn.execute(CURRENT_LINK, {"r": retailer_id})).first()
             if old is not None and old.fingerprint == fingerprint:  # written meanwhile (another attempt)
                 return pay_url(self._base_url, old.token)
-            if old is not None and old.checkout_session_id and self._payments is not None:
-                await expire_session(self._payments, old.checkout_session_id, retailer_id)
+            if old is not None and old.checkout_session_id and self._stripe is not None:
+                await expire_session(self._stripe, old.checkout_session_id, retailer_id)
             token = new_token()
             url = pay_url(self._base_url, token)
             params = {

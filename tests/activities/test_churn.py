@@ -28,9 +28,9 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
+from activities.payments.gateway import StripeGateway
 from schemas import ids
 from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
-from schemas.payments import EnsureCustomer
 from tests.activities.test_orders import zone_where
 from services import churn as churn_api
 from config.settings import load_settings
@@ -47,7 +47,7 @@ async def churn_workers(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[None]:
     cases = ChurnActivities(engine)
-    payments = PaymentActivities(engine, stripe_api, "https://pay.example.test/p")
+    payments = PaymentActivities(StripeGateway(stripe_api, engine, success_url="https://pay.example.test/p"))
     # The outbox's own (global) cap and quiet hours are off: these tests are about the company's.
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(daily_cap=10_000, quiet_hours=QuietHours(0, 0)))
     async with Worker(
@@ -86,7 +86,7 @@ async def new_member(
 
 
 async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member: int) -> str:
-    customer = await PaymentActivities(engine, stripe_api).ensure_customer(EnsureCustomer(owner_type="member", owner_id=member))
+    customer = await StripeGateway(stripe_api, engine).ensure_customer("member", member)
     plan = await stripe_api.v1.plans.create_async(
         {"amount": 2900, "currency": "usd", "interval": "month", "product": {"name": "Gold"}},
         {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
@@ -351,7 +351,7 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
 
 async def subscribe_paying(engine: AsyncEngine, stripe_api: stripe.StripeClient, member: int) -> str:
     """An `active` subscription (a free plan: its first invoice is paid at once in the sandbox)."""
-    customer = await PaymentActivities(engine, stripe_api).ensure_customer(EnsureCustomer(owner_type="member", owner_id=member))
+    customer = await StripeGateway(stripe_api, engine).ensure_customer("member", member)
     plan = await stripe_api.v1.plans.create_async(
         {"amount": 0, "currency": "usd", "interval": "month", "product": {"name": "Free"}},
         {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
@@ -404,7 +404,7 @@ async def test_a_failed_invoice_for_a_subscription_stripe_says_is_active_opens_n
     _, member, _ = await new_member(engine, offsets=[0], grace=0)
     subscription = await subscribe_paying(engine, stripe_api, member)
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
-    handlers = churn_api.stripe_handlers(env.client, engine, settings, payments=PaymentActivities(engine, stripe_api))
+    handlers = churn_api.stripe_handlers(env.client, engine, settings, stripe=StripeGateway(stripe_api, engine))
     await handlers["invoice.payment_failed"](stripe_event("invoice.payment_failed", an_invoice(subscription)))
     assert await cases_of(engine, member) == []
 
@@ -529,7 +529,7 @@ async def test_an_incentive_for_a_case_that_is_ending_is_refused_and_stripe_is_n
             await release.wait()
         return await cases.record_action(action)
 
-    payments = PaymentActivities(engine, stripe_api)
+    payments = PaymentActivities(StripeGateway(stripe_api, engine))
     async with Worker(
         env.client, task_queue=task_queue, workflows=[ChurnCaseWorkflow],
         activities=[cases.load_case, cases.decide_nudge, slow_close, payments.extend_subscription],

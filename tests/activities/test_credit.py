@@ -32,9 +32,8 @@ from activities.business_calendar import business_day
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.payments.activities import PaymentActivities
-from activities.payments.client import close_stripe_client
-from schemas.payments import PaymentLinkRequest
+from activities.payments.gateway import StripeGateway
+from schemas.payments import CheckoutSessionRequest
 from schemas.credit import ReminderPageRequest, GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from services import credit as credit_api
@@ -58,7 +57,7 @@ async def credit_workers(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[str]:
     """The jobs worker (credit workflows and activities) and a messaging worker; yields the messaging queue."""
-    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api), PAY_BASE)
+    reminders = ReminderActivities(engine, StripeGateway(stripe_api, engine), PAY_BASE)
     guardrails = GuardrailActivities(engine)
     payments = PaymentRecordingActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=500)
@@ -79,15 +78,14 @@ async def credit_workers(
 
 @asynccontextmanager
 async def pay_api(engine: AsyncEngine, client: Client, sandbox_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP API (the real ASGI app) at PAY_BASE, with the module's Stripe sandbox: what opens a
-    reminder's /pay/{token} link."""
+    """The HTTP API (the real ASGI app, its lifespan run: the API's one Stripe gateway) at PAY_BASE,
+    with the module's Stripe sandbox: what opens a reminder's /pay/{token} link."""
     settings = load_settings(stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox_url)
     app = create_api(settings, engine, client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30) as http:
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30
+    ) as http:
         yield http
-    stripe_client = getattr(app.state, "pay_stripe", None)
-    if stripe_client is not None:
-        await close_stripe_client(stripe_client._stripe)  # noqa: SLF001 - the route's own client
 
 
 def unique_phone() -> str:
@@ -358,7 +356,7 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
 
 
 async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_says_the_session_is_paid(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient,
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, stripe_gateway: StripeGateway,
 ) -> None:
     """The event is only a hint: the session is re-read at Stripe before a payment is recorded.
     A forged event (signed with the right secret, say by a leaked one) claiming an open session
@@ -370,9 +368,10 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
     shop, _ = await new_retailer(engine)
     other, _ = await new_retailer(engine)
     await new_debit(engine, shop, "80.00", FAR + timedelta(days=520))
-    payments = PaymentActivities(engine, stripe_api)
-    link = await payments.create_payment_link(
-        PaymentLinkRequest(retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}")
+    link = await stripe_gateway.create_checkout_session(
+        CheckoutSessionRequest(
+            retailer_id=shop, amount=Decimal("80.00"), currency="usd", idempotency_key=f"forged-{uuid.uuid4().hex}"
+        )
     )
     session = (await stripe_api.v1.checkout.sessions.retrieve_async(link.checkout_session_id)).to_dict()
     assert session["payment_status"] == "unpaid"
@@ -386,7 +385,7 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
         completed({**forged, "id": "cs_test_never_made_by_stripe"}),
         completed({**forged, "metadata": {**forged["metadata"], "retailer_id": str(other)}}),
     ]
-    handlers = credit_api.stripe_handlers(env.client, load_settings(), payments=payments)
+    handlers = credit_api.stripe_handlers(env.client, load_settings(), stripe=stripe_gateway)
     app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
     async with TestClient(TestServer(app)) as http:
         for e in events:

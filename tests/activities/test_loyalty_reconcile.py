@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities
 from activities.payments.activities import PaymentActivities
+from activities.payments.gateway import StripeGateway
 from schemas import ids
 from schemas import search_attributes
 from schemas.loyalty import LoyaltySweepRequest, LoyaltySweepResult, ReconcileResult, ReconcileStatus
@@ -55,7 +56,7 @@ async def _no_reconciliation_left_running(time_skipping_env: WorkflowEnvironment
 async def loyalty_worker(client: Client, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str) -> AsyncIterator[None]:
     queue = LoyaltyQueueActivities(engine)
     sweep = LoyaltySweepActivities(engine, client, task_queue)
-    payments = PaymentActivities(engine, stripe_api)
+    payments = PaymentActivities(StripeGateway(stripe_api, engine))
     async with Worker(
         client,
         task_queue=task_queue,

@@ -26,7 +26,7 @@ from activities.credit.reminders import ReminderActivities
 from activities.business_calendar import business_day
 from activities.messaging.send import MessagingActivities, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.payments.activities import PaymentActivities
+from activities.payments.gateway import StripeGateway
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import GuardrailsRequest, RemindersRequest
 from schemas.tables import MessageLog
@@ -40,7 +40,7 @@ async def workers_with_quiet_hours(
     client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
 ) -> AsyncIterator[str]:
     """The credit jobs and a messaging worker keeping the default quiet hours, 21:00-08:00 local."""
-    reminders = ReminderActivities(engine, PaymentActivities(engine, stripe_api), PAY_BASE)
+    reminders = ReminderActivities(engine, StripeGateway(stripe_api, engine), PAY_BASE)
     guardrails = GuardrailActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy())
     async with Worker(

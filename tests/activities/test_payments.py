@@ -1,6 +1,7 @@
-"""The Stripe activities through the real SDK over HTTP against the Stripe sandbox, on real PostgreSQL.
+"""The Stripe gateway (and the activities on it) through the real SDK over HTTP against the Stripe
+sandbox, on real PostgreSQL.
 
-The acceptance point of the gateways issue lives here: the same activity retried after a timeout
+The acceptance point of the gateways issue lives here: the same call retried after a timeout
 (a real HTTP client timeout, Stripe having already created the object) creates one object at
 localstripe, not two, because the retry carries the same business-id Idempotency-Key.
 """
@@ -22,15 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.payments.activities import PaymentActivities, stripe_errors, to_minor_units
+from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway, stripe_errors, to_minor_units
 from schemas.payments import (
     CancelSubscription,
-    EnsureCustomer,
+    CheckoutSessionLine,
+    CheckoutSessionRequest,
     ExtendSubscription,
     PaymentIntentStatus,
-    PaymentLinkLine,
-    PaymentLinkRequest,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
 from devtools.stripe_sandbox import StripeSandbox
@@ -49,8 +50,13 @@ def client(stripe_api: stripe.StripeClient) -> stripe.StripeClient:
 
 
 @pytest.fixture
-def acts(engine: AsyncEngine, client: stripe.StripeClient) -> PaymentActivities:
-    return PaymentActivities(engine, client, PAY_PAGE)
+def gw(engine: AsyncEngine, client: stripe.StripeClient) -> StripeGateway:
+    return StripeGateway(client, engine, success_url=PAY_PAGE)
+
+
+@pytest.fixture
+def acts(gw: StripeGateway) -> PaymentActivities:
+    return PaymentActivities(gw)
 
 
 async def run(fn, arg):  # type: ignore[no-untyped-def]
@@ -95,8 +101,8 @@ async def sessions_of(client: stripe.StripeClient, customer_id: str) -> list[str
     return [cs.id for cs in page.data]
 
 
-def link_request(retailer_id: int, amount: str = "150.25", key: str | None = None) -> PaymentLinkRequest:
-    return PaymentLinkRequest(
+def session_request(retailer_id: int, amount: str = "150.25", key: str | None = None) -> CheckoutSessionRequest:
+    return CheckoutSessionRequest(
         retailer_id=retailer_id,
         amount=Decimal(amount),
         idempotency_key=key or f"reminder:{retailer_id}:{uuid.uuid4().hex[:8]}",
@@ -158,18 +164,18 @@ class SlowProxy:
 # --- the acceptance test: a retry after a timeout creates one object ---------------------------
 
 
-async def test_payment_link_retried_after_a_timeout_creates_one_checkout_session(
+async def test_a_checkout_session_retried_after_a_timeout_is_one_session(
     engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    request = link_request(retailer_id, "42.50", key=f"reminder:{retailer_id}:2026-11-23")
+    request = session_request(retailer_id, "42.50", key=f"reminder:{retailer_id}:2026-11-23")
     async with SlowProxy(sandbox.url, "/v1/checkout/sessions", delay_s=2.0) as proxy:
         slow = stripe_client(API_KEY, proxy.url, timeout_s=0.5)
         try:
-            activities = PaymentActivities(engine, slow, PAY_PAGE)
+            gateway = StripeGateway(slow, engine, success_url=PAY_PAGE)
             started = time.monotonic()
             with pytest.raises(ApplicationError) as timed_out:
-                await run(activities.create_payment_link, request)
+                await gateway.create_checkout_session(request)
             assert time.monotonic() - started < 1.9  # the client gave up; the proxy had not answered
             assert timed_out.value.type == "StripeUnavailable" and not timed_out.value.non_retryable
             assert proxy.upstream_answered.is_set()
@@ -180,9 +186,9 @@ async def test_payment_link_retried_after_a_timeout_creates_one_checkout_session
             created = await sessions_of(client, customer_id)
             assert len(created) == 1
 
-            # Temporal's retry: the same activity, the same request, the network healthy again.
+            # The retry (the pay link's, `paylinks.paced`): the same request, the network healthy again.
             proxy.delay_s = 0
-            link = await run(activities.create_payment_link, request)
+            link = await gateway.create_checkout_session(request)
         finally:
             await close_stripe_client(slow)
 
@@ -198,11 +204,11 @@ async def test_payment_link_retried_after_a_timeout_creates_one_checkout_session
 
 
 async def test_ensure_customer_creates_one_and_stores_it(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+    engine: AsyncEngine, gw: StripeGateway, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    first = await run(acts.ensure_customer, EnsureCustomer(owner_type="retailer", owner_id=retailer_id))
-    again = await run(acts.ensure_customer, EnsureCustomer(owner_type="retailer", owner_id=retailer_id))
+    first = await gw.ensure_customer("retailer", retailer_id)
+    again = await gw.ensure_customer("retailer", retailer_id)
 
     assert first.created and not again.created
     assert again.stripe_customer_id == first.stripe_customer_id
@@ -215,11 +221,10 @@ async def test_ensure_customer_creates_one_and_stores_it(
 
 
 async def test_concurrent_and_lost_ensure_customer_calls_create_one(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+    engine: AsyncEngine, gw: StripeGateway, client: stripe.StripeClient
 ) -> None:
     member_id = await new_member(engine)
-    request = EnsureCustomer(owner_type="member", owner_id=member_id)
-    results = await asyncio.gather(*(run(acts.ensure_customer, request) for _ in range(4)))
+    results = await asyncio.gather(*(gw.ensure_customer("member", member_id) for _ in range(4)))
     assert len({r.stripe_customer_id for r in results}) == 1
     assert await customers_of(client, "member", member_id) == [results[0].stripe_customer_id]
 
@@ -230,32 +235,32 @@ async def test_concurrent_and_lost_ensure_customer_calls_create_one(
         {"metadata": {"owner_type": "customer", "owner_id": str(customer_row)}},
         {"idempotency_key": f"customer:customer:{customer_row}"},
     )
-    retried = await run(acts.ensure_customer, EnsureCustomer(owner_type="customer", owner_id=customer_row))
+    retried = await gw.ensure_customer("customer", customer_row)
     assert retried.stripe_customer_id == lost.id and not retried.created
     assert await stored_customer_id(engine, Customer, customer_row) == lost.id
     assert await customers_of(client, "customer", customer_row) == [lost.id]
 
 
-async def test_unknown_owner_is_permanent(acts: PaymentActivities) -> None:
+async def test_unknown_owner_is_permanent(gw: StripeGateway) -> None:
     with pytest.raises(ApplicationError) as error:
-        await run(acts.ensure_customer, EnsureCustomer(owner_type="retailer", owner_id=987654321))
+        await gw.ensure_customer("retailer", 987654321)
     assert (error.value.type, error.value.non_retryable) == ("UnknownOwner", True)
 
 
-# --- payment links -----------------------------------------------------------------------------
+# --- Checkout Sessions -------------------------------------------------------------------------
 
 
-async def test_payment_link_same_key_twice_is_one_checkout_session(
-    engine: AsyncEngine, sandbox: StripeSandbox, acts: PaymentActivities, client: stripe.StripeClient
+async def test_checkout_session_same_key_twice_is_one_session(
+    engine: AsyncEngine, sandbox: StripeSandbox, gw: StripeGateway, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    request = link_request(retailer_id, "1234.50").model_copy(update={
-        "lines": [PaymentLinkLine(description="Invoice 7", amount=Decimal("1000.00")),
-                  PaymentLinkLine(description="Invoice 9", amount=Decimal("234.50"))],
+    request = session_request(retailer_id, "1234.50").model_copy(update={
+        "lines": [CheckoutSessionLine(description="Invoice 7", amount=Decimal("1000.00")),
+                  CheckoutSessionLine(description="Invoice 9", amount=Decimal("234.50"))],
         "metadata": {"debit_ids": "7,9"},
     })
-    first = await run(acts.create_payment_link, request)
-    again = await run(acts.create_payment_link, request)
+    first = await gw.create_checkout_session(request)
+    again = await gw.create_checkout_session(request)
 
     assert first == again
     assert first.url == f"{sandbox.url}/pay/{first.checkout_session_id}" and first.amount == Decimal("1234.50")
@@ -274,28 +279,28 @@ async def test_payment_link_same_key_twice_is_one_checkout_session(
     items = await client.v1.checkout.sessions.line_items.list_async(first.checkout_session_id)
     assert [(i.description, i.amount_total) for i in items.data] == [("Invoice 7", 100000), ("Invoice 9", 23450)]
 
-    other = await run(acts.create_payment_link, link_request(retailer_id, "10"))
+    other = await gw.create_checkout_session(session_request(retailer_id, "10"))
     assert other.checkout_session_id != first.checkout_session_id
     assert sorted(await sessions_of(client, first.stripe_customer_id)) == sorted(
         [first.checkout_session_id, other.checkout_session_id]
     )
-    expired = await acts.expire_payment_link(other.checkout_session_id, retailer_id)
+    expired = await gw.expire_checkout_session(other.checkout_session_id, retailer_id)
     assert expired.status == "expired"
-    assert (await acts.expire_payment_link(other.checkout_session_id, retailer_id)).status == "expired"  # a retry
+    assert (await gw.expire_checkout_session(other.checkout_session_id, retailer_id)).status == "expired"  # a retry
 
     # The same key for another amount is a caller bug, refused by Stripe and not retried.
     with pytest.raises(ApplicationError) as reused:
-        await run(acts.create_payment_link, link_request(retailer_id, "99.99", key=request.idempotency_key))
+        await gw.create_checkout_session(session_request(retailer_id, "99.99", key=request.idempotency_key))
     assert (reused.value.type, reused.value.non_retryable) == ("IdempotencyKeyReused", True)
 
 
 @pytest.mark.parametrize("amount", ["0", "-1", "1.005", "0.001", "1000000.00"])
 async def test_invalid_amounts_are_refused_before_stripe(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient, amount: str
+    engine: AsyncEngine, gw: StripeGateway, client: stripe.StripeClient, amount: str
 ) -> None:
     retailer_id = await new_retailer(engine)
     with pytest.raises(ApplicationError) as error:
-        await run(acts.create_payment_link, link_request(retailer_id, amount))
+        await gw.create_checkout_session(session_request(retailer_id, amount))
     assert (error.value.type, error.value.non_retryable) == ("InvalidAmount", True)
     assert await customers_of(client, "retailer", retailer_id) == []  # nothing reached Stripe
 
@@ -312,28 +317,30 @@ def test_minor_units_are_exact() -> None:
     assert three.value.type == "UnsupportedCurrency"
 
 
-async def test_payment_link_needs_no_page_of_ours(engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient) -> None:
+async def test_checkout_session_needs_no_page_of_ours(
+    engine: AsyncEngine, sandbox: StripeSandbox, client: stripe.StripeClient
+) -> None:
     retailer_id = await new_retailer(engine)
-    link = await run(PaymentActivities(engine, client).create_payment_link, link_request(retailer_id))
+    link = await StripeGateway(client, engine).create_checkout_session(session_request(retailer_id))
     assert link.url == f"{sandbox.url}/pay/{link.checkout_session_id}"
 
 
 async def test_a_customer_stripe_lost_is_created_again_once(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+    engine: AsyncEngine, gw: StripeGateway, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    first = await run(acts.create_payment_link, link_request(retailer_id))
+    first = await gw.create_checkout_session(session_request(retailer_id))
     await client.v1.customers.delete_async(first.stripe_customer_id)  # gone at Stripe, still in our row
 
-    relinked = await run(acts.create_payment_link, link_request(retailer_id))
-    again = await run(acts.create_payment_link, link_request(retailer_id))  # later links use the new one
+    relinked = await gw.create_checkout_session(session_request(retailer_id))
+    again = await gw.create_checkout_session(session_request(retailer_id))  # later links use the new one
 
     assert relinked.stripe_customer_id != first.stripe_customer_id
     assert again.stripe_customer_id == relinked.stripe_customer_id
     assert await stored_customer_id(engine, Retailer, retailer_id) == relinked.stripe_customer_id
     assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
     # A retry of the re-creation (the same stale id) gets the same customer back, not a third.
-    assert await acts._replace_customer("retailer", retailer_id, first.stripe_customer_id) == relinked.stripe_customer_id
+    assert await gw._replace_customer("retailer", retailer_id, first.stripe_customer_id) == relinked.stripe_customer_id
     assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
 
 
@@ -341,11 +348,11 @@ async def test_a_customer_stripe_lost_is_created_again_once(
 
 
 async def subscribed_member(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient, trial_days: int
+    engine: AsyncEngine, gw: StripeGateway, client: stripe.StripeClient, trial_days: int
 ) -> tuple[int, str, int]:
     """A member with a Stripe subscription in a trial; returns (membership id, subscription id, trial end)."""
     member_id = await new_member(engine)
-    customer = await run(acts.ensure_customer, EnsureCustomer(owner_type="member", owner_id=member_id))
+    customer = await gw.ensure_customer("member", member_id)
     plan = await client.v1.plans.create_async(
         {"amount": 2900, "currency": "usd", "interval": "month", "product": {"name": "Gold"}},
         {"idempotency_key": f"test-plan:{uuid.uuid4().hex}"},
@@ -363,9 +370,9 @@ async def subscribed_member(
 
 
 async def test_extend_subscription_moves_the_trial_end_once_per_key(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+    engine: AsyncEngine, gw: StripeGateway, acts: PaymentActivities, client: stripe.StripeClient
 ) -> None:
-    member_id, subscription_id, trial_end = await subscribed_member(engine, acts, client, trial_days=3)
+    member_id, subscription_id, trial_end = await subscribed_member(engine, gw, client, trial_days=3)
     request = ExtendSubscription(membership_id=member_id, days=7, idempotency_key=f"incentive:{member_id}")
 
     extended = await run(acts.extend_subscription, request)
@@ -389,9 +396,9 @@ async def test_extend_subscription_moves_the_trial_end_once_per_key(
 
 
 async def test_cancel_subscription_is_idempotent(
-    engine: AsyncEngine, acts: PaymentActivities, client: stripe.StripeClient
+    engine: AsyncEngine, gw: StripeGateway, acts: PaymentActivities, client: stripe.StripeClient
 ) -> None:
-    member_id, subscription_id, _ = await subscribed_member(engine, acts, client, trial_days=5)
+    member_id, subscription_id, _ = await subscribed_member(engine, gw, client, trial_days=5)
     at_end = await run(
         acts.cancel_subscription,
         CancelSubscription(membership_id=member_id, idempotency_key=f"churn:{member_id}", at_period_end=True),
@@ -474,7 +481,8 @@ async def test_unreachable_stripe_is_retryable(engine: AsyncEngine) -> None:
     dead = stripe_client(API_KEY, "http://127.0.0.1:9", timeout_s=1)
     try:
         with pytest.raises(ApplicationError) as error:
-            await run(PaymentActivities(engine, dead, PAY_PAGE).payment_intent_status, PaymentIntentStatus(id="pi_x"))
+            activities = PaymentActivities(StripeGateway(dead, engine))
+            await run(activities.payment_intent_status, PaymentIntentStatus(id="pi_x"))
     finally:
         await close_stripe_client(dead)
     assert (error.value.type, error.value.non_retryable) == ("StripeUnavailable", False)
@@ -504,6 +512,6 @@ async def test_stripe_errors_map_to_retry_policy_types(
 
 def test_payloads_refuse_non_finite_amounts_and_odd_keys() -> None:
     with pytest.raises(ValueError):
-        PaymentLinkRequest(retailer_id=1, amount=Decimal("NaN"), idempotency_key="k")
+        CheckoutSessionRequest(retailer_id=1, amount=Decimal("NaN"), idempotency_key="k")
     with pytest.raises(ValueError):
-        PaymentLinkRequest(retailer_id=1, amount=Decimal("1"), idempotency_key="has a space")
+        CheckoutSessionRequest(retailer_id=1, amount=Decimal("1"), idempotency_key="has a space")

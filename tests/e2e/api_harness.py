@@ -1,6 +1,7 @@
 """The HTTP API against the real stack: PostgreSQL, the Temporal dev server with the product's
 own workers (every family, on this module's task queues), the Twilio emulator and the Stripe
-sandbox; requests go through the real ASGI app (httpx's ASGITransport)."""
+sandbox; requests go through the real ASGI app (httpx's ASGITransport), its lifespan run as uvicorn
+runs it (it opens the API's one Stripe gateway)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,10 @@ async def http(
     dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings, running_workers: None
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(api_settings, engine, dev_env.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60) as client:
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60
+    ) as client:
         yield client
-    if (payments := getattr(app.state, "pay_stripe", None)) is not None:  # /pay's Stripe client, made on first use
-        from activities.payments.client import close_stripe_client
-
-        await close_stripe_client(payments._stripe)  # noqa: SLF001
 
 
 async def new_key(engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None) -> dict[str, str]:

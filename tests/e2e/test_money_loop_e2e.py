@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway
 from config.settings import load_settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
@@ -93,7 +93,7 @@ async def test_a_reminder_link_is_paid_and_the_loop_closes(
         async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
             handlers = credit_api.stripe_handlers(
                 env.client, settings.model_copy(update={"messaging_task_queue": messaging}),
-                payments=PaymentActivities(engine, stripe_api),
+                stripe=StripeGateway(stripe_api, engine),
             )
             app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
             async with TestServer(app) as receiver:

@@ -7,6 +7,9 @@ owns them), so the same app runs under uvicorn and in the test suite against the
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -47,10 +50,27 @@ class Readiness(BaseModel):
 
 
 def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """The process's one Stripe gateway (the pay route's), opened at startup, closed at shutdown."""
+        from activities.payments.gateway import open_stripe_gateway
+
+        gateway = open_stripe_gateway(settings, engine)
+        app.state.stack = replace(app.state.stack, stripe=gateway)
+        try:
+            yield
+        finally:
+            app.state.stack = replace(app.state.stack, stripe=None)
+            if gateway is not None:
+                await gateway.close()
+
     # `/docs` (Swagger UI) and `/redoc` serve their scripts from this process, not from a CDN: on a
     # network that reaches no CDN (this stack's dev machines, many shops' servers) FastAPI's own
     # pages are blank.
-    app = FastAPIOffline(title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPIOffline(
+        title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     problems.install(app)

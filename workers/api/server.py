@@ -26,13 +26,15 @@ async def serve_api(settings: Settings, engine: AsyncEngine, client: Client, hos
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, engine, client), log_config=None, access_log=False, lifespan="off")
+    # lifespan "on": the app opens its Stripe gateway at startup and closes it at shutdown
+    config = uvicorn.Config(create_app(settings, engine, client), log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the process owns its signals
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()  # raises why it could not start
+            raise RuntimeError("the API did not start: its lifespan failed (logged above)")
         await asyncio.sleep(0.05)
     try:
         yield f"http://{host}:{bound}"

@@ -9,11 +9,7 @@ from workers.families import churn, credit, insights, loyalty, messaging, orders
 from workers.families.registry import Family
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-    from temporalio.client import Client
-
     from activities.deps import ActivityDeps
-    from config.settings import Settings
     from services import StripeHandler
     from workers.schedules import ScheduleDefinition
 
@@ -74,10 +70,10 @@ def api_scopes() -> dict[str, str]:
     return scopes
 
 
-def stripe_handlers(client: Client, engine: AsyncEngine, settings: Settings) -> dict[str, StripeHandler]:
+def stripe_handlers(deps: ActivityDeps) -> dict[str, StripeHandler]:
     handlers: dict[str, StripeHandler] = {}
     for family in FAMILIES:
-        family_handlers: Mapping[str, StripeHandler] = family.stripe_handlers(client, engine, settings)
+        family_handlers: Mapping[str, StripeHandler] = family.stripe_handlers(deps)
         for event_type, handler in family_handlers.items():
             if event_type in handlers:
                 raise ValueError(f"two families handle Stripe event {event_type}")

@@ -22,16 +22,11 @@ def _activities(deps: Any) -> list[Any]:
     return [cases.load_case, cases.decide_nudge, cases.record_action]
 
 
-def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+def _stripe_handlers(deps: Any) -> Any:
     """The handlers re-read the subscription at Stripe before opening a case (when a key is set)."""
-    from activities.payments.activities import PaymentActivities
-    from activities.payments.client import stripe_client
     from services.churn import stripe_handlers
 
-    payments = None
-    if settings.stripe_secret_key:
-        payments = PaymentActivities(engine, stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base))
-    return stripe_handlers(client, engine, settings, payments=payments)
+    return stripe_handlers(deps.client, deps.engine, deps.settings, stripe=deps.stripe)
 
 
 FAMILY = Family(

@@ -15,13 +15,13 @@ def _workflows() -> list[type]:
 
 
 def _activities(deps: Any) -> list[Any]:
-    """Reminders link to the API's `/pay/{token}` (PUBLIC_BASE_URL); Stripe (`deps.payments`) only
+    """Reminders link to the API's `/pay/{token}` (PUBLIC_BASE_URL); Stripe (`deps.stripe`) only
     expires the open session of a link they replace."""
     from activities.credit.guardrails import GuardrailActivities
     from activities.credit.payments import PaymentRecordingActivities
     from activities.credit.reminders import ReminderActivities
 
-    reminders = ReminderActivities(deps.engine, deps.payments, deps.settings.public_base_url)
+    reminders = ReminderActivities(deps.engine, deps.stripe, deps.settings.public_base_url)
     guardrails = GuardrailActivities(deps.engine)
     payments = PaymentRecordingActivities(deps.engine)
     return [reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply, payments.record]
@@ -54,16 +54,11 @@ def _schedules() -> list[Any]:
     ]
 
 
-def _stripe_handlers(client: Any, engine: Any, settings: Any) -> Any:
+def _stripe_handlers(deps: Any) -> Any:
     """A completed checkout is re-read at Stripe before its payment is recorded."""
-    from activities.payments.activities import PaymentActivities
-    from activities.payments.client import stripe_client
     from services.credit import stripe_handlers
 
-    payments = None
-    if settings.stripe_secret_key:
-        payments = PaymentActivities(engine, stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base))
-    return stripe_handlers(client, settings, payments=payments)
+    return stripe_handlers(deps.client, deps.settings, stripe=deps.stripe)
 
 
 FAMILY = Family(

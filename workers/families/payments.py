@@ -1,6 +1,6 @@
-"""Payments, a shared gateway: Stripe customers, payment links, subscriptions, PaymentIntents.
+"""Payments, a shared gateway: the Stripe activities the workflows call (subscriptions, PaymentIntents).
 
-Registered only when STRIPE_SECRET_KEY is set (`ActivityDeps.payments`).
+Registered only when STRIPE_SECRET_KEY is set: they call the process's one gateway (`ActivityDeps.stripe`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from workers.families.registry import Family
 
 
 def _activities(deps: Any) -> list[Any]:
-    payments = deps.payments
-    if payments is None:
+    if deps.stripe is None:
         return []
+    from activities.payments.activities import PaymentActivities
+
+    payments = PaymentActivities(deps.stripe)
     return [
-        payments.ensure_customer,
-        payments.create_payment_link,
         payments.extend_subscription,
         payments.cancel_subscription,
         payments.subscription_state,

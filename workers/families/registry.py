@@ -18,11 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import typer
     from fastapi import APIRouter
-    from sqlalchemy.ext.asyncio import AsyncEngine
-    from temporalio.client import Client
 
     from activities.deps import ActivityDeps
-    from config.settings import Settings
     from services import StripeHandler
     from workers.schedules import ScheduleDefinition
 
@@ -43,10 +40,9 @@ class Family:
     messaging_activities: Callable[[ActivityDeps], Sequence[Callable[..., Any]]] = _none
     """Activities on the `messaging` queue (Twilio, under the queue's rate limit)."""
     schedules: Callable[[], Sequence[ScheduleDefinition]] = _none
-    stripe_handlers: Callable[[Client, AsyncEngine, Settings], Mapping[str, StripeHandler]] = field(
-        default=lambda *_: {}
-    )
-    """Stripe event type -> handler, for the webhook receiver (an event type belongs to one family)."""
+    stripe_handlers: Callable[[ActivityDeps], Mapping[str, StripeHandler]] = field(default=lambda *_: {})
+    """Stripe event type -> handler, for the webhook receiver (an event type belongs to one family);
+    built from the receiver's deps (its Temporal client, engine, settings and one Stripe gateway)."""
     routes: Callable[[], Sequence[APIRouter]] = _none
     """HTTP routers, mounted by `jobctl api` (`workers/api/app.py`); each route names its scope."""
     scopes: Mapping[str, str] = field(default_factory=dict)

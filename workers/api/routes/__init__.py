@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from temporalio.client import Client
 
+    from activities.payments.gateway import StripeGateway
     from config.settings import Settings
 
 T = TypeVar("T")
@@ -28,6 +29,9 @@ class Stack:
     settings: Settings
     engine: AsyncEngine
     client: Client
+    stripe: StripeGateway | None = None
+    """The API process's one Stripe gateway (`/pay/{token}`), opened by the app's lifespan; None
+    without STRIPE_SECRET_KEY (or outside the lifespan)."""
 
 
 async def _stack(request: Request) -> Stack:

@@ -4,7 +4,8 @@ No API key: the token is the capability (random, 256 bits), and the route only e
 payer to Stripe's page for what the link's debits owe now. It makes (or reuses) the Checkout
 Session and answers 303 to it. A link already paid, being recorded, replaced by a newer one,
 unknown, or Stripe unavailable gets a clear page: HTML for a browser, problem+json (or a small
-JSON state) for anything else; never a 500.
+JSON state) for anything else; never a 500. Stripe is the API process's one gateway (`Stack.stripe`,
+opened by the app's lifespan with PAY_PAGE_BASE_URL as the sessions' success URL).
 """
 
 from __future__ import annotations
@@ -46,25 +47,6 @@ _PAGES: dict[str, tuple[int, str, str]] = {
 }
 
 
-def _stripe(request: Request, stack: StackDep):
-    """The API process's one Stripe client (None without STRIPE_SECRET_KEY), made on first use."""
-    state = request.app.state
-    if not hasattr(state, "pay_stripe"):
-        settings = stack.settings
-        payments = None
-        if settings.stripe_secret_key:
-            from activities.payments.activities import PaymentActivities
-            from activities.payments.client import stripe_client
-
-            payments = PaymentActivities(
-                stack.engine,
-                stripe_client(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base),
-                pay_page_base_url=settings.pay_page_base_url,
-            )
-        state.pay_stripe = payments
-    return state.pay_stripe
-
-
 def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
@@ -95,7 +77,7 @@ async def open_link(token: Token, request: Request, stack: StackDep) -> Response
     """The Checkout Session is made on the first click (or reused while it is open and the amounts
     are unchanged; a partial payment meanwhile gets a session for what is left) and the answer is
     303 to Stripe's page. Two clicks at once make one session."""
-    outcome = await open_pay_link(stack.engine, _stripe(request, stack), token)
+    outcome = await open_pay_link(stack.engine, stack.stripe, token)
     if outcome.state == "redirect":
         assert outcome.url
         return RedirectResponse(outcome.url, status_code=303, headers=HEADERS)
