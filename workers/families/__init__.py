@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workers.families import churn, credit, insights, loyalty, messaging, orders, payments, retention
+from workers.families import (
+    churn,
+    credit,
+    insights,
+    loyalty,
+    messaging,
+    orders,
+    payments,
+    retention,
+)
 from workers.families.registry import Family
 
 if TYPE_CHECKING:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.churn import churn_app
 from workers.families.registry import Family, routes_of
+
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from services import StripeHandler
 
 
 def _workflows() -> list[type]:
@@ -14,7 +19,7 @@ def _workflows() -> list[type]:
     return [ChurnCaseWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """The case also calls `send_message` (messaging) and the subscription activities (payments)."""
     from activities.churn.cases import ChurnActivities
 
@@ -22,7 +27,7 @@ def _activities(deps: Any) -> list[Any]:
     return [cases.load_case, cases.decide_nudge, cases.record_action]
 
 
-def _stripe_handlers(deps: Any) -> Any:
+def _stripe_handlers(deps: ActivityDeps) -> Mapping[str, StripeHandler]:
     """The handlers re-read the subscription at Stripe before opening a case (when a key is set)."""
     from services.churn import stripe_handlers
 

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.credit import credit_app, payments_app
 from workers.families.registry import Family, routes_of
 
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from services import StripeHandler
+    from workers.schedules import ScheduleDefinition
+
 
 def _workflows() -> list[type]:
-    from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow, RecordPaymentWorkflow
+    from workflows.credit import (
+        CreditGuardrailsWorkflow,
+        PaymentRemindersWorkflow,
+        RecordPaymentWorkflow,
+    )
 
     return [PaymentRemindersWorkflow, CreditGuardrailsWorkflow, RecordPaymentWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """Reminders link to the API's `/pay/{token}` (PUBLIC_BASE_URL); Stripe (`deps.stripe`) only
     expires the open session of a link they replace."""
     from activities.credit.guardrails import GuardrailActivities
@@ -27,7 +37,7 @@ def _activities(deps: Any) -> list[Any]:
     return [reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply, payments.record]
 
 
-def _schedules() -> list[Any]:
+def _schedules() -> list[ScheduleDefinition]:
     from services import credit as service
     from workers.schedules import ScheduleDefinition
     from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
@@ -54,7 +64,7 @@ def _schedules() -> list[Any]:
     ]
 
 
-def _stripe_handlers(deps: Any) -> Any:
+def _stripe_handlers(deps: ActivityDeps) -> Mapping[str, StripeHandler]:
     """A completed checkout is re-read at Stripe before its payment is recorded."""
     from services.credit import stripe_handlers
 

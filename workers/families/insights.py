@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.insights import insights_app
 from workers.families.registry import Family, routes_of
+
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from workers.schedules import ScheduleDefinition
 
 
 def _workflows() -> list[type]:
@@ -14,13 +19,13 @@ def _workflows() -> list[type]:
     return [InsightsRegenerationWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     from activities.insights import InsightActivities
 
     return [InsightActivities(deps.engine).regenerate_insights_chunk]
 
 
-def _schedules() -> list[Any]:
+def _schedules() -> list[ScheduleDefinition]:
     from schemas.insights import InsightsRequest
     from workers.schedules import ScheduleDefinition
     from workflows.insights import InsightsRegenerationWorkflow

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.loyalty import loyalty_app
 from workers.families.registry import Family, routes_of
 
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from workers.schedules import ScheduleDefinition
+
 
 def _workflows() -> list[type]:
-    from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconcileSweepWorkflow, LoyaltyReconciliationWorkflow
+    from workflows.loyalty import (
+        LoyaltyIntegrityAuditWorkflow,
+        LoyaltyReconcileSweepWorkflow,
+        LoyaltyReconciliationWorkflow,
+    )
 
     return [LoyaltyReconciliationWorkflow, LoyaltyReconcileSweepWorkflow, LoyaltyIntegrityAuditWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """The reconciliation also calls `payment_intent_status` (payments)."""
     from activities.loyalty.audit import LoyaltyAuditActivities
     from activities.loyalty.ledger import LoyaltyLedgerActivities
@@ -38,10 +47,13 @@ def _activities(deps: Any) -> list[Any]:
     ]
 
 
-def _schedules() -> list[Any]:
+def _schedules() -> list[ScheduleDefinition]:
     from services import loyalty as service
     from workers.schedules import ScheduleDefinition
-    from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconcileSweepWorkflow
+    from workflows.loyalty import (
+        LoyaltyIntegrityAuditWorkflow,
+        LoyaltyReconcileSweepWorkflow,
+    )
 
     return [
         ScheduleDefinition(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.messaging import messaging_app
 from workers.families.registry import Family, routes_of
+
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from activities.messaging.send import MessagingActivities
 
 
 def _workflows() -> list[type]:
@@ -15,20 +20,20 @@ def _workflows() -> list[type]:
     return [MessageBatchWorkflow, MessagingBrakeWorkflow]
 
 
-def _brake_activities(deps: Any) -> list[Any]:
+def _brake_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """The `messaging-brake` workflow's writes to the brake row, on the `jobs` queue (database only)."""
     from activities.messaging.brake import BrakeActivities
 
     return [BrakeActivities(deps.engine).set_messaging_brake]
 
 
-def sends(deps: Any) -> Any:
+def sends(deps: ActivityDeps) -> MessagingActivities:
     """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
-    from activities.messaging.outbox import QuietHours
-    from activities.messaging.send import MessagingActivities, SendPolicy, Senders
-    from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
     from datetime import timedelta
 
+    from activities.messaging.outbox import QuietHours
+    from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+    from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
     from config.settings import SettingsError
 
     settings = deps.settings
@@ -57,7 +62,7 @@ def sends(deps: Any) -> Any:
     )
 
 
-def _messaging_activities(deps: Any) -> list[Any]:
+def _messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     activities = sends(deps)
     return [activities.send_message, activities.send_messages]
 

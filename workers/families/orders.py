@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.cli.orders import orders_app
 from workers.families.registry import Family, routes_of
 
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from workers.schedules import ScheduleDefinition
+
 
 def _workflows() -> list[type]:
-    from workflows.orders import OrderExpirySweepWorkflow, OrderFailureWorkflow, PendingOrderWorkflow
+    from workflows.orders import (
+        OrderExpirySweepWorkflow,
+        OrderFailureWorkflow,
+        PendingOrderWorkflow,
+    )
 
     return [PendingOrderWorkflow, OrderExpirySweepWorkflow, OrderFailureWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     from activities.messaging.outbox import QuietHours
     from activities.orders import OrderActivities, OrderSweepActivities
     from services.orders import start_pending_order
@@ -38,7 +47,7 @@ def _activities(deps: Any) -> list[Any]:
     ]
 
 
-def _schedules() -> list[Any]:
+def _schedules() -> list[ScheduleDefinition]:
     from schemas.orders import OrderSweepRequest
     from workers.schedules import ScheduleDefinition
     from workflows.orders import OrderExpirySweepWorkflow

@@ -5,12 +5,16 @@ Registered only when STRIPE_SECRET_KEY is set: they call the process's one gatew
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from workers.families.registry import Family
 
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
 
-def _activities(deps: Any) -> list[Any]:
+
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     if deps.stripe is None:
         return []
     from activities.payments.activities import PaymentActivities

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from workers.families.registry import Family
+
+if TYPE_CHECKING:
+    from activities.deps import ActivityDeps
+    from workers.schedules import ScheduleDefinition
 
 
 def _workflows() -> list[type]:
@@ -13,14 +18,14 @@ def _workflows() -> list[type]:
     return [DataRetentionWorkflow]
 
 
-def _activities(deps: Any) -> list[Any]:
+def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     from activities.retention import RetentionActivities
 
     retention = RetentionActivities(deps.engine)
     return [retention.delete_webhook_events, retention.clear_message_payloads, retention.anonymise_recovery_actions]
 
 
-def _schedules() -> list[Any]:
+def _schedules() -> list[ScheduleDefinition]:
     from schemas.retention import RetentionRequest
     from workers.schedules import ScheduleDefinition
     from workflows.retention import DataRetentionWorkflow
