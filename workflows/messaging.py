@@ -72,7 +72,7 @@ async def send_message(message: SendMessage, *, task_queue: str = MESSAGING_QUEU
 
 
 DEFERRED_DELIVERY_PATCH = "messages-deferred-delivery"
-"""Histories from before deferred messages were re-sent saw a deferral as final."""
+"""Deprecated (docs/ARCHITECTURE.md, §4 "Patches"): `deliver` is used by churn cases, which live months."""
 MIN_HOLD = timedelta(seconds=1)
 
 
@@ -88,7 +88,8 @@ async def deliver(
     deferral is reported to `on_deferred` before the wait, so the caller can show it.
     """
     outcome = await send_message(message, task_queue=task_queue)
-    while outcome.status == "deferred" and outcome.retry_at and workflow.patched(DEFERRED_DELIVERY_PATCH):
+    while outcome.status == "deferred" and outcome.retry_at:
+        workflow.deprecate_patch(DEFERRED_DELIVERY_PATCH)  # where `patched` was: open runs carry its marker
         if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
             await pending
         await workflow.sleep(
