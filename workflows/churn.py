@@ -59,7 +59,8 @@ STRIPE_RETRY = RetryPolicy(
 """About 3 hours of retries: well inside the 24 hours Stripe keeps an idempotency key."""
 # Stripe keeps an idempotency key 24 h: every retry of a keyed call must be over well before.
 STRIPE_DEADLINE = timedelta(hours=23)
-# Patches (replay of histories recorded before them takes the old path):
+# Deprecated patches (docs/ARCHITECTURE.md, §4 "Patches"): cases whose history has their markers
+# may still run, so each is called where its `patched` was; the old branches are gone.
 COMPANY_REQUIRED = "churn-signals-name-the-company"
 REREAD_BEFORE_CANCEL = "churn-reread-subscription-before-cancel"
 DECIDE_LOCALLY = "churn-decide-nudge-as-local-activity"
@@ -331,11 +332,8 @@ class ChurnCaseWorkflow:
         assert self._input is not None
         request = DecideNudge(case_id=self._case_id, company_id=self._input.company_id, at=workflow.now(), channel=channel,
                               sent_before=self._sent_at)
-        if workflow.patched(DECIDE_LOCALLY):
-            return await workflow.execute_local_activity_method(
-                ChurnActivities.decide_nudge, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-            )
-        return await workflow.execute_activity_method(
+        workflow.deprecate_patch(DECIDE_LOCALLY)
+        return await workflow.execute_local_activity_method(
             ChurnActivities.decide_nudge, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
 
@@ -350,14 +348,13 @@ class ChurnCaseWorkflow:
     async def _terminate_membership(self) -> None:
         """Irreversible, so Stripe is asked first: the event that opened the case may be stale."""
         assert self._case is not None and self._input is not None
-        at_period_end = False
-        if workflow.patched(REREAD_BEFORE_CANCEL):
-            state = await self._subscription_state()
-            if state is not None and state.paying:
-                workflow.logger.info("case %s: the member is paying again, nothing to cancel", self._case_id)
-                self._ending = ("RECOVERED", CaseEnding(company_id=self._input.company_id))
-                return
-            at_period_end = state is not None and state.cancel_at_period_end and not state.ended
+        workflow.deprecate_patch(REREAD_BEFORE_CANCEL)
+        state = await self._subscription_state()
+        if state is not None and state.paying:
+            workflow.logger.info("case %s: the member is paying again, nothing to cancel", self._case_id)
+            self._ending = ("RECOVERED", CaseEnding(company_id=self._input.company_id))
+            return
+        at_period_end = state is not None and state.cancel_at_period_end and not state.ended
         await workflow.execute_activity(
             "cancel_subscription",
             CancelSubscription(membership_id=self._case.membership_id, idempotency_key=f"terminate:{self._case_id}",
@@ -439,19 +436,19 @@ class ChurnCaseWorkflow:
         return f"case {self._case_id}"
 
     def _end(self, signal: str, state: CaseState, ending: UnscopedCaseEnding | None) -> None:
-        if ending is None and not workflow.patched(COMPANY_REQUIRED):
-            ending = UnscopedCaseEnding()  # recorded before the company was required: no payload was valid
+        if ending is None:
+            workflow.deprecate_patch(COMPANY_REQUIRED)
         ending = accepted(UnscopedCaseEnding, ending, signal=signal, subject=self._subject)
         if ending is None or not self._own_company(signal, ending.company_id) or self._ending is not None:
             return
         self._ending = (state, ending)
 
     def _own_company(self, signal: str, company_id: str | None) -> bool:
-        """The signal names this case's company. Histories from before that was required replay as they ran."""
+        """The signal names this case's company."""
         if self._input is not None and company_id == self._input.company_id:
             return True
-        if company_id is None and not workflow.patched(COMPANY_REQUIRED):
-            return True
+        if company_id is None:
+            workflow.deprecate_patch(COMPANY_REQUIRED)
         workflow.logger.warning("case %s: %s %s refused", self._case_id, signal,
                                 "without a company" if company_id is None else "for another company")
         return False

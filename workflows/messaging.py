@@ -19,8 +19,9 @@ outcome where it asked, so it can do its own bookkeeping (a reminder marked, a n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -71,7 +72,7 @@ async def send_message(message: SendMessage, *, task_queue: str = MESSAGING_QUEU
 
 
 DEFERRED_DELIVERY_PATCH = "messages-deferred-delivery"
-"""Histories from before deferred messages were re-sent saw a deferral as final."""
+"""Deprecated (docs/ARCHITECTURE.md, §4 "Patches"): `deliver` is used by churn cases, which live months."""
 MIN_HOLD = timedelta(seconds=1)
 
 
@@ -87,7 +88,8 @@ async def deliver(
     deferral is reported to `on_deferred` before the wait, so the caller can show it.
     """
     outcome = await send_message(message, task_queue=task_queue)
-    while outcome.status == "deferred" and outcome.retry_at and workflow.patched(DEFERRED_DELIVERY_PATCH):
+    while outcome.status == "deferred" and outcome.retry_at:
+        workflow.deprecate_patch(DEFERRED_DELIVERY_PATCH)  # where `patched` was: open runs carry its marker
         if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
             await pending
         await workflow.sleep(
@@ -97,8 +99,6 @@ async def deliver(
     return outcome
 
 
-BATCHED_SENDS_PATCH = "messages-batched-sends"
-"""Histories from before batched sends scheduled one `send_message` per message."""
 BATCH_SIZE = 100
 """Messages per `send_messages` activity: one Temporal action per hundred messages."""
 BATCH_IN_FLIGHT = 25
@@ -212,49 +212,35 @@ async def deliver_all(
     return [final[p] for p in range(len(messages))]
 
 
+class SendCounts(Protocol):
+    """What a job counts of its sends (`RemindersStatus`, `MessageBatchResult`)."""
+
+    sent: int
+    duplicates: int
+    failed: dict[str, int]
+
+
+def tally(counts: SendCounts, held_back: dict[str, int], outcome: BatchItemOutcome) -> bool:
+    """Count one message's final outcome: a new send in `sent`, one that went out before under its
+    key in `duplicates`, a permanent failure in `failed` by error type, a message the outbox held
+    back (opted out, daily cap, ...) in `held_back` by reason. True if it went out, now or before."""
+    if outcome.status == "sent":
+        if outcome.duplicate:
+            counts.duplicates += 1
+        else:
+            counts.sent += 1
+        return True
+    into = counts.failed if outcome.status == "failed" else held_back
+    reason = outcome.reason or outcome.status
+    into[reason] = into.get(reason, 0) + 1
+    return False
+
+
 def permanent_failure(error: BaseException) -> str | None:
     """The error type of a send that failed for good (None for anything else)."""
     if isinstance(error, ActivityError) and isinstance(error.cause, ApplicationError):
         return error.cause.type
     return None
-
-
-async def send_all(
-    messages: Iterable[SendMessage],
-    *,
-    max_in_flight: int,
-    task_queue: str = MESSAGING_QUEUE,
-    on_done: Callable[[SendMessage, SendOutcome | BaseException], None] | None = None,
-    on_deferred: Callable[[SendMessage, SendOutcome], None] | None = None,
-) -> list[SendOutcome | BaseException]:
-    """Deliver every message with at most `max_in_flight` sends outstanding; results in input order.
-
-    A deferred message gives its slot back while it waits for its hold to end."""
-    slots = asyncio.Semaphore(max_in_flight)
-
-    async def one(message: SendMessage) -> SendOutcome | BaseException:
-        try:
-            async with slots:
-                outcome: SendOutcome | BaseException = await send_message(message, task_queue=task_queue)
-            while (
-                isinstance(outcome, SendOutcome) and outcome.status == "deferred" and outcome.retry_at
-                and workflow.patched(DEFERRED_DELIVERY_PATCH)
-            ):
-                if on_deferred is not None:
-                    on_deferred(message, outcome)
-                await workflow.sleep(
-                    max(outcome.retry_at - workflow.now(), MIN_HOLD),
-                    summary=f"{outcome.reason}: hold {message.idempotency_key}",
-                )
-                async with slots:
-                    outcome = await send_message(message, task_queue=task_queue)
-        except ActivityError as error:
-            outcome = error
-        if on_done:
-            on_done(message, outcome)
-        return outcome
-
-    return await asyncio.gather(*(one(m) for m in messages))
 
 
 @workflow.defn(sandboxed=False)
@@ -274,8 +260,7 @@ class MessageBatchWorkflow:
     @workflow.run
     async def run(self, batch: MessageBatch) -> MessageBatchResult:
         workflow.set_current_details(f"sending {len(batch.messages)} messages")
-        send = deliver_all if workflow.patched(BATCHED_SENDS_PATCH) else send_all
-        await send(
+        await deliver_all(
             batch.messages,
             max_in_flight=batch.max_in_flight,
             task_queue=batch.task_queue,
@@ -284,31 +269,21 @@ class MessageBatchWorkflow:
         )
         return self._result
 
-    def _held(self, message: SendMessage, outcome: SendOutcome | BatchItemOutcome) -> None:
+    def _held(self, message: SendMessage, outcome: BatchItemOutcome) -> None:
         """Deferred: shown as waiting until the message's final outcome arrives."""
         self._waiting.add(message.idempotency_key)
         self._result.deferred = len(self._waiting)
 
-    def _count(self, message: SendMessage, outcome: SendOutcome | BatchItemOutcome | BaseException) -> None:
+    def _count(self, message: SendMessage, outcome: BatchItemOutcome) -> None:
         result = self._result
         if message.idempotency_key in self._waiting:
             self._waiting.discard(message.idempotency_key)
             result.deferred = len(self._waiting)
-            result.delivered_after_hold += not isinstance(outcome, BaseException) and outcome.status == "sent"
-        if isinstance(outcome, BaseException) or outcome.status == "failed":
-            kind = (
-                outcome.reason or "failed" if isinstance(outcome, BatchItemOutcome)
-                else permanent_failure(outcome) or type(outcome).__name__
-            )
-            result.failed[kind] = result.failed.get(kind, 0) + 1
-        elif outcome.status == "sent":
-            result.duplicates += outcome.duplicate
-            result.sent += not outcome.duplicate
-        elif outcome.status == "suppressed":
-            reason = outcome.reason or "unknown"
-            result.suppressed[reason] = result.suppressed.get(reason, 0) + 1
-        else:
+            result.delivered_after_hold += outcome.status == "sent"
+        if outcome.status == "deferred":  # deferred with no end to wait for: shown as held
             result.deferred += 1
+        else:
+            tally(result, result.suppressed, outcome)
 
     @workflow.query
     def status(self) -> MessageBatchResult:

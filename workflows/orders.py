@@ -46,8 +46,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 DB_RETRY = db_retry(*REFUSALS)
-# Clocks recorded before this patch slept in one timer and settled in a regular activity.
 PRECISE_CLOCK = "precise-order-clock"
+"""Deprecated (docs/ARCHITECTURE.md, §4 "Patches"): clocks whose history has its marker may still run."""
 RE_AIM_LEAD = timedelta(seconds=5)
 
 
@@ -61,7 +61,6 @@ class PendingOrderWorkflow:
         self._order_id = 0
         self._registered_by_starter = False
         self._record: PendingOrderRecord | None = None
-        self._refusal: ApplicationError | None = None
         self._state: OrderState = "PENDING"
         self._ending: OrderCompleted | OrderFailed | None = None
         self._follow_up_sent_at: datetime | None = None
@@ -84,7 +83,7 @@ class PendingOrderWorkflow:
         self._set_state(await self._settle_row("EXPIRED"))
         return await self._finish()
 
-    # --- signals, update and query: the order's outside world ----------------------------------
+    # --- signals and query: the order's outside world ----------------------------------------
 
     # A payload that does not decode into the parameter's type is logged and dropped by the SDK;
     # `accepted` catches the shapes that reach a handler undecoded. A bad signal never fails a task.
@@ -100,18 +99,6 @@ class PendingOrderWorkflow:
         """The order failed: `{"reason": ...}`."""
         self._end_with("failed", accepted(OrderFailed, failure, signal="failed", subject=self._subject))
 
-    # `start_pending_order` now answers from the database and only starts the run; `track` stays
-    # for starters that use update-with-start and for the histories recorded with it.
-    # ABANDON: a refused start (unknown order) fails the run at once, and a server may deliver the
-    # update in the same task; the starter then reads the refusal from the run's failure.
-    @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
-    async def track(self) -> PendingOrderStatus:
-        """The answer to an update-with-start: the clock once registered, or why it was refused."""
-        await workflow.wait_condition(lambda: self._record is not None or self._refusal is not None)
-        if self._refusal is not None:
-            raise self._refusal
-        return self.status()
-
     @workflow.query
     def status(self) -> PendingOrderStatus:
         return PendingOrderStatus.of(self._order_id, self._state, self._record, self._follow_up_sent_at)
@@ -123,9 +110,8 @@ class PendingOrderWorkflow:
 
         `start_pending_order` wrote the row already (and refused an order that cannot have a
         clock) and passes it in as `registered`, so the first task only starts the timer; for
-        any other starter an unknown order, or one no longer
-        pending, is refused here: a `track` update carries the reason back, and the workflow ends
-        without touching anything.
+        any other starter an unknown order is refused here (the run fails with the reason) and
+        one no longer pending ends the run at once, neither touching anything.
         """
         request = RegisterPendingOrder(
             order_id=order.order_id,
@@ -142,15 +128,10 @@ class PendingOrderWorkflow:
             if kind not in REFUSALS:
                 raise
             assert isinstance(error.cause, ApplicationError)
-            self._refusal = ApplicationError(error.cause.message, type=kind, non_retryable=True)
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            raise self._refusal from None  # the workflow fails, not its task: a later valid start may run
+            # The workflow fails, not its task: a later valid start may run.
+            raise ApplicationError(error.cause.message, type=kind, non_retryable=True) from None
         self._record = record
         self._follow_up_sent_at = record.follow_up_sent_at
-        if record.state != "PENDING":
-            self._refusal = ApplicationError(
-                f"order {order.order_id} is already {record.state}", type="OrderNotPending", non_retryable=True
-            )
         self._set_state(record.state, retailer_id=record.retailer_id)
         return record
 
@@ -162,16 +143,14 @@ class PendingOrderWorkflow:
         deadline late by that much. A long wait therefore stops RE_AIM_LEAD short and sleeps the
         rest from a fresh `now`, in a task that does nothing else and so completes at once.
         """
-        precise = self._precise_clock()
+        self._precise_clock()
         while (remaining := deadline - workflow.now()) > timedelta(0):
-            leg = remaining - RE_AIM_LEAD if precise and remaining > 2 * RE_AIM_LEAD else remaining
+            leg = remaining - RE_AIM_LEAD if remaining > 2 * RE_AIM_LEAD else remaining
             try:
                 await workflow.wait_condition(
                     lambda: self._ending is not None, timeout=leg, timeout_summary=f"until {deadline.isoformat()}"
                 )
             except asyncio.TimeoutError:
-                if not precise:
-                    return False
                 continue
             return True
         return self._ending is not None
@@ -216,31 +195,24 @@ class PendingOrderWorkflow:
             self._set_state(await self._settle_row("RECOVERED" if self._follow_up_sent_at else "COMPLETED"))
         return await self._finish()
 
-    def _precise_clock(self) -> bool:
-        """A run its starter registered began after the precise clock shipped (`registered` is
-        newer), so it needs no patch marker: a marker is two events and a visibility write
-        (TemporalChangeVersion) on every checkout."""
-        return self._registered_by_starter or workflow.patched(PRECISE_CLOCK)
+    def _precise_clock(self) -> None:
+        """Where `patched(PRECISE_CLOCK)` was: a run begun before this change has its marker, which
+        replays only against a patch call. A run its starter registered began after the precise
+        clock shipped (`registered` is newer) and never had one: a marker is two events and a
+        visibility write (TemporalChangeVersion) on every checkout."""
+        if not self._registered_by_starter:
+            workflow.deprecate_patch(PRECISE_CLOCK)
 
     async def _settle_row(self, state: OrderState) -> OrderState:
         """One UPDATE. As a local activity it runs inside the task the timer (or signal) woke,
         so an expiry lands without another task round trip: that is the expiry lateness."""
-        settle = SettleOrder(order_id=self._order_id, state=state)  # type: ignore[arg-type]
-        summary = f"mark order {self._order_id} {state}"
-        if self._precise_clock():
-            return await workflow.execute_local_activity_method(
-                OrderActivities.settle_pending_order,
-                settle,
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
-                summary=summary,
-            )
-        return await workflow.execute_activity_method(  # clocks that settled before the patch
+        self._precise_clock()
+        return await workflow.execute_local_activity_method(
             OrderActivities.settle_pending_order,
-            settle,
+            SettleOrder(order_id=self._order_id, state=state),  # type: ignore[arg-type]
             start_to_close_timeout=DB_TIMEOUT,
             retry_policy=DB_RETRY,
-            summary=summary,
+            summary=f"mark order {self._order_id} {state}",
         )
 
     async def _tell(

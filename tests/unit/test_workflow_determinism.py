@@ -3,7 +3,8 @@
 The sandbox refuses such calls at run time, but `ChurnCaseWorkflow`, `PendingOrderWorkflow` and
 `MessageBatchWorkflow` run outside it (`sandboxed=False`: a new or evicted run no longer
 re-imports its module; a batch's payloads skip the sandbox's per-payload detour), so this
-check holds the line for them, and for every workflow module, from the source.
+check holds the line for them, and for every workflow module, from the source. It also keeps
+each workflow to one path: no `workflow.patched`, and every `deprecate_patch` has its date.
 """
 
 from __future__ import annotations
@@ -62,3 +63,53 @@ def test_the_unsandboxed_workflows_are_the_ones_this_check_names() -> None:
 )
 def test_each_forbidden_call_is_caught(call: str) -> None:
     assert nondeterministic_calls(f"def f():\n    return {call}\n")
+
+
+def patch_calls(source: str) -> tuple[list[int], set[str]]:
+    """Lines that call `workflow.patched`, and the ids passed to `workflow.deprecate_patch`
+    (a literal, or a module constant of the same module)."""
+    tree = ast.parse(source)
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    patched: list[int] = []
+    deprecated: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "workflow.patched":
+            patched.append(node.lineno)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "workflow.deprecate_patch":
+            arg = node.args[0]
+            deprecated.add(constants[arg.id] if isinstance(arg, ast.Name) else ast.literal_eval(arg))
+    return patched, deprecated
+
+
+def test_no_workflow_branches_on_a_patch_and_each_deprecated_one_says_when_it_goes() -> None:
+    """Old branches are retired (issue #31): every workflow has one path. A `deprecate_patch` left
+    for long-lived runs is listed in docs/ARCHITECTURE.md, §4 "Patches", with its removal date."""
+    architecture = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    section = architecture[architecture.index("### Patches") : architecture.index("## 5.")]
+    patched: dict[str, list[int]] = {}
+    deprecated: set[str] = set()
+    for path in sorted((ROOT / "workflows").rglob("*.py")):
+        lines, ids = patch_calls(path.read_text())
+        if lines:
+            patched[path.name] = lines
+        deprecated |= ids
+    assert patched == {}
+    assert deprecated == {
+        "precise-order-clock",
+        "churn-decide-nudge-as-local-activity",
+        "churn-reread-subscription-before-cancel",
+        "churn-signals-name-the-company",
+        "messages-deferred-delivery",
+    }
+    assert [p for p in sorted(deprecated) if f"`{p}`" not in section] == []
+
+
+def test_a_patch_call_is_found() -> None:
+    source = 'P = "p-1"\ndef f():\n    workflow.deprecate_patch(P)\n    return workflow.patched("p-2")\n'
+    assert patch_calls(source) == ([4], {"p-1"})

@@ -399,6 +399,29 @@ async def test_a_nudge_the_outbox_defers_is_sent_under_the_same_key_when_the_hol
     assert (result.status, result.attempts) == ("TERMINATED", 1)
 
 
+async def test_endings_that_name_no_company_end_nothing_and_a_deferred_nudge_still_goes_out(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
+) -> None:
+    """A `recovered` with no payload and a `cancelled` without the company are refused; the nudge
+    the outbox holds goes out when the hold ends, and the case terminates after reading Stripe.
+    Its history passes every point where the case's deprecated patches are called."""
+    fake = FakeChurn(offsets=[1], grace=2, send_holds=[timedelta(hours=6)])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        case_id, handle = await open_case(time_skipping_env, task_queue)
+        await handle.signal("recovered")
+        await handle.signal("cancelled", {"actor_id": "agent-1"})
+        result = await handle.result()
+        await record_history(handle, "churn_case_refused_endings")
+
+    key = f"nudge:{case_id}:1"
+    assert [m.idempotency_key for _, m in fake.deferred_sends] == [key]
+    assert [m.idempotency_key for _, m in fake.sends] == [key]
+    assert fake.kinds() == ["nudge_deferred", "nudge_sms", "membership_terminated"]
+    assert (len(fake.state_reads), len(fake.cancellations)) == (1, 1)
+    assert (result.status, result.attempts) == ("TERMINATED", 1)
+    assert await task_failures(handle) == 0
+
+
 async def test_nudge_now_answers_sent_deferred_until_quiet_hours_end_or_capped(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:

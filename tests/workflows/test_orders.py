@@ -10,8 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WithStartWorkflowOperation, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -45,6 +44,8 @@ class FakeOrders:
     """The order activities and the messaging gateway, by their registered names."""
 
     refuse: str | None = None
+    state: OrderState = "PENDING"
+    """The row's state the register activity answers."""
     outcomes: list[SendOutcome] = field(default_factory=list)
     registered: list[RegisterPendingOrder] = field(default_factory=list)
     records: dict[int, PendingOrderRecord] = field(default_factory=dict)
@@ -61,7 +62,7 @@ class FakeOrders:
         record = PendingOrderRecord(
             order_id=request.order_id,
             retailer_id=RETAILER,
-            state="PENDING",
+            state=self.state,
             created_at=request.created_at,
             expires_at=request.created_at + request.ttl,
             follow_up_at=request.created_at + request.follow_up_after + QUIET_SHIFT,
@@ -118,12 +119,13 @@ async def status(handle: WorkflowHandle) -> PendingOrderStatus:
 
 
 async def test_an_unanswered_order_gets_its_follow_up_when_due_and_expires_at_24h(
-    time_skipping_env: WorkflowEnvironment, task_queue: str
+    time_skipping_env: WorkflowEnvironment, task_queue: str, record_history
 ) -> None:
     fake = FakeOrders()
     async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
         order_id, handle = await start_order(time_skipping_env, task_queue)
         result = await handle.result()
+        await record_history(handle, "pending_order_unregistered")  # as the sweep starts a clock
 
     record = fake.records[order_id]
     assert record.follow_up_at - record.created_at == timedelta(hours=2) + QUIET_SHIFT
@@ -325,39 +327,35 @@ async def test_an_unknown_order_is_refused_without_a_task_failure(
     assert await task_failures(handle) == 0
 
 
-async def test_the_track_update_still_answers_an_update_with_start(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
-    """`start_pending_order` answers from the database now; starters (and histories) that use
-    update-with-start still get the clock, or the refusal, from `track`."""
+async def test_a_clock_its_starter_did_not_register_is_read_from_the_status_query(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A starter other than `start_pending_order` (the sweep) passes no row: the run registers it,
+    and the clock is what `status` answers (as `jobctl orders status` asks it), the row's times."""
     fake = FakeOrders()
     async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
-        order_id = random.randint(1, 2**31)
-        start = WithStartWorkflowOperation(
-            "PendingOrderWorkflow", PendingOrderInput(order_id=order_id, messaging_task_queue=task_queue),
-            id=f"pending-order/{order_id}", task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=PendingOrderResult,
-        )
-        told = await time_skipping_env.client.execute_update_with_start_workflow(
-            "track", start_workflow_operation=start, result_type=PendingOrderStatus
-        )
-        record = fake.records[order_id]
-        assert (told.state, told.expires_at, told.follow_up_at) == ("PENDING", record.expires_at, record.follow_up_at)
-        await (await start.workflow_handle()).terminate("test done")
+        order_id, handle = await start_order(time_skipping_env, task_queue)
+        await eventually(lambda: _registered(handle))
+        shown = await status(handle)
+        await handle.terminate("test done")
 
-    fake.refuse = "UnknownOrder"
+    record = fake.records[order_id]
+    assert [r.order_id for r in fake.registered] == [order_id]
+    assert (shown.order_id, shown.state) == (order_id, "PENDING")
+    assert (shown.expires_at, shown.follow_up_at) == (record.expires_at, record.follow_up_at)
+
+
+async def test_an_order_no_longer_pending_ends_its_run_at_once(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fake = FakeOrders(state="COMPLETED")
     async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
-        order_id = random.randint(1, 2**31)
-        start = WithStartWorkflowOperation(
-            "PendingOrderWorkflow", PendingOrderInput(order_id=order_id, messaging_task_queue=task_queue),
-            id=f"pending-order/{order_id}", task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=PendingOrderResult,
-        )
-        with pytest.raises(WorkflowUpdateFailedError):
-            await time_skipping_env.client.execute_update_with_start_workflow(
-                "track", start_workflow_operation=start, result_type=PendingOrderStatus
-            )
-        with pytest.raises(WorkflowFailureError) as failure:  # the run's own failure names the refusal
-            await (await start.workflow_handle()).result()
-    assert isinstance(failure.value.cause, ApplicationError) and failure.value.cause.type == "UnknownOrder"
+        _, handle = await start_order(time_skipping_env, task_queue)
+        result = await handle.result()
+
+    assert result.state == "COMPLETED"
+    assert fake.sends == [] and fake.settled == [] and fake.failures == []  # nothing touched
+    assert await task_failures(handle) == 0
 
 
 async def _registered(handle: WorkflowHandle) -> bool:
