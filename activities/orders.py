@@ -3,13 +3,13 @@
 Every write is conditional on the row still being where the caller expects it
 (`WHERE status = 'PENDING'`, `ON CONFLICT DO NOTHING`), so Temporal's at-least-once
 activities and a sweep racing a workflow never apply a transition twice. Each status change
-writes its `audit_log` row in the same transaction (docs/ARCHITECTURE.md §5).
+writes its `audit_log` row in the same transaction (docs/ARCHITECTURE.md §5), built by the credit
+ledger (`activities.credit.ledger`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC
 from decimal import Decimal
@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.credit import ledger
 from activities.database import autocommit
 from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
@@ -91,10 +92,18 @@ WITH settled AS (
     WHERE order_id = :order_id AND status = 'PENDING'
     RETURNING order_id, retailer_id, status
 ), audited AS (
-    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
-    SELECT retailer_id, 'pending_order_' || lower(status), 'order:' || order_id,
-           '{"status": "PENDING"}'::jsonb, jsonb_build_object('status', status), 'system', :reason
-    FROM settled
+"""
+    + ledger.audit_rows(
+        "settled",
+        retailer_id="retailer_id",
+        action="'pending_order_' || lower(status)",
+        reference="'order:' || order_id",
+        old="""'{"status": "PENDING"}'::jsonb""",
+        new="jsonb_build_object('status', status)",
+        performed_by="'system'",
+        reason=":reason",
+    )
+    + """
 )
 SELECT status FROM settled
 """
@@ -109,11 +118,18 @@ WITH expired AS (
     WHERE order_id = ANY(:order_ids) AND status = 'PENDING' AND expires_at <= :as_of
     RETURNING order_id, retailer_id
 ), audited AS (
-    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
-    SELECT retailer_id, 'pending_order_expired', 'order:' || order_id,
-           '{"status": "PENDING"}'::jsonb, '{"status": "EXPIRED"}'::jsonb, 'system',
-           'expired by the sweep: no workflow was watching it'
-    FROM expired
+"""
+    + ledger.audit_rows(
+        "expired",
+        retailer_id="retailer_id",
+        action="'pending_order_expired'",
+        reference="'order:' || order_id",
+        old="""'{"status": "PENDING"}'::jsonb""",
+        new="""'{"status": "EXPIRED"}'::jsonb""",
+        performed_by="'system'",
+        reason="'expired by the sweep: no workflow was watching it'",
+    )
+    + """
 )
 SELECT count(*) FROM expired
 """
@@ -363,20 +379,9 @@ RETURNING id
     async def _audit(
         conn: AsyncConnection, retailer_id: int, failure: OrderFailure, old: dict[str, Any], new: dict[str, Any]
     ) -> None:
-        await conn.execute(
-            text(
-                "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
-                " VALUES (:retailer_id, 'order_failed', :reference, CAST(:old AS jsonb), CAST(:new AS jsonb),"
-                " :performed_by, :reason)"
-            ),
-            {
-                "retailer_id": retailer_id,
-                "reference": f"order:{failure.order_id}",
-                "old": json.dumps(old),
-                "new": json.dumps(new),
-                "performed_by": failure.performed_by,
-                "reason": failure.reason,
-            },
+        await ledger.audit(
+            conn, retailer_id, "order_failed", actor=failure.performed_by,
+            reference=f"order:{failure.order_id}", old=old, new=new, reason=failure.reason,
         )
 
 

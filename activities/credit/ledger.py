@@ -7,7 +7,7 @@ Here, and nowhere else, money is written (a reminder's marks on a debit, `remind
   (`record_credit`), and the spending of a credit balance on new debits (`apply_credit_balance`);
 - `credit_accounts`: the limits (`change_limits`) and available credit, by one rule;
 - `audit_log`: one row per change (`audit`), or one per row of a set-based statement
-  (`audit_rows`, for the guardrails' single statement).
+  (`audit_rows`, for the guardrails' and the order clocks' single statements).
 
 **The one rule for available credit**: `available_credit = credit_limit - outstanding`, where
 outstanding is the sum of `amount - cleared_amount` over the retailer's open debits
