@@ -4,7 +4,8 @@ Here, and nowhere else, money is written (a reminder's marks on a debit, `remind
 `reminder_sent_at`, stay with the reminders):
 - `credit_transactions`: a credit order's DEBIT (`debit_order`), an admin's charge (`charge`), a
   payment's or a favourable adjustment's CREDIT and its allocation to the oldest open debits
-  (`record_credit`), and the spending of a credit balance on new debits (`apply_credit_balance`);
+  (`record_credit`), the spending of a credit balance on new debits (`apply_credit_balance`), and
+  the reversal of a failed order's debit (`reverse_order_debit`);
 - `credit_accounts`: the limits (`change_limits`) and available credit, by one rule;
 - `audit_log`: one row per change (`audit`), or one per row of a set-based statement
   (`audit_rows`, for the guardrails' and the order clocks' single statements).
@@ -18,7 +19,7 @@ part of the CREDITs) is not available credit; it clears the next debits as they 
 The caller holds the transaction and the retailer's row lock (`SELECT ... FROM retailers ... FOR
 UPDATE`) across the writes: the rule reads every open debit of the retailer, so two transactions
 recomputing it must not overlap. `record_credit` and `charge` take the lock themselves; the other
-writes are called by paths that took it first (a credit order's placement).
+writes are called by paths that took it first (a credit order's placement, a failed order).
 """
 
 from __future__ import annotations
@@ -345,3 +346,64 @@ async def charge(
     )
     cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
     return Charge(debit_id, amount, False, cleared)
+
+
+# --------------------------------------------------------------------------- a failed order's reversal
+
+# The retailer's row is locked by the caller (activities/orders.py locks the order and its
+# retailer together), so no other ledger write of the retailer runs between this read and the
+# recomputation of its available credit.
+ORDER_DEBIT_FOR_REVERSAL = text(
+    """
+SELECT d.id, d.retailer_id, d.amount - d.cleared_amount AS outstanding, ca.available_credit
+FROM credit_transactions d LEFT JOIN credit_accounts ca ON ca.retailer_id = d.retailer_id
+WHERE d.order_id = :id AND d.type = 'DEBIT'
+FOR UPDATE OF d
+"""
+)
+
+INSERT_REVERSAL = text(
+    """
+INSERT INTO credit_transactions (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
+VALUES (:retailer_id, 'CREDIT', :amount, :amount, 'CLEARED', now(), :order_id, :reference, :notes)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+)
+
+CLOSE_REVERSED_DEBIT = text(
+    "UPDATE credit_transactions SET status = 'CLEARED', cleared_amount = amount, cleared_at = now(),"
+    " notes = concat_ws('; ', notes, 'reversed: order failed') WHERE id = :id"
+)
+
+
+@dataclass
+class Reversal:
+    amount: Decimal
+    """What the debit still owed: the reversing CREDIT's amount."""
+    available_before: Decimal | None
+    available_after: Decimal | None
+
+
+async def reverse_order_debit(conn: AsyncConnection, order_id: int) -> Reversal | None:
+    """Undo a failed order's DEBIT, once: a CREDIT of what it still owes, stored fully allocated
+    (CLEARED) to it, the debit closed, and available credit by the rule. None when the order has
+    no debit or it was reversed already. The caller holds the retailer's row lock and audits."""
+    debit = (await conn.execute(ORDER_DEBIT_FOR_REVERSAL, {"id": order_id})).first()
+    if debit is None:
+        return None
+    inserted = await conn.scalar(
+        INSERT_REVERSAL,
+        {
+            "retailer_id": debit.retailer_id,
+            "amount": debit.outstanding,
+            "order_id": order_id,
+            "reference": f"order-failed:{order_id}",
+            "notes": f"reversal of the debit of failed order {order_id}",
+        },
+    )
+    if inserted is None:
+        return None  # reversed already
+    await conn.execute(CLOSE_REVERSED_DEBIT, {"id": debit.id})
+    after = await refresh_available(conn, debit.retailer_id)
+    return Reversal(debit.outstanding, debit.available_credit, after)
