@@ -3,13 +3,14 @@
 Every write is conditional on the row still being where the caller expects it
 (`WHERE status = 'PENDING'`, `ON CONFLICT DO NOTHING`), so Temporal's at-least-once
 activities and a sweep racing a workflow never apply a transition twice. Each status change
-writes its `audit_log` row in the same transaction (docs/ARCHITECTURE.md §5).
+writes its `audit_log` row in the same transaction (docs/ARCHITECTURE.md §5). The money of a failed
+order (the reversal of its debit) and every audit row are the credit ledger's
+(`activities.credit.ledger`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC
 from decimal import Decimal
@@ -23,6 +24,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.credit import ledger
 from activities.database import autocommit
 from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
@@ -91,10 +93,18 @@ WITH settled AS (
     WHERE order_id = :order_id AND status = 'PENDING'
     RETURNING order_id, retailer_id, status
 ), audited AS (
-    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
-    SELECT retailer_id, 'pending_order_' || lower(status), 'order:' || order_id,
-           '{"status": "PENDING"}'::jsonb, jsonb_build_object('status', status), 'system', :reason
-    FROM settled
+"""
+    + ledger.audit_rows(
+        "settled",
+        retailer_id="retailer_id",
+        action="'pending_order_' || lower(status)",
+        reference="'order:' || order_id",
+        old="""'{"status": "PENDING"}'::jsonb""",
+        new="jsonb_build_object('status', status)",
+        performed_by="'system'",
+        reason=":reason",
+    )
+    + """
 )
 SELECT status FROM settled
 """
@@ -109,14 +119,28 @@ WITH expired AS (
     WHERE order_id = ANY(:order_ids) AND status = 'PENDING' AND expires_at <= :as_of
     RETURNING order_id, retailer_id
 ), audited AS (
-    INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
-    SELECT retailer_id, 'pending_order_expired', 'order:' || order_id,
-           '{"status": "PENDING"}'::jsonb, '{"status": "EXPIRED"}'::jsonb, 'system',
-           'expired by the sweep: no workflow was watching it'
-    FROM expired
+"""
+    + ledger.audit_rows(
+        "expired",
+        retailer_id="retailer_id",
+        action="'pending_order_expired'",
+        reference="'order:' || order_id",
+        old="""'{"status": "PENDING"}'::jsonb""",
+        new="""'{"status": "EXPIRED"}'::jsonb""",
+        performed_by="'system'",
+        reason="'expired by the sweep: no workflow was watching it'",
+    )
+    + """
 )
 SELECT count(*) FROM expired
 """
+)
+
+# A failure locks the order and its retailer: the reversal of the order's debit is a ledger write,
+# and every ledger write of a retailer holds its row lock (activities/credit/ledger.py).
+LOCK_ORDER_AND_RETAILER = text(
+    "SELECT o.id, o.retailer_id, o.status FROM orders o JOIN retailers r ON r.id = o.retailer_id"
+    " WHERE o.id = :id FOR UPDATE OF o, r"
 )
 
 STALE_PAGE_SQL = text(
@@ -248,16 +272,15 @@ class OrderActivities:
     async def handle_order_failure(self, failure: OrderFailure) -> OrderFailureResult:
         """Fail the order and give back its credit, all in one transaction; a repeat changes nothing.
 
-        The reversing CREDIT is unique per (order_id, type), so it is written at most once; it is
-        stored fully allocated (CLEARED) to the debit it reverses, which is closed with it, so
-        reminders stop chasing it and no later payment allocation counts it again.
+        The reversal is the credit ledger's (`ledger.reverse_order_debit`): the reversing CREDIT is
+        unique per (order_id, type), so it is written at most once; it is stored fully allocated
+        (CLEARED) to the debit it reverses, which is closed with it, so reminders stop chasing it
+        and no later payment allocation counts it again; available credit is recomputed by the
+        ledger's one rule. The order's retailer is locked with the order, as every ledger write
+        needs.
         """
         async with self._engine.begin() as conn:
-            order = (
-                await conn.execute(
-                    text("SELECT id, retailer_id, status FROM orders WHERE id = :id FOR UPDATE"), {"id": failure.order_id}
-                )
-            ).first()
+            order = (await conn.execute(LOCK_ORDER_AND_RETAILER, {"id": failure.order_id})).first()
             if order is None:
                 raise permanent("UnknownOrder", f"order {failure.order_id} does not exist")
             old: dict[str, Any] = {"order_status": order.status}
@@ -267,17 +290,20 @@ class OrderActivities:
             pending_was = await self._fail_pending(conn, failure.order_id)
             if pending_was:
                 old["pending_status"], new["pending_status"] = pending_was, "FAILED"
-            reversal = await self._reverse_debit(conn, failure.order_id)
+            reversal = await ledger.reverse_order_debit(conn, failure.order_id)
             if reversal:
-                old["available_credit"], new["available_credit"] = reversal["available_before"], reversal["available_after"]
-                new["reversed_amount"] = reversal["amount"]
+                old["available_credit"], new["available_credit"] = _text(reversal.available_before), _text(reversal.available_after)
+                new["reversed_amount"] = str(reversal.amount)
             if new:
-                await self._audit(conn, order.retailer_id, failure, old, new)
+                await ledger.audit(
+                    conn, order.retailer_id, "order_failed", actor=failure.performed_by,
+                    reference=f"order:{failure.order_id}", old=old, new=new, reason=failure.reason,
+                )
         result = OrderFailureResult(
             order_id=failure.order_id,
             retailer_id=order.retailer_id,
             changed=bool(new),
-            reversed_amount=Decimal(reversal["amount"]) if reversal else None,
+            reversed_amount=reversal.amount if reversal else None,
         )
         log.info("orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount))
         return result
@@ -303,81 +329,9 @@ class OrderActivities:
             {"id": order_id},
         )
 
-    @staticmethod
-    async def _reverse_debit(conn: AsyncConnection, order_id: int) -> dict[str, str] | None:
-        """CREDIT the debit's outstanding amount back, close the debit, release the credit line."""
-        debit = (
-            await conn.execute(
-                text(
-                    "SELECT id, retailer_id, amount - cleared_amount AS outstanding FROM credit_transactions"
-                    " WHERE order_id = :id AND type = 'DEBIT' FOR UPDATE"
-                ),
-                {"id": order_id},
-            )
-        ).first()
-        if debit is None:
-            return None
-        inserted = await conn.scalar(
-            text(
-                """
-INSERT INTO credit_transactions (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
-VALUES (:retailer_id, 'CREDIT', :amount, :amount, 'CLEARED', now(), :order_id, :reference, :notes)
-ON CONFLICT DO NOTHING
-RETURNING id
-"""
-            ),
-            {
-                "retailer_id": debit.retailer_id,
-                "amount": debit.outstanding,
-                "order_id": order_id,
-                "reference": f"order-failed:{order_id}",
-                "notes": f"reversal of the debit of failed order {order_id}",
-            },
-        )
-        if inserted is None:
-            return None  # reversed already
-        await conn.execute(
-            text(
-                "UPDATE credit_transactions SET status = 'CLEARED', cleared_amount = amount, cleared_at = now(),"
-                " notes = concat_ws('; ', notes, 'reversed: order failed') WHERE id = :id"
-            ),
-            {"id": debit.id},
-        )
-        account = (
-            await conn.execute(
-                text(
-                    "UPDATE credit_accounts SET available_credit = available_credit + :amount, updated_at = now()"
-                    " WHERE retailer_id = :retailer_id"
-                    " RETURNING available_credit - :amount AS before, available_credit AS after"
-                ),
-                {"retailer_id": debit.retailer_id, "amount": debit.outstanding},
-            )
-        ).first()
-        return {
-            "amount": str(debit.outstanding),
-            "available_before": str(account.before) if account else None,
-            "available_after": str(account.after) if account else None,
-        }
 
-    @staticmethod
-    async def _audit(
-        conn: AsyncConnection, retailer_id: int, failure: OrderFailure, old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
-        await conn.execute(
-            text(
-                "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
-                " VALUES (:retailer_id, 'order_failed', :reference, CAST(:old AS jsonb), CAST(:new AS jsonb),"
-                " :performed_by, :reason)"
-            ),
-            {
-                "retailer_id": retailer_id,
-                "reference": f"order:{failure.order_id}",
-                "old": json.dumps(old),
-                "new": json.dumps(new),
-                "performed_by": failure.performed_by,
-                "reason": failure.reason,
-            },
-        )
+def _text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
 
 
 # --------------------------------------------------------------------------- the safety-net sweep

@@ -8,11 +8,11 @@ dispute settled for them) is a CREDIT allocated like a payment, the rest staying
 balance; a charge is a DEBIT due today, which any credit balance clears. Each change and its audit
 row commit together; an adjustment's reference makes a repeat a no-op. An adjustment in the
 retailer's favour says whether a system pause still stands, for the guardrails to re-check at once.
+The money, the limits and the audit rows are written by the credit ledger (`activities.credit.ledger`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -21,13 +21,8 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from activities.credit.payments import (
-    REFRESH_AVAILABLE,
-    UnknownRetailer,
-    apply_credit_balance,
-    credit_balance,
-    record_credit,
-)
+from activities.credit import ledger
+from activities.credit.ledger import LIMIT_COLUMNS, UnknownRetailer
 from schemas.credit import RecordPayment
 from schemas.errors import Refused
 
@@ -75,19 +70,11 @@ async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminActi
             ),
             {"s": target, "reason": reason, "actor": actor, "r": retailer_id},
         )
-        audit_id = await conn.scalar(
-            text(
-                "INSERT INTO audit_log (retailer_id, action, old_value, new_value, performed_by, reason)"
-                " VALUES (:r, :action, CAST(:old AS jsonb), CAST(:new AS jsonb), :actor, :reason) RETURNING id"
-            ),
-            {
-                "r": retailer_id,
-                "action": f"credit_{action}d" if action != "block" else "credit_blocked",
-                "old": json.dumps({"credit_status": old, "paused_by": row.paused_by}),
-                "new": json.dumps({"credit_status": target, "paused_by": None if target == "ACTIVE" else actor}),
-                "actor": actor,
-                "reason": reason,
-            },
+        audit_id = await ledger.audit(
+            conn, retailer_id, f"credit_{action}d" if action != "block" else "credit_blocked", actor=actor,
+            old={"credit_status": old, "paused_by": row.paused_by},
+            new={"credit_status": target, "paused_by": None if target == "ACTIVE" else actor},
+            reason=reason,
         )
     return AdminChange(retailer_id, old, target, audit_id)
 
@@ -98,9 +85,6 @@ class LimitsChange:
     old: dict[str, Any]
     new: dict[str, Any]
     audit_id: int
-
-
-LIMIT_COLUMNS = ("credit_limit", "max_order_value", "max_outstanding_days")
 
 
 async def set_limits(
@@ -123,16 +107,7 @@ async def set_limits(
         if row is None:
             raise CreditRefused(f"no retailer {retailer_id} with a credit account")
         old = {k: getattr(row, k) for k in limits}
-        sets = ", ".join(f"{k} = :{k}" for k in limits)
-        await conn.execute(text(f"UPDATE credit_accounts SET {sets}, updated_at = now() WHERE retailer_id = :r"), {"r": retailer_id, **limits})  # noqa: S608 - column names from LIMIT_COLUMNS
-        await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
-        audit_id = await conn.scalar(
-            text(
-                "INSERT INTO audit_log (retailer_id, action, old_value, new_value, performed_by, reason)"
-                " VALUES (:r, 'credit_limits_changed', CAST(:old AS jsonb), CAST(:new AS jsonb), :actor, :reason) RETURNING id"
-            ),
-            {"r": retailer_id, "old": json.dumps(old, default=str), "new": json.dumps(limits, default=str), "actor": actor, "reason": reason},
-        )
+        audit_id = await ledger.change_limits(conn, retailer_id, old, limits, actor=actor, reason=reason)
     return LimitsChange(retailer_id, old, limits, audit_id)
 
 
@@ -165,7 +140,7 @@ async def adjust(
     async with engine.begin() as conn:
         if amount > 0:
             try:
-                recorded = await record_credit(
+                recorded = await ledger.record_credit(
                     conn,
                     RecordPayment(retailer_id=retailer_id, amount=amount, reference=ref, actor=actor),
                     notes=f"adjustment: {reason}",
@@ -179,34 +154,15 @@ async def adjust(
                 retailer_id, ref, recorded.amount, recorded.credit_transaction_id, recorded.duplicate,
                 [a.model_dump() for a in recorded.allocations], recorded.unallocated, bool(system_paused),
             )
-        if await conn.scalar(text("SELECT id FROM retailers WHERE id = :r FOR UPDATE"), {"r": retailer_id}) is None:
-            raise CreditRefused(f"no retailer {retailer_id}")
-        debit_id = await conn.scalar(
-            text(
-                "INSERT INTO credit_transactions (retailer_id, type, amount, due_date, reference, notes)"
-                " VALUES (:r, 'DEBIT', :amount, :due, :ref, :notes)"
-                " ON CONFLICT (retailer_id, type, reference) DO NOTHING RETURNING id"
-            ),
-            {"r": retailer_id, "amount": -amount, "due": today, "ref": ref, "notes": f"adjustment: {reason}"},
-        )
-        if debit_id is None:
-            existing = (
-                await conn.execute(
-                    text("SELECT id, amount FROM credit_transactions WHERE retailer_id = :r AND type = 'DEBIT' AND reference = :ref"),
-                    {"r": retailer_id, "ref": ref},
-                )
-            ).one()
-            return Adjustment(retailer_id, ref, -existing.amount, existing.id, True)
-        await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
-        await conn.execute(
-            text(
-                "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
-                " VALUES (:r, 'debit_adjustment', :ref, NULL, CAST(:new AS jsonb), :actor, :reason)"
-            ),
-            {"r": retailer_id, "ref": ref, "new": json.dumps({"debit_id": debit_id, "amount": str(-amount)}), "actor": actor, "reason": reason},
-        )
-        cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=ref)
-    return Adjustment(retailer_id, ref, amount, debit_id, False, [a.model_dump() for a in cleared])
+        try:
+            charged = await ledger.charge(
+                conn, retailer_id, -amount, due=today, reference=ref, notes=f"adjustment: {reason}", actor=actor, reason=reason
+            )
+        except UnknownRetailer:
+            raise CreditRefused(f"no retailer {retailer_id}") from None
+    if charged.duplicate:
+        return Adjustment(retailer_id, ref, -charged.amount, charged.debit_id, True)
+    return Adjustment(retailer_id, ref, amount, charged.debit_id, False, [a.model_dump() for a in charged.cleared])
 
 
 async def retailer_exists(engine: AsyncEngine, retailer_id: int) -> bool:
@@ -313,7 +269,7 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
                 {"r": retailer_id},
             )
         ).all()
-        balance = await credit_balance(conn, retailer_id)
+        balance = await ledger.credit_balance(conn, retailer_id)
         link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
     return {
         "retailer_id": row.id,

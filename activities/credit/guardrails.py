@@ -3,7 +3,8 @@
 One statement per run decides, changes and audits (docs/ARCHITECTURE.md §5): a retailer with a debit
 overdue more than `max_outstanding_days`, or outstanding above `credit_limit`, goes from ACTIVE to
 PAUSED; a retailer the *system* paused whose conditions no longer hold goes back to ACTIVE. Admin
-pauses and blocks are never in scope. The audit row is written by the same statement as the change.
+pauses and blocks are never in scope. The audit row is written by the same statement as the change
+(its INSERT is the credit ledger's `audit_rows`).
 
 The activity returns every change carrying its reference (this run's, or this payment's), not just
 the ones this attempt made: a retry after a lost completion still messages each retailer once (the
@@ -20,11 +21,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
+from activities.credit.ledger import audit_rows
 from schemas.errors import Refused
 from schemas.credit import GuardrailChange, GuardrailsCheck
 
 APPLY_GUARDRAILS = text(
-    """
+    f"""
 WITH scope AS (
     SELECT r.id, ca.credit_limit, ca.max_outstanding_days,
            COALESCE(sum(d.amount - d.cleared_amount), 0) AS outstanding,
@@ -54,15 +56,16 @@ WITH scope AS (
            OR (d.reason IS NULL AND r.credit_status = 'PAUSED' AND r.paused_by = 'system'))
     RETURNING r.id, r.credit_status, d.reason, d.outstanding
 )
-INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)
-SELECT id,
-       CASE credit_status WHEN 'PAUSED' THEN 'credit_paused' ELSE 'credit_resumed' END,
-       :reference,
-       jsonb_build_object('credit_status', CASE credit_status WHEN 'PAUSED' THEN 'ACTIVE' ELSE 'PAUSED' END),
-       jsonb_build_object('credit_status', credit_status, 'outstanding', outstanding),
-       'system',
-       COALESCE(reason, 'no pause condition holds any more')
-FROM changed
+{audit_rows(
+    "changed",
+    retailer_id="id",
+    action="CASE credit_status WHEN 'PAUSED' THEN 'credit_paused' ELSE 'credit_resumed' END",
+    reference=":reference",
+    old="jsonb_build_object('credit_status', CASE credit_status WHEN 'PAUSED' THEN 'ACTIVE' ELSE 'PAUSED' END)",
+    new="jsonb_build_object('credit_status', credit_status, 'outstanding', outstanding)",
+    performed_by="'system'",
+    reason="COALESCE(reason, 'no pause condition holds any more')",
+)}
 """
 )
 

@@ -3,14 +3,13 @@
 One transaction locks the retailer, checks `validate_order_placement` against the position it
 reads under that lock, and for a CREDIT order writes the DEBIT (due `payment_terms_days` after
 the business day), recomputes `available_credit`, spends any credit balance on it and writes the
-audit row. The DEBIT is unique per (order, type): a retried call finds it and answers the same,
-without checking the rules again (the first call already took the credit). COD orders write no
-debit and are allowed while paused.
+audit row; the writes are the credit ledger's (`activities.credit.ledger`). The DEBIT is unique
+per (order, type): a retried call finds it and answers the same, without checking the rules again
+(the first call already took the credit). COD orders write no debit and are allowed while paused.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -18,8 +17,8 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from activities.credit import ledger
 from activities.credit.guardrails import CreditPosition, PlacementRefused, validate_order_placement
-from activities.credit.payments import REFRESH_AVAILABLE, apply_credit_balance
 
 LOCK_POSITION = text(
     """
@@ -37,20 +36,6 @@ DEBIT_OF = text("SELECT id, amount, due_date FROM credit_transactions WHERE orde
 INSERT_ORDER = text(
     "INSERT INTO orders (id, retailer_id, status, payment_mode, total_amount)"
     " VALUES (:o, :r, 'CONFIRMED', :mode, :amount)"
-)
-
-INSERT_DEBIT = text(
-    """
-INSERT INTO credit_transactions (retailer_id, type, amount, due_date, order_id, reference, notes)
-VALUES (:r, 'DEBIT', :amount, :due, :o, :reference, :notes)
-ON CONFLICT DO NOTHING
-RETURNING id
-"""
-)
-
-AUDIT = text(
-    "INSERT INTO audit_log (retailer_id, action, reference, old_value, new_value, performed_by, reason)"
-    " VALUES (:r, 'credit_order_placed', :reference, CAST(:old AS jsonb), CAST(:new AS jsonb), :actor, NULL)"
 )
 
 
@@ -112,31 +97,16 @@ async def place_order(
         debit_id, due, cleared = None, None, Decimal("0")
         if payment_mode == "CREDIT":
             due = today + timedelta(days=position.payment_terms_days)
-            debit_id = await conn.scalar(
-                INSERT_DEBIT,
-                {
-                    "r": retailer_id, "amount": amount, "due": due, "o": order_id, "reference": f"order:{order_id}",
-                    "notes": f"credit order {order_id}",
-                },
-            )
-            await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
-            allocations = await apply_credit_balance(conn, retailer_id, actor=actor, reference=f"order:{order_id}")
+            debit_id, allocations = await ledger.debit_order(conn, retailer_id, order_id, amount, due, actor=actor)
             cleared = sum((a.allocated for a in allocations), Decimal("0"))
-        available = await conn.scalar(
-            text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id}
-        )
-        await conn.execute(
-            AUDIT,
-            {
-                "r": retailer_id,
-                "reference": f"order:{order_id}",
-                "old": json.dumps({"available_credit": str(position.available_credit)}),
-                "new": json.dumps({
-                    "order_id": order_id, "payment_mode": payment_mode, "amount": str(amount), "debit_id": debit_id,
-                    "due_date": str(due) if due else None, "available_credit": str(available),
-                    "cleared_from_balance": str(cleared),
-                }),
-                "actor": actor,
+        available = await ledger.available_credit(conn, retailer_id)
+        await ledger.audit(
+            conn, retailer_id, "credit_order_placed", actor=actor, reference=f"order:{order_id}",
+            old={"available_credit": str(position.available_credit)},
+            new={
+                "order_id": order_id, "payment_mode": payment_mode, "amount": str(amount), "debit_id": debit_id,
+                "due_date": str(due) if due else None, "available_credit": str(available),
+                "cleared_from_balance": str(cleared),
             },
         )
     return OrderPlaced(order_id, retailer_id, payment_mode, amount, debit_id, due, available, cleared_from_balance=cleared)

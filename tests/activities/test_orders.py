@@ -23,10 +23,12 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.credit import ledger
+from activities.credit.orders import place_order
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy, Senders
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.orders import OrderActivities, register_pending
+from activities.orders import LOCK_ORDER_AND_RETAILER, OrderActivities, register_pending
 from schemas import ids
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult, PendingOrderStatus, RegisterPendingOrder
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
@@ -309,6 +311,59 @@ async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncE
     assert (failed.changed, failed.reversed_amount, failed.retailer_id) == (True, None, rid)
     async with engine.connect() as conn:
         assert await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)) == Decimal("1000.00")
+
+
+async def test_failure_recomputes_available_credit_by_the_ledgers_rule_rather_than_adding_to_it(engine: AsyncEngine) -> None:
+    """An account whose stored available credit is not limit minus outstanding, as the demo seed
+    writes an over-limit retailer's (clamped at 0): the reversal recomputes it. Adding the
+    reversed amount back, as the reversal did before the ledger, gave 300.00 here."""
+    oid, rid, _ = await new_order(engine, on_credit=Decimal("300.00"))
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(CreditTransaction).values(retailer_id=rid, type="DEBIT", amount=Decimal("900.00"),
+                                             due_date=datetime.now(UTC).date(), reference=f"invoice-{oid}")
+        )
+        await conn.execute(text("UPDATE credit_accounts SET available_credit = 0 WHERE retailer_id = :r"), {"r": rid})
+    failed = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="delivery failed")
+    )
+    assert failed.reversed_amount == Decimal("300.00")
+    async with engine.connect() as conn:
+        available = await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
+        audit = (await conn.execute(select(AuditLog.__table__).where(AuditLog.reference == f"order:{oid}"))).one()
+    assert available == Decimal("1000.00") - Decimal("900.00")
+    assert (audit.old_value["available_credit"], audit.new_value["available_credit"]) == ("0.00", "100.00")
+
+
+async def test_two_failures_of_one_retailers_orders_at_once_give_back_both_debits(engine: AsyncEngine) -> None:
+    """Two orders of a retailer fail at the same time. Each failure recomputes available credit
+    from the open debits, so the second waits for the first's lock on the retailer (taken with
+    the order) and counts its reversal. Without that lock the second would recompute from a
+    snapshot in which the first debit is still open: 750.00, not 1000.00."""
+    first, rid, _ = await new_order(engine, on_credit=Decimal("250.00"))
+    second = first + 1_000_000
+    await place_order(engine, rid, second, Decimal("150.00"), "CREDIT", today=datetime.now(UTC).date())
+    async with engine.connect() as failing_first:
+        transaction = await failing_first.begin()
+        await failing_first.execute(LOCK_ORDER_AND_RETAILER, {"id": first})
+        assert (await ledger.reverse_order_debit(failing_first, first)).amount == Decimal("250.00")
+        failing_second = asyncio.create_task(ActivityEnvironment().run(
+            OrderActivities(engine).handle_order_failure, OrderFailure(order_id=second, reason="delivery failed")
+        ))
+        for _ in range(250):  # until the second failure waits for a lock the first holds
+            async with engine.connect() as conn:
+                waiting = await conn.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ))
+            if waiting or failing_second.done():
+                break
+            await asyncio.sleep(0.02)
+        assert waiting
+        await transaction.commit()
+    assert (await failing_second).reversed_amount == Decimal("150.00")
+    async with engine.connect() as conn:
+        available = await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
+    assert available == Decimal("1000.00")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -1,0 +1,116 @@
+"""The credit ledger's one rule, as a property: over random sequences of credit orders, payments,
+adjustments (both ways), limit changes and failed-order reversals, each through the code that
+production runs, a retailer's available credit is its limit minus what its debits still owe after
+every step, and no credit balance sits unspent beside an open debit. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import date
+from decimal import Decimal
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import ActivityEnvironment
+
+from activities.credit import admin
+from activities.credit.guardrails import PlacementRefused
+from activities.credit.orders import place_order
+from activities.credit.payments import record_payment
+from activities.orders import OrderActivities
+from schemas.credit import RecordPayment
+from schemas.orders import OrderFailure
+from tests.activities.test_credit import new_retailer
+
+TODAY = date.today()
+ORDER_IDS = itertools.count(random.randrange(1, 1_000) * 1_000_000_000)
+
+money = st.integers(min_value=1, max_value=30_000).map(lambda cents: Decimal(cents) / 100)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("order"), money),
+        st.tuples(st.just("pay"), money),
+        st.tuples(st.just("pay again"), st.integers(min_value=0)),  # a reference recorded before
+        st.tuples(st.just("adjust"), money, st.booleans()),  # in the retailer's favour, or a charge
+        st.tuples(st.just("fail"), st.integers(min_value=0)),  # one of the orders placed (again: no-op)
+        st.tuples(st.just("limit"), st.sampled_from([Decimal("0"), Decimal("100"), Decimal("250"), Decimal("500"), Decimal("800")])),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """(available credit, limit, what the debits owe, unspent credit while a debit is open), the
+    owed amount summed in Python over every DEBIT row (not by the ledger's own query)."""
+    async with engine.connect() as conn:
+        limit, available = (
+            await conn.execute(
+                text("SELECT credit_limit, available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id}
+            )
+        ).one()
+        rows = (
+            await conn.execute(
+                text("SELECT type, amount, cleared_amount FROM credit_transactions WHERE retailer_id = :r"), {"r": retailer_id}
+            )
+        ).all()
+    owed = sum((row.amount - row.cleared_amount for row in rows if row.type == "DEBIT"), Decimal("0"))
+    unspent = sum((row.amount - row.cleared_amount for row in rows if row.type == "CREDIT"), Decimal("0"))
+    return available, limit, owed, unspent if owed else Decimal("0")
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sequence=steps)
+# Always run: a debit partly paid, a limit lowered below what is owed (available credit negative), a
+# charge, the partly paid order failing, a credit balance that the next charge and order spend, and
+# that order failing too.
+@example(sequence=[
+    ("order", Decimal("400")), ("pay", Decimal("50")), ("limit", Decimal("250")), ("order", Decimal("10")),
+    ("adjust", Decimal("30"), False), ("fail", 0), ("pay", Decimal("500")), ("adjust", Decimal("20"), False),
+    ("order", Decimal("100")), ("fail", 1), ("fail", 1), ("adjust", Decimal("75"), True), ("pay again", 0),
+])
+async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step(
+    engine: AsyncEngine, sequence: list[tuple]
+) -> None:
+    shop, _ = await new_retailer(engine, limit=Decimal("500"))
+    placed: list[int] = []
+    references: list[str] = []
+    for n, step in enumerate(sequence):
+        match step:
+            case ("order", amount):
+                order_id = next(ORDER_IDS)
+                try:
+                    await place_order(engine, shop, order_id, amount, "CREDIT", today=TODAY)
+                    placed.append(order_id)
+                except PlacementRefused:
+                    pass  # over the available credit (or the order value): nothing written
+            case ("pay", amount):
+                references.append(f"pay-{shop}-{n}")
+                await record_payment(engine, RecordPayment(retailer_id=shop, amount=amount, reference=references[-1], actor="prop"))
+            case ("pay again", k) if references:
+                await record_payment(
+                    engine, RecordPayment(retailer_id=shop, amount=Decimal("1"), reference=references[k % len(references)], actor="prop")
+                )
+            case ("adjust", amount, favour):
+                await admin.adjust(engine, shop, amount if favour else -amount, reason="property", actor="prop",
+                                   reference=f"adj-{n}", today=TODAY)
+            case ("fail", k) if placed:
+                await ActivityEnvironment().run(
+                    OrderActivities(engine).handle_order_failure, OrderFailure(order_id=placed[k % len(placed)], reason="property")
+                )
+            case ("limit", limit):
+                # Not below today's available credit: set_limits writes the limit before it
+                # recomputes, and the check `available_credit <= credit_limit` refuses that
+                # statement (a known fault, left to the money-faults issue). Below what is owed
+                # (a negative available credit) is covered.
+                available_now = (await account(engine, shop))[0]
+                await admin.set_limits(engine, shop, {"credit_limit": max(limit, available_now)}, actor="prop")
+            case _:
+                continue
+        available, limit, owed, unspent_beside_open_debits = await account(engine, shop)
+        assert available == limit - owed, f"after {step} (step {n} of {sequence})"
+        assert unspent_beside_open_debits == 0, f"after {step} (step {n} of {sequence})"
