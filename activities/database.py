@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from weakref import WeakKeyDictionary
 
 import psycopg
-
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 

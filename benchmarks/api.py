@@ -135,7 +135,16 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
 
     from sqlalchemy import insert
 
-    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, freeze_startup_heap, machine, process_cpu, stack
+    from benchmarks.harness import (
+        cpu_per,
+        cpu_seconds,
+        figure,
+        free_port,
+        freeze_startup_heap,
+        machine,
+        process_cpu,
+        stack,
+    )
     from benchmarks.orders import wait_first_tasks
     from devtools.seed import seed_retailers
     from schemas.tables import Order

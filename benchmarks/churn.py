@@ -39,17 +39,26 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities.churn.cases import ChurnActivities  # noqa: E402
 from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     until_idle,
 )
 from benchmarks.orders import rss_mb  # noqa: E402
-from schemas.churn import ChurnCaseInput  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
 from config.settings import Settings  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
+from schemas.churn import ChurnCaseInput  # noqa: E402
+from workers.log import configure_logging  # noqa: E402
 from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
 from workflows.churn import ChurnCaseWorkflow  # noqa: E402
 

@@ -32,10 +32,19 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities.credit.guardrails import GuardrailActivities  # noqa: E402
 from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
 )
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from schemas.credit import GuardrailsRequest  # noqa: E402

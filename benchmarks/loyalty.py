@@ -48,7 +48,16 @@ from activities.payments.activities import PaymentActivities  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
 from activities.payments.gateway import StripeGateway  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
 )
 from schemas.loyalty import PointsApplication, ReconcileResult  # noqa: E402
 from services.loyalty import enqueue_failed_points  # noqa: E402

@@ -32,19 +32,34 @@ from temporalio import activity, workflow  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    Stack, cpu_ms, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    Stack,
+    cpu_ms,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     wait_for_pollers,
 )
+from config.settings import SEND_RATE_HEADROOM  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from schemas.messaging import (  # noqa: E402
-    BatchItemOutcome, MessageBatch, MessageBatchResult, SendBatch, SendBatchResult, SendMessage, SendOutcome,
+    BatchItemOutcome,
+    MessageBatch,
+    MessageBatchResult,
+    SendBatch,
+    SendBatchResult,
+    SendMessage,
+    SendOutcome,
 )
 from workers.log import configure_logging  # noqa: E402
-from config.settings import SEND_RATE_HEADROOM  # noqa: E402
 from workers.worker import WorkerOptions  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from workflows.messaging import MessageBatchWorkflow, send_message  # noqa: E402
 
 

@@ -69,20 +69,29 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
-from activities.credit.reminders import ReminderActivities  # noqa: E402
 from activities.business_calendar import business_day  # noqa: E402
+from activities.credit.reminders import ReminderActivities  # noqa: E402
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
 from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
 from activities.payments.gateway import StripeGateway  # noqa: E402
-from benchmarks.messaging_worker import SENDERS  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     worker_process,
 )
+from benchmarks.messaging_worker import SENDERS  # noqa: E402
+from config.settings import SEND_RATE_HEADROOM  # noqa: E402
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
 from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
 from workers.log import configure_logging  # noqa: E402
-from config.settings import SEND_RATE_HEADROOM  # noqa: E402
 from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
 
 PAY_BASE_URL = "https://jobctl.example.test"

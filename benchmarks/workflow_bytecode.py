@@ -31,14 +31,20 @@ from sqlalchemy import text  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 import workflows  # noqa: E402
-from activities.credit.guardrails import GuardrailActivities  # noqa: E402
 from activities.business_calendar import business_day  # noqa: E402
+from activities.credit.guardrails import GuardrailActivities  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
-    cpu_ms, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
+    cpu_ms,
+    cpu_seconds,
+    figure,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    stack,
 )
 from config.settings import Settings  # noqa: E402
 from services.credit import recheck_guardrails  # noqa: E402
-from workers.worker import compile_workflow_modules, jobs_tuning, WorkerOptions  # noqa: E402
+from workers.worker import WorkerOptions, compile_workflow_modules, jobs_tuning  # noqa: E402
 from workflows.credit import CreditGuardrailsWorkflow  # noqa: E402
 
 HEALTHY = text(

@@ -11,22 +11,22 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import structlog
 from pydantic import SecretStr
 from temporalio.client import Client
 
 from activities.database import create_engine
-from schemas import search_attributes
+from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
+from devtools.seed import money_loop_retailer, seed_demo
+from schemas import search_attributes
 from workers import families, migrate, schedules
 from workers.process import stop_on_signals
-from devtools.seed import money_loop_retailer, seed_demo
-from config.settings import DEV_STACK_FILE, Settings
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
 

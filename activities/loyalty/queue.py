@@ -32,20 +32,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.ledger import adjust_points, apply_points
-from schemas import ids
-from schemas import search_attributes
+from schemas import ids, search_attributes
 from schemas.loyalty import (
     ApplyOrderPoints,
     ApplyQueuedPoints,
     FailedPointsApplication,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
     MarkNeedsReview,
     QueueApplyResult,
     QueueItem,
     ReconcileRequest,
     ReopenItem,
     ResolveItem,
-    LoyaltySweepPage,
-    LoyaltySweepPageResult,
 )
 
 log = structlog.get_logger(__name__)

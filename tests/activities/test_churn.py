@@ -17,24 +17,24 @@ import pytest
 import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.api.enums.v1 import EventType
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.churn.cases import ChurnActivities
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
 from activities.payments.gateway import StripeGateway
-from schemas import ids
-from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
-from tests.activities.test_orders import zone_where
-from services import churn as churn_api
 from config.settings import load_settings
 from devtools.twilio_emulator import TwilioEmulator
+from schemas import ids
+from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
+from services import churn as churn_api
+from tests.activities.test_orders import zone_where
 from workers import families
 from workflows.churn import ChurnCaseWorkflow
 

@@ -26,6 +26,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client, stripe_client
 from activities.payments.gateway import StripeGateway, stripe_errors, to_minor_units
+from devtools.stripe_sandbox import StripeSandbox
 from schemas.payments import (
     CancelSubscription,
     CheckoutSessionLine,
@@ -34,7 +35,6 @@ from schemas.payments import (
     PaymentIntentStatus,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
-from devtools.stripe_sandbox import StripeSandbox
 
 API_KEY = "sk_test_jobctl"  # the key of the shared `stripe_api` fixture
 PAY_PAGE = "https://pay.example.test/p/"

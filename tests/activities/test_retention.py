@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +19,7 @@ from schemas.retention import RetentionRequest, RetentionStatus
 from workers import families
 from workflows.retention import DataRetentionWorkflow
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 MONEY_AND_LEDGERS = ("credit_transactions", "credit_accounts", "orders", "loyalty_transactions", "customers", "retailers")
 

@@ -26,7 +26,12 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas.orders import PendingOrderStatus
 from tests.activities.test_orders import new_order, pending_row, registered
 from tests.e2e.api_harness import (  # noqa: F401
-    api_settings, assert_problem, http, new_key, running_workers, stack_settings,
+    api_settings,
+    assert_problem,
+    http,
+    new_key,
+    running_workers,
+    stack_settings,
 )
 from workers.api.app import create_app
 from workflows.orders import PendingOrderWorkflow

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.insights import InsightsRequest
 from devtools.seed import seed_retailers
+from schemas.insights import InsightsRequest
 from workflows.insights import InsightsRegenerationWorkflow
 
 DAY = date(2026, 11, 23)

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from schemas.messaging import MessageBatch, SendMessage
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator
+from schemas.messaging import MessageBatch, SendMessage
 from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 

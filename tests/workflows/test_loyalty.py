@@ -18,6 +18,8 @@ from schemas.loyalty import (
     ApplyQueuedPoints,
     LoyaltyAuditRequest,
     LoyaltyAuditResult,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
     LoyaltySweepRequest,
     LoyaltySweepResult,
     MarkNeedsReview,
@@ -30,8 +32,6 @@ from schemas.loyalty import (
     ReconcileStatus,
     ReopenItem,
     ResolveItem,
-    LoyaltySweepPage,
-    LoyaltySweepPageResult,
 )
 from schemas.payments import PaymentIntentState, PaymentIntentStatus
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
