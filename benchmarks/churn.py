@@ -31,17 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
 
-from activities.churn.cases import ChurnActivities  # noqa: E402
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, Senders, SendPolicy  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from activities.churn.cases import ChurnActivities
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from benchmarks.harness import (
     count_actions,
     cpu_per,
     cpu_seconds,
@@ -54,13 +54,13 @@ from benchmarks.harness import (  # noqa: E402
     stack,
     until_idle,
 )
-from benchmarks.orders import rss_mb  # noqa: E402
-from config.settings import Settings  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas.churn import ChurnCaseInput  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
-from workflows.churn import ChurnCaseWorkflow  # noqa: E402
+from benchmarks.orders import rss_mb
+from config.settings import Settings
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.churn import ChurnCaseInput
+from workers.log import configure_logging
+from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning
+from workflows.churn import ChurnCaseWorkflow
 
 CACHE = WorkerOptions().max_cached_workflows
 NUDGE_TIMEOUT_S = 30.0  # a nudge that never arrives fails the run instead of hanging it

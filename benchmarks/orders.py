@@ -32,18 +32,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.client import WithStartWorkflowOperation  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
 
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, Senders, SendPolicy  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from activities.orders import OrderActivities  # noqa: E402
-from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.orders import OrderActivities
+from benchmarks.bare_clock import BareClockWorkflow
+from benchmarks.harness import (
     count_actions,
     cpu_ms,
     cpu_per,
@@ -56,12 +56,12 @@ from benchmarks.harness import (  # noqa: E402
     serve,
     stack,
 )
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas import ids  # noqa: E402
-from schemas.orders import PendingOrderInput, PendingOrderResult  # noqa: E402
-from services.orders import start_pending_order  # noqa: E402
-from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions  # noqa: E402
-from workflows.orders import PendingOrderWorkflow  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas import ids
+from schemas.orders import PendingOrderInput, PendingOrderResult
+from services.orders import start_pending_order
+from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions
+from workflows.orders import PendingOrderWorkflow
 
 CACHE = WorkerOptions().max_cached_workflows  # the production worker's cache size (and, below, its polls)
 

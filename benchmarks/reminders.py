@@ -63,18 +63,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.client import Client, WorkflowFailureError  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
 
-from activities.business_calendar import business_day  # noqa: E402
-from activities.credit.reminders import ReminderActivities  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from activities.payments.gateway import StripeGateway  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from activities.business_calendar import business_day
+from activities.credit.reminders import ReminderActivities
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway
+from benchmarks.harness import (
     count_actions,
     cpu_per,
     cpu_seconds,
@@ -87,12 +87,12 @@ from benchmarks.harness import (  # noqa: E402
     stack,
     worker_process,
 )
-from benchmarks.messaging_worker import SENDERS  # noqa: E402
-from config.settings import SEND_RATE_HEADROOM  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
+from benchmarks.messaging_worker import SENDERS
+from config.settings import SEND_RATE_HEADROOM
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus
+from workers.log import configure_logging
+from workflows.credit import PaymentRemindersWorkflow
 
 PAY_BASE_URL = "https://jobctl.example.test"
 DAY_S = 86_400

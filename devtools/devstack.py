@@ -58,7 +58,7 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
 @asynccontextmanager
 async def temporal_dev_server(settings: Settings, home: Path) -> AsyncIterator[Client]:
     """The `temporal` CLI's dev server as a child process; yields a connected client."""
-    log_file = open(home / "temporal.log", "ab")  # noqa: SIM115 - closed in finally
+    log_file = open(home / "temporal.log", "ab")  # closed in finally
     process = subprocess.Popen(
         temporal_server_command(settings, home / "temporal.db"), stdout=log_file, stderr=subprocess.STDOUT
     )
@@ -85,7 +85,7 @@ async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes
             )
         try:
             return await connect(settings)
-        except Exception:  # noqa: BLE001 - not listening yet
+        except Exception:  # not listening yet
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)

@@ -27,7 +27,7 @@ def jobctl_beside_the_stack(home: Path, *args: str) -> subprocess.CompletedProce
 
 async def test_commands_from_a_second_shell_find_the_running_stack(
     tmp_path: Path, http: httpx.AsyncClient, engine: AsyncEngine, database_url: str, dev_env: WorkflowEnvironment,
-    api_settings,  # noqa: F811
+    api_settings,
 ) -> None:
     company, member, _ = await new_member(engine, offsets=[30])
     opened = await http.post("/v1/churn/cases", json={"membership_id": member, "company_id": company},

@@ -30,7 +30,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:  # noqa: F811
+def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:
     """`serve_api` in a thread: the schemathesis client is synchronous (requests)."""
     from activities.database import create_engine
     from workers.api.server import serve_api

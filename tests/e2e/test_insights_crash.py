@@ -34,7 +34,7 @@ JOBCTL = str(Path(sys.executable).parent / "jobctl")
 class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, task_queue: str | None = "jobs") -> None:
         """`task_queue` None: both queues (jobs and messaging), as `jobctl worker` runs by default."""
-        self._log = open(log_path, "ab")  # noqa: SIM115
+        self._log = open(log_path, "ab")
         queue = ["--task-queue", task_queue] if task_queue else []
         self.process = subprocess.Popen([JOBCTL, "worker", *queue], env=env, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -69,7 +69,7 @@ async def test_sigkill_three_times_still_one_message_per_key(
             "QUIET_HOURS_END": "0",
             "LOG_FORMAT": "json",
         }
-        log = open(tmp_path / "workers.log", "ab")  # noqa: SIM115
+        log = open(tmp_path / "workers.log", "ab")
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
