@@ -20,9 +20,10 @@ def install(resources: ModuleType) -> None:
     base_set, base_del = store_type.__setitem__, store_type.__delitem__
 
     def by_type(store: Any) -> dict[str, dict[str, Any]]:
-        index = store.__dict__.get("_by_type")
+        index: dict[str, dict[str, Any]] | None = store.__dict__.get("_by_type")
         if index is None:
-            index = store.__dict__["_by_type"] = {}
+            index = {}
+            store.__dict__["_by_type"] = index
             for key, value in dict.items(store):
                 index.setdefault(key.split(":", 1)[0], {})[key] = value
         return index

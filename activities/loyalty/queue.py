@@ -12,11 +12,9 @@ the truth a person reads (status, attempts, last error, who resolved it); the wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -105,7 +103,7 @@ PENDING_PAGE = text(
 )
 
 
-def _item(row: Mapping[str, Any]) -> QueueItem:
+def _item(row: RowMapping) -> QueueItem:
     return QueueItem.model_validate(dict(row))
 
 

@@ -43,7 +43,7 @@ def orders_start(
 ) -> None:
     """Start ORDER's clock (idempotent: a running clock is reused)."""
     from activities.messaging.outbox import QuietHours
-    from schemas.orders import PendingOrderInput
+    from schemas.orders import ORDER_TTL, PendingOrderInput
     from services.orders import start_pending_order
 
     s = settings()
@@ -51,7 +51,7 @@ def orders_start(
         order_id=order_id,
         messaging_task_queue=s.messaging_task_queue,
         follow_up_after=timedelta(seconds=follow_up_after) if follow_up_after else s.order_followup_after,
-        **({"ttl": timedelta(seconds=ttl)} if ttl else {}),
+        ttl=timedelta(seconds=ttl) if ttl else ORDER_TTL,
     )
     quiet_hours = QuietHours(s.quiet_hours_start, s.quiet_hours_end)
     status = call(
@@ -108,4 +108,4 @@ def orders_show(order_id: OrderArg, as_json: Annotated[bool, typer.Option("--jso
 
 
 def _at(instant: object) -> str:
-    return instant.isoformat(timespec="seconds") if hasattr(instant, "isoformat") else "-"  # type: ignore[union-attr]
+    return instant.isoformat(timespec="seconds") if hasattr(instant, "isoformat") else "-"
