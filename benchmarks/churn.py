@@ -209,7 +209,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             # CPU is summed over each nudge's own window, signal to acceptance: not the waits between.
             cpu_used = dict.fromkeys(cpu_seconds(), 0.0)
             async with aiohttp.ClientSession() as http:
-                for previous, (case_id, membership) in zip([None, *nudged], nudged):
+                for previous, (case_id, membership) in zip([None, *nudged], nudged, strict=False):
                     if previous is not None:
                         # One nudge at a time means alone: the previous case's bookkeeping after its
                         # message (the send's completion, `record_action`, their workflow tasks) is
@@ -246,7 +246,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         await gateway.close()
 
     latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}")
     print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s) = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
           f" idle {idle_after:.0f} s later")

@@ -284,7 +284,7 @@ async def main(
         life_actions, life_ends = await whole_life(s, activities, life_orders)
 
     lateness.sort()
-    p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
+    p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}; workflow bytecode compiled at start: {compile_workflows}")
     print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight),"
           f" every caller answered after {answered:.1f}s = {orders / answered:,.0f} answers/s")

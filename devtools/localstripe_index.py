@@ -44,11 +44,11 @@ def install(resources: ModuleType) -> None:
         if kwargs:  # as localstripe's own: a filter this type does not know is a 400
             raise resources.UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
         listing = resources.List(url, limit=limit, starting_after=starting_after)
-        listing._list = list(by_type(resources.store).get(cls.object, {}).values())
+        listing._list = list(by_type(resources.store).get(cls.object, {}).values())  # noqa: SLF001 - patches localstripe's internals
         return listing
 
     store_type.__setitem__ = setitem
     store_type.__delitem__ = delitem
     store_type.clear = clear
-    resources.StripeObject._api_list_all = classmethod(list_all)
+    resources.StripeObject._api_list_all = classmethod(list_all)  # noqa: SLF001 - patches localstripe's internals
     by_type(resources.store)

@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from config.settings import DEV_STACK_FILE
 from devtools.devstack import write_connection_file
 from tests.activities.test_churn import new_member
-from tests.e2e.api_harness import api_settings, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from tests.e2e.test_schedules import JOBCTL
 
 

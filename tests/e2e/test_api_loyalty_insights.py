@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from tests.activities.test_orders import new_order
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref
 
 

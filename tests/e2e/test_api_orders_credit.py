@@ -25,7 +25,7 @@ from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.orders import PendingOrderStatus
 from tests.activities.test_orders import new_order, pending_row, registered
-from tests.e2e.api_harness import (  # noqa: F401
+from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
     api_settings,
     assert_problem,
     http,

@@ -70,7 +70,7 @@ async def _heartbeated_cursor(handle: WorkflowHandle, min_pages: int, timeout: f
         description = await handle.describe()
         for pending in description.raw_description.pending_activities:
             if pending.heartbeat_details.payloads:
-                (details,) = await handle._client.data_converter.decode(pending.heartbeat_details.payloads)
+                (details,) = await handle._client.data_converter.decode(pending.heartbeat_details.payloads)  # noqa: SLF001 - the handle's converter
                 if details["pages_done"] >= min_pages:
                     return details
         await asyncio.sleep(0.05)

@@ -26,7 +26,7 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import RecordPayment, RemindersRequest, RemindersStatus
 from services.credit import record_payment
 from tests.activities.test_credit import new_debit, new_retailer, sent_to
-from tests.e2e.api_harness import API_BASE, api_settings, assert_problem, http, running_workers  # noqa: F401
+from tests.e2e.api_harness import API_BASE, api_settings, assert_problem, http, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from workflows.credit import PaymentRemindersWorkflow
 
 DAY = date.today() + timedelta(days=900)  # this module's business dates
