@@ -72,7 +72,8 @@ async def load(label: str, clients: int, requests: int, call, rate: float | None
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
+    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms"
+          f"   p99 {p99:>7.1f} ms   errors {errors}")
     return p99
 
 

@@ -133,7 +133,8 @@ def rows(figures: list[Figure], runs: int) -> list[str]:
         ratio = f"{f.ratio:.3f}" if f.ratio is not None else "–"
         met = f.met()
         verdict = ("–" if met is None else "met" if met else "not met") + (" (loaded)" if f.loaded else "")
-        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} | {verdict} | {stamp}, {runs} runs |")
+        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} |"
+                     f" {verdict} | {stamp}, {runs} runs |")
     return lines
 
 

@@ -76,7 +76,8 @@ async def emulator_messages(http: aiohttp.ClientSession, emulator_url: str, phon
 SEED = text(
     """
 WITH company AS (
-    INSERT INTO companies (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start, quiet_hours_end)
+    INSERT INTO companies
+        (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start, quiet_hours_end)
     VALUES (:company, 'Bench Gym', ARRAY[30, 60], ARRAY['sms'], 100, 0, 0) RETURNING id
 ), members AS (
     INSERT INTO memberships (company_id, name, phone, preferred_channel)
@@ -248,20 +249,24 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}")
-    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s) = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
+    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s)"
+          f" = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
           f" idle {idle_after:.0f} s later")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {cases} cases asleep,"
+    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+          f" {rss_sleeping:.0f} MB with {cases} cases asleep,"
           f" {rss_after:.0f} MB after the nudges")
     print(f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
           f" p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
           f" mean {statistics.fmean(latencies) * 1000:.0f} ms")
     print(f"{cpu}, from signal to acceptance (a loaded machine stretches each ms of it)")
-    print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges = {nudge_actions / len(latencies):.2f} per nudge")
+    print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges"
+          f" = {nudge_actions / len(latencies):.2f} per nudge")
     print("where the time went (ms after the signal was sent; from the histories and the emulator):")
     for stage in STAGES:
         reached = sorted(x[stage] for x in split if stage in x)
         if reached:
-            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
+            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}"
+                  f"  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
     figure(f"churn: manual nudge to emulator p50 ({cases} open cases)", p(0.5) * 1000, "ms", target="< 60")
     figure(f"churn: manual nudge to emulator p99 ({cases} open cases)", p(0.99) * 1000, "ms", target="< 120")
     figure("churn: Temporal actions per nudge", nudge_actions / len(latencies), "actions", target="<= 3")

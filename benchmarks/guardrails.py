@@ -56,7 +56,8 @@ from workflows.credit import CreditGuardrailsWorkflow
 SEED = text(
     """
 WITH shops AS (
-    INSERT INTO retailers (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at, credit_pause_reason)
+    INSERT INTO retailers
+        (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at, credit_pause_reason)
     SELECT 'Bench Shop ' || g, '+1559' || lpad(g::text, 7, '0'), 'sms',
            CASE WHEN g % 4 = 2 THEN 'PAUSED' ELSE 'ACTIVE' END,
            CASE WHEN g % 4 = 2 THEN 'system' END,

@@ -75,7 +75,8 @@ WITH made AS (
     SELECT 'Bench Customer ' || g, :points, 1 FROM generate_series(1, :n) g
     RETURNING id
 )
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 SELECT id, 'adjusted', :points, 0, :points, 'opening', 'opening-' || id FROM made
 RETURNING customer_id
 """

@@ -291,10 +291,12 @@ async def main(
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"Temporal alone (a clock that only answers its start and sleeps): {floor_rate:,.0f} starts/s")
     print(f"  {floor_cpu}")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
+    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+          f" {rss_sleeping:.0f} MB with {orders} clocks asleep")
     print(
         f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started at {expiry_rate:.0f}/s in {short_elapsed:.1f}s): "
-        f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
+        f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s,"
+        f" max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
     print(f"whole life ({life_orders} clocks, follow-up at {LIFE_FOLLOW_UP.seconds}s, expiry at {LIFE_TTL.seconds}s):"

@@ -70,7 +70,8 @@ ORDER_ROWS = text(
 
 INSERT_REVERSAL = text(
     """
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 VALUES (:customer_id, 'reversed', :points, :before, :after, 'order', :order_id)
 ON CONFLICT DO NOTHING
 RETURNING id
@@ -79,7 +80,8 @@ RETURNING id
 
 INSERT_ADJUSTMENT = text(
     """
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 VALUES (:customer_id, 'adjusted', :points, :before, :after, :reference_type, :reference_id)
 ON CONFLICT DO NOTHING
 RETURNING id
@@ -161,7 +163,8 @@ async def apply_points_at_checkout(
     """What the checkout path calls: apply an order's points in one transaction.
 
     Raises `InsufficientPoints` (available, requested), `UnknownCustomer`, `OrderOfAnotherCustomer`,
-    `OrderAppliedDifferently` (a repeat with another redemption; nothing written) (all permanent), or a `pydantic.ValidationError` for bad input (negative points, ...).
+    `OrderAppliedDifferently` (a repeat with another redemption; nothing written) (all permanent),
+    or a `pydantic.ValidationError` for bad input (negative points, ...).
     """
     request = ApplyOrderPoints.model_validate(
         {"customer_id": customer_id, "order_id": order_id, "points_redeemed": points_redeemed, "order_total": order_total}

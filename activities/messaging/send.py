@@ -3,8 +3,9 @@
 At-least-once activities become exactly-once sends: the key's row is claimed and marked
 `sending` (with the channel, the sender and a lease) before Twilio is called, the sid is stored
 after. An attempt that finds another's live lease fails retryable without sending; one that
-finds `sending` with the lease over asks Twilio what it already accepted before it sends again. Permanent provider errors are
-recorded on the row and raised as non-retryable; everything else is retried by Temporal.
+finds `sending` with the lease over asks Twilio what it already accepted before it sends again.
+Permanent provider errors are recorded on the row and raised as non-retryable; everything else is
+retried by Temporal.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ async def new_retailer(
         rid = await conn.scalar(
             text(
                 "INSERT INTO retailers (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at)"
-                " VALUES ('Ada Stores', :phone, 'sms', :status, :by, CASE WHEN :status = 'ACTIVE' THEN NULL ELSE now() END)"
+                " VALUES ('Ada Stores', :phone, 'sms', :status, :by,"
+                " CASE WHEN :status = 'ACTIVE' THEN NULL ELSE now() END)"
                 " RETURNING id"
             ),
             {"phone": phone, "status": status, "by": paused_by},

@@ -60,7 +60,8 @@ def orders_start(
         database=True,
     )
     typer.echo(
-        f"pending-order/{order_id}: {status.state}, follow-up due {_at(status.follow_up_at)}, expires {_at(status.expires_at)}"
+        f"pending-order/{order_id}: {status.state}, follow-up due {_at(status.follow_up_at)},"
+        f" expires {_at(status.expires_at)}"
     )
 
 
@@ -89,7 +90,8 @@ def orders_fail(
     if late is None:
         typer.echo(f"pending-order/{order_id}: failed ({reason})")
     elif late.changed:
-        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason}); reversed {late.reversed_amount or 0:,.2f}")
+        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason});"
+                   f" reversed {late.reversed_amount or 0:,.2f}")
     else:
         typer.echo(f"order-failure/{order_id}: already failed; nothing changed")
 
