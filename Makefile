@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast install bench clean
+.PHONY: run test test-fast lint fmt install bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,6 +27,17 @@ test: $(STAMP)
 # The tiers that need no database and no worker process: seconds, for the edit-test loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit tests/workflows $(PYTEST_ARGS)
+
+# The style, as CI holds it: ruff's lint and format check, then mypy (packages in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Fix what ruff can (imports, upgrades) and format the tree.
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Every benchmark, 3 runs each on a quiet machine; the medians go to docs/BENCHMARKS.md's summary.
 bench: $(STAMP)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 from weakref import WeakKeyDictionary
 
 import psycopg
-
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
 
 def create_engine(database_url: str, *, pool_size: int = 20, pre_ping: bool = False) -> AsyncEngine:
@@ -61,7 +61,14 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncC
     connection the database dropped fails its statement here, and its reset on the way back
     fails too, so the pool discards it (tests/activities/test_messaging.py)."""
     async with engine.connect() as conn:
-        yield (await conn.get_raw_connection()).driver_connection
+        yield await psycopg_connection(conn)
+
+
+async def psycopg_connection(conn: AsyncConnection) -> psycopg.AsyncConnection:
+    """psycopg's own `AsyncConnection` under `conn` (the same connection and transaction)."""
+    # SQLAlchemy types `driver_connection` Optional[Any]: None only for a connection record
+    # already invalidated, never for one checked out to `conn`; on this engine it is psycopg's.
+    return cast(psycopg.AsyncConnection, (await conn.get_raw_connection()).driver_connection)
 
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
 from activities.database import autocommit
-from schemas.insights import BusinessDay, InsightsChunk, InsightsChunkResult
+from schemas.insights import InsightsChunk, InsightsChunkResult
 from schemas.tables import RetailerInsight
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
@@ -62,7 +62,7 @@ WHERE a.id IN (
 class RetentionActivities:
     engine: AsyncEngine
 
-    async def _page(self, statement, page: RetentionPage, **params: object) -> int:  # type: ignore[no-untyped-def]
+    async def _page(self, statement: TextClause, page: RetentionPage, **params: object) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(statement, {"before": page.older_than, "limit": page.limit, **params})
         return result.rowcount

@@ -72,7 +72,8 @@ async def load(label: str, clients: int, requests: int, call, rate: float | None
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms   p99 {p99:>7.1f} ms   errors {errors}")
+    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms"
+          f"   p99 {p99:>7.1f} ms   errors {errors}")
     return p99
 
 
@@ -135,7 +136,16 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
 
     from sqlalchemy import insert
 
-    from benchmarks.harness import cpu_per, cpu_seconds, figure, free_port, freeze_startup_heap, machine, process_cpu, stack
+    from benchmarks.harness import (
+        cpu_per,
+        cpu_seconds,
+        figure,
+        free_port,
+        freeze_startup_heap,
+        machine,
+        process_cpu,
+        stack,
+    )
     from benchmarks.orders import wait_first_tasks
     from devtools.seed import seed_retailers
     from schemas.tables import Order

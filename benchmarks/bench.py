@@ -97,7 +97,7 @@ class Figure:
 
     @property
     def ratio(self) -> float | None:
-        ratios = [v / f for v, f in zip(self.values, self.floors) if f]
+        ratios = [v / f for v, f in zip(self.values, self.floors, strict=True) if f]
         return statistics.median(ratios) if ratios else None
 
     def met(self) -> bool | None:
@@ -133,7 +133,8 @@ def rows(figures: list[Figure], runs: int) -> list[str]:
         ratio = f"{f.ratio:.3f}" if f.ratio is not None else "–"
         met = f.met()
         verdict = ("–" if met is None else "met" if met else "not met") + (" (loaded)" if f.loaded else "")
-        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} | {verdict} | {stamp}, {runs} runs |")
+        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} |"
+                     f" {verdict} | {stamp}, {runs} runs |")
     return lines
 
 
@@ -147,7 +148,7 @@ def table(figures: list[Figure], runs: int) -> str:
 def merged(existing: str, new_rows: list[str]) -> str:
     """The summary with `new_rows` in place of the rows of the same figures; the others stay,
     so `--only` re-measures some benchmarks without dropping the rest."""
-    key = lambda row: row.split("|")[1].strip()  # noqa: E731
+    key = lambda row: row.split("|")[1].strip()  # noqa: E731 - a one-line key, beside its use
     fresh = {key(r): r for r in new_rows}
     kept = [line for line in existing.splitlines() if line.startswith("| ") and line not in HEADER
             and not line.startswith("| figure ") and not line.startswith("| ---")]

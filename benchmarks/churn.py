@@ -31,27 +31,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
 
-from activities.churn.cases import ChurnActivities  # noqa: E402
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+from activities.churn.cases import ChurnActivities
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from benchmarks.harness import (
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     until_idle,
 )
-from benchmarks.orders import rss_mb  # noqa: E402
-from schemas.churn import ChurnCaseInput  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from config.settings import Settings  # noqa: E402
-from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning  # noqa: E402
-from workflows.churn import ChurnCaseWorkflow  # noqa: E402
+from benchmarks.orders import rss_mb
+from config.settings import Settings
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.churn import ChurnCaseInput
+from workers.log import configure_logging
+from workers.worker import WorkerOptions, jobs_tuning, messaging_tuning
+from workflows.churn import ChurnCaseWorkflow
 
 CACHE = WorkerOptions().max_cached_workflows
 NUDGE_TIMEOUT_S = 30.0  # a nudge that never arrives fails the run instead of hanging it
@@ -67,7 +76,8 @@ async def emulator_messages(http: aiohttp.ClientSession, emulator_url: str, phon
 SEED = text(
     """
 WITH company AS (
-    INSERT INTO companies (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start, quiet_hours_end)
+    INSERT INTO companies
+        (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start, quiet_hours_end)
     VALUES (:company, 'Bench Gym', ARRAY[30, 60], ARRAY['sms'], 100, 0, 0) RETURNING id
 ), members AS (
     INSERT INTO memberships (company_id, name, phone, preferred_channel)
@@ -200,7 +210,7 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             # CPU is summed over each nudge's own window, signal to acceptance: not the waits between.
             cpu_used = dict.fromkeys(cpu_seconds(), 0.0)
             async with aiohttp.ClientSession() as http:
-                for previous, (case_id, membership) in zip([None, *nudged], nudged):
+                for previous, (case_id, membership) in zip([None, *nudged], nudged, strict=False):
                     if previous is not None:
                         # One nudge at a time means alone: the previous case's bookkeeping after its
                         # message (the send's completion, `record_action`, their workflow tasks) is
@@ -237,22 +247,26 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         await gateway.close()
 
     latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}")
-    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s) = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
+    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s)"
+          f" = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
           f" idle {idle_after:.0f} s later")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {cases} cases asleep,"
+    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+          f" {rss_sleeping:.0f} MB with {cases} cases asleep,"
           f" {rss_after:.0f} MB after the nudges")
     print(f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
           f" p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
           f" mean {statistics.fmean(latencies) * 1000:.0f} ms")
     print(f"{cpu}, from signal to acceptance (a loaded machine stretches each ms of it)")
-    print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges = {nudge_actions / len(latencies):.2f} per nudge")
+    print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges"
+          f" = {nudge_actions / len(latencies):.2f} per nudge")
     print("where the time went (ms after the signal was sent; from the histories and the emulator):")
     for stage in STAGES:
         reached = sorted(x[stage] for x in split if stage in x)
         if reached:
-            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
+            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}"
+                  f"  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
     figure(f"churn: manual nudge to emulator p50 ({cases} open cases)", p(0.5) * 1000, "ms", target="< 60")
     figure(f"churn: manual nudge to emulator p99 ({cases} open cases)", p(0.99) * 1000, "ms", target="< 120")
     figure("churn: Temporal actions per nudge", nudge_actions / len(latencies), "actions", target="<= 3")

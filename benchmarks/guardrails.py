@@ -26,28 +26,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio.worker import Worker
 
-from activities.credit.guardrails import GuardrailActivities  # noqa: E402
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+from activities.credit.guardrails import GuardrailActivities
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from benchmarks.harness import (
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
 )
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas.credit import GuardrailsRequest  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from workflows.credit import CreditGuardrailsWorkflow  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.credit import GuardrailsRequest
+from workers.log import configure_logging
+from workflows.credit import CreditGuardrailsWorkflow
 
 # kind 0: overdue (paused); 1: above the limit (paused); 2: paused by the system, now clear (resumed);
 # kind 3: healthy (untouched). Limits: 1,000 credit, 30 days.
 SEED = text(
     """
 WITH shops AS (
-    INSERT INTO retailers (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at, credit_pause_reason)
+    INSERT INTO retailers
+        (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at, credit_pause_reason)
     SELECT 'Bench Shop ' || g, '+1559' || lpad(g::text, 7, '0'), 'sms',
            CASE WHEN g % 4 = 2 THEN 'PAUSED' ELSE 'ACTIVE' END,
            CASE WHEN g % 4 = 2 THEN 'system' END,

@@ -11,9 +11,9 @@ import asyncio
 import json
 import os
 import platform
-import sys
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -27,14 +27,14 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+import workflows
 from activities.database import create_engine
-from schemas import search_attributes
 from devtools import binaries
+from devtools.embedded_db import EmbeddedPostgres
+from schemas import search_attributes
 from workers import migrate
 from workers.heap import freeze_startup_heap
 from workers.worker import compile_workflow_modules
-import workflows
-from devtools.embedded_db import EmbeddedPostgres
 
 ACTION_EVENTS = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,

@@ -19,16 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import select, text  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from temporalio.worker import Worker
 
-from activities.insights import PAGE_STATS_SQL, InsightActivities, _insight_row, _stats_from_row, window  # noqa: E402
-from benchmarks.harness import count_actions, figure, machine, print_load_at_end, require_quiet, stack  # noqa: E402
-from schemas.insights import InsightsRequest  # noqa: E402
-from schemas.tables import Retailer, RetailerInsight  # noqa: E402
-from sqlalchemy.dialects.postgresql import insert  # noqa: E402
-from devtools.seed import seed_retailers  # noqa: E402
-from workflows.insights import InsightsRegenerationWorkflow  # noqa: E402
+from activities.insights import PAGE_STATS_SQL, InsightActivities, _insight_row, _stats_from_row, window
+from benchmarks.harness import count_actions, figure, machine, print_load_at_end, require_quiet, stack
+from devtools.seed import seed_retailers
+from schemas.insights import InsightsRequest
+from schemas.tables import Retailer, RetailerInsight
+from workflows.insights import InsightsRegenerationWorkflow
 
 DAY = date(2026, 11, 23)
 

@@ -34,26 +34,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import uvloop  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import uvloop
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.worker import Worker
 
-from activities.database import create_engine  # noqa: E402
-from activities.loyalty.audit import audit_balances  # noqa: E402
-from activities.loyalty.ledger import apply_points_at_checkout  # noqa: E402
-from activities.loyalty.queue import LoyaltyQueueActivities  # noqa: E402
-from activities.payments.activities import PaymentActivities  # noqa: E402
-from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from activities.payments.gateway import StripeGateway  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+from activities.database import create_engine
+from activities.loyalty.audit import audit_balances
+from activities.loyalty.ledger import apply_points_at_checkout
+from activities.loyalty.queue import LoyaltyQueueActivities
+from activities.payments.activities import PaymentActivities
+from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway
+from benchmarks.harness import (
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
 )
-from schemas.loyalty import PointsApplication, ReconcileResult  # noqa: E402
-from services.loyalty import enqueue_failed_points  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from workflows.loyalty import LoyaltyReconciliationWorkflow  # noqa: E402
+from schemas.loyalty import PointsApplication, ReconcileResult
+from services.loyalty import enqueue_failed_points
+from workers.log import configure_logging
+from workflows.loyalty import LoyaltyReconciliationWorkflow
 
 OPENING_POINTS = 1_000_000
 REDEEM = 10
@@ -66,7 +75,8 @@ WITH made AS (
     SELECT 'Bench Customer ' || g, :points, 1 FROM generate_series(1, :n) g
     RETURNING id
 )
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 SELECT id, 'adjusted', :points, 0, :points, 'opening', 'opening-' || id FROM made
 RETURNING customer_id
 """

@@ -26,26 +26,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio import activity, workflow  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio import activity, workflow
+from temporalio.worker import Worker
 
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    Stack, cpu_ms, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from benchmarks.harness import (
+    Stack,
+    cpu_ms,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     wait_for_pollers,
 )
-from schemas.messaging import (  # noqa: E402
-    BatchItemOutcome, MessageBatch, MessageBatchResult, SendBatch, SendBatchResult, SendMessage, SendOutcome,
+from config.settings import SEND_RATE_HEADROOM
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.messaging import (
+    BatchItemOutcome,
+    MessageBatch,
+    MessageBatchResult,
+    SendBatch,
+    SendBatchResult,
+    SendMessage,
+    SendOutcome,
 )
-from workers.log import configure_logging  # noqa: E402
-from config.settings import SEND_RATE_HEADROOM  # noqa: E402
-from workers.worker import WorkerOptions  # noqa: E402
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from workflows.messaging import MessageBatchWorkflow, send_message  # noqa: E402
+from workers.log import configure_logging
+from workers.worker import WorkerOptions
+from workflows.messaging import MessageBatchWorkflow, send_message
 
 
 def batch_of(label: str, retailer_ids: Iterable[int], in_flight: int, task_queue: str) -> MessageBatch:

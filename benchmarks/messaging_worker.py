@@ -24,7 +24,7 @@ from temporalio.worker import Worker
 
 from activities.database import create_engine
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from workers.heap import freeze_startup_heap

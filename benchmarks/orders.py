@@ -32,27 +32,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.client import WithStartWorkflowOperation  # noqa: E402
-from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
 
-from activities.messaging.outbox import QuietHours  # noqa: E402
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from activities.orders import OrderActivities  # noqa: E402
-from benchmarks.bare_clock import BareClockWorkflow  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_ms, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve,
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.orders import OrderActivities
+from benchmarks.bare_clock import BareClockWorkflow
+from benchmarks.harness import (
+    count_actions,
+    cpu_ms,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
     stack,
 )
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas import ids  # noqa: E402
-from schemas.orders import PendingOrderInput, PendingOrderResult  # noqa: E402
-from services.orders import start_pending_order  # noqa: E402
-from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions  # noqa: E402
-from workflows.orders import PendingOrderWorkflow  # noqa: E402
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas import ids
+from schemas.orders import PendingOrderInput, PendingOrderResult
+from services.orders import start_pending_order
+from workers.worker import WORKFLOW_TASK_POLLERS, WorkerOptions
+from workflows.orders import PendingOrderWorkflow
 
 CACHE = WorkerOptions().max_cached_workflows  # the production worker's cache size (and, below, its polls)
 
@@ -275,17 +284,19 @@ async def main(
         life_actions, life_ends = await whole_life(s, activities, life_orders)
 
     lateness.sort()
-    p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731
+    p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}; workflow bytecode compiled at start: {compile_workflows}")
     print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight),"
           f" every caller answered after {answered:.1f}s = {orders / answered:,.0f} answers/s")
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"Temporal alone (a clock that only answers its start and sleeps): {floor_rate:,.0f} starts/s")
     print(f"  {floor_cpu}")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before, {rss_sleeping:.0f} MB with {orders} clocks asleep")
+    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+          f" {rss_sleeping:.0f} MB with {orders} clocks asleep")
     print(
         f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started at {expiry_rate:.0f}/s in {short_elapsed:.1f}s): "
-        f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s, max {lateness[-1] if lateness else float('nan'):.3f}s"
+        f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s,"
+        f" max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
     print(f"whole life ({life_orders} clocks, follow-up at {LIFE_FOLLOW_UP.seconds}s, expiry at {LIFE_TTL.seconds}s):"

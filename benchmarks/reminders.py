@@ -15,7 +15,8 @@ from its due date: 3 days before, on the day, then 1, 3, 7, 14, 21 and 30 days a
 get one to three debits all due on the same day, so the debits a link pays (and so the link) are
 the same at every step. The link is jobctl's stable `/pay/{token}` URL: the Checkout
 Session behind it is made when the retailer opens it (`activities/credit/paylinks.py`), which
-nobody does here, so the cadence's Stripe calls are the sends' own (none). `PaymentRemindersWorkflow` runs once per cadence day, the day passed as
+nobody does here, so the cadence's Stripe calls are the sends' own (none).
+`PaymentRemindersWorkflow` runs once per cadence day, the day passed as
 `reminder_date` (as the 10:00 schedule would pass it), and the Stripe sandbox's clock is moved on
 by the same days (`POST /_sandbox/clock`): a Checkout Session lives at most 24 hours at Stripe,
 and the benchmark must not let a link live longer here than it could there. The sandbox counts
@@ -63,27 +64,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.client import Client, WorkflowFailureError  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+import aiohttp
+from sqlalchemy import text
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
 
-from activities.credit.reminders import ReminderActivities  # noqa: E402
-from activities.business_calendar import business_day  # noqa: E402
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client  # noqa: E402
-from activities.payments.client import close_stripe_client, stripe_client  # noqa: E402
-from activities.payments.gateway import StripeGateway  # noqa: E402
-from benchmarks.messaging_worker import SENDERS  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    count_actions, cpu_per, cpu_seconds, figure, free_port, machine, print_load_at_end, require_quiet, serve, stack,
+from activities.business_calendar import business_day
+from activities.credit.reminders import ReminderActivities
+from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from activities.payments.client import close_stripe_client, stripe_client
+from activities.payments.gateway import StripeGateway
+from benchmarks.harness import (
+    count_actions,
+    cpu_per,
+    cpu_seconds,
+    figure,
+    free_port,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    serve,
+    stack,
     worker_process,
 )
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN  # noqa: E402
-from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus  # noqa: E402
-from workers.log import configure_logging  # noqa: E402
-from config.settings import SEND_RATE_HEADROOM  # noqa: E402
-from workflows.credit import PaymentRemindersWorkflow  # noqa: E402
+from benchmarks.messaging_worker import SENDERS
+from config.settings import SEND_RATE_HEADROOM
+from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from schemas.credit import REMINDER_OFFSETS_DAYS, RemindersRequest, RemindersStatus
+from workers.log import configure_logging
+from workflows.credit import PaymentRemindersWorkflow
 
 PAY_BASE_URL = "https://jobctl.example.test"
 DAY_S = 86_400
@@ -109,7 +119,8 @@ RETURNING retailer_id
 
 CRON_DUE = text(
     """
-SELECT r.phone, array_agg(d.id ORDER BY d.id) AS debit_ids, array_agg(d.amount - d.cleared_amount ORDER BY d.id) AS amounts
+SELECT r.phone, array_agg(d.id ORDER BY d.id) AS debit_ids,
+       array_agg(d.amount - d.cleared_amount ORDER BY d.id) AS amounts
 FROM retailers r JOIN credit_transactions d ON d.retailer_id = r.id
 WHERE r.id = :r AND d.type = 'DEBIT' AND d.status <> 'CLEARED' AND d.due_date = CAST(:due AS date)
 GROUP BY r.id
@@ -181,7 +192,8 @@ async def cron(engine, stripe_api, gateway: TwilioGateway, due: date, retailer_i
         total = sum(row.amounts)
         await gateway.send(
             to=row.phone, from_=SENDERS.sms,
-            body=f"A friendly reminder: {len(row.debit_ids)} invoice(s) totalling {total:,.2f} are due. Pay here: {session.url}",
+            body=f"A friendly reminder: {len(row.debit_ids)} invoice(s) totalling {total:,.2f} are due."
+            f" Pay here: {session.url}",
         )
         async with engine.begin() as conn:
             await conn.execute(CRON_MARK, {"ids": list(row.debit_ids)})
@@ -270,8 +282,9 @@ def describe(d: Day) -> str:
     s = d.status
     calls = ", ".join(f"{k} {v}" for k, v in sorted(d.stripe["by_endpoint"].items()))
     return (
-        f"day {d.offset:+d} ({d.day}): {s.sent} sent, {sum(s.skipped.values())} skipped, {sum(s.failed.values())} failed"
-        f"{' ' + str(s.failed) if s.failed else ''} in {d.elapsed:.1f}s = {d.rate:,.1f} reminders/s; {d.actions} actions;"
+        f"day {d.offset:+d} ({d.day}): {s.sent} sent, {sum(s.skipped.values())} skipped,"
+        f" {sum(s.failed.values())} failed{' ' + str(s.failed) if s.failed else ''}"
+        f" in {d.elapsed:.1f}s = {d.rate:,.1f} reminders/s; {d.actions} actions;"
         f" Stripe {d.stripe['requests']} requests ({d.stripe['rate_limited']} answered 429): {calls or 'none'}"
         + (f"; NOT FINISHED: {d.error}" if not d.finished else "")
     )
@@ -351,8 +364,10 @@ async def main(args: argparse.Namespace) -> None:
     failed = sum(sum(d.status.failed.values()) for d in days)
     cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
-    print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
-    print(f"first day: {first.cpu_line} (the benchmark process runs the jobs worker, a worker process the messaging one; `serve`d: the emulator and the sandbox)")
+    print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run"
+          f" (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
+    print(f"first day: {first.cpu_line} (the benchmark process runs the jobs worker, a worker process"
+          " the messaging one; `serve`d: the emulator and the sandbox)")
     print(f"first day: {first.cpu_ms:.1f} ms of CPU per reminder in all processes")
     print("first day's phases (first run): " + "; ".join(first.phases))
     print(

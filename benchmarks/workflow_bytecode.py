@@ -27,19 +27,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import text  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from sqlalchemy import text
+from temporalio.worker import Worker
 
-import workflows  # noqa: E402
-from activities.credit.guardrails import GuardrailActivities  # noqa: E402
-from activities.business_calendar import business_day  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
-    cpu_ms, cpu_seconds, figure, machine, print_load_at_end, require_quiet, stack,
+import workflows
+from activities.business_calendar import business_day
+from activities.credit.guardrails import GuardrailActivities
+from benchmarks.harness import (
+    cpu_ms,
+    cpu_seconds,
+    figure,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    stack,
 )
-from config.settings import Settings  # noqa: E402
-from services.credit import recheck_guardrails  # noqa: E402
-from workers.worker import compile_workflow_modules, jobs_tuning, WorkerOptions  # noqa: E402
-from workflows.credit import CreditGuardrailsWorkflow  # noqa: E402
+from config.settings import Settings
+from services.credit import recheck_guardrails
+from workers.worker import WorkerOptions, compile_workflow_modules, jobs_tuning
+from workflows.credit import CreditGuardrailsWorkflow
 
 HEALTHY = text(
     """

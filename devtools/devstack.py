@@ -11,22 +11,22 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import structlog
 from pydantic import SecretStr
 from temporalio.client import Client
 
 from activities.database import create_engine
-from schemas import search_attributes
+from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
+from devtools.seed import money_loop_retailer, seed_demo
+from schemas import search_attributes
 from workers import families, migrate, schedules
 from workers.process import stop_on_signals
-from devtools.seed import money_loop_retailer, seed_demo
-from config.settings import DEV_STACK_FILE, Settings
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
 
@@ -58,7 +58,7 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
 @asynccontextmanager
 async def temporal_dev_server(settings: Settings, home: Path) -> AsyncIterator[Client]:
     """The `temporal` CLI's dev server as a child process; yields a connected client."""
-    log_file = open(home / "temporal.log", "ab")  # noqa: SIM115 - closed in finally
+    log_file = open(home / "temporal.log", "ab")  # closed in finally
     process = subprocess.Popen(
         temporal_server_command(settings, home / "temporal.db"), stdout=log_file, stderr=subprocess.STDOUT
     )
@@ -85,7 +85,7 @@ async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes
             )
         try:
             return await connect(settings)
-        except Exception:  # noqa: BLE001 - not listening yet
+        except Exception:  # not listening yet
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)

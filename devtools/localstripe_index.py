@@ -20,9 +20,10 @@ def install(resources: ModuleType) -> None:
     base_set, base_del = store_type.__setitem__, store_type.__delitem__
 
     def by_type(store: Any) -> dict[str, dict[str, Any]]:
-        index = store.__dict__.get("_by_type")
+        index: dict[str, dict[str, Any]] | None = store.__dict__.get("_by_type")
         if index is None:
-            index = store.__dict__["_by_type"] = {}
+            index = {}
+            store.__dict__["_by_type"] = index
             for key, value in dict.items(store):
                 index.setdefault(key.split(":", 1)[0], {})[key] = value
         return index
@@ -43,11 +44,11 @@ def install(resources: ModuleType) -> None:
         if kwargs:  # as localstripe's own: a filter this type does not know is a 400
             raise resources.UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
         listing = resources.List(url, limit=limit, starting_after=starting_after)
-        listing._list = list(by_type(resources.store).get(cls.object, {}).values())
+        listing._list = list(by_type(resources.store).get(cls.object, {}).values())  # noqa: SLF001 - patches localstripe's internals
         return listing
 
     store_type.__setitem__ = setitem
     store_type.__delitem__ = delitem
     store_type.clear = clear
-    resources.StripeObject._api_list_all = classmethod(list_all)
+    resources.StripeObject._api_list_all = classmethod(list_all)  # noqa: SLF001 - patches localstripe's internals
     by_type(resources.store)

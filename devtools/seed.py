@@ -250,7 +250,8 @@ WITH shop AS (
     INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit, max_order_value, max_outstanding_days)
     SELECT id, 5000, 0, 5000, 30 FROM shop
 ), owed (days_past_due, amount, product, quantity) AS (
-    VALUES (7, 2400.00, 'Basmati Rice 5kg', 80), (3, 1850.00, 'Sunflower Oil 1L', 185), (0, 1750.00, 'Black Tea 500g', 70)
+    VALUES (7, 2400.00, 'Basmati Rice 5kg', 80), (3, 1850.00, 'Sunflower Oil 1L', 185),
+           (0, 1750.00, 'Black Tea 500g', 70)
 ), placed AS (
     INSERT INTO orders (retailer_id, status, payment_mode, total_amount, created_at)
     SELECT shop.id, 'DELIVERED', 'CREDIT', owed.amount,

@@ -296,7 +296,8 @@ class Checkout:
         if session["status"] != "open":  # as Stripe: only an open session can be expired
             return self._error(
                 400, "invalid_request_error",
-                f"Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"{session['status']}\".",
+                "Only Checkout Sessions with a status in [\"open\"] can be expired."
+                f" This Checkout Session has a status of \"{session['status']}\".",
             )
         session["status"] = "expired"
         self.store.save()
@@ -331,12 +332,14 @@ class Checkout:
             f"<tbody>{rows}</tbody>"
             f'<tfoot><tr><td>Total</td><td class="amount">{total}</td></tr></tfoot></table>'
             f'<form method="post" action="{action}"><input type="hidden" name="action" value="pay">'
-            f'<button type="submit" name="pay" class="primary">Pay</button> <span class="note">{total} {currency.upper()}</span></form>'
+            f'<button type="submit" name="pay" class="primary">Pay</button>'
+            f' <span class="note">{total} {currency.upper()}</span></form>'
             f'<form method="post" action="{action}" class="partial"><input type="hidden" name="action" value="partial">'
             f'<label>Amount <input name="amount" inputmode="decimal" placeholder="0.00" required></label> '
             f'<button type="submit" name="pay_partially">Pay partially</button></form>'
             f'<p class="note">Stripe sandbox: no money moves. Paying completes Checkout Session'
-            f" <code>{html.escape(session['id'])}</code> and sends <code>checkout.session.completed</code> to the registered webhooks.</p>"
+            f" <code>{html.escape(session['id'])}</code> and sends <code>checkout.session.completed</code>"
+            " to the registered webhooks.</p>"
         )
         return _page("Pay your invoices (Stripe sandbox)", body)
 

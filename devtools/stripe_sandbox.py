@@ -34,8 +34,9 @@ How localstripe is embedded: as a private child process per sandbox, behind this
 localstripe keeps its objects and webhooks in module globals and pickles its whole store to
 ``/tmp/localstripe.pickle`` on every write, so in-process it would share state between sandboxes
 and block the host event loop. The child gets a socket this process already bound to
-127.0.0.1 (no port race: requests queue on it until the child serves them), runs localstripe's own aiohttp app, and exits when this process goes away (its stdin
-reaches EOF). In memory by default; with ``data_dir`` (the dev stack passes
+127.0.0.1 (no port race: requests queue on it until the child serves them), runs localstripe's
+own aiohttp app, and exits when this process goes away (its stdin reaches EOF). In memory by
+default; with ``data_dir`` (the dev stack passes
 ``$JOBCTL_HOME/stripe``) localstripe's dump/load points at ``data_dir/localstripe.pickle`` and the
 front keeps its Checkout Sessions and webhooks in ``data_dir/checkout.json``, so a restart keeps the
 customers our database refers to. ``create_app(upstream=URL)`` fronts an existing localstripe instead.

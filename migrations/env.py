@@ -7,7 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import schemas.tables  # noqa: F401  (registers every table on the metadata)
+import schemas.tables  # noqa: F401 - registers every table on the metadata
 from schemas.base import Base
 
 config = context.config

@@ -130,7 +130,8 @@ class NudgeOutcome(BaseModel):
     """The answer of update `nudge_now`: what became of a manual nudge."""
 
     outcome: Literal["sent", "deferred", "capped", "suppressed"] = Field(
-        description="sent now; deferred until `at` (it goes out then); capped: the daily cap refused it; suppressed: not sent"
+        description="sent now; deferred until `at` (it goes out then); capped: the daily cap refused it;"
+        " suppressed: not sent"
     )
     channel: Channel | None = None
     reason: str | None = Field(default=None, description="quiet_hours, daily_cap, or why the send was suppressed")

@@ -44,7 +44,8 @@ class PointsApplication(BaseModel):
     customer_id: int
     order_id: str
     outcome: Literal["applied", "already_applied", "order_reversed"] = Field(
-        description="already_applied: a repeat, nothing written; order_reversed: refunded before it was applied, nothing written"
+        description="already_applied: a repeat, nothing written;"
+        " order_reversed: refunded before it was applied, nothing written"
     )
     points_redeemed: int
     points_earned: int

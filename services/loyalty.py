@@ -18,6 +18,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.loyalty.queue import insert_queue_item, start_reconciliation
+from config.settings import Settings
 from schemas import ids
 from schemas.errors import Refused
 from schemas.loyalty import (
@@ -31,7 +32,6 @@ from schemas.loyalty import (
     ResolveManually,
     RetryNow,
 )
-from config.settings import Settings
 from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconciliationWorkflow
 
 

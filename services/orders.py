@@ -29,8 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.messaging.outbox import QuietHours
 from activities.orders import OrderNotPending, OrderRefused, UnknownOrder, register_pending
-from schemas import ids
-from schemas import search_attributes
+from schemas import ids, search_attributes
 from schemas.orders import (
     LateOrderFailure,
     OrderCompleted,

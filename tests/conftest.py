@@ -28,12 +28,12 @@ from activities.database import create_engine
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from activities.payments.client import close_stripe_client, stripe_client
 from activities.payments.gateway import StripeGateway
-from schemas import search_attributes
 from devtools import binaries
-from workers import migrate
 from devtools.embedded_db import EmbeddedPostgres
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
+from schemas import search_attributes
+from workers import migrate
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,8 @@ async def balance_and_ledger(engine: AsyncEngine, customer_id: int) -> tuple[int
             await conn.execute(
                 text(
                     "SELECT c.loyalty_points AS balance,"
-                    " (SELECT COALESCE(sum(points), 0) FROM loyalty_transactions t WHERE t.customer_id = c.id) AS ledger"
+                    " (SELECT COALESCE(sum(points), 0)"
+                    " FROM loyalty_transactions t WHERE t.customer_id = c.id) AS ledger"
                     " FROM customers c WHERE c.id = :c"
                 ),
                 {"c": customer_id},

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 from temporalio import activity
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -73,7 +74,7 @@ def _mask_value(key: str, value: Any) -> Any:
     return value
 
 
-def mask_pii(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def mask_pii(_logger: Any, _method: str, event_dict: EventDict) -> dict[str, Any]:
     """structlog processor: mask phone numbers, e-mail addresses and secret shapes anywhere, and
     secrets by key name. Runs again after tracebacks are rendered, so exception text is masked too."""
     return {k: (_mask_value(k, v) if k not in ("timestamp", "level") else v) for k, v in event_dict.items()}
@@ -91,7 +92,7 @@ def _shared_processors() -> list[Any]:
     ]
 
 
-def _temporal_extra(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _temporal_extra(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """Flatten the `temporal_workflow`/`temporal_activity` dicts the SDK attaches to records."""
     for key in ("temporal_workflow", "temporal_activity"):
         details = event_dict.pop(key, None)

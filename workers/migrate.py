@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+
 def _migrations_root() -> Path:
     """The checkout (editable install, tests) or the working directory (the Docker image's /app)."""
     for root in (Path(__file__).resolve().parents[1], Path.cwd()):

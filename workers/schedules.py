@@ -30,8 +30,8 @@ from temporalio.client import (
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from schemas import search_attributes
 from config.settings import Settings
+from schemas import search_attributes
 
 CATCHUP_WINDOW = timedelta(hours=1)
 

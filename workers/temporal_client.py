@@ -9,8 +9,8 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
-from workers.codec import data_converter
 from config.settings import Settings, SettingsError
+from workers.codec import data_converter
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:

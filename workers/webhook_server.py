@@ -13,11 +13,11 @@ from temporalio.client import Client
 from activities.database import create_engine
 from activities.deps import ActivityDeps
 from activities.payments.gateway import open_stripe_gateway
-from workers.process import stop_on_signals
 from config.settings import Settings
-from workers.temporal_client import connect
-from workers import families
 from services.messaging import reply_help
+from workers import families
+from workers.process import stop_on_signals
+from workers.temporal_client import connect
 from workers.webhooks import create_app
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
-from activities.database import autocommit
+from activities.database import autocommit, psycopg_connection
 from activities.loyalty.errors import (
     InsufficientPoints,
     OrderAppliedDifferently,
@@ -70,7 +70,8 @@ ORDER_ROWS = text(
 
 INSERT_REVERSAL = text(
     """
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 VALUES (:customer_id, 'reversed', :points, :before, :after, 'order', :order_id)
 ON CONFLICT DO NOTHING
 RETURNING id
@@ -79,7 +80,8 @@ RETURNING id
 
 INSERT_ADJUSTMENT = text(
     """
-INSERT INTO loyalty_transactions (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
+INSERT INTO loyalty_transactions
+    (customer_id, type, points, balance_before, balance_after, reference_type, reference_id)
 VALUES (:customer_id, 'adjusted', :points, :before, :after, :reference_type, :reference_id)
 ON CONFLICT DO NOTHING
 RETURNING id
@@ -121,11 +123,13 @@ async def apply_points(conn: AsyncConnection, request: ApplyOrderPoints) -> Poin
     no longer the limit, hot customers queue on the client's CPU, and SQLAlchemy's execute and
     result cost as much of it as the rest of the call (docs/BENCHMARKS.md, loyalty).
     """
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await psycopg_connection(conn)
     cursor = await driver.execute(
         APPLY_ORDER, (request.customer_id, request.order_id, request.points_redeemed, request.order_total), prepare=True
     )
-    outcome, redeemed, earned, before, after, owner_id, lock_wait_ms = await cursor.fetchone()
+    row = await cursor.fetchone()
+    assert row is not None  # the function returns one row
+    outcome, redeemed, earned, before, after, owner_id, lock_wait_ms = row
     if outcome in _APPLIED:
         return PointsApplication(
             customer_id=request.customer_id,
@@ -159,10 +163,11 @@ async def apply_points_at_checkout(
     """What the checkout path calls: apply an order's points in one transaction.
 
     Raises `InsufficientPoints` (available, requested), `UnknownCustomer`, `OrderOfAnotherCustomer`,
-    `OrderAppliedDifferently` (a repeat with another redemption; nothing written) (all permanent), or a `pydantic.ValidationError` for bad input (negative points, ...).
+    `OrderAppliedDifferently` (a repeat with another redemption; nothing written) (all permanent),
+    or a `pydantic.ValidationError` for bad input (negative points, ...).
     """
-    request = ApplyOrderPoints(
-        customer_id=customer_id, order_id=order_id, points_redeemed=points_redeemed, order_total=order_total  # type: ignore[arg-type]
+    request = ApplyOrderPoints.model_validate(
+        {"customer_id": customer_id, "order_id": order_id, "points_redeemed": points_redeemed, "order_total": order_total}
     )
     return await apply(engine, request)
 

@@ -12,11 +12,9 @@ the truth a person reads (status, attempts, last error, who resolved it); the wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -32,20 +30,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.ledger import adjust_points, apply_points
-from schemas import ids
-from schemas import search_attributes
+from schemas import ids, search_attributes
 from schemas.loyalty import (
     ApplyOrderPoints,
     ApplyQueuedPoints,
     FailedPointsApplication,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
     MarkNeedsReview,
     QueueApplyResult,
     QueueItem,
     ReconcileRequest,
     ReopenItem,
     ResolveItem,
-    LoyaltySweepPage,
-    LoyaltySweepPageResult,
 )
 
 log = structlog.get_logger(__name__)
@@ -106,7 +103,7 @@ PENDING_PAGE = text(
 )
 
 
-def _item(row: Mapping[str, Any]) -> QueueItem:
+def _item(row: RowMapping) -> QueueItem:
     return QueueItem.model_validate(dict(row))
 
 

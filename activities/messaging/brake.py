@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-
 from temporalio import activity
 
 from schemas.messaging import BrakeChange, BrakeView

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from typing import Any
-
 import psycopg
-
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from activities.database import psycopg_sql
-from schemas.messaging import SendMessage
+from schemas.messaging import Channel, SendMessage
 from schemas.tables import MessageLog, RecipientOptOut, RecipientOptOutEvent
 
 LIVE_STATUSES = ("sending", "sent", "delivered")
@@ -36,7 +34,7 @@ class Recipient:
     id: str
     first_name: str
     phone: str | None
-    preferred_channel: str
+    preferred_channel: Channel  # the table's CHECK constraint holds it to the two
     timezone: str
 
 
@@ -135,7 +133,7 @@ class Hold:
 
     key: str
     recipient: Recipient
-    channel: str
+    channel: Channel
     daily_cap: int
     quiet_hours: bool
     now: datetime

@@ -3,17 +3,18 @@
 At-least-once activities become exactly-once sends: the key's row is claimed and marked
 `sending` (with the channel, the sender and a lease) before Twilio is called, the sid is stored
 after. An attempt that finds another's live lease fails retryable without sending; one that
-finds `sending` with the lease over asks Twilio what it already accepted before it sends again. Permanent provider errors are
-recorded on the row and raised as non-retryable; everything else is retried by Temporal.
+finds `sending` with the lease over asks Twilio what it already accepted before it sends again.
+Permanent provider errors are recorded on the row and raised as non-retryable; everything else is
+retried by Temporal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from collections.abc import Sequence
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
@@ -30,7 +31,7 @@ from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.templates import Template, UnknownTemplate, get_template
 from activities.messaging.twilio_gateway import Accepted, TwilioGateway
-from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
+from schemas.messaging import BatchItemOutcome, Channel, SendBatch, SendBatchResult, SendMessage, SendOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class _Attempt:
     """Where this attempt's next Twilio call goes (a fallback moves it)."""
 
     key: str
-    channel: str
+    channel: Channel
     sender: str
 
 
@@ -296,7 +297,7 @@ class MessagingActivities:
         mine = [c for c in mine if c.sid not in others]
         return mine[-1].sid if mine else None  # newest first: the oldest is the first send
 
-    def _hold(self, reason: str, channel: str, local: datetime) -> SendOutcome:
+    def _hold(self, reason: str, channel: Channel, local: datetime) -> SendOutcome:
         """Quiet hours and the brake defer the message (same key, later); every other reason suppresses it."""
         if reason == "quiet_hours":
             retry_at = self._policy.quiet_hours.next_allowed(local).astimezone(UTC)
@@ -307,7 +308,7 @@ class MessagingActivities:
         return SendOutcome(status="suppressed", channel=channel, reason=reason)
 
     async def _send(
-        self, request: SendMessage, recipient: Recipient, channel: str, template: Template, params: dict, body: str
+        self, request: SendMessage, recipient: Recipient, channel: Channel, template: Template, params: dict, body: str
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
@@ -352,7 +353,7 @@ class MessagingActivities:
         await self._move(attempt, "sms")
         return await self._gateway.send(to=phone, from_=attempt.sender, body=body)
 
-    async def _move(self, attempt: _Attempt, channel: str, *, content_sid: str | None = None) -> None:
+    async def _move(self, attempt: _Attempt, channel: Channel, *, content_sid: str | None = None) -> None:
         attempt.channel, attempt.sender = channel, self._senders.of(channel)
         async with self._statements.connect() as conn:
             await outbox.take_lease(

@@ -65,7 +65,8 @@ BEGIN
         SELECT count(*), min(t.customer_id),
                min(t.points) FILTER (WHERE t.type = 'spent'), min(t.balance_before) FILTER (WHERE t.type = 'spent'),
                bool_or(t.type = 'earned'), min(t.points) FILTER (WHERE t.type = 'earned'),
-               min(t.balance_before) FILTER (WHERE t.type = 'earned'), min(t.balance_after) FILTER (WHERE t.type = 'earned')
+               min(t.balance_before) FILTER (WHERE t.type = 'earned'),
+               min(t.balance_after) FILTER (WHERE t.type = 'earned')
           INTO rows_found, owner, spent_points, spent_before, earned_found, earned_points, earned_before, earned_after
           FROM loyalty_transactions t
          WHERE t.reference_type = 'order' AND t.reference_id = p_order_id;

@@ -17,24 +17,24 @@ import pytest
 import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.api.enums.v1 import EventType
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.churn.cases import ChurnActivities
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.activities import PaymentActivities
 from activities.payments.gateway import StripeGateway
-from schemas import ids
-from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
-from tests.activities.test_orders import zone_where
-from services import churn as churn_api
 from config.settings import load_settings
 from devtools.twilio_emulator import TwilioEmulator
+from schemas import ids
+from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
+from services import churn as churn_api
+from tests.activities.test_orders import zone_where
 from workers import families
 from workflows.churn import ChurnCaseWorkflow
 
@@ -74,12 +74,14 @@ async def new_member(
         await conn.execute(
             text(
                 "INSERT INTO companies (id, name, reminder_offsets_days, channels, daily_nudge_cap, quiet_hours_start,"
-                " quiet_hours_end, grace_period_days, timezone) VALUES (:id, 'Gym', :offsets, :channels, :cap, :qs, :qe, :grace, :tz)"
+                " quiet_hours_end, grace_period_days, timezone)"
+                " VALUES (:id, 'Gym', :offsets, :channels, :cap, :qs, :qe, :grace, :tz)"
             ),
             {"id": company, "offsets": offsets, "channels": ["sms", "whatsapp"], "cap": cap, "qs": quiet[0], "qe": quiet[1], "grace": grace, "tz": tz},
         )
         member = await conn.scalar(
-            text("INSERT INTO memberships (company_id, name, phone, preferred_channel) VALUES (:c, :n, :p, 'sms') RETURNING id"),
+            text("INSERT INTO memberships (company_id, name, phone, preferred_channel)"
+                 " VALUES (:c, :n, :p, 'sms') RETURNING id"),
             {"c": company, "n": PERSON, "p": phone},
         )
     return company, member, phone
@@ -121,7 +123,8 @@ async def actions(engine: AsyncEngine, case_id: int) -> list:
     async with engine.connect() as conn:
         return (
             await conn.execute(
-                text("SELECT type, actor_type, actor_id_hash, metadata AS meta FROM recovery_actions WHERE case_id = :c ORDER BY id"),
+                text("SELECT type, actor_type, actor_id_hash, metadata AS meta"
+                     " FROM recovery_actions WHERE case_id = :c ORDER BY id"),
                 {"c": case_id},
             )
         ).all()
@@ -448,7 +451,8 @@ async def test_a_subscription_update_that_did_not_change_cancel_at_period_end_op
     subscription = await subscribe(engine, stripe_api, member)
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO recovery_cases (company_id, membership_id, trigger, status) VALUES (:c, :m, 'cancel_at_period_end', 'RECOVERED')"),
+            text("INSERT INTO recovery_cases (company_id, membership_id, trigger, status)"
+                 " VALUES (:c, :m, 'cancel_at_period_end', 'RECOVERED')"),
             {"c": company, "m": member},
         )
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")

@@ -24,26 +24,34 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.business_calendar import business_day
 from activities.credit.admin import change_status
 from activities.credit.guardrails import GuardrailActivities
 from activities.credit.payments import PaymentRecordingActivities
 from activities.credit.reminders import ReminderActivities
-from activities.business_calendar import business_day
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.gateway import StripeGateway
-from schemas.payments import CheckoutSessionRequest
-from schemas.credit import ReminderPageRequest, GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest, RemindersStatus
-from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
-from services import credit as credit_api
 from config.settings import load_settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
+from schemas.credit import (
+    GuardrailsRequest,
+    GuardrailsResult,
+    PaymentResult,
+    RecordPayment,
+    ReminderPageRequest,
+    RemindersRequest,
+    RemindersStatus,
+)
+from schemas.payments import CheckoutSessionRequest
+from services import credit as credit_api
+from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
 from tests.conftest import STRIPE_TEST_KEY
+from workers import families
 from workers.api.app import create_app as create_api
 from workers.webhooks import create_app
-from workers import families
 from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
@@ -101,7 +109,8 @@ async def new_retailer(
         rid = await conn.scalar(
             text(
                 "INSERT INTO retailers (name, phone, preferred_channel, credit_status, paused_by, credit_paused_at)"
-                " VALUES ('Ada Stores', :phone, 'sms', :status, :by, CASE WHEN :status = 'ACTIVE' THEN NULL ELSE now() END)"
+                " VALUES ('Ada Stores', :phone, 'sms', :status, :by,"
+                " CASE WHEN :status = 'ACTIVE' THEN NULL ELSE now() END)"
                 " RETURNING id"
             ),
             {"phone": phone, "status": status, "by": paused_by},

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.unit.test_cli_input import jobctl
 from tests.activities.test_credit import new_debit, new_retailer
+from tests.unit.test_cli_input import jobctl
 
 
 async def _counts(engine: AsyncEngine) -> tuple[int, int, int]:

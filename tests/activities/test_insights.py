@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,13 +14,13 @@ from temporalio.worker import Worker
 
 from activities.business_calendar import business_day
 from activities.insights import InsightActivities, get_insight_message
+from devtools.seed import seed_retailers
 from schemas.insights import InsightsRequest
 from schemas.tables import CreditAccount, CreditTransaction, Order, OrderItem, Retailer, RetailerInsight
-from devtools.seed import seed_retailers
 from workflows.insights import InsightsRegenerationWorkflow
 
 DAY = date(2026, 11, 23)
-AS_OF = datetime(2026, 11, 23, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 23, tzinfo=UTC)
 
 
 async def _known_retailer(engine: AsyncEngine) -> int:
@@ -162,8 +162,8 @@ async def test_without_a_date_the_run_covers_the_current_business_day(
 
 async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(pg_server) -> None:
     from activities.database import create_engine
-    from workers import migrate
     from devtools.seed import seed_demo
+    from workers import migrate
 
     url = pg_server.create_database(f"demo_{uuid.uuid4().hex[:8]}")
     migrate.upgrade(url)
@@ -210,8 +210,8 @@ async def test_only_sold_orders_are_gmv_and_a_failed_orders_reversal_is_not_paid
     from activities.orders import OrderActivities
     from schemas.orders import OrderFailure
 
-    today = datetime.now(timezone.utc).date()
-    as_of = datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc)
+    today = datetime.now(UTC).date()
+    as_of = datetime.combine(today, datetime.min.time(), tzinfo=UTC)
     async with engine.begin() as conn:
         rid = await conn.scalar(insert(Retailer).values(name="Baraka Kiosk", phone="+15550002222").returning(Retailer.id))
         await conn.execute(insert(CreditAccount).values(retailer_id=rid, credit_limit=1000, available_credit=750))

@@ -25,11 +25,10 @@ from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.queue import LoyaltyQueueActivities, LoyaltySweepActivities
 from activities.payments.activities import PaymentActivities
 from activities.payments.gateway import StripeGateway
-from schemas import ids
-from schemas import search_attributes
+from schemas import ids, search_attributes
 from schemas.loyalty import LoyaltySweepRequest, LoyaltySweepResult, ReconcileResult, ReconcileStatus
-from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
 from services.loyalty import LoyaltyRefused, enqueue_failed_points, resolve_manually, retry_now
+from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
 from workers import families
 from workflows.loyalty import LoyaltyReconcileSweepWorkflow, LoyaltyReconciliationWorkflow
 

@@ -17,13 +17,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.database import create_engine
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.templates import get_template
 from activities.messaging.twilio_gateway import TwilioGateway
-from workers.log import configure_logging
+from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import SendMessage
 from schemas.tables import MessageLog, RecipientOptOut, Retailer
-from devtools.twilio_emulator import TwilioEmulator
+from workers.log import configure_logging
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 NO_QUIET_HOURS = QuietHours(0, 0)

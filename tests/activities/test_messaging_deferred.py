@@ -20,10 +20,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.business_calendar import business_day
 from activities.credit.guardrails import GuardrailActivities
 from activities.credit.payments import PaymentRecordingActivities
 from activities.credit.reminders import ReminderActivities
-from activities.business_calendar import business_day
 from activities.messaging.send import MessagingActivities, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.payments.gateway import StripeGateway

@@ -19,21 +19,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.credit import ledger
 from activities.credit.orders import place_order
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import LOCK_ORDER_AND_RETAILER, OrderActivities, register_pending
+from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult, PendingOrderStatus, RegisterPendingOrder
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
 from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
-from devtools.twilio_emulator import TwilioEmulator
 from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")

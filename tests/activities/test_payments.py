@@ -26,6 +26,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.payments.activities import PaymentActivities
 from activities.payments.client import close_stripe_client, stripe_client
 from activities.payments.gateway import StripeGateway, stripe_errors, to_minor_units
+from devtools.stripe_sandbox import StripeSandbox
 from schemas.payments import (
     CancelSubscription,
     CheckoutSessionLine,
@@ -34,7 +35,6 @@ from schemas.payments import (
     PaymentIntentStatus,
 )
 from schemas.tables import Company, Customer, Membership, Retailer
-from devtools.stripe_sandbox import StripeSandbox
 
 API_KEY = "sk_test_jobctl"  # the key of the shared `stripe_api` fixture
 PAY_PAGE = "https://pay.example.test/p/"
@@ -340,7 +340,8 @@ async def test_a_customer_stripe_lost_is_created_again_once(
     assert await stored_customer_id(engine, Retailer, retailer_id) == relinked.stripe_customer_id
     assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
     # A retry of the re-creation (the same stale id) gets the same customer back, not a third.
-    assert await gw._replace_customer("retailer", retailer_id, first.stripe_customer_id) == relinked.stripe_customer_id
+    retried = await gw._replace_customer("retailer", retailer_id, first.stripe_customer_id)  # noqa: SLF001 - the retry path alone
+    assert retried == relinked.stripe_customer_id
     assert await customers_of(client, "retailer", retailer_id) == [relinked.stripe_customer_id]
 
 

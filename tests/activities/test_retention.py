@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +19,7 @@ from schemas.retention import RetentionRequest, RetentionStatus
 from workers import families
 from workflows.retention import DataRetentionWorkflow
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 MONEY_AND_LEDGERS = ("credit_transactions", "credit_accounts", "orders", "loyalty_transactions", "customers", "retailers")
 
@@ -29,7 +29,8 @@ async def _seed(engine: AsyncEngine) -> dict[str, object]:
     async with engine.begin() as conn:
         for n, age in enumerate([40, 31, 45, 5, 29]):
             await conn.execute(
-                text("INSERT INTO processed_webhook_events (provider, event_id, event_type, status, received_at, processed_at)"
+                text("INSERT INTO processed_webhook_events"
+                     " (provider, event_id, event_type, status, received_at, processed_at)"
                      " VALUES ('stripe', :e, 'invoice.paid', 'processed', :at, :at)"),
                 {"e": f"evt_{tag}_{age}_{n}", "at": NOW - age * DAY},
             )
@@ -48,7 +49,8 @@ async def _seed(engine: AsyncEngine) -> dict[str, object]:
         cases = {}
         for who, status, closed_days in (("old", "CANCELLED", 400), ("recent", "CANCELLED", 10), ("active", "ACTIVE", 400)):
             member = await conn.scalar(
-                text("INSERT INTO memberships (company_id, name, status, current_period_end) VALUES (:c, :n, :s, :end) RETURNING id"),
+                text("INSERT INTO memberships (company_id, name, status, current_period_end)"
+                     " VALUES (:c, :n, :s, :end) RETURNING id"),
                 {"c": company, "n": f"Member {who}", "s": status, "end": NOW - (closed_days + 20) * DAY},
             )
             cases[who] = await conn.scalar(
@@ -59,7 +61,8 @@ async def _seed(engine: AsyncEngine) -> dict[str, object]:
             )
             for n, actor in enumerate(("sha-of-ops-anna", None)):
                 await conn.execute(
-                    text("INSERT INTO recovery_actions (case_id, company_id, type, actor_type, actor_id_hash, metadata, idempotency_key, created_at)"
+                    text("INSERT INTO recovery_actions"
+                         " (case_id, company_id, type, actor_type, actor_id_hash, metadata, idempotency_key, created_at)"
                          " VALUES (:case, :c, 'nudge_sms', :t, :h, CAST(:meta AS jsonb), :k, :at)"),
                     {"case": cases[who], "c": company, "t": "user" if actor else "system", "h": actor,
                      "meta": json.dumps({"manual": bool(actor), "channel": "sms", "note": "called her at home", "reason": "x"}),
@@ -67,7 +70,8 @@ async def _seed(engine: AsyncEngine) -> dict[str, object]:
                 )
         retailer = await conn.scalar(text("INSERT INTO retailers (name) VALUES ('Old shop') RETURNING id"))
         await conn.execute(
-            text("INSERT INTO credit_transactions (retailer_id, type, amount, reference, created_at) VALUES (:r, 'CREDIT', 40, :ref, :at)"),
+            text("INSERT INTO credit_transactions (retailer_id, type, amount, reference, created_at)"
+                 " VALUES (:r, 'CREDIT', 40, :ref, :at)"),
             {"r": retailer, "ref": f"pi_{tag}", "at": NOW - 800 * DAY},
         )
     return {"tag": tag, "cases": cases, "recipient": f"m-{tag}"}

@@ -14,8 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.database import create_engine
 from config.settings import Settings
-
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from workers.api.app import create_app, openapi_document
 from workers.api.auth import SCOPES, revoke_key
 

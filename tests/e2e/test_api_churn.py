@@ -15,10 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from devtools.twilio_emulator import TwilioEmulator
 from tests.activities.test_churn import actions, new_member, sent_to, subscribe
 from tests.activities.test_orders import zone_where
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
-from devtools.twilio_emulator import TwilioEmulator
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 
 
 async def _open(http: httpx.AsyncClient, headers: dict[str, str], member: int) -> int:

@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from config.settings import DEV_STACK_FILE
 from devtools.devstack import write_connection_file
 from tests.activities.test_churn import new_member
-from tests.e2e.api_harness import api_settings, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from tests.e2e.test_schedules import JOBCTL
 
 
@@ -27,7 +27,7 @@ def jobctl_beside_the_stack(home: Path, *args: str) -> subprocess.CompletedProce
 
 async def test_commands_from_a_second_shell_find_the_running_stack(
     tmp_path: Path, http: httpx.AsyncClient, engine: AsyncEngine, database_url: str, dev_env: WorkflowEnvironment,
-    api_settings,  # noqa: F811
+    api_settings,
 ) -> None:
     company, member, _ = await new_member(engine, offsets=[30])
     opened = await http.post("/v1/churn/cases", json={"membership_id": member, "company_id": company},

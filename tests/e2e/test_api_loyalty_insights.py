@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from tests.activities.test_orders import new_order
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref
 
 
@@ -92,7 +92,8 @@ async def test_a_retailers_latest_insight_and_message(http: httpx.AsyncClient, e
     async with engine.begin() as conn:
         for day, message in ((today - timedelta(days=1), "yesterday's"), (today, "Great week, Ada Stores!")):
             await conn.execute(text(
-                "INSERT INTO retailer_insights (retailer_id, insight_date, orders_30d, orders_prev_30d, gmv_30d, gmv_prev_30d,"
+                "INSERT INTO retailer_insights"
+                " (retailer_id, insight_date, orders_30d, orders_prev_30d, gmv_30d, gmv_prev_30d,"
                 " avg_order_value, risk_level, message) VALUES (:r, :d, 3, 2, 300, 200, 100, 'LOW', :m)"),
                 {"r": retailer, "d": day, "m": message})
     latest = await http.get(f"/v1/insights/retailers/{retailer}", headers=headers)
@@ -135,7 +136,8 @@ async def test_resolving_with_a_points_adjustment_writes_it_once(
         await http.post(f"/v1/loyalty/items/{item}/resolve", json=body, headers=headers), 409)["detail"]
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT points FROM loyalty_transactions WHERE reference_type = 'reconciliation_item' AND reference_id = :i AND type = 'adjusted'"),
+            "SELECT points FROM loyalty_transactions"
+            " WHERE reference_type = 'reconciliation_item' AND reference_id = :i AND type = 'adjusted'"),
             {"i": str(item)})).scalars().all()
         resolved_by = await conn.scalar(text("SELECT resolved_by FROM loyalty_reconciliation_queue WHERE id = :i"), {"i": item})
     assert rows == [25] and resolved_by.startswith("desk-")

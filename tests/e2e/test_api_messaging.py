@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.activities.test_churn import new_member
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401
+from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 
 
 async def test_pause_and_resume_the_brake_under_the_keys_name(http: httpx.AsyncClient, engine: AsyncEngine) -> None:

@@ -25,8 +25,13 @@ from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.orders import PendingOrderStatus
 from tests.activities.test_orders import new_order, pending_row, registered
-from tests.e2e.api_harness import (  # noqa: F401
-    api_settings, assert_problem, http, new_key, running_workers, stack_settings,
+from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
+    api_settings,
+    assert_problem,
+    http,
+    new_key,
+    running_workers,
+    stack_settings,
 )
 from workers.api.app import create_app
 from workflows.orders import PendingOrderWorkflow
@@ -78,7 +83,8 @@ async def test_checkout_started_answers_from_the_database_without_a_worker(
     async with engine.begin() as conn:
         await conn.execute(text(
             "INSERT INTO pending_orders (order_id, retailer_id, amount, status, expires_at, completed_at)"
-            " SELECT id, retailer_id, total_amount, 'COMPLETED', now() + interval '20 hours', now() FROM orders WHERE id = :o"),
+            " SELECT id, retailer_id, total_amount, 'COMPLETED', now() + interval '20 hours', now()"
+            " FROM orders WHERE id = :o"),
             {"o": settled})
         await conn.execute(text("UPDATE orders SET status = 'CANCELLED' WHERE id = :o"), {"o": cancelled})
     missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
@@ -199,7 +205,8 @@ async def test_a_payment_retried_with_its_idempotency_key_is_recorded_once(http:
 async def _order(engine: AsyncEngine, retailer_id: int, amount: str, mode: str = "CREDIT") -> int:
     async with engine.begin() as conn:
         return await conn.scalar(text(
-            "INSERT INTO orders (retailer_id, status, payment_mode, total_amount) VALUES (:r, 'PENDING', :m, :a) RETURNING id"),
+            "INSERT INTO orders (retailer_id, status, payment_mode, total_amount)"
+            " VALUES (:r, 'PENDING', :m, :a) RETURNING id"),
             {"r": retailer_id, "m": mode, "a": Decimal(amount)})
 
 
@@ -310,7 +317,8 @@ async def test_an_adjustment_retried_with_its_idempotency_key_is_one_ledger_row(
     assert charge.json()["duplicate"] is False and repeat.json()["duplicate"] is True, charge.text
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT type, amount FROM credit_transactions WHERE retailer_id = :r AND reference LIKE 'adjust:%' ORDER BY id"),
+            "SELECT type, amount FROM credit_transactions"
+            " WHERE retailer_id = :r AND reference LIKE 'adjust:%' ORDER BY id"),
             {"r": retailer_id})).all()
     assert [(r.type, r.amount) for r in rows] == [("CREDIT", Decimal("100.00")), ("DEBIT", Decimal("40.00"))]
     assert_problem(await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json={**body, "amount": "0"}, headers=headers),
@@ -331,7 +339,8 @@ async def test_a_retailers_open_payment_link(http: httpx.AsyncClient, engine: As
     async with engine.begin() as conn:
         debit = await conn.scalar(text("SELECT id FROM credit_transactions WHERE retailer_id = :r"), {"r": retailer_id})
         await conn.execute(text(
-            "INSERT INTO payment_links (retailer_id, checkout_session_id, url, fingerprint, amount, currency, debit_ids)"
+            "INSERT INTO payment_links"
+            " (retailer_id, checkout_session_id, url, fingerprint, amount, currency, debit_ids)"
             " VALUES (:r, :s, :u, 'fp', 300.00, 'usd', ARRAY[CAST(:d AS bigint)])"),
             {"r": retailer_id, "s": session, "u": f"https://checkout.stripe.test/{session}", "d": debit})
     link = await http.get(f"/v1/credit/retailers/{retailer_id}/payment-link", headers=headers)

@@ -10,11 +10,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.testing import WorkflowEnvironment
-
 import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -22,7 +19,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from tests.e2e.api_harness import api_settings, new_key, running_workers  # noqa: F401
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+from tests.e2e.api_harness import api_settings, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 
 CASES_PER_OPERATION = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
@@ -30,7 +30,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:  # noqa: F811
+def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:
     """`serve_api` in a thread: the schemathesis client is synchronous (requests)."""
     from activities.database import create_engine
     from workers.api.server import serve_api
@@ -75,7 +75,7 @@ async def test_every_operation_answers_as_documented(server: str, engine: AsyncE
             @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             def check(case) -> None:  # type: ignore[no-untyped-def]
-                ran[operation.label] = ran.get(operation.label, 0) + 1
+                ran[operation.label] = ran.get(operation.label, 0) + 1  # noqa: B023 - called in the same iteration
                 case.call_and_validate(base_url=server, headers=headers, checks=CHECKS, timeout=30)
 
             check()

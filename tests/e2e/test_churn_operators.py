@@ -14,11 +14,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from activities.messaging.twilio_gateway import TwilioGateway
+from devtools import binaries
+from devtools.twilio_emulator import TwilioEmulator
 from schemas.churn import CaseStatus
 from tests.activities.test_churn import actions, churn_workers, new_member, open_case, sent_to
 from tests.e2e.test_schedules import jobctl
-from devtools import binaries
-from devtools.twilio_emulator import TwilioEmulator
 from workflows.churn import ChurnCaseWorkflow
 
 

@@ -20,11 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from devtools.stripe_sandbox import StripeSandbox
+from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import RemindersRequest
 from tests.conftest import STRIPE_TEST_KEY
 from tests.e2e.test_insights_crash import WorkerProcess
-from devtools.stripe_sandbox import StripeSandbox
-from devtools.twilio_emulator import TwilioEmulator
 from workflows.credit import PaymentRemindersWorkflow
 
 RETAILERS = 2000

@@ -27,16 +27,16 @@ from temporalio.worker import Worker
 from activities.business_calendar import business_day
 from activities.insights import InsightActivities
 from activities.messaging.twilio_gateway import TwilioGateway
+from config.settings import SettingsError, load_settings
 from schemas import ids
 from schemas.churn import CaseStatus
 from schemas.insights import InsightsRequest
 from services import churn as churn_api
 from tests.activities.test_churn import churn_workers, new_member
-from workflows.churn import ChurnCaseWorkflow
 from workers.codec import EncryptionCodec
 from workers.codec_server import create_app
-from config.settings import SettingsError, load_settings
 from workers.temporal_client import connect
+from workflows.churn import ChurnCaseWorkflow
 from workflows.insights import InsightsRegenerationWorkflow
 
 OLD_KEY = base64.b64encode(b"o" * 32).decode()

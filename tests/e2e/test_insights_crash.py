@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.insights import InsightsRequest
 from devtools.seed import seed_retailers
+from schemas.insights import InsightsRequest
 from workflows.insights import InsightsRegenerationWorkflow
 
 DAY = date(2026, 11, 23)
@@ -34,7 +34,7 @@ JOBCTL = str(Path(sys.executable).parent / "jobctl")
 class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, task_queue: str | None = "jobs") -> None:
         """`task_queue` None: both queues (jobs and messaging), as `jobctl worker` runs by default."""
-        self._log = open(log_path, "ab")  # noqa: SIM115
+        self._log = open(log_path, "ab")
         queue = ["--task-queue", task_queue] if task_queue else []
         self.process = subprocess.Popen([JOBCTL, "worker", *queue], env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -70,7 +70,7 @@ async def _heartbeated_cursor(handle: WorkflowHandle, min_pages: int, timeout: f
         description = await handle.describe()
         for pending in description.raw_description.pending_activities:
             if pending.heartbeat_details.payloads:
-                (details,) = await handle._client.data_converter.decode(pending.heartbeat_details.payloads)
+                (details,) = await handle._client.data_converter.decode(pending.heartbeat_details.payloads)  # noqa: SLF001 - the handle's converter
                 if details["pages_done"] >= min_pages:
                     return details
         await asyncio.sleep(0.05)

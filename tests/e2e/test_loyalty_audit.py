@@ -25,13 +25,13 @@ from temporalio.worker import Worker
 from activities.loyalty.audit import LoyaltyAuditActivities
 from activities.loyalty.ledger import apply_points_at_checkout
 from activities.loyalty.queue import LoyaltyQueueActivities
+from config.settings import load_settings
 from schemas import ids
 from schemas.loyalty import LoyaltyAuditRequest, ReconcileResult
-from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref
 from services.loyalty import enqueue_failed_points
-from config.settings import load_settings
-from workers.temporal_client import connect
+from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref
 from workers import families
+from workers.temporal_client import connect
 from workflows.loyalty import LoyaltyIntegrityAuditWorkflow, LoyaltyReconciliationWorkflow
 
 

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import MessageBatch, SendMessage

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from schemas.messaging import MessageBatch, SendMessage
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator
+from schemas.messaging import MessageBatch, SendMessage
 from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
@@ -69,7 +69,7 @@ async def test_sigkill_three_times_still_one_message_per_key(
             "QUIET_HOURS_END": "0",
             "LOG_FORMAT": "json",
         }
-        log = open(tmp_path / "workers.log", "ab")  # noqa: SIM115
+        log = open(tmp_path / "workers.log", "ab")
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(

@@ -12,14 +12,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, SendPolicy, Senders
+from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
+from config.settings import load_settings
+from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import MessageBatch, SendMessage
 from schemas.tables import Retailer
 from workers.metrics import JobMetricsInterceptor
-from config.settings import load_settings
 from workers.temporal_client import connect
-from devtools.twilio_emulator import TwilioEmulator
 from workflows.messaging import MessageBatchWorkflow
 
 

@@ -29,7 +29,16 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import GuardrailsRequest, PaymentResult
 from services import credit as credit_api
 from tests.activities.test_credit import (
-    PAY_BASE, audit_actions, credit_workers, debit, new_debit, new_retailer, pay_api, remind, retailer, sent_to,
+    PAY_BASE,
+    audit_actions,
+    credit_workers,
+    debit,
+    new_debit,
+    new_retailer,
+    pay_api,
+    remind,
+    retailer,
+    sent_to,
 )
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN
 from tests.conftest import STRIPE_TEST_KEY

@@ -8,11 +8,11 @@ import json
 import os
 import sys
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +25,7 @@ from activities.orders import OrderSweepActivities
 from schemas import ids
 from schemas.orders import OrderSweepRequest, PendingOrderInput, PendingOrderResult
 from schemas.tables import PendingOrder
+from services.orders import start_pending_order
 from tests.activities.test_orders import (
     new_order,
     order_workers,
@@ -34,7 +35,6 @@ from tests.activities.test_orders import (
     task_failures,
     zone_where,
 )
-from services.orders import start_pending_order
 from workflows.orders import OrderExpirySweepWorkflow
 
 

@@ -26,7 +26,7 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas.credit import RecordPayment, RemindersRequest, RemindersStatus
 from services.credit import record_payment
 from tests.activities.test_credit import new_debit, new_retailer, sent_to
-from tests.e2e.api_harness import API_BASE, api_settings, assert_problem, http, running_workers  # noqa: F401
+from tests.e2e.api_harness import API_BASE, api_settings, assert_problem, http, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 from workflows.credit import PaymentRemindersWorkflow
 
 DAY = date.today() + timedelta(days=900)  # this module's business dates
@@ -76,7 +76,7 @@ async def pay(engine: AsyncEngine, env: WorkflowEnvironment, settings: Settings,
 
 
 async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_request(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,  # noqa: F811
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
     emulator: TwilioEmulator, sandbox: StripeSandbox, stripe_api: stripe.StripeClient,
 ) -> None:
     shop, phone = await new_retailer(engine)
@@ -111,7 +111,7 @@ async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_
 
 
 async def test_concurrent_clicks_make_one_session(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,  # noqa: F811
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
     emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
 ) -> None:
     shop, phone = await new_retailer(engine)
@@ -127,7 +127,7 @@ async def test_concurrent_clicks_make_one_session(
 
 
 async def test_a_partial_payment_gets_a_session_for_what_is_left_and_a_paid_link_says_so(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,  # noqa: F811
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
     emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
 ) -> None:
     day = DAY + timedelta(days=80)
@@ -162,7 +162,7 @@ async def test_a_partial_payment_gets_a_session_for_what_is_left_and_a_paid_link
 
 
 async def test_a_replaced_link_says_so_and_an_unknown_one_is_404(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,  # noqa: F811
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
     emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
 ) -> None:
     day = DAY + timedelta(days=120)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from workers import families, schedules
 from config.settings import load_settings
+from workers import families, schedules
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 

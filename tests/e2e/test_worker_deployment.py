@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.insights import InsightsRequest
 from devtools.seed import seed_retailers
+from schemas.insights import InsightsRequest
 from workflows.insights import InsightsRegenerationWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -237,7 +237,8 @@ def test_no_import_circle_among_our_modules() -> None:
 def test_a_planted_circle_is_caught() -> None:
     planted = {
         "devtools/circle_a.py": "def f():\n    from devtools.circle_b import g\n",
-        "devtools/circle_b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from devtools import circle_a\n",
+        "devtools/circle_b.py": "from typing import TYPE_CHECKING\n"
+                                "if TYPE_CHECKING:\n    from devtools import circle_a\n",
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         found = pool.submit(lambda: circles(import_graph(planted))).result()

@@ -18,6 +18,8 @@ from schemas.loyalty import (
     ApplyQueuedPoints,
     LoyaltyAuditRequest,
     LoyaltyAuditResult,
+    LoyaltySweepPage,
+    LoyaltySweepPageResult,
     LoyaltySweepRequest,
     LoyaltySweepResult,
     MarkNeedsReview,
@@ -30,8 +32,6 @@ from schemas.loyalty import (
     ReconcileStatus,
     ReopenItem,
     ResolveItem,
-    LoyaltySweepPage,
-    LoyaltySweepPageResult,
 )
 from schemas.payments import PaymentIntentState, PaymentIntentStatus
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
@@ -196,7 +196,7 @@ async def test_an_item_that_never_applies_goes_to_review_when_its_attempts_run_o
     assert review.reason == marked.reason
     tried_for = fake.applies[-1][0] - fake.applies[0][0]
     assert timedelta(hours=5) < tried_for < GIVE_UP_AFTER  # the attempts ran out well inside the 24-hour window
-    assert max(b[0] - a[0] for a, b in zip(fake.applies, fake.applies[1:])) <= timedelta(hours=1, seconds=5)  # capped back-off
+    assert max(b[0] - a[0] for a, b in zip(fake.applies, fake.applies[1:], strict=False)) <= timedelta(hours=1, seconds=5)  # capped back-off
     assert result.resolution == "manual" and result.resolved_by == "admin-1"
 
 

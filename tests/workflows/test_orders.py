@@ -16,11 +16,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from schemas.messaging import SendMessage, SendOutcome
 from schemas.orders import (
-    LateOrderFailure,
     FollowUpSent,
+    LateOrderFailure,
     OrderFailure,
     OrderFailureResult,
     OrderState,
+    OrderSweepPage,
+    OrderSweepPageResult,
     OrderSweepProgress,
     OrderSweepRequest,
     PendingOrderInput,
@@ -29,8 +31,6 @@ from schemas.orders import (
     PendingOrderStatus,
     RegisterPendingOrder,
     SettleOrder,
-    OrderSweepPage,
-    OrderSweepPageResult,
 )
 from tests.workflows.harness import eventually, family_worker, started_at, task_failures
 

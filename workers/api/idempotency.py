@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,6 +28,9 @@ from workers.api.problems import FieldError, problem_response, unprocessable
 
 HEADER = "Idempotency-Key"
 ABANDONED_AFTER = timedelta(minutes=5)
+# SQLAlchemy types a mapped class's `__table__` as any FromClause; a declarative class with a
+# __tablename__ has a Table, which insert(), update() and delete() take.
+_TABLE = cast(Table, IdempotentRequest.__table__)
 
 
 async def idempotency_key_header(
@@ -54,7 +57,7 @@ def request_hash(request: Request, body: bytes) -> str:
 
 async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any:
     """None: claimed, run the request. Otherwise the row already holding this key."""
-    table = IdempotentRequest.__table__
+    table = _TABLE
     async with engine.begin() as conn:
         claimed = await conn.scalar(
             insert(table).values(api_key_id=key_id, idempotency_key=key, request_hash=digest)
@@ -74,16 +77,16 @@ async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any
 
 
 async def _store(engine: AsyncEngine, key_id: int, key: str, response: Response) -> None:
-    table = IdempotentRequest.__table__
+    table = _TABLE
     async with engine.begin() as conn:
         await conn.execute(
             update(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key)
-            .values(status_code=response.status_code, response_body=json.loads(response.body) if response.body else None)
+            .values(status_code=response.status_code, response_body=json.loads(bytes(response.body)) if response.body else None)
         )
 
 
 async def _release(engine: AsyncEngine, key_id: int, key: str) -> None:
-    table = IdempotentRequest.__table__
+    table = _TABLE
     async with engine.begin() as conn:
         await conn.execute(delete(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))
 
@@ -96,9 +99,9 @@ class IdempotentRoute(APIRoute):
             kwargs["dependencies"] = [*(kwargs.get("dependencies") or []), Depends(idempotency_key_header)]
         super().__init__(path, endpoint, **kwargs)
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if "POST" not in self.methods:
+        if "POST" not in (self.methods or ()):
             return handler
 
         async def idempotent(request: Request) -> Response:

@@ -7,6 +7,7 @@ and an unexpected error is a bare 500 with no internals in it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -73,7 +74,7 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
-def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> list[FieldError]:
+def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = ()) -> list[FieldError]:
     return [FieldError(field=_location((*prefix, *e["loc"])), message=e["msg"].removeprefix("Value error, ")) for e in errors]
 
 

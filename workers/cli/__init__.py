@@ -41,7 +41,7 @@ def mount_families() -> typer.Typer:
         for family in FAMILIES:
             for name, sub_app in family.cli:
                 app.add_typer(sub_app, name=name)
-        app._families_mounted = True  # type: ignore[attr-defined]
+        app._families_mounted = True  # type: ignore[attr-defined]  # noqa: SLF001 - our own mark on typer's app
     return app
 
 

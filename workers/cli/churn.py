@@ -23,9 +23,10 @@ churn_app = typer.Typer(
 
 CaseArg = Annotated[int, typer.Argument(min=1, help="Case id (recovery_cases.id).", show_default=False)]
 Actor = Annotated[str, typer.Option("--actor", help="The operator acting (stored hashed).", show_default=False)]
-Company = Annotated[
-    str, typer.Option("--company", help="The company (tenant) the case belongs to; another's case is refused.", show_default=False)
-]
+_COMPANY = typer.Option(
+    "--company", help="The company (tenant) the case belongs to; another's case is refused.", show_default=False
+)
+Company = Annotated[str, _COMPANY]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -101,9 +102,9 @@ def churn_incentive(
     async def apply(c: Context) -> Any:
         await ensure_owned(c.engine, case_id, company)
         handle = c.client.get_workflow_handle(ids.churn_case(case_id))
-        return await handle.execute_update(
-            ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id=actor, days=days, company_id=company)
-        )
+        request = ApplyIncentive(actor_id=actor, days=days, company_id=company)
+        update = ChurnCaseWorkflow.apply_incentive  # decodes UnscopedApplyIncentive, this scoped one's subclass
+        return await handle.execute_update(update, request)  # type: ignore[arg-type]  # scoped on purpose, see above
 
     try:
         period_end = call(apply, temporal=True, database=True)
@@ -142,7 +143,7 @@ def churn_show(case_id: CaseArg, company: Company, as_json: Json = False) -> Non
 def churn_cases(
     status: Annotated[str | None, typer.Option("--status", help="OPEN, RECOVERED, CANCELLED or TERMINATED.")] = None,
     membership: Annotated[int | None, typer.Option("--membership", min=1, help="Only this membership's cases.")] = None,
-    company: Company = None,
+    company: Annotated[str | None, _COMPANY] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="How many (newest first).")] = 50,
     as_json: Json = False,
 ) -> None:

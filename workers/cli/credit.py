@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -164,6 +164,9 @@ def credit_adjust(
         typer.echo("  credit resumed: the system's pause no longer applies")
 
 
+_PAYMENT_MODES: dict[str, Literal["CREDIT", "COD"]] = {"CREDIT": "CREDIT", "COD": "COD"}
+
+
 @credit_app.command("order")
 def credit_order(
     retailer_id: RetailerArg,
@@ -176,11 +179,11 @@ def credit_order(
     from services.credit import place_order
 
     value = _amount(amount, "--amount")
-    payment_mode = mode.upper()
-    if payment_mode not in ("CREDIT", "COD"):
+    payment_mode = _PAYMENT_MODES.get(mode.upper())
+    if payment_mode is None:
         raise UsageError(f"--mode must be CREDIT or COD (got {mode})")
     placed = call(
-        lambda c: place_order(c.engine, retailer_id, order, value, payment_mode, today=datetime.now(c.settings.tz).date()),  # type: ignore[arg-type]
+        lambda c: place_order(c.engine, retailer_id, order, value, payment_mode, today=datetime.now(c.settings.tz).date()),
         database=True,
     )
     if as_json:

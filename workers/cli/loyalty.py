@@ -140,4 +140,5 @@ def loyalty_items(
         return
     typer.echo(f"{'item':<8}{'customer':>9}  {'order':<24}{'status':<14}{'attempts':>9}  last error")
     for r in rows:
-        typer.echo(f"{r['item_id']:<8}{r['customer_id']:>9}  {r['order_id']:<24}{r['status']:<14}{r['attempts']:>9}  {r['last_error'] or ''}")
+        typer.echo(f"{r['item_id']:<8}{r['customer_id']:>9}  {r['order_id']:<24}{r['status']:<14}{r['attempts']:>9}"
+                   f"  {r['last_error'] or ''}")

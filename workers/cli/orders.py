@@ -43,7 +43,7 @@ def orders_start(
 ) -> None:
     """Start ORDER's clock (idempotent: a running clock is reused)."""
     from activities.messaging.outbox import QuietHours
-    from schemas.orders import PendingOrderInput
+    from schemas.orders import ORDER_TTL, PendingOrderInput
     from services.orders import start_pending_order
 
     s = settings()
@@ -51,7 +51,7 @@ def orders_start(
         order_id=order_id,
         messaging_task_queue=s.messaging_task_queue,
         follow_up_after=timedelta(seconds=follow_up_after) if follow_up_after else s.order_followup_after,
-        **({"ttl": timedelta(seconds=ttl)} if ttl else {}),
+        ttl=timedelta(seconds=ttl) if ttl else ORDER_TTL,
     )
     quiet_hours = QuietHours(s.quiet_hours_start, s.quiet_hours_end)
     status = call(
@@ -60,7 +60,8 @@ def orders_start(
         database=True,
     )
     typer.echo(
-        f"pending-order/{order_id}: {status.state}, follow-up due {_at(status.follow_up_at)}, expires {_at(status.expires_at)}"
+        f"pending-order/{order_id}: {status.state}, follow-up due {_at(status.follow_up_at)},"
+        f" expires {_at(status.expires_at)}"
     )
 
 
@@ -89,7 +90,8 @@ def orders_fail(
     if late is None:
         typer.echo(f"pending-order/{order_id}: failed ({reason})")
     elif late.changed:
-        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason}); reversed {late.reversed_amount or 0:,.2f}")
+        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason});"
+                   f" reversed {late.reversed_amount or 0:,.2f}")
     else:
         typer.echo(f"order-failure/{order_id}: already failed; nothing changed")
 
@@ -108,4 +110,4 @@ def orders_show(order_id: OrderArg, as_json: Annotated[bool, typer.Option("--jso
 
 
 def _at(instant: object) -> str:
-    return instant.isoformat(timespec="seconds") if hasattr(instant, "isoformat") else "-"  # type: ignore[union-attr]
+    return instant.isoformat(timespec="seconds") if hasattr(instant, "isoformat") else "-"

@@ -62,7 +62,10 @@ class AuditEntry(BaseModel):
 
 
 class PaymentLink(BaseModel):
-    url: str = Field(description="the stable link the reminders send ({PUBLIC_BASE_URL}/pay/{token}); opening it goes to Stripe's page")
+    url: str = Field(
+        description="the stable link the reminders send ({PUBLIC_BASE_URL}/pay/{token});"
+        " opening it goes to Stripe's page"
+    )
     amount: Decimal
     currency: str
     checkout_session_id: str | None = Field(description="the Stripe Checkout Session made when it was last opened; None: never opened")
@@ -220,7 +223,8 @@ async def open_payment_link(retailer_id: RetailerId, stack: StackDep, _: Annotat
 @api.post("/retailers/{retailer_id}/limits", response_model=LimitsChanged, responses=responses(404))
 async def limits(retailer_id: RetailerId, body: Limits, stack: StackDep,
                  caller: Annotated[Principal, require("credit:write")]) -> LimitsChanged:
-    """Change the credit limit, maximum order value or overdue limit (only the fields given); available credit follows."""
+    """Change the credit limit, maximum order value or overdue limit (only the fields given);
+    available credit follows."""
     wanted = body.model_dump(exclude={"reason"}, exclude_none=True)
     reason = body.reason.strip() if body.reason and body.reason.strip() else None
     change = await admin.set_limits(stack.engine, retailer_id, wanted, actor=caller.name, reason=reason)

@@ -141,4 +141,4 @@ async def place(order_id: OrderId, body: Placement, stack: StackDep, caller: Ann
 
     placed = await place_order(stack.engine, body.retailer_id, order_id, body.amount, body.payment_mode,
                                today=datetime.now(stack.settings.tz).date(), actor=caller.name)
-    return Placed(**placed.as_dict())
+    return Placed.model_validate(placed.as_dict())
