@@ -222,13 +222,33 @@ RATE, DAYS = Decimal("0.0001"), Decimal("0.01")
 def _stats_from_row(row: Any) -> InsightStats:
     """A PAGE_STATS_SQL row, unpacked by position (a row's attribute lookups cost more than the
     rest of a page's Python); numerics arrive as Decimal already."""
-    (retailer_id, name, orders_30d, orders_prev_30d, gmv_30d, gmv_prev_30d, top_products,
-     on_time_rate, avg_days_to_pay, outstanding, max_overdue_days, credit_limit) = row
+    (
+        retailer_id,
+        name,
+        orders_30d,
+        orders_prev_30d,
+        gmv_30d,
+        gmv_prev_30d,
+        top_products,
+        on_time_rate,
+        avg_days_to_pay,
+        outstanding,
+        max_overdue_days,
+        credit_limit,
+    ) = row
     return InsightStats(
-        retailer_id, name, orders_30d, orders_prev_30d, Decimal(gmv_30d), Decimal(gmv_prev_30d), list(top_products),
+        retailer_id,
+        name,
+        orders_30d,
+        orders_prev_30d,
+        Decimal(gmv_30d),
+        Decimal(gmv_prev_30d),
+        list(top_products),
         None if on_time_rate is None else Decimal(on_time_rate).quantize(RATE),
         None if avg_days_to_pay is None else Decimal(avg_days_to_pay).quantize(DAYS),
-        Decimal(outstanding), int(max_overdue_days), None if credit_limit is None else Decimal(credit_limit),
+        Decimal(outstanding),
+        int(max_overdue_days),
+        None if credit_limit is None else Decimal(credit_limit),
     )
 
 
@@ -256,7 +276,9 @@ class InsightActivities:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def regenerate_page(self, insight_date: date, timezone: str, after_id: int, page_size: int) -> tuple[int, int]:
+    async def regenerate_page(
+        self, insight_date: date, timezone: str, after_id: int, page_size: int
+    ) -> tuple[int, int]:
         """Recompute and upsert one page; returns (last retailer id, retailers in the page)."""
         rows = await self._page_stats(insight_date, timezone, after_id, page_size)
         if not rows:
@@ -360,4 +382,3 @@ async def get_insight_message(engine: AsyncEngine, retailer_id: int, insight_dat
                 RetailerInsight.retailer_id == retailer_id, RetailerInsight.insight_date == insight_date
             )
         )
-

@@ -35,12 +35,12 @@ from schemas.orders import (
     OrderFailure,
     OrderFailureResult,
     OrderState,
+    OrderSweepPage,
+    OrderSweepPageResult,
     PendingOrderInput,
     PendingOrderRecord,
     RegisterPendingOrder,
     SettleOrder,
-    OrderSweepPage,
-    OrderSweepPageResult,
 )
 
 log = structlog.get_logger(__name__)
@@ -195,9 +195,12 @@ async def register_pending(
     `OrderNotPending` for an order that cannot have a clock.
     """
     async with autocommit(engine).connect() as conn:
-        row = (await conn.execute(
-            REGISTER_PENDING_SQL, {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl}
-        )).first()
+        row = (
+            await conn.execute(
+                REGISTER_PENDING_SQL,
+                {"order_id": request.order_id, "created_at": request.created_at, "ttl": request.ttl},
+            )
+        ).first()
         if row is None:
             row = (await conn.execute(PENDING_WITH_TIMEZONE_SQL, {"order_id": request.order_id})).first()
         if row is None:
@@ -256,12 +259,14 @@ class OrderActivities:
     async def settle_pending_order(self, request: SettleOrder) -> OrderState:
         """COMPLETED, RECOVERED or EXPIRED, only from PENDING; returns the row's state either way."""
         async with self._engine.begin() as conn:
-            params = {"order_id": request.order_id, "state": request.state, "reason": f"pending order {request.state.lower()}"}
+            params = {
+                "order_id": request.order_id,
+                "state": request.state,
+                "reason": f"pending order {request.state.lower()}",
+            }
             state = await conn.scalar(SETTLE_SQL, params)
             if state is None:
-                state = await conn.scalar(
-                    text("SELECT status FROM pending_orders WHERE order_id = :order_id"), params
-                )
+                state = await conn.scalar(text("SELECT status FROM pending_orders WHERE order_id = :order_id"), params)
         if state is None:
             raise permanent("UnknownOrder", f"order {request.order_id} has no pending row")
         if state != request.state:
@@ -292,12 +297,21 @@ class OrderActivities:
                 old["pending_status"], new["pending_status"] = pending_was, "FAILED"
             reversal = await ledger.reverse_order_debit(conn, failure.order_id)
             if reversal:
-                old["available_credit"], new["available_credit"] = _text(reversal.available_before), _text(reversal.available_after)
+                old["available_credit"], new["available_credit"] = (
+                    _text(reversal.available_before),
+                    _text(reversal.available_after),
+                )
                 new["reversed_amount"] = str(reversal.amount)
             if new:
                 await ledger.audit(
-                    conn, order.retailer_id, "order_failed", actor=failure.performed_by,
-                    reference=f"order:{failure.order_id}", old=old, new=new, reason=failure.reason,
+                    conn,
+                    order.retailer_id,
+                    "order_failed",
+                    actor=failure.performed_by,
+                    reference=f"order:{failure.order_id}",
+                    old=old,
+                    new=new,
+                    reason=failure.reason,
                 )
         result = OrderFailureResult(
             order_id=failure.order_id,
@@ -305,7 +319,9 @@ class OrderActivities:
             changed=bool(new),
             reversed_amount=reversal.amount if reversal else None,
         )
-        log.info("orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount))
+        log.info(
+            "orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount)
+        )
         return result
 
     @staticmethod
@@ -358,8 +374,11 @@ class OrderSweepActivities:
         """Expire one page of PENDING rows past `expires_at` that no running workflow watches."""
         async with self._engine.connect() as conn:
             found = list(
-                (await conn.execute(STALE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size}))
-                .scalars()
+                (
+                    await conn.execute(
+                        STALE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size}
+                    )
+                ).scalars()
             )
         if not found:
             return OrderSweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
@@ -377,7 +396,9 @@ class OrderSweepActivities:
         """Start a clock for each PENDING, unexpired row of one page that has none running."""
         async with self._engine.connect() as conn:
             rows = (
-                await conn.execute(LIVE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size})
+                await conn.execute(
+                    LIVE_PAGE_SQL, {"as_of": page.as_of, "after": page.after_order_id, "page_size": page.page_size}
+                )
             ).all()
         if not rows:
             return OrderSweepPageResult(after_order_id=page.after_order_id, rows=0, changed=0, left_alone=0)
@@ -403,7 +424,9 @@ class OrderSweepActivities:
 
         started = sum(await asyncio.gather(*(start(row) for row in missing)))
         log.info("orders.sweep_started", started=started, watched=len(running), after_order_id=rows[-1].order_id)
-        return OrderSweepPageResult(after_order_id=rows[-1].order_id, rows=len(rows), changed=started, left_alone=len(running))
+        return OrderSweepPageResult(
+            after_order_id=rows[-1].order_id, rows=len(rows), changed=started, left_alone=len(running)
+        )
 
     async def _running(self, order_ids: Iterable[int], concurrency: int) -> set[int]:
         """The orders whose `pending-order/{id}` workflow is running now (not found: not running)."""

@@ -40,7 +40,9 @@ async def measure(label: str, url: str, clients: int, requests: int, send, rate:
         return response.status >= 400
 
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+    async with aiohttp.ClientSession(
+        base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as http:
         return await load(label, clients, requests, lambda n: call(http, n), rate)
 
 
@@ -72,8 +74,10 @@ async def load(label: str, clients: int, requests: int, call, rate: float | None
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    print(f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms"
-          f"   p99 {p99:>7.1f} ms   errors {errors}")
+    print(
+        f"{label:<30} {len(latencies) / elapsed:>8.1f} req/s   p50 {p50:>7.1f} ms"
+        f"   p99 {p99:>7.1f} ms   errors {errors}"
+    )
     return p99
 
 
@@ -87,8 +91,14 @@ async def temporal_alone(client, clients: int, requests: int, rate: float) -> fl
 
     queue = f"bench-bare-{uuid.uuid4().hex[:6]}"
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.bare_clock", client.service_client.config.target_host, queue,
-        cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "benchmarks.bare_clock",
+        client.service_client.config.target_host,
+        queue,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
     async def start(n: int) -> bool:
@@ -154,16 +164,37 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
     async with stack() as s:
         await seed_retailers(s.engine, 200, today=date.today(), timezone="UTC")
         async with s.engine.begin() as conn:
-            orders = (await conn.execute(
-                insert(Order).values([{"retailer_id": 1 + n % 200, "status": "PENDING", "payment_mode": "COD", "total_amount": 80}
-                                      for n in range(requests)]).returning(Order.id)
-            )).scalars().all()
+            orders = (
+                (
+                    await conn.execute(
+                        insert(Order)
+                        .values(
+                            [
+                                {
+                                    "retailer_id": 1 + n % 200,
+                                    "status": "PENDING",
+                                    "payment_mode": "COD",
+                                    "total_amount": 80,
+                                }
+                                for n in range(requests)
+                            ]
+                        )
+                        .returning(Order.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
         key, _ = await create_key(s.engine, f"bench-{uuid.uuid4().hex[:6]}", list(SCOPES))
         headers = {"Authorization": f"Bearer {key}"}
         env = {
-            **os.environ, "DATABASE_URL": s.database_url, "TEMPORAL_ADDRESS": s.client.service_client.config.target_host,
-            "TASK_QUEUE": "bench-jobs", "MESSAGING_TASK_QUEUE": "bench-messaging",
-            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "x",
+            **os.environ,
+            "DATABASE_URL": s.database_url,
+            "TEMPORAL_ADDRESS": s.client.service_client.config.target_host,
+            "TASK_QUEUE": "bench-jobs",
+            "MESSAGING_TASK_QUEUE": "bench-messaging",
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "x",
             "TWILIO_API_BASE": "http://127.0.0.1:9",  # no follow-up is due during the run
             "LOG_LEVEL": "WARNING",
         }
@@ -186,20 +217,35 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
             freeze_startup_heap()
             print(f"{machine()}; {clients} concurrent clients, {requests} requests each run")
             if not checkout_only:
-                await measure("risk view (GET)", url, clients, requests,
-                              lambda http, n: http.get("/v1/credit/risk", headers=headers))
+                await measure(
+                    "risk view (GET)",
+                    url,
+                    clients,
+                    requests,
+                    lambda http, n: http.get("/v1/credit/risk", headers=headers),
+                )
             before = reading()
-            await measure("checkout started", url, clients, requests // 2,
-                          lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers))
+            await measure(
+                "checkout started",
+                url,
+                clients,
+                requests // 2,
+                lambda http, n: http.post(f"/v1/orders/{orders[n]}/checkout-started", headers=headers),
+            )
             after = reading()
             report(before, after, "checkout")
             # The closed loop left its clocks' first workflow tasks to the worker: the open loop
             # starts once they ran, so it measures 50 req/s and not the backlog of the last phase.
             await wait_first_tasks(s.client, list(orders[: requests // 2]))
             before = reading()
-            p99 = await measure("checkout started at 50 req/s", url, clients, requests // 2,
-                                lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started",
-                                                          headers=headers), rate=50.0)
+            p99 = await measure(
+                "checkout started at 50 req/s",
+                url,
+                clients,
+                requests // 2,
+                lambda http, n: http.post(f"/v1/orders/{orders[requests // 2 + n]}/checkout-started", headers=headers),
+                rate=50.0,
+            )
             during = reading()
             report(before, during, "checkout while the load ran")
             await wait_first_tasks(s.client, list(orders[requests // 2 :]))
@@ -211,8 +257,14 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
                 process.terminate()
             await asyncio.gather(api.wait(), worker.wait())
             floor = await temporal_alone(s.client, clients, requests // 2, 50.0)
-            figure("api: checkout-started p99 at 50 req/s, to Temporal alone's", p99, "ms", target="",
-                   floor=floor, floor_name="a bare start at 50/s")
+            figure(
+                "api: checkout-started p99 at 50 req/s, to Temporal alone's",
+                p99,
+                "ms",
+                target="",
+                floor=floor,
+                floor_name="a bare start at 50/s",
+            )
         finally:
             for process in (api, worker):
                 if process.returncode is None:

@@ -39,9 +39,14 @@ async def serve(address: str, task_queue: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     client = await Client.connect(address)
-    async with Worker(client, task_queue=task_queue, workflows=[BareClockWorkflow],
-                      max_cached_workflows=WorkerOptions().max_cached_workflows, workflow_runner=UnsandboxedWorkflowRunner(),
-                      workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS):
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BareClockWorkflow],
+        max_cached_workflows=WorkerOptions().max_cached_workflows,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
+    ):
         freeze_startup_heap()  # as `jobctl worker` does
         await stop.wait()
 

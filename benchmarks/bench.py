@@ -44,8 +44,19 @@ BENCHMARKS: dict[str, list[str]] = {
     "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "1000"],
     "api": ["benchmarks/api.py", "--requests", "1000", "--clients", "50"],
     # The issue's 10,000 clocks asleep (for the worker's RSS); starting them is most of the run.
-    "orders": ["benchmarks/orders.py", "--orders", "10000", "--expiry-orders", "600", "--ttl", "60", "--expiry-rate", "20",
-               "--life-orders", "50"],
+    "orders": [
+        "benchmarks/orders.py",
+        "--orders",
+        "10000",
+        "--expiry-orders",
+        "600",
+        "--ttl",
+        "60",
+        "--expiry-rate",
+        "20",
+        "--life-orders",
+        "50",
+    ],
     # Production's day of 10,000 retailers through the 8-step cadence (about 3 minutes), the cron on
     # 200. At 1,000 the first page's read, which nothing overlaps, was 8 % of the day.
     "reminders": ["benchmarks/reminders.py", "--retailers", "10000", "--cron-retailers", "200"],
@@ -64,8 +75,19 @@ SMALL: dict[str, list[str]] = {
     "messaging": ["benchmarks/messaging.py", "--messages", "300", "--limit", "200", "--two-worker-messages", "200"],
     "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "100"],
     "api": ["benchmarks/api.py", "--requests", "100", "--clients", "10"],
-    "orders": ["benchmarks/orders.py", "--orders", "200", "--expiry-orders", "50", "--ttl", "15", "--expiry-rate", "20",
-               "--life-orders", "10"],
+    "orders": [
+        "benchmarks/orders.py",
+        "--orders",
+        "200",
+        "--expiry-orders",
+        "50",
+        "--ttl",
+        "15",
+        "--expiry-rate",
+        "20",
+        "--life-orders",
+        "10",
+    ],
     "reminders": ["benchmarks/reminders.py", "--retailers", "100", "--cron-retailers", "20"],
     "reminders_production": ["benchmarks/reminders.py", "--production", "--retailers", "100"],
     "churn": ["benchmarks/churn.py", "--cases", "300", "--nudges", "20"],
@@ -116,7 +138,9 @@ def run_once(name: str, argv: list[str]) -> list[dict]:
     if process.returncode != 0:
         sys.stderr.write(process.stderr[-4000:])
         raise SystemExit(f"{name} exited {process.returncode}: no table written")
-    return [json.loads(line.removeprefix("FIGURE ")) for line in process.stdout.splitlines() if line.startswith("FIGURE ")]
+    return [
+        json.loads(line.removeprefix("FIGURE ")) for line in process.stdout.splitlines() if line.startswith("FIGURE ")
+    ]
 
 
 HEADER = [
@@ -133,8 +157,10 @@ def rows(figures: list[Figure], runs: int) -> list[str]:
         ratio = f"{f.ratio:.3f}" if f.ratio is not None else "–"
         met = f.met()
         verdict = ("–" if met is None else "met" if met else "not met") + (" (loaded)" if f.loaded else "")
-        lines.append(f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} |"
-                     f" {verdict} | {stamp}, {runs} runs |")
+        lines.append(
+            f"| {f.name} | {f.value:,.5g} {f.unit} | {floor} | {ratio} | {f.target or '–'} |"
+            f" {verdict} | {stamp}, {runs} runs |"
+        )
     return lines
 
 
@@ -150,8 +176,14 @@ def merged(existing: str, new_rows: list[str]) -> str:
     so `--only` re-measures some benchmarks without dropping the rest."""
     key = lambda row: row.split("|")[1].strip()  # noqa: E731 - a one-line key, beside its use
     fresh = {key(r): r for r in new_rows}
-    kept = [line for line in existing.splitlines() if line.startswith("| ") and line not in HEADER
-            and not line.startswith("| figure ") and not line.startswith("| ---")]
+    kept = [
+        line
+        for line in existing.splitlines()
+        if line.startswith("| ")
+        and line not in HEADER
+        and not line.startswith("| figure ")
+        and not line.startswith("| ---")
+    ]
     out = [fresh.pop(key(r), r) for r in kept]
     out += list(fresh.values())
     intro = "Each row is the median of the runs it names, all on a quiet machine (1-minute load <= 0.5 at each start)."
@@ -174,7 +206,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/BENCHMARKS.md alone")
-    parser.add_argument("--small", action="store_true", help="the SMALL sizes: a functional check, never written (implies --no-write)")
+    parser.add_argument(
+        "--small", action="store_true", help="the SMALL sizes: a functional check, never written (implies --no-write)"
+    )
     args = parser.parse_args()
     sizes = SMALL if args.small else BENCHMARKS
     chosen = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
@@ -186,7 +220,8 @@ def main() -> None:
         for _ in range(args.runs):
             for record in run_once(name, sizes[name]):
                 figure = figures.setdefault(
-                    record["name"], Figure(record["name"], record["unit"], record["target"], record["floor_name"], [], [])
+                    record["name"],
+                    Figure(record["name"], record["unit"], record["target"], record["floor_name"], [], []),
                 )
                 figure.values.append(record["value"])
                 figure.floors.append(record["floor"])

@@ -73,6 +73,7 @@ async def emulator_messages(http: aiohttp.ClientSession, emulator_url: str, phon
     async with http.get(f"{emulator_url}/_emulator/messages", params={"to": phone}) as response:
         return await response.json()
 
+
 SEED = text(
     """
 WITH company AS (
@@ -113,10 +114,20 @@ async def settled(client, workflow_id: str) -> None:  # type: ignore[no-untyped-
     raise RuntimeError(f"{workflow_id}: an activity or workflow task still pending after 30 s")
 
 
-STAGES = ("signalled", "task started", "decide started", "task completed", "send scheduled", "send started", "at the emulator")
+STAGES = (
+    "signalled",
+    "task started",
+    "decide started",
+    "task completed",
+    "send scheduled",
+    "send started",
+    "at the emulator",
+)
 
 
-async def stages(client, http, emulator_url: str, workflow_id: str, run_id: str, phone: str, sent: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+async def stages(
+    client, http, emulator_url: str, workflow_id: str, run_id: str, phone: str, sent: float
+) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Where one nudge's time went, in ms after the signal was sent (wall clock `sent`), from the
     case's history (signalled; the first workflow task after it started and completed; the
     decision activity started, in runs from before it became a local activity; the send scheduled
@@ -163,29 +174,51 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
         # the messaging queue's rate limit, the dispatch delay and pacing, the interceptors.
         settings = Settings()
         sends = MessagingActivities(
-            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            s.engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
             per_second=settings.send_rate,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         async with s.engine.begin() as conn:
             rows = (await conn.execute(SEED, {"company": company, "n": cases})).all()
-            phones = dict((await conn.execute(text("SELECT id, phone FROM memberships WHERE company_id = :c"), {"c": company})).all())
+            phones = dict(
+                (
+                    await conn.execute(text("SELECT id, phone FROM memberships WHERE company_id = :c"), {"c": company})
+                ).all()
+            )
         rss_before = rss_mb()
         options = WorkerOptions(max_cached_workflows=CACHE)
-        async with Worker(
-            s.client, task_queue=queue, workflows=[ChurnCaseWorkflow],
-            activities=[churn.load_case, churn.decide_nudge, churn.record_action], **jobs_tuning(options),
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], **messaging_tuning(settings, options)):
+        async with (
+            Worker(
+                s.client,
+                task_queue=queue,
+                workflows=[ChurnCaseWorkflow],
+                activities=[churn.load_case, churn.decide_nudge, churn.record_action],
+                **jobs_tuning(options),
+            ),
+            Worker(
+                s.client,
+                task_queue=f"{queue}-msg",
+                activities=[sends.send_message, sends.send_messages],
+                **messaging_tuning(settings, options),
+            ),
+        ):
             slots = asyncio.Semaphore(concurrency)
 
             async def open_one(case_id: int) -> None:
                 async with slots:
                     await s.client.start_workflow(
                         ChurnCaseWorkflow.run,
-                        ChurnCaseInput(case_id=case_id, company_id=company, manage_link="https://pay.example.test/m",
-                                       messaging_task_queue=f"{queue}-msg"),
-                        id=f"churn-case/{case_id}", task_queue=queue,
+                        ChurnCaseInput(
+                            case_id=case_id,
+                            company_id=company,
+                            manage_link="https://pay.example.test/m",
+                            messaging_task_queue=f"{queue}-msg",
+                        ),
+                        id=f"churn-case/{case_id}",
+                        task_queue=queue,
                         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     )
 
@@ -201,10 +234,14 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             rss_sleeping = rss_mb()
 
             nudged = rows[:: max(1, len(rows) // nudges)][:nudges]
-            runs = {case_id: (await s.client.get_workflow_handle(f"churn-case/{case_id}").describe()).run_id
-                    for case_id, _ in nudged}
-            actions_before = {case_id: await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
-                              for case_id, _ in nudged}
+            runs = {
+                case_id: (await s.client.get_workflow_handle(f"churn-case/{case_id}").describe()).run_id
+                for case_id, _ in nudged
+            }
+            actions_before = {
+                case_id: await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
+                for case_id, _ in nudged
+            }
             latencies: list[float] = []
             sent_at: dict[int, float] = {}
             # CPU is summed over each nudge's own window, signal to acceptance: not the waits between.
@@ -238,35 +275,58 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
             cpu = cpu_per(dict.fromkeys(cpu_used, 0.0), cpu_used, len(nudged), "nudge")
             rss_after = rss_mb()
             async with aiohttp.ClientSession() as http:
-                split = [await stages(s.client, http, emulator_url, f"churn-case/{case_id}", runs[case_id] or "",
-                                      phones[membership], sent_at[case_id]) for case_id, membership in nudged]
+                split = [
+                    await stages(
+                        s.client,
+                        http,
+                        emulator_url,
+                        f"churn-case/{case_id}",
+                        runs[case_id] or "",
+                        phones[membership],
+                        sent_at[case_id],
+                    )
+                    for case_id, membership in nudged
+                ]
             nudge_actions = 0
             for case_id, _ in nudged:
                 await settled(s.client, f"churn-case/{case_id}")
-                nudge_actions += await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "") - actions_before[case_id]
+                nudge_actions += (
+                    await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
+                    - actions_before[case_id]
+                )
         await gateway.close()
 
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}")
-    print(f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s)"
-          f" = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
-          f" idle {idle_after:.0f} s later")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
-          f" {rss_sleeping:.0f} MB with {cases} cases asleep,"
-          f" {rss_after:.0f} MB after the nudges")
-    print(f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
-          f" p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
-          f" mean {statistics.fmean(latencies) * 1000:.0f} ms")
+    print(
+        f"opened {cases} cases in {open_elapsed:.1f}s (all asleep after {asleep_elapsed:.1f}s)"
+        f" = {cases / open_elapsed:,.0f} starts/s ({concurrency} in flight);"
+        f" idle {idle_after:.0f} s later"
+    )
+    print(
+        f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+        f" {rss_sleeping:.0f} MB with {cases} cases asleep,"
+        f" {rss_after:.0f} MB after the nudges"
+    )
+    print(
+        f"manual nudge, signal -> accepted by the emulator ({len(latencies)} nudges, one at a time):"
+        f" p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
+        f" mean {statistics.fmean(latencies) * 1000:.0f} ms"
+    )
     print(f"{cpu}, from signal to acceptance (a loaded machine stretches each ms of it)")
-    print(f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges"
-          f" = {nudge_actions / len(latencies):.2f} per nudge")
+    print(
+        f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges"
+        f" = {nudge_actions / len(latencies):.2f} per nudge"
+    )
     print("where the time went (ms after the signal was sent; from the histories and the emulator):")
     for stage in STAGES:
         reached = sorted(x[stage] for x in split if stage in x)
         if reached:
-            print(f"  {stage:>16}: p50 {statistics.median(reached):6.1f}"
-                  f"  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}")
+            print(
+                f"  {stage:>16}: p50 {statistics.median(reached):6.1f}"
+                f"  p99 {reached[min(len(reached) - 1, int(0.99 * len(reached)))]:6.1f}"
+            )
     figure(f"churn: manual nudge to emulator p50 ({cases} open cases)", p(0.5) * 1000, "ms", target="< 60")
     figure(f"churn: manual nudge to emulator p99 ({cases} open cases)", p(0.99) * 1000, "ms", target="< 120")
     figure("churn: Temporal actions per nudge", nudge_actions / len(latencies), "actions", target="<= 3")

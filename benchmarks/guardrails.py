@@ -88,21 +88,34 @@ async def main(changed: int) -> None:
         url = f"http://127.0.0.1:{port}"
         gateway = TwilioGateway(twilio_client(url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         sends = MessagingActivities(
-            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            s.engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
         )
         async with s.engine.begin() as conn:
             await conn.execute(SEED, {"n": seeded, "day": day})
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        async with Worker(
-            s.client, task_queue=queue, workflows=[CreditGuardrailsWorkflow],
-            activities=[GuardrailActivities(s.engine).apply],
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages], max_concurrent_activities=200):
+        async with (
+            Worker(
+                s.client,
+                task_queue=queue,
+                workflows=[CreditGuardrailsWorkflow],
+                activities=[GuardrailActivities(s.engine).apply],
+            ),
+            Worker(
+                s.client,
+                task_queue=f"{queue}-msg",
+                activities=[sends.send_message, sends.send_messages],
+                max_concurrent_activities=200,
+            ),
+        ):
             cpu_before, started = cpu_seconds(), time.perf_counter()
             handle = await s.client.start_workflow(
                 CreditGuardrailsWorkflow.run,
                 GuardrailsRequest(check_date=day, messaging_task_queue=f"{queue}-msg"),
-                id=f"credit-guardrails/{day}", task_queue=queue,
+                id=f"credit-guardrails/{day}",
+                task_queue=queue,
             )
             result = await handle.result()
             elapsed = time.perf_counter() - started
@@ -133,7 +146,9 @@ async def main(changed: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--retailers", type=int, default=2000, help="retailers the run changes (a third more are healthy)")
+    parser.add_argument(
+        "--retailers", type=int, default=2000, help="retailers the run changes (a third more are healthy)"
+    )
     args = parser.parse_args()
     if args.retailers < 3:
         parser.error("--retailers must be at least 3")

@@ -87,8 +87,13 @@ async def serve(command: str, port: int, *args: str) -> AsyncIterator[None]:
     """The emulator and the sandbox in their own processes, as in `jobctl dev`: the worker's event
     loop is not also serving Twilio's and Stripe's side of every call."""
     process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "jobctl"), command, "--port", str(port), *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        str(Path(sys.executable).parent / "jobctl"),
+        command,
+        "--port",
+        str(port),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         for _ in range(100):
@@ -110,8 +115,15 @@ async def worker_process(s: Stack, module: str, task_queue: str, *args: str) -> 
     as production runs a queue's workers apart from the jobs worker: one Python process runs on one
     core at a time. Yields once it polls `task_queue`; its CPU counts as "worker processes"."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, s.client.service_client.config.target_host, s.database_url, *args, task_queue,
-        cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        module,
+        s.client.service_client.config.target_host,
+        s.database_url,
+        *args,
+        task_queue,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=asyncio.subprocess.DEVNULL,
     )
     _OWN_WORKERS.add(process.pid)
     try:
@@ -131,8 +143,11 @@ async def wait_for_pollers(s: Stack, task_queue: str, count: int) -> None:
 
     for _ in range(600):
         response = await s.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(namespace=s.client.namespace, task_queue=TaskQueue(name=task_queue),
-                                     task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+            DescribeTaskQueueRequest(
+                namespace=s.client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
         )
         if len({p.identity for p in response.pollers}) >= count:
             return
@@ -262,7 +277,9 @@ def cpu_ms(before: dict[str, float], after: dict[str, float], units: int) -> dic
 
 def cpu_per(before: dict[str, float], after: dict[str, float], units: int, unit: str) -> str:
     """`name X ms` per unit of work for each process, from two `cpu_seconds()` readings."""
-    parts = [f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after if after[name] > before[name]]
+    parts = [
+        f"{name} {(after[name] - before[name]) * 1000 / units:.1f} ms" for name in after if after[name] > before[name]
+    ]
     return f"CPU per {unit}: " + ", ".join(parts)
 
 
@@ -315,7 +332,9 @@ def print_load_at_end() -> None:
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
 
 
-def figure(name: str, value: float, unit: str, *, target: str, floor: float | None = None, floor_name: str = "") -> None:
+def figure(
+    name: str, value: float, unit: str, *, target: str, floor: float | None = None, floor_name: str = ""
+) -> None:
     """One machine-readable figure for `make bench` (benchmarks/bench.py collects them).
 
     `target` is a comparison applied to the ratio value/floor when there is a floor, else to the

@@ -44,8 +44,16 @@ async def baseline(engine, insight_date: date, limit: int) -> tuple[int, float]:
             row = (
                 await conn.execute(
                     PAGE_STATS_SQL,
-                    {"after_id": rid - 1, "page_size": 1, "prev_start": prev_start, "window_start": window_start,
-                     "as_of": as_of, "insight_date": insight_date, "tz": "UTC", "top_n": 3},
+                    {
+                        "after_id": rid - 1,
+                        "page_size": 1,
+                        "prev_start": prev_start,
+                        "window_start": window_start,
+                        "as_of": as_of,
+                        "insight_date": insight_date,
+                        "tz": "UTC",
+                        "top_n": 3,
+                    },
                 )
             ).one()
             values = _insight_row(_stats_from_row(row), insight_date)
@@ -63,11 +71,17 @@ async def main(retailers: int, baseline_sample: int) -> None:
     async with stack() as s:
         seed_started = time.perf_counter()
         report = await seed_retailers(s.engine, retailers, today=DAY)
-        print(f"seeded {report.retailers} retailers, {report.orders} orders, {report.debits} debits "
-              f"in {time.perf_counter() - seed_started:.1f}s")
+        print(
+            f"seeded {report.retailers} retailers, {report.orders} orders, {report.debits} debits "
+            f"in {time.perf_counter() - seed_started:.1f}s"
+        )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        async with Worker(s.client, task_queue=queue, workflows=[InsightsRegenerationWorkflow],
-                          activities=[InsightActivities(s.engine).regenerate_insights_chunk]):
+        async with Worker(
+            s.client,
+            task_queue=queue,
+            workflows=[InsightsRegenerationWorkflow],
+            activities=[InsightActivities(s.engine).regenerate_insights_chunk],
+        ):
             workflow_id = f"insights/bench-{uuid.uuid4().hex[:8]}"
             started = time.perf_counter()
             handle = await s.client.start_workflow(

@@ -100,7 +100,9 @@ async def run_set(engine: AsyncEngine, label: str, customers: list[int], applica
 
     async def one(i: int) -> PointsApplication:
         started = time.perf_counter()
-        result = await apply_points_at_checkout(engine, customers[i % len(customers)], f"bench-{run}-{i}", REDEEM, ORDER_TOTAL)
+        result = await apply_points_at_checkout(
+            engine, customers[i % len(customers)], f"bench-{run}-{i}", REDEEM, ORDER_TOTAL
+        )
         latencies.append((time.perf_counter() - started) * 1000)
         return result
 
@@ -125,7 +127,9 @@ async def run_set(engine: AsyncEngine, label: str, customers: list[int], applica
     return len(applied) / elapsed
 
 
-async def queue_to_applied(client: Client, engine: AsyncEngine, stripe_url: str, customers: list[int], items: int) -> int:
+async def queue_to_applied(
+    client: Client, engine: AsyncEngine, stripe_url: str, customers: list[int], items: int
+) -> int:
     """`items` failed applications through the queue to applied; returns their Temporal actions."""
     stripe_api = stripe_client("sk_test_bench", stripe_url, timeout_s=30)
     queue = f"bench-loyalty-{uuid.uuid4().hex[:8]}"
@@ -136,7 +140,12 @@ async def queue_to_applied(client: Client, engine: AsyncEngine, stripe_url: str,
         async def paid(i: int) -> str:  # the order's payment, made before its points failed to apply
             async with slots:
                 intent = await stripe_api.v1.payment_intents.create_async(
-                    {"amount": int(ORDER_TOTAL * 100), "currency": "usd", "payment_method": "pm_card_visa", "confirm": True},
+                    {
+                        "amount": int(ORDER_TOTAL * 100),
+                        "currency": "usd",
+                        "payment_method": "pm_card_visa",
+                        "confirm": True,
+                    },
                     {"idempotency_key": f"bench-pi:{run}:{i}"},
                 )
                 return intent.id
@@ -145,20 +154,35 @@ async def queue_to_applied(client: Client, engine: AsyncEngine, stripe_url: str,
         payments = PaymentActivities(StripeGateway(stripe_api, engine))
         queue_acts = LoyaltyQueueActivities(engine)
         async with Worker(
-            client, task_queue=queue, workflows=[LoyaltyReconciliationWorkflow],
+            client,
+            task_queue=queue,
+            workflows=[LoyaltyReconciliationWorkflow],
             activities=[
-                queue_acts.load_item, queue_acts.apply_queued_points, queue_acts.mark_needs_review,
-                queue_acts.resolve_item, queue_acts.reopen_item, payments.payment_intent_status,
+                queue_acts.load_item,
+                queue_acts.apply_queued_points,
+                queue_acts.mark_needs_review,
+                queue_acts.resolve_item,
+                queue_acts.reopen_item,
+                payments.payment_intent_status,
             ],
         ):
             started = time.perf_counter()
-            queued = await asyncio.gather(*(
-                enqueue_failed_points(
-                    client, engine, customers[i % len(customers)], f"bench-queued-{run}-{i}", REDEEM, ORDER_TOTAL,
-                    payment_intent_id=intents[i], error="bench: the inline application failed", task_queue=queue,
+            queued = await asyncio.gather(
+                *(
+                    enqueue_failed_points(
+                        client,
+                        engine,
+                        customers[i % len(customers)],
+                        f"bench-queued-{run}-{i}",
+                        REDEEM,
+                        ORDER_TOTAL,
+                        payment_intent_id=intents[i],
+                        error="bench: the inline application failed",
+                        task_queue=queue,
+                    )
+                    for i in range(items)
                 )
-                for i in range(items)
-            ))
+            )
             handles = [client.get_workflow_handle(q.workflow_id, result_type=ReconcileResult) for q in queued]
             results = await asyncio.gather(*(h.result() for h in handles))
             elapsed = time.perf_counter() - started
@@ -207,7 +231,9 @@ if __name__ == "__main__":
     parser.add_argument("--hot", type=int, default=10, help="customers in the hot set")
     parser.add_argument("--cold", type=int, default=1000, help="customers in the cold set")
     parser.add_argument("--pool", type=int, default=20, help="engine pool size (the worker's default is 20)")
-    parser.add_argument("--queued", type=int, default=200, help="failed applications sent through the reconciliation queue")
+    parser.add_argument(
+        "--queued", type=int, default=200, help="failed applications sent through the reconciliation queue"
+    )
     args = parser.parse_args()
     if min(args.applications, args.hot, args.cold, args.queued) < 1:
         parser.error("--applications, --hot, --cold and --queued must be at least 1")

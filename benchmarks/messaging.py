@@ -66,8 +66,12 @@ from workflows.messaging import MessageBatchWorkflow, send_message
 def batch_of(label: str, retailer_ids: Iterable[int], in_flight: int, task_queue: str) -> MessageBatch:
     return MessageBatch(
         messages=[
-            SendMessage(idempotency_key=f"{label}:{rid}", recipient_type="retailer", recipient_id=str(rid),
-                        template="credit_resumed")
+            SendMessage(
+                idempotency_key=f"{label}:{rid}",
+                recipient_type="retailer",
+                recipient_id=str(rid),
+                template="credit_resumed",
+            )
             for rid in retailer_ids
         ],
         max_in_flight=in_flight,
@@ -81,13 +85,19 @@ BATCH_SIZE = 4000  # messages per MessageBatchWorkflow: 20,000 in one input exce
 async def run_batches(s: Stack, label: str, ids: list[int] | range, in_flight: int, queue: str) -> tuple[int, int]:
     """The messages as concurrent batch workflows of BATCH_SIZE, `in_flight` sends outstanding in all;
     returns (sent, duplicates)."""
-    chunks = [ids[i:i + BATCH_SIZE] for i in range(0, len(ids), BATCH_SIZE)]
+    chunks = [ids[i : i + BATCH_SIZE] for i in range(0, len(ids), BATCH_SIZE)]
     each = max(1, in_flight // len(chunks))
-    results = await asyncio.gather(*(
-        s.client.execute_workflow(MessageBatchWorkflow.run, batch_of(label, chunk, each, f"{queue}-messaging"),
-                                  id=f"{label}/{uuid.uuid4()}", task_queue=queue)
-        for chunk in chunks
-    ))
+    results = await asyncio.gather(
+        *(
+            s.client.execute_workflow(
+                MessageBatchWorkflow.run,
+                batch_of(label, chunk, each, f"{queue}-messaging"),
+                id=f"{label}/{uuid.uuid4()}",
+                task_queue=queue,
+            )
+            for chunk in chunks
+        )
+    )
     return sum(r.sent for r in results), sum(r.duplicates for r in results)
 
 
@@ -125,15 +135,23 @@ async def run(
         url = f"http://127.0.0.1:{port}"
         gateway = TwilioGateway(twilio_client(url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
         sends = MessagingActivities(
-            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            s.engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
             per_second=limit * SEND_RATE_HEADROOM if limit else None,
         )
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         worker_options = {"max_task_queue_activities_per_second": limit * SEND_RATE_HEADROOM} if limit else {}
-        async with Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]), Worker(
-            s.client, task_queue=f"{queue}-messaging", activities=[sends.send_message, sends.send_messages],
-            max_concurrent_activities=WorkerOptions().max_concurrent_sends, **worker_options,
+        async with (
+            Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow]),
+            Worker(
+                s.client,
+                task_queue=f"{queue}-messaging",
+                activities=[sends.send_message, sends.send_messages],
+                max_concurrent_activities=WorkerOptions().max_concurrent_sends,
+                **worker_options,
+            ),
         ):
             cpu_before, started = cpu_seconds(), time.perf_counter()
             sent, _ = await run_batches(s, label, retailer_ids, in_flight, queue)
@@ -153,18 +171,29 @@ async def two_workers(s: Stack, retailer_ids: list[int], limit: float, in_flight
         url = f"http://127.0.0.1:{port}"
         queue = f"two-{uuid.uuid4().hex[:8]}"
         env = {
-            **os.environ, "DATABASE_URL": s.database_url,
+            **os.environ,
+            "DATABASE_URL": s.database_url,
             "TEMPORAL_ADDRESS": s.client.service_client.config.target_host,
-            "MESSAGING_TASK_QUEUE": f"{queue}-messaging", "TWILIO_API_BASE": url,
-            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
-            "MESSAGES_PER_SECOND": str(limit), "MESSAGE_DAILY_CAP": "1000",
-            "QUIET_HOURS_START": "0", "QUIET_HOURS_END": "0", "LOG_LEVEL": "WARNING",
+            "MESSAGING_TASK_QUEUE": f"{queue}-messaging",
+            "TWILIO_API_BASE": url,
+            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+            "MESSAGES_PER_SECOND": str(limit),
+            "MESSAGE_DAILY_CAP": "1000",
+            "QUIET_HOURS_START": "0",
+            "QUIET_HOURS_END": "0",
+            "LOG_LEVEL": "WARNING",
         }
         jobctl = str(Path(sys.executable).parent / "jobctl")
         workers = [
             await asyncio.create_subprocess_exec(
-                jobctl, "worker", "--task-queue", "messaging", env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                jobctl,
+                "worker",
+                "--task-queue",
+                "messaging",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             for _ in range(2)
         ]
@@ -190,9 +219,9 @@ async def send_nothing(request: SendMessage) -> SendOutcome:
 @activity.defn(name="send_messages")
 async def send_nothing_in_batches(batch: SendBatch) -> SendBatchResult:
     """The batched floor: a batch activity that does no work at all."""
-    return SendBatchResult(outcomes=[
-        BatchItemOutcome(idempotency_key=m.idempotency_key, status="sent") for m in batch.messages
-    ])
+    return SendBatchResult(
+        outcomes=[BatchItemOutcome(idempotency_key=m.idempotency_key, status="sent") for m in batch.messages]
+    )
 
 
 @workflow.defn(name="MessageBatchWorkflow", sandboxed=False)
@@ -218,9 +247,14 @@ async def temporal_floor(s: Stack, count: int, in_flight: int, *, batched: bool)
     same MessageBatchWorkflow; not, one activity per message."""
     queue = f"floor-{uuid.uuid4().hex[:8]}"
     flow = MessageBatchWorkflow if batched else OneActivityPerMessage
-    async with Worker(s.client, task_queue=queue, workflows=[flow]), Worker(
-        s.client, task_queue=f"{queue}-messaging", activities=[send_nothing, send_nothing_in_batches],
-        max_concurrent_activities=WorkerOptions().max_concurrent_sends,
+    async with (
+        Worker(s.client, task_queue=queue, workflows=[flow]),
+        Worker(
+            s.client,
+            task_queue=f"{queue}-messaging",
+            activities=[send_nothing, send_nothing_in_batches],
+            max_concurrent_activities=WorkerOptions().max_concurrent_sends,
+        ),
     ):
         cpu_before, started = cpu_seconds(), time.perf_counter()
         sent, _ = await run_batches(s, "floor-b" if batched else "floor", range(count), in_flight, queue)
@@ -238,10 +272,19 @@ async def main(messages: int, limit: float, in_flight: int, two_worker_messages:
     configure_logging("json", "WARNING")
     async with stack() as s:
         async with s.engine.begin() as conn:
-            ids = (await conn.execute(text(
-                "INSERT INTO retailers (name, phone, preferred_channel) SELECT 'Bench ' || g,"
-                " '+1222' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g RETURNING id"),
-                {"n": messages})).scalars().all()
+            ids = (
+                (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO retailers (name, phone, preferred_channel) SELECT 'Bench ' || g,"
+                            " '+1222' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g RETURNING id"
+                        ),
+                        {"n": messages},
+                    )
+                )
+                .scalars()
+                .all()
+            )
         limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited", in_flight)
         free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
         floor_rate, floor_cpu = await temporal_floor(s, messages, in_flight, batched=False)
@@ -252,28 +295,65 @@ async def main(messages: int, limit: float, in_flight: int, two_worker_messages:
     worker = "benchmark process"  # the worker runs in this process
     print(f"machine: {machine()}")
     print(f"{in_flight} sends in flight; each message's slot at {SEND_RATE_HEADROOM} x the limit")
-    print(f"limited to {limit:.0f} msg/s: {limited_rate:,.1f} msg/s = {limited_rate / limit:.3f} of the limit; "
-          f"429s: {limited['rate_limited']} of {requests} requests ({limited['rate_limited'] / requests:.2%})")
+    print(
+        f"limited to {limit:.0f} msg/s: {limited_rate:,.1f} msg/s = {limited_rate / limit:.3f} of the limit; "
+        f"429s: {limited['rate_limited']} of {requests} requests ({limited['rate_limited'] / requests:.2%})"
+    )
     print(f"  CPU per message: {per_process(limited_cpu)}")
-    print(f"two worker processes, {two_worker_messages} messages: steady {two_rate:,.1f} msg/s = "
-          f"{two_rate / limit:.3f} of the limit; 429s {two['rate_limited']} of {two_requests}")
+    print(
+        f"two worker processes, {two_worker_messages} messages: steady {two_rate:,.1f} msg/s = "
+        f"{two_rate / limit:.3f} of the limit; 429s {two['rate_limited']} of {two_requests}"
+    )
     print(f"no limit: {free_rate:,.1f} msg/s ({messages} messages)")
     print(f"  CPU per message: {per_process(free_cpu)}")
     print(f"Temporal alone, one activity per message that does nothing: {floor_rate:,.1f} sends/s")
     print(f"  CPU per no-op send: {per_process(floor_cpu)}")
-    print(f"Temporal alone, the same batched workflow, a batch activity that does nothing: {batched_rate:,.1f} msg/s"
-          f" (the send path reaches {free_rate / batched_rate:.3f} of it)")
+    print(
+        f"Temporal alone, the same batched workflow, a batch activity that does nothing: {batched_rate:,.1f} msg/s"
+        f" (the send path reaches {free_rate / batched_rate:.3f} of it)"
+    )
     print(f"  CPU per no-op message: {per_process(batched_cpu)}")
-    figure(f"messaging: accepted rate at a {limit:.0f} msg/s limit", limited_rate, "msg/s", floor=limit,
-           floor_name="the limit", target=">= 0.98")
+    figure(
+        f"messaging: accepted rate at a {limit:.0f} msg/s limit",
+        limited_rate,
+        "msg/s",
+        floor=limit,
+        floor_name="the limit",
+        target=">= 0.98",
+    )
     figure("messaging: share of requests answered 429", limited["rate_limited"] / requests, "", target="< 0.005")
-    figure("messaging: two workers' combined steady rate", two_rate, "msg/s", floor=limit,
-           floor_name="the limit", target=">= 0.95")
-    figure("messaging: two workers' combined steady rate (upper bound)", two_rate, "msg/s", floor=limit,
-           floor_name="the limit", target="<= 1.02")
-    figure("messaging: unlimited send path", free_rate, "msg/s", floor=floor_rate, floor_name="Temporal alone, an activity per message", target=">= 0.66")
-    figure("messaging: worker CPU per message, unlimited", free_cpu[worker], "ms", floor=floor_cpu[worker],
-           floor_name="Temporal alone, an activity per message", target="<= 2")
+    figure(
+        "messaging: two workers' combined steady rate",
+        two_rate,
+        "msg/s",
+        floor=limit,
+        floor_name="the limit",
+        target=">= 0.95",
+    )
+    figure(
+        "messaging: two workers' combined steady rate (upper bound)",
+        two_rate,
+        "msg/s",
+        floor=limit,
+        floor_name="the limit",
+        target="<= 1.02",
+    )
+    figure(
+        "messaging: unlimited send path",
+        free_rate,
+        "msg/s",
+        floor=floor_rate,
+        floor_name="Temporal alone, an activity per message",
+        target=">= 0.66",
+    )
+    figure(
+        "messaging: worker CPU per message, unlimited",
+        free_cpu[worker],
+        "ms",
+        floor=floor_cpu[worker],
+        floor_name="Temporal alone, an activity per message",
+        target="<= 2",
+    )
     print_load_at_end()
 
 
@@ -281,8 +361,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--limit", type=float, default=200.0)
-    parser.add_argument("--in-flight", type=int, default=50,
-                        help="sends outstanding at once over all batches (200 halves a batch workflow's own rate)")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=50,
+        help="sends outstanding at once over all batches (200 halves a batch workflow's own rate)",
+    )
     parser.add_argument("--two-worker-messages", type=int, default=4000, help="messages for the two-process run")
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:

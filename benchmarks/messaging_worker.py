@@ -42,13 +42,20 @@ async def serve(args: argparse.Namespace) -> None:
     engine = create_engine(args.database_url)
     gateway = TwilioGateway(twilio_client(args.twilio_url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
     sends = MessagingActivities(
-        engine, gateway, SENDERS, SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)), per_second=args.per_second,
+        engine,
+        gateway,
+        SENDERS,
+        SendPolicy(daily_cap=100, quiet_hours=QuietHours(0, 0)),
+        per_second=args.per_second,
     )
     rate = {"max_task_queue_activities_per_second": args.per_second} if args.per_second else {}
     try:
         async with Worker(
-            client, task_queue=args.task_queue, activities=[sends.send_message, sends.send_messages],
-            max_concurrent_activities=MAX_CONCURRENT_SENDS, **rate,
+            client,
+            task_queue=args.task_queue,
+            activities=[sends.send_message, sends.send_messages],
+            max_concurrent_activities=MAX_CONCURRENT_SENDS,
+            **rate,
         ):
             freeze_startup_heap()  # as `jobctl worker` does
             await stop.wait()

@@ -137,7 +137,9 @@ async def start_all(
             await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
         async with slots:
             await start_pending_order(
-                client, engine, PendingOrderInput(order_id=order_id, retailer_id=retailer_id, **clock),
+                client,
+                engine,
+                PendingOrderInput(order_id=order_id, retailer_id=retailer_id, **clock),
                 task_queue=task_queue,
             )
 
@@ -154,13 +156,20 @@ async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> t
     async def one(i: int) -> None:
         async with slots:
             start = WithStartWorkflowOperation(
-                BareClockWorkflow.run, id=f"bare-clock/{prefix}/{i}", task_queue=task_queue,
+                BareClockWorkflow.run,
+                id=f"bare-clock/{prefix}/{i}",
+                task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             )
             await client.execute_update_with_start_workflow(BareClockWorkflow.track, start_workflow_operation=start)
 
-    async with Worker(client, task_queue=task_queue, workflows=[BareClockWorkflow], max_cached_workflows=CACHE,
-                      workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS):
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BareClockWorkflow],
+        max_cached_workflows=CACHE,
+        workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
+    ):
         cpu_before, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = time.perf_counter() - started
@@ -183,26 +192,49 @@ async def whole_life(s, activities: OrderActivities, count: int) -> tuple[int, d
             twilio_client(f"http://127.0.0.1:{port}", DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True)
         )
         sends = MessagingActivities(
-            s.engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            s.engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(daily_cap=100, quiet_hours=no_quiet_hours),
         )
         life = await new_orders(s.engine, count)
-        async with Worker(
-            s.client, task_queue=queue, workflows=[PendingOrderWorkflow],
-            activities=[activities.register_pending_order, activities.record_follow_up,
-                        activities.settle_pending_order, activities.handle_order_failure],
-            max_cached_workflows=CACHE, workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
-        ), Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages]):
-            await asyncio.gather(*(
-                start_pending_order(
-                    s.client, s.engine,
-                    PendingOrderInput(order_id=o, retailer_id=r, follow_up_after=LIFE_FOLLOW_UP, ttl=LIFE_TTL,
-                                      messaging_task_queue=f"{queue}-msg"),
-                    task_queue=queue, quiet_hours=no_quiet_hours,
+        async with (
+            Worker(
+                s.client,
+                task_queue=queue,
+                workflows=[PendingOrderWorkflow],
+                activities=[
+                    activities.register_pending_order,
+                    activities.record_follow_up,
+                    activities.settle_pending_order,
+                    activities.handle_order_failure,
+                ],
+                max_cached_workflows=CACHE,
+                workflow_task_poller_behavior=WORKFLOW_TASK_POLLERS,
+            ),
+            Worker(s.client, task_queue=f"{queue}-msg", activities=[sends.send_message, sends.send_messages]),
+        ):
+            await asyncio.gather(
+                *(
+                    start_pending_order(
+                        s.client,
+                        s.engine,
+                        PendingOrderInput(
+                            order_id=o,
+                            retailer_id=r,
+                            follow_up_after=LIFE_FOLLOW_UP,
+                            ttl=LIFE_TTL,
+                            messaging_task_queue=f"{queue}-msg",
+                        ),
+                        task_queue=queue,
+                        quiet_hours=no_quiet_hours,
+                    )
+                    for o, r in life
                 )
-                for o, r in life
-            ))
-            handles = [s.client.get_workflow_handle(ids.pending_order(o), result_type=PendingOrderResult) for o, _ in life]
+            )
+            handles = [
+                s.client.get_workflow_handle(ids.pending_order(o), result_type=PendingOrderResult) for o, _ in life
+            ]
             results = await asyncio.gather(*(h.result() for h in handles))
         await gateway.close()
     if any(r.state != "EXPIRED" or r.follow_up_sent_at is None for r in results):
@@ -219,7 +251,12 @@ async def whole_life(s, activities: OrderActivities, count: int) -> tuple[int, d
 
 
 async def main(
-    orders: int, expiry_orders: int, ttl: float, concurrency: int, expiry_rate: float, compile_workflows: bool = True,
+    orders: int,
+    expiry_orders: int,
+    ttl: float,
+    concurrency: int,
+    expiry_rate: float,
+    compile_workflows: bool = True,
     life_orders: int = 50,
 ) -> None:
     async with stack(compile_workflows=compile_workflows) as s:
@@ -253,8 +290,14 @@ async def main(
             short = await new_orders(s.engine, expiry_orders)
             short_ids = [o for o, _ in short]
             short_elapsed = await start_all(
-                s.client, s.engine, short, queue, concurrency, expiry_rate,
-                ttl=timedelta(seconds=ttl), follow_up_after=timedelta(hours=1),
+                s.client,
+                s.engine,
+                short,
+                queue,
+                concurrency,
+                expiry_rate,
+                ttl=timedelta(seconds=ttl),
+                follow_up_after=timedelta(hours=1),
             )
             deadline = time.monotonic() + ttl + 120
             while time.monotonic() < deadline:
@@ -286,28 +329,52 @@ async def main(
     lateness.sort()
     p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else float("nan")  # noqa: E731 - a one-line percentile
     print(f"machine: {machine()}; workflow bytecode compiled at start: {compile_workflows}")
-    print(f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight),"
-          f" every caller answered after {answered:.1f}s = {orders / answered:,.0f} answers/s")
+    print(
+        f"starts: {orders} clocks in {elapsed:.1f}s = {orders / elapsed:,.0f} starts/s ({concurrency} in flight),"
+        f" every caller answered after {answered:.1f}s = {orders / answered:,.0f} answers/s"
+    )
     print(f"  {start_cpu} (the benchmark process is the worker and the starting client)")
     print(f"Temporal alone (a clock that only answers its start and sleeps): {floor_rate:,.0f} starts/s")
     print(f"  {floor_cpu}")
-    print(f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
-          f" {rss_sleeping:.0f} MB with {orders} clocks asleep")
+    print(
+        f"worker RSS (in-process, cache {CACHE}): {rss_before:.0f} MB before,"
+        f" {rss_sleeping:.0f} MB with {orders} clocks asleep"
+    )
     print(
         f"expiry ({expiry_orders} clocks, TTL {ttl:.0f}s, started at {expiry_rate:.0f}/s in {short_elapsed:.1f}s): "
         f"{len(lateness)} expired, lateness p50 {p(0.5):.3f}s, p99 {p(0.99):.3f}s,"
         f" max {lateness[-1] if lateness else float('nan'):.3f}s"
         f", mean {statistics.fmean(lateness) if lateness else float('nan'):.3f}s"
     )
-    print(f"whole life ({life_orders} clocks, follow-up at {LIFE_FOLLOW_UP.seconds}s, expiry at {LIFE_TTL.seconds}s):"
-          f" ends {life_ends}; Temporal actions {life_actions} = {life_actions / life_orders:.2f} per order")
+    print(
+        f"whole life ({life_orders} clocks, follow-up at {LIFE_FOLLOW_UP.seconds}s, expiry at {LIFE_TTL.seconds}s):"
+        f" ends {life_ends}; Temporal actions {life_actions} = {life_actions / life_orders:.2f} per order"
+    )
     worker = "benchmark process"
-    figure("orders: clock starts/s", orders / elapsed, "starts/s", floor=floor_rate, floor_name="bare clock", target=">= 0.85")
-    figure("orders: worker CPU per start", start_ms[worker], "ms", floor=floor_ms[worker], floor_name="bare clock", target="<= 2")
+    figure(
+        "orders: clock starts/s",
+        orders / elapsed,
+        "starts/s",
+        floor=floor_rate,
+        floor_name="bare clock",
+        target=">= 0.85",
+    )
+    figure(
+        "orders: worker CPU per start",
+        start_ms[worker],
+        "ms",
+        floor=floor_ms[worker],
+        floor_name="bare clock",
+        target="<= 2",
+    )
     figure(f"orders: expiry lateness p99 ({expiry_orders} clocks)", p(0.99), "s", target="< 0.1")
     figure(f"orders: worker RSS with {orders} asleep", rss_sleeping, "MB", target="< 400")
-    figure("orders: Temporal actions of an order's whole life, start to expiry", life_actions / life_orders, "actions",
-           target="<= 8")
+    figure(
+        "orders: Temporal actions of an order's whole life, start to expiry",
+        life_actions / life_orders,
+        "actions",
+        target="<= 8",
+    )
     print_load_at_end()
 
 
@@ -317,16 +384,31 @@ if __name__ == "__main__":
     parser.add_argument("--expiry-orders", type=int, default=600, help="short clocks whose expiry is timed")
     parser.add_argument("--ttl", type=float, default=60.0, help="seconds until the short clocks expire")
     parser.add_argument(
-        "--expiry-rate", type=float, default=20.0,
+        "--expiry-rate",
+        type=float,
+        default=20.0,
         help="starts/s of the short clocks: their expiries arrive at this rate, which should be one the"
         " machine sustains (lateness above capacity is only the backlog)",
     )
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--no-compile", action="store_true", help="skip compile_workflow_modules() (to measure what it buys)")
-    parser.add_argument("--life-orders", type=int, default=50, help="clocks followed from start to expiry, for actions per order")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip compile_workflow_modules() (to measure what it buys)"
+    )
+    parser.add_argument(
+        "--life-orders", type=int, default=50, help="clocks followed from start to expiry, for actions per order"
+    )
     args = parser.parse_args()
     if min(args.orders, args.expiry_orders) < 1 or args.ttl <= 0 or args.expiry_rate <= 0:
         parser.error("--orders and --expiry-orders must be at least 1, --ttl and --expiry-rate positive")
     require_quiet()
-    asyncio.run(main(args.orders, args.expiry_orders, args.ttl, args.concurrency, args.expiry_rate, not args.no_compile,
-                     args.life_orders))
+    asyncio.run(
+        main(
+            args.orders,
+            args.expiry_orders,
+            args.ttl,
+            args.concurrency,
+            args.expiry_rate,
+            not args.no_compile,
+            args.life_orders,
+        )
+    )

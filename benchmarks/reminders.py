@@ -191,7 +191,8 @@ async def cron(engine, stripe_api, gateway: TwilioGateway, due: date, retailer_i
         )
         total = sum(row.amounts)
         await gateway.send(
-            to=row.phone, from_=SENDERS.sms,
+            to=row.phone,
+            from_=SENDERS.sms,
             body=f"A friendly reminder: {len(row.debit_ids)} invoice(s) totalling {total:,.2f} are due."
             f" Pay here: {session.url}",
         )
@@ -220,14 +221,22 @@ class Day:
 
 
 async def run_day(
-    client: Client, http: aiohttp.ClientSession, stripe_url: str, queue: str, day: date, offset: int,
-    request: RemindersRequest, deadline_s: float | None,
+    client: Client,
+    http: aiohttp.ClientSession,
+    stripe_url: str,
+    queue: str,
+    day: date,
+    offset: int,
+    request: RemindersRequest,
+    deadline_s: float | None,
 ) -> Day:
     """One `payment-reminders/{day}` run; its wall time, CPU, Stripe requests and actions."""
     stats_before, cpu_before, started = await stripe_stats(http, stripe_url), cpu_seconds(), time.perf_counter()
     handle = await client.start_workflow(
-        PaymentRemindersWorkflow.run, request.model_copy(update={"reminder_date": day}),
-        id=f"payment-reminders/{day}", task_queue=queue,
+        PaymentRemindersWorkflow.run,
+        request.model_copy(update={"reminder_date": day}),
+        id=f"payment-reminders/{day}",
+        task_queue=queue,
     )
     finished, error = True, ""
     try:
@@ -246,8 +255,19 @@ async def run_day(
     total_ms = sum(cpu_after[k] - cpu_before[k] for k in cpu_after) * 1000 / sent
     run_id = handle.first_execution_run_id or handle.run_id or ""
     actions = await count_actions(client, handle.id, run_id)
-    return Day(day, offset, status, elapsed, total_ms, cpu_per(cpu_before, cpu_after, sent, "reminder"), stats, actions,
-               finished, error, await phases(client, handle.id, run_id))
+    return Day(
+        day,
+        offset,
+        status,
+        elapsed,
+        total_ms,
+        cpu_per(cpu_before, cpu_after, sent, "reminder"),
+        stats,
+        actions,
+        finished,
+        error,
+        await phases(client, handle.id, run_id),
+    )
 
 
 async def phases(client: Client, workflow_id: str, run_id: str) -> list[str]:
@@ -269,7 +289,8 @@ async def phases(client: Client, workflow_id: str, run_id: str) -> list[str]:
             span[3] += 1
     end = (history.events[-1].event_time.ToDatetime() - start).total_seconds()
     return [
-        f"{name}: {n} x, {first:.2f}-{last:.2f} s, {busy:.2f} s summed" for name, (first, last, busy, n) in spans.items()
+        f"{name}: {n} x, {first:.2f}-{last:.2f} s, {busy:.2f} s summed"
+        for name, (first, last, busy, n) in spans.items()
     ] + [f"closed at {end:.2f} s"]
 
 
@@ -325,14 +346,21 @@ async def main(args: argparse.Namespace) -> None:
         if production:
             request = RemindersRequest(messaging_task_queue=f"{queue}-msg")
         else:
-            request = RemindersRequest(page_size=args.page_size, max_in_flight=args.in_flight, messaging_task_queue=f"{queue}-msg")
+            request = RemindersRequest(
+                page_size=args.page_size, max_in_flight=args.in_flight, messaging_task_queue=f"{queue}-msg"
+            )
         offsets = REMINDER_OFFSETS_DAYS[:2] if production else REMINDER_OFFSETS_DAYS
         days: list[Day] = []
         pace = ("--per-second", str(MESSAGING_LIMIT * SEND_RATE_HEADROOM)) if production else ()
-        async with Worker(
-            s.client, task_queue=queue, workflows=[PaymentRemindersWorkflow],
-            activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
-        ), worker_process(s, "benchmarks.messaging_worker", f"{queue}-msg", twilio_url, *pace):
+        async with (
+            Worker(
+                s.client,
+                task_queue=queue,
+                workflows=[PaymentRemindersWorkflow],
+                activities=[reminders.reminder_page, reminders.mark_reminders_sent, business_day],
+            ),
+            worker_process(s, "benchmarks.messaging_worker", f"{queue}-msg", twilio_url, *pace),
+        ):
             previous = None
             for offset in offsets:
                 day = due + timedelta(days=offset)
@@ -346,13 +374,17 @@ async def main(args: argparse.Namespace) -> None:
         accepted = await emulator_accepted(http, twilio_url) - accepted_before
         async with s.engine.connect() as conn:
             reminded = dict(
-                (await conn.execute(
-                    text(
-                        "SELECT min(reminder_count), max(reminder_count) FROM credit_transactions"
-                        " WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
-                    ),
-                    {"ids": retailers},
-                )).one()._mapping
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT min(reminder_count), max(reminder_count) FROM credit_transactions"
+                            " WHERE retailer_id = ANY(CAST(:ids AS bigint[]))"
+                        ),
+                        {"ids": retailers},
+                    )
+                )
+                .one()
+                ._mapping
             )
         await gateway.close()
         await close_stripe_client(stripe_api)
@@ -364,10 +396,14 @@ async def main(args: argparse.Namespace) -> None:
     failed = sum(sum(d.status.failed.values()) for d in days)
     cores = os.cpu_count() or 1
     print(f"machine: {machine()}")
-    print(f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run"
-          f" (offsets {', '.join(f'{d.offset:+d}' for d in days)})")
-    print(f"first day: {first.cpu_line} (the benchmark process runs the jobs worker, a worker process"
-          " the messaging one; `serve`d: the emulator and the sandbox)")
+    print(
+        f"{len(retailers)} retailers, debits due {due}; {len(days)} cadence days run"
+        f" (offsets {', '.join(f'{d.offset:+d}' for d in days)})"
+    )
+    print(
+        f"first day: {first.cpu_line} (the benchmark process runs the jobs worker, a worker process"
+        " the messaging one; `serve`d: the emulator and the sandbox)"
+    )
     print(f"first day: {first.cpu_ms:.1f} ms of CPU per reminder in all processes")
     print("first day's phases (first run): " + "; ".join(first.phases))
     print(
@@ -380,11 +416,21 @@ async def main(args: argparse.Namespace) -> None:
     if production:
         limit = MESSAGING_LIMIT
         print(f"production shape: Stripe limited to {STRIPE_LIMIT:g} requests/s, Twilio to {limit:g} msg/s")
-        figure(f"reminders (production): first day's failed reminders ({len(retailers)} retailers)",
-               failed if first.finished else float(len(retailers) - first.status.sent), "reminders", target="== 0")
+        figure(
+            f"reminders (production): first day's failed reminders ({len(retailers)} retailers)",
+            failed if first.finished else float(len(retailers) - first.status.sent),
+            "reminders",
+            target="== 0",
+        )
         if len(days) > 1:
-            figure("reminders (production): next cadence day's rate", days[1].rate, "reminders/s",
-                   floor=limit, floor_name="messaging limit", target=">= 0.95")
+            figure(
+                "reminders (production): next cadence day's rate",
+                days[1].rate,
+                "reminders/s",
+                floor=limit,
+                floor_name="messaging limit",
+                target=">= 0.95",
+            )
         print_load_at_end()
         return
 
@@ -404,12 +450,26 @@ async def main(args: argparse.Namespace) -> None:
         f"first day: {first.rate:,.1f} reminders/s = {first.rate / cron_rate:.2f}x the cron,"
         f" {first.rate / bound:.2f} of the parallel bound"
     )
-    complete = all(d.finished for d in days) and failed == 0 and reminded["min"] == reminded["max"] == len(REMINDER_OFFSETS_DAYS)
-    figure(f"reminders: Stripe calls per reminder ({len(REMINDER_OFFSETS_DAYS)}-step cadence)", calls / max(sent, 1), "calls",
-           target="<= 0.2")
+    complete = (
+        all(d.finished for d in days)
+        and failed == 0
+        and reminded["min"] == reminded["max"] == len(REMINDER_OFFSETS_DAYS)
+    )
+    figure(
+        f"reminders: Stripe calls per reminder ({len(REMINDER_OFFSETS_DAYS)}-step cadence)",
+        calls / max(sent, 1),
+        "calls",
+        target="<= 0.2",
+    )
     figure("reminders: ratio to the cron", first.rate, "reminders/s", floor=cron_rate, floor_name="cron", target=">= 3")
-    figure("reminders: share of the parallel bound", first.rate, "reminders/s", floor=bound,
-           floor_name=f"{cores}-core bound", target=">= 0.8")
+    figure(
+        "reminders: share of the parallel bound",
+        first.rate,
+        "reminders/s",
+        floor=bound,
+        floor_name=f"{cores}-core bound",
+        target=">= 0.8",
+    )
     figure("reminders: Temporal actions per reminder", actions / max(sent, 1), "actions", target="<= 0.05")
     print_load_at_end()
     if not complete:
@@ -419,11 +479,19 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retailers", type=int, default=2000)
-    parser.add_argument("--cron-retailers", type=int, default=200, help="retailers the sequential cron baseline reminds")
-    parser.add_argument("--page-size", type=int, default=RemindersRequest().page_size, help="retailers per page (production's)")
+    parser.add_argument(
+        "--cron-retailers", type=int, default=200, help="retailers the sequential cron baseline reminds"
+    )
+    parser.add_argument(
+        "--page-size", type=int, default=RemindersRequest().page_size, help="retailers per page (production's)"
+    )
     parser.add_argument("--in-flight", type=int, default=100)
-    parser.add_argument("--production", action="store_true", help="production's rate limits; the first two cadence days")
-    parser.add_argument("--deadline", type=float, default=None, help="seconds a cadence day may take before it is cut short")
+    parser.add_argument(
+        "--production", action="store_true", help="production's rate limits; the first two cadence days"
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="seconds a cadence day may take before it is cut short"
+    )
     args = parser.parse_args()
     if args.retailers < 1 or args.cron_retailers < 1:
         parser.error("--retailers and --cron-retailers must be at least 1")

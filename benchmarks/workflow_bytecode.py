@@ -82,8 +82,11 @@ async def runs_cpu(s, retailers: list[int], concurrency: int) -> tuple[float, fl
             assert not result.paused and not result.resumed, f"retailer {retailer_id} is not healthy: {result}"
 
     async with Worker(
-        s.client, task_queue=queue, workflows=[CreditGuardrailsWorkflow],
-        activities=[GuardrailActivities(s.engine).apply, business_day], **jobs_tuning(WorkerOptions()),
+        s.client,
+        task_queue=queue,
+        workflows=[CreditGuardrailsWorkflow],
+        activities=[GuardrailActivities(s.engine).apply, business_day],
+        **jobs_tuning(WorkerOptions()),
     ):
         before, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(r) for r in retailers))
@@ -104,8 +107,14 @@ async def main(runs: int, concurrency: int) -> None:
     print(f"no workflow bytecode on disk: worker CPU {without_ms:.1f} ms per re-check, {without_rate:,.0f} re-checks/s")
     print(f"compile_workflow_modules():   worker CPU {with_ms:.1f} ms per re-check, {with_rate:,.0f} re-checks/s")
     print(f"ratio (with / without): {with_ms / without_ms:.3f}")
-    figure("guardrails: worker CPU per sandboxed re-check with workflow bytecode", with_ms, "ms", floor=without_ms,
-           floor_name="no bytecode on disk", target="< 1")
+    figure(
+        "guardrails: worker CPU per sandboxed re-check with workflow bytecode",
+        with_ms,
+        "ms",
+        floor=without_ms,
+        floor_name="no bytecode on disk",
+        target="< 1",
+    )
     print_load_at_end()
 
 

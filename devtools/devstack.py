@@ -43,12 +43,18 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
         binaries.temporal_cli(),
         "server",
         "start-dev",
-        "--ip", host,
-        "--port", port,
-        "--ui-port", str(settings.temporal_ui_port),
-        "--db-filename", str(db_file),
-        "--namespace", settings.temporal_namespace,
-        "--log-level", "warn",
+        "--ip",
+        host,
+        "--port",
+        port,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--db-filename",
+        str(db_file),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
     ]
     for key in search_attributes.ALL:
         command += ["--search-attribute", f"{key.name}=Keyword"]
@@ -135,7 +141,9 @@ async def stripe(settings: Settings) -> AsyncIterator[Settings]:
         return
     from devtools.stripe_sandbox import StripeSandbox
 
-    sandbox = await StripeSandbox(data_dir=Path(settings.jobctl_home) / "stripe").start(settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port)
+    sandbox = await StripeSandbox(data_dir=Path(settings.jobctl_home) / "stripe").start(
+        settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port
+    )
     try:
         yield settings.model_copy(
             update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
@@ -242,7 +250,10 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 " pause and payment link (README: Paying a reminder)",
                 flush=True,
             )
-        print(f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)", flush=True)
+        print(
+            f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)",
+            flush=True,
+        )
         await run_workers(workers, stop)
 
 
@@ -274,7 +285,9 @@ async def start_demo_jobs(client, engine, settings: Settings) -> None:
     for schedule_id in DEMO_TRIGGERS:
         await client.get_schedule_handle(schedule_id).trigger()
     async with engine.connect() as conn:
-        members = (await conn.execute(text("SELECT membership_id, company_id FROM recovery_cases WHERE status = 'OPEN'"))).all()
+        members = (
+            await conn.execute(text("SELECT membership_id, company_id FROM recovery_cases WHERE status = 'OPEN'"))
+        ).all()
     for membership_id, company_id in members:
         await start_case(client, engine, settings, membership_id, "payment_failed", company_id=company_id)
 

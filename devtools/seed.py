@@ -13,9 +13,21 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 PRODUCTS = (
-    "Basmati Rice 5kg", "Sunflower Oil 1L", "Black Tea 500g", "Sugar 1kg", "Wheat Flour 2kg",
-    "Tomato Paste 400g", "Pasta 500g", "Lentils 1kg", "Dish Soap 750ml", "Laundry Powder 3kg",
-    "Bottled Water 6x1.5L", "Instant Coffee 200g", "Milk Powder 900g", "Canned Tuna 160g", "Biscuits 12pk",
+    "Basmati Rice 5kg",
+    "Sunflower Oil 1L",
+    "Black Tea 500g",
+    "Sugar 1kg",
+    "Wheat Flour 2kg",
+    "Tomato Paste 400g",
+    "Pasta 500g",
+    "Lentils 1kg",
+    "Dish Soap 750ml",
+    "Laundry Powder 3kg",
+    "Bottled Water 6x1.5L",
+    "Instant Coffee 200g",
+    "Milk Powder 900g",
+    "Canned Tuna 160g",
+    "Biscuits 12pk",
 )
 
 DEMO_MARKER = "Demo Retailer 001"
@@ -127,10 +139,14 @@ async def seed_retailers(
     async with engine.begin() as conn:
         phone_base = await conn.scalar(text("SELECT coalesce(max(id), 0) FROM retailers"))
         ids = (
-            await conn.execute(
-                _INSERT_RETAILERS, {"prefix": prefix, "n": count, "tz": timezone, "phone_base": phone_base}
+            (
+                await conn.execute(
+                    _INSERT_RETAILERS, {"prefix": prefix, "n": count, "tz": timezone, "phone_base": phone_base}
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         bounds = {"lo": min(ids), "hi": max(ids)}
         await conn.execute(_INSERT_ACCOUNTS, bounds)
         orders = (await conn.execute(_INSERT_ORDERS, {**bounds, "today": today})).rowcount

@@ -204,7 +204,9 @@ class Checkout:
             return self._error(400, "invalid_request_error", "The sandbox supports mode=payment only.", param="mode")
         items = params.get("line_items") or []
         if not isinstance(items, list) or not items:
-            return self._error(400, "invalid_request_error", "line_items is required in payment mode.", param="line_items")
+            return self._error(
+                400, "invalid_request_error", "line_items is required in payment mode.", param="line_items"
+            )
         lines, currency, total = [], None, 0
         for i, item in enumerate(items):
             data = (item or {}).get("price_data") or {}
@@ -214,23 +216,38 @@ class Checkout:
                 name = str((data.get("product_data") or {})["name"])
             except (KeyError, TypeError, ValueError):
                 return self._error(
-                    400, "invalid_request_error",
+                    400,
+                    "invalid_request_error",
                     "each line item needs price_data[currency], price_data[unit_amount],"
-                    " price_data[product_data][name] and a quantity", param=f"line_items[{i}]",
+                    " price_data[product_data][name] and a quantity",
+                    param=f"line_items[{i}]",
                 )
             if unit < 0 or quantity < 1 or (currency is not None and item_currency != currency):
-                return self._error(400, "invalid_request_error", "bad amount, quantity or currency", param=f"line_items[{i}]")
+                return self._error(
+                    400, "invalid_request_error", "bad amount, quantity or currency", param=f"line_items[{i}]"
+                )
             currency = item_currency
             total += unit * quantity
-            lines.append({
-                "id": "li_" + secrets.token_hex(8), "object": "item", "description": name, "quantity": quantity,
-                "currency": currency, "amount_subtotal": unit * quantity, "amount_total": unit * quantity,
-                "price": {"object": "price", "unit_amount": unit, "currency": currency, "product": name},
-            })
+            lines.append(
+                {
+                    "id": "li_" + secrets.token_hex(8),
+                    "object": "item",
+                    "description": name,
+                    "quantity": quantity,
+                    "currency": currency,
+                    "amount_subtotal": unit * quantity,
+                    "amount_total": unit * quantity,
+                    "price": {"object": "price", "unit_amount": unit, "currency": currency, "product": name},
+                }
+            )
         customer = params.get("customer")
         if customer and not await self._customer_exists(request, str(customer)):
             return self._error(
-                400, "invalid_request_error", f"No such customer: '{customer}'", code="resource_missing", param="customer"
+                400,
+                "invalid_request_error",
+                f"No such customer: '{customer}'",
+                code="resource_missing",
+                param="customer",
             )
         now = int(self.store.clock())
         expires_at = int(params.get("expires_at") or now + MAX_EXPIRY_S)
@@ -240,12 +257,23 @@ class Checkout:
             )
         session_id = "cs_test_" + secrets.token_hex(12)
         session = {
-            "id": session_id, "object": "checkout.session", "mode": "payment", "livemode": False,
-            "status": "open", "payment_status": "unpaid", "created": now, "expires_at": expires_at,
-            "url": f"{_public_base(request)}/pay/{session_id}", "currency": currency,
-            "amount_total": total, "amount_subtotal": total, "customer": customer or None,
-            "metadata": params.get("metadata") or {}, "client_reference_id": params.get("client_reference_id"),
-            "success_url": params.get("success_url"), "payment_intent": None,
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "livemode": False,
+            "status": "open",
+            "payment_status": "unpaid",
+            "created": now,
+            "expires_at": expires_at,
+            "url": f"{_public_base(request)}/pay/{session_id}",
+            "currency": currency,
+            "amount_total": total,
+            "amount_subtotal": total,
+            "customer": customer or None,
+            "metadata": params.get("metadata") or {},
+            "client_reference_id": params.get("client_reference_id"),
+            "success_url": params.get("success_url"),
+            "payment_intent": None,
         }
         self.store.sessions[session_id] = session
         self.store.line_items[session_id] = lines
@@ -268,14 +296,20 @@ class Checkout:
         limit = max(1, min(int(q.get("limit", "10")), 100))
         ids = [sid for sid in reversed(self.store.sessions)]  # newest first, as Stripe lists
         if after := q.get("starting_after"):
-            ids = ids[ids.index(after) + 1:] if after in ids else []
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
         matching = [
-            s for s in (self.store.get(sid) for sid in ids)
+            s
+            for s in (self.store.get(sid) for sid in ids)
             if s is not None and q.get("customer") in (None, s["customer"]) and q.get("status") in (None, s["status"])
         ]
-        return web.json_response({
-            "object": "list", "url": "/v1/checkout/sessions", "data": matching[:limit], "has_more": len(matching) > limit,
-        })
+        return web.json_response(
+            {
+                "object": "list",
+                "url": "/v1/checkout/sessions",
+                "data": matching[:limit],
+                "has_more": len(matching) > limit,
+            }
+        )
 
     async def list_line_items(self, request: web.Request) -> web.Response:
         if (refused := self._unauthorized(request)) is not None:
@@ -284,7 +318,9 @@ class Checkout:
         if self.store.get(sid) is None:
             return self._missing(sid)
         lines = self.store.line_items.get(sid, [])
-        return web.json_response({"object": "list", "url": f"/v1/checkout/sessions/{sid}/line_items", "data": lines, "has_more": False})
+        return web.json_response(
+            {"object": "list", "url": f"/v1/checkout/sessions/{sid}/line_items", "data": lines, "has_more": False}
+        )
 
     async def expire(self, request: web.Request) -> web.Response:
         if (refused := self._unauthorized(request)) is not None:
@@ -295,9 +331,10 @@ class Checkout:
             return self._missing(sid)
         if session["status"] != "open":  # as Stripe: only an open session can be expired
             return self._error(
-                400, "invalid_request_error",
-                "Only Checkout Sessions with a status in [\"open\"] can be expired."
-                f" This Checkout Session has a status of \"{session['status']}\".",
+                400,
+                "invalid_request_error",
+                'Only Checkout Sessions with a status in ["open"] can be expired.'
+                f' This Checkout Session has a status of "{session["status"]}".',
             )
         session["status"] = "expired"
         self.store.save()
@@ -307,7 +344,11 @@ class Checkout:
 
     def _missing(self, session_id: str) -> web.Response:
         return self._error(
-            404, "invalid_request_error", f"No such checkout.session: '{session_id}'", code="resource_missing", param="session"
+            404,
+            "invalid_request_error",
+            f"No such checkout.session: '{session_id}'",
+            code="resource_missing",
+            param="session",
         )
 
     # -- the pay page -------------------------------------------------------------------------
@@ -317,12 +358,15 @@ class Checkout:
         if session is None:
             return _page("Unknown payment link", "<p>This payment link does not exist.</p>", status=404)
         if session["status"] != "open":
-            return _page("Link closed", f"<p>This payment link is {html.escape(session['status'])}: it can no longer be paid.</p>",
-                         status=410 if session["status"] == "expired" else 409)
+            return _page(
+                "Link closed",
+                f"<p>This payment link is {html.escape(session['status'])}: it can no longer be paid.</p>",
+                status=410 if session["status"] == "expired" else 409,
+            )
         currency = session["currency"]
         rows = "".join(
             f"<tr><td>{html.escape(li['description'])}</td>"
-            f"<td class=\"amount\">{_minor_to_text(li['amount_total'], currency)}</td></tr>"
+            f'<td class="amount">{_minor_to_text(li["amount_total"], currency)}</td></tr>'
             for li in self.store.line_items.get(session["id"], [])
         )
         total = _minor_to_text(session["amount_total"], currency)
@@ -348,25 +392,39 @@ class Checkout:
         if session is None:
             return _page("Unknown payment link", "<p>This payment link does not exist.</p>", status=404)
         if session["status"] != "open":
-            return _page("Payment refused", f"<p>This payment link is {html.escape(session['status'])}: nothing was charged.</p>",
-                         status=410 if session["status"] == "expired" else 409)
+            return _page(
+                "Payment refused",
+                f"<p>This payment link is {html.escape(session['status'])}: nothing was charged.</p>",
+                status=410 if session["status"] == "expired" else 409,
+            )
         form = await request.post()
         currency, requested = session["currency"], session["amount_total"]
         paid = requested
         if form.get("action") == "partial":
             minor = _text_to_minor(str(form.get("amount", "")), currency)
             if minor is None or minor > requested:
-                return _page("Payment refused", f"<p>Enter an amount above 0 and at most {_minor_to_text(requested, currency)}.</p>", status=400)
+                return _page(
+                    "Payment refused",
+                    f"<p>Enter an amount above 0 and at most {_minor_to_text(requested, currency)}.</p>",
+                    status=400,
+                )
             paid = minor
         session.update(
-            status="complete", payment_status="paid", amount_total=paid, amount_subtotal=paid,
-            amount_requested=requested, payment_intent="pi_sandbox_" + secrets.token_hex(10),
+            status="complete",
+            payment_status="paid",
+            amount_total=paid,
+            amount_subtotal=paid,
+            amount_requested=requested,
+            payment_intent="pi_sandbox_" + secrets.token_hex(10),
         )
         self.store.save()
         log.info("stripe_sandbox.checkout_paid", session_id=session["id"], amount=paid, requested=requested)
         delivered = await self._deliver("checkout.session.completed", session)
-        return _page("Paid", f"<p>Paid {_minor_to_text(paid, currency)} {currency.upper()}. Thank you.</p>"
-                     + ("" if delivered else "<p>(no webhook received the event)</p>"))
+        return _page(
+            "Paid",
+            f"<p>Paid {_minor_to_text(paid, currency)} {currency.upper()}. Thank you.</p>"
+            + ("" if delivered else "<p>(no webhook received the event)</p>"),
+        )
 
     # -- events -------------------------------------------------------------------------------
 
@@ -374,8 +432,14 @@ class Checkout:
         """POST the signed event to each registered webhook (a few tries each); True if one took it."""
         created = int(self.store.clock())
         event = {
-            "id": "evt_" + secrets.token_hex(12), "object": "event", "type": event_type, "created": created,
-            "livemode": False, "pending_webhooks": 1, "api_version": "2024-06-20", "data": {"object": dict(obj)},
+            "id": "evt_" + secrets.token_hex(12),
+            "object": "event",
+            "type": event_type,
+            "created": created,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "api_version": "2024-06-20",
+            "data": {"object": dict(obj)},
         }
         payload = json.dumps(event, sort_keys=True).encode()
         delivered = False
@@ -419,7 +483,7 @@ def _page(title: str, body: str, *, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
         content_type="text/html",
-        text=f"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">"
+        text=f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
         f"<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>",
     )

@@ -329,7 +329,9 @@ def endpoint_of(method: str, path: str) -> str:
     """``POST /v1/checkout/sessions/cs_test_1a2b/expire`` → ``POST /v1/checkout/sessions/{id}/expire``.
 
     Stripe's object ids carry digits and its resource names none, so a segment with a digit is an id."""
-    segments = ["{id}" if _ID_SEGMENT.search(segment) and i > 1 else segment for i, segment in enumerate(path.split("/"))]
+    segments = [
+        "{id}" if _ID_SEGMENT.search(segment) and i > 1 else segment for i, segment in enumerate(path.split("/"))
+    ]
     return f"{method} {'/'.join(segments)}"
 
 
@@ -648,7 +650,9 @@ def create_app(
     directory = Path(data_dir) if data_dir is not None else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    app[OPTIONS] = SandboxOptions(upstream=upstream, on_concurrent=on_concurrent, data_dir=directory, rate_limit=rate_limit)
+    app[OPTIONS] = SandboxOptions(
+        upstream=upstream, on_concurrent=on_concurrent, data_dir=directory, rate_limit=rate_limit
+    )
     key_clock, checkout_clock = SandboxClock(clock), SandboxClock(time.time)
     app[CLOCKS] = (key_clock, checkout_clock)
     app[STORE] = IdempotencyStore(key_ttl_s, key_clock)

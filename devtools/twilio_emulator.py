@@ -1042,8 +1042,11 @@ def run(
 ) -> None:
     """``jobctl twilio-emulator``: serve until SIGINT/SIGTERM. ValueError for an invalid setting."""
     options = {
-        "rate_limit": rate_limit, "fail_rate": fail_rate, "latency_ms": latency_ms,
-        "accept_delay_ms": accept_delay_ms, "seed": seed,
+        "rate_limit": rate_limit,
+        "fail_rate": fail_rate,
+        "latency_ms": latency_ms,
+        "accept_delay_ms": accept_delay_ms,
+        "seed": seed,
     }
     EmulatorConfig().updated({k: v for k, v in options.items() if k != "seed"})  # fail before binding
     asyncio.run(serve_until_signalled(host, port, account_sid=account_sid, auth_token=auth_token, **options))

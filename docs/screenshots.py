@@ -25,9 +25,16 @@ from urllib.parse import quote
 BIN = Path(sys.executable).parent
 OUT = Path(__file__).resolve().parent / "img"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=15000",
 ]
 WANTED = set(sys.argv[1:])
 
@@ -61,9 +68,17 @@ def screenshot(url: str, name: str, profile: Path, size: str = "1600,1000") -> N
     if WANTED and name not in WANTED:
         return
     subprocess.run(
-        [shutil.which("chromium") or "chromium", *CHROMIUM_FLAGS, f"--window-size={size}", f"--user-data-dir={profile}",
-         f"--screenshot={target}", url],
-        check=True, capture_output=True, timeout=120,
+        [
+            shutil.which("chromium") or "chromium",
+            *CHROMIUM_FLAGS,
+            f"--window-size={size}",
+            f"--user-data-dir={profile}",
+            f"--screenshot={target}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     print(f"wrote {target.relative_to(OUT.parent.parent)}")
 
@@ -73,8 +88,13 @@ def demo_payment_link(log: Path, env: dict[str, str]) -> str:
     shop = wait_for(log, r"Money loop:\s+retailer (\d+)").group(1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        shown = subprocess.run([str(BIN / "jobctl"), "credit", "profile", shop, "--json"], env=env,
-                               capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(
+            [str(BIN / "jobctl"), "credit", "profile", shop, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if shown.returncode == 0 and (link := json.loads(shown.stdout).get("payment_link")):
             return link["url"]
         time.sleep(1)
@@ -86,16 +106,32 @@ def main() -> None:
     grpc, ui = free_port(), free_port()
     address = f"127.0.0.1:{grpc}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))}
-    env |= {"JOBCTL_HOME": str(home), "TEMPORAL_ADDRESS": address, "TEMPORAL_UI_PORT": str(ui),
-            "TWILIO_EMULATOR_PORT": "0", "WEBHOOKS_PORT": "0", "STRIPE_SANDBOX_PORT": "0"}
+    env |= {
+        "JOBCTL_HOME": str(home),
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_UI_PORT": str(ui),
+        "TWILIO_EMULATOR_PORT": "0",
+        "WEBHOOKS_PORT": "0",
+        "STRIPE_SANDBOX_PORT": "0",
+    }
     log = home / "dev.log"
-    stack = subprocess.Popen([str(BIN / "jobctl"), "dev", "--demo"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    stack = subprocess.Popen(
+        [str(BIN / "jobctl"), "dev", "--demo"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
+    )
     try:
         base = wait_for(log, r"Temporal UI:\s+(http://\S+)/workflows").group(1)
-        subprocess.run([str(BIN / "temporal"), "schedule", "trigger", "--schedule-id", "insights-nightly",
-                        "--address", address], check=True, capture_output=True)
-        subprocess.run([str(BIN / "jobctl"), "insights", "run", "--date", "2026-11-23"], env=env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [str(BIN / "temporal"), "schedule", "trigger", "--schedule-id", "insights-nightly", "--address", address],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [str(BIN / "jobctl"), "insights", "run", "--date", "2026-11-23"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         time.sleep(10)  # the demo's jobs (triggered by `jobctl dev --demo`) get going
         profile = home / "chromium"
         OUT.mkdir(exist_ok=True)

@@ -65,7 +65,7 @@ class DecideNudge(BaseModel):
     case_id: int
     company_id: str
     at: datetime
-    channel: str | None = None
+    channel: Channel | None = None
     sent_before: list[datetime] = []
 
 
@@ -135,7 +135,9 @@ class NudgeOutcome(BaseModel):
     )
     channel: Channel | None = None
     reason: str | None = Field(default=None, description="quiet_hours, daily_cap, or why the send was suppressed")
-    at: datetime | None = Field(default=None, description="deferred: when it goes out; capped: when nudges are allowed again")
+    at: datetime | None = Field(
+        default=None, description="deferred: when it goes out; capped: when nudges are allowed again"
+    )
 
 
 class CaseStatus(BaseModel):
@@ -152,7 +154,9 @@ class CaseStatus(BaseModel):
 class CompanySettings(BaseModel):
     """A company's churn rules, with the same limits as the `companies` table's CHECKs."""
 
-    reminder_offsets_days: list[Annotated[int, Field(ge=0, le=90)]] = Field(max_length=10, description="days after opening")
+    reminder_offsets_days: list[Annotated[int, Field(ge=0, le=90)]] = Field(
+        max_length=10, description="days after opening"
+    )
     channels: list[Channel] = Field(min_length=1, max_length=2, description="allowed, in order of preference")
     incentive_days: int = Field(ge=0, le=90, description="days an incentive extends the subscription by (0: none)")
     quiet_hours_start: int = Field(ge=0, le=23, description="local hour nudges stop")

@@ -24,6 +24,7 @@ def reminder_key(retailer_id: int, day: date) -> str:
     workflow matches the sent outcomes back to retailers by it."""
     return f"reminder:{retailer_id}:{day.isoformat()}"
 
+
 # --- payment reminders ---------------------------------------------------------------------------
 
 
@@ -47,7 +48,9 @@ class RemindersStatus(BaseModel):
     due: int = Field(default=0, description="retailers with at least one debit due a reminder today")
     sent: int = 0
     duplicates: int = Field(default=0, description="already sent earlier under the same key (a re-run)")
-    deferred: int = Field(default=0, description="held now (quiet hours, the brake): sent, then marked, when the hold ends")
+    deferred: int = Field(
+        default=0, description="held now (quiet hours, the brake): sent, then marked, when the hold ends"
+    )
     skipped: dict[str, int] = Field(default_factory=dict, description="by reason: blocked, no_phone, opted_out, ...")
     failed: dict[str, int] = Field(default_factory=dict, description="by error type")
     finished: bool = False
@@ -130,7 +133,9 @@ class GuardrailsResult(BaseModel):
 class RecordPayment(BaseModel):
     retailer_id: int = Field(ge=1)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
-    reference: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$", description="unique per retailer: a bank or Stripe id")
+    reference: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$", description="unique per retailer: a bank or Stripe id"
+    )
     actor: str = Field(min_length=1, max_length=100, description="an admin id, or 'stripe' for the webhook")
     business_timezone: str = "UTC"
     messaging_task_queue: str = "messaging"

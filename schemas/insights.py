@@ -16,7 +16,9 @@ class InsightsRequest(BaseModel):
     pages_per_activity: int = Field(default=200, ge=1)
     seconds_per_activity: float = Field(default=60.0, gt=0)
     throttle_ms: int = Field(default=0, ge=0, le=60_000, description="pause between pages, to spare the DB")
-    heartbeat_timeout_seconds: float = Field(default=10.0, gt=0, description="how soon a dead worker's chunk is retried")
+    heartbeat_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="how soon a dead worker's chunk is retried"
+    )
     # Carried across continue-as-new:
     progress: InsightsProgress | None = None
 

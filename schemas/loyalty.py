@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 """`loyalty_reconciliation_queue.status`, and the `CaseStatus` search attribute of its workflow."""
 
-REFUSALS = ["InsufficientPoints", "UnknownCustomer", "OrderOfAnotherCustomer", "PointsOverflow", "OrderAppliedDifferently"]
+REFUSALS = [
+    "InsufficientPoints",
+    "UnknownCustomer",
+    "OrderOfAnotherCustomer",
+    "PointsOverflow",
+    "OrderAppliedDifferently",
+]
 """The ledger's refusal types (`activities.loyalty.errors`): non-retryable, so a workflow sends an
 item that fails with one of them to review."""
 
@@ -69,7 +75,8 @@ class PointsReversal(BaseModel):
     already_reversed: bool = Field(description="a repeat: nothing written, the first reversal is returned")
     points: int = Field(description="the signed change of the balance (earned taken back, redeemed given back)")
     shortfall: int = Field(
-        default=0, description="earned points the customer had already spent: not taken back (the balance never goes negative)"
+        default=0,
+        description="earned points the customer had already spent: not taken back (the balance never goes negative)",
     )
     balance_before: int
     balance_after: int
@@ -88,7 +95,9 @@ class FailedPointsApplication(BaseModel):
     points_redeemed: int = Field(default=0, ge=0, le=MAX_POINTS)
     order_total: Decimal = Field(ge=0, le=Decimal("1e10"), allow_inf_nan=False)
     payment_intent_id: str | None = Field(
-        default=None, pattern=r"^pi_[A-Za-z0-9_]+$", description="the order's Stripe PaymentIntent; None: not paid through Stripe"
+        default=None,
+        pattern=r"^pi_[A-Za-z0-9_]+$",
+        description="the order's Stripe PaymentIntent; None: not paid through Stripe",
     )
     error: str | None = Field(default=None, max_length=500, description="why the inline application failed")
 
@@ -169,9 +178,11 @@ class Resolution(BaseModel):
 
     note: str = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
     points_adjustment: int | None = Field(
-        default=None, ge=-MAX_POINTS, le=MAX_POINTS,
+        default=None,
+        ge=-MAX_POINTS,
+        le=MAX_POINTS,
         description="points to add (negative: take) through the ledger as the item closes; once per item. "
-                    "A take is capped at the customer's balance.",
+        "A take is capped at the customer's balance.",
     )
 
     @field_validator("points_adjustment")

@@ -17,7 +17,9 @@ Channel = Literal["whatsapp", "sms"]
 
 
 class SendMessage(BaseModel):
-    idempotency_key: str = Field(min_length=1, max_length=200, description="from business ids, e.g. reminder:42:2026-11-23")
+    idempotency_key: str = Field(
+        min_length=1, max_length=200, description="from business ids, e.g. reminder:42:2026-11-23"
+    )
     recipient_type: RecipientType
     recipient_id: str = Field(min_length=1, max_length=64)
     template: str

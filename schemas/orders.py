@@ -33,7 +33,9 @@ class PendingOrderInput(BaseModel):
     """
 
     order_id: int = Field(gt=0)
-    retailer_id: int | None = Field(default=None, gt=0, description="for the UI from the first moment; None: the order's")
+    retailer_id: int | None = Field(
+        default=None, gt=0, description="for the UI from the first moment; None: the order's"
+    )
     created_at: datetime | None = None
     follow_up_after: timedelta = Field(default=FOLLOW_UP_AFTER, gt=timedelta(0))
     ttl: timedelta = Field(default=ORDER_TTL, gt=timedelta(0))
@@ -124,8 +126,11 @@ class PendingOrderStatus(BaseModel):
     ) -> PendingOrderStatus:
         """What the shop is told of a clock: the starter's answer and the workflow's `status` query."""
         return cls(
-            order_id=order_id, state=state, follow_up_sent_at=follow_up_sent_at,
-            follow_up_at=record.follow_up_at if record else None, expires_at=record.expires_at if record else None,
+            order_id=order_id,
+            state=state,
+            follow_up_sent_at=follow_up_sent_at,
+            follow_up_at=record.follow_up_at if record else None,
+            expires_at=record.expires_at if record else None,
         )
 
 

@@ -68,8 +68,12 @@ class CheckoutSession(BaseModel):
     currency: str
     stripe_customer_id: str
     status: str = Field(default="open", description="the Checkout Session's status: open, complete or expired")
-    payment_status: str = Field(default="unpaid", description="the Checkout Session's payment_status: paid, unpaid, ...")
-    metadata: dict[str, str] = Field(default_factory=dict, description="the Checkout Session's metadata as Stripe has it")
+    payment_status: str = Field(
+        default="unpaid", description="the Checkout Session's payment_status: paid, unpaid, ..."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="the Checkout Session's metadata as Stripe has it"
+    )
 
 
 class ExtendSubscription(BaseModel):

@@ -30,7 +30,9 @@ class RetentionStatus(BaseModel):
 class RetentionRequest(BaseModel):
     webhook_days: int = Field(default=30, ge=1, description="processed_webhook_events older than this go")
     message_days: int = Field(default=90, ge=1, description="message rows older than this lose their provider data")
-    ended_membership_days: int = Field(default=365, ge=1, description="recovery actions of memberships ended longer ago are anonymised")
+    ended_membership_days: int = Field(
+        default=365, ge=1, description="recovery actions of memberships ended longer ago are anonymised"
+    )
     page_size: int = Field(default=500, ge=1, le=10_000)
     as_of: datetime | None = None
     """The moment the ages count from; None: the run's start (a schedule's runs)."""

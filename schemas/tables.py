@@ -126,7 +126,9 @@ class CreditAccount(Base):
     )
     max_order_value: Mapped[Decimal] = mapped_column(server_default="50000")
     max_outstanding_days: Mapped[int] = mapped_column(server_default="30")
-    payment_terms_days: Mapped[int] = mapped_column(server_default="30", doc="a credit order's debit is due this many days after")
+    payment_terms_days: Mapped[int] = mapped_column(
+        server_default="30", doc="a credit order's debit is due this many days after"
+    )
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
@@ -351,9 +353,7 @@ class RetailerInsight(Base):
         UniqueConstraint("retailer_id", "insight_date"),
         CheckConstraint(_in("risk_level", RISK_LEVELS), name="risk_level"),
         CheckConstraint("orders_30d >= 0 AND orders_prev_30d >= 0", name="order_counts_non_negative"),
-        CheckConstraint(
-            "gmv_30d >= 0 AND gmv_prev_30d >= 0 AND avg_order_value >= 0", name="amounts_non_negative"
-        ),
+        CheckConstraint("gmv_30d >= 0 AND gmv_prev_30d >= 0 AND avg_order_value >= 0", name="amounts_non_negative"),
         CheckConstraint("on_time_payment_rate BETWEEN 0 AND 1", name="on_time_payment_rate_range"),
         CheckConstraint("avg_days_to_pay >= 0", name="avg_days_to_pay_non_negative"),
         CheckConstraint("credit_utilisation >= 0", name="credit_utilisation_non_negative"),
@@ -372,7 +372,9 @@ class Company(CreatedAt, Base):
     id: Mapped[str] = mapped_column(primary_key=True)
     name: Mapped[str]
     reminder_offsets_days: Mapped[list[int]] = mapped_column(
-        ARRAY(Integer), server_default=text("'{0,2,5}'::integer[]"), doc="days after the case opens; at most 10, each 0-90"
+        ARRAY(Integer),
+        server_default=text("'{0,2,5}'::integer[]"),
+        doc="days after the case opens; at most 10, each 0-90",
     )
     channels: Mapped[list[str]] = mapped_column(
         ARRAY(Text), server_default=text("'{whatsapp,sms}'::text[]"), doc="allowed channels, in order of preference"
@@ -395,9 +397,7 @@ class Company(CreatedAt, Base):
             " AND 0 <= ALL (reminder_offsets_days) AND 90 >= ALL (reminder_offsets_days)",
             name="reminder_offsets_days_range",
         ),
-        CheckConstraint(
-            "cardinality(channels) >= 1 AND channels <@ ARRAY['whatsapp', 'sms']::text[]", name="channels"
-        ),
+        CheckConstraint("cardinality(channels) >= 1 AND channels <@ ARRAY['whatsapp', 'sms']::text[]", name="channels"),
         CheckConstraint("incentive_days BETWEEN 0 AND 90", name="incentive_days_range"),
         CheckConstraint(
             "quiet_hours_start BETWEEN 0 AND 23 AND quiet_hours_end BETWEEN 0 AND 23", name="quiet_hours_range"

@@ -51,13 +51,21 @@ def manage_link(settings: Settings) -> str:
 
 
 async def start_case(
-    client: Client, engine: AsyncEngine, settings: Settings, membership_id: int, trigger: str,
-    *, company_id: str, signal: str | None = None,
+    client: Client,
+    engine: AsyncEngine,
+    settings: Settings,
+    membership_id: int,
+    trigger: str,
+    *,
+    company_id: str,
+    signal: str | None = None,
 ) -> int:
     """Open (or find) the company's membership's case and make sure its workflow runs; returns the case id."""
     case_id, company, _ = await open_case(engine, membership_id, trigger, company_id)
     args = ChurnCaseInput(
-        case_id=case_id, company_id=company, manage_link=manage_link(settings),
+        case_id=case_id,
+        company_id=company,
+        manage_link=manage_link(settings),
         messaging_task_queue=settings.messaging_task_queue,
     )
     await client.start_workflow(
@@ -67,10 +75,12 @@ async def start_case(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal=signal,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(search_attributes.COMPANY_ID, company),
-            SearchAttributePair(search_attributes.CASE_STATUS, "OPEN"),
-        ]),
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(search_attributes.COMPANY_ID, company),
+                SearchAttributePair(search_attributes.CASE_STATUS, "OPEN"),
+            ]
+        ),
         static_summary=f"Churn case {case_id} (membership {membership_id}, company {company}, {trigger})",
     )
     return case_id
@@ -87,7 +97,9 @@ async def ensure_owned(engine: AsyncEngine, case_id: int, company_id: str) -> No
         raise CaseRefused(f"case {case_id} does not belong to company {company_id}")
 
 
-async def signal_case(client: Client, engine: AsyncEngine, case_id: int, signal: str, payload: Any, *, company_id: str) -> None:
+async def signal_case(
+    client: Client, engine: AsyncEngine, case_id: int, signal: str, payload: Any, *, company_id: str
+) -> None:
     """Signal the company's case; the payload carries the company too, so the workflow checks it again."""
     await ensure_owned(engine, case_id, company_id)
     if isinstance(payload, dict):
@@ -104,7 +116,9 @@ async def manual_nudge(client: Client, engine: AsyncEngine, case_id: int, nudge:
     """Nudge by hand, on a channel the company allows (the workflow checks again when deciding)."""
     await ensure_owned(engine, case_id, nudge.company_id)
     if nudge.channel is not None and nudge.channel not in (allowed := await company_channels(engine, nudge.company_id)):
-        raise CaseRefused(f"company {nudge.company_id} does not nudge by {nudge.channel} (allowed: {', '.join(allowed)})")
+        raise CaseRefused(
+            f"company {nudge.company_id} does not nudge by {nudge.channel} (allowed: {', '.join(allowed)})"
+        )
     await signal_case(client, engine, case_id, "manual_nudge", nudge, company_id=nudge.company_id)
 
 
@@ -131,8 +145,12 @@ def stripe_handlers(
             return None
         created = _event_time(event)
         if created is not None and not await apply_stripe_event(engine, member.membership_id, created):
-            log.info("churn.stripe_event_out_of_order", event_id=event.get("id"), type=event.get("type"),
-                     membership_id=member.membership_id)
+            log.info(
+                "churn.stripe_event_out_of_order",
+                event_id=event.get("id"),
+                type=event.get("type"),
+                membership_id=member.membership_id,
+            )
             return None
         return member
 
@@ -155,7 +173,9 @@ def stripe_handlers(
     async def open_for(member: StripeMember, trigger: str) -> None:
         if not await at_risk(member):
             return
-        case_id = await start_case(client, engine, settings, member.membership_id, trigger, company_id=member.company_id)
+        case_id = await start_case(
+            client, engine, settings, member.membership_id, trigger, company_id=member.company_id
+        )
         log.info("churn.case_opened", case_id=case_id, membership_id=member.membership_id, trigger=trigger)
 
     async def end_with(member: StripeMember, signal: str) -> None:
@@ -216,8 +236,14 @@ async def nudge_now(
 
 
 async def apply_incentive(
-    client: Client, engine: AsyncEngine, case_id: int, actor_id: str, *, days: int | None = None,
-    company_id: str | None = None, update_id: str | None = None,
+    client: Client,
+    engine: AsyncEngine,
+    case_id: int,
+    actor_id: str,
+    *,
+    days: int | None = None,
+    company_id: str,
+    update_id: str | None = None,
 ) -> tuple[int, datetime | None]:
     """Update `apply_incentive` with `days`, or the company's `incentive_days`; (days, new period end)."""
     from activities.churn.admin import incentive_days
@@ -232,7 +258,7 @@ async def apply_incentive(
     return days, await _update(client, case_id, ChurnCaseWorkflow.apply_incentive, request, update_id)
 
 
-async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, company_id: str | None = None) -> CaseStatus | None:
+async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, company_id: str) -> CaseStatus | None:
     """The case's workflow status (queried while it runs, its result once ended); None: no workflow."""
     await ensure_owned(engine, case_id, company_id)
     handle = client.get_workflow_handle(ids.churn_case(case_id), result_type=CaseStatus)

@@ -22,16 +22,18 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
 from activities.payments.gateway import StripeGateway, from_minor_units
+from config.settings import Settings
 from schemas import ids
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
-from config.settings import Settings
 from services import StripeHandler
 from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
 
 log = structlog.get_logger(__name__)
 
 
-async def start_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> WorkflowHandle[Any, PaymentResult]:
+async def start_payment(
+    client: Client, payment: RecordPayment, *, task_queue: str = "jobs"
+) -> WorkflowHandle[Any, PaymentResult]:
     try:
         return await client.start_workflow(
             RecordPaymentWorkflow.run,
@@ -43,7 +45,9 @@ async def start_payment(client: Client, payment: RecordPayment, *, task_queue: s
             static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
         )
     except WorkflowAlreadyStartedError:  # recorded already: its run holds the answer
-        return client.get_workflow_handle(ids.payment(payment.retailer_id, payment.reference), result_type=PaymentResult)
+        return client.get_workflow_handle(
+            ids.payment(payment.retailer_id, payment.reference), result_type=PaymentResult
+        )
 
 
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
@@ -52,15 +56,25 @@ async def record_payment(client: Client, payment: RecordPayment, *, task_queue: 
 
 
 async def place_order(
-    engine: AsyncEngine, retailer_id: int, order_id: int, amount: Decimal, payment_mode: Literal["CREDIT", "COD"], *, today: date,
+    engine: AsyncEngine,
+    retailer_id: int,
+    order_id: int,
+    amount: Decimal,
+    payment_mode: Literal["CREDIT", "COD"],
+    *,
+    today: date,
     actor: str = "system",
 ) -> OrderPlaced:
     """Place an order under the seed's rules (`PlacementRefused` says why not); a CREDIT order's
     debit is written and its credit reserved in one transaction, once per order."""
-    return await credit_orders.place_order(engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor)
+    return await credit_orders.place_order(
+        engine, retailer_id, order_id, amount, payment_mode, today=today, actor=actor
+    )
 
 
-async def recheck_guardrails(client: Client, settings: Settings, retailer_id: int, *, reference: str) -> GuardrailsResult:
+async def recheck_guardrails(
+    client: Client, settings: Settings, retailer_id: int, *, reference: str
+) -> GuardrailsResult:
     """One retailer's guardrails now, as a payment's are: after an adjustment in its favour, a
     system pause whose conditions cleared lifts and `credit_resumed` goes out (audited under
     `reference`). The same reference again joins the run or re-reads its changes; nothing twice."""
@@ -81,12 +95,16 @@ async def recheck_guardrails(client: Client, settings: Settings, retailer_id: in
 
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:
     """`payment-reminders` (10:00) → PaymentRemindersWorkflow.run; the date is the scheduled day."""
-    return RemindersRequest(business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue)
+    return RemindersRequest(
+        business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue
+    )
 
 
 def guardrails_schedule_input(settings: Settings) -> GuardrailsRequest:
     """`credit-guardrails` (11:00) → CreditGuardrailsWorkflow.run."""
-    return GuardrailsRequest(business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue)
+    return GuardrailsRequest(
+        business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue
+    )
 
 
 def stripe_handlers(
@@ -145,8 +163,10 @@ def stripe_handlers(
             return
         if current.payment_status != "paid" or current.metadata.get("retailer_id") != claimed:
             log.warning(
-                "credit.checkout_not_paid_at_stripe", checkout_session_id=session_id,
-                status=current.status, payment_status=current.payment_status,
+                "credit.checkout_not_paid_at_stripe",
+                checkout_session_id=session_id,
+                status=current.status,
+                payment_status=current.payment_status,
             )
             return
         await start("checkout_session", session_id, current.metadata, current.amount)

@@ -70,7 +70,11 @@ async def enqueue_failed_points(
     if item.status == "PENDING":  # a NEEDS_REVIEW item's workflow is waiting for a person already
         started = await start_reconciliation(client, item, task_queue=task_queue)
     return QueuedItem(
-        item_id=item.item_id, workflow_id=ids.loyalty_reconcile(item.item_id), status=item.status, created=created, started=started
+        item_id=item.item_id,
+        workflow_id=ids.loyalty_reconcile(item.item_id),
+        status=item.status,
+        created=created,
+        started=started,
     )
 
 
@@ -79,11 +83,17 @@ async def retry_now(client: Client, item_id: int, actor_id: str) -> None:
     await _signal(client, item_id, "retry_now", RetryNow(actor_id=actor_id))
 
 
-async def resolve_manually(client: Client, item_id: int, actor_id: str, note: str, *, points_adjustment: int | None = None) -> None:
+async def resolve_manually(
+    client: Client, item_id: int, actor_id: str, note: str, *, points_adjustment: int | None = None
+) -> None:
     """Signal `resolve_manually`: close the item by hand, recording who and why; a points adjustment
     (+ or -) is written through the ledger as it closes, once per item."""
-    await _signal(client, item_id, "resolve_manually",
-                  ResolveManually(actor_id=actor_id, note=note, points_adjustment=points_adjustment))
+    await _signal(
+        client,
+        item_id,
+        "resolve_manually",
+        ResolveManually(actor_id=actor_id, note=note, points_adjustment=points_adjustment),
+    )
 
 
 async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus:
@@ -93,17 +103,25 @@ async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus
         described = await handle.describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})") from None
+            raise LoyaltyRefused(
+                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})"
+            ) from None
         raise
     if described.status == WorkflowExecutionStatus.RUNNING:
         return await handle.query(LoyaltyReconciliationWorkflow.status)
     result = await _result(client, item_id)
     return ReconcileStatus(
-        item_id=item_id, customer_id=result.customer_id, status=result.status, phase="done", resolution=result.resolution
+        item_id=item_id,
+        customer_id=result.customer_id,
+        status=result.status,
+        phase="done",
+        resolution=result.resolution,
     )
 
 
-async def run_audit(client: Client, audit_date: date, *, business_timezone: str = "UTC", task_queue: str = "jobs") -> LoyaltyAuditResult:
+async def run_audit(
+    client: Client, audit_date: date, *, business_timezone: str = "UTC", task_queue: str = "jobs"
+) -> LoyaltyAuditResult:
     """Run `loyalty-audit/{date}` now and wait for its report (joins the run already going, if any)."""
     return await client.execute_workflow(
         LoyaltyIntegrityAuditWorkflow.run,
@@ -148,7 +166,9 @@ async def _result(client: Client, item_id: int) -> ReconcileResult:
         return await handle.result(follow_runs=False)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise LoyaltyRefused(f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})") from None
+            raise LoyaltyRefused(
+                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})"
+            ) from None
         raise
     except WorkflowFailureError as error:
         raise LoyaltyRefused(f"item {item_id}'s workflow failed: {_message(error.cause)}") from None
@@ -161,16 +181,29 @@ def _message(cause: Any) -> str:
 # --- reading the queue (the HTTP API and `jobctl loyalty items`) ---------------------------------
 
 
-async def list_items(engine: AsyncEngine, *, state: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+async def list_items(
+    engine: AsyncEngine, *, state: str | None = None, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
     """Reconciliation items by state, oldest first (the review list: NEEDS_REVIEW)."""
     from sqlalchemy import select
 
     from schemas.tables import LoyaltyReconciliationQueueItem as Item
 
     query = select(
-        Item.id.label("item_id"), Item.customer_id, Item.order_reference.label("order_id"), Item.payment_intent_id,
-        Item.points_redeemed, Item.order_total, Item.status, Item.resolution, Item.attempts, Item.last_error,
-        Item.resolved_by, Item.resolved_at, Item.created_at, Item.updated_at,
+        Item.id.label("item_id"),
+        Item.customer_id,
+        Item.order_reference.label("order_id"),
+        Item.payment_intent_id,
+        Item.points_redeemed,
+        Item.order_total,
+        Item.status,
+        Item.resolution,
+        Item.attempts,
+        Item.last_error,
+        Item.resolved_by,
+        Item.resolved_at,
+        Item.created_at,
+        Item.updated_at,
     )
     if state is not None:
         query = query.where(Item.status == state)

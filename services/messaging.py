@@ -43,7 +43,9 @@ async def status(engine: AsyncEngine) -> BrakeState:
     return await brake_state(engine)
 
 
-async def reply_help(client: Client, settings: Settings, recipient_type: str, recipient_id: str, inbound_sid: str) -> None:
+async def reply_help(
+    client: Client, settings: Settings, recipient_type: str, recipient_id: str, inbound_sid: str
+) -> None:
     """The `help` template, through the outbox under `help:{inbound sid}`: a webhook Twilio
     delivers twice still answers once (the workflow id and the message key are the inbound's)."""
     from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -52,8 +54,10 @@ async def reply_help(client: Client, settings: Settings, recipient_type: str, re
     from workflows.messaging import MessageBatchWorkflow
 
     message = SendMessage(
-        idempotency_key=f"help:{inbound_sid}", recipient_type=recipient_type,  # type: ignore[arg-type]
-        recipient_id=recipient_id, template="help",
+        idempotency_key=f"help:{inbound_sid}",
+        recipient_type=recipient_type,  # type: ignore[arg-type]
+        recipient_id=recipient_id,
+        template="help",
     )
     try:
         await client.start_workflow(

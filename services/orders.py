@@ -71,9 +71,13 @@ async def start_pending_order(
         raise OrderNotPending(f"order {order.order_id} is already {record.state}")
     # The row's own clock, and the record itself: the workflow keeps the clock told here without
     # reading the row again (no local activity in its first task).
-    order = order.model_copy(update={
-        "created_at": record.created_at, "retailer_id": order.retailer_id or record.retailer_id, "registered": record,
-    })
+    order = order.model_copy(
+        update={
+            "created_at": record.created_at,
+            "retailer_id": order.retailer_id or record.retailer_id,
+            "registered": record,
+        }
+    )
     try:
         await client.start_workflow(
             PendingOrderWorkflow.run,

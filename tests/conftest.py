@@ -74,7 +74,9 @@ def _offset_sequences(url: str, start: int) -> None:
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for (sequence,) in conn.execute("SELECT quote_ident(sequencename) FROM pg_sequences WHERE schemaname = 'public'"):
+        for (sequence,) in conn.execute(
+            "SELECT quote_ident(sequencename) FROM pg_sequences WHERE schemaname = 'public'"
+        ):
             conn.execute(f"ALTER SEQUENCE {sequence} RESTART WITH {start}")
 
 

@@ -13,7 +13,9 @@ async def new_customer(engine: AsyncEngine, points: int = 0, *, earn_rate: Decim
     """A customer holding `points`, opened by an `adjusted` ledger row (balance == ledger sum)."""
     async with engine.begin() as conn:
         cid = await conn.scalar(
-            text("INSERT INTO customers (name, earn_rate) VALUES ('Loyal Customer', CAST(:rate AS numeric)) RETURNING id"),
+            text(
+                "INSERT INTO customers (name, earn_rate) VALUES ('Loyal Customer', CAST(:rate AS numeric)) RETURNING id"
+            ),
             {"rate": str(earn_rate)},
         )
         if points:

@@ -38,7 +38,9 @@ _SECRET_SHAPES = re.compile(
     r"\b((?:sk|rk)_(?:live|test)_|whsec_)[A-Za-z0-9]+"
     r"|(?<![\w\-])[0-9a-f]{32}(?![\w\-])"
 )
-_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|private_key|encryption_key)$", re.I)
+_SECRET_KEYS = re.compile(
+    r"(token|secret|password|passwd|api_key|apikey|authorization|private_key|encryption_key)$", re.I
+)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 

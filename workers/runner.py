@@ -24,7 +24,9 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
     engine = create_engine(database_url)
     try:
         async with contextlib.AsyncExitStack() as resources:  # closed once the workers have stopped
-            workers = build_workers(client, settings, engine, WorkerOptions(task_queues=task_queues), resources=resources)
+            workers = build_workers(
+                client, settings, engine, WorkerOptions(task_queues=task_queues), resources=resources
+            )
             await run_workers(workers, stop)
     finally:
         await engine.dispose()

@@ -77,9 +77,7 @@ class ScheduleDefinition:
         )
 
 
-async def apply(
-    client: Client, settings: Settings, definitions: Sequence[ScheduleDefinition]
-) -> list[tuple[str, str]]:
+async def apply(client: Client, settings: Settings, definitions: Sequence[ScheduleDefinition]) -> list[tuple[str, str]]:
     """Create or update each schedule (the registry's: `families.all_schedules()`); returns
     (id, 'created'|'updated') pairs."""
     outcome = []

@@ -40,13 +40,17 @@ def metrics_runtime(bind: str) -> Runtime:
     """One SDK runtime per process serving Prometheus metrics (SDK and business) at `bind`."""
     return Runtime(
         telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=bind, histogram_bucket_overrides={"job_duration": JOB_DURATION_BUCKETS_MS})
+            metrics=PrometheusConfig(
+                bind_address=bind, histogram_bucket_overrides={"job_duration": JOB_DURATION_BUCKETS_MS}
+            )
         )
     )
 
 
 # Jobs run from under a second (a payment) to hours (a nightly sweep, a 24-hour order clock).
-JOB_DURATION_BUCKETS_MS = [ms * 1000.0 for ms in (1, 5, 30, 60, 300, 900, 3600, 3 * 3600, 24 * 3600, 7 * 86400, 30 * 86400)]
+JOB_DURATION_BUCKETS_MS = [
+    ms * 1000.0 for ms in (1, 5, 30, 60, 300, 900, 3600, 3 * 3600, 24 * 3600, 7 * 86400, 30 * 86400)
+]
 
 
 async def connect(settings: Settings) -> Client:

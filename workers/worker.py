@@ -12,8 +12,8 @@ import compileall
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import PollerBehaviorAutoscaling, Worker, WorkerDeploymentConfig
 
+import workflows
 from activities.deps import ActivityDeps
 from activities.payments.gateway import StripeGateway, open_stripe_gateway
 from config.settings import Settings, SettingsError
@@ -28,7 +29,6 @@ from workers import families
 from workers.heap import freeze_startup_heap
 from workers.log import LoggingInterceptor
 from workers.metrics import JobMetricsInterceptor
-import workflows
 
 log = structlog.get_logger(__name__)
 

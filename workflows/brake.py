@@ -70,5 +70,5 @@ class MessagingBrakeWorkflow:
     def _details(self) -> str:
         view = self._view
         if view.paused:
-            return f"**paused** by {view.actor}: {view.reason}. Signal `resume` {{\"actor\": ...}} to release."
+            return f'**paused** by {view.actor}: {view.reason}. Signal `resume` {{"actor": ...}} to release.'
         return 'sending. Signal `pause` {"reason": ..., "actor": ...} to hold every outbound message.'

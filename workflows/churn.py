@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         UnscopedCaseEnding,
         UnscopedManualNudge,
     )
-    from schemas.messaging import SendMessage, SendOutcome
+    from schemas.messaging import Channel, SendMessage, SendOutcome
     from schemas.payments import (
         CancelSubscription,
         ExtendSubscription,
@@ -99,8 +99,10 @@ class ChurnCaseWorkflow:
         self._progress = request.carried or CaseProgress()
         self._sent_at = list(self._progress.sent_at)
         case = self._case = await workflow.execute_activity_method(
-            ChurnActivities.load_case, LoadCase(case_id=request.case_id, company_id=request.company_id),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            ChurnActivities.load_case,
+            LoadCase(case_id=request.case_id, company_id=request.company_id),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
         )
         self._incentive_applied = case.incentive_applied
         if case.status != "OPEN":
@@ -118,7 +120,9 @@ class ChurnCaseWorkflow:
             await self._system_nudge()
             self._progress.next_offset += 1
 
-        terminate_at = opened + timedelta(days=(case.offsets_days[-1] if case.offsets_days else 0) + case.grace_period_days)
+        terminate_at = opened + timedelta(
+            days=(case.offsets_days[-1] if case.offsets_days else 0) + case.grace_period_days
+        )
         if await self._ended_before(terminate_at):
             return await self._close()
         await self._terminate_membership()
@@ -131,14 +135,17 @@ class ChurnCaseWorkflow:
 
     @workflow.signal
     async def manual_nudge(self, nudge: UnscopedManualNudge | None = None) -> None:
-        """`{"actor_id": ..., "company_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now, under the company's rules."""
+        """`{"actor_id": ..., "company_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now,
+        under the company's rules."""
         nudge = accepted(UnscopedManualNudge, nudge, signal="manual_nudge", subject=self._subject)
         if nudge is None or not self._own_company("manual_nudge", nudge.company_id) or self._state != "OPEN":
             return
         await workflow.wait_condition(lambda: self._case is not None)
         self._progress.manual_nudges += 1
         number = self._progress.manual_nudges
-        await self._nudge(f"manual:{self._case_id}:{number}", manual=True, channel=nudge.channel, actor_id=nudge.actor_id)
+        await self._nudge(
+            f"manual:{self._case_id}:{number}", manual=True, channel=nudge.channel, actor_id=nudge.actor_id
+        )
 
     @workflow.signal
     def recovered(self, ending: UnscopedCaseEnding | None = None) -> None:
@@ -163,7 +170,11 @@ class ChurnCaseWorkflow:
         try:
             period: SubscriptionPeriod = await workflow.execute_activity(
                 "extend_subscription",
-                ExtendSubscription(membership_id=self._case.membership_id, days=request.days, idempotency_key=f"incentive:{self._case_id}"),
+                ExtendSubscription(
+                    membership_id=self._case.membership_id,
+                    days=request.days,
+                    idempotency_key=f"incentive:{self._case_id}",
+                ),
                 result_type=SubscriptionPeriod,
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=STRIPE_DEADLINE,
@@ -173,8 +184,13 @@ class ChurnCaseWorkflow:
         except ActivityError:
             self._incentive_applied = False  # Stripe refused for good: the operator may try again
             raise
-        await self._record("incentive_applied", f"incentive:{self._case_id}", actor_id=request.actor_id,
-                           metadata={"days": request.days}, incentive_applied=True)
+        await self._record(
+            "incentive_applied",
+            f"incentive:{self._case_id}",
+            actor_id=request.actor_id,
+            metadata={"days": request.days},
+            incentive_applied=True,
+        )
         return period.current_period_end
 
     @apply_incentive.validator
@@ -211,7 +227,9 @@ class ChurnCaseWorkflow:
                 return await self._send(key, decision, manual=True, actor_id=request.actor_id)
             if decision.held_back != "quiet_hours" or decision.retry_at is None:
                 await self._record_hold_back(key, decision, request.actor_id)
-                return NudgeOutcome(outcome="capped", channel=decision.channel, reason=decision.held_back, at=decision.retry_at)
+                return NudgeOutcome(
+                    outcome="capped", channel=decision.channel, reason=decision.held_back, at=decision.retry_at
+                )
             await self._record_hold_back(f"{key}:held:{decision.retry_at:%Y%m%d%H%M}", decision, request.actor_id)
         self._deferred_nudges += 1
         later = asyncio.create_task(self._nudge_later(key, decision.retry_at, request))
@@ -230,9 +248,12 @@ class ChurnCaseWorkflow:
         """A deferred manual nudge: at the end of quiet hours, unless the case ended first."""
         try:
             try:
-                await workflow.wait_condition(lambda: self._ending is not None, timeout=at - workflow.now(),
-                                              timeout_summary=f"deferred manual nudge until {at:%Y-%m-%d %H:%M} UTC")
-            except asyncio.TimeoutError:
+                await workflow.wait_condition(
+                    lambda: self._ending is not None,
+                    timeout=at - workflow.now(),
+                    timeout_summary=f"deferred manual nudge until {at:%Y-%m-%d %H:%M} UTC",
+                )
+            except TimeoutError:
                 pass
             async with self._nudging:
                 if self._ending is not None:
@@ -270,7 +291,9 @@ class ChurnCaseWorkflow:
             if await self._ended_before(decision.retry_at):
                 return
 
-    async def _nudge(self, key: str, *, manual: bool, channel: str | None = None, actor_id: str | None = None) -> NudgeDecision | None:
+    async def _nudge(
+        self, key: str, *, manual: bool, channel: Channel | None = None, actor_id: str | None = None
+    ) -> NudgeDecision | None:
         """Decide and send under one lock: the daily cap counts the nudges before this one."""
         async with self._nudging:
             if self._ending is not None:
@@ -296,53 +319,97 @@ class ChurnCaseWorkflow:
         )
 
         async def held(outcome: SendOutcome) -> None:  # the outbox deferred it: it goes out when the hold ends
-            await self._record("nudge_deferred", f"{key}:deferred:{outcome.retry_at:%Y%m%d%H%M}", actor_id=actor_id,
-                               metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason,
-                                         "retry_at": outcome.retry_at})
+            await self._record(
+                "nudge_deferred",
+                f"{key}:deferred:{outcome.retry_at:%Y%m%d%H%M}",
+                actor_id=actor_id,
+                metadata={
+                    "manual": manual,
+                    "channel": decision.channel,
+                    "reason": outcome.reason,
+                    "retry_at": outcome.retry_at,
+                },
+            )
 
         try:
             outcome = await deliver(message, task_queue=self._input.messaging_task_queue, on_deferred=held)
         except ActivityError as error:
             workflow.logger.warning("case %s: nudge not sent (%s)", self._case_id, permanent_failure(error) or "error")
-            await self._record("nudge_suppressed", key, actor_id=actor_id,
-                               metadata={"manual": manual, "channel": decision.channel, "reason": permanent_failure(error)})
-            return NudgeOutcome(outcome="suppressed", channel=decision.channel, reason=permanent_failure(error) or "error")
+            await self._record(
+                "nudge_suppressed",
+                key,
+                actor_id=actor_id,
+                metadata={"manual": manual, "channel": decision.channel, "reason": permanent_failure(error)},
+            )
+            return NudgeOutcome(
+                outcome="suppressed", channel=decision.channel, reason=permanent_failure(error) or "error"
+            )
         if outcome.status != "sent":
-            await self._record(f"nudge_{'deferred' if outcome.status == 'deferred' else 'suppressed'}", key,
-                               actor_id=actor_id, metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason})
-            return NudgeOutcome(outcome="deferred" if outcome.status == "deferred" else "suppressed",
-                                channel=decision.channel, reason=outcome.reason, at=outcome.retry_at)
+            await self._record(
+                f"nudge_{'deferred' if outcome.status == 'deferred' else 'suppressed'}",
+                key,
+                actor_id=actor_id,
+                metadata={"manual": manual, "channel": decision.channel, "reason": outcome.reason},
+            )
+            return NudgeOutcome(
+                outcome="deferred" if outcome.status == "deferred" else "suppressed",
+                channel=decision.channel,
+                reason=outcome.reason,
+                at=outcome.retry_at,
+            )
         self._progress.attempts += 1
         now = workflow.now()  # every send of the member's local day, whatever the cap (not the last 21)
         self._sent_at = [*(t for t in self._sent_at if t > now - CAP_WINDOW), now]
         channel = outcome.channel or decision.channel
-        await self._record(f"nudge_{channel}", key, actor_id=actor_id, nudge_sent=True, metadata={
-            "attempt_number": self._progress.attempts, "channel": channel,
-            "template_version": TEMPLATE_VERSION, "manual": manual,
-        })
+        await self._record(
+            f"nudge_{channel}",
+            key,
+            actor_id=actor_id,
+            nudge_sent=True,
+            metadata={
+                "attempt_number": self._progress.attempts,
+                "channel": channel,
+                "template_version": TEMPLATE_VERSION,
+                "manual": manual,
+            },
+        )
         workflow.set_current_details(self._details())
         workflow.metric_meter().create_counter("nudges_sent_total", "Churn nudges sent, by manual or system").add(
             1, {"manual": str(manual).lower()}
         )
         return NudgeOutcome(outcome="sent", channel=channel)
 
-    async def _decide(self, channel: str | None) -> NudgeDecision:
+    async def _decide(self, channel: Channel | None) -> NudgeDecision:
         """A local activity: one short read whose answer decides the send scheduled in the same
         workflow task, instead of a task round trip of its own between a nudge and its message."""
         assert self._input is not None
-        request = DecideNudge(case_id=self._case_id, company_id=self._input.company_id, at=workflow.now(), channel=channel,
-                              sent_before=self._sent_at)
+        request = DecideNudge(
+            case_id=self._case_id,
+            company_id=self._input.company_id,
+            at=workflow.now(),
+            channel=channel,
+            sent_before=self._sent_at,
+        )
         workflow.deprecate_patch(DECIDE_LOCALLY)
         return await workflow.execute_local_activity_method(
-            ChurnActivities.decide_nudge, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            ChurnActivities.decide_nudge,
+            request,
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
         )
 
     async def _record_hold_back(self, key: str, decision: NudgeDecision, actor_id: str | None) -> None:
         self._last_hold_back = decision.held_back
         await self._record(
-            "nudge_deferred" if decision.held_back == "quiet_hours" else "nudge_suppressed", key, actor_id=actor_id,
-            metadata={"held_back": decision.held_back, "retry_at": decision.retry_at, "manual": actor_id is not None,
-                      "channel": decision.channel},
+            "nudge_deferred" if decision.held_back == "quiet_hours" else "nudge_suppressed",
+            key,
+            actor_id=actor_id,
+            metadata={
+                "held_back": decision.held_back,
+                "retry_at": decision.retry_at,
+                "manual": actor_id is not None,
+                "channel": decision.channel,
+            },
         )
 
     async def _terminate_membership(self) -> None:
@@ -357,13 +424,18 @@ class ChurnCaseWorkflow:
         at_period_end = state is not None and state.cancel_at_period_end and not state.ended
         await workflow.execute_activity(
             "cancel_subscription",
-            CancelSubscription(membership_id=self._case.membership_id, idempotency_key=f"terminate:{self._case_id}",
-                               at_period_end=at_period_end),
+            CancelSubscription(
+                membership_id=self._case.membership_id,
+                idempotency_key=f"terminate:{self._case_id}",
+                at_period_end=at_period_end,
+            ),
             result_type=SubscriptionCancellation,
             start_to_close_timeout=timedelta(seconds=30),
             schedule_to_close_timeout=STRIPE_DEADLINE,
             retry_policy=STRIPE_RETRY,
-            summary="cancel the subscription at its period end" if at_period_end else "cancel the subscription: the grace period is over",
+            summary="cancel the subscription at its period end"
+            if at_period_end
+            else "cancel the subscription: the grace period is over",
         )
         self._ending = ("TERMINATED", CaseEnding(company_id=self._input.company_id))
 
@@ -387,21 +459,42 @@ class ChurnCaseWorkflow:
     async def _close(self) -> CaseStatus:
         assert self._ending is not None
         state, ending = self._ending
-        kind = {"RECOVERED": "case_recovered", "CANCELLED": "case_cancelled", "TERMINATED": "membership_terminated"}[state]
+        kind = {"RECOVERED": "case_recovered", "CANCELLED": "case_cancelled", "TERMINATED": "membership_terminated"}[
+            state
+        ]
         await self._record(kind, f"{kind}:{self._case_id}", actor_id=ending.actor_id, close_as=state)
         self._set_state(state)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
-    async def _record(self, kind: str, key: str, *, actor_id: str | None = None, metadata: dict | None = None,
-                      nudge_sent: bool = False, close_as: CaseState | None = None, incentive_applied: bool = False) -> None:
+    async def _record(
+        self,
+        kind: str,
+        key: str,
+        *,
+        actor_id: str | None = None,
+        metadata: dict | None = None,
+        nudge_sent: bool = False,
+        close_as: CaseState | None = None,
+        incentive_applied: bool = False,
+    ) -> None:
         assert self._input is not None
         await workflow.execute_activity_method(
             ChurnActivities.record_action,
-            CaseAction(case_id=self._case_id, company_id=self._input.company_id, type=kind, idempotency_key=key,
-                       actor_id=actor_id, metadata=metadata or {}, nudge_sent=nudge_sent, close_as=close_as,
-                       incentive_applied=incentive_applied),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, summary=kind,
+            CaseAction(
+                case_id=self._case_id,
+                company_id=self._input.company_id,
+                type=kind,
+                idempotency_key=key,
+                actor_id=actor_id,
+                metadata=metadata or {},
+                nudge_sent=nudge_sent,
+                close_as=close_as,
+                incentive_applied=incentive_applied,
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary=kind,
         )
 
     async def _ended_before(self, deadline: datetime) -> bool:
@@ -411,11 +504,14 @@ class ChurnCaseWorkflow:
         while (remaining := deadline - workflow.now()) > timedelta(0):
             try:
                 await workflow.wait_condition(
-                    lambda: self._ending is not None
-                    or (workflow.info().is_continue_as_new_suggested() and not self._deferred_nudges),
-                    timeout=remaining, timeout_summary=f"until {deadline:%Y-%m-%d %H:%M} UTC",
+                    lambda: (
+                        self._ending is not None
+                        or (workflow.info().is_continue_as_new_suggested() and not self._deferred_nudges)
+                    ),
+                    timeout=remaining,
+                    timeout_summary=f"until {deadline:%Y-%m-%d %H:%M} UTC",
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if self._ending is not None:
                 return True
@@ -449,18 +545,25 @@ class ChurnCaseWorkflow:
             return True
         if company_id is None:
             workflow.deprecate_patch(COMPANY_REQUIRED)
-        workflow.logger.warning("case %s: %s %s refused", self._case_id, signal,
-                                "without a company" if company_id is None else "for another company")
+        workflow.logger.warning(
+            "case %s: %s %s refused",
+            self._case_id,
+            signal,
+            "without a company" if company_id is None else "for another company",
+        )
         return False
 
     def _set_state(self, state: CaseState) -> None:
         self._state = state
         assert self._input is not None
-        workflow.upsert_search_attributes([
-            search_attributes.CASE_STATUS.value_set(state),
-            search_attributes.COMPANY_ID.value_set(self._input.company_id),
-        ])
+        workflow.upsert_search_attributes(
+            [
+                search_attributes.CASE_STATUS.value_set(state),
+                search_attributes.COMPANY_ID.value_set(self._input.company_id),
+            ]
+        )
         workflow.set_current_details(self._details())
 
     def _details(self) -> str:
-        return f"case {self._case_id}: {self._state}, {self._progress.attempts} nudges ({self._progress.manual_nudges} manual)"
+        progress = self._progress
+        return f"case {self._case_id}: {self._state}, {progress.attempts} nudges ({progress.manual_nudges} manual)"

@@ -135,11 +135,17 @@ class PaymentRemindersWorkflow:
             self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, retailers, day, request)))
 
     async def _after_group_hold(
-        self, messages: list[SendMessage], until: datetime, retailers: dict[str, DueRetailer], day: date,
+        self,
+        messages: list[SendMessage],
+        until: datetime,
+        retailers: dict[str, DueRetailer],
+        day: date,
         request: RemindersRequest,
     ) -> None:
         await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(messages)} reminders")
-        outcomes = await deliver_all(messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue)
+        outcomes = await deliver_all(
+            messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue
+        )
         self._status.deferred -= len(messages)
         await self._mark(day, request, [retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
         self._show()

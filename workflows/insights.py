@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         InsightsStatus,
     )
 
+
 @workflow.defn
 class InsightsRegenerationWorkflow:
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -139,7 +139,8 @@ class LoyaltyReconciliationWorkflow:
     # --- the steps ---------------------------------------------------------------------------
 
     async def _reconcile(self, item: QueueItem) -> QueueItem:
-        """One try (bounded by BACKOFF's attempts and GIVE_UP_AFTER): verify the payment with Stripe, then apply the points."""
+        """One try (bounded by BACKOFF's attempts and GIVE_UP_AFTER): verify the payment with Stripe,
+        then apply the points."""
         deadline = workflow.now() + GIVE_UP_AFTER
         try:
             if item.payment_intent_id:
@@ -209,22 +210,36 @@ class LoyaltyReconciliationWorkflow:
         self._reason = None
         if item.status != "NEEDS_REVIEW":
             return item  # PENDING: the next try starts now
-        return await self._db(LoyaltyQueueActivities.reopen_item, ReopenItem(item_id=item.item_id, actor_id=request.actor_id))
+        return await self._db(
+            LoyaltyQueueActivities.reopen_item, ReopenItem(item_id=item.item_id, actor_id=request.actor_id)
+        )
 
     async def _needs_review(self, item: QueueItem, reason: str) -> QueueItem:
         self._reason = reason
         workflow.logger.warning("loyalty item %s needs review: %s", item.item_id, reason)
-        return await self._db(LoyaltyQueueActivities.mark_needs_review, MarkNeedsReview(item_id=item.item_id, reason=reason))
+        return await self._db(
+            LoyaltyQueueActivities.mark_needs_review, MarkNeedsReview(item_id=item.item_id, reason=reason)
+        )
 
     async def _resolve(
-        self, item: QueueItem, resolution: str, *, by: str = "system", note: str | None = None,
+        self,
+        item: QueueItem,
+        resolution: Literal["applied", "refunded", "manual"],
+        *,
+        by: str = "system",
+        note: str | None = None,
         points_adjustment: int | None = None,
     ) -> QueueItem:
         self._phase = f"resolving ({resolution})"
         return await self._db(
             LoyaltyQueueActivities.resolve_item,
-            ResolveItem(item_id=item.item_id, resolution=resolution, resolved_by=by, note=note,  # type: ignore[arg-type]
-                        points_adjustment=points_adjustment),
+            ResolveItem(
+                item_id=item.item_id,
+                resolution=resolution,
+                resolved_by=by,
+                note=note,
+                points_adjustment=points_adjustment,
+            ),
         )
 
     # --- helpers -----------------------------------------------------------------------------
@@ -244,7 +259,10 @@ class LoyaltyReconciliationWorkflow:
 
     async def _db(self, method: Callable[..., Awaitable[T]], arg: BaseModel) -> T:
         return await workflow.execute_activity_method(
-            method, arg, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY  # type: ignore[arg-type]
+            method,
+            arg,
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
         )
 
     def _show(self, item: QueueItem) -> None:
@@ -321,7 +339,11 @@ class LoyaltyReconcileSweepWorkflow:
         while True:
             page = await workflow.execute_activity_method(
                 LoyaltySweepActivities.start_missing_reconciliations,
-                LoyaltySweepPage(after_item_id=after, page_size=request.page_size, max_concurrent_starts=request.max_concurrent_starts),
+                LoyaltySweepPage(
+                    after_item_id=after,
+                    page_size=request.page_size,
+                    max_concurrent_starts=request.max_concurrent_starts,
+                ),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=RetryPolicy(

@@ -93,7 +93,8 @@ async def deliver(
         if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
             await pending
         await workflow.sleep(
-            max(outcome.retry_at - workflow.now(), MIN_HOLD), summary=f"{outcome.reason}: hold {message.idempotency_key}"
+            max(outcome.retry_at - workflow.now(), MIN_HOLD),
+            summary=f"{outcome.reason}: hold {message.idempotency_key}",
         )
         outcome = await send_message(message, task_queue=task_queue)
     return outcome
@@ -137,7 +138,10 @@ def batch_lanes(max_in_flight: int) -> asyncio.Semaphore:
 
 
 async def send_batches(
-    messages: Sequence[SendMessage], *, max_in_flight: int, task_queue: str = MESSAGING_QUEUE,
+    messages: Sequence[SendMessage],
+    *,
+    max_in_flight: int,
+    task_queue: str = MESSAGING_QUEUE,
     on_batch: Callable[[Sequence[SendMessage], list[BatchItemOutcome]], None] | None = None,
     lanes: asyncio.Semaphore | None = None,
 ) -> list[BatchItemOutcome]:
@@ -199,15 +203,15 @@ async def deliver_all(
                     on_done(messages[position], outcome)
         return held
 
-    held = settle(range(len(messages)), await send_batches(messages, max_in_flight=max_in_flight, task_queue=task_queue))
+    held = settle(
+        range(len(messages)), await send_batches(messages, max_in_flight=max_in_flight, task_queue=task_queue)
+    )
     while held:
         until, group = hold_groups(held)[0]
         going = set(group)
         held = [h for h in held if h[1] not in going]
         await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(group)} messages")
-        outcomes = await send_batches(
-            [messages[p] for p in group], max_in_flight=max_in_flight, task_queue=task_queue
-        )
+        outcomes = await send_batches([messages[p] for p in group], max_in_flight=max_in_flight, task_queue=task_queue)
         held += settle(group, outcomes)
     return [final[p] for p in range(len(messages))]
 

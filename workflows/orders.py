@@ -11,7 +11,6 @@ Temporal was down, or whose workflow an operator terminated).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -119,10 +118,15 @@ class PendingOrderWorkflow:
             follow_up_after=order.follow_up_after,
             ttl=order.ttl,
         )
+        record = order.registered
         try:
-            record = order.registered or await workflow.execute_local_activity_method(
-                OrderActivities.register_pending_order, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
-            )
+            if record is None:
+                record = await workflow.execute_local_activity_method(
+                    OrderActivities.register_pending_order,
+                    request,
+                    start_to_close_timeout=DB_TIMEOUT,
+                    retry_policy=DB_RETRY,
+                )
         except ActivityError as error:
             kind = permanent_failure(error)
             if kind not in REFUSALS:
@@ -150,7 +154,7 @@ class PendingOrderWorkflow:
                 await workflow.wait_condition(
                     lambda: self._ending is not None, timeout=leg, timeout_summary=f"until {deadline.isoformat()}"
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             return True
         return self._ending is not None
@@ -235,14 +239,20 @@ class PendingOrderWorkflow:
             return await send_message(message, task_queue=order.messaging_task_queue)
         except ActivityError as error:
             workflow.logger.warning(
-                "order %s: %s not sent (%s)", order.order_id, template, permanent_failure(error) or type(error.cause).__name__
+                "order %s: %s not sent (%s)",
+                order.order_id,
+                template,
+                permanent_failure(error) or type(error.cause).__name__,
             )
             return None
 
     async def _finish(self) -> PendingOrderResult:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return PendingOrderResult(
-            order_id=self._order_id, state=self._state, follow_up_sent_at=self._follow_up_sent_at, settled_at=workflow.now()
+            order_id=self._order_id,
+            state=self._state,
+            follow_up_sent_at=self._follow_up_sent_at,
+            settled_at=workflow.now(),
         )
 
     # --- helpers -----------------------------------------------------------------------------
@@ -281,7 +291,9 @@ class PendingOrderWorkflow:
         if ending is None:
             return
         if self._ending is not None or self._state != "PENDING":
-            workflow.logger.info("order %s: ignored %s signal, the order is already %s", self._order_id, signal, self._state)
+            workflow.logger.info(
+                "order %s: ignored %s signal, the order is already %s", self._order_id, signal, self._state
+            )
             return
         self._ending = ending
 
@@ -334,7 +346,8 @@ class OrderExpirySweepWorkflow:
                 progress.phase = "start" if progress.phase == "expire" else "done"
                 progress.after_order_id = 0
             workflow.set_current_details(
-                f"{progress.expired} expired, {progress.started} clocks started, {progress.left_alone} watched rows left alone"
+                f"{progress.expired} expired, {progress.started} clocks started,"
+                f" {progress.left_alone} watched rows left alone"
             )
             if progress.phase != "done" and workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(request.model_copy(update={"progress": progress}))
@@ -372,5 +385,7 @@ class OrderFailureWorkflow:
             try:
                 await deliver(message, task_queue=failure.messaging_task_queue)
             except ActivityError as error:
-                workflow.logger.warning("order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error))
+                workflow.logger.warning(
+                    "order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error)
+                )
         return result

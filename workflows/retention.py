@@ -29,9 +29,21 @@ class DataRetentionWorkflow:
         status = self._status = request.progress or RetentionStatus(as_of=request.as_of or workflow.now())
         assert status.as_of is not None
         steps = {
-            "webhook_events": (RetentionActivities.delete_webhook_events, request.webhook_days, "webhook_events_deleted"),
-            "message_payloads": (RetentionActivities.clear_message_payloads, request.message_days, "message_payloads_cleared"),
-            "recovery_actions": (RetentionActivities.anonymise_recovery_actions, request.ended_membership_days, "recovery_actions_anonymised"),
+            "webhook_events": (
+                RetentionActivities.delete_webhook_events,
+                request.webhook_days,
+                "webhook_events_deleted",
+            ),
+            "message_payloads": (
+                RetentionActivities.clear_message_payloads,
+                request.message_days,
+                "message_payloads_cleared",
+            ),
+            "recovery_actions": (
+                RetentionActivities.anonymise_recovery_actions,
+                request.ended_membership_days,
+                "recovery_actions_anonymised",
+            ),
         }
         while status.step != "done":
             run_page, days, counter = steps[status.step]

@@ -22,8 +22,13 @@ SETTINGS = tuple(CompanySettings.model_fields)
 
 
 async def list_cases(
-    engine: AsyncEngine, *, company_id: str | None = None, status: str | None = None, membership_id: int | None = None,
-    limit: int = 50, offset: int = 0,
+    engine: AsyncEngine,
+    *,
+    company_id: str | None = None,
+    status: str | None = None,
+    membership_id: int | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Cases, newest first, filtered by company, status and member (each optional)."""
     async with engine.connect() as conn:
@@ -40,7 +45,9 @@ async def list_cases(
 
 async def get_case(engine: AsyncEngine, case_id: int) -> dict[str, Any] | None:
     async with engine.connect() as conn:
-        row = (await conn.execute(text(f"SELECT {CASE_COLUMNS} FROM recovery_cases WHERE id = :i"), {"i": case_id})).first()
+        row = (
+            await conn.execute(text(f"SELECT {CASE_COLUMNS} FROM recovery_cases WHERE id = :i"), {"i": case_id})
+        ).first()
     return dict(row._mapping) if row else None
 
 
@@ -70,7 +77,10 @@ async def update_company_settings(engine: AsyncEngine, company_id: str, settings
     try:
         async with engine.begin() as conn:
             updated = await conn.scalar(
-                text(f"UPDATE companies SET {', '.join(f'{f} = :{f}' for f in SETTINGS)} WHERE id = :company_id RETURNING id"),
+                text(
+                    f"UPDATE companies SET {', '.join(f'{f} = :{f}' for f in SETTINGS)}"
+                    " WHERE id = :company_id RETURNING id"
+                ),
                 {**settings.model_dump(), "company_id": company_id},
             )
     except IntegrityError as error:  # the model mirrors the CHECKs: this is a second line of defence
@@ -82,4 +92,6 @@ async def update_company_settings(engine: AsyncEngine, company_id: str, settings
 
 async def incentive_days(engine: AsyncEngine, company_id: str) -> int:
     async with engine.connect() as conn:
-        return int(await conn.scalar(text("SELECT incentive_days FROM companies WHERE id = :c"), {"c": company_id}) or 0)
+        return int(
+            await conn.scalar(text("SELECT incentive_days FROM companies WHERE id = :c"), {"c": company_id}) or 0
+        )

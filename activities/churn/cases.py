@@ -12,6 +12,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -23,8 +24,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.messaging.outbox import QuietHours
 from config.settings import get_settings
-from schemas.errors import Refused
 from schemas.churn import CaseAction, CaseContext, DecideNudge, LoadCase, NudgeDecision
+from schemas.errors import Refused
+from schemas.messaging import Channel
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +94,9 @@ class StripeMember:
     company_id: str
 
 
-async def membership_by_stripe(engine: AsyncEngine, *, customer: str | None, subscription: str | None) -> StripeMember | None:
+async def membership_by_stripe(
+    engine: AsyncEngine, *, customer: str | None, subscription: str | None
+) -> StripeMember | None:
     """The one membership a Stripe object belongs to, or None (unknown or ambiguous).
 
     By subscription id when the object has one (unique in the table); by customer id only when
@@ -184,14 +188,21 @@ class ChurnActivities:
         local = request.at.astimezone(zone)
         if request.channel is not None and request.channel not in row.channels:  # a manual nudge: now or never
             return NudgeDecision(allowed=False, channel=request.channel, held_back="channel_not_allowed")
-        channel = request.channel or (row.preferred_channel if row.preferred_channel in row.channels else row.channels[0])
+        # companies.preferred_channel and channels hold only whatsapp/sms (CHECK constraints).
+        channel: Channel = request.channel or cast(
+            Channel, row.preferred_channel if row.preferred_channel in row.channels else row.channels[0]
+        )
         quiet = QuietHours(row.quiet_hours_start, row.quiet_hours_end)
         if quiet.holds(local):
-            return NudgeDecision(allowed=False, channel=channel, held_back="quiet_hours", retry_at=quiet.next_allowed(local))
+            return NudgeDecision(
+                allowed=False, channel=channel, held_back="quiet_hours", retry_at=quiet.next_allowed(local)
+            )
         today = sum(1 for sent in request.sent_before if sent.astimezone(zone).date() == local.date())
         if today >= row.daily_nudge_cap:
             tomorrow = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tzinfo=zone)
-            return NudgeDecision(allowed=False, channel=channel, held_back="daily_cap", retry_at=quiet.next_allowed(tomorrow))
+            return NudgeDecision(
+                allowed=False, channel=channel, held_back="daily_cap", retry_at=quiet.next_allowed(tomorrow)
+            )
         return NudgeDecision(allowed=True, channel=channel)
 
     @activity.defn(name="churn_record_action")
@@ -200,7 +211,8 @@ class ChurnActivities:
         async with self.engine.begin() as conn:
             inserted = await conn.scalar(
                 text(
-                    "INSERT INTO recovery_actions (case_id, company_id, type, actor_type, actor_id_hash, metadata, idempotency_key)"
+                    "INSERT INTO recovery_actions"
+                    " (case_id, company_id, type, actor_type, actor_id_hash, metadata, idempotency_key)"
                     " SELECT id, company_id, :type, :actor_type, :actor, CAST(:meta AS jsonb), :key FROM recovery_cases"
                     " WHERE id = :case AND company_id = :company"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
@@ -238,9 +250,14 @@ class ChurnActivities:
             if action.close_as in ("TERMINATED", "CANCELLED"):
                 await conn.execute(
                     text(
-                        "UPDATE memberships SET status = :s WHERE id = (SELECT membership_id FROM recovery_cases WHERE id = :case)"
+                        "UPDATE memberships SET status = :s"
+                        " WHERE id = (SELECT membership_id FROM recovery_cases WHERE id = :case)"
                         " AND company_id = :company"
                     ),
-                    {"s": "TERMINATED" if action.close_as == "TERMINATED" else "CANCELLED", "case": action.case_id, "company": action.company_id},
+                    {
+                        "s": "TERMINATED" if action.close_as == "TERMINATED" else "CANCELLED",
+                        "case": action.case_id,
+                        "company": action.company_id,
+                    },
                 )
         return True

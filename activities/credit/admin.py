@@ -44,7 +44,9 @@ class AdminChange:
     audit_id: int
 
 
-async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminAction, *, reason: str, actor: str) -> AdminChange:
+async def change_status(
+    engine: AsyncEngine, retailer_id: int, action: AdminAction, *, reason: str, actor: str
+) -> AdminChange:
     target = TARGET[action]
     async with engine.begin() as conn:
         row = (
@@ -57,7 +59,9 @@ async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminActi
         old = row.credit_status
         system_pause_taken_over = action == "pause" and old == "PAUSED" and row.paused_by == "system"
         if old == target and not system_pause_taken_over:
-            raise CreditRefused(f"retailer {retailer_id} is already {old}" + (f" (by {row.paused_by})" if row.paused_by else ""))
+            raise CreditRefused(
+                f"retailer {retailer_id} is already {old}" + (f" (by {row.paused_by})" if row.paused_by else "")
+            )
         if action == "pause" and old == "BLOCKED":
             raise CreditRefused(f"retailer {retailer_id} is BLOCKED: unpause it first to change a block into a pause")
         await conn.execute(
@@ -71,7 +75,10 @@ async def change_status(engine: AsyncEngine, retailer_id: int, action: AdminActi
             {"s": target, "reason": reason, "actor": actor, "r": retailer_id},
         )
         audit_id = await ledger.audit(
-            conn, retailer_id, f"credit_{action}d" if action != "block" else "credit_blocked", actor=actor,
+            conn,
+            retailer_id,
+            f"credit_{action}d" if action != "block" else "credit_blocked",
+            actor=actor,
             old={"credit_status": old, "paused_by": row.paused_by},
             new={"credit_status": target, "paused_by": None if target == "ACTIVE" else actor},
             reason=reason,
@@ -151,12 +158,25 @@ async def adjust(
                 raise CreditRefused(f"no retailer {retailer_id}") from None
             system_paused = await conn.scalar(SYSTEM_PAUSED, {"r": retailer_id})
             return Adjustment(
-                retailer_id, ref, recorded.amount, recorded.credit_transaction_id, recorded.duplicate,
-                [a.model_dump() for a in recorded.allocations], recorded.unallocated, bool(system_paused),
+                retailer_id,
+                ref,
+                recorded.amount,
+                recorded.credit_transaction_id,
+                recorded.duplicate,
+                [a.model_dump() for a in recorded.allocations],
+                recorded.unallocated,
+                bool(system_paused),
             )
         try:
             charged = await ledger.charge(
-                conn, retailer_id, -amount, due=today, reference=ref, notes=f"adjustment: {reason}", actor=actor, reason=reason
+                conn,
+                retailer_id,
+                -amount,
+                due=today,
+                reference=ref,
+                notes=f"adjustment: {reason}",
+                actor=actor,
+                reason=reason,
             )
         except UnknownRetailer:
             raise CreditRefused(f"no retailer {retailer_id}") from None
@@ -319,8 +339,14 @@ FROM payment_links l WHERE l.retailer_id = :r
 
 
 def _link(row: Any) -> dict[str, Any]:
-    return {"url": row.url, "amount": row.amount, "currency": row.currency, "checkout_session_id": row.checkout_session_id,
-            "debit_ids": list(row.debit_ids or []), "sent_at": row.sent_at}
+    return {
+        "url": row.url,
+        "amount": row.amount,
+        "currency": row.currency,
+        "checkout_session_id": row.checkout_session_id,
+        "debit_ids": list(row.debit_ids or []),
+        "sent_at": row.sent_at,
+    }
 
 
 async def payment_link(engine: AsyncEngine, retailer_id: int) -> dict[str, Any]:
@@ -330,5 +356,7 @@ async def payment_link(engine: AsyncEngine, retailer_id: int) -> dict[str, Any]:
             raise CreditRefused(f"no retailer {retailer_id}")
         link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
     if link is None:
-        raise CreditRefused(f"retailer {retailer_id} has no payment link (one is made with the first reminder of a debit due)")
+        raise CreditRefused(
+            f"retailer {retailer_id} has no payment link (one is made with the first reminder of a debit due)"
+        )
     return _link(link)

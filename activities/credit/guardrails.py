@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
 from activities.credit.ledger import audit_rows
-from schemas.errors import Refused
 from schemas.credit import GuardrailChange, GuardrailsCheck
+from schemas.errors import Refused
 
 APPLY_GUARDRAILS = text(
     f"""
@@ -56,16 +56,18 @@ WITH scope AS (
            OR (d.reason IS NULL AND r.credit_status = 'PAUSED' AND r.paused_by = 'system'))
     RETURNING r.id, r.credit_status, d.reason, d.outstanding
 )
-{audit_rows(
-    "changed",
-    retailer_id="id",
-    action="CASE credit_status WHEN 'PAUSED' THEN 'credit_paused' ELSE 'credit_resumed' END",
-    reference=":reference",
-    old="jsonb_build_object('credit_status', CASE credit_status WHEN 'PAUSED' THEN 'ACTIVE' ELSE 'PAUSED' END)",
-    new="jsonb_build_object('credit_status', credit_status, 'outstanding', outstanding)",
-    performed_by="'system'",
-    reason="COALESCE(reason, 'no pause condition holds any more')",
-)}
+{
+        audit_rows(
+            "changed",
+            retailer_id="id",
+            action="CASE credit_status WHEN 'PAUSED' THEN 'credit_paused' ELSE 'credit_resumed' END",
+            reference=":reference",
+            old="jsonb_build_object('credit_status', CASE credit_status WHEN 'PAUSED' THEN 'ACTIVE' ELSE 'PAUSED' END)",
+            new="jsonb_build_object('credit_status', credit_status, 'outstanding', outstanding)",
+            performed_by="'system'",
+            reason="COALESCE(reason, 'no pause condition holds any more')",
+        )
+    }
 """
 )
 

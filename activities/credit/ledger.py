@@ -25,6 +25,7 @@ writes are called by paths that took it first (a credit order's placement, a fai
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -66,8 +67,15 @@ async def audit(
     (None stays SQL NULL; Decimals and dates as their text)."""
     return await conn.scalar(
         AUDIT,
-        {"r": retailer_id, "action": action, "reference": reference, "old": _json(old), "new": _json(new),
-         "actor": actor, "reason": reason},
+        {
+            "r": retailer_id,
+            "action": action,
+            "reference": reference,
+            "old": _json(old),
+            "new": _json(new),
+            "actor": actor,
+            "reason": reason,
+        },
     )
 
 
@@ -121,8 +129,9 @@ async def refresh_available(conn: AsyncConnection, retailer_id: int) -> Decimal 
     return await conn.scalar(REFRESH_AVAILABLE, {"r": retailer_id})
 
 
-async def available_credit(conn: AsyncConnection, retailer_id: int) -> Decimal | None:
-    return await conn.scalar(AVAILABLE, {"r": retailer_id})
+async def available_credit(conn: AsyncConnection, retailer_id: int) -> Decimal:
+    """The account's available credit (the caller holds the retailer, so the row exists)."""
+    return (await conn.execute(AVAILABLE, {"r": retailer_id})).scalar_one()
 
 
 # --------------------------------------------------------------------------- limits
@@ -138,7 +147,9 @@ async def change_limits(
     if set(new) - set(LIMIT_COLUMNS):
         raise ValueError(f"not a limit: {sorted(set(new) - set(LIMIT_COLUMNS))}")
     sets = ", ".join(f"{k} = :{k}" for k in new)
-    await conn.execute(text(f"UPDATE credit_accounts SET {sets}, updated_at = now() WHERE retailer_id = :r"), {"r": retailer_id, **new})  # noqa: S608 - column names from LIMIT_COLUMNS
+    await conn.execute(
+        text(f"UPDATE credit_accounts SET {sets}, updated_at = now() WHERE retailer_id = :r"), {"r": retailer_id, **new}
+    )
     await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
     return await audit(conn, retailer_id, "credit_limits_changed", actor=actor, old=old, new=new, reason=reason)
 
@@ -208,18 +219,25 @@ RETURNING t.id, a.allocated, t.status, t.cleared_amount - a.allocated AS cleared
 )
 
 
-async def _audit_allocations(conn: AsyncConnection, rows: list[Any], retailer_id: int, reference: str, actor: str, source: str) -> None:
+async def _audit_allocations(
+    conn: AsyncConnection, rows: Sequence[Any], retailer_id: int, reference: str, actor: str, source: str
+) -> None:
     for row in rows:
         await audit(
-            conn, retailer_id, "debit_cleared" if row.status == "CLEARED" else "debit_partially_paid",
-            actor=actor, reference=reference,
+            conn,
+            retailer_id,
+            "debit_cleared" if row.status == "CLEARED" else "debit_partially_paid",
+            actor=actor,
+            reference=reference,
             old={"debit_id": row.id, "cleared_amount": row.cleared_before},
             new={"debit_id": row.id, "cleared_amount": row.cleared_amount, "status": row.status},
             reason=f"allocated {row.allocated} of {source}",
         )
 
 
-async def apply_credit_balance(conn: AsyncConnection, retailer_id: int, *, actor: str, reference: str) -> list[DebitAllocation]:
+async def apply_credit_balance(
+    conn: AsyncConnection, retailer_id: int, *, actor: str, reference: str
+) -> list[DebitAllocation]:
     """Spend the retailer's unspent CREDITs (oldest first) on its open debits (oldest first).
 
     Call inside the transaction that wrote a DEBIT, with the retailer's row locked. Audited under
@@ -265,14 +283,22 @@ async def record_credit(
     await conn.execute(SPEND_CREDIT, {"id": credit_id, "spent": allocated})
     await conn.execute(REFRESH_AVAILABLE, {"r": payment.retailer_id})
     await audit(
-        conn, payment.retailer_id, action, actor=payment.actor, reference=payment.reference,
+        conn,
+        payment.retailer_id,
+        action,
+        actor=payment.actor,
+        reference=payment.reference,
         new={
-            "amount": payment.amount, "allocated": allocated, "credit_balance_added": payment.amount - allocated,
+            "amount": payment.amount,
+            "allocated": allocated,
+            "credit_balance_added": payment.amount - allocated,
             "credit_transaction_id": credit_id,
         },
         reason=reason,
     )
-    await _audit_allocations(conn, rows, payment.retailer_id, payment.reference, payment.actor, f"payment {payment.reference}")
+    await _audit_allocations(
+        conn, rows, payment.retailer_id, payment.reference, payment.actor, f"payment {payment.reference}"
+    )
     return PaymentRecorded(
         retailer_id=payment.retailer_id,
         reference=payment.reference,
@@ -314,7 +340,14 @@ async def debit_order(
     reference = f"order:{order_id}"
     debit_id = await conn.scalar(
         INSERT_ORDER_DEBIT,
-        {"r": retailer_id, "amount": amount, "due": due, "o": order_id, "reference": reference, "notes": f"credit order {order_id}"},
+        {
+            "r": retailer_id,
+            "amount": amount,
+            "due": due,
+            "o": order_id,
+            "reference": reference,
+            "notes": f"credit order {order_id}",
+        },
     )
     await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
     return debit_id, await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
@@ -329,20 +362,35 @@ class Charge:
 
 
 async def charge(
-    conn: AsyncConnection, retailer_id: int, amount: Decimal, *, due: date, reference: str, notes: str, actor: str, reason: str
+    conn: AsyncConnection,
+    retailer_id: int,
+    amount: Decimal,
+    *,
+    due: date,
+    reference: str,
+    notes: str,
+    actor: str,
+    reason: str,
 ) -> Charge:
     """A DEBIT that is not an order's (an admin's charge), audited `debit_adjustment`; any credit
     balance clears it. Idempotent by (retailer, reference): a repeat returns the first one.
     Takes the retailer's lock; `UnknownRetailer` if there is none."""
     await lock_retailer(conn, retailer_id)
-    debit_id = await conn.scalar(INSERT_CHARGE, {"r": retailer_id, "amount": amount, "due": due, "ref": reference, "notes": notes})
+    debit_id = await conn.scalar(
+        INSERT_CHARGE, {"r": retailer_id, "amount": amount, "due": due, "ref": reference, "notes": notes}
+    )
     if debit_id is None:
         existing = (await conn.execute(EXISTING_CHARGE, {"r": retailer_id, "ref": reference})).one()
         return Charge(existing.id, existing.amount, True, [])
     await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
     await audit(
-        conn, retailer_id, "debit_adjustment", actor=actor, reference=reference,
-        new={"debit_id": debit_id, "amount": str(amount)}, reason=reason,
+        conn,
+        retailer_id,
+        "debit_adjustment",
+        actor=actor,
+        reference=reference,
+        new={"debit_id": debit_id, "amount": str(amount)},
+        reason=reason,
     )
     cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
     return Charge(debit_id, amount, False, cleared)
@@ -364,7 +412,8 @@ FOR UPDATE OF d
 
 INSERT_REVERSAL = text(
     """
-INSERT INTO credit_transactions (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
+INSERT INTO credit_transactions
+    (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
 VALUES (:retailer_id, 'CREDIT', :amount, :amount, 'CLEARED', now(), :order_id, :reference, :notes)
 ON CONFLICT DO NOTHING
 RETURNING id

@@ -79,18 +79,27 @@ async def place_order(
                 raise PlacementRefused(f"order {order_id} belongs to another retailer")
             if order.payment_mode != payment_mode or order.total_amount != amount:
                 raise PlacementRefused(
-                    f"order {order_id} is {order.payment_mode} for {order.total_amount:,.2f}, not {payment_mode} for {amount:,.2f}"
+                    f"order {order_id} is {order.payment_mode} for {order.total_amount:,.2f},"
+                    f" not {payment_mode} for {amount:,.2f}"
                 )
             if order.status in ("FAILED", "CANCELLED"):
                 raise PlacementRefused(f"order {order_id} is {order.status}")
             existing = (await conn.execute(DEBIT_OF, {"o": order_id})).first()
             if existing is not None or payment_mode == "COD":  # placed before: a retry
                 return OrderPlaced(
-                    order_id, retailer_id, payment_mode, amount, existing.id if existing else None,
-                    existing.due_date if existing else None, position.available_credit, duplicate=True,
+                    order_id,
+                    retailer_id,
+                    payment_mode,
+                    amount,
+                    existing.id if existing else None,
+                    existing.due_date if existing else None,
+                    position.available_credit,
+                    duplicate=True,
                 )
         validate_order_placement(
-            CreditPosition(position.credit_status, position.available_credit, position.max_order_value), amount, payment_mode
+            CreditPosition(position.credit_status, position.available_credit, position.max_order_value),
+            amount,
+            payment_mode,
         )
         if order is None:
             await conn.execute(INSERT_ORDER, {"o": order_id, "r": retailer_id, "mode": payment_mode, "amount": amount})
@@ -101,12 +110,22 @@ async def place_order(
             cleared = sum((a.allocated for a in allocations), Decimal("0"))
         available = await ledger.available_credit(conn, retailer_id)
         await ledger.audit(
-            conn, retailer_id, "credit_order_placed", actor=actor, reference=f"order:{order_id}",
+            conn,
+            retailer_id,
+            "credit_order_placed",
+            actor=actor,
+            reference=f"order:{order_id}",
             old={"available_credit": str(position.available_credit)},
             new={
-                "order_id": order_id, "payment_mode": payment_mode, "amount": str(amount), "debit_id": debit_id,
-                "due_date": str(due) if due else None, "available_credit": str(available),
+                "order_id": order_id,
+                "payment_mode": payment_mode,
+                "amount": str(amount),
+                "debit_id": debit_id,
+                "due_date": str(due) if due else None,
+                "available_credit": str(available),
                 "cleared_from_balance": str(cleared),
             },
         )
-    return OrderPlaced(order_id, retailer_id, payment_mode, amount, debit_id, due, available, cleared_from_balance=cleared)
+    return OrderPlaced(
+        order_id, retailer_id, payment_mode, amount, debit_id, due, available, cleared_from_balance=cleared
+    )

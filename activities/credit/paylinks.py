@@ -53,7 +53,9 @@ T = TypeVar("T")
 
 TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
 TOKEN_MAX_LENGTH = 128
-STRIPE_ATTEMPTS = 6  # per call (about 8 s of back-off in all): Stripe's 429 and 5xx are retried here, paced, not by failing a page or a click
+# Per Stripe call (about 8 s of back-off in all): its 429 and 5xx are retried here, paced, not by
+# failing a page or a click.
+STRIPE_ATTEMPTS = 6
 STRIPE_FIRST_DELAY_S = 0.25
 STRIPE_MAX_DELAY_S = 4.0
 
@@ -85,7 +87,9 @@ def debits_fingerprint(debit_ids: list[int], currency: str) -> str:
 
 def amounts_fingerprint(debits: list[LinkDebit], currency: str) -> str:
     """What a session charges: the same debits with the same amounts left → the same session."""
-    canonical = currency + "|" + ",".join(f"{d.debit_id}:{d.outstanding:.2f}" for d in sorted(debits, key=lambda d: d.debit_id))
+    canonical = (
+        currency + "|" + ",".join(f"{d.debit_id}:{d.outstanding:.2f}" for d in sorted(debits, key=lambda d: d.debit_id))
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
@@ -105,7 +109,7 @@ async def paced(call: Callable[[], Awaitable[T]], *, attempts: int = STRIPE_ATTE
             if error.non_retryable or attempt == attempts:
                 raise
             log.info("stripe.call_retried", attempt=attempt, error_type=error.type, delay_s=round(delay, 2))
-        await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+        await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, STRIPE_MAX_DELAY_S)
     raise AssertionError("unreachable")
 
@@ -135,7 +139,8 @@ class PayOutcome:
 
 
 LINK = text(
-    "SELECT retailer_id, token, checkout_session_id, session_fingerprint, session_count, generation, currency, debit_ids"
+    "SELECT retailer_id, token, checkout_session_id, session_fingerprint, session_count, generation, currency,"
+    " debit_ids"
     " FROM payment_links WHERE token = :t"
 )
 RECORDED = text(
@@ -167,23 +172,32 @@ async def open_pay_link(engine: AsyncEngine, stripe: StripeGateway | None, token
     keys, and the session stored only if the row is as it was read; otherwise it is read again."""
     if not well_formed(token):
         return PayOutcome("unknown")
+    retailer_id = None
     for _ in range(ATTEMPTS):
         async with engine.connect() as conn:
             link = (await conn.execute(LINK, {"t": token})).first()
             if link is None:
                 return PayOutcome("replaced" if await conn.scalar(RETIRED, {"t": token}) else "unknown")
-            owed = [LinkDebit(*row) for row in (await conn.execute(OWED, {"r": link.retailer_id, "ids": list(link.debit_ids)})).all()]
+            retailer_id = link.retailer_id
+            owed = [
+                LinkDebit(*row)
+                for row in (await conn.execute(OWED, {"r": link.retailer_id, "ids": list(link.debit_ids)})).all()
+            ]
         if stripe is None:
             return PayOutcome("paid") if not owed else PayOutcome("unavailable")
         try:
             outcome = await _checkout(engine, stripe, link, owed)
         except ApplicationError as error:
-            log.warning("paylink.stripe_unavailable", retailer_id=link.retailer_id, error_type=error.type,
-                        retryable=not error.non_retryable)
+            log.warning(
+                "paylink.stripe_unavailable",
+                retailer_id=link.retailer_id,
+                error_type=error.type,
+                retryable=not error.non_retryable,
+            )
             return PayOutcome("unavailable")
         if outcome is not None:
             return outcome
-    log.warning("paylink.contended", retailer_id=link.retailer_id)
+    log.warning("paylink.contended", retailer_id=retailer_id)
     return PayOutcome("unavailable")
 
 
@@ -203,7 +217,9 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
                 return PayOutcome("processing", amount=current.amount, currency=currency)
         if current is not None and current.status == "open":
             if owed and link.session_fingerprint == fingerprint:
-                log.info("paylink.session_reused", retailer_id=retailer_id, checkout_session_id=current.checkout_session_id)
+                log.info(
+                    "paylink.session_reused", retailer_id=retailer_id, checkout_session_id=current.checkout_session_id
+                )
                 return PayOutcome("redirect", url=current.url, amount=current.amount, currency=currency)
             await expire_session(stripe, link.checkout_session_id, retailer_id)  # the amounts changed, or all paid
     if not owed:
@@ -222,19 +238,32 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
             CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding)
             for d in owed
         ],
-        metadata={"debit_ids": ids if len(ids) <= 500 else ids[:ids.rindex(",", 0, 496)] + ",...", "fingerprint": fingerprint},
+        metadata={
+            "debit_ids": ids if len(ids) <= 500 else ids[: ids.rindex(",", 0, 496)] + ",...",
+            "fingerprint": fingerprint,
+        },
     )
     session = await paced(lambda: stripe.create_checkout_session(request))
     async with engine.begin() as conn:
         stored = await conn.scalar(
             STORE_SESSION,
-            {"session": session.checkout_session_id, "fingerprint": fingerprint, "n": n, "amount": amount,
-             "r": retailer_id, "t": link.token},
+            {
+                "session": session.checkout_session_id,
+                "fingerprint": fingerprint,
+                "n": n,
+                "amount": amount,
+                "r": retailer_id,
+                "t": link.token,
+            },
         )
         now = None if stored else (await conn.execute(CURRENT, {"r": retailer_id})).first()
-    if stored or (now is not None and now.token == link.token and now.checkout_session_id == session.checkout_session_id):
+    if stored or (
+        now is not None and now.token == link.token and now.checkout_session_id == session.checkout_session_id
+    ):
         # Ours, or a concurrent click's with the same key: the same session.
-        log.info("paylink.session_created", retailer_id=retailer_id, checkout_session_id=session.checkout_session_id, n=n)
+        log.info(
+            "paylink.session_created", retailer_id=retailer_id, checkout_session_id=session.checkout_session_id, n=n
+        )
         return PayOutcome("redirect", url=session.url, amount=amount, currency=currency, created=bool(stored))
     # The row changed while Stripe answered (a reminder replaced the token, or a click stored
     # another session): ours must not stay payable beside it.

@@ -26,7 +26,9 @@ from schemas.credit import PaymentRecorded, RecordPayment
 
 async def record_payment(engine: AsyncEngine, payment: RecordPayment) -> PaymentRecorded:
     async with engine.begin() as conn:
-        return await ledger.record_credit(conn, payment, notes=f"payment recorded by {payment.actor}", action="payment_recorded")
+        return await ledger.record_credit(
+            conn, payment, notes=f"payment recorded by {payment.actor}", action="payment_recorded"
+        )
 
 
 @dataclass

@@ -100,7 +100,8 @@ STORED_LINKS = text(
 
 # The link's debits or amount at this reminder; the token (and so the URL) stays.
 REFRESH_LINK = text(
-    "UPDATE payment_links SET amount = :amount, url = :url, updated_at = now() WHERE retailer_id = :r AND token = :token"
+    "UPDATE payment_links SET amount = :amount, url = :url, updated_at = now()"
+    " WHERE retailer_id = :r AND token = :token"
 )
 
 CURRENT_LINK = text("SELECT token, checkout_session_id, fingerprint FROM payment_links WHERE retailer_id = :r")
@@ -164,9 +165,16 @@ class ReminderActivities:
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
         """The next page of retailers due a reminder, each with its stable pay link for its total."""
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(DUE_PAGE, self._params(request.reminder_date, request.business_timezone) | {
-                "after": request.after_retailer_id, "page_size": request.page_size,
-            })).all()
+            rows = (
+                await conn.execute(
+                    DUE_PAGE,
+                    self._params(request.reminder_date, request.business_timezone)
+                    | {
+                        "after": request.after_retailer_id,
+                        "page_size": request.page_size,
+                    },
+                )
+            ).all()
         _heartbeat()
         skipped: dict[str, int] = {}
         due = []
@@ -175,8 +183,12 @@ class ReminderActivities:
             if row.skip_reason:
                 skipped[row.skip_reason] = skipped.get(row.skip_reason, 0) + 1
             else:
-                due.append(DueRetailer(retailer_id=row.retailer_id, debit_ids=list(row.debit_ids), amount_due=row.amount_due))
-                lines[row.retailer_id] = [LinkDebit(*debit) for debit in zip(row.debit_ids, row.outstanding, row.due_dates, strict=True)]
+                due.append(
+                    DueRetailer(retailer_id=row.retailer_id, debit_ids=list(row.debit_ids), amount_due=row.amount_due)
+                )
+                lines[row.retailer_id] = [
+                    LinkDebit(*debit) for debit in zip(row.debit_ids, row.outstanding, row.due_dates, strict=True)
+                ]
         links, link_failures = await self._payment_links(due, lines, request)
         messages = [
             SendMessage(
@@ -184,7 +196,11 @@ class ReminderActivities:
                 recipient_type="retailer",
                 recipient_id=str(r.retailer_id),
                 template="payment_reminder",
-                params={"debit_count": len(r.debit_ids), "amount_due": f"{r.amount_due:,.2f}", "payment_link": links[r.retailer_id]},
+                params={
+                    "debit_count": len(r.debit_ids),
+                    "amount_due": f"{r.amount_due:,.2f}",
+                    "payment_link": links[r.retailer_id],
+                },
             )
             for r in due
             if r.retailer_id in links
@@ -207,22 +223,29 @@ class ReminderActivities:
         if self._base_url is None:
             raise ApplicationError(
                 "PUBLIC_BASE_URL is not set: reminders link to {PUBLIC_BASE_URL}/pay/{token}",
-                type="PublicBaseUrlNotSet", non_retryable=True,
+                type="PublicBaseUrlNotSet",
+                non_retryable=True,
             )
         if not due:
             return {}, {}
         async with self._engine.connect() as conn:
-            stored = {row.retailer_id: row for row in await conn.execute(STORED_LINKS, {"ids": [r.retailer_id for r in due]})}
+            stored = {
+                row.retailer_id: row for row in await conn.execute(STORED_LINKS, {"ids": [r.retailer_id for r in due]})
+            }
         links: dict[int, str] = {}
         refresh: list[dict[str, object]] = []
         replace: list[DueRetailer] = []
         for retailer in due:
             debits = lines[retailer.retailer_id]
             row = stored.get(retailer.retailer_id)
-            if row is not None and row.fingerprint == debits_fingerprint([d.debit_id for d in debits], request.currency):
+            if row is not None and row.fingerprint == debits_fingerprint(
+                [d.debit_id for d in debits], request.currency
+            ):
                 links[retailer.retailer_id] = url = pay_url(self._base_url, row.token)
                 if row.amount != retailer.amount_due or row.url != url:  # a partial payment; a new PUBLIC_BASE_URL
-                    refresh.append({"r": retailer.retailer_id, "token": row.token, "amount": retailer.amount_due, "url": url})
+                    refresh.append(
+                        {"r": retailer.retailer_id, "token": row.token, "amount": retailer.amount_due, "url": url}
+                    )
             else:
                 replace.append(retailer)
         if refresh:
@@ -240,7 +263,10 @@ class ReminderActivities:
                 row = stored.get(retailer.retailer_id)
                 try:
                     links[retailer.retailer_id] = await self._new_link(
-                        retailer.retailer_id, lines[retailer.retailer_id], request.currency, row.generation + 1 if row else 1,
+                        retailer.retailer_id,
+                        lines[retailer.retailer_id],
+                        request.currency,
+                        row.generation + 1 if row else 1,
                     )
                 except ApplicationError as error:
                     # Stripe still unavailable after the paced retries, a permanent error, or a link
@@ -251,7 +277,9 @@ class ReminderActivities:
         await asyncio.gather(*(one(r) for r in replace))
         return links, failures
 
-    async def _first_links(self, retailers: list[DueRetailer], lines: dict[int, list[LinkDebit]], currency: str) -> dict[int, str]:
+    async def _first_links(
+        self, retailers: list[DueRetailer], lines: dict[int, list[LinkDebit]], currency: str
+    ) -> dict[int, str]:
         """The first link of each retailer that has none, all in one INSERT (a first cadence day
         writes a link per retailer: one statement instead of two round trips each)."""
         if not retailers:
@@ -261,12 +289,17 @@ class ReminderActivities:
         for retailer in retailers:
             debits = lines[retailer.retailer_id]
             token = new_token()
-            rows.append({
-                "r": retailer.retailer_id, "token": token, "url": pay_url(self._base_url, token),
-                "fingerprint": debits_fingerprint([d.debit_id for d in debits], currency), "currency": currency,
-                "amount": str(sum((d.outstanding for d in debits), Decimal("0"))),
-                "debit_ids": "{" + ",".join(str(d.debit_id) for d in debits) + "}",
-            })
+            rows.append(
+                {
+                    "r": retailer.retailer_id,
+                    "token": token,
+                    "url": pay_url(self._base_url, token),
+                    "fingerprint": debits_fingerprint([d.debit_id for d in debits], currency),
+                    "currency": currency,
+                    "amount": str(sum((d.outstanding for d in debits), Decimal("0"))),
+                    "debit_ids": "{" + ",".join(str(d.debit_id) for d in debits) + "}",
+                }
+            )
         async with self._engine.begin() as conn:
             made = {row.retailer_id: row.url for row in await conn.execute(NEW_LINKS, {"links": json.dumps(rows)})}
         log.info("reminder.payment_links_made", count=len(made), generation=1)
@@ -289,8 +322,14 @@ class ReminderActivities:
             token = new_token()
             url = pay_url(self._base_url, token)
             params = {
-                "r": retailer_id, "token": token, "url": url, "fingerprint": fingerprint, "generation": generation,
-                "amount": amount, "currency": currency, "debit_ids": [d.debit_id for d in debits],
+                "r": retailer_id,
+                "token": token,
+                "url": url,
+                "fingerprint": fingerprint,
+                "generation": generation,
+                "amount": amount,
+                "currency": currency,
+                "debit_ids": [d.debit_id for d in debits],
             }
             async with self._engine.begin() as conn:
                 if old is None:
@@ -302,7 +341,12 @@ class ReminderActivities:
                     if done:
                         await conn.execute(RETIRE_TOKEN, {"token": old.token, "r": retailer_id})
             if done:
-                log.info("reminder.payment_link_made", retailer_id=retailer_id, generation=generation, replaced=old is not None)
+                log.info(
+                    "reminder.payment_link_made",
+                    retailer_id=retailer_id,
+                    generation=generation,
+                    replaced=old is not None,
+                )
                 return url
         raise ApplicationError(
             f"retailer {retailer_id}'s link kept changing while it was replaced", type="PaymentLinkContended"
@@ -315,7 +359,12 @@ class ReminderActivities:
         if not debit_ids:
             return 0
         async with self._engine.begin() as conn:
-            marked = (await conn.execute(MARK_REMINDED, self._params(request.reminder_date, request.business_timezone) | {"debit_ids": debit_ids})).all()
+            marked = (
+                await conn.execute(
+                    MARK_REMINDED,
+                    self._params(request.reminder_date, request.business_timezone) | {"debit_ids": debit_ids},
+                )
+            ).all()
         return len(marked)
 
     @staticmethod
@@ -326,4 +375,3 @@ class ReminderActivities:
             "offsets": list(REMINDER_OFFSETS_DAYS),
             "max_reminders": MAX_REMINDERS,
         }
-

@@ -74,7 +74,9 @@ class LoyaltyAuditActivities:
                 difference=d.difference,
                 audit_date=audit_date.isoformat(),
             )
-        log.info("loyalty.audit_done", audit_date=audit_date.isoformat(), customers_checked=checked, discrepancies=wrong)
+        log.info(
+            "loyalty.audit_done", audit_date=audit_date.isoformat(), customers_checked=checked, discrepancies=wrong
+        )
         return LoyaltyAuditResult(
             audit_date=audit_date,
             checked_at=checked_at,

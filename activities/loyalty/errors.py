@@ -48,9 +48,10 @@ class OrderOfAnotherCustomer(LoyaltyRefusal):
 class PointsOverflow(LoyaltyRefusal):
     def __init__(self, customer_id: int, balance: int) -> None:
         super().__init__(
-            "PointsOverflow", f"customer {customer_id}'s balance would be {balance}, above the ledger's limit", customer_id=customer_id
+            "PointsOverflow",
+            f"customer {customer_id}'s balance would be {balance}, above the ledger's limit",
+            customer_id=customer_id,
         )
-
 
 
 class OrderAppliedDifferently(LoyaltyRefusal):

@@ -167,7 +167,12 @@ async def apply_points_at_checkout(
     or a `pydantic.ValidationError` for bad input (negative points, ...).
     """
     request = ApplyOrderPoints.model_validate(
-        {"customer_id": customer_id, "order_id": order_id, "points_redeemed": points_redeemed, "order_total": order_total}
+        {
+            "customer_id": customer_id,
+            "order_id": order_id,
+            "points_redeemed": points_redeemed,
+            "order_total": order_total,
+        }
     )
     return await apply(engine, request)
 
@@ -225,7 +230,13 @@ async def reverse_points(conn: AsyncConnection, request: ReverseOrderPoints) -> 
         raise PointsOverflow(request.customer_id, after)
     inserted = await conn.scalar(
         INSERT_REVERSAL,
-        {"customer_id": request.customer_id, "points": points, "before": before, "after": after, "order_id": request.order_id},
+        {
+            "customer_id": request.customer_id,
+            "points": points,
+            "before": before,
+            "after": after,
+            "order_id": request.order_id,
+        },
     )
     if inserted is None:  # cannot happen under the row lock unless written outside this module
         raise RuntimeError(f"order {request.order_id}: a reversal appeared while the customer was locked")
@@ -285,18 +296,41 @@ async def adjust_points(
     keys = {"reference_type": reference_type, "reference_id": reference_id}
     existing = (await conn.execute(ADJUSTMENT_OF, keys)).first()
     if existing is not None:
-        return PointsAdjustment(customer_id=existing.customer_id, **keys, already_adjusted=True, requested=points,
-                                points=existing.points, balance_before=existing.balance_before, balance_after=existing.balance_after)
+        return PointsAdjustment(
+            customer_id=existing.customer_id,
+            **keys,
+            already_adjusted=True,
+            requested=points,
+            points=existing.points,
+            balance_before=existing.balance_before,
+            balance_after=existing.balance_after,
+        )
     written = min(max(points, -locked.balance), BALANCE_LIMIT - locked.balance)
     before, after = locked.balance, locked.balance + written
-    inserted = await conn.scalar(INSERT_ADJUSTMENT, {"customer_id": customer_id, "points": written, "before": before, "after": after, **keys})
+    inserted = await conn.scalar(
+        INSERT_ADJUSTMENT, {"customer_id": customer_id, "points": written, "before": before, "after": after, **keys}
+    )
     if inserted is None:  # cannot happen under the row lock unless written outside this module
         raise RuntimeError(f"{reference_type} {reference_id}: an adjustment appeared while the customer was locked")
     await conn.execute(SET_BALANCE, {"balance": after, "customer_id": customer_id})
-    log.info("loyalty.points_adjusted", customer_id=customer_id, reference_type=reference_type, reference_id=reference_id,
-             requested=points, points=written, balance_after=after)
-    return PointsAdjustment(customer_id=customer_id, **keys, already_adjusted=False, requested=points, points=written,
-                            balance_before=before, balance_after=after)
+    log.info(
+        "loyalty.points_adjusted",
+        customer_id=customer_id,
+        reference_type=reference_type,
+        reference_id=reference_id,
+        requested=points,
+        points=written,
+        balance_after=after,
+    )
+    return PointsAdjustment(
+        customer_id=customer_id,
+        **keys,
+        already_adjusted=False,
+        requested=points,
+        points=written,
+        balance_before=before,
+        balance_after=after,
+    )
 
 
 class LoyaltyLedgerActivities:

@@ -82,7 +82,9 @@ WHERE id = :id AND status <> 'RESOLVED'
 RETURNING {_COLUMNS}
 """
 )
-SET_RESOLUTION = text(f"UPDATE loyalty_reconciliation_queue SET resolution = :resolution WHERE id = :id RETURNING {_COLUMNS}")
+SET_RESOLUTION = text(
+    f"UPDATE loyalty_reconciliation_queue SET resolution = :resolution WHERE id = :id RETURNING {_COLUMNS}"
+)
 NEEDS_REVIEW = text(
     f"""
 UPDATE loyalty_reconciliation_queue SET status = 'NEEDS_REVIEW', last_error = :reason, updated_at = now()
@@ -140,18 +142,22 @@ async def insert_queue_item(engine: AsyncEngine, failed: FailedPointsApplication
     try:
         async with engine.begin() as conn:
             row = (
-                await conn.execute(
-                    INSERT_ITEM,
-                    {
-                        "customer_id": failed.customer_id,
-                        "order_id": failed.order_id,
-                        "payment_intent_id": failed.payment_intent_id,
-                        "points_redeemed": failed.points_redeemed,
-                        "order_total": failed.order_total,
-                        "error": failed.error,
-                    },
+                (
+                    await conn.execute(
+                        INSERT_ITEM,
+                        {
+                            "customer_id": failed.customer_id,
+                            "order_id": failed.order_id,
+                            "payment_intent_id": failed.payment_intent_id,
+                            "points_redeemed": failed.points_redeemed,
+                            "order_total": failed.order_total,
+                            "error": failed.error,
+                        },
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
             if row is None:
                 existing = (await conn.execute(SELECT_BY_ORDER, {"order_id": failed.order_id})).mappings().one()
                 return _item(existing), False
@@ -231,15 +237,21 @@ class LoyaltyQueueActivities:
                 )
                 resolution = "refunded" if application.outcome == "order_reversed" else "applied"
                 row = (
-                    await conn.execute(
-                        RESOLVE, {"id": request.item_id, "resolution": resolution, "resolved_by": "system"}
+                    (
+                        await conn.execute(
+                            RESOLVE, {"id": request.item_id, "resolution": resolution, "resolved_by": "system"}
+                        )
                     )
-                ).mappings().one()
+                    .mappings()
+                    .one()
+                )
         except Exception as error:
             description = error_text(error)
             async with self._engine.begin() as conn:
                 await conn.execute(RECORD_ERROR, {"id": request.item_id, "error": description})
-            log.warning("loyalty.attempt_failed", item_id=request.item_id, attempt=activity.info().attempt, error=description)
+            log.warning(
+                "loyalty.attempt_failed", item_id=request.item_id, attempt=activity.info().attempt, error=description
+            )
             if isinstance(error, ApplicationError):
                 raise
             # Retryable, and only its first line: a database error's SQL and DETAIL stay out of the history.
@@ -257,7 +269,11 @@ class LoyaltyQueueActivities:
     @activity.defn(name="loyalty_mark_needs_review")
     async def mark_needs_review(self, request: MarkNeedsReview) -> QueueItem:
         async with self._engine.begin() as conn:
-            row = (await conn.execute(NEEDS_REVIEW, {"id": request.item_id, "reason": request.reason[:ERROR_TEXT_LIMIT]})).mappings().first()
+            row = (
+                (await conn.execute(NEEDS_REVIEW, {"id": request.item_id, "reason": request.reason[:ERROR_TEXT_LIMIT]}))
+                .mappings()
+                .first()
+            )
             item = _item(row) if row else await _read(conn, request.item_id)
         log.warning("loyalty.needs_review", item_id=item.item_id, customer_id=item.customer_id, status=item.status)
         return item
@@ -273,20 +289,32 @@ class LoyaltyQueueActivities:
         resolution = f"{request.resolution}: {request.note}" if request.note else request.resolution
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(
-                    RESOLVE, {"id": request.item_id, "resolution": resolution, "resolved_by": request.resolved_by}
+                (
+                    await conn.execute(
+                        RESOLVE, {"id": request.item_id, "resolution": resolution, "resolved_by": request.resolved_by}
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
             if row is not None and request.points_adjustment:
                 adjusted = await adjust_points(
-                    conn, row["customer_id"], request.points_adjustment,
-                    reference_type="reconciliation_item", reference_id=str(request.item_id),
+                    conn,
+                    row["customer_id"],
+                    request.points_adjustment,
+                    reference_type="reconciliation_item",
+                    reference_id=str(request.item_id),
                 )
                 row = (
-                    await conn.execute(
-                        SET_RESOLUTION, {"id": request.item_id, "resolution": f"{resolution} ({adjusted.points:+d} points)"}
+                    (
+                        await conn.execute(
+                            SET_RESOLUTION,
+                            {"id": request.item_id, "resolution": f"{resolution} ({adjusted.points:+d} points)"},
+                        )
                     )
-                ).mappings().one()
+                    .mappings()
+                    .one()
+                )
             item = _item(row) if row else await _read(conn, request.item_id)
         log.info(
             "loyalty.item_resolved", item_id=item.item_id, resolution=item.resolution, resolved_by=item.resolved_by

@@ -210,7 +210,13 @@ async def claim(conn: AsyncConnection, request: SendMessage, channel: str, templ
 
 
 async def take_lease(
-    conn: AsyncConnection, key: str, *, channel: str, sender: str, content_sid: str | None, lease: timedelta,
+    conn: AsyncConnection,
+    key: str,
+    *,
+    channel: str,
+    sender: str,
+    content_sid: str | None,
+    lease: timedelta,
     **values: object,
 ) -> None:
     """`sending`, owned by this attempt until the lease ends; records where the next call goes."""
@@ -298,7 +304,10 @@ async def record_opt_out(engine: AsyncEngine, recipient: Recipient, channel: str
         if added is not None:
             await conn.execute(
                 insert(RecipientOptOutEvent).values(
-                    recipient_type=recipient.type, recipient_id=recipient.id, channel=channel, action="opt_out",
+                    recipient_type=recipient.type,
+                    recipient_id=recipient.id,
+                    channel=channel,
+                    action="opt_out",
                     reason=reason,
                 )
             )

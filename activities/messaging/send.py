@@ -173,8 +173,11 @@ class MessagingActivities:
                     return
                 else:
                     decided[message.idempotency_key] = BatchItemOutcome(
-                        idempotency_key=message.idempotency_key, status=outcome.status, duplicate=outcome.duplicate,
-                        reason=outcome.reason, retry_at=outcome.retry_at,
+                        idempotency_key=message.idempotency_key,
+                        status=outcome.status,
+                        duplicate=outcome.duplicate,
+                        reason=outcome.reason,
+                        retry_at=outcome.retry_at,
                     )
                 activity.heartbeat()
 
@@ -216,11 +219,19 @@ class MessagingActivities:
             now = _now()
             local = now.astimezone(ZoneInfo(recipient.timezone))
             hold = outbox.Hold(
-                request.idempotency_key, recipient, channel, self._policy.daily_cap,
-                self._policy.quiet_hours.holds(local), now,
+                request.idempotency_key,
+                recipient,
+                channel,
+                self._policy.daily_cap,
+                self._policy.quiet_hours.holds(local),
+                now,
             )
             new = await outbox.claim_new(
-                conn, hold, request.template, template.version, sender=self._senders.of(channel),
+                conn,
+                hold,
+                request.template,
+                template.version,
+                sender=self._senders.of(channel),
                 lease=self._policy.lease,
             )
 
@@ -234,7 +245,12 @@ class MessagingActivities:
         return outcome
 
     async def _claim(
-        self, request: SendMessage, hold: outbox.Hold, local: datetime, template: Template, body: str,
+        self,
+        request: SendMessage,
+        hold: outbox.Hold,
+        local: datetime,
+        template: Template,
+        body: str,
         new: outbox.NewClaim | None,
     ) -> SendOutcome | None:
         """Decide from the first-seen claim (`new`) or, for a key seen before, lock its row: already
@@ -277,8 +293,14 @@ class MessagingActivities:
                 log.info("message.held_back", idempotency_key=key, status=held.status, reason=held.reason)
                 return held
             await outbox.take_lease(
-                conn, key, channel=channel, sender=sender, content_sid=None, lease=self._policy.lease,
-                attempts=row.attempts + 1, reason=None,
+                conn,
+                key,
+                channel=channel,
+                sender=sender,
+                content_sid=None,
+                lease=self._policy.lease,
+                attempts=row.attempts + 1,
+                reason=None,
             )
         return None
 
@@ -326,7 +348,10 @@ class MessagingActivities:
         async with driver_connection(self._statements) as conn:
             await outbox.set_sent(conn, key, accepted.sid, attempt.channel, _now())
         log.info(
-            "message.sent", idempotency_key=key, provider_sid=accepted.sid, channel=attempt.channel,
+            "message.sent",
+            idempotency_key=key,
+            provider_sid=accepted.sid,
+            channel=attempt.channel,
             template=template.name,
         )
         return SendOutcome(status="sent", provider_sid=accepted.sid, channel=attempt.channel)
@@ -357,7 +382,11 @@ class MessagingActivities:
         attempt.channel, attempt.sender = channel, self._senders.of(channel)
         async with self._statements.connect() as conn:
             await outbox.take_lease(
-                conn, attempt.key, channel=channel, sender=attempt.sender, content_sid=content_sid,
+                conn,
+                attempt.key,
+                channel=channel,
+                sender=attempt.sender,
+                content_sid=content_sid,
                 lease=self._policy.lease,
             )
 
@@ -373,7 +402,10 @@ class MessagingActivities:
         key, code = request.idempotency_key, exc.code
         if code in INVALID_RECIPIENT or code in INVALID_SENDER or code == OPTED_OUT:
             error_type = (
-                "InvalidRecipient" if code in INVALID_RECIPIENT else "InvalidSender" if code in INVALID_SENDER
+                "InvalidRecipient"
+                if code in INVALID_RECIPIENT
+                else "InvalidSender"
+                if code in INVALID_SENDER
                 else "RecipientOptedOut"
             )
             if code == OPTED_OUT:

@@ -52,40 +52,47 @@ TEMPLATES: dict[tuple[str, int], Template] = {
     (t.name, t.version): t
     for t in (
         Template(
-            "payment_reminder", 1,
+            "payment_reminder",
+            1,
             "Hi {first_name}, a friendly reminder: {debit_count} invoice(s) totalling {amount_due} "
             "are due. Pay securely here: {payment_link}",
             approved=True,
         ),
         Template(
-            "credit_paused", 1,
+            "credit_paused",
+            1,
             "Hi {first_name}, your credit line is paused ({reason}). You can still order cash on delivery. "
             "Settle {amount_due} to reopen it.",
             approved=True,
         ),
         Template(
-            "credit_resumed", 1,
+            "credit_resumed",
+            1,
             "Hi {first_name}, thank you! Your credit line is open again.",
             approved=True,
         ),
         Template(
-            "order_followup", 1,
+            "order_followup",
+            1,
             "Hi {first_name}, your order #{order_id} is still waiting for you. Complete it before it expires.",
             approved=True,
         ),
         Template(
-            "order_failed", 1,
+            "order_failed",
+            1,
             "Hi {first_name}, we could not complete order #{order_id}. Any credit it used has been released.",
             approved=True,
         ),
         Template("insight", 1, "{insight_message}"),
         Template(
-            "help", 1,
+            "help",
+            1,
             "Hi {first_name}, this is your supplier's account line: reminders, credit and order updates. "
             "Reply STOP to stop these messages, START to get them again.",
         ),
         Template(
-            "churn_nudge", 1,
+            "churn_nudge",
+            1,
             "Hi {first_name}, we would love to keep you with us. Update your payment details to keep "
             "your membership: {manage_link}",
             approved=True,

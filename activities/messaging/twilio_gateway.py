@@ -103,7 +103,6 @@ async def async_twilio_client(
         await close_twilio_client(client)
 
 
-
 @dataclass(frozen=True)
 class Accepted:
     sid: str

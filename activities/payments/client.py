@@ -30,4 +30,6 @@ def stripe_client(api_key: str, api_base: str | None, *, timeout_s: float = STRI
 
 async def close_stripe_client(client: stripe.StripeClient) -> None:
     """Close the client's aiohttp session (the SDK has no public close on ``StripeClient``)."""
-    await client._requestor._client.close_async()  # noqa: SLF001
+    http_client = client._requestor._client  # noqa: SLF001 - the SDK exposes no other way to close it
+    if http_client is not None:
+        await http_client.close_async()

@@ -93,6 +93,9 @@ from schemas.payments import (
 from schemas.tables import Company, Customer, Membership, Retailer
 
 if TYPE_CHECKING:
+    from stripe.params import RefundListParams, SubscriptionUpdateParams
+    from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
+
     from config.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -109,7 +112,11 @@ EXTENSION_KEY_META: Final = "jobctl_extension_key"
 EXTENSION_END_META: Final = "jobctl_extension_trial_end"
 COUNTED_REFUND_STATUSES: Final = frozenset({"succeeded", "pending", "requires_action"})
 
-_OWNER_TABLES: Final = {"retailer": Retailer, "member": Membership, "customer": Customer}
+_OWNER_TABLES: Final[dict[str, type[Retailer] | type[Membership] | type[Customer]]] = {
+    "retailer": Retailer,
+    "member": Membership,
+    "customer": Customer,
+}
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -273,11 +280,13 @@ class StripeGateway:
                         .where(Membership.id == owner_id)
                     )
                 ).first()
+                found = None if row is None else (row[0], row[1])
             else:
-                row = (await conn.execute(select(table.stripe_customer_id).where(table.id == owner_id))).first()
-        if row is None:
+                stored = (await conn.execute(select(table.stripe_customer_id).where(table.id == owner_id))).first()
+                found = None if stored is None else (stored[0], None)
+        if found is None:
             raise permanent("UnknownOwner", f"no {owner_type} {owner_id}", owner_type=owner_type, owner_id=owner_id)
-        return row[0], (row[1] if owner_type == "member" else None)
+        return found
 
     async def _ensure_customer(self, owner_type: OwnerType, owner_id: int) -> tuple[str, bool, str | None]:
         """(Stripe customer id, created now, Connect account)."""
@@ -355,7 +364,7 @@ class StripeGateway:
         lines = request.lines or [
             CheckoutSessionLine(description=request.description or "Payment", amount=request.amount)
         ]
-        line_items = [
+        line_items: list[SessionCreateParamsLineItem] = [
             {
                 "quantity": 1,
                 "price_data": {
@@ -379,7 +388,7 @@ class StripeGateway:
         key = f"payment-link:{request.idempotency_key}"
 
         # No expires_at: Stripe's default (24 h after creation) keeps a retry's parameters the same.
-        params: dict[str, Any] = {
+        params: SessionCreateParams = {
             "mode": "payment",
             "customer": customer_id,
             "line_items": line_items,
@@ -487,7 +496,7 @@ class StripeGateway:
             in_trial = bool(trial_end) and int(trial_end) > now
             base = int(trial_end) if in_trial else max(_period_end(subscription) or now, now)
             target = base + request.days * DAY_S
-            params: dict[str, Any] = {
+            params: SubscriptionUpdateParams = {
                 "trial_end": target,
                 "metadata": {EXTENSION_KEY_META: request.idempotency_key, EXTENSION_END_META: str(target)},
             }
@@ -578,7 +587,7 @@ class StripeGateway:
         async with stripe_errors(op, payment_intent_id=request.id):
             intent = await self._client.v1.payment_intents.retrieve_async(request.id)
             refunded_minor = 0
-            params: dict[str, Any] = {"payment_intent": request.id, "limit": 100}
+            params: RefundListParams = {"payment_intent": request.id, "limit": 100}
             while True:
                 page = await self._client.v1.refunds.list_async(params)
                 refunded_minor += sum(r.amount for r in page.data if r.status in COUNTED_REFUND_STATUSES)
@@ -619,8 +628,8 @@ def _metadata(obj: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()}
 
 
-def _options(idempotency_key: str | None, account: str | None) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def _options(idempotency_key: str | None, account: str | None) -> stripe.RequestOptions:
+    options: stripe.RequestOptions = {}
     if idempotency_key is not None:
         options["idempotency_key"] = idempotency_key
     if account:

@@ -7,6 +7,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-23 02:33:31.567143
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -188,9 +189,7 @@ def upgrade() -> None:
         _money("unit_price"),
         sa.CheckConstraint("quantity > 0", name=op.f("ck_order_items_quantity_positive")),
         sa.CheckConstraint("unit_price >= 0", name=op.f("ck_order_items_unit_price_non_negative")),
-        sa.ForeignKeyConstraint(
-            ["order_id"], ["orders.id"], name="fk_order_items_order_id_orders", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["order_id"], ["orders.id"], name="fk_order_items_order_id_orders", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_order_items"),
     )
     op.create_index("ix_order_items_order_id", "order_items", ["order_id"])
@@ -223,9 +222,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "cleared_amount >= 0 AND cleared_amount <= amount", name=op.f("ck_credit_transactions_cleared_amount_range")
         ),
-        sa.CheckConstraint(
-            "reminder_count BETWEEN 0 AND 8", name=op.f("ck_credit_transactions_reminder_count_range")
-        ),
+        sa.CheckConstraint("reminder_count BETWEEN 0 AND 8", name=op.f("ck_credit_transactions_reminder_count_range")),
         sa.ForeignKeyConstraint(
             ["order_id"], ["orders.id"], name="fk_credit_transactions_order_id_orders", ondelete="SET NULL"
         ),
@@ -266,7 +263,8 @@ def upgrade() -> None:
         _ts("expired_at"),
         _created_at(),
         sa.CheckConstraint(
-            "status IN ('PENDING', 'COMPLETED', 'RECOVERED', 'EXPIRED', 'FAILED')", name=op.f("ck_pending_orders_status")
+            "status IN ('PENDING', 'COMPLETED', 'RECOVERED', 'EXPIRED', 'FAILED')",
+            name=op.f("ck_pending_orders_status"),
         ),
         sa.CheckConstraint("amount >= 0", name=op.f("ck_pending_orders_amount_non_negative")),
         sa.ForeignKeyConstraint(
@@ -342,9 +340,7 @@ def upgrade() -> None:
             ["retailer_id"], ["retailers.id"], name="fk_retailer_insights_retailer_id_retailers", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_retailer_insights"),
-        sa.UniqueConstraint(
-            "retailer_id", "insight_date", name="uq_retailer_insights_retailer_id_insight_date"
-        ),
+        sa.UniqueConstraint("retailer_id", "insight_date", name="uq_retailer_insights_retailer_id_insight_date"),
     )
 
     # ------------------------------------------------------------------ churn
@@ -410,7 +406,8 @@ def upgrade() -> None:
         sa.CheckConstraint(E164_CHECK, name=op.f("ck_memberships_phone_e164")),
         sa.CheckConstraint("preferred_channel IN ('whatsapp', 'sms')", name=op.f("ck_memberships_preferred_channel")),
         sa.CheckConstraint(
-            "status IN ('ACTIVE', 'PAST_DUE', 'CANCELLING', 'CANCELLED', 'TERMINATED')", name=op.f("ck_memberships_status")
+            "status IN ('ACTIVE', 'PAST_DUE', 'CANCELLING', 'CANCELLED', 'TERMINATED')",
+            name=op.f("ck_memberships_status"),
         ),
         sa.ForeignKeyConstraint(
             ["company_id"], ["companies.id"], name="fk_memberships_company_id_companies", ondelete="CASCADE"
@@ -525,8 +522,7 @@ def upgrade() -> None:
         _text("reference_id"),
         _created_at(),
         sa.CheckConstraint(
-            "(type = 'earned' AND points >= 0) OR (type = 'spent' AND points <= 0)"
-            " OR type IN ('adjusted', 'reversed')",
+            "(type = 'earned' AND points >= 0) OR (type = 'spent' AND points <= 0) OR type IN ('adjusted', 'reversed')",
             name=op.f("ck_loyalty_transactions_points_sign"),
         ),
         sa.CheckConstraint(

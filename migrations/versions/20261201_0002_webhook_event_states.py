@@ -8,6 +8,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-01 00:00:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,7 +26,9 @@ TABLE = "processed_webhook_events"
 
 def upgrade() -> None:
     op.add_column(TABLE, sa.Column("status", sa.Text(), server_default=sa.text("'received'"), nullable=False))
-    op.add_column(TABLE, sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False))
+    op.add_column(
+        TABLE, sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False)
+    )
     op.add_column(TABLE, sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column(TABLE, sa.Column("error", sa.Text(), nullable=True))
     op.alter_column(TABLE, "processed_at", nullable=True, server_default=None)

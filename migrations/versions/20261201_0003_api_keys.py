@@ -4,6 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-24 09:00:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,7 +52,10 @@ def upgrade() -> None:
             "char_length(idempotency_key) BETWEEN 1 AND 255", name=op.f("ck_api_idempotency_keys_key_length")
         ),
         sa.ForeignKeyConstraint(
-            ["api_key_id"], ["api_keys.id"], name=op.f("fk_api_idempotency_keys_api_key_id_api_keys"), ondelete="CASCADE"
+            ["api_key_id"],
+            ["api_keys.id"],
+            name=op.f("fk_api_idempotency_keys_api_key_id_api_keys"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("api_key_id", "idempotency_key", name=op.f("pk_api_idempotency_keys")),
     )

@@ -7,6 +7,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 07:30:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,11 +26,11 @@ def upgrade() -> None:
     op.execute("UPDATE credit_accounts SET max_order_value = 50000 WHERE max_order_value IS NULL")
     op.alter_column("credit_accounts", "max_order_value", nullable=False, server_default="50000")
     op.drop_constraint(op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", type_="check")
-    op.create_check_constraint(op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", "max_order_value > 0")
-
-    op.add_column(
-        "credit_accounts", sa.Column("payment_terms_days", sa.Integer(), server_default="30", nullable=False)
+    op.create_check_constraint(
+        op.f("ck_credit_accounts_max_order_value_positive"), "credit_accounts", "max_order_value > 0"
     )
+
+    op.add_column("credit_accounts", sa.Column("payment_terms_days", sa.Integer(), server_default="30", nullable=False))
     op.create_check_constraint(
         op.f("ck_credit_accounts_payment_terms_days_range"), "credit_accounts", "payment_terms_days BETWEEN 0 AND 365"
     )

@@ -9,6 +9,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-24 09:00:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -15,6 +15,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-01 13:10:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

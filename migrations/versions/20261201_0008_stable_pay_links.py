@@ -12,6 +12,7 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-01 13:10:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,7 +34,9 @@ def upgrade() -> None:
     op.alter_column("payment_links", "checkout_session_id", nullable=True)
     op.add_column("payment_links", sa.Column("session_fingerprint", sa.Text(), nullable=True))
     op.add_column("payment_links", sa.Column("session_count", sa.Integer(), server_default="0", nullable=False))
-    op.create_check_constraint(op.f("ck_payment_links_session_count_non_negative"), "payment_links", "session_count >= 0")
+    op.create_check_constraint(
+        op.f("ck_payment_links_session_count_non_negative"), "payment_links", "session_count >= 0"
+    )
     # A session made by the old code was fingerprinted differently: the next click makes a fresh one.
     op.execute("UPDATE payment_links SET session_fingerprint = NULL")
 

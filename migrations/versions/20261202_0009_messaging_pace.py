@@ -8,6 +8,7 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-02 09:20:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -50,15 +50,22 @@ async def churn_workers(
     payments = PaymentActivities(StripeGateway(stripe_api, engine, success_url="https://pay.example.test/p"))
     # The outbox's own (global) cap and quiet hours are off: these tests are about the company's.
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(daily_cap=10_000, quiet_hours=QuietHours(0, 0)))
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=families.by_name("churn").workflows(),
-        activities=[
-            cases.load_case, cases.decide_nudge, cases.record_action,
-            payments.extend_subscription, payments.cancel_subscription, payments.subscription_state,
-        ],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
+    async with (
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=families.by_name("churn").workflows(),
+            activities=[
+                cases.load_case,
+                cases.decide_nudge,
+                cases.record_action,
+                payments.extend_subscription,
+                payments.cancel_subscription,
+                payments.subscription_state,
+            ],
+        ),
+        Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]),
+    ):
         yield
 
 
@@ -67,7 +74,13 @@ def unique_phone() -> str:
 
 
 async def new_member(
-    engine: AsyncEngine, *, offsets: list[int], cap: int = 5, quiet: tuple[int, int] = (0, 0), grace: int = 3, tz: str = "UTC"
+    engine: AsyncEngine,
+    *,
+    offsets: list[int],
+    cap: int = 5,
+    quiet: tuple[int, int] = (0, 0),
+    grace: int = 3,
+    tz: str = "UTC",
 ) -> tuple[str, int, str]:
     company, phone = f"co-{uuid.uuid4().hex[:8]}", unique_phone()
     async with engine.begin() as conn:
@@ -77,11 +90,22 @@ async def new_member(
                 " quiet_hours_end, grace_period_days, timezone)"
                 " VALUES (:id, 'Gym', :offsets, :channels, :cap, :qs, :qe, :grace, :tz)"
             ),
-            {"id": company, "offsets": offsets, "channels": ["sms", "whatsapp"], "cap": cap, "qs": quiet[0], "qe": quiet[1], "grace": grace, "tz": tz},
+            {
+                "id": company,
+                "offsets": offsets,
+                "channels": ["sms", "whatsapp"],
+                "cap": cap,
+                "qs": quiet[0],
+                "qe": quiet[1],
+                "grace": grace,
+                "tz": tz,
+            },
         )
         member = await conn.scalar(
-            text("INSERT INTO memberships (company_id, name, phone, preferred_channel)"
-                 " VALUES (:c, :n, :p, 'sms') RETURNING id"),
+            text(
+                "INSERT INTO memberships (company_id, name, phone, preferred_channel)"
+                " VALUES (:c, :n, :p, 'sms') RETURNING id"
+            ),
             {"c": company, "n": PERSON, "p": phone},
         )
     return company, member, phone
@@ -94,10 +118,17 @@ async def subscribe(engine: AsyncEngine, stripe_api: stripe.StripeClient, member
         {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
     )
     subscription = await stripe_api.v1.subscriptions.create_async(
-        {"customer": customer.stripe_customer_id, "items": [{"plan": plan.id}], "trial_end": int(time.time()) + 3 * 86_400}
+        {
+            "customer": customer.stripe_customer_id,
+            "items": [{"plan": plan.id}],
+            "trial_end": int(time.time()) + 3 * 86_400,
+        }
     )
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"), {"s": subscription.id, "m": member})
+        await conn.execute(
+            text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"),
+            {"s": subscription.id, "m": member},
+        )
     return subscription.id
 
 
@@ -106,7 +137,9 @@ async def company_of(engine: AsyncEngine, member: int) -> str:
         return await conn.scalar(text("SELECT company_id FROM memberships WHERE id = :m"), {"m": member})
 
 
-async def open_case(env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str) -> tuple[int, WorkflowHandle]:
+async def open_case(
+    env: WorkflowEnvironment, engine: AsyncEngine, member: int, task_queue: str
+) -> tuple[int, WorkflowHandle]:
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     company = await company_of(engine, member)
     case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed", company_id=company)
@@ -123,8 +156,10 @@ async def actions(engine: AsyncEngine, case_id: int) -> list:
     async with engine.connect() as conn:
         return (
             await conn.execute(
-                text("SELECT type, actor_type, actor_id_hash, metadata AS meta"
-                     " FROM recovery_actions WHERE case_id = :c ORDER BY id"),
+                text(
+                    "SELECT type, actor_type, actor_id_hash, metadata AS meta"
+                    " FROM recovery_actions WHERE case_id = :c ORDER BY id"
+                ),
                 {"c": case_id},
             )
         ).all()
@@ -145,8 +180,13 @@ async def task_failures(handle: WorkflowHandle) -> int:
 
 
 async def test_nudges_at_offsets_until_the_member_recovers(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[0, 2, 5])
@@ -165,15 +205,24 @@ async def test_nudges_at_offsets_until_the_member_recovers(
     assert all(r.meta["manual"] is False and r.meta["template_version"] == 1 for r in rows[:2])
     assert len(await sent_to(emulator, phone)) == 2
     async with engine.connect() as conn:
-        case = (await conn.execute(text("SELECT status, attempts, last_nudge_at FROM recovery_cases WHERE id = :c"), {"c": case_id})).one()
+        case = (
+            await conn.execute(
+                text("SELECT status, attempts, last_nudge_at FROM recovery_cases WHERE id = :c"), {"c": case_id}
+            )
+        ).one()
     assert (case.status, case.attempts) == ("RECOVERED", 2) and case.last_nudge_at is not None
     described = await handle.describe()
     assert described.typed_search_attributes.get(churn_api.search_attributes.CASE_STATUS) == "RECOVERED"
 
 
 async def test_after_the_last_offset_and_the_grace_period_the_membership_is_terminated_at_stripe(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     _, member, phone = await new_member(engine, offsets=[0, 2, 5], grace=3)
@@ -191,8 +240,12 @@ async def test_after_the_last_offset_and_the_grace_period_the_membership_is_term
 
 
 async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     now = await env.get_current_time()
@@ -203,13 +256,18 @@ async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
         case_id, handle = await open_case(env, engine, member, task_queue)
         await env.sleep(timedelta(hours=3))
         first = await handle.query(ChurnCaseWorkflow.status)
-        await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5", "company_id": company})  # the cap (1 a day) holds it
+        await handle.signal(
+            ChurnCaseWorkflow.manual_nudge, {"actor_id": "agent-5", "company_id": company}
+        )  # the cap (1 a day) holds it
         await env.sleep(timedelta(minutes=1))
         await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
         await result_of(env, handle)
     rows = await actions(engine, case_id)
     assert [(r.type, r.meta.get("held_back")) for r in rows] == [
-        ("nudge_deferred", "quiet_hours"), ("nudge_sms", None), ("nudge_suppressed", "daily_cap"), ("case_cancelled", None),
+        ("nudge_deferred", "quiet_hours"),
+        ("nudge_sms", None),
+        ("nudge_suppressed", "daily_cap"),
+        ("case_cancelled", None),
     ]
     sent_at = datetime.fromisoformat(rows[0].meta["retry_at"])
     assert sent_at.hour == quiet[1] and first.attempts == 1
@@ -221,8 +279,13 @@ async def test_quiet_hours_and_the_daily_cap_hold_nudges_back_and_say_so(
 
 
 async def test_manual_nudges_incentives_and_malformed_payloads(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[30])
@@ -233,17 +296,26 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
         for bad in ({"channel": "sms"}, {"actor_id": ""}, "nudge please", {"actor_id": "a", "channel": "fax"}):
             await handle.signal("manual_nudge", bad)
         await handle.signal("manual_nudge", {"actor_id": "agent-1", "company_id": "another-company"})
-        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer", company_id=company))
+        await churn_api.manual_nudge(
+            env.client, engine, case_id, ManualNudge(actor_id="agent-1", note="called, no answer", company_id=company)
+        )
         await env.sleep(timedelta(minutes=5))
         status = await handle.query(ChurnCaseWorkflow.status)
 
-        period_end = await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
+        period_end = await handle.execute_update(
+            ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company)
+        )
         with pytest.raises(WorkflowUpdateFailedError) as twice:
-            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company))
+            await handle.execute_update(
+                ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=14, company_id=company)
+            )
         assert "already applied" in str(twice.value.cause)
         for bad_days in (0, 91):
             with pytest.raises(WorkflowUpdateFailedError) as refused:
-                await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="agent-1", days=bad_days, company_id=company))
+                await handle.execute_update(
+                    ChurnCaseWorkflow.apply_incentive,
+                    ApplyIncentive(actor_id="agent-1", days=bad_days, company_id=company),
+                )
             assert "between 1 and 90" in str(refused.value.cause)
         await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1", "company_id": company})
         await result_of(env, handle)
@@ -260,12 +332,17 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
     assert await task_failures(handle) == 0
     # Tenant scoping at the door: another company's name for this case is refused.
     with pytest.raises(churn_api.CaseRefused, match="does not belong"):
-        await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="x", company_id="another-company"))
+        await churn_api.manual_nudge(
+            env.client, engine, case_id, ManualNudge(actor_id="x", company_id="another-company")
+        )
     assert company != "another-company"
 
 
 async def test_malformed_endings_are_dropped_and_the_case_stays_open(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -290,8 +367,12 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
 
 
 async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[0, 1])
@@ -304,7 +385,15 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     (body, *_) = [m["body"] for m in await sent_to(emulator, phone)]
     history = (await handle.fetch_history()).to_json()
     async with engine.connect() as conn:
-        stored = json.dumps([list(r) for r in (await conn.execute(text("SELECT * FROM recovery_actions WHERE case_id = :c"), {"c": case_id})).all()], default=str)
+        stored = json.dumps(
+            [
+                list(r)
+                for r in (
+                    await conn.execute(text("SELECT * FROM recovery_actions WHERE case_id = :c"), {"c": case_id})
+                ).all()
+            ],
+            default=str,
+        )
     for haystack in (history, stored):
         assert phone not in haystack and phone[2:] not in haystack
         assert PERSON not in haystack and "Kofi" not in haystack
@@ -313,7 +402,10 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
 
 
 async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recovers_it(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     from aiohttp.test_utils import TestClient, TestServer
@@ -326,12 +418,19 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
     subscription = await subscribe(engine, stripe_api, member)
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     app = create_app(
-        engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
+        engine,
+        stripe_webhook_secret=STRIPE_SECRET,
+        twilio_auth_token=TWILIO_TOKEN,
         stripe_handlers=churn_api.stripe_handlers(env.client, engine, settings),
     )
 
     def invoice(kind: str) -> dict:
-        obj = {"id": f"in_{uuid.uuid4().hex[:10]}", "object": "invoice", "subscription": subscription, "customer": "cus_x"}
+        obj = {
+            "id": f"in_{uuid.uuid4().hex[:10]}",
+            "object": "invoice",
+            "subscription": subscription,
+            "customer": "cus_x",
+        }
         return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind, "data": {"object": obj}}
 
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue), TestClient(TestServer(app)) as http:
@@ -339,7 +438,11 @@ async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recover
             payload, headers = stripe_signed(invoice(kind))
             assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
         async with engine.connect() as conn:
-            cases = (await conn.execute(text("SELECT id, trigger FROM recovery_cases WHERE membership_id = :m"), {"m": member})).all()
+            cases = (
+                await conn.execute(
+                    text("SELECT id, trigger FROM recovery_cases WHERE membership_id = :m"), {"m": member}
+                )
+            ).all()
         assert [c.trigger for c in cases] == ["payment_failed"]
         handle = env.client.get_workflow_handle(ids.churn_case(cases[0].id), result_type=CaseStatus)
         payload, headers = stripe_signed(invoice("invoice.paid"))
@@ -359,10 +462,15 @@ async def subscribe_paying(engine: AsyncEngine, stripe_api: stripe.StripeClient,
         {"amount": 0, "currency": "usd", "interval": "month", "product": {"name": "Free"}},
         {"idempotency_key": f"plan:{uuid.uuid4().hex}"},
     )
-    subscription = await stripe_api.v1.subscriptions.create_async({"customer": customer.stripe_customer_id, "items": [{"plan": plan.id}]})
+    subscription = await stripe_api.v1.subscriptions.create_async(
+        {"customer": customer.stripe_customer_id, "items": [{"plan": plan.id}]}
+    )
     assert subscription.status == "active"
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"), {"s": subscription.id, "m": member})
+        await conn.execute(
+            text("UPDATE memberships SET stripe_subscription_id = :s WHERE id = :m"),
+            {"s": subscription.id, "m": member},
+        )
     return subscription.id
 
 
@@ -370,20 +478,39 @@ def stripe_event(kind: str, obj: dict, *, created: int | None = None, previous: 
     data: dict = {"object": obj}
     if previous is not None:
         data["previous_attributes"] = previous
-    return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind, "created": created or int(time.time()), "data": data}
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": kind,
+        "created": created or int(time.time()),
+        "data": data,
+    }
 
 
 def an_invoice(subscription: str, customer: str = "cus_x") -> dict:
-    return {"id": f"in_{uuid.uuid4().hex[:10]}", "object": "invoice", "subscription": subscription, "customer": customer}
+    return {
+        "id": f"in_{uuid.uuid4().hex[:10]}",
+        "object": "invoice",
+        "subscription": subscription,
+        "customer": customer,
+    }
 
 
 async def cases_of(engine: AsyncEngine, member: int) -> list:
     async with engine.connect() as conn:
-        return (await conn.execute(text("SELECT id, status, trigger FROM recovery_cases WHERE membership_id = :m ORDER BY id"), {"m": member})).all()
+        return (
+            await conn.execute(
+                text("SELECT id, status, trigger FROM recovery_cases WHERE membership_id = :m ORDER BY id"),
+                {"m": member},
+            )
+        ).all()
 
 
 async def test_a_late_payment_failed_older_than_a_paid_invoice_opens_no_case_and_cancels_nothing(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -394,14 +521,19 @@ async def test_a_late_payment_failed_older_than_a_paid_invoice_opens_no_case_and
     t2 = int(time.time())
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         await handlers["invoice.paid"](stripe_event("invoice.paid", an_invoice(subscription), created=t2))
-        await handlers["invoice.payment_failed"](stripe_event("invoice.payment_failed", an_invoice(subscription), created=t2 - 60))
+        await handlers["invoice.payment_failed"](
+            stripe_event("invoice.payment_failed", an_invoice(subscription), created=t2 - 60)
+        )
         await env.sleep(timedelta(days=1))
     assert await cases_of(engine, member) == []
     assert (await stripe_api.v1.subscriptions.retrieve_async(subscription)).status != "canceled"
 
 
 async def test_a_failed_invoice_for_a_subscription_stripe_says_is_active_opens_no_case(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     _, member, _ = await new_member(engine, offsets=[0], grace=0)
@@ -413,7 +545,10 @@ async def test_a_failed_invoice_for_a_subscription_stripe_says_is_active_opens_n
 
 
 async def test_before_cancelling_the_case_asks_stripe_and_a_member_who_paid_meanwhile_is_recovered_not_cancelled(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -428,7 +563,10 @@ async def test_before_cancelling_the_case_asks_stripe_and_a_member_who_paid_mean
 
 
 async def test_a_member_who_set_cancel_at_period_end_keeps_the_period_paid_for(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -444,21 +582,28 @@ async def test_a_member_who_set_cancel_at_period_end_keeps_the_period_paid_for(
 
 
 async def test_a_subscription_update_that_did_not_change_cancel_at_period_end_opens_no_case_after_a_closed_one(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     company, member, _ = await new_member(engine, offsets=[30])
     subscription = await subscribe(engine, stripe_api, member)
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO recovery_cases (company_id, membership_id, trigger, status)"
-                 " VALUES (:c, :m, 'cancel_at_period_end', 'RECOVERED')"),
+            text(
+                "INSERT INTO recovery_cases (company_id, membership_id, trigger, status)"
+                " VALUES (:c, :m, 'cancel_at_period_end', 'RECOVERED')"
+            ),
             {"c": company, "m": member},
         )
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     handlers = churn_api.stripe_handlers(env.client, engine, settings)
     obj = {"id": subscription, "object": "subscription", "customer": "cus_x", "cancel_at_period_end": True}
-    await handlers["customer.subscription.updated"](stripe_event("customer.subscription.updated", obj, previous={"metadata": {}}))
+    await handlers["customer.subscription.updated"](
+        stripe_event("customer.subscription.updated", obj, previous={"metadata": {}})
+    )
     assert [c.status for c in await cases_of(engine, member)] == ["RECOVERED"]
 
 
@@ -466,7 +611,9 @@ async def test_a_subscription_update_that_did_not_change_cancel_at_period_end_op
 
 
 async def test_a_stripe_customer_id_in_two_companies_resolves_to_neither(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     customer = f"cus_{uuid.uuid4().hex[:10]}"
@@ -474,7 +621,9 @@ async def test_a_stripe_customer_id_in_two_companies_resolves_to_neither(
     for _ in range(2):
         _, member, _ = await new_member(engine, offsets=[30])
         async with engine.begin() as conn:
-            await conn.execute(text("UPDATE memberships SET stripe_customer_id = :c WHERE id = :m"), {"c": customer, "m": member})
+            await conn.execute(
+                text("UPDATE memberships SET stripe_customer_id = :c WHERE id = :m"), {"c": customer, "m": member}
+            )
         members.append(member)
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     handlers = churn_api.stripe_handlers(env.client, engine, settings)
@@ -486,8 +635,12 @@ async def test_a_stripe_customer_id_in_two_companies_resolves_to_neither(
 
 
 async def test_signals_and_updates_without_the_company_are_refused_and_the_case_keeps_going(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[30])
@@ -496,7 +649,10 @@ async def test_signals_and_updates_without_the_company_are_refused_and_the_case_
         case_id, handle = await open_case(env, engine, member, task_queue)
         await handle.signal("manual_nudge", {"actor_id": "agent-1"})
         await handle.signal("cancelled", {"actor_id": "agent-1"})
-        for request in ({"actor_id": "agent-1", "days": 7}, {"actor_id": "agent-1", "days": 7, "company_id": "another-company"}):
+        for request in (
+            {"actor_id": "agent-1", "days": 7},
+            {"actor_id": "agent-1", "days": 7, "company_id": "another-company"},
+        ):
             with pytest.raises(WorkflowUpdateFailedError) as refused:
                 await handle.execute_update("apply_incentive", request)
             assert "company" in str(refused.value.cause)
@@ -517,7 +673,10 @@ async def test_signals_and_updates_without_the_company_are_refused_and_the_case_
 
 
 async def test_an_incentive_for_a_case_that_is_ending_is_refused_and_stripe_is_not_called(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -535,14 +694,18 @@ async def test_an_incentive_for_a_case_that_is_ending_is_refused_and_stripe_is_n
 
     payments = PaymentActivities(StripeGateway(stripe_api, engine))
     async with Worker(
-        env.client, task_queue=task_queue, workflows=[ChurnCaseWorkflow],
+        env.client,
+        task_queue=task_queue,
+        workflows=[ChurnCaseWorkflow],
         activities=[cases.load_case, cases.decide_nudge, slow_close, payments.extend_subscription],
     ):
         case_id, handle = await open_case(env, engine, member, task_queue)
         await handle.signal("cancelled", {"company_id": company})
         await asyncio.wait_for(closing.wait(), 30)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
-            await handle.execute_update(ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="a", days=7, company_id=company))
+            await handle.execute_update(
+                ChurnCaseWorkflow.apply_incentive, ApplyIncentive(actor_id="a", days=7, company_id=company)
+            )
         release.set()
         result = await result_of(env, handle)
     assert "ended" in str(refused.value.cause) and result.status == "CANCELLED"
@@ -550,8 +713,12 @@ async def test_an_incentive_for_a_case_that_is_ending_is_refused_and_stripe_is_n
 
 
 async def test_a_manual_nudge_on_a_channel_the_company_does_not_allow_is_refused(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[30])
@@ -560,20 +727,29 @@ async def test_a_manual_nudge_on_a_channel_the_company_does_not_allow_is_refused
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
         with pytest.raises(churn_api.CaseRefused, match="does not nudge by whatsapp"):
-            await churn_api.manual_nudge(env.client, engine, case_id, ManualNudge(actor_id="a", channel="whatsapp", company_id=company))
-        await handle.signal("manual_nudge", {"actor_id": "a", "channel": "whatsapp", "company_id": company})  # past the door
+            await churn_api.manual_nudge(
+                env.client, engine, case_id, ManualNudge(actor_id="a", channel="whatsapp", company_id=company)
+            )
+        await handle.signal(
+            "manual_nudge", {"actor_id": "a", "channel": "whatsapp", "company_id": company}
+        )  # past the door
         await env.sleep(timedelta(minutes=5))
         await handle.signal("cancelled", {"company_id": company})
         await result_of(env, handle)
     assert [(r.type, r.meta.get("held_back")) for r in await actions(engine, case_id)] == [
-        ("nudge_suppressed", "channel_not_allowed"), ("case_cancelled", None),
+        ("nudge_suppressed", "channel_not_allowed"),
+        ("case_cancelled", None),
     ]
     assert await sent_to(emulator, phone) == []
 
 
 async def test_a_daily_cap_above_21_holds_the_nudges_beyond_it(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     company, member, phone = await new_member(engine, offsets=[30], cap=25)
@@ -584,7 +760,9 @@ async def test_a_daily_cap_above_21_holds_the_nudges_beyond_it(
 
         async def recorded() -> int:
             async with engine.connect() as conn:
-                return await conn.scalar(text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id})
+                return await conn.scalar(
+                    text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id}
+                )
 
         for _ in range(600):  # time stands still meanwhile: all 30 on the same day
             if await recorded() >= 30:
@@ -599,7 +777,10 @@ async def test_a_daily_cap_above_21_holds_the_nudges_beyond_it(
 
 
 async def test_stripe_calls_never_retry_past_the_24_hour_idempotency_window(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -609,7 +790,8 @@ async def test_stripe_calls_never_retry_past_the_24_hour_idempotency_window(
         _, handle = await open_case(env, engine, member, task_queue)
         await result_of(env, handle)
     scheduled = [
-        e.activity_task_scheduled_event_attributes for e in (await handle.fetch_history()).events
+        e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
     stripe_calls = [a for a in scheduled if a.activity_type.name in ("subscription_state", "cancel_subscription")]

@@ -69,18 +69,21 @@ async def credit_workers(
     guardrails = GuardrailActivities(engine)
     payments = PaymentRecordingActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=QuietHours(0, 0)), per_second=500)
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=families.by_name("credit").workflows(),
-        activities=[
-            reminders.reminder_page,
-            reminders.mark_reminders_sent,
-            guardrails.apply,
-            payments.record,
-            business_day,
-        ],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
+    async with (
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=families.by_name("credit").workflows(),
+            activities=[
+                reminders.reminder_page,
+                reminders.mark_reminders_sent,
+                guardrails.apply,
+                payments.record,
+                business_day,
+            ],
+        ),
+        Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]),
+    ):
         yield f"{task_queue}-msg"
 
 
@@ -90,9 +93,10 @@ async def pay_api(engine: AsyncEngine, client: Client, sandbox_url: str) -> Asyn
     with the module's Stripe sandbox: what opens a reminder's /pay/{token} link."""
     settings = load_settings(stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox_url)
     app = create_api(settings, engine, client)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAY_BASE, timeout=30) as http,
+    ):
         yield http
 
 
@@ -101,7 +105,11 @@ def unique_phone() -> str:
 
 
 async def new_retailer(
-    engine: AsyncEngine, *, phone: str | None = "new", status: str = "ACTIVE", paused_by: str | None = None,
+    engine: AsyncEngine,
+    *,
+    phone: str | None = "new",
+    status: str = "ACTIVE",
+    paused_by: str | None = None,
     limit: Decimal = Decimal("50000"),
 ) -> tuple[int, str | None]:
     phone = unique_phone() if phone == "new" else phone
@@ -179,10 +187,15 @@ async def remind(env: WorkflowEnvironment, task_queue: str, messaging: str, day:
     )
 
 
-async def pay(env: WorkflowEnvironment, task_queue: str, messaging: str, retailer_id: int, amount: str, **kw) -> PaymentResult:
+async def pay(
+    env: WorkflowEnvironment, task_queue: str, messaging: str, retailer_id: int, amount: str, **kw
+) -> PaymentResult:
     payment = RecordPayment(
-        retailer_id=retailer_id, amount=Decimal(amount), reference=kw.pop("reference", f"bank-{uuid.uuid4().hex[:10]}"),
-        actor="admin-1", messaging_task_queue=messaging,
+        retailer_id=retailer_id,
+        amount=Decimal(amount),
+        reference=kw.pop("reference", f"bank-{uuid.uuid4().hex[:10]}"),
+        actor="admin-1",
+        messaging_task_queue=messaging,
     )
     return await credit_api.record_payment(env.client, payment, task_queue=task_queue)
 
@@ -191,8 +204,12 @@ async def pay(env: WorkflowEnvironment, task_queue: str, messaging: str, retaile
 
 
 async def test_a_debit_walks_its_whole_cadence_and_payment_stops_the_rest(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     due = FAR
@@ -220,8 +237,14 @@ async def test_a_debit_walks_its_whole_cadence_and_payment_stops_the_rest(
 
 
 async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_none(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history, sandbox: StripeSandbox,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
+    sandbox: StripeSandbox,
 ) -> None:
     env = time_skipping_env
     day = FAR + timedelta(days=100)
@@ -236,7 +259,9 @@ async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_
     await new_debit(engine, opted_out, "10.00", day)
     async with engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel) VALUES ('retailer', :r, 'sms')"),
+            text(
+                "INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel) VALUES ('retailer', :r, 'sms')"
+            ),
             {"r": str(opted_out)},
         )
 
@@ -293,10 +318,12 @@ async def test_two_overlapping_attempts_of_a_first_page_give_each_retailer_one_l
     assert sorted(int(r) for r in links(first)) == shops
     assert links(first) == links(second) == links(again)
     async with engine.connect() as conn:
-        rows = (await conn.execute(
-            text("SELECT retailer_id, url, amount, debit_ids FROM payment_links WHERE retailer_id = ANY(:ids)"),
-            {"ids": shops},
-        )).all()
+        rows = (
+            await conn.execute(
+                text("SELECT retailer_id, url, amount, debit_ids FROM payment_links WHERE retailer_id = ANY(:ids)"),
+                {"ids": shops},
+            )
+        ).all()
     assert {str(r.retailer_id): r.url for r in rows} == links(first)
     assert {r.amount for r in rows} == {Decimal("42.50")} and all(len(r.debit_ids) == 2 for r in rows)
 
@@ -305,8 +332,13 @@ async def test_two_overlapping_attempts_of_a_first_page_give_each_retailer_one_l
 
 
 async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_the_system_pause(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     day = FAR + timedelta(days=200)
@@ -332,13 +364,17 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
             {"amount": 15000, "currency": "usd", "metadata": {"retailer_id": str(shop)}}
         )
         event = {
-            "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "payment_intent.succeeded",
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "payment_intent.succeeded",
             "data": {"object": {**intent.to_dict(), "status": "succeeded", "amount_received": 15000}},
         }
         handlers = credit_api.stripe_handlers(
             env.client, settings.model_copy(update={"messaging_task_queue": messaging})
         )
-        app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
+        app = create_app(
+            engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers
+        )
         async with TestClient(TestServer(app)) as http:
             payload, headers = stripe_signed(event)
             assert (await http.post("/webhooks/stripe", data=payload, headers=headers)).status == 200
@@ -360,12 +396,17 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
     assert sum("credit line is open again" in b for b in bodies) == 1
     assert after.sent == 0 and not any("reminder" in b for b in bodies)
     async with engine.connect() as conn:
-        credits = await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT'"), {"r": shop})
+        credits = await conn.scalar(
+            text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT'"), {"r": shop}
+        )
     assert credits == 1
 
 
 async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_says_the_session_is_paid(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, stripe_gateway: StripeGateway,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    stripe_gateway: StripeGateway,
 ) -> None:
     """The event is only a hint: the session is re-read at Stripe before a payment is recorded.
     A forged event (signed with the right secret, say by a leaked one) claiming an open session
@@ -386,7 +427,12 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
     assert session["payment_status"] == "unpaid"
 
     def completed(obj: dict) -> dict:
-        return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "checkout.session.completed", "data": {"object": obj}}
+        return {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "checkout.session.completed",
+            "data": {"object": obj},
+        }
 
     forged = {**session, "status": "complete", "payment_status": "paid"}
     events = [
@@ -395,7 +441,9 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
         completed({**forged, "metadata": {**forged["metadata"], "retailer_id": str(other)}}),
     ]
     handlers = credit_api.stripe_handlers(env.client, load_settings(), stripe=stripe_gateway)
-    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
+    app = create_app(
+        engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers
+    )
     async with TestClient(TestServer(app)) as http:
         for e in events:
             payload, headers = stripe_signed(e)
@@ -403,7 +451,8 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
 
     async with engine.connect() as conn:
         credits = await conn.scalar(
-            text("SELECT count(*) FROM credit_transactions WHERE retailer_id = ANY(:r) AND type = 'CREDIT'"), {"r": [shop, other]}
+            text("SELECT count(*) FROM credit_transactions WHERE retailer_id = ANY(:r) AND type = 'CREDIT'"),
+            {"r": [shop, other]},
         )
     assert credits == 0
     for rid, sid in ((shop, session["id"]), (shop, "cs_test_never_made_by_stripe"), (other, session["id"])):
@@ -424,7 +473,10 @@ async def test_a_signed_checkout_completed_event_records_nothing_unless_stripe_s
 
 
 async def test_a_partial_payment_leaves_the_oldest_debit_partially_paid_and_the_same_reference_records_once(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -440,13 +492,19 @@ async def test_a_partial_payment_leaves_the_oldest_debit_partially_paid_and_the_
     assert [a.debit_id for a in once.payment.allocations] == [first]
     assert twice.payment.credit_transaction_id == once.payment.credit_transaction_id
     async with engine.connect() as conn:
-        available = await conn.scalar(text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": shop})
+        available = await conn.scalar(
+            text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": shop}
+        )
     assert available == Decimal("50000") - Decimal("140.00")
 
 
 async def test_an_admin_pause_is_not_lifted_by_payment(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     shop, phone = await new_retailer(engine)

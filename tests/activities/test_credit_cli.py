@@ -45,21 +45,29 @@ async def test_bad_payments_are_refused_and_change_nothing(
     if "--retailer-override" in args:
         shop, args = int(args[-1]), args[:-2]
     before = await _counts(engine)
-    result = jobctl("payments", "record", "--retailer", str(shop), *args, "--actor", "admin-1", DATABASE_URL=database_url)
+    result = jobctl(
+        "payments", "record", "--retailer", str(shop), *args, "--actor", "admin-1", DATABASE_URL=database_url
+    )
     assert result.returncode == 2, result.stderr
     assert complaint in result.stderr
     assert await _counts(engine) == before
 
 
-async def test_admin_pause_block_and_unpause_are_audited_and_shown_in_the_profile(engine: AsyncEngine, database_url: str) -> None:
+async def test_admin_pause_block_and_unpause_are_audited_and_shown_in_the_profile(
+    engine: AsyncEngine, database_url: str
+) -> None:
     shop, _ = await new_retailer(engine)
     await new_debit(engine, shop, "120.00", date.today() - timedelta(days=12))
 
-    paused = jobctl("credit", "pause", str(shop), "--reason", "disputed", "--actor", "admin-7", DATABASE_URL=database_url)
+    paused = jobctl(
+        "credit", "pause", str(shop), "--reason", "disputed", "--actor", "admin-7", DATABASE_URL=database_url
+    )
     assert paused.returncode == 0 and "ACTIVE -> PAUSED" in paused.stdout
     again = jobctl("credit", "pause", str(shop), "--reason", "x", "--actor", "admin-7", DATABASE_URL=database_url)
     assert again.returncode == 2 and "already PAUSED" in again.stderr
-    blocked = jobctl("credit", "block", str(shop), "--reason", "fraud", "--actor", "admin-8", "--json", DATABASE_URL=database_url)
+    blocked = jobctl(
+        "credit", "block", str(shop), "--reason", "fraud", "--actor", "admin-8", "--json", DATABASE_URL=database_url
+    )
     assert json.loads(blocked.stdout)["new_status"] == "BLOCKED"
 
     shown = jobctl("credit", "profile", str(shop), "--json", DATABASE_URL=database_url)
@@ -70,7 +78,9 @@ async def test_admin_pause_block_and_unpause_are_audited_and_shown_in_the_profil
     human = jobctl("credit", "profile", str(shop), DATABASE_URL=database_url)
     assert f"retailer {shop}: BLOCKED" in human.stdout and "credit_blocked" in human.stdout
 
-    unpaused = jobctl("credit", "unpause", str(shop), "--reason", "cleared", "--actor", "admin-8", DATABASE_URL=database_url)
+    unpaused = jobctl(
+        "credit", "unpause", str(shop), "--reason", "cleared", "--actor", "admin-8", DATABASE_URL=database_url
+    )
     assert unpaused.returncode == 0 and "BLOCKED -> ACTIVE" in unpaused.stdout
     unknown = jobctl("credit", "profile", "999999", DATABASE_URL=database_url)
     assert unknown.returncode == 2 and "no retailer 999999" in unknown.stderr

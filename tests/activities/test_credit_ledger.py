@@ -36,7 +36,10 @@ steps = st.lists(
         st.tuples(st.just("pay again"), st.integers(min_value=0)),  # a reference recorded before
         st.tuples(st.just("adjust"), money, st.booleans()),  # in the retailer's favour, or a charge
         st.tuples(st.just("fail"), st.integers(min_value=0)),  # one of the orders placed (again: no-op)
-        st.tuples(st.just("limit"), st.sampled_from([Decimal("0"), Decimal("100"), Decimal("250"), Decimal("500"), Decimal("800")])),
+        st.tuples(
+            st.just("limit"),
+            st.sampled_from([Decimal("0"), Decimal("100"), Decimal("250"), Decimal("500"), Decimal("800")]),
+        ),
     ),
     min_size=1,
     max_size=14,
@@ -49,12 +52,14 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
     async with engine.connect() as conn:
         limit, available = (
             await conn.execute(
-                text("SELECT credit_limit, available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id}
+                text("SELECT credit_limit, available_credit FROM credit_accounts WHERE retailer_id = :r"),
+                {"r": retailer_id},
             )
         ).one()
         rows = (
             await conn.execute(
-                text("SELECT type, amount, cleared_amount FROM credit_transactions WHERE retailer_id = :r"), {"r": retailer_id}
+                text("SELECT type, amount, cleared_amount FROM credit_transactions WHERE retailer_id = :r"),
+                {"r": retailer_id},
             )
         ).all()
     owed = sum((row.amount - row.cleared_amount for row in rows if row.type == "DEBIT"), Decimal("0"))
@@ -62,17 +67,34 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
     return available, limit, owed, unspent if owed else Decimal("0")
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(sequence=steps)
 # Always run: a debit partly paid, a limit lowered below what is owed (available credit negative), a
 # charge, the partly paid order failing, a credit balance that the next charge and order spend, and
 # that order failing too.
-@example(sequence=[
-    ("order", Decimal("400")), ("pay", Decimal("50")), ("limit", Decimal("250")), ("order", Decimal("10")),
-    ("adjust", Decimal("30"), False), ("fail", 0), ("pay", Decimal("500")), ("adjust", Decimal("20"), False),
-    ("order", Decimal("100")), ("fail", 1), ("fail", 1), ("adjust", Decimal("75"), True), ("pay again", 0),
-])
+@example(
+    sequence=[
+        ("order", Decimal("400")),
+        ("pay", Decimal("50")),
+        ("limit", Decimal("250")),
+        ("order", Decimal("10")),
+        ("adjust", Decimal("30"), False),
+        ("fail", 0),
+        ("pay", Decimal("500")),
+        ("adjust", Decimal("20"), False),
+        ("order", Decimal("100")),
+        ("fail", 1),
+        ("fail", 1),
+        ("adjust", Decimal("75"), True),
+        ("pay again", 0),
+    ]
+)
 async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step(
     engine: AsyncEngine, sequence: list[tuple]
 ) -> None:
@@ -90,17 +112,30 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                     pass  # over the available credit (or the order value): nothing written
             case ("pay", amount):
                 references.append(f"pay-{shop}-{n}")
-                await record_payment(engine, RecordPayment(retailer_id=shop, amount=amount, reference=references[-1], actor="prop"))
+                await record_payment(
+                    engine, RecordPayment(retailer_id=shop, amount=amount, reference=references[-1], actor="prop")
+                )
             case ("pay again", k) if references:
                 await record_payment(
-                    engine, RecordPayment(retailer_id=shop, amount=Decimal("1"), reference=references[k % len(references)], actor="prop")
+                    engine,
+                    RecordPayment(
+                        retailer_id=shop, amount=Decimal("1"), reference=references[k % len(references)], actor="prop"
+                    ),
                 )
             case ("adjust", amount, favour):
-                await admin.adjust(engine, shop, amount if favour else -amount, reason="property", actor="prop",
-                                   reference=f"adj-{n}", today=TODAY)
+                await admin.adjust(
+                    engine,
+                    shop,
+                    amount if favour else -amount,
+                    reason="property",
+                    actor="prop",
+                    reference=f"adj-{n}",
+                    today=TODAY,
+                )
             case ("fail", k) if placed:
                 await ActivityEnvironment().run(
-                    OrderActivities(engine).handle_order_failure, OrderFailure(order_id=placed[k % len(placed)], reason="property")
+                    OrderActivities(engine).handle_order_failure,
+                    OrderFailure(order_id=placed[k % len(placed)], reason="property"),
                 )
             case ("limit", limit):
                 # Not below today's available credit: set_limits writes the limit before it

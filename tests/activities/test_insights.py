@@ -53,14 +53,32 @@ async def _known_retailer(engine: AsyncEngine) -> int:
             )
         debits = [
             # paid 2 days early, after 28 days
-            dict(amount=200, due_date=DAY - timedelta(days=50), status="CLEARED", cleared_amount=200,
-                 cleared_at=AS_OF - timedelta(days=52), created_at=AS_OF - timedelta(days=80)),
+            dict(
+                amount=200,
+                due_date=DAY - timedelta(days=50),
+                status="CLEARED",
+                cleared_amount=200,
+                cleared_at=AS_OF - timedelta(days=52),
+                created_at=AS_OF - timedelta(days=80),
+            ),
             # paid 5 days late, after 35 days
-            dict(amount=300, due_date=DAY - timedelta(days=20), status="CLEARED", cleared_amount=300,
-                 cleared_at=AS_OF - timedelta(days=15), created_at=AS_OF - timedelta(days=50)),
+            dict(
+                amount=300,
+                due_date=DAY - timedelta(days=20),
+                status="CLEARED",
+                cleared_amount=300,
+                cleared_at=AS_OF - timedelta(days=15),
+                created_at=AS_OF - timedelta(days=50),
+            ),
             # 40 days overdue, 400 outstanding
-            dict(amount=400, due_date=DAY - timedelta(days=40), status="OPEN", cleared_amount=0,
-                 cleared_at=None, created_at=AS_OF - timedelta(days=70)),
+            dict(
+                amount=400,
+                due_date=DAY - timedelta(days=40),
+                status="OPEN",
+                cleared_amount=0,
+                cleared_at=None,
+                created_at=AS_OF - timedelta(days=70),
+            ),
         ]
         await conn.execute(insert(CreditTransaction), [{"retailer_id": rid, "type": "DEBIT", **d} for d in debits])
     return rid
@@ -130,7 +148,10 @@ async def test_nightly_run_writes_one_row_per_retailer_and_rerun_overwrites(
     assert min_generation >= 2, "the second run must regenerate every row, not skip any"
 
 
-@pytest.mark.parametrize(("overdue", "used", "level"), [(0, "0.1", "LOW"), (8, "0.1", "MEDIUM"), (2, "0.75", "MEDIUM"), (31, "0", "HIGH"), (0, "0.95", "HIGH")])
+@pytest.mark.parametrize(
+    ("overdue", "used", "level"),
+    [(0, "0.1", "LOW"), (8, "0.1", "MEDIUM"), (2, "0.75", "MEDIUM"), (31, "0", "HIGH"), (0, "0.95", "HIGH")],
+)
 def test_risk_levels(overdue: int, used: str, level: str) -> None:
     from activities.insights import risk_level
 
@@ -213,7 +234,9 @@ async def test_only_sold_orders_are_gmv_and_a_failed_orders_reversal_is_not_paid
     today = datetime.now(UTC).date()
     as_of = datetime.combine(today, datetime.min.time(), tzinfo=UTC)
     async with engine.begin() as conn:
-        rid = await conn.scalar(insert(Retailer).values(name="Baraka Kiosk", phone="+15550002222").returning(Retailer.id))
+        rid = await conn.scalar(
+            insert(Retailer).values(name="Baraka Kiosk", phone="+15550002222").returning(Retailer.id)
+        )
         await conn.execute(insert(CreditAccount).values(retailer_id=rid, credit_limit=1000, available_credit=750))
         orders = {}
         for key, status, amount, days_ago, item in (
@@ -224,25 +247,54 @@ async def test_only_sold_orders_are_gmv_and_a_failed_orders_reversal_is_not_paid
         ):
             orders[key] = await conn.scalar(
                 insert(Order)
-                .values(retailer_id=rid, status=status, payment_mode="CREDIT", total_amount=amount,
-                        created_at=as_of - timedelta(days=days_ago))
+                .values(
+                    retailer_id=rid,
+                    status=status,
+                    payment_mode="CREDIT",
+                    total_amount=amount,
+                    created_at=as_of - timedelta(days=days_ago),
+                )
                 .returning(Order.id)
             )
-            await conn.execute(insert(OrderItem).values(order_id=orders[key], product_name=item[0], quantity=item[1], unit_price=item[2]))
+            await conn.execute(
+                insert(OrderItem).values(
+                    order_id=orders[key], product_name=item[0], quantity=item[1], unit_price=item[2]
+                )
+            )
         await conn.execute(
             insert(CreditTransaction),
             [
                 # the failed order's debit, not due for weeks: its reversal clears it "early"
-                {"retailer_id": rid, "type": "DEBIT", "amount": 250, "due_date": today + timedelta(days=20),
-                 "order_id": orders["credit"], "reference": f"order:{orders['credit']}", "status": "OPEN",
-                 "cleared_amount": 0, "cleared_at": None, "created_at": as_of - timedelta(days=10)},
+                {
+                    "retailer_id": rid,
+                    "type": "DEBIT",
+                    "amount": 250,
+                    "due_date": today + timedelta(days=20),
+                    "order_id": orders["credit"],
+                    "reference": f"order:{orders['credit']}",
+                    "status": "OPEN",
+                    "cleared_amount": 0,
+                    "cleared_at": None,
+                    "created_at": as_of - timedelta(days=10),
+                },
                 # a real payment, 5 days late, after 35 days
-                {"retailer_id": rid, "type": "DEBIT", "amount": 300, "due_date": today - timedelta(days=20),
-                 "status": "CLEARED", "cleared_amount": 300, "cleared_at": as_of - timedelta(days=15),
-                 "order_id": None, "reference": "paid-late", "created_at": as_of - timedelta(days=50)},
+                {
+                    "retailer_id": rid,
+                    "type": "DEBIT",
+                    "amount": 300,
+                    "due_date": today - timedelta(days=20),
+                    "status": "CLEARED",
+                    "cleared_amount": 300,
+                    "cleared_at": as_of - timedelta(days=15),
+                    "order_id": None,
+                    "reference": "paid-late",
+                    "created_at": as_of - timedelta(days=50),
+                },
             ],
         )
-    failed = await OrderActivities(engine).handle_order_failure(OrderFailure(order_id=orders["credit"], reason="delivery failed"))
+    failed = await OrderActivities(engine).handle_order_failure(
+        OrderFailure(order_id=orders["credit"], reason="delivery failed")
+    )
     assert failed.reversed_amount == Decimal("250.00")
 
     await InsightActivities(engine).regenerate_page(today, "UTC", after_id=rid - 1, page_size=1)

@@ -32,7 +32,8 @@ async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succ
     cid = await new_customer(wide_engine, 1000)
     orders = [order_ref() for _ in range(50)]
     outcomes = await asyncio.gather(
-        *(apply_points_at_checkout(wide_engine, cid, order, 100, Decimal("0")) for order in orders), return_exceptions=True
+        *(apply_points_at_checkout(wide_engine, cid, order, 100, Decimal("0")) for order in orders),
+        return_exceptions=True,
     )
     applied = [o for o in outcomes if isinstance(o, PointsApplication)]
     refused = [o for o in outcomes if isinstance(o, InsufficientPoints)]
@@ -40,7 +41,9 @@ async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succ
     assert all(o.outcome == "applied" and o.points_redeemed == 100 for o in applied)
     # Each success saw the balance the previous one left: a chain from 1000 down to 0, no overlap.
     assert sorted(o.balance_before for o in applied) == list(range(100, 1001, 100))
-    assert all((r.available, r.requested, r.non_retryable, r.type) == (0, 100, True, "InsufficientPoints") for r in refused)
+    assert all(
+        (r.available, r.requested, r.non_retryable, r.type) == (0, 100, True, "InsufficientPoints") for r in refused
+    )
     assert await balance_and_ledger(wide_engine, cid) == (0, 0)
     async with wide_engine.connect() as conn:
         spent = await conn.scalar(
@@ -52,12 +55,21 @@ async def test_fifty_concurrent_redemptions_of_100_against_1000_exactly_ten_succ
 async def test_the_same_order_applied_five_times_concurrently_writes_one_set_of_rows(wide_engine: AsyncEngine) -> None:
     cid = await new_customer(wide_engine, 500)
     order = order_ref()
-    outcomes = await asyncio.gather(*(apply_points_at_checkout(wide_engine, cid, order, 200, Decimal("49.99")) for _ in range(5)))
+    outcomes = await asyncio.gather(
+        *(apply_points_at_checkout(wide_engine, cid, order, 200, Decimal("49.99")) for _ in range(5))
+    )
     assert sorted(o.outcome for o in outcomes) == ["already_applied"] * 4 + ["applied"]
     first = next(o for o in outcomes if o.outcome == "applied")
     for repeat in outcomes:
-        assert repeat.model_dump(exclude={"outcome", "lock_wait_ms"}) == first.model_dump(exclude={"outcome", "lock_wait_ms"})
-    assert (first.points_redeemed, first.points_earned, first.balance_before, first.balance_after) == (200, 49, 500, 349)
+        assert repeat.model_dump(exclude={"outcome", "lock_wait_ms"}) == first.model_dump(
+            exclude={"outcome", "lock_wait_ms"}
+        )
+    assert (first.points_redeemed, first.points_earned, first.balance_before, first.balance_after) == (
+        200,
+        49,
+        500,
+        349,
+    )
     assert await order_rows(wide_engine, order) == [("spent", -200, 500, 300), ("earned", 49, 300, 349)]
     assert await balance_and_ledger(wide_engine, cid) == (349, 349)
 
@@ -131,7 +143,9 @@ async def test_an_order_refunded_before_its_points_were_applied_never_gets_them(
     assert await balance_and_ledger(engine, cid) == (100, 100)
 
 
-async def test_reapplying_an_order_with_another_redemption_writes_nothing_and_reports_the_conflict(engine: AsyncEngine) -> None:
+async def test_reapplying_an_order_with_another_redemption_writes_nothing_and_reports_the_conflict(
+    engine: AsyncEngine,
+) -> None:
     from activities.loyalty.audit import audit_balances
     from activities.loyalty.errors import OrderAppliedDifferently
 
@@ -147,14 +161,19 @@ async def test_reapplying_an_order_with_another_redemption_writes_nothing_and_re
     assert (await audit_balances(engine, 10))[1] == 0
 
 
-async def test_concurrent_applications_of_one_order_with_different_redemptions_apply_exactly_one(wide_engine: AsyncEngine) -> None:
+async def test_concurrent_applications_of_one_order_with_different_redemptions_apply_exactly_one(
+    wide_engine: AsyncEngine,
+) -> None:
     from activities.loyalty.audit import audit_balances
     from activities.loyalty.errors import OrderAppliedDifferently
 
     cid = await new_customer(wide_engine, 1000)
     order = order_ref()
     outcomes = await asyncio.gather(
-        *(apply_points_at_checkout(wide_engine, cid, order, points, Decimal("10")) for points in (0, 100, 200, 300, 0, 100)),
+        *(
+            apply_points_at_checkout(wide_engine, cid, order, points, Decimal("10"))
+            for points in (0, 100, 200, 300, 0, 100)
+        ),
         return_exceptions=True,
     )
     applied = [o for o in outcomes if isinstance(o, PointsApplication) and o.outcome == "applied"]
@@ -191,7 +210,9 @@ async def test_an_adjustment_is_one_row_per_reference_and_never_overdraws(wide_e
 # --------------------------------------------------------------------------- one statement under contention
 
 
-async def test_hundreds_of_concurrent_applications_on_a_few_hot_customers_leave_exact_balances(wide_engine: AsyncEngine) -> None:
+async def test_hundreds_of_concurrent_applications_on_a_few_hot_customers_leave_exact_balances(
+    wide_engine: AsyncEngine,
+) -> None:
     """The checkout benchmark's shape: every application of a hot customer sees the balance the one
     before it left, and each balance ends exactly at opening - redeemed + earned."""
     opening, hot = 100_000, [await new_customer(wide_engine, 100_000) for _ in range(4)]
@@ -204,20 +225,29 @@ async def test_hundreds_of_concurrent_applications_on_a_few_hot_customers_leave_
         assert await balance_and_ledger(wide_engine, cid) == (expected, expected)
         # One chain: in the order they were written, each row starts from the balance the one before left.
         async with wide_engine.connect() as conn:
-            chain = (await conn.execute(
-                text("SELECT balance_before, balance_after FROM loyalty_transactions"
-                     " WHERE customer_id = :c ORDER BY id"), {"c": cid}
-            )).all()
+            chain = (
+                await conn.execute(
+                    text(
+                        "SELECT balance_before, balance_after FROM loyalty_transactions"
+                        " WHERE customer_id = :c ORDER BY id"
+                    ),
+                    {"c": cid},
+                )
+            ).all()
         assert all(row.balance_before == before.balance_after for before, row in zip(chain, chain[1:], strict=False))
         assert (chain[0].balance_before, chain[-1].balance_after) == (0, expected)
     assert [o.points_earned for o in outcomes[:5]] == [0, 1, 2, 3, 4]  # floor((i % 5) + 0.99) at rate 1
 
 
-async def test_concurrent_repeats_of_many_orders_on_one_hot_customer_apply_each_order_once(wide_engine: AsyncEngine) -> None:
+async def test_concurrent_repeats_of_many_orders_on_one_hot_customer_apply_each_order_once(
+    wide_engine: AsyncEngine,
+) -> None:
     cid = await new_customer(wide_engine, 10_000)
     orders = [order_ref() for _ in range(60)]
     calls = [order for order in orders for _ in range(3)]  # each order three times, all at once
-    outcomes = await asyncio.gather(*(apply_points_at_checkout(wide_engine, cid, order, 50, Decimal("20")) for order in calls))
+    outcomes = await asyncio.gather(
+        *(apply_points_at_checkout(wide_engine, cid, order, 50, Decimal("20")) for order in calls)
+    )
     for order in orders:
         mine = [o for o in outcomes if o.order_id == order]
         assert sorted(o.outcome for o in mine) == ["already_applied", "already_applied", "applied"]
@@ -229,7 +259,9 @@ async def test_concurrent_repeats_of_many_orders_on_one_hot_customer_apply_each_
     assert await balance_and_ledger(wide_engine, cid) == (10_000 - 60 * 30,) * 2
 
 
-async def test_an_order_written_by_another_customers_open_transaction_is_undone_whole_and_refused(engine: AsyncEngine) -> None:
+async def test_an_order_written_by_another_customers_open_transaction_is_undone_whole_and_refused(
+    engine: AsyncEngine,
+) -> None:
     """The insert's race: this customer's `spent` row goes in, the order's `earned` row belongs to
     another customer's transaction still open; once it commits, ours is undone and refused."""
     from activities.loyalty.ledger import apply_points
@@ -238,7 +270,9 @@ async def test_an_order_written_by_another_customers_open_transaction_is_undone_
     first, second = await new_customer(engine, 500), await new_customer(engine, 500)
     order = order_ref()
     async with engine.begin() as conn:  # the first customer's application, not committed yet
-        await apply_points(conn, ApplyOrderPoints(customer_id=first, order_id=order, points_redeemed=0, order_total=Decimal("5")))
+        await apply_points(
+            conn, ApplyOrderPoints(customer_id=first, order_id=order, points_redeemed=0, order_total=Decimal("5"))
+        )
         late = asyncio.ensure_future(apply_points_at_checkout(engine, second, order, 100, Decimal("5")))
         await asyncio.sleep(0.5)  # the second one waits on the order's unique key
         assert not late.done()

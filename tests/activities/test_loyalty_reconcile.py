@@ -36,7 +36,9 @@ from workflows.loyalty import LoyaltyReconcileSweepWorkflow, LoyaltyReconciliati
 
 
 @pytest.fixture(autouse=True)
-async def _no_reconciliation_left_running(time_skipping_env: WorkflowEnvironment, engine: AsyncEngine) -> AsyncIterator[None]:
+async def _no_reconciliation_left_running(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine
+) -> AsyncIterator[None]:
     """The time-skipping server is shared by the session: a run left with work outstanding and no
     worker would stop its clock from skipping for every later test, so each test ends its runs."""
     yield
@@ -52,7 +54,9 @@ async def _no_reconciliation_left_running(time_skipping_env: WorkflowEnvironment
 
 
 @asynccontextmanager
-async def loyalty_worker(client: Client, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str) -> AsyncIterator[None]:
+async def loyalty_worker(
+    client: Client, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str
+) -> AsyncIterator[None]:
     queue = LoyaltyQueueActivities(engine)
     sweep = LoyaltySweepActivities(engine, client, task_queue)
     payments = PaymentActivities(StripeGateway(stripe_api, engine))
@@ -166,7 +170,10 @@ async def task_failures(handle: WorkflowHandle) -> int:
 
 
 async def test_three_database_faults_then_the_fourth_attempt_applies_the_points(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
     record_history,
 ) -> None:
     env = time_skipping_env
@@ -175,8 +182,15 @@ async def test_three_database_faults_then_the_fourth_attempt_applies_the_points(
     intent = await paid_intent(stripe_api)
     async with failing_inserts(engine, order, 3), loyalty_worker(env.client, engine, stripe_api, task_queue):
         queued = await enqueue_failed_points(
-            env.client, engine, cid, order, 100, Decimal("42.00"),
-            payment_intent_id=intent, error="checkout: database timeout", task_queue=task_queue,
+            env.client,
+            engine,
+            cid,
+            order,
+            100,
+            Decimal("42.00"),
+            payment_intent_id=intent,
+            error="checkout: database timeout",
+            task_queue=task_queue,
         )
         assert (queued.created, queued.started, queued.status) == (True, True, "PENDING")
         handle = handle_of(env.client, queued.item_id)
@@ -255,7 +269,12 @@ async def test_a_refunded_order_is_resolved_without_points(
             env.client, engine, cid, order, 100, Decimal("42.00"), payment_intent_id=intent, task_queue=task_queue
         )
         result = await result_of(env, handle_of(env.client, queued.item_id))
-    assert (result.status, result.resolution, result.attempts, result.points_earned) == ("RESOLVED", "refunded", 0, None)
+    assert (result.status, result.resolution, result.attempts, result.points_earned) == (
+        "RESOLVED",
+        "refunded",
+        0,
+        None,
+    )
     assert await order_rows(engine, order) == []
     assert await balance_and_ledger(engine, cid) == (500, 500)
 
@@ -264,7 +283,10 @@ async def test_a_refunded_order_is_resolved_without_points(
 
 
 async def test_insufficient_points_goes_to_review_and_resolve_manually_closes_it_recording_the_actor(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
     record_history,
 ) -> None:
     env = time_skipping_env
@@ -332,7 +354,12 @@ async def test_retry_now_after_the_balance_was_topped_up_applies_the_points(
             await conn.execute(text("UPDATE customers SET loyalty_points = 100 WHERE id = :c"), {"c": cid})
         await retry_now(env.client, queued.item_id, "admin-9")
         result = await result_of(env, handle)
-    assert (result.status, result.resolution, result.attempts, result.points_redeemed) == ("RESOLVED", "applied", 2, 100)
+    assert (result.status, result.resolution, result.attempts, result.points_redeemed) == (
+        "RESOLVED",
+        "applied",
+        2,
+        100,
+    )
     assert await balance_and_ledger(engine, cid) == (0, 0)
 
 
@@ -348,11 +375,18 @@ async def test_enqueue_is_idempotent_by_order_and_refuses_bad_input(
     with pytest.raises(pydantic.ValidationError, match="points_redeemed"):
         await enqueue_failed_points(env.client, engine, cid, order, -10, Decimal("5"), task_queue=task_queue)
     with pytest.raises(pydantic.ValidationError, match="payment_intent_id"):
-        await enqueue_failed_points(env.client, engine, cid, order, 0, Decimal("5"), payment_intent_id="ch_123", task_queue=task_queue)
+        await enqueue_failed_points(
+            env.client, engine, cid, order, 0, Decimal("5"), payment_intent_id="ch_123", task_queue=task_queue
+        )
     with pytest.raises(UnknownCustomer, match="no customer 987654321"):
         await enqueue_failed_points(env.client, engine, 987654321, order, 0, Decimal("5"), task_queue=task_queue)
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT count(*) FROM loyalty_reconciliation_queue WHERE order_reference = :o"), {"o": order}) == 0
+        assert (
+            await conn.scalar(
+                text("SELECT count(*) FROM loyalty_reconciliation_queue WHERE order_reference = :o"), {"o": order}
+            )
+            == 0
+        )
 
     async with loyalty_worker(env.client, engine, stripe_api, task_queue):
         first = await enqueue_failed_points(env.client, engine, cid, order, 0, Decimal("5"), task_queue=task_queue)
@@ -366,7 +400,10 @@ async def test_enqueue_is_idempotent_by_order_and_refuses_bad_input(
 
 
 async def test_the_sweep_starts_a_workflow_for_each_pending_item_that_has_none(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, stripe_api: stripe.StripeClient, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
     record_history,
 ) -> None:
     env = time_skipping_env
@@ -382,7 +419,9 @@ async def test_the_sweep_starts_a_workflow_for_each_pending_item_that_has_none(
         )
     async with loyalty_worker(env.client, engine, stripe_api, task_queue):
         async with failing_inserts(engine, busy_order, 10_000):
-            busy = await enqueue_failed_points(env.client, engine, cid, busy_order, 0, Decimal("1"), task_queue=task_queue)
+            busy = await enqueue_failed_points(
+                env.client, engine, cid, busy_order, 0, Decimal("1"), task_queue=task_queue
+            )
             sweeps: list[LoyaltySweepResult] = []
             for run in range(2):
                 sweep = await env.client.start_workflow(

@@ -132,7 +132,9 @@ async def test_a_bad_sender_is_a_permanent_error(
     engine: AsyncEngine, gateway: TwilioGateway, sender: str, code: int
 ) -> None:
     rid = await retailer(engine, unique_phone())
-    bad = MessagingActivities(engine, gateway, Senders(whatsapp=f"whatsapp:{sender}", sms=sender), SendPolicy(quiet_hours=NO_QUIET_HOURS))
+    bad = MessagingActivities(
+        engine, gateway, Senders(whatsapp=f"whatsapp:{sender}", sms=sender), SendPolicy(quiet_hours=NO_QUIET_HOURS)
+    )
     with pytest.raises(ApplicationError) as raised:
         await ActivityEnvironment().run(bad.send_message, reminder(rid))
     assert raised.value.type == "InvalidSender"
@@ -159,7 +161,10 @@ async def test_an_opt_out_on_the_sms_fallback_is_an_sms_opt_out(
     emulator.state.reconfigure({"whatsapp_session_closed": [phone], "refusals": {phone: 21610}})
     rid = await retailer(engine, phone, channel="whatsapp")
     message = SendMessage(
-        idempotency_key=f"test:{uuid.uuid4()}", recipient_type="retailer", recipient_id=rid, template="insight",
+        idempotency_key=f"test:{uuid.uuid4()}",
+        recipient_type="retailer",
+        recipient_id=rid,
+        template="insight",
         params={"insight_message": "Your best seller this week: rice"},
     )
     assert get_template("insight").whatsapp_content_sid is None
@@ -192,7 +197,9 @@ async def test_daily_cap_and_quiet_hours_hold_messages_back_and_say_why(
     zone = f"Etc/GMT{-offset:+d}" if offset else "UTC"
     night = await retailer(engine, unique_phone(), tz=zone)
     message = reminder(night)
-    outcome = await ActivityEnvironment().run(activities(engine, gateway, quiet_hours=QuietHours()).send_message, message)
+    outcome = await ActivityEnvironment().run(
+        activities(engine, gateway, quiet_hours=QuietHours()).send_message, message
+    )
     assert (outcome.status, outcome.reason) == ("deferred", "quiet_hours")
     assert timedelta(hours=8) <= outcome.retry_at - datetime.now(UTC) <= timedelta(hours=9, minutes=1)
     assert (await row(engine, message.idempotency_key)).status == "deferred"
@@ -208,8 +215,14 @@ async def test_a_send_left_ambiguous_by_a_crash_is_looked_up_not_repeated(
     async with engine.begin() as conn:
         await conn.execute(
             insert(MessageLog).values(
-                idempotency_key=message.idempotency_key, recipient_type="retailer", recipient_id=rid,
-                channel="sms", template="payment_reminder", template_version=1, status="sending", attempts=1,
+                idempotency_key=message.idempotency_key,
+                recipient_type="retailer",
+                recipient_id=rid,
+                channel="sms",
+                template="payment_reminder",
+                template_version=1,
+                status="sending",
+                attempts=1,
             )
         )
     body = get_template("payment_reminder").render({**message.params, "first_name": "Kofi"})
@@ -249,8 +262,13 @@ async def test_a_batch_reports_what_happened_to_each_message(
         await retailer(engine, "+15005550001"),
     )
     batch = MessageBatch(messages=[reminder(r) for r in (good, no_phone, invalid)], task_queue=f"{task_queue}-msg")
-    async with Worker(time_skipping_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-        time_skipping_env.client, task_queue=batch.task_queue, activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages]
+    async with (
+        Worker(time_skipping_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]),
+        Worker(
+            time_skipping_env.client,
+            task_queue=batch.task_queue,
+            activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages],
+        ),
     ):
         handle = await time_skipping_env.client.start_workflow(
             MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue

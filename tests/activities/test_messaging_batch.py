@@ -29,9 +29,16 @@ async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_
     async with engine.begin() as conn:
         await conn.execute(
             insert(MessageLog).values(
-                idempotency_key=busy.idempotency_key, recipient_type="retailer", recipient_id=busy.recipient_id,
-                channel="sms", template="payment_reminder", template_version=1, status="sending", attempts=1,
-                lease_started_at=func.now(), lease_until=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, 30),
+                idempotency_key=busy.idempotency_key,
+                recipient_type="retailer",
+                recipient_id=busy.recipient_id,
+                channel="sms",
+                template="payment_reminder",
+                template_version=1,
+                status="sending",
+                attempts=1,
+                lease_started_at=func.now(),
+                lease_until=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, 30),
             )
         )
     sends = activities(engine, gateway)
@@ -51,7 +58,8 @@ async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_
     # The other attempt died: its lease ends, and Temporal retries the batch with the heartbeat.
     async with engine.begin() as conn:
         await conn.execute(
-            update(MessageLog).where(MessageLog.idempotency_key == busy.idempotency_key)
+            update(MessageLog)
+            .where(MessageLog.idempotency_key == busy.idempotency_key)
             .values(lease_until=MessageLog.lease_started_at)
         )
     retry = ActivityEnvironment()

@@ -43,13 +43,21 @@ async def workers_with_quiet_hours(
     reminders = ReminderActivities(engine, StripeGateway(stripe_api, engine), PAY_BASE)
     guardrails = GuardrailActivities(engine)
     sends = MessagingActivities(engine, gateway, SENDERS, SendPolicy())
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=families.by_name("credit").workflows(),
-        activities=[reminders.reminder_page, reminders.mark_reminders_sent, guardrails.apply,
-                    PaymentRecordingActivities(engine).record, business_day],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]):
+    async with (
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=families.by_name("credit").workflows(),
+            activities=[
+                reminders.reminder_page,
+                reminders.mark_reminders_sent,
+                guardrails.apply,
+                PaymentRecordingActivities(engine).record,
+                business_day,
+            ],
+        ),
+        Worker(client, task_queue=f"{task_queue}-msg", activities=[sends.send_message, sends.send_messages]),
+    ):
         yield f"{task_queue}-msg"
 
 
@@ -90,8 +98,12 @@ async def sent_at(engine: AsyncEngine, key: str) -> datetime:
 
 
 async def test_a_reminder_due_at_22_local_goes_out_at_08_and_the_cadence_keeps_its_days(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     day = FAR + timedelta(days=300)
@@ -127,8 +139,12 @@ async def test_a_reminder_due_at_22_local_goes_out_at_08_and_the_cadence_keeps_i
 
 
 async def test_a_credit_paused_notice_held_at_23_goes_out_at_08(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     day = FAR + timedelta(days=320)

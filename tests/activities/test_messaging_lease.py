@@ -101,8 +101,14 @@ async def test_recovery_never_takes_a_message_that_is_not_ours(
     async with engine.begin() as conn:
         await conn.execute(
             insert(MessageLog).values(
-                idempotency_key=message.idempotency_key, recipient_type="retailer", recipient_id=rid,
-                channel="whatsapp", template="payment_reminder", template_version=1, status="sending", attempts=1,
+                idempotency_key=message.idempotency_key,
+                recipient_type="retailer",
+                recipient_id=rid,
+                channel="whatsapp",
+                template="payment_reminder",
+                template_version=1,
+                status="sending",
+                attempts=1,
                 sender=SENDERS.whatsapp,
             )
         )
@@ -113,8 +119,14 @@ async def test_recovery_never_takes_a_message_that_is_not_ours(
     async with engine.begin() as conn:
         await conn.execute(
             insert(MessageLog).values(
-                idempotency_key=f"other:{rid}", recipient_type="retailer", recipient_id=rid, channel="whatsapp",
-                template="credit_resumed", template_version=1, status="sent", provider_sid=other_template.sid,
+                idempotency_key=f"other:{rid}",
+                recipient_type="retailer",
+                recipient_id=rid,
+                channel="whatsapp",
+                template="credit_resumed",
+                template_version=1,
+                status="sent",
+                provider_sid=other_template.sid,
             )
         )
 

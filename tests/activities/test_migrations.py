@@ -112,9 +112,7 @@ def _customer(conn: Connection, points: int = 0) -> int:
 
 def _member(conn: Connection, company: str) -> int:
     conn.execute(text("INSERT INTO companies (id, name) VALUES (:c, :c) ON CONFLICT DO NOTHING"), dict(c=company))
-    return _insert(
-        conn, "INSERT INTO memberships (company_id, name) VALUES (:c, 'Member') RETURNING id", c=company
-    )
+    return _insert(conn, "INSERT INTO memberships (company_id, name) VALUES (:c, 'Member') RETURNING id", c=company)
 
 
 def test_a_loyalty_balance_can_never_go_negative(conn: Connection) -> None:
@@ -181,15 +179,13 @@ def test_credit_transactions_keep_to_their_statuses_amounts_and_cadence(conn: Co
     conn.execute(text(debit), dict(ok, ref="inv-1"))
     assert _refused(conn, debit, **dict(ok, status="SETTLED", ref="inv-2")) == "ck_credit_transactions_status"
     assert _refused(conn, debit, **dict(ok, amount=-5, ref="inv-3")) == "ck_credit_transactions_amount_non_negative"
-    assert (
-        _refused(conn, debit, **dict(ok, cleared=150, ref="inv-4")) == "ck_credit_transactions_cleared_amount_range"
-    )
-    assert (
-        _refused(conn, debit, **dict(ok, reminders=9, ref="inv-5")) == "ck_credit_transactions_reminder_count_range"
-    )
+    assert _refused(conn, debit, **dict(ok, cleared=150, ref="inv-4")) == "ck_credit_transactions_cleared_amount_range"
+    assert _refused(conn, debit, **dict(ok, reminders=9, ref="inv-5")) == "ck_credit_transactions_reminder_count_range"
     assert _refused(conn, debit, **dict(ok, ref="inv-1")) == "uq_credit_transactions_retailer_id_type_reference"
     assert (
-        _refused(conn, "INSERT INTO credit_transactions (retailer_id, type, amount) VALUES (:r, 'DEBIT', 10)", r=retailer)
+        _refused(
+            conn, "INSERT INTO credit_transactions (retailer_id, type, amount) VALUES (:r, 'DEBIT', 10)", r=retailer
+        )
         == "ck_credit_transactions_due_date_for_debits_only"
     )
     # The same payment reference recorded twice is one payment.
@@ -213,8 +209,7 @@ def test_one_open_recovery_case_per_member_and_never_across_companies(conn: Conn
     conn.execute(text(case), dict(c="acme", m=member, s="OPEN"))
     assert _refused(conn, case, c="acme", m=member, s="OPEN") == "uq_recovery_cases_one_open_per_membership"
     assert (
-        _refused(conn, case, c="acme", m=other_companys_member, s="OPEN")
-        == "fk_recovery_cases_company_id_memberships"
+        _refused(conn, case, c="acme", m=other_companys_member, s="OPEN") == "fk_recovery_cases_company_id_memberships"
     )
 
 
@@ -233,13 +228,16 @@ def test_company_settings_stay_within_their_limits(conn: Connection) -> None:
     assert _refused(conn, company, id="Not A Slug", offsets=[0], channels=["sms"]) == "ck_companies_id_slug"
 
 
-
 def test_available_credit_never_exceeds_the_limit_but_may_go_below_zero(conn: Connection) -> None:
     retailer = _retailer(conn)
     conn.execute(
-        text("INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit) VALUES (:r, 1000, 1000)"), dict(r=retailer)
+        text("INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit) VALUES (:r, 1000, 1000)"),
+        dict(r=retailer),
     )
     refused = _refused(conn, "UPDATE credit_accounts SET available_credit = 1000.01 WHERE retailer_id = :r", r=retailer)
     assert refused == "ck_credit_accounts_available_credit_within_limit"
     # The limit lowered below what is outstanding: available goes negative, as the business rule says.
-    conn.execute(text("UPDATE credit_accounts SET credit_limit = 100, available_credit = -400 WHERE retailer_id = :r"), dict(r=retailer))
+    conn.execute(
+        text("UPDATE credit_accounts SET credit_limit = 100, available_credit = -400 WHERE retailer_id = :r"),
+        dict(r=retailer),
+    )

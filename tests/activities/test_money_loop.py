@@ -31,17 +31,25 @@ TODAY = date.today()
 
 async def order_debits(engine: AsyncEngine, order_id: int) -> list:
     async with engine.connect() as conn:
-        return (await conn.execute(text("SELECT * FROM credit_transactions WHERE order_id = :o ORDER BY id"), {"o": order_id})).all()
+        return (
+            await conn.execute(
+                text("SELECT * FROM credit_transactions WHERE order_id = :o ORDER BY id"), {"o": order_id}
+            )
+        ).all()
 
 
 async def available(engine: AsyncEngine, retailer_id: int) -> Decimal:
     async with engine.connect() as conn:
-        return await conn.scalar(text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id})
+        return await conn.scalar(
+            text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": retailer_id}
+        )
 
 
 async def next_order_id(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        return int(await conn.scalar(text("SELECT COALESCE(max(id), 0) + 1000 + floor(random() * 100000)::int FROM orders")))
+        return int(
+            await conn.scalar(text("SELECT COALESCE(max(id), 0) + 1000 + floor(random() * 100000)::int FROM orders"))
+        )
 
 
 # --------------------------------------------------------------------------- credit orders
@@ -57,9 +65,15 @@ async def test_credit_orders_follow_the_seed_rules_and_write_one_debit(engine: A
     order = await next_order_id(engine)
     placed = await credit_api.place_order(engine, shop, order, Decimal("550"), "CREDIT", today=TODAY)
     retried = await credit_api.place_order(engine, shop, order, Decimal("550"), "CREDIT", today=TODAY)
-    assert (placed.due_date, placed.available_credit, placed.duplicate) == (TODAY + timedelta(days=30), Decimal("450"), False)
+    assert (placed.due_date, placed.available_credit, placed.duplicate) == (
+        TODAY + timedelta(days=30),
+        Decimal("450"),
+        False,
+    )
     assert retried.duplicate and retried.debit_id == placed.debit_id
-    assert [(d.type, d.amount, d.status) for d in await order_debits(engine, order)] == [("DEBIT", Decimal("550.00"), "OPEN")]
+    assert [(d.type, d.amount, d.status) for d in await order_debits(engine, order)] == [
+        ("DEBIT", Decimal("550.00"), "OPEN")
+    ]
     assert await available(engine, shop) == Decimal("450")
     with pytest.raises(PlacementRefused, match="exceeds the available credit of 450.00"):
         await credit_api.place_order(engine, shop, await next_order_id(engine), Decimal("500"), "CREDIT", today=TODAY)
@@ -74,8 +88,12 @@ async def test_credit_orders_follow_the_seed_rules_and_write_one_debit(engine: A
 
 
 async def test_paying_twice_leaves_a_credit_balance_that_clears_the_next_debit(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    task_queue: str, database_url: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
+    database_url: str,
 ) -> None:
     env = time_skipping_env
     shop, _ = await new_retailer(engine, limit=Decimal("1000"))
@@ -102,7 +120,10 @@ async def test_paying_twice_leaves_a_credit_balance_that_clears_the_next_debit(
 
 
 async def test_a_reference_is_unique_per_retailer_not_across_retailers(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -126,8 +147,12 @@ async def test_a_reference_is_unique_per_retailer_not_across_retailers(
 
 
 async def test_a_failure_after_the_clock_ended_reverses_the_debit_once_and_tells_the_retailer(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
-    task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     order, shop, phone = await new_order(engine, on_credit=Decimal("250.00"))
@@ -135,8 +160,12 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once_and_tells
         _, handle, _ = await start(env, engine, order, shop, task_queue, messaging)
         await complete_order(env.client, order)
         assert (await result_of(env, handle)).state == "COMPLETED"
-        late = await fail_order(env.client, order, "delivery failed", task_queue=task_queue, messaging_task_queue=messaging)
-        again = await fail_order(env.client, order, "delivery failed", task_queue=task_queue, messaging_task_queue=messaging)
+        late = await fail_order(
+            env.client, order, "delivery failed", task_queue=task_queue, messaging_task_queue=messaging
+        )
+        again = await fail_order(
+            env.client, order, "delivery failed", task_queue=task_queue, messaging_task_queue=messaging
+        )
         await record_history(env.client.get_workflow_handle(f"order-failure/{order}"), "order_failure")
     assert late is not None and late.changed and late.reversed_amount == Decimal("250.00")
     assert again is not None and not again.changed
@@ -155,47 +184,115 @@ async def test_admin_limits_adjustments_and_taking_over_a_system_pause(engine: A
     newer = await new_debit(engine, shop, "200.00", TODAY - timedelta(days=2))
 
     limits = jobctl(
-        "credit", "limits", str(shop), "--credit-limit", "2000", "--max-order-value", "750", "--max-outstanding-days", "45",
-        "--actor", "admin-3", "--json", DATABASE_URL=database_url,
+        "credit",
+        "limits",
+        str(shop),
+        "--credit-limit",
+        "2000",
+        "--max-order-value",
+        "750",
+        "--max-outstanding-days",
+        "45",
+        "--actor",
+        "admin-3",
+        "--json",
+        DATABASE_URL=database_url,
     )
     assert limits.returncode == 0, limits.stderr
-    assert json.loads(limits.stdout)["new"] == {"credit_limit": "2000", "max_order_value": "750", "max_outstanding_days": 45}
+    assert json.loads(limits.stdout)["new"] == {
+        "credit_limit": "2000",
+        "max_order_value": "750",
+        "max_outstanding_days": 45,
+    }
     async with engine.connect() as conn:
         account = (await conn.execute(text("SELECT * FROM credit_accounts WHERE retailer_id = :r"), {"r": shop})).one()
     assert (account.credit_limit, account.max_order_value, account.max_outstanding_days) == (2000, 750, 45)
     assert account.available_credit == Decimal("1500.00")
 
     # An admin taking over the system's pause: no adjustment or payment lifts it now.
-    taken = jobctl("credit", "pause", str(shop), "--reason", "under review", "--actor", "admin-4", DATABASE_URL=database_url)
+    taken = jobctl(
+        "credit", "pause", str(shop), "--reason", "under review", "--actor", "admin-4", DATABASE_URL=database_url
+    )
     assert taken.returncode == 0, taken.stderr
 
-    ret = jobctl("credit", "adjust", str(shop), "--amount", "350", "--reason", "return of 3 crates", "--actor", "admin-3",
-                 "--reference", "RMA-1", DATABASE_URL=database_url)
+    ret = jobctl(
+        "credit",
+        "adjust",
+        str(shop),
+        "--amount",
+        "350",
+        "--reason",
+        "return of 3 crates",
+        "--actor",
+        "admin-3",
+        "--reference",
+        "RMA-1",
+        DATABASE_URL=database_url,
+    )
     assert ret.returncode == 0, ret.stderr
     assert (await debit(engine, old)).status == "CLEARED"
-    assert ((await debit(engine, newer)).status, (await debit(engine, newer)).cleared_amount) == ("PARTIALLY_PAID", Decimal("50.00"))
-    twice = jobctl("credit", "adjust", str(shop), "--amount", "350", "--reason", "return of 3 crates", "--actor", "admin-3",
-                   "--reference", "RMA-1", DATABASE_URL=database_url)
+    assert ((await debit(engine, newer)).status, (await debit(engine, newer)).cleared_amount) == (
+        "PARTIALLY_PAID",
+        Decimal("50.00"),
+    )
+    twice = jobctl(
+        "credit",
+        "adjust",
+        str(shop),
+        "--amount",
+        "350",
+        "--reason",
+        "return of 3 crates",
+        "--actor",
+        "admin-3",
+        "--reference",
+        "RMA-1",
+        DATABASE_URL=database_url,
+    )
     assert "already recorded" in twice.stdout
-    charge = jobctl("credit", "adjust", str(shop), "--amount", "-25.50", "--reason", "dispute lost", "--actor", "admin-3",
-                    "--json", DATABASE_URL=database_url)
+    charge = jobctl(
+        "credit",
+        "adjust",
+        str(shop),
+        "--amount",
+        "-25.50",
+        "--reason",
+        "dispute lost",
+        "--actor",
+        "admin-3",
+        "--json",
+        DATABASE_URL=database_url,
+    )
     assert charge.returncode == 0, charge.stderr
     async with engine.connect() as conn:
-        charged = (await conn.execute(text("SELECT amount, due_date FROM credit_transactions WHERE id = :i"),
-                                      {"i": json.loads(charge.stdout)["transaction_id"]})).one()
+        charged = (
+            await conn.execute(
+                text("SELECT amount, due_date FROM credit_transactions WHERE id = :i"),
+                {"i": json.loads(charge.stdout)["transaction_id"]},
+            )
+        ).one()
     assert charged == (Decimal("25.50"), TODAY)
 
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})).one()
-        actions = list(await conn.scalars(text("SELECT action FROM audit_log WHERE retailer_id = :r ORDER BY id"), {"r": shop}))
+        row = (
+            await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})
+        ).one()
+        actions = list(
+            await conn.scalars(text("SELECT action FROM audit_log WHERE retailer_id = :r ORDER BY id"), {"r": shop})
+        )
     assert tuple(row) == ("PAUSED", "admin-4")
     assert actions[:2] == ["credit_limits_changed", "credit_paused"]
     assert "credit_adjustment" in actions and actions[-1] == "debit_adjustment" and "credit_resumed" not in actions
 
 
 async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_once(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
-    stripe_api: stripe.StripeClient, task_queue: str, database_url: str,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
+    database_url: str,
 ) -> None:
     """`jobctl credit adjust R --amount +A` re-runs R's guardrails as a payment does: the pause
     lifts within the command, audited as the system's, and the retailer is told once."""
@@ -203,12 +300,24 @@ async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_onc
     overdue = await new_debit(engine, shop, "300.00", TODAY - timedelta(days=40))  # past the 30-day limit
     await new_debit(engine, shop, "200.00", TODAY - timedelta(days=2))
     env = {
-        "DATABASE_URL": database_url, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "TASK_QUEUE": task_queue,
     }
     async with credit_workers(dev_env.client, engine, gateway, stripe_api, task_queue) as messaging:
-        args = ("credit", "adjust", str(shop), "--amount", "+300", "--reason", "returned 2 crates", "--actor", "admin-5",
-                "--reference", "RMA-42")
+        args = (
+            "credit",
+            "adjust",
+            str(shop),
+            "--amount",
+            "+300",
+            "--reason",
+            "returned 2 crates",
+            "--actor",
+            "admin-5",
+            "--reference",
+            "RMA-42",
+        )
         # In a thread: the workers run on this event loop.
         first = await asyncio.to_thread(jobctl, *args, "--json", **env, MESSAGING_TASK_QUEUE=messaging)
         again = await asyncio.to_thread(jobctl, *args, **env, MESSAGING_TASK_QUEUE=messaging)
@@ -217,10 +326,17 @@ async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_onc
     assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
     assert (await debit(engine, overdue)).status == "CLEARED"
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})).one()
-        resumed = (await conn.execute(
-            text("SELECT reference, performed_by FROM audit_log WHERE retailer_id = :r AND action = 'credit_resumed'"), {"r": shop}
-        )).all()
+        row = (
+            await conn.execute(text("SELECT credit_status, paused_by FROM retailers WHERE id = :r"), {"r": shop})
+        ).one()
+        resumed = (
+            await conn.execute(
+                text(
+                    "SELECT reference, performed_by FROM audit_log WHERE retailer_id = :r AND action = 'credit_resumed'"
+                ),
+                {"r": shop},
+            )
+        ).all()
     assert tuple(row) == ("ACTIVE", None)
     assert [tuple(r) for r in resumed] == [("adjust:RMA-42", "system")]
     assert sum("open again" in m["body"] for m in await sent_to(emulator, phone)) == 1

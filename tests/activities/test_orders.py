@@ -46,21 +46,26 @@ NO_QUIET_HOURS = QuietHours(0, 0)
 
 
 @asynccontextmanager
-async def order_workers(client: Client, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str) -> AsyncIterator[str]:
+async def order_workers(
+    client: Client, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str
+) -> AsyncIterator[str]:
     """The jobs worker (order workflows and activities) and a messaging worker; yields the messaging queue."""
     orders = OrderActivities(engine)
     messaging = MessagingActivities(engine, gateway, SENDERS, SendPolicy(quiet_hours=NO_QUIET_HOURS))
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[PendingOrderWorkflow, OrderFailureWorkflow],
-        activities=[
-            orders.register_pending_order,
-            orders.record_follow_up,
-            orders.settle_pending_order,
-            orders.handle_order_failure,
-        ],
-    ), Worker(client, task_queue=f"{task_queue}-msg", activities=[messaging.send_message, messaging.send_messages]):
+    async with (
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[PendingOrderWorkflow, OrderFailureWorkflow],
+            activities=[
+                orders.register_pending_order,
+                orders.record_follow_up,
+                orders.settle_pending_order,
+                orders.handle_order_failure,
+            ],
+        ),
+        Worker(client, task_queue=f"{task_queue}-msg", activities=[messaging.send_message, messaging.send_messages]),
+    ):
         yield f"{task_queue}-msg"
 
 
@@ -92,15 +97,23 @@ async def new_order(
         )
         oid = await conn.scalar(
             insert(Order)
-            .values(retailer_id=rid, status="PENDING", payment_mode="CREDIT" if on_credit else "COD",
-                    total_amount=on_credit or Decimal("80.00"))
+            .values(
+                retailer_id=rid,
+                status="PENDING",
+                payment_mode="CREDIT" if on_credit else "COD",
+                total_amount=on_credit or Decimal("80.00"),
+            )
             .returning(Order.id)
         )
         if on_credit:
             await conn.execute(
                 insert(CreditTransaction).values(
-                    retailer_id=rid, type="DEBIT", amount=on_credit, order_id=oid,
-                    due_date=(datetime.now(UTC) + timedelta(days=30)).date(), reference=f"order:{oid}",
+                    retailer_id=rid,
+                    type="DEBIT",
+                    amount=on_credit,
+                    order_id=oid,
+                    due_date=(datetime.now(UTC) + timedelta(days=30)).date(),
+                    reference=f"order:{oid}",
                 )
             )
     return oid, rid, phone
@@ -125,19 +138,28 @@ async def task_failures(handle: WorkflowHandle) -> int:
         1
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
-        and e.workflow_task_failed_event_attributes.cause != WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+        and e.workflow_task_failed_event_attributes.cause
+        != WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
     )
 
 
 async def start(
-    env: WorkflowEnvironment, engine: AsyncEngine, order_id: int, retailer_id: int, task_queue: str, messaging: str, **kw
+    env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    order_id: int,
+    retailer_id: int,
+    task_queue: str,
+    messaging: str,
+    **kw,
 ):
     # The server's clock, not the wall clock: time skipping moves only the former.
     created = kw.pop("created_at", None) or await env.get_current_time()
     status = await start_pending_order(
         env.client,
         engine,
-        PendingOrderInput(order_id=order_id, retailer_id=retailer_id, created_at=created, messaging_task_queue=messaging, **kw),
+        PendingOrderInput(
+            order_id=order_id, retailer_id=retailer_id, created_at=created, messaging_task_queue=messaging, **kw
+        ),
         task_queue=task_queue,
     )
     return status, env.client.get_workflow_handle(ids.pending_order(order_id), result_type=PendingOrderResult), created
@@ -171,8 +193,12 @@ def near(actual: datetime | None, expected: datetime, slack: timedelta = timedel
 
 
 async def test_follow_up_at_two_hours_then_expiry_at_twenty_four(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
-    task_queue: str, record_history,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    record_history,
 ) -> None:
     env = time_skipping_env
     now = await env.get_current_time()
@@ -203,7 +229,10 @@ async def test_follow_up_at_two_hours_then_expiry_at_twenty_four(
 
 
 async def test_completion_before_the_follow_up_is_completed_and_sends_nothing(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -220,7 +249,10 @@ async def test_completion_before_the_follow_up_is_completed_and_sends_nothing(
 
 
 async def test_completion_after_the_follow_up_is_recovered(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -236,7 +268,10 @@ async def test_completion_after_the_follow_up_is_recovered(
 
 
 async def test_a_follow_up_due_at_23_local_goes_out_at_08_local(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -264,7 +299,10 @@ async def test_a_follow_up_due_at_23_local_goes_out_at_08_local(
 
 
 async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -277,10 +315,16 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
 
     async with engine.connect() as conn:
         order = (await conn.execute(select(Order.__table__).where(Order.id == oid))).one()
-        ledger = (await conn.execute(select(CreditTransaction.__table__).where(CreditTransaction.order_id == oid))).all()
+        ledger = (
+            await conn.execute(select(CreditTransaction.__table__).where(CreditTransaction.order_id == oid))
+        ).all()
         available = await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
         audits = (await conn.execute(select(AuditLog.__table__).where(AuditLog.reference == f"order:{oid}"))).all()
-    assert (order.status, order.failure_reason, order.failed_at is not None) == ("FAILED", "card declined by the bank", True)
+    assert (order.status, order.failure_reason, order.failed_at is not None) == (
+        "FAILED",
+        "card declined by the bank",
+        True,
+    )
     assert (await pending_row(engine, oid)).status == "FAILED"
     by_type = {t.type: t for t in ledger}
     assert (by_type["CREDIT"].amount, by_type["CREDIT"].due_date) == (Decimal("250.00"), None)
@@ -288,7 +332,9 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
     assert available == Decimal("1000.00")
     (audit,) = audits
     assert (audit.action, audit.new_value["reversed_amount"], audit.old_value["available_credit"]) == (
-        "order_failed", "250.00", "750.00",
+        "order_failed",
+        "250.00",
+        "750.00",
     )
     (message,) = await sent_to(emulator, phone)
     assert f"could not complete order #{oid}" in message["body"]
@@ -299,8 +345,13 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
     assert (again.changed, again.reversed_amount) == (False, None)
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM credit_transactions WHERE order_id = :o"), {"o": oid}) == 2
-        assert await conn.scalar(text("SELECT count(*) FROM audit_log WHERE reference = :r"), {"r": f"order:{oid}"}) == 1
-        assert await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)) == available
+        assert (
+            await conn.scalar(text("SELECT count(*) FROM audit_log WHERE reference = :r"), {"r": f"order:{oid}"}) == 1
+        )
+        assert (
+            await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
+            == available
+        )
 
 
 async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncEngine) -> None:
@@ -310,18 +361,27 @@ async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncE
     )
     assert (failed.changed, failed.reversed_amount, failed.retailer_id) == (True, None, rid)
     async with engine.connect() as conn:
-        assert await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)) == Decimal("1000.00")
+        assert await conn.scalar(
+            select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid)
+        ) == Decimal("1000.00")
 
 
-async def test_failure_recomputes_available_credit_by_the_ledgers_rule_rather_than_adding_to_it(engine: AsyncEngine) -> None:
+async def test_failure_recomputes_available_credit_by_the_ledgers_rule_rather_than_adding_to_it(
+    engine: AsyncEngine,
+) -> None:
     """An account whose stored available credit is not limit minus outstanding, as the demo seed
     writes an over-limit retailer's (clamped at 0): the reversal recomputes it. Adding the
     reversed amount back, as the reversal did before the ledger, gave 300.00 here."""
     oid, rid, _ = await new_order(engine, on_credit=Decimal("300.00"))
     async with engine.begin() as conn:
         await conn.execute(
-            insert(CreditTransaction).values(retailer_id=rid, type="DEBIT", amount=Decimal("900.00"),
-                                             due_date=datetime.now(UTC).date(), reference=f"invoice-{oid}")
+            insert(CreditTransaction).values(
+                retailer_id=rid,
+                type="DEBIT",
+                amount=Decimal("900.00"),
+                due_date=datetime.now(UTC).date(),
+                reference=f"invoice-{oid}",
+            )
         )
         await conn.execute(text("UPDATE credit_accounts SET available_credit = 0 WHERE retailer_id = :r"), {"r": rid})
     failed = await ActivityEnvironment().run(
@@ -347,14 +407,19 @@ async def test_two_failures_of_one_retailers_orders_at_once_give_back_both_debit
         transaction = await failing_first.begin()
         await failing_first.execute(LOCK_ORDER_AND_RETAILER, {"id": first})
         assert (await ledger.reverse_order_debit(failing_first, first)).amount == Decimal("250.00")
-        failing_second = asyncio.create_task(ActivityEnvironment().run(
-            OrderActivities(engine).handle_order_failure, OrderFailure(order_id=second, reason="delivery failed")
-        ))
+        failing_second = asyncio.create_task(
+            ActivityEnvironment().run(
+                OrderActivities(engine).handle_order_failure, OrderFailure(order_id=second, reason="delivery failed")
+            )
+        )
         for _ in range(250):  # until the second failure waits for a lock the first holds
             async with engine.connect() as conn:
-                waiting = await conn.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                ))
+                waiting = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
             if waiting or failing_second.done():
                 break
             await asyncio.sleep(0.02)
@@ -374,11 +439,21 @@ async def test_concurrent_checkout_starts_of_one_order_all_get_the_one_clock(eng
     (the one that won the insert), and there is one row."""
     oid, _, _ = await new_order(engine, tz="UTC")
     base = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-    answers = await asyncio.gather(*(
-        register_pending(engine, RegisterPendingOrder(order_id=oid, created_at=base + timedelta(seconds=n),
-                                                      follow_up_after=timedelta(hours=2), ttl=timedelta(hours=24)), QuietHours(0, 0))
-        for n in range(20)
-    ))
+    answers = await asyncio.gather(
+        *(
+            register_pending(
+                engine,
+                RegisterPendingOrder(
+                    order_id=oid,
+                    created_at=base + timedelta(seconds=n),
+                    follow_up_after=timedelta(hours=2),
+                    ttl=timedelta(hours=24),
+                ),
+                QuietHours(0, 0),
+            )
+            for n in range(20)
+        )
+    )
     assert len({(a.created_at, a.expires_at, a.follow_up_at) for a in answers}) == 1
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM pending_orders WHERE order_id = :o"), {"o": oid}) == 1
@@ -389,12 +464,17 @@ async def test_registering_keeps_an_existing_rows_clock_and_refuses_for_good(eng
     a refusal reaches the workflow as a non-retryable error of the refusal's type."""
     oid, rid, _ = await new_order(engine, tz="UTC")
     created = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-    request = RegisterPendingOrder(order_id=oid, created_at=created, follow_up_after=timedelta(hours=2), ttl=timedelta(hours=24))
+    request = RegisterPendingOrder(
+        order_id=oid, created_at=created, follow_up_after=timedelta(hours=2), ttl=timedelta(hours=24)
+    )
     first = await register_pending(engine, request, QuietHours(0, 0))
     assert (first.state, first.retailer_id, first.created_at) == ("PENDING", rid, created)
     assert (first.follow_up_at, first.expires_at) == (created + timedelta(hours=2), created + timedelta(hours=24))
     later = request.model_copy(update={"created_at": created + timedelta(hours=1)})
-    assert await ActivityEnvironment().run(OrderActivities(engine, QuietHours(0, 0)).register_pending_order, later) == first
+    assert (
+        await ActivityEnvironment().run(OrderActivities(engine, QuietHours(0, 0)).register_pending_order, later)
+        == first
+    )
     quiet = await register_pending(engine, request, QuietHours(10, 12))  # 11:00 UTC falls in them
     assert quiet.follow_up_at == created.replace(hour=12)
 
@@ -402,7 +482,9 @@ async def test_registering_keeps_an_existing_rows_clock_and_refuses_for_good(eng
     with pytest.raises(UnknownOrder, match=f"order {missing} does not exist"):
         await register_pending(engine, request.model_copy(update={"order_id": missing}))
     with pytest.raises(ApplicationError) as refused:
-        await ActivityEnvironment().run(OrderActivities(engine).register_pending_order, request.model_copy(update={"order_id": missing}))
+        await ActivityEnvironment().run(
+            OrderActivities(engine).register_pending_order, request.model_copy(update={"order_id": missing})
+        )
     assert (refused.value.type, refused.value.non_retryable) == ("UnknownOrder", True)
     cancelled, _, _ = await new_order(engine)
     async with engine.begin() as conn:
@@ -411,12 +493,17 @@ async def test_registering_keeps_an_existing_rows_clock_and_refuses_for_good(eng
         await ActivityEnvironment().run(
             OrderActivities(engine).register_pending_order, request.model_copy(update={"order_id": cancelled})
         )
-    assert (refused.value.type, refused.value.message) == ("OrderNotPending", f"order {cancelled} is CANCELLED, not a pending checkout")
-
+    assert (refused.value.type, refused.value.message) == (
+        "OrderNotPending",
+        f"order {cancelled} is CANCELLED, not a pending checkout",
+    )
 
 
 async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -444,7 +531,10 @@ async def test_malformed_signals_are_logged_and_ignored_never_failing_a_task(
 
 
 async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
     env = time_skipping_env
@@ -452,7 +542,9 @@ async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
     async with order_workers(env.client, engine, gateway, task_queue) as messaging:
         first, handle, created = await start(env, engine, oid, rid, task_queue, messaging)
         run_id = (await handle.describe()).run_id
-        second, _, _ = await start(env, engine, oid, rid, task_queue, messaging, created_at=created + timedelta(minutes=5))
+        second, _, _ = await start(
+            env, engine, oid, rid, task_queue, messaging, created_at=created + timedelta(minutes=5)
+        )
         assert second == first
         await env.sleep(timedelta(hours=3))
         third, _, _ = await start(env, engine, oid, rid, task_queue, messaging)
@@ -471,15 +563,22 @@ async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
 
 
 async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_message(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    task_queue: str,
 ) -> None:
     env = time_skipping_env
     settled, rid, _ = await new_order(engine)
     async with engine.begin() as conn:
         await conn.execute(
             insert(PendingOrder).values(
-                order_id=settled, retailer_id=rid, amount=80, status="COMPLETED",
-                expires_at=datetime.now(UTC) + timedelta(hours=20), completed_at=datetime.now(UTC),
+                order_id=settled,
+                retailer_id=rid,
+                amount=80,
+                status="COMPLETED",
+                expires_at=datetime.now(UTC) + timedelta(hours=20),
+                completed_at=datetime.now(UTC),
             )
         )
     missing = 10_000_000 + int(uuid.uuid4().int % 1_000_000)

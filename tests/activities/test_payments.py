@@ -84,11 +84,7 @@ async def stored_customer_id(engine: AsyncEngine, table: type, owner_id: int) ->
 
 async def customers_of(client: stripe.StripeClient, owner_type: str, owner_id: int) -> list[str]:
     page = await client.v1.customers.list_async({"limit": 100})
-    return [
-        c.id
-        for c in page.data
-        if c.metadata.to_dict() == {"owner_type": owner_type, "owner_id": str(owner_id)}
-    ]
+    return [c.id for c in page.data if c.metadata.to_dict() == {"owner_type": owner_type, "owner_id": str(owner_id)}]
 
 
 async def intents_of(client: stripe.StripeClient, customer_id: str) -> list[str]:
@@ -131,9 +127,7 @@ class SlowProxy:
 
     async def handle(self, request: web.Request) -> web.Response:
         assert self._session is not None
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
-        )
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in ("host", "content-length"))
         async with self._session.request(
             request.method, self.upstream + request.path_qs, data=await request.read(), headers=headers
         ) as upstream:
@@ -254,11 +248,15 @@ async def test_checkout_session_same_key_twice_is_one_session(
     engine: AsyncEngine, sandbox: StripeSandbox, gw: StripeGateway, client: stripe.StripeClient
 ) -> None:
     retailer_id = await new_retailer(engine)
-    request = session_request(retailer_id, "1234.50").model_copy(update={
-        "lines": [CheckoutSessionLine(description="Invoice 7", amount=Decimal("1000.00")),
-                  CheckoutSessionLine(description="Invoice 9", amount=Decimal("234.50"))],
-        "metadata": {"debit_ids": "7,9"},
-    })
+    request = session_request(retailer_id, "1234.50").model_copy(
+        update={
+            "lines": [
+                CheckoutSessionLine(description="Invoice 7", amount=Decimal("1000.00")),
+                CheckoutSessionLine(description="Invoice 9", amount=Decimal("234.50")),
+            ],
+            "metadata": {"debit_ids": "7,9"},
+        }
+    )
     first = await gw.create_checkout_session(request)
     again = await gw.create_checkout_session(request)
 
@@ -268,7 +266,10 @@ async def test_checkout_session_same_key_twice_is_one_session(
     assert await sessions_of(client, first.stripe_customer_id) == [first.checkout_session_id]
     session = await client.v1.checkout.sessions.retrieve_async(first.checkout_session_id)
     assert (session.mode, session.amount_total, session.currency, session.customer) == (
-        "payment", 123450, "usd", first.stripe_customer_id
+        "payment",
+        123450,
+        "usd",
+        first.stripe_customer_id,
     )
     assert session.metadata.to_dict() == {
         "retailer_id": str(retailer_id),

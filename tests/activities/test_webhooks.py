@@ -59,7 +59,9 @@ def event(kind: str = "payment_intent.succeeded") -> dict:
     return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind, "data": {"object": {"id": "pi_1"}}}
 
 
-async def test_a_replayed_stripe_event_is_processed_once(http: TestClient, received: list[dict], engine: AsyncEngine) -> None:
+async def test_a_replayed_stripe_event_is_processed_once(
+    http: TestClient, received: list[dict], engine: AsyncEngine
+) -> None:
     payload, headers = stripe_signed(event())
     first = await http.post("/webhooks/stripe", data=payload, headers=headers)
     replay = await http.post("/webhooks/stripe", data=payload, headers=headers)
@@ -84,13 +86,23 @@ async def test_forged_unsigned_or_malformed_stripe_bodies_get_400_and_change_not
         assert await conn.scalar(text("SELECT count(*) FROM processed_webhook_events")) <= 1
 
 
-async def test_twilio_status_callbacks_update_the_outbox_and_never_step_back(http: TestClient, engine: AsyncEngine) -> None:
+async def test_twilio_status_callbacks_update_the_outbox_and_never_step_back(
+    http: TestClient, engine: AsyncEngine
+) -> None:
     sid = "SM" + uuid.uuid4().hex
     async with engine.begin() as conn:
-        await conn.execute(insert(MessageLog).values(
-            idempotency_key=f"k:{sid}", recipient_type="retailer", recipient_id="1", channel="sms",
-            template="credit_resumed", template_version=1, status="sent", provider_sid=sid,
-        ))
+        await conn.execute(
+            insert(MessageLog).values(
+                idempotency_key=f"k:{sid}",
+                recipient_type="retailer",
+                recipient_id="1",
+                channel="sms",
+                template="credit_resumed",
+                template_version=1,
+                status="sent",
+                provider_sid=sid,
+            )
+        )
     path = "/webhooks/twilio/status"
     for status in ("delivered", "sent"):  # out of order: 'sent' arrives last
         form = {"MessageSid": sid, "MessageStatus": status}
@@ -117,7 +129,9 @@ async def test_an_inbound_stop_opts_the_sender_out(http: TestClient, engine: Asy
 
 def invoice_failed(subscription: str) -> dict:
     return {
-        "id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "invoice.payment_failed",
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": "invoice.payment_failed",
         "data": {"object": {"object": "invoice", "id": f"in_{uuid.uuid4().hex[:10]}", "subscription": subscription}},
     }
 
@@ -132,17 +146,24 @@ async def test_a_burst_of_fifty_signed_events_is_answered_2xx_and_each_is_proces
         """Like the domain's handlers: look the subscription up, then write what the event means."""
         subscription = event["data"]["object"]["subscription"]
         async with small.connect() as conn:
-            await conn.scalar(text("SELECT count(*) FROM memberships WHERE stripe_subscription_id = :s"), {"s": subscription})
+            await conn.scalar(
+                text("SELECT count(*) FROM memberships WHERE stripe_subscription_id = :s"), {"s": subscription}
+            )
         await asyncio.sleep(0.05)  # e.g. starting the case's workflow
         async with small.begin() as conn:
             await conn.execute(text("SELECT pg_sleep(0.01)"))
         handled.append(event["id"])
 
-    app = create_app(small, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
-                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    app = create_app(
+        small,
+        stripe_webhook_secret=STRIPE_SECRET,
+        twilio_auth_token=TWILIO_TOKEN,
+        stripe_handlers={"invoice.payment_failed": payment_failed},
+    )
     events = [invoice_failed(f"sub_{n}") for n in range(50)]
     try:
         async with TestClient(TestServer(app)) as http:
+
             async def deliver(event: dict) -> int:
                 payload, headers = stripe_signed(event)
                 async with http.post("/webhooks/stripe", data=payload, headers=headers) as answer:
@@ -154,11 +175,15 @@ async def test_a_burst_of_fifty_signed_events_is_answered_2xx_and_each_is_proces
         assert statuses == [200] * 50 and replays == [200] * 10
         assert sorted(handled) == sorted(e["id"] for e in events)  # each once
         async with small.connect() as conn:
-            states = (await conn.execute(
-                text("SELECT status, count(*) FROM processed_webhook_events"
-                     " WHERE event_id = ANY(:ids) GROUP BY status"),
-                {"ids": [e["id"] for e in events]},
-            )).all()
+            states = (
+                await conn.execute(
+                    text(
+                        "SELECT status, count(*) FROM processed_webhook_events"
+                        " WHERE event_id = ANY(:ids) GROUP BY status"
+                    ),
+                    {"ids": [e["id"] for e in events]},
+                )
+            ).all()
         assert dict(states) == {"processed": 50}
     finally:
         await small.dispose()
@@ -171,8 +196,12 @@ async def test_a_malformed_object_in_a_signed_event_is_recorded_as_failed_and_no
         calls.append(event["id"])
         event["data"]["object"]["subscription"]  # the object is not an object
 
-    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
-                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    app = create_app(
+        engine,
+        stripe_webhook_secret=STRIPE_SECRET,
+        twilio_auth_token=TWILIO_TOKEN,
+        stripe_handlers={"invoice.payment_failed": payment_failed},
+    )
     malformed = {**invoice_failed("sub_x"), "data": {"object": "in_only_an_id"}}
     payload, headers = stripe_signed(malformed)
     async with TestClient(TestServer(app)) as http:
@@ -183,9 +212,11 @@ async def test_a_malformed_object_in_a_signed_event_is_recorded_as_failed_and_no
         assert retry.status == 200 and (await retry.json())["duplicate"] is True
     assert calls == [malformed["id"]]
     async with engine.connect() as conn:
-        row = (await conn.execute(
-            text("SELECT status, error FROM processed_webhook_events WHERE event_id = :e"), {"e": malformed["id"]}
-        )).one()
+        row = (
+            await conn.execute(
+                text("SELECT status, error FROM processed_webhook_events WHERE event_id = :e"), {"e": malformed["id"]}
+            )
+        ).one()
     assert row.status == "failed" and "TypeError" in row.error
 
 
@@ -197,8 +228,12 @@ async def test_a_transient_handler_error_is_a_5xx_and_stripes_retry_runs_the_han
         if len(calls) == 1:
             raise ConnectionError("Temporal is restarting")
 
-    app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN,
-                     stripe_handlers={"invoice.payment_failed": payment_failed})
+    app = create_app(
+        engine,
+        stripe_webhook_secret=STRIPE_SECRET,
+        twilio_auth_token=TWILIO_TOKEN,
+        stripe_handlers={"invoice.payment_failed": payment_failed},
+    )
     event = invoice_failed("sub_y")
     payload, headers = stripe_signed(event)
     async with TestClient(TestServer(app)) as http:
@@ -209,6 +244,9 @@ async def test_a_transient_handler_error_is_a_5xx_and_stripes_retry_runs_the_han
         assert (await again.json())["duplicate"] is True
     assert calls == [event["id"], event["id"]]
     async with engine.connect() as conn:
-        assert await conn.scalar(
-            text("SELECT status FROM processed_webhook_events WHERE event_id = :e"), {"e": event["id"]}
-        ) == "processed"
+        assert (
+            await conn.scalar(
+                text("SELECT status FROM processed_webhook_events WHERE event_id = :e"), {"e": event["id"]}
+            )
+            == "processed"
+        )

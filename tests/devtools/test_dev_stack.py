@@ -28,7 +28,9 @@ def _free_port() -> int:
 
 class DevStack:
     def __init__(self, home: Path, grpc_port: int, ui_port: int, metrics_port: int = 0) -> None:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))}
+        clean = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_", "TWILIO_", "STRIPE_"))
+        }
         self.address = f"127.0.0.1:{grpc_port}"
         self.env = {
             **clean,
@@ -71,7 +73,10 @@ class DevStack:
     def temporal(self, *args: str) -> str:
         result = subprocess.run(
             [str(BIN / "temporal"), *args, "--address", self.address],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         return result.stdout
 
@@ -95,7 +100,13 @@ def _business_counters(url: str) -> dict[str, float]:
     """Sum of each business series on the endpoint (all label sets together)."""
     import urllib.request
 
-    names = ("messages_sent_total", "reminders_sent_total", "nudges_sent_total", "loyalty_discrepancies", "job_duration_count")
+    names = (
+        "messages_sent_total",
+        "reminders_sent_total",
+        "nudges_sent_total",
+        "loyalty_discrepancies",
+        "job_duration_count",
+    )
     try:
         body = urllib.request.urlopen(url, timeout=5).read().decode()
     except OSError:
@@ -112,7 +123,10 @@ def _profile(stack: DevStack, retailer_id: int) -> dict:
     """`jobctl credit profile R --json` from a second shell (it finds the stack via JOBCTL_HOME)."""
     result = subprocess.run(
         [str(BIN / "jobctl"), "credit", "profile", str(retailer_id), "--json"],
-        env=stack.env, capture_output=True, text=True, timeout=60,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -126,7 +140,9 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
 
     shop = int(stack.wait_for(r"Money loop:\s+retailer (\d+)", timeout=5).group(1))
     deadline, profile = time.monotonic() + 60, {}
-    while time.monotonic() < deadline and not (profile.get("credit_status") == "PAUSED" and profile.get("payment_link")):
+    while time.monotonic() < deadline and not (
+        profile.get("credit_status") == "PAUSED" and profile.get("payment_link")
+    ):
         profile = _profile(stack, shop)
         time.sleep(0.5)
     assert profile["credit_status"] == "PAUSED" and profile["paused_by"] == "system", profile
@@ -146,7 +162,11 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
     while time.monotonic() < deadline and profile["credit_status"] != "ACTIVE":
         time.sleep(0.5)
         profile = _profile(stack, shop)
-    assert (profile["credit_status"], profile["open_debits"], Decimal(str(profile["outstanding"]))) == ("ACTIVE", [], 0), profile
+    assert (profile["credit_status"], profile["open_debits"], Decimal(str(profile["outstanding"]))) == (
+        "ACTIVE",
+        [],
+        0,
+    ), profile
 
 
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
@@ -181,8 +201,12 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         deadline, clocks = time.monotonic() + 30, 0
         while clocks < 10 and time.monotonic() < deadline:
             listed = stack.temporal(
-                "workflow", "list", "--query", "WorkflowType='PendingOrderWorkflow' AND ExecutionStatus='Running'",
-                "--output", "jsonl",
+                "workflow",
+                "list",
+                "--query",
+                "WorkflowType='PendingOrderWorkflow' AND ExecutionStatus='Running'",
+                "--output",
+                "jsonl",
             )
             clocks = len([line for line in listed.splitlines() if line.strip()])
             time.sleep(0.5)
@@ -190,7 +214,9 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
 
         # The demo's jobs show on the worker's Prometheus endpoint (METRICS_BIND).
         deadline, counters = time.monotonic() + 30, {}
-        while time.monotonic() < deadline and not (counters.get("messages_sent_total") and counters.get("job_duration_count")):
+        while time.monotonic() < deadline and not (
+            counters.get("messages_sent_total") and counters.get("job_duration_count")
+        ):
             counters = _business_counters(stack.metrics_url)
             time.sleep(0.5)
         assert counters.get("messages_sent_total") and counters.get("job_duration_count"), counters

@@ -311,7 +311,10 @@ async def new_session(client: stripe.StripeClient, customer: str, *amounts: int,
             "customer": customer,
             "metadata": {"retailer_id": "42"},
             "line_items": [
-                {"quantity": 1, "price_data": {"currency": "usd", "unit_amount": a, "product_data": {"name": f"Invoice {i}"}}}
+                {
+                    "quantity": 1,
+                    "price_data": {"currency": "usd", "unit_amount": a, "product_data": {"name": f"Invoice {i}"}},
+                }
                 for i, a in enumerate(amounts)
             ],
         },
@@ -349,7 +352,12 @@ async def test_a_checkout_session_is_paid_on_its_page_and_the_signed_event_arriv
             event = stripe.Webhook.construct_event(payload, signature, WEBHOOK_SECRET)
             assert event.type == "checkout.session.completed"
             paid = event.data.object
-            assert (paid.id, paid.status, paid.payment_status, paid.amount_total) == (session.id, "complete", "paid", 3550)
+            assert (paid.id, paid.status, paid.payment_status, paid.amount_total) == (
+                session.id,
+                "complete",
+                "paid",
+                3550,
+            )
             assert paid.metadata.retailer_id == "42"
             assert (await client.v1.checkout.sessions.retrieve_async(session.id)).status == "complete"
             assert (await submit(session.url, {"action": "pay"}))[0] == 409  # paid once only
@@ -665,8 +673,14 @@ async def _wait_gone(pid: int) -> None:
 async def test_command_serves_until_signalled_and_leaves_no_localstripe_behind(how: signal.Signals) -> None:
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "devtools.stripe_sandbox", "--port", str(port), cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "devtools.stripe_sandbox",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await _wait_serving(f"http://127.0.0.1:{port}", proc)

@@ -31,11 +31,16 @@ API_BASE = "http://api"  # the `http` client's base URL
 def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides: Any) -> Settings:
     queue = f"api-{uuid.uuid4().hex[:10]}"
     return load_settings(
-        task_queue=queue, messaging_task_queue=f"{queue}-msg",
-        twilio_api_base=emulator.url, twilio_account_sid=emulator.account_sid,
+        task_queue=queue,
+        messaging_task_queue=f"{queue}-msg",
+        twilio_api_base=emulator.url,
+        twilio_account_sid=emulator.account_sid,
         twilio_auth_token=SecretStr(emulator.auth_token),
-        stripe_secret_key=SecretStr(STRIPE_TEST_KEY), stripe_api_base=sandbox.url,
-        quiet_hours_start=0, quiet_hours_end=0, message_daily_cap=10_000,  # the outbox's own rules off: the company's apply
+        stripe_secret_key=SecretStr(STRIPE_TEST_KEY),
+        stripe_api_base=sandbox.url,
+        quiet_hours_start=0,
+        quiet_hours_end=0,
+        message_daily_cap=10_000,  # the outbox's own rules off: the company's apply
         **({"public_base_url": API_BASE} | overrides),  # the reminders' /pay/{token} links: the `http` client's app
     )
 
@@ -46,7 +51,9 @@ async def api_settings(emulator: TwilioEmulator, sandbox: StripeSandbox) -> Sett
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def running_workers(dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings) -> AsyncIterator[None]:
+async def running_workers(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings
+) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         for worker in build_workers(dev_env.client, api_settings, engine, resources=stack):
             await stack.enter_async_context(worker)
@@ -58,13 +65,16 @@ async def http(
     dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings, running_workers: None
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(api_settings, engine, dev_env.client)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE, timeout=60) as client,
+    ):
         yield client
 
 
-async def new_key(engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None) -> dict[str, str]:
+async def new_key(
+    engine: AsyncEngine, *scopes: str, company: str | None = None, name: str | None = None
+) -> dict[str, str]:
     """Headers carrying a new key (all scopes unless given)."""
     key, _ = await create_key(engine, name or f"k-{uuid.uuid4().hex[:10]}", list(scopes or ALL_SCOPES), company)
     return {"Authorization": f"Bearer {key}"}

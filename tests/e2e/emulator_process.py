@@ -25,7 +25,9 @@ async def twilio_emulator_process(log_dir: Path, *args: str) -> AsyncIterator[st
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "devtools.twilio_emulator", "--port", "0", *args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     try:
         url = None

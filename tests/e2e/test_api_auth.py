@@ -41,7 +41,9 @@ def needed_scope(method: str, template: str) -> str:
     return f"{family}:{'read' if method == 'GET' else 'write'}"
 
 
-async def test_every_route_is_401_without_a_key_or_with_a_bad_or_revoked_one(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_every_route_is_401_without_a_key_or_with_a_bad_or_revoked_one(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     headers = await new_key(engine, "orders:read", name="soon-revoked")
     await revoke_key(engine, "soon-revoked")
     for method, path, _ in routes():
@@ -66,14 +68,20 @@ async def test_the_key_is_stored_hashed_and_its_use_is_recorded(http: httpx.Asyn
     response = await http.get("/v1/credit/risk", headers={"X-API-Key": key})
     assert response.status_code == 200, response.text
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT key_hash, prefix, last_used_at FROM api_keys WHERE name = 'hash-check'"))).one()
-    assert key not in row.key_hash and row.key_hash != key and key.startswith(row.prefix) and row.last_used_at is not None
+        row = (
+            await conn.execute(text("SELECT key_hash, prefix, last_used_at FROM api_keys WHERE name = 'hash-check'"))
+        ).one()
+    assert (
+        key not in row.key_hash and row.key_hash != key and key.startswith(row.prefix) and row.last_used_at is not None
+    )
 
 
 async def test_the_committed_openapi_document_is_the_apps(http: httpx.AsyncClient) -> None:
     served = (await http.get("/openapi.json")).json()
     committed = json.loads(DOCUMENT.read_text())
-    assert served == committed, "docs/openapi.json is stale: regenerate it with `.venv/bin/python -m workers.api.app > docs/openapi.json`"
+    assert served == committed, (
+        "docs/openapi.json is stale: regenerate it with `.venv/bin/python -m workers.api.app > docs/openapi.json`"
+    )
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     # The page's scripts come from this API, not a CDN a shop's network may not reach.
@@ -95,8 +103,14 @@ async def test_a_malformed_request_names_the_field_at_fault(http: httpx.AsyncCli
     body = assert_problem(await http.get("/v1/credit/risk?limit=0", headers=headers), 422, "query.limit")
     assert body["errors"][0]["field"] == "query.limit"
     assert_problem(await http.get("/v1/orders/abc", headers=headers), 422, "path.order_id")
-    assert_problem(await http.post("/v1/credit/payments", headers=headers, content=b"{not json",
-                                   ), 422)
+    assert_problem(
+        await http.post(
+            "/v1/credit/payments",
+            headers=headers,
+            content=b"{not json",
+        ),
+        422,
+    )
     assert_problem(await http.get("/v1/nowhere", headers=headers), 404)
 
 
@@ -110,7 +124,9 @@ async def test_a_lost_database_connection_is_one_503_and_the_retry_goes_through(
     app = create_app(api_settings, api_engine, dev_env.client)
     headers = await new_key(engine, "credit:read")
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60
+        ) as client:
             assert (await client.get("/v1/credit/risk", headers=headers)).status_code == 200
             async with api_engine.connect() as conn:  # the pool's one connection
                 backend = await conn.scalar(text("SELECT pg_backend_pid()"))

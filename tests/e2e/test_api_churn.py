@@ -34,7 +34,9 @@ async def _eventually(check, timeout_s: float = 30) -> None:  # type: ignore[no-
         await asyncio.sleep(0.2)
 
 
-async def test_open_list_show_nudge_and_end_a_case(http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator) -> None:
+async def test_open_list_show_nudge_and_end_a_case(
+    http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator
+) -> None:
     company, member, phone = await new_member(engine, offsets=[30], cap=5)
     headers = await new_key(engine, "churn:read", "churn:write", company=company, name=f"crm-{uuid.uuid4().hex[:6]}")
     case_id = await _open(http, headers, member)
@@ -45,8 +47,15 @@ async def test_open_list_show_nudge_and_end_a_case(http: httpx.AsyncClient, engi
     by_member = (await http.get(f"/v1/churn/cases?membership_id={member}", headers=headers)).json()
     assert [c["case_id"] for c in by_member["items"]] == [case_id]
 
-    nudged = await http.post(f"/v1/churn/cases/{case_id}/nudge", json={"channel": "sms", "note": "asked by phone"}, headers=headers)
-    assert nudged.status_code == 200 and nudged.json() == {"outcome": "sent", "channel": "sms", "reason": None, "at": None}, nudged.text
+    nudged = await http.post(
+        f"/v1/churn/cases/{case_id}/nudge", json={"channel": "sms", "note": "asked by phone"}, headers=headers
+    )
+    assert nudged.status_code == 200 and nudged.json() == {
+        "outcome": "sent",
+        "channel": "sms",
+        "reason": None,
+        "at": None,
+    }, nudged.text
     assert len(await sent_to(emulator, phone)) == 1
 
     shown = (await http.get(f"/v1/churn/cases/{case_id}", headers=headers)).json()
@@ -62,10 +71,16 @@ async def test_open_list_show_nudge_and_end_a_case(http: httpx.AsyncClient, engi
 
     await _eventually(closed)
     assert_problem(await http.post(f"/v1/churn/cases/{case_id}/nudge", json={}, headers=headers), 409)
-    assert_problem(await http.post(f"/v1/churn/cases/{case_id}/nudge", json={"channel": "pigeon"}, headers=headers), 422, "body.channel")
+    assert_problem(
+        await http.post(f"/v1/churn/cases/{case_id}/nudge", json={"channel": "pigeon"}, headers=headers),
+        422,
+        "body.channel",
+    )
 
 
-async def test_the_same_idempotency_key_twice_is_one_nudge(http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator) -> None:
+async def test_the_same_idempotency_key_twice_is_one_nudge(
+    http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator
+) -> None:
     company, member, phone = await new_member(engine, offsets=[30], cap=5)
     headers = await new_key(engine, "churn:write", company=company)
     case_id = await _open(http, headers, member)
@@ -125,13 +140,19 @@ async def test_an_incentive_uses_the_companys_incentive_days(
     assert settings["incentive_days"] == 7
     case_id = await _open(http, headers, member)
     applied = await http.post(f"/v1/churn/cases/{case_id}/incentive", json={}, headers=headers)
-    assert applied.status_code == 200 and applied.json()["days"] == 7 and applied.json()["current_period_end"], applied.text
+    assert applied.status_code == 200 and applied.json()["days"] == 7 and applied.json()["current_period_end"], (
+        applied.text
+    )
     assert_problem(await http.post(f"/v1/churn/cases/{case_id}/incentive", json={"days": 3}, headers=headers), 409)
-    assert_problem(await http.post(f"/v1/churn/cases/{case_id}/incentive", json={"days": 91}, headers=headers), 422, "body.days")
+    assert_problem(
+        await http.post(f"/v1/churn/cases/{case_id}/incentive", json={"days": 91}, headers=headers), 422, "body.days"
+    )
     assert [r.type for r in await actions(engine, case_id)] == ["incentive_applied"]
 
 
-async def test_company_settings_are_read_and_replaced_within_the_databases_limits(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_company_settings_are_read_and_replaced_within_the_databases_limits(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     company, _, _ = await new_member(engine, offsets=[1, 3])
     headers = await new_key(engine, "churn:write", "churn:read", company=company)
     current = (await http.get(f"/v1/churn/companies/{company}/settings", headers=headers)).json()
@@ -141,17 +162,33 @@ async def test_company_settings_are_read_and_replaced_within_the_databases_limit
     put = await http.put(f"/v1/churn/companies/{company}/settings", json=wanted, headers=headers)
     assert put.status_code == 200 and put.json()["reminder_offsets_days"] == [0, 4, 9], put.text
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT reminder_offsets_days, incentive_days, channels FROM companies WHERE id = :c"),
-                                  {"c": company})).one()
+        row = (
+            await conn.execute(
+                text("SELECT reminder_offsets_days, incentive_days, channels FROM companies WHERE id = :c"),
+                {"c": company},
+            )
+        ).one()
     assert (row.reminder_offsets_days, row.incentive_days, row.channels) == ([0, 4, 9], 14, ["whatsapp"])
-    for field, bad in [("reminder_offsets_days", list(range(11))), ("incentive_days", 91), ("quiet_hours_start", 24),
-                       ("channels", []), ("grace_period_days", -1), ("timezone", "Mars/Olympus")]:
-        body = assert_problem(await http.put(f"/v1/churn/companies/{company}/settings", json={**wanted, field: bad}, headers=headers), 422)
+    for field, bad in [
+        ("reminder_offsets_days", list(range(11))),
+        ("incentive_days", 91),
+        ("quiet_hours_start", 24),
+        ("channels", []),
+        ("grace_period_days", -1),
+        ("timezone", "Mars/Olympus"),
+    ]:
+        body = assert_problem(
+            await http.put(f"/v1/churn/companies/{company}/settings", json={**wanted, field: bad}, headers=headers), 422
+        )
         assert body["field"].startswith(f"body.{field}"), body
-    assert_problem(await http.get("/v1/churn/companies/no-such-co/settings", headers=await new_key(engine, "churn:read")), 404)
+    assert_problem(
+        await http.get("/v1/churn/companies/no-such-co/settings", headers=await new_key(engine, "churn:read")), 404
+    )
 
 
-async def test_a_company_bound_key_cannot_reach_another_companys_cases(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_a_company_bound_key_cannot_reach_another_companys_cases(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     ours, our_member, _ = await new_member(engine, offsets=[30])
     theirs, their_member, _ = await new_member(engine, offsets=[30])
     our_key = await new_key(engine, "churn:read", "churn:write", company=ours)
@@ -161,7 +198,9 @@ async def test_a_company_bound_key_cannot_reach_another_companys_cases(http: htt
     listed = (await http.get("/v1/churn/cases?limit=500", headers=our_key)).json()["items"]
     assert listed and {c["company_id"] for c in listed} == {ours}
     assert_problem(await http.get(f"/v1/churn/cases?company={theirs}", headers=our_key), 403)
-    assert_problem(await http.get(f"/v1/churn/cases?membership_id={their_member}&company={theirs}", headers=our_key), 403)
+    assert_problem(
+        await http.get(f"/v1/churn/cases?membership_id={their_member}&company={theirs}", headers=our_key), 403
+    )
     assert (await http.get(f"/v1/churn/cases?membership_id={their_member}", headers=our_key)).json()["items"] == []
     missing = their_case + 10_000
     for case in (their_case, missing):  # existing or guessed: the same answer
@@ -176,15 +215,41 @@ async def test_a_company_bound_key_cannot_reach_another_companys_cases(http: htt
             assert f"case {case}" not in problem["detail"]
     for company in (theirs, "never-existed"):
         assert_problem(await http.get(f"/v1/churn/companies/{company}/settings", headers=our_key), 403)
-        assert_problem(await http.put(f"/v1/churn/companies/{company}/settings", json={
-            "reminder_offsets_days": [1], "channels": ["sms"], "incentive_days": 1, "quiet_hours_start": 21,
-            "quiet_hours_end": 8, "daily_nudge_cap": 1, "grace_period_days": 1, "timezone": "UTC"}, headers=our_key), 403)
+        assert_problem(
+            await http.put(
+                f"/v1/churn/companies/{company}/settings",
+                json={
+                    "reminder_offsets_days": [1],
+                    "channels": ["sms"],
+                    "incentive_days": 1,
+                    "quiet_hours_start": 21,
+                    "quiet_hours_end": 8,
+                    "daily_nudge_cap": 1,
+                    "grace_period_days": 1,
+                    "timezone": "UTC",
+                },
+                headers=our_key,
+            ),
+            403,
+        )
     assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member}, headers=our_key), 403)
-    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=our_key), 403)
+    assert_problem(
+        await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=our_key),
+        403,
+    )
     operator = await new_key(engine, "churn:write")  # bound to no company: it names the membership's
-    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member}, headers=operator), 422, "body.company_id")
-    assert_problem(await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": ours}, headers=operator), 404)
-    same = await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=operator)
+    assert_problem(
+        await http.post("/v1/churn/cases", json={"membership_id": their_member}, headers=operator),
+        422,
+        "body.company_id",
+    )
+    assert_problem(
+        await http.post("/v1/churn/cases", json={"membership_id": their_member, "company_id": ours}, headers=operator),
+        404,
+    )
+    same = await http.post(
+        "/v1/churn/cases", json={"membership_id": their_member, "company_id": theirs}, headers=operator
+    )
     assert same.status_code == 201 and same.json()["case_id"] == their_case, same.text
     assert [r.type for r in await actions(engine, their_case)] == []  # nothing happened to their case
     unbound = await new_key(engine, "churn:read")

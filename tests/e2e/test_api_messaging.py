@@ -27,8 +27,12 @@ async def test_pause_and_resume_the_brake_under_the_keys_name(http: httpx.AsyncC
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT actor FROM messaging_brake WHERE paused")) == name
 
-    assert "already paused" in assert_problem(
-        await http.post("/v1/messaging/brake/pause", json={"reason": "again"}, headers=headers), 409)["detail"]
+    assert (
+        "already paused"
+        in assert_problem(await http.post("/v1/messaging/brake/pause", json={"reason": "again"}, headers=headers), 409)[
+            "detail"
+        ]
+    )
     shown = (await http.get("/v1/messaging/brake", headers=headers)).json()
     assert shown["paused"] is True and shown["reason"] == "wrong template went out"
 
@@ -37,17 +41,29 @@ async def test_pause_and_resume_the_brake_under_the_keys_name(http: httpx.AsyncC
     assert_problem(await http.post("/v1/messaging/brake/resume", headers=headers), 409)
 
 
-async def test_the_brake_refuses_bad_input_and_keys_without_the_right(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_the_brake_refuses_bad_input_and_keys_without_the_right(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     headers = await new_key(engine, "messaging:read", "messaging:write")
-    assert_problem(await http.post("/v1/messaging/brake/pause", json={"reason": " "}, headers=headers), 422, "body.reason")
+    assert_problem(
+        await http.post("/v1/messaging/brake/pause", json={"reason": " "}, headers=headers), 422, "body.reason"
+    )
     assert_problem(await http.post("/v1/messaging/brake/pause", json={}, headers=headers), 422, "body.reason")
     assert_problem(await http.post("/v1/messaging/brake/pause", json={"reason": "x"}), 401)
     reader = await new_key(engine, "messaging:read")
-    assert "messaging:write" in assert_problem(
-        await http.post("/v1/messaging/brake/pause", json={"reason": "x"}, headers=reader), 403)["detail"]
+    assert (
+        "messaging:write"
+        in assert_problem(await http.post("/v1/messaging/brake/pause", json={"reason": "x"}, headers=reader), 403)[
+            "detail"
+        ]
+    )
     company, _, _ = await new_member(engine, offsets=[30])
     tenant = await new_key(engine, "messaging:read", "messaging:write", company=company)
-    for method, path in (("GET", "/v1/messaging/brake"), ("POST", "/v1/messaging/brake/pause"), ("POST", "/v1/messaging/brake/resume")):
+    for method, path in (
+        ("GET", "/v1/messaging/brake"),
+        ("POST", "/v1/messaging/brake/pause"),
+        ("POST", "/v1/messaging/brake/resume"),
+    ):
         body = assert_problem(await http.request(method, path, json={"reason": "x"}, headers=tenant), 403)
         assert "confined to company" in body["detail"]
     async with engine.connect() as conn:

@@ -25,8 +25,13 @@ from temporalio.testing import WorkflowEnvironment
 from tests.e2e.api_harness import api_settings, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 
 CASES_PER_OPERATION = 12
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,9 @@ def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, runnin
     from workers.api.server import serve_api
     from workers.temporal_client import connect
 
-    settings_ = api_settings.model_copy(update={
-        "temporal_address": dev_env.client.service_client.config.target_host, "database_url": database_url})
+    settings_ = api_settings.model_copy(
+        update={"temporal_address": dev_env.client.service_client.config.target_host, "database_url": database_url}
+    )
     ready: dict[str, str] = {}
     stop = threading.Event()
     started = threading.Event()
@@ -71,9 +77,16 @@ async def test_every_operation_answers_as_documented(server: str, engine: AsyncE
 
     def run_all() -> None:
         for operation in operations:
+
             @given(case=operation.as_strategy())
-            @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None, derandomize=True,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=CASES_PER_OPERATION,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def check(case) -> None:  # type: ignore[no-untyped-def]
                 ran[operation.label] = ran.get(operation.label, 0) + 1  # noqa: B023 - called in the same iteration
                 case.call_and_validate(base_url=server, headers=headers, checks=CHECKS, timeout=30)

@@ -37,36 +37,69 @@ async def eventually(check, timeout_s: float = 20) -> None:  # type: ignore[no-u
 
 
 async def test_a_manual_nudge_from_the_temporal_cli_and_from_jobctl_reaches_the_member(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, database_url: str, gateway: TwilioGateway,
-    stripe_api: stripe.StripeClient, emulator: TwilioEmulator, task_queue: str,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    database_url: str,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     company, member, phone = await new_member(engine, offsets=[30], cap=5)
     async with churn_workers(dev_env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(dev_env, engine, member, task_queue)
         signalled = await asyncio.to_thread(
-            temporal, dev_env, "workflow", "signal", "--workflow-id", f"churn-case/{case_id}", "--name", "manual_nudge",
-            "--input", json.dumps({"actor_id": "ops-anna", "channel": "sms", "note": "called twice", "company_id": company}),
+            temporal,
+            dev_env,
+            "workflow",
+            "signal",
+            "--workflow-id",
+            f"churn-case/{case_id}",
+            "--name",
+            "manual_nudge",
+            "--input",
+            json.dumps({"actor_id": "ops-anna", "channel": "sms", "note": "called twice", "company_id": company}),
         )
         assert signalled.returncode == 0, signalled.stderr
         malformed = await asyncio.to_thread(
-            temporal, dev_env, "workflow", "signal", "--workflow-id", f"churn-case/{case_id}", "--name", "manual_nudge",
-            "--input", json.dumps({"channel": "carrier-pigeon"}),
+            temporal,
+            dev_env,
+            "workflow",
+            "signal",
+            "--workflow-id",
+            f"churn-case/{case_id}",
+            "--name",
+            "manual_nudge",
+            "--input",
+            json.dumps({"channel": "carrier-pigeon"}),
         )
         assert malformed.returncode == 0, malformed.stderr
         await eventually(lambda: _sent(emulator, phone, 1))
 
         env = {"TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "DATABASE_URL": database_url}
-        other = await asyncio.to_thread(jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", "someone-else", **env)
+        other = await asyncio.to_thread(
+            jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", "someone-else", **env
+        )
         assert other.returncode == 2 and "does not belong to company someone-else" in other.stderr
-        ours = await asyncio.to_thread(jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", company, **env)
+        ours = await asyncio.to_thread(
+            jobctl, dev_env, "churn", "nudge", str(case_id), "--actor", "ops-ben", "--company", company, **env
+        )
         assert ours.returncode == 0, ours.stderr
         await eventually(lambda: _sent(emulator, phone, 2))
-        for args in (("show", str(case_id)), ("nudge", str(case_id), "--actor", "ops-ben"), ("cancelled", str(case_id), "--actor", "x")):
+        for args in (
+            ("show", str(case_id)),
+            ("nudge", str(case_id), "--actor", "ops-ben"),
+            ("cancelled", str(case_id), "--actor", "x"),
+        ):
             unnamed = await asyncio.to_thread(jobctl, dev_env, "churn", *args, **env)
             assert unnamed.returncode == 2 and "--company" in unnamed.stderr, unnamed.stderr
-        peek = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", "someone-else", **env)
+        peek = await asyncio.to_thread(
+            jobctl, dev_env, "churn", "show", str(case_id), "--company", "someone-else", **env
+        )
         assert peek.returncode == 2 and "does not belong to company someone-else" in peek.stderr
-        shown = await asyncio.to_thread(jobctl, dev_env, "churn", "show", str(case_id), "--company", company, "--json", **env)
+        shown = await asyncio.to_thread(
+            jobctl, dev_env, "churn", "show", str(case_id), "--company", company, "--json", **env
+        )
         assert shown.returncode == 0, shown.stderr
         status = CaseStatus.model_validate_json(shown.stdout)
         assert (status.status, status.attempts, status.manual_nudges) == ("OPEN", 2, 2)
@@ -86,8 +119,12 @@ async def _sent(emulator: TwilioEmulator, phone: str, count: int) -> bool:
 
 
 async def test_five_hundred_manual_nudges_continue_as_new_and_the_case_still_answers(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
-    emulator: TwilioEmulator, task_queue: str,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    emulator: TwilioEmulator,
+    task_queue: str,
 ) -> None:
     company, member, phone = await new_member(engine, offsets=[30], cap=1)  # one a day: the rest are held back, quickly
     async with churn_workers(dev_env.client, engine, gateway, stripe_api, task_queue):
@@ -98,7 +135,10 @@ async def test_five_hundred_manual_nudges_continue_as_new_and_the_case_still_ans
 
         async def all_recorded() -> bool:
             async with engine.connect() as conn:
-                return await conn.scalar(text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id}) >= 500
+                return (
+                    await conn.scalar(text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id})
+                    >= 500
+                )
 
         await eventually(all_recorded, timeout_s=240)
         await eventually(lambda: _continued(handle, first_run), timeout_s=60)

@@ -52,8 +52,13 @@ async def accepted(emulator: TwilioEmulator) -> list[dict]:
 
 
 async def test_sigkill_mid_run_messages_every_due_retailer_exactly_once(
-    engine: AsyncEngine, database_url: str, dev_env: WorkflowEnvironment, emulator: TwilioEmulator,
-    sandbox: StripeSandbox, task_queue: str, tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    dev_env: WorkflowEnvironment,
+    emulator: TwilioEmulator,
+    sandbox: StripeSandbox,
+    task_queue: str,
+    tmp_path: Path,
 ) -> None:
     async with engine.begin() as conn:
         await conn.execute(SEED, {"n": RETAILERS, "day": DAY})

@@ -68,20 +68,35 @@ async def test_history_holds_only_ciphertext_and_the_codec_server_needs_the_toke
     client = await connect(settings)
     workflow_id = f"insights/encrypted-{uuid.uuid4()}"
     async with Worker(
-        client, task_queue=task_queue, workflows=[InsightsRegenerationWorkflow],
+        client,
+        task_queue=task_queue,
+        workflows=[InsightsRegenerationWorkflow],
         activities=[InsightActivities(engine).regenerate_insights_chunk, business_day],
     ):
         result = await client.execute_workflow(
             InsightsRegenerationWorkflow.run,
             InsightsRequest(insight_date=date(2026, 11, 23), business_timezone="Europe/Paris"),
-            id=workflow_id, task_queue=task_queue,
+            id=workflow_id,
+            task_queue=task_queue,
         )
     assert result.insight_date == date(2026, 11, 23)
 
     shown = subprocess.run(
-        [str(Path(sys.executable).parent / "temporal"), "workflow", "show", "--workflow-id", workflow_id,
-         "--address", address, "--output", "json"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "show",
+            "--workflow-id",
+            workflow_id,
+            "--address",
+            address,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     payloads = _payloads(json.loads(shown))
     assert payloads, "no payloads found in the history"
@@ -120,7 +135,11 @@ async def test_the_codec_server_answers_400_for_payloads_it_cannot_decrypt() -> 
     codec = EncryptionCodec.from_setting(f"k1:{OLD_KEY}")
     auth = {"Origin": UI, "Authorization": f"Bearer {TOKEN}"}
     async with TestClient(TestServer(create_app(codec, TOKEN, {UI}))) as http:
-        for payload in (garbage("k1"), garbage("nobody-has-this-key"), Payload(metadata=garbage("k1").metadata, data=b"x")):
+        for payload in (
+            garbage("k1"),
+            garbage("nobody-has-this-key"),
+            Payload(metadata=garbage("k1").metadata, data=b"x"),
+        ):
             body = json_format.MessageToJson(Payloads(payloads=[payload]))
             answer = await http.post("/decode", data=body, headers=auth)
             assert answer.status == 400, await answer.text()
@@ -131,8 +150,12 @@ async def _signal_raw(client: Client, workflow_id: str, name: str, payload: Payl
     """A signal exactly as a buggy or hostile sender could write it: our converter never sees it."""
     await client.workflow_service.signal_workflow_execution(
         SignalWorkflowExecutionRequest(
-            namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=workflow_id),
-            signal_name=name, input=Payloads(payloads=[payload]), identity="test", request_id=str(uuid.uuid4()),
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id),
+            signal_name=name,
+            input=Payloads(payloads=[payload]),
+            identity="test",
+            request_id=str(uuid.uuid4()),
         )
     )
 
@@ -141,7 +164,7 @@ async def _tasks_after_last_signal(handle: WorkflowHandle) -> tuple[int, int]:
     """(workflow tasks completed, failed) after the last signal event in the history."""
     events = (await handle.fetch_history()).events
     last = max(i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-    after = events[last + 1:]
+    after = events[last + 1 :]
     return (
         sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in after),
         sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in events),
@@ -149,13 +172,18 @@ async def _tasks_after_last_signal(handle: WorkflowHandle) -> tuple[int, int]:
 
 
 async def test_an_undecodable_signal_is_dropped_and_the_encrypted_case_keeps_answering(
-    engine: AsyncEngine, dev_env: WorkflowEnvironment, gateway: TwilioGateway, stripe_api: stripe.StripeClient,
+    engine: AsyncEngine,
+    dev_env: WorkflowEnvironment,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
     task_queue: str,
 ) -> None:
     address = dev_env.client.service_client.config.target_host
     settings = load_settings(
-        temporal_address=address, payload_encryption_key=f"k1:{OLD_KEY}",
-        task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg",
+        temporal_address=address,
+        payload_encryption_key=f"k1:{OLD_KEY}",
+        task_queue=task_queue,
+        messaging_task_queue=f"{task_queue}-msg",
     )
     client = await connect(settings)
     company, member, _phone = await new_member(engine, offsets=[30])
@@ -173,7 +201,9 @@ async def test_an_undecodable_signal_is_dropped_and_the_encrypted_case_keeps_ans
         assert counts[1] == 0, f"{counts[1]} workflow task failures"
         assert (await handle.query(ChurnCaseWorkflow.status)).status == "OPEN"
 
-        await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": None, "company_id": company})  # the real one ends it
+        await handle.signal(
+            ChurnCaseWorkflow.recovered, {"actor_id": None, "company_id": company}
+        )  # the real one ends it
         assert (await handle.result()).status == "RECOVERED"
     assert (await _tasks_after_last_signal(handle))[1] == 0
 
@@ -183,7 +213,9 @@ def test_a_malformed_key_is_a_one_line_setting_error() -> None:
         load_settings(payload_encryption_key="k1:" + base64.b64encode(b"short").decode())
     result = subprocess.run(
         [str(Path(sys.executable).parent / "jobctl"), "codec-server"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "PAYLOAD_ENCRYPTION_KEY": f"k1:{OLD_KEY}"},
     )
     assert result.returncode == 2 and "CODEC_SERVER_TOKEN" in result.stderr

@@ -97,7 +97,9 @@ async def test_sigkill_mid_run_resumes_from_heartbeat_without_redoing_pages(
         cursor = await _heartbeated_cursor(handle, min_pages=5)
         first.kill()
         async with engine.connect() as conn:
-            done_at_kill = await conn.scalar(text("SELECT count(*) FROM retailer_insights WHERE insight_date = :d"), {"d": DAY})
+            done_at_kill = await conn.scalar(
+                text("SELECT count(*) FROM retailer_insights WHERE insight_date = :d"), {"d": DAY}
+            )
         assert done_at_kill < 2000, "the kill must land in the middle of the run"
 
         second = WorkerProcess(worker_env, tmp_path / "worker-2.log")

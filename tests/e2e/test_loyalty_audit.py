@@ -77,8 +77,12 @@ async def jobctl_loyalty(dev_env: WorkflowEnvironment, task_queue: str, *args: s
         "TASK_QUEUE": task_queue,
     }
     process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "jobctl"), "loyalty", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        str(Path(sys.executable).parent / "jobctl"),
+        "loyalty",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, out.decode(), err.decode()
@@ -88,11 +92,15 @@ async def test_the_audit_reports_the_one_balance_corrupted_by_sql_and_never_rewr
     dev_env: WorkflowEnvironment, engine: AsyncEngine, task_queue: str, record_history
 ) -> None:
     bind = f"127.0.0.1:{_free_port()}"
-    client = await connect(load_settings(temporal_address=dev_env.client.service_client.config.target_host, metrics_bind=bind))
+    client = await connect(
+        load_settings(temporal_address=dev_env.client.service_client.config.target_host, metrics_bind=bind)
+    )
     customers = await busy_customers(engine, 6)
     corrupted = customers[3]
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE customers SET loyalty_points = loyalty_points + 7 WHERE id = :c"), {"c": corrupted})
+        await conn.execute(
+            text("UPDATE customers SET loyalty_points = loyalty_points + 7 WHERE id = :c"), {"c": corrupted}
+        )
     balance, ledger = await balance_and_ledger(engine, corrupted)
     assert balance == ledger + 7
 
@@ -119,7 +127,9 @@ async def test_the_audit_reports_the_one_balance_corrupted_by_sql_and_never_rewr
     assert gauge and all(line.endswith(" 1") for line in gauge), gauge
 
     async with engine.begin() as conn:  # repaired by a person: the next audit is clean
-        await conn.execute(text("UPDATE customers SET loyalty_points = loyalty_points - 7 WHERE id = :c"), {"c": corrupted})
+        await conn.execute(
+            text("UPDATE customers SET loyalty_points = loyalty_points - 7 WHERE id = :c"), {"c": corrupted}
+        )
 
 
 async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
@@ -132,7 +142,10 @@ async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
     async with loyalty_worker(client, engine, task_queue):
         code, out, err = await jobctl_loyalty(dev_env, task_queue, "audit")
         assert code == 0, err
-        assert "1 with a balance that differs from their ledger" in out and f"{cid:>12} {25:>12} {10:>12} {'+15':>12}" in out, out
+        assert (
+            "1 with a balance that differs from their ledger" in out
+            and f"{cid:>12} {25:>12} {10:>12} {'+15':>12}" in out
+        ), out
         code, out, err = await jobctl_loyalty(dev_env, task_queue, "audit", "--json", "--date", "2026-11-20")
         assert code == 0, err
         report = json.loads(out)
@@ -150,7 +163,9 @@ async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
         code, out, _ = await jobctl_loyalty(dev_env, task_queue, "show", str(queued.item_id))
         assert code == 0 and "NEEDS_REVIEW (waiting for review), reason: InsufficientPoints" in out, out
 
-        code, _, err = await jobctl_loyalty(dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "  ", "--note", "x")
+        code, _, err = await jobctl_loyalty(
+            dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "  ", "--note", "x"
+        )
         assert code == 2 and "--actor must be 1 to 64 characters" in err
         code, _, err = await jobctl_loyalty(dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "ops-1")
         assert code == 2 and "--note" in err
@@ -160,12 +175,24 @@ async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
         assert code == 2 and "item 987654321 has no reconciliation workflow" in err
 
         code, out, err = await jobctl_loyalty(
-            dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "ops-1", "--note", "customer compensated", "--json"
+            dev_env,
+            task_queue,
+            "resolve",
+            str(queued.item_id),
+            "--actor",
+            "ops-1",
+            "--note",
+            "customer compensated",
+            "--json",
         )
         assert code == 0, err
         assert json.loads(out) == {"item_id": queued.item_id, "signal": "resolve_manually", "actor_id": "ops-1"}
         result = await handle.result()
         code, _, err = await jobctl_loyalty(dev_env, task_queue, "retry", str(queued.item_id), "--actor", "ops-1")
         assert code == 2 and f"item {queued.item_id} is already RESOLVED" in err
-    assert (result.status, result.resolved_by, result.resolution) == ("RESOLVED", "ops-1", "manual: customer compensated")
+    assert (result.status, result.resolved_by, result.resolution) == (
+        "RESOLVED",
+        "ops-1",
+        "manual: customer compensated",
+    )
     assert await balance_and_ledger(engine, cid) == (10, 10)

@@ -41,8 +41,12 @@ async def test_paused_nothing_goes_out_a_restart_loses_nothing_and_resume_sends_
     ids = await sms_retailers(engine, MESSAGES, area_code="555")
     batch = MessageBatch(
         messages=[
-            SendMessage(idempotency_key=f"brake:{rid}", recipient_type="retailer", recipient_id=str(rid),
-                        template="credit_resumed")
+            SendMessage(
+                idempotency_key=f"brake:{rid}",
+                recipient_type="retailer",
+                recipient_id=str(rid),
+                template="credit_resumed",
+            )
             for rid in ids
         ],
         task_queue=f"{task_queue}-messaging",
@@ -54,7 +58,9 @@ async def test_paused_nothing_goes_out_a_restart_loses_nothing_and_resume_sends_
     async with TwilioEmulator() as emulator:
         gateway = TwilioGateway(emulator.client(async_client=True, timeout=5.0))
         sends = MessagingActivities(
-            engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(quiet_hours=QuietHours(0, 0), paused_recheck=timedelta(seconds=1)),
         )
 
@@ -118,21 +124,33 @@ async def test_the_brake_from_the_temporal_ui_holds_a_send_and_resume_sends_it_o
 
     (rid,) = await sms_retailers(engine, 1, area_code="556")
     batch = MessageBatch(
-        messages=[SendMessage(idempotency_key=f"ui-brake:{rid}", recipient_type="retailer", recipient_id=str(rid),
-                              template="credit_resumed")],
+        messages=[
+            SendMessage(
+                idempotency_key=f"ui-brake:{rid}",
+                recipient_type="retailer",
+                recipient_id=str(rid),
+                template="credit_resumed",
+            )
+        ],
         task_queue=f"{task_queue}-messaging",
     )
     async with TwilioEmulator() as emulator:
         gateway = TwilioGateway(emulator.client(async_client=True, timeout=5.0))
         sends = MessagingActivities(
-            engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"),
+            engine,
+            gateway,
+            Senders("whatsapp:+15005550006", "+15005550006"),
             SendPolicy(quiet_hours=QuietHours(0, 0), paused_recheck=timedelta(seconds=1)),
         )
         jobs = Worker(
-            dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow, MessagingBrakeWorkflow],
+            dev_env.client,
+            task_queue=task_queue,
+            workflows=[MessageBatchWorkflow, MessagingBrakeWorkflow],
             activities=[BrakeActivities(engine).set_messaging_brake],
         )
-        messaging = Worker(dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages])
+        messaging = Worker(
+            dev_env.client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages]
+        )
         try:
             async with jobs, messaging:
                 brake_wf = await dev_env.client.start_workflow(

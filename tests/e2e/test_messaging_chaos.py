@@ -51,15 +51,21 @@ async def test_chaos_every_message_exactly_once(
         twilio_client(flaky_twilio.url, flaky_twilio.account_sid, flaky_twilio.auth_token, async_client=True)
     )
     sends = MessagingActivities(
-        engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0)),
+        engine,
+        gateway,
+        Senders("whatsapp:+15005550006", "+15005550006"),
+        SendPolicy(quiet_hours=QuietHours(0, 0)),
         per_second=RATE,
     )
     try:
-        async with Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-            dev_env.client,
-            task_queue=batch.task_queue,
-            activities=[sends.send_message, sends.send_messages],
-            max_task_queue_activities_per_second=RATE,
+        async with (
+            Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]),
+            Worker(
+                dev_env.client,
+                task_queue=batch.task_queue,
+                activities=[sends.send_message, sends.send_messages],
+                max_task_queue_activities_per_second=RATE,
+            ),
         ):
             result = await dev_env.client.execute_workflow(
                 MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue
@@ -78,6 +84,12 @@ async def test_chaos_every_message_exactly_once(
     assert stats["faults"] > 100, "the chaos did not happen"
     async with engine.connect() as conn:
         statuses = dict(
-            (await conn.execute(text("SELECT status, count(*) FROM message_log WHERE idempotency_key LIKE 'chaos:%' GROUP BY status"))).all()
+            (
+                await conn.execute(
+                    text(
+                        "SELECT status, count(*) FROM message_log WHERE idempotency_key LIKE 'chaos:%' GROUP BY status"
+                    )
+                )
+            ).all()
         )
     assert statuses == {"sent": MESSAGES}

@@ -48,7 +48,12 @@ async def test_sigkill_three_times_still_one_message_per_key(
     crash_file = tmp_path / "crash-after-accept"
     batch = MessageBatch(
         messages=[
-            SendMessage(idempotency_key=f"crash:{rid}", recipient_type="retailer", recipient_id=str(rid), template="credit_resumed")
+            SendMessage(
+                idempotency_key=f"crash:{rid}",
+                recipient_type="retailer",
+                recipient_id=str(rid),
+                template="credit_resumed",
+            )
             for rid in ids
         ],
         max_in_flight=100,
@@ -73,8 +78,19 @@ async def test_sigkill_three_times_still_one_message_per_key(
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                [sys.executable, "-m", "tests.e2e.crash_after_accept", str(crash_file), "worker", "--task-queue", "messaging"],
-                env=env, stdout=log, stderr=log, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.e2e.crash_after_accept",
+                    str(crash_file),
+                    "worker",
+                    "--task-queue",
+                    "messaging",
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=ROOT,
             )
 
         async def at_least(n: int) -> bool:
@@ -112,6 +128,12 @@ async def test_sigkill_three_times_still_one_message_per_key(
     assert len(recipients) == MESSAGES and len(set(recipients)) == MESSAGES, "a key was sent twice or never"
     async with engine.connect() as conn:
         statuses = dict(
-            (await conn.execute(text("SELECT status, count(*) FROM message_log WHERE idempotency_key LIKE 'crash:%' GROUP BY status"))).all()
+            (
+                await conn.execute(
+                    text(
+                        "SELECT status, count(*) FROM message_log WHERE idempotency_key LIKE 'crash:%' GROUP BY status"
+                    )
+                )
+            ).all()
         )
     assert statuses == {"sent": MESSAGES}

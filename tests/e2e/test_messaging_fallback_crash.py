@@ -40,7 +40,10 @@ async def test_a_crash_after_an_sms_fallback_was_accepted_sends_one_sms(
     batch = MessageBatch(
         messages=[
             SendMessage(
-                idempotency_key=key, recipient_type="retailer", recipient_id=str(rid), template="insight",
+                idempotency_key=key,
+                recipient_type="retailer",
+                recipient_id=str(rid),
+                template="insight",
                 params={"insight_message": "Your best seller this week: rice"},
             )
         ],
@@ -66,9 +69,19 @@ async def test_a_crash_after_an_sms_fallback_was_accepted_sends_one_sms(
 
             def start_worker() -> subprocess.Popen[bytes]:
                 return subprocess.Popen(
-                    [sys.executable, "-m", "tests.e2e.crash_after_accept", str(crash_file), "worker",
-                     "--task-queue", "messaging"],
-                    env=env, stdout=log, stderr=log, cwd=ROOT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.e2e.crash_after_accept",
+                        str(crash_file),
+                        "worker",
+                        "--task-queue",
+                        "messaging",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    cwd=ROOT,
                 )
 
             async with Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]):
@@ -91,6 +104,11 @@ async def test_a_crash_after_an_sms_fallback_was_accepted_sends_one_sms(
     assert result.duplicates == 1 and not result.failed  # found after the restart, not sent again
     assert [m["to"] for m in sent] == [phone], "exactly one SMS, and no WhatsApp message"
     async with engine.connect() as conn:
-        stored = (await conn.execute(select(MessageLog.status, MessageLog.channel, MessageLog.provider_sid)
-                                     .where(MessageLog.idempotency_key == key))).one()
+        stored = (
+            await conn.execute(
+                select(MessageLog.status, MessageLog.channel, MessageLog.provider_sid).where(
+                    MessageLog.idempotency_key == key
+                )
+            )
+        ).one()
     assert stored == ("sent", "sms", sent[0]["sid"])

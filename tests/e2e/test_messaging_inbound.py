@@ -34,12 +34,21 @@ async def inbound(
     """The webhook app, its HELP replies sent by real workers on the dev server."""
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg")
     app = create_app(
-        engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, public_base_url=BASE,
+        engine,
+        stripe_webhook_secret=STRIPE_SECRET,
+        twilio_auth_token=TWILIO_TOKEN,
+        public_base_url=BASE,
         help_reply=lambda t, r, sid: reply_help(dev_env.client, settings, t, r, sid),
     )
-    async with Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]), Worker(
-        dev_env.client, task_queue=settings.messaging_task_queue, activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages]
-    ), TestClient(TestServer(app)) as client:
+    async with (
+        Worker(dev_env.client, task_queue=task_queue, workflows=[MessageBatchWorkflow]),
+        Worker(
+            dev_env.client,
+            task_queue=settings.messaging_task_queue,
+            activities=[(sends := activities(engine, gateway)).send_message, sends.send_messages],
+        ),
+        TestClient(TestServer(app)) as client,
+    ):
         yield client
 
 
@@ -72,10 +81,13 @@ async def test_stop_then_start_lets_the_next_message_out_and_is_audited(
     assert sent.status == "sent"
     assert len(await emulator_log(emulator, phone)) == 1
     async with engine.connect() as conn:
-        history = (await conn.execute(
-            select(RecipientOptOutEvent.action, RecipientOptOutEvent.channel, RecipientOptOutEvent.reason)
-            .where(RecipientOptOutEvent.recipient_id == rid).order_by(RecipientOptOutEvent.id)
-        )).all()
+        history = (
+            await conn.execute(
+                select(RecipientOptOutEvent.action, RecipientOptOutEvent.channel, RecipientOptOutEvent.reason)
+                .where(RecipientOptOutEvent.recipient_id == rid)
+                .order_by(RecipientOptOutEvent.id)
+            )
+        ).all()
     assert history == [("opt_out", "sms", "inbound STOP"), ("opt_in", "sms", "inbound START")]
 
 

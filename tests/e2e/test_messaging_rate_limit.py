@@ -108,7 +108,10 @@ async def test_two_workers_share_one_limit_with_a_batch_and_single_sends_at_once
             workers = [
                 subprocess.Popen(
                     [JOBCTL, "worker", "--task-queue", "messaging"],
-                    env=env, stdout=log, stderr=log, cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    cwd=ROOT,
                 )
                 for _ in range(2)
             ]

@@ -41,30 +41,41 @@ async def test_messages_sent_total_counts_by_template_and_outcome(
         without = await conn.scalar(insert(Retailer).values(name="B", phone=None).returning(Retailer.id))
     batch = MessageBatch(
         messages=[
-            SendMessage(idempotency_key=f"m:{r}", recipient_type="retailer", recipient_id=str(r), template="credit_resumed")
+            SendMessage(
+                idempotency_key=f"m:{r}", recipient_type="retailer", recipient_id=str(r), template="credit_resumed"
+            )
             for r in (with_phone, without)
         ],
         task_queue=f"{task_queue}-msg",
     )
     async with TwilioEmulator() as emulator:
-        gateway = TwilioGateway(twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True))
-        sends = MessagingActivities(engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0)))
-        async with Worker(
-            client, task_queue=task_queue, workflows=[MessageBatchWorkflow], interceptors=[JobMetricsInterceptor()]
-        ), Worker(
-            client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages]
+        gateway = TwilioGateway(
+            twilio_client(emulator.url, emulator.account_sid, emulator.auth_token, async_client=True)
+        )
+        sends = MessagingActivities(
+            engine, gateway, Senders("whatsapp:+15005550006", "+15005550006"), SendPolicy(quiet_hours=QuietHours(0, 0))
+        )
+        async with (
+            Worker(
+                client, task_queue=task_queue, workflows=[MessageBatchWorkflow], interceptors=[JobMetricsInterceptor()]
+            ),
+            Worker(client, task_queue=batch.task_queue, activities=[sends.send_message, sends.send_messages]),
         ):
-            await client.execute_workflow(MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue)
+            await client.execute_workflow(
+                MessageBatchWorkflow.run, batch, id=f"batch/{uuid.uuid4()}", task_queue=task_queue
+            )
         await gateway.close()
 
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://{bind}/metrics") as response:
             metrics = await response.text()
     lines = [line for line in metrics.splitlines() if line.startswith("messages_sent_total{")]
-    assert any('outcome="sent"' in line and 'template="credit_resumed"' in line and line.endswith(" 1") for line in lines), lines
+    assert any(
+        'outcome="sent"' in line and 'template="credit_resumed"' in line and line.endswith(" 1") for line in lines
+    ), lines
     assert any('outcome="suppressed"' in line and line.endswith(" 1") for line in lines), lines
     # Every workflow run's duration, by type and outcome (buckets sized for jobs, not RPCs).
-    assert 'job_duration_count{' in metrics and 'workflow_type="MessageBatchWorkflow"' in metrics
+    assert "job_duration_count{" in metrics and 'workflow_type="MessageBatchWorkflow"' in metrics
     durations = [line for line in metrics.splitlines() if line.startswith("job_duration_count{")]
     assert any('outcome="completed"' in line and line.endswith(" 1") for line in durations), durations
     assert any('le="86400000"' in line for line in metrics.splitlines() if line.startswith("job_duration_bucket{"))

@@ -80,8 +80,12 @@ async def stored_customer(engine: AsyncEngine, retailer_id: int) -> str:
 
 
 async def test_a_reminder_link_is_paid_and_the_loop_closes(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator,
-    task_queue: str, tmp_path: Path,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    emulator: TwilioEmulator,
+    task_queue: str,
+    tmp_path: Path,
 ) -> None:
     env = dev_env
     settings = load_settings(task_queue=task_queue, business_timezone="UTC")
@@ -92,7 +96,9 @@ async def test_a_reminder_link_is_paid_and_the_loop_closes(
         # The paused retailer: a debit 21 days overdue (its limit is 20), another 7 days overdue.
         shop, phone = await new_retailer(engine)
         async with engine.begin() as conn:
-            await conn.execute(text("UPDATE credit_accounts SET max_outstanding_days = 20 WHERE retailer_id = :r"), {"r": shop})
+            await conn.execute(
+                text("UPDATE credit_accounts SET max_outstanding_days = 20 WHERE retailer_id = :r"), {"r": shop}
+            )
         oldest = await new_debit(engine, shop, "120.00", DAY - timedelta(days=21))
         newer = await new_debit(engine, shop, "30.50", DAY - timedelta(days=7))
         # The retailer whose link is reused, then replaced.
@@ -101,15 +107,20 @@ async def test_a_reminder_link_is_paid_and_the_loop_closes(
 
         async with credit_workers(env.client, engine, gateway, stripe_api, task_queue) as messaging:
             handlers = credit_api.stripe_handlers(
-                env.client, settings.model_copy(update={"messaging_task_queue": messaging}),
+                env.client,
+                settings.model_copy(update={"messaging_task_queue": messaging}),
                 stripe=StripeGateway(stripe_api, engine),
             )
-            app = create_app(engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers)
+            app = create_app(
+                engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers
+            )
             async with TestServer(app) as receiver:
                 await sandbox.register_webhook(str(receiver.make_url("/webhooks/stripe")), STRIPE_SECRET)
                 paused = await env.client.execute_workflow(
-                    CreditGuardrailsWorkflow.run, GuardrailsRequest(check_date=DAY, messaging_task_queue=messaging),
-                    id=f"credit-guardrails/{DAY}-{uuid.uuid4().hex[:6]}", task_queue=task_queue,
+                    CreditGuardrailsWorkflow.run,
+                    GuardrailsRequest(check_date=DAY, messaging_task_queue=messaging),
+                    id=f"credit-guardrails/{DAY}-{uuid.uuid4().hex[:6]}",
+                    task_queue=task_queue,
                 )
                 assert shop in paused.paused
 
@@ -125,7 +136,9 @@ async def test_a_reminder_link_is_paid_and_the_loop_closes(
 
                     assert [a.debit_id for a in result.payment.allocations] == [oldest, newer]
                     assert (await debit(engine, oldest)).status == (await debit(engine, newer)).status == "CLEARED"
-                    assert result.guardrails.resumed == [shop] and (await retailer(engine, shop)).credit_status == "ACTIVE"
+                    assert (
+                        result.guardrails.resumed == [shop] and (await retailer(engine, shop)).credit_status == "ACTIVE"
+                    )
                     assert sum("credit line is open again" in m["body"] for m in await sent_to(emulator, phone)) == 1
                     actions = await audit_actions(engine, shop)
                     assert ("payment_recorded", "stripe") in actions and ("credit_resumed", "system") in actions
@@ -183,7 +196,11 @@ async def test_a_reminder_link_is_paid_and_the_loop_closes(
                 await checkout_of(api, new_link)
         fresh = await stored_customer(engine, lost)
         assert fresh != stale
-        owners = [c for c in (await stripe_api.v1.customers.list_async({"limit": 100})).data if c.metadata.to_dict().get("owner_id") == str(lost)]
+        owners = [
+            c
+            for c in (await stripe_api.v1.customers.list_async({"limit": 100})).data
+            if c.metadata.to_dict().get("owner_id") == str(lost)
+        ]
         assert [c.id for c in owners] == [fresh]
     finally:
         await close_stripe_client(stripe_api)

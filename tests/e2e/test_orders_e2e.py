@@ -48,7 +48,10 @@ async def test_a_short_clock_expires_within_two_seconds_of_its_deadline(
             client,
             engine,
             PendingOrderInput(
-                order_id=oid, retailer_id=rid, follow_up_after=timedelta(seconds=1), ttl=timedelta(seconds=4),
+                order_id=oid,
+                retailer_id=rid,
+                follow_up_after=timedelta(seconds=1),
+                ttl=timedelta(seconds=4),
                 messaging_task_queue=messaging,
             ),
             task_queue=task_queue,
@@ -71,7 +74,10 @@ async def _unwatched_row(engine: AsyncEngine, *, expires_in: timedelta) -> int:
     async with engine.begin() as conn:
         await conn.execute(
             insert(PendingOrder).values(
-                order_id=oid, retailer_id=rid, amount=80, created_at=now + expires_in - timedelta(hours=24),
+                order_id=oid,
+                retailer_id=rid,
+                amount=80,
+                created_at=now + expires_in - timedelta(hours=24),
                 expires_at=now + expires_in,
             )
         )
@@ -100,15 +106,21 @@ async def test_the_sweep_expires_unwatched_stale_rows_and_starts_missing_clocks_
     stale = await _unwatched_row(engine, expires_in=-timedelta(hours=1))
     live = await _unwatched_row(engine, expires_in=timedelta(hours=3))
     watched, rid, _ = await new_order(engine)
-    async with order_workers(client, engine, gateway, task_queue) as messaging, sweep_worker(client, engine, task_queue):
+    async with (
+        order_workers(client, engine, gateway, task_queue) as messaging,
+        sweep_worker(client, engine, task_queue),
+    ):
         await start_pending_order(
-            client, engine, PendingOrderInput(order_id=watched, retailer_id=rid, messaging_task_queue=messaging),
+            client,
+            engine,
+            PendingOrderInput(order_id=watched, retailer_id=rid, messaging_task_queue=messaging),
             task_queue=task_queue,
         )
         await registered(client.get_workflow_handle(ids.pending_order(watched)))  # the clock holds its deadline
         async with engine.begin() as conn:  # its deadline passed as far as the database knows; its clock decides
             await conn.execute(
-                text("UPDATE pending_orders SET expires_at = now() - interval '1 minute' WHERE order_id = :o"), {"o": watched}
+                text("UPDATE pending_orders SET expires_at = now() - interval '1 minute' WHERE order_id = :o"),
+                {"o": watched},
             )
 
         sweeps = []
@@ -151,15 +163,24 @@ async def jobctl_orders(
         "MESSAGING_TASK_QUEUE": messaging,
     }
     process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "jobctl"), "orders", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        str(Path(sys.executable).parent / "jobctl"),
+        "orders",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, out.decode(), err.decode()
 
 
 async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
-    dev_env: WorkflowEnvironment, engine: AsyncEngine, database_url: str, gateway: TwilioGateway, emulator, task_queue: str
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    database_url: str,
+    gateway: TwilioGateway,
+    emulator,
+    task_queue: str,
 ) -> None:
     oid, _, phone = await new_order(engine, on_credit=Decimal("30.00"))
     async with order_workers(dev_env.client, engine, gateway, task_queue) as messaging:
@@ -173,7 +194,9 @@ async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
         assert code == 2 and "--reason must be 1 to 500 characters" in err
         code, out, _ = await jobctl("fail", str(oid), "--reason", "stock ran out")
         assert code == 0
-        result = await dev_env.client.get_workflow_handle(ids.pending_order(oid), result_type=PendingOrderResult).result()
+        result = await dev_env.client.get_workflow_handle(
+            ids.pending_order(oid), result_type=PendingOrderResult
+        ).result()
         assert result.state == "FAILED"
 
         code, _, err = await jobctl("complete", str(oid))

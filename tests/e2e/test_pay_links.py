@@ -37,7 +37,8 @@ async def remind(env: WorkflowEnvironment, settings: Settings, day: date) -> Rem
     return await env.client.execute_workflow(
         PaymentRemindersWorkflow.run,
         RemindersRequest(reminder_date=day, messaging_task_queue=settings.messaging_task_queue),
-        id=f"payment-reminders/{day}-{uuid.uuid4().hex[:6]}", task_queue=settings.task_queue,
+        id=f"payment-reminders/{day}-{uuid.uuid4().hex[:6]}",
+        task_queue=settings.task_queue,
     )
 
 
@@ -65,19 +66,31 @@ def session_id(checkout_url: str) -> str:
     return checkout_url.rsplit("/", 1)[1]
 
 
-async def pay(engine: AsyncEngine, env: WorkflowEnvironment, settings: Settings, retailer_id: int, amount: str, reference: str) -> None:
+async def pay(
+    engine: AsyncEngine, env: WorkflowEnvironment, settings: Settings, retailer_id: int, amount: str, reference: str
+) -> None:
     """What the webhook does once Stripe says a session was paid (or a bank transfer, recorded by hand)."""
     await record_payment(
         env.client,
-        RecordPayment(retailer_id=retailer_id, amount=Decimal(amount), reference=reference, actor="stripe",
-                      messaging_task_queue=settings.messaging_task_queue),
+        RecordPayment(
+            retailer_id=retailer_id,
+            amount=Decimal(amount),
+            reference=reference,
+            actor="stripe",
+            messaging_task_queue=settings.messaging_task_queue,
+        ),
         task_queue=settings.task_queue,
     )
 
 
 async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_request(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
-    emulator: TwilioEmulator, sandbox: StripeSandbox, stripe_api: stripe.StripeClient,
+    http: httpx.AsyncClient,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    api_settings: Settings,
+    emulator: TwilioEmulator,
+    sandbox: StripeSandbox,
+    stripe_api: stripe.StripeClient,
 ) -> None:
     shop, phone = await new_retailer(engine)
     await new_debit(engine, shop, "40.00", DAY)
@@ -92,7 +105,11 @@ async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_
     assert "2 invoice(s) totalling 42.50" in (await sent_to(emulator, phone))[0]["body"]
     # The profile shows the same link, not yet opened.
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT url, checkout_session_id FROM payment_links WHERE retailer_id = :r"), {"r": shop})).one()
+        row = (
+            await conn.execute(
+                text("SELECT url, checkout_session_id FROM payment_links WHERE retailer_id = :r"), {"r": shop}
+            )
+        ).one()
     assert row.url == f"{API_BASE}{sent[0]}" and row.checkout_session_id is None
 
     # Opened: one customer, one session, for the debits' amounts; opened again: the same session.
@@ -111,8 +128,12 @@ async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_
 
 
 async def test_concurrent_clicks_make_one_session(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
-    emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
+    http: httpx.AsyncClient,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    api_settings: Settings,
+    emulator: TwilioEmulator,
+    stripe_api: stripe.StripeClient,
 ) -> None:
     shop, phone = await new_retailer(engine)
     await new_debit(engine, shop, "12.00", DAY + timedelta(days=40))
@@ -127,8 +148,12 @@ async def test_concurrent_clicks_make_one_session(
 
 
 async def test_a_partial_payment_gets_a_session_for_what_is_left_and_a_paid_link_says_so(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
-    emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
+    http: httpx.AsyncClient,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    api_settings: Settings,
+    emulator: TwilioEmulator,
+    stripe_api: stripe.StripeClient,
 ) -> None:
     day = DAY + timedelta(days=80)
     shop, phone = await new_retailer(engine)
@@ -158,12 +183,18 @@ async def test_a_partial_payment_gets_a_session_for_what_is_left_and_a_paid_link
     done = await http.get(link)
     assert (done.status_code, done.json()["state"]) == (200, "paid")
     page = await http.get(link, headers={"Accept": "text/html,application/xhtml+xml"})
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html") and "Already paid" in page.text
+    assert (
+        page.status_code == 200 and page.headers["content-type"].startswith("text/html") and "Already paid" in page.text
+    )
 
 
 async def test_a_replaced_link_says_so_and_an_unknown_one_is_404(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings,
-    emulator: TwilioEmulator, stripe_api: stripe.StripeClient,
+    http: httpx.AsyncClient,
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    api_settings: Settings,
+    emulator: TwilioEmulator,
+    stripe_api: stripe.StripeClient,
 ) -> None:
     day = DAY + timedelta(days=120)
     shop, phone = await new_retailer(engine)
@@ -189,7 +220,9 @@ async def test_a_replaced_link_says_so_and_an_unknown_one_is_404(
     assert page.status_code == 404 and "Unknown payment link" in page.text
 
 
-async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: WorkflowEnvironment, engine: AsyncEngine) -> None:
+async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine
+) -> None:
     """A sandbox answering 429 above 5 requests/s: ten first clicks at once (a customer and a session
     each, 20 requests) all reach their Checkout page; the 429s are retried per call with back-off."""
     from activities.credit.paylinks import debits_fingerprint, new_token
@@ -206,7 +239,13 @@ async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: Wo
                     "INSERT INTO payment_links (retailer_id, token, url, fingerprint, amount, currency, debit_ids)"
                     " VALUES (:r, :t, :u, :f, 9, 'usd', ARRAY[CAST(:d AS bigint)])"
                 ),
-                {"r": shop, "t": token, "u": f"{API_BASE}/pay/{token}", "f": debits_fingerprint([owed], "usd"), "d": owed},
+                {
+                    "r": shop,
+                    "t": token,
+                    "u": f"{API_BASE}/pay/{token}",
+                    "f": debits_fingerprint([owed], "usd"),
+                    "d": owed,
+                },
             )
         tokens.append(token)
     async with StripeSandbox(rate_limit=5) as limited, pay_api(engine, dev_env.client, limited.url) as api:
@@ -216,7 +255,12 @@ async def test_clicks_above_stripes_rate_limit_are_paced_not_refused(dev_env: Wo
     assert len({a.headers["location"] for a in answers}) == 10
     assert stats["rate_limited"] > 0  # the limit was hit, and respected
     async with engine.connect() as conn:
-        made = (await conn.execute(
-            text("SELECT session_count, checkout_session_id FROM payment_links WHERE token = ANY(:t)"), {"t": tokens}
-        )).all()
-    assert sorted(n for n, _ in made) == [1] * 10 and len({s for _, s in made}) == 10  # one session each, retries replayed
+        made = (
+            await conn.execute(
+                text("SELECT session_count, checkout_session_id FROM payment_links WHERE token = ANY(:t)"),
+                {"t": tokens},
+            )
+        ).all()
+    assert (
+        sorted(n for n, _ in made) == [1] * 10 and len({s for _, s in made}) == 10
+    )  # one session each, retries replayed

@@ -39,8 +39,15 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
 
     expected = sorted(d.schedule_id for d in families.all_schedules())
     assert expected == sorted(
-        ["insights-nightly", "order-expiry-sweep", "payment-reminders", "credit-guardrails",
-         "loyalty-reconcile-sweep", "loyalty-integrity-audit", "data-retention"]
+        [
+            "insights-nightly",
+            "order-expiry-sweep",
+            "payment-reminders",
+            "credit-guardrails",
+            "loyalty-reconcile-sweep",
+            "loyalty-integrity-audit",
+            "data-retention",
+        ]
     ), "the six schedules of docs/ARCHITECTURE.md §4 and data retention"
     assert sorted(sid for sid, _ in first) == expected and {o for _, o in second} == {"updated"}
     assert await _schedule_ids(dev_env.client) == expected
@@ -63,7 +70,9 @@ async def test_pause_unpause_and_trigger_from_the_cli(dev_env: WorkflowEnvironme
     unpaused = jobctl(dev_env, "schedules", "unpause", "insights-nightly")
     assert unpaused.returncode == 0 and not (await handle.describe()).schedule.state.paused
 
-    backwards = jobctl(dev_env, "schedules", "backfill", "insights-nightly", "--from", "2026-11-02", "--to", "2026-11-01")
+    backwards = jobctl(
+        dev_env, "schedules", "backfill", "insights-nightly", "--from", "2026-11-02", "--to", "2026-11-01"
+    )
     assert backwards.returncode == 2 and "--to must be after --from" in backwards.stderr
 
 

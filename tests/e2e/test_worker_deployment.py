@@ -32,7 +32,7 @@ def _instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_runs_the_worker_as_a_non_root_user_on_a_slim_base() -> None:
     instructions = _instructions()
-    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
     assert dict(final_stage)["FROM"].endswith("-slim")
     assert dict(final_stage)["ENTRYPOINT"] == '["jobctl"]' and dict(final_stage)["CMD"] == '["worker"]'
     user = dict(final_stage)["USER"]
@@ -64,7 +64,8 @@ async def test_sigterm_lets_the_in_flight_activity_finish_before_the_worker_exit
         )
         deadline = time.monotonic() + 30
         while not (await handle.describe()).raw_description.pending_activities[:1] or not any(
-            p.state == 2 for p in (await handle.describe()).raw_description.pending_activities  # STARTED
+            p.state == 2
+            for p in (await handle.describe()).raw_description.pending_activities  # STARTED
         ):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
@@ -82,7 +83,8 @@ async def test_sigterm_lets_the_in_flight_activity_finish_before_the_worker_exit
     history = await handle.fetch_history()
     completed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
     failed = [
-        e for e in history.events
+        e
+        for e in history.events
         if e.event_type in (EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED, EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT)
     ]
     started = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]

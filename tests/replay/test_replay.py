@@ -28,9 +28,7 @@ def _load(path: Path) -> WorkflowHistory:
 
 def test_every_workflow_type_has_a_recorded_history() -> None:
     recorded = {
-        name
-        for path in HISTORIES
-        for name in re.findall(r'"workflowType":\s*{\s*"name":\s*"(\w+)"', path.read_text())
+        name for path in HISTORIES for name in re.findall(r'"workflowType":\s*{\s*"name":\s*"(\w+)"', path.read_text())
     }
     assert recorded >= {w.__temporal_workflow_definition.name for w in all_workflows()}  # type: ignore[attr-defined]  # noqa: SLF001 - the SDK keeps each workflow's name there
 

@@ -20,7 +20,11 @@ from workers.cli import _invoke
     ],
 )
 def test_a_dev_tool_without_the_dev_extra_says_so_in_one_line(
-    argv: list[str], missing_module: str, named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    missing_module: str,
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name in [m for m in sys.modules if m == missing_module or m.startswith(f"{missing_module}.")]:
         monkeypatch.delitem(sys.modules, name)

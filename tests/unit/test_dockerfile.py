@@ -28,4 +28,8 @@ def test_the_image_copies_no_dev_tools() -> None:
 def test_the_image_copies_every_production_package() -> None:
     """A package left out would fail at import in the image only."""
     assert PRODUCTION_PACKAGES <= set(_copied_sources())
-    assert PRODUCTION_PACKAGES == {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"devtools", "tests", "benchmarks"}
+    assert PRODUCTION_PACKAGES == {p.parent.name for p in ROOT.glob("*/__init__.py")} - {
+        "devtools",
+        "tests",
+        "benchmarks",
+    }

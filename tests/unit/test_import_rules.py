@@ -51,7 +51,8 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 def _is_passthrough(node: ast.With) -> bool:
     return any(
-        isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func).endswith("imports_passed_through")
+        isinstance(item.context_expr, ast.Call)
+        and ast.unparse(item.context_expr.func).endswith("imports_passed_through")
         for item in node.items
     )
 
@@ -145,11 +146,18 @@ def test_the_source_keeps_every_import_rule() -> None:
         ("schemas/x.py", "from workers.settings import Settings\n", "schemas import nothing of ours"),
         ("config/x.py", "def f():\n    from workers.codec import EncryptionCodec\n", "config imports only schemas"),
         ("activities/x.py", "def f():\n    from workers.worker import build_workers\n", "activities never know"),
-        ("activities/x.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.worker import X\n",
-         "activities never know"),
+        (
+            "activities/x.py",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.worker import X\n",
+            "activities never know",
+        ),
         ("workflows/x.py", "from activities.churn.cases import hash_actor_table\n", "workflows import schemas"),
-        ("workflows/x.py", "from temporalio import workflow\nwith workflow.unsafe.imports_passed_through():\n"
-         "    from activities.orders import OrderActivities, SessionLocal\n", "workflows import schemas"),
+        (
+            "workflows/x.py",
+            "from temporalio import workflow\nwith workflow.unsafe.imports_passed_through():\n"
+            "    from activities.orders import OrderActivities, SessionLocal\n",
+            "workflows import schemas",
+        ),
         ("workers/x.py", "from devtools.seed import seed_demo\n", "loads devtools lazily"),
     ],
 )
@@ -238,7 +246,7 @@ def test_a_planted_circle_is_caught() -> None:
     planted = {
         "devtools/circle_a.py": "def f():\n    from devtools.circle_b import g\n",
         "devtools/circle_b.py": "from typing import TYPE_CHECKING\n"
-                                "if TYPE_CHECKING:\n    from devtools import circle_a\n",
+        "if TYPE_CHECKING:\n    from devtools import circle_a\n",
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         found = pool.submit(lambda: circles(import_graph(planted))).result()

@@ -16,7 +16,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = (
-    "schemas", "config", "activities", "workflows", "services", "workers", "devtools", "migrations", "tests",
+    "schemas",
+    "config",
+    "activities",
+    "workflows",
+    "services",
+    "workers",
+    "devtools",
+    "migrations",
+    "tests",
     "benchmarks",
 )
 
@@ -43,11 +51,7 @@ def _sources() -> list[Path]:
 
 
 def test_every_noqa_names_its_codes_and_says_why() -> None:
-    found = [
-        line
-        for path in _sources()
-        for line in unexplained_noqa(path.read_text(), str(path.relative_to(ROOT)))
-    ]
+    found = [line for path in _sources() for line in unexplained_noqa(path.read_text(), str(path.relative_to(ROOT)))]
     assert not found, "a noqa needs its codes and a reason: `# noqa: CODE - why`\n" + "\n".join(found)
 
 

@@ -20,7 +20,10 @@ def test_jobctl_webhooks_refuses_to_start_without_webhook_base_url(monkeypatch: 
     }
     result = subprocess.run(
         [str(Path(sys.executable).parent / "jobctl"), "webhooks", "--port", "1"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

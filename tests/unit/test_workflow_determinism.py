@@ -19,9 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 # `workflow.now()`, `workflow.random()`, `workflow.uuid4()` and `asyncio.sleep` (a timer) are
 # the deterministic forms of these.
 FORBIDDEN = {
-    "datetime.now", "datetime.utcnow", "datetime.today", "date.today",
-    "time.time", "time.monotonic", "time.perf_counter", "time.sleep",
-    "uuid.uuid1", "uuid.uuid4", "os.getenv", "os.environ.get", "open",
+    "datetime.now",
+    "datetime.utcnow",
+    "datetime.today",
+    "date.today",
+    "time.time",
+    "time.monotonic",
+    "time.perf_counter",
+    "time.sleep",
+    "uuid.uuid1",
+    "uuid.uuid4",
+    "os.getenv",
+    "os.environ.get",
+    "open",
 }
 FORBIDDEN_MODULES = ("random.", "secrets.", "os.environ[")
 

@@ -39,7 +39,10 @@ async def each_as_sent(
             except ApplicationError as error:
                 return BatchItemOutcome(idempotency_key=key, status="failed", reason=error.type)
         return BatchItemOutcome(
-            idempotency_key=key, status=outcome.status, duplicate=outcome.duplicate, reason=outcome.reason,
+            idempotency_key=key,
+            status=outcome.status,
+            duplicate=outcome.duplicate,
+            reason=outcome.reason,
             retry_at=outcome.retry_at,
         )
 

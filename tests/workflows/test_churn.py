@@ -38,7 +38,9 @@ from tests.workflows.harness import eventually, family_worker, started_at, task_
 COMPANY = "co-gym"
 MEMBERSHIP = 55
 DAY = timedelta(days=1)
-LAPSED = SubscriptionState(subscription_id="sub_1", status="past_due", cancel_at_period_end=False, current_period_end=None)
+LAPSED = SubscriptionState(
+    subscription_id="sub_1", status="past_due", cancel_at_period_end=False, current_period_end=None
+)
 """What Stripe answers before the termination unless a test says otherwise: still not paying."""
 
 
@@ -86,7 +88,9 @@ class FakeChurn:
         at = request.at
         channel = request.channel or "sms"
         if self.quiet_until:
-            return NudgeDecision(allowed=False, channel=channel, held_back="quiet_hours", retry_at=at + self.quiet_until.pop(0))
+            return NudgeDecision(
+                allowed=False, channel=channel, held_back="quiet_hours", retry_at=at + self.quiet_until.pop(0)
+            )
         recent = [t for t in request.sent_before if at - t < DAY]
         if self.daily_cap is not None and len(recent) >= self.daily_cap:
             return NudgeDecision(allowed=False, channel=channel, held_back="daily_cap", retry_at=at + DAY)
@@ -114,13 +118,18 @@ class FakeChurn:
     async def extend_subscription(self, request: ExtendSubscription) -> SubscriptionPeriod:
         self.extensions.append(request)
         return SubscriptionPeriod(
-            subscription_id="sub_1", status="active", trial_end=None, current_period_end=started_at() + request.days * DAY
+            subscription_id="sub_1",
+            status="active",
+            trial_end=None,
+            current_period_end=started_at() + request.days * DAY,
         )
 
     @activity.defn(name="cancel_subscription")
     async def cancel_subscription(self, request: CancelSubscription) -> SubscriptionCancellation:
         self.cancellations.append((started_at(), request))
-        return SubscriptionCancellation(subscription_id="sub_1", status="canceled", cancel_at_period_end=False, canceled_at=None)
+        return SubscriptionCancellation(
+            subscription_id="sub_1", status="canceled", cancel_at_period_end=False, canceled_at=None
+        )
 
     def activities(self) -> list:
         return [
@@ -141,7 +150,12 @@ async def open_case(env: WorkflowEnvironment, task_queue: str) -> tuple[int, Wor
     case_id = random.randint(1, 2**31)
     handle = await env.client.start_workflow(
         "ChurnCaseWorkflow",
-        ChurnCaseInput(case_id=case_id, company_id=COMPANY, manage_link="https://gym.example/manage", messaging_task_queue=task_queue),
+        ChurnCaseInput(
+            case_id=case_id,
+            company_id=COMPANY,
+            manage_link="https://gym.example/manage",
+            messaging_task_queue=task_queue,
+        ),
         id=f"churn-case/{case_id}",
         task_queue=task_queue,
         result_type=CaseStatus,
@@ -174,13 +188,17 @@ async def test_nudges_go_out_on_the_offset_days_then_the_membership_is_terminate
 
     assert days_after(start, [t for t, _ in fake.sends]) == [0, 2, 5]
     assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:{n}" for n in (1, 2, 3)]
-    assert {(m.recipient_type, m.recipient_id, m.template) for _, m in fake.sends} == {("member", str(MEMBERSHIP), "churn_nudge")}
+    assert {(m.recipient_type, m.recipient_id, m.template) for _, m in fake.sends} == {
+        ("member", str(MEMBERSHIP), "churn_nudge")
+    }
     # Stripe is read once more before the irreversible step; the member is still not paying.
     [(read_at, read)] = fake.state_reads
     [(cancelled_at, cancel)] = fake.cancellations
     assert read == SubscriptionStateRequest(membership_id=MEMBERSHIP) and read_at <= cancelled_at
     assert days_after(start, [read_at]) == [8]  # last offset (5) + grace (3)
-    assert cancel == CancelSubscription(membership_id=MEMBERSHIP, idempotency_key=f"terminate:{case_id}", at_period_end=False)
+    assert cancel == CancelSubscription(
+        membership_id=MEMBERSHIP, idempotency_key=f"terminate:{case_id}", at_period_end=False
+    )
     assert fake.kinds() == ["nudge_sms", "nudge_sms", "nudge_sms", "membership_terminated"]
     assert fake.actions[-1].close_as == "TERMINATED"
     assert (result.status, result.attempts) == ("TERMINATED", 3)
@@ -204,7 +222,9 @@ async def test_recovered_on_day_3_stops_the_remaining_nudges_and_the_termination
     assert (result.status, result.attempts, result.next_nudge_at) == ("RECOVERED", 2, None)
 
 
-async def test_an_ending_for_another_company_is_refused(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+async def test_an_ending_for_another_company_is_refused(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
     fake = FakeChurn(offsets=[0, 2], grace=1)
     async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
         _, handle = await open_case(time_skipping_env, task_queue)
@@ -250,7 +270,11 @@ async def test_manual_nudges_are_decided_one_at_a_time_under_the_daily_cap(
     assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1", f"manual:{case_id}:1"]
     assert fake.sends[1][1].channel == "whatsapp"
     held = fake.actions[2]
-    assert (held.type, held.idempotency_key, held.metadata["held_back"]) == ("nudge_suppressed", f"manual:{case_id}:2", "daily_cap")
+    assert (held.type, held.idempotency_key, held.metadata["held_back"]) == (
+        "nudge_suppressed",
+        f"manual:{case_id}:2",
+        "daily_cap",
+    )
     assert (now.attempts, now.manual_nudges, now.last_hold_back) == (2, 2, "daily_cap")
     assert result.status == "CANCELLED"
 
@@ -271,14 +295,23 @@ async def test_a_manual_nudge_decides_and_schedules_its_send_in_one_workflow_tas
         await handle.result()
 
     events = history.events
-    signalled = next(i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-    send = next(i for i, e in enumerate(events) if i > signalled and e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    signalled = next(
+        i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    )
+    send = next(
+        i
+        for i, e in enumerate(events)
+        if i > signalled and e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    )
     between = [e.event_type for e in events[signalled:send]]
     assert events[send].activity_task_scheduled_event_attributes.activity_type.name == "send_message"
     assert between.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1  # the task the signal woke
     assert EventType.EVENT_TYPE_MARKER_RECORDED in between  # the decision, recorded by that task
-    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
-                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
     assert "churn_decide_nudge" not in scheduled
     assert [d.channel for d in fake.decisions] == [None]  # decided once, under the company's rules
     assert [m.idempotency_key for _, m in fake.sends] == [f"manual:{case_id}:1"]
@@ -313,14 +346,20 @@ async def test_a_malformed_or_foreign_manual_nudge_is_dropped(
     assert len(fake.decisions) == 1 and len(fake.sends) == 1
 
 
-async def test_apply_incentive_accepts_1_to_90_days_once(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+async def test_apply_incentive_accepts_1_to_90_days_once(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
     fake = FakeChurn(offsets=[0, 10])
     async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
         case_id, handle = await open_case(time_skipping_env, task_queue)
         await eventually(lambda: _nudged(handle, 1))
         for days in (0, 91, -5):
-            assert "between 1 and 90" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=days, company_id=COMPANY))
-        assert "does not belong" in await refusal(handle, ApplyIncentive(actor_id="op-1", days=30, company_id="co-other"))
+            assert "between 1 and 90" in await refusal(
+                handle, ApplyIncentive(actor_id="op-1", days=days, company_id=COMPANY)
+            )
+        assert "does not belong" in await refusal(
+            handle, ApplyIncentive(actor_id="op-1", days=30, company_id="co-other")
+        )
         assert "company_id is required" in await refusal(handle, {"actor_id": "op-1", "days": 30})
         assert fake.extensions == []
 
@@ -332,7 +371,9 @@ async def test_apply_incentive_accepts_1_to_90_days_once(time_skipping_env: Work
         await handle.signal("recovered", {"company_id": COMPANY})
         await handle.result()
 
-    assert fake.extensions == [ExtendSubscription(membership_id=MEMBERSHIP, days=30, idempotency_key=f"incentive:{case_id}")]
+    assert fake.extensions == [
+        ExtendSubscription(membership_id=MEMBERSHIP, days=30, idempotency_key=f"incentive:{case_id}")
+    ]
     assert period_end is not None
     incentive = next(a for a in fake.actions if a.type == "incentive_applied")
     assert (incentive.incentive_applied, incentive.metadata, incentive.actor_id) == (True, {"days": 30}, "op-1")
@@ -366,15 +407,24 @@ async def test_stripe_is_read_again_before_the_membership_is_terminated(
     ends_as: str,
     cancels_at_period_end: bool | None,
 ) -> None:
-    fake = FakeChurn(offsets=[0], grace=1, subscription=SubscriptionState(
-        subscription_id="sub_1", status=stripe_status, cancel_at_period_end=cancel_at_period_end, current_period_end=None
-    ))
+    fake = FakeChurn(
+        offsets=[0],
+        grace=1,
+        subscription=SubscriptionState(
+            subscription_id="sub_1",
+            status=stripe_status,
+            cancel_at_period_end=cancel_at_period_end,
+            current_period_end=None,
+        ),
+    )
     async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
         _, handle = await open_case(time_skipping_env, task_queue)
         result = await handle.result()
 
     assert len(fake.state_reads) == 1
-    assert [c.at_period_end for _, c in fake.cancellations] == ([] if cancels_at_period_end is None else [cancels_at_period_end])
+    assert [c.at_period_end for _, c in fake.cancellations] == (
+        [] if cancels_at_period_end is None else [cancels_at_period_end]
+    )
     assert result.status == ends_as and fake.actions[-1].close_as == ends_as
     assert await task_failures(handle) == 0
 
@@ -453,7 +503,11 @@ async def test_nudge_now_answers_sent_deferred_until_quiet_hours_end_or_capped(
     quiet_end = fake.decisions[2].at + timedelta(hours=9)
     assert (deferred.outcome, deferred.reason, deferred.at) == ("deferred", "quiet_hours", quiet_end)
     assert (capped.outcome, capped.reason, capped.at) == ("capped", "daily_cap", fake.decisions[-1].at + DAY)
-    assert [m.idempotency_key for _, m in fake.sends] == [f"nudge:{case_id}:1", f"manual:{case_id}:1", f"manual:{case_id}:2"]
+    assert [m.idempotency_key for _, m in fake.sends] == [
+        f"nudge:{case_id}:1",
+        f"manual:{case_id}:1",
+        f"manual:{case_id}:2",
+    ]
     assert fake.sends[2][0] >= deferred.at  # the deferred nudge went out when quiet hours ended, not before
     suppressed = next(a for a in fake.actions if a.type == "nudge_suppressed")
     assert (suppressed.idempotency_key, suppressed.actor_id) == (f"manual:{case_id}:3", "op-3")

@@ -35,8 +35,14 @@ BUSINESS_DAY = date(2026, 11, 23)
 """What the calendar activity answers: not today, so a test sees the workflow used its answer."""
 
 
-def page(day: date, retailers: list[int], *, last: bool, skipped: dict[str, int] | None = None,
-         link_failures: dict[str, int] | None = None) -> ReminderPage:
+def page(
+    day: date,
+    retailers: list[int],
+    *,
+    last: bool,
+    skipped: dict[str, int] | None = None,
+    link_failures: dict[str, int] | None = None,
+) -> ReminderPage:
     """A page as `credit_reminder_page` builds it: one payment_reminder per due retailer."""
     return ReminderPage(
         after_retailer_id=max(retailers, default=0),
@@ -190,7 +196,10 @@ async def test_reminders_page_through_bounded_sends_and_mark_only_what_went_out(
         while_held = await handle.query("status", result_type=RemindersStatus)
         status = await handle.result()
 
-    assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [(day, 0, 4), (day, 4, 4)]
+    assert [(r.reminder_date, r.after_retailer_id, r.page_size) for r in fake.page_requests] == [
+        (day, 0, 4),
+        (day, 4, 4),
+    ]
     # One batch activity per page, never more than max_in_flight sends at once; retailer 5 twice:
     # deferred, then after its hold.
     assert fake.batches == [4, 1, 1]
@@ -269,7 +278,9 @@ async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of
 ) -> None:
     fake = FakeCredit(pages=[page(BUSINESS_DAY, [], last=True, skipped={"opted_out": 2})])
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
-        handle = await start_reminders(time_skipping_env, task_queue, RemindersRequest(business_timezone="Africa/Accra"))
+        handle = await start_reminders(
+            time_skipping_env, task_queue, RemindersRequest(business_timezone="Africa/Accra")
+        )
         status = await handle.result()
 
     assert [d.timezone for d in fake.days_asked] == ["Africa/Accra"]
@@ -283,7 +294,13 @@ async def test_guardrails_pause_and_resume_and_tell_each_retailer_once(
 ) -> None:
     fake = FakeCredit(
         changes=[
-            GuardrailChange(retailer_id=1, change="paused", audit_id=10, reason="debit 30 days overdue", amount_due=Decimal("1234.5")),
+            GuardrailChange(
+                retailer_id=1,
+                change="paused",
+                audit_id=10,
+                reason="debit 30 days overdue",
+                amount_due=Decimal("1234.5"),
+            ),
             GuardrailChange(retailer_id=2, change="resumed", audit_id=11),
         ],
         refuse_send={"credit_resumed:11": "RecipientOptedOut"},
@@ -314,7 +331,11 @@ async def test_recording_a_payment_rechecks_that_retailers_guardrails_at_once(
 ) -> None:
     fake = FakeCredit(changes=[GuardrailChange(retailer_id=5, change="resumed", audit_id=21)])
     payment = RecordPayment(
-        retailer_id=5, amount=Decimal("250.00"), reference="bank:tx-778", actor="admin-1", messaging_task_queue=task_queue
+        retailer_id=5,
+        amount=Decimal("250.00"),
+        reference="bank:tx-778",
+        actor="admin-1",
+        messaging_task_queue=task_queue,
     )
     async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
         result = await time_skipping_env.client.execute_workflow(

@@ -46,7 +46,10 @@ def two_chunks() -> list[InsightsChunkResult]:
 
 async def regenerate(env: WorkflowEnvironment, task_queue: str, request: InsightsRequest):
     handle = await env.client.start_workflow(
-        "InsightsRegenerationWorkflow", request, id=f"insights/{uuid.uuid4().hex}", task_queue=task_queue,
+        "InsightsRegenerationWorkflow",
+        request,
+        id=f"insights/{uuid.uuid4().hex}",
+        task_queue=task_queue,
         result_type=InsightsResult,
     )
     return handle, await handle.result()
@@ -56,13 +59,17 @@ async def test_regeneration_pages_from_the_cursor_until_a_chunk_says_done(
     time_skipping_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     fake = FakeInsights(chunks=two_chunks())
-    request = InsightsRequest(business_timezone="Africa/Lagos", page_size=40, pages_per_activity=3, seconds_per_activity=5)
+    request = InsightsRequest(
+        business_timezone="Africa/Lagos", page_size=40, pages_per_activity=3, seconds_per_activity=5
+    )
     async with family_worker(time_skipping_env, task_queue, "insights", fake.activities()):
         handle, result = await regenerate(time_skipping_env, task_queue, request)
 
     assert [d.timezone for d in fake.days_asked] == ["Africa/Lagos"]
     assert [(c.insight_date, c.after_retailer_id) for c in fake.asked] == [(BUSINESS_DAY, 0), (BUSINESS_DAY, 120)]
-    assert {(c.page_size, c.max_pages, c.max_seconds, c.business_timezone) for c in fake.asked} == {(40, 3, 5, "Africa/Lagos")}
+    assert {(c.page_size, c.max_pages, c.max_seconds, c.business_timezone) for c in fake.asked} == {
+        (40, 3, 5, "Africa/Lagos")
+    }
     assert (result.insight_date, result.pages_done, result.retailers_done) == (BUSINESS_DAY, 4, 150)
     assert result.started_at <= result.finished_at
     assert await task_failures(handle) == 0

@@ -46,13 +46,20 @@ def busy() -> ApplicationError:
 
 
 def insufficient() -> ApplicationError:
-    return ApplicationError("customer 31 has 10 points, 500 were to be redeemed", type="InsufficientPoints", non_retryable=True)
+    return ApplicationError(
+        "customer 31 has 10 points, 500 were to be redeemed", type="InsufficientPoints", non_retryable=True
+    )
 
 
 def intent(status: str = "succeeded", *, refunded: bool = False) -> PaymentIntentState:
     return PaymentIntentState(
-        id="pi_123", status=status, amount=Decimal("40.00"), amount_refunded=Decimal("40.00") if refunded else Decimal("0"),
-        currency="usd", refunded=refunded, fully_refunded=refunded,
+        id="pi_123",
+        status=status,
+        amount=Decimal("40.00"),
+        amount_refunded=Decimal("40.00") if refunded else Decimal("0"),
+        currency="usd",
+        refunded=refunded,
+        fully_refunded=refunded,
     )
 
 
@@ -79,8 +86,15 @@ class FakeLoyalty:
 
     def item(self, status: QueueStatus, **changes: object) -> QueueItem:
         return QueueItem(
-            item_id=self.item_id, customer_id=CUSTOMER, order_id="ord-9", payment_intent_id=self.payment_intent_id,
-            points_redeemed=500, order_total=Decimal("40.00"), status=status, attempts=len(self.applies), **changes,  # type: ignore[arg-type]
+            item_id=self.item_id,
+            customer_id=CUSTOMER,
+            order_id="ord-9",
+            payment_intent_id=self.payment_intent_id,
+            points_redeemed=500,
+            order_total=Decimal("40.00"),
+            status=status,
+            attempts=len(self.applies),
+            **changes,  # type: ignore[arg-type]
         )
 
     @activity.defn(name="loyalty_load_item")
@@ -95,10 +109,17 @@ class FakeLoyalty:
         if self.keep_failing:
             raise self.keep_failing
         application = PointsApplication(
-            customer_id=CUSTOMER, order_id="ord-9", outcome="applied", points_redeemed=500, points_earned=40,
-            balance_before=600, balance_after=140,
+            customer_id=CUSTOMER,
+            order_id="ord-9",
+            outcome="applied",
+            points_redeemed=500,
+            points_earned=40,
+            balance_before=600,
+            balance_after=140,
         )
-        return QueueApplyResult(item=self.item("RESOLVED", resolution="applied", resolved_by="system"), application=application)
+        return QueueApplyResult(
+            item=self.item("RESOLVED", resolution="applied", resolved_by="system"), application=application
+        )
 
     @activity.defn(name="payment_intent_status")
     async def payment_intent_status(self, request: PaymentIntentStatus) -> PaymentIntentState:
@@ -174,7 +195,12 @@ async def test_retryable_failures_are_retried_then_a_refusal_goes_to_review_and_
     assert (review.status, review.reason) == ("NEEDS_REVIEW", fake.reviews[0].reason)
     assert [r.actor_id for r in fake.reopened] == ["admin-1"]
     assert len(fake.applies) == 4  # retry_now: one fresh try, which applied
-    assert (result.status, result.resolution, result.points_earned, result.points_redeemed) == ("RESOLVED", "applied", 40, 500)
+    assert (result.status, result.resolution, result.points_earned, result.points_redeemed) == (
+        "RESOLVED",
+        "applied",
+        40,
+        500,
+    )
     assert await task_failures(handle) == 0
 
 
@@ -196,7 +222,9 @@ async def test_an_item_that_never_applies_goes_to_review_when_its_attempts_run_o
     assert review.reason == marked.reason
     tried_for = fake.applies[-1][0] - fake.applies[0][0]
     assert timedelta(hours=5) < tried_for < GIVE_UP_AFTER  # the attempts ran out well inside the 24-hour window
-    assert max(b[0] - a[0] for a, b in zip(fake.applies, fake.applies[1:], strict=False)) <= timedelta(hours=1, seconds=5)  # capped back-off
+    assert max(b[0] - a[0] for a, b in zip(fake.applies, fake.applies[1:], strict=False)) <= timedelta(
+        hours=1, seconds=5
+    )  # capped back-off
     assert result.resolution == "manual" and result.resolved_by == "admin-1"
 
 
@@ -302,8 +330,11 @@ class FakeSweep:
     @activity.defn(name="loyalty_audit_balances")
     async def audit(self, request: LoyaltyAuditRequest) -> LoyaltyAuditResult:
         return LoyaltyAuditResult(
-            audit_date=request.audit_date or date(2026, 11, 23), checked_at=started_at(), customers_checked=12,
-            discrepancy_count=0, discrepancies=[],
+            audit_date=request.audit_date or date(2026, 11, 23),
+            checked_at=started_at(),
+            customers_checked=12,
+            discrepancy_count=0,
+            discrepancies=[],
         )
 
 
@@ -316,7 +347,9 @@ async def test_the_sweep_pages_until_a_short_page_and_totals_what_it_started(
             LoyaltySweepPageResult(after_item_id=9, rows=1, started=1, already_running=0),
         ]
     )
-    async with family_worker(time_skipping_env, task_queue, "loyalty", [fake.start_missing_reconciliations, fake.audit]):
+    async with family_worker(
+        time_skipping_env, task_queue, "loyalty", [fake.start_missing_reconciliations, fake.audit]
+    ):
         result = await time_skipping_env.client.execute_workflow(
             "LoyaltyReconcileSweepWorkflow",
             LoyaltySweepRequest(page_size=2, max_concurrent_starts=3),

@@ -60,10 +60,15 @@ class FakeGateway:
         return await each_as_sent(batch, self.send_message)
 
 
-async def send_batch(env: WorkflowEnvironment, task_queue: str, fake: FakeGateway, batch: MessageBatch) -> MessageBatchResult:
+async def send_batch(
+    env: WorkflowEnvironment, task_queue: str, fake: FakeGateway, batch: MessageBatch
+) -> MessageBatchResult:
     async with family_worker(env, task_queue, "messaging", [fake.send_message, fake.send_messages]):
         handle = await env.client.start_workflow(
-            "MessageBatchWorkflow", batch, id=f"message-batch/{uuid.uuid4().hex}", task_queue=task_queue,
+            "MessageBatchWorkflow",
+            batch,
+            id=f"message-batch/{uuid.uuid4().hex}",
+            task_queue=task_queue,
             result_type=MessageBatchResult,
         )
         result = await handle.result()
@@ -71,7 +76,9 @@ async def send_batch(env: WorkflowEnvironment, task_queue: str, fake: FakeGatewa
         return result
 
 
-async def test_a_batch_reports_what_happened_to_every_message(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+async def test_a_batch_reports_what_happened_to_every_message(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
     fake = FakeGateway(
         answers={
             "b:2": SendOutcome(status="sent", provider_sid="SM0", duplicate=True),
@@ -107,7 +114,9 @@ async def test_a_batch_never_has_more_than_max_in_flight_sends_outstanding(
     assert 1 <= fake.most_in_flight <= 3
 
 
-async def test_a_batch_sends_a_hundred_messages_per_activity(time_skipping_env: WorkflowEnvironment, task_queue: str) -> None:
+async def test_a_batch_sends_a_hundred_messages_per_activity(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
     """One Temporal action per hundred messages, not per message."""
     fake = FakeGateway()
     batch = MessageBatch(messages=[message(f"h:{n}") for n in range(250)], max_in_flight=50, task_queue=task_queue)

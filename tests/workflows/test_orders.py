@@ -150,14 +150,23 @@ async def test_a_clock_registered_by_its_starter_keeps_the_times_told_without_re
     fake = FakeOrders()
     order_id = random.randint(1, 2**31)
     created = (await time_skipping_env.get_current_time()).replace(microsecond=0)  # the env skips ahead
-    told = PendingOrderRecord(order_id=order_id, retailer_id=RETAILER, state="PENDING", created_at=created,
-                              expires_at=created + timedelta(hours=24), follow_up_at=created + timedelta(hours=3))
+    told = PendingOrderRecord(
+        order_id=order_id,
+        retailer_id=RETAILER,
+        state="PENDING",
+        created_at=created,
+        expires_at=created + timedelta(hours=24),
+        follow_up_at=created + timedelta(hours=3),
+    )
     async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
         handle = await time_skipping_env.client.start_workflow(
             "PendingOrderWorkflow",
             PendingOrderInput(order_id=order_id, created_at=created, messaging_task_queue=task_queue, registered=told),
-            id=f"pending-order/{order_id}", task_queue=task_queue, result_type=PendingOrderResult,
+            id=f"pending-order/{order_id}",
+            task_queue=task_queue,
+            result_type=PendingOrderResult,
         )
+
         async def running() -> bool:
             return (await status(handle)).expires_at is not None
 
@@ -167,8 +176,11 @@ async def test_a_clock_registered_by_its_starter_keeps_the_times_told_without_re
 
     assert fake.registered == []  # no second read of the row
     history = await handle.fetch_history()
-    markers = [e.marker_recorded_event_attributes.marker_name for e in history.events
-               if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
     assert "core_patch" not in markers  # such a clock began after the precise clock: no patch marker
     assert (shown.follow_up_at, shown.expires_at) == (told.follow_up_at, told.expires_at)
     [(sent_at, _)] = fake.sends
@@ -238,8 +250,11 @@ async def test_an_order_failed_notice_held_by_quiet_hours_goes_out_when_the_hold
     async with family_worker(time_skipping_env, task_queue, "orders", fake.activities()):
         if late:
             result = await time_skipping_env.client.execute_workflow(
-                "OrderFailureWorkflow", LateOrderFailure(order_id=41, reason="not delivered", messaging_task_queue=task_queue),
-                id=f"order-failure/{uuid.uuid4()}", task_queue=task_queue, result_type=OrderFailureResult,
+                "OrderFailureWorkflow",
+                LateOrderFailure(order_id=41, reason="not delivered", messaging_task_queue=task_queue),
+                id=f"order-failure/{uuid.uuid4()}",
+                task_queue=task_queue,
+                result_type=OrderFailureResult,
             )
             assert result.changed
         else:

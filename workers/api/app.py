@@ -68,7 +68,11 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     # network that reaches no CDN (this stack's dev machines, many shops' servers) FastAPI's own
     # pages are blank.
     app = FastAPIOffline(
-        title="jobctl", version="1", description=DESCRIPTION, docs_url="/docs", openapi_url="/openapi.json",
+        title="jobctl",
+        version="1",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
         lifespan=lifespan,
     )
     app.state.stack = Stack(settings, engine, client)

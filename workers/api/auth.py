@@ -31,7 +31,9 @@ SCOPES = api_scopes()
 KEY_PREFIX = "jk_"
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, as an alternative to Bearer")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="the API key, as an alternative to Bearer"
+)
 
 
 class ApiKeyRefused(Refused):
@@ -70,7 +72,9 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-async def create_key(engine: AsyncEngine, name: str, scopes: list[str], company_id: str | None = None) -> tuple[str, int]:
+async def create_key(
+    engine: AsyncEngine, name: str, scopes: list[str], company_id: str | None = None
+) -> tuple[str, int]:
     """A new key (returned once, never stored) and its id."""
     key = new_key()
     async with engine.begin() as conn:
@@ -83,7 +87,13 @@ async def create_key(engine: AsyncEngine, name: str, scopes: list[str], company_
                 raise ApiKeyRefused(f"no company {company_id}")
         key_id = await conn.scalar(
             insert(ApiKey)
-            .values(name=name, key_hash=hash_key(key), prefix=key[: len(KEY_PREFIX) + 6], scopes=scopes, company_id=company_id)
+            .values(
+                name=name,
+                key_hash=hash_key(key),
+                prefix=key[: len(KEY_PREFIX) + 6],
+                scopes=scopes,
+                company_id=company_id,
+            )
             .returning(ApiKey.id)
         )
     return key, key_id  # type: ignore[return-value]
@@ -93,8 +103,16 @@ async def list_keys(engine: AsyncEngine) -> list[dict[str, object]]:
     async with engine.connect() as conn:
         rows = (await conn.execute(select(ApiKey).order_by(ApiKey.id))).all()
     return [
-        {"id": r.id, "name": r.name, "prefix": r.prefix, "scopes": list(r.scopes), "company_id": r.company_id,
-         "created_at": r.created_at, "last_used_at": r.last_used_at, "revoked_at": r.revoked_at}
+        {
+            "id": r.id,
+            "name": r.name,
+            "prefix": r.prefix,
+            "scopes": list(r.scopes),
+            "company_id": r.company_id,
+            "created_at": r.created_at,
+            "last_used_at": r.last_used_at,
+            "revoked_at": r.revoked_at,
+        }
         for r in rows
     ]
 
@@ -102,7 +120,10 @@ async def list_keys(engine: AsyncEngine) -> list[dict[str, object]]:
 async def revoke_key(engine: AsyncEngine, name: str) -> None:
     async with engine.begin() as conn:
         revoked = await conn.scalar(
-            update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now()).returning(ApiKey.id)
+            update(ApiKey)
+            .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.id)
         )
     if revoked is None:
         raise ApiKeyRefused(f"no active API key named {name}")

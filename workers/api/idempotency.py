@@ -36,8 +36,12 @@ _TABLE = cast(Table, IdempotentRequest.__table__)
 async def idempotency_key_header(
     idempotency_key: Annotated[
         str | None,
-        Header(alias=HEADER, min_length=1, max_length=255,
-               description="Retry-safe POST: the same key and body replays the first answer; another body is 422."),
+        Header(
+            alias=HEADER,
+            min_length=1,
+            max_length=255,
+            description="Retry-safe POST: the same key and body replays the first answer; another body is 422.",
+        ),
     ] = None,
 ) -> str | None:
     """Declares the header in the OpenAPI document (the route class does the work)."""
@@ -60,28 +64,41 @@ async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any
     table = _TABLE
     async with engine.begin() as conn:
         claimed = await conn.scalar(
-            insert(table).values(api_key_id=key_id, idempotency_key=key, request_hash=digest)
-            .on_conflict_do_nothing().returning(table.c.api_key_id)
+            insert(table)
+            .values(api_key_id=key_id, idempotency_key=key, request_hash=digest)
+            .on_conflict_do_nothing()
+            .returning(table.c.api_key_id)
         )
         if claimed is not None:
             return None
         taken_over = await conn.scalar(
             update(table)
-            .where(table.c.api_key_id == key_id, table.c.idempotency_key == key, table.c.status_code.is_(None),
-                   table.c.created_at < func.now() - ABANDONED_AFTER)
-            .values(request_hash=digest, created_at=func.now()).returning(table.c.api_key_id)
+            .where(
+                table.c.api_key_id == key_id,
+                table.c.idempotency_key == key,
+                table.c.status_code.is_(None),
+                table.c.created_at < func.now() - ABANDONED_AFTER,
+            )
+            .values(request_hash=digest, created_at=func.now())
+            .returning(table.c.api_key_id)
         )
         if taken_over is not None:
             return None
-        return (await conn.execute(select(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))).one()
+        return (
+            await conn.execute(select(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key))
+        ).one()
 
 
 async def _store(engine: AsyncEngine, key_id: int, key: str, response: Response) -> None:
     table = _TABLE
     async with engine.begin() as conn:
         await conn.execute(
-            update(table).where(table.c.api_key_id == key_id, table.c.idempotency_key == key)
-            .values(status_code=response.status_code, response_body=json.loads(bytes(response.body)) if response.body else None)
+            update(table)
+            .where(table.c.api_key_id == key_id, table.c.idempotency_key == key)
+            .values(
+                status_code=response.status_code,
+                response_body=json.loads(bytes(response.body)) if response.body else None,
+            )
         )
 
 
@@ -119,13 +136,22 @@ class IdempotentRoute(APIRoute):
             held = await _claim(engine, caller.key_id, key, digest)
             if held is not None:
                 if held.request_hash != digest:
-                    return unprocessable([FieldError(
-                        field=f"header.{HEADER}", message="this key was used with another request; use a new key")])
+                    return unprocessable(
+                        [
+                            FieldError(
+                                field=f"header.{HEADER}",
+                                message="this key was used with another request; use a new key",
+                            )
+                        ]
+                    )
                 if held.status_code is None:
-                    return problem_response(409, "a request with this Idempotency-Key is still being answered; retry shortly")
+                    return problem_response(
+                        409, "a request with this Idempotency-Key is still being answered; retry shortly"
+                    )
                 return Response(
                     json.dumps(held.response_body).encode() if held.response_body is not None else b"",
-                    status_code=held.status_code, media_type="application/json",
+                    status_code=held.status_code,
+                    media_type="application/json",
                     headers={"Idempotent-Replayed": "true"},
                 )
             try:

@@ -38,7 +38,9 @@ TITLES = {
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="where the bad value is: body.amount, query.limit, path.case_id, header.Idempotency-Key")
+    field: str = Field(
+        description="where the bad value is: body.amount, query.limit, path.case_id, header.Idempotency-Key"
+    )
     message: str
 
 
@@ -54,7 +56,9 @@ class ProblemDetails(BaseModel):
 
 
 class Problem(Exception):
-    def __init__(self, status: int, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.field, self.errors = status, detail, field, errors
 
@@ -63,7 +67,11 @@ class Problem(Exception):
 
 
 def problem_response(
-    status: int, detail: str | None, *, field: str | None = None, errors: list[FieldError] | None = None,
+    status: int,
+    detail: str | None,
+    *,
+    field: str | None = None,
+    errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ProblemDetails(title=TITLES.get(status, "Error"), status=status, detail=detail, field=field, errors=errors)
@@ -75,7 +83,10 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = ()) -> list[FieldError]:
-    return [FieldError(field=_location((*prefix, *e["loc"])), message=e["msg"].removeprefix("Value error, ")) for e in errors]
+    return [
+        FieldError(field=_location((*prefix, *e["loc"])), message=e["msg"].removeprefix("Value error, "))
+        for e in errors
+    ]
 
 
 def unprocessable(errors: list[FieldError]) -> JSONResponse:
@@ -124,7 +135,9 @@ def install(app: FastAPI) -> None:
         # request); after a database restart the first use of a stale connection fails, the
         # pool drops them all, and the caller's retry (with its Idempotency-Key) goes through.
         log.warning("api.database_connection_lost", path=request.url.path)
-        return problem_response(503, "the database connection was lost; retry the request", headers={"Retry-After": "1"})
+        return problem_response(
+            503, "the database connection was lost; retry the request", headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

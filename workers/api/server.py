@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings, engine: AsyncEngine, client: Client, host: str, port: int) -> AsyncIterator[str]:
+async def serve_api(
+    settings: Settings, engine: AsyncEngine, client: Client, host: str, port: int
+) -> AsyncIterator[str]:
     """Serve until the block ends; yields the base URL (port 0: any free port)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -29,7 +31,9 @@ async def serve_api(settings: Settings, engine: AsyncEngine, client: Client, hos
     # lifespan "on": the app opens its Stripe gateway at startup and closes it at shutdown
     config = uvicorn.Config(create_app(settings, engine, client), log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the process owns its signals
+    # The process owns its signals (`workers/process.py`): uvicorn must not take SIGINT/SIGTERM over
+    # while it serves, which would stop the API before the process drains the rest in order.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # on purpose
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -13,7 +13,9 @@ import typer
 from workers.cli.runner import UsageError, call, configure_logging, echo, run, settings
 
 api_app = typer.Typer(rich_markup_mode=None)
-keys_app = typer.Typer(help="API keys: create (printed once), list, revoke.", no_args_is_help=True, rich_markup_mode=None)
+keys_app = typer.Typer(
+    help="API keys: create (printed once), list, revoke.", no_args_is_help=True, rich_markup_mode=None
+)
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -33,9 +35,15 @@ def api(
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option("--name", help="Who calls (the actor in audit rows), e.g. shop-backend.", show_default=False)],
-    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated, e.g. orders:write,credit:read.", show_default=False)],
-    company: Annotated[str | None, typer.Option("--company", help="Confine the key to this company's churn data.")] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Who calls (the actor in audit rows), e.g. shop-backend.", show_default=False)
+    ],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated, e.g. orders:write,credit:read.", show_default=False)
+    ],
+    company: Annotated[
+        str | None, typer.Option("--company", help="Confine the key to this company's churn data.")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Create a key and print it once (store it now: it cannot be shown again)."""
@@ -50,8 +58,11 @@ def keys_create(
     except ApiKeyRefused as refused:
         raise UsageError(str(refused)) from None
     key, key_id = call(lambda c: create_key(c.engine, name, wanted, company), database=True)
-    echo(as_json, {"id": key_id, "name": name, "scopes": wanted, "company_id": company, "key": key},
-         f"{key}\n(api key {name}: {', '.join(wanted)}{f', company {company}' if company else ''}; shown once)")
+    echo(
+        as_json,
+        {"id": key_id, "name": name, "scopes": wanted, "company_id": company, "key": key},
+        f"{key}\n(api key {name}: {', '.join(wanted)}{f', company {company}' if company else ''}; shown once)",
+    )
 
 
 @keys_app.command("list")

@@ -38,7 +38,11 @@ def churn_open(
     """Open a case for MEMBERSHIP (or find its open one) and start its workflow."""
     from services.churn import start_case
 
-    case_id = call(lambda c: start_case(c.client, c.engine, c.settings, membership, "manual", company_id=company), temporal=True, database=True)
+    case_id = call(
+        lambda c: start_case(c.client, c.engine, c.settings, membership, "manual", company_id=company),
+        temporal=True,
+        database=True,
+    )
     typer.echo(f"{ids.churn_case(case_id)}: open")
 
 
@@ -69,7 +73,11 @@ def churn_nudge(
 def _end(case_id: int, signal: str, actor: str, company: str) -> None:
     from services.churn import signal_case
 
-    call(lambda c: signal_case(c.client, c.engine, case_id, signal, {"actor_id": actor}, company_id=company), temporal=True, database=True)
+    call(
+        lambda c: signal_case(c.client, c.engine, case_id, signal, {"actor_id": actor}, company_id=company),
+        temporal=True,
+        database=True,
+    )
     typer.echo(f"{ids.churn_case(case_id)}: {signal} sent")
 
 
@@ -152,14 +160,19 @@ def churn_cases(
 
     if status not in (None, "OPEN", "RECOVERED", "CANCELLED", "TERMINATED"):
         raise UsageError(f"--status must be OPEN, RECOVERED, CANCELLED or TERMINATED (got {status!r})")
-    rows = call(lambda c: list_cases(c.engine, company_id=company, status=status, membership_id=membership, limit=limit), database=True)
+    rows = call(
+        lambda c: list_cases(c.engine, company_id=company, status=status, membership_id=membership, limit=limit),
+        database=True,
+    )
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     typer.echo(f"{'case':<8}{'company':<16}{'membership':>11}  {'status':<11}{'trigger':<22}{'nudges':>7}  opened")
     for r in rows:
-        typer.echo(f"{r['case_id']:<8}{r['company_id']:<16}{r['membership_id']:>11}  {r['status']:<11}{r['trigger']:<22}"
-                   f"{r['attempts']:>7}  {r['opened_at']:%Y-%m-%d %H:%M}")
+        typer.echo(
+            f"{r['case_id']:<8}{r['company_id']:<16}{r['membership_id']:>11}  {r['status']:<11}{r['trigger']:<22}"
+            f"{r['attempts']:>7}  {r['opened_at']:%Y-%m-%d %H:%M}"
+        )
 
 
 @churn_app.command("settings")

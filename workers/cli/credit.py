@@ -22,7 +22,9 @@ credit_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-payments_app = typer.Typer(help="Payments: record one (oldest debits first).", no_args_is_help=True, rich_markup_mode=None)
+payments_app = typer.Typer(
+    help="Payments: record one (oldest debits first).", no_args_is_help=True, rich_markup_mode=None
+)
 
 RetailerArg = Annotated[int, typer.Argument(min=1, help="Retailer id (retailers.id).", show_default=False)]
 Reason = Annotated[str, typer.Option("--reason", help="Why (stored in the audit log).", show_default=False)]
@@ -121,7 +123,14 @@ def credit_limits(
 @credit_app.command("adjust")
 def credit_adjust(
     retailer_id: RetailerArg,
-    amount: Annotated[str, typer.Option("--amount", help="+A in the retailer's favour (return, write-off, dispute won); -A a charge.", show_default=False)],
+    amount: Annotated[
+        str,
+        typer.Option(
+            "--amount",
+            help="+A in the retailer's favour (return, write-off, dispute won); -A a charge.",
+            show_default=False,
+        ),
+    ],
     reason: Reason,
     actor: Actor,
     reference: Annotated[str | None, typer.Option("--reference", help="The same reference twice adjusts once.")] = None,
@@ -140,14 +149,24 @@ def credit_adjust(
         raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
     ref = reference or f"manual-{uuid.uuid4().hex[:12]}"
     result = call(
-        lambda c: adjust(c.engine, retailer_id, value, reason=reason, actor=actor, reference=ref, today=datetime.now(c.settings.tz).date()),
+        lambda c: adjust(
+            c.engine,
+            retailer_id,
+            value,
+            reason=reason,
+            actor=actor,
+            reference=ref,
+            today=datetime.now(c.settings.tz).date(),
+        ),
         database=True,
     )
     resumed = False
     if result.system_paused:  # in the retailer's favour and still paused: lift it now, as a payment would
         from services.credit import recheck_guardrails
 
-        check = call(lambda c: recheck_guardrails(c.client, c.settings, retailer_id, reference=result.reference), temporal=True)
+        check = call(
+            lambda c: recheck_guardrails(c.client, c.settings, retailer_id, reference=result.reference), temporal=True
+        )
         resumed = retailer_id in check.resumed
     if as_json:
         echo(True, result.__dict__ | {"credit_resumed": resumed})
@@ -171,7 +190,12 @@ _PAYMENT_MODES: dict[str, Literal["CREDIT", "COD"]] = {"CREDIT": "CREDIT", "COD"
 def credit_order(
     retailer_id: RetailerArg,
     amount: Annotated[str, typer.Option("--amount", help="The order's total.", show_default=False)],
-    order: Annotated[int, typer.Option("--order", min=1, help="The order id (orders.id); the same one twice places once.", show_default=False)],
+    order: Annotated[
+        int,
+        typer.Option(
+            "--order", min=1, help="The order id (orders.id); the same one twice places once.", show_default=False
+        ),
+    ],
     mode: Annotated[str, typer.Option("--mode", help="CREDIT or COD.", case_sensitive=False)] = "CREDIT",
     as_json: Json = False,
 ) -> None:
@@ -183,7 +207,9 @@ def credit_order(
     if payment_mode is None:
         raise UsageError(f"--mode must be CREDIT or COD (got {mode})")
     placed = call(
-        lambda c: place_order(c.engine, retailer_id, order, value, payment_mode, today=datetime.now(c.settings.tz).date()),
+        lambda c: place_order(
+            c.engine, retailer_id, order, value, payment_mode, today=datetime.now(c.settings.tz).date()
+        ),
         database=True,
     )
     if as_json:
@@ -295,7 +321,9 @@ def payments_record(
         return
     recorded = result.payment
     if recorded.duplicate:
-        typer.echo(f"payment/{retailer}/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed")
+        typer.echo(
+            f"payment/{retailer}/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed"
+        )
         return
     typer.echo(f"payment/{retailer}/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
     for a in recorded.allocations:

@@ -46,5 +46,3 @@ def insights_run(
     result = run(_run)
     if result:
         typer.echo(f"{result.retailers_done} retailers in {result.pages_done} pages")
-
-

@@ -24,10 +24,13 @@ loyalty_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ItemArg = Annotated[int, typer.Argument(min=1, help="Reconciliation item id (loyalty_reconciliation_queue.id).", show_default=False)]
-ActorOpt = Annotated[str, typer.Option("--actor", help="Who acts (an admin id, recorded on the item).", show_default=False)]
+ItemArg = Annotated[
+    int, typer.Argument(min=1, help="Reconciliation item id (loyalty_reconciliation_queue.id).", show_default=False)
+]
+ActorOpt = Annotated[
+    str, typer.Option("--actor", help="Who acts (an admin id, recorded on the item).", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
 
 
 def _call(action: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
@@ -53,7 +56,11 @@ def loyalty_retry(item_id: ItemArg, actor: ActorOpt, as_json: JsonOpt = False) -
 
     actor_id = _actor(actor)
     _call(retry_now, item_id, actor_id)
-    _echo(as_json, {"item_id": item_id, "signal": "retry_now", "actor_id": actor_id}, f"loyalty-reconcile/{item_id}: retry requested by {actor_id}")
+    _echo(
+        as_json,
+        {"item_id": item_id, "signal": "retry_now", "actor_id": actor_id},
+        f"loyalty-reconcile/{item_id}: retry requested by {actor_id}",
+    )
 
 
 @loyalty_app.command("resolve")
@@ -62,7 +69,8 @@ def loyalty_resolve(
     actor: ActorOpt,
     note: Annotated[str, typer.Option("--note", help="Why (stored with the resolution).", show_default=False)],
     points: Annotated[
-        int | None, typer.Option("--points", help="Adjust the customer's points by this (+/-) through the ledger, once.")
+        int | None,
+        typer.Option("--points", help="Adjust the customer's points by this (+/-) through the ledger, once."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -99,7 +107,9 @@ def loyalty_show(item_id: ItemArg, as_json: JsonOpt = False) -> None:
 
 @loyalty_app.command("audit")
 def loyalty_audit(
-    day: Annotated[datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="Audit date (default: today).")] = None,
+    day: Annotated[
+        datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="Audit date (default: today).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the integrity audit now (loyalty-audit/DATE) and print every balance that differs from its ledger."""
@@ -140,5 +150,7 @@ def loyalty_items(
         return
     typer.echo(f"{'item':<8}{'customer':>9}  {'order':<24}{'status':<14}{'attempts':>9}  last error")
     for r in rows:
-        typer.echo(f"{r['item_id']:<8}{r['customer_id']:>9}  {r['order_id']:<24}{r['status']:<14}{r['attempts']:>9}"
-                   f"  {r['last_error'] or ''}")
+        typer.echo(
+            f"{r['item_id']:<8}{r['customer_id']:>9}  {r['order_id']:<24}{r['status']:<14}{r['attempts']:>9}"
+            f"  {r['last_error'] or ''}"
+        )

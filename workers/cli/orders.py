@@ -27,7 +27,6 @@ orders_app = typer.Typer(
 OrderArg = Annotated[int, typer.Argument(min=1, help="Order id (orders.id).", show_default=False)]
 
 
-
 def _call(action: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
     """Run one service call against Temporal (a refusal is exit 2, by the runner)."""
     return call(lambda c: action(c.client, *args, **kwargs), temporal=True)
@@ -39,7 +38,9 @@ def orders_start(
     follow_up_after: Annotated[
         float | None, typer.Option("--follow-up-after", min=1, help="Seconds before the follow-up (default 2 h).")
     ] = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", min=1, help="Seconds until expiry for a new row (default 24 h).")] = None,
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", min=1, help="Seconds until expiry for a new row (default 24 h).")
+    ] = None,
 ) -> None:
     """Start ORDER's clock (idempotent: a running clock is reused)."""
     from activities.messaging.outbox import QuietHours
@@ -77,7 +78,9 @@ def orders_complete(order_id: OrderArg) -> None:
 @orders_app.command("fail")
 def orders_fail(
     order_id: OrderArg,
-    reason: Annotated[str, typer.Option("--reason", help="Why the order failed (stored on the order).", show_default=False)],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the order failed (stored on the order).", show_default=False)
+    ],
 ) -> None:
     """Signal `failed`: fail ORDER, reverse its credit debit and tell the retailer."""
     from services.orders import fail_order
@@ -90,8 +93,10 @@ def orders_fail(
     if late is None:
         typer.echo(f"pending-order/{order_id}: failed ({reason})")
     elif late.changed:
-        typer.echo(f"order-failure/{order_id}: failed after its clock ended ({reason});"
-                   f" reversed {late.reversed_amount or 0:,.2f}")
+        typer.echo(
+            f"order-failure/{order_id}: failed after its clock ended ({reason});"
+            f" reversed {late.reversed_amount or 0:,.2f}"
+        )
     else:
         typer.echo(f"order-failure/{order_id}: already failed; nothing changed")
 

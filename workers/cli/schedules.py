@@ -10,7 +10,9 @@ import typer
 
 from workers.cli.runner import UsageError, run, settings
 
-schedules_app = typer.Typer(help="Schedules as code: apply, list, trigger.", no_args_is_help=True, rich_markup_mode=None)
+schedules_app = typer.Typer(
+    help="Schedules as code: apply, list, trigger.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 # --- schedules -------------------------------------------------------------------------------
@@ -129,7 +131,9 @@ def schedules_unpause(
 @schedules_app.command("backfill")
 def schedules_backfill(
     schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
-    start: Annotated[datetime, typer.Option("--from", help="Start (exclusive), e.g. 2026-11-01 or 2026-11-01T03:00:00.")],
+    start: Annotated[
+        datetime, typer.Option("--from", help="Start (exclusive), e.g. 2026-11-01 or 2026-11-01T03:00:00.")
+    ],
     end: Annotated[datetime, typer.Option("--to", help="End (inclusive).")],
 ) -> None:
     """Run the actions a schedule would have taken between two times (e.g. after an outage)."""
@@ -144,11 +148,11 @@ def schedules_backfill(
         raise UsageError("--to must be after --from")
 
     async def _backfill() -> None:
-        await (await connect(s)).get_schedule_handle(schedule_id).backfill(
-            ScheduleBackfill(start_at=start_at, end_at=end_at, overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+        await (
+            (await connect(s))
+            .get_schedule_handle(schedule_id)
+            .backfill(ScheduleBackfill(start_at=start_at, end_at=end_at, overlap=ScheduleOverlapPolicy.ALLOW_ALL))
         )
 
     run(_backfill)
     typer.echo(f"backfilling {schedule_id} from {start_at.isoformat()} to {end_at.isoformat()}")
-
-

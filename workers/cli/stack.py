@@ -67,7 +67,9 @@ def worker(
         list[str] | None,
         typer.Option("--task-queue", help="Queues to poll: jobs, messaging (repeatable; default both)."),
     ] = None,
-    check: Annotated[bool, typer.Option("--check", help="Only check Temporal and the database are reachable; exit 0 or 1.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check Temporal and the database are reachable; exit 0 or 1.")
+    ] = False,
 ) -> None:
     """Run a worker against the configured Temporal and database (production entry point)."""
     s = settings()
@@ -95,7 +97,9 @@ def worker(
 @stack_app.command("twilio-emulator")
 def twilio_emulator(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8089,
-    rate_limit: Annotated[float | None, typer.Option(min=0.001, help="Messages per second before HTTP 429 (20429).")] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(min=0.001, help="Messages per second before HTTP 429 (20429).")
+    ] = None,
     fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of creates answered 5xx.")] = 0.0,
     latency_ms: Annotated[int, typer.Option(min=0, help="Added latency per request.")] = 0,
     accept_delay_ms: Annotated[
@@ -104,7 +108,11 @@ def twilio_emulator(
 ) -> None:
     """Serve the Twilio Messages API emulator (dev and tests) until Ctrl-C."""
     emulator = _devtool("twilio_emulator")
-    DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, run_emulator = emulator.DEFAULT_ACCOUNT_SID, emulator.DEFAULT_AUTH_TOKEN, emulator.run
+    DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, run_emulator = (
+        emulator.DEFAULT_ACCOUNT_SID,
+        emulator.DEFAULT_AUTH_TOKEN,
+        emulator.run,
+    )
 
     s = settings()
     configure_logging(s)
@@ -148,7 +156,9 @@ def webhooks(
         # Twilio signs the public URL it calls; behind a proxy that is not the URL this process sees.
         from config.settings import SettingsError
 
-        raise SettingsError("WEBHOOK_BASE_URL: not set (Twilio signs the public URL; its callbacks could not be verified)")
+        raise SettingsError(
+            "WEBHOOK_BASE_URL: not set (Twilio signs the public URL; its callbacks could not be verified)"
+        )
     configure_logging(s)
     typer.echo(f"webhooks on http://{host}:{port}/webhooks/stripe and /webhooks/twilio/(status|inbound)")
     run(lambda: run_webhook_server(s, database_url, host, port))
@@ -194,11 +204,13 @@ def migrate(
 @stack_app.command()
 def seed(
     retailers: Annotated[
-        int, typer.Option("--retailers", min=1, max=1_000_000, help="How many retailers to add (with orders and debts).")
+        int,
+        typer.Option("--retailers", min=1, max=1_000_000, help="How many retailers to add (with orders and debts)."),
     ] = 1000,
 ) -> None:
     """Add generated retailers with 60 days of orders and debts (for benchmarks)."""
     from activities.database import create_engine
+
     seed_retailers = _devtool("seed").seed_retailers
 
     s = settings()
@@ -214,5 +226,3 @@ def seed(
 
     report = run(_seed)
     typer.echo(f"seeded {report.retailers} retailers, {report.orders} orders, {report.debits} debits")
-
-

@@ -90,5 +90,15 @@ def stripe_handlers(deps: ActivityDeps) -> dict[str, StripeHandler]:
     return handlers
 
 
-__all__: Sequence[str] = ("FAMILIES", "Family", "all_schedules", "all_workflows", "api_scopes", "by_name", "job_activities",
-                          "messaging_activities", "schedule", "stripe_handlers")
+__all__: Sequence[str] = (
+    "FAMILIES",
+    "Family",
+    "all_schedules",
+    "all_workflows",
+    "api_scopes",
+    "by_name",
+    "job_activities",
+    "messaging_activities",
+    "schedule",
+    "stripe_handlers",
+)

@@ -35,7 +35,11 @@ def _stripe_handlers(deps: ActivityDeps) -> Mapping[str, StripeHandler]:
 
 
 FAMILY = Family(
-    name="churn", cli=[("churn", churn_app)], workflows=_workflows, activities=_activities, stripe_handlers=_stripe_handlers,
+    name="churn",
+    cli=[("churn", churn_app)],
+    workflows=_workflows,
+    activities=_activities,
+    stripe_handlers=_stripe_handlers,
     routes=routes_of("churn"),
     scopes={
         "churn:read": "list and show churn cases, read company settings",

@@ -45,7 +45,11 @@ def _schedules() -> list[ScheduleDefinition]:
 
 
 FAMILY = Family(
-    name="insights", cli=[("insights", insights_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    name="insights",
+    cli=[("insights", insights_app)],
+    workflows=_workflows,
+    activities=_activities,
+    schedules=_schedules,
     routes=routes_of("insights"),
     scopes={"insights:read": "a retailer's latest insight and message"},
 )

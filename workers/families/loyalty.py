@@ -78,7 +78,11 @@ def _schedules() -> list[ScheduleDefinition]:
 
 
 FAMILY = Family(
-    name="loyalty", cli=[("loyalty", loyalty_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    name="loyalty",
+    cli=[("loyalty", loyalty_app)],
+    workflows=_workflows,
+    activities=_activities,
+    schedules=_schedules,
     routes=routes_of("loyalty"),
     scopes={
         "loyalty:read": "list and show reconciliation items",

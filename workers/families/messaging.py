@@ -79,8 +79,15 @@ FAMILY = Family(
         "messaging:write": "pause or resume all outbound messaging (keys bound to no company)",
     },
     settings=(
-        "twilio_account_sid", "twilio_auth_token", "twilio_whatsapp_from", "twilio_sms_from", "twilio_api_base",
-        "messages_per_second", "messaging_paused_recheck_seconds", "message_daily_cap", "quiet_hours_start",
+        "twilio_account_sid",
+        "twilio_auth_token",
+        "twilio_whatsapp_from",
+        "twilio_sms_from",
+        "twilio_api_base",
+        "messages_per_second",
+        "messaging_paused_recheck_seconds",
+        "message_daily_cap",
+        "quiet_hours_start",
         "quiet_hours_end",
     ),
 )

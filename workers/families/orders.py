@@ -68,7 +68,11 @@ def _schedules() -> list[ScheduleDefinition]:
 
 
 FAMILY = Family(
-    name="orders", cli=[("orders", orders_app)], workflows=_workflows, activities=_activities, schedules=_schedules,
+    name="orders",
+    cli=[("orders", orders_app)],
+    workflows=_workflows,
+    activities=_activities,
+    schedules=_schedules,
     routes=routes_of("orders"),
     scopes={
         "orders:read": "show an order's clock, validate an order placement",

@@ -29,6 +29,7 @@ def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
 
 
 FAMILY = Family(
-    name="payments", activities=_activities,
+    name="payments",
+    activities=_activities,
     settings=("stripe_secret_key", "stripe_webhook_secret", "stripe_api_base", "pay_page_base_url"),
 )

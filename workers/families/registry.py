@@ -53,12 +53,31 @@ class Family:
 
 
 PROCESS_SETTINGS: tuple[str, ...] = (
-    "database_url", "temporal_address", "temporal_namespace", "temporal_api_key", "temporal_tls_cert",
-    "temporal_tls_key", "task_queue", "messaging_task_queue", "business_timezone", "payload_encryption_key",
-    "codec_server_token", "codec_cors_origins", "log_format", "log_level", "metrics_bind", "worker_deployment_name",
-    "worker_build_id", "public_base_url", "webhook_base_url",
+    "database_url",
+    "temporal_address",
+    "temporal_namespace",
+    "temporal_api_key",
+    "temporal_tls_cert",
+    "temporal_tls_key",
+    "task_queue",
+    "messaging_task_queue",
+    "business_timezone",
+    "payload_encryption_key",
+    "codec_server_token",
+    "codec_cors_origins",
+    "log_format",
+    "log_level",
+    "metrics_bind",
+    "worker_deployment_name",
+    "worker_build_id",
+    "public_base_url",
+    "webhook_base_url",
     # the dev stack (`jobctl dev`)
-    "jobctl_home", "temporal_ui_port", "twilio_emulator_port", "webhooks_port", "stripe_sandbox_port",
+    "jobctl_home",
+    "temporal_ui_port",
+    "twilio_emulator_port",
+    "webhooks_port",
+    "stripe_sandbox_port",
 )
 """Settings of the processes themselves: connections, queues, logs, metrics, the public URLs."""
 

@@ -34,7 +34,9 @@ def _schedules() -> list[ScheduleDefinition]:
         ScheduleDefinition(
             schedule_id="data-retention",
             workflow=DataRetentionWorkflow.run,
-            make_arg=lambda s: RetentionRequest(webhook_days=s.retention_webhook_days, message_days=s.retention_message_days),
+            make_arg=lambda s: RetentionRequest(
+                webhook_days=s.retention_webhook_days, message_days=s.retention_message_days
+            ),
             workflow_id="retention/daily",
             summary="Daily data retention: old webhook ids, message provider data, ended members' actions",
             daily_at=(2, 0),
@@ -44,6 +46,9 @@ def _schedules() -> list[ScheduleDefinition]:
 
 
 FAMILY = Family(
-    name="retention", workflows=_workflows, activities=_activities, schedules=_schedules,
+    name="retention",
+    workflows=_workflows,
+    activities=_activities,
+    schedules=_schedules,
     settings=("retention_webhook_days", "retention_message_days"),
 )

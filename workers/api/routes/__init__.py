@@ -67,8 +67,12 @@ class Page(BaseModel, Generic[T]):
 def page(items: list[T], paging: Paging) -> Page[T]:
     """`items` holds up to limit + 1 rows: the extra one only says another page exists."""
     more = len(items) > paging.limit
-    return Page[T](items=items[: paging.limit], limit=paging.limit, offset=paging.offset,
-                   next_offset=paging.offset + paging.limit if more else None)
+    return Page[T](
+        items=items[: paging.limit],
+        limit=paging.limit,
+        offset=paging.offset,
+        next_offset=paging.offset + paging.limit if more else None,
+    )
 
 
 class Accepted(BaseModel):

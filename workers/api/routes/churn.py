@@ -30,8 +30,11 @@ CompanyId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", descripti
 
 class OpenCase(BaseModel):
     membership_id: int = Field(ge=1, le=2**63 - 1)
-    company_id: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
-                                   description="the membership's company: required for a key bound to no company")
+    company_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="the membership's company: required for a key bound to no company",
+    )
 
 
 class CaseOpened(BaseModel):
@@ -69,7 +72,9 @@ class CaseDetail(BaseModel):
 
 class Nudge(BaseModel):
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
-    note: str | None = Field(default=None, max_length=500, description="kept in the workflow's history, not the message")
+    note: str | None = Field(
+        default=None, max_length=500, description="kept in the workflow's history, not the message"
+    )
 
 
 class Incentive(BaseModel):
@@ -101,7 +106,9 @@ def _update_id(request: Request, kind: str, case_id: int) -> str | None:
 
 
 @api.post("/cases", status_code=201, response_model=CaseOpened, responses=responses(404))
-async def open_case(body: OpenCase, stack: StackDep, caller: Annotated[Principal, require("churn:write")]) -> CaseOpened:
+async def open_case(
+    body: OpenCase, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
+) -> CaseOpened:
     """Open a case for the membership (or find its open one) and start its workflow."""
     from activities.churn.cases import CaseRefused
 
@@ -111,8 +118,9 @@ async def open_case(body: OpenCase, stack: StackDep, caller: Annotated[Principal
     if company is None:
         raise Problem(422, "body.company_id: required for a key bound to no company", field="body.company_id")
     try:
-        case_id = await service.start_case(stack.client, stack.engine, stack.settings, body.membership_id, "manual",
-                                           company_id=company)
+        case_id = await service.start_case(
+            stack.client, stack.engine, stack.settings, body.membership_id, "manual", company_id=company
+        )
     except CaseRefused:
         if caller.company_id is not None:
             raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}") from None
@@ -122,21 +130,33 @@ async def open_case(body: OpenCase, stack: StackDep, caller: Annotated[Principal
 
 @api.get("/cases", response_model=Page[Case])
 async def list_cases(
-    stack: StackDep, paging: PagingDep, caller: Annotated[Principal, require("churn:read")],
+    stack: StackDep,
+    paging: PagingDep,
+    caller: Annotated[Principal, require("churn:read")],
     status: Annotated[CaseState | None, Query()] = None,
     membership_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    company: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: the key's")] = None,
+    company: Annotated[
+        str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: the key's")
+    ] = None,
 ) -> Page[Case]:
     """Cases, newest first, by status and member; a company-bound key lists its company's only."""
     if company is not None:
         caller.confine(company)
-    rows = await admin.list_cases(stack.engine, company_id=company or caller.company_id, status=status,
-                                  membership_id=membership_id, limit=paging.limit + 1, offset=paging.offset)
+    rows = await admin.list_cases(
+        stack.engine,
+        company_id=company or caller.company_id,
+        status=status,
+        membership_id=membership_id,
+        limit=paging.limit + 1,
+        offset=paging.offset,
+    )
     return page([Case(**r) for r in rows], paging)
 
 
 @api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404))
-async def show_case(case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]) -> CaseDetail:
+async def show_case(
+    case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
+) -> CaseDetail:
     """The case, its workflow's status and its recovery actions."""
     case = await _owned_case(stack, case_id, caller)
     status = await service.case_status(stack.client, stack.engine, case_id, company_id=case["company_id"])
@@ -145,21 +165,38 @@ async def show_case(case_id: CaseId, stack: StackDep, caller: Annotated[Principa
 
 
 @api.post("/cases/{case_id}/nudge", response_model=NudgeOutcome, responses=responses(404, 409))
-async def nudge(case_id: CaseId, body: Nudge, request: Request, stack: StackDep,
-                caller: Annotated[Principal, require("churn:write")]) -> NudgeOutcome:
+async def nudge(
+    case_id: CaseId,
+    body: Nudge,
+    request: Request,
+    stack: StackDep,
+    caller: Annotated[Principal, require("churn:write")],
+) -> NudgeOutcome:
     """Nudge the member now, under the company's rules; the answer says sent, deferred until when, or capped."""
     case = await _owned_case(stack, case_id, caller)
     request_ = ManualNudge(actor_id=caller.name, channel=body.channel, note=body.note, company_id=case["company_id"])
-    return await service.nudge_now(stack.client, stack.engine, case_id, request_, update_id=_update_id(request, "nudge", case_id))
+    return await service.nudge_now(
+        stack.client, stack.engine, case_id, request_, update_id=_update_id(request, "nudge", case_id)
+    )
 
 
 @api.post("/cases/{case_id}/incentive", response_model=IncentiveApplied, responses=responses(404, 409))
-async def incentive(case_id: CaseId, body: Incentive, request: Request, stack: StackDep,
-                    caller: Annotated[Principal, require("churn:write")]) -> IncentiveApplied:
+async def incentive(
+    case_id: CaseId,
+    body: Incentive,
+    request: Request,
+    stack: StackDep,
+    caller: Annotated[Principal, require("churn:write")],
+) -> IncentiveApplied:
     """Extend the subscription once, by `days` or the company's incentive_days."""
     case = await _owned_case(stack, case_id, caller)
     days, period_end = await service.apply_incentive(
-        stack.client, stack.engine, case_id, caller.name, days=body.days, company_id=case["company_id"],
+        stack.client,
+        stack.engine,
+        case_id,
+        caller.name,
+        days=body.days,
+        company_id=case["company_id"],
         update_id=_update_id(request, "incentive", case_id),
     )
     return IncentiveApplied(case_id=case_id, days=days, current_period_end=period_end)
@@ -167,8 +204,14 @@ async def incentive(case_id: CaseId, body: Incentive, request: Request, stack: S
 
 async def _end(stack: Any, case_id: int, signal: str, caller: Principal) -> Accepted:
     case = await _owned_case(stack, case_id, caller)
-    await service.signal_case(stack.client, stack.engine, case_id, signal, {"actor_id": caller.name, "company_id": case["company_id"]},
-                              company_id=case["company_id"])
+    await service.signal_case(
+        stack.client,
+        stack.engine,
+        case_id,
+        signal,
+        {"actor_id": caller.name, "company_id": case["company_id"]},
+        company_id=case["company_id"],
+    )
     return Accepted(workflow_id=ids.churn_case(case_id), signal=signal)
 
 
@@ -193,14 +236,17 @@ async def _company(stack: Any, company_id: str, caller: Principal) -> CompanySet
 
 
 @api.get("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
-async def get_settings(company_id: CompanyId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]) -> Company:
+async def get_settings(
+    company_id: CompanyId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
+) -> Company:
     """The company's churn rules: offsets, channels, incentive days, quiet hours, cap, grace, time zone."""
     return Company(company_id=company_id, **(await _company(stack, company_id, caller)).model_dump())
 
 
 @api.put("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
-async def put_settings(company_id: CompanyId, body: CompanySettings, stack: StackDep,
-                       caller: Annotated[Principal, require("churn:write")]) -> Company:
+async def put_settings(
+    company_id: CompanyId, body: CompanySettings, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
+) -> Company:
     """Replace the company's churn rules (the database's limits); open cases use them from their next step."""
     await _company(stack, company_id, caller)
     saved = await admin.update_company_settings(stack.engine, company_id, body)

@@ -68,7 +68,9 @@ class PaymentLink(BaseModel):
     )
     amount: Decimal
     currency: str
-    checkout_session_id: str | None = Field(description="the Stripe Checkout Session made when it was last opened; None: never opened")
+    checkout_session_id: str | None = Field(
+        description="the Stripe Checkout Session made when it was last opened; None: never opened"
+    )
     debit_ids: list[int] = Field(description="the debits it pays")
     sent_at: datetime | None = Field(description="when a reminder last carried it; null: none went out yet")
 
@@ -116,7 +118,9 @@ Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
 class Limits(BaseModel):
     credit_limit: Money | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
     max_order_value: Money | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
-    max_outstanding_days: int | None = Field(default=None, ge=0, le=3650, description="days overdue before the system pauses")
+    max_outstanding_days: int | None = Field(
+        default=None, ge=0, le=3650, description="days overdue before the system pauses"
+    )
     reason: str | None = Field(default=None, max_length=500, description="stored in the audit log")
 
     @model_validator(mode="after")
@@ -134,11 +138,17 @@ class LimitsChanged(BaseModel):
 
 
 class AdjustmentIn(BaseModel):
-    amount: Money = Field(gt=-Decimal("1e12"), lt=Decimal("1e12"),
-                          description="+A in the retailer's favour (return, write-off, dispute won); -A a charge due today")
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored on the ledger row and the audit log")
+    amount: Money = Field(
+        gt=-Decimal("1e12"),
+        lt=Decimal("1e12"),
+        description="+A in the retailer's favour (return, write-off, dispute won); -A a charge due today",
+    )
+    reason: str = Field(
+        min_length=1, max_length=500, pattern=r"\S", description="stored on the ledger row and the audit log"
+    )
     reference: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
         description="the same reference twice adjusts once; default: a new one (retry with Idempotency-Key)",
     )
 
@@ -174,7 +184,7 @@ def _today(stack: Any) -> date:
 async def risk(stack: StackDep, paging: PagingDep, _: Annotated[Principal, require("credit:read")]) -> RiskView:
     """Receivables by aging bucket, and a page of the retailers about to cross their overdue limit."""
     view = await admin.risk_view(stack.engine, _today(stack))
-    window = view.at_risk[paging.offset: paging.offset + paging.limit + 1]
+    window = view.at_risk[paging.offset : paging.offset + paging.limit + 1]
     return RiskView(
         today=view.today,
         buckets=[AgingBucket(**b) for b in view.buckets],
@@ -188,41 +198,49 @@ async def profile(retailer_id: RetailerId, stack: StackDep, _: Annotated[Princip
     return Profile(**await admin.profile(stack.engine, retailer_id, _today(stack)))
 
 
-async def _change(stack: Any, retailer_id: int, action: admin.AdminAction, body: StatusChange, caller: Principal) -> StatusChanged:
+async def _change(
+    stack: Any, retailer_id: int, action: admin.AdminAction, body: StatusChange, caller: Principal
+) -> StatusChanged:
     change = await admin.change_status(stack.engine, retailer_id, action, reason=body.reason.strip(), actor=caller.name)
     return StatusChanged(**change.__dict__)
 
 
 @api.post("/retailers/{retailer_id}/pause", response_model=StatusChanged, responses=responses(404, 409))
-async def pause(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
-                caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+async def pause(
+    retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> StatusChanged:
     """Pause the retailer's credit (COD only); an admin pause is never lifted by a payment."""
     return await _change(stack, retailer_id, "pause", body, caller)
 
 
 @api.post("/retailers/{retailer_id}/unpause", response_model=StatusChanged, responses=responses(404, 409))
-async def unpause(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
-                  caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+async def unpause(
+    retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> StatusChanged:
     """Lift the retailer's pause or block, whoever made it."""
     return await _change(stack, retailer_id, "unpause", body, caller)
 
 
 @api.post("/retailers/{retailer_id}/block", response_model=StatusChanged, responses=responses(404, 409))
-async def block(retailer_id: RetailerId, body: StatusChange, stack: StackDep,
-                caller: Annotated[Principal, require("credit:write")]) -> StatusChanged:
+async def block(
+    retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> StatusChanged:
     """Block the retailer: no orders, no reminders, never lifted automatically."""
     return await _change(stack, retailer_id, "block", body, caller)
 
 
 @api.get("/retailers/{retailer_id}/payment-link", response_model=PaymentLink, responses=responses(404))
-async def open_payment_link(retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]) -> PaymentLink:
+async def open_payment_link(
+    retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]
+) -> PaymentLink:
     """The retailer's payment link (the one its reminders send); 404 when none was made yet."""
     return PaymentLink(**await admin.payment_link(stack.engine, retailer_id))
 
 
 @api.post("/retailers/{retailer_id}/limits", response_model=LimitsChanged, responses=responses(404))
-async def limits(retailer_id: RetailerId, body: Limits, stack: StackDep,
-                 caller: Annotated[Principal, require("credit:write")]) -> LimitsChanged:
+async def limits(
+    retailer_id: RetailerId, body: Limits, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> LimitsChanged:
     """Change the credit limit, maximum order value or overdue limit (only the fields given);
     available credit follows."""
     wanted = body.model_dump(exclude={"reason"}, exclude_none=True)
@@ -232,23 +250,35 @@ async def limits(retailer_id: RetailerId, body: Limits, stack: StackDep,
 
 
 @api.post("/retailers/{retailer_id}/adjustments", response_model=AdjustmentOut, responses=responses(404))
-async def adjustments(retailer_id: RetailerId, body: AdjustmentIn, stack: StackDep,
-                      caller: Annotated[Principal, require("credit:write")]) -> AdjustmentOut:
+async def adjustments(
+    retailer_id: RetailerId, body: AdjustmentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> AdjustmentOut:
     """A ledger row: +A clears the oldest debits (the rest is credit balance); -A is a debit due today."""
     result = await admin.adjust(
-        stack.engine, retailer_id, body.amount, reason=body.reason.strip(), actor=caller.name,
-        reference=body.reference or f"api-{uuid.uuid4().hex[:12]}", today=_today(stack),
+        stack.engine,
+        retailer_id,
+        body.amount,
+        reason=body.reason.strip(),
+        actor=caller.name,
+        reference=body.reference or f"api-{uuid.uuid4().hex[:12]}",
+        today=_today(stack),
     )
     return AdjustmentOut(**result.__dict__)
 
 
 @api.post("/payments", response_model=PaymentResult, responses=responses(404))
-async def payments(body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]) -> PaymentResult:
+async def payments(
+    body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+) -> PaymentResult:
     """Record a payment (oldest open debits first), then re-check the retailer's guardrails."""
     if not await admin.retailer_exists(stack.engine, body.retailer_id):
         raise Problem(404, f"no retailer {body.retailer_id}")
     payment = RecordPayment(
-        retailer_id=body.retailer_id, amount=body.amount, reference=body.reference, actor=caller.name,
-        business_timezone=stack.settings.business_timezone, messaging_task_queue=stack.settings.messaging_task_queue,
+        retailer_id=body.retailer_id,
+        amount=body.amount,
+        reference=body.reference,
+        actor=caller.name,
+        business_timezone=stack.settings.business_timezone,
+        messaging_task_queue=stack.settings.messaging_task_queue,
     )
     return await record_payment(stack.client, payment, task_queue=stack.settings.task_queue)

@@ -29,7 +29,9 @@ from workers.api.routes import Accepted, Page, PagingDep, StackDep, page, router
 
 api = router("/v1/loyalty", "loyalty")
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="loyalty_reconciliation_queue.id")]
-OrderRef = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9:_\-.]+$", description="the order's reference")]
+OrderRef = Annotated[
+    str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9:_\-.]+$", description="the order's reference")
+]
 QueueState = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 
 
@@ -70,42 +72,62 @@ def _refusal(refusal: LoyaltyRefusal) -> Problem:
 
 
 @api.post("/orders/{order_id}/points", response_model=PointsApplication, responses=responses(404, 409))
-async def apply_points(order_id: OrderRef, body: OrderPoints, stack: StackDep,
-                       _: Annotated[Principal, require("loyalty:write")]) -> PointsApplication:
+async def apply_points(
+    order_id: OrderRef, body: OrderPoints, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]
+) -> PointsApplication:
     """Apply the order's points in one transaction (redeem, then earn); the same order twice changes nothing."""
-    request = ApplyOrderPoints(customer_id=body.customer_id, order_id=order_id, points_redeemed=body.points_redeemed,
-                               order_total=body.order_total)
+    request = ApplyOrderPoints(
+        customer_id=body.customer_id,
+        order_id=order_id,
+        points_redeemed=body.points_redeemed,
+        order_total=body.order_total,
+    )
     try:
-        return await apply_points_at_checkout(stack.engine, request.customer_id, request.order_id, request.points_redeemed,
-                                        request.order_total)
+        return await apply_points_at_checkout(
+            stack.engine, request.customer_id, request.order_id, request.points_redeemed, request.order_total
+        )
     except LoyaltyRefusal as refusal:
         raise _refusal(refusal) from None
 
 
 @api.post("/orders/{order_id}/failed-points", response_model=QueuedItem, responses=responses(404))
-async def queue_failed(order_id: OrderRef, body: FailedApplication, stack: StackDep,
-                       _: Annotated[Principal, require("loyalty:write")]) -> QueuedItem:
+async def queue_failed(
+    order_id: OrderRef, body: FailedApplication, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]
+) -> QueuedItem:
     """Queue an order whose points failed to apply; its workflow retries it (once per order)."""
     FailedPointsApplication(order_id=order_id, **body.model_dump())  # the payload's own rules, as 422
     try:
         return await service.enqueue_failed_points(
-            stack.client, stack.engine, body.customer_id, order_id, body.points_redeemed, body.order_total,
-            payment_intent_id=body.payment_intent_id, error=body.error, task_queue=stack.settings.task_queue,
+            stack.client,
+            stack.engine,
+            body.customer_id,
+            order_id,
+            body.points_redeemed,
+            body.order_total,
+            payment_intent_id=body.payment_intent_id,
+            error=body.error,
+            task_queue=stack.settings.task_queue,
         )
     except LoyaltyRefusal as refusal:
         raise _refusal(refusal) from None
 
 
 @api.get("/items", response_model=Page[Item])
-async def list_items(stack: StackDep, paging: PagingDep, _: Annotated[Principal, require("loyalty:read")],
-                     state: Annotated[QueueState | None, Query()] = None) -> Page[Item]:
+async def list_items(
+    stack: StackDep,
+    paging: PagingDep,
+    _: Annotated[Principal, require("loyalty:read")],
+    state: Annotated[QueueState | None, Query()] = None,
+) -> Page[Item]:
     """Reconciliation items by state, oldest first (NEEDS_REVIEW: the ones waiting for a person)."""
     rows = await service.list_items(stack.engine, state=state, limit=paging.limit + 1, offset=paging.offset)
     return page([Item(**r) for r in rows], paging)
 
 
 @api.get("/items/{item_id}", response_model=ReconcileStatus, responses=responses(404))
-async def show_item(item_id: ItemId, stack: StackDep, _: Annotated[Principal, require("loyalty:read")]) -> ReconcileStatus:
+async def show_item(
+    item_id: ItemId, stack: StackDep, _: Annotated[Principal, require("loyalty:read")]
+) -> ReconcileStatus:
     """The item's reconciliation: status, what it is doing, why it needs review."""
     return await service.reconciliation_status(stack.client, item_id)
 
@@ -118,11 +140,14 @@ async def retry(item_id: ItemId, stack: StackDep, caller: Annotated[Principal, r
 
 
 @api.post("/items/{item_id}/resolve", status_code=202, response_model=Accepted, responses=responses(404, 409))
-async def resolve(item_id: ItemId, body: Resolution, stack: StackDep,
-                  caller: Annotated[Principal, require("loyalty:write")]) -> Accepted:
+async def resolve(
+    item_id: ItemId, body: Resolution, stack: StackDep, caller: Annotated[Principal, require("loyalty:write")]
+) -> Accepted:
     """Close the item by hand, recording who (the key) and why, optionally adjusting the customer's
     points through the ledger as it closes (once per item, whatever the retries)."""
-    await service.resolve_manually(stack.client, item_id, caller.name, body.note.strip(), points_adjustment=body.points_adjustment)
+    await service.resolve_manually(
+        stack.client, item_id, caller.name, body.note.strip(), points_adjustment=body.points_adjustment
+    )
     return Accepted(workflow_id=f"loyalty-reconcile/{item_id}", signal="resolve_manually")
 
 
@@ -130,5 +155,6 @@ async def resolve(item_id: ItemId, body: Resolution, stack: StackDep,
 async def audit(body: Audit, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]) -> LoyaltyAuditResult:
     """Run the integrity audit now and report every balance that differs from its ledger."""
     day = body.audit_date or datetime.now(stack.settings.tz).date()
-    return await service.run_audit(stack.client, day, business_timezone=stack.settings.business_timezone,
-                                   task_queue=stack.settings.task_queue)
+    return await service.run_audit(
+        stack.client, day, business_timezone=stack.settings.business_timezone, task_queue=stack.settings.task_queue
+    )

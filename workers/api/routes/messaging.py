@@ -28,7 +28,9 @@ class Resume(BaseModel):
 
 def _unbound(caller: Principal) -> None:
     if caller.company_id is not None:
-        raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}; the brake is every company's")
+        raise Problem(
+            403, f"key {caller.name} is confined to company {caller.company_id}; the brake is every company's"
+        )
 
 
 @api.get("/brake", response_model=BrakeState)
@@ -46,8 +48,9 @@ async def pause(body: Pause, stack: StackDep, caller: Annotated[Principal, requi
 
 
 @api.post("/brake/resume", response_model=BrakeState, responses=responses(409))
-async def resume(stack: StackDep, caller: Annotated[Principal, require("messaging:write")],
-                 body: Resume | None = None) -> BrakeState:
+async def resume(
+    stack: StackDep, caller: Annotated[Principal, require("messaging:write")], body: Resume | None = None
+) -> BrakeState:
     """Release the brake: the held messages go out as their workflows next try them."""
     _unbound(caller)
     return await service.resume(stack.engine, reason=(body.reason if body else None), actor=caller.name)

@@ -23,8 +23,12 @@ OrderId = Annotated[int, Path(ge=1, le=2**63 - 1, description="orders.id")]
 
 
 class CheckoutStarted(BaseModel):
-    retailer_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's")
-    follow_up_after_seconds: int | None = Field(default=None, ge=60, le=86_400, description="default ORDER_FOLLOWUP_AFTER")
+    retailer_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's"
+    )
+    follow_up_after_seconds: int | None = Field(
+        default=None, ge=60, le=86_400, description="default ORDER_FOLLOWUP_AFTER"
+    )
 
 
 class OrderFailed(BaseModel):
@@ -59,7 +63,8 @@ class FailureReported(BaseModel):
     workflow_id: str
     signal: str | None = Field(description="`failed`: the running clock fails the order; None: the clock had ended")
     result: OrderFailureResult | None = Field(
-        description="once the clock had ended: order-failure/{order_id} reversed the debit (once) and told the retailer")
+        description="once the clock had ended: order-failure/{order_id} reversed the debit (once) and told the retailer"
+    )
 
 
 class PlacementAnswer(BaseModel):
@@ -69,7 +74,9 @@ class PlacementAnswer(BaseModel):
 
 @api.post("/{order_id}/checkout-started", response_model=PendingOrderStatus, responses=responses(404, 409))
 async def checkout_started(
-    order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:write")],
+    order_id: OrderId,
+    stack: StackDep,
+    _: Annotated[Principal, require("orders:write")],
     body: Annotated[CheckoutStarted | None, Body()] = None,
 ) -> PendingOrderStatus:
     """Start the order's clock (expiry in 24 h, one follow-up): idempotent by order id.
@@ -78,34 +85,58 @@ async def checkout_started(
     without waiting for its first task."""
     body = body or CheckoutStarted()
     order = PendingOrderInput(
-        order_id=order_id, retailer_id=body.retailer_id, messaging_task_queue=stack.settings.messaging_task_queue,
-        follow_up_after=timedelta(seconds=body.follow_up_after_seconds) if body.follow_up_after_seconds
+        order_id=order_id,
+        retailer_id=body.retailer_id,
+        messaging_task_queue=stack.settings.messaging_task_queue,
+        follow_up_after=timedelta(seconds=body.follow_up_after_seconds)
+        if body.follow_up_after_seconds
         else stack.settings.order_followup_after,
     )
     return await service.start_pending_order(
-        stack.client, stack.engine, order, task_queue=stack.settings.task_queue,
+        stack.client,
+        stack.engine,
+        order,
+        task_queue=stack.settings.task_queue,
         quiet_hours=QuietHours(stack.settings.quiet_hours_start, stack.settings.quiet_hours_end),
     )
 
 
 @api.post("/{order_id}/completed", status_code=202, response_model=Accepted, responses=responses(404, 409))
-async def completed(order_id: OrderId, stack: StackDep, caller: Annotated[Principal, require("orders:write")]) -> Accepted:
+async def completed(
+    order_id: OrderId, stack: StackDep, caller: Annotated[Principal, require("orders:write")]
+) -> Accepted:
     """The checkout went through: COMPLETED, or RECOVERED if the follow-up went out first."""
     await service.complete_order(stack.client, order_id, actor_id=caller.name)
     return Accepted(workflow_id=ids.pending_order(order_id), signal="completed")
 
 
-@api.post("/{order_id}/failed", status_code=202, response_model=FailureReported,
-          responses={200: {"model": FailureReported, "description": "the clock had ended: the failure is done"},
-                     **responses(404, 409)})
-async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, response: Response,
-                 _: Annotated[Principal, require("orders:write")]) -> FailureReported:
+@api.post(
+    "/{order_id}/failed",
+    status_code=202,
+    response_model=FailureReported,
+    responses={
+        200: {"model": FailureReported, "description": "the clock had ended: the failure is done"},
+        **responses(404, 409),
+    },
+)
+async def failed(
+    order_id: OrderId,
+    body: OrderFailed,
+    stack: StackDep,
+    response: Response,
+    _: Annotated[Principal, require("orders:write")],
+) -> FailureReported:
     """The order failed: its credit debit is reversed (once) and the retailer told.
 
     202 while its clock runs (the clock does it); 200 with the outcome once the clock has ended
     (a delivery that failed after checkout completed); a repeat reverses nothing twice."""
-    done = await service.fail_order(stack.client, order_id, body.reason.strip(), task_queue=stack.settings.task_queue,
-                                    messaging_task_queue=stack.settings.messaging_task_queue)
+    done = await service.fail_order(
+        stack.client,
+        order_id,
+        body.reason.strip(),
+        task_queue=stack.settings.task_queue,
+        messaging_task_queue=stack.settings.messaging_task_queue,
+    )
     if done is None:
         return FailureReported(workflow_id=ids.pending_order(order_id), signal="failed", result=None)
     response.status_code = 200
@@ -113,13 +144,17 @@ async def failed(order_id: OrderId, body: OrderFailed, stack: StackDep, response
 
 
 @api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404))
-async def show(order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:read")]) -> PendingOrderStatus:
+async def show(
+    order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:read")]
+) -> PendingOrderStatus:
     """The order's clock: state, follow-up, expiry."""
     return await service.order_status(stack.client, order_id)
 
 
 @api.post("/validate", response_model=PlacementAnswer, responses=responses(404))
-async def validate(body: ValidatePlacement, stack: StackDep, _: Annotated[Principal, require("orders:read")]) -> PlacementAnswer:
+async def validate(
+    body: ValidatePlacement, stack: StackDep, _: Annotated[Principal, require("orders:read")]
+) -> PlacementAnswer:
     """May this order be placed this way? COD always (unless blocked); CREDIT only within limits."""
     from activities.credit.guardrails import PlacementRefused, credit_position, validate_order_placement
 
@@ -134,11 +169,20 @@ async def validate(body: ValidatePlacement, stack: StackDep, _: Annotated[Princi
 
 
 @api.post("/{order_id}/placement", response_model=Placed, responses=responses(404, 409))
-async def place(order_id: OrderId, body: Placement, stack: StackDep, caller: Annotated[Principal, require("orders:write")]) -> Placed:
+async def place(
+    order_id: OrderId, body: Placement, stack: StackDep, caller: Annotated[Principal, require("orders:write")]
+) -> Placed:
     """Place the order under the credit rules; on CREDIT its debit is written (due after the account's
     terms) and the credit taken, in one transaction, once per order. Refused (409): why, for the retailer."""
     from services.credit import place_order
 
-    placed = await place_order(stack.engine, body.retailer_id, order_id, body.amount, body.payment_mode,
-                               today=datetime.now(stack.settings.tz).date(), actor=caller.name)
+    placed = await place_order(
+        stack.engine,
+        body.retailer_id,
+        order_id,
+        body.amount,
+        body.payment_mode,
+        today=datetime.now(stack.settings.tz).date(),
+        actor=caller.name,
+    )
     return Placed.model_validate(placed.as_dict())

@@ -24,7 +24,9 @@ from workers.api.routes import StackDep
 
 api = APIRouter(tags=["pay"])
 
-Token = Annotated[str, Path(min_length=1, max_length=TOKEN_MAX_LENGTH, description="the link's token, from the reminder")]
+Token = Annotated[
+    str, Path(min_length=1, max_length=TOKEN_MAX_LENGTH, description="the link's token, from the reminder")
+]
 RETRY_AFTER_S = 30
 # The token is a capability: no cache keeps the answer, no Referer carries the URL elsewhere.
 HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -39,11 +41,26 @@ class PayLinkState(BaseModel):
 
 _PAGES: dict[str, tuple[int, str, str]] = {
     "paid": (200, "Already paid", "Everything this link was for has been paid. Thank you!"),
-    "processing": (200, "Payment received", "Your payment was received and is being recorded. Nothing more to pay here."),
-    "replaced": (410, "This link was replaced",
-                 "What you owe changed, so we sent you a newer link: please use the link in your latest reminder."),
-    "unknown": (404, "Unknown payment link", "This payment link does not exist. Please use the link in your latest reminder."),
-    "unavailable": (503, "Payments are briefly unavailable", "We could not reach the payment provider. Please try again in a minute."),
+    "processing": (
+        200,
+        "Payment received",
+        "Your payment was received and is being recorded. Nothing more to pay here.",
+    ),
+    "replaced": (
+        410,
+        "This link was replaced",
+        "What you owe changed, so we sent you a newer link: please use the link in your latest reminder.",
+    ),
+    "unknown": (
+        404,
+        "Unknown payment link",
+        "This payment link does not exist. Please use the link in your latest reminder.",
+    ),
+    "unavailable": (
+        503,
+        "Payments are briefly unavailable",
+        "We could not reach the payment provider. Please try again in a minute.",
+    ),
 }
 
 
@@ -58,7 +75,8 @@ def _html(status: int, title: str, detail: str, outcome: PayOutcome, headers: di
         amount = f"<p>{html.escape(shown)}</p>"
     body = (
         "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-        f"<title>{html.escape(title)}</title></head><body style='font-family:sans-serif;max-width:32em;margin:3em auto'>"
+        f"<title>{html.escape(title)}</title></head>"
+        "<body style='font-family:sans-serif;max-width:32em;margin:3em auto'>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p>{amount}</body></html>"
     )
     return HTMLResponse(body, status_code=status, headers=headers)
