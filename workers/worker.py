@@ -49,7 +49,7 @@ def compile_workflow_modules() -> None:
 
     The sandbox re-imports a workflow's module for every new workflow instance. Where no .pyc
     exists (PYTHONDONTWRITEBYTECODE=1, editable installs), each of those imports compiled the
-    source again, which cost a third of the worker's CPU when clocks start by the hundred. In a
+    source again, a large share of the worker's CPU when clocks start by the hundred. In a
     built image the files exist already and this changes nothing; a read-only tree is left as is.
     """
     for path in workflows.__path__:
@@ -87,9 +87,8 @@ def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
 
 WORKFLOW_TASK_POLLERS = PollerBehaviorAutoscaling()
 """Workflow task polls scaled on the server's feedback (1 to 100). The fixed default is five polls,
-one of them on the normal queue, where every new workflow's first task waits: a burst of 10,000
-checkouts started their clocks at 52/s on it, and at 81/s with autoscaling (the same worker, the
-same machine; benchmarks/orders.py)."""
+one of them on the normal queue, where every new workflow's first task waits, so a burst of
+checkouts starts its clocks far slower (docs/BENCHMARKS.md, orders)."""
 
 
 def jobs_tuning(options: WorkerOptions) -> dict[str, Any]:

@@ -253,7 +253,7 @@ class MessageBatchWorkflow:
 
     Runs outside the sandbox: a batch schedules thousands of sends, and in the sandbox the SDK
     compiles and runs a snippet inside it for each payload it visits, to fetch the serialization
-    context: a tenth of the messaging worker's CPU per send, measured with py-spy. What the
+    context, a cost paid on every send (docs/BENCHMARKS.md, messaging). What the
     sandbox would catch is held as for the other unsandboxed workflows (tests/unit/
     test_workflow_determinism.py, the import rules, the replay tests)."""
 
