@@ -295,13 +295,14 @@ class OrderActivities:
             pending_was = await self._fail_pending(conn, failure.order_id)
             if pending_was:
                 old["pending_status"], new["pending_status"] = pending_was, "FAILED"
-            reversal = await ledger.reverse_order_debit(conn, failure.order_id)
+            reversal = await ledger.reverse_order_debit(conn, failure.order_id, actor=failure.performed_by)
             if reversal:
                 old["available_credit"], new["available_credit"] = (
                     _text(reversal.available_before),
                     _text(reversal.available_after),
                 )
                 new["reversed_amount"] = str(reversal.amount)
+                new["returned_to_balance"] = str(reversal.returned)
             if new:
                 await ledger.audit(
                     conn,
@@ -318,6 +319,7 @@ class OrderActivities:
             retailer_id=order.retailer_id,
             changed=bool(new),
             reversed_amount=reversal.amount if reversal else None,
+            returned_to_balance=reversal.returned if reversal else None,
         )
         log.info(
             "orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount)

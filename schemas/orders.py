@@ -108,7 +108,12 @@ class OrderFailureResult(BaseModel):
     order_id: int
     retailer_id: int
     changed: bool = Field(description="False: a repeat call, nothing written")
-    reversed_amount: Decimal | None = Field(default=None, description="credit released; None: not paid on credit")
+    reversed_amount: Decimal | None = Field(
+        default=None, description="what the debit still owed, released to available credit; None: not paid on credit"
+    )
+    returned_to_balance: Decimal | None = Field(
+        default=None, description="what had been paid on the debit, back on the credit balance; None: not on credit"
+    )
 
 
 class PendingOrderStatus(BaseModel):

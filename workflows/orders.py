@@ -12,6 +12,7 @@ Temporal was down, or whose workflow an operator terminated).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -163,7 +164,7 @@ class PendingOrderWorkflow:
         """Send `order_followup` once; a deferral (quiet hours at send time) waits and tries again."""
         assert self._record is not None
         while True:
-            outcome = await self._tell(order, "order_followup", f"followup:{order.order_id}")
+            outcome = await self._tell(order, self._message(order, "order_followup", f"followup:{order.order_id}"))
             if outcome is None or outcome.status == "suppressed":
                 return
             if outcome.status == "sent":
@@ -184,7 +185,7 @@ class PendingOrderWorkflow:
     async def _settle(self, order: PendingOrderInput) -> PendingOrderResult:
         """Apply the signal that ended the order: failure, or completion (RECOVERED after a follow-up)."""
         if isinstance(self._ending, OrderFailed):
-            await workflow.execute_activity_method(
+            failed = await workflow.execute_activity_method(
                 OrderActivities.handle_order_failure,
                 OrderFailure(order_id=order.order_id, reason=self._ending.reason),
                 start_to_close_timeout=DB_TIMEOUT,
@@ -194,7 +195,7 @@ class PendingOrderWorkflow:
             self._set_state("FAILED")
             # The order is settled already; a notice held by quiet hours or the brake goes out when
             # the hold ends, while the run waits on a durable timer.
-            await self._tell(order, "order_failed", f"order-failed:{order.order_id}", later=True)
+            await self._tell(order, failure_notice(order.order_id, failed), later=True)
         else:
             self._set_state(await self._settle_row("RECOVERED" if self._follow_up_sent_at else "COMPLETED"))
         return await self._finish()
@@ -219,20 +220,21 @@ class PendingOrderWorkflow:
             summary=f"mark order {self._order_id} {state}",
         )
 
-    async def _tell(
-        self, order: PendingOrderInput, template: str, key: str, *, later: bool = False
-    ) -> SendOutcome | None:
-        """Message the retailer; a message that cannot go out never holds up the order's outcome.
-
-        `later`: a deferred message is sent again, same key, when its hold ends (`deliver`); the
-        follow-up does its own waiting instead, since it is pointless once the order expired."""
-        message = SendMessage(
+    def _message(self, order: PendingOrderInput, template: str, key: str) -> SendMessage:
+        return SendMessage(
             idempotency_key=key,
             recipient_type="retailer",
             recipient_id=str(self._record.retailer_id if self._record else order.retailer_id),
             template=template,
             params={"order_id": order.order_id},
         )
+
+    async def _tell(self, order: PendingOrderInput, message: SendMessage, *, later: bool = False) -> SendOutcome | None:
+        """Message the retailer; a message that cannot go out never holds up the order's outcome.
+
+        `later`: a deferred message is sent again, same key, when its hold ends (`deliver`); the
+        follow-up does its own waiting instead, since it is pointless once the order expired."""
+        template = message.template
         try:
             if later:
                 return await deliver(message, task_queue=order.messaging_task_queue)
@@ -358,6 +360,27 @@ class OrderExpirySweepWorkflow:
         return self._progress
 
 
+def failure_notice(order_id: int, failed: OrderFailureResult) -> SendMessage:
+    """The retailer's `order_failed`, one key per order whichever workflow reports the failure; for
+    an order on credit (`order_failed_credit`) it says what the failure gave back."""
+    message = SendMessage(
+        idempotency_key=f"order-failed:{order_id}",
+        recipient_type="retailer",
+        recipient_id=str(failed.retailer_id),
+        template="order_failed",
+        params={"order_id": order_id},
+    )
+    if failed.reversed_amount is None:
+        return message
+    released, returned = failed.reversed_amount, failed.returned_to_balance or Decimal("0")
+    return message.model_copy(
+        update={
+            "template": "order_failed_credit",
+            "params": {**message.params, "credit_released": f"{released:,.2f}", "balance_returned": f"{returned:,.2f}"},
+        }
+    )
+
+
 @workflow.defn
 class OrderFailureWorkflow:
     """`order-failure/{order_id}`: a failure reported once the order's clock has ended (a delivery
@@ -375,15 +398,8 @@ class OrderFailureWorkflow:
             summary=f"fail order {failure.order_id} and reverse its credit",
         )
         if result.changed:
-            message = SendMessage(
-                idempotency_key=f"order-failed:{failure.order_id}",
-                recipient_type="retailer",
-                recipient_id=str(result.retailer_id),
-                template="order_failed",
-                params={"order_id": failure.order_id},
-            )
             try:
-                await deliver(message, task_queue=failure.messaging_task_queue)
+                await deliver(failure_notice(failure.order_id, result), task_queue=failure.messaging_task_queue)
             except ActivityError as error:
                 workflow.logger.warning(
                     "order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error)

@@ -403,7 +403,8 @@ async def charge(
 # recomputation of its available credit.
 ORDER_DEBIT_FOR_REVERSAL = text(
     """
-SELECT d.id, d.retailer_id, d.amount - d.cleared_amount AS outstanding, ca.available_credit
+SELECT d.id, d.retailer_id, d.amount, d.amount - d.cleared_amount AS outstanding, d.cleared_amount AS paid,
+       ca.available_credit
 FROM credit_transactions d LEFT JOIN credit_accounts ca ON ca.retailer_id = d.retailer_id
 WHERE d.order_id = :id AND d.type = 'DEBIT'
 FOR UPDATE OF d
@@ -414,7 +415,11 @@ INSERT_REVERSAL = text(
     """
 INSERT INTO credit_transactions
     (retailer_id, type, amount, cleared_amount, status, cleared_at, order_id, reference, notes)
-VALUES (:retailer_id, 'CREDIT', :amount, :amount, 'CLEARED', now(), :order_id, :reference, :notes)
+VALUES (:retailer_id, 'CREDIT', :amount, :released,
+        CASE WHEN CAST(:released AS numeric) >= CAST(:amount AS numeric) THEN 'CLEARED'
+             WHEN CAST(:released AS numeric) > 0 THEN 'PARTIALLY_PAID' ELSE 'OPEN' END,
+        CASE WHEN CAST(:released AS numeric) >= CAST(:amount AS numeric) THEN now() END,
+        :order_id, :reference, :notes)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -429,30 +434,39 @@ CLOSE_REVERSED_DEBIT = text(
 @dataclass
 class Reversal:
     amount: Decimal
-    """What the debit still owed: the reversing CREDIT's amount."""
+    """What the debit still owed: released to available credit."""
+    returned: Decimal
+    """What had been paid on the debit (payments, the credit balance): back on the credit balance."""
     available_before: Decimal | None
     available_after: Decimal | None
+    cleared: list[DebitAllocation]
+    """Other open debits the returned money cleared at once (no credit balance sits beside a debit)."""
 
 
-async def reverse_order_debit(conn: AsyncConnection, order_id: int) -> Reversal | None:
-    """Undo a failed order's DEBIT, once: a CREDIT of what it still owes, stored fully allocated
-    (CLEARED) to it, the debit closed, and available credit by the rule. None when the order has
-    no debit or it was reversed already. The caller holds the retailer's row lock and audits."""
+async def reverse_order_debit(conn: AsyncConnection, order_id: int, *, actor: str) -> Reversal | None:
+    """Undo a failed order's DEBIT, once, giving back all it took: a CREDIT of the whole debit,
+    of which the part still owed is spent closing the debit (released to available credit) and
+    the part already paid stays unspent (back on the credit balance, which then clears the
+    retailer's other open debits, oldest first, as any credit balance does). None when the order
+    has no debit or it was reversed already. The caller holds the retailer's row lock and audits."""
     debit = (await conn.execute(ORDER_DEBIT_FOR_REVERSAL, {"id": order_id})).first()
     if debit is None:
         return None
+    reference = f"order-failed:{order_id}"
     inserted = await conn.scalar(
         INSERT_REVERSAL,
         {
             "retailer_id": debit.retailer_id,
-            "amount": debit.outstanding,
+            "amount": debit.amount,
+            "released": debit.outstanding,
             "order_id": order_id,
-            "reference": f"order-failed:{order_id}",
+            "reference": reference,
             "notes": f"reversal of the debit of failed order {order_id}",
         },
     )
     if inserted is None:
         return None  # reversed already
     await conn.execute(CLOSE_REVERSED_DEBIT, {"id": debit.id})
+    cleared = await apply_credit_balance(conn, debit.retailer_id, actor=actor, reference=reference)
     after = await refresh_available(conn, debit.retailer_id)
-    return Reversal(debit.outstanding, debit.available_credit, after)
+    return Reversal(debit.outstanding, debit.paid, debit.available_credit, after, cleared)

@@ -83,6 +83,13 @@ TEMPLATES: dict[tuple[str, int], Template] = {
             "Hi {first_name}, we could not complete order #{order_id}. Any credit it used has been released.",
             approved=True,
         ),
+        Template(
+            "order_failed_credit",
+            1,
+            "Hi {first_name}, we could not complete order #{order_id}. {credit_released} of credit is available "
+            "to you again and {balance_returned} is back on your account balance.",
+            approved=True,
+        ),
         Template("insight", 1, "{insight_message}"),
         Template(
             "help",

@@ -1,7 +1,9 @@
 """The credit ledger's one rule, as a property: over random sequences of credit orders, payments,
 adjustments (both ways), limit changes and failed-order reversals, each through the code that
 production runs, a retailer's available credit is its limit minus what its debits still owe after
-every step, and no credit balance sits unspent beside an open debit. Real PostgreSQL."""
+every step, no credit balance sits unspent beside an open debit, and no money is created or
+destroyed: what the retailer holds (credit balance less what it owes) is what it paid in less what
+its live orders and charges took. Real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -46,9 +48,9 @@ steps = st.lists(
 )
 
 
-async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """(available credit, limit, what the debits owe, unspent credit while a debit is open), the
-    owed amount summed in Python over every DEBIT row (not by the ledger's own query)."""
+async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+    """(available credit, limit, what the debits owe, unspent credit while a debit is open, unspent
+    credit), summed in Python over every row (not by the ledger's own queries)."""
     async with engine.connect() as conn:
         limit, available = (
             await conn.execute(
@@ -64,7 +66,7 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
         ).all()
     owed = sum((row.amount - row.cleared_amount for row in rows if row.type == "DEBIT"), Decimal("0"))
     unspent = sum((row.amount - row.cleared_amount for row in rows if row.type == "CREDIT"), Decimal("0"))
-    return available, limit, owed, unspent if owed else Decimal("0")
+    return available, limit, owed, unspent if owed else Decimal("0"), unspent
 
 
 @settings(
@@ -101,6 +103,8 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
     shop, _ = await new_retailer(engine, limit=Decimal("500"))
     placed: list[int] = []
     references: list[str] = []
+    taken: dict[int, Decimal] = {}  # live orders' amounts
+    paid_in = charged = Decimal("0")
     for n, step in enumerate(sequence):
         match step:
             case ("order", amount):
@@ -108,6 +112,7 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                 try:
                     await place_order(engine, shop, order_id, amount, "CREDIT", today=TODAY)
                     placed.append(order_id)
+                    taken[order_id] = amount
                 except PlacementRefused:
                     pass  # over the available credit (or the order value): nothing written
             case ("pay", amount):
@@ -115,6 +120,7 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                 await record_payment(
                     engine, RecordPayment(retailer_id=shop, amount=amount, reference=references[-1], actor="prop")
                 )
+                paid_in += amount
             case ("pay again", k) if references:
                 await record_payment(
                     engine,
@@ -132,11 +138,16 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                     reference=f"adj-{n}",
                     today=TODAY,
                 )
+                if favour:
+                    paid_in += amount
+                else:
+                    charged += amount
             case ("fail", k) if placed:
                 await ActivityEnvironment().run(
                     OrderActivities(engine).handle_order_failure,
                     OrderFailure(order_id=placed[k % len(placed)], reason="property"),
                 )
+                taken.pop(placed[k % len(placed)], None)  # a failed order gives back all it took, once
             case ("limit", limit):
                 # Not below today's available credit: set_limits writes the limit before it
                 # recomputes, and the check `available_credit <= credit_limit` refuses that
@@ -146,6 +157,8 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                 await admin.set_limits(engine, shop, {"credit_limit": max(limit, available_now)}, actor="prop")
             case _:
                 continue
-        available, limit, owed, unspent_beside_open_debits = await account(engine, shop)
+        available, limit, owed, unspent_beside_open_debits, balance = await account(engine, shop)
         assert available == limit - owed, f"after {step} (step {n} of {sequence})"
         assert unspent_beside_open_debits == 0, f"after {step} (step {n} of {sequence})"
+        held = paid_in - charged - sum(taken.values(), Decimal("0"))
+        assert balance - owed == held, f"money created or destroyed after {step} (step {n} of {sequence})"

@@ -25,15 +25,18 @@ from temporalio.worker import Worker
 
 from activities.credit import ledger
 from activities.credit.orders import place_order
+from activities.credit.payments import record_payment
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import LOCK_ORDER_AND_RETAILER, OrderActivities, register_pending
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
+from schemas.credit import RecordPayment
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult, PendingOrderStatus, RegisterPendingOrder
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
 from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
+from tests.activities.test_credit import new_retailer
 from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
@@ -338,6 +341,7 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
     )
     (message,) = await sent_to(emulator, phone)
     assert f"could not complete order #{oid}" in message["body"]
+    assert "250.00 of credit is available to you again and 0.00 is back on your account balance" in message["body"]
 
     again = await ActivityEnvironment().run(
         OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="again")
@@ -352,6 +356,63 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
             await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
             == available
         )
+
+
+async def _money(engine: AsyncEngine, rid: int) -> tuple[Decimal, Decimal]:
+    """(available credit, credit balance) as the retailer's profile shows them."""
+    async with engine.connect() as conn:
+        available = await conn.scalar(select(CreditAccount.available_credit).where(CreditAccount.retailer_id == rid))
+        return available, await ledger.credit_balance(conn, rid)
+
+
+async def test_a_failed_order_paid_from_the_credit_balance_gives_the_balance_back(engine: AsyncEngine) -> None:
+    """Paid 100.00 ahead, an order of 100.00 spent it, the order failed: the 100.00 is the
+    retailer's again (it was destroyed: the reversal gave back only the unpaid part, 0.00)."""
+    rid, _ = await new_retailer(engine, limit=Decimal("1000.00"))
+    await record_payment(engine, RecordPayment(retailer_id=rid, amount=Decimal("100.00"), reference="ahead", actor="t"))
+    oid = 7_000_000_000 + rid
+    placed = await place_order(engine, rid, oid, Decimal("100.00"), "CREDIT", today=datetime.now(UTC).date())
+    assert placed.cleared_from_balance == Decimal("100.00")
+
+    failed = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="out of stock")
+    )
+
+    assert (failed.reversed_amount, failed.returned_to_balance) == (Decimal("0.00"), Decimal("100.00"))
+    assert await _money(engine, rid) == (Decimal("1000.00"), Decimal("100.00"))
+    async with engine.connect() as conn:
+        audit = (
+            await conn.execute(
+                select(AuditLog.__table__).where(
+                    AuditLog.reference == f"order:{oid}", AuditLog.action == "order_failed"
+                )
+            )
+        ).one()
+    assert (audit.new_value["reversed_amount"], audit.new_value["returned_to_balance"]) == ("0.00", "100.00")
+
+
+async def test_a_failed_partly_paid_order_releases_the_rest_and_returns_the_paid_part(engine: AsyncEngine) -> None:
+    """An order of 400.00 with 50.00 paid fails: 350.00 of credit released and the 50.00 back on
+    the balance, which clears the retailer's other open debit at once (oldest first)."""
+    rid, _ = await new_retailer(engine, limit=Decimal("1000.00"))
+    today = datetime.now(UTC).date()
+    oid, other = 7_100_000_000 + rid, 7_200_000_000 + rid
+    await place_order(engine, rid, oid, Decimal("400.00"), "CREDIT", today=today)
+    await record_payment(engine, RecordPayment(retailer_id=rid, amount=Decimal("50.00"), reference="part", actor="t"))
+    await place_order(engine, rid, other, Decimal("30.00"), "CREDIT", today=today)
+    assert await _money(engine, rid) == (Decimal("620.00"), Decimal("0"))
+
+    failed = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="damaged")
+    )
+    again = await ActivityEnvironment().run(
+        OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="damaged")
+    )
+
+    assert (failed.reversed_amount, failed.returned_to_balance) == (Decimal("350.00"), Decimal("50.00"))
+    assert (again.changed, again.returned_to_balance) == (False, None)
+    # the 50.00 cleared the other order's 30.00; 20.00 stays on the balance; nothing is owed
+    assert await _money(engine, rid) == (Decimal("1000.00"), Decimal("20.00"))
 
 
 async def test_failure_of_an_order_not_on_credit_changes_no_money(engine: AsyncEngine) -> None:
@@ -406,7 +467,8 @@ async def test_two_failures_of_one_retailers_orders_at_once_give_back_both_debit
     async with engine.connect() as failing_first:
         transaction = await failing_first.begin()
         await failing_first.execute(LOCK_ORDER_AND_RETAILER, {"id": first})
-        assert (await ledger.reverse_order_debit(failing_first, first)).amount == Decimal("250.00")
+        reversal = await ledger.reverse_order_debit(failing_first, first, actor="test")
+        assert reversal is not None and reversal.amount == Decimal("250.00")
         failing_second = asyncio.create_task(
             ActivityEnvironment().run(
                 OrderActivities(engine).handle_order_failure, OrderFailure(order_id=second, reason="delivery failed")
