@@ -25,17 +25,30 @@ from activities.payments.gateway import StripeGateway, from_minor_units
 from config.settings import Settings
 from schemas import ids
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
+from schemas.errors import Refused
 from services import StripeHandler
 from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
 
 log = structlog.get_logger(__name__)
 
 
+class PaymentConflict(Refused):
+    """A payment reference recorded before with another amount: a reused or mistyped reference,
+    which must reach the caller (the new amount would otherwise be recorded nowhere)."""
+
+
 async def start_payment(
     client: Client, payment: RecordPayment, *, task_queue: str = "jobs"
 ) -> WorkflowHandle[Any, PaymentResult]:
+    return (await _start_or_join(client, payment, task_queue=task_queue))[0]
+
+
+async def _start_or_join(
+    client: Client, payment: RecordPayment, *, task_queue: str
+) -> tuple[WorkflowHandle[Any, PaymentResult], bool]:
+    """(the payment's run, whether it had ended before this call: an earlier recording's)."""
     try:
-        return await client.start_workflow(
+        handle = await client.start_workflow(
             RecordPaymentWorkflow.run,
             payment,
             id=ids.payment(payment.retailer_id, payment.reference),
@@ -44,15 +57,28 @@ async def start_payment(
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
         )
+        return handle, False
     except WorkflowAlreadyStartedError:  # recorded already: its run holds the answer
-        return client.get_workflow_handle(
+        handle = client.get_workflow_handle(
             ids.payment(payment.retailer_id, payment.reference), result_type=PaymentResult
         )
+        return handle, True
 
 
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
-    handle = await start_payment(client, payment, task_queue=task_queue)
-    return await handle.result()
+    """Record the payment once per (retailer, reference). The same reference again answers the
+    first recording with `duplicate: true`; with another amount it is refused (`PaymentConflict`,
+    HTTP 409), naming both amounts, and nothing is written."""
+    handle, earlier = await _start_or_join(client, payment, task_queue=task_queue)
+    result = await handle.result()
+    if result.payment.amount != payment.amount:
+        raise PaymentConflict(
+            f"payment reference {payment.reference!r} of retailer {payment.retailer_id} was recorded for"
+            f" {result.payment.amount:,.2f}, not {payment.amount:,.2f}: use a new reference for a new payment"
+        )
+    if earlier and not result.payment.duplicate:
+        result.payment = result.payment.model_copy(update={"duplicate": True})
+    return result
 
 
 async def place_order(

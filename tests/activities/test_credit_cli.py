@@ -35,7 +35,8 @@ async def _counts(engine: AsyncEngine) -> tuple[int, int, int]:
         (["--amount", "ten"], "is not a number"),
         (["--amount", "10.001"], "more than 2 decimals"),
         (["--amount", "10", "--reference", "bad ref!"], "--reference must be"),
-        (["--amount", "10", "--retailer-override", "999999"], "no retailer 999999"),
+        (["--amount", "10"], "--reference is required"),
+        (["--amount", "10", "--reference", "bank-77", "--retailer-override", "999999"], "no retailer 999999"),
     ],
 )
 async def test_bad_payments_are_refused_and_change_nothing(

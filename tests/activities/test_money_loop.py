@@ -260,6 +260,8 @@ async def test_admin_limits_adjustments_and_taking_over_a_system_pause(engine: A
         "dispute lost",
         "--actor",
         "admin-3",
+        "--reference",
+        "FEE-1",
         "--json",
         DATABASE_URL=database_url,
     )
@@ -348,7 +350,11 @@ async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_onc
         (["adjust", "{r}", "--amount", "0", "--reason", "x", "--actor", "a"], "--amount must be non-zero"),
         (["adjust", "{r}", "--amount", "12", "--reason", " ", "--actor", "a"], "--reason must not be empty"),
         (["adjust", "{r}", "--amount", "12", "--actor", "a"], "Missing option '--reason'"),
-        (["adjust", "999999", "--amount", "12", "--reason", "x", "--actor", "a"], "no retailer 999999"),
+        (
+            ["adjust", "999999", "--amount", "12", "--reason", "x", "--actor", "a", "--reference", "r-1"],
+            "no retailer 999999",
+        ),
+        (["adjust", "{r}", "--amount", "12", "--reason", "x", "--actor", "a"], "--reference is required"),
         (["limits", "{r}", "--credit-limit", "-1", "--actor", "a"], "--credit-limit must be zero or more"),
         (["limits", "{r}", "--max-order-value", "0", "--actor", "a"], "--max-order-value must be positive"),
         (["limits", "{r}", "--max-outstanding-days", "-3", "--actor", "a"], "--max-outstanding-days must be 0 to 3650"),

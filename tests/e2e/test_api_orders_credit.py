@@ -260,6 +260,14 @@ async def test_a_payment_retried_with_its_idempotency_key_is_recorded_once(
     again = await http.post("/v1/credit/payments", json=body, headers=headers)
     assert first.status_code == again.status_code == 200, first.text
     assert again.json() == first.json() and first.json()["payment"]["allocations"][0]["allocated"] == "120.50"
+    # The same reference from another request: the first recording, said to be a duplicate; with
+    # another amount, a conflict naming both (that money was recorded nowhere, answered 200).
+    only_key = {"Authorization": headers["Authorization"]}
+    resent = await http.post("/v1/credit/payments", json=body, headers=only_key)
+    assert resent.status_code == 200 and resent.json()["payment"]["duplicate"] is True, resent.text
+    conflict = await http.post("/v1/credit/payments", json={**body, "amount": "200.00"}, headers=only_key)
+    assert_problem(conflict, 409)
+    assert "120.50" in conflict.json()["detail"] and "200.00" in conflict.json()["detail"]
     async with engine.connect() as conn:
         credits = await conn.scalar(
             text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT'"),
@@ -325,6 +333,7 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once(
         "retailer_id": retailer_id,
         "changed": True,
         "reversed_amount": "300.00",
+        "returned_to_balance": "0.00",
     }
     again = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=headers)
     assert again.status_code == 200 and again.json()["result"]["changed"] is False
@@ -462,6 +471,20 @@ async def test_an_adjustment_retried_with_its_idempotency_key_is_one_ledger_row(
     assert first.status_code == retried.status_code == 200, first.text
     assert retried.json() == first.json() and first.json()["duplicate"] is False
     assert first.json()["cleared"][0]["allocated"] == "100.00" and first.json()["reference"].startswith("adjust:api-")
+    # The handler ran again for the same key (the claim released after a lost commit answer, or
+    # the process died before it stored the answer): the reference it derives is the same one.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM api_idempotency_keys WHERE idempotency_key = :k"), {"k": once["Idempotency-Key"]}
+        )
+    rerun = await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json=body, headers=once)
+    assert rerun.status_code == 200 and rerun.json()["duplicate"] is True, rerun.text
+    assert rerun.json()["reference"] == first.json()["reference"]
+    assert_problem(
+        await http.post(f"/v1/credit/retailers/{retailer_id}/adjustments", json=body, headers=headers),
+        422,
+        "body.reference",
+    )
     charge = await http.post(
         f"/v1/credit/retailers/{retailer_id}/adjustments",
         json={"amount": "-40.00", "reason": "late fee", "reference": "fee-2026-11"},
@@ -498,7 +521,12 @@ async def test_an_adjustment_retried_with_its_idempotency_key_is_one_ledger_row(
         422,
         "body.reason",
     )
-    assert_problem(await http.post("/v1/credit/retailers/987654321/adjustments", json=body, headers=headers), 404)
+    assert_problem(
+        await http.post(
+            "/v1/credit/retailers/987654321/adjustments", json={**body, "reference": "adj-unknown"}, headers=headers
+        ),
+        404,
+    )
     assert_problem(
         await http.post(
             f"/v1/credit/retailers/{retailer_id}/adjustments", json=body, headers=await new_key(engine, "credit:read")

@@ -8,7 +8,6 @@ nothing changes.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Literal
@@ -62,6 +61,16 @@ def _admin(action: str, retailer_id: int, reason: str, actor: str, as_json: bool
         echo(True, change.__dict__)
     else:
         typer.echo(f"retailer {retailer_id}: {change.old_status} -> {change.new_status} (audit #{change.audit_id})")
+
+
+def _reference(reference: str | None, verb: str) -> str:
+    """A money command's reference: required, so running the command again (after a timeout, from
+    the shell's history) finds the first row instead of writing a second one."""
+    if reference is None:
+        raise UsageError(f"--reference is required: the same reference twice {verb} once, so a re-run writes nothing")
+    if not REFERENCE.match(reference):
+        raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
+    return reference
 
 
 @credit_app.command("pause")
@@ -133,7 +142,10 @@ def credit_adjust(
     ],
     reason: Reason,
     actor: Actor,
-    reference: Annotated[str | None, typer.Option("--reference", help="The same reference twice adjusts once.")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Required: the same reference twice adjusts once (a re-run changes nothing)."),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Record an adjustment as a ledger row: +A clears the oldest debits (the rest is credit balance) and
@@ -145,9 +157,7 @@ def credit_adjust(
         raise UsageError("--reason must not be empty: say why (return, dispute, write-off, ...)")
     if not actor.strip():
         raise UsageError("--actor must not be empty")
-    if reference is not None and not REFERENCE.match(reference):
-        raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
-    ref = reference or f"manual-{uuid.uuid4().hex[:12]}"
+    ref = _reference(reference, "adjusts")
     result = call(
         lambda c: adjust(
             c.engine,
@@ -282,7 +292,8 @@ def payments_record(
     amount: Annotated[str, typer.Option("--amount", help="Amount paid, e.g. 1250.50.", show_default=False)],
     actor: Actor,
     reference: Annotated[
-        str | None, typer.Option("--reference", help="Bank or receipt reference; the same one twice records once.")
+        str | None,
+        typer.Option("--reference", help="Required: the bank or receipt reference; the same one twice records once."),
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -299,17 +310,16 @@ def payments_record(
         raise UsageError(f"--amount must be positive (got {amount})")
     if value.as_tuple().exponent < -2:  # type: ignore[operator]
         raise UsageError(f"--amount has more than 2 decimals ({amount})")
-    if reference is not None and not REFERENCE.match(reference):
-        raise UsageError("--reference must be 3-100 letters, digits or _ . : - (starting with a letter or digit)")
     if not actor.strip():
         raise UsageError("--actor must not be empty")
+    reference = _reference(reference, "records")
     if not call(lambda c: retailer_exists(c.engine, retailer), database=True):
         raise UsageError(f"no retailer {retailer}")
     s = settings()
     payment = RecordPayment(
         retailer_id=retailer,
         amount=value,
-        reference=reference or f"manual-{uuid.uuid4().hex[:12]}",
+        reference=reference,
         actor=actor,
         business_timezone=s.business_timezone,
         messaging_task_queue=s.messaging_task_queue,

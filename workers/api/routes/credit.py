@@ -4,18 +4,19 @@ recording payments (oldest debits first). The same `activities.credit.admin` cal
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import Path
+from fastapi import Path, Request
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
 from services.credit import record_payment
 from workers.api.auth import Principal, require
+from workers.api.idempotency import HEADER
 from workers.api.problems import Problem, responses
 from workers.api.routes import Page, PagingDep, StackDep, page, router
 
@@ -149,7 +150,10 @@ class AdjustmentIn(BaseModel):
     reference: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
-        description="the same reference twice adjusts once; default: a new one (retry with Idempotency-Key)",
+        description=(
+            "the same reference twice adjusts once; without one, the request's Idempotency-Key (with the API key)"
+            " makes it, so a retry adjusts once; one of the two is required"
+        ),
     )
 
     @field_validator("amount")
@@ -249,9 +253,28 @@ async def limits(
     return LimitsChanged(**change.__dict__)
 
 
+def adjustment_reference(body: AdjustmentIn, request: Request, caller: Principal) -> str:
+    """The body's reference, or one a retry reproduces: the API key's and the Idempotency-Key's.
+    A random default would make every retry (after a lost answer) a second adjustment."""
+    if body.reference:
+        return body.reference
+    key = request.headers.get(HEADER)
+    if not key:
+        raise Problem(
+            422,
+            "give a reference, or an Idempotency-Key header: either makes a retried adjustment adjust once",
+            field="body.reference",
+        )
+    return f"api-{caller.key_id}-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+
+
 @api.post("/retailers/{retailer_id}/adjustments", response_model=AdjustmentOut, responses=responses(404))
 async def adjustments(
-    retailer_id: RetailerId, body: AdjustmentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
+    retailer_id: RetailerId,
+    body: AdjustmentIn,
+    request: Request,
+    stack: StackDep,
+    caller: Annotated[Principal, require("credit:write")],
 ) -> AdjustmentOut:
     """A ledger row: +A clears the oldest debits (the rest is credit balance); -A is a debit due today."""
     result = await admin.adjust(
@@ -260,13 +283,13 @@ async def adjustments(
         body.amount,
         reason=body.reason.strip(),
         actor=caller.name,
-        reference=body.reference or f"api-{uuid.uuid4().hex[:12]}",
+        reference=adjustment_reference(body, request, caller),
         today=_today(stack),
     )
     return AdjustmentOut(**result.__dict__)
 
 
-@api.post("/payments", response_model=PaymentResult, responses=responses(404))
+@api.post("/payments", response_model=PaymentResult, responses=responses(404, 409))
 async def payments(
     body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> PaymentResult:
