@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -60,12 +61,18 @@ def empty_database_url(pg_server: EmbeddedPostgres, request: pytest.FixtureReque
 def database_url(empty_database_url: str) -> str:
     """A fresh database for this test module, migrated to head.
 
-    Its id sequences start at a random offset: the Temporal servers live for the whole session,
+    Its id sequences start at an offset of its own: the Temporal servers live for the whole session,
     and business-keyed workflow ids (`pending-order/1`, `churn-case/1`) must not meet a closed
     workflow of another module's order 1, as they never would in production."""
     migrate.upgrade(empty_database_url)
-    _offset_sequences(empty_database_url, random.randrange(1, 1_000) * 1_000_000)
+    _offset_sequences(empty_database_url, next(_SEQUENCE_BLOCKS) * 1_000_000)
     return empty_database_url
+
+
+# A block of a million ids per module, distinct within the session (two modules that drew the same
+# random offset met each other's `pending-order/{id}` on the shared server), every other block so a
+# test's `id + 1_000_000` stays its own, from a random start; under 2**31 for int columns.
+_SEQUENCE_BLOCKS = itertools.count(random.randrange(1, 500) * 2, 2)
 
 
 def _offset_sequences(url: str, start: int) -> None:
