@@ -18,7 +18,9 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
+import psycopg
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.credit import ledger
@@ -34,6 +36,11 @@ AT_RISK_WITHIN_DAYS = 5
 
 class CreditRefused(Refused):
     """An admin action that cannot apply (unknown retailer, nothing to change); the text says why."""
+
+
+class AmountOutOfRange(CreditRefused):
+    """An amount the ledger cannot hold once applied: a retailer's outstanding and available credit
+    are numeric(14,2), so at most 999,999,999,999.99 either way."""
 
 
 @dataclass
@@ -144,6 +151,20 @@ async def adjust(
     if not reason.strip():
         raise CreditRefused("an adjustment needs a reason")
     ref = f"adjust:{reference}"
+    try:
+        return await _adjust(engine, retailer_id, amount, reason=reason, actor=actor, ref=ref, today=today)
+    except DBAPIError as error:  # the transaction rolled back: nothing was written
+        if not isinstance(error.orig, psycopg.errors.NumericValueOutOfRange):
+            raise
+        raise AmountOutOfRange(
+            f"an adjustment of {amount:,.2f} would take retailer {retailer_id}'s ledger past its largest amount"
+            " (999,999,999,999.99 outstanding or available)"
+        ) from None
+
+
+async def _adjust(
+    engine: AsyncEngine, retailer_id: int, amount: Decimal, *, reason: str, actor: str, ref: str, today: date
+) -> Adjustment:
     async with engine.begin() as conn:
         if amount > 0:
             try:

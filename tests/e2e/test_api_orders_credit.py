@@ -507,6 +507,22 @@ async def test_an_adjustment_retried_with_its_idempotency_key_is_one_ledger_row(
             )
         ).all()
     assert [(r.type, r.amount) for r in rows] == [("CREDIT", Decimal("100.00")), ("DEBIT", Decimal("40.00"))]
+    # The OpenAPI's largest charge is accepted once; a second would take the ledger past what it can
+    # hold: a 422 naming the amount, nothing written (it was a 500).
+    largest = {"amount": "-999999999999.99", "reason": "write-off test"}
+    ok = await http.post(
+        f"/v1/credit/retailers/{retailer_id}/adjustments", json={**largest, "reference": "max-1"}, headers=headers
+    )
+    assert ok.status_code == 200, ok.text
+    too_far = await http.post(
+        f"/v1/credit/retailers/{retailer_id}/adjustments", json={**largest, "reference": "max-2"}, headers=headers
+    )
+    assert "largest amount" in assert_problem(too_far, 422, "body.amount")["detail"]
+    async with engine.connect() as conn:
+        assert not await conn.scalar(
+            text("SELECT count(*) FROM credit_transactions WHERE retailer_id = :r AND reference = 'adjust:max-2'"),
+            {"r": retailer_id},
+        )
     assert_problem(
         await http.post(
             f"/v1/credit/retailers/{retailer_id}/adjustments", json={**body, "amount": "0"}, headers=headers

@@ -277,15 +277,18 @@ async def adjustments(
     caller: Annotated[Principal, require("credit:write")],
 ) -> AdjustmentOut:
     """A ledger row: +A clears the oldest debits (the rest is credit balance); -A is a debit due today."""
-    result = await admin.adjust(
-        stack.engine,
-        retailer_id,
-        body.amount,
-        reason=body.reason.strip(),
-        actor=caller.name,
-        reference=adjustment_reference(body, request, caller),
-        today=_today(stack),
-    )
+    try:
+        result = await admin.adjust(
+            stack.engine,
+            retailer_id,
+            body.amount,
+            reason=body.reason.strip(),
+            actor=caller.name,
+            reference=adjustment_reference(body, request, caller),
+            today=_today(stack),
+        )
+    except admin.AmountOutOfRange as error:
+        raise Problem(422, str(error), field="body.amount") from None
     return AdjustmentOut(**result.__dict__)
 
 
