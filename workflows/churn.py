@@ -64,6 +64,10 @@ STRIPE_DEADLINE = timedelta(hours=23)
 COMPANY_REQUIRED = "churn-signals-name-the-company"
 REREAD_BEFORE_CANCEL = "churn-reread-subscription-before-cancel"
 DECIDE_LOCALLY = "churn-decide-nudge-as-local-activity"
+SIGNALS_BEFORE_RUN = "churn-signals-before-run"
+"""A signal in a run's first task (one sent while the case continued as new) is handled before
+`run` starts: it was refused as "for another company" and the nudge lost. It is checked against
+the input the run started with now; the patch keeps older runs that refused one replaying."""
 # The daily cap counts the nudges of the member's local day, all within the last 26 hours.
 CAP_WINDOW = timedelta(hours=26)
 TEMPLATE_VERSION = 1
@@ -78,7 +82,9 @@ class ChurnCaseWorkflow:
     and activity references (tests/unit/test_import_rules.py), they keep no module state, and the
     replay tests replay recorded histories of the case's paths."""
 
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, request: ChurnCaseInput) -> None:
+        self._started_with = request  # for handlers that run before `run` (see SIGNALS_BEFORE_RUN)
         self._input: ChurnCaseInput | None = None
         self._case: CaseContext | None = None
         self._progress = CaseProgress()
@@ -198,7 +204,7 @@ class ChurnCaseWorkflow:
         """Runs only when an update arrives (never on replay), so it may be stricter than history."""
         if not request.company_id:
             raise ValueError("company_id is required")
-        if self._input is not None and request.company_id != self._input.company_id:
+        if request.company_id != self._started_with.company_id:
             raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
         if not 1 <= request.days <= 90:
             raise ValueError(f"days must be between 1 and 90 (got {request.days})")
@@ -241,7 +247,7 @@ class ChurnCaseWorkflow:
     def _validate_nudge(self, request: ManualNudge) -> None:
         if self._state != "OPEN" or self._ending is not None:
             raise ValueError(f"case {self._case_id} is not open ({self._state})")
-        if self._input is not None and request.company_id != self._input.company_id:
+        if request.company_id != self._started_with.company_id:
             raise ValueError(f"case {self._case_id} does not belong to company {request.company_id}")
 
     async def _nudge_later(self, key: str, at: datetime, request: ManualNudge) -> None:
@@ -270,7 +276,7 @@ class ChurnCaseWorkflow:
     def status(self) -> CaseStatus:
         return CaseStatus(
             case_id=self._case_id,
-            company_id=self._input.company_id if self._input else "",
+            company_id=self._started_with.company_id,
             status=self._state,
             attempts=self._progress.attempts,
             manual_nudges=self._progress.manual_nudges,
@@ -525,7 +531,7 @@ class ChurnCaseWorkflow:
 
     @property
     def _case_id(self) -> int:
-        return self._input.case_id if self._input else 0
+        return self._started_with.case_id
 
     @property
     def _subject(self) -> str:
@@ -541,7 +547,8 @@ class ChurnCaseWorkflow:
 
     def _own_company(self, signal: str, company_id: str | None) -> bool:
         """The signal names this case's company."""
-        if self._input is not None and company_id == self._input.company_id:
+        case = self._input or (self._started_with if workflow.patched(SIGNALS_BEFORE_RUN) else None)
+        if case is not None and company_id == case.company_id:
             return True
         if company_id is None:
             workflow.deprecate_patch(COMPANY_REQUIRED)

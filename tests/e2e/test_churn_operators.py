@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import AsyncIterator
 
+import pytest_asyncio
 import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.messaging.twilio_gateway import TwilioGateway
 from devtools import binaries
 from devtools.twilio_emulator import TwilioEmulator
+from schemas import search_attributes
 from schemas.churn import CaseStatus
 from tests.activities.test_churn import actions, churn_workers, new_member, open_case, sent_to
 from tests.e2e.test_schedules import jobctl
@@ -118,39 +122,61 @@ async def _sent(emulator: TwilioEmulator, phone: str, count: int) -> bool:
     return len(await sent_to(emulator, phone)) >= count
 
 
-async def test_five_hundred_manual_nudges_continue_as_new_and_the_case_still_answers(
-    dev_env: WorkflowEnvironment,
+SUGGEST_CONTINUE_AS_NEW_AT = 200
+"""Events after which this module's server suggests continuing as new (Temporal's default is
+4,096: 500 nudges, four minutes of a slow CI machine, to prove the same thing)."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server that suggests continue-as-new early, so a case outgrows its history in seconds."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binaries.temporal_cli(),
+        search_attributes=search_attributes.ALL,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AT}",
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
+async def test_a_hundred_manual_nudges_continue_as_new_and_the_case_still_answers(
+    short_history_env: WorkflowEnvironment,
     engine: AsyncEngine,
     gateway: TwilioGateway,
     stripe_api: stripe.StripeClient,
     emulator: TwilioEmulator,
     task_queue: str,
 ) -> None:
+    NUDGES = 100  # ~8 history events each: continue-as-new is suggested after 25
     company, member, phone = await new_member(engine, offsets=[30], cap=1)  # one a day: the rest are held back, quickly
-    async with churn_workers(dev_env.client, engine, gateway, stripe_api, task_queue):
-        case_id, handle = await open_case(dev_env, engine, member, task_queue)
+    async with churn_workers(short_history_env.client, engine, gateway, stripe_api, task_queue):
+        case_id, handle = await open_case(short_history_env, engine, member, task_queue)
         first_run = (await handle.describe()).run_id
-        for n in range(500):
+        for n in range(NUDGES):
             await handle.signal(ChurnCaseWorkflow.manual_nudge, {"actor_id": f"ops-{n % 7}", "company_id": company})
 
         async def all_recorded() -> bool:
             async with engine.connect() as conn:
                 return (
                     await conn.scalar(text("SELECT count(*) FROM recovery_actions WHERE case_id = :c"), {"c": case_id})
-                    >= 500
+                    >= NUDGES
                 )
 
-        await eventually(all_recorded, timeout_s=240)
+        await eventually(all_recorded, timeout_s=120)
         await eventually(lambda: _continued(handle, first_run), timeout_s=60)
         status = await handle.query(ChurnCaseWorkflow.status)
         await handle.signal(ChurnCaseWorkflow.recovered, {"company_id": company})
         final = await handle.result()
 
-    assert (status.status, status.attempts, status.manual_nudges) == ("OPEN", 1, 500)
-    assert (final.status, final.manual_nudges) == ("RECOVERED", 500)
+    assert (status.status, status.attempts, status.manual_nudges) == ("OPEN", 1, NUDGES)
+    assert (final.status, final.manual_nudges) == ("RECOVERED", NUDGES)
     rows = await actions(engine, case_id)
     assert [r.type for r in rows].count("nudge_sms") == 1 and len(await sent_to(emulator, phone)) == 1
-    assert sum(1 for r in rows if r.meta.get("held_back") == "daily_cap") == 499
+    assert sum(1 for r in rows if r.meta.get("held_back") == "daily_cap") == NUDGES - 1
 
 
 async def _continued(handle, first_run: str) -> bool:  # type: ignore[no-untyped-def]
