@@ -1,4 +1,4 @@
-"""1,000 messages through a workflow while Twilio fails 30 % of creates and rate-limits at 50/s."""
+"""400 messages through a workflow while Twilio fails 30 % of creates and rate-limits at 50/s."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from schemas.messaging import MessageBatch, SendMessage
 from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
-MESSAGES = 1000
+MESSAGES = 400
 RATE = 50
 
 

@@ -23,7 +23,7 @@ from schemas.messaging import MessageBatch, SendMessage
 from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
-MESSAGES = 1000
+MESSAGES = 400
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -103,11 +103,11 @@ async def test_sigkill_three_times_still_one_message_per_key(
             )
             worker = start_worker()
             try:
-                await wait_until(lambda: at_least(100))
+                await wait_until(lambda: at_least(40))
                 crash_file.touch()  # the next send dies after Twilio accepted it
                 await wait_until(lambda: asyncio.sleep(0, worker.poll() is not None))
                 kills.append(worker.returncode)
-                for threshold in (400, 700):
+                for threshold in (160, 280):
                     worker = start_worker()
                     await wait_until(lambda t=threshold: at_least(t))
                     worker.send_signal(signal.SIGKILL)

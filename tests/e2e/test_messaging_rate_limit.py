@@ -1,5 +1,5 @@
 """One `MESSAGES_PER_SECOND` for the whole cluster: two messaging worker processes, a batch and
-500 single sends at once, and a Twilio emulator that answers 429 above the same limit.
+250 single sends at once, and a Twilio emulator that answers 429 above the same limit.
 
 The rate is read from the emulator's own clock (`accepted_at` of every message it accepted), never
 from the test's, as the steady rate: the messages accepted after the first second, over the time
@@ -36,9 +36,9 @@ from tests.e2e.test_messaging_crash import wait_until
 from tests.factories import sms_retailers
 from workflows.messaging import MessageBatchWorkflow
 
-LIMIT = 25  # messages/s: 800 messages take ~32 s
-SINGLES = 500
-BATCH = 300
+LIMIT = 25  # messages/s: 400 messages take ~16 s
+SINGLES = 250
+BATCH = 150
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 
 
