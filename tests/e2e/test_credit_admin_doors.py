@@ -251,3 +251,28 @@ async def test_a_pause_at_23_local_is_held_and_the_request_returns_at_once(
     assert (await notice.describe()).status == WorkflowExecutionStatus.RUNNING  # holding until 08:00
     assert await sent_to(emulator, phone) == []
     await notice.terminate("test done")
+
+
+async def test_a_pause_lifted_at_23_local_answers_at_once_and_holds_the_retailers_message(
+    http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator, dev_env: WorkflowEnvironment
+) -> None:
+    """The re-check answers once the pause is lifted (the `applied` update), not once
+    `credit_resumed` went out: that message waits for 08:00 in the retailer's zone."""
+    retailer_id, phone = await shop(engine, local_hour=23, status="PAUSED", paused_by="system", limit=Decimal("1000"))
+    await new_debit(engine, retailer_id, "300.00", TODAY - timedelta(days=40))
+    headers = await new_key(engine, "credit:write")
+    reference = f"RMA-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    lifted = await http.post(
+        f"/v1/credit/retailers/{retailer_id}/adjustments",
+        json={"amount": "300.00", "reason": "returned 2 crates", "reference": reference},
+        headers=headers,
+    )
+    took = time.monotonic() - started
+    assert lifted.status_code == 200 and lifted.json()["credit_resumed"] is True, lifted.text
+    assert took < 5, f"the request waited {took:.1f} s"
+    assert await status_of(engine, retailer_id) == ("ACTIVE", None)
+    check = dev_env.client.get_workflow_handle(f"credit-guardrails/{retailer_id}/adjust:{reference}")
+    assert (await check.describe()).status == WorkflowExecutionStatus.RUNNING  # holding credit_resumed
+    assert await sent_to(emulator, phone) == []
+    await check.terminate("test done")
