@@ -41,6 +41,12 @@ def guardrails_recheck(retailer_id: int, reference: str) -> str:
     return f"credit-guardrails/{retailer_id}/{reference}"
 
 
+def credit_admin_notice(audit_id: int) -> str:
+    """The message telling a retailer of an admin's pause, unpause or block: one per audit row,
+    so a repeated start (a retried request) joins or finds the first and sends nothing twice."""
+    return f"credit-admin-notice/{audit_id}"
+
+
 def insights(insight_date: date) -> str:
     """An insight regeneration started by hand for a date."""
     return f"insights/{insight_date.isoformat()}"

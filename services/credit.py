@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
@@ -101,10 +101,12 @@ async def place_order(
 async def recheck_guardrails(
     client: Client, settings: Settings, retailer_id: int, *, reference: str
 ) -> GuardrailsResult:
-    """One retailer's guardrails now, as a payment's are: after an adjustment in its favour, a
-    system pause whose conditions cleared lifts and `credit_resumed` goes out (audited under
-    `reference`). The same reference again joins the run or re-reads its changes; nothing twice."""
-    return await client.execute_workflow(
+    """One retailer's guardrails now, as a payment's are: after an admin's adjustment in its favour
+    or change of limits, a system pause whose conditions cleared lifts and `credit_resumed` goes out
+    (audited under `reference`). The same reference again joins the run or re-reads its changes;
+    nothing twice. Answers once the changes are written (the `applied` update), not once the message
+    went out: quiet hours hold it until morning, and no admin's request waits for that."""
+    start = WithStartWorkflowOperation(
         CreditGuardrailsWorkflow.run,
         GuardrailsRequest(
             business_timezone=settings.business_timezone,
@@ -116,6 +118,9 @@ async def recheck_guardrails(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"Guardrails for retailer {retailer_id} after {reference}",
+    )
+    return await client.execute_update_with_start_workflow(
+        CreditGuardrailsWorkflow.applied, start_workflow_operation=start
     )
 
 

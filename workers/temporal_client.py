@@ -53,10 +53,12 @@ JOB_DURATION_BUCKETS_MS = [
 ]
 
 
-async def connect(settings: Settings) -> Client:
-    """Pydantic payloads (Decimal amounts stay exact) for every client and worker."""
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """Pydantic payloads (Decimal amounts stay exact) for every client and worker. `lazy`: connect
+    at the first call, so a command refused before it needs Temporal never needs it reachable."""
     return await Client.connect(
         settings.temporal_address,
+        lazy=lazy,
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
         tls=tls_config(settings),

@@ -8,7 +8,8 @@ before frees.
 
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
 system made whose conditions cleared; each retailer is told. `credit-guardrails/{retailer}/{reference}`:
-the same check for one retailer after an admin's adjustment in its favour, so it lifts a pause at once.
+the same check for one retailer after an admin's adjustment in its favour or change of limits, so it
+lifts a pause at once; its `applied` update answers once the changes are written, before the messages.
 
 `payment/{retailer}/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
 guardrails at once, so paying lifts a system pause within seconds.
@@ -17,8 +18,9 @@ guardrails at once, so paying lifts a system pause within seconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
+from typing import cast
 
 from temporalio import workflow
 
@@ -232,7 +234,13 @@ async def tell_retailers(changes: Sequence[GuardrailChange], messaging_task_queu
     return len(reasons)
 
 
-async def apply_guardrails(check: GuardrailsCheck, messaging_task_queue: str) -> GuardrailsResult:
+async def apply_guardrails(
+    check: GuardrailsCheck,
+    messaging_task_queue: str,
+    on_applied: Callable[[GuardrailsResult], None] | None = None,
+) -> GuardrailsResult:
+    """Apply, then tell each retailer changed; `on_applied` sees the changes before the messages go
+    (which quiet hours may hold until morning)."""
     changes = await workflow.execute_activity_method(
         GuardrailActivities.apply,
         check,
@@ -240,17 +248,22 @@ async def apply_guardrails(check: GuardrailsCheck, messaging_task_queue: str) ->
         retry_policy=DB_RETRY,
         summary="pause past-limit retailers, lift cleared system pauses",
     )
-    failed = await tell_retailers(changes, messaging_task_queue)
-    return GuardrailsResult(
+    result = GuardrailsResult(
         check_date=check.check_date,
         paused=[c.retailer_id for c in changes if c.change == "paused"],
         resumed=[c.retailer_id for c in changes if c.change == "resumed"],
-        messages_failed=failed,
     )
+    if on_applied is not None:
+        on_applied(result.model_copy())
+    result.messages_failed = await tell_retailers(changes, messaging_task_queue)
+    return result
 
 
 @workflow.defn
 class CreditGuardrailsWorkflow:
+    def __init__(self) -> None:
+        self._applied: GuardrailsResult | None = None
+
     @workflow.run
     async def run(self, request: GuardrailsRequest) -> GuardrailsResult:
         day = request.check_date or await scheduled_day(request.business_timezone)
@@ -258,9 +271,21 @@ class CreditGuardrailsWorkflow:
         result = await apply_guardrails(
             GuardrailsCheck(check_date=day, retailer_ids=request.retailer_ids, reference=request.reference),
             request.messaging_task_queue,
+            on_applied=self._set_applied,
         )
         workflow.set_current_details(f"{day}: {len(result.paused)} paused, {len(result.resumed)} resumed")
         return result
+
+    def _set_applied(self, result: GuardrailsResult) -> None:
+        self._applied = result
+
+    @workflow.update
+    async def applied(self) -> GuardrailsResult:
+        """The changes once written, before the retailers' messages go: an admin's re-check
+        (`services.credit.recheck_guardrails`) answers from this, never waiting on a held message.
+        `messages_failed` is 0 here; the run's result counts them."""
+        await workflow.wait_condition(lambda: self._applied is not None)
+        return cast(GuardrailsResult, self._applied)
 
 
 # --------------------------------------------------------------------------- payments

@@ -7,7 +7,8 @@ theirs. Adjustments are ledger rows: one in the retailer's favour (a return, a w
 dispute settled for them) is a CREDIT allocated like a payment, the rest staying as credit
 balance; a charge is a DEBIT due today, which any credit balance clears. Each change and its audit
 row commit together; an adjustment's reference makes a repeat a no-op. An adjustment in the
-retailer's favour says whether a system pause still stands, for the guardrails to re-check at once.
+retailer's favour, and a change of limits, say whether a system pause still stands, for the
+guardrails to re-check at once (`services.credit_admin`, which every door calls, does).
 The money, the limits and the audit rows are written by the credit ledger (`activities.credit.ledger`).
 """
 
@@ -93,12 +94,18 @@ async def change_status(
     return AdminChange(retailer_id, old, target, audit_id)
 
 
+SYSTEM_PAUSED = text("SELECT credit_status = 'PAUSED' AND paused_by = 'system' FROM retailers WHERE id = :r")
+
+
 @dataclass
 class LimitsChange:
     retailer_id: int
     old: dict[str, Any]
     new: dict[str, Any]
     audit_id: int
+    system_paused: bool = False
+    """Under a system pause after this change: the caller re-checks the guardrails at once, so a
+    raised limit lifts a pause made for being over the old one."""
 
 
 async def set_limits(
@@ -122,7 +129,8 @@ async def set_limits(
             raise CreditRefused(f"no retailer {retailer_id} with a credit account")
         old = {k: getattr(row, k) for k in limits}
         audit_id = await ledger.change_limits(conn, retailer_id, old, limits, actor=actor, reason=reason)
-    return LimitsChange(retailer_id, old, limits, audit_id)
+        system_paused = await conn.scalar(SYSTEM_PAUSED, {"r": retailer_id})
+    return LimitsChange(retailer_id, old, limits, audit_id, bool(system_paused))
 
 
 @dataclass
@@ -137,9 +145,6 @@ class Adjustment:
     system_paused: bool = False
     """Still under a system pause after this change: the caller re-checks the guardrails at once
     (`services.credit.recheck_guardrails`), so an adjustment lifts it as a payment would."""
-
-
-SYSTEM_PAUSED = text("SELECT credit_status = 'PAUSED' AND paused_by = 'system' FROM retailers WHERE id = :r")
 
 
 async def adjust(

@@ -72,6 +72,26 @@ TEMPLATES: dict[tuple[str, int], Template] = {
             approved=True,
         ),
         Template(
+            "credit_paused_by_admin",
+            1,
+            "Hi {first_name}, our credit team has paused your credit line. You can still order cash on delivery. "
+            "Contact us to reopen it.",
+            approved=True,
+        ),
+        Template(
+            "credit_unpaused",
+            1,
+            "Hi {first_name}, our credit team has reopened your credit line: you can order on credit again.",
+            approved=True,
+        ),
+        Template(
+            "credit_blocked",
+            1,
+            "Hi {first_name}, our credit team has blocked your account: orders cannot be placed for now. "
+            "Contact us to talk it through.",
+            approved=True,
+        ),
+        Template(
             "order_followup",
             1,
             "Hi {first_name}, your order #{order_id} is still waiting for you. Complete it before it expires.",

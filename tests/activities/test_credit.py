@@ -53,6 +53,7 @@ from workers import families
 from workers.api.app import create_app as create_api
 from workers.webhooks import create_app
 from workflows.credit import CreditGuardrailsWorkflow, PaymentRemindersWorkflow
+from workflows.messaging import MessageBatchWorkflow
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 CADENCE = (-3, 0, 1, 3, 7, 14, 21, 30)
@@ -73,7 +74,7 @@ async def credit_workers(
         Worker(
             client,
             task_queue=task_queue,
-            workflows=families.by_name("credit").workflows(),
+            workflows=[*families.by_name("credit").workflows(), MessageBatchWorkflow],  # admins' notices
             activities=[
                 reminders.reminder_page,
                 reminders.mark_reminders_sent,

@@ -9,6 +9,7 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
 
 from tests.activities.test_credit import new_debit, new_retailer
 from tests.unit.test_cli_input import jobctl
@@ -55,21 +56,44 @@ async def test_bad_payments_are_refused_and_change_nothing(
 
 
 async def test_admin_pause_block_and_unpause_are_audited_and_shown_in_the_profile(
-    engine: AsyncEngine, database_url: str
+    engine: AsyncEngine, database_url: str, dev_env: WorkflowEnvironment, task_queue: str
 ) -> None:
+    """Each change starts the retailer's notice (`credit-admin-notice/{audit id}`; no worker needed
+    to start it, none here to send it: tests/e2e/test_credit_admin_doors.py sends them)."""
     shop, _ = await new_retailer(engine)
     await new_debit(engine, shop, "120.00", date.today() - timedelta(days=12))
+    temporal = {"TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "TASK_QUEUE": task_queue}
 
     paused = jobctl(
-        "credit", "pause", str(shop), "--reason", "disputed", "--actor", "admin-7", DATABASE_URL=database_url
+        "credit",
+        "pause",
+        str(shop),
+        "--reason",
+        "disputed",
+        "--actor",
+        "admin-7",
+        DATABASE_URL=database_url,
+        **temporal,
     )
     assert paused.returncode == 0 and "ACTIVE -> PAUSED" in paused.stdout
+    assert "retailer told (credit-admin-notice/" in paused.stdout, paused.stderr
     again = jobctl("credit", "pause", str(shop), "--reason", "x", "--actor", "admin-7", DATABASE_URL=database_url)
-    assert again.returncode == 2 and "already PAUSED" in again.stderr
+    assert again.returncode == 2 and "already PAUSED" in again.stderr  # refused before Temporal is needed
     blocked = jobctl(
-        "credit", "block", str(shop), "--reason", "fraud", "--actor", "admin-8", "--json", DATABASE_URL=database_url
+        "credit",
+        "block",
+        str(shop),
+        "--reason",
+        "fraud",
+        "--actor",
+        "admin-8",
+        "--json",
+        DATABASE_URL=database_url,
+        **temporal,
     )
-    assert json.loads(blocked.stdout)["new_status"] == "BLOCKED"
+    block = json.loads(blocked.stdout)
+    assert block["new_status"] == "BLOCKED"
+    assert block["notice_workflow_id"] == f"credit-admin-notice/{block['audit_id']}"
 
     shown = jobctl("credit", "profile", str(shop), "--json", DATABASE_URL=database_url)
     profile = json.loads(shown.stdout)
@@ -80,7 +104,15 @@ async def test_admin_pause_block_and_unpause_are_audited_and_shown_in_the_profil
     assert f"retailer {shop}: BLOCKED" in human.stdout and "credit_blocked" in human.stdout
 
     unpaused = jobctl(
-        "credit", "unpause", str(shop), "--reason", "cleared", "--actor", "admin-8", DATABASE_URL=database_url
+        "credit",
+        "unpause",
+        str(shop),
+        "--reason",
+        "cleared",
+        "--actor",
+        "admin-8",
+        DATABASE_URL=database_url,
+        **temporal,
     )
     assert unpaused.returncode == 0 and "BLOCKED -> ACTIVE" in unpaused.stdout
     unknown = jobctl("credit", "profile", "999999", DATABASE_URL=database_url)

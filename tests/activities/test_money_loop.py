@@ -178,42 +178,71 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once_and_tells
 # --------------------------------------------------------------------------- admin tools
 
 
-async def test_admin_limits_adjustments_and_taking_over_a_system_pause(engine: AsyncEngine, database_url: str) -> None:
+async def test_admin_limits_adjustments_and_taking_over_a_system_pause(
+    dev_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
+    database_url: str,
+) -> None:
     shop, _ = await new_retailer(engine, status="PAUSED", paused_by="system", limit=Decimal("1000"))
     old = await new_debit(engine, shop, "300.00", TODAY - timedelta(days=40))
     newer = await new_debit(engine, shop, "200.00", TODAY - timedelta(days=2))
-
-    limits = jobctl(
-        "credit",
-        "limits",
-        str(shop),
-        "--credit-limit",
-        "2000",
-        "--max-order-value",
-        "750",
-        "--max-outstanding-days",
-        "45",
-        "--actor",
-        "admin-3",
-        "--json",
-        DATABASE_URL=database_url,
-    )
-    assert limits.returncode == 0, limits.stderr
-    assert json.loads(limits.stdout)["new"] == {
-        "credit_limit": "2000",
-        "max_order_value": "750",
-        "max_outstanding_days": 45,
+    env = {
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TASK_QUEUE": task_queue,
     }
-    async with engine.connect() as conn:
-        account = (await conn.execute(text("SELECT * FROM credit_accounts WHERE retailer_id = :r"), {"r": shop})).one()
-    assert (account.credit_limit, account.max_order_value, account.max_outstanding_days) == (2000, 750, 45)
-    assert account.available_credit == Decimal("1500.00")
 
-    # An admin taking over the system's pause: no adjustment or payment lifts it now.
-    taken = jobctl(
-        "credit", "pause", str(shop), "--reason", "under review", "--actor", "admin-4", DATABASE_URL=database_url
-    )
-    assert taken.returncode == 0, taken.stderr
+    async with credit_workers(dev_env.client, engine, gateway, stripe_api, task_queue) as messaging:
+        # Under a system pause the new limits re-check the guardrails: 40 days overdue is still past
+        # 35, so the pause stands. In a thread: the workers run on this event loop.
+        limits = await asyncio.to_thread(
+            jobctl,
+            "credit",
+            "limits",
+            str(shop),
+            "--credit-limit",
+            "2000",
+            "--max-order-value",
+            "750",
+            "--max-outstanding-days",
+            "35",
+            "--actor",
+            "admin-3",
+            "--json",
+            **env,
+            MESSAGING_TASK_QUEUE=messaging,
+        )
+        assert limits.returncode == 0, limits.stderr
+        assert json.loads(limits.stdout)["new"] == {
+            "credit_limit": "2000",
+            "max_order_value": "750",
+            "max_outstanding_days": 35,
+        }
+        assert json.loads(limits.stdout)["credit_resumed"] is False
+        async with engine.connect() as conn:
+            account = (
+                await conn.execute(text("SELECT * FROM credit_accounts WHERE retailer_id = :r"), {"r": shop})
+            ).one()
+        assert (account.credit_limit, account.max_order_value, account.max_outstanding_days) == (2000, 750, 35)
+        assert account.available_credit == Decimal("1500.00")
+
+        # An admin taking over the system's pause: no adjustment or payment lifts it now.
+        taken = await asyncio.to_thread(
+            jobctl,
+            "credit",
+            "pause",
+            str(shop),
+            "--reason",
+            "under review",
+            "--actor",
+            "admin-4",
+            **env,
+            MESSAGING_TASK_QUEUE=messaging,
+        )
+        assert taken.returncode == 0, taken.stderr
 
     ret = jobctl(
         "credit",

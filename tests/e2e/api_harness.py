@@ -38,10 +38,15 @@ def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides
         twilio_auth_token=SecretStr(emulator.auth_token),
         stripe_secret_key=SecretStr(STRIPE_TEST_KEY),
         stripe_api_base=sandbox.url,
-        quiet_hours_start=0,
-        quiet_hours_end=0,
-        message_daily_cap=10_000,  # the outbox's own rules off: the company's apply
-        **({"public_base_url": API_BASE} | overrides),  # the reminders' /pay/{token} links: the `http` client's app
+        **(
+            {
+                "quiet_hours_start": 0,  # the outbox's own rules off (a module may turn them on): the company's apply
+                "quiet_hours_end": 0,
+                "message_daily_cap": 10_000,
+                "public_base_url": API_BASE,  # the reminders' /pay/{token} links: the `http` client's app
+            }
+            | overrides
+        ),
     )
 
 

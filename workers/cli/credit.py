@@ -2,7 +2,9 @@
 
 Mounted by the credit family (workers/families/credit.py). Tables for people, `--json` for scripts. Bad input (a zero or
 negative amount, a malformed reference, an unknown retailer) is one clear line and exit 2, and
-nothing changes.
+nothing changes. The admin actions are `services.credit_admin`'s, the functions the HTTP API calls:
+a pause, unpause or block tells the retailer, adjustments and limits re-check a system pause; Temporal
+is reached only once a change is made (`temporal="lazy"`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from workers.cli.runner import UsageError, call, echo, settings
+from workers.cli.runner import UsageError, call, configure_logging, echo, settings
 
 credit_app = typer.Typer(
     help="Credit: pause, unpause or block a retailer; limits, adjustments, credit orders; the risk view; a profile.",
@@ -29,6 +31,7 @@ RetailerArg = Annotated[int, typer.Argument(min=1, help="Retailer id (retailers.
 Reason = Annotated[str, typer.Option("--reason", help="Why (stored in the audit log).", show_default=False)]
 Actor = Annotated[str, typer.Option("--actor", help="The admin acting (stored in the audit log).", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AdminVerb = Literal["pause", "unpause", "block"]
 REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$")
 
 
@@ -51,16 +54,25 @@ def _amount(raw: str, flag: str, *, signed: bool = False, zero: bool = False) ->
     return value
 
 
-def _admin(action: str, retailer_id: int, reason: str, actor: str, as_json: bool) -> None:
-    from activities.credit.admin import change_status
+def _admin(action: AdminVerb, retailer_id: int, reason: str, actor: str, as_json: bool) -> None:
+    from services.credit_admin import change_status
 
     if not reason.strip() or not actor.strip():
         raise UsageError("--reason and --actor must not be empty")
-    change = call(lambda c: change_status(c.engine, retailer_id, action, reason=reason, actor=actor), database=True)  # type: ignore[arg-type]
+    configure_logging(settings())  # on stderr, masked: `--json` stays one document
+    change = call(
+        lambda c: change_status(c.engine, c.client, c.settings, retailer_id, action, reason=reason, actor=actor),
+        database=True,
+        temporal="lazy",
+    )
     if as_json:
         echo(True, change.__dict__)
+        return
+    typer.echo(f"retailer {retailer_id}: {change.old_status} -> {change.new_status} (audit #{change.audit_id})")
+    if change.notice_workflow_id:
+        typer.echo(f"  retailer told ({change.notice_workflow_id}; quiet hours may hold it)")
     else:
-        typer.echo(f"retailer {retailer_id}: {change.old_status} -> {change.new_status} (audit #{change.audit_id})")
+        typer.echo("  the retailer was NOT told: Temporal was unreachable (see the log)", err=True)
 
 
 def _reference(reference: str | None, verb: str) -> str:
@@ -104,8 +116,9 @@ def credit_limits(
     reason: Annotated[str | None, typer.Option("--reason", help="Why (stored in the audit log).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Change RETAILER's credit limit, maximum order value or overdue limit (audited)."""
-    from activities.credit.admin import set_limits
+    """Change RETAILER's credit limit, maximum order value or overdue limit (audited); a system pause
+    the new limits clear lifts at once (Temporal needed then)."""
+    from services.credit_admin import set_limits
 
     limits: dict[str, object] = {}
     if credit_limit is not None:
@@ -120,13 +133,20 @@ def credit_limits(
         raise UsageError("give at least one of --credit-limit, --max-order-value, --max-outstanding-days")
     if not actor.strip():
         raise UsageError("--actor must not be empty")
-    change = call(lambda c: set_limits(c.engine, retailer_id, limits, actor=actor, reason=reason), database=True)
+    configure_logging(settings())
+    change = call(
+        lambda c: set_limits(c.engine, c.client, c.settings, retailer_id, limits, actor=actor, reason=reason),
+        database=True,
+        temporal="lazy",
+    )
     if as_json:
         echo(True, change.__dict__)
         return
     for key, value in change.new.items():
         typer.echo(f"retailer {retailer_id}: {key} {change.old[key]} -> {value}")
     typer.echo(f"(audit #{change.audit_id})")
+    if change.credit_resumed:
+        typer.echo("  credit resumed: the system's pause no longer applies")
 
 
 @credit_app.command("adjust")
@@ -150,7 +170,7 @@ def credit_adjust(
 ) -> None:
     """Record an adjustment as a ledger row: +A clears the oldest debits (the rest is credit balance) and
     re-checks a system pause at once (Temporal needed then); -A is a debit due today."""
-    from activities.credit.admin import adjust
+    from services.credit_admin import adjust
 
     value = _amount(amount, "--amount", signed=True)
     if not reason.strip():
@@ -158,9 +178,12 @@ def credit_adjust(
     if not actor.strip():
         raise UsageError("--actor must not be empty")
     ref = _reference(reference, "adjusts")
+    configure_logging(settings())
     result = call(
         lambda c: adjust(
             c.engine,
+            c.client,
+            c.settings,
             retailer_id,
             value,
             reason=reason,
@@ -169,17 +192,11 @@ def credit_adjust(
             today=datetime.now(c.settings.tz).date(),
         ),
         database=True,
+        temporal="lazy",
     )
-    resumed = False
-    if result.system_paused:  # in the retailer's favour and still paused: lift it now, as a payment would
-        from services.credit import recheck_guardrails
-
-        check = call(
-            lambda c: recheck_guardrails(c.client, c.settings, retailer_id, reference=result.reference), temporal=True
-        )
-        resumed = retailer_id in check.resumed
+    resumed = result.credit_resumed
     if as_json:
-        echo(True, result.__dict__ | {"credit_resumed": resumed})
+        echo(True, result.__dict__)
         return
     if result.duplicate:
         typer.echo(f"{result.reference}: already recorded ({result.amount:,.2f}); the ledger is unchanged")

@@ -14,7 +14,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import typer
 
@@ -56,8 +56,15 @@ def run(coro_fn: Callable[[], Awaitable[T]], *, fast_loop: bool = False) -> T:
         return runner.run(coro_fn())  # type: ignore[arg-type]
 
 
-def call(action: Callable[[Context], Awaitable[T]], *, temporal: bool = False, database: bool = False) -> T:
-    """Run `action(context)` with Temporal and/or the database connected; a refusal is exit 2."""
+def call(
+    action: Callable[[Context], Awaitable[T]],
+    *,
+    temporal: bool | Literal["lazy"] = False,
+    database: bool = False,
+) -> T:
+    """Run `action(context)` with Temporal and/or the database connected; a refusal is exit 2.
+    `temporal="lazy"`: Temporal is reached at its first call only (an admin action refused by the
+    database, bad input, needs no Temporal, and is exit 2 whether Temporal is up or not)."""
     s = settings()
     url = s.require_database_url() if database else None
 
@@ -71,7 +78,7 @@ def call(action: Callable[[Context], Awaitable[T]], *, temporal: bool = False, d
             if temporal:
                 from workers.temporal_client import connect
 
-                client = await connect(s)
+                client = await connect(s, lazy=temporal == "lazy")
             return await action(Context(s, client, engine))  # type: ignore[arg-type]
         finally:
             if engine is not None:

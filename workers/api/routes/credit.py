@@ -1,6 +1,8 @@
 """Credit: the risk view (aging buckets, at-risk retailers), a retailer's profile and open payment
 link, pause / unpause / block, limits and adjustments (audited, the key's name as the admin), and
-recording payments (oldest debits first). The same `activities.credit.admin` calls as `jobctl credit`."""
+recording payments (oldest debits first). The admin actions are `services.credit_admin`'s, the same
+functions `jobctl credit` calls, so both doors behave the same: adjustments and limits re-check the
+guardrails, a pause, unpause or block tells the retailer (started, never awaited)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
+from services import credit_admin
 from services.credit import record_payment
 from workers.api.auth import Principal, require
 from workers.api.idempotency import HEADER
@@ -102,6 +105,10 @@ class StatusChanged(BaseModel):
     old_status: str
     new_status: str
     audit_id: int
+    notice_workflow_id: str | None = Field(
+        description="the workflow telling the retailer (credit-admin-notice/{audit_id}), started, not awaited:"
+        " quiet hours may hold the message; null: Temporal was unreachable and the retailer was not told"
+    )
 
 
 class PaymentIn(BaseModel):
@@ -136,6 +143,7 @@ class LimitsChanged(BaseModel):
     old: dict[str, Decimal | int | None]
     new: dict[str, Decimal | int]
     audit_id: int
+    credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause the new limits clear")
 
 
 class AdjustmentIn(BaseModel):
@@ -178,6 +186,7 @@ class AdjustmentOut(BaseModel):
     duplicate: bool = Field(description="True: this reference was recorded before; nothing changed")
     cleared: list[Cleared]
     credit_balance_added: Decimal
+    credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause this cleared")
 
 
 def _today(stack: Any) -> date:
@@ -205,7 +214,9 @@ async def profile(retailer_id: RetailerId, stack: StackDep, _: Annotated[Princip
 async def _change(
     stack: Any, retailer_id: int, action: admin.AdminAction, body: StatusChange, caller: Principal
 ) -> StatusChanged:
-    change = await admin.change_status(stack.engine, retailer_id, action, reason=body.reason.strip(), actor=caller.name)
+    change = await credit_admin.change_status(
+        stack.engine, stack.client, stack.settings, retailer_id, action, reason=body.reason, actor=caller.name
+    )
     return StatusChanged(**change.__dict__)
 
 
@@ -246,10 +257,11 @@ async def limits(
     retailer_id: RetailerId, body: Limits, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> LimitsChanged:
     """Change the credit limit, maximum order value or overdue limit (only the fields given);
-    available credit follows."""
+    available credit follows; under a system pause the guardrails are re-checked at once."""
     wanted = body.model_dump(exclude={"reason"}, exclude_none=True)
-    reason = body.reason.strip() if body.reason and body.reason.strip() else None
-    change = await admin.set_limits(stack.engine, retailer_id, wanted, actor=caller.name, reason=reason)
+    change = await credit_admin.set_limits(
+        stack.engine, stack.client, stack.settings, retailer_id, wanted, actor=caller.name, reason=body.reason
+    )
     return LimitsChanged(**change.__dict__)
 
 
@@ -276,13 +288,16 @@ async def adjustments(
     stack: StackDep,
     caller: Annotated[Principal, require("credit:write")],
 ) -> AdjustmentOut:
-    """A ledger row: +A clears the oldest debits (the rest is credit balance); -A is a debit due today."""
+    """A ledger row: +A clears the oldest debits (the rest is credit balance) and re-checks a system
+    pause at once, as a payment does; -A is a debit due today."""
     try:
-        result = await admin.adjust(
+        result = await credit_admin.adjust(
             stack.engine,
+            stack.client,
+            stack.settings,
             retailer_id,
             body.amount,
-            reason=body.reason.strip(),
+            reason=body.reason,
             actor=caller.name,
             reference=adjustment_reference(body, request, caller),
             today=_today(stack),
