@@ -4,8 +4,16 @@ The first request with a key claims it (a row with no answer yet) and, once it s
 its status and body; a retry with the same key and the same request gets that answer again
 (`Idempotent-Replayed: true`) without running anything; the same key with another request is
 422; a retry while the first is still running is 409. Keys are per API key. A request that
-failed (any non-2xx) releases its key, so the retry runs again: nothing was done the first time.
-A claim left by a crashed process is taken over after `ABANDONED_AFTER`.
+failed (any non-2xx) releases its key, so the retry runs again; a claim left by a crashed process
+is taken over after `ABANDONED_AFTER`.
+
+Running a handler again is safe even when its first run committed (the commit's acknowledgement
+lost, the process killed before `_store`) because no handler's write depends on this table: every
+POST is idempotent by its own business key, which the retry reproduces. Orders by order id,
+payments by (retailer, reference), adjustments by a reference derived from the API key and this
+header (`routes/credit.adjustment_reference`), admin changes by the change they make. The re-run
+finds the ledger row and answers from it (`duplicate: true`), so this layer never has to guess
+whether a failed attempt wrote anything.
 """
 
 from __future__ import annotations
