@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint fmt install bench clean
+.PHONY: run test test-fast test-money lint fmt install bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,6 +27,13 @@ test: $(STAMP)
 # The tiers that need no database and no worker process: seconds, for the edit-test loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit tests/workflows $(PYTEST_ARGS)
+
+# The ledger property tests only, long: thousands of random sequences per property (MONEY_EXAMPLES,
+# 2000 by default) instead of `make test`'s bounded, derandomized few (tests/properties.py). Minutes.
+MONEY_TESTS := tests/activities/test_credit_ledger.py tests/activities/test_credit_ledger_sequences.py \
+	tests/activities/test_loyalty_ledger_properties.py
+test-money: $(STAMP)
+	HYPOTHESIS_PROFILE=money $(PY) -m pytest $(MONEY_TESTS) --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # The style, as CI holds it: ruff's lint and format check, then mypy (packages in pyproject.toml).
 lint: $(STAMP)

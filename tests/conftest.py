@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import pytest_asyncio
 import stripe
@@ -34,7 +35,12 @@ from devtools.embedded_db import EmbeddedPostgres
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import search_attributes
+from tests import properties
 from workers import migrate
+
+# The ledger property tests' profiles (tests/properties.py): HYPOTHESIS_PROFILE=money is `make test-money`.
+if properties.PROFILE != "default":
+    hypothesis.settings.load_profile(properties.PROFILE)
 
 
 @pytest.fixture(scope="session")

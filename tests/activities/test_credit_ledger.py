@@ -12,7 +12,7 @@ import random
 from datetime import date
 from decimal import Decimal
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +26,7 @@ from activities.orders import OrderActivities
 from schemas.credit import RecordPayment
 from schemas.orders import OrderFailure
 from tests.activities.test_credit import new_retailer
+from tests.properties import ledger_settings
 
 TODAY = date.today()
 ORDER_IDS = itertools.count(random.randrange(1, 1_000) * 1_000_000_000)
@@ -69,13 +70,7 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
     return available, limit, owed, unspent if owed else Decimal("0"), unspent
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@ledger_settings(examples=60)
 @given(sequence=steps)
 # Always run: a debit partly paid, a limit lowered below what is owed (available credit negative), a
 # charge, the partly paid order failing, a credit balance that the next charge and order spend, and
