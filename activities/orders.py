@@ -136,12 +136,12 @@ SELECT count(*) FROM expired
 """
 )
 
-# A failure locks the order and its retailer: the reversal of the order's debit is a ledger write,
-# and every ledger write of a retailer holds its row lock (activities/credit/ledger.py).
-LOCK_ORDER_AND_RETAILER = text(
-    "SELECT o.id, o.retailer_id, o.status FROM orders o JOIN retailers r ON r.id = o.retailer_id"
-    " WHERE o.id = :id FOR UPDATE OF o, r"
-)
+# A failure locks its retailer, then the order: the reversal of the order's debit is a ledger
+# write, and every ledger write of a retailer holds its row lock (activities/credit/ledger.py).
+# Retailer first, as placing an order does: the other order deadlocked a placement retried while
+# its order failed (tests/activities/test_credit_ledger_sequences.py).
+RETAILER_OF_ORDER = text("SELECT retailer_id FROM orders WHERE id = :id")
+LOCK_ORDER = text("SELECT id, retailer_id, status FROM orders WHERE id = :id FOR UPDATE")
 
 STALE_PAGE_SQL = text(
     """
@@ -285,7 +285,10 @@ class OrderActivities:
         needs.
         """
         async with self._engine.begin() as conn:
-            order = (await conn.execute(LOCK_ORDER_AND_RETAILER, {"id": failure.order_id})).first()
+            retailer_id = await conn.scalar(RETAILER_OF_ORDER, {"id": failure.order_id})
+            if retailer_id is not None:  # an order's retailer never changes
+                await ledger.lock_retailer(conn, retailer_id)
+            order = (await conn.execute(LOCK_ORDER, {"id": failure.order_id})).first()
             if order is None:
                 raise permanent("UnknownOrder", f"order {failure.order_id} does not exist")
             old: dict[str, Any] = {"order_status": order.status}

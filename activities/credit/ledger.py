@@ -103,12 +103,12 @@ class UnknownRetailer(ApplicationError):
 LOCK_RETAILER = text("SELECT id FROM retailers WHERE id = :r FOR UPDATE")
 
 # The one rule: available credit is the limit minus what the open debits still owe.
+OUTSTANDING = """COALESCE((SELECT sum(amount - cleared_amount) FROM credit_transactions
+                    WHERE retailer_id = :r AND type = 'DEBIT' AND status <> 'CLEARED'), 0)"""
 REFRESH_AVAILABLE = text(
-    """
+    f"""
 UPDATE credit_accounts ca
-SET available_credit = ca.credit_limit
-        - COALESCE((SELECT sum(amount - cleared_amount) FROM credit_transactions
-                    WHERE retailer_id = :r AND type = 'DEBIT' AND status <> 'CLEARED'), 0),
+SET available_credit = ca.credit_limit - {OUTSTANDING},
     updated_at = now()
 WHERE ca.retailer_id = :r
 RETURNING ca.available_credit
@@ -146,11 +146,17 @@ async def change_limits(
     credit follows the new limit. Returns the audit row's id."""
     if set(new) - set(LIMIT_COLUMNS):
         raise ValueError(f"not a limit: {sorted(set(new) - set(LIMIT_COLUMNS))}")
+    # One statement: the limit and the available credit it implies change together, so the check
+    # available_credit <= credit_limit never sees a lowered limit beside yesterday's available.
     sets = ", ".join(f"{k} = :{k}" for k in new)
+    limit = "CAST(:credit_limit AS numeric)" if "credit_limit" in new else "ca.credit_limit"
     await conn.execute(
-        text(f"UPDATE credit_accounts SET {sets}, updated_at = now() WHERE retailer_id = :r"), {"r": retailer_id, **new}
+        text(
+            f"UPDATE credit_accounts ca SET {sets}, available_credit = {limit} - ({OUTSTANDING}), updated_at = now()"
+            " WHERE ca.retailer_id = :r"
+        ),
+        {"r": retailer_id, **new},
     )
-    await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
     return await audit(conn, retailer_id, "credit_limits_changed", actor=actor, old=old, new=new, reason=reason)
 
 

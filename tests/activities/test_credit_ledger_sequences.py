@@ -34,12 +34,9 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import psycopg
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment
 
@@ -84,22 +81,6 @@ Write = Callable[[], Awaitable[Any]]
 CLOCKS = text("SELECT order_id, status FROM pending_orders WHERE retailer_id = :r")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_deadlock_detection(database_url: str) -> None:
-    """PostgreSQL looks for a deadlock after `deadlock_timeout` (1 s); the race of a retried placement
-    and its order's failure deadlocks most times (the known fault below), and thousands of sequences
-    in `make test-money` would wait a second each. Set on the module's database before its engine
-    opens a connection."""
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT set_config('deadlock_timeout', '50ms', false)")  # fails early if not allowed
-        name = conn.execute("SELECT quote_ident(current_database())").fetchone()
-        assert name is not None
-        conn.execute(f"ALTER DATABASE {name[0]} SET deadlock_timeout = '50ms'")
-
-
 @dataclass
 class Model:
     """What the sequence did, in amounts: the test's expectations, not the ledger's rules."""
@@ -142,20 +123,6 @@ async def deliver(write: Write, twice: bool) -> list[Any]:
         return [await write()]
     except Exception as error:  # noqa: BLE001 - the caller asserts which outcome each delivery had
         return [error]
-
-
-async def again_after_deadlock(write: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
-    """`write`, delivered again (with a short back-off, as a retry policy would) while PostgreSQL
-    chooses it as a deadlock's victim (rolled back). Once more is not enough: a row lock is not
-    granted first come first served, so an immediate retry can take the retailer's lock before the
-    waiting failure does and deadlock again (`make test-money` met it)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await write()
-        except DBAPIError as error:
-            if not isinstance(error.orig, psycopg.errors.DeadlockDetected) or attempt == attempts:
-                raise
-        await asyncio.sleep(0.02 * attempt)
 
 
 def only(results: list[Any], kind: type) -> list[Any]:
@@ -263,12 +230,11 @@ class Sequence:
 
         return again
 
-    async def fail(self, k: int, at_once: bool, *, patient: bool = False) -> None:
+    async def fail(self, k: int, at_once: bool) -> None:
         order_id = self.model.orders[k % len(self.model.orders)]
         first = order_id not in self.model.failed
         failure = self._failure(order_id)
-        write = (lambda: again_after_deadlock(failure)) if patient else failure
-        results = only(await deliver(write, at_once), OrderFailureResult)
+        results = only(await deliver(failure, at_once), OrderFailureResult)
         changed = [r for r in results if r.changed]
         if first:
             assert len(changed) == 1, results
@@ -322,30 +288,22 @@ class Sequence:
 
     async def retry_order_while_failing(self, k: int) -> None:
         """The order's placement retried while the order fails: a duplicate, or refused as FAILED.
-
-        The two deadlock (the known fault of
-        test_known_fault_a_placement_retried_while_its_order_fails_can_deadlock): the loser's
-        transaction rolls back and it is delivered again, as its caller's retry would (an
-        activity's retry policy, the HTTP client's); the money must come out whole either way."""
+        Both take the retailer's lock first, then the order's (they deadlocked when the failure
+        took the order's first)."""
         order_id = self.model.orders[k % len(self.model.orders)]
         amount = self.model.amounts[order_id]
 
         async def retry() -> None:
             try:
-                placed = await again_after_deadlock(
-                    lambda: place_order(self.engine, self.shop, order_id, amount, "CREDIT", today=TODAY)
-                )
+                placed = await place_order(self.engine, self.shop, order_id, amount, "CREDIT", today=TODAY)
             except PlacementRefused as refused:
                 assert "FAILED" in str(refused), refused
                 return
             assert placed.duplicate, placed
 
-        await asyncio.gather(retry(), self.fail(k, False, patient=True))
+        await asyncio.gather(retry(), self.fail(k, False))
 
     async def limit(self, limit: Decimal) -> None:
-        # Not below today's available credit: that is the known fault kept as
-        # test_known_fault_a_limit_below_available_credit_is_refused_by_the_check below.
-        limit = max(limit, self.model.available)
         await admin.set_limits(self.engine, self.shop, {"credit_limit": limit}, actor="prop")
         self.model.limit = limit
         self.model.limit_changes += 1
@@ -551,14 +509,9 @@ async def test_every_sequence_of_money_writes_keeps_the_ledger_whole_and_replays
     await run_sequence(engine, sequence, replay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="known fault (issue #32, money faults): set_limits writes the new limit before it recomputes"
-    " available credit, so the check available_credit <= credit_limit refuses a limit below today's"
-    " available credit, even one the retailer's debits keep above what is owed",
-)
-async def test_known_fault_a_limit_below_available_credit_is_refused_by_the_check(engine: AsyncEngine) -> None:
+async def test_a_limit_lowered_below_todays_available_credit_is_taken(engine: AsyncEngine) -> None:
+    """The limit and the available credit it implies change in one statement: the check
+    available_credit <= credit_limit refused 250 beside yesterday's 400 (an IntegrityError, a 500)."""
     shop, _ = await new_retailer(engine, limit=OPENING_LIMIT)
     await place_order(engine, shop, next(ORDER_IDS), Decimal("100"), "CREDIT", today=TODAY)
     await admin.set_limits(engine, shop, {"credit_limit": Decimal("250")}, actor="prop")  # available 400 > 250
@@ -567,17 +520,10 @@ async def test_known_fault_a_limit_below_available_credit_is_refused_by_the_chec
     await run.check("after lowering the limit to 250 with 100 owed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DBAPIError,
-    reason="known fault found by the sequences (issue #32, point 5): place_order locks the retailer, then"
-    " the order (LOCK_POSITION, then ORDER_OF ... FOR UPDATE); handle_order_failure locks the order, then"
-    " the retailer (LOCK_ORDER_AND_RETAILER: FOR UPDATE OF o, r). A retried placement of an order racing"
-    " its failure deadlocks: PostgreSQL rolls one back after deadlock_timeout (1 s), an error its caller"
-    " must retry (17 races in 20 on this machine). No money is lost: the victim wrote nothing",
-)
-async def test_known_fault_a_placement_retried_while_its_order_fails_can_deadlock(engine: AsyncEngine) -> None:
-    """Minimal sequence: ("order", 100), then ("retry order while failing", 0); raced up to five times."""
+async def test_a_placement_retried_while_its_order_fails_never_deadlocks(engine: AsyncEngine) -> None:
+    """Found by the sequences: ("order", 100), then ("retry order while failing", 0). The failure
+    locked the order, then the retailer; placing locks the retailer, then the order: PostgreSQL
+    rolled one back as a deadlock in 17 races of 20. Both now take the retailer's lock first."""
     for _ in range(5):
         shop, _ = await new_retailer(engine, limit=OPENING_LIMIT)
         order_id = next(ORDER_IDS)
@@ -589,6 +535,9 @@ async def test_known_fault_a_placement_retried_while_its_order_fails_can_deadloc
             ),
             return_exceptions=True,
         )
-        for outcome in outcomes:
-            if isinstance(outcome, DBAPIError):
-                raise outcome
+        placed, failed = outcomes
+        assert isinstance(failed, OrderFailureResult) and failed.changed, failed
+        assert (isinstance(placed, PlacementRefused) and "FAILED" in str(placed)) or placed.duplicate, placed
+        run = Sequence(engine, shop)
+        run.model.failed.add(order_id)
+        await run.check("after the race")

@@ -29,7 +29,7 @@ from activities.credit.payments import record_payment
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
-from activities.orders import LOCK_ORDER_AND_RETAILER, OrderActivities, register_pending
+from activities.orders import OrderActivities, register_pending
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from schemas.credit import RecordPayment
@@ -458,15 +458,15 @@ async def test_failure_recomputes_available_credit_by_the_ledgers_rule_rather_th
 
 async def test_two_failures_of_one_retailers_orders_at_once_give_back_both_debits(engine: AsyncEngine) -> None:
     """Two orders of a retailer fail at the same time. Each failure recomputes available credit
-    from the open debits, so the second waits for the first's lock on the retailer (taken with
-    the order) and counts its reversal. Without that lock the second would recompute from a
+    from the open debits, so the second waits for the first's lock on the retailer (taken before
+    the order's) and counts its reversal. Without that lock the second would recompute from a
     snapshot in which the first debit is still open: 750.00, not 1000.00."""
     first, rid, _ = await new_order(engine, on_credit=Decimal("250.00"))
     second = first + 1_000_000
     await place_order(engine, rid, second, Decimal("150.00"), "CREDIT", today=datetime.now(UTC).date())
     async with engine.connect() as failing_first:
         transaction = await failing_first.begin()
-        await failing_first.execute(LOCK_ORDER_AND_RETAILER, {"id": first})
+        await ledger.lock_retailer(failing_first, rid)  # as a failure takes it, before its order
         reversal = await ledger.reverse_order_debit(failing_first, first, actor="test")
         assert reversal is not None and reversal.amount == Decimal("250.00")
         failing_second = asyncio.create_task(
