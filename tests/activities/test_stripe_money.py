@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from activities.credit.admin import profile
 from activities.credit.paylinks import open_pay_link
 from activities.loyalty.ledger import apply_points_at_checkout
 from activities.messaging.twilio_gateway import TwilioGateway
@@ -471,6 +472,8 @@ async def test_a_dispute_flags_the_payment_and_pauses_the_retailer_and_winning_i
             "PAUSED",
             "stripe-dispute",
         )
+        shown = (await profile(engine, shop, TODAY))["stripe_payments"]
+        assert [(p["disputed"], p["dispute_id"]) for p in shown] == [(True, dispute["id"])]
         created = (await stripe_api.v1.disputes.retrieve_async(dispute["id"])).to_dict()
         await money.control(f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "won"})
         await money.deliver("charge.dispute.created", created)  # late: Stripe now says won
@@ -508,6 +511,8 @@ async def test_a_lost_dispute_gives_the_disputed_amount_back_like_a_refund_and_i
     assert ((await debit(engine, owed)).status, (await debit(engine, owed)).cleared_amount) == ("OPEN", Decimal("0"))
     assert await one(engine, "SELECT count(*) FROM payment_returns WHERE retailer_id = :r", r=shop) == (1,)
     assert [a for a, _ in await audit_actions(engine, shop)].count("payment_dispute_lost") == 1
+    (shown,) = (await profile(engine, shop, TODAY))["stripe_payments"]
+    assert (shown["refunded_amount"], shown["disputed"]) == (Decimal("90.00"), False)
     await assert_books_balance(engine, shop)
 
 
