@@ -15,7 +15,14 @@ expired (``POST .../expire``, or ``expires_at`` passed), and on payment Stripe s
   pays the amount typed. ``POST /pay/{id}`` completes the session and delivers
   ``checkout.session.completed``, signed like Stripe (``Stripe-Signature: t=..,v1=HMAC-SHA256``),
   to every registered webhook before answering (retried briefly on failure). Paying a session that
-  is complete (409) or expired (410) is refused and sends nothing.
+  is complete (409) or expired (410) is refused and sends nothing. Paying makes a real
+  localstripe PaymentIntent (the sandbox's test card, the session's customer, no metadata, as
+  Stripe's own) and so a charge that can be refunded and disputed (``devtools/stripe_money.py``).
+- "Pay by bank debit" on the page (``action=delayed``): a delayed method. The session completes
+  with ``payment_status`` unpaid and its PaymentIntent ``processing``, and
+  ``checkout.session.completed`` goes out; ``POST /_sandbox/checkout/sessions/{id}/async_payment``
+  ``{"outcome": "succeeded"|"failed"}`` later pays it (``checkout.session.async_payment_succeeded``)
+  or fails it (``.async_payment_failed``, the intent back to ``requires_payment_method``).
   Dev-only deviation: real Checkout cannot be paid partially; here a partial payment completes the
   session with ``amount_total`` set to what was paid (``amount_requested`` keeps the original).
 

@@ -11,7 +11,8 @@ cards open one on a charge). The front adds, signed like every sandbox event
   answer. A replay of the same ``Idempotency-Key`` is answered by the idempotency middleware and
   sends nothing again.
 - ``POST /_sandbox/charges/{id}/dispute`` ``{"amount": minor (default: the charge's), "reason": ...}``:
-  opens a dispute (``needs_response``) on a charge localstripe has; ``charge.dispute.created``.
+  opens a dispute (``needs_response``) on a charge localstripe has (or a PaymentIntent's latest
+  charge, given ``pi_...``); ``charge.dispute.created``.
 - ``POST /_sandbox/disputes/{id}/close`` ``{"outcome": "won"|"lost"}``: closes it;
   ``charge.dispute.closed``.
 - ``GET /v1/disputes/{id}``: the dispute now. ``GET /v1/charges/{id}`` gets ``disputed`` (a
@@ -107,6 +108,10 @@ class Money:
         """What a disputing cardholder does: a dispute on the charge, ``charge.dispute.created``."""
         charge_id = request.match_info["id"]
         params = await _json(request)
+        if charge_id.startswith("pi_"):  # a PaymentIntent's id (what the credit profile shows): its charge
+            _, intent = await self._backend("GET", f"/v1/payment_intents/{charge_id}", None)
+            latest = intent.get("latest_charge")
+            charge_id = str((latest.get("id") if isinstance(latest, dict) else latest) or charge_id)
         status, charge = await self._backend("GET", f"/v1/charges/{charge_id}", None)
         if status != 200:
             return self._error(404, "invalid_request_error", f"No such charge: '{charge_id}'", code="resource_missing")

@@ -5,7 +5,11 @@ Here, and nowhere else, money is written (a reminder's marks on a debit, `remind
 - `credit_transactions`: a credit order's DEBIT (`debit_order`), an admin's charge (`charge`), a
   payment's or a favourable adjustment's CREDIT and its allocation to the oldest open debits
   (`record_credit`), the spending of a credit balance on new debits (`apply_credit_balance`), and
-  the reversal of a failed order's debit (`reverse_order_debit`);
+  the reversal of a failed order's debit (`reverse_order_debit`), and what a Stripe payment gives
+  back, a refund or a lost dispute (`refund_payment`), and its dispute flag (`flag_dispute`,
+  `close_dispute`);
+- `credit_allocations`: what each CREDIT cleared of which DEBIT (a refund reopens those);
+  `payment_returns`: each refund or lost dispute booked;
 - `credit_accounts`: the limits (`change_limits`) and available credit, by one rule;
 - `audit_log`: one row per change (`audit`), or one per row of a set-based statement
   (`audit_rows`, for the guardrails' and the order clocks' single statements).
@@ -18,8 +22,9 @@ part of the CREDITs) is not available credit; it clears the next debits as they 
 
 The caller holds the transaction and the retailer's row lock (`SELECT ... FROM retailers ... FOR
 UPDATE`) across the writes: the rule reads every open debit of the retailer, so two transactions
-recomputing it must not overlap. `record_credit` and `charge` take the lock themselves; the other
-writes are called by paths that took it first (a credit order's placement, a failed order).
+recomputing it must not overlap. `record_credit`, `charge`, `refund_payment` and the dispute flags
+take the lock themselves; the other writes are called by paths that took it first (a credit
+order's placement, a failed order).
 """
 
 from __future__ import annotations

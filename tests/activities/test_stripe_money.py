@@ -499,8 +499,10 @@ async def test_a_lost_dispute_gives_the_disputed_amount_back_like_a_refund_and_i
     async with money_loop(
         time_skipping_env, engine, gateway, sandbox, stripe_api, task_queue, pause_on_dispute=False
     ) as money:
-        _, charge = await money.paid(shop, "90.00")
-        dispute = await money.control(f"/_sandbox/charges/{charge}/dispute", {"amount": 9000})
+        session_id, charge = await money.paid(shop, "90.00")
+        intent = (await stripe_api.v1.checkout.sessions.retrieve_async(session_id)).payment_intent
+        dispute = await money.control(f"/_sandbox/charges/{intent}/dispute", {"amount": 9000})  # the intent's charge
+        assert dispute["charge"] == charge
         assert (await retailer(engine, shop)).credit_status == "ACTIVE"  # PAUSE_ON_DISPUTE=false
         closed = await money.control(f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "lost"})
         await money.guardrails_after(shop, f"dispute_lost:{dispute['id']}:90.00")
