@@ -92,8 +92,8 @@ def stripe_money_handlers(
     start_recheck: StartRecheck,
 ) -> dict[str, StripeHandler]:
     """The credit family's Stripe handlers (`services.credit.stripe_handlers` passes how a payment
-    and a guardrails check start). Without `engine` (a caller that only records payments) the
-    refund and dispute handlers are left out."""
+    and a guardrails check start). Without `engine` (a caller that only records Checkout Sessions'
+    payments) the PaymentIntent, refund and dispute handlers are left out: each reads our database."""
     currency = settings.credit_currency
 
     def gateway() -> StripeGateway:
@@ -168,13 +168,11 @@ def stripe_money_handlers(
         if intent.status != "succeeded":
             log.warning("credit.payment_intent_not_succeeded", status=intent.status, **ids)
             return
-        try:
-            customer = await gateway().ensure_customer("retailer", int(retailer))
-        except ApplicationError as error:
-            if not error.non_retryable:
-                raise
-            raise _refuse("credit.payment_intent_not_ours", f"retailer {retailer} is unknown", **ids) from None
-        if intent.customer != customer.stripe_customer_id:
+        assert engine is not None  # registered only with one
+        exists, customer = await returns.retailer_customer(engine, int(retailer))
+        if not exists:
+            raise _refuse("credit.payment_intent_not_ours", f"retailer {retailer} is unknown", **ids)
+        if not customer or intent.customer != customer:
             raise _refuse("credit.payment_intent_not_ours", "the intent's customer is not the retailer's", **ids)
         amount = amount_of(intent.amount_received or intent.amount, intent.currency, "the PaymentIntent", **ids)
         if amount <= 0:
@@ -185,10 +183,10 @@ def stripe_money_handlers(
         "checkout.session.completed": checkout_event,
         "checkout.session.async_payment_succeeded": checkout_event,
         "checkout.session.async_payment_failed": checkout_event,
-        "payment_intent.succeeded": payment_succeeded,
     }
     if engine is None:
         return handlers
+    handlers["payment_intent.succeeded"] = payment_succeeded  # checks the retailer's customer in our database
 
     # -- refunds -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from datetime import date
 from decimal import Decimal
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.credit import ledger
@@ -35,6 +36,16 @@ async def find_payment(engine: AsyncEngine, intent_id: str) -> Payment | None:
     async with engine.connect() as conn:
         found = await ledger.payment_of_intent(conn, intent_id)
     return None if found is None else Payment(*found)
+
+
+RETAILER_CUSTOMER = text("SELECT stripe_customer_id FROM retailers WHERE id = :r")
+
+
+async def retailer_customer(engine: AsyncEngine, retailer_id: int) -> tuple[bool, str | None]:
+    """(the retailer exists, its stored Stripe customer): read only, nothing is created at Stripe."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(RETAILER_CUSTOMER, {"r": retailer_id})).first()
+    return (False, None) if row is None else (True, row.stripe_customer_id)
 
 
 async def book_refund(

@@ -380,7 +380,7 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
             "data": {"object": intent.to_dict()},
         }
         handlers = credit_api.stripe_handlers(
-            env.client, settings.model_copy(update={"messaging_task_queue": messaging}), stripe=gateway_
+            env.client, settings.model_copy(update={"messaging_task_queue": messaging}), stripe=gateway_, engine=engine
         )
         app = create_app(
             engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers
