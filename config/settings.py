@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     pay_page_base_url: str | None = None
     """PAY_PAGE_BASE_URL (optional): where Stripe's Checkout sends the payer after paying (`success_url`)."""
+    credit_currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+    """CREDIT_CURRENCY: the currency of retailers' credit; a Stripe payment, refund or dispute in
+    another is logged and booked nowhere."""
+    pause_on_dispute: bool = True
+    """PAUSE_ON_DISPUTE: a dispute opened at Stripe on a retailer's payment pauses its credit
+    (`paused_by` stripe-dispute; a person lifts it with `jobctl credit unpause`)."""
     public_base_url: str | None = None
     """PUBLIC_BASE_URL: where payers reach `jobctl api`; reminders link to {PUBLIC_BASE_URL}/pay/{token}.
     Required for reminders; `jobctl dev` sets it to its own API."""

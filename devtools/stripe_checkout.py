@@ -15,7 +15,14 @@ expired (``POST .../expire``, or ``expires_at`` passed), and on payment Stripe s
   pays the amount typed. ``POST /pay/{id}`` completes the session and delivers
   ``checkout.session.completed``, signed like Stripe (``Stripe-Signature: t=..,v1=HMAC-SHA256``),
   to every registered webhook before answering (retried briefly on failure). Paying a session that
-  is complete (409) or expired (410) is refused and sends nothing.
+  is complete (409) or expired (410) is refused and sends nothing. Paying makes a real
+  localstripe PaymentIntent (the sandbox's test card, the session's customer, no metadata, as
+  Stripe's own) and so a charge that can be refunded and disputed (``devtools/stripe_money.py``).
+- "Pay by bank debit" on the page (``action=delayed``): a delayed method. The session completes
+  with ``payment_status`` unpaid and its PaymentIntent ``processing``, and
+  ``checkout.session.completed`` goes out; ``POST /_sandbox/checkout/sessions/{id}/async_payment``
+  ``{"outcome": "succeeded"|"failed"}`` later pays it (``checkout.session.async_payment_succeeded``)
+  or fails it (``.async_payment_failed``, the intent back to ``requires_payment_method``).
   Dev-only deviation: real Checkout cannot be paid partially; here a partial payment completes the
   session with ``amount_total`` set to what was paid (``amount_requested`` keeps the original).
 
@@ -37,7 +44,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -59,6 +66,9 @@ ZERO_DECIMAL: Final = frozenset(
 _BRACKETS: Final = re.compile(r"\[([^\]]*)\]")
 
 ErrorResponse = Callable[..., web.Response]
+BackendCall = Callable[[str, str, dict[str, str] | None], Awaitable[tuple[int, dict[str, Any]]]]
+"""(method, path, form) → (status, JSON body) from localstripe, with the sandbox's own key."""
+SANDBOX_CARD: Final = "pm_card_visa"
 
 
 def api_key_of(authorization: str | None) -> str | None:
@@ -130,6 +140,10 @@ class CheckoutStore:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     line_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     webhooks: dict[str, Webhook] = field(default_factory=dict)
+    intent_status: dict[str, str] = field(default_factory=dict)
+    """PaymentIntent id → the status Stripe would show that localstripe cannot (a delayed
+    method's ``processing``; ``requires_payment_method`` after it failed)."""
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
@@ -138,6 +152,8 @@ class CheckoutStore:
             self.sessions = saved.get("sessions", {})
             self.line_items = saved.get("line_items", {})
             self.webhooks = {k: Webhook(**v) for k, v in saved.get("webhooks", {}).items()}
+            self.intent_status = saved.get("intent_status", {})
+            self.disputes = saved.get("disputes", {})
 
     def save(self) -> None:
         if self.path is None:
@@ -146,6 +162,8 @@ class CheckoutStore:
             "sessions": self.sessions,
             "line_items": self.line_items,
             "webhooks": {k: w.__dict__ for k, w in self.webhooks.items()},
+            "intent_status": self.intent_status,
+            "disputes": self.disputes,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -154,6 +172,8 @@ class CheckoutStore:
     def clear(self) -> None:
         self.sessions.clear()
         self.line_items.clear()
+        self.intent_status.clear()
+        self.disputes.clear()
         self.save()
 
     def get(self, session_id: str) -> dict[str, Any] | None:
@@ -172,11 +192,16 @@ class Checkout:
     """The routes; ``error`` builds Stripe's error body, ``customer_exists`` asks localstripe."""
 
     def __init__(
-        self, store: CheckoutStore, error: ErrorResponse, customer_exists: Callable[[web.Request, str], Any]
+        self,
+        store: CheckoutStore,
+        error: ErrorResponse,
+        customer_exists: Callable[[web.Request, str], Any],
+        backend: BackendCall | None = None,
     ) -> None:
         self.store = store
         self._error = error
         self._customer_exists = customer_exists
+        self._backend = backend
 
     def routes(self, app: web.Application) -> None:
         app[CHECKOUT] = self.store
@@ -188,6 +213,7 @@ class Checkout:
         r.add_get("/v1/checkout/sessions/{id}/line_items", self.list_line_items)
         r.add_get("/pay/{id}", self.pay_page)
         r.add_post("/pay/{id}", self.pay)
+        r.add_post("/_sandbox/checkout/sessions/{id}/async_payment", self.async_payment)
 
     # -- API ----------------------------------------------------------------------------------
 
@@ -381,6 +407,10 @@ class Checkout:
             f'<form method="post" action="{action}" class="partial"><input type="hidden" name="action" value="partial">'
             f'<label>Amount <input name="amount" inputmode="decimal" placeholder="0.00" required></label> '
             f'<button type="submit" name="pay_partially">Pay partially</button></form>'
+            f'<form method="post" action="{action}"><input type="hidden" name="action" value="delayed">'
+            f'<button type="submit" name="pay_by_bank_debit">Pay by bank debit</button>'
+            f' <span class="note">a delayed method: the session completes unpaid (processing) until'
+            f" <code>POST /_sandbox/checkout/sessions/{{id}}/async_payment</code> succeeds or fails it</span></form>"
             f'<p class="note">Stripe sandbox: no money moves. Paying completes Checkout Session'
             f" <code>{html.escape(session['id'])}</code> and sends <code>checkout.session.completed</code>"
             " to the registered webhooks.</p>"
@@ -409,24 +439,88 @@ class Checkout:
                     status=400,
                 )
             paid = minor
+        delayed = form.get("action") == "delayed"
+        intent = await self._payment_intent(session, paid, confirm=not delayed)
+        if intent is None:
+            return _page("Payment failed", "<p>The sandbox could not charge the card.</p>", status=502)
+        if delayed:
+            self.store.intent_status[intent] = "processing"
         session.update(
             status="complete",
-            payment_status="paid",
+            payment_status="unpaid" if delayed else "paid",
             amount_total=paid,
             amount_subtotal=paid,
             amount_requested=requested,
-            payment_intent="pi_sandbox_" + secrets.token_hex(10),
+            payment_intent=intent,
         )
         self.store.save()
-        log.info("stripe_sandbox.checkout_paid", session_id=session["id"], amount=paid, requested=requested)
+        log.info(
+            "stripe_sandbox.checkout_paid", session_id=session["id"], amount=paid, requested=requested, delayed=delayed
+        )
         delivered = await self._deliver("checkout.session.completed", session)
+        shown = f"{_minor_to_text(paid, currency)} {currency.upper()}"
         return _page(
-            "Paid",
-            f"<p>Paid {_minor_to_text(paid, currency)} {currency.upper()}. Thank you.</p>"
+            "Processing" if delayed else "Paid",
+            (f"<p>Bank debit of {shown} submitted: processing.</p>" if delayed else f"<p>Paid {shown}. Thank you.</p>")
             + ("" if delivered else "<p>(no webhook received the event)</p>"),
         )
 
+    async def _payment_intent(self, session: dict[str, Any], amount: int, *, confirm: bool) -> str | None:
+        """The session's PaymentIntent at localstripe, so its charge can be refunded and disputed:
+        paid with the sandbox's card now, or (a delayed method) confirmed when its async payment
+        succeeds. Like Stripe's, it carries no metadata of the session's."""
+        if self._backend is None:  # a front without localstripe (unit use): an id only
+            return "pi_sandbox_" + secrets.token_hex(10)
+        form = {"amount": str(amount), "currency": session["currency"], "payment_method": SANDBOX_CARD}
+        if session.get("customer"):
+            form["customer"] = session["customer"]
+        if confirm:
+            form["confirm"] = "true"
+        status, intent = await self._backend("POST", "/v1/payment_intents", form)
+        if status != 200 or (confirm and intent.get("status") != "succeeded"):
+            log.warning("stripe_sandbox.checkout_intent_failed", status=status, body=str(intent)[:300])
+            return None
+        return str(intent["id"])
+
+    async def async_payment(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/checkout/sessions/{id}/async_payment`` ``{"outcome": "succeeded"|"failed"}``:
+        what a bank debit does days later. The session must be complete, unpaid and processing;
+        ``checkout.session.async_payment_succeeded`` (the session now paid, its PaymentIntent
+        confirmed) or ``.async_payment_failed`` (its PaymentIntent back to
+        ``requires_payment_method``) goes to the webhooks before the answer."""
+        sid = request.match_info["id"]
+        session = self.store.get(sid)
+        if session is None:
+            return self._missing(sid)
+        try:
+            outcome = str((await request.json()).get("outcome"))
+        except (ValueError, AttributeError):
+            outcome = ""
+        if outcome not in ("succeeded", "failed"):
+            return self._error(400, "invalid_request_error", 'outcome must be "succeeded" or "failed"', param="outcome")
+        intent = session.get("payment_intent")
+        if session["status"] != "complete" or self.store.intent_status.get(str(intent)) != "processing":
+            return self._error(409, "invalid_request_error", "the session has no delayed payment processing")
+        if outcome == "succeeded":
+            if self._backend is not None:
+                status, body = await self._backend("POST", f"/v1/payment_intents/{intent}/confirm", None)
+                if status != 200:
+                    return self._error(502, "api_error", f"localstripe refused the confirmation: {str(body)[:200]}")
+            del self.store.intent_status[str(intent)]
+            session["payment_status"] = "paid"
+        else:
+            self.store.intent_status[str(intent)] = "requires_payment_method"
+        self.store.save()
+        log.info("stripe_sandbox.checkout_async_payment", session_id=sid, outcome=outcome)
+        await self._deliver(f"checkout.session.async_payment_{outcome}", session)
+        return web.json_response(session)
+
     # -- events -------------------------------------------------------------------------------
+
+    async def deliver(self, event_type: str, obj: dict[str, Any]) -> bool:
+        """Send a signed event of ``event_type`` about ``obj`` to the registered webhooks (the
+        refunds and disputes of ``devtools/stripe_money.py`` use it too)."""
+        return await self._deliver(event_type, obj)
 
     async def _deliver(self, event_type: str, obj: dict[str, Any]) -> bool:
         """POST the signed event to each registered webhook (a few tries each); True if one took it."""

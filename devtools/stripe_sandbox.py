@@ -42,7 +42,11 @@ front keeps its Checkout Sessions and webhooks in ``data_dir/checkout.json``, so
 customers our database refers to. ``create_app(upstream=URL)`` fronts an existing localstripe instead.
 
 Checkout Sessions (which localstripe lacks) and the dev pay page at their ``url`` are served by the
-front itself: ``devtools/stripe_checkout.py``.
+front itself: ``devtools/stripe_checkout.py`` (paying one makes a real localstripe PaymentIntent
+and charge; "Pay by bank debit" completes it unpaid until ``POST
+/_sandbox/checkout/sessions/{id}/async_payment`` succeeds or fails it). Refunds' events, disputes
+(``POST /_sandbox/charges/{id}/dispute``, ``POST /_sandbox/disputes/{id}/close``) and the statuses
+localstripe cannot show: ``devtools/stripe_money.py``.
 
 localstripe control endpoints pass through unauthenticated: ``POST /_config/webhooks/{id}``
 (``url``, ``secret``, optional ``events``) makes localstripe POST each event, one second after
@@ -94,6 +98,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook, api_key_of
+from devtools.stripe_money import Money
 from devtools.token_bucket import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -589,6 +594,25 @@ async def _customer_exists(request: web.Request, customer_id: str) -> bool:
         return not (await response.json()).get("deleted", False)
 
 
+FRONT_KEY: Final = "sk_test_sandbox_front"
+"""The key the front's own calls to localstripe carry (the pay page's PaymentIntents, refunds' charges)."""
+
+
+async def _backend_call(
+    app: web.Application, method: str, path: str, form: dict[str, str] | None
+) -> tuple[int, dict[str, Any]]:
+    """One call of the front's own to localstripe: (status, JSON body; {} if it sent none)."""
+    backend = app[BACKEND]
+    assert backend.session is not None and backend.url is not None, "the sandbox is not started"
+    headers = {"Authorization": f"Bearer {FRONT_KEY}"}
+    async with backend.session.request(method, f"{backend.url}{path}", data=form, headers=headers) as response:
+        try:
+            body = await response.json(content_type=None)
+        except ValueError:
+            body = {}
+        return response.status, body if isinstance(body, dict) else {}
+
+
 async def _replay_webhooks(session: aiohttp.ClientSession, url: str, store: CheckoutStore) -> None:
     """A restarted localstripe forgot its webhooks (they are not in its store): register them again."""
     for webhook_id, webhook in store.webhooks.items():
@@ -661,7 +685,13 @@ def create_app(
     app[BACKEND] = _Backend()
     app.cleanup_ctx.append(_backend_ctx)
     checkout = CheckoutStore(directory / "checkout.json" if directory else None, clock=checkout_clock)
-    Checkout(checkout, stripe_error, _customer_exists).routes(app)
+
+    async def backend(method: str, path: str, form: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
+        return await _backend_call(app, method, path, form)
+
+    front = Checkout(checkout, stripe_error, _customer_exists, backend)
+    front.routes(app)
+    Money(front, stripe_error, forward, backend).routes(app)
     app.router.add_get("/_sandbox/stats", sandbox_stats)
     app.router.add_route("GET", "/_sandbox/clock", sandbox_clock)
     app.router.add_route("POST", "/_sandbox/clock", sandbox_clock)

@@ -139,6 +139,11 @@ class RecordPayment(BaseModel):
     actor: str = Field(min_length=1, max_length=100, description="an admin id, or 'stripe' for the webhook")
     business_timezone: str = "UTC"
     messaging_task_queue: str = "messaging"
+    stripe_payment_intent_id: str | None = Field(
+        default=None,
+        pattern=r"^pi_[A-Za-z0-9_]+$",
+        description="a Stripe payment's PaymentIntent: its charge's refunds and disputes find the payment by it",
+    )
 
 
 class DebitAllocation(BaseModel):

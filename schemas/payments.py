@@ -140,3 +140,46 @@ class SubscriptionState(BaseModel):
     def paying(self) -> bool:
         """In good standing: nothing to save (no failed payment, no cancellation scheduled)."""
         return self.status in ("active", "trialing") and not self.cancel_at_period_end
+
+
+# --- what the money events re-read at Stripe (issue #32) ------------------------------------------
+# Amounts stay in Stripe's minor units here: a negative or unknown-currency amount is refused by
+# the handler that reads it, never rounded.
+
+
+class StripePaymentIntent(BaseModel):
+    """A PaymentIntent as Stripe has it now (`StripeGateway.payment_intent`)."""
+
+    id: str
+    status: str = Field(description="succeeded, processing, requires_payment_method, canceled, ...")
+    amount: int
+    amount_received: int = 0
+    currency: str
+    customer: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    latest_charge: str | None = None
+
+
+class StripeCharge(BaseModel):
+    """A Charge as Stripe has it now (`StripeGateway.charge`): refunds read `amount_refunded`,
+    which is cumulative, so a late or repeated event books only what is new."""
+
+    id: str
+    amount: int
+    amount_refunded: int
+    currency: str
+    payment_intent: str | None = None
+    refunded: bool = False
+    disputed: bool = False
+    status: str = "succeeded"
+
+
+class StripeDispute(BaseModel):
+    """A Dispute as Stripe has it now (`StripeGateway.dispute`)."""
+
+    id: str
+    charge: str
+    payment_intent: str | None = None
+    amount: int
+    currency: str
+    status: str = Field(description="warning_needs_response, needs_response, under_review, won, lost, ...")

@@ -59,6 +59,7 @@ CHANNELS = ("whatsapp", "sms")
 CREDIT_STATUSES = ("ACTIVE", "PAUSED", "BLOCKED")
 TRANSACTION_TYPES = ("DEBIT", "CREDIT")
 DEBIT_STATUSES = ("OPEN", "PARTIALLY_PAID", "CLEARED")
+PAYMENT_RETURN_KINDS = ("refund", "dispute_lost")
 ORDER_STATUSES = ("PENDING", "CONFIRMED", "DELIVERED", "CANCELLED", "FAILED")
 PAYMENT_MODES = ("CREDIT", "COD")
 PENDING_ORDER_STATUSES = ("PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED")
@@ -166,12 +167,21 @@ class CreditTransaction(CreatedAt, Base):
     notes: Mapped[str | None]
     reference: Mapped[str | None]
     order_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="SET NULL"))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(
+        doc="a Stripe payment's PaymentIntent (a CREDIT's): how its charge's refunds and disputes find it"
+    )
+    refunded_amount: Mapped[Decimal] = mapped_column(
+        server_default="0", doc="a CREDIT's: what refunds and lost disputes took back of it (payment_returns)"
+    )
+    disputed_at: Mapped[datetime | None] = mapped_column(doc="a CREDIT's: a dispute is open at Stripe since then")
+    dispute_id: Mapped[str | None] = mapped_column(doc="a CREDIT's: its latest Stripe dispute")
 
     __table_args__ = (
         CheckConstraint(_in("type", TRANSACTION_TYPES), name="type"),
         CheckConstraint(_in("status", DEBIT_STATUSES), name="status"),
         CheckConstraint("amount >= 0", name="amount_non_negative"),
         CheckConstraint("cleared_amount >= 0 AND cleared_amount <= amount", name="cleared_amount_range"),
+        CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount", name="refunded_amount_range"),
         CheckConstraint("reminder_count BETWEEN 0 AND 8", name="reminder_count_range"),
         CheckConstraint(
             "(type = 'DEBIT' AND due_date IS NOT NULL) OR (type = 'CREDIT' AND due_date IS NULL)",
@@ -185,6 +195,60 @@ class CreditTransaction(CreatedAt, Base):
             postgresql_where=text("type = 'DEBIT' AND status <> 'CLEARED'"),
         ),
         Index("ix_credit_transactions_retailer_id_status_due_date", "retailer_id", "status", "due_date"),
+        Index(
+            "ix_credit_transactions_stripe_payment_intent_id",
+            "stripe_payment_intent_id",
+            postgresql_where=text("stripe_payment_intent_id IS NOT NULL"),
+        ),
+    )
+
+
+class CreditAllocation(CreatedAt, Base):
+    """What a CREDIT cleared of which DEBIT, one row per allocation (`ledger.record_credit`,
+    `ledger.apply_credit_balance`): a refund of the payment reopens them, the most recent first.
+    `reopened_amount` is how much of it a refund or lost dispute has taken back."""
+
+    __tablename__ = "credit_allocations"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="RESTRICT"))
+    credit_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("credit_transactions.id", ondelete="RESTRICT"))
+    debit_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("credit_transactions.id", ondelete="RESTRICT"))
+    amount: Mapped[Decimal]
+    reopened_amount: Mapped[Decimal] = mapped_column(server_default="0")
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("reopened_amount >= 0 AND reopened_amount <= amount", name="reopened_amount_range"),
+        Index("ix_credit_allocations_credit_id", "credit_id"),
+    )
+
+
+class PaymentReturn(CreatedAt, Base):
+    """Money a Stripe payment gave back: a refund (`kind` refund, per charge and cumulative amount
+    refunded) or a lost dispute. `reference` is unique per retailer, so a late or repeated event
+    books nothing twice. Where it came from: the payment's unspent balance (`from_balance`), the
+    debits it had cleared (`reopened`), and what neither could take (`owed_again`, a new DEBIT)."""
+
+    __tablename__ = "payment_returns"
+
+    id: Mapped[int] = _bigint_pk()
+    retailer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("retailers.id", ondelete="RESTRICT"))
+    credit_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("credit_transactions.id", ondelete="RESTRICT"))
+    kind: Mapped[str]
+    reference: Mapped[str]
+    stripe_id: Mapped[str] = mapped_column(doc="the charge (a refund) or the dispute (a lost dispute)")
+    amount: Mapped[Decimal]
+    from_balance: Mapped[Decimal] = mapped_column(server_default="0")
+    reopened: Mapped[Decimal] = mapped_column(server_default="0")
+    owed_again: Mapped[Decimal] = mapped_column(server_default="0")
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", PAYMENT_RETURN_KINDS), name="kind"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("from_balance + reopened + owed_again = amount", name="parts_add_up"),
+        UniqueConstraint("retailer_id", "reference"),
+        Index("ix_payment_returns_credit_id", "credit_id"),
     )
 
 

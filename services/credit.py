@@ -17,16 +17,17 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
-from activities.payments.gateway import StripeGateway, from_minor_units
+from activities.payments.gateway import StripeGateway
 from config.settings import Settings
 from schemas import ids
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
 from schemas.errors import Refused
 from services import StripeHandler
+from services.stripe_money import stripe_money_handlers
 from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
 
 log = structlog.get_logger(__name__)
@@ -108,26 +109,50 @@ async def recheck_guardrails(
     went out: quiet hours hold it until morning, and no admin's request waits for that."""
     start = WithStartWorkflowOperation(
         CreditGuardrailsWorkflow.run,
-        GuardrailsRequest(
-            business_timezone=settings.business_timezone,
-            messaging_task_queue=settings.messaging_task_queue,
-            retailer_ids=[retailer_id],
-            reference=reference,
-        ),
-        id=ids.guardrails_recheck(retailer_id, reference),
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=f"Guardrails for retailer {retailer_id} after {reference}",
+        _recheck_request(settings, retailer_id, reference),
+        **_recheck_options(settings, retailer_id, reference),
     )
     return await client.execute_update_with_start_workflow(
         CreditGuardrailsWorkflow.applied, start_workflow_operation=start
     )
 
 
+async def start_guardrails_recheck(
+    client: Client, settings: Settings, retailer_id: int, *, reference: str
+) -> WorkflowHandle[Any, GuardrailsResult]:
+    """`recheck_guardrails` without waiting for it: the webhook answers Stripe at once, the check
+    runs durably; after a refund, a retailer back past its limits is paused again."""
+    return await client.start_workflow(
+        CreditGuardrailsWorkflow.run,
+        _recheck_request(settings, retailer_id, reference),
+        **_recheck_options(settings, retailer_id, reference),
+    )
+
+
+def _recheck_request(settings: Settings, retailer_id: int, reference: str) -> GuardrailsRequest:
+    return GuardrailsRequest(
+        business_timezone=settings.business_timezone,
+        messaging_task_queue=settings.messaging_task_queue,
+        retailer_ids=[retailer_id],
+        reference=reference,
+    )
+
+
+def _recheck_options(settings: Settings, retailer_id: int, reference: str) -> dict[str, Any]:
+    return {
+        "id": ids.guardrails_recheck(retailer_id, reference),
+        "task_queue": settings.task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": f"Guardrails for retailer {retailer_id} after {reference}",
+    }
+
+
 def reminders_schedule_input(settings: Settings) -> RemindersRequest:
     """`payment-reminders` (10:00) → PaymentRemindersWorkflow.run; the date is the scheduled day."""
     return RemindersRequest(
-        business_timezone=settings.business_timezone, messaging_task_queue=settings.messaging_task_queue
+        business_timezone=settings.business_timezone,
+        messaging_task_queue=settings.messaging_task_queue,
+        currency=settings.credit_currency,
     )
 
 
@@ -139,67 +164,20 @@ def guardrails_schedule_input(settings: Settings) -> GuardrailsRequest:
 
 
 def stripe_handlers(
-    client: Client, settings: Settings, *, stripe: StripeGateway | None = None
+    client: Client,
+    settings: Settings,
+    *,
+    stripe: StripeGateway | None = None,
+    engine: AsyncEngine | None = None,
 ) -> dict[str, StripeHandler]:
-    """A retailer's payment link paid → RecordPaymentWorkflow.
+    """Every Stripe event that moves a retailer's money (`services/stripe_money.py`): a paid
+    Checkout Session or pay-link PaymentIntent → RecordPaymentWorkflow; refunds and disputes →
+    the ledger, then the retailer's guardrails again. Each re-reads its object at Stripe first."""
 
-    `checkout.session.completed` (links are Checkout Sessions; the reference is the session id) and
-    `payment_intent.succeeded` (links made before them were PaymentIntents). A Checkout Session's
-    own PaymentIntent carries no retailer metadata, so one payment is never recorded twice.
+    async def start(payment: RecordPayment) -> str:
+        return (await start_payment(client, payment, task_queue=settings.task_queue)).id
 
-    Recording a payment cannot be undone, so a completed session is re-read at Stripe first
-    (`stripe`) and only Stripe's current word counts: a session it does not have, or has not
-    been paid, or that names another retailer, records nothing, however well the event is signed.
-    """
+    async def recheck(retailer_id: int, reference: str) -> str:
+        return (await start_guardrails_recheck(client, settings, retailer_id, reference=reference)).id
 
-    async def start(kind: str, object_id: str, metadata: dict[str, Any], amount: Decimal) -> None:
-        retailer = str(metadata.get("retailer_id", ""))
-        if not retailer.isdigit() or int(retailer) < 1:
-            log.info("credit.payment_not_for_a_retailer", kind=kind, stripe_id=object_id)
-            return
-        if amount <= Decimal("0"):
-            log.warning("credit.payment_without_amount", kind=kind, stripe_id=object_id)
-            return
-        payment = RecordPayment(
-            retailer_id=int(retailer),
-            amount=amount,
-            reference=object_id,
-            actor="stripe",
-            business_timezone=settings.business_timezone,
-            messaging_task_queue=settings.messaging_task_queue,
-        )
-        handle = await start_payment(client, payment, task_queue=settings.task_queue)
-        log.info("credit.payment_started", workflow_id=handle.id, retailer_id=payment.retailer_id, kind=kind)
-
-    async def payment_succeeded(event: dict[str, Any]) -> None:
-        intent = event.get("data", {}).get("object", {})
-        minor = intent.get("amount_received") or intent.get("amount")
-        amount = from_minor_units(int(minor or 0), str(intent.get("currency") or "usd"))
-        await start("payment_intent", str(intent.get("id")), intent.get("metadata") or {}, amount)
-
-    async def checkout_completed(event: dict[str, Any]) -> None:
-        session = event.get("data", {}).get("object", {})
-        session_id, claimed = str(session.get("id")), str((session.get("metadata") or {}).get("retailer_id", ""))
-        if session.get("mode") != "payment" or not claimed.isdigit() or int(claimed) < 1:
-            log.info("credit.checkout_not_for_a_retailer", checkout_session_id=session_id)
-            return
-        if stripe is None:  # a 5xx: Stripe delivers again once the receiver can ask it
-            raise RuntimeError("STRIPE_SECRET_KEY is not set: a completed checkout cannot be verified")
-        try:
-            current = await stripe.checkout_session(session_id, int(claimed))
-        except ApplicationError as error:
-            if not error.non_retryable:
-                raise  # Stripe unavailable: a 5xx, and Stripe retries the event
-            log.warning("credit.checkout_unknown_at_stripe", checkout_session_id=session_id, error_type=error.type)
-            return
-        if current.payment_status != "paid" or current.metadata.get("retailer_id") != claimed:
-            log.warning(
-                "credit.checkout_not_paid_at_stripe",
-                checkout_session_id=session_id,
-                status=current.status,
-                payment_status=current.payment_status,
-            )
-            return
-        await start("checkout_session", session_id, current.metadata, current.amount)
-
-    return {"payment_intent.succeeded": payment_succeeded, "checkout.session.completed": checkout_completed}
+    return stripe_money_handlers(settings, stripe=stripe, engine=engine, start_payment=start, start_recheck=recheck)

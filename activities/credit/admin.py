@@ -317,9 +317,22 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
         ).all()
         balance = await ledger.credit_balance(conn, retailer_id)
         link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
+        stripe_payments = (await conn.execute(STRIPE_PAYMENTS, {"r": retailer_id})).all()
     return {
         "retailer_id": row.id,
         "credit_balance": balance,
+        "stripe_payments": [
+            {
+                "reference": s.reference,
+                "payment_intent": s.stripe_payment_intent_id,
+                "amount": s.amount,
+                "refunded_amount": s.refunded_amount,
+                "disputed": s.disputed_at is not None,
+                "dispute_id": s.dispute_id,
+                "recorded_at": s.created_at,
+            }
+            for s in stripe_payments
+        ],
         "payment_link": _link(link) if link else None,
         "credit_status": row.credit_status,
         "paused_at": row.credit_paused_at,
@@ -346,6 +359,15 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
             {"at": a.created_at, "action": a.action, "by": a.performed_by, "reason": a.reason} for a in audit
         ],
     }
+
+
+# The retailer's latest payments through Stripe (a pay link's Checkout Session or PaymentIntent):
+# what refunds and lost disputes took back of each, and whether one is disputed now.
+STRIPE_PAYMENTS = text(
+    "SELECT reference, stripe_payment_intent_id, amount, refunded_amount, disputed_at, dispute_id, created_at"
+    " FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT' AND stripe_payment_intent_id IS NOT NULL"
+    " ORDER BY id DESC LIMIT 10"
+)
 
 
 # --- a retailer's payment link -----------------------------------------------------------------

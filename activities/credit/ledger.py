@@ -5,7 +5,11 @@ Here, and nowhere else, money is written (a reminder's marks on a debit, `remind
 - `credit_transactions`: a credit order's DEBIT (`debit_order`), an admin's charge (`charge`), a
   payment's or a favourable adjustment's CREDIT and its allocation to the oldest open debits
   (`record_credit`), the spending of a credit balance on new debits (`apply_credit_balance`), and
-  the reversal of a failed order's debit (`reverse_order_debit`);
+  the reversal of a failed order's debit (`reverse_order_debit`), and what a Stripe payment gives
+  back, a refund or a lost dispute (`refund_payment`), and its dispute flag (`flag_dispute`,
+  `close_dispute`);
+- `credit_allocations`: what each CREDIT cleared of which DEBIT (a refund reopens those);
+  `payment_returns`: each refund or lost dispute booked;
 - `credit_accounts`: the limits (`change_limits`) and available credit, by one rule;
 - `audit_log`: one row per change (`audit`), or one per row of a set-based statement
   (`audit_rows`, for the guardrails' and the order clocks' single statements).
@@ -18,8 +22,9 @@ part of the CREDITs) is not available credit; it clears the next debits as they 
 
 The caller holds the transaction and the retailer's row lock (`SELECT ... FROM retailers ... FOR
 UPDATE`) across the writes: the rule reads every open debit of the retailer, so two transactions
-recomputing it must not overlap. `record_credit` and `charge` take the lock themselves; the other
-writes are called by paths that took it first (a credit order's placement, a failed order).
+recomputing it must not overlap. `record_credit`, `charge`, `refund_payment` and the dispute flags
+take the lock themselves; the other writes are called by paths that took it first (a credit
+order's placement, a failed order).
 """
 
 from __future__ import annotations
@@ -164,11 +169,18 @@ async def change_limits(
 
 INSERT_CREDIT = text(
     """
-INSERT INTO credit_transactions (retailer_id, type, amount, cleared_amount, status, reference, notes)
-VALUES (:r, 'CREDIT', :amount, 0, 'OPEN', :reference, :notes)
+INSERT INTO credit_transactions
+    (retailer_id, type, amount, cleared_amount, status, reference, notes, stripe_payment_intent_id)
+VALUES (:r, 'CREDIT', :amount, 0, 'OPEN', :reference, :notes, :intent)
 ON CONFLICT (retailer_id, type, reference) DO NOTHING
 RETURNING id
 """
+)
+
+# What a CREDIT cleared of which DEBIT: a refund reopens these, the most recent first.
+INSERT_ALLOCATIONS = text(
+    "INSERT INTO credit_allocations (retailer_id, credit_id, debit_id, amount)"
+    " SELECT :r, :credit, d, a FROM unnest(CAST(:debits AS bigint[]), CAST(:amounts AS numeric[])) AS x(d, a)"
 )
 
 # How much of a CREDIT has been spent on debits; what is left is the retailer's credit balance.
@@ -225,6 +237,19 @@ RETURNING t.id, a.allocated, t.status, t.cleared_amount - a.allocated AS cleared
 )
 
 
+async def _remember_allocations(conn: AsyncConnection, retailer_id: int, credit_id: int, rows: Sequence[Any]) -> None:
+    if rows:
+        await conn.execute(
+            INSERT_ALLOCATIONS,
+            {
+                "r": retailer_id,
+                "credit": credit_id,
+                "debits": [row.id for row in rows],
+                "amounts": [row.allocated for row in rows],
+            },
+        )
+
+
 async def _audit_allocations(
     conn: AsyncConnection, rows: Sequence[Any], retailer_id: int, reference: str, actor: str, source: str
 ) -> None:
@@ -255,6 +280,7 @@ async def apply_credit_balance(
             break
         spent = sum((row.allocated for row in rows), Decimal("0"))
         await conn.execute(SPEND_CREDIT, {"id": credit.id, "spent": spent})
+        await _remember_allocations(conn, retailer_id, credit.id, rows)
         await _audit_allocations(conn, rows, retailer_id, reference, actor, f"the credit balance ({credit.reference})")
         cleared += [DebitAllocation(debit_id=row.id, allocated=row.allocated, status=row.status) for row in rows]
     if cleared:
@@ -274,7 +300,7 @@ async def record_credit(
     Takes the retailer's lock; `UnknownRetailer` if there is none."""
     await lock_retailer(conn, payment.retailer_id)
     params = {"r": payment.retailer_id, "amount": payment.amount, "reference": payment.reference}
-    credit_id = await conn.scalar(INSERT_CREDIT, params | {"notes": notes})
+    credit_id = await conn.scalar(INSERT_CREDIT, params | {"notes": notes, "intent": payment.stripe_payment_intent_id})
     if credit_id is None:
         existing = (await conn.execute(EXISTING_CREDIT, params)).one()
         return PaymentRecorded(
@@ -287,6 +313,7 @@ async def record_credit(
     rows = (await conn.execute(ALLOCATE, params)).all()
     allocated = sum((row.allocated for row in rows), Decimal("0"))
     await conn.execute(SPEND_CREDIT, {"id": credit_id, "spent": allocated})
+    await _remember_allocations(conn, payment.retailer_id, credit_id, rows)
     await conn.execute(REFRESH_AVAILABLE, {"r": payment.retailer_id})
     await audit(
         conn,
@@ -476,3 +503,297 @@ async def reverse_order_debit(conn: AsyncConnection, order_id: int, *, actor: st
     cleared = await apply_credit_balance(conn, debit.retailer_id, actor=actor, reference=reference)
     after = await refresh_available(conn, debit.retailer_id)
     return Reversal(debit.outstanding, debit.paid, debit.available_credit, after, cleared)
+
+
+# --------------------------------------------------------------------------- refunds and disputes of Stripe payments
+
+
+class RefundExceedsPayment(ApplicationError):
+    """A refund (or lost dispute) that would give back more than the payment brought: refused, nothing written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type="RefundExceedsPayment", non_retryable=True)
+
+
+PAYMENT_OF_INTENT = text(
+    "SELECT id, retailer_id FROM credit_transactions"
+    " WHERE type = 'CREDIT' AND stripe_payment_intent_id = :intent ORDER BY id LIMIT 1"
+)
+
+LOCK_PAYMENT = text(
+    "SELECT id, retailer_id, reference, amount, cleared_amount, refunded_amount, disputed_at, dispute_id"
+    " FROM credit_transactions WHERE id = :id FOR UPDATE"
+)
+
+BOOKED_RETURNS = text(
+    "SELECT COALESCE(sum(amount), 0) FROM payment_returns"
+    " WHERE credit_id = :credit AND kind = :kind AND stripe_id = :sid"
+)
+
+INSERT_RETURN = text(
+    """
+INSERT INTO payment_returns
+    (retailer_id, credit_id, kind, reference, stripe_id, amount, from_balance, reopened, owed_again)
+VALUES (:r, :credit, :kind, :reference, :sid, :amount, :from_balance, :reopened, :owed_again)
+ON CONFLICT (retailer_id, reference) DO NOTHING
+RETURNING id
+"""
+)
+
+# The payment's allocations still standing, the most recently made first; a debit closed by its
+# order's failure is left alone (the reversal already gave its paid part back to the balance).
+STANDING_ALLOCATIONS = text(
+    """
+SELECT a.id, a.debit_id, a.amount - a.reopened_amount AS standing
+FROM credit_allocations a JOIN credit_transactions d ON d.id = a.debit_id
+WHERE a.credit_id = :credit AND a.amount > a.reopened_amount
+  AND NOT (d.order_id IS NOT NULL AND EXISTS (
+      SELECT 1 FROM credit_transactions r
+      WHERE r.order_id = d.order_id AND r.type = 'CREDIT' AND r.reference LIKE 'order-failed:%'))
+ORDER BY a.created_at DESC, a.id DESC
+FOR UPDATE OF a, d
+"""
+)
+
+REOPEN_DEBIT = text(
+    """
+UPDATE credit_transactions
+SET cleared_amount = cleared_amount - :x,
+    status = CASE WHEN cleared_amount - :x > 0 THEN 'PARTIALLY_PAID' ELSE 'OPEN' END,
+    cleared_at = NULL
+WHERE id = :id
+RETURNING cleared_amount + :x AS cleared_before, cleared_amount, status
+"""
+)
+
+MARK_REOPENED = text("UPDATE credit_allocations SET reopened_amount = reopened_amount + :x WHERE id = :id")
+
+ADD_REFUNDED = text(
+    "UPDATE credit_transactions SET refunded_amount = refunded_amount + :amount WHERE id = :id"
+    " RETURNING refunded_amount"
+)
+
+
+@dataclass
+class PaymentReturned:
+    """What a refund or lost dispute did to the ledger (`refund_payment`)."""
+
+    retailer_id: int
+    payment_reference: str
+    reference: str
+    amount: Decimal
+    """Booked now: the cumulative amount at Stripe minus what was booked before (0: nothing new)."""
+    from_balance: Decimal = Decimal("0")
+    reopened: list[DebitAllocation] | None = None
+    owed_again: Decimal = Decimal("0")
+    refunded_total: Decimal = Decimal("0")
+    duplicate: bool = False
+
+
+async def payment_of_intent(conn: AsyncConnection, intent_id: str) -> tuple[int, int] | None:
+    """(CREDIT id, retailer id) of the payment recorded for this Stripe PaymentIntent, or None."""
+    row = (await conn.execute(PAYMENT_OF_INTENT, {"intent": intent_id})).first()
+    return None if row is None else (row.id, row.retailer_id)
+
+
+async def refund_payment(
+    conn: AsyncConnection,
+    credit_id: int,
+    retailer_id: int,
+    *,
+    kind: str,
+    stripe_id: str,
+    total: Decimal,
+    actor: str,
+    today: date,
+) -> PaymentReturned:
+    """Give back what Stripe says left the payment: `total` is Stripe's cumulative amount for
+    `stripe_id` (a charge's `amount_refunded`, a lost dispute's amount), so only the difference
+    from what was booked before is booked now, under reference `{kind}:{stripe_id}:{total}`, and a
+    late or repeated event books nothing.
+
+    Where it comes from, in this order (docs/ARCHITECTURE.md, "Refunds and disputes"):
+    1. the payment's own unspent part (its credit balance): money not yet used goes first;
+    2. the debits the payment cleared, the most recently cleared first (the oldest stay paid):
+       each is reopened by what is taken (OPEN or PARTIALLY_PAID again, due as before);
+    3. anything neither holds (a debit it cleared was reversed since) is owed again: a new DEBIT
+       due today.
+    Then any other credit balance the retailer has clears the reopened debits at once, and
+    available credit follows the rule. More than the payment brought is refused
+    (`RefundExceedsPayment`) before anything is written. Takes the retailer's lock; audited."""
+    await lock_retailer(conn, retailer_id)
+    payment = (await conn.execute(LOCK_PAYMENT, {"id": credit_id})).one()
+    booked = Decimal(await conn.scalar(BOOKED_RETURNS, {"credit": credit_id, "kind": kind, "sid": stripe_id}))
+    delta = total - booked
+    reference = f"{kind}:{stripe_id}:{total}"
+    result = PaymentReturned(
+        retailer_id, payment.reference, reference, Decimal("0"), refunded_total=payment.refunded_amount
+    )
+    if delta <= 0:  # booked already (a repeat), or a late event behind a newer one
+        result.duplicate = True
+        return result
+    if payment.refunded_amount + delta > payment.amount:
+        raise RefundExceedsPayment(
+            f"{kind} {stripe_id} of {total} would give back more than payment {payment.reference} brought"
+            f" ({payment.amount}, of which {payment.refunded_amount} given back already): nothing booked"
+        )
+    available_before = await available_credit(conn, retailer_id)
+    from_balance = min(delta, payment.amount - payment.cleared_amount)
+    if from_balance > 0:
+        await conn.execute(SPEND_CREDIT, {"id": credit_id, "spent": from_balance})
+    rest, reopened = delta - from_balance, []
+    for allocation in (await conn.execute(STANDING_ALLOCATIONS, {"credit": credit_id})).all():
+        if rest <= 0:
+            break
+        x = min(rest, allocation.standing)
+        row = (await conn.execute(REOPEN_DEBIT, {"id": allocation.debit_id, "x": x})).one()
+        await conn.execute(MARK_REOPENED, {"id": allocation.id, "x": x})
+        await audit(
+            conn,
+            retailer_id,
+            "debit_reopened",
+            actor=actor,
+            reference=reference,
+            old={"debit_id": allocation.debit_id, "cleared_amount": row.cleared_before},
+            new={"debit_id": allocation.debit_id, "cleared_amount": row.cleared_amount, "status": row.status},
+            reason=f"{x} of payment {payment.reference} given back ({kind} {stripe_id})",
+        )
+        reopened.append(DebitAllocation(debit_id=allocation.debit_id, allocated=x, status=row.status))
+        rest -= x
+    owed_again = rest
+    if owed_again > 0:
+        await conn.execute(
+            INSERT_CHARGE,
+            {
+                "r": retailer_id,
+                "amount": owed_again,
+                "due": today,
+                "ref": f"{reference}:owed",
+                "notes": f"{kind} of payment {payment.reference} that no debit it cleared could take back",
+            },
+        )
+    refunded_total = await conn.scalar(ADD_REFUNDED, {"id": credit_id, "amount": delta})
+    inserted = await conn.scalar(
+        INSERT_RETURN,
+        {
+            "r": retailer_id,
+            "credit": credit_id,
+            "kind": kind,
+            "reference": reference,
+            "sid": stripe_id,
+            "amount": delta,
+            "from_balance": from_balance,
+            "reopened": delta - from_balance - owed_again,
+            "owed_again": owed_again,
+        },
+    )
+    if inserted is None:  # cannot happen under the retailer's lock unless written outside this module
+        raise RuntimeError(f"{reference}: a return appeared while the retailer was locked")
+    await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
+    cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
+    after = await refresh_available(conn, retailer_id)
+    await audit(
+        conn,
+        retailer_id,
+        "payment_refunded" if kind == "refund" else "payment_dispute_lost",
+        actor=actor,
+        reference=reference,
+        old={"refunded_amount": payment.refunded_amount, "available_credit": available_before},
+        new={
+            "payment": payment.reference,
+            "credit_transaction_id": credit_id,
+            "amount": delta,
+            "refunded_amount": refunded_total,
+            "from_balance": from_balance,
+            "reopened": [{"debit_id": r.debit_id, "amount": r.allocated} for r in reopened],
+            "owed_again": owed_again,
+            "cleared_by_balance": [{"debit_id": c.debit_id, "amount": c.allocated} for c in cleared],
+            "available_credit": after,
+        },
+        reason=f"{kind} {stripe_id} at Stripe: {total} in all",
+    )
+    return PaymentReturned(
+        retailer_id,
+        payment.reference,
+        reference,
+        delta,
+        from_balance=from_balance,
+        reopened=reopened,
+        owed_again=owed_again,
+        refunded_total=refunded_total,
+    )
+
+
+SET_DISPUTE = text(
+    "UPDATE credit_transactions SET disputed_at = COALESCE(disputed_at, now()), dispute_id = :dispute WHERE id = :id"
+)
+CLEAR_DISPUTE = text("UPDATE credit_transactions SET disputed_at = NULL WHERE id = :id")
+PAUSE_FOR_DISPUTE = text(
+    "UPDATE retailers SET credit_status = 'PAUSED', credit_paused_at = now(), credit_pause_reason = :reason,"
+    " paused_by = :by WHERE id = :r AND credit_status = 'ACTIVE' RETURNING id"
+)
+DISPUTE_PAUSER = "stripe-dispute"
+"""`paused_by` of a dispute's pause: not `system`, so the guardrails never lift it; a person does."""
+
+
+async def flag_dispute(
+    conn: AsyncConnection, credit_id: int, retailer_id: int, dispute_id: str, *, actor: str, pause: bool
+) -> tuple[bool, bool]:
+    """Mark the payment disputed (audited `payment_disputed`) and, with `pause`, pause an ACTIVE
+    retailer (audited `credit_paused`, `paused_by` `stripe-dispute`, lifted by a person). Once per
+    dispute: (flagged now, paused now)."""
+    await lock_retailer(conn, retailer_id)
+    payment = (await conn.execute(LOCK_PAYMENT, {"id": credit_id})).one()
+    if payment.disputed_at is not None and payment.dispute_id == dispute_id:
+        return False, False
+    await conn.execute(SET_DISPUTE, {"id": credit_id, "dispute": dispute_id})
+    await audit(
+        conn,
+        retailer_id,
+        "payment_disputed",
+        actor=actor,
+        reference=f"dispute:{dispute_id}",
+        old={"disputed": payment.disputed_at is not None, "dispute_id": payment.dispute_id},
+        new={"disputed": True, "dispute_id": dispute_id, "payment": payment.reference},
+        reason=f"dispute {dispute_id} opened at Stripe on payment {payment.reference}",
+    )
+    paused = False
+    if pause:
+        reason = f"payment {payment.reference} disputed at Stripe ({dispute_id})"
+        paused = await conn.scalar(PAUSE_FOR_DISPUTE, {"r": retailer_id, "reason": reason, "by": DISPUTE_PAUSER})
+        if paused:
+            await audit(
+                conn,
+                retailer_id,
+                "credit_paused",
+                actor=actor,
+                reference=f"dispute:{dispute_id}",
+                old={"credit_status": "ACTIVE", "paused_by": None},
+                new={"credit_status": "PAUSED", "paused_by": DISPUTE_PAUSER},
+                reason=reason,
+            )
+    return True, bool(paused)
+
+
+async def close_dispute(
+    conn: AsyncConnection, credit_id: int, retailer_id: int, dispute_id: str, status: str, *, actor: str
+) -> bool:
+    """Clear the payment's dispute flag once the dispute closed (`won` or `lost`), audited
+    `payment_dispute_closed`; a lost one's money goes through `refund_payment` first. False: the
+    flag was not this dispute's (closed before, or never seen open)."""
+    await lock_retailer(conn, retailer_id)
+    payment = (await conn.execute(LOCK_PAYMENT, {"id": credit_id})).one()
+    if payment.disputed_at is None or payment.dispute_id != dispute_id:
+        return False
+    await conn.execute(CLEAR_DISPUTE, {"id": credit_id})
+    await audit(
+        conn,
+        retailer_id,
+        "payment_dispute_closed",
+        actor=actor,
+        reference=f"dispute:{dispute_id}",
+        old={"disputed": True, "dispute_id": dispute_id},
+        new={"disputed": False, "dispute_id": dispute_id, "status": status, "payment": payment.reference},
+        reason=f"dispute {dispute_id} {status} at Stripe",
+    )
+    return True

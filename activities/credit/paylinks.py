@@ -13,6 +13,8 @@ row. Sending it costs no Stripe call. Opening it (`open_pay_link`, the HTTP API'
 /pay/{token}`) computes what the link's debits still owe *now*, and creates the Checkout Session
 then (or reuses the stored one while it is open and charges the same amounts), then the route
 redirects (303) there. Payment arrives, as before, as `checkout.session.completed` at the webhook.
+A session completed with a delayed method (a bank debit: `payment_status` unpaid) says "pending"
+while its PaymentIntent is on its way and offers a new session once Stripe says it failed.
 
 - No connection is held while Stripe answers. Concurrent clicks compute the same key, so Stripe
   gives them the same session; the session is stored only if the row is as the click read it
@@ -126,7 +128,7 @@ async def expire_session(stripe: StripeGateway, session_id: str, retailer_id: in
 
 # --- opening a link ----------------------------------------------------------------------------
 
-PayState = Literal["redirect", "paid", "processing", "replaced", "unknown", "unavailable"]
+PayState = Literal["redirect", "paid", "processing", "pending", "replaced", "unknown", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,12 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
             # left (after a partial payment) gets a new session below.
             async with engine.connect() as conn:
                 recorded = await conn.scalar(RECORDED, {"r": retailer_id, "reference": link.checkout_session_id})
-            if not recorded:
+            if not recorded and current.payment_status == "paid":
                 return PayOutcome("processing", amount=current.amount, currency=currency)
+            if not recorded and await _delayed_payment_pending(stripe, current.payment_intent_id):
+                # A delayed method (a bank debit) on its way: "pending", never a second session.
+                return PayOutcome("pending", amount=current.amount, currency=currency)
+            # Otherwise the delayed payment failed: a new session for what is owed, below.
         if current is not None and current.status == "open":
             if owed and link.session_fingerprint == fingerprint:
                 log.info(
@@ -272,6 +278,20 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
     if now is None or now.token != link.token:
         return PayOutcome("replaced")
     return None
+
+
+PENDING_INTENT_STATUSES = frozenset({"processing", "requires_capture", "requires_action"})
+"""A completed, unpaid session's PaymentIntent in one of these is still on its way; after a
+failure Stripe puts it back to `requires_payment_method` (or it is `canceled`)."""
+
+
+async def _delayed_payment_pending(stripe: StripeGateway, intent_id: str | None) -> bool:
+    """Whether a completed but unpaid session's delayed payment is still on its way (Stripe's
+    word on its PaymentIntent now; the webhook's async_payment_failed is not waited for)."""
+    if not intent_id:
+        return True  # Stripe names the intent once the payer confirmed: nothing failed yet
+    intent = await paced(lambda: stripe.payment_intent(intent_id))
+    return intent.status in PENDING_INTENT_STATUSES
 
 
 async def _session(stripe: StripeGateway, session_id: str, retailer_id: int):

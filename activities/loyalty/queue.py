@@ -67,6 +67,10 @@ RETURNING {_COLUMNS}
 """
 )
 SELECT_BY_ORDER = text(f"SELECT {_COLUMNS} FROM loyalty_reconciliation_queue WHERE order_reference = :order_id")
+ORDER_OF_INTENT = text(
+    "SELECT customer_id, order_reference FROM loyalty_reconciliation_queue WHERE payment_intent_id = :intent"
+    " ORDER BY id LIMIT 1"
+)
 
 BEGIN_ATTEMPT = text(
     "UPDATE loyalty_reconciliation_queue SET attempts = attempts + 1, updated_at = now()"
@@ -135,6 +139,14 @@ async def _read(conn: AsyncConnection, item_id: int) -> QueueItem:
 
 
 # --------------------------------------------------------------------------- enqueue (the checkout path)
+
+
+async def order_of_payment_intent(engine: AsyncEngine, intent_id: str) -> tuple[int, str] | None:
+    """(customer id, order id) of the queued order paid by this PaymentIntent, or None: how a
+    refund finds a loyalty order whose checkout did not name it in the intent's metadata."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(ORDER_OF_INTENT, {"intent": intent_id})).first()
+    return None if row is None else (int(row.customer_id), str(row.order_reference))
 
 
 async def insert_queue_item(engine: AsyncEngine, failed: FailedPointsApplication) -> tuple[QueueItem, bool]:

@@ -1,5 +1,6 @@
 """The Stripe gateway: the only code that calls Stripe (customers, Checkout Sessions, trial
-extensions, cancellations, PaymentIntent status).
+extensions, cancellations, PaymentIntent status, and the re-reads of the money events: a
+PaymentIntent, a Charge, a Dispute).
 
 A process builds one ``StripeGateway`` (``open_stripe_gateway``: the worker, the webhook receiver
 and the HTTP API, each at startup) around the one ``stripe.StripeClient`` that
@@ -84,7 +85,10 @@ from schemas.payments import (
     OwnerType,
     PaymentIntentState,
     PaymentIntentStatus,
+    StripeCharge,
     StripeCustomer,
+    StripeDispute,
+    StripePaymentIntent,
     SubscriptionCancellation,
     SubscriptionPeriod,
     SubscriptionState,
@@ -604,6 +608,62 @@ class StripeGateway:
             refunded=refunded_minor > 0,
             fully_refunded=refunded_minor > 0 and refunded_minor >= intent.amount,
         )
+
+    # -- what the money events re-read (issue #32) ----------------------------------------------
+    # A webhook event is only a hint: a refund, a dispute or an intent's success is acted on as
+    # Stripe has it now, so a late or forged event can never undo a newer state.
+
+    async def payment_intent(self, intent_id: str) -> StripePaymentIntent:
+        """The PaymentIntent now (read-only)."""
+        async with stripe_errors("payment_intent", payment_intent_id=intent_id):
+            intent = await self._client.v1.payment_intents.retrieve_async(intent_id)
+        charge = _field(intent, "latest_charge")
+        return StripePaymentIntent(
+            id=intent.id,
+            status=str(intent.status),
+            amount=int(_field(intent, "amount") or 0),
+            amount_received=int(_field(intent, "amount_received") or 0),
+            currency=str(_field(intent, "currency") or ""),
+            customer=_id_of(_field(intent, "customer")),
+            metadata=_metadata(intent),
+            latest_charge=_id_of(charge),
+        )
+
+    async def charge(self, charge_id: str) -> StripeCharge:
+        """The Charge now (read-only): what has been refunded of it in all, and whether it is disputed."""
+        async with stripe_errors("charge", charge_id=charge_id):
+            charge = await self._client.v1.charges.retrieve_async(charge_id)
+        return StripeCharge(
+            id=charge.id,
+            amount=int(_field(charge, "amount") or 0),
+            amount_refunded=int(_field(charge, "amount_refunded") or 0),
+            currency=str(_field(charge, "currency") or ""),
+            payment_intent=_id_of(_field(charge, "payment_intent")),
+            refunded=bool(_field(charge, "refunded")),
+            disputed=bool(_field(charge, "disputed")),
+            status=str(_field(charge, "status") or ""),
+        )
+
+    async def dispute(self, dispute_id: str) -> StripeDispute:
+        """The Dispute now (read-only): its status decides, not the event's."""
+        async with stripe_errors("dispute", dispute_id=dispute_id):
+            dispute = await self._client.v1.disputes.retrieve_async(dispute_id)
+        return StripeDispute(
+            id=dispute.id,
+            charge=str(_id_of(_field(dispute, "charge")) or ""),
+            payment_intent=_id_of(_field(dispute, "payment_intent")),
+            amount=int(_field(dispute, "amount") or 0),
+            currency=str(_field(dispute, "currency") or ""),
+            status=str(_field(dispute, "status") or ""),
+        )
+
+
+def _id_of(value: Any) -> str | None:
+    """An expandable field: an id, or the object (localstripe expands some) whose id it is."""
+    if value is None or isinstance(value, str):
+        return value or None
+    found = _field(value, "id")
+    return str(found) if found else None
 
 
 def _session(session: Any, customer_id: str) -> CheckoutSession:

@@ -360,18 +360,28 @@ async def test_paying_through_the_stripe_webhook_clears_oldest_first_and_lifts_t
         assert shop in paused.paused
         assert (await retailer(engine, shop)).credit_status == "PAUSED"
 
-        # The retailer pays the link's PaymentIntent; Stripe's signed event reaches the webhook.
+        # The retailer pays a pay link's PaymentIntent (as jobctl made them before Checkout
+        # Sessions: the retailer's customer, our metadata); Stripe's signed event reaches the webhook.
+        gateway_ = StripeGateway(stripe_api, engine)
+        customer = await gateway_.ensure_customer("retailer", shop)
         intent = await stripe_api.v1.payment_intents.create_async(
-            {"amount": 15000, "currency": "usd", "metadata": {"retailer_id": str(shop)}}
+            {
+                "amount": 15000,
+                "currency": "usd",
+                "customer": customer.stripe_customer_id,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "metadata": {"retailer_id": str(shop), "payment_link_key": f"test-{uuid.uuid4().hex}"},
+            }
         )
         event = {
             "id": f"evt_{uuid.uuid4().hex}",
             "object": "event",
             "type": "payment_intent.succeeded",
-            "data": {"object": {**intent.to_dict(), "status": "succeeded", "amount_received": 15000}},
+            "data": {"object": intent.to_dict()},
         }
         handlers = credit_api.stripe_handlers(
-            env.client, settings.model_copy(update={"messaging_task_queue": messaging})
+            env.client, settings.model_copy(update={"messaging_task_queue": messaging}), stripe=gateway_, engine=engine
         )
         app = create_app(
             engine, stripe_webhook_secret=STRIPE_SECRET, twilio_auth_token=TWILIO_TOKEN, stripe_handlers=handlers

@@ -1,5 +1,6 @@
 """The credit ledger's one rule, as a property: over random sequences of credit orders, payments,
-adjustments (both ways), limit changes and failed-order reversals, each through the code that
+adjustments (both ways), limit changes, failed-order reversals and Stripe refunds (cumulative, as
+Stripe reports them; more than the payment refused), each through the code that
 production runs, a retailer's available credit is its limit minus what its debits still owe after
 every step, no credit balance sits unspent beside an open debit, and no money is created or
 destroyed: what the retailer holds (credit balance less what it owes) is what it paid in less what
@@ -20,8 +21,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.credit import admin
 from activities.credit.guardrails import PlacementRefused
+from activities.credit.ledger import RefundExceedsPayment
 from activities.credit.orders import place_order
 from activities.credit.payments import record_payment
+from activities.credit.returns import Payment, book_refund
 from activities.orders import OrderActivities
 from schemas.credit import RecordPayment
 from schemas.orders import OrderFailure
@@ -39,6 +42,8 @@ steps = st.lists(
         st.tuples(st.just("pay again"), st.integers(min_value=0)),  # a reference recorded before
         st.tuples(st.just("adjust"), money, st.booleans()),  # in the retailer's favour, or a charge
         st.tuples(st.just("fail"), st.integers(min_value=0)),  # one of the orders placed (again: no-op)
+        st.tuples(st.just("refund"), st.integers(min_value=0), money),  # of a payment; more than it: refused
+        st.tuples(st.just("refund again"), st.integers(min_value=0)),  # Stripe's last word again: no-op
         st.tuples(
             st.just("limit"),
             st.sampled_from([Decimal("0"), Decimal("100"), Decimal("250"), Decimal("500"), Decimal("800")]),
@@ -70,6 +75,20 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
     return available, limit, owed, unspent if owed else Decimal("0"), unspent
 
 
+async def payment_of(engine: AsyncEngine, retailer_id: int, reference: str) -> Payment:
+    async with engine.connect() as conn:
+        credit_id = await conn.scalar(
+            text("SELECT id FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT' AND reference = :ref"),
+            {"r": retailer_id, "ref": reference},
+        )
+    return Payment(credit_id, retailer_id)
+
+
+async def account_row(engine: AsyncEngine, credit_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT * FROM credit_transactions WHERE id = :i"), {"i": credit_id})).one()
+
+
 @ledger_settings(examples=60)
 @given(sequence=steps)
 # Always run: a debit partly paid, a limit lowered below what is owed (available credit negative), a
@@ -90,6 +109,9 @@ async def account(engine: AsyncEngine, retailer_id: int) -> tuple[Decimal, Decim
         ("fail", 1),
         ("adjust", Decimal("75"), True),
         ("pay again", 0),
+        ("refund", 0, Decimal("30")),
+        ("refund", 0, Decimal("600")),
+        ("refund again", 0),
     ]
 )
 async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step(
@@ -100,6 +122,7 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
     references: list[str] = []
     taken: dict[int, Decimal] = {}  # live orders' amounts
     paid_in = charged = Decimal("0")
+    refunded: dict[str, Decimal] = {}  # Stripe's cumulative amount_refunded, per payment
     for n, step in enumerate(sequence):
         match step:
             case ("order", amount):
@@ -143,6 +166,29 @@ async def test_available_credit_is_the_limit_minus_what_is_owed_after_every_step
                     OrderFailure(order_id=placed[k % len(placed)], reason="property"),
                 )
                 taken.pop(placed[k % len(placed)], None)  # a failed order gives back all it took, once
+            case ("refund", k, amount) if references:
+                reference = references[k % len(references)]
+                payment = await payment_of(engine, shop, reference)
+                total = refunded.get(reference, Decimal("0")) + amount
+                try:
+                    await book_refund(
+                        engine, payment, kind="refund", stripe_id=f"ch-{reference}", total=total, today=TODAY
+                    )
+                    refunded[reference] = total
+                    paid_in -= amount
+                except RefundExceedsPayment:
+                    assert total > (await account_row(engine, payment.credit_id)).amount
+            case ("refund again", k) if refunded:
+                reference = sorted(refunded)[k % len(refunded)]
+                again = await book_refund(
+                    engine,
+                    await payment_of(engine, shop, reference),
+                    kind="refund",
+                    stripe_id=f"ch-{reference}",
+                    total=refunded[reference],
+                    today=TODAY,
+                )
+                assert again.duplicate and again.amount == 0
             case ("limit", limit):
                 # Not below today's available credit: set_limits writes the limit before it
                 # recomputes, and the check `available_credit <= credit_limit` refuses that

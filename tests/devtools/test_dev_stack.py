@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -166,6 +167,29 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
         "ACTIVE",
         [],
         0,
+    ), profile
+
+    # README step 5: refunds at the sandbox reach the ledger; all of it back puts the shop over its
+    # limit again, and the guardrails pause it.
+    sandbox = stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5).group(1)
+    (payment,) = profile["stripe_payments"]
+    auth = {"Authorization": "Basic " + base64.b64encode(b"sk_test_jobctl_dev:").decode()}
+    for minor in ("150000", "450000"):
+        refund = urllib.parse.urlencode({"payment_intent": payment["payment_intent"], "amount": minor}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"{sandbox}/v1/refunds", refund, auth), timeout=30) as r:
+            assert r.status == 200
+        if minor == "150000":
+            profile = _profile(stack, shop)
+            assert Decimal(str(profile["stripe_payments"][0]["refunded_amount"])) == Decimal("1500"), profile
+            assert Decimal(str(profile["outstanding"])) == Decimal("1500"), profile
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and profile["credit_status"] != "PAUSED":
+        time.sleep(0.5)
+        profile = _profile(stack, shop)
+    assert (profile["credit_status"], profile["paused_by"], Decimal(str(profile["outstanding"]))) == (
+        "PAUSED",
+        "system",
+        Decimal("6000"),
     ), profile
 
 

@@ -400,6 +400,109 @@ async def test_partial_payment_expiry_and_missing_customers() -> None:
             await close_stripe_client(client)
 
 
+async def control(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body) as response:
+            return response.status, await response.json()
+
+
+def events_of(received: asyncio.Queue[tuple[str, str]]) -> list[Any]:
+    events = []
+    while not received.empty():
+        events.append(stripe.Webhook.construct_event(*received.get_nowait(), WEBHOOK_SECRET))
+    return events
+
+
+MONEY_EVENTS = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+]
+
+
+async def test_a_paid_session_has_a_real_charge_whose_refunds_and_disputes_send_signed_events() -> None:
+    async with StripeSandbox() as sandbox, receiver() as (url, received):
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            await sandbox.register_webhook(url, WEBHOOK_SECRET, events=MONEY_EVENTS)
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "45"}})
+            session = await new_session(client, customer.id, 5000)
+            assert (await submit(session.url, {"action": "pay"}))[0] == 200
+            paid = await client.v1.checkout.sessions.retrieve_async(session.id)
+            intent = await client.v1.payment_intents.retrieve_async(str(paid.payment_intent))
+            assert (intent.status, intent.amount, intent.customer) == ("succeeded", 5000, customer.id)
+            charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) else intent.latest_charge.id
+
+            k = key("refund")
+            await client.v1.refunds.create_async({"charge": charge_id, "amount": 1500}, {"idempotency_key": k})
+            await client.v1.refunds.create_async({"charge": charge_id, "amount": 1500}, {"idempotency_key": k})
+            await client.v1.refunds.create_async({"charge": charge_id, "amount": 500})
+            status, dispute = await control(f"{sandbox.url}/_sandbox/charges/{charge_id}/dispute", {"amount": 3000})
+            assert status == 200 and dispute["status"] == "needs_response"
+            assert (await control(f"{sandbox.url}/_sandbox/charges/{charge_id}/dispute", {}))[0] == 409  # one open
+            assert (await client.v1.charges.retrieve_async(charge_id)).disputed
+            status, closed = await control(f"{sandbox.url}/_sandbox/disputes/{dispute['id']}/close", {"outcome": "won"})
+            assert status == 200 and closed["status"] == "won"
+            again = await control(f"{sandbox.url}/_sandbox/disputes/{dispute['id']}/close", {"outcome": "lost"})
+            assert again[0] == 409  # closed once
+            assert (await client.v1.disputes.retrieve_async(dispute["id"])).status == "won"
+            assert not (await client.v1.charges.retrieve_async(charge_id)).disputed
+
+            events = events_of(received)
+            assert [e.type for e in events] == [
+                "checkout.session.completed",
+                "charge.refunded",  # the replayed refund (same key) sent nothing again
+                "charge.refunded",
+                "charge.dispute.created",
+                "charge.dispute.closed",
+            ]
+            assert [e.data.object.amount_refunded for e in events if e.type == "charge.refunded"] == [1500, 2000]
+            assert events[3].data.object.charge == charge_id and events[3].data.object.payment_intent == intent.id
+        finally:
+            await close_stripe_client(client)
+
+
+async def test_a_bank_debit_completes_unpaid_then_succeeds_or_fails_asynchronously() -> None:
+    async with StripeSandbox() as sandbox, receiver() as (url, received):
+        client = stripe_client(API_KEY, sandbox.url, timeout_s=10)
+        try:
+            await sandbox.register_webhook(url, WEBHOOK_SECRET, events=MONEY_EVENTS)
+            customer = await client.v1.customers.create_async({"metadata": {"owner_id": "46"}})
+            outcomes = {}
+            for outcome in ("succeeded", "failed"):
+                session = await new_session(client, customer.id, 4200)
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(session.url) as page:
+                        assert "Pay by bank debit" in await page.text()
+                assert (await submit(session.url, {"action": "delayed"}))[0] == 200
+                pending = await client.v1.checkout.sessions.retrieve_async(session.id)
+                assert (pending.status, pending.payment_status) == ("complete", "unpaid")
+                intent = str(pending.payment_intent)
+                assert (await client.v1.payment_intents.retrieve_async(intent)).status == "processing"
+                path = f"{sandbox.url}/_sandbox/checkout/sessions/{session.id}/async_payment"
+                assert (await control(path, {"outcome": "maybe"}))[0] == 400
+                status, after = await control(path, {"outcome": outcome})
+                assert status == 200
+                assert (await control(path, {"outcome": outcome}))[0] == 409  # settled once
+                now = await client.v1.payment_intents.retrieve_async(intent)
+                outcomes[outcome] = (after["payment_status"], now.status)
+            assert outcomes == {
+                "succeeded": ("paid", "succeeded"),
+                "failed": ("unpaid", "requires_payment_method"),
+            }
+            assert [e.type for e in events_of(received)] == [
+                "checkout.session.completed",
+                "checkout.session.async_payment_succeeded",
+                "checkout.session.completed",
+                "checkout.session.async_payment_failed",
+            ]
+        finally:
+            await close_stripe_client(client)
+
+
 async def test_a_sandbox_with_a_data_dir_remembers_after_a_restart(tmp_path: Path) -> None:
     async with StripeSandbox(data_dir=tmp_path) as sandbox:
         client = stripe_client(API_KEY, sandbox.url, timeout_s=10)

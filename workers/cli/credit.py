@@ -292,6 +292,10 @@ def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
         link = p["payment_link"]
         sent = f"sent {link['sent_at']:%Y-%m-%d %H:%M}" if link["sent_at"] else "not sent yet"
         typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, {sent})")
+    for sp in p["stripe_payments"]:
+        returned = f", {sp['refunded_amount']:,.2f} given back" if sp["refunded_amount"] else ""
+        disputed = f", DISPUTED ({sp['dispute_id']})" if sp["disputed"] else ""
+        typer.echo(f"stripe payment {sp['reference']} {sp['amount']:,.2f}{returned}{disputed}")
     typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
     for d in p["open_debits"]:
         typer.echo(

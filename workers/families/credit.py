@@ -65,10 +65,10 @@ def _schedules() -> list[ScheduleDefinition]:
 
 
 def _stripe_handlers(deps: ActivityDeps) -> Mapping[str, StripeHandler]:
-    """A completed checkout is re-read at Stripe before its payment is recorded."""
+    """Payments, refunds and disputes: each re-read at Stripe before the ledger moves."""
     from services.credit import stripe_handlers
 
-    return stripe_handlers(deps.client, deps.settings, stripe=deps.stripe)
+    return stripe_handlers(deps.client, deps.settings, stripe=deps.stripe, engine=deps.engine)
 
 
 FAMILY = Family(
@@ -79,6 +79,7 @@ FAMILY = Family(
     schedules=_schedules,
     stripe_handlers=_stripe_handlers,
     routes=lambda: [*routes_of("credit")(), *routes_of("pay")()],  # /pay/{token}: the reminders' links,
+    settings=("credit_currency", "pause_on_dispute"),
     scopes={
         "credit:read": "the risk view, retailers' credit profiles and open payment links",
         "credit:write": "pause, unpause or block a retailer; change limits; adjustments; record payments",

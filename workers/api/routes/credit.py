@@ -79,6 +79,16 @@ class PaymentLink(BaseModel):
     sent_at: datetime | None = Field(description="when a reminder last carried it; null: none went out yet")
 
 
+class StripePayment(BaseModel):
+    reference: str = Field(description="the Checkout Session (or PaymentIntent) id the payment was recorded under")
+    payment_intent: str
+    amount: Decimal
+    refunded_amount: Decimal = Field(description="what refunds and lost disputes gave back of it")
+    disputed: bool = Field(description="a dispute is open at Stripe")
+    dispute_id: str | None
+    recorded_at: datetime
+
+
 class Profile(BaseModel):
     retailer_id: int
     credit_status: Literal["ACTIVE", "PAUSED", "BLOCKED"]
@@ -91,6 +101,9 @@ class Profile(BaseModel):
     max_outstanding_days: int | None
     outstanding: Decimal
     credit_balance: Decimal = Field(description="paid ahead: clears the next debits")
+    stripe_payments: list[StripePayment] = Field(
+        default_factory=list, description="the latest ten payments through Stripe, refunds and disputes included"
+    )
     payment_link: PaymentLink | None
     open_debits: list[OpenDebit]
     recent_audit: list[AuditEntry]

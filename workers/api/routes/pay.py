@@ -2,7 +2,8 @@
 
 No API key: the token is the capability (random, 256 bits), and the route only ever sends the
 payer to Stripe's page for what the link's debits owe now. It makes (or reuses) the Checkout
-Session and answers 303 to it. A link already paid, being recorded, replaced by a newer one,
+Session and answers 303 to it. A link already paid, being recorded, paid by a bank debit still on
+its way ("pending"), replaced by a newer one,
 unknown, or Stripe unavailable gets a clear page: HTML for a browser, problem+json (or a small
 JSON state) for anything else; never a 500. Stripe is the API process's one gateway (`Stack.stripe`,
 opened by the app's lifespan with PAY_PAGE_BASE_URL as the sessions' success URL).
@@ -35,7 +36,7 @@ HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 class PayLinkState(BaseModel):
     """A link that needs no payment now."""
 
-    state: Literal["paid", "processing"]
+    state: Literal["paid", "processing", "pending"]
     detail: str
 
 
@@ -45,6 +46,12 @@ _PAGES: dict[str, tuple[int, str, str]] = {
         200,
         "Payment received",
         "Your payment was received and is being recorded. Nothing more to pay here.",
+    ),
+    "pending": (
+        200,
+        "Payment processing",
+        "Your payment is on its way: a bank debit can take a few days. Nothing more to pay here;"
+        " if it fails, this link lets you pay again.",
     ),
     "replaced": (
         410,
