@@ -161,10 +161,11 @@ async def _signal_raw(client: Client, workflow_id: str, name: str, payload: Payl
 
 
 async def _tasks_after_last_signal(handle: WorkflowHandle) -> tuple[int, int]:
-    """(workflow tasks completed, failed) after the last signal event in the history."""
+    """(workflow tasks completed, failed) after the last signal event in the history. A signal
+    that arrives while a workflow task runs is buffered: until that task ends it is in no history."""
     events = (await handle.fetch_history()).events
-    last = max(i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-    after = events[last + 1 :]
+    signals = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    after = events[signals[-1] + 1 :] if signals else []
     return (
         sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in after),
         sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in events),
