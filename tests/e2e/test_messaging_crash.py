@@ -1,4 +1,4 @@
-"""Messaging workers SIGKILLed three times mid-batch (once between Twilio accepting and the
+"""Messaging workers SIGKILLed twice mid-batch (once between Twilio accepting and the
 sid being stored): still exactly one message per key at Twilio."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def wait_until(predicate, timeout: float = 120) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_sigkill_three_times_still_one_message_per_key(
+async def test_sigkill_twice_still_one_message_per_key(
     engine: AsyncEngine, dev_env: WorkflowEnvironment, database_url: str, task_queue: str, tmp_path: Path
 ) -> None:
     ids = await sms_retailers(engine, MESSAGES, area_code="333")
@@ -107,7 +107,7 @@ async def test_sigkill_three_times_still_one_message_per_key(
                 crash_file.touch()  # the next send dies after Twilio accepted it
                 await wait_until(lambda: asyncio.sleep(0, worker.poll() is not None))
                 kills.append(worker.returncode)
-                for threshold in (160, 280):
+                for threshold in (200,):  # each kill costs a heartbeat timeout (30 s) of waiting
                     worker = start_worker()
                     await wait_until(lambda t=threshold: at_least(t))
                     worker.send_signal(signal.SIGKILL)
@@ -121,7 +121,7 @@ async def test_sigkill_three_times_still_one_message_per_key(
                 log.close()
         sent = await accepted(emulator)
 
-    assert kills == [-signal.SIGKILL] * 3
+    assert kills == [-signal.SIGKILL] * 2
     assert not crash_file.exists(), "the crash hook never fired"
     assert result.sent + result.duplicates == MESSAGES and not result.failed
     recipients = [m["to"] for m in sent]
