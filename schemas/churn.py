@@ -150,6 +150,12 @@ class CaseStatus(BaseModel):
     next_nudge_at: datetime | None = None
     incentive_applied: bool = False
     last_hold_back: str | None = None
+    last_refusal: str | None = Field(
+        default=None,
+        description="the last signal the case refused, and why (no payload, no company, another company):"
+        " a refused signal is otherwise only a line in the worker's log",
+    )
+    last_refusal_at: datetime | None = None
 
 
 class CompanySettings(BaseModel):

@@ -117,6 +117,7 @@ def churn_incentive(
     from temporalio.client import WorkflowUpdateFailedError
 
     from schemas.churn import ApplyIncentive
+    from schemas.errors import failure_reason
     from services.churn import ensure_owned
     from workflows.churn import ChurnCaseWorkflow
 
@@ -129,8 +130,8 @@ def churn_incentive(
 
     try:
         period_end = call(apply, temporal=True, database=True)
-    except WorkflowUpdateFailedError as error:
-        raise UsageError(str(error.cause).removeprefix("ValueError: ")) from None
+    except WorkflowUpdateFailedError as error:  # the real reason, not "Activity task failed" (issue #33)
+        raise UsageError(failure_reason(error.cause)[0]) from None
     typer.echo(f"{ids.churn_case(case_id)}: incentive applied, next billing {period_end}")
 
 

@@ -69,7 +69,7 @@ class Audit(RequestBody):
 
 
 def _refusal(refusal: LoyaltyRefusal) -> Problem:
-    return Problem(404 if refusal.type == "UnknownCustomer" else 409, refusal.message)
+    return Problem(404 if refusal.type == "UnknownCustomer" else 409, refusal.message, code=refusal.type)
 
 
 @api.post("/orders/{order_id}/points", response_model=PointsApplication, responses=responses(404, 409))
