@@ -159,6 +159,8 @@ def churn_show(case_id: CaseArg, company: Company, as_json: Json = False) -> Non
         + (f", next {status.next_nudge_at:%Y-%m-%d %H:%M} UTC" if status.next_nudge_at else "")
         + (", incentive applied" if status.incentive_applied else "")
     )
+    if status.last_refusal:  # a refused signal's only trace beside the worker's log (issue #33)
+        typer.echo(f"  last refused signal: {status.last_refusal} at {status.last_refusal_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @churn_app.command("cases")
