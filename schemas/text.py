@@ -4,8 +4,9 @@ PostgreSQL's `text` refuses NUL and UTF-8 refuses a lone surrogate: a value carr
 500 at the API, or an activity that failed 45 times after the caller had been told 202. Other
 control characters (an escape sequence, a carriage return) are never meant in a reason and make
 logs and the UI lie. So every model that takes text from a person or a caller declares it with
-`Text(...)`: refused at the door (HTTP 422 naming the field, CLI exit 2), stripped like the
-routes already stripped it, bounded per use. Tab and newline stay allowed.
+`Reason`, `Actor` or `ShortText`: refused at the door (HTTP 422 naming the field, CLI exit 2),
+stripped like the routes already stripped it, bounded per use; the signal and update payloads
+use `Clean` (refusal only). Tab and newline stay allowed.
 """
 
 from __future__ import annotations
