@@ -29,6 +29,7 @@ from activities.database import autocommit
 from activities.errors import permanent
 from activities.messaging.outbox import QuietHours
 from schemas import ids
+from schemas import text as text_rules
 from schemas.errors import Refused
 from schemas.orders import (
     FollowUpSent,
@@ -283,7 +284,12 @@ class OrderActivities:
         and no later payment allocation counts it again; available credit is recomputed by the
         ledger's one rule. The order's retailer is locked with the order, as every ledger write
         needs.
+
+        A reason PostgreSQL cannot store (a NUL) fails at once, naming why (issue #33): retried,
+        the same INSERT fails the same way 45 times and the debit stays unreversed meanwhile.
         """
+        if (why := text_rules.problem(failure.reason)) is not None:
+            raise permanent("UnstorableText", f"order {failure.order_id}: the failure reason {why}")
         async with self._engine.begin() as conn:
             retailer_id = await conn.scalar(RETAILER_OF_ORDER, {"id": failure.order_id})
             if retailer_id is not None:  # an order's retailer never changes

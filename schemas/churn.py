@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from schemas.messaging import Channel
+from schemas.text import Clean
 
 CaseState = Literal["OPEN", "RECOVERED", "CANCELLED", "TERMINATED"]
 
@@ -93,19 +94,19 @@ class CaseAction(BaseModel):
 
 
 class ManualNudge(BaseModel):
-    actor_id: str = Field(min_length=1, max_length=100)
+    actor_id: Clean = Field(min_length=1, max_length=100)
     channel: Channel | None = None
-    note: str | None = Field(default=None, max_length=500)
+    note: Clean | None = Field(default=None, max_length=500)
     company_id: str = Field(min_length=1, description="the case's company: another's is refused")
 
 
 class CaseEnding(BaseModel):
-    actor_id: str | None = Field(default=None, max_length=100)
+    actor_id: Clean | None = Field(default=None, max_length=100)
     company_id: str = Field(min_length=1, description="the case's company: another's is refused")
 
 
 class ApplyIncentive(BaseModel):
-    actor_id: str = Field(min_length=1, max_length=100)
+    actor_id: Clean = Field(min_length=1, max_length=100)
     days: int
     company_id: str = Field(min_length=1, description="the case's company: another's is refused")
 
@@ -149,6 +150,12 @@ class CaseStatus(BaseModel):
     next_nudge_at: datetime | None = None
     incentive_applied: bool = False
     last_hold_back: str | None = None
+    last_refusal: str | None = Field(
+        default=None,
+        description="the last signal the case refused, and why (no payload, no company, another company):"
+        " a refused signal is otherwise only a line in the worker's log",
+    )
+    last_refusal_at: datetime | None = None
 
 
 class CompanySettings(BaseModel):

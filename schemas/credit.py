@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from schemas.messaging import SendMessage
+from schemas.text import Clean
 
 REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
 """Days relative to a debit's due date on which it is due a reminder (docs/ARCHITECTURE.md §5)."""
@@ -136,7 +137,7 @@ class RecordPayment(BaseModel):
     reference: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$", description="unique per retailer: a bank or Stripe id"
     )
-    actor: str = Field(min_length=1, max_length=100, description="an admin id, or 'stripe' for the webhook")
+    actor: Clean = Field(min_length=1, max_length=100, description="an admin id, or 'stripe' for the webhook")
     business_timezone: str = "UTC"
     messaging_task_queue: str = "messaging"
     stripe_payment_intent_id: str | None = Field(

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.text import Clean
+
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 """`loyalty_reconciliation_queue.status`, and the `CaseStatus` search attribute of its workflow."""
 
@@ -99,7 +101,7 @@ class FailedPointsApplication(BaseModel):
         pattern=r"^pi_[A-Za-z0-9_]+$",
         description="the order's Stripe PaymentIntent; None: not paid through Stripe",
     )
-    error: str | None = Field(default=None, max_length=500, description="why the inline application failed")
+    error: Clean | None = Field(default=None, max_length=500, description="why the inline application failed")
 
 
 class QueuedItem(BaseModel):
@@ -167,7 +169,7 @@ class RetryNow(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    actor_id: str = _ACTOR
+    actor_id: Clean = _ACTOR
 
 
 class Resolution(BaseModel):
@@ -176,7 +178,7 @@ class Resolution(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    note: str = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
+    note: Clean = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
     points_adjustment: int | None = Field(
         default=None,
         ge=-MAX_POINTS,
@@ -196,7 +198,7 @@ class Resolution(BaseModel):
 class ResolveManually(Resolution):
     """Signal `resolve_manually`: a person closes the item (points handled by hand, or not owed)."""
 
-    actor_id: str = _ACTOR
+    actor_id: Clean = _ACTOR
 
 
 class PointsAdjustment(BaseModel):

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.text import Clean
+
 RecipientType = Literal["retailer", "member", "customer"]
 Channel = Literal["whatsapp", "sms"]
 
@@ -81,15 +83,15 @@ class SendBatchResult(BaseModel):
 class BrakePause(BaseModel):
     """The `pause` signal of `messaging-brake` (as typed in the Temporal UI: {"reason": ..., "actor": ...})."""
 
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
-    actor: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    reason: Clean = Field(min_length=1, max_length=500, pattern=r"\S")
+    actor: Clean = Field(min_length=1, max_length=100, pattern=r"\S")
 
 
 class BrakeResume(BaseModel):
     """The `resume` signal of `messaging-brake`."""
 
-    actor: str = Field(min_length=1, max_length=100, pattern=r"\S")
-    reason: str | None = Field(default=None, max_length=500)
+    actor: Clean = Field(min_length=1, max_length=100, pattern=r"\S")
+    reason: Clean | None = Field(default=None, max_length=500)
 
 
 class BrakeChange(BaseModel):

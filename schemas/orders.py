@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.text import Clean
+
 OrderState = Literal["PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED"]
 """The states of `pending_orders.status` (and the `CaseStatus` search attribute)."""
 
@@ -69,13 +71,13 @@ class PendingOrderRecord(BaseModel):
 class OrderCompleted(BaseModel):
     """Signal `completed`: the checkout went through (every field optional)."""
 
-    actor_id: str | None = Field(default=None, max_length=64)
+    actor_id: Clean | None = Field(default=None, max_length=64)
 
 
 class OrderFailed(BaseModel):
     """Signal `failed`: the order could not be completed; `reason` is stored on the order."""
 
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Clean = Field(min_length=1, max_length=500)
 
 
 class FollowUpSent(BaseModel):
@@ -100,7 +102,7 @@ class LateOrderFailure(BaseModel):
     """Start input of `order-failure/{order_id}`: a failure reported after the order's clock ended."""
 
     order_id: int = Field(gt=0)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Clean = Field(min_length=1, max_length=500)
     messaging_task_queue: str = "messaging"
 
 

@@ -39,6 +39,7 @@ from activities.payments.gateway import StripeGateway
 from config.settings import Settings
 from schemas import ids, search_attributes
 from schemas.churn import ApplyIncentive, CaseStatus, ChurnCaseInput, ManualNudge, NudgeOutcome
+from schemas.errors import failure_reason
 from schemas.payments import SubscriptionStateRequest
 from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
@@ -280,7 +281,10 @@ async def _update(client: Client, case_id: int, update: Any, arg: Any, update_id
     try:
         return await handle.execute_update(update, arg, id=update_id)
     except WorkflowUpdateFailedError as error:
-        raise CaseRefused(str(getattr(error.cause, "message", None) or error.cause)) from None
+        # The real reason, not the wrapper's "Activity task failed" (issue #33): Stripe's refusal
+        # ("member 7 has no Stripe subscription", NoSubscription) or the validator's.
+        message, kind = failure_reason(error.cause)
+        raise CaseRefused(message, code=None if kind in (None, "ValueError") else kind) from None
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise CaseRefused(f"case {case_id} has no running workflow (it has ended)") from None

@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.loyalty.queue import insert_queue_item, start_reconciliation
 from config.settings import Settings
 from schemas import ids
-from schemas.errors import Refused
+from schemas.errors import Refused, failure_reason
 from schemas.loyalty import (
     FailedPointsApplication,
     LoyaltyAuditRequest,
@@ -170,12 +170,9 @@ async def _result(client: Client, item_id: int) -> ReconcileResult:
                 f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})"
             ) from None
         raise
-    except WorkflowFailureError as error:
-        raise LoyaltyRefused(f"item {item_id}'s workflow failed: {_message(error.cause)}") from None
-
-
-def _message(cause: Any) -> str:
-    return getattr(cause, "message", None) or str(cause)
+    except WorkflowFailureError as error:  # the activity's own reason, not "Activity task failed" (issue #33)
+        message, kind = failure_reason(error.cause)
+        raise LoyaltyRefused(f"item {item_id}'s workflow failed: {message}", code=kind) from None
 
 
 # --- reading the queue (the HTTP API and `jobctl loyalty items`) ---------------------------------

@@ -94,6 +94,9 @@ class ChurnCaseWorkflow:
         self._sent_at: list[datetime] = []
         self._next_nudge_at: datetime | None = None
         self._last_hold_back: str | None = None
+        # The last refused signal and why (issue #33): the sender was told "signal succeeded".
+        # Names the signal and the reason only, never the payload (no personal data in workflows).
+        self._last_refusal: tuple[str, datetime] | None = None
         # One nudge at a time: the daily cap is decided from the nudges before it.
         self._nudging = asyncio.Lock()
         self._deferred_nudges = 0  # manual nudges waiting out quiet hours (update `nudge_now`)
@@ -144,7 +147,13 @@ class ChurnCaseWorkflow:
         """`{"actor_id": ..., "company_id": ..., "channel"?: "whatsapp"|"sms", "note"?: ...}`: nudge now,
         under the company's rules."""
         nudge = accepted(UnscopedManualNudge, nudge, signal="manual_nudge", subject=self._subject)
-        if nudge is None or not self._own_company("manual_nudge", nudge.company_id) or self._state != "OPEN":
+        if nudge is None:
+            self._refuse("manual_nudge", "no payload")
+            return
+        if not self._own_company("manual_nudge", nudge.company_id):
+            return
+        if self._state != "OPEN":
+            self._refuse("manual_nudge", f"the case is {self._state}")
             return
         await workflow.wait_condition(lambda: self._case is not None)
         self._progress.manual_nudges += 1
@@ -171,7 +180,9 @@ class ChurnCaseWorkflow:
         await workflow.wait_condition(lambda: self._case is not None)
         assert self._case is not None
         if self._incentive_applied or self._state != "OPEN" or self._ending is not None:
-            raise ApplicationError(f"case {self._case_id} is not open or already has its incentive", non_retryable=True)
+            raise ApplicationError(
+                f"case {self._case_id} is not open or already has its incentive", type="CaseNotOpen", non_retryable=True
+            )
         self._incentive_applied = True  # at once: a second update while Stripe answers is refused
         try:
             period: SubscriptionPeriod = await workflow.execute_activity(
@@ -283,6 +294,8 @@ class ChurnCaseWorkflow:
             next_nudge_at=self._next_nudge_at if self._state == "OPEN" else None,
             incentive_applied=self._incentive_applied,
             last_hold_back=self._last_hold_back,
+            last_refusal=self._last_refusal[0] if self._last_refusal else None,
+            last_refusal_at=self._last_refusal[1] if self._last_refusal else None,
         )
 
     # --- the steps -------------------------------------------------------------------------------
@@ -541,7 +554,13 @@ class ChurnCaseWorkflow:
         if ending is None:
             workflow.deprecate_patch(COMPANY_REQUIRED)
         ending = accepted(UnscopedCaseEnding, ending, signal=signal, subject=self._subject)
-        if ending is None or not self._own_company(signal, ending.company_id) or self._ending is not None:
+        if ending is None:
+            self._refuse(signal, "no payload")
+            return
+        if not self._own_company(signal, ending.company_id):
+            return
+        if self._ending is not None:
+            self._refuse(signal, f"the case has already ended ({self._ending[0]})")
             return
         self._ending = (state, ending)
 
@@ -552,13 +571,16 @@ class ChurnCaseWorkflow:
             return True
         if company_id is None:
             workflow.deprecate_patch(COMPANY_REQUIRED)
-        workflow.logger.warning(
-            "case %s: %s %s refused",
-            self._case_id,
-            signal,
-            "without a company" if company_id is None else "for another company",
-        )
+        why = "without a company" if company_id is None else "for another company"
+        workflow.logger.warning("case %s: %s %s refused", self._case_id, signal, why)
+        self._refuse(signal, why)
         return False
+
+    def _refuse(self, signal: str, why: str) -> None:
+        """Leave a refused signal's trace where an operator looks: the `status` query and the
+        workflow's current details in the UI. Neither is a command: replay is unchanged."""
+        self._last_refusal = (f"{signal} refused: {why}", workflow.now())
+        workflow.set_current_details(self._details())
 
     def _set_state(self, state: CaseState) -> None:
         self._state = state
@@ -573,4 +595,8 @@ class ChurnCaseWorkflow:
 
     def _details(self) -> str:
         progress = self._progress
-        return f"case {self._case_id}: {self._state}, {progress.attempts} nudges ({progress.manual_nudges} manual)"
+        details = f"case {self._case_id}: {self._state}, {progress.attempts} nudges ({progress.manual_nudges} manual)"
+        if self._last_refusal is not None:
+            refusal, at = self._last_refusal
+            details += f"\nlast refused signal: {refusal} at {at:%Y-%m-%d %H:%M:%S} UTC"
+        return details

@@ -45,25 +45,37 @@ class FieldError(BaseModel):
 
 
 class ProblemDetails(BaseModel):
-    """RFC 9457. `field` names the (first) field at fault; `errors` lists every one."""
+    """RFC 9457. `field` names the (first) field at fault; `errors` lists every one; `code` is the
+    refusal's stable name, for programs (the `detail` is for people and may change)."""
 
     type: str = "about:blank"
     title: str
     status: int
     detail: str | None = None
+    code: str | None = Field(
+        default=None,
+        description="a refusal's stable, machine-readable name: the refusing activity's or workflow's error type"
+        " (NoSubscription, UnknownOrder, ...) or the service's refusal (CaseRefused, CreditRefused, ...)",
+    )
     field: str | None = None
     errors: list[FieldError] | None = None
 
 
 class Problem(Exception):
     def __init__(
-        self, status: int, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None
+        self,
+        status: int,
+        detail: str,
+        *,
+        field: str | None = None,
+        errors: list[FieldError] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(detail)
-        self.status, self.detail, self.field, self.errors = status, detail, field, errors
+        self.status, self.detail, self.field, self.errors, self.code = status, detail, field, errors, code
 
     def response(self) -> JSONResponse:
-        return problem_response(self.status, self.detail, field=self.field, errors=self.errors)
+        return problem_response(self.status, self.detail, field=self.field, errors=self.errors, code=self.code)
 
 
 def problem_response(
@@ -73,8 +85,11 @@ def problem_response(
     field: str | None = None,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    body = ProblemDetails(title=TITLES.get(status, "Error"), status=status, detail=detail, field=field, errors=errors)
+    body = ProblemDetails(
+        title=TITLES.get(status, "Error"), status=status, detail=detail, field=field, errors=errors, code=code
+    )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -95,8 +110,12 @@ def unprocessable(errors: list[FieldError]) -> JSONResponse:
 
 
 def refusal_status(refusal: Refused) -> int:
-    """A refusal that says the object is missing is 404; any other is a state conflict (409)."""
+    """A refusal that says the object is missing is 404; any other is a state conflict (409).
+    One carrying a workflow's or activity's code says which by that code (`UnknownOrder`), not
+    by its wording ("member 7 has no Stripe subscription" is the member's state, not a 404)."""
     text = str(refusal)
+    if refusal.code != type(refusal).__name__:
+        return 404 if refusal.code.startswith("Unknown") else 409
     if type(refusal).__name__.startswith("Unknown"):
         return 404
     if " has no running " in text:  # it existed, and has ended
@@ -121,7 +140,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, refusal: Refused) -> JSONResponse:
-        return problem_response(refusal_status(refusal), str(refusal))
+        return problem_response(refusal_status(refusal), str(refusal), code=refusal.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:

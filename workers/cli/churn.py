@@ -13,7 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from schemas import ids
-from workers.cli.runner import Context, UsageError, call
+from schemas.text import Actor as ActorText
+from schemas.text import Reason, ShortText
+from workers.cli.runner import Context, UsageError, call, free_text
 
 churn_app = typer.Typer(
     help="Churn cases: open one, nudge by hand, end it, apply an incentive, show it.",
@@ -22,9 +24,17 @@ churn_app = typer.Typer(
 )
 
 CaseArg = Annotated[int, typer.Argument(min=1, help="Case id (recovery_cases.id).", show_default=False)]
-Actor = Annotated[str, typer.Option("--actor", help="The operator acting (stored hashed).", show_default=False)]
+Actor = Annotated[
+    str,
+    typer.Option(
+        "--actor", help="The operator acting (stored hashed).", show_default=False, callback=free_text(ActorText)
+    ),
+]
 _COMPANY = typer.Option(
-    "--company", help="The company (tenant) the case belongs to; another's case is refused.", show_default=False
+    "--company",
+    help="The company (tenant) the case belongs to; another's case is refused.",
+    show_default=False,
+    callback=free_text(ShortText),
 )
 Company = Annotated[str, _COMPANY]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -52,7 +62,10 @@ def churn_nudge(
     actor: Actor,
     company: Company,
     channel: Annotated[str | None, typer.Option("--channel", help="whatsapp or sms (default: the member's).")] = None,
-    note: Annotated[str | None, typer.Option("--note", help="Why (kept in the signal, not in the message).")] = None,
+    note: Annotated[
+        str | None,
+        typer.Option("--note", help="Why (kept in the signal, not in the message).", callback=free_text(Reason)),
+    ] = None,
 ) -> None:
     """Signal `manual_nudge`: nudge the member now (the company's cap and quiet hours still apply)."""
     from pydantic import ValidationError
@@ -104,6 +117,7 @@ def churn_incentive(
     from temporalio.client import WorkflowUpdateFailedError
 
     from schemas.churn import ApplyIncentive
+    from schemas.errors import failure_reason
     from services.churn import ensure_owned
     from workflows.churn import ChurnCaseWorkflow
 
@@ -116,8 +130,8 @@ def churn_incentive(
 
     try:
         period_end = call(apply, temporal=True, database=True)
-    except WorkflowUpdateFailedError as error:
-        raise UsageError(str(error.cause).removeprefix("ValueError: ")) from None
+    except WorkflowUpdateFailedError as error:  # the real reason, not "Activity task failed" (issue #33)
+        raise UsageError(failure_reason(error.cause)[0]) from None
     typer.echo(f"{ids.churn_case(case_id)}: incentive applied, next billing {period_end}")
 
 
@@ -145,6 +159,8 @@ def churn_show(case_id: CaseArg, company: Company, as_json: Json = False) -> Non
         + (f", next {status.next_nudge_at:%Y-%m-%d %H:%M} UTC" if status.next_nudge_at else "")
         + (", incentive applied" if status.incentive_applied else "")
     )
+    if status.last_refusal:  # a refused signal's only trace beside the worker's log (issue #33)
+        typer.echo(f"  last refused signal: {status.last_refusal} at {status.last_refusal_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @churn_app.command("cases")

@@ -16,7 +16,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from workers.cli.runner import UsageError, call, configure_logging, echo, settings
+from schemas import text
+from workers.cli.runner import UsageError, call, configure_logging, echo, free_text, settings
 
 credit_app = typer.Typer(
     help="Credit: pause, unpause or block a retailer; limits, adjustments, credit orders; the risk view; a profile.",
@@ -28,8 +29,21 @@ payments_app = typer.Typer(
 )
 
 RetailerArg = Annotated[int, typer.Argument(min=1, help="Retailer id (retailers.id).", show_default=False)]
-Reason = Annotated[str, typer.Option("--reason", help="Why (stored in the audit log).", show_default=False)]
-Actor = Annotated[str, typer.Option("--actor", help="The admin acting (stored in the audit log).", show_default=False)]
+Reason = Annotated[
+    str,
+    typer.Option(
+        "--reason", help="Why (stored in the audit log).", show_default=False, callback=free_text(text.Reason)
+    ),
+]
+Actor = Annotated[
+    str,
+    typer.Option(
+        "--actor",
+        help="The admin acting (stored in the audit log).",
+        show_default=False,
+        callback=free_text(text.Actor),
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 AdminVerb = Literal["pause", "unpause", "block"]
 REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$")
@@ -113,7 +127,9 @@ def credit_limits(
     max_outstanding_days: Annotated[
         int | None, typer.Option("--max-outstanding-days", help="Days overdue before the system pauses, >= 0.")
     ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (stored in the audit log).")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (stored in the audit log).", callback=free_text(text.Reason))
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Change RETAILER's credit limit, maximum order value or overdue limit (audited); a system pause

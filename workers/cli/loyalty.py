@@ -14,7 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from workers.cli.runner import UsageError, call, settings
+from schemas.text import Reason, ShortText
+from workers.cli.runner import UsageError, call, free_text, settings
 
 T = TypeVar("T")
 
@@ -28,7 +29,13 @@ ItemArg = Annotated[
     int, typer.Argument(min=1, help="Reconciliation item id (loyalty_reconciliation_queue.id).", show_default=False)
 ]
 ActorOpt = Annotated[
-    str, typer.Option("--actor", help="Who acts (an admin id, recorded on the item).", show_default=False)
+    str,
+    typer.Option(
+        "--actor",
+        help="Who acts (an admin id, recorded on the item).",
+        show_default=False,
+        callback=free_text(ShortText),
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -67,7 +74,12 @@ def loyalty_retry(item_id: ItemArg, actor: ActorOpt, as_json: JsonOpt = False) -
 def loyalty_resolve(
     item_id: ItemArg,
     actor: ActorOpt,
-    note: Annotated[str, typer.Option("--note", help="Why (stored with the resolution).", show_default=False)],
+    note: Annotated[
+        str,
+        typer.Option(
+            "--note", help="Why (stored with the resolution).", show_default=False, callback=free_text(Reason)
+        ),
+    ],
     points: Annotated[
         int | None,
         typer.Option("--points", help="Adjust the customer's points by this (+/-) through the ledger, once."),

@@ -12,13 +12,16 @@ from typing import Annotated
 
 import typer
 
-from workers.cli.runner import UsageError, call, echo
+from schemas import text
+from workers.cli.runner import UsageError, call, echo, free_text
 
 messaging_app = typer.Typer(
     help="Messaging: the emergency brake (pause, resume, status).", no_args_is_help=True, rich_markup_mode=None
 )
 
-Actor = Annotated[str, typer.Option("--actor", help="The operator acting.", show_default=False)]
+Actor = Annotated[
+    str, typer.Option("--actor", help="The operator acting.", show_default=False, callback=free_text(text.Actor))
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -33,7 +36,10 @@ def _line(state) -> str:
 @messaging_app.command("pause")
 def messaging_pause(
     actor: Actor,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown in status).", show_default=False)] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why (shown in status).", show_default=False, callback=free_text(text.Reason)),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Hold every outbound message until `resume` (they go out then, once each)."""
@@ -48,7 +54,9 @@ def messaging_pause(
 @messaging_app.command("resume")
 def messaging_resume(
     actor: Actor,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (optional).")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (optional).", callback=free_text(text.Reason))
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Release the brake: the held messages go out as their jobs try them again."""

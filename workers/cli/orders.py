@@ -14,7 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from workers.cli.runner import UsageError, call, settings
+from schemas.text import Reason
+from workers.cli.runner import UsageError, call, free_text, settings
 
 T = TypeVar("T")
 
@@ -79,7 +80,13 @@ def orders_complete(order_id: OrderArg) -> None:
 def orders_fail(
     order_id: OrderArg,
     reason: Annotated[
-        str, typer.Option("--reason", help="Why the order failed (stored on the order).", show_default=False)
+        str,
+        typer.Option(
+            "--reason",
+            help="Why the order failed (stored on the order).",
+            show_default=False,
+            callback=free_text(Reason),
+        ),
     ],
 ) -> None:
     """Signal `failed`: fail ORDER, reverse its credit debit and tell the retailer."""

@@ -40,6 +40,25 @@ class Context:
     engine: AsyncEngine = None  # type: ignore[assignment]
 
 
+def free_text(kind: Any) -> Callable[[str | None], str | None]:
+    """A typer callback checking an option by the same type the HTTP models use (`schemas.text`):
+    a NUL or control character is refused before anything is touched, "Invalid value for
+    '--reason': must not contain NUL ..." and exit 2, instead of a database error after it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter: TypeAdapter[str] = TypeAdapter(kind)
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as error:
+            raise UsageError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    return check
+
+
 def settings() -> Settings:
     return load_settings()
 

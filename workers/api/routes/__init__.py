@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from workers.api.idempotency import IdempotentRoute
 from workers.api.problems import responses
@@ -40,6 +40,14 @@ async def _stack(request: Request) -> Stack:
 
 
 StackDep = Annotated[Stack, Depends(_stack)]
+
+
+class RequestBody(BaseModel):
+    """Every request body's base: a field the model does not know is refused (422 naming it), not
+    ignored. A misspelt optional field (`"reasn"`) silently dropped is a request that did
+    something other than asked (issue #33); `additionalProperties: false` says so in the OpenAPI."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Paging(BaseModel):

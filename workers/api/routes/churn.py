@@ -17,18 +17,19 @@ from activities.churn import admin
 from schemas import ids
 from schemas.churn import CaseState, CaseStatus, CompanySettings, ManualNudge, NudgeOutcome
 from schemas.messaging import Channel
+from schemas.text import Reason
 from services import churn as service
 from workers.api.auth import Principal, require
 from workers.api.idempotency import HEADER
 from workers.api.problems import Problem, responses
-from workers.api.routes import Accepted, Page, PagingDep, StackDep, page, router
+from workers.api.routes import Accepted, Page, PagingDep, RequestBody, StackDep, page, router
 
 api = router("/v1/churn", "churn")
 CaseId = Annotated[int, Path(ge=1, le=2**63 - 1, description="recovery_cases.id")]
 CompanyId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the company's slug")]
 
 
-class OpenCase(BaseModel):
+class OpenCase(RequestBody):
     membership_id: int = Field(ge=1, le=2**63 - 1)
     company_id: str | None = Field(
         default=None,
@@ -70,14 +71,12 @@ class CaseDetail(BaseModel):
     actions: list[RecoveryAction]
 
 
-class Nudge(BaseModel):
+class Nudge(RequestBody):
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
-    note: str | None = Field(
-        default=None, max_length=500, description="kept in the workflow's history, not the message"
-    )
+    note: Reason | None = Field(default=None, description="kept in the workflow's history, not the message")
 
 
-class Incentive(BaseModel):
+class Incentive(RequestBody):
     days: int | None = Field(default=None, ge=1, le=90, description="default: the company's incentive_days")
 
 
@@ -85,6 +84,13 @@ class IncentiveApplied(BaseModel):
     case_id: int
     days: int
     current_period_end: datetime | None
+
+
+class SettingsIn(CompanySettings, RequestBody):
+    """The settings as a request body: strict, as every body is (a misspelt rule is refused, not
+    dropped), but what GET answers may be PUT back as it is, `company_id` included."""
+
+    company_id: str | None = Field(default=None, description="optional (as GET answers it); the path's, if given")
 
 
 class Company(CompanySettings):
@@ -245,9 +251,13 @@ async def get_settings(
 
 @api.put("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
 async def put_settings(
-    company_id: CompanyId, body: CompanySettings, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
+    company_id: CompanyId, body: SettingsIn, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> Company:
     """Replace the company's churn rules (the database's limits); open cases use them from their next step."""
+    if body.company_id not in (None, company_id):
+        raise Problem(422, f"body.company_id: not the path's {company_id}", field="body.company_id")
     await _company(stack, company_id, caller)
-    saved = await admin.update_company_settings(stack.engine, company_id, body)
+    saved = await admin.update_company_settings(
+        stack.engine, company_id, CompanySettings(**body.model_dump(exclude={"company_id"}))
+    )
     return Company(company_id=company_id, **saved.model_dump())

@@ -16,12 +16,13 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
+from schemas.text import Reason
 from services import credit_admin
 from services.credit import record_payment
 from workers.api.auth import Principal, require
 from workers.api.idempotency import HEADER
 from workers.api.problems import Problem, responses
-from workers.api.routes import Page, PagingDep, StackDep, page, router
+from workers.api.routes import Page, PagingDep, RequestBody, StackDep, page, router
 
 api = router("/v1/credit", "credit")
 RetailerId = Annotated[int, Path(ge=1, le=2**63 - 1, description="retailers.id")]
@@ -109,8 +110,8 @@ class Profile(BaseModel):
     recent_audit: list[AuditEntry]
 
 
-class StatusChange(BaseModel):
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored in the audit log")
+class StatusChange(RequestBody):
+    reason: Reason = Field(description="stored in the audit log")
 
 
 class StatusChanged(BaseModel):
@@ -124,7 +125,7 @@ class StatusChanged(BaseModel):
     )
 
 
-class PaymentIn(BaseModel):
+class PaymentIn(RequestBody):
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: Decimal = Field(gt=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
     reference: str = Field(
@@ -136,13 +137,13 @@ class PaymentIn(BaseModel):
 Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
 
 
-class Limits(BaseModel):
+class Limits(RequestBody):
     credit_limit: Money | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
     max_order_value: Money | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
     max_outstanding_days: int | None = Field(
         default=None, ge=0, le=3650, description="days overdue before the system pauses"
     )
-    reason: str | None = Field(default=None, max_length=500, description="stored in the audit log")
+    reason: Reason | None = Field(default=None, description="stored in the audit log")
 
     @model_validator(mode="after")
     def _something(self) -> Limits:
@@ -159,15 +160,13 @@ class LimitsChanged(BaseModel):
     credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause the new limits clear")
 
 
-class AdjustmentIn(BaseModel):
+class AdjustmentIn(RequestBody):
     amount: Money = Field(
         gt=-Decimal("1e12"),
         lt=Decimal("1e12"),
         description="+A in the retailer's favour (return, write-off, dispute won); -A a charge due today",
     )
-    reason: str = Field(
-        min_length=1, max_length=500, pattern=r"\S", description="stored on the ledger row and the audit log"
-    )
+    reason: Reason = Field(description="stored on the ledger row and the audit log")
     reference: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",

@@ -22,10 +22,11 @@ from schemas.loyalty import (
     ReconcileStatus,
     Resolution,
 )
+from schemas.text import Reason
 from services import loyalty as service
 from workers.api.auth import Principal, require
 from workers.api.problems import Problem, responses
-from workers.api.routes import Accepted, Page, PagingDep, StackDep, page, router
+from workers.api.routes import Accepted, Page, PagingDep, RequestBody, StackDep, page, router
 
 api = router("/v1/loyalty", "loyalty")
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="loyalty_reconciliation_queue.id")]
@@ -35,7 +36,7 @@ OrderRef = Annotated[
 QueueState = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 
 
-class OrderPoints(BaseModel):
+class OrderPoints(RequestBody):
     customer_id: int = Field(gt=0, le=2**63 - 1)
     points_redeemed: int = Field(default=0, ge=0, le=MAX_POINTS)
     order_total: Decimal = Field(ge=0, le=Decimal("1e10"), max_digits=14, decimal_places=2)
@@ -43,7 +44,7 @@ class OrderPoints(BaseModel):
 
 class FailedApplication(OrderPoints):
     payment_intent_id: str | None = Field(default=None, pattern=r"^pi_[A-Za-z0-9_]+$")
-    error: str | None = Field(default=None, max_length=500, description="why the inline application failed")
+    error: Reason | None = Field(default=None, description="why the inline application failed")
 
 
 class Item(BaseModel):
@@ -63,12 +64,12 @@ class Item(BaseModel):
     updated_at: datetime
 
 
-class Audit(BaseModel):
+class Audit(RequestBody):
     audit_date: date | None = Field(default=None, description="default: today in the business time zone")
 
 
 def _refusal(refusal: LoyaltyRefusal) -> Problem:
-    return Problem(404 if refusal.type == "UnknownCustomer" else 409, refusal.message)
+    return Problem(404 if refusal.type == "UnknownCustomer" else 409, refusal.message, code=refusal.type)
 
 
 @api.post("/orders/{order_id}/points", response_model=PointsApplication, responses=responses(404, 409))

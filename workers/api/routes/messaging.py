@@ -7,23 +7,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from activities.messaging.brake import BrakeState
+from schemas.text import Reason
 from services import messaging as service
 from workers.api.auth import Principal, require
 from workers.api.problems import Problem, responses
-from workers.api.routes import StackDep, router
+from workers.api.routes import RequestBody, StackDep, router
 
 api = router("/v1/messaging", "messaging")
 
 
-class Pause(BaseModel):
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="why, shown with the brake's state")
+class Pause(RequestBody):
+    reason: Reason = Field(description="why, shown with the brake's state")
 
 
-class Resume(BaseModel):
-    reason: str | None = Field(default=None, max_length=500, description="optional note")
+class Resume(RequestBody):
+    reason: Reason | None = Field(default=None, description="optional note")
 
 
 def _unbound(caller: Principal) -> None:

@@ -13,16 +13,17 @@ from pydantic import BaseModel, Field
 from activities.messaging.outbox import QuietHours
 from schemas import ids
 from schemas.orders import OrderFailureResult, PendingOrderInput, PendingOrderStatus
+from schemas.text import Reason
 from services import orders as service
 from workers.api.auth import Principal, require
 from workers.api.problems import Problem, responses
-from workers.api.routes import Accepted, StackDep, router
+from workers.api.routes import Accepted, RequestBody, StackDep, router
 
 api = router("/v1/orders", "orders")
 OrderId = Annotated[int, Path(ge=1, le=2**63 - 1, description="orders.id")]
 
 
-class CheckoutStarted(BaseModel):
+class CheckoutStarted(RequestBody):
     retailer_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's"
     )
@@ -31,17 +32,17 @@ class CheckoutStarted(BaseModel):
     )
 
 
-class OrderFailed(BaseModel):
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="stored on the order")
+class OrderFailed(RequestBody):
+    reason: Reason = Field(description="stored on the order")
 
 
-class ValidatePlacement(BaseModel):
+class ValidatePlacement(RequestBody):
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
     payment_mode: Literal["CREDIT", "COD"]
 
 
-class Placement(BaseModel):
+class Placement(RequestBody):
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: Decimal = Field(gt=0, lt=Decimal("1e12"), max_digits=14, decimal_places=2, description="the order's total")
     payment_mode: Literal["CREDIT", "COD"]
@@ -133,7 +134,7 @@ async def failed(
     done = await service.fail_order(
         stack.client,
         order_id,
-        body.reason.strip(),
+        body.reason,
         task_queue=stack.settings.task_queue,
         messaging_task_queue=stack.settings.messaging_task_queue,
     )
