@@ -540,8 +540,10 @@ RETURNING id
 """
 )
 
-# The payment's allocations still standing, the most recently made first; a debit closed by its
-# order's failure is left alone (the reversal already gave its paid part back to the balance).
+# The payment's allocations still standing, the most recently made first and, of one allocation
+# (one transaction, one created_at), the latest due first: the oldest debit is reopened last. (By
+# allocation id alone, a payment's own order was RETURNING's, which is no order at all.) A debit
+# closed by its order's failure is left alone (the reversal already gave its paid part back).
 STANDING_ALLOCATIONS = text(
     """
 SELECT a.id, a.debit_id, a.amount - a.reopened_amount AS standing
@@ -550,7 +552,7 @@ WHERE a.credit_id = :credit AND a.amount > a.reopened_amount
   AND NOT (d.order_id IS NOT NULL AND EXISTS (
       SELECT 1 FROM credit_transactions r
       WHERE r.order_id = d.order_id AND r.type = 'CREDIT' AND r.reference LIKE 'order-failed:%'))
-ORDER BY a.created_at DESC, a.id DESC
+ORDER BY a.created_at DESC, d.due_date DESC, d.id DESC, a.id DESC
 FOR UPDATE OF a, d
 """
 )

@@ -336,6 +336,37 @@ async def test_two_partial_refunds_reopen_the_most_recently_cleared_debit_first_
     await assert_books_balance(engine, shop)
 
 
+async def test_a_refund_reopens_the_latest_due_debit_first_whatever_order_the_debits_were_written_in(
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    sandbox: StripeSandbox,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
+) -> None:
+    """One payment clears three debits in one allocation; a refund reopens the latest due first and
+    the oldest last, also after an earlier refund rewrote the debits' rows (by allocation id
+    alone, the order was RETURNING's: on the dev stack a lost dispute reopened the oldest first)."""
+    shop, _ = await new_retailer(engine, limit=Decimal("1000"))
+    latest = await new_debit(engine, shop, "30.00", TODAY + timedelta(days=20))
+    middle = await new_debit(engine, shop, "30.00", TODAY + timedelta(days=10))
+    oldest = await new_debit(engine, shop, "30.00", TODAY - timedelta(days=3))
+    async with money_loop(time_skipping_env, engine, gateway, sandbox, stripe_api, task_queue) as money:
+        _, first = await money.paid(shop, "90.00")
+        await money.refund(first, 2000)  # the debits' rows rewritten, in reopening order
+        await money.refund(first, 7000)  # 90.00 in all
+        await money.guardrails_after(shop, f"refund:{first}:90.00")
+        _, charge = await money.paid(shop, "90.00")
+        await money.refund(charge, 4500)
+        await money.guardrails_after(shop, f"refund:{charge}:45.00")
+    assert [((await debit(engine, d)).cleared_amount) for d in (latest, middle, oldest)] == [
+        Decimal("0.00"),
+        Decimal("15.00"),
+        Decimal("30.00"),
+    ]
+    await assert_books_balance(engine, shop)
+
+
 async def test_a_refund_of_a_payment_still_unspent_comes_off_the_credit_balance_and_reopens_nothing(
     time_skipping_env: WorkflowEnvironment,
     engine: AsyncEngine,
