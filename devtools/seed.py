@@ -122,7 +122,7 @@ WHERE r.id BETWEEN :lo AND :hi
 _AVAILABLE_CREDIT = text(
     """
 UPDATE credit_accounts ca
-SET available_credit = greatest(ca.credit_limit - coalesce(o.outstanding, 0), 0)
+SET available_credit = ca.credit_limit - coalesce(o.outstanding, 0)  -- the ledger's rule, unclamped
 FROM (SELECT retailer_id, sum(amount - cleared_amount) AS outstanding
       FROM credit_transactions WHERE type = 'DEBIT' AND status <> 'CLEARED' GROUP BY retailer_id) o
 WHERE o.retailer_id = ca.retailer_id AND ca.retailer_id BETWEEN :lo AND :hi
@@ -264,7 +264,7 @@ WITH shop AS (
     RETURNING id
 ), account AS (
     INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit, max_order_value, max_outstanding_days)
-    SELECT id, 5000, 0, 5000, 30 FROM shop
+    SELECT id, 5000, 5000 - 6000, 5000, 30 FROM shop  -- limit - outstanding, as the ledger keeps it
 ), owed (days_past_due, amount, product, quantity) AS (
     VALUES (7, 2400.00, 'Basmati Rice 5kg', 80), (3, 1850.00, 'Sunflower Oil 1L', 185),
            (0, 1750.00, 'Black Tea 500g', 70)
