@@ -340,13 +340,26 @@ _BY_PHONE = """
     UNION ALL SELECT 'member', id::text FROM memberships WHERE phone = :phone
     UNION ALL SELECT 'customer', id::text FROM customers WHERE phone = :phone
 """
-# Each statement changes the opt-outs and writes their history at once; only real changes are
-# audited (a second STOP, a START without a STOP, change nothing).
+# Each statement records the inbound message, changes the opt-outs and writes their history at
+# once; only real changes are audited (a second STOP, a START without a STOP, change nothing).
+# Twilio delivers an inbound webhook again when it got no answer in time, and its body carries no
+# time: a replayed START arriving after a newer STOP would lift it (issue #33). So each MessageSid
+# applies once (`processed_webhook_events`, provider `twilio`, cleared by the data retention like
+# Stripe's), and the changes apply in the order their messages were first received. A keyword
+# without a MessageSid (never from Twilio) applies each time: an opt-out is never lost for it.
+_INBOUND_FIRST_SEEN = """
+WITH seen AS (
+    INSERT INTO processed_webhook_events (provider, event_id, event_type, status, processed_at)
+    SELECT 'twilio', CAST(:sid AS text), :event_type, 'processed', now() WHERE CAST(:sid AS text) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), fresh AS (
+    SELECT 1 WHERE CAST(:sid AS text) IS NULL OR EXISTS (SELECT FROM seen)
+)"""
 _OPT_OUT_BY_PHONE = text(
-    f"""
-WITH added AS (
+    f"""{_INBOUND_FIRST_SEEN}, added AS (
     INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel, reason)
-    SELECT recipient_type, recipient_id, :channel, :reason FROM ({_BY_PHONE}) r
+    SELECT recipient_type, recipient_id, :channel, :reason FROM ({_BY_PHONE}) r WHERE EXISTS (SELECT FROM fresh)
     ON CONFLICT DO NOTHING
     RETURNING recipient_type, recipient_id
 )
@@ -355,10 +368,10 @@ SELECT recipient_type, recipient_id, :channel, 'opt_out', :reason FROM added
 """
 )
 _OPT_IN_BY_PHONE = text(
-    f"""
-WITH lifted AS (
+    f"""{_INBOUND_FIRST_SEEN}, lifted AS (
     DELETE FROM recipient_opt_outs o USING ({_BY_PHONE}) r
     WHERE o.recipient_type = r.recipient_type AND o.recipient_id = r.recipient_id AND o.channel = :channel
+    AND EXISTS (SELECT FROM fresh)
     RETURNING o.recipient_type, o.recipient_id
 )
 INSERT INTO recipient_opt_out_events (recipient_type, recipient_id, channel, action, reason)
@@ -367,18 +380,24 @@ SELECT recipient_type, recipient_id, :channel, 'opt_in', :reason FROM lifted
 )
 
 
-async def opt_out_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
-    """An inbound STOP: every recipient with this number stops getting messages on the channel."""
+async def opt_out_by_phone(
+    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+) -> int:
+    """An inbound STOP: every recipient with this number stops getting messages on the channel.
+    Nothing changes for a `message_sid` seen before (Twilio delivering the same message again)."""
+    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_out"}
     async with engine.begin() as conn:
-        result = await conn.execute(_OPT_OUT_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
-        return result.rowcount
+        return (await conn.execute(_OPT_OUT_BY_PHONE, params)).rowcount
 
 
-async def opt_in_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
-    """An inbound START: the opt-outs on this channel of every recipient with this number are lifted."""
+async def opt_in_by_phone(
+    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+) -> int:
+    """An inbound START: the opt-outs on this channel of every recipient with this number are lifted.
+    Nothing changes for a `message_sid` seen before: a replayed START never undoes a newer STOP."""
+    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_in"}
     async with engine.begin() as conn:
-        result = await conn.execute(_OPT_IN_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
-        return result.rowcount
+        return (await conn.execute(_OPT_IN_BY_PHONE, params)).rowcount
 
 
 async def recipient_by_phone(engine: AsyncEngine, phone: str) -> tuple[str, str] | None:
