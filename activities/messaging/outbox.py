@@ -269,6 +269,72 @@ async def reserve_slot(conn: psycopg.AsyncConnection, per_second: float, name: s
     return max(float(row[0]), 0.0)
 
 
+# `_RESERVE_SLOT` only while the next free slot starts within :max_wait; otherwise nothing is
+# reserved and the wait until that slot is returned. The update re-checks on the locked row.
+_RESERVE_SLOT_WITHIN = psycopg_sql(
+    """
+WITH free AS (
+    SELECT greatest(next_slot, clock_timestamp()) AS at FROM messaging_pace WHERE name = :name
+), reserved AS (
+    INSERT INTO messaging_pace AS pace (name, next_slot)
+    SELECT :name, clock_timestamp() + make_interval(secs => :interval)
+    WHERE NOT EXISTS (SELECT FROM free WHERE at > clock_timestamp() + make_interval(secs => :max_wait))
+    ON CONFLICT (name) DO UPDATE
+       SET next_slot = greatest(pace.next_slot, clock_timestamp()) + make_interval(secs => :interval)
+       WHERE pace.next_slot <= clock_timestamp() + make_interval(secs => :max_wait)
+    RETURNING extract(epoch FROM pace.next_slot - clock_timestamp())::float8 - :interval AS wait
+)
+SELECT true, greatest(wait, 0.0) FROM reserved
+UNION ALL
+SELECT false, greatest(extract(epoch FROM at - clock_timestamp())::float8, 0.0) FROM free
+WHERE NOT EXISTS (SELECT FROM reserved)
+"""
+)
+
+
+async def reserve_slot_within(
+    conn: psycopg.AsyncConnection, per_second: float, max_wait: float, name: str = "twilio"
+) -> tuple[bool, float]:
+    """`reserve_slot`, only if the slot starts within `max_wait` seconds: (reserved, seconds to wait).
+
+    Not reserved, the seconds are until the next free slot: a send that could not wait that long
+    inside its attempt leaves the slot to one that can, rather than holding one it never uses
+    (each such reservation would push the whole backlog back)."""
+    # A day stands for "no limit" (an attempt without a timeout): PostgreSQL has no infinite interval.
+    params = {"name": name, "interval": 1.0 / per_second, "max_wait": min(max(max_wait, 0.0), 86_400.0)}
+    row = await (await conn.execute(_RESERVE_SLOT_WITHIN, params, prepare=True)).fetchone()
+    if row is None:  # the first reservation ever lost its insert to another's, then found it too far
+        return False, 1.0 / per_second
+    return bool(row[0]), float(row[1])
+
+
+_EXTEND_LEASE = psycopg_sql(
+    """
+UPDATE message_log SET lease_until = now() + make_interval(secs => :seconds), updated_at = now()
+WHERE idempotency_key = :key AND status = 'sending'
+"""
+)
+
+
+async def extend_lease(conn: psycopg.AsyncConnection, key: str, seconds: float) -> None:
+    """The attempt that holds `key`'s lease keeps it `seconds` from now (its pace wait, then the call)."""
+    await conn.execute(_EXTEND_LEASE, {"key": key, "seconds": seconds}, prepare=True)
+
+
+_RELEASE = psycopg_sql(
+    """
+UPDATE message_log SET status = 'queued', reason = 'paced', lease_until = NULL, updated_at = now()
+WHERE idempotency_key = :key AND status = 'sending'
+"""
+)
+
+
+async def release(conn: psycopg.AsyncConnection, key: str) -> None:
+    """Give back a lease taken for a send that never reached Twilio: the next attempt sends it
+    without waiting out the lease and without looking it up at Twilio first."""
+    await conn.execute(_RELEASE, {"key": key}, prepare=True)
+
+
 # The common end of a send, as one constant statement (no statement built per message).
 _SENT_SQL = psycopg_sql(
     """
