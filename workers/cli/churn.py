@@ -52,7 +52,7 @@ def churn_nudge(
     actor: Actor,
     company: Company,
     channel: Annotated[str | None, typer.Option("--channel", help="whatsapp or sms (default: the member's).")] = None,
-    note: Annotated[str | None, typer.Option("--note", help="Why (kept in the signal, not in the message).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Why (for your own records: not kept anywhere).")] = None,
 ) -> None:
     """Signal `manual_nudge`: nudge the member now (the company's cap and quiet hours still apply)."""
     from pydantic import ValidationError

@@ -73,7 +73,7 @@ class CaseDetail(BaseModel):
 class Nudge(BaseModel):
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
     note: str | None = Field(
-        default=None, max_length=500, description="kept in the workflow's history, not the message"
+        default=None, max_length=500, description="accepted, not kept: free text stays out of the case's history"
     )
 
 
