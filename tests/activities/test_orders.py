@@ -625,7 +625,7 @@ async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
 
 
 async def test_a_clocks_retailer_id_is_the_order_rows_never_the_callers(
-    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, task_queue: str
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str
 ) -> None:
     """Issue #33: `checkout-started` took the RetailerId search attribute from the request body, so
     a caller could file an order under another retailer. Naming another retailer is refused, no
@@ -633,19 +633,19 @@ async def test_a_clocks_retailer_id_is_the_order_rows_never_the_callers(
     env = time_skipping_env
     oid, rid, _ = await new_order(engine)
     _, other, _ = await new_order(engine)
-    handle = env.client.get_workflow_handle(ids.pending_order(oid))
-    with pytest.raises(OrderRefused, match=f"order {oid} is not retailer {other}'s"):
-        await start(env, engine, oid, other, task_queue, "unused")
-    with pytest.raises(RPCError) as not_found:
-        await handle.describe()
-    assert not_found.value.status == RPCStatusCode.NOT_FOUND
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        with pytest.raises(OrderRefused, match=f"order {oid} is not retailer {other}'s"):
+            await start(env, engine, oid, other, task_queue, messaging)
+        with pytest.raises(RPCError) as not_found:
+            await env.client.get_workflow_handle(ids.pending_order(oid)).describe()
+        assert not_found.value.status == RPCStatusCode.NOT_FOUND
 
-    await start(env, engine, oid, None, task_queue, "unused")  # None: the order's
-    try:
+        _, handle, _ = await start(env, engine, oid, None, task_queue, messaging)  # None: the order's
+        await registered(handle)
         described = await handle.describe()
         assert described.typed_search_attributes.get(search_attributes.RETAILER_ID) == str(rid)
-    finally:
-        await handle.terminate("test over")
+        await complete_order(env.client, oid)  # ends the clock: nothing left on the shared server
+        assert (await result_of(env, handle)).state == "COMPLETED"
 
 
 async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_message(
