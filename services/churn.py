@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -29,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.churn.cases import (
     CaseRefused,
     StripeMember,
+    actor_reference,
     apply_stripe_event,
     case_company,
     company_channels,
@@ -103,6 +105,7 @@ async def signal_case(
 ) -> None:
     """Signal the company's case; the payload carries the company too, so the workflow checks it again."""
     await ensure_owned(engine, case_id, company_id)
+    payload = _at_the_door(payload)
     if isinstance(payload, dict):
         payload = {**payload, "company_id": company_id}
     try:
@@ -121,6 +124,24 @@ async def manual_nudge(client: Client, engine: AsyncEngine, case_id: int, nudge:
             f"company {nudge.company_id} does not nudge by {nudge.channel} (allowed: {', '.join(allowed)})"
         )
     await signal_case(client, engine, case_id, "manual_nudge", nudge, company_id=nudge.company_id)
+
+
+def _at_the_door(payload: Any) -> Any:
+    """What a case's workflow may keep in its history of an operator's payload (issue #33): the
+    operator's id as its HMAC (`actor_reference`, the very hash `recovery_actions` stores), and
+    no free-text note (the workflow never used it, and histories are kept and exported whole)."""
+    if isinstance(payload, dict):
+        actor = payload.get("actor_id")
+        payload = {k: v for k, v in payload.items() if k != "note"}
+        if isinstance(actor, str) and actor:
+            payload["actor_id"] = actor_reference(actor)
+        return payload
+    if isinstance(payload, BaseModel) and isinstance(getattr(payload, "actor_id", None), str):
+        update: dict[str, Any] = {"actor_id": actor_reference(payload.actor_id)}  # type: ignore[attr-defined]
+        if "note" in type(payload).model_fields:
+            update["note"] = None
+        return payload.model_copy(update=update)
+    return payload
 
 
 def _event_time(event: dict[str, Any]) -> datetime | None:
@@ -279,7 +300,7 @@ async def case_status(client: Client, engine: AsyncEngine, case_id: int, *, comp
 async def _update(client: Client, case_id: int, update: Any, arg: Any, update_id: str | None) -> Any:
     handle = client.get_workflow_handle(ids.churn_case(case_id))
     try:
-        return await handle.execute_update(update, arg, id=update_id)
+        return await handle.execute_update(update, _at_the_door(arg), id=update_id)
     except WorkflowUpdateFailedError as error:
         # The real reason, not the wrapper's "Activity task failed" (issue #33): Stripe's refusal
         # ("member 7 has no Stripe subscription", NoSubscription) or the validator's.

@@ -54,7 +54,8 @@ async def start_pending_order(
     """Start the order's 24-hour clock, or attach to the one already running; idempotent by order id.
 
     Returns the clock's status (expires_at, follow_up_at) as the row says. Raises `UnknownOrder`
-    for an order not in the database and `OrderNotPending` for one already settled. `quiet_hours`
+    for an order not in the database, `OrderNotPending` for one already settled and `OrderRefused`
+    for a `retailer_id` that is not the order's (its `RetailerId` is always the order row's). `quiet_hours`
     must be the worker's (QUIET_HOURS_START/END), so the follow-up time told is the one it keeps.
     """
     record = await register_pending(
@@ -69,12 +70,16 @@ async def start_pending_order(
     )
     if record.state != "PENDING":
         raise OrderNotPending(f"order {order.order_id} is already {record.state}")
-    # The row's own clock, and the record itself: the workflow keeps the clock told here without
-    # reading the row again (no local activity in its first task).
+    if order.retailer_id is not None and order.retailer_id != record.retailer_id:
+        # The caller's word would have become the clock's RetailerId (issue #33): the order's row is
+        # the truth. The row registered above is the order's own, so a corrected retry finds it.
+        raise OrderRefused(f"order {order.order_id} is not retailer {order.retailer_id}'s")
+    # The row's own clock, retailer and the record itself: the workflow keeps the clock told here
+    # without reading the row again (no local activity in its first task).
     order = order.model_copy(
         update={
             "created_at": record.created_at,
-            "retailer_id": order.retailer_id or record.retailer_id,
+            "retailer_id": record.retailer_id,
             "registered": record,
         }
     )

@@ -12,7 +12,8 @@
 - `POST /webhooks/twilio/inbound`: `X-Twilio-Signature` checked; Twilio's default keywords, on
   the channel the message came in on: an opt-out word (STOP...) records an opt-out, an opt-in
   word (START, UNSTOP, YES) lifts it (both audited in `recipient_opt_out_events`), a help word
-  (HELP, INFO) gets the `help` template in reply, once per inbound message.
+  (HELP, INFO) gets the `help` template in reply, once per inbound message. An opt-out or opt-in
+  applies once per MessageSid, so a redelivered START never undoes a newer STOP.
 Unsigned, badly signed or malformed bodies get 400 and change nothing.
 """
 
@@ -163,15 +164,15 @@ def create_app(
         if not sender:
             return bad_request("inbound message without From")
         channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
-        phone = sender.removeprefix("whatsapp:")
+        phone, sid = sender.removeprefix("whatsapp:"), form.get("MessageSid") or None
         if body in OPT_OUT_WORDS:
-            count = await outbox.opt_out_by_phone(engine, phone, channel, reason=f"inbound {body}")
-            log.info("webhook.twilio_opt_out", phone=phone, channel=channel, recipients=count)
+            count = await outbox.opt_out_by_phone(engine, phone, channel, reason=f"inbound {body}", message_sid=sid)
+            log.info("webhook.twilio_opt_out", phone=phone, channel=channel, recipients=count, message_sid=sid)
         elif body in OPT_IN_WORDS:
-            count = await outbox.opt_in_by_phone(engine, phone, channel, reason=f"inbound {body}")
-            log.info("webhook.twilio_opt_in", phone=phone, channel=channel, recipients=count)
+            count = await outbox.opt_in_by_phone(engine, phone, channel, reason=f"inbound {body}", message_sid=sid)
+            log.info("webhook.twilio_opt_in", phone=phone, channel=channel, recipients=count, message_sid=sid)
         elif body in HELP_WORDS and help_reply is not None:
-            recipient, sid = await outbox.recipient_by_phone(engine, phone), form.get("MessageSid", "")
+            recipient = await outbox.recipient_by_phone(engine, phone)
             if recipient is not None and sid:
                 await help_reply(*recipient, sid)
                 log.info("webhook.twilio_help", phone=phone, channel=channel, message_sid=sid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -44,6 +45,24 @@ def hash_actor(actor_id: str, key: SecretStr | None = None) -> str:
         structlog.get_logger(__name__).warning("churn.actor_hash_dev_key", hint="set ACTOR_HASH_KEY")
         key = SecretStr(DEV_ACTOR_HASH_KEY)
     return hmac.new(key.get_secret_value().encode(), actor_id.encode(), hashlib.sha256).hexdigest()
+
+
+ACTOR_HASH_PREFIX = "hmac-sha256:"
+_ACTOR_REFERENCE = re.compile(r"hmac-sha256:([0-9a-f]{64})")
+
+
+def actor_reference(actor_id: str, key: SecretStr | None = None) -> str:
+    """What a case's workflow is given for an operator: the HMAC, marked as one. The services hash
+    at the door, so a raw operator id never enters a workflow history (issue #33)."""
+    return ACTOR_HASH_PREFIX + hash_actor(actor_id, key)
+
+
+def stored_actor_hash(actor: str, key: SecretStr | None = None) -> str:
+    """`recovery_actions.actor_id_hash` of the actor a workflow passed: the HMAC of an
+    `actor_reference` as it is; a raw id (a signal recorded before the services hashed, or one
+    sent around them, e.g. `temporal workflow signal`) hashed here, as it always was."""
+    hashed = _ACTOR_REFERENCE.fullmatch(actor)
+    return hashed.group(1) if hashed else hash_actor(actor, key)
 
 
 class CaseRefused(Refused):
@@ -220,7 +239,7 @@ class ChurnActivities:
                 {
                     "type": action.type,
                     "actor_type": "user" if action.actor_id else "system",
-                    "actor": hash_actor(action.actor_id) if action.actor_id else None,
+                    "actor": stored_actor_hash(action.actor_id) if action.actor_id else None,
                     "meta": json.dumps(action.metadata, default=str),
                     "key": action.idempotency_key,
                     "case": action.case_id,

@@ -269,6 +269,72 @@ async def reserve_slot(conn: psycopg.AsyncConnection, per_second: float, name: s
     return max(float(row[0]), 0.0)
 
 
+# `_RESERVE_SLOT` only while the next free slot starts within :max_wait; otherwise nothing is
+# reserved and the wait until that slot is returned. The update re-checks on the locked row.
+_RESERVE_SLOT_WITHIN = psycopg_sql(
+    """
+WITH free AS (
+    SELECT greatest(next_slot, clock_timestamp()) AS at FROM messaging_pace WHERE name = :name
+), reserved AS (
+    INSERT INTO messaging_pace AS pace (name, next_slot)
+    SELECT :name, clock_timestamp() + make_interval(secs => :interval)
+    WHERE NOT EXISTS (SELECT FROM free WHERE at > clock_timestamp() + make_interval(secs => :max_wait))
+    ON CONFLICT (name) DO UPDATE
+       SET next_slot = greatest(pace.next_slot, clock_timestamp()) + make_interval(secs => :interval)
+       WHERE pace.next_slot <= clock_timestamp() + make_interval(secs => :max_wait)
+    RETURNING extract(epoch FROM pace.next_slot - clock_timestamp())::float8 - :interval AS wait
+)
+SELECT true, greatest(wait, 0.0) FROM reserved
+UNION ALL
+SELECT false, greatest(extract(epoch FROM at - clock_timestamp())::float8, 0.0) FROM free
+WHERE NOT EXISTS (SELECT FROM reserved)
+"""
+)
+
+
+async def reserve_slot_within(
+    conn: psycopg.AsyncConnection, per_second: float, max_wait: float, name: str = "twilio"
+) -> tuple[bool, float]:
+    """`reserve_slot`, only if the slot starts within `max_wait` seconds: (reserved, seconds to wait).
+
+    Not reserved, the seconds are until the next free slot: a send that could not wait that long
+    inside its attempt leaves the slot to one that can, rather than holding one it never uses
+    (each such reservation would push the whole backlog back)."""
+    # A day stands for "no limit" (an attempt without a timeout): PostgreSQL has no infinite interval.
+    params = {"name": name, "interval": 1.0 / per_second, "max_wait": min(max(max_wait, 0.0), 86_400.0)}
+    row = await (await conn.execute(_RESERVE_SLOT_WITHIN, params, prepare=True)).fetchone()
+    if row is None:  # the first reservation ever lost its insert to another's, then found it too far
+        return False, 1.0 / per_second
+    return bool(row[0]), float(row[1])
+
+
+_EXTEND_LEASE = psycopg_sql(
+    """
+UPDATE message_log SET lease_until = now() + make_interval(secs => :seconds), updated_at = now()
+WHERE idempotency_key = :key AND status = 'sending'
+"""
+)
+
+
+async def extend_lease(conn: psycopg.AsyncConnection, key: str, seconds: float) -> None:
+    """The attempt that holds `key`'s lease keeps it `seconds` from now (its pace wait, then the call)."""
+    await conn.execute(_EXTEND_LEASE, {"key": key, "seconds": seconds}, prepare=True)
+
+
+_RELEASE = psycopg_sql(
+    """
+UPDATE message_log SET status = 'queued', reason = 'paced', lease_until = NULL, updated_at = now()
+WHERE idempotency_key = :key AND status = 'sending'
+"""
+)
+
+
+async def release(conn: psycopg.AsyncConnection, key: str) -> None:
+    """Give back a lease taken for a send that never reached Twilio: the next attempt sends it
+    without waiting out the lease and without looking it up at Twilio first."""
+    await conn.execute(_RELEASE, {"key": key}, prepare=True)
+
+
 # The common end of a send, as one constant statement (no statement built per message).
 _SENT_SQL = psycopg_sql(
     """
@@ -340,13 +406,26 @@ _BY_PHONE = """
     UNION ALL SELECT 'member', id::text FROM memberships WHERE phone = :phone
     UNION ALL SELECT 'customer', id::text FROM customers WHERE phone = :phone
 """
-# Each statement changes the opt-outs and writes their history at once; only real changes are
-# audited (a second STOP, a START without a STOP, change nothing).
+# Each statement records the inbound message, changes the opt-outs and writes their history at
+# once; only real changes are audited (a second STOP, a START without a STOP, change nothing).
+# Twilio delivers an inbound webhook again when it got no answer in time, and its body carries no
+# time: a replayed START arriving after a newer STOP would lift it (issue #33). So each MessageSid
+# applies once (`processed_webhook_events`, provider `twilio`, cleared by the data retention like
+# Stripe's), and the changes apply in the order their messages were first received. A keyword
+# without a MessageSid (never from Twilio) applies each time: an opt-out is never lost for it.
+_INBOUND_FIRST_SEEN = """
+WITH seen AS (
+    INSERT INTO processed_webhook_events (provider, event_id, event_type, status, processed_at)
+    SELECT 'twilio', CAST(:sid AS text), :event_type, 'processed', now() WHERE CAST(:sid AS text) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), fresh AS (
+    SELECT 1 WHERE CAST(:sid AS text) IS NULL OR EXISTS (SELECT FROM seen)
+)"""
 _OPT_OUT_BY_PHONE = text(
-    f"""
-WITH added AS (
+    f"""{_INBOUND_FIRST_SEEN}, added AS (
     INSERT INTO recipient_opt_outs (recipient_type, recipient_id, channel, reason)
-    SELECT recipient_type, recipient_id, :channel, :reason FROM ({_BY_PHONE}) r
+    SELECT recipient_type, recipient_id, :channel, :reason FROM ({_BY_PHONE}) r WHERE EXISTS (SELECT FROM fresh)
     ON CONFLICT DO NOTHING
     RETURNING recipient_type, recipient_id
 )
@@ -355,10 +434,10 @@ SELECT recipient_type, recipient_id, :channel, 'opt_out', :reason FROM added
 """
 )
 _OPT_IN_BY_PHONE = text(
-    f"""
-WITH lifted AS (
+    f"""{_INBOUND_FIRST_SEEN}, lifted AS (
     DELETE FROM recipient_opt_outs o USING ({_BY_PHONE}) r
     WHERE o.recipient_type = r.recipient_type AND o.recipient_id = r.recipient_id AND o.channel = :channel
+    AND EXISTS (SELECT FROM fresh)
     RETURNING o.recipient_type, o.recipient_id
 )
 INSERT INTO recipient_opt_out_events (recipient_type, recipient_id, channel, action, reason)
@@ -367,18 +446,24 @@ SELECT recipient_type, recipient_id, :channel, 'opt_in', :reason FROM lifted
 )
 
 
-async def opt_out_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
-    """An inbound STOP: every recipient with this number stops getting messages on the channel."""
+async def opt_out_by_phone(
+    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+) -> int:
+    """An inbound STOP: every recipient with this number stops getting messages on the channel.
+    Nothing changes for a `message_sid` seen before (Twilio delivering the same message again)."""
+    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_out"}
     async with engine.begin() as conn:
-        result = await conn.execute(_OPT_OUT_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
-        return result.rowcount
+        return (await conn.execute(_OPT_OUT_BY_PHONE, params)).rowcount
 
 
-async def opt_in_by_phone(engine: AsyncEngine, phone: str, channel: str, reason: str) -> int:
-    """An inbound START: the opt-outs on this channel of every recipient with this number are lifted."""
+async def opt_in_by_phone(
+    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+) -> int:
+    """An inbound START: the opt-outs on this channel of every recipient with this number are lifted.
+    Nothing changes for a `message_sid` seen before: a replayed START never undoes a newer STOP."""
+    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_in"}
     async with engine.begin() as conn:
-        result = await conn.execute(_OPT_IN_BY_PHONE, {"phone": phone, "channel": channel, "reason": reason})
-        return result.rowcount
+        return (await conn.execute(_OPT_IN_BY_PHONE, params)).rowcount
 
 
 async def recipient_by_phone(engine: AsyncEngine, phone: str) -> tuple[str, str] | None:

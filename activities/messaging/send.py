@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,7 +57,11 @@ class SendPolicy:
     daily_cap: int = 10
     quiet_hours: QuietHours = QuietHours()
     lease: timedelta = timedelta(seconds=30)
-    """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback."""
+    """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback.
+    A send that waits for its pace slot holds it that much longer (the lease starts with the slot)."""
+    call_allowance: timedelta = timedelta(seconds=10)
+    """What an attempt keeps for its Twilio calls after its pace wait: a slot further away than the
+    attempt's start-to-close timeout less this is not taken, and the send is retried when it frees."""
     paused_recheck: timedelta = timedelta(minutes=1)
     """While the brake is on, when a held message is tried again."""
 
@@ -113,6 +118,12 @@ class _Pace:
             await asyncio.sleep(slot - now)
 
 
+def _attempt_deadline() -> float:
+    """When this activity attempt times out, on the event loop's clock (infinity: no timeout)."""
+    timeout = activity.info().start_to_close_timeout
+    return asyncio.get_running_loop().time() + timeout.total_seconds() if timeout else math.inf
+
+
 def _resumed(details: Sequence[Any]) -> list[BatchItemOutcome]:
     """The outcomes an earlier attempt of this batch heartbeated before it failed."""
     if not details:
@@ -151,6 +162,7 @@ class MessagingActivities:
         resumes from them and sends only what is left, and no message is counted twice.
         """
         decided = {o.idempotency_key: o for o in _resumed(activity.info().heartbeat_details)}
+        deadline = _attempt_deadline()
         slots = asyncio.Semaphore(batch.max_in_flight)
         pace = _Pace(batch.per_second) if batch.per_second else None
         transient: list[BaseException] = []
@@ -160,7 +172,7 @@ class MessagingActivities:
                 if pace is not None:
                     await pace.wait()
                 try:
-                    outcome = await self.send_message(message)
+                    outcome = await self._send_one(message, deadline)
                 except ApplicationError as error:
                     if not error.non_retryable:
                         transient.append(error)
@@ -201,6 +213,10 @@ class MessagingActivities:
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessage) -> SendOutcome:
+        return await self._send_one(request, _attempt_deadline())
+
+    async def _send_one(self, request: SendMessage, deadline: float) -> SendOutcome:
+        """One message, exactly once under its key; `deadline` (event-loop time) ends this attempt."""
         try:
             template = get_template(request.template, request.template_version)
         except UnknownTemplate as exc:
@@ -237,7 +253,7 @@ class MessagingActivities:
 
         try:
             decided = await self._claim(request, hold, local, template, body, new)
-            outcome = decided or await self._send(request, recipient, channel, template, params, body)
+            outcome = decided or await self._send(request, recipient, channel, template, params, body, deadline)
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
             raise
@@ -330,16 +346,20 @@ class MessagingActivities:
         return SendOutcome(status="suppressed", channel=channel, reason=reason)
 
     async def _send(
-        self, request: SendMessage, recipient: Recipient, channel: Channel, template: Template, params: dict, body: str
+        self,
+        request: SendMessage,
+        recipient: Recipient,
+        channel: Channel,
+        template: Template,
+        params: dict,
+        body: str,
+        deadline: float,
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
         attempt = _Attempt(key, channel, self._senders.of(channel))
         if self._per_second:
-            async with driver_connection(self._statements) as conn:
-                wait = await outbox.reserve_slot(conn, self._per_second)
-            if wait:
-                await asyncio.sleep(wait)
+            await self._wait_for_slot(key, deadline)
         try:
             accepted = await self._deliver(attempt, recipient.phone, template, params, body)
         except TwilioRestException as exc:
@@ -355,6 +375,38 @@ class MessagingActivities:
             template=template.name,
         )
         return SendOutcome(status="sent", provider_sid=accepted.sid, channel=attempt.channel)
+
+    async def _wait_for_slot(self, key: str, deadline: float) -> None:
+        """Reserve this message's pace slot and sleep until it starts, holding the lease throughout.
+
+        The lease was taken when the row was claimed, before the slot was known: under a backlog
+        the wait outlived it, so a retry could send while this attempt still would, and a wait past
+        the attempt's timeout failed every attempt, each leaving a reserved slot unused (issue #33).
+        Now the lease is extended by the wait, and a slot the attempt could not live to use is not
+        taken: the row is released and Temporal retries the send when the slot would have started.
+        """
+        assert self._per_second
+        max_wait = deadline - asyncio.get_running_loop().time() - self._policy.call_allowance.total_seconds()
+        async with driver_connection(self._statements) as conn:
+            reserved, wait = await outbox.reserve_slot_within(conn, self._per_second, max_wait)
+            if not reserved:
+                await outbox.release(conn, key)
+            elif wait:
+                await outbox.extend_lease(conn, key, wait + self._policy.lease.total_seconds())
+        if not reserved:
+            log.info("message.paced", idempotency_key=key, seconds_to_slot=round(wait, 1))
+            raise ApplicationError(
+                f"no send slot for {key} within this attempt; the next is in {wait:.1f} s",
+                type="SendBacklog",
+                next_retry_delay=timedelta(seconds=max(wait, 0.1)),
+            )
+        beat = activity.info().heartbeat_timeout
+        step = beat.total_seconds() / 3 if beat else wait
+        while wait > 0:  # a batch's lanes may wait long: its heartbeat timeout must not end it meanwhile
+            await asyncio.sleep(min(step, wait))
+            wait -= step
+            if beat:
+                activity.heartbeat()
 
     async def _deliver(self, attempt: _Attempt, phone: str, template: Template, params: dict, body: str) -> Accepted:
         """WhatsApp first when preferred; outside the 24 h window, the approved template or SMS.

@@ -4,6 +4,7 @@ sandbox through the real SDKs, and weeks of a case's life in seconds."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -19,11 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.churn.cases import ChurnActivities
+from activities.churn.cases import ChurnActivities, hash_actor
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
@@ -150,6 +151,25 @@ async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle) -> CaseSta
     """A handle from `get_workflow_handle` does not skip time by itself while it waits."""
     async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
         return await handle.result()
+
+
+def readable(history: WorkflowHistory) -> str:
+    """The history's JSON with every payload's data decoded: `to_json` leaves it base64, where no
+    phone number or name would ever be found."""
+    decoded: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("data"), str) and "metadata" in node:
+                decoded.append(base64.b64decode(node["data"]).decode(errors="replace"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(history.to_json_dict())
+    return history.to_json() + "\n".join(decoded)
 
 
 async def actions(engine: AsyncEngine, case_id: int) -> list:
@@ -366,7 +386,7 @@ async def test_malformed_endings_are_dropped_and_the_case_stays_open(
     assert await task_failures(handle) == 0
 
 
-async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
+async def test_no_action_row_or_history_holds_a_phone_number_an_operator_id_or_free_text(
     time_skipping_env: WorkflowEnvironment,
     engine: AsyncEngine,
     gateway: TwilioGateway,
@@ -378,12 +398,18 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
     company, member, phone = await new_member(engine, offsets=[0, 1])
     async with churn_workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await open_case(env, engine, member, task_queue)
-        await handle.signal("manual_nudge", {"actor_id": "agent-9", "note": "left a voicemail", "company_id": company})
+        # Through the services, as the API and `jobctl churn` send them (issue #33: they carried the
+        # operator's raw id and note into the history, which the database never stores).
+        await churn_api.manual_nudge(
+            env.client, engine, case_id, ManualNudge(actor_id="agent-9", note="left a voicemail", company_id=company)
+        )
         await env.sleep(timedelta(days=1, hours=1))
-        await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
+        await churn_api.signal_case(
+            env.client, engine, case_id, "cancelled", {"actor_id": "agent-9"}, company_id=company
+        )
         await result_of(env, handle)
     (body, *_) = [m["body"] for m in await sent_to(emulator, phone)]
-    history = (await handle.fetch_history()).to_json()
+    history = readable(await handle.fetch_history())
     async with engine.connect() as conn:
         stored = json.dumps(
             [
@@ -398,7 +424,9 @@ async def test_no_action_row_or_history_holds_a_phone_number_or_message_text(
         assert phone not in haystack and phone[2:] not in haystack
         assert PERSON not in haystack and "Kofi" not in haystack
         assert body not in haystack and "keep your membership" not in haystack
-    assert "agent-9" not in stored  # the signal carries the operator's id; the row only its hash
+        assert "agent-9" not in haystack and "voicemail" not in haystack
+    hashed = [r.actor_id_hash for r in await actions(engine, case_id) if r.actor_type == "user"]
+    assert hashed == [hash_actor("agent-9")] * len(hashed) and len(hashed) >= 2  # the nudge and the ending
 
 
 async def test_stripe_events_open_one_case_per_member_and_a_paid_invoice_recovers_it(

@@ -7,8 +7,10 @@ window in which a lookup at Twilio cannot see a send that is already under way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import pytest_asyncio
@@ -17,9 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.messaging.outbox import QuietHours
+from activities.messaging.send import MessagingActivities, SendPolicy
 from activities.messaging.templates import get_template
 from activities.messaging.twilio_gateway import TwilioGateway
 from devtools.twilio_emulator import TwilioEmulator
+from schemas.messaging import SendMessage, SendOutcome
 from schemas.tables import MessageLog
 from tests.activities.test_messaging import SENDERS, activities, emulator_log, reminder, retailer, row, unique_phone
 
@@ -135,3 +140,51 @@ async def test_recovery_never_takes_a_message_that_is_not_ours(
     assert outcome.status == "sent" and not outcome.duplicate
     assert outcome.provider_sid not in (other_text.sid, other_template.sid)
     assert len(await emulator_log(emulator, f"whatsapp:{phone}")) == 3
+
+
+async def test_a_pace_backlog_longer_than_the_lease_sends_each_message_once_and_no_attempt_times_out(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    """Issue #33: the lease was taken before the pace wait. Six messages at 2 a second, a 0.5 s
+    lease and a 2 s attempt timeout (enforced here as Temporal would): the last slots are further
+    than an attempt can wait, and a wait outlives the lease. Each message also has a second,
+    overlapping chain of attempts (a retry while the first still runs), started after the lease
+    the first took would have ended. Before, attempts timed out sleeping and a retry sent while
+    the attempt it replaced still would; now each goes out once and every attempt ends in time."""
+    timeout = timedelta(seconds=2)
+    sends = MessagingActivities(
+        engine,
+        gateway,
+        SENDERS,
+        SendPolicy(quiet_hours=QuietHours(0, 0), lease=timedelta(seconds=0.5), call_allowance=timedelta(seconds=0.5)),
+        per_second=2.0,
+    )
+    timed_out: list[str] = []
+
+    async def attempts(message: SendMessage, after: float) -> SendOutcome:
+        """Attempts of one message until one returns, each cut off at its start-to-close timeout."""
+        await asyncio.sleep(after)
+        while True:
+            env = ActivityEnvironment()
+            env.info = dataclasses.replace(env.info, start_to_close_timeout=timeout)
+            try:
+                async with asyncio.timeout(timeout.total_seconds()):
+                    return await env.run(sends.send_message, message)
+            except TimeoutError:
+                timed_out.append(message.idempotency_key)
+            except ApplicationError as error:
+                assert not error.non_retryable, error
+                delay = error.next_retry_delay or timedelta(seconds=0.2)
+                await asyncio.sleep(delay.total_seconds())
+
+    phones = [unique_phone() for _ in range(6)]
+    messages = [reminder(await retailer(engine, phone)) for phone in phones]
+    async with asyncio.timeout(20):  # before the fix: attempts timing out for ever
+        outcomes = await asyncio.gather(*(attempts(m, after) for m in messages for after in (0.0, 0.75)))
+
+    assert timed_out == []
+    assert all(o.status == "sent" for o in outcomes)
+    for phone in phones:
+        assert len(await emulator_log(emulator, phone)) == 1, phone
+    for message in messages:
+        assert (await row(engine, message.idempotency_key)).status == "sent"

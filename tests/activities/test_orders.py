@@ -31,11 +31,11 @@ from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import OrderActivities, register_pending
 from devtools.twilio_emulator import TwilioEmulator
-from schemas import ids
+from schemas import ids, search_attributes
 from schemas.credit import RecordPayment
 from schemas.orders import OrderFailure, PendingOrderInput, PendingOrderResult, PendingOrderStatus, RegisterPendingOrder
 from schemas.tables import AuditLog, CreditAccount, CreditTransaction, Order, PendingOrder, Retailer
-from services.orders import OrderNotPending, UnknownOrder, complete_order, fail_order, start_pending_order
+from services.orders import OrderNotPending, OrderRefused, UnknownOrder, complete_order, fail_order, start_pending_order
 from tests.activities.test_credit import new_retailer
 from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
@@ -150,7 +150,7 @@ async def start(
     env: WorkflowEnvironment,
     engine: AsyncEngine,
     order_id: int,
-    retailer_id: int,
+    retailer_id: int | None,
     task_queue: str,
     messaging: str,
     **kw,
@@ -622,6 +622,30 @@ async def test_starting_an_order_twice_makes_one_clock_and_one_follow_up(
             await start(env, engine, oid, rid, task_queue, messaging)
         assert (await handle.describe()).run_id == run_id
     assert len(await sent_to(emulator, phone)) == 1
+
+
+async def test_a_clocks_retailer_id_is_the_order_rows_never_the_callers(
+    time_skipping_env: WorkflowEnvironment, engine: AsyncEngine, gateway: TwilioGateway, task_queue: str
+) -> None:
+    """Issue #33: `checkout-started` took the RetailerId search attribute from the request body, so
+    a caller could file an order under another retailer. Naming another retailer is refused, no
+    clock started; naming none gives the clock the order row's retailer."""
+    env = time_skipping_env
+    oid, rid, _ = await new_order(engine)
+    _, other, _ = await new_order(engine)
+    async with order_workers(env.client, engine, gateway, task_queue) as messaging:
+        with pytest.raises(OrderRefused, match=f"order {oid} is not retailer {other}'s"):
+            await start(env, engine, oid, other, task_queue, messaging)
+        with pytest.raises(RPCError) as not_found:
+            await env.client.get_workflow_handle(ids.pending_order(oid)).describe()
+        assert not_found.value.status == RPCStatusCode.NOT_FOUND
+
+        _, handle, _ = await start(env, engine, oid, None, task_queue, messaging)  # None: the order's
+        await registered(handle)
+        described = await handle.describe()
+        assert described.typed_search_attributes.get(search_attributes.RETAILER_ID) == str(rid)
+        await complete_order(env.client, oid)  # ends the clock: nothing left on the shared server
+        assert (await result_of(env, handle)).state == "COMPLETED"
 
 
 async def test_starts_and_signals_that_cannot_apply_are_refused_with_a_clear_message(

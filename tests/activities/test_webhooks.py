@@ -15,7 +15,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from twilio.request_validator import RequestValidator
 
-from schemas.tables import MessageLog, RecipientOptOut, Retailer
+from schemas.tables import MessageLog, RecipientOptOut, RecipientOptOutEvent, Retailer
 from workers.webhooks import create_app
 
 STRIPE_SECRET = "whsec_test_secret"
@@ -122,6 +122,53 @@ async def test_an_inbound_stop_opts_the_sender_out(http: TestClient, engine: Asy
     async with engine.connect() as conn:
         channel = await conn.scalar(select(RecipientOptOut.channel).where(RecipientOptOut.recipient_id == str(rid)))
     assert channel == "whatsapp"
+
+
+async def inbound(http: TestClient, phone: str, body: str, sid: str) -> None:
+    path = "/webhooks/twilio/inbound"
+    form = {"From": phone, "Body": body, "MessageSid": sid}
+    assert (await http.post(path, data=form, headers=twilio_signed(path, form))).status == 200
+
+
+async def sms_opt_outs(engine: AsyncEngine, rid: str) -> tuple[bool, list[str]]:
+    async with engine.connect() as conn:
+        opted_out = await conn.scalar(select(RecipientOptOut.channel).where(RecipientOptOut.recipient_id == rid))
+        actions = (
+            await conn.scalars(
+                select(RecipientOptOutEvent.action)
+                .where(RecipientOptOutEvent.recipient_id == rid)
+                .order_by(RecipientOptOutEvent.id)
+            )
+        ).all()
+    return opted_out == "sms", list(actions)
+
+
+async def test_a_replayed_start_after_a_newer_stop_keeps_the_opt_out(http: TestClient, engine: AsyncEngine) -> None:
+    """Issue #33: Twilio redelivers an inbound webhook it got no answer for, with no time in it. A
+    START delivered again after the member's newer STOP lifted that STOP; each MessageSid now
+    applies once."""
+    phone = "+1555" + str(uuid.uuid4().int)[:7]
+    async with engine.begin() as conn:
+        rid = str(await conn.scalar(insert(Retailer).values(name="Ada", phone=phone).returning(Retailer.id)))
+    start, stop = f"SM{uuid.uuid4().hex}", f"SM{uuid.uuid4().hex}"
+    await inbound(http, phone, "STOP", f"SM{uuid.uuid4().hex}")
+    await inbound(http, phone, "START", start)
+    await inbound(http, phone, "STOP", stop)
+    await inbound(http, phone, "START", start)  # the first START again
+    assert await sms_opt_outs(engine, rid) == (True, ["opt_out", "opt_in", "opt_out"])
+
+
+async def test_the_same_stop_delivered_twice_records_one_event(http: TestClient, engine: AsyncEngine) -> None:
+    """A STOP delivered again after a newer START neither opts out again nor writes a second event."""
+    phone = "+1555" + str(uuid.uuid4().int)[:7]
+    async with engine.begin() as conn:
+        rid = str(await conn.scalar(insert(Retailer).values(name="Ada", phone=phone).returning(Retailer.id)))
+    stop = f"SM{uuid.uuid4().hex}"
+    await inbound(http, phone, "STOP", stop)
+    await inbound(http, phone, "STOP", stop)
+    await inbound(http, phone, "START", f"SM{uuid.uuid4().hex}")
+    await asyncio.gather(*(inbound(http, phone, "STOP", stop) for _ in range(3)))  # late, and at once
+    assert await sms_opt_outs(engine, rid) == (False, ["opt_out", "opt_in"])
 
 
 # --------------------------------------------------------------------------- bursts and handler failures

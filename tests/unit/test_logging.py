@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
+import re
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
@@ -16,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from workers.log import LoggingInterceptor, configure_logging, mask_phone
+    from workers.log import LoggingInterceptor, configure_logging, mask_emails, mask_phone, mask_text
 
 
 @pytest.fixture
@@ -167,3 +171,32 @@ def test_ids_dates_and_amounts_are_not_mistaken_for_pii(log_lines) -> None:
     (line,) = log_lines()
     for key, value in kept.items():
         assert line[key] == value, key
+
+
+# The pattern e-mail masking used before issue #33: the reference for what `mask_emails` masks.
+QUADRATIC_EMAIL = re.compile(r"[\w.+\-]+@([\w\-]+(?:\.[\w\-]+)+)")
+
+
+def test_email_masking_masks_what_the_old_pattern_did() -> None:
+    """Seeded random texts over the characters that matter (name, domain, separators, "@"): the
+    linear scan and the old regex agree on every one, addresses back to back and nested included."""
+    assert mask_text("write to ada.l+x@mail.example.com now") == "write to ***@mail.example.com now"
+    rng = random.Random(33)
+    alphabet = "ab1_.+-@ /é"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert mask_emails(text) == QUADRATIC_EMAIL.sub(r"***@\1", text), text
+
+
+def test_masking_a_megabyte_of_text_is_linear() -> None:
+    """A megabyte with no "@", or with hundreds of thousands, masks well inside a 60 s hard limit
+    (quadratic, the first took hours). A subprocess, because a regex holds the GIL and no thread
+    could time it out; the limit only catches a catastrophic slowdown, it times nothing."""
+    script = (
+        "from workers.log import mask_text\n"
+        "for text in ('a' * 2**20, 'ab.c-' * 2**18, 'a@' * 2**19, 'x.y@' * 2**18, 'a' * 2**20 + '@b', '1' * 2**20):\n"
+        "    mask_text(text)\n"
+        "print(mask_text('ada@example.com ' * 2**16)[:16])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "***@example.com"

@@ -64,7 +64,7 @@ def churn_nudge(
     channel: Annotated[str | None, typer.Option("--channel", help="whatsapp or sms (default: the member's).")] = None,
     note: Annotated[
         str | None,
-        typer.Option("--note", help="Why (kept in the signal, not in the message).", callback=free_text(Reason)),
+        typer.Option("--note", help="Why (for your own records: not kept anywhere).", callback=free_text(Reason)),
     ] = None,
 ) -> None:
     """Signal `manual_nudge`: nudge the member now (the company's cap and quiet hours still apply)."""
