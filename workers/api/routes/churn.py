@@ -73,13 +73,9 @@ class CaseDetail(BaseModel):
 
 class Nudge(RequestBody):
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
-<<<<<<< HEAD
-    note: Reason | None = Field(default=None, description="kept in the workflow's history, not the message")
-=======
-    note: str | None = Field(
-        default=None, max_length=500, description="accepted, not kept: free text stays out of the case's history"
+    note: Reason | None = Field(
+        default=None, description="accepted, not kept: free text stays out of the case's history"
     )
->>>>>>> small
 
 
 class Incentive(RequestBody):
