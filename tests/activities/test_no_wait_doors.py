@@ -9,6 +9,8 @@ production. Waiting on a run's result skips the server's clock to 08:00."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,12 +19,14 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import httpx
+import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
 
 from config.settings import Settings, load_settings
 from devtools.twilio_emulator import TwilioEmulator
@@ -33,6 +37,7 @@ from tests.activities.test_credit import new_debit, new_retailer
 from tests.activities.test_orders import new_order, sent_to, zone_where
 from tests.e2e.api_harness import new_key
 from workers.api.app import create_app
+from workers.cli import mount_families
 from workers.worker import build_workers
 
 FAST = 1.0  # seconds of wall time a door may take to answer
@@ -181,6 +186,53 @@ async def test_a_late_order_failure_at_23_local_answers_at_once_and_its_message_
     again = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=headers)
     assert time.monotonic() - started < FAST
     assert again.status_code == 200 and again.json()["result"]["changed"] is False, again.text
+
+    await skip_to_the_end(env, handle)
+    assert len(await sent_to(emulator, phone)) == 1
+
+
+async def test_jobctl_payments_record_at_23_local_answers_at_once_and_the_message_goes_out_at_08(
+    engine: AsyncEngine,
+    emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    workers: None,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`jobctl payments record` (its Typer command in process, so the wall time is the command's,
+    not the interpreter's start) answers with the recording; `credit_resumed` waits for 08:00."""
+    env = time_skipping_env
+    retailer_id, phone = await late_evening_shop(env, engine, status="PAUSED", paused_by="system")
+    await new_debit(engine, retailer_id, "300.00", date.today() - timedelta(days=40))
+    for name, value in {
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "TASK_QUEUE": settings.task_queue,
+        "MESSAGING_TASK_QUEUE": settings.messaging_task_queue,
+    }.items():
+        monkeypatch.setenv(name, value)
+    reference = f"bank-{uuid.uuid4().hex[:8]}"
+    args = ["payments", "record", "--retailer", str(retailer_id), "--amount", "300.00", "--actor", "admin-1"]
+
+    handle = env.client.get_workflow_handle(f"payment/{retailer_id}/{reference}")
+    started = time.monotonic()
+    invoking = asyncio.ensure_future(
+        asyncio.to_thread(CliRunner().invoke, mount_families(), [*args, "--reference", reference, "--json"])
+    )
+    try:
+        result = await asyncio.wait_for(asyncio.shield(invoking), timeout=10)
+    except TimeoutError:  # waiting for 08:00 on a clock nobody skips: end the run to free the thread
+        await handle.terminate("the command waited for the retailer's message")
+        await invoking
+        pytest.fail("the command waited for the retailer's message")
+    took = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert took < FAST, f"the command waited {took:.1f} s"
+    assert await sent_to(emulator, phone) == [], "the command's answer waited for the retailer's message"
+    answer = json.loads(result.output)
+    assert answer["payment"]["amount"] == "300.00" and answer["guardrails"]["resumed"] == [retailer_id]
+    assert await credit_status(engine, retailer_id) == "ACTIVE"
 
     await skip_to_the_end(env, handle)
     assert len(await sent_to(emulator, phone)) == 1
