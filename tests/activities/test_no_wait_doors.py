@@ -15,8 +15,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -24,21 +25,26 @@ import pytest_asyncio
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from config.settings import Settings, load_settings
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
+from schemas.churn import ManualNudge, NudgeOutcome
 from schemas.orders import PendingOrderInput
+from services import churn as churn_api
+from services import messaging as messaging_api
 from services.orders import complete_order, start_pending_order
+from tests.activities.test_churn import new_member
 from tests.activities.test_credit import new_debit, new_retailer
 from tests.activities.test_orders import new_order, sent_to, zone_where
 from tests.e2e.api_harness import new_key
 from workers.api.app import create_app
 from workers.cli import mount_families
 from workers.worker import build_workers
+from workflows.churn import ChurnCaseWorkflow
 
 FAST = 1.0  # seconds of wall time a door may take to answer
 
@@ -236,3 +242,55 @@ async def test_jobctl_payments_record_at_23_local_answers_at_once_and_the_messag
 
     await skip_to_the_end(env, handle)
     assert len(await sent_to(emulator, phone)) == 1
+
+
+async def test_nudge_now_under_the_brake_answers_deferred_at_once_and_the_nudge_goes_out_at_08(
+    engine: AsyncEngine,
+    emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    settings: Settings,
+    workers: None,
+) -> None:
+    """The company's rules allow the nudge, the outbox holds it (the brake, then quiet hours at
+    23:00 in the member's zone): `nudge_now` answers `deferred` with the time at once and leaves
+    the case's lock, so a second `nudge_now` answers at once too; both go out at 08:00, once each."""
+    env = time_skipping_env
+    now = await env.get_current_time()
+    zone = zone_where(now, 23)
+    company, member, phone = await new_member(engine, offsets=[30], tz=zone)
+    case_id = await churn_api.start_case(env.client, engine, settings, member, "payment_failed", company_id=company)
+    handle = env.client.get_workflow_handle(ids.churn_case(case_id))
+
+    async def nudge(actor: str) -> NudgeOutcome:
+        asked = churn_api.nudge_now(env.client, engine, case_id, ManualNudge(actor_id=actor, company_id=company))
+        try:
+            return await asyncio.wait_for(asked, timeout=10)
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            pytest.fail("nudge_now waited for the held message")
+
+    await messaging_api.pause(engine, reason="carrier incident", actor="ops")
+    try:
+        started = time.monotonic()
+        first = await nudge("agent-1")
+        took = time.monotonic() - started
+        second = await nudge("agent-2")  # the lock is free: it does not queue behind the held one
+        both = time.monotonic() - started
+    finally:
+        await messaging_api.resume(engine, reason=None, actor="ops")
+    assert took < FAST and both < 2 * FAST, f"nudge_now took {took:.1f} s, two {both:.1f} s"
+    assert (first.outcome, first.reason, second.outcome) == ("deferred", "paused", "deferred"), (first, second)
+    assert first.at is not None and first.at > now
+    assert await sent_to(emulator, phone) == []
+
+    eight = (now.astimezone(ZoneInfo(zone)) + timedelta(days=1)).replace(hour=8, minute=1).astimezone(UTC)
+    await env.sleep(eight - now)
+    for _ in range(100):  # the sends run as the skipped timers fire
+        if len(sent := await sent_to(emulator, phone)) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    await env.sleep(timedelta(hours=1))
+    assert len(await sent_to(emulator, phone)) == 2, sent
+    status = await handle.query(ChurnCaseWorkflow.status)
+    assert (status.attempts, status.manual_nudges) == (2, 2)
+    await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
+    await skip_to_the_end(env, handle)
