@@ -110,7 +110,11 @@ async def credit_status(engine: AsyncEngine, retailer_id: int) -> str:
 
 
 async def test_a_payment_at_23_local_answers_at_once_and_its_message_goes_out_at_08(
-    http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator, time_skipping_env: WorkflowEnvironment
+    http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    emulator: TwilioEmulator,
+    time_skipping_env: WorkflowEnvironment,
+    record_history,
 ) -> None:
     """POST /v1/credit/payments answers once the payment is written and the pause lifted; the
     retailer's `credit_resumed` waits for 08:00 in its zone and then goes out once."""
@@ -145,6 +149,7 @@ async def test_a_payment_at_23_local_answers_at_once_and_its_message_goes_out_at
 
     await skip_to_the_end(env, handle)
     assert len(await sent_to(emulator, phone)) == 1
+    await record_history(handle, "credit_record_payment_held")
     after = await http.post("/v1/credit/payments", json=body, headers=headers)  # the run has ended
     assert after.status_code == 200 and after.json()["payment"]["duplicate"] is True, after.text
     assert len(await sent_to(emulator, phone)) == 1
@@ -156,6 +161,7 @@ async def test_a_late_order_failure_at_23_local_answers_at_once_and_its_message_
     emulator: TwilioEmulator,
     time_skipping_env: WorkflowEnvironment,
     settings: Settings,
+    record_history,
 ) -> None:
     """POST /v1/orders/{id}/failed after the clock ended answers once the order is failed and its
     debit reversed; the retailer's `order_failed` waits for 08:00 in its zone, then goes out once."""
@@ -195,6 +201,7 @@ async def test_a_late_order_failure_at_23_local_answers_at_once_and_its_message_
 
     await skip_to_the_end(env, handle)
     assert len(await sent_to(emulator, phone)) == 1
+    await record_history(handle, "order_failure_held")
 
 
 async def test_jobctl_payments_record_at_23_local_answers_at_once_and_the_message_goes_out_at_08(
@@ -250,6 +257,7 @@ async def test_nudge_now_under_the_brake_answers_deferred_at_once_and_the_nudge_
     time_skipping_env: WorkflowEnvironment,
     settings: Settings,
     workers: None,
+    record_history,
 ) -> None:
     """The company's rules allow the nudge, the outbox holds it (the brake, then quiet hours at
     23:00 in the member's zone): `nudge_now` answers `deferred` with the time at once and leaves
@@ -294,3 +302,4 @@ async def test_nudge_now_under_the_brake_answers_deferred_at_once_and_the_nudge_
     assert (status.attempts, status.manual_nudges) == (2, 2)
     await handle.signal(ChurnCaseWorkflow.cancelled, {"company_id": company})
     await skip_to_the_end(env, handle)
+    await record_history(handle, "churn_case_nudge_now_held")
