@@ -166,6 +166,10 @@ class PaymentRecorded(BaseModel):
 class PaymentResult(BaseModel):
     payment: PaymentRecorded
     guardrails: GuardrailsResult
+    workflow_id: str | None = Field(
+        default=None,
+        description="payment/{retailer}/{reference}: the run that tells the retailer (quiet hours may hold it)",
+    )
 
 
 RemindersRequest.model_rebuild()

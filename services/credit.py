@@ -9,6 +9,8 @@ even if two runs raced.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.credit import orders as credit_orders
 from activities.credit.orders import OrderPlaced
@@ -69,16 +72,41 @@ async def _start_or_join(
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
     """Record the payment once per (retailer, reference). The same reference again answers the
     first recording with `duplicate: true`; with another amount it is refused (`PaymentConflict`,
-    HTTP 409), naming both amounts, and nothing is written."""
-    handle, earlier = await _start_or_join(client, payment, task_queue=task_queue)
-    result = await handle.result()
+    HTTP 409), naming both amounts, and nothing is written.
+
+    Answers once the payment is written and the guardrails applied (the run's `applied` update),
+    not once the retailer was told: quiet hours hold `credit_resumed` until morning, and a caller
+    with a 30 s timeout retried a payment already recorded (issue #33). The run tells them alone."""
+    workflow_id = ids.payment(payment.retailer_id, payment.reference)
+    update_id = f"record-{uuid.uuid4().hex}"
+    start = WithStartWorkflowOperation(
+        RecordPaymentWorkflow.run,
+        payment,
+        id=workflow_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        memo={"recorded_for": update_id},  # the update that came with the start: not a duplicate
+        static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
+    )
+    try:
+        result = await client.execute_update_with_start_workflow(
+            RecordPaymentWorkflow.applied, start_workflow_operation=start, id=update_id
+        )
+    except (WorkflowAlreadyStartedError, RPCError) as error:  # its run has ended: the first recording's result
+        # Some servers (the time-skipping one) report the refusal as a bare ALREADY_EXISTS status.
+        if isinstance(error, RPCError) and error.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+        with contextlib.suppress(WorkflowAlreadyStartedError, RPCError):
+            await start.workflow_handle()  # the start's own copy of the refusal, read so it is not logged
+        result = await client.get_workflow_handle(workflow_id, result_type=PaymentResult).result()
+        result.payment = result.payment.model_copy(update={"duplicate": True})
     if result.payment.amount != payment.amount:
         raise PaymentConflict(
             f"payment reference {payment.reference!r} of retailer {payment.retailer_id} was recorded for"
             f" {result.payment.amount:,.2f}, not {payment.amount:,.2f}: use a new reference for a new payment"
         )
-    if earlier and not result.payment.duplicate:
-        result.payment = result.payment.model_copy(update={"duplicate": True})
+    result.workflow_id = workflow_id
     return result
 
 

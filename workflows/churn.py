@@ -13,7 +13,9 @@ is a `recovery_actions` row.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -64,6 +66,10 @@ STRIPE_DEADLINE = timedelta(hours=23)
 COMPANY_REQUIRED = "churn-signals-name-the-company"
 REREAD_BEFORE_CANCEL = "churn-reread-subscription-before-cancel"
 DECIDE_LOCALLY = "churn-decide-nudge-as-local-activity"
+NUDGE_NOW_ANSWERS_HELD = "churn-nudge-now-answers-held"
+"""Live: `nudge_now` answers `deferred` when the outbox holds its message (the brake, the global
+quiet window) and the send goes on in the background, out of the `_nudging` lock; a run that
+answered after the hold replays its old path (issue #33)."""
 SIGNALS_BEFORE_RUN = "churn-signals-before-run"
 """A signal in a run's first task (one sent while the case continued as new) is handled before
 `run` starts: it was refused as "for another company" and the nudge lost. It is checked against
@@ -100,7 +106,7 @@ class ChurnCaseWorkflow:
         # One nudge at a time: the daily cap is decided from the nudges before it.
         self._nudging = asyncio.Lock()
         self._deferred_nudges = 0  # manual nudges waiting out quiet hours (update `nudge_now`)
-        self._later: set[asyncio.Task[None]] = set()
+        self._later: set[asyncio.Task[Any]] = set()  # deferred manual nudges, in the background
 
     @workflow.run
     async def run(self, request: ChurnCaseInput) -> CaseStatus:
@@ -240,8 +246,10 @@ class ChurnCaseWorkflow:
             if self._ending is not None:
                 return NudgeOutcome(outcome="suppressed", reason="case_ended")
             decision = await self._decide(request.channel)
-            if decision.allowed:
+            if decision.allowed and not workflow.patched(NUDGE_NOW_ANSWERS_HELD):
                 return await self._send(key, decision, manual=True, actor_id=request.actor_id)
+            if decision.allowed:
+                return await self._send_or_answer_held(key, decision, request)
             if decision.held_back != "quiet_hours" or decision.retry_at is None:
                 await self._record_hold_back(key, decision, request.actor_id)
                 return NudgeOutcome(
@@ -253,6 +261,28 @@ class ChurnCaseWorkflow:
         self._later.add(later)
         later.add_done_callback(self._later.discard)
         return NudgeOutcome(outcome="deferred", channel=decision.channel, reason="quiet_hours", at=decision.retry_at)
+
+    async def _send_or_answer_held(self, key: str, decision: NudgeDecision, request: ManualNudge) -> NudgeOutcome:
+        """The send's outcome; or, when the outbox defers it (the brake, the global quiet window),
+        `deferred` with when it is tried again, at once: the send goes on in the background and
+        the caller leaves the `_nudging` lock, so the other nudges of the case do not queue behind
+        a message that may wait for hours (issue #33)."""
+        held: list[SendOutcome] = []
+        sending = asyncio.create_task(
+            self._send(key, decision, manual=True, actor_id=request.actor_id, on_held=held.append)
+        )
+        await workflow.wait_condition(lambda: sending.done() or bool(held))
+        if sending.done():
+            return sending.result()
+        self._deferred_nudges += 1  # no continue-as-new while it waits: a new run would not know of it
+        self._later.add(sending)
+
+        def done(task: asyncio.Task[NudgeOutcome]) -> None:
+            self._deferred_nudges -= 1
+            self._later.discard(task)
+
+        sending.add_done_callback(done)
+        return NudgeOutcome(outcome="deferred", channel=decision.channel, reason=held[0].reason, at=held[0].retry_at)
 
     @nudge_now.validator
     def _validate_nudge(self, request: ManualNudge) -> None:
@@ -325,7 +355,16 @@ class ChurnCaseWorkflow:
                 await self._send(key, decision, manual=manual, actor_id=actor_id)
             return decision
 
-    async def _send(self, key: str, decision: NudgeDecision, *, manual: bool, actor_id: str | None) -> NudgeOutcome:
+    async def _send(
+        self,
+        key: str,
+        decision: NudgeDecision,
+        *,
+        manual: bool,
+        actor_id: str | None,
+        on_held: Callable[[SendOutcome], None] | None = None,
+    ) -> NudgeOutcome:
+        """Send the nudge; a deferral is recorded (and told to `on_held`) before its hold."""
         assert self._case is not None and self._input is not None
         message = SendMessage(
             idempotency_key=key,
@@ -349,6 +388,8 @@ class ChurnCaseWorkflow:
                     "retry_at": outcome.retry_at,
                 },
             )
+            if on_held is not None:
+                on_held(outcome)
 
         try:
             outcome = await deliver(message, task_queue=self._input.messaging_task_queue, on_deferred=held)

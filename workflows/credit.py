@@ -12,7 +12,8 @@ the same check for one retailer after an admin's adjustment in its favour or cha
 lifts a pause at once; its `applied` update answers once the changes are written, before the messages.
 
 `payment/{retailer}/{reference}`: records a payment (oldest debits first), then re-checks that retailer's
-guardrails at once, so paying lifts a system pause within seconds.
+guardrails at once, so paying lifts a system pause within seconds; its `applied` update answers once
+both are written, before the messages (issue #33).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import cast
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows._common import db_retry, scheduled_day
 from workflows.messaging import MIN_HOLD, batch_lanes, deliver_all, hold_groups, send_batches, tally
@@ -295,17 +297,24 @@ class CreditGuardrailsWorkflow:
 class RecordPaymentWorkflow:
     def __init__(self) -> None:
         self._recorded: PaymentRecorded | None = None
+        self._settled: PaymentResult | None = None
+        self._refused: ActivityError | None = None
 
     @workflow.run
     async def run(self, payment: RecordPayment) -> PaymentResult:
         workflow.upsert_search_attributes([search_attributes.RETAILER_ID.value_set(str(payment.retailer_id))])
-        self._recorded = await workflow.execute_activity_method(
-            PaymentRecordingActivities.record,
-            payment,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-            summary=f"record {payment.amount} from retailer {payment.retailer_id}, oldest debits first",
-        )
+        try:
+            self._recorded = await workflow.execute_activity_method(
+                PaymentRecordingActivities.record,
+                payment,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+                summary=f"record {payment.amount} from retailer {payment.retailer_id}, oldest debits first",
+            )
+        except ActivityError as error:  # refused (no such retailer): the waiting update says so too
+            self._refused = error
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            raise
         guardrails = await apply_guardrails(
             GuardrailsCheck(
                 check_date=await scheduled_day(payment.business_timezone),
@@ -313,13 +322,42 @@ class RecordPaymentWorkflow:
                 reference=f"payment:{payment.reference}",
             ),
             payment.messaging_task_queue,
+            on_applied=self._set_applied,
         )
         workflow.set_current_details(
             f"{len(self._recorded.allocations)} debits paid"
             + (", credit resumed" if guardrails.resumed else "")
             + (" (already recorded)" if self._recorded.duplicate else "")
         )
+        await workflow.wait_condition(workflow.all_handlers_finished)  # no command: replays unchanged
         return PaymentResult(payment=self._recorded, guardrails=guardrails)
+
+    def _set_applied(self, guardrails: GuardrailsResult) -> None:
+        assert self._recorded is not None
+        self._settled = PaymentResult(payment=self._recorded, guardrails=guardrails)
+
+    @workflow.update
+    async def applied(self) -> PaymentResult:
+        """The payment once written and the guardrails applied, before the retailer's
+        `credit_resumed` goes: `services.credit.record_payment` answers from this, since quiet
+        hours hold that message until morning and no caller waits for it (issue #33).
+        `messages_failed` is 0 here; the run's result counts them.
+
+        `payment.duplicate` is true unless this update came with the start that ran the recording
+        (its id is the run's `recorded_for` memo): a caller joining a recording already made (a
+        retry, the Stripe webhook's) is told it changed nothing."""
+        await workflow.wait_condition(lambda: self._settled is not None or self._refused is not None)
+        if self._settled is None:
+            cause = self._refused.cause if self._refused is not None else None
+            if isinstance(cause, ApplicationError):
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True)
+            raise ApplicationError(f"payment not recorded: {cause}", type="PaymentNotRecorded", non_retryable=True)
+        settled = self._settled.model_copy(deep=True)
+        update = workflow.current_update_info()
+        starter = workflow.memo_value("recorded_for", default=None, type_hint=str)
+        if update is None or update.id != starter:
+            settled.payment.duplicate = True
+        return settled
 
     @workflow.query
     def recorded(self) -> PaymentRecorded | None:

@@ -388,15 +388,24 @@ class OrderFailureWorkflow:
     idempotent) and tells the retailer under the same key the clock would have used, at the end
     of the hold if quiet hours or the brake hold the notice back."""
 
+    def __init__(self) -> None:
+        self._result: OrderFailureResult | None = None
+        self._refused: ActivityError | None = None
+
     @workflow.run
     async def run(self, failure: LateOrderFailure) -> OrderFailureResult:
-        result = await workflow.execute_activity_method(
-            OrderActivities.handle_order_failure,
-            OrderFailure(order_id=failure.order_id, reason=failure.reason),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
-            summary=f"fail order {failure.order_id} and reverse its credit",
-        )
+        try:
+            result = self._result = await workflow.execute_activity_method(
+                OrderActivities.handle_order_failure,
+                OrderFailure(order_id=failure.order_id, reason=failure.reason),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=DB_RETRY,
+                summary=f"fail order {failure.order_id} and reverse its credit",
+            )
+        except ActivityError as error:  # refused (no such order): the waiting update says so too
+            self._refused = error
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            raise
         if result.changed:
             try:
                 await deliver(failure_notice(failure.order_id, result), task_queue=failure.messaging_task_queue)
@@ -404,4 +413,22 @@ class OrderFailureWorkflow:
                 workflow.logger.warning(
                     "order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error)
                 )
+        await workflow.wait_condition(workflow.all_handlers_finished)  # no command: replays unchanged
         return result
+
+    @workflow.update
+    async def applied(self) -> OrderFailureResult:
+        """The failure once written (order failed, debit reversed), before the retailer's
+        `order_failed` goes: `services.orders.fail_order` answers from this, since quiet hours or
+        the brake hold that message for hours and no caller waits for it (issue #33). Only the
+        update that came with the start (its id is the run's `reported_by` memo) says `changed`."""
+        await workflow.wait_condition(lambda: self._result is not None or self._refused is not None)
+        if self._result is None:
+            cause = self._refused.cause if self._refused is not None else None
+            if isinstance(cause, ApplicationError):
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True)
+            raise ApplicationError(f"order failure not written: {cause}", type="OrderRefused", non_retryable=True)
+        update = workflow.current_update_info()
+        if update is None or update.id != workflow.memo_value("reported_by", default=None, type_hint=str):
+            return self._result.model_copy(update={"changed": False})  # a repeat joining the run: it wrote nothing
+        return self._result

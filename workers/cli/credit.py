@@ -379,3 +379,5 @@ def payments_record(
         typer.echo(f"  unallocated (credit balance): {recorded.unallocated:,.2f}")
     if result.guardrails.resumed:
         typer.echo("  credit resumed: the system's pause no longer applies")
+        # Answered before the retailer's message (issue #33): quiet hours or the brake may hold it.
+        typer.echo(f"  the retailer is told by {result.workflow_id} (after quiet hours or the brake, if they hold it)")

@@ -102,7 +102,7 @@ def orders_fail(
     elif late.changed:
         typer.echo(
             f"order-failure/{order_id}: failed after its clock ended ({reason});"
-            f" reversed {late.reversed_amount or 0:,.2f}"
+            f" reversed {late.reversed_amount or 0:,.2f}; the retailer is told by order-failure/{order_id}"
         )
     else:
         typer.echo(f"order-failure/{order_id}: already failed; nothing changed")

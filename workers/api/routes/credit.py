@@ -323,7 +323,10 @@ async def adjustments(
 async def payments(
     body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> PaymentResult:
-    """Record a payment (oldest open debits first), then re-check the retailer's guardrails."""
+    """Record a payment (oldest open debits first), then re-check the retailer's guardrails.
+
+    Answers once both are written, not after the retailer's message, which quiet hours or the
+    brake may hold until morning: `workflow_id` is the run that sends it."""
     if not await admin.retailer_exists(stack.engine, body.retailer_id):
         raise Problem(404, f"no retailer {body.retailer_id}")
     payment = RecordPayment(

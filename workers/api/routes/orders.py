@@ -130,7 +130,9 @@ async def failed(
     """The order failed: its credit debit is reversed (once) and the retailer told.
 
     202 while its clock runs (the clock does it); 200 with the outcome once the clock has ended
-    (a delivery that failed after checkout completed); a repeat reverses nothing twice."""
+    (a delivery that failed after checkout completed), as soon as it is written: the retailer's
+    message follows from `workflow_id` when quiet hours or the brake let it; a repeat reverses
+    nothing twice (`changed: false`)."""
     done = await service.fail_order(
         stack.client,
         order_id,
