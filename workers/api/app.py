@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from workers.api import problems
 from workers.api.auth import SCOPES
+from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
 from workers.families import FAMILIES
 from workers.process import readiness
@@ -75,6 +76,8 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
         openapi_url="/openapi.json",
         lifespan=lifespan,
     )
+    # Outside everything else: a body above the limit is refused before it is parsed or a key looked up.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     problems.install(app)
