@@ -5,18 +5,34 @@ Idempotency-Key), and a key bound to a company gets nothing of another company o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+from typing import Any
 
+import aiohttp
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from activities.credit.paylinks import debits_fingerprint, new_token
 from config.settings import Settings
+from devtools.stripe_sandbox import StripeSandbox
 from tests.activities.test_churn import new_member
-from tests.e2e.api_harness import api_settings, assert_problem, bound_key_by_hand, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
-from workers.api.app import openapi_document
+from tests.activities.test_credit import new_debit, new_retailer
+from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
+    API_BASE,
+    api_settings,
+    assert_problem,
+    bound_key_by_hand,
+    http,
+    new_key,
+    running_workers,
+)
+from workers.api.app import create_app, openapi_document
 from workers.api.server import serve_api
 
 OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}"}
@@ -137,3 +153,61 @@ async def test_a_company_bound_key_gets_nothing_of_another_company_on_any_route(
             continue
         assert response.status_code in (403, 404), (method, path, response.status_code, response.text)
     assert walked == len(operations()) > 20
+
+
+async def _stripe_retrieves(sandbox: StripeSandbox) -> int:
+    async with aiohttp.ClientSession() as session, session.get(f"{sandbox.url}/_sandbox/stats") as response:
+        stats = await response.json()
+    return sum(
+        n for endpoint, n in stats["by_endpoint"].items() if endpoint.startswith("GET ") and "sessions" in endpoint
+    )
+
+
+@contextlib.asynccontextmanager
+async def _pay_api(app: Any, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=(address, 4321))
+    async with httpx.AsyncClient(transport=transport, base_url=API_BASE, timeout=60) as client:
+        yield client
+
+
+async def test_a_hammered_pay_link_is_429_with_retry_after_and_costs_one_stripe_retrieve(
+    dev_env: WorkflowEnvironment, engine: AsyncEngine, api_settings: Settings, sandbox: StripeSandbox
+) -> None:
+    shop, _ = await new_retailer(engine)
+    owed = await new_debit(engine, shop, "9.00", date.today() + timedelta(days=1200))
+    token = new_token()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO payment_links (retailer_id, token, url, fingerprint, amount, currency, debit_ids)"
+                " VALUES (:r, :t, :u, :f, 9, 'usd', ARRAY[CAST(:d AS bigint)])"
+            ),
+            {"r": shop, "t": token, "u": f"{API_BASE}/pay/{token}", "f": debits_fingerprint([owed], "usd"), "d": owed},
+        )
+    app = create_app(api_settings, engine, dev_env.client)  # its own throttles, fresh
+    async with app.router.lifespan_context(app), _pay_api(app, "10.0.0.1") as browser:
+        first = await browser.get(f"/pay/{token}")  # makes the session: no retrieve
+        assert first.status_code == 303, first.text
+        before = await _stripe_retrieves(sandbox)
+        answers = [await browser.get(f"/pay/{token}") for _ in range(40)]
+        answers += await asyncio.gather(*(browser.get(f"/pay/{token}") for _ in range(20)))
+        retrieves = await _stripe_retrieves(sandbox) - before
+        statuses = [a.status_code for a in answers]
+        assert statuses.count(303) == api_settings.pay_link_token_per_minute - 1, statuses  # the first took one
+        throttled = [a for a in answers if a.status_code == 429]
+        assert len(throttled) == 60 - statuses.count(303)
+        assert_problem(throttled[0], 429)
+        assert all(1 <= int(a.headers["retry-after"]) <= 60 for a in throttled)
+        page = await browser.get(f"/pay/{token}", headers={"Accept": "text/html"})
+        assert page.status_code == 429 and "retry-after" in page.headers and "Too many" in page.text
+        assert retrieves <= 1, retrieves  # all within PAY_LINK_STRIPE_CACHE_SECONDS of the one
+        # Another address, guessing tokens: its own throttle, above PAY_LINK_ADDRESS_PER_MINUTE.
+        async with _pay_api(app, "10.0.0.2") as guesser:
+            guessed = [
+                (await guesser.get(f"/pay/{new_token()}")).status_code
+                for _ in range(api_settings.pay_link_address_per_minute + 30)
+            ]
+        # Refilled at 2 a second meanwhile: a few more than the burst get through, then 429s.
+        assert (
+            api_settings.pay_link_address_per_minute <= guessed.count(404) < len(guessed) and guessed.count(429) >= 20
+        )

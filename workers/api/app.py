@@ -21,6 +21,7 @@ from workers.api import problems
 from workers.api.auth import SCOPES
 from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
+from workers.api.routes.pay import PayLinkLimits
 from workers.families import FAMILIES
 from workers.process import readiness
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
+    app.state.pay_limits = PayLinkLimits(settings)
     problems.install(app)
     for family in FAMILIES:
         for family_router in family.routes():
