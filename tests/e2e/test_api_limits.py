@@ -1,6 +1,8 @@
 """Limits at the API's doors (issue #33): a body above API_MAX_BODY_BYTES is 413 before any key
 lookup, an anonymous body is 401 unread, JSON nested 200k deep is 400 (with or without an
-Idempotency-Key), and a key bound to a company gets nothing of another company on any route."""
+Idempotency-Key), a key bound to a company gets nothing of another company on any route, a pay link
+opened over and over is 429 and costs one Stripe retrieve, and an Idempotency-Key past its
+retention is new again and deleted by the retention job."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -19,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from activities.credit.paylinks import debits_fingerprint, new_token
+from activities.retention import RetentionActivities
 from config.settings import Settings
 from devtools.stripe_sandbox import StripeSandbox
+from schemas.retention import RetentionPage
 from tests.activities.test_churn import new_member
 from tests.activities.test_credit import new_debit, new_retailer
 from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
@@ -33,6 +37,7 @@ from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as te
     running_workers,
 )
 from workers.api.app import create_app, openapi_document
+from workers.api.auth import create_key
 from workers.api.server import serve_api
 
 OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}"}
@@ -211,3 +216,43 @@ async def test_a_hammered_pay_link_is_429_with_retry_after_and_costs_one_stripe_
         assert (
             api_settings.pay_link_address_per_minute <= guessed.count(404) < len(guessed) and guessed.count(429) >= 20
         )
+
+
+async def _remember(engine: AsyncEngine, key_id: int, key: str, age: timedelta) -> None:
+    """A stored answer to `key`, `age` old: `{"old": true}` for any request (hash 'x')."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO api_idempotency_keys (api_key_id, idempotency_key, request_hash, status_code,"
+                " response_body, created_at) VALUES (:k, :i, 'x', 200, CAST('{\"old\": true}' AS jsonb), now() - :age)"
+            ),
+            {"k": key_id, "i": key, "age": age},
+        )
+
+
+async def test_an_idempotency_key_past_its_retention_is_new_and_the_retention_job_deletes_it(
+    http: httpx.AsyncClient, engine: AsyncEngine, api_settings: Settings
+) -> None:
+    name = f"idem-{uuid.uuid4().hex[:8]}"
+    secret, key_id = await create_key(engine, name, ["credit:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    retention = timedelta(hours=api_settings.idempotency_retention_hours)
+    await _remember(engine, key_id, "kept", retention - timedelta(hours=1))
+    await _remember(engine, key_id, "expired", retention + timedelta(minutes=1))
+    await _remember(engine, key_id, "gone", retention + timedelta(days=3))
+    # Within its retention a key's other request is 422; past it, the key is new: the request runs.
+    path, body = "/v1/credit/retailers/999999999/pause", {"reason": "issue 33"}
+    assert_problem(await http.post(path, json=body, headers=headers | {"Idempotency-Key": "kept"}), 422)
+    assert_problem(await http.post(path, json=body, headers=headers | {"Idempotency-Key": "expired"}), 404)
+
+    deleted = await RetentionActivities(engine).delete_idempotency_keys(
+        RetentionPage(older_than=datetime.now(UTC) - retention, limit=500)
+    )
+    assert deleted >= 1
+    async with engine.connect() as conn:
+        left = (
+            await conn.scalars(
+                text("SELECT idempotency_key FROM api_idempotency_keys WHERE api_key_id = :k"), {"k": key_id}
+            )
+        ).all()
+    assert left == ["kept"]  # "expired" was released by its 404, "gone" deleted
