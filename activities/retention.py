@@ -1,4 +1,5 @@
-"""Data retention in the database: each activity changes one page of rows that still need it.
+"""Data retention in the database: each activity changes one page of rows that still need it
+(old webhook ids, message provider data, ended members' actions, expired API idempotency keys).
 
 Every statement selects only rows not yet in their retained form, so a retried page or a second
 run changes nothing. Money and ledger tables (credit, orders, loyalty) are never named here.
@@ -58,6 +59,17 @@ WHERE a.id IN (
 )
 
 
+# An Idempotency-Key replays its answer IDEMPOTENCY_RETENTION_HOURS; after that the API treats
+# it as new (workers/api/idempotency.py), so its row only takes space.
+_DELETE_IDEMPOTENCY_KEYS = text(
+    """
+DELETE FROM api_idempotency_keys WHERE (api_key_id, idempotency_key) IN (
+    SELECT api_key_id, idempotency_key FROM api_idempotency_keys WHERE created_at < :before
+    ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+"""
+)
+
+
 @dataclass
 class RetentionActivities:
     engine: AsyncEngine
@@ -83,3 +95,8 @@ class RetentionActivities:
         return await self._page(
             _ANONYMISE_RECOVERY_ACTIONS, page, anonymised=ANONYMISED_ACTOR, kept=list(KEPT_ACTION_METADATA)
         )
+
+    @activity.defn(name="retention_delete_idempotency_keys")
+    async def delete_idempotency_keys(self, page: RetentionPage) -> int:
+        """API Idempotency-Keys past their retention: the API already treats them as new."""
+        return await self._page(_DELETE_IDEMPOTENCY_KEYS, page)

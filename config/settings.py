@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     """RETENTION_WEBHOOK_DAYS: processed webhook event ids are kept this long (Stripe retries for 3)."""
     retention_message_days: int = Field(default=90, ge=1)
     """RETENTION_MESSAGE_DAYS: message rows keep the provider's data (SID, error) this long."""
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """API_MAX_BODY_BYTES: the largest request body the HTTP API reads (413 above it, before the
+    body is parsed or the key looked up)."""
+    idempotency_retention_hours: int = Field(default=24, ge=24)
+    """IDEMPOTENCY_RETENTION_HOURS: an `Idempotency-Key` replays its first answer this long; then the
+    key is new again and the retention job deletes its row (Stripe keeps keys 24 h: never less)."""
+    pay_link_token_per_minute: int = Field(default=12, ge=1)
+    """PAY_LINK_TOKEN_PER_MINUTE: opens of one `/pay/{token}` link a minute (a burst of as many, then
+    evenly); above it 429 with Retry-After."""
+    pay_link_address_per_minute: int = Field(default=120, ge=1)
+    """PAY_LINK_ADDRESS_PER_MINUTE: opens of any `/pay/{token}` link a minute from one client address."""
+    pay_link_stripe_cache_seconds: float = Field(default=5.0, ge=0)
+    """PAY_LINK_STRIPE_CACHE_SECONDS: a link's Checkout Session, as Stripe last said it, is reused this
+    long (at most one Stripe retrieve per link that often, however often the link is opened)."""
     actor_hash_key: SecretStr | None = None
     """ACTOR_HASH_KEY: the HMAC key that turns operator ids into `recovery_actions.actor_id_hash`.
     Required in production; in dev a fixed dev-only key is used (with a warning), see `hash_actor`."""

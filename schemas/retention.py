@@ -7,8 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-RetentionStep = Literal["webhook_events", "message_payloads", "recovery_actions", "done"]
-RETENTION_STEPS: tuple[RetentionStep, ...] = ("webhook_events", "message_payloads", "recovery_actions", "done")
+RetentionStep = Literal["webhook_events", "message_payloads", "recovery_actions", "idempotency_keys", "done"]
+RETENTION_STEPS: tuple[RetentionStep, ...] = (
+    "webhook_events",
+    "message_payloads",
+    "recovery_actions",
+    "idempotency_keys",
+    "done",
+)
 
 KEPT_ACTION_METADATA = ("attempt_number", "channel", "template_version", "manual", "days", "held_back")
 """What an anonymised recovery action keeps: what was done, never who or why in their words."""
@@ -24,6 +30,7 @@ class RetentionStatus(BaseModel):
     webhook_events_deleted: int = 0
     message_payloads_cleared: int = 0
     recovery_actions_anonymised: int = 0
+    idempotency_keys_deleted: int = 0
     pages: int = 0
 
 
@@ -32,6 +39,9 @@ class RetentionRequest(BaseModel):
     message_days: int = Field(default=90, ge=1, description="message rows older than this lose their provider data")
     ended_membership_days: int = Field(
         default=365, ge=1, description="recovery actions of memberships ended longer ago are anonymised"
+    )
+    idempotency_hours: int = Field(
+        default=24, ge=24, description="API Idempotency-Keys older than this go (the API treats them as new)"
     )
     page_size: int = Field(default=500, ge=1, le=10_000)
     as_of: datetime | None = None

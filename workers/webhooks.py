@@ -178,7 +178,7 @@ def create_app(
                 log.info("webhook.twilio_help", phone=phone, channel=channel, message_sid=sid)
         return web.Response(text="<Response></Response>", content_type="application/xml")
 
-    app = web.Application()
+    app = web.Application(client_max_size=1024**2)  # 413 above 1 MB (aiohttp's default, made explicit: issue #33)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_post("/webhooks/twilio/status", twilio_status)
     app.router.add_post("/webhooks/twilio/inbound", twilio_inbound)

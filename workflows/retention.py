@@ -1,6 +1,6 @@
 """Daily data retention: old webhook ids go, old messages lose their provider data, actions of
-long-ended memberships are anonymised. Page by page, each step until a short page; long runs
-continue-as-new carrying the counts. The cut-offs are taken once, from the run's start.
+long-ended memberships are anonymised, expired API idempotency keys go. Page by page, each step
+until a short page; long runs continue-as-new carrying the counts. The cut-offs are taken once, from the run's start.
 """
 
 from __future__ import annotations
@@ -31,23 +31,28 @@ class DataRetentionWorkflow:
         steps = {
             "webhook_events": (
                 RetentionActivities.delete_webhook_events,
-                request.webhook_days,
+                timedelta(days=request.webhook_days),
                 "webhook_events_deleted",
             ),
             "message_payloads": (
                 RetentionActivities.clear_message_payloads,
-                request.message_days,
+                timedelta(days=request.message_days),
                 "message_payloads_cleared",
             ),
             "recovery_actions": (
                 RetentionActivities.anonymise_recovery_actions,
-                request.ended_membership_days,
+                timedelta(days=request.ended_membership_days),
                 "recovery_actions_anonymised",
+            ),
+            "idempotency_keys": (
+                RetentionActivities.delete_idempotency_keys,
+                timedelta(hours=request.idempotency_hours),
+                "idempotency_keys_deleted",
             ),
         }
         while status.step != "done":
-            run_page, days, counter = steps[status.step]
-            page = RetentionPage(older_than=status.as_of - timedelta(days=days), limit=request.page_size)
+            run_page, age, counter = steps[status.step]
+            page = RetentionPage(older_than=status.as_of - age, limit=request.page_size)
             changed = await workflow.execute_activity_method(
                 run_page, page, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
             )

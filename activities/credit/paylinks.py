@@ -35,6 +35,8 @@ import asyncio
 import hashlib
 import random
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
@@ -47,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
 from activities.payments.gateway import StripeGateway
-from schemas.payments import CheckoutSessionLine, CheckoutSessionRequest
+from schemas.payments import CheckoutSession, CheckoutSessionLine, CheckoutSessionRequest
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +128,48 @@ async def expire_session(stripe: StripeGateway, session_id: str, retailer_id: in
         log.warning("paylink.session_missing", retailer_id=retailer_id, checkout_session_id=session_id)
 
 
+class SessionCache:
+    """Each Checkout Session as Stripe last said it, for `ttl_s` seconds (the API process's one).
+
+    A link opened over and over (a leaked link, a script) must not spend the account's shared
+    Stripe rate limit: within `ttl_s` of a retrieve the link is answered from it, and concurrent
+    opens wait for the one retrieve in flight. What it may cost: a payer who paid on Stripe's page
+    and opens the link again within `ttl_s` is sent back to that (completed) page. A session this
+    process expires or creates is never answered from here."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: OrderedDict[str, tuple[float, CheckoutSession]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _fresh(self, session_id: str) -> CheckoutSession | None:
+        entry = self._entries.get(session_id)
+        return entry[1] if entry is not None and time.monotonic() - entry[0] < self.ttl_s else None
+
+    async def get(self, session_id: str, retrieve: Callable[[], Awaitable[CheckoutSession]]) -> CheckoutSession:
+        if self.ttl_s <= 0:
+            return await retrieve()
+        if (hit := self._fresh(session_id)) is not None:
+            return hit
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:
+                if (hit := self._fresh(session_id)) is not None:
+                    return hit
+                session = await retrieve()
+                self._entries.pop(session_id, None)
+                self._entries[session_id] = (time.monotonic(), session)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+                return session
+        finally:
+            if not lock.locked():
+                self._locks.pop(session_id, None)
+
+    def forget(self, session_id: str) -> None:
+        self._entries.pop(session_id, None)
+
+
 # --- opening a link ----------------------------------------------------------------------------
 
 PayState = Literal["redirect", "paid", "processing", "pending", "replaced", "unknown", "unavailable"]
@@ -166,7 +210,9 @@ CURRENT = text("SELECT token, checkout_session_id FROM payment_links WHERE retai
 ATTEMPTS = 3  # reads of the row when a concurrent click or reminder changed it meanwhile
 
 
-async def open_pay_link(engine: AsyncEngine, stripe: StripeGateway | None, token: str) -> PayOutcome:
+async def open_pay_link(
+    engine: AsyncEngine, stripe: StripeGateway | None, token: str, cache: SessionCache | None = None
+) -> PayOutcome:
     """What `GET /pay/{token}` does: the Checkout page for what the link's debits owe now.
 
     No connection is held while Stripe answers (a click may wait seconds on a 429's back-off, and
@@ -188,7 +234,7 @@ async def open_pay_link(engine: AsyncEngine, stripe: StripeGateway | None, token
         if stripe is None:
             return PayOutcome("paid") if not owed else PayOutcome("unavailable")
         try:
-            outcome = await _checkout(engine, stripe, link, owed)
+            outcome = await _checkout(engine, stripe, link, owed, cache)
         except ApplicationError as error:
             log.warning(
                 "paylink.stripe_unavailable",
@@ -203,12 +249,14 @@ async def open_pay_link(engine: AsyncEngine, stripe: StripeGateway | None, token
     return PayOutcome("unavailable")
 
 
-async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list[LinkDebit]) -> PayOutcome | None:
+async def _checkout(
+    engine: AsyncEngine, stripe: StripeGateway, link, owed: list[LinkDebit], cache: SessionCache | None = None
+) -> PayOutcome | None:
     """The outcome, or None: the row changed meanwhile, read it again."""
     retailer_id, currency = link.retailer_id, link.currency
     fingerprint = amounts_fingerprint(owed, currency) if owed else None
     if link.checkout_session_id:
-        current = await _session(stripe, link.checkout_session_id, retailer_id)
+        current = await _session(stripe, link.checkout_session_id, retailer_id, cache)
         if current is not None and current.status == "complete":
             # Paid at Stripe. Until the webhook's payment is recorded the debits still look open:
             # "processing", never a second session for money already paid. Once recorded, what is
@@ -228,6 +276,8 @@ async def _checkout(engine: AsyncEngine, stripe: StripeGateway, link, owed: list
                 )
                 return PayOutcome("redirect", url=current.url, amount=current.amount, currency=currency)
             await expire_session(stripe, link.checkout_session_id, retailer_id)  # the amounts changed, or all paid
+            if cache is not None:
+                cache.forget(link.checkout_session_id)
     if not owed:
         return PayOutcome("paid", currency=currency)
     assert fingerprint is not None
@@ -294,9 +344,12 @@ async def _delayed_payment_pending(stripe: StripeGateway, intent_id: str | None)
     return intent.status in PENDING_INTENT_STATUSES
 
 
-async def _session(stripe: StripeGateway, session_id: str, retailer_id: int):
+async def _session(stripe: StripeGateway, session_id: str, retailer_id: int, cache: SessionCache | None = None):
+    def retrieve() -> Awaitable[CheckoutSession]:
+        return paced(lambda: stripe.checkout_session(session_id, retailer_id))
+
     try:
-        return await paced(lambda: stripe.checkout_session(session_id, retailer_id))
+        return await (cache.get(session_id, retrieve) if cache is not None else retrieve())
     except ApplicationError as error:
         if error.type != "StripeInvalidRequest":  # 404: Stripe no longer has it; make a new one
             raise

@@ -13,15 +13,18 @@ from typing import Any
 import httpx
 import pytest_asyncio
 from pydantic import SecretStr
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings, load_settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
+from schemas.tables import ApiKey
 from tests.conftest import STRIPE_TEST_KEY
 from workers.api.app import create_app
-from workers.api.auth import SCOPES, create_key
+from workers.api.auth import SCOPES, create_key, hash_key
+from workers.api.auth import new_key as new_api_key
 from workers.worker import build_workers
 
 ALL_SCOPES = list(SCOPES)
@@ -82,6 +85,23 @@ async def new_key(
 ) -> dict[str, str]:
     """Headers carrying a new key (all scopes unless given)."""
     key, _ = await create_key(engine, name or f"k-{uuid.uuid4().hex[:10]}", list(scopes or ALL_SCOPES), company)
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def bound_key_by_hand(engine: AsyncEngine, company: str, *scopes: str) -> dict[str, str]:
+    """Headers carrying a key bound to `company` with any scopes (all unless given), written to the
+    table directly as a key created before `create_key` refused such scopes would be (issue #33)."""
+    key = new_api_key()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(ApiKey).values(
+                name=f"by-hand-{uuid.uuid4().hex[:10]}",
+                key_hash=hash_key(key),
+                prefix=key[:9],
+                scopes=list(scopes or ALL_SCOPES),
+                company_id=company,
+            )
+        )
     return {"Authorization": f"Bearer {key}"}
 
 

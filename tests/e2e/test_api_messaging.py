@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.activities.test_churn import new_member
-from tests.e2e.api_harness import api_settings, assert_problem, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
+from tests.e2e.api_harness import api_settings, assert_problem, bound_key_by_hand, http, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
 
 
 async def test_pause_and_resume_the_brake_under_the_keys_name(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
@@ -58,7 +58,7 @@ async def test_the_brake_refuses_bad_input_and_keys_without_the_right(
         ]
     )
     company, _, _ = await new_member(engine, offsets=[30])
-    tenant = await new_key(engine, "messaging:read", "messaging:write", company=company)
+    tenant = await bound_key_by_hand(engine, company, "messaging:read", "messaging:write")  # refused by create_key
     for method, path in (
         ("GET", "/v1/messaging/brake"),
         ("POST", "/v1/messaging/brake/pause"),

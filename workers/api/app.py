@@ -19,7 +19,9 @@ from pydantic import BaseModel
 
 from workers.api import problems
 from workers.api.auth import SCOPES
+from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
+from workers.api.routes.pay import PayLinkLimits
 from workers.families import FAMILIES
 from workers.process import readiness
 
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
 DESCRIPTION = """Durable background jobs on Temporal, for a shop's backend.
 
 Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>`. Each
-route needs one scope; a key bound to a company sees only that company's churn data. Every POST
-accepts `Idempotency-Key`: the same key and body replays the first answer, another body is 422.
-Errors are RFC 9457 problem details naming the field at fault.
+route needs one scope; a key bound to a company holds churn scopes only and sees only that
+company's churn data. Every POST accepts `Idempotency-Key`: the same key and body replays the first
+answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another body is 422. A body above 1 MB
+(API_MAX_BODY_BYTES) is 413, JSON nested past the parser 400. Errors are RFC 9457 problem details
+naming the field at fault.
 
 Scopes: """ + "; ".join(f"`{s}` {d}" for s, d in SCOPES.items())
 
@@ -75,8 +79,11 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
         openapi_url="/openapi.json",
         lifespan=lifespan,
     )
+    # Outside everything else: a body above the limit is refused before it is parsed or a key looked up.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
+    app.state.pay_limits = PayLinkLimits(settings)
     problems.install(app)
     for family in FAMILIES:
         for family_router in family.routes():

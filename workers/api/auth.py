@@ -5,6 +5,11 @@ is enough: there is nothing to brute-force). A request names its key as `Authori
 <key>` (or `X-API-Key`). The key's name is the actor in every audit row the request writes; HTTP
 callers never type an actor. A key bound to a company sees that company's churn data only, and
 is told 403 for anything else whether or not it exists.
+
+Only churn's data carries a company (retailers, orders, loyalty items, insights have none; the
+messaging brake is every company's), so a bound key may hold churn scopes only: any other is
+refused when the key is created, and refused again at every route (a key created before this
+rule, or written to the table by hand, must not read every retailer's credit).
 """
 
 from __future__ import annotations
@@ -72,10 +77,29 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
+COMPANY_SCOPED_FAMILIES = frozenset({"churn"})
+"""The families whose rows carry a company_id, and whose routes confine a bound key to it."""
+
+
+def company_scoped(scope: str) -> bool:
+    return scope.split(":", 1)[0] in COMPANY_SCOPED_FAMILIES
+
+
+def check_company_scopes(scopes: list[str], company_id: str | None) -> None:
+    """A key bound to a company may hold only scopes whose data has a company."""
+    unscoped = [s for s in scopes if not company_scoped(s)]
+    if company_id is not None and unscoped:
+        raise ApiKeyRefused(
+            f"scope(s) {', '.join(unscoped)} cannot be confined to a company (their data has none);"
+            f" a key bound to a company may hold only {', '.join(s for s in SCOPES if company_scoped(s))}"
+        )
+
+
 async def create_key(
     engine: AsyncEngine, name: str, scopes: list[str], company_id: str | None = None
 ) -> tuple[str, int]:
     """A new key (returned once, never stored) and its id."""
+    check_company_scopes(scopes, company_id)
     key = new_key()
     async with engine.begin() as conn:
         if await conn.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
@@ -191,6 +215,8 @@ def require(scope: str) -> Any:  # FastAPI types Depends() Any, to sit in a para
     async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
         if scope not in caller.scopes:
             raise Problem(403, f"key {caller.name} lacks the scope {scope}")
+        if caller.company_id is not None and not company_scoped(scope):
+            raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}; {scope} data has none")
         return caller
 
     return Depends(check)

@@ -5,7 +5,8 @@ its status and body; a retry with the same key and the same request gets that an
 (`Idempotent-Replayed: true`) without running anything; the same key with another request is
 422; a retry while the first is still running is 409. Keys are per API key. A request that
 failed (any non-2xx) releases its key, so the retry runs again; a claim left by a crashed process
-is taken over after `ABANDONED_AFTER`.
+is taken over after `ABANDONED_AFTER`. A key is kept IDEMPOTENCY_RETENTION_HOURS (at least 24,
+as Stripe keeps its keys): an older row is taken over as new, and the retention job deletes it.
 
 Running a handler again is safe even when its first run committed (the commit's acknowledgement
 lost, the process killed before `_store`) because no handler's write depends on this table: every
@@ -26,13 +27,14 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import IdempotentRequest
 from workers.api.auth import authenticate, bearer_key
-from workers.api.problems import FieldError, problem_response, unprocessable
+from workers.api.limits import check_json_depth
+from workers.api.problems import FieldError, Problem, problem_response, unprocessable
 
 HEADER = "Idempotency-Key"
 ABANDONED_AFTER = timedelta(minutes=5)
@@ -57,9 +59,11 @@ async def idempotency_key_header(
 
 
 def request_hash(request: Request, body: bytes) -> str:
+    """Method, path, query and the body's canonical JSON (its raw bytes when it is not JSON, or
+    nests too deep for the parser: a hash never fails, whatever the body)."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode() if body else b""
-    except ValueError:
+    except (ValueError, RecursionError):
         canonical = body
     digest = hashlib.sha256()
     for part in (request.method.encode(), request.url.path.encode(), request.url.query.encode(), canonical):
@@ -67,8 +71,11 @@ def request_hash(request: Request, body: bytes) -> str:
     return digest.hexdigest()
 
 
-async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any:
-    """None: claimed, run the request. Otherwise the row already holding this key."""
+async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str, retention: timedelta) -> Any:
+    """None: claimed, run the request. Otherwise the row already holding this key.
+
+    A row older than `retention` is taken over as if absent: the key is new again (the retention
+    job deletes such rows; until it runs they must not replay, or refuse, anything)."""
     table = _TABLE
     async with engine.begin() as conn:
         claimed = await conn.scalar(
@@ -84,10 +91,12 @@ async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str) -> Any
             .where(
                 table.c.api_key_id == key_id,
                 table.c.idempotency_key == key,
-                table.c.status_code.is_(None),
-                table.c.created_at < func.now() - ABANDONED_AFTER,
+                or_(
+                    and_(table.c.status_code.is_(None), table.c.created_at < func.now() - ABANDONED_AFTER),
+                    table.c.created_at < func.now() - retention,
+                ),
             )
-            .values(request_hash=digest, created_at=func.now())
+            .values(request_hash=digest, created_at=func.now(), status_code=None, response_body=None)
             .returning(table.c.api_key_id)
         )
         if taken_over is not None:
@@ -117,7 +126,9 @@ async def _release(engine: AsyncEngine, key_id: int, key: str) -> None:
 
 
 class IdempotentRoute(APIRoute):
-    """The route class of every router: POSTs declare and honour `Idempotency-Key`."""
+    """The route class of every router: the caller's key is checked before the body is read (an
+    anonymous or bad key is 401 without its body being read), a body's JSON depth is capped (400),
+    and POSTs declare and honour `Idempotency-Key`."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if "POST" in (kwargs.get("methods") or ()):
@@ -126,22 +137,25 @@ class IdempotentRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if "POST" not in (self.methods or ()):
-            return handler
+        idempotent_post = "POST" in (self.methods or ())
 
-        async def idempotent(request: Request) -> Response:
-            key = request.headers.get(HEADER)
-            if key is None or not 1 <= len(key) <= 255:
-                return await handler(request)  # a malformed key is the header dependency's 422
+        async def guarded(request: Request) -> Response:
             engine: AsyncEngine = request.app.state.engine
             secret = bearer_key(request)
-            caller = await authenticate(engine, secret) if secret else None
+            if not secret:
+                return Problem(401, "an API key is required (Authorization: Bearer <key>)").response()
+            caller = await authenticate(engine, secret)
             if caller is None:
-                return await handler(request)  # 401, from the route's own dependency
+                return Problem(401, "the API key is not valid (unknown or revoked)").response()
             request.state.principal = caller
-            body = await request.body()
+            body = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
+            check_json_depth(body)
+            key = request.headers.get(HEADER)
+            if not idempotent_post or key is None or not 1 <= len(key) <= 255:
+                return await handler(request)  # a malformed key is the header dependency's 422
+            retention = timedelta(hours=request.app.state.stack.settings.idempotency_retention_hours)
             digest = request_hash(request, body)
-            held = await _claim(engine, caller.key_id, key, digest)
+            held = await _claim(engine, caller.key_id, key, digest, retention)
             if held is not None:
                 if held.request_hash != digest:
                     return unprocessable(
@@ -173,4 +187,4 @@ class IdempotentRoute(APIRoute):
                 await _release(engine, caller.key_id, key)
             return response
 
-        return idempotent
+        return guarded

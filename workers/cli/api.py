@@ -42,19 +42,20 @@ def keys_create(
         str, typer.Option("--scopes", help="Comma-separated, e.g. orders:write,credit:read.", show_default=False)
     ],
     company: Annotated[
-        str | None, typer.Option("--company", help="Confine the key to this company's churn data.")
+        str | None, typer.Option("--company", help="Confine the key to this company's churn data (churn scopes only).")
     ] = None,
     as_json: Json = False,
 ) -> None:
     """Create a key and print it once (store it now: it cannot be shown again)."""
     import re
 
-    from workers.api.auth import ApiKeyRefused, create_key, parse_scopes
+    from workers.api.auth import ApiKeyRefused, check_company_scopes, create_key, parse_scopes
 
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
         raise UsageError("--name must be 1-64 letters, digits or _ . - (starting with a letter or digit)")
     try:
         wanted = parse_scopes(scopes)
+        check_company_scopes(wanted, company)
     except ApiKeyRefused as refused:
         raise UsageError(str(refused)) from None
     key, key_id = call(lambda c: create_key(c.engine, name, wanted, company), database=True)

@@ -79,7 +79,13 @@ FAMILY = Family(
     schedules=_schedules,
     stripe_handlers=_stripe_handlers,
     routes=lambda: [*routes_of("credit")(), *routes_of("pay")()],  # /pay/{token}: the reminders' links,
-    settings=("credit_currency", "pause_on_dispute"),
+    settings=(
+        "credit_currency",
+        "pause_on_dispute",
+        "pay_link_token_per_minute",
+        "pay_link_address_per_minute",
+        "pay_link_stripe_cache_seconds",
+    ),
     scopes={
         "credit:read": "the risk view, retailers' credit profiles and open payment links",
         "credit:write": "pause, unpause or block a retailer; change limits; adjustments; record payments",

@@ -61,6 +61,7 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "temporal_tls_key",
     "task_queue",
     "messaging_task_queue",
+    "api_max_body_bytes",
     "business_timezone",
     "payload_encryption_key",
     "codec_server_token",

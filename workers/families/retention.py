@@ -22,7 +22,12 @@ def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     from activities.retention import RetentionActivities
 
     retention = RetentionActivities(deps.engine)
-    return [retention.delete_webhook_events, retention.clear_message_payloads, retention.anonymise_recovery_actions]
+    return [
+        retention.delete_webhook_events,
+        retention.clear_message_payloads,
+        retention.anonymise_recovery_actions,
+        retention.delete_idempotency_keys,
+    ]
 
 
 def _schedules() -> list[ScheduleDefinition]:
@@ -35,10 +40,13 @@ def _schedules() -> list[ScheduleDefinition]:
             schedule_id="data-retention",
             workflow=DataRetentionWorkflow.run,
             make_arg=lambda s: RetentionRequest(
-                webhook_days=s.retention_webhook_days, message_days=s.retention_message_days
+                webhook_days=s.retention_webhook_days,
+                message_days=s.retention_message_days,
+                idempotency_hours=s.idempotency_retention_hours,
             ),
             workflow_id="retention/daily",
-            summary="Daily data retention: old webhook ids, message provider data, ended members' actions",
+            summary="Daily data retention: old webhook ids, message provider data, ended members' actions, API keys'"
+            " replays",
             daily_at=(2, 0),
             job_name="data-retention",
         )
@@ -50,5 +58,5 @@ FAMILY = Family(
     workflows=_workflows,
     activities=_activities,
     schedules=_schedules,
-    settings=("retention_webhook_days", "retention_message_days"),
+    settings=("retention_webhook_days", "retention_message_days", "idempotency_retention_hours"),
 )

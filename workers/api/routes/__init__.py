@@ -91,4 +91,6 @@ class Accepted(BaseModel):
 
 
 def router(prefix: str, tag: str) -> APIRouter:
-    return APIRouter(prefix=prefix, tags=[tag], route_class=IdempotentRoute, responses=responses(401, 403, 422))
+    return APIRouter(
+        prefix=prefix, tags=[tag], route_class=IdempotentRoute, responses=responses(400, 401, 403, 413, 422)
+    )

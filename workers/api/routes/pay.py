@@ -7,6 +7,10 @@ its way ("pending"), replaced by a newer one,
 unknown, or Stripe unavailable gets a clear page: HTML for a browser, problem+json (or a small
 JSON state) for anything else; never a 500. Stripe is the API process's one gateway (`Stack.stripe`,
 opened by the app's lifespan with PAY_PAGE_BASE_URL as the sessions' success URL).
+
+A link is a URL anyone holding it can open as often as they like, and each open may cost a Stripe
+request on the account's shared rate limit: opens are throttled per token and per client address
+(429 with Retry-After), and a session's retrieve is reused for PAY_LINK_STRIPE_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
-from activities.credit.paylinks import TOKEN_MAX_LENGTH, PayOutcome, open_pay_link
+from activities.credit.paylinks import TOKEN_MAX_LENGTH, PayOutcome, SessionCache, open_pay_link
+from config.settings import Settings
+from workers.api.limits import RateLimiter, retry_after
 from workers.api.problems import problem_response, responses
 from workers.api.routes import StackDep
 
@@ -31,6 +37,19 @@ Token = Annotated[
 RETRY_AFTER_S = 30
 # The token is a capability: no cache keeps the answer, no Referer carries the URL elsewhere.
 HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+class PayLinkLimits:
+    """The API process's throttles and Stripe cache for `/pay/{token}` (settings PAY_LINK_*)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.by_token = RateLimiter(settings.pay_link_token_per_minute)
+        self.by_address = RateLimiter(settings.pay_link_address_per_minute)
+        self.sessions = SessionCache(settings.pay_link_stripe_cache_seconds)
+
+    def wait(self, token: str, address: str) -> float:
+        """0: this open may go on; otherwise the seconds to wait (one of the two throttles said no)."""
+        return self.by_address.take(address) or self.by_token.take(token)
 
 
 class PayLinkState(BaseModel):
@@ -62,6 +81,11 @@ _PAGES: dict[str, tuple[int, str, str]] = {
         404,
         "Unknown payment link",
         "This payment link does not exist. Please use the link in your latest reminder.",
+    ),
+    "throttled": (
+        429,
+        "Too many requests",
+        "This link was opened too often just now. Please try again in a minute.",
     ),
     "unavailable": (
         503,
@@ -95,14 +119,21 @@ def _html(status: int, title: str, detail: str, outcome: PayOutcome, headers: di
     summary="Open a payment reminder's link",
     responses={
         303: {"description": "to the Stripe Checkout page for what the link's debits owe now"},
-        **responses(404, 410, 422, 503),
+        **responses(404, 410, 422, 429, 503),
     },
 )
 async def open_link(token: Token, request: Request, stack: StackDep) -> Response:
     """The Checkout Session is made on the first click (or reused while it is open and the amounts
     are unchanged; a partial payment meanwhile gets a session for what is left) and the answer is
-    303 to Stripe's page. Two clicks at once make one session."""
-    outcome = await open_pay_link(stack.engine, stack.stripe, token)
+    303 to Stripe's page. Two clicks at once make one session. Opened too often (per link, per
+    client address): 429 with Retry-After."""
+    limits: PayLinkLimits = request.app.state.pay_limits
+    wait = limits.wait(token, request.client.host if request.client else "-")
+    outcome = (
+        PayOutcome("throttled")  # type: ignore[arg-type]  # a state of this page, not of the link
+        if wait
+        else await open_pay_link(stack.engine, stack.stripe, token, limits.sessions)
+    )
     if outcome.state == "redirect":
         assert outcome.url
         return RedirectResponse(outcome.url, status_code=303, headers=HEADERS)
@@ -110,6 +141,8 @@ async def open_link(token: Token, request: Request, stack: StackDep) -> Response
     headers = dict(HEADERS)
     if outcome.state == "unavailable":
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    if outcome.state == "throttled":
+        headers["Retry-After"] = retry_after(wait)
     if _wants_html(request):
         return _html(status, title, detail, outcome, headers)
     if status == 200:
