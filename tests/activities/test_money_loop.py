@@ -377,7 +377,10 @@ async def test_an_adjustment_in_the_retailers_favour_lifts_a_system_pause_at_onc
     ("args", "complaint"),
     [
         (["adjust", "{r}", "--amount", "0", "--reason", "x", "--actor", "a"], "--amount must be non-zero"),
-        (["adjust", "{r}", "--amount", "12", "--reason", " ", "--actor", "a"], "--reason must not be empty"),
+        (
+            ["adjust", "{r}", "--amount", "12", "--reason", " ", "--actor", "a"],
+            "Invalid value for '--reason': must not be empty",
+        ),
         (["adjust", "{r}", "--amount", "12", "--actor", "a"], "Missing option '--reason'"),
         (
             ["adjust", "999999", "--amount", "12", "--reason", "x", "--actor", "a", "--reference", "r-1"],

@@ -167,7 +167,7 @@ async def test_jobctl_loyalty_audit_resolve_and_bad_arguments(
             dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "  ", "--note", "x"
         )
         # A blank actor: the free-text check every door shares, one line naming the option.
-        assert code == 2 and "Invalid value for '--actor': String should have at least 1 character" in err, err
+        assert code == 2 and "Invalid value for '--actor': must not be empty" in err, err
         code, _, err = await jobctl_loyalty(dev_env, task_queue, "resolve", str(queued.item_id), "--actor", "ops-1")
         assert code == 2 and "--note" in err
         code, _, err = await jobctl_loyalty(dev_env, task_queue, "retry", "0", "--actor", "ops-1")

@@ -191,7 +191,7 @@ async def test_the_cli_starts_shows_fails_and_refuses_with_one_clear_line(
         code, out, _ = await jobctl("show", str(oid), "--json")
         assert code == 0 and json.loads(out)["state"] == "PENDING"
         code, _, err = await jobctl("fail", str(oid), "--reason", "  ")
-        assert code == 2 and "--reason must be 1 to 500 characters" in err
+        assert code == 2 and "Invalid value for '--reason': must not be empty" in err, err
         code, out, _ = await jobctl("fail", str(oid), "--reason", "stock ran out")
         assert code == 0
         result = await dev_env.client.get_workflow_handle(

@@ -54,7 +54,12 @@ def free_text(kind: Any) -> Callable[[str | None], str | None]:
         try:
             return adapter.validate_python(value)
         except ValidationError as error:
-            raise UsageError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+            problem = error.errors()[0]
+            if problem["type"] == "string_too_short":
+                raise UsageError("must not be empty") from None
+            if problem["type"] == "string_too_long":
+                raise UsageError(f"must be at most {problem['ctx']['max_length']} characters") from None
+            raise UsageError(problem["msg"].removeprefix("Value error, ")) from None
 
     return check
 
