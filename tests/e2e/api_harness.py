@@ -29,6 +29,7 @@ from workers.worker import build_workers
 
 ALL_SCOPES = list(SCOPES)
 API_BASE = "http://api"  # the `http` client's base URL
+API_APPLICATION_NAME = "jobctl-api-under-test"
 
 
 def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides: Any) -> Settings:
@@ -113,7 +114,9 @@ def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, runnin
     started = threading.Event()
 
     async def main() -> None:
-        engine = create_engine(database_url, pool_size=10)
+        # Its own name on its connections: a test can tell the API's writes from the workers'.
+        named = database_url + ("&" if "?" in database_url else "?") + f"application_name={API_APPLICATION_NAME}"
+        engine = create_engine(named, pool_size=10)
         client = await connect(settings_)
         try:
             async with serve_api(settings_, engine, client, "127.0.0.1", 0) as url:

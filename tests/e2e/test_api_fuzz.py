@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -33,25 +34,29 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import ActivityDeps
 from activities.payments.gateway import StripeGateway
 from config.settings import Settings
+from tests.activities.test_churn import new_member
 from tests.activities.test_credit import new_debit, new_retailer
 from tests.activities.test_webhooks import BASE, STRIPE_SECRET, TWILIO_TOKEN, stripe_signed, twilio_signed
 from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures (api_settings, running_workers, server), taken as test arguments
+    API_APPLICATION_NAME,
     api_settings,
     new_key,
     running_workers,
     server,
 )
 from tests.e2e.test_api_schemathesis import CHECKS
+from tests.loyalty_factories import new_customer, order_ref
 from workers import families
 from workers.api.auth import SCOPES
 from workers.webhooks import create_app
 
+LACKS = re.compile(r"lacks the scope ([a-z]+:[a-z]+)")
 FUZZ_SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 """1 in `make test` (bounded: the module adds well under a minute); `make fuzz` raises it."""
 
@@ -81,8 +86,9 @@ WATCHED_TABLES = (
     "messaging_brake",
     "recipient_opt_outs",
 )
-"""The money and state tables a refused request must not touch (api_idempotency_keys, api_keys'
-last use, processed_webhook_events and the message log are bookkeeping, not state)."""
+"""The money and state tables a refused request must not write from the API's connections
+(api_idempotency_keys, api_keys' last use, processed_webhook_events and the message log are
+bookkeeping, not state)."""
 MONEY_TABLES = (
     "credit_transactions",
     "credit_accounts",
@@ -135,17 +141,23 @@ Guard = Callable[[Callable[[], Any]], Any]
 
 
 def guarded_call(engine: AsyncEngine, loop: asyncio.AbstractEventLoop, tally: Tally) -> Guard:
-    """From the schemathesis thread: run `call` (returns a response); a 4xx must change no watched row."""
+    """From the schemathesis thread: run `call` (it returns a response); a 4xx must have written no
+    row of a watched table from the API's connections. Attributed by the writer (`fuzz_writes`),
+    not by a before/after checksum: a workflow an earlier accepted request started may be writing
+    the same tables right then (a 202's case ending while the next request is refused)."""
+
+    def sync(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
 
     def run(call: Callable[[], Any]) -> Any:
-        before = asyncio.run_coroutine_threadsafe(checksum(engine), loop).result(30)
+        mark = sync(scalar(engine, "SELECT coalesce(max(id), 0) FROM fuzz_writes"))
         response = call()
         tally.add(response.status_code)
         if 400 <= response.status_code < 500:
-            after = asyncio.run_coroutine_threadsafe(checksum(engine), loop).result(30)
+            writes = sync(api_writes_since(engine, mark))
             request = response.request
-            assert not changed(before, after), (
-                f"refused {request.method} {request.url} ({response.status_code}) changed {changed(before, after)}:"
+            assert not writes, (
+                f"refused {request.method} {request.url} ({response.status_code}) wrote {writes}:"
                 f" body {getattr(request, 'body', None)!r}, answer {response.text[:500]}"
             )
         return response
@@ -153,18 +165,71 @@ def guarded_call(engine: AsyncEngine, loop: asyncio.AbstractEventLoop, tally: Ta
     return run
 
 
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(sql), params)
+
+
+async def api_writes_since(engine: AsyncEngine, mark: int) -> list[tuple[str, str]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT tbl, op FROM fuzz_writes WHERE id > :m AND app = :app ORDER BY id"),
+            {"m": mark, "app": API_APPLICATION_NAME},
+        )
+        return [(str(t), str(o)) for t, o in rows.all()]
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def seeded(engine: AsyncEngine) -> dict[str, Any]:
-    """A little of everything, so lists have items for the state machine to follow."""
+async def write_log(engine: AsyncEngine) -> None:
+    """Test-only row triggers on the watched tables (this module's own database): who wrote what."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE fuzz_writes (id bigserial PRIMARY KEY, app text, tbl text, op text,"
+                " at timestamptz DEFAULT clock_timestamp())"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE FUNCTION fuzz_log_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " INSERT INTO fuzz_writes (app, tbl, op)"
+                " VALUES (current_setting('application_name'), TG_TABLE_NAME, TG_OP); RETURN NULL; END $$"
+            )
+        )
+        for table in WATCHED_TABLES:
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER fuzz_log_{table} AFTER INSERT OR UPDATE OR DELETE ON {table}"
+                    " FOR EACH ROW EXECUTE FUNCTION fuzz_log_write()"
+                )
+            )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def seeded(engine: AsyncEngine, server: str, write_log: None) -> dict[str, Any]:
+    """A little of everything, so the lists the state machine starts from have items to follow:
+    retailers owing overdue money, a churn case (opened through the API), a loyalty queue item."""
     shops = []
     for limit in ("5000", "800"):
         shop, _ = await new_retailer(engine, limit=Decimal(limit))
         await new_debit(engine, shop, "120.00", date.today() - timedelta(days=9))
         await new_debit(engine, shop, "60.00", date.today() + timedelta(days=5))
         shops.append(shop)
-    company = f"co-{uuid.uuid4().hex[:8]}"
+    company, member, _ = await new_member(engine, offsets=[30], cap=5)
+    customer = await new_customer(engine, 100)
     async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO companies (id, name) VALUES (:c, :c)"), {"c": company})
+        await conn.execute(
+            text(
+                "INSERT INTO loyalty_reconciliation_queue (customer_id, order_reference, points_redeemed, order_total)"
+                " VALUES (:c, :o, 10, 20)"
+            ),
+            {"c": customer, "o": order_ref()},
+        )
+    async with httpx.AsyncClient(base_url=server, headers=await new_key(engine), timeout=30) as client:
+        opened = await client.post("/v1/churn/cases", json={"membership_id": member, "company_id": company})
+        assert opened.status_code == 201, opened.text
+    # The write log sees the API's own writes (else "a refused request wrote nothing" proves nothing).
+    assert await api_writes_since(engine, 0), "the API's writes are not attributed to it"
     return {"retailers": shops, "company": company}
 
 
@@ -176,6 +241,7 @@ async def test_every_operation_with_a_key_per_scope_set(server: str, engine: Asy
     tally = Tally()
     guard = guarded_call(engine, asyncio.get_running_loop(), tally)
     ran: set[tuple[str, str]] = set()
+    answers: list[tuple[str, str, int, str | None]] = []  # operation, scope set, status, scope it lacked
 
     def run_all() -> None:
         for operation in operations:
@@ -186,6 +252,8 @@ async def test_every_operation_with_a_key_per_scope_set(server: str, engine: Asy
                 def check(case) -> None:  # type: ignore[no-untyped-def]
                     ran.add((operation.label, name))  # noqa: B023 - called in the same iteration
                     response = guard(lambda: case.call(base_url=server, headers=headers, timeout=30))  # noqa: B023 - same iteration
+                    lacked = LACKS.search(response.text) if response.status_code == 403 else None
+                    answers.append((operation.label, name, response.status_code, lacked and lacked[1]))  # noqa: B023
                     case.validate_response(response, checks=CHECKS)
 
                 check()
@@ -193,6 +261,14 @@ async def test_every_operation_with_a_key_per_scope_set(server: str, engine: Asy
     await asyncio.to_thread(run_all)
     print(f"\nfuzz, {len(keys)} scope sets x {len(operations)} operations: {tally}")
     assert len(ran) == len(operations) * len(keys)
+    # The scopes as an outsider learns them: the 403s name the scope an operation needs. No key may
+    # be told it lacks a scope it holds, and no key without an operation's scope may get a 2xx.
+    needs = {label: scope for label, _, _, scope in answers if scope}
+    wrong = [a for a in answers if a[3] and a[3] in SCOPE_SETS[a[1]]]
+    leaked = [a for a in answers if a[0] in needs and a[2] < 300 and needs[a[0]] not in SCOPE_SETS[a[1]]]
+    assert not wrong and not leaked, (wrong, leaked)
+    unguarded = sorted({a[0] for a in answers if a[0] not in needs and a[2] < 300})
+    print(f"scopes learned for {len(needs)} operations; answered 2xx with no scope named: {unguarded}")
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{server}/readyz")).status_code == 200
 
@@ -373,18 +449,34 @@ async def test_signed_random_webhooks_never_fail_and_move_no_money(
 async def test_no_workflow_started_during_the_fuzz_had_a_failed_workflow_task(
     dev_env: WorkflowEnvironment, api_settings: Settings
 ) -> None:
-    """Last in the module: every workflow the fuzz started (on this module's queues), its history."""
+    """Last in the module: every workflow the fuzz started (on this module's queues), its history.
+
+    One cause is not the workflow's code failing and is counted apart: UNHANDLED_COMMAND, the
+    server refusing a task that completes the workflow because a signal or update arrived while it
+    ran (the task runs again with it). Every other cause (an exception in workflow code, a
+    nondeterminism, a payload the worker could not decode...) fails the test."""
     queues = (api_settings.task_queue, api_settings.messaging_task_queue)
     query = " OR ".join(f"TaskQueue = '{q}'" for q in queues)
-    seen, failed = 0, []
+    seen, failed, raced = 0, [], []
     async for execution in dev_env.client.list_workflows(f"({query}) AND StartTime > '{STARTED.isoformat()}'"):
         seen += 1
         if seen > 500 * FUZZ_SCALE:
             break
         history = await dev_env.client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
-        failures = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
-        if failures:
-            cause = str(failures[0].workflow_task_failed_event_attributes)
-            failed.append((execution.workflow_type, execution.id, cause))
-    print(f"\nworkflows started during the fuzz: {seen}, with a failed workflow task: {len(failed)}")
+        for event in history.events:
+            if event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                continue
+            attributes = event.workflow_task_failed_event_attributes
+            story = [EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events]
+            found = (execution.workflow_type, execution.id, str(attributes), story)
+            if attributes.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND:
+                raced.append(found)
+            else:
+                failed.append(found)
+    print(
+        f"\nworkflows started during the fuzz: {seen}; failed workflow tasks: {len(failed)};"
+        f" completions refused for a signal that arrived meanwhile (UNHANDLED_COMMAND): {len(raced)}"
+    )
+    for workflow_type, workflow_id, _, story in raced:
+        print(f"  {workflow_type} {workflow_id}: {' '.join(story)}")
     assert not failed, failed

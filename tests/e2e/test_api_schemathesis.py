@@ -5,6 +5,7 @@ no server error, and every response (status, content type, headers, body) as doc
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import schemathesis
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.e2e.api_harness import api_settings, new_key, running_workers, server  # noqa: F401 - pytest fixtures, taken as test arguments
 
-CASES_PER_OPERATION = 12
+CASES_PER_OPERATION = 12 * max(1, int(os.environ.get("FUZZ_SCALE", "1")))  # `make fuzz` raises it
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
