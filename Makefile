@@ -37,8 +37,8 @@ test-money: $(STAMP)
 
 # The outsider's fuzz pass only, larger (issue #33 point 7): schemathesis over every operation with a
 # key per scope set, its state machine over the inferred links, signed random Stripe and Twilio
-# webhooks; FUZZ_SCALE (1 in `make test`, 10 here) multiplies every case count. Minutes.
-FUZZ_SCALE ?= 10
+# webhooks; FUZZ_SCALE (1 in `make test`, 30 here) multiplies every case count. Minutes.
+FUZZ_SCALE ?= 30
 FUZZ_TESTS := tests/e2e/test_api_fuzz.py tests/e2e/test_api_schemathesis.py
 fuzz: $(STAMP)
 	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest $(FUZZ_TESTS) -s $(PYTEST_ARGS)
