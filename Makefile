@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-money lint fmt install bench clean
+.PHONY: run test test-fast test-money fuzz lint fmt install bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -34,6 +34,14 @@ MONEY_TESTS := tests/activities/test_credit_ledger.py tests/activities/test_cred
 	tests/activities/test_loyalty_ledger_properties.py
 test-money: $(STAMP)
 	HYPOTHESIS_PROFILE=money $(PY) -m pytest $(MONEY_TESTS) --hypothesis-show-statistics $(PYTEST_ARGS)
+
+# The outsider's fuzz pass only, larger (issue #33 point 7): schemathesis over every operation with a
+# key per scope set, its state machine over the inferred links, signed random Stripe and Twilio
+# webhooks; FUZZ_SCALE (1 in `make test`, 30 here) multiplies every case count. Minutes.
+FUZZ_SCALE ?= 30
+FUZZ_TESTS := tests/e2e/test_api_fuzz.py tests/e2e/test_api_schemathesis.py
+fuzz: $(STAMP)
+	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest $(FUZZ_TESTS) -s $(PYTEST_ARGS)
 
 # The style, as CI holds it: ruff's lint and format check, then mypy (packages in pyproject.toml).
 lint: $(STAMP)

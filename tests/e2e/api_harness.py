@@ -5,12 +5,15 @@ runs it (it opens the API's one Stripe gateway)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from sqlalchemy import insert
@@ -29,6 +32,7 @@ from workers.worker import build_workers
 
 ALL_SCOPES = list(SCOPES)
 API_BASE = "http://api"  # the `http` client's base URL
+API_APPLICATION_NAME = "jobctl-api-under-test"
 
 
 def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides: Any) -> Settings:
@@ -113,3 +117,39 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
     if field is not None:
         assert body["field"] == field, body
     return body
+
+
+@pytest.fixture(scope="module")
+def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:
+    """`serve_api` in a thread: the schemathesis client is synchronous (requests)."""
+    from activities.database import create_engine
+    from workers.api.server import serve_api
+    from workers.temporal_client import connect
+
+    settings_ = api_settings.model_copy(
+        update={"temporal_address": dev_env.client.service_client.config.target_host, "database_url": database_url}
+    )
+    ready: dict[str, str] = {}
+    stop = threading.Event()
+    started = threading.Event()
+
+    async def main() -> None:
+        # Its own name on its connections: a test can tell the API's writes from the workers'.
+        named = database_url + ("&" if "?" in database_url else "?") + f"application_name={API_APPLICATION_NAME}"
+        engine = create_engine(named, pool_size=10)
+        client = await connect(settings_)
+        try:
+            async with serve_api(settings_, engine, client, "127.0.0.1", 0) as url:
+                ready["url"] = url
+                started.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.1)
+        finally:
+            await engine.dispose()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert started.wait(60), "the API did not start"
+    yield ready["url"]
+    stop.set()
+    thread.join(30)

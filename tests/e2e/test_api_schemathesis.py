@@ -5,11 +5,9 @@ no server error, and every response (status, content type, headers, body) as doc
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
+import os
 
 import httpx
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
@@ -20,11 +18,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.api_harness import api_settings, new_key, running_workers  # noqa: F401 - pytest fixtures, taken as test arguments
+from tests.e2e.api_harness import api_settings, new_key, running_workers, server  # noqa: F401 - pytest fixtures, taken as test arguments
 
-CASES_PER_OPERATION = 12
+CASES_PER_OPERATION = 12 * max(1, int(os.environ.get("FUZZ_SCALE", "1")))  # `make fuzz` raises it
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -32,40 +29,6 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-
-
-@pytest.fixture(scope="module")
-def server(api_settings, database_url: str, dev_env: WorkflowEnvironment, running_workers: None) -> Iterator[str]:
-    """`serve_api` in a thread: the schemathesis client is synchronous (requests)."""
-    from activities.database import create_engine
-    from workers.api.server import serve_api
-    from workers.temporal_client import connect
-
-    settings_ = api_settings.model_copy(
-        update={"temporal_address": dev_env.client.service_client.config.target_host, "database_url": database_url}
-    )
-    ready: dict[str, str] = {}
-    stop = threading.Event()
-    started = threading.Event()
-
-    async def main() -> None:
-        engine = create_engine(database_url, pool_size=10)
-        client = await connect(settings_)
-        try:
-            async with serve_api(settings_, engine, client, "127.0.0.1", 0) as url:
-                ready["url"] = url
-                started.set()
-                while not stop.is_set():
-                    await asyncio.sleep(0.1)
-        finally:
-            await engine.dispose()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    assert started.wait(60), "the API did not start"
-    yield ready["url"]
-    stop.set()
-    thread.join(30)
 
 
 async def test_every_operation_answers_as_documented(server: str, engine: AsyncEngine) -> None:
