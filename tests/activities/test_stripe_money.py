@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import pytest_asyncio
 import stripe
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
@@ -35,7 +34,7 @@ from schemas.payments import CheckoutSessionRequest
 from services import credit as credit_api
 from tests.activities.test_credit import audit_actions, credit_workers, debit, new_debit, new_retailer, retailer
 from tests.activities.test_webhooks import STRIPE_SECRET, TWILIO_TOKEN, stripe_signed
-from tests.conftest import STRIPE_TEST_KEY, start_time_skipping
+from tests.conftest import STRIPE_TEST_KEY
 from tests.loyalty_factories import balance_and_ledger, new_customer, order_ref, order_rows
 from workers.webhooks import create_app
 
@@ -117,16 +116,6 @@ class Money:
             f"credit-guardrails/{retailer_id}/{reference}", result_type=GuardrailsResult
         )
         return await handle.result()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """This module's own server: the webhook starts payments and guardrail re-checks nobody waits
-    for, and runs left open on the shared server kept its time from skipping for later modules
-    (test_orders' sleeps timed out after this module)."""
-    env = await start_time_skipping()
-    yield env
-    await env.shutdown()
 
 
 @asynccontextmanager
