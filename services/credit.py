@@ -44,15 +44,9 @@ class PaymentConflict(Refused):
 async def start_payment(
     client: Client, payment: RecordPayment, *, task_queue: str = "jobs"
 ) -> WorkflowHandle[Any, PaymentResult]:
-    return (await _start_or_join(client, payment, task_queue=task_queue))[0]
-
-
-async def _start_or_join(
-    client: Client, payment: RecordPayment, *, task_queue: str
-) -> tuple[WorkflowHandle[Any, PaymentResult], bool]:
-    """(the payment's run, whether it had ended before this call: an earlier recording's)."""
+    """The payment's run, started now or (recorded already) the earlier one, without waiting."""
     try:
-        handle = await client.start_workflow(
+        return await client.start_workflow(
             RecordPaymentWorkflow.run,
             payment,
             id=ids.payment(payment.retailer_id, payment.reference),
@@ -61,12 +55,9 @@ async def _start_or_join(
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             static_summary=f"Payment {payment.reference} from retailer {payment.retailer_id}",
         )
-        return handle, False
     except WorkflowAlreadyStartedError:  # recorded already: its run holds the answer
-        handle = client.get_workflow_handle(
-            ids.payment(payment.retailer_id, payment.reference), result_type=PaymentResult
-        )
-        return handle, True
+        workflow_id = ids.payment(payment.retailer_id, payment.reference)
+        return client.get_workflow_handle(workflow_id, result_type=PaymentResult)
 
 
 async def record_payment(client: Client, payment: RecordPayment, *, task_queue: str = "jobs") -> PaymentResult:
