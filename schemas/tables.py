@@ -55,6 +55,10 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 E164 = r"^\+[1-9][0-9]{6,14}$"
 """A phone number in E.164 (`+` and 7 to 15 digits)."""
 
+EXTERNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$"
+"""The business's own id of a row (ingestion API, imports): 1-128 characters, no spaces."""
+EXTERNAL_ID_CHECK = f"external_id ~ '{EXTERNAL_ID}'"
+
 CHANNELS = ("whatsapp", "sms")
 CREDIT_STATUSES = ("ACTIVE", "PAUSED", "BLOCKED")
 TRANSACTION_TYPES = ("DEBIT", "CREDIT")
@@ -105,11 +109,16 @@ class Retailer(CreatedAt, Base):
     credit_pause_reason: Mapped[str | None]
     paused_by: Mapped[str | None] = mapped_column(doc="'system' or an admin id; only system pauses lift by themselves")
     stripe_customer_id: Mapped[str | None] = mapped_column(unique=True)
+    external_id: Mapped[str | None] = mapped_column(
+        unique=True, doc="the business's own id (ingestion API, imports): PUT by it is an upsert"
+    )
+    locale: Mapped[str] = mapped_column(server_default="en", doc="BCP 47 (e.g. 'en', 'hi-IN'): the messages' language")
 
     __table_args__ = (
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("credit_status", CREDIT_STATUSES), name="credit_status"),
+        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
     )
 
 
@@ -130,6 +139,7 @@ class CreditAccount(Base):
     payment_terms_days: Mapped[int] = mapped_column(
         server_default="30", doc="a credit order's debit is due this many days after"
     )
+    currency: Mapped[str] = mapped_column(server_default="USD", doc="ISO 4217: the account's amounts and pay links")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
@@ -140,6 +150,7 @@ class CreditAccount(Base):
         CheckConstraint("max_order_value > 0", name="max_order_value_positive"),
         CheckConstraint("max_outstanding_days >= 0", name="max_outstanding_days_non_negative"),
         CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days_range"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
     )
 
 
@@ -334,9 +345,11 @@ class Order(CreatedAt, Base):
     total_amount: Mapped[Decimal]
     failed_at: Mapped[datetime | None]
     failure_reason: Mapped[str | None]
+    external_id: Mapped[str | None] = mapped_column(unique=True, doc="the shop's own order id")
 
     __table_args__ = (
         CheckConstraint(_in("status", ORDER_STATUSES), name="status"),
+        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
         CheckConstraint(_in("payment_mode", PAYMENT_MODES), name="payment_mode"),
         CheckConstraint("total_amount >= 0", name="total_amount_non_negative"),
         Index("ix_orders_retailer_id_created_at", "retailer_id", "created_at"),
@@ -492,9 +505,12 @@ class Membership(CreatedAt, Base):
     stripe_event_at: Mapped[datetime | None] = mapped_column(
         doc="`created` of the latest Stripe event applied to this membership: an older one arriving late is ignored"
     )
+    external_id: Mapped[str | None] = mapped_column(doc="the company's own member id, unique within the company")
 
     __table_args__ = (
-        UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_cases
+        UniqueConstraint("company_id", "id"),
+        UniqueConstraint("company_id", "external_id"),
+        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),  # target of the tenant-scoped foreign key of recovery_cases
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("status", MEMBERSHIP_STATUSES), name="status"),
@@ -584,9 +600,11 @@ class Customer(CreatedAt, Base):
         Numeric(10, 4), server_default="1", doc="points earned per currency unit spent (floored)"
     )
     stripe_customer_id: Mapped[str | None] = mapped_column(unique=True)
+    external_id: Mapped[str | None] = mapped_column(unique=True, doc="the business's own customer id")
 
     __table_args__ = (
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
+        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
         CheckConstraint("loyalty_points >= 0", name="loyalty_points_non_negative"),
         CheckConstraint("earn_rate >= 0", name="earn_rate_non_negative"),
     )
@@ -786,6 +804,51 @@ class ProcessedWebhookEvent(Base):
         CheckConstraint(_in("status", WEBHOOK_EVENT_STATUSES), name="status"),
         Index("ix_processed_webhook_events_received_at", "received_at"),
     )
+
+
+# --------------------------------------------------------------------------- imports
+
+
+IMPORT_KINDS = ("retailers", "credit_accounts", "credit_transactions", "orders", "companies", "memberships",
+                "recovery_cases", "customers", "loyalty_balances")
+
+
+class ImportRun(CreatedAt, Base):
+    """One file imported by `jobctl import`: its checkpoint. The id is the kind, the mapping and the
+    SHA-256 of the file's bytes, so re-running the same file resumes it and a changed file is a new run.
+
+    `lines_done` counts the file's lines committed (rows written and refusals recorded in the same
+    transaction as the checkpoint): a crash loses at most the batch in flight, which re-running redoes.
+    """
+
+    __tablename__ = "import_runs"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str]
+    source: Mapped[str] = mapped_column(doc="the file's name, as given")
+    lines_done: Mapped[int] = mapped_column(server_default="0")
+    imported: Mapped[int] = mapped_column(server_default="0")
+    refused: Mapped[int] = mapped_column(server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", IMPORT_KINDS), name="kind"),
+        CheckConstraint("lines_done >= 0 AND imported >= 0 AND refused >= 0", name="counts_non_negative"),
+    )
+
+
+class ImportRefusal(Base):
+    """A row `jobctl import` refused: its line number, the field at fault and why (the report)."""
+
+    __tablename__ = "import_refusals"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("import_runs.id", ondelete="CASCADE"))
+    line: Mapped[int]
+    field: Mapped[str | None]
+    reason: Mapped[str]
+
+    __table_args__ = (PrimaryKeyConstraint("run_id", "line"),)
 
 
 # --------------------------------------------------------------------------- the HTTP API
