@@ -508,9 +508,9 @@ class Membership(CreatedAt, Base):
     external_id: Mapped[str | None] = mapped_column(doc="the company's own member id, unique within the company")
 
     __table_args__ = (
-        UniqueConstraint("company_id", "id"),
+        UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_cases
         UniqueConstraint("company_id", "external_id"),
-        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),  # target of the tenant-scoped foreign key of recovery_cases
+        CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("status", MEMBERSHIP_STATUSES), name="status"),
@@ -809,8 +809,17 @@ class ProcessedWebhookEvent(Base):
 # --------------------------------------------------------------------------- imports
 
 
-IMPORT_KINDS = ("retailers", "credit_accounts", "credit_transactions", "orders", "companies", "memberships",
-                "recovery_cases", "customers", "loyalty_balances")
+IMPORT_KINDS = (
+    "retailers",
+    "credit_accounts",
+    "credit_transactions",
+    "orders",
+    "companies",
+    "memberships",
+    "recovery_cases",
+    "customers",
+    "loyalty_balances",
+)
 
 
 class ImportRun(CreatedAt, Base):

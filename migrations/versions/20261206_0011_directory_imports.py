@@ -50,7 +50,9 @@ def upgrade() -> None:
     )
     op.add_column("retailers", sa.Column("locale", sa.Text(), server_default="en", nullable=False))
     op.add_column("credit_accounts", sa.Column("currency", sa.Text(), server_default="USD", nullable=False))
-    op.create_check_constraint(op.f("ck_credit_accounts_currency_iso4217"), "credit_accounts", "currency ~ '^[A-Z]{3}$'")
+    op.create_check_constraint(
+        op.f("ck_credit_accounts_currency_iso4217"), "credit_accounts", "currency ~ '^[A-Z]{3}$'"
+    )
 
     op.create_table(
         "import_runs",
