@@ -1,4 +1,4 @@
-"""`jobctl dev|worker|webhooks|codec-server|migrate` and the dev tools: the processes jobctl runs.
+"""`jobctl dev|worker|bootstrap|webhooks|codec-server|migrate` and the dev tools: the processes jobctl runs.
 
 The dev tools (`dev`, `seed`, `twilio-emulator`, `stripe-sandbox`) live in `devtools/`, loaded only
 when their command runs; where the dev extra is not installed they say so in one line (exit 2).
@@ -92,6 +92,38 @@ def worker(
     from workers.runner import run_worker_process
 
     run(lambda: run_worker_process(s, database_url, queues))
+
+
+@stack_app.command()
+def bootstrap(
+    codec_server: Annotated[
+        str | None,
+        typer.Option(
+            "--codec-server",
+            help="Also check this codec server (URL) decodes with the same key (CODEC_SERVER_TOKEN).",
+        ),
+    ] = None,
+) -> None:
+    """Make the namespace ready for the worker: search attributes, singleton workflows, schedules,
+    codec key. Idempotent: a second run reports every step unchanged. Exit 1 when a step fails."""
+    from workers.bootstrap import bootstrap as run_bootstrap
+    from workers.temporal_client import client_options, connect, describe_target
+
+    s = settings()
+    where = describe_target(client_options(s))  # a bad setting: exit 2 before connecting
+    token = s.codec_server_token.get_secret_value() if s.codec_server_token else None
+
+    async def _bootstrap() -> list[Any]:
+        return await run_bootstrap(await connect(s), s, codec_server=codec_server, codec_token=token)
+
+    typer.echo(f"bootstrapping {where}")
+    steps = run(_bootstrap)
+    for step in steps:
+        typer.echo(step.line())
+    failed = [step for step in steps if step.failed]
+    if failed:
+        typer.echo(f"bootstrap: {len(failed)} step(s) failed", err=True)
+        raise typer.Exit(1)
 
 
 @stack_app.command("twilio-emulator")
