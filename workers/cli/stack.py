@@ -201,24 +201,41 @@ def codec_server(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
 ) -> None:
-    """Serve /encode and /decode so the Temporal UI shows decrypted payloads to token holders."""
+    """Serve /encode and /decode so the Temporal UI shows decrypted payloads to signed-in users
+    (their OIDC access token, CODEC_OIDC_ISSUER) and to CODEC_SERVER_TOKEN holders."""
     from workers.codec import EncryptionCodec
+    from workers.codec_server import OidcVerifier
     from workers.codec_server import run as run_codec_server
 
     s = settings()
     if not s.payload_encryption_key:
         raise UsageError("PAYLOAD_ENCRYPTION_KEY is not set: there is nothing to decode")
-    if not s.codec_server_token:
-        raise UsageError("CODEC_SERVER_TOKEN is not set: the codec server never runs without a token")
+    if not s.codec_server_token and not s.codec_oidc_issuer:
+        raise UsageError(
+            "neither CODEC_SERVER_TOKEN nor CODEC_OIDC_ISSUER is set: the codec server never runs without a credential"
+        )
     configure_logging(s)
     origins = {o.strip() for o in s.codec_cors_origins.split(",") if o.strip()}
-    typer.echo(f"codec server on http://{host}:{port} (UI origins: {', '.join(sorted(origins))})")
+    oidc = None
+    if s.codec_oidc_issuer:
+        assert s.codec_oidc_audience  # the settings refuse an issuer without an audience
+        oidc = OidcVerifier(
+            s.codec_oidc_issuer,
+            s.codec_oidc_audience,
+            s.codec_oidc_jwks_url,
+            ttl_seconds=s.codec_oidc_jwks_ttl_seconds,
+        )
+    accepts = [name for name, on in (("OIDC access tokens", oidc), ("CODEC_SERVER_TOKEN", s.codec_server_token)) if on]
+    typer.echo(
+        f"codec server on http://{host}:{port} (UI origins: {', '.join(sorted(origins))}; accepts {', '.join(accepts)})"
+    )
     run_codec_server(
         EncryptionCodec.from_setting(s.payload_encryption_key.get_secret_value()),
-        s.codec_server_token.get_secret_value(),
+        s.codec_server_token.get_secret_value() if s.codec_server_token else None,
         origins,
         host,
         port,
+        oidc,
     )
 
 
