@@ -4,6 +4,7 @@ Temporal Cloud, with the `temporal` CLI's profiles, and the same data converter 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -175,9 +176,27 @@ def describe_target(options: ClientOptions) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The bridge nests the cause in one long line: keep its innermost, readable part."""
-    text = str(exc).replace("\n", " ")
-    for marker in ("invalid peer certificate: ", "certificate verify failed", "Connection refused", "dns error"):
-        if marker in text:
-            return text[text.index(marker) :].split(")")[0].strip() or text
+    """The bridge's one long line (a Rust error's debug form) as a sentence an operator can act on."""
+    text = " ".join(str(exc).split())
+    if match := re.search(r"NotValidForName\w*\s*\{\s*expected:\s*(\w+)\((.*?)\),\s*presented:\s*\[(.*?)\]", text):
+        expected = match.group(2).strip('"')
+        if match.group(1) == "IpAddress":
+            octets = re.search(r"\[([\d,\s]+)\]", match.group(2))  # IpAddress(V4(Ipv4Addr([127, 0, 0, 1])))
+            expected = ".".join(octets.group(1).replace(" ", "").split(",")) if octets else expected
+        presented = ", ".join(re.findall(r'\w+\(\\?"([^"\\]+)\\?"\)', match.group(3))) or match.group(3)
+        return (
+            f"TLS: the server's certificate is not valid for {expected!r} (it names {presented}); "
+            "set TEMPORAL_TLS_SERVER_NAME to a name it carries"
+        )
+    if "UnknownIssuer" in text:
+        return (
+            "TLS: the server's certificate is not signed by a trusted CA; "
+            "set TEMPORAL_TLS_SERVER_CA to the CA that signed it"
+        )
+    if "Expired" in text and "InvalidCertificate" in text:
+        return "TLS: the server's certificate has expired"
+    if "Connection refused" in text:
+        return "connection refused (nothing listens there)"
+    if "dns error" in text:
+        return "the host name does not resolve"
     return text
