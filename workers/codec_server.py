@@ -39,6 +39,9 @@ LEEWAY_SECONDS = 30
 """Clock skew allowed on `exp`, `nbf` and `iat`."""
 MIN_REFETCH_SECONDS = 30.0
 """A token with an unknown `kid` refetches the JWKS (the issuer rotated), at most this often."""
+FAILED_FETCH_BACKOFF_SECONDS = 5.0
+"""After a failed fetch the issuer is not asked again this long (tokens meanwhile use the keys held,
+or are refused when there are none)."""
 
 
 class TokenRefused(Exception):
@@ -56,6 +59,7 @@ class OidcVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._unnamed: list[jwt.PyJWK] = []  # keys without a `kid`
         self._fetched_at = float("-inf")
+        self._retry_at = float("-inf")
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -87,8 +91,10 @@ class OidcVerifier:
             now = time.monotonic()
             stale = now - self._fetched_at > self._ttl
             unknown = kid is not None and kid not in self._keys and now - self._fetched_at > MIN_REFETCH_SECONDS
-            if stale or unknown:
+            if (stale or unknown) and now >= self._retry_at:
                 await self._fetch()
+            if not (self._keys or self._unnamed):
+                raise TokenRefused("the issuer's JWKS is unavailable")
         if kid is not None:
             if kid not in self._keys:
                 raise TokenRefused(f"no key {kid!r} in the issuer's JWKS")
@@ -109,11 +115,10 @@ class OidcVerifier:
                     document = await response.json(content_type=None)
             keys = jwt.PyJWKSet.from_dict(document).keys
         except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
-            if self._keys or self._unnamed:  # keep the keys we have: the issuer is down, not compromised
-                log.warning("codec_server.jwks_unavailable", reason=f"{type(exc).__name__}: {exc}")
-                self._fetched_at = time.monotonic() - self._ttl + MIN_REFETCH_SECONDS
-                return
-            raise TokenRefused(f"the issuer's JWKS is unavailable: {type(exc).__name__}: {exc}") from None
+            # The keys we have stay (the issuer is down, not compromised); it is not asked again at once.
+            self._retry_at = time.monotonic() + FAILED_FETCH_BACKOFF_SECONDS
+            log.warning("codec_server.jwks_unavailable", reason=f"{type(exc).__name__}: {exc}")
+            return
         self._keys = {k.key_id: k for k in keys if k.key_id}
         self._unnamed = [k for k in keys if not k.key_id]
         self._fetched_at = time.monotonic()

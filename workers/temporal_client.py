@@ -26,8 +26,8 @@ class ClientOptions:
 
     target_host: str
     namespace: str
-    api_key: str | None = None
-    tls: TLSConfig | bool = False
+    api_key: str | None = field(default=None, repr=False)  # never in a log line or a traceback
+    tls: TLSConfig | bool = field(default=False, repr=False)  # holds the client's private key
     rpc_metadata: Mapping[str, str] = field(default_factory=dict)
 
 

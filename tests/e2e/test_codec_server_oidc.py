@@ -230,3 +230,26 @@ def test_the_settings_require_an_audience_with_an_issuer() -> None:
         load_settings(codec_oidc_issuer="https://login.example.com")
     with pytest.raises(SettingsError, match="CODEC_OIDC_ISSUER: must be an http"):
         load_settings(codec_oidc_issuer="login.example.com", codec_oidc_audience=AUDIENCE)
+
+
+async def test_an_unreachable_issuer_refuses_tokens_without_being_hammered() -> None:
+    app = web.Application()
+    calls = 0
+
+    async def down(_request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=503)
+
+    app.router.add_get("/.well-known/jwks.json", down)
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        verifier = OidcVerifier(url, AUDIENCE, f"{url}/.well-known/jwks.json")
+        key = _rsa()
+        token = jwt.encode(
+            {"iss": url, "aud": AUDIENCE, "exp": int(time.time()) + 60}, key, algorithm="RS256", headers={"kid": "k"}
+        )
+        for _ in range(5):
+            with pytest.raises(TokenRefused, match="JWKS is unavailable"):
+                await verifier.verify(token)
+        assert calls == 1, "one attempt per back-off, not one per request"

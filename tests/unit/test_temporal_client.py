@@ -63,6 +63,7 @@ def test_a_profile_gives_address_namespace_mtls_with_its_ca_and_server_name(conf
     assert (options.tls.client_cert, options.tls.client_private_key) == (b"CERT", b"KEY")
     assert options.rpc_metadata == {"x-team": "payments"}
     assert "server name frontend.internal" in describe_target(options) and "KEY" not in describe_target(options)
+    assert "KEY" not in repr(options), "the private key never reaches a log line"
 
 
 def test_the_default_profile_is_read_without_temporal_profile(config_file: Path) -> None:
@@ -76,6 +77,7 @@ def test_an_api_key_profile_turns_on_tls(config_file: Path) -> None:
         settings(), environ={"TEMPORAL_CONFIG_FILE": str(config_file), "TEMPORAL_PROFILE": "cloud"}
     )
     assert options.api_key == "cloud-key" and options.tls is True
+    assert "cloud-key" not in repr(options)
 
 
 def test_envconfig_variables_override_the_profile(config_file: Path) -> None:
