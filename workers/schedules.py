@@ -111,7 +111,8 @@ async def same_schedule(client: Client, current: Schedule, wanted: Schedule) -> 
     """Whether the server's schedule is already `wanted` (the state aside: `apply` keeps it).
 
     The server's copy has the action's input and summary as payloads (encrypted with the codec on)
-    and its calendar ranges as tuples: both are brought to the same form before comparing."""
+    and its calendar ranges as tuples: both are brought to the same form before comparing. With the
+    codec on, the input must also be encrypted under the current key."""
     have, want = current.action, wanted.action
     if not (isinstance(have, ScheduleActionStartWorkflow) and isinstance(want, ScheduleActionStartWorkflow)):
         return False
@@ -121,6 +122,13 @@ async def same_schedule(client: Client, current: Schedule, wanted: Schedule) -> 
     have_args = list(have.args)
     if not all(isinstance(arg, Payload) for arg in have_args):
         return False
+    want_args = converter.payload_converter.to_payloads(want.args)
+    if converter.payload_codec:
+        # Encrypted as now (the current key, or encryption at all): a rotation or a key just turned on
+        # rewrites the schedule, so no schedule keeps needing a key that is to be dropped.
+        stored = [dict(p.metadata) for p in have_args]
+        if stored != [dict(p.metadata) for p in await converter.payload_codec.encode(want_args)]:
+            return False
     try:
         if converter.payload_codec:
             have_args = list(await converter.payload_codec.decode(have_args))
@@ -128,7 +136,6 @@ async def same_schedule(client: Client, current: Schedule, wanted: Schedule) -> 
         details = await _text(converter, have.static_details)
     except Exception:  # noqa: BLE001 - what the converter cannot read is not what we want: rewrite it
         return False
-    want_args = converter.payload_converter.to_payloads(want.args)
     same_fields = all(
         getattr(have, name) == getattr(want, name)
         for name in (

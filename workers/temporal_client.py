@@ -87,11 +87,6 @@ def _tls(settings: Settings, profile: ClientConfigTLS | None, api_key: str | Non
     return api_key is not None
 
 
-def tls_config(settings: Settings) -> TLSConfig | bool:
-    """The TLS the client uses (see `client_options`)."""
-    return client_options(settings).tls
-
-
 def _pem(value: str | None, name: str) -> bytes | None:
     """Accept the PEM itself or a path to it (what secret mounts give you)."""
     if not value:
@@ -110,7 +105,9 @@ def _source(value: Path | str | bytes | None, what: str) -> bytes | None:
         return None
     if isinstance(value, Path):
         if not value.is_file():
-            raise SettingsError(f"TEMPORAL_PROFILE: the profile's {what} file {str(value)!r} does not exist")
+            raise SettingsError(
+                f"TEMPORAL_PROFILE: the {what} file {str(value)!r} (profile or TEMPORAL_TLS_*_PATH) does not exist"
+            )
         return value.read_bytes()
     return value.encode() if isinstance(value, str) else value
 

@@ -119,17 +119,26 @@ async def test_the_codec_check_asks_the_codec_server_and_fails_on_another_key(
         assert "does not decode this key's payloads" in out and "1 step(s) failed" in err
 
 
-async def test_a_rotated_key_opens_what_the_schedules_hold_and_a_dropped_one_is_refused(
+async def test_a_rotation_rewrites_the_schedules_and_a_key_dropped_too_early_is_refused(
     fresh_server: WorkflowEnvironment,
 ) -> None:
     await jobctl(fresh_server, "bootstrap")
-    rotated = f"k2:{OTHER_KEY[3:]},{KEY}"  # the new key first, the old one kept for what it encrypted
-    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=rotated)
-    assert code == 0 and "key k2 encrypts" in out and set(outcomes(out).values()) == {"unchanged"}, out + err
-
-    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=f"k2:{OTHER_KEY[3:]}")
+    new_only = f"k2:{OTHER_KEY[3:]}"
+    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=new_only)
     assert code == 1 and outcomes(out)["codec key"] == "failed", out + err
     assert "unknown key id 'k1'" in out and "schedules: failed (skipped" in out, out
+
+    rotated = f"{new_only},{KEY}"  # the new key first, the old one kept for what it encrypted
+    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=rotated)
+    assert code == 0 and "key k2 encrypts" in out, out + err
+    assert {o for n, o in outcomes(out).items() if n.startswith("schedule ")} == {"updated"}, "re-encrypted"
+    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=rotated)
+    assert code == 0 and set(outcomes(out).values()) == {"unchanged"}, out + err
+    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=new_only)
+    assert code == 0 and set(outcomes(out).values()) == {"unchanged"}, "the schedules no longer need k1"
+
+    code, out, err = await jobctl(fresh_server, "bootstrap", PAYLOAD_ENCRYPTION_KEY=f"{KEY},{new_only}")
+    assert code == 0, out + err  # rotated back to k1 for the other tests
 
 
 async def test_bad_settings_are_exit_2_and_an_unreachable_cluster_exit_1(fresh_server: WorkflowEnvironment) -> None:
