@@ -12,10 +12,12 @@ import contextlib
 import datetime
 import os
 import ssl
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from config.settings import Settings, load_settings
+from schemas.insights import InsightsRequest
 from workers.temporal_client import TemporalUnreachable, connect
+from workflows.insights import InsightsRegenerationWorkflow
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 SERVER_NAME = "temporal.test"
@@ -257,3 +261,43 @@ async def test_the_worker_readiness_probe_through_tls_from_the_environment(
     assert code == 0 and "ready" in out, out
     code, out = await check(TEMPORAL_TLS_SERVER_NAME="wrong.test")
     assert code == 1 and "not ready: Temporal at" in out and "not valid for 'wrong.test'" in out, out
+
+
+async def test_a_real_jobctl_worker_runs_a_job_through_mutual_tls(
+    tls_address: str, pki: Pki, database_url: str, dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """The production entry point, `jobctl worker`, configured only by its environment, runs a job
+    (tonight's insight regeneration, over an empty database) polling through the TLS proxy."""
+    queue = f"tls-{uuid.uuid4().hex[:8]}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_"))}
+    environ = {
+        **clean,
+        "TEMPORAL_CONFIG_FILE": os.devnull,
+        "DATABASE_URL": database_url,
+        "TASK_QUEUE": queue,
+        "TEMPORAL_ADDRESS": tls_address,
+        "TEMPORAL_TLS_SERVER_CA": str(pki.ca),
+        "TEMPORAL_TLS_SERVER_NAME": SERVER_NAME,
+        "TEMPORAL_TLS_CERT": pki.client_cert.read_text(),
+        "TEMPORAL_TLS_KEY": pki.client_key.read_text(),
+    }
+    log = tmp_path / "worker.log"
+    with open(log, "ab") as out:
+        worker = subprocess.Popen(
+            [JOBCTL, "worker", "--task-queue", "jobs"], env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        handle = await dev_env.client.start_workflow(
+            InsightsRegenerationWorkflow.run,
+            InsightsRequest(insight_date=date(2026, 11, 23)),
+            id=f"insights/tls-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        result = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    assert result.retailers_done == 0, log.read_text()[-2000:]  # only that worker polls `queue`
