@@ -16,7 +16,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from schemas.churn import Channels, Days90, Hour, NudgeCap, Offsets, distinct_channels
 from schemas.contact import Currency, LocaleTag, Phone, TimeZone, check_channel
@@ -72,62 +81,61 @@ class Contact(DirectoryRow):
         return check_channel(phone, info.data.get("preferred_channel"))
 
 
-class RetailerIn(Contact):
+def _example(**fields: JsonValue) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [fields]})
+
+
+# Each kind has its fields (`...Fields`: a PUT's body, the row named by the path) and its row
+# (`...In`: the fields and the business's id, as an import or the service takes it).
+
+
+class RetailerFields(Contact):
     """A shop buying on credit."""
 
-    external_id: ExternalId
     name: Name
     timezone: TimeZone = Field(default="UTC", description="its local hours: quiet hours, reminders")
     locale: LocaleTag = Field(default="en", description="BCP 47: the language of its messages")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "shop-0042",
-                    "name": "Corner Store",
-                    "phone": "+14155550123",
-                    "preferred_channel": "whatsapp",
-                    "timezone": "America/Los_Angeles",
-                    "locale": "en-US",
-                }
-            ]
-        }
+    model_config = _example(
+        name="Corner Store",
+        phone="+14155550123",
+        preferred_channel="whatsapp",
+        timezone="America/Los_Angeles",
+        locale="en-US",
     )
 
 
-class CreditAccountIn(DirectoryRow):
+class RetailerIn(RetailerFields):
+    external_id: ExternalId
+
+
+class CreditAccountFields(DirectoryRow):
     """A retailer's credit line. A new one starts with all of its limit available; a changed limit
     goes through the credit ledger (available credit follows, audited, guardrails re-checked)."""
 
-    retailer_external_id: ExternalId
     credit_limit: Amount = Field(default=Decimal("50000.00"), description="total credit")
     payment_terms_days: int = Field(default=30, ge=0, le=365, description="a credit order is due this many days after")
     max_order_value: Amount = Field(default=Decimal("50000.00"), gt=0, description="the largest credit order")
     max_outstanding_days: int = Field(default=30, ge=0, le=3650, description="days overdue before credit pauses")
     currency: Currency = Field(default="USD", description="ISO 4217; cannot change while debits are open")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "retailer_external_id": "shop-0042",
-                    "credit_limit": "25000.00",
-                    "payment_terms_days": 30,
-                    "max_order_value": "5000.00",
-                    "max_outstanding_days": 45,
-                    "currency": "USD",
-                }
-            ]
-        }
+    model_config = _example(
+        credit_limit="25000.00",
+        payment_terms_days=30,
+        max_order_value="5000.00",
+        max_outstanding_days=45,
+        currency="USD",
     )
 
 
-class OrderIn(DirectoryRow):
+class CreditAccountIn(CreditAccountFields):
+    retailer_external_id: ExternalId
+
+
+class OrderFields(DirectoryRow):
     """An order as the shop recorded it: history for the insights, and the row a checkout's clock
     needs. Writing it takes no credit: placing it does (`POST /v1/orders/{order_id}/placement`)."""
 
-    external_id: ExternalId
     retailer_external_id: ExternalId
     amount: Amount = Field(description="the order's total")
     payment_mode: PaymentMode
@@ -136,26 +144,22 @@ class OrderIn(DirectoryRow):
         default=None, description="when it was placed (with an offset); left out: now for a new order, else as stored"
     )
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "ord-2026-000123",
-                    "retailer_external_id": "shop-0042",
-                    "amount": "129.90",
-                    "payment_mode": "CREDIT",
-                    "status": "PENDING",
-                    "placed_at": "2026-12-06T10:15:00Z",
-                }
-            ]
-        }
+    model_config = _example(
+        retailer_external_id="shop-0042",
+        amount="129.90",
+        payment_mode="CREDIT",
+        status="PENDING",
+        placed_at="2026-12-06T10:15:00Z",
     )
 
 
-class CompanyIn(DirectoryRow):
+class OrderIn(OrderFields):
+    external_id: ExternalId
+
+
+class CompanyFields(DirectoryRow):
     """A tenant of the churn saver and its rules (ranges as the `companies` table's CHECKs)."""
 
-    id: CompanySlug
     name: Name
     timezone: TimeZone = Field(default="UTC", description="its members' time zone unless theirs is given")
     reminder_offsets_days: Offsets = Field(default_factory=lambda: [0, 2, 5])
@@ -168,31 +172,26 @@ class CompanyIn(DirectoryRow):
 
     _distinct = field_validator("channels")(distinct_channels)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "acme",
-                    "name": "Acme Gym",
-                    "timezone": "Europe/Berlin",
-                    "reminder_offsets_days": [0, 2, 5],
-                    "channels": ["whatsapp", "sms"],
-                    "incentive_days": 7,
-                    "quiet_hours_start": 21,
-                    "quiet_hours_end": 8,
-                    "daily_nudge_cap": 1,
-                    "grace_period_days": 3,
-                }
-            ]
-        }
+    model_config = _example(
+        name="Acme Gym",
+        timezone="Europe/Berlin",
+        reminder_offsets_days=[0, 2, 5],
+        channels=["whatsapp", "sms"],
+        incentive_days=7,
+        quiet_hours_start=21,
+        quiet_hours_end=8,
+        daily_nudge_cap=1,
+        grace_period_days=3,
     )
 
 
-class MemberIn(Contact):
+class CompanyIn(CompanyFields):
+    id: CompanySlug
+
+
+class MemberFields(Contact):
     """A member of a company's subscription (its churn cases' subject)."""
 
-    company_id: CompanySlug
-    external_id: ExternalId = Field(description="the company's own member id, unique within the company")
     name: Name
     timezone: TimeZone | None = Field(default=None, description="None: the company's")
     stripe_customer_id: StripeId | None = None
@@ -200,29 +199,25 @@ class MemberIn(Contact):
     status: MembershipStatus = "ACTIVE"
     current_period_end: AwareDatetime | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "company_id": "acme",
-                    "external_id": "member-981",
-                    "name": "Dana Smith",
-                    "phone": "+14155550123",
-                    "preferred_channel": "sms",
-                    "stripe_customer_id": "cus_Q1w2e3r4",
-                    "stripe_subscription_id": "sub_Q1w2e3r4",
-                    "status": "ACTIVE",
-                    "current_period_end": "2027-01-01T00:00:00Z",
-                }
-            ]
-        }
+    model_config = _example(
+        name="Dana Smith",
+        phone="+14155550123",
+        preferred_channel="sms",
+        stripe_customer_id="cus_Q1w2e3r4",
+        stripe_subscription_id="sub_Q1w2e3r4",
+        status="ACTIVE",
+        current_period_end="2027-01-01T00:00:00Z",
     )
 
 
-class CustomerIn(DirectoryRow):
+class MemberIn(MemberFields):
+    company_id: CompanySlug
+    external_id: ExternalId = Field(description="the company's own member id, unique within the company")
+
+
+class CustomerFields(DirectoryRow):
     """A loyalty customer. Points are not set here: they are the sum of the loyalty ledger."""
 
-    external_id: ExternalId
     name: Name
     phone: Phone | None = None
     earn_rate: Decimal = Field(
@@ -230,19 +225,11 @@ class CustomerIn(DirectoryRow):
     )
     stripe_customer_id: StripeId | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "cust-77",
-                    "name": "Sam Lee",
-                    "phone": "+14155550123",
-                    "earn_rate": "1.5",
-                    "stripe_customer_id": "cus_Z9y8x7",
-                }
-            ]
-        }
-    )
+    model_config = _example(name="Sam Lee", phone="+14155550123", earn_rate="1.5", stripe_customer_id="cus_Z9y8x7")
+
+
+class CustomerIn(CustomerFields):
+    external_id: ExternalId
 
 
 def refusal_of(error: ValidationError) -> tuple[str | None, str]:

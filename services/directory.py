@@ -68,6 +68,9 @@ class Refusal:
     """The row's index in the batch given."""
     field: str | None
     reason: str
+    code: str = "DirectoryRefused"
+    """Stable, for programs (the API's problem `code`): `Unknown...` (404 at the API: what the row
+    names does not exist), else a conflict with the stored state (409)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,12 @@ def _last_of_each(
         k = key(row)
         if k in last:
             result.refused.append(
-                Refusal(last[k], field_name, "given again later in the same batch; the later row is the one written")
+                Refusal(
+                    last[k],
+                    field_name,
+                    "given again later in the same batch; the later row is the one written",
+                    "DuplicateInBatch",
+                )
             )
         last[k] = index
     return last
@@ -318,7 +326,14 @@ async def upsert_credit_accounts(conn: AsyncConnection, rows: Sequence[CreditAcc
     wanted: dict[int, tuple[int, CreditAccountIn]] = {}
     for external_id, index in last.items():
         if external_id not in retailer_ids:
-            result.refused.append(Refusal(index, "retailer_external_id", f"no retailer {external_id}"))
+            result.refused.append(
+                Refusal(
+                    index,
+                    "retailer_external_id",
+                    f"no retailer {external_id}",
+                    "UnknownRetailer",
+                )
+            )
         else:
             wanted[retailer_ids[external_id]] = (index, rows[index])
     existing = {
@@ -339,7 +354,12 @@ async def upsert_credit_accounts(conn: AsyncConnection, rows: Sequence[CreditAcc
                 upserted.append((index, Upserted(row.retailer_external_id, rid, True, True)))
             else:  # opened by another writer since we looked: its values win; say so
                 result.refused.append(
-                    Refusal(index, None, "the account was opened by another writer meanwhile; send the row again")
+                    Refusal(
+                        index,
+                        None,
+                        "the account was opened by another writer meanwhile; send the row again",
+                        "ChangedMeanwhile",
+                    )
                 )
     for rid in sorted(existing):
         index, row = wanted[rid]
@@ -371,6 +391,7 @@ async def _change_account(
             "currency",
             f"retailer {row.retailer_external_id} has open debits in {stored.currency}:"
             " the currency can change once they are paid",
+            "CurrencyLocked",
         )
     recheck = None
     try:
@@ -398,7 +419,12 @@ async def _change_account(
     except DBAPIError as error:
         first = next(iter(limits or terms))
         log.warning("directory.account_change_refused", retailer_id=retailer_id, error=type(error.orig).__name__)
-        return Refusal(index, first, f"the credit ledger refused the change ({type(error.orig).__name__})")
+        return Refusal(
+            index,
+            first,
+            f"the credit ledger refused the change ({type(error.orig).__name__})",
+            "LimitsRefused",
+        )
     return True, recheck
 
 
@@ -458,16 +484,27 @@ FROM input LEFT JOIN up USING (external_id) LEFT JOIN orders o ON o.external_id 
 
 def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> Refusal | None:
     if stored.retailer_id != retailer_id:
-        return Refusal(index, "retailer_external_id", f"order {row.external_id} is another retailer's")
+        return Refusal(
+            index,
+            "retailer_external_id",
+            f"order {row.external_id} is another retailer's",
+            "OrderOfAnotherRetailer",
+        )
     if stored.status != row.status and row.status not in ORDER_MOVES[stored.status]:
         moves = ", ".join(sorted(ORDER_MOVES[stored.status])) or "nothing: it is final"
-        return Refusal(index, "status", f"order {row.external_id} is {stored.status}; it may move to {moves}")
+        return Refusal(
+            index,
+            "status",
+            f"order {row.external_id} is {stored.status}; it may move to {moves}",
+            "OrderStatusRefused",
+        )
     if stored.placed and row.status in ("FAILED", "CANCELLED") and stored.status != row.status:
         return Refusal(
             index,
             "status",
             f"order {row.external_id} was placed on credit: report its failure at"
             f" POST /v1/orders/{stored.id}/failed, which gives the credit back",
+            "OrderStatusRefused",
         )
     if (stored.placed or stored.clocked) and (
         stored.payment_mode != row.payment_mode or stored.total_amount != row.amount
@@ -478,6 +515,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             what,
             f"order {row.external_id} was placed or its checkout started as {stored.payment_mode}"
             f" for {stored.total_amount:,.2f}: that cannot change",
+            "OrderPlaced",
         )
     return None
 
@@ -500,7 +538,14 @@ async def upsert_orders(conn: AsyncConnection, rows: Sequence[OrderIn], *, actor
         row = rows[index]
         retailer_id = retailer_ids.get(row.retailer_external_id)
         if retailer_id is None:
-            result.refused.append(Refusal(index, "retailer_external_id", f"no retailer {row.retailer_external_id}"))
+            result.refused.append(
+                Refusal(
+                    index,
+                    "retailer_external_id",
+                    f"no retailer {row.retailer_external_id}",
+                    "UnknownRetailer",
+                )
+            )
             continue
         if external_id in stored and (refusal := _order_refusal(stored[external_id], row, retailer_id, index)):
             result.refused.append(refusal)
@@ -676,7 +721,14 @@ def _stripe_refusals(
                 continue
             holder = taken.get((column, value))
             if holder is not None and holder != owner(row):
-                result.refused.append(Refusal(index, column, f"{value} is another row's already"))
+                result.refused.append(
+                    Refusal(
+                        index,
+                        column,
+                        f"{value} is another row's already",
+                        "StripeIdTaken",
+                    )
+                )
                 refused.add(index)
                 break
         else:
@@ -702,7 +754,14 @@ async def upsert_members(conn: AsyncConnection, rows: Sequence[MemberIn], *, act
     )
     for key, index in list(last.items()):
         if key[0] not in companies:
-            result.refused.append(Refusal(index, "company_id", f"no company {key[0]}"))
+            result.refused.append(
+                Refusal(
+                    index,
+                    "company_id",
+                    f"no company {key[0]}",
+                    "UnknownCompany",
+                )
+            )
             del last[key]
     chosen_rows = [rows[i] for i in last.values()]
     holders: dict[tuple[str, str], Any] = {}
