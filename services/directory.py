@@ -853,6 +853,47 @@ async def upsert_customers(conn: AsyncConnection, rows: Sequence[CustomerIn], *,
     return result
 
 
+# --------------------------------------------------------------------------- reading them back
+
+READS = {
+    "retailer": text(
+        "SELECT id, external_id, name, phone, preferred_channel, timezone, locale, credit_status, created_at"
+        " FROM retailers WHERE external_id = :e"
+    ),
+    "credit_account": text(
+        "SELECT r.id AS retailer_id, r.external_id AS retailer_external_id, r.credit_status, r.paused_by,"
+        " ca.credit_limit, ca.available_credit, ca.max_order_value, ca.max_outstanding_days, ca.payment_terms_days,"
+        " ca.currency, ca.updated_at"
+        " FROM retailers r JOIN credit_accounts ca ON ca.retailer_id = r.id WHERE r.external_id = :e"
+    ),
+    "order": text(
+        "SELECT o.id, o.external_id, o.retailer_id, r.external_id AS retailer_external_id, o.total_amount AS amount,"
+        " o.payment_mode, o.status, o.created_at AS placed_at"
+        " FROM orders o JOIN retailers r ON r.id = o.retailer_id WHERE o.external_id = :e"
+    ),
+    "company": text(
+        "SELECT id, name, timezone, reminder_offsets_days, channels, incentive_days, quiet_hours_start,"
+        " quiet_hours_end, daily_nudge_cap, grace_period_days, created_at FROM companies WHERE id = :e"
+    ),
+    "member": text(
+        "SELECT id, company_id, external_id, name, phone, timezone, preferred_channel, stripe_customer_id,"
+        " stripe_subscription_id, status, current_period_end, created_at"
+        " FROM memberships WHERE company_id = :c AND external_id = :e"
+    ),
+    "customer": text(
+        "SELECT id, external_id, name, phone, earn_rate, loyalty_points, stripe_customer_id, created_at"
+        " FROM customers WHERE external_id = :e"
+    ),
+}
+
+
+async def read(conn: AsyncConnection, kind: str, external_id: str, *, company_id: str | None = None) -> dict | None:
+    """One stored row as the directory answers it (`kind`: a key of `READS`), or None. A member is
+    named by its company and its external id; a company by its slug."""
+    row = (await conn.execute(READS[kind], {"e": external_id, "c": company_id})).first()
+    return None if row is None else dict(row._mapping)
+
+
 # --------------------------------------------------------------------------- after the commit
 
 RECHECKS_IN_FLIGHT = 16
@@ -898,4 +939,5 @@ __all__ = [
     "upsert_members",
     "upsert_orders",
     "upsert_retailers",
+    "read",
 ]
