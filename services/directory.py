@@ -137,6 +137,17 @@ def _sorted(last: dict[Any, int]) -> list[tuple[Any, int]]:
     return sorted(last.items(), key=lambda item: str(item[0]))
 
 
+async def _ids_seen_late(conn: AsyncConnection, table: str, written: dict[str, Any]) -> dict[str, int]:
+    """The ids of the rows an upsert named: its own answer, or, for a row a concurrent batch
+    inserted and committed while the upsert waited on it unchanged (the statement's snapshot
+    predates that row, so its own join found nothing), a second read."""
+    ids = {external_id: row.id for external_id, row in written.items()}
+    late = [external_id for external_id, row_id in ids.items() if row_id is None]
+    if late:
+        ids.update(await _ids_of(conn, table, late))
+    return ids
+
+
 async def _ids_of(conn: AsyncConnection, table: str, external_ids: list[str]) -> dict[str, int]:
     rows = await conn.execute(
         text(f"SELECT external_id, id FROM {table} WHERE external_id = ANY(CAST(:e AS text[]))"),
@@ -214,9 +225,10 @@ async def upsert_retailers(conn: AsyncConnection, rows: Sequence[RetailerIn], *,
         chosen = [rows[i] for _, i in last]
         params: dict[str, Any] = {c: [getattr(r, c) for r in chosen] for c in ("external_id", *_RETAILER_COLUMNS)}
         written = {r.external_id: r for r in await conn.execute(UPSERT_RETAILERS, {**params, "actor": actor})}
+        ids = await _ids_seen_late(conn, "retailers", written)
         for external_id, index in last:
             row = written[external_id]
-            upserted.append((index, Upserted(external_id, row.id, row.created, row.changed)))
+            upserted.append((index, Upserted(external_id, ids[external_id], row.created, row.changed)))
     _finish(result, upserted)
     log.info("directory.retailers", rows=len(rows), **_counts(result))
     return result
@@ -562,9 +574,10 @@ async def upsert_orders(conn: AsyncConnection, rows: Sequence[OrderIn], *, actor
             "placed_at": [r.placed_at for r in chosen],
         }
         written = {r.external_id: r for r in await conn.execute(UPSERT_ORDERS, params)}
+        ids = await _ids_seen_late(conn, "orders", written)
         for external_id, index, _ in accepted:
             w = written[external_id]
-            upserted.append((index, Upserted(external_id, w.id, w.created, w.changed)))
+            upserted.append((index, Upserted(external_id, ids[external_id], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.orders", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result
@@ -788,9 +801,20 @@ async def upsert_members(conn: AsyncConnection, rows: Sequence[MemberIn], *, act
         chosen = [rows[i] for _, i in accepted]
         params = {c: [getattr(r, c) for r in chosen] for c in ("company_id", "external_id", *_MEMBER_COLUMNS)}
         written = {(w.company_id, w.external_id): w for w in await conn.execute(UPSERT_MEMBERS, params)}
+        late = [key for key, w in written.items() if w.id is None]
+        ids = {key: w.id for key, w in written.items()}
+        if late:  # written by a concurrent batch that committed while this statement waited
+            found = await conn.execute(
+                text(
+                    "SELECT company_id, external_id, id FROM memberships"
+                    " WHERE (company_id, external_id) IN (SELECT * FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])))"
+                ),
+                {"c": [k[0] for k in late], "e": [k[1] for k in late]},
+            )
+            ids.update({(f.company_id, f.external_id): f.id for f in found})
         for key, index in accepted:
             w = written[key]
-            upserted.append((index, Upserted(key[1], w.id, w.created, w.changed)))
+            upserted.append((index, Upserted(key[1], ids[key], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.members", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result
@@ -845,9 +869,10 @@ async def upsert_customers(conn: AsyncConnection, rows: Sequence[CustomerIn], *,
         chosen = [rows[i] for _, i in accepted]
         params = {c: [getattr(r, c) for r in chosen] for c in ("external_id", *_CUSTOMER_COLUMNS)}
         written = {w.external_id: w for w in await conn.execute(UPSERT_CUSTOMERS, params)}
+        ids = await _ids_seen_late(conn, "customers", written)
         for key, index in accepted:
             w = written[key]
-            upserted.append((index, Upserted(key, w.id, w.created, w.changed)))
+            upserted.append((index, Upserted(key, ids[key], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.customers", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result

@@ -208,3 +208,23 @@ async def test_the_same_row_twice_in_a_batch_keeps_the_later(engine: AsyncEngine
     assert [(r.index, r.field) for r in result.refused] == [(0, "external_id")]
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT name FROM retailers WHERE external_id = :e"), {"e": ext}) == "New name"
+
+
+async def test_two_batches_racing_on_a_new_row_both_answer_its_id(engine: AsyncEngine) -> None:
+    """The second waits on the first's insert, finds it the same and touches nothing: its answer
+    still names the row (the statement's own snapshot predates it)."""
+    import asyncio
+
+    row = RetailerIn(external_id=_ext("shop"), name="Raced")
+    async with engine.connect() as first, engine.connect() as second:
+        await first.begin()
+        made = await directory.upsert_retailers(first, [row], actor=ACTOR)
+        await second.begin()
+        waiting = asyncio.create_task(directory.upsert_retailers(second, [row], actor=ACTOR))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # on the first's row lock
+        await first.commit()
+        joined = await waiting
+        await second.commit()
+    assert joined.upserted[0].id == made.upserted[0].id
+    assert (joined.upserted[0].created, joined.upserted[0].changed) == (False, False)
