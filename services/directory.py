@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from activities.credit import ledger
+from schemas.churn import CompanySettings
 from schemas.directory import CompanyIn, CreditAccountIn, CustomerIn, MemberIn, OrderIn, RetailerIn
 
 if TYPE_CHECKING:
@@ -719,6 +720,18 @@ async def upsert_companies(conn: AsyncConnection, rows: Sequence[CompanyIn], *, 
     _finish(result, upserted)
     log.info("directory.companies", rows=len(rows), **_counts(result))
     return result
+
+
+async def set_company_rules(engine: AsyncEngine, company_id: str, rules: CompanySettings, *, actor: str) -> bool:
+    """Replace an existing company's churn rules (`PUT /v1/churn/companies/{id}/settings`), through
+    the same writer and audit as `upsert_companies`; False when there is no such company."""
+    async with engine.begin() as conn:
+        name = await conn.scalar(text("SELECT name FROM companies WHERE id = :c FOR UPDATE"), {"c": company_id})
+        if name is None:
+            return False
+        row = CompanyIn(id=company_id, name=name, **rules.model_dump())
+        await upsert_companies(conn, [row], actor=actor)
+    return True
 
 
 # --------------------------------------------------------------------------- members
