@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     twilio_whatsapp_from: str = "whatsapp:+15005550006"
     twilio_sms_from: str = "+15005550006"
     twilio_api_base: str | None = None
+    twilio_content_sids_file: str | None = Field(
+        default=None,
+        description="TOML of the approved WhatsApp templates' Content SIDs, [kind] locale = SID "
+        "(config/templates.toml names the kinds); over the catalogue's own",
+    )
+    twilio_require_content_sids: bool | None = Field(
+        default=None,
+        description="refuse to start a messaging worker while a WhatsApp template has no Content SID "
+        "(default: with real Twilio)",
+    )
     messages_per_second: float = Field(default=50.0, gt=0)
     messaging_paused_recheck_seconds: float = Field(
         default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"
@@ -233,6 +243,11 @@ class Settings(BaseSettings):
         if self.production and not (self.actor_hash_key and self.actor_hash_key.get_secret_value()):
             raise ValueError("ACTOR_HASH_KEY: not set (required with real Twilio or live Stripe credentials)")
         return self
+
+    @property
+    def content_sids_required(self) -> bool:
+        """A messaging worker must know every WhatsApp template's Content SID before it starts."""
+        return self.real_twilio if self.twilio_require_content_sids is None else self.twilio_require_content_sids
 
     @property
     def real_twilio(self) -> bool:

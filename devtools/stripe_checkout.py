@@ -55,14 +55,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from schemas.money import STRIPE_ZERO_DECIMAL
+
 log = structlog.get_logger(__name__)
 
 MAX_EXPIRY_S: Final = 24 * 3600  # Stripe: expires_at between 30 minutes and 24 hours after creation
 MIN_EXPIRY_S: Final = 30 * 60
 DELIVERY_ATTEMPTS: Final = 5
-ZERO_DECIMAL: Final = frozenset(
-    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
-)
+ZERO_DECIMAL: Final = STRIPE_ZERO_DECIMAL  # Stripe's list, the one the gateway uses
 _BRACKETS: Final = re.compile(r"\[([^\]]*)\]")
 
 ErrorResponse = Callable[..., web.Response]

@@ -19,7 +19,14 @@ Twilio API (HTTP basic auth ``AccountSid:AuthToken``):
   ``GET  /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` fetch
   ``GET  /2010-04-01/Accounts/{AccountSid}/Messages.json``     list (To, From, DateSent[<>])
 Control plane (no auth; bind to loopback):
-  ``GET|DELETE /_emulator/messages[?to=]``, ``GET /_emulator/stats``, ``GET|POST /_emulator/config``
+  ``GET|DELETE /_emulator/messages[?to=]``, ``GET /_emulator/stats``, ``GET|POST /_emulator/config``,
+  ``POST /_emulator/inbound`` (a recipient's message: it opens their 24 h WhatsApp session)
+
+Strict mode (``strict``, issue #35) is Twilio's WhatsApp rules: a freeform message outside the
+recipient's 24 h session is refused with 63016, a ContentSid the account has no approved template
+for with 21655, ContentVariables that are not a JSON object filling the template with 21656. The
+approved templates are ``content_templates`` (SID → body with ``{{1}}`` variables); the dev stack
+registers the catalogue's (``config/templates.toml``) and gives the workers their SIDs.
 
 A create passes the same gates as at Twilio, in this order: latency, auth (401/20003), rate
 limit (429/20429), injected fault (500/503), validation and magic numbers (400), and only then
@@ -35,6 +42,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import random
 import re
 import signal
@@ -51,7 +59,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlencode
@@ -113,6 +121,11 @@ INJECTED_FAULTS: Final = (
     TwilioError(20503, "Service is unavailable. Please try again later.", 503),
 )
 SESSION_CLOSED_CODE: Final = 63016
+SESSION_WINDOW: Final = timedelta(hours=24)
+INVALID_CONTENT_SID: Final = TwilioError(21655, "The ContentSid is Invalid")
+INVALID_CONTENT_VARIABLES: Final = TwilioError(21656, "The ContentVariables Parameter is invalid")
+_CONTENT_SID: Final = re.compile(r"^HX[0-9a-fA-F]{32}$")
+_CONTENT_PLACEHOLDER: Final = re.compile(r"\{\{(\d+)\}\}")
 SESSION_CLOSED_MESSAGE: Final = (
     "Failed to send freeform message because you are outside the allowed window. "
     "If you are using WhatsApp, please use a Message Template."
@@ -142,7 +155,13 @@ MAGIC_TO: Final[Mapping[str, tuple[int, str]]] = {
     "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
     "+15005550009": (21614, "'To' number is not a valid mobile number"),
 }
-REFUSAL_MESSAGES: Final[Mapping[int, str]] = {code: text for code, text in MAGIC_TO.values()}
+REFUSAL_MESSAGES: Final[Mapping[int, str]] = {
+    **{code: text for code, text in MAGIC_TO.values()},
+    # WhatsApp's refusals, for ``refusals`` on a ``whatsapp:`` address (a template send refused too).
+    SESSION_CLOSED_CODE: SESSION_CLOSED_MESSAGE,
+    63003: "Channel could not find To address",
+    63024: "Invalid message recipient",
+}
 DELIVERY_ERROR_MESSAGES: Final[Mapping[int, str]] = {
     30001: "Queue overflow",
     30003: "Unreachable destination handset",
@@ -222,6 +241,13 @@ class EmulatorConfig:
     session_closed_error: Literal["sync", "async"] = "sync"
     delivery_failures: Mapping[str, DeliveryFailure] = field(default_factory=dict)
     refusals: Mapping[str, int] = field(default_factory=dict)
+    strict: bool = False
+    """As Twilio is: a freeform WhatsApp message is refused (63016) unless the recipient wrote to
+    the sender in the last 24 hours (``POST /_emulator/inbound``), and a ContentSid must be one of
+    ``content_templates`` (21655) with valid ContentVariables (21656)."""
+    content_templates: Mapping[str, str] = field(default_factory=dict)
+    """The account's approved Content templates: SID → body with ``{{1}}``-style variables. Not
+    empty: an unknown ContentSid is refused (21655) even when not strict."""
     """Addresses (``"+1555..."`` for SMS, ``"whatsapp:+1555..."``) refused with a Twilio error code, as
     the magic numbers are but on one channel only: a number that unsubscribed from SMS (21610) while
     its WhatsApp stays open, which the magic numbers (refused on every channel) cannot show."""
@@ -262,6 +288,8 @@ class EmulatorConfig:
                 for number, f in sorted(self.delivery_failures.items())
             },
             "refusals": dict(sorted(self.refusals.items())),
+            "strict": self.strict,
+            "content_templates": dict(sorted(self.content_templates.items())),
         }
 
 
@@ -292,6 +320,16 @@ def _coerce_setting(name: str, value: Any) -> Any:
             ):
                 raise ValueError(f"{name} must map addresses to Twilio error codes")
             return {channel_address(str(k)): code for k, code in value.items()}
+        case "strict":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+            return value
+        case "content_templates":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and _CONTENT_SID.match(k) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ValueError(f"{name} must map Content SIDs (HX + 32 hex) to template bodies")
+            return dict(value)
         case _:
             return value
 
@@ -337,6 +375,8 @@ class Message:
     error_message: str | None = None
     price: str | None = None
     accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    direction: str = "outbound-api"
+    """``inbound`` for a message a recipient sent us (``POST /_emulator/inbound``)."""
     """Full precision, for the log only: rate measurements need more than Twilio's seconds."""
 
     @property
@@ -352,7 +392,7 @@ class Message:
             "date_created": _rfc2822(self.date_created),
             "date_sent": _rfc2822(self.date_sent),
             "date_updated": _rfc2822(self.date_updated),
-            "direction": "outbound-api",
+            "direction": self.direction,
             "error_code": self.error_code,
             "error_message": self.error_message,
             "from": self.from_,
@@ -384,6 +424,7 @@ class Message:
             "date_created": self.date_created.isoformat(),
             "date_sent": self.date_sent.isoformat() if self.date_sent else None,
             "accepted_at": self.accepted_at.isoformat(),
+            "direction": self.direction,
         }
 
     def callback_params(self) -> dict[str, str]:
@@ -438,8 +479,10 @@ class CreateRequest:
         )
 
 
-def validate_create(req: CreateRequest, config: EmulatorConfig) -> TwilioError | None:
-    """Twilio's synchronous 400s for a create, magic numbers included; None if acceptable."""
+def validate_create(req: CreateRequest, config: EmulatorConfig, session_open: bool = True) -> TwilioError | None:
+    """Twilio's synchronous 400s for a create, magic numbers included; None if acceptable.
+
+    ``session_open``: the recipient wrote to the sender in the last 24 hours (strict mode only)."""
     if not req.to:
         return TwilioError(21604, "A 'To' phone number is required.")
     if not req.from_ and not req.messaging_service_sid:
@@ -463,25 +506,63 @@ def validate_create(req: CreateRequest, config: EmulatorConfig) -> TwilioError |
         return TwilioError(code, REFUSAL_MESSAGES[code].format(to=req.to, from_=req.from_))
     if not _E164.match(to_number):
         return TwilioError(21211, f"The 'To' number {req.to} is not a valid phone number.")
-    if _session_closed(req, config) and config.session_closed_error == "sync":
+    if req.content_sid and (error := _content_error(req, config)):
+        return error
+    if _session_closed(req, config, session_open) and config.session_closed_error == "sync":
         return TwilioError(SESSION_CLOSED_CODE, SESSION_CLOSED_MESSAGE)
     return None
 
 
-def _session_closed(req: CreateRequest, config: EmulatorConfig) -> bool:
-    """A freeform WhatsApp message (no approved template) to a number whose 24 h window is closed."""
+def _content_error(req: CreateRequest, config: EmulatorConfig) -> TwilioError | None:
+    """21655 for a ContentSid the account has no template for, 21656 for variables that do not fill it."""
+    if not (config.strict or config.content_templates):
+        return None
+    template = config.content_templates.get(req.content_sid)
+    if template is None:
+        return INVALID_CONTENT_SID
+    needed = set(_CONTENT_PLACEHOLDER.findall(template))
+    if not req.content_variables:
+        return INVALID_CONTENT_VARIABLES if needed else None
+    try:
+        variables = json.loads(req.content_variables)
+    except ValueError:
+        return INVALID_CONTENT_VARIABLES
+    if not isinstance(variables, dict) or not all(
+        isinstance(v, str) and v.strip() and not re.search(r"[\n\t]| {5,}", v) for v in variables.values()
+    ):
+        return INVALID_CONTENT_VARIABLES
+    return INVALID_CONTENT_VARIABLES if needed - set(variables) else None
+
+
+def render_content(req: CreateRequest, config: EmulatorConfig) -> str:
+    """The body Twilio shows for a template send: the template with its variables filled in."""
+    template = config.content_templates.get(req.content_sid)
+    if template is None:
+        return req.body
+    try:
+        variables = json.loads(req.content_variables or "{}")
+    except ValueError:
+        variables = {}
+    return _CONTENT_PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), m.group(0))), template)
+
+
+def _session_closed(req: CreateRequest, config: EmulatorConfig, session_open: bool = True) -> bool:
+    """A freeform WhatsApp message (no approved template) to a number whose 24 h window is closed:
+    listed in ``whatsapp_session_closed``, or (strict) with no inbound message in 24 hours."""
     channel, number = split_channel(req.to)
-    return channel == "whatsapp" and not req.content_sid and number in config.whatsapp_session_closed
+    if channel != "whatsapp" or req.content_sid:
+        return False
+    return number in config.whatsapp_session_closed or (config.strict and not session_open)
 
 
 Lifecycle = list[tuple[str, int | None]]
 
 
-def lifecycle(req: CreateRequest, config: EmulatorConfig) -> Lifecycle:
+def lifecycle(req: CreateRequest, config: EmulatorConfig, session_open: bool = True) -> Lifecycle:
     """The statuses an accepted message goes through, each with its error code (if any)."""
     steps: Lifecycle = [("accepted", None)] if req.messaging_service_sid and not req.from_ else []
     steps.append(("queued", None))
-    if _session_closed(req, config):  # only reached in "async" mode: Twilio accepts, then fails
+    if _session_closed(req, config, session_open):  # only reached in "async" mode: Twilio accepts, then fails
         return [*steps, ("failed", SESSION_CLOSED_CODE)]
     failure = config.delivery_failures.get(normalize_number(req.to))
     if failure is None:
@@ -703,8 +784,39 @@ class EmulatorState:
     def new_sid(self) -> str:
         return "SM" + f"{self.rng.getrandbits(128):032x}"
 
-    def accept(self, req: CreateRequest) -> Message:
-        steps = lifecycle(req, self.config)
+    def session_open(self, to: str, from_: str) -> bool:
+        """Did ``to`` write to ``from_`` in the last 24 hours (an inbound message)?"""
+        since = _now() - SESSION_WINDOW
+        return any(
+            m.direction == "inbound" and m.from_ == to and m.to == from_ and m.date_created >= since
+            for m in self.store.newest_first()
+        )
+
+    def inbound(self, from_: str, to: str, body: str) -> Message:
+        """A message a recipient sent us: it opens the WhatsApp session and lists like Twilio's."""
+        now = _now()
+        message = Message(
+            seq=self.store.next_seq(),
+            sid=self.new_sid(),
+            account_sid=self.account_sid,
+            to=to,
+            from_=from_,
+            body=body,
+            content_sid=None,
+            content_variables=None,
+            messaging_service_sid=None,
+            status_callback=None,
+            status="received",
+            date_created=now,
+            date_updated=now,
+            date_sent=now,
+            direction="inbound",
+        )
+        self.store.add(message)
+        return message
+
+    def accept(self, req: CreateRequest, session_open: bool = True) -> Message:
+        steps = lifecycle(req, self.config, session_open)
         now = _now()
         message = Message(
             seq=self.store.next_seq(),
@@ -712,7 +824,7 @@ class EmulatorState:
             account_sid=self.account_sid,
             to=req.to,
             from_=req.from_ or None,
-            body=req.body,
+            body=render_content(req, self.config) if req.content_sid else req.body,
             content_sid=req.content_sid or None,
             content_variables=req.content_variables or None,
             messaging_service_sid=req.messaging_service_sid or None,
@@ -834,13 +946,14 @@ async def create_message(request: web.Request) -> web.Response:
     if refusal := state.admit():
         return refusal.response()
     req = CreateRequest.from_form(await request.post())
-    if error := validate_create(req, state.config):
+    session_open = not state.config.strict or state.session_open(req.to, req.from_)
+    if error := validate_create(req, state.config, session_open):
         state.stats["rejected"] += 1
         log.info("twilio_emulator.rejected", code=error.code, to=req.to)
         return error.response()
     if state.config.accept_delay_ms:
         await asyncio.sleep(state.config.accept_delay_ms / 1000)
-    message = state.accept(req)
+    message = state.accept(req, session_open)
     log.debug("twilio_emulator.accepted", sid=message.sid, to=message.to)
     return web.json_response(message.to_twilio_json(), status=201)
 
@@ -867,6 +980,19 @@ async def emulator_messages(request: web.Request) -> web.Response:
         return web.json_response({"deleted": store.clear()})
     to = request.query.get("to")
     return web.json_response([m.to_log_json() for m in store.oldest_first() if to is None or m.to == to])
+
+
+async def emulator_inbound(request: web.Request) -> web.Response:
+    """``{"from": "whatsapp:+1555...", "to": <our sender>, "body": "hi"}``: a recipient's message,
+    recorded as Twilio records one (it opens that recipient's 24 h WhatsApp session)."""
+    try:
+        data = await request.json()
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) and data[k] for k in ("from", "to")):
+            raise ValueError("expected {from, to, body}")
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    message = request.app[STATE].inbound(data["from"], data["to"], str(data.get("body") or ""))
+    return web.json_response(message.to_twilio_json(), status=201)
 
 
 async def emulator_stats(request: web.Request) -> web.Response:
@@ -907,6 +1033,8 @@ def create_app(
     session_closed_error: Literal["sync", "async"] = "sync",
     delivery_failures: Mapping[str, DeliveryFailure | int | Mapping[str, Any]] | None = None,
     refusals: Mapping[str, int] | None = None,
+    strict: bool = False,
+    content_templates: Mapping[str, str] | None = None,
 ) -> web.Application:
     """The emulator as an aiohttp app; raises ValueError for an invalid setting."""
     config = EmulatorConfig().updated(
@@ -920,6 +1048,8 @@ def create_app(
             "session_closed_error": session_closed_error,
             "delivery_failures": dict(delivery_failures or {}),
             "refusals": dict(refusals or {}),
+            "strict": strict,
+            "content_templates": dict(content_templates or {}),
         }
     )
     app = web.Application(middlewares=[twilio_api_gate])
@@ -931,6 +1061,7 @@ def create_app(
     app.router.add_route("GET", "/_emulator/messages", emulator_messages)
     app.router.add_route("DELETE", "/_emulator/messages", emulator_messages)
     app.router.add_get("/_emulator/stats", emulator_stats)
+    app.router.add_post("/_emulator/inbound", emulator_inbound)
     app.router.add_route("GET", "/_emulator/config", emulator_config)
     app.router.add_route("POST", "/_emulator/config", emulator_config)
     app.cleanup_ctx.append(_callback_session)
@@ -1039,6 +1170,7 @@ def run(
     host: str = DEFAULT_HOST,
     seed: int | None = None,
     accept_delay_ms: int = 0,
+    strict: bool = False,
 ) -> None:
     """``jobctl twilio-emulator``: serve until SIGINT/SIGTERM. ValueError for an invalid setting."""
     options = {
@@ -1046,6 +1178,7 @@ def run(
         "fail_rate": fail_rate,
         "latency_ms": latency_ms,
         "accept_delay_ms": accept_delay_ms,
+        "strict": strict,
         "seed": seed,
     }
     EmulatorConfig().updated({k: v for k, v in options.items() if k != "seed"})  # fail before binding
@@ -1065,6 +1198,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--strict", action="store_true", help="Twilio's WhatsApp session and template rules")
     return parser
 
 
@@ -1082,6 +1216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             seed=args.seed,
             accept_delay_ms=args.accept_delay_ms,
+            strict=args.strict,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -33,7 +33,9 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
         log.info("worker.stopped")
 
 
-async def check_dependencies(settings: Settings, database_url: str) -> list[str]:
+async def check_dependencies(
+    settings: Settings, database_url: str, task_queues: Sequence[str] | None = None
+) -> list[str]:
     """`jobctl worker --check`: what is not reachable (empty when ready)."""
     problems = []
     where = settings.temporal_address
@@ -48,6 +50,14 @@ async def check_dependencies(settings: Settings, database_url: str) -> list[str]
     else:
         if (problem := await temporal_problem(client)) is not None:
             problems.append(f"Temporal at {where}: {problem}")
+    if settings.twilio_account_sid and (task_queues is None or "messaging" in task_queues):
+        from config.settings import SettingsError
+        from workers.families.messaging import message_catalogue
+
+        try:
+            message_catalogue(settings)
+        except SettingsError as exc:
+            problems.append(str(exc))
     engine = create_engine(database_url, pool_size=1)
     try:
         if (problem := await database_problem(engine)) is not None:

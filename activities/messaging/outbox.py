@@ -36,6 +36,10 @@ class Recipient:
     phone: str | None
     preferred_channel: Channel  # the table's CHECK constraint holds it to the two
     timezone: str
+    locale: str = "en"
+    """BCP 47: which text of the catalogue, and how amounts are written (a retailer's `locale`)."""
+    currency: str = "USD"
+    """ISO 4217: the currency of the amounts in the message (a retailer's credit account's)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,11 @@ def _first_name(name: str | None) -> str:
 # The send path's statements run on psycopg's connection (`driver_connection`): SQLAlchemy's
 # execution and result objects cost more CPU per send than the statements themselves.
 _RECIPIENT_SQL = {
-    "retailer": "SELECT name, phone, preferred_channel, timezone FROM retailers WHERE id = %(rid)s",
-    "member": "SELECT m.name, m.phone, m.preferred_channel, COALESCE(m.timezone, c.timezone)"
+    "retailer": "SELECT r.name, r.phone, r.preferred_channel, r.timezone, r.locale, a.currency"
+    " FROM retailers r LEFT JOIN credit_accounts a ON a.retailer_id = r.id WHERE r.id = %(rid)s",
+    "member": "SELECT m.name, m.phone, m.preferred_channel, COALESCE(m.timezone, c.timezone), 'en', 'USD'"
     " FROM memberships m JOIN companies c ON c.id = m.company_id WHERE m.id = %(rid)s",
-    "customer": "SELECT name, phone, 'whatsapp', 'UTC' FROM customers WHERE id = %(rid)s",
+    "customer": "SELECT name, phone, 'whatsapp', 'UTC', 'en', 'USD' FROM customers WHERE id = %(rid)s",
 }
 
 
@@ -80,8 +85,17 @@ async def load_recipient(conn: psycopg.AsyncConnection, recipient_type: str, rec
     row = await (await conn.execute(statement, {"rid": int(recipient_id)}, prepare=True)).fetchone()
     if row is None:
         return None
-    name, phone, channel, tz = row
-    return Recipient(recipient_type, recipient_id, _first_name(name), phone, channel or "whatsapp", tz or "UTC")
+    name, phone, channel, tz, locale, currency = row
+    return Recipient(
+        recipient_type,
+        recipient_id,
+        _first_name(name),
+        phone,
+        channel or "whatsapp",
+        tz or "UTC",
+        locale or "en",
+        currency or "USD",
+    )
 
 
 # Why a message is held back, or NULL to send: no phone, opted out, the emergency brake, daily cap

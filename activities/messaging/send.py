@@ -30,7 +30,7 @@ from activities.database import autocommit, driver_connection
 from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.outbox import QuietHours, Recipient
-from activities.messaging.templates import Template, UnknownTemplate, get_template
+from activities.messaging.templates import Catalogue, Template, UnknownTemplate, Variant, load_catalogue
 from activities.messaging.twilio_gateway import Accepted, TwilioGateway
 from schemas.messaging import BatchItemOutcome, Channel, SendBatch, SendBatchResult, SendMessage, SendOutcome
 
@@ -40,6 +40,10 @@ INVALID_RECIPIENT = {21211, 21612, 21614, 21408}
 INVALID_SENDER = {21212, 21606}
 OPTED_OUT = 21610
 OUTSIDE_SESSION = 63016
+WHATSAPP_REFUSED = {OUTSIDE_SESSION, 63003, 63024, 63032}
+"""WhatsApp cannot take this message where SMS may: outside the session (63016), no WhatsApp
+account at the number (63003), an invalid WhatsApp recipient (63024), a recipient Meta holds out of
+business messages (63032). The message falls back to SMS once, under the same key."""
 BUSY = {21611, 30001, 63018, 20429}
 
 
@@ -139,7 +143,10 @@ class MessagingActivities:
         senders: Senders,
         policy: SendPolicy = SendPolicy(),
         per_second: float | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
+        # The message kinds' texts and Content SIDs (config/templates.toml and the deployment's SIDs).
+        self._catalogue = catalogue or load_catalogue()
         # The provider's rate for the whole cluster, in messages: each send reserves its slot in
         # `messaging_pace` (outbox.reserve_slot) just before it calls Twilio. None: unlimited.
         self._per_second = per_second
@@ -218,7 +225,7 @@ class MessagingActivities:
     async def _send_one(self, request: SendMessage, deadline: float) -> SendOutcome:
         """One message, exactly once under its key; `deadline` (event-loop time) ends this attempt."""
         try:
-            template = get_template(request.template, request.template_version)
+            template = self._catalogue.get(request.template, request.template_version)
         except UnknownTemplate as exc:
             raise permanent("UnknownTemplate", str(exc)) from None
         # The common send's first two statements (who, then the claim) share one pooled connection.
@@ -227,9 +234,12 @@ class MessagingActivities:
             if recipient is None:
                 raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
             channel = request.channel or recipient.preferred_channel
-            params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
+            params = template.localise(
+                {**request.params, "first_name": recipient.first_name}, recipient.currency, recipient.locale
+            )
+            variant = template.variant(recipient.locale)
             try:
-                body = template.render(params)
+                body = variant.render(params)
             except ValueError as exc:
                 raise permanent("InvalidTemplateParams", str(exc)) from None
             now = _now()
@@ -253,7 +263,9 @@ class MessagingActivities:
 
         try:
             decided = await self._claim(request, hold, local, template, body, new)
-            outcome = decided or await self._send(request, recipient, channel, template, params, body, deadline)
+            outcome = decided or await self._send(
+                request, recipient, channel, template, variant, params, body, deadline
+            )
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
             raise
@@ -351,6 +363,7 @@ class MessagingActivities:
         recipient: Recipient,
         channel: Channel,
         template: Template,
+        variant: Variant,
         params: dict,
         body: str,
         deadline: float,
@@ -361,7 +374,7 @@ class MessagingActivities:
         if self._per_second:
             await self._wait_for_slot(key, deadline)
         try:
-            accepted = await self._deliver(attempt, recipient.phone, template, params, body)
+            accepted = await self._deliver(attempt, recipient.phone, variant, params, body)
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
@@ -408,26 +421,35 @@ class MessagingActivities:
             if beat:
                 activity.heartbeat()
 
-    async def _deliver(self, attempt: _Attempt, phone: str, template: Template, params: dict, body: str) -> Accepted:
-        """WhatsApp first when preferred; outside the 24 h window, the approved template or SMS.
+    async def _deliver(self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str) -> Accepted:
+        """WhatsApp when preferred, SMS if WhatsApp refuses (`WHATSAPP_REFUSED`), once.
 
-        Each fallback records its channel and sender (and renews the lease) before the call, so a
-        crash after it is looked up where the message went.
+        On WhatsApp, a kind with an approved template (a Content SID) is sent as that template with
+        its `content_variables` unless the recipient wrote to us in the last 24 hours (Twilio's
+        list of their inbound messages), when the freeform text goes; a kind without one goes
+        freeform (the HELP reply: always in session; in dev, the emulator without templates).
+        Each move records its channel, sender and Content SID (and renews the lease) before the
+        call, so a crash after it is looked up where the message went.
         """
-        try:
-            return await self._gateway.send(to=_address(attempt.channel, phone), from_=attempt.sender, body=body)
-        except TwilioRestException as exc:
-            if exc.code != OUTSIDE_SESSION or attempt.channel != "whatsapp":
-                raise
-        if template.whatsapp_content_sid:
-            await self._move(attempt, "whatsapp", content_sid=template.whatsapp_content_sid)
-            return await self._gateway.send(
-                to=_address("whatsapp", phone),
-                from_=attempt.sender,
-                content_sid=template.whatsapp_content_sid,
-                content_variables=json.dumps(template.content_variables(params)),
-            )
-        await self._move(attempt, "sms")
+        if attempt.channel == "whatsapp":
+            to = _address("whatsapp", phone)
+            try:
+                if variant.content_sid and not await self._gateway.session_open(
+                    to=to, from_=attempt.sender, now=_now()
+                ):
+                    await self._move(attempt, "whatsapp", content_sid=variant.content_sid)
+                    return await self._gateway.send(
+                        to=to,
+                        from_=attempt.sender,
+                        content_sid=variant.content_sid,
+                        content_variables=json.dumps(variant.content_variables(params)),
+                    )
+                return await self._gateway.send(to=to, from_=attempt.sender, body=body)
+            except TwilioRestException as exc:
+                if exc.code not in WHATSAPP_REFUSED:
+                    raise
+                log.info("message.whatsapp_refused", idempotency_key=attempt.key, error_code=exc.code)
+            await self._move(attempt, "sms")
         return await self._gateway.send(to=phone, from_=attempt.sender, body=body)
 
     async def _move(self, attempt: _Attempt, channel: Channel, *, content_sid: str | None = None) -> None:

@@ -1,141 +1,271 @@
-"""Message templates as versioned data: the WhatsApp Content SID and the SMS body of each.
+"""Message templates as configuration: `config/templates.toml` (issue #35).
 
-A workflow names a template and version and passes parameters (ids, amounts, links: never
-names or phone numbers); the activity renders the text at send time from the database, so
-message text never lands in a workflow history.
+A workflow names a template (a message kind) and version and passes parameters (ids, amounts,
+links: never names or phone numbers); the activity renders the text at send time from the
+database, in the recipient's locale, so message text never lands in a workflow history.
+
+The catalogue maps each kind × locale to its text (SMS and in-session WhatsApp) and to the
+Content SID Twilio issued for its approved WhatsApp template, whose variables are the text's
+placeholders in order of appearance. The SIDs are a deployment's own: the repository's file
+leaves them empty, and `TWILIO_CONTENT_SIDS_FILE` (same shape, `[kind] locale = "HX..."`)
+supplies them; `Catalogue.missing_content_sids` names what a WhatsApp send would lack, and the
+messaging worker refuses to start on it with real Twilio. Loaded once per process, validated
+whole at load: a text with a placeholder another locale of its kind lacks, an unknown key or a
+malformed SID stops the load naming the entry.
 """
 
 from __future__ import annotations
 
-import hashlib
+import re
 import string
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+from schemas.money import format_money, parse_amount
+
+CATALOGUE_PATH = Path(__file__).resolve().parents[2] / "config" / "templates.toml"
+DEFAULT_LOCALE = "en"
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+_KIND_KEYS = {"version", "whatsapp", "money"}
+_VARIANT_KEYS = {"text", "content_sid"}
 
 
 class UnknownTemplate(LookupError):
     pass
 
 
+class CatalogueError(ValueError):
+    """The catalogue (or a SIDs file) is not usable; the message names the entry."""
+
+
+def _fields(text: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for _, name, spec, conversion in string.Formatter().parse(text):
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} must be a plain name")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 @dataclass(frozen=True)
-class Template:
-    name: str
-    version: int
+class Variant:
+    """One kind in one locale."""
+
+    locale: str
     body: str
     """Python format string; `{first_name}` comes from the recipient row, the rest from params."""
-    approved: bool = False
-    """Has an approved WhatsApp template, used outside the 24 h session window (error 63016)."""
+    content_sid: str | None = None
+    fields: tuple[str, ...] = ()
+    """The placeholders in order of appearance: WhatsApp's variables "1", "2", ..."""
 
-    @property
-    def whatsapp_content_sid(self) -> str | None:
-        """Content SID of the approved template (stable per name and version)."""
-        if not self.approved:
-            return None
-        return "HX" + hashlib.md5(f"{self.name}:{self.version}".encode()).hexdigest()
-
-    @property
-    def fields(self) -> list[str]:
-        return [name for _, name, _, _ in string.Formatter().parse(self.body) if name]
-
-    def render(self, params: dict[str, Any]) -> str:
+    def render(self, params: Mapping[str, Any]) -> str:
         missing = [f for f in self.fields if f not in params]
         if missing:
-            raise ValueError(f"template {self.name} v{self.version} needs {', '.join(missing)}")
-        return self.body.format(**params)
+            raise ValueError(f"template {self.locale} text needs {', '.join(missing)}")
+        return self.body.format(**{f: params[f] for f in self.fields})
 
-    def content_variables(self, params: dict[str, Any]) -> dict[str, str]:
+    def content_variables(self, params: Mapping[str, Any]) -> dict[str, str]:
         """WhatsApp templates take positional variables "1", "2", ... in body order."""
         return {str(i): str(params[f]) for i, f in enumerate(self.fields, start=1)}
 
 
-TEMPLATES: dict[tuple[str, int], Template] = {
-    (t.name, t.version): t
-    for t in (
-        Template(
-            "payment_reminder",
-            1,
-            "Hi {first_name}, a friendly reminder: {debit_count} invoice(s) totalling {amount_due} "
-            "are due. Pay securely here: {payment_link}",
-            approved=True,
-        ),
-        Template(
-            "credit_paused",
-            1,
-            "Hi {first_name}, your credit line is paused ({reason}). You can still order cash on delivery. "
-            "Settle {amount_due} to reopen it.",
-            approved=True,
-        ),
-        Template(
-            "credit_resumed",
-            1,
-            "Hi {first_name}, thank you! Your credit line is open again.",
-            approved=True,
-        ),
-        Template(
-            "credit_paused_by_admin",
-            1,
-            "Hi {first_name}, our credit team has paused your credit line. You can still order cash on delivery. "
-            "Contact us to reopen it.",
-            approved=True,
-        ),
-        Template(
-            "credit_unpaused",
-            1,
-            "Hi {first_name}, our credit team has reopened your credit line: you can order on credit again.",
-            approved=True,
-        ),
-        Template(
-            "credit_blocked",
-            1,
-            "Hi {first_name}, our credit team has blocked your account: orders cannot be placed for now. "
-            "Contact us to talk it through.",
-            approved=True,
-        ),
-        Template(
-            "order_followup",
-            1,
-            "Hi {first_name}, your order #{order_id} is still waiting for you. Complete it before it expires.",
-            approved=True,
-        ),
-        Template(
-            "order_failed",
-            1,
-            "Hi {first_name}, we could not complete order #{order_id}. Any credit it used has been released.",
-            approved=True,
-        ),
-        Template(
-            "order_failed_credit",
-            1,
-            "Hi {first_name}, we could not complete order #{order_id}. {credit_released} of credit is available "
-            "to you again and {balance_returned} is back on your account balance.",
-            approved=True,
-        ),
-        Template("insight", 1, "{insight_message}"),
-        Template(
-            "help",
-            1,
-            "Hi {first_name}, this is your supplier's account line: reminders, credit and order updates. "
-            "Reply STOP to stop these messages, START to get them again.",
-        ),
-        Template(
-            "churn_nudge",
-            1,
-            "Hi {first_name}, we would love to keep you with us. Update your payment details to keep "
-            "your membership: {manage_link}",
-            approved=True,
-        ),
-    )
-}
+@dataclass(frozen=True)
+class Template:
+    name: str
+    version: int
+    variants: Mapping[str, Variant]
+    whatsapp: bool = False
+    """Has an approved WhatsApp template (sent outside the 24 h session); False: SMS out of session."""
+    money: tuple[str, ...] = ()
+    """Params that are amounts: formatted in the recipient's locale and currency at send time."""
+
+    def variant(self, locale: str | None) -> Variant:
+        """The text for a BCP 47 `locale`: `es-ES` → `es` → `en`."""
+        tag = (locale or DEFAULT_LOCALE).replace("_", "-")
+        parts = tag.split("-")
+        for n in range(len(parts), 0, -1):
+            candidate = "-".join(parts[:n])
+            for key in (candidate, candidate.lower()):
+                if key in self.variants:
+                    return self.variants[key]
+        return self.variants[DEFAULT_LOCALE]
+
+    def localise(self, params: Mapping[str, Any], currency: str, locale: str | None) -> dict[str, str]:
+        """`params` as text, the money ones formatted (CLDR) for `locale` in `currency`."""
+        out = {k: str(v) for k, v in params.items()}
+        for name in self.money:
+            amount = parse_amount(out[name]) if name in out else None
+            if amount is not None:
+                out[name] = format_money(amount, currency, locale)
+        return out
+
+    # The default locale's text, for callers that do not localise (tests, the HELP reply's checks).
+    @property
+    def body(self) -> str:
+        return self.variants[DEFAULT_LOCALE].body
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.variants[DEFAULT_LOCALE].fields)
+
+    @property
+    def whatsapp_content_sid(self) -> str | None:
+        return self.variants[DEFAULT_LOCALE].content_sid
+
+    def render(self, params: Mapping[str, Any]) -> str:
+        return self.variants[DEFAULT_LOCALE].render(params)
+
+    def content_variables(self, params: Mapping[str, Any]) -> dict[str, str]:
+        return self.variants[DEFAULT_LOCALE].content_variables(params)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    templates: Mapping[tuple[str, int], Template]
+    source: str = str(CATALOGUE_PATH)
+    sids_source: str | None = field(default=None)
+
+    def get(self, name: str, version: int | None = None) -> Template:
+        """A specific version, or the newest one when `version` is None."""
+        if version is not None:
+            try:
+                return self.templates[(name, version)]
+            except KeyError:
+                raise UnknownTemplate(f"no template {name} v{version}") from None
+        versions = [t for (n, _), t in self.templates.items() if n == name]
+        if not versions:
+            raise UnknownTemplate(f"no template {name}")
+        return max(versions, key=lambda t: t.version)
+
+    def content_sids(self) -> dict[str, str]:
+        """Every configured SID, by `kind.locale`."""
+        return {
+            f"{t.name}.{v.locale}": v.content_sid
+            for t in self.templates.values()
+            for v in t.variants.values()
+            if v.content_sid
+        }
+
+    def missing_content_sids(self) -> list[str]:
+        """`kind.locale` of every WhatsApp template without a Content SID (sorted): what a worker
+        aimed at real Twilio must not start without."""
+        return sorted(
+            f"{t.name}.{v.locale}"
+            for t in self.templates.values()
+            if t.whatsapp
+            for v in t.variants.values()
+            if not v.content_sid
+        )
+
+    def with_content_sids(self, sids: Mapping[str, Mapping[str, str]], source: str | None = None) -> Catalogue:
+        """This catalogue with `sids` ({kind: {locale: SID}}) over the file's; an unknown kind or
+        locale, or a malformed SID, is refused by name."""
+        for kind, per_locale in sids.items():
+            matching = [t for (n, _), t in self.templates.items() if n == kind]
+            if not matching or not isinstance(per_locale, Mapping):
+                raise CatalogueError(f"{source or 'content SIDs'}: no message kind {kind}")
+            for locale, sid in per_locale.items():
+                if locale not in matching[0].variants:
+                    raise CatalogueError(f"{source or 'content SIDs'}: {kind} has no locale {locale}")
+                if not isinstance(sid, str) or (sid and not CONTENT_SID.match(sid)):
+                    raise CatalogueError(f"{source or 'content SIDs'}: {kind}.{locale} is not a Content SID")
+        templates = {}
+        for key, t in self.templates.items():
+            extra = sids.get(t.name, {})
+            variants = {
+                loc: Variant(v.locale, v.body, extra.get(loc) or v.content_sid, v.fields)
+                for loc, v in t.variants.items()
+            }
+            templates[key] = Template(t.name, t.version, variants, t.whatsapp, t.money)
+        return Catalogue(templates, self.source, source)
+
+
+def parse_catalogue(data: Mapping[str, Any], source: str = "templates") -> Catalogue:
+    """Validate the catalogue's TOML tables into templates; CatalogueError names what is wrong."""
+    templates: dict[tuple[str, int], Template] = {}
+    for kind, spec in data.items():
+        where = f"{source}: [{kind}]"
+        if not isinstance(spec, Mapping):
+            raise CatalogueError(f"{where} is not a table")
+        version = spec.get("version", 1)
+        whatsapp = spec.get("whatsapp", False)
+        money = spec.get("money", [])
+        if not isinstance(version, int) or not isinstance(whatsapp, bool) or not isinstance(money, list):
+            raise CatalogueError(f"{where}: version is an integer, whatsapp true or false, money a list")
+        variants: dict[str, Variant] = {}
+        for locale, entry in spec.items():
+            if locale in _KIND_KEYS:
+                continue
+            if not isinstance(entry, Mapping):
+                raise CatalogueError(f"{where}: unknown key {locale}")
+            unknown = set(entry) - _VARIANT_KEYS
+            if unknown or not isinstance(entry.get("text"), str) or not entry["text"].strip():
+                raise CatalogueError(f"{where}.{locale}: needs `text` (and may have `content_sid`), nothing else")
+            sid = entry.get("content_sid") or None
+            if sid is not None and not CONTENT_SID.match(str(sid)):
+                raise CatalogueError(f"{where}.{locale}: content_sid is not a Content SID (HX + 32 hex)")
+            try:
+                fields = _fields(entry["text"])
+            except ValueError as exc:
+                raise CatalogueError(f"{where}.{locale}: {exc}") from None
+            variants[locale] = Variant(locale, entry["text"], sid, fields)
+        if DEFAULT_LOCALE not in variants:
+            raise CatalogueError(f"{where}: has no `{DEFAULT_LOCALE}` text (every locale falls back to it)")
+        expected = set(variants[DEFAULT_LOCALE].fields)
+        for locale, variant in variants.items():
+            if set(variant.fields) != expected:
+                raise CatalogueError(
+                    f"{where}.{locale}: placeholders {sorted(variant.fields)} differ from"
+                    f" {DEFAULT_LOCALE}'s {sorted(expected)}"
+                )
+        if not set(money) <= expected:
+            raise CatalogueError(f"{where}: money names {sorted(set(money) - expected)}, not placeholders")
+        templates[(kind, version)] = Template(kind, version, variants, whatsapp, tuple(money))
+    return Catalogue(templates, source)
+
+
+def read_content_sids(path: Path | str) -> dict[str, dict[str, str]]:
+    """A SIDs file: TOML, `[kind]` tables of `locale = "HX..."`."""
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def write_content_sids(path: Path | str, sids: Mapping[str, Mapping[str, str]]) -> None:
+    lines = ["# Content SIDs of the approved WhatsApp templates: [kind] locale = SID (config/templates.toml)"]
+    for kind in sorted(sids):
+        lines.append(f"\n[{kind}]")
+        lines.extend(f'{locale} = "{sid}"' for locale, sid in sorted(sids[kind].items()))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+@cache
+def _file_catalogue(path: str, sids_file: str | None) -> Catalogue:
+    with open(path, "rb") as f:
+        catalogue = parse_catalogue(tomllib.load(f), path)
+    if sids_file:
+        catalogue = catalogue.with_content_sids(read_content_sids(sids_file), sids_file)
+    return catalogue
+
+
+def load_catalogue(sids_file: Path | str | None = None, path: Path | str = CATALOGUE_PATH) -> Catalogue:
+    """The catalogue file with a deployment's SIDs over it; read and validated once per process."""
+    return _file_catalogue(str(path), str(sids_file) if sids_file else None)
+
+
+def kinds(catalogue: Catalogue | None = None) -> Iterable[str]:
+    return sorted({name for name, _ in (catalogue or load_catalogue()).templates})
 
 
 def get_template(name: str, version: int | None = None) -> Template:
-    """A specific version, or the newest one when `version` is None."""
-    if version is not None:
-        try:
-            return TEMPLATES[(name, version)]
-        except KeyError:
-            raise UnknownTemplate(f"no template {name} v{version}") from None
-    versions = [t for (n, _), t in TEMPLATES.items() if n == name]
-    if not versions:
-        raise UnknownTemplate(f"no template {name}")
-    return max(versions, key=lambda t: t.version)
+    """From the repository's catalogue (no deployment SIDs): the send path uses its worker's."""
+    return load_catalogue().get(name, version)
+
+
+TEMPLATES = load_catalogue().templates

@@ -10,7 +10,7 @@ import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from twilio.base.exceptions import TwilioRestException
@@ -18,6 +18,9 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
+
+SESSION_WINDOW = timedelta(hours=24)
+"""WhatsApp's customer-service window: freeform messages only this long after the recipient's last."""
 
 
 class _AsyncHttpClient(AsyncTwilioHttpClient):
@@ -154,6 +157,13 @@ class TwilioGateway:
             for m in await self._client.messages.list_async(to=to, from_=from_, limit=100)
             if not (m.date_created and m.date_created < floor)
         ]
+
+    async def session_open(self, *, to: str, from_: str, now: datetime) -> bool:
+        """Has `to` written to `from_` in the 24 hours before `now` (WhatsApp's customer-service
+        window)? Twilio lists inbound messages too: one filtered list call, no state of ours."""
+        since = (now - SESSION_WINDOW).replace(microsecond=0)
+        inbound = await self._client.messages.list_async(from_=to, to=from_, date_sent_after=since, limit=1)
+        return bool(inbound)
 
     async def close(self) -> None:
         await close_twilio_client(self._client)

@@ -76,6 +76,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import permanent
 from activities.payments.client import close_stripe_client, stripe_client
+from schemas.money import STRIPE_THREE_DECIMAL, STRIPE_ZERO_DECIMAL
 from schemas.payments import (
     CancelSubscription,
     CheckoutSession,
@@ -104,12 +105,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# https://docs.stripe.com/currencies#zero-decimal
-ZERO_DECIMAL_CURRENCIES: Final = frozenset(
-    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
-)
-# Three-decimal currencies need amounts rounded to tens of minor units at Stripe: not supported here.
-THREE_DECIMAL_CURRENCIES: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+# Stripe's decimals per currency: one table, `schemas/money.py`.
+ZERO_DECIMAL_CURRENCIES: Final = STRIPE_ZERO_DECIMAL
+THREE_DECIMAL_CURRENCIES: Final = STRIPE_THREE_DECIMAL
 MAX_MINOR_UNITS: Final = 99_999_999  # Stripe's maximum charge amount (8 digits of minor units)
 DAY_S: Final = 86_400
 EXTENSION_KEY_META: Final = "jobctl_extension_key"

@@ -18,8 +18,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.database import create_engine
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
-from activities.messaging.templates import get_template
+from activities.messaging.templates import get_template, load_catalogue
 from activities.messaging.twilio_gateway import TwilioGateway
+from devtools.content_templates import dev_content_sids, emulator_templates
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import SendMessage
 from schemas.tables import MessageLog, RecipientOptOut, Retailer
@@ -83,7 +84,7 @@ async def test_a_message_goes_out_once_per_key_and_never_stores_text_or_phone(
     assert again.provider_sid == first.provider_sid and again.duplicate
     sent = await emulator_log(emulator, phone)
     assert len(sent) == 1
-    assert sent[0]["body"].startswith("Hi Kofi, a friendly reminder: 2 invoice(s) totalling 150.00")
+    assert sent[0]["body"].startswith("Hi Kofi, a friendly reminder: 2 invoice(s) totalling $150.00")
     stored = await row(engine, message.idempotency_key)
     assert stored.status == "sent" and stored.provider_sid == first.provider_sid and stored.attempts == 1
     assert phone not in str(tuple(stored)) and "Kofi" not in str(tuple(stored))
@@ -140,16 +141,33 @@ async def test_a_bad_sender_is_a_permanent_error(
     assert raised.value.type == "InvalidSender"
 
 
-async def test_whatsapp_outside_the_session_window_falls_back_to_the_approved_template(
+async def test_whatsapp_outside_the_session_window_sends_the_approved_template(
     engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
 ) -> None:
+    """A kind with a Content SID goes out as that template (no inbound from the recipient: out of
+    session), its variables in body order; Twilio shows the rendered text."""
+    sids = dev_content_sids()
+    catalogue = load_catalogue().with_content_sids(sids)
     phone = unique_phone()
-    emulator.state.reconfigure({"whatsapp_session_closed": [phone]})
-    rid = await retailer(engine, phone, channel="whatsapp")
-    outcome = await ActivityEnvironment().run(activities(engine, gateway).send_message, reminder(rid))
+    emulator.state.reconfigure({"whatsapp_session_closed": [phone], "content_templates": emulator_templates(catalogue)})
+    try:
+        rid = await retailer(engine, phone, channel="whatsapp")
+        sends = MessagingActivities(
+            engine, gateway, SENDERS, SendPolicy(quiet_hours=NO_QUIET_HOURS), catalogue=catalogue
+        )
+        outcome = await ActivityEnvironment().run(sends.send_message, reminder(rid))
+    finally:
+        emulator.state.reconfigure({"content_templates": {}})
     assert (outcome.status, outcome.channel) == ("sent", "whatsapp")
     (sent,) = await emulator_log(emulator, f"whatsapp:{phone}")
-    assert sent["content_sid"] == get_template("payment_reminder").whatsapp_content_sid
+    assert sent["content_sid"] == sids["payment_reminder"]["en"]
+    assert json.loads(sent["content_variables"]) == {
+        "1": "Kofi",
+        "2": "2",
+        "3": "$150.00",
+        "4": "https://pay.example/x",
+    }
+    assert sent["body"].startswith("Hi Kofi, a friendly reminder: 2 invoice(s) totalling $150.00")
 
 
 async def test_an_opt_out_on_the_sms_fallback_is_an_sms_opt_out(
@@ -225,7 +243,8 @@ async def test_a_send_left_ambiguous_by_a_crash_is_looked_up_not_repeated(
                 attempts=1,
             )
         )
-    body = get_template("payment_reminder").render({**message.params, "first_name": "Kofi"})
+    template = get_template("payment_reminder")
+    body = template.render(template.localise({**message.params, "first_name": "Kofi"}, "USD", "en"))
     accepted = await gateway.send(to=phone, from_=SENDERS.sms, body=body)
 
     outcome = await ActivityEnvironment().run(activities(engine, gateway).send_message, message)

@@ -21,8 +21,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, SendPolicy
-from activities.messaging.templates import get_template
 from activities.messaging.twilio_gateway import TwilioGateway
+from devtools.content_templates import dev_content_sids
 from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import SendMessage, SendOutcome
 from schemas.tables import MessageLog
@@ -119,7 +119,7 @@ async def test_recovery_never_takes_a_message_that_is_not_ours(
         )
     other_text = await gateway.send(to=f"whatsapp:{phone}", from_=SENDERS.whatsapp, body="Hi Kofi, something else")
     other_template = await gateway.send(
-        to=f"whatsapp:{phone}", from_=SENDERS.whatsapp, content_sid=get_template("credit_resumed").whatsapp_content_sid
+        to=f"whatsapp:{phone}", from_=SENDERS.whatsapp, content_sid=dev_content_sids()["credit_resumed"]["en"]
     )
     async with engine.begin() as conn:
         await conn.execute(

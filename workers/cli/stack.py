@@ -68,7 +68,11 @@ def worker(
         typer.Option("--task-queue", help="Queues to poll: jobs, messaging (repeatable; default both)."),
     ] = None,
     check: Annotated[
-        bool, typer.Option("--check", help="Only check Temporal and the database are reachable; exit 0 or 1.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check Temporal and the database are reachable (and messaging's Content SIDs); exit 0 or 1.",
+        ),
     ] = False,
 ) -> None:
     """Run a worker against the configured Temporal and database (production entry point)."""
@@ -82,7 +86,7 @@ def worker(
     if check:
         from workers.runner import check_dependencies
 
-        problems = run(lambda: check_dependencies(s, database_url))
+        problems = run(lambda: check_dependencies(s, database_url, queues))
         for problem in problems:
             typer.echo(f"not ready: {problem}", err=True)
         if problems:

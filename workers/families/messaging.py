@@ -11,6 +11,8 @@ from workers.families.registry import Family, routes_of
 if TYPE_CHECKING:
     from activities.deps import ActivityDeps
     from activities.messaging.send import MessagingActivities
+    from activities.messaging.templates import Catalogue
+    from config.settings import Settings
 
 
 def _workflows() -> list[type]:
@@ -39,6 +41,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     settings = deps.settings
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         raise SettingsError("TWILIO_ACCOUNT_SID: required by the messaging worker (with TWILIO_AUTH_TOKEN)")
+    catalogue = message_catalogue(settings)
     client = twilio_client(
         settings.twilio_api_base,
         settings.twilio_account_sid,
@@ -59,7 +62,26 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
         ),
         per_second=settings.send_rate,
+        catalogue=catalogue,
     )
+
+
+def message_catalogue(settings: Settings) -> Catalogue:
+    """The catalogue with this deployment's Content SIDs; SettingsError (one line naming them) when
+    WhatsApp templates lack one and they are required (real Twilio, or TWILIO_REQUIRE_CONTENT_SIDS):
+    an out-of-session message would otherwise fail at send time, long after the deploy."""
+    from activities.messaging.templates import CatalogueError, load_catalogue
+    from config.settings import SettingsError
+
+    try:
+        catalogue = load_catalogue(settings.twilio_content_sids_file)
+    except (CatalogueError, OSError) as exc:
+        raise SettingsError(f"TWILIO_CONTENT_SIDS_FILE: {exc}") from None
+    if settings.content_sids_required and (missing := catalogue.missing_content_sids()):
+        raise SettingsError(
+            f"TWILIO_CONTENT_SIDS_FILE: no WhatsApp Content SID for {', '.join(missing)} (docs/OPERATIONS.md)"
+        )
+    return catalogue
 
 
 def _messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:

@@ -1,0 +1,62 @@
+"""Money as people read it and as Stripe takes it: one place for both (issue #35).
+
+`format_money` is how every door shows an amount (messages, the pay page, the CLI, API text
+fields): CLDR's pattern for the locale (Babel), with the currency's symbol, so 100000 INR in
+`en-IN` reads `₹1,00,000.00`, 1234.56 EUR in `de-DE` reads `1.234,56 €`, and JPY has no decimals.
+
+`STRIPE_ZERO_DECIMAL` is Stripe's own list of zero-decimal currencies (it differs from ISO 4217's
+exponents: Stripe takes ISK and HUF, for instance, with two decimals); `stripe_exponent` is what
+every amount sent to or read from Stripe is scaled by (the gateway, the pay links, the sandbox).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from typing import Final
+
+# https://docs.stripe.com/currencies#zero-decimal
+STRIPE_ZERO_DECIMAL: Final = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+# https://docs.stripe.com/currencies#three-decimal: amounts rounded to tens of minor units.
+STRIPE_THREE_DECIMAL: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+DEFAULT_LOCALE: Final = "en"
+
+
+def stripe_exponent(currency: str) -> int:
+    """Decimal places of `currency` at Stripe (case-insensitive): 0, 2 or 3."""
+    code = currency.lower()
+    return 0 if code in STRIPE_ZERO_DECIMAL else 3 if code in STRIPE_THREE_DECIMAL else 2
+
+
+@cache
+def _babel_locale(locale: str) -> str:
+    """`locale` (BCP 47, `hi-IN`) as a Babel locale name, or the default one if CLDR has none."""
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        return str(Locale.parse(locale.replace("-", "_")))
+    except (UnknownLocaleError, ValueError, TypeError):
+        return DEFAULT_LOCALE
+
+
+def format_money(amount: Decimal | int | float | str, currency: str, locale: str | None = None) -> str:
+    """`amount` in `currency` (ISO 4217) the way `locale` writes it, e.g. `₹1,00,000.00`, `1.234,56 €`.
+
+    The currency's own decimals (CLDR: none for JPY), rounded half-even only if `amount` has more.
+    """
+    from babel.numbers import format_currency
+
+    value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
+    return format_currency(value, currency.upper(), locale=_babel_locale(locale or DEFAULT_LOCALE))
+
+
+def parse_amount(text: str) -> Decimal | None:
+    """A plain amount as workflows pass it (`1234.5`, or `1,234.50` in histories recorded before
+    amounts were formatted at send time); None if `text` is not one."""
+    try:
+        value = Decimal(text.replace(",", "").strip())
+    except (InvalidOperation, AttributeError):
+        return None
+    return value if value.is_finite() else None
