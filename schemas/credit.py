@@ -17,6 +17,28 @@ from schemas.text import Clean
 REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
 """Days relative to a debit's due date on which it is due a reminder (docs/ARCHITECTURE.md §5)."""
 
+ReminderTone = Literal["before_due", "due_today", "overdue", "firm", "final"]
+
+
+def reminder_tone(days_past_due: int) -> ReminderTone:
+    """The cadence's steps in five tones, by the oldest debit a reminder lists: before due (-3),
+    due today (0), overdue (1, 3), firm (7, 14), final (21, 30)."""
+    if days_past_due < 0:
+        return "before_due"
+    if days_past_due == 0:
+        return "due_today"
+    if days_past_due < 7:
+        return "overdue"
+    if days_past_due < 21:
+        return "firm"
+    return "final"
+
+
+def reminder_template(days_past_due: int) -> str:
+    """The catalogue's kind for a reminder (config/templates.toml): `payment_reminder_{tone}`."""
+    return f"payment_reminder_{reminder_tone(days_past_due)}"
+
+
 SkipReason = Literal["blocked", "no_phone", "opted_out"]
 
 
@@ -69,6 +91,8 @@ class DueRetailer(BaseModel):
     retailer_id: int
     debit_ids: list[int]
     amount_due: Decimal
+    days_past_due: int = 0
+    """Of its oldest debit due a reminder today: the reminder's tone (`reminder_tone`)."""
 
 
 class ReminderPage(BaseModel):

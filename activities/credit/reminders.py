@@ -37,6 +37,7 @@ from schemas.credit import (
     ReminderPageRequest,
     RemindersSent,
     reminder_key,
+    reminder_template,
 )
 from schemas.messaging import SendMessage
 
@@ -68,7 +69,8 @@ SELECT r.id AS retailer_id,
        array_agg(due.id ORDER BY due.id) AS debit_ids,
        array_agg(due.outstanding ORDER BY due.id) AS outstanding,
        array_agg(due.due_date ORDER BY due.id) AS due_dates,
-       sum(due.outstanding) AS amount_due
+       sum(due.outstanding) AS amount_due,
+       max(CAST(:day AS date) - due.due_date) AS days_past_due
 FROM page JOIN retailers r ON r.id = page.retailer_id JOIN due ON due.retailer_id = r.id
 GROUP BY r.id
 ORDER BY r.id
@@ -184,7 +186,12 @@ class ReminderActivities:
                 skipped[row.skip_reason] = skipped.get(row.skip_reason, 0) + 1
             else:
                 due.append(
-                    DueRetailer(retailer_id=row.retailer_id, debit_ids=list(row.debit_ids), amount_due=row.amount_due)
+                    DueRetailer(
+                        retailer_id=row.retailer_id,
+                        debit_ids=list(row.debit_ids),
+                        amount_due=row.amount_due,
+                        days_past_due=row.days_past_due,
+                    )
                 )
                 lines[row.retailer_id] = [
                     LinkDebit(*debit) for debit in zip(row.debit_ids, row.outstanding, row.due_dates, strict=True)
@@ -195,10 +202,10 @@ class ReminderActivities:
                 idempotency_key=reminder_key(r.retailer_id, request.reminder_date),
                 recipient_type="retailer",
                 recipient_id=str(r.retailer_id),
-                template="payment_reminder",
+                template=reminder_template(r.days_past_due),
                 params={
                     "debit_count": len(r.debit_ids),
-                    "amount_due": f"{r.amount_due:,.2f}",
+                    "amount_due": str(r.amount_due),  # formatted at send time, in the retailer's locale and currency
                     "payment_link": links[r.retailer_id],
                 },
             )

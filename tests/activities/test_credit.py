@@ -153,7 +153,7 @@ async def reminder_days(engine: AsyncEngine, retailer_id: int) -> list[date]:
     async with engine.connect() as conn:
         keys = await conn.scalars(
             text(
-                "SELECT idempotency_key FROM message_log WHERE recipient_id = :r AND template = 'payment_reminder'"
+                "SELECT idempotency_key FROM message_log WHERE recipient_id = :r AND template LIKE 'payment_reminder%'"
                 " AND status = 'sent' ORDER BY idempotency_key"
             ),
             {"r": str(retailer_id)},
@@ -228,6 +228,15 @@ async def test_a_debit_walks_its_whole_cadence_and_payment_stops_the_rest(
 
     assert await reminder_days(engine, unpaid) == [due + timedelta(days=o) for o in CADENCE]
     assert len(await sent_to(emulator, unpaid_phone)) == 8
+    async with engine.connect() as conn:  # one text per tone of the cadence (config/templates.toml)
+        kinds = list(
+            await conn.scalars(
+                text("SELECT template FROM message_log WHERE recipient_id = :r ORDER BY idempotency_key"),
+                {"r": str(unpaid)},
+            )
+        )
+    tones = ["before_due", "due_today", "overdue", "overdue", "firm", "firm", "final", "final"]
+    assert kinds == [f"payment_reminder_{tone}" for tone in tones]
     row = await debit(engine, unpaid_debit)
     assert row.reminder_count == 8 and row.reminder_sent_at is not None
     # Paid on day +2: reminders on -3, 0 and +1 only.
@@ -278,7 +287,7 @@ async def test_three_due_debits_get_one_message_with_one_link_and_a_rerun_sends_
         again = await remind(env, task_queue, messaging, day)
 
     (message,) = await sent_to(emulator, phone)
-    assert "3 invoice(s) totalling 175.50" in message["body"]
+    assert "3 invoice(s) totalling $175.50" in message["body"]
     assert message["body"].count(f"{PAY_BASE}/pay/") == 1
     link = message["body"].split(f"{PAY_BASE}/pay/", 1)[1].split()[0]
     async with pay_api(engine, env.client, sandbox.url) as http:
