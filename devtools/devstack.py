@@ -24,7 +24,7 @@ from temporalio.client import Client
 from activities.database import create_engine
 from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
-from devtools.seed import money_loop_retailer, seed_demo
+from devtools.seed import locale_retailers, money_loop_retailer, seed_demo
 from workers import migrate
 from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
@@ -114,19 +114,30 @@ async def database(settings: Settings, home: Path) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def twilio(settings: Settings) -> AsyncIterator[Settings]:
-    """Real Twilio when credentials are set; otherwise the emulator, and settings pointing at it."""
+    """Real Twilio when credentials are set; otherwise the emulator, and settings pointing at it.
+
+    The emulator is strict (Twilio's WhatsApp session and template rules) with the catalogue's
+    templates approved under dev SIDs, written to `$JOBCTL_HOME/content_sids.toml` for the workers
+    (TWILIO_CONTENT_SIDS_FILE), as a deployment writes the SIDs Twilio issued; and the workers
+    check them at start-up as with real Twilio."""
     if settings.twilio_account_sid and settings.twilio_auth_token:
         yield settings
         return
+    from devtools.content_templates import register
     from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, serve
 
+    home = Path(settings.jobctl_home)
+    sids_file = home / "content_sids.toml"
+    _, templates = register(sids_file)
     host = settings.temporal_address.rsplit(":", 1)[0]
-    async with serve(host, settings.twilio_emulator_port) as emulator:
+    async with serve(host, settings.twilio_emulator_port, strict=True, content_templates=templates) as emulator:
         yield settings.model_copy(
             update={
                 "twilio_api_base": emulator.url,
                 "twilio_account_sid": DEFAULT_ACCOUNT_SID,
                 "twilio_auth_token": SecretStr(DEFAULT_AUTH_TOKEN),
+                "twilio_content_sids_file": str(sids_file),
+                "twilio_require_content_sids": True,
             }
         )
 
@@ -199,6 +210,8 @@ def write_connection_file(home: Path, settings: Settings, database_url: str, api
         "JOBCTL_API_URL": api_url,
         "JOBCTL_DEV_PID": str(os.getpid()),
     }
+    if settings.twilio_content_sids_file:  # a second shell's `jobctl worker` sends as this stack's do
+        lines["TWILIO_CONTENT_SIDS_FILE"] = settings.twilio_content_sids_file
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     path.chmod(0o600)
     return path
@@ -248,6 +261,8 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 " pause and payment link (README: Paying a reminder)",
                 flush=True,
             )
+        for rid, locale, currency in await locale_retailers(engine) if demo else []:
+            print(f"  Locales:       retailer {rid} ({locale}, {currency}): `jobctl credit profile {rid}`", flush=True)
         print(
             f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)",
             flush=True,

@@ -34,6 +34,14 @@ DEMO_MARKER = "Demo Retailer 001"
 MONEY_LOOP_RETAILER = "Demo Corner Shop (over its limit)"
 """The demo's retailer for the money loop: three debits, all due a reminder today, above its limit."""
 
+LOCALE_RETAILERS: tuple[tuple[str, str, str, str, str, tuple[tuple[int, str], ...]], ...] = (
+    # name, phone, locale, currency, time zone, (days past due, amount) of debits due a reminder today
+    ("Demo Kirana Store (Pune)", "+919876543210", "en-IN", "INR", "Asia/Kolkata", ((3, "125000.00"), (0, "18450.50"))),
+    ("Demo Tienda Sol (Madrid)", "+34612345678", "es-ES", "EUR", "Europe/Madrid", ((14, "1234.50"), (-3, "310.00"))),
+)
+"""The demo's retailers in another locale and currency (issue #35): their reminders (the catalogue's
+Spanish text; India's lakh grouping in rupees) and pay pages show their own."""
+
 
 @dataclass(frozen=True)
 class SeedReport:
@@ -177,7 +185,65 @@ async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") 
         await conn.execute(_DEMO_CUSTOMERS)
         await conn.execute(_DEMO_QUEUE)
         await conn.execute(_DEMO_OVER_LIMIT, {"name": MONEY_LOOP_RETAILER, "tz": timezone, "today": today})
-    return SeedReport(retailers=report.retailers + 1, orders=report.orders + 3, debits=report.debits + 3)
+        for name, phone, locale, currency, tz, owed in LOCALE_RETAILERS:
+            rid = await conn.scalar(
+                _DEMO_LOCALE_RETAILER, {"name": name, "phone": phone, "locale": locale, "currency": currency, "tz": tz}
+            )
+            for days, amount in owed:
+                await conn.execute(_DEMO_LOCALE_DEBIT, {"r": rid, "days": days, "amount": amount, "today": today})
+    extra = sum(len(owed) for *_, owed in LOCALE_RETAILERS)
+    return SeedReport(
+        retailers=report.retailers + 1 + len(LOCALE_RETAILERS),
+        orders=report.orders + 3 + extra,
+        debits=report.debits + 3 + extra,
+    )
+
+
+async def locale_retailers(engine: AsyncEngine) -> list[tuple[int, str, str]]:
+    """The demo's retailers in other locales: (id, locale, currency)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT r.id, r.locale, a.currency FROM retailers r JOIN credit_accounts a ON a.retailer_id = r.id"
+                " WHERE r.name = ANY(:names) ORDER BY r.id"
+            ),
+            {"names": [name for name, *_ in LOCALE_RETAILERS]},
+        )
+        return [(row.id, row.locale, row.currency) for row in rows]
+
+
+_DEMO_LOCALE_RETAILER = text(
+    """
+WITH shop AS (
+    INSERT INTO retailers (name, phone, preferred_channel, timezone, locale)
+    VALUES (:name, :phone, 'whatsapp', :tz, :locale)
+    RETURNING id
+), account AS (
+    INSERT INTO credit_accounts (retailer_id, credit_limit, available_credit, max_order_value, max_outstanding_days,
+                                 currency)
+    SELECT id, 500000, 500000, 200000, 60, :currency FROM shop
+)
+SELECT id FROM shop
+"""
+)
+
+# A delivered credit order and its debit, due `days` ago (a reminder day today); available credit follows.
+_DEMO_LOCALE_DEBIT = text(
+    """
+WITH placed AS (
+    INSERT INTO orders (retailer_id, status, payment_mode, total_amount, created_at)
+    VALUES (:r, 'DELIVERED', 'CREDIT', CAST(:amount AS numeric),
+            CAST(:today AS timestamptz) - make_interval(days => (CAST(:days AS int) + 30), hours => 10))
+    RETURNING id, retailer_id, total_amount, created_at
+), debit AS (
+    INSERT INTO credit_transactions (retailer_id, type, amount, due_date, order_id, reference, notes, created_at)
+    SELECT retailer_id, 'DEBIT', total_amount, CAST(:today AS date) - CAST(:days AS int), id, 'order:' || id,
+           'credit order ' || id, created_at
+    FROM placed
+)
+UPDATE credit_accounts SET available_credit = available_credit - CAST(:amount AS numeric) WHERE retailer_id = :r
+"""
+)
 
 
 async def money_loop_retailer(engine: AsyncEngine) -> int | None:

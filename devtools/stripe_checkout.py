@@ -55,7 +55,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from schemas.money import STRIPE_ZERO_DECIMAL
+from schemas.money import STRIPE_ZERO_DECIMAL, format_money
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +112,12 @@ def parse_stripe_form(body: str) -> dict[str, Any]:
 
 def _minor_to_text(minor: int, currency: str) -> str:
     return str(minor) if currency in ZERO_DECIMAL else f"{Decimal(minor).scaleb(-2):.2f}"
+
+
+def _shown(minor: int, currency: str, locale: str | None) -> str:
+    """As Checkout shows it: CLDR for the session's locale (`auto`, none: English)."""
+    exponent = 0 if currency in ZERO_DECIMAL else 2
+    return format_money(Decimal(minor).scaleb(-exponent), currency, None if locale in (None, "auto") else locale)
 
 
 def _text_to_minor(text: str, currency: str) -> int | None:
@@ -293,6 +299,7 @@ class Checkout:
             "expires_at": expires_at,
             "url": f"{_public_base(request)}/pay/{session_id}",
             "currency": currency,
+            "locale": params.get("locale") or None,
             "amount_total": total,
             "amount_subtotal": total,
             "customer": customer or None,
@@ -389,13 +396,13 @@ class Checkout:
                 f"<p>This payment link is {html.escape(session['status'])}: it can no longer be paid.</p>",
                 status=410 if session["status"] == "expired" else 409,
             )
-        currency = session["currency"]
+        currency, locale = session["currency"], session.get("locale")
         rows = "".join(
             f"<tr><td>{html.escape(li['description'])}</td>"
-            f'<td class="amount">{_minor_to_text(li["amount_total"], currency)}</td></tr>'
+            f'<td class="amount">{html.escape(_shown(li["amount_total"], currency, locale))}</td></tr>'
             for li in self.store.line_items.get(session["id"], [])
         )
-        total = _minor_to_text(session["amount_total"], currency)
+        total = html.escape(_shown(session["amount_total"], currency, locale))
         action = f"/pay/{html.escape(session['id'])}"
         body = (
             f'<table><thead><tr><th>Invoice</th><th class="amount">Amount ({currency.upper()})</th></tr></thead>'
@@ -403,7 +410,7 @@ class Checkout:
             f'<tfoot><tr><td>Total</td><td class="amount">{total}</td></tr></tfoot></table>'
             f'<form method="post" action="{action}"><input type="hidden" name="action" value="pay">'
             f'<button type="submit" name="pay" class="primary">Pay</button>'
-            f' <span class="note">{total} {currency.upper()}</span></form>'
+            f' <span class="note">{total}</span></form>'
             f'<form method="post" action="{action}" class="partial"><input type="hidden" name="action" value="partial">'
             f'<label>Amount <input name="amount" inputmode="decimal" placeholder="0.00" required></label> '
             f'<button type="submit" name="pay_partially">Pay partially</button></form>'
@@ -458,7 +465,7 @@ class Checkout:
             "stripe_sandbox.checkout_paid", session_id=session["id"], amount=paid, requested=requested, delayed=delayed
         )
         delivered = await self._deliver("checkout.session.completed", session)
-        shown = f"{_minor_to_text(paid, currency)} {currency.upper()}"
+        shown = html.escape(_shown(paid, currency, session.get("locale")))
         return _page(
             "Processing" if delayed else "Paid",
             (f"<p>Bank debit of {shown} submitted: processing.</p>" if delayed else f"<p>Paid {shown}. Thank you.</p>")

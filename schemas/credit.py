@@ -93,6 +93,8 @@ class DueRetailer(BaseModel):
     amount_due: Decimal
     days_past_due: int = 0
     """Of its oldest debit due a reminder today: the reminder's tone (`reminder_tone`)."""
+    currency: str | None = None
+    """Its credit account's (ISO 4217, lower case as Stripe writes it): the pay link's; None: the run's."""
 
 
 class ReminderPage(BaseModel):

@@ -22,6 +22,23 @@ STRIPE_ZERO_DECIMAL: Final = frozenset(
 # https://docs.stripe.com/currencies#three-decimal: amounts rounded to tens of minor units.
 STRIPE_THREE_DECIMAL: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 DEFAULT_LOCALE: Final = "en"
+# https://docs.stripe.com/api/checkout/sessions/create#create_checkout_session-locale
+STRIPE_CHECKOUT_LOCALES: Final = frozenset(
+    "bg cs da de el en en-GB es es-419 et fi fil fr fr-CA hr hu id it ja ko lt lv ms mt nb nl pl pt pt-BR"
+    " ro ru sk sl sv th tr vi zh zh-HK zh-TW".split()
+)
+
+
+def stripe_checkout_locale(locale: str | None) -> str:
+    """A retailer's BCP 47 locale as Stripe Checkout takes it: itself, its language, or `auto`
+    (the payer's browser) when Stripe has neither (`hi-IN`)."""
+    if not locale:
+        return "auto"
+    tag = locale.replace("_", "-")
+    if tag in STRIPE_CHECKOUT_LOCALES:
+        return tag
+    language = tag.split("-")[0].lower()
+    return language if language in STRIPE_CHECKOUT_LOCALES else "auto"
 
 
 def stripe_exponent(currency: str) -> int:

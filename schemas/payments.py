@@ -56,6 +56,7 @@ class CheckoutSessionRequest(BaseModel):
         default_factory=list, description="one per debit; empty: one line for `amount`. Lines must add up to `amount`"
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="ids only (debit ids, a fingerprint)")
+    locale: str | None = Field(default=None, description="the retailer's (BCP 47): the Checkout page's language")
 
 
 class CheckoutSession(BaseModel):

@@ -11,8 +11,8 @@ and never books twice (the ledger's references make each write once).
   session's PaymentIntent itself and says "processing", or offers a new session after a failure.
 - `payment_intent.succeeded`: a pay link's PaymentIntent of before the Checkout Sessions. Booked
   only if jobctl made it (our metadata: `retailer_id` and `payment_link_key`; the retailer's
-  Stripe customer), it succeeded and is in CREDIT_CURRENCY. An intent without a `retailer_id`
-  (a Checkout Session's own, a loyalty order's) is none of the credit's business: ignored.
+  Stripe customer), it succeeded and is in the retailer's account currency. An intent without a
+  `retailer_id` (a Checkout Session's own, a loyalty order's) is none of the credit's business.
 - `charge.refunded`: the charge's cumulative `amount_refunded` is given back
   (`ledger.refund_payment`), then the retailer's guardrails run again (a refund can put it back
   past its limits); a fully refunded loyalty order's points are reversed.
@@ -21,9 +21,10 @@ and never books twice (the ledger's references make each write once).
   the disputed amount given back as a refund is, then the flag cleared and the guardrails run.
 
 An event about something jobctl never made (a charge of no payment we recorded, a session or
-intent Stripe does not know, a claim Stripe contradicts), in another currency, or with a negative
-amount is refused: `StripeEventRefused`, which the receiver records as failed and answers 2xx
-(Stripe stops retrying), with a log line saying why. Nothing is written.
+intent Stripe does not know, a claim Stripe contradicts), in another currency than the retailer's
+credit account's (`credit_accounts.currency`), or with a negative amount is refused:
+`StripeEventRefused`, which the receiver records as failed and answers 2xx (Stripe stops
+retrying), with a log line saying why. Nothing is written.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
@@ -52,6 +54,7 @@ from services import StripeHandler
 log = structlog.get_logger(__name__)
 
 CLOSED_WON = frozenset({"won", "warning_closed"})
+ACCOUNT_CURRENCY = text("SELECT lower(currency) FROM credit_accounts WHERE retailer_id = :r")
 """A dispute that closed in the retailer's favour (or an inquiry that ended): nothing was taken."""
 LOYALTY_CUSTOMER_META, LOYALTY_ORDER_META = "loyalty_customer_id", "loyalty_order_id"
 """What a shop's checkout puts on a loyalty order's PaymentIntent (or the order is found in the
@@ -104,12 +107,18 @@ def stripe_money_handlers(
     def today() -> date:
         return datetime.now(ZoneInfo(settings.business_timezone)).date()
 
-    def check_currency(in_currency: str, what: str, **ids: Any) -> None:
-        if in_currency != currency:
-            raise _refuse("credit.stripe_currency_refused", f"{what} is in {in_currency!r}, not {currency!r}", **ids)
+    async def check_currency(in_currency: str, retailer_id: int, what: str, **ids: Any) -> None:
+        """The retailer's credit account's currency (issue #35; CREDIT_CURRENCY without an account)."""
+        expected = currency
+        if engine is not None:
+            async with engine.connect() as conn:
+                stored = await conn.scalar(ACCOUNT_CURRENCY, {"r": retailer_id})
+            expected = stored or currency
+        if in_currency != expected:
+            raise _refuse("credit.stripe_currency_refused", f"{what} is in {in_currency!r}, not {expected!r}", **ids)
 
-    def amount_of(minor: int, in_currency: str, what: str, **ids: Any) -> Decimal:
-        check_currency(in_currency, what, **ids)
+    async def amount_of(minor: int, in_currency: str, retailer_id: int, what: str, **ids: Any) -> Decimal:
+        await check_currency(in_currency, retailer_id, what, **ids)
         if minor < 0:
             raise _refuse("credit.stripe_amount_refused", f"{what} has a negative amount ({minor})", **ids)
         return from_minor_units(minor, in_currency)
@@ -144,7 +153,7 @@ def stripe_money_handlers(
         if current.metadata.get("retailer_id") != claimed:
             raise _refuse("credit.checkout_retailer_mismatch", "Stripe's session names another retailer", **ids)
         if current.payment_status == "paid":
-            check_currency(current.currency, "the session", **ids)
+            await check_currency(current.currency, int(claimed), "the session", **ids)
             amount = current.amount
             if amount <= 0:
                 raise _refuse("credit.payment_without_amount", "a paid session without an amount", **ids)
@@ -174,7 +183,9 @@ def stripe_money_handlers(
             raise _refuse("credit.payment_intent_not_ours", f"retailer {retailer} is unknown", **ids)
         if not customer or intent.customer != customer:
             raise _refuse("credit.payment_intent_not_ours", "the intent's customer is not the retailer's", **ids)
-        amount = amount_of(intent.amount_received or intent.amount, intent.currency, "the PaymentIntent", **ids)
+        amount = await amount_of(
+            intent.amount_received or intent.amount, intent.currency, int(retailer), "the PaymentIntent", **ids
+        )
         if amount <= 0:
             raise _refuse("credit.payment_without_amount", "a succeeded intent without an amount", **ids)
         await record(int(retailer), amount, intent_id, intent_id, "payment_intent")
@@ -223,7 +234,7 @@ def stripe_money_handlers(
             raise _refuse("credit.charge_not_ours", "a charge of no PaymentIntent jobctl knows", **ids)
         payment = await returns.find_payment(engine, charge.payment_intent)
         if payment is not None:
-            total = amount_of(charge.amount_refunded, charge.currency, "the refund", **ids)
+            total = await amount_of(charge.amount_refunded, charge.currency, payment.retailer_id, "the refund", **ids)
             if total == 0:
                 log.info("credit.refund_nothing_refunded", **ids)
                 return
@@ -255,7 +266,7 @@ def stripe_money_handlers(
         payment = await returns.find_payment(engine, intent) if intent else None
         if payment is None:
             raise _refuse("credit.dispute_not_ours", "a dispute of no payment jobctl recorded", **ids)
-        disputed = amount_of(dispute.amount, dispute.currency, "the dispute", **ids)
+        disputed = await amount_of(dispute.amount, dispute.currency, payment.retailer_id, "the dispute", **ids)
         if dispute.status in CLOSED_WON:
             await returns.close_dispute(engine, payment, dispute.id, dispute.status)
         elif dispute.status == "lost":

@@ -38,7 +38,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Literal, TypeVar
@@ -182,12 +182,14 @@ class PayOutcome:
     amount: Decimal | None = None
     currency: str | None = None
     created: bool = False  # a session was made by this click
+    locale: str | None = None
+    """The retailer's (BCP 47): how the page writes the amount (`schemas.money.format_money`)."""
 
 
 LINK = text(
-    "SELECT retailer_id, token, checkout_session_id, session_fingerprint, session_count, generation, currency,"
-    " debit_ids"
-    " FROM payment_links WHERE token = :t"
+    "SELECT l.retailer_id, l.token, l.checkout_session_id, l.session_fingerprint, l.session_count, l.generation,"
+    " l.currency, l.debit_ids, r.locale"
+    " FROM payment_links l JOIN retailers r ON r.id = l.retailer_id WHERE l.token = :t"
 )
 RECORDED = text(
     "SELECT 1 FROM credit_transactions WHERE retailer_id = :r AND type = 'CREDIT' AND reference = :reference"
@@ -244,7 +246,7 @@ async def open_pay_link(
             )
             return PayOutcome("unavailable")
         if outcome is not None:
-            return outcome
+            return replace(outcome, locale=link.locale)
     log.warning("paylink.contended", retailer_id=retailer_id)
     return PayOutcome("unavailable")
 
@@ -290,6 +292,7 @@ async def _checkout(
         currency=currency,
         idempotency_key=session_key(retailer_id, link.generation, n, fingerprint),
         description=f"{len(owed)} invoice(s)",
+        locale=link.locale,
         lines=[
             CheckoutSessionLine(description=f"Invoice {d.debit_id} (due {d.due_date})", amount=d.outstanding)
             for d in owed

@@ -70,9 +70,11 @@ SELECT r.id AS retailer_id,
        array_agg(due.outstanding ORDER BY due.id) AS outstanding,
        array_agg(due.due_date ORDER BY due.id) AS due_dates,
        sum(due.outstanding) AS amount_due,
-       max(CAST(:day AS date) - due.due_date) AS days_past_due
+       max(CAST(:day AS date) - due.due_date) AS days_past_due,
+       lower(a.currency) AS currency
 FROM page JOIN retailers r ON r.id = page.retailer_id JOIN due ON due.retailer_id = r.id
-GROUP BY r.id
+LEFT JOIN credit_accounts a ON a.retailer_id = r.id
+GROUP BY r.id, a.currency
 ORDER BY r.id
 """
 )
@@ -191,6 +193,7 @@ class ReminderActivities:
                         debit_ids=list(row.debit_ids),
                         amount_due=row.amount_due,
                         days_past_due=row.days_past_due,
+                        currency=row.currency,
                     )
                 )
                 lines[row.retailer_id] = [
@@ -246,7 +249,7 @@ class ReminderActivities:
             debits = lines[retailer.retailer_id]
             row = stored.get(retailer.retailer_id)
             if row is not None and row.fingerprint == debits_fingerprint(
-                [d.debit_id for d in debits], request.currency
+                [d.debit_id for d in debits], retailer.currency or request.currency
             ):
                 links[retailer.retailer_id] = url = pay_url(self._base_url, row.token)
                 if row.amount != retailer.amount_due or row.url != url:  # a partial payment; a new PUBLIC_BASE_URL
@@ -272,7 +275,7 @@ class ReminderActivities:
                     links[retailer.retailer_id] = await self._new_link(
                         retailer.retailer_id,
                         lines[retailer.retailer_id],
-                        request.currency,
+                        retailer.currency or request.currency,
                         row.generation + 1 if row else 1,
                     )
                 except ApplicationError as error:
@@ -285,7 +288,7 @@ class ReminderActivities:
         return links, failures
 
     async def _first_links(
-        self, retailers: list[DueRetailer], lines: dict[int, list[LinkDebit]], currency: str
+        self, retailers: list[DueRetailer], lines: dict[int, list[LinkDebit]], default_currency: str
     ) -> dict[int, str]:
         """The first link of each retailer that has none, all in one INSERT (a first cadence day
         writes a link per retailer: one statement instead of two round trips each)."""
@@ -296,6 +299,7 @@ class ReminderActivities:
         for retailer in retailers:
             debits = lines[retailer.retailer_id]
             token = new_token()
+            currency = retailer.currency or default_currency
             rows.append(
                 {
                     "r": retailer.retailer_id,

@@ -76,7 +76,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import permanent
 from activities.payments.client import close_stripe_client, stripe_client
-from schemas.money import STRIPE_THREE_DECIMAL, STRIPE_ZERO_DECIMAL
+from schemas.money import STRIPE_THREE_DECIMAL, STRIPE_ZERO_DECIMAL, stripe_checkout_locale
 from schemas.payments import (
     CancelSubscription,
     CheckoutSession,
@@ -399,6 +399,8 @@ class StripeGateway:
         }
         if self._success_url:
             params["success_url"] = self._success_url
+        if request.locale:
+            params["locale"] = stripe_checkout_locale(request.locale)
         async with stripe_errors("create_payment_link", retailer_id=request.retailer_id, idempotency_key=key):
             try:
                 session = await self._client.v1.checkout.sessions.create_async(params, _options(key, account))

@@ -102,7 +102,7 @@ async def test_a_reminder_carries_the_stable_url_and_sending_it_costs_no_stripe_
     assert after["requests"] == before["requests"]  # no customer, no session, no retrieve
     sent = await links(emulator, phone)
     assert len(sent) == 3 and len(set(sent)) == 1, sent
-    assert "2 invoice(s) totalling 42.50" in (await sent_to(emulator, phone))[0]["body"]
+    assert "2 invoice(s) totalling $42.50" in (await sent_to(emulator, phone))[0]["body"]
     # The profile shows the same link, not yet opened.
     async with engine.connect() as conn:
         row = (

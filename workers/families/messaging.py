@@ -106,6 +106,8 @@ FAMILY = Family(
         "twilio_whatsapp_from",
         "twilio_sms_from",
         "twilio_api_base",
+        "twilio_content_sids_file",
+        "twilio_require_content_sids",
         "messages_per_second",
         "messaging_paused_recheck_seconds",
         "message_daily_cap",

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from activities.credit.paylinks import TOKEN_MAX_LENGTH, PayOutcome, SessionCache, open_pay_link
 from config.settings import Settings
+from schemas.money import format_money
 from workers.api.limits import RateLimiter, retry_after
 from workers.api.problems import problem_response, responses
 from workers.api.routes import StackDep
@@ -102,7 +103,7 @@ def _wants_html(request: Request) -> bool:
 def _html(status: int, title: str, detail: str, outcome: PayOutcome, headers: dict[str, str] | None) -> HTMLResponse:
     amount = ""
     if outcome.amount is not None and outcome.amount > Decimal("0"):
-        shown = f"{outcome.amount:,.2f} {(outcome.currency or '').upper()}"
+        shown = format_money(outcome.amount, outcome.currency or "usd", outcome.locale)
         amount = f"<p>{html.escape(shown)}</p>"
     body = (
         "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
