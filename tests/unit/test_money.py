@@ -46,13 +46,14 @@ def test_the_pay_page_shows_the_amount_in_the_accounts_currency_and_the_retailer
     from activities.credit.paylinks import PayOutcome
     from workers.api.routes.pay import _html
 
-    page = _html(200, "Payment received", "...", PayOutcome("processing", amount=Decimal("100000"), currency="inr", locale="en-IN"), None)
-    assert "₹1,00,000.00" in page.body.decode()
-    page = _html(200, "Payment received", "...", PayOutcome("processing", amount=Decimal("1234.5"), currency="eur", locale="es-ES"), None)
-    assert f"1.234,50{NBSP}€" in page.body.decode()
+    rupees = PayOutcome("processing", amount=Decimal("100000"), currency="inr", locale="en-IN")
+    assert "₹1,00,000.00" in bytes(_html(200, "Payment received", "...", rupees, None).body).decode()
+    euros = PayOutcome("processing", amount=Decimal("1234.5"), currency="eur", locale="es-ES")
+    assert f"1.234,50{NBSP}€" in bytes(_html(200, "Payment received", "...", euros, None).body).decode()
 
 
 def test_checkout_gets_a_locale_stripe_knows() -> None:
     from schemas.money import stripe_checkout_locale
 
-    assert [stripe_checkout_locale(x) for x in ("es-ES", "en-GB", "pt-BR", "hi-IN", None)] == ["es", "en-GB", "pt-BR", "auto", "auto"]
+    shown = [stripe_checkout_locale(x) for x in ("es-ES", "en-GB", "pt-BR", "hi-IN", None)]
+    assert shown == ["es", "en-GB", "pt-BR", "auto", "auto"]
