@@ -288,7 +288,8 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
             await conn.execute(
                 text(
                     "SELECT r.id, r.credit_status, r.credit_paused_at, r.credit_pause_reason, r.paused_by,"
-                    " ca.credit_limit, ca.available_credit, ca.max_order_value, ca.max_outstanding_days"
+                    " ca.credit_limit, ca.available_credit, ca.max_order_value, ca.max_outstanding_days,"
+                    " ca.currency, r.locale"
                     " FROM retailers r LEFT JOIN credit_accounts ca ON ca.retailer_id = r.id WHERE r.id = :r"
                 ),
                 {"r": retailer_id},
@@ -338,6 +339,8 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
         "paused_at": row.credit_paused_at,
         "pause_reason": row.credit_pause_reason,
         "paused_by": row.paused_by,
+        "currency": row.currency or "USD",
+        "locale": row.locale,
         "credit_limit": row.credit_limit,
         "available_credit": row.available_credit,
         "max_order_value": row.max_order_value,

@@ -219,7 +219,17 @@ async def test_demo_data_covers_every_job_family_and_seeding_twice_adds_nothing(
                     )
                 ).scalars()
             )
-        assert counts == {"retailers": 51, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        assert counts == {"retailers": 53, "pending": 10, "companies": 3, "open_cases": 6, "queue": 3}
+        async with engine.connect() as conn:  # issue #35: a rupee store and a Spanish one, in their currency
+            others = (
+                await conn.execute(
+                    text(
+                        "SELECT r.locale, a.currency FROM retailers r JOIN credit_accounts a ON a.retailer_id = r.id"
+                        " WHERE a.currency <> 'USD' ORDER BY a.currency"
+                    )
+                )
+            ).all()
+        assert [tuple(r) for r in others] == [("es-ES", "EUR"), ("en-IN", "INR")]
         assert buckets == {"current", "1-7", "8-15", "16-30", "31-60", "60+"}
     finally:
         await engine.dispose()

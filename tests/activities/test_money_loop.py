@@ -107,7 +107,7 @@ async def test_paying_twice_leaves_a_credit_balance_that_clears_the_next_debit(
 
     profile = json.loads(jobctl("credit", "profile", str(shop), "--json", DATABASE_URL=database_url).stdout)
     assert Decimal(str(profile["credit_balance"])) == Decimal("100.00")
-    assert "credit balance 100.00" in jobctl("credit", "profile", str(shop), DATABASE_URL=database_url).stdout
+    assert "credit balance $100.00" in jobctl("credit", "profile", str(shop), DATABASE_URL=database_url).stdout
 
     order = await next_order_id(engine)
     placed = await credit_api.place_order(engine, shop, order, Decimal("130"), "CREDIT", today=TODAY)

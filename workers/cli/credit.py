@@ -289,33 +289,38 @@ def credit_risk(as_json: Json = False) -> None:
 
 @credit_app.command("profile")
 def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
-    """RETAILER's credit: status, limits, open debits, recent audit."""
+    """RETAILER's credit: status, limits, open debits, recent audit (amounts in its account's currency)."""
     from activities.credit.admin import profile
+    from schemas.money import format_money
 
     p = call(lambda c: profile(c.engine, retailer_id, datetime.now(c.settings.tz).date()), database=True)
     if as_json:
         echo(True, p)
         return
     paused = f" since {p['paused_at']:%Y-%m-%d} by {p['paused_by']}: {p['pause_reason']}" if p["paused_at"] else ""
-    typer.echo(f"retailer {p['retailer_id']}: {p['credit_status']}{paused}")
+    typer.echo(f"retailer {p['retailer_id']}: {p['credit_status']}{paused}  ({p['currency']}, {p['locale']})")
+
+    def m(amount: Decimal) -> str:  # in the account's currency, as the retailer's locale writes it
+        return format_money(amount, p["currency"], p["locale"])
+
     typer.echo(
-        f"limit {p['credit_limit']:,.2f}  available {p['available_credit']:,.2f}  outstanding {p['outstanding']:,.2f}"
-        f"  max overdue {p['max_outstanding_days']} days  max order {p['max_order_value']:,.2f}"
+        f"limit {m(p['credit_limit'])}  available {m(p['available_credit'])}  outstanding {m(p['outstanding'])}"
+        f"  max overdue {p['max_outstanding_days']} days  max order {m(p['max_order_value'])}"
     )
     if p["credit_balance"]:
-        typer.echo(f"credit balance {p['credit_balance']:,.2f} (paid ahead: clears the next debits)")
+        typer.echo(f"credit balance {m(p['credit_balance'])} (paid ahead: clears the next debits)")
     if p["payment_link"]:
         link = p["payment_link"]
         sent = f"sent {link['sent_at']:%Y-%m-%d %H:%M}" if link["sent_at"] else "not sent yet"
-        typer.echo(f"last payment link {link['url']} ({link['amount']:,.2f}, {sent})")
+        typer.echo(f"last payment link {link['url']} ({m(link['amount'])}, {sent})")
     for sp in p["stripe_payments"]:
-        returned = f", {sp['refunded_amount']:,.2f} given back" if sp["refunded_amount"] else ""
+        returned = f", {m(sp['refunded_amount'])} given back" if sp["refunded_amount"] else ""
         disputed = f", DISPUTED ({sp['dispute_id']})" if sp["disputed"] else ""
-        typer.echo(f"stripe payment {sp['reference']} {sp['amount']:,.2f}{returned}{disputed}")
-    typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>12}{'paid':>12}{'status':>16}{'overdue':>9}{'reminders':>11}")
+        typer.echo(f"stripe payment {sp['reference']} {m(sp['amount'])}{returned}{disputed}")
+    typer.echo(f"\n{'debit':<8}{'due':<12}{'amount':>14}{'paid':>14}{'status':>16}{'overdue':>9}{'reminders':>11}")
     for d in p["open_debits"]:
         typer.echo(
-            f"{d['id']:<8}{d['due_date']!s:<12}{d['amount']:>12,.2f}{d['cleared_amount']:>12,.2f}"
+            f"{d['id']:<8}{d['due_date']!s:<12}{m(d['amount']):>14}{m(d['cleared_amount']):>14}"
             f"{d['status']:>16}{d['days_overdue']:>9}{d['reminders']:>11}"
         )
     typer.echo("\nrecent audit:")
