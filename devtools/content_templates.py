@@ -23,7 +23,7 @@ def dev_content_sids(catalogue: Catalogue | None = None) -> dict[str, dict[str, 
             continue
         for locale in t.variants:
             digest = hashlib.md5(f"{t.name}:{t.version}:{locale}".encode()).hexdigest()
-            sids.setdefault(t.name, {})[locale] = "HX" + digest
+            sids.setdefault(t.key, {})[locale] = "HX" + digest
     return sids
 
 

@@ -4,7 +4,8 @@
 
 Starts `jobctl dev --demo` in a scratch home on free ports, runs the demo jobs, and writes
 PNGs of the UI into docs/img/ (only the NAMEs given, e.g. `pay-page`, the Stripe sandbox's page
-for the demo's paused retailer, and `api-docs`, the HTTP API's `/docs`). Everything stays on 127.0.0.1.
+for the demo's paused retailer, `pay-page-inr` and `pay-page-eur` for its rupee and euro
+retailers, and `api-docs`, the HTTP API's `/docs`). Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def screenshot(url: str, name: str, profile: Path, size: str = "1600,1000") -> N
     print(f"wrote {target.relative_to(OUT.parent.parent)}")
 
 
-def demo_payment_link(log: Path, env: dict[str, str]) -> str:
-    """The open Checkout link of the demo's paused retailer, as `jobctl credit profile` shows it."""
-    shop = wait_for(log, r"Money loop:\s+retailer (\d+)").group(1)
+def demo_payment_link(log: Path, env: dict[str, str], shop_line: str = r"Money loop:\s+retailer (\d+)") -> str:
+    """The open Checkout link of the demo's paused retailer (or the one `shop_line` finds in the
+    dev stack's output), as `jobctl credit profile` shows it."""
+    shop = wait_for(log, shop_line).group(1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         shown = subprocess.run(
@@ -144,6 +146,10 @@ def main() -> None:
         for name, query in FAMILY_VIEWS.items():
             screenshot(f"{base}/workflows?query={quote(query)}", name, profile)
         screenshot(demo_payment_link(log, env), "pay-page", profile, size="1000,800")
+        for currency in ("INR", "EUR"):  # the demo's retailers in another locale and currency (issue #35)
+            if not WANTED or f"pay-page-{currency.lower()}" in WANTED:
+                link = demo_payment_link(log, env, rf"Locales:\s+retailer (\d+) \([a-zA-Z-]+, {currency}\)")
+                screenshot(link, f"pay-page-{currency.lower()}", profile, size="1000,800")
         api = wait_for(log, r"HTTP API:\s+(http://\S+)").group(1)
         screenshot(f"{api}/docs", "api-docs", profile)
     finally:

@@ -30,7 +30,7 @@ from schemas.money import format_money, parse_amount
 CATALOGUE_PATH = Path(__file__).resolve().parents[2] / "config" / "templates.toml"
 DEFAULT_LOCALE = "en"
 CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
-_KIND_KEYS = {"version", "whatsapp", "money"}
+_KIND_KEYS = {"name", "version", "whatsapp", "money"}
 _VARIANT_KEYS = {"text", "content_sid"}
 
 
@@ -85,6 +85,8 @@ class Template:
     """Has an approved WhatsApp template (sent outside the 24 h session); False: SMS out of session."""
     money: tuple[str, ...] = ()
     """Params that are amounts: formatted in the recipient's locale and currency at send time."""
+    key: str = ""
+    """The catalogue's table (`order_followup_v2`); the kind's `name` when it has one version."""
 
     def variant(self, locale: str | None) -> Variant:
         """The text for a BCP 47 `locale`: `es-ES` → `es` → `en`."""
@@ -145,19 +147,19 @@ class Catalogue:
         return max(versions, key=lambda t: t.version)
 
     def content_sids(self) -> dict[str, str]:
-        """Every configured SID, by `kind.locale`."""
+        """Every configured SID, by `table.locale`."""
         return {
-            f"{t.name}.{v.locale}": v.content_sid
+            f"{t.key}.{v.locale}": v.content_sid
             for t in self.templates.values()
             for v in t.variants.values()
             if v.content_sid
         }
 
     def missing_content_sids(self) -> list[str]:
-        """`kind.locale` of every WhatsApp template without a Content SID (sorted): what a worker
+        """`table.locale` of every WhatsApp template without a Content SID (sorted): what a worker
         aimed at real Twilio must not start without."""
         return sorted(
-            f"{t.name}.{v.locale}"
+            f"{t.key}.{v.locale}"
             for t in self.templates.values()
             if t.whatsapp
             for v in t.variants.values()
@@ -165,10 +167,10 @@ class Catalogue:
         )
 
     def with_content_sids(self, sids: Mapping[str, Mapping[str, str]], source: str | None = None) -> Catalogue:
-        """This catalogue with `sids` ({kind: {locale: SID}}) over the file's; an unknown kind or
+        """This catalogue with `sids` ({table: {locale: SID}}) over the file's; an unknown table or
         locale, or a malformed SID, is refused by name."""
         for kind, per_locale in sids.items():
-            matching = [t for (n, _), t in self.templates.items() if n == kind]
+            matching = [t for t in self.templates.values() if t.key == kind]
             if not matching or not isinstance(per_locale, Mapping):
                 raise CatalogueError(f"{source or 'content SIDs'}: no message kind {kind}")
             for locale, sid in per_locale.items():
@@ -178,27 +180,30 @@ class Catalogue:
                     raise CatalogueError(f"{source or 'content SIDs'}: {kind}.{locale} is not a Content SID")
         templates = {}
         for key, t in self.templates.items():
-            extra = sids.get(t.name, {})
+            extra = sids.get(t.key, {})
             variants = {
                 loc: Variant(v.locale, v.body, extra.get(loc) or v.content_sid, v.fields)
                 for loc, v in t.variants.items()
             }
-            templates[key] = Template(t.name, t.version, variants, t.whatsapp, t.money)
+            templates[key] = Template(t.name, t.version, variants, t.whatsapp, t.money, t.key)
         return Catalogue(templates, self.source, source)
 
 
 def parse_catalogue(data: Mapping[str, Any], source: str = "templates") -> Catalogue:
     """Validate the catalogue's TOML tables into templates; CatalogueError names what is wrong."""
     templates: dict[tuple[str, int], Template] = {}
-    for kind, spec in data.items():
-        where = f"{source}: [{kind}]"
+    for table, spec in data.items():
+        where = f"{source}: [{table}]"
         if not isinstance(spec, Mapping):
             raise CatalogueError(f"{where} is not a table")
+        kind = spec.get("name", table)
         version = spec.get("version", 1)
         whatsapp = spec.get("whatsapp", False)
         money = spec.get("money", [])
         if not isinstance(version, int) or not isinstance(whatsapp, bool) or not isinstance(money, list):
             raise CatalogueError(f"{where}: version is an integer, whatsapp true or false, money a list")
+        if not isinstance(kind, str) or (kind, version) in templates:
+            raise CatalogueError(f"{where}: {kind} v{version} is in the catalogue twice")
         variants: dict[str, Variant] = {}
         for locale, entry in spec.items():
             if locale in _KIND_KEYS:
@@ -227,7 +232,7 @@ def parse_catalogue(data: Mapping[str, Any], source: str = "templates") -> Catal
                 )
         if not set(money) <= expected:
             raise CatalogueError(f"{where}: money names {sorted(set(money) - expected)}, not placeholders")
-        templates[(kind, version)] = Template(kind, version, variants, whatsapp, tuple(money))
+        templates[(kind, version)] = Template(kind, version, variants, whatsapp, tuple(money), table)
     return Catalogue(templates, source)
 
 
