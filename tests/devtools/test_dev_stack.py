@@ -154,10 +154,10 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
     assert link["url"].startswith(stack.wait_for(r"HTTP API:\s+(\S+)", timeout=5).group(1) + "/pay/"), link
     with urllib.request.urlopen(link["url"], timeout=30) as opened:
         page, checkout = opened.read().decode(), opened.geturl()
-    assert "/pay/cs_" in checkout and "6000.00" in page and ">Pay<" in page and "Pay partially" in page
+    assert "/pay/cs_" in checkout and "$6,000.00" in page and ">Pay<" in page and "Pay partially" in page
     form = urllib.parse.urlencode({"action": "pay"}).encode()
     with urllib.request.urlopen(urllib.request.Request(checkout, data=form), timeout=30) as paid:
-        assert paid.status == 200 and "Paid 6000.00" in paid.read().decode()
+        assert paid.status == 200 and "Paid $6,000.00" in paid.read().decode()
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and profile["credit_status"] != "ACTIVE":
@@ -202,7 +202,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         assert time.monotonic() - started < 90
         assert ui.group(1).startswith(f"http://127.0.0.1:{ui_port}/")
         database_url = stack.wait_for(r"Database:\s+(\S+)", timeout=5).group(1)
-        stack.wait_for(r"demo data: seeded 51 retailers", timeout=5)
+        stack.wait_for(r"demo data: seeded 53 retailers", timeout=5)
         assert stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
         assert stack.wait_for(r"Twilio:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
 
@@ -220,7 +220,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
             time.sleep(0.5)
         assert completed, f"no completed insights run: {listed}"
         assert completed[0]["execution"]["workflowId"].startswith("insights/")
-        assert _insight_rows(database_url) == 51
+        assert _insight_rows(database_url) == 53
 
         deadline, clocks = time.monotonic() + 30, 0
         while clocks < 10 and time.monotonic() < deadline:
