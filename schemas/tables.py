@@ -975,10 +975,13 @@ class OutboundEvent(Base):
     company_id: Mapped[str | None]
     payload: Mapped[Any] = mapped_column(JSONB)
     dedupe_key: Mapped[str] = mapped_column(unique=True)
-    occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    occurred_at: Mapped[datetime] = mapped_column(
+        server_default=func.clock_timestamp(), doc="when the row was written (not the transaction's start)"
+    )
 
     __table_args__ = (
         CheckConstraint(_in("type", OUTBOUND_EVENT_TYPES), name="type"),
+        Index("ix_outbound_events_occurred_at", "occurred_at"),
         Index("ix_outbound_events_object_type_object_id", "object_type", "object_id"),
         Index("ix_outbound_events_type_id", "type", "id"),
     )
@@ -992,15 +995,16 @@ class EventDelivery(Base):
 
     __tablename__ = "event_deliveries"
 
-    subscription_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("event_subscriptions.id", ondelete="CASCADE")
-    )
+    subscription_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("event_subscriptions.id", ondelete="CASCADE"))
     event_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbound_events.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(server_default="pending")
     replay: Mapped[bool] = mapped_column(server_default=text("false"))
     attempts: Mapped[int] = mapped_column(server_default="0")
     last_status: Mapped[int | None] = mapped_column(doc="the receiver's last HTTP status (None: no answer)")
     last_error: Mapped[str | None]
+    queued_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), doc="the event's occurrence, or an operator's replay: give-up counts from it"
+    )
     next_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

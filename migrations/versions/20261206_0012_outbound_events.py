@@ -116,9 +116,8 @@ BEGIN
     ELSE
         RETURN NULL;
     END CASE;
-    INSERT INTO outbound_events (type, object_type, object_id, payload, dedupe_key, occurred_at)
-    VALUES (event_type, object_type, COALESCE(object_id, ''), jsonb_strip_nulls(payload),
-            'audit:' || NEW.id, NEW.created_at)
+    INSERT INTO outbound_events (type, object_type, object_id, payload, dedupe_key)
+    VALUES (event_type, object_type, COALESCE(object_id, ''), jsonb_strip_nulls(payload), 'audit:' || NEW.id)
     ON CONFLICT (dedupe_key) DO NOTHING;
     RETURN NULL;
 END
@@ -140,9 +139,7 @@ def upgrade() -> None:
         sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("url ~ '^https?://'", name=op.f("ck_event_subscriptions_url_http")),
-        sa.CheckConstraint(
-            "cardinality(event_types) >= 1", name=op.f("ck_event_subscriptions_event_types_not_empty")
-        ),
+        sa.CheckConstraint("cardinality(event_types) >= 1", name=op.f("ck_event_subscriptions_event_types_not_empty")),
         sa.CheckConstraint("char_length(secret) >= 32", name=op.f("ck_event_subscriptions_secret_length")),
         sa.ForeignKeyConstraint(
             ["company_id"],
@@ -162,7 +159,9 @@ def upgrade() -> None:
         sa.Column("company_id", sa.Text(), nullable=True),
         sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("dedupe_key", sa.Text(), nullable=False),
-        sa.Column("occurred_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "occurred_at", sa.DateTime(timezone=True), server_default=sa.text("clock_timestamp()"), nullable=False
+        ),
         sa.CheckConstraint(
             "type IN (" + ", ".join(f"'{t}'" for t in EVENT_TYPES) + ")", name=op.f("ck_outbound_events_type")
         ),
@@ -174,6 +173,7 @@ def upgrade() -> None:
         "ix_outbound_events_object_type_object_id", "outbound_events", ["object_type", "object_id"], unique=False
     )
     op.create_index("ix_outbound_events_type_id", "outbound_events", ["type", "id"], unique=False)
+    op.create_index("ix_outbound_events_occurred_at", "outbound_events", ["occurred_at"], unique=False)
     op.create_table(
         "event_deliveries",
         sa.Column("subscription_id", sa.BigInteger(), nullable=False),
@@ -183,12 +183,11 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint(
-            "status IN ('pending', 'delivered', 'failed')", name=op.f("ck_event_deliveries_status")
-        ),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name=op.f("ck_event_deliveries_status")),
         sa.CheckConstraint("attempts >= 0", name=op.f("ck_event_deliveries_attempts_non_negative")),
         sa.ForeignKeyConstraint(
             ["event_id"],
@@ -219,6 +218,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION outbound_event_from_audit()")
     op.drop_index("ix_event_deliveries_event_id", table_name="event_deliveries")
     op.drop_table("event_deliveries")
+    op.drop_index("ix_outbound_events_occurred_at", table_name="outbound_events")
     op.drop_index("ix_outbound_events_type_id", table_name="outbound_events")
     op.drop_index("ix_outbound_events_object_type_object_id", table_name="outbound_events")
     op.drop_table("outbound_events")

@@ -77,7 +77,7 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-COMPANY_SCOPED_FAMILIES = frozenset({"churn"})
+COMPANY_SCOPED_FAMILIES = frozenset({"churn", "events"})
 """The families whose rows carry a company_id, and whose routes confine a bound key to it."""
 
 
