@@ -201,7 +201,7 @@ class EventDeliveryActivities:
             log.info(
                 "events.attempt",
                 subscription_id=sub.id,
-                event=event.event_id,
+                event_id=event.event_id,
                 type=event.type,
                 delivered=ok,
                 http_status=http,
