@@ -7,7 +7,8 @@ callers never type an actor. A key bound to a company sees that company's churn 
 is told 403 for anything else whether or not it exists.
 
 Only churn's data carries a company (retailers, orders, loyalty items, insights have none; the
-messaging brake is every company's), so a bound key may hold churn scopes only: any other is
+messaging brake is every company's), so a bound key may hold churn scopes only, and the events
+scopes, confined to its company's (churn) events and subscriptions: any other is
 refused when the key is created, and refused again at every route (a key created before this
 rule, or written to the table by hand, must not read every retailer's credit).
 """
