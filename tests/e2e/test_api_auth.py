@@ -36,6 +36,8 @@ def routes() -> list[tuple[str, str, str | None]]:
 
 def needed_scope(method: str, template: str) -> str:
     family = template.split("/")[2]
+    if family == "event-subscriptions":  # the events family's other collection
+        family = "events"
     if template == "/v1/orders/validate":
         return "orders:read"
     return f"{family}:{'read' if method == 'GET' else 'write'}"
