@@ -164,7 +164,7 @@ async def create_subscription(
     if client is not None:
         try:
             await start_delivery(client, row.id, poll_seconds, task_queue)
-        except RPCError as error:
+        except (RPCError, RuntimeError) as error:  # RuntimeError: a lazy client's failed connect
             log.warning("events.delivery_not_started", subscription_id=row.id, error=str(error))
             workflow_id = None
     else:
@@ -303,5 +303,5 @@ async def _wake(client: Client | None, subscription_id: int) -> None:
         return
     try:
         await client.get_workflow_handle(ids.event_delivery(subscription_id)).signal("wake")
-    except RPCError as error:
+    except (RPCError, RuntimeError) as error:  # RuntimeError: a lazy client's failed connect
         log.info("events.wake_skipped", subscription_id=subscription_id, error=str(error))

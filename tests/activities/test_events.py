@@ -28,13 +28,17 @@ from activities.credit.admin import change_status
 from activities.credit.guardrails import apply_guardrails
 from activities.deps import ActivityDeps
 from activities.events.outbox import emit
+from activities.loyalty.queue import LoyaltyQueueActivities, insert_queue_item
 from config.settings import load_settings
 from devtools.event_receiver import EventReceiver
 from schemas import ids
 from schemas.churn import CaseAction
 from schemas.credit import RecordPayment
 from schemas.events import EVENT_ID_HEADER, SIGNATURE_HEADER, EventDeliverySweep, signature
+from schemas.loyalty import FailedPointsApplication, MarkNeedsReview, ReopenItem
 from services import events as service
+from tests.loyalty_factories import new_customer, order_ref
+from tests.unit.test_cli_input import jobctl
 from workers import families
 from workflows.events import EventDeliverySweepWorkflow, EventDeliveryWorkflow
 
@@ -166,6 +170,22 @@ async def test_a_closed_churn_case_writes_one_event_under_its_company(engine: As
     events = await _events(engine, "churn_case", case)
     assert [(e.type, e.company_id) for e in events] == [("churn.case.closed", company)]
     assert events[0].payload == {"case_id": case, "membership_id": membership, "status": "RECOVERED"}
+
+
+async def test_a_loyalty_item_sent_to_review_writes_an_event_each_time_it_goes(engine: AsyncEngine) -> None:
+    customer = await new_customer(engine, 10)
+    item, _ = await insert_queue_item(
+        engine, FailedPointsApplication(customer_id=customer, order_id=order_ref(), order_total=Decimal("5"))
+    )
+    queue = LoyaltyQueueActivities(engine)
+    review = MarkNeedsReview(item_id=item.item_id, reason="Stripe says nothing")
+    await queue.mark_needs_review(review)
+    await queue.mark_needs_review(review)  # retried: it is there already, nothing more
+    await queue.reopen_item(ReopenItem(item_id=item.item_id, actor_id="ops"))
+    await queue.mark_needs_review(review)  # to review again: a second event
+    events = await _events(engine, "loyalty_item", item.item_id)
+    assert [e.type for e in events] == ["loyalty.item.needs_review"] * 2
+    assert set(events[0].payload) == {"item_id", "customer_id", "order_id", "attempts"}
 
 
 async def test_emit_refuses_an_unknown_type_and_writes_a_key_once(engine: AsyncEngine) -> None:
@@ -361,3 +381,34 @@ async def test_a_subscriber_down_for_an_hour_then_up_gets_every_event_once_per_o
         assert ended.state == "stopped" and ended.delivered >= 7
         assert await handle.query(EventDeliveryWorkflow.status) == ended
         await record_history(handle, "event_delivery")
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_the_cli_creates_lists_replays_and_deletes_a_subscription(database_url: str) -> None:
+    """Temporal away: the subscription is stored and says its run is left to the sweep."""
+    env = {"DATABASE_URL": database_url, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    created = jobctl(
+        "events",
+        "subscriptions",
+        "create",
+        "--url",
+        "https://shop.example/h",
+        "--types",
+        "order.failed",
+        "--json",
+        **env,
+    )
+    assert created.returncode == 0, created.stderr
+    sub = json.loads(created.stdout)
+    assert sub["secret"].startswith("whsec_") and sub["workflow_id"] is None
+    listed = jobctl("events", "subscriptions", "list", **env)
+    assert listed.returncode == 0 and "https://shop.example/h" in listed.stdout and "whsec_" not in listed.stdout
+    assert jobctl("events", "list", "--type", "order.failed", "--json", **env).returncode == 0
+    unknown = jobctl("events", "replay", "evt_" + "0" * 32, "--subscription", str(sub["id"]), **env)
+    assert unknown.returncode == 2 and "no event evt_" in unknown.stderr
+    deleted = jobctl("events", "subscriptions", "delete", str(sub["id"]), **env)
+    assert deleted.returncode == 0, deleted.stderr
+    again = jobctl("events", "subscriptions", "delete", str(sub["id"]), **env)
+    assert again.returncode == 2 and f"no active subscription {sub['id']}" in again.stderr

@@ -9,7 +9,7 @@ import typer
 
 from schemas.events import EVENT_TYPES
 from schemas.text import ShortText
-from workers.cli.runner import UsageError, call, echo, free_text
+from workers.cli.runner import UsageError, call, configure_logging, echo, free_text, settings
 
 events_app = typer.Typer(
     help="Outbound events: list them, replay one to a subscriber, manage subscriptions.",
@@ -48,6 +48,8 @@ def subscriptions_create(
 ) -> None:
     """Subscribe URL to the event TYPES; prints the signing secret, once."""
     from services.events import check_url, create_subscription
+
+    configure_logging(settings())  # on stderr, masked: `--json` stays one document
 
     try:
         url = check_url(url)
@@ -95,6 +97,8 @@ def subscriptions_delete(subscription_id: SubscriptionArg, as_json: JsonOpt = Fa
     """Stop delivering to SUBSCRIPTION (its run ends)."""
     from services.events import delete_subscription
 
+    configure_logging(settings())  # on stderr, masked: `--json` stays one document
+
     sub = call(lambda c: delete_subscription(c.engine, c.client, subscription_id), database=True, temporal="lazy")
     echo(as_json, sub.model_dump(mode="json"), f"subscription {sub.id} deleted: nothing more goes to {sub.url}")
 
@@ -135,6 +139,8 @@ def events_replay(
     import re
 
     from services.events import replay_event
+
+    configure_logging(settings())  # on stderr, masked: `--json` stays one document
 
     if not re.fullmatch(r"evt_[0-9a-f]{32}", event_id):
         raise UsageError(f"EVENT_ID must be evt_ and 32 hex digits (got {event_id!r})")
