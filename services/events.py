@@ -271,7 +271,8 @@ async def replay_event(
         sub = (
             await conn.execute(
                 text(
-                    "SELECT id, event_types, company_id FROM event_subscriptions WHERE id = :s AND disabled_at IS NULL"
+                    "SELECT id, event_types, company_id, delivered_through FROM event_subscriptions"
+                    " WHERE id = :s AND disabled_at IS NULL"
                     " AND (CAST(:company AS text) IS NULL OR company_id = CAST(:company AS text))"
                 ),
                 {"s": subscription_id, "company": company_id},
@@ -283,6 +284,16 @@ async def replay_event(
             raise EventsRefused(
                 f"subscription {subscription_id} does not receive {event.type} events of this object",
                 field="subscription_id",
+            )
+        handled = await conn.scalar(
+            text("SELECT status <> 'pending' FROM event_deliveries WHERE subscription_id = :s AND event_id = :e"),
+            {"s": subscription_id, "e": event.id},
+        )
+        if not handled and event.id > sub.delivered_through:  # sent now, it would pass the events before it
+            raise EventsRefused(
+                f"{event_id} has not had its turn at subscription {subscription_id} yet: it is delivered in order,"
+                " after the events before it",
+                field="event_id",
             )
         await conn.execute(
             text(

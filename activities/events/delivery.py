@@ -78,15 +78,18 @@ NEXT_EVENT = text(
 )
 ADVANCE_CURSOR = text(
     f"""
-UPDATE event_subscriptions SET delivered_through = GREATEST(delivered_through, LEAST(
+UPDATE event_subscriptions s SET delivered_through = c.target
+FROM (SELECT LEAST(
     COALESCE((SELECT min(e.id) - 1 FROM outbound_events e
               WHERE e.id > :floor AND {_MATCHES} AND NOT {_HANDLED}),
              (SELECT max(id) FROM outbound_events)),
     COALESCE((SELECT id FROM outbound_events WHERE occurred_at < clock_timestamp() - {SETTLE}
-              ORDER BY occurred_at DESC LIMIT 1), 0)))
-WHERE id = :s
+              ORDER BY occurred_at DESC LIMIT 1), 0)) AS target) c
+WHERE s.id = :s AND s.delivered_through < c.target
 """
 )
+"""Move the low-water mark up to just below the first unhandled matching event (or the newest
+event), never past one written less than `SETTLE` ago; written only when it moves."""
 RECORD = text(
     """
 INSERT INTO event_deliveries AS d
@@ -174,7 +177,9 @@ class EventDeliveryActivities:
                     await conn.execute(NEXT_EVENT, match | {"floor": sub.delivered_through})
                 ).first()
                 await conn.rollback()
-            if event is None:
+            if event is None:  # idle: the mark passes what this subscription does not take
+                async with self.engine.begin() as conn:
+                    await conn.execute(ADVANCE_CURSOR, match | {"floor": sub.delivered_through})
                 return outcome
             http, error = await self.post(sub.url, sub.secret, event)
             ok = error is None

@@ -27,6 +27,7 @@ from activities.credit import ledger
 from activities.credit.admin import change_status
 from activities.credit.guardrails import apply_guardrails
 from activities.deps import ActivityDeps
+from activities.events.delivery import EventDeliveryActivities
 from activities.events.outbox import emit
 from activities.loyalty.queue import LoyaltyQueueActivities, insert_queue_item
 from config.settings import load_settings
@@ -34,7 +35,14 @@ from devtools.event_receiver import EventReceiver
 from schemas import ids
 from schemas.churn import CaseAction
 from schemas.credit import RecordPayment
-from schemas.events import EVENT_ID_HEADER, SIGNATURE_HEADER, EventDeliverySweep, signature
+from schemas.events import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    DeliverEvents,
+    DeliveryOutcome,
+    EventDeliverySweep,
+    signature,
+)
 from schemas.loyalty import FailedPointsApplication, MarkNeedsReview, ReopenItem
 from services import events as service
 from tests.loyalty_factories import new_customer, order_ref
@@ -412,3 +420,42 @@ def test_the_cli_creates_lists_replays_and_deletes_a_subscription(database_url: 
     assert deleted.returncode == 0, deleted.stderr
     again = jobctl("events", "subscriptions", "delete", str(sub["id"]), **env)
     assert again.returncode == 2 and f"no active subscription {sub['id']}" in again.stderr
+
+
+async def test_an_idle_subscriptions_cursor_passes_settled_events_it_does_not_take(engine: AsyncEngine) -> None:
+    """The low-water mark moves past what the subscription does not take once it is settled (five
+    minutes old), so an idle poll does not rescan them for ever; never past a fresh one."""
+    sub = await service.create_subscription(
+        engine, None, "http://127.0.0.1:9/never", ["loyalty.item.needs_review"], created_by="t"
+    )
+    async with engine.begin() as conn:
+        old = await conn.scalar(
+            text(
+                "INSERT INTO outbound_events (type, object_type, object_id, payload, dedupe_key, occurred_at)"
+                " SELECT 'order.expired', 'order', g::text, '{}', :k || g, now() - interval '1 hour'"
+                " FROM generate_series(1, 3) g RETURNING id"
+            ),
+            {"k": uuid.uuid4().hex},
+        )
+        fresh = await emit(conn, "order.expired", "order", 4, {}, dedupe_key=uuid.uuid4().hex)
+    delivery = EventDeliveryActivities(engine, load_settings())
+    outcome = await delivery.deliver(DeliverEvents(subscription_id=sub.id))
+    assert outcome == DeliveryOutcome()  # nothing for it
+    async with engine.connect() as conn:
+        cursor = await conn.scalar(
+            text("SELECT delivered_through FROM event_subscriptions WHERE id = :s"), {"s": sub.id}
+        )
+    assert fresh is not None and old is not None and old <= cursor < fresh
+
+
+async def test_a_replay_ahead_of_the_events_turn_is_refused(engine: AsyncEngine) -> None:
+    """Sent before the events ahead of it, a replay would pass them: it waits for its turn instead."""
+    sub = await service.create_subscription(engine, None, "http://127.0.0.1:9/never", ["order.failed"], created_by="t")
+    async with engine.begin() as conn:
+        await emit(conn, "order.failed", "order", 5, {}, dedupe_key=uuid.uuid4().hex)
+    listed = await service.list_events(engine, type="order.failed", object_id="5")
+    (event,) = [e for e in listed if e.id > sub.delivered_through]
+    with pytest.raises(service.EventsRefused, match="has not had its turn"):
+        await service.replay_event(engine, None, event.event_id, sub.id)
+    with pytest.raises(service.UnknownEvent):
+        await service.replay_event(engine, None, "evt_" + "f" * 32, sub.id)
