@@ -47,8 +47,9 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
             "loyalty-reconcile-sweep",
             "loyalty-integrity-audit",
             "data-retention",
+            "event-delivery-sweep",
         ]
-    ), "the six schedules of docs/ARCHITECTURE.md §4 and data retention"
+    ), "the schedules of docs/ARCHITECTURE.md §4"
     assert sorted(sid for sid, _ in first) == expected and {o for _, o in second} == {"updated"}
     assert await _schedule_ids(dev_env.client) == expected
     described = await handle.describe()
