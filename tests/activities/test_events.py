@@ -459,3 +459,95 @@ async def test_a_replay_ahead_of_the_events_turn_is_refused(engine: AsyncEngine)
         await service.replay_event(engine, None, event.event_id, sub.id)
     with pytest.raises(service.UnknownEvent):
         await service.replay_event(engine, None, "evt_" + "f" * 32, sub.id)
+
+
+@pytest.mark.parametrize(
+    ("action", "reference", "new", "event_type", "object_type", "payload"),
+    [
+        (
+            "pending_order_expired",
+            "order:{o}",
+            {"status": "EXPIRED"},
+            "order.expired",
+            "order",
+            {"order_id": "{o}"},
+        ),
+        (
+            "order_failed",
+            "order:{o}",
+            {"order_status": "FAILED", "reversed_amount": "250.00", "returned_to_balance": "0"},
+            "order.failed",
+            "order",
+            {"order_id": "{o}", "reversed_amount": "250.00", "returned_to_balance": "0"},
+        ),
+        (
+            "payment_refunded",
+            "refund:ch_1:10.00",
+            {"payment": "pay-1", "credit_transaction_id": 77, "amount": "10.00", "refunded_amount": "10.00"},
+            "payment.refunded",
+            "payment",
+            {"payment_id": 77, "reference": "pay-1", "kind": "refund", "amount": "10.00", "refunded_amount": "10.00"},
+        ),
+        (
+            "payment_dispute_lost",
+            "dispute_lost:dp_1:5.00",
+            {"payment": "pay-1", "credit_transaction_id": 77, "amount": "5.00", "refunded_amount": "15.00"},
+            "payment.refunded",
+            "payment",
+            {
+                "payment_id": 77,
+                "reference": "pay-1",
+                "kind": "dispute_lost",
+                "amount": "5.00",
+                "refunded_amount": "15.00",
+            },
+        ),
+        (
+            "payment_disputed",
+            "dispute:dp_1",
+            {"disputed": True, "dispute_id": "dp_1", "payment": "pay-1", "credit_transaction_id": 77},
+            "payment.disputed",
+            "payment",
+            {"payment_id": 77, "reference": "pay-1", "dispute_id": "dp_1"},
+        ),
+        (
+            "credit_limits_changed",
+            None,
+            {"credit_limit": "2000.00"},
+            "credit.limits_changed",
+            "retailer",
+            {"new": {"credit_limit": "2000.00"}},
+        ),
+    ],
+)
+async def test_each_audited_action_becomes_its_event(
+    engine: AsyncEngine,
+    action: str,
+    reference: str | None,
+    new: dict[str, Any],
+    event_type: str,
+    object_type: str,
+    payload: dict[str, Any],
+) -> None:
+    """The trigger's mapping, action by action (the ledger's own paths are exercised above)."""
+    retailer = await _retailer(engine)
+    order = uuid.uuid4().int % 10**9
+    ref = reference.format(o=order) if reference else None
+    async with engine.begin() as conn:
+        audit_id = await ledger.audit(conn, retailer, action, actor="admin-ann", reference=ref, new=new, reason="free")
+        other = await ledger.audit(conn, retailer, "reminder_sent", actor="system", new={"x": 1})  # not catalogued
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT type, object_type, object_id, payload FROM outbound_events WHERE dedupe_key IN (:a, :b)"),
+                {"a": f"audit:{audit_id}", "b": f"audit:{other}"},
+            )
+        ).all()
+    assert len(rows) == 1
+    (row,) = rows
+    expected = {k: (int(v.format(o=order)) if v == "{o}" else v) for k, v in payload.items()}
+    assert (row.type, row.object_type) == (event_type, object_type)
+    assert row.payload == {"retailer_id": retailer, **expected}
+    assert "free" not in json.dumps(row.payload) and "admin-ann" not in json.dumps(row.payload)
+    object_ids = {"order": str(order), "payment": "77", "retailer": str(retailer)}
+    assert row.object_id == object_ids[object_type]
