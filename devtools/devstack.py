@@ -2,7 +2,8 @@
 
 Starts the Temporal dev server (UI included, state in .jobctl/temporal.db), an embedded
 PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo data,
-applies the schedules and runs the worker, all in this process group. SIGINT/SIGTERM
+bootstraps Temporal (`jobctl bootstrap`: search attributes, the brake,
+schedules) and runs the worker, all in this process group. SIGINT/SIGTERM
 drains the worker and stops every child; a second run reuses the data.
 """
 
@@ -24,8 +25,8 @@ from activities.database import create_engine
 from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
 from devtools.seed import money_loop_retailer, seed_demo
-from schemas import search_attributes
-from workers import families, migrate, schedules
+from workers import migrate
+from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
@@ -56,9 +57,7 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
         "--log-level",
         "warn",
     ]
-    for key in search_attributes.ALL:
-        command += ["--search-attribute", f"{key.name}=Keyword"]
-    return command
+    return command  # the search attributes: `jobctl bootstrap`'s path (`workers.bootstrap`), as on a cluster
 
 
 @asynccontextmanager
@@ -273,8 +272,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
         api_url = await stack.enter_async_context(api(settings, engine, client))
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
-        applied = await schedules.apply(client, settings, families.all_schedules())
-        await start_messaging_brake(client, settings)
+        applied = await bootstrap_dev(client, settings)
         workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
         receiver = await stack.enter_async_context(event_receiver(settings, engine, client))
         if demo:
@@ -296,18 +294,14 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         await run_workers(workers, stop)
 
 
-async def start_messaging_brake(client, settings: Settings) -> None:
-    """The `messaging-brake` singleton, so the brake can be pulled from the Temporal UI (a signal)."""
-    from temporalio.common import WorkflowIDConflictPolicy
-
-    from workflows.brake import BRAKE_WORKFLOW_ID, MessagingBrakeWorkflow
-
-    await client.start_workflow(
-        MessagingBrakeWorkflow.run,
-        id=BRAKE_WORKFLOW_ID,
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
+async def bootstrap_dev(client: Client, settings: Settings) -> list[tuple[str, str]]:
+    """`jobctl bootstrap` against the dev server (search attributes, the `messaging-brake` singleton,
+    schedules, codec key): one path for every cluster. Returns the schedules' outcomes."""
+    steps = await bootstrap(client, settings)
+    failed = [step.line() for step in steps if step.failed]
+    if failed:
+        raise RuntimeError("bootstrap failed: " + "; ".join(failed))
+    return [(step.name.removeprefix("schedule "), step.outcome) for step in steps if step.name.startswith("schedule ")]
 
 
 DEMO_TRIGGERS = ("order-expiry-sweep", "payment-reminders", "credit-guardrails", "loyalty-reconcile-sweep")
