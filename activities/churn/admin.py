@@ -86,7 +86,7 @@ async def update_company_settings(engine: AsyncEngine, company_id: str, settings
     except IntegrityError as error:  # the model mirrors the CHECKs: this is a second line of defence
         raise CaseRefused(f"company {company_id}: the settings break a database rule ({error.orig})") from None
     if updated is None:
-        raise CaseRefused(f"no company {company_id}")
+        raise CaseRefused(f"no company {company_id}", code="unknown_company")
     return settings
 
 

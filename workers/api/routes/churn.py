@@ -56,6 +56,10 @@ class Case(BaseModel):
     incentive_applied_at: datetime | None
 
 
+class CasePage(Page[Case]):
+    """A page of churn cases."""
+
+
 class RecoveryAction(BaseModel):
     id: int
     type: str
@@ -104,7 +108,7 @@ async def _owned_case(stack: Any, case_id: int, caller: Principal) -> dict[str, 
     case = await admin.get_case(stack.engine, case_id)
     caller.confine(case["company_id"] if case else None)
     if case is None:
-        raise Problem(404, f"no churn case {case_id}")
+        raise Problem(404, f"no churn case {case_id}", code="unknown_case")
     return case
 
 
@@ -113,7 +117,7 @@ def _update_id(request: Request, kind: str, case_id: int) -> str | None:
     return f"{kind}:{case_id}:{key}" if key else None
 
 
-@api.post("/cases", status_code=201, response_model=CaseOpened, responses=responses(404))
+@api.post("/cases", status_code=201, response_model=CaseOpened, responses=responses(404), operation_id="openCase")
 async def open_case(
     body: OpenCase, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> CaseOpened:
@@ -136,18 +140,29 @@ async def open_case(
     return CaseOpened(case_id=case_id, workflow_id=ids.churn_case(case_id))
 
 
-@api.get("/cases", response_model=Page[Case])
+@api.get("/cases", response_model=CasePage, operation_id="listCases")
 async def list_cases(
     stack: StackDep,
     paging: PagingDep,
     caller: Annotated[Principal, require("churn:read")],
     status: Annotated[CaseState | None, Query()] = None,
     membership_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    company: Annotated[
+    company_id: Annotated[
         str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: the key's")
     ] = None,
-) -> Page[Case]:
+    company: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+            deprecated=True,
+            description="the former name of company_id, still read",
+        ),
+    ] = None,
+) -> CasePage:
     """Cases, newest first, by status and member; a company-bound key lists its company's only."""
+    if company is not None and company_id is not None and company != company_id:
+        raise Problem(422, "query.company: not query.company_id (company is its former name)", field="query.company")
+    company = company_id or company
     if company is not None:
         caller.confine(company)
     rows = await admin.list_cases(
@@ -158,10 +173,10 @@ async def list_cases(
         limit=paging.limit + 1,
         offset=paging.offset,
     )
-    return page([Case(**r) for r in rows], paging)
+    return page(CasePage, [Case(**r) for r in rows], paging)
 
 
-@api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404))
+@api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404), operation_id="getCase")
 async def show_case(
     case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
 ) -> CaseDetail:
@@ -172,7 +187,9 @@ async def show_case(
     return CaseDetail(case=Case(**case), workflow=status, actions=[RecoveryAction(**a) for a in actions])
 
 
-@api.post("/cases/{case_id}/nudge", response_model=NudgeOutcome, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/nudge", response_model=NudgeOutcome, responses=responses(404, 409), operation_id="nudgeCase"
+)
 async def nudge(
     case_id: CaseId,
     body: Nudge,
@@ -188,7 +205,12 @@ async def nudge(
     )
 
 
-@api.post("/cases/{case_id}/incentive", response_model=IncentiveApplied, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/incentive",
+    response_model=IncentiveApplied,
+    responses=responses(404, 409),
+    operation_id="applyIncentive",
+)
 async def incentive(
     case_id: CaseId,
     body: Incentive,
@@ -223,13 +245,25 @@ async def _end(stack: Any, case_id: int, signal: str, caller: Principal) -> Acce
     return Accepted(workflow_id=ids.churn_case(case_id), signal=signal)
 
 
-@api.post("/cases/{case_id}/recovered", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/recovered",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="markCaseRecovered",
+)
 async def recovered(case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:write")]) -> Accepted:
     """The member is back: the case ends RECOVERED."""
     return await _end(stack, case_id, "recovered", caller)
 
 
-@api.post("/cases/{case_id}/cancelled", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/cancelled",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="markCaseCancelled",
+)
 async def cancelled(case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:write")]) -> Accepted:
     """The member left: the case ends CANCELLED."""
     return await _end(stack, case_id, "cancelled", caller)
@@ -239,11 +273,16 @@ async def _company(stack: Any, company_id: str, caller: Principal) -> CompanySet
     caller.confine(company_id)
     settings = await admin.company_settings(stack.engine, company_id)
     if settings is None:
-        raise Problem(404, f"no company {company_id}")
+        raise Problem(404, f"no company {company_id}", code="unknown_company")
     return settings
 
 
-@api.get("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
+@api.get(
+    "/companies/{company_id}/settings",
+    response_model=Company,
+    responses=responses(404),
+    operation_id="getCompanySettings",
+)
 async def get_settings(
     company_id: CompanyId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
 ) -> Company:
@@ -251,7 +290,12 @@ async def get_settings(
     return Company(company_id=company_id, **(await _company(stack, company_id, caller)).model_dump())
 
 
-@api.put("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
+@api.put(
+    "/companies/{company_id}/settings",
+    response_model=Company,
+    responses=responses(404),
+    operation_id="replaceCompanySettings",
+)
 async def put_settings(
     company_id: CompanyId, body: SettingsIn, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> Company:

@@ -34,21 +34,21 @@ def _unbound(caller: Principal) -> None:
         )
 
 
-@api.get("/brake", response_model=BrakeState)
+@api.get("/brake", response_model=BrakeState, operation_id="getMessagingBrake")
 async def brake(stack: StackDep, caller: Annotated[Principal, require("messaging:read")]) -> BrakeState:
     """Whether messaging is paused, by whom and why, and the messages it holds."""
     _unbound(caller)
     return await service.status(stack.engine)
 
 
-@api.post("/brake/pause", response_model=BrakeState, responses=responses(409))
+@api.post("/brake/pause", response_model=BrakeState, responses=responses(409), operation_id="pauseMessaging")
 async def pause(body: Pause, stack: StackDep, caller: Annotated[Principal, require("messaging:write")]) -> BrakeState:
     """Hold every outbound message from the next send on; they go out, once each, after a resume."""
     _unbound(caller)
     return await service.pause(stack.engine, reason=body.reason, actor=caller.name)
 
 
-@api.post("/brake/resume", response_model=BrakeState, responses=responses(409))
+@api.post("/brake/resume", response_model=BrakeState, responses=responses(409), operation_id="resumeMessaging")
 async def resume(
     stack: StackDep, caller: Annotated[Principal, require("messaging:write")], body: Resume | None = None
 ) -> BrakeState:
