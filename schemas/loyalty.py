@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.money import Amount
 from schemas.text import Clean
 
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
@@ -130,7 +131,7 @@ class QueueItem(BaseModel):
     order_id: str
     payment_intent_id: str | None
     points_redeemed: int
-    order_total: Decimal
+    order_total: Amount
     status: QueueStatus
     resolution: str | None = None
     attempts: int = 0
