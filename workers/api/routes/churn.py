@@ -43,7 +43,7 @@ class CaseOpened(BaseModel):
     workflow_id: str
 
 
-class Case(BaseModel):
+class ChurnCase(BaseModel):
     case_id: int
     company_id: str
     membership_id: int
@@ -56,7 +56,7 @@ class Case(BaseModel):
     incentive_applied_at: datetime | None
 
 
-class CasePage(Page[Case]):
+class ChurnCasePage(Page[ChurnCase]):
     """A page of churn cases."""
 
 
@@ -70,7 +70,7 @@ class RecoveryAction(BaseModel):
 
 
 class CaseDetail(BaseModel):
-    case: Case
+    case: ChurnCase
     workflow: CaseStatus | None = Field(description="the case's workflow status; None: it has no workflow")
     actions: list[RecoveryAction]
 
@@ -140,7 +140,7 @@ async def open_case(
     return CaseOpened(case_id=case_id, workflow_id=ids.churn_case(case_id))
 
 
-@api.get("/cases", response_model=CasePage, operation_id="listCases")
+@api.get("/cases", response_model=ChurnCasePage, operation_id="listCases")
 async def list_cases(
     stack: StackDep,
     paging: PagingDep,
@@ -158,7 +158,7 @@ async def list_cases(
             description="the former name of company_id, still read",
         ),
     ] = None,
-) -> CasePage:
+) -> ChurnCasePage:
     """Cases, newest first, by status and member; a company-bound key lists its company's only."""
     if company is not None and company_id is not None and company != company_id:
         raise Problem(422, "query.company: not query.company_id (company is its former name)", field="query.company")
@@ -173,7 +173,7 @@ async def list_cases(
         limit=paging.limit + 1,
         offset=paging.offset,
     )
-    return page(CasePage, [Case(**r) for r in rows], paging)
+    return page(ChurnCasePage, [ChurnCase(**r) for r in rows], paging)
 
 
 @api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404), operation_id="getCase")
@@ -184,7 +184,7 @@ async def show_case(
     case = await _owned_case(stack, case_id, caller)
     status = await service.case_status(stack.client, stack.engine, case_id, company_id=case["company_id"])
     actions = await admin.case_actions(stack.engine, case_id, case["company_id"])
-    return CaseDetail(case=Case(**case), workflow=status, actions=[RecoveryAction(**a) for a in actions])
+    return CaseDetail(case=ChurnCase(**case), workflow=status, actions=[RecoveryAction(**a) for a in actions])
 
 
 @api.post(
