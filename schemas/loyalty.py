@@ -177,7 +177,10 @@ class Resolution(BaseModel):
     """How a person closes an item: why, and optionally a points correction through the ledger
     (the HTTP body; the signal below adds who)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "customer called: points applied by hand", "points_adjustment": 120}]},
+    )
 
     note: Clean = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
     points_adjustment: int | None = Field(

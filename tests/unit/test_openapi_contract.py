@@ -61,6 +61,19 @@ def test_every_operation_documents_what_it_can_answer() -> None:
     assert {"303", "404", "410", "429", "503"} <= set(pay) and "Retry-After" in pay["429"]["headers"]
 
 
+def test_every_request_body_has_an_example() -> None:
+    schemas = DOCUMENT["components"]["schemas"]
+    for method, path, operation in operations():
+        if "requestBody" not in operation:
+            continue
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        refs = [s["$ref"] for s in schema.get("anyOf", [schema]) if "$ref" in s]
+        assert refs, f"{method} {path}: an inline body (no model) has no name in a generated client"
+        for ref in refs:
+            examples = schemas[ref.rsplit("/", 1)[-1]].get("examples")
+            assert examples, f"{method} {path}: {ref} has no example"
+
+
 def test_public_operations_declare_no_security_and_the_others_the_keys_schemes() -> None:
     schemes = set(DOCUMENT["components"]["securitySchemes"])
     for method, path, operation in operations():

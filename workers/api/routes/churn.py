@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.churn import admin
 from schemas import ids
@@ -30,6 +30,8 @@ CompanyId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", descripti
 
 
 class OpenCase(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"membership_id": 1017, "company_id": "acme-gym"}]})
+
     membership_id: int = Field(ge=1, le=2**63 - 1)
     company_id: str | None = Field(
         default=None,
@@ -76,6 +78,8 @@ class CaseDetail(BaseModel):
 
 
 class Nudge(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"channel": "sms"}]})
+
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
     note: Reason | None = Field(
         default=None, description="accepted, not kept: free text stays out of the case's history"
@@ -83,6 +87,8 @@ class Nudge(RequestBody):
 
 
 class Incentive(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"days": 14}]})
+
     days: int | None = Field(default=None, ge=1, le=90, description="default: the company's incentive_days")
 
 
@@ -95,6 +101,23 @@ class IncentiveApplied(BaseModel):
 class SettingsIn(CompanySettings, RequestBody):
     """The settings as a request body: strict, as every body is (a misspelt rule is refused, not
     dropped), but what GET answers may be PUT back as it is, `company_id` included."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reminder_offsets_days": [0, 3, 7],
+                    "channels": ["whatsapp", "sms"],
+                    "incentive_days": 14,
+                    "quiet_hours_start": 21,
+                    "quiet_hours_end": 8,
+                    "daily_nudge_cap": 1,
+                    "grace_period_days": 7,
+                    "timezone": "Europe/Berlin",
+                }
+            ]
+        }
+    )
 
     company_id: str | None = Field(default=None, description="optional (as GET answers it); the path's, if given")
 

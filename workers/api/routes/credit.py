@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
@@ -116,6 +116,8 @@ class Profile(BaseModel):
 
 
 class StatusChange(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "three invoices overdue; called, no answer"}]})
+
     reason: Reason = Field(description="stored in the audit log")
 
 
@@ -131,6 +133,10 @@ class StatusChanged(BaseModel):
 
 
 class PaymentIn(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "500.00", "reference": "BANK-2026-0042"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: AmountIn = Field(gt=0, description="positive")
     reference: str = Field(
@@ -140,6 +146,14 @@ class PaymentIn(RequestBody):
 
 
 class Limits(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"credit_limit": "5000.00", "max_order_value": "1500.00", "reason": "a year of on-time payments"}
+            ]
+        }
+    )
+
     credit_limit: AmountIn | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
     max_order_value: AmountIn | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
     max_outstanding_days: int | None = Field(
@@ -163,6 +177,12 @@ class LimitsChanged(BaseModel):
 
 
 class AdjustmentIn(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"amount": "35.90", "reason": "damaged goods returned", "reference": "RMA-2026-117"}]
+        }
+    )
+
     amount: AmountIn = Field(
         gt=-Decimal("1e12"),
         lt=Decimal("1e12"),

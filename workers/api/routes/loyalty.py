@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.loyalty.errors import LoyaltyRefusal
 from activities.loyalty.ledger import apply_points_at_checkout
@@ -38,12 +38,22 @@ QueueState = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 
 
 class OrderPoints(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"customer_id": 7, "points_redeemed": 200, "order_total": "84.20"}]}
+    )
+
     customer_id: int = Field(gt=0, le=2**63 - 1)
     points_redeemed: int = Field(default=0, ge=0, le=MAX_POINTS)
     order_total: AmountIn = Field(ge=0, le=Decimal("1e10"), description="zero or more, at most 10,000,000,000")
 
 
 class FailedApplication(OrderPoints):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"customer_id": 7, "points_redeemed": 200, "order_total": "84.20", "error": "ledger timeout"}]
+        }
+    )
+
     payment_intent_id: str | None = Field(default=None, pattern=r"^pi_[A-Za-z0-9_]+$")
     error: Reason | None = Field(default=None, description="why the inline application failed")
 
@@ -70,6 +80,8 @@ class ReconciliationItemPage(Page[ReconciliationItem]):
 
 
 class Audit(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"audit_date": "2026-12-01"}]})
+
     audit_date: date | None = Field(default=None, description="default: today in the business time zone")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from activities.messaging.brake import BrakeState
 from schemas.text import Reason
@@ -20,10 +20,16 @@ api = router("/v1/messaging", "messaging")
 
 
 class Pause(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "a template went out wrong; holding until it is fixed"}]}
+    )
+
     reason: Reason = Field(description="why, shown with the brake's state")
 
 
 class Resume(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "template fixed"}]})
+
     reason: Reason | None = Field(default=None, description="optional note")
 
 

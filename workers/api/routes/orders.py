@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import Body, Path, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.messaging.outbox import QuietHours
 from schemas import ids
@@ -24,6 +24,8 @@ OrderId = Annotated[int, Path(ge=1, le=2**63 - 1, description="orders.id")]
 
 
 class CheckoutStarted(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"retailer_id": 42, "follow_up_after_seconds": 3600}]})
+
     retailer_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's"
     )
@@ -33,16 +35,26 @@ class CheckoutStarted(RequestBody):
 
 
 class OrderFailed(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "the courier could not deliver"}]})
+
     reason: Reason = Field(description="stored on the order")
 
 
 class ValidatePlacement(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "250.00", "payment_mode": "CREDIT"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: AmountIn = Field(gt=0, description="the order's total: positive")
     payment_mode: Literal["CREDIT", "COD"]
 
 
 class Placement(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "250.00", "payment_mode": "CREDIT"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
     amount: AmountIn = Field(gt=0, description="the order's total: positive")
     payment_mode: Literal["CREDIT", "COD"]
