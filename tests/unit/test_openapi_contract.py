@@ -137,6 +137,13 @@ def test_every_code_the_source_raises_is_documented() -> None:
     assert "credit_paused" in raised and "over_credit_limit" in raised
 
 
+def test_the_readme_and_the_api_description_list_every_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for code, (status, _) in CODES.items():
+        assert f"| `{code}` | {status} |" in readme, f"README.md's table of codes lacks {code}"
+        assert f"| `{code}` | {status} |" in DOCUMENT["info"]["description"], code
+
+
 def test_a_problem_answers_its_code_and_the_type_made_from_it() -> None:
     body = problem_response(409, "credit is paused", code="credit_paused").body
     assert b'"type":"https://jobctl.dev/problems/credit-paused"' in body and b'"code":"credit_paused"' in body
