@@ -41,7 +41,7 @@ accepts `Idempotency-Key`: the same key and body replays the first answer for 24
 (IDEMPOTENCY_RETENTION_HOURS), another body is 422 `idempotency_key_reused`, and a retry while the
 first is still running 409 `idempotency_key_in_use`. A body above 1 MB (API_MAX_BODY_BYTES) is 413,
 JSON nested past the parser 400. Amounts are decimal strings with two decimals (`"10.50"`), in and
-out. Ids of the same thing have one name everywhere (`company_id`, `retailer_id`, `order_id`).
+out. A company is `company_id` everywhere (listCases's `company` is its deprecated former name).
 
 Errors are RFC 9457 problem details (`application/problem+json`): `code` is a stable snake_case
 name for programs to branch on and `type` the URI made from it
