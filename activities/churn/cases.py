@@ -82,7 +82,7 @@ async def open_case(engine: AsyncEngine, membership_id: int, trigger: str, compa
             )
         ).first()
         if member is None:
-            raise CaseRefused(f"no membership {membership_id} in company {company_id}")
+            raise CaseRefused(f"no membership {membership_id} in company {company_id}", code="unknown_membership")
         opened = await conn.scalar(
             text(
                 "INSERT INTO recovery_cases (company_id, membership_id, trigger) VALUES (:c, :m, :t)"

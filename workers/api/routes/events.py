@@ -18,6 +18,12 @@ from workers.api.problems import Problem, responses
 from workers.api.routes import Page, PagingDep, RequestBody, StackDep, page, router
 
 api = router("/v1", "events")
+
+
+class EventPage(Page[service.Event]):
+    """A page of events, newest first."""
+
+
 SubscriptionId = Annotated[int, Path(ge=1, le=2**63 - 1, description="event_subscriptions.id")]
 EventId = Annotated[str, Path(pattern=r"^evt_[0-9a-f]{32}$", description="the event's id (evt_...)")]
 
@@ -134,7 +140,7 @@ async def delete_subscription(
 
 @api.get(
     "/events",
-    response_model=Page[service.Event],
+    response_model=EventPage,
     operation_id="listEvents",
     summary="Outbound events, newest first, by type and object",
 )
@@ -145,7 +151,7 @@ async def list_events(
     type: Annotated[str | None, Query(max_length=64, description=f"one of: {', '.join(EVENT_TYPES)}")] = None,
     object_type: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$", description="retailer, payment, ...")] = None,
     object_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] = None,
-) -> Page[service.Event]:
+) -> EventPage:
     if type is not None and type not in EVENT_TYPES:
         raise Problem(422, f"unknown event type {type}; known: {', '.join(EVENT_TYPES)}", field="query.type")
     rows = await service.list_events(
@@ -157,7 +163,7 @@ async def list_events(
         limit=paging.limit + 1,
         offset=paging.offset,
     )
-    return page(rows, paging)
+    return page(EventPage, rows, paging)
 
 
 @api.post(
