@@ -1,8 +1,14 @@
-"""Money as people read it and as Stripe takes it: one place for both (issue #35).
+"""Amounts of money at the API's door: decimal strings with two decimals, in and out (issue #34).
 
-`format_money` is how every door shows an amount (messages, the pay page, the CLI, API text
-fields): CLDR's pattern for the locale (Babel), with the currency's symbol, so 100000 INR in
-`en-IN` reads `₹1,00,000.00`, 1234.56 EUR in `de-DE` reads `1.234,56 €`, and JPY has no decimals.
+A JSON number is a float in most languages' parsers, and `10.1 + 0.2` is not `10.3` in any of
+them, so the OpenAPI document says an amount is a string (`"10.50"`), and every amount the API
+answers is one, normalised to two decimals (`"10.5"` and `10.50` both come back `"10.50"`). A JSON
+number is still read, for callers written before; a string that is not a plain decimal (`"1e3"`,
+`"10.505"`, `" 10"`) is refused, naming the field.
+
+And amounts as people read them and as Stripe takes them (issue #35): `format_money` is how
+every door shows an amount (messages, the pay page, the CLI, API text fields): CLDR's pattern
+for the locale (Babel), with the currency's symbol, so 100000 INR in `en-IN` reads `₹1,00,000.00`, 1234.56 EUR in `de-DE` reads `1.234,56 €`, and JPY has no decimals.
 
 `STRIPE_ZERO_DECIMAL` is Stripe's own list of zero-decimal currencies (it differs from ISO 4217's
 exponents: Stripe takes ISK and HUF, for instance, with two decimals); `stripe_exponent` is what
@@ -11,9 +17,46 @@ every amount sent to or read from Stripe is scaled by (the gateway, the pay link
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import Final
+from typing import Annotated, Any, Final
+
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+CENTS = Decimal("0.01")
+PATTERN = r"^-?(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+"""A plain decimal: an optional minus, up to 12 whole digits, up to 2 decimals (numeric(14,2))."""
+_PLAIN = re.compile(PATTERN)
+
+
+def _read(value: Any) -> Any:
+    if isinstance(value, str) and not _PLAIN.fullmatch(value):
+        raise ValueError('an amount is a decimal string with at most two decimals, such as "10.50"')
+    return value
+
+
+def _write(value: Decimal) -> str:
+    return str(value.quantize(CENTS))
+
+
+_SCHEMA = {"type": "string", "format": "decimal", "pattern": PATTERN, "examples": ["10.50"]}
+
+Amount = Annotated[Decimal, PlainSerializer(_write, return_type=str, when_used="json"), WithJsonSchema(_SCHEMA)]
+"""An amount the API answers: `"10.50"`."""
+
+AmountIn = Annotated[
+    Decimal,
+    BeforeValidator(_read),
+    Field(max_digits=14, decimal_places=2),
+    PlainSerializer(_write, return_type=str, when_used="json"),
+    WithJsonSchema(_SCHEMA),
+]
+"""An amount in a request: a plain decimal string (or, for callers written before, a JSON number),
+at most two decimals and numeric(14,2)'s digits."""
+
+
+# --- shown to people, sent to Stripe (issue #35) ----------------------------------------
 
 # https://docs.stripe.com/currencies#zero-decimal
 STRIPE_ZERO_DECIMAL: Final = frozenset(
