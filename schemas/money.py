@@ -8,7 +8,8 @@ number is still read, for callers written before; a string that is not a plain d
 
 And amounts as people read them and as Stripe takes them (issue #35): `format_money` is how
 every door shows an amount (messages, the pay page, the CLI, API text fields): CLDR's pattern
-for the locale (Babel), with the currency's symbol, so 100000 INR in `en-IN` reads `₹1,00,000.00`, 1234.56 EUR in `de-DE` reads `1.234,56 €`, and JPY has no decimals.
+for the locale (Babel), with the currency's symbol, so 100000 INR in `en-IN` reads
+`₹1,00,000.00`, 1234.56 EUR in `de-DE` reads `1.234,56 €`, and JPY has no decimals.
 
 `STRIPE_ZERO_DECIMAL` is Stripe's own list of zero-decimal currencies (it differs from ISO 4217's
 exponents: Stripe takes ISK and HUF, for instance, with two decimals); `stripe_exponent` is what
