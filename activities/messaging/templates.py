@@ -110,7 +110,22 @@ TEMPLATES: dict[tuple[str, int], Template] = {
             "to you again and {balance_returned} is back on your account balance.",
             approved=True,
         ),
+        Template(
+            "order_followup",
+            2,
+            "Hi {first_name}, your order #{order_id} is still waiting for you. Complete it before it expires: "
+            "{checkout_link}",
+            approved=True,
+        ),
         Template("insight", 1, "{insight_message}"),
+        Template(
+            "insight_weekly",
+            1,
+            "Hi {first_name}, your week with us: in the last 30 days you placed {orders_30d} order(s) worth "
+            "{gmv_30d} ({gmv_change} on the 30 days before), {avg_order_value} on average. Best sellers: "
+            "{top_products}. Invoices paid on time: {on_time_rate}.",
+            approved=True,
+        ),
         Template(
             "help",
             1,
@@ -122,6 +137,26 @@ TEMPLATES: dict[tuple[str, int], Template] = {
             1,
             "Hi {first_name}, we would love to keep you with us. Update your payment details to keep "
             "your membership: {manage_link}",
+            approved=True,
+        ),
+        Template(
+            "churn_nudge_payment_failed",
+            1,
+            "Hi {first_name}, your last payment did not go through. Update your card to keep your membership: "
+            "{manage_link}",
+            approved=True,
+        ),
+        Template(
+            "churn_nudge_cancel_scheduled",
+            1,
+            "Hi {first_name}, we are sorry to see you go. Your membership ends with this period; keep it here: "
+            "{manage_link}",
+            approved=True,
+        ),
+        Template(
+            "churn_nudge_manual",
+            1,
+            "Hi {first_name}, we would love to keep you with us. Review or update your membership here: {manage_link}",
             approved=True,
         ),
     )

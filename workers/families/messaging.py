@@ -31,6 +31,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
     from datetime import timedelta
 
+    from activities.messaging.links import MessageLinks
     from activities.messaging.outbox import QuietHours
     from activities.messaging.send import MessagingActivities, Senders, SendPolicy
     from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
@@ -59,6 +60,12 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
         ),
         per_second=settings.send_rate,
+        links=MessageLinks(
+            deps.engine,
+            deps.stripe,
+            checkout_url_template=settings.order_checkout_url_template,
+            manage_url=settings.churn_manage_url,
+        ),
     )
 
 
@@ -89,5 +96,7 @@ FAMILY = Family(
         "message_daily_cap",
         "quiet_hours_start",
         "quiet_hours_end",
+        "order_checkout_url_template",
+        "churn_manage_url",
     ),
 )
