@@ -113,6 +113,9 @@ class Retailer(CreatedAt, Base):
         unique=True, doc="the business's own id (ingestion API, imports): PUT by it is an upsert"
     )
     locale: Mapped[str] = mapped_column(server_default="en", doc="BCP 47 (e.g. 'en', 'hi-IN'): the messages' language")
+    insights_opt_in: Mapped[bool] = mapped_column(
+        server_default=text("false"), doc="receives its weekly insights message (`insights-weekly`)"
+    )
 
     __table_args__ = (
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),

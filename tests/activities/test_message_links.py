@@ -31,7 +31,7 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from schemas.churn import CaseStatus
 from services import churn as churn_api
-from tests.activities.test_churn import SENDERS, actions, new_member, result_of, sent_to
+from tests.activities.test_churn import SENDERS, actions, new_member, sent_to
 from tests.activities.test_orders import NO_QUIET_HOURS, new_order, start, zone_where
 from workers import families
 from workflows.churn import ChurnCaseWorkflow

@@ -41,6 +41,7 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
     assert expected == sorted(
         [
             "insights-nightly",
+            "insights-weekly",
             "order-expiry-sweep",
             "payment-reminders",
             "credit-guardrails",
@@ -48,7 +49,7 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
             "loyalty-integrity-audit",
             "data-retention",
         ]
-    ), "the six schedules of docs/ARCHITECTURE.md §4 and data retention"
+    ), "the schedules of docs/ARCHITECTURE.md §4 and data retention"
     assert sorted(sid for sid, _ in first) == expected
     daily = {d.schedule_id for d in families.all_schedules() if d.daily_at}
     assert dict(second) == {sid: "updated" if sid in daily else "unchanged" for sid in expected}, (
