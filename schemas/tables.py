@@ -122,6 +122,8 @@ class Retailer(CreatedAt, Base):
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("credit_status", CREDIT_STATUSES), name="credit_status"),
         CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
+        # `insights-weekly` reads the opted-in retailers by id every hour.
+        Index("ix_retailers_insights_opt_in", "id", postgresql_where=text("insights_opt_in")),
     )
 
 

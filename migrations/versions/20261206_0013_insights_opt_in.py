@@ -23,7 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("retailers", sa.Column("insights_opt_in", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.create_index("ix_retailers_insights_opt_in", "retailers", ["id"], postgresql_where=sa.text("insights_opt_in"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_retailers_insights_opt_in", table_name="retailers")
     op.drop_column("retailers", "insights_opt_in")
