@@ -406,9 +406,9 @@ class MessagingActivities:
         attempt = _Attempt(key, channel, self._senders.of(channel))
         try:
             text = await body.text()  # a customer-portal session is made here, as the message goes out
-        except ApplicationError as error:
+        except Exception as error:
             async with self._engine.begin() as conn:  # never reached Twilio: free the row for the retry
-                if error.non_retryable:
+                if isinstance(error, ApplicationError) and error.non_retryable:
                     await outbox.set_status(conn, key, "failed", reason=error.type, lease_until=None)
                 else:
                     await outbox.set_status(conn, key, "queued", reason="link_unavailable", lease_until=None)
