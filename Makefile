@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-money fuzz lint fmt install bench clean
+.PHONY: run test test-fast test-money fuzz lint fmt install bench clean openapi client-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,17 @@ FUZZ_SCALE ?= 30
 FUZZ_TESTS := tests/e2e/test_api_fuzz.py tests/e2e/test_api_schemathesis.py
 fuzz: $(STAMP)
 	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest $(FUZZ_TESTS) -s $(PYTEST_ARGS)
+
+# docs/openapi.json, regenerated from the app (a test holds the committed one to it).
+openapi: $(STAMP)
+	$(PY) -m workers.api.app > docs/openapi.json
+
+# A client generated from docs/openapi.json by openapi-python-client (in its own virtualenv under
+# .jobctl/, made on first use), refusing any schema it cannot turn into a class; then the suite's
+# calls through it against the real stack (tests/e2e/test_api_generated_client.py).
+client-check: $(STAMP)
+	$(PY) -m devtools.openapi_client
+	$(PY) -m pytest tests/e2e/test_api_generated_client.py $(PYTEST_ARGS)
 
 # The style, as CI holds it: ruff's lint and format check, then mypy (packages in pyproject.toml).
 lint: $(STAMP)

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
     pay_link_stripe_cache_seconds: float = Field(default=5.0, ge=0)
     """PAY_LINK_STRIPE_CACHE_SECONDS: a link's Checkout Session, as Stripe last said it, is reused this
     long (at most one Stripe retrieve per link that often, however often the link is opened)."""
+    event_poll_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """EVENT_POLL_SECONDS: an idle subscription's delivery run looks for new events this often (a
+    new subscription and a replay wake it at once)."""
+    event_retry_initial_seconds: float = Field(default=30.0, gt=0)
+    """EVENT_RETRY_INITIAL_SECONDS: the first back-off after a failed delivery; it doubles per attempt."""
+    event_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """EVENT_RETRY_MAX_SECONDS: the longest back-off between two attempts at one event (an hour)."""
+    event_give_up_hours: float = Field(default=72.0, gt=0)
+    """EVENT_GIVE_UP_HOURS: an event still undelivered this long after it happened (or was replayed)
+    is marked failed and the next one is tried (Stripe's three days); `jobctl events replay` resends it."""
+    event_http_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """EVENT_HTTP_TIMEOUT_SECONDS: how long a receiver has to answer a delivery."""
     actor_hash_key: SecretStr | None = None
     """ACTOR_HASH_KEY: the HMAC key that turns operator ids into `recovery_actions.actor_id_hash`.
     Required in production; in dev a fixed dev-only key is used (with a warning), see `hash_actor`."""

@@ -185,6 +185,43 @@ async def api(settings: Settings, engine, client) -> AsyncIterator[str]:
         await server.__aexit__(None, None, None)
 
 
+DEV_RECEIVER = "jobctl dev receiver"
+"""The description of the dev stack's own subscription (replaced at each start: its port changes)."""
+
+
+@asynccontextmanager
+async def event_receiver(settings: Settings, engine, client) -> AsyncIterator[str]:
+    """The example event receiver (`devtools/event_receiver.py`) on a free port, subscribed to every
+    event type: the dev stack's console shows each event as it is delivered, verified. Yields its URL."""
+    from sqlalchemy import text
+
+    from devtools.event_receiver import EventReceiver
+    from schemas.events import EVENT_TYPES
+    from services.events import create_subscription
+
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with EventReceiver("unset", host=host) as receiver:
+        async with engine.begin() as conn:  # the last run's subscription pointed at its own port
+            await conn.execute(
+                text(
+                    "UPDATE event_subscriptions SET disabled_at = now() WHERE description = :d AND disabled_at IS NULL"
+                ),
+                {"d": DEV_RECEIVER},
+            )
+        sub = await create_subscription(
+            engine,
+            client,
+            receiver.url,
+            list(EVENT_TYPES),
+            created_by="jobctl-dev",
+            description=DEV_RECEIVER,
+            poll_seconds=settings.event_poll_seconds,
+            task_queue=settings.task_queue,
+        )
+        receiver.secret = sub.secret
+        yield f"{receiver.url} (subscription {sub.id}; GET /_receiver/events lists what arrived)"
+
+
 def write_connection_file(home: Path, settings: Settings, database_url: str, api_url: str) -> Path:
     """What a second shell's `jobctl` needs to reach this stack (read by config.settings while it runs)."""
     import os
@@ -237,6 +274,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
         applied = await bootstrap_dev(client, settings)
         workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
+        receiver = await stack.enter_async_context(event_receiver(settings, engine, client))
         if demo:
             await start_demo_jobs(client, engine, settings)
         write_connection_file(home, settings, database_url, api_url)
@@ -252,6 +290,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)",
             flush=True,
         )
+        print(f"  Events:        {receiver}", flush=True)
         await run_workers(workers, stop)
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from schemas.messaging import SendMessage
+from schemas.money import Amount
 from schemas.text import Clean
 
 REMINDER_OFFSETS_DAYS = (-3, 0, 1, 3, 7, 14, 21, 30)
@@ -149,18 +150,18 @@ class RecordPayment(BaseModel):
 
 class DebitAllocation(BaseModel):
     debit_id: int
-    allocated: Decimal
+    allocated: Amount
     status: str
 
 
 class PaymentRecorded(BaseModel):
     retailer_id: int
     reference: str
-    amount: Decimal
+    amount: Amount
     credit_transaction_id: int
     duplicate: bool = Field(default=False, description="the reference was recorded before: nothing changed")
     allocations: list[DebitAllocation] = Field(default_factory=list)
-    unallocated: Decimal = Decimal("0")
+    unallocated: Amount = Decimal("0")
 
 
 class PaymentResult(BaseModel):

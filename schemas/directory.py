@@ -30,6 +30,7 @@ from pydantic import (
 from schemas.churn import Channels, Days90, Hour, NudgeCap, Offsets, distinct_channels
 from schemas.contact import Currency, LocaleTag, Phone, TimeZone, check_channel
 from schemas.messaging import Channel
+from schemas.money import AmountIn
 from schemas.tables import EXTERNAL_ID, MEMBERSHIP_STATUSES, ORDER_STATUSES, PAYMENT_MODES
 from schemas.text import ShortText
 
@@ -48,10 +49,8 @@ CompanySlug = Annotated[
     str,
     Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the company's id: a lower-case slug", examples=["acme"]),
 ]
-Amount = Annotated[
-    Decimal,
-    Field(ge=0, le=MAX_AMOUNT, max_digits=14, decimal_places=2, description="exact, at most two decimals"),
-]
+Amount = Annotated[AmountIn, Field(ge=0, le=MAX_AMOUNT, description="exact, at most two decimals")]
+"""A directory amount: the API's decimal string (schemas/money.py), never negative."""
 Name = Annotated[ShortText, Field(description="as shown to people (1-64 characters)")]
 StripeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{3,255}$", description="as Stripe gives it")]
 OrderStatus = Literal["PENDING", "CONFIRMED", "DELIVERED", "CANCELLED", "FAILED"]

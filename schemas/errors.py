@@ -11,8 +11,11 @@ from __future__ import annotations
 class Refused(Exception):
     """Bad input for the state the system is in: never retried, never a server error.
 
-    `code` is stable and machine-readable: the refusing activity's or workflow's error type
-    (`NoSubscription`, `UnknownOrder`) when the refusal came from one, else the class's name.
+    `code` is stable and machine-readable: a snake_case name given where it is raised
+    (`credit_paused`, `unknown_retailer`), the refusing activity's or workflow's error type
+    (`NoSubscription`, `UnknownOrder`) when the refusal came from one, else the class's name. The
+    API answers it snake-cased (`no_subscription`), with a `type` URI made from it; the codes a
+    program may rely on are `workers.api.problems.CODES`.
     """
 
     def __init__(self, message: str = "", *, code: str | None = None) -> None:

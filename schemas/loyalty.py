@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.money import Amount
 from schemas.text import Clean
 
 QueueStatus = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
@@ -130,7 +131,7 @@ class QueueItem(BaseModel):
     order_id: str
     payment_intent_id: str | None
     points_redeemed: int
-    order_total: Decimal
+    order_total: Amount
     status: QueueStatus
     resolution: str | None = None
     attempts: int = 0
@@ -176,7 +177,10 @@ class Resolution(BaseModel):
     """How a person closes an item: why, and optionally a points correction through the ledger
     (the HTTP body; the signal below adds who)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "customer called: points applied by hand", "points_adjustment": 120}]},
+    )
 
     note: Clean = Field(min_length=1, max_length=500, pattern=r"\S", description="why, stored with the resolution")
     points_adjustment: int | None = Field(

@@ -7,11 +7,11 @@ read inside activities, so the UI and the histories never show them.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.money import Amount
 from schemas.text import Clean
 
 OrderState = Literal["PENDING", "COMPLETED", "RECOVERED", "EXPIRED", "FAILED"]
@@ -110,10 +110,10 @@ class OrderFailureResult(BaseModel):
     order_id: int
     retailer_id: int
     changed: bool = Field(description="False: a repeat call, nothing written")
-    reversed_amount: Decimal | None = Field(
+    reversed_amount: Amount | None = Field(
         default=None, description="what the debit still owed, released to available credit; None: not paid on credit"
     )
-    returned_to_balance: Decimal | None = Field(
+    returned_to_balance: Amount | None = Field(
         default=None, description="what had been paid on the debit, back on the credit balance; None: not on credit"
     )
 

@@ -101,7 +101,7 @@ async def ensure_owned(engine: AsyncEngine, case_id: int, company_id: str) -> No
         raise CaseRefused("a company is required")
     owner = await case_company(engine, case_id)
     if owner is None:
-        raise CaseRefused(f"no churn case {case_id}")
+        raise CaseRefused(f"no churn case {case_id}", code="unknown_case")
     if owner != company_id:
         raise CaseRefused(f"case {case_id} does not belong to company {company_id}")
 
@@ -118,7 +118,7 @@ async def signal_case(
         await client.get_workflow_handle(ids.churn_case(case_id)).signal(signal, payload)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise CaseRefused(f"case {case_id} has no running workflow (it has ended)") from None
+            raise CaseRefused(f"case {case_id} has no running workflow (it has ended)", code="case_not_open") from None
         raise
 
 
@@ -281,7 +281,9 @@ async def apply_incentive(
     if days is None:
         days = await incentive_days(engine, owner or "")
         if days == 0:
-            raise CaseRefused(f"company {owner} offers no incentive (incentive_days is 0): give the days")
+            raise CaseRefused(
+                f"company {owner} offers no incentive (incentive_days is 0): give the days", code="no_incentive"
+            )
     request = ApplyIncentive(actor_id=actor_id, days=days, company_id=company_id)
     return days, await _update(client, case_id, ChurnCaseWorkflow.apply_incentive, request, update_id)
 
@@ -314,5 +316,5 @@ async def _update(client: Client, case_id: int, update: Any, arg: Any, update_id
         raise CaseRefused(message, code=None if kind in (None, "ValueError") else kind) from None
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise CaseRefused(f"case {case_id} has no running workflow (it has ended)") from None
+            raise CaseRefused(f"case {case_id} has no running workflow (it has ended)", code="case_not_open") from None
         raise

@@ -104,7 +104,8 @@ async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise LoyaltyRefused(
-                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})"
+                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})",
+                code="unknown_queue_item",
             ) from None
         raise
     if described.status == WorkflowExecutionStatus.RUNNING:
@@ -157,7 +158,10 @@ async def _signal(client: Client, item_id: int, signal: str, payload: BaseModel)
         if error.status != RPCStatusCode.NOT_FOUND:
             raise
     result = await _result(client, item_id)  # no running workflow: say what became of the item
-    raise LoyaltyRefused(f"item {item_id} is already {result.status} ({result.resolution}): its workflow has ended")
+    raise LoyaltyRefused(
+        f"item {item_id} is already {result.status} ({result.resolution}): its workflow has ended",
+        code="queue_item_closed",
+    )
 
 
 async def _result(client: Client, item_id: int) -> ReconcileResult:
@@ -167,7 +171,8 @@ async def _result(client: Client, item_id: int) -> ReconcileResult:
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise LoyaltyRefused(
-                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})"
+                f"item {item_id} has no reconciliation workflow ({ids.loyalty_reconcile(item_id)})",
+                code="unknown_queue_item",
             ) from None
         raise
     except WorkflowFailureError as error:  # the activity's own reason, not "Activity task failed" (issue #33)

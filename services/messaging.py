@@ -27,7 +27,9 @@ async def pause(engine: AsyncEngine, *, reason: str, actor: str) -> BrakeState:
         raise BrakeRefused("pause needs an --actor")
     if not await set_brake(engine, paused=True, reason=reason.strip(), actor=actor.strip()):
         state = await brake_state(engine)
-        raise BrakeRefused(f"messaging is already paused (by {state.actor}: {state.reason})")
+        raise BrakeRefused(
+            f"messaging is already paused (by {state.actor}: {state.reason})", code="brake_already_paused"
+        )
     return await brake_state(engine)
 
 
@@ -35,7 +37,7 @@ async def resume(engine: AsyncEngine, *, reason: str | None, actor: str) -> Brak
     if not actor.strip():
         raise BrakeRefused("resume needs an --actor")
     if not await set_brake(engine, paused=False, reason=(reason or "").strip() or None, actor=actor.strip()):
-        raise BrakeRefused("messaging is not paused: nothing to resume")
+        raise BrakeRefused("messaging is not paused: nothing to resume", code="brake_not_paused")
     return await brake_state(engine)
 
 

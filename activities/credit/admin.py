@@ -63,15 +63,19 @@ async def change_status(
             )
         ).first()
         if row is None:
-            raise CreditRefused(f"no retailer {retailer_id}")
+            raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer")
         old = row.credit_status
         system_pause_taken_over = action == "pause" and old == "PAUSED" and row.paused_by == "system"
         if old == target and not system_pause_taken_over:
             raise CreditRefused(
-                f"retailer {retailer_id} is already {old}" + (f" (by {row.paused_by})" if row.paused_by else "")
+                f"retailer {retailer_id} is already {old}" + (f" (by {row.paused_by})" if row.paused_by else ""),
+                code="status_unchanged",
             )
         if action == "pause" and old == "BLOCKED":
-            raise CreditRefused(f"retailer {retailer_id} is BLOCKED: unpause it first to change a block into a pause")
+            raise CreditRefused(
+                f"retailer {retailer_id} is BLOCKED: unpause it first to change a block into a pause",
+                code="retailer_blocked",
+            )
         await conn.execute(
             text(
                 "UPDATE retailers SET credit_status = :s,"
@@ -126,7 +130,7 @@ async def set_limits(
             )
         ).first()
         if row is None:
-            raise CreditRefused(f"no retailer {retailer_id} with a credit account")
+            raise CreditRefused(f"no retailer {retailer_id} with a credit account", code="unknown_retailer")
         old = {k: getattr(row, k) for k in limits}
         audit_id = await ledger.change_limits(conn, retailer_id, old, limits, actor=actor, reason=reason)
         system_paused = await conn.scalar(SYSTEM_PAUSED, {"r": retailer_id})
@@ -181,7 +185,7 @@ async def _adjust(
                     reason=reason,
                 )
             except UnknownRetailer:
-                raise CreditRefused(f"no retailer {retailer_id}") from None
+                raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer") from None
             system_paused = await conn.scalar(SYSTEM_PAUSED, {"r": retailer_id})
             return Adjustment(
                 retailer_id,
@@ -205,7 +209,7 @@ async def _adjust(
                 reason=reason,
             )
         except UnknownRetailer:
-            raise CreditRefused(f"no retailer {retailer_id}") from None
+            raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer") from None
     if charged.duplicate:
         return Adjustment(retailer_id, ref, -charged.amount, charged.debit_id, True)
     return Adjustment(retailer_id, ref, amount, charged.debit_id, False, [a.model_dump() for a in charged.cleared])
@@ -295,7 +299,7 @@ async def profile(engine: AsyncEngine, retailer_id: int, today: date) -> dict[st
             )
         ).first()
         if row is None:
-            raise CreditRefused(f"no retailer {retailer_id}")
+            raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer")
         debits = (
             await conn.execute(
                 text(
@@ -401,10 +405,11 @@ async def payment_link(engine: AsyncEngine, retailer_id: int) -> dict[str, Any]:
     """The retailer's open payment link; `CreditRefused` when there is no retailer or no link."""
     async with engine.connect() as conn:
         if not await conn.scalar(text("SELECT 1 FROM retailers WHERE id = :r"), {"r": retailer_id}):
-            raise CreditRefused(f"no retailer {retailer_id}")
+            raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer")
         link = (await conn.execute(PAYMENT_LINK, {"r": retailer_id})).first()
     if link is None:
         raise CreditRefused(
-            f"retailer {retailer_id} has no payment link (one is made with the first reminder of a debit due)"
+            f"retailer {retailer_id} has no payment link (one is made with the first reminder of a debit due)",
+            code="no_payment_link",
         )
     return _link(link)

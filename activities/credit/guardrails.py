@@ -132,21 +132,27 @@ def validate_order_placement(position: CreditPosition, amount: Decimal, payment_
     Raises `PlacementRefused` with the reason; returns None when the order may be placed.
     """
     if amount <= 0:
-        raise PlacementRefused("the order amount must be positive")
+        raise PlacementRefused("the order amount must be positive", code="validation_error")
     if payment_mode == "COD":
         if position.credit_status == "BLOCKED":
-            raise PlacementRefused("this account is blocked")
+            raise PlacementRefused("this account is blocked", code="account_blocked")
         return
     if payment_mode != "CREDIT":
-        raise PlacementRefused(f"unknown payment mode {payment_mode!r} (CREDIT or COD)")
+        raise PlacementRefused(f"unknown payment mode {payment_mode!r} (CREDIT or COD)", code="validation_error")
     if position.credit_status == "PAUSED":
-        raise PlacementRefused("credit is paused: pay cash on delivery, or settle overdue invoices to reopen credit")
+        raise PlacementRefused(
+            "credit is paused: pay cash on delivery, or settle overdue invoices to reopen credit", code="credit_paused"
+        )
     if position.credit_status == "BLOCKED":
-        raise PlacementRefused("this account is blocked")
+        raise PlacementRefused("this account is blocked", code="account_blocked")
     if position.max_order_value is not None and amount > position.max_order_value:
-        raise PlacementRefused(f"the order exceeds the maximum order value of {position.max_order_value:,.2f}")
+        raise PlacementRefused(
+            f"the order exceeds the maximum order value of {position.max_order_value:,.2f}", code="over_max_order_value"
+        )
     if amount > position.available_credit:
-        raise PlacementRefused(f"the order exceeds the available credit of {position.available_credit:,.2f}")
+        raise PlacementRefused(
+            f"the order exceeds the available credit of {position.available_credit:,.2f}", code="over_credit_limit"
+        )
 
 
 async def credit_position(engine: AsyncEngine, retailer_id: int) -> CreditPosition | None:

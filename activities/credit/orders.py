@@ -72,18 +72,21 @@ async def place_order(
     async with engine.begin() as conn:
         position = (await conn.execute(LOCK_POSITION, {"r": retailer_id})).first()
         if position is None:
-            raise PlacementRefused(f"no retailer {retailer_id} with a credit account")
+            raise PlacementRefused(f"no retailer {retailer_id} with a credit account", code="unknown_retailer")
         order = (await conn.execute(ORDER_OF, {"o": order_id})).first()
         if order is not None:
             if order.retailer_id != retailer_id:
-                raise PlacementRefused(f"order {order_id} belongs to another retailer")
+                raise PlacementRefused(
+                    f"order {order_id} belongs to another retailer", code="order_of_another_retailer"
+                )
             if order.payment_mode != payment_mode or order.total_amount != amount:
                 raise PlacementRefused(
                     f"order {order_id} is {order.payment_mode} for {order.total_amount:,.2f},"
-                    f" not {payment_mode} for {amount:,.2f}"
+                    f" not {payment_mode} for {amount:,.2f}",
+                    code="order_mismatch",
                 )
             if order.status in ("FAILED", "CANCELLED"):
-                raise PlacementRefused(f"order {order_id} is {order.status}")
+                raise PlacementRefused(f"order {order_id} is {order.status}", code="order_not_open")
             existing = (await conn.execute(DEBIT_OF, {"o": order_id})).first()
             if existing is not None or payment_mode == "COD":  # placed before: a retry
                 return OrderPlaced(

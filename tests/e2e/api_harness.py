@@ -6,6 +6,7 @@ runs it (it opens the API's one Stripe gateway)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from tests.conftest import STRIPE_TEST_KEY
 from workers.api.app import create_app
 from workers.api.auth import SCOPES, create_key, hash_key
 from workers.api.auth import new_key as new_api_key
+from workers.api.problems import type_uri
 from workers.worker import build_workers
 
 ALL_SCOPES = list(SCOPES)
@@ -114,6 +116,8 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
     assert response.headers["content-type"].startswith("application/problem+json"), response.headers
     body = response.json()
     assert body["status"] == status and body["title"]
+    # typed (issue #34): a stable code, and the type URI made from it, on every problem
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", body["code"]) and body["type"] == type_uri(body["code"]), body
     if field is not None:
         assert body["field"] == field, body
     return body

@@ -197,9 +197,15 @@ async def test_a_company_bound_key_cannot_reach_another_companys_cases(
 
     listed = (await http.get("/v1/churn/cases?limit=500", headers=our_key)).json()["items"]
     assert listed and {c["company_id"] for c in listed} == {ours}
-    assert_problem(await http.get(f"/v1/churn/cases?company={theirs}", headers=our_key), 403)
+    assert_problem(await http.get(f"/v1/churn/cases?company_id={theirs}", headers=our_key), 403)
+    assert_problem(await http.get(f"/v1/churn/cases?company={theirs}", headers=our_key), 403)  # the former name
     assert_problem(
-        await http.get(f"/v1/churn/cases?membership_id={their_member}&company={theirs}", headers=our_key), 403
+        await http.get(f"/v1/churn/cases?membership_id={their_member}&company_id={theirs}", headers=our_key), 403
+    )
+    mine = (await http.get(f"/v1/churn/cases?company_id={ours}&limit=500", headers=our_key)).json()["items"]
+    assert {c["case_id"] for c in mine} == {c["case_id"] for c in listed}
+    assert_problem(
+        await http.get(f"/v1/churn/cases?company_id={ours}&company={theirs}", headers=our_key), 422, "query.company"
     )
     assert (await http.get(f"/v1/churn/cases?membership_id={their_member}", headers=our_key)).json()["items"] == []
     missing = their_case + 10_000

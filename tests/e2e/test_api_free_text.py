@@ -88,7 +88,7 @@ async def test_a_refused_incentive_names_stripes_reason_and_a_code(
         409,
     )
     assert refused["detail"] == f"member {member} has no Stripe subscription"
-    assert refused["code"] == "NoSubscription"
+    assert refused["code"] == "no_subscription"  # snake-cased since issue #34
 
 
 async def test_a_manual_nudge_without_a_company_leaves_a_trace_in_the_cases_status(

@@ -391,11 +391,12 @@ async def test_placing_a_credit_order_writes_one_debit(http: httpx.AsyncClient, 
     refused = assert_problem(
         await http.post(f"/v1/orders/{big}/placement", json={**body, "amount": "5000.00"}, headers=headers), 409
     )
-    assert "available credit" in refused["detail"]
-    assert_problem(
+    assert "available credit" in refused["detail"] and refused["code"] == "over_credit_limit"
+    unknown = assert_problem(
         await http.post(f"/v1/orders/{order_id}/placement", json={**body, "retailer_id": 987654321}, headers=headers),
         404,
     )
+    assert unknown["code"] == "unknown_retailer"
     assert_problem(
         await http.post(f"/v1/orders/{order_id}/placement", json={**body, "payment_mode": "CASH"}, headers=headers),
         422,
@@ -411,6 +412,40 @@ async def test_placing_a_credit_order_writes_one_debit(http: httpx.AsyncClient, 
         403,
     )
     assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json=body), 401)
+
+
+async def test_a_refused_placement_answers_its_type_and_code(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """Issue #34: a program branches on `code` (and `type`), never on the English in `detail`."""
+    _, retailer_id, _ = await new_order(engine)  # credit limit 1,000
+    headers = await new_key(engine, "orders:write", "credit:write")
+    body = {"retailer_id": retailer_id, "amount": "100.5", "payment_mode": "CREDIT"}
+    paused = await http.post(f"/v1/credit/retailers/{retailer_id}/pause", json={"reason": "overdue"}, headers=headers)
+    assert paused.status_code == 200, paused.text
+    order_id = await _order(engine, retailer_id, "100.50")
+    refused = assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=headers), 409)
+    assert (refused["code"], refused["type"]) == ("credit_paused", "https://jobctl.dev/problems/credit-paused")
+    again = assert_problem(
+        await http.post(f"/v1/credit/retailers/{retailer_id}/pause", json={"reason": "again"}, headers=headers), 409
+    )
+    assert again["code"] == "status_unchanged"
+    await http.post(f"/v1/credit/retailers/{retailer_id}/block", json={"reason": "fraud"}, headers=headers)
+    blocked = assert_problem(await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=headers), 409)
+    assert blocked["code"] == "account_blocked"
+    await http.post(f"/v1/credit/retailers/{retailer_id}/unpause", json={"reason": "paid"}, headers=headers)
+    bad = assert_problem(
+        await http.post(f"/v1/orders/{order_id}/placement", json={**body, "amount": "1e2"}, headers=headers),
+        422,
+        "body.amount",
+    )
+    assert bad["code"] == "validation_error"
+    placed = await http.post(f"/v1/orders/{order_id}/placement", json=body, headers=headers)  # "100.5": normalised
+    assert placed.status_code == 200, placed.text
+    assert (placed.json()["amount"], placed.json()["available_credit"]) == ("100.50", "899.50")
+    async with engine.connect() as conn:  # the refusals changed nothing: one debit, the placed one
+        debits = await conn.scalar(
+            text("SELECT count(*) FROM credit_transactions WHERE order_id = :o AND type = 'DEBIT'"), {"o": order_id}
+        )
+    assert debits == 1
 
 
 async def test_limits_change_audited_under_the_keys_name(http: httpx.AsyncClient, engine: AsyncEngine) -> None:

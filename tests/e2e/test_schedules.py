@@ -48,8 +48,9 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
             "loyalty-reconcile-sweep",
             "loyalty-integrity-audit",
             "data-retention",
+            "event-delivery-sweep",
         ]
-    ), "the schedules of docs/ARCHITECTURE.md §4 and data retention"
+    ), "the schedules of docs/ARCHITECTURE.md §4"
     assert sorted(sid for sid, _ in first) == expected
     daily = {d.schedule_id for d in families.all_schedules() if d.daily_at}
     assert dict(second) == {sid: "updated" if sid in daily else "unchanged" for sid in expected}, (

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from workers.api import problems
+from workers.api import contract, problems
 from workers.api.auth import SCOPES
 from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
@@ -31,16 +31,33 @@ if TYPE_CHECKING:
 
     from config.settings import Settings
 
-DESCRIPTION = """Durable background jobs on Temporal, for a shop's backend.
+DESCRIPTION = (
+    """Durable background jobs on Temporal, for a shop's backend.
 
-Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>`. Each
-route needs one scope; a key bound to a company holds churn and directory scopes only and sees
-only that company's churn data, company and members. Every POST accepts `Idempotency-Key`: the
-same key and body replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another
-body is 422. A body above 1 MB (API_MAX_BODY_BYTES) is 413, JSON nested past the parser 400.
-Errors are RFC 9457 problem details naming the field at fault.
+Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>` (or
+`X-API-Key`); `/healthz`, `/readyz` and `/pay/{token}` need none. Each route needs one scope; a key
+bound to a company holds churn, directory and events scopes only and sees only that company's churn
+data, company, members and events. Every POST accepts `Idempotency-Key`: the same key and body
+replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another body is 422
+`idempotency_key_reused`, and a retry while the first is still running 409 `idempotency_key_in_use`.
+A body above 1 MB (API_MAX_BODY_BYTES) is 413, JSON nested past the parser 400. Amounts are decimal
+strings with two decimals (`"10.50"`), in and out. A company is `company_id` everywhere (listCases's
+`company` is its deprecated former name).
 
-Scopes: """ + "; ".join(f"`{s}` {d}" for s, d in SCOPES.items())
+Errors are RFC 9457 problem details (`application/problem+json`): `code` is a stable snake_case
+name for programs to branch on and `type` the URI made from it
+(`"""
+    + problems.PROBLEM_TYPE_BASE
+    + """credit-paused` for `credit_paused`); `detail` is for people and may change; `field` and
+`errors` name the fields at fault. The codes:
+
+"""
+    + problems.codes_table()
+    + """
+
+Scopes: """
+    + "; ".join(f"`{s}` {d}" for s, d in SCOPES.items())
+)
 
 
 class Health(BaseModel):
@@ -78,6 +95,7 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
         docs_url="/docs",
         openapi_url="/openapi.json",
         lifespan=lifespan,
+        generate_unique_id_function=contract.operation_id,
     )
     # Outside everything else: a body above the limit is refused before it is parsed or a key looked up.
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
@@ -85,16 +103,35 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     app.state.engine = engine
     app.state.pay_limits = PayLinkLimits(settings)
     problems.install(app)
+    tags: dict[str, str | None] = {"health": "Liveness and readiness, for load balancers and orchestrators: no key."}
     for family in FAMILIES:
         for family_router in family.routes():
             app.include_router(family_router)
+            for tag in family_router.tags:
+                tags.setdefault(str(tag), contract.tag_description(family_router))
+    app.openapi_tags = [{"name": name, "description": text} if text else {"name": name} for name, text in tags.items()]
+    generate = app.openapi
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = contract.finish(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/healthz", response_model=Health, tags=["health"], operation_id="getHealth", summary="Liveness")
     async def healthz() -> Health:
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {"model": Readiness}})
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        tags=["health"],
+        operation_id="getReadiness",
+        summary="Readiness",
+        responses={503: {"model": Readiness, "description": "Temporal or the database does not answer (which says)"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         """Readiness: Temporal and the database both answer (503 otherwise, saying which)."""
         problems = await readiness(client, engine)

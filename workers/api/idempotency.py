@@ -32,9 +32,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import IdempotentRequest
+from workers.api import contract
 from workers.api.auth import authenticate, bearer_key
 from workers.api.limits import check_json_depth
-from workers.api.problems import FieldError, Problem, problem_response, unprocessable
+from workers.api.problems import FieldError, Problem, problem_response, responses, unprocessable
 
 HEADER = "Idempotency-Key"
 ABANDONED_AFTER = timedelta(minutes=5)
@@ -131,8 +132,16 @@ class IdempotentRoute(APIRoute):
     and POSTs declare and honour `Idempotency-Key`."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # the OpenAPI conventions (workers/api/contract.py): a summary in words, the key's schemes
+        # even on a route whose function names no scope (this class authenticates every request)
+        if kwargs.get("summary") is None:
+            kwargs["summary"] = contract.words(kwargs.get("operation_id") or contract.camel_case(endpoint.__name__))
+        kwargs["openapi_extra"] = {"security": contract.SECURITY, **(kwargs.get("openapi_extra") or {})}
         if "POST" in (kwargs.get("methods") or ()):
             kwargs["dependencies"] = [*(kwargs.get("dependencies") or []), Depends(idempotency_key_header)]
+            # a retry while the first request with its key runs is 409 on any POST (the route's own
+            # 409, if it has one, says so too)
+            kwargs["responses"] = {**responses(409), **(kwargs.get("responses") or {})}
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -164,11 +173,14 @@ class IdempotentRoute(APIRoute):
                                 field=f"header.{HEADER}",
                                 message="this key was used with another request; use a new key",
                             )
-                        ]
+                        ],
+                        code="idempotency_key_reused",
                     )
                 if held.status_code is None:
                     return problem_response(
-                        409, "a request with this Idempotency-Key is still being answered; retry shortly"
+                        409,
+                        "a request with this Idempotency-Key is still being answered; retry shortly",
+                        code="idempotency_key_in_use",
                     )
                 return Response(
                     json.dumps(held.response_body).encode() if held.response_body is not None else b"",

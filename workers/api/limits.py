@@ -32,7 +32,7 @@ def check_json_depth(body: bytes) -> None:
     try:
         json.loads(body)
     except RecursionError:
-        raise Problem(400, "the JSON body nests too deep", field="body") from None
+        raise Problem(400, "the JSON body nests too deep", field="body", code="json_too_deep") from None
     except ValueError:
         return
 

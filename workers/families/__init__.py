@@ -9,6 +9,7 @@ from workers.families import (
     churn,
     credit,
     directory,
+    events,
     insights,
     loyalty,
     messaging,
@@ -33,6 +34,7 @@ FAMILIES: tuple[Family, ...] = (
     payments.FAMILY,
     retention.FAMILY,
     directory.FAMILY,
+    events.FAMILY,
 )
 
 

@@ -4,7 +4,7 @@ functions the CLI calls) and answers a pydantic model; refusals become problem+j
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from config.settings import Settings
 
 T = TypeVar("T")
+P = TypeVar("P", bound="Page[Any]")
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,19 @@ PagingDep = Annotated[Paging, Depends(_paging)]
 
 
 class Page(BaseModel, Generic[T]):
+    """A page of a list. A route answers a concrete subclass per item (`class CasePage(Page[Case])`):
+    the generic's own schema name, `Page_Case_`, would be a generated client's class name."""
+
     items: list[T]
     limit: int
     offset: int
     next_offset: int | None = Field(description="the offset of the next page; None: this is the last")
 
 
-def page(items: list[T], paging: Paging) -> Page[T]:
+def page(cls: type[P], items: list[Any], paging: Paging) -> P:
     """`items` holds up to limit + 1 rows: the extra one only says another page exists."""
     more = len(items) > paging.limit
-    return Page[T](
+    return cls(
         items=items[: paging.limit],
         limit=paging.limit,
         offset=paging.offset,

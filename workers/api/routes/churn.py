@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.churn import admin
 from schemas import ids
@@ -31,6 +31,8 @@ CompanyId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", descripti
 
 
 class OpenCase(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"membership_id": 1017, "company_id": "acme-gym"}]})
+
     membership_id: int = Field(ge=1, le=2**63 - 1)
     company_id: str | None = Field(
         default=None,
@@ -44,7 +46,7 @@ class CaseOpened(BaseModel):
     workflow_id: str
 
 
-class Case(BaseModel):
+class ChurnCase(BaseModel):
     case_id: int
     company_id: str
     membership_id: int
@@ -57,6 +59,10 @@ class Case(BaseModel):
     incentive_applied_at: datetime | None
 
 
+class ChurnCasePage(Page[ChurnCase]):
+    """A page of churn cases."""
+
+
 class RecoveryAction(BaseModel):
     id: int
     type: str
@@ -67,12 +73,14 @@ class RecoveryAction(BaseModel):
 
 
 class CaseDetail(BaseModel):
-    case: Case
+    case: ChurnCase
     workflow: CaseStatus | None = Field(description="the case's workflow status; None: it has no workflow")
     actions: list[RecoveryAction]
 
 
 class Nudge(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"channel": "sms"}]})
+
     channel: Channel | None = Field(default=None, description="default: the member's preferred (if allowed)")
     note: Reason | None = Field(
         default=None, description="accepted, not kept: free text stays out of the case's history"
@@ -80,6 +88,8 @@ class Nudge(RequestBody):
 
 
 class Incentive(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"days": 14}]})
+
     days: int | None = Field(default=None, ge=1, le=90, description="default: the company's incentive_days")
 
 
@@ -93,6 +103,23 @@ class SettingsIn(CompanySettings, RequestBody):
     """The settings as a request body: strict, as every body is (a misspelt rule is refused, not
     dropped), but what GET answers may be PUT back as it is, `company_id` included."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reminder_offsets_days": [0, 3, 7],
+                    "channels": ["whatsapp", "sms"],
+                    "incentive_days": 14,
+                    "quiet_hours_start": 21,
+                    "quiet_hours_end": 8,
+                    "daily_nudge_cap": 1,
+                    "grace_period_days": 7,
+                    "timezone": "Europe/Berlin",
+                }
+            ]
+        }
+    )
+
     company_id: str | None = Field(default=None, description="optional (as GET answers it); the path's, if given")
 
 
@@ -105,7 +132,7 @@ async def _owned_case(stack: Any, case_id: int, caller: Principal) -> dict[str, 
     case = await admin.get_case(stack.engine, case_id)
     caller.confine(case["company_id"] if case else None)
     if case is None:
-        raise Problem(404, f"no churn case {case_id}")
+        raise Problem(404, f"no churn case {case_id}", code="unknown_case")
     return case
 
 
@@ -114,7 +141,7 @@ def _update_id(request: Request, kind: str, case_id: int) -> str | None:
     return f"{kind}:{case_id}:{key}" if key else None
 
 
-@api.post("/cases", status_code=201, response_model=CaseOpened, responses=responses(404))
+@api.post("/cases", status_code=201, response_model=CaseOpened, responses=responses(404), operation_id="openCase")
 async def open_case(
     body: OpenCase, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> CaseOpened:
@@ -137,18 +164,29 @@ async def open_case(
     return CaseOpened(case_id=case_id, workflow_id=ids.churn_case(case_id))
 
 
-@api.get("/cases", response_model=Page[Case])
+@api.get("/cases", response_model=ChurnCasePage, operation_id="listCases")
 async def list_cases(
     stack: StackDep,
     paging: PagingDep,
     caller: Annotated[Principal, require("churn:read")],
     status: Annotated[CaseState | None, Query()] = None,
     membership_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    company: Annotated[
+    company_id: Annotated[
         str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: the key's")
     ] = None,
-) -> Page[Case]:
+    company: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+            deprecated=True,
+            description="the former name of company_id, still read",
+        ),
+    ] = None,
+) -> ChurnCasePage:
     """Cases, newest first, by status and member; a company-bound key lists its company's only."""
+    if company is not None and company_id is not None and company != company_id:
+        raise Problem(422, "query.company: not query.company_id (company is its former name)", field="query.company")
+    company = company_id or company
     if company is not None:
         caller.confine(company)
     rows = await admin.list_cases(
@@ -159,10 +197,10 @@ async def list_cases(
         limit=paging.limit + 1,
         offset=paging.offset,
     )
-    return page([Case(**r) for r in rows], paging)
+    return page(ChurnCasePage, [ChurnCase(**r) for r in rows], paging)
 
 
-@api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404))
+@api.get("/cases/{case_id}", response_model=CaseDetail, responses=responses(404), operation_id="getCase")
 async def show_case(
     case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
 ) -> CaseDetail:
@@ -170,10 +208,12 @@ async def show_case(
     case = await _owned_case(stack, case_id, caller)
     status = await service.case_status(stack.client, stack.engine, case_id, company_id=case["company_id"])
     actions = await admin.case_actions(stack.engine, case_id, case["company_id"])
-    return CaseDetail(case=Case(**case), workflow=status, actions=[RecoveryAction(**a) for a in actions])
+    return CaseDetail(case=ChurnCase(**case), workflow=status, actions=[RecoveryAction(**a) for a in actions])
 
 
-@api.post("/cases/{case_id}/nudge", response_model=NudgeOutcome, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/nudge", response_model=NudgeOutcome, responses=responses(404, 409), operation_id="nudgeCase"
+)
 async def nudge(
     case_id: CaseId,
     body: Nudge,
@@ -189,7 +229,12 @@ async def nudge(
     )
 
 
-@api.post("/cases/{case_id}/incentive", response_model=IncentiveApplied, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/incentive",
+    response_model=IncentiveApplied,
+    responses=responses(404, 409),
+    operation_id="applyIncentive",
+)
 async def incentive(
     case_id: CaseId,
     body: Incentive,
@@ -224,13 +269,25 @@ async def _end(stack: Any, case_id: int, signal: str, caller: Principal) -> Acce
     return Accepted(workflow_id=ids.churn_case(case_id), signal=signal)
 
 
-@api.post("/cases/{case_id}/recovered", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/recovered",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="markCaseRecovered",
+)
 async def recovered(case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:write")]) -> Accepted:
     """The member is back: the case ends RECOVERED."""
     return await _end(stack, case_id, "recovered", caller)
 
 
-@api.post("/cases/{case_id}/cancelled", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/cases/{case_id}/cancelled",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="markCaseCancelled",
+)
 async def cancelled(case_id: CaseId, stack: StackDep, caller: Annotated[Principal, require("churn:write")]) -> Accepted:
     """The member left: the case ends CANCELLED."""
     return await _end(stack, case_id, "cancelled", caller)
@@ -240,11 +297,16 @@ async def _company(stack: Any, company_id: str, caller: Principal) -> CompanySet
     caller.confine(company_id)
     settings = await admin.company_settings(stack.engine, company_id)
     if settings is None:
-        raise Problem(404, f"no company {company_id}")
+        raise Problem(404, f"no company {company_id}", code="unknown_company")
     return settings
 
 
-@api.get("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
+@api.get(
+    "/companies/{company_id}/settings",
+    response_model=Company,
+    responses=responses(404),
+    operation_id="getCompanySettings",
+)
 async def get_settings(
     company_id: CompanyId, stack: StackDep, caller: Annotated[Principal, require("churn:read")]
 ) -> Company:
@@ -252,7 +314,12 @@ async def get_settings(
     return Company(company_id=company_id, **(await _company(stack, company_id, caller)).model_dump())
 
 
-@api.put("/companies/{company_id}/settings", response_model=Company, responses=responses(404))
+@api.put(
+    "/companies/{company_id}/settings",
+    response_model=Company,
+    responses=responses(404),
+    operation_id="replaceCompanySettings",
+)
 async def put_settings(
     company_id: CompanyId, body: SettingsIn, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> Company:

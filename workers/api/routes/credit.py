@@ -12,10 +12,11 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.credit import admin
 from schemas.credit import PaymentResult, RecordPayment
+from schemas.money import Amount, AmountIn
 from schemas.text import Reason
 from services import credit_admin
 from services.credit import record_payment
@@ -32,7 +33,7 @@ class AgingBucket(BaseModel):
     bucket: Literal["current", "1-7", "8-15", "16-30", "31-60", "60+"]
     debits: int
     retailers: int
-    outstanding: Decimal
+    outstanding: Amount
 
 
 class AtRiskRetailer(BaseModel):
@@ -40,20 +41,24 @@ class AtRiskRetailer(BaseModel):
     days_overdue: int
     max_outstanding_days: int
     days_left: int
-    outstanding: Decimal
+    outstanding: Amount
+
+
+class AtRiskPage(Page[AtRiskRetailer]):
+    """A page of retailers about to cross their overdue limit."""
 
 
 class RiskView(BaseModel):
     today: date
     buckets: list[AgingBucket]
-    at_risk: Page[AtRiskRetailer] = Field(description="active retailers within 5 days of their overdue limit")
+    at_risk: AtRiskPage = Field(description="active retailers within 5 days of their overdue limit")
 
 
 class OpenDebit(BaseModel):
     id: int
     due_date: date
-    amount: Decimal
-    cleared_amount: Decimal
+    amount: Amount
+    cleared_amount: Amount
     status: str
     days_overdue: int
     reminders: int
@@ -71,7 +76,7 @@ class PaymentLink(BaseModel):
         description="the stable link the reminders send ({PUBLIC_BASE_URL}/pay/{token});"
         " opening it goes to Stripe's page"
     )
-    amount: Decimal
+    amount: Amount
     currency: str
     checkout_session_id: str | None = Field(
         description="the Stripe Checkout Session made when it was last opened; None: never opened"
@@ -83,8 +88,8 @@ class PaymentLink(BaseModel):
 class StripePayment(BaseModel):
     reference: str = Field(description="the Checkout Session (or PaymentIntent) id the payment was recorded under")
     payment_intent: str
-    amount: Decimal
-    refunded_amount: Decimal = Field(description="what refunds and lost disputes gave back of it")
+    amount: Amount
+    refunded_amount: Amount = Field(description="what refunds and lost disputes gave back of it")
     disputed: bool = Field(description="a dispute is open at Stripe")
     dispute_id: str | None
     recorded_at: datetime
@@ -96,12 +101,12 @@ class Profile(BaseModel):
     paused_at: datetime | None
     pause_reason: str | None
     paused_by: str | None
-    credit_limit: Decimal | None
-    available_credit: Decimal | None
-    max_order_value: Decimal | None
+    credit_limit: Amount | None
+    available_credit: Amount | None
+    max_order_value: Amount | None
     max_outstanding_days: int | None
-    outstanding: Decimal
-    credit_balance: Decimal = Field(description="paid ahead: clears the next debits")
+    outstanding: Amount
+    credit_balance: Amount = Field(description="paid ahead: clears the next debits")
     stripe_payments: list[StripePayment] = Field(
         default_factory=list, description="the latest ten payments through Stripe, refunds and disputes included"
     )
@@ -111,6 +116,8 @@ class Profile(BaseModel):
 
 
 class StatusChange(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "three invoices overdue; called, no answer"}]})
+
     reason: Reason = Field(description="stored in the audit log")
 
 
@@ -126,20 +133,29 @@ class StatusChanged(BaseModel):
 
 
 class PaymentIn(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "500.00", "reference": "BANK-2026-0042"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
-    amount: Decimal = Field(gt=0, le=Decimal("999999999999.99"), max_digits=14, decimal_places=2)
+    amount: AmountIn = Field(gt=0, description="positive")
     reference: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$",
         description="the bank or receipt reference: the same one twice records once",
     )
 
 
-Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
-
-
 class Limits(RequestBody):
-    credit_limit: Money | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
-    max_order_value: Money | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"credit_limit": "5000.00", "max_order_value": "1500.00", "reason": "a year of on-time payments"}
+            ]
+        }
+    )
+
+    credit_limit: AmountIn | None = Field(default=None, ge=0, lt=Decimal("1e12"), description="total credit")
+    max_order_value: AmountIn | None = Field(default=None, gt=0, lt=Decimal("1e12"), description="largest credit order")
     max_outstanding_days: int | None = Field(
         default=None, ge=0, le=3650, description="days overdue before the system pauses"
     )
@@ -154,14 +170,20 @@ class Limits(RequestBody):
 
 class LimitsChanged(BaseModel):
     retailer_id: int
-    old: dict[str, Decimal | int | None]
-    new: dict[str, Decimal | int]
+    old: dict[str, Amount | int | None]
+    new: dict[str, Amount | int]
     audit_id: int
     credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause the new limits clear")
 
 
 class AdjustmentIn(RequestBody):
-    amount: Money = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"amount": "35.90", "reason": "damaged goods returned", "reference": "RMA-2026-117"}]
+        }
+    )
+
+    amount: AmountIn = Field(
         gt=-Decimal("1e12"),
         lt=Decimal("1e12"),
         description="+A in the retailer's favour (return, write-off, dispute won); -A a charge due today",
@@ -186,18 +208,18 @@ class AdjustmentIn(RequestBody):
 
 class Cleared(BaseModel):
     debit_id: int
-    allocated: Decimal
+    allocated: Amount
     status: str
 
 
 class AdjustmentOut(BaseModel):
     retailer_id: int
     reference: str
-    amount: Decimal
+    amount: Amount
     transaction_id: int = Field(description="the ledger row (a CREDIT, or a DEBIT for a charge)")
     duplicate: bool = Field(description="True: this reference was recorded before; nothing changed")
     cleared: list[Cleared]
-    credit_balance_added: Decimal
+    credit_balance_added: Amount
     credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause this cleared")
 
 
@@ -205,7 +227,7 @@ def _today(stack: Any) -> date:
     return datetime.now(stack.settings.tz).date()
 
 
-@api.get("/risk", response_model=RiskView)
+@api.get("/risk", response_model=RiskView, operation_id="getCreditRisk")
 async def risk(stack: StackDep, paging: PagingDep, _: Annotated[Principal, require("credit:read")]) -> RiskView:
     """Receivables by aging bucket, and a page of the retailers about to cross their overdue limit."""
     view = await admin.risk_view(stack.engine, _today(stack))
@@ -213,11 +235,11 @@ async def risk(stack: StackDep, paging: PagingDep, _: Annotated[Principal, requi
     return RiskView(
         today=view.today,
         buckets=[AgingBucket(**b) for b in view.buckets],
-        at_risk=page([AtRiskRetailer(**r) for r in window], paging),
+        at_risk=page(AtRiskPage, [AtRiskRetailer(**r) for r in window], paging),
     )
 
 
-@api.get("/retailers/{retailer_id}", response_model=Profile, responses=responses(404))
+@api.get("/retailers/{retailer_id}", response_model=Profile, responses=responses(404), operation_id="getCreditProfile")
 async def profile(retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]) -> Profile:
     """A retailer's credit: status, limits, open debits, recent audit."""
     return Profile(**await admin.profile(stack.engine, retailer_id, _today(stack)))
@@ -232,7 +254,12 @@ async def _change(
     return StatusChanged(**change.__dict__)
 
 
-@api.post("/retailers/{retailer_id}/pause", response_model=StatusChanged, responses=responses(404, 409))
+@api.post(
+    "/retailers/{retailer_id}/pause",
+    response_model=StatusChanged,
+    responses=responses(404, 409),
+    operation_id="pauseCredit",
+)
 async def pause(
     retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> StatusChanged:
@@ -240,7 +267,12 @@ async def pause(
     return await _change(stack, retailer_id, "pause", body, caller)
 
 
-@api.post("/retailers/{retailer_id}/unpause", response_model=StatusChanged, responses=responses(404, 409))
+@api.post(
+    "/retailers/{retailer_id}/unpause",
+    response_model=StatusChanged,
+    responses=responses(404, 409),
+    operation_id="unpauseCredit",
+)
 async def unpause(
     retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> StatusChanged:
@@ -248,7 +280,12 @@ async def unpause(
     return await _change(stack, retailer_id, "unpause", body, caller)
 
 
-@api.post("/retailers/{retailer_id}/block", response_model=StatusChanged, responses=responses(404, 409))
+@api.post(
+    "/retailers/{retailer_id}/block",
+    response_model=StatusChanged,
+    responses=responses(404, 409),
+    operation_id="blockCredit",
+)
 async def block(
     retailer_id: RetailerId, body: StatusChange, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> StatusChanged:
@@ -256,7 +293,12 @@ async def block(
     return await _change(stack, retailer_id, "block", body, caller)
 
 
-@api.get("/retailers/{retailer_id}/payment-link", response_model=PaymentLink, responses=responses(404))
+@api.get(
+    "/retailers/{retailer_id}/payment-link",
+    response_model=PaymentLink,
+    responses=responses(404),
+    operation_id="getPaymentLink",
+)
 async def open_payment_link(
     retailer_id: RetailerId, stack: StackDep, _: Annotated[Principal, require("credit:read")]
 ) -> PaymentLink:
@@ -264,7 +306,12 @@ async def open_payment_link(
     return PaymentLink(**await admin.payment_link(stack.engine, retailer_id))
 
 
-@api.post("/retailers/{retailer_id}/limits", response_model=LimitsChanged, responses=responses(404))
+@api.post(
+    "/retailers/{retailer_id}/limits",
+    response_model=LimitsChanged,
+    responses=responses(404),
+    operation_id="setCreditLimits",
+)
 async def limits(
     retailer_id: RetailerId, body: Limits, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> LimitsChanged:
@@ -292,7 +339,12 @@ def adjustment_reference(body: AdjustmentIn, request: Request, caller: Principal
     return f"api-{caller.key_id}-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
-@api.post("/retailers/{retailer_id}/adjustments", response_model=AdjustmentOut, responses=responses(404))
+@api.post(
+    "/retailers/{retailer_id}/adjustments",
+    response_model=AdjustmentOut,
+    responses=responses(404),
+    operation_id="adjustCredit",
+)
 async def adjustments(
     retailer_id: RetailerId,
     body: AdjustmentIn,
@@ -315,11 +367,11 @@ async def adjustments(
             today=_today(stack),
         )
     except admin.AmountOutOfRange as error:
-        raise Problem(422, str(error), field="body.amount") from None
+        raise Problem(422, str(error), field="body.amount", code="amount_out_of_range") from None
     return AdjustmentOut(**result.__dict__)
 
 
-@api.post("/payments", response_model=PaymentResult, responses=responses(404, 409))
+@api.post("/payments", response_model=PaymentResult, responses=responses(404, 409), operation_id="recordPayment")
 async def payments(
     body: PaymentIn, stack: StackDep, caller: Annotated[Principal, require("credit:write")]
 ) -> PaymentResult:
@@ -328,7 +380,7 @@ async def payments(
     Answers once both are written, not after the retailer's message, which quiet hours or the
     brake may hold until morning: `workflow_id` is the run that sends it."""
     if not await admin.retailer_exists(stack.engine, body.retailer_id):
-        raise Problem(404, f"no retailer {body.retailer_id}")
+        raise Problem(404, f"no retailer {body.retailer_id}", code="unknown_retailer")
     payment = RecordPayment(
         retailer_id=body.retailer_id,
         amount=body.amount,

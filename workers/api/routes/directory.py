@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, Path, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.directory import (
     CompanyFields,
@@ -35,6 +35,7 @@ from schemas.directory import (
     RetailerFields,
     RetailerIn,
 )
+from schemas.money import Amount
 from schemas.orders import PendingOrderStatus
 from schemas.tables import EXTERNAL_ID
 from services import directory
@@ -89,9 +90,9 @@ class RetailerOut(BaseModel):
 class CreditAccountOut(BaseModel):
     retailer_id: int
     retailer_external_id: str
-    credit_limit: Decimal
-    available_credit: Decimal = Field(description="the limit minus what is outstanding")
-    max_order_value: Decimal
+    credit_limit: Amount
+    available_credit: Amount = Field(description="the limit minus what is outstanding")
+    max_order_value: Amount
     max_outstanding_days: int
     payment_terms_days: int
     currency: str
@@ -107,7 +108,7 @@ class ShopOrderOut(BaseModel):
     external_id: str
     retailer_id: int
     retailer_external_id: str
-    amount: Decimal
+    amount: Amount
     payment_mode: Literal["CREDIT", "COD"]
     status: Literal["PENDING", "CONFIRMED", "DELIVERED", "CANCELLED", "FAILED"]
     placed_at: datetime
@@ -154,6 +155,8 @@ class CustomerOut(BaseModel):
 
 
 class ShopCheckoutStarted(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"follow_up_after_seconds": 3600}]})
+
     follow_up_after_seconds: int | None = Field(
         default=None, ge=60, le=86_400, description="default ORDER_FOLLOWUP_AFTER"
     )

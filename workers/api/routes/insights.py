@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel
 
+from schemas.money import Amount
 from services.insights import latest_insight
 from workers.api.auth import Principal, require
 from workers.api.problems import responses
@@ -22,9 +23,9 @@ class Insight(BaseModel):
     insight_date: date
     orders_30d: int
     orders_prev_30d: int
-    gmv_30d: Decimal
-    gmv_prev_30d: Decimal
-    avg_order_value: Decimal
+    gmv_30d: Amount
+    gmv_prev_30d: Amount
+    avg_order_value: Amount
     top_products: list[str]
     on_time_payment_rate: Decimal | None
     avg_days_to_pay: Decimal | None
@@ -34,7 +35,9 @@ class Insight(BaseModel):
     message: str
 
 
-@api.get("/retailers/{retailer_id}", response_model=Insight, responses=responses(404))
+@api.get(
+    "/retailers/{retailer_id}", response_model=Insight, responses=responses(404), operation_id="getRetailerInsight"
+)
 async def retailer_insight(
     retailer_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
     stack: StackDep,

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.loyalty.errors import LoyaltyRefusal
 from activities.loyalty.ledger import apply_points_at_checkout
@@ -22,6 +22,7 @@ from schemas.loyalty import (
     ReconcileStatus,
     Resolution,
 )
+from schemas.money import Amount, AmountIn
 from schemas.text import Reason
 from services import loyalty as service
 from workers.api.auth import Principal, require
@@ -37,23 +38,33 @@ QueueState = Literal["PENDING", "RESOLVED", "NEEDS_REVIEW"]
 
 
 class OrderPoints(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"customer_id": 7, "points_redeemed": 200, "order_total": "84.20"}]}
+    )
+
     customer_id: int = Field(gt=0, le=2**63 - 1)
     points_redeemed: int = Field(default=0, ge=0, le=MAX_POINTS)
-    order_total: Decimal = Field(ge=0, le=Decimal("1e10"), max_digits=14, decimal_places=2)
+    order_total: AmountIn = Field(ge=0, le=Decimal("1e10"), description="zero or more, at most 10,000,000,000")
 
 
 class FailedApplication(OrderPoints):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"customer_id": 7, "points_redeemed": 200, "order_total": "84.20", "error": "ledger timeout"}]
+        }
+    )
+
     payment_intent_id: str | None = Field(default=None, pattern=r"^pi_[A-Za-z0-9_]+$")
     error: Reason | None = Field(default=None, description="why the inline application failed")
 
 
-class Item(BaseModel):
+class ReconciliationItem(BaseModel):
     item_id: int
     customer_id: int
     order_id: str
     payment_intent_id: str | None
     points_redeemed: int
-    order_total: Decimal
+    order_total: Amount
     status: QueueState
     resolution: str | None
     attempts: int
@@ -64,7 +75,13 @@ class Item(BaseModel):
     updated_at: datetime
 
 
+class ReconciliationItemPage(Page[ReconciliationItem]):
+    """A page of reconciliation items."""
+
+
 class Audit(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"audit_date": "2026-12-01"}]})
+
     audit_date: date | None = Field(default=None, description="default: today in the business time zone")
 
 
@@ -72,7 +89,12 @@ def _refusal(refusal: LoyaltyRefusal) -> Problem:
     return Problem(404 if refusal.type == "UnknownCustomer" else 409, refusal.message, code=refusal.type)
 
 
-@api.post("/orders/{order_id}/points", response_model=PointsApplication, responses=responses(404, 409))
+@api.post(
+    "/orders/{order_id}/points",
+    response_model=PointsApplication,
+    responses=responses(404, 409),
+    operation_id="applyOrderPoints",
+)
 async def apply_points(
     order_id: OrderRef, body: OrderPoints, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]
 ) -> PointsApplication:
@@ -91,7 +113,12 @@ async def apply_points(
         raise _refusal(refusal) from None
 
 
-@api.post("/orders/{order_id}/failed-points", response_model=QueuedItem, responses=responses(404))
+@api.post(
+    "/orders/{order_id}/failed-points",
+    response_model=QueuedItem,
+    responses=responses(404),
+    operation_id="queueFailedPoints",
+)
 async def queue_failed(
     order_id: OrderRef, body: FailedApplication, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]
 ) -> QueuedItem:
@@ -113,19 +140,21 @@ async def queue_failed(
         raise _refusal(refusal) from None
 
 
-@api.get("/items", response_model=Page[Item])
+@api.get("/items", response_model=ReconciliationItemPage, operation_id="listReconciliationItems")
 async def list_items(
     stack: StackDep,
     paging: PagingDep,
     _: Annotated[Principal, require("loyalty:read")],
     state: Annotated[QueueState | None, Query()] = None,
-) -> Page[Item]:
+) -> ReconciliationItemPage:
     """Reconciliation items by state, oldest first (NEEDS_REVIEW: the ones waiting for a person)."""
     rows = await service.list_items(stack.engine, state=state, limit=paging.limit + 1, offset=paging.offset)
-    return page([Item(**r) for r in rows], paging)
+    return page(ReconciliationItemPage, [ReconciliationItem(**r) for r in rows], paging)
 
 
-@api.get("/items/{item_id}", response_model=ReconcileStatus, responses=responses(404))
+@api.get(
+    "/items/{item_id}", response_model=ReconcileStatus, responses=responses(404), operation_id="getReconciliationItem"
+)
 async def show_item(
     item_id: ItemId, stack: StackDep, _: Annotated[Principal, require("loyalty:read")]
 ) -> ReconcileStatus:
@@ -133,14 +162,26 @@ async def show_item(
     return await service.reconciliation_status(stack.client, item_id)
 
 
-@api.post("/items/{item_id}/retry", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/items/{item_id}/retry",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="retryReconciliationItem",
+)
 async def retry(item_id: ItemId, stack: StackDep, caller: Annotated[Principal, require("loyalty:write")]) -> Accepted:
     """Try the item again now (a fresh window of retries)."""
     await service.retry_now(stack.client, item_id, caller.name)
     return Accepted(workflow_id=f"loyalty-reconcile/{item_id}", signal="retry_now")
 
 
-@api.post("/items/{item_id}/resolve", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/items/{item_id}/resolve",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="resolveReconciliationItem",
+)
 async def resolve(
     item_id: ItemId, body: Resolution, stack: StackDep, caller: Annotated[Principal, require("loyalty:write")]
 ) -> Accepted:
@@ -152,7 +193,7 @@ async def resolve(
     return Accepted(workflow_id=f"loyalty-reconcile/{item_id}", signal="resolve_manually")
 
 
-@api.post("/audit", response_model=LoyaltyAuditResult)
+@api.post("/audit", response_model=LoyaltyAuditResult, operation_id="runLoyaltyAudit")
 async def audit(body: Audit, stack: StackDep, _: Annotated[Principal, require("loyalty:write")]) -> LoyaltyAuditResult:
     """Run the integrity audit now and report every balance that differs from its ledger."""
     day = body.audit_date or datetime.now(stack.settings.tz).date()

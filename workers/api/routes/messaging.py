@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from activities.messaging.brake import BrakeState
 from schemas.text import Reason
@@ -20,10 +20,16 @@ api = router("/v1/messaging", "messaging")
 
 
 class Pause(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "a template went out wrong; holding until it is fixed"}]}
+    )
+
     reason: Reason = Field(description="why, shown with the brake's state")
 
 
 class Resume(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "template fixed"}]})
+
     reason: Reason | None = Field(default=None, description="optional note")
 
 
@@ -34,21 +40,21 @@ def _unbound(caller: Principal) -> None:
         )
 
 
-@api.get("/brake", response_model=BrakeState)
+@api.get("/brake", response_model=BrakeState, operation_id="getMessagingBrake")
 async def brake(stack: StackDep, caller: Annotated[Principal, require("messaging:read")]) -> BrakeState:
     """Whether messaging is paused, by whom and why, and the messages it holds."""
     _unbound(caller)
     return await service.status(stack.engine)
 
 
-@api.post("/brake/pause", response_model=BrakeState, responses=responses(409))
+@api.post("/brake/pause", response_model=BrakeState, responses=responses(409), operation_id="pauseMessaging")
 async def pause(body: Pause, stack: StackDep, caller: Annotated[Principal, require("messaging:write")]) -> BrakeState:
     """Hold every outbound message from the next send on; they go out, once each, after a resume."""
     _unbound(caller)
     return await service.pause(stack.engine, reason=body.reason, actor=caller.name)
 
 
-@api.post("/brake/resume", response_model=BrakeState, responses=responses(409))
+@api.post("/brake/resume", response_model=BrakeState, responses=responses(409), operation_id="resumeMessaging")
 async def resume(
     stack: StackDep, caller: Annotated[Principal, require("messaging:write")], body: Resume | None = None
 ) -> BrakeState:

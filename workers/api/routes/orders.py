@@ -4,14 +4,14 @@ the credit rules (validation alone, or placement with a credit order's debit).""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import Body, Path, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.messaging.outbox import QuietHours
 from schemas import ids
+from schemas.money import Amount, AmountIn
 from schemas.orders import OrderFailureResult, PendingOrderInput, PendingOrderStatus
 from schemas.text import Reason
 from services import orders as service
@@ -24,6 +24,8 @@ OrderId = Annotated[int, Path(ge=1, le=2**63 - 1, description="orders.id")]
 
 
 class CheckoutStarted(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"retailer_id": 42, "follow_up_after_seconds": 3600}]})
+
     retailer_id: int | None = Field(
         default=None, ge=1, le=2**63 - 1, description="shown in the UI at once; None: the order's"
     )
@@ -33,18 +35,28 @@ class CheckoutStarted(RequestBody):
 
 
 class OrderFailed(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "the courier could not deliver"}]})
+
     reason: Reason = Field(description="stored on the order")
 
 
 class ValidatePlacement(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "250.00", "payment_mode": "CREDIT"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    amount: AmountIn = Field(gt=0, description="the order's total: positive")
     payment_mode: Literal["CREDIT", "COD"]
 
 
 class Placement(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retailer_id": 42, "amount": "250.00", "payment_mode": "CREDIT"}]}
+    )
+
     retailer_id: int = Field(ge=1, le=2**63 - 1)
-    amount: Decimal = Field(gt=0, lt=Decimal("1e12"), max_digits=14, decimal_places=2, description="the order's total")
+    amount: AmountIn = Field(gt=0, description="the order's total: positive")
     payment_mode: Literal["CREDIT", "COD"]
 
 
@@ -52,12 +64,12 @@ class Placed(BaseModel):
     order_id: int
     retailer_id: int
     payment_mode: Literal["CREDIT", "COD"]
-    amount: Decimal
+    amount: Amount
     debit_id: int | None = Field(description="the order's DEBIT; None: cash on delivery")
     due_date: date | None
-    available_credit: Decimal
+    available_credit: Amount
     duplicate: bool = Field(description="True: placed before; nothing changed")
-    cleared_from_balance: Decimal = Field(description="credit balance the debit used at once")
+    cleared_from_balance: Amount = Field(description="credit balance the debit used at once")
 
 
 class FailureReported(BaseModel):
@@ -73,7 +85,12 @@ class PlacementAnswer(BaseModel):
     reason: str | None = Field(default=None, description="why not, for the retailer's screen")
 
 
-@api.post("/{order_id}/checkout-started", response_model=PendingOrderStatus, responses=responses(404, 409))
+@api.post(
+    "/{order_id}/checkout-started",
+    response_model=PendingOrderStatus,
+    responses=responses(404, 409),
+    operation_id="startCheckout",
+)
 async def checkout_started(
     order_id: OrderId,
     stack: StackDep,
@@ -102,7 +119,13 @@ async def checkout_started(
     )
 
 
-@api.post("/{order_id}/completed", status_code=202, response_model=Accepted, responses=responses(404, 409))
+@api.post(
+    "/{order_id}/completed",
+    status_code=202,
+    response_model=Accepted,
+    responses=responses(404, 409),
+    operation_id="completeCheckout",
+)
 async def completed(
     order_id: OrderId, stack: StackDep, caller: Annotated[Principal, require("orders:write")]
 ) -> Accepted:
@@ -119,6 +142,7 @@ async def completed(
         200: {"model": FailureReported, "description": "the clock had ended: the failure is done"},
         **responses(404, 409),
     },
+    operation_id="failOrder",
 )
 async def failed(
     order_id: OrderId,
@@ -146,7 +170,7 @@ async def failed(
     return FailureReported(workflow_id=f"order-failure/{order_id}", signal=None, result=done)
 
 
-@api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404))
+@api.get("/{order_id}", response_model=PendingOrderStatus, responses=responses(404), operation_id="getOrder")
 async def show(
     order_id: OrderId, stack: StackDep, _: Annotated[Principal, require("orders:read")]
 ) -> PendingOrderStatus:
@@ -154,7 +178,7 @@ async def show(
     return await service.order_status(stack.client, order_id)
 
 
-@api.post("/validate", response_model=PlacementAnswer, responses=responses(404))
+@api.post("/validate", response_model=PlacementAnswer, responses=responses(404), operation_id="validatePlacement")
 async def validate(
     body: ValidatePlacement, stack: StackDep, _: Annotated[Principal, require("orders:read")]
 ) -> PlacementAnswer:
@@ -163,7 +187,7 @@ async def validate(
 
     position = await credit_position(stack.engine, body.retailer_id)
     if position is None:
-        raise Problem(404, f"no retailer {body.retailer_id} with a credit account")
+        raise Problem(404, f"no retailer {body.retailer_id} with a credit account", code="unknown_retailer")
     try:
         validate_order_placement(position, body.amount, body.payment_mode)
     except PlacementRefused as refused:
@@ -171,7 +195,7 @@ async def validate(
     return PlacementAnswer(allowed=True)
 
 
-@api.post("/{order_id}/placement", response_model=Placed, responses=responses(404, 409))
+@api.post("/{order_id}/placement", response_model=Placed, responses=responses(404, 409), operation_id="placeOrder")
 async def place(
     order_id: OrderId, body: Placement, stack: StackDep, caller: Annotated[Principal, require("orders:write")]
 ) -> Placed:

@@ -59,6 +59,14 @@ class PayLinkState(BaseModel):
     detail: str
 
 
+_CODES = {
+    "replaced": "pay_link_replaced",
+    "unknown": "unknown_pay_link",
+    "throttled": "rate_limited",
+    "unavailable": "unavailable",
+}
+"""The problem code of each state that is not a payment page (`workers.api.problems.CODES`)."""
+
 _PAGES: dict[str, tuple[int, str, str]] = {
     "paid": (200, "Already paid", "Everything this link was for has been paid. Thank you!"),
     "processing": (
@@ -121,6 +129,7 @@ def _html(status: int, title: str, detail: str, outcome: PayOutcome, headers: di
         303: {"description": "to the Stripe Checkout page for what the link's debits owe now"},
         **responses(404, 410, 422, 429, 503),
     },
+    operation_id="openPayLink",
 )
 async def open_link(token: Token, request: Request, stack: StackDep) -> Response:
     """The Checkout Session is made on the first click (or reused while it is open and the amounts
@@ -147,4 +156,4 @@ async def open_link(token: Token, request: Request, stack: StackDep) -> Response
         return _html(status, title, detail, outcome, headers)
     if status == 200:
         return JSONResponse(PayLinkState(state=outcome.state, detail=detail).model_dump(), headers=headers)  # type: ignore[arg-type]
-    return problem_response(status, detail, headers=headers)
+    return problem_response(status, detail, headers=headers, code=_CODES[outcome.state])
