@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
 from activities.database import autocommit
-from schemas.insights import InsightsChunk, InsightsChunkResult
+from schemas.insights import InsightMessages, InsightMessagesPage, InsightsChunk, InsightsChunkResult
+from schemas.messaging import SendMessage
 from schemas.tables import RetailerInsight
 
 log = structlog.get_logger(__name__)
@@ -270,6 +271,58 @@ def _insight_row(stats: InsightStats, insight_date: date) -> dict[str, Any]:
     }
 
 
+# The week's insight messages due now: opted-in retailers in their local morning whose latest insight
+# is at most a week old and who have no message under this ISO week's key yet (of their own calendar).
+# A page is read by retailer id; a retailer not due is skipped, and the next hourly run finds it.
+WEEKLY_MESSAGES_SQL = text(
+    """
+SELECT r.id, to_char(l.local, 'IYYY-"W"IW') AS week,
+       i.orders_30d, i.gmv_30d, i.gmv_prev_30d, i.avg_order_value, i.top_products, i.on_time_payment_rate
+FROM retailers r
+CROSS JOIN LATERAL (SELECT CAST(:now AS timestamptz) AT TIME ZONE r.timezone AS local) l
+JOIN LATERAL (
+    SELECT * FROM retailer_insights ri
+    WHERE ri.retailer_id = r.id AND ri.insight_date > CAST(l.local AS date) - 8
+    ORDER BY ri.insight_date DESC LIMIT 1
+) i ON true
+WHERE r.insights_opt_in AND r.id > :after_id
+  AND extract(hour FROM l.local) >= :morning_start AND extract(hour FROM l.local) < :morning_end
+  AND NOT EXISTS (
+      SELECT 1 FROM message_log m WHERE m.idempotency_key = 'insight:' || r.id || ':' || to_char(l.local, 'IYYY-"W"IW')
+  )
+ORDER BY r.id
+LIMIT :page_size
+"""
+)
+
+
+def _change(now: Decimal, before: Decimal) -> str:
+    if before > 0:
+        change = (now - before) / before * 100
+        return "no change" if abs(change) < Decimal("0.5") else f"{'up' if change > 0 else 'down'} {abs(change):.0f}%"
+    return "up from none" if now > 0 else "no change"
+
+
+def weekly_message(row: Any) -> SendMessage:
+    """The `insight_weekly` message of a WEEKLY_MESSAGES_SQL row: figures only, the text is made at send time."""
+    rid, week, orders, gmv, gmv_before, average, top, on_time = row
+    return SendMessage(
+        idempotency_key=f"insight:{rid}:{week}",
+        recipient_type="retailer",
+        recipient_id=str(rid),
+        template="insight_weekly",
+        template_version=1,
+        params={
+            "orders_30d": int(orders),
+            "gmv_30d": _money(Decimal(gmv)),
+            "gmv_change": _change(Decimal(gmv), Decimal(gmv_before)),
+            "avg_order_value": _money(Decimal(average)),
+            "top_products": ", ".join(top or []) or "none yet",
+            "on_time_rate": "no invoices yet" if on_time is None else f"{Decimal(on_time) * 100:.0f}%",
+        },
+    )
+
+
 class InsightActivities:
     """Activities of the insight job; the engine is injected by the worker."""
 
@@ -312,6 +365,28 @@ class InsightActivities:
         page = json.dumps([_insight_row(_stats_from_row(row), insight_date) for row in rows], default=str)
         async with autocommit(self._engine).connect() as conn:
             await conn.execute(UPSERT_PAGE_SQL, {"page": page, "insight_date": insight_date})
+
+    @activity.defn(name="insight_messages")
+    async def insight_messages(self, page: InsightMessagesPage) -> InsightMessages:
+        """A page of the week's insight messages due at `page.now` (one statement)."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    WEEKLY_MESSAGES_SQL,
+                    {
+                        "now": page.now,
+                        "after_id": page.after_retailer_id,
+                        "morning_start": page.morning_start,
+                        "morning_end": page.morning_end,
+                        "page_size": page.page_size,
+                    },
+                )
+            ).all()
+        return InsightMessages(
+            messages=[weekly_message(row) for row in rows],
+            after_retailer_id=rows[-1][0] if rows else page.after_retailer_id,
+            finished=len(rows) < page.page_size,
+        )
 
     @activity.defn(name="regenerate_insights_chunk")
     async def regenerate_insights_chunk(self, chunk: InsightsChunk) -> InsightsChunkResult:

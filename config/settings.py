@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import string
 from datetime import timedelta
 from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
@@ -46,6 +47,13 @@ def parse_encryption_keys(value: str) -> dict[str, bytes]:
     if not keys:
         raise ValueError("no key given")
     return keys
+
+
+URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "order_checkout_url_template": frozenset({"order_id", "order_external_id"}),
+    "churn_manage_url": frozenset({"company_id"}),
+}
+"""The placeholders each URL template setting may use; any other is refused at settings load."""
 
 
 class SettingsError(Exception):
@@ -132,6 +140,14 @@ class Settings(BaseSettings):
 
     order_followup_after: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
     """ORDER_FOLLOWUP_AFTER: seconds or ISO 8601 duration (PT2H) after checkout start."""
+    order_checkout_url_template: str | None = None
+    """ORDER_CHECKOUT_URL_TEMPLATE: the link back to a pending checkout in its follow-up, e.g.
+    `https://shop.example.com/checkout/{order_external_id}` (placeholders `{order_id}`,
+    `{order_external_id}`); unset, the follow-up goes without a link."""
+    churn_manage_url: str | None = None
+    """CHURN_MANAGE_URL: where a member with no Stripe customer manages their membership, and where
+    Stripe's customer portal sends the others back (placeholder `{company_id}`); unset, a member
+    with no Stripe customer gets no link."""
 
     message_daily_cap: int = Field(default=10, ge=0)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
@@ -204,6 +220,24 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
             raise ValueError("must be an http(s):// URL without a query")
         return value.rstrip("/")
+
+    @field_validator("order_checkout_url_template", "churn_manage_url")
+    @classmethod
+    def _url_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            return None
+        allowed = URL_PLACEHOLDERS[info.field_name or ""]
+        named = ", ".join("{" + n + "}" for n in sorted(allowed))
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+        except ValueError:
+            raise ValueError(f"is not a URL template (a lone brace?); placeholders: {named}") from None
+        names = {name if not (spec or conv) else f"{name}!{conv or ''}:{spec}" for name, spec, conv in fields}
+        if unknown := sorted(names - allowed):
+            raise ValueError(f"unknown placeholder {', '.join('{' + n + '}' for n in unknown)} (allowed: {named})")
+        if not re.match(r"^https?://[^\s/?#]+(/\S*)?$", value):
+            raise ValueError("must be an http(s):// URL")
+        return value
 
     @field_validator("codec_oidc_issuer", "codec_oidc_jwks_url")
     @classmethod

@@ -99,6 +99,7 @@ from yarl import URL
 
 from devtools.stripe_checkout import CHECKOUT, Checkout, CheckoutStore, Webhook, api_key_of
 from devtools.stripe_money import Money
+from devtools.stripe_portal import BillingPortal
 from devtools.token_bucket import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -692,6 +693,7 @@ def create_app(
     front = Checkout(checkout, stripe_error, _customer_exists, backend)
     front.routes(app)
     Money(front, stripe_error, forward, backend).routes(app)
+    BillingPortal(stripe_error, _customer_exists).routes(app)
     app.router.add_get("/_sandbox/stats", sandbox_stats)
     app.router.add_route("GET", "/_sandbox/clock", sandbox_clock)
     app.router.add_route("POST", "/_sandbox/clock", sandbox_clock)

@@ -43,6 +43,9 @@ class CaseContext(BaseModel):
     grace_period_days: int
     incentive_applied: bool
     attempts: int
+    trigger: str | None = Field(
+        default=None, description="what opened the case (payment_failed, cancel_at_period_end, manual); None: unknown"
+    )
 
 
 class NudgeRequest(BaseModel):

@@ -94,6 +94,10 @@ class RetailerFields(Contact):
     name: Name
     timezone: TimeZone = Field(default="UTC", description="its local hours: quiet hours, reminders")
     locale: LocaleTag = Field(default="en", description="BCP 47: the language of its messages")
+    insights_opt_in: bool | None = Field(
+        default=None,
+        description="receives a weekly insights message (its local morning); omitted: unchanged (a new retailer: no)",
+    )
 
     model_config = _example(
         name="Corner Store",

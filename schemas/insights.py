@@ -6,6 +6,8 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, Field
 
+from schemas.messaging import SendMessage
+
 
 class InsightsRequest(BaseModel):
     """Start input. `insight_date` None means "the scheduled day in the business time zone"."""
@@ -69,6 +71,41 @@ class InsightsResult(BaseModel):
     retailers_done: int
     started_at: datetime
     finished_at: datetime
+
+
+class InsightsDeliveryRequest(BaseModel):
+    """`insights-weekly` (hourly): each opted-in retailer's latest insight, once per ISO week of its
+    own calendar, in the first run that finds it in its local morning."""
+
+    page_size: int = Field(default=500, ge=1, le=5_000)
+    morning_start: int = Field(default=9, ge=0, le=23, description="local hour the morning window opens")
+    morning_end: int = Field(default=12, ge=1, le=24, description="local hour it closes (exclusive)")
+    max_in_flight: int = Field(default=50, ge=1, le=500)
+    messaging_task_queue: str = "messaging"
+
+
+class InsightMessagesPage(BaseModel):
+    """One page of the week's insight messages due at `now` (the run's time, so a retry reads the same)."""
+
+    now: datetime
+    after_retailer_id: int = 0
+    page_size: int
+    morning_start: int
+    morning_end: int
+
+
+class InsightMessages(BaseModel):
+    messages: list[SendMessage]
+    after_retailer_id: int
+    finished: bool
+
+
+class InsightsDeliveryResult(BaseModel):
+    sent: int = 0
+    duplicates: int = 0
+    suppressed: dict[str, int] = Field(default_factory=dict)
+    failed: dict[str, int] = Field(default_factory=dict)
+    pages: int = 0
 
 
 InsightsRequest.model_rebuild()

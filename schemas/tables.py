@@ -113,12 +113,17 @@ class Retailer(CreatedAt, Base):
         unique=True, doc="the business's own id (ingestion API, imports): PUT by it is an upsert"
     )
     locale: Mapped[str] = mapped_column(server_default="en", doc="BCP 47 (e.g. 'en', 'hi-IN'): the messages' language")
+    insights_opt_in: Mapped[bool] = mapped_column(
+        server_default=text("false"), doc="receives its weekly insights message (`insights-weekly`)"
+    )
 
     __table_args__ = (
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("credit_status", CREDIT_STATUSES), name="credit_status"),
         CheckConstraint(EXTERNAL_ID_CHECK, name="external_id_format"),
+        # `insights-weekly` reads the opted-in retailers by id every hour.
+        Index("ix_retailers_insights_opt_in", "id", postgresql_where=text("insights_opt_in")),
     )
 
 

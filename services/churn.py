@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from pydantic import BaseModel
@@ -49,8 +50,13 @@ from workflows.churn import ChurnCaseWorkflow
 log = structlog.get_logger(__name__)
 
 
-def manage_link(settings: Settings) -> str:
-    return f"{(settings.pay_page_base_url or 'https://billing.example.com').rstrip('/')}/membership"
+def manage_link(settings: Settings, company_id: str) -> str:
+    """The case's fallback link (CHURN_MANAGE_URL, "" when unset). A nudge's link is made as it goes
+    out (`activities/messaging/links.py`): a Stripe customer-portal session for a member with a
+    Stripe customer, else this URL."""
+    if not settings.churn_manage_url:
+        return ""
+    return settings.churn_manage_url.format(company_id=quote(company_id, safe=""))
 
 
 async def start_case(
@@ -68,7 +74,7 @@ async def start_case(
     args = ChurnCaseInput(
         case_id=case_id,
         company_id=company,
-        manage_link=manage_link(settings),
+        manage_link=manage_link(settings, company),
         messaging_task_queue=settings.messaging_task_queue,
     )
     await client.start_workflow(

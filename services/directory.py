@@ -206,39 +206,48 @@ async def _ids_of(conn: AsyncConnection, table: str, external_ids: list[str]) ->
 
 # --------------------------------------------------------------------------- retailers
 
-_RETAILER_COLUMNS = ("name", "phone", "preferred_channel", "timezone", "locale")
+_RETAILER_COLUMNS = ("name", "phone", "preferred_channel", "timezone", "locale", "insights_opt_in")
 
+# `insights_opt_in` NULL in the input (the field omitted) keeps the stored choice (false for a new row).
+_OPT_IN = (
+    "COALESCE((SELECT i.insights_opt_in FROM input i WHERE i.external_id = excluded.external_id), r.insights_opt_in)"
+)
 UPSERT_RETAILERS = text(
     f"""
 WITH input AS (
     SELECT * FROM unnest(CAST(:external_id AS text[]), CAST(:name AS text[]), CAST(:phone AS text[]),
-                         CAST(:preferred_channel AS text[]), CAST(:timezone AS text[]), CAST(:locale AS text[]))
-        AS t(external_id, name, phone, preferred_channel, timezone, locale)
+                         CAST(:preferred_channel AS text[]), CAST(:timezone AS text[]), CAST(:locale AS text[]),
+                         CAST(:insights_opt_in AS boolean[]))
+        AS t(external_id, name, phone, preferred_channel, timezone, locale, insights_opt_in)
 ),
 old AS (
-    SELECT r.id, r.external_id, r.name, r.phone, r.preferred_channel, r.timezone, r.locale
+    SELECT r.id, r.external_id, r.name, r.phone, r.preferred_channel, r.timezone, r.locale, r.insights_opt_in
     FROM retailers r JOIN input USING (external_id)
 ),
 up AS (
-    INSERT INTO retailers AS r (external_id, name, phone, preferred_channel, timezone, locale)
-    SELECT external_id, name, phone, preferred_channel, timezone, locale FROM input
+    INSERT INTO retailers AS r (external_id, name, phone, preferred_channel, timezone, locale, insights_opt_in)
+    SELECT external_id, name, phone, preferred_channel, timezone, locale, COALESCE(insights_opt_in, false) FROM input
     ON CONFLICT (external_id) DO UPDATE
     SET name = excluded.name, phone = excluded.phone, preferred_channel = excluded.preferred_channel,
-        timezone = excluded.timezone, locale = excluded.locale
-    WHERE (r.name, r.phone, r.preferred_channel, r.timezone, r.locale)
+        timezone = excluded.timezone, locale = excluded.locale, insights_opt_in = {_OPT_IN}
+    WHERE (r.name, r.phone, r.preferred_channel, r.timezone, r.locale, r.insights_opt_in)
           IS DISTINCT FROM
-          (excluded.name, excluded.phone, excluded.preferred_channel, excluded.timezone, excluded.locale)
-    RETURNING r.id, r.external_id, (r.xmax = 0) AS created, r.name, r.phone, r.preferred_channel, r.timezone, r.locale
+          (excluded.name, excluded.phone, excluded.preferred_channel, excluded.timezone, excluded.locale, {_OPT_IN})
+    RETURNING r.id, r.external_id, (r.xmax = 0) AS created, r.name, r.phone, r.preferred_channel, r.timezone, r.locale,
+              r.insights_opt_in
 ),
 changes AS (
     SELECT up.id, up.external_id, up.created, old.preferred_channel AS old_channel, old.timezone AS old_timezone,
-           old.locale AS old_locale, up.preferred_channel, up.timezone, up.locale,
+           old.locale AS old_locale, old.insights_opt_in AS old_insights_opt_in, up.preferred_channel, up.timezone,
+           up.locale, up.insights_opt_in,
            array_remove(ARRAY[
                CASE WHEN old.name IS DISTINCT FROM up.name THEN 'name' END,
                CASE WHEN old.phone IS DISTINCT FROM up.phone THEN 'phone' END,
                CASE WHEN old.preferred_channel IS DISTINCT FROM up.preferred_channel THEN 'preferred_channel' END,
                CASE WHEN old.timezone IS DISTINCT FROM up.timezone THEN 'timezone' END,
-               CASE WHEN old.locale IS DISTINCT FROM up.locale THEN 'locale' END], NULL) AS fields
+               CASE WHEN old.locale IS DISTINCT FROM up.locale THEN 'locale' END,
+               CASE WHEN old.insights_opt_in IS DISTINCT FROM up.insights_opt_in THEN 'insights_opt_in' END],
+               NULL) AS fields
     FROM up LEFT JOIN old ON old.id = up.id
 ),
 audited AS (
@@ -249,9 +258,9 @@ audited AS (
             action="CASE WHEN created THEN 'retailer_created' ELSE 'retailer_updated' END",
             reference="'directory:' || external_id",
             old="CASE WHEN created THEN NULL ELSE jsonb_build_object('preferred_channel', old_channel,"
-            " 'timezone', old_timezone, 'locale', old_locale) END",
+            " 'timezone', old_timezone, 'locale', old_locale, 'insights_opt_in', old_insights_opt_in) END",
             new="jsonb_build_object('changed', to_jsonb(fields), 'preferred_channel', preferred_channel,"
-            " 'timezone', timezone, 'locale', locale)",
+            " 'timezone', timezone, 'locale', locale, 'insights_opt_in', insights_opt_in)",
             performed_by=":actor",
             reason="'directory'",
         )
@@ -958,8 +967,8 @@ async def upsert_customers(conn: AsyncConnection, rows: Sequence[CustomerIn], *,
 
 READS = {
     "retailer": text(
-        "SELECT id, external_id, name, phone, preferred_channel, timezone, locale, credit_status, created_at"
-        " FROM retailers WHERE external_id = :e"
+        "SELECT id, external_id, name, phone, preferred_channel, timezone, locale, insights_opt_in, credit_status,"
+        " created_at FROM retailers WHERE external_id = :e"
     ),
     "credit_account": text(
         "SELECT r.id AS retailer_id, r.external_id AS retailer_external_id, r.credit_status, r.paused_by,"

@@ -77,6 +77,13 @@ the input the run started with now; the patch keeps older runs that refused one 
 # The daily cap counts the nudges of the member's local day, all within the last 26 hours.
 CAP_WINDOW = timedelta(hours=26)
 TEMPLATE_VERSION = 1
+NUDGE_TEMPLATES = {
+    "payment_failed": "churn_nudge_payment_failed",
+    "cancel_at_period_end": "churn_nudge_cancel_scheduled",
+    "manual": "churn_nudge_manual",
+}
+"""The nudge's text by what opened the case; a case loaded before the trigger was read (None) keeps
+`churn_nudge`. Its link is made as the message goes out (`activities/messaging/links.py`)."""
 
 
 @workflow.defn(sandboxed=False)
@@ -370,7 +377,7 @@ class ChurnCaseWorkflow:
             idempotency_key=key,
             recipient_type="member",
             recipient_id=str(self._case.membership_id),
-            template="churn_nudge",
+            template=NUDGE_TEMPLATES.get(self._case.trigger or "", "churn_nudge"),
             template_version=TEMPLATE_VERSION,
             params={"manage_link": self._input.manage_link},
             channel=decision.channel,
@@ -429,6 +436,7 @@ class ChurnCaseWorkflow:
             metadata={
                 "attempt_number": self._progress.attempts,
                 "channel": channel,
+                "template": message.template,
                 "template_version": TEMPLATE_VERSION,
                 "manual": manual,
             },

@@ -13,17 +13,23 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows._common import scheduled_day
+from workflows.messaging import deliver_all, tally
 
 with workflow.unsafe.imports_passed_through():
     from activities.insights import InsightActivities
     from schemas import search_attributes
     from schemas.insights import (
+        InsightMessages,
+        InsightMessagesPage,
         InsightsChunk,
+        InsightsDeliveryRequest,
+        InsightsDeliveryResult,
         InsightsProgress,
         InsightsRequest,
         InsightsResult,
         InsightsStatus,
     )
+    from schemas.messaging import BatchItemOutcome, SendMessage
 
 
 @workflow.defn
@@ -90,3 +96,54 @@ class InsightsRegenerationWorkflow:
             started_at=self._progress.started_at,
             finished=self._progress.finished,
         )
+
+
+@workflow.defn
+class InsightsDeliveryWorkflow:
+    """`insights/weekly-{time}`, hourly: the insight messages due now (opted-in retailers in their local
+    morning without this week's message), a page at a time, through the outbox (quiet hours, the daily
+    cap, opt-outs, the brake: a held message goes when its hold ends). Each message's key is
+    `insight:{retailer}:{ISO week}`, so a second run of the hour, or of the week, sends nothing new."""
+
+    def __init__(self) -> None:
+        self._result = InsightsDeliveryResult()
+
+    @workflow.run
+    async def run(self, request: InsightsDeliveryRequest) -> InsightsDeliveryResult:
+        workflow.upsert_search_attributes([search_attributes.JOB_NAME.value_set("insights-weekly")])
+        now, after = workflow.now(), 0
+        while True:
+            page: InsightMessages = await workflow.execute_activity_method(
+                InsightActivities.insight_messages,
+                InsightMessagesPage(
+                    now=now,
+                    after_retailer_id=after,
+                    page_size=request.page_size,
+                    morning_start=request.morning_start,
+                    morning_end=request.morning_end,
+                ),
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=30
+                ),
+                summary=f"insight messages after retailer {after}",
+            )
+            self._result.pages += 1
+            if page.messages:
+                await deliver_all(
+                    page.messages,
+                    max_in_flight=request.max_in_flight,
+                    task_queue=request.messaging_task_queue,
+                    on_done=self._count,
+                )
+            if page.finished:
+                return self._result
+            after = page.after_retailer_id
+
+    def _count(self, message: SendMessage, outcome: BatchItemOutcome) -> None:
+        tally(self._result, self._result.suppressed, outcome)
+        workflow.set_current_details(f"{self._result.sent} insight messages sent")
+
+    @workflow.query
+    def status(self) -> InsightsDeliveryResult:
+        return self._result

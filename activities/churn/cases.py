@@ -164,7 +164,7 @@ class ChurnActivities:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT c.id, c.company_id, c.membership_id, c.status, c.opened_at, c.attempts,"
+                        "SELECT c.id, c.company_id, c.membership_id, c.status, c.opened_at, c.attempts, c.trigger,"
                         " c.incentive_applied_at IS NOT NULL AS incentive_applied,"
                         " co.reminder_offsets_days, co.grace_period_days"
                         " FROM recovery_cases c JOIN companies co ON co.id = c.company_id"
@@ -187,6 +187,7 @@ class ChurnActivities:
             grace_period_days=row.grace_period_days,
             incentive_applied=row.incentive_applied,
             attempts=row.attempts,
+            trigger=row.trigger,
         )
 
     @activity.defn(name="churn_decide_nudge")

@@ -29,6 +29,7 @@ from twilio.base.exceptions import TwilioRestException
 from activities.database import autocommit, driver_connection
 from activities.errors import permanent
 from activities.messaging import outbox
+from activities.messaging.links import LINK_FIELDS, Links, MessageLinks
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.templates import Catalogue, Template, UnknownTemplate, Variant, load_catalogue
 from activities.messaging.twilio_gateway import Accepted, TwilioGateway
@@ -135,6 +136,36 @@ def _resumed(details: Sequence[Any]) -> list[BatchItemOutcome]:
     return SendBatchResult.model_validate(details[0]).outcomes
 
 
+class _Body:
+    """A message's text: rendered at once, or, when it carries a link made only as the message goes
+    out (a customer-portal session), on first use; `params` are then complete too."""
+
+    def __init__(
+        self,
+        request: SendMessage,
+        variant: Variant,
+        params: dict[str, str],
+        pending: Links | None,
+        links: MessageLinks | None,
+    ) -> None:
+        self._request, self.variant, self.params = request, variant, params
+        self._pending, self._links = pending, links
+        self._text = None if pending is not None else self._render()
+
+    def _render(self) -> str:
+        try:
+            return self.variant.render(self.params)
+        except ValueError as exc:
+            raise permanent("InvalidTemplateParams", str(exc)) from None
+
+    async def text(self) -> str:
+        if self._text is None:
+            assert self._pending is not None and self._links is not None
+            self.params = {**self.params, **await self._links.finish(self._request, self._pending)}
+            self._text = self._render()
+        return self._text
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -144,6 +175,7 @@ class MessagingActivities:
         policy: SendPolicy = SendPolicy(),
         per_second: float | None = None,
         catalogue: Catalogue | None = None,
+        links: MessageLinks | None = None,
     ) -> None:
         # The message kinds' texts and Content SIDs (config/templates.toml and the deployment's SIDs).
         self._catalogue = catalogue or load_catalogue()
@@ -157,6 +189,7 @@ class MessagingActivities:
         self._gateway = gateway
         self._senders = senders
         self._policy = policy
+        self._links = links  # None: links only as the workflow passed them (tests without Stripe)
 
     @activity.defn(name="send_messages")
     async def send_messages(self, batch: SendBatch) -> SendBatchResult:
@@ -234,14 +267,8 @@ class MessagingActivities:
             if recipient is None:
                 raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
             channel = request.channel or recipient.preferred_channel
-            params = template.localise(
-                {**request.params, "first_name": recipient.first_name}, recipient.currency, recipient.locale
-            )
-            variant = template.variant(recipient.locale)
-            try:
-                body = variant.render(params)
-            except ValueError as exc:
-                raise permanent("InvalidTemplateParams", str(exc)) from None
+            params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
+            template, body = await self._body(request, template, params, recipient)
             now = _now()
             local = now.astimezone(ZoneInfo(recipient.timezone))
             hold = outbox.Hold(
@@ -263,14 +290,40 @@ class MessagingActivities:
 
         try:
             decided = await self._claim(request, hold, local, template, body, new)
-            outcome = decided or await self._send(
-                request, recipient, channel, template, variant, params, body, deadline
-            )
+            outcome = decided or await self._send(request, recipient, channel, template, body, deadline)
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
             raise
         _count(template.name, "duplicate" if outcome.duplicate else outcome.status)
         return outcome
+
+    async def _body(
+        self, request: SendMessage, template: Template, params: dict[str, str], recipient: Recipient
+    ) -> tuple[Template, _Body]:
+        """The template and the text to send, in the recipient's locale (its amounts in its
+        currency). Links (`activities/messaging/links.py`) are made at send time; a template whose
+        link cannot be had falls back to the newest version without it, when the caller asked for
+        the newest (`order_followup` without ORDER_CHECKOUT_URL_TEMPLATE)."""
+        while True:
+            wanted = set(template.fields) & LINK_FIELDS
+            links = await self._links.prepare(request, wanted, params) if wanted and self._links else None
+            if not wanted or links is not None or request.template_version is not None or template.version == 1:
+                break
+            if self._links is None and wanted <= set(params):
+                break
+            try:
+                template = self._catalogue.get(request.template, template.version - 1)
+            except UnknownTemplate:
+                break
+        ready = {**params, **(links.ready if links else {})}
+        later = links.later if links else set()
+        if missing := [f for f in template.fields if f not in ready and f not in later]:
+            raise permanent(
+                "InvalidTemplateParams", f"template {template.name} v{template.version} needs {', '.join(missing)}"
+            )
+        ready = template.localise(ready, recipient.currency, recipient.locale)
+        variant = template.variant(recipient.locale)
+        return template, _Body(request, variant, ready, links if later else None, self._links)
 
     async def _claim(
         self,
@@ -278,7 +331,7 @@ class MessagingActivities:
         hold: outbox.Hold,
         local: datetime,
         template: Template,
-        body: str,
+        body: _Body,
         new: outbox.NewClaim | None,
     ) -> SendOutcome | None:
         """Decide from the first-seen claim (`new`) or, for a key seen before, lock its row: already
@@ -309,7 +362,7 @@ class MessagingActivities:
                         next_retry_delay=timedelta(seconds=float(row.lease_left) + 1),
                     )
                 if recipient.phone:
-                    sid = await self._find_ours(conn, row, recipient.phone, body)
+                    sid = await self._find_ours(conn, row, recipient.phone, await body.text())
                     if sid:
                         await outbox.set_status(conn, key, "sent", provider_sid=sid, sent_at=now, lease_until=None)
                         log.info("message.resolved_after_crash", idempotency_key=key, provider_sid=sid)
@@ -363,18 +416,25 @@ class MessagingActivities:
         recipient: Recipient,
         channel: Channel,
         template: Template,
-        variant: Variant,
-        params: dict,
-        body: str,
+        body: _Body,
         deadline: float,
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
         attempt = _Attempt(key, channel, self._senders.of(channel))
+        try:
+            text = await body.text()  # a customer-portal session is made here, as the message goes out
+        except Exception as error:
+            async with self._engine.begin() as conn:  # never reached Twilio: free the row for the retry
+                if isinstance(error, ApplicationError) and error.non_retryable:
+                    await outbox.set_status(conn, key, "failed", reason=error.type, lease_until=None)
+                else:
+                    await outbox.set_status(conn, key, "queued", reason="link_unavailable", lease_until=None)
+            raise
         if self._per_second:
             await self._wait_for_slot(key, deadline)
         try:
-            accepted = await self._deliver(attempt, recipient.phone, variant, params, body)
+            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text)
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc

@@ -797,3 +797,28 @@ async def test_command_serves_until_signalled_and_leaves_no_localstripe_behind(h
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- the customer portal (localstripe has none) ---------------------------------------------------
+
+
+async def test_a_billing_portal_session_names_a_live_customer_and_replays_under_its_key(
+    sandbox: StripeSandbox, client: stripe.StripeClient
+) -> None:
+    customer = await client.v1.customers.create_async({"email": email()})
+    params = {"customer": customer.id, "return_url": "https://billing.example.test/acme"}
+    k = key("portal")
+    first = await client.v1.billing_portal.sessions.create_async(params, {"idempotency_key": k})
+    again = await client.v1.billing_portal.sessions.create_async(params, {"idempotency_key": k})
+    assert first.id.startswith("bps_") and first.object == "billing_portal.session"
+    assert (again.id, again.url) == (first.id, first.url) and first.url == f"{sandbox.url}/portal/{first.id}"
+    assert (first.customer, first.return_url) == (customer.id, "https://billing.example.test/acme")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(first.url) as page:
+            assert page.status == 200 and customer.id in await page.text()
+            assert "https://billing.example.test/acme" in await page.text()
+        async with http.get(f"{sandbox.url}/portal/bps_unknown") as page:
+            assert page.status == 404
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        await client.v1.billing_portal.sessions.create_async({"customer": "cus_nobody"}, {"idempotency_key": key("x")})
+    assert refused.value.code == "resource_missing"

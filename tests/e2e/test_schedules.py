@@ -41,6 +41,7 @@ async def test_apply_twice_creates_each_schedule_once_and_keeps_an_operator_paus
     assert expected == sorted(
         [
             "insights-nightly",
+            "insights-weekly",
             "order-expiry-sweep",
             "payment-reminders",
             "credit-guardrails",

@@ -1,4 +1,4 @@
-"""Insight regeneration: every retailer's 30-day stats and a friendly message, nightly."""
+"""Insights: every retailer's 30-day stats and a friendly message, nightly; the weekly message to those who opted in."""
 
 from __future__ import annotations
 
@@ -14,21 +14,24 @@ if TYPE_CHECKING:
 
 
 def _workflows() -> list[type]:
-    from workflows.insights import InsightsRegenerationWorkflow
+    from workflows.insights import InsightsDeliveryWorkflow, InsightsRegenerationWorkflow
 
-    return [InsightsRegenerationWorkflow]
+    return [InsightsRegenerationWorkflow, InsightsDeliveryWorkflow]
 
 
 def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     from activities.insights import InsightActivities
 
-    return [InsightActivities(deps.engine).regenerate_insights_chunk]
+    activities = InsightActivities(deps.engine)
+    return [activities.regenerate_insights_chunk, activities.insight_messages]
 
 
 def _schedules() -> list[ScheduleDefinition]:
-    from schemas.insights import InsightsRequest
+    from datetime import timedelta
+
+    from schemas.insights import InsightsDeliveryRequest, InsightsRequest
     from workers.schedules import ScheduleDefinition
-    from workflows.insights import InsightsRegenerationWorkflow
+    from workflows.insights import InsightsDeliveryWorkflow, InsightsRegenerationWorkflow
 
     # Temporal appends the scheduled time to the action's workflow id: insights/nightly-2026-11-23T03:00:00Z.
     return [
@@ -40,7 +43,17 @@ def _schedules() -> list[ScheduleDefinition]:
             summary="Nightly insight regeneration for every retailer",
             daily_at=(3, 0),
             job_name="insights",
-        )
+        ),
+        # Hourly, so each retailer's week's message goes in its own local morning (insights/weekly-...).
+        ScheduleDefinition(
+            schedule_id="insights-weekly",
+            workflow=InsightsDeliveryWorkflow.run,
+            make_arg=lambda s: InsightsDeliveryRequest(messaging_task_queue=s.messaging_task_queue),
+            workflow_id="insights/weekly",
+            summary="Weekly insights messages to opted-in retailers, at their local morning",
+            every=timedelta(hours=1),
+            job_name="insights-weekly",
+        ),
     ]
 
 

@@ -33,6 +33,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
     from datetime import timedelta
 
+    from activities.messaging.links import MessageLinks
     from activities.messaging.outbox import QuietHours
     from activities.messaging.send import MessagingActivities, Senders, SendPolicy
     from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
@@ -63,6 +64,12 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
         ),
         per_second=settings.send_rate,
         catalogue=catalogue,
+        links=MessageLinks(
+            deps.engine,
+            deps.stripe,
+            checkout_url_template=settings.order_checkout_url_template,
+            manage_url=settings.churn_manage_url,
+        ),
     )
 
 
@@ -113,5 +120,7 @@ FAMILY = Family(
         "message_daily_cap",
         "quiet_hours_start",
         "quiet_hours_end",
+        "order_checkout_url_template",
+        "churn_manage_url",
     ),
 )

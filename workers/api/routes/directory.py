@@ -82,6 +82,7 @@ class RetailerOut(BaseModel):
     preferred_channel: Literal["whatsapp", "sms"]
     timezone: str
     locale: str
+    insights_opt_in: bool = Field(description="receives the weekly insights message")
     credit_status: Literal["ACTIVE", "PAUSED", "BLOCKED"]
     created_at: datetime
 
