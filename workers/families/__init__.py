@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from workers.families import (
     churn,
     credit,
+    imports,
     insights,
     loyalty,
     messaging,
@@ -31,6 +32,7 @@ FAMILIES: tuple[Family, ...] = (
     messaging.FAMILY,
     payments.FAMILY,
     retention.FAMILY,
+    imports.FAMILY,
 )
 
 
