@@ -19,6 +19,7 @@ the database decides show too) and writes no checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import hashlib
@@ -420,17 +421,33 @@ async def import_file(
             yield first
         yield from stream
 
-    pending = (r for r in remaining() if r.line > done)
-    for batch in _batches(pending, request.batch_size):
-        effects = await _one_batch(batch, model, mapping_, kind, env, request, summary)
-        summary.lines_done = batch[-1].end_line
-        if effects is not None and not request.dry_run:
+    pending = _batches((r for r in remaining() if r.line > done), request.batch_size)
+
+    def prepare() -> Prepared | None:
+        batch = next(pending, None)
+        return None if batch is None else _prepare(batch, mapping_, model)
+
+    # The next batch is read and validated (Python's CPU: parsing, phone numbers, pydantic) in a
+    # thread while this one is written (the database's CPU): the two overlap on two cores. The
+    # file is read by one `prepare` at a time, each awaited before the next starts.
+    ahead = asyncio.ensure_future(asyncio.to_thread(prepare))
+    while (prepared := await ahead) is not None:
+        ahead = asyncio.ensure_future(asyncio.to_thread(prepare))
+        try:
+            effects = await _one_batch(prepared, kind, env, request, summary)
+        except BaseException:
+            await asyncio.gather(ahead, return_exceptions=True)
+            raise
+        summary.lines_done = prepared.batch[-1].end_line
+        if effects and not request.dry_run:  # (`Effects` is falsy when it asks for nothing)
             from services import directory
 
             await directory.apply_effects(await client(), engine, settings, effects)
         progress(summary)
         if stop():
+            await asyncio.gather(ahead, return_exceptions=True)  # read ahead, never written
             summary.interrupted = True
+            summary.refusals = await _run_refusals(engine, run_id) if not request.dry_run else summary.refusals
             return summary
 
     summary.lines_done = max(summary.lines_done, done)
@@ -441,31 +458,36 @@ async def import_file(
     return summary
 
 
-async def _one_batch(
-    batch: list[Record],
-    model: type[BaseModel],
-    mapping_: ImportMapping,
-    kind: Kind,
-    env: WriteEnv,
-    request: ImportRequest,
-    summary: Summary,
-) -> Any:
-    """Validate, write, record refusals and move the checkpoint: one transaction. Returns the
-    writer's effects (to apply after the commit)."""
-    rows: list[BaseModel] = []
-    lines: list[int] = []
-    refusals: list[Refusal] = []
-    skipped: list[Skipped] = []
+@dataclass(frozen=True)
+class Prepared:
+    """A batch read and validated: its valid rows (and their lines), refusals and skips."""
+
+    batch: list[Record]
+    rows: list[BaseModel]
+    lines: list[int]
+    refusals: list[Refusal]
+    skipped: list[Skipped]
+
+
+def _prepare(batch: list[Record], mapping_: ImportMapping, model: type[BaseModel]) -> Prepared:
+    prepared = Prepared(batch, [], [], [], [])
     for record in batch:
         shaped = shape(record, mapping_, model)
         if isinstance(shaped, Refusal):
-            refusals.append(shaped)
+            prepared.refusals.append(shaped)
         elif isinstance(shaped, Skipped):
-            skipped.append(shaped)
+            prepared.skipped.append(shaped)
         else:
-            rows.append(shaped)
-            lines.append(record.line)
+            prepared.rows.append(shaped)
+            prepared.lines.append(record.line)
+    return prepared
 
+
+async def _one_batch(prepared: Prepared, kind: Kind, env: WriteEnv, request: ImportRequest, summary: Summary) -> Any:
+    """Write, record refusals and move the checkpoint: one transaction. Returns the writer's
+    effects (to apply after the commit)."""
+    batch, rows, lines, skipped = prepared.batch, prepared.rows, prepared.lines, prepared.skipped
+    refusals = list(prepared.refusals)
     created = changed = unchanged = 0
     effects = None
     try:
