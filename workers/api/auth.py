@@ -6,10 +6,13 @@ is enough: there is nothing to brute-force). A request names its key as `Authori
 callers never type an actor. A key bound to a company sees that company's churn data only, and
 is told 403 for anything else whether or not it exists.
 
-Only churn's data carries a company (retailers, orders, loyalty items, insights have none; the
-messaging brake is every company's), so a bound key may hold churn scopes only: any other is
-refused when the key is created, and refused again at every route (a key created before this
-rule, or written to the table by hand, must not read every retailer's credit).
+Only churn's data and the directory's companies and members carry a company (retailers, orders,
+loyalty items, insights have none; the messaging brake is every company's), so a bound key may
+hold churn and directory scopes only: any other is refused when the key is created, and refused
+again at every route (a key created before this rule, or written to the table by hand, must not
+read every retailer's credit). A directory scope reaches only the routes that declare company
+data (`require(..., company_data=True)`: its own company and members); on retailers, orders and
+customers a bound key is 403 even with `directory:*`.
 """
 
 from __future__ import annotations
@@ -77,8 +80,11 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-COMPANY_SCOPED_FAMILIES = frozenset({"churn"})
-"""The families whose rows carry a company_id, and whose routes confine a bound key to it."""
+COMPANY_SCOPED_FAMILIES = frozenset({"churn", "directory"})
+"""The families with rows that carry a company_id: a bound key may hold their scopes."""
+EVERY_ROUTE_COMPANY_DATA = frozenset({"churn"})
+"""The families whose every route confines a bound key to its company (churn's data all has one).
+The directory's do so only where they say so (`require(..., company_data=True)`)."""
 
 
 def company_scoped(scope: str) -> bool:
@@ -208,15 +214,21 @@ async def principal(
     return found
 
 
-def require(scope: str) -> Any:  # FastAPI types Depends() Any, to sit in a parameter's default
-    """A route's dependency: the caller, if their key carries `scope` (else 403)."""
+def require(scope: str, *, company_data: bool = False) -> Any:  # FastAPI types Depends() Any
+    """A route's dependency: the caller, if their key carries `scope` (else 403). A key bound to a
+    company passes only where the route's data has a company (churn's routes; a directory route
+    that says `company_data=True`), which the route then confines it to (`Principal.confine`)."""
     assert scope in SCOPES, scope
+    family = scope.split(":", 1)[0]
+    bound_keys_pass = company_scoped(scope) and (company_data or family in EVERY_ROUTE_COMPANY_DATA)
 
     async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
         if scope not in caller.scopes:
             raise Problem(403, f"key {caller.name} lacks the scope {scope}")
-        if caller.company_id is not None and not company_scoped(scope):
-            raise Problem(403, f"key {caller.name} is confined to company {caller.company_id}; {scope} data has none")
+        if caller.company_id is not None and not bound_keys_pass:
+            raise Problem(
+                403, f"key {caller.name} is confined to company {caller.company_id}; this route's data has none"
+            )
         return caller
 
     return Depends(check)

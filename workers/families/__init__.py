@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from workers.families import (
     churn,
     credit,
+    directory,
     imports,
     insights,
     loyalty,
@@ -32,6 +33,7 @@ FAMILIES: tuple[Family, ...] = (
     messaging.FAMILY,
     payments.FAMILY,
     retention.FAMILY,
+    directory.FAMILY,
     imports.FAMILY,
 )
 
