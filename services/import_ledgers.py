@@ -22,7 +22,7 @@ into the batch, as `services.directory` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -37,9 +37,25 @@ from schemas.imports import CreditTransactionIn, LoyaltyBalanceIn, RecoveryCaseI
 from services.directory import BatchResult, Refusal, Upserted
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from collections.abc import Awaitable, Callable
 
-    from services.imports import WriteEnv
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from temporalio.client import Client
+
+    from config.settings import Settings
+
+
+class WriteEnv(Protocol):
+    """What `services.imports` hands a writer besides its batch's connection (its `WriteEnv`)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def client(self) -> Callable[[], Awaitable[Client]]: ...
+    @property
+    def dry_run(self) -> bool: ...
 
 
 def _db_reason(error: DBAPIError) -> str:
