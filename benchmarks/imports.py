@@ -59,7 +59,9 @@ def write_files(directory: Path, n: int) -> tuple[Path, Path]:
                 f"{TIMEZONES[i % 4]},{LOCALES[i % 4]}\n"
             )
     with accounts.open("w") as out:
-        out.write("retailer_external_id,credit_limit,payment_terms_days,max_order_value,max_outstanding_days,currency\n")
+        out.write(
+            "retailer_external_id,credit_limit,payment_terms_days,max_order_value,max_outstanding_days,currency\n"
+        )
         for i in range(n):
             out.write(f"bench-{i:07d},{25000 + (i % 40) * 1000}.00,30,{10000 + (i % 10) * 500}.00,30,INR\n")
     return retailers, accounts
