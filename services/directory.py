@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from activities.credit import ledger
@@ -137,6 +137,63 @@ def _sorted(last: dict[Any, int]) -> list[tuple[Any, int]]:
     return sorted(last.items(), key=lambda item: str(item[0]))
 
 
+async def _ids_seen_late(conn: AsyncConnection, table: str, written: dict[str, Any]) -> dict[str, int]:
+    """The ids of the rows an upsert named: its own answer, or, for a row a concurrent batch
+    inserted and committed while the upsert waited on it unchanged (the statement's snapshot
+    predates that row, so its own join found nothing), a second read."""
+    ids = {external_id: row.id for external_id, row in written.items()}
+    late = [external_id for external_id, row_id in ids.items() if row_id is None]
+    if late:
+        ids.update(await _ids_of(conn, table, late))
+    return ids
+
+
+async def _write(
+    conn: AsyncConnection,
+    statement: Any,
+    items: list[tuple[int, Any]],
+    params: Callable[[list[Any]], dict[str, Any]],
+    key: Callable[[Any], Any],
+    result: BatchResult,
+) -> tuple[dict[Any, Any], list[tuple[int, Any]]]:
+    """Run one set-based upsert over `items` ((index, item) pairs) in a savepoint: the rows it
+    answered by `key`, and the items written. Should a unique key it does not upsert on refuse it
+    (a Stripe id another writer claimed since it was checked, an order id a placement took by
+    hand), only that savepoint is undone and each item is written again alone: the rest of the
+    batch is written and the item at fault refused, naming the key, not the caller's transaction
+    aborted."""
+    try:
+        async with conn.begin_nested():
+            answered = await conn.execute(statement, params([item for _, item in items]))
+            return {key(r): r for r in answered}, items
+    except IntegrityError as error:
+        log.warning("directory.batch_conflict", constraint=_constraint(error), rows=len(items))
+    written: dict[Any, Any] = {}
+    kept: list[tuple[int, Any]] = []
+    for index, item in items:
+        try:
+            async with conn.begin_nested():
+                written.update({key(r): r for r in await conn.execute(statement, params([item]))})
+        except IntegrityError as error:
+            constraint = _constraint(error) or ""
+            field_name = next((c for c in _UNIQUE_FIELDS if constraint.endswith(c)), None)
+            code = "StripeIdTaken" if field_name and field_name.startswith("stripe") else "Conflict"
+            what = field_name or constraint or "a unique key"
+            result.refused.append(
+                Refusal(index, field_name, f"{what}: another row holds this value (written meanwhile)", code)
+            )
+        else:
+            kept.append((index, item))
+    return written, kept
+
+
+_UNIQUE_FIELDS = ("stripe_subscription_id", "stripe_customer_id", "external_id")
+
+
+def _constraint(error: IntegrityError) -> str | None:
+    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+
+
 async def _ids_of(conn: AsyncConnection, table: str, external_ids: list[str]) -> dict[str, int]:
     rows = await conn.execute(
         text(f"SELECT external_id, id FROM {table} WHERE external_id = ANY(CAST(:e AS text[]))"),
@@ -211,12 +268,17 @@ async def upsert_retailers(conn: AsyncConnection, rows: Sequence[RetailerIn], *,
     result, upserted = BatchResult(), list[tuple[int, Upserted]]()
     last = _sorted(_last_of_each(rows, lambda r: r.external_id, "external_id", result))
     if last:
-        chosen = [rows[i] for _, i in last]
-        params: dict[str, Any] = {c: [getattr(r, c) for r in chosen] for c in ("external_id", *_RETAILER_COLUMNS)}
-        written = {r.external_id: r for r in await conn.execute(UPSERT_RETAILERS, {**params, "actor": actor})}
-        for external_id, index in last:
-            row = written[external_id]
-            upserted.append((index, Upserted(external_id, row.id, row.created, row.changed)))
+
+        def params(chosen: list[RetailerIn]) -> dict[str, Any]:
+            columns = ("external_id", *_RETAILER_COLUMNS)
+            return {**{c: [getattr(r, c) for r in chosen] for c in columns}, "actor": actor}
+
+        items = [(i, rows[i]) for _, i in last]
+        written, kept = await _write(conn, UPSERT_RETAILERS, items, params, lambda r: r.external_id, result)
+        ids = await _ids_seen_late(conn, "retailers", written)
+        for index, item in kept:
+            row = written[item.external_id]
+            upserted.append((index, Upserted(item.external_id, ids[item.external_id], row.created, row.changed)))
     _finish(result, upserted)
     log.info("directory.retailers", rows=len(rows), **_counts(result))
     return result
@@ -552,19 +614,23 @@ async def upsert_orders(conn: AsyncConnection, rows: Sequence[OrderIn], *, actor
             continue
         accepted.append((external_id, index, retailer_id))
     if accepted:
-        chosen = [rows[i] for _, i, _ in accepted]
-        params = {
-            "external_id": [r.external_id for r in chosen],
-            "retailer_id": [rid for _, _, rid in accepted],
-            "status": [r.status for r in chosen],
-            "payment_mode": [r.payment_mode for r in chosen],
-            "amount": [r.amount for r in chosen],
-            "placed_at": [r.placed_at for r in chosen],
-        }
-        written = {r.external_id: r for r in await conn.execute(UPSERT_ORDERS, params)}
-        for external_id, index, _ in accepted:
-            w = written[external_id]
-            upserted.append((index, Upserted(external_id, w.id, w.created, w.changed)))
+
+        def params(chosen: list[tuple[OrderIn, int]]) -> dict[str, Any]:
+            return {
+                "external_id": [r.external_id for r, _ in chosen],
+                "retailer_id": [rid for _, rid in chosen],
+                "status": [r.status for r, _ in chosen],
+                "payment_mode": [r.payment_mode for r, _ in chosen],
+                "amount": [r.amount for r, _ in chosen],
+                "placed_at": [r.placed_at for r, _ in chosen],
+            }
+
+        items = [(i, (rows[i], rid)) for _, i, rid in accepted]
+        written, kept = await _write(conn, UPSERT_ORDERS, items, params, lambda r: r.external_id, result)
+        ids = await _ids_seen_late(conn, "orders", written)
+        for index, (item, _) in kept:
+            w = written[item.external_id]
+            upserted.append((index, Upserted(item.external_id, ids[item.external_id], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.orders", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result
@@ -785,12 +851,29 @@ async def upsert_members(conn: AsyncConnection, rows: Sequence[MemberIn], *, act
     )
     accepted = [(key, i) for key, i in _sorted(last) if i not in refused]
     if accepted:
-        chosen = [rows[i] for _, i in accepted]
-        params = {c: [getattr(r, c) for r in chosen] for c in ("company_id", "external_id", *_MEMBER_COLUMNS)}
-        written = {(w.company_id, w.external_id): w for w in await conn.execute(UPSERT_MEMBERS, params)}
-        for key, index in accepted:
+
+        def params(chosen: list[MemberIn]) -> dict[str, Any]:
+            return {c: [getattr(r, c) for r in chosen] for c in ("company_id", "external_id", *_MEMBER_COLUMNS)}
+
+        items = [(i, rows[i]) for _, i in accepted]
+        written, kept = await _write(
+            conn, UPSERT_MEMBERS, items, params, lambda w: (w.company_id, w.external_id), result
+        )
+        late = [key for key, w in written.items() if w.id is None]
+        ids = {key: w.id for key, w in written.items()}
+        if late:  # written by a concurrent batch that committed while this statement waited
+            found = await conn.execute(
+                text(
+                    "SELECT company_id, external_id, id FROM memberships"
+                    " WHERE (company_id, external_id) IN (SELECT * FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])))"
+                ),
+                {"c": [k[0] for k in late], "e": [k[1] for k in late]},
+            )
+            ids.update({(f.company_id, f.external_id): f.id for f in found})
+        for index, item in kept:
+            key = (item.company_id, item.external_id)
             w = written[key]
-            upserted.append((index, Upserted(key[1], w.id, w.created, w.changed)))
+            upserted.append((index, Upserted(item.external_id, ids[key], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.members", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result
@@ -842,12 +925,16 @@ async def upsert_customers(conn: AsyncConnection, rows: Sequence[CustomerIn], *,
     refused = _stripe_refusals(rows, last, lambda r: r.external_id, holders, ("stripe_customer_id",), result)
     accepted = [(key, i) for key, i in _sorted(last) if i not in refused]
     if accepted:
-        chosen = [rows[i] for _, i in accepted]
-        params = {c: [getattr(r, c) for r in chosen] for c in ("external_id", *_CUSTOMER_COLUMNS)}
-        written = {w.external_id: w for w in await conn.execute(UPSERT_CUSTOMERS, params)}
-        for key, index in accepted:
-            w = written[key]
-            upserted.append((index, Upserted(key, w.id, w.created, w.changed)))
+
+        def params(chosen: list[CustomerIn]) -> dict[str, Any]:
+            return {c: [getattr(r, c) for r in chosen] for c in ("external_id", *_CUSTOMER_COLUMNS)}
+
+        items = [(i, rows[i]) for _, i in accepted]
+        written, kept = await _write(conn, UPSERT_CUSTOMERS, items, params, lambda w: w.external_id, result)
+        ids = await _ids_seen_late(conn, "customers", written)
+        for index, item in kept:
+            w = written[item.external_id]
+            upserted.append((index, Upserted(item.external_id, ids[item.external_id], w.created, w.changed)))
     _finish(result, upserted)
     log.info("directory.customers", rows=len(rows), actor_set=bool(actor), **_counts(result))
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -208,3 +209,73 @@ async def test_the_same_row_twice_in_a_batch_keeps_the_later(engine: AsyncEngine
     assert [(r.index, r.field) for r in result.refused] == [(0, "external_id")]
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT name FROM retailers WHERE external_id = :e"), {"e": ext}) == "New name"
+
+
+async def test_two_batches_racing_on_a_new_row_both_answer_its_id(engine: AsyncEngine) -> None:
+    """The second waits on the first's insert, finds it the same and touches nothing: its answer
+    still names the row (the statement's own snapshot predates it)."""
+    import asyncio
+
+    row = RetailerIn(external_id=_ext("shop"), name="Raced")
+    async with engine.connect() as first, engine.connect() as second:
+        await first.begin()
+        made = await directory.upsert_retailers(first, [row], actor=ACTOR)
+        await second.begin()
+        waiting = asyncio.create_task(directory.upsert_retailers(second, [row], actor=ACTOR))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # on the first's row lock
+        await first.commit()
+        joined = await waiting
+        await second.commit()
+    assert joined.upserted[0].id == made.upserted[0].id
+    assert (joined.upserted[0].created, joined.upserted[0].changed) == (False, False)
+
+
+async def test_an_order_id_taken_by_hand_does_not_abort_the_batch(engine: AsyncEngine) -> None:
+    """A placement names its order id itself (`POST /v1/orders/{order_id}/placement`): when the
+    next id the directory would draw is taken so, the batch is written row by row and succeeds."""
+    shop = RetailerIn(external_id=_ext("shop"), name="Shop")
+    async with engine.begin() as conn:
+        retailer_id = (await directory.upsert_retailers(conn, [shop], actor=ACTOR)).upserted[0].id
+        taken = await conn.scalar(text("SELECT nextval(pg_get_serial_sequence('orders', 'id')) + 1"))
+        await conn.execute(
+            text(
+                "INSERT INTO orders (id, retailer_id, status, payment_mode, total_amount)"
+                " VALUES (:o, :r, 'CONFIRMED', 'COD', 5)"
+            ),
+            {"o": taken, "r": retailer_id},
+        )
+    batch = [
+        OrderIn(external_id=_ext("ord"), retailer_external_id=shop.external_id, amount="1", payment_mode="COD")
+        for _ in range(2)
+    ]
+    async with engine.begin() as conn:
+        result = await directory.upsert_orders(conn, batch, actor=ACTOR)
+    assert not result.refused and [u.created for u in result.upserted] == [True, True]
+    assert taken not in [u.id for u in result.upserted]
+
+
+async def test_a_stripe_id_claimed_after_the_check_refuses_that_row_only(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer may store the same subscription id between the check and the write: the
+    database's unique key refuses it, and only that row is refused (the batch is not aborted)."""
+    company = CompanyIn(id=f"co-{uuid.uuid4().hex[:8]}", name="Acme")
+    sub = f"sub_{uuid.uuid4().hex[:10]}"
+    async with engine.begin() as conn:
+        await directory.upsert_companies(conn, [company], actor=ACTOR)
+        await directory.upsert_members(
+            conn,
+            [MemberIn(company_id=company.id, external_id="first", name="A", stripe_subscription_id=sub)],
+            actor=ACTOR,
+        )
+    blind = "SELECT company_id, external_id, stripe_customer_id, stripe_subscription_id FROM memberships WHERE false"
+    monkeypatch.setattr(directory, "STRIPE_HOLDERS", text(blind))  # the check saw nothing yet
+    batch = [
+        MemberIn(company_id=company.id, external_id="second", name="B", stripe_subscription_id=sub),
+        MemberIn(company_id=company.id, external_id="third", name="C"),
+    ]
+    async with engine.begin() as conn:
+        result = await directory.upsert_members(conn, batch, actor=ACTOR)
+    assert [(r.index, r.field, r.code) for r in result.refused] == [(0, "stripe_subscription_id", "StripeIdTaken")]
+    assert [u.external_id for u in result.upserted] == ["third"]

@@ -34,10 +34,18 @@ def routes() -> list[tuple[str, str, str | None]]:
     return found
 
 
+DIRECTORY_PATHS = {"retailers", "shop-orders", "companies", "customers"}
+"""The directory's routes (issue #34): at the top level, named by what they hold."""
+
+
 def needed_scope(method: str, template: str) -> str:
     family = template.split("/")[2]
     if template == "/v1/orders/validate":
         return "orders:read"
+    if template == "/v1/shop-orders/{external_id}/checkout-started":
+        return "orders:write"  # starts the same clock as /v1/orders/{order_id}/checkout-started
+    if family in DIRECTORY_PATHS:
+        family = "directory"
     return f"{family}:{'read' if method == 'GET' else 'write'}"
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Path, Response
+from fastapi import Body, Depends, Path, Response
 from pydantic import BaseModel, Field
 
 from schemas.directory import (
@@ -49,6 +49,19 @@ ExternalIdPath = Annotated[str, Path(pattern=EXTERNAL_ID, description="the busin
 CompanyIdPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the company's slug")]
 
 PUT_RESPONSES: dict[int | str, dict[str, Any]] = {201: {"description": "created"}, **responses(404, 409)}
+
+
+def confined(checked: Any) -> Any:
+    """`checked` (a `require(...)`), then the path's company: a key bound to another company is
+    403 before its body is even read, so it learns nothing of the company from a 422 or a 404."""
+
+    # `checked` as the default, not in an `Annotated` (annotations are strings, read in this
+    # module's globals, where `checked` is not)
+    async def check(company_id: CompanyIdPath, caller: Principal = checked) -> Principal:
+        caller.confine(company_id)
+        return caller
+
+    return Depends(check)
 
 
 def _examples(model: type[BaseModel]) -> dict[str, Any]:
@@ -330,11 +343,10 @@ async def put_member(
     body: Annotated[MemberFields, Body(openapi_examples=_examples(MemberFields))],
     stack: StackDep,
     response: Response,
-    caller: Annotated[Principal, require("directory:write", company_data=True)],
+    caller: Annotated[Principal, confined(require("directory:write", company_data=True))],
 ) -> dict[str, Any]:
     """The member named by the company's own member id. A Stripe customer or subscription id
     another member holds is 409 `StripeIdTaken` (a webhook must find one member)."""
-    caller.confine(company_id)
     row = MemberIn(company_id=company_id, external_id=external_id, **body.model_dump())
     return await _put(
         stack, response, directory.upsert_members, row, caller, "member", external_id=external_id, company_id=company_id
@@ -352,10 +364,9 @@ async def get_member(
     company_id: CompanyIdPath,
     external_id: ExternalIdPath,
     stack: StackDep,
-    caller: Annotated[Principal, require("directory:read", company_data=True)],
+    caller: Annotated[Principal, confined(require("directory:read", company_data=True))],
 ) -> dict[str, Any]:
     """The stored member, with jobctl's membership id (the churn routes take it)."""
-    caller.confine(company_id)
     return await _get(stack, "member", external_id=external_id, company_id=company_id)
 
 
@@ -371,12 +382,11 @@ async def put_company(
     body: Annotated[CompanyFields, Body(openapi_examples=_examples(CompanyFields))],
     stack: StackDep,
     response: Response,
-    caller: Annotated[Principal, require("directory:write", company_data=True)],
+    caller: Annotated[Principal, confined(require("directory:write", company_data=True))],
 ) -> dict[str, Any]:
     """The company and its churn rules (audited). Open cases use new channels, quiet hours, daily
     cap and time zone from their next nudge; reminder offsets and the grace period apply to cases
     opened after the change."""
-    caller.confine(company_id)
     row = CompanyIn(id=company_id, **body.model_dump())
     return await _put(stack, response, directory.upsert_companies, row, caller, "company", external_id=company_id)
 
@@ -391,10 +401,9 @@ async def put_company(
 async def get_company(
     company_id: CompanyIdPath,
     stack: StackDep,
-    caller: Annotated[Principal, require("directory:read", company_data=True)],
+    caller: Annotated[Principal, confined(require("directory:read", company_data=True))],
 ) -> dict[str, Any]:
     """The stored company and its churn rules."""
-    caller.confine(company_id)
     return await _get(stack, "company", external_id=company_id)
 
 
