@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 Converter = Callable[[Any], Any]
@@ -47,7 +48,9 @@ class ImportMapping:
     native: bool = False
     """The source columns are the fields themselves (the model decides what is known)."""
 
+    @cached_property
     def known(self) -> frozenset[str]:
+        """Every source column the mapping names (kept, left out, or read by `derive`)."""
         return frozenset(self.columns) | self.ignored | self.derived_from
 
     def source_column(self, target: str) -> str:

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,10 @@ Format = Literal["csv", "jsonl"]
 
 class BadImport(Exception):
     """The invocation or the file as a whole cannot be imported (exit 2): nothing was written."""
+
+
+class ConcurrentImport(BadImport):
+    """Another process imports the same file (the same run) at the same time: this one stops."""
 
 
 # --------------------------------------------------------------------------- the kinds
@@ -249,7 +252,7 @@ def shape(record: Record, mapping_: ImportMapping, model: type[BaseModel]) -> Ba
         if unknown:
             return Refusal(record.line, unknown[0], "unknown field")
     else:
-        unknown = [k for k in values if k not in mapping_.known()]
+        unknown = [k for k in values if k not in mapping_.known]
         if unknown:  # JSON lines have no header: each row is checked against the mapping
             return Refusal(record.line, unknown[0], "unknown field")
         if mapping_.skip is not None and (why := mapping_.skip(values)) is not None:
@@ -332,6 +335,7 @@ ADVANCE_RUN = text(
     "UPDATE import_runs SET lines_done = :lines, imported = imported + :imported, refused = refused + :refused,"
     " updated_at = now() WHERE id = :id"
 )
+LOCK_RUN = text("SELECT lines_done FROM import_runs WHERE id = :id FOR UPDATE")
 FINISH_RUN = text("UPDATE import_runs SET finished_at = now(), updated_at = now() WHERE id = :id")
 INSERT_REFUSALS = text(
     "INSERT INTO import_refusals (run_id, line, field, reason)"
@@ -357,7 +361,7 @@ def resolve(request: ImportRequest) -> tuple[Kind, ImportMapping, Format]:
 
 
 def _known_columns(kind: Kind, mapping_: ImportMapping) -> frozenset[str]:
-    return frozenset(kind.model().model_fields) if mapping_.native else mapping_.known()
+    return frozenset(kind.model().model_fields) if mapping_.native else mapping_.known
 
 
 def records(path: Path, fmt: Format, kind: Kind, mapping_: ImportMapping) -> Iterator[Record]:
@@ -408,7 +412,7 @@ async def import_file(
     if not request.dry_run:
         async with engine.begin() as conn:
             run = (await conn.execute(START_RUN, {"id": run_id, "kind": kind.name, "source": str(request.path)})).one()
-        done, summary.resumed_from = run.lines_done, run.lines_done
+        done = summary.resumed_from = summary.lines_done = run.lines_done
         summary.total_imported, summary.total_refused = run.imported, run.refused
         if run.finished_at is not None:
             summary.already_finished = True
@@ -492,6 +496,15 @@ async def _one_batch(prepared: Prepared, kind: Kind, env: WriteEnv, request: Imp
     effects = None
     try:
         async with env.engine.begin() as conn:
+            if not request.dry_run:
+                # The run's row, locked for the batch: a second import of the same file waits here,
+                # then finds the checkpoint moved and stops (its batch rolled back).
+                at = await conn.scalar(LOCK_RUN, {"id": summary.run_id})
+                if at != summary.lines_done:
+                    raise ConcurrentImport(
+                        f"another jobctl import of this file moved its checkpoint to line {at}"
+                        f" (this one was at {summary.lines_done}); this one stops, nothing of its batch written"
+                    )
             if rows:
                 result = await kind.write(conn, rows, request.actor, env)
                 effects = getattr(result, "effects", None)
@@ -525,7 +538,6 @@ async def _one_batch(prepared: Prepared, kind: Kind, env: WriteEnv, request: Imp
                     "refused": len(refusals),
                 },
             )
-            _crash_hook(summary)
     except _Rollback:
         effects = None
     summary.created += created
@@ -540,14 +552,6 @@ async def _one_batch(prepared: Prepared, kind: Kind, env: WriteEnv, request: Imp
     if request.dry_run:
         summary.refusals += refusals
     return effects
-
-
-def _crash_hook(summary: Summary) -> None:
-    """Tests only: `JOBCTL_IMPORT_CRASH_AFTER_LINE=N` kills the process (as kill -9 would) inside the
-    transaction of the batch that passes line N, before its commit."""
-    after = os.environ.get("JOBCTL_IMPORT_CRASH_AFTER_LINE")
-    if after and summary.lines_done >= int(after):
-        os._exit(137)
 
 
 async def _run_refusals(engine: AsyncEngine, run_id: str) -> list[Refusal]:

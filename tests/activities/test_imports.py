@@ -394,3 +394,36 @@ async def test_ctrl_c_stops_after_the_batch_in_flight_and_says_how_to_resume(
     rerun = jobctl("import", "retailers", str(big), "--batch-size", "50", DATABASE_URL=database_url)
     assert rerun.returncode == 0 and f"(resumed after line {stopped})" in rerun.stdout, rerun.stdout
     assert await scalar(engine, "SELECT finished_at IS NOT NULL FROM import_runs WHERE source = :s", s=str(big))
+
+
+async def test_two_imports_of_one_file_at_once_count_each_row_once(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    """Each batch locks the run's row and checks its checkpoint: the second process stops (exit 2,
+    saying why) as soon as the first moved it, and the run counts every row once."""
+    big = _big_file(tmp_path / "twice.csv", 600, prefix="twice")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DATABASE_"))}
+    both = [
+        subprocess.Popen(
+            [JOBCTL, "import", "retailers", str(big), "--batch-size", "10"],
+            env={**env, "DATABASE_URL": database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=60), p.communicate()) for p in both]
+    assert sorted(code for code, _ in outcomes) in ([0, 0], [0, 2]), outcomes
+    for code, (_, err) in outcomes:
+        assert code == 0 or "another jobctl import of this file moved its checkpoint" in err, err
+    if [code for code, _ in outcomes].count(0) == 2:  # the second started after the first ended
+        assert any("imported before" in out for _, (out, _) in outcomes)
+    async with engine.connect() as conn:
+        run = (
+            await conn.execute(
+                text("SELECT lines_done, imported, refused FROM import_runs WHERE source = :s"), {"s": str(big)}
+            )
+        ).one()
+    assert tuple(run) == (601, 600, 0)
+    assert await scalar(engine, "SELECT count(*) FROM retailers WHERE external_id LIKE 'twice-%'") == 600
