@@ -415,8 +415,8 @@ async def import_file(
         done = summary.resumed_from = summary.lines_done = run.lines_done
         summary.total_imported, summary.total_refused = run.imported, run.refused
         if run.finished_at is not None:
+            stream.close()  # the file is not read again
             summary.already_finished = True
-            summary.lines_done = run.lines_done
             summary.refusals = await _run_refusals(engine, run_id)
             return summary
 
