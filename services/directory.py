@@ -1,6 +1,6 @@
 """The directory (issue #34): the one place that writes the business's own rows — retailers, their
 credit accounts, orders, companies, members, customers — whichever door they came through (the
-ingestion API's PUTs, `jobctl import`, the CLI).
+ingestion API's PUTs, `jobctl import`, the churn settings route).
 
 Batch-first: each function takes a batch of validated rows (`schemas/directory.py`) and writes it
 in a few set-based statements (`INSERT ... SELECT FROM unnest(...) ON CONFLICT (external_id) DO
@@ -13,8 +13,9 @@ together, a PUT commits its one row. A row the database state refuses — an acc
 retailer, a Stripe id another row holds, a status that cannot go back, a currency change while
 debits are open — comes back in `refused` naming its field; it never raises, so it never aborts
 the rest of the batch (nor is a 500 at the API). The refusals are decided before any write, so a
-refused row writes nothing. A row given twice in one batch: the later one is written, the earlier
-refused (as two batches would leave the later one).
+refused row writes nothing; a unique key another writer took in between (a Stripe id) is refused
+by the database, and that row's write alone is undone (`_write`). A row given twice in one batch:
+the later one is written, the earlier refused (as two batches would leave the later one).
 
 What must happen after the commit comes back as `Effects` (today: the guardrails of retailers whose
 limits changed), done by `apply_effects` once the caller committed, as `services.credit_admin`
@@ -40,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from activities.credit import ledger
+from schemas.churn import CompanySettings
 from schemas.directory import CompanyIn, CreditAccountIn, CustomerIn, MemberIn, OrderIn, RetailerIn
 
 if TYPE_CHECKING:
@@ -719,6 +721,18 @@ async def upsert_companies(conn: AsyncConnection, rows: Sequence[CompanyIn], *, 
     _finish(result, upserted)
     log.info("directory.companies", rows=len(rows), **_counts(result))
     return result
+
+
+async def set_company_rules(engine: AsyncEngine, company_id: str, rules: CompanySettings, *, actor: str) -> bool:
+    """Replace an existing company's churn rules (`PUT /v1/churn/companies/{id}/settings`), through
+    the same writer and audit as `upsert_companies`; False when there is no such company."""
+    async with engine.begin() as conn:
+        name = await conn.scalar(text("SELECT name FROM companies WHERE id = :c FOR UPDATE"), {"c": company_id})
+        if name is None:
+            return False
+        row = CompanyIn(id=company_id, name=name, **rules.model_dump())
+        await upsert_companies(conn, [row], actor=actor)
+    return True
 
 
 # --------------------------------------------------------------------------- members

@@ -8,10 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from activities.churn.cases import CaseRefused
 from schemas.churn import CompanySettings
 
 CASE_COLUMNS = (
@@ -70,24 +68,6 @@ async def company_settings(engine: AsyncEngine, company_id: str) -> CompanySetti
             await conn.execute(text(f"SELECT {', '.join(SETTINGS)} FROM companies WHERE id = :c"), {"c": company_id})
         ).first()
     return CompanySettings.model_validate(dict(row._mapping)) if row else None
-
-
-async def update_company_settings(engine: AsyncEngine, company_id: str, settings: CompanySettings) -> CompanySettings:
-    """Replace the company's churn rules; open cases read them at their next decision."""
-    try:
-        async with engine.begin() as conn:
-            updated = await conn.scalar(
-                text(
-                    f"UPDATE companies SET {', '.join(f'{f} = :{f}' for f in SETTINGS)}"
-                    " WHERE id = :company_id RETURNING id"
-                ),
-                {**settings.model_dump(), "company_id": company_id},
-            )
-    except IntegrityError as error:  # the model mirrors the CHECKs: this is a second line of defence
-        raise CaseRefused(f"company {company_id}: the settings break a database rule ({error.orig})") from None
-    if updated is None:
-        raise CaseRefused(f"no company {company_id}")
-    return settings
 
 
 async def incentive_days(engine: AsyncEngine, company_id: str) -> int:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.churn import CompanySettings
 from schemas.directory import CompanyIn, CreditAccountIn, CustomerIn, MemberIn, OrderIn, RetailerIn
 from services import directory
 
@@ -177,6 +178,16 @@ async def test_companies_members_customers(engine: AsyncEngine) -> None:
             ).scalars()
         )
     assert actions == ["company_created", "company_settings_changed"]
+    # the churn settings route's door: the same writer, the same audit
+    rules = CompanySettings(**company.model_dump(exclude={"id", "name"}) | {"daily_nudge_cap": 3})
+    assert await directory.set_company_rules(engine, company.id, rules, actor=ACTOR)
+    assert not await directory.set_company_rules(engine, "no-such-company", rules, actor=ACTOR)
+    async with engine.connect() as conn:
+        audited = await conn.scalar(
+            text("SELECT new_value FROM audit_log WHERE reference = :ref ORDER BY id DESC LIMIT 1"),
+            {"ref": f"company:{company.id}"},
+        )
+    assert audited["daily_nudge_cap"] == 3 and audited["name"] == "Acme"
 
     sub = f"sub_{uuid.uuid4().hex[:10]}"
     members = [

@@ -19,6 +19,7 @@ from schemas.churn import CaseState, CaseStatus, CompanySettings, ManualNudge, N
 from schemas.messaging import Channel
 from schemas.text import Reason
 from services import churn as service
+from services import directory
 from workers.api.auth import Principal, require
 from workers.api.idempotency import HEADER
 from workers.api.problems import Problem, responses
@@ -255,11 +256,12 @@ async def get_settings(
 async def put_settings(
     company_id: CompanyId, body: SettingsIn, stack: StackDep, caller: Annotated[Principal, require("churn:write")]
 ) -> Company:
-    """Replace the company's churn rules (the database's limits); open cases use them from their next step."""
+    """Replace the company's churn rules (the database's limits), audited. Open cases use new
+    channels, quiet hours, cap and time zone from their next nudge; offsets and grace apply to
+    cases opened after the change. Written by the directory's one writer (`PUT /v1/companies/{id}`)."""
     if body.company_id not in (None, company_id):
         raise Problem(422, f"body.company_id: not the path's {company_id}", field="body.company_id")
     await _company(stack, company_id, caller)
-    saved = await admin.update_company_settings(
-        stack.engine, company_id, CompanySettings(**body.model_dump(exclude={"company_id"}))
-    )
+    saved = CompanySettings(**body.model_dump(exclude={"company_id"}))
+    await directory.set_company_rules(stack.engine, company_id, saved, actor=caller.name)
     return Company(company_id=company_id, **saved.model_dump())
