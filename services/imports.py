@@ -25,7 +25,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -364,7 +364,7 @@ def _known_columns(kind: Kind, mapping_: ImportMapping) -> frozenset[str]:
     return frozenset(kind.model().model_fields) if mapping_.native else mapping_.known
 
 
-def records(path: Path, fmt: Format, kind: Kind, mapping_: ImportMapping) -> Iterator[Record]:
+def records(path: Path, fmt: Format, kind: Kind, mapping_: ImportMapping) -> Generator[Record, None, None]:
     """The file's records, streamed; the header is checked at the first `next` (`BadImport`)."""
     with path.open(encoding="utf-8-sig", newline="") as stream:
         if fmt == "csv":
