@@ -95,6 +95,23 @@ class Settings(BaseSettings):
     payload_encryption_key: SecretStr | None = None
     codec_server_token: SecretStr | None = None
     codec_cors_origins: str = "http://127.0.0.1:8233,http://localhost:8233"
+    # A real cluster (issue #35): the Temporal client's server CA and name, the codec server's OIDC.
+    temporal_tls_server_ca: str | None = None
+    """TEMPORAL_TLS_SERVER_CA: the CA (PEM or path) that signed the Temporal frontend's certificate,
+    for a cluster behind a private CA (default: the system's roots)."""
+    temporal_tls_server_name: str | None = None
+    """TEMPORAL_TLS_SERVER_NAME: the name the frontend's certificate must carry (SNI and verification),
+    when it is not the host of TEMPORAL_ADDRESS (the envconfig variable of the same name)."""
+    codec_oidc_issuer: str | None = None
+    """CODEC_OIDC_ISSUER: the UI's OIDC issuer; with it the codec server accepts the access token the
+    UI forwards (signature from the issuer's JWKS, `iss`, `aud`, `exp`) beside CODEC_SERVER_TOKEN."""
+    codec_oidc_audience: str | None = None
+    """CODEC_OIDC_AUDIENCE: the `aud` the access token must carry (required with CODEC_OIDC_ISSUER)."""
+    codec_oidc_jwks_url: str | None = None
+    """CODEC_OIDC_JWKS_URL: where the issuer's keys are (default: the issuer's discovery document's
+    `jwks_uri`, else {issuer}/.well-known/jwks.json)."""
+    codec_oidc_jwks_ttl_seconds: float = Field(default=300.0, gt=0)
+    """CODEC_OIDC_JWKS_TTL_SECONDS: how long fetched keys are reused (an unknown `kid` refetches sooner)."""
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"
     metrics_bind: str | None = None
@@ -128,6 +145,18 @@ class Settings(BaseSettings):
     pay_link_stripe_cache_seconds: float = Field(default=5.0, ge=0)
     """PAY_LINK_STRIPE_CACHE_SECONDS: a link's Checkout Session, as Stripe last said it, is reused this
     long (at most one Stripe retrieve per link that often, however often the link is opened)."""
+    event_poll_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """EVENT_POLL_SECONDS: an idle subscription's delivery run looks for new events this often (a
+    new subscription and a replay wake it at once)."""
+    event_retry_initial_seconds: float = Field(default=30.0, gt=0)
+    """EVENT_RETRY_INITIAL_SECONDS: the first back-off after a failed delivery; it doubles per attempt."""
+    event_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """EVENT_RETRY_MAX_SECONDS: the longest back-off between two attempts at one event (an hour)."""
+    event_give_up_hours: float = Field(default=72.0, gt=0)
+    """EVENT_GIVE_UP_HOURS: an event still undelivered this long after it happened (or was replayed)
+    is marked failed and the next one is tried (Stripe's three days); `jobctl events replay` resends it."""
+    event_http_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """EVENT_HTTP_TIMEOUT_SECONDS: how long a receiver has to answer a delivery."""
     actor_hash_key: SecretStr | None = None
     """ACTOR_HASH_KEY: the HMAC key that turns operator ids into `recovery_actions.actor_id_hash`.
     Required in production; in dev a fixed dev-only key is used (with a warning), see `hash_actor`."""
@@ -166,6 +195,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// URL without a query")
         return value.rstrip("/")
 
+    @field_validator("codec_oidc_issuer", "codec_oidc_jwks_url")
+    @classmethod
+    def _oidc_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http(s):// URL without a query")
+        return value
+
     @field_validator("temporal_address", "metrics_bind")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -202,6 +240,8 @@ class Settings(BaseSettings):
                         f"{name.upper()}: {getattr(self, name)} is one of Twilio's test numbers; "
                         "set your own sender with real Twilio credentials"
                     )
+        if self.codec_oidc_issuer and not self.codec_oidc_audience:
+            raise ValueError("CODEC_OIDC_AUDIENCE: not set (required with CODEC_OIDC_ISSUER)")
         if self.production and not (self.actor_hash_key and self.actor_hash_key.get_secret_value()):
             raise ValueError("ACTOR_HASH_KEY: not set (required with real Twilio or live Stripe credentials)")
         return self

@@ -2,7 +2,8 @@
 
 Starts the Temporal dev server (UI included, state in .jobctl/temporal.db), an embedded
 PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo data,
-applies the schedules and runs the worker, all in this process group. SIGINT/SIGTERM
+bootstraps Temporal (`jobctl bootstrap`: search attributes, the brake,
+schedules) and runs the worker, all in this process group. SIGINT/SIGTERM
 drains the worker and stops every child; a second run reuses the data.
 """
 
@@ -24,8 +25,8 @@ from activities.database import create_engine
 from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
 from devtools.seed import money_loop_retailer, seed_demo
-from schemas import search_attributes
-from workers import families, migrate, schedules
+from workers import migrate
+from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
 from workers.temporal_client import connect
 from workers.worker import build_workers, run_workers
@@ -56,9 +57,7 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
         "--log-level",
         "warn",
     ]
-    for key in search_attributes.ALL:
-        command += ["--search-attribute", f"{key.name}=Keyword"]
-    return command
+    return command  # the search attributes: `jobctl bootstrap`'s path (`workers.bootstrap`), as on a cluster
 
 
 @asynccontextmanager
@@ -186,6 +185,43 @@ async def api(settings: Settings, engine, client) -> AsyncIterator[str]:
         await server.__aexit__(None, None, None)
 
 
+DEV_RECEIVER = "jobctl dev receiver"
+"""The description of the dev stack's own subscription (replaced at each start: its port changes)."""
+
+
+@asynccontextmanager
+async def event_receiver(settings: Settings, engine, client) -> AsyncIterator[str]:
+    """The example event receiver (`devtools/event_receiver.py`) on a free port, subscribed to every
+    event type: the dev stack's console shows each event as it is delivered, verified. Yields its URL."""
+    from sqlalchemy import text
+
+    from devtools.event_receiver import EventReceiver
+    from schemas.events import EVENT_TYPES
+    from services.events import create_subscription
+
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    async with EventReceiver("unset", host=host) as receiver:
+        async with engine.begin() as conn:  # the last run's subscription pointed at its own port
+            await conn.execute(
+                text(
+                    "UPDATE event_subscriptions SET disabled_at = now() WHERE description = :d AND disabled_at IS NULL"
+                ),
+                {"d": DEV_RECEIVER},
+            )
+        sub = await create_subscription(
+            engine,
+            client,
+            receiver.url,
+            list(EVENT_TYPES),
+            created_by="jobctl-dev",
+            description=DEV_RECEIVER,
+            poll_seconds=settings.event_poll_seconds,
+            task_queue=settings.task_queue,
+        )
+        receiver.secret = sub.secret
+        yield f"{receiver.url} (subscription {sub.id}; GET /_receiver/events lists what arrived)"
+
+
 def write_connection_file(home: Path, settings: Settings, database_url: str, api_url: str) -> Path:
     """What a second shell's `jobctl` needs to reach this stack (read by config.settings while it runs)."""
     import os
@@ -236,9 +272,9 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
         api_url = await stack.enter_async_context(api(settings, engine, client))
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
-        applied = await schedules.apply(client, settings, families.all_schedules())
-        await start_messaging_brake(client, settings)
+        applied = await bootstrap_dev(client, settings)
         workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
+        receiver = await stack.enter_async_context(event_receiver(settings, engine, client))
         if demo:
             await start_demo_jobs(client, engine, settings)
         write_connection_file(home, settings, database_url, api_url)
@@ -254,21 +290,18 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             f"  HTTP API:      {api_url} (docs {api_url}/docs; a key: jobctl api-keys create --name me --scopes ...)",
             flush=True,
         )
+        print(f"  Events:        {receiver}", flush=True)
         await run_workers(workers, stop)
 
 
-async def start_messaging_brake(client, settings: Settings) -> None:
-    """The `messaging-brake` singleton, so the brake can be pulled from the Temporal UI (a signal)."""
-    from temporalio.common import WorkflowIDConflictPolicy
-
-    from workflows.brake import BRAKE_WORKFLOW_ID, MessagingBrakeWorkflow
-
-    await client.start_workflow(
-        MessagingBrakeWorkflow.run,
-        id=BRAKE_WORKFLOW_ID,
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
+async def bootstrap_dev(client: Client, settings: Settings) -> list[tuple[str, str]]:
+    """`jobctl bootstrap` against the dev server (search attributes, the `messaging-brake` singleton,
+    schedules, codec key): one path for every cluster. Returns the schedules' outcomes."""
+    steps = await bootstrap(client, settings)
+    failed = [step.line() for step in steps if step.failed]
+    if failed:
+        raise RuntimeError("bootstrap failed: " + "; ".join(failed))
+    return [(step.name.removeprefix("schedule "), step.outcome) for step in steps if step.name.startswith("schedule ")]
 
 
 DEMO_TRIGGERS = ("order-expiry-sweep", "payment-reminders", "credit-guardrails", "loyalty-reconcile-sweep")

@@ -50,3 +50,8 @@ def credit_admin_notice(audit_id: int) -> str:
 def insights(insight_date: date) -> str:
     """An insight regeneration started by hand for a date."""
     return f"insights/{insight_date.isoformat()}"
+
+
+def event_delivery(subscription_id: int) -> str:
+    """One outbound-event subscription's delivery run (long-lived, continues as new)."""
+    return f"event-delivery/{subscription_id}"

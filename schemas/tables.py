@@ -906,3 +906,112 @@ class IdempotentRequest(CreatedAt, Base):
         CheckConstraint("char_length(idempotency_key) BETWEEN 1 AND 255", name="key_length"),
         Index("ix_api_idempotency_keys_created_at", "created_at"),
     )
+
+
+# --------------------------------------------------------------------------- outbound events
+
+
+OUTBOUND_EVENT_TYPES = (
+    "credit.paused",
+    "credit.resumed",
+    "credit.blocked",
+    "credit.limits_changed",
+    "payment.recorded",
+    "payment.refunded",
+    "payment.disputed",
+    "order.expired",
+    "order.failed",
+    "churn.case.closed",
+    "loyalty.item.needs_review",
+)
+"""The catalogue of outbound events (docs/ARCHITECTURE.md §6, "Outbound events")."""
+EVENT_DELIVERY_STATUSES = ("pending", "delivered", "failed")
+EVENT_ID_DEFAULT = "'evt_' || replace(gen_random_uuid()::text, '-', '')"
+"""`evt_` and 32 hex digits: what a receiver de-duplicates on."""
+
+
+class EventSubscription(CreatedAt, Base):
+    """A receiver of outbound events: its URL, the types it wants and the secret that signs them.
+
+    The secret is stored as given back once at creation (it must be readable to sign: an HMAC key).
+    `delivered_through` is the delivery's cursor: every event with a smaller or equal id was delivered
+    to it or given up on (`event_deliveries`); it starts at the newest event when the subscription is
+    made, so a new subscriber gets what happens from then on. `company_id` (a company-bound key's
+    subscription) limits it to that company's events."""
+
+    __tablename__ = "event_subscriptions"
+
+    id: Mapped[int] = _bigint_pk()
+    url: Mapped[str]
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret: Mapped[str]
+    description: Mapped[str | None]
+    company_id: Mapped[str | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    created_by: Mapped[str]
+    delivered_through: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    disabled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("url ~ '^https?://'", name="url_http"),
+        CheckConstraint("cardinality(event_types) >= 1", name="event_types_not_empty"),
+        CheckConstraint("char_length(secret) >= 32", name="secret_length"),
+    )
+
+
+class OutboundEvent(Base):
+    """One thing that happened, written in the transaction that made it happen (the outbox).
+
+    `id` is the global order of occurrence (delivery follows it); `event_id` (`evt_...`) is what a
+    receiver de-duplicates on. `dedupe_key` is unique: a change replayed by a retried activity
+    writes no second event. The payload holds ids and amounts, never names or phone numbers."""
+
+    __tablename__ = "outbound_events"
+
+    id: Mapped[int] = _bigint_pk()
+    event_id: Mapped[str] = mapped_column(unique=True, server_default=text(EVENT_ID_DEFAULT))
+    type: Mapped[str]
+    object_type: Mapped[str]
+    object_id: Mapped[str]
+    company_id: Mapped[str | None]
+    payload: Mapped[Any] = mapped_column(JSONB)
+    dedupe_key: Mapped[str] = mapped_column(unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(
+        server_default=func.clock_timestamp(), doc="when the row was written (not the transaction's start)"
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("type", OUTBOUND_EVENT_TYPES), name="type"),
+        Index("ix_outbound_events_occurred_at", "occurred_at"),
+        Index("ix_outbound_events_object_type_object_id", "object_type", "object_id"),
+        Index("ix_outbound_events_type_id", "type", "id"),
+    )
+
+
+class EventDelivery(Base):
+    """A subscription's delivery of one event: its attempts, the receiver's last answer, the outcome.
+
+    Written by the delivery (`activities/events/delivery.py`) as it tries; `pending` with `replay`
+    set is an operator's redelivery (`jobctl events replay`), delivered before the next new event."""
+
+    __tablename__ = "event_deliveries"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("event_subscriptions.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbound_events.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(server_default="pending")
+    replay: Mapped[bool] = mapped_column(server_default=text("false"))
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    last_status: Mapped[int | None] = mapped_column(doc="the receiver's last HTTP status (None: no answer)")
+    last_error: Mapped[str | None]
+    queued_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), doc="the event's occurrence, or an operator's replay: give-up counts from it"
+    )
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("subscription_id", "event_id"),
+        CheckConstraint(_in("status", EVENT_DELIVERY_STATUSES), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_event_deliveries_event_id", "event_id"),
+    )

@@ -38,6 +38,13 @@ from schemas import search_attributes
 from tests import properties
 from workers import migrate
 
+# No developer's `temporal` CLI profile reaches the tests' clients (workers/temporal_client.py reads
+# envconfig): none in process, and none in the `jobctl` subprocesses that drop TEMPORAL_* variables
+# (the CLI's default file is under XDG_CONFIG_HOME on Linux).
+os.environ["TEMPORAL_CONFIG_FILE"] = os.devnull
+os.environ.pop("TEMPORAL_PROFILE", None)
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="jobctl-test-config-")
+
 # The ledger property tests' profiles (tests/properties.py): HYPOTHESIS_PROFILE=money is `make test-money`.
 if properties.PROFILE != "default":
     hypothesis.settings.load_profile(properties.PROFILE)

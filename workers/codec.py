@@ -49,6 +49,11 @@ class EncryptionCodec(PayloadCodec):
         keys = parse_encryption_keys(value)
         return cls(keys, current=next(iter(keys)))
 
+    @property
+    def current_key_id(self) -> str:
+        """The id of the key that encrypts (the first of PAYLOAD_ENCRYPTION_KEY)."""
+        return self._current
+
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         cipher = self._ciphers[self._current]
         encoded = []

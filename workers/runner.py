@@ -11,7 +11,7 @@ import structlog
 from activities.database import create_engine
 from config.settings import Settings
 from workers.process import PROBE_TIMEOUT_S, database_problem, stop_on_signals, temporal_problem
-from workers.temporal_client import connect
+from workers.temporal_client import TemporalUnreachable, client_options, connect, describe_target
 from workers.worker import WorkerOptions, build_workers, run_workers
 
 log = structlog.get_logger(__name__)
@@ -36,13 +36,18 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
 async def check_dependencies(settings: Settings, database_url: str) -> list[str]:
     """`jobctl worker --check`: what is not reachable (empty when ready)."""
     problems = []
+    where = settings.temporal_address
     try:
+        where = describe_target(client_options(settings))
         client = await asyncio.wait_for(connect(settings), timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; reported, not raised
-        problems.append(f"Temporal at {settings.temporal_address}: {type(exc).__name__}: {exc}".splitlines()[0])
+        if isinstance(exc, TemporalUnreachable):
+            problems.append(str(exc).splitlines()[0])
+        else:
+            problems.append(f"Temporal at {where}: {type(exc).__name__}: {exc}".splitlines()[0])
     else:
         if (problem := await temporal_problem(client)) is not None:
-            problems.append(f"Temporal at {settings.temporal_address}: {problem}")
+            problems.append(f"Temporal at {where}: {problem}")
     engine = create_engine(database_url, pool_size=1)
     try:
         if (problem := await database_problem(engine)) is not None:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.events.outbox import emit
 from activities.messaging.outbox import QuietHours
 from config.settings import get_settings
 from schemas.churn import CaseAction, CaseContext, DecideNudge, LoadCase, NudgeDecision
@@ -248,7 +249,7 @@ class ChurnActivities:
             )
             if inserted is None:
                 return False
-            await conn.execute(
+            membership_id = await conn.scalar(
                 text(
                     "UPDATE recovery_cases SET"
                     " attempts = attempts + CASE WHEN :sent THEN 1 ELSE 0 END,"
@@ -256,7 +257,7 @@ class ChurnActivities:
                     " incentive_applied_at = CASE WHEN :incentive THEN now() ELSE incentive_applied_at END,"
                     " status = COALESCE(CAST(:close AS text), status),"
                     " closed_at = CASE WHEN CAST(:close AS text) IS NULL THEN closed_at ELSE now() END"
-                    " WHERE id = :case AND company_id = :company"
+                    " WHERE id = :case AND company_id = :company RETURNING membership_id"
                 ),
                 {
                     "sent": action.nudge_sent,
@@ -266,6 +267,16 @@ class ChurnActivities:
                     "company": action.company_id,
                 },
             )
+            if action.close_as is not None:  # a case closes once: the event's key is the case's
+                await emit(
+                    conn,
+                    "churn.case.closed",
+                    "churn_case",
+                    action.case_id,
+                    {"case_id": action.case_id, "membership_id": membership_id, "status": action.close_as},
+                    company_id=action.company_id,
+                    dedupe_key=str(action.case_id),
+                )
             if action.close_as in ("TERMINATED", "CANCELLED"):
                 await conn.execute(
                     text(

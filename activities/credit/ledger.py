@@ -823,7 +823,12 @@ async def flag_dispute(
         actor=actor,
         reference=f"dispute:{dispute_id}",
         old={"disputed": payment.disputed_at is not None, "dispute_id": payment.dispute_id},
-        new={"disputed": True, "dispute_id": dispute_id, "payment": payment.reference},
+        new={
+            "disputed": True,
+            "dispute_id": dispute_id,
+            "payment": payment.reference,
+            "credit_transaction_id": credit_id,
+        },
         reason=f"dispute {dispute_id} opened at Stripe on payment {payment.reference}",
     )
     paused = False

@@ -28,6 +28,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.events.outbox import emit
 from activities.loyalty.errors import UnknownCustomer
 from activities.loyalty.ledger import adjust_points, apply_points
 from schemas import ids, search_attributes
@@ -96,6 +97,11 @@ WHERE id = :id AND status = 'PENDING'
 RETURNING {_COLUMNS}
 """
 )
+REVIEW_COUNT = text(
+    "SELECT count(*) FROM outbound_events"
+    " WHERE object_type = 'loyalty_item' AND object_id = CAST(:id AS text) AND type = 'loyalty.item.needs_review'"
+)
+"""How many times the item went to review before: the n-th time's event key (a reopened item can go again)."""
 REOPEN = text(
     f"""
 UPDATE loyalty_reconciliation_queue SET status = 'PENDING', updated_at = now()
@@ -287,6 +293,20 @@ class LoyaltyQueueActivities:
                 .first()
             )
             item = _item(row) if row else await _read(conn, request.item_id)
+            if row:  # it moved to NEEDS_REVIEW now (a retry finds it there and writes nothing)
+                await emit(
+                    conn,
+                    "loyalty.item.needs_review",
+                    "loyalty_item",
+                    item.item_id,
+                    {
+                        "item_id": item.item_id,
+                        "customer_id": item.customer_id,
+                        "order_id": item.order_id,
+                        "attempts": item.attempts,
+                    },
+                    dedupe_key=f"{item.item_id}:{await conn.scalar(REVIEW_COUNT, {'id': item.item_id})}",
+                )
         log.warning("loyalty.needs_review", item_id=item.item_id, customer_id=item.customer_id, status=item.status)
         return item
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
@@ -193,6 +194,22 @@ def _pay_the_demo_link_and_see_the_pause_lift(stack: DevStack) -> None:
     ), profile
 
 
+def _the_example_receiver_shows_verified_events(stack: DevStack) -> None:
+    """The stack's own subscription: the demo's guardrails pauses and the money loop's payment reach
+    the example receiver, every signature verified."""
+    base = stack.wait_for(r"Events:\s+(http://\S+)/events", timeout=5).group(1)
+    deadline, seen = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/_receiver/events", timeout=5) as response:
+            seen = json.loads(response.read())
+        types = {event["type"] for event in seen["events"]}
+        if {"credit.paused", "payment.recorded"} <= types:
+            break
+        time.sleep(0.5)
+    assert {"credit.paused", "payment.recorded"} <= {e["type"] for e in seen["events"]}, seen
+    assert seen["rejected"] == 0
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
     stack = DevStack(home, grpc_port, ui_port, _free_port())
@@ -246,6 +263,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         assert counters.get("messages_sent_total") and counters.get("job_duration_count"), counters
 
         _pay_the_demo_link_and_see_the_pause_lift(stack)
+        _the_example_receiver_shows_verified_events(stack)
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]

@@ -40,6 +40,8 @@ DIRECTORY_PATHS = {"retailers", "shop-orders", "companies", "customers"}
 
 def needed_scope(method: str, template: str) -> str:
     family = template.split("/")[2]
+    if family == "event-subscriptions":  # the events family's other collection
+        family = "events"
     if template == "/v1/orders/validate":
         return "orders:read"
     if template == "/v1/shop-orders/{external_id}/checkout-started":

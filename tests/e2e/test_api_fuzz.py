@@ -85,6 +85,9 @@ WATCHED_TABLES = (
     "customers",
     "messaging_brake",
     "recipient_opt_outs",
+    "event_subscriptions",
+    "event_deliveries",
+    "outbound_events",
 )
 """The money and state tables a refused request must not write from the API's connections
 (api_idempotency_keys, api_keys' last use, processed_webhook_events and the message log are

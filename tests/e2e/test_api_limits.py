@@ -126,7 +126,8 @@ async def test_a_company_bound_key_gets_nothing_of_another_company_on_any_route(
 ) -> None:
     """Walks every operation of the OpenAPI document with a key bound to one company holding every
     scope (as a key created before creation refused that would): 403 on every route whose data has
-    no company; on churn's, another company's objects are 403 (or 404) and a list holds only its own."""
+    no company; on churn's, another company's objects are 403 (or 404) and a list holds only its own;
+    on the events', a list holds only its company's events and subscriptions."""
     ours, _, _ = await new_member(engine, offsets=[30])
     theirs, their_member, _ = await new_member(engine, offsets=[30])
     key = await bound_key_by_hand(engine, ours)
@@ -149,6 +150,15 @@ async def test_a_company_bound_key_gets_nothing_of_another_company_on_any_route(
             body = valid_settings
         response = await http.request(method, path, json=body, headers=key)
         walked += 1
+        if template.startswith(("/v1/events", "/v1/event-subscriptions")):  # confined like churn's
+            if response.is_success:
+                assert method == "GET", (method, path, response.text)
+                listed = response.json()
+                items = listed if isinstance(listed, list) else listed["items"]
+                assert {i["company_id"] for i in items} <= {ours}
+            else:
+                assert response.status_code in (404, 422), (method, path, response.status_code, response.text)
+            continue
         if not template.startswith("/v1/churn/"):
             assert_problem(response, 403)
             continue

@@ -17,9 +17,32 @@ def _compose() -> dict:
 
 def test_services_are_temporal_on_postgres_with_ui_and_admin_tools() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgresql", "temporal", "temporal-admin-tools", "temporal-ui"}
+    assert set(services) == {
+        "postgresql",
+        "temporal-admin-tools",
+        "temporal",
+        "temporal-create-namespace",
+        "temporal-ui",
+    }
     assert services["temporal"]["environment"]["DB"].startswith("postgres")
-    assert services["temporal"]["depends_on"]["postgresql"]["condition"] == "service_healthy"
+    assert services["temporal-admin-tools"]["depends_on"]["postgresql"]["condition"] == "service_healthy"
+    assert services["temporal"]["depends_on"]["temporal-admin-tools"]["condition"] == (
+        "service_completed_successfully"
+    ), "the server starts on a schema set up (or upgraded) first"
+
+
+def test_images_are_the_maintained_ones_at_one_version() -> None:
+    """auto-setup is deprecated; the server and its admin tools move together, the UI is recent
+    enough for worker versioning (2.36+)."""
+    services = _compose()["services"]
+    images = {name: service["image"] for name, service in services.items()}
+    assert not any("auto-setup" in image for image in images.values())
+    server = images["temporal"].removeprefix("temporalio/server:")
+    assert images["temporal-admin-tools"] == images["temporal-create-namespace"] == f"temporalio/admin-tools:{server}"
+    version = server.split(":-")[-1].rstrip("}")
+    assert tuple(int(p) for p in version.split(".")[:2]) >= (1, 30), version
+    ui = images["temporal-ui"].split(":-")[-1].rstrip("}")
+    assert tuple(int(p) for p in ui.split(".")[:2]) >= (2, 36), ui
 
 
 def test_ports_match_what_jobctl_expects_and_stay_on_loopback() -> None:
@@ -29,8 +52,17 @@ def test_ports_match_what_jobctl_expects_and_stay_on_loopback() -> None:
     assert services["postgresql"]["ports"] == ["127.0.0.1:5432:5432"]
 
 
-def test_admin_tools_register_every_custom_search_attribute() -> None:
-    command = " ".join(_compose()["services"]["temporal-admin-tools"]["command"])
-    for key in search_attributes.ALL:
-        assert key.name in command
-    assert "--type Keyword" in command
+def test_the_schema_setup_covers_both_databases_and_jobctl_bootstrap_does_the_rest() -> None:
+    compose = _compose()
+    setup = " ".join(compose["services"]["temporal-admin-tools"]["command"])
+    assert "setup-schema" in setup and "update-schema" in setup and "temporal_visibility" in setup
+    namespace = " ".join(compose["services"]["temporal-create-namespace"]["command"])
+    assert (
+        "namespace describe --namespace default" in namespace and "|| temporal operator namespace create" in namespace
+    )
+    text = COMPOSE.read_text()
+    assert "jobctl bootstrap" in text, "the header says what makes the namespace ready for the worker"
+    for key in search_attributes.ALL:  # registered by `jobctl bootstrap`, one path for every cluster
+        assert key.name not in text
+    dynamic = COMPOSE.parent / "docs" / "docker" / "dynamicconfig.yaml"
+    assert yaml.safe_load(dynamic.read_text())["system.forceSearchAttributesCacheRefreshOnRead"][0]["value"] is True

@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 DESCRIPTION = """Durable background jobs on Temporal, for a shop's backend.
 
 Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>`. Each
-route needs one scope; a key bound to a company holds churn and directory scopes only and sees
-only that company's churn data, company and members. Every POST accepts `Idempotency-Key`: the
-same key and body replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another
-body is 422. A body above 1 MB (API_MAX_BODY_BYTES) is 413, JSON nested past the parser 400.
-Errors are RFC 9457 problem details naming the field at fault.
+route needs one scope; a key bound to a company holds churn, directory and events scopes only and
+sees only that company's churn data, company, members and events. Every POST accepts
+`Idempotency-Key`: the same key and body replays the first answer for 24 hours
+(IDEMPOTENCY_RETENTION_HOURS), another body is 422. A body above 1 MB (API_MAX_BODY_BYTES) is 413,
+JSON nested past the parser 400. Errors are RFC 9457 problem details naming the field at fault.
 
 Scopes: """ + "; ".join(f"`{s}` {d}" for s, d in SCOPES.items())
 

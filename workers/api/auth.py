@@ -8,11 +8,12 @@ is told 403 for anything else whether or not it exists.
 
 Only churn's data and the directory's companies and members carry a company (retailers, orders,
 loyalty items, insights have none; the messaging brake is every company's), so a bound key may
-hold churn and directory scopes only: any other is refused when the key is created, and refused
+hold churn, directory and events scopes only: any other is refused when the key is created, and refused
 again at every route (a key created before this rule, or written to the table by hand, must not
 read every retailer's credit). A directory scope reaches only the routes that declare company
 data (`require(..., company_data=True)`: its own company and members); on retailers, orders and
-customers a bound key is 403 even with `directory:*`.
+customers a bound key is 403 even with `directory:*`. The events scopes reach its company's
+(churn) events and subscriptions only.
 """
 
 from __future__ import annotations
@@ -80,10 +81,11 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-COMPANY_SCOPED_FAMILIES = frozenset({"churn", "directory"})
+COMPANY_SCOPED_FAMILIES = frozenset({"churn", "directory", "events"})
 """The families with rows that carry a company_id: a bound key may hold their scopes."""
-EVERY_ROUTE_COMPANY_DATA = frozenset({"churn"})
-"""The families whose every route confines a bound key to its company (churn's data all has one).
+EVERY_ROUTE_COMPANY_DATA = frozenset({"churn", "events"})
+"""The families whose every route confines a bound key to its company (churn's data all has one;
+the events routes filter events and subscriptions by the key's company).
 The directory's do so only where they say so (`require(..., company_data=True)`)."""
 
 

@@ -42,7 +42,8 @@ def keys_create(
         str, typer.Option("--scopes", help="Comma-separated, e.g. orders:write,credit:read.", show_default=False)
     ],
     company: Annotated[
-        str | None, typer.Option("--company", help="Confine the key to this company's churn data (churn scopes only).")
+        str | None,
+        typer.Option("--company", help="Confine the key to this company's churn data and events (those scopes only)."),
     ] = None,
     as_json: Json = False,
 ) -> None:

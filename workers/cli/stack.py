@@ -1,4 +1,4 @@
-"""`jobctl dev|worker|webhooks|codec-server|migrate` and the dev tools: the processes jobctl runs.
+"""`jobctl dev|worker|bootstrap|webhooks|codec-server|migrate` and the dev tools: the processes jobctl runs.
 
 The dev tools (`dev`, `seed`, `twilio-emulator`, `stripe-sandbox`) live in `devtools/`, loaded only
 when their command runs; where the dev extra is not installed they say so in one line (exit 2).
@@ -94,6 +94,38 @@ def worker(
     run(lambda: run_worker_process(s, database_url, queues))
 
 
+@stack_app.command()
+def bootstrap(
+    codec_server: Annotated[
+        str | None,
+        typer.Option(
+            "--codec-server",
+            help="Also check this codec server (URL) decodes with the same key (CODEC_SERVER_TOKEN).",
+        ),
+    ] = None,
+) -> None:
+    """Make the namespace ready for the worker: search attributes, singleton workflows, schedules,
+    codec key. Idempotent: a second run reports every step unchanged. Exit 1 when a step fails."""
+    from workers.bootstrap import bootstrap as run_bootstrap
+    from workers.temporal_client import client_options, connect, describe_target
+
+    s = settings()
+    where = describe_target(client_options(s))  # a bad setting: exit 2 before connecting
+    token = s.codec_server_token.get_secret_value() if s.codec_server_token else None
+
+    async def _bootstrap() -> list[Any]:
+        return await run_bootstrap(await connect(s), s, codec_server=codec_server, codec_token=token)
+
+    typer.echo(f"bootstrapping {where}")
+    steps = run(_bootstrap)
+    for step in steps:
+        typer.echo(step.line())
+    failed = [step for step in steps if step.failed]
+    if failed:
+        typer.echo(f"bootstrap: {len(failed)} step(s) failed", err=True)
+        raise typer.Exit(1)
+
+
 @stack_app.command("twilio-emulator")
 def twilio_emulator(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8089,
@@ -169,24 +201,41 @@ def codec_server(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
 ) -> None:
-    """Serve /encode and /decode so the Temporal UI shows decrypted payloads to token holders."""
+    """Serve /encode and /decode so the Temporal UI shows decrypted payloads to signed-in users
+    (their OIDC access token, CODEC_OIDC_ISSUER) and to CODEC_SERVER_TOKEN holders."""
     from workers.codec import EncryptionCodec
+    from workers.codec_server import OidcVerifier
     from workers.codec_server import run as run_codec_server
 
     s = settings()
     if not s.payload_encryption_key:
         raise UsageError("PAYLOAD_ENCRYPTION_KEY is not set: there is nothing to decode")
-    if not s.codec_server_token:
-        raise UsageError("CODEC_SERVER_TOKEN is not set: the codec server never runs without a token")
+    if not s.codec_server_token and not s.codec_oidc_issuer:
+        raise UsageError(
+            "neither CODEC_SERVER_TOKEN nor CODEC_OIDC_ISSUER is set: the codec server never runs without a credential"
+        )
     configure_logging(s)
     origins = {o.strip() for o in s.codec_cors_origins.split(",") if o.strip()}
-    typer.echo(f"codec server on http://{host}:{port} (UI origins: {', '.join(sorted(origins))})")
+    oidc = None
+    if s.codec_oidc_issuer:
+        assert s.codec_oidc_audience  # the settings refuse an issuer without an audience
+        oidc = OidcVerifier(
+            s.codec_oidc_issuer,
+            s.codec_oidc_audience,
+            s.codec_oidc_jwks_url,
+            ttl_seconds=s.codec_oidc_jwks_ttl_seconds,
+        )
+    accepts = [name for name, on in (("OIDC access tokens", oidc), ("CODEC_SERVER_TOKEN", s.codec_server_token)) if on]
+    typer.echo(
+        f"codec server on http://{host}:{port} (UI origins: {', '.join(sorted(origins))}; accepts {', '.join(accepts)})"
+    )
     run_codec_server(
         EncryptionCodec.from_setting(s.payload_encryption_key.get_secret_value()),
-        s.codec_server_token.get_secret_value(),
+        s.codec_server_token.get_secret_value() if s.codec_server_token else None,
         origins,
         host,
         port,
+        oidc,
     )
 
 

@@ -9,6 +9,7 @@ from workers.families import (
     churn,
     credit,
     directory,
+    events,
     imports,
     insights,
     loyalty,
@@ -34,6 +35,7 @@ FAMILIES: tuple[Family, ...] = (
     payments.FAMILY,
     retention.FAMILY,
     directory.FAMILY,
+    events.FAMILY,
     imports.FAMILY,
 )
 

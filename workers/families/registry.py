@@ -66,6 +66,13 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "payload_encryption_key",
     "codec_server_token",
     "codec_cors_origins",
+    # a real cluster (issue #35)
+    "temporal_tls_server_ca",
+    "temporal_tls_server_name",
+    "codec_oidc_issuer",
+    "codec_oidc_audience",
+    "codec_oidc_jwks_url",
+    "codec_oidc_jwks_ttl_seconds",
     "log_format",
     "log_level",
     "metrics_bind",

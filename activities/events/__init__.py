@@ -1,0 +1,1 @@
+"""Outbound events: the outbox (`outbox.emit`, the audit trigger) and their signed delivery."""
