@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-money fuzz lint fmt install bench clean openapi client-check
+.PHONY: run run-empty import-examples test test-fast test-money fuzz lint fmt install bench bench-imports clean openapi client-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -18,6 +18,21 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/jobctl dev --demo
+
+# The stack with no demo data: your own comes in with `jobctl import` (README, "Importing your data").
+run-empty: $(STAMP)
+	$(VENV)/bin/jobctl dev
+
+# Every example file of examples/import/ into the running stack (`make run-empty` in another
+# terminal), dependencies first; a second run finds each file imported and changes nothing.
+IMPORT_EXAMPLES := retailers:retailers.csv credit_accounts:credit_accounts.csv \
+	credit_transactions:credit_transactions.csv orders:orders.csv companies:companies.jsonl \
+	memberships:memberships.jsonl recovery_cases:recovery_cases.csv customers:customers.csv \
+	loyalty_balances:loyalty_balances.csv
+import-examples: $(STAMP)
+	@set -e; for pair in $(IMPORT_EXAMPLES); do \
+		$(VENV)/bin/jobctl import $${pair%%:*} examples/import/$${pair#*:}; \
+	done
 
 # Every tier: unit, workflows (mocked activities), activities (real PostgreSQL), e2e (dev server,
 # real worker processes, emulators), replay, devtools.
@@ -68,6 +83,10 @@ fmt: $(STAMP)
 # Every benchmark, 3 runs each on a quiet machine; the medians go to docs/BENCHMARKS.md's summary.
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+# `jobctl import` of 50,000 retailers with accounts against a plain COPY, 3 quiet runs (issue #34).
+bench-imports: $(STAMP)
+	$(PY) benchmarks/bench.py --only imports
 
 clean:
 	rm -rf .jobctl

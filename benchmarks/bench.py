@@ -66,6 +66,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "churn": ["benchmarks/churn.py", "--cases", "10000", "--nudges", "200"],
     "loyalty": ["benchmarks/loyalty.py", "--applications", "5000", "--hot", "10", "--cold", "1000", "--queued", "200"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "2000"],
+    # Issue #34's 50,000 retailers with their credit accounts through `jobctl import`, beside a plain COPY.
+    "imports": ["benchmarks/imports.py", "--retailers", "50000"],
 }
 
 # `--small`: the same benchmarks at sizes that end in a minute or two, to check that each runs and
@@ -93,6 +95,7 @@ SMALL: dict[str, list[str]] = {
     "churn": ["benchmarks/churn.py", "--cases", "300", "--nudges", "20"],
     "loyalty": ["benchmarks/loyalty.py", "--applications", "200", "--hot", "10", "--cold", "200", "--queued", "20"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "150"],
+    "imports": ["benchmarks/imports.py", "--retailers", "2000"],
 }
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}

@@ -24,6 +24,13 @@ PHONE_EXAMPLE = "+14155550123"
 PHONE_EXPECTED = f"give it in E.164, e.g. {PHONE_EXAMPLE}"
 
 
+_KINDS: dict[str, int] = {}
+"""E.164 number -> its `PhoneNumberType`, as `e164` found it: `reaches_whatsapp` asks next, and an
+import validates thousands of rows a second (parsing and matching a number is most of a retailer
+row's validation: docs/BENCHMARKS.md, imports). Bounded: cleared at `_KINDS_MAX`."""
+_KINDS_MAX = 65_536
+
+
 def e164(value: str) -> str:
     """`value` as an E.164 number (`+` country code, national number), or ValueError saying why."""
     import phonenumbers
@@ -34,9 +41,15 @@ def e164(value: str) -> str:
         number = phonenumbers.parse(value.strip(), None)
     except phonenumbers.NumberParseException:
         raise ValueError(f"not a phone number with a country code; {PHONE_EXPECTED}") from None
-    if not phonenumbers.is_valid_number(number):
+    # `is_valid_number` is "its region's metadata gives it a type": one match, kept for WhatsApp
+    kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         raise ValueError(f"not a valid number for any region; {PHONE_EXPECTED}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[formatted] = kind
+    return formatted
 
 
 def reaches_whatsapp(phone: str) -> bool:
@@ -44,7 +57,9 @@ def reaches_whatsapp(phone: str) -> bool:
     does not tell apart from a landline (the United States, Canada). A landline never does."""
     import phonenumbers
 
-    kind = phonenumbers.number_type(phonenumbers.parse(phone, None))
+    kind = _KINDS.get(phone)
+    if kind is None:
+        kind = phonenumbers.number_type(phonenumbers.parse(phone, None))
     return kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
 
 

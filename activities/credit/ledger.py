@@ -4,7 +4,8 @@ Here, and nowhere else, money is written (a reminder's marks on a debit, `remind
 `reminder_sent_at`, stay with the reminders):
 - `credit_transactions`: a credit order's DEBIT (`debit_order`), an admin's charge (`charge`), a
   payment's or a favourable adjustment's CREDIT and its allocation to the oldest open debits
-  (`record_credit`), the spending of a credit balance on new debits (`apply_credit_balance`), and
+  (`record_credit`), the spending of a credit balance on new debits (`apply_credit_balance`), an
+  opening debit from another system's books (`import_debit`, `jobctl import`), and
   the reversal of a failed order's debit (`reverse_order_debit`), and what a Stripe payment gives
   back, a refund or a lost dispute (`refund_payment`), and its dispute flag (`flag_dispute`,
   `close_dispute`);
@@ -427,6 +428,72 @@ async def charge(
     )
     cleared = await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
     return Charge(debit_id, amount, False, cleared)
+
+
+INSERT_IMPORTED_DEBIT = text(
+    """
+INSERT INTO credit_transactions
+    (retailer_id, type, amount, cleared_amount, status, cleared_at, due_date, reference, notes)
+VALUES (:r, 'DEBIT', :amount, :cleared,
+        CASE WHEN :cleared >= :amount THEN 'CLEARED' WHEN :cleared > 0 THEN 'PARTIALLY_PAID' ELSE 'OPEN' END,
+        CASE WHEN :cleared >= :amount THEN now() END, :due, :ref, :notes)
+ON CONFLICT (retailer_id, type, reference) DO NOTHING
+RETURNING id
+"""
+)
+
+EXISTING_IMPORTED_DEBIT = text(
+    "SELECT id, amount, cleared_amount, due_date FROM credit_transactions"
+    " WHERE retailer_id = :r AND type = 'DEBIT' AND reference = :ref"
+)
+
+
+@dataclass(frozen=True)
+class ImportedDebit:
+    debit_id: int
+    duplicate: bool
+    amount: Decimal
+    cleared_amount: Decimal
+    due: date
+
+
+async def import_debit(
+    conn: AsyncConnection,
+    retailer_id: int,
+    amount: Decimal,
+    *,
+    cleared: Decimal,
+    due: date,
+    reference: str,
+    notes: str,
+    actor: str,
+) -> ImportedDebit:
+    """An opening DEBIT from another system's books (`jobctl import credit_transactions`): `amount`
+    of which `cleared` was paid there, due on `due`. Available credit by the rule, audited
+    `debit_imported`; any credit balance clears what is still owed. Idempotent by (retailer,
+    reference): a repeat writes nothing and returns the first one (the caller compares). Takes
+    the retailer's lock; `UnknownRetailer` if there is none."""
+    await lock_retailer(conn, retailer_id)
+    params = {"r": retailer_id, "ref": reference}
+    debit_id = await conn.scalar(
+        INSERT_IMPORTED_DEBIT, params | {"amount": amount, "cleared": cleared, "due": due, "notes": notes}
+    )
+    if debit_id is None:
+        existing = (await conn.execute(EXISTING_IMPORTED_DEBIT, params)).one()
+        return ImportedDebit(existing.id, True, existing.amount, existing.cleared_amount, existing.due_date)
+    await conn.execute(REFRESH_AVAILABLE, {"r": retailer_id})
+    await audit(
+        conn,
+        retailer_id,
+        "debit_imported",
+        actor=actor,
+        reference=reference,
+        new={"debit_id": debit_id, "amount": str(amount), "cleared_amount": str(cleared), "due_date": str(due)},
+        reason=notes,
+    )
+    if cleared < amount:
+        await apply_credit_balance(conn, retailer_id, actor=actor, reference=reference)
+    return ImportedDebit(debit_id, False, amount, cleared, due)
 
 
 # --------------------------------------------------------------------------- a failed order's reversal

@@ -10,6 +10,7 @@ from workers.families import (
     credit,
     directory,
     events,
+    imports,
     insights,
     loyalty,
     messaging,
@@ -35,6 +36,7 @@ FAMILIES: tuple[Family, ...] = (
     retention.FAMILY,
     directory.FAMILY,
     events.FAMILY,
+    imports.FAMILY,
 )
 
 
