@@ -70,9 +70,10 @@ class Refusal:
     """The row's index in the batch given."""
     field: str | None
     reason: str
-    code: str = "DirectoryRefused"
-    """Stable, for programs (the API's problem `code`): `Unknown...` (404 at the API: what the row
-    names does not exist), else a conflict with the stored state (409)."""
+    code: str = "directory_refused"
+    """Stable, for programs (the API's problem `code`, listed in `workers/api/problems.py` CODES):
+    `unknown_...` (404 at the API: what the row names does not exist), else a conflict with the
+    stored state (409)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _last_of_each(
                     last[k],
                     field_name,
                     "given again later in the same batch; the later row is the one written",
-                    "DuplicateInBatch",
+                    "duplicate_in_batch",
                 )
             )
         last[k] = index
@@ -179,7 +180,7 @@ async def _write(
         except IntegrityError as error:
             constraint = _constraint(error) or ""
             field_name = next((c for c in _UNIQUE_FIELDS if constraint.endswith(c)), None)
-            code = "StripeIdTaken" if field_name and field_name.startswith("stripe") else "Conflict"
+            code = "stripe_id_taken" if field_name and field_name.startswith("stripe") else "value_taken"
             what = field_name or constraint or "a unique key"
             result.refused.append(
                 Refusal(index, field_name, f"{what}: another row holds this value (written meanwhile)", code)
@@ -404,7 +405,7 @@ async def upsert_credit_accounts(conn: AsyncConnection, rows: Sequence[CreditAcc
                     index,
                     "retailer_external_id",
                     f"no retailer {external_id}",
-                    "UnknownRetailer",
+                    "unknown_retailer",
                 )
             )
         else:
@@ -431,7 +432,7 @@ async def upsert_credit_accounts(conn: AsyncConnection, rows: Sequence[CreditAcc
                         index,
                         None,
                         "the account was opened by another writer meanwhile; send the row again",
-                        "ChangedMeanwhile",
+                        "changed_meanwhile",
                     )
                 )
     for rid in sorted(existing):
@@ -464,7 +465,7 @@ async def _change_account(
             "currency",
             f"retailer {row.retailer_external_id} has open debits in {stored.currency}:"
             " the currency can change once they are paid",
-            "CurrencyLocked",
+            "currency_locked",
         )
     recheck = None
     try:
@@ -496,7 +497,7 @@ async def _change_account(
             index,
             first,
             f"the credit ledger refused the change ({type(error.orig).__name__})",
-            "LimitsRefused",
+            "limits_refused",
         )
     return True, recheck
 
@@ -561,7 +562,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             index,
             "retailer_external_id",
             f"order {row.external_id} is another retailer's",
-            "OrderOfAnotherRetailer",
+            "order_of_another_retailer",
         )
     if stored.status != row.status and row.status not in ORDER_MOVES[stored.status]:
         moves = ", ".join(sorted(ORDER_MOVES[stored.status])) or "nothing: it is final"
@@ -569,7 +570,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             index,
             "status",
             f"order {row.external_id} is {stored.status}; it may move to {moves}",
-            "OrderStatusRefused",
+            "order_status_refused",
         )
     if stored.placed and row.status in ("FAILED", "CANCELLED") and stored.status != row.status:
         return Refusal(
@@ -577,7 +578,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             "status",
             f"order {row.external_id} was placed on credit: report its failure at"
             f" POST /v1/orders/{stored.id}/failed, which gives the credit back",
-            "OrderStatusRefused",
+            "order_status_refused",
         )
     if (stored.placed or stored.clocked) and (
         stored.payment_mode != row.payment_mode or stored.total_amount != row.amount
@@ -588,7 +589,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             what,
             f"order {row.external_id} was placed or its checkout started as {stored.payment_mode}"
             f" for {stored.total_amount:,.2f}: that cannot change",
-            "OrderPlaced",
+            "order_placed",
         )
     return None
 
@@ -616,7 +617,7 @@ async def upsert_orders(conn: AsyncConnection, rows: Sequence[OrderIn], *, actor
                     index,
                     "retailer_external_id",
                     f"no retailer {row.retailer_external_id}",
-                    "UnknownRetailer",
+                    "unknown_retailer",
                 )
             )
             continue
@@ -815,7 +816,7 @@ def _stripe_refusals(
                         index,
                         column,
                         f"{value} is another row's already",
-                        "StripeIdTaken",
+                        "stripe_id_taken",
                     )
                 )
                 refused.add(index)
@@ -848,7 +849,7 @@ async def upsert_members(conn: AsyncConnection, rows: Sequence[MemberIn], *, act
                     index,
                     "company_id",
                     f"no company {key[0]}",
-                    "UnknownCompany",
+                    "unknown_company",
                 )
             )
             del last[key]

@@ -288,5 +288,5 @@ async def test_a_stripe_id_claimed_after_the_check_refuses_that_row_only(
     ]
     async with engine.begin() as conn:
         result = await directory.upsert_members(conn, batch, actor=ACTOR)
-    assert [(r.index, r.field, r.code) for r in result.refused] == [(0, "stripe_subscription_id", "StripeIdTaken")]
+    assert [(r.index, r.field, r.code) for r in result.refused] == [(0, "stripe_subscription_id", "stripe_id_taken")]
     assert [u.external_id for u in result.upserted] == ["third"]

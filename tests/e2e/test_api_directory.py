@@ -125,11 +125,11 @@ async def test_a_raised_limit_lifts_a_system_pause_before_the_answer(
         409,
         "body.currency",
     )
-    assert problem["code"] == "CurrencyLocked"
+    assert problem["code"] == "currency_locked"
     unknown = assert_problem(
         await http.put(f"/v1/retailers/{_id('nobody')}/credit-account", json={}, headers=headers), 404
     )
-    assert unknown["code"] == "UnknownRetailer"
+    assert unknown["code"] == "unknown_retailer"
 
 
 async def test_a_shop_order_put_then_its_checkout_started_by_its_own_id(
@@ -151,13 +151,13 @@ async def test_a_shop_order_put_then_its_checkout_started_by_its_own_id(
     confirmed = await http.put(f"/v1/shop-orders/{order}", json={**body, "status": "CONFIRMED"}, headers=headers)
     assert confirmed.status_code == 200 and confirmed.json()["status"] == "CONFIRMED"
     back = assert_problem(await http.put(f"/v1/shop-orders/{order}", json=body, headers=headers), 409, "body.status")
-    assert back["code"] == "OrderStatusRefused"
+    assert back["code"] == "order_status_refused"
     other_amount = {**body, "status": "CONFIRMED", "amount": "1.00"}  # its checkout started: the amount stays
     assert_problem(await http.put(f"/v1/shop-orders/{order}", json=other_amount, headers=headers), 409, "body.amount")
     assert_problem(await http.post(f"/v1/shop-orders/{_id('nope')}/checkout-started", headers=headers), 404)
     orphan = {**body, "retailer_external_id": _id("nobody")}
     assert assert_problem(await http.put(f"/v1/shop-orders/{_id('o')}", json=orphan, headers=headers), 404)["code"] == (
-        "UnknownRetailer"
+        "unknown_retailer"
     )
 
 
@@ -198,7 +198,7 @@ async def test_a_company_bound_key_reaches_its_own_company_and_members_only(
         409,
         "body.stripe_subscription_id",
     )
-    assert twin["code"] == "StripeIdTaken"
+    assert twin["code"] == "stripe_id_taken"
     try:
         await create_key(engine, _id("k"), ["directory:write", "credit:read"], ours)
     except ApiKeyRefused as refused:

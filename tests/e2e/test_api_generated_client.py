@@ -88,3 +88,67 @@ async def test_a_generated_client_calls_the_api(
 
     shown = await _module("api.orders.get_order").asyncio_detailed(987654321, client=client)
     assert shown.status_code == 404 and shown.parsed.code == "unknown_order"
+
+
+async def test_a_generated_client_brings_the_business_data_in_and_subscribes_to_its_events(
+    client_package: ModuleType,
+    api_settings: Settings,
+    engine: AsyncEngine,
+    dev_env: WorkflowEnvironment,
+    running_workers: None,
+) -> None:
+    """The shop's backend, written against the generated client alone: its retailer, credit account
+    and order go in by its own ids (PUT: 201 new, 200 again with nothing changed), the order's
+    checkout clock starts by the shop's order id, and it subscribes to the events it wants."""
+    app = create_app(api_settings, engine, dev_env.client)
+    headers = await new_key(engine, "directory:read", "directory:write", "orders:write", "events:write", "events:read")
+    transport = httpx.ASGITransport(app=app)
+    client = _module("client").AuthenticatedClient(
+        base_url="http://api",
+        token=headers["Authorization"].removeprefix("Bearer "),
+        httpx_args={"transport": transport},
+        timeout=httpx.Timeout(60),
+    )
+    models = _module("models")
+    shop, order = f"gen-shop-{uuid.uuid4().hex[:8]}", f"gen-order-{uuid.uuid4().hex[:8]}"
+
+    put_retailer = _module("api.directory.put_retailer")
+    body = models.RetailerFields(name="Gen Traders", phone="+91 98765 43210", timezone="Asia/Kolkata", locale="en-IN")
+    created = await put_retailer.asyncio_detailed(shop, client=client, body=body)
+    again = await put_retailer.asyncio_detailed(shop, client=client, body=body)
+    assert (created.status_code, again.status_code) == (201, 200), created.content
+    assert isinstance(created.parsed, models.RetailerOut) and created.parsed.phone == "+919876543210"
+    assert again.parsed.id == created.parsed.id
+
+    account = await _module("api.directory.put_credit_account").asyncio_detailed(
+        shop, client=client, body=models.CreditAccountFields(credit_limit="25000.5", currency="INR")
+    )
+    assert account.status_code == 201 and account.parsed.available_credit == "25000.50"
+
+    cod = models.OrderFieldsPaymentMode.COD
+    put_order = _module("api.directory.put_shop_order")
+    refused = await put_order.asyncio_detailed(
+        order, client=client, body=models.OrderFields(retailer_external_id="nobody", amount="10", payment_mode=cod)
+    )
+    assert refused.status_code == 404 and refused.parsed.code == "unknown_retailer"
+    recorded = await put_order.asyncio_detailed(
+        order, client=client, body=models.OrderFields(retailer_external_id=shop, amount="480", payment_mode=cod)
+    )
+    assert recorded.status_code == 201 and recorded.parsed.amount == "480.00"
+    clock = await _module("api.directory.start_shop_order_checkout").asyncio_detailed(
+        order, client=client, body=models.ShopCheckoutStarted(follow_up_after_seconds=3600)
+    )
+    assert clock.status_code == 200, clock.content
+    assert clock.parsed.order_id == recorded.parsed.id and clock.parsed.state == models.PendingOrderStatusState.PENDING
+
+    subscription = await _module("api.events.create_event_subscription").asyncio_detailed(
+        client=client,
+        body=models.NewSubscription(
+            url="https://shop.example/hooks/jobctl", event_types=["credit.paused", "order.expired"]
+        ),
+        idempotency_key=f"subscribe-{shop}",
+    )
+    assert subscription.status_code == 201, subscription.content
+    assert subscription.parsed.secret.startswith("whsec_")
+    listed = await _module("api.events.list_event_subscriptions").asyncio(client=client)
+    assert subscription.parsed.id in [s.id for s in listed]

@@ -105,6 +105,16 @@ CODES: dict[str, Code] = {
     "order_of_another_customer": Code(409, "the order's points were applied to another customer"),
     "order_applied_differently": Code(409, "the order's points were applied with another redemption"),
     "points_overflow": Code(409, "the balance would pass the ledger's limit"),
+    # directory (PUT by the business's own ids)
+    "directory_refused": Code(409, "the row cannot be written in the directory's present state"),
+    "duplicate_in_batch": Code(409, "the same id comes again later in the batch (imports): the later row is written"),
+    "stripe_id_taken": Code(409, "another row holds this Stripe id"),
+    "value_taken": Code(409, "another row holds this unique value"),
+    "changed_meanwhile": Code(409, "another writer changed the row at the same moment: retry"),
+    "currency_locked": Code(409, "the account's currency cannot change while debits are open"),
+    "limits_refused": Code(409, "the credit ledger refused the new limits"),
+    "order_status_refused": Code(409, "the order's status cannot move back, or to that status by PUT"),
+    "order_placed": Code(409, "a placed credit order fails through POST /v1/orders/{order_id}/failed (credit back)"),
     # messaging
     "brake_already_paused": Code(409, "messaging is paused already"),
     "brake_not_paused": Code(409, "messaging is not paused: nothing to resume"),

@@ -49,7 +49,10 @@ api = router("/v1", "directory")
 ExternalIdPath = Annotated[str, Path(pattern=EXTERNAL_ID, description="the business's own id")]
 CompanyIdPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the company's slug")]
 
-PUT_RESPONSES: dict[int | str, dict[str, Any]] = {201: {"description": "created"}, **responses(404, 409)}
+
+def put_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """A PUT answers the stored row: 201 when it created it, 200 when it was there (changed or not)."""
+    return {201: {"model": model, "description": "created"}, **responses(404, 409)}
 
 
 def confined(checked: Any) -> Any:
@@ -169,12 +172,12 @@ async def _put(
     stack: Stack, response: Response, write: Any, row: Any, caller: Principal, kind: str, **read: Any
 ) -> dict[str, Any]:
     """Write one row through the directory's writer in its own transaction, do what follows the
-    commit, and answer the stored row (201 if new). A refusal is 404 (`Unknown...`) or 409."""
+    commit, and answer the stored row (201 if new). A refusal is 404 (`unknown_...`) or 409."""
     async with stack.engine.begin() as conn:
         result: directory.BatchResult = await write(conn, [row], actor=caller.name)
     if result.refused:
         [refusal] = result.refused
-        status = 404 if refusal.code.startswith("Unknown") else 409
+        status = 404 if refusal.code.startswith("unknown_") else 409
         field = f"body.{refusal.field}" if refusal.field else None
         raise Problem(status, refusal.reason, field=field, code=refusal.code)
     if result.effects:
@@ -202,7 +205,7 @@ async def _get(stack: Stack, kind: str, *, external_id: str, company_id: str | N
     operation_id="putCreditAccount",
     summary="Open or change a retailer's credit account",
     response_model=CreditAccountOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(CreditAccountOut),
 )
 async def put_credit_account(
     external_id: ExternalIdPath,
@@ -214,7 +217,7 @@ async def put_credit_account(
     """A new account has all of its limit available. A changed limit goes through the credit
     ledger (available credit follows, audited); when it may lift a system pause or now pause the
     retailer, the guardrails are re-checked before the answer, which shows the resulting
-    `credit_status`. The currency cannot change while debits are open (409 `CurrencyLocked`)."""
+    `credit_status`. The currency cannot change while debits are open (409 `currency_locked`)."""
     row = CreditAccountIn(retailer_external_id=external_id, **body.model_dump())
     return await _put(
         stack, response, directory.upsert_credit_accounts, row, caller, "credit_account", external_id=external_id
@@ -240,7 +243,7 @@ async def get_credit_account(
     operation_id="putRetailer",
     summary="Create or update a retailer",
     response_model=RetailerOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(RetailerOut),
 )
 async def put_retailer(
     external_id: ExternalIdPath,
@@ -300,7 +303,7 @@ async def shop_order_checkout_started(
     operation_id="putShopOrder",
     summary="Record a shop order",
     response_model=ShopOrderOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(ShopOrderOut),
 )
 async def put_shop_order(
     external_id: ExternalIdPath,
@@ -311,7 +314,7 @@ async def put_shop_order(
 ) -> dict[str, Any]:
     """Record the order (history for the insights; the row a checkout's clock needs). Recording
     takes no credit: placing it does (`POST /v1/orders/{order_id}/placement`). Its status moves
-    forward only (409 `OrderStatusRefused`); a placed credit order fails through
+    forward only (409 `order_status_refused`); a placed credit order fails through
     `POST /v1/orders/{order_id}/failed`, which gives its credit back."""
     row = OrderIn(external_id=external_id, **body.model_dump())
     return await _put(stack, response, directory.upsert_orders, row, caller, "order", external_id=external_id)
@@ -339,7 +342,7 @@ async def get_shop_order(
     operation_id="putMember",
     summary="Create or update a company's member",
     response_model=MemberOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(MemberOut),
 )
 async def put_member(
     company_id: CompanyIdPath,
@@ -350,7 +353,7 @@ async def put_member(
     caller: Annotated[Principal, confined(require("directory:write", company_data=True))],
 ) -> dict[str, Any]:
     """The member named by the company's own member id. A Stripe customer or subscription id
-    another member holds is 409 `StripeIdTaken` (a webhook must find one member)."""
+    another member holds is 409 `stripe_id_taken` (a webhook must find one member)."""
     row = MemberIn(company_id=company_id, external_id=external_id, **body.model_dump())
     return await _put(
         stack, response, directory.upsert_members, row, caller, "member", external_id=external_id, company_id=company_id
@@ -379,7 +382,7 @@ async def get_member(
     operation_id="putCompany",
     summary="Create or update a company and its churn rules",
     response_model=CompanyOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(CompanyOut),
 )
 async def put_company(
     company_id: CompanyIdPath,
@@ -419,7 +422,7 @@ async def get_company(
     operation_id="putCustomer",
     summary="Create or update a loyalty customer",
     response_model=CustomerOut,
-    responses=PUT_RESPONSES,
+    responses=put_responses(CustomerOut),
 )
 async def put_customer(
     external_id: ExternalIdPath,
@@ -429,7 +432,7 @@ async def put_customer(
     caller: Annotated[Principal, require("directory:write")],
 ) -> dict[str, Any]:
     """The customer named by the business's own id. Points are never set here: they are the sum
-    of the loyalty ledger. A Stripe customer id another customer holds is 409 `StripeIdTaken`."""
+    of the loyalty ledger. A Stripe customer id another customer holds is 409 `stripe_id_taken`."""
     row = CustomerIn(external_id=external_id, **body.model_dump())
     return await _put(stack, response, directory.upsert_customers, row, caller, "customer", external_id=external_id)
 
