@@ -341,7 +341,7 @@ async def test_failure_reverses_the_credit_debit_and_tells_the_retailer(
     )
     (message,) = await sent_to(emulator, phone)
     assert f"could not complete order #{oid}" in message["body"]
-    assert "250.00 of credit is available to you again and 0.00 is back on your account balance" in message["body"]
+    assert "$250.00 of credit is available to you again and $0.00 is back on your account balance" in message["body"]
 
     again = await ActivityEnvironment().run(
         OrderActivities(engine).handle_order_failure, OrderFailure(order_id=oid, reason="again")
