@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="refuse to start a messaging worker while a WhatsApp template has no Content SID "
         "(default: with real Twilio)",
     )
+    message_locales: str | None = Field(
+        default=None,
+        description="the catalogue's locales this deployment sends, comma-separated (e.g. 'en,es'); a "
+        "recipient in another falls back to en, and only these need Content SIDs (default: every locale)",
+    )
     messages_per_second: float = Field(default=50.0, gt=0)
     messaging_paused_recheck_seconds: float = Field(
         default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"

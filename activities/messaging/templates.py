@@ -20,7 +20,7 @@ import re
 import string
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,22 @@ class Catalogue:
             if t.whatsapp
             for v in t.variants.values()
             if not v.content_sid
+        )
+
+    def in_locales(self, locales: Iterable[str]) -> Catalogue:
+        """Only the texts of `locales` (and the default locale's, every kind's fallback): what a
+        deployment that sends those languages sends, and so the SIDs it needs. A recipient in
+        another locale falls back as `Template.variant` does."""
+        keep = {DEFAULT_LOCALE, *(tag.strip() for tag in locales if tag.strip())}
+        unknown = keep - {v.locale for t in self.templates.values() for v in t.variants.values()}
+        if unknown:
+            raise CatalogueError(f"no texts in the catalogue for locale(s) {', '.join(sorted(unknown))}")
+        return replace(
+            self,
+            templates={
+                k: replace(t, variants={loc: v for loc, v in t.variants.items() if loc in keep})
+                for k, t in self.templates.items()
+            },
         )
 
     def with_content_sids(self, sids: Mapping[str, Mapping[str, str]], source: str | None = None) -> Catalogue:

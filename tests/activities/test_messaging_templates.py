@@ -121,6 +121,26 @@ async def test_without_a_content_sid_the_worker_refuses_to_start_naming_the_temp
     assert message_catalogue(settings_for(strict, twilio_content_sids_file=str(sids))).missing_content_sids() == []
 
 
+async def test_a_deployment_that_sends_english_only_needs_only_the_english_sids(
+    strict: TwilioEmulator, tmp_path: Path
+) -> None:
+    """MESSAGE_LOCALES names the languages a deployment sends: the start-up check asks SIDs of
+    those only, and a recipient in another locale gets the English text (the fallback)."""
+    sids = tmp_path / "sids.toml"
+    from activities.messaging.templates import write_content_sids
+
+    write_content_sids(sids, {kind: {"en": by["en"]} for kind, by in dev_content_sids().items() if "en" in by})
+    with pytest.raises(SettingsError) as refused:
+        message_catalogue(settings_for(strict, twilio_content_sids_file=str(sids)))
+    assert ".es" in str(refused.value) and ".en" not in str(refused.value)
+    english = message_catalogue(settings_for(strict, twilio_content_sids_file=str(sids), message_locales="en"))
+    assert english.missing_content_sids() == []
+    reminder = english.get("payment_reminder_overdue")
+    assert reminder.variant("es-ES").locale == "en"
+    with pytest.raises(SettingsError, match="MESSAGE_LOCALES: no texts in the catalogue for locale"):
+        message_catalogue(settings_for(strict, message_locales="en,xx"))
+
+
 def test_with_real_twilio_the_sids_are_required_and_with_the_emulator_not() -> None:
     real = Settings(
         twilio_account_sid="AC" + "0" * 32,

@@ -84,6 +84,11 @@ def message_catalogue(settings: Settings) -> Catalogue:
         catalogue = load_catalogue(settings.twilio_content_sids_file)
     except (CatalogueError, OSError) as exc:
         raise SettingsError(f"TWILIO_CONTENT_SIDS_FILE: {exc}") from None
+    if settings.message_locales:
+        try:
+            catalogue = catalogue.in_locales(settings.message_locales.split(","))
+        except CatalogueError as exc:
+            raise SettingsError(f"MESSAGE_LOCALES: {exc}") from None
     if settings.content_sids_required and (missing := catalogue.missing_content_sids()):
         raise SettingsError(
             f"TWILIO_CONTENT_SIDS_FILE: no WhatsApp Content SID for {', '.join(missing)} (docs/OPERATIONS.md)"
@@ -115,6 +120,7 @@ FAMILY = Family(
         "twilio_api_base",
         "twilio_content_sids_file",
         "twilio_require_content_sids",
+        "message_locales",
         "messages_per_second",
         "messaging_paused_recheck_seconds",
         "message_daily_cap",
