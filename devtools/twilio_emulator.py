@@ -1115,7 +1115,10 @@ class TwilioEmulator:
         self._runner = runner
         host, port = runner.addresses[0][:2]
         self._url = f"http://{_url_host(host)}:{port}"
-        log.info("twilio_emulator.listening", url=self._url, **self.state.config.as_json())
+        config = self.state.config.as_json()
+        # the registered templates' texts are the catalogue's: their count, not a screenful per start
+        config["content_templates"] = len(config.get("content_templates") or {})
+        log.info("twilio_emulator.listening", url=self._url, **config)
         return self
 
     async def stop(self) -> None:
