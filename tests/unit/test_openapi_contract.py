@@ -19,8 +19,8 @@ from workers.api.problems import CODES, PROBLEM_TYPE_BASE, problem_response, ref
 
 ROOT = Path(__file__).parents[2]
 DOCUMENT = openapi_document()
-PUBLIC = {"getHealth", "getReadiness", "openPayLink"}
-"""The operations that need no API key (the pay link's token is its capability)."""
+PUBLIC = {"getHealth", "getReadiness", "openPayLink", "openManageLink"}
+"""The operations that need no API key (the pay and manage links' tokens are their capabilities)."""
 
 
 def operations() -> list[tuple[str, str, dict[str, Any]]]:

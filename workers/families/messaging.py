@@ -31,6 +31,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
     from datetime import timedelta
 
+    from activities.churn.managelinks import manage_secret
     from activities.messaging.links import MessageLinks
     from activities.messaging.outbox import QuietHours
     from activities.messaging.send import MessagingActivities, Senders, SendPolicy
@@ -62,9 +63,10 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
         per_second=settings.send_rate,
         links=MessageLinks(
             deps.engine,
-            deps.stripe,
             checkout_url_template=settings.order_checkout_url_template,
             manage_url=settings.churn_manage_url,
+            public_base_url=settings.public_base_url,
+            manage_secret=manage_secret(settings),
         ),
     )
 
