@@ -136,9 +136,9 @@ class Settings(BaseSettings):
     `https://shop.example.com/checkout/{order_external_id}` (placeholders `{order_id}`,
     `{order_external_id}`); unset, the follow-up goes without a link."""
     churn_manage_url: str | None = None
-    """CHURN_MANAGE_URL: where a member with no Stripe customer manages their membership, and where
-    Stripe's customer portal sends the others back (placeholder `{company_id}`); unset, a member
-    with no Stripe customer gets no link."""
+    """CHURN_MANAGE_URL: where a nudge's `/manage/{token}` link sends a member with no Stripe customer,
+    and where Stripe's customer portal sends the others back (placeholder `{company_id}`); unset, a
+    member with no Stripe customer gets no nudge (no link to give)."""
     manage_link_secret: SecretStr | None = None
     """MANAGE_LINK_SECRET: the HMAC key that signs a churn nudge's `{PUBLIC_BASE_URL}/manage/{token}`
     link (the messaging worker signs, `jobctl api` checks: both need the same). Unset: ACTOR_HASH_KEY

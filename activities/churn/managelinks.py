@@ -133,4 +133,3 @@ async def open_manage_link(
         if url is not None:
             return ManageOutcome("portal", url)
     return ManageOutcome("fallback", fallback) if fallback else ManageOutcome("no_page")
-

@@ -457,9 +457,7 @@ class StripeGateway:
 
     # -- customer portal ------------------------------------------------------------------------
 
-    async def billing_portal_session(
-        self, membership_id: int, *, return_url: str | None, key: str
-    ) -> str | None:
+    async def billing_portal_session(self, membership_id: int, *, return_url: str | None, key: str) -> str | None:
         """The URL of a new Stripe Billing customer-portal session for the member, where they update
         their card or undo a cancellation; None when the member has no Stripe customer (no call).
         Made when the member opens a nudge's manage link (`activities/churn/managelinks.py`), under

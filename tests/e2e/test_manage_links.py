@@ -38,12 +38,16 @@ async def stripe_requests(sandbox: StripeSandbox) -> dict:
         return await response.json()
 
 
-async def nudged_link(http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator, member: int, company: str, phone: str) -> str:
+async def nudged_link(
+    http: httpx.AsyncClient, engine: AsyncEngine, emulator: TwilioEmulator, member: int, company: str, phone: str
+) -> str:
     """The `/manage/{token}` path of a manual nudge sent to the member through the API."""
     headers = await new_key(engine, "churn:read", "churn:write", company=company, name=f"m-{uuid.uuid4().hex[:6]}")
     opened = await http.post("/v1/churn/cases", json={"membership_id": member}, headers=headers)
     assert opened.status_code == 201, opened.text
-    nudged = await http.post(f"/v1/churn/cases/{opened.json()['case_id']}/nudge", json={"channel": "sms"}, headers=headers)
+    nudged = await http.post(
+        f"/v1/churn/cases/{opened.json()['case_id']}/nudge", json={"channel": "sms"}, headers=headers
+    )
     assert nudged.status_code == 200 and nudged.json()["outcome"] == "sent", nudged.text
     (message,) = await sent_to(emulator, phone)
     (token,) = LINK.findall(message["body"])

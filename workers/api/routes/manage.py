@@ -47,7 +47,12 @@ _PAGES: dict[str, tuple[int, str, str, str]] = {
         "Nothing to manage online",
         "Your membership cannot be managed online. Please contact us to update it.",
     ),
-    "throttled": (429, "rate_limited", "Too many requests", "This link was opened too often just now. Please try again in a minute."),
+    "throttled": (
+        429,
+        "rate_limited",
+        "Too many requests",
+        "This link was opened too often just now. Please try again in a minute.",
+    ),
     "unavailable": (
         503,
         "unavailable",
