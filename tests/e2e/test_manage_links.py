@@ -119,3 +119,13 @@ async def test_a_forged_unknown_or_expired_link_answers_a_page_saying_what_to_do
     page = await http.get(f"/manage/{expired}", headers={"Accept": "text/html"})
     assert page.status_code == 410 and "expired" in page.text and "latest message" in page.text
     assert assert_problem(await http.get(f"/manage/{expired}"), 410)["code"] == "manage_link_expired"
+
+
+async def test_a_link_opened_too_often_is_throttled_like_a_pay_link(
+    http: httpx.AsyncClient, engine: AsyncEngine, api_settings: Settings
+) -> None:
+    company, member, _ = await new_member(engine, offsets=[30], cap=5)
+    token = sign(manage_secret(api_settings), member, company, datetime.now(UTC).date())
+    answers = [await http.get(f"/manage/{token}") for _ in range(api_settings.pay_link_token_per_minute + 1)]
+    assert [a.status_code for a in answers[:-1]] == [303] * api_settings.pay_link_token_per_minute
+    assert assert_problem(answers[-1], 429)["code"] == "rate_limited" and int(answers[-1].headers["retry-after"]) > 0

@@ -59,6 +59,8 @@ def test_every_operation_documents_what_it_can_answer() -> None:
                 assert schema == {"$ref": "#/components/schemas/ProblemDetails"}, (where, status)
     pay = DOCUMENT["paths"]["/pay/{token}"]["get"]["responses"]
     assert {"303", "404", "410", "429", "503"} <= set(pay) and "Retry-After" in pay["429"]["headers"]
+    manage = DOCUMENT["paths"]["/manage/{token}"]["get"]
+    assert {"303", "404", "410", "429", "503"} <= set(manage["responses"]) and manage["security"] == []
 
 
 def test_every_request_body_has_an_example() -> None:
