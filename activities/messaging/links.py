@@ -21,7 +21,6 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
@@ -31,8 +30,6 @@ from activities.errors import permanent
 
 if TYPE_CHECKING:
     from schemas.messaging import SendMessage
-
-log = structlog.get_logger(__name__)
 
 LINK_FIELDS = frozenset({"checkout_link", "manage_link"})
 """Template variables this module makes at send time (a value a workflow passed is only a fallback)."""
