@@ -52,6 +52,7 @@ def parse_encryption_keys(value: str) -> dict[str, bytes]:
 URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "order_checkout_url_template": frozenset({"order_id", "order_external_id"}),
     "churn_manage_url": frozenset({"company_id"}),
+    "manage_return_url": frozenset({"company_id"}),
 }
 """The placeholders each URL template setting may use; any other is refused at settings load."""
 
@@ -150,9 +151,19 @@ class Settings(BaseSettings):
     `https://shop.example.com/checkout/{order_external_id}` (placeholders `{order_id}`,
     `{order_external_id}`); unset, the follow-up goes without a link."""
     churn_manage_url: str | None = None
-    """CHURN_MANAGE_URL: where a member with no Stripe customer manages their membership, and where
-    Stripe's customer portal sends the others back (placeholder `{company_id}`); unset, a member
-    with no Stripe customer gets no link."""
+    """CHURN_MANAGE_URL: where a nudge's `/manage/{token}` link sends a member with no Stripe customer,
+    and where Stripe's customer portal sends the others back (placeholder `{company_id}`); unset, a
+    member with no Stripe customer gets no nudge (no link to give)."""
+    manage_link_secret: SecretStr | None = None
+    """MANAGE_LINK_SECRET: the HMAC key that signs a churn nudge's `{PUBLIC_BASE_URL}/manage/{token}`
+    link (the messaging worker signs, `jobctl api` checks: both need the same). Unset: ACTOR_HASH_KEY
+    (required in production), else a fixed dev-only key; see `activities/churn/managelinks.py`."""
+    manage_link_days: int = Field(default=30, ge=1, le=366)
+    """MANAGE_LINK_DAYS: a nudge's manage link opens the customer portal this many days after it was
+    sent; later it answers 410 (the member opens the link of a newer message)."""
+    manage_return_url: str | None = None
+    """MANAGE_RETURN_URL: where Stripe's customer portal sends the member back (placeholder
+    `{company_id}`); unset, CHURN_MANAGE_URL."""
 
     message_daily_cap: int = Field(default=10, ge=0)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
@@ -226,7 +237,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// URL without a query")
         return value.rstrip("/")
 
-    @field_validator("order_checkout_url_template", "churn_manage_url")
+    @field_validator("order_checkout_url_template", "churn_manage_url", "manage_return_url")
     @classmethod
     def _url_template(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":

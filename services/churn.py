@@ -52,8 +52,7 @@ log = structlog.get_logger(__name__)
 
 def manage_link(settings: Settings, company_id: str) -> str:
     """The case's fallback link (CHURN_MANAGE_URL, "" when unset). A nudge's link is made as it goes
-    out (`activities/messaging/links.py`): a Stripe customer-portal session for a member with a
-    Stripe customer, else this URL."""
+    out (`activities/messaging/links.py`): the stable `{PUBLIC_BASE_URL}/manage/{token}`, else this URL."""
     if not settings.churn_manage_url:
         return ""
     return settings.churn_manage_url.format(company_id=quote(company_id, safe=""))

@@ -4,63 +4,72 @@
   (`{order_id}`, `{order_external_id}`); a database read, made before the message is claimed. Without
   the setting (or an order without the external id the template names) there is no link, and the
   send takes the newest version of the template that needs none (`order_followup` v1).
-- `manage_link` (the churn nudges): a Stripe Billing customer-portal session for a member with a
-  Stripe customer, made through the one Stripe gateway only once the outbox lets the message go
-  (a message held by quiet hours makes none: the session is short-lived), under
-  `billing-portal:{message key}`, so a retried send gets the same session and the same text; a
-  member without a customer (or one Stripe no longer knows) gets CHURN_MANAGE_URL (`{company_id}`),
-  or the link the case passed if that is unset.
+- `manage_link` (the churn nudges): a stable link of ours, `{PUBLIC_BASE_URL}/manage/{token}`
+  (`activities/churn/managelinks.py`), a token signed over the member, its company and the day the
+  send was first scheduled: no Stripe call at send time, and the same text on every retry. The
+  Stripe customer-portal session (short-lived) is made when the member clicks (`GET /manage/{token}`
+  on `jobctl api`). Without PUBLIC_BASE_URL the link is CHURN_MANAGE_URL (`{company_id}`), else
+  the link the case passed. A member with no Stripe customer and no CHURN_MANAGE_URL (nowhere to
+  send them) has no link: the nudge is refused (`NoManageLink`, permanent) rather than sent with
+  an empty link.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.exceptions import ApplicationError
+from temporalio import activity
 
+from activities.churn.managelinks import DEV_MANAGE_LINK_SECRET, company_url, manage_url, sign
 from activities.errors import permanent
 
 if TYPE_CHECKING:
-    from activities.payments.gateway import StripeGateway
     from schemas.messaging import SendMessage
-
-log = structlog.get_logger(__name__)
 
 LINK_FIELDS = frozenset({"checkout_link", "manage_link"})
 """Template variables this module makes at send time (a value a workflow passed is only a fallback)."""
 
 
+def _issue_date() -> date:
+    """A manage link's issue date: the day the send activity was first scheduled (its retries keep
+    it, so they render the same text); now outside an activity."""
+    if activity.in_activity():
+        return activity.info().scheduled_time.astimezone(UTC).date()
+    return datetime.now(UTC).date()
+
+
 @dataclass
 class Links:
-    """The links of one message: those made already, and the portal session still to make."""
+    """The links of one message, all made before it is claimed."""
 
     ready: dict[str, str] = field(default_factory=dict)
-    portal_member: int | None = None
-    fallback: str | None = None
 
     @property
     def later(self) -> set[str]:
-        return {"manage_link"} if self.portal_member is not None else set()
+        """Links made only as the message goes out: none any more (the portal session is made on click)."""
+        return set()
 
 
 class MessageLinks:
     def __init__(
         self,
         engine: AsyncEngine,
-        stripe: StripeGateway | None,
         *,
         checkout_url_template: str | None,
         manage_url: str | None,
+        public_base_url: str | None = None,
+        manage_secret: bytes = DEV_MANAGE_LINK_SECRET.encode(),
     ) -> None:
         self._engine = engine
-        self._stripe = stripe
         self._checkout = checkout_url_template
         self._manage = manage_url
+        self._base_url = public_base_url
+        self._secret = manage_secret
 
     async def prepare(self, request: SendMessage, wanted: set[str], params: dict[str, str]) -> Links | None:
         """The links of `wanted` (template variables) that can be had; None when one cannot."""
@@ -71,40 +80,26 @@ class MessageLinks:
                 return None
             links.ready["checkout_link"] = link
         if "manage_link" in wanted:
-            member = await self._member(request)
-            passed = params.get("manage_link") or None
-            links.fallback = (
-                self._manage.format(company_id=quote(member[1], safe="")) if self._manage and member else passed
-            )
-            if member is not None and member[0] and self._stripe is not None:
-                links.portal_member = int(request.recipient_id)
-            elif links.fallback:
-                links.ready["manage_link"] = links.fallback
-            else:
-                return None
+            links.ready["manage_link"] = await self._manage_link(request, params.get("manage_link") or None)
         return links
 
     async def finish(self, request: SendMessage, links: Links) -> dict[str, str]:
-        """Every link of `links`, the portal session made now (call only when the message goes out)."""
-        made = dict(links.ready)
-        if links.portal_member is None:
-            return made
-        assert self._stripe is not None
-        try:
-            url = await self._stripe.billing_portal_session(
-                links.portal_member, return_url=links.fallback, message_key=request.idempotency_key
-            )
-        except ApplicationError as error:
-            if not error.non_retryable or not links.fallback:
-                raise
-            log.warning("message.portal_refused", idempotency_key=request.idempotency_key, error_type=error.type)
-            url = None
-        if url is None:
-            if not links.fallback:
-                raise permanent("NoManageLink", f"no customer-portal link for member {links.portal_member}")
-            url = links.fallback
-        made["manage_link"] = url
-        return made
+        """Every link of `links` (all made by `prepare`)."""
+        return dict(links.ready)
+
+    async def _manage_link(self, request: SendMessage, passed: str | None) -> str:
+        member = await self._member(request)
+        fallback = company_url(self._manage, member[1]) if member is not None and self._manage else passed
+        if member is not None and self._base_url and (member[0] or self._manage):
+            token = sign(self._secret, int(request.recipient_id), member[1], _issue_date())
+            return manage_url(self._base_url, token)
+        if fallback:
+            return fallback
+        raise permanent(
+            "NoManageLink",
+            f"no manage link for {request.recipient_type} {request.recipient_id}: no Stripe customer and no"
+            " CHURN_MANAGE_URL (or no PUBLIC_BASE_URL)",
+        )
 
     async def _checkout_link(self, order_id: str | None) -> str | None:
         if not self._checkout or not order_id or not order_id.isdigit():

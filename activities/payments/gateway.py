@@ -20,11 +20,11 @@ of creating a second object:
 - ``payment-link-expire:{session id}``                 expiring a Checkout Session that was replaced
 - ``subscription-extend:{membership_id}:{request key}``  a trial extension
 - ``subscription-cancel:{membership_id}:{request key}``  a cancellation (now, or at period end)
-- ``billing-portal:{message key}``                     a churn nudge's customer-portal session
+- ``manage-link:{membership_id}:{click uuid}``       a customer-portal session, when a nudge's link is opened
 
-A customer-portal session (``billing_portal_session``) is made when its message goes out, one per
-message: the session is short-lived, so it is never made ahead (a message held by quiet hours makes
-none), and a retry of the send gets the same session, so the same text, from Stripe's replay.
+A customer-portal session (``billing_portal_session``) is made when the member opens the stable
+manage link of a churn nudge (``GET /manage/{token}``), one per click: the session is short-lived,
+so it is never made at send time, and a replayed one (same key) may already have expired.
 
 Stripe keeps keys for 24 h, far longer than any retry schedule we use. The Stripe customer id is
 stored on the owner's row once created, so later calls never create again.
@@ -457,16 +457,14 @@ class StripeGateway:
 
     # -- customer portal ------------------------------------------------------------------------
 
-    async def billing_portal_session(
-        self, membership_id: int, *, return_url: str | None, message_key: str
-    ) -> str | None:
+    async def billing_portal_session(self, membership_id: int, *, return_url: str | None, key: str) -> str | None:
         """The URL of a new Stripe Billing customer-portal session for the member, where they update
         their card or undo a cancellation; None when the member has no Stripe customer (no call).
-        Under ``billing-portal:{message_key}``: a retried send gets the same session."""
+        Made when the member opens a nudge's manage link (`activities/churn/managelinks.py`), under
+        the idempotency key `key` (one per click: a session lives minutes)."""
         customer, account = await self._owner("member", membership_id)
         if not customer:
             return None
-        key = f"billing-portal:{message_key}"
         params: dict[str, Any] = {"customer": customer}
         if return_url:
             params["return_url"] = return_url

@@ -1,13 +1,15 @@
-"""The links messages carry, made as they go out (issue #35): a churn nudge's Stripe customer-portal
-session (from the sandbox) and its text by what opened the case, and the order follow-up's link
-back to the checkout, read in the text the Twilio emulator received."""
+"""The links messages carry, made as they go out (issue #35): a churn nudge's stable manage link
+(`{PUBLIC_BASE_URL}/manage/{token}`, no Stripe call at send time; opening it makes the customer-portal
+session in the sandbox) and its text by what opened the case, and the order follow-up's link back
+to the checkout, read in the text the Twilio emulator received."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import aiohttp
 import pytest
@@ -15,21 +17,24 @@ import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.churn.cases import ChurnActivities
+from activities.churn.managelinks import DEV_MANAGE_LINK_SECRET, open_manage_link, parse
 from activities.messaging.links import MessageLinks
 from activities.messaging.send import MessagingActivities, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
 from activities.orders import OrderActivities
 from activities.payments.activities import PaymentActivities
 from activities.payments.gateway import StripeGateway
-from config.settings import SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from schemas.churn import CaseStatus
+from schemas.messaging import SendMessage
 from services import churn as churn_api
 from tests.activities.test_churn import SENDERS, actions, new_member, sent_to
 from tests.activities.test_orders import NO_QUIET_HOURS, new_order, start, zone_where
@@ -39,14 +44,23 @@ from workflows.orders import OrderFailureWorkflow, PendingOrderWorkflow
 
 CHECKOUT = "https://shop.example.test/checkout/{order_external_id}?o={order_id}"
 MANAGE = "https://billing.example.test/{company_id}/membership"
+BASE = "https://jobctl.example.test"
+LINK = re.compile(re.escape(BASE) + r"/manage/([A-Za-z0-9_.\-]+)$")
 
 
 @asynccontextmanager
 async def workers(
-    client: Client, engine: AsyncEngine, gateway: TwilioGateway, stripe_api: stripe.StripeClient, task_queue: str
+    client: Client,
+    engine: AsyncEngine,
+    gateway: TwilioGateway,
+    stripe_api: stripe.StripeClient,
+    task_queue: str,
+    *,
+    manage: str | None = MANAGE,
+    base_url: str | None = BASE,
 ) -> AsyncIterator[None]:
     stripe_gateway = StripeGateway(stripe_api, engine)
-    links = MessageLinks(engine, stripe_gateway, checkout_url_template=CHECKOUT, manage_url=MANAGE)
+    links = MessageLinks(engine, checkout_url_template=CHECKOUT, manage_url=manage, public_base_url=base_url)
     sends = MessagingActivities(
         engine, gateway, SENDERS, SendPolicy(daily_cap=10_000, quiet_hours=NO_QUIET_HOURS), links=links
     )
@@ -72,6 +86,10 @@ async def workers(
         yield
 
 
+def link_settings(**overrides: object) -> Settings:
+    return load_settings(**{"churn_manage_url": MANAGE, "public_base_url": BASE} | overrides)
+
+
 async def case_of(env: WorkflowEnvironment, engine: AsyncEngine, member: int, trigger: str, task_queue: str):
     settings = load_settings(task_queue=task_queue, messaging_task_queue=f"{task_queue}-msg", churn_manage_url=MANAGE)
     async with engine.connect() as conn:
@@ -84,7 +102,7 @@ async def case_of(env: WorkflowEnvironment, engine: AsyncEngine, member: int, tr
     ("trigger", "words"),
     [("payment_failed", "did not go through. Update your card"), ("cancel_at_period_end", "sorry to see you go")],
 )
-async def test_a_nudge_links_to_a_customer_portal_session_and_says_what_opened_the_case(
+async def test_a_nudge_carries_a_stable_manage_link_and_says_what_opened_the_case(
     time_skipping_env: WorkflowEnvironment,
     engine: AsyncEngine,
     gateway: TwilioGateway,
@@ -97,29 +115,43 @@ async def test_a_nudge_links_to_a_customer_portal_session_and_says_what_opened_t
 ) -> None:
     env = time_skipping_env
     _, member, phone = await new_member(engine, offsets=[0, 1], grace=30)
-    customer = await StripeGateway(stripe_api, engine).ensure_customer("member", member)
+    stripe_gateway = StripeGateway(stripe_api, engine)
+    customer = await stripe_gateway.ensure_customer("member", member)
+    before = await portal_sessions(sandbox)
     async with workers(env.client, engine, gateway, stripe_api, task_queue):
         case_id, handle = await case_of(env, engine, member, trigger, task_queue)
         await env.sleep(timedelta(days=1, hours=1))
         assert (await handle.query(ChurnCaseWorkflow.status)).attempts == 2
+        now = await env.get_current_time()
         await handle.terminate("test over")
+    assert await portal_sessions(sandbox) == before, "no customer-portal session at send time"
     first, second = sorted(await sent_to(emulator, phone), key=lambda m: m["date_created"])
-    portal = f"{sandbox.url}/portal/bps_"
+    tokens = []
     for message in (first, second):
-        assert words in message["body"] and portal in message["body"]
-    assert first["body"] != second["body"], "a session per message: each nudge has its own link"
+        assert words in message["body"], message["body"]
+        (token,) = LINK.findall(message["body"])
+        parsed = parse(token)
+        assert parsed is not None and parsed[0] == member
+        tokens.append(token)
     rows = [r for r in await actions(engine, case_id) if r.type.startswith("nudge_")]
     assert {r.meta["template"] for r in rows} == {
         "churn_nudge_payment_failed" if trigger == "payment_failed" else "churn_nudge_cancel_scheduled"
     }
-    # The session is the member's, made through the gateway; the message key is its idempotency key.
-    session_id = first["body"].rsplit("/portal/", 1)[1]
+    # Opening the link (what `GET /manage/{token}` does) makes the member's portal session then.
+    today = now.astimezone(UTC).date()
+    opened = await open_manage_link(engine, stripe_gateway, link_settings(), tokens[0], today=today)
+    assert opened.state == "portal" and opened.url and opened.url.startswith(f"{sandbox.url}/portal/bps_")
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{sandbox.url}/portal/{session_id}") as page:
+        async with http.get(opened.url) as page:
             assert page.status == 200 and customer.stripe_customer_id in await page.text()
 
 
-async def test_a_member_without_a_stripe_customer_gets_the_companys_manage_url(
+async def portal_sessions(sandbox: StripeSandbox) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{sandbox.url}/_sandbox/stats") as response:
+        return (await response.json())["by_endpoint"].get("POST /v1/billing_portal/sessions", 0)
+
+
+async def test_a_member_without_a_stripe_customer_is_sent_to_the_companys_manage_url(
     time_skipping_env: WorkflowEnvironment,
     engine: AsyncEngine,
     gateway: TwilioGateway,
@@ -132,32 +164,65 @@ async def test_a_member_without_a_stripe_customer_gets_the_companys_manage_url(
     async with workers(env.client, engine, gateway, stripe_api, task_queue):
         _, handle = await case_of(env, engine, member, "manual", task_queue)
         await env.sleep(timedelta(hours=1))
+        now = await env.get_current_time()
         await handle.terminate("test over")
     (message,) = await sent_to(emulator, phone)
-    assert message["body"].endswith(
-        f"Review or update your membership here: https://billing.example.test/{company}/membership"
+    assert "Review or update your membership here: " + BASE + "/manage/" in message["body"]
+    (token,) = LINK.findall(message["body"])
+    opened = await open_manage_link(
+        engine, StripeGateway(stripe_api, engine), link_settings(), token, today=now.astimezone(UTC).date()
     )
+    assert (opened.state, opened.url) == ("fallback", f"https://billing.example.test/{company}/membership")
 
 
 async def test_a_stale_stripe_customer_falls_back_to_the_manage_url(
-    time_skipping_env: WorkflowEnvironment,
-    engine: AsyncEngine,
-    gateway: TwilioGateway,
-    emulator: TwilioEmulator,
-    stripe_api: stripe.StripeClient,
-    task_queue: str,
+    engine: AsyncEngine, stripe_api: stripe.StripeClient
 ) -> None:
-    env = time_skipping_env
-    company, member, phone = await new_member(engine, offsets=[0], grace=30)
+    company, member, _ = await new_member(engine, offsets=[0], grace=30)
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE memberships SET stripe_customer_id = 'cus_gone' WHERE id = :m"), {"m": member})
-    async with workers(env.client, engine, gateway, stripe_api, task_queue):
-        _, handle = await case_of(env, engine, member, "payment_failed", task_queue)
-        await env.sleep(timedelta(hours=1))
-        await handle.terminate("test over")
-    (message,) = await sent_to(emulator, phone)
-    assert "did not go through" in message["body"]
-    assert message["body"].endswith(f"https://billing.example.test/{company}/membership")
+    links = MessageLinks(engine, checkout_url_template=None, manage_url=MANAGE, public_base_url=BASE)
+    request = SendMessage(
+        idempotency_key=f"t:{uuid.uuid4().hex}", recipient_type="member", recipient_id=str(member), template="x"
+    )
+    made = await links.prepare(request, {"manage_link"}, {})
+    assert made is not None and LINK.fullmatch(made.ready["manage_link"])
+    (token,) = LINK.findall(made.ready["manage_link"])
+    opened = await open_manage_link(engine, StripeGateway(stripe_api, engine), link_settings(), token)
+    assert (opened.state, opened.url) == ("fallback", f"https://billing.example.test/{company}/membership")
+    # ... and with no CHURN_MANAGE_URL either, a page saying to contact the company (the route's 404)
+    nowhere = await open_manage_link(
+        engine, StripeGateway(stripe_api, engine), link_settings(churn_manage_url=None), token
+    )
+    assert nowhere.state == "no_page" and nowhere.url is None
+
+
+async def test_without_a_customer_or_a_manage_url_the_nudge_is_refused_rather_than_sent_with_no_link(
+    engine: AsyncEngine,
+) -> None:
+    _, member, _ = await new_member(engine, offsets=[0], grace=30)
+    links = MessageLinks(engine, checkout_url_template=None, manage_url=None, public_base_url=BASE)
+    request = SendMessage(
+        idempotency_key=f"t:{uuid.uuid4().hex}", recipient_type="member", recipient_id=str(member), template="x"
+    )
+    with pytest.raises(ApplicationError) as refused:
+        await links.prepare(request, {"manage_link"}, {"manage_link": ""})
+    assert refused.value.type == "NoManageLink" and refused.value.non_retryable
+    # without PUBLIC_BASE_URL, the company's CHURN_MANAGE_URL itself
+    direct = MessageLinks(engine, checkout_url_template=None, manage_url=MANAGE, public_base_url=None)
+    made = await direct.prepare(request, {"manage_link"}, {})
+    assert made is not None and made.ready["manage_link"].startswith("https://billing.example.test/")
+
+
+def test_a_token_is_the_same_for_the_same_day_and_names_the_member() -> None:
+    from datetime import date
+
+    from activities.churn.managelinks import sign
+
+    secret = DEV_MANAGE_LINK_SECRET.encode()
+    day = date(2026, 12, 7)
+    assert sign(secret, 7, "co", day) == sign(secret, 7, "co", day) != sign(secret, 7, "co", day + timedelta(days=1))
+    assert parse(sign(secret, 7, "co", day))[:2] == (7, day)  # type: ignore[index]
 
 
 async def test_the_order_follow_up_links_back_to_the_checkout(

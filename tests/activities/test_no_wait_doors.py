@@ -64,6 +64,7 @@ async def settings(emulator: TwilioEmulator) -> Settings:
         quiet_hours_start=21,
         quiet_hours_end=8,
         message_daily_cap=10_000,
+        churn_manage_url="https://billing.example.test/{company_id}/membership",  # a nudge's link: none, no nudge
     )
 
 

@@ -53,6 +53,9 @@ def stack_settings(emulator: TwilioEmulator, sandbox: StripeSandbox, **overrides
                 "quiet_hours_end": 0,
                 "message_daily_cap": 10_000,
                 "public_base_url": API_BASE,  # the reminders' /pay/{token} links: the `http` client's app
+                # where a nudge's /manage/{token} link sends a member without a Stripe customer (unset,
+                # such a member gets no nudge: it would have no link)
+                "churn_manage_url": "https://billing.example.test/{company_id}/membership",
             }
             | overrides
         ),

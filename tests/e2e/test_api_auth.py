@@ -19,7 +19,7 @@ from workers.api.app import create_app, openapi_document
 from workers.api.auth import SCOPES, revoke_key
 
 DOCUMENT = Path(__file__).parents[2] / "docs" / "openapi.json"
-OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}"}  # /pay: the token is the capability
+OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}", "/manage/{token}"}  # the token is the capability
 
 
 def routes() -> list[tuple[str, str, str | None]]:

@@ -40,7 +40,7 @@ from workers.api.app import create_app, openapi_document
 from workers.api.auth import create_key
 from workers.api.server import serve_api
 
-OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}"}
+OPEN_ROUTES = {"/healthz", "/readyz", "/pay/{token}", "/manage/{token}"}
 TWO_MB = b'{"x":"' + b"a" * 2_000_000 + b'"}'
 DEEP = b"[" * 200_000 + b"]" * 200_000
 

@@ -19,8 +19,8 @@ from workers.api.problems import CODES, PROBLEM_TYPE_BASE, problem_response, ref
 
 ROOT = Path(__file__).parents[2]
 DOCUMENT = openapi_document()
-PUBLIC = {"getHealth", "getReadiness", "openPayLink"}
-"""The operations that need no API key (the pay link's token is its capability)."""
+PUBLIC = {"getHealth", "getReadiness", "openPayLink", "openManageLink"}
+"""The operations that need no API key (the pay and manage links' tokens are their capabilities)."""
 
 
 def operations() -> list[tuple[str, str, dict[str, Any]]]:
@@ -59,6 +59,8 @@ def test_every_operation_documents_what_it_can_answer() -> None:
                 assert schema == {"$ref": "#/components/schemas/ProblemDetails"}, (where, status)
     pay = DOCUMENT["paths"]["/pay/{token}"]["get"]["responses"]
     assert {"303", "404", "410", "429", "503"} <= set(pay) and "Retry-After" in pay["429"]["headers"]
+    manage = DOCUMENT["paths"]["/manage/{token}"]["get"]
+    assert {"303", "404", "410", "429", "503"} <= set(manage["responses"]) and manage["security"] == []
 
 
 def test_every_request_body_has_an_example() -> None:

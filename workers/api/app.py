@@ -35,7 +35,7 @@ DESCRIPTION = (
     """Durable background jobs on Temporal, for a shop's backend.
 
 Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>` (or
-`X-API-Key`); `/healthz`, `/readyz` and `/pay/{token}` need none. Each route needs one scope; a key
+`X-API-Key`); `/healthz`, `/readyz`, `/pay/{token}` and `/manage/{token}` need none. Each route needs one scope; a key
 bound to a company holds churn, directory and events scopes only and sees only that company's churn
 data, company, members and events. Every POST accepts `Idempotency-Key`: the same key and body
 replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another body is 422
@@ -102,6 +102,7 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     app.state.pay_limits = PayLinkLimits(settings)
+    app.state.manage_limits = PayLinkLimits(settings)  # /manage/{token}: the same throttles, its own budget
     problems.install(app)
     tags: dict[str, str | None] = {"health": "Liveness and readiness, for load balancers and orchestrators: no key."}
     for family in FAMILIES:

@@ -82,6 +82,9 @@ CODES: dict[str, Code] = {
     "no_insight": Code(404, "no insight was generated for the retailer (on that day)"),
     "unknown_pay_link": Code(404, "the payment link does not exist"),
     "pay_link_replaced": Code(410, "the payment link was replaced by a newer one"),
+    "unknown_manage_link": Code(404, "the membership link is malformed, forged, or names no membership"),
+    "manage_link_expired": Code(410, "the membership link is older than MANAGE_LINK_DAYS"),
+    "no_manage_page": Code(404, "the member has no Stripe customer and the company no CHURN_MANAGE_URL"),
     # placing an order (the retailer-facing reason is `detail`)
     "credit_paused": Code(409, "the retailer's credit is paused: cash on delivery only"),
     "account_blocked": Code(409, "the retailer's account is blocked: no orders"),
@@ -304,7 +307,7 @@ DESCRIPTIONS = {
     404: "The object named does not exist (`not_found`, or the `unknown_...` code naming what)",
     409: "The object's state refuses the request (`code` says why), or a request with this Idempotency-Key"
     " is still being answered (`idempotency_key_in_use`)",
-    410: "Gone (`pay_link_replaced`)",
+    410: "Gone (`pay_link_replaced`, `manage_link_expired`)",
     413: "The body is above API_MAX_BODY_BYTES (`body_too_large`)",
     422: "A parameter, header or body field is malformed (`validation_error`: `field` and `errors` name each),"
     " or the Idempotency-Key was used with another request (`idempotency_key_reused`)",

@@ -40,10 +40,10 @@ FAMILY = Family(
     workflows=_workflows,
     activities=_activities,
     stripe_handlers=_stripe_handlers,
-    routes=routes_of("churn"),
+    routes=lambda: [*routes_of("churn")(), *routes_of("manage")()],  # /manage/{token}: the nudges' links
     scopes={
         "churn:read": "list and show churn cases, read company settings",
         "churn:write": "open cases, nudge, incentives, end cases, change company settings",
     },
-    settings=("actor_hash_key",),
+    settings=("actor_hash_key", "manage_link_secret", "manage_link_days", "manage_return_url"),
 )

@@ -33,6 +33,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     """Twilio through the real SDK (the emulator when TWILIO_API_BASE is set)."""
     from datetime import timedelta
 
+    from activities.churn.managelinks import manage_secret
     from activities.messaging.links import MessageLinks
     from activities.messaging.outbox import QuietHours
     from activities.messaging.send import MessagingActivities, Senders, SendPolicy
@@ -66,9 +67,10 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
         catalogue=catalogue,
         links=MessageLinks(
             deps.engine,
-            deps.stripe,
             checkout_url_template=settings.order_checkout_url_template,
             manage_url=settings.churn_manage_url,
+            public_base_url=settings.public_base_url,
+            manage_secret=manage_secret(settings),
         ),
     )
 
