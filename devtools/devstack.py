@@ -282,6 +282,11 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 f"{settings.webhook_base_url}/webhooks/stripe",
                 settings.stripe_webhook_secret.get_secret_value(),
             )
+        if settings.stripe_api_base and not settings.churn_manage_url:
+            # a member Stripe does not know is sent to the company's own page (the sandbox's), by
+            # the nudge (worker) and by /manage/{token} (API)
+            manage = f"{settings.stripe_api_base}/membership/{{company_id}}"
+            settings = settings.model_copy(update={"churn_manage_url": manage})
         # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
         api_url = await stack.enter_async_context(api(settings, engine, client))
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})

@@ -28,6 +28,7 @@ class BillingPortal:
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/billing_portal/sessions", self.create)
         app.router.add_get("/portal/{id}", self.page)
+        app.router.add_get("/membership/{company_id}", self.company_page)
 
     async def create(self, request: web.Request) -> web.Response:
         if api_key_of(request.headers.get("Authorization")) is None:
@@ -60,6 +61,12 @@ class BillingPortal:
         }
         self.sessions[session_id] = session
         return web.json_response(session)
+
+    async def company_page(self, request: web.Request) -> web.Response:
+        """The dev stack's CHURN_MANAGE_URL: a company's own membership page, for members Stripe
+        does not know (a real deployment points CHURN_MANAGE_URL at the company's account page)."""
+        company = html.escape(request.match_info["company_id"])
+        return _page("Manage your membership (sandbox)", f"<p>{company}'s membership page: sign in to manage it.</p>")
 
     async def page(self, request: web.Request) -> web.Response:
         session = self.sessions.get(request.match_info["id"])
