@@ -124,6 +124,15 @@ class CreditPosition:
     credit_status: str
     available_credit: Decimal
     max_order_value: Decimal | None
+    currency: str = "USD"
+    """The account's (ISO 4217): a refusal's amounts are written in it, for the retailer's screen."""
+    locale: str | None = None
+
+    def money(self, amount: Decimal) -> str:
+        """`amount` as the retailer reads it (`₹1,00,000.00`, `1.234,56 €`)."""
+        from schemas.money import format_money
+
+        return format_money(amount, self.currency, self.locale)
 
 
 def validate_order_placement(position: CreditPosition, amount: Decimal, payment_mode: str) -> None:
@@ -147,11 +156,13 @@ def validate_order_placement(position: CreditPosition, amount: Decimal, payment_
         raise PlacementRefused("this account is blocked", code="account_blocked")
     if position.max_order_value is not None and amount > position.max_order_value:
         raise PlacementRefused(
-            f"the order exceeds the maximum order value of {position.max_order_value:,.2f}", code="over_max_order_value"
+            f"the order exceeds the maximum order value of {position.money(position.max_order_value)}",
+            code="over_max_order_value",
         )
     if amount > position.available_credit:
         raise PlacementRefused(
-            f"the order exceeds the available credit of {position.available_credit:,.2f}", code="over_credit_limit"
+            f"the order exceeds the available credit of {position.money(position.available_credit)}",
+            code="over_credit_limit",
         )
 
 
@@ -160,10 +171,15 @@ async def credit_position(engine: AsyncEngine, retailer_id: int) -> CreditPositi
         row = (
             await conn.execute(
                 text(
-                    "SELECT r.credit_status, ca.available_credit, ca.max_order_value FROM retailers r"
+                    "SELECT r.credit_status, ca.available_credit, ca.max_order_value, ca.currency, r.locale"
+                    " FROM retailers r"
                     " JOIN credit_accounts ca ON ca.retailer_id = r.id WHERE r.id = :r"
                 ),
                 {"r": retailer_id},
             )
         ).first()
-    return CreditPosition(row.credit_status, row.available_credit, row.max_order_value) if row else None
+    if row is None:
+        return None
+    return CreditPosition(
+        row.credit_status, row.available_credit, row.max_order_value, currency=row.currency, locale=row.locale
+    )

@@ -22,7 +22,7 @@ from activities.credit.guardrails import CreditPosition, PlacementRefused, valid
 
 LOCK_POSITION = text(
     """
-SELECT r.credit_status, ca.available_credit, ca.max_order_value, ca.payment_terms_days
+SELECT r.credit_status, ca.available_credit, ca.max_order_value, ca.payment_terms_days, ca.currency, r.locale
 FROM retailers r JOIN credit_accounts ca ON ca.retailer_id = r.id
 WHERE r.id = :r
 FOR UPDATE OF r, ca
@@ -100,7 +100,13 @@ async def place_order(
                     duplicate=True,
                 )
         validate_order_placement(
-            CreditPosition(position.credit_status, position.available_credit, position.max_order_value),
+            CreditPosition(
+                position.credit_status,
+                position.available_credit,
+                position.max_order_value,
+                currency=position.currency,
+                locale=position.locale,
+            ),
             amount,
             payment_mode,
         )

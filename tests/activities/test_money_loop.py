@@ -60,7 +60,7 @@ async def test_credit_orders_follow_the_seed_rules_and_write_one_debit(engine: A
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE credit_accounts SET max_order_value = 600 WHERE retailer_id = :r"), {"r": shop})
 
-    with pytest.raises(PlacementRefused, match="exceeds the maximum order value of 600.00"):
+    with pytest.raises(PlacementRefused, match=r"exceeds the maximum order value of \$600\.00"):
         await credit_api.place_order(engine, shop, await next_order_id(engine), Decimal("700"), "CREDIT", today=TODAY)
     order = await next_order_id(engine)
     placed = await credit_api.place_order(engine, shop, order, Decimal("550"), "CREDIT", today=TODAY)
@@ -75,7 +75,7 @@ async def test_credit_orders_follow_the_seed_rules_and_write_one_debit(engine: A
         ("DEBIT", Decimal("550.00"), "OPEN")
     ]
     assert await available(engine, shop) == Decimal("450")
-    with pytest.raises(PlacementRefused, match="exceeds the available credit of 450.00"):
+    with pytest.raises(PlacementRefused, match=r"exceeds the available credit of \$450\.00"):
         await credit_api.place_order(engine, shop, await next_order_id(engine), Decimal("500"), "CREDIT", today=TODAY)
 
     await change_status(engine, shop, "pause", reason="test", actor="admin-1")
