@@ -24,6 +24,7 @@ from temporalio import activity
 from activities.database import autocommit
 from schemas.insights import InsightMessages, InsightMessagesPage, InsightsChunk, InsightsChunkResult
 from schemas.messaging import SendMessage
+from schemas.money import format_money
 from schemas.tables import RetailerInsight
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ TOP_PRODUCTS = 3
 PAGE_STATS_SQL = text(
     """
 WITH page AS (
-    SELECT r.id, r.name
+    SELECT r.id, r.name, r.locale
     FROM retailers r
     WHERE r.id > :after_id
     ORDER BY r.id
@@ -97,7 +98,7 @@ SELECT p.id AS retailer_id, p.name,
        pay.on_time_rate, pay.avg_days_to_pay,
        coalesce(pay.outstanding, 0) AS outstanding,
        coalesce(pay.max_overdue_days, 0) AS max_overdue_days,
-       ca.credit_limit
+       ca.credit_limit, coalesce(ca.currency, 'USD') AS currency, p.locale
 FROM page p
 LEFT JOIN ord ON ord.retailer_id = p.id
 LEFT JOIN top ON top.retailer_id = p.id
@@ -150,6 +151,8 @@ class InsightStats:
     outstanding: Decimal
     max_overdue_days: int
     credit_limit: Decimal | None
+    currency: str = "USD"
+    locale: str | None = None
 
     @property
     def avg_order_value(self) -> Decimal:
@@ -178,13 +181,13 @@ def risk_level(max_overdue_days: int, utilisation: Decimal | None) -> str:
     return "LOW"
 
 
-def _money(value: Decimal) -> str:
-    return f"{value:,.2f}"
-
-
 def render_insight_message(stats: InsightStats) -> str:
     """The friendly WhatsApp text: what changed, what sells, and one nudge about credit."""
     first_name = (stats.name or "there").split()[0]
+
+    def money(value: Decimal) -> str:  # in the account's currency, as the retailer's locale writes it
+        return format_money(value, stats.currency, stats.locale)
+
     lines = [f"Hi {first_name}! Here is your month at a glance."]
     if stats.orders_30d:
         trend = ""
@@ -193,7 +196,7 @@ def render_insight_message(stats: InsightStats) -> str:
             trend = f" ({'up' if change >= 0 else 'down'} {abs(change):.0f}% on the month before)"
         lines.append(
             f"You placed {stats.orders_30d} order{'s' if stats.orders_30d != 1 else ''} worth "
-            f"{_money(stats.gmv_30d)}{trend}, {_money(stats.avg_order_value)} on average."
+            f"{money(stats.gmv_30d)}{trend}, {money(stats.avg_order_value)} on average."
         )
     else:
         lines.append("We have missed you: no orders in the last 30 days.")
@@ -236,6 +239,8 @@ def _stats_from_row(row: Any) -> InsightStats:
         outstanding,
         max_overdue_days,
         credit_limit,
+        currency,
+        locale,
     ) = row
     return InsightStats(
         retailer_id,
@@ -250,6 +255,8 @@ def _stats_from_row(row: Any) -> InsightStats:
         Decimal(outstanding),
         int(max_overdue_days),
         None if credit_limit is None else Decimal(credit_limit),
+        currency,
+        locale,
     )
 
 
@@ -314,9 +321,9 @@ def weekly_message(row: Any) -> SendMessage:
         template_version=1,
         params={
             "orders_30d": int(orders),
-            "gmv_30d": _money(Decimal(gmv)),
+            "gmv_30d": str(Decimal(gmv)),  # formatted at send time, in the account's currency
             "gmv_change": _change(Decimal(gmv), Decimal(gmv_before)),
-            "avg_order_value": _money(Decimal(average)),
+            "avg_order_value": str(Decimal(average)),
             "top_products": ", ".join(top or []) or "none yet",
             "on_time_rate": "no invoices yet" if on_time is None else f"{Decimal(on_time) * 100:.0f}%",
         },

@@ -305,6 +305,7 @@ class OrderActivities:
             if pending_was:
                 old["pending_status"], new["pending_status"] = pending_was, "FAILED"
             reversal = await ledger.reverse_order_debit(conn, failure.order_id, actor=failure.performed_by)
+            currency = await conn.scalar(ledger.ACCOUNT_CURRENCY, {"r": order.retailer_id}) if reversal else None
             if reversal:
                 old["available_credit"], new["available_credit"] = (
                     _text(reversal.available_before),
@@ -329,6 +330,7 @@ class OrderActivities:
             changed=bool(new),
             reversed_amount=reversal.amount if reversal else None,
             returned_to_balance=reversal.returned if reversal else None,
+            currency=currency,
         )
         log.info(
             "orders.failed", order_id=failure.order_id, changed=result.changed, reversed=str(result.reversed_amount)

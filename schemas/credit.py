@@ -188,6 +188,7 @@ class PaymentRecorded(BaseModel):
     duplicate: bool = Field(default=False, description="the reference was recorded before: nothing changed")
     allocations: list[DebitAllocation] = Field(default_factory=list)
     unallocated: Amount = Decimal("0")
+    currency: str = Field(default="USD", description="ISO 4217: the credit account's currency, every amount's")
 
 
 class PaymentResult(BaseModel):

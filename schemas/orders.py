@@ -116,6 +116,7 @@ class OrderFailureResult(BaseModel):
     returned_to_balance: Amount | None = Field(
         default=None, description="what had been paid on the debit, back on the credit balance; None: not on credit"
     )
+    currency: str | None = Field(default=None, description="ISO 4217: the credit account's; None: not on credit")
 
 
 class PendingOrderStatus(BaseModel):

@@ -29,6 +29,7 @@ from config.settings import Settings
 from schemas import ids
 from schemas.credit import GuardrailsRequest, GuardrailsResult, PaymentResult, RecordPayment, RemindersRequest
 from schemas.errors import Refused
+from schemas.money import format_money
 from services import StripeHandler
 from services.stripe_money import stripe_money_handlers
 from workflows.credit import CreditGuardrailsWorkflow, RecordPaymentWorkflow
@@ -93,9 +94,11 @@ async def record_payment(client: Client, payment: RecordPayment, *, task_queue: 
         result = await client.get_workflow_handle(workflow_id, result_type=PaymentResult).result()
         result.payment = result.payment.model_copy(update={"duplicate": True})
     if result.payment.amount != payment.amount:
+        recorded = result.payment
         raise PaymentConflict(
             f"payment reference {payment.reference!r} of retailer {payment.retailer_id} was recorded for"
-            f" {result.payment.amount:,.2f}, not {payment.amount:,.2f}: use a new reference for a new payment"
+            f" {format_money(recorded.amount, recorded.currency)}, not"
+            f" {format_money(payment.amount, recorded.currency)}: use a new reference for a new payment"
         )
     result.workflow_id = workflow_id
     return result

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from activities.credit import ledger
 from schemas.churn import CompanySettings
 from schemas.directory import CompanyIn, CreditAccountIn, CustomerIn, MemberIn, OrderIn, RetailerIn
+from schemas.money import format_money
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -519,7 +520,8 @@ ORDERS_OF = text(
     """
 SELECT o.id, o.external_id, o.retailer_id, o.status, o.payment_mode, o.total_amount,
        EXISTS (SELECT 1 FROM credit_transactions d WHERE d.order_id = o.id AND d.type = 'DEBIT') AS placed,
-       EXISTS (SELECT 1 FROM pending_orders p WHERE p.order_id = o.id) AS clocked
+       EXISTS (SELECT 1 FROM pending_orders p WHERE p.order_id = o.id) AS clocked,
+       (SELECT ca.currency FROM credit_accounts ca WHERE ca.retailer_id = o.retailer_id) AS currency
 FROM orders o WHERE o.external_id = ANY(CAST(:e AS text[]))
 ORDER BY o.external_id
 FOR UPDATE OF o
@@ -588,7 +590,7 @@ def _order_refusal(stored: Any, row: OrderIn, retailer_id: int, index: int) -> R
             index,
             what,
             f"order {row.external_id} was placed or its checkout started as {stored.payment_mode}"
-            f" for {stored.total_amount:,.2f}: that cannot change",
+            f" for {format_money(stored.total_amount, stored.currency or 'USD')}: that cannot change",
             "order_placed",
         )
     return None

@@ -225,7 +225,7 @@ async def tell_retailers(changes: Sequence[GuardrailChange], messaging_task_queu
             recipient_type="retailer",
             recipient_id=str(c.retailer_id),
             template=f"credit_{c.change}",
-            params={"reason": c.reason or "", "amount_due": f"{c.amount_due:,.2f}"} if c.change == "paused" else {},
+            params={"reason": c.reason or "", "amount_due": str(c.amount_due)} if c.change == "paused" else {},
         )
         for c in changes
     ]

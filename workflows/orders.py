@@ -376,7 +376,7 @@ def failure_notice(order_id: int, failed: OrderFailureResult) -> SendMessage:
     return message.model_copy(
         update={
             "template": "order_failed_credit",
-            "params": {**message.params, "credit_released": f"{released:,.2f}", "balance_returned": f"{returned:,.2f}"},
+            "params": {**message.params, "credit_released": str(released), "balance_returned": str(returned)},
         }
     )
 

@@ -22,12 +22,13 @@ from typing import Any, Literal
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from activities.credit import ledger
 from activities.credit.ledger import LIMIT_COLUMNS, UnknownRetailer
 from schemas.credit import RecordPayment
 from schemas.errors import Refused
+from schemas.money import format_money
 
 AdminAction = Literal["pause", "unpause", "block"]
 TARGET = {"pause": "PAUSED", "unpause": "ACTIVE", "block": "BLOCKED"}
@@ -149,6 +150,27 @@ class Adjustment:
     system_paused: bool = False
     """Still under a system pause after this change: the caller re-checks the guardrails at once
     (`services.credit.recheck_guardrails`), so an adjustment lifts it as a payment would."""
+    currency: str = "USD"
+    """ISO 4217: the credit account's, every amount's."""
+    locale: str | None = None
+    """The retailer's (BCP 47), for a text that writes the amounts."""
+
+    def money(self, amount: Decimal) -> str:
+        return format_money(amount, self.currency, self.locale)
+
+
+# How a retailer's amounts are written: the account's currency (USD before migration 0011, or with no
+# account) in the retailer's locale.
+MONEY_STYLE = text(
+    "SELECT coalesce(ca.currency, 'USD') AS currency, r.locale"
+    " FROM retailers r LEFT JOIN credit_accounts ca ON ca.retailer_id = r.id WHERE r.id = :r"
+)
+
+
+async def money_style(conn: AsyncConnection, retailer_id: int) -> tuple[str, str | None]:
+    """(currency, locale) of `retailer_id`; ("USD", None) for no such retailer."""
+    row = (await conn.execute(MONEY_STYLE, {"r": retailer_id})).first()
+    return (row.currency, row.locale) if row else ("USD", None)
 
 
 async def adjust(
@@ -165,9 +187,12 @@ async def adjust(
     except DBAPIError as error:  # the transaction rolled back: nothing was written
         if not isinstance(error.orig, psycopg.errors.NumericValueOutOfRange):
             raise
+        async with engine.connect() as conn:
+            currency, locale = await money_style(conn, retailer_id)
+        largest = format_money(Decimal("999999999999.99"), currency, locale)
         raise AmountOutOfRange(
-            f"an adjustment of {amount:,.2f} would take retailer {retailer_id}'s ledger past its largest amount"
-            " (999,999,999,999.99 outstanding or available)"
+            f"an adjustment of {format_money(amount, currency, locale)} would take retailer {retailer_id}'s"
+            f" ledger past its largest amount ({largest} outstanding or available)"
         ) from None
 
 
@@ -175,6 +200,7 @@ async def _adjust(
     engine: AsyncEngine, retailer_id: int, amount: Decimal, *, reason: str, actor: str, ref: str, today: date
 ) -> Adjustment:
     async with engine.begin() as conn:
+        style = await money_style(conn, retailer_id)
         if amount > 0:
             try:
                 recorded = await ledger.record_credit(
@@ -196,6 +222,7 @@ async def _adjust(
                 [a.model_dump() for a in recorded.allocations],
                 recorded.unallocated,
                 bool(system_paused),
+                *style,
             )
         try:
             charged = await ledger.charge(
@@ -211,8 +238,9 @@ async def _adjust(
         except UnknownRetailer:
             raise CreditRefused(f"no retailer {retailer_id}", code="unknown_retailer") from None
     if charged.duplicate:
-        return Adjustment(retailer_id, ref, -charged.amount, charged.debit_id, True)
-    return Adjustment(retailer_id, ref, amount, charged.debit_id, False, [a.model_dump() for a in charged.cleared])
+        return Adjustment(retailer_id, ref, -charged.amount, charged.debit_id, True, currency=style[0], locale=style[1])
+    cleared = [a.model_dump() for a in charged.cleared]
+    return Adjustment(retailer_id, ref, amount, charged.debit_id, False, cleared, currency=style[0], locale=style[1])
 
 
 async def retailer_exists(engine: AsyncEngine, retailer_id: int) -> bool:
@@ -226,10 +254,12 @@ AGING = text(
     """
 SELECT CASE WHEN days <= 0 THEN 'current' WHEN days <= 7 THEN '1-7' WHEN days <= 15 THEN '8-15'
             WHEN days <= 30 THEN '16-30' WHEN days <= 60 THEN '31-60' ELSE '60+' END AS bucket,
-       count(*) AS debits, count(DISTINCT retailer_id) AS retailers, sum(outstanding) AS outstanding
-FROM (SELECT retailer_id, CAST(:today AS date) - due_date AS days, amount - cleared_amount AS outstanding
-      FROM credit_transactions WHERE type = 'DEBIT' AND status <> 'CLEARED') d
-GROUP BY 1
+       currency, count(*) AS debits, count(DISTINCT retailer_id) AS retailers, sum(outstanding) AS outstanding
+FROM (SELECT d.retailer_id, CAST(:today AS date) - d.due_date AS days, d.amount - d.cleared_amount AS outstanding,
+             coalesce(ca.currency, 'USD') AS currency
+      FROM credit_transactions d LEFT JOIN credit_accounts ca ON ca.retailer_id = d.retailer_id
+      WHERE d.type = 'DEBIT' AND d.status <> 'CLEARED') d
+GROUP BY 1, 2
 """
 )
 
@@ -237,7 +267,7 @@ GROUP BY 1
 AT_RISK = text(
     """
 SELECT r.id AS retailer_id, ca.max_outstanding_days, max(CAST(:today AS date) - d.due_date) AS days_overdue,
-       sum(d.amount - d.cleared_amount) AS outstanding, ca.credit_limit
+       sum(d.amount - d.cleared_amount) AS outstanding, ca.credit_limit, ca.currency, r.locale
 FROM retailers r
 JOIN credit_accounts ca ON ca.retailer_id = r.id
 JOIN credit_transactions d ON d.retailer_id = r.id AND d.type = 'DEBIT' AND d.status <> 'CLEARED'
@@ -259,16 +289,22 @@ class RiskView:
 
 async def risk_view(engine: AsyncEngine, today: date) -> RiskView:
     async with engine.connect() as conn:
-        aging = {row.bucket: row for row in (await conn.execute(AGING, {"today": today})).all()}
+        aging = {(row.bucket, row.currency): row for row in (await conn.execute(AGING, {"today": today})).all()}
         at_risk = (await conn.execute(AT_RISK, {"today": today, "within": AT_RISK_WITHIN_DAYS})).all()
+    # Every bucket once per currency owed in (amounts in two currencies are never added up); USD's
+    # empty buckets when nothing is owed at all.
+    currencies = sorted({currency for _, currency in aging}) or ["USD"]
     buckets = [
         {
             "bucket": name,
-            "debits": aging[name].debits if name in aging else 0,
-            "retailers": aging[name].retailers if name in aging else 0,
-            "outstanding": aging[name].outstanding if name in aging else Decimal("0"),
+            "currency": currency,
+            "debits": row.debits if row else 0,
+            "retailers": row.retailers if row else 0,
+            "outstanding": row.outstanding if row else Decimal("0"),
         }
+        for currency in currencies
         for name in AGING_BUCKETS
+        for row in [aging.get((name, currency))]
     ]
     risky = [
         {
@@ -277,6 +313,8 @@ async def risk_view(engine: AsyncEngine, today: date) -> RiskView:
             "max_outstanding_days": row.max_outstanding_days,
             "days_left": row.max_outstanding_days - row.days_overdue,
             "outstanding": row.outstanding,
+            "currency": row.currency,
+            "locale": row.locale,
         }
         for row in at_risk
     ]

@@ -108,6 +108,9 @@ class UnknownRetailer(ApplicationError):
 
 LOCK_RETAILER = text("SELECT id FROM retailers WHERE id = :r FOR UPDATE")
 
+# The account's ISO 4217 currency (an account written before migration 0011 is USD).
+ACCOUNT_CURRENCY = text("SELECT currency FROM credit_accounts WHERE retailer_id = :r")
+
 # The one rule: available credit is the limit minus what the open debits still owe.
 OUTSTANDING = """COALESCE((SELECT sum(amount - cleared_amount) FROM credit_transactions
                     WHERE retailer_id = :r AND type = 'DEBIT' AND status <> 'CLEARED'), 0)"""
@@ -302,6 +305,7 @@ async def record_credit(
     await lock_retailer(conn, payment.retailer_id)
     params = {"r": payment.retailer_id, "amount": payment.amount, "reference": payment.reference}
     credit_id = await conn.scalar(INSERT_CREDIT, params | {"notes": notes, "intent": payment.stripe_payment_intent_id})
+    currency = await conn.scalar(ACCOUNT_CURRENCY, {"r": payment.retailer_id}) or "USD"
     if credit_id is None:
         existing = (await conn.execute(EXISTING_CREDIT, params)).one()
         return PaymentRecorded(
@@ -310,6 +314,7 @@ async def record_credit(
             amount=existing.amount,
             credit_transaction_id=existing.id,
             duplicate=True,
+            currency=currency,
         )
     rows = (await conn.execute(ALLOCATE, params)).all()
     allocated = sum((row.allocated for row in rows), Decimal("0"))
@@ -340,6 +345,7 @@ async def record_credit(
         credit_transaction_id=credit_id,
         allocations=[DebitAllocation(debit_id=row.id, allocated=row.allocated, status=row.status) for row in rows],
         unallocated=payment.amount - allocated,
+        currency=currency,
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.credit import ledger
 from activities.credit.guardrails import CreditPosition, PlacementRefused, validate_order_placement
+from schemas.money import format_money
 
 LOCK_POSITION = text(
     """
@@ -50,9 +51,16 @@ class OrderPlaced:
     available_credit: Decimal
     duplicate: bool = False
     cleared_from_balance: Decimal = Decimal("0")
+    currency: str = "USD"
+    """ISO 4217: the credit account's, every amount's."""
+    locale: str | None = None
+    """The retailer's (BCP 47): how a text for them writes the amounts (`schemas.money.format_money`)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def money(self, amount: Decimal) -> str:
+        return format_money(amount, self.currency, self.locale)
 
 
 async def place_order(
@@ -80,9 +88,13 @@ async def place_order(
                     f"order {order_id} belongs to another retailer", code="order_of_another_retailer"
                 )
             if order.payment_mode != payment_mode or order.total_amount != amount:
+
+                def money(value: Decimal) -> str:
+                    return format_money(value, position.currency, position.locale)
+
                 raise PlacementRefused(
-                    f"order {order_id} is {order.payment_mode} for {order.total_amount:,.2f},"
-                    f" not {payment_mode} for {amount:,.2f}",
+                    f"order {order_id} is {order.payment_mode} for {money(order.total_amount)},"
+                    f" not {payment_mode} for {money(amount)}",
                     code="order_mismatch",
                 )
             if order.status in ("FAILED", "CANCELLED"):
@@ -98,6 +110,8 @@ async def place_order(
                     existing.due_date if existing else None,
                     position.available_credit,
                     duplicate=True,
+                    currency=position.currency,
+                    locale=position.locale,
                 )
         validate_order_placement(
             CreditPosition(
@@ -136,5 +150,14 @@ async def place_order(
             },
         )
     return OrderPlaced(
-        order_id, retailer_id, payment_mode, amount, debit_id, due, available, cleared_from_balance=cleared
+        order_id,
+        retailer_id,
+        payment_mode,
+        amount,
+        debit_id,
+        due,
+        available,
+        cleared_from_balance=cleared,
+        currency=position.currency,
+        locale=position.locale,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
@@ -137,3 +138,36 @@ async def test_the_risk_view_buckets_receivables_and_lists_retailers_near_their_
     assert at_risk[near]["days_left"] == 3 and far not in at_risk
     table = jobctl("credit", "risk", DATABASE_URL=database_url).stdout
     assert "16-30" in table and "at risk (within 5 days of their limit)" in table
+
+
+async def test_an_inr_account_is_shown_in_rupees_at_every_cli_door(
+    engine: AsyncEngine, database_url: str, dev_env: WorkflowEnvironment
+) -> None:
+    # Issue #35: a retailer in India reads ₹ with lakh grouping, and the JSON names the currency: an
+    # admin or a backend never meets an amount without one.
+    shop, _ = await new_retailer(engine, limit=Decimal("500000"))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE credit_accounts SET currency = 'INR' WHERE retailer_id = :r"), {"r": shop})
+        await conn.execute(text("UPDATE retailers SET locale = 'en-IN' WHERE id = :r"), {"r": shop})
+    await new_debit(engine, shop, "150000.00", date.today() - timedelta(days=27))
+    env = {"DATABASE_URL": database_url, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host}
+
+    order = jobctl("credit", "order", str(shop), "--amount", "40000", "--order", str(900_000 + shop), **env)
+    assert order.returncode == 0, order.stderr
+    assert f"CREDIT ₹40,000.00 for retailer {shop}" in order.stdout
+    assert "available credit ₹3,10,000.00" in order.stdout
+
+    charge = jobctl(
+        "credit", "adjust", str(shop), "--amount", "-2500", "--reason", "late fee", "--actor", "admin-1",
+        "--reference", f"fee-{shop}", **env,
+    )  # fmt: skip
+    assert charge.returncode == 0, charge.stderr
+    assert f"-₹2,500.00 for retailer {shop}" in charge.stdout
+
+    risk = json.loads(jobctl("credit", "risk", "--json", DATABASE_URL=database_url).stdout)
+    inr = {b["bucket"]: b for b in risk["buckets"] if b["currency"] == "INR"}
+    assert inr["16-30"]["outstanding"] == "150000.00"  # never added to another currency's debts
+    assert {r["currency"] for r in risk["at_risk"] if r["retailer_id"] == shop} == {"INR"}
+    table = jobctl("credit", "risk", DATABASE_URL=database_url).stdout
+    assert "₹150,000.00" in table  # a bucket's total: many retailers' locales, so the default one
+    assert "₹1,92,500.00" in table  # the retailer's own line: as en-IN writes it

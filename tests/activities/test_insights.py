@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.business_calendar import business_day
-from activities.insights import InsightActivities, get_insight_message
+from activities.insights import InsightActivities, InsightStats, get_insight_message, render_insight_message
 from devtools.seed import seed_retailers
 from schemas.insights import InsightsRequest
 from schemas.tables import CreditAccount, CreditTransaction, Order, OrderItem, Retailer, RetailerInsight
@@ -101,7 +101,7 @@ async def test_a_retailers_insight_has_the_numbers_they_would_compute_by_hand(en
     message = await get_insight_message(engine, rid, DAY)
     assert message == row.message
     assert message.startswith("Hi Amina!")
-    assert "2 orders worth 150.00 (up 150% on the month before)" in message
+    assert "2 orders worth $150.00 (up 150% on the month before), $75.00 on average" in message
     assert "overdue" in message
     assert "+1555" not in message
 
@@ -315,3 +315,28 @@ async def test_only_sold_orders_are_gmv_and_a_failed_orders_reversal_is_not_paid
     assert "Abandoned Oil" not in row.top_products and "Failed Flour" not in row.top_products
     assert row.on_time_payment_rate == Decimal("0.0000")  # the one real payment was late
     assert row.avg_days_to_pay == Decimal("35.00")
+
+
+def test_an_insight_writes_amounts_in_the_accounts_currency_as_the_retailers_locale_does() -> None:
+    def stats(currency: str, locale: str) -> InsightStats:
+        return InsightStats(
+            1,
+            "Asha Rao",
+            3,
+            2,
+            Decimal("150000"),
+            Decimal("100000"),
+            [],
+            None,
+            None,
+            Decimal(0),
+            0,
+            None,
+            currency=currency,
+            locale=locale,
+        )
+
+    assert "worth ₹1,50,000.00 (up 50% on the month before), ₹50,000.00 on average" in render_insight_message(
+        stats("INR", "en-IN")
+    )
+    assert "worth 150.000,00\u00a0€" in render_insight_message(stats("EUR", "es-ES"))

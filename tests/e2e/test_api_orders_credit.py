@@ -334,6 +334,7 @@ async def test_a_failure_after_the_clock_ended_reverses_the_debit_once(
         "changed": True,
         "reversed_amount": "300.00",
         "returned_to_balance": "0.00",
+        "currency": "USD",
     }
     again = await http.post(f"/v1/orders/{order_id}/failed", json={"reason": "delivery failed"}, headers=headers)
     assert again.status_code == 200 and again.json()["result"]["changed"] is False

@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from activities.payments.gateway import from_minor_units, to_minor_units
-from schemas.money import format_money, stripe_exponent
+from schemas.money import _babel_format, _babel_locale, format_money, stripe_exponent
 
 NBSP = "\u00a0"
 
@@ -27,6 +29,22 @@ NBSP = "\u00a0"
 )
 def test_format_money(amount: str, currency: str, locale: str, shown: str) -> None:
     assert format_money(Decimal(amount), currency, locale) == shown
+
+
+LOCALES = ["en", "en-IN", "hi-IN", "es-ES", "es-MX", "de-DE", "de-CH", "fr-FR", "ar-EG", "sv-SE", "ja-JP", "pt-BR"]
+CURRENCIES = ["USD", "INR", "EUR", "JPY", "KWD", "CHF", "BRL", "CLP"]
+
+
+@given(
+    amount=st.decimals(min_value=-(10**12), max_value=10**12, places=3, allow_nan=False, allow_infinity=False),
+    currency=st.sampled_from(CURRENCIES),
+    locale=st.sampled_from(LOCALES),
+)
+def test_format_money_writes_what_babel_writes(amount: Decimal, currency: str, locale: str) -> None:
+    # The pattern applied without Babel per amount (schemas.money._Style) must never differ from it:
+    # digits, grouping (lakh too), separators, symbol place, sign, half-even rounding to the currency's
+    # decimals. A pair it cannot write (de-CH's apostrophe grouping, say) is left to Babel.
+    assert format_money(amount, currency, locale) == _babel_format(amount, currency, _babel_locale(locale))
 
 
 def test_stripe_minor_units_follow_stripes_list() -> None:

@@ -321,7 +321,8 @@ async def test_guardrails_pause_and_resume_and_tell_each_retailer_once(
         ("credit_paused:10", "credit_paused", "1"),
         ("credit_resumed:11", "credit_resumed", "2"),
     }
-    assert sent["credit_paused:10"].params == {"reason": "debit 30 days overdue", "amount_due": "1,234.50"}
+    # a plain amount: the message writes it at send time, in the account's currency (issue #35)
+    assert sent["credit_paused:10"].params == {"reason": "debit 30 days overdue", "amount_due": "1234.5"}
     # A message that cannot go out (opted out) is counted, and never retried or fatal.
     assert result == GuardrailsResult(check_date=BUSINESS_DAY, paused=[1], resumed=[2], messages_failed=1)
 

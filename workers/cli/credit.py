@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import typer
 
 from schemas import text
+from schemas.money import format_money
 from workers.cli.runner import UsageError, call, configure_logging, echo, free_text, settings
 
 credit_app = typer.Typer(
@@ -214,14 +215,16 @@ def credit_adjust(
     if as_json:
         echo(True, result.__dict__)
         return
+    m = result.money
     if result.duplicate:
-        typer.echo(f"{result.reference}: already recorded ({result.amount:,.2f}); the ledger is unchanged")
+        typer.echo(f"{result.reference}: already recorded ({m(result.amount)}); the ledger is unchanged")
     else:
-        typer.echo(f"{result.reference}: {result.amount:+,.2f} for retailer {retailer_id}")
+        sign = "+" if result.amount > 0 else ""
+        typer.echo(f"{result.reference}: {sign}{m(result.amount)} for retailer {retailer_id}")
         for a in result.cleared:
-            typer.echo(f"  debit {a['debit_id']}: {a['allocated']:,.2f} -> {a['status']}")
+            typer.echo(f"  debit {a['debit_id']}: {m(a['allocated'])} -> {a['status']}")
         if result.credit_balance_added:
-            typer.echo(f"  credit balance +{result.credit_balance_added:,.2f}")
+            typer.echo(f"  credit balance +{m(result.credit_balance_added)}")
     if resumed:
         typer.echo("  credit resumed: the system's pause no longer applies")
 
@@ -260,8 +263,9 @@ def credit_order(
         return
     what = f"debit {placed.debit_id} due {placed.due_date}" if placed.debit_id else "no debit (cash on delivery)"
     again = " (placed before; nothing changed)" if placed.duplicate else ""
-    typer.echo(f"order {order}: {placed.payment_mode} {placed.amount:,.2f} for retailer {retailer_id}: {what}{again}")
-    typer.echo(f"  available credit {placed.available_credit:,.2f}")
+    m = placed.money
+    typer.echo(f"order {order}: {placed.payment_mode} {m(placed.amount)} for retailer {retailer_id}: {what}{again}")
+    typer.echo(f"  available credit {m(placed.available_credit)}")
 
 
 @credit_app.command("risk")
@@ -274,16 +278,17 @@ def credit_risk(as_json: Json = False) -> None:
         echo(True, {"today": view.today, "buckets": view.buckets, "at_risk": view.at_risk})
         return
     typer.echo(f"receivables on {view.today}")
-    typer.echo(f"{'days overdue':<14}{'debits':>8}{'retailers':>11}{'outstanding':>16}")
+    typer.echo(f"{'days overdue':<14}{'debits':>8}{'retailers':>11}{'outstanding':>20}")
     for b in view.buckets:
-        typer.echo(f"{b['bucket']:<14}{b['debits']:>8}{b['retailers']:>11}{b['outstanding']:>16,.2f}")
+        owed = format_money(b["outstanding"], b["currency"])
+        typer.echo(f"{b['bucket']:<14}{b['debits']:>8}{b['retailers']:>11}{owed:>20}")
     typer.echo(f"\nat risk (within 5 days of their limit): {len(view.at_risk)}")
     if view.at_risk:
-        typer.echo(f"{'retailer':<10}{'days overdue':>14}{'limit':>7}{'days left':>11}{'outstanding':>16}")
+        typer.echo(f"{'retailer':<10}{'days overdue':>14}{'limit':>7}{'days left':>11}{'outstanding':>20}")
         for r in view.at_risk:
             typer.echo(
                 f"{r['retailer_id']:<10}{r['days_overdue']:>14}{r['max_outstanding_days']:>7}"
-                f"{r['days_left']:>11}{r['outstanding']:>16,.2f}"
+                f"{r['days_left']:>11}{format_money(r['outstanding'], r['currency'], r['locale']):>20}"
             )
 
 
@@ -291,7 +296,6 @@ def credit_risk(as_json: Json = False) -> None:
 def credit_profile(retailer_id: RetailerArg, as_json: Json = False) -> None:
     """RETAILER's credit: status, limits, open debits, recent audit (amounts in its account's currency)."""
     from activities.credit.admin import profile
-    from schemas.money import format_money
 
     p = call(lambda c: profile(c.engine, retailer_id, datetime.now(c.settings.tz).date()), database=True)
     if as_json:
@@ -372,16 +376,18 @@ def payments_record(
         echo(True, result.model_dump(mode="json"))
         return
     recorded = result.payment
+
+    def m(amount: Decimal) -> str:
+        return format_money(amount, recorded.currency)
+
     if recorded.duplicate:
-        typer.echo(
-            f"payment/{retailer}/{payment.reference}: already recorded ({recorded.amount:,.2f}); nothing changed"
-        )
+        typer.echo(f"payment/{retailer}/{payment.reference}: already recorded ({m(recorded.amount)}); nothing changed")
         return
-    typer.echo(f"payment/{retailer}/{payment.reference}: {recorded.amount:,.2f} recorded for retailer {retailer}")
+    typer.echo(f"payment/{retailer}/{payment.reference}: {m(recorded.amount)} recorded for retailer {retailer}")
     for a in recorded.allocations:
-        typer.echo(f"  debit {a.debit_id}: {a.allocated:,.2f} -> {a.status}")
+        typer.echo(f"  debit {a.debit_id}: {m(a.allocated)} -> {a.status}")
     if recorded.unallocated:
-        typer.echo(f"  unallocated (credit balance): {recorded.unallocated:,.2f}")
+        typer.echo(f"  unallocated (credit balance): {m(recorded.unallocated)}")
     if result.guardrails.resumed:
         typer.echo("  credit resumed: the system's pause no longer applies")
         # Answered before the retailer's message (issue #33): quiet hours or the brake may hold it.

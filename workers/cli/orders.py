@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from schemas.money import format_money
 from schemas.text import Reason
 from workers.cli.runner import UsageError, call, free_text, settings
 
@@ -102,7 +103,8 @@ def orders_fail(
     elif late.changed:
         typer.echo(
             f"order-failure/{order_id}: failed after its clock ended ({reason});"
-            f" reversed {late.reversed_amount or 0:,.2f}; the retailer is told by order-failure/{order_id}"
+            f" reversed {format_money(late.reversed_amount or 0, late.currency or 'USD')};"
+            f" the retailer is told by order-failure/{order_id}"
         )
     else:
         typer.echo(f"order-failure/{order_id}: already failed; nothing changed")

@@ -31,6 +31,7 @@ RetailerId = Annotated[int, Path(ge=1, le=2**63 - 1, description="retailers.id")
 
 class AgingBucket(BaseModel):
     bucket: Literal["current", "1-7", "8-15", "16-30", "31-60", "60+"]
+    currency: str = Field(description="ISO 4217: every bucket once per currency owed in, never summed across them")
     debits: int
     retailers: int
     outstanding: Amount
@@ -42,6 +43,7 @@ class AtRiskRetailer(BaseModel):
     max_outstanding_days: int
     days_left: int
     outstanding: Amount
+    currency: str = Field(description="ISO 4217: the account's")
 
 
 class AtRiskPage(Page[AtRiskRetailer]):
@@ -221,6 +223,7 @@ class AdjustmentOut(BaseModel):
     cleared: list[Cleared]
     credit_balance_added: Amount
     credit_resumed: bool = Field(description="the guardrails, re-checked, lifted a system pause this cleared")
+    currency: str = Field(description="ISO 4217: the credit account's, every amount's")
 
 
 def _today(stack: Any) -> date:

@@ -70,6 +70,7 @@ class Placed(BaseModel):
     available_credit: Amount
     duplicate: bool = Field(description="True: placed before; nothing changed")
     cleared_from_balance: Amount = Field(description="credit balance the debit used at once")
+    currency: str = Field(description="ISO 4217: the credit account's, every amount's")
 
 
 class FailureReported(BaseModel):
