@@ -195,8 +195,8 @@ class PaymentRemindersWorkflow:
             ),
             start_to_close_timeout=timedelta(minutes=5),
             # A read prefetched beside the sends may be in flight when its worker dies: retried
-            # after 30 s without a heartbeat, not after the whole 5 minutes.
-            heartbeat_timeout=timedelta(seconds=30),
+            # after 15 s without a heartbeat, not after the whole 5 minutes.
+            heartbeat_timeout=timedelta(seconds=15),
             retry_policy=DB_RETRY,
             summary=f"due retailers after {after_retailer_id}, with payment links",
         )

@@ -61,9 +61,11 @@ class Senders:
 class SendPolicy:
     daily_cap: int = 10
     quiet_hours: QuietHours = QuietHours()
-    lease: timedelta = timedelta(seconds=30)
-    """How long an attempt owns a `sending` row: well beyond the Twilio timeout (5 s) and a fallback.
-    A send that waits for its pace slot holds it that much longer (the lease starts with the slot)."""
+    lease: timedelta = timedelta(seconds=20)
+    """How long an attempt owns a `sending` row: beyond the Twilio timeout (5 s) twice (WhatsApp,
+    then its SMS fallback), with room. A send that waits for its pace slot holds it that much longer
+    (the lease starts with the slot). It is also what a killed worker's messages wait before another
+    attempt resolves them at Twilio: 30 s before, 20 s now."""
     call_allowance: timedelta = timedelta(seconds=10)
     """What an attempt keeps for its Twilio calls after its pace wait: a slot further away than the
     attempt's start-to-close timeout less this is not taken, and the send is retried when it frees."""

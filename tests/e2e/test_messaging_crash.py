@@ -107,7 +107,7 @@ async def test_sigkill_twice_still_one_message_per_key(
                 crash_file.touch()  # the next send dies after Twilio accepted it
                 await wait_until(lambda: asyncio.sleep(0, worker.poll() is not None))
                 kills.append(worker.returncode)
-                for threshold in (200,):  # each kill costs a heartbeat timeout (30 s) of waiting
+                for threshold in (200,):  # each kill costs a heartbeat timeout (15 s) of waiting
                     worker = start_worker()
                     await wait_until(lambda t=threshold: at_least(t))
                     worker.send_signal(signal.SIGKILL)
