@@ -73,6 +73,13 @@ FUZZ_TESTS := tests/e2e/test_api_fuzz.py tests/e2e/test_api_schemathesis.py
 fuzz: $(STAMP)
 	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest $(FUZZ_TESTS) -s $(PYTEST_ARGS)
 
+# Every overlay of deploy/k8s/ rendered (no cluster, no kustomize binary) and validated against the
+# Kubernetes schemas, then the invariants the code asks of them (docs/OPERATIONS.md, "Kubernetes").
+# `make test` runs the same test. One overlay's objects: .venv/bin/python -m devtools.deploy render prod
+deploy-check: $(STAMP)
+	$(PY) -m devtools.deploy check
+	$(PY) -m pytest tests/unit/test_k8s_manifests.py -q $(PYTEST_ARGS)
+
 # docs/openapi.json, regenerated from the app (a test holds the committed one to it).
 openapi: $(STAMP)
 	$(PY) -m workers.api.app > docs/openapi.json
