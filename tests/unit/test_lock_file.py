@@ -53,11 +53,13 @@ def _missing(requirements: list[Requirement], lock: str) -> list[str]:
 
 
 def test_the_dev_lock_pins_every_dependency_pyproject_names() -> None:
-    assert _missing(EVERY, "requirements-dev.lock") == [], FIX
+    problems = _missing(EVERY, "requirements-dev.lock")
+    assert not problems, f"{'; '.join(problems)}: {FIX}"
 
 
 def test_the_image_lock_pins_every_runtime_dependency() -> None:
-    assert _missing(RUNTIME, "requirements.lock") == [], FIX
+    problems = _missing(RUNTIME, "requirements.lock")
+    assert not problems, f"{'; '.join(problems)}: {FIX}"
 
 
 @pytest.mark.parametrize("lock", ["requirements.lock", "requirements-dev.lock"])
@@ -65,7 +67,7 @@ def test_every_pin_carries_its_hashes(lock: str) -> None:
     """pip's --require-hashes refuses a lock with one unhashed line; say which before it does."""
     entries = re.split(r"\n(?=[A-Za-z0-9])", (ROOT / lock).read_text())
     unhashed = [e.split()[0] for e in entries if "==" in e.split("\n")[0] and "--hash=sha256:" not in e]
-    assert unhashed == [], FIX
+    assert not unhashed, f"{', '.join(unhashed)} without hashes in {lock}: {FIX}"
 
 
 def test_install_and_the_image_install_from_the_locks() -> None:
