@@ -7,7 +7,7 @@
 # Readiness probe: `jobctl worker --check` (exit 0 when Temporal and the database answer).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY requirements.lock pyproject.toml README.md alembic.ini ./
 COPY workflows ./workflows
 COPY activities ./activities
 COPY workers ./workers
@@ -15,7 +15,11 @@ COPY schemas ./schemas
 COPY config ./config
 COPY services ./services
 COPY migrations ./migrations
-RUN python -m venv /opt/jobctl && /opt/jobctl/bin/pip install --no-cache-dir .
+# The locked versions, hashes checked (`make lock` writes requirements.lock), then jobctl itself
+# without resolving anything: two builds of one commit get the same packages.
+RUN python -m venv /opt/jobctl \
+    && /opt/jobctl/bin/pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && /opt/jobctl/bin/pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /app --create-home jobctl

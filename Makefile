@@ -5,16 +5,31 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run run-empty import-examples test test-fast test-money fuzz lint fmt install bench bench-imports clean openapi client-check
+.PHONY: lock deploy-check run run-empty import-examples test test-fast test-money fuzz lint fmt install bench bench-imports clean openapi client-check
 
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# From the lock (hashes checked), then jobctl itself without resolving anything: two installs of
+# one commit get the same versions. A dependency added to pyproject.toml needs `make lock` too
+# (tests/unit/test_lock_file.py fails until it is done).
+$(STAMP): pyproject.toml requirements-dev.lock | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# requirements.lock (the image's) and requirements-dev.lock (make install, CI) from pyproject.toml:
+# every package pinned with its hashes, for Python 3.11+ on any platform. Versions already locked
+# stay unless pyproject.toml excludes them; `make lock LOCK_ARGS=--upgrade` takes the newest.
+LOCK_ARGS ?=
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
 
 run: $(STAMP)
 	$(VENV)/bin/jobctl dev --demo
@@ -57,6 +72,13 @@ FUZZ_SCALE ?= 30
 FUZZ_TESTS := tests/e2e/test_api_fuzz.py tests/e2e/test_api_schemathesis.py
 fuzz: $(STAMP)
 	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest $(FUZZ_TESTS) -s $(PYTEST_ARGS)
+
+# Every overlay of deploy/k8s/ rendered (no cluster, no kustomize binary) and validated against the
+# Kubernetes schemas, then the invariants the code asks of them (docs/OPERATIONS.md, "Kubernetes").
+# `make test` runs the same test. One overlay's objects: .venv/bin/python -m devtools.deploy render prod
+deploy-check: $(STAMP)
+	$(PY) -m devtools.deploy check
+	$(PY) -m pytest tests/unit/test_k8s_manifests.py -q $(PYTEST_ARGS)
 
 # docs/openapi.json, regenerated from the app (a test holds the committed one to it).
 openapi: $(STAMP)
