@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -20,6 +22,8 @@ from datetime import timedelta
 import httpx
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -35,6 +39,7 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from tests.activities.test_orders import new_order, sent_to
 from tests.e2e.api_harness import API_BASE, new_key, stack_settings
+from tests.e2e.test_schedules import JOBCTL
 from workers import tracing
 from workers.api.app import create_app
 from workers.log import configure_logging
@@ -197,3 +202,57 @@ async def test_each_stripe_call_is_a_span_saying_how_it_ended(
     assert missing.attributes is not None
     assert missing.attributes["error.type"] == "StripeInvalidRequest"
     assert missing.attributes["http.response.status_code"] == 404
+
+
+async def test_jobctl_api_sends_its_spans_to_the_configured_collector_over_otlp(
+    dev_env: WorkflowEnvironment, database_url: str
+) -> None:
+    """The process's own start and stop (`jobctl api`, SIGTERM): spans reach an OTLP/HTTP endpoint
+    (a stand-in collector), under the process's service name, the last batch sent at exit."""
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(ExportTraceServiceRequest.FromString(await request.read()))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(collector)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "DATABASE_URL": database_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{runner.addresses[0][1]}",
+    }
+    process = await asyncio.create_subprocess_exec(
+        JOBCTL, "api", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        url = line.split()[2]  # "API on http://127.0.0.1:NNNN (OpenAPI ...)"
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/healthz")).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await runner.cleanup()
+
+    exported = [
+        (resource.resource, span)
+        for request in received
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    [(resource, health)] = [(r, s) for r, s in exported if s.name == "GET /healthz"]
+    service = {a.key: a.value.string_value for a in resource.attributes}["service.name"]
+    assert service == "jobctl-api"
+    assert health.kind == health.SPAN_KIND_SERVER
