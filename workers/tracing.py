@@ -182,20 +182,23 @@ def webhook_middleware() -> Callable[..., Any] | None:
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "http.route": route},
             record_exception=False,  # a handler's exception text may quote the payload
+            set_status_on_exception=False,
         ) as span:
             try:
                 response = await handler(request)
             except web.HTTPException as answer:  # aiohttp's way to answer 400 and the like
-                response = answer
-                if answer.status < 500:
-                    span.set_attribute("http.response.status_code", answer.status)
-                    raise
-            span.set_attribute("http.response.status_code", response.status)
-            if response.status >= 500:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {response.status}"))
-            if isinstance(response, web.HTTPException):
-                raise response
+                answered(span, answer.status)
+                raise
+            except BaseException as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                raise
+            answered(span, response.status)
             return response
+
+    def answered(span: Span, status: int) -> None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
 
     return traced
 

@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -37,6 +38,7 @@ from config.settings import Settings
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
+from schemas.orders import OrderSweepRequest
 from tests.activities.test_orders import new_order, sent_to
 from tests.e2e.api_harness import API_BASE, new_key, stack_settings
 from tests.e2e.test_schedules import JOBCTL
@@ -44,7 +46,9 @@ from workers import tracing
 from workers.api.app import create_app
 from workers.log import configure_logging
 from workers.temporal_client import connect
+from workers.webhook_server import serve_webhooks
 from workers.worker import build_workers
+from workflows.orders import OrderExpirySweepWorkflow
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +260,41 @@ async def test_jobctl_api_sends_its_spans_to_the_configured_collector_over_otlp(
     service = {a.key: a.value.string_value for a in resource.attributes}["service.name"]
     assert service == "jobctl-api"
     assert health.kind == health.SPAN_KIND_SERVER
+
+
+async def test_a_workflow_in_the_sandbox_runs_traced_and_continues_its_callers_trace(
+    api: httpx.AsyncClient,
+    traced_client: Client,
+    traced_settings: Settings,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """The checkout's clock runs outside the sandbox; the sweep runs inside it, where the interceptor
+    must not break a workflow task (a sandbox violation would fail the run's first task)."""
+    handle = await traced_client.start_workflow(
+        OrderExpirySweepWorkflow.run,
+        OrderSweepRequest(page_size=10, messaging_task_queue=traced_settings.messaging_task_queue),
+        id=f"order-expiry-sweep/trace-{uuid.uuid4().hex[:8]}",
+        task_queue=traced_settings.task_queue,
+    )
+    await asyncio.wait_for(handle.result(), 30)
+
+    recorded = finished(spans)
+    [start] = [s for s in recorded if s.name == "StartWorkflow:OrderExpirySweepWorkflow"]
+    under = {s.name for s in recorded if s.parent is not None and s.parent.span_id == start.context.span_id}
+    assert "RunWorkflow:OrderExpirySweepWorkflow" in under, under
+    assert any(name.startswith("StartActivity:") for name in under), under
+
+
+async def test_each_webhook_callback_is_a_server_span_named_by_its_route(
+    traced_settings: Settings, engine: AsyncEngine, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    settings = traced_settings.model_copy(
+        update={"stripe_webhook_secret": SecretStr("whsec_tracing"), "webhook_base_url": "http://hooks.example"}
+    )
+    async with serve_webhooks(settings, engine, "127.0.0.1", 0) as url, httpx.AsyncClient(base_url=url) as hooks:
+        unsigned = await hooks.post("/webhooks/stripe", content=b"{}")
+        assert unsigned.status_code == 400
+    [callback] = [s for s in finished(spans) if s.name == "POST /webhooks/stripe"]
+    assert callback.kind == SpanKind.SERVER and callback.attributes is not None
+    assert callback.attributes["http.response.status_code"] == 400
+    assert callback.status.status_code != StatusCode.ERROR  # the caller's fault, not ours
