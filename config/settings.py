@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"
     metrics_bind: str | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    """OTEL_EXPORTER_OTLP_ENDPOINT: the OTLP/HTTP collector (e.g. `http://otel-collector:4318`); traces go to
+    its `/v1/traces`. Unset (and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT unset): no traces (workers/tracing.py)."""
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the full traces URL, over OTEL_EXPORTER_OTLP_ENDPOINT's."""
+    otel_service_name: str | None = None
+    """OTEL_SERVICE_NAME: the traces' `service.name` (default: jobctl-worker, jobctl-api, jobctl-webhooks)."""
 
     worker_deployment_name: str | None = None
     """Worker versioning: with a deployment name, workers poll as deployment version name/build id."""
@@ -262,6 +269,15 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
             raise ValueError("must be an http(s):// URL without a query")
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http(s):// URL without a query (OTLP over HTTP, e.g. http://collector:4318)")
         return value
 
     @field_validator("temporal_address", "metrics_bind")

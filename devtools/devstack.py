@@ -29,6 +29,7 @@ from workers import migrate
 from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
 from workers.temporal_client import connect
+from workers.tracing import start_tracing, stop_tracing
 from workers.worker import build_workers, run_workers
 
 log = structlog.get_logger(__name__)
@@ -260,6 +261,9 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
+        # OTEL_EXPORTER_OTLP_ENDPOINT (a local Jaeger, docs/OPERATIONS.md): before the client, which takes it up
+        if start_tracing(settings, "jobctl-dev") is not None:
+            stack.callback(stop_tracing)  # last out: the spans still buffered
         settings = await stack.enter_async_context(twilio(settings))
         settings = await stack.enter_async_context(stripe(settings))
         client = await stack.enter_async_context(temporal_dev_server(settings, home))

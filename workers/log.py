@@ -3,7 +3,8 @@
 structlog renders everything, including stdlib records (the SDK's own logs and
 ``workflow.logger``/``activity.logger``), so operators read one format. An activity
 interceptor binds workflow_id, run_id, activity type and attempt into contextvars
-for the duration of each activity, so every line an activity writes carries them.
+for the duration of each activity, so every line an activity writes carries them; while
+a span is current (tracing on, workers/tracing.py) lines carry its trace_id and span_id.
 """
 
 from __future__ import annotations
@@ -110,7 +111,27 @@ def _mask_value(key: str, value: Any) -> Any:
 def mask_pii(_logger: Any, _method: str, event_dict: EventDict) -> dict[str, Any]:
     """structlog processor: mask phone numbers, e-mail addresses and secret shapes anywhere, and
     secrets by key name. Runs again after tracebacks are rendered, so exception text is masked too."""
-    return {k: (_mask_value(k, v) if k not in ("timestamp", "level") else v) for k, v in event_dict.items()}
+    return {k: (_mask_value(k, v) if k not in _UNMASKED else v) for k, v in event_dict.items()}
+
+
+# A trace id is 32 hex digits, the shape of a Twilio auth token: set by `add_trace_ids`, never masked.
+_UNMASKED = frozenset({"timestamp", "level", "trace_id", "span_id"})
+
+
+def add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the current OpenTelemetry span's `trace_id` and `span_id` (hex, as
+    Jaeger and Tempo search them) on every line written while one is recording (workers/tracing.py);
+    nothing while tracing is off."""
+    # Looked up, not imported: a process that never loaded OpenTelemetry (most `jobctl` commands)
+    # has no span and should not pay the import for each line's sake.
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return event_dict
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
 
 
 def _shared_processors() -> list[Any]:
@@ -121,6 +142,7 @@ def _shared_processors() -> list[Any]:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
         _temporal_extra,
+        add_trace_ids,
         mask_pii,
     ]
 

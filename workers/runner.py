@@ -12,6 +12,7 @@ from activities.database import create_engine
 from config.settings import Settings
 from workers.process import PROBE_TIMEOUT_S, database_problem, stop_on_signals, temporal_problem
 from workers.temporal_client import TemporalUnreachable, client_options, connect, describe_target
+from workers.tracing import start_tracing, stop_tracing
 from workers.worker import WorkerOptions, build_workers, run_workers
 
 log = structlog.get_logger(__name__)
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 async def run_worker_process(settings: Settings, database_url: str, task_queues: Sequence[str]) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    start_tracing(settings, "jobctl-worker")  # before the client: its workers take its tracing interceptor
     client = await connect(settings)
     engine = create_engine(database_url)
     try:
@@ -31,6 +33,7 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
     finally:
         await engine.dispose()
         log.info("worker.stopped")
+        stop_tracing()  # the spans still buffered
 
 
 async def check_dependencies(

@@ -18,6 +18,7 @@ from temporalio.service import TLSConfig
 
 from config.settings import Settings, SettingsError
 from workers.codec import data_converter
+from workers.tracing import client_interceptors
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
                 settings.payload_encryption_key.get_secret_value() if settings.payload_encryption_key else None
             ),
             runtime=metrics_runtime(settings.metrics_bind) if settings.metrics_bind else None,
+            interceptors=client_interceptors(),  # tracing, once the process started it (workers/tracing.py)
         )
     except RuntimeError as exc:  # the bridge's "Failed client connect: ..." (TLS, DNS, refused)
         raise TemporalUnreachable(f"Temporal at {describe_target(options)}: {_reason(exc)}") from exc

@@ -18,6 +18,7 @@ from services.messaging import reply_help
 from workers import families
 from workers.process import stop_on_signals
 from workers.temporal_client import connect
+from workers.tracing import start_tracing, stop_tracing, webhook_middleware
 from workers.webhooks import create_app
 
 
@@ -44,6 +45,8 @@ async def serve_webhooks(
             stripe_handlers=families.stripe_handlers(deps) if deps else None,
             help_reply=(lambda t, r, sid: reply_help(client, settings, t, r, sid)) if client else None,
         )
+        if (traced := webhook_middleware()) is not None:  # tracing on (workers/tracing.py)
+            app.middlewares.insert(0, traced)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         resources.push_async_callback(runner.cleanup)  # before the gateway closes: no handler runs after
@@ -56,10 +59,12 @@ async def serve_webhooks(
 async def run_webhook_server(settings: Settings, database_url: str, host: str, port: int) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
+    start_tracing(settings, "jobctl-webhooks")  # before the client: the workflows it signals continue the trace
     engine = create_engine(database_url)
-    client = await connect(settings)
     try:
+        client = await connect(settings)
         async with serve_webhooks(settings, engine, host, port, client):
             await stop.wait()
     finally:
         await engine.dispose()
+        stop_tracing()  # the spans still buffered

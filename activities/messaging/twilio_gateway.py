@@ -7,17 +7,20 @@ URL); everything else is the SDK's own.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from opentelemetry.trace import Span
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
+
+from activities.tracing import provider_call
 
 SESSION_WINDOW = timedelta(hours=24)
 """WhatsApp's customer-service window: freeform messages only this long after the recipient's last."""
@@ -106,6 +109,24 @@ async def async_twilio_client(
         await close_twilio_client(client)
 
 
+def _channel(to: str) -> str:
+    """`whatsapp` or `sms`: what a span may say about the recipient (never the number)."""
+    return "whatsapp" if to.startswith("whatsapp:") else "sms"
+
+
+@contextmanager
+def _twilio_outcome(span: Span) -> Iterator[None]:
+    """Twilio's refusal on the span: the HTTP status and Twilio's error code (21610, 63016, ...),
+    not its message, which may quote the number."""
+    try:
+        yield
+    except TwilioRestException as exc:
+        span.set_attribute("http.response.status_code", int(exc.status))
+        if exc.code is not None:
+            span.set_attribute("twilio.error_code", int(exc.code))
+        raise
+
+
 @dataclass(frozen=True)
 class Accepted:
     sid: str
@@ -143,7 +164,11 @@ class TwilioGateway:
             kwargs["body"] = body
         if self._status_callback:
             kwargs["status_callback"] = self._status_callback
-        message = await self._client.messages.create_async(**kwargs)
+        attributes: dict[str, str | bool] = {"twilio.channel": _channel(to), "twilio.template": bool(content_sid)}
+        with provider_call("twilio", "messages.create", attributes) as span, _twilio_outcome(span):
+            message = await self._client.messages.create_async(**kwargs)
+            span.set_attribute("twilio.message_sid", message.sid)
+            span.set_attribute("twilio.message_status", message.status or "")
         return Accepted(sid=message.sid, status=message.status)
 
     async def sent_since(self, *, to: str, from_: str, since: datetime) -> list[Sent]:
@@ -152,17 +177,16 @@ class TwilioGateway:
         Lists by `To` and `From` only: a DateSent filter would miss a message that is still queued.
         """
         floor = since.replace(microsecond=0)
-        return [
-            Sent(sid=m.sid, body=m.body or "")
-            for m in await self._client.messages.list_async(to=to, from_=from_, limit=100)
-            if not (m.date_created and m.date_created < floor)
-        ]
+        with provider_call("twilio", "messages.list", {"twilio.channel": _channel(to)}) as span, _twilio_outcome(span):
+            listed = await self._client.messages.list_async(to=to, from_=from_, limit=100)
+        return [Sent(sid=m.sid, body=m.body or "") for m in listed if not (m.date_created and m.date_created < floor)]
 
     async def session_open(self, *, to: str, from_: str, now: datetime) -> bool:
         """Has `to` written to `from_` in the 24 hours before `now` (WhatsApp's customer-service
         window)? Twilio lists inbound messages too: one filtered list call, no state of ours."""
         since = (now - SESSION_WINDOW).replace(microsecond=0)
-        inbound = await self._client.messages.list_async(from_=to, to=from_, date_sent_after=since, limit=1)
+        with provider_call("twilio", "messages.list", {"twilio.channel": _channel(to)}) as span, _twilio_outcome(span):
+            inbound = await self._client.messages.list_async(from_=to, to=from_, date_sent_after=since, limit=1)
         return bool(inbound)
 
     async def close(self) -> None:

@@ -81,6 +81,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import permanent
 from activities.payments.client import close_stripe_client, stripe_client
+from activities.tracing import provider_call
 from schemas.money import STRIPE_THREE_DECIMAL, STRIPE_ZERO_DECIMAL, stripe_checkout_locale
 from schemas.payments import (
     CancelSubscription,
@@ -162,22 +163,31 @@ def _translate(exc: stripe.StripeError, operation: str) -> ApplicationError:
 
 @asynccontextmanager
 async def stripe_errors(operation: str, **log_ids: Any) -> AsyncIterator[None]:
-    """Turn ``stripe.StripeError`` raised inside into the matching ``ApplicationError``."""
-    try:
-        yield
-    except stripe.StripeError as exc:
-        error = _translate(exc, operation)
-        log.warning(
-            "stripe.call_failed",
-            operation=operation,
-            error_type=error.type,
-            retryable=not error.non_retryable,
-            http_status=exc.http_status,
-            code=exc.code,
-            request_id=exc.request_id,
-            **log_ids,
-        )
-        raise error from None
+    """Turn ``stripe.StripeError`` raised inside into the matching ``ApplicationError``; the call is one
+    span (`stripe <operation>`, its HTTP status and error type on failure; never its parameters)."""
+    with provider_call("stripe", operation) as span:
+        try:
+            yield
+        except stripe.StripeError as exc:
+            if exc.http_status is not None:
+                span.set_attribute("http.response.status_code", exc.http_status)
+            raise _stripe_failure(exc, operation, log_ids) from None
+
+
+def _stripe_failure(exc: stripe.StripeError, operation: str, log_ids: dict[str, Any]) -> ApplicationError:
+    """The ``ApplicationError`` for `exc`, logged."""
+    error = _translate(exc, operation)
+    log.warning(
+        "stripe.call_failed",
+        operation=operation,
+        error_type=error.type,
+        retryable=not error.non_retryable,
+        http_status=exc.http_status,
+        code=exc.code,
+        request_id=exc.request_id,
+        **log_ids,
+    )
+    return error
 
 
 # --- money -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from workers.api.routes import Stack
 from workers.api.routes.pay import PayLinkLimits
 from workers.families import FAMILIES
 from workers.process import readiness
+from workers.tracing import instrument_api
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -141,6 +142,7 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
         body = Readiness(status="ready" if ready else "not ready", temporal=temporal, database=database)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
+    instrument_api(app)  # a span per request while tracing is on (workers/tracing.py)
     return app
 
 

@@ -54,15 +54,18 @@ async def run_api(settings: Settings, database_url: str, host: str, port: int) -
     from workers.heap import freeze_startup_heap
     from workers.process import stop_on_signals
     from workers.temporal_client import connect
+    from workers.tracing import start_tracing, stop_tracing
 
     stop = asyncio.Event()
     stop_on_signals(stop)
+    start_tracing(settings, "jobctl-api")  # before the client and the app: both take it up
     engine = create_engine(database_url)  # no ping per request: a stale connection is one 503 (problems.py)
-    client = await connect(settings)
     try:
+        client = await connect(settings)
         async with serve_api(settings, engine, client, host, port) as url:
             freeze_startup_heap()
             print(f"API on {url} (OpenAPI {url}/openapi.json, docs {url}/docs)", flush=True)
             await stop.wait()
     finally:
         await engine.dispose()
+        stop_tracing()  # the spans still buffered

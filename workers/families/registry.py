@@ -76,6 +76,10 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "log_format",
     "log_level",
     "metrics_bind",
+    # traces (workers/tracing.py)
+    "otel_exporter_otlp_endpoint",
+    "otel_exporter_otlp_traces_endpoint",
+    "otel_service_name",
     "worker_deployment_name",
     "worker_build_id",
     "public_base_url",
