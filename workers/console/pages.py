@@ -250,6 +250,7 @@ async def _retailer_page(
         "messages": await history.recent_messages(stack.engine, retailer_id),
         "errors": errors or {},
         "values": values or {},
+        "open_form": next((key.split(".")[0] for key in (errors or {})), None),
         "nonce": secrets.token_urlsafe(12),
     }
     return render(request, "retailer.html", context, status=status)

@@ -87,7 +87,8 @@ async def add_user(engine: AsyncEngine, username: str, password: str, role: str,
                 .returning(ConsoleUser.id)
             )
     except IntegrityError as error:
-        raise UserRefused(f"username {username!r} is taken, or company {company_id!r} does not exist") from error
+        taken = f"username {username!r} is taken"
+        raise UserRefused(taken + (f", or company {company_id!r} does not exist" if company_id else "")) from error
     assert user_id is not None
     return User(user_id, username, role, company_id)
 
