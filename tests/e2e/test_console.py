@@ -6,6 +6,7 @@ user as the actor, through the same service functions as the API."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
@@ -28,6 +29,7 @@ from tests.e2e.console_harness import (  # noqa: F401 - pytest fixtures, taken a
     new_user,
     signed_in,
 )
+from tests.loyalty_factories import new_customer, order_ref
 from tests.unit.test_cli_input import jobctl
 
 TODAY = date.today()
@@ -178,6 +180,29 @@ async def test_the_risk_dashboard_charts_the_buckets_and_finds_a_retailer(
     nothing = await finance.get("/console/credit", params={"q": "no-such-shop-anywhere"})
     assert "No retailer with a credit account matches" in nothing.text
     assert (await finance.get("/console/credit/retailers/987654321")).status_code == 404
+
+
+async def test_the_loyalty_review_queue_lists_items_and_totals_by_state(
+    console_app: FastAPI, engine: AsyncEngine
+) -> None:
+    customer = await new_customer(engine, 500)
+    order = order_ref()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO loyalty_reconciliation_queue (customer_id, order_reference, points_redeemed, order_total,"
+                " status, attempts, last_error) VALUES (:c, :o, 120, 45.50, 'NEEDS_REVIEW', 5, 'ledger timeout')"
+            ),
+            {"c": customer, "o": order},
+        )
+    support, _ = await signed_in(console_app, engine, "support")
+    admin, _ = await signed_in(console_app, engine, "company_admin", await new_company(engine))
+    queue = await support.get("/console/loyalty")
+    assert queue.status_code == 200 and order in queue.text and "ledger timeout" in queue.text
+    assert re.search(r"Needs review</h2>\s*<p class=\"big\">[1-9]\d* <span", queue.text), queue.text
+    resolved = await support.get("/console/loyalty", params={"state": "RESOLVED"})
+    assert resolved.status_code == 200 and order not in resolved.text
+    assert (await admin.get("/console/loyalty")).status_code == 403
 
 
 async def _signs_in(database_url: str, username: str) -> bool:

@@ -1,7 +1,7 @@
 """The console in a real browser (issue #37): Debian's Chromium driven by Playwright (never a
 downloaded browser) against `jobctl api` serving the real stack. A finance admin signs in, finds a
 paused retailer, records its payment and sees the pause lift; axe-core (the script
-axe-playwright-python ships) finds no serious or critical violation on any page on the way. The
+axe-playwright-python ships) finds no serious or critical violation on any page on the way (the Loyalty review queue too). The
 retailer's page is saved to docs/img/console-credit.png for the README."""
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ async def test_a_finance_admin_records_a_payment_and_sees_the_pause_lift(
         await no_serious_violations(page)
         IMG.mkdir(exist_ok=True)
         await page.screenshot(path=IMG / "console-credit.png", full_page=True)
+        await page.get_by_role("link", name="Loyalty").click()  # the review queue, read-only
+        await expect(page.get_by_role("heading", name="Loyalty: points that failed to apply")).to_be_visible()
+        await no_serious_violations(page)
     finally:
         await context.close()
     async with engine.connect() as conn:

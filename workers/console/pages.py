@@ -30,7 +30,7 @@ from schemas.credit import RecordPayment
 from schemas.errors import Refused
 from schemas.money import AmountIn, format_money
 from schemas.text import Reason
-from services import credit_admin
+from services import credit_admin, loyalty
 from services.credit import record_payment
 from workers.api.routes import Stack
 from workers.console import users
@@ -385,3 +385,30 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
 
 class _Invalid(Exception):
     """The form's fields were refused: `errors` says which."""
+
+
+# --- loyalty: the review queue (read-only) --------------------------------------------------------
+
+QUEUE_STATES = {"NEEDS_REVIEW": "Needs review", "PENDING": "Retrying", "RESOLVED": "Resolved"}
+
+
+@router.get("/loyalty")
+async def loyalty_queue(request: Request, state: str = "NEEDS_REVIEW", offset: str | None = None) -> Response:
+    user = await _signed_in(request, "loyalty:read")
+    if isinstance(user, Response):
+        return user
+    stack = _stack(request)
+    state = state if state in QUEUE_STATES else "NEEDS_REVIEW"
+    at = _offset(offset)
+    rows = await loyalty.list_items(stack.engine, state=state, limit=PAGE + 1, offset=at)
+    context = {
+        "user": user,
+        "state": state,
+        "states": QUEUE_STATES,
+        "totals": await loyalty.queue_totals(stack.engine),
+        "currency": stack.settings.credit_currency,
+        "rows": rows[:PAGE],
+        "next_offset": at + PAGE if len(rows) > PAGE else None,
+        "prev_offset": max(at - PAGE, 0) if at else None,
+    }
+    return render(request, "loyalty.html", context)
