@@ -1,8 +1,9 @@
 """The console in a real browser (issue #37): Debian's Chromium driven by Playwright (never a
 downloaded browser) against `jobctl api` serving the real stack. A finance admin signs in, finds a
 paused retailer, records its payment and sees the pause lift; axe-core (the script
-axe-playwright-python ships) finds no serious or critical violation on any page on the way (the Loyalty review queue too). The
-retailer's page is saved to docs/img/console-credit.png for the README."""
+axe-playwright-python ships) finds no serious or critical violation on any page on the way (the
+Loyalty review queue too). The retailer's page is saved to docs/img/console-credit.png for the
+README."""
 
 from __future__ import annotations
 
