@@ -119,6 +119,9 @@ async def test_bad_input_is_refused_beside_its_field_and_changes_nothing(
         ("payment", {"amount": "5.00", "reference": "x"}, "payment-reference"),
         ("adjust", {"amount": "0", "reason": "nothing", "nonce": "n" * 12}, "adjust-amount"),
         ("adjust", {"amount": "5.00", "reason": "   ", "nonce": "n" * 12}, "adjust-reason"),
+        ("limits", {"credit_limit": "-1", "reason": "raise"}, "limits-credit_limit"),
+        ("limits", {"max_outstanding_days": "ten", "reason": "raise"}, "limits-max_outstanding_days"),
+        ("limits", {"reason": "nothing to change"}, "limits-credit_limit"),
         ("pause", {"reason": ""}, "pause-reason"),
         ("block", {"reason": "r" * 501}, "block-reason"),
     ]
@@ -152,6 +155,8 @@ async def test_actions_are_audited_with_the_console_user_and_their_result_shown(
     adjusted = await finance.post(
         f"{page}/adjust", data={"amount": "-12.50", "reason": "late fee", "nonce": uuid.uuid4().hex, "csrf": csrf}
     )
+    limits = await finance.post(f"{page}/limits", data={"credit_limit": "2500", "reason": "on time", "csrf": csrf})
+    assert limits.status_code == 303 and "Limits changed." in (await finance.get(page)).text
     blocked = await finance.post(f"{page}/block", data={"reason": "cheque bounced", "csrf": csrf})
     assert adjusted.status_code == blocked.status_code == 303
     shown = await finance.get(page)
@@ -164,7 +169,7 @@ async def test_actions_are_audited_with_the_console_user_and_their_result_shown(
                 {"r": retailer_id},
             )
         ).all()
-    assert {actor for _, actor in actors} == {f"console:{username}"} and len(actors) >= 3, actors
+    assert {actor for _, actor in actors} == {f"console:{username}"} and len(actors) >= 4, actors
 
 
 async def test_the_risk_dashboard_charts_the_buckets_and_finds_a_retailer(

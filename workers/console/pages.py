@@ -280,7 +280,7 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
     fields = await _form(request)
     if isinstance(fields, Response):
         return fields
-    if action not in ("payment", "adjust", "pause", "unpause", "block"):
+    if action not in ("payment", "adjust", "limits", "pause", "unpause", "block"):
         return render(request, "not_found.html", {"user": user, "what": f"the action {action!r}"}, status=404)
     stack = _stack(request)
     errors: dict[str, str] = {}
@@ -349,6 +349,17 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
             done = "Adjustment recorded." if not adjusted.duplicate else "This adjustment was recorded before."
             if adjusted.credit_resumed:
                 done += " Credit resumed: the pause is lifted."
+        elif action == "limits":
+            wanted = _limits(errors, fields)
+            reason = _check(errors, "limits.reason", _reason, reason, SAY_WHY)
+            if errors:
+                raise _Invalid
+            limits = await credit_admin.set_limits(
+                stack.engine, stack.client, stack.settings, retailer_id, wanted, actor=user.actor, reason=reason
+            )
+            done = "Limits changed."
+            if limits.credit_resumed:
+                done += " Credit resumed: the pause is lifted."
         else:
             reason = _check(errors, f"{action}.reason", _reason, reason, SAY_WHY)
             if errors:
@@ -381,6 +392,31 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
     log.info("console.credit_action", user_id=user.id, retailer_id=retailer_id, action=action)
     _session(request).flash(done)
     return redirect(request, f"/console/credit/retailers/{retailer_id}")
+
+
+def _limits(errors: dict[str, str], fields: dict[str, str]) -> dict[str, Any]:
+    """The limits the form gives (blank: unchanged); `errors` names each one refused."""
+    wanted: dict[str, Any] = {}
+    rules = {
+        "credit_limit": ("Give an amount of 0 or more, e.g. 5000.00, or leave it blank.", Decimal(0)),
+        "max_order_value": ("Give an amount above 0, e.g. 1500.00, or leave it blank.", Decimal("0.01")),
+    }
+    for name, (message, least) in rules.items():
+        value = fields.get(name, "").strip()
+        if value:
+            amount = _check(errors, f"limits.{name}", _amount, value, message)
+            if amount is not None and not least <= amount < Decimal("1e12"):
+                errors[f"limits.{name}"] = message
+            wanted[name] = amount
+    days = fields.get("max_outstanding_days", "").strip()
+    if days:
+        if days.isdigit() and int(days) <= 3650:
+            wanted["max_outstanding_days"] = int(days)
+        else:
+            errors["limits.max_outstanding_days"] = "Give whole days, 0 to 3650, or leave it blank."
+    if not wanted and not errors:
+        errors["limits.credit_limit"] = "Change at least one limit: fill in the ones to change."
+    return wanted
 
 
 class _Invalid(Exception):
