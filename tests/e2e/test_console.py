@@ -75,6 +75,18 @@ async def test_nobody_signed_in_is_sent_to_sign_in_and_a_wrong_password_is_refus
         assert "secure" in (await tls.get("/console/login")).headers["set-cookie"].lower()
 
 
+async def test_password_guessing_is_throttled_per_username(console_app: FastAPI, engine: AsyncEngine) -> None:
+    username = await new_user(engine, "finance")
+    async with client_of(console_app) as client:
+        csrf = csrf_of(await client.get("/console/login"))
+        wrong = {"username": username, "password": "guess", "csrf": csrf}
+        answers = [(await client.post("/console/login", data=wrong)).status_code for _ in range(6)]
+        assert answers == [401] * 5 + [429], answers
+        right = await client.post("/console/login", data={**wrong, "password": PASSWORD})
+        assert right.status_code == 429 and "Too many sign-in attempts" in right.text and right.headers["retry-after"]
+        assert (await client.get("/console/credit")).status_code == 303  # not signed in
+
+
 async def test_a_form_without_this_sessions_csrf_token_changes_nothing(
     console_app: FastAPI, engine: AsyncEngine
 ) -> None:

@@ -32,6 +32,7 @@ from schemas.money import AmountIn, format_money
 from schemas.text import Reason
 from services import credit_admin, loyalty
 from services.credit import record_payment
+from workers.api.limits import retry_after
 from workers.api.routes import Stack
 from workers.console import users
 from workers.console.charts import Bar, bar_chart
@@ -44,6 +45,8 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["role_names"] = users.ROLE_NAMES
 
 PAGE = 25
+SIGN_IN_PER_USERNAME = 5  # attempts a minute
+SIGN_IN_PER_ADDRESS = 30
 STATUS_ACTIONS: dict[str, admin.AdminAction] = {"pause": "pause", "unpause": "unpause", "block": "block"}
 SAY_WHY = "Say why (1-500 characters): it goes in the audit log."
 REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$"
@@ -136,7 +139,17 @@ async def login(request: Request) -> Response:
     fields = await _form(request)
     if isinstance(fields, Response):
         return fields
-    username = fields.get("username", "").strip().lower()
+    username = fields.get("username", "").strip().lower()[:64]
+    by_username, by_address = request.app.state.console_sign_in
+    address = request.client.host if request.client else "-"
+    wait = by_address.take(address) or by_username.take(username)
+    if wait:
+        log.info("console.sign_in_throttled")
+        errors = {"password": f"Too many sign-in attempts: wait {retry_after(wait)} seconds, then try again."}
+        context = {"next": _next(fields.get("next")), "errors": errors, "username": username}
+        response = render(request, "login.html", context, status=429)
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
     user = await users.authenticate(_stack(request).engine, username, fields.get("password", ""))
     if user is None:
         log.info("console.sign_in_refused")
