@@ -32,6 +32,18 @@ MESSAGES = text(
     " WHERE recipient_type = 'retailer' AND recipient_id = :r ORDER BY id DESC LIMIT :limit"
 )
 
+# Orders that failed, and checkouts whose 24-hour clock expired (or failed), newest first.
+FAILED_ORDERS = text(
+    """
+SELECT o.id, o.external_id, o.payment_mode, o.total_amount,
+       CASE WHEN o.status = 'FAILED' THEN 'FAILED' ELSE p.status END AS status,
+       coalesce(o.failed_at, p.expired_at, o.created_at) AS at, o.failure_reason
+FROM orders o LEFT JOIN pending_orders p ON p.order_id = o.id
+WHERE o.retailer_id = :r AND (o.status = 'FAILED' OR p.status IN ('EXPIRED', 'FAILED'))
+ORDER BY o.id DESC LIMIT :limit
+"""
+)
+
 # By id, external id or a part of the name; credit accounts only.
 SEARCH = text(
     """
@@ -65,6 +77,13 @@ async def recent_messages(engine: AsyncEngine, retailer_id: int, *, limit: int =
     """The retailer's latest messages and their status (the template's name, never the text or phone)."""
     async with engine.connect() as conn:
         rows = await conn.execute(MESSAGES, {"r": str(retailer_id), "limit": limit})
+        return [dict(row._mapping) for row in rows]
+
+
+async def failed_orders(engine: AsyncEngine, retailer_id: int, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The retailer's latest failed orders and expired checkouts."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(FAILED_ORDERS, {"r": retailer_id, "limit": limit})
         return [dict(row._mapping) for row in rows]
 
 

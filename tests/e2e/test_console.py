@@ -189,6 +189,14 @@ async def test_the_risk_dashboard_charts_the_buckets_and_finds_a_retailer(
 ) -> None:
     retailer_id, _ = await new_retailer(engine)
     await new_debit(engine, retailer_id, "70.00", TODAY - timedelta(days=20))
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO orders (retailer_id, status, payment_mode, total_amount, failed_at, failure_reason)"
+                " VALUES (:r, 'FAILED', 'CREDIT', 80.00, now(), 'out of stock at the depot')"
+            ),
+            {"r": retailer_id},
+        )
     finance, _ = await signed_in(console_app, engine, "support")
     board = await finance.get("/console/credit")
     assert board.status_code == 200 and '<svg class="chart"' in board.text and "16-30" in board.text
@@ -196,6 +204,8 @@ async def test_the_risk_dashboard_charts_the_buckets_and_finds_a_retailer(
     assert f'href="/console/credit/retailers/{retailer_id}"' in found.text
     nothing = await finance.get("/console/credit", params={"q": "no-such-shop-anywhere"})
     assert "No retailer with a credit account matches" in nothing.text
+    shown = await finance.get(f"/console/credit/retailers/{retailer_id}")
+    assert "out of stock at the depot" in shown.text and "$80.00" in shown.text  # its failed orders
     assert (await finance.get("/console/credit/retailers/987654321")).status_code == 404
 
 

@@ -261,6 +261,7 @@ async def _retailer_page(
         "audit_offset": audit_offset,
         "audit_next": audit_offset + PAGE if len(audit) > PAGE else None,
         "messages": await history.recent_messages(stack.engine, retailer_id),
+        "failed_orders": await history.failed_orders(stack.engine, retailer_id),
         "errors": errors or {},
         "values": values or {},
         "open_form": next((key.split(".")[0] for key in (errors or {})), None),
