@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import TypeAdapter, ValidationError
+from temporalio.service import RPCError
 
 from activities.credit import admin, history
 from schemas.credit import RecordPayment
@@ -48,6 +49,14 @@ PAGE = 25
 SIGN_IN_PER_USERNAME = 5  # attempts a minute
 SIGN_IN_PER_ADDRESS = 30
 STATUS_ACTIONS: dict[str, admin.AdminAction] = {"pause": "pause", "unpause": "unpause", "block": "block"}
+FIRST_FIELD = {
+    "payment": "amount",
+    "adjust": "amount",
+    "limits": "credit_limit",
+    "pause": "reason",
+    "unpause": "reason",
+    "block": "reason",
+}
 SAY_WHY = "Say why (1-500 characters): it goes in the audit log."
 REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{2,99}$"
 _amount = TypeAdapter(AmountIn)
@@ -396,13 +405,15 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
         errors[f"{action}.amount"] = str(refused)
         return await _retailer_page(request, user, retailer_id, errors=errors, values=values, status=422)
     except Refused as refused:
-        field = (
-            "reference"
-            if action == "payment" and "reference" in str(refused)
-            else ("amount" if action in ("payment", "adjust") else "reason")
-        )
+        field = "reference" if action == "payment" and "reference" in str(refused) else FIRST_FIELD[action]
         errors[f"{action}.{field}"] = str(refused)
         return await _retailer_page(request, user, retailer_id, errors=errors, values=values, status=409)
+    except (RPCError, RuntimeError) as error:  # Temporal unreachable (RuntimeError: a lazy client's connect)
+        log.warning("console.temporal_unavailable", action=action, error=type(error).__name__)
+        errors[f"{action}.{FIRST_FIELD[action]}"] = (
+            "The job service did not answer. Try again in a minute: the same form records once."
+        )
+        return await _retailer_page(request, user, retailer_id, errors=errors, values=values, status=503)
     log.info("console.credit_action", user_id=user.id, retailer_id=retailer_id, action=action)
     _session(request).flash(done)
     return redirect(request, f"/console/credit/retailers/{retailer_id}")
