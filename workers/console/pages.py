@@ -71,10 +71,6 @@ def money(amount: Decimal | int | str | None, currency: str = "USD", locale: str
 templates.env.filters["money"] = money
 
 
-class Denied(Exception):
-    """The signed-in user's role may not open this page or do this (403), or nobody is signed in."""
-
-
 def _stack(request: Request) -> Stack:
     return request.app.state.stack
 
