@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     """MANAGE_LINK_SECRET: the HMAC key that signs a churn nudge's `{PUBLIC_BASE_URL}/manage/{token}`
     link (the messaging worker signs, `jobctl api` checks: both need the same). Unset: ACTOR_HASH_KEY
     (required in production), else a fixed dev-only key; see `activities/churn/managelinks.py`."""
+    console_secret: SecretStr | None = None
+    """CONSOLE_SECRET: the key that signs the business console's session cookies and CSRF tokens
+    (`workers/console/session.py`). Unset: ACTOR_HASH_KEY (required in production), else a fixed
+    dev-only key: every restart keeps sessions, and anyone with the source could forge one in dev."""
+    console_session_hours: int = Field(default=12, ge=1, le=24 * 30)
+    """CONSOLE_SESSION_HOURS: a console sign-in lasts this long; then the user signs in again."""
     manage_link_days: int = Field(default=30, ge=1, le=366)
     """MANAGE_LINK_DAYS: a nudge's manage link opens the customer portal this many days after it was
     sent; later it answers 410 (the member opens the link of a newer message)."""

@@ -24,7 +24,13 @@ from temporalio.client import Client
 from activities.database import create_engine
 from config.settings import DEV_STACK_FILE, Settings
 from devtools import binaries
-from devtools.seed import locale_retailers, money_loop_retailer, seed_demo
+from devtools.seed import (
+    DEMO_CONSOLE_PASSWORD,
+    locale_retailers,
+    money_loop_retailer,
+    seed_console_users,
+    seed_demo,
+)
 from workers import migrate
 from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
@@ -276,6 +282,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 engine, today=datetime.now(settings.tz).date(), timezone=settings.business_timezone
             )
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
+            console_users = await seed_console_users(engine)
         settings = await stack.enter_async_context(webhooks(settings, engine, client))
         if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
             from devtools.stripe_sandbox import register_webhook
@@ -315,6 +322,13 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             flush=True,
         )
         print(f"  Events:        {receiver}", flush=True)
+        print(f"  Console:       {api_url}/console", flush=True)
+        if demo:
+            for username, role, company in console_users:
+                bound = f" (company {company})" if company else ""
+                print(f"    {role + bound:<30} sign in as {username} / {DEMO_CONSOLE_PASSWORD}", flush=True)
+        else:
+            print("    add a user: jobctl console-user add NAME --role finance", flush=True)
         await run_workers(workers, stop)
 
 

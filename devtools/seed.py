@@ -351,3 +351,31 @@ SELECT placed.retailer_id, 'DEBIT', placed.total_amount, CAST(:today AS date) - 
 FROM placed JOIN owed ON owed.amount = placed.total_amount
 """
 )
+
+
+# The console's demo users, one per role (issue #37): `make run` prints them. A dev-only password:
+# the dev stack is reachable from this machine only.
+DEMO_CONSOLE_PASSWORD = "jobctl-demo-console"
+DEMO_CONSOLE_USERS: tuple[tuple[str, str, str | None], ...] = (
+    ("finance", "finance", None),
+    ("support", "support", None),
+    ("acme-admin", "company_admin", "acme"),
+    ("operator", "operator", None),
+    ("viewer", "read_only", None),
+)
+
+
+async def seed_console_users(engine: AsyncEngine) -> list[tuple[str, str, str | None]]:
+    """The demo's console users (those missing are added; a second call adds none): every one's
+    (username, role, company)."""
+    from sqlalchemy import select
+
+    from schemas.tables import ConsoleUser
+    from workers.console.users import add_user
+
+    async with engine.connect() as conn:
+        present = set((await conn.scalars(select(ConsoleUser.username))).all())
+    for username, role, company in DEMO_CONSOLE_USERS:
+        if username not in present:
+            await add_user(engine, username, DEMO_CONSOLE_PASSWORD, role, company)
+    return list(DEMO_CONSOLE_USERS)

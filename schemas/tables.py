@@ -892,6 +892,29 @@ class ApiKey(CreatedAt, Base):
     )
 
 
+class ConsoleUser(CreatedAt, Base):
+    """A person signing in to the business console (`/console`): only the password's argon2 hash is
+    stored. `username` is the actor in the audit rows their actions write (`console:{username}`);
+    `role` decides what they see and may do; a `company_admin` is bound to `company_id` and sees
+    only that company's data."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = _bigint_pk()
+    username: Mapped[str] = mapped_column(unique=True)
+    password_hash: Mapped[str]
+    role: Mapped[str]
+    company_id: Mapped[str | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    disabled_at: Mapped[datetime | None]
+    last_sign_in_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("username ~ '^[a-z0-9][a-z0-9_.-]{1,63}$'", name="username_slug"),
+        CheckConstraint("role IN ('finance', 'support', 'company_admin', 'operator', 'read_only')", name="role_known"),
+        CheckConstraint("(role = 'company_admin') = (company_id IS NOT NULL)", name="company_admin_has_company"),
+    )
+
+
 class IdempotentRequest(CreatedAt, Base):
     """A POST made with an `Idempotency-Key`: the first answer, replayed to a retry with the same body.
 

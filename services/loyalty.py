@@ -212,3 +212,21 @@ async def list_items(
     async with engine.connect() as conn:
         rows = await conn.execute(query.order_by(Item.created_at, Item.id).limit(limit).offset(offset))
         return [dict(r._mapping) for r in rows]
+
+
+async def queue_totals(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+    """Per state (PENDING, NEEDS_REVIEW, RESOLVED): how many items, the points they redeem and
+    their orders' total (the review queue's header)."""
+    from sqlalchemy import func, select
+
+    from schemas.tables import LoyaltyReconciliationQueueItem as Item
+
+    none: dict[str, Any] = {"items": 0, "points": 0, "order_total": Decimal("0")}
+    totals = {state: dict(none) for state in ("NEEDS_REVIEW", "PENDING", "RESOLVED")}
+    query = select(Item.status, func.count(), func.sum(Item.points_redeemed), func.sum(Item.order_total)).group_by(
+        Item.status
+    )
+    async with engine.connect() as conn:
+        for state, items, points, total in await conn.execute(query):
+            totals[state] = {"items": items, "points": points or 0, "order_total": total or Decimal("0")}
+    return totals

@@ -210,6 +210,24 @@ def _the_example_receiver_shows_verified_events(stack: DevStack) -> None:
     assert seen["rejected"] == 0
 
 
+def _sign_in_to_the_console_as_the_printed_finance_user(stack: DevStack) -> None:
+    """`make run` prints the console's URL and a demo user per role; the finance one signs in and
+    sees the risk dashboard of the demo's receivables."""
+    import httpx
+
+    console = stack.wait_for(r"Console:\s+(http://\S+)", timeout=30).group(1)
+    login = stack.wait_for(r"finance\s+sign in as (\S+) / (\S+)", timeout=5)
+    for role in ("support", "company_admin", "operator", "read_only"):
+        stack.wait_for(rf"{role}\b.*sign in as \S+ / \S+", timeout=5)
+    with httpx.Client(timeout=30) as browser:
+        form = browser.get(f"{console}/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        data = {"username": login.group(1), "password": login.group(2), "csrf": csrf.group(1)}
+        signed = browser.post(f"{console}/login", data=data | {"next": "/console/credit"}, follow_redirects=True)
+    assert signed.status_code == 200 and "Receivables by days overdue" in signed.text, signed.text[:300]
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
     stack = DevStack(home, grpc_port, ui_port, _free_port())
@@ -222,6 +240,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         stack.wait_for(r"demo data: seeded 53 retailers", timeout=5)
         assert stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
         assert stack.wait_for(r"Twilio:\s+(http://127\.0\.0\.1:\d+)", timeout=5)
+        _sign_in_to_the_console_as_the_printed_finance_user(stack)
 
         assert "insights-nightly" in stack.temporal("schedule", "list")
         stack.temporal("schedule", "trigger", "--schedule-id", "insights-nightly")

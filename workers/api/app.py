@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from workers import console
 from workers.api import contract, problems
 from workers.api.auth import SCOPES
 from workers.api.limits import BodyLimit
@@ -111,6 +112,7 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
             app.include_router(family_router)
             for tag in family_router.tags:
                 tags.setdefault(str(tag), contract.tag_description(family_router))
+    console.mount(app)  # /console: the business console's pages (issue #37), outside the OpenAPI document
     app.openapi_tags = [{"name": name, "description": text} if text else {"name": name} for name, text in tags.items()]
     generate = app.openapi
 

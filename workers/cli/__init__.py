@@ -15,6 +15,7 @@ import typer
 
 from config.settings import SettingsError
 from workers.cli.api import api_app, keys_app
+from workers.cli.console import console_users_app
 from workers.cli.schedules import schedules_app
 from workers.cli.stack import stack_app
 
@@ -30,6 +31,7 @@ app.add_typer(stack_app)
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(api_app)
 app.add_typer(keys_app, name="api-keys")
+app.add_typer(console_users_app, name="console-user")
 
 
 def mount_families() -> typer.Typer:

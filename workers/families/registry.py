@@ -73,6 +73,9 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "codec_oidc_audience",
     "codec_oidc_jwks_url",
     "codec_oidc_jwks_ttl_seconds",
+    # the business console, served by the API process (issue #37)
+    "console_secret",
+    "console_session_hours",
     "log_format",
     "log_level",
     "metrics_bind",
