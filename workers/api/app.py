@@ -13,8 +13,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from workers.api import contract, problems
@@ -22,7 +23,9 @@ from workers.api.auth import SCOPES
 from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
 from workers.api.routes.pay import PayLinkLimits
-from workers.families import FAMILIES
+from workers.business_metrics import BusinessMetrics
+from workers.families import FAMILIES, all_schedules
+from workers.http_metrics import HttpMetrics, RequestMetrics
 from workers.process import readiness
 
 if TYPE_CHECKING:
@@ -99,6 +102,17 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     )
     # Outside everything else: a body above the limit is refused before it is parsed or a key looked up.
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    # Outermost (added last): every answer, a 413 included, is counted and carries the request id.
+    http_metrics = HttpMetrics("api")
+    app.add_middleware(RequestMetrics, metrics=http_metrics)
+    business = BusinessMetrics(
+        engine,
+        client,
+        schedule_ids=[s.schedule_id for s in all_schedules()],
+        task_queues=[settings.task_queue, settings.messaging_task_queue],
+    )
+    http_metrics.registry.register(business)
+    app.state.business_metrics = business
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     app.state.pay_limits = PayLinkLimits(settings)
@@ -124,6 +138,13 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     async def healthz() -> Health:
         """Liveness: the process answers."""
         return Health(status="ok")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus: the HTTP metrics and the business gauges (read at most every 15 s), no key."""
+        if engine is not None:
+            await business.refresh()
+        return Response(http_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/readyz",
