@@ -95,7 +95,7 @@ class Reading:
     failed: list[tuple[str, int]] = field(default_factory=list)
     webhooks: list[tuple[str, int]] = field(default_factory=list)
     brake: bool | None = None
-    schedules: list[tuple[str, float, int]] = field(default_factory=list)
+    schedules: list[tuple[str, float, int, int]] = field(default_factory=list)
     backlog: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -161,7 +161,12 @@ class BusinessMetrics(Collector):
                     continue
                 last = max((a.started_at for a in info.recent_actions), default=info.created_at)
                 reading.schedules.append(
-                    (schedule_id, max((now - last).total_seconds(), 0.0), info.num_actions_missed_catchup_window)
+                    (
+                        schedule_id,
+                        max((now - last).total_seconds(), 0.0),
+                        info.num_actions_missed_catchup_window,
+                        info.num_actions,
+                    )
                 )
             for queue in self.task_queues:
                 response = await client.workflow_service.describe_task_queue(
@@ -251,13 +256,19 @@ class BusinessMetrics(Collector):
                 "jobctl_schedule_last_action_age_seconds",
                 "Seconds since the schedule last started its job (since it was created when never)",
                 ["schedule"],
-                (((s,), age) for s, age, _ in r.schedules),
+                (((s,), age) for s, age, _, _ in r.schedules),
             )
             yield _family(
                 "jobctl_schedule_missed_total",
                 "Actions the schedule missed (past their catch-up window), since it was created",
                 ["schedule"],
-                (((s,), missed) for s, _, missed in r.schedules),
+                (((s,), missed) for s, _, missed, _ in r.schedules),
+            )
+            yield _family(
+                "jobctl_schedule_actions_total",
+                "Actions the schedule took (jobs it started), since it was created",
+                ["schedule"],
+                (((s,), taken) for s, _, _, taken in r.schedules),
             )
             yield _family(
                 "jobctl_task_queue_backlog",
