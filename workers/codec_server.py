@@ -10,6 +10,7 @@ either one, as `Authorization: Bearer ...`:
 - the static CODEC_SERVER_TOKEN, for the `temporal` CLI (`--codec-auth`) and scripts.
 
 Without either the UI keeps showing ciphertext. Why a request was refused is logged, never sent.
+`GET /metrics` (request counts and latency by route, `process="codec"`) needs no credential.
 """
 
 from __future__ import annotations

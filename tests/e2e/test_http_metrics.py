@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest_asyncio
+import structlog
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -123,6 +124,15 @@ async def test_every_answer_carries_the_request_id_and_problems_quote_it(
     body = assert_problem(missing, 404)
     assert missing.headers["x-request-id"] == mine and body["request_id"] == mine
 
+    # The lines logged while answering carry it (the directory's own log line here).
+    writer = await new_key(engine, "directory:write")
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        put = await http.put(
+            f"/v1/retailers/logged-{uuid.uuid4().hex[:8]}", json={"name": "L"}, headers={**writer, "X-Request-ID": mine}
+        )
+    assert put.status_code == 201 and put.headers["x-request-id"] == mine
+    assert any(line.get("request_id") == mine for line in logs), logs
+
     # Malformed (spaces, too long): replaced by a new id, never echoed as given.
     for bad in ("has spaces <script>", "x" * 65):
         refused = await http.get("/v1/retailers/nobody", headers={"X-Request-ID": bad})
@@ -203,6 +213,17 @@ async def webhooks(engine: AsyncEngine) -> AsyncIterator[str]:
 
 
 async def test_the_webhook_receiver_answers_health_readiness_and_metrics(webhooks: str) -> None:
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await _exercise_webhooks(webhooks)
+    # One access line per request (not for the scrape itself), by route template: no phone, no path.
+    access = [line for line in logs if line["event"] == "http.request"]
+    assert {(line["route"], line["status"]) for line in access} >= {("/webhooks/stripe", 400), ("unmatched", 404)}
+    assert all("+1415" not in str(line) for line in logs), logs
+    refused = [line for line in logs if line["event"] == "webhook.refused"]
+    assert refused and refused[0]["request_id"].startswith("hook-"), refused  # the handler's own lines too
+
+
+async def _exercise_webhooks(webhooks: str) -> None:
     async with httpx.AsyncClient(base_url=webhooks) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")

@@ -38,7 +38,8 @@ DESCRIPTION = (
     """Durable background jobs on Temporal, for a shop's backend.
 
 Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>` (or
-`X-API-Key`); `/healthz`, `/readyz`, `/pay/{token}` and `/manage/{token}` need none. Each route needs one scope; a key
+`X-API-Key`); `/healthz`, `/readyz`, `/pay/{token}` and `/manage/{token}` need none (nor
+`/metrics`, Prometheus text, not in this document). Each route needs one scope; a key
 bound to a company holds churn, directory and events scopes only and sees only that company's churn
 data, company, members and events. Every POST accepts `Idempotency-Key`: the same key and body
 replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another body is 422
@@ -52,7 +53,8 @@ name for programs to branch on and `type` the URI made from it
 (`"""
     + problems.PROBLEM_TYPE_BASE
     + """credit-paused` for `credit_paused`); `detail` is for people and may change; `field` and
-`errors` name the fields at fault. The codes:
+`errors` name the fields at fault; `request_id` is the request's id (the response's `X-Request-ID`: the
+caller's own when well-formed, 1-64 of `A-Za-z0-9._:-`), in every log line about it. The codes:
 
 """
     + problems.codes_table()
