@@ -7,9 +7,10 @@ scrape (and `jobctl_business_metrics_up{source}` says 0) rather than failing the
 
 Cost at 100,000 retailers (each query reads an index or a small table, never the outbox):
 
-- retailers, paused: one pass over `retailers` (100,000 narrow rows, ~10-20 ms, the only scan);
+- retailers, paused: one pass over `retailers` (100,000 narrow rows, the only full scan);
 - open debits by aging bucket and currency: the partial index of open debits
-  (`ix_credit_transactions_open_debits...`, type DEBIT and not CLEARED) joined to `credit_accounts`;
+  (`ix_credit_transactions_open_debits_due_date`, type DEBIT and not CLEARED) joined to
+  `credit_accounts`;
 - pending order clocks: `ix_pending_orders_status_expires_at`;
 - open churn cases per company: `ix_recovery_cases_company_id_status`;
 - loyalty NEEDS_REVIEW: `ix_loyalty_reconciliation_queue_status_created_at`;
@@ -17,8 +18,13 @@ Cost at 100,000 retailers (each query reads an index or a small table, never the
   undelivered rows); failed webhook events: the partial `ix_processed_webhook_events_failed`;
 - the brake: one row.
 
-At Temporal: one DescribeSchedule per schedule of the registry (eight) and one
-DescribeTaskQueue per worker queue (two), every 15 s at most.
+Measured on a shared 2-core machine, 100,000 retailers with 500,000 debits (166,000 open) and
+2,000,000 messages (6,000 held or failed): one database reading takes 220-360 ms, 270 ms of it the
+open debits (read through their partial index, then grouped); the retailers 30 ms, held and failed
+messages 35 and 20 ms, the rest under 1 ms. At most one reading per 15 s whatever the scrape rate.
+
+At Temporal: one DescribeSchedule per schedule of the registry (nine) and two
+DescribeTaskQueue (workflow, activity) per worker queue (two), every 15 s at most.
 
 Labels are bounded: aging buckets, ISO currencies, tenant company slugs (one per tenant, the only
 id-like label), hold reasons, Twilio error codes, webhook providers, schedule ids from the
