@@ -10,6 +10,7 @@ drains the worker and stops every child; a second run reuses the data.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -96,6 +97,8 @@ async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes
                 f"see {home / 'temporal.log'}"
             )
         try:
+            # polled without the metrics endpoint (each try would bind METRICS_BIND anew), then once with it
+            await connect(settings.model_copy(update={"metrics_bind": None}))
             return await connect(settings)
         except Exception:  # not listening yet
             if time.monotonic() > deadline:
@@ -170,8 +173,9 @@ async def stripe(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
-async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings]:
-    """The webhook receiver, and Twilio status callbacks pointed at it."""
+async def webhooks(settings: Settings, engine, client) -> AsyncIterator[tuple[Settings, str]]:
+    """The webhook receiver, and Twilio status callbacks pointed at it; yields the settings and its
+    local URL (WEBHOOK_BASE_URL may be a public one)."""
     from workers.webhook_server import serve_webhooks
 
     if not settings.stripe_webhook_secret:
@@ -179,7 +183,7 @@ async def webhooks(settings: Settings, engine, client) -> AsyncIterator[Settings
     host = settings.temporal_address.rsplit(":", 1)[0]
     async with serve_webhooks(settings, engine, host, settings.webhooks_port, client) as url:
         # Payment links are Checkout Sessions: the sandbox serves their pay page itself.
-        yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url})
+        yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url}), url
 
 
 API_PORT = 8000
@@ -266,6 +270,8 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     home.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     stop_on_signals(stop)
+    # The worker's Prometheus endpoint (the SDK's), on 9464 unless METRICS_BIND says otherwise or it is taken.
+    settings = settings.model_copy(update={"metrics_bind": settings.metrics_bind or _metrics_bind(settings)})
     async with AsyncExitStack() as stack:
         # OTEL_EXPORTER_OTLP_ENDPOINT (a local Jaeger, docs/OPERATIONS.md): before the client, which takes it up
         if start_tracing(settings, "jobctl-dev") is not None:
@@ -283,7 +289,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             )
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
             console_users = await seed_console_users(engine)
-        settings = await stack.enter_async_context(webhooks(settings, engine, client))
+        settings, webhooks_url = await stack.enter_async_context(webhooks(settings, engine, client))
         if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
             from devtools.stripe_sandbox import register_webhook
 
@@ -329,6 +335,11 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
                 print(f"    {role + bound:<30} sign in as {username} / {DEMO_CONSOLE_PASSWORD}", flush=True)
         else:
             print("    add a user: jobctl console-user add NAME --role finance", flush=True)
+        print(
+            f"  Metrics:       API {api_url}/metrics, webhooks {webhooks_url}/metrics,"
+            f" worker http://{settings.metrics_bind}/metrics (rules and dashboard: deploy/)",
+            flush=True,
+        )
         await run_workers(workers, stop)
 
 
@@ -361,6 +372,21 @@ async def start_demo_jobs(client, engine, settings: Settings) -> None:
         ).all()
     for membership_id, company_id in members:
         await start_case(client, engine, settings, membership_id, "payment_failed", company_id=company_id)
+
+
+WORKER_METRICS_PORT = 9464
+
+
+def _metrics_bind(settings: Settings) -> str:
+    """host:9464 for the dev worker's metrics, or any free port when 9464 is taken."""
+    host = settings.temporal_address.rsplit(":", 1)[0]
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, WORKER_METRICS_PORT))
+            return f"{host}:{WORKER_METRICS_PORT}"
+        except OSError:
+            probe.bind((host, 0))
+            return f"{host}:{probe.getsockname()[1]}"
 
 
 def _without_password(database_url: str) -> str:

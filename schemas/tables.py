@@ -716,6 +716,13 @@ class MessageLog(CreatedAt, Base):
         CheckConstraint("template_version >= 1", name="template_version_positive"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         Index("ix_message_log_recipient_created_at", "recipient_type", "recipient_id", "created_at"),
+        # held and failed messages for the API's gauges (workers/business_metrics.py): small, partial
+        Index(
+            "ix_message_log_attention",
+            "status",
+            "updated_at",
+            postgresql_where=text("status IN ('deferred', 'failed', 'undelivered')"),
+        ),
     )
 
 
@@ -808,6 +815,7 @@ class ProcessedWebhookEvent(Base):
         CheckConstraint(_in("provider", WEBHOOK_PROVIDERS), name="provider"),
         CheckConstraint(_in("status", WEBHOOK_EVENT_STATUSES), name="status"),
         Index("ix_processed_webhook_events_received_at", "received_at"),
+        Index("ix_processed_webhook_events_failed", "provider", postgresql_where=text("status = 'failed'")),
     )
 
 

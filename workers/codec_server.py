@@ -10,6 +10,7 @@ either one, as `Authorization: Bearer ...`:
 - the static CODEC_SERVER_TOKEN, for the `temporal` CLI (`--codec-auth`) and scripts.
 
 Without either the UI keeps showing ciphertext. Why a request was refused is logged, never sent.
+`GET /metrics` (request counts and latency by route, `process="codec"`) needs no credential.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
 from workers.codec import EncryptionCodec
+from workers.http_metrics import HttpMetrics, aiohttp_metrics_handler, aiohttp_middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -182,6 +184,8 @@ def create_app(
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/metrics" and request.method == "GET":  # counts only: for the scraper, no token
+            return await handler(request)
         if request.method == "OPTIONS":
             return cors(request, web.Response(status=204))
         reason = await refusal(request.headers.get("Authorization", ""))
@@ -206,7 +210,10 @@ def create_app(
 
         return handle
 
-    app = web.Application(middlewares=[guard])
+    metrics = HttpMetrics("codec")
+    # outside the guard: refusals (401) are counted and carry the request id too
+    app = web.Application(middlewares=[aiohttp_middleware(metrics), guard])
+    app.router.add_get("/metrics", aiohttp_metrics_handler(metrics))
     app.router.add_post("/encode", endpoint(codec.encode))
     app.router.add_post("/decode", endpoint(codec.decode_strict))  # undecodable input: 400, not 500
     app.router.add_route("OPTIONS", "/{tail:.*}", _no_content)  # preflights: answered by the middleware

@@ -15,6 +15,12 @@
   (HELP, INFO) gets the `help` template in reply, once per inbound message. An opt-out or opt-in
   applies once per MessageSid, so a redelivered START never undoes a newer STOP.
 Unsigned, badly signed or malformed bodies get 400 and change nothing.
+
+Also `GET /healthz` (the process answers), `GET /readyz` (the database answers; 503 otherwise) and
+`GET /metrics` (Prometheus: `jobctl_http_requests_total` and `jobctl_http_request_duration_seconds`
+with `process="webhooks"`, by route template). Every request gets an `X-Request-ID` (the caller's
+when well-formed), bound into its log lines, and one `http.request` access log line (method, route
+template, status, milliseconds: no path, query or body, so no phone number).
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from twilio.request_validator import RequestValidator
 from activities.messaging import outbox
 from schemas.errors import Refused
 from services import StripeHandler
+from workers.http_metrics import HttpMetrics, aiohttp_metrics_handler, aiohttp_middleware
 from workers.log import mask_text
+from workers.process import database_problem
 
 log = structlog.get_logger(__name__)
 
@@ -178,7 +186,24 @@ def create_app(
                 log.info("webhook.twilio_help", phone=phone, channel=channel, message_sid=sid)
         return web.Response(text="<Response></Response>", content_type="application/xml")
 
-    app = web.Application(client_max_size=1024**2)  # 413 above 1 MB (aiohttp's default, made explicit: issue #33)
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        """Ready when the database answers (every webhook writes there first); 503 otherwise."""
+        problem = await database_problem(engine)
+        database = f"unavailable: {problem}" if problem else "ok"
+        ready = problem is None
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "database": database}, status=200 if ready else 503
+        )
+
+    metrics = HttpMetrics("webhooks")
+    # 413 above 1 MB (aiohttp's default, made explicit: issue #33)
+    app = web.Application(client_max_size=1024**2, middlewares=[aiohttp_middleware(metrics)])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", aiohttp_metrics_handler(metrics))
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_post("/webhooks/twilio/status", twilio_status)
     app.router.add_post("/webhooks/twilio/inbound", twilio_inbound)

@@ -28,7 +28,7 @@ from config.settings import Settings, SettingsError
 from workers import families
 from workers.heap import freeze_startup_heap
 from workers.log import LoggingInterceptor
-from workers.metrics import JobMetricsInterceptor
+from workers.metrics import JobMetricsInterceptor, declare_counters
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +124,7 @@ def build_workers(
     which the caller closes once the workers have stopped."""
     options = options or WorkerOptions()
     compile_workflow_modules()
+    declare_counters(client)
     versioning = deployment_config(settings)
     deps = ActivityDeps(client, settings, engine, stripe_gateway(settings, engine, resources), resources)
     workers: list[Worker] = []

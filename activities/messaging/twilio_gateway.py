@@ -20,6 +20,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
+from activities.provider_metrics import count_provider_call, outcome_of
 from activities.tracing import provider_call
 
 SESSION_WINDOW = timedelta(hours=24)
@@ -33,6 +34,7 @@ class _AsyncHttpClient(AsyncTwilioHttpClient):
     straight to aiohttp, where None means no timeout at all; and it authenticates through
     aiohttp's deprecated ``auth=BasicAuth``, so the header is built here instead. No
     HTTP-level retries: a retried create is a duplicate message; retries belong to Temporal.
+    Each call is counted (`provider_requests_total{provider="twilio"}`, activities/provider_metrics.py).
     """
 
     async def request(
@@ -49,16 +51,22 @@ class _AsyncHttpClient(AsyncTwilioHttpClient):
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers = {**(headers or {}), "Authorization": f"Basic {token}"}
-        return await super().request(
-            method,
-            url,
-            params=params,
-            data=data,
-            headers=headers,
-            auth=None,
-            timeout=timeout if timeout is not None else self.timeout,
-            allow_redirects=allow_redirects,
-        )
+        try:
+            response = await super().request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                auth=None,
+                timeout=timeout if timeout is not None else self.timeout,
+                allow_redirects=allow_redirects,
+            )
+        except Exception:
+            count_provider_call("twilio", "network")
+            raise
+        count_provider_call("twilio", outcome_of(response.status_code))
+        return response
 
 
 def twilio_client(

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import aiohttp
 import stripe
 
+from activities.provider_metrics import count_provider_call, outcome_of
+
 STRIPE_TIMEOUT_S = 20.0
+
+
+class _CountedAIOHTTPClient(stripe.AIOHTTPClient):
+    """The SDK's aiohttp client, each call counted (`provider_requests_total{provider="stripe"}`)."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        try:
+            content, status, response_headers = await super().request_async(method, url, headers, post_data)
+        except Exception:
+            count_provider_call("stripe", "network")
+            raise
+        count_provider_call("stripe", outcome_of(status))
+        return content, status, response_headers
 
 
 def stripe_client(api_key: str, api_base: str | None, *, timeout_s: float = STRIPE_TIMEOUT_S) -> stripe.StripeClient:
@@ -18,7 +38,7 @@ def stripe_client(api_key: str, api_base: str | None, *, timeout_s: float = STRI
     """
     http_client = stripe.RequestsClient(
         timeout=timeout_s,
-        async_fallback_client=stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0)),
+        async_fallback_client=_CountedAIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0)),
     )
     return stripe.StripeClient(
         api_key,

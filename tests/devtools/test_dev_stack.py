@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.metric_queries import dashboard_expressions, metric_names, rule_expressions, served_names
+
 BIN = Path(sys.executable).parent
 
 
@@ -228,6 +230,27 @@ def _sign_in_to_the_console_as_the_printed_finance_user(stack: DevStack) -> None
     assert signed.status_code == 200 and "Receivables by days overdue" in signed.text, signed.text[:300]
 
 
+def _every_metric_the_rules_and_dashboard_name_is_served(stack: DevStack) -> None:
+    """Issue #36: the stack prints each process's metrics URL, and every metric an alert rule or a
+    dashboard panel reads is served by the API, the webhook receiver or the worker, live."""
+    urls = stack.wait_for(r"Metrics:\s+API (\S+), webhooks (\S+), worker (\S+) ", timeout=5).groups()
+    assert urls[2] == stack.metrics_url, urls
+    # The integrity audit (04:00 daily) sets `loyalty_discrepancies`: run it now.
+    stack.temporal("schedule", "trigger", "--schedule-id", "loyalty-integrity-audit")
+    needed = set().union(*map(metric_names, rule_expressions() + dashboard_expressions()))
+    deadline, missing = time.monotonic() + 60, needed
+    while time.monotonic() < deadline and missing:
+        served: set[str] = set()
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                served |= served_names(response.read().decode())
+        missing = needed - served
+        time.sleep(1)
+    assert not missing, f"named by deploy/ but served by no process: {sorted(missing)}"
+    with urllib.request.urlopen(urls[1], timeout=30) as response:  # the money loop's Stripe events
+        assert 'process="webhooks",route="/webhooks/stripe"' in response.read().decode()
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
     stack = DevStack(home, grpc_port, ui_port, _free_port())
@@ -283,6 +306,7 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
 
         _pay_the_demo_link_and_see_the_pause_lift(stack)
         _the_example_receiver_shows_verified_events(stack)
+        _every_metric_the_rules_and_dashboard_name_is_served(stack)
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]

@@ -127,6 +127,25 @@ async def test_the_static_token_still_works_for_the_cli(codec_http: TestClient) 
     assert await decode(codec_http, None) == 401
 
 
+async def test_metrics_count_decodes_and_refusals_without_a_token(codec_http: TestClient) -> None:
+    assert await decode(codec_http, f"Bearer {STATIC}") == 200
+    assert await decode(codec_http, "Bearer not-the-token") == 401
+    scraped = await codec_http.get("/metrics")  # no credential: counts only
+    assert scraped.status == 200
+    lines = (await scraped.text()).splitlines()
+    for status_class in ("2xx", "4xx"):
+        assert any(
+            line.startswith("jobctl_http_requests_total{")
+            and 'process="codec"' in line
+            and 'route="/decode"' in line
+            and f'status_class="{status_class}"' in line
+            and line.endswith(" 1.0")
+            for line in lines
+        ), (status_class, lines)
+    assert (await codec_http.get("/metrics", headers={"Authorization": "Bearer x"})).status == 200
+    assert (await codec_http.post("/metrics")).status == 401  # only GET /metrics passes the guard
+
+
 @pytest.mark.parametrize(
     "problem",
     ["expired", "wrong key", "wrong audience", "wrong issuer", "unknown kid", "HS256 with the public key", "alg none"],

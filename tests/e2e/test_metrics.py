@@ -112,3 +112,6 @@ async def test_reminders_sent_total_counts_each_reminder_once(
             metrics = await response.text()
     lines = [line for line in metrics.splitlines() if line.startswith("reminders_sent_total")]
     assert lines and all(line.endswith(" 2") for line in lines), lines
+    # Every call to Twilio, by provider and a bounded outcome (the error rate on-call alerts on).
+    calls = [line for line in metrics.splitlines() if line.startswith("provider_requests_total{")]
+    assert any('provider="twilio"' in line and 'outcome="ok"' in line for line in calls), calls

@@ -13,8 +13,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from workers import console
@@ -23,7 +24,9 @@ from workers.api.auth import SCOPES
 from workers.api.limits import BodyLimit
 from workers.api.routes import Stack
 from workers.api.routes.pay import PayLinkLimits
-from workers.families import FAMILIES
+from workers.business_metrics import BusinessMetrics
+from workers.families import FAMILIES, all_schedules
+from workers.http_metrics import HttpMetrics, RequestMetrics
 from workers.process import readiness
 from workers.tracing import instrument_api
 
@@ -37,7 +40,8 @@ DESCRIPTION = (
     """Durable background jobs on Temporal, for a shop's backend.
 
 Authenticate with an API key (`jobctl api-keys create`) as `Authorization: Bearer <key>` (or
-`X-API-Key`); `/healthz`, `/readyz`, `/pay/{token}` and `/manage/{token}` need none. Each route needs one scope; a key
+`X-API-Key`); `/healthz`, `/readyz`, `/pay/{token}` and `/manage/{token}` need none (nor
+`/metrics`, Prometheus text, not in this document). Each route needs one scope; a key
 bound to a company holds churn, directory and events scopes only and sees only that company's churn
 data, company, members and events. Every POST accepts `Idempotency-Key`: the same key and body
 replays the first answer for 24 hours (IDEMPOTENCY_RETENTION_HOURS), another body is 422
@@ -51,7 +55,8 @@ name for programs to branch on and `type` the URI made from it
 (`"""
     + problems.PROBLEM_TYPE_BASE
     + """credit-paused` for `credit_paused`); `detail` is for people and may change; `field` and
-`errors` name the fields at fault. The codes:
+`errors` name the fields at fault; `request_id` is the request's id (the response's `X-Request-ID`: the
+caller's own when well-formed, 1-64 of `A-Za-z0-9._:-`), in every log line about it. The codes:
 
 """
     + problems.codes_table()
@@ -101,6 +106,17 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     )
     # Outside everything else: a body above the limit is refused before it is parsed or a key looked up.
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    # Outermost (added last): every answer, a 413 included, is counted and carries the request id.
+    http_metrics = HttpMetrics("api")
+    app.add_middleware(RequestMetrics, metrics=http_metrics)
+    business = BusinessMetrics(
+        engine,
+        client,
+        schedule_ids=[s.schedule_id for s in all_schedules()],
+        task_queues=[settings.task_queue, settings.messaging_task_queue],
+    )
+    http_metrics.registry.register(business)
+    app.state.business_metrics = business
     app.state.stack = Stack(settings, engine, client)
     app.state.engine = engine
     app.state.pay_limits = PayLinkLimits(settings)
@@ -127,6 +143,13 @@ def create_app(settings: Settings, engine: AsyncEngine, client: Client) -> FastA
     async def healthz() -> Health:
         """Liveness: the process answers."""
         return Health(status="ok")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus: the HTTP metrics and the business gauges (read at most every 15 s), no key."""
+        if engine is not None:
+            await business.refresh()
+        return Response(http_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/readyz",

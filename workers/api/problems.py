@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.errors import Refused
+from workers.http_metrics import REQUEST_ID_HEADER, current_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -184,6 +185,11 @@ class ProblemDetails(BaseModel):
     )
     field: str | None = None
     errors: list[FieldError] | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="this request's id (the response's X-Request-ID: the caller's, when well-formed, or a new"
+        " one), in every log line about it: quote it to support",
+    )
 
 
 class Problem(Exception):
@@ -221,7 +227,10 @@ def problem_response(
         field=field,
         errors=errors,
         code=code,
+        request_id=current_request_id(),
     )
+    if body.request_id:  # also on an answer made outside the request-id middleware (the server's 500)
+        headers = {**(headers or {}), REQUEST_ID_HEADER: body.request_id}
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
