@@ -60,6 +60,9 @@ URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it."""
 
+    prefix = "invalid setting "
+    """What `jobctl` prints before the message (exit 2)."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")

@@ -71,7 +71,8 @@ def worker(
         bool,
         typer.Option(
             "--check",
-            help="Only check Temporal and the database are reachable (and messaging's Content SIDs); exit 0 or 1.",
+            help="Only check Temporal and the database are reachable and every activity of the queues can be"
+            " registered (settings, messaging's Content SIDs); exit 0 or 1.",
         ),
     ] = False,
 ) -> None:
@@ -94,7 +95,9 @@ def worker(
         typer.echo("ready: Temporal and the database answer")
         return
     from workers.runner import run_worker_process
+    from workers.worker import require_whole
 
+    require_whole(s, queues)  # before connecting: one line naming what each queue lacks, exit 2
     run(lambda: run_worker_process(s, database_url, queues))
 
 
