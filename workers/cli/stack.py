@@ -54,11 +54,15 @@ def dev(
     demo: Annotated[bool, typer.Option("--demo", help="Seed demo data (idempotent).")] = False,
 ) -> None:
     """Run the whole platform locally: Temporal dev server + UI, PostgreSQL, migrations, schedules, worker."""
-    run_dev_stack = _devtool("devstack").run_dev_stack
+    devstack = _devtool("devstack")
 
     s = settings()
     configure_logging(s)
-    run(lambda: run_dev_stack(s, demo=demo))
+    try:
+        run(lambda: devstack.run_dev_stack(s, demo=demo))
+    except devstack.StackFailed as failed:  # a child died and could not be restarted: one line, exit 1
+        typer.echo(f"jobctl dev: {failed}", err=True)
+        raise typer.Exit(1) from None
 
 
 @stack_app.command()
