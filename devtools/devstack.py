@@ -5,6 +5,10 @@ PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo
 bootstraps Temporal (`jobctl bootstrap`: search attributes, the brake,
 schedules) and runs the worker, all in this process group. SIGINT/SIGTERM
 drains the worker and stops every child; a second run reuses the data.
+
+The Temporal dev server and PostgreSQL are supervised (`devtools/supervise.py`): restarted on
+their data when they die, or the stack stops with one line and exit 1. While it runs, its settings
+are in JOBCTL_HOME/dev-stack.env (0600) for the commands of a second terminal.
 """
 
 from __future__ import annotations
