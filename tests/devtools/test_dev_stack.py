@@ -229,14 +229,13 @@ def _a_second_worker_joins_the_stack(stack: DevStack, home: Path) -> None:
     )
 
     jobctl = str(BIN / "jobctl")
-    check = subprocess.run([jobctl, "worker", "--check"], env=env, capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    assert "settings.dev_stack_file" in check.stderr and str(settings_file) in check.stderr, check.stderr
-
     log_path = home / "second-worker.log"
     with open(log_path, "w") as log:
-        worker = subprocess.Popen([str(BIN / "jobctl"), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen([jobctl, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        check = subprocess.run([jobctl, "worker", "--check"], env=env, capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert "settings.dev_stack_file" in check.stderr and str(settings_file) in check.stderr, check.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "worker.started" not in log_path.read_text():
             assert worker.poll() is None, log_path.read_text()
