@@ -6,8 +6,9 @@ cluster-wide however many workers run. What runs comes from the family registry.
 
 A worker is whole or does not start: each family returns every activity its workflows route to a
 queue, and names what it lacks for them (`Family.requires`); a worker asked to poll a queue with
-anything lacking refuses, one line per queue (`IncompleteWorker`, exit 2), before it connects.
-Tasks routed to a worker without their activity would fail on it, whichever worker took them.
+anything lacking refuses in one line naming what each queue lacks (`IncompleteWorker`, exit 2),
+before it connects. Tasks routed to a worker without their activity would fail on it, whichever
+worker took them.
 """
 
 from __future__ import annotations

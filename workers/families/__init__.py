@@ -65,7 +65,7 @@ def messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
 
 def missing_settings(settings: Settings, queues: Sequence[str]) -> dict[str, list[str]]:
     """Per queue of `queues` (`jobs`, `messaging`), what stops its activities being registered
-    whole (each family's `requires`, `family: problem`); a queue with nothing missing is left out."""
+    whole (each family's `requires`, as `problem (family)`); a queue lacking nothing is left out."""
     missing: dict[str, list[str]] = {queue: [] for queue in queues}
     for family in FAMILIES:
         for queue, problems in family.requires(settings).items():
