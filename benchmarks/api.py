@@ -196,6 +196,9 @@ async def main(requests: int, clients: int, checkout_only: bool = False) -> None
             "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
             "TWILIO_AUTH_TOKEN": "x",
             "TWILIO_API_BASE": "http://127.0.0.1:9",  # no follow-up is due during the run
+            # a worker is whole or refuses to start (the payments activities need a key); no Stripe call is made
+            "STRIPE_SECRET_KEY": "sk_test_unused",
+            "STRIPE_API_BASE": "http://127.0.0.1:9",
             "LOG_LEVEL": "WARNING",
         }
         jobctl = str(Path(sys.executable).parent / "jobctl")

@@ -60,6 +60,9 @@ URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it."""
 
+    prefix = "invalid setting "
+    """What `jobctl` prints before the message (exit 2)."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -383,10 +386,21 @@ def dev_stack_file() -> str | None:
     return str(path)
 
 
+_read_dev_stack_file: list[str] = []
+
+
+def read_dev_stack_file() -> str | None:
+    """The dev stack's settings file the last `load_settings` read (None: none was running); the
+    processes log it once (`workers.cli.runner.configure_logging`)."""
+    return _read_dev_stack_file[-1] if _read_dev_stack_file else None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning pydantic's report into one line that names the setting."""
+    env_file = dev_stack_file()
+    _read_dev_stack_file[:] = [env_file] if env_file else []
     try:
-        return Settings(_env_file=dev_stack_file(), **overrides)  # type: ignore[arg-type, call-arg]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")

@@ -5,11 +5,17 @@ PostgreSQL (data in .jobctl/pg) unless DATABASE_URL is set, migrates, seeds demo
 bootstraps Temporal (`jobctl bootstrap`: search attributes, the brake,
 schedules) and runs the worker, all in this process group. SIGINT/SIGTERM
 drains the worker and stops every child; a second run reuses the data.
+
+The Temporal dev server, PostgreSQL and the Stripe sandbox's localstripe are supervised
+(`devtools/supervise.py`): restarted on their data when they die, or the stack stops with one line
+and exit 1. While it runs, its settings are in JOBCTL_HOME/dev-stack.env (0600) for the commands of
+a second terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import time
@@ -32,6 +38,7 @@ from devtools.seed import (
     seed_console_users,
     seed_demo,
 )
+from devtools.supervise import Child, StackFailed, Supervisor
 from workers import migrate
 from workers.bootstrap import bootstrap
 from workers.process import stop_on_signals
@@ -68,23 +75,58 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
     return command  # the search attributes: `jobctl bootstrap`'s path (`workers.bootstrap`), as on a cluster
 
 
-@asynccontextmanager
-async def temporal_dev_server(settings: Settings, home: Path) -> AsyncIterator[Client]:
-    """The `temporal` CLI's dev server as a child process; yields a connected client."""
-    log_file = open(home / "temporal.log", "ab")  # closed in finally
-    process = subprocess.Popen(
-        temporal_server_command(settings, home / "temporal.db"), stdout=log_file, stderr=subprocess.STDOUT
-    )
-    try:
-        yield await _wait_for_temporal(settings, process, home)
-    finally:
-        process.terminate()
+class TemporalDevServer:
+    """The `temporal` CLI's dev server as a child process, state in `home/temporal.db`."""
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        self._settings, self._home = settings, home
+        self.log_path = home / "temporal.log"
+        self._log = open(self.log_path, "ab")  # closed by stop()
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            temporal_server_command(self._settings, self._home / "temporal.db"),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    async def ready(self) -> Client:
+        return await _wait_for_temporal(self._settings, self.process, self._home)
+
+    async def restart(self) -> None:
+        """Start it again on the same SQLite file and ports; returns once it answers. The clients
+        already connected (the worker's, the API's) reconnect by themselves."""
+        self.process.wait()
+        self.process = self._spawn()
+        await self.ready()
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            process.wait(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log_file.close()
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@asynccontextmanager
+async def temporal_dev_server(
+    settings: Settings, home: Path, supervisor: Supervisor | None = None
+) -> AsyncIterator[Client]:
+    """The Temporal dev server as a child process (restarted by `supervisor`); yields a connected client."""
+    server = TemporalDevServer(settings, home)
+    try:
+        client = await server.ready()
+        if supervisor is not None:
+            supervisor.watch(Child("Temporal dev server", server.alive, server.restart, hint=str(server.log_path)))
+        yield client
+    finally:
+        server.stop()
         log.info("dev.temporal_stopped")
 
 
@@ -107,14 +149,20 @@ async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes
 
 
 @asynccontextmanager
-async def database(settings: Settings, home: Path) -> AsyncIterator[str]:
-    """DATABASE_URL when set, else an embedded PostgreSQL kept in .jobctl/pg."""
+async def database(settings: Settings, home: Path, supervisor: Supervisor | None = None) -> AsyncIterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL kept in .jobctl/pg (restarted by `supervisor`)."""
     if settings.database_url:
         yield settings.database_url
         return
     from devtools.embedded_db import EmbeddedPostgres
 
     server = await asyncio.to_thread(EmbeddedPostgres, (home / "pg").resolve())
+    if supervisor is not None:
+
+        async def restart() -> None:
+            await asyncio.to_thread(server.restart)
+
+        supervisor.watch(Child("embedded PostgreSQL", server.alive, restart, hint=str(home / "pg" / "log")))
     try:
         yield await asyncio.to_thread(server.create_database, "jobctl")
     finally:
@@ -153,9 +201,10 @@ async def twilio(settings: Settings) -> AsyncIterator[Settings]:
 
 
 @asynccontextmanager
-async def stripe(settings: Settings) -> AsyncIterator[Settings]:
+async def stripe(settings: Settings, supervisor: Supervisor | None = None) -> AsyncIterator[Settings]:
     """Real Stripe when a secret key is set; otherwise the sandbox (localstripe + idempotency),
-    persisted under JOBCTL_HOME/stripe: the customers the database names survive a restart."""
+    persisted under JOBCTL_HOME/stripe: the customers the database names survive a restart (and
+    its localstripe child survives a crash: `supervisor` restarts it on that store)."""
     if settings.stripe_secret_key:
         yield settings
         return
@@ -164,6 +213,8 @@ async def stripe(settings: Settings) -> AsyncIterator[Settings]:
     sandbox = await StripeSandbox(data_dir=Path(settings.jobctl_home) / "stripe").start(
         settings.temporal_address.rsplit(":", 1)[0], settings.stripe_sandbox_port
     )
+    if supervisor is not None:
+        supervisor.watch(Child("Stripe sandbox's localstripe", sandbox.backend_alive, sandbox.restart_backend))
     try:
         yield settings.model_copy(
             update={"stripe_api_base": sandbox.url, "stripe_secret_key": SecretStr(DEV_STRIPE_SECRET_KEY)}
@@ -244,24 +295,59 @@ async def event_receiver(settings: Settings, engine, client) -> AsyncIterator[st
         yield f"{receiver.url} (subscription {sub.id}; GET /_receiver/events lists what arrived)"
 
 
-def write_connection_file(home: Path, settings: Settings, database_url: str, api_url: str) -> Path:
-    """What a second shell's `jobctl` needs to reach this stack (read by config.settings while it runs)."""
+def connection_settings(settings: Settings, database_url: str, api_url: str) -> dict[str, str]:
+    """The stack's effective settings a second shell's process needs to join it: addresses, queues,
+    the database, the public URLs and, when they are the stack's own emulator and sandbox, their
+    URLs and dev keys (dev-only secrets). Real providers' credentials are never written: a process
+    beside a stack using them takes them from its own environment."""
     import os
 
-    path = home / DEV_STACK_FILE
     lines = {
         "DATABASE_URL": database_url,
         "TEMPORAL_ADDRESS": settings.temporal_address,
         "TEMPORAL_NAMESPACE": settings.temporal_namespace,
         "TASK_QUEUE": settings.task_queue,
         "MESSAGING_TASK_QUEUE": settings.messaging_task_queue,
+        "PUBLIC_BASE_URL": settings.public_base_url or api_url,
+        "WEBHOOK_BASE_URL": settings.webhook_base_url,
+        "CHURN_MANAGE_URL": settings.churn_manage_url,
         "JOBCTL_API_URL": api_url,
         "JOBCTL_DEV_PID": str(os.getpid()),
     }
     if settings.twilio_content_sids_file:  # a second shell's `jobctl worker` sends as this stack's do
-        lines["TWILIO_CONTENT_SIDS_FILE"] = settings.twilio_content_sids_file
-    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
-    path.chmod(0o600)
+        lines["TWILIO_CONTENT_SIDS_FILE"] = str(Path(settings.twilio_content_sids_file).resolve())
+    if settings.twilio_api_base:  # the emulator: its URL and dev credentials
+        lines |= {
+            "TWILIO_API_BASE": settings.twilio_api_base,
+            "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+            "TWILIO_AUTH_TOKEN": _secret(settings.twilio_auth_token),
+            "TWILIO_REQUIRE_CONTENT_SIDS": "true" if settings.content_sids_required else "false",
+        }
+    if settings.stripe_api_base:  # the sandbox: its URL and dev keys
+        lines |= {
+            "STRIPE_API_BASE": settings.stripe_api_base,
+            "STRIPE_SECRET_KEY": _secret(settings.stripe_secret_key),
+            "STRIPE_WEBHOOK_SECRET": _secret(settings.stripe_webhook_secret),
+        }
+    return {key: value for key, value in lines.items() if value}
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+def write_connection_file(home: Path, settings: Settings, database_url: str, api_url: str) -> Path:
+    """What a second shell's `jobctl` needs to reach this stack (read by config.settings while it
+    runs): `connection_settings`, written 0600 from the start (it holds dev keys) and atomically."""
+    import os
+
+    path = home / DEV_STACK_FILE
+    partial = path.with_suffix(".tmp")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{k}={v}\n" for k, v in connection_settings(settings, database_url, api_url).items()))
+    partial.replace(path)
     return path
 
 
@@ -272,14 +358,17 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
     stop_on_signals(stop)
     # The worker's Prometheus endpoint (the SDK's), on 9464 unless METRICS_BIND says otherwise or it is taken.
     settings = settings.model_copy(update={"metrics_bind": settings.metrics_bind or _metrics_bind(settings)})
+    supervisor = Supervisor(stop)
     async with AsyncExitStack() as stack:
         # OTEL_EXPORTER_OTLP_ENDPOINT (a local Jaeger, docs/OPERATIONS.md): before the client, which takes it up
         if start_tracing(settings, "jobctl-dev") is not None:
             stack.callback(stop_tracing)  # last out: the spans still buffered
         settings = await stack.enter_async_context(twilio(settings))
-        settings = await stack.enter_async_context(stripe(settings))
-        client = await stack.enter_async_context(temporal_dev_server(settings, home))
-        database_url = await stack.enter_async_context(database(settings, home))
+        settings = await stack.enter_async_context(stripe(settings, supervisor))
+        client = await stack.enter_async_context(temporal_dev_server(settings, home, supervisor))
+        database_url = await stack.enter_async_context(database(settings, home, supervisor))
+        # Watched from here on; stopped before the children are (the exit stack unwinds in reverse).
+        stack.push_async_callback(_cancel, asyncio.create_task(supervisor.run()))
         await asyncio.to_thread(migrate.upgrade, database_url)
         engine = create_engine(database_url)
         stack.push_async_callback(engine.dispose)
@@ -341,6 +430,14 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             flush=True,
         )
         await run_workers(workers, stop)
+        if supervisor.failure is not None:
+            raise StackFailed(supervisor.failure)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def bootstrap_dev(client: Client, settings: Settings) -> list[tuple[str, str]]:

@@ -828,6 +828,24 @@ class StripeSandbox:
         log.info("stripe_sandbox.listening", url=self._url, backend=self.app[BACKEND].url)
         return self
 
+    def backend_alive(self) -> bool:
+        """Whether the localstripe child still runs (the dev stack's supervisor asks)."""
+        process = self.app[BACKEND].process
+        return process is None or process.returncode is None
+
+    async def restart_backend(self) -> None:
+        """A new localstripe child on the same store (its dump file) after the last one died, with
+        the webhooks registered again; requests go to it from then on."""
+        backend, options = self.app[BACKEND], self.app[OPTIONS]
+        assert backend.session is not None and backend.process is not None, "not started with its own child"
+        await stop_localstripe(backend.process)  # reaps it (it is dead: this returns at once)
+        dump = options.data_dir / "localstripe.pickle" if options.data_dir else None
+        process, url = await spawn_localstripe(dump)
+        await _wait_until_serving(backend.session, url, process)
+        await _replay_webhooks(backend.session, url, self.app[CHECKOUT])
+        backend.process, backend.url = process, url
+        log.info("stripe_sandbox.backend_restarted", backend=url)
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

@@ -180,6 +180,11 @@ async def gateway(emulator: TwilioEmulator) -> AsyncIterator[TwilioGateway]:
 
 STRIPE_TEST_KEY = "sk_test_jobctl"
 
+UNUSED_STRIPE = {"STRIPE_SECRET_KEY": "sk_test_unused", "STRIPE_API_BASE": "http://127.0.0.1:9"}
+"""The environment of a `jobs` worker process in a test that never reaches Stripe: a worker is whole or
+refuses to start, and the payments activities need a key. Nothing listens on port 9, so a call made
+after all fails at once, never reaching Stripe."""
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def sandbox() -> AsyncIterator[StripeSandbox]:

@@ -13,7 +13,7 @@ from config.settings import Settings
 from workers.process import PROBE_TIMEOUT_S, database_problem, stop_on_signals, temporal_problem
 from workers.temporal_client import TemporalUnreachable, client_options, connect, describe_target
 from workers.tracing import start_tracing, stop_tracing
-from workers.worker import WorkerOptions, build_workers, run_workers
+from workers.worker import QUEUES, WorkerOptions, build_workers, run_workers
 
 log = structlog.get_logger(__name__)
 
@@ -53,14 +53,10 @@ async def check_dependencies(
     else:
         if (problem := await temporal_problem(client)) is not None:
             problems.append(f"Temporal at {where}: {problem}")
-    if settings.twilio_account_sid and (task_queues is None or "messaging" in task_queues):
-        from config.settings import SettingsError
-        from workers.families.messaging import message_catalogue
+    from workers import families
 
-        try:
-            message_catalogue(settings)
-        except SettingsError as exc:
-            problems.append(str(exc))
+    for queue, missing in families.missing_settings(settings, task_queues or QUEUES).items():
+        problems.append(f"{queue} queue: {', '.join(missing)}")
     engine = create_engine(database_url, pool_size=1)
     try:
         if (problem := await database_problem(engine)) is not None:

@@ -3,6 +3,12 @@
 `jobs` runs every family's workflows and its database/Stripe activities; `messaging` runs only the
 Twilio sends, with `max_task_queue_activities_per_second` so the provider's rate limit holds
 cluster-wide however many workers run. What runs comes from the family registry.
+
+A worker is whole or does not start: each family returns every activity its workflows route to a
+queue, and names what it lacks for them (`Family.requires`); a worker asked to poll a queue with
+anything lacking refuses in one line naming what each queue lacks (`IncompleteWorker`, exit 2),
+before it connects. Tasks routed to a worker without their activity would fail on it, whichever
+worker took them.
 """
 
 from __future__ import annotations
@@ -56,16 +62,31 @@ def compile_workflow_modules() -> None:
         compileall.compile_dir(path, quiet=2)
 
 
+class IncompleteWorker(SettingsError):
+    """A queue's activities cannot all be registered with these settings; the message names, per
+    queue, what is missing."""
+
+    prefix = ""
+
+
+def require_whole(settings: Settings, task_queues: Sequence[str]) -> None:
+    """Raise `IncompleteWorker` unless every activity routed to each of `task_queues` can be built."""
+    missing = families.missing_settings(settings, task_queues)
+    if missing:
+        raise IncompleteWorker(
+            "the worker refuses to start: "
+            + "; ".join(f"{queue} queue: {', '.join(problems)}" for queue, problems in missing.items())
+        )
+
+
 def stripe_gateway(
     settings: Settings, engine: AsyncEngine, resources: contextlib.AsyncExitStack
 ) -> StripeGateway | None:
     """The worker's one Stripe gateway (the sandbox when STRIPE_API_BASE is set); None when no Stripe
-    key is configured. It is closed with `resources`."""
+    key is configured (then no `jobs` worker is built: `require_whole`). It is closed with `resources`."""
     gateway = open_stripe_gateway(settings, engine)
-    if gateway is None:
-        log.warning("worker.no_stripe", detail="STRIPE_SECRET_KEY not set: payment activities not registered")
-        return None
-    resources.push_async_callback(gateway.close)
+    if gateway is not None:
+        resources.push_async_callback(gateway.close)
     return gateway
 
 
@@ -121,8 +142,10 @@ def build_workers(
     resources: contextlib.AsyncExitStack,
 ) -> list[Worker]:
     """The workers for `options.task_queues`; the activities' HTTP clients close with `resources`,
-    which the caller closes once the workers have stopped."""
+    which the caller closes once the workers have stopped. `IncompleteWorker` when a queue's
+    activities cannot all be registered."""
     options = options or WorkerOptions()
+    require_whole(settings, options.task_queues)
     compile_workflow_modules()
     declare_counters(client)
     versioning = deployment_config(settings)

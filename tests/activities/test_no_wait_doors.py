@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from config.settings import Settings, load_settings
+from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
 from schemas.churn import ManualNudge, NudgeOutcome
@@ -53,7 +54,7 @@ the answer came, and the run still open: under time skipping the old doors answe
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def settings(emulator: TwilioEmulator) -> Settings:
+async def settings(emulator: TwilioEmulator, sandbox: StripeSandbox) -> Settings:
     queue = f"nowait-{uuid.uuid4().hex[:10]}"
     return load_settings(
         task_queue=queue,
@@ -61,6 +62,8 @@ async def settings(emulator: TwilioEmulator) -> Settings:
         twilio_api_base=emulator.url,
         twilio_account_sid=emulator.account_sid,
         twilio_auth_token=SecretStr(emulator.auth_token),
+        stripe_api_base=sandbox.url,  # a jobs worker is whole or refuses: the payments activities need a key
+        stripe_secret_key=SecretStr("sk_test_nowait"),
         quiet_hours_start=21,
         quiet_hours_end=8,
         message_daily_cap=10_000,

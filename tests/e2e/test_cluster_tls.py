@@ -33,6 +33,7 @@ from temporalio.worker import Worker
 
 from config.settings import Settings, load_settings
 from schemas.insights import InsightsRequest
+from tests.conftest import UNUSED_STRIPE
 from workers.temporal_client import TemporalUnreachable, connect
 from workflows.insights import InsightsRegenerationWorkflow
 
@@ -242,6 +243,7 @@ async def test_the_worker_readiness_probe_through_tls_from_the_environment(
         "TEMPORAL_TLS_SERVER_NAME": SERVER_NAME,
         "TEMPORAL_TLS_CERT": str(pki.client_cert),
         "TEMPORAL_TLS_KEY": str(pki.client_key),
+        **UNUSED_STRIPE,
     }
 
     async def check(**extra: str) -> tuple[int, str]:
@@ -249,6 +251,8 @@ async def test_the_worker_readiness_probe_through_tls_from_the_environment(
             JOBCTL,
             "worker",
             "--check",
+            "--task-queue",
+            "jobs",
             env={**environ, **extra},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -280,6 +284,7 @@ async def test_a_real_jobctl_worker_runs_a_job_through_mutual_tls(
         "TEMPORAL_TLS_SERVER_NAME": SERVER_NAME,
         "TEMPORAL_TLS_CERT": pki.client_cert.read_text(),
         "TEMPORAL_TLS_KEY": pki.client_key.read_text(),
+        **UNUSED_STRIPE,
     }
     log = tmp_path / "worker.log"
     with open(log, "ab") as out:

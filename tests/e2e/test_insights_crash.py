@@ -25,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devtools.seed import seed_retailers
 from schemas.insights import InsightsRequest
+from tests.conftest import UNUSED_STRIPE
 from workflows.insights import InsightsRegenerationWorkflow
 
 DAY = date(2026, 11, 23)
@@ -60,6 +61,7 @@ def worker_env(dev_env: WorkflowEnvironment, database_url: str, task_queue: str)
         "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "TASK_QUEUE": task_queue,
         "LOG_FORMAT": "json",
+        **UNUSED_STRIPE,
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import load_settings
+from tests.conftest import UNUSED_STRIPE
 from workers import families, schedules
 
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
@@ -83,7 +84,9 @@ async def test_pause_unpause_and_trigger_from_the_cli(dev_env: WorkflowEnvironme
 
 
 def test_worker_check_is_a_readiness_probe(dev_env: WorkflowEnvironment, database_url: str) -> None:
-    ready = jobctl(dev_env, "worker", "--check", DATABASE_URL=database_url)
+    ready = jobctl(dev_env, "worker", "--check", "--task-queue", "jobs", DATABASE_URL=database_url, **UNUSED_STRIPE)
     assert ready.returncode == 0, ready.stderr
+    half = jobctl(dev_env, "worker", "--check", "--task-queue", "jobs", DATABASE_URL=database_url)
+    assert half.returncode == 1 and "not ready: jobs queue: STRIPE_SECRET_KEY not set (payments)" in half.stderr
     down = jobctl(dev_env, "worker", "--check", DATABASE_URL=database_url, TEMPORAL_ADDRESS="127.0.0.1:1")
     assert down.returncode == 1 and "not ready: Temporal" in down.stderr

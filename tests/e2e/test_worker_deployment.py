@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devtools.seed import seed_retailers
 from schemas.insights import InsightsRequest
+from tests.conftest import UNUSED_STRIPE
 from workflows.insights import InsightsRegenerationWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,7 @@ async def test_sigterm_lets_the_in_flight_activity_finish_before_the_worker_exit
         "DATABASE_URL": database_url,
         "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "TASK_QUEUE": task_queue,
+        **UNUSED_STRIPE,
     }
     with open(tmp_path / "worker.log", "ab") as log:
         worker = subprocess.Popen([JOBCTL, "worker", "--task-queue", "jobs"], env=env, stdout=log, stderr=log)
@@ -105,6 +107,7 @@ async def test_versioned_worker_runs_workflows_once_its_build_is_current(
         "TASK_QUEUE": task_queue,
         "WORKER_DEPLOYMENT_NAME": deployment,
         "WORKER_BUILD_ID": "build-1",
+        **UNUSED_STRIPE,
     }
     with open(tmp_path / "worker.log", "ab") as log:
         worker = subprocess.Popen([JOBCTL, "worker", "--task-queue", "jobs"], env=env, stdout=log, stderr=log)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from activities.churn.cases import hash_actor
-from config.settings import SettingsError, load_settings
-from devtools.devstack import _print_banner
+from config.settings import SettingsError, load_settings, read_dev_stack_file
+from devtools.devstack import _print_banner, write_connection_file
 
 REAL_TWILIO = {"twilio_account_sid": "AC" + "1" * 32, "twilio_auth_token": "f" * 32}
 REAL_SENDERS = {"twilio_whatsapp_from": "whatsapp:+15557650000", "twilio_sms_from": "+15557650001"}
@@ -51,3 +53,43 @@ def test_actor_hashes_are_keyed_so_nobody_can_recompute_them_from_a_guess() -> N
     # the old scheme: a public salt anyone can apply to a guessed id
     assert hashed != hashlib.sha256(b"jobctl-recovery-actor:operator-7").hexdigest()
     assert hash_actor("operator-7") != hashlib.sha256(b"jobctl-recovery-actor:operator-7").hexdigest()
+
+
+def test_the_dev_stack_writes_its_dev_keys_for_a_second_terminal_and_never_real_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #36: `jobctl dev`'s settings file (0600) holds the emulator's and the sandbox's URLs and
+    keys; a stack on real Twilio and Stripe writes neither secret. A process beside it reads the file,
+    and what its environment sets wins."""
+    dev = load_settings(
+        twilio_api_base="http://127.0.0.1:8089",
+        twilio_account_sid="AC" + "1" * 32,
+        twilio_auth_token=SecretStr("emulator-token"),
+        stripe_api_base="http://127.0.0.1:8420",
+        stripe_secret_key=SecretStr("sk_test_jobctl_dev"),
+        stripe_webhook_secret=SecretStr("whsec_jobctl_dev"),
+        jobctl_home=str(tmp_path),
+    )
+    database = "postgresql+psycopg://postgres@127.0.0.1:5432/jobctl"
+    path = write_connection_file(tmp_path, dev, database, "http://127.0.0.1:8000")
+    assert path.stat().st_mode & 0o777 == 0o600
+    written = dict(line.split("=", 1) for line in path.read_text().splitlines())
+    assert written["STRIPE_SECRET_KEY"] == "sk_test_jobctl_dev" and written["TWILIO_AUTH_TOKEN"] == "emulator-token"
+    assert written["PUBLIC_BASE_URL"] == "http://127.0.0.1:8000"
+
+    for name in [n for n in os.environ if n.startswith(("TWILIO_", "STRIPE_", "DATABASE_", "TEMPORAL_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("JOBCTL_HOME", str(tmp_path))
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "from-the-environment")
+    beside = load_settings()
+    assert beside.stripe_secret_key and beside.stripe_secret_key.get_secret_value() == "sk_test_jobctl_dev"
+    assert beside.database_url == database and beside.twilio_api_base == "http://127.0.0.1:8089"
+    assert beside.twilio_auth_token and beside.twilio_auth_token.get_secret_value() == "from-the-environment"
+    assert read_dev_stack_file() == str(path)
+
+    real = dev.model_copy(
+        update={"twilio_api_base": None, "stripe_api_base": None, "stripe_secret_key": SecretStr("sk_live_real")}
+    )
+    path = write_connection_file(tmp_path, real, database, "http://127.0.0.1:8000")
+    written = dict(line.split("=", 1) for line in path.read_text().splitlines())
+    assert not {"TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"} & set(written)

@@ -63,7 +63,7 @@ def _invoke(argv: list[str] | None) -> int:
     except SystemExit as exc:  # typer/click report usage errors (exit 2) and --help this way
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SettingsError as exc:
-        print(f"jobctl: invalid setting {exc}", file=sys.stderr)
+        print(f"jobctl: {exc.prefix}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jobctl: interrupted", file=sys.stderr)

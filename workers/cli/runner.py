@@ -123,6 +123,17 @@ def echo(as_json: bool, payload: Any, line: str | None = None) -> None:
 
 
 def configure_logging(s: Settings) -> None:
+    """Logs on stderr; the first time, one line naming the dev stack's settings file when the
+    settings came partly from it (`jobctl worker` beside `make run`; the environment still wins)."""
+    import structlog
+
+    from config.settings import read_dev_stack_file
     from workers.log import configure_logging as configure
 
     configure(s.log_format, s.log_level)
+    if (path := read_dev_stack_file()) is not None and path not in _announced:
+        _announced.add(path)
+        structlog.get_logger("jobctl").info("settings.dev_stack_file", path=path, detail="the environment wins over it")
+
+
+_announced: set[str] = set()

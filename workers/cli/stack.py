@@ -54,11 +54,15 @@ def dev(
     demo: Annotated[bool, typer.Option("--demo", help="Seed demo data (idempotent).")] = False,
 ) -> None:
     """Run the whole platform locally: Temporal dev server + UI, PostgreSQL, migrations, schedules, worker."""
-    run_dev_stack = _devtool("devstack").run_dev_stack
+    devstack = _devtool("devstack")
 
     s = settings()
     configure_logging(s)
-    run(lambda: run_dev_stack(s, demo=demo))
+    try:
+        run(lambda: devstack.run_dev_stack(s, demo=demo))
+    except devstack.StackFailed as failed:  # a child died and could not be restarted: one line, exit 1
+        typer.echo(f"jobctl dev: {failed}", err=True)
+        raise typer.Exit(1) from None
 
 
 @stack_app.command()
@@ -71,7 +75,8 @@ def worker(
         bool,
         typer.Option(
             "--check",
-            help="Only check Temporal and the database are reachable (and messaging's Content SIDs); exit 0 or 1.",
+            help="Only check Temporal and the database are reachable and every activity of the queues can be"
+            " registered (settings, messaging's Content SIDs); exit 0 or 1.",
         ),
     ] = False,
 ) -> None:
@@ -94,7 +99,9 @@ def worker(
         typer.echo("ready: Temporal and the database answer")
         return
     from workers.runner import run_worker_process
+    from workers.worker import require_whole
 
+    require_whole(s, queues)  # before connecting: one line naming what each queue lacks, exit 2
     run(lambda: run_worker_process(s, database_url, queues))
 
 

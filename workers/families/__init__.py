@@ -22,6 +22,7 @@ from workers.families.registry import Family
 
 if TYPE_CHECKING:
     from activities.deps import ActivityDeps
+    from config.settings import Settings
     from services import StripeHandler
     from workers.schedules import ScheduleDefinition
 
@@ -60,6 +61,17 @@ def job_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
 
 def messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     return [a for family in FAMILIES for a in family.messaging_activities(deps)]
+
+
+def missing_settings(settings: Settings, queues: Sequence[str]) -> dict[str, list[str]]:
+    """Per queue of `queues` (`jobs`, `messaging`), what stops its activities being registered
+    whole (each family's `requires`, as `problem (family)`); a queue lacking nothing is left out."""
+    missing: dict[str, list[str]] = {queue: [] for queue in queues}
+    for family in FAMILIES:
+        for queue, problems in family.requires(settings).items():
+            if queue in missing:
+                missing[queue].extend(f"{problem} ({family.name})" for problem in problems)
+    return {queue: problems for queue, problems in missing.items() if problems}
 
 
 def all_schedules() -> list[ScheduleDefinition]:
@@ -105,6 +117,7 @@ __all__: Sequence[str] = (
     "by_name",
     "job_activities",
     "messaging_activities",
+    "missing_settings",
     "schedule",
     "stripe_handlers",
 )

@@ -98,6 +98,20 @@ def message_catalogue(settings: Settings) -> Catalogue:
     return catalogue
 
 
+def _requires(settings: Settings) -> dict[str, list[str]]:
+    """The sends need Twilio's credentials and, where required, every WhatsApp Content SID."""
+    from config.settings import SettingsError
+
+    unset = [name.upper() for name in ("twilio_account_sid", "twilio_auth_token") if not getattr(settings, name)]
+    if unset:
+        return {"messaging": [f"{' and '.join(unset)} not set"]}
+    try:
+        message_catalogue(settings)
+    except SettingsError as exc:
+        return {"messaging": [str(exc)]}
+    return {}
+
+
 def _messaging_activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
     activities = sends(deps)
     return [activities.send_message, activities.send_messages]
@@ -109,6 +123,7 @@ FAMILY = Family(
     workflows=_workflows,
     activities=_brake_activities,
     messaging_activities=_messaging_activities,
+    requires=_requires,
     routes=routes_of("messaging"),
     scopes={
         "messaging:read": "the messaging brake's state and backlog (keys bound to no company)",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from activities.deps import ActivityDeps
+    from config.settings import Settings
     from services import StripeHandler
     from workers.schedules import ScheduleDefinition
 
@@ -47,6 +48,12 @@ class Family:
     """HTTP routers, mounted by `jobctl api` (`workers/api/app.py`); each route names its scope."""
     scopes: Mapping[str, str] = field(default_factory=dict)
     """The API key scopes its routes require (`family:read`, `family:write`) -> what each allows."""
+    requires: Callable[[Settings], Mapping[str, Sequence[str]]] = field(default=lambda *_: {})
+    """What its activities lack in these settings, by queue (`jobs`, `messaging`): one phrase per
+    problem, naming the setting (`STRIPE_SECRET_KEY not set`). Its builders (`activities`,
+    `messaging_activities`) always return every activity the workflows route to their queue, so a
+    worker polling a queue with anything missing refuses to start (`workers.worker.require_whole`),
+    never polls it with some activities unregistered."""
     settings: Sequence[str] = ()
     """The `Settings` fields only this family reads (its settings group); `PROCESS_SETTINGS` holds
     the ones every process shares. Each field belongs to exactly one (`tests/unit`)."""
