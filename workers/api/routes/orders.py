@@ -109,6 +109,7 @@ async def checkout_started(
         follow_up_after=timedelta(seconds=body.follow_up_after_seconds)
         if body.follow_up_after_seconds
         else stack.settings.order_followup_after,
+        ttl=stack.settings.order_ttl,
     )
     return await service.start_pending_order(
         stack.client,
