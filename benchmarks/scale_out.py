@@ -113,6 +113,7 @@ class DrillSize:
     abandoned_s: float = 31.0  # IDEMPOTENCY_ABANDONED_SECONDS: above the client's 30 s timeout
     page_size: int = 500
     deadline_s: float = 600.0  # for the day and every clock to end
+    shared_workers: bool = False  # each worker process polls both queues (`jobctl worker`): fewer to start
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Counts:
     messages: int = 0  # accepted by the emulator
     lost: int = 0  # expected recipients with no message
     doubled: int = 0  # recipients with more than one
+    marks_wrong: int = 0  # reminded debits not marked exactly once (reminder_count != 1)
     checkouts_answered: int = 0
     checkouts_lost: int = 0  # no DEBIT or no clock after the client's retries
     money_doubled: int = 0  # orders with more than one DEBIT, accounts whose credit was taken twice
@@ -149,7 +151,7 @@ class Pods:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.workers: dict[str, list[subprocess.Popen[bytes]]] = {"jobs": [], "messaging": []}
+        self.workers: dict[str, list[subprocess.Popen[bytes]]] = {"jobs": [], "messaging": [], "both": []}
         self.apis: list[tuple[subprocess.Popen[bytes], str]] = []
         self.live_urls: list[str] = []  # what the load balancer routes to
         self._n = itertools.count(1)
@@ -159,7 +161,9 @@ class Pods:
             return subprocess.Popen([JOBCTL, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def add_worker(self, queue: str) -> subprocess.Popen[bytes]:
-        process = self._spawn(f"worker-{queue}", "worker", "--task-queue", queue)
+        """`queue` "both": one process polling the jobs and the messaging queues, as `jobctl worker`."""
+        only = [] if queue == "both" else ["--task-queue", queue]
+        process = self._spawn(f"worker-{queue}", "worker", *only)
         self.workers[queue].append(process)
         return process
 
@@ -316,6 +320,11 @@ def pod_env(database_url: str, temporal_address: str, twilio_url: str, queue: st
     }
 
 
+def worker_queues(size: DrillSize) -> tuple[str, ...]:
+    """The worker processes of one "pod per queue": a jobs and a messaging one, or one polling both."""
+    return ("both",) if size.shared_workers else ("jobs", "messaging")
+
+
 @asynccontextmanager
 async def pods_running(env: dict[str, str], size: DrillSize, client: Client, log_dir: Path) -> AsyncIterator[Pods]:
     """`size.workers` per queue and `size.apis` API processes, started together; yields once every
@@ -323,8 +332,8 @@ async def pods_running(env: dict[str, str], size: DrillSize, client: Client, log
     pods = Pods(env, log_dir)
     try:
         for _ in range(size.workers):
-            pods.add_worker("jobs")
-            pods.add_worker("messaging")
+            for queue in worker_queues(size):
+                pods.add_worker(queue)
         for _ in range(size.apis):
             pods.add_api()
         async with aiohttp.ClientSession() as http:
@@ -403,11 +412,12 @@ async def run_drill(
         try:
             await asyncio.sleep(size.before_s)
             kill_at = time.time()
-            codes = [pods.kill_worker("jobs"), pods.kill_worker("messaging"), pods.kill_api()]
-            victims = ("jobs worker", "messaging worker", "API")
+            queues = worker_queues(size)
+            codes = [*(pods.kill_worker(q) for q in queues), pods.kill_api()]
+            victims = [*(f"{q} worker" for q in queues), "API"]
             result.kills = [f"{what} (exit {code})" for what, code in zip(victims, codes, strict=True)]
-            pods.add_worker("jobs")
-            pods.add_worker("messaging")
+            for queue in queues:
+                pods.add_worker(queue)
             process, url = pods.add_api()
             await wait_ready(http, process, url)
             pods.live_urls.append(url)
@@ -438,7 +448,7 @@ async def run_drill(
     counts.doubled = sum(1 for n in per_phone.values() if n > 1)
     counts.checkouts_answered = len(answered_at)
     counts.retries, counts.replayed = shop.retries, shop.replayed
-    await count_money_and_clocks(engine, [o for o, _ in orders], counts)
+    await count_money_and_clocks(engine, [o for o, _ in orders], day, counts)
     return result
 
 
@@ -479,7 +489,9 @@ SELECT
   (SELECT count(*) FROM orders o JOIN credit_accounts a ON a.retailer_id = o.retailer_id
     WHERE o.id = ANY(:ids) AND a.available_credit <> :available - (SELECT coalesce(sum(t.amount), 0)
       FROM credit_transactions t WHERE t.retailer_id = o.retailer_id AND t.type = 'DEBIT')) AS credit_wrong,
-  (SELECT count(*) FROM credit_transactions WHERE order_id = ANY(:ids) AND type <> 'DEBIT') AS reversals
+  (SELECT count(*) FROM credit_transactions WHERE order_id = ANY(:ids) AND type <> 'DEBIT') AS reversals,
+  (SELECT count(*) FROM credit_transactions WHERE due_date = :day AND type = 'DEBIT' AND order_id IS NULL
+     AND reminder_count <> 1) AS marks_wrong
 """
 )
 
@@ -493,15 +505,20 @@ FROM pending_orders p WHERE p.order_id = ANY(:ids)
 )
 
 
-async def count_money_and_clocks(engine: AsyncEngine, order_ids: list[int], counts: Counts) -> None:
+async def count_money_and_clocks(engine: AsyncEngine, order_ids: list[int], day: date, counts: Counts) -> None:
     async with engine.connect() as conn:
-        money = (await conn.execute(MONEY_SQL, {"ids": order_ids, "available": AVAILABLE})).one()
+        money = (await conn.execute(MONEY_SQL, {"ids": order_ids, "available": AVAILABLE, "day": day})).one()
         clocks = (await conn.execute(CLOCKS_SQL, {"ids": order_ids})).all()
     counts.money_doubled = money.doubled_debits + money.credit_wrong
+    counts.marks_wrong = money.marks_wrong
     once = sum(1 for c in clocks if c.status == "EXPIRED" and c.expiries == 1)
     counts.checkouts_lost = money.no_debit + (len(order_ids) - len(clocks))
     counts.clocks_expired_once = once
     counts.clocks_not_once = len(clocks) - once + money.reversals
+
+
+def ratio(after: float, before: float) -> float:
+    return after / before if before else float("nan")
 
 
 def describe(result: DrillResult, size: DrillSize) -> list[str]:
@@ -513,11 +530,12 @@ def describe(result: DrillResult, size: DrillSize) -> list[str]:
         f"kills after {size.before_s:g} s: {', '.join(result.kills)}",
         f"messages/s at the emulator: {result.messages_before:,.1f} in the {size.window_s:g} s before the kills,"
         f" {result.messages_after:,.1f} from {size.recovery_s:g} s after them"
-        f" (ratio {result.messages_after / result.messages_before:.3f})",
+        f" (ratio {ratio(result.messages_after, result.messages_before):.3f})",
         f"checkouts/s answered: {result.checkouts_before:,.2f} before, {result.checkouts_after:,.2f} after"
-        f" (ratio {result.checkouts_after / result.checkouts_before:.3f})",
+        f" (ratio {ratio(result.checkouts_after, result.checkouts_before):.3f})",
         f"messages: {c.messages} accepted for {c.reminded} recipients; {c.lost} lost, {c.doubled} doubled"
-        f" (the day: {result.day_sent} sent, {result.day_duplicates} found sent by a killed attempt)",
+        f" (the day: {result.day_sent} sent, {result.day_duplicates} found sent by a killed attempt);"
+        f" debits not marked reminded exactly once: {c.marks_wrong}",
         f"checkouts: {c.checkouts_answered} answered, {c.checkouts_lost} lost; {c.retries} requests retried,"
         f" {c.replayed} answers replayed; money rows doubled {c.money_doubled}",
         f"clocks: {c.clocks_expired_once} expired exactly once, {c.clocks_not_once} not",
@@ -587,6 +605,12 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if min(args.retailers, args.checkouts, args.workers, args.apis) < 1 or args.workers < 2 or args.apis < 2:
         parser.error("sizes must be positive, with at least 2 workers per queue and 2 API processes")
+    load_s = min(args.checkouts / args.checkout_rate, args.retailers / args.limit)
+    if args.before + args.recovery + args.window > load_s:
+        parser.error(
+            f"the after-window ends at {args.before + args.recovery + args.window:g} s but the load (the day, the"
+            f" checkouts) ends at about {load_s:g} s: more --retailers or --checkouts, or shorter windows"
+        )
     from benchmarks.harness import require_quiet
 
     require_quiet()
