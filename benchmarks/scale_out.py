@@ -114,6 +114,7 @@ class DrillSize:
     page_size: int = 500
     deadline_s: float = 600.0  # for the day and every clock to end
     shared_workers: bool = False  # each worker process polls both queues (`jobctl worker`): fewer to start
+    kill_after_messages: int = 0  # > 0: kill once the emulator accepted this many, not after `before_s`
 
 
 @dataclass
@@ -140,6 +141,7 @@ class DrillResult:
     checkouts_before: float = float("nan")
     checkouts_after: float = float("nan")
     kills: list[str] = field(default_factory=list)
+    accepted_at_kill: int = 0  # messages the emulator had accepted when the kills began
     day_sent: int = 0
     day_duplicates: int = 0
 
@@ -411,6 +413,11 @@ async def run_drill(
         load = asyncio.gather(*(checkout(i, o, r, began) for i, (o, r) in enumerate(orders)))
         try:
             await asyncio.sleep(size.before_s)
+            while (accepted := len(await emulator_messages(http, twilio_url))) < size.kill_after_messages:
+                if time.monotonic() > began + size.deadline_s:
+                    raise TimeoutError(f"the day never reached {size.kill_after_messages} messages")
+                await asyncio.sleep(0.05)
+            result.accepted_at_kill = accepted
             kill_at = time.time()
             queues = worker_queues(size)
             codes = [*(pods.kill_worker(q) for q in queues), pods.kill_api()]

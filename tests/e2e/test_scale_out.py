@@ -26,7 +26,8 @@ SIZE = DrillSize(
     apis=2,
     limit=50.0,  # the day lasts about 6 s at the emulator
     ttl_s=6.0,  # each clock expires during the run, its follow-up at 3 s
-    before_s=2.0,
+    before_s=0.0,
+    kill_after_messages=60,  # well into the day (320 messages), the checkouts still coming
     recovery_s=0.0,  # throughput is the benchmark's; this asserts counts only
     window_s=1.0,
     abandoned_s=2.0,  # a claim the killed API left is taken over by the retry within seconds
@@ -47,6 +48,7 @@ async def test_killing_and_adding_pods_mid_load_loses_and_doubles_nothing(
 
     c = result.counts
     assert len(result.kills) == 2 and all("exit -9" in k for k in result.kills), result.kills
+    assert 0 < result.accepted_at_kill < c.reminded, "the kills must land in the middle of the day"
     assert (c.lost, c.doubled) == (0, 0), c
     assert c.messages == c.reminded == SIZE.retailers + SIZE.checkouts
     assert result.day_sent + result.day_duplicates == SIZE.retailers and c.marks_wrong == 0
