@@ -99,6 +99,15 @@ RETURNING id, retailer_id
 
 
 @dataclass
+class CrashHook:
+    """API processes started as `prefix api --port P` (tests/e2e/crash_api.py): touching `armed`
+    makes the next one to answer a hooked request kill itself -9 mid-request."""
+
+    prefix: tuple[str, ...]
+    armed: Path
+
+
+@dataclass
 class DrillSize:
     retailers: int
     checkouts: int
@@ -150,17 +159,18 @@ class Pods:
     """The `jobctl worker` and `jobctl api` processes: started, killed (-9) and added, each logging
     to a file of its own in `log_dir`."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, crash_hook: CrashHook | None = None) -> None:
         self.env = env
         self.log_dir = log_dir
+        self.crash_hook = crash_hook
         self.workers: dict[str, list[subprocess.Popen[bytes]]] = {"jobs": [], "messaging": [], "both": []}
         self.apis: list[tuple[subprocess.Popen[bytes], str]] = []
         self.live_urls: list[str] = []  # what the load balancer routes to
         self._n = itertools.count(1)
 
-    def _spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *argv: str, prefix: tuple[str, ...] = (JOBCTL,)) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}-{next(self._n)}.log", "ab") as log:
-            return subprocess.Popen([JOBCTL, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            return subprocess.Popen([*prefix, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def add_worker(self, queue: str) -> subprocess.Popen[bytes]:
         """`queue` "both": one process polling the jobs and the messaging queues, as `jobctl worker`."""
@@ -171,7 +181,8 @@ class Pods:
 
     def add_api(self) -> tuple[subprocess.Popen[bytes], str]:
         port = _free_port()
-        process = self._spawn("api", "api", "--port", str(port))
+        prefix = self.crash_hook.prefix if self.crash_hook else (JOBCTL,)
+        process = self._spawn("api", "api", "--port", str(port), prefix=prefix)
         pod = (process, f"http://127.0.0.1:{port}")
         self.apis.append(pod)
         return pod
@@ -181,11 +192,23 @@ class Pods:
         victim.send_signal(signal.SIGKILL)
         return victim.wait()
 
-    def kill_api(self) -> int:
-        victim, url = next((p, u) for p, u in self.apis if p.poll() is None and u in self.live_urls)
-        self.live_urls.remove(url)  # the balancer's health check drops it; requests in flight fail
-        victim.send_signal(signal.SIGKILL)
-        return victim.wait()
+    async def kill_api(self, timeout_s: float) -> int:
+        """kill -9 one API process; with a crash hook, the one that next answers the hooked request
+        kills itself -9 once its handler has written, before its answer is stored or sent."""
+        if self.crash_hook is None:
+            victim, url = next((p, u) for p, u in self.apis if p.poll() is None and u in self.live_urls)
+            self.live_urls.remove(url)  # the balancer's health check drops it; requests in flight fail
+            victim.send_signal(signal.SIGKILL)
+            return victim.wait()
+        self.crash_hook.armed.touch()
+        deadline = time.monotonic() + timeout_s
+        while not (dead := [(p, u) for p, u in self.apis if p.poll() is not None and u in self.live_urls]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no API process took the crash hook")
+            await asyncio.sleep(0.02)
+        (victim, url), *_ = dead
+        self.live_urls.remove(url)
+        return int(victim.returncode)
 
     def stop_all(self) -> None:
         processes = [*itertools.chain(*self.workers.values()), *(p for p, _ in self.apis)]
@@ -328,10 +351,12 @@ def worker_queues(size: DrillSize) -> tuple[str, ...]:
 
 
 @asynccontextmanager
-async def pods_running(env: dict[str, str], size: DrillSize, client: Client, log_dir: Path) -> AsyncIterator[Pods]:
+async def pods_running(
+    env: dict[str, str], size: DrillSize, client: Client, log_dir: Path, crash_hook: CrashHook | None = None
+) -> AsyncIterator[Pods]:
     """`size.workers` per queue and `size.apis` API processes, started together; yields once every
     worker polls and every API answers /readyz."""
-    pods = Pods(env, log_dir)
+    pods = Pods(env, log_dir, crash_hook)
     try:
         for _ in range(size.workers):
             for queue in worker_queues(size):
@@ -379,6 +404,7 @@ async def run_drill(
     log_dir: Path,
     api_headers: dict[str, str],
     on_phase: Callable[[str], None] = lambda line: None,
+    crash_hook: CrashHook | None = None,
 ) -> DrillResult:
     """The whole drill on a running dev server, database (migrated) and emulator; returns its counts
     and throughputs. Leaves no process behind."""
@@ -389,7 +415,7 @@ async def run_drill(
     result = DrillResult(Counts(reminded=len(expected)))
     answered_at: list[float] = []
 
-    async with pods_running(env, size, client, log_dir) as pods, aiohttp.ClientSession() as http:
+    async with pods_running(env, size, client, log_dir, crash_hook) as pods, aiohttp.ClientSession() as http:
         on_phase(f"{size.workers} workers per queue and {size.apis} API processes up")
         shop = CheckoutClient(http, pods, api_headers, give_up_s=size.deadline_s / 2)
 
@@ -420,7 +446,7 @@ async def run_drill(
             result.accepted_at_kill = accepted
             kill_at = time.time()
             queues = worker_queues(size)
-            codes = [*(pods.kill_worker(q) for q in queues), pods.kill_api()]
+            codes = [*(pods.kill_worker(q) for q in queues), await pods.kill_api(size.deadline_s)]
             victims = [*(f"{q} worker" for q in queues), "API"]
             result.kills = [f"{what} (exit {code})" for what, code in zip(victims, codes, strict=True)]
             for queue in queues:

@@ -9,19 +9,20 @@ Its length is mostly the killed worker's send batch waiting out its 30 s heartbe
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
-from benchmarks.scale_out import DrillSize, run_drill
+from benchmarks.scale_out import CrashHook, DrillSize, run_drill
 from tests.e2e.emulator_process import twilio_emulator_process
 from workers.api.auth import create_key
 
 SIZE = DrillSize(
     retailers=300,
     checkouts=20,
-    checkout_rate=4.0,  # over 5 s: the kills land among them
+    checkout_rate=2.0,  # over 10 s: the kills land among them
     workers=2,
     apis=2,
     limit=50.0,  # the day lasts about 6 s at the emulator
@@ -41,9 +42,19 @@ async def test_killing_and_adding_pods_mid_load_loses_and_doubles_nothing(
     engine: AsyncEngine, dev_env: WorkflowEnvironment, database_url: str, tmp_path: Path
 ) -> None:
     key, _ = await create_key(engine, "drill", ["orders:write", "orders:read"])
+    # The API process killed is the one answering a checkout-started, after it started the clock
+    # and before its answer was stored or sent (tests/e2e/crash_api.py): mid-request by construction.
+    hook = CrashHook((sys.executable, "-m", "tests.e2e.crash_api", str(tmp_path / "crash-api")), tmp_path / "crash-api")
     async with twilio_emulator_process(tmp_path, "--rate-limit", str(SIZE.limit)) as twilio_url:
         result = await run_drill(
-            dev_env.client, engine, database_url, twilio_url, SIZE, tmp_path, {"Authorization": f"Bearer {key}"}
+            dev_env.client,
+            engine,
+            database_url,
+            twilio_url,
+            SIZE,
+            tmp_path,
+            {"Authorization": f"Bearer {key}"},
+            crash_hook=hook,
         )
 
     c = result.counts
@@ -53,4 +64,5 @@ async def test_killing_and_adding_pods_mid_load_loses_and_doubles_nothing(
     assert c.messages == c.reminded == SIZE.retailers + SIZE.checkouts
     assert result.day_sent + result.day_duplicates == SIZE.retailers and c.marks_wrong == 0
     assert (c.checkouts_answered, c.checkouts_lost, c.money_doubled) == (SIZE.checkouts, 0, 0), c
+    assert c.retries >= 1, "the killed checkout-started was never retried"
     assert (c.clocks_expired_once, c.clocks_not_once) == (SIZE.checkouts, 0), c
