@@ -319,7 +319,8 @@ async def emulator_messages(http: aiohttp.ClientSession, url: str) -> list[dict[
 
 
 def rate_in(stamps: list[float], begin: float, end: float) -> float:
-    return sum(begin <= t < end for t in stamps) / (end - begin)
+    """Events per second in [begin, end)."""
+    return sum(begin <= t < end for t in stamps) / (end - begin) if end > begin else float("nan")
 
 
 def pod_env(database_url: str, temporal_address: str, twilio_url: str, queue: str, size: DrillSize) -> dict[str, str]:
@@ -449,8 +450,8 @@ async def run_drill(
             codes = [*(pods.kill_worker(q) for q in queues), await pods.kill_api(size.deadline_s)]
             victims = [*(f"{q} worker" for q in queues), "API"]
             result.kills = [f"{what} (exit {code})" for what, code in zip(victims, codes, strict=True)]
-            for queue in queues:
-                pods.add_worker(queue)
+            for q in queues:
+                pods.add_worker(q)
             process, url = pods.add_api()
             await wait_ready(http, process, url)
             pods.live_urls.append(url)
