@@ -12,11 +12,12 @@ follow-up half-way), both POSTs with an Idempotency-Key and a client that retrie
 client (30 s timeout; connection errors, 5xx and 409 "still being answered" retried, same key, on the
 next API process, as a load balancer would send it).
 
-The drill: after `--before` seconds of load, kill -9 one worker of each queue and one API process at
-once, and add one of each back. Throughput (messages/s accepted by the emulator, on its own clock, and
-checkouts/s answered) is measured in a window before the kills and one that opens `--recovery`
-seconds after them (a killed messaging worker's batch waits out its 30 s heartbeat timeout), each
-`--window` seconds long. Then it waits for the day and every clock to end and counts:
+The drill: after `--before` seconds of load, kill -9 one worker of each queue (the messaging one a
+worker in the middle of a batch of sends) and one API process at once, and add one of each back.
+Throughput (messages/s accepted by the emulator, on its own clock, and checkouts/s answered) is
+measured in a window before the kills and one that opens `--recovery` seconds after them (the
+killed worker's batch waits out its 30 s heartbeat timeout), each `--window` seconds long. Then
+it waits for the day and every clock to end and counts:
 
 - messages lost or doubled: each retailer (one reminder, or one follow-up for a checkout's retailer)
   must appear exactly once among the emulator's accepted messages (its `to`);
@@ -54,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, WorkflowHandle
 
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from schemas.credit import RemindersRequest
@@ -151,6 +153,7 @@ class DrillResult:
     checkouts_after: float = float("nan")
     kills: list[str] = field(default_factory=list)
     accepted_at_kill: int = 0  # messages the emulator had accepted when the kills began
+    killed_mid_send: bool = False  # the killed messaging worker was running a batch of sends
     day_sent: int = 0
     day_duplicates: int = 0
 
@@ -187,10 +190,13 @@ class Pods:
         self.apis.append(pod)
         return pod
 
-    def kill_worker(self, queue: str) -> int:
-        victim = next(p for p in self.workers[queue] if p.poll() is None)
+    def kill_worker(self, queue: str, busy: set[int]) -> tuple[int, bool]:
+        """kill -9 a worker of `queue`, one running an activity (its pid in `busy`) if there is one;
+        returns its exit status and whether it was busy."""
+        live = [p for p in self.workers[queue] if p.poll() is None]
+        victim = next((p for p in live if p.pid in busy), live[0])
         victim.send_signal(signal.SIGKILL)
-        return victim.wait()
+        return victim.wait(), victim.pid in busy
 
     async def kill_api(self, timeout_s: float) -> int:
         """kill -9 one API process; with a crash hook, the one that next answers the hooked request
@@ -445,9 +451,12 @@ async def run_drill(
                     raise TimeoutError(f"the day never reached {size.kill_after_messages} messages")
                 await asyncio.sleep(0.05)
             result.accepted_at_kill = accepted
+            sending = await running_activities(day_handle, "send_messages", size.deadline_s)
             kill_at = time.time()
             queues = worker_queues(size)
-            codes = [*(pods.kill_worker(q) for q in queues), await pods.kill_api(size.deadline_s)]
+            killed = [pods.kill_worker(q, sending if q != "jobs" else set()) for q in queues]
+            result.killed_mid_send = any(busy for _, busy in killed)
+            codes = [*(code for code, _ in killed), await pods.kill_api(size.deadline_s)]
             victims = [*(f"{q} worker" for q in queues), "API"]
             result.kills = [f"{what} (exit {code})" for what, code in zip(victims, codes, strict=True)]
             for q in queues:
@@ -484,6 +493,25 @@ async def run_drill(
     counts.retries, counts.replayed = shop.retries, shop.replayed
     await count_money_and_clocks(engine, [o for o, _ in orders], day, counts)
     return result
+
+
+async def running_activities(handle: WorkflowHandle[Any, Any], activity_type: str, timeout_s: float) -> set[int]:
+    """The pids of the workers running `activity_type` for the workflow (a worker's identity is
+    `pid@host`), once there is one: the worker to kill is one in the middle of a batch of sends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        description = await handle.describe()
+        pids = {
+            int(a.last_worker_identity.split("@")[0])
+            for a in description.raw_description.pending_activities
+            if a.activity_type.name == activity_type
+            and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            and a.last_worker_identity.split("@")[0].isdigit()
+        }
+        if pids:
+            return pids
+        await asyncio.sleep(0.02)
+    return set()
 
 
 async def until_settled(engine: AsyncEngine, order_ids: list[int], timeout_s: float) -> None:
@@ -561,7 +589,8 @@ def describe(result: DrillResult, size: DrillSize) -> list[str]:
         f"load: a reminders day of {size.retailers} retailers and {size.checkouts} checkouts at"
         f" {size.checkout_rate:g}/s through {size.apis} API processes; {size.workers} workers per queue;"
         f" emulator and pace at {size.limit:g} msg/s; clocks of {size.ttl_s:g} s",
-        f"kills after {size.before_s:g} s: {', '.join(result.kills)}",
+        f"kills after {size.before_s:g} s: {', '.join(result.kills)};"
+        f" the killed worker was {'in the middle of' if result.killed_mid_send else 'between'} batches of sends",
         f"messages/s at the emulator: {result.messages_before:,.1f} in the {size.window_s:g} s before the kills,"
         f" {result.messages_after:,.1f} from {size.recovery_s:g} s after them"
         f" (ratio {ratio(result.messages_after, result.messages_before):.3f})",

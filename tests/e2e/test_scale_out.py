@@ -60,6 +60,7 @@ async def test_killing_and_adding_pods_mid_load_loses_and_doubles_nothing(
     c = result.counts
     assert len(result.kills) == 2 and all("exit -9" in k for k in result.kills), result.kills
     assert 0 < result.accepted_at_kill < c.reminded, "the kills must land in the middle of the day"
+    assert result.killed_mid_send, "the killed worker must have been running a batch of sends"
     assert (c.lost, c.doubled) == (0, 0), c
     assert c.messages == c.reminded == SIZE.retailers + SIZE.checkouts
     assert result.day_sent + result.day_duplicates == SIZE.retailers and c.marks_wrong == 0
