@@ -154,6 +154,7 @@ class DrillResult:
     kills: list[str] = field(default_factory=list)
     accepted_at_kill: int = 0  # messages the emulator had accepted when the kills began
     killed_mid_send: bool = False  # the killed messaging worker was running a batch of sends
+    api_killed_mid_request: bool = False  # the client had a request in flight to the killed API process
     day_sent: int = 0
     day_duplicates: int = 0
 
@@ -198,14 +199,20 @@ class Pods:
         victim.send_signal(signal.SIGKILL)
         return victim.wait(), victim.pid in busy
 
-    async def kill_api(self, timeout_s: float) -> int:
-        """kill -9 one API process; with a crash hook, the one that next answers the hooked request
-        kills itself -9 once its handler has written, before its answer is stored or sent."""
+    async def kill_api(self, timeout_s: float, in_flight: Callable[[], set[str]]) -> tuple[int, bool]:
+        """kill -9 one API process, one with a request in flight (`in_flight()`: their URLs) if one
+        comes within a few seconds; with a crash hook, the one that next answers the hooked request
+        kills itself -9 once its handler has written, before its answer is stored or sent. Returns its
+        exit status and whether the client had a request in flight to it."""
         if self.crash_hook is None:
-            victim, url = next((p, u) for p, u in self.apis if p.poll() is None and u in self.live_urls)
+            live = [(p, u) for p, u in self.apis if p.poll() is None and u in self.live_urls]
+            deadline = time.monotonic() + min(timeout_s, 5.0)
+            while not (busy := [(p, u) for p, u in live if u in in_flight()]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+            victim, url = (busy or live)[0]
             self.live_urls.remove(url)  # the balancer's health check drops it; requests in flight fail
             victim.send_signal(signal.SIGKILL)
-            return victim.wait()
+            return victim.wait(), bool(busy)
         self.crash_hook.armed.touch()
         deadline = time.monotonic() + timeout_s
         while not (dead := [(p, u) for p, u in self.apis if p.poll() is not None and u in self.live_urls]):
@@ -214,7 +221,7 @@ class Pods:
             await asyncio.sleep(0.02)
         (victim, url), *_ = dead
         self.live_urls.remove(url)
-        return int(victim.returncode)
+        return int(victim.returncode), True
 
     def stop_all(self) -> None:
         processes = [*itertools.chain(*self.workers.values()), *(p for p, _ in self.apis)]
@@ -285,7 +292,11 @@ class CheckoutClient:
         self.give_up_s = give_up_s
         self.retries = 0
         self.replayed = 0
+        self.in_flight: Counter[str] = Counter()  # requests sent and not yet answered, by API URL
         self._turn = itertools.count()
+
+    def busy_urls(self) -> set[str]:
+        return {url for url, n in self.in_flight.items() if n}
 
     async def post(self, path: str, body: dict[str, Any], key: str) -> bool:
         """True once answered 2xx; False when refused for good or given up."""
@@ -296,6 +307,7 @@ class CheckoutClient:
             url = urls[next(self._turn) % len(urls)] if urls else None
             retry = True
             if url is not None:
+                self.in_flight[url] += 1
                 try:
                     async with self.http.post(
                         f"{url}{path}",
@@ -311,6 +323,8 @@ class CheckoutClient:
                         retry = response.status >= 500 or response.status == 429 or in_use
                 except (aiohttp.ClientError, TimeoutError):
                     pass  # the process died mid-request or never answered: the same key again
+                finally:
+                    self.in_flight[url] -= 1
             if not retry or time.monotonic() > deadline:
                 return False
             self.retries += 1
@@ -456,7 +470,8 @@ async def run_drill(
             queues = worker_queues(size)
             killed = [pods.kill_worker(q, sending if q != "jobs" else set()) for q in queues]
             result.killed_mid_send = any(busy for _, busy in killed)
-            codes = [*(code for code, _ in killed), await pods.kill_api(size.deadline_s)]
+            api_code, result.api_killed_mid_request = await pods.kill_api(size.deadline_s, shop.busy_urls)
+            codes = [*(code for code, _ in killed), api_code]
             victims = [*(f"{q} worker" for q in queues), "API"]
             result.kills = [f"{what} (exit {code})" for what, code in zip(victims, codes, strict=True)]
             for q in queues:
@@ -590,7 +605,8 @@ def describe(result: DrillResult, size: DrillSize) -> list[str]:
         f" {size.checkout_rate:g}/s through {size.apis} API processes; {size.workers} workers per queue;"
         f" emulator and pace at {size.limit:g} msg/s; clocks of {size.ttl_s:g} s",
         f"kills after {size.before_s:g} s: {', '.join(result.kills)};"
-        f" the killed worker was {'in the middle of' if result.killed_mid_send else 'between'} batches of sends",
+        f" the killed worker was {'in the middle of' if result.killed_mid_send else 'between'} batches of sends,"
+        f" the API process {'with' if result.api_killed_mid_request else 'without'} a request in flight",
         f"messages/s at the emulator: {result.messages_before:,.1f} in the {size.window_s:g} s before the kills,"
         f" {result.messages_after:,.1f} from {size.recovery_s:g} s after them"
         f" (ratio {ratio(result.messages_after, result.messages_before):.3f})",
