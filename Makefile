@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: lock deploy-check run run-empty import-examples test test-fast test-money fuzz lint fmt install bench bench-imports clean openapi client-check
+.PHONY: lock deploy-check run run-empty import-examples test test-fast test-money fuzz lint fmt install bench bench-imports bench-scale-out clean openapi client-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -109,6 +109,11 @@ bench: $(STAMP)
 # `jobctl import` of 50,000 retailers with accounts against a plain COPY, 3 quiet runs (issue #34).
 bench-imports: $(STAMP)
 	$(PY) benchmarks/bench.py --only imports
+
+# Issue #36's scale-out drill, 3 quiet runs: 3 workers per queue and 2 API processes under a
+# reminders day plus API checkouts, one of each killed -9 and added back (not in `make bench`).
+bench-scale-out: $(STAMP)
+	$(PY) benchmarks/bench.py --only scale_out
 
 clean:
 	rm -rf .jobctl

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
 
     order_followup_after: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
     """ORDER_FOLLOWUP_AFTER: seconds or ISO 8601 duration (PT2H) after checkout start."""
+    order_ttl: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    """ORDER_TTL: how long a checkout started through the API waits before it expires (seconds or ISO
+    8601, PT24H). The scale-out drill (tests/e2e/test_scale_out.py) runs whole clocks in seconds."""
     order_checkout_url_template: str | None = None
     """ORDER_CHECKOUT_URL_TEMPLATE: the link back to a pending checkout in its follow-up, e.g.
     `https://shop.example.com/checkout/{order_external_id}` (placeholders `{order_id}`,
@@ -195,6 +198,10 @@ class Settings(BaseSettings):
     idempotency_retention_hours: int = Field(default=24, ge=24)
     """IDEMPOTENCY_RETENTION_HOURS: an `Idempotency-Key` replays its first answer this long; then the
     key is new again and the retention job deletes its row (Stripe keeps keys 24 h: never less)."""
+    idempotency_abandoned_seconds: float = Field(default=300.0, gt=0)
+    """IDEMPOTENCY_ABANDONED_SECONDS: a key claimed by a request that never answered (its API process
+    killed mid-request) is taken over by a retry after this long; until then a retry is 409. Re-running
+    is safe (every POST is idempotent by its business key), so this bounds only how long a retry waits."""
     pay_link_token_per_minute: int = Field(default=12, ge=1)
     """PAY_LINK_TOKEN_PER_MINUTE: opens of one `/pay/{token}` link a minute (a burst of as many, then
     evenly); above it 429 with Retry-After."""

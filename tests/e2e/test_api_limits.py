@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -266,3 +267,35 @@ async def test_an_idempotency_key_past_its_retention_is_new_and_the_retention_jo
             )
         ).all()
     assert left == ["kept"]  # "expired" was released by its 404, "gone" deleted
+
+
+async def test_a_claim_left_by_a_killed_request_is_409_then_taken_over_after_the_abandoned_seconds(
+    http: httpx.AsyncClient, engine: AsyncEngine, api_settings: Settings
+) -> None:
+    """An API process killed mid-request leaves its key claimed with no answer: a retry is 409
+    `idempotency_key_in_use` until IDEMPOTENCY_ABANDONED_SECONDS, then runs again."""
+    from starlette.requests import Request
+
+    from workers.api.idempotency import request_hash
+
+    secret, key_id = await create_key(engine, f"idem-{uuid.uuid4().hex[:8]}", ["credit:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    path, body = "/v1/credit/retailers/999999999/pause", {"reason": "issue 36"}
+    digest = request_hash(
+        Request({"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": []}),
+        json.dumps(body).encode(),
+    )
+    abandoned = timedelta(seconds=api_settings.idempotency_abandoned_seconds)
+    async with engine.begin() as conn:
+        for key, age in (("running", abandoned - timedelta(seconds=30)), ("killed", abandoned + timedelta(seconds=1))):
+            await conn.execute(
+                text(
+                    "INSERT INTO api_idempotency_keys (api_key_id, idempotency_key, request_hash, created_at)"
+                    " VALUES (:k, :i, :h, now() - :age)"
+                ),
+                {"k": key_id, "i": key, "h": digest, "age": age},
+            )
+    running = await http.post(path, json=body, headers=headers | {"Idempotency-Key": "running"})
+    assert assert_problem(running, 409)["code"] == "idempotency_key_in_use"
+    # The killed request's claim is taken over: the request runs (the retailer is unknown: 404).
+    assert_problem(await http.post(path, json=body, headers=headers | {"Idempotency-Key": "killed"}), 404)

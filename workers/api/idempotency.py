@@ -5,8 +5,9 @@ its status and body; a retry with the same key and the same request gets that an
 (`Idempotent-Replayed: true`) without running anything; the same key with another request is
 422; a retry while the first is still running is 409. Keys are per API key. A request that
 failed (any non-2xx) releases its key, so the retry runs again; a claim left by a crashed process
-is taken over after `ABANDONED_AFTER`. A key is kept IDEMPOTENCY_RETENTION_HOURS (at least 24,
-as Stripe keeps its keys): an older row is taken over as new, and the retention job deletes it.
+is taken over after IDEMPOTENCY_ABANDONED_SECONDS (5 minutes by default; set it just above your
+clients' timeout). A key is kept IDEMPOTENCY_RETENTION_HOURS (at least 24, as Stripe keeps its
+keys): an older row is taken over as new, and the retention job deletes it.
 
 Running a handler again is safe even when its first run committed (the commit's acknowledgement
 lost, the process killed before `_store`) because no handler's write depends on this table: every
@@ -38,7 +39,6 @@ from workers.api.limits import check_json_depth
 from workers.api.problems import FieldError, Problem, problem_response, responses, unprocessable
 
 HEADER = "Idempotency-Key"
-ABANDONED_AFTER = timedelta(minutes=5)
 # SQLAlchemy types a mapped class's `__table__` as any FromClause; a declarative class with a
 # __tablename__ has a Table, which insert(), update() and delete() take.
 _TABLE = cast(Table, IdempotentRequest.__table__)
@@ -72,8 +72,13 @@ def request_hash(request: Request, body: bytes) -> str:
     return digest.hexdigest()
 
 
-async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str, retention: timedelta) -> Any:
+async def _claim(
+    engine: AsyncEngine, key_id: int, key: str, digest: str, retention: timedelta, abandoned_after: timedelta
+) -> Any:
     """None: claimed, run the request. Otherwise the row already holding this key.
+
+    A claim with no answer older than `abandoned_after` was left by a request that never finished
+    (its process killed): taken over, so a client's retry runs it again instead of 409 forever.
 
     A row older than `retention` is taken over as if absent: the key is new again (the retention
     job deletes such rows; until it runs they must not replay, or refuse, anything)."""
@@ -93,7 +98,7 @@ async def _claim(engine: AsyncEngine, key_id: int, key: str, digest: str, retent
                 table.c.api_key_id == key_id,
                 table.c.idempotency_key == key,
                 or_(
-                    and_(table.c.status_code.is_(None), table.c.created_at < func.now() - ABANDONED_AFTER),
+                    and_(table.c.status_code.is_(None), table.c.created_at < func.now() - abandoned_after),
                     table.c.created_at < func.now() - retention,
                 ),
             )
@@ -164,7 +169,8 @@ class IdempotentRoute(APIRoute):
                 return await handler(request)  # a malformed key is the header dependency's 422
             retention = timedelta(hours=request.app.state.stack.settings.idempotency_retention_hours)
             digest = request_hash(request, body)
-            held = await _claim(engine, caller.key_id, key, digest, retention)
+            abandoned = timedelta(seconds=request.app.state.stack.settings.idempotency_abandoned_seconds)
+            held = await _claim(engine, caller.key_id, key, digest, retention, abandoned)
             if held is not None:
                 if held.request_hash != digest:
                     return unprocessable(

@@ -78,5 +78,5 @@ FAMILY = Family(
         "orders:read": "show an order's clock, validate an order placement",
         "orders:write": "start, complete or fail an order's clock; place an order (a credit order's debit)",
     },
-    settings=("order_followup_after",),
+    settings=("order_followup_after", "order_ttl"),
 )

@@ -58,5 +58,10 @@ FAMILY = Family(
     workflows=_workflows,
     activities=_activities,
     schedules=_schedules,
-    settings=("retention_webhook_days", "retention_message_days", "idempotency_retention_hours"),
+    settings=(
+        "retention_webhook_days",
+        "retention_message_days",
+        "idempotency_retention_hours",
+        "idempotency_abandoned_seconds",
+    ),
 )

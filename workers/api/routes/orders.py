@@ -98,7 +98,7 @@ async def checkout_started(
     _: Annotated[Principal, require("orders:write")],
     body: Annotated[CheckoutStarted | None, Body()] = None,
 ) -> PendingOrderStatus:
-    """Start the order's clock (expiry in 24 h, one follow-up): idempotent by order id.
+    """Start the order's clock (expiry after ORDER_TTL, 24 h by default; one follow-up): idempotent by order id.
 
     Answered from the database (the order's row holds the clock) once the workflow is started,
     without waiting for its first task."""
@@ -110,6 +110,7 @@ async def checkout_started(
         follow_up_after=timedelta(seconds=body.follow_up_after_seconds)
         if body.follow_up_after_seconds
         else stack.settings.order_followup_after,
+        ttl=stack.settings.order_ttl,
     )
     return await service.start_pending_order(
         stack.client,
