@@ -71,8 +71,19 @@ def message_priority(kind: MessageKind, *, tenant: str | None = None) -> Priorit
     fairness key that shares the level between tenants (the churn case's company), or between jobs
     where there is no tenant (a reminders day and the weekly insights at level 5). Keys carry
     company ids and kinds only: never a phone number or a name."""
-    key = f"company:{tenant}" if tenant else kind
-    return Priority(priority_key=MESSAGE_PRIORITY[kind], fairness_key=key[:FAIRNESS_KEY_MAX])
+    key = company_key(tenant) if tenant else kind
+    return Priority(priority_key=MESSAGE_PRIORITY[kind], fairness_key=key)
+
+
+def company_key(company_id: str) -> str:
+    return f"company:{company_id}"[:FAIRNESS_KEY_MAX]
+
+
+def company_priority(company_id: str) -> Priority:
+    """A company's workflow (a churn case): its workflow tasks share the `jobs` queue fairly with
+    other companies' at the default level, so a burst of one company's cases (a cadence tick) never
+    holds up another's; its sends set their own level (`message_priority`)."""
+    return Priority(fairness_key=company_key(company_id))
 
 
 PERMANENT_ERRORS = [
