@@ -68,6 +68,9 @@ BENCHMARKS: dict[str, list[str]] = {
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "2000"],
     # Issue #34's 50,000 retailers with their credit accounts through `jobctl import`, beside a plain COPY.
     "imports": ["benchmarks/imports.py", "--retailers", "50000"],
+    # Issue #38 point 1: manual nudges idle and during a 10,000-retailer day at 200 msg/s; a small
+    # company's 100 nudges alone and beside a big company's 2,000.
+    "priority": ["benchmarks/priority.py", "--retailers", "10000", "--limit", "200", "--nudges", "200"],
 }
 
 # `--small`: the same benchmarks at sizes that end in a minute or two, to check that each runs and
@@ -96,6 +99,7 @@ SMALL: dict[str, list[str]] = {
     "loyalty": ["benchmarks/loyalty.py", "--applications", "200", "--hot", "10", "--cold", "200", "--queued", "20"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "150"],
     "imports": ["benchmarks/imports.py", "--retailers", "2000"],
+    "priority": ["benchmarks/priority.py", "--retailers", "300", "--nudges", "10", "--small-company", "5"],
 }
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
