@@ -71,6 +71,9 @@ BENCHMARKS: dict[str, list[str]] = {
     # Issue #36's drill: 3 workers per queue, 2 API processes, a 20,000-retailer day at 200 msg/s
     # (about 105 s) with 1,000 checkouts at 10/s; -9 one worker per queue and one API after 30 s.
     "scale_out": ["benchmarks/scale_out.py", "--retailers", "20000", "--checkouts", "1000", "--checkout-rate", "10"],
+    # Issue #38 point 1: manual nudges idle and during a 10,000-retailer day at 200 msg/s; a small
+    # company's 100 nudges alone and beside a big company's 2,000.
+    "priority": ["benchmarks/priority.py", "--retailers", "10000", "--limit", "200", "--nudges", "200"],
 }
 
 # Run only when named (`--only scale_out`, `make bench-scale-out`), not by a bare `make bench`.
@@ -119,6 +122,7 @@ SMALL: dict[str, list[str]] = {
         "--window",
         "8",
     ],
+    "priority": ["benchmarks/priority.py", "--retailers", "300", "--nudges", "10", "--small-company", "5"],
 }
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}

@@ -29,7 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import workflows
 from activities.database import create_engine
-from devtools import binaries
+from devtools import binaries, temporal_config
 from devtools.embedded_db import EmbeddedPostgres
 from schemas import search_attributes
 from workers import migrate
@@ -70,6 +70,7 @@ async def stack(*, compile_workflows: bool = True) -> AsyncIterator[Stack]:
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binaries.temporal_cli(),
         search_attributes=search_attributes.ALL,
+        dev_server_extra_args=temporal_config.dev_server_args(),  # priority and fairness, as `jobctl dev`
     )
     freeze_startup_heap()  # the driver's own full collections stalled every request in flight
     try:

@@ -236,7 +236,7 @@ class OneActivityPerMessage:
 
         async def one(message: SendMessage) -> SendOutcome:
             async with slots:
-                return await send_message(message, task_queue=batch.task_queue)
+                return await send_message(message, kind="broadcast", task_queue=batch.task_queue)
 
         outcomes = await asyncio.gather(*(one(m) for m in batch.messages))
         return MessageBatchResult(sent=sum(o.status == "sent" for o in outcomes))

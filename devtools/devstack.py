@@ -30,7 +30,7 @@ from temporalio.client import Client
 
 from activities.database import create_engine
 from config.settings import DEV_STACK_FILE, Settings
-from devtools import binaries
+from devtools import binaries, temporal_config
 from devtools.seed import (
     DEMO_CONSOLE_PASSWORD,
     locale_retailers,
@@ -71,6 +71,7 @@ def temporal_server_command(settings: Settings, db_file: Path) -> list[str]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        *temporal_config.dev_server_args(),
     ]
     return command  # the search attributes: `jobctl bootstrap`'s path (`workers.bootstrap`), as on a cluster
 

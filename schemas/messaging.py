@@ -16,6 +16,17 @@ from schemas.text import Clean
 
 RecipientType = Literal["retailer", "member", "customer"]
 Channel = Literal["whatsapp", "sms"]
+MessageKind = Literal[
+    "help_reply",
+    "manual_nudge",
+    "credit_notice",
+    "order_notice",
+    "churn_nudge",
+    "reminder",
+    "insight",
+    "broadcast",
+]
+"""What a send is for: the one thing a job says about a message's urgency (its priority: workflows.messaging)."""
 
 
 class SendMessage(BaseModel):
@@ -45,6 +56,12 @@ class MessageBatch(BaseModel):
     messages: list[SendMessage]
     max_in_flight: int = Field(default=100, ge=1, le=2000)
     task_queue: str = Field(default="messaging", description="the messaging workers' queue")
+    kind: MessageKind = Field(
+        default="broadcast", description="what the batch is for: its sends' priority (workflows.messaging)"
+    )
+    tenant: str | None = Field(
+        default=None, max_length=64, description="the company whose messages these are: their fairness key"
+    )
 
 
 class MessageBatchResult(BaseModel):

@@ -46,6 +46,7 @@ from schemas.errors import failure_reason
 from schemas.payments import SubscriptionStateRequest
 from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
+from workflows.messaging import company_priority
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,7 @@ async def start_case(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal=signal,
+        priority=company_priority(company),  # its workflow tasks shared fairly between companies
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(search_attributes.COMPANY_ID, company),

@@ -35,7 +35,7 @@ from config.settings import Settings
 from schemas import ids
 from schemas.messaging import MessageBatch, SendMessage
 from services.credit import recheck_guardrails
-from workflows.messaging import MessageBatchWorkflow
+from workflows.messaging import MessageBatchWorkflow, message_priority
 
 log = structlog.get_logger(__name__)
 
@@ -124,11 +124,12 @@ async def tell_retailer(client: Client, settings: Settings, change: AdminChange,
     try:
         await client.start_workflow(
             MessageBatchWorkflow.run,
-            MessageBatch(messages=[message], task_queue=settings.messaging_task_queue),
+            MessageBatch(messages=[message], task_queue=settings.messaging_task_queue, kind="credit_notice"),
             id=workflow_id,
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            priority=message_priority("credit_notice"),  # its workflow task, too, ahead of bulk jobs' on `jobs`
             static_summary=f"Tell retailer {change.retailer_id}: {template} (audit #{change.audit_id})",
         )
     except WorkflowAlreadyStartedError:

@@ -53,7 +53,7 @@ async def reply_help(
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
     from schemas.messaging import MessageBatch, SendMessage
-    from workflows.messaging import MessageBatchWorkflow
+    from workflows.messaging import MessageBatchWorkflow, message_priority
 
     message = SendMessage(
         idempotency_key=f"help:{inbound_sid}",
@@ -64,9 +64,10 @@ async def reply_help(
     try:
         await client.start_workflow(
             MessageBatchWorkflow.run,
-            MessageBatch(messages=[message], task_queue=settings.messaging_task_queue),
+            MessageBatch(messages=[message], task_queue=settings.messaging_task_queue, kind="help_reply"),
             id=f"help-reply/{inbound_sid}",
             task_queue=settings.task_queue,
+            priority=message_priority("help_reply"),  # its workflow task, too, ahead of bulk jobs' on `jobs`
         )
     except WorkflowAlreadyStartedError:
         pass

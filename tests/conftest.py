@@ -30,7 +30,7 @@ from activities.database import create_engine
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from activities.payments.client import close_stripe_client, stripe_client
 from activities.payments.gateway import StripeGateway
-from devtools import binaries
+from devtools import binaries, temporal_config
 from devtools.embedded_db import EmbeddedPostgres
 from devtools.stripe_sandbox import StripeSandbox
 from devtools.twilio_emulator import TwilioEmulator
@@ -137,7 +137,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binaries.temporal_cli(),
         search_attributes=search_attributes.ALL,
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+        dev_server_extra_args=temporal_config.dev_server_args(**{"frontend.enableUpdateWorkflowExecution": "true"}),
     )
     yield env
     await env.shutdown()

@@ -399,7 +399,13 @@ class ChurnCaseWorkflow:
                 on_held(outcome)
 
         try:
-            outcome = await deliver(message, task_queue=self._input.messaging_task_queue, on_deferred=held)
+            outcome = await deliver(
+                message,
+                kind="manual_nudge" if manual else "churn_nudge",
+                tenant=self._input.company_id,
+                task_queue=self._input.messaging_task_queue,
+                on_deferred=held,
+            )
         except ActivityError as error:
             workflow.logger.warning("case %s: nudge not sent (%s)", self._case_id, permanent_failure(error) or "error")
             await self._record(

@@ -123,7 +123,11 @@ class PaymentRemindersWorkflow:
         """
         retailers = {reminder_key(r.retailer_id, day): r for r in page.due}
         outcomes = await send_batches(
-            page.messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue, lanes=lanes
+            page.messages,
+            max_in_flight=request.max_in_flight,
+            kind="reminder",
+            task_queue=request.messaging_task_queue,
+            lanes=lanes,
         )
         sent: list[DueRetailer] = []
         held: list[tuple[datetime, int]] = []
@@ -148,7 +152,7 @@ class PaymentRemindersWorkflow:
     ) -> None:
         await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(messages)} reminders")
         outcomes = await deliver_all(
-            messages, max_in_flight=request.max_in_flight, task_queue=request.messaging_task_queue
+            messages, max_in_flight=request.max_in_flight, kind="reminder", task_queue=request.messaging_task_queue
         )
         self._status.deferred -= len(messages)
         await self._mark(day, request, [retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
@@ -229,7 +233,7 @@ async def tell_retailers(changes: Sequence[GuardrailChange], messaging_task_queu
         )
         for c in changes
     ]
-    delivered = await deliver_all(messages, max_in_flight=50, task_queue=messaging_task_queue)
+    delivered = await deliver_all(messages, max_in_flight=50, kind="credit_notice", task_queue=messaging_task_queue)
     reasons = [o.reason or "failed" for o in delivered if o.status == "failed"]
     for reason in reasons:
         workflow.logger.warning("credit message not sent: %s", reason)

@@ -133,6 +133,7 @@ class InsightsDeliveryWorkflow:
                 await deliver_all(
                     page.messages,
                     max_in_flight=request.max_in_flight,
+                    kind="insight",
                     task_queue=request.messaging_task_queue,
                     on_done=self._count,
                 )

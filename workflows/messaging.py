@@ -14,6 +14,13 @@ A message held back for later (quiet hours, the emergency brake) comes back `def
 again under the same idempotency key: the wait survives worker restarts and deploys (it is a
 timer in the workflow's history, not state in a process), and the job that asked learns the
 outcome where it asked, so it can do its own bookkeeping (a reminder marked, a nudge recorded).
+
+Every send names its kind (`MessageKind`), and `message_priority` alone turns that into the
+activity task's Temporal priority: a person waiting on the other end (a HELP reply, an operator's
+nudge, a payment or pause notice, an order's messages) goes ahead of bulk (a reminders day, the
+weekly insights, automatic churn nudges) wherever both wait in the `messaging` backlog, and a
+fairness key per company (per job where there is no tenant) shares each level between them, so
+one company's burst never queues another's nudges behind it (docs/ARCHITECTURE.md, "Priority").
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, get_args
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -32,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         BatchItemOutcome,
         MessageBatch,
         MessageBatchResult,
+        MessageKind,
         SendBatch,
         SendBatchResult,
         SendMessage,
@@ -39,6 +47,45 @@ with workflow.unsafe.imports_passed_through():
     )
 
 MESSAGING_QUEUE = "messaging"
+
+MESSAGE_PRIORITY: dict[str, int] = {
+    # Interactive: someone is waiting for this one.
+    "help_reply": 1,  # a recipient just wrote HELP
+    "manual_nudge": 1,  # an operator pressed "nudge"
+    "credit_notice": 2,  # payment recorded, credit paused or resumed (guardrails, an admin)
+    "order_notice": 2,  # an order's follow-up or failure
+    # Bulk: a job's many messages, none of which anyone is watching for.
+    "churn_nudge": 4,  # a case's automatic cadence
+    "reminder": 5,  # a reminders day
+    "insight": 5,  # the weekly insights
+    "broadcast": 5,  # `MessageBatchWorkflow` (a backfill, a broadcast)
+}
+"""Temporal task priority per kind: 1 runs first, 5 last (the server's default levels; unset is 3)."""
+FAIRNESS_KEY_MAX = 64
+"""Temporal's limit on a fairness key's length (bytes; company ids are ASCII slugs)."""
+assert set(MESSAGE_PRIORITY) == set(get_args(MessageKind))
+
+
+def message_priority(kind: MessageKind, *, tenant: str | None = None) -> Priority:
+    """The activity task priority of a `kind` of send: its level from `MESSAGE_PRIORITY`, and a
+    fairness key that shares the level between tenants (the churn case's company), or between jobs
+    where there is no tenant (a reminders day and the weekly insights at level 5). Keys carry
+    company ids and kinds only: never a phone number or a name."""
+    key = company_key(tenant) if tenant else kind
+    return Priority(priority_key=MESSAGE_PRIORITY[kind], fairness_key=key)
+
+
+def company_key(company_id: str) -> str:
+    return f"company:{company_id}"[:FAIRNESS_KEY_MAX]
+
+
+def company_priority(company_id: str) -> Priority:
+    """A company's workflow (a churn case): its workflow tasks share the `jobs` queue fairly with
+    other companies' at the default level, so a burst of one company's cases (a cadence tick) never
+    holds up another's; its sends set their own level (`message_priority`)."""
+    return Priority(fairness_key=company_key(company_id))
+
+
 PERMANENT_ERRORS = [
     "InvalidRecipient",
     "InvalidSender",
@@ -57,7 +104,9 @@ SEND_RETRY = RetryPolicy(
 )
 
 
-async def send_message(message: SendMessage, *, task_queue: str = MESSAGING_QUEUE) -> SendOutcome:
+async def send_message(
+    message: SendMessage, *, kind: MessageKind, tenant: str | None = None, task_queue: str = MESSAGING_QUEUE
+) -> SendOutcome:
     return await workflow.execute_activity(
         "send_message",
         message,
@@ -67,6 +116,7 @@ async def send_message(message: SendMessage, *, task_queue: str = MESSAGING_QUEU
         start_to_close_timeout=timedelta(seconds=15),
         schedule_to_close_timeout=timedelta(hours=6),
         retry_policy=SEND_RETRY,
+        priority=message_priority(kind, tenant=tenant),
         summary=f"send {message.template} ({message.idempotency_key})",
     )
 
@@ -79,6 +129,8 @@ MIN_HOLD = timedelta(seconds=1)
 async def deliver(
     message: SendMessage,
     *,
+    kind: MessageKind,
+    tenant: str | None = None,
     task_queue: str = MESSAGING_QUEUE,
     on_deferred: Callable[[SendOutcome], Awaitable[None] | None] | None = None,
 ) -> SendOutcome:
@@ -87,7 +139,7 @@ async def deliver(
     Returns the final outcome (sent or suppressed; a permanent failure raises as ever). Each
     deferral is reported to `on_deferred` before the wait, so the caller can show it.
     """
-    outcome = await send_message(message, task_queue=task_queue)
+    outcome = await send_message(message, kind=kind, tenant=tenant, task_queue=task_queue)
     while outcome.status == "deferred" and outcome.retry_at:
         workflow.deprecate_patch(DEFERRED_DELIVERY_PATCH)  # where `patched` was: open runs carry its marker
         if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
@@ -96,7 +148,7 @@ async def deliver(
             max(outcome.retry_at - workflow.now(), MIN_HOLD),
             summary=f"{outcome.reason}: hold {message.idempotency_key}",
         )
-        outcome = await send_message(message, task_queue=task_queue)
+        outcome = await send_message(message, kind=kind, tenant=tenant, task_queue=task_queue)
     return outcome
 
 
@@ -119,7 +171,14 @@ batch is retried 15 s after its last beat. Above the Twilio client's 10 s timeou
 call alone never ends a live attempt (it was 30 s: every killed pod cost its batches 30 s)."""
 
 
-async def send_batch(messages: Sequence[SendMessage], *, max_in_flight: int, task_queue: str) -> list[BatchItemOutcome]:
+async def send_batch(
+    messages: Sequence[SendMessage],
+    *,
+    max_in_flight: int,
+    task_queue: str,
+    kind: MessageKind,
+    tenant: str | None = None,
+) -> list[BatchItemOutcome]:
     """One `send_messages` activity; outcomes in input order (deferred ones carry `retry_at`)."""
     result = await workflow.execute_activity(
         "send_messages",
@@ -130,6 +189,7 @@ async def send_batch(messages: Sequence[SendMessage], *, max_in_flight: int, tas
         heartbeat_timeout=SEND_HEARTBEAT,
         schedule_to_close_timeout=timedelta(hours=6),
         retry_policy=SEND_BATCH_RETRY,
+        priority=message_priority(kind, tenant=tenant),
         summary=f"send {len(messages)} messages ({messages[0].idempotency_key} ...)",
     )
     return result.outcomes
@@ -145,6 +205,8 @@ async def send_batches(
     messages: Sequence[SendMessage],
     *,
     max_in_flight: int,
+    kind: MessageKind,
+    tenant: str | None = None,
     task_queue: str = MESSAGING_QUEUE,
     on_batch: Callable[[Sequence[SendMessage], list[BatchItemOutcome]], None] | None = None,
     lanes: asyncio.Semaphore | None = None,
@@ -160,7 +222,7 @@ async def send_batches(
 
     async def one(chunk: Sequence[SendMessage]) -> list[BatchItemOutcome]:
         async with lanes:
-            outcomes = await send_batch(chunk, max_in_flight=per_batch, task_queue=task_queue)
+            outcomes = await send_batch(chunk, max_in_flight=per_batch, task_queue=task_queue, kind=kind, tenant=tenant)
         if on_batch is not None:
             on_batch(chunk, outcomes)
         return outcomes
@@ -186,6 +248,8 @@ async def deliver_all(
     messages: Sequence[SendMessage],
     *,
     max_in_flight: int,
+    kind: MessageKind,
+    tenant: str | None = None,
     task_queue: str = MESSAGING_QUEUE,
     on_done: Callable[[SendMessage, BatchItemOutcome], None] | None = None,
     on_deferred: Callable[[SendMessage, BatchItemOutcome], None] | None = None,
@@ -207,15 +271,16 @@ async def deliver_all(
                     on_done(messages[position], outcome)
         return held
 
-    held = settle(
-        range(len(messages)), await send_batches(messages, max_in_flight=max_in_flight, task_queue=task_queue)
-    )
+    def send(batch: Sequence[SendMessage]) -> Awaitable[list[BatchItemOutcome]]:
+        return send_batches(batch, max_in_flight=max_in_flight, kind=kind, tenant=tenant, task_queue=task_queue)
+
+    held = settle(range(len(messages)), await send(messages))
     while held:
         until, group = hold_groups(held)[0]
         going = set(group)
         held = [h for h in held if h[1] not in going]
         await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(group)} messages")
-        outcomes = await send_batches([messages[p] for p in group], max_in_flight=max_in_flight, task_queue=task_queue)
+        outcomes = await send([messages[p] for p in group])
         held += settle(group, outcomes)
     return [final[p] for p in range(len(messages))]
 
@@ -271,6 +336,8 @@ class MessageBatchWorkflow:
         await deliver_all(
             batch.messages,
             max_in_flight=batch.max_in_flight,
+            kind=batch.kind,
+            tenant=batch.tenant,
             task_queue=batch.task_queue,
             on_done=self._count,
             on_deferred=self._held,

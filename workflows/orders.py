@@ -237,8 +237,8 @@ class PendingOrderWorkflow:
         template = message.template
         try:
             if later:
-                return await deliver(message, task_queue=order.messaging_task_queue)
-            return await send_message(message, task_queue=order.messaging_task_queue)
+                return await deliver(message, kind="order_notice", task_queue=order.messaging_task_queue)
+            return await send_message(message, kind="order_notice", task_queue=order.messaging_task_queue)
         except ActivityError as error:
             workflow.logger.warning(
                 "order %s: %s not sent (%s)",
@@ -408,7 +408,8 @@ class OrderFailureWorkflow:
             raise
         if result.changed:
             try:
-                await deliver(failure_notice(failure.order_id, result), task_queue=failure.messaging_task_queue)
+                notice = failure_notice(failure.order_id, result)
+                await deliver(notice, kind="order_notice", task_queue=failure.messaging_task_queue)
             except ActivityError as error:
                 workflow.logger.warning(
                     "order %s: order_failed not sent (%s)", failure.order_id, permanent_failure(error)

@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.messaging.twilio_gateway import TwilioGateway
-from devtools import binaries
+from devtools import binaries, temporal_config
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import search_attributes
 from schemas.churn import CaseStatus
@@ -134,10 +134,9 @@ async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binaries.temporal_cli(),
         search_attributes=search_attributes.ALL,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AT}",
-        ],
+        dev_server_extra_args=temporal_config.dev_server_args(
+            **{"limit.historyCount.suggestContinueAsNew": str(SUGGEST_CONTINUE_AS_NEW_AT)}
+        ),
     )
     yield env
     await env.shutdown()

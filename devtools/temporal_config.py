@@ -1,0 +1,29 @@
+"""The dynamic config every Temporal dev server of jobctl's starts with (`jobctl dev`, the tests,
+the benchmarks): task priority and fairness in matching, which the messaging path relies on to
+send interactive messages ahead of bulk and share bulk between companies (workflows.messaging,
+`message_priority`). A real cluster sets the same keys (docs/OPERATIONS.md, "Priority and fairness").
+"""
+
+from __future__ import annotations
+
+PRIORITY_AND_FAIRNESS: dict[str, str] = {
+    # The priority-aware matcher: a backlog is handed out by `priority_key` (1 first, 5 last).
+    "matching.useNewMatcher": "true",
+    # Within a level, tasks are handed out round-robin by `fairness_key` (implies the new matcher).
+    "matching.enableFairness": "true",
+    # Tasks already written to a queue's old (FIFO) backlog are still delivered once fairness is on.
+    "matching.enableMigration": "true",
+    # One partition per task queue: priority orders one backlog, not four that pollers visit in turn.
+    # A dev server's load fits one; a cluster keeps its own count (docs/OPERATIONS.md).
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def dev_server_args(**extra: str) -> list[str]:
+    """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS` and `extra` (keys with dots:
+    pass a dict, `dev_server_args(**{"limit.x": "1"})`)."""
+    args: list[str] = []
+    for key, value in {**PRIORITY_AND_FAIRNESS, **extra}.items():
+        args += ["--dynamic-config-value", f"{key}={value}"]
+    return args
