@@ -16,7 +16,7 @@ The drill: after `--before` seconds of load, kill -9 one worker of each queue (t
 worker in the middle of a batch of sends) and one API process at once, and add one of each back.
 Throughput (messages/s accepted by the emulator, on its own clock, and checkouts/s answered) is
 measured in a window before the kills and one that opens `--recovery` seconds after them (the
-killed worker's batch waits out its 30 s heartbeat timeout), each `--window` seconds long. Then
+killed worker's batch waits out its 15 s heartbeat timeout), each `--window` seconds long. Then
 it waits for the day and every clock to end and counts:
 
 - messages lost or doubled: each retailer (one reminder, or one follow-up for a checkout's retailer)

@@ -5,7 +5,7 @@ one API process killed -9 mid-load and one of each added back. Nothing is lost o
 message per retailer at the emulator, each due debit marked reminded once, one DEBIT per checkout
 and its credit taken once, every clock expired exactly once.
 
-Its length is mostly the killed worker's send batch waiting out its 30 s heartbeat timeout."""
+Its length is mostly the killed worker's send batch waiting out its 15 s heartbeat timeout and 20 s outbox lease."""
 
 from __future__ import annotations
 
