@@ -1213,14 +1213,22 @@ def run(
     asyncio.run(serve_until_signalled(host, port, account_sid=account_sid, auth_token=auth_token, **options))
 
 
-def _sender_rate(value: str) -> tuple[str, float]:
+def parse_sender_rate(value: str) -> tuple[str, float]:
+    """`--sender-rate +15557770001:80` -> ("+15557770001", 80.0); ValueError if malformed."""
     number, sep, rate = value.removeprefix("whatsapp:").rpartition(":")
     try:
         if sep and _E164.match(number) and float(rate) > 0:
             return number, float(rate)
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError("expected an E.164 number and a rate > 0, e.g. +15557770001:80")
+    raise ValueError(f"--sender-rate {value!r}: expected an E.164 number and a rate > 0, e.g. +15557770001:80")
+
+
+def _sender_rate(value: str) -> tuple[str, float]:
+    try:
+        return parse_sender_rate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -373,7 +373,9 @@ async def reserve_pool_slot_within(
         "max_wait": min(max(max_wait, 0.0), 86_400.0),
     }
     row = await (await conn.execute(_RESERVE_POOL_SLOT_SKIPPING, params, prepare=True)).fetchone()
-    if row is None:  # every number's row is being reserved right now (or was deleted): queue for the soonest
+    if row is None:  # every number's row is being reserved right now: queue for the soonest
+        row = await (await conn.execute(_RESERVE_POOL_SLOT_WAITING, params, prepare=True)).fetchone()
+    if row is None:  # the pool's rows were deleted (a test's cleanup): make them again
         await ensure_paces(conn, list(paces))
         row = await (await conn.execute(_RESERVE_POOL_SLOT_WAITING, params, prepare=True)).fetchone()
     assert row is not None
