@@ -431,7 +431,7 @@ class MessagingActivities:
             raise
         await self._wait_for_slot(attempt, deadline)
         try:
-            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text)
+            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text, deadline)
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
@@ -498,7 +498,9 @@ class MessagingActivities:
             if beat:
                 activity.heartbeat()
 
-    async def _deliver(self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str) -> Accepted:
+    async def _deliver(
+        self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str, deadline: float
+    ) -> Accepted:
         """WhatsApp when preferred, SMS if WhatsApp refuses (`WHATSAPP_REFUSED`), once.
 
         On WhatsApp, a kind with an approved template (a Content SID) is sent as that template with
@@ -506,7 +508,8 @@ class MessagingActivities:
         list of their inbound messages), when the freeform text goes; a kind without one goes
         freeform (the HELP reply: always in session; in dev, the emulator without templates).
         Each move records its channel, sender and Content SID (and renews the lease) before the
-        call, so a crash after it is looked up where the message went.
+        call, so a crash after it is looked up where the message went. The SMS fallback takes a
+        slot of its own sender's pace (the recipient's SMS number, or the SMS pool's soonest).
         """
         if attempt.channel == "whatsapp":
             to = _address("whatsapp", phone)
@@ -527,6 +530,7 @@ class MessagingActivities:
                     raise
                 log.info("message.whatsapp_refused", idempotency_key=attempt.key, error_code=exc.code)
             await self._move(attempt, "sms")
+            await self._wait_for_slot(attempt, deadline)
         return await self._gateway.send(to=phone, from_=attempt.sender.address, body=body)
 
     async def _move(self, attempt: _Attempt, channel: Channel, *, content_sid: str | None = None) -> None:

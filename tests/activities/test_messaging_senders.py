@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest_asyncio
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment
 
@@ -144,3 +144,28 @@ async def test_a_dead_attempts_message_is_found_at_the_number_it_went_from(engin
             assert (await row(engine, message.idempotency_key)).status == "sent"
         finally:
             await gateway.close()
+
+
+async def test_the_sms_fallback_goes_from_the_recipients_sms_number_on_its_pace(
+    engine: AsyncEngine, limited_gateway: TwilioGateway, limited: TwilioEmulator
+) -> None:
+    """WhatsApp refuses the number (63003): the message goes by SMS from the SMS pool's number for
+    this recipient, after a slot of that number's pace, and the row says so."""
+    sms = pool()
+    whatsapp = tuple(Sender(f"whatsapp:{s.address}", RATE) for s in pool())
+    senders = Senders(whatsapp=whatsapp, sms=sms, sticky=True)
+    phone = unique_phone()
+    limited.state.reconfigure({"refusals": {f"whatsapp:{phone}": 63003}})
+    rid = await retailer(engine, phone, channel="whatsapp")
+    message = reminder(rid)
+
+    outcome = await env().run(sends(engine, limited_gateway, senders).send_message, message)
+
+    number = rendezvous(sms, recipient_key("retailer", rid)).address
+    assert (outcome.status, outcome.channel) == ("sent", "sms")
+    assert [m["from"] for m in await emulator_log(limited, phone)] == [number]
+    assert await emulator_log(limited, f"whatsapp:{phone}") == []
+    stored = await row(engine, message.idempotency_key)
+    assert (stored.channel, stored.sender) == ("sms", number)
+    async with engine.connect() as conn:  # the fallback took its slot of the SMS number's own pace
+        assert await conn.scalar(text("SELECT count(*) FROM messaging_pace WHERE name = :n"), {"n": f"twilio:{number}"})
