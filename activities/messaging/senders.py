@@ -80,10 +80,6 @@ class Senders:
         """Where rows recorded before senders were stored were sent from."""
         return self.pool(channel)[0].address
 
-    def find(self, channel: str, address: str) -> Sender:
-        """The pool's sender at `address` (one recorded on a row), or an unpaced one if it left the pool."""
-        return next((s for s in self.pool(channel) if s.address == address), Sender(address))
-
 
 def recipient_key(recipient_type: str, recipient_id: str) -> str:
     """What a sticky choice hashes: the recipient's type and id, never its phone."""
