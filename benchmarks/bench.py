@@ -41,6 +41,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "10000"],
     # 20,000 messages at 200 msg/s (about 105 s), the same unlimited and as a no-op, then 4,000 on two worker processes.
     "messaging": ["benchmarks/messaging.py", "--messages", "20000", "--limit", "200", "--in-flight", "50"],
+    # Issue #38: a pool of 3 sender numbers at 80 msg/s each (WhatsApp's per-number rate), 20,000 messages (about 85 s).
+    "senders": ["benchmarks/senders.py", "--messages", "20000", "--senders", "3", "--rate", "80"],
     "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "1000"],
     "api": ["benchmarks/api.py", "--requests", "1000", "--clients", "50"],
     # The issue's 10,000 clocks asleep (for the worker's RSS); starting them is most of the run.
@@ -84,6 +86,7 @@ OPT_IN = {"scale_out"}
 SMALL: dict[str, list[str]] = {
     "insights": ["benchmarks/insights.py", "--retailers", "500", "--baseline-sample", "100"],
     "messaging": ["benchmarks/messaging.py", "--messages", "300", "--limit", "200", "--two-worker-messages", "200"],
+    "senders": ["benchmarks/senders.py", "--messages", "600", "--senders", "3", "--rate", "80"],
     "workflow_bytecode": ["benchmarks/workflow_bytecode.py", "--runs", "100"],
     "api": ["benchmarks/api.py", "--requests", "100", "--clients", "10"],
     "orders": [

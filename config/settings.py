@@ -49,6 +49,39 @@ def parse_encryption_keys(value: str) -> dict[str, bytes]:
     return keys
 
 
+def parse_sender_pool(value: str) -> list[tuple[str, float]]:
+    """TWILIO_SMS_SENDERS / TWILIO_WHATSAPP_SENDERS (`+15557770001:80,+15557770002:80`): each sender
+    number (E.164, an optional `whatsapp:` prefix) with its own messages per second. A ValueError
+    names the entry by its position, never quotes it."""
+    import phonenumbers
+
+    pool: list[tuple[str, float]] = []
+    for position, part in enumerate((p.strip() for p in value.split(",")), start=1):
+        number, sep, rate_text = part.removeprefix("whatsapp:").rpartition(":")
+        if not sep or not number:
+            raise ValueError(f"entry {position} must be an E.164 number and its messages/s, as +14155550100:80")
+        try:
+            rate = float(rate_text)
+        except ValueError:
+            raise ValueError(f"entry {position}: the messages per second is not a number") from None
+        if not (rate > 0 and rate < float("inf")):
+            raise ValueError(f"entry {position}: the messages per second must be > 0")
+        try:
+            parsed = phonenumbers.parse(number, None)
+        except phonenumbers.NumberParseException:
+            parsed = None
+        if (
+            parsed is None
+            or phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != number
+            or not phonenumbers.is_possible_number(parsed)
+        ):
+            raise ValueError(f"entry {position}: not an E.164 phone number (+ country code and number, no spaces)")
+        if any(number == seen for seen, _ in pool):
+            raise ValueError(f"entry {position}: the same number twice")
+        pool.append((number, rate))
+    return pool
+
+
 URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "order_checkout_url_template": frozenset({"order_id", "order_external_id"}),
     "churn_manage_url": frozenset({"company_id"}),
@@ -99,6 +132,23 @@ class Settings(BaseSettings):
         "recipient in another falls back to en, and only these need Content SIDs (default: every locale)",
     )
     messages_per_second: float = Field(default=50.0, gt=0)
+    twilio_sms_senders: str | None = Field(
+        default=None,
+        description="the SMS sender pool: E.164 numbers, each with its own messages/s, comma-separated "
+        "(+15557770001:80,+15557770002:80); each number is paced on its own, the pool sends their sum "
+        "(default: TWILIO_SMS_FROM alone, at MESSAGES_PER_SECOND)",
+    )
+    twilio_whatsapp_senders: str | None = Field(
+        default=None,
+        description="the WhatsApp sender pool, as TWILIO_SMS_SENDERS (default: TWILIO_WHATSAPP_FROM alone, "
+        "at MESSAGES_PER_SECOND)",
+    )
+    sender_sticky: bool = Field(
+        default=False,
+        description="a recipient's messages always go from the same pool number (chosen by its retailer "
+        "or member id; adding a number moves about 1/n of recipients); otherwise each message takes "
+        "the number whose next send slot is soonest",
+    )
     messaging_paused_recheck_seconds: float = Field(
         default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"
     )
@@ -313,6 +363,14 @@ class Settings(BaseSettings):
             return value
         return None
 
+    @field_validator("twilio_sms_senders", "twilio_whatsapp_senders")
+    @classmethod
+    def _sender_pool(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_sender_pool(value)
+            return value
+        return None
+
     @field_validator("business_timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
@@ -326,8 +384,17 @@ class Settings(BaseSettings):
     def _production_defaults(self) -> Settings:
         """With real providers, dev defaults are mistakes: refuse them at start, naming the setting."""
         if self.real_twilio:
-            for name in ("twilio_whatsapp_from", "twilio_sms_from"):
-                if _TWILIO_TEST_NUMBER.match(getattr(self, name)):
+            for name, pool in (
+                ("twilio_whatsapp_from", "twilio_whatsapp_senders"),
+                ("twilio_sms_from", "twilio_sms_senders"),
+            ):
+                if getattr(self, pool):
+                    if any(_TWILIO_TEST_NUMBER.match(n) for n, _ in parse_sender_pool(getattr(self, pool))):
+                        raise ValueError(
+                            f"{pool.upper()}: a number is one of Twilio's test numbers; "
+                            "set your own senders with real Twilio credentials"
+                        )
+                elif _TWILIO_TEST_NUMBER.match(getattr(self, name)):
                     raise ValueError(
                         f"{name.upper()}: {getattr(self, name)} is one of Twilio's test numbers; "
                         "set your own sender with real Twilio credentials"
@@ -360,8 +427,16 @@ class Settings(BaseSettings):
 
     @property
     def send_rate(self) -> float:
-        """Messages per second the cluster sends: the provider's rate less the headroom. The
-        messaging queue's Temporal rate limit and each message's pace slot both use it."""
+        """Messages per second the cluster sends, less the headroom: MESSAGES_PER_SECOND for the
+        channels without a sender pool (they share that one pace), plus every pool number's own
+        rate. The messaging queue's Temporal rate limit uses it."""
+        pooled = [p for p in (self.twilio_sms_senders, self.twilio_whatsapp_senders) if p]
+        shared = self.messages_per_second if len(pooled) < 2 else 0.0
+        return (shared + sum(rate for p in pooled for _, rate in parse_sender_pool(p))) * SEND_RATE_HEADROOM
+
+    @property
+    def shared_send_rate(self) -> float:
+        """The pace the senders outside a pool share (MESSAGES_PER_SECOND less the headroom)."""
         return self.messages_per_second * SEND_RATE_HEADROOM
 
     @property

@@ -28,8 +28,9 @@ for with 21655, ContentVariables that are not a JSON object filling the template
 approved templates are ``content_templates`` (SID → body with ``{{1}}`` variables); the dev stack
 registers the catalogue's (``config/templates.toml``) and gives the workers their SIDs.
 
-A create passes the same gates as at Twilio, in this order: latency, auth (401/20003), rate
-limit (429/20429), injected fault (500/503), validation and magic numbers (400), and only then
+A create passes the same gates as at Twilio, in this order: latency, auth (401/20003), its sender's rate
+limit (429/20429; each `From` has its own bucket, `--rate-limit` or `--sender-rate`), injected
+fault (500/503), validation and magic numbers (400), and only then
 is the message accepted (201) and recorded. A refused request never records a message.
 
 The product reaches it only through the real SDK (``activities.messaging.twilio_gateway``).
@@ -231,6 +232,9 @@ class EmulatorConfig:
     """Everything a test or the chaos suite may change at runtime (``POST /_emulator/config``)."""
 
     rate_limit: float | None = None
+    """Messages per second per sender (each `From`, as at Twilio), 429 (20429) above it; None: no limit."""
+    sender_rates: Mapping[str, float] = field(default_factory=dict)
+    """Sender number -> its own messages per second, over ``rate_limit`` (on each of its channels)."""
     fail_rate: float = 0.0
     latency_ms: int = 0
     accept_delay_ms: int = 0
@@ -255,6 +259,8 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError("rate_limit must be > 0 (or null for no limit)")
+        if any(not rate > 0 for rate in self.sender_rates.values()):
+            raise ValueError("sender_rates must be > 0")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError("fail_rate must be within [0, 1]")
         if self.latency_ms < 0 or self.status_delay_ms < 0 or self.accept_delay_ms < 0:
@@ -277,6 +283,7 @@ class EmulatorConfig:
     def as_json(self) -> dict[str, Any]:
         return {
             "rate_limit": self.rate_limit,
+            "sender_rates": dict(sorted(self.sender_rates.items())),
             "fail_rate": self.fail_rate,
             "latency_ms": self.latency_ms,
             "accept_delay_ms": self.accept_delay_ms,
@@ -304,6 +311,10 @@ def _coerce_setting(name: str, value: Any) -> Any:
             return None if value is None else number(value)
         case "fail_rate":
             return number(value)
+        case "sender_rates":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must map sender numbers to messages per second")
+            return {normalize_number(str(k)): number(v) for k, v in value.items()}
         case "latency_ms" | "accept_delay_ms" | "status_delay_ms":
             return int(number(value))
         case "whatsapp_session_closed":
@@ -736,22 +747,27 @@ class EmulatorState:
         self.store = MessageStore()
         self.stats: Counter[str] = Counter()
         self.config = config
-        self.bucket = self._bucket_for(config)
+        self.buckets: dict[str, TokenBucket] = {}  # one per sender (`From`), as Twilio limits
+        self.rate_limited_by_sender: Counter[str] = Counter()
         self.http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # configuration
 
-    @staticmethod
-    def _bucket_for(config: EmulatorConfig) -> TokenBucket | None:
-        if config.rate_limit is None:
+    def _bucket_for(self, from_: str) -> TokenBucket | None:
+        """``from_``'s bucket: its own rate (``sender_rates``), else ``rate_limit``; None: no limit."""
+        rate = self.config.sender_rates.get(normalize_number(from_), self.config.rate_limit)
+        if rate is None:
             return None
-        return TokenBucket(config.rate_limit, time.monotonic)
+        bucket = self.buckets.get(from_)
+        if bucket is None:
+            bucket = self.buckets[from_] = TokenBucket(rate, time.monotonic)
+        return bucket
 
     def reconfigure(self, patch: Mapping[str, Any]) -> EmulatorConfig:
         new = self.config.updated(patch)
-        if new.rate_limit != self.config.rate_limit:
-            self.bucket = self._bucket_for(new)
+        if (new.rate_limit, new.sender_rates) != (self.config.rate_limit, self.config.sender_rates):
+            self.buckets.clear()
         self.config = new
         log.info("twilio_emulator.configured", **new.as_json())
         return new
@@ -769,10 +785,12 @@ class EmulatorState:
             and path_account_sid == self.account_sid
         )
 
-    def admit(self) -> TwilioError | None:
-        """The rate limit, then the injected fault: decided before anything is accepted."""
-        if self.bucket is not None and not self.bucket.try_take():
+    def admit(self, from_: str) -> TwilioError | None:
+        """The sender's rate limit, then the injected fault: decided before anything is accepted."""
+        bucket = self._bucket_for(channel_address(from_))
+        if bucket is not None and not bucket.try_take():
             self.stats["rate_limited"] += 1
+            self.rate_limited_by_sender[channel_address(from_)] += 1
             return TOO_MANY_REQUESTS
         if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
             self.stats["faults"] += 1
@@ -882,8 +900,11 @@ class EmulatorState:
         if self.http is not None:
             await self.http.close()
 
-    def stats_json(self) -> dict[str, int]:
-        return {key: self.stats[key] for key in STAT_KEYS}
+    def stats_json(self) -> dict[str, Any]:
+        """The counters, and the 429s by sender (`From`)."""
+        return {key: self.stats[key] for key in STAT_KEYS} | {
+            "rate_limited_by_sender": dict(sorted(self.rate_limited_by_sender.items()))
+        }
 
 
 def _set_status(message: Message, status: str, error_code: int | None) -> None:
@@ -943,9 +964,9 @@ def _not_found(path: str) -> TwilioError:
 
 async def create_message(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if refusal := state.admit():
-        return refusal.response()
     req = CreateRequest.from_form(await request.post())
+    if refusal := state.admit(req.from_):
+        return refusal.response()
     session_open = not state.config.strict or state.session_open(req.to, req.from_)
     if error := validate_create(req, state.config, session_open):
         state.stats["rejected"] += 1
@@ -1024,6 +1045,7 @@ def create_app(
     auth_token: str = DEFAULT_AUTH_TOKEN,
     *,
     rate_limit: float | None = None,
+    sender_rates: Mapping[str, float] | None = None,
     fail_rate: float = 0.0,
     latency_ms: int = 0,
     accept_delay_ms: int = 0,
@@ -1040,6 +1062,7 @@ def create_app(
     config = EmulatorConfig().updated(
         {
             "rate_limit": rate_limit,
+            "sender_rates": dict(sender_rates or {}),
             "fail_rate": fail_rate,
             "latency_ms": latency_ms,
             "accept_delay_ms": accept_delay_ms,
@@ -1174,10 +1197,12 @@ def run(
     seed: int | None = None,
     accept_delay_ms: int = 0,
     strict: bool = False,
+    sender_rates: Mapping[str, float] | None = None,
 ) -> None:
     """``jobctl twilio-emulator``: serve until SIGINT/SIGTERM. ValueError for an invalid setting."""
     options = {
         "rate_limit": rate_limit,
+        "sender_rates": dict(sender_rates or {}),
         "fail_rate": fail_rate,
         "latency_ms": latency_ms,
         "accept_delay_ms": accept_delay_ms,
@@ -1188,11 +1213,39 @@ def run(
     asyncio.run(serve_until_signalled(host, port, account_sid=account_sid, auth_token=auth_token, **options))
 
 
+def parse_sender_rate(value: str) -> tuple[str, float]:
+    """`--sender-rate +15557770001:80` -> ("+15557770001", 80.0); ValueError if malformed."""
+    number, sep, rate = value.removeprefix("whatsapp:").rpartition(":")
+    try:
+        if sep and _E164.match(number) and float(rate) > 0:
+            return number, float(rate)
+    except ValueError:
+        pass
+    raise ValueError(f"--sender-rate {value!r}: expected an E.164 number and a rate > 0, e.g. +15557770001:80")
+
+
+def _sender_rate(value: str) -> tuple[str, float]:
+    try:
+        return parse_sender_rate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twilio-emulator", description="Serve the Twilio Messages API emulator.")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--rate-limit", type=float, default=None, help="messages/s; 429 (20429) above it")
+    parser.add_argument(
+        "--rate-limit", type=float, default=None, help="messages/s per sender (From); 429 (20429) above it"
+    )
+    parser.add_argument(
+        "--sender-rate",
+        action="append",
+        default=[],
+        type=_sender_rate,
+        metavar="NUMBER:RATE",
+        help="one sender's own messages/s, over --rate-limit (repeatable): --sender-rate +15557770001:80",
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of creates answered 500/503")
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every API request")
     parser.add_argument(
@@ -1220,6 +1273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             accept_delay_ms=args.accept_delay_ms,
             strict=args.strict,
+            sender_rates=dict(args.sender_rate),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -322,17 +322,78 @@ async def reserve_slot_within(
     return bool(row[0]), float(row[1])
 
 
+# A sender pool's slot: the soonest free slot of any of the pool's numbers (each its own row,
+# `messaging_pace` names `:names`, `:intervals` apart). SKIP LOCKED: reservations made at the same
+# moment spread over the pool's numbers instead of queueing on the one that looked soonest to all.
+# With every row locked by another's reservation, nothing comes back; `reserve_pool_slot_within`
+# then waits for the soonest row's lock (`_RESERVE_POOL_SLOT_WAITING`).
+_RESERVE_POOL_SLOT = """
+WITH pick AS (
+    SELECT pace.name, p.secs, greatest(pace.next_slot, clock_timestamp()) AS at
+    FROM messaging_pace AS pace
+    JOIN unnest(CAST(:names AS text[]), CAST(:intervals AS float8[])) AS p(name, secs) ON p.name = pace.name
+    ORDER BY greatest(pace.next_slot, now()), random()
+    LIMIT 1
+    FOR UPDATE OF pace SKIP LOCKED
+), reserved AS (
+    UPDATE messaging_pace AS pace SET next_slot = pick.at + make_interval(secs => pick.secs)
+    FROM pick
+    WHERE pace.name = pick.name AND pick.at <= clock_timestamp() + make_interval(secs => :max_wait)
+    RETURNING pace.name, extract(epoch FROM pick.at - clock_timestamp())::float8 AS wait
+)
+SELECT true, name, greatest(wait, 0.0) FROM reserved
+UNION ALL
+SELECT false, name, greatest(extract(epoch FROM at - clock_timestamp())::float8, 0.0) FROM pick
+WHERE NOT EXISTS (SELECT FROM reserved)
+"""
+_RESERVE_POOL_SLOT_SKIPPING = psycopg_sql(_RESERVE_POOL_SLOT)
+_RESERVE_POOL_SLOT_WAITING = psycopg_sql(_RESERVE_POOL_SLOT.replace("SKIP LOCKED", ""))
+_ENSURE_PACES = psycopg_sql(
+    """
+INSERT INTO messaging_pace (name, next_slot) SELECT unnest(CAST(:names AS text[])), clock_timestamp()
+ON CONFLICT (name) DO NOTHING
+"""
+)
+
+
+async def ensure_paces(conn: psycopg.AsyncConnection, names: list[str]) -> None:
+    """The pool's rows in `messaging_pace` (a number new to the pool gets its row: free now)."""
+    await conn.execute(_ENSURE_PACES, {"names": names}, prepare=True)
+
+
+async def reserve_pool_slot_within(
+    conn: psycopg.AsyncConnection, paces: dict[str, float], max_wait: float
+) -> tuple[bool, str, float]:
+    """`reserve_slot_within` over a pool: {pace name: per second} -> (reserved, whose slot, seconds
+    to wait). Not reserved, the name and seconds are those of the pool's soonest slot. The pool's
+    rows must exist (`ensure_paces`)."""
+    params = {
+        "names": list(paces),
+        "intervals": [1.0 / rate for rate in paces.values()],
+        "max_wait": min(max(max_wait, 0.0), 86_400.0),
+    }
+    row = await (await conn.execute(_RESERVE_POOL_SLOT_SKIPPING, params, prepare=True)).fetchone()
+    if row is None:  # every number's row is being reserved right now: queue for the soonest
+        row = await (await conn.execute(_RESERVE_POOL_SLOT_WAITING, params, prepare=True)).fetchone()
+    if row is None:  # the pool's rows were deleted (a test's cleanup): make them again
+        await ensure_paces(conn, list(paces))
+        row = await (await conn.execute(_RESERVE_POOL_SLOT_WAITING, params, prepare=True)).fetchone()
+    assert row is not None
+    return bool(row[0]), str(row[1]), float(row[2])
+
+
 _EXTEND_LEASE = psycopg_sql(
     """
-UPDATE message_log SET lease_until = now() + make_interval(secs => :seconds), updated_at = now()
+UPDATE message_log SET lease_until = now() + make_interval(secs => :seconds), sender = :sender, updated_at = now()
 WHERE idempotency_key = :key AND status = 'sending'
 """
 )
 
 
-async def extend_lease(conn: psycopg.AsyncConnection, key: str, seconds: float) -> None:
-    """The attempt that holds `key`'s lease keeps it `seconds` from now (its pace wait, then the call)."""
-    await conn.execute(_EXTEND_LEASE, {"key": key, "seconds": seconds}, prepare=True)
+async def extend_lease(conn: psycopg.AsyncConnection, key: str, seconds: float, sender: str) -> None:
+    """The attempt that holds `key`'s lease keeps it `seconds` from now (its pace wait, then the call),
+    and records the sender whose slot it reserved: where a crash after the call is looked up."""
+    await conn.execute(_EXTEND_LEASE, {"key": key, "seconds": seconds, "sender": sender}, prepare=True)
 
 
 _RELEASE = psycopg_sql(

@@ -31,6 +31,7 @@ from activities.errors import permanent
 from activities.messaging import outbox
 from activities.messaging.links import LINK_FIELDS, Links, MessageLinks
 from activities.messaging.outbox import QuietHours, Recipient
+from activities.messaging.senders import Sender, Senders, recipient_key
 from activities.messaging.templates import Catalogue, Template, UnknownTemplate, Variant, load_catalogue
 from activities.messaging.twilio_gateway import Accepted, TwilioGateway
 from schemas.messaging import BatchItemOutcome, Channel, SendBatch, SendBatchResult, SendMessage, SendOutcome
@@ -46,15 +47,6 @@ WHATSAPP_REFUSED = {OUTSIDE_SESSION, 63003, 63024, 63032}
 account at the number (63003), an invalid WhatsApp recipient (63024), a recipient Meta holds out of
 business messages (63032). The message falls back to SMS once, under the same key."""
 BUSY = {21611, 30001, 63018, 20429}
-
-
-@dataclass(frozen=True)
-class Senders:
-    whatsapp: str
-    sms: str
-
-    def of(self, channel: str) -> str:
-        return self.whatsapp if channel == "whatsapp" else self.sms
 
 
 @dataclass(frozen=True)
@@ -75,11 +67,12 @@ class SendPolicy:
 
 @dataclass
 class _Attempt:
-    """Where this attempt's next Twilio call goes (a fallback moves it)."""
+    """Where this attempt's next Twilio call goes (a fallback moves it; a pace slot may pick the sender)."""
 
     key: str
+    who: str  # the recipient's type and id: a sticky sender's key
     channel: Channel
-    sender: str
+    sender: Sender
 
 
 def _address(channel: str, phone: str) -> str:
@@ -181,8 +174,9 @@ class MessagingActivities:
     ) -> None:
         # The message kinds' texts and Content SIDs (config/templates.toml and the deployment's SIDs).
         self._catalogue = catalogue or load_catalogue()
-        # The provider's rate for the whole cluster, in messages: each send reserves its slot in
-        # `messaging_pace` (outbox.reserve_slot) just before it calls Twilio. None: unlimited.
+        # The rate the senders outside a pool share, for the whole cluster, in messages: each send
+        # reserves its slot in `messaging_pace` (outbox.reserve_slot) just before it calls Twilio.
+        # None: unlimited. A pool's numbers each have their own (activities/messaging/senders.py).
         self._per_second = per_second
         self._engine = engine
         # Single statements need no transaction: without one, each is one round trip instead of
@@ -190,6 +184,7 @@ class MessagingActivities:
         self._statements = autocommit(engine)
         self._gateway = gateway
         self._senders = senders
+        self._paces_ready: set[str] = set()  # pool numbers whose `messaging_pace` row this process made sure of
         self._policy = policy
         self._links = links  # None: links only as the workflow passed them (tests without Stripe)
 
@@ -286,7 +281,7 @@ class MessagingActivities:
                 hold,
                 request.template,
                 template.version,
-                sender=self._senders.of(channel),
+                sender=self._senders.of(channel, recipient_key(recipient.type, recipient.id)).address,
                 lease=self._policy.lease,
             )
 
@@ -339,7 +334,7 @@ class MessagingActivities:
         """Decide from the first-seen claim (`new`) or, for a key seen before, lock its row: already
         done, held back, being sent by another attempt, or ours."""
         key, recipient, channel, now = request.idempotency_key, hold.recipient, hold.channel, hold.now
-        sender = self._senders.of(channel)
+        sender = self._senders.of(channel, recipient_key(recipient.type, recipient.id)).address
         if new is not None:  # a first-seen key: the common case, decided by the claim
             if new.status == "sending":
                 return None
@@ -394,7 +389,7 @@ class MessagingActivities:
         created since it claimed the row, with our text; a template send (no text at Twilio)
         only matches a message no other key recorded as its own.
         """
-        sender = row.sender or self._senders.of(row.channel)
+        sender = row.sender or self._senders.default(row.channel)
         since = (row.lease_started_at or row.updated_at) - timedelta(seconds=1)
         candidates = await self._gateway.sent_since(to=_address(row.channel, phone), from_=sender, since=since)
         mine = [c for c in candidates if c.body == body or (row.content_sid and not c.body)]
@@ -423,7 +418,8 @@ class MessagingActivities:
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
-        attempt = _Attempt(key, channel, self._senders.of(channel))
+        who = recipient_key(recipient.type, recipient.id)
+        attempt = _Attempt(key, who, channel, self._senders.of(channel, who))
         try:
             text = await body.text()  # a customer-portal session is made here, as the message goes out
         except Exception as error:
@@ -433,10 +429,9 @@ class MessagingActivities:
                 else:
                     await outbox.set_status(conn, key, "queued", reason="link_unavailable", lease_until=None)
             raise
-        if self._per_second:
-            await self._wait_for_slot(key, deadline)
+        await self._wait_for_slot(attempt, deadline)
         try:
-            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text)
+            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text, deadline)
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
@@ -451,7 +446,7 @@ class MessagingActivities:
         )
         return SendOutcome(status="sent", provider_sid=accepted.sid, channel=attempt.channel)
 
-    async def _wait_for_slot(self, key: str, deadline: float) -> None:
+    async def _wait_for_slot(self, attempt: _Attempt, deadline: float) -> None:
         """Reserve this message's pace slot and sleep until it starts, holding the lease throughout.
 
         The lease was taken when the row was claimed, before the slot was known: under a backlog
@@ -459,15 +454,35 @@ class MessagingActivities:
         the attempt's timeout failed every attempt, each leaving a reserved slot unused (issue #33).
         Now the lease is extended by the wait, and a slot the attempt could not live to use is not
         taken: the row is released and Temporal retries the send when the slot would have started.
+
+        A sender pool (not sticky) reserves the soonest slot of any of its numbers, and the number
+        whose slot it is becomes the attempt's sender, recorded on the row before the call.
         """
-        assert self._per_second
+        key = attempt.key
+        paces = {
+            s.pace: rate
+            for s in self._senders.candidates(attempt.channel, attempt.sender)
+            if (rate := s.per_second or self._per_second)
+        }
+        if not paces:
+            return
+        by_pace = {s.pace: s for s in self._senders.candidates(attempt.channel, attempt.sender)}
         max_wait = deadline - asyncio.get_running_loop().time() - self._policy.call_allowance.total_seconds()
         async with driver_connection(self._statements) as conn:
-            reserved, wait = await outbox.reserve_slot_within(conn, self._per_second, max_wait)
+            if len(paces) == 1:
+                ((pace, rate),) = paces.items()
+                reserved, wait = await outbox.reserve_slot_within(conn, rate, max_wait, name=pace)
+            else:
+                if not paces.keys() <= self._paces_ready:
+                    await outbox.ensure_paces(conn, list(paces))
+                    self._paces_ready |= paces.keys()
+                reserved, pace, wait = await outbox.reserve_pool_slot_within(conn, paces, max_wait)
+            chosen = by_pace.get(pace, attempt.sender)
             if not reserved:
                 await outbox.release(conn, key)
-            elif wait:
-                await outbox.extend_lease(conn, key, wait + self._policy.lease.total_seconds())
+            elif wait or chosen != attempt.sender:
+                await outbox.extend_lease(conn, key, wait + self._policy.lease.total_seconds(), chosen.address)
+            attempt.sender = chosen
         if not reserved:
             log.info("message.paced", idempotency_key=key, seconds_to_slot=round(wait, 1))
             raise ApplicationError(
@@ -483,7 +498,9 @@ class MessagingActivities:
             if beat:
                 activity.heartbeat()
 
-    async def _deliver(self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str) -> Accepted:
+    async def _deliver(
+        self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str, deadline: float
+    ) -> Accepted:
         """WhatsApp when preferred, SMS if WhatsApp refuses (`WHATSAPP_REFUSED`), once.
 
         On WhatsApp, a kind with an approved template (a Content SID) is sent as that template with
@@ -491,37 +508,40 @@ class MessagingActivities:
         list of their inbound messages), when the freeform text goes; a kind without one goes
         freeform (the HELP reply: always in session; in dev, the emulator without templates).
         Each move records its channel, sender and Content SID (and renews the lease) before the
-        call, so a crash after it is looked up where the message went.
+        call, so a crash after it is looked up where the message went. The SMS fallback takes a
+        slot of its own sender's pace (the recipient's SMS number, or the SMS pool's soonest).
         """
         if attempt.channel == "whatsapp":
             to = _address("whatsapp", phone)
             try:
                 if variant.content_sid and not await self._gateway.session_open(
-                    to=to, from_=attempt.sender, now=_now()
+                    to=to, from_=attempt.sender.address, now=_now()
                 ):
                     await self._move(attempt, "whatsapp", content_sid=variant.content_sid)
                     return await self._gateway.send(
                         to=to,
-                        from_=attempt.sender,
+                        from_=attempt.sender.address,
                         content_sid=variant.content_sid,
                         content_variables=json.dumps(variant.content_variables(params)),
                     )
-                return await self._gateway.send(to=to, from_=attempt.sender, body=body)
+                return await self._gateway.send(to=to, from_=attempt.sender.address, body=body)
             except TwilioRestException as exc:
                 if exc.code not in WHATSAPP_REFUSED:
                     raise
                 log.info("message.whatsapp_refused", idempotency_key=attempt.key, error_code=exc.code)
             await self._move(attempt, "sms")
-        return await self._gateway.send(to=phone, from_=attempt.sender, body=body)
+            await self._wait_for_slot(attempt, deadline)
+        return await self._gateway.send(to=phone, from_=attempt.sender.address, body=body)
 
     async def _move(self, attempt: _Attempt, channel: Channel, *, content_sid: str | None = None) -> None:
-        attempt.channel, attempt.sender = channel, self._senders.of(channel)
+        if channel != attempt.channel:  # the SMS fallback: the recipient's SMS number (a template stays on its sender)
+            attempt.channel, attempt.sender = channel, self._senders.of(channel, attempt.who)
         async with self._statements.connect() as conn:
             await outbox.take_lease(
                 conn,
                 attempt.key,
                 channel=channel,
-                sender=attempt.sender,
+                sender=attempt.sender.address,
                 content_sid=content_sid,
                 lease=self._policy.lease,
             )

@@ -241,6 +241,31 @@ async def test_rate_limit_answers_429_then_recovers(emulator: TwilioEmulator, cl
     assert len(await logged(emulator)) == accepted + 1
 
 
+async def test_the_rate_limit_is_per_sender_and_a_sender_may_have_its_own(
+    emulator: TwilioEmulator, client: Client
+) -> None:
+    """As at Twilio: each `From` (number and channel) has its own bucket; `sender_rates` overrides one."""
+    other, fast = "+15557770001", "+15557770002"
+    await configure(emulator, rate_limit=2, sender_rates={fast: 6})  # bursts of 2, 2, 2 and 6
+
+    async def burst(from_: str, to: str = ALICE) -> int:
+        results = await asyncio.gather(*(send(client, to=to, from_=from_) for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(r, TwilioRestException) and r.code == 20429 for r in results if isinstance(r, Exception))
+        return sum(not isinstance(r, Exception) for r in results)
+
+    accepted = [await burst(SENDER), await burst(other), await burst(WA_SENDER, f"whatsapp:{ALICE}"), await burst(fast)]
+
+    assert all(2 <= n <= 3 for n in accepted[:3])  # each its own burst of 2 (a token may come back meanwhile)
+    assert 6 <= accepted[3] <= 7
+    counts = await stats(emulator)
+    assert counts["rate_limited"] == 40 - sum(accepted)
+    assert counts["rate_limited_by_sender"] == {
+        s: 10 - n for s, n in zip((SENDER, other, WA_SENDER, fast), accepted, strict=True)
+    }
+    _, current = await control(emulator, "GET", "config")
+    assert current["sender_rates"] == {fast: 6.0}
+
+
 async def test_injected_faults_never_record_a_message(client: Client) -> None:
     async with TwilioEmulator(fail_rate=1.0, seed=1) as emu:
         async with async_twilio_client(emu.url, emu.account_sid, emu.auth_token) as c:
@@ -280,6 +305,8 @@ async def test_config_endpoint_refuses_invalid_settings(emulator: TwilioEmulator
     invalid: list[dict[str, Any]] = [
         {"fail_rate": 2},
         {"rate_limit": 0},
+        {"sender_rates": {ALICE: 0}},
+        {"sender_rates": [ALICE]},
         {"latency_ms": "slow"},
         {"accept_delay_ms": -1},
         {"bogus": 1},

@@ -141,7 +141,11 @@ def bootstrap(
 def twilio_emulator(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8089,
     rate_limit: Annotated[
-        float | None, typer.Option(min=0.001, help="Messages per second before HTTP 429 (20429).")
+        float | None, typer.Option(min=0.001, help="Messages per second per sender (From) before HTTP 429 (20429).")
+    ] = None,
+    sender_rate: Annotated[
+        list[str] | None,
+        typer.Option(help="One sender's own messages per second, NUMBER:RATE (repeatable): +15557770001:80."),
     ] = None,
     fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of creates answered 5xx.")] = 0.0,
     latency_ms: Annotated[int, typer.Option(min=0, help="Added latency per request.")] = 0,
@@ -162,7 +166,13 @@ def twilio_emulator(
     sid = s.twilio_account_sid or DEFAULT_ACCOUNT_SID
     token = s.twilio_auth_token.get_secret_value() if s.twilio_auth_token else DEFAULT_AUTH_TOKEN
     typer.echo(f"Twilio emulator on http://127.0.0.1:{port} (account {sid})")
-    run_emulator(port, rate_limit, fail_rate, latency_ms, sid, token, accept_delay_ms=accept_delay_ms)
+    try:
+        sender_rates = dict(emulator.parse_sender_rate(v) for v in sender_rate or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_emulator(
+        port, rate_limit, fail_rate, latency_ms, sid, token, accept_delay_ms=accept_delay_ms, sender_rates=sender_rates
+    )
 
 
 @stack_app.command("stripe-sandbox")

@@ -11,6 +11,7 @@ from workers.families.registry import Family, routes_of
 if TYPE_CHECKING:
     from activities.deps import ActivityDeps
     from activities.messaging.send import MessagingActivities
+    from activities.messaging.senders import Senders
     from activities.messaging.templates import Catalogue
     from config.settings import Settings
 
@@ -36,7 +37,7 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     from activities.churn.managelinks import manage_secret
     from activities.messaging.links import MessageLinks
     from activities.messaging.outbox import QuietHours
-    from activities.messaging.send import MessagingActivities, Senders, SendPolicy
+    from activities.messaging.send import MessagingActivities, SendPolicy
     from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
     from config.settings import SettingsError
 
@@ -57,13 +58,13 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
     return MessagingActivities(
         deps.engine,
         gateway,
-        Senders(whatsapp=settings.twilio_whatsapp_from, sms=settings.twilio_sms_from),
+        sender_pools(settings),
         SendPolicy(
             daily_cap=settings.message_daily_cap,
             quiet_hours=QuietHours(settings.quiet_hours_start, settings.quiet_hours_end),
             paused_recheck=timedelta(seconds=settings.messaging_paused_recheck_seconds),
         ),
-        per_second=settings.send_rate,
+        per_second=settings.shared_send_rate,
         catalogue=catalogue,
         links=MessageLinks(
             deps.engine,
@@ -72,6 +73,25 @@ def sends(deps: ActivityDeps) -> MessagingActivities:
             public_base_url=settings.public_base_url,
             manage_secret=manage_secret(settings),
         ),
+    )
+
+
+def sender_pools(settings: Settings) -> Senders:
+    """Each channel's senders: its pool (TWILIO_*_SENDERS, each number paced at its own rate less
+    the headroom) or its one number (TWILIO_*_FROM, on the shared pace at MESSAGES_PER_SECOND)."""
+    from activities.messaging.senders import Sender, Senders
+    from config.settings import SEND_RATE_HEADROOM, parse_sender_pool
+
+    def pool(channel: str, spec: str | None, single: str) -> str | tuple[Sender, ...]:
+        if not spec:
+            return single
+        prefix = "whatsapp:" if channel == "whatsapp" else ""
+        return tuple(Sender(f"{prefix}{number}", rate * SEND_RATE_HEADROOM) for number, rate in parse_sender_pool(spec))
+
+    return Senders(
+        whatsapp=pool("whatsapp", settings.twilio_whatsapp_senders, settings.twilio_whatsapp_from),
+        sms=pool("sms", settings.twilio_sms_senders, settings.twilio_sms_from),
+        sticky=settings.sender_sticky,
     )
 
 
@@ -139,6 +159,9 @@ FAMILY = Family(
         "twilio_require_content_sids",
         "message_locales",
         "messages_per_second",
+        "twilio_sms_senders",
+        "twilio_whatsapp_senders",
+        "sender_sticky",
         "messaging_paused_recheck_seconds",
         "message_daily_cap",
         "quiet_hours_start",
