@@ -382,6 +382,42 @@ async def reserve_pool_slot_within(
     return bool(row[0]), str(row[1]), float(row[2])
 
 
+# An interactive send's slot (`reserve_interactive_slot`): the next of the interactive lane, itself
+# paced at the limit, while the bulk lane's next slot moves back by one interval. Locks the bulk row
+# first, as every bulk reservation does, then the lane's: no two reservations wait on each other. (A
+# data-modifying CTE runs whether or not the statement reads it.)
+_RESERVE_INTERACTIVE_SLOT = psycopg_sql(
+    """
+WITH bulk AS (
+    UPDATE messaging_pace SET next_slot = greatest(next_slot, clock_timestamp()) + make_interval(secs => :interval)
+    WHERE name = :name
+    RETURNING 1
+)
+INSERT INTO messaging_pace AS pace (name, next_slot)
+VALUES (:lane, clock_timestamp() + make_interval(secs => :interval))
+ON CONFLICT (name) DO UPDATE
+   SET next_slot = greatest(pace.next_slot, clock_timestamp()) + make_interval(secs => :interval)
+RETURNING extract(epoch FROM pace.next_slot - clock_timestamp())::float8 - :interval
+"""
+)
+
+
+async def reserve_interactive_slot(conn: psycopg.AsyncConnection, per_second: float, name: str = "twilio") -> float:
+    """A slot for a send someone is waiting for (a manual nudge, a HELP reply, a payment notice):
+    the seconds until it starts, whatever the bulk sends have reserved.
+
+    Bulk sends reserve their slots ahead (one per send in flight: 50 at 200 msg/s is a quarter of a
+    second), and an interactive send behind them waited that long on every reminders day. It takes
+    the next slot of its own lane instead, paced at the same limit among interactive sends, and
+    pushes the bulk lane's next slot back by one interval: every message still costs one interval
+    of the limit, so over any second the provider sees the limit plus at most what the bulk sends had
+    reserved beyond it (within its one second of burst)."""
+    params = {"name": name, "lane": f"{name}:interactive", "interval": 1.0 / per_second}
+    row = await (await conn.execute(_RESERVE_INTERACTIVE_SLOT, params, prepare=True)).fetchone()
+    assert row is not None
+    return max(float(row[0]), 0.0)
+
+
 _EXTEND_LEASE = psycopg_sql(
     """
 UPDATE message_log SET lease_until = now() + make_interval(secs => :seconds), sender = :sender, updated_at = now()

@@ -101,6 +101,20 @@ def _count(template: str, outcome: str) -> None:
     ).add(1, {"template": template, "outcome": outcome})
 
 
+INTERACTIVE_PRIORITY = 2
+"""Task priority 1-2 (workflows.messaging.MESSAGE_PRIORITY: HELP replies, manual nudges, credit and
+order notices): someone is waiting for the message, so its pace slot is not queued behind bulk's."""
+
+
+def _interactive() -> bool:
+    """This send's activity task was scheduled at an interactive priority."""
+    try:
+        level = activity.info().priority.priority_key
+    except RuntimeError:  # not in an activity (tests calling the method directly)
+        return False
+    return level is not None and level <= INTERACTIVE_PRIORITY
+
+
 class _Pace:
     """Spaces starts `1/per_second` apart (a batch's, or every send's in one process)."""
 
@@ -469,7 +483,10 @@ class MessagingActivities:
         by_pace = {s.pace: s for s in self._senders.candidates(attempt.channel, attempt.sender)}
         max_wait = deadline - asyncio.get_running_loop().time() - self._policy.call_allowance.total_seconds()
         async with driver_connection(self._statements) as conn:
-            if len(paces) == 1:
+            if len(paces) == 1 and _interactive():
+                ((pace, rate),) = paces.items()
+                reserved, wait = True, await outbox.reserve_interactive_slot(conn, rate, name=pace)
+            elif len(paces) == 1:
                 ((pace, rate),) = paces.items()
                 reserved, wait = await outbox.reserve_slot_within(conn, rate, max_wait, name=pace)
             else:

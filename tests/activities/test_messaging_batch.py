@@ -95,3 +95,23 @@ async def test_every_send_reserves_its_own_slot_of_one_pace_shared_by_every_conn
         assert all(0.05 < gap <= 0.1 for gap in gaps), waits  # 0.1 s apart, less the time between statements
         await asyncio.sleep(max(waits) + 0.2)
         assert await outbox.reserve_slot(one, 10.0, name) == 0.0  # an idle pace keeps no debt: the next goes now
+
+
+async def test_an_interactive_send_takes_a_slot_ahead_of_the_bulk_backlog_and_the_limit_still_holds(
+    engine: AsyncEngine,
+) -> None:
+    """Issue #38: a manual nudge during a reminders day waited behind every slot the bulk sends in flight
+    had reserved. Its own lane starts it at once; the bulk lane's next slot moves back by one interval,
+    so every message still costs one interval of the limit; and interactive sends among themselves
+    are paced at the limit too."""
+    name = f"test-{unique_phone()}"
+    statements = autocommit(engine)
+    async with driver_connection(statements) as conn:
+        bulk = [await outbox.reserve_slot(conn, 10.0, name) for _ in range(20)]  # 2 s of slots ahead
+        assert bulk[-1] > 1.8
+        nudge = await outbox.reserve_interactive_slot(conn, 10.0, name)
+        assert nudge < 0.05  # not behind the 20 reserved slots
+        after = await outbox.reserve_slot(conn, 10.0, name)
+        assert after - bulk[-1] > 0.15  # the next bulk slot is two intervals on: the nudge took one
+        second = await outbox.reserve_interactive_slot(conn, 10.0, name)
+        assert 0.05 < second <= 0.1  # a burst of interactive sends is paced at the limit among itself
