@@ -230,3 +230,105 @@ async def queue_totals(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
         for state, items, points, total in await conn.execute(query):
             totals[state] = {"items": items, "points": points or 0, "order_total": total or Decimal("0")}
     return totals
+
+
+# --- one item, its order and its customer (the console's item and ledger pages) -------------------
+
+
+def _ledger_columns(t: Any) -> tuple[Any, ...]:
+    return (t.id, t.type, t.points, t.balance_before, t.balance_after, t.reference_type, t.reference_id, t.created_at)
+
+
+async def get_item(engine: AsyncEngine, item_id: int) -> dict[str, Any] | None:
+    """One reconciliation item as `list_items` gives it, or None (its primary key)."""
+    from sqlalchemy import select
+
+    from schemas.tables import LoyaltyReconciliationQueueItem as Item
+
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    Item.id.label("item_id"),
+                    Item.customer_id,
+                    Item.order_reference.label("order_id"),
+                    Item.payment_intent_id,
+                    Item.points_redeemed,
+                    Item.order_total,
+                    Item.status,
+                    Item.resolution,
+                    Item.attempts,
+                    Item.last_error,
+                    Item.resolved_by,
+                    Item.resolved_at,
+                    Item.created_at,
+                    Item.updated_at,
+                ).where(Item.id == item_id)
+            )
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+async def order_ledger(engine: AsyncEngine, order_id: str, item_id: int) -> list[dict[str, Any]]:
+    """What the item's order did to its customer's points: the order's ledger rows (spent, earned,
+    reversed) and a manual resolution's `adjusted` row, in order. Read by the ledger's unique key."""
+    from sqlalchemy import and_, or_, select
+
+    from schemas.tables import LoyaltyTransaction as T
+
+    query = (
+        select(*_ledger_columns(T))
+        .where(
+            or_(
+                and_(T.reference_type == "order", T.reference_id == order_id),
+                and_(T.reference_type == "reconciliation_item", T.reference_id == str(item_id)),
+            )
+        )
+        .order_by(T.id)
+        .limit(20)
+    )
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def customer_ledger(
+    engine: AsyncEngine, customer_id: int, *, limit: int = 25, offset: int = 0
+) -> dict[str, Any] | None:
+    """A customer (None when unknown) with its stored balance, the sum of its whole ledger, and a
+    page of ledger rows newest first: the index `ix_loyalty_transactions_customer_id_created_at`."""
+    from sqlalchemy import func, select
+
+    from schemas.tables import Customer
+    from schemas.tables import LoyaltyTransaction as T
+
+    async with engine.connect() as conn:
+        customer = (
+            await conn.execute(
+                select(Customer.id, Customer.name, Customer.external_id, Customer.loyalty_points).where(
+                    Customer.id == customer_id
+                )
+            )
+        ).first()
+        if customer is None:
+            return None
+        totals = (
+            await conn.execute(
+                select(func.coalesce(func.sum(T.points), 0), func.count()).where(T.customer_id == customer_id)
+            )
+        ).one()
+        rows = await conn.execute(
+            select(*_ledger_columns(T))
+            .where(T.customer_id == customer_id)
+            .order_by(T.created_at.desc(), T.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return {
+            "customer_id": customer.id,
+            "name": customer.name,
+            "external_id": customer.external_id,
+            "balance": customer.loyalty_points,
+            "ledger_sum": int(totals[0]),
+            "entries": int(totals[1]),
+            "rows": [dict(r._mapping) for r in rows],
+        }
