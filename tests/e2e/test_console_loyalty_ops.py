@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+import stripe
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings
 from services import loyalty
+from tests.activities.test_loyalty_reconcile import paid_intent
 from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
     api_settings,
     running_workers,
@@ -124,6 +126,26 @@ async def test_support_resolves_an_item_from_its_page_and_other_roles_cannot(
     assert again.status_code == 409 and 'id="resolve-note-error"' in again.text and "already RESOLVED" in again.text
     assert await balance_and_ledger(engine, customer) == (35, 35)
     assert (await support.get("/console/loyalty/items/987654321")).status_code == 404
+
+
+async def test_an_items_page_checks_its_payment_at_stripe(
+    console_app: FastAPI, engine: AsyncEngine, stripe_api: stripe.StripeClient
+) -> None:
+    customer = await new_customer(engine, 100)
+    intent = await paid_intent(stripe_api, refund=True)
+    async with engine.begin() as conn:  # an item whose workflow never started (the sweep starts it)
+        item = await conn.scalar(
+            text(
+                "INSERT INTO loyalty_reconciliation_queue (customer_id, order_reference, payment_intent_id,"
+                " points_redeemed, order_total) VALUES (:c, :o, :pi, 0, 42.00) RETURNING id"
+            ),
+            {"c": customer, "o": order_ref(), "pi": intent},
+        )
+    support, _ = await signed_in(console_app, engine, "support")
+    shown = await support.get(f"/console/loyalty/items/{item}")
+    assert shown.status_code == 200 and intent in shown.text
+    assert "Stripe says</dt><dd>succeeded" in shown.text and "Refunded</dt><dd>all of it" in shown.text
+    assert "has no reconciliation workflow" in shown.text
 
 
 async def test_a_customers_ledger_is_paged_and_sums_to_its_balance(console_app: FastAPI, engine: AsyncEngine) -> None:
