@@ -68,6 +68,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "2000"],
     # Issue #34's 50,000 retailers with their credit accounts through `jobctl import`, beside a plain COPY.
     "imports": ["benchmarks/imports.py", "--retailers", "50000"],
+    # The console's pages as each role crawls them: 1,000 retailers, 10,000 churn cases, 1,000 loyalty items.
+    "console": ["benchmarks/console.py", "--retailers", "1000", "--churn-cases", "10000", "--loyalty-items", "1000"],
 }
 
 # `--small`: the same benchmarks at sizes that end in a minute or two, to check that each runs and
@@ -96,6 +98,17 @@ SMALL: dict[str, list[str]] = {
     "loyalty": ["benchmarks/loyalty.py", "--applications", "200", "--hot", "10", "--cold", "200", "--queued", "20"],
     "guardrails": ["benchmarks/guardrails.py", "--retailers", "150"],
     "imports": ["benchmarks/imports.py", "--retailers", "2000"],
+    "console": [
+        "benchmarks/console.py",
+        "--retailers",
+        "100",
+        "--churn-cases",
+        "500",
+        "--loyalty-items",
+        "100",
+        "--repeat",
+        "5",
+    ],
 }
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
