@@ -5,14 +5,16 @@ on the brake's row), the messages held by reason and failed by Twilio error code
 Temporal through the API process's client, the task queues' backlog, every schedule's last and
 next run and each job family's latest run per workflow type, linked into the Temporal Web UI.
 
-Temporal unreachable: the database half is shown, the Temporal half says it did not answer (200).
+The Temporal half is read at most every JOBS_MAX_AGE_S per process (the page says when). Temporal
+unreachable: the database half is shown, the Temporal half says it did not answer (200).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +40,10 @@ router = APIRouter(prefix="/console/ops", include_in_schema=False)
 _reason = TypeAdapter(Reason)
 TEMPORAL_TIMEOUT_S = 3.0
 """The whole Temporal half of the page: past this, the page says Temporal did not answer."""
+JOBS_MAX_AGE_S = 10.0
+"""The Temporal half is read at most this often per API process, whoever asks (concurrent pages
+share one reading): about 30 RPCs a reading, and the dev server's visibility store stalls now and
+then (a second on a busy machine) that every page would otherwise wait for."""
 RPC_TIMEOUT = timedelta(seconds=2)
 
 
@@ -68,6 +74,24 @@ class Jobs:
     latest: list[dict[str, Any]]
     backlog: list[tuple[str, int]]
     problem: str | None = None
+    read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class JobsCache:
+    """The last reading of the Temporal half, renewed when older than JOBS_MAX_AGE_S (one reader
+    at a time). A failed reading is kept as long: a cluster that is down is not asked again by
+    every page view, and each answers at once saying so."""
+
+    def __init__(self) -> None:
+        self.reading: Jobs | None = None
+        self.read = float("-inf")
+        self.lock = asyncio.Lock()
+
+    async def get(self, client: Client, settings: Settings) -> Jobs:
+        async with self.lock:
+            if self.reading is None or time.monotonic() - self.read >= JOBS_MAX_AGE_S:
+                self.reading, self.read = await read_jobs(client, settings), time.monotonic()
+            return self.reading
 
 
 async def _schedule(client: Client, settings: Settings, definition: Any) -> dict[str, Any]:
@@ -163,7 +187,10 @@ async def _page(
     stack = _stack(request)
     brake = await messaging.status(stack.engine)
     held, failed = await messaging.held_and_failed(stack.engine)
-    jobs = await read_jobs(stack.client, stack.settings)
+    cache = getattr(request.app.state, "console_jobs", None)
+    if cache is None:
+        cache = request.app.state.console_jobs = JobsCache()
+    jobs = await cache.get(stack.client, stack.settings)
     context = {
         "user": user,
         "section": "ops",
