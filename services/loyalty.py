@@ -7,7 +7,7 @@ twice for the same order is one item and one workflow.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from typing import Any
 
@@ -118,6 +118,52 @@ async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus
         phase="done",
         resolution=result.resolution,
     )
+
+
+async def reconciliation_history(client: Client, item_id: int, *, limit: int = 60) -> list[dict[str, Any]]:
+    """The item's workflow as a person reads it, from its event history (its first `limit` steps):
+    each activity (checking the payment, applying, marking, resolving) with its outcome and, when it
+    failed for good, why; each signal (who asked to retry or resolve); timers; the end. Raises
+    RPCError as `reconciliation_status` does (NOT_FOUND: the item has no workflow)."""
+    from temporalio.api.enums.v1 import EventType
+
+    handle = client.get_workflow_handle(ids.loyalty_reconcile(item_id))
+    scheduled: dict[int, str] = {}
+    steps: list[dict[str, Any]] = []
+    async for event in handle.fetch_history_events(page_size=200):
+        kind, at = event.event_type, event.event_time.ToDatetime(tzinfo=UTC)
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+            continue
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = event.activity_task_completed_event_attributes
+            steps.append({"at": at, "what": scheduled.get(done.scheduled_event_id, "activity"), "outcome": "done"})
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            failed = event.activity_task_failed_event_attributes
+            failure = failed.failure.cause if failed.failure.HasField("cause") else failed.failure
+            why, kind_name = failure.message, failure.application_failure_info.type
+            if kind_name and kind_name not in why:
+                why = f"{kind_name}: {why}"
+            steps.append(
+                {
+                    "at": at,
+                    "what": scheduled.get(failed.scheduled_event_id, "activity"),
+                    "outcome": "failed",
+                    "detail": why[:300],
+                }
+            )
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signal = event.workflow_execution_signaled_event_attributes.signal_name
+            steps.append({"at": at, "what": f"signal {signal}", "outcome": "received"})
+        elif kind == EventType.EVENT_TYPE_TIMER_STARTED:
+            steps.append({"at": at, "what": "waiting", "outcome": "timer"})
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            steps.append({"at": at, "what": "workflow started", "outcome": "started"})
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            steps.append({"at": at, "what": "workflow completed", "outcome": "done"})
+        if len(steps) >= limit:
+            break
+    return steps
 
 
 async def run_audit(

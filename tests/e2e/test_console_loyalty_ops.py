@@ -118,6 +118,9 @@ async def test_support_resolves_an_item_from_its_page_and_other_roles_cannot(
     after = await support.get(page)
     assert "Item resolved: manual: customer called (+25 points)." in after.text
     assert 'action="/console/loyalty/items' not in after.text  # nothing left to do
+    history = after.text.split('id="steps-h"')[1]  # the workflow's steps, from its event history
+    assert "apply queued points</td><td>failed: InsufficientPoints: customer" in history
+    assert history.index("signal retry now") < history.index("signal resolve manually")
     assert await balance_and_ledger(engine, customer) == (35, 35)
     async with engine.connect() as conn:
         by = await conn.scalar(text("SELECT resolved_by FROM loyalty_reconciliation_queue WHERE id = :i"), {"i": item})

@@ -58,8 +58,10 @@ async def _item_page(
         return render(request, "not_found.html", {"user": user, "what": f"loyalty item {item_id}"}, status=404)
     workflow: Any = None
     workflow_problem: str | None = None
+    steps: list[dict[str, Any]] = []
     try:
         workflow = await asyncio.wait_for(loyalty.reconciliation_status(stack.client, item_id), timeout=5)
+        steps = await asyncio.wait_for(loyalty.reconciliation_history(stack.client, item_id), timeout=5)
     except loyalty.LoyaltyRefused as refused:
         workflow_problem = str(refused)
     except (RPCError, RuntimeError, TimeoutError) as error:  # Temporal unreachable
@@ -85,6 +87,7 @@ async def _item_page(
         "item": item,
         "workflow": workflow,
         "workflow_problem": workflow_problem,
+        "steps": steps,
         "workflow_link": workflow_url(stack.settings, f"loyalty-reconcile/{item_id}"),
         "payment": payment,
         "payment_problem": payment_problem,
