@@ -153,8 +153,15 @@ async def reconciliation_history(client: Client, item_id: int, *, limit: int = 6
                 }
             )
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            signal = event.workflow_execution_signaled_event_attributes.signal_name
-            steps.append({"at": at, "what": f"signal {signal}", "outcome": "received"})
+            signaled = event.workflow_execution_signaled_event_attributes
+            step = {"at": at, "what": f"signal {signaled.signal_name}", "outcome": "received"}
+            try:  # who asked: the payload's actor_id (through the client's codec, when payloads are encrypted)
+                decoded = await client.data_converter.decode(signaled.input.payloads)
+                if decoded and isinstance(decoded[0], dict) and decoded[0].get("actor_id"):
+                    step["detail"] = f"by {str(decoded[0]['actor_id'])[:64]}"
+            except Exception:  # noqa: BLE001 - an undecodable payload is shown without its actor, never an error
+                pass
+            steps.append(step)
         elif kind == EventType.EVENT_TYPE_TIMER_STARTED:
             steps.append({"at": at, "what": "waiting", "outcome": "timer"})
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:

@@ -121,6 +121,7 @@ async def test_support_resolves_an_item_from_its_page_and_other_roles_cannot(
     history = after.text.split('id="steps-h"')[1]  # the workflow's steps, from its event history
     assert "apply queued points</td><td>failed: InsufficientPoints: customer" in history
     assert history.index("signal retry now") < history.index("signal resolve manually")
+    assert history.count(f"received: by console:{username}") == 2  # who asked, from the signals' payloads
     assert await balance_and_ledger(engine, customer) == (35, 35)
     async with engine.connect() as conn:
         by = await conn.scalar(text("SELECT resolved_by FROM loyalty_reconciliation_queue WHERE id = :i"), {"i": item})
@@ -223,6 +224,8 @@ async def test_an_operator_pauses_and_resumes_the_brake_and_sees_the_jobs(
         assert "Messaging paused" in after.text and "wrong template" in after.text and "Resume messaging" in after.text
         twice = await operator.post("/console/ops/brake/pause", data={"reason": "again", "csrf": csrf})
         assert twice.status_code == 409 and "already paused" in twice.text
+        long = await operator.post("/console/ops/brake/resume", data={"reason": "r" * 501, "csrf": csrf})
+        assert long.status_code == 422 and 'id="resume-reason-error"' in long.text and (await _brake(engine))[0]
     finally:
         resumed = await operator.post("/console/ops/brake/resume", data={"reason": "", "csrf": csrf})
     assert resumed.status_code == 303 and await _brake(engine) == (False, f"console:{username}")
