@@ -129,7 +129,8 @@ async def test_support_resolves_an_item_from_its_page_and_other_roles_cannot(
     again = await support.post(f"{page}/resolve", data={"note": "twice", "csrf": csrf})
     assert again.status_code == 409 and 'id="resolve-note-error"' in again.text and "already RESOLVED" in again.text
     assert await balance_and_ledger(engine, customer) == (35, 35)
-    assert (await support.get("/console/loyalty/items/987654321")).status_code == 404
+    for missing in ("987654321", str(2**64), "0"):
+        assert (await support.get(f"/console/loyalty/items/{missing}")).status_code == 404, missing
 
 
 async def test_an_items_page_checks_its_payment_at_stripe(
@@ -172,7 +173,8 @@ async def test_a_customers_ledger_is_paged_and_sums_to_its_balance(console_app: 
     second = await viewer.get(f"/console/loyalty/customers/{customer}", params={"offset": "25"})
     assert second.text.count('<tr><td class="when">') == 6 and "Older →" not in second.text
     assert "← Newer" in second.text
-    assert (await viewer.get("/console/loyalty/customers/987654321")).status_code == 404
+    for missing in ("987654321", str(2**64)):
+        assert (await viewer.get(f"/console/loyalty/customers/{missing}")).status_code == 404, missing
 
 
 async def test_an_operator_pauses_and_resumes_the_brake_and_sees_the_jobs(

@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/console/loyalty", include_in_schema=False)
 _note = TypeAdapter(Reason)
 MAX_POINTS = 1_000_000_000
+BIGINT = 2**63 - 1
+"""Ids past PostgreSQL's bigint name nothing: not found, not a database error."""
 SETTLE_S = 3.0
 """How long an action waits for the item's workflow to act on the signal, so the page it returns
 to shows the outcome (a worker that is down: the page says the request is on its way)."""
@@ -53,7 +55,7 @@ async def _item_page(
     status: int = 200,
 ) -> Response:
     stack = _stack(request)
-    item = await loyalty.get_item(stack.engine, item_id)
+    item = await loyalty.get_item(stack.engine, item_id) if 0 < item_id <= BIGINT else None
     if item is None:
         return render(request, "not_found.html", {"user": user, "what": f"loyalty item {item_id}"}, status=404)
     workflow: Any = None
@@ -131,7 +133,7 @@ async def act(request: Request, item_id: int, action: str) -> Response:
     if isinstance(fields, Response):
         return fields
     stack = _stack(request)
-    before = await loyalty.get_item(stack.engine, item_id)
+    before = await loyalty.get_item(stack.engine, item_id) if 0 < item_id <= BIGINT else None
     if before is None or action not in ("resolve", "retry"):
         what = f"loyalty item {item_id}" if before is None else f"action {action!r}"
         return render(request, "not_found.html", {"user": user, "what": what}, status=404)
@@ -189,7 +191,9 @@ async def customer_ledger(request: Request, customer_id: int, offset: str | None
     if isinstance(user, Response):
         return user
     at = _offset(offset)
-    found = await loyalty.customer_ledger(_stack(request).engine, customer_id, limit=PAGE + 1, offset=at)
+    found = None
+    if 0 < customer_id <= BIGINT:
+        found = await loyalty.customer_ledger(_stack(request).engine, customer_id, limit=PAGE + 1, offset=at)
     if found is None:
         return render(request, "not_found.html", {"user": user, "what": f"customer {customer_id}"}, status=404)
     rows = found.pop("rows")
