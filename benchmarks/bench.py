@@ -76,6 +76,8 @@ BENCHMARKS: dict[str, list[str]] = {
     # Issue #38 point 1: manual nudges idle and during a 10,000-retailer day at 200 msg/s; a small
     # company's 100 nudges alone and beside a big company's 2,000.
     "priority": ["benchmarks/priority.py", "--retailers", "10000", "--limit", "200", "--nudges", "200"],
+    # The console's pages as each role crawls them: 1,000 retailers, 10,000 churn cases, 1,000 loyalty items.
+    "console": ["benchmarks/console.py", "--retailers", "1000", "--churn-cases", "10000", "--loyalty-items", "1000"],
 }
 
 # Run only when named (`--only scale_out`, `make bench-scale-out`), not by a bare `make bench`.
@@ -126,6 +128,17 @@ SMALL: dict[str, list[str]] = {
         "8",
     ],
     "priority": ["benchmarks/priority.py", "--retailers", "300", "--nudges", "10", "--small-company", "5"],
+    "console": [
+        "benchmarks/console.py",
+        "--retailers",
+        "100",
+        "--churn-cases",
+        "500",
+        "--loyalty-items",
+        "100",
+        "--repeat",
+        "5",
+    ],
 }
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}

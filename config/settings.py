@@ -227,6 +227,10 @@ class Settings(BaseSettings):
     dev-only key: every restart keeps sessions, and anyone with the source could forge one in dev."""
     console_session_hours: int = Field(default=12, ge=1, le=24 * 30)
     """CONSOLE_SESSION_HOURS: a console sign-in lasts this long; then the user signs in again."""
+    temporal_ui_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    """TEMPORAL_UI_URL: the Temporal Web UI's base URL (e.g. https://temporal.example.com), where the
+    console's Messaging and jobs page links each workflow. Unset: http://{TEMPORAL_ADDRESS's host}:
+    {TEMPORAL_UI_PORT}, the dev server's UI."""
     manage_link_days: int = Field(default=30, ge=1, le=366)
     """MANAGE_LINK_DAYS: a nudge's manage link opens the customer portal this many days after it was
     sent; later it answers 410 (the member opens the link of a newer message)."""

@@ -723,6 +723,8 @@ class MessageLog(CreatedAt, Base):
             "updated_at",
             postgresql_where=text("status IN ('deferred', 'failed', 'undelivered')"),
         ),
+        # the messages in flight for the brake's state (activities/messaging/brake.py): a handful
+        Index("ix_message_log_sending", "lease_until", postgresql_where=text("status = 'sending'")),
     )
 
 

@@ -7,7 +7,7 @@ twice for the same order is one item and one workflow.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from typing import Any
 
@@ -120,6 +120,59 @@ async def reconciliation_status(client: Client, item_id: int) -> ReconcileStatus
     )
 
 
+async def reconciliation_history(client: Client, item_id: int, *, limit: int = 60) -> list[dict[str, Any]]:
+    """The item's workflow as a person reads it, from its event history (its first `limit` steps):
+    each activity (checking the payment, applying, marking, resolving) with its outcome and, when it
+    failed for good, why; each signal (who asked to retry or resolve); timers; the end. Raises
+    RPCError as `reconciliation_status` does (NOT_FOUND: the item has no workflow)."""
+    from temporalio.api.enums.v1 import EventType
+
+    handle = client.get_workflow_handle(ids.loyalty_reconcile(item_id))
+    scheduled: dict[int, str] = {}
+    steps: list[dict[str, Any]] = []
+    async for event in handle.fetch_history_events(page_size=200):
+        kind, at = event.event_type, event.event_time.ToDatetime(tzinfo=UTC)
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+            continue
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = event.activity_task_completed_event_attributes
+            steps.append({"at": at, "what": scheduled.get(done.scheduled_event_id, "activity"), "outcome": "done"})
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            failed = event.activity_task_failed_event_attributes
+            failure = failed.failure.cause if failed.failure.HasField("cause") else failed.failure
+            why, kind_name = failure.message, failure.application_failure_info.type
+            if kind_name and kind_name not in why:
+                why = f"{kind_name}: {why}"
+            steps.append(
+                {
+                    "at": at,
+                    "what": scheduled.get(failed.scheduled_event_id, "activity"),
+                    "outcome": "failed",
+                    "detail": why[:300],
+                }
+            )
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signaled = event.workflow_execution_signaled_event_attributes
+            step = {"at": at, "what": f"signal {signaled.signal_name}", "outcome": "received"}
+            try:  # who asked: the payload's actor_id (through the client's codec, when payloads are encrypted)
+                decoded = await client.data_converter.decode(signaled.input.payloads)
+                if decoded and isinstance(decoded[0], dict) and decoded[0].get("actor_id"):
+                    step["detail"] = f"by {str(decoded[0]['actor_id'])[:64]}"
+            except Exception:  # noqa: BLE001 - an undecodable payload is shown without its actor, never an error
+                pass
+            steps.append(step)
+        elif kind == EventType.EVENT_TYPE_TIMER_STARTED:
+            steps.append({"at": at, "what": "waiting", "outcome": "timer"})
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            steps.append({"at": at, "what": "workflow started", "outcome": "started"})
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            steps.append({"at": at, "what": "workflow completed", "outcome": "done"})
+        if len(steps) >= limit:
+            break
+    return steps
+
+
 async def run_audit(
     client: Client, audit_date: date, *, business_timezone: str = "UTC", task_queue: str = "jobs"
 ) -> LoyaltyAuditResult:
@@ -230,3 +283,105 @@ async def queue_totals(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
         for state, items, points, total in await conn.execute(query):
             totals[state] = {"items": items, "points": points or 0, "order_total": total or Decimal("0")}
     return totals
+
+
+# --- one item, its order and its customer (the console's item and ledger pages) -------------------
+
+
+def _ledger_columns(t: Any) -> tuple[Any, ...]:
+    return (t.id, t.type, t.points, t.balance_before, t.balance_after, t.reference_type, t.reference_id, t.created_at)
+
+
+async def get_item(engine: AsyncEngine, item_id: int) -> dict[str, Any] | None:
+    """One reconciliation item as `list_items` gives it, or None (its primary key)."""
+    from sqlalchemy import select
+
+    from schemas.tables import LoyaltyReconciliationQueueItem as Item
+
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    Item.id.label("item_id"),
+                    Item.customer_id,
+                    Item.order_reference.label("order_id"),
+                    Item.payment_intent_id,
+                    Item.points_redeemed,
+                    Item.order_total,
+                    Item.status,
+                    Item.resolution,
+                    Item.attempts,
+                    Item.last_error,
+                    Item.resolved_by,
+                    Item.resolved_at,
+                    Item.created_at,
+                    Item.updated_at,
+                ).where(Item.id == item_id)
+            )
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+async def order_ledger(engine: AsyncEngine, order_id: str, item_id: int) -> list[dict[str, Any]]:
+    """What the item's order did to its customer's points: the order's ledger rows (spent, earned,
+    reversed) and a manual resolution's `adjusted` row, in order. Read by the ledger's unique key."""
+    from sqlalchemy import and_, or_, select
+
+    from schemas.tables import LoyaltyTransaction as T
+
+    query = (
+        select(*_ledger_columns(T))
+        .where(
+            or_(
+                and_(T.reference_type == "order", T.reference_id == order_id),
+                and_(T.reference_type == "reconciliation_item", T.reference_id == str(item_id)),
+            )
+        )
+        .order_by(T.id)
+        .limit(20)
+    )
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def customer_ledger(
+    engine: AsyncEngine, customer_id: int, *, limit: int = 25, offset: int = 0
+) -> dict[str, Any] | None:
+    """A customer (None when unknown) with its stored balance, the sum of its whole ledger, and a
+    page of ledger rows newest first: the index `ix_loyalty_transactions_customer_id_created_at`."""
+    from sqlalchemy import func, select
+
+    from schemas.tables import Customer
+    from schemas.tables import LoyaltyTransaction as T
+
+    async with engine.connect() as conn:
+        customer = (
+            await conn.execute(
+                select(Customer.id, Customer.name, Customer.external_id, Customer.loyalty_points).where(
+                    Customer.id == customer_id
+                )
+            )
+        ).first()
+        if customer is None:
+            return None
+        totals = (
+            await conn.execute(
+                select(func.coalesce(func.sum(T.points), 0), func.count()).where(T.customer_id == customer_id)
+            )
+        ).one()
+        rows = await conn.execute(
+            select(*_ledger_columns(T))
+            .where(T.customer_id == customer_id)
+            .order_by(T.created_at.desc(), T.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return {
+            "customer_id": customer.id,
+            "name": customer.name,
+            "external_id": customer.external_id,
+            "balance": customer.loyalty_points,
+            "ledger_sum": int(totals[0]),
+            "entries": int(totals[1]),
+            "rows": [dict(r._mapping) for r in rows],
+        }

@@ -1,9 +1,11 @@
-"""The messaging operator's hands: the emergency brake (pause, resume, status); the HELP reply."""
+"""The messaging operator's hands: the emergency brake (pause, resume, status); the HELP reply;
+the held and failed messages the console shows."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.messaging.brake import BrakeState, brake_state, set_brake
@@ -71,3 +73,50 @@ async def reply_help(
         )
     except WorkflowAlreadyStartedError:
         pass
+
+
+# --- what the console's Messaging and jobs page reads --------------------------------------------
+
+TWILIO_ERRORS: dict[int, str] = {
+    21211: "Invalid 'To' phone number",
+    21408: "Sending to this region is not enabled on the account",
+    21610: "The recipient replied STOP (unsubscribed): not messaged again on this channel",
+    21612: "The 'To' number cannot be reached from this 'From' number",
+    21614: "The 'To' number is not a mobile number",
+    30001: "Queue overflow: Twilio could not send fast enough",
+    30002: "Account suspended",
+    30003: "Unreachable destination handset (off, or out of coverage)",
+    30004: "Message blocked (by the recipient or their carrier)",
+    30005: "Unknown destination handset (the number does not exist)",
+    30006: "Landline or unreachable carrier",
+    30007: "Message filtered by the carrier (spam filtering)",
+    30008: "Unknown error from the carrier",
+    30034: "Sender not registered for US A2P 10DLC",
+    63003: "WhatsApp could not find the 'To' address",
+    63016: "Outside WhatsApp's 24-hour session: only an approved template can be sent",
+    63024: "Invalid WhatsApp recipient",
+}
+"""What Twilio's error codes mean (Twilio's error dictionary, the ones jobctl meets)."""
+
+_HELD = text(
+    "SELECT coalesce(reason, 'unknown') AS reason, count(*) AS messages, min(updated_at) AS oldest"
+    " FROM message_log WHERE status = 'deferred' GROUP BY 1 ORDER BY 2 DESC"
+)
+_FAILED = text(
+    "SELECT error_code, count(*) AS messages, max(updated_at) AS latest FROM message_log"
+    " WHERE status IN ('failed', 'undelivered') AND updated_at > now() - interval '24 hours'"
+    " GROUP BY 1 ORDER BY 2 DESC"
+)
+
+
+async def held_and_failed(engine: AsyncEngine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Messages held (deferred) by reason with the oldest's time, and failed or undelivered in the
+    last 24 hours by Twilio error code with its meaning: both read the partial index
+    `ix_message_log_attention` (only deferred, failed and undelivered rows), never the outbox."""
+    async with engine.connect() as conn:
+        held = [dict(r._mapping) for r in await conn.execute(_HELD)]
+        failed = [
+            {**r._mapping, "meaning": TWILIO_ERRORS.get(r.error_code) if r.error_code is not None else None}
+            for r in await conn.execute(_FAILED)
+        ]
+    return held, failed

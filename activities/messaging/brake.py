@@ -51,12 +51,15 @@ async def set_brake(engine: AsyncEngine, *, paused: bool, reason: str | None, ac
     return True
 
 
+# Each count reads a partial index (`ix_message_log_attention` for the held, `ix_message_log_sending`
+# for the in flight), never the outbox: one scan of both statuses could use neither.
 _BACKLOG = text(
     """
-SELECT count(*) FILTER (WHERE status = 'deferred' AND reason = 'paused') AS held_by_brake,
-       count(*) FILTER (WHERE status = 'deferred' AND reason = 'quiet_hours') AS held_by_quiet_hours,
-       count(*) FILTER (WHERE status = 'sending') AS in_flight
-FROM message_log WHERE status IN ('deferred', 'sending')
+SELECT held.held_by_brake, held.held_by_quiet_hours,
+       (SELECT count(*) FROM message_log WHERE status = 'sending') AS in_flight
+FROM (SELECT count(*) FILTER (WHERE reason = 'paused') AS held_by_brake,
+             count(*) FILTER (WHERE reason = 'quiet_hours') AS held_by_quiet_hours
+      FROM message_log WHERE status = 'deferred') held
 """
 )
 

@@ -28,10 +28,10 @@ ROLES: tuple[Role, ...] = get_args(Role)
 # What each role may do, in the API's scope names: the console checks the same words the API keys hold.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "finance": frozenset({"credit:read", "credit:write", "loyalty:read"}),
-    "support": frozenset({"credit:read", "loyalty:read"}),
+    "support": frozenset({"credit:read", "loyalty:read", "loyalty:write"}),
     "company_admin": frozenset({"churn:read", "churn:write"}),  # its company's only
-    "operator": frozenset({"credit:read", "loyalty:read", "messaging:read"}),
-    "read_only": frozenset({"credit:read", "loyalty:read"}),
+    "operator": frozenset({"credit:read", "loyalty:read", "messaging:read", "messaging:write"}),
+    "read_only": frozenset({"credit:read", "loyalty:read", "messaging:read"}),
 }
 ROLE_NAMES = {
     "finance": "Finance",

@@ -83,6 +83,7 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     # the business console, served by the API process (issue #37)
     "console_secret",
     "console_session_hours",
+    "temporal_ui_url",
     "log_format",
     "log_level",
     "metrics_bind",
