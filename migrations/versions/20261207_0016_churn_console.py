@@ -1,0 +1,52 @@
+"""churn console: what the console's Churn section lists and sums (issue #37, second part)
+
+- `companies.currency` (ISO 4217, default USD): the company's members pay in it; the console's
+  recovered revenue is shown in it.
+- `memberships.plan_amount` (NULL: unknown): what the member pays a billing period; a recovered
+  case keeps one period of it (the console's recovered revenue).
+- `ix_recovery_cases_company_id_id` on `recovery_cases (company_id, id)`: a company's cases newest
+  first, a page at a time by keyset (`id < last`), however many the company has.
+- `ix_audit_log_company_rules` on `audit_log (reference, id)` where `retailer_id IS NULL`: a
+  company's changed rules (`company:{id}`), without scanning every retailer's audit.
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-07 02:30:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("companies", sa.Column("currency", sa.Text(), server_default="USD", nullable=False))
+    op.create_check_constraint(op.f("ck_companies_currency_iso4217"), "companies", "currency ~ '^[A-Z]{3}$'")
+    op.add_column("memberships", sa.Column("plan_amount", sa.Numeric(12, 2), nullable=True))
+    op.create_check_constraint(
+        op.f("ck_memberships_plan_amount_non_negative"), "memberships", "plan_amount IS NULL OR plan_amount >= 0"
+    )
+    op.create_index("ix_recovery_cases_company_id_id", "recovery_cases", ["company_id", "id"])
+    op.create_index(
+        "ix_audit_log_company_rules",
+        "audit_log",
+        ["reference", "id"],
+        postgresql_where=sa.text("retailer_id IS NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_audit_log_company_rules", table_name="audit_log")
+    op.drop_index("ix_recovery_cases_company_id_id", table_name="recovery_cases")
+    op.drop_constraint(op.f("ck_memberships_plan_amount_non_negative"), "memberships", type_="check")
+    op.drop_column("memberships", "plan_amount")
+    op.drop_constraint(op.f("ck_companies_currency_iso4217"), "companies", type_="check")
+    op.drop_column("companies", "currency")
