@@ -181,9 +181,9 @@ async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") 
         await conn.execute(_DEMO_PENDING_ORDERS, {"marker": "Demo Retailer %"})
         await conn.execute(_DEMO_COMPANIES)
         await conn.execute(_DEMO_MEMBERSHIPS)
-        await conn.execute(_DEMO_CASES)
-        for statement in _DEMO_CHURN_HISTORY:
+        for statement in _DEMO_CHURN_HISTORY:  # before the open cases: ids follow the opening times
             await conn.execute(statement)
+        await conn.execute(_DEMO_CASES)
         await conn.execute(_DEMO_CUSTOMERS)
         await conn.execute(_DEMO_QUEUE)
         await conn.execute(_DEMO_OVER_LIMIT, {"name": MONEY_LOOP_RETAILER, "tz": timezone, "today": today})
@@ -335,6 +335,7 @@ SELECT company_id, id, s.status, CASE WHEN g % 4 = 0 THEN 'cancel_at_period_end'
 FROM (SELECT company_id, id, split_part(name, ' ', 4)::int AS g FROM memberships WHERE name LIKE 'Past Member %') m
 CROSS JOIN LATERAL (SELECT CASE WHEN g % 5 < 3 THEN 'RECOVERED' WHEN g % 5 = 3 THEN 'CANCELLED'
                                 ELSE 'TERMINATED' END AS status) s
+ORDER BY g DESC, company_id
 """
     ),
     text(

@@ -67,6 +67,7 @@ ACTION_NAMES = {
     "case_cancelled": "Case closed: cancelled",
     "membership_terminated": "Subscription cancelled at Stripe",
 }
+CHANNEL_NAMES = {"sms": "SMS", "whatsapp": "WhatsApp"}
 HELD = {
     "quiet_hours": "quiet hours",
     "daily_cap": "the daily cap",
@@ -122,13 +123,14 @@ def _hhmm(at: datetime, zone: str) -> str:
 
 def outcome_text(outcome: NudgeOutcome, zone: str) -> str:
     """What became of a nudge, as the person who asked reads it (times in the member's zone)."""
-    channel = {"sms": "SMS", "whatsapp": "WhatsApp"}.get(outcome.channel or "", outcome.channel or "")
+    channel = CHANNEL_NAMES.get(outcome.channel or "", outcome.channel or "")
     if outcome.outcome == "sent":
         return f"Nudge sent by {channel}."
     why = HELD.get(outcome.reason or "", outcome.reason or "no reason given")
     if outcome.outcome == "deferred":
         until = f" until {_hhmm(outcome.at, zone)}" if outcome.at else ""
-        return f"Nudge held for {why}{until}: it goes out by {channel} then, unless the case ends first."
+        held = f"for {why}" if outcome.reason == "quiet_hours" else f"({why})"
+        return f"Nudge held {held}{until}: it goes out by {channel} then, unless the case ends first."
     if outcome.outcome == "capped":
         again = f"; nudges are allowed again from {_hhmm(outcome.at, zone)}" if outcome.at else ""
         return f"Nudge not sent: {why} is reached{again}."
@@ -395,7 +397,10 @@ def _charts(kpis: ChurnKpis) -> dict[str, str]:
             width=480,
         ),
         "channels": bar_chart(
-            [Bar(r.label, (r.rate or Decimal(0)) * 100, _percent(r.rate)) for r in kpis.by_channel],
+            [
+                Bar(CHANNEL_NAMES.get(r.label, r.label), (r.rate or Decimal(0)) * 100, _percent(r.rate))
+                for r in kpis.by_channel
+            ],
             title="Recovery rate by channel nudged on",
             key="chart-channels",
             tone="chart-bar",
