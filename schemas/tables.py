@@ -600,6 +600,29 @@ class RecoveryAction(CreatedAt, Base):
     )
 
 
+class MembershipStripeEvent(Base):
+    """A Stripe event the churn handlers matched to a membership: its id, type and `created`, and
+    whether it was applied or ignored (older than one applied already). Never the event's body."""
+
+    __tablename__ = "membership_stripe_events"
+
+    id: Mapped[int] = _bigint_pk()
+    company_id: Mapped[str]
+    membership_id: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str]
+    event_type: Mapped[str]
+    event_created_at: Mapped[datetime]
+    applied: Mapped[bool]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["company_id", "membership_id"], ["memberships.company_id", "memberships.id"], ondelete="CASCADE"
+        ),
+        UniqueConstraint("membership_id", "event_id"),  # a webhook retried is recorded once
+    )
+
+
 # --------------------------------------------------------------------------- loyalty
 
 

@@ -65,6 +65,11 @@ ORDER BY a.id
 """
 )
 
+STRIPE_EVENTS = text(
+    "SELECT event_id, event_type, event_created_at, applied, received_at FROM membership_stripe_events"
+    " WHERE membership_id = :m AND company_id = :company ORDER BY event_created_at DESC, id DESC LIMIT :limit"
+)
+
 COMPANY_AUDIT = text(
     "SELECT id, created_at, action, performed_by, old_value, new_value, reason FROM audit_log"
     " WHERE retailer_id IS NULL AND reference = :ref ORDER BY id DESC LIMIT :limit"
@@ -110,6 +115,15 @@ async def case(engine: AsyncEngine, case_id: int, *, company_id: str | None) -> 
 async def timeline(engine: AsyncEngine, case_id: int, company_id: str) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         return [dict(row._mapping) for row in await conn.execute(TIMELINE, {"case": case_id, "company": company_id})]
+
+
+async def stripe_events(
+    engine: AsyncEngine, membership_id: int, company_id: str, *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The member's latest Stripe events the handlers matched to it, applied or ignored as late."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(STRIPE_EVENTS, {"m": membership_id, "company": company_id, "limit": limit})
+        return [dict(row._mapping) for row in rows]
 
 
 async def company_audit(engine: AsyncEngine, company_id: str, *, limit: int = 20) -> list[dict[str, Any]]:

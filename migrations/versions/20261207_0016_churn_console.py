@@ -6,6 +6,9 @@
   case keeps one period of it (the console's recovered revenue).
 - `ix_recovery_cases_company_id_id` on `recovery_cases (company_id, id)`: a company's cases newest
   first, a page at a time by keyset (`id < last`), however many the company has.
+- `membership_stripe_events`: each Stripe event the churn handlers matched to a membership (its id,
+  type and `created`, and whether it was applied or ignored as older than one applied): a case's
+  page lists its member's. Ids and types only, never the event's body.
 - `ix_audit_log_company_rules` on `audit_log (reference, id)` where `retailer_id IS NULL`: a
   company's changed rules (`company:{id}`), without scanning every retailer's audit.
 
@@ -35,6 +38,27 @@ def upgrade() -> None:
         op.f("ck_memberships_plan_amount_non_negative"), "memberships", "plan_amount IS NULL OR plan_amount >= 0"
     )
     op.create_index("ix_recovery_cases_company_id_id", "recovery_cases", ["company_id", "id"])
+    op.create_table(
+        "membership_stripe_events",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("company_id", sa.Text(), nullable=False),
+        sa.Column("membership_id", sa.BigInteger(), nullable=False),
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column("event_type", sa.Text(), nullable=False),
+        sa.Column("event_created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("applied", sa.Boolean(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["company_id", "membership_id"],
+            ["memberships.company_id", "memberships.id"],
+            name=op.f("fk_membership_stripe_events_company_id_memberships"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_membership_stripe_events")),
+        sa.UniqueConstraint(
+            "membership_id", "event_id", name=op.f("uq_membership_stripe_events_membership_id_event_id")
+        ),
+    )
     op.create_index(
         "ix_audit_log_company_rules",
         "audit_log",
@@ -45,6 +69,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_audit_log_company_rules", table_name="audit_log")
+    op.drop_table("membership_stripe_events")
     op.drop_index("ix_recovery_cases_company_id_id", table_name="recovery_cases")
     op.drop_constraint(op.f("ck_memberships_plan_amount_non_negative"), "memberships", type_="check")
     op.drop_column("memberships", "plan_amount")

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from activities.churn.cases import hash_actor
 from activities.churn.history import CASES
 from devtools.twilio_emulator import TwilioEmulator
-from services.churn import start_case
+from services.churn import start_case, stripe_handlers
 from tests.activities.test_churn import actions, new_member, sent_to, subscribe
 from tests.activities.test_orders import zone_where
 from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
@@ -308,3 +308,31 @@ async def test_the_list_and_the_results_stay_on_an_index_at_10000_cases(
     assert "€50,000.00" in results.text  # 2,500 recovered members x 20.00, in the company's currency
     assert '<p class="big">33%</p>' in results.text  # 2,500 recovered of 7,500 closed
     assert results.text.count("<svg") == 4
+
+
+async def test_a_case_page_lists_the_stripe_events_about_its_member(console_app: FastAPI, engine: AsyncEngine) -> None:
+    company, member, _ = await new_member(engine, offsets=[30])
+    customer = f"cus_console_{uuid.uuid4().hex[:10]}"
+    async with engine.begin() as conn:
+        link = text("UPDATE memberships SET stripe_customer_id = :c WHERE id = :m")
+        await conn.execute(link, {"c": customer, "m": member})
+    stack = console_app.state.stack
+    handlers = stripe_handlers(stack.client, stack.engine, stack.settings)  # no Stripe re-read: the event's word
+    now = int(datetime.now(UTC).timestamp())
+
+    def event(kind: str, created: int) -> dict:
+        invoice = {"object": "invoice", "id": f"in_{uuid.uuid4().hex[:8]}", "customer": customer, "subscription": None}
+        return {"id": f"evt_{uuid.uuid4().hex[:12]}", "type": kind, "created": created, "data": {"object": invoice}}
+
+    failed, late = event("invoice.payment_failed", now), event("invoice.paid", now - 3600)
+    await handlers["invoice.payment_failed"](failed)  # opens the case
+    await handlers["invoice.paid"](late)  # older than the failure: ignored, listed as such
+    await handlers["invoice.payment_failed"](failed)  # Stripe's retry: listed once
+    async with engine.connect() as conn:
+        case_id = await conn.scalar(text("SELECT id FROM recovery_cases WHERE membership_id = :m"), {"m": member})
+    admin, _ = await signed_in(console_app, engine, "company_admin", company)
+    shown = (await admin.get(f"/console/churn/cases/{case_id}")).text
+    assert shown.count(failed["id"]) == 1 and late["id"] in shown
+    assert "invoice.payment_failed" in shown and "no: older than one applied" in shown
+    other, _ = await signed_in(console_app, engine, "company_admin", (await new_member(engine, offsets=[1]))[0])
+    assert (await other.get(f"/console/churn/cases/{case_id}")).status_code == 404

@@ -261,6 +261,7 @@ async def _case_page(
         "nudges": [a for a in timeline if a["type"].startswith("nudge_")],
         "incentives": [a for a in timeline if a["type"] == "incentive_applied"],
         "stripe": [a for a in timeline if a["type"] in ("incentive_applied", "membership_terminated")],
+        "stripe_events": await history.stripe_events(stack.engine, case["membership_id"], company_id),
         "audit": timeline,
         "actors": actors,
         "settings": settings,
