@@ -221,7 +221,7 @@ async def test_actions_show_their_outcome_and_are_audited_with_the_console_user(
     assert "Nudge now" not in final.text and "recovered" in final.text
 
 
-async def test_a_nudge_in_quiet_hours_says_until_when_in_the_members_time(
+async def test_a_nudge_in_quiet_hours_says_until_when_in_the_members_time_and_cancel_ends_it(
     console_app: FastAPI, engine: AsyncEngine, emulator: TwilioEmulator
 ) -> None:
     zone = zone_where(datetime.now(UTC), 3)  # 03:00 there: inside quiet hours 21-08
@@ -237,7 +237,17 @@ async def test_a_nudge_in_quiet_hours_says_until_when_in_the_members_time(
     assert await sent_to(emulator, phone) == []
     rows = await actions(engine, case_id)
     assert [r.type for r in rows] == ["nudge_deferred"]
-    assert rows[0].actor_id_hash == hash_actor(f"console:{username}", console_app.state.stack.settings.actor_hash_key)
+    actor = hash_actor(f"console:{username}", console_app.state.stack.settings.actor_hash_key)
+    assert rows[0].actor_id_hash == actor
+    # cancelling ends the held nudge with the case: it never goes out
+    assert (await operator.post(f"{page}/cancelled", data={"confirm": "yes", "csrf": csrf})).status_code == 303
+
+    async def cancelled() -> bool:
+        return [r.type for r in await actions(engine, case_id)][-1:] == ["case_cancelled"]
+
+    await _eventually(cancelled)
+    assert (await actions(engine, case_id))[-1].actor_id_hash == actor
+    assert "Nudge now" not in (await operator.get(page)).text and await sent_to(emulator, phone) == []
 
 
 async def test_the_list_and_the_results_stay_on_an_index_at_10000_cases(
