@@ -181,6 +181,8 @@ async def seed_demo(engine: AsyncEngine, *, today: date, timezone: str = "UTC") 
         await conn.execute(_DEMO_PENDING_ORDERS, {"marker": "Demo Retailer %"})
         await conn.execute(_DEMO_COMPANIES)
         await conn.execute(_DEMO_MEMBERSHIPS)
+        for statement in _DEMO_CHURN_HISTORY:  # before the open cases: ids follow the opening times
+            await conn.execute(statement)
         await conn.execute(_DEMO_CASES)
         await conn.execute(_DEMO_CUSTOMERS)
         await conn.execute(_DEMO_QUEUE)
@@ -298,6 +300,76 @@ INSERT INTO recovery_cases (company_id, membership_id, status, trigger)
 SELECT company_id, id, 'OPEN', 'payment_failed' FROM memberships WHERE status = 'PAST_DUE'
 ON CONFLICT DO NOTHING
 """
+)
+
+# The churn results the console charts (issue #37): each company's members pay a plan in its
+# currency, and 40 past cases per company over the last 12 weeks, closed recovered (3 in 5),
+# cancelled or terminated after 1-3 nudges on the member's channel, each nudge's message delivered
+# (one in 7 failed), so a company admin's Results page and case list are full on a fresh `make run`.
+_DEMO_CHURN_HISTORY = (
+    text(
+        "UPDATE companies SET currency = CASE id WHEN 'globex' THEN 'EUR' WHEN 'initech' THEN 'GBP' ELSE 'USD' END"
+        " WHERE id IN ('acme', 'globex', 'initech')"
+    ),
+    text(
+        """
+INSERT INTO memberships (company_id, name, phone, preferred_channel, status, current_period_end)
+SELECT c.id, 'Past Member ' || c.id || ' ' || g, '+1558' || lpad((c.ord * 100 + g)::text, 7, '0'),
+       CASE WHEN g % 3 = 0 THEN 'sms' ELSE 'whatsapp' END,
+       CASE WHEN g % 5 < 3 THEN 'ACTIVE' ELSE 'CANCELLED' END, now() + make_interval(days => (g % 28)::int)
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM companies WHERE id IN ('acme', 'globex', 'initech')) c
+CROSS JOIN generate_series(1, 40) AS g
+"""
+    ),
+    text(
+        "UPDATE memberships SET plan_amount = CASE company_id WHEN 'acme' THEN 49.00 WHEN 'globex' THEN 19.50"
+        " ELSE 120.00 END + (id % 3) * 10 WHERE company_id IN ('acme', 'globex', 'initech') AND plan_amount IS NULL"
+    ),
+    text(
+        """
+INSERT INTO recovery_cases (company_id, membership_id, status, trigger, attempts, opened_at, closed_at, last_nudge_at)
+SELECT company_id, id, s.status, CASE WHEN g % 4 = 0 THEN 'cancel_at_period_end' ELSE 'payment_failed' END,
+       1 + g % 3, now() - make_interval(days => 2 * g + 4),
+       now() - make_interval(days => 2 * g + 4) + make_interval(days => 1 + g % 4),
+       now() - make_interval(days => 2 * g + 4) + make_interval(days => g % 4)
+FROM (SELECT company_id, id, split_part(name, ' ', 4)::int AS g FROM memberships WHERE name LIKE 'Past Member %') m
+CROSS JOIN LATERAL (SELECT CASE WHEN g % 5 < 3 THEN 'RECOVERED' WHEN g % 5 = 3 THEN 'CANCELLED'
+                                ELSE 'TERMINATED' END AS status) s
+ORDER BY g DESC, company_id
+"""
+    ),
+    text(
+        """
+INSERT INTO recovery_actions (case_id, company_id, type, actor_type, metadata, idempotency_key, created_at)
+SELECT c.id, c.company_id, 'nudge_' || m.preferred_channel, 'system',
+       jsonb_build_object('attempt_number', n, 'channel', m.preferred_channel, 'manual', false),
+       'nudge:' || c.id || ':' || n, c.opened_at + make_interval(hours => 10 + 24 * (n - 1))
+FROM recovery_cases c JOIN memberships m ON m.id = c.membership_id AND m.name LIKE 'Past Member %'
+CROSS JOIN LATERAL generate_series(1, c.attempts) AS n
+"""
+    ),
+    text(
+        """
+INSERT INTO recovery_actions (case_id, company_id, type, actor_type, idempotency_key, created_at)
+SELECT c.id, c.company_id, k.kind, 'system', k.kind || ':' || c.id, c.closed_at
+FROM recovery_cases c JOIN memberships m ON m.id = c.membership_id AND m.name LIKE 'Past Member %'
+CROSS JOIN LATERAL (SELECT CASE c.status WHEN 'RECOVERED' THEN 'case_recovered' WHEN 'CANCELLED' THEN 'case_cancelled'
+                           ELSE 'membership_terminated' END AS kind) k
+"""
+    ),
+    text(
+        """
+INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version, status,
+                         sent_at, created_at)
+SELECT a.idempotency_key, 'member', c.membership_id::text, a.metadata ->> 'channel',
+       CASE c.trigger WHEN 'cancel_at_period_end' THEN 'churn_nudge_cancel_scheduled'
+                      ELSE 'churn_nudge_payment_failed' END,
+       1, CASE WHEN a.id % 7 = 0 THEN 'failed' ELSE 'delivered' END, a.created_at, a.created_at
+FROM recovery_actions a JOIN recovery_cases c ON c.id = a.case_id
+WHERE a.type IN ('nudge_sms', 'nudge_whatsapp') AND a.idempotency_key LIKE 'nudge:%'
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+    ),
 )
 
 _DEMO_CUSTOMERS = text(

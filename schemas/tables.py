@@ -332,7 +332,11 @@ class AuditLog(CreatedAt, Base):
     performed_by: Mapped[str] = mapped_column(doc="'system' or an admin id")
     reason: Mapped[str | None]
 
-    __table_args__ = (Index("ix_audit_log_retailer_id_created_at", "retailer_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_log_retailer_id_created_at", "retailer_id", "created_at"),
+        # a company's changed churn rules (`company:{id}`), without the retailers' rows
+        Index("ix_audit_log_company_rules", "reference", "id", postgresql_where=text("retailer_id IS NULL")),
+    )
 
 
 # --------------------------------------------------------------------------- orders
@@ -467,6 +471,7 @@ class Company(CreatedAt, Base):
     daily_nudge_cap: Mapped[int] = mapped_column(server_default="1", doc="nudges per member per local day")
     grace_period_days: Mapped[int] = mapped_column(server_default="3")
     timezone: Mapped[str] = mapped_column(server_default="UTC")
+    currency: Mapped[str] = mapped_column(server_default="USD", doc="ISO 4217: what its members pay in")
     stripe_account_id: Mapped[str | None] = mapped_column(
         unique=True, doc="Stripe Connect account when the tenant bills through its own; None: the platform's"
     )
@@ -486,6 +491,7 @@ class Company(CreatedAt, Base):
         ),
         CheckConstraint("daily_nudge_cap >= 0", name="daily_nudge_cap_non_negative"),
         CheckConstraint("grace_period_days BETWEEN 0 AND 90", name="grace_period_days_range"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
     )
 
 
@@ -511,6 +517,9 @@ class Membership(CreatedAt, Base):
         doc="`created` of the latest Stripe event applied to this membership: an older one arriving late is ignored"
     )
     external_id: Mapped[str | None] = mapped_column(doc="the company's own member id, unique within the company")
+    plan_amount: Mapped[Decimal | None] = mapped_column(
+        Numeric(12, 2), doc="what the member pays a billing period, in the company's currency; None: unknown"
+    )
 
     __table_args__ = (
         UniqueConstraint("company_id", "id"),  # target of the tenant-scoped foreign key of recovery_cases
@@ -519,6 +528,7 @@ class Membership(CreatedAt, Base):
         CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
         CheckConstraint(_in("preferred_channel", CHANNELS), name="preferred_channel"),
         CheckConstraint(_in("status", MEMBERSHIP_STATUSES), name="status"),
+        CheckConstraint("plan_amount IS NULL OR plan_amount >= 0", name="plan_amount_non_negative"),
         Index("ix_memberships_company_id_status", "company_id", "status"),
     )
 
@@ -552,6 +562,7 @@ class RecoveryCase(Base):
         CheckConstraint(_in("trigger", CASE_TRIGGERS), name="trigger"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         Index("ix_recovery_cases_company_id_status", "company_id", "status"),
+        Index("ix_recovery_cases_company_id_id", "company_id", "id"),  # a company's cases, keyset-paged
         Index(
             "uq_recovery_cases_one_open_per_membership",
             "membership_id",
@@ -586,6 +597,29 @@ class RecoveryAction(CreatedAt, Base):
         CheckConstraint(_in("actor_type", ACTOR_TYPES), name="actor_type"),
         CheckConstraint("actor_type = 'system' OR actor_id_hash IS NOT NULL", name="user_actor_has_id"),
         Index("ix_recovery_actions_case_id_created_at", "case_id", "created_at"),
+    )
+
+
+class MembershipStripeEvent(Base):
+    """A Stripe event the churn handlers matched to a membership: its id, type and `created`, and
+    whether it was applied or ignored (older than one applied already). Never the event's body."""
+
+    __tablename__ = "membership_stripe_events"
+
+    id: Mapped[int] = _bigint_pk()
+    company_id: Mapped[str]
+    membership_id: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str]
+    event_type: Mapped[str]
+    event_created_at: Mapped[datetime]
+    applied: Mapped[bool]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["company_id", "membership_id"], ["memberships.company_id", "memberships.id"], ondelete="CASCADE"
+        ),
+        UniqueConstraint("membership_id", "event_id"),  # a webhook retried is recorded once
     )
 
 

@@ -173,7 +173,14 @@ def stripe_handlers(
             log.info("churn.stripe_event_for_no_member", event_id=event.get("id"), object_id=obj.get("id"))
             return None
         created = _event_time(event)
-        if created is not None and not await apply_stripe_event(engine, member.membership_id, created):
+        applied = created is None or await apply_stripe_event(
+            engine,
+            member.membership_id,
+            created,
+            event_id=str(event.get("id") or "") or None,
+            event_type=str(event.get("type") or "") or None,
+        )
+        if not applied:
             log.info(
                 "churn.stripe_event_out_of_order",
                 event_id=event.get("id"),

@@ -140,9 +140,18 @@ async def membership_by_stripe(
     return StripeMember(rows[0].id, rows[0].company_id)
 
 
-async def apply_stripe_event(engine: AsyncEngine, membership_id: int, created: datetime) -> bool:
+async def apply_stripe_event(
+    engine: AsyncEngine,
+    membership_id: int,
+    created: datetime,
+    *,
+    event_id: str | None = None,
+    event_type: str | None = None,
+) -> bool:
     """Record `created` as the membership's latest applied Stripe event; False when a newer one
-    was applied already (this one is late or out of order and must change nothing)."""
+    was applied already (this one is late or out of order and must change nothing). With its id
+    and type, the event is listed for the membership too (`membership_stripe_events`, the console's
+    case page), applied or not, once however often Stripe retries it."""
     async with engine.begin() as conn:
         applied = await conn.scalar(
             text(
@@ -151,6 +160,22 @@ async def apply_stripe_event(engine: AsyncEngine, membership_id: int, created: d
             ),
             {"m": membership_id, "t": created},
         )
+        if event_id and event_type:
+            await conn.execute(
+                text(
+                    "INSERT INTO membership_stripe_events"
+                    " (company_id, membership_id, event_id, event_type, event_created_at, applied)"
+                    " SELECT company_id, id, :e, :type, :t, :applied FROM memberships WHERE id = :m"
+                    " ON CONFLICT (membership_id, event_id) DO NOTHING"
+                ),
+                {
+                    "m": membership_id,
+                    "e": event_id[:255],
+                    "type": event_type[:100],
+                    "t": created,
+                    "applied": applied is not None,
+                },
+            )
     return applied is not None
 
 

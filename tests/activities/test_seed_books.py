@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devtools.seed import money_loop_retailer, seed_demo
+from services.churn_kpis import company_kpis
 
 OFF_THE_BOOKS = text(
     """
@@ -31,3 +32,16 @@ async def test_the_demo_seed_keeps_available_credit_at_limit_minus_outstanding(e
             text("SELECT available_credit FROM credit_accounts WHERE retailer_id = :r"), {"r": shop}
         )
     assert available == -1000
+
+
+async def test_the_demo_companies_have_churn_results_to_chart(engine: AsyncEngine) -> None:
+    """`make run`'s company admin (acme) opens a Results page with weeks of recovered and lost
+    cases, revenue in the company's currency, and both channels."""
+    await seed_demo(engine, today=date(2026, 12, 6))  # a second call adds nothing
+    for company, currency in (("acme", "USD"), ("globex", "EUR"), ("initech", "GBP")):
+        kpis = await company_kpis(engine, company, today=date.today())
+        assert kpis is not None and kpis.currency == currency
+        assert kpis.total.recovered >= 20 and kpis.total.lost >= 10 and kpis.total.open == 2
+        assert kpis.total.revenue > 0 and kpis.total.rate is not None
+        assert sum(1 for week in kpis.weekly if week.recovered) >= 8
+        assert {row.label for row in kpis.by_channel} == {"sms", "whatsapp"} and len(kpis.by_step) >= 3

@@ -214,20 +214,26 @@ def _the_example_receiver_shows_verified_events(stack: DevStack) -> None:
 
 def _sign_in_to_the_console_as_the_printed_finance_user(stack: DevStack) -> None:
     """`make run` prints the console's URL and a demo user per role; the finance one signs in and
-    sees the risk dashboard of the demo's receivables."""
+    sees the risk dashboard of the demo's receivables, the company admin its company's churn results."""
     import httpx
 
     console = stack.wait_for(r"Console:\s+(http://\S+)", timeout=30).group(1)
     login = stack.wait_for(r"finance\s+sign in as (\S+) / (\S+)", timeout=5)
+    logins = {"finance": login}
     for role in ("support", "company_admin", "operator", "read_only"):
-        stack.wait_for(rf"{role}\b.*sign in as \S+ / \S+", timeout=5)
-    with httpx.Client(timeout=30) as browser:
-        form = browser.get(f"{console}/login")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        assert csrf, form.text
-        data = {"username": login.group(1), "password": login.group(2), "csrf": csrf.group(1)}
-        signed = browser.post(f"{console}/login", data=data | {"next": "/console/credit"}, follow_redirects=True)
-    assert signed.status_code == 200 and "Receivables by days overdue" in signed.text, signed.text[:300]
+        logins[role] = stack.wait_for(rf"{role}\b.*sign in as (\S+) / (\S+)", timeout=5)
+    for role, page, shown in (
+        ("finance", "/console/credit", "Receivables by days overdue"),
+        ("company_admin", "/console/churn/results", "recovered of"),
+    ):
+        with httpx.Client(timeout=30) as browser:
+            form = browser.get(f"{console}/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf, form.text
+            data = {"username": logins[role].group(1), "password": logins[role].group(2), "csrf": csrf.group(1)}
+            signed = browser.post(f"{console}/login", data=data | {"next": page}, follow_redirects=True)
+        assert signed.status_code == 200 and shown in signed.text, signed.text[:300]
+        assert role == "finance" or re.search(r"(\d+) recovered of (\d+) closed", signed.text).group(1) != "0"
 
 
 def _every_metric_the_rules_and_dashboard_name_is_served(stack: DevStack) -> None:

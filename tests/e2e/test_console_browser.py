@@ -2,9 +2,10 @@
 downloaded browser) against `jobctl api` serving the real stack. A finance admin signs in, finds a
 paused retailer, records its payment and sees the pause lift; axe-core (the script
 axe-playwright-python ships) finds no serious or critical violation on any page on the way (the
-Loyalty review queue too). The retailer's page is saved as a screenshot: under the test's tmp dir,
-or to docs/img/console-credit.png for the README with CONSOLE_SCREENSHOTS=docs/img (a plain `make
-test` leaves the tracked image alone)."""
+Loyalty review queue too); and a company admin nudges a churn member and reads the outcome, on
+pages with no serious or critical violation either. The retailer's page is saved as a screenshot:
+under the test's tmp dir, or to docs/img/console-credit.png for the README with
+CONSOLE_SCREENSHOTS=docs/img (a plain `make test` leaves the tracked image alone)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright, expect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
 
+from config.settings import Settings
+from services.churn import start_case
+from tests.activities.test_churn import new_member
 from tests.activities.test_credit import new_debit, new_retailer
 from tests.e2e.api_harness import (  # noqa: F401 - pytest fixtures, taken as test arguments
     api_settings,
@@ -116,3 +121,47 @@ async def test_a_finance_admin_records_a_payment_and_sees_the_pause_lift(
     async with engine.connect() as conn:
         status = await conn.scalar(text("SELECT credit_status FROM retailers WHERE id = :r"), {"r": retailer_id})
     assert status == "ACTIVE"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_company_admin_nudges_a_member_and_sees_the_outcome(
+    browser: Browser, server: str, engine: AsyncEngine, dev_env: WorkflowEnvironment, api_settings: Settings
+) -> None:
+    company, member, phone = await new_member(engine, offsets=[30], cap=5)
+    case_id = await start_case(dev_env.client, engine, api_settings, member, "manual", company_id=company)
+    username = await new_user(engine, "company_admin", company)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{server}/console/login")
+        await page.get_by_label("Username").fill(username)
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("navigation", name="Sections").get_by_role("link", name="Churn").click()
+
+        await expect(page.get_by_role("heading", name="Churn cases")).to_be_visible()
+        await no_serious_violations(page)
+        await page.get_by_role("link", name=f"Case #{case_id}", exact=True).click()
+        await expect(page.get_by_role("heading", name="Member and case")).to_be_visible()
+        await expect(page.get_by_text(phone)).to_have_count(0)  # masked
+        await page.get_by_label("Channel").select_option("sms")
+        await page.get_by_role("button", name="Nudge now").click()
+
+        await expect(page.get_by_role("status")).to_have_text("Nudge sent by SMS.")
+        message = page.get_by_role("cell", name="delivered").or_(page.get_by_role("cell", name="sent"))
+        await expect(message.first).to_be_visible()  # the nudge's message and its status
+        await no_serious_violations(page)
+        await page.get_by_role("link", name="Results").click()
+        await expect(page.get_by_role("img", name="Recovery rate by week (cases closed that week)")).to_be_visible()
+        await no_serious_violations(page)
+        await page.get_by_role("link", name="Rules").click()
+        await page.get_by_label("Time zone").fill("Mars/Olympus_Mons")
+        await page.get_by_role("button", name="Save rules").click()
+        await expect(page.get_by_text("Give an IANA time zone")).to_be_visible()
+        await no_serious_violations(page)
+    finally:
+        await context.close()
+    async with engine.connect() as conn:
+        sent = await conn.scalar(text("SELECT attempts FROM recovery_cases WHERE id = :c"), {"c": case_id})
+        zone = await conn.scalar(text("SELECT timezone FROM companies WHERE id = :c"), {"c": company})
+    assert sent == 1 and zone == "UTC"

@@ -15,6 +15,7 @@ def mount(app: FastAPI) -> None:
     """`/console` and its one stylesheet (`/console/static/`), left out of the OpenAPI document."""
     from workers.api.limits import RateLimiter
     from workers.console import loyalty, ops
+    from workers.console.churn import router as churn_router
     from workers.console.pages import SIGN_IN_PER_ADDRESS, SIGN_IN_PER_USERNAME, router
 
     # Sign-in attempts, in this process: a burst of 5 per username then one every 12 s (a password
@@ -23,4 +24,5 @@ def mount(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(loyalty.router)  # Loyalty: an item, resolve and retry, a customer's ledger
     app.include_router(ops.router)  # Messaging and jobs
+    app.include_router(churn_router)
     app.mount("/console/static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")

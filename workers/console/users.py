@@ -30,8 +30,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "finance": frozenset({"credit:read", "credit:write", "loyalty:read"}),
     "support": frozenset({"credit:read", "loyalty:read", "loyalty:write"}),
     "company_admin": frozenset({"churn:read", "churn:write"}),  # its company's only
-    "operator": frozenset({"credit:read", "loyalty:read", "messaging:read", "messaging:write"}),
-    "read_only": frozenset({"credit:read", "loyalty:read", "messaging:read"}),
+    "operator": frozenset(
+        {"credit:read", "loyalty:read", "messaging:read", "messaging:write", "churn:read", "churn:write"}
+    ),
+    "read_only": frozenset({"credit:read", "loyalty:read", "messaging:read", "churn:read"}),
 }
 ROLE_NAMES = {
     "finance": "Finance",
