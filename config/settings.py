@@ -82,6 +82,34 @@ def parse_sender_pool(value: str) -> list[tuple[str, float]]:
     return pool
 
 
+CONSOLE_ROLES = ("finance", "support", "company_admin", "operator", "read_only")
+"""The console's roles (`workers/console/users.py` says what each may do)."""
+_GROUP = re.compile(r"^[^\s=,]{1,200}$")
+_COMPANY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_role_map(text: str) -> dict[str, tuple[str, str | None]]:
+    """CONSOLE_OIDC_ROLE_MAP (`group=role` or `group=company_admin:company`, comma-separated) as
+    {group: (role, company or None)}, in the order given. A ValueError names the entry at fault."""
+    mapping: dict[str, tuple[str, str | None]] = {}
+    for position, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        group, equals, target = entry.partition("=")
+        group, target = group.strip(), target.strip()
+        if not equals or not _GROUP.match(group):
+            raise ValueError(f"entry {position} must be group=role (e.g. jobctl-finance=finance)")
+        role, colon, company = target.partition(":")
+        if role not in CONSOLE_ROLES:
+            raise ValueError(f"entry {position}: the role must be one of {', '.join(CONSOLE_ROLES)}")
+        if (role == "company_admin") != bool(colon):
+            raise ValueError(f"entry {position}: company_admin:<company id> names a company, and only it does")
+        if colon and not _COMPANY.match(company):
+            raise ValueError(f"entry {position}: {company!r} is not a company id")
+        if group in mapping:
+            raise ValueError(f"entry {position}: the group {group!r} twice")
+        mapping[group] = (role, company or None)
+    return mapping
+
+
 URL_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "order_checkout_url_template": frozenset({"order_id", "order_external_id"}),
     "churn_manage_url": frozenset({"company_id"}),
@@ -227,6 +255,25 @@ class Settings(BaseSettings):
     dev-only key: every restart keeps sessions, and anyone with the source could forge one in dev."""
     console_session_hours: int = Field(default=12, ge=1, le=24 * 30)
     """CONSOLE_SESSION_HOURS: a console sign-in lasts this long; then the user signs in again."""
+    console_oidc_issuer: str | None = None
+    """CONSOLE_OIDC_ISSUER: the identity provider (OIDC issuer URL) the console offers sign-in with;
+    set, the sign-in page shows "Sign in with {CONSOLE_OIDC_NAME}" (`workers/console/oidc.py`).
+    Requires CONSOLE_OIDC_CLIENT_ID and CONSOLE_OIDC_ROLE_MAP."""
+    console_oidc_name: str | None = Field(default=None, max_length=60)
+    """CONSOLE_OIDC_NAME: the provider's name on the sign-in button (default: the issuer's host)."""
+    console_oidc_client_id: str | None = None
+    """CONSOLE_OIDC_CLIENT_ID: the console's client at the provider (the ID token's `aud`)."""
+    console_oidc_client_secret: SecretStr | None = None
+    """CONSOLE_OIDC_CLIENT_SECRET: the client's secret (a confidential client); unset, a public
+    client (PKCE only)."""
+    console_oidc_roles_claim: str = Field(default="groups", pattern=r"^[A-Za-z0-9_.:/-]{1,100}$")
+    """CONSOLE_OIDC_ROLES_CLAIM: the ID token's claim listing the user's groups (or roles)."""
+    console_oidc_role_map: str | None = None
+    """CONSOLE_OIDC_ROLE_MAP: IdP group → console role, comma-separated, e.g.
+    `jobctl-finance=finance,jobctl-acme-admins=company_admin:acme` (a company admin names its
+    company). A user in none of the groups is refused; in several, the first listed wins."""
+    console_local_login: bool = True
+    """CONSOLE_LOCAL_LOGIN: `false` hides the username/password form (OIDC only; needs the issuer)."""
     temporal_ui_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     """TEMPORAL_UI_URL: the Temporal Web UI's base URL (e.g. https://temporal.example.com), where the
     console's Messaging and jobs page links each workflow. Unset: http://{TEMPORAL_ADDRESS's host}:
@@ -332,7 +379,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// URL")
         return value
 
-    @field_validator("codec_oidc_issuer", "codec_oidc_jwks_url")
+    @field_validator("codec_oidc_issuer", "codec_oidc_jwks_url", "console_oidc_issuer")
     @classmethod
     def _oidc_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -357,6 +404,14 @@ class Settings(BaseSettings):
             return None
         if not _HOST_PORT.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
             raise ValueError("must be host:port")
+        return value
+
+    @field_validator("console_oidc_role_map")
+    @classmethod
+    def _role_map(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_role_map(value)  # raises ValueError naming the entry at fault
         return value
 
     @field_validator("payload_encryption_key")
@@ -405,6 +460,12 @@ class Settings(BaseSettings):
                     )
         if self.codec_oidc_issuer and not self.codec_oidc_audience:
             raise ValueError("CODEC_OIDC_AUDIENCE: not set (required with CODEC_OIDC_ISSUER)")
+        if self.console_oidc_issuer:
+            for name in ("console_oidc_client_id", "console_oidc_role_map"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name.upper()}: not set (required with CONSOLE_OIDC_ISSUER)")
+        elif not self.console_local_login:
+            raise ValueError("CONSOLE_LOCAL_LOGIN: false needs CONSOLE_OIDC_ISSUER (else nobody can sign in)")
         if self.production and not (self.actor_hash_key and self.actor_hash_key.get_secret_value()):
             raise ValueError("ACTOR_HASH_KEY: not set (required with real Twilio or live Stripe credentials)")
         return self

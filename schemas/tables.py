@@ -938,22 +938,26 @@ class ApiKey(CreatedAt, Base):
 
 class ConsoleUser(CreatedAt, Base):
     """A person signing in to the business console (`/console`): only the password's argon2 hash is
-    stored. `username` is the actor in the audit rows their actions write (`console:{username}`);
-    `role` decides what they see and may do; a `company_admin` is bound to `company_id` and sees
-    only that company's data."""
+    stored, or for an OIDC user the provider's identity (no password). `username` is the actor in
+    the audit rows their actions write (`console:{username}`); `role` decides what they see and may
+    do; a `company_admin` is bound to `company_id` and sees only that company's data."""
 
     __tablename__ = "console_users"
 
     id: Mapped[int] = _bigint_pk()
     username: Mapped[str] = mapped_column(unique=True)
-    password_hash: Mapped[str]
+    password_hash: Mapped[str | None]
+    """A local user's argon2 hash; NULL for a user who signs in through OIDC (`external_id`)."""
+    external_id: Mapped[str | None] = mapped_column(unique=True)
+    """An OIDC user's identity at the provider, `oidc:{issuer}:{sub}`; NULL for a local user."""
     role: Mapped[str]
     company_id: Mapped[str | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     disabled_at: Mapped[datetime | None]
     last_sign_in_at: Mapped[datetime | None]
 
     __table_args__ = (
-        CheckConstraint("username ~ '^[a-z0-9][a-z0-9_.-]{1,63}$'", name="username_slug"),
+        CheckConstraint("username ~ '^[a-z0-9][a-z0-9_.@+-]{1,63}$'", name="username_slug"),
+        CheckConstraint("(password_hash IS NULL) <> (external_id IS NULL)", name="password_or_external_id"),
         CheckConstraint("role IN ('finance', 'support', 'company_admin', 'operator', 'read_only')", name="role_known"),
         CheckConstraint("(role = 'company_admin') = (company_id IS NOT NULL)", name="company_admin_has_company"),
     )

@@ -4,6 +4,9 @@ A user signs in with a username and password; only the argon2id hash is stored (
 defaults, RFC 9106's second recommended profile). `jobctl console-user add` and the demo seed call
 `add_user`; the sign-in page calls `authenticate`. The username is the actor in every audit row a
 console action writes, as `console:{username}`.
+
+A user may instead sign in through the company's identity provider (`oidc.py`): `oidc_user`
+records them here on each sign-in, found by their identity at the provider, with no password.
 """
 
 from __future__ import annotations
@@ -106,10 +109,10 @@ async def authenticate(engine: AsyncEngine, username: str, password: str) -> Use
             )
         ).first()
     try:
-        _hasher.verify(row.password_hash if row else _DUMMY_HASH, password)
+        _hasher.verify(row.password_hash if row and row.password_hash else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
         return None
-    if row is None:
+    if row is None or row.password_hash is None:  # an OIDC user has no password here
         return None
     async with engine.begin() as conn:
         signed_in = update(ConsoleUser).where(ConsoleUser.id == row.id).values(last_sign_in_at=datetime.now(UTC))
@@ -128,3 +131,50 @@ async def load_user(engine: AsyncEngine, user_id: int) -> User | None:
             )
         ).first()
     return User(user_id, row.username, row.role, row.company_id) if row else None
+
+
+OIDC_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.@+-]{1,55}$")
+"""An OIDC user's name (the provider's preferred_username or e-mail, lower-cased): `console:{name}`
+fits the 64 characters every audit column allows."""
+
+
+async def oidc_user(engine: AsyncEngine, external_id: str, username: str, role: str, company_id: str | None) -> User:
+    """The user signing in through OIDC as `external_id` (`oidc:{issuer}:{sub}`), recorded or updated
+    with the role and company the provider's groups give now; `UserRefused` when the name is not
+    usable, is another user's (a local user's name is never taken over), the user is disabled, or
+    the company does not exist. The first sign-in's name stays the user's (the audit's actor)."""
+    if not OIDC_USERNAME.fullmatch(username):
+        raise UserRefused("the provider's username (preferred_username or email) is not one the console can use")
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(ConsoleUser.id, ConsoleUser.username, ConsoleUser.disabled_at)
+                    .where(ConsoleUser.external_id == external_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is not None:
+                if row.disabled_at is not None:
+                    raise UserRefused("this user is disabled in the console")
+                await conn.execute(
+                    update(ConsoleUser)
+                    .where(ConsoleUser.id == row.id)
+                    .values(role=role, company_id=company_id, last_sign_in_at=now)
+                )
+                return User(row.id, row.username, role, company_id)
+            user_id = await conn.scalar(
+                insert(ConsoleUser)
+                .values(
+                    username=username, external_id=external_id, role=role, company_id=company_id, last_sign_in_at=now
+                )
+                .returning(ConsoleUser.id)
+            )
+    except IntegrityError as error:
+        raise UserRefused(
+            f"the username {username!r} is another console user's"
+            + (f", or the company {company_id!r} does not exist" if company_id else "")
+        ) from error
+    assert user_id is not None
+    return User(user_id, username, role, company_id)

@@ -83,6 +83,13 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     # the business console, served by the API process (issue #37)
     "console_secret",
     "console_session_hours",
+    "console_oidc_issuer",
+    "console_oidc_name",
+    "console_oidc_client_id",
+    "console_oidc_client_secret",
+    "console_oidc_roles_claim",
+    "console_oidc_role_map",
+    "console_local_login",
     "temporal_ui_url",
     "log_format",
     "log_level",
