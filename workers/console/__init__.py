@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 def mount(app: FastAPI) -> None:
     """`/console` and its one stylesheet (`/console/static/`), left out of the OpenAPI document."""
     from workers.api.limits import RateLimiter
-    from workers.console import loyalty, ops
+    from workers.console import loyalty, oidc, ops
     from workers.console.churn import router as churn_router
     from workers.console.pages import SIGN_IN_PER_ADDRESS, SIGN_IN_PER_USERNAME, router
 
@@ -22,6 +22,7 @@ def mount(app: FastAPI) -> None:
     # guesser gets 5 a minute), and 30 a minute per client address across usernames.
     app.state.console_sign_in = (RateLimiter(SIGN_IN_PER_USERNAME), RateLimiter(SIGN_IN_PER_ADDRESS))
     app.include_router(router)
+    app.include_router(oidc.router)  # sign-in through the company's identity provider, when configured
     app.include_router(loyalty.router)  # Loyalty: an item, resolve and retry, a customer's ledger
     app.include_router(ops.router)  # Messaging and jobs
     app.include_router(churn_router)

@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import structlog
 from fastapi import APIRouter, Request
@@ -134,13 +134,31 @@ def _next(url: str | None) -> str:
     return url if url and url.startswith("/console") and not url.startswith("//") else "/console"
 
 
+def _sign_in_context(request: Request, next: str | None, errors: dict[str, str], username: str) -> dict[str, Any]:
+    """The sign-in page's: the local form unless CONSOLE_LOCAL_LOGIN=false, the provider's button
+    when CONSOLE_OIDC_ISSUER is set (named CONSOLE_OIDC_NAME, else the issuer's host)."""
+    settings = _stack(request).settings
+    oidc_name = None
+    if settings.console_oidc_issuer:
+        oidc_name = settings.console_oidc_name or urlsplit(settings.console_oidc_issuer).hostname
+    return {
+        "next": _next(next),
+        "errors": errors,
+        "username": username,
+        "local_login": settings.console_local_login,
+        "oidc_name": oidc_name,
+    }
+
+
 @router.get("/login")
 async def login_page(request: Request, next: str | None = None) -> Response:
-    return render(request, "login.html", {"next": _next(next), "errors": {}, "username": ""})
+    return render(request, "login.html", _sign_in_context(request, next, {}, ""))
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
+    if not _stack(request).settings.console_local_login:
+        return redirect(request, "/console/login")  # OIDC only: no password is checked here
     fields = await _form(request)
     if isinstance(fields, Response):
         return fields
@@ -151,7 +169,7 @@ async def login(request: Request) -> Response:
     if wait:
         log.info("console.sign_in_throttled")
         errors = {"password": f"Too many sign-in attempts: wait {retry_after(wait)} seconds, then try again."}
-        context = {"next": _next(fields.get("next")), "errors": errors, "username": username}
+        context = _sign_in_context(request, fields.get("next"), errors, username)
         response = render(request, "login.html", context, status=429)
         response.headers["Retry-After"] = retry_after(wait)
         return response
@@ -159,7 +177,7 @@ async def login(request: Request) -> Response:
     if user is None:
         log.info("console.sign_in_refused")
         errors = {"password": "Wrong username or password. Check both and try again."}
-        context = {"next": _next(fields.get("next")), "errors": errors, "username": username}
+        context = _sign_in_context(request, fields.get("next"), errors, username)
         return render(request, "login.html", context, status=401)
     _session(request).sign_in(user.id)
     log.info("console.signed_in", user_id=user.id, role=user.role)
