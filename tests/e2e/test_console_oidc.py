@@ -191,3 +191,15 @@ async def test_with_local_sign_in_off_a_password_signs_nobody_in(
         answer = await console.post("/console/login", data={"username": username, "password": PASSWORD})
         assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
         assert (await console.get("/console")).status_code == 303  # still nobody
+
+
+async def test_a_provider_user_named_as_a_local_user_is_refused_and_does_not_become_them(
+    oidc_app: FastAPI, engine: AsyncEngine, provider: OidcProvider
+) -> None:
+    local = await new_user(engine, "operator")
+    provider.user = TestUser(sub=f"sub-{uuid.uuid4().hex}", preferred_username=local, groups=["jobctl-finance"])
+    console, answer = await _through_provider(oidc_app, provider)
+    assert answer.status_code == 403 and "another console user" in answer.text
+    assert (await console.get("/console")).status_code == 303
+    assert await _recorded(engine, provider.user, provider.issuer) is None
+    await console.aclose()
