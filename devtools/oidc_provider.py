@@ -76,7 +76,11 @@ class OidcProvider:
     _runner: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
-        if not ipaddress.ip_address(self.host).is_loopback:
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # another host name
+            loopback = False
+        if not loopback:
             raise ValueError("the dev OIDC provider listens on a loopback address only (it approves anyone)")
 
     @property
