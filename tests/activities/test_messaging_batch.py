@@ -115,3 +115,14 @@ async def test_an_interactive_send_takes_a_slot_ahead_of_the_bulk_backlog_and_th
         assert after - bulk[-1] > 0.15  # the next bulk slot is two intervals on: the nudge took one
         second = await outbox.reserve_interactive_slot(conn, 10.0, name)
         assert 0.05 < second <= 0.1  # a burst of interactive sends is paced at the limit among itself
+
+
+def test_a_batch_is_retried_when_its_first_held_message_can_go_not_after_the_policys_backoff() -> None:
+    from datetime import timedelta
+
+    from activities.messaging.send import _soonest_retry
+
+    leased = [ApplicationError("held", type="LeaseHeld", next_retry_delay=timedelta(seconds=s)) for s in (7, 3, 12)]
+    assert _soonest_retry(leased) == timedelta(seconds=3)  # a killed attempt's first lease to end
+    assert _soonest_retry([*leased, OSError("connection reset")]) is None  # one cannot say: the policy's backoff
+    assert _soonest_retry([]) is None
