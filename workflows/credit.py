@@ -182,7 +182,10 @@ class PaymentRemindersWorkflow:
         await workflow.execute_activity_method(
             ReminderActivities.mark_reminders_sent,
             RemindersSent(reminder_date=day, business_timezone=request.business_timezone, due=sent),
-            start_to_close_timeout=timedelta(minutes=1),
+            # One UPDATE of at most a page's debits (milliseconds), idempotent for the day: a worker
+            # killed while it ran is retried after 15 s, not a minute, and pages are marked in order,
+            # so the day's next pages waited that long to send (the scale-out drill).
+            start_to_close_timeout=timedelta(seconds=15),
             retry_policy=DB_RETRY,
             summary=f"mark {len(sent)} retailers' debits reminded",
         )
