@@ -111,6 +111,11 @@ async def test_each_role_sees_only_what_it_may(console_app: FastAPI, engine: Asy
     refused = await viewer.post(f"{page}/pause", data={"reason": "x", "csrf": csrf_of(shown)})
     assert refused.status_code == 403 and "Not for your role" in refused.text
     assert await _status(engine, retailer_id) == "ACTIVE"
+    beyond = f"/console/credit/retailers/{2**63}"  # no retailer, and no id PostgreSQL could store
+    assert (await viewer.get(beyond)).status_code == 404
+    finance, _ = await signed_in(console_app, engine, "finance")
+    csrf = csrf_of(await finance.get(page))
+    assert (await finance.post(f"{beyond}/pause", data={"reason": "x", "csrf": csrf})).status_code == 404
     for url in ("/console/credit", page):  # a company admin sees no retailer's credit
         hidden = await admin.get(url)
         assert hidden.status_code == 403 and "Ada Stores" not in hidden.text

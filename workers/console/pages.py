@@ -263,6 +263,8 @@ async def _retailer_page(
 ) -> Response:
     stack = _stack(request)
     today = datetime.now(stack.settings.tz).date()
+    if not 0 < retailer_id <= BIGINT:  # no such retailer: never a query PostgreSQL refuses (a 500)
+        return render(request, "not_found.html", {"user": user, "what": f"retailer {retailer_id}"}, status=404)
     try:
         profile = await admin.profile(stack.engine, retailer_id, today)
     except admin.CreditRefused:
@@ -309,6 +311,11 @@ def _check(errors: dict[str, str], key: str, adapter: TypeAdapter[Any], value: s
         return None
 
 
+ACTIONS = ("payment", "adjust", "limits", "pause", "unpause", "block")
+BIGINT = 2**63 - 1
+"""The largest id PostgreSQL stores: a path id beyond it is no retailer (404), not a database error."""
+
+
 @router.post("/credit/retailers/{retailer_id}/{action}")
 async def act(request: Request, retailer_id: int, action: str) -> Response:
     user = await _signed_in(request, "credit:write")
@@ -317,8 +324,9 @@ async def act(request: Request, retailer_id: int, action: str) -> Response:
     fields = await _form(request)
     if isinstance(fields, Response):
         return fields
-    if action not in ("payment", "adjust", "limits", "pause", "unpause", "block"):
-        return render(request, "not_found.html", {"user": user, "what": f"the action {action!r}"}, status=404)
+    if action not in ACTIONS or not 0 < retailer_id <= BIGINT:
+        what = f"retailer {retailer_id}" if action in ACTIONS else f"the action {action!r}"
+        return render(request, "not_found.html", {"user": user, "what": what}, status=404)
     stack = _stack(request)
     errors: dict[str, str] = {}
     values = {f"{action}.{k}": v for k, v in fields.items() if k != "csrf"}
