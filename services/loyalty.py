@@ -244,22 +244,7 @@ async def list_items(
 
     from schemas.tables import LoyaltyReconciliationQueueItem as Item
 
-    query = select(
-        Item.id.label("item_id"),
-        Item.customer_id,
-        Item.order_reference.label("order_id"),
-        Item.payment_intent_id,
-        Item.points_redeemed,
-        Item.order_total,
-        Item.status,
-        Item.resolution,
-        Item.attempts,
-        Item.last_error,
-        Item.resolved_by,
-        Item.resolved_at,
-        Item.created_at,
-        Item.updated_at,
-    )
+    query = select(*_item_columns())
     if state is not None:
         query = query.where(Item.status == state)
     async with engine.connect() as conn:
@@ -302,20 +287,7 @@ async def get_item(engine: AsyncEngine, item_id: int) -> dict[str, Any] | None:
         row = (
             await conn.execute(
                 select(
-                    Item.id.label("item_id"),
-                    Item.customer_id,
-                    Item.order_reference.label("order_id"),
-                    Item.payment_intent_id,
-                    Item.points_redeemed,
-                    Item.order_total,
-                    Item.status,
-                    Item.resolution,
-                    Item.attempts,
-                    Item.last_error,
-                    Item.resolved_by,
-                    Item.resolved_at,
-                    Item.created_at,
-                    Item.updated_at,
+                    *_item_columns(),
                 ).where(Item.id == item_id)
             )
         ).first()
@@ -385,3 +357,25 @@ async def customer_ledger(
             "entries": int(totals[1]),
             "rows": [dict(r._mapping) for r in rows],
         }
+
+
+def _item_columns() -> tuple[Any, ...]:
+    """A review item as the queue and an item's page read it (one list for both)."""
+    from schemas.tables import LoyaltyReconciliationQueueItem as Item
+
+    return (
+        Item.id.label("item_id"),
+        Item.customer_id,
+        Item.order_reference.label("order_id"),
+        Item.payment_intent_id,
+        Item.points_redeemed,
+        Item.order_total,
+        Item.status,
+        Item.resolution,
+        Item.attempts,
+        Item.last_error,
+        Item.resolved_by,
+        Item.resolved_at,
+        Item.created_at,
+        Item.updated_at,
+    )
