@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,7 @@ class DrillSize:
     deadline_s: float = 600.0  # for the day and every clock to end
     shared_workers: bool = False  # each worker process polls both queues (`jobctl worker`): fewer to start
     kill_after_messages: int = 0  # > 0: kill once the emulator accepted this many, not after `before_s`
+    trace: bool = False  # print what happened around the kills (`trace`)
 
 
 @dataclass
@@ -157,6 +158,9 @@ class DrillResult:
     api_killed_mid_request: bool = False  # the client had a request in flight to the killed API process
     day_sent: int = 0
     day_duplicates: int = 0
+    kill_at: float = 0.0  # wall clock of the kills
+    stamps: list[float] = field(default_factory=list)  # the emulator's accept times, sorted
+    day_id: str = ""  # the reminders day's workflow id
 
 
 class Pods:
@@ -495,6 +499,7 @@ async def run_drill(
         messages = await until_quiet(http, twilio_url, len(expected), size.deadline_s)
 
     stamps = sorted(datetime.fromisoformat(m["accepted_at"]).timestamp() for m in messages)
+    result.kill_at, result.stamps, result.day_id = kill_at, stamps, day_handle.id
     window_before = (max(started_at, kill_at - size.window_s), kill_at)
     after_begin = kill_at + size.recovery_s
     window_after = (after_begin, after_begin + size.window_s)
@@ -512,6 +517,56 @@ async def run_drill(
     counts.retries, counts.replayed = shop.retries, shop.replayed
     await count_money_and_clocks(engine, [o for o, _ in orders], day, counts)
     return result
+
+
+async def trace(client: Client, result: DrillResult, begin_s: float = -10.0, end_s: float = 70.0) -> list[str]:
+    """What happened around the kills (`--trace`): the emulator's accepts per second, and the
+    reminders day's activities and slow workflow tasks, in seconds from the kills, with the pid of
+    the worker that ran each (the killed ones are in the kill line)."""
+    kill = result.kill_at
+    lines = ["accepted per second from the kills:"]
+    for second in range(int(begin_s), int(end_s), 10):
+        per_second = [sum(kill + t <= s < kill + t + 1 for s in result.stamps) for t in range(second, second + 10)]
+        lines.append(f"  {second:+4d} s: {' '.join(f'{n:4d}' for n in per_second)}")
+    activities: dict[int, dict[str, str]] = {}
+    tasks: dict[int, dict[str, str]] = {}
+
+    def at(event: Any) -> float:
+        return event.event_time.ToDatetime().replace(tzinfo=UTC).timestamp() - kill
+
+    async for run in client.list_workflows(f"WorkflowId = '{result.day_id}'"):
+        history = await client.get_workflow_handle(result.day_id, run_id=run.run_id).fetch_history()
+        for e in history.events:
+            t, kind = at(e), e.WhichOneof("attributes") or ""
+            attrs: Any = getattr(e, kind) if kind else None
+            if kind == "activity_task_scheduled_event_attributes":
+                activities[e.event_id] = {"what": attrs.activity_type.name, "scheduled": f"{t:+.1f}"}
+            elif kind == "activity_task_started_event_attributes":
+                started = f"{t:+.1f} #{attrs.attempt} {attrs.identity.split('@')[0]}"
+                activities[attrs.scheduled_event_id]["started"] = started
+            elif kind.startswith("activity_task_") and hasattr(attrs, "scheduled_event_id"):
+                activities[attrs.scheduled_event_id]["ended"] = f"{t:+.1f} {kind[14:-17]}"
+            elif kind == "workflow_task_scheduled_event_attributes":
+                tasks[e.event_id] = {"scheduled": f"{t:+.1f}"}
+            elif kind == "workflow_task_started_event_attributes":
+                tasks[attrs.scheduled_event_id]["started"] = f"{t:+.1f} {attrs.identity.split('@')[0]}"
+            elif kind.startswith("workflow_task_") and hasattr(attrs, "scheduled_event_id"):
+                tasks[attrs.scheduled_event_id]["ended"] = f"{t:+.1f} {kind[14:-17]}"
+            elif kind == "workflow_execution_continued_as_new_event_attributes":
+                lines.append(f"  continued as new at {t:+.1f}")
+    lines.append("the day's activities (scheduled, started #attempt pid, ended):")
+    for row in activities.values():
+        ended = float(row.get("ended", "nan x").split()[0])
+        if begin_s <= float(row["scheduled"]) <= end_s or begin_s <= ended <= end_s:
+            lines.append(
+                f"  {row['what']:<22} {row['scheduled']:>7} {row.get('started', '-'):>18} {row.get('ended', '-')}"
+            )
+    lines.append("the day's workflow tasks over 0.5 s or not completed:")
+    for w in tasks.values():
+        took = float(w.get("ended", "nan x").split()[0]) - float(w["scheduled"])
+        if begin_s <= float(w["scheduled"]) <= end_s and not took <= 0.5:
+            lines.append(f"  {w['scheduled']:>7} {w.get('started', '-'):>14} {w.get('ended', '-')}")
+    return lines
 
 
 async def running_activities(handle: WorkflowHandle[Any, Any], activity_type: str, timeout_s: float) -> set[int]:
@@ -646,8 +701,9 @@ async def main(size: DrillSize) -> None:
                 {"Authorization": f"Bearer {key}"},
                 on_phase=lambda line: print(line, flush=True),
             )
+            lines = await trace(s.client, result) if size.trace else []
     print(f"machine: {machine()}; pod logs in {logs}")
-    for line in describe(result, size):
+    for line in [*describe(result, size), *lines]:
         print(line)
     c = result.counts
     figure(
@@ -685,6 +741,9 @@ if __name__ == "__main__":
     parser.add_argument("--before", type=float, default=30.0, help="seconds of load before the kills")
     parser.add_argument("--recovery", type=float, default=35.0, help="seconds from the kills to the after-window")
     parser.add_argument("--window", type=float, default=20.0, help="seconds of each throughput window")
+    parser.add_argument(
+        "--trace", action="store_true", help="print messages per second and the day's tasks around the kills"
+    )
     args = parser.parse_args()
     if min(args.retailers, args.checkouts, args.workers, args.apis) < 1 or args.workers < 2 or args.apis < 2:
         parser.error("sizes must be positive, with at least 2 workers per queue and 2 API processes")
@@ -710,6 +769,7 @@ if __name__ == "__main__":
                 before_s=args.before,
                 recovery_s=args.recovery,
                 window_s=args.window,
+                trace=args.trace,
             )
         )
     )

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
 
     # Database: unset means "the embedded dev server" for `jobctl dev`, an error elsewhere.
     database_url: str | None = None
+    database_pool_size: int = Field(default=20, ge=1, le=200)
+    """DATABASE_POOL_SIZE: the connections each process keeps open (`activities.database.create_engine`).
+    Pods x this must fit the server's `max_connections`, twice over for the workers during a
+    rollout (docs/OPERATIONS.md, "Connection budget")."""
 
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"

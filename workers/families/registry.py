@@ -61,6 +61,7 @@ class Family:
 
 PROCESS_SETTINGS: tuple[str, ...] = (
     "database_url",
+    "database_pool_size",
     "temporal_address",
     "temporal_namespace",
     "temporal_api_key",
