@@ -10,6 +10,13 @@ message that does nothing (the floor the targets are set against: what Temporal 
 of one activity per message), and the same batched workflow with a batch activity that does
 nothing. Run 4: two `jobctl worker` processes share the limit. Each run also prints its CPU per
 message by process.
+
+For the send path itself (issue #38 point 3) the unlimited run is set against the batched no-op
+floor of the same run: msg/s, the floor, their ratio (target >= 0.3), and CPU per message in the
+worker, Temporal and PostgreSQL (target <= 1.2 ms in all three; the emulator is printed apart and
+not counted: Twilio's side). `--send-path` runs only those two, to measure one change at a time:
+
+    python benchmarks/messaging.py --messages 6000 --send-path
 """
 
 from __future__ import annotations
@@ -268,23 +275,85 @@ def per_process(cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items() if ms > 0)
 
 
+WORKER, TEMPORAL, POSTGRESQL, EMULATOR = "benchmark process", "temporal server", "postgresql", "served (`serve`)"
+SEND_PATH_FLOOR_TARGET, SEND_PATH_CPU_TARGET = ">= 0.3", "<= 1.2"
+
+
+def send_path_cpu(cpu: dict[str, float]) -> float:
+    """CPU ms per message in the send path's own processes: the worker (this process), Temporal and
+    PostgreSQL. The emulator stands for Twilio and is not counted."""
+    return cpu[WORKER] + cpu[TEMPORAL] + cpu[POSTGRESQL]
+
+
+def print_send_path(
+    free_rate: float, free_cpu: dict[str, float], batched_rate: float, batched_cpu: dict[str, float], messages: int
+) -> None:
+    print(
+        f"send path (unlimited, {messages} messages): {free_rate:,.1f} msg/s; batched no-op floor (same run)"
+        f" {batched_rate:,.1f} msg/s; ratio {free_rate / batched_rate:.3f} (target {SEND_PATH_FLOOR_TARGET})"
+    )
+    print(
+        f"  CPU per message: worker {free_cpu[WORKER]:.3f} + Temporal {free_cpu[TEMPORAL]:.3f}"
+        f" + PostgreSQL {free_cpu[POSTGRESQL]:.3f} = {send_path_cpu(free_cpu):.3f} ms"
+        f" (target {SEND_PATH_CPU_TARGET}); emulator {free_cpu.get(EMULATOR, 0.0):.3f} ms, not counted"
+    )
+    print(
+        f"  the floor's CPU per message: worker {batched_cpu[WORKER]:.3f} + Temporal {batched_cpu[TEMPORAL]:.3f}"
+        f" + PostgreSQL {batched_cpu[POSTGRESQL]:.3f} = {send_path_cpu(batched_cpu):.3f} ms"
+    )
+
+
+def send_path_figures(free_rate: float, free_cpu: dict[str, float], batched_rate: float) -> None:
+    figure(
+        "messaging: unlimited send path to the batched no-op floor",
+        free_rate,
+        "msg/s",
+        floor=batched_rate,
+        floor_name="the same batched workflow, a no-op batch activity",
+        target=SEND_PATH_FLOOR_TARGET,
+    )
+    figure(
+        "messaging: CPU per message, unlimited (worker + Temporal + PostgreSQL)",
+        send_path_cpu(free_cpu),
+        "ms",
+        target=SEND_PATH_CPU_TARGET,
+    )
+
+
+async def send_path_only(messages: int, in_flight: int) -> None:
+    """The unlimited run and the batched no-op floor, nothing else (one change at a time)."""
+    configure_logging("json", "WARNING")
+    async with stack() as s:
+        ids = await insert_retailers(s, messages)
+        free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
+        batched_rate, batched_cpu = await temporal_floor(s, messages, in_flight, batched=True)
+    print(f"machine: {machine()}")
+    print_send_path(free_rate, free_cpu, batched_rate, batched_cpu, messages)
+    send_path_figures(free_rate, free_cpu, batched_rate)
+    print_load_at_end()
+
+
+async def insert_retailers(s: Stack, count: int) -> list[int]:
+    async with s.engine.begin() as conn:
+        return list(
+            (
+                await conn.execute(
+                    text(
+                        "INSERT INTO retailers (name, phone, preferred_channel) SELECT 'Bench ' || g,"
+                        " '+1222' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g RETURNING id"
+                    ),
+                    {"n": count},
+                )
+            )
+            .scalars()
+            .all()
+        )
+
+
 async def main(messages: int, limit: float, in_flight: int, two_worker_messages: int) -> None:
     configure_logging("json", "WARNING")
     async with stack() as s:
-        async with s.engine.begin() as conn:
-            ids = (
-                (
-                    await conn.execute(
-                        text(
-                            "INSERT INTO retailers (name, phone, preferred_channel) SELECT 'Bench ' || g,"
-                            " '+1222' || lpad(g::text, 7, '0'), 'sms' FROM generate_series(1, :n) g RETURNING id"
-                        ),
-                        {"n": messages},
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        ids = await insert_retailers(s, messages)
         limited_rate, limited, limited_cpu = await run(s, ids, limit, "limited", in_flight)
         free_rate, _, free_cpu = await run(s, ids, None, "free", in_flight)
         floor_rate, floor_cpu = await temporal_floor(s, messages, in_flight, batched=False)
@@ -292,7 +361,7 @@ async def main(messages: int, limit: float, in_flight: int, two_worker_messages:
         two_rate, two = await two_workers(s, ids[:two_worker_messages], limit, in_flight)
     requests = limited["accepted"] + limited["rate_limited"] + limited.get("faults", 0)
     two_requests = two["accepted"] + two["rate_limited"]
-    worker = "benchmark process"  # the worker runs in this process
+    worker = WORKER  # the worker runs in this process
     print(f"machine: {machine()}")
     print(f"{in_flight} sends in flight; each message's slot at {SEND_RATE_HEADROOM} x the limit")
     print(
@@ -313,6 +382,7 @@ async def main(messages: int, limit: float, in_flight: int, two_worker_messages:
         f" (the send path reaches {free_rate / batched_rate:.3f} of it)"
     )
     print(f"  CPU per no-op message: {per_process(batched_cpu)}")
+    print_send_path(free_rate, free_cpu, batched_rate, batched_cpu, messages)
     figure(
         f"messaging: accepted rate at a {limit:.0f} msg/s limit",
         limited_rate,
@@ -354,6 +424,7 @@ async def main(messages: int, limit: float, in_flight: int, two_worker_messages:
         floor_name="Temporal alone, an activity per message",
         target="<= 2",
     )
+    send_path_figures(free_rate, free_cpu, batched_rate)
     print_load_at_end()
 
 
@@ -368,8 +439,14 @@ if __name__ == "__main__":
         help="sends outstanding at once over all batches (200 halves a batch workflow's own rate)",
     )
     parser.add_argument("--two-worker-messages", type=int, default=4000, help="messages for the two-process run")
+    parser.add_argument(
+        "--send-path", action="store_true", help="only the unlimited run and the batched no-op floor (issue #38 pt 3)"
+    )
     args = parser.parse_args()
     if args.messages < 1 or args.limit <= 0:
         parser.error("--messages must be >= 1 and --limit > 0")
     require_quiet()
+    if args.send_path:
+        asyncio.run(send_path_only(args.messages, args.in_flight))
+        sys.exit(0)
     asyncio.run(main(args.messages, args.limit, args.in_flight, min(args.two_worker_messages, args.messages)))

@@ -166,8 +166,9 @@ SEND_BATCH_RETRY = RetryPolicy(
 )
 """Permanent failures are per-message outcomes, so every failure of the activity itself is worth a retry."""
 SEND_HEARTBEAT = timedelta(seconds=15)
-"""Every message heartbeats, and a wait for a send slot beats every third of this: a dead worker's
-batch is retried 15 s after its last beat. Above the Twilio client's 10 s timeout, so a stalled
+"""A batch heartbeats as its messages go out (at most every second, `send.BEAT_EVERY`), and a wait
+for a send slot beats every third of this: a dead worker's batch is retried 15 s after its last
+beat. Above the Twilio client's 10 s timeout, so a stalled
 call alone never ends a live attempt (it was 30 s: every killed pod cost its batches 30 s)."""
 
 

@@ -11,6 +11,8 @@ whose lease ran out can still be waiting for Twilio to record its message.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -75,6 +77,16 @@ _RECIPIENT_SQL = {
 }
 
 
+# A batch's recipients of one type in one statement (`load_recipients`): the same columns after the id.
+_RECIPIENTS_SQL = {
+    "retailer": "SELECT r.id, r.name, r.phone, r.preferred_channel, r.timezone, r.locale, a.currency"
+    " FROM retailers r LEFT JOIN credit_accounts a ON a.retailer_id = r.id WHERE r.id = ANY(%(rids)s)",
+    "member": "SELECT m.id, m.name, m.phone, m.preferred_channel, COALESCE(m.timezone, c.timezone), 'en', 'USD'"
+    " FROM memberships m JOIN companies c ON c.id = m.company_id WHERE m.id = ANY(%(rids)s)",
+    "customer": "SELECT id, name, phone, 'whatsapp', 'UTC', 'en', 'USD' FROM customers WHERE id = ANY(%(rids)s)",
+}
+
+
 async def load_recipient(conn: psycopg.AsyncConnection, recipient_type: str, recipient_id: str) -> Recipient | None:
     """Only here does a phone number leave the database, and only into the activity.
 
@@ -83,8 +95,30 @@ async def load_recipient(conn: psycopg.AsyncConnection, recipient_type: str, rec
         return None
     statement = _RECIPIENT_SQL.get(recipient_type, _RECIPIENT_SQL["customer"])
     row = await (await conn.execute(statement, {"rid": int(recipient_id)}, prepare=True)).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _recipient(recipient_type, recipient_id, row)
+
+
+async def load_recipients(
+    conn: psycopg.AsyncConnection, wanted: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Recipient]:
+    """`load_recipient` for a batch's (type, id) pairs: one statement per recipient type instead
+    of one per message. A pair missing from the result has no such recipient."""
+    by_kind: dict[str, dict[int, list[tuple[str, str]]]] = {}
+    for pair in set(wanted):
+        recipient_type, recipient_id = pair
+        if recipient_id.isdigit():  # as `load_recipient`: an unknown type reads customers
+            kind = recipient_type if recipient_type in _RECIPIENTS_SQL else "customer"
+            by_kind.setdefault(kind, {}).setdefault(int(recipient_id), []).append(pair)
+    found: dict[tuple[str, str], Recipient] = {}
+    for kind, ids in by_kind.items():
+        cursor = await conn.execute(_RECIPIENTS_SQL[kind], {"rids": list(ids)}, prepare=True)
+        for rid, *row in await cursor.fetchall():
+            for recipient_type, recipient_id in ids[rid]:
+                found[(recipient_type, recipient_id)] = _recipient(recipient_type, recipient_id, row)
+    return found
+
+
+def _recipient(recipient_type: str, recipient_id: str, row: Sequence[Any]) -> Recipient:
     name, phone, channel, tz, locale, currency = row
     return Recipient(
         recipient_type,
@@ -172,22 +206,83 @@ class NewClaim:
     reason: str | None
 
 
-async def claim_new(
-    conn: psycopg.AsyncConnection, hold: Hold, template: str, template_version: int, *, sender: str, lease: timedelta
-) -> NewClaim | None:
+@dataclass(frozen=True)
+class Claim:
+    """A first-seen key's row, to be written with the rules' decision (`claim_new`)."""
+
+    hold: Hold
+    template: str
+    template_version: int
+    sender: str  # where a `sending` row's call goes
+    lease: timedelta
+
+    def params(self) -> dict[str, object]:
+        return {
+            **self.hold.params(),
+            "template": self.template,
+            "template_version": self.template_version,
+            "sender": self.sender,
+            "lease_seconds": self.lease.total_seconds(),
+        }
+
+
+async def claim_new(conn: psycopg.AsyncConnection, claim: Claim) -> NewClaim | None:
     """Write a first-seen key's row with its decision (one statement); None if the key exists.
 
     A row written `sending` carries the sender and the lease of this attempt. `conn` is
     psycopg's connection (`activities.database.driver_connection`), in autocommit."""
-    params = {
-        **hold.params(),
-        "template": template,
-        "template_version": template_version,
-        "sender": sender,
-        "lease_seconds": lease.total_seconds(),
-    }
-    row = await (await conn.execute(_CLAIM_NEW, params, prepare=True)).fetchone()
+    row = await (await conn.execute(_CLAIM_NEW, claim.params(), prepare=True)).fetchone()
     return NewClaim(*row) if row else None
+
+
+# `_CLAIM_NEW` for many keys in one statement: the same rules per row, on the columns of `v`. Rows
+# of one statement do not see each other, so its keys and recipients must be distinct (a
+# recipient's daily cap counts its other rows); `claim_new_many`'s callers keep them so.
+_CLAIM_COLUMNS = {
+    "key": "text",
+    "recipient_type": "text",
+    "recipient_id": "text",
+    "channel": "text",
+    "no_phone": "boolean",
+    "daily_cap": "integer",
+    "since": "timestamptz",
+    "quiet_hours": "boolean",
+    "template": "text",
+    "template_version": "integer",
+    "sender": "text",
+    "lease_seconds": "float8",
+}
+_CLAIM_ARRAYS = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _CLAIM_COLUMNS.items())
+_HOLD_REASON_OF_V = re.sub(r"(?<![:\w]):(\w+)", r"v.\1", _HOLD_REASON)  # `:key` -> `v.key`, ...
+_CLAIM_NEW_MANY = psycopg_sql(
+    f"""
+WITH v AS (
+    SELECT * FROM unnest({_CLAIM_ARRAYS}) AS v({", ".join(_CLAIM_COLUMNS)})
+), decided AS (SELECT v.*, {_HOLD_REASON_OF_V} AS reason FROM v)
+INSERT INTO message_log (idempotency_key, recipient_type, recipient_id, channel, template, template_version,
+                         status, reason, attempts, sender, lease_started_at, lease_until)
+SELECT key, recipient_type, recipient_id, channel, template, template_version,
+       CASE WHEN reason IS NULL THEN 'sending' WHEN reason IN ('paused', 'quiet_hours') THEN 'deferred'
+            ELSE 'suppressed' END,
+       reason, CASE WHEN reason IS NULL THEN 1 ELSE 0 END,
+       CASE WHEN reason IS NULL THEN sender END,
+       CASE WHEN reason IS NULL THEN now() END,
+       CASE WHEN reason IS NULL THEN now() + make_interval(secs => lease_seconds) END
+FROM decided
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key, status, reason
+"""
+)
+
+
+async def claim_new_many(conn: psycopg.AsyncConnection, claims: Sequence[Claim]) -> list[NewClaim | None]:
+    """`claim_new` for many first-seen keys in one statement, in order (None: the key exists).
+    Their keys and their recipients must be distinct (see `_CLAIM_NEW_MANY`)."""
+    rows = [claim.params() for claim in claims]
+    params = {name: [row[name] for row in rows] for name in _CLAIM_COLUMNS}
+    cursor = await conn.execute(_CLAIM_NEW_MANY, params, prepare=True)
+    written = {key: NewClaim(status, reason) for key, status, reason in await cursor.fetchall()}
+    return [written.get(claim.hold.key) for claim in claims]
 
 
 async def hold_reason(conn: AsyncConnection, hold: Hold) -> str | None:
@@ -460,6 +555,27 @@ async def set_sent(conn: psycopg.AsyncConnection, key: str, provider_sid: str, c
     """`conn` is psycopg's connection (`activities.database.driver_connection`), in autocommit."""
     params = {"key": key, "provider_sid": provider_sid, "channel": channel, "sent_at": sent_at}
     await conn.execute(_SENT_SQL, params, prepare=True)
+
+
+# A batch's sent marks in one statement (`set_sent_many`): the rows are `sending` under this
+# attempt's lease until it runs, so a crash before it leaves them to the next attempt's look-up at
+# Twilio, as a crash between the call and `set_sent` always did.
+_SENT_MANY_SQL = psycopg_sql(
+    """
+UPDATE message_log AS m SET status = 'sent', provider_sid = v.sid, channel = v.channel, sent_at = v.sent_at,
+       error_code = NULL, lease_until = NULL, updated_at = now()
+FROM unnest(CAST(:keys AS text[]), CAST(:sids AS text[]), CAST(:channels AS text[]),
+            CAST(:sent_at AS timestamptz[])) AS v(key, sid, channel, sent_at)
+WHERE m.idempotency_key = v.key
+"""
+)
+
+
+async def set_sent_many(conn: psycopg.AsyncConnection, rows: Sequence[tuple[str, str, str, datetime]]) -> None:
+    """`set_sent` for (key, provider sid, channel, sent at) rows, in one statement."""
+    keys, sids, channels, sent_at = (list(column) for column in zip(*rows, strict=True))
+    params = {"keys": keys, "sids": sids, "channels": channels, "sent_at": sent_at}
+    await conn.execute(_SENT_MANY_SQL, params, prepare=True)
 
 
 async def set_status(conn: AsyncConnection, key: str, status: str, **values: object) -> None:

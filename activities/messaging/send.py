@@ -14,7 +14,7 @@ import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -126,6 +126,10 @@ def _interactive() -> bool:
     return level is not None and level <= INTERACTIVE_PRIORITY
 
 
+BEAT_EVERY = 1.0
+"""Seconds between a batch's heartbeats while its messages go out (its timeout is 15 s)."""
+
+
 class _Pace:
     """Spaces starts `1/per_second` apart (a batch's, or every send's in one process)."""
 
@@ -186,6 +190,126 @@ class _Body:
         return self._text
 
 
+@dataclass(frozen=True)
+class _Ready:
+    template: Template
+    body: _Body
+    local: datetime  # now, in the recipient's time zone
+    claim: outbox.Claim
+
+
+class _Claims:
+    """First-seen claims of the sends in flight in this process, written together (issue #38 point 3).
+
+    A claim that arrives while none is being written goes at once; those that arrive meanwhile wait
+    for it and then go as one statement (`outbox.claim_new_many`). Under load a statement carries
+    many claims; alone, a send waits for nobody. Two claims of one key, or of one recipient (whose
+    daily cap counts the other), never share a statement: the second waits for the next, so each
+    sees the rows before it as a statement of its own would have."""
+
+    MAX = 100
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._queue: list[tuple[outbox.Claim, asyncio.Future[outbox.NewClaim | None]]] = []
+        self._writing = False
+
+    async def claim(self, claim: outbox.Claim) -> outbox.NewClaim | None:
+        done: asyncio.Future[outbox.NewClaim | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((claim, done))
+        if not self._writing:
+            self._writing = True
+            asyncio.create_task(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                group: list[tuple[outbox.Claim, asyncio.Future[outbox.NewClaim | None]]] = []
+                later: list[tuple[outbox.Claim, asyncio.Future[outbox.NewClaim | None]]] = []
+                keys: set[str] = set()
+                recipients: set[tuple[str, str]] = set()
+                for item in self._queue:
+                    hold = item[0].hold
+                    who = (hold.recipient.type, hold.recipient.id)
+                    if len(group) >= self.MAX or hold.key in keys or who in recipients or item[1].done():
+                        if not item[1].done():  # a cancelled send's claim is dropped
+                            later.append(item)
+                        continue
+                    group.append(item)
+                    keys.add(hold.key)
+                    recipients.add(who)
+                self._queue = later
+                if not group:
+                    continue
+                try:
+                    async with driver_connection(self._engine) as conn:
+                        results = await outbox.claim_new_many(conn, [claim for claim, _ in group])
+                except Exception as error:  # noqa: BLE001 - each send fails with it, as its own statement would
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(error)
+                else:
+                    for (_, done), result in zip(group, results, strict=True):
+                        if not done.done():
+                            done.set_result(result)
+        finally:
+            self._writing = False
+
+
+class _SentMarks:
+    """A batch's `sent` marks, written `FLUSH_AT` at a time (or `FLUSH_AFTER` seconds after the
+    first waiting) in one statement each, instead of one statement per message.
+
+    Until its mark is written a sent message's row stays `sending` under the attempt's lease, as it
+    was between the Twilio call and its own UPDATE before: a crash in between leaves it to the next
+    attempt, which waits out the lease and finds the message at Twilio (`_find_ours`), so it is not
+    sent twice. Marks that could not be written come back from `close`: the batch does not report
+    those messages, and its retry resolves them the same way."""
+
+    FLUSH_AT = 50
+    FLUSH_AFTER = 0.2
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: list[tuple[str, str, str, datetime]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._unwritten: list[str] = []
+
+    def add(self, key: str, sid: str, channel: str, sent_at: datetime) -> None:
+        self._waiting.append((key, sid, channel, sent_at))
+        if len(self._waiting) >= self.FLUSH_AT:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows, self._waiting = self._waiting, []
+        if rows:
+            write = asyncio.create_task(self._write(rows))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+
+    async def _write(self, rows: list[tuple[str, str, str, datetime]]) -> None:
+        try:
+            async with driver_connection(self._engine) as conn:
+                await outbox.set_sent_many(conn, rows)
+        except Exception as error:  # noqa: BLE001 - the batch's retry resolves these rows at Twilio
+            log.warning("messages.sent_marks_unwritten", count=len(rows), error_type=type(error).__name__)
+            self._unwritten.extend(key for key, *_ in rows)
+
+    async def close(self) -> list[str]:
+        """Write what is waiting; the keys whose marks could not be written."""
+        self._flush()
+        while self._writes:
+            await asyncio.gather(*self._writes)
+        return self._unwritten
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -209,6 +333,7 @@ class MessagingActivities:
         self._statements = autocommit(engine)
         self._gateway = gateway
         self._senders = senders
+        self._claims = _Claims(self._statements)
         self._paces_ready: set[str] = set()  # pool numbers whose `messaging_pace` row this process made sure of
         self._policy = policy
         self._links = links  # None: links only as the workflow passed them (tests without Stripe)
@@ -228,13 +353,23 @@ class MessagingActivities:
         slots = asyncio.Semaphore(batch.max_in_flight)
         pace = _Pace(batch.per_second) if batch.per_second else None
         transient: list[BaseException] = []
+        loop, last_beat = asyncio.get_running_loop(), -math.inf
+
+        def beat() -> None:
+            """A message done is a sign of life, given at most every BEAT_EVERY: the SDK sends
+            the server one per 0.8 x the heartbeat timeout anyway, and a call per message cost
+            the batch a task and a conversion each (issue #38 point 3)."""
+            nonlocal last_beat
+            if loop.time() - last_beat >= BEAT_EVERY:
+                last_beat = loop.time()
+                activity.heartbeat()
 
         async def one(message: SendMessage) -> None:
             async with slots:
                 if pace is not None:
                     await pace.wait()
                 try:
-                    outcome = await self._send_one(message, deadline)
+                    outcome = await self._send_one(message, deadline, recipients, marks)
                 except ApplicationError as error:
                     if not error.non_retryable:
                         transient.append(error)
@@ -253,10 +388,20 @@ class MessagingActivities:
                         reason=outcome.reason,
                         retry_at=outcome.retry_at,
                     )
-                activity.heartbeat()
+                beat()
 
         unique = {m.idempotency_key: m for m in batch.messages}  # a key twice in a batch is sent once
-        await asyncio.gather(*(one(m) for key, m in unique.items() if key not in decided))
+        todo = [m for key, m in unique.items() if key not in decided]
+        # The batch's recipients in one read, not one per message (issue #38 point 3).
+        async with driver_connection(self._statements) as conn:
+            recipients = await outbox.load_recipients(conn, [(m.recipient_type, m.recipient_id) for m in todo])
+        marks = _SentMarks(self._statements)
+        try:
+            await asyncio.gather(*(one(m) for m in todo))
+        finally:
+            for key in await marks.close():  # sent, but not recorded: the retry finds them at Twilio
+                decided.pop(key, None)
+                transient.append(RuntimeError(f"the sent mark of {key} was not written"))
         if transient:
             log.warning(
                 "messages.batch_incomplete",
@@ -283,47 +428,66 @@ class MessagingActivities:
     async def send_message(self, request: SendMessage) -> SendOutcome:
         return await self._send_one(request, _attempt_deadline())
 
-    async def _send_one(self, request: SendMessage, deadline: float) -> SendOutcome:
-        """One message, exactly once under its key; `deadline` (event-loop time) ends this attempt."""
+    async def _send_one(
+        self,
+        request: SendMessage,
+        deadline: float,
+        recipients: Mapping[tuple[str, str], Recipient] | None = None,
+        marks: _SentMarks | None = None,
+    ) -> SendOutcome:
+        """One message, exactly once under its key; `deadline` (event-loop time) ends this attempt.
+        A batch passes its `recipients`, read at once (`outbox.load_recipients`), and its `marks`,
+        which write the sent rows together; None: each is one statement here."""
         try:
             template = self._catalogue.get(request.template, request.template_version)
         except UnknownTemplate as exc:
             raise permanent("UnknownTemplate", str(exc)) from None
-        # The common send's first two statements (who, then the claim) share one pooled connection.
-        async with driver_connection(self._statements) as conn:
-            recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
-            if recipient is None:
-                raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
-            channel = request.channel or recipient.preferred_channel
-            params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
-            template, body = await self._body(request, template, params, recipient)
-            now = _now()
-            local = now.astimezone(ZoneInfo(recipient.timezone))
-            hold = outbox.Hold(
-                request.idempotency_key,
-                recipient,
-                channel,
-                self._policy.daily_cap,
-                self._policy.quiet_hours.holds(local),
-                now,
-            )
-            new = await outbox.claim_new(
-                conn,
-                hold,
-                request.template,
-                template.version,
-                sender=self._senders.of(channel, recipient_key(recipient.type, recipient.id)).address,
-                lease=self._policy.lease,
-            )
+        if recipients is None:
+            # A single send's first two statements (who, then the claim) share one pooled connection.
+            async with driver_connection(self._statements) as conn:
+                recipient = await outbox.load_recipient(conn, request.recipient_type, request.recipient_id)
+                ready = await self._ready(request, template, recipient)
+                new = await outbox.claim_new(conn, ready.claim)
+        else:  # a batch's: its recipients were read at once, and claims go together (`_Claims`)
+            ready = await self._ready(request, template, recipients.get((request.recipient_type, request.recipient_id)))
+            new = await self._claims.claim(ready.claim)
+        hold, local, template, body = ready.claim.hold, ready.local, ready.template, ready.body
+        recipient, channel = hold.recipient, hold.channel
 
         try:
             decided = await self._claim(request, hold, local, template, body, new)
-            outcome = decided or await self._send(request, recipient, channel, template, body, deadline)
+            outcome = decided or await self._send(request, recipient, channel, template, body, deadline, marks)
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
             raise
         _count(template.name, "duplicate" if outcome.duplicate else outcome.status)
         return outcome
+
+    async def _ready(self, request: SendMessage, template: Template, recipient: Recipient | None) -> _Ready:
+        """What the claim needs: the text, and the rules' inputs for this recipient now."""
+        if recipient is None:
+            raise permanent("UnknownRecipient", f"no {request.recipient_type} {request.recipient_id}")
+        channel = request.channel or recipient.preferred_channel
+        params = {**{k: str(v) for k, v in request.params.items()}, "first_name": recipient.first_name}
+        template, body = await self._body(request, template, params, recipient)
+        now = _now()
+        local = now.astimezone(ZoneInfo(recipient.timezone))
+        hold = outbox.Hold(
+            request.idempotency_key,
+            recipient,
+            channel,
+            self._policy.daily_cap,
+            self._policy.quiet_hours.holds(local),
+            now,
+        )
+        claim = outbox.Claim(
+            hold,
+            request.template,
+            template.version,
+            sender=self._senders.of(channel, recipient_key(recipient.type, recipient.id)).address,
+            lease=self._policy.lease,
+        )
+        return _Ready(template, body, local, claim)
 
     async def _body(
         self, request: SendMessage, template: Template, params: dict[str, str], recipient: Recipient
@@ -446,6 +610,7 @@ class MessagingActivities:
         template: Template,
         body: _Body,
         deadline: float,
+        marks: _SentMarks | None = None,
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
@@ -466,8 +631,11 @@ class MessagingActivities:
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
-        async with driver_connection(self._statements) as conn:
-            await outbox.set_sent(conn, key, accepted.sid, attempt.channel, _now())
+        if marks is not None:
+            marks.add(key, accepted.sid, attempt.channel, _now())
+        else:
+            async with driver_connection(self._statements) as conn:
+                await outbox.set_sent(conn, key, accepted.sid, attempt.channel, _now())
         log.info(
             "message.sent",
             idempotency_key=key,

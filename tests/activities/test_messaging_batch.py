@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -83,6 +83,43 @@ async def test_a_key_twice_in_one_batch_is_sent_once(
 
     assert [(o.status, o.duplicate) for o in result.outcomes] == [("sent", False), ("sent", True)]
     assert len(await emulator_log(emulator, phone)) == 1
+
+
+async def test_a_batch_claims_together_and_still_holds_each_recipients_daily_cap(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    # A batch's first-seen claims share statements (issue #38 point 3); one recipient's never share
+    # one, or none would see the others and the cap would let all three through.
+    phone, others = unique_phone(), [unique_phone() for _ in range(4)]
+    rid = await retailer(engine, phone)
+    capped = [reminder(rid) for _ in range(3)]
+    rest = [reminder(await retailer(engine, other)) for other in others]
+    missing = reminder("999999999")  # no such retailer: that message fails alone
+    batch = SendBatch(messages=[*capped, *rest, missing], max_in_flight=8)
+
+    result = await ActivityEnvironment().run(activities(engine, gateway, daily_cap=2).send_messages, batch)
+
+    by_key = {o.idempotency_key: o for o in result.outcomes}
+    assert sorted(by_key[m.idempotency_key].status for m in capped) == ["sent", "sent", "suppressed"]
+    assert [by_key[m.idempotency_key].reason for m in capped if by_key[m.idempotency_key].status == "suppressed"] == [
+        "daily_cap"
+    ]
+    assert all(by_key[m.idempotency_key].status == "sent" for m in rest)
+    assert by_key[missing.idempotency_key].status == "failed"
+    assert by_key[missing.idempotency_key].reason == "UnknownRecipient"
+    assert len(await emulator_log(emulator, phone)) == 2
+    # Every sent message's row holds its sid once the batch returns (its marks are written together).
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    MessageLog.idempotency_key, MessageLog.status, MessageLog.provider_sid, MessageLog.lease_until
+                ).where(MessageLog.idempotency_key.in_(list(by_key)))
+            )
+        ).all()
+    sent = {o.idempotency_key: o for o in result.outcomes if o.status == "sent"}
+    assert {r.idempotency_key for r in rows if r.status == "sent"} == set(sent)
+    assert all(r.provider_sid and r.lease_until is None for r in rows if r.status == "sent")
 
 
 async def test_every_send_reserves_its_own_slot_of_one_pace_shared_by_every_connection(engine: AsyncEngine) -> None:
