@@ -125,6 +125,7 @@ class DrillSize:
     page_size: int = 500
     deadline_s: float = 600.0  # for the day and every clock to end
     shared_workers: bool = False  # each worker process polls both queues (`jobctl worker`): fewer to start
+    lease_s: float = 20.0  # MESSAGE_LEASE_SECONDS: how long a killed worker's sends stay held
     kill_after_messages: int = 0  # > 0: kill once the emulator accepted this many, not after `before_s`
     trace: bool = False  # print what happened around the kills (`trace`)
 
@@ -369,6 +370,7 @@ def pod_env(database_url: str, temporal_address: str, twilio_url: str, queue: st
         "ORDER_TTL": f"PT{size.ttl_s:g}S",
         "ORDER_FOLLOWUP_AFTER": f"PT{size.ttl_s / 2:g}S",
         "IDEMPOTENCY_ABANDONED_SECONDS": str(size.abandoned_s),
+        "MESSAGE_LEASE_SECONDS": str(size.lease_s),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "WARNING",
     }

@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     messaging_paused_recheck_seconds: float = Field(
         default=60.0, gt=0, description="while the brake is on, how often a held message is tried again"
     )
+    message_lease_seconds: float = Field(
+        default=20.0,
+        ge=10,
+        description="how long a send attempt owns its message (`sending` in the outbox); a killed worker's "
+        "messages wait this out before a retry asks Twilio what it accepted. At least twice the Twilio "
+        "client's 5 s timeout (WhatsApp, then its SMS fallback)",
+    )
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -300,9 +300,13 @@ async def test_a_real_jobctl_worker_runs_a_job_through_mutual_tls(
         )
         result = await asyncio.wait_for(handle.result(), timeout=90)
     finally:
+        # The worker's shutdown goes through the proxy, which this test's event loop serves: wait
+        # for it off the loop (a blocking wait starved the proxy and ran out its 30 s every time).
         worker.terminate()
         try:
-            worker.wait(timeout=30)
+            code = await asyncio.to_thread(worker.wait, 30)
         except subprocess.TimeoutExpired:
             worker.kill()
+            code = None
     assert result.retailers_done == 0, log.read_text()[-2000:]  # only that worker polls `queue`
+    assert code == 0 and "worker.stopped" in log.read_text(), log.read_text()[-2000:]  # drained on SIGTERM

@@ -77,6 +77,9 @@ async def test_sigkill_mid_run_messages_every_due_retailer_exactly_once(
         "PUBLIC_BASE_URL": "https://jobctl.example.test",  # the reminders link to its /pay/{token}
         "MESSAGES_PER_SECOND": "400",
         "MESSAGE_DAILY_CAP": "100",
+        # The shortest outbox lease allowed (twice the Twilio timeout): a killed attempt's messages
+        # are free by the time its 15 s heartbeat timeout ends, not 5 s after (20 s, the default).
+        "MESSAGE_LEASE_SECONDS": "10",
         "QUIET_HOURS_START": "0",
         "QUIET_HOURS_END": "0",
         "LOG_FORMAT": "json",

@@ -70,6 +70,9 @@ async def test_sigkill_twice_still_one_message_per_key(
             "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
             "MESSAGES_PER_SECOND": "150",
+            # The shortest outbox lease allowed (twice the Twilio timeout): a killed attempt's messages
+            # are free by the time its 15 s heartbeat timeout ends, not 5 s after (20 s, the default).
+            "MESSAGE_LEASE_SECONDS": "10",
             "QUIET_HOURS_START": "0",
             "QUIET_HOURS_END": "0",
             "LOG_FORMAT": "json",

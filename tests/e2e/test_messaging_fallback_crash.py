@@ -2,8 +2,8 @@
 
 The WhatsApp session is closed and the template has no approved WhatsApp version, so the send
 falls back to SMS; the worker is killed as soon as Twilio accepted it. The restarted worker's
-retry waits out the dead attempt's lease, then looks the message up where it went (SMS, from the
-SMS sender) and finds it.
+retry finds the dead attempt's lease over (it waited out the heartbeat timeout), then looks the
+message up where it went (SMS, from the SMS sender) and finds it.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ async def test_a_crash_after_an_sms_fallback_was_accepted_sends_one_sms(
             "TWILIO_API_BASE": emulator.url,
             "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+            # The shortest outbox lease allowed (twice the Twilio timeout): a killed attempt's messages
+            # are free by the time its 15 s heartbeat timeout ends, not 5 s after (20 s, the default).
+            "MESSAGE_LEASE_SECONDS": "10",
             "QUIET_HOURS_START": "0",
             "QUIET_HOURS_END": "0",
             "LOG_FORMAT": "json",

@@ -5,7 +5,8 @@ one API process killed -9 mid-load and one of each added back. Nothing is lost o
 message per retailer at the emulator, each due debit marked reminded once, one DEBIT per checkout
 and its credit taken once, every clock expired exactly once.
 
-Its length is mostly the killed worker's send batch waiting out its 15 s heartbeat timeout and 20 s outbox lease."""
+Its length is mostly the killed worker's send batch waiting out its 15 s heartbeat timeout (its outbox
+lease, MESSAGE_LEASE_SECONDS=10, has ended by then)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ SIZE = DrillSize(
     page_size=100,
     deadline_s=120.0,
     shared_workers=True,  # two `jobctl worker` processes, each on both queues: two pods fewer to start
+    lease_s=10.0,  # the shortest outbox lease: the killed sends are free when their heartbeat timeout ends
 )
 
 
