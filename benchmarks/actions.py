@@ -1,12 +1,14 @@
 """Temporal Cloud's billable actions, counted from workflow histories, and the cost of a day.
 
-Temporal Cloud bills per action (https://docs.temporal.io/cloud/actions). What a history shows,
-and how it is counted here (one action each unless said):
+Temporal Cloud bills per action (https://docs.temporal.io/cloud/actions, and the list under
+https://docs.temporal.io/cloud/pricing). What a history shows, and how it is counted here (one
+action each unless said):
 
 - a workflow started by a client (or signal-with-start): its `WorkflowExecutionStarted`. A run
   started by continue-as-new or as a child is counted where it was asked for (below), not twice;
 - continue-as-new: `WorkflowExecutionContinuedAsNew`;
-- a child workflow started: `StartChildWorkflowExecutionInitiated`;
+- a child workflow started: `StartChildWorkflowExecutionInitiated`, two actions (the parent's
+  intent, recorded, and the server's attempt to start the child);
 - a timer started: `TimerStarted` (the SDK's implicit timers, `wait_condition(timeout=...)`, too);
 - an activity started or retried: `ActivityTaskScheduled`, plus `attempt - 1` retries read from
   its `ActivityTaskStarted` (the server writes the last attempt's started event only);
@@ -18,8 +20,8 @@ and how it is counted here (one action each unless said):
   no event).
 
 Billed but not in any history, so not counted here: queries (each one the worker answers),
-heartbeats that reach the server, a schedule's own action when it fires, rejected updates,
-export and Nexus. jobctl's benchmarks send no queries in their measured phases except the
+heartbeats that reach the server, a schedule's own two actions each time it fires (the
+workflow it starts is the third, counted), rejected updates, export and Nexus. jobctl's benchmarks send no queries in their measured phases except the
 reminders day's deadline path; a day started by its schedule adds one action per day.
 """
 
@@ -35,7 +37,6 @@ LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the marker sdk-core records for
 
 ONE_EACH = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
     EventType.EVENT_TYPE_TIMER_STARTED,
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
     EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
@@ -52,6 +53,8 @@ def billable_actions(events: Iterable[HistoryEvent]) -> int:
         kind = event.event_type
         if kind in ONE_EACH:
             actions += 1
+        elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            actions += 2
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
             started = event.workflow_execution_started_event_attributes
             continued = bool(started.continued_execution_run_id)
@@ -114,7 +117,7 @@ def cost_of_a_day(per_unit: Mapping[str, PerUnit], units: Mapping[str, float]) -
 
 
 # The prices docs/BENCHMARKS.md's monthly estimate assumes (see its "Cost of a day" section).
-PRICE_PER_MILLION_ACTIONS = 50.0  # USD, Temporal Cloud's first tier (https://temporal.io/pricing)
+PRICE_PER_MILLION_ACTIONS = 50.0  # USD, pay-as-you-go, the first 5M a month (docs.temporal.io/cloud/pricing)
 PRICE_PER_VCPU_HOUR = 0.0504  # USD, AWS m7i.large on demand in us-east-1 ($0.1008/h, 2 vCPUs)
 DAYS_A_MONTH = 30
 # Not jobctl's compute on Temporal Cloud: the server is what the actions pay for, and the Twilio

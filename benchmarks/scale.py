@@ -84,13 +84,12 @@ def measure(family: str, n: int) -> Measured:
     """One run of `family`'s benchmark at `n` units, in this process."""
     if family == "reminders":
         from benchmarks import reminders
-        from schemas.reminders import RemindersRequest
 
         args = argparse.Namespace(
             production=True,
             retailers=n,
             cron_retailers=200,
-            page_size=RemindersRequest().page_size,
+            page_size=reminders.RemindersRequest().page_size,
             in_flight=100,
             deadline=3600.0,
         )
@@ -186,8 +185,12 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int, float]]:
     return out
 
 
+def number(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def fmt_targets(targets: dict[str, float | None]) -> str:
-    return "; ".join(f"{k} {v:,.4g}" for k, v in targets.items() if v is not None) or "–"
+    return "; ".join(f"{k} {number(v)}" for k, v in targets.items() if v is not None) or "–"
 
 
 def curve_table(rows: list[dict[str, Any]]) -> str:

@@ -88,7 +88,8 @@ def test_a_run_started_by_continue_as_new_or_as_a_child_is_billed_where_it_was_a
     child = [started(parent_workflow_execution=WorkflowExecution(workflow_id="parent"))]
     first_run = [started(), event(E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)]
     next_run = [started(continued_execution_run_id="run-1")]
-    assert billable_actions(parent) + billable_actions(child) == 2
+    # The parent's start, then the child's: its intent recorded and the server's attempt.
+    assert billable_actions(parent) + billable_actions(child) == 3
     assert billable_actions(first_run) + billable_actions(next_run) == 2
 
 
