@@ -21,8 +21,9 @@ action each unless said):
 
 Billed but not in any history, so not counted here: queries (each one the worker answers),
 heartbeats that reach the server, a schedule's own two actions each time it fires (the
-workflow it starts is the third, counted), rejected updates, export and Nexus. jobctl's benchmarks send no queries in their measured phases except the
-reminders day's deadline path; a day started by its schedule adds one action per day.
+workflow it starts is the third, counted), rejected updates, export and Nexus. jobctl's
+benchmarks send no queries in their measured phases except the reminders day's deadline path;
+a day started by its schedule adds two actions a day.
 """
 
 from __future__ import annotations
