@@ -101,7 +101,7 @@ def measure(family: str, n: int) -> Measured:
     if family == "orders":
         from benchmarks import orders
 
-        return asyncio.run(orders.main(n, 600, 60.0, 200, 20.0, True, 50))
+        return asyncio.run(orders.main(n, 600, 60.0, 200, 20.0, True, 50, bare=False))
     if family == "churn":
         from benchmarks import churn
 
