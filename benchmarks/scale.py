@@ -308,18 +308,18 @@ def main() -> None:
             rows.append(median_record(runs))
             r = rows[-1]
             print(
-                f"{family} at {n:,}: {r['rate']:,.0f} {r['unit']}s/s; CPU {total(r):.2f} ms per {r['unit']}"
+                f"{family} at {n:,}: {r['rate']:,.0f} a second ({r['unit']}); CPU {total(r):.2f} ms per {r['unit']}"
                 f" ({', '.join(f'{k} {v:.2f}' for k, v in r['cpu_ms'].items())});"
                 f" actions {r['actions']}; {fmt_targets(r['targets'])}",
                 flush=True,
             )
+            if not args.no_write:  # each row as it is measured: a later run's failure keeps it
+                write(merge(load_data(), rows))
     merged = merge(load_data(), rows)
     print(curve_table(merged))
     print()
     print("Cost of a day (100,000 retailers, 10,000 members, 50,000 orders):")
     print(cost_table(merged))
-    if not args.no_write:
-        write(merged)
 
 
 if __name__ == "__main__":
