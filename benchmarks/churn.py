@@ -42,9 +42,12 @@ from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from benchmarks.harness import (
+    Measured,
     count_actions,
+    count_billable,
     cpu_per,
     cpu_seconds,
+    cpu_used,
     figure,
     free_port,
     machine,
@@ -162,7 +165,7 @@ async def stages(
     return {stage: (at[stage] - sent) * 1000 for stage in STAGES if stage in at}
 
 
-async def main(cases: int, nudges: int, concurrency: int) -> None:
+async def main(cases: int, nudges: int, concurrency: int) -> Measured:
     configure_logging("json", "WARNING")
     company = f"bench-{uuid.uuid4().hex[:6]}"
     twilio_port = free_port()
@@ -222,11 +225,12 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
                         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     )
 
-            started = time.perf_counter()
+            open_cpu_before, started = cpu_seconds(), time.perf_counter()
             await asyncio.gather(*(open_one(case_id) for case_id, _ in rows))
             open_elapsed = time.perf_counter() - started
             await all_asleep(s.client, [case_id for case_id, _ in rows[-20:]])
             asleep_elapsed = time.perf_counter() - started
+            open_cpu = cpu_used(open_cpu_before, cpu_seconds())
             # The server goes on working through what 10,000 starts left it (their search
             # attributes, timers, task queues) after the last case sleeps: a nudge timed then
             # measures that backlog. Nudges begin when every process here is idle.
@@ -242,10 +246,14 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
                 case_id: await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
                 for case_id, _ in nudged
             }
+            # An open case's billable actions so far (its start, timers, upserts), on the nudged sample.
+            billable_before = {
+                case_id: await count_billable(s.client, f"churn-case/{case_id}") for case_id, _ in nudged
+            }
             latencies: list[float] = []
             sent_at: dict[int, float] = {}
             # CPU is summed over each nudge's own window, signal to acceptance: not the waits between.
-            cpu_used = dict.fromkeys(cpu_seconds(), 0.0)
+            nudge_cpu = dict.fromkeys(cpu_seconds(), 0.0)
             async with aiohttp.ClientSession() as http:
                 for previous, (case_id, membership) in zip([None, *nudged], nudged, strict=False):
                     if previous is not None:
@@ -271,8 +279,8 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
                     # the poll's interval is not part of the latency.
                     latencies.append(datetime.fromisoformat(accepted[0]["accepted_at"]).timestamp() - sent)
                     for name, seconds in cpu_seconds().items():
-                        cpu_used[name] += seconds - cpu_before[name]
-            cpu = cpu_per(dict.fromkeys(cpu_used, 0.0), cpu_used, len(nudged), "nudge")
+                        nudge_cpu[name] += seconds - cpu_before[name]
+            cpu = cpu_per(dict.fromkeys(nudge_cpu, 0.0), nudge_cpu, len(nudged), "nudge")
             rss_after = rss_mb()
             async with aiohttp.ClientSession() as http:
                 split = [
@@ -287,13 +295,14 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
                     )
                     for case_id, membership in nudged
                 ]
-            nudge_actions = 0
+            nudge_actions = nudge_billable = 0
             for case_id, _ in nudged:
                 await settled(s.client, f"churn-case/{case_id}")
                 nudge_actions += (
                     await count_actions(s.client, f"churn-case/{case_id}", runs[case_id] or "")
                     - actions_before[case_id]
                 )
+                nudge_billable += await count_billable(s.client, f"churn-case/{case_id}") - billable_before[case_id]
         await gateway.close()
 
     latencies.sort()
@@ -317,8 +326,10 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
     print(f"{cpu}, from signal to acceptance (a loaded machine stretches each ms of it)")
     print(
         f"Temporal actions of the nudges: {nudge_actions} for {len(latencies)} nudges"
-        f" = {nudge_actions / len(latencies):.2f} per nudge"
+        f" = {nudge_actions / len(latencies):.2f} per nudge ({nudge_billable / len(latencies):.2f} billable);"
+        f" an open case before its nudge: {statistics.fmean(billable_before.values()):.2f} billable actions"
     )
+    print(f"opening: {cpu_per(dict.fromkeys(open_cpu, 0.0), open_cpu, cases, 'case opened')}")
     print("where the time went (ms after the signal was sent; from the histories and the emulator):")
     for stage in STAGES:
         reached = sorted(x[stage] for x in split if stage in x)
@@ -331,6 +342,20 @@ async def main(cases: int, nudges: int, concurrency: int) -> None:
     figure(f"churn: manual nudge to emulator p99 ({cases} open cases)", p(0.99) * 1000, "ms", target="< 120")
     figure("churn: Temporal actions per nudge", nudge_actions / len(latencies), "actions", target="<= 3")
     print_load_at_end()
+    return Measured(
+        cases,
+        "case opened",
+        asleep_elapsed,
+        open_cpu,
+        statistics.fmean(billable_before.values()),
+        {
+            "nudge p50 ms": p(0.5) * 1000,
+            "nudge p99 ms": p(0.99) * 1000,
+            "nudge CPU ms (all processes)": sum(nudge_cpu.values()) * 1000 / len(nudged),
+            "billable actions per nudge": nudge_billable / len(latencies),
+            "worker RSS MB (all asleep)": rss_sleeping,
+        },
+    )
 
 
 if __name__ == "__main__":

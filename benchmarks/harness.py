@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -167,6 +167,48 @@ async def count_actions(client: Client, workflow_id: str, first_run_id: str) -> 
         continued = last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
         run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if continued else None
     return actions
+
+
+async def count_billable(client: Client, workflow_id: str, first_run_id: str = "") -> int:
+    """Temporal Cloud's billable actions of a workflow (benchmarks/actions.py), summed over its
+    continue-as-new chain from `first_run_id` on (the latest run's chain when empty)."""
+    from benchmarks.actions import billable_actions
+
+    actions = 0
+    run_id: str | None = first_run_id or None
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        actions += billable_actions(history.events)
+        last = history.events[-1]
+        if last.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            return actions
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+
+
+@dataclass
+class Measured:
+    """What a family's benchmark measured, as data for benchmarks/scale.py: `units` of work in
+    `seconds`, the CPU seconds each process used meanwhile, billable Temporal actions per unit
+    (None: not counted) and the family's own targets (name -> value)."""
+
+    units: int
+    unit: str
+    seconds: float
+    cpu: dict[str, float]
+    actions_per_unit: float | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_unit(self) -> dict[str, float]:
+        return {name: seconds * 1000 / self.units for name, seconds in self.cpu.items()}
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by process between two `cpu_seconds()` readings."""
+    return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
 def free_port() -> int:

@@ -24,7 +24,19 @@ from sqlalchemy.dialects.postgresql import insert
 from temporalio.worker import Worker
 
 from activities.insights import PAGE_STATS_SQL, InsightActivities, _insight_row, _stats_from_row, window
-from benchmarks.harness import count_actions, figure, machine, print_load_at_end, require_quiet, stack
+from benchmarks.harness import (
+    Measured,
+    count_actions,
+    count_billable,
+    cpu_per,
+    cpu_seconds,
+    cpu_used,
+    figure,
+    machine,
+    print_load_at_end,
+    require_quiet,
+    stack,
+)
 from devtools.seed import seed_retailers
 from schemas.insights import InsightsRequest
 from schemas.tables import Retailer, RetailerInsight
@@ -67,7 +79,7 @@ async def baseline(engine, insight_date: date, limit: int) -> tuple[int, float]:
     return len(ids), time.perf_counter() - started
 
 
-async def main(retailers: int, baseline_sample: int) -> None:
+async def main(retailers: int, baseline_sample: int) -> Measured:
     async with stack() as s:
         seed_started = time.perf_counter()
         report = await seed_retailers(s.engine, retailers, today=DAY)
@@ -83,13 +95,15 @@ async def main(retailers: int, baseline_sample: int) -> None:
             activities=[InsightActivities(s.engine).regenerate_insights_chunk],
         ):
             workflow_id = f"insights/bench-{uuid.uuid4().hex[:8]}"
-            started = time.perf_counter()
+            cpu_before, started = cpu_seconds(), time.perf_counter()
             handle = await s.client.start_workflow(
                 InsightsRegenerationWorkflow.run, InsightsRequest(insight_date=DAY), id=workflow_id, task_queue=queue
             )
             result = await handle.result()
             elapsed = time.perf_counter() - started
+            cpu_after = cpu_seconds()
         actions = await count_actions(s.client, workflow_id, handle.result_run_id or handle.run_id or "")
+        billable = await count_billable(s.client, workflow_id, handle.first_execution_run_id or handle.run_id or "")
         async with s.engine.connect() as conn:
             rows = await conn.scalar(text("SELECT count(*) FROM retailer_insights WHERE insight_date = :d"), {"d": DAY})
         base_n, base_s = await baseline(s.engine, date(2026, 11, 24), baseline_sample)
@@ -102,9 +116,19 @@ async def main(retailers: int, baseline_sample: int) -> None:
     print(f"baseline (one query + one upsert per retailer, {base_n} retailers): {base_rate:,.0f} retailers/s")
     print(f"speed-up vs baseline: {rate / base_rate:.1f}x")
     print(f"temporal actions: {actions} ({actions / result.retailers_done:.5f} per retailer)")
+    cpu_line = cpu_per(cpu_before, cpu_after, result.retailers_done, "retailer")
+    print(f"  {cpu_line} (the benchmark process is the worker)")
     figure(f"insights: retailers/s ({retailers} retailers)", rate, "retailers/s", target=">= 5000")
     figure("insights: Temporal actions per retailer", actions / result.retailers_done, "actions", target="<= 0.01")
     print_load_at_end()
+    return Measured(
+        result.retailers_done,
+        "retailer",
+        elapsed,
+        cpu_used(cpu_before, cpu_after),
+        billable / max(result.retailers_done, 1),
+        {"retailers/s": rate},
+    )
 
 
 if __name__ == "__main__":
