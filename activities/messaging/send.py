@@ -212,14 +212,13 @@ class _Claims:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._queue: list[tuple[outbox.Claim, asyncio.Future[outbox.NewClaim | None]]] = []
-        self._writing = False
+        self._writer: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
 
     async def claim(self, claim: outbox.Claim) -> outbox.NewClaim | None:
         done: asyncio.Future[outbox.NewClaim | None] = asyncio.get_running_loop().create_future()
         self._queue.append((claim, done))
-        if not self._writing:
-            self._writing = True
-            asyncio.create_task(self._write())
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
         return await done
 
     async def _write(self) -> None:
@@ -254,7 +253,7 @@ class _Claims:
                         if not done.done():
                             done.set_result(result)
         finally:
-            self._writing = False
+            self._writer = None
 
 
 class _SentMarks:
