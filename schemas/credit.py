@@ -63,6 +63,11 @@ class RemindersRequest(BaseModel):
     messaging_task_queue: str = "messaging"
     # Carried across continue-as-new:
     progress: RemindersStatus | None = None
+    redo: list[int] = Field(
+        default_factory=list,
+        max_length=50_000,
+        description="retailers whose reminders the run before had not finished when it continued as new: read first",
+    )
 
 
 class RemindersStatus(BaseModel):
@@ -86,6 +91,9 @@ class ReminderPageRequest(BaseModel):
     after_retailer_id: int = 0
     page_size: int = 500
     currency: str = "usd"
+    retailer_ids: list[int] | None = Field(
+        default=None, description="instead of the page after `after_retailer_id`: these retailers, if still due"
+    )
 
 
 class DueRetailer(BaseModel):

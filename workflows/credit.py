@@ -4,7 +4,9 @@
 get one `payment_reminder` with one stable pay link for their total; the debits are marked
 reminded once the message went out. A page is its read, one `send_messages` per hundred reminders
 and the mark; the next page is read while a page sends, and its batches take the lanes the pages
-before free (up to `PAGES_IN_FLIGHT` pages at once, each marked as it ends).
+before free (up to `PAGES_IN_FLIGHT` pages at once, each marked as it ends). When the server
+suggests continuing as new, the run hands the retailers whose reminders had not ended to the next
+run (`_hand_on`) instead of waiting for them.
 
 `credit-guardrails/{date}` (11:00): pauses retailers past their limits and lifts the pauses the
 system made whose conditions cleared; each retailer is told. `credit-guardrails/{retailer}/{reference}`:
@@ -53,6 +55,9 @@ with workflow.unsafe.imports_passed_through():
     from schemas.messaging import BatchItemOutcome, SendMessage
 
 DB_RETRY = db_retry("UnknownRetailer", "StripeNotConfigured")
+HANDOFF_WAIT = timedelta(seconds=3)
+"""Before a continue-as-new, how long the batches still out may take once no batch waits for a lane
+(a batch of 100 at 200 msg/s takes about a second); the rest are handed to the next run."""
 PAGES_IN_FLIGHT = 8
 """Pages of a reminders day sending at once (their batches share the day's lanes, so this bounds the
 workflow's memory, not the sends): enough that the other lanes keep sending for the 15-20 s a batch
@@ -64,6 +69,24 @@ def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
 
 
 # --------------------------------------------------------------------------- reminders
+
+
+class _Page:
+    """A page while its reminders go out: what each batch decided, as it ended."""
+
+    def __init__(self, page: ReminderPage, day: date) -> None:
+        self.page = page
+        self.retailers = {reminder_key(r.retailer_id, day): r for r in page.due}
+        self.position = {m.idempotency_key: p for p, m in enumerate(page.messages)}
+        self.open = {r.retailer_id for r in page.due}  # no final outcome yet: not sent yet, or held
+        self.sent: list[DueRetailer] = []
+        self.held: list[tuple[datetime, int]] = []  # (until, position in page.messages)
+        self.marking = False  # every batch ended: its sent retailers are being marked
+        self.handed_on = False  # its open retailers went to the next run (`_hand_on`)
+        self.task: asyncio.Task[None] | None = None
+
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
 
 
 @workflow.defn
@@ -82,19 +105,19 @@ class PaymentRemindersWorkflow:
         # One set of send lanes for the day, so `max_in_flight` holds over every page: a page's
         # first batches start as the pages before free lanes.
         lanes = batch_lanes(request.max_in_flight)
-        sending: list[asyncio.Task[None]] = []
+        sending: list[_Page] = []
+        for start in range(0, len(request.redo), request.page_size):  # what the run before handed on
+            ids = request.redo[start : start + request.page_size]
+            await self._send(await self._read_page(day, 0, request, ids), day, request, lanes, sending)
         next_page: asyncio.Task[ReminderPage] | None = None
         while not status.finished:
             page = await (next_page or self._read_page(day, status.after_retailer_id, request))
-            self._count_due(page)
             next_page = None
             if not page.last_page and not workflow.info().is_continue_as_new_suggested():
                 # Read (and its links written) while this page sends: the database and the
                 # messaging worker are busy at the same time, not in turn.
                 next_page = asyncio.create_task(self._read_page(day, page.after_retailer_id, request))
-            if page.messages:
-                sending.append(asyncio.create_task(self._send_page(page, day, request, lanes)))
-                await self._fewer_sending_than(PAGES_IN_FLIGHT, sending)
+            await self._send(page, day, request, lanes, sending)
             status.after_retailer_id = page.after_retailer_id
             status.pages += 1
             status.finished = page.last_page
@@ -102,21 +125,36 @@ class PaymentRemindersWorkflow:
                 await self._fewer_sending_than(1, sending)  # the day is finished once its last page went out
             self._show()
             if not status.finished and next_page is None:  # continue-as-new was suggested: no page read ahead
-                await self._all_sent(sending)  # a new run would not know of them
-                workflow.continue_as_new(request.model_copy(update={"reminder_date": day, "progress": status}))
-        await self._all_sent(sending)
+                redo = await self._hand_on(sending, lanes, day, request)
+                await self._held_sent()  # a new run would not know of them
+                workflow.continue_as_new(
+                    request.model_copy(update={"reminder_date": day, "progress": status, "redo": redo})
+                )
+        await self._fewer_sending_than(1, sending)
+        await self._held_sent()
         return status
 
+    async def _send(
+        self, page: ReminderPage, day: date, request: RemindersRequest, lanes: asyncio.Semaphore, sending: list[_Page]
+    ) -> None:
+        """Count the page's retailers and start its sends; on once fewer than `PAGES_IN_FLIGHT` send."""
+        self._count_due(page)
+        if page.messages:
+            going = _Page(page, day)
+            going.task = asyncio.create_task(self._send_page(going, day, request, lanes))
+            sending.append(going)
+            await self._fewer_sending_than(PAGES_IN_FLIGHT, sending)
+
     @staticmethod
-    async def _fewer_sending_than(limit: int, sending: list[asyncio.Task[None]]) -> None:
+    async def _fewer_sending_than(limit: int, sending: list[_Page]) -> None:
         """Until fewer than `limit` pages are sending, whichever ended: a page whose batch waits out a
         killed worker's heartbeat timeout holds one lane, while the pages after it take the others
         (waiting for pages in order, that one batch stopped the whole day for 20 s: the scale-out
         drill). A page that failed raises here."""
-        await workflow.wait_condition(lambda: sum(not t.done() for t in sending) < limit)
-        for task in [t for t in sending if t.done()]:
-            sending.remove(task)
-            task.result()
+        await workflow.wait_condition(lambda: sum(not p.done() for p in sending) < limit)
+        for page in [p for p in sending if p.done()]:
+            sending.remove(page)
+            cast(asyncio.Task[None], page.task).result()
 
     def _count_due(self, page: ReminderPage) -> None:
         status = self._status
@@ -126,35 +164,74 @@ class PaymentRemindersWorkflow:
         for error, n in page.link_failures.items():
             _add(status.failed, error, n)
 
-    async def _send_page(
-        self, page: ReminderPage, day: date, request: RemindersRequest, lanes: asyncio.Semaphore
-    ) -> None:
+    async def _send_page(self, page: _Page, day: date, request: RemindersRequest, lanes: asyncio.Semaphore) -> None:
         """Send the page's reminders in batches on the day's lanes; mark the sent retailers reminded.
 
-        Held reminders (quiet hours in the retailer's zone, the brake) wait beside the pages that
-        follow, one durable timer per group whose holds end together, then go out and are marked
-        for `day`, the day they were due, so the cadence's next step still comes on its own day.
+        Held reminders (quiet hours in the retailer's zone, the brake, another attempt's lease) wait
+        beside the pages that follow, one durable timer per group whose holds end together, then go
+        out and are marked for `day`, the day they were due, so the cadence's next step still comes
+        on its own day.
         """
-        retailers = {reminder_key(r.retailer_id, day): r for r in page.due}
-        outcomes = await send_batches(
-            page.messages,
+        await send_batches(
+            page.page.messages,
             max_in_flight=request.max_in_flight,
             kind="reminder",
             task_queue=request.messaging_task_queue,
             lanes=lanes,
+            on_batch=lambda _, outcomes: self._batch_ended(page, outcomes),
         )
-        sent: list[DueRetailer] = []
-        held: list[tuple[datetime, int]] = []
-        for position, outcome in enumerate(outcomes):
+        if page.handed_on:
+            return
+        page.marking = True
+        await self._mark(day, request, page.sent)
+        self._status.deferred += len(page.held)
+        for until, group in hold_groups(page.held):
+            waiting = [page.page.messages[p] for p in group]
+            self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, page.retailers, day, request)))
+
+    def _batch_ended(self, page: _Page, outcomes: list[BatchItemOutcome]) -> None:
+        """Count a batch's outcomes as it ends (a live status, and what a hand-on keeps)."""
+        if page.handed_on:  # a batch that outlived its run: the next run sends (or finds) its messages
+            return
+        for outcome in outcomes:
             if outcome.status == "deferred" and outcome.retry_at:
-                held.append((outcome.retry_at, position))
-            elif self._tally(outcome):
-                sent.append(retailers[outcome.idempotency_key])
+                page.held.append((outcome.retry_at, page.position[outcome.idempotency_key]))
+                continue
+            retailer = page.retailers[outcome.idempotency_key]
+            page.open.discard(retailer.retailer_id)
+            if self._tally(outcome):
+                page.sent.append(retailer)
+
+    async def _hand_on(
+        self, sending: list[_Page], lanes: asyncio.Semaphore, day: date, request: RemindersRequest
+    ) -> list[int]:
+        """Before a continue-as-new: the retailers of the pages still sending, for the next run.
+
+        The pages' queued batches go out first (the lanes are busy meanwhile); then the batches still
+        out get `HANDOFF_WAIT`. A batch on a killed worker waits out its heartbeat timeout and its
+        leases, 15-35 s, and a run that drained every page waited for it with every other lane idle
+        (the scale-out drill). What ended is counted and its sent retailers marked; the rest (and
+        the held, whose timers have not started) are read again by the next run, and a message that
+        went out meanwhile is found by the outbox, not sent twice.
+        """
+        await workflow.wait_condition(lambda: all(p.done() for p in sending) or not lanes.locked())
+        try:
+            await workflow.wait_condition(lambda: all(p.done() for p in sending), timeout=HANDOFF_WAIT)
+        except TimeoutError:
+            pass
+        redo: list[int] = []
+        sent: list[DueRetailer] = []
+        for page in list(sending):
+            if page.marking or page.done():  # only its mark is left
+                await cast(asyncio.Task[None], page.task)
+                continue
+            page.handed_on = True
+            redo += page.open
+            sent += page.sent
+        sending.clear()
         await self._mark(day, request, sent)
-        self._status.deferred += len(held)
-        for until, group in hold_groups(held):
-            waiting = [page.messages[p] for p in group]
-            self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, retailers, day, request)))
+        self._status.due -= len(redo)  # the next run counts them when it reads them
+        return sorted(redo)
 
     async def _after_group_hold(
         self,
@@ -172,9 +249,8 @@ class PaymentRemindersWorkflow:
         await self._mark(day, request, [retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
         self._show()
 
-    async def _all_sent(self, sending: list[asyncio.Task[None]]) -> None:
-        """Wait for every page's sends and every held reminder."""
-        await self._fewer_sending_than(1, sending)
+    async def _held_sent(self) -> None:
+        """Wait for every held reminder."""
         if self._held:
             await asyncio.gather(*self._held)
             self._held = []
@@ -192,18 +268,20 @@ class PaymentRemindersWorkflow:
     async def _mark(self, day: date, request: RemindersRequest, sent: list[DueRetailer]) -> None:
         if not sent:
             return
+        sent = sorted(sent, key=lambda r: r.retailer_id)  # as the batches ended: in retailer order
         await workflow.execute_activity_method(
             ReminderActivities.mark_reminders_sent,
             RemindersSent(reminder_date=day, business_timezone=request.business_timezone, due=sent),
             # One UPDATE of at most a page's debits (milliseconds), idempotent for the day: a worker
-            # killed while it ran is retried after 15 s, not a minute, and pages are marked in order,
-            # so the day's next pages waited that long to send (the scale-out drill).
+            # killed while it ran is retried after 15 s, not a minute.
             start_to_close_timeout=timedelta(seconds=15),
             retry_policy=DB_RETRY,
             summary=f"mark {len(sent)} retailers' debits reminded",
         )
 
-    async def _read_page(self, day: date, after_retailer_id: int, request: RemindersRequest) -> ReminderPage:
+    async def _read_page(
+        self, day: date, after_retailer_id: int, request: RemindersRequest, retailer_ids: list[int] | None = None
+    ) -> ReminderPage:
         return await workflow.execute_activity_method(
             ReminderActivities.reminder_page,
             ReminderPageRequest(
@@ -212,13 +290,18 @@ class PaymentRemindersWorkflow:
                 after_retailer_id=after_retailer_id,
                 page_size=request.page_size,
                 currency=request.currency,
+                retailer_ids=retailer_ids,
             ),
             start_to_close_timeout=timedelta(minutes=5),
             # A read prefetched beside the sends may be in flight when its worker dies: retried
             # after 15 s without a heartbeat, not after the whole 5 minutes.
             heartbeat_timeout=timedelta(seconds=15),
             retry_policy=DB_RETRY,
-            summary=f"due retailers after {after_retailer_id}, with payment links",
+            summary=(
+                f"due retailers after {after_retailer_id}, with payment links"
+                if retailer_ids is None
+                else f"{len(retailer_ids)} retailers handed on, with payment links"
+            ),
         )
 
     def _show(self) -> None:

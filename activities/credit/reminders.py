@@ -55,10 +55,7 @@ _DUE_DEBITS = """
       AND (d.reminder_sent_at IS NULL OR d.reminder_sent_at < CAST(:day_start AS timestamptz))
 """
 
-DUE_PAGE = text(
-    f"""
-WITH due AS ({_DUE_DEBITS} AND d.retailer_id > :after),
-page AS (SELECT DISTINCT retailer_id FROM due ORDER BY retailer_id LIMIT :page_size)
+_DUE_RETAILERS = """
 SELECT r.id AS retailer_id,
        CASE WHEN r.credit_status = 'BLOCKED' THEN 'blocked'
             WHEN r.phone IS NULL THEN 'no_phone'
@@ -77,6 +74,21 @@ LEFT JOIN credit_accounts a ON a.retailer_id = r.id
 GROUP BY r.id, a.currency
 ORDER BY r.id
 """
+
+DUE_PAGE = text(
+    f"""
+WITH due AS ({_DUE_DEBITS} AND d.retailer_id > :after),
+page AS (SELECT DISTINCT retailer_id FROM due ORDER BY retailer_id LIMIT :page_size)
+{_DUE_RETAILERS}"""
+)
+
+# The retailers a run handed on when it continued as new (`ReminderPageRequest.retailer_ids`): those
+# of them still due and not yet reminded today.
+DUE_AMONG = text(
+    f"""
+WITH due AS ({_DUE_DEBITS} AND d.retailer_id = ANY(CAST(:ids AS bigint[]))),
+page AS (SELECT DISTINCT retailer_id FROM due)
+{_DUE_RETAILERS}"""
 )
 
 # Only debits still unreminded that day, so a repeat changes nothing. The time is never before the
@@ -167,18 +179,15 @@ class ReminderActivities:
 
     @activity.defn(name="credit_reminder_page")
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
-        """The next page of retailers due a reminder, each with its stable pay link for its total."""
+        """The next page of retailers due a reminder, each with its stable pay link for its total
+        (or, given `retailer_ids`, those of them still due one)."""
+        params = self._params(request.reminder_date, request.business_timezone)
+        if request.retailer_ids is None:
+            statement, params = DUE_PAGE, params | {"after": request.after_retailer_id, "page_size": request.page_size}
+        else:
+            statement, params = DUE_AMONG, params | {"ids": request.retailer_ids}
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    DUE_PAGE,
-                    self._params(request.reminder_date, request.business_timezone)
-                    | {
-                        "after": request.after_retailer_id,
-                        "page_size": request.page_size,
-                    },
-                )
-            ).all()
+            rows = (await conn.execute(statement, params)).all()
         _heartbeat()
         skipped: dict[str, int] = {}
         due = []
@@ -216,8 +225,11 @@ class ReminderActivities:
             if r.retailer_id in links
         ]
         return ReminderPage(
-            after_retailer_id=rows[-1].retailer_id if rows else request.after_retailer_id,
-            last_page=len(rows) < request.page_size,
+            # A read of handed-on retailers leaves the run's own place in its pages where it was.
+            after_retailer_id=(
+                rows[-1].retailer_id if rows and request.retailer_ids is None else request.after_retailer_id
+            ),
+            last_page=request.retailer_ids is not None or len(rows) < request.page_size,
             messages=messages,
             due=[r for r in due if r.retailer_id in links],
             skipped=skipped,

@@ -126,6 +126,12 @@ def _interactive() -> bool:
     return level is not None and level <= INTERACTIVE_PRIORITY
 
 
+IN_FLIGHT_ELSEWHERE = "SendInProgress"
+"""A message under another attempt's live lease. A single send fails retryable and Temporal retries
+it when the lease ends; in a batch it is a `deferred` outcome (reason `in_flight`, `retry_at` the
+lease's end): a batch that waited for it held one of a reminders day's lanes for up to a lease, 20 s
+(the scale-out drill)."""
+
 BEAT_EVERY = 1.0
 """Seconds between a batch's heartbeats while its messages go out (its timeout is 15 s)."""
 
@@ -370,6 +376,16 @@ class MessagingActivities:
                 try:
                     outcome = await self._send_one(message, deadline, recipients, marks)
                 except ApplicationError as error:
+                    if error.type == IN_FLIGHT_ELSEWHERE and error.next_retry_delay:
+                        # Another attempt's lease (a killed pod's, a run that continued as new): the
+                        # workflow holds it on a timer until the lease ends, so the batch frees its lane.
+                        decided[message.idempotency_key] = BatchItemOutcome(
+                            idempotency_key=message.idempotency_key,
+                            status="deferred",
+                            reason="in_flight",
+                            retry_at=datetime.now(UTC) + error.next_retry_delay,
+                        )
+                        return
                     if not error.non_retryable:
                         transient.append(error)
                         return
@@ -549,7 +565,7 @@ class MessagingActivities:
                     log.info("message.lease_held", idempotency_key=key, seconds_left=round(row.lease_left, 1))
                     raise ApplicationError(
                         f"message {key} is being sent by another attempt",
-                        type="SendInProgress",
+                        type=IN_FLIGHT_ELSEWHERE,
                         next_retry_delay=timedelta(seconds=float(row.lease_left) + 1),
                     )
                 if recipient.phone:

@@ -43,6 +43,7 @@ from schemas.credit import (
     RecordPayment,
     ReminderPageRequest,
     RemindersRequest,
+    RemindersSent,
     RemindersStatus,
 )
 from schemas.payments import CheckoutSessionRequest
@@ -336,6 +337,31 @@ async def test_two_overlapping_attempts_of_a_first_page_give_each_retailer_one_l
         ).all()
     assert {str(r.retailer_id): r.url for r in rows} == links(first)
     assert {r.amount for r in rows} == {Decimal("42.50")} and all(len(r.debit_ids) == 2 for r in rows)
+
+
+async def test_the_retailers_a_run_handed_on_are_read_again_only_while_still_due_and_not_yet_reminded(
+    engine: AsyncEngine,
+) -> None:
+    """The next run of a day that continued as new reads the retailers handed to it: the one whose
+    reminder went out meanwhile (marked) and the one that paid are not read again."""
+    day = FAR + timedelta(days=130)
+    waiting, reminded, paid, other = [(await new_retailer(engine))[0] for _ in range(4)]
+    debits = {shop: await new_debit(engine, shop, "30.00", day) for shop in (waiting, reminded, paid, other)}
+    reminders = ReminderActivities(engine, None, PAY_BASE)
+    page = await reminders.reminder_page(
+        ReminderPageRequest(reminder_date=day, after_retailer_id=0, page_size=1, retailer_ids=[reminded])
+    )
+    await reminders.mark_reminders_sent(RemindersSent(reminder_date=day, due=page.due))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE credit_transactions SET status = 'CLEARED' WHERE id = :d"), {"d": debits[paid]})
+
+    again = await reminders.reminder_page(
+        ReminderPageRequest(reminder_date=day, after_retailer_id=0, page_size=1, retailer_ids=[waiting, reminded, paid])
+    )
+
+    assert [r.retailer_id for r in again.due] == [waiting]  # not `other`: only those handed on
+    assert [m.recipient_id for m in again.messages] == [str(waiting)]
+    assert again.last_page and again.after_retailer_id == 0  # where the run's own pages go on from
 
 
 # --------------------------------------------------------------------------- guardrails and payments

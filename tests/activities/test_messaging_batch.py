@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
@@ -15,12 +15,12 @@ from activities.database import autocommit, driver_connection
 from activities.messaging import outbox
 from activities.messaging.twilio_gateway import TwilioGateway
 from devtools.twilio_emulator import TwilioEmulator
-from schemas.messaging import SendBatch, SendBatchResult
+from schemas.messaging import SendBatch
 from schemas.tables import MessageLog
 from tests.activities.test_messaging import activities, emulator_log, reminder, retailer, unique_phone
 
 
-async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_once(
+async def test_a_message_under_another_attempts_lease_is_deferred_to_its_end_while_the_rest_go_out(
     engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
 ) -> None:
     phones = [unique_phone() for _ in range(4)]
@@ -43,28 +43,43 @@ async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_
         )
     sends = activities(engine, gateway)
     batch = SendBatch(messages=messages, max_in_flight=2)
-    first = ActivityEnvironment()
-    beats: list[tuple] = []
-    first.on_heartbeat = lambda *details: beats.append(details)
+    before = datetime.now(UTC)
 
-    with pytest.raises(ApplicationError) as raised:
-        await first.run(sends.send_messages, batch)
+    result = await ActivityEnvironment().run(sends.send_messages, batch)
 
-    assert raised.value.type == "BatchIncomplete" and not raised.value.non_retryable
-    progress = SendBatchResult.model_validate(beats[-1][0])
-    assert sorted(o.idempotency_key for o in progress.outcomes) == sorted(m.idempotency_key for m in messages[:3])
-    assert all(o.status == "sent" and not o.duplicate for o in progress.outcomes)
+    # The batch ends at once (its lane is free) with the held one deferred to its lease's end: the
+    # workflow holds it on a timer (a batch that waited held one of a reminders day's lanes 20 s).
+    assert [(o.status, o.duplicate) for o in result.outcomes[:3]] == [("sent", False)] * 3
+    held = result.outcomes[3]
+    assert (held.status, held.reason) == ("deferred", "in_flight")
+    assert held.retry_at is not None and before + timedelta(seconds=29) < held.retry_at < before + timedelta(seconds=40)
+    assert await emulator_log(emulator, phones[3]) == []
 
-    # The other attempt died: its lease ends, and Temporal retries the batch with the heartbeat.
+    # The other attempt died: once its lease is over, the held message is sent, once.
     async with engine.begin() as conn:
         await conn.execute(
             update(MessageLog)
             .where(MessageLog.idempotency_key == busy.idempotency_key)
             .values(lease_until=MessageLog.lease_started_at)
         )
+    again = await ActivityEnvironment().run(sends.send_messages, SendBatch(messages=[busy], max_in_flight=2))
+    assert [(o.status, o.duplicate) for o in again.outcomes] == [("sent", False)]
+    for phone in phones:
+        assert len(await emulator_log(emulator, phone)) == 1, "a message was sent twice or never"
+
+
+async def test_a_retried_batch_sends_only_what_is_left_and_reports_each_message_once(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    phones = [unique_phone() for _ in range(4)]
+    messages = [reminder(await retailer(engine, phone)) for phone in phones]
+    sends = activities(engine, gateway)
+    # A first attempt sent three and heartbeat their outcomes before it failed (`BatchIncomplete`).
+    progress = await ActivityEnvironment().run(sends.send_messages, SendBatch(messages=messages[:3], max_in_flight=2))
+
     retry = ActivityEnvironment()
     retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[progress.model_dump(mode="json")])
-    result = await retry.run(sends.send_messages, batch)
+    result = await retry.run(sends.send_messages, SendBatch(messages=messages, max_in_flight=2))
 
     assert [o.idempotency_key for o in result.outcomes] == [m.idempotency_key for m in messages]
     assert [(o.status, o.duplicate) for o in result.outcomes] == [("sent", False)] * 4  # none counted twice
@@ -157,7 +172,6 @@ async def test_an_interactive_send_takes_a_slot_ahead_of_the_bulk_backlog_and_th
 
 
 def test_a_batch_is_retried_when_its_first_held_message_can_go_not_after_the_policys_backoff() -> None:
-    from datetime import timedelta
 
     from activities.messaging.send import _soonest_retry
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+import pytest_asyncio
 from temporalio import activity
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from devtools import binaries, temporal_config
+from schemas import search_attributes
 from schemas.credit import (
     DueRetailer,
     GuardrailChange,
@@ -96,6 +101,9 @@ class FakeCredit:
     @activity.defn(name="credit_reminder_page")
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
         self.page_requests.append(request)
+        if request.retailer_ids is not None:  # what a run handed on: all still due, none reminded
+            self.timeline.append(f"read {request.retailer_ids[0]}... handed on")
+            return page(request.reminder_date, request.retailer_ids, last=True)
         self.timeline.append(f"read after {request.after_retailer_id}")
         return self.pages.pop(0)
 
@@ -125,7 +133,7 @@ class FakeCredit:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.05)  # long enough for the page's other sends to be in flight beside it
-            if hung := self.hang.get(message.idempotency_key):
+            if hung := self.hang.pop(message.idempotency_key, None):  # the first send only
                 await hung.wait()
         finally:
             self.in_flight -= 1
@@ -304,6 +312,53 @@ async def test_a_batch_that_hangs_holds_one_lane_while_the_pages_after_it_send_o
     assert sorted(r.retailer_id for m in fake.marked for r in m.due) == list(range(1, 501))
     assert fake.most_in_flight <= 50
     assert (status.sent, status.pages, status.finished) == (500, 5, True)
+
+
+SUGGEST_CONTINUE_AS_NEW_AT = 40
+"""Events after which `short_history_env` suggests continuing as new (Temporal's default is 4,096)."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server that suggests continue-as-new after a few pages of a reminders day."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binaries.temporal_cli(),
+        search_attributes=search_attributes.ALL,
+        dev_server_extra_args=temporal_config.dev_server_args(
+            **{"limit.historyCount.suggestContinueAsNew": str(SUGGEST_CONTINUE_AS_NEW_AT)}
+        ),
+    )
+    yield env
+    await env.shutdown()
+
+
+async def test_a_run_continues_as_new_past_a_hung_batch_and_hands_its_retailers_to_the_next(
+    short_history_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A batch on a killed worker holds its lane 15-35 s: a run that drained every page before it
+    continued as new waited for it with every other lane idle (the scale-out drill)."""
+    day = date(2026, 12, 5)
+    released = asyncio.Event()  # never set while the day runs: the batch of retailers 1-100 hangs
+    pages = [page(day, list(range(n, n + 100)), last=n == 901) for n in range(1, 1000, 100)]
+    fake = FakeCredit(pages=pages, hang={f"reminder:1:{day}": released})
+    async with family_worker(short_history_env, task_queue, "credit", fake.activities()):
+        handle = await start_reminders(
+            short_history_env, task_queue, RemindersRequest(reminder_date=day, page_size=100, max_in_flight=50)
+        )
+        try:
+            status = await asyncio.wait_for(handle.result(), timeout=120)
+        finally:
+            released.set()
+        runs = [r async for r in short_history_env.client.list_workflows(f"WorkflowId = '{handle.id}'")]
+
+    assert len(runs) > 1, "the day never continued as new"
+    handed_on = [r.retailer_ids for r in fake.page_requests if r.retailer_ids is not None]
+    assert handed_on and list(range(1, 101)) == handed_on[0]  # the hung batch's retailers, read again
+    # Every retailer marked exactly once, and counted once over the runs (the hung batch's outcome,
+    # had it come, would have been the next run's to count).
+    assert sorted(r.retailer_id for m in fake.marked for r in m.due) == list(range(1, 1001))
+    assert (status.due, status.sent, status.duplicates, status.deferred, status.finished) == (1000, 1000, 0, 0, True)
 
 
 async def test_reminders_run_for_the_business_day_and_send_nothing_for_a_page_of_skips(
