@@ -76,11 +76,12 @@ class _Page:
 
     def __init__(self, page: ReminderPage, day: date) -> None:
         self.page = page
+        self.messages = page.messages(day)
         self.retailers = {reminder_key(r.retailer_id, day): r for r in page.due}
-        self.position = {m.idempotency_key: p for p, m in enumerate(page.messages)}
+        self.position = {m.idempotency_key: p for p, m in enumerate(self.messages)}
         self.open = {r.retailer_id for r in page.due}  # no final outcome yet: not sent yet, or held
         self.sent: list[DueRetailer] = []
-        self.held: list[tuple[datetime, int]] = []  # (until, position in page.messages)
+        self.held: list[tuple[datetime, int]] = []  # (until, position in messages)
         self.marking = False  # every batch ended: its sent retailers are being marked
         self.handed_on = False  # its open retailers went to the next run (`_hand_on`)
         self.task: asyncio.Task[None] | None = None
@@ -139,7 +140,7 @@ class PaymentRemindersWorkflow:
     ) -> None:
         """Count the page's retailers and start its sends; on once fewer than `PAGES_IN_FLIGHT` send."""
         self._count_due(page)
-        if page.messages:
+        if page.due:
             going = _Page(page, day)
             going.task = asyncio.create_task(self._send_page(going, day, request, lanes))
             sending.append(going)
@@ -173,7 +174,7 @@ class PaymentRemindersWorkflow:
         on its own day.
         """
         await send_batches(
-            page.page.messages,
+            page.messages,
             max_in_flight=request.max_in_flight,
             kind="reminder",
             task_queue=request.messaging_task_queue,
@@ -186,7 +187,7 @@ class PaymentRemindersWorkflow:
         await self._mark(day, request, page.sent)
         self._status.deferred += len(page.held)
         for until, group in hold_groups(page.held):
-            waiting = [page.page.messages[p] for p in group]
+            waiting = [page.messages[p] for p in group]
             self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, page.retailers, day, request)))
 
     def _batch_ended(self, page: _Page, outcomes: list[BatchItemOutcome]) -> None:
@@ -268,7 +269,8 @@ class PaymentRemindersWorkflow:
     async def _mark(self, day: date, request: RemindersRequest, sent: list[DueRetailer]) -> None:
         if not sent:
             return
-        sent = sorted(sent, key=lambda r: r.retailer_id)  # as the batches ended: in retailer order
+        # In retailer order (not as the batches ended), without the links: a mark needs the debits.
+        sent = [r.model_copy(update={"payment_link": None}) for r in sorted(sent, key=lambda r: r.retailer_id)]
         await workflow.execute_activity_method(
             ReminderActivities.mark_reminders_sent,
             RemindersSent(reminder_date=day, business_timezone=request.business_timezone, due=sent),

@@ -36,10 +36,7 @@ from schemas.credit import (
     ReminderPage,
     ReminderPageRequest,
     RemindersSent,
-    reminder_key,
-    reminder_template,
 )
-from schemas.messaging import SendMessage
 
 log = structlog.get_logger(__name__)
 
@@ -209,29 +206,13 @@ class ReminderActivities:
                     LinkDebit(*debit) for debit in zip(row.debit_ids, row.outstanding, row.due_dates, strict=True)
                 ]
         links, link_failures = await self._payment_links(due, lines, request)
-        messages = [
-            SendMessage(
-                idempotency_key=reminder_key(r.retailer_id, request.reminder_date),
-                recipient_type="retailer",
-                recipient_id=str(r.retailer_id),
-                template=reminder_template(r.days_past_due),
-                params={
-                    "debit_count": len(r.debit_ids),
-                    "amount_due": str(r.amount_due),  # formatted at send time, in the retailer's locale and currency
-                    "payment_link": links[r.retailer_id],
-                },
-            )
-            for r in due
-            if r.retailer_id in links
-        ]
         return ReminderPage(
             # A read of handed-on retailers leaves the run's own place in its pages where it was.
             after_retailer_id=(
                 rows[-1].retailer_id if rows and request.retailer_ids is None else request.after_retailer_id
             ),
             last_page=request.retailer_ids is not None or len(rows) < request.page_size,
-            messages=messages,
-            due=[r for r in due if r.retailer_id in links],
+            due=[r.model_copy(update={"payment_link": links[r.retailer_id]}) for r in due if r.retailer_id in links],
             skipped=skipped,
             link_failures=link_failures,
         )

@@ -52,17 +52,12 @@ def page(
     return ReminderPage(
         after_retailer_id=max(retailers, default=0),
         last_page=last,
-        messages=[
-            SendMessage(
-                idempotency_key=f"reminder:{r}:{day.isoformat()}",
-                recipient_type="retailer",
-                recipient_id=str(r),
-                template="payment_reminder",
-                params={"debit_count": 1, "amount_due": "10.00", "payment_link": f"https://pay.example/{r}"},
+        due=[
+            DueRetailer(
+                retailer_id=r, debit_ids=[r * 100], amount_due=Decimal("10.00"), payment_link=f"https://pay.example/{r}"
             )
             for r in retailers
         ],
-        due=[DueRetailer(retailer_id=r, debit_ids=[r * 100], amount_due=Decimal("10.00")) for r in retailers],
         skipped=skipped or {},
         link_failures=link_failures or {},
     )
