@@ -26,6 +26,7 @@ from datetime import date, datetime, timedelta
 from typing import cast
 
 from temporalio import workflow
+from temporalio.common import MetricCounter
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows._common import db_retry, scheduled_day
@@ -95,6 +96,7 @@ class PaymentRemindersWorkflow:
     def __init__(self) -> None:
         self._status = RemindersStatus()
         self._held: list[asyncio.Task[None]] = []
+        self._sent_counter: MetricCounter | None = None
 
     @workflow.run
     async def run(self, request: RemindersRequest) -> RemindersStatus:
@@ -261,9 +263,11 @@ class PaymentRemindersWorkflow:
         went_out = tally(self._status, self._status.skipped, outcome)
         if went_out and not outcome.duplicate:
             # Replay-safe: the workflow meter records nothing while a history is replayed.
-            workflow.metric_meter().create_counter(
-                "reminders_sent_total", "Payment reminders sent (one per retailer and day)"
-            ).add(1)
+            if self._sent_counter is None:  # one per run, not one per reminder
+                self._sent_counter = workflow.metric_meter().create_counter(
+                    "reminders_sent_total", "Payment reminders sent (one per retailer and day)"
+                )
+            self._sent_counter.add(1)
         return went_out
 
     async def _mark(self, day: date, request: RemindersRequest, sent: list[DueRetailer]) -> None:
