@@ -112,6 +112,13 @@ one of them on the normal queue, where every new workflow's first task waits, so
 checkouts starts its clocks far slower (docs/BENCHMARKS.md, orders)."""
 
 
+STICKY_TIMEOUT = timedelta(seconds=5)
+"""How long a workflow's next task waits on the worker that has it cached before any worker takes
+it (replaying its history). The Python SDK's default is 10 s (Go's is 5): a killed `jobs` pod's
+workflows, the reminders day among them, stood still that long (the scale-out drill's trace: the
+day's task timed out unstarted 9.9 s after the kill, with no sends meanwhile)."""
+
+
 def jobs_tuning(options: WorkerOptions) -> dict[str, Any]:
     """The `jobs` worker's options besides what it runs (benchmarks build their workers from these)."""
     return {
@@ -119,6 +126,7 @@ def jobs_tuning(options: WorkerOptions) -> dict[str, Any]:
         "graceful_shutdown_timeout": options.graceful_shutdown_timeout,
         "max_cached_workflows": options.max_cached_workflows,
         "workflow_task_poller_behavior": WORKFLOW_TASK_POLLERS,
+        "sticky_queue_schedule_to_start_timeout": STICKY_TIMEOUT,
     }
 
 
