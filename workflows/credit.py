@@ -91,11 +91,21 @@ class _Page:
         return self.task is not None and self.task.done()
 
 
+class _Hold:
+    """Reminders held together (quiet hours, the brake, another attempt's lease) until one timer ends."""
+
+    def __init__(self, messages: list[SendMessage], retailers: dict[str, DueRetailer]) -> None:
+        self.messages = messages
+        self.retailers = retailers
+        self.delivering = False  # its timer ended: the messages are going out
+        self.task: asyncio.Task[None] | None = None
+
+
 @workflow.defn
 class PaymentRemindersWorkflow:
     def __init__(self) -> None:
         self._status = RemindersStatus()
-        self._held: list[asyncio.Task[None]] = []
+        self._held: list[_Hold] = []
         self._sent_counter: MetricCounter | None = None
 
     @workflow.run
@@ -129,7 +139,7 @@ class PaymentRemindersWorkflow:
             self._show()
             if not status.finished and next_page is None:  # continue-as-new was suggested: no page read ahead
                 redo = await self._hand_on(sending, lanes, day, request)
-                await self._held_sent()  # a new run would not know of them
+                await self._held_sent()  # those going out now: a new run would not know of them
                 workflow.continue_as_new(
                     request.model_copy(update={"reminder_date": day, "progress": status, "redo": redo})
                 )
@@ -189,8 +199,9 @@ class PaymentRemindersWorkflow:
         await self._mark(day, request, page.sent)
         self._status.deferred += len(page.held)
         for until, group in hold_groups(page.held):
-            waiting = [page.messages[p] for p in group]
-            self._held.append(asyncio.create_task(self._after_group_hold(waiting, until, page.retailers, day, request)))
+            hold = _Hold([page.messages[p] for p in group], page.retailers)
+            hold.task = asyncio.create_task(self._after_group_hold(hold, until, day, request))
+            self._held.append(hold)
 
     def _batch_ended(self, page: _Page, outcomes: list[BatchItemOutcome]) -> None:
         """Count a batch's outcomes as it ends (a live status, and what a hand-on keeps)."""
@@ -213,9 +224,9 @@ class PaymentRemindersWorkflow:
         The pages' queued batches go out first (the lanes are busy meanwhile); then the batches still
         out get `HANDOFF_WAIT`. A batch on a killed worker waits out its heartbeat timeout and its
         leases, 15-35 s, and a run that drained every page waited for it with every other lane idle
-        (the scale-out drill). What ended is counted and its sent retailers marked; the rest (and
-        the held, whose timers have not started) are read again by the next run, and a message that
-        went out meanwhile is found by the outbox, not sent twice.
+        (the scale-out drill). What ended is counted and its sent retailers marked; the rest, and
+        the held whose timers have not ended (quiet hours: till 08:00), are read again by the next
+        run, and a message that went out meanwhile is found by the outbox, not sent twice.
         """
         await workflow.wait_condition(lambda: all(p.done() for p in sending) or not lanes.locked())
         try:
@@ -232,30 +243,29 @@ class PaymentRemindersWorkflow:
             redo += page.open
             sent += page.sent
         sending.clear()
+        for hold in [h for h in self._held if not h.delivering]:  # still waiting for its hold to end
+            self._held.remove(hold)
+            cast(asyncio.Task[None], hold.task).cancel()
+            redo += [hold.retailers[m.idempotency_key].retailer_id for m in hold.messages]
+            self._status.deferred -= len(hold.messages)
         await self._mark(day, request, sent)
         self._status.due -= len(redo)  # the next run counts them when it reads them
         return sorted(redo)
 
-    async def _after_group_hold(
-        self,
-        messages: list[SendMessage],
-        until: datetime,
-        retailers: dict[str, DueRetailer],
-        day: date,
-        request: RemindersRequest,
-    ) -> None:
-        await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(messages)} reminders")
+    async def _after_group_hold(self, hold: _Hold, until: datetime, day: date, request: RemindersRequest) -> None:
+        await workflow.sleep(max(until - workflow.now(), MIN_HOLD), summary=f"hold {len(hold.messages)} reminders")
+        hold.delivering = True
         outcomes = await deliver_all(
-            messages, max_in_flight=request.max_in_flight, kind="reminder", task_queue=request.messaging_task_queue
+            hold.messages, max_in_flight=request.max_in_flight, kind="reminder", task_queue=request.messaging_task_queue
         )
-        self._status.deferred -= len(messages)
-        await self._mark(day, request, [retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
+        self._status.deferred -= len(hold.messages)
+        await self._mark(day, request, [hold.retailers[o.idempotency_key] for o in outcomes if self._tally(o)])
         self._show()
 
     async def _held_sent(self) -> None:
         """Wait for every held reminder."""
         if self._held:
-            await asyncio.gather(*self._held)
+            await asyncio.gather(*(cast(asyncio.Task[None], h.task) for h in self._held))
             self._held = []
 
     def _tally(self, outcome: BatchItemOutcome) -> bool:

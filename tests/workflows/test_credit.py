@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest_asyncio
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -352,6 +353,33 @@ async def test_a_run_continues_as_new_past_a_hung_batch_and_hands_its_retailers_
     assert handed_on and list(range(1, 101)) == handed_on[0]  # the hung batch's retailers, read again
     # Every retailer marked exactly once, and counted once over the runs (the hung batch's outcome,
     # had it come, would have been the next run's to count).
+    assert sorted(r.retailer_id for m in fake.marked for r in m.due) == list(range(1, 1001))
+    assert (status.due, status.sent, status.duplicates, status.deferred, status.finished) == (1000, 1000, 0, 0, True)
+
+
+async def test_a_run_continues_as_new_without_waiting_for_a_held_reminder_and_the_next_run_holds_it(
+    short_history_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Quiet hours hold a reminder till 08:00: the run that held it hands it on, not waits for it."""
+    day = date(2026, 12, 6)
+    pages = [page(day, list(range(n, n + 100)), last=n == 901) for n in range(1, 1000, 100)]
+    # Held for hours by the first run (the next run's send, during the hold, is held again: 2 s here).
+    fake = FakeCredit(pages=pages, answers={f"reminder:5:{day}": [timedelta(hours=10), timedelta(seconds=2)]})
+    async with family_worker(short_history_env, task_queue, "credit", fake.activities()):
+        handle = await start_reminders(
+            short_history_env, task_queue, RemindersRequest(reminder_date=day, page_size=100, max_in_flight=50)
+        )
+        status = await asyncio.wait_for(handle.result(), timeout=120)
+        client = short_history_env.client
+        events = [
+            e
+            async for run in client.list_workflows(f"WorkflowId = '{handle.id}'")
+            async for e in client.get_workflow_handle(handle.id, run_id=run.run_id).fetch_history_events()
+        ]
+
+    assert any(5 in r.retailer_ids for r in fake.page_requests if r.retailer_ids is not None)
+    assert [m.recipient_id for m in fake.sends].count("5") == 3  # held, held again by the next run, sent
+    assert any(e.event_type == EventType.EVENT_TYPE_TIMER_CANCELED for e in events)  # the 10 h hold
     assert sorted(r.retailer_id for m in fake.marked for r in m.due) == list(range(1, 1001))
     assert (status.due, status.sent, status.duplicates, status.deferred, status.finished) == (1000, 1000, 0, 0, True)
 
