@@ -45,14 +45,10 @@ def _issue_date() -> date:
 
 @dataclass
 class Links:
-    """The links of one message, all made before it is claimed."""
+    """The links of one message, all made before it is claimed (a customer-portal session is made
+    when the member clicks, not as the message goes out)."""
 
     ready: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def later(self) -> set[str]:
-        """Links made only as the message goes out: none any more (the portal session is made on click)."""
-        return set()
 
 
 class MessageLinks:
@@ -82,10 +78,6 @@ class MessageLinks:
         if "manage_link" in wanted:
             links.ready["manage_link"] = await self._manage_link(request, params.get("manage_link") or None)
         return links
-
-    async def finish(self, request: SendMessage, links: Links) -> dict[str, str]:
-        """Every link of `links` (all made by `prepare`)."""
-        return dict(links.ready)
 
     async def _manage_link(self, request: SendMessage, passed: str | None) -> str:
         member = await self._member(request)

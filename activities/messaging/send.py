@@ -30,7 +30,7 @@ from twilio.base.exceptions import TwilioRestException
 from activities.database import autocommit, driver_connection
 from activities.errors import permanent
 from activities.messaging import outbox
-from activities.messaging.links import LINK_FIELDS, Links, MessageLinks
+from activities.messaging.links import LINK_FIELDS, MessageLinks
 from activities.messaging.outbox import QuietHours, Recipient
 from activities.messaging.senders import Sender, Senders, recipient_key
 from activities.messaging.templates import Catalogue, Template, UnknownTemplate, Variant, load_catalogue
@@ -167,32 +167,16 @@ def _resumed(details: Sequence[Any]) -> list[BatchItemOutcome]:
 
 
 class _Body:
-    """A message's text: rendered at once, or, when it carries a link made only as the message goes
-    out (a customer-portal session), on first use; `params` are then complete too."""
+    """A message's text, rendered once from its complete `params` (links included)."""
 
-    def __init__(
-        self,
-        request: SendMessage,
-        variant: Variant,
-        params: dict[str, str],
-        pending: Links | None,
-        links: MessageLinks | None,
-    ) -> None:
-        self._request, self.variant, self.params = request, variant, params
-        self._pending, self._links = pending, links
-        self._text = None if pending is not None else self._render()
-
-    def _render(self) -> str:
+    def __init__(self, variant: Variant, params: dict[str, str]) -> None:
+        self.variant, self.params = variant, params
         try:
-            return self.variant.render(self.params)
+            self._text = variant.render(params)
         except ValueError as exc:
             raise permanent("InvalidTemplateParams", str(exc)) from None
 
     async def text(self) -> str:
-        if self._text is None:
-            assert self._pending is not None and self._links is not None
-            self.params = {**self.params, **await self._links.finish(self._request, self._pending)}
-            self._text = self._render()
         return self._text
 
 
@@ -523,14 +507,13 @@ class MessagingActivities:
             except UnknownTemplate:
                 break
         ready = {**params, **(links.ready if links else {})}
-        later = links.later if links else set()
-        if missing := [f for f in template.fields if f not in ready and f not in later]:
+        if missing := [f for f in template.fields if f not in ready]:
             raise permanent(
                 "InvalidTemplateParams", f"template {template.name} v{template.version} needs {', '.join(missing)}"
             )
         ready = template.localise(ready, recipient.currency, recipient.locale)
         variant = template.variant(recipient.locale)
-        return template, _Body(request, variant, ready, links if later else None, self._links)
+        return template, _Body(variant, ready)
 
     async def _claim(
         self,
@@ -632,7 +615,7 @@ class MessagingActivities:
         who = recipient_key(recipient.type, recipient.id)
         attempt = _Attempt(key, who, channel, self._senders.of(channel, who))
         try:
-            text = await body.text()  # a customer-portal session is made here, as the message goes out
+            text = await body.text()
         except Exception as error:
             async with self._engine.begin() as conn:  # never reached Twilio: free the row for the retry
                 if isinstance(error, ApplicationError) and error.non_retryable:
