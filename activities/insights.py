@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -24,7 +25,7 @@ from temporalio import activity
 from activities.database import autocommit
 from schemas.insights import InsightMessages, InsightMessagesPage, InsightsChunk, InsightsChunkResult
 from schemas.messaging import SendMessage
-from schemas.money import format_money
+from schemas.money import money_formatter
 from schemas.tables import RetailerInsight
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,11 @@ WINDOW_DAYS = 30
 TOP_PRODUCTS = 3
 
 # One statement per page: keyset page of retailers + every aggregate the insight needs.
+# The page's sold orders are read once (`sold`, by the retailer-id range on
+# ix_orders_retailer_id_created_at) and feed both the order figures and the best sellers, and the
+# best sellers are the head of one sorted array per retailer. Before, the orders were read twice (a
+# nested loop of index probes per retailer each time) and the best sellers ranked by a window over
+# a sort of every (retailer, product): about two thirds of the statement's time (EXPLAIN ANALYZE).
 PAGE_STATS_SQL = text(
     """
 WITH page AS (
@@ -43,34 +49,32 @@ WITH page AS (
     LIMIT :page_size
 ),
 bounds AS (SELECT max(id) AS last_id FROM page),
-ord AS (
-    SELECT o.retailer_id,
-           count(*) FILTER (WHERE o.created_at >= :window_start) AS orders_30d,
-           count(*) FILTER (WHERE o.created_at < :window_start) AS orders_prev_30d,
-           coalesce(sum(o.total_amount) FILTER (WHERE o.created_at >= :window_start), 0) AS gmv_30d,
-           coalesce(sum(o.total_amount) FILTER (WHERE o.created_at < :window_start), 0) AS gmv_prev_30d
+sold AS MATERIALIZED (  -- the page's ids are every id in (after_id, last_id]: the range is the page
+    SELECT o.id, o.retailer_id, o.total_amount, o.created_at >= :window_start AS recent
     FROM orders o
-    JOIN page p ON p.id = o.retailer_id
     WHERE o.retailer_id > :after_id AND o.retailer_id <= (SELECT last_id FROM bounds)
       AND o.created_at >= :prev_start AND o.created_at < :as_of
       AND o.status IN ('CONFIRMED', 'DELIVERED')  -- sold: not pending/abandoned, failed or cancelled
-    GROUP BY o.retailer_id
 ),
-ranked AS (
-    SELECT o.retailer_id, oi.product_name,
-           row_number() OVER (PARTITION BY o.retailer_id
-                              ORDER BY sum(oi.quantity) DESC, oi.product_name) AS rank
-    FROM order_items oi
-    JOIN orders o ON o.id = oi.order_id
-    JOIN page p ON p.id = o.retailer_id
-    WHERE o.retailer_id > :after_id AND o.retailer_id <= (SELECT last_id FROM bounds)
-      AND o.created_at >= :prev_start AND o.created_at < :as_of
-      AND o.status IN ('CONFIRMED', 'DELIVERED')  -- sold: not pending/abandoned, failed or cancelled
-    GROUP BY o.retailer_id, oi.product_name
+ord AS (
+    SELECT retailer_id,
+           count(*) FILTER (WHERE recent) AS orders_30d,
+           count(*) FILTER (WHERE NOT recent) AS orders_prev_30d,
+           coalesce(sum(total_amount) FILTER (WHERE recent), 0) AS gmv_30d,
+           coalesce(sum(total_amount) FILTER (WHERE NOT recent), 0) AS gmv_prev_30d
+    FROM sold
+    GROUP BY retailer_id
 ),
-top AS (
-    SELECT retailer_id, jsonb_agg(product_name ORDER BY rank) AS top_products
-    FROM ranked WHERE rank <= :top_n
+quantities AS (
+    SELECT s.retailer_id, oi.product_name, sum(oi.quantity) AS quantity
+    FROM sold s
+    JOIN order_items oi ON oi.order_id = s.id
+    GROUP BY s.retailer_id, oi.product_name
+),
+top AS (  -- most sold first, ties by name
+    SELECT retailer_id,
+           to_jsonb((array_agg(product_name ORDER BY quantity DESC, product_name))[1 : :top_n]) AS top_products
+    FROM quantities
     GROUP BY retailer_id
 ),
 pay AS (
@@ -86,7 +90,6 @@ pay AS (
                               WHERE r.order_id = d.order_id AND r.type = 'CREDIT') AS reversed
           FROM credit_transactions d
           WHERE d.type = 'DEBIT' AND d.retailer_id > :after_id AND d.retailer_id <= (SELECT last_id FROM bounds)) ct
-    JOIN page p ON p.id = ct.retailer_id
     GROUP BY ct.retailer_id
 )
 SELECT p.id AS retailer_id, p.name,
@@ -183,28 +186,48 @@ def risk_level(max_overdue_days: int, utilisation: Decimal | None) -> str:
 
 def render_insight_message(stats: InsightStats) -> str:
     """The friendly WhatsApp text: what changed, what sells, and one nudge about credit."""
-    first_name = (stats.name or "there").split()[0]
+    return _render(
+        stats.name,
+        stats.orders_30d,
+        stats.gmv_30d,
+        stats.gmv_prev_30d,
+        stats.avg_order_value,
+        stats.top_products,
+        stats.on_time_rate,
+        stats.risk_level,
+        money_formatter(stats.currency, stats.locale),  # the account's currency, as the retailer's locale writes it
+    )
 
-    def money(value: Decimal) -> str:  # in the account's currency, as the retailer's locale writes it
-        return format_money(value, stats.currency, stats.locale)
 
+def _render(
+    name: str | None,
+    orders_30d: int,
+    gmv_30d: Decimal,
+    gmv_prev_30d: Decimal,
+    avg_order_value: Decimal,
+    top_products: list[str],
+    on_time_rate: Decimal | None,
+    level: str,
+    money: Callable[[Decimal], str],
+) -> str:
+    """`render_insight_message` of figures already derived, so a page derives each once."""
+    first_name = (name or "there").split()[0]
     lines = [f"Hi {first_name}! Here is your month at a glance."]
-    if stats.orders_30d:
+    if orders_30d:
         trend = ""
-        if stats.gmv_prev_30d > 0:
-            change = (stats.gmv_30d - stats.gmv_prev_30d) / stats.gmv_prev_30d * 100
+        if gmv_prev_30d > 0:
+            change = (gmv_30d - gmv_prev_30d) / gmv_prev_30d * 100
             trend = f" ({'up' if change >= 0 else 'down'} {abs(change):.0f}% on the month before)"
         lines.append(
-            f"You placed {stats.orders_30d} order{'s' if stats.orders_30d != 1 else ''} worth "
-            f"{money(stats.gmv_30d)}{trend}, {money(stats.avg_order_value)} on average."
+            f"You placed {orders_30d} order{'s' if orders_30d != 1 else ''} worth "
+            f"{money(gmv_30d)}{trend}, {money(avg_order_value)} on average."
         )
     else:
         lines.append("We have missed you: no orders in the last 30 days.")
-    if stats.top_products:
-        lines.append("Your best sellers: " + ", ".join(stats.top_products) + ".")
-    if stats.on_time_rate is not None:
-        lines.append(f"You paid {stats.on_time_rate * 100:.0f}% of your invoices on time.")
-    level = stats.risk_level
+    if top_products:
+        lines.append("Your best sellers: " + ", ".join(top_products) + ".")
+    if on_time_rate is not None:
+        lines.append(f"You paid {on_time_rate * 100:.0f}% of your invoices on time.")
     if level == "HIGH":
         lines.append("Some payments are well overdue: settle them to keep ordering on credit.")
     elif level == "MEDIUM":
@@ -220,7 +243,8 @@ def window(insight_date: date, timezone: str) -> tuple[datetime, datetime, datet
     return as_of - timedelta(days=2 * WINDOW_DAYS), as_of - timedelta(days=WINDOW_DAYS), as_of
 
 
-RATE, DAYS = Decimal("0.0001"), Decimal("0.01")
+RATE, DAYS, CENTS = Decimal("0.0001"), Decimal("0.01"), Decimal("0.01")
+NO_ORDERS_AVERAGE = Decimal("0.00")
 
 
 def _stats_from_row(row: Any) -> InsightStats:
@@ -276,6 +300,69 @@ def _insight_row(stats: InsightStats, insight_date: date) -> dict[str, Any]:
         "risk_level": stats.risk_level,
         "message": render_insight_message(stats),
     }
+
+
+def _page_json(rows: list[Any]) -> str:
+    """A page of PAGE_STATS_SQL rows as UPSERT_PAGE_SQL's document, in one loop.
+
+    What `_insight_row(_stats_from_row(row))` writes, derived once a row: the dataclass, its
+    properties (each read twice), one `format_money` lookup an amount and the JSON encoder's
+    call back for every Decimal were over half of a page's Python (py-spy). Decimals go as
+    their exact text (`str`), as the encoder's `default=str` wrote them.
+    """
+    page: list[dict[str, Any]] = []
+    append = page.append
+    for (
+        retailer_id,
+        name,
+        orders_30d,
+        orders_prev_30d,
+        gmv_30d,
+        gmv_prev_30d,
+        top_products,
+        on_time_rate,
+        avg_days_to_pay,
+        outstanding,
+        max_overdue_days,
+        credit_limit,
+        currency,
+        locale,
+    ) in rows:
+        if on_time_rate is not None:
+            on_time_rate = on_time_rate.quantize(RATE)
+        if avg_days_to_pay is not None:
+            avg_days_to_pay = avg_days_to_pay.quantize(DAYS)
+        average = (gmv_30d / orders_30d).quantize(CENTS, ROUND_HALF_UP) if orders_30d else NO_ORDERS_AVERAGE
+        used = (outstanding / credit_limit).quantize(RATE, ROUND_HALF_UP) if credit_limit else None
+        level = risk_level(max_overdue_days, used)
+        message = _render(
+            name,
+            orders_30d,
+            gmv_30d,
+            gmv_prev_30d,
+            average,
+            top_products,
+            on_time_rate,
+            level,
+            money_formatter(currency, locale),
+        )
+        append(
+            {
+                "retailer_id": retailer_id,
+                "orders_30d": orders_30d,
+                "orders_prev_30d": orders_prev_30d,
+                "gmv_30d": str(gmv_30d),
+                "gmv_prev_30d": str(gmv_prev_30d),
+                "avg_order_value": str(average),
+                "top_products": top_products,
+                "on_time_payment_rate": None if on_time_rate is None else str(on_time_rate),
+                "avg_days_to_pay": None if avg_days_to_pay is None else str(avg_days_to_pay),
+                "credit_utilisation": None if used is None else str(used),
+                "risk_level": level,
+                "message": message,
+            }
+        )
+    return json.dumps(page, default=str)
 
 
 # The week's insight messages due now: opted-in retailers in their local morning whose latest insight
@@ -343,7 +430,7 @@ class InsightActivities:
         rows = await self._page_stats(insight_date, timezone, after_id, page_size)
         if not rows:
             return after_id, 0
-        await self._upsert(rows, insight_date)
+        await self._write(_page_json(rows), insight_date)
         return rows[-1].retailer_id, len(rows)
 
     async def _page_stats(self, insight_date: date, timezone: str, after_id: int, page_size: int) -> list[Any]:
@@ -367,9 +454,7 @@ class InsightActivities:
                 ).all()
             )
 
-    async def _upsert(self, rows: list[Any], insight_date: date) -> None:
-        # Decimals (and the date, which the statement binds on its own) as their exact text.
-        page = json.dumps([_insight_row(_stats_from_row(row), insight_date) for row in rows], default=str)
+    async def _write(self, page: str, insight_date: date) -> None:
         async with autocommit(self._engine).connect() as conn:
             await conn.execute(UPSERT_PAGE_SQL, {"page": page, "insight_date": insight_date})
 
@@ -399,9 +484,13 @@ class InsightActivities:
     async def regenerate_insights_chunk(self, chunk: InsightsChunk) -> InsightsChunkResult:
         """Pages after the cursor until the page or time budget runs out, heartbeating each page.
 
-        The next page's statistics are read while this page's messages are rendered and upserted:
-        its cursor is known once this page's rows arrive, and PostgreSQL's half of a page and
-        Python's half then run on two cores at once instead of taking turns.
+        A page is three steps: its statistics read (PostgreSQL), its messages rendered (Python),
+        its upsert (PostgreSQL). They overlap: the next page's read is sent before this page is
+        rendered (its cursor is known once this page's rows arrive) and the previous page's
+        upsert is still running then, so on two cores PostgreSQL works on two pages while Python
+        renders a third, instead of the upsert and the render taking turns. Upserts still run one
+        at a time and in page order, and the cursor is heartbeated only once a page's upsert has
+        returned, so a retry resumes after the last page written.
         """
         progress = InsightsChunkResult(
             after_retailer_id=chunk.after_retailer_id, pages_done=0, retailers_done=0, finished=False
@@ -417,35 +506,58 @@ class InsightActivities:
                 self._page_stats(chunk.insight_date, chunk.business_timezone, after_id, chunk.page_size)
             )
 
-        def more(pages_done: int) -> bool:
-            return pages_done < chunk.max_pages and time.monotonic() < deadline
+        def more(pages_started: int) -> bool:
+            return pages_started < chunk.max_pages and time.monotonic() < deadline
 
-        ahead = read(progress.after_retailer_id) if more(progress.pages_done) else None
+        def written(last_id: int, count: int) -> None:
+            progress.after_retailer_id = last_id
+            progress.pages_done += 1
+            progress.retailers_done += count
+            activity.heartbeat(progress)
+
+        started = progress.pages_done
+        ahead = read(progress.after_retailer_id) if more(started) else None
+        writing: asyncio.Task[None] | None = None  # the previous page's upsert
+        wrote = (progress.after_retailer_id, 0)  # the (last id, retailers) it writes
         try:
             while ahead is not None:
                 rows = await ahead
                 ahead = None
-                if not rows:
-                    progress.finished = True
-                    break
+                started += 1
                 full = len(rows) == chunk.page_size
-                if full and not chunk.throttle_ms and more(progress.pages_done + 1):
+                if full and not chunk.throttle_ms and more(started):
                     ahead = read(rows[-1].retailer_id)
-                await self._upsert(rows, chunk.insight_date)
-                progress.after_retailer_id = rows[-1].retailer_id
-                progress.pages_done += 1
-                progress.retailers_done += len(rows)
-                activity.heartbeat(progress)
-                if not full:
+                    await asyncio.sleep(0)  # the read goes out before the render holds the event loop
+                page = _page_json(rows) if rows else None
+                if writing is not None:
+                    await writing
+                    writing = None
+                    written(*wrote)
+                if page is None:
                     progress.finished = True
                     break
-                if chunk.throttle_ms:
+                writing, wrote = (
+                    asyncio.create_task(self._write(page, chunk.insight_date)),
+                    (rows[-1].retailer_id, len(rows)),
+                )
+                if not full or chunk.throttle_ms:
+                    await writing
+                    writing = None
+                    written(*wrote)
+                    if not full:
+                        progress.finished = True
+                        break
                     await asyncio.sleep(chunk.throttle_ms / 1000)
-                    if more(progress.pages_done):
+                    if more(started):
                         ahead = read(progress.after_retailer_id)
+            if writing is not None:  # the budget ran out with the last page's upsert in flight
+                await writing
+                writing = None
+                written(*wrote)
         finally:
-            if ahead is not None:
-                ahead.cancel()
+            for task in (ahead, writing):
+                if task is not None:
+                    task.cancel()
         log.info(
             "insights.chunk_done",
             pages=progress.pages_done,
