@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -146,6 +147,20 @@ ON CONFLICT (retailer_id, insight_date) DO UPDATE SET
 # processing and the ROLLBACK it sends when a read's connection goes back to the pool.
 _PAGE_STATS = str(PAGE_STATS_SQL.compile(dialect=psycopg_dialect()))
 _UPSERT_PAGE = str(UPSERT_PAGE_SQL.compile(dialect=psycopg_dialect()))
+
+
+READS_AHEAD = 2
+"""Pages being read while one renders. Two: each page's statement runs on one core, so one read at
+a time kept PostgreSQL to one core while the worker's core was idle between pages (a page's read
+was the run's critical path)."""
+
+# The end of the page that starts after `after_id`, from the primary key alone: the next page's
+# read can start before this page's rows arrive.
+_PAGE_END = """
+SELECT max(id), count(*) FROM (
+    SELECT id FROM retailers WHERE id > %(after_id)s ORDER BY id LIMIT %(page_size)s
+) AS page
+"""
 
 
 @dataclass(frozen=True)
@@ -459,6 +474,16 @@ class InsightActivities:
             )
             return await cursor.fetchall()
 
+    async def _page_end(self, after_id: int, page_size: int) -> int | None:
+        """Where the page after the one starting after `after_id` starts: its last retailer's id,
+        or None if that page is not full (it is the last)."""
+        async with driver_connection(autocommit(self._engine)) as conn:
+            cursor = await conn.execute(_PAGE_END, {"after_id": after_id, "page_size": page_size})
+            row = await cursor.fetchone()
+        if row is None or row[1] < page_size:
+            return None
+        return int(row[0])
+
     async def _write(self, page: str, insight_date: date) -> None:
         async with driver_connection(autocommit(self._engine)) as conn:
             await conn.execute(_UPSERT_PAGE, {"page": page, "insight_date": insight_date})
@@ -490,12 +515,14 @@ class InsightActivities:
         """Pages after the cursor until the page or time budget runs out, heartbeating each page.
 
         A page is three steps: its statistics read (PostgreSQL), its messages rendered (Python),
-        its upsert (PostgreSQL). They overlap: the next page's read is sent before this page is
-        rendered (its cursor is known once this page's rows arrive) and the previous page's
-        upsert is still running then, so on two cores PostgreSQL works on two pages while Python
-        renders a third, instead of the upsert and the render taking turns. Upserts still run one
-        at a time and in page order, and the cursor is heartbeated only once a page's upsert has
-        returned, so a retry resumes after the last page written.
+        its upsert (PostgreSQL). They overlap: while a page renders, the next `READS_AHEAD` pages
+        are being read (each page's start is the end of the one before, which `PAGE_END_SQL`
+        finds from the index at once) and the previous page's upsert is still running, so on two
+        cores PostgreSQL works on several pages while Python renders one, instead of each step
+        waiting for the others. Upserts still run one at a time and in page order, and the cursor
+        is heartbeated only once a page's upsert has returned, so a retry resumes after the last
+        page written. With `throttle_ms` a page is read only after the pause that follows the one
+        before, as the throttle promises the database.
         """
         progress = InsightsChunkResult(
             after_retailer_id=chunk.after_retailer_id, pages_done=0, retailers_done=0, finished=False
@@ -505,14 +532,23 @@ class InsightActivities:
             progress = InsightsChunkResult.model_validate(details[0])
             log.info("insights.resume", after_retailer_id=progress.after_retailer_id, pages_done=progress.pages_done)
         deadline = time.monotonic() + chunk.max_seconds
+        reads: deque[asyncio.Task[list[Any]]] = deque()  # the pages being read, in page order
+        next_after: int | None = progress.after_retailer_id  # where the next page to read starts; None: no more
+        launched = progress.pages_done  # pages read or being read, for the page budget
 
-        def read(after_id: int) -> asyncio.Task[list[Any]]:
-            return asyncio.create_task(
-                self._page_stats(chunk.insight_date, chunk.business_timezone, after_id, chunk.page_size)
-            )
-
-        def more(pages_started: int) -> bool:
-            return pages_started < chunk.max_pages and time.monotonic() < deadline
+        async def read_ahead(depth: int) -> None:
+            nonlocal next_after, launched
+            while next_after is not None and len(reads) < depth and launched < chunk.max_pages:
+                if time.monotonic() >= deadline:
+                    return
+                after = next_after
+                reads.append(
+                    asyncio.create_task(
+                        self._page_stats(chunk.insight_date, chunk.business_timezone, after, chunk.page_size)
+                    )
+                )
+                launched += 1
+                next_after = await self._page_end(after, chunk.page_size)
 
         def written(last_id: int, count: int) -> None:
             progress.after_retailer_id = last_id
@@ -520,19 +556,15 @@ class InsightActivities:
             progress.retailers_done += count
             activity.heartbeat(progress)
 
-        started = progress.pages_done
-        ahead = read(progress.after_retailer_id) if more(started) else None
         writing: asyncio.Task[None] | None = None  # the previous page's upsert
         wrote = (progress.after_retailer_id, 0)  # the (last id, retailers) it writes
+        depth = 1 if chunk.throttle_ms else READS_AHEAD
         try:
-            while ahead is not None:
-                rows = await ahead
-                ahead = None
-                started += 1
-                full = len(rows) == chunk.page_size
-                if full and not chunk.throttle_ms and more(started):
-                    ahead = read(rows[-1][0])
-                    await asyncio.sleep(0)  # the read goes out before the render holds the event loop
+            await read_ahead(depth)
+            while reads:
+                rows = await reads.popleft()
+                if not chunk.throttle_ms:
+                    await read_ahead(depth)  # the next pages' reads go out before the render holds the event loop
                 page = _page_json(rows) if rows else None
                 if writing is not None:
                     await writing
@@ -545,22 +577,21 @@ class InsightActivities:
                     asyncio.create_task(self._write(page, chunk.insight_date)),
                     (rows[-1][0], len(rows)),
                 )
-                if not full or chunk.throttle_ms:
+                if len(rows) < chunk.page_size or chunk.throttle_ms:
                     await writing
                     writing = None
                     written(*wrote)
-                    if not full:
+                    if len(rows) < chunk.page_size:
                         progress.finished = True
                         break
                     await asyncio.sleep(chunk.throttle_ms / 1000)
-                    if more(started):
-                        ahead = read(progress.after_retailer_id)
+                    await read_ahead(depth)
             if writing is not None:  # the budget ran out with the last page's upsert in flight
                 await writing
                 writing = None
                 written(*wrote)
         finally:
-            for task in (ahead, writing):
+            for task in (*reads, writing):
                 if task is not None:
                     task.cancel()
         log.info(
