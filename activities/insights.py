@@ -3,6 +3,11 @@
 One aggregate query reads a whole page of retailers; one multi-row upsert writes it.
 The activity heartbeats its cursor after every page, so a retry (worker crash, deploy)
 resumes after the last page it reported instead of starting over.
+
+Why it is shaped as it is (issue #38 point 4, >= 25,000 retailers/s at 100,000): the page's
+sold orders read once from a covering index, one loop deriving a row's figures, orjson, and
+reads ahead of the render with the upsert beside it took the activity alone from 12,000 to
+about 30,000 retailers/s on two loaded cores (docs/BENCHMARKS.md, "Insight regeneration").
 """
 
 from __future__ import annotations
@@ -516,7 +521,7 @@ class InsightActivities:
 
         A page is three steps: its statistics read (PostgreSQL), its messages rendered (Python),
         its upsert (PostgreSQL). They overlap: while a page renders, the next `READS_AHEAD` pages
-        are being read (each page's start is the end of the one before, which `PAGE_END_SQL`
+        are being read (each page's start is the end of the one before, which `_PAGE_END`
         finds from the index at once) and the previous page's upsert is still running, so on two
         cores PostgreSQL works on several pages while Python renders one, instead of each step
         waiting for the others. Upserts still run one at a time and in page order, and the cursor
