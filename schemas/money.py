@@ -19,6 +19,7 @@ every amount sent to or read from Stripe is scaled by (the gateway, the pay link
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import cache
 from typing import Annotated, Any, Final
@@ -110,6 +111,17 @@ def format_money(amount: Decimal | int | float | str, currency: str, locale: str
     value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
     style = _style(currency.upper(), _babel_locale(locale or DEFAULT_LOCALE))
     return style.format(value) if style else _babel_format(value, currency.upper(), _babel_locale(locale or ""))
+
+
+@cache
+def money_formatter(currency: str, locale: str | None = None) -> Callable[[Decimal], str]:
+    """`format_money` with the currency and locale fixed: what writes many amounts of a few
+    (currency, locale) pairs (a night's insights) resolves the pattern once a pair, not an amount."""
+    style = _style(currency.upper(), _babel_locale(locale or DEFAULT_LOCALE))
+    if style:
+        return style.format
+    code, babel_locale = currency.upper(), _babel_locale(locale or "")
+    return lambda value: _babel_format(value, code, babel_locale)
 
 
 def _babel_format(value: Decimal, currency: str, locale: str) -> str:

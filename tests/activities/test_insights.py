@@ -340,3 +340,79 @@ def test_an_insight_writes_amounts_in_the_accounts_currency_as_the_retailers_loc
         stats("INR", "en-IN")
     )
     assert "worth 150.000,00\u00a0€" in render_insight_message(stats("EUR", "es-ES"))
+
+
+async def test_a_page_that_fails_to_write_is_where_the_retry_resumes_and_no_page_after_it_is_counted(
+    engine: AsyncEngine,
+) -> None:
+    """Pages are read ahead of the one being written: the heartbeated cursor must still never pass a
+    page whose upsert has not returned, so a retry after a failed write redoes that page, not skips it."""
+    import dataclasses
+
+    from temporalio.testing import ActivityEnvironment
+
+    from schemas.insights import InsightsChunk, InsightsChunkResult
+
+    day = date(2026, 11, 30)
+    await seed_retailers(engine, 60, today=day)
+    async with engine.begin() as conn:
+        ids = (await conn.execute(select(Retailer.id).order_by(Retailer.id.desc()).limit(60))).scalars().all()
+        first, bad = min(ids), min(ids) + 34  # the 4th page of 10
+        # paid before it was owed: a negative time to pay, which the insight row's CHECK refuses
+        await conn.execute(
+            insert(CreditTransaction).values(
+                retailer_id=bad,
+                type="DEBIT",
+                amount=10,
+                due_date=day,
+                status="CLEARED",
+                cleared_amount=10,
+                cleared_at=AS_OF,
+                created_at=AS_OF + timedelta(days=10_000),
+            )
+        )
+    chunk = InsightsChunk(
+        insight_date=day,
+        business_timezone="UTC",
+        after_retailer_id=first - 1,
+        page_size=10,
+        max_pages=50,
+        max_seconds=60,
+    )
+    heartbeats: list[InsightsChunkResult] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda details: heartbeats.append(details.model_copy())
+    activities = InsightActivities(engine)
+
+    with pytest.raises(Exception, match="avg_days_to_pay"):
+        await env.run(activities.regenerate_insights_chunk, chunk)
+
+    last = heartbeats[-1]
+    assert (last.after_retailer_id, last.pages_done, last.retailers_done) == (first + 29, 3, 30)
+    async with engine.connect() as conn:
+        written = set(
+            (await conn.execute(select(RetailerInsight.retailer_id).where(RetailerInsight.insight_date == day)))
+            .scalars()
+            .all()
+        )
+    assert written == set(range(first, first + 30)), "every page up to the cursor written, none after it"
+
+    async with engine.begin() as conn:  # the data fixed, the retry resumes from the heartbeat
+        await conn.execute(
+            text("DELETE FROM credit_transactions WHERE retailer_id = :r AND created_at > cleared_at"), {"r": bad}
+        )
+    env.info = dataclasses.replace(env.info, heartbeat_details=[last.model_dump()])
+    result = await env.run(activities.regenerate_insights_chunk, chunk)
+    assert (result.pages_done, result.retailers_done, result.finished) == (6, 60, True)
+    async with engine.connect() as conn:
+        generations = dict(
+            (
+                await conn.execute(
+                    select(RetailerInsight.retailer_id, RetailerInsight.generation).where(
+                        RetailerInsight.insight_date == day
+                    )
+                )
+            ).all()
+        )
+    assert set(generations) == set(ids)
+    assert set(generations.values()) == {1}, "no page written twice"

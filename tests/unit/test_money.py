@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from activities.payments.gateway import from_minor_units, to_minor_units
-from schemas.money import _babel_format, _babel_locale, format_money, stripe_exponent
+from schemas.money import _babel_format, _babel_locale, format_money, money_formatter, stripe_exponent
 
 NBSP = "\u00a0"
 
@@ -45,6 +45,18 @@ def test_format_money_writes_what_babel_writes(amount: Decimal, currency: str, l
     # digits, grouping (lakh too), separators, symbol place, sign, half-even rounding to the currency's
     # decimals. A pair it cannot write (de-CH's apostrophe grouping, say) is left to Babel.
     assert format_money(amount, currency, locale) == _babel_format(amount, currency, _babel_locale(locale))
+
+
+@given(
+    amount=st.decimals(min_value=-(10**12), max_value=10**12, places=3, allow_nan=False, allow_infinity=False),
+    currency=st.sampled_from(CURRENCIES),
+    locale=st.sampled_from([*LOCALES, "not-a-locale", None]),
+)
+def test_a_formatter_for_one_currency_and_locale_writes_what_format_money_writes(
+    amount: Decimal, currency: str, locale: str | None
+) -> None:
+    # The nightly insights format a page's amounts through one formatter a (currency, locale) pair.
+    assert money_formatter(currency.lower(), locale)(amount) == format_money(amount, currency, locale)
 
 
 def test_stripe_minor_units_follow_stripes_list() -> None:
