@@ -731,6 +731,7 @@ STAT_KEYS: Final = (
     "faults",  # injected 500 / 503
     "rejected",  # 400: validation, magic numbers, 63016
     "unauthorized",  # 401 / 20003
+    "listed",  # list requests answered (GET Messages.json): what a test checks a send did not make
     "callbacks_delivered",
     "callbacks_failed",
 )
@@ -991,6 +992,7 @@ async def list_messages(request: web.Request) -> web.Response:
         query = ListQuery.parse(request.query)
     except ValueError as exc:
         return TwilioError(20001, f"Invalid parameter: {exc}").response()
+    request.app[STATE].stats["listed"] += 1
     matching = [m for m in request.app[STATE].store.newest_first() if query.matches(m)]
     return web.json_response(render_page(matching, query, request.path))
 
