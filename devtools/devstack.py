@@ -238,6 +238,22 @@ async def webhooks(settings: Settings, engine, client) -> AsyncIterator[tuple[Se
         yield settings.model_copy(update={"webhook_base_url": settings.webhook_base_url or url}), url
 
 
+async def _point_emulator_inbound(settings: Settings, webhook: str) -> None:
+    """The emulator's numbers' incoming-message webhook, as Twilio's is set on each number: `POST
+    /_emulator/inbound` (a retailer's reply) reaches the receiver, which records the WhatsApp
+    session the send path reads. Only the emulator `twilio()` started (its dev account)."""
+    import aiohttp
+
+    from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID
+
+    if settings.twilio_account_sid != DEFAULT_ACCOUNT_SID:
+        return
+    async with aiohttp.ClientSession() as http:
+        url = f"{settings.twilio_api_base}/_emulator/config"
+        async with http.post(url, json={"inbound_webhook": webhook}) as response:
+            response.raise_for_status()
+
+
 API_PORT = 8000
 
 
@@ -380,6 +396,8 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
             print("demo data: " + (f"seeded {report.retailers} retailers" if report else "already present"))
             console_users = await seed_console_users(engine)
         settings, webhooks_url = await stack.enter_async_context(webhooks(settings, engine, client))
+        if settings.twilio_api_base:  # the emulator (started here): it posts a recipient's message
+            await _point_emulator_inbound(settings, f"{settings.webhook_base_url}/webhooks/twilio/inbound")
         if settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value() == DEV_STRIPE_SECRET_KEY:
             from devtools.stripe_sandbox import register_webhook
 

@@ -20,7 +20,8 @@ Twilio API (HTTP basic auth ``AccountSid:AuthToken``):
   ``GET  /2010-04-01/Accounts/{AccountSid}/Messages.json``     list (To, From, DateSent[<>])
 Control plane (no auth; bind to loopback):
   ``GET|DELETE /_emulator/messages[?to=]``, ``GET /_emulator/stats``, ``GET|POST /_emulator/config``,
-  ``POST /_emulator/inbound`` (a recipient's message: it opens their 24 h WhatsApp session)
+  ``POST /_emulator/inbound`` (a recipient's message: it opens their 24 h WhatsApp session, and is
+  posted, signed, to ``inbound_webhook`` when set, as Twilio posts it to the number's webhook)
 
 Strict mode (``strict``, issue #35) is Twilio's WhatsApp rules: a freeform message outside the
 recipient's 24 h session is refused with 63016, a ContentSid the account has no approved template
@@ -252,6 +253,9 @@ class EmulatorConfig:
     content_templates: Mapping[str, str] = field(default_factory=dict)
     """The account's approved Content templates: SID → body with ``{{1}}``-style variables. Not
     empty: an unknown ContentSid is refused (21655) even when not strict."""
+    inbound_webhook: str | None = None
+    """Our numbers' incoming-message webhook: ``POST /_emulator/inbound`` posts the message there,
+    signed as Twilio signs it, before it answers (None: recorded only)."""
     """Addresses (``"+1555..."`` for SMS, ``"whatsapp:+1555..."``) refused with a Twilio error code, as
     the magic numbers are but on one channel only: a number that unsubscribed from SMS (21610) while
     its WhatsApp stays open, which the magic numbers (refused on every channel) cannot show."""
@@ -297,6 +301,7 @@ class EmulatorConfig:
             "refusals": dict(sorted(self.refusals.items())),
             "strict": self.strict,
             "content_templates": dict(sorted(self.content_templates.items())),
+            "inbound_webhook": self.inbound_webhook,
         }
 
 
@@ -331,6 +336,10 @@ def _coerce_setting(name: str, value: Any) -> Any:
             ):
                 raise ValueError(f"{name} must map addresses to Twilio error codes")
             return {channel_address(str(k)): code for k, code in value.items()}
+        case "inbound_webhook":
+            if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+                raise ValueError(f"{name} must be an http(s) URL or null")
+            return value
         case "strict":
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false")
@@ -436,6 +445,22 @@ class Message:
             "date_sent": self.date_sent.isoformat() if self.date_sent else None,
             "accepted_at": self.accepted_at.isoformat(),
             "direction": self.direction,
+        }
+
+    def inbound_params(self) -> dict[str, str]:
+        """The form Twilio POSTs to the number's incoming-message webhook (no time in it)."""
+        return {
+            "AccountSid": self.account_sid,
+            "ApiVersion": API_VERSION,
+            "Body": self.body,
+            "From": self.from_ or "",
+            "MessageSid": self.sid,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsMessageSid": self.sid,
+            "SmsSid": self.sid,
+            "SmsStatus": "received",
+            "To": self.to,
         }
 
     def callback_params(self) -> dict[str, str]:
@@ -731,6 +756,7 @@ STAT_KEYS: Final = (
     "faults",  # injected 500 / 503
     "rejected",  # 400: validation, magic numbers, 63016
     "unauthorized",  # 401 / 20003
+    "listed",  # list requests answered (GET Messages.json): what a test checks a send did not make
     "callbacks_delivered",
     "callbacks_failed",
 )
@@ -867,17 +893,18 @@ class EmulatorState:
             await asyncio.sleep(self.config.status_delay_ms / 1000)
             _set_status(message, status, error_code)
             if message.status_callback:
-                await self._post_callback(message.status_callback, message.callback_params())
+                await self.post_signed(message.status_callback, message.callback_params())
 
-    async def _post_callback(self, url: str, params: dict[str, str]) -> None:
-        """POST one signed status callback; a failure is logged and otherwise ignored, as at Twilio."""
+    async def post_signed(self, url: str, params: dict[str, str]) -> None:
+        """POST one signed status callback (or inbound message); a failure is logged and otherwise
+        ignored, as at Twilio."""
         assert self.http is not None, "the app's cleanup context opens the callback session"
         headers = {
             "X-Twilio-Signature": self.validator.compute_signature(url, params),
             "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
             "User-Agent": "TwilioProxy/1.1",
         }
-        event = {"sid": params["MessageSid"], "status": params["MessageStatus"]}
+        event = {"sid": params["MessageSid"], "status": params.get("MessageStatus", "received")}
         try:
             async with self.http.post(url, data=params, headers=headers) as response:
                 ok = response.status < 400
@@ -991,6 +1018,7 @@ async def list_messages(request: web.Request) -> web.Response:
         query = ListQuery.parse(request.query)
     except ValueError as exc:
         return TwilioError(20001, f"Invalid parameter: {exc}").response()
+    request.app[STATE].stats["listed"] += 1
     matching = [m for m in request.app[STATE].store.newest_first() if query.matches(m)]
     return web.json_response(render_page(matching, query, request.path))
 
@@ -1012,7 +1040,10 @@ async def emulator_inbound(request: web.Request) -> web.Response:
             raise ValueError("expected {from, to, body}")
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    message = request.app[STATE].inbound(data["from"], data["to"], str(data.get("body") or ""))
+    state = request.app[STATE]
+    message = state.inbound(data["from"], data["to"], str(data.get("body") or ""))
+    if state.config.inbound_webhook:  # as Twilio does; answered after it, so the caller may rely on it
+        await state.post_signed(state.config.inbound_webhook, message.inbound_params())
     return web.json_response(message.to_twilio_json(), status=201)
 
 
@@ -1057,6 +1088,7 @@ def create_app(
     refusals: Mapping[str, int] | None = None,
     strict: bool = False,
     content_templates: Mapping[str, str] | None = None,
+    inbound_webhook: str | None = None,
 ) -> web.Application:
     """The emulator as an aiohttp app; raises ValueError for an invalid setting."""
     config = EmulatorConfig().updated(
@@ -1073,6 +1105,7 @@ def create_app(
             "refusals": dict(refusals or {}),
             "strict": strict,
             "content_templates": dict(content_templates or {}),
+            "inbound_webhook": inbound_webhook,
         }
     )
     app = web.Application(middlewares=[twilio_api_gate])

@@ -808,6 +808,27 @@ class RecipientOptOutEvent(CreatedAt, Base):
     )
 
 
+class WhatsAppSession(Base):
+    """When a recipient last wrote to one of our WhatsApp senders: WhatsApp's customer-service
+    window (24 h) is open until then plus 24 h, and a kind with an approved template goes freeform
+    inside it (activities/messaging/send.py). Written by the inbound webhook for every WhatsApp
+    message from a number one of our recipients has, whatever its body, at the time the message
+    was first received (a MessageSid applies once), never moved back. Read by the send path
+    instead of a Twilio list call: a batch's recipients in one statement, by the primary key.
+    """
+
+    __tablename__ = "whatsapp_sessions"
+
+    phone: Mapped[str] = mapped_column(doc="the recipient's number, E.164 (as `retailers.phone`)")
+    sender: Mapped[str] = mapped_column(doc="our WhatsApp sender the message went to: `whatsapp:+1...`")
+    last_inbound_at: Mapped[datetime]
+
+    __table_args__ = (
+        PrimaryKeyConstraint("phone", "sender"),
+        CheckConstraint(f"phone ~ '{E164}'", name="phone_e164"),
+    )
+
+
 class MessagingBrake(Base):
     """The emergency brake: one row; while `paused`, the outbox holds every outbound message."""
 

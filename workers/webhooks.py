@@ -13,7 +13,10 @@
   the channel the message came in on: an opt-out word (STOP...) records an opt-out, an opt-in
   word (START, UNSTOP, YES) lifts it (both audited in `recipient_opt_out_events`), a help word
   (HELP, INFO) gets the `help` template in reply, once per inbound message. An opt-out or opt-in
-  applies once per MessageSid, so a redelivered START never undoes a newer STOP.
+  applies once per MessageSid, so a redelivered START never undoes a newer STOP. Every WhatsApp
+  message, whatever its body, also records when the number last wrote to our sender (`To`) in
+  `whatsapp_sessions`: the send path reads it to send freeform inside the 24 h window, a template
+  outside it. A redelivered MessageSid keeps its first time; the time never moves back.
 Unsigned, badly signed or malformed bodies get 400 and change nothing.
 
 Also `GET /healthz` (the process answers), `GET /readyz` (the database answers; 503 otherwise) and
@@ -173,13 +176,22 @@ def create_app(
             return bad_request("inbound message without From")
         channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
         phone, sid = sender.removeprefix("whatsapp:"), form.get("MessageSid") or None
+        # Our WhatsApp sender it was written to (Twilio's `To`): the session is with that number.
+        ours = (form.get("To") or None) if channel == "whatsapp" else None
         if body in OPT_OUT_WORDS:
-            count = await outbox.opt_out_by_phone(engine, phone, channel, reason=f"inbound {body}", message_sid=sid)
+            count = await outbox.opt_out_by_phone(
+                engine, phone, channel, reason=f"inbound {body}", message_sid=sid, sender=ours
+            )
             log.info("webhook.twilio_opt_out", phone=phone, channel=channel, recipients=count, message_sid=sid)
         elif body in OPT_IN_WORDS:
-            count = await outbox.opt_in_by_phone(engine, phone, channel, reason=f"inbound {body}", message_sid=sid)
+            count = await outbox.opt_in_by_phone(
+                engine, phone, channel, reason=f"inbound {body}", message_sid=sid, sender=ours
+            )
             log.info("webhook.twilio_opt_in", phone=phone, channel=channel, recipients=count, message_sid=sid)
-        elif body in HELP_WORDS and help_reply is not None:
+        elif ours is not None:  # any other WhatsApp message: its session opens (HELP's too)
+            opened = await outbox.record_inbound(engine, phone, ours, message_sid=sid)
+            log.info("webhook.twilio_whatsapp_inbound", message_sid=sid, session_recorded=opened)
+        if body in HELP_WORDS and help_reply is not None:
             recipient = await outbox.recipient_by_phone(engine, phone)
             if recipient is not None and sid:
                 await help_reply(*recipient, sid)

@@ -640,7 +640,10 @@ _BY_PHONE = """
 # applies once (`processed_webhook_events`, provider `twilio`, cleared by the data retention like
 # Stripe's), and the changes apply in the order their messages were first received. A keyword
 # without a MessageSid (never from Twilio) applies each time: an opt-out is never lost for it.
-_INBOUND_FIRST_SEEN = """
+# Every statement also records a WhatsApp message in `whatsapp_sessions` (the `session` CTE, which
+# runs whether or not the statement reads it): the time its MessageSid was first received, for a
+# number one of our recipients has (no stranger's number is stored), never moved back.
+_INBOUND_FIRST_SEEN = f"""
 WITH seen AS (
     INSERT INTO processed_webhook_events (provider, event_id, event_type, status, processed_at)
     SELECT 'twilio', CAST(:sid AS text), :event_type, 'processed', now() WHERE CAST(:sid AS text) IS NOT NULL
@@ -648,6 +651,13 @@ WITH seen AS (
     RETURNING event_id
 ), fresh AS (
     SELECT 1 WHERE CAST(:sid AS text) IS NULL OR EXISTS (SELECT FROM seen)
+), session AS (
+    INSERT INTO whatsapp_sessions AS s (phone, sender, last_inbound_at)
+    SELECT :phone, CAST(:sender AS text), now()
+    WHERE :channel = 'whatsapp' AND CAST(:sender AS text) IS NOT NULL AND EXISTS (SELECT FROM fresh)
+      AND EXISTS (SELECT FROM ({_BY_PHONE}) r)
+    ON CONFLICT (phone, sender) DO UPDATE SET last_inbound_at = greatest(s.last_inbound_at, excluded.last_inbound_at)
+    RETURNING 1
 )"""
 _OPT_OUT_BY_PHONE = text(
     f"""{_INBOUND_FIRST_SEEN}, added AS (
@@ -673,24 +683,107 @@ SELECT recipient_type, recipient_id, :channel, 'opt_in', :reason FROM lifted
 )
 
 
+_INBOUND_MESSAGE = text(f"{_INBOUND_FIRST_SEEN} SELECT count(*) FROM session")
+
+
 async def opt_out_by_phone(
-    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+    engine: AsyncEngine,
+    phone: str,
+    channel: str,
+    reason: str,
+    message_sid: str | None = None,
+    sender: str | None = None,
 ) -> int:
     """An inbound STOP: every recipient with this number stops getting messages on the channel.
-    Nothing changes for a `message_sid` seen before (Twilio delivering the same message again)."""
-    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_out"}
+    Nothing changes for a `message_sid` seen before (Twilio delivering the same message again).
+    On WhatsApp the message also opens the session with `sender` (`record_inbound`)."""
+    params = {
+        "phone": phone,
+        "channel": channel,
+        "reason": reason,
+        "sid": message_sid,
+        "sender": sender,
+        "event_type": "inbound.opt_out",
+    }
     async with engine.begin() as conn:
         return (await conn.execute(_OPT_OUT_BY_PHONE, params)).rowcount
 
 
 async def opt_in_by_phone(
-    engine: AsyncEngine, phone: str, channel: str, reason: str, message_sid: str | None = None
+    engine: AsyncEngine,
+    phone: str,
+    channel: str,
+    reason: str,
+    message_sid: str | None = None,
+    sender: str | None = None,
 ) -> int:
     """An inbound START: the opt-outs on this channel of every recipient with this number are lifted.
-    Nothing changes for a `message_sid` seen before: a replayed START never undoes a newer STOP."""
-    params = {"phone": phone, "channel": channel, "reason": reason, "sid": message_sid, "event_type": "inbound.opt_in"}
+    Nothing changes for a `message_sid` seen before: a replayed START never undoes a newer STOP.
+    On WhatsApp the message also opens the session with `sender` (`record_inbound`)."""
+    params = {
+        "phone": phone,
+        "channel": channel,
+        "reason": reason,
+        "sid": message_sid,
+        "sender": sender,
+        "event_type": "inbound.opt_in",
+    }
     async with engine.begin() as conn:
         return (await conn.execute(_OPT_IN_BY_PHONE, params)).rowcount
+
+
+async def record_inbound(engine: AsyncEngine, phone: str, sender: str, message_sid: str | None = None) -> bool:
+    """Any other inbound WhatsApp message from `phone` to our `sender` (`whatsapp:+1...`): the
+    recipient's customer-service window with that sender is open for 24 h from when it was first
+    received. A `message_sid` seen before changes nothing (a redelivery is not a newer message);
+    a number none of our recipients has is not stored. True when the session was recorded."""
+    params = {
+        "phone": phone,
+        "channel": "whatsapp",
+        "sid": message_sid,
+        "sender": sender,
+        "event_type": "inbound.message",
+    }
+    async with engine.begin() as conn:
+        return bool(await conn.scalar(_INBOUND_MESSAGE, params))
+
+
+SESSION_WINDOW = timedelta(hours=24)
+"""WhatsApp's customer-service window: freeform messages only this long after the recipient's last."""
+SESSION_MARGIN = timedelta(minutes=5)
+"""The end of the window we trust less than this: our time is when the webhook reached us, a little
+after Twilio's, and its clock is not ours. A send in the last minutes goes as the template (always
+allowed) rather than risk a freeform refusal (63016) and its SMS fallback."""
+
+_SESSIONS_SQL = psycopg_sql(
+    "SELECT phone, sender, last_inbound_at FROM whatsapp_sessions"
+    " WHERE phone = ANY(:phones) AND last_inbound_at > :since"
+)
+_SESSION_SQL = psycopg_sql("SELECT last_inbound_at FROM whatsapp_sessions WHERE phone = :phone AND sender = :sender")
+
+
+def session_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    """Is the window that an inbound message at `last_inbound_at` opened still open at `now`?"""
+    return last_inbound_at is not None and last_inbound_at > now - (SESSION_WINDOW - SESSION_MARGIN)
+
+
+async def load_sessions(
+    conn: psycopg.AsyncConnection, phones: Iterable[str], now: datetime
+) -> dict[tuple[str, str], datetime]:
+    """{(phone, our sender): last inbound} of these numbers' sessions open at `now`, in one statement
+    (a batch's; by the primary key's leading column). `conn` is psycopg's connection."""
+    wanted = sorted(set(phones))
+    if not wanted:
+        return {}
+    since = now - SESSION_WINDOW
+    cursor = await conn.execute(_SESSIONS_SQL, {"phones": wanted, "since": since}, prepare=True)
+    return {(phone, sender): at for phone, sender, at in await cursor.fetchall()}
+
+
+async def load_session(conn: psycopg.AsyncConnection, phone: str, sender: str) -> datetime | None:
+    """When `phone` last wrote to our `sender` (None: never, as far as we know); one primary-key read."""
+    row = await (await conn.execute(_SESSION_SQL, {"phone": phone, "sender": sender}, prepare=True)).fetchone()
+    return None if row is None else row[0]
 
 
 async def recipient_by_phone(engine: AsyncEngine, phone: str) -> tuple[str, str] | None:

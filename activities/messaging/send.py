@@ -95,6 +95,16 @@ def _now() -> datetime:
     return max(wall, scheduled) if scheduled.tzinfo else wall
 
 
+def _whatsapp_phones(messages: Sequence[SendMessage], recipients: Mapping[tuple[str, str], Recipient]) -> list[str]:
+    """The numbers of a batch's recipients whose message may go by WhatsApp (their sessions matter)."""
+    phones = []
+    for message in messages:
+        recipient = recipients.get((message.recipient_type, message.recipient_id))
+        if recipient is not None and recipient.phone and (message.channel or recipient.preferred_channel) == "whatsapp":
+            phones.append(recipient.phone)
+    return phones
+
+
 def _count(template: str, outcome: str) -> None:
     """messages_sent_total{template, outcome} on the worker's Prometheus endpoint."""
     activity.metric_meter().create_counter(
@@ -358,7 +368,7 @@ class MessagingActivities:
                 if pace is not None:
                     await pace.wait()
                 try:
-                    outcome = await self._send_one(message, deadline, recipients, marks)
+                    outcome = await self._send_one(message, deadline, recipients, marks, sessions)
                 except ApplicationError as error:
                     if error.type == IN_FLIGHT_ELSEWHERE and error.next_retry_delay:
                         # Another attempt's lease (a killed pod's, a run that continued as new): the
@@ -391,9 +401,11 @@ class MessagingActivities:
 
         unique = {m.idempotency_key: m for m in batch.messages}  # a key twice in a batch is sent once
         todo = [m for key, m in unique.items() if key not in decided]
-        # The batch's recipients in one read, not one per message (issue #38 point 3).
+        # The batch's recipients in one read, not one per message (issue #38 point 3), and the
+        # WhatsApp sessions of those who may get WhatsApp in one more: no Twilio call per send.
         async with driver_connection(self._statements) as conn:
             recipients = await outbox.load_recipients(conn, [(m.recipient_type, m.recipient_id) for m in todo])
+            sessions = await outbox.load_sessions(conn, _whatsapp_phones(todo, recipients), _now())
         marks = _SentMarks(self._statements)
         try:
             await asyncio.gather(*(one(m) for m in todo))
@@ -433,10 +445,12 @@ class MessagingActivities:
         deadline: float,
         recipients: Mapping[tuple[str, str], Recipient] | None = None,
         marks: _SentMarks | None = None,
+        sessions: Mapping[tuple[str, str], datetime] | None = None,
     ) -> SendOutcome:
         """One message, exactly once under its key; `deadline` (event-loop time) ends this attempt.
-        A batch passes its `recipients`, read at once (`outbox.load_recipients`), and its `marks`,
-        which write the sent rows together; None: each is one statement here."""
+        A batch passes its `recipients`, read at once (`outbox.load_recipients`), its `marks`,
+        which write the sent rows together, and its recipients' open WhatsApp `sessions`
+        (`outbox.load_sessions`); None: each is one statement here."""
         try:
             template = self._catalogue.get(request.template, request.template_version)
         except UnknownTemplate as exc:
@@ -455,7 +469,9 @@ class MessagingActivities:
 
         try:
             decided = await self._claim(request, hold, local, template, body, new)
-            outcome = decided or await self._send(request, recipient, channel, template, body, deadline, marks)
+            outcome = decided or await self._send(
+                request, recipient, channel, template, body, deadline, marks, sessions
+            )
         except ApplicationError as error:
             _count(template.name, "failed" if error.non_retryable else "retrying")
             raise
@@ -609,6 +625,7 @@ class MessagingActivities:
         body: _Body,
         deadline: float,
         marks: _SentMarks | None = None,
+        sessions: Mapping[tuple[str, str], datetime] | None = None,
     ) -> SendOutcome:
         key = request.idempotency_key
         assert recipient.phone
@@ -625,7 +642,9 @@ class MessagingActivities:
             raise
         await self._wait_for_slot(attempt, deadline)
         try:
-            accepted = await self._deliver(attempt, recipient.phone, body.variant, body.params, text, deadline)
+            accepted = await self._deliver(
+                attempt, recipient.phone, body.variant, body.params, text, deadline, sessions
+            )
         except TwilioRestException as exc:
             await self._record_failure(request, recipient, attempt.channel, exc)  # always raises
             raise AssertionError("unreachable") from exc
@@ -699,14 +718,24 @@ class MessagingActivities:
                 activity.heartbeat()
 
     async def _deliver(
-        self, attempt: _Attempt, phone: str, variant: Variant, params: dict, body: str, deadline: float
+        self,
+        attempt: _Attempt,
+        phone: str,
+        variant: Variant,
+        params: dict,
+        body: str,
+        deadline: float,
+        sessions: Mapping[tuple[str, str], datetime] | None = None,
     ) -> Accepted:
         """WhatsApp when preferred, SMS if WhatsApp refuses (`WHATSAPP_REFUSED`), once.
 
         On WhatsApp, a kind with an approved template (a Content SID) is sent as that template with
-        its `content_variables` unless the recipient wrote to us in the last 24 hours (Twilio's
-        list of their inbound messages), when the freeform text goes; a kind without one goes
-        freeform (the HELP reply: always in session; in dev, the emulator without templates).
+        its `content_variables` unless the recipient wrote to this sender in the last 24 hours (our
+        own record, `whatsapp_sessions`, written by the inbound webhook: a batch's read at once,
+        else one primary-key read here; no Twilio call), when the freeform text goes; a kind
+        without one goes freeform (the HELP reply: always in session; in dev, the emulator without
+        templates). A session we do not know of costs a template send, which is always allowed; a
+        freeform message Twilio refuses out of session (63016) falls back to SMS below.
         Each move records its channel, sender and Content SID (and renews the lease) before the
         call, so a crash after it is looked up where the message went. The SMS fallback takes a
         slot of its own sender's pace (the recipient's SMS number, or the SMS pool's soonest).
@@ -714,9 +743,7 @@ class MessagingActivities:
         if attempt.channel == "whatsapp":
             to = _address("whatsapp", phone)
             try:
-                if variant.content_sid and not await self._gateway.session_open(
-                    to=to, from_=attempt.sender.address, now=_now()
-                ):
+                if variant.content_sid and not await self._session_open(phone, attempt.sender.address, sessions):
                     await self._move(attempt, "whatsapp", content_sid=variant.content_sid)
                     return await self._gateway.send(
                         to=to,
@@ -732,6 +759,13 @@ class MessagingActivities:
             await self._move(attempt, "sms")
             await self._wait_for_slot(attempt, deadline)
         return await self._gateway.send(to=phone, from_=attempt.sender.address, body=body)
+
+    async def _session_open(self, phone: str, sender: str, sessions: Mapping[tuple[str, str], datetime] | None) -> bool:
+        """Has `phone` written to our `sender` within WhatsApp's window (`outbox.session_open`)?"""
+        if sessions is not None:  # a batch's, read at its start
+            return outbox.session_open(sessions.get((phone, sender)), _now())
+        async with driver_connection(self._statements) as conn:
+            return outbox.session_open(await outbox.load_session(conn, phone, sender), _now())
 
     async def _move(self, attempt: _Attempt, channel: Channel, *, content_sid: str | None = None) -> None:
         if channel != attempt.channel:  # the SMS fallback: the recipient's SMS number (a template stays on its sender)

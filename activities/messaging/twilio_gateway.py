@@ -10,7 +10,7 @@ import base64
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -22,9 +22,6 @@ from twilio.rest import Client
 
 from activities.provider_metrics import count_provider_call, outcome_of
 from activities.tracing import provider_call
-
-SESSION_WINDOW = timedelta(hours=24)
-"""WhatsApp's customer-service window: freeform messages only this long after the recipient's last."""
 
 
 class _AsyncHttpClient(AsyncTwilioHttpClient):
@@ -148,7 +145,10 @@ class Sent:
 
 
 class TwilioGateway:
-    """Send, and look up what was sent (to resolve an ambiguous send after a crash)."""
+    """Send, and look up what was sent (to resolve an ambiguous send after a crash).
+
+    Whether a recipient's WhatsApp session is open is not asked here: the inbound webhook records
+    it (`whatsapp_sessions`) and the send path reads it, without a Twilio call per send."""
 
     def __init__(self, client: Client, status_callback: str | None = None) -> None:
         self._client = client
@@ -188,14 +188,6 @@ class TwilioGateway:
         with provider_call("twilio", "messages.list", {"twilio.channel": _channel(to)}) as span, _twilio_outcome(span):
             listed = await self._client.messages.list_async(to=to, from_=from_, limit=100)
         return [Sent(sid=m.sid, body=m.body or "") for m in listed if not (m.date_created and m.date_created < floor)]
-
-    async def session_open(self, *, to: str, from_: str, now: datetime) -> bool:
-        """Has `to` written to `from_` in the 24 hours before `now` (WhatsApp's customer-service
-        window)? Twilio lists inbound messages too: one filtered list call, no state of ours."""
-        since = (now - SESSION_WINDOW).replace(microsecond=0)
-        with provider_call("twilio", "messages.list", {"twilio.channel": _channel(to)}) as span, _twilio_outcome(span):
-            inbound = await self._client.messages.list_async(from_=to, to=from_, date_sent_after=since, limit=1)
-        return bool(inbound)
 
     async def close(self) -> None:
         await close_twilio_client(self._client)

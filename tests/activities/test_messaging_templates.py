@@ -3,6 +3,10 @@
 A reminder outside the 24 h session without a configured Content SID stops the messaging worker at
 start-up (not at send time); with the SID it goes out as the template with its variables; inside
 the session the freeform text goes; a WhatsApp refusal (63016) falls back to SMS once, same key.
+
+The session is our own record (`whatsapp_sessions`): a recipient's message reaches the emulator
+(`POST /_emulator/inbound`, which opens its session there), and Twilio's signed inbound webhook
+reaches the real webhook receiver, which records it. No send asks Twilio (`listed` stays put).
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from sqlalchemy import insert, select
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment
 from twilio.base.exceptions import TwilioRestException
@@ -30,9 +36,10 @@ from activities.messaging.twilio_gateway import TwilioGateway, close_twilio_clie
 from config.settings import Settings, SettingsError
 from devtools.content_templates import dev_content_sids, emulator_templates
 from devtools.twilio_emulator import TwilioEmulator
-from schemas.messaging import SendMessage
-from schemas.tables import CreditAccount, MessageLog, Retailer
+from schemas.messaging import SendBatch, SendMessage
+from schemas.tables import CreditAccount, MessageLog, Retailer, WhatsAppSession
 from workers.families.messaging import message_catalogue, sends
+from workers.webhooks import create_app
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 
@@ -54,6 +61,38 @@ async def strict_gateway(strict: TwilioEmulator) -> AsyncIterator[TwilioGateway]
     gateway = TwilioGateway(twilio_client(strict.url, strict.account_sid, strict.auth_token, async_client=True))
     yield gateway
     await gateway.close()
+
+
+INBOUND = "/webhooks/twilio/inbound"
+OTHER_SENDER = "whatsapp:+15005550009"
+"""Another of our WhatsApp numbers: a session with it is not one with `SENDERS.whatsapp`."""
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def receiver(engine: AsyncEngine, strict: TwilioEmulator) -> AsyncIterator[TestClient]:
+    """The webhook receiver (`jobctl webhooks`), set as the emulator's numbers' incoming-message
+    webhook: the emulator posts each inbound message there, signed, as Twilio does."""
+    app = create_app(engine, stripe_webhook_secret="whsec_unused", twilio_auth_token=strict.auth_token)
+    async with TestClient(TestServer(app)) as client:
+        strict.state.reconfigure({"inbound_webhook": str(client.make_url(INBOUND))})
+        yield client
+        strict.state.reconfigure({"inbound_webhook": None})
+
+
+async def writes(emulator: TwilioEmulator, phone: str, body: str = "hi", to: str = SENDERS.whatsapp) -> None:
+    """The recipient writes to our WhatsApp sender `to`: Twilio records the message (the emulator
+    opens the session) and posts it to our receiver before it answers."""
+    delivered = emulator.state.stats_json()["callbacks_delivered"]
+    async with aiohttp.ClientSession() as http:
+        message = {"from": f"whatsapp:{phone}", "to": to, "body": body}
+        async with http.post(f"{emulator.url}/_emulator/inbound", json=message) as response:
+            assert response.status == 201
+    assert emulator.state.stats_json()["callbacks_delivered"] == delivered + 1
+
+
+def listed(emulator: TwilioEmulator) -> int:
+    """How many list calls the emulator answered (a session check at Twilio would be one)."""
+    return int(emulator.state.stats_json()["listed"])
 
 
 def activities(engine: AsyncEngine, gateway: TwilioGateway, catalogue: Catalogue) -> MessagingActivities:
@@ -162,10 +201,12 @@ async def test_out_of_session_a_reminder_goes_as_its_template_with_its_variables
     engine: AsyncEngine, strict: TwilioEmulator, strict_gateway: TwilioGateway, catalogue: Catalogue
 ) -> None:
     rid, phone = await retailer(engine, locale="en-IN", currency="INR")
+    lists = listed(strict)
     outcome = await ActivityEnvironment().run(
         activities(engine, strict_gateway, catalogue).send_message, overdue_reminder(rid)
     )
     assert (outcome.status, outcome.channel) == ("sent", "whatsapp")
+    assert listed(strict) == lists  # no Twilio call to ask about the session
     (sent,) = await sent_to(strict, f"whatsapp:{phone}")
     assert sent["content_sid"] == catalogue.get("payment_reminder_overdue").variant("en").content_sid
     assert json.loads(sent["content_variables"]) == {
@@ -192,25 +233,78 @@ async def test_a_spanish_retailer_gets_the_spanish_template_in_euros(
     assert sent["body"].startswith("Hola Asha, 2 factura(s) por un total de 1.234,50\u00a0€ ya están vencidas.")
 
 
-async def test_inside_the_session_the_freeform_text_goes(
-    engine: AsyncEngine, strict: TwilioEmulator, strict_gateway: TwilioGateway, catalogue: Catalogue
+async def test_after_an_inbound_message_through_the_webhook_the_freeform_text_goes_without_asking_twilio(
+    engine: AsyncEngine,
+    strict: TwilioEmulator,
+    strict_gateway: TwilioGateway,
+    catalogue: Catalogue,
+    receiver: TestClient,
 ) -> None:
     rid, phone = await retailer(engine)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{strict.url}/_emulator/inbound", json={"from": f"whatsapp:{phone}", "to": SENDERS.whatsapp, "body": "hi"}
-        ) as response:
-            assert response.status == 201
+    await writes(strict, phone, "thanks, will pay friday")
+    lists = listed(strict)
     outcome = await ActivityEnvironment().run(
         activities(engine, strict_gateway, catalogue).send_message, overdue_reminder(rid)
     )
     assert (outcome.status, outcome.channel) == ("sent", "whatsapp")
     (sent,) = await sent_to(strict, f"whatsapp:{phone}")
-    assert sent["content_sid"] is None
+    assert sent["content_sid"] is None  # the strict emulator would refuse it out of session (63016)
     assert (
         sent["body"]
         == "Hi Asha, 2 invoice(s) totalling $100,000.00 are now overdue. Please pay here: https://pay.example/x"
     )
+    assert listed(strict) == lists
+
+
+async def test_an_inbound_message_older_than_24_hours_leaves_the_template(
+    engine: AsyncEngine,
+    strict: TwilioEmulator,
+    strict_gateway: TwilioGateway,
+    catalogue: Catalogue,
+    receiver: TestClient,
+) -> None:
+    """Our record says when the window closed, whatever Twilio's list would say (the emulator's
+    session here is still open: a freeform message would go, so only our record decides)."""
+    rid, phone = await retailer(engine)
+    await writes(strict, phone)
+    async with engine.begin() as conn:  # a day and a minute later
+        await conn.execute(
+            update(WhatsAppSession)
+            .where(WhatsAppSession.phone == phone)
+            .values(last_inbound_at=WhatsAppSession.last_inbound_at - timedelta(hours=24, minutes=1))
+        )
+    outcome = await ActivityEnvironment().run(
+        activities(engine, strict_gateway, catalogue).send_message, overdue_reminder(rid)
+    )
+    assert (outcome.status, outcome.channel) == ("sent", "whatsapp")
+    (sent,) = await sent_to(strict, f"whatsapp:{phone}")
+    assert sent["content_sid"] == catalogue.get("payment_reminder_overdue").variant("en").content_sid
+
+
+async def test_a_batch_reads_its_sessions_at_once_and_sends_each_recipient_the_right_form(
+    engine: AsyncEngine,
+    strict: TwilioEmulator,
+    strict_gateway: TwilioGateway,
+    catalogue: Catalogue,
+    receiver: TestClient,
+) -> None:
+    """A recipient who wrote gets the freeform text, one who did not the template, one who wrote to
+    another of our numbers the template too (the session is per sender): every one accepted by the
+    strict emulator, and not one list call."""
+    (wrote, wrote_phone), (silent, silent_phone), (elsewhere, elsewhere_phone) = [
+        await retailer(engine) for _ in range(3)
+    ]
+    await writes(strict, wrote_phone, "hello")
+    await writes(strict, elsewhere_phone, "hello", to=OTHER_SENDER)
+    lists = listed(strict)
+    batch = SendBatch(messages=[overdue_reminder(r) for r in (wrote, silent, elsewhere)])
+    result = await ActivityEnvironment().run(activities(engine, strict_gateway, catalogue).send_messages, batch)
+    assert [o.status for o in result.outcomes] == ["sent", "sent", "sent"]
+    template = catalogue.get("payment_reminder_overdue").variant("en").content_sid
+    phones = (wrote_phone, silent_phone, elsewhere_phone)
+    forms = [(await sent_to(strict, f"whatsapp:{p}"))[0]["content_sid"] for p in phones]
+    assert forms == [None, template, template]
+    assert listed(strict) == lists
 
 
 async def test_a_whatsapp_refusal_falls_back_to_sms_once_under_the_same_key(

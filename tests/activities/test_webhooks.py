@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest_asyncio
 import stripe
@@ -15,7 +16,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from twilio.request_validator import RequestValidator
 
-from schemas.tables import MessageLog, RecipientOptOut, RecipientOptOutEvent, Retailer
+from schemas.tables import MessageLog, RecipientOptOut, RecipientOptOutEvent, Retailer, WhatsAppSession
 from workers.webhooks import create_app
 
 STRIPE_SECRET = "whsec_test_secret"
@@ -169,6 +170,61 @@ async def test_the_same_stop_delivered_twice_records_one_event(http: TestClient,
     await inbound(http, phone, "START", f"SM{uuid.uuid4().hex}")
     await asyncio.gather(*(inbound(http, phone, "STOP", stop) for _ in range(3)))  # late, and at once
     assert await sms_opt_outs(engine, rid) == (False, ["opt_out", "opt_in"])
+
+
+# --------------------------------------------------------------------------- WhatsApp sessions
+
+
+async def whatsapp_in(
+    http: TestClient, phone: str, sid: str, body: str = "hi", to: str = "whatsapp:+15005550006"
+) -> None:
+    path = "/webhooks/twilio/inbound"
+    form = {"MessageSid": sid, "From": f"whatsapp:{phone}", "To": to, "Body": body}
+    assert (await http.post(path, data=form, headers=twilio_signed(path, form))).status == 200
+
+
+async def sessions(engine: AsyncEngine, phone: str) -> dict[str, datetime]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(WhatsAppSession.sender, WhatsAppSession.last_inbound_at).where(WhatsAppSession.phone == phone)
+        )
+    return {sender: at for sender, at in rows}
+
+
+async def test_every_inbound_whatsapp_message_records_the_session_and_a_redelivery_never_moves_it(
+    http: TestClient, engine: AsyncEngine
+) -> None:
+    """Any body, keywords too, opens the session with the sender it was written to. Twilio's webhook
+    carries no time: a message's time is when its MessageSid first reached us, so an older message
+    delivered again after a newer one moves the time neither back nor forward."""
+    phone = "+1555" + str(uuid.uuid4().int)[:7]
+    async with engine.begin() as conn:
+        await conn.execute(insert(Retailer).values(name="Ada", phone=phone))
+    older, newer = f"SM{uuid.uuid4().hex}", f"SM{uuid.uuid4().hex}"
+    await whatsapp_in(http, phone, older, "ok thanks")
+    first = await sessions(engine, phone)
+    await whatsapp_in(http, phone, newer, "STOP")
+    latest = await sessions(engine, phone)
+    await whatsapp_in(http, phone, older, "ok thanks")  # Twilio delivers the older message again
+    await asyncio.gather(*(whatsapp_in(http, phone, older, "ok thanks") for _ in range(3)))
+    assert list(first) == ["whatsapp:+15005550006"]
+    assert latest["whatsapp:+15005550006"] > first["whatsapp:+15005550006"]
+    assert await sessions(engine, phone) == latest
+    await whatsapp_in(http, phone, f"SM{uuid.uuid4().hex}", "hello", to="whatsapp:+15005550009")
+    assert set(await sessions(engine, phone)) == {"whatsapp:+15005550006", "whatsapp:+15005550009"}
+
+
+async def test_an_sms_or_a_strangers_whatsapp_message_records_no_session(http: TestClient, engine: AsyncEngine) -> None:
+    """SMS has no such window; a number none of our recipients has is not stored (no new phone numbers)."""
+    ours, stranger = ("+1555" + str(uuid.uuid4().int)[:7] for _ in range(2))
+    async with engine.begin() as conn:
+        await conn.execute(insert(Retailer).values(name="Ada", phone=ours))
+    path = "/webhooks/twilio/inbound"
+    form = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": ours, "To": "+15005550006", "Body": "hi"}
+    assert (await http.post(path, data=form, headers=twilio_signed(path, form))).status == 200
+    await whatsapp_in(http, stranger, f"SM{uuid.uuid4().hex}")
+    assert await sessions(engine, ours) == {}
+    assert await sessions(engine, stranger) == {}
 
 
 # --------------------------------------------------------------------------- bursts and handler failures

@@ -313,6 +313,8 @@ async def test_config_endpoint_refuses_invalid_settings(emulator: TwilioEmulator
         {"delivery_failures": {ALICE: "x"}},
         {"refusals": {ALICE: 99999}},
         {"refusals": {ALICE: "21610"}},
+        {"inbound_webhook": "ftp://example"},
+        {"inbound_webhook": 3},
     ]
     for bad in invalid:
         status, body = await control(emulator, "POST", "config", json=bad)
@@ -360,6 +362,32 @@ async def test_status_callbacks_are_signed_and_in_order(
         assert "ErrorCode" not in params
     assert (await client.messages(message.sid).fetch_async()).status == "delivered"
     assert (await stats(emulator))["callbacks_delivered"] == 3
+
+
+async def test_an_inbound_message_is_posted_signed_to_the_inbound_webhook_before_the_answer(
+    emulator: TwilioEmulator, client: Client, receiver: Receiver
+) -> None:
+    """As Twilio posts a message to the number's incoming-message webhook: its sid, From, To and
+    Body, no time; then it is listed like Twilio's, and its WhatsApp session is open."""
+    url = f"{receiver.url}/status"
+    await configure(emulator, inbound_webhook=url, strict=True)
+    status, inbound = await control(
+        emulator, "POST", "inbound", json={"from": f"whatsapp:{ALICE}", "to": WA_SENDER, "body": "hi"}
+    )
+    assert status == 201
+    ((requested, params, signature),) = receiver.calls  # there before the 201
+    assert requested == url and RequestValidator(DEFAULT_AUTH_TOKEN).validate(url, params, signature)
+    assert (params["MessageSid"], params["From"], params["To"], params["Body"]) == (
+        inbound["sid"],
+        f"whatsapp:{ALICE}",
+        WA_SENDER,
+        "hi",
+    )
+    assert not any("Date" in name for name in params)
+    listed = await client.messages.list_async(from_=f"whatsapp:{ALICE}", limit=5)
+    assert [m.sid for m in listed] == [inbound["sid"]]
+    freeform = await send(client, to=f"whatsapp:{ALICE}", from_=WA_SENDER)
+    assert freeform.sid and (await stats(emulator))["listed"] == 1
 
 
 async def test_configured_numbers_fail_or_go_undelivered(

@@ -430,6 +430,7 @@ async def test_signed_random_webhooks_never_fail_and_move_no_money(
                     "From": st.sampled_from(["+15550001111", "whatsapp:+15550001111", ""]) | st.text(max_size=16),
                     "Body": st.sampled_from(["STOP", "START", "HELP", " stop ", "yes"]) | st.text(max_size=20),
                     "MessageSid": sid,
+                    "To": st.sampled_from(["whatsapp:+15005550006", "+15005550006"]) | st.text(max_size=16),
                 },
             ),
         }
