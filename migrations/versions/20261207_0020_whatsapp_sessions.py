@@ -14,8 +14,8 @@ recipient's last inbound WhatsApp message, not from a Twilio list call per send
 - Phone numbers only of our recipients (already stored in `retailers`, `memberships`,
   `customers`); no names, no message text.
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 Create Date: 2026-12-07 08:40:00
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0019"
-down_revision: str | None = "0018"
+revision: str = "0020"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
