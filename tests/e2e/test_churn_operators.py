@@ -13,16 +13,15 @@ import stripe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.messaging.twilio_gateway import TwilioGateway
-from devtools import binaries, temporal_config
+from devtools import binaries
 from devtools.twilio_emulator import TwilioEmulator
-from schemas import search_attributes
 from schemas.churn import CaseStatus
 from tests.activities.test_churn import actions, churn_workers, new_member, open_case, sent_to
 from tests.e2e.test_schedules import jobctl
+from tests.workflows.harness import start_short_history_env
 from workflows.churn import ChurnCaseWorkflow
 
 
@@ -130,14 +129,7 @@ SUGGEST_CONTINUE_AS_NEW_AT = 200
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server that suggests continue-as-new early, so a case outgrows its history in seconds."""
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=binaries.temporal_cli(),
-        search_attributes=search_attributes.ALL,
-        dev_server_extra_args=temporal_config.dev_server_args(
-            **{"limit.historyCount.suggestContinueAsNew": str(SUGGEST_CONTINUE_AS_NEW_AT)}
-        ),
-    )
+    env = await start_short_history_env(SUGGEST_CONTINUE_AS_NEW_AT)
     yield env
     await env.shutdown()
 

@@ -16,10 +16,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
+from devtools import binaries, temporal_config
+from schemas import search_attributes
 from schemas.messaging import BatchItemOutcome, SendBatch, SendBatchResult, SendMessage, SendOutcome
 from workers import families
 
@@ -117,3 +120,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, attempts: int = 20
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the workflow never reached the expected point")
+
+
+async def start_short_history_env(suggest_continue_as_new_at: int) -> WorkflowEnvironment:
+    """A dev server that suggests continue-as-new after `suggest_continue_as_new_at` history events
+    (Temporal's default is 4,096), so a test sees a long loop outgrow its history in seconds."""
+    return await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binaries.temporal_cli(),
+        search_attributes=search_attributes.ALL,
+        dev_server_extra_args=temporal_config.dev_server_args(
+            **{"limit.historyCount.suggestContinueAsNew": str(suggest_continue_as_new_at)}
+        ),
+    )

@@ -12,12 +12,9 @@ from decimal import Decimal
 import pytest_asyncio
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from devtools import binaries, temporal_config
-from schemas import search_attributes
 from schemas.credit import (
     DueRetailer,
     GuardrailChange,
@@ -35,7 +32,7 @@ from schemas.credit import (
 )
 from schemas.insights import BusinessDay
 from schemas.messaging import SendBatch, SendBatchResult, SendMessage, SendOutcome
-from tests.workflows.harness import each_as_sent, eventually, family_worker, started_at
+from tests.workflows.harness import each_as_sent, eventually, family_worker, start_short_history_env, started_at
 
 BUSINESS_DAY = date(2026, 11, 23)
 """What the calendar activity answers: not today, so a test sees the workflow used its answer."""
@@ -317,14 +314,7 @@ SUGGEST_CONTINUE_AS_NEW_AT = 40
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server that suggests continue-as-new after a few pages of a reminders day."""
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=binaries.temporal_cli(),
-        search_attributes=search_attributes.ALL,
-        dev_server_extra_args=temporal_config.dev_server_args(
-            **{"limit.historyCount.suggestContinueAsNew": str(SUGGEST_CONTINUE_AS_NEW_AT)}
-        ),
-    )
+    env = await start_short_history_env(SUGGEST_CONTINUE_AS_NEW_AT)
     yield env
     await env.shutdown()
 
