@@ -697,16 +697,9 @@ async def opt_out_by_phone(
     """An inbound STOP: every recipient with this number stops getting messages on the channel.
     Nothing changes for a `message_sid` seen before (Twilio delivering the same message again).
     On WhatsApp the message also opens the session with `sender` (`record_inbound`)."""
-    params = {
-        "phone": phone,
-        "channel": channel,
-        "reason": reason,
-        "sid": message_sid,
-        "sender": sender,
-        "event_type": "inbound.opt_out",
-    }
-    async with engine.begin() as conn:
-        return (await conn.execute(_OPT_OUT_BY_PHONE, params)).rowcount
+    return await _inbound_change(
+        engine, _OPT_OUT_BY_PHONE, "inbound.opt_out", phone, channel, reason, message_sid, sender
+    )
 
 
 async def opt_in_by_phone(
@@ -720,16 +713,32 @@ async def opt_in_by_phone(
     """An inbound START: the opt-outs on this channel of every recipient with this number are lifted.
     Nothing changes for a `message_sid` seen before: a replayed START never undoes a newer STOP.
     On WhatsApp the message also opens the session with `sender` (`record_inbound`)."""
+    return await _inbound_change(
+        engine, _OPT_IN_BY_PHONE, "inbound.opt_in", phone, channel, reason, message_sid, sender
+    )
+
+
+async def _inbound_change(
+    engine: AsyncEngine,
+    statement: Any,
+    event_type: str,
+    phone: str,
+    channel: str,
+    reason: str,
+    message_sid: str | None,
+    sender: str | None,
+) -> int:
+    """Run an inbound STOP's or START's one statement; the recipients it changed."""
     params = {
         "phone": phone,
         "channel": channel,
         "reason": reason,
         "sid": message_sid,
         "sender": sender,
-        "event_type": "inbound.opt_in",
+        "event_type": event_type,
     }
     async with engine.begin() as conn:
-        return (await conn.execute(_OPT_IN_BY_PHONE, params)).rowcount
+        return (await conn.execute(statement, params)).rowcount
 
 
 async def record_inbound(engine: AsyncEngine, phone: str, sender: str, message_sid: str | None = None) -> bool:
