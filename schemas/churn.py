@@ -81,6 +81,9 @@ class NudgeDecision(BaseModel):
     channel: Channel
     held_back: Literal["quiet_hours", "daily_cap", "channel_not_allowed"] | None = None
     retry_at: datetime | None = None
+    open_cases: int | None = Field(
+        default=None, description="the company's open cases (up to a minute old): its sends' fairness weight"
+    )
 
 
 class CaseAction(BaseModel):

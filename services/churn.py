@@ -15,6 +15,7 @@ the subscription at Stripe before it opens a case: a member Stripe says is payin
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.churn.cases import (
     CaseRefused,
+    OpenCaseCounts,
     StripeMember,
     actor_reference,
     apply_stripe_event,
@@ -46,9 +48,18 @@ from schemas.errors import failure_reason
 from schemas.payments import SubscriptionStateRequest
 from services import StripeHandler
 from workflows.churn import ChurnCaseWorkflow
-from workflows.messaging import company_priority
+from workflows.messaging import company_priority, company_weight
 
 log = structlog.get_logger(__name__)
+
+_open_cases: weakref.WeakKeyDictionary[AsyncEngine, OpenCaseCounts] = weakref.WeakKeyDictionary()
+
+
+def open_cases(engine: AsyncEngine) -> OpenCaseCounts:
+    """This process's counts of each company's open cases on `engine` (a minute old at most)."""
+    if (counts := _open_cases.get(engine)) is None:
+        counts = _open_cases[engine] = OpenCaseCounts(engine)
+    return counts
 
 
 def manage_link(settings: Settings, company_id: str) -> str:
@@ -84,7 +95,8 @@ async def start_case(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal=signal,
-        priority=company_priority(company),  # its workflow tasks shared fairly between companies
+        # Its workflow tasks shared between companies, weighed by its company's size as it opens.
+        priority=company_priority(company, company_weight(await open_cases(engine)(company))),
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(search_attributes.COMPANY_ID, company),

@@ -22,7 +22,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows._common import DB_TIMEOUT, accepted, db_retry
-from workflows.messaging import deliver, permanent_failure
+from workflows.messaging import company_weight, deliver, permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from activities.churn.cases import ChurnActivities
@@ -403,6 +403,7 @@ class ChurnCaseWorkflow:
                 message,
                 kind="manual_nudge" if manual else "churn_nudge",
                 tenant=self._input.company_id,
+                weight=None if decision.open_cases is None else company_weight(decision.open_cases),
                 task_queue=self._input.messaging_task_queue,
                 on_deferred=held,
             )

@@ -66,24 +66,40 @@ FAIRNESS_KEY_MAX = 64
 assert set(MESSAGE_PRIORITY) == set(get_args(MessageKind))
 
 
-def message_priority(kind: MessageKind, *, tenant: str | None = None) -> Priority:
+def message_priority(kind: MessageKind, *, tenant: str | None = None, weight: float | None = None) -> Priority:
     """The activity task priority of a `kind` of send: its level from `MESSAGE_PRIORITY`, and a
-    fairness key that shares the level between tenants (the churn case's company), or between jobs
-    where there is no tenant (a reminders day and the weekly insights at level 5). Keys carry
-    company ids and kinds only: never a phone number or a name."""
+    fairness key that shares the level between tenants (the churn case's company, weighted by
+    `company_weight`), or between jobs where there is no tenant (a reminders day and the weekly
+    insights at level 5). Keys carry company ids and kinds only: never a phone number or a name."""
     key = company_key(tenant) if tenant else kind
-    return Priority(priority_key=MESSAGE_PRIORITY[kind], fairness_key=key)
+    return Priority(priority_key=MESSAGE_PRIORITY[kind], fairness_key=key, fairness_weight=weight)
 
 
 def company_key(company_id: str) -> str:
     return f"company:{company_id}"[:FAIRNESS_KEY_MAX]
 
 
-def company_priority(company_id: str) -> Priority:
+WEIGHT_SCALE = 1000.0
+"""`company_weight` of a company with this many open cases is 1.0 (Temporal's default weight)."""
+WEIGHT_MIN, WEIGHT_MAX = 0.001, 1000.0
+"""The server clamps fairness weights to this range."""
+
+
+def company_weight(open_cases: int) -> float:
+    """A company's fairness weight: the inverse of its open churn cases (how much bulk it can have
+    due at once). While several companies' nudges wait for the rate, each gets a share inverse to
+    its size: a small company's few nudges go out at nearly the full rate beside a big company's
+    burst, and the burst waits only for those few. With equal weights a small company beside a
+    burst 20 times its own got half the rate (2x its time alone); weighted, 20/21 of it
+    (docs/ARCHITECTURE.md, "Priority")."""
+    return min(WEIGHT_MAX, max(WEIGHT_MIN, WEIGHT_SCALE / max(1, open_cases)))
+
+
+def company_priority(company_id: str, weight: float | None = None) -> Priority:
     """A company's workflow (a churn case): its workflow tasks share the `jobs` queue fairly with
     other companies' at the default level, so a burst of one company's cases (a cadence tick) never
     holds up another's; its sends set their own level (`message_priority`)."""
-    return Priority(fairness_key=company_key(company_id))
+    return Priority(fairness_key=company_key(company_id), fairness_weight=weight)
 
 
 PERMANENT_ERRORS = [
@@ -105,7 +121,12 @@ SEND_RETRY = RetryPolicy(
 
 
 async def send_message(
-    message: SendMessage, *, kind: MessageKind, tenant: str | None = None, task_queue: str = MESSAGING_QUEUE
+    message: SendMessage,
+    *,
+    kind: MessageKind,
+    tenant: str | None = None,
+    weight: float | None = None,
+    task_queue: str = MESSAGING_QUEUE,
 ) -> SendOutcome:
     return await workflow.execute_activity(
         "send_message",
@@ -116,7 +137,7 @@ async def send_message(
         start_to_close_timeout=timedelta(seconds=15),
         schedule_to_close_timeout=timedelta(hours=6),
         retry_policy=SEND_RETRY,
-        priority=message_priority(kind, tenant=tenant),
+        priority=message_priority(kind, tenant=tenant, weight=weight),
         summary=f"send {message.template} ({message.idempotency_key})",
     )
 
@@ -131,6 +152,7 @@ async def deliver(
     *,
     kind: MessageKind,
     tenant: str | None = None,
+    weight: float | None = None,
     task_queue: str = MESSAGING_QUEUE,
     on_deferred: Callable[[SendOutcome], Awaitable[None] | None] | None = None,
 ) -> SendOutcome:
@@ -139,7 +161,7 @@ async def deliver(
     Returns the final outcome (sent or suppressed; a permanent failure raises as ever). Each
     deferral is reported to `on_deferred` before the wait, so the caller can show it.
     """
-    outcome = await send_message(message, kind=kind, tenant=tenant, task_queue=task_queue)
+    outcome = await send_message(message, kind=kind, tenant=tenant, weight=weight, task_queue=task_queue)
     while outcome.status == "deferred" and outcome.retry_at:
         workflow.deprecate_patch(DEFERRED_DELIVERY_PATCH)  # where `patched` was: open runs carry its marker
         if on_deferred is not None and (pending := on_deferred(outcome)) is not None:
@@ -148,7 +170,7 @@ async def deliver(
             max(outcome.retry_at - workflow.now(), MIN_HOLD),
             summary=f"{outcome.reason}: hold {message.idempotency_key}",
         )
-        outcome = await send_message(message, kind=kind, tenant=tenant, task_queue=task_queue)
+        outcome = await send_message(message, kind=kind, tenant=tenant, weight=weight, task_queue=task_queue)
     return outcome
 
 

@@ -7,11 +7,13 @@ same on replay and under the time-skipping test server.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 from zoneinfo import ZoneInfo
@@ -180,8 +182,43 @@ async def apply_stripe_event(
 
 
 @dataclass
+class OpenCaseCounts:
+    """A company's open cases, its size for the fairness weight of its cases' tasks and sends
+    (`workflows.messaging.company_weight`). The weight needs only the size, so a count is reused
+    for `fresh` seconds: the cases of a burst, opened or decided together, wait on one count
+    instead of each running its own."""
+
+    engine: AsyncEngine
+    fresh: float = 60.0
+    _counted: dict[str, tuple[float, asyncio.Future[int]]] = field(default_factory=dict, init=False, repr=False)
+
+    async def __call__(self, company_id: str) -> int:
+        now = time.monotonic()
+        counted = self._counted.get(company_id)
+        if counted is None or now - counted[0] > self.fresh:
+            counted = self._counted[company_id] = (now, asyncio.ensure_future(self._count(company_id)))
+        try:
+            return await asyncio.shield(counted[1])
+        except Exception:
+            if self._counted.get(company_id) is counted:  # counted again by the next caller
+                del self._counted[company_id]
+            raise
+
+    async def _count(self, company_id: str) -> int:
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                text("SELECT count(*) FROM recovery_cases WHERE company_id = :c AND status = 'OPEN'"), {"c": company_id}
+            )
+        return int(count or 0)
+
+
+@dataclass
 class ChurnActivities:
     engine: AsyncEngine
+    _open_cases: OpenCaseCounts = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._open_cases = OpenCaseCounts(self.engine)
 
     @activity.defn(name="churn_load_case")
     async def load_case(self, request: LoadCase) -> CaseContext:
@@ -249,7 +286,7 @@ class ChurnActivities:
             return NudgeDecision(
                 allowed=False, channel=channel, held_back="daily_cap", retry_at=quiet.next_allowed(tomorrow)
             )
-        return NudgeDecision(allowed=True, channel=channel)
+        return NudgeDecision(allowed=True, channel=channel, open_cases=await self._open_cases(request.company_id))
 
     @activity.defn(name="churn_record_action")
     async def record_action(self, action: CaseAction) -> bool:

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pydantic
@@ -25,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.churn.cases import ChurnActivities, hash_actor
+from activities.churn.cases import open_case as open_case_row
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
 from activities.messaging.twilio_gateway import TwilioGateway
@@ -33,11 +34,12 @@ from activities.payments.gateway import StripeGateway
 from config.settings import load_settings
 from devtools.twilio_emulator import TwilioEmulator
 from schemas import ids
-from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, ManualNudge
+from schemas.churn import ApplyIncentive, CaseAction, CaseStatus, DecideNudge, ManualNudge
 from services import churn as churn_api
 from tests.activities.test_orders import zone_where
 from workers import families
 from workflows.churn import ChurnCaseWorkflow
+from workflows.messaging import company_weight
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 PERSON = "Kofi Mensah"
@@ -233,6 +235,50 @@ async def test_nudges_at_offsets_until_the_member_recovers(
     assert (case.status, case.attempts) == ("RECOVERED", 2) and case.last_nudge_at is not None
     described = await handle.describe()
     assert described.typed_search_attributes.get(churn_api.search_attributes.CASE_STATUS) == "RECOVERED"
+    # The case and each send weigh its company's share (one open case: the heaviest weight the server takes).
+    events = (await handle.fetch_history()).events
+    assert events[0].workflow_execution_started_event_attributes.priority.fairness_weight == company_weight(1)
+    weights = [
+        e.activity_task_scheduled_event_attributes.priority.fairness_weight
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "send_message"
+    ]
+    assert weights == [company_weight(1)] * 2 == [1000.0] * 2
+
+
+async def test_a_nudge_is_weighted_by_its_companys_open_cases_counted_once_a_minute(engine: AsyncEngine) -> None:
+    company, member, _ = await new_member(engine, offsets=[0])
+    others = [await other_member(engine, company) for _ in range(3)]
+    other_company, outsider, _ = await new_member(engine, offsets=[0])
+    case_id, _, _ = await open_case_row(engine, member, "payment_failed", company)
+    for m in others[:2]:
+        await open_case_row(engine, m, "payment_failed", company)
+    await open_case_row(engine, outsider, "payment_failed", other_company)
+    async with engine.begin() as conn:  # a closed case is no longer the company's bulk
+        await conn.execute(
+            text("UPDATE recovery_cases SET status = 'RECOVERED' WHERE membership_id = :m"), {"m": others[1]}
+        )
+    cases = ChurnActivities(engine)
+    decide = DecideNudge(case_id=case_id, company_id=company, at=datetime(2026, 12, 7, 12, tzinfo=UTC))
+
+    decided = await asyncio.gather(*(cases.decide_nudge(decide) for _ in range(5)))
+    assert [d.open_cases for d in decided] == [2] * 5, "this company's open cases, not the other's or closed ones"
+    await open_case_row(engine, others[2], "payment_failed", company)
+    assert (await cases.decide_nudge(decide)).open_cases == 2, "counted again only after a minute"
+    assert (await ChurnActivities(engine).decide_nudge(decide)).open_cases == 3
+    assert company_weight(2) > company_weight(3) and company_weight(20) == 20 * company_weight(400)
+
+
+async def other_member(engine: AsyncEngine, company: str) -> int:
+    async with engine.begin() as conn:
+        return await conn.scalar(
+            text(
+                "INSERT INTO memberships (company_id, name, phone, preferred_channel)"
+                " VALUES (:c, :n, :p, 'sms') RETURNING id"
+            ),
+            {"c": company, "n": PERSON, "p": unique_phone()},
+        )
 
 
 async def test_after_the_last_offset_and_the_grace_period_the_membership_is_terminated_at_stripe(

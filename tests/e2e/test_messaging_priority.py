@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -28,7 +30,7 @@ from devtools.twilio_emulator import TwilioEmulator
 from schemas.messaging import MessageBatch, MessageKind, SendMessage
 from tests.e2e.test_messaging_crash import wait_until
 from tests.factories import sms_retailers
-from workflows.messaging import MESSAGE_PRIORITY, MessageBatchWorkflow
+from workflows.messaging import MESSAGE_PRIORITY, MessageBatchWorkflow, company_weight, deliver
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
 BULK = 6
@@ -41,6 +43,30 @@ def one_message(rid: int, key: str, queue: str, kind: MessageKind, tenant: str |
     return MessageBatch(messages=[message], task_queue=queue, kind=kind, tenant=tenant)
 
 
+class CaseNudge(BaseModel):
+    message: SendMessage
+    company: str
+    open_cases: int
+    task_queue: str
+
+
+@workflow.defn(name="TestCaseNudge", sandboxed=False)
+class CaseNudgeWorkflow:
+    """A churn case's automatic nudge as `ChurnCaseWorkflow._send` sends it: the company's key,
+    weighted by the open cases `decide_nudge` counted."""
+
+    @workflow.run
+    async def run(self, nudge: CaseNudge) -> str:
+        outcome = await deliver(
+            nudge.message,
+            kind="churn_nudge",
+            tenant=nudge.company,
+            weight=company_weight(nudge.open_cases),
+            task_queue=nudge.task_queue,
+        )
+        return outcome.status
+
+
 async def scheduled_priority(handle: WorkflowHandle) -> tuple[int, str] | None:
     """(priority_key, fairness_key) of the run's send activity once it is scheduled, else None."""
     async for event in handle.fetch_history_events():
@@ -50,14 +76,22 @@ async def scheduled_priority(handle: WorkflowHandle) -> tuple[int, str] | None:
     return None
 
 
-async def start_and_wait_scheduled(client: Client, queue: str, batches: list[MessageBatch]) -> list[tuple[int, str]]:
-    """Start one batch workflow each, in order, each once the one before has its send scheduled
-    (so the backlog's order is the order given); the priorities the sends were scheduled with."""
+async def start_and_wait_scheduled(
+    client: Client, queue: str, batches: list[MessageBatch] | list[CaseNudge]
+) -> list[tuple[int, str]]:
+    """Start one batch (or case nudge) workflow each, in order, each once the one before has its
+    send scheduled (so the backlog's order is the order given); the priorities the sends were
+    scheduled with."""
     scheduled: list[tuple[int, str]] = []
     for batch in batches:
-        handle = await client.start_workflow(
-            MessageBatchWorkflow.run, batch, id=f"priority/{uuid.uuid4()}", task_queue=queue
-        )
+        if isinstance(batch, CaseNudge):
+            handle = await client.start_workflow(
+                CaseNudgeWorkflow.run, batch, id=f"priority/{uuid.uuid4()}", task_queue=queue
+            )
+        else:
+            handle = await client.start_workflow(
+                MessageBatchWorkflow.run, batch, id=f"priority/{uuid.uuid4()}", task_queue=queue
+            )
         found: list[tuple[int, str]] = []
 
         async def seen(handle: WorkflowHandle = handle, found: list[tuple[int, str]] = found) -> bool:
@@ -161,3 +195,37 @@ async def test_a_small_companys_nudges_are_not_queued_behind_a_big_companys_burs
     # between the two companies' keys, they go out beside the big company's first ones.
     positions = sorted(order.index(rid) for rid in small_ids)
     assert positions[-1] < BULK, f"the small company's nudges went out at {positions} of {order}"
+
+
+async def test_a_small_companys_nudges_go_ahead_of_a_big_companys_burst_weighted_by_their_open_cases(
+    engine: AsyncEngine,
+    dev_env: WorkflowEnvironment,
+    emulator: TwilioEmulator,
+    gateway: TwilioGateway,
+    task_queue: str,
+) -> None:
+    """Equal weights share the rate half and half (the test above); a churn case's send weighs the
+    inverse of its company's open cases, so the small company's two go out before the burst."""
+    client = dev_env.client
+    messaging = f"{task_queue}-messaging"
+    ids = await sms_retailers(engine, BULK + 2, area_code="473")
+    big_ids, small_ids = ids[:BULK], ids[BULK:]
+    phones = await phones_of(engine, ids)
+
+    def nudge(rid: int, company: str, open_cases: int) -> CaseNudge:
+        message = SendMessage(
+            idempotency_key=f"nudge:{rid}", recipient_type="retailer", recipient_id=str(rid), template="credit_resumed"
+        )
+        return CaseNudge(message=message, company=company, open_cases=open_cases, task_queue=messaging)
+
+    async with Worker(client, task_queue=task_queue, workflows=[CaseNudgeWorkflow]):
+        await start_and_wait_scheduled(
+            client,
+            task_queue,
+            [nudge(rid, "big-co", 20 * BULK) for rid in big_ids] + [nudge(rid, "small-co", 2) for rid in small_ids],
+        )
+        async with one_slot_sender(client, engine, gateway, messaging):
+            order = await arrival_order(emulator, phones, BULK + 2)
+
+    assert sorted(order[:2]) == sorted(small_ids), f"the small company's nudges went out at {order}"
+    assert sorted(order[2:]) == sorted(big_ids)
