@@ -186,23 +186,30 @@ class OpenCaseCounts:
     """A company's open cases, its size for the fairness weight of its cases' tasks and sends
     (`workflows.messaging.company_weight`). The weight needs only the size, so a count is reused
     for `fresh` seconds: the cases of a burst, opened or decided together, wait on one count
-    instead of each running its own."""
+    instead of each running its own, and once a company has been counted a recount runs beside
+    the nudges, which take the last count meanwhile (a nudge never waits for a recount)."""
 
     engine: AsyncEngine
     fresh: float = 60.0
     _counted: dict[str, tuple[float, asyncio.Future[int]]] = field(default_factory=dict, init=False, repr=False)
+    _known: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     async def __call__(self, company_id: str) -> int:
         now = time.monotonic()
         counted = self._counted.get(company_id)
         if counted is None or now - counted[0] > self.fresh:
             counted = self._counted[company_id] = (now, asyncio.ensure_future(self._count(company_id)))
-        try:
-            return await asyncio.shield(counted[1])
-        except Exception:
+            counted[1].add_done_callback(lambda done, counted=counted: self._settled(company_id, counted))
+        if not counted[1].done() and company_id in self._known:
+            return self._known[company_id]
+        return await asyncio.shield(counted[1])
+
+    def _settled(self, company_id: str, counted: tuple[float, asyncio.Future[int]]) -> None:
+        if counted[1].cancelled() or counted[1].exception() is not None:
             if self._counted.get(company_id) is counted:  # counted again by the next caller
                 del self._counted[company_id]
-            raise
+        else:
+            self._known[company_id] = counted[1].result()
 
     async def _count(self, company_id: str) -> int:
         async with self.engine.connect() as conn:

@@ -24,7 +24,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowU
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.churn.cases import ChurnActivities, hash_actor
+from activities.churn.cases import ChurnActivities, OpenCaseCounts, hash_actor
 from activities.churn.cases import open_case as open_case_row
 from activities.messaging.outbox import QuietHours
 from activities.messaging.send import MessagingActivities, Senders, SendPolicy
@@ -249,7 +249,7 @@ async def test_nudges_at_offsets_until_the_member_recovers(
 
 async def test_a_nudge_is_weighted_by_its_companys_open_cases_counted_once_a_minute(engine: AsyncEngine) -> None:
     company, member, _ = await new_member(engine, offsets=[0])
-    others = [await other_member(engine, company) for _ in range(3)]
+    others = [await other_member(engine, company) for _ in range(4)]
     other_company, outsider, _ = await new_member(engine, offsets=[0])
     case_id, _, _ = await open_case_row(engine, member, "payment_failed", company)
     for m in others[:2]:
@@ -267,6 +267,17 @@ async def test_a_nudge_is_weighted_by_its_companys_open_cases_counted_once_a_min
     await open_case_row(engine, others[2], "payment_failed", company)
     assert (await cases.decide_nudge(decide)).open_cases == 2, "counted again only after a minute"
     assert (await ChurnActivities(engine).decide_nudge(decide)).open_cases == 3
+    # Once counted, a stale count is recounted beside the callers, who take the last one meanwhile.
+    counts = OpenCaseCounts(engine, fresh=0.0)
+    assert await counts(company) == 3
+    await open_case_row(engine, others[3], "payment_failed", company)
+    assert await counts(company) == 3, "the last count serves while the recount runs"
+    recounted = False
+    for _ in range(100):
+        if recounted := await counts(company) == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert recounted, "the recount's answer serves the callers after it"
     assert company_weight(2) > company_weight(3) and company_weight(20) == 20 * company_weight(400)
 
 
