@@ -101,7 +101,9 @@ class Retailer(CreatedAt, Base):
 
     id: Mapped[int] = _bigint_pk()
     name: Mapped[str]
-    phone: Mapped[str | None] = mapped_column(doc="E.164; never leaves the database in payloads or logs")
+    phone: Mapped[str | None] = mapped_column(
+        index=True, doc="E.164; never leaves the database in payloads or logs; indexed for inbound messages"
+    )
     preferred_channel: Mapped[str] = mapped_column(server_default="whatsapp")
     timezone: Mapped[str] = mapped_column(server_default="UTC")
     credit_status: Mapped[str] = mapped_column(server_default="ACTIVE")
@@ -512,7 +514,7 @@ class Membership(CreatedAt, Base):
     id: Mapped[int] = _bigint_pk()
     company_id: Mapped[str] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     name: Mapped[str]
-    phone: Mapped[str | None]
+    phone: Mapped[str | None] = mapped_column(index=True, doc="indexed: an inbound message finds its sender by it")
     timezone: Mapped[str | None] = mapped_column(doc="None: the company's time zone")
     preferred_channel: Mapped[str] = mapped_column(server_default="whatsapp")
     stripe_customer_id: Mapped[str | None] = mapped_column(index=True)
@@ -639,7 +641,7 @@ class Customer(CreatedAt, Base):
 
     id: Mapped[int] = _bigint_pk()
     name: Mapped[str]
-    phone: Mapped[str | None]
+    phone: Mapped[str | None] = mapped_column(index=True, doc="indexed: an inbound message finds its sender by it")
     loyalty_points: Mapped[int] = mapped_column(server_default="0")
     earn_rate: Mapped[Decimal] = mapped_column(
         Numeric(10, 4), server_default="1", doc="points earned per currency unit spent (floored)"
