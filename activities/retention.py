@@ -1,5 +1,6 @@
 """Data retention in the database: each activity changes one page of rows that still need it
-(old webhook ids, message provider data, ended members' actions, expired API idempotency keys).
+(old webhook ids, message provider data, ended members' actions, expired API idempotency keys,
+closed WhatsApp sessions).
 
 Every statement selects only rows not yet in their retained form, so a retried page or a second
 run changes nothing. Money and ledger tables (credit, orders, loyalty) are never named here.
@@ -70,6 +71,17 @@ DELETE FROM api_idempotency_keys WHERE (api_key_id, idempotency_key) IN (
 )
 
 
+# A WhatsApp session is open 24 hours after the number's last inbound message
+# (`outbox.session_open`); after that its row decides nothing and only holds a phone number.
+_DELETE_WHATSAPP_SESSIONS = text(
+    """
+DELETE FROM whatsapp_sessions WHERE (phone, sender) IN (
+    SELECT phone, sender FROM whatsapp_sessions WHERE last_inbound_at < :before
+    ORDER BY last_inbound_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+"""
+)
+
+
 @dataclass
 class RetentionActivities:
     engine: AsyncEngine
@@ -100,3 +112,8 @@ class RetentionActivities:
     async def delete_idempotency_keys(self, page: RetentionPage) -> int:
         """API Idempotency-Keys past their retention: the API already treats them as new."""
         return await self._page(_DELETE_IDEMPOTENCY_KEYS, page)
+
+    @activity.defn(name="retention_delete_whatsapp_sessions")
+    async def delete_whatsapp_sessions(self, page: RetentionPage) -> int:
+        """Sessions closed a day or more: the send path would read them as closed anyway."""
+        return await self._page(_DELETE_WHATSAPP_SESSIONS, page)

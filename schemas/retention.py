@@ -7,12 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-RetentionStep = Literal["webhook_events", "message_payloads", "recovery_actions", "idempotency_keys", "done"]
+RetentionStep = Literal[
+    "webhook_events", "message_payloads", "recovery_actions", "idempotency_keys", "whatsapp_sessions", "done"
+]
 RETENTION_STEPS: tuple[RetentionStep, ...] = (
     "webhook_events",
     "message_payloads",
     "recovery_actions",
     "idempotency_keys",
+    "whatsapp_sessions",
     "done",
 )
 
@@ -31,6 +34,7 @@ class RetentionStatus(BaseModel):
     message_payloads_cleared: int = 0
     recovery_actions_anonymised: int = 0
     idempotency_keys_deleted: int = 0
+    whatsapp_sessions_deleted: int = 0
     pages: int = 0
 
 
@@ -42,6 +46,9 @@ class RetentionRequest(BaseModel):
     )
     idempotency_hours: int = Field(
         default=24, ge=24, description="API Idempotency-Keys older than this go (the API treats them as new)"
+    )
+    whatsapp_session_hours: int = Field(
+        default=24, ge=24, description="WhatsApp sessions (a number's last inbound message) older than this go"
     )
     page_size: int = Field(default=500, ge=1, le=10_000)
     as_of: datetime | None = None

@@ -1,6 +1,7 @@
 """Daily data retention: old webhook ids go, old messages lose their provider data, actions of
-long-ended memberships are anonymised, expired API idempotency keys go. Page by page, each step
-until a short page; long runs continue-as-new carrying the counts. The cut-offs are taken once, from the run's start.
+long-ended memberships are anonymised, expired API idempotency keys and closed WhatsApp sessions
+go. Page by page, each step until a short page; long runs continue-as-new carrying the counts.
+The cut-offs are taken once, from the run's start.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class DataRetentionWorkflow:
                 RetentionActivities.delete_idempotency_keys,
                 timedelta(hours=request.idempotency_hours),
                 "idempotency_keys_deleted",
+            ),
+            "whatsapp_sessions": (
+                RetentionActivities.delete_whatsapp_sessions,
+                timedelta(hours=request.whatsapp_session_hours),
+                "whatsapp_sessions_deleted",
             ),
         }
         while status.step != "done":

@@ -118,7 +118,21 @@ async def _seed(engine: AsyncEngine) -> dict[str, object]:
             ),
             {"r": retailer, "ref": f"pi_{tag}", "at": NOW - 800 * DAY},
         )
-    return {"tag": tag, "cases": cases, "recipient": f"m-{tag}"}
+        # WhatsApp sessions: one closed a day and more ago, one open.
+        phones = {"closed": f"+1555{tag_digits(tag)}1", "open": f"+1555{tag_digits(tag)}2"}
+        for which, hours in (("closed", 30), ("open", 2)):
+            await conn.execute(
+                text(
+                    "INSERT INTO whatsapp_sessions (phone, sender, last_inbound_at)"
+                    " VALUES (:p, 'whatsapp:+15005550006', :at)"
+                ),
+                {"p": phones[which], "at": NOW - timedelta(hours=hours)},
+            )
+    return {"tag": tag, "cases": cases, "recipient": f"m-{tag}", "sessions": phones}
+
+
+def tag_digits(tag: str) -> str:
+    return str(int(tag, 16) % 10**6).zfill(6)
 
 
 async def _money_and_ledgers(engine: AsyncEngine) -> dict[str, str | None]:
@@ -180,6 +194,7 @@ async def test_retention_clears_exactly_the_old_rows_keeps_the_cap_and_money_and
         2,
         2,
     )
+    assert first.whatsapp_sessions_deleted == 1 and second.whatsapp_sessions_deleted == 0
     assert first.step == "done" and first.pages >= 5  # pages of two: 2+1, 2+0, 2+0
     assert (second.webhook_events_deleted, second.message_payloads_cleared, second.recovery_actions_anonymised) == (
         0,
@@ -229,3 +244,11 @@ async def test_retention_clears_exactly_the_old_rows_keeps_the_cap_and_money_and
     assert {a.actor_id_hash for a in untouched} == {"sha-of-ops-anna", None}
 
     assert await _money_and_ledgers(engine) == money_before
+    async with engine.connect() as conn:
+        sessions = (
+            await conn.scalars(
+                text("SELECT phone FROM whatsapp_sessions WHERE phone = ANY(:p)"),
+                {"p": list(seeded["sessions"].values())},
+            )
+        ).all()
+    assert sessions == [seeded["sessions"]["open"]]

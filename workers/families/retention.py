@@ -27,6 +27,7 @@ def _activities(deps: ActivityDeps) -> list[Callable[..., Any]]:
         retention.clear_message_payloads,
         retention.anonymise_recovery_actions,
         retention.delete_idempotency_keys,
+        retention.delete_whatsapp_sessions,
     ]
 
 
