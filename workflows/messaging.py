@@ -98,7 +98,8 @@ def company_weight(open_cases: int) -> float:
 def company_priority(company_id: str, weight: float | None = None) -> Priority:
     """A company's workflow (a churn case): its workflow tasks share the `jobs` queue fairly with
     other companies' at the default level, so a burst of one company's cases (a cadence tick) never
-    holds up another's; its sends set their own level (`message_priority`)."""
+    holds up another's, weighed by `company_weight` as the case opens; its sends set their own
+    level and weight (`message_priority`)."""
     return Priority(fairness_key=company_key(company_id), fairness_weight=weight)
 
 

@@ -205,7 +205,9 @@ class OpenCaseCounts:
         return await asyncio.shield(counted[1])
 
     def _settled(self, company_id: str, counted: tuple[float, asyncio.Future[int]]) -> None:
-        if counted[1].cancelled() or counted[1].exception() is not None:
+        if counted[1].cancelled() or (error := counted[1].exception()) is not None:
+            if not counted[1].cancelled():
+                log.warning("churn.open_cases_count_failed", company_id=company_id, error=type(error).__name__)
             if self._counted.get(company_id) is counted:  # counted again by the next caller
                 del self._counted[company_id]
         else:
