@@ -8,6 +8,7 @@ same on replay and under the time-skipping test server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -199,12 +200,12 @@ class OpenCaseCounts:
         counted = self._counted.get(company_id)
         if counted is None or now - counted[0] > self.fresh:
             counted = self._counted[company_id] = (now, asyncio.ensure_future(self._count(company_id)))
-            counted[1].add_done_callback(lambda done, counted=counted: self._settled(company_id, counted))
+            counted[1].add_done_callback(functools.partial(self._settled, company_id, counted))
         if not counted[1].done() and company_id in self._known:
             return self._known[company_id]
         return await asyncio.shield(counted[1])
 
-    def _settled(self, company_id: str, counted: tuple[float, asyncio.Future[int]]) -> None:
+    def _settled(self, company_id: str, counted: tuple[float, asyncio.Future[int]], _: asyncio.Future[int]) -> None:
         if counted[1].cancelled() or (error := counted[1].exception()) is not None:
             if not counted[1].cancelled():
                 log.warning("churn.open_cases_count_failed", company_id=company_id, error=type(error).__name__)
