@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -48,10 +48,12 @@ _DUE_DEBITS = """
     FROM credit_transactions d
     WHERE d.type = 'DEBIT' AND d.status <> 'CLEARED'
       AND d.reminder_count < :max_reminders
-      AND (CAST(:day AS date) - d.due_date) = ANY(CAST(:offsets AS int[]))
+      AND d.due_date = ANY(CAST(:due_dates AS date[]))
       AND (d.reminder_sent_at IS NULL OR d.reminder_sent_at < CAST(:day_start AS timestamptz))
 """
 
+# `{ids}`: the retailers asked about, an array, so each is read by its key (joined to a list of
+# them instead, the planner hashed the whole retailers table for every page).
 _DUE_RETAILERS = """
 SELECT r.id AS retailer_id,
        CASE WHEN r.credit_status = 'BLOCKED' THEN 'blocked'
@@ -66,26 +68,37 @@ SELECT r.id AS retailer_id,
        sum(due.outstanding) AS amount_due,
        max(CAST(:day AS date) - due.due_date) AS days_past_due,
        lower(a.currency) AS currency
-FROM page JOIN retailers r ON r.id = page.retailer_id JOIN due ON due.retailer_id = r.id
+FROM retailers r JOIN due ON due.retailer_id = r.id
 LEFT JOIN credit_accounts a ON a.retailer_id = r.id
+WHERE r.id = ANY({ids})
 GROUP BY r.id, a.currency
 ORDER BY r.id
 """
 
+# The page's retailers are found first, reading the debits in retailer order from :after until
+# :page_size retailers have one due: every debit is read once over a day's pages. Built from the
+# due debits after :after (a CTE, so materialized whole), each page read every debit left to
+# remind, and a day's statement time grew with the square of its retailers (docs/BENCHMARKS.md).
+_PAGE_IDS = "CAST((SELECT ids FROM page) AS bigint[])"
 DUE_PAGE = text(
     f"""
-WITH due AS ({_DUE_DEBITS} AND d.retailer_id > :after),
-page AS (SELECT DISTINCT retailer_id FROM due ORDER BY retailer_id LIMIT :page_size)
-{_DUE_RETAILERS}"""
+WITH page AS (
+    SELECT COALESCE(array_agg(retailer_id), '{{}}') AS ids FROM (
+        SELECT DISTINCT after.retailer_id
+        FROM ({_DUE_DEBITS} AND d.retailer_id > :after) after
+        ORDER BY after.retailer_id LIMIT :page_size
+    ) first_due
+), due AS ({_DUE_DEBITS} AND d.retailer_id = ANY({_PAGE_IDS}))
+{_DUE_RETAILERS.format(ids=_PAGE_IDS)}"""
 )
 
 # The retailers a run handed on when it continued as new (`ReminderPageRequest.retailer_ids`): those
 # of them still due and not yet reminded today.
+_IDS = "CAST(:ids AS bigint[])"
 DUE_AMONG = text(
     f"""
-WITH due AS ({_DUE_DEBITS} AND d.retailer_id = ANY(CAST(:ids AS bigint[]))),
-page AS (SELECT DISTINCT retailer_id FROM due)
-{_DUE_RETAILERS}"""
+WITH due AS ({_DUE_DEBITS} AND d.retailer_id = ANY({_IDS}))
+{_DUE_RETAILERS.format(ids=_IDS)}"""
 )
 
 # Only debits still unreminded that day, so a repeat changes nothing. The time is never before the
@@ -178,7 +191,7 @@ class ReminderActivities:
     async def reminder_page(self, request: ReminderPageRequest) -> ReminderPage:
         """The next page of retailers due a reminder, each with its stable pay link for its total
         (or, given `retailer_ids`, those of them still due one)."""
-        params = self._params(request.reminder_date, request.business_timezone)
+        params = self.statement_params(request.reminder_date, request.business_timezone)
         if request.retailer_ids is None:
             statement, params = DUE_PAGE, params | {"after": request.after_retailer_id, "page_size": request.page_size}
         else:
@@ -366,16 +379,20 @@ class ReminderActivities:
             marked = (
                 await conn.execute(
                     MARK_REMINDED,
-                    self._params(request.reminder_date, request.business_timezone) | {"debit_ids": debit_ids},
+                    self.statement_params(request.reminder_date, request.business_timezone) | {"debit_ids": debit_ids},
                 )
             ).all()
         return len(marked)
 
     @staticmethod
-    def _params(day: date, timezone: str) -> dict[str, object]:
+    def statement_params(day: date, timezone: str) -> dict[str, object]:
+        """The parameters every reminders statement of `day` shares (its page, its marks)."""
         return {
             "day": day,
             "day_start": day_start(day, timezone),
-            "offsets": list(REMINDER_OFFSETS_DAYS),
+            # The cadence as the due dates it reminds on `day`: the planner reads their share of the
+            # debits from the column's statistics (it cannot for `day - due_date`, and guessed a
+            # few hundred due where a whole page was).
+            "due_dates": [day - timedelta(days=offset) for offset in REMINDER_OFFSETS_DAYS],
             "max_reminders": MAX_REMINDERS,
         }

@@ -78,9 +78,12 @@ _RECIPIENT_SQL = {
 
 
 # A batch's recipients of one type in one statement (`load_recipients`): the same columns after the id.
-_RECIPIENTS_SQL = {
-    "retailer": "SELECT r.id, r.name, r.phone, r.preferred_channel, r.timezone, r.locale, a.currency"
-    " FROM retailers r LEFT JOIN credit_accounts a ON a.retailer_id = r.id WHERE r.id = ANY(%(rids)s)",
+RECIPIENTS_SQL = {
+    # The currency by the account's key, one row each: joined, the planner hashed every account
+    # for a batch of a hundred, a statement that grew with the business (docs/BENCHMARKS.md).
+    "retailer": "SELECT r.id, r.name, r.phone, r.preferred_channel, r.timezone, r.locale,"
+    " (SELECT a.currency FROM credit_accounts a WHERE a.retailer_id = r.id)"
+    " FROM retailers r WHERE r.id = ANY(%(rids)s)",
     "member": "SELECT m.id, m.name, m.phone, m.preferred_channel, COALESCE(m.timezone, c.timezone), 'en', 'USD'"
     " FROM memberships m JOIN companies c ON c.id = m.company_id WHERE m.id = ANY(%(rids)s)",
     "customer": "SELECT id, name, phone, 'whatsapp', 'UTC', 'en', 'USD' FROM customers WHERE id = ANY(%(rids)s)",
@@ -107,11 +110,11 @@ async def load_recipients(
     for pair in set(wanted):
         recipient_type, recipient_id = pair
         if recipient_id.isdigit():  # as `load_recipient`: an unknown type reads customers
-            kind = recipient_type if recipient_type in _RECIPIENTS_SQL else "customer"
+            kind = recipient_type if recipient_type in RECIPIENTS_SQL else "customer"
             by_kind.setdefault(kind, {}).setdefault(int(recipient_id), []).append(pair)
     found: dict[tuple[str, str], Recipient] = {}
     for kind, ids in by_kind.items():
-        cursor = await conn.execute(_RECIPIENTS_SQL[kind], {"rids": list(ids)}, prepare=True)
+        cursor = await conn.execute(RECIPIENTS_SQL[kind], {"rids": list(ids)}, prepare=True)
         for rid, *row in await cursor.fetchall():
             for recipient_type, recipient_id in ids[rid]:
                 found[(recipient_type, recipient_id)] = _recipient(recipient_type, recipient_id, row)
