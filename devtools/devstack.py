@@ -415,13 +415,16 @@ async def run_dev_stack(settings: Settings, *, demo: bool) -> None:
         # The API first: the reminders' links point at its /pay/{token} (PUBLIC_BASE_URL).
         api_url = await stack.enter_async_context(api(settings, engine, client))
         settings = settings.model_copy(update={"public_base_url": settings.public_base_url or api_url})
+        # As soon as the API answers (its /readyz is what a second terminal waits for): written
+        # with the banner, a command started on the first 200 found no settings ("DATABASE_URL:
+        # not set") for the seconds the schedules, the workers and the demo jobs took.
+        write_connection_file(home, settings, database_url, api_url)
+        stack.callback(lambda: (home / DEV_STACK_FILE).unlink(missing_ok=True))
         applied = await bootstrap_dev(client, settings)
         workers = build_workers(client, settings, engine, resources=stack)  # its clients close with the stack
         receiver = await stack.enter_async_context(event_receiver(settings, engine, client))
         if demo:
             await start_demo_jobs(client, engine, settings)
-        write_connection_file(home, settings, database_url, api_url)
-        stack.callback(lambda: (home / DEV_STACK_FILE).unlink(missing_ok=True))
         _print_banner(settings, database_url, applied)
         if demo and (shop := await money_loop_retailer(engine)) is not None:
             print(

@@ -326,6 +326,19 @@ def _sandbox_answers(stack: DevStack) -> bool:
         return False
 
 
+def _settings_file_when_the_api_answers(stack: DevStack, home: Path, api: str = "http://127.0.0.1:8000") -> bool:
+    """Whether the stack's settings file existed when its API (on its usual port) first answered
+    /readyz 200; False if it never did before the banner (the port was taken: the caller checks)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and stack.process.poll() is None:
+        if _readyz(api) == 200:
+            return (home / "dev-stack.env").exists()
+        if any("HTTP API:" in line for line in stack.output):
+            return False
+        time.sleep(0.05)
+    return False
+
+
 def _readyz(api: str) -> int:
     try:
         with urllib.request.urlopen(f"{api}/readyz", timeout=5) as response:
@@ -431,7 +444,12 @@ def test_make_run_stack_serves_ui_runs_the_nightly_schedule_and_stops_cleanly(ho
 
     again = DevStack(home, grpc_port, ui_port)
     try:
+        settings_file_when_ready = _settings_file_when_the_api_answers(again, home)
         again.wait_for(r"demo data: already present", timeout=90)
         assert "insights-nightly" in again.temporal("schedule", "list")
+        # A second terminal that waits for the API's /readyz finds the stack's settings: written with
+        # the banner, seconds after the API answered, `jobctl api-keys create` said DATABASE_URL: not set.
+        api = again.wait_for(r"HTTP API:\s+(http://\S+) ", timeout=30).group(1)
+        assert api != "http://127.0.0.1:8000" or settings_file_when_ready, "/readyz answered before dev-stack.env"
     finally:
         assert again.stop() == 0
