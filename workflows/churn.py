@@ -70,6 +70,9 @@ NUDGE_NOW_ANSWERS_HELD = "churn-nudge-now-answers-held"
 """Live: `nudge_now` answers `deferred` when the outbox holds its message (the brake, the global
 quiet window) and the send goes on in the background, out of the `_nudging` lock; a run that
 answered after the hold replays its old path (issue #33)."""
+LOAD_LOCALLY = "churn-load-case-as-local-activity"
+"""Live: a run loads its case in a local activity (`_load`); a run that began before it replays
+its activity task. Deprecate after 2027-09-04 (docs/ARCHITECTURE.md, "Patches")."""
 SIGNALS_BEFORE_RUN = "churn-signals-before-run"
 """A signal in a run's first task (one sent while the case continued as new) is handled before
 `run` starts: it was refused as "for another company" and the nudge lost. It is checked against
@@ -120,12 +123,7 @@ class ChurnCaseWorkflow:
         self._input = request
         self._progress = request.carried or CaseProgress()
         self._sent_at = list(self._progress.sent_at)
-        case = self._case = await workflow.execute_activity_method(
-            ChurnActivities.load_case,
-            LoadCase(case_id=request.case_id, company_id=request.company_id),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
-        )
+        case = self._case = await self._load(LoadCase(case_id=request.case_id, company_id=request.company_id))
         self._incentive_applied = case.incentive_applied
         if case.status != "OPEN":
             self._state = case.status
@@ -453,6 +451,20 @@ class ChurnCaseWorkflow:
             1, {"manual": str(manual).lower()}
         )
         return NudgeOutcome(outcome="sent", channel=channel)
+
+    async def _load(self, request: LoadCase) -> CaseContext:
+        """A local activity (issue #38): the case's opening is then one workflow task (read the
+        case, set its search attributes, start its first timer) instead of two around an activity
+        task. Opening 10,000 cases at once, a case was evicted from the worker's cache between its
+        two tasks and its second replayed from a fetched history: the server's CPU per case opened
+        grew 1.9x from 1,000 cases to 10,000 (docs/BENCHMARKS.md, "Scale curve")."""
+        if workflow.patched(LOAD_LOCALLY):
+            return await workflow.execute_local_activity_method(
+                ChurnActivities.load_case, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+            )
+        return await workflow.execute_activity_method(
+            ChurnActivities.load_case, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+        )
 
     async def _decide(self, channel: Channel | None) -> NudgeDecision:
         """A local activity: one short read whose answer decides the send scheduled in the same

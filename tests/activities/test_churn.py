@@ -396,7 +396,7 @@ async def test_manual_nudges_incentives_and_malformed_payloads(
             assert "between 1 and 90" in str(refused.value.cause)
         await handle.signal(ChurnCaseWorkflow.recovered, {"actor_id": "agent-1", "company_id": company})
         await result_of(env, handle)
-        await record_history(handle, "churn_case_manual")
+        await record_history(handle, "churn_case_opened_locally")
 
     assert (status.attempts, status.manual_nudges) == (1, 1)
     extended = (await stripe_api.v1.subscriptions.retrieve_async(subscription)).trial_end

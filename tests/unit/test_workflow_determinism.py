@@ -107,7 +107,7 @@ def test_every_patch_is_listed_and_each_deprecated_one_says_when_it_goes() -> No
         branches, ids = patch_calls(path.read_text())
         patched |= branches
         deprecated |= ids
-    assert patched == {"churn-signals-before-run", "churn-nudge-now-answers-held"}
+    assert patched == {"churn-signals-before-run", "churn-nudge-now-answers-held", "churn-load-case-as-local-activity"}
     assert deprecated == {
         "precise-order-clock",
         "churn-decide-nudge-as-local-activity",

@@ -317,6 +317,25 @@ async def test_a_manual_nudge_decides_and_schedules_its_send_in_one_workflow_tas
     assert [m.idempotency_key for _, m in fake.sends] == [f"manual:{case_id}:1"]
 
 
+async def test_a_new_case_reads_itself_and_sleeps_until_its_first_offset_in_one_workflow_task(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The case is read by a local activity: opening a case is one workflow task, so a case the
+    worker evicts while thousands open at once is never replayed just to start its first timer."""
+    fake = FakeChurn(offsets=[10])
+    async with family_worker(time_skipping_env, task_queue, "churn", fake.activities()):
+        _, handle = await open_case(time_skipping_env, task_queue)
+        await eventually(lambda: _asleep(handle))
+        history = await handle.fetch_history()
+        await handle.signal("cancelled", {"company_id": COMPANY})
+        assert (await handle.result()).status == "CANCELLED"
+
+    events = [e.event_type for e in history.events]
+    asleep = events.index(EventType.EVENT_TYPE_TIMER_STARTED)
+    assert events[:asleep].count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in events[:asleep]
+
+
 @pytest.mark.parametrize(
     "payload",
     [
