@@ -78,6 +78,27 @@ COMPONENT = {
     "served (`serve`)": "emulators",
 }
 LARGE = 100_000
+ASLEEP = frozenset({"orders", "churn"})
+"""Families whose runs leave a workflow per unit open on the dev server (order clocks, churn cases)."""
+MAPS_PER_OPEN_WORKFLOW = 1.0
+"""The dev server's in-memory store maps memory as it grows: 74,300 mappings with 100,000 churn
+cases open (2026-12-07, /proc/PID/maps), 4.7 GB resident. Past the kernel's
+`vm.max_map_count` (65,530 by default) its next mmap fails and the server dies (ENOMEM) with
+about 55,000 open: the first 100k churn run did. One mapping per open workflow leaves room."""
+MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+
+
+def map_count_short(families: list[str], sizes: list[int], limit: int | None) -> str | None:
+    """Why the largest run of a family that leaves its units open would kill the dev server, or None."""
+    n = max((size for size in sizes if families and ASLEEP & set(families)), default=0)
+    needed = int(n * MAPS_PER_OPEN_WORKFLOW) + 20_000
+    if limit is None or n == 0 or limit >= needed:
+        return None
+    return (
+        f"vm.max_map_count is {limit:,}: {n:,} open workflows need about {needed:,} memory mappings in the"
+        f" dev server, which dies when it runs out (run `sysctl -w vm.max_map_count={max(needed, 262_144)}`"
+        " as root, or leave the largest size out of --sizes)"
+    )
 
 
 def measure(family: str, n: int) -> Measured:
@@ -300,6 +321,9 @@ def main() -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown or not sizes or min(sizes) < 1 or args.runs < 1 or args.large_runs < 1:
         parser.error(f"unknown famil(ies): {', '.join(unknown)}" if unknown else "sizes and runs must be positive")
+    limit = int(MAP_COUNT.read_text()) if MAP_COUNT.exists() else None
+    if short := map_count_short(families, sizes, limit):
+        parser.error(short)
     rows = []
     for family in families:
         for n in sizes:

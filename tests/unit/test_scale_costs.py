@@ -106,3 +106,14 @@ def test_a_day_costs_each_familys_units_times_its_cost_per_unit() -> None:
     assert actions_usd == pytest.approx(301_000 * DAYS_A_MONTH / 1e6 * PRICE_PER_MILLION_ACTIONS)
     # Temporal Cloud's server CPU is what the actions pay for: only jobctl's own CPU is compute.
     assert compute_usd == pytest.approx(500.0 * DAYS_A_MONTH / 3600 * PRICE_PER_VCPU_HOUR)
+
+
+def test_a_scale_run_that_would_exhaust_the_dev_servers_memory_mappings_is_refused_up_front() -> None:
+    from benchmarks.scale import map_count_short
+
+    why = map_count_short(["churn"], [1000, 100_000], 65_530)
+    assert why is not None and "vm.max_map_count is 65,530" in why and "100,000 open workflows" in why
+    assert map_count_short(["churn"], [1000, 10_000], 65_530) is None  # 10k fits the default
+    assert map_count_short(["reminders", "insights"], [100_000], 65_530) is None  # leave nothing open
+    assert map_count_short(["orders"], [100_000], 1_048_576) is None
+    assert map_count_short(["orders"], [100_000], None) is None  # not Linux: nothing to read
