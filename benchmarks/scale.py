@@ -90,7 +90,7 @@ MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 
 def map_count_short(families: list[str], sizes: list[int], limit: int | None) -> str | None:
     """Why the largest run of a family that leaves its units open would kill the dev server, or None."""
-    n = max((size for size in sizes if families and ASLEEP & set(families)), default=0)
+    n = max(sizes) if ASLEEP & set(families) else 0
     needed = int(n * MAPS_PER_OPEN_WORKFLOW) + 20_000
     if limit is None or n == 0 or limit >= needed:
         return None

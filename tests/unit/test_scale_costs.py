@@ -20,6 +20,7 @@ from benchmarks.actions import (
     cost_of_a_day,
     monthly_usd,
 )
+from benchmarks.scale import map_count_short
 
 E = EventType
 
@@ -109,8 +110,6 @@ def test_a_day_costs_each_familys_units_times_its_cost_per_unit() -> None:
 
 
 def test_a_scale_run_that_would_exhaust_the_dev_servers_memory_mappings_is_refused_up_front() -> None:
-    from benchmarks.scale import map_count_short
-
     why = map_count_short(["churn"], [1000, 100_000], 65_530)
     assert why is not None and "vm.max_map_count is 65,530" in why and "100,000 open workflows" in why
     assert map_count_short(["churn"], [1000, 10_000], 65_530) is None  # 10k fits the default
