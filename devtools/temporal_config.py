@@ -19,11 +19,20 @@ PRIORITY_AND_FAIRNESS: dict[str, str] = {
     "matching.numTaskqueueWritePartitions": "1",
 }
 
+ONE_SHARD: dict[str, str] = {
+    # A dev server has one history shard, so one reader per history queue for every workflow; a
+    # cluster has hundreds, each reading its own at up to these rates. At the default 20 reads a
+    # second, a reminders day kept the one transfer reader at its limit and every task it handed
+    # to matching (a manual nudge's workflow task, then its send) waited up to 50 ms to be read.
+    "history.transferProcessorMaxPollRPS": "200",
+    "history.timerProcessorMaxPollRPS": "200",
+}
+
 
 def dev_server_args(**extra: str) -> list[str]:
     """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS` and `extra` (keys with dots:
     pass a dict, `dev_server_args(**{"limit.x": "1"})`)."""
     args: list[str] = []
-    for key, value in {**PRIORITY_AND_FAIRNESS, **extra}.items():
+    for key, value in {**PRIORITY_AND_FAIRNESS, **ONE_SHARD, **extra}.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     return args
