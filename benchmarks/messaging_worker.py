@@ -1,4 +1,4 @@
-"""A messaging worker in a process of its own, for `benchmarks/reminders.py`.
+"""A messaging worker in a process of its own, for `benchmarks/reminders.py` and `benchmarks/priority.py`.
 
 Production runs the jobs and the messaging queues as separate `jobctl worker --task-queue ...`
 processes (docs/OPERATIONS.md, "Deploying workers"): one Python process runs on one core at a
@@ -29,9 +29,9 @@ from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from workers.heap import freeze_startup_heap
 from workers.log import configure_logging
+from workers.worker import WorkerOptions
 
 SENDERS = Senders(whatsapp="whatsapp:+15005550006", sms="+15005550006")
-MAX_CONCURRENT_SENDS = 200
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -54,7 +54,7 @@ async def serve(args: argparse.Namespace) -> None:
             client,
             task_queue=args.task_queue,
             activities=[sends.send_message, sends.send_messages],
-            max_concurrent_activities=MAX_CONCURRENT_SENDS,
+            max_concurrent_activities=WorkerOptions().max_concurrent_sends,
             **rate,
         ):
             freeze_startup_heap()  # as `jobctl worker` does

@@ -48,9 +48,6 @@ from sqlalchemy import text
 from temporalio import workflow
 from temporalio.worker import Worker
 
-from activities.messaging.outbox import QuietHours
-from activities.messaging.send import MessagingActivities, Senders, SendPolicy
-from activities.messaging.twilio_gateway import TwilioGateway, twilio_client
 from benchmarks.harness import (
     Stack,
     figure,
@@ -61,12 +58,11 @@ from benchmarks.harness import (
     serve,
     stack,
     until_idle,
+    worker_process,
 )
 from config.settings import SEND_RATE_HEADROOM
-from devtools.twilio_emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from schemas.messaging import MessageBatch, MessageKind, SendMessage
 from workers.log import configure_logging
-from workers.worker import WorkerOptions
 from workflows.messaging import MessageBatchWorkflow, company_priority, company_weight, deliver
 
 NUDGE_INTERVAL_S = 0.2
@@ -114,33 +110,21 @@ async def accepted_at(url: str) -> dict[str, float]:
 
 @asynccontextmanager
 async def production_sender(s: Stack, limit: float) -> AsyncIterator[tuple[str, str]]:
-    """The emulator at `limit`, a jobs worker and a messaging worker as production's; (queue, url)."""
+    """The emulator at `limit`, a jobs worker and a messaging worker as production's; (queue, url).
+
+    The messaging worker runs in a process of its own (benchmarks/messaging_worker.py), as
+    production deploys it (deploy/k8s/release/worker-messaging.yaml): a manual nudge's workflow
+    task and its send do not queue for the same event loop as a reminders day's sends."""
     port = free_port()
     async with serve("twilio-emulator", port, "--rate-limit", str(limit)):
         url = f"http://127.0.0.1:{port}"
-        gateway = TwilioGateway(twilio_client(url, DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, async_client=True))
-        sends = MessagingActivities(
-            s.engine,
-            gateway,
-            Senders("whatsapp:+15005550006", "+15005550006"),
-            SendPolicy(daily_cap=1000, quiet_hours=QuietHours(0, 0)),
-            per_second=limit * SEND_RATE_HEADROOM,
-        )
         queue = f"prio-{uuid.uuid4().hex[:8]}"
-        try:
-            async with (
-                Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow, NudgeWorkflow]),
-                Worker(
-                    s.client,
-                    task_queue=f"{queue}-messaging",
-                    activities=[sends.send_message, sends.send_messages],
-                    max_concurrent_activities=WorkerOptions().max_concurrent_sends,
-                    max_task_queue_activities_per_second=limit * SEND_RATE_HEADROOM,
-                ),
-            ):
-                yield queue, url
-        finally:
-            await gateway.close()
+        pace = ("--per-second", str(limit * SEND_RATE_HEADROOM))
+        async with (
+            Worker(s.client, task_queue=queue, workflows=[MessageBatchWorkflow, NudgeWorkflow]),
+            worker_process(s, "benchmarks.messaging_worker", f"{queue}-messaging", url, *pace),
+        ):
+            yield queue, url
 
 
 async def start_nudge(
