@@ -169,3 +169,29 @@ async def test_the_sms_fallback_goes_from_the_recipients_sms_number_on_its_pace(
     assert (stored.channel, stored.sender) == ("sms", number)
     async with engine.connect() as conn:  # the fallback took its slot of the SMS number's own pace
         assert await conn.scalar(text("SELECT count(*) FROM messaging_pace WHERE name = :n"), {"n": f"twilio:{number}"})
+
+
+async def test_a_wait_for_a_slot_beats_only_when_it_is_long(
+    engine: AsyncEngine, gateway: TwilioGateway, emulator: TwilioEmulator
+) -> None:
+    """A batch beats at most once a second as its messages go out (`send.BEAT_EVERY`); the wait for
+    a pace slot beat after every wait as well, one heartbeat per message at the limit. Now a wait
+    beats only after a step of a second or more (a third of the heartbeat timeout): at 2 a second
+    the second message's half-second wait beats not at all, at 0.4 a second its 2.5 s wait beats after
+    each of its two whole 1 s steps, so a long wait still never outlives the timeout."""
+
+    async def beats_of_the_second_send(rate: float) -> int:
+        number = pool()[0].address
+        senders = Senders(whatsapp=(Sender(f"whatsapp:{number}", rate),), sms=(Sender(number, rate),))
+        paced = sends(engine, gateway, senders)
+        beats: list[object] = []
+        for _ in range(2):  # the first takes the slot now, the second waits one interval
+            environment = env()
+            environment.info = dataclasses.replace(environment.info, heartbeat_timeout=timedelta(seconds=3))
+            environment.on_heartbeat = lambda *details: beats.append(details)
+            outcome = await environment.run(paced.send_message, reminder(await retailer(engine, unique_phone())))
+            assert outcome.status == "sent"
+        return len(beats)
+
+    assert await beats_of_the_second_send(2.0) == 0
+    assert await beats_of_the_second_send(0.4) == 2
