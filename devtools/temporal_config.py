@@ -1,7 +1,8 @@
 """The dynamic config every Temporal dev server of jobctl's starts with (`jobctl dev`, the tests,
 the benchmarks): task priority and fairness in matching, which the messaging path relies on to
 send interactive messages ahead of bulk and share bulk between companies (workflows.messaging,
-`message_priority`). A real cluster sets the same keys (docs/OPERATIONS.md, "Priority and fairness").
+`message_priority`), and history queue reads a cluster's many shards would give it (`ONE_SHARD`).
+A real cluster sets the same keys (docs/OPERATIONS.md, "Priority and fairness").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ONE_SHARD: dict[str, str] = {
 
 
 def dev_server_args(**extra: str) -> list[str]:
-    """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS` and `extra` (keys with dots:
+    """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS`, `ONE_SHARD` and `extra` (keys with dots:
     pass a dict, `dev_server_args(**{"limit.x": "1"})`)."""
     args: list[str] = []
     for key, value in {**PRIORITY_AND_FAIRNESS, **ONE_SHARD, **extra}.items():
