@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from devtools import temporal_config
 from schemas import search_attributes
 
 COMPOSE = Path(__file__).resolve().parents[2] / "temporal-dev.yml"
@@ -66,3 +67,15 @@ def test_the_schema_setup_covers_both_databases_and_jobctl_bootstrap_does_the_re
         assert key.name not in text
     dynamic = COMPOSE.parent / "docs" / "docker" / "dynamicconfig.yaml"
     assert yaml.safe_load(dynamic.read_text())["system.forceSearchAttributesCacheRefreshOnRead"][0]["value"] is True
+
+
+def test_the_compose_server_runs_priority_fairness_and_shard_reads_as_the_dev_server_does() -> None:
+    """One server config for jobctl (devtools/temporal_config.py); the compose file's server has
+    4 history shards, few enough to want the dev server's queue reads. Partition counts excepted:
+    a cluster keeps its own (docs/OPERATIONS.md)."""
+    dynamic = yaml.safe_load((COMPOSE.parent / "docs" / "docker" / "dynamicconfig.yaml").read_text())
+    wanted = {**temporal_config.PRIORITY_AND_FAIRNESS, **temporal_config.ONE_SHARD}
+    for key, value in wanted.items():
+        if key.startswith("matching.numTaskqueue"):
+            continue
+        assert str(dynamic[key][0]["value"]).lower() == value, key
