@@ -234,13 +234,13 @@ async def main(cases: int, nudges: int, concurrency: int) -> Measured:
             warm, rows = rows[:CACHE], rows[CACHE:]
             await asyncio.gather(*(open_one(case_id) for case_id, _ in warm))
             await all_asleep(s.client, [case_id for case_id, _ in warm[-20:]])
-            await after_deferred_work(time.monotonic())
+            await after_deferred_work()
             open_cpu_before, started = cpu_seconds(), time.perf_counter()
             await asyncio.gather(*(open_one(case_id) for case_id, _ in rows))
             open_elapsed = time.perf_counter() - started
             await all_asleep(s.client, [case_id for case_id, _ in rows[-20:]])
             asleep_elapsed = time.perf_counter() - started
-            await after_deferred_work(time.monotonic())
+            await after_deferred_work()
             open_cpu = cpu_used(open_cpu_before, cpu_seconds())
             # The server goes on working through what 10,000 starts left it (their search
             # attributes, timers, task queues) after the last case sleeps: a nudge timed then

@@ -317,9 +317,9 @@ TASK_TIMEOUT_S = 10.0
 """A workflow task's start-to-close timeout: the server's default, which no starter here overrides."""
 
 
-async def after_deferred_work(last_task_started: float) -> float:
-    """Wait until the server has done what it defers for tasks already completed, and the processes
-    are idle; returns the seconds waited (`last_task_started` is a `time.monotonic()` reading).
+async def after_deferred_work() -> None:
+    """Wait until the server has done what it defers for the tasks just completed (call it as the
+    phase's last task completes), and the processes are idle.
 
     Every workflow task leaves a start-to-close timeout timer behind, which fires TASK_TIMEOUT_S
     after the task started and loads its run even though the task is long done. A phase's CPU read
@@ -327,10 +327,8 @@ async def after_deferred_work(last_task_started: float) -> float:
     10 s before the end: about none at 1,000 clocks (a 10-second phase), 90 % at 10,000, so a
     cost per unit compared across sizes must be read after it (docs/BENCHMARKS.md, the scale curve).
     """
-    started = time.monotonic()
-    await asyncio.sleep(max(0.0, last_task_started + TASK_TIMEOUT_S + 1.0 - started))
+    await asyncio.sleep(TASK_TIMEOUT_S + 1.0)
     await until_idle(busy=0.1)
-    return time.monotonic() - started
 
 
 def cpu_ms(before: dict[str, float], after: dict[str, float], units: int) -> dict[str, float]:

@@ -179,11 +179,11 @@ async def bare_floor(client, task_queue: str, count: int, concurrency: int) -> t
     ):
         # Read as jobctl's clocks are (`main`): a full cache first, and after the deferred work.
         await asyncio.gather(*(one(f"warm-{i}") for i in range(CACHE)))
-        await after_deferred_work(time.monotonic())
+        await after_deferred_work()
         cpu_before, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = time.perf_counter() - started
-        await after_deferred_work(time.monotonic())
+        await after_deferred_work()
         cpu_after = cpu_seconds()
         return count / elapsed, cpu_per(cpu_before, cpu_after, count, "start"), cpu_ms(cpu_before, cpu_after, count)
 
@@ -298,13 +298,13 @@ async def main(
             warm = await new_orders(s.engine, CACHE)
             await start_all(s.client, s.engine, warm, queue, concurrency)
             await wait_first_tasks(s.client, [o for o, _ in warm])
-            await after_deferred_work(time.monotonic())
+            await after_deferred_work()
             sleeping = await new_orders(s.engine, orders)
             cpu_before, started = cpu_seconds(), time.perf_counter()
             answered = await start_all(s.client, s.engine, sleeping, queue, concurrency)
             await wait_first_tasks(s.client, [o for o, _ in sleeping])
             elapsed = time.perf_counter() - started
-            await after_deferred_work(time.monotonic())
+            await after_deferred_work()
             cpu_after = cpu_seconds()
             start_cpu, start_ms = cpu_per(cpu_before, cpu_after, orders, "start"), cpu_ms(cpu_before, cpu_after, orders)
             await asyncio.sleep(2)
