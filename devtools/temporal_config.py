@@ -1,7 +1,8 @@
 """The dynamic config every Temporal dev server of jobctl's starts with (`jobctl dev`, the tests,
 the benchmarks): task priority and fairness in matching, which the messaging path relies on to
 send interactive messages ahead of bulk and share bulk between companies (workflows.messaging,
-`message_priority`), and history queue reads a cluster's many shards would give it (`ONE_SHARD`).
+`message_priority`), history queue reads a cluster's many shards would give it (`ONE_SHARD`), and a
+history host's cache of runs as a cluster sizes it (`CLUSTER_CACHE`).
 A real cluster sets the same keys (docs/OPERATIONS.md, "Priority and fairness").
 """
 
@@ -29,11 +30,21 @@ ONE_SHARD: dict[str, str] = {
     "history.timerProcessorMaxPollRPS": "200",
 }
 
+CLUSTER_CACHE: dict[str, str] = {
+    # The history service keeps each run it touches in a host-wide cache, 128,000 runs by the
+    # server's default; the dev server's own config cuts that to 8,192. Once more runs than that
+    # are waiting for their first workflow task (10,000 churn cases opened in under a minute), each
+    # is loaded from the store again when a worker takes the task and again when its timeout timer
+    # fires: 1.9 loads per case at 10,000 instead of 1.0 (docs/BENCHMARKS.md, "The dev server's
+    # cache"). A cluster's hosts keep the default, so the dev server does too.
+    "history.hostLevelCacheMaxSize": "128000",
+}
+
 
 def dev_server_args(**extra: str) -> list[str]:
-    """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS`, `ONE_SHARD` and `extra` (keys with dots:
-    pass a dict, `dev_server_args(**{"limit.x": "1"})`)."""
+    """`--dynamic-config-value KEY=VALUE` for `PRIORITY_AND_FAIRNESS`, `ONE_SHARD`, `CLUSTER_CACHE`
+    and `extra` (keys with dots: pass a dict, `dev_server_args(**{"limit.x": "1"})`)."""
     args: list[str] = []
-    for key, value in {**PRIORITY_AND_FAIRNESS, **ONE_SHARD, **extra}.items():
+    for key, value in {**PRIORITY_AND_FAIRNESS, **ONE_SHARD, **CLUSTER_CACHE, **extra}.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     return args
